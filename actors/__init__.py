@@ -1,0 +1,10 @@
+"""Ray actor classes: each does one stage's work on dict-of-numpy batches and knows nothing of Ray."""
+
+from actors.diffusers_generator import DiffusersGenerator
+from actors.image_writer import ImageWriter
+from actors.prompt_preprocessor import PromptPreprocessor
+from actors.sleep_generator import SleepGenerator
+
+GENERATORS: dict[str, type] = {"diffusers": DiffusersGenerator, "sleep": SleepGenerator}
+
+__all__ = ["GENERATORS", "DiffusersGenerator", "ImageWriter", "PromptPreprocessor", "SleepGenerator"]

@@ -1,0 +1,142 @@
+"""DiffusersGenerator (GPU): any diffusers text-to-image pipeline, loaded once per actor."""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from actors.generation import GENERATOR_OUTPUT_COLUMNS, Batch, Request, run_generation
+from actors.storage import ObjectStore
+from configs.generator import DiffusersConfig
+from configs.storage import StoreSpec
+
+logger = logging.getLogger(__name__)
+
+
+class DiffusersGenerator:
+    """Generates images for `pending` rows with `AutoPipelineForText2Image`.
+
+    Args:
+        cfg: this generator's config slice.
+        model_store: connection for an `s3://` model folder (ignored for hub ids and local paths).
+    """
+
+    INPUT_COLUMNS = {
+        "prompt": "prompt text",
+        "negative_prompt": "negative prompt",
+        "seed": "per-image seed",
+        "width": "pixels",
+        "height": "pixels",
+        "num_steps": "denoising steps",
+        "guidance_scale": "CFG scale",
+        "status": "only `pending` rows are generated",
+        "error": "passed through",
+        "enqueued_at": "for queue time",
+    }
+    OUTPUT_COLUMNS = GENERATOR_OUTPUT_COLUMNS
+
+    def __init__(self, cfg: DiffusersConfig, model_store: StoreSpec = StoreSpec(kind="local")) -> None:
+        import torch  # heavy imports live here so the driver and --dry-run never need them
+        from diffusers import AutoPipelineForText2Image
+
+        self.cfg = cfg
+        self.torch = torch
+        # 1 device from torch, not from Ray: fake GPUs set CUDA_VISIBLE_DEVICES without a real device
+        if cfg.device == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError(f"generator {cfg.model}: device=cuda but torch sees no CUDA device")
+        self.device = "cuda" if cfg.device != "cpu" and torch.cuda.is_available() else "cpu"
+        dtype_name = cfg.dtype if cfg.dtype != "auto" else ("bfloat16" if self.device == "cuda" else "float32")
+        # 2 load once per actor (hub id, local folder, or s3:// copied to local disk)
+        path = _local_model_path(cfg, model_store)
+        kwargs: dict[str, Any] = {"dtype": getattr(torch, dtype_name)}
+        if cfg.variant:
+            kwargs["variant"] = cfg.variant
+        if not Path(path).exists():
+            kwargs["revision"] = cfg.revision
+        self.pipe = AutoPipelineForText2Image.from_pretrained(path, **kwargs).to(self.device)
+        self.pipe.set_progress_bar_config(disable=True)
+        if cfg.scheduler:
+            import diffusers
+
+            scheduler_cls = getattr(diffusers, cfg.scheduler, None)
+            if scheduler_cls is None:
+                raise ValueError(f"diffusers has no scheduler class {cfg.scheduler!r}")
+            self.pipe.scheduler = scheduler_cls.from_config(self.pipe.scheduler.config)
+        # 3 which optional arguments this pipeline takes (Flux has no negative_prompt, for example)
+        params = inspect.signature(self.pipe.__call__).parameters
+        self.takes_negative = "negative_prompt" in params
+        self.takes_guidance = "guidance_scale" in params
+        logger.info("loaded %s on %s (%s)", cfg.model, self.device, dtype_name)
+
+    def __call__(self, batch: Batch) -> Batch:
+        return run_generation(
+            batch,
+            batch_size=self.cfg.pool.batch_size,
+            generate=self._generate,
+            is_fatal=self._is_fatal,
+            usd_per_second=self.cfg.cost.usd_per_gpu_hour * max(self.cfg.pool.num_gpus, 0.0) / 3600,
+            usd_per_image=self.cfg.cost.usd_per_image,
+        )
+
+    def _generate(self, requests: Sequence[Request]) -> list[np.ndarray]:
+        # 1 one shape per call (guaranteed by the caller's buckets)
+        first = requests[0]
+        # 2 one torch.Generator per image: each image is reproducible on its own, whatever its batch
+        generators = [self.torch.Generator(self.device).manual_seed(r.seed) for r in requests]
+        kwargs: dict[str, Any] = {
+            "prompt": [r.prompt for r in requests],
+            "width": first.width,
+            "height": first.height,
+            "num_inference_steps": first.num_steps,
+            "generator": generators,
+            "output_type": "np",
+        }
+        if self.takes_guidance:
+            kwargs["guidance_scale"] = first.guidance_scale
+        if self.takes_negative and any(r.negative_prompt for r in requests):
+            kwargs["negative_prompt"] = [r.negative_prompt for r in requests]
+        # 3 run the pipeline's public __call__
+        with self.torch.inference_mode():
+            images = self.pipe(**kwargs).images
+        # 4 float [0, 1] NHWC → uint8
+        arr = np.asarray(images)
+        return list((np.clip(arr, 0.0, 1.0) * 255).round().astype(np.uint8))
+
+    def _is_fatal(self, exc: BaseException) -> bool:
+        """CUDA and out-of-memory errors break the actor; everything else belongs to the row."""
+        if isinstance(exc, (MemoryError, self.torch.cuda.OutOfMemoryError)):
+            return True
+        text = str(exc)
+        return "CUDA" in text or "cuDNN" in text or "NCCL" in text
+
+
+def _local_model_path(cfg: DiffusersConfig, store_spec: StoreSpec) -> str:
+    """Hub ids and local folders as-is; s3:// folders copied once into the node's cache."""
+    if not cfg.model.startswith("s3://"):
+        return cfg.model
+    target = Path(cfg.local_cache_dir, hashlib.sha256(f"{cfg.model}@{cfg.revision}".encode()).hexdigest()[:16])
+    done = target / ".imagefleet-complete"
+    if done.exists():
+        return str(target)
+    store = ObjectStore(cfg.model, store_spec)
+    staging = target.with_name(target.name + f".partial-{id(store)}")
+    count = 0
+    for rel, _ in store.list(""):
+        dest = staging / rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_bytes(store.get(rel))
+        count += 1
+    if count == 0:
+        raise FileNotFoundError(f"no model files under {cfg.model}")
+    try:
+        staging.rename(target)
+    except OSError:  # another actor on this node finished first
+        pass
+    done.touch()
+    return str(target)

@@ -1,0 +1,145 @@
+"""Backend-independent generator logic: pass-through, shape buckets, chunking, row-error isolation, timing."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from actors.keys import shape_bucket
+
+logger = logging.getLogger(__name__)
+
+Batch = dict[str, np.ndarray]
+
+GENERATOR_OUTPUT_COLUMNS = {
+    "image": "raw RGB pixels, uint8 HWC bytes (b'' when there is no image)",
+    "queue_ms": "time from preprocessing to the start of generation",
+    "generate_ms": "model time attributed to this image (batch time / batch size)",
+    "cost_usd": "price of this image under the generator's cost model",
+    "status": "generated | error (rows that were not pending pass through)",
+    "error": "why generation failed ('' when fine)",
+}
+
+
+@dataclass(frozen=True)
+class Request:
+    """One image to generate."""
+
+    prompt: str
+    negative_prompt: str
+    seed: int
+    width: int
+    height: int
+    num_steps: int
+    guidance_scale: float
+
+
+# generate_fn(requests) -> one HxWx3 uint8 array per request, in order.
+GenerateFn = Callable[[Sequence[Request]], list[np.ndarray]]
+
+
+def run_generation(
+    batch: Batch,
+    *,
+    batch_size: int,
+    generate: GenerateFn,
+    is_fatal: Callable[[BaseException], bool],
+    usd_per_second: float,
+    usd_per_image: float,
+) -> Batch:
+    """Generate every `pending` row of `batch`; everything else passes through unchanged.
+
+    Rows are grouped by shape bucket (width, height, steps, guidance) so one model call shares them, then
+    chunked to `batch_size`. A chunk that raises a non-fatal error is retried row by row so only the
+    poison row becomes an error row. Fatal errors (CUDA, OOM, model load) propagate: Ray restarts the actor.
+    """
+    # 1 prepare outputs: pass-through defaults
+    n = len(batch["status"])
+    images: list[bytes] = [b""] * n
+    gen_ms = np.zeros(n, dtype=np.float64)
+    queue_ms = np.zeros(n, dtype=np.float64)
+    cost = np.zeros(n, dtype=np.float64)
+    status = np.array(batch["status"], dtype=object)
+    error = np.array(batch["error"], dtype=object)
+    # 2 shape buckets of pending rows
+    buckets: dict[tuple[int, int, int, float], list[int]] = defaultdict(list)
+    for i in range(n):
+        if status[i] == "pending":
+            key = shape_bucket(batch["width"][i], batch["height"][i], batch["num_steps"][i], batch["guidance_scale"][i])
+            buckets[key].append(i)
+    # 3 run each bucket in chunks, isolating row errors
+    for rows in buckets.values():
+        for start in range(0, len(rows), batch_size):
+            chunk = rows[start : start + batch_size]
+            started = time.time()
+            for i in chunk:
+                queue_ms[i] = max(0.0, (started - float(batch["enqueued_at"][i])) * 1000)
+            for i, result, ms in _run_chunk(batch, chunk, generate, is_fatal):
+                gen_ms[i] = ms
+                if isinstance(result, np.ndarray):
+                    images[i] = np.ascontiguousarray(result, dtype=np.uint8).tobytes()
+                    status[i] = "generated"
+                    cost[i] = ms / 1000 * usd_per_second + usd_per_image
+                else:
+                    status[i], error[i] = "error", result
+    # 4 same columns in, plus the generator's outputs
+    out = dict(batch)
+    out.update(
+        image=np.array(images, dtype=object),
+        queue_ms=queue_ms,
+        generate_ms=gen_ms,
+        cost_usd=cost,
+        status=status,
+        error=error,
+    )
+    return out
+
+
+def _run_chunk(
+    batch: Batch, chunk: list[int], generate: GenerateFn, is_fatal: Callable[[BaseException], bool]
+) -> list[tuple[int, np.ndarray | str, float]]:
+    requests = [_request(batch, i) for i in chunk]
+    started = time.perf_counter()
+    try:
+        outputs = generate(requests)
+        ms = (time.perf_counter() - started) * 1000 / len(chunk)
+        return [(i, _check_image(img, req), ms) for i, img, req in zip(chunk, outputs, requests, strict=True)]
+    except Exception as exc:  # noqa: BLE001 - classified right below
+        if is_fatal(exc):
+            raise
+        if len(chunk) == 1:
+            logger.warning("row failed: %s", _describe(exc))
+            return [(chunk[0], _describe(exc), (time.perf_counter() - started) * 1000)]
+    # a multi-row chunk failed: retry row by row so only the poison row is lost
+    results = []
+    for i in chunk:
+        results.extend(_run_chunk(batch, [i], generate, is_fatal))
+    return results
+
+
+def _check_image(img: np.ndarray, req: Request) -> np.ndarray | str:
+    if img.shape != (req.height, req.width, 3):
+        return f"generator returned shape {img.shape}, expected {(req.height, req.width, 3)}"
+    return img
+
+
+def _request(batch: Batch, i: int) -> Request:
+    return Request(
+        prompt=str(batch["prompt"][i]),
+        negative_prompt=str(batch["negative_prompt"][i]),
+        seed=int(batch["seed"][i]),
+        width=int(batch["width"][i]),
+        height=int(batch["height"][i]),
+        num_steps=int(batch["num_steps"][i]),
+        guidance_scale=float(batch["guidance_scale"][i]),
+    )
+
+
+def _describe(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}"
+    return text if len(text) <= 500 else text[:497] + "..."

@@ -1,0 +1,130 @@
+"""ImageWriter (CPU): encodes generated pixels, writes them write-once, and drops the pixels."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+
+from actors.keys import object_name
+from actors.storage import ObjectStore, explain_s3_error
+from configs.writer import ImageWriterConfig
+
+Batch = dict[str, np.ndarray]
+
+CONTENT_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
+EXTENSIONS = {"png": "png", "jpeg": "jpg", "webp": "webp"}
+
+
+def encode_image(pixels: np.ndarray, fmt: str, quality: int, png_compress_level: int) -> bytes:
+    """Encode an HxWx3 uint8 array."""
+    from PIL import Image
+
+    img = Image.fromarray(pixels, mode="RGB") if pixels.ndim == 3 else Image.fromarray(pixels)
+    buf = io.BytesIO()
+    if fmt == "png":
+        img.save(buf, format="PNG", compress_level=png_compress_level)
+    elif fmt == "jpeg":
+        img.save(buf, format="JPEG", quality=quality)
+    else:
+        img.save(buf, format="WEBP", quality=quality, method=4)
+    return buf.getvalue()
+
+
+class ImageWriter:
+    """Encodes and uploads `generated` rows; every other row passes through.
+
+    Objects are named by image key (`images/ab/abcd….png`) and written with a conditional put, so a rerun
+    or a retried task never duplicates or overwrites an image.
+
+    Args:
+        cfg: this stage's slice (output root, encoding, resolved store connection).
+    """
+
+    INPUT_COLUMNS = {
+        "image": "raw RGB pixels",
+        "image_key": "content hash",
+        "width": "pixels",
+        "height": "pixels",
+        "status": "only `generated` rows are written",
+        "error": "passed through",
+    }
+    OUTPUT_COLUMNS = {
+        "image_uri": "where the image lives",
+        "sha256": "of the stored bytes",
+        "bytes": "stored size",
+        "encode_ms": "encode time",
+        "upload_ms": "upload time",
+        "already_present": "the object existed before this run wrote it",
+        "written_at": "unix time the row finished",
+        "status": "ok | error | (passed through)",
+    }
+
+    def __init__(self, cfg: ImageWriterConfig) -> None:
+        self.cfg = cfg
+        self.store = ObjectStore(cfg.uri, cfg.store)
+        self.ext = EXTENSIONS[cfg.format]
+        self.pool = ThreadPoolExecutor(max_workers=cfg.num_upload_threads)
+
+    def __call__(self, batch: Batch) -> Batch:
+        # 1 outputs default to "nothing written"
+        n = len(batch["status"])
+        out: dict[str, Any] = {k: v for k, v in batch.items() if k != "image"}
+        cols: dict[str, list[Any]] = {
+            "image_uri": [""] * n,
+            "sha256": [""] * n,
+            "bytes": [0] * n,
+            "encode_ms": [0.0] * n,
+            "upload_ms": [0.0] * n,
+            "already_present": [False] * n,
+            "written_at": [time.time()] * n,
+        }
+        status = np.array(batch["status"], dtype=object)
+        error = np.array(batch["error"], dtype=object)
+        # 2 encode + upload generated rows concurrently (PIL and boto3 release the GIL)
+        todo = [i for i in range(n) if status[i] == "generated"]
+        for i, result in zip(todo, self.pool.map(lambda i: self._write_one(batch, i), todo), strict=True):
+            if isinstance(result, str):
+                status[i], error[i] = "error", result
+                continue
+            status[i] = "ok"
+            for name, value in result.items():
+                cols[name][i] = value
+        # 3 the pixels are dropped here: only metadata flows on to the manifest
+        out.update({name: np.asarray(values) for name, values in cols.items()})
+        out["image_uri"] = np.asarray(cols["image_uri"], dtype=object)
+        out["sha256"] = np.asarray(cols["sha256"], dtype=object)
+        out["bytes"] = np.asarray(cols["bytes"], dtype=np.int64)
+        out["already_present"] = np.asarray(cols["already_present"], dtype=bool)
+        out["status"], out["error"] = status, error
+        return out
+
+    def _write_one(self, batch: Batch, i: int) -> dict[str, Any] | str:
+        h, w = int(batch["height"][i]), int(batch["width"][i])
+        try:
+            t0 = time.perf_counter()
+            pixels = np.frombuffer(batch["image"][i], dtype=np.uint8).reshape(h, w, 3)
+            data = encode_image(pixels, self.cfg.format, self.cfg.quality, self.cfg.png_compress_level)
+            digest = hashlib.sha256(data).hexdigest()
+            t1 = time.perf_counter()
+        except (ValueError, OSError) as exc:
+            return f"encode failed: {type(exc).__name__}: {exc}"
+        rel = object_name(str(batch["image_key"][i]), self.ext)
+        try:
+            written, stored_sha = self.store.put_if_absent(rel, data, CONTENT_TYPES[self.cfg.format], digest)
+        except Exception as exc:  # noqa: BLE001 - after the client's own retries, a failed upload is the row's
+            return "upload failed: " + explain_s3_error(exc, self.store.uri_of(rel))
+        t2 = time.perf_counter()
+        return {
+            "image_uri": self.store.uri_of(rel),
+            "sha256": stored_sha,
+            "bytes": len(data),
+            "encode_ms": (t1 - t0) * 1000,
+            "upload_ms": (t2 - t1) * 1000,
+            "already_present": not written,
+            "written_at": time.time(),
+        }

@@ -1,0 +1,61 @@
+"""Pure helpers shared by stages: content-hash image keys, derived seeds, shape buckets."""
+
+import hashlib
+import json
+
+KEY_HEX_CHARS = 40
+SEED_MAX = 2**31 - 1  # int32: accepted by torch, numpy and the hosted APIs
+
+
+def image_key(
+    *,
+    model: str,
+    revision: str,
+    scheduler: str,
+    prompt: str,
+    negative_prompt: str,
+    seed: int,
+    width: int,
+    height: int,
+    num_steps: int,
+    guidance_scale: float,
+) -> str:
+    """Content hash of everything that determines an image; the same request always maps to one key."""
+    payload = {
+        "model": model,
+        "revision": revision,
+        "scheduler": scheduler,
+        "prompt": prompt,
+        "negative_prompt": negative_prompt,
+        "seed": int(seed),
+        "width": int(width),
+        "height": int(height),
+        "num_steps": int(num_steps),
+        # repr of a rounded float is stable across platforms; 1e-6 is far below any meaningful change
+        "guidance_scale": round(float(guidance_scale), 6),
+    }
+    blob = json.dumps(payload, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:KEY_HEX_CHARS]
+
+
+def derive_seed(job_seed: int, row_id: str, index: int) -> int:
+    """Deterministic per-image seed from (job seed, row id, image index)."""
+    digest = hashlib.sha256(f"{job_seed}\x1f{row_id}\x1f{index}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") % SEED_MAX
+
+
+def derive_row_id(prompt: str) -> str:
+    """Row id for data without an id column: a short hash of the prompt (duplicates share it)."""
+    return "p-" + hashlib.sha256(prompt.encode("utf-8")).hexdigest()[:16]
+
+
+def object_name(key: str, ext: str) -> str:
+    """Relative object path of an image. Only hex and a fixed extension: user data can't escape the prefix."""
+    if len(key) != KEY_HEX_CHARS or any(c not in "0123456789abcdef" for c in key):
+        raise ValueError(f"image key must be {KEY_HEX_CHARS} lowercase hex chars, got {key!r}")
+    return f"images/{key[:2]}/{key}.{ext}"
+
+
+def shape_bucket(width: int, height: int, num_steps: int, guidance_scale: float) -> tuple[int, int, int, float]:
+    """Rows with equal buckets can share one batched model call."""
+    return (int(width), int(height), int(num_steps), round(float(guidance_scale), 6))

@@ -1,0 +1,188 @@
+"""PromptPreprocessor (CPU): validates rows, routes them, expands num_images, derives seeds and image keys."""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from actors.keys import derive_row_id, derive_seed, image_key
+from configs.prep import PrepConfig
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+Batch = dict[str, np.ndarray]
+
+# Optional per-row override columns and the python type each must convert to.
+OVERRIDE_COLUMNS = {
+    "seed": int,
+    "width": int,
+    "height": int,
+    "num_steps": int,
+    "guidance_scale": float,
+    "num_images": int,
+}
+
+
+class PromptPreprocessor:
+    """Turns prompt rows into one row per requested image.
+
+    Args:
+        cfg: this stage's slice (column mapping, routing, generator identities).
+    """
+
+    INPUT_COLUMNS = {"<prompt_column>": "prompt text (required)"}
+    OUTPUT_COLUMNS = {
+        "id": "row id from the data (or derived from the prompt)",
+        "image_index": "0..num_images-1 within the row",
+        "prompt": "prompt text",
+        "negative_prompt": "negative prompt",
+        "generator": "name of the generator the row is routed to",
+        "model": "model id@revision of that generator",
+        "seed": "per-image seed",
+        "width": "pixels",
+        "height": "pixels",
+        "num_steps": "denoising steps",
+        "guidance_scale": "CFG scale",
+        "image_key": "content hash naming the image object ('' for error rows)",
+        "status": "pending | error",
+        "error": "why the row can't be generated ('' when fine)",
+        "enqueued_at": "unix time the row entered the pipeline",
+    }
+
+    def __init__(self, cfg: PrepConfig) -> None:
+        self.cfg = cfg
+
+    def __call__(self, batch: pa.Table) -> Batch:
+        # 1 read the columns once
+        n = batch.num_rows
+        cols = {name: batch.column(name).to_pylist() for name in batch.column_names}
+        prompts = cols.get(self.cfg.prompt_column, [None] * n)
+        ids = cols.get(self.cfg.id_column, [None] * n)
+        negs = cols.get(self.cfg.negative_prompt_column, [None] * n)
+        routes = cols.get(self.cfg.routing_column, [None] * n) if self.cfg.routing_mode == "column" else [None] * n
+        # 2 one output row per requested image (or one error row per bad input row)
+        out: list[dict[str, Any]] = []
+        now = time.time()
+        for i in range(n):
+            overrides = {c: cols[c][i] for c in OVERRIDE_COLUMNS if c in cols}
+            out.extend(self._expand(prompts[i], ids[i], negs[i], routes[i], overrides, now))
+        # 3 neighbours share a shape bucket, so downstream GPU batches are mostly homogeneous (a local,
+        #   streaming sort: no all-to-all shuffle of the whole table)
+        out.sort(key=lambda r: (r["generator"], r["width"], r["height"], r["num_steps"], r["guidance_scale"]))
+        # 4 columnar, fixed dtypes so every batch has the same schema
+        return _to_batch(out)
+
+    def _expand(
+        self, prompt: Any, row_id: Any, neg: Any, route: Any, overrides: dict[str, Any], now: float
+    ) -> list[dict[str, Any]]:
+        prompt_text = prompt if isinstance(prompt, str) else ""
+        rid = str(row_id) if row_id is not None else derive_row_id(prompt_text)
+        gen_name = str(route) if route not in (None, "") else self.cfg.default_generator
+        ident = self.cfg.generators.get(gen_name)
+        d = ident.defaults if ident else self.cfg.generators[self.cfg.default_generator].defaults
+        base: dict[str, Any] = {
+            "id": rid,
+            "prompt": prompt_text,
+            "negative_prompt": neg if isinstance(neg, str) else d.negative_prompt,
+            "generator": gen_name,
+            "model": f"{ident.model}@{ident.revision}" if ident else "",
+            "width": d.width,
+            "height": d.height,
+            "num_steps": d.num_steps,
+            "guidance_scale": d.guidance_scale,
+            "enqueued_at": now,
+        }
+        num_images, row_seed, error = 1, None, ""
+        try:
+            values = {k: _convert(k, v) for k, v in overrides.items() if v is not None}
+            base.update({k: values[k] for k in ("width", "height", "num_steps", "guidance_scale") if k in values})
+            num_images = values.get("num_images", 1)
+            row_seed = values.get("seed")
+            error = self._row_problem(prompt, ident, gen_name, base, num_images, row_seed)
+        except ValueError as exc:
+            error = str(exc)
+        if error:
+            return [{**base, "image_index": 0, "seed": 0, "image_key": "", "status": "error", "error": error}]
+        rows = []
+        for idx in range(num_images):
+            seed = (row_seed + idx) % (2**31 - 1) if row_seed is not None else derive_seed(self.cfg.job_seed, rid, idx)
+            key = image_key(
+                model=ident.model,  # type: ignore[union-attr]  # ident checked in _row_problem
+                revision=ident.revision,  # type: ignore[union-attr]
+                scheduler=ident.scheduler,  # type: ignore[union-attr]
+                prompt=base["prompt"],
+                negative_prompt=base["negative_prompt"],
+                seed=seed,
+                width=base["width"],
+                height=base["height"],
+                num_steps=base["num_steps"],
+                guidance_scale=base["guidance_scale"],
+            )
+            rows.append({**base, "image_index": idx, "seed": seed, "image_key": key, "status": "pending", "error": ""})
+        return rows
+
+    def _row_problem(
+        self, prompt: Any, ident: Any, gen_name: str, row: dict[str, Any], num_images: int, seed: int | None
+    ) -> str:
+        """Return a message naming what is wrong with the row, or ''."""
+        if ident is None:
+            return f"generator {gen_name!r} is not configured; choose one of {sorted(self.cfg.generators)}"
+        if prompt is None:
+            return "prompt is null"
+        if not isinstance(prompt, str) or not prompt.strip():
+            return "prompt is empty"
+        if len(prompt) > self.cfg.max_prompt_chars:
+            return f"prompt has {len(prompt)} characters; the limit is {self.cfg.max_prompt_chars}"
+        d = ident.defaults
+        for name in ("width", "height"):
+            v = row[name]
+            if v < 8 or v % 8:
+                return f"{name}={v} must be a positive multiple of 8"
+        if row["width"] * row["height"] > d.max_pixels:
+            return f"size {row['width']}x{row['height']} exceeds max_pixels={d.max_pixels} for {gen_name}"
+        if not 1 <= row["num_steps"] <= 1000:
+            return f"num_steps={row['num_steps']} must be between 1 and 1000"
+        if not 0 <= row["guidance_scale"] <= 50:
+            return f"guidance_scale={row['guidance_scale']} must be between 0 and 50"
+        if not 1 <= num_images <= self.cfg.max_images_per_row:
+            return f"num_images={num_images} must be between 1 and {self.cfg.max_images_per_row}"
+        if seed is not None and not 0 <= seed < 2**31 - 1:
+            return f"seed={seed} must be between 0 and 2147483646"
+        return ""
+
+
+def _convert(name: str, value: Any) -> Any:
+    kind = OVERRIDE_COLUMNS[name]
+    if kind is int:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ValueError(f"{name}={value!r} is not a whole number")
+        if float(value) != int(value):
+            raise ValueError(f"{name}={value!r} is not a whole number")
+        return int(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{name}={value!r} is not a finite number")
+    return float(value)
+
+
+_DTYPES = {
+    "image_index": np.int32,
+    "seed": np.int64,
+    "width": np.int32,
+    "height": np.int32,
+    "num_steps": np.int32,
+    "guidance_scale": np.float64,
+    "enqueued_at": np.float64,
+}
+
+
+def _to_batch(rows: list[dict[str, Any]]) -> Batch:
+    out: Batch = {}
+    for name in PromptPreprocessor.OUTPUT_COLUMNS:
+        values = [r[name] for r in rows]
+        dtype = _DTYPES.get(name)
+        out[name] = np.asarray(values, dtype=dtype) if dtype else np.asarray(values, dtype=object)
+    return out

@@ -1,0 +1,48 @@
+"""SleepGenerator: a GPU stand-in for benchmarks and tests — sleeps a known latency, emits a tiny image."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+import numpy as np
+
+from actors.generation import GENERATOR_OUTPUT_COLUMNS, Batch, Request, run_generation
+from configs.generator import SleepConfig
+
+
+class SleepGenerator:
+    """Sleeps `base_latency_s + per_image_s * n` per model call and returns a deterministic flat image.
+
+    It uses no CPU while "generating", so with N fake GPUs the ideal throughput is known exactly and
+    `achieved / ideal` measures orchestration overhead.
+
+    Args:
+        cfg: this generator's config slice.
+    """
+
+    INPUT_COLUMNS = {"prompt": "prompt text", "seed": "per-image seed", "status": "only `pending` rows run"}
+    OUTPUT_COLUMNS = GENERATOR_OUTPUT_COLUMNS
+
+    def __init__(self, cfg: SleepConfig) -> None:
+        self.cfg = cfg
+
+    def __call__(self, batch: Batch) -> Batch:
+        return run_generation(
+            batch,
+            batch_size=self.cfg.pool.batch_size,
+            generate=self._generate,
+            is_fatal=lambda exc: False,
+            usd_per_second=self.cfg.cost.usd_per_gpu_hour * self.cfg.pool.num_gpus / 3600,
+            usd_per_image=self.cfg.cost.usd_per_image,
+        )
+
+    def _generate(self, requests: Sequence[Request]) -> list[np.ndarray]:
+        time.sleep(self.cfg.base_latency_s + self.cfg.per_image_s * len(requests))
+        if self.cfg.fail_prompt_substring and any(self.cfg.fail_prompt_substring in r.prompt for r in requests):
+            raise ValueError(f"prompt contains {self.cfg.fail_prompt_substring!r} (injected failure)")
+        out = []
+        for r in requests:
+            colour = np.array([r.seed % 251, (r.seed // 251) % 251, (r.seed // 63001) % 251], dtype=np.uint8)
+            out.append(np.broadcast_to(colour, (r.height, r.width, 3)).copy())
+        return out

@@ -1,0 +1,22 @@
+"""How the driver connects to Ray."""
+
+from pydantic import Field
+
+from configs.base import StrictModel
+
+
+class ClusterConfig(StrictModel):
+    """Ray connection. `address: local` starts a private, loopback-only Ray for this run."""
+
+    address: str = "local"
+    """`local` (private cluster), `auto` (join the node's cluster) or `ray://host:port`."""
+    num_cpus: int = Field(default=0, ge=0)
+    """CPUs for a local cluster; 0 = all cores."""
+    num_gpus: int = Field(default=0, ge=0)
+    """GPUs for a local cluster; 0 = detected. Set >0 on a CPU box to schedule with fake GPUs."""
+    temp_dir: str = "/tmp/ifray"
+    """Ray temp dir for a local cluster (kept short: socket paths must stay under 107 bytes)."""
+    object_store_memory_mb: int = Field(default=0, ge=0)
+    """Object store size for a local cluster; 0 = Ray's default."""
+    startup_timeout_s: float = Field(default=120.0, gt=0)
+    """How long to wait for the generator pools to get their resources before failing."""

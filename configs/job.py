@@ -1,0 +1,60 @@
+"""JobConfig: the root config of one run, composing every slice."""
+
+from pydantic import Field, model_validator
+
+from configs.base import StrictModel
+from configs.cluster import ClusterConfig
+from configs.generator import GeneratorConfig
+from configs.routing import RoutingConfig
+from configs.source import SourceConfig
+from configs.writer import OutputConfig
+
+
+class LimitsConfig(StrictModel):
+    """Run-level safety limits."""
+
+    max_error_fraction: float = Field(default=1.0, ge=0, le=1)
+    """Exit non-zero when more than this fraction of images failed (1.0 = never)."""
+
+
+class JobConfig(StrictModel):
+    """One YAML file fully describes a run."""
+
+    name: str = "imagefleet"
+    """Run name, recorded in run.json."""
+    seed: int = Field(default=0, ge=0)
+    """Job seed; per-image seeds derive from (row id, image index, job seed)."""
+    source: SourceConfig
+    """Prompt table."""
+    generators: dict[str, GeneratorConfig]
+    """Named generators, each with its own backend and actor pool."""
+    routing: RoutingConfig = RoutingConfig()
+    """Row → generator assignment."""
+    output: OutputConfig
+    """Images + manifest destination."""
+    cluster: ClusterConfig = ClusterConfig()
+    """Ray connection."""
+    limits: LimitsConfig = LimitsConfig()
+    """Safety limits."""
+
+    @model_validator(mode="after")
+    def _routing_targets_exist(self) -> "JobConfig":
+        if not self.generators:
+            raise ValueError("generators: configure at least one generator")
+        names = sorted(self.generators)
+        for name in names:
+            if not name.replace("_", "").replace("-", "").isalnum():
+                raise ValueError(f"generator name {name!r} may only use letters, digits, '-' and '_'")
+        if self.routing.default and self.routing.default not in self.generators:
+            raise ValueError(
+                f"routing.default is {self.routing.default!r}, which is not a configured generator; "
+                f"choose one of {names}"
+            )
+        if not self.routing.default and len(names) > 1:
+            raise ValueError(f"several generators configured ({names}): set routing.default to one of them")
+        return self
+
+    @property
+    def default_generator(self) -> str:
+        """The generator rows go to when nothing else decides."""
+        return self.routing.default or next(iter(self.generators))

@@ -1,0 +1,44 @@
+"""PromptPreprocessor's slice: column mapping, routing and each generator's key-relevant identity."""
+
+from typing import Literal
+
+from configs.base import StrictModel
+from configs.generator import GenerationDefaults
+
+
+class GeneratorIdentity(StrictModel):
+    """What of a generator goes into an image key, plus the defaults its rows inherit."""
+
+    model: str
+    """Model id or path."""
+    revision: str
+    """Model revision."""
+    scheduler: str
+    """Scheduler override ('' = model default)."""
+    defaults: GenerationDefaults
+    """Defaults for rows that don't set them."""
+
+
+class PrepConfig(StrictModel):
+    """Everything the preprocessor needs and nothing more."""
+
+    job_seed: int
+    """Job seed for derived per-image seeds."""
+    prompt_column: str
+    """Column with the prompt."""
+    id_column: str
+    """Column with the row id (optional in the data)."""
+    negative_prompt_column: str
+    """Column with the negative prompt (optional in the data)."""
+    max_prompt_chars: int
+    """Longer prompts become error rows."""
+    max_images_per_row: int
+    """Larger num_images become error rows."""
+    routing_mode: Literal["single", "column"]
+    """Routing policy."""
+    routing_column: str
+    """Column naming the generator in column mode."""
+    default_generator: str
+    """Generator when nothing else decides."""
+    generators: dict[str, GeneratorIdentity]
+    """Identity of every configured generator."""

@@ -1,0 +1,45 @@
+"""Object-store connection settings (endpoint and the *names* of the secret variables)."""
+
+from typing import Literal
+
+from pydantic import Field, SecretStr
+
+from configs.base import StrictModel
+
+
+class S3Config(StrictModel):
+    """How to reach an S3-compatible store. Secrets are never stored here, only where to find them."""
+
+    endpoint_url: str = ""
+    """S3 endpoint, e.g. http://127.0.0.1:20080. Empty: AWS_ENDPOINT_URL or the AWS default."""
+    region: str = "us-east-1"
+    """Region used for request signing."""
+    access_key_env: str = "AWS_ACCESS_KEY_ID"
+    """Environment variable holding the access key id."""
+    secret_key_env: str = "AWS_SECRET_ACCESS_KEY"
+    """Environment variable holding the secret access key."""
+    secret_file: str = ""
+    """Optional file with two lines `access_key=...` and `secret_key=...` (wins over the env vars)."""
+    max_attempts: int = Field(default=8, ge=1, le=20)
+    """Attempts per request, with backoff, for 5xx / SlowDown / connection errors."""
+    connect_timeout_s: float = Field(default=5.0, gt=0)
+    """Connect timeout per request."""
+
+
+class StoreSpec(StrictModel):
+    """Resolved connection handed to actors: endpoint plus credentials (never logged or dumped)."""
+
+    kind: Literal["local", "s3"]
+    """Where objects live: a local folder or an S3 bucket."""
+    endpoint_url: str = ""
+    """S3 endpoint; empty for AWS."""
+    region: str = "us-east-1"
+    """Signing region."""
+    access_key: SecretStr = SecretStr("")
+    """Access key id (secret: excluded from dumps)."""
+    secret_key: SecretStr = SecretStr("")
+    """Secret access key (secret: excluded from dumps)."""
+    max_attempts: int = 8
+    """Attempts per request with backoff."""
+    connect_timeout_s: float = 5.0
+    """Connect timeout per request."""

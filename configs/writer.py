@@ -1,0 +1,73 @@
+"""Where images and the manifest go, and how images are encoded."""
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from configs.base import StrictModel
+from configs.storage import S3Config, StoreSpec
+
+
+class WriterPoolConfig(StrictModel):
+    """CPU actor pool that encodes and uploads images (kept out of the GPU actors)."""
+
+    min_size: int = Field(default=1, ge=1)
+    """Actors kept alive."""
+    max_size: int = Field(default=2, ge=1)
+    """Upper bound for the autoscaler."""
+    num_cpus: float = Field(default=0.5, gt=0)
+    """CPUs reserved per writer actor (encoding is CPU-bound)."""
+    batch_size: int = Field(default=16, ge=1)
+    """Images per writer call."""
+    num_upload_threads: int = Field(default=8, ge=1, le=64)
+    """Concurrent uploads inside one writer actor (uploads are I/O-bound)."""
+
+    @model_validator(mode="after")
+    def _sizes(self) -> "WriterPoolConfig":
+        if self.min_size > self.max_size:
+            raise ValueError(f"writer pool min_size {self.min_size} > max_size {self.max_size}")
+        return self
+
+
+class OutputConfig(StrictModel):
+    """Output location and image encoding."""
+
+    uri: str
+    """Local folder or `s3://bucket/prefix`; images go to `<uri>/images/`, the manifest to `<uri>/manifest/`."""
+    format: Literal["png", "jpeg", "webp"] = "png"
+    """Image encoding."""
+    quality: int = Field(default=90, ge=1, le=100)
+    """JPEG/WebP quality (ignored for PNG)."""
+    png_compress_level: int = Field(default=1, ge=0, le=9)
+    """PNG zlib level; 1 is ~5x faster than 6 for ~10% more bytes."""
+    s3: S3Config = S3Config()
+    """Connection for s3:// outputs."""
+    pool: WriterPoolConfig = WriterPoolConfig()
+    """Encode/upload actor pool."""
+
+    @model_validator(mode="after")
+    def _uri(self) -> "OutputConfig":
+        if self.uri.startswith("s3://") and len(self.uri[5:].strip("/")) == 0:
+            raise ValueError("output.uri must name a bucket, e.g. s3://my-bucket/run1")
+        if "://" in self.uri and not self.uri.startswith(("s3://", "file://")):
+            raise ValueError(f"output.uri must be a local folder or s3://bucket/prefix, got {self.uri!r}")
+        if ".." in self.uri.replace("\\", "/").split("/"):
+            raise ValueError(f"output.uri must not contain '..' segments, got {self.uri!r}")
+        return self
+
+
+class ImageWriterConfig(StrictModel):
+    """ImageWriter's slice: where and how to write, with resolved credentials."""
+
+    uri: str
+    """Output root."""
+    format: Literal["png", "jpeg", "webp"]
+    """Image encoding."""
+    quality: int
+    """JPEG/WebP quality."""
+    png_compress_level: int
+    """PNG zlib level."""
+    num_upload_threads: int
+    """Concurrent encode+upload workers per actor."""
+    store: StoreSpec
+    """Resolved connection (secrets excluded from dumps)."""

@@ -1,0 +1,1 @@
+"""Entry points: the `imagefleet` CLI, run/submit jobs, the embedded S3 and dev helpers."""

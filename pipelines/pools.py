@@ -1,0 +1,45 @@
+"""Pool configs → `map_batches` keyword arguments (the one place that spells Ray resources)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from configs.generator import PoolConfig
+from configs.writer import WriterPoolConfig
+
+
+def generator_pool_kwargs(pool: PoolConfig) -> dict[str, Any]:
+    """Autoscaled GPU (or CPU) actor pool for one generator."""
+    from ray.data import ActorPoolStrategy
+
+    kwargs: dict[str, Any] = {
+        "compute": ActorPoolStrategy(
+            min_size=pool.min_size, max_size=pool.max_size, initial_size=pool.initial_size
+        ),
+        "batch_size": pool.batch_size,
+        "num_cpus": pool.num_cpus,
+        # Ray restarts dead pool actors and retries their tasks; bound it so a broken model fails the run.
+        "max_restarts": pool.max_restarts,
+        "max_task_retries": pool.max_restarts,
+    }
+    if pool.num_gpus > 0:
+        kwargs["num_gpus"] = pool.num_gpus
+    return kwargs
+
+
+def writer_pool_kwargs(pool: WriterPoolConfig) -> dict[str, Any]:
+    """CPU actor pool for encode + upload."""
+    from ray.data import ActorPoolStrategy
+
+    return {
+        "compute": ActorPoolStrategy(min_size=pool.min_size, max_size=pool.max_size),
+        "batch_size": pool.batch_size,
+        "num_cpus": pool.num_cpus,
+    }
+
+
+def preprocess_pool_kwargs() -> dict[str, Any]:
+    """Light CPU pool: preprocessing is cheap string work, one or two actors keep up with any GPU pool."""
+    from ray.data import ActorPoolStrategy
+
+    return {"compute": ActorPoolStrategy(min_size=1, max_size=2), "num_cpus": 0.25, "batch_size": 4096}

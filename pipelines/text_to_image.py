@@ -1,0 +1,214 @@
+"""The batch text-to-image graph: Parquet prompts → preprocess → generator pools → writer (lazy)."""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from actors import GENERATORS, ImageWriter, PromptPreprocessor
+from actors.storage import arrow_filesystem, parse_location
+from configs.generator import DiffusersConfig
+from configs.job import JobConfig
+from configs.prep import GeneratorIdentity, PrepConfig
+from configs.storage import StoreSpec
+from configs.writer import ImageWriterConfig
+from pipelines.pools import generator_pool_kwargs, preprocess_pool_kwargs, writer_pool_kwargs
+from pipelines.schema import input_problems
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+    import ray.data
+
+logger = logging.getLogger(__name__)
+
+
+class InputError(ValueError):
+    """The prompt table can't be used as configured; the message says what to change."""
+
+
+@dataclass(frozen=True)
+class Stores:
+    """Resolved connections (with secrets) for the run's locations; built by jobs from the environment."""
+
+    source: StoreSpec
+    output: StoreSpec
+    models: dict[str, StoreSpec] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SourceInfo:
+    """What the driver learned from Parquet footers alone."""
+
+    files: list[str]
+    num_rows: int
+    schema: pa.Schema
+
+
+def inspect_source(cfg: JobConfig, stores: Stores) -> SourceInfo:
+    """Resolve files, read footers (no data), and check the schema. Raises InputError."""
+    import pyarrow as pa
+    import pyarrow.dataset as pads
+    import pyarrow.fs as pafs
+
+    fs, path = arrow_filesystem(cfg.source.uri, stores.source)
+    loc = parse_location(cfg.source.uri)
+    # 1 resolve: file, folder, or glob
+    try:
+        if any(ch in path for ch in "*?["):
+            base = path[: min(path.find(ch) for ch in "*?[" if ch in path)].rsplit("/", 1)[0]
+            infos = fs.get_file_info(pafs.FileSelector(base, recursive=True))
+            files = sorted(i.path for i in infos if i.type == pafs.FileType.File and fnmatch.fnmatch(i.path, path))
+        else:
+            info = fs.get_file_info(path)
+            if info.type == pafs.FileType.NotFound:
+                raise InputError(f"source.uri {cfg.source.uri} does not exist")
+            if info.type == pafs.FileType.Directory:
+                infos = fs.get_file_info(pafs.FileSelector(path, recursive=True))
+                files = sorted(
+                    i.path for i in infos if i.type == pafs.FileType.File and not i.base_name.startswith(("_", "."))
+                )
+            else:
+                files = [path]
+    except OSError as exc:
+        raise InputError(f"cannot list source {cfg.source.uri}: {exc}") from None
+    if not files:
+        raise InputError(f"source.uri {cfg.source.uri} matched no files")
+    # 2 footers only: schema and row count
+    try:
+        dataset = pads.dataset(files, filesystem=fs, format="parquet")
+        schema, num_rows = dataset.schema, dataset.count_rows()
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise InputError(
+            f"source {cfg.source.uri} is not a readable Parquet dataset ({_first_line(exc)}); "
+            f"convert it to Parquet, e.g. pandas.read_csv(...).to_parquet(...)"
+        ) from None
+    if num_rows == 0:
+        raise InputError(f"source {cfg.source.uri} has no rows")
+    problems = input_problems(schema, cfg.source)
+    if problems:
+        raise InputError(f"source {cfg.source.uri}: " + "; ".join(problems))
+    uri_files = [f"s3://{f}" if loc.kind == "s3" else f for f in files]
+    return SourceInfo(files=uri_files, num_rows=num_rows, schema=schema)
+
+
+def prep_config(cfg: JobConfig) -> PrepConfig:
+    """The preprocessor's slice of the job config."""
+    return PrepConfig(
+        job_seed=cfg.seed,
+        prompt_column=cfg.source.prompt_column,
+        id_column=cfg.source.id_column,
+        negative_prompt_column=cfg.source.negative_prompt_column,
+        max_prompt_chars=cfg.source.max_prompt_chars,
+        max_images_per_row=cfg.routing.max_images_per_row,
+        routing_mode=cfg.routing.mode,
+        routing_column=cfg.routing.column,
+        default_generator=cfg.default_generator,
+        generators={
+            name: GeneratorIdentity(model=g.model, revision=g.revision, scheduler=g.scheduler, defaults=g.defaults)
+            for name, g in cfg.generators.items()
+        },
+    )
+
+
+def writer_config(cfg: JobConfig, stores: Stores) -> ImageWriterConfig:
+    """The writer's slice of the job config."""
+    out = cfg.output
+    return ImageWriterConfig(
+        uri=out.uri,
+        format=out.format,
+        quality=out.quality,
+        png_compress_level=out.png_compress_level,
+        num_upload_threads=out.pool.num_upload_threads,
+        store=stores.output,
+    )
+
+
+def rows_per_block(cfg: JobConfig) -> int:
+    """Small blocks so every actor of every pool gets work (a small Parquet file is a single block)."""
+    if cfg.source.num_rows_per_block:
+        return cfg.source.num_rows_per_block
+    return min(g.pool.batch_size for g in cfg.generators.values())
+
+
+def build(cfg: JobConfig, stores: Stores, source: SourceInfo) -> ray.data.Dataset:
+    """The lazy graph of one run; nothing executes until the manifest is written.
+
+    Args:
+        cfg: the job config.
+        stores: resolved store connections.
+        source: the inspected source (files and schema).
+    """
+    import ray.data
+
+    # 1 read prompts (only the columns we use: wide tables stay cheap)
+    fs, _ = arrow_filesystem(cfg.source.uri, stores.source)
+    wanted = _input_columns(cfg, source.schema)
+    ds = ray.data.read_parquet(
+        [f[5:] if f.startswith("s3://") else f for f in source.files], filesystem=fs, columns=wanted
+    )
+    # 2 validate, route, expand num_images, derive seeds and keys; a light CPU pool, one block per call
+    ds = ds.map_batches(
+        PromptPreprocessor,
+        fn_constructor_kwargs={"cfg": prep_config(cfg)},
+        batch_format="pyarrow",
+        **preprocess_pool_kwargs(),
+    )
+    # 3 fan out: blocks of about one GPU batch so every actor of every pool gets work
+    ds = ds.repartition(target_num_rows_per_block=rows_per_block(cfg))
+    # 4 one autoscaled actor pool per generator; each pool only sees its own rows
+    branches = []
+    for name, gen in cfg.generators.items():
+        branch = ds if len(cfg.generators) == 1 else ds.filter(_routed_to(name, list(cfg.generators)))
+        kwargs: dict[str, Any] = {"cfg": gen}
+        if isinstance(gen, DiffusersConfig) and gen.model.startswith("s3://"):
+            kwargs["model_store"] = stores.models[name]
+        branches.append(
+            branch.map_batches(
+                GENERATORS[gen.backend],
+                fn_constructor_kwargs=kwargs,
+                batch_format="numpy",
+                **generator_pool_kwargs(gen.pool),
+            )
+        )
+    ds = branches[0] if len(branches) == 1 else branches[0].union(*branches[1:])
+    # 5 encode + write in a separate CPU pool, overlapped with generation; pixels are dropped here
+    ds = ds.map_batches(
+        ImageWriter,
+        fn_constructor_kwargs={"cfg": writer_config(cfg, stores)},
+        batch_format="numpy",
+        **writer_pool_kwargs(cfg.output.pool),
+    )
+    return ds
+
+
+def _routed_to(name: str, names: list[str]) -> Any:
+    """Row filter for one generator's branch; the first branch also carries rows naming no known generator
+    (they are error rows already and must still reach the manifest)."""
+    first = name == names[0]
+
+    def keep(row: dict[str, Any]) -> bool:
+        return bool(row["generator"] == name or (first and row["generator"] not in names))
+
+    return keep
+
+
+def _input_columns(cfg: JobConfig, schema: pa.Schema) -> list[str]:
+    candidates = [
+        cfg.source.prompt_column,
+        cfg.source.id_column,
+        cfg.source.negative_prompt_column,
+        cfg.routing.column,
+        "seed",
+        "width",
+        "height",
+        "num_steps",
+        "guidance_scale",
+        "num_images",
+    ]
+    return [c for c in dict.fromkeys(candidates) if c in schema.names]
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
