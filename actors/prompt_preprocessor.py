@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
 Batch = dict[str, np.ndarray]
+MAX_SIDE = 8192
 
 # Optional per-row override columns and the python type each must convert to.
 OVERRIDE_COLUMNS = {
@@ -142,6 +143,8 @@ class PromptPreprocessor:
             v = row[name]
             if v < 8 or v % 8:
                 return f"{name}={v} must be a positive multiple of 8"
+            if v > MAX_SIDE:
+                return f"{name}={v} exceeds the maximum side of {MAX_SIDE} pixels"
         if row["width"] * row["height"] > d.max_pixels:
             return f"size {row['width']}x{row['height']} exceeds max_pixels={d.max_pixels} for {gen_name}"
         if not 1 <= row["num_steps"] <= 1000:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import shutil
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -263,7 +264,21 @@ class ObjectStore:
         strip = len(self.location.prefix) + 1 if self.location.prefix else 0
         for page in paginator.paginate(Bucket=self.location.bucket, Prefix=self._key(rel_prefix)):
             for obj in page.get("Contents", []):
-                yield obj["Key"][strip:], int(obj["Size"])
+                if not obj["Key"].endswith("/"):  # directory markers some writers leave behind
+                    yield obj["Key"][strip:], int(obj["Size"])
+
+    def delete_prefix(self, rel_prefix: str) -> None:
+        """Remove everything under `rel_prefix/` (directory markers included)."""
+        if self.location.kind == "local":
+            shutil.rmtree(Path(self.location.prefix, rel_prefix), ignore_errors=True)
+            return
+        paginator = self.client.get_paginator("list_objects_v2")
+        prefix = self._key(rel_prefix.rstrip("/") + "/")
+        for page in paginator.paginate(Bucket=self.location.bucket, Prefix=prefix):
+            keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
+            if keys:
+                self.client.delete_objects(Bucket=self.location.bucket, Delete={"Objects": keys, "Quiet": True})
+        self.client.delete_object(Bucket=self.location.bucket, Key=prefix)
 
     def delete(self, rel: str) -> None:
         if self.location.kind == "local":

@@ -23,8 +23,6 @@ class PoolConfig(StrictModel):
     """CPUs per actor."""
     batch_size: int = Field(default=4, ge=1, le=1024)
     """Images per model call (rows are grouped by shape first)."""
-    max_restarts: int = Field(default=3, ge=0)
-    """Times Ray restarts a dead actor before the run fails."""
 
     @model_validator(mode="after")
     def _sizes(self) -> "PoolConfig":

@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     run_id = args.run_id or time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
     import ray
 
-    runtime.start_ray(cfg)
+    started = runtime.start_ray(cfg)
     try:
         runtime.check_resources(cfg)
         summary = write_manifest(build(cfg, stores, source), cfg.output.uri, stores.output, run_id)
@@ -61,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"imagefleet: run {run_id} failed: {type(exc).__name__}: {str(exc)[:300]}", file=sys.stderr)
         return 1
     finally:
-        ray.shutdown()
+        if started:
+            ray.shutdown()
     # 3 record and report
     record_uri = write_run_json(cfg.output.uri, stores.output, runtime.run_record(cfg, summary, source))
     print(runtime.summary_text(summary, record_uri))

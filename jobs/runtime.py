@@ -52,13 +52,20 @@ def preflight_output(cfg: JobConfig, stores: Stores) -> None:
     ObjectStore(cfg.output.uri, stores.output).check_writable()
 
 
-def start_ray(cfg: JobConfig) -> Any:
-    """Connect to or start Ray. A `local` cluster is private: own temp dir, loopback, no dashboard."""
+def start_ray(cfg: JobConfig) -> bool:
+    """Connect to or start Ray; returns whether this call started it (and so must shut it down).
+
+    A `local` cluster is private: its own temp dir, loopback only, no dashboard. A Ray already initialised
+    in this process (a notebook, a test session, a pipeline step) is reused as is.
+    """
     import ray
 
+    if ray.is_initialized():
+        return False
     c = cfg.cluster
     if c.address != "local":
-        return ray.init(address=c.address, log_to_driver=True)
+        ray.init(address=c.address, log_to_driver=True)
+        return True
     kwargs: dict[str, Any] = {
         "address": "local",
         "_temp_dir": os.path.join(c.temp_dir, uuid.uuid4().hex[:8]),
@@ -73,20 +80,21 @@ def start_ray(cfg: JobConfig) -> Any:
         kwargs["num_gpus"] = c.num_gpus
     if c.object_store_memory_mb:
         kwargs["object_store_memory"] = c.object_store_memory_mb * 1024 * 1024
-    return ray.init(**kwargs)
+    ray.init(**kwargs)
+    return True
 
 
 def check_resources(cfg: JobConfig) -> None:
     """Asking Ray for GPUs it doesn't have hangs silently: fail fast on a local cluster instead."""
     import ray
 
-    if cfg.cluster.address != "local":
+    if cfg.cluster.address not in ("local", ""):
         return
     have = ray.cluster_resources().get("GPU", 0.0)
     for name, gen in cfg.generators.items():
         if gen.pool.num_gpus > have:
             raise StorageError(
-                f"generator {name!r} asks for {gen.pool.num_gpus} GPU(s) per actor but this local Ray has {have}; "
+                f"generator {name!r} asks for {gen.pool.num_gpus:g} GPU(s) per actor but this local Ray has {have:g}; "
                 f"set cluster.num_gpus (fake GPUs for scheduling on a CPU box) or generators.{name}.pool.num_gpus: 0"
             )
 

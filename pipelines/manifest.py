@@ -55,7 +55,7 @@ def write_manifest(ds: ray.data.Dataset, output_uri: str, store: StoreSpec, run_
     fs, root = arrow_filesystem(output_uri, store)
     staging = f"{root}/{STAGING_DIR}/{run_id}"
     ds = ds.map_batches(_to_manifest_rows, fn_kwargs={"run_id": run_id}, batch_format="pyarrow")
-    ds.write_parquet(staging, filesystem=fs)
+    ds.write_parquet(staging, filesystem=fs, try_create_dir=objects_are_files(output_uri))
     wall = time.time() - started
     # 2 commit: staged parts become the manifest, older parts go
     objects = ObjectStore(output_uri, store)
@@ -69,10 +69,16 @@ def write_manifest(ds: ray.data.Dataset, output_uri: str, store: StoreSpec, run_
     for rel in old:
         if f"part-{run_id}-" not in rel:
             objects.delete(rel)
-    for rel in staged:
-        objects.delete(rel)
+    objects.delete_prefix(f"{STAGING_DIR}/{run_id}")
+    if not any(True for _ in objects.list(f"{STAGING_DIR}/")):
+        objects.delete_prefix(STAGING_DIR)
     # 3 summarize from the committed parts (column batches: driver memory stays flat)
     return _summarize(objects, committed, run_id, wall)
+
+
+def objects_are_files(uri: str) -> bool:
+    """Local outputs need real directories; object stores don't (and get no marker objects)."""
+    return not uri.startswith("s3://")
 
 
 def _is_committed_part(rel: str) -> bool:

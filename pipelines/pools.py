@@ -17,10 +17,10 @@ def generator_pool_kwargs(pool: PoolConfig) -> dict[str, Any]:
             min_size=pool.min_size, max_size=pool.max_size, initial_size=pool.initial_size
         ),
         "batch_size": pool.batch_size,
+        # Ray Data's defaults are kept on purpose: a dead actor is recreated and its task retried
+        # (preemption, OOM kill), while an actor whose __init__ keeps failing (broken model) fails the run
+        # after DataContext.max_consecutive_actor_init_deaths.
         "num_cpus": pool.num_cpus,
-        # Ray restarts dead pool actors and retries their tasks; bound it so a broken model fails the run.
-        "max_restarts": pool.max_restarts,
-        "max_task_retries": pool.max_restarts,
     }
     if pool.num_gpus > 0:
         kwargs["num_gpus"] = pool.num_gpus

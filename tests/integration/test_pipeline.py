@@ -1,0 +1,181 @@
+"""End to end on real components: local Ray (fake GPUs), SeaweedFS S3, tiny diffusers model."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image
+
+from jobs import generate
+from tests.conftest import REPO, tiny_job, write_config, write_prompts
+
+pytestmark = pytest.mark.slow
+
+SIZES = [(64, 64), (96, 64), (64, 96), (128, 64)]
+
+
+def objects(server: Any, bucket: str, prefix: str = "") -> dict[str, Any]:
+    client = server.client()
+    out = {}
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        for obj in page.get("Contents", []):
+            out[obj["Key"]] = obj
+    return out
+
+
+def manifest(server: Any, bucket: str, prefix: str) -> list[dict[str, Any]]:
+    import pyarrow.parquet as pq
+
+    client = server.client()
+    rows: list[dict[str, Any]] = []
+    for key in objects(server, bucket, f"{prefix}/manifest/"):
+        if key.rsplit("/", 1)[-1].startswith("part-"):
+            body = client.get_object(Bucket=bucket, Key=key)["Body"].read()
+            rows.extend(pq.read_table(io.BytesIO(body)).to_pylist())
+    return rows
+
+
+def test_100_prompts_mixed_sizes_then_idempotent_rerun(
+    tmp_path: Path, tiny_model: Path, s3_env: Any, bucket: str, ray_cluster: None, capsys: Any
+) -> None:
+    prompts = write_prompts(tmp_path / "p.parquet", {
+        "id": [f"r{i}" for i in range(100)],
+        "prompt": [f"prompt number {i}" for i in range(100)],
+        "width": [SIZES[i % 4][0] for i in range(100)],
+        "height": [SIZES[i % 4][1] for i in range(100)],
+    })
+    cfg = write_config(tmp_path / "job.yaml", tiny_job(prompts, tiny_model, f"s3://{bucket}/run"))
+    # first run
+    assert generate.main([str(cfg)]) == 0
+    rows = manifest(s3_env, bucket, "run")
+    assert len(rows) == 100
+    assert {r["status"] for r in rows} == {"ok"}
+    assert len({r["image_key"] for r in rows}) == 100
+    client = s3_env.client()
+    for r in rows:
+        assert r["image_uri"].startswith(f"s3://{bucket}/run/images/")
+        body = client.get_object(Bucket=bucket, Key=r["image_uri"][len(f"s3://{bucket}/"):])["Body"].read()
+        assert hashlib.sha256(body).hexdigest() == r["sha256"] and len(body) == r["bytes"]
+        assert Image.open(io.BytesIO(body)).size == (r["width"], r["height"])
+        assert r["generate_ms"] > 0 and r["cost_usd"] > 0 and r["model"].endswith("@main")
+    images_before = objects(s3_env, bucket, "run/images/")
+    assert len(images_before) == 100
+    run_json = json.loads(client.get_object(Bucket=bucket, Key="run/run.json")["Body"].read())
+    assert run_json["summary"]["num_ok"] == 100 and run_json["summary"]["num_written"] == 100
+    assert not [k for k in objects(s3_env, bucket, "run/manifest/_staging/")]
+    # identical rerun: nothing new is written, everything reported as already present
+    assert generate.main([str(cfg)]) == 0
+    out = capsys.readouterr().out
+    assert "0 written, 100 already present" in out
+    images_after = objects(s3_env, bucket, "run/images/")
+    assert images_after.keys() == images_before.keys()
+    assert all(images_after[k]["LastModified"] == images_before[k]["LastModified"] for k in images_after)
+    rows2 = manifest(s3_env, bucket, "run")
+    assert len(rows2) == 100 and all(r["already_present"] for r in rows2)
+    assert {r["sha256"] for r in rows2} == {r["sha256"] for r in rows}
+
+
+def test_bad_rows_become_error_rows_and_the_run_finishes(
+    tmp_path: Path, tiny_model: Path, s3_env: Any, bucket: str, ray_cluster: None
+) -> None:
+    prompts = write_prompts(tmp_path / "p.parquet", {
+        "prompt": ["good one", None, "size", "steps", "zero", "good two", "🐱 unicode ok"],
+        "width": [64, 64, 100, 64, 64, 64, 64],
+        "height": [64, 64, 100, 64, 64, 64, 64],
+        "num_steps": [2, 2, 2, -3, 2, 2, 2],
+        "num_images": [1, 1, 1, 1, 0, 2, 1],
+    })
+    cfg = write_config(tmp_path / "job.yaml", tiny_job(prompts, tiny_model, f"s3://{bucket}/bad"))
+    assert generate.main([str(cfg)]) == 0
+    rows = manifest(s3_env, bucket, "bad")
+    by_status: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        by_status.setdefault(r["status"], []).append(r)
+    assert len(by_status["ok"]) == 4  # good one, 2 x good two, unicode
+    errors = sorted(r["error"] for r in by_status["error"])
+    assert len(errors) == 4
+    assert any("null" in e for e in errors) and any("multiple of 8" in e for e in errors)
+    assert any("num_steps" in e for e in errors) and any("num_images" in e for e in errors)
+    assert len(objects(s3_env, bucket, "bad/images/")) == 4
+
+
+def test_max_error_fraction_fails_the_run(
+    tmp_path: Path, tiny_model: Path, s3_env: Any, bucket: str, ray_cluster: None, capsys: Any
+) -> None:
+    prompts = write_prompts(tmp_path / "p.parquet", {"prompt": [None, None, "ok"]})
+    raw = tiny_job(prompts, tiny_model, f"s3://{bucket}/frac", limits={"max_error_fraction": 0.5})
+    assert generate.main([str(write_config(tmp_path / "job.yaml", raw))]) == 1
+    assert "failed (limit 50.0%)" in capsys.readouterr().err
+
+
+def _no_manifest(server: Any, bucket: str) -> None:
+    assert not objects(server, bucket, "x/manifest/") and not objects(server, bucket, "x/images/")
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("missing_column", "prompt column 'prompt' is missing"),
+        ("empty_file", "has no rows"),
+        ("not_parquet", "not a readable Parquet dataset"),
+        ("unknown_key", "unknown key 'output.bucket'"),
+        ("wrong_secret", "rejected the credentials"),
+        ("unreachable", "cannot reach the S3 endpoint"),
+        ("missing_source", "does not exist"),
+        ("wrong_column_type", "expected integer"),
+        ("no_gpus", "asks for 4 GPU(s) per actor"),
+    ],
+)
+def test_bad_input_fails_before_any_work(
+    case: str, message: str, tmp_path: Path, tiny_model: Path, s3_env: Any, bucket: str, monkeypatch: Any,
+    capsys: Any, ray_cluster: None,
+) -> None:
+    source: Path = write_prompts(tmp_path / "p.parquet", {"prompt": ["a", "b"]})
+    raw = tiny_job(source, tiny_model, f"s3://{bucket}/x")
+    if case == "missing_column":
+        source = write_prompts(tmp_path / "p.parquet", {"text": ["a", "b"]})
+    elif case == "empty_file":
+        import pyarrow as pa
+
+        source = write_prompts(tmp_path / "p.parquet", {"prompt": pa.array([], pa.string())})
+    elif case == "not_parquet":
+        source = tmp_path / "prompts.csv"
+        source.write_text("prompt\na cat\n")
+        raw["source"]["uri"] = str(source)
+    elif case == "unknown_key":
+        raw["output"]["bucket"] = "x"
+    elif case == "wrong_secret":
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
+    elif case == "unreachable":
+        monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+        raw["output"]["s3"] = {"max_attempts": 1, "connect_timeout_s": 1}
+    elif case == "missing_source":
+        raw["source"]["uri"] = str(tmp_path / "nope.parquet")
+    elif case == "wrong_column_type":
+        write_prompts(source, {"prompt": ["a"], "width": ["wide"]})
+    elif case == "no_gpus":
+        raw["generators"]["tiny"]["pool"]["num_gpus"] = 4
+    code = generate.main([str(write_config(tmp_path / "job.yaml", raw))])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert message in err
+    assert "Traceback" not in err and "not-the-secret" not in err
+    _no_manifest(s3_env, bucket)
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_dry_runs(
+    path: Path, tmp_path: Path, tiny_model: Path, s3_env: Any, bucket: str, capsys: Any
+) -> None:
+    source = write_prompts(tmp_path / "p.parquet", {"prompt": ["a", "b"]})
+    code = generate.main([str(path), "--dry-run", f"--set=source.uri={source}",
+                          f"--set=output.uri=s3://{bucket}/dry", "--set=output.s3.endpoint_url="])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    assert "dry run" in out.out and "2 rows" in out.out
+    assert not objects(s3_env, bucket, "dry/")

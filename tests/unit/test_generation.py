@@ -1,0 +1,87 @@
+"""run_generation: pass-through, shape buckets, chunking, poison-row isolation, fatal errors."""
+
+import time
+from collections.abc import Sequence
+
+import numpy as np
+import pytest
+
+from actors.generation import Request, run_generation
+
+
+def batch(shapes: list[tuple[int, int]], status: list[str] | None = None, prompts: list[str] | None = None) -> dict:
+    n = len(shapes)
+    return {
+        "prompt": np.array(prompts or [f"p{i}" for i in range(n)], dtype=object),
+        "negative_prompt": np.array([""] * n, dtype=object),
+        "seed": np.arange(n),
+        "width": np.array([w for w, _ in shapes]),
+        "height": np.array([h for _, h in shapes]),
+        "num_steps": np.array([2] * n),
+        "guidance_scale": np.array([0.0] * n),
+        "status": np.array(status or ["pending"] * n, dtype=object),
+        "error": np.array([""] * n, dtype=object),
+        "enqueued_at": np.array([time.time()] * n),
+    }
+
+
+class Recorder:
+    def __init__(self, poison: str = "") -> None:
+        self.calls: list[list[tuple[int, int]]] = []
+        self.poison = poison
+
+    def __call__(self, reqs: Sequence[Request]) -> list[np.ndarray]:
+        self.calls.append([(r.width, r.height) for r in reqs])
+        if self.poison and any(self.poison in r.prompt for r in reqs):
+            raise ValueError("poison prompt")
+        return [np.zeros((r.height, r.width, 3), np.uint8) for r in reqs]
+
+
+def gen(b: dict, rec: Recorder, batch_size: int = 4, fatal: bool = False) -> dict:
+    return run_generation(b, batch_size=batch_size, generate=rec, is_fatal=lambda e: fatal,
+                          usd_per_second=1.0, usd_per_image=0.5)
+
+
+def test_mixed_sizes_are_bucketed() -> None:
+    rec = Recorder()
+    out = gen(batch([(64, 64), (96, 64), (64, 64), (96, 64), (64, 64)]), rec)
+    assert all(len(set(call)) == 1 for call in rec.calls)
+    assert sorted(len(c) for c in rec.calls) == [2, 3]
+    assert list(out["status"]) == ["generated"] * 5
+    assert [len(x) for x in out["image"]] == [64 * 64 * 3, 96 * 64 * 3] * 2 + [64 * 64 * 3]
+    assert (out["cost_usd"] >= 0.5).all()
+
+
+def test_chunks_respect_batch_size() -> None:
+    rec = Recorder()
+    gen(batch([(64, 64)] * 10), rec, batch_size=4)
+    assert [len(c) for c in rec.calls] == [4, 4, 2]
+
+
+def test_non_pending_rows_pass_through() -> None:
+    rec = Recorder()
+    out = gen(batch([(64, 64)] * 3, status=["error", "pending", "cached"]), rec)
+    assert list(out["status"]) == ["error", "generated", "cached"]
+    assert out["image"][0] == b"" and out["image"][2] == b""
+    assert rec.calls == [[(64, 64)]]
+
+
+def test_poison_row_is_isolated() -> None:
+    rec = Recorder(poison="bad")
+    out = gen(batch([(64, 64)] * 4, prompts=["a", "bad", "c", "d"]), rec)
+    assert list(out["status"]) == ["generated", "error", "generated", "generated"]
+    assert "poison prompt" in out["error"][1]
+
+
+def test_fatal_errors_propagate() -> None:
+    with pytest.raises(ValueError):
+        gen(batch([(64, 64)]), Recorder(poison="p"), fatal=True)
+
+
+def test_wrong_output_shape_is_a_row_error() -> None:
+    def bad(reqs: Sequence[Request]) -> list[np.ndarray]:
+        return [np.zeros((8, 8, 3), np.uint8) for _ in reqs]
+
+    out = run_generation(batch([(64, 64)]), batch_size=4, generate=bad, is_fatal=lambda e: False,
+                         usd_per_second=0, usd_per_image=0)
+    assert out["status"][0] == "error" and "shape" in out["error"][0]

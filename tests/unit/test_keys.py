@@ -1,0 +1,53 @@
+"""Image keys, derived seeds and object names."""
+
+import pytest
+
+from actors.keys import derive_row_id, derive_seed, image_key, object_name, shape_bucket
+
+BASE = dict(model="m", revision="main", scheduler="", prompt="a cat", negative_prompt="", seed=1, width=64,
+            height=64, num_steps=2, guidance_scale=0.0)
+
+
+def test_key_is_deterministic_and_hex() -> None:
+    k = image_key(**BASE)
+    assert k == image_key(**BASE)
+    assert len(k) == 40 and all(c in "0123456789abcdef" for c in k)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("model", "m2"), ("revision", "v2"), ("scheduler", "Euler"), ("prompt", "a dog"), ("negative_prompt", "x"),
+     ("seed", 2), ("width", 72), ("height", 72), ("num_steps", 3), ("guidance_scale", 1.5)],
+)
+def test_every_field_changes_the_key(field: str, value: object) -> None:
+    assert image_key(**{**BASE, field: value}) != image_key(**BASE)
+
+
+def test_unicode_prompts_hash() -> None:
+    assert image_key(**{**BASE, "prompt": "猫 🐱"}) != image_key(**BASE)
+
+
+def test_seeds_are_deterministic_distinct_and_int32() -> None:
+    seeds = {derive_seed(0, "row", i) for i in range(100)}
+    assert len(seeds) == 100
+    assert all(0 <= s < 2**31 - 1 for s in seeds)
+    assert derive_seed(0, "row", 3) == derive_seed(0, "row", 3)
+    assert derive_seed(1, "row", 3) != derive_seed(0, "row", 3)
+    assert derive_seed(0, "row2", 3) != derive_seed(0, "row", 3)
+
+
+def test_row_id_from_prompt() -> None:
+    assert derive_row_id("a") == derive_row_id("a") != derive_row_id("b")
+
+
+def test_object_name_never_escapes_prefix() -> None:
+    key = image_key(**BASE)
+    assert object_name(key, "png") == f"images/{key[:2]}/{key}.png"
+    for bad in ("../../etc/passwd", "a/b", key[:-1] + "/", ""):
+        with pytest.raises(ValueError):
+            object_name(bad, "png")
+
+
+def test_shape_bucket_groups_equal_shapes() -> None:
+    assert shape_bucket(64, 64, 2, 0.0) == shape_bucket(64, 64, 2, 0.0000001)
+    assert shape_bucket(64, 64, 2, 0.0) != shape_bucket(64, 72, 2, 0.0)

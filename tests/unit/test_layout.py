@@ -1,0 +1,35 @@
+"""The four packages come from this repository (PyPI has unrelated `configs`, `actors`, `pipelines`)."""
+
+import importlib
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+
+
+@pytest.mark.parametrize("name", ["configs", "actors", "pipelines", "jobs"])
+def test_package_imported_from_repo_root(name: str) -> None:
+    module = importlib.import_module(name)
+    assert Path(module.__file__).resolve().parent == REPO / name
+
+
+def test_import_direction() -> None:
+    """jobs → pipelines → actors → configs: a lower layer never imports a higher one."""
+    order = ["configs", "actors", "pipelines", "jobs"]
+    for i, pkg in enumerate(order):
+        higher = order[i + 1 :]
+        for source in (REPO / pkg).rglob("*.py"):
+            text = source.read_text()
+            for other in higher:
+                assert f"from {other}" not in text and f"import {other}" not in text, f"{source} imports {other}"
+
+
+def test_driver_imports_stay_light() -> None:
+    """Configs, pipelines and the CLI import no torch/diffusers (actors import them lazily)."""
+    import subprocess
+
+    code = "import jobs.generate, pipelines.text_to_image, sys; print(any(m in sys.modules for m in ('torch','diffusers')))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
+    assert out.stdout.strip() == "False"

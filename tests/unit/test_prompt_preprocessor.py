@@ -1,0 +1,92 @@
+"""PromptPreprocessor on Arrow batches, without Ray."""
+
+from typing import Any
+
+import pyarrow as pa
+import pytest
+
+from actors.prompt_preprocessor import PromptPreprocessor
+from configs.loader import parse_config
+from pipelines.text_to_image import prep_config
+from tests.conftest import tiny_job
+
+
+def run(columns: dict[str, list[Any]], **job: Any) -> dict[str, list[Any]]:
+    cfg = parse_config({**tiny_job("p", "m", "out"), **job})
+    out = PromptPreprocessor(prep_config(cfg))(pa.table(columns))
+    return {k: list(v) for k, v in out.items()}
+
+
+def test_expansion_seeds_and_keys() -> None:
+    out = run({"id": ["a", "b"], "prompt": ["cat", "dog"], "num_images": [3, 1]})
+    assert len(out["id"]) == 4
+    assert sorted(zip(out["id"], out["image_index"], strict=True)) == [("a", 0), ("a", 1), ("a", 2), ("b", 0)]
+    assert len(set(out["seed"])) == 4 and len(set(out["image_key"])) == 4
+    assert set(out["status"]) == {"pending"}
+    again = run({"id": ["a", "b"], "prompt": ["cat", "dog"], "num_images": [3, 1]})
+    assert again["image_key"] == out["image_key"] and again["seed"] == out["seed"]
+
+
+def test_row_overrides_and_defaults() -> None:
+    out = run({"prompt": ["x", "y"], "width": [128, None], "height": [96, None], "num_steps": [5, None],
+               "guidance_scale": [2.5, None], "negative_prompt": ["blurry", None], "seed": [42, None]})
+    rows = {p: i for i, p in enumerate(out["prompt"])}
+    x, y = rows["x"], rows["y"]
+    assert (out["width"][x], out["height"][x], out["num_steps"][x]) == (128, 96, 5)
+    assert out["guidance_scale"][x] == 2.5 and out["negative_prompt"][x] == "blurry" and out["seed"][x] == 42
+    assert (out["width"][y], out["height"][y], out["num_steps"][y], out["guidance_scale"][y]) == (64, 64, 2, 0.0)
+    assert out["negative_prompt"][y] == ""
+
+
+def test_ids_derived_when_missing() -> None:
+    out = run({"prompt": ["same", "same", "other"]})
+    assert out["id"][0] == out["id"][1] != out["id"][2] or len(set(out["id"])) == 2
+
+
+@pytest.mark.parametrize(
+    ("columns", "message"),
+    [
+        ({"prompt": [None]}, "prompt is null"),
+        ({"prompt": ["   "]}, "prompt is empty"),
+        ({"prompt": ["x"], "width": [100], "height": [100]}, "multiple of 8"),
+        ({"prompt": ["x"], "width": [0]}, "multiple of 8"),
+        ({"prompt": ["x"], "width": [100000], "height": [64]}, "maximum side"),
+        ({"prompt": ["x"], "width": [8192], "height": [8192]}, "max_pixels"),
+        ({"prompt": ["x"], "num_steps": [-1]}, "num_steps"),
+        ({"prompt": ["x"], "num_images": [0]}, "num_images"),
+        ({"prompt": ["x"], "num_images": [1000]}, "num_images"),
+        ({"prompt": ["x"], "guidance_scale": [float("nan")]}, "finite"),
+        ({"prompt": ["x"], "width": [64.5]}, "whole number"),
+        ({"prompt": ["x" * 10_001]}, "limit"),
+        ({"prompt": ["x"], "seed": [-5]}, "seed"),
+    ],
+)
+def test_bad_rows_become_error_rows(columns: dict[str, list[Any]], message: str) -> None:
+    out = run(columns)
+    assert out["status"] == ["error"]
+    assert message in out["error"][0]
+    assert out["image_key"] == [""]
+
+
+def test_good_rows_survive_next_to_bad_ones() -> None:
+    out = run({"prompt": ["ok", None, "fine"], "width": [64, 64, 72]})
+    assert sorted(out["status"]) == ["error", "pending", "pending"]
+
+
+def test_unicode_and_path_like_ids_are_just_data() -> None:
+    out = run({"id": ["../../etc/passwd", "a/b"], "prompt": ["🐱 猫", "x"]})
+    assert set(out["status"]) == {"pending"}
+    assert all(len(k) == 40 for k in out["image_key"])
+
+
+def test_rows_sorted_by_shape_within_a_batch() -> None:
+    out = run({"prompt": [f"p{i}" for i in range(6)], "width": [64, 128, 64, 128, 64, 128]})
+    assert out["width"] == sorted(out["width"])
+
+
+def test_column_routing_to_unknown_generator_is_an_error_row() -> None:
+    out = run({"prompt": ["x", "y"], "generator": ["tiny", "huge"]},
+              routing={"mode": "column"})
+    by_prompt = dict(zip(out["prompt"], out["status"], strict=True))
+    assert by_prompt == {"x": "pending", "y": "error"}
+    assert "huge" in out["error"][out["prompt"].index("y")]

@@ -1,0 +1,78 @@
+"""ObjectStore against the real embedded SeaweedFS: write-once, races, credentials, endpoints."""
+
+import hashlib
+import threading
+from typing import Any
+
+import pytest
+
+from actors.storage import ObjectStore, StorageError, parse_location, resolve_store_spec
+from configs.storage import S3Config, StoreSpec
+
+
+def spec(server: Any, secret: str = "") -> StoreSpec:
+    return resolve_store_spec("s3://x", S3Config(endpoint_url=server.endpoint_url), {
+        "AWS_ACCESS_KEY_ID": server.access_key, "AWS_SECRET_ACCESS_KEY": secret or server.secret_key})
+
+
+def test_parse_location() -> None:
+    loc = parse_location("s3://b/p/q/")
+    assert (loc.kind, loc.bucket, loc.prefix) == ("s3", "b", "p/q")
+    assert parse_location("out").kind == "local"
+
+
+def test_put_if_absent_is_write_once(s3_server: Any, bucket: str) -> None:
+    store = ObjectStore(f"s3://{bucket}/run", spec(s3_server))
+    sha = hashlib.sha256(b"one").hexdigest()
+    assert store.put_if_absent("images/a.png", b"one", "image/png", sha) == (True, sha)
+    written, stored = store.put_if_absent("images/a.png", b"two", "image/png", "x")
+    assert not written and stored == sha
+    assert store.get("images/a.png") == b"one"
+    assert [name for name, _ in store.list("images/")] == ["images/a.png"]
+
+
+def test_racing_writers_one_winner(s3_server: Any, bucket: str) -> None:
+    store = ObjectStore(f"s3://{bucket}", spec(s3_server))
+    results: list[bool] = []
+
+    def put(i: int) -> None:
+        data = f"w{i}".encode()
+        results.append(store.put_if_absent("k", data, "text/plain", hashlib.sha256(data).hexdigest())[0])
+
+    threads = [threading.Thread(target=put, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results.count(True) == 1
+
+
+def test_wrong_secret_is_explained(s3_server: Any, bucket: str) -> None:
+    store = ObjectStore(f"s3://{bucket}", spec(s3_server, secret="wrong-secret"))
+    with pytest.raises(StorageError, match="rejected the credentials") as err:
+        store.check_writable()
+    assert "wrong-secret" not in str(err.value)
+
+
+def test_missing_bucket_is_explained(s3_server: Any) -> None:
+    with pytest.raises(StorageError, match="does not exist"):
+        ObjectStore("s3://no-such-bucket-xyz/p", spec(s3_server)).check_writable()
+
+
+def test_unreachable_endpoint_is_explained() -> None:
+    bad = StoreSpec(kind="s3", endpoint_url="http://127.0.0.1:9", access_key="a", secret_key="b", max_attempts=1,
+                    connect_timeout_s=1)
+    with pytest.raises(StorageError, match="cannot reach"):
+        ObjectStore("s3://b/p", bad).check_writable()
+
+
+def test_missing_credentials_name_the_variables() -> None:
+    with pytest.raises(StorageError, match="AWS_SECRET_ACCESS_KEY"):
+        resolve_store_spec("s3://b/p", S3Config(), {})
+
+
+def test_secret_file(tmp_path: Any) -> None:
+    f = tmp_path / "creds"
+    f.write_text("access_key=AK\nsecret_key=SK\n")
+    s = resolve_store_spec("s3://b", S3Config(secret_file=str(f)), {})
+    assert s.access_key.get_secret_value() == "AK" and "SK" not in repr(s) and "SK" not in s.model_dump_json()
