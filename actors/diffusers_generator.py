@@ -82,7 +82,14 @@ class DiffusersGenerator:
             is_fatal=self._is_fatal,
             usd_per_second=self.cfg.cost.usd_per_gpu_hour * max(self.cfg.pool.num_gpus, 0.0) / 3600,
             usd_per_image=self.cfg.cost.usd_per_image,
+            is_oom=self._is_oom,
         )
+
+    def _is_oom(self, exc: BaseException) -> bool:
+        if isinstance(exc, self.torch.cuda.OutOfMemoryError):
+            self.torch.cuda.empty_cache()
+            return True
+        return False
 
     def _generate(self, requests: Sequence[Request]) -> list[np.ndarray]:
         # 1 one shape per call (guaranteed by the caller's buckets)

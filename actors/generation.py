@@ -51,12 +51,14 @@ def run_generation(
     is_fatal: Callable[[BaseException], bool],
     usd_per_second: float,
     usd_per_image: float,
+    is_oom: Callable[[BaseException], bool] = lambda exc: False,
 ) -> Batch:
     """Generate every `pending` row of `batch`; everything else passes through unchanged.
 
     Rows are grouped by shape bucket (width, height, steps, guidance) so one model call shares them, then
     chunked to `batch_size`. A chunk that raises a non-fatal error is retried row by row so only the
-    poison row becomes an error row. Fatal errors (CUDA, OOM, model load) propagate: Ray restarts the actor.
+    poison row becomes an error row. A chunk that runs out of memory is retried in halves; a single image
+    that still does, and other fatal errors (CUDA, model load), propagate so Ray restarts the actor.
     """
     # 1 prepare outputs: pass-through defaults
     n = len(batch["status"])
@@ -79,7 +81,7 @@ def run_generation(
             started = time.time()
             for i in chunk:
                 queue_ms[i] = max(0.0, (started - float(batch["enqueued_at"][i])) * 1000)
-            for i, result, ms in _run_chunk(batch, chunk, generate, is_fatal):
+            for i, result, ms in _run_chunk(batch, chunk, generate, is_fatal, is_oom):
                 gen_ms[i] = ms
                 if isinstance(result, np.ndarray):
                     images[i] = np.ascontiguousarray(result, dtype=np.uint8).tobytes()
@@ -101,7 +103,11 @@ def run_generation(
 
 
 def _run_chunk(
-    batch: Batch, chunk: list[int], generate: GenerateFn, is_fatal: Callable[[BaseException], bool]
+    batch: Batch,
+    chunk: list[int],
+    generate: GenerateFn,
+    is_fatal: Callable[[BaseException], bool],
+    is_oom: Callable[[BaseException], bool],
 ) -> list[tuple[int, np.ndarray | str, float]]:
     requests = [_request(batch, i) for i in chunk]
     started = time.perf_counter()
@@ -110,6 +116,12 @@ def _run_chunk(
         ms = (time.perf_counter() - started) * 1000 / len(chunk)
         return [(i, _check_image(img, req), ms) for i, img, req in zip(chunk, outputs, requests, strict=True)]
     except Exception as exc:  # noqa: BLE001 - classified right below
+        if is_oom(exc) and len(chunk) > 1:
+            half = len(chunk) // 2
+            logger.warning("out of memory on %d images; retrying as %d + %d", len(chunk), half, len(chunk) - half)
+            return _run_chunk(batch, chunk[:half], generate, is_fatal, is_oom) + _run_chunk(
+                batch, chunk[half:], generate, is_fatal, is_oom
+            )
         if is_fatal(exc):
             raise
         if len(chunk) == 1:
@@ -118,7 +130,7 @@ def _run_chunk(
     # a multi-row chunk failed: retry row by row so only the poison row is lost
     results = []
     for i in chunk:
-        results.extend(_run_chunk(batch, [i], generate, is_fatal))
+        results.extend(_run_chunk(batch, [i], generate, is_fatal, is_oom))
     return results
 
 

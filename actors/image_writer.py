@@ -35,6 +35,13 @@ def encode_image(pixels: np.ndarray, fmt: str, quality: int, png_compress_level:
     return buf.getvalue()
 
 
+ABORT_MARKER = "imagefleet abort:"
+
+
+class RunAborted(RuntimeError):
+    """Too many rows are failing: stop the run instead of burning GPU hours on errors."""
+
+
 class ImageWriter:
     """Encodes and uploads `generated` rows; every other row passes through.
 
@@ -50,7 +57,9 @@ class ImageWriter:
         "image_key": "content hash",
         "width": "pixels",
         "height": "pixels",
-        "status": "only `generated` rows are written",
+        "status": "only `generated` rows are written; `cached` rows become ok without a write",
+        "prior_sha256": "for cached rows",
+        "prior_bytes": "for cached rows",
         "error": "passed through",
     }
     OUTPUT_COLUMNS = {
@@ -69,6 +78,8 @@ class ImageWriter:
         self.store = ObjectStore(cfg.uri, cfg.store)
         self.ext = EXTENSIONS[cfg.format]
         self.pool = ThreadPoolExecutor(max_workers=cfg.num_upload_threads)
+        self.seen = 0
+        self.failed = 0
 
     def __call__(self, batch: Batch) -> Batch:
         # 1 outputs default to "nothing written"
@@ -94,13 +105,29 @@ class ImageWriter:
             status[i] = "ok"
             for name, value in result.items():
                 cols[name][i] = value
-        # 3 the pixels are dropped here: only metadata flows on to the manifest
+        # 3 rows an earlier run completed: reported, not rewritten
+        for i in range(n):
+            if status[i] == "cached":
+                status[i] = "ok"
+                cols["image_uri"][i] = self.store.uri_of(object_name(str(batch["image_key"][i]), self.ext))
+                cols["sha256"][i] = str(batch["prior_sha256"][i])
+                cols["bytes"][i] = int(batch["prior_bytes"][i])
+                cols["already_present"][i] = True
+        # 4 the pixels are dropped here: only metadata flows on to the manifest
         out.update({name: np.asarray(values) for name, values in cols.items()})
         out["image_uri"] = np.asarray(cols["image_uri"], dtype=object)
         out["sha256"] = np.asarray(cols["sha256"], dtype=object)
         out["bytes"] = np.asarray(cols["bytes"], dtype=np.int64)
         out["already_present"] = np.asarray(cols["already_present"], dtype=bool)
         out["status"], out["error"] = status, error
+        # 5 a run failing wholesale stops here (raising fails the Ray job; nothing is committed)
+        self.seen += n
+        self.failed += int(sum(1 for s in status if s == "error"))
+        if self.seen >= self.cfg.abort_min_rows and self.failed / self.seen > self.cfg.abort_error_fraction:
+            raise RunAborted(
+                f"{ABORT_MARKER} {self.failed} of {self.seen} images failed "
+                f"(limit {self.cfg.abort_error_fraction:.0%}); e.g. {next(e for e in error if e)[:200]}"
+            )
         return out
 
     def _write_one(self, batch: Batch, i: int) -> dict[str, Any] | str:

@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from actors.keys import derive_row_id, derive_seed, image_key
+from actors.resume_index import Prior, load_index
+from actors.storage import ObjectStore
 from configs.prep import PrepConfig
 
 if TYPE_CHECKING:
@@ -49,13 +51,19 @@ class PromptPreprocessor:
         "num_steps": "denoising steps",
         "guidance_scale": "CFG scale",
         "image_key": "content hash naming the image object ('' for error rows)",
-        "status": "pending | error",
+        "status": "pending | error | cached (complete in an earlier run)",
         "error": "why the row can't be generated ('' when fine)",
         "enqueued_at": "unix time the row entered the pipeline",
+        "prior_sha256": "sha256 recorded by an earlier run for cached rows",
+        "prior_bytes": "size recorded by an earlier run for cached rows",
     }
 
     def __init__(self, cfg: PrepConfig) -> None:
         self.cfg = cfg
+        # resume: what the output already holds, loaded once per actor (like a model)
+        self.prior: dict[str, Prior] = {}
+        if cfg.resume is not None and cfg.resume.skip_existing:
+            self.prior = load_index(ObjectStore(cfg.resume.output_uri, cfg.resume.store))
 
     def __call__(self, batch: pa.Table) -> Batch:
         # 1 read the columns once
@@ -107,7 +115,8 @@ class PromptPreprocessor:
         except ValueError as exc:
             error = str(exc)
         if error:
-            return [{**base, "image_index": 0, "seed": 0, "image_key": "", "status": "error", "error": error}]
+            return [{**base, "image_index": 0, "seed": 0, "image_key": "", "status": "error", "error": error,
+                     "prior_sha256": "", "prior_bytes": 0}]
         rows = []
         for idx in range(num_images):
             seed = (row_seed + idx) % (2**31 - 1) if row_seed is not None else derive_seed(self.cfg.job_seed, rid, idx)
@@ -123,8 +132,19 @@ class PromptPreprocessor:
                 num_steps=base["num_steps"],
                 guidance_scale=base["guidance_scale"],
             )
-            rows.append({**base, "image_index": idx, "seed": seed, "image_key": key, "status": "pending", "error": ""})
+            rows.append({**base, "image_index": idx, "seed": seed, "image_key": key, **self._resume_state(key)})
         return rows
+
+    def _resume_state(self, key: str) -> dict[str, Any]:
+        """pending, or cached / carried-over error when an earlier run already settled this key."""
+        prior = self.prior.get(key)
+        if prior is not None and prior.status == "ok":
+            return {"status": "cached", "error": "", "prior_sha256": prior.sha256, "prior_bytes": prior.bytes}
+        retry = self.cfg.resume is not None and self.cfg.resume.retry_failed
+        if prior is not None and not retry:
+            return {"status": "error", "error": f"earlier run: {prior.error} (rerun with --retry-failed to redo)",
+                    "prior_sha256": "", "prior_bytes": 0}
+        return {"status": "pending", "error": "", "prior_sha256": "", "prior_bytes": 0}
 
     def _row_problem(
         self, prompt: Any, ident: Any, gen_name: str, row: dict[str, Any], num_images: int, seed: int | None
@@ -179,6 +199,7 @@ _DTYPES = {
     "num_steps": np.int32,
     "guidance_scale": np.float64,
     "enqueued_at": np.float64,
+    "prior_bytes": np.int64,
 }
 
 

@@ -12,10 +12,11 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from configs.storage import S3Config, StoreSpec
 
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
     import pyarrow.fs
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class StorageError(RuntimeError):
@@ -86,6 +88,7 @@ def resolve_store_spec(uri: str, s3: S3Config, environ: dict[str, str] | None = 
         secret_key=secret,  # type: ignore[arg-type]
         max_attempts=s3.max_attempts,
         connect_timeout_s=s3.connect_timeout_s,
+        retry_budget_s=s3.retry_budget_s,
     )
 
 
@@ -150,8 +153,41 @@ def explain_s3_error(exc: BaseException, where: str) -> str:
     return f"S3 error for {where}: {code or name}: {exc}"
 
 
+RETRYABLE_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "InternalError",
+                   "ServiceUnavailable", "503", "500", "502", "504"}
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Outage-like S3 failures worth riding out: connection problems, 5xx, throttling."""
+    name = type(exc).__name__
+    if name in ("EndpointConnectionError", "ConnectionClosedError", "ConnectTimeoutError", "ReadTimeoutError",
+                "ProxyConnectionError", "ConnectionError"):
+        return True
+    response = getattr(exc, "response", None)
+    if isinstance(response, dict):
+        code = str(response.get("Error", {}).get("Code", ""))
+        status = int(response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+        return code in RETRYABLE_CODES or status >= 500
+    return False
+
+
+def with_retries(fn: Callable[[], T], budget_s: float, what: str) -> T:
+    """Call `fn`, retrying transient store errors with capped exponential backoff for up to `budget_s`."""
+    deadline = time.monotonic() + budget_s
+    delay = 0.25
+    while True:
+        try:
+            return fn()
+        except Exception as exc:
+            if not is_transient(exc) or time.monotonic() + delay > deadline:
+                raise
+            logger.warning("%s: transient store error (%s), retrying in %.1fs", what, type(exc).__name__, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
 class ObjectStore:
-    """Write-once object access under one prefix (local folder or S3)."""
+    """Write-once object access under one prefix (local folder or S3). S3 calls ride out outages."""
 
     def __init__(self, uri: str, spec: StoreSpec) -> None:
         self.location = parse_location(uri)
@@ -163,6 +199,9 @@ class ObjectStore:
         if self._client is None:
             self._client = s3_client(self.spec)
         return self._client
+
+    def _s3(self, fn: Callable[[], T], what: str) -> T:
+        return with_retries(fn, self.spec.retry_budget_s, what)
 
     def uri_of(self, rel: str) -> str:
         return self.location.join(rel)
@@ -178,13 +217,16 @@ class ObjectStore:
         from botocore.exceptions import ClientError
 
         try:
-            self.client.put_object(
-                Bucket=self.location.bucket,
-                Key=self._key(rel),
-                Body=data,
-                ContentType=content_type,
-                IfNoneMatch="*",
-                Metadata={"sha256": sha256},
+            self._s3(
+                lambda: self.client.put_object(
+                    Bucket=self.location.bucket,
+                    Key=self._key(rel),
+                    Body=data,
+                    ContentType=content_type,
+                    IfNoneMatch="*",
+                    Metadata={"sha256": sha256},
+                ),
+                f"put {rel}",
             )
             return True, sha256
         except ClientError as exc:
@@ -217,18 +259,26 @@ class ObjectStore:
             tmp.write_bytes(data)
             tmp.replace(final)
             return
-        self.client.put_object(Bucket=self.location.bucket, Key=self._key(rel), Body=data, ContentType=content_type)
+        self._s3(
+            lambda: self.client.put_object(
+                Bucket=self.location.bucket, Key=self._key(rel), Body=data, ContentType=content_type
+            ),
+            f"put {rel}",
+        )
 
     # -- reads --------------------------------------------------------------------------------------
     def get(self, rel: str) -> bytes:
         if self.location.kind == "local":
             return Path(self.location.prefix, rel).read_bytes()
-        return bytes(self.client.get_object(Bucket=self.location.bucket, Key=self._key(rel))["Body"].read())
+        return self._s3(
+            lambda: bytes(self.client.get_object(Bucket=self.location.bucket, Key=self._key(rel))["Body"].read()),
+            f"get {rel}",
+        )
 
     def stored_sha256(self, rel: str) -> str:
         """sha256 of a stored object: from its metadata when we wrote it, else by reading it."""
         if self.location.kind == "s3":
-            head = self.client.head_object(Bucket=self.location.bucket, Key=self._key(rel))
+            head = self._s3(lambda: self.client.head_object(Bucket=self.location.bucket, Key=self._key(rel)), rel)
             if head.get("Metadata", {}).get("sha256"):
                 return str(head["Metadata"]["sha256"])
         return hashlib.sha256(self.get(rel)).hexdigest()
@@ -277,14 +327,15 @@ class ObjectStore:
         for page in paginator.paginate(Bucket=self.location.bucket, Prefix=prefix):
             keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
             if keys:
-                self.client.delete_objects(Bucket=self.location.bucket, Delete={"Objects": keys, "Quiet": True})
-        self.client.delete_object(Bucket=self.location.bucket, Key=prefix)
+                self._s3(lambda keys=keys: self.client.delete_objects(
+                    Bucket=self.location.bucket, Delete={"Objects": keys, "Quiet": True}), f"delete {rel_prefix}")
+        self._s3(lambda: self.client.delete_object(Bucket=self.location.bucket, Key=prefix), f"delete {rel_prefix}")
 
     def delete(self, rel: str) -> None:
         if self.location.kind == "local":
             Path(self.location.prefix, rel).unlink(missing_ok=True)
             return
-        self.client.delete_object(Bucket=self.location.bucket, Key=self._key(rel))
+        self._s3(lambda: self.client.delete_object(Bucket=self.location.bucket, Key=self._key(rel)), f"delete {rel}")
 
     def copy(self, src_rel: str, dst_rel: str) -> None:
         if self.location.kind == "local":
@@ -294,10 +345,13 @@ class ObjectStore:
             tmp.write_bytes(src.read_bytes())
             tmp.replace(dst)
             return
-        self.client.copy_object(
-            Bucket=self.location.bucket,
-            Key=self._key(dst_rel),
-            CopySource={"Bucket": self.location.bucket, "Key": self._key(src_rel)},
+        self._s3(
+            lambda: self.client.copy_object(
+                Bucket=self.location.bucket,
+                Key=self._key(dst_rel),
+                CopySource={"Bucket": self.location.bucket, "Key": self._key(src_rel)},
+            ),
+            f"copy {src_rel}",
         )
 
     # -- checks -------------------------------------------------------------------------------------
@@ -313,9 +367,9 @@ class ObjectStore:
             return
         from botocore.exceptions import BotoCoreError, ClientError
 
-        try:
+        try:  # direct calls: a pre-flight check should fail fast, not ride out an outage
             self.client.head_bucket(Bucket=self.location.bucket)
-            self.put(probe, b"ok")
-            self.delete(probe)
+            self.client.put_object(Bucket=self.location.bucket, Key=self._key(probe), Body=b"ok")
+            self.client.delete_object(Bucket=self.location.bucket, Key=self._key(probe))
         except (ClientError, BotoCoreError) as exc:
             raise StorageError(explain_s3_error(exc, self.location.uri)) from None

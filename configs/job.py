@@ -14,7 +14,10 @@ class LimitsConfig(StrictModel):
     """Run-level safety limits."""
 
     max_error_fraction: float = Field(default=1.0, ge=0, le=1)
-    """Exit non-zero when more than this fraction of images failed (1.0 = never)."""
+    """Fail the run when more than this fraction of images failed (1.0 = never): mid-run once a writer has
+    seen `abort_min_rows` rows (no manifest is committed then), and on the final count."""
+    abort_min_rows: int = Field(default=50, ge=1)
+    """Rows a writer must have seen before a mid-run abort can trigger."""
 
 
 class JobConfig(StrictModel):

@@ -4,6 +4,7 @@ from typing import Literal
 
 from configs.base import StrictModel
 from configs.generator import GenerationDefaults
+from configs.storage import StoreSpec
 
 
 class GeneratorIdentity(StrictModel):
@@ -17,6 +18,19 @@ class GeneratorIdentity(StrictModel):
     """Scheduler override ('' = model default)."""
     defaults: GenerationDefaults
     """Defaults for rows that don't set them."""
+
+
+class ResumeConfig(StrictModel):
+    """Where earlier results live, so finished images are skipped (resume) and failures carried or retried."""
+
+    output_uri: str
+    """Output root of the run."""
+    store: StoreSpec
+    """Resolved connection to the output."""
+    skip_existing: bool
+    """Skip rows whose image is complete."""
+    retry_failed: bool
+    """Redo rows that failed before."""
 
 
 class PrepConfig(StrictModel):
@@ -42,3 +56,6 @@ class PrepConfig(StrictModel):
     """Generator when nothing else decides."""
     generators: dict[str, GeneratorIdentity]
     """Identity of every configured generator."""
+    resume: ResumeConfig | None = None
+    """Earlier results to skip; None on a fresh output (nothing to read)."""
+

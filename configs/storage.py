@@ -24,6 +24,8 @@ class S3Config(StrictModel):
     """Attempts per request, with backoff, for 5xx / SlowDown / connection errors."""
     connect_timeout_s: float = Field(default=5.0, gt=0)
     """Connect timeout per request."""
+    retry_budget_s: float = Field(default=120.0, ge=0)
+    """After the client's own retries, keep retrying outages (connection errors, 5xx, SlowDown) this long."""
 
 
 class StoreSpec(StrictModel):
@@ -43,3 +45,5 @@ class StoreSpec(StrictModel):
     """Attempts per request with backoff."""
     connect_timeout_s: float = 5.0
     """Connect timeout per request."""
+    retry_budget_s: float = 120.0
+    """How long to ride out an outage of the store before a write counts as failed."""

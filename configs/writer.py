@@ -44,6 +44,10 @@ class OutputConfig(StrictModel):
     """Connection for s3:// outputs."""
     pool: WriterPoolConfig = WriterPoolConfig()
     """Encode/upload actor pool."""
+    skip_existing: bool = True
+    """Resume: rows whose image is already complete (manifest + object) are not generated again."""
+    retry_failed: bool = False
+    """Resume: also redo rows that failed in an earlier run (otherwise their error is carried over)."""
 
     @model_validator(mode="after")
     def _uri(self) -> "OutputConfig":
@@ -71,3 +75,7 @@ class ImageWriterConfig(StrictModel):
     """Concurrent encode+upload workers per actor."""
     store: StoreSpec
     """Resolved connection (secrets excluded from dumps)."""
+    abort_error_fraction: float = 1.0
+    """Abort the run once more than this fraction of the rows this actor saw failed (1.0 = never)."""
+    abort_min_rows: int = 50
+    """Rows an actor must have seen before the abort rule applies."""

@@ -20,6 +20,7 @@ def parser() -> argparse.ArgumentParser:
                    help="override a config value, e.g. --set output.uri=s3://bucket/run2 (repeatable)")
     p.add_argument("--dry-run", action="store_true", help="validate config, input and bucket access; print the plan")
     p.add_argument("--run-id", default="", help="id for this run (default: time + random)")
+    p.add_argument("--retry-failed", action="store_true", help="redo images that failed in an earlier run")
     return p
 
 
@@ -34,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # 1 everything that can be wrong with the inputs is found here, before any GPU work
     try:
-        cfg = load_config(args.config, args.overrides)
+        cfg = load_config(args.config, args.overrides + (["output.retry_failed=true"] if args.retry_failed else []))
         stores = runtime.resolve_stores(cfg)
         source = inspect_source(cfg, stores)
         runtime.preflight_output(cfg, stores)
@@ -58,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except Exception as exc:  # noqa: BLE001 - a broken actor ends the run; say so in one line, log the rest
         logger.exception("run %s failed", run_id)
-        print(f"imagefleet: run {run_id} failed: {type(exc).__name__}: {str(exc)[:300]}", file=sys.stderr)
+        print(f"imagefleet: run {run_id} failed, nothing committed: {runtime.failure_line(exc)}", file=sys.stderr)
         return 1
     finally:
         if started:

@@ -155,3 +155,16 @@ def summary_text(s: RunSummary, report_uri: str) -> str:
         lines.append(f"   e.g. error       : {msg[:100]}")
     lines.append("=" * 72)
     return "\n".join(lines)
+
+
+def failure_line(exc: BaseException) -> str:
+    """The one line that explains a failed run (Ray wraps actor errors in long tracebacks)."""
+    from actors.image_writer import ABORT_MARKER
+
+    text = str(exc)
+    for line in text.splitlines():
+        if ABORT_MARKER in line:
+            return line[line.index(ABORT_MARKER):].strip()
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    last = lines[-1] if lines else type(exc).__name__
+    return f"{type(exc).__name__}: {last[:300]}"

@@ -69,9 +69,8 @@ def write_manifest(ds: ray.data.Dataset, output_uri: str, store: StoreSpec, run_
     for rel in old:
         if f"part-{run_id}-" not in rel:
             objects.delete(rel)
-    objects.delete_prefix(f"{STAGING_DIR}/{run_id}")
-    if not any(True for _ in objects.list(f"{STAGING_DIR}/")):
-        objects.delete_prefix(STAGING_DIR)
+    # staged parts of this run and of interrupted earlier runs: their rows are in this manifest now
+    objects.delete_prefix(STAGING_DIR)
     # 3 summarize from the committed parts (column batches: driver memory stays flat)
     return _summarize(objects, committed, run_id, wall)
 

@@ -11,7 +11,7 @@ from actors import GENERATORS, ImageWriter, PromptPreprocessor
 from actors.storage import arrow_filesystem, parse_location
 from configs.generator import DiffusersConfig
 from configs.job import JobConfig
-from configs.prep import GeneratorIdentity, PrepConfig
+from configs.prep import GeneratorIdentity, PrepConfig, ResumeConfig
 from configs.storage import StoreSpec
 from configs.writer import ImageWriterConfig
 from pipelines.pools import generator_pool_kwargs, preprocess_pool_kwargs, writer_pool_kwargs
@@ -93,9 +93,14 @@ def inspect_source(cfg: JobConfig, stores: Stores) -> SourceInfo:
     return SourceInfo(files=uri_files, num_rows=num_rows, schema=schema)
 
 
-def prep_config(cfg: JobConfig) -> PrepConfig:
-    """The preprocessor's slice of the job config."""
+def prep_config(cfg: JobConfig, stores: Stores | None = None) -> PrepConfig:
+    """The preprocessor's slice of the job config (with resume state when the output store is known)."""
+    resume = None
+    if stores is not None:
+        resume = ResumeConfig(output_uri=cfg.output.uri, store=stores.output,
+                              skip_existing=cfg.output.skip_existing, retry_failed=cfg.output.retry_failed)
     return PrepConfig(
+        resume=resume,
         job_seed=cfg.seed,
         prompt_column=cfg.source.prompt_column,
         id_column=cfg.source.id_column,
@@ -122,6 +127,8 @@ def writer_config(cfg: JobConfig, stores: Stores) -> ImageWriterConfig:
         png_compress_level=out.png_compress_level,
         num_upload_threads=out.pool.num_upload_threads,
         store=stores.output,
+        abort_error_fraction=cfg.limits.max_error_fraction,
+        abort_min_rows=cfg.limits.abort_min_rows,
     )
 
 
@@ -151,7 +158,7 @@ def build(cfg: JobConfig, stores: Stores, source: SourceInfo) -> ray.data.Datase
     # 2 validate, route, expand num_images, derive seeds and keys; a light CPU pool, one block per call
     ds = ds.map_batches(
         PromptPreprocessor,
-        fn_constructor_kwargs={"cfg": prep_config(cfg)},
+        fn_constructor_kwargs={"cfg": prep_config(cfg, stores)},
         batch_format="pyarrow",
         **preprocess_pool_kwargs(),
     )

@@ -109,3 +109,25 @@ def tiny_job(source: str | Path, model: str | Path, output_uri: str, **extra: An
     for key, value in extra.items():
         raw[key] = value
     return raw
+
+
+def sleep_job(source: str | Path, output_uri: str, latency_s: float = 0.0, **extra: Any) -> dict[str, Any]:
+    """A job on the `sleep` stand-in backend (no model, no CPU while "generating")."""
+    raw: dict[str, Any] = {
+        "name": "sleep-test",
+        "seed": 3,
+        "source": {"uri": str(source)},
+        "generators": {
+            "sleepy": {
+                "backend": "sleep",
+                "base_latency_s": latency_s,
+                "pool": {"min_size": 2, "max_size": 2, "initial_size": 2, "num_gpus": 1, "num_cpus": 0,
+                         "batch_size": 4},
+                "defaults": {"width": 16, "height": 16},
+            }
+        },
+        "output": {"uri": output_uri, "pool": {"min_size": 1, "max_size": 1, "batch_size": 16}},
+        "cluster": {"address": "local", "num_cpus": 4, "num_gpus": 2},
+    }
+    raw.update(extra)
+    return raw

@@ -85,3 +85,31 @@ def test_wrong_output_shape_is_a_row_error() -> None:
     out = run_generation(batch([(64, 64)]), batch_size=4, generate=bad, is_fatal=lambda e: False,
                          usd_per_second=0, usd_per_image=0)
     assert out["status"][0] == "error" and "shape" in out["error"][0]
+
+
+class FakeOOM(Exception):
+    pass
+
+
+def test_out_of_memory_retries_at_half_size() -> None:
+    calls: list[int] = []
+
+    def gen_fn(reqs: Sequence[Request]) -> list[np.ndarray]:
+        calls.append(len(reqs))
+        if len(reqs) > 2:
+            raise FakeOOM("CUDA out of memory")
+        return [np.zeros((r.height, r.width, 3), np.uint8) for r in reqs]
+
+    out = run_generation(batch([(64, 64)] * 8), batch_size=8, generate=gen_fn, is_fatal=lambda e: True,
+                         usd_per_second=0, usd_per_image=0, is_oom=lambda e: isinstance(e, FakeOOM))
+    assert list(out["status"]) == ["generated"] * 8
+    assert calls == [8, 4, 2, 2, 4, 2, 2]
+
+
+def test_out_of_memory_on_one_image_propagates() -> None:
+    def gen_fn(reqs: Sequence[Request]) -> list[np.ndarray]:
+        raise FakeOOM("CUDA out of memory")
+
+    with pytest.raises(FakeOOM):
+        run_generation(batch([(64, 64)] * 2), batch_size=2, generate=gen_fn, is_fatal=lambda e: True,
+                       usd_per_second=0, usd_per_image=0, is_oom=lambda e: isinstance(e, FakeOOM))

@@ -1,0 +1,182 @@
+"""Exactly-once outputs under faults: resume, carried/retried failures, abort, and chaos (issue 5)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from jobs import generate
+from tests.conftest import REPO, sleep_job, write_config, write_prompts
+from tests.integration.test_pipeline import manifest, objects
+
+pytestmark = pytest.mark.slow
+
+
+def prompts(path: Path, n: int, prefix: str = "prompt") -> Path:
+    return write_prompts(path, {"id": [f"r{i}" for i in range(n)], "prompt": [f"{prefix} {i}" for i in range(n)]})
+
+
+def assert_exactly_once(server: Any, bucket: str, prefix: str, n: int) -> list[dict[str, Any]]:
+    rows = manifest(server, bucket, prefix)
+    assert len(rows) == n
+    assert {r["status"] for r in rows} == {"ok"}
+    images = objects(server, bucket, f"{prefix}/images/")
+    assert len(images) == n  # each image once ...
+    assert {r["image_uri"].split(f"s3://{bucket}/", 1)[1] for r in rows} == set(images)  # ... and no orphans
+    return rows
+
+
+def test_resume_skips_finished_images_and_merges(
+    tmp_path: Path, s3_env: Any, bucket: str, ray_cluster: None, capsys: Any
+) -> None:
+    out = f"s3://{bucket}/resume"
+    assert generate.main([str(write_config(tmp_path / "a.yaml", sleep_job(prompts(tmp_path / "a.parquet", 10), out)))]) == 0
+    capsys.readouterr()
+    bigger = write_config(tmp_path / "b.yaml", sleep_job(prompts(tmp_path / "b.parquet", 25), out))
+    assert generate.main([str(bigger)]) == 0
+    assert "15 written, 10 already present" in capsys.readouterr().out
+    rows = assert_exactly_once(s3_env, bucket, "resume", 25)
+    assert sum(r["already_present"] for r in rows) == 10
+
+
+def test_failed_rows_are_carried_then_retried(
+    tmp_path: Path, s3_env: Any, bucket: str, ray_cluster: None, capsys: Any
+) -> None:
+    out = f"s3://{bucket}/retry"
+    src = write_prompts(tmp_path / "p.parquet", {"prompt": ["fine a", "poison b", "fine c"]})
+    raw = sleep_job(src, out)
+    raw["generators"]["sleepy"]["fail_prompt_substring"] = "poison"
+    cfg = write_config(tmp_path / "job.yaml", raw)
+    assert generate.main([str(cfg)]) == 0
+    first = {r["prompt"]: r for r in manifest(s3_env, bucket, "retry")}
+    assert first["poison b"]["status"] == "error" and "injected failure" in first["poison b"]["error"]
+    # plain rerun: the failure is carried over, nothing is regenerated
+    assert generate.main([str(cfg), "--set", "generators.sleepy.fail_prompt_substring="]) == 0
+    second = {r["prompt"]: r for r in manifest(s3_env, bucket, "retry")}
+    assert second["poison b"]["status"] == "error" and "--retry-failed" in second["poison b"]["error"]
+    # --retry-failed redoes it
+    assert generate.main([str(cfg), "--retry-failed", "--set", "generators.sleepy.fail_prompt_substring="]) == 0
+    assert_exactly_once(s3_env, bucket, "retry", 3)
+
+
+def test_run_failing_wholesale_aborts_without_manifest(
+    tmp_path: Path, s3_env: Any, bucket: str, ray_cluster: None, capsys: Any
+) -> None:
+    src = write_prompts(tmp_path / "p.parquet", {"prompt": [f"poison {i}" for i in range(80)]})
+    raw = sleep_job(src, f"s3://{bucket}/abort", limits={"max_error_fraction": 0.5, "abort_min_rows": 20})
+    raw["generators"]["sleepy"]["fail_prompt_substring"] = "poison"
+    assert generate.main([str(write_config(tmp_path / "job.yaml", raw))]) == 1
+    err = capsys.readouterr().err
+    assert "imagefleet abort:" in err and "failed (limit 50%)" in err
+    assert not [k for k in objects(s3_env, bucket, "abort/manifest/") if "/part-" in k]
+
+
+def _our_processes(marker: str) -> list[psutil.Process]:
+    found = []
+    for proc in psutil.Process(os.getpid()).children(recursive=True):
+        try:
+            if marker in " ".join(proc.cmdline()):
+                found.append(proc)
+        except psutil.Error:
+            continue
+    return found
+
+
+def test_chaos_killed_generator_actors(tmp_path: Path, s3_env: Any, bucket: str, ray_cluster: None) -> None:
+    """(a) kill generator actor processes 3 times during a 500-row run → exactly 500 ok rows, no orphans."""
+    cfg = write_config(tmp_path / "job.yaml", sleep_job(prompts(tmp_path / "p.parquet", 500), f"s3://{bucket}/kill",
+                                                        latency_s=0.15))
+    kills: list[int] = []
+
+    def chaos() -> None:
+        deadline = time.time() + 120
+        while len(kills) < 3 and time.time() < deadline:
+            time.sleep(2.0)
+            victims = _our_processes("SleepGenerator")
+            if victims:
+                victims[0].kill()
+                kills.append(victims[0].pid)
+
+    killer = threading.Thread(target=chaos, daemon=True)
+    killer.start()
+    assert generate.main([str(cfg)]) == 0
+    killer.join(timeout=5)
+    assert len(kills) == 3
+    assert_exactly_once(s3_env, bucket, "kill", 500)
+
+
+def test_chaos_object_store_restart(tmp_path: Path, ray_cluster: None, monkeypatch: Any) -> None:
+    """(b) stop and restart the SeaweedFS process mid-run → the run completes, exactly once."""
+    from jobs.seaweed import S3Server
+
+    server = S3Server.prepare(tmp_path / "sw").start()
+    try:
+        server.ensure_bucket("flaky")
+        for key, value in server.env().items():
+            monkeypatch.setenv(key, value)
+        cfg = write_config(tmp_path / "job.yaml", sleep_job(prompts(tmp_path / "p.parquet", 200), "s3://flaky/run",
+                                                            latency_s=0.1))
+        bounced: list[float] = []
+
+        def bounce() -> None:
+            deadline = time.time() + 60
+            while time.time() < deadline:
+                if len(objects(server, "flaky", "run/images/")) >= 20:
+                    server.stop()
+                    time.sleep(1.0)
+                    server.start()
+                    bounced.append(time.time())
+                    return
+                time.sleep(0.3)
+
+        t = threading.Thread(target=bounce, daemon=True)
+        t.start()
+        assert generate.main([str(cfg)]) == 0
+        t.join(timeout=30)
+        assert bounced, "the store was never restarted during the run"
+        assert_exactly_once(server, "flaky", "run", 200)
+    finally:
+        server.stop()
+
+
+def test_chaos_killed_driver_then_rerun(
+    tmp_path: Path, s3_env: Any, bucket: str, ray_cluster: None, capsys: Any
+) -> None:
+    """(c) kill the driver (and its private Ray) mid-run; the rerun completes and writes only missing images."""
+    n = 240
+    raw = sleep_job(prompts(tmp_path / "p.parquet", n), f"s3://{bucket}/driver", latency_s=0.1)
+    raw["cluster"]["temp_dir"] = f"/tmp/ifray/k{os.getpid()}"
+    cfg = write_config(tmp_path / "job.yaml", raw)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    log = open(tmp_path / "driver.log", "wb")  # noqa: SIM115
+    proc = subprocess.Popen([sys.executable, "-m", "jobs.cli", "run", str(cfg)], cwd=REPO, env=env,
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and len(objects(s3_env, bucket, "driver/images/")) < 40:
+            time.sleep(0.3)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    # the killed run's own Ray processes (identified by its temp dir) must not linger
+    time.sleep(2)
+    for p in psutil.process_iter(["cmdline"]):
+        if raw["cluster"]["temp_dir"] in " ".join(p.info["cmdline"] or []):
+            p.kill()
+    before = len(objects(s3_env, bucket, "driver/images/"))
+    assert 0 < before < n, (tmp_path / "driver.log").read_text()[-3000:]
+    assert not [k for k in objects(s3_env, bucket, "driver/manifest/") if "/part-" in k]
+    assert generate.main([str(cfg)]) == 0
+    assert f"{n - before} written, {before} already present" in capsys.readouterr().out
+    assert_exactly_once(s3_env, bucket, "driver", n)
