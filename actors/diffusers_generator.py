@@ -68,7 +68,18 @@ class DiffusersGenerator:
             if scheduler_cls is None:
                 raise ValueError(f"diffusers has no scheduler class {cfg.scheduler!r}")
             self.pipe.scheduler = scheduler_cls.from_config(self.pipe.scheduler.config)
-        # 3 which optional arguments this pipeline takes (Flux has no negative_prompt, for example)
+        # 3 speed options (each a no-op unless configured)
+        denoiser = getattr(self.pipe, "unet", None) or getattr(self.pipe, "transformer", None)
+        if cfg.channels_last and denoiser is not None:
+            denoiser.to(memory_format=torch.channels_last)
+        if cfg.tiny_vae:
+            from diffusers import AutoencoderTiny
+
+            self.pipe.vae = AutoencoderTiny.from_pretrained(cfg.tiny_vae, dtype=kwargs["dtype"]).to(self.device)
+        if cfg.compile and denoiser is not None:
+            compiled = torch.compile(denoiser, mode="max-autotune-no-cudagraphs", fullgraph=False)
+            setattr(self.pipe, "unet" if hasattr(self.pipe, "unet") else "transformer", compiled)
+        # 4 which optional arguments this pipeline takes (Flux has no negative_prompt, for example)
         params = inspect.signature(self.pipe.__call__).parameters
         self.takes_negative = "negative_prompt" in params
         self.takes_guidance = "guidance_scale" in params

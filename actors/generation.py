@@ -125,7 +125,7 @@ def _run_chunk(
         if is_fatal(exc):
             raise
         if len(chunk) == 1:
-            logger.warning("row failed: %s", _describe(exc))
+            logger.debug("row failed: %s", _describe(exc))  # row errors are data; the manifest has them
             return [(chunk[0], _describe(exc), (time.perf_counter() - started) * 1000)]
     # a multi-row chunk failed: retry row by row so only the poison row is lost
     results = []

@@ -144,8 +144,10 @@ def explain_s3_error(exc: BaseException, where: str) -> str:
     if isinstance(response, dict):
         code = str(response.get("Error", {}).get("Code", ""))
     name = type(exc).__name__
-    if code in ("SignatureDoesNotMatch", "InvalidAccessKeyId", "403", "AccessDenied"):
+    if code in ("SignatureDoesNotMatch", "InvalidAccessKeyId"):
         return f"S3 rejected the credentials for {where} ({code}): check the access key / secret key"
+    if code in ("AccessDenied", "403", "Forbidden"):
+        return f"the credentials may not write to {where} ({code}): use keys with write permission on the bucket"
     if code in ("NoSuchBucket", "404"):
         return f"bucket for {where} does not exist ({code}): create it or fix the URI"
     if name in ("EndpointConnectionError", "ConnectTimeoutError", "ConnectionClosedError"):
@@ -368,7 +370,7 @@ class ObjectStore:
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:  # direct calls: a pre-flight check should fail fast, not ride out an outage
-            self.client.head_bucket(Bucket=self.location.bucket)
+            self.client.list_objects_v2(Bucket=self.location.bucket, MaxKeys=1)  # errors carry a code (HEAD has none)
             self.client.put_object(Bucket=self.location.bucket, Key=self._key(probe), Body=b"ok")
             self.client.delete_object(Bucket=self.location.bucket, Key=self._key(probe))
         except (ClientError, BotoCoreError) as exc:

@@ -84,6 +84,12 @@ class DiffusersConfig(StrictModel):
     """Diffusers scheduler class name to swap in (e.g. EulerAncestralDiscreteScheduler); empty keeps the model's."""
     variant: str = ""
     """Weights variant such as fp16; empty = default files."""
+    channels_last: bool = False
+    """Put the UNet/transformer in channels_last memory format (faster convolutions on CUDA)."""
+    compile: bool = False
+    """torch.compile the denoiser (CUDA); the first batch of each shape pays the compile time."""
+    tiny_vae: str = ""
+    """Folder or id of an AutoencoderTiny (TAESD-style) to decode with; few-step models spend most FLOPs there."""
     model_s3: S3Config = S3Config()
     """Connection for an s3:// model folder."""
     local_cache_dir: str = "/tmp/imagefleet-models"

@@ -61,6 +61,8 @@ class S3Server:
     ports: dict[str, int]
     access_key: str
     secret_key: str
+    reader_key: str = ""
+    reader_secret: str = ""
     pid: int = 0
 
     @property
@@ -84,11 +86,14 @@ class S3Server:
         state = data_dir / "server.json"
         if state.exists():
             saved = json.loads(state.read_text())
-            return cls(data_dir, saved["ports"], saved["access_key"], saved["secret_key"])
+            return cls(data_dir, saved["ports"], saved["access_key"], saved["secret_key"],
+                       saved.get("reader_key", ""), saved.get("reader_secret", ""))
         data_dir.mkdir(parents=True, exist_ok=True)
-        server = cls(data_dir, pick_ports(base_port), "imagefleet-" + secrets.token_hex(6), secrets.token_urlsafe(24))
+        server = cls(data_dir, pick_ports(base_port), "imagefleet-" + secrets.token_hex(6), secrets.token_urlsafe(24),
+                     "reader-" + secrets.token_hex(6), secrets.token_urlsafe(24))
         state.write_text(json.dumps({"ports": server.ports, "access_key": server.access_key,
-                                     "secret_key": server.secret_key}))
+                                     "secret_key": server.secret_key, "reader_key": server.reader_key,
+                                     "reader_secret": server.reader_secret}))
         state.chmod(0o600)
         return server
 
@@ -97,6 +102,9 @@ class S3Server:
         identities = {"identities": [{"name": "admin",
                                       "credentials": [{"accessKey": self.access_key, "secretKey": self.secret_key}],
                                       "actions": ["Admin", "Read", "List", "Tagging", "Write"]}]}
+        if self.reader_key:  # a read-only identity, for permission tests and read-only consumers
+            identities["identities"].append({"name": "reader", "actions": ["Read", "List"], "credentials": [
+                {"accessKey": self.reader_key, "secretKey": self.reader_secret}]})
         (d / "s3.json").write_text(json.dumps(identities))
         (d / "s3.json").chmod(0o600)
         for sub in ("data", "logs"):

@@ -113,61 +113,6 @@ def test_max_error_fraction_fails_the_run(
     assert "failed (limit 50.0%)" in capsys.readouterr().err
 
 
-def _no_manifest(server: Any, bucket: str) -> None:
-    assert not objects(server, bucket, "x/manifest/") and not objects(server, bucket, "x/images/")
-
-
-@pytest.mark.parametrize(
-    ("case", "message"),
-    [
-        ("missing_column", "prompt column 'prompt' is missing"),
-        ("empty_file", "has no rows"),
-        ("not_parquet", "not a readable Parquet dataset"),
-        ("unknown_key", "unknown key 'output.bucket'"),
-        ("wrong_secret", "rejected the credentials"),
-        ("unreachable", "cannot reach the S3 endpoint"),
-        ("missing_source", "does not exist"),
-        ("wrong_column_type", "expected integer"),
-        ("no_gpus", "asks for 4 GPU(s) per actor"),
-    ],
-)
-def test_bad_input_fails_before_any_work(
-    case: str, message: str, tmp_path: Path, tiny_model: Path, s3_env: Any, bucket: str, monkeypatch: Any,
-    capsys: Any, ray_cluster: None,
-) -> None:
-    source: Path = write_prompts(tmp_path / "p.parquet", {"prompt": ["a", "b"]})
-    raw = tiny_job(source, tiny_model, f"s3://{bucket}/x")
-    if case == "missing_column":
-        source = write_prompts(tmp_path / "p.parquet", {"text": ["a", "b"]})
-    elif case == "empty_file":
-        import pyarrow as pa
-
-        source = write_prompts(tmp_path / "p.parquet", {"prompt": pa.array([], pa.string())})
-    elif case == "not_parquet":
-        source = tmp_path / "prompts.csv"
-        source.write_text("prompt\na cat\n")
-        raw["source"]["uri"] = str(source)
-    elif case == "unknown_key":
-        raw["output"]["bucket"] = "x"
-    elif case == "wrong_secret":
-        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
-    elif case == "unreachable":
-        monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
-        raw["output"]["s3"] = {"max_attempts": 1, "connect_timeout_s": 1}
-    elif case == "missing_source":
-        raw["source"]["uri"] = str(tmp_path / "nope.parquet")
-    elif case == "wrong_column_type":
-        write_prompts(source, {"prompt": ["a"], "width": ["wide"]})
-    elif case == "no_gpus":
-        raw["generators"]["tiny"]["pool"]["num_gpus"] = 4
-    code = generate.main([str(write_config(tmp_path / "job.yaml", raw))])
-    err = capsys.readouterr().err
-    assert code == 2, err
-    assert message in err
-    assert "Traceback" not in err and "not-the-secret" not in err
-    _no_manifest(s3_env, bucket)
-
-
 @pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
 def test_every_shipped_config_dry_runs(
     path: Path, tmp_path: Path, tiny_model: Path, s3_env: Any, bucket: str, capsys: Any

@@ -1,0 +1,85 @@
+"""Orchestration efficiency: imagefleet vs ideal (N fake GPUs / known latency) vs the naive Ray recipe.
+
+One run, same machine, same stand-in "GPU" (the `sleep` backend: no CPU while generating), same S3.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+import uuid
+from typing import Any
+
+from bench.common import WORK, Timer, prepare_env, start_s3, steady_rate, write_yaml
+
+NUM_GPUS = 4
+BATCH = 8
+BASE_S, PER_IMAGE_S = 0.05, 0.025  # a batch of 8 takes 0.25 s; a single image 0.075 s
+
+
+def run(rows: int) -> dict[str, Any]:
+    prepare_env()
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import ray
+
+    from jobs import generate
+    from jobs.runtime import RAY_ENV
+
+    server = start_s3("s3-orch")
+    bucket = "bench-" + uuid.uuid4().hex[:6]
+    server.ensure_bucket(bucket)
+    src = WORK / "orch" / "prompts.parquet"
+    src.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table({"prompt": [f"bench prompt {i}" for i in range(rows)]}), src)
+    ray.init(address="local", num_cpus=4, num_gpus=NUM_GPUS, include_dashboard=False, _node_ip_address="127.0.0.1",
+             _temp_dir=f"/tmp/ifray/b{uuid.uuid4().hex[:6]}", runtime_env={"env_vars": dict(RAY_ENV)})
+    try:
+        # 1 imagefleet
+        cfg = write_yaml(WORK / "orch" / "job.yaml", {
+            "name": "bench-orchestration",
+            "source": {"uri": str(src)},
+            "generators": {"gpu": {"backend": "sleep", "base_latency_s": BASE_S, "per_image_s": PER_IMAGE_S,
+                                   "pool": {"min_size": NUM_GPUS, "max_size": NUM_GPUS, "initial_size": NUM_GPUS,
+                                            "num_gpus": 1, "num_cpus": 0, "batch_size": BATCH},
+                                   "defaults": {"width": 64, "height": 64}}},
+            "output": {"uri": f"s3://{bucket}/imagefleet", "format": "png",
+                       "pool": {"min_size": 1, "max_size": 2, "num_cpus": 0.5, "batch_size": 32}},
+        })
+        with Timer() as t_if:
+            assert generate.main([str(cfg)]) == 0
+        from pipelines.manifest import read_manifest_columns
+        from jobs.runtime import resolve_stores
+        from configs import load_config
+
+        stores = resolve_stores(load_config(cfg))
+        ts = read_manifest_columns(f"s3://{bucket}/imagefleet", stores.output, ["written_at"]).column(0).to_pylist()
+        ours = steady_rate(ts)
+        # 2 naive recipe: batch_size=1, fixed pool, encode + upload inside the "GPU" actor
+        from bench.naive_actor import NaiveGenerateAndUpload
+
+        ds = ray.data.read_parquet(str(src)).repartition(target_num_rows_per_block=1)
+        ds = ds.map_batches(NaiveGenerateAndUpload, batch_size=1, num_gpus=1,
+                            compute=ray.data.ActorPoolStrategy(size=NUM_GPUS),
+                            fn_constructor_kwargs={"uri": f"s3://{bucket}/naive", "store": stores.output,
+                                                   "base_latency_s": BASE_S, "per_image_s": PER_IMAGE_S})
+        with Timer() as t_naive:
+            naive_ts = [t for batch in ds.iter_batches(batch_size=None) for t in batch["written_at"]]
+        naive = steady_rate(naive_ts)
+    finally:
+        ray.shutdown()
+    ideal = NUM_GPUS * BATCH / (BASE_S + PER_IMAGE_S * BATCH)
+    return {
+        "rows": rows, "fake_gpus": NUM_GPUS, "batch_size": BATCH, "latency_model": f"{BASE_S}+{PER_IMAGE_S}*n s",
+        "ideal_img_s": round(ideal, 2), "imagefleet_img_s": round(ours, 2), "imagefleet_wall_s": round(t_if.seconds, 1),
+        "naive_img_s": round(naive, 2), "naive_wall_s": round(t_naive.seconds, 1),
+        "efficiency": round(ours / ideal, 3), "speedup_vs_naive": round(ours / naive, 2) if naive else None,
+        "at": time.strftime("%Y-%m-%d %H:%M"),
+    }
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser()
+    p.add_argument("--rows", type=int, default=1600)
+    print(json.dumps(run(p.parse_args().rows), indent=2))

@@ -1,0 +1,76 @@
+"""Scale: 10k → 100k (→ 1M with --max-rows) prompt rows on the `sleep` backend at zero latency.
+
+Measures the driver's peak RSS (polled from outside) and the resume-scan time (the index a rerun builds from
+the manifest + one listing) at each size; both should grow no faster than linearly, driver RSS flat.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from typing import Any
+
+from bench.common import REPO, WORK, Timer, prepare_env, write_yaml
+
+
+def one(rows: int) -> dict[str, Any]:
+    import psutil
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    base = WORK / f"scale-{rows}"
+    shutil.rmtree(base, ignore_errors=True)
+    src = base / "prompts.parquet"
+    src.parent.mkdir(parents=True)
+    pq.write_table(pa.table({"prompt": [f"p{i}" for i in range(rows)]}), src, row_group_size=50_000)
+    cfg = write_yaml(base / "job.yaml", {
+        "name": f"scale-{rows}",
+        "source": {"uri": str(src), "num_rows_per_block": 1000},
+        "generators": {"z": {"backend": "sleep", "pool": {"min_size": 2, "max_size": 2, "initial_size": 2,
+                                                          "num_gpus": 0, "num_cpus": 0.25, "batch_size": 1000},
+                             "defaults": {"width": 8, "height": 8}}},
+        "output": {"uri": str(base / "out"), "pool": {"min_size": 2, "max_size": 2, "num_cpus": 0.5,
+                                                      "batch_size": 1000, "num_upload_threads": 4}},
+        "cluster": {"address": "local", "num_cpus": 4, "temp_dir": "/tmp/ifray"},
+    })
+    t0 = time.time()
+    proc = subprocess.Popen([sys.executable, "-m", "jobs.cli", "run", str(cfg)], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    peak = 0
+    driver = psutil.Process(proc.pid)
+    while proc.poll() is None:
+        try:
+            peak = max(peak, driver.memory_info().rss)
+        except psutil.Error:
+            break
+        time.sleep(0.2)
+    wall = time.time() - t0
+    assert proc.returncode == 0, f"scale run {rows} failed"
+    from actors.resume_index import load_index
+    from actors.storage import ObjectStore
+    from configs.storage import StoreSpec
+
+    with Timer() as scan:
+        index = load_index(ObjectStore(str(base / "out"), StoreSpec(kind="local")))
+    assert len(index) == rows
+    shutil.rmtree(base / "out", ignore_errors=True)
+    return {"rows": rows, "wall_s": round(wall, 1), "driver_peak_rss_mb": round(peak / 2**20, 1),
+            "resume_scan_s": round(scan.seconds, 2), "resume_scan_us_per_row": round(scan.seconds / rows * 1e6, 1)}
+
+
+def run(max_rows: int) -> dict[str, Any]:
+    prepare_env()
+    sizes = [n for n in (10_000, 100_000, 1_000_000) if n <= max_rows]
+    return {"results": [one(n) for n in sizes], "at": time.strftime("%Y-%m-%d %H:%M")}
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser()
+    p.add_argument("--max-rows", type=int, default=100_000)
+    print(json.dumps(run(p.parse_args().max_rows), indent=2))
+    os._exit(0)
