@@ -21,6 +21,7 @@ GENERATOR_OUTPUT_COLUMNS = {
     "queue_ms": "time from preprocessing to the start of generation",
     "generate_ms": "model time attributed to this image (batch time / batch size)",
     "cost_usd": "price of this image under the generator's cost model",
+    "generated_at": "unix time the model call that made this image returned",
     "status": "generated | error (rows that were not pending pass through)",
     "error": "why generation failed ('' when fine)",
 }
@@ -66,6 +67,7 @@ def run_generation(
     gen_ms = np.zeros(n, dtype=np.float64)
     queue_ms = np.zeros(n, dtype=np.float64)
     cost = np.zeros(n, dtype=np.float64)
+    generated_at = np.zeros(n, dtype=np.float64)
     status = np.array(batch["status"], dtype=object)
     error = np.array(batch["error"], dtype=object)
     # 2 shape buckets of pending rows
@@ -83,6 +85,7 @@ def run_generation(
                 queue_ms[i] = max(0.0, (started - float(batch["enqueued_at"][i])) * 1000)
             for i, result, ms in _run_chunk(batch, chunk, generate, is_fatal, is_oom):
                 gen_ms[i] = ms
+                generated_at[i] = time.time()
                 if isinstance(result, np.ndarray):
                     images[i] = np.ascontiguousarray(result, dtype=np.uint8).tobytes()
                     status[i] = "generated"
@@ -96,6 +99,7 @@ def run_generation(
         queue_ms=queue_ms,
         generate_ms=gen_ms,
         cost_usd=cost,
+        generated_at=generated_at,
         status=status,
         error=error,
     )

@@ -54,13 +54,13 @@ def run(rows: int) -> dict[str, Any]:
         from configs import load_config
 
         stores = resolve_stores(load_config(cfg))
-        ts = read_manifest_columns(f"s3://{bucket}/imagefleet", stores.output, ["written_at"]).column(0).to_pylist()
+        ts = read_manifest_columns(f"s3://{bucket}/imagefleet", stores.output, ["generated_at"]).column(0).to_pylist()
         ours = steady_rate(ts)
         # 2 naive recipe: batch_size=1, fixed pool, encode + upload inside the "GPU" actor
         from bench.naive_actor import NaiveGenerateAndUpload
 
-        ds = ray.data.read_parquet(str(src)).repartition(target_num_rows_per_block=1)
-        ds = ds.map_batches(NaiveGenerateAndUpload, batch_size=1, num_gpus=1,
+        ds = ray.data.read_parquet(str(src)).limit(rows // 2).repartition(target_num_rows_per_block=1)
+        ds = ds.map_batches(NaiveGenerateAndUpload, batch_size=1, num_gpus=1, num_cpus=0,
                             compute=ray.data.ActorPoolStrategy(size=NUM_GPUS),
                             fn_constructor_kwargs={"uri": f"s3://{bucket}/naive", "store": stores.output,
                                                    "base_latency_s": BASE_S, "per_image_s": PER_IMAGE_S})
@@ -71,7 +71,7 @@ def run(rows: int) -> dict[str, Any]:
         ray.shutdown()
     ideal = NUM_GPUS * BATCH / (BASE_S + PER_IMAGE_S * BATCH)
     return {
-        "rows": rows, "fake_gpus": NUM_GPUS, "batch_size": BATCH, "latency_model": f"{BASE_S}+{PER_IMAGE_S}*n s",
+        "rows": rows, "naive_rows": rows // 2, "fake_gpus": NUM_GPUS, "batch_size": BATCH, "latency_model": f"{BASE_S}+{PER_IMAGE_S}*n s",
         "ideal_img_s": round(ideal, 2), "imagefleet_img_s": round(ours, 2), "imagefleet_wall_s": round(t_if.seconds, 1),
         "naive_img_s": round(naive, 2), "naive_wall_s": round(t_naive.seconds, 1),
         "efficiency": round(ours / ideal, 3), "speedup_vs_naive": round(ours / naive, 2) if naive else None,
@@ -81,5 +81,5 @@ def run(rows: int) -> dict[str, Any]:
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser()
-    p.add_argument("--rows", type=int, default=1600)
+    p.add_argument("--rows", type=int, default=3200)
     print(json.dumps(run(p.parse_args().rows), indent=2))

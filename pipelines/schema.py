@@ -43,6 +43,7 @@ MANIFEST = pa.schema(
         ("encode_ms", pa.float64()),
         ("upload_ms", pa.float64()),
         ("cost_usd", pa.float64()),
+        ("generated_at", pa.float64()),
         ("written_at", pa.float64()),
         ("run_id", pa.string()),
     ]

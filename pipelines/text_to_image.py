@@ -132,11 +132,19 @@ def writer_config(cfg: JobConfig, stores: Stores) -> ImageWriterConfig:
     )
 
 
-def rows_per_block(cfg: JobConfig) -> int:
-    """Small blocks so every actor of every pool gets work (a small Parquet file is a single block)."""
+def rows_per_block(cfg: JobConfig, num_rows: int) -> int:
+    """Block size before the generator pools, a whole number of GPU batches.
+
+    Small Parquet files are a single block, so without this one actor would do all the work. Blocks of
+    several batches amortize Ray's per-task overhead (measured: 0.82 → 0.94 of ideal throughput going from
+    1 to 4 batches per block, bench/); but there must still be a few blocks per actor so all of them work.
+    """
     if cfg.source.num_rows_per_block:
         return cfg.source.num_rows_per_block
-    return min(g.pool.batch_size for g in cfg.generators.values())
+    batch = min(g.pool.batch_size for g in cfg.generators.values())
+    actors = sum(g.pool.max_size for g in cfg.generators.values())
+    fair_share = num_rows // max(1, actors * 4)
+    return max(batch, min(4 * batch, fair_share // batch * batch))
 
 
 def build(cfg: JobConfig, stores: Stores, source: SourceInfo) -> ray.data.Dataset:
@@ -163,7 +171,7 @@ def build(cfg: JobConfig, stores: Stores, source: SourceInfo) -> ray.data.Datase
         **preprocess_pool_kwargs(),
     )
     # 3 fan out: blocks of about one GPU batch so every actor of every pool gets work
-    ds = ds.repartition(target_num_rows_per_block=rows_per_block(cfg))
+    ds = ds.repartition(target_num_rows_per_block=rows_per_block(cfg, source.num_rows))
     # 4 one autoscaled actor pool per generator; each pool only sees its own rows
     branches = []
     for name, gen in cfg.generators.items():

@@ -51,3 +51,14 @@ def test_object_name_never_escapes_prefix() -> None:
 def test_shape_bucket_groups_equal_shapes() -> None:
     assert shape_bucket(64, 64, 2, 0.0) == shape_bucket(64, 64, 2, 0.0000001)
     assert shape_bucket(64, 64, 2, 0.0) != shape_bucket(64, 72, 2, 0.0)
+
+
+def test_rows_per_block_fans_out_and_amortizes() -> None:
+    from configs.loader import parse_config
+    from pipelines.text_to_image import rows_per_block
+    from tests.conftest import tiny_job
+
+    cfg = parse_config(tiny_job("p", "m", "out"))  # batch 4, max 2 actors
+    assert rows_per_block(cfg, 10) == 4  # tiny input: one batch per block, still several blocks
+    assert rows_per_block(cfg, 100) == 12  # 100 rows / (2 actors x 4) → 12, a whole number of batches
+    assert rows_per_block(cfg, 1_000_000) == 16  # capped at 4 batches per block
