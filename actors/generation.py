@@ -61,13 +61,17 @@ def run_generation(
     poison row becomes an error row. A chunk that runs out of memory is retried in halves; a single image
     that still does, and other fatal errors (CUDA, model load), propagate so Ray restarts the actor.
     """
-    # 1 prepare outputs: pass-through defaults
+    # 1 prepare outputs: rows that pass through keep what an earlier stage gave them (cascade drafts)
     n = len(batch["status"])
-    images: list[bytes] = [b""] * n
-    gen_ms = np.zeros(n, dtype=np.float64)
-    queue_ms = np.zeros(n, dtype=np.float64)
-    cost = np.zeros(n, dtype=np.float64)
-    generated_at = np.zeros(n, dtype=np.float64)
+
+    def column(name: str, default: object, dtype: object) -> np.ndarray:
+        return np.array(batch[name] if name in batch else [default] * n, dtype=dtype)
+
+    images = column("image", b"", object)
+    gen_ms = column("generate_ms", 0.0, np.float64)
+    queue_ms = column("queue_ms", 0.0, np.float64)
+    cost = column("cost_usd", 0.0, np.float64)  # accumulates: an escalated row pays for draft + heavy
+    generated_at = column("generated_at", 0.0, np.float64)
     status = np.array(batch["status"], dtype=object)
     error = np.array(batch["error"], dtype=object)
     # 2 shape buckets of pending rows
@@ -89,13 +93,13 @@ def run_generation(
                 if isinstance(result, np.ndarray):
                     images[i] = np.ascontiguousarray(result, dtype=np.uint8).tobytes()
                     status[i] = "generated"
-                    cost[i] = ms / 1000 * usd_per_second + usd_per_image
+                    cost[i] += ms / 1000 * usd_per_second + usd_per_image
                 else:
                     status[i], error[i] = "error", result
     # 4 same columns in, plus the generator's outputs
     out = dict(batch)
     out.update(
-        image=np.array(images, dtype=object),
+        image=images,
         queue_ms=queue_ms,
         generate_ms=gen_ms,
         cost_usd=cost,

@@ -84,7 +84,7 @@ class ImageWriter:
     def __call__(self, batch: Batch) -> Batch:
         # 1 outputs default to "nothing written"
         n = len(batch["status"])
-        out: dict[str, Any] = {k: v for k, v in batch.items() if k != "image"}
+        out: dict[str, Any] = {k: v for k, v in batch.items() if k not in ("image", "draft_image")}
         cols: dict[str, list[Any]] = {
             "image_uri": [""] * n,
             "sha256": [""] * n,
@@ -105,7 +105,15 @@ class ImageWriter:
             status[i] = "ok"
             for name, value in result.items():
                 cols[name][i] = value
-        # 3 rows an earlier run completed: reported, not rewritten
+        # 3 cascade drafts that were escalated: stored too (write-once, their own key)
+        if "draft_image" in batch:
+            draft_uri = [""] * n
+            todo_drafts = [i for i in range(n) if len(batch["draft_image"][i]) > 0]
+            for i, result in zip(todo_drafts, self.pool.map(lambda i: self._write_one(batch, i, draft=True),
+                                                             todo_drafts), strict=True):
+                draft_uri[i] = result["image_uri"] if isinstance(result, dict) else ""  # a lost draft is no error
+            out["draft_image_uri"] = np.asarray(draft_uri, dtype=object)
+        # 4 rows an earlier run completed: reported, not rewritten
         for i in range(n):
             if status[i] == "cached":
                 status[i] = "ok"
@@ -113,14 +121,14 @@ class ImageWriter:
                 cols["sha256"][i] = str(batch["prior_sha256"][i])
                 cols["bytes"][i] = int(batch["prior_bytes"][i])
                 cols["already_present"][i] = True
-        # 4 the pixels are dropped here: only metadata flows on to the manifest
+        # 5 the pixels are dropped here: only metadata flows on to the manifest
         out.update({name: np.asarray(values) for name, values in cols.items()})
         out["image_uri"] = np.asarray(cols["image_uri"], dtype=object)
         out["sha256"] = np.asarray(cols["sha256"], dtype=object)
         out["bytes"] = np.asarray(cols["bytes"], dtype=np.int64)
         out["already_present"] = np.asarray(cols["already_present"], dtype=bool)
         out["status"], out["error"] = status, error
-        # 5 a run failing wholesale stops here (raising fails the Ray job; nothing is committed)
+        # 6 a run failing wholesale stops here (raising fails the Ray job; nothing is committed)
         self.seen += n
         self.failed += int(sum(1 for s in status if s == "error"))
         if self.seen >= self.cfg.abort_min_rows and self.failed / self.seen > self.cfg.abort_error_fraction:
@@ -130,17 +138,18 @@ class ImageWriter:
             )
         return out
 
-    def _write_one(self, batch: Batch, i: int) -> dict[str, Any] | str:
+    def _write_one(self, batch: Batch, i: int, draft: bool = False) -> dict[str, Any] | str:
         h, w = int(batch["height"][i]), int(batch["width"][i])
+        pixels_col, key_col = ("draft_image", "draft_image_key") if draft else ("image", "image_key")
         try:
             t0 = time.perf_counter()
-            pixels = np.frombuffer(batch["image"][i], dtype=np.uint8).reshape(h, w, 3)
+            pixels = np.frombuffer(batch[pixels_col][i], dtype=np.uint8).reshape(h, w, 3)
             data = encode_image(pixels, self.cfg.format, self.cfg.quality, self.cfg.png_compress_level)
             digest = hashlib.sha256(data).hexdigest()
             t1 = time.perf_counter()
         except (ValueError, OSError) as exc:
             return f"encode failed: {type(exc).__name__}: {exc}"
-        rel = object_name(str(batch["image_key"][i]), self.ext)
+        rel = object_name(str(batch[key_col][i]), self.ext)
         try:
             written, stored_sha = self.store.put_if_absent(rel, data, CONTENT_TYPES[self.cfg.format], digest)
         except Exception as exc:  # noqa: BLE001 - after the client's own retries, a failed upload is the row's

@@ -18,6 +18,14 @@ if TYPE_CHECKING:
 
 Batch = dict[str, np.ndarray]
 MAX_SIDE = 8192
+OPS = {
+    "<": lambda a, b: a < b,
+    "<=": lambda a, b: a <= b,
+    "==": lambda a, b: a == b,
+    "!=": lambda a, b: a != b,
+    ">=": lambda a, b: a >= b,
+    ">": lambda a, b: a > b,
+}
 
 # Optional per-row override columns and the python type each must convert to.
 OVERRIDE_COLUMNS = {
@@ -51,7 +59,7 @@ class PromptPreprocessor:
         "num_steps": "denoising steps",
         "guidance_scale": "CFG scale",
         "image_key": "content hash naming the image object ('' for error rows)",
-        "status": "pending | error | cached (complete in an earlier run)",
+        "status": "pending | error | cached (complete in an earlier run) | skipped (over budget)",
         "error": "why the row can't be generated ('' when fine)",
         "enqueued_at": "unix time the row entered the pipeline",
         "prior_sha256": "sha256 recorded by an earlier run for cached rows",
@@ -61,6 +69,7 @@ class PromptPreprocessor:
     def __init__(self, cfg: PrepConfig) -> None:
         self.cfg = cfg
         # resume: what the output already holds, loaded once per actor (like a model)
+        self.spent_usd = 0.0  # estimated spend of the rows scheduled so far (one preprocessor actor per run)
         self.prior: dict[str, Prior] = {}
         if cfg.resume is not None and cfg.resume.skip_existing:
             self.prior = load_index(ObjectStore(cfg.resume.output_uri, cfg.resume.store))
@@ -73,17 +82,44 @@ class PromptPreprocessor:
         ids = cols.get(self.cfg.id_column, [None] * n)
         negs = cols.get(self.cfg.negative_prompt_column, [None] * n)
         routes = cols.get(self.cfg.routing_column, [None] * n) if self.cfg.routing_mode == "column" else [None] * n
+        targets = self.cfg.fanout if self.cfg.routing_mode == "fanout" else [None]
         # 2 one output row per requested image (or one error row per bad input row)
         out: list[dict[str, Any]] = []
         now = time.time()
         for i in range(n):
             overrides = {c: cols[c][i] for c in OVERRIDE_COLUMNS if c in cols}
-            out.extend(self._expand(prompts[i], ids[i], negs[i], routes[i], overrides, now))
+            for target in targets:  # fan-out: the same request once per listed generator
+                route = target or self._route(routes[i], prompts[i], overrides)
+                out.extend(self._expand(prompts[i], ids[i], negs[i], route, overrides, now))
         # 3 neighbours share a shape bucket, so downstream GPU batches are mostly homogeneous (a local,
         #   streaming sort: no all-to-all shuffle of the whole table)
         out.sort(key=lambda r: (r["generator"], r["width"], r["height"], r["num_steps"], r["guidance_scale"]))
         # 4 columnar, fixed dtypes so every batch has the same schema
         return _to_batch(out)
+
+    def _route(self, column_value: Any, prompt: Any, overrides: dict[str, Any]) -> Any:
+        """Generator name for one row (column and rules modes; others use the default)."""
+        if self.cfg.routing_mode == "column":
+            return column_value
+        if self.cfg.routing_mode != "rules":
+            return None
+        d = self.cfg.generators[self.cfg.default_generator].defaults
+        try:
+            values = {
+                "width": _convert("width", overrides.get("width") or d.width),
+                "height": _convert("height", overrides.get("height") or d.height),
+                "num_steps": _convert("num_steps", overrides.get("num_steps") or d.num_steps),
+                "guidance_scale": float(overrides.get("guidance_scale") or d.guidance_scale),
+                "num_images": _convert("num_images", overrides.get("num_images") or 1),
+                "prompt_chars": len(prompt) if isinstance(prompt, str) else 0,
+            }
+        except ValueError:
+            return None  # the row is invalid anyway; _expand reports it
+        values["pixels"] = values["width"] * values["height"]
+        for rule in self.cfg.rules:
+            if OPS[rule.op](values[rule.field], rule.value):
+                return rule.generator
+        return None
 
     def _expand(
         self, prompt: Any, row_id: Any, neg: Any, route: Any, overrides: dict[str, Any], now: float
@@ -132,7 +168,14 @@ class PromptPreprocessor:
                 num_steps=base["num_steps"],
                 guidance_scale=base["guidance_scale"],
             )
-            rows.append({**base, "image_index": idx, "seed": seed, "image_key": key, **self._resume_state(key)})
+            state = self._resume_state(key)
+            if state["status"] == "pending" and self.cfg.budget_usd > 0:
+                if self.spent_usd + ident.est_usd_per_image > self.cfg.budget_usd:  # type: ignore[union-attr]
+                    state = {**state, "status": "skipped",
+                             "error": f"budget_usd={self.cfg.budget_usd} reached; rerun with a larger budget"}
+                else:
+                    self.spent_usd += ident.est_usd_per_image  # type: ignore[union-attr]
+            rows.append({**base, "image_index": idx, "seed": seed, "image_key": key, **state})
         return rows
 
     def _resume_state(self, key: str) -> dict[str, Any]:

@@ -46,6 +46,8 @@ def load_index(store: ObjectStore) -> dict[str, Prior]:
     for batch in dataset.to_batches(columns=["image_key", "status", "sha256", "bytes", "error"], batch_size=65536):
         batch = batch.filter(pc.not_equal(batch.column("image_key"), ""))
         for key, status, sha, size, error in zip(*(batch.column(i).to_pylist() for i in range(5)), strict=True):
+            if status not in ("ok", "error"):
+                continue  # skipped (budget) rows were never attempted
             if status == "ok" and key not in present:
                 continue  # manifest says ok but the object is gone: redo it
             if key in index and index[key].status == "ok":

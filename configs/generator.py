@@ -65,6 +65,12 @@ class CostConfig(StrictModel):
     """Local pools: price of one GPU-hour (generation time x num_gpus is billed)."""
     usd_per_image: float = Field(default=0.0, ge=0)
     """Flat price per image (hosted APIs without usage, or a house rate)."""
+    est_seconds_per_image: float = Field(default=0.0, ge=0)
+    """Expected model seconds per image, for --dry-run estimates and `budget_usd` (actual time is billed)."""
+
+    def estimate_usd(self, num_gpus: float) -> float:
+        """Expected price of one image, before it is generated."""
+        return self.usd_per_image + self.est_seconds_per_image * num_gpus * self.usd_per_gpu_hour / 3600
 
 
 class DiffusersConfig(StrictModel):

@@ -6,6 +6,7 @@ from configs.base import StrictModel
 from configs.cluster import ClusterConfig
 from configs.generator import GeneratorConfig
 from configs.routing import RoutingConfig
+from configs.scorer import ScorerConfig
 from configs.source import SourceConfig
 from configs.writer import OutputConfig
 
@@ -13,6 +14,9 @@ from configs.writer import OutputConfig
 class LimitsConfig(StrictModel):
     """Run-level safety limits."""
 
+    budget_usd: float = Field(default=0.0, ge=0)
+    """Stop scheduling new images once their estimated cost reaches this (0 = no budget). Rows past it
+    become `status=skipped` rows; rerun with a bigger budget to continue (resume skips finished work)."""
     max_error_fraction: float = Field(default=1.0, ge=0, le=1)
     """Fail the run when more than this fraction of images failed (1.0 = never): mid-run once a writer has
     seen `abort_min_rows` rows (no manifest is committed then), and on the final count."""
@@ -39,6 +43,8 @@ class JobConfig(StrictModel):
     """Ray connection."""
     limits: LimitsConfig = LimitsConfig()
     """Safety limits."""
+    scorer: ScorerConfig | None = None
+    """Prompt-image alignment scoring (`clip_score` in the manifest); required by cascade routing."""
 
     @model_validator(mode="after")
     def _routing_targets_exist(self) -> "JobConfig":
@@ -53,11 +59,21 @@ class JobConfig(StrictModel):
                 f"routing.default is {self.routing.default!r}, which is not a configured generator; "
                 f"choose one of {names}"
             )
-        if not self.routing.default and len(names) > 1:
+        for target in self.routing.targets():
+            if target not in self.generators:
+                raise ValueError(f"routing refers to generator {target!r}, which is not configured; choose from {names}")
+        needs_default = self.routing.mode in ("single", "column", "rules")
+        if needs_default and not self.routing.default and len(names) > 1:
             raise ValueError(f"several generators configured ({names}): set routing.default to one of them")
+        if self.routing.mode == "cascade" and self.scorer is None:
+            raise ValueError("routing.mode=cascade scores drafts: configure a `scorer`")
         return self
 
     @property
     def default_generator(self) -> str:
         """The generator rows go to when nothing else decides."""
+        if self.routing.mode == "cascade" and self.routing.cascade is not None:
+            return self.routing.cascade.draft
+        if self.routing.mode == "fanout":
+            return self.routing.fanout[0]
         return self.routing.default or next(iter(self.generators))

@@ -9,6 +9,10 @@ from pydantic import BaseModel, ValidationError
 from configs.job import JobConfig
 
 
+# discriminator values pydantic inserts into error locations
+BACKEND_TAGS = ("diffusers", "sleep", "clip", "rule")
+
+
 class ConfigError(ValueError):
     """A config file or override that cannot be used; the message says what to change."""
 
@@ -65,7 +69,7 @@ def _apply_override(raw: dict[str, Any], item: str) -> None:
 def _explain(exc: ValidationError, raw: dict[str, Any]) -> str:
     lines = []
     for err in exc.errors():
-        loc = [p for p in err["loc"] if not (isinstance(p, str) and p in ("diffusers", "sleep"))]
+        loc = [p for p in err["loc"] if not (isinstance(p, str) and p in BACKEND_TAGS)]
         where = ".".join(str(p) for p in loc) or "(top level)"
         if err["type"] == "extra_forbidden":
             valid = _valid_keys(list(err["loc"][:-1]), raw)
@@ -83,8 +87,8 @@ def _valid_keys(loc: list[Any], raw: dict[str, Any]) -> list[str]:
     node: Any = raw
     for part in loc:
         node = node.get(part) if isinstance(node, dict) else None
-        if isinstance(part, str) and part in ("diffusers", "sleep"):
-            model = {"diffusers": DiffusersConfig, "sleep": SleepConfig}[part]
+        if isinstance(part, str) and part in BACKEND_TAGS:
+            model = {"diffusers": DiffusersConfig, "sleep": SleepConfig}.get(part, model)
             continue
         field = model.model_fields.get(part) if isinstance(model, type) else None
         if field is None:

@@ -4,6 +4,7 @@ from typing import Literal
 
 from configs.base import StrictModel
 from configs.generator import GenerationDefaults
+from configs.routing import RouteRule
 from configs.storage import StoreSpec
 
 
@@ -18,6 +19,8 @@ class GeneratorIdentity(StrictModel):
     """Scheduler override ('' = model default)."""
     defaults: GenerationDefaults
     """Defaults for rows that don't set them."""
+    est_usd_per_image: float = 0.0
+    """Expected price of one image (for the run budget)."""
 
 
 class ResumeConfig(StrictModel):
@@ -48,8 +51,14 @@ class PrepConfig(StrictModel):
     """Longer prompts become error rows."""
     max_images_per_row: int
     """Larger num_images become error rows."""
-    routing_mode: Literal["single", "column"]
+    routing_mode: Literal["single", "column", "rules", "fanout", "cascade"]
     """Routing policy."""
+    rules: list[RouteRule] = []
+    """Rules mode: tried in order."""
+    fanout: list[str] = []
+    """Fan-out mode: every row goes to each of these."""
+    budget_usd: float = 0.0
+    """Estimated-cost budget for the run (0 = none)."""
     routing_column: str
     """Column naming the generator in column mode."""
     default_generator: str

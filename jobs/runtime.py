@@ -91,12 +91,33 @@ def check_resources(cfg: JobConfig) -> None:
     if cfg.cluster.address not in ("local", ""):
         return
     have = ray.cluster_resources().get("GPU", 0.0)
+    cpus = ray.cluster_resources().get("CPU", 0.0)
+    reserved = actor_cpus(cfg)
+    if cpus - reserved < 1:
+        raise StorageError(
+            f"the actor pools can reserve {reserved:g} of this local Ray's {cpus:g} CPUs, leaving less than the 1 "
+            f"CPU that read/repartition/write tasks need (the run would stall); raise cluster.num_cpus or lower "
+            f"the pools' num_cpus / max_size"
+        )
     for name, gen in cfg.generators.items():
         if gen.pool.num_gpus > have:
             raise StorageError(
                 f"generator {name!r} asks for {gen.pool.num_gpus:g} GPU(s) per actor but this local Ray has {have:g}; "
                 f"set cluster.num_gpus (fake GPUs for scheduling on a CPU box) or generators.{name}.pool.num_gpus: 0"
             )
+
+
+def actor_cpus(cfg: JobConfig) -> float:
+    """CPUs all actor pools hold at their maximum size."""
+    from pipelines.pools import ESCALATOR_CPUS, PREPROCESS_CPUS
+
+    total = PREPROCESS_CPUS + cfg.output.pool.max_size * cfg.output.pool.num_cpus
+    total += sum(g.pool.max_size * g.pool.num_cpus for g in cfg.generators.values())
+    if cfg.scorer is not None:
+        total += cfg.scorer.pool.max_size * cfg.scorer.pool.num_cpus
+    if cfg.routing.mode == "cascade":
+        total += ESCALATOR_CPUS
+    return total
 
 
 def versions() -> dict[str, str]:
@@ -133,7 +154,30 @@ def plan_text(cfg: JobConfig, source: SourceInfo) -> str:
     w = cfg.output.pool
     lines.append(f"  writer pool     : actors {w.min_size}..{w.max_size}, batch {w.batch_size}, {cfg.output.format}")
     lines.append(f"  routing         : {cfg.routing.mode} (default {cfg.default_generator})")
+    if cfg.scorer is not None:
+        lines.append(f"  scorer          : {cfg.scorer.backend}")
+    lines.append(f"  cost estimate   : {cost_estimate(cfg, source.num_rows)}")
     return "\n".join(lines)
+
+
+def cost_estimate(cfg: JobConfig, rows: int) -> str:
+    """Expected spend from each generator's cost model (one image per row; num_images multiplies it)."""
+    est = {name: g.cost.estimate_usd(g.pool.num_gpus) for name, g in cfg.generators.items()}
+    r = cfg.routing
+    if r.mode == "fanout":
+        low = high = rows * sum(est[n] for n in r.fanout)
+    elif r.mode == "cascade" and r.cascade is not None:
+        extra = rows if not r.cascade.max_escalations else min(rows, r.cascade.max_escalations)
+        low, high = rows * est[r.cascade.draft], rows * est[r.cascade.draft] + extra * est[r.cascade.escalate]
+    elif r.mode in ("column", "rules"):
+        low, high = rows * min(est.values()), rows * max(est.values())
+    else:
+        low = high = rows * est[cfg.default_generator]
+    if cfg.limits.budget_usd:
+        high = min(high, cfg.limits.budget_usd)
+    text = f"${low:,.4f}" if abs(high - low) < 1e-12 else f"${low:,.4f} – ${high:,.4f}"
+    budget = f" (budget ${cfg.limits.budget_usd:,.2f})" if cfg.limits.budget_usd else ""
+    return f"{text} for {rows} rows{budget}; set cost.est_seconds_per_image / usd_per_image per generator"
 
 
 def summary_text(s: RunSummary, report_uri: str) -> str:

@@ -90,3 +90,32 @@ def build_tiny_pipeline(path: str | Path, kind: str = "sd", seed: int = 0) -> Pa
     pipe.save_pretrained(str(path))
     (path / DONE_MARKER).write_text(kind)
     return path
+
+
+def build_tiny_clip(path: str | Path, seed: int = 0) -> Path:
+    """Create (once) a tiny random CLIPModel + CLIPProcessor folder (byte-level tokenizer, 32 px images)."""
+    path = Path(path)
+    if (path / DONE_MARKER).exists():
+        return path
+    import torch
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
+
+    torch.manual_seed(seed)
+    tok_dir = path.with_name(path.name + ".tok")
+    _write_tokenizer(tok_dir)
+    tokenizer = CLIPTokenizer.from_pretrained(str(tok_dir), model_max_length=77)
+    config = CLIPConfig(
+        text_config=dict(vocab_size=514, hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+                         num_attention_heads=4, max_position_embeddings=77, bos_token_id=512, eos_token_id=513,
+                         pad_token_id=513),
+        vision_config=dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
+                           image_size=32, patch_size=8),
+        projection_dim=16,
+    )
+    CLIPModel(config).save_pretrained(str(path))
+    processor = CLIPProcessor(image_processor=CLIPImageProcessor(size={"shortest_edge": 32},
+                                                                 crop_size={"height": 32, "width": 32}),
+                              tokenizer=tokenizer)
+    processor.save_pretrained(str(path))
+    (path / DONE_MARKER).write_text("clip")
+    return path

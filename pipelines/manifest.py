@@ -94,6 +94,8 @@ def _to_manifest_rows(batch: Any, run_id: str) -> Any:
     for f in MANIFEST:
         if f.name == "run_id":
             columns.append(pa.array([run_id] * n, pa.string()))
+        elif f.name not in batch.column_names:  # a stage this run didn't have (scorer, cascade)
+            columns.append(pa.nulls(n, f.type))
         else:
             columns.append(batch.column(f.name).cast(f.type))
     return pa.Table.from_arrays(columns, schema=MANIFEST)

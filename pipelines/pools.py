@@ -5,7 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from configs.generator import PoolConfig
+from configs.scorer import ScorerPoolConfig
 from configs.writer import WriterPoolConfig
+
+PREPROCESS_CPUS = 0.25
+ESCALATOR_CPUS = 0.1
 
 
 def generator_pool_kwargs(pool: PoolConfig) -> dict[str, Any]:
@@ -39,7 +43,29 @@ def writer_pool_kwargs(pool: WriterPoolConfig) -> dict[str, Any]:
 
 
 def preprocess_pool_kwargs() -> dict[str, Any]:
-    """Light CPU pool: preprocessing is cheap string work, one or two actors keep up with any GPU pool."""
+    """One light CPU actor: preprocessing is cheap string work (~1e5 rows/s), and a single actor makes the
+    run budget an exact global count."""
     from ray.data import ActorPoolStrategy
 
-    return {"compute": ActorPoolStrategy(min_size=1, max_size=2), "num_cpus": 0.25, "batch_size": 4096}
+    return {"compute": ActorPoolStrategy(size=1), "num_cpus": PREPROCESS_CPUS, "batch_size": 4096}
+
+
+def scorer_pool_kwargs(pool: ScorerPoolConfig) -> dict[str, Any]:
+    """Scorer pool (CLIP is small: a GPU fraction or CPUs)."""
+    from ray.data import ActorPoolStrategy
+
+    kwargs: dict[str, Any] = {
+        "compute": ActorPoolStrategy(min_size=pool.min_size, max_size=pool.max_size),
+        "batch_size": pool.batch_size,
+        "num_cpus": pool.num_cpus,
+    }
+    if pool.num_gpus > 0:
+        kwargs["num_gpus"] = pool.num_gpus
+    return kwargs
+
+
+def escalator_pool_kwargs() -> dict[str, Any]:
+    """Exactly one actor: the escalation cap is a global count."""
+    from ray.data import ActorPoolStrategy
+
+    return {"compute": ActorPoolStrategy(size=1), "num_cpus": ESCALATOR_CPUS, "batch_size": 256}

@@ -8,13 +8,21 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from actors import GENERATORS, ImageWriter, PromptPreprocessor
+from actors.clip_scorer import SCORERS
+from actors.escalator import Escalator
 from actors.storage import arrow_filesystem, parse_location
 from configs.generator import DiffusersConfig
 from configs.job import JobConfig
 from configs.prep import GeneratorIdentity, PrepConfig, ResumeConfig
 from configs.storage import StoreSpec
 from configs.writer import ImageWriterConfig
-from pipelines.pools import generator_pool_kwargs, preprocess_pool_kwargs, writer_pool_kwargs
+from pipelines.pools import (
+    escalator_pool_kwargs,
+    generator_pool_kwargs,
+    preprocess_pool_kwargs,
+    scorer_pool_kwargs,
+    writer_pool_kwargs,
+)
 from pipelines.schema import input_problems
 
 if TYPE_CHECKING:
@@ -109,9 +117,13 @@ def prep_config(cfg: JobConfig, stores: Stores | None = None) -> PrepConfig:
         max_images_per_row=cfg.routing.max_images_per_row,
         routing_mode=cfg.routing.mode,
         routing_column=cfg.routing.column,
+        rules=list(cfg.routing.rules),
+        fanout=list(cfg.routing.fanout),
+        budget_usd=cfg.limits.budget_usd,
         default_generator=cfg.default_generator,
         generators={
-            name: GeneratorIdentity(model=g.model, revision=g.revision, scheduler=g.scheduler, defaults=g.defaults)
+            name: GeneratorIdentity(model=g.model, revision=g.revision, scheduler=g.scheduler, defaults=g.defaults,
+                                    est_usd_per_image=g.cost.estimate_usd(g.pool.num_gpus))
             for name, g in cfg.generators.items()
         },
     )
@@ -172,22 +184,28 @@ def build(cfg: JobConfig, stores: Stores, source: SourceInfo) -> ray.data.Datase
     )
     # 3 fan out: blocks of about one GPU batch so every actor of every pool gets work
     ds = ds.repartition(target_num_rows_per_block=rows_per_block(cfg, source.num_rows))
-    # 4 one autoscaled actor pool per generator; each pool only sees its own rows
-    branches = []
-    for name, gen in cfg.generators.items():
-        branch = ds if len(cfg.generators) == 1 else ds.filter(_routed_to(name, list(cfg.generators)))
-        kwargs: dict[str, Any] = {"cfg": gen}
-        if isinstance(gen, DiffusersConfig) and gen.model.startswith("s3://"):
-            kwargs["model_store"] = stores.models[name]
-        branches.append(
-            branch.map_batches(
-                GENERATORS[gen.backend],
-                fn_constructor_kwargs=kwargs,
-                batch_format="numpy",
-                **generator_pool_kwargs(gen.pool),
-            )
+    # 4 one autoscaled actor pool per generator; pools run concurrently, each sized by its own config
+    if cfg.routing.mode == "cascade" and cfg.routing.cascade is not None:
+        # draft everything → score → escalate low scorers (one actor: exact cap) → heavy → score again
+        cascade = cfg.routing.cascade
+        ds = _score(_generate(ds, cfg, stores, cascade.draft), cfg)
+        ds = ds.map_batches(
+            Escalator,
+            fn_constructor_kwargs={"cfg": cascade, "heavy_name": cascade.escalate,
+                                   "heavy": prep_config(cfg).generators[cascade.escalate]},
+            batch_format="numpy",
+            **escalator_pool_kwargs(),
         )
-    ds = branches[0] if len(branches) == 1 else branches[0].union(*branches[1:])
+        ds = _score(_generate(ds, cfg, stores, cascade.escalate), cfg)
+    else:
+        # each pool only sees its own rows (filter per branch, then union)
+        names = list(cfg.generators)
+        branches = [
+            _generate(ds if len(names) == 1 else ds.filter(_routed_to(name, names)), cfg, stores, name)
+            for name in names
+        ]
+        ds = branches[0] if len(branches) == 1 else branches[0].union(*branches[1:])
+        ds = _score(ds, cfg)
     # 5 encode + write in a separate CPU pool, overlapped with generation; pixels are dropped here
     ds = ds.map_batches(
         ImageWriter,
@@ -196,6 +214,29 @@ def build(cfg: JobConfig, stores: Stores, source: SourceInfo) -> ray.data.Datase
         **writer_pool_kwargs(cfg.output.pool),
     )
     return ds
+
+
+def _generate(ds: ray.data.Dataset, cfg: JobConfig, stores: Stores, name: str) -> ray.data.Dataset:
+    """One generator's actor pool on `ds` (only `pending` rows routed to it are generated)."""
+    gen = cfg.generators[name]
+    kwargs: dict[str, Any] = {"cfg": gen}
+    if isinstance(gen, DiffusersConfig) and gen.model.startswith("s3://"):
+        kwargs["model_store"] = stores.models[name]
+    return ds.map_batches(
+        GENERATORS[gen.backend], fn_constructor_kwargs=kwargs, batch_format="numpy", **generator_pool_kwargs(gen.pool)
+    )
+
+
+def _score(ds: ray.data.Dataset, cfg: JobConfig) -> ray.data.Dataset:
+    """The scorer pool, when configured (needs pixels, so it runs before the writer drops them)."""
+    if cfg.scorer is None:
+        return ds
+    return ds.map_batches(
+        SCORERS[cfg.scorer.backend],
+        fn_constructor_kwargs={"cfg": cfg.scorer},
+        batch_format="numpy",
+        **scorer_pool_kwargs(cfg.scorer.pool),
+    )
 
 
 def _routed_to(name: str, names: list[str]) -> Any:

@@ -72,6 +72,7 @@ RUN_LEVEL: list[tuple[str, Any, str]] = [
                                _set(c["raw"], "output.s3", {"max_attempts": 1, "connect_timeout_s": 1})),
      "cannot reach the S3 endpoint"),
     ("no-fake-gpus", lambda c: _set(c["raw"], "generators.sleepy.pool.num_gpus", 4), "asks for 4 GPU(s)"),
+    ("no-cpu-headroom", lambda c: _set(c["raw"], "generators.sleepy.pool.num_cpus", 2), "leaving less than the 1 CPU"),
 ]
 
 

@@ -1,0 +1,105 @@
+"""Generator fleet on local Ray with fake GPUs: column routing with two tiny diffusers pools scored by a
+tiny real CLIP, rules, fan-out, the cascade (deterministic stub scorer) and the budget cap."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from jobs import generate
+from tests.conftest import sleep_job, tiny_job, write_config, write_prompts
+from tests.integration.test_pipeline import manifest, objects
+
+pytestmark = pytest.mark.slow
+
+
+def two_sleepers(src: Path, out: str, **routing: Any) -> dict[str, Any]:
+    raw = sleep_job(src, out, latency_s=0.05)
+    raw["generators"]["sleepy"]["pool"].update(min_size=1, max_size=1, initial_size=1)
+    raw["generators"]["heavy"] = {**raw["generators"]["sleepy"], "model": "heavy-model", "base_latency_s": 0.1}
+    raw["generators"]["sleepy"]["cost"] = {"usd_per_image": 0.01}
+    raw["generators"]["heavy"]["cost"] = {"usd_per_image": 0.10}
+    raw["routing"] = routing
+    return raw
+
+
+def test_column_routing_two_diffusers_pools_with_clip(
+    tmp_path: Path, tiny_model: Path, tiny_model_xl: Path, s3_env: Any, bucket: str, ray_cluster: None
+) -> None:
+    from jobs.tiny_models import build_tiny_clip
+
+    clip = build_tiny_clip(tmp_path / "clip")
+    n = 24
+    src = write_prompts(tmp_path / "p.parquet", {"prompt": [f"prompt {i}" for i in range(n)],
+                                                "generator": ["small" if i % 2 else "large" for i in range(n)]})
+    raw = tiny_job(src, tiny_model, f"s3://{bucket}/col")
+    small = raw["generators"].pop("tiny")
+    small["pool"].update(min_size=1, max_size=1, initial_size=1)
+    raw["generators"] = {"small": small, "large": {**small, "model": str(tiny_model_xl)}}
+    raw["routing"] = {"mode": "column", "default": "small"}
+    raw["scorer"] = {"backend": "clip", "model": str(clip), "pool": {"num_cpus": 0.25}}
+    assert generate.main([str(write_config(tmp_path / "job.yaml", raw))]) == 0
+    rows = manifest(s3_env, bucket, "col")
+    assert len(rows) == n and {r["status"] for r in rows} == {"ok"}
+    for r in rows:
+        want = "small" if int(r["prompt"].split()[1]) % 2 else "large"
+        assert r["generator"] == want and r["model"].startswith(str(tiny_model if want == "small" else tiny_model_xl))
+        assert r["clip_score"] is not None and r["clip_score"] >= 0
+    # both GPU pools made progress at the same time (neither starved the other)
+    spans = {g: [r["generated_at"] for r in rows if r["generator"] == g] for g in ("small", "large")}
+    assert min(spans["small"]) < max(spans["large"]) and min(spans["large"]) < max(spans["small"])
+
+
+def test_rules_and_fanout(tmp_path: Path, s3_env: Any, bucket: str, ray_cluster: None) -> None:
+    src = write_prompts(tmp_path / "p.parquet", {"id": ["a", "b", "c"], "prompt": ["x", "y", "z"],
+                                                "width": [16, 64, 16], "height": [16, 64, 16]})
+    rules = two_sleepers(src, f"s3://{bucket}/rules", mode="rules", default="sleepy",
+                         rules=[{"field": "width", "op": ">=", "value": 64, "generator": "heavy"}])
+    assert generate.main([str(write_config(tmp_path / "rules.yaml", rules))]) == 0
+    assert {r["id"]: r["generator"] for r in manifest(s3_env, bucket, "rules")} == {
+        "a": "sleepy", "b": "heavy", "c": "sleepy"}
+    fan = two_sleepers(src, f"s3://{bucket}/fan", mode="fanout", fanout=["sleepy", "heavy"])
+    assert generate.main([str(write_config(tmp_path / "fan.yaml", fan))]) == 0
+    rows = manifest(s3_env, bucket, "fan")
+    assert sorted((r["id"], r["generator"]) for r in rows) == sorted(
+        (i, g) for i in "abc" for g in ("sleepy", "heavy"))
+    assert len(objects(s3_env, bucket, "fan/images/")) == 6
+
+
+def test_cascade_escalates_known_fraction_within_cap(
+    tmp_path: Path, s3_env: Any, bucket: str, ray_cluster: None, capsys: Any
+) -> None:
+    # 12 prompts: 4 "good" (stub score 1.0) and 8 not (0.0); threshold 0.5 → 8 candidates, cap 6
+    prompts = [f"good {i}" if i % 3 == 0 else f"meh {i}" for i in range(12)]
+    src = write_prompts(tmp_path / "p.parquet", {"prompt": prompts})
+    raw = two_sleepers(src, f"s3://{bucket}/cas", mode="cascade",
+                       cascade={"draft": "sleepy", "escalate": "heavy", "threshold": 0.5, "max_escalations": 6})
+    raw["scorer"] = {"backend": "rule", "marker": "good"}
+    assert generate.main([str(write_config(tmp_path / "job.yaml", raw))]) == 0
+    rows = manifest(s3_env, bucket, "cas")
+    assert len(rows) == 12 and {r["status"] for r in rows} == {"ok"}
+    escalated = [r for r in rows if r["route"] == "escalated"]
+    drafts = [r for r in rows if r["route"] == "draft"]
+    assert len(escalated) == 6 and len(drafts) == 6
+    assert all(r["prompt"].startswith("meh") for r in escalated)
+    for r in escalated:
+        assert r["generator"] == "heavy" and r["draft_generator"] == "sleepy" and r["draft_score"] == 0.0
+        assert r["draft_image_uri"].startswith(f"s3://{bucket}/cas/images/") and r["image_uri"] != r["draft_image_uri"]
+        assert r["cost_usd"] == pytest.approx(0.11)  # draft + heavy
+    for r in drafts:
+        assert r["generator"] == "sleepy" and r["draft_image_uri"] in ("", None) and r["cost_usd"] == pytest.approx(0.01)
+    assert len(objects(s3_env, bucket, "cas/images/")) == 12 + 6  # finals + kept drafts
+
+
+def test_budget_cap_stops_scheduling_cleanly(tmp_path: Path, s3_env: Any, bucket: str, ray_cluster: None) -> None:
+    src = write_prompts(tmp_path / "p.parquet", {"prompt": [f"p{i}" for i in range(10)]})
+    raw = two_sleepers(src, f"s3://{bucket}/budget", mode="single", default="heavy")
+    raw["limits"] = {"budget_usd": 0.45}
+    assert generate.main([str(write_config(tmp_path / "job.yaml", raw))]) == 0
+    rows = manifest(s3_env, bucket, "budget")
+    assert len(rows) == 10
+    assert sum(r["status"] == "ok" for r in rows) == 4 and sum(r["status"] == "skipped" for r in rows) == 6
+    assert sum(r["cost_usd"] for r in rows) <= 0.45 + 1e-9
+    assert len(objects(s3_env, bucket, "budget/images/")) == 4

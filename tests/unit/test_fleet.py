@@ -1,0 +1,127 @@
+"""Fleet routing (rules, fan-out), budget, the cascade's Escalator, and the scorers — without Ray."""
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from actors.clip_scorer import ClipScorer, RuleScorer
+from actors.escalator import Escalator
+from actors.prompt_preprocessor import PromptPreprocessor
+from configs import ConfigError
+from configs.loader import parse_config
+from configs.scorer import ClipScorerConfig, RuleScorerConfig
+from pipelines.text_to_image import prep_config
+from tests.conftest import sleep_job
+
+
+def fleet(**routing: Any) -> dict[str, Any]:
+    raw = sleep_job("p", "out")
+    raw["generators"]["heavy"] = {**raw["generators"]["sleepy"], "model": "heavy-model"}
+    raw["generators"]["sleepy"]["cost"] = {"usd_per_image": 0.01}
+    raw["generators"]["heavy"]["cost"] = {"usd_per_image": 0.10}
+    raw["routing"] = routing
+    return raw
+
+
+def pre(raw: dict[str, Any], columns: dict[str, list[Any]]) -> dict[str, list[Any]]:
+    out = PromptPreprocessor(prep_config(parse_config(raw)))(pa.table(columns))
+    return {k: list(v) for k, v in out.items()}
+
+
+def test_rules_route_by_size() -> None:
+    raw = fleet(mode="rules", default="sleepy",
+                rules=[{"field": "pixels", "op": ">=", "value": 1024 * 1024, "generator": "heavy"}])
+    out = pre(raw, {"prompt": ["small", "big"], "width": [512, 1024], "height": [512, 1024]})
+    assert dict(zip(out["prompt"], out["generator"], strict=True)) == {"small": "sleepy", "big": "heavy"}
+    keys = dict(zip(out["prompt"], out["image_key"], strict=True))
+    assert keys["small"] != keys["big"]
+
+
+def test_fanout_sends_every_row_to_every_generator() -> None:
+    out = pre(fleet(mode="fanout", fanout=["sleepy", "heavy"]), {"id": ["a", "b"], "prompt": ["x", "y"]})
+    assert sorted(zip(out["id"], out["generator"], strict=True)) == [
+        ("a", "heavy"), ("a", "sleepy"), ("b", "heavy"), ("b", "sleepy")]
+    assert len(set(out["image_key"])) == 4
+    # same seed for the same request on both generators: a fair A/B comparison
+    seeds = {(i, g): s for i, g, s in zip(out["id"], out["generator"], out["seed"], strict=True)}
+    assert seeds[("a", "sleepy")] == seeds[("a", "heavy")]
+
+
+def test_budget_skips_rows_past_the_estimate() -> None:
+    raw = fleet(mode="single", default="heavy")
+    raw["limits"] = {"budget_usd": 0.35}
+    out = pre(raw, {"prompt": [f"p{i}" for i in range(5)]})
+    assert out["status"].count("pending") == 3 and out["status"].count("skipped") == 2
+    assert "budget_usd" in out["error"][out["status"].index("skipped")]
+
+
+@pytest.mark.parametrize(
+    ("routing", "match"),
+    [
+        ({"mode": "rules", "default": "sleepy"}, "needs routing.rules"),
+        ({"mode": "fanout", "fanout": ["sleepy"]}, "at least two"),
+        ({"mode": "fanout", "fanout": ["sleepy", "nope"]}, "'nope'"),
+        ({"mode": "cascade"}, "needs routing.cascade"),
+        ({"mode": "cascade", "cascade": {"draft": "sleepy", "escalate": "heavy", "threshold": 1}}, "scorer"),
+        ({"mode": "cascade", "cascade": {"draft": "sleepy", "escalate": "sleepy", "threshold": 1}}, "different"),
+    ],
+)
+def test_routing_config_errors(routing: dict[str, Any], match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        parse_config(fleet(**routing))
+
+
+def batch(prompts: list[str], status: list[str], scores: list[float]) -> dict[str, np.ndarray]:
+    n = len(prompts)
+    return {
+        "prompt": np.array(prompts, dtype=object), "negative_prompt": np.array([""] * n, dtype=object),
+        "seed": np.arange(n), "width": np.full(n, 16), "height": np.full(n, 16), "num_steps": np.full(n, 1),
+        "guidance_scale": np.zeros(n), "status": np.array(status, dtype=object),
+        "image_key": np.array([f"{i:040x}" for i in range(n)], dtype=object),
+        "generator": np.array(["sleepy"] * n, dtype=object), "model": np.array(["sleep@v1"] * n, dtype=object),
+        "image": np.array([np.zeros((16, 16, 3), np.uint8).tobytes()] * n, dtype=object),
+        "clip_score": np.array(scores, dtype=np.float64),
+    }
+
+
+def test_escalator_threshold_cap_and_draft() -> None:
+    cfg = parse_config({**fleet(mode="cascade", cascade={"draft": "sleepy", "escalate": "heavy", "threshold": 0.5,
+                                                         "max_escalations": 2}),
+                        "scorer": {"backend": "rule"}})
+    heavy = prep_config(cfg).generators["heavy"]
+    esc = Escalator(cfg.routing.cascade, "heavy", heavy)  # type: ignore[arg-type]
+    out = esc(batch(["a", "b", "c", "d"], ["generated", "generated", "generated", "error"], [0.1, 0.9, 0.2, np.nan]))
+    assert list(out["route"]) == ["escalated", "draft", "escalated", "draft"]
+    assert list(out["status"]) == ["pending", "generated", "pending", "error"]
+    assert list(out["generator"])[:3] == ["heavy", "sleepy", "heavy"] and out["draft_score"][0] == 0.1
+    assert out["draft_image_key"][0] == f"{0:040x}" and out["image_key"][0] != f"{0:040x}"
+    assert len(out["draft_image"][0]) > 0 and out["image"][0] == b""
+    more = esc(batch(["e"], ["generated"], [0.0]))  # the cap (2) is used up
+    assert list(more["route"]) == ["draft"] and list(more["status"]) == ["generated"]
+
+
+def test_rule_scorer() -> None:
+    out = RuleScorer(RuleScorerConfig(marker="good"))(batch(["good x", "bad", "good"], ["generated", "generated",
+                                                                                       "error"], [np.nan] * 3))
+    assert out["clip_score"][0] == 1.0 and out["clip_score"][1] == 0.0 and np.isnan(out["clip_score"][2])
+
+
+@pytest.fixture(scope="module")
+def tiny_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from jobs.tiny_models import build_tiny_clip
+
+    return build_tiny_clip(tmp_path_factory.mktemp("clip") / "tiny-clip")
+
+
+def test_clip_scorer_on_mixed_sizes(tiny_clip: Path) -> None:
+    scorer = ClipScorer(ClipScorerConfig(model=str(tiny_clip)))
+    b = batch(["a cat " * 50, "a dog"], ["generated", "generated"], [np.nan, np.nan])
+    b["width"] = np.array([16, 32])
+    b["image"] = np.array([np.zeros((16, 16, 3), np.uint8).tobytes(),
+                           np.full((16, 32, 3), 200, np.uint8).tobytes()], dtype=object)
+    out = scorer(b)
+    assert np.isfinite(out["clip_score"]).all() and (out["clip_score"] >= 0).all()
+    assert np.allclose(scorer(b)["clip_score"], out["clip_score"])  # deterministic
