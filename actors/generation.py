@@ -40,8 +40,22 @@ class Request:
     guidance_scale: float
 
 
-# generate_fn(requests) -> one HxWx3 uint8 array per request, in order.
-GenerateFn = Callable[[Sequence[Request]], list[np.ndarray]]
+@dataclass(frozen=True)
+class Outcome:
+    """What a backend returns for one request when a bare pixel array is not enough (hosted APIs)."""
+
+    image: np.ndarray | None = None
+    """HxWx3 uint8 pixels (the size may differ from the request: Gemini picks sizes by tier/aspect)."""
+    cost_usd: float | None = None
+    """Measured price (from the response's usage); None = the time-based cost model."""
+    refusal: str = ""
+    """Why the provider refused (content policy); the row becomes `status=refused`."""
+    error: str = ""
+    """A problem with this request alone (e.g. a size the API can't make); the row becomes an error row."""
+
+
+# generate_fn(requests) -> one result per request, in order: pixels, or an Outcome.
+GenerateFn = Callable[[Sequence[Request]], Sequence[np.ndarray | Outcome]]
 
 
 def run_generation(
@@ -74,6 +88,8 @@ def run_generation(
     generated_at = column("generated_at", 0.0, np.float64)
     status = np.array(batch["status"], dtype=object)
     error = np.array(batch["error"], dtype=object)
+    width = np.array(batch["width"], dtype=np.int32)
+    height = np.array(batch["height"], dtype=np.int32)
     # 2 shape buckets of pending rows
     buckets: dict[tuple[int, int, int, float], list[int]] = defaultdict(list)
     for i in range(n):
@@ -90,12 +106,19 @@ def run_generation(
             for i, result, ms in _run_chunk(batch, chunk, generate, is_fatal, is_oom):
                 gen_ms[i] = ms
                 generated_at[i] = time.time()
-                if isinstance(result, np.ndarray):
-                    images[i] = np.ascontiguousarray(result, dtype=np.uint8).tobytes()
-                    status[i] = "generated"
-                    cost[i] += ms / 1000 * usd_per_second + usd_per_image
-                else:
-                    status[i], error[i] = "error", result
+                if isinstance(result, str) or result.error:
+                    status[i], error[i] = "error", result if isinstance(result, str) else result.error
+                    continue
+                if result.refusal:
+                    status[i], error[i] = "refused", result.refusal
+                    cost[i] += result.cost_usd or 0.0
+                    continue
+                assert result.image is not None  # _check_image guarantees it
+                images[i] = np.ascontiguousarray(result.image, dtype=np.uint8).tobytes()
+                height[i], width[i] = result.image.shape[0], result.image.shape[1]
+                status[i] = "generated"
+                timed = ms / 1000 * usd_per_second + usd_per_image
+                cost[i] += result.cost_usd if result.cost_usd is not None else timed
     # 4 same columns in, plus the generator's outputs
     out = dict(batch)
     out.update(
@@ -104,6 +127,8 @@ def run_generation(
         generate_ms=gen_ms,
         cost_usd=cost,
         generated_at=generated_at,
+        width=width,
+        height=height,
         status=status,
         error=error,
     )
@@ -116,7 +141,7 @@ def _run_chunk(
     generate: GenerateFn,
     is_fatal: Callable[[BaseException], bool],
     is_oom: Callable[[BaseException], bool],
-) -> list[tuple[int, np.ndarray | str, float]]:
+) -> list[tuple[int, Outcome | str, float]]:
     requests = [_request(batch, i) for i in chunk]
     started = time.perf_counter()
     try:
@@ -142,10 +167,17 @@ def _run_chunk(
     return results
 
 
-def _check_image(img: np.ndarray, req: Request) -> np.ndarray | str:
-    if img.shape != (req.height, req.width, 3):
-        return f"generator returned shape {img.shape}, expected {(req.height, req.width, 3)}"
-    return img
+def _check_image(result: np.ndarray | Outcome, req: Request) -> Outcome | str:
+    """Bare arrays must have the requested shape; an Outcome's image only has to be RGB (size may differ)."""
+    if isinstance(result, Outcome):
+        if result.refusal or result.error:
+            return result
+        if result.image is None or result.image.ndim != 3 or result.image.shape[2] != 3:
+            return "generator returned no RGB image"
+        return result
+    if result.shape != (req.height, req.width, 3):
+        return f"generator returned shape {result.shape}, expected {(req.height, req.width, 3)}"
+    return Outcome(image=result)
 
 
 def _request(batch: Batch, i: int) -> Request:

@@ -133,4 +133,8 @@ class SleepConfig(StrictModel):
     """Pricing of this generator's images."""
 
 
-GeneratorConfig = Annotated[DiffusersConfig | SleepConfig, Field(discriminator="backend")]
+from configs.hosted import GeminiImageConfig, OpenAIImagesConfig  # noqa: E402 - hosted configs reuse the classes above
+
+GeneratorConfig = Annotated[
+    DiffusersConfig | SleepConfig | OpenAIImagesConfig | GeminiImageConfig, Field(discriminator="backend")
+]

@@ -10,7 +10,7 @@ from configs.job import JobConfig
 
 
 # discriminator values pydantic inserts into error locations
-BACKEND_TAGS = ("diffusers", "sleep", "clip", "rule")
+BACKEND_TAGS = ("diffusers", "sleep", "openai", "gemini", "clip", "rule")
 
 
 class ConfigError(ValueError):
@@ -82,13 +82,15 @@ def _explain(exc: ValidationError, raw: dict[str, Any]) -> str:
 def _valid_keys(loc: list[Any], raw: dict[str, Any]) -> list[str]:
     """Walk the JobConfig model along `loc` and list the field names accepted there."""
     from configs.generator import DiffusersConfig, SleepConfig
+    from configs.hosted import GeminiImageConfig, OpenAIImagesConfig
 
     model: Any = JobConfig
     node: Any = raw
     for part in loc:
         node = node.get(part) if isinstance(node, dict) else None
         if isinstance(part, str) and part in BACKEND_TAGS:
-            model = {"diffusers": DiffusersConfig, "sleep": SleepConfig}.get(part, model)
+            model = {"diffusers": DiffusersConfig, "sleep": SleepConfig, "openai": OpenAIImagesConfig,
+                     "gemini": GeminiImageConfig}.get(part, model)
             continue
         field = model.model_fields.get(part) if isinstance(model, type) else None
         if field is None:

@@ -10,7 +10,12 @@ from importlib import metadata
 from typing import Any
 
 from actors.storage import ObjectStore, StorageError, resolve_store_spec
+from pathlib import Path
+
+from pydantic import SecretStr
+
 from configs.generator import DiffusersConfig
+from configs.hosted import GeminiImageConfig, OpenAIImagesConfig
 from configs.job import JobConfig
 from pipelines.manifest import RunSummary
 from pipelines.text_to_image import SourceInfo, Stores
@@ -44,7 +49,28 @@ def resolve_stores(cfg: JobConfig) -> Stores:
         source=resolve_store_spec(cfg.source.uri, cfg.source.s3),
         output=resolve_store_spec(cfg.output.uri, cfg.output.s3),
         models=models,
+        api_keys=resolve_api_keys(cfg),
     )
+
+
+def resolve_api_keys(cfg: JobConfig) -> dict[str, SecretStr]:
+    """Hosted generators' keys from their secret file or environment variable (never from the YAML)."""
+    keys: dict[str, SecretStr] = {}
+    for name, g in cfg.generators.items():
+        if not isinstance(g, (OpenAIImagesConfig, GeminiImageConfig)):
+            continue
+        if g.api_key_file:
+            try:
+                value = Path(g.api_key_file).read_text().strip()
+            except OSError as exc:
+                raise StorageError(f"generators.{name}.api_key_file {g.api_key_file}: {exc.strerror}") from None
+        else:
+            value = os.environ.get(g.api_key_env, "").strip()
+        if not value:
+            raise StorageError(f"generator {name!r} ({g.backend}) needs an API key: set {g.api_key_env} "
+                               f"or generators.{name}.api_key_file")
+        keys[name] = SecretStr(value)
+    return keys
 
 
 def preflight_output(cfg: JobConfig, stores: Stores) -> None:
@@ -188,7 +214,7 @@ def summary_text(s: RunSummary, report_uri: str) -> str:
         f" imagefleet run {s.run_id}",
         f"   images requested : {s.num_rows}",
         f"   ok               : {s.num_ok}  ({s.num_written} written, {s.num_already_present} already present)",
-        f"   errors           : {s.num_error}",
+        f"   errors           : {s.num_error}   refused: {s.num_refused}   skipped (budget): {s.num_skipped}",
         f"   wall time        : {s.wall_s:.1f} s   throughput: {s.images_per_s:.2f} new images/s",
         f"   bytes written    : {s.bytes_written / 1e6:.2f} MB   cost: ${s.cost_usd:.4f}",
         f"   images           : {s.images_uri}/",
@@ -202,13 +228,16 @@ def summary_text(s: RunSummary, report_uri: str) -> str:
 
 
 def failure_line(exc: BaseException) -> str:
-    """The one line that explains a failed run (Ray wraps actor errors in long tracebacks)."""
+    """The one line that explains a failed run (Ray wraps actor errors in long tracebacks and hints)."""
     from actors.image_writer import ABORT_MARKER
 
-    text = str(exc)
-    for line in text.splitlines():
-        if ABORT_MARKER in line:
-            return line[line.index(ABORT_MARKER):].strip()
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    last = lines[-1] if lines else type(exc).__name__
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    for marker in (ABORT_MARKER, "QuotaExhausted:", "HostedFatal:"):
+        for line in lines:
+            if marker in line:
+                return line[line.index(marker):][:400]
+    import re
+
+    errors = [ln for ln in lines if re.match(r"^[\w.]+(Error|Exception|Exhausted|Fatal)\b.*:", ln)]
+    last = errors[-1] if errors else (lines[-1] if lines else type(exc).__name__)
     return f"{type(exc).__name__}: {last[:300]}"

@@ -29,6 +29,8 @@ class RunSummary:
     num_rows: int
     num_ok: int
     num_error: int
+    num_refused: int
+    num_skipped: int
     num_already_present: int
     num_written: int
     bytes_written: int
@@ -119,7 +121,7 @@ def _summarize(objects: ObjectStore, parts: list[str], run_id: str, wall: float)
     import pyarrow.dataset as pads
 
     fs, root = arrow_filesystem(objects.location.uri, objects.spec)
-    counts = {"rows": 0, "ok": 0, "error": 0, "present": 0, "bytes": 0}
+    counts = {"rows": 0, "ok": 0, "error": 0, "refused": 0, "skipped": 0, "present": 0, "bytes": 0}
     cost = 0.0
     errors: list[str] = []
     if parts:
@@ -130,7 +132,8 @@ def _summarize(objects: ObjectStore, parts: list[str], run_id: str, wall: float)
             ok = pc.equal(status, "ok")
             counts["rows"] += batch.num_rows
             counts["ok"] += pc.sum(ok).as_py() or 0
-            counts["error"] += batch.num_rows - (pc.sum(ok).as_py() or 0)
+            for name in ("error", "refused", "skipped"):
+                counts[name] += pc.sum(pc.equal(status, name)).as_py() or 0
             present = pc.and_(ok, batch.column("already_present"))
             counts["present"] += pc.sum(present).as_py() or 0
             counts["bytes"] += pc.sum(pc.if_else(present, 0, batch.column("bytes"))).as_py() or 0
@@ -143,6 +146,8 @@ def _summarize(objects: ObjectStore, parts: list[str], run_id: str, wall: float)
         num_rows=counts["rows"],
         num_ok=counts["ok"],
         num_error=counts["error"],
+        num_refused=counts["refused"],
+        num_skipped=counts["skipped"],
         num_already_present=counts["present"],
         num_written=counts["ok"] - counts["present"],
         bytes_written=counts["bytes"],

@@ -7,7 +7,9 @@ import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from actors import GENERATORS, ImageWriter, PromptPreprocessor
+from pydantic import SecretStr
+
+from actors import GENERATORS, HOSTED_BACKENDS, ImageWriter, PromptPreprocessor
 from actors.clip_scorer import SCORERS
 from actors.escalator import Escalator
 from actors.storage import arrow_filesystem, parse_location
@@ -43,6 +45,7 @@ class Stores:
     source: StoreSpec
     output: StoreSpec
     models: dict[str, StoreSpec] = field(default_factory=dict)
+    api_keys: dict[str, SecretStr] = field(default_factory=dict)  # hosted generators, by generator name
 
 
 @dataclass(frozen=True)
@@ -222,6 +225,8 @@ def _generate(ds: ray.data.Dataset, cfg: JobConfig, stores: Stores, name: str) -
     kwargs: dict[str, Any] = {"cfg": gen}
     if isinstance(gen, DiffusersConfig) and gen.model.startswith("s3://"):
         kwargs["model_store"] = stores.models[name]
+    if gen.backend in HOSTED_BACKENDS:
+        kwargs["api_key"] = stores.api_keys[name]
     return ds.map_batches(
         GENERATORS[gen.backend], fn_constructor_kwargs=kwargs, batch_format="numpy", **generator_pool_kwargs(gen.pool)
     )

@@ -1,0 +1,155 @@
+"""GeminiImageGenerator: Nano Banana models (gemini-*-image) through the official `google-genai` SDK."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+from pydantic import SecretStr
+
+from actors.generation import GENERATOR_OUTPUT_COLUMNS, Batch, Outcome, Request, run_generation
+from actors.hosted import (
+    HostedFatal,
+    QuotaExhausted,
+    Verdict,
+    call_with_retries,
+    decode_image,
+    key_fingerprint,
+    make_limiter,
+    parse_duration,
+)
+from configs.hosted import GeminiImageConfig, TokenPrices
+
+logger = logging.getLogger(__name__)
+
+ASPECTS = ["1:1", "2:3", "3:2", "3:4", "4:3", "4:5", "5:4", "9:16", "16:9", "21:9"]
+WIDE_ASPECTS = ["1:4", "4:1", "1:8", "8:1"]  # gemini-3.1-flash-image only
+
+
+def gemini_image_config(model: str, width: int, height: int) -> tuple[str, str]:
+    """(aspectRatio, imageSize) closest to a pixel size. Gemini has no pixel sizes, only ratios and tiers."""
+    choices = ASPECTS + (WIDE_ASPECTS if model.startswith("gemini-3.1-flash-image") else [])
+    target = width / height
+    aspect = min(choices, key=lambda a: abs(int(a.split(":")[0]) / int(a.split(":")[1]) - target))
+    side = max(width, height)
+    if side <= 512 and model.startswith("gemini-3.1-flash-image"):
+        return aspect, "512"
+    return aspect, "1K" if side <= 1024 else "2K" if side <= 2048 else "4K"
+
+
+def gemini_cost(usage: Any, prices: TokenPrices) -> float | None:
+    """USD from usageMetadata: image tokens x image rate, other answer + thinking tokens x text rate, prompt."""
+    if usage is None:
+        return None
+    image = sum(d.token_count or 0 for d in (usage.candidates_tokens_details or [])
+                if str(getattr(d.modality, "value", d.modality)) == "IMAGE")
+    answer = (usage.candidates_token_count or 0) - image + (usage.thoughts_token_count or 0)
+    return ((usage.prompt_token_count or 0) * prices.text_input + image * prices.image_output
+            + max(answer, 0) * prices.text_output) / 1e6
+
+
+def refusal_of(resp: Any) -> str:
+    """Gemini refuses with HTTP 200: a blocked prompt, a candidate without image, or a text-only answer."""
+    feedback = getattr(resp, "prompt_feedback", None)
+    if feedback is not None and feedback.block_reason:
+        return f"blockReason={getattr(feedback.block_reason, 'value', feedback.block_reason)}"
+    candidates = resp.candidates or []
+    if not candidates:
+        return "no candidates"
+    parts = (candidates[0].content.parts if candidates[0].content else None) or []
+    if any(p.inline_data and not p.thought for p in parts):
+        return ""
+    reason = candidates[0].finish_reason
+    reason = str(getattr(reason, "value", reason))
+    if reason and reason != "STOP":
+        return f"finishReason={reason}"
+    text = " ".join(p.text for p in parts if p.text)[:200]
+    return f"text-only answer: {text}" if text else "no image in the answer"
+
+
+class GeminiImageGenerator:
+    """One generateContent call per image (Gemini has no `n`); takes the last non-thought image part.
+
+    Args:
+        cfg: this generator's config slice.
+        api_key: resolved key (never logged).
+    """
+
+    INPUT_COLUMNS = {"prompt": "text", "seed": "seed", "width": "pixels", "height": "pixels",
+                     "status": "only `pending` rows"}
+    OUTPUT_COLUMNS = GENERATOR_OUTPUT_COLUMNS
+
+    def __init__(self, cfg: GeminiImageConfig, api_key: SecretStr) -> None:
+        from google import genai
+        from google.genai import errors, types
+
+        self.cfg, self.types, self.errors = cfg, types, errors
+        options = types.HttpOptions(base_url=cfg.base_url or None, api_version=cfg.api_version,
+                                    timeout=int(cfg.limits.timeout_s * 1000))  # ms; no retry_options: we retry
+        self.client = genai.Client(api_key=api_key.get_secret_value(), http_options=options)
+        self.limiter = make_limiter(key_fingerprint("gemini", api_key.get_secret_value(), cfg.model), cfg.limits)
+        self.pool = ThreadPoolExecutor(max_workers=max(1, cfg.pool.batch_size))
+
+    def __call__(self, batch: Batch) -> Batch:
+        return run_generation(
+            batch,
+            batch_size=self.cfg.pool.batch_size,
+            generate=self._generate,
+            is_fatal=lambda exc: isinstance(exc, (QuotaExhausted, HostedFatal)),
+            usd_per_second=0.0,
+            usd_per_image=self.cfg.cost.usd_per_image,
+        )
+
+    def _generate(self, requests: Sequence[Request]) -> list[np.ndarray | Outcome]:
+        return list(self.pool.map(self._one, requests))
+
+    def _one(self, r: Request) -> Outcome:
+        # 1 pixel size → aspect ratio + size tier
+        aspect, tier = gemini_image_config(self.cfg.model, r.width, r.height)
+        t = self.types
+        config = t.GenerateContentConfig(response_modalities=["IMAGE"], seed=r.seed,
+                                         image_config=t.ImageConfig(aspect_ratio=aspect, image_size=tier))
+        # 2 pace, call, retry per policy
+        self.limiter.wait_turn(1)
+        resp, verdict, _ = call_with_retries(
+            lambda: self.client.models.generate_content(model=self.cfg.model, contents=r.prompt, config=config),
+            self._classify, self.cfg.limits, self.limiter.pause_all)
+        if verdict is not None:
+            return Outcome(refusal=verdict.message) if verdict.kind == "refused" else Outcome(error=verdict.message)
+        # 3 refusals are 200s; otherwise the LAST non-thought image part is the final render
+        cost = gemini_cost(resp.usage_metadata, self.cfg.prices)
+        refusal = refusal_of(resp)
+        if refusal:
+            return Outcome(refusal=refusal, cost_usd=cost)
+        parts = [p for p in resp.candidates[0].content.parts if p.inline_data and not p.thought]
+        return Outcome(image=decode_image(parts[-1].inline_data.data), cost_usd=cost)
+
+    def _classify(self, exc: BaseException) -> Verdict:
+        e = self.errors
+        msg = f"{type(exc).__name__}: {exc}"[:400]
+        if isinstance(exc, e.APIError):
+            if exc.code == 429:
+                return Verdict("retry", msg, _retry_delay(exc.details))
+            if exc.code == 404:
+                return Verdict("fatal", f"model {self.cfg.model!r} is unknown or retired (404): {msg}")
+            if exc.code in (401, 403) or "API key not valid" in str(exc):
+                return Verdict("fatal", f"Gemini rejected the API key or permission: {msg}")
+            if exc.code in (408, 500, 502, 503, 504):
+                return Verdict("retry", msg)
+            return Verdict("row_error", msg)
+        name = type(exc).__name__
+        if "Timeout" in name or "Connect" in name or "RemoteProtocol" in name:
+            return Verdict("retry", msg)
+        return Verdict("row_error", msg)
+
+
+def _retry_delay(details: Any) -> float | None:
+    """google.rpc.RetryInfo.retryDelay from an error body (the SDK ignores it)."""
+    body = details.get("error", details) if isinstance(details, dict) else {}
+    for item in body.get("details", []) if isinstance(body, dict) else []:
+        if isinstance(item, dict) and item.get("@type", "").endswith("google.rpc.RetryInfo"):
+            return parse_duration(item.get("retryDelay", ""))
+    return None

@@ -1,0 +1,131 @@
+"""OpenAIImageGenerator: GPT Image models through the official `openai` SDK (retries owned by imagefleet)."""
+
+from __future__ import annotations
+
+import base64
+import logging
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+from pydantic import SecretStr
+
+from actors.generation import GENERATOR_OUTPUT_COLUMNS, Batch, Outcome, Request, run_generation
+from actors.hosted import (
+    HostedFatal,
+    QuotaExhausted,
+    Verdict,
+    call_with_retries,
+    decode_image,
+    key_fingerprint,
+    make_limiter,
+    retry_after_s,
+)
+from configs.hosted import OpenAIImagesConfig, TokenPrices
+
+logger = logging.getLogger(__name__)
+
+
+def openai_size_problem(model: str, width: int, height: int) -> str:
+    """gpt-image-2+ take any WxH with sides divisible by 16, aspect within 1:3..3:1, at most 3840x2160."""
+    fixed = {(1024, 1024), (1536, 1024), (1024, 1536)}
+    if not model.startswith("gpt-image-2"):
+        return "" if (width, height) in fixed else f"{model} only makes 1024x1024, 1536x1024 or 1024x1536"
+    if width % 16 or height % 16:
+        return f"size {width}x{height}: both sides must be multiples of 16 for {model}"
+    if not 1 / 3 <= width / height <= 3:
+        return f"size {width}x{height}: aspect ratio must be between 1:3 and 3:1 for {model}"
+    if max(width, height) > 3840 or min(width, height) > 2160:
+        return f"size {width}x{height}: larger than 3840x2160"
+    return ""
+
+
+def openai_cost(usage: Any, prices: TokenPrices) -> float | None:
+    """USD from an ImagesResponse.usage (None when the response has no usage)."""
+    if usage is None:
+        return None
+    din, dout = getattr(usage, "input_tokens_details", None), getattr(usage, "output_tokens_details", None)
+    text_in = getattr(din, "text_tokens", None) or getattr(usage, "input_tokens", 0) or 0
+    image_in = getattr(din, "image_tokens", 0) or 0
+    image_out = getattr(dout, "image_tokens", None)
+    if image_out is None:
+        image_out = getattr(usage, "output_tokens", 0) or 0
+    text_out = getattr(dout, "text_tokens", 0) or 0
+    return (text_in * prices.text_input + image_in * prices.image_input + image_out * prices.image_output
+            + text_out * prices.text_output) / 1e6
+
+
+class OpenAIImageGenerator:
+    """One Images API call per image (n=1, so each image has its own key, cost and refusal status).
+
+    Args:
+        cfg: this generator's config slice.
+        api_key: resolved key (never logged).
+    """
+
+    INPUT_COLUMNS = {"prompt": "text", "width": "pixels", "height": "pixels", "status": "only `pending` rows"}
+    OUTPUT_COLUMNS = GENERATOR_OUTPUT_COLUMNS
+
+    def __init__(self, cfg: OpenAIImagesConfig, api_key: SecretStr) -> None:
+        import openai
+
+        self.cfg = cfg
+        self.openai = openai
+        self.client = openai.OpenAI(api_key=api_key.get_secret_value(), base_url=cfg.base_url or None,
+                                    max_retries=0, timeout=cfg.limits.timeout_s)
+        self.limiter = make_limiter(key_fingerprint("openai", api_key.get_secret_value(), cfg.model), cfg.limits)
+        self.pool = ThreadPoolExecutor(max_workers=max(1, cfg.pool.batch_size))
+
+    def __call__(self, batch: Batch) -> Batch:
+        return run_generation(
+            batch,
+            batch_size=self.cfg.pool.batch_size,
+            generate=self._generate,
+            is_fatal=lambda exc: isinstance(exc, (QuotaExhausted, HostedFatal)),
+            usd_per_second=0.0,
+            usd_per_image=self.cfg.cost.usd_per_image,
+        )
+
+    def _generate(self, requests: Sequence[Request]) -> list[np.ndarray | Outcome]:
+        return list(self.pool.map(self._one, requests))
+
+    def _one(self, r: Request) -> Outcome:
+        # 1 requests the API can't serve never leave the actor
+        problem = openai_size_problem(self.cfg.model, r.width, r.height)
+        if problem:
+            return Outcome(error=problem)
+        # 2 pace, call, retry per policy
+        self.limiter.wait_turn(1)
+        kwargs: dict[str, Any] = dict(model=self.cfg.model, prompt=r.prompt, n=1, size=f"{r.width}x{r.height}",
+                                      quality=self.cfg.quality, output_format=self.cfg.output_format,
+                                      moderation=self.cfg.moderation)
+        if self.cfg.background != "auto":
+            kwargs["background"] = self.cfg.background
+        response, verdict, _ = call_with_retries(lambda: self.client.images.generate(**kwargs), self._classify,
+                                                 self.cfg.limits, self.limiter.pause_all)
+        if verdict is not None:
+            return Outcome(refusal=verdict.message) if verdict.kind == "refused" else Outcome(error=verdict.message)
+        # 3 decode and price
+        image = decode_image(base64.b64decode(response.data[0].b64_json))
+        return Outcome(image=image, cost_usd=openai_cost(response.usage, self.cfg.prices))
+
+    def _classify(self, exc: BaseException) -> Verdict:
+        o = self.openai
+        code = getattr(exc, "code", None)
+        msg = f"{type(exc).__name__}: {getattr(exc, 'message', exc)}"[:400]
+        if isinstance(exc, o.RateLimitError):
+            if code == "insufficient_quota" or getattr(exc, "type", None) == "insufficient_quota":
+                return Verdict("quota", f"OpenAI quota exhausted (insufficient_quota): {msg}")
+            return Verdict("retry", msg, retry_after_s(exc.response.headers))
+        if isinstance(exc, o.BadRequestError):
+            if code == "moderation_blocked":
+                return Verdict("refused", f"moderation_blocked: {getattr(exc, 'message', '')}"[:400])
+            return Verdict("row_error", msg)
+        if isinstance(exc, o.NotFoundError):
+            return Verdict("fatal", f"model {self.cfg.model!r} is unknown or retired (404): {msg}")
+        if isinstance(exc, (o.AuthenticationError, o.PermissionDeniedError)):
+            return Verdict("fatal", f"OpenAI rejected the API key or permission: {msg}")
+        if isinstance(exc, (o.InternalServerError, o.APIConnectionError, o.APITimeoutError, o.ConflictError)):
+            return Verdict("retry", msg, retry_after_s(getattr(getattr(exc, "response", None), "headers", None)))
+        return Verdict("row_error", msg)
