@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 from pydantic import SecretStr
 
+from actors.batch_mode import BatchRunner, poll
 from actors.generation import GENERATOR_OUTPUT_COLUMNS, Batch, Outcome, Request, run_generation
 from actors.hosted import (
     HostedFatal,
@@ -21,7 +22,9 @@ from actors.hosted import (
     make_limiter,
     parse_duration,
 )
+from actors.storage import ObjectStore
 from configs.hosted import GeminiImageConfig, TokenPrices
+from configs.storage import StoreSpec
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +85,8 @@ class GeminiImageGenerator:
                      "status": "only `pending` rows"}
     OUTPUT_COLUMNS = GENERATOR_OUTPUT_COLUMNS
 
-    def __init__(self, cfg: GeminiImageConfig, api_key: SecretStr) -> None:
+    def __init__(self, cfg: GeminiImageConfig, api_key: SecretStr, state_uri: str = "",
+                 state_store: StoreSpec = StoreSpec(kind="local")) -> None:
         from google import genai
         from google.genai import errors, types
 
@@ -91,7 +95,9 @@ class GeminiImageGenerator:
                                     timeout=int(cfg.limits.timeout_s * 1000))  # ms; no retry_options: we retry
         self.client = genai.Client(api_key=api_key.get_secret_value(), http_options=options)
         self.limiter = make_limiter(key_fingerprint("gemini", api_key.get_secret_value(), cfg.model), cfg.limits)
-        self.pool = ThreadPoolExecutor(max_workers=max(1, cfg.pool.batch_size))
+        self.pool = ThreadPoolExecutor(max_workers=max(1, min(cfg.pool.batch_size, 32)))
+        self.batch = (BatchRunner("gemini", ObjectStore(state_uri, state_store), self._submit, self._collect)
+                      if cfg.batch_mode else None)
 
     def __call__(self, batch: Batch) -> Batch:
         return run_generation(
@@ -104,14 +110,65 @@ class GeminiImageGenerator:
         )
 
     def _generate(self, requests: Sequence[Request]) -> list[np.ndarray | Outcome]:
+        if self.batch is not None:
+            return list(self.batch.run(requests))
         return list(self.pool.map(self._one, requests))
+
+    def _config(self, r: Request) -> Any:
+        """Pixel size → aspect ratio + size tier (Gemini has no pixel sizes), plus the seed."""
+        aspect, tier = gemini_image_config(self.cfg.model, r.width, r.height)
+        t = self.types
+        return t.GenerateContentConfig(response_modalities=["IMAGE"], seed=r.seed,
+                                       image_config=t.ImageConfig(aspect_ratio=aspect, image_size=tier))
+
+    def _answer(self, resp: Any, discount: float = 1.0) -> Outcome:
+        """Refusals are 200s; otherwise the LAST non-thought image part is the final render."""
+        cost = gemini_cost(resp.usage_metadata, self.cfg.prices)
+        cost = None if cost is None else cost * discount
+        refusal = refusal_of(resp)
+        if refusal:
+            return Outcome(refusal=refusal, cost_usd=cost)
+        parts = [p for p in resp.candidates[0].content.parts if p.inline_data and not p.thought]
+        return Outcome(image=decode_image(parts[-1].inline_data.data), cost_usd=cost)
+
+    # -- Batch API (inline requests; results come back inside the job, keyed by metadata.key) ---------
+    def _api(self, fn: Any) -> Any:
+        result, verdict, _ = call_with_retries(fn, self._classify, self.cfg.limits, self.limiter.pause_all)
+        if verdict is not None:
+            raise HostedFatal(f"batch API call failed: {verdict.message}")
+        return result
+
+    def _submit(self, requests: Sequence[Request]) -> str:
+        src = [{"contents": [{"parts": [{"text": r.prompt}], "role": "user"}], "config": self._config(r),
+                "metadata": {"key": r.key}} for r in requests]
+        job = self._api(lambda: self.client.batches.create(model=self.cfg.model, src=src,
+                                                           config={"display_name": "imagefleet"}))
+        return str(job.name)
+
+    def _collect(self, batch_id: str) -> dict[str, Outcome]:
+        holder: dict[str, Any] = {}
+        done = {"JOB_STATE_SUCCEEDED", "JOB_STATE_FAILED", "JOB_STATE_CANCELLED", "JOB_STATE_EXPIRED"}
+
+        def state() -> tuple[str, str]:
+            holder["job"] = job = self._api(lambda: self.client.batches.get(name=batch_id))
+            return str(getattr(job.state, "value", job.state)), ""
+
+        final = poll(state, done, self.cfg.batch_poll_s, f"gemini batch {batch_id}")
+        job, out = holder["job"], {}
+        for item in (job.dest.inlined_responses if job.dest else None) or []:
+            key = (item.metadata or {}).get("key", "")
+            if item.response is not None:
+                out[key] = self._answer(item.response, self.cfg.batch_discount)
+            else:
+                out[key] = Outcome(error=f"batch request failed: {item.error}"[:400])
+        if not out:
+            keys = [k for k, b in self.batch.batch_of.items() if b == batch_id] if self.batch else []
+            return {k: Outcome(error=f"gemini batch {batch_id} ended {final}") for k in keys}
+        return out
 
     def _one(self, r: Request) -> Outcome:
         # 1 pixel size → aspect ratio + size tier
-        aspect, tier = gemini_image_config(self.cfg.model, r.width, r.height)
-        t = self.types
-        config = t.GenerateContentConfig(response_modalities=["IMAGE"], seed=r.seed,
-                                         image_config=t.ImageConfig(aspect_ratio=aspect, image_size=tier))
+        config = self._config(r)
         # 2 pace, call, retry per policy
         self.limiter.wait_turn(1)
         resp, verdict, _ = call_with_retries(
@@ -119,13 +176,8 @@ class GeminiImageGenerator:
             self._classify, self.cfg.limits, self.limiter.pause_all)
         if verdict is not None:
             return Outcome(refusal=verdict.message) if verdict.kind == "refused" else Outcome(error=verdict.message)
-        # 3 refusals are 200s; otherwise the LAST non-thought image part is the final render
-        cost = gemini_cost(resp.usage_metadata, self.cfg.prices)
-        refusal = refusal_of(resp)
-        if refusal:
-            return Outcome(refusal=refusal, cost_usd=cost)
-        parts = [p for p in resp.candidates[0].content.parts if p.inline_data and not p.thought]
-        return Outcome(image=decode_image(parts[-1].inline_data.data), cost_usd=cost)
+        # 3 refusal, or the final image
+        return self._answer(resp)
 
     def _classify(self, exc: BaseException) -> Verdict:
         e = self.errors

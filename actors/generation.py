@@ -38,6 +38,7 @@ class Request:
     height: int
     num_steps: int
     guidance_scale: float
+    key: str = ""
 
 
 @dataclass(frozen=True)
@@ -189,6 +190,7 @@ def _request(batch: Batch, i: int) -> Request:
         height=int(batch["height"][i]),
         num_steps=int(batch["num_steps"][i]),
         guidance_scale=float(batch["guidance_scale"][i]),
+        key=str(batch["image_key"][i]) if "image_key" in batch else "",
     )
 
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import base64
+import json
 import logging
+from types import SimpleNamespace
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -11,6 +13,7 @@ from typing import Any
 import numpy as np
 from pydantic import SecretStr
 
+from actors.batch_mode import BatchRunner, poll
 from actors.generation import GENERATOR_OUTPUT_COLUMNS, Batch, Outcome, Request, run_generation
 from actors.hosted import (
     HostedFatal,
@@ -22,7 +25,9 @@ from actors.hosted import (
     make_limiter,
     retry_after_s,
 )
+from actors.storage import ObjectStore
 from configs.hosted import OpenAIImagesConfig, TokenPrices
+from configs.storage import StoreSpec
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +72,8 @@ class OpenAIImageGenerator:
     INPUT_COLUMNS = {"prompt": "text", "width": "pixels", "height": "pixels", "status": "only `pending` rows"}
     OUTPUT_COLUMNS = GENERATOR_OUTPUT_COLUMNS
 
-    def __init__(self, cfg: OpenAIImagesConfig, api_key: SecretStr) -> None:
+    def __init__(self, cfg: OpenAIImagesConfig, api_key: SecretStr, state_uri: str = "",
+                 state_store: StoreSpec = StoreSpec(kind="local")) -> None:
         import openai
 
         self.cfg = cfg
@@ -75,7 +81,9 @@ class OpenAIImageGenerator:
         self.client = openai.OpenAI(api_key=api_key.get_secret_value(), base_url=cfg.base_url or None,
                                     max_retries=0, timeout=cfg.limits.timeout_s)
         self.limiter = make_limiter(key_fingerprint("openai", api_key.get_secret_value(), cfg.model), cfg.limits)
-        self.pool = ThreadPoolExecutor(max_workers=max(1, cfg.pool.batch_size))
+        self.pool = ThreadPoolExecutor(max_workers=max(1, min(cfg.pool.batch_size, 32)))
+        self.batch = (BatchRunner("openai", ObjectStore(state_uri, state_store), self._submit, self._collect)
+                      if cfg.batch_mode else None)
 
     def __call__(self, batch: Batch) -> Batch:
         return run_generation(
@@ -88,7 +96,74 @@ class OpenAIImageGenerator:
         )
 
     def _generate(self, requests: Sequence[Request]) -> list[np.ndarray | Outcome]:
-        return list(self.pool.map(self._one, requests))
+        if self.batch is None:
+            return list(self.pool.map(self._one, requests))
+        sizes = {r.key: openai_size_problem(self.cfg.model, r.width, r.height) for r in requests}
+        ok = [r for r in requests if not sizes[r.key]]
+        done = dict(zip([r.key for r in ok], self.batch.run(ok), strict=True)) if ok else {}
+        return [done[r.key] if r.key in done else Outcome(error=sizes[r.key]) for r in requests]
+
+    def _body(self, r: Request) -> dict[str, Any]:
+        body: dict[str, Any] = dict(model=self.cfg.model, prompt=r.prompt, n=1, size=f"{r.width}x{r.height}",
+                                    quality=self.cfg.quality, output_format=self.cfg.output_format,
+                                    moderation=self.cfg.moderation)
+        if self.cfg.background != "auto":
+            body["background"] = self.cfg.background
+        return body
+
+    # -- Batch API ----------------------------------------------------------------------------------
+    def _api(self, fn: Any) -> Any:
+        result, verdict, _ = call_with_retries(fn, self._classify, self.cfg.limits, self.limiter.pause_all)
+        if verdict is not None:
+            raise HostedFatal(f"batch API call failed: {verdict.message}")
+        return result
+
+    def _submit(self, requests: Sequence[Request]) -> str:
+        lines = [json.dumps({"custom_id": r.key, "method": "POST", "url": "/v1/images/generations",
+                             "body": self._body(r)}) for r in requests]
+        upload = self._api(lambda: self.client.files.create(file=("imagefleet.jsonl", "\n".join(lines).encode()),
+                                                            purpose="batch"))
+        created = self._api(lambda: self.client.batches.create(
+            input_file_id=upload.id, endpoint="/v1/images/generations", completion_window="24h",
+            metadata={"source": "imagefleet"}))
+        return str(created.id)
+
+    def _collect(self, batch_id: str) -> dict[str, Outcome]:
+        holder: dict[str, Any] = {}
+
+        def state() -> tuple[str, str]:
+            holder["b"] = b = self._api(lambda: self.client.batches.retrieve(batch_id))
+            c = b.request_counts
+            return str(b.status), f"{c.completed}+{c.failed}/{c.total}" if c else ""
+
+        final = poll(state, {"completed", "failed", "expired", "cancelled"}, self.cfg.batch_poll_s,
+                     f"openai batch {batch_id}")
+        b, out = holder["b"], {}
+        for file_id in (b.output_file_id, b.error_file_id):  # an expired batch still returns what completed
+            if file_id:
+                text = self._api(lambda fid=file_id: self.client.files.content(fid)).text
+                for line in text.splitlines():
+                    if line.strip():
+                        item = json.loads(line)
+                        out[item["custom_id"]] = self._batch_outcome(item)
+        if final != "completed" and not out:
+            return {k: Outcome(error=f"openai batch {batch_id} ended {final}") for k in self._keys_of(batch_id)}
+        return out
+
+    def _keys_of(self, batch_id: str) -> list[str]:
+        return [k for k, b in self.batch.batch_of.items() if b == batch_id] if self.batch else []
+
+    def _batch_outcome(self, item: dict[str, Any]) -> Outcome:
+        response = item.get("response") or {}
+        body = response.get("body") or {}
+        if response.get("status_code") == 200:
+            image = decode_image(base64.b64decode(body["data"][0]["b64_json"]))
+            cost = openai_cost(_ns(body.get("usage")), self.cfg.prices)
+            return Outcome(image=image, cost_usd=None if cost is None else cost * self.cfg.batch_discount)
+        err = body.get("error") or item.get("error") or {}
+        if err.get("code") == "moderation_blocked":
+            return Outcome(refusal=f"moderation_blocked: {err.get('message', '')}"[:400])
+        return Outcome(error=f"batch request failed: {err.get('code')}: {err.get('message', '')}"[:400])
 
     def _one(self, r: Request) -> Outcome:
         # 1 requests the API can't serve never leave the actor
@@ -97,11 +172,7 @@ class OpenAIImageGenerator:
             return Outcome(error=problem)
         # 2 pace, call, retry per policy
         self.limiter.wait_turn(1)
-        kwargs: dict[str, Any] = dict(model=self.cfg.model, prompt=r.prompt, n=1, size=f"{r.width}x{r.height}",
-                                      quality=self.cfg.quality, output_format=self.cfg.output_format,
-                                      moderation=self.cfg.moderation)
-        if self.cfg.background != "auto":
-            kwargs["background"] = self.cfg.background
+        kwargs = self._body(r)
         response, verdict, _ = call_with_retries(lambda: self.client.images.generate(**kwargs), self._classify,
                                                  self.cfg.limits, self.limiter.pause_all)
         if verdict is not None:
@@ -129,3 +200,10 @@ class OpenAIImageGenerator:
         if isinstance(exc, (o.InternalServerError, o.APIConnectionError, o.APITimeoutError, o.ConflictError)):
             return Verdict("retry", msg, retry_after_s(getattr(getattr(exc, "response", None), "headers", None)))
         return Verdict("row_error", msg)
+
+
+def _ns(value: Any) -> Any:
+    """JSON dicts → attribute objects, so batch results price like SDK responses."""
+    if isinstance(value, dict):
+        return SimpleNamespace(**{k: _ns(v) for k, v in value.items()})
+    return value

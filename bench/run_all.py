@@ -108,6 +108,21 @@ def write_markdown() -> None:
                   "with the real SD-Turbo (SD 2.1 UNet, OpenCLIP-H, SD VAE) and SDXL architectures and measures",
                   "bf16+SDPA, +channels_last, +torch.compile and +tiny VAE; `--smoke` checks it on CPU."]
     lines.append("")
+    lines += [
+        "## What the measurements changed, and what is still open", "",
+        "- Blocks of one GPU batch left the stand-in GPUs at 0.82 of ideal (Ray's per-task overhead on 2 cores);",
+        "  blocks of up to 4 batches (`pipelines/text_to_image.rows_per_block`) brought it to 0.94. The same run",
+        "  writing to a local folder instead of S3 reached 0.95: on this 2-core box SeaweedFS and boto3 compete",
+        "  with Ray for CPU. The 0.97 target is not met here; repeated runs vary by about ±0.03.",
+        "- Encode/upload in a separate CPU pool and batched generation make imagefleet 7× the naive recipe.",
+        "- Against a bare loop, steady state is 1.5× (two single-thread actors + overlapped encode beat one",
+        "  process), but ~22 s go to Ray start and actor start (torch/diffusers imports on 2 cores): for small",
+        "  jobs the bare loop finishes first. Time to first image is the cost to attack next (pre-warmed actors,",
+        "  lighter actor imports).",
+        "- Driver memory: 250 MB at 10k rows, 350 MB at 1M (sub-linear but not flat: Ray Data's per-block",
+        "  bookkeeping grows with the number of blocks). The resume scan is linear at ~14 µs/row.",
+        "",
+    ]
     (REPO / "BENCHMARKS.md").write_text("\n".join(lines))
 
 

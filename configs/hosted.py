@@ -67,6 +67,13 @@ class OpenAIImagesConfig(StrictModel):
     """Token prices (gpt-image-2 defaults)."""
     limits: RateLimits = RateLimits()
     """Rate limits and retries."""
+    batch_mode: bool = False
+    """Use the provider's Batch API (50% cheaper, hours of latency): one API batch per actor call of
+    `pool.batch_size` rows; batch ids are persisted under `<output>/_batches/` so a restarted job resumes them."""
+    batch_poll_s: float = Field(default=30.0, gt=0)
+    """Seconds between batch status polls."""
+    batch_discount: float = Field(default=0.5, ge=0, le=1)
+    """Price factor applied to usage-based cost in batch mode."""
     pool: PoolConfig = PoolConfig(num_gpus=0, num_cpus=0.25, batch_size=4, min_size=1, max_size=4, initial_size=1)
     """Actor pool (I/O-bound: no GPU)."""
     defaults: GenerationDefaults = GenerationDefaults(width=1024, height=1024, num_steps=1, guidance_scale=0.0)
@@ -106,6 +113,13 @@ class GeminiImageConfig(StrictModel):
     """Token prices (gemini-3.1-flash-image defaults)."""
     limits: RateLimits = RateLimits()
     """Rate limits and retries."""
+    batch_mode: bool = False
+    """Use the provider's Batch API (50% cheaper, hours of latency): one API batch per actor call of
+    `pool.batch_size` rows; batch ids are persisted under `<output>/_batches/` so a restarted job resumes them."""
+    batch_poll_s: float = Field(default=30.0, gt=0)
+    """Seconds between batch status polls."""
+    batch_discount: float = Field(default=0.5, ge=0, le=1)
+    """Price factor applied to usage-based cost in batch mode."""
     pool: PoolConfig = PoolConfig(num_gpus=0, num_cpus=0.25, batch_size=4, min_size=1, max_size=4, initial_size=1)
     """Actor pool (I/O-bound: no GPU)."""
     defaults: GenerationDefaults = GenerationDefaults(width=1024, height=1024, num_steps=1, guidance_scale=0.0)

@@ -15,6 +15,7 @@ commands:
   demo                                     tiny offline model + embedded S3 + 80 prompts, end to end
   s3 serve|start|stop|env [--dir D]        embedded SeaweedFS S3 on 127.0.0.1 (auth on)
   tiny-model PATH [--kind sd|sdxl]         build a tiny random-weight diffusers pipeline offline
+  fake-hosted [--port 8123]                loopback fake of the OpenAI Images + Gemini APIs (dev/tests)
 """
 
 
@@ -35,6 +36,10 @@ def main(argv: list[str] | None = None) -> int:
         return demo.main(rest)
     if command == "s3":
         return s3_main(rest)
+    if command == "fake-hosted":
+        from jobs import fake_hosted
+
+        return fake_hosted.main(rest)
     if command == "tiny-model":
         p = argparse.ArgumentParser(prog="imagefleet tiny-model")
         p.add_argument("path")

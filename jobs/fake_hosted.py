@@ -73,6 +73,9 @@ class FakeHosted:
     port: int = 0
     knobs: Knobs = field(default_factory=Knobs)
     log: list[Logged] = field(default_factory=list)
+    files: dict[str, bytes] = field(default_factory=dict)
+    batches: dict[str, dict[str, Any]] = field(default_factory=dict)
+    batch_ticks: int = 2  # polls before a batch completes
 
     def start(self) -> FakeHosted:
         server = self
@@ -107,22 +110,35 @@ class FakeHosted:
         raw = h.rfile.read(length) if length else b""
         try:
             body = json.loads(raw) if raw else None
-        except ValueError:
+        except (ValueError, UnicodeDecodeError):
             body = raw
         with self.lock:
             self.log.append(Logged(h.command, h.path, {k.lower(): v for k, v in h.headers.items()}, body))
         if self.knobs.latency_ms:
             time.sleep(self.knobs.latency_ms / 1000)
         path = h.path.split("?", 1)[0]
+        content_type = "application/json"
         if path.endswith("/images/generations"):
-            status, headers, payload = self._openai(h, body)
+            status, headers, payload = self._openai(h.headers, body)
         elif ":generateContent" in path:
-            status, headers, payload = self._gemini(h, path, body)
+            status, headers, payload = self._gemini(h.headers, path, body)
+        elif ":batchGenerateContent" in path:
+            status, headers, payload = self._gemini_batch_create(h.headers, path, body)
+        elif "/batches/" in path and "/v1/batches" not in path:
+            status, headers, payload = self._gemini_batch_get(path)
+        elif path == "/v1/files" and h.command == "POST":
+            status, headers, payload = self._openai_file_upload(h.headers, raw)
+        elif path.startswith("/v1/files/") and path.endswith("/content"):
+            status, headers, payload, content_type = 200, {}, self.files[path.split("/")[3]], "application/jsonl"
+        elif path == "/v1/batches" and h.command == "POST":
+            status, headers, payload = self._openai_batch_create(h.headers, body)
+        elif path.startswith("/v1/batches/"):
+            status, headers, payload = self._openai_batch_get(path.split("/")[3])
         else:
             status, headers, payload = 404, {}, {"error": {"message": f"no route {path}", "code": 404}}
-        data = json.dumps(payload).encode()
+        data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
         h.send_response(status)
-        h.send_header("content-type", "application/json")
+        h.send_header("content-type", content_type)
         h.send_header("content-length", str(len(data)))
         for k, v in headers.items():
             h.send_header(k, v)
@@ -137,14 +153,14 @@ class FakeHosted:
         return False
 
     # -- OpenAI -------------------------------------------------------------------------------------
-    def _openai(self, h: BaseHTTPRequestHandler, body: Any) -> tuple[int, dict[str, str], Any]:
+    def _openai(self, h: Any, body: Any) -> tuple[int, dict[str, str], Any]:
         rid = {"x-request-id": "req_" + uuid.uuid4().hex[:12]}
 
         def err(status: int, message: str, type_: str, code: str | None, extra: dict[str, str] | None = None):
             return status, {**rid, **(extra or {})}, {"error": {"message": message, "type": type_, "param": None,
                                                                "code": code}}
 
-        if h.headers.get("authorization") != f"Bearer {OPENAI_KEY}":
+        if h.get("authorization") != f"Bearer {OPENAI_KEY}":
             return err(401, "Incorrect API key provided.", "invalid_request_error", "invalid_api_key")
         if self.knobs.quota_exhausted:
             return err(429, "You exceeded your current quota.", "insufficient_quota", "insufficient_quota")
@@ -179,12 +195,12 @@ class FakeHosted:
                           "size": f"{w}x{hgt}", "quality": quality, "usage": usage}
 
     # -- Gemini -------------------------------------------------------------------------------------
-    def _gemini(self, h: BaseHTTPRequestHandler, path: str, body: Any) -> tuple[int, dict[str, str], Any]:
+    def _gemini(self, h: Any, path: str, body: Any) -> tuple[int, dict[str, str], Any]:
         def err(status: int, name: str, message: str, details: list[Any] | None = None):
             return status, {}, {"error": {"code": status, "message": message, "status": name,
                                           "details": details or []}}
 
-        key = h.headers.get("x-goog-api-key") or ""
+        key = h.get("x-goog-api-key") or ""
         if key != GEMINI_KEY:
             return err(400, "INVALID_ARGUMENT", "API key not valid. Please pass a valid API key.")
         if self._take("rate_limit_n"):
@@ -227,6 +243,112 @@ class FakeHosted:
                                      "data": base64.b64encode(png(w, hh, prompt)).decode()}})
         return 200, {}, {**base, "candidates": [{"content": {"role": "model", "parts": parts}, "finishReason": "STOP",
                                                  "index": 0}]}
+
+
+def _multipart_file(headers: Any, raw: bytes) -> bytes:
+    from email.parser import BytesParser
+    from email.policy import default
+
+    msg = BytesParser(policy=default).parsebytes(
+        b"Content-Type: " + headers.get("content-type", "").encode() + b"\r\n\r\n" + raw)
+    for part in msg.iter_parts():
+        if part.get_param("name", header="content-disposition") == "file":
+            return bytes(part.get_payload(decode=True))
+    return b""
+
+
+def _openai_file_upload(self: FakeHosted, headers: Any, raw: bytes) -> tuple[int, dict[str, str], Any]:
+    if headers.get("authorization") != f"Bearer {OPENAI_KEY}":
+        return 401, {}, {"error": {"message": "bad key", "type": "invalid_request_error", "code": "invalid_api_key"}}
+    fid = "file-" + uuid.uuid4().hex[:10]
+    self.files[fid] = _multipart_file(headers, raw)
+    return 200, {}, {"id": fid, "object": "file", "purpose": "batch", "bytes": len(self.files[fid]),
+                     "filename": "batch.jsonl", "status": "processed", "created_at": int(time.time())}
+
+
+def _openai_batch_create(self: FakeHosted, headers: Any, body: Any) -> tuple[int, dict[str, str], Any]:
+    bid = "batch_" + uuid.uuid4().hex[:10]
+    self.batches[bid] = {"id": bid, "object": "batch", "endpoint": body["endpoint"], "status": "validating",
+                         "input_file_id": body["input_file_id"], "completion_window": body["completion_window"],
+                         "created_at": int(time.time()), "request_counts": {"total": 0, "completed": 0, "failed": 0},
+                         "metadata": body.get("metadata"), "output_file_id": None, "error_file_id": None,
+                         "_auth": headers.get("authorization"), "_ticks": 0}
+    return 200, {}, _public(self.batches[bid])
+
+
+def _openai_batch_get(self: FakeHosted, bid: str) -> tuple[int, dict[str, str], Any]:
+    b = self.batches[bid]
+    b["_ticks"] += 1
+    if b["status"] == "validating":
+        b["status"] = "in_progress"
+    elif b["status"] == "in_progress" and b["_ticks"] >= self.batch_ticks:
+        ok, bad = [], []
+        for line in self.files[b["input_file_id"]].decode().splitlines():
+            req = json.loads(line)
+            status, headers, payload = self._openai({"authorization": b["_auth"]}, req["body"])
+            out = {"id": "batch_req_" + uuid.uuid4().hex[:8], "custom_id": req["custom_id"],
+                   "response": {"status_code": status, "request_id": headers.get("x-request-id", ""),
+                                "body": payload}, "error": None}
+            (ok if status == 200 else bad).append(json.dumps(out))
+        for name, lines in (("output_file_id", ok), ("error_file_id", bad)):
+            if lines:
+                fid = "file-" + uuid.uuid4().hex[:10]
+                self.files[fid] = ("\n".join(lines) + "\n").encode()
+                b[name] = fid
+        b["request_counts"] = {"total": len(ok) + len(bad), "completed": len(ok), "failed": len(bad)}
+        b["status"] = "completed"
+    return 200, {}, _public(b)
+
+
+def _public(b: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in b.items() if not k.startswith("_")}
+
+
+def _gemini_batch_create(self: FakeHosted, headers: Any, path: str, body: Any) -> tuple[int, dict[str, str], Any]:
+    if (headers.get("x-goog-api-key") or "") != GEMINI_KEY:
+        return 400, {}, {"error": {"code": 400, "status": "INVALID_ARGUMENT", "message": "API key not valid."}}
+    version, model = path.split("/")[1], path.rsplit("/models/", 1)[-1].split(":", 1)[0]
+    bid = f"batches/{uuid.uuid4().hex[:10]}"
+    reqs = body["batch"]["inputConfig"]["requests"]["requests"]
+    self.batches[bid] = {"name": bid, "model": model, "version": version, "requests": reqs, "ticks": 0,
+                         "state": "BATCH_STATE_PENDING", "auth": headers.get("x-goog-api-key")}
+    return 200, {}, self._gemini_op(bid)
+
+
+def _gemini_batch_get(self: FakeHosted, path: str) -> tuple[int, dict[str, str], Any]:
+    bid = "batches/" + path.rsplit("/batches/", 1)[-1]
+    b = self.batches[bid]
+    b["ticks"] += 1
+    if b["state"] == "BATCH_STATE_PENDING":
+        b["state"] = "BATCH_STATE_RUNNING"
+    elif b["state"] == "BATCH_STATE_RUNNING" and b["ticks"] >= self.batch_ticks:
+        out = []
+        for item in b["requests"]:
+            status, _, payload = self._gemini({"x-goog-api-key": b["auth"]},
+                                              f"/{b['version']}/models/{b['model']}:generateContent", item["request"])
+            entry: dict[str, Any] = {"metadata": item.get("metadata", {})}
+            entry["response" if status == 200 else "error"] = payload if status == 200 else payload["error"]
+            out.append(entry)
+        b["output"] = {"inlinedResponses": {"inlinedResponses": out}}
+        b["state"] = "BATCH_STATE_SUCCEEDED"
+    return 200, {}, self._gemini_op(bid)
+
+
+def _gemini_op(self: FakeHosted, bid: str) -> dict[str, Any]:
+    b = self.batches[bid]
+    meta: dict[str, Any] = {"@type": "type.googleapis.com/google.ai.generativelanguage.v1main.GenerateContentBatch",
+                            "model": f"models/{b['model']}", "state": b["state"], "name": bid}
+    if "output" in b:
+        meta["output"] = b["output"]
+    return {"name": bid, "metadata": meta, "done": b["state"] == "BATCH_STATE_SUCCEEDED"}
+
+
+FakeHosted._openai_file_upload = _openai_file_upload  # type: ignore[attr-defined]
+FakeHosted._openai_batch_create = _openai_batch_create  # type: ignore[attr-defined]
+FakeHosted._openai_batch_get = _openai_batch_get  # type: ignore[attr-defined]
+FakeHosted._gemini_batch_create = _gemini_batch_create  # type: ignore[attr-defined]
+FakeHosted._gemini_batch_get = _gemini_batch_get  # type: ignore[attr-defined]
+FakeHosted._gemini_op = _gemini_op  # type: ignore[attr-defined]
 
 
 def main(argv: list[str]) -> int:

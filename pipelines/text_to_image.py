@@ -227,6 +227,8 @@ def _generate(ds: ray.data.Dataset, cfg: JobConfig, stores: Stores, name: str) -
         kwargs["model_store"] = stores.models[name]
     if gen.backend in HOSTED_BACKENDS:
         kwargs["api_key"] = stores.api_keys[name]
+        if getattr(gen, "batch_mode", False):  # batch ids are persisted next to the outputs (resumable)
+            kwargs.update(state_uri=cfg.output.uri, state_store=stores.output)
     return ds.map_batches(
         GENERATORS[gen.backend], fn_constructor_kwargs=kwargs, batch_format="numpy", **generator_pool_kwargs(gen.pool)
     )

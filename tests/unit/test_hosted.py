@@ -190,3 +190,60 @@ def test_hosted_generator_config_via_yaml_dict() -> None:
     raw["generators"]["oa"]["api_key"] = "sk-inline"
     with pytest.raises(ConfigError, match="unknown key 'generators.oa.api_key'"):
         parse_config(raw)
+
+
+# -- Batch API mode ---------------------------------------------------------------------------------------
+
+def keyed(prompts: list[str]) -> dict[str, np.ndarray]:
+    b = batch(prompts)
+    b["image_key"] = np.array([f"{i:040x}" for i in range(len(prompts))], dtype=object)
+    return b
+
+
+def test_openai_batch_mode_persists_polls_and_collects(fake: FakeHosted, tmp_path: Any) -> None:
+    gen = OpenAIImageGenerator(OpenAIImagesConfig(base_url=fake.url + "/v1", quality="low", limits=FAST,
+                                                  batch_mode=True, batch_poll_s=0.01), SecretStr(OPENAI_KEY),
+                               state_uri=str(tmp_path))
+    out = gen(keyed(["a", "b", "c [refuse]"]))
+    assert list(out["status"]) == ["generated", "generated", "refused"]
+    assert out["cost_usd"][0] == pytest.approx((50 * 5.0 + 272 * 30.0) / 1e6 * 0.5)  # batch discount
+    assert len(fake.batches) == 1 and not any(r.path.endswith("/images/generations") for r in fake.log)
+    records = list((tmp_path / "_batches" / "openai").glob("*.json"))
+    assert len(records) == 1 and OPENAI_KEY not in records[0].read_text()
+
+
+def test_gemini_batch_mode(fake: FakeHosted, tmp_path: Any) -> None:
+    gen = GeminiImageGenerator(GeminiImageConfig(base_url=fake.url, limits=FAST, batch_mode=True,
+                                                 batch_poll_s=0.01), SecretStr(GEMINI_KEY), state_uri=str(tmp_path))
+    out = gen(keyed(["a banana", "x [refuse:IMAGE_SAFETY]"]))
+    assert list(out["status"]) == ["generated", "refused"] and "IMAGE_SAFETY" in out["error"][1]
+    assert out["cost_usd"][0] == pytest.approx((7 * 0.5 + 747 * 60.0) / 1e6 * 0.5)
+    assert len(fake.batches) == 1
+
+
+@pytest.mark.parametrize("backend", ["openai", "gemini"])
+def test_batch_resumes_after_restart_without_resubmitting(fake: FakeHosted, tmp_path: Any, backend: str) -> None:
+    from unittest import mock
+
+    def make() -> Any:
+        if backend == "openai":
+            return OpenAIImageGenerator(OpenAIImagesConfig(base_url=fake.url + "/v1", quality="low", limits=FAST,
+                                                           batch_mode=True, batch_poll_s=0.01),
+                                        SecretStr(OPENAI_KEY), state_uri=str(tmp_path))
+        return GeminiImageGenerator(GeminiImageConfig(base_url=fake.url, limits=FAST, batch_mode=True,
+                                                      batch_poll_s=0.01), SecretStr(GEMINI_KEY),
+                                    state_uri=str(tmp_path))
+
+    class Crash(BaseException):  # like a killed process: nothing catches it
+        pass
+
+    fake.batch_ticks = 3
+    # the job dies while the batch is in flight (fault injected into polling)
+    target = "actors.openai_generator.poll" if backend == "openai" else "actors.gemini_generator.poll"
+    with mock.patch(target, side_effect=Crash("driver killed")), pytest.raises(Crash):
+        make()(keyed(["a", "b"]))
+    assert len(fake.batches) == 1
+    # a fresh actor (restarted job) finds the recorded batch and collects it instead of paying twice
+    out = make()(keyed(["a", "b"]))
+    assert list(out["status"]) == ["generated", "generated"]
+    assert len(fake.batches) == 1
