@@ -23,6 +23,8 @@ class PoolConfig(StrictModel):
     """CPUs per actor."""
     batch_size: int = Field(default=4, ge=1, le=1024)
     """Images per model call (rows are grouped by shape first)."""
+    accelerator_type: str = ""
+    """Ray accelerator type the actors need (e.g. H100, L4; a GPU worker group in infra/ provides it)."""
 
     @model_validator(mode="after")
     def _sizes(self) -> "PoolConfig":

@@ -28,6 +28,8 @@ def generator_pool_kwargs(pool: PoolConfig) -> dict[str, Any]:
     }
     if pool.num_gpus > 0:
         kwargs["num_gpus"] = pool.num_gpus
+    if pool.accelerator_type:
+        kwargs["accelerator_type"] = pool.accelerator_type
     return kwargs
 
 

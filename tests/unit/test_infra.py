@@ -1,0 +1,85 @@
+"""infra/ stays consistent with configs/: manifests parse, KubeRay CRDs have their required fields, every
+accelerator a config asks for is provided by a GPU worker group, and one image name is used everywhere."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from configs import load_config
+from tests.conftest import REPO
+
+INFRA = REPO / "infra"
+MANIFESTS = sorted(INFRA.rglob("*.yaml"))
+IMAGE = "ghcr.io/imagefleet/imagefleet"
+
+
+def docs() -> list[tuple[Path, dict[str, Any]]]:
+    return [(p, d) for p in MANIFESTS for d in yaml.safe_load_all(p.read_text()) if d]
+
+
+def test_manifests_parse() -> None:
+    assert MANIFESTS and all(isinstance(d, dict) for _, d in docs())
+
+
+def _cluster_specs() -> list[dict[str, Any]]:
+    specs = []
+    for _, d in docs():
+        if d.get("kind") == "RayCluster":
+            specs.append(d["spec"])
+        if d.get("kind") == "RayJob":
+            specs.append(d["spec"]["rayClusterSpec"])
+    return specs
+
+
+def test_kuberay_required_fields() -> None:
+    specs = _cluster_specs()
+    assert len(specs) >= 2
+    for spec in specs:
+        assert "headGroupSpec" in spec and spec["headGroupSpec"]["template"]["spec"]["containers"]
+        assert spec["headGroupSpec"]["rayStartParams"].get("num-cpus") == "0"  # no work on the head
+        groups = spec["workerGroupSpecs"]
+        assert any(not g["groupName"].startswith("gpu") for g in groups)
+        for g in groups:
+            for field in ("groupName", "minReplicas", "maxReplicas", "rayStartParams", "template"):
+                assert field in g, (g.get("groupName"), field)
+            assert g["minReplicas"] <= g["maxReplicas"]
+            res = g["template"]["spec"]["containers"][0]["resources"]
+            if g["groupName"].startswith("gpu"):
+                assert res["requests"]["nvidia.com/gpu"] >= 1 and g["template"]["spec"].get("nodeSelector")
+    rayjobs = [d for _, d in docs() if d.get("kind") == "RayJob"]
+    assert rayjobs and rayjobs[0]["spec"]["entrypoint"].startswith("imagefleet run ")
+
+
+def _accelerators(spec: dict[str, Any]) -> set[str]:
+    found = set()
+    for g in spec["workerGroupSpecs"]:
+        raw = g["rayStartParams"].get("resources")
+        if raw:
+            found |= {k.split(":", 1)[1] for k in json.loads(json.loads(raw)) if k.startswith("accelerator_type:")}
+    return found
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_config_accelerators_exist_in_infra(path: Path) -> None:
+    provided = set().union(*(_accelerators(s) for s in _cluster_specs() if s.get("enableInTreeAutoscaling")))
+    for name, gen in load_config(path).generators.items():
+        if gen.pool.accelerator_type:
+            assert gen.pool.accelerator_type in provided, f"{path.name}: {name} needs {gen.pool.accelerator_type}"
+
+
+def test_one_image_everywhere() -> None:
+    images = set()
+    for p in MANIFESTS:
+        images |= set(re.findall(r"image:\s*(\S+)", p.read_text()))
+    ours = {i for i in images if i.startswith(IMAGE)}
+    assert len(ours) == 1, ours
+    kustomize = yaml.safe_load((INFRA / "base" / "kustomization.yaml").read_text())
+    assert kustomize["images"][0]["name"] == IMAGE and ours == {f"{IMAGE}:{kustomize['images'][0]['newTag']}"}
+    rayjob_cm = yaml.safe_load((INFRA / "base" / "kustomization.yaml").read_text())["configMapGenerator"][0]
+    assert (INFRA / "base" / rayjob_cm["files"][0]).exists()
