@@ -2,8 +2,8 @@
 
 from actors.diffusers_generator import DiffusersGenerator
 from actors.gemini_generator import GeminiImageGenerator
-from actors.openai_generator import OpenAIImageGenerator
 from actors.image_writer import ImageWriter
+from actors.openai_generator import OpenAIImageGenerator
 from actors.prompt_preprocessor import PromptPreprocessor
 from actors.sleep_generator import SleepGenerator
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import inspect
 import logging
@@ -152,9 +153,7 @@ def _local_model_path(cfg: DiffusersConfig, store_spec: StoreSpec) -> str:
         count += 1
     if count == 0:
         raise FileNotFoundError(f"no model files under {cfg.model}")
-    try:
+    with contextlib.suppress(OSError):  # another actor on this node finished first
         staging.rename(target)
-    except OSError:  # another actor on this node finished first
-        pass
     done.touch()
     return str(target)

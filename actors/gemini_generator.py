@@ -11,16 +11,16 @@ import numpy as np
 from pydantic import SecretStr
 
 from actors.batch_mode import BatchRunner, poll
-from actors.generation import GENERATOR_OUTPUT_COLUMNS, Batch, Outcome, Request, run_generation
+from actors.generation import GENERATOR_OUTPUT_COLUMNS, Batch, Outcome, Request
 from actors.hosted import (
-    HostedFatal,
-    QuotaExhausted,
     Verdict,
+    api_call,
     call_with_retries,
     decode_image,
     key_fingerprint,
     make_limiter,
     parse_duration,
+    run_hosted,
 )
 from actors.storage import ObjectStore
 from configs.hosted import GeminiImageConfig, TokenPrices
@@ -100,14 +100,7 @@ class GeminiImageGenerator:
                       if cfg.batch_mode else None)
 
     def __call__(self, batch: Batch) -> Batch:
-        return run_generation(
-            batch,
-            batch_size=self.cfg.pool.batch_size,
-            generate=self._generate,
-            is_fatal=lambda exc: isinstance(exc, (QuotaExhausted, HostedFatal)),
-            usd_per_second=0.0,
-            usd_per_image=self.cfg.cost.usd_per_image,
-        )
+        return run_hosted(batch, self.cfg.cost.usd_per_image, self.cfg.pool.batch_size, self._generate)
 
     def _generate(self, requests: Sequence[Request]) -> list[np.ndarray | Outcome]:
         if self.batch is not None:
@@ -133,10 +126,7 @@ class GeminiImageGenerator:
 
     # -- Batch API (inline requests; results come back inside the job, keyed by metadata.key) ---------
     def _api(self, fn: Any) -> Any:
-        result, verdict, _ = call_with_retries(fn, self._classify, self.cfg.limits, self.limiter.pause_all)
-        if verdict is not None:
-            raise HostedFatal(f"batch API call failed: {verdict.message}")
-        return result
+        return api_call(fn, self._classify, self.cfg.limits, self.limiter.pause_all)
 
     def _submit(self, requests: Sequence[Request]) -> str:
         src = [{"contents": [{"parts": [{"text": r.prompt}], "role": "user"}], "config": self._config(r),

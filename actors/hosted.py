@@ -172,3 +172,26 @@ def decode_image(data: bytes) -> Any:
     from PIL import Image
 
     return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+
+
+def run_hosted(batch: Any, usd_per_image: float, batch_size: int, generate: Any) -> Any:
+    """`run_generation` for a hosted backend: prices come from usage, quota/key/model errors end the run."""
+    from actors.generation import run_generation
+
+    return run_generation(
+        batch,
+        batch_size=batch_size,
+        generate=generate,
+        is_fatal=lambda exc: isinstance(exc, (QuotaExhausted, HostedFatal)),
+        usd_per_second=0.0,
+        usd_per_image=usd_per_image,
+    )
+
+
+def api_call(fn: Callable[[], T], classify: Callable[[BaseException], Verdict], limits: RateLimits,
+             pause_all: Callable[[float], None]) -> T:
+    """A control-plane call (files, batches) under the retry policy; any final failure ends the run."""
+    result, verdict, _ = call_with_retries(fn, classify, limits, pause_all)
+    if verdict is not None:
+        raise HostedFatal(f"batch API call failed: {verdict.message}")
+    return result  # type: ignore[return-value]  # verdict None means fn returned

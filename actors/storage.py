@@ -11,8 +11,8 @@ import logging
 import os
 import shutil
 import tempfile
-import uuid
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path

@@ -48,10 +48,10 @@ def run(rows: int) -> dict[str, Any]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from configs import load_config
     from jobs import generate
     from jobs.runtime import resolve_stores
     from jobs.tiny_models import build_tiny_pipeline
-    from configs import load_config
     from pipelines.manifest import read_manifest_columns
 
     model = str(build_tiny_pipeline(WORK / "models" / "tiny-sd"))

@@ -149,7 +149,6 @@ def measure(model: Path, wl: dict[str, Any], opts: dict[str, Any], smoke: bool, 
             fn()
         sync()
         results[f"{name}_img_s"] = round(iters * n / (time.perf_counter() - t), 3)
-    del gen
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     return results

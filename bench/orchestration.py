@@ -49,9 +49,9 @@ def run(rows: int) -> dict[str, Any]:
         })
         with Timer() as t_if:
             assert generate.main([str(cfg)]) == 0
-        from pipelines.manifest import read_manifest_columns
-        from jobs.runtime import resolve_stores
         from configs import load_config
+        from jobs.runtime import resolve_stores
+        from pipelines.manifest import read_manifest_columns
 
         stores = resolve_stores(load_config(cfg))
         ts = read_manifest_columns(f"s3://{bucket}/imagefleet", stores.output, ["generated_at"]).column(0).to_pylist()

@@ -38,79 +38,15 @@ class TokenPrices(StrictModel):
     """Text and thinking tokens in the answer."""
 
 
-class OpenAIImagesConfig(StrictModel):
-    """OpenAI Images API (`POST /v1/images/generations`), e.g. gpt-image-2."""
+class HostedCommon(StrictModel):
+    """Fields every hosted backend shares (key handling, limits, batch mode, pool, defaults)."""
 
-    backend: Literal["openai"] = "openai"
-    """Backend discriminator."""
-    model: str = "gpt-image-2"
-    """Model id (a string: ids are retired often; see shared/HOSTED_APIS.md)."""
     revision: str = ""
     """Snapshot label recorded with the model (part of the image key)."""
     scheduler: str = ""
     """Unused; kept so every backend has the same key fields."""
-    base_url: str = ""
-    """API base incl. /v1; empty = the SDK default (or OPENAI_BASE_URL)."""
-    api_key_env: str = "OPENAI_API_KEY"
-    """Environment variable with the API key."""
     api_key_file: str = ""
     """File holding the key (wins over the env var)."""
-    quality: Literal["auto", "low", "medium", "high"] = "auto"
-    """Image quality tier."""
-    output_format: Literal["png", "jpeg", "webp"] = "png"
-    """Format the API returns (imagefleet re-encodes to output.format)."""
-    background: Literal["auto", "opaque", "transparent"] = "auto"
-    """Background; transparent is rejected by gpt-image-2."""
-    moderation: Literal["auto", "low"] = "auto"
-    """Moderation strictness."""
-    prices: TokenPrices = TokenPrices(text_input=5.0, image_input=8.0, image_output=30.0)
-    """Token prices (gpt-image-2 defaults)."""
-    limits: RateLimits = RateLimits()
-    """Rate limits and retries."""
-    batch_mode: bool = False
-    """Use the provider's Batch API (50% cheaper, hours of latency): one API batch per actor call of
-    `pool.batch_size` rows; batch ids are persisted under `<output>/_batches/` so a restarted job resumes them."""
-    batch_poll_s: float = Field(default=30.0, gt=0)
-    """Seconds between batch status polls."""
-    batch_discount: float = Field(default=0.5, ge=0, le=1)
-    """Price factor applied to usage-based cost in batch mode."""
-    pool: PoolConfig = PoolConfig(num_gpus=0, num_cpus=0.25, batch_size=4, min_size=1, max_size=4, initial_size=1)
-    """Actor pool (I/O-bound: no GPU)."""
-    defaults: GenerationDefaults = GenerationDefaults(width=1024, height=1024, num_steps=1, guidance_scale=0.0)
-    """Defaults for rows that don't set them."""
-    cost: CostConfig = CostConfig(usd_per_image=0.0, est_seconds_per_image=0.0)
-    """Flat fallback price per image when the response has no usage."""
-
-    @model_validator(mode="after")
-    def _capabilities(self) -> "OpenAIImagesConfig":
-        if self.background == "transparent" and self.output_format == "jpeg":
-            raise ValueError("background=transparent needs output_format png or webp")
-        if self.background == "transparent" and self.model.startswith("gpt-image-2"):
-            raise ValueError(f"{self.model} rejects background=transparent; use opaque or auto")
-        return self
-
-
-class GeminiImageConfig(StrictModel):
-    """Gemini generateContent with image output, e.g. gemini-3.1-flash-image (Nano Banana 2)."""
-
-    backend: Literal["gemini"] = "gemini"
-    """Backend discriminator."""
-    model: str = "gemini-3.1-flash-image"
-    """Model id."""
-    revision: str = ""
-    """Recorded with the model (part of the image key)."""
-    scheduler: str = ""
-    """Unused; kept so every backend has the same key fields."""
-    base_url: str = ""
-    """API base without version; empty = the SDK default."""
-    api_version: str = "v1beta"
-    """API version path segment (pinned: SDK defaults differ across versions)."""
-    api_key_env: str = "GEMINI_API_KEY"
-    """Environment variable with the API key."""
-    api_key_file: str = ""
-    """File holding the key (wins over the env var)."""
-    prices: TokenPrices = TokenPrices(text_input=0.5, image_output=60.0)
-    """Token prices (gemini-3.1-flash-image defaults)."""
     limits: RateLimits = RateLimits()
     """Rate limits and retries."""
     batch_mode: bool = False
@@ -126,3 +62,51 @@ class GeminiImageConfig(StrictModel):
     """Defaults for rows that don't set them."""
     cost: CostConfig = CostConfig()
     """Flat fallback price per image when the response has no usage."""
+
+
+class OpenAIImagesConfig(HostedCommon):
+    """OpenAI Images API (`POST /v1/images/generations`), e.g. gpt-image-2."""
+
+    backend: Literal["openai"] = "openai"
+    """Backend discriminator."""
+    model: str = "gpt-image-2"
+    """Model id (a string: ids are retired often; see shared/HOSTED_APIS.md)."""
+    base_url: str = ""
+    """API base incl. /v1; empty = the SDK default (or OPENAI_BASE_URL)."""
+    api_key_env: str = "OPENAI_API_KEY"
+    """Environment variable with the API key."""
+    quality: Literal["auto", "low", "medium", "high"] = "auto"
+    """Image quality tier."""
+    output_format: Literal["png", "jpeg", "webp"] = "png"
+    """Format the API returns (imagefleet re-encodes to output.format)."""
+    background: Literal["auto", "opaque", "transparent"] = "auto"
+    """Background; transparent is rejected by gpt-image-2."""
+    moderation: Literal["auto", "low"] = "auto"
+    """Moderation strictness."""
+    prices: TokenPrices = TokenPrices(text_input=5.0, image_input=8.0, image_output=30.0)
+    """Token prices (gpt-image-2 defaults)."""
+
+    @model_validator(mode="after")
+    def _capabilities(self) -> "OpenAIImagesConfig":
+        if self.background == "transparent" and self.output_format == "jpeg":
+            raise ValueError("background=transparent needs output_format png or webp")
+        if self.background == "transparent" and self.model.startswith("gpt-image-2"):
+            raise ValueError(f"{self.model} rejects background=transparent; use opaque or auto")
+        return self
+
+
+class GeminiImageConfig(HostedCommon):
+    """Gemini generateContent with image output, e.g. gemini-3.1-flash-image (Nano Banana 2)."""
+
+    backend: Literal["gemini"] = "gemini"
+    """Backend discriminator."""
+    model: str = "gemini-3.1-flash-image"
+    """Model id."""
+    base_url: str = ""
+    """API base without version; empty = the SDK default."""
+    api_version: str = "v1beta"
+    """API version path segment (pinned: SDK defaults differ across versions)."""
+    api_key_env: str = "GEMINI_API_KEY"
+    """Environment variable with the API key."""
+    prices: TokenPrices = TokenPrices(text_input=0.5, image_output=60.0)
+    """Token prices (gemini-3.1-flash-image defaults)."""

@@ -8,7 +8,6 @@ from pydantic import BaseModel, ValidationError
 
 from configs.job import JobConfig
 
-
 # discriminator values pydantic inserts into error locations
 BACKEND_TAGS = ("diffusers", "sleep", "openai", "gemini", "clip", "rule")
 

@@ -12,9 +12,12 @@ USAGE = """imagefleet <command> [args]
 
 commands:
   run CONFIG [--set k=v ...] [--dry-run]   run a batch job
+  submit CONFIG --address URL [--wait]     run CONFIG on a Ray cluster (Ray Jobs API)
+  status JOB --address URL | logs JOB --address URL
   demo                                     tiny offline model + embedded S3 + 80 prompts, end to end
   s3 serve|start|stop|env [--dir D]        embedded SeaweedFS S3 on 127.0.0.1 (auth on)
   tiny-model PATH [--kind sd|sdxl]         build a tiny random-weight diffusers pipeline offline
+  report OUTPUT_URI                        (re)write OUTPUT_URI/report.html from the manifest
   fake-hosted [--port 8123]                loopback fake of the OpenAI Images + Gemini APIs (dev/tests)
 """
 
@@ -30,12 +33,26 @@ def main(argv: list[str] | None = None) -> int:
         from jobs import generate
 
         return generate.main(rest)
+    if command in ("submit", "status", "logs"):
+        from jobs import submit
+
+        return {"submit": submit.submit, "status": submit.status, "logs": submit.logs}[command](rest)
     if command == "demo":
         from jobs import demo
 
         return demo.main(rest)
     if command == "s3":
         return s3_main(rest)
+    if command == "report":
+        if not rest:
+            print("usage: imagefleet report OUTPUT_URI", file=sys.stderr)
+            return 2
+        from actors.storage import resolve_store_spec
+        from configs.storage import S3Config
+        from pipelines.report import write_report
+
+        print(write_report(rest[0], resolve_store_spec(rest[0], S3Config())))
+        return 0
     if command == "fake-hosted":
         from jobs import fake_hosted
 

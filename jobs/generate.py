@@ -15,7 +15,7 @@ logger = logging.getLogger("imagefleet")
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="imagefleet run", description="Run a batch image-generation job.")
-    p.add_argument("config", help="YAML run config")
+    p.add_argument("config", help="YAML run config (or env:VAR to read the YAML from a variable: `submit` uses it)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set output.uri=s3://bucket/run2 (repeatable)")
     p.add_argument("--dry-run", action="store_true", help="validate config, input and bucket access; print the plan")
@@ -28,9 +28,11 @@ def main(argv: list[str] | None = None) -> int:
     """Run one job; returns the process exit code (0 ok, 1 run failed, 2 bad config/input/storage)."""
     args = parser().parse_args(argv)
     runtime.prepare_environment()
+    args.config = runtime.config_path(args.config)
     from actors.storage import StorageError
     from configs import ConfigError, load_config
     from pipelines.manifest import write_manifest, write_run_json
+    from pipelines.report import write_report
     from pipelines.text_to_image import InputError, build, inspect_source
 
     # 1 everything that can be wrong with the inputs is found here, before any GPU work
@@ -66,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
             ray.shutdown()
     # 3 record and report
     record_uri = write_run_json(cfg.output.uri, stores.output, runtime.run_record(cfg, summary, source))
-    print(runtime.summary_text(summary, record_uri))
+    print(runtime.summary_text(summary, record_uri, write_report(cfg.output.uri, stores.output)))
     failed = summary.num_error / max(summary.num_rows, 1)
     if failed > cfg.limits.max_error_fraction:
         print(f"imagefleet: {failed:.1%} of images failed (limit {cfg.limits.max_error_fraction:.1%})", file=sys.stderr)

@@ -7,13 +7,12 @@ import os
 import sys
 import uuid
 from importlib import metadata
-from typing import Any
-
-from actors.storage import ObjectStore, StorageError, resolve_store_spec
 from pathlib import Path
+from typing import Any
 
 from pydantic import SecretStr
 
+from actors.storage import ObjectStore, StorageError, resolve_store_spec
 from configs.generator import DiffusersConfig
 from configs.hosted import GeminiImageConfig, OpenAIImagesConfig
 from configs.job import JobConfig
@@ -36,6 +35,18 @@ RAY_ENV = {
 def prepare_environment() -> None:
     for key, value in RAY_ENV.items():
         os.environ.setdefault(key, value)
+
+
+def config_path(arg: str) -> str:
+    """`env:VAR` → a temp file holding that variable's YAML (how `imagefleet submit` ships a config)."""
+    if not arg.startswith("env:"):
+        return arg
+    import tempfile
+
+    fd, path = tempfile.mkstemp(suffix=".yaml", prefix="imagefleet-")
+    with os.fdopen(fd, "w") as fh:
+        fh.write(os.environ.get(arg[4:], ""))
+    return path
 
 
 def resolve_stores(cfg: JobConfig) -> Stores:
@@ -206,7 +217,7 @@ def cost_estimate(cfg: JobConfig, rows: int) -> str:
     return f"{text} for {rows} rows{budget}; set cost.est_seconds_per_image / usd_per_image per generator"
 
 
-def summary_text(s: RunSummary, report_uri: str) -> str:
+def summary_text(s: RunSummary, record_uri: str, report_uri: str) -> str:
     """The one-screen end-of-run summary."""
     lines = [
         "",
@@ -219,7 +230,8 @@ def summary_text(s: RunSummary, report_uri: str) -> str:
         f"   bytes written    : {s.bytes_written / 1e6:.2f} MB   cost: ${s.cost_usd:.4f}",
         f"   images           : {s.images_uri}/",
         f"   manifest         : {s.manifest_uri}/",
-        f"   run record       : {report_uri}",
+        f"   run record       : {record_uri}",
+        f"   report           : {report_uri}",
     ]
     for msg in s.errors_sample:
         lines.append(f"   e.g. error       : {msg[:100]}")

@@ -68,6 +68,9 @@ def test_100_prompts_mixed_sizes_then_idempotent_rerun(
     run_json = json.loads(client.get_object(Bucket=bucket, Key="run/run.json")["Body"].read())
     assert run_json["summary"]["num_ok"] == 100 and run_json["summary"]["num_written"] == 100
     assert not [k for k in objects(s3_env, bucket, "run/manifest/_staging/")]
+    report = client.get_object(Bucket=bucket, Key="run/report.html")["Body"].read().decode()
+    assert "Contact sheet" in report and report.count("data:image/jpeg;base64,") >= 40
+    assert "Throughput over time" in report and "<svg" in report and "generate_ms" in report
     # identical rerun: nothing new is written, everything reported as already present
     assert generate.main([str(cfg)]) == 0
     out = capsys.readouterr().out

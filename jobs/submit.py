@@ -1,0 +1,95 @@
+"""`imagefleet submit|status|logs`: run a config on a Ray cluster through the Ray Jobs API.
+
+The repository travels as the job's `working_dir`; the entrypoint is `python -m jobs.cli run CONFIG`, so the
+cluster runs exactly the code and config that were submitted. Secrets are not shipped: the cluster's nodes
+get them from their own environment (e.g. a Kubernetes secret, see infra/).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+EXCLUDES = [".venv", ".git", ".imagefleet", "**/__pycache__", "bench/results", "*.parquet"]
+TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
+
+
+def _client(address: str) -> object:
+    """Jobs API client. Ray 2.60 clusters use token auth by default; when a token is available (RAY_AUTH_TOKEN,
+    RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token) and RAY_AUTH_MODE is unset, the client is switched to token mode."""
+    import os
+
+    token_file = Path(os.environ.get("RAY_AUTH_TOKEN_PATH", Path.home() / ".ray" / "auth_token"))
+    if "RAY_AUTH_MODE" not in os.environ and (os.environ.get("RAY_AUTH_TOKEN") or token_file.exists()):
+        os.environ["RAY_AUTH_MODE"] = "token"
+    from ray.job_submission import JobSubmissionClient
+
+    return JobSubmissionClient(address)
+
+
+def submit(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="imagefleet submit")
+    p.add_argument("config")
+    p.add_argument("--address", required=True, help="Ray dashboard address, e.g. http://HEAD:8265")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--wait", action="store_true", help="stream logs and exit with the job's status")
+    p.add_argument("--pip", action="append", default=[], help="extra pip packages for the job's runtime env")
+    args = p.parse_args(argv)
+    from configs import ConfigError, load_config
+
+    try:  # validate here: a bad config should fail on the laptop, not after the upload
+        load_config(args.config, args.overrides)
+    except ConfigError as exc:
+        print(f"imagefleet: {exc}", file=sys.stderr)
+        return 2
+    # the config travels inside the runtime env (it may live anywhere, even in a git-ignored folder)
+    entrypoint = " ".join(["python -m jobs.cli run env:IMAGEFLEET_CONFIG_YAML",
+                           *(f"--set {shlex.quote(o)}" for o in ["cluster.address=auto", *args.overrides])])
+    runtime_env: dict[str, object] = {
+        "working_dir": str(REPO), "excludes": EXCLUDES,
+        "env_vars": {"RAY_USAGE_STATS_ENABLED": "0", "IMAGEFLEET_CONFIG_YAML": Path(args.config).read_text()},
+    }
+    if args.pip:
+        runtime_env["pip"] = args.pip
+    client = _client(args.address)
+    job_id = client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env)  # type: ignore[attr-defined]
+    print(f"submitted {job_id} to {args.address}")
+    return follow(client, job_id) if args.wait else 0
+
+
+def follow(client: object, job_id: str, poll_s: float = 1.0) -> int:
+    """Print new log output until the job ends; exit code 0 only if it succeeded."""
+    shown = 0
+    while True:
+        status = str(client.get_job_status(job_id)).rsplit(".", 1)[-1]  # type: ignore[attr-defined]
+        logs = client.get_job_logs(job_id)  # type: ignore[attr-defined]
+        if len(logs) > shown:
+            sys.stdout.write(logs[shown:])
+            sys.stdout.flush()
+            shown = len(logs)
+        if status in TERMINAL:
+            print(f"job {job_id}: {status}")
+            return 0 if status == "SUCCEEDED" else 1
+        time.sleep(poll_s)
+
+
+def status(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="imagefleet status")
+    p.add_argument("job_id")
+    p.add_argument("--address", required=True)
+    args = p.parse_args(argv)
+    print(str(_client(args.address).get_job_status(args.job_id)).rsplit(".", 1)[-1])  # type: ignore[attr-defined]
+    return 0
+
+
+def logs(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="imagefleet logs")
+    p.add_argument("job_id")
+    p.add_argument("--address", required=True)
+    args = p.parse_args(argv)
+    print(_client(args.address).get_job_logs(args.job_id), end="")  # type: ignore[attr-defined]
+    return 0

@@ -1,0 +1,76 @@
+"""`imagefleet submit/status/logs` against a real `ray start --head` on loopback (token auth as configured
+by Ray 2.60), stopped by PID afterwards."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from jobs.seaweed import pick_ports
+from tests.conftest import REPO, sleep_job, write_config, write_prompts
+from tests.integration.test_pipeline import manifest
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def ray_head(s3_env: Any) -> Iterator[str]:
+    ports = pick_ports()
+    temp = f"/tmp/ifray/h{uuid.uuid4().hex[:6]}"
+    dash, gcs = ports["s3"], ports["master"]  # two free loopback ports outside Ray's worker range
+    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0",
+           "PYTHONPATH": str(REPO), "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    cmd = [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", f"--port={gcs}",
+           "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
+           "--num-cpus=4", "--num-gpus=2", f"--temp-dir={temp}", "--include-dashboard=true",
+           f"--ray-client-server-port={ports['volume'] + 10000}", f"--dashboard-agent-listen-port={ports['filer']}",
+           f"--min-worker-port={ports['filer'] + 20}", f"--max-worker-port={ports['filer'] + 400}"]
+    head = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    address = f"http://127.0.0.1:{dash}"
+    try:
+        deadline = time.time() + 90
+        while time.time() < deadline:
+            done = subprocess.run([sys.executable, "-m", "jobs.cli", "status", "nope", "--address", address],
+                                  cwd=REPO, capture_output=True, text=True)
+            if "Connection refused" not in done.stderr and "Failed to connect" not in done.stderr:
+                break
+            time.sleep(1)
+        yield address
+    finally:
+        procs = psutil.Process(head.pid).children(recursive=True) if psutil.pid_exists(head.pid) else []
+        os.killpg(head.pid, signal.SIGTERM)
+        time.sleep(3)
+        for p in [*procs, *(q for q in psutil.process_iter(["cmdline"]) if temp in " ".join(q.info["cmdline"] or []))]:
+            try:
+                p.kill()
+            except psutil.Error:
+                pass
+
+
+def test_submit_wait_status_logs(tmp_path: Path, s3_env: Any, bucket: str, ray_head: str) -> None:
+    src = write_prompts(tmp_path / "p.parquet", {"prompt": [f"p{i}" for i in range(12)]})
+    cfg = write_config(tmp_path / "job.yaml", sleep_job(src, f"s3://{bucket}/sub"))
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    run = subprocess.run([sys.executable, "-m", "jobs.cli", "submit", str(cfg), "--address", ray_head, "--wait"],
+                         cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert "12 written" in run.stdout and "SUCCEEDED" in run.stdout
+    job_id = run.stdout.split("submitted ", 1)[1].split()[0]
+    status = subprocess.run([sys.executable, "-m", "jobs.cli", "status", job_id, "--address", ray_head],
+                            cwd=REPO, capture_output=True, text=True, env=env)
+    assert status.stdout.strip() == "SUCCEEDED"
+    logs = subprocess.run([sys.executable, "-m", "jobs.cli", "logs", job_id, "--address", ray_head],
+                          cwd=REPO, capture_output=True, text=True, env=env)
+    assert "imagefleet run" in logs.stdout
+    assert len(manifest(s3_env, bucket, "sub")) == 12
