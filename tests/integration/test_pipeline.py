@@ -118,8 +118,10 @@ def test_max_error_fraction_fails_the_run(
 
 @pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
 def test_every_shipped_config_dry_runs(
-    path: Path, tmp_path: Path, tiny_model: Path, s3_env: Any, bucket: str, capsys: Any
+    path: Path, tmp_path: Path, tiny_model: Path, s3_env: Any, bucket: str, capsys: Any, monkeypatch: Any
 ) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-dry-run")  # hosted configs need a key to pass the dry run
+    monkeypatch.setenv("GEMINI_API_KEY", "g-dry-run")
     source = write_prompts(tmp_path / "p.parquet", {"prompt": ["a", "b"]})
     code = generate.main([str(path), "--dry-run", f"--set=source.uri={source}",
                           f"--set=output.uri=s3://{bucket}/dry", "--set=output.s3.endpoint_url="])
