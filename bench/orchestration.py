@@ -69,6 +69,7 @@ def run(rows: int) -> dict[str, Any]:
         naive = steady_rate(naive_ts)
     finally:
         ray.shutdown()
+        server.stop()  # the benchmark's own SeaweedFS
     ideal = NUM_GPUS * BATCH / (BASE_S + PER_IMAGE_S * BATCH)
     return {
         "rows": rows, "naive_rows": rows // 2, "fake_gpus": NUM_GPUS, "batch_size": BATCH, "latency_model": f"{BASE_S}+{PER_IMAGE_S}*n s",
