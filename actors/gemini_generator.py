@@ -4,25 +4,22 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 from pydantic import SecretStr
 
-from actors.batch_mode import BatchRunner, poll
+from actors.batch_mode import poll
 from actors.generation import GENERATOR_OUTPUT_COLUMNS, Batch, Outcome, Request
 from actors.hosted import (
     Verdict,
     api_call,
     call_with_retries,
     decode_image,
-    key_fingerprint,
-    make_limiter,
+    hosted_plumbing,
     parse_duration,
     run_hosted,
 )
-from actors.storage import ObjectStore
 from configs.hosted import GeminiImageConfig, TokenPrices
 from configs.storage import StoreSpec
 
@@ -94,10 +91,8 @@ class GeminiImageGenerator:
         options = types.HttpOptions(base_url=cfg.base_url or None, api_version=cfg.api_version,
                                     timeout=int(cfg.limits.timeout_s * 1000))  # ms; no retry_options: we retry
         self.client = genai.Client(api_key=api_key.get_secret_value(), http_options=options)
-        self.limiter = make_limiter(key_fingerprint("gemini", api_key.get_secret_value(), cfg.model), cfg.limits)
-        self.pool = ThreadPoolExecutor(max_workers=max(1, min(cfg.pool.batch_size, 32)))
-        self.batch = (BatchRunner("gemini", ObjectStore(state_uri, state_store), self._submit, self._collect)
-                      if cfg.batch_mode else None)
+        self.limiter, self.pool, self.batch = hosted_plumbing(
+            "gemini", api_key.get_secret_value(), cfg, state_uri, state_store, self._submit, self._collect)
 
     def __call__(self, batch: Batch) -> Batch:
         return run_hosted(batch, self.cfg.cost.usd_per_image, self.cfg.pool.batch_size, self._generate)

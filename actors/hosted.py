@@ -195,3 +195,18 @@ def api_call(fn: Callable[[], T], classify: Callable[[BaseException], Verdict], 
     if verdict is not None:
         raise HostedFatal(f"batch API call failed: {verdict.message}")
     return result  # type: ignore[return-value]  # verdict None means fn returned
+
+
+def hosted_plumbing(provider: str, api_key: str, cfg: Any, state_uri: str, state_store: Any,
+                    submit: Any, collect: Any) -> tuple[LimiterClient | LocalLimiter, Any, Any]:
+    """What every hosted actor sets up: the key's shared limiter, a thread pool for concurrent requests, and
+    (in batch mode) the resumable BatchRunner."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from actors.batch_mode import BatchRunner
+    from actors.storage import ObjectStore
+
+    limiter = make_limiter(key_fingerprint(provider, api_key, cfg.model), cfg.limits)
+    pool = ThreadPoolExecutor(max_workers=max(1, min(cfg.pool.batch_size, 32)))
+    batch = BatchRunner(provider, ObjectStore(state_uri, state_store), submit, collect) if cfg.batch_mode else None
+    return limiter, pool, batch

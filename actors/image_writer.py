@@ -36,6 +36,8 @@ def encode_image(pixels: np.ndarray, fmt: str, quality: int, png_compress_level:
 
 
 ABORT_MARKER = "imagefleet abort:"
+OUTPUT_DTYPES: dict[str, Any] = {"image_uri": object, "sha256": object, "bytes": np.int64, "encode_ms": np.float64,
+                                 "upload_ms": np.float64, "already_present": bool, "written_at": np.float64}
 
 
 class RunAborted(RuntimeError):
@@ -122,11 +124,7 @@ class ImageWriter:
                 cols["bytes"][i] = int(batch["prior_bytes"][i])
                 cols["already_present"][i] = True
         # 5 the pixels are dropped here: only metadata flows on to the manifest
-        out.update({name: np.asarray(values) for name, values in cols.items()})
-        out["image_uri"] = np.asarray(cols["image_uri"], dtype=object)
-        out["sha256"] = np.asarray(cols["sha256"], dtype=object)
-        out["bytes"] = np.asarray(cols["bytes"], dtype=np.int64)
-        out["already_present"] = np.asarray(cols["already_present"], dtype=bool)
+        out.update({name: np.asarray(values, dtype=OUTPUT_DTYPES[name]) for name, values in cols.items()})
         out["status"], out["error"] = status, error
         # 6 a run failing wholesale stops here (raising fails the Ray job; nothing is committed)
         self.seen += n

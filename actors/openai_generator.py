@@ -6,26 +6,23 @@ import base64
 import json
 import logging
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 from pydantic import SecretStr
 
-from actors.batch_mode import BatchRunner, poll
+from actors.batch_mode import poll
 from actors.generation import GENERATOR_OUTPUT_COLUMNS, Batch, Outcome, Request
 from actors.hosted import (
     Verdict,
     api_call,
     call_with_retries,
     decode_image,
-    key_fingerprint,
-    make_limiter,
+    hosted_plumbing,
     retry_after_s,
     run_hosted,
 )
-from actors.storage import ObjectStore
 from configs.hosted import OpenAIImagesConfig, TokenPrices
 from configs.storage import StoreSpec
 
@@ -80,10 +77,8 @@ class OpenAIImageGenerator:
         self.openai = openai
         self.client = openai.OpenAI(api_key=api_key.get_secret_value(), base_url=cfg.base_url or None,
                                     max_retries=0, timeout=cfg.limits.timeout_s)
-        self.limiter = make_limiter(key_fingerprint("openai", api_key.get_secret_value(), cfg.model), cfg.limits)
-        self.pool = ThreadPoolExecutor(max_workers=max(1, min(cfg.pool.batch_size, 32)))
-        self.batch = (BatchRunner("openai", ObjectStore(state_uri, state_store), self._submit, self._collect)
-                      if cfg.batch_mode else None)
+        self.limiter, self.pool, self.batch = hosted_plumbing(
+            "openai", api_key.get_secret_value(), cfg, state_uri, state_store, self._submit, self._collect)
 
     def __call__(self, batch: Batch) -> Batch:
         return run_hosted(batch, self.cfg.cost.usd_per_image, self.cfg.pool.batch_size, self._generate)

@@ -11,6 +11,9 @@ import json
 from pathlib import Path
 
 DONE_MARKER = ".imagefleet-tiny"
+# toy CLIP text encoder shared by the tiny diffusion pipelines and the tiny CLIP scorer
+TINY_TEXT = dict(vocab_size=514, hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
+                 max_position_embeddings=77, bos_token_id=512, eos_token_id=513, pad_token_id=513)
 
 
 def _write_tokenizer(folder: Path) -> None:
@@ -33,6 +36,15 @@ def _write_tokenizer(folder: Path) -> None:
     (folder / "merges.txt").write_text("#version: 0.2\n")
 
 
+def _tiny_tokenizer(path: Path) -> object:
+    """The byte-level CLIP tokenizer, written next to `path` and loaded through `from_pretrained`."""
+    from transformers import CLIPTokenizer
+
+    tok_dir = path.with_name(path.name + ".tok")
+    _write_tokenizer(tok_dir)
+    return CLIPTokenizer.from_pretrained(str(tok_dir), model_max_length=77)
+
+
 def build_tiny_pipeline(path: str | Path, kind: str = "sd", seed: int = 0) -> Path:
     """Create (once) a tiny pipeline folder and return it.
 
@@ -46,15 +58,11 @@ def build_tiny_pipeline(path: str | Path, kind: str = "sd", seed: int = 0) -> Pa
         return path
     import torch
     from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     torch.manual_seed(seed)
-    tok_dir = path.with_name(path.name + ".tok")
-    _write_tokenizer(tok_dir)
-    tokenizer = CLIPTokenizer.from_pretrained(str(tok_dir), model_max_length=77)
-    text_cfg = dict(bos_token_id=512, eos_token_id=513, pad_token_id=513, hidden_size=32, intermediate_size=37,
-                    layer_norm_eps=1e-5, num_attention_heads=4, num_hidden_layers=2, vocab_size=514,
-                    projection_dim=32, max_position_embeddings=77)
+    tokenizer = _tiny_tokenizer(path)
+    text_cfg = dict(TINY_TEXT, layer_norm_eps=1e-5, projection_dim=32)
     vae = AutoencoderKL(block_out_channels=(8, 16, 16, 16), in_channels=3, out_channels=3, latent_channels=4,
                         norm_num_groups=8, layers_per_block=1,
                         down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4)
@@ -98,16 +106,12 @@ def build_tiny_clip(path: str | Path, seed: int = 0) -> Path:
     if (path / DONE_MARKER).exists():
         return path
     import torch
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
 
     torch.manual_seed(seed)
-    tok_dir = path.with_name(path.name + ".tok")
-    _write_tokenizer(tok_dir)
-    tokenizer = CLIPTokenizer.from_pretrained(str(tok_dir), model_max_length=77)
+    tokenizer = _tiny_tokenizer(path)
     config = CLIPConfig(
-        text_config=dict(vocab_size=514, hidden_size=32, intermediate_size=37, num_hidden_layers=2,
-                         num_attention_heads=4, max_position_embeddings=77, bos_token_id=512, eos_token_id=513,
-                         pad_token_id=513),
+        text_config=TINY_TEXT,
         vision_config=dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
                            image_size=32, patch_size=8),
         projection_dim=16,
