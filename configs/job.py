@@ -7,6 +7,7 @@ from configs.cluster import ClusterConfig
 from configs.generator import GeneratorConfig
 from configs.routing import RoutingConfig
 from configs.scorer import ScorerConfig
+from configs.serve import ServeConfig
 from configs.source import SourceConfig
 from configs.writer import OutputConfig
 
@@ -45,6 +46,8 @@ class JobConfig(StrictModel):
     """Safety limits."""
     scorer: ScorerConfig | None = None
     """Prompt-image alignment scoring (`clip_score` in the manifest); required by cascade routing."""
+    serve: ServeConfig = ServeConfig()
+    """Online serving of the same generators (`imagefleet serve`); unused by batch runs."""
 
     @model_validator(mode="after")
     def _routing_targets_exist(self) -> "JobConfig":

@@ -14,6 +14,7 @@ commands:
   run CONFIG [--set k=v ...] [--dry-run]   run a batch job
   submit CONFIG --address URL [--wait]     run CONFIG on a Ray cluster (Ray Jobs API)
   status JOB --address URL | logs JOB --address URL
+  serve CONFIG [--set k=v ...]             the config's generators online (Ray Serve HTTP, until Ctrl-C)
   demo                                     tiny offline model + embedded S3 + 80 prompts, end to end
   s3 serve|start|stop|env [--dir D]        embedded SeaweedFS S3 on 127.0.0.1 (auth on)
   tiny-model PATH [--kind sd|sdxl]         build a tiny random-weight diffusers pipeline offline
@@ -37,6 +38,10 @@ def main(argv: list[str] | None = None) -> int:
         from jobs import submit
 
         return {"submit": submit.submit, "status": submit.status, "logs": submit.logs}[command](rest)
+    if command == "serve":
+        from jobs import serve
+
+        return serve.main(rest)
     if command == "demo":
         from jobs import demo
 

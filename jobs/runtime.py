@@ -127,7 +127,6 @@ def check_resources(cfg: JobConfig) -> None:
 
     if cfg.cluster.address not in ("local", ""):
         return
-    have = ray.cluster_resources().get("GPU", 0.0)
     cpus = ray.cluster_resources().get("CPU", 0.0)
     reserved = actor_cpus(cfg)
     if cpus - reserved < 1:
@@ -136,6 +135,16 @@ def check_resources(cfg: JobConfig) -> None:
             f"CPU that read/repartition/write tasks need (the run would stall); raise cluster.num_cpus or lower "
             f"the pools' num_cpus / max_size"
         )
+    check_gpus(cfg)
+
+
+def check_gpus(cfg: JobConfig) -> None:
+    """Fail fast when a local Ray lacks the GPUs a generator's actors ask for (Ray would wait forever)."""
+    import ray
+
+    if cfg.cluster.address not in ("local", ""):
+        return
+    have = ray.cluster_resources().get("GPU", 0.0)
     for name, gen in cfg.generators.items():
         if gen.pool.num_gpus > have:
             raise StorageError(

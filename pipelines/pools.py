@@ -6,6 +6,7 @@ from typing import Any
 
 from configs.generator import PoolConfig
 from configs.scorer import ScorerPoolConfig
+from configs.serve import ServeConfig
 from configs.writer import WriterPoolConfig
 
 PREPROCESS_CPUS = 0.25
@@ -71,3 +72,32 @@ def escalator_pool_kwargs() -> dict[str, Any]:
     from ray.data import ActorPoolStrategy
 
     return {"compute": ActorPoolStrategy(size=1), "num_cpus": ESCALATOR_CPUS, "batch_size": 256}
+
+
+GATEWAY_CPUS = 0.1
+
+
+def serve_generator_options(pool: PoolConfig, serve: ServeConfig) -> dict[str, Any]:
+    """Serve deployment options for one generator: replicas autoscale within the pool's min..max size."""
+    actor_options: dict[str, Any] = {"num_cpus": pool.num_cpus}
+    if pool.num_gpus > 0:
+        actor_options["num_gpus"] = pool.num_gpus
+    if pool.accelerator_type:
+        actor_options["accelerator_type"] = pool.accelerator_type
+    return {
+        "ray_actor_options": actor_options,
+        "autoscaling_config": {
+            "min_replicas": pool.min_size,
+            "max_replicas": pool.max_size,
+            "initial_replicas": pool.initial_size,
+            "target_ongoing_requests": serve.target_ongoing_requests,
+        },
+        # a replica must accept a full batch (plus the next one filling up) or @serve.batch never fills
+        "max_ongoing_requests": max(2 * pool.batch_size, int(2 * serve.target_ongoing_requests)),
+        "max_queued_requests": serve.max_queued_requests,
+    }
+
+
+def serve_gateway_options() -> dict[str, Any]:
+    """One light async gateway replica: it only parses requests and awaits the generators."""
+    return {"num_replicas": 1, "ray_actor_options": {"num_cpus": GATEWAY_CPUS}, "max_ongoing_requests": 1000}

@@ -222,16 +222,31 @@ def build(cfg: JobConfig, stores: Stores, source: SourceInfo) -> ray.data.Datase
 def _generate(ds: ray.data.Dataset, cfg: JobConfig, stores: Stores, name: str) -> ray.data.Dataset:
     """One generator's actor pool on `ds` (only `pending` rows routed to it are generated)."""
     gen = cfg.generators[name]
+    return ds.map_batches(
+        GENERATORS[gen.backend],
+        fn_constructor_kwargs=generator_kwargs(cfg, stores, name),
+        batch_format="numpy",
+        **generator_pool_kwargs(gen.pool),
+    )
+
+
+def generator_kwargs(cfg: JobConfig, stores: Stores, name: str, online: bool = False) -> dict[str, Any]:
+    """Constructor arguments of generator `name`'s actor class (its config slice plus resolved secrets).
+
+    `online` (Ray Serve) answers each request directly, so hosted Batch API mode is switched off there.
+    """
+    gen = cfg.generators[name]
     kwargs: dict[str, Any] = {"cfg": gen}
     if isinstance(gen, DiffusersConfig) and gen.model.startswith("s3://"):
         kwargs["model_store"] = stores.models[name]
     if gen.backend in HOSTED_BACKENDS:
         kwargs["api_key"] = stores.api_keys[name]
-        if getattr(gen, "batch_mode", False):  # batch ids are persisted next to the outputs (resumable)
-            kwargs.update(state_uri=cfg.output.uri, state_store=stores.output)
-    return ds.map_batches(
-        GENERATORS[gen.backend], fn_constructor_kwargs=kwargs, batch_format="numpy", **generator_pool_kwargs(gen.pool)
-    )
+        if getattr(gen, "batch_mode", False):
+            if online:
+                kwargs["cfg"] = gen.model_copy(update={"batch_mode": False})
+            else:  # batch ids are persisted next to the outputs (resumable)
+                kwargs.update(state_uri=cfg.output.uri, state_store=stores.output)
+    return kwargs
 
 
 def _score(ds: ray.data.Dataset, cfg: JobConfig) -> ray.data.Dataset:

@@ -1,0 +1,86 @@
+"""`imagefleet serve`: the configured generators online over HTTP with Ray Serve, until stopped."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+import urllib.request
+
+from jobs import runtime
+
+logger = logging.getLogger("imagefleet")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="imagefleet serve", description="Serve the config's generators over HTTP.")
+    p.add_argument("config", help="the same YAML a batch run uses (its `serve:` section sets host, port, batching)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set serve.port=8001 (repeatable)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Serve until SIGINT/SIGTERM; returns 0 after a clean stop, 1 if the app failed, 2 for bad config."""
+    args = parser().parse_args(argv)
+    runtime.prepare_environment()
+    from actors.storage import StorageError
+    from configs import ConfigError, load_config
+
+    # 1 config and secrets first: nothing starts if they are wrong
+    try:
+        cfg = load_config(args.config, args.overrides)
+        stores = runtime.resolve_stores(cfg)
+    except (ConfigError, StorageError) as exc:
+        print(f"imagefleet: {exc}", file=sys.stderr)
+        return 2
+    # 2 Ray, then the Serve app (serve.run returns once every deployment is healthy)
+    from ray import serve
+
+    from pipelines.serving import build_app
+
+    started = runtime.start_ray(cfg)
+    try:
+        runtime.check_gpus(cfg)
+        serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
+        serve.run(build_app(cfg, stores), name="imagefleet", route_prefix="/")
+    except Exception as exc:  # noqa: BLE001 - a model that can't load, a port in use: one line, then stop
+        logger.exception("serve failed to start")
+        print(f"imagefleet: serve failed to start: {runtime.failure_line(exc)}", file=sys.stderr)
+        _shutdown(started)
+        return 1 if not isinstance(exc, StorageError) else 2
+    url = f"http://{cfg.serve.host}:{cfg.serve.port}"
+    print(f"imagefleet serving {', '.join(cfg.generators)} at {url}  (POST /generate, GET /healthz; Ctrl-C stops)")
+    print(f"  try: curl -s {url}/generate -d '{{\"prompt\": \"a red fox\"}}' -o fox.{cfg.output.format}", flush=True)
+    # 3 serve until told to stop (handlers set after ray.init, which installs its own)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    print("imagefleet: stopping", flush=True)
+    _shutdown(started)
+    return 0
+
+
+def _shutdown(started_ray: bool) -> None:
+    import ray
+    from ray import serve
+
+    try:
+        serve.shutdown()
+    finally:
+        if started_ray:
+            ray.shutdown()
+
+
+def healthz(url: str, timeout_s: float = 2.0) -> dict[str, object]:
+    """GET <url>/healthz (used by readiness probes and tests)."""
+    with urllib.request.urlopen(f"{url.rstrip('/')}/healthz", timeout=timeout_s) as resp:  # noqa: S310 - our URL
+        return dict(json.loads(resp.read()))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

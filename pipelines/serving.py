@@ -1,0 +1,208 @@
+"""Online serving: the batch job's generator actors behind Ray Serve, with dynamic batching and autoscaling.
+
+    HTTP ─► Gateway (validate with the batch PromptPreprocessor: same seeds, same image keys)
+              └─► generator-<name> deployment (GENERATORS[backend]; @serve.batch groups concurrent requests
+                  into one model call; replicas autoscale within the generator's pool min..max size)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from ray import serve
+
+from actors import GENERATORS, PromptPreprocessor
+from actors.image_writer import encode_image
+from configs.job import JobConfig
+from configs.prep import PrepConfig
+from configs.serve import ServeConfig
+from pipelines.pools import serve_gateway_options, serve_generator_options
+from pipelines.serve_protocol import (
+    CONTENT_TYPES,
+    RequestProblem,
+    failure_status,
+    image_entry,
+    image_headers,
+    parse_generate_request,
+)
+from pipelines.text_to_image import Stores, generator_kwargs, prep_config
+
+if TYPE_CHECKING:
+    from ray.serve import Application
+    from starlette.requests import Request
+    from starlette.responses import Response
+
+logger = logging.getLogger(__name__)
+
+# what a generator actor needs of a preprocessed row (plus the response encoding)
+ROW_FIELDS = ("prompt", "negative_prompt", "seed", "width", "height", "num_steps", "guidance_scale", "image_key",
+              "status", "error", "enqueued_at")
+
+
+def build_app(cfg: JobConfig, stores: Stores) -> Application:
+    """The lazy Serve application for `cfg`'s generators; nothing starts until `serve.run`.
+
+    Args:
+        cfg: the job config (generators, serve, output encoding).
+        stores: resolved connections and API keys.
+    """
+    # 1 one deployment per generator, sized by its batch pool: min..max replicas, GPUs per replica
+    handles = {}
+    for name, gen in cfg.generators.items():
+        deployment = serve.deployment(GeneratorReplica, name=f"generator-{name}",
+                                      **serve_generator_options(gen.pool, cfg.serve))
+        handles[name] = deployment.bind(
+            gen.backend, generator_kwargs(cfg, stores, name, online=True), gen.pool.batch_size,
+            cfg.serve.batch_wait_timeout_s, cfg.output.quality, cfg.output.png_compress_level,
+        )
+    # 2 one async gateway in front: requests become prompt rows exactly like a batch run's
+    gateway = serve.deployment(Gateway, name="gateway", **serve_gateway_options())
+    return gateway.bind(serve_prep_config(cfg), handles, cfg.serve, cfg.output.format)
+
+
+def serve_prep_config(cfg: JobConfig) -> PrepConfig:
+    """The preprocessor slice for requests: fields named like the request, `generator` picks the route."""
+    return prep_config(cfg).model_copy(update={
+        "prompt_column": "prompt", "id_column": "id", "negative_prompt_column": "negative_prompt",
+        "routing_mode": "column", "routing_column": "generator", "rules": [], "fanout": [], "budget_usd": 0.0,
+        "max_images_per_row": cfg.serve.max_images_per_request,
+    })
+
+
+class GeneratorReplica:
+    """One replica of a generator: the batch job's actor class, fed by `@serve.batch`.
+
+    Args:
+        backend: key of GENERATORS.
+        kwargs: the actor's constructor arguments (its config slice).
+        max_batch_size: requests grouped into one call (the pool's batch_size).
+        batch_wait_timeout_s: how long to wait for a batch to fill.
+        quality: JPEG/WebP quality.
+        png_compress_level: PNG zlib level.
+    """
+
+    def __init__(self, backend: str, kwargs: dict[str, Any], max_batch_size: int, batch_wait_timeout_s: float,
+                 quality: int, png_compress_level: int) -> None:
+        self.impl = GENERATORS[backend](**kwargs)
+        self.quality, self.png_compress_level = quality, png_compress_level
+        self.generate.set_max_batch_size(max_batch_size)
+        self.generate.set_batch_wait_timeout_s(batch_wait_timeout_s)
+
+    @serve.batch(max_batch_size=4, batch_wait_timeout_s=0.05)
+    async def generate(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        # the model call runs in a thread so the replica keeps queueing the next batch meanwhile
+        return await asyncio.to_thread(self._run, rows)
+
+    def _run(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        # 1 requests → the columnar batch the actor class takes
+        batch = {name: np.asarray([r[name] for r in rows],
+                                  dtype=object if isinstance(rows[0][name], str) else None) for name in ROW_FIELDS}
+        # 2 the same call a batch run makes (row errors come back as data)
+        out = self.impl(batch)
+        # 3 encode each image here, next to the pixels (smaller replies than raw pixels)
+        results = []
+        for i, row in enumerate(rows):
+            width, height, status = int(out["width"][i]), int(out["height"][i]), str(out["status"][i])
+            encoded = b""
+            if status == "generated":
+                pixels = np.frombuffer(out["image"][i], dtype=np.uint8).reshape(height, width, 3)
+                encoded = encode_image(pixels, row["format"], self.quality, self.png_compress_level)
+            results.append({
+                "image_key": row["image_key"], "seed": row["seed"], "width": width, "height": height,
+                "status": status, "error": str(out["error"][i]), "generate_ms": float(out["generate_ms"][i]),
+                "cost_usd": float(out["cost_usd"][i]), "batch_size": len(rows), "encoded": encoded,
+            })
+        return results
+
+
+class Gateway:
+    """HTTP ingress: GET /healthz, POST /generate.
+
+    Args:
+        prep: the preprocessor slice (validation, routing, seeds, image keys).
+        generators: generator name → its deployment handle.
+        cfg: the serve slice.
+        default_format: image encoding when the request names none.
+    """
+
+    def __init__(self, prep: PrepConfig, generators: dict[str, Any], cfg: ServeConfig, default_format: str) -> None:
+        self.prep = PromptPreprocessor(prep)
+        self.models = {name: f"{g.model}@{g.revision}" for name, g in prep.generators.items()}
+        self.default_generator = prep.default_generator
+        self.generators = generators
+        self.cfg = cfg
+        self.default_format = default_format
+
+    async def __call__(self, request: Request) -> Response:
+        from starlette.responses import JSONResponse
+
+        path = "/" + request.url.path.strip("/")
+        if path in ("/", "/healthz"):
+            if request.method not in ("GET", "HEAD"):
+                return _problem(405, f"{path} answers GET")
+            return JSONResponse({"status": "ok", "generators": self.models,
+                                 "default_generator": self.default_generator})
+        if path != "/generate":
+            return _problem(404, f"no route {path}: use POST /generate or GET /healthz")
+        if request.method != "POST":
+            return _problem(405, "/generate answers POST with a JSON body")
+        try:
+            return await self._generate(await request.body(), request.headers.get("accept", ""))
+        except RequestProblem as exc:
+            return _problem(exc.status, str(exc))
+
+    async def _generate(self, body: bytes, accept: str) -> Response:
+        import pyarrow as pa
+        from ray.serve.exceptions import BackPressureError
+        from starlette.responses import JSONResponse, Response
+
+        # 1 parse, then validate and key exactly like a batch row
+        req = parse_generate_request(body, accept, default_format=self.default_format,
+                                     default_response=self.cfg.default_response,
+                                     max_request_bytes=self.cfg.max_request_bytes,
+                                     max_images=self.cfg.max_images_per_request)
+        prepared = self.prep(pa.Table.from_pylist([req.row]))
+        rows = [{k: _scalar(v[i]) for k, v in prepared.items()} for i in range(len(prepared["status"]))]
+        if rows[0]["status"] == "error":
+            raise RequestProblem(400, rows[0]["error"])
+        name = rows[0]["generator"]
+        # 2 each image is one request to the generator's deployment; concurrent ones share model calls
+        calls = [self.generators[name].generate.remote({**{k: r[k] for k in ROW_FIELDS}, "format": req.format})
+                 for r in rows]
+        try:
+            results = await asyncio.wait_for(asyncio.gather(*calls), timeout=self.cfg.request_timeout_s)
+        except TimeoutError:
+            raise RequestProblem(504, f"no image within serve.request_timeout_s={self.cfg.request_timeout_s}") from None
+        except BackPressureError:
+            raise RequestProblem(503, f"generator {name!r} is at its queue limit; retry later") from None
+        except Exception as exc:  # noqa: BLE001 - a replica failure (quota, auth, crash): one line, no traceback
+            logger.warning("generator %s failed: %s", name, exc)
+            raise RequestProblem(503, f"generator {name!r} failed: {_first_line(exc)}") from None
+        # 3 reply: the first failure, raw image bytes, or JSON with every image
+        failed = [r for r in results if r["status"] != "generated"]
+        if failed:
+            raise RequestProblem(failure_status(failed[0]), failed[0]["error"])
+        if req.response == "image":
+            return Response(results[0]["encoded"], media_type=CONTENT_TYPES[req.format],
+                            headers=image_headers(results[0], name))
+        return JSONResponse({"generator": name, "model": self.models[name],
+                             "images": [image_entry(r, req.format) for r in results]})
+
+
+def _problem(status: int, message: str) -> Response:
+    from starlette.responses import JSONResponse
+
+    return JSONResponse({"error": message, "status": status}, status_code=status)
+
+
+def _scalar(value: Any) -> Any:
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    marked = [ln for ln in lines if any(m in ln for m in ("Exhausted", "Fatal", "Error:"))]
+    return (marked[-1] if marked else (lines[-1] if lines else type(exc).__name__))[:300]

@@ -1,0 +1,156 @@
+"""`imagefleet serve` on 127.0.0.1 with the tiny model: a real Ray Serve app in its own process."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from actors.keys import derive_row_id, derive_seed, image_key
+from jobs.seaweed import pick_ports
+from tests.conftest import REPO, tiny_job, write_config
+
+pytestmark = pytest.mark.slow
+
+
+class Server:
+    def __init__(self, url: str, proc: subprocess.Popen[str], log: Path, model: str) -> None:
+        self.url, self.proc, self.log, self.model = url, proc, log, model
+
+    def post(self, body: Any, headers: dict[str, str] | None = None, path: str = "/generate",
+             method: str = "POST") -> tuple[int, dict[str, str], bytes]:
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        req = urllib.request.Request(self.url + path, data=data if method == "POST" else None, method=method,
+                                     headers=headers or {})
+        try:
+            with urllib.request.urlopen(req, timeout=120) as resp:
+                return resp.status, dict(resp.headers), resp.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, dict(exc.headers), exc.read()
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    tmp = tmp_path_factory.mktemp("serve")
+    port = pick_ports()["s3"]
+    raw = tiny_job(tmp / "unused.parquet", tiny_model, str(tmp / "out"))
+    # 2 fake GPUs, one per replica: replicas autoscale between 1 and 2 like the batch pool
+    raw["generators"]["tiny"]["pool"].update(min_size=1, max_size=2, initial_size=1, batch_size=4)
+    raw["serve"] = {"port": port, "batch_wait_timeout_s": 0.5}
+    raw["cluster"]["temp_dir"] = f"/tmp/ifray/s{uuid.uuid4().hex[:6]}"
+    cfg = write_config(tmp / "serve.yaml", raw)
+    log = tmp / "serve.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "jobs.cli", "serve", str(cfg)], cwd=REPO, stdout=out,
+                                stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                                env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        deadline = time.time() + 150
+        while "imagefleet serving" not in log.read_text():
+            if proc.poll() is not None or time.time() > deadline:
+                pytest.fail(f"serve did not come up:\n{log.read_text()[-3000:]}")
+            time.sleep(0.5)
+        yield Server(f"http://127.0.0.1:{port}", proc, log, str(tiny_model))
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def png_size(data: bytes) -> tuple[int, int]:
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as img:
+        return img.size
+
+
+def test_healthz_lists_generators(server: Server) -> None:
+    status, _, body = server.post(b"", path="/healthz", method="GET")
+    assert status == 200
+    assert json.loads(body) == {"status": "ok", "generators": {"tiny": f"{server.model}@main"},
+                                "default_generator": "tiny"}
+
+
+def test_image_bytes_have_the_batch_jobs_key(server: Server) -> None:
+    status, headers, body = server.post({"prompt": "a red fox"})
+    assert status == 200 and headers["content-type"] == "image/png"
+    assert png_size(body) == (64, 64)
+    # the same prompt in a batch run (job seed 7, no seed column) gets the same seed and image key
+    seed = derive_seed(7, derive_row_id("a red fox"), 0)
+    assert int(headers["x-imagefleet-seed"]) == seed
+    assert headers["x-imagefleet-image-key"] == image_key(
+        model=server.model, revision="main", scheduler="", prompt="a red fox", negative_prompt="", seed=seed,
+        width=64, height=64, num_steps=2, guidance_scale=0.0)
+    # deterministic: the same request twice gives the same bytes
+    assert server.post({"prompt": "a red fox"})[2] == body
+
+
+def test_json_response_with_several_images(server: Server) -> None:
+    status, headers, body = server.post({"prompt": "two owls", "num_images": 2, "width": 32, "height": 48,
+                                         "seed": 11, "format": "jpeg"}, headers={"Accept": "application/json"})
+    assert status == 200 and headers["content-type"] == "application/json"
+    reply = json.loads(body)
+    assert reply["generator"] == "tiny" and len(reply["images"]) == 2
+    assert [im["seed"] for im in reply["images"]] == [11, 12]
+    for im in reply["images"]:
+        data = base64.b64decode(im["image_base64"])
+        assert data[:3] == b"\xff\xd8\xff" and png_size(data) == (32, 48)
+        assert im["content_type"] == "image/jpeg" and len(im["image_key"]) == 40
+    # both images of one request share one model call
+    assert {im["batch_size"] for im in reply["images"]} == {2}
+
+
+def test_concurrent_requests_are_batched(server: Server) -> None:
+    with ThreadPoolExecutor(8) as pool:
+        replies = list(pool.map(lambda i: server.post({"prompt": f"lighthouse {i}"}), range(8)))
+    assert [status for status, _, _ in replies] == [200] * 8
+    sizes = [int(headers["x-imagefleet-batch-size"]) for _, headers, _ in replies]
+    assert max(sizes) > 1, f"no request shared a model call: {sizes}"
+    assert max(sizes) <= 4  # pool.batch_size caps a call
+
+
+@pytest.mark.parametrize(
+    ("body", "path", "method", "status", "message"),
+    [
+        (b'{"prompt": ""}', "/generate", "POST", 400, "prompt is empty"),
+        (b"not json", "/generate", "POST", 400, "not valid JSON"),
+        (b"[1, 2]", "/generate", "POST", 400, "JSON object"),
+        (b'{"promt": "typo"}', "/generate", "POST", 400, "unknown field(s) ['promt']"),
+        (b'{"prompt": "x", "width": 63}', "/generate", "POST", 400, "multiple of 8"),
+        (b'{"prompt": "x", "width": "wide"}', "/generate", "POST", 400, '"width" must be a number'),
+        (b'{"prompt": "x", "generator": "nope"}', "/generate", "POST", 400, "not configured"),
+        (b'{"prompt": "x", "num_images": 2}', "/generate", "POST", 400, '"response": "json"'),
+        (b'{"prompt": "x", "num_images": 99, "response": "json"}', "/generate", "POST", 400, "limit"),
+        (b'{"prompt": "x", "format": "gif"}', "/generate", "POST", 400, "format"),
+        (b'{"prompt": "' + b"x" * 70000 + b'"}', "/generate", "POST", 413, "limit is 65536"),
+        (b"", "/generate", "GET", 405, "POST"),
+        (b"", "/nowhere", "GET", 404, "POST /generate"),
+    ],
+)
+def test_bad_requests_get_4xx_with_a_message(
+    server: Server, body: bytes, path: str, method: str, status: int, message: str
+) -> None:
+    got, headers, reply = server.post(body, path=path, method=method)
+    assert got == status, reply[:300]
+    assert headers["content-type"] == "application/json"
+    assert message in json.loads(reply)["error"]
+
+
+def test_sigterm_stops_cleanly(server: Server) -> None:
+    assert server.post({"prompt": "last one"})[0] == 200  # still healthy after the bad requests
+    server.proc.send_signal(signal.SIGTERM)
+    assert server.proc.wait(timeout=60) == 0
+    assert "imagefleet: stopping" in server.log.read_text()
