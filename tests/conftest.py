@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import Iterator
@@ -131,3 +132,21 @@ def sleep_job(source: str | Path, output_uri: str, latency_s: float = 0.0, **ext
     }
     raw.update(extra)
     return raw
+
+
+def stop_ray_head(head: Any, temp_dir: str) -> None:
+    """Stop a `ray start --head --block` we started, and every process of its session (fake autoscaled
+    nodes included), by PID. Never `ray stop`: that kills every Ray on the machine."""
+    import signal
+    import time
+
+    import psutil
+
+    procs = psutil.Process(head.pid).children(recursive=True) if psutil.pid_exists(head.pid) else []
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(head.pid, signal.SIGTERM)
+    time.sleep(3)
+    ours = [q for q in psutil.process_iter(["cmdline"]) if temp_dir in " ".join(q.info["cmdline"] or [])]
+    for p in [*procs, *ours]:
+        with contextlib.suppress(psutil.Error):
+            p.kill()

@@ -4,7 +4,6 @@ by Ray 2.60), stopped by PID afterwards."""
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -13,11 +12,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
 
 from jobs.seaweed import pick_ports
-from tests.conftest import REPO, sleep_job, write_config, write_prompts
+from tests.conftest import REPO, sleep_job, stop_ray_head, write_config, write_prompts
 from tests.integration.test_pipeline import manifest
 
 pytestmark = pytest.mark.slow
@@ -48,14 +46,7 @@ def ray_head(s3_env: Any) -> Iterator[str]:
             time.sleep(1)
         yield address
     finally:
-        procs = psutil.Process(head.pid).children(recursive=True) if psutil.pid_exists(head.pid) else []
-        os.killpg(head.pid, signal.SIGTERM)
-        time.sleep(3)
-        for p in [*procs, *(q for q in psutil.process_iter(["cmdline"]) if temp in " ".join(q.info["cmdline"] or []))]:
-            try:
-                p.kill()
-            except psutil.Error:
-                pass
+        stop_ray_head(head, temp)
 
 
 def test_submit_wait_status_logs(tmp_path: Path, s3_env: Any, bucket: str, ray_head: str) -> None:
