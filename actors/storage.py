@@ -271,6 +271,16 @@ class ObjectStore:
             f"put {rel}",
         )
 
+    def put_file(self, rel: str, path: str, content_type: str = "application/octet-stream") -> None:
+        """Overwrite-allowed upload of a local file (multipart on S3: shards can be GBs)."""
+        if self.location.kind == "local":
+            final = Path(self.location.prefix, rel)
+            final.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, final)
+            return
+        self._s3(lambda: self.client.upload_file(path, self.location.bucket, self._key(rel),
+                                                 ExtraArgs={"ContentType": content_type}), f"upload {rel}")
+
     # -- reads --------------------------------------------------------------------------------------
     def get(self, rel: str) -> bytes:
         if self.location.kind == "local":

@@ -29,6 +29,17 @@ class WriterPoolConfig(StrictModel):
         return self
 
 
+class WebDatasetConfig(StrictModel):
+    """Optional WebDataset tar shards (`<key>.<ext>` + `<key>.json` per sample) for training-data users."""
+
+    enabled: bool = False
+    """Write `<uri>/webdataset/shard-NNNNNN.tar` + `index.json` after the manifest is committed."""
+    samples_per_shard: int = Field(default=1000, ge=1, le=1_000_000)
+    """Target samples per shard (shards are balanced by image key, so sizes vary a little)."""
+    num_cpus: float = Field(default=0.5, gt=0)
+    """CPUs per shard-writing task."""
+
+
 class OutputConfig(StrictModel):
     """Output location and image encoding."""
 
@@ -48,6 +59,8 @@ class OutputConfig(StrictModel):
     """Resume: rows whose image is already complete (manifest + object) are not generated again."""
     retry_failed: bool = False
     """Resume: also redo rows that failed in an earlier run (otherwise their error is carried over)."""
+    webdataset: WebDatasetConfig = WebDatasetConfig()
+    """Optional WebDataset shards of every `ok` image, rebuilt from the manifest after each run."""
 
     @model_validator(mode="after")
     def _uri(self) -> "OutputConfig":
@@ -79,3 +92,16 @@ class ImageWriterConfig(StrictModel):
     """Abort the run once more than this fraction of the rows this actor saw failed (1.0 = never)."""
     abort_min_rows: int = 50
     """Rows an actor must have seen before the abort rule applies."""
+
+
+class ShardWriterConfig(StrictModel):
+    """ShardWriter's slice: where shards go and how many there are."""
+
+    uri: str
+    """Output root (shards under `<uri>/webdataset/`)."""
+    store: StoreSpec
+    """Resolved connection (secrets excluded from dumps)."""
+    num_shards: int = Field(ge=1)
+    """Total shards of this export (part of each shard's name)."""
+    run_id: str
+    """Export id; shards are staged under it and renamed when complete."""

@@ -56,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         runtime.check_resources(cfg)
         summary = write_manifest(build(cfg, stores, source), cfg.output.uri, stores.output, run_id)
+        shards = runtime.export_webdataset(cfg, stores, summary, run_id)  # after the commit; never fails the run
     except StorageError as exc:
         print(f"imagefleet: {exc}", file=sys.stderr)
         return 2
@@ -68,13 +69,11 @@ def main(argv: list[str] | None = None) -> int:
             ray.shutdown()
     # 3 record and report
     record_uri = write_run_json(cfg.output.uri, stores.output, runtime.run_record(cfg, summary, source))
-    print(runtime.summary_text(summary, record_uri, write_report(cfg.output.uri, stores.output)))
-    failed = summary.num_error / max(summary.num_rows, 1)
-    if failed > cfg.limits.max_error_fraction:
-        print(f"imagefleet: {failed:.1%} of images failed (limit {cfg.limits.max_error_fraction:.1%})", file=sys.stderr)
-        return 1
-    return 0
-
+    print(runtime.summary_text(summary, record_uri, write_report(cfg.output.uri, stores.output), shards))
+    problem = runtime.final_problem(cfg, summary, shards)
+    if problem:
+        print(f"imagefleet: {problem}", file=sys.stderr)
+    return 1 if problem else 0
 
 if __name__ == "__main__":
     sys.exit(main())

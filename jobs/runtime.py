@@ -226,7 +226,30 @@ def cost_estimate(cfg: JobConfig, rows: int) -> str:
     return f"{text} for {rows} rows{budget}; set cost.est_seconds_per_image / usd_per_image per generator"
 
 
-def summary_text(s: RunSummary, record_uri: str, report_uri: str) -> str:
+def export_webdataset(cfg: JobConfig, stores: Stores, summary: RunSummary, run_id: str) -> str:
+    """WebDataset shards of the committed run when configured: the index URI, `failed: …`, or ''."""
+    if not cfg.output.webdataset.enabled or summary.num_ok == 0:
+        return ""
+    from pipelines.webdataset import write_webdataset
+
+    try:
+        return write_webdataset(cfg.output, stores.output, summary.num_ok, run_id)
+    except Exception as exc:  # noqa: BLE001 - the manifest is committed; the export can be redone by a rerun
+        logger.exception("webdataset export failed")
+        return f"failed: {failure_line(exc)} (rerun to retry: finished images are skipped)"
+
+
+def final_problem(cfg: JobConfig, summary: RunSummary, shards: str) -> str:
+    """Why a committed run still exits non-zero ('' when it doesn't)."""
+    failed = summary.num_error / max(summary.num_rows, 1)
+    if failed > cfg.limits.max_error_fraction:
+        return f"{failed:.1%} of images failed (limit {cfg.limits.max_error_fraction:.1%})"
+    if shards.startswith("failed:"):
+        return f"webdataset export {shards}"
+    return ""
+
+
+def summary_text(s: RunSummary, record_uri: str, report_uri: str, shards: str = "") -> str:
     """The one-screen end-of-run summary."""
     lines = [
         "",
@@ -242,6 +265,8 @@ def summary_text(s: RunSummary, record_uri: str, report_uri: str) -> str:
         f"   run record       : {record_uri}",
         f"   report           : {report_uri}",
     ]
+    if shards:
+        lines.append(f"   webdataset       : {shards}")
     for msg in s.errors_sample:
         lines.append(f"   e.g. error       : {msg[:100]}")
     lines.append("=" * 72)

@@ -82,6 +82,11 @@ def objects_are_files(uri: str) -> bool:
     return not uri.startswith("s3://")
 
 
+def committed_parts(objects: ObjectStore) -> list[str]:
+    """Relative paths of the committed manifest parts."""
+    return sorted(rel for rel, _ in objects.list(f"{MANIFEST_DIR}/") if _is_committed_part(rel))
+
+
 def _is_committed_part(rel: str) -> bool:
     name = rel.rsplit("/", 1)[-1]
     return rel.count("/") == 1 and name.startswith("part-") and name.endswith(".parquet")
@@ -107,8 +112,7 @@ def read_manifest_columns(output_uri: str, store: StoreSpec, columns: list[str])
     """The committed manifest (selected columns) as one Arrow table. For tests, reports and small runs."""
     import pyarrow.dataset as pads
 
-    objects = ObjectStore(output_uri, store)
-    parts = sorted(rel for rel, _ in objects.list(f"{MANIFEST_DIR}/") if _is_committed_part(rel))
+    parts = committed_parts(ObjectStore(output_uri, store))
     fs, root = arrow_filesystem(output_uri, store)
     if not parts:
         return MANIFEST.empty_table().select(columns)

@@ -77,6 +77,11 @@ def escalator_pool_kwargs() -> dict[str, Any]:
 GATEWAY_CPUS = 0.1
 
 
+def shard_writer_kwargs(num_cpus: float) -> dict[str, Any]:
+    """WebDataset shards: plain tasks, one per shard (nothing to load, so no actors to keep warm)."""
+    return {"num_cpus": num_cpus}
+
+
 def serve_generator_options(pool: PoolConfig, serve: ServeConfig) -> dict[str, Any]:
     """Serve deployment options for one generator: replicas autoscale within the pool's min..max size."""
     actor_options: dict[str, Any] = {"num_cpus": pool.num_cpus}

@@ -1,0 +1,86 @@
+"""WebDataset export: the committed manifest's `ok` images packed into tar shards, then an index written last.
+
+Layout under the output root:
+    webdataset/<export_id>/shard-000000.tar ...   (one folder per export; older folders removed after commit)
+    webdataset/index.json                          (the current export: shard list, sizes, sha256, url pattern)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import TYPE_CHECKING, Any
+
+from actors.shard_writer import SHARD_DIR, ShardWriter, shard_of
+from actors.storage import ObjectStore, arrow_filesystem
+from configs.storage import StoreSpec
+from configs.writer import OutputConfig, ShardWriterConfig
+from pipelines.manifest import committed_parts
+from pipelines.pools import shard_writer_kwargs
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+    import ray.data
+
+INDEX = f"{SHARD_DIR}/index.json"
+
+
+def build_shards(output: OutputConfig, store: StoreSpec, num_ok: int, export_id: str) -> ray.data.Dataset:
+    """The lazy export graph: one summary row per shard written.
+
+    Args:
+        output: the output config (root and webdataset settings).
+        store: resolved connection to the output.
+        num_ok: `ok` rows in the manifest (sets the shard count).
+        export_id: folder name of this export (the run id).
+    """
+    import ray.data
+
+    # 1 the committed manifest (a shard must never see a half-written run)
+    fs, root = arrow_filesystem(output.uri, store)
+    parts = [f"{root}/{p}" for p in committed_parts(ObjectStore(output.uri, store))]
+    ds = ray.data.read_parquet(parts, filesystem=fs)
+    # 2 ok rows only, each tagged with its shard (balanced by key hash, fixed for a given shard count)
+    num_shards = max(1, math.ceil(num_ok / output.webdataset.samples_per_shard))
+    ds = ds.map_batches(_ok_rows_with_shard, fn_kwargs={"num_shards": num_shards}, batch_format="pyarrow")
+    # 3 one tar per shard; CPU tasks (fetch + tar + upload is I/O-bound, no model to keep warm)
+    cfg = ShardWriterConfig(uri=output.uri, store=store, num_shards=num_shards, run_id=export_id)
+    return ds.groupby("shard", num_partitions=min(num_shards, 64)).map_groups(
+        ShardWriter, fn_constructor_kwargs={"cfg": cfg}, batch_format="pyarrow",
+        **shard_writer_kwargs(output.webdataset.num_cpus),
+    )
+
+
+def write_webdataset(output: OutputConfig, store: StoreSpec, num_ok: int, export_id: str) -> str:
+    """Run the export, write `webdataset/index.json` last, then drop older exports. Returns the index URI."""
+    objects = ObjectStore(output.uri, store)
+    # one small row per shard comes back (not per image): the index needs them all
+    shards = sorted(build_shards(output, store, num_ok, export_id).take_all(), key=lambda r: r["shard"])
+    last = len(shards) - 1
+    index = {
+        "export_id": export_id,
+        "num_shards": len(shards),
+        "num_samples": sum(int(s["num_samples"]) for s in shards),
+        "url_pattern": objects.uri_of(f"{SHARD_DIR}/{export_id}/shard-{{000000..{last:06d}}}.tar"),
+        "shards": [{"url": objects.uri_of(s["path"]), "num_samples": int(s["num_samples"]),
+                    "bytes": int(s["bytes"]), "sha256": s["sha256"]} for s in shards],
+    }
+    objects.put(INDEX, json.dumps(index, indent=2).encode(), "application/json")
+    for rel, _ in list(objects.list(f"{SHARD_DIR}/")):
+        if rel != INDEX and not rel.startswith(f"{SHARD_DIR}/{export_id}/"):
+            objects.delete(rel)
+    return objects.uri_of(INDEX)
+
+
+def _ok_rows_with_shard(batch: pa.Table, num_shards: int) -> pa.Table:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    ok = batch.filter(pc.equal(batch.column("status"), "ok"))
+    shards = [shard_of(k, num_shards) for k in ok.column("image_key").to_pylist()]
+    return ok.append_column("shard", pa.array(shards, pa.int32()))
+
+
+def read_index(output_uri: str, store: StoreSpec) -> dict[str, Any]:
+    """The current export's index (for tests and tools)."""
+    return dict(json.loads(ObjectStore(output_uri, store).get(INDEX)))
