@@ -9,8 +9,12 @@ import signal
 import sys
 import threading
 import urllib.request
+from typing import TYPE_CHECKING, Any
 
 from jobs import runtime
+
+if TYPE_CHECKING:
+    from ray.serve import Application
 
 logger = logging.getLogger("imagefleet")
 
@@ -63,6 +67,23 @@ def main(argv: list[str] | None = None) -> int:
     print("imagefleet: stopping", flush=True)
     _shutdown(started)
     return 0
+
+
+def app(args: dict[str, Any]) -> Application:
+    """Ray Serve application builder for KubeRay RayService and `serve run` (`import_path: jobs.serve:app`).
+
+    Args:
+        args: `config` (YAML path, or env:VAR) and optional `set` (list of KEY=VALUE overrides). Host and port
+            come from the Serve deployment (RayService `serveConfigV2`), not from the config's `serve:` section.
+    """
+    runtime.prepare_environment()
+    from configs import load_config
+    from pipelines.serving import build_app
+
+    if "config" not in args:
+        raise ValueError("imagefleet serve app needs args: {config: /path/to/config.yaml}")
+    cfg = load_config(runtime.config_path(str(args["config"])), [str(v) for v in args.get("set", [])])
+    return build_app(cfg, runtime.resolve_stores(cfg))
 
 
 def _shutdown(started_ray: bool) -> None:

@@ -3,6 +3,7 @@ accelerator a config asks for is provided by a GPU worker group, and one image n
 
 from __future__ import annotations
 
+import importlib
 import json
 import re
 from pathlib import Path
@@ -34,6 +35,8 @@ def _cluster_specs() -> list[dict[str, Any]]:
             specs.append(d["spec"])
         if d.get("kind") == "RayJob":
             specs.append(d["spec"]["rayClusterSpec"])
+        if d.get("kind") == "RayService":
+            specs.append(d["spec"]["rayClusterConfig"])
     return specs
 
 
@@ -83,3 +86,29 @@ def test_one_image_everywhere() -> None:
     assert kustomize["images"][0]["name"] == IMAGE and ours == {f"{IMAGE}:{kustomize['images'][0]['newTag']}"}
     rayjob_cm = yaml.safe_load((INFRA / "base" / "kustomization.yaml").read_text())["configMapGenerator"][0]
     assert (INFRA / "base" / rayjob_cm["files"][0]).exists()
+
+
+def test_rayservice_serves_an_app_builder_and_config_that_exist() -> None:
+    services = [d for _, d in docs() if d.get("kind") == "RayService"]
+    assert services
+    for svc in services:
+        serve_cfg = yaml.safe_load(svc["spec"]["serveConfigV2"])
+        for application in serve_cfg["applications"]:
+            module, attr = application["import_path"].split(":")
+            assert callable(getattr(importlib.import_module(module), attr))
+            config = application["args"]["config"].replace("/opt/imagefleet/", "")
+            load_config(REPO / config)
+
+
+def test_app_builder_returns_a_lazy_serve_application(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ray.serve import Application
+
+    from jobs.serve import app
+
+    for key, value in {"AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s",
+                       "AWS_ENDPOINT_URL": "http://127.0.0.1:9"}.items():
+        monkeypatch.setenv(key, value)
+    built = app({"config": str(REPO / "configs" / "local_tiny.yaml"), "set": ["serve.port=8123"]})
+    assert isinstance(built, Application)  # nothing started: binding deployments is lazy
+    with pytest.raises(ValueError, match="needs args"):
+        app({})
