@@ -72,7 +72,8 @@ def run(rows: int) -> dict[str, Any]:
         server.stop()  # the benchmark's own SeaweedFS
     ideal = NUM_GPUS * BATCH / (BASE_S + PER_IMAGE_S * BATCH)
     return {
-        "rows": rows, "naive_rows": rows // 2, "fake_gpus": NUM_GPUS, "batch_size": BATCH, "latency_model": f"{BASE_S}+{PER_IMAGE_S}*n s",
+        "rows": rows, "naive_rows": rows // 2, "fake_gpus": NUM_GPUS, "batch_size": BATCH,
+        "latency_model": f"{BASE_S}+{PER_IMAGE_S}*n s",
         "ideal_img_s": round(ideal, 2), "imagefleet_img_s": round(ours, 2), "imagefleet_wall_s": round(t_if.seconds, 1),
         "naive_img_s": round(naive, 2), "naive_wall_s": round(t_naive.seconds, 1),
         "efficiency": round(ours / ideal, 3), "speedup_vs_naive": round(ours / naive, 2) if naive else None,

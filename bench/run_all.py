@@ -55,7 +55,8 @@ def write_markdown() -> None:
         lines += ["## Orchestration efficiency (stand-in GPU) and the naive recipe", "",
                   f"{o['at']} · {o['machine']} · commit {o['commit']} · `python bench/run_all.py --only orch`", "",
                   f"`sleep` backend = a GPU that takes {o['latency_model']} per batch and uses no CPU; "
-                  f"{o['fake_gpus']} fake GPUs, batch {o['batch_size']}, {o['rows']} prompts ({o['naive_rows']} for the "
+                  f"{o['fake_gpus']} fake GPUs, batch {o['batch_size']}, {o['rows']} prompts "
+                  f"({o['naive_rows']} for the "
                   "naive recipe), 64 px PNG, uploads to the embedded SeaweedFS. Steady state = images completed "
                   "between the 10th and 90th percentile of completion time (model-call completion for imagefleet; "
                   "upload completion for the naive recipe, whose actor does both).", "",
@@ -94,8 +95,10 @@ def write_markdown() -> None:
     g = _load("gpu")
     lines += ["## GPU (real architectures, random weights)", ""]
     if g:
-        lines += [f"{g['at']} · {g['device']} · torch {g['torch']} · `python bench/gpu.py --out bench/results/gpu.json`",
-                  "", "| workload | options | bare img/s | imagefleet actor img/s | actor / bare | % of physical limit |",
+        lines += [f"{g['at']} · {g['device']} · torch {g['torch']} · "
+                  "`python bench/gpu.py --out bench/results/gpu.json`",
+                  "", "| workload | options | bare img/s | imagefleet actor img/s | actor / bare "
+                  "| % of physical limit |",
                   "|---|---|---|---|---|---|"]
         for r in g["results"]:
             lines.append(f"| {r['workload']} | {r['options']} | {r['bare_img_s']} | {r['actor_img_s']} | "

@@ -64,7 +64,9 @@ class JobConfig(StrictModel):
             )
         for target in self.routing.targets():
             if target not in self.generators:
-                raise ValueError(f"routing refers to generator {target!r}, which is not configured; choose from {names}")
+                raise ValueError(
+                    f"routing refers to generator {target!r}, which is not configured; choose from {names}"
+                )
         needs_default = self.routing.mode in ("single", "column", "rules")
         if needs_default and not self.routing.default and len(names) > 1:
             raise ValueError(f"several generators configured ({names}): set routing.default to one of them")

@@ -39,7 +39,8 @@ def test_resume_skips_finished_images_and_merges(
     tmp_path: Path, s3_env: Any, bucket: str, ray_cluster: None, capsys: Any
 ) -> None:
     out = f"s3://{bucket}/resume"
-    assert generate.main([str(write_config(tmp_path / "a.yaml", sleep_job(prompts(tmp_path / "a.parquet", 10), out)))]) == 0
+    job = write_config(tmp_path / "a.yaml", sleep_job(prompts(tmp_path / "a.parquet", 10), out))
+    assert generate.main([str(job)]) == 0
     capsys.readouterr()
     bigger = write_config(tmp_path / "b.yaml", sleep_job(prompts(tmp_path / "b.parquet", 25), out))
     assert generate.main([str(bigger)]) == 0

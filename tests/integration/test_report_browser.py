@@ -14,8 +14,10 @@ from PIL import Image, ImageStat
 from jobs import generate
 from tests.conftest import REPO, sleep_job, write_config, write_prompts
 
-pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(shutil.which("chromium") is None, reason="needs Debian chromium (apt-get install chromium)")]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(shutil.which("chromium") is None, reason="needs Debian chromium (apt-get install chromium)"),
+]
 
 
 def test_report_renders_in_headless_chromium(tmp_path: Path, ray_cluster: None) -> None:
@@ -24,7 +26,8 @@ def test_report_renders_in_headless_chromium(tmp_path: Path, ray_cluster: None) 
     out = tmp_path / "out"
     assert generate.main([str(write_config(tmp_path / "job.yaml", sleep_job(src, str(out), latency_s=0.05)))]) == 0
     png = Path(os.environ.get("IMAGEFLEET_SCREENSHOT", tmp_path / "report.png"))
-    env = {**os.environ, "PYTHONPATH": str(REPO), "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PATH": path}
     run = subprocess.run(["bash", str(REPO / "scripts" / "screenshot_report.sh"), str(out), str(png)], cwd=REPO,
                          env=env, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr[-2000:]

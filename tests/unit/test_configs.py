@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from configs import ConfigError, load_config
 from configs.loader import parse_config
@@ -60,7 +61,7 @@ def test_override_without_equals_is_rejected(tmp_path: Path) -> None:
 
 def test_configs_are_frozen() -> None:
     cfg = parse_config(tiny_job("p.parquet", "m", "out"))
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError, match="frozen"):
         cfg.seed = 3  # type: ignore[misc]
 
 

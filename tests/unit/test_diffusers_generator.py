@@ -63,13 +63,13 @@ def test_poison_row_becomes_error_row(generator: DiffusersGenerator) -> None:
 
 
 def test_cuda_errors_are_fatal(generator: DiffusersGenerator) -> None:
-    with mock.patch.object(type(generator.pipe), "__call__", side_effect=RuntimeError("CUDA error: device-side")):
-        with pytest.raises(RuntimeError, match="CUDA"):
-            generator(batch(["a"], [1], [(64, 64)]))
+    fault = mock.patch.object(type(generator.pipe), "__call__", side_effect=RuntimeError("CUDA error: device-side"))
+    with fault, pytest.raises(RuntimeError, match="CUDA"):
+        generator(batch(["a"], [1], [(64, 64)]))
 
 
 def test_missing_model_raises_at_load(tmp_path: Path) -> None:
-    with pytest.raises(Exception):
+    with pytest.raises((OSError, ValueError)):
         DiffusersGenerator(DiffusersConfig(model=str(tmp_path / "no-such-model")))
 
 

@@ -30,6 +30,7 @@ def test_driver_imports_stay_light() -> None:
     """Configs, pipelines and the CLI import no torch/diffusers (actors import them lazily)."""
     import subprocess
 
-    code = "import jobs.generate, pipelines.text_to_image, sys; print(any(m in sys.modules for m in ('torch','diffusers')))"
+    code = ("import jobs.generate, pipelines.text_to_image, sys; "
+            "print(any(m in sys.modules for m in ('torch','diffusers')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
     assert out.stdout.strip() == "False"
