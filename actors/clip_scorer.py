@@ -44,7 +44,8 @@ class ClipScorer:
 
         self.torch = torch
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.model: Any = CLIPModel.from_pretrained(cfg.model).to(self.device).eval()  # Any: heavy library type
+        load: Any = CLIPModel.from_pretrained  # Any: heavy library type (its stubs reject a path here)
+        self.model: Any = load(cfg.model).to(self.device).eval()
         self.processor: Any = CLIPProcessor.from_pretrained(cfg.model)
         self.max_tokens = int(self.model.config.text_config.max_position_embeddings)
 

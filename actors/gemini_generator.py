@@ -124,7 +124,7 @@ class GeminiImageGenerator:
         return api_call(fn, self._classify, self.cfg.limits, self.limiter.pause_all)
 
     def _submit(self, requests: Sequence[Request]) -> str:
-        src = [{"contents": [{"parts": [{"text": r.prompt}], "role": "user"}], "config": self._config(r),
+        src: Any = [{"contents": [{"parts": [{"text": r.prompt}], "role": "user"}], "config": self._config(r),
                 "metadata": {"key": r.key}} for r in requests]
         job = self._api(lambda: self.client.batches.create(model=self.cfg.model, src=src,
                                                            config={"display_name": "imagefleet"}))

@@ -7,6 +7,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -79,7 +80,7 @@ def run_generation(
     # 1 prepare outputs: rows that pass through keep what an earlier stage gave them (cascade drafts)
     n = len(batch["status"])
 
-    def column(name: str, default: object, dtype: object) -> np.ndarray:
+    def column(name: str, default: object, dtype: Any) -> np.ndarray:
         return np.array(batch[name] if name in batch else [default] * n, dtype=dtype)
 
     images = column("image", b"", object)

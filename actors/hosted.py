@@ -14,9 +14,12 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from configs.hosted import RateLimits
+
+if TYPE_CHECKING:
+    from actors.generation import Batch
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -129,13 +132,13 @@ class LimiterClient:
         import ray
 
         remote = ray.remote(num_cpus=0)(RateLimiter)
-        self.handle = remote.options(  # type: ignore[attr-defined]
+        self.handle: Any = remote.options(
             name=f"imagefleet-limiter-{name}", namespace="imagefleet", get_if_exists=True, lifetime="detached",
         ).remote(limits.requests_per_min, limits.images_per_min)
         self.ray = ray
 
     def wait_turn(self, images: int) -> None:
-        delay = self.ray.get(self.handle.acquire.remote(images))
+        delay = float(self.ray.get(self.handle.acquire.remote(images)))
         if delay > 0:
             time.sleep(delay)
 
@@ -174,7 +177,7 @@ def decode_image(data: bytes) -> Any:
     return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
 
 
-def run_hosted(batch: Any, usd_per_image: float, batch_size: int, generate: Any) -> Any:
+def run_hosted(batch: Batch, usd_per_image: float, batch_size: int, generate: Any) -> Batch:
     """`run_generation` for a hosted backend: prices come from usage, quota/key/model errors end the run."""
     from actors.generation import run_generation
 

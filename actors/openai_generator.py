@@ -162,7 +162,8 @@ class OpenAIImageGenerator:
                                                  self.cfg.limits, self.limiter.pause_all)
         if verdict is not None:
             return Outcome(refusal=verdict.message) if verdict.kind == "refused" else Outcome(error=verdict.message)
-        # 3 decode and price
+        # 3 decode and price (no verdict means the call returned a response)
+        assert response is not None
         image = decode_image(base64.b64decode(response.data[0].b64_json))
         return Outcome(image=image, cost_usd=openai_cost(response.usage, self.cfg.prices))
 

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from actors.keys import derive_row_id, derive_seed, image_key
-from actors.resume_index import Prior, load_index
+from actors.resume_index import CARRIED, ResumeIndex, load_index
 from actors.storage import ObjectStore
 from configs.prep import PrepConfig
 
@@ -64,13 +64,14 @@ class PromptPreprocessor:
         "enqueued_at": "unix time the row entered the pipeline",
         "prior_sha256": "sha256 recorded by an earlier run for cached rows",
         "prior_bytes": "size recorded by an earlier run for cached rows",
+        **{f"prior_{c}": f"{c} an earlier run recorded (cached rows carry it into the manifest)" for c in CARRIED},
     }
 
     def __init__(self, cfg: PrepConfig) -> None:
         self.cfg = cfg
         # resume: what the output already holds, loaded once per actor (like a model)
         self.spent_usd = 0.0  # estimated spend of the rows scheduled so far (one preprocessor actor per run)
-        self.prior: dict[str, Prior] = {}
+        self.prior = ResumeIndex()
         if cfg.resume is not None and cfg.resume.skip_existing:
             self.prior = load_index(ObjectStore(cfg.resume.output_uri, cfg.resume.store))
 
@@ -152,7 +153,7 @@ class PromptPreprocessor:
             error = str(exc)
         if error:
             return [{**base, "image_index": 0, "seed": 0, "image_key": "", "status": "error", "error": error,
-                     "prior_sha256": "", "prior_bytes": 0}]
+                     **NO_PRIOR}]
         rows = []
         for idx in range(num_images):
             seed = (row_seed + idx) % (2**31 - 1) if row_seed is not None else derive_seed(self.cfg.job_seed, rid, idx)
@@ -182,12 +183,17 @@ class PromptPreprocessor:
         """pending, or cached / carried-over error when an earlier run already settled this key."""
         prior = self.prior.get(key)
         if prior is not None and prior.status == "ok":
-            return {"status": "cached", "error": "", "prior_sha256": prior.sha256, "prior_bytes": prior.bytes}
+            state = {**NO_PRIOR, "status": "cached", "error": "", "prior_sha256": prior.sha256,
+                     "prior_bytes": prior.bytes}
+            state.update({f"prior_{c}": v for c, v in prior.carried.items() if v is not None})
+            if prior.final_key:  # a cascade draft escalated earlier: the row is its final heavy image
+                state.update(image_key=prior.final_key, generator=prior.final_generator, model=prior.final_model)
+            return state
         retry = self.cfg.resume is not None and self.cfg.resume.retry_failed
         if prior is not None and not retry:
-            return {"status": "error", "error": f"earlier run: {prior.error} (rerun with --retry-failed to redo)",
-                    "prior_sha256": "", "prior_bytes": 0}
-        return {"status": "pending", "error": "", "prior_sha256": "", "prior_bytes": 0}
+            return {**NO_PRIOR, "status": "error",
+                    "error": f"earlier run: {prior.error} (rerun with --retry-failed to redo)"}
+        return {**NO_PRIOR, "status": "pending", "error": ""}
 
     def _row_problem(
         self, prompt: Any, ident: Any, gen_name: str, row: dict[str, Any], num_images: int, seed: int | None
@@ -234,6 +240,11 @@ def _convert(name: str, value: Any) -> Any:
     return float(value)
 
 
+# a row without an earlier result: floats NaN (null in the manifest), strings empty
+NO_PRIOR: dict[str, Any] = {"prior_sha256": "", "prior_bytes": 0, **{
+    f"prior_{c}": "" if c in ("route", "draft_image_key", "draft_image_uri", "draft_generator") else math.nan
+    for c in CARRIED}}
+
 _DTYPES = {
     "image_index": np.int32,
     "seed": np.int64,
@@ -243,6 +254,7 @@ _DTYPES = {
     "guidance_scale": np.float64,
     "enqueued_at": np.float64,
     "prior_bytes": np.int64,
+    **{name: np.float64 for name, value in NO_PRIOR.items() if isinstance(value, float)},
 }
 
 

@@ -7,13 +7,21 @@ staged by interrupted runs) — never a HEAD per key.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from actors.storage import ObjectStore, arrow_filesystem
 
 logger = logging.getLogger(__name__)
 
 MANIFEST_PREFIX = "manifest/"
+
+
+# What a manifest row says about how its image was made; a cached row carries these forward so a resumed run's
+# manifest still describes every image fully (scores, routes, timings, cost), not just the ones made this run.
+CARRIED = ("clip_score", "route", "draft_image_key", "draft_image_uri", "draft_score", "draft_generator",
+           "generate_ms", "cost_usd", "generated_at")
+READ = ("image_key", "status", "sha256", "bytes", "error", "generator", "model", *CARRIED)
 
 
 @dataclass(frozen=True)
@@ -24,11 +32,53 @@ class Prior:
     sha256: str
     bytes: int
     error: str
+    carried: dict[str, Any] = field(default_factory=dict)
+    """CARRIED columns of the earlier row (ok rows)."""
+    final_key: str = ""
+    """Cascade: the heavy image this draft key was escalated to ('' = the key itself is final)."""
+    final_generator: str = ""
+    """Cascade: generator that made the final image."""
+    final_model: str = ""
+    """Cascade: its model@revision."""
 
 
-def load_index(store: ObjectStore) -> dict[str, Prior]:
-    """Map image key → the best earlier outcome: `ok` (and the object exists) beats `error`."""
-    import pyarrow.compute as pc
+class ResumeIndex:
+    """Image key → the best earlier outcome, held columnar (about the size of the manifest columns it keeps)
+    and turned into a Prior only when a key is looked up.
+
+    An escalated cascade row is also found under its draft key, pointing at the final (heavy) image: a rerun
+    then skips the draft, the scoring and the heavy generation instead of redoing them.
+    """
+
+    def __init__(self, table: Any = None, positions: dict[str, int] | None = None,
+                 redirects: dict[str, int] | None = None) -> None:
+        self.table = table
+        self.positions = positions or {}
+        self.redirects = redirects or {}
+
+    def __len__(self) -> int:
+        return len(self.positions) + len(self.redirects)
+
+    def get(self, key: str) -> Prior | None:
+        pos, redirected = self.positions.get(key), False
+        if key in self.redirects and (pos is None or self.table.column("status")[pos].as_py() != "ok"):
+            pos, redirected = self.redirects[key], True
+        if pos is None:
+            return None
+        row = {name: self.table.column(name)[pos].as_py() for name in self.table.column_names}
+        ok = row["status"] == "ok"
+        return Prior(
+            status=row["status"], sha256=row["sha256"] or "", bytes=int(row["bytes"] or 0), error=row["error"] or "",
+            carried={c: row.get(c) for c in CARRIED} if ok else {},
+            final_key=row["image_key"] if redirected else "",
+            final_generator=(row.get("generator") or "") if redirected else "",
+            final_model=(row.get("model") or "") if redirected else "",
+        )
+
+
+def load_index(store: ObjectStore) -> ResumeIndex:
+    """What the output already holds: `ok` rows whose object exists beat `error` rows; skipped rows don't count."""
+    import pyarrow as pa
     import pyarrow.dataset as pads
 
     # 1 every image object present (one streamed listing)
@@ -38,20 +88,38 @@ def load_index(store: ObjectStore) -> dict[str, Prior]:
         present.add(name.split(".", 1)[0])
     # 2 manifest rows from committed parts and from runs that were interrupted before committing
     parts = [rel for rel, _ in store.list(MANIFEST_PREFIX) if rel.endswith(".parquet")]
-    index: dict[str, Prior] = {}
     if not parts:
-        return index
+        return ResumeIndex()
     fs, root = arrow_filesystem(store.location.uri, store.spec)
-    dataset = pads.dataset([f"{root}/{p}" for p in parts], filesystem=fs, format="parquet")
-    for batch in dataset.to_batches(columns=["image_key", "status", "sha256", "bytes", "error"], batch_size=65536):
-        batch = batch.filter(pc.not_equal(batch.column("image_key"), ""))
-        for key, status, sha, size, error in zip(*(batch.column(i).to_pylist() for i in range(5)), strict=True):
-            if status not in ("ok", "error"):
-                continue  # skipped (budget) rows were never attempted
+    paths = [f"{root}/{p}" for p in parts]
+    dataset = pads.dataset(paths, filesystem=fs, format="parquet")
+    # parts written by older versions may lack newer columns: read those as nulls
+    schema = pa.unify_schemas([frag.physical_schema for frag in dataset.get_fragments()])
+    dataset = pads.dataset(paths, filesystem=fs, format="parquet", schema=schema)
+    # 3 keep the rows that decide each key (columnar), remember where they are
+    kept, positions, redirects, ok_keys = [], {}, {}, set()
+    offset = 0
+    for batch in dataset.to_batches(columns=[c for c in READ if c in schema.names], batch_size=65536):
+        cols = {c: batch.column(c).to_pylist() for c in ("image_key", "status", "route", "draft_image_key")
+                if c in batch.schema.names}
+        n = batch.num_rows
+        routes, drafts = cols.get("route", [None] * n), cols.get("draft_image_key", [None] * n)
+        take: list[int] = []
+        for j, (key, status) in enumerate(zip(cols["image_key"], cols["status"], strict=True)):
+            if not key or status not in ("ok", "error") or key in ok_keys:
+                continue  # no key / never attempted (skipped) / already settled by an ok row
             if status == "ok" and key not in present:
                 continue  # manifest says ok but the object is gone: redo it
-            if key in index and index[key].status == "ok":
-                continue
-            index[key] = Prior(status=status, sha256=sha or "", bytes=int(size or 0), error=error or "")
-    logger.info("resume index: %d objects, %d manifest keys", len(present), len(index))
-    return index
+            positions[key] = offset + len(take)
+            if status == "ok":
+                ok_keys.add(key)
+                if routes[j] == "escalated" and drafts[j] and drafts[j] not in ok_keys:
+                    redirects[drafts[j]] = positions[key]
+            take.append(j)
+        if take:
+            kept.append(pa.Table.from_batches([batch]).take(take))
+            offset += len(take)
+    table = pa.concat_tables(kept, promote_options="default").combine_chunks() if kept else None
+    logger.info("resume index: %d objects, %d manifest keys, %d escalated drafts", len(present), len(positions),
+                len(redirects))
+    return ResumeIndex(table, positions, redirects)

@@ -342,8 +342,9 @@ class ObjectStore:
         for page in paginator.paginate(Bucket=self.location.bucket, Prefix=prefix):
             keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
             if keys:
-                self._s3(lambda keys=keys: self.client.delete_objects(
-                    Bucket=self.location.bucket, Delete={"Objects": keys, "Quiet": True}), f"delete {rel_prefix}")
+                batch: list[dict[str, Any]] = keys
+                self._s3(lambda batch=batch: self.client.delete_objects(  # type: ignore[misc]
+                    Bucket=self.location.bucket, Delete={"Objects": batch, "Quiet": True}), f"delete {rel_prefix}")
         self._s3(lambda: self.client.delete_object(Bucket=self.location.bucket, Key=prefix), f"delete {rel_prefix}")
 
     def delete(self, rel: str) -> None:

@@ -91,7 +91,7 @@ def _valid_keys(loc: list[Any], raw: dict[str, Any]) -> list[str]:
             model = {"diffusers": DiffusersConfig, "sleep": SleepConfig, "openai": OpenAIImagesConfig,
                      "gemini": GeminiImageConfig}.get(part, model)
             continue
-        field = model.model_fields.get(part) if isinstance(model, type) else None
+        field = model.model_fields.get(part) if isinstance(model, type) and issubclass(model, BaseModel) else None
         if field is None:
             continue  # a dict key (generator name): the value model comes next
         model = _model_of(field.annotation)

@@ -123,17 +123,17 @@ class FakeHosted:
         elif ":generateContent" in path:
             status, headers, payload = self._gemini(h.headers, path, body)
         elif ":batchGenerateContent" in path:
-            status, headers, payload = self._gemini_batch_create(h.headers, path, body)
+            status, headers, payload = _gemini_batch_create(self, h.headers, path, body)
         elif "/batches/" in path and "/v1/batches" not in path:
-            status, headers, payload = self._gemini_batch_get(path)
+            status, headers, payload = _gemini_batch_get(self, path)
         elif path == "/v1/files" and h.command == "POST":
-            status, headers, payload = self._openai_file_upload(h.headers, raw)
+            status, headers, payload = _openai_file_upload(self, h.headers, raw)
         elif path.startswith("/v1/files/") and path.endswith("/content"):
             status, headers, payload, content_type = 200, {}, self.files[path.split("/")[3]], "application/jsonl"
         elif path == "/v1/batches" and h.command == "POST":
-            status, headers, payload = self._openai_batch_create(h.headers, body)
+            status, headers, payload = _openai_batch_create(self, h.headers, body)
         elif path.startswith("/v1/batches/"):
-            status, headers, payload = self._openai_batch_get(path.split("/")[3])
+            status, headers, payload = _openai_batch_get(self, path.split("/")[3])
         else:
             status, headers, payload = 404, {}, {"error": {"message": f"no route {path}", "code": 404}}
         data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
@@ -156,7 +156,8 @@ class FakeHosted:
     def _openai(self, h: Any, body: Any) -> tuple[int, dict[str, str], Any]:
         rid = {"x-request-id": "req_" + uuid.uuid4().hex[:12]}
 
-        def err(status: int, message: str, type_: str, code: str | None, extra: dict[str, str] | None = None):
+        def err(status: int, message: str, type_: str, code: str | None,
+                extra: dict[str, str] | None = None) -> tuple[int, dict[str, str], Any]:
             return status, {**rid, **(extra or {})}, {"error": {"message": message, "type": type_, "param": None,
                                                                "code": code}}
 
@@ -196,7 +197,8 @@ class FakeHosted:
 
     # -- Gemini -------------------------------------------------------------------------------------
     def _gemini(self, h: Any, path: str, body: Any) -> tuple[int, dict[str, str], Any]:
-        def err(status: int, name: str, message: str, details: list[Any] | None = None):
+        def err(status: int, name: str, message: str,
+                details: list[Any] | None = None) -> tuple[int, dict[str, str], Any]:
             return status, {}, {"error": {"code": status, "message": message, "status": name,
                                           "details": details or []}}
 
@@ -282,7 +284,8 @@ def _openai_batch_get(self: FakeHosted, bid: str) -> tuple[int, dict[str, str], 
     if b["status"] == "validating":
         b["status"] = "in_progress"
     elif b["status"] == "in_progress" and b["_ticks"] >= self.batch_ticks:
-        ok, bad = [], []
+        ok: list[str] = []
+        bad: list[str] = []
         for line in self.files[b["input_file_id"]].decode().splitlines():
             req = json.loads(line)
             status, headers, payload = self._openai({"authorization": b["_auth"]}, req["body"])
@@ -312,7 +315,7 @@ def _gemini_batch_create(self: FakeHosted, headers: Any, path: str, body: Any) -
     reqs = body["batch"]["inputConfig"]["requests"]["requests"]
     self.batches[bid] = {"name": bid, "model": model, "version": version, "requests": reqs, "ticks": 0,
                          "state": "BATCH_STATE_PENDING", "auth": headers.get("x-goog-api-key")}
-    return 200, {}, self._gemini_op(bid)
+    return 200, {}, _gemini_op(self, bid)
 
 
 def _gemini_batch_get(self: FakeHosted, path: str) -> tuple[int, dict[str, str], Any]:
@@ -331,7 +334,7 @@ def _gemini_batch_get(self: FakeHosted, path: str) -> tuple[int, dict[str, str],
             out.append(entry)
         b["output"] = {"inlinedResponses": {"inlinedResponses": out}}
         b["state"] = "BATCH_STATE_SUCCEEDED"
-    return 200, {}, self._gemini_op(bid)
+    return 200, {}, _gemini_op(self, bid)
 
 
 def _gemini_op(self: FakeHosted, bid: str) -> dict[str, Any]:
@@ -342,13 +345,6 @@ def _gemini_op(self: FakeHosted, bid: str) -> dict[str, Any]:
         meta["output"] = b["output"]
     return {"name": bid, "metadata": meta, "done": b["state"] == "BATCH_STATE_SUCCEEDED"}
 
-
-FakeHosted._openai_file_upload = _openai_file_upload  # type: ignore[attr-defined]
-FakeHosted._openai_batch_create = _openai_batch_create  # type: ignore[attr-defined]
-FakeHosted._openai_batch_get = _openai_batch_get  # type: ignore[attr-defined]
-FakeHosted._gemini_batch_create = _gemini_batch_create  # type: ignore[attr-defined]
-FakeHosted._gemini_batch_get = _gemini_batch_get  # type: ignore[attr-defined]
-FakeHosted._gemini_op = _gemini_op  # type: ignore[attr-defined]
 
 
 def main(argv: list[str]) -> int:

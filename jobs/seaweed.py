@@ -15,6 +15,7 @@ import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 logger = logging.getLogger(__name__)
 
@@ -154,7 +155,7 @@ class S3Server:
         client.put_object(Bucket="imagefleet-probe", Key="probe", Body=b"ok")
         client.get_object(Bucket="imagefleet-probe", Key="probe")["Body"].read()
 
-    def client(self) -> object:
+    def client(self) -> Any:
         import boto3
         from botocore.config import Config
 
@@ -166,7 +167,7 @@ class S3Server:
     def ensure_bucket(self, bucket: str) -> None:
         client = self.client()
         if not _has_bucket(client, bucket):
-            client.create_bucket(Bucket=bucket)  # type: ignore[attr-defined]
+            client.create_bucket(Bucket=bucket)
 
     def stop(self, timeout_s: float = 15.0) -> None:
         """SIGTERM our own process group, SIGKILL if it lingers."""

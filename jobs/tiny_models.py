@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 DONE_MARKER = ".imagefleet-tiny"
 # toy CLIP text encoder shared by the tiny diffusion pipelines and the tiny CLIP scorer
@@ -62,7 +63,7 @@ def build_tiny_pipeline(path: str | Path, kind: str = "sd", seed: int = 0) -> Pa
 
     torch.manual_seed(seed)
     tokenizer = _tiny_tokenizer(path)
-    text_cfg = dict(TINY_TEXT, layer_norm_eps=1e-5, projection_dim=32)
+    text_cfg: dict[str, Any] = dict(TINY_TEXT, layer_norm_eps=1e-5, projection_dim=32)
     vae = AutoencoderKL(block_out_channels=(8, 16, 16, 16), in_channels=3, out_channels=3, latent_channels=4,
                         norm_num_groups=8, layers_per_block=1,
                         down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4)
@@ -75,7 +76,7 @@ def build_tiny_pipeline(path: str | Path, kind: str = "sd", seed: int = 0) -> Pa
                                     in_channels=4, out_channels=4, cross_attention_dim=32, attention_head_dim=8,
                                     down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
                                     up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), norm_num_groups=32)
-        pipe = StableDiffusionPipeline(vae=vae, text_encoder=CLIPTextModel(CLIPTextConfig(**text_cfg)),
+        pipe: Any = StableDiffusionPipeline(vae=vae, text_encoder=CLIPTextModel(CLIPTextConfig(**text_cfg)),
                                        tokenizer=tokenizer, unet=unet, scheduler=scheduler, safety_checker=None,
                                        feature_extractor=None, requires_safety_checker=False)
     elif kind == "sdxl":

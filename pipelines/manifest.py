@@ -8,6 +8,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
+from actors.resume_index import CARRIED
 from actors.storage import ObjectStore, arrow_filesystem
 from configs.storage import StoreSpec
 from pipelines.schema import MANIFEST
@@ -56,7 +57,8 @@ def write_manifest(ds: ray.data.Dataset, output_uri: str, store: StoreSpec, run_
     # 1 run: rows stream through the pools; parts land in staging
     fs, root = arrow_filesystem(output_uri, store)
     staging = f"{root}/{STAGING_DIR}/{run_id}"
-    ds = ds.map_batches(_to_manifest_rows, fn_kwargs={"run_id": run_id}, batch_format="pyarrow")
+    ds = ds.map_batches(_to_manifest_rows, fn_kwargs={"run_id": run_id},  # type: ignore[arg-type]  # fn_kwargs
+                        batch_format="pyarrow")
     ds.write_parquet(staging, filesystem=fs, try_create_dir=objects_are_files(output_uri))
     wall = time.time() - started
     # 2 commit: staged parts become the manifest, older parts go
@@ -93,18 +95,27 @@ def _is_committed_part(rel: str) -> bool:
 
 
 def _to_manifest_rows(batch: Any, run_id: str) -> Any:
-    """Select and type the manifest columns (drops pipeline-internal ones)."""
+    """Select and type the manifest columns (drops pipeline-internal ones). Rows an earlier run completed
+    (`cached`) keep what that run recorded about their image: score, route, draft, timing, cost."""
     import pyarrow as pa
+    import pyarrow.compute as pc
 
     n = batch.num_rows
+    cached = pc.not_equal(batch.column("prior_sha256"), "") if "prior_sha256" in batch.column_names else None
     columns = []
     for f in MANIFEST:
         if f.name == "run_id":
-            columns.append(pa.array([run_id] * n, pa.string()))
+            column = pa.array([run_id] * n, pa.string())
         elif f.name not in batch.column_names:  # a stage this run didn't have (scorer, cascade)
-            columns.append(pa.nulls(n, f.type))
+            column = pa.nulls(n, f.type)
         else:
-            columns.append(batch.column(f.name).cast(f.type))
+            column = batch.column(f.name).cast(f.type)
+        prior = f"prior_{f.name}"
+        if cached is not None and f.name in CARRIED and prior in batch.column_names:
+            earlier = batch.column(prior).cast(f.type)
+            recorded = pc.invert(pc.is_nan(earlier)) if pa.types.is_floating(f.type) else pc.not_equal(earlier, "")
+            column = pc.if_else(pc.and_(cached, recorded), earlier, column)
+        columns.append(column)
     return pa.Table.from_arrays(columns, schema=MANIFEST)
 
 
@@ -130,7 +141,7 @@ def _summarize(objects: ObjectStore, parts: list[str], run_id: str, wall: float)
     errors: list[str] = []
     if parts:
         dataset = pads.dataset([f"{root}/{p}" for p in parts], filesystem=fs, format="parquet")
-        cols = ["status", "error", "already_present", "bytes", "cost_usd"]
+        cols = ["status", "error", "already_present", "bytes", "cost_usd"]  # cost: this run's, not carried
         for batch in dataset.to_batches(columns=cols, batch_size=65536):
             status = batch.column("status")
             ok = pc.equal(status, "ok")
@@ -141,7 +152,7 @@ def _summarize(objects: ObjectStore, parts: list[str], run_id: str, wall: float)
             present = pc.and_(ok, batch.column("already_present"))
             counts["present"] += pc.sum(present).as_py() or 0
             counts["bytes"] += pc.sum(pc.if_else(present, 0, batch.column("bytes"))).as_py() or 0
-            cost += pc.sum(batch.column("cost_usd")).as_py() or 0.0
+            cost += pc.sum(pc.if_else(present, 0.0, batch.column("cost_usd"))).as_py() or 0.0
             if len(errors) < 5:
                 for msg in pc.filter(batch.column("error"), pc.invert(ok)).to_pylist()[: 5 - len(errors)]:
                     errors.append(str(msg))

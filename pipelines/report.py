@@ -100,6 +100,8 @@ def _page(rows: list[dict[str, Any]], thumbs: list[tuple[dict[str, Any], str]], 
         f"<td>{e((r['error'] or '')[:200])}</td></tr>" for r in problems)
     costs = "".join(f"<tr><td>{e(g)}</td><td>${c:.4f}</td></tr>" for g, c in sorted(cost_by_gen.items()))
     status_line = ", ".join(f"{k}: {v}" for k, v in sorted(by_status.items()))
+    # this run's generation only: images made by an earlier run carry their old timestamps
+    throughput = _throughput_svg([r["generated_at"] for r in rows if r["status"] == "ok" and not r["already_present"]])
     return f"""<!doctype html><html lang="en"><head><meta charset="utf-8"><title>imagefleet report</title>
 <style>body{{font-family:system-ui,sans-serif;margin:24px;color:#111}}h1{{font-size:22px}}
 .grid{{display:flex;flex-wrap:wrap;gap:10px}}figure{{margin:0;width:{THUMB_PX}px;font-size:11px}}
@@ -107,9 +109,9 @@ figure img{{width:{THUMB_PX}px;height:{THUMB_PX}px;object-fit:contain;background
 table{{border-collapse:collapse;margin:8px 0 20px}}td,th{{border:1px solid #ddd;padding:4px 8px;font-size:13px}}
 th{{background:#f3f4f6}}</style></head><body>
 <h1>imagefleet run report</h1>
-<p>{e(uri)} · {total} images requested · {e(status_line)} · total cost ${sum(cost_by_gen.values()):.4f}</p>
+<p>{e(uri)} · {total} images requested · {e(status_line)} · cost of these images ${sum(cost_by_gen.values()):.4f}</p>
 <h2>Contact sheet</h2><div class="grid">{cards or "<p>no images</p>"}</div>
-<h2>Throughput over time</h2>{_throughput_svg([r["generated_at"] for r in rows if r["status"] == "ok"])}
+<h2>Throughput over time</h2>{throughput}
 <h2>Stage timings (ms per image)</h2><table><tr><th>stage</th><th>mean</th><th>p50</th><th>p95</th></tr>{stages}</table>
 <h2>Cost by generator</h2><table><tr><th>generator</th><th>USD</th></tr>{costs}</table>
 <h2>Errors and refusals</h2><table><tr><th>id</th><th>generator</th><th>status</th><th>reason</th></tr>

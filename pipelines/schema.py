@@ -45,6 +45,7 @@ MANIFEST = pa.schema(
         ("cost_usd", pa.float64()),
         ("clip_score", pa.float64()),
         ("route", pa.string()),
+        ("draft_image_key", pa.string()),
         ("draft_image_uri", pa.string()),
         ("draft_score", pa.float64()),
         ("draft_generator", pa.string()),

@@ -52,14 +52,14 @@ def build_app(cfg: JobConfig, stores: Stores) -> Application:
     # 1 one deployment per generator, sized by its batch pool: min..max replicas, GPUs per replica
     handles = {}
     for name, gen in cfg.generators.items():
-        deployment = serve.deployment(GeneratorReplica, name=f"generator-{name}",
-                                      **serve_generator_options(gen.pool, cfg.serve))
+        deployment = serve.deployment(name=f"generator-{name}", **serve_generator_options(gen.pool, cfg.serve))(
+            GeneratorReplica)
         handles[name] = deployment.bind(
             gen.backend, generator_kwargs(cfg, stores, name, online=True), gen.pool.batch_size,
             cfg.serve.batch_wait_timeout_s, cfg.output.quality, cfg.output.png_compress_level,
         )
     # 2 one async gateway in front: requests become prompt rows exactly like a batch run's
-    gateway = serve.deployment(Gateway, name="gateway", **serve_gateway_options())
+    gateway = serve.deployment(name="gateway", **serve_gateway_options())(Gateway)
     return gateway.bind(serve_prep_config(cfg), handles, cfg.serve, cfg.output.format)
 
 
@@ -88,8 +88,8 @@ class GeneratorReplica:
                  quality: int, png_compress_level: int) -> None:
         self.impl = GENERATORS[backend](**kwargs)
         self.quality, self.png_compress_level = quality, png_compress_level
-        self.generate.set_max_batch_size(max_batch_size)
-        self.generate.set_batch_wait_timeout_s(batch_wait_timeout_s)
+        self.generate.set_max_batch_size(max_batch_size)  # type: ignore[attr-defined]  # added by @serve.batch
+        self.generate.set_batch_wait_timeout_s(batch_wait_timeout_s)  # type: ignore[attr-defined]
 
     @serve.batch(max_batch_size=4, batch_wait_timeout_s=0.05)
     async def generate(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

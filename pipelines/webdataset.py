@@ -42,7 +42,8 @@ def build_shards(output: OutputConfig, store: StoreSpec, num_ok: int, export_id:
     ds = ray.data.read_parquet(parts, filesystem=fs)
     # 2 ok rows only, each tagged with its shard (balanced by key hash, fixed for a given shard count)
     num_shards = max(1, math.ceil(num_ok / output.webdataset.samples_per_shard))
-    ds = ds.map_batches(_ok_rows_with_shard, fn_kwargs={"num_shards": num_shards}, batch_format="pyarrow")
+    ds = ds.map_batches(_ok_rows_with_shard, fn_kwargs={"num_shards": num_shards},  # type: ignore[arg-type]
+                        batch_format="pyarrow")
     # 3 one tar per shard; CPU tasks (fetch + tar + upload is I/O-bound, no model to keep warm)
     cfg = ShardWriterConfig(uri=output.uri, store=store, num_shards=num_shards, run_id=export_id)
     return ds.groupby("shard", num_partitions=min(num_shards, 64)).map_groups(

@@ -3,6 +3,7 @@ tiny real CLIP, rules, fan-out, the cascade (deterministic stub scorer) and the 
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +106,21 @@ def test_cascade_escalates_known_fraction_within_cap(
         assert r["generator"] == "sleepy" and r["draft_image_uri"] in ("", None)
         assert r["cost_usd"] == pytest.approx(0.01)
     assert len(objects(s3_env, bucket, "cas/images/")) == 12 + 6  # finals + kept drafts
+    # rerun: nothing is drafted, scored or escalated again, and the manifest still tells the whole story
+    capsys.readouterr()
+    rerun_started = time.time()
+    assert generate.main([str(tmp_path / "job.yaml"), "--run-id", "rerun"]) == 0
+    out = capsys.readouterr().out
+    assert "0 written, 12 already present" in out and "cost: $0.0000" in out
+    again = {r["id"]: r for r in manifest(s3_env, bucket, "cas")}
+    for r in rows:
+        r2 = again[r["id"]]
+        assert r2["run_id"] == "rerun" and r2["already_present"] and r2["status"] == "ok"
+        for col in ("image_key", "image_uri", "generator", "model", "route", "clip_score", "draft_image_uri",
+                    "draft_score", "draft_generator", "cost_usd", "generated_at"):
+            assert r2[col] == r[col] or (r2[col] != r2[col] and r[col] != r[col]), (col, r[col], r2[col])
+        assert r2["generated_at"] < rerun_started  # made by the first run, not again
+    assert len(objects(s3_env, bucket, "cas/images/")) == 12 + 6
 
 
 def test_budget_cap_stops_scheduling_cleanly(tmp_path: Path, s3_env: Any, bucket: str, ray_cluster: None) -> None:

@@ -1,6 +1,7 @@
 """The four packages come from this repository (PyPI has unrelated `configs`, `actors`, `pipelines`)."""
 
 import importlib
+import subprocess
 import sys
 from pathlib import Path
 
@@ -28,9 +29,17 @@ def test_import_direction() -> None:
 
 def test_driver_imports_stay_light() -> None:
     """Configs, pipelines and the CLI import no torch/diffusers (actors import them lazily)."""
-    import subprocess
-
     code = ("import jobs.generate, pipelines.text_to_image, sys; "
             "print(any(m in sys.modules for m in ('torch','diffusers')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
     assert out.stdout.strip() == "False"
+
+
+@pytest.mark.slow
+def test_lint_and_types_are_clean() -> None:
+    """`make lint` in the suite: ruff everywhere, strict mypy on configs/pipelines/jobs (pinned versions)."""
+    bin_dir = Path(sys.executable).parent
+    ruff = subprocess.run([str(bin_dir / "ruff"), "check", "."], cwd=REPO, capture_output=True, text=True)
+    assert ruff.returncode == 0, ruff.stdout[-3000:]
+    mypy = subprocess.run([str(bin_dir / "mypy")], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert mypy.returncode == 0, mypy.stdout[-3000:]
