@@ -119,8 +119,9 @@ def _to_manifest_rows(batch: Any, run_id: str) -> Any:
     return pa.Table.from_arrays(columns, schema=MANIFEST)
 
 
-def read_manifest_columns(output_uri: str, store: StoreSpec, columns: list[str]) -> Any:
-    """The committed manifest (selected columns) as one Arrow table. For tests, reports and small runs."""
+def read_manifest_columns(output_uri: str, store: StoreSpec, columns: list[str], where: Any = None) -> Any:
+    """The committed manifest (selected columns, rows matching the optional `where` expression) as one Arrow
+    table: columnar, so even a million-row manifest is a few arrays, not Python objects."""
     import pyarrow.dataset as pads
 
     parts = committed_parts(ObjectStore(output_uri, store))
@@ -128,7 +129,7 @@ def read_manifest_columns(output_uri: str, store: StoreSpec, columns: list[str])
     if not parts:
         return MANIFEST.empty_table().select(columns)
     dataset = pads.dataset([f"{root}/{p}" for p in parts], filesystem=fs, format="parquet", schema=MANIFEST)
-    return dataset.to_table(columns=columns)
+    return dataset.to_table(columns=columns, filter=where)
 
 
 def _summarize(objects: ObjectStore, parts: list[str], run_id: str, wall: float) -> RunSummary:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-import math
 from typing import Any
 
 from actors.storage import ObjectStore
@@ -14,22 +13,40 @@ from pipelines.manifest import read_manifest_columns
 
 NUM_THUMBS = 48
 THUMB_PX = 160
-COLUMNS = ["id", "image_index", "prompt", "generator", "status", "error", "image_uri", "clip_score", "cost_usd",
-           "queue_ms", "generate_ms", "encode_ms", "upload_ms", "generated_at", "written_at", "route",
-           "already_present"]
+NUM_PROBLEMS = 200
+STAGES = ("queue_ms", "generate_ms", "encode_ms", "upload_ms")
+# everything but the prompts, which only the sampled thumbnails need (kept columnar: 1M rows stay cheap)
+COLUMNS = ["id", "image_key", "generator", "status", "error", "image_uri", "clip_score", "cost_usd", *STAGES,
+           "generated_at", "already_present"]
 
 
 def write_report(output_uri: str, store: StoreSpec) -> str:
-    """Build report.html from the committed manifest and a sample of images; returns its URI."""
+    """Build report.html from the whole committed manifest (columnar) and a sample of images; returns its URI."""
+    import pyarrow.compute as pc
+
+    # 1 the manifest's columns for every row (Arrow, no per-row Python objects)
     table = read_manifest_columns(output_uri, store, COLUMNS)
     objects = ObjectStore(output_uri, store)
-    rows = table.to_pylist() if table.num_rows <= 200_000 else table.slice(0, 200_000).to_pylist()
-    ok = [r for r in rows if r["status"] == "ok" and r["image_uri"]]
-    step = max(1, len(ok) // NUM_THUMBS)
-    thumbs = [(r, _thumb(objects, output_uri, r["image_uri"])) for r in ok[::step][:NUM_THUMBS]]
-    page = _page(rows, thumbs, table.num_rows, output_uri)
-    objects.put("report.html", page.encode(), "text/html; charset=utf-8")
+    # 2 an evenly spread sample of ok images for the contact sheet, with their prompts
+    ok = table.filter(pc.and_(pc.equal(table.column("status"), "ok"), pc.not_equal(table.column("image_uri"), "")))
+    step = max(1, ok.num_rows // NUM_THUMBS)
+    sample = ok.take(list(range(0, ok.num_rows, step))[:NUM_THUMBS]).to_pylist()
+    prompts = _prompts(output_uri, store, [r["image_key"] for r in sample])
+    thumbs = [({**r, "prompt": prompts.get(r["image_key"], "")}, _thumb(objects, output_uri, r["image_uri"]))
+              for r in sample]
+    # 3 the page
+    objects.put("report.html", _page(table, thumbs, output_uri).encode(), "text/html; charset=utf-8")
     return objects.uri_of("report.html")
+
+
+def _prompts(output_uri: str, store: StoreSpec, keys: list[str]) -> dict[str, str]:
+    import pyarrow.compute as pc
+
+    if not keys:
+        return {}
+    found = read_manifest_columns(output_uri, store, ["image_key", "prompt"],
+                                  where=pc.field("image_key").isin(keys))
+    return dict(zip(found.column("image_key").to_pylist(), found.column("prompt").to_pylist(), strict=True))
 
 
 def _thumb(objects: ObjectStore, root: str, uri: str) -> str:
@@ -50,24 +67,28 @@ def _score_text(score: float | None) -> str:
     return f" · score {score:.1f}" if score is not None else ""
 
 
-def _stats(values: list[float]) -> tuple[str, str, str]:
-    v = sorted(x for x in values if x is not None and not math.isnan(x) and x > 0)
-    if not v:
+def _stats(column: Any) -> tuple[str, str, str]:
+    import numpy as np
+
+    v = column.to_numpy(zero_copy_only=False).astype(np.float64)
+    v = v[np.isfinite(v) & (v > 0)]
+    if not v.size:
         return "–", "–", "–"
-    return f"{sum(v) / len(v):.1f}", f"{v[len(v) // 2]:.1f}", f"{v[min(len(v) - 1, int(len(v) * 0.95))]:.1f}"
+    return f"{v.mean():.1f}", f"{np.percentile(v, 50):.1f}", f"{np.percentile(v, 95):.1f}"
 
 
-def _throughput_svg(times: list[float], width: int = 640, height: int = 160) -> str:
-    times = sorted(t for t in times if t)
-    if len(times) < 2:
+def _throughput_svg(times: Any, width: int = 640, height: int = 160) -> str:
+    import numpy as np
+
+    t = np.asarray(times, dtype=np.float64)
+    t = t[np.isfinite(t) & (t > 0)]
+    if t.size < 2:
         return "<p>not enough images for a throughput chart</p>"
-    t0, t1 = times[0], times[-1]
+    t0, t1 = float(t.min()), float(t.max())
     bins = 40
     span = max(t1 - t0, 1e-6)
-    counts = [0] * bins
-    for t in times:
-        counts[min(bins - 1, int((t - t0) / span * bins))] += 1
-    rate = [c / (span / bins) for c in counts]
+    counts, _ = np.histogram(t, bins=bins, range=(t0, t0 + span))
+    rate = [float(c) / (span / bins) for c in counts]
     top = max(rate) or 1
     pts = " ".join(f"{i * width / (bins - 1):.1f},{height - r / top * (height - 10):.1f}" for i, r in enumerate(rate))
     return (f'<svg width="{width}" height="{height + 20}" role="img" aria-label="images per second over time">'
@@ -77,13 +98,14 @@ def _throughput_svg(times: list[float], width: int = 640, height: int = 160) -> 
             f'<text x="4" y="12" font-size="12">peak {top:.1f} img/s</text></svg>')
 
 
-def _page(rows: list[dict[str, Any]], thumbs: list[tuple[dict[str, Any], str]], total: int, uri: str) -> str:
+def _page(table: Any, thumbs: list[tuple[dict[str, Any], str]], uri: str) -> str:
+    import pyarrow.compute as pc
+
     e = html.escape
-    by_status: dict[str, int] = {}
-    cost_by_gen: dict[str, float] = {}
-    for r in rows:
-        by_status[r["status"]] = by_status.get(r["status"], 0) + 1
-        cost_by_gen[r["generator"]] = cost_by_gen.get(r["generator"], 0.0) + (r["cost_usd"] or 0.0)
+    counts = table.group_by("status").aggregate([("status", "count")]).to_pylist()
+    by_status = {r["status"]: r["status_count"] for r in counts}
+    costs_by = table.group_by("generator").aggregate([("cost_usd", "sum")]).to_pylist()
+    cost_by_gen = {r["generator"]: r["cost_usd_sum"] or 0.0 for r in costs_by}
     cards = "".join(
         f'<figure><img alt="{e(r["prompt"][:80])}" src="data:image/jpeg;base64,{b64}"/>'
         f'<figcaption><b>{e(r["generator"])}</b>'
@@ -92,16 +114,19 @@ def _page(rows: list[dict[str, Any]], thumbs: list[tuple[dict[str, Any], str]], 
         for r, b64 in thumbs if b64)
     stages = "".join(
         f"<tr><td>{name}</td><td>{a}</td><td>{b}</td><td>{c}</td></tr>"
-        for name in ("queue_ms", "generate_ms", "encode_ms", "upload_ms")
-        for a, b, c in [_stats([r[name] for r in rows])])
-    problems = [r for r in rows if r["status"] not in ("ok",)][:200]
+        for name in STAGES
+        for a, b, c in [_stats(table.column(name))])
+    problems = table.filter(pc.not_equal(table.column("status"), "ok")).slice(0, NUM_PROBLEMS).to_pylist()
     problem_rows = "".join(
         f"<tr><td>{e(str(r['id']))}</td><td>{e(r['generator'])}</td><td>{e(r['status'])}</td>"
         f"<td>{e((r['error'] or '')[:200])}</td></tr>" for r in problems)
     costs = "".join(f"<tr><td>{e(g)}</td><td>${c:.4f}</td></tr>" for g, c in sorted(cost_by_gen.items()))
     status_line = ", ".join(f"{k}: {v}" for k, v in sorted(by_status.items()))
+    total = table.num_rows
     # this run's generation only: images made by an earlier run carry their old timestamps
-    throughput = _throughput_svg([r["generated_at"] for r in rows if r["status"] == "ok" and not r["already_present"]])
+    made_now = pc.invert(pc.fill_null(table.column("already_present"), False))
+    fresh = pc.and_(pc.equal(table.column("status"), "ok"), made_now)
+    throughput = _throughput_svg(table.filter(fresh).column("generated_at").to_numpy(zero_copy_only=False))
     return f"""<!doctype html><html lang="en"><head><meta charset="utf-8"><title>imagefleet report</title>
 <style>body{{font-family:system-ui,sans-serif;margin:24px;color:#111}}h1{{font-size:22px}}
 .grid{{display:flex;flex-wrap:wrap;gap:10px}}figure{{margin:0;width:{THUMB_PX}px;font-size:11px}}

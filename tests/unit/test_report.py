@@ -1,0 +1,48 @@
+"""report.html from a local manifest, without Ray: counts and cost over every row, thumbnails with their
+prompts, the error/refusal table, and a throughput chart of this run's images only."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image
+
+from configs.storage import StoreSpec
+from pipelines.report import write_report
+from pipelines.schema import MANIFEST
+
+
+def manifest_row(i: int, root: Path, **extra: Any) -> dict[str, Any]:
+    key = f"{i:040x}"
+    uri = ""
+    if extra.get("status", "ok") == "ok":
+        path = root / "images" / key[:2] / f"{key}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        buf = io.BytesIO()
+        Image.new("RGB", (16, 16), (i * 20 % 255, 80, 160)).save(buf, format="PNG")
+        path.write_bytes(buf.getvalue())
+        uri = str(path)
+    base = {"id": f"r{i}", "image_key": key, "prompt": f"prompt <{i}>", "generator": "g1" if i % 2 else "g2",
+            "status": "ok", "error": "", "image_uri": uri, "cost_usd": 0.5, "generate_ms": 100.0 + i,
+            "generated_at": 1000.0 + i, "already_present": False, "clip_score": 30.0}
+    return {f.name: {**base, **extra}.get(f.name) for f in MANIFEST}
+
+
+def test_report_covers_every_row(tmp_path: Path) -> None:
+    rows = [manifest_row(i, tmp_path) for i in range(6)]
+    rows += [manifest_row(6, tmp_path, status="error", error="prompt is empty", cost_usd=0.0),
+             manifest_row(7, tmp_path, status="refused", error="safety system", cost_usd=0.25),
+             manifest_row(8, tmp_path, already_present=True, generated_at=5.0)]  # made by an earlier run
+    (tmp_path / "manifest").mkdir()
+    pq.write_table(pa.Table.from_pylist(rows, schema=MANIFEST), tmp_path / "manifest" / "part-r1-00000.parquet")
+    uri = write_report(str(tmp_path), StoreSpec(kind="local"))
+    page = Path(uri).read_text()
+    assert "9 images requested" in page and "error: 1, ok: 7, refused: 1" in page
+    assert "cost of these images $3.7500" in page  # 7 ok x 0.5 + 0.25 refused, over all rows
+    assert page.count("data:image/jpeg;base64,") == 7 and "prompt &lt;3&gt;" in page  # prompts escaped
+    assert "prompt is empty" in page and "safety system" in page
+    assert "<svg" in page and "5.0 s" in page  # 1000..1005: the earlier run's image (t=5) is not in the chart
