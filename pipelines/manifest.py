@@ -119,9 +119,20 @@ def _to_manifest_rows(batch: Any, run_id: str) -> Any:
     return pa.Table.from_arrays(columns, schema=MANIFEST)
 
 
-def read_manifest_columns(output_uri: str, store: StoreSpec, columns: list[str], where: Any = None) -> Any:
-    """The committed manifest (selected columns, rows matching the optional `where` expression) as one Arrow
-    table: columnar, so even a million-row manifest is a few arrays, not Python objects."""
+def iter_manifest_batches(output_uri: str, store: StoreSpec, columns: list[str], batch_size: int = 65536) -> Any:
+    """The committed manifest's selected columns, one record batch at a time (memory: a batch, not the run)."""
+    import pyarrow.dataset as pads
+
+    parts = committed_parts(ObjectStore(output_uri, store))
+    if not parts:
+        return
+    fs, root = arrow_filesystem(output_uri, store)
+    dataset = pads.dataset([f"{root}/{p}" for p in parts], filesystem=fs, format="parquet", schema=MANIFEST)
+    yield from dataset.to_batches(columns=columns, batch_size=batch_size, batch_readahead=1, fragment_readahead=1)
+
+
+def read_manifest_columns(output_uri: str, store: StoreSpec, columns: list[str]) -> Any:
+    """The committed manifest (selected columns) as one Arrow table. For tests, benchmarks and small runs."""
     import pyarrow.dataset as pads
 
     parts = committed_parts(ObjectStore(output_uri, store))
@@ -129,7 +140,7 @@ def read_manifest_columns(output_uri: str, store: StoreSpec, columns: list[str],
     if not parts:
         return MANIFEST.empty_table().select(columns)
     dataset = pads.dataset([f"{root}/{p}" for p in parts], filesystem=fs, format="parquet", schema=MANIFEST)
-    return dataset.to_table(columns=columns, filter=where)
+    return dataset.to_table(columns=columns)
 
 
 def _summarize(objects: ObjectStore, parts: list[str], run_id: str, wall: float) -> RunSummary:

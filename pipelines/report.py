@@ -5,48 +5,83 @@ from __future__ import annotations
 import base64
 import html
 import io
+from dataclasses import dataclass, field
 from typing import Any
 
 from actors.storage import ObjectStore
 from configs.storage import StoreSpec
-from pipelines.manifest import read_manifest_columns
+from pipelines.manifest import iter_manifest_batches
 
 NUM_THUMBS = 48
 THUMB_PX = 160
 NUM_PROBLEMS = 200
 STAGES = ("queue_ms", "generate_ms", "encode_ms", "upload_ms")
-# everything but the prompts, which only the sampled thumbnails need (kept columnar: 1M rows stay cheap)
-COLUMNS = ["id", "image_key", "generator", "status", "error", "image_uri", "clip_score", "cost_usd", *STAGES,
-           "generated_at", "already_present"]
+COLUMNS = ["id", "image_key", "prompt", "generator", "status", "error", "image_uri", "clip_score", "cost_usd",
+           *STAGES, "generated_at", "already_present"]
+
+
+@dataclass
+class Tally:
+    """What the page needs, accumulated one manifest batch at a time: about 40 bytes per row (timings and
+    timestamps as float arrays), never the manifest itself, so a million-row report stays small."""
+
+    step: int
+    """Every step-th ok image goes to the contact sheet."""
+    total: int = 0
+    num_ok_seen: int = 0
+    by_status: dict[str, int] = field(default_factory=dict)
+    cost_by_gen: dict[str, float] = field(default_factory=dict)
+    stages: dict[str, list[Any]] = field(default_factory=lambda: {name: [] for name in STAGES})
+    fresh_times: list[Any] = field(default_factory=list)
+    problems: list[dict[str, Any]] = field(default_factory=list)
+    sample: list[dict[str, Any]] = field(default_factory=list)
+
+    def add(self, batch: Any) -> None:
+        import numpy as np
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        table = pa.Table.from_batches([batch])
+        self.total += table.num_rows
+        for r in table.group_by("status").aggregate([("status", "count")]).to_pylist():
+            self.by_status[r["status"]] = self.by_status.get(r["status"], 0) + r["status_count"]
+        for r in table.group_by("generator").aggregate([("cost_usd", "sum")]).to_pylist():
+            self.cost_by_gen[r["generator"]] = self.cost_by_gen.get(r["generator"], 0.0) + (r["cost_usd_sum"] or 0)
+        for name in STAGES:
+            v = table.column(name).to_numpy(zero_copy_only=False).astype(np.float64)
+            self.stages[name].append(v[np.isfinite(v) & (v > 0)])
+        ok = pc.fill_null(pc.and_(pc.equal(table.column("status"), "ok"), pc.not_equal(table.column("image_uri"), "")),
+                          False)
+        # this run's generation only: images made by an earlier run carry their old timestamps
+        made_now = pc.and_(ok, pc.invert(pc.fill_null(table.column("already_present"), False)))
+        self.fresh_times.append(table.filter(made_now).column("generated_at").to_numpy(zero_copy_only=False))
+        if len(self.problems) < NUM_PROBLEMS:
+            bad = table.filter(pc.invert(pc.fill_null(pc.equal(table.column("status"), "ok"), False)))
+            self.problems += bad.slice(0, NUM_PROBLEMS - len(self.problems)).to_pylist()
+        ok_rows = np.flatnonzero(ok.to_numpy(zero_copy_only=False))
+        picks = [int(i) for n, i in enumerate(ok_rows) if (self.num_ok_seen + n) % self.step == 0]
+        picks = picks[: NUM_THUMBS - len(self.sample)]
+        if picks:
+            self.sample += table.take(pa.array(picks, pa.int64())).to_pylist()
+        self.num_ok_seen += len(ok_rows)
 
 
 def write_report(output_uri: str, store: StoreSpec) -> str:
-    """Build report.html from the whole committed manifest (columnar) and a sample of images; returns its URI."""
+    """Build report.html from every row of the committed manifest and a sample of images; returns its URI."""
     import pyarrow.compute as pc
 
-    # 1 the manifest's columns for every row (Arrow, no per-row Python objects)
-    table = read_manifest_columns(output_uri, store, COLUMNS)
     objects = ObjectStore(output_uri, store)
-    # 2 an evenly spread sample of ok images for the contact sheet, with their prompts
-    ok = table.filter(pc.and_(pc.equal(table.column("status"), "ok"), pc.not_equal(table.column("image_uri"), "")))
-    step = max(1, ok.num_rows // NUM_THUMBS)
-    sample = ok.take(list(range(0, ok.num_rows, step))[:NUM_THUMBS]).to_pylist()
-    prompts = _prompts(output_uri, store, [r["image_key"] for r in sample])
-    thumbs = [({**r, "prompt": prompts.get(r["image_key"], "")}, _thumb(objects, output_uri, r["image_uri"]))
-              for r in sample]
+    # 1 how many ok images there are (one cheap column), so the contact sheet spreads over all of them
+    num_ok = sum(pc.sum(pc.equal(b.column("status"), "ok")).as_py() or 0
+                 for b in iter_manifest_batches(output_uri, store, ["status"]))
+    # 2 one streaming pass for counts, cost, timings, throughput, problems and the thumbnail rows
+    tally = Tally(step=max(1, num_ok // NUM_THUMBS))
+    for batch in iter_manifest_batches(output_uri, store, COLUMNS):
+        tally.add(batch)
+    thumbs = [(r, _thumb(objects, output_uri, r["image_uri"])) for r in tally.sample]
     # 3 the page
-    objects.put("report.html", _page(table, thumbs, output_uri).encode(), "text/html; charset=utf-8")
+    objects.put("report.html", _page(tally, thumbs, output_uri).encode(), "text/html; charset=utf-8")
     return objects.uri_of("report.html")
-
-
-def _prompts(output_uri: str, store: StoreSpec, keys: list[str]) -> dict[str, str]:
-    import pyarrow.compute as pc
-
-    if not keys:
-        return {}
-    found = read_manifest_columns(output_uri, store, ["image_key", "prompt"],
-                                  where=pc.field("image_key").isin(keys))
-    return dict(zip(found.column("image_key").to_pylist(), found.column("prompt").to_pylist(), strict=True))
 
 
 def _thumb(objects: ObjectStore, root: str, uri: str) -> str:
@@ -67,11 +102,10 @@ def _score_text(score: float | None) -> str:
     return f" · score {score:.1f}" if score is not None else ""
 
 
-def _stats(column: Any) -> tuple[str, str, str]:
+def _stats(chunks: list[Any]) -> tuple[str, str, str]:
     import numpy as np
 
-    v = column.to_numpy(zero_copy_only=False).astype(np.float64)
-    v = v[np.isfinite(v) & (v > 0)]
+    v = np.concatenate(chunks) if chunks else np.zeros(0)
     if not v.size:
         return "–", "–", "–"
     return f"{v.mean():.1f}", f"{np.percentile(v, 50):.1f}", f"{np.percentile(v, 95):.1f}"
@@ -98,14 +132,10 @@ def _throughput_svg(times: Any, width: int = 640, height: int = 160) -> str:
             f'<text x="4" y="12" font-size="12">peak {top:.1f} img/s</text></svg>')
 
 
-def _page(table: Any, thumbs: list[tuple[dict[str, Any], str]], uri: str) -> str:
-    import pyarrow.compute as pc
+def _page(tally: Tally, thumbs: list[tuple[dict[str, Any], str]], uri: str) -> str:
+    import numpy as np
 
     e = html.escape
-    counts = table.group_by("status").aggregate([("status", "count")]).to_pylist()
-    by_status = {r["status"]: r["status_count"] for r in counts}
-    costs_by = table.group_by("generator").aggregate([("cost_usd", "sum")]).to_pylist()
-    cost_by_gen = {r["generator"]: r["cost_usd_sum"] or 0.0 for r in costs_by}
     cards = "".join(
         f'<figure><img alt="{e(r["prompt"][:80])}" src="data:image/jpeg;base64,{b64}"/>'
         f'<figcaption><b>{e(r["generator"])}</b>'
@@ -115,18 +145,15 @@ def _page(table: Any, thumbs: list[tuple[dict[str, Any], str]], uri: str) -> str
     stages = "".join(
         f"<tr><td>{name}</td><td>{a}</td><td>{b}</td><td>{c}</td></tr>"
         for name in STAGES
-        for a, b, c in [_stats(table.column(name))])
-    problems = table.filter(pc.not_equal(table.column("status"), "ok")).slice(0, NUM_PROBLEMS).to_pylist()
+        for a, b, c in [_stats(tally.stages[name])])
     problem_rows = "".join(
         f"<tr><td>{e(str(r['id']))}</td><td>{e(r['generator'])}</td><td>{e(r['status'])}</td>"
-        f"<td>{e((r['error'] or '')[:200])}</td></tr>" for r in problems)
+        f"<td>{e((r['error'] or '')[:200])}</td></tr>" for r in tally.problems)
+    cost_by_gen = tally.cost_by_gen
     costs = "".join(f"<tr><td>{e(g)}</td><td>${c:.4f}</td></tr>" for g, c in sorted(cost_by_gen.items()))
-    status_line = ", ".join(f"{k}: {v}" for k, v in sorted(by_status.items()))
-    total = table.num_rows
-    # this run's generation only: images made by an earlier run carry their old timestamps
-    made_now = pc.invert(pc.fill_null(table.column("already_present"), False))
-    fresh = pc.and_(pc.equal(table.column("status"), "ok"), made_now)
-    throughput = _throughput_svg(table.filter(fresh).column("generated_at").to_numpy(zero_copy_only=False))
+    status_line = ", ".join(f"{k}: {v}" for k, v in sorted(tally.by_status.items()))
+    total = tally.total
+    throughput = _throughput_svg(np.concatenate(tally.fresh_times) if tally.fresh_times else np.zeros(0))
     return f"""<!doctype html><html lang="en"><head><meta charset="utf-8"><title>imagefleet report</title>
 <style>body{{font-family:system-ui,sans-serif;margin:24px;color:#111}}h1{{font-size:22px}}
 .grid{{display:flex;flex-wrap:wrap;gap:10px}}figure{{margin:0;width:{THUMB_PX}px;font-size:11px}}
