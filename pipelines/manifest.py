@@ -154,7 +154,7 @@ def _summarize(objects: ObjectStore, parts: list[str], run_id: str, wall: float)
     if parts:
         dataset = pads.dataset([f"{root}/{p}" for p in parts], filesystem=fs, format="parquet")
         cols = ["status", "error", "already_present", "bytes", "cost_usd"]  # cost: this run's, not carried
-        for batch in dataset.to_batches(columns=cols, batch_size=65536):
+        for batch in dataset.to_batches(columns=cols, batch_size=65536, batch_readahead=1, fragment_readahead=1):
             status = batch.column("status")
             ok = pc.equal(status, "ok")
             counts["rows"] += batch.num_rows
