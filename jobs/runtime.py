@@ -16,6 +16,7 @@ from actors.storage import ObjectStore, StorageError, resolve_store_spec
 from configs.generator import DiffusersConfig
 from configs.hosted import GeminiImageConfig, OpenAIImagesConfig
 from configs.job import JobConfig
+from configs.storage import StoreSpec
 from pipelines.manifest import RunSummary
 from pipelines.text_to_image import SourceInfo, Stores
 
@@ -49,16 +50,20 @@ def config_path(arg: str) -> str:
     return path
 
 
-def resolve_stores(cfg: JobConfig) -> Stores:
-    """Read secrets from the environment / secret files (the only place that does)."""
+def resolve_stores(cfg: JobConfig, online: bool = False) -> Stores:
+    """Read secrets from the environment / secret files (the only place that does).
+
+    `online` (serving) reads no prompt table and writes no outputs, so their credentials aren't asked for.
+    """
     models = {
         name: resolve_store_spec(g.model, g.model_s3)
         for name, g in cfg.generators.items()
         if isinstance(g, DiffusersConfig) and g.model.startswith("s3://")
     }
+    unused = StoreSpec(kind="local")
     return Stores(
-        source=resolve_store_spec(cfg.source.uri, cfg.source.s3),
-        output=resolve_store_spec(cfg.output.uri, cfg.output.s3),
+        source=unused if online else resolve_store_spec(cfg.source.uri, cfg.source.s3),
+        output=unused if online else resolve_store_spec(cfg.output.uri, cfg.output.s3),
         models=models,
         api_keys=resolve_api_keys(cfg),
     )

@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     # 1 config and secrets first: nothing starts if they are wrong
     try:
         cfg = load_config(args.config, args.overrides)
-        stores = runtime.resolve_stores(cfg)
+        stores = runtime.resolve_stores(cfg, online=True)
     except (ConfigError, StorageError) as exc:
         print(f"imagefleet: {exc}", file=sys.stderr)
         return 2
@@ -83,7 +83,7 @@ def app(args: dict[str, Any]) -> Application:
     if "config" not in args:
         raise ValueError("imagefleet serve app needs args: {config: /path/to/config.yaml}")
     cfg = load_config(runtime.config_path(str(args["config"])), [str(v) for v in args.get("set", [])])
-    return build_app(cfg, runtime.resolve_stores(cfg))
+    return build_app(cfg, runtime.resolve_stores(cfg, online=True))
 
 
 def _shutdown(started_ray: bool) -> None:

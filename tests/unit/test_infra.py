@@ -105,9 +105,8 @@ def test_app_builder_returns_a_lazy_serve_application(tmp_path: Path, monkeypatc
 
     from jobs.serve import app
 
-    for key, value in {"AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s",
-                       "AWS_ENDPOINT_URL": "http://127.0.0.1:9"}.items():
-        monkeypatch.setenv(key, value)
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL"):
+        monkeypatch.delenv(key, raising=False)  # serving touches no prompt table or output: no S3 keys needed
     built = app({"config": str(REPO / "configs" / "local_tiny.yaml"), "set": ["serve.port=8123"]})
     assert isinstance(built, Application)  # nothing started: binding deployments is lazy
     with pytest.raises(ValueError, match="needs args"):
