@@ -51,7 +51,6 @@ class ShardWriter:
     def __init__(self, cfg: ShardWriterConfig) -> None:
         self.cfg = cfg
         self.store = ObjectStore(cfg.uri, cfg.store)
-        self.root = self.store.uri_of("").rstrip("/") + "/"
 
     def __call__(self, group: pa.Table) -> pa.Table:
         import pyarrow as pa
@@ -61,7 +60,7 @@ class ShardWriter:
         shard = int(rows[0]["shard"])
         # 2 fetch the stored images concurrently
         with ThreadPoolExecutor(NUM_FETCH_THREADS) as pool:
-            images = list(pool.map(lambda r: self.store.get(self._rel(r["image_uri"])), rows))
+            images = list(pool.map(lambda r: self.store.get(self.store.rel_of(r["image_uri"])), rows))
         # 3 write the tar to local disk (shards can be larger than memory should hold), then upload it
         fd, tmp = tempfile.mkstemp(suffix=".tar", prefix="imagefleet-shard-")
         os.close(fd)
@@ -81,11 +80,6 @@ class ShardWriter:
         # 4 one summary row per shard (the driver writes the index from these)
         return pa.table({"shard": [shard], "path": [path], "num_samples": [len(rows)], "bytes": [size],
                          "sha256": [digest]})
-
-    def _rel(self, uri: str) -> str:
-        if not uri.startswith(self.root):
-            raise ValueError(f"image {uri} is not under the output {self.root}")
-        return uri[len(self.root):]
 
 
 def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:

@@ -211,6 +211,13 @@ class ObjectStore:
     def uri_of(self, rel: str) -> str:
         return self.location.join(rel)
 
+    def rel_of(self, uri: str) -> str:
+        """The relative path of a URI under this store (inverse of uri_of); ValueError when it is elsewhere."""
+        root = self.location.uri.rstrip("/") + "/"
+        if not uri.startswith(root):
+            raise ValueError(f"{uri} is not under {root}")
+        return uri[len(root):]
+
     def _key(self, rel: str) -> str:
         return f"{self.location.prefix}/{rel}".lstrip("/")
 

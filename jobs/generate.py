@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     from configs import ConfigError, load_config
     from pipelines.manifest import write_manifest, write_run_json
     from pipelines.report import write_report
-    from pipelines.text_to_image import InputError, build, inspect_source
+    from pipelines.text_to_image import InputError, build, failure_line, inspect_source
 
     # 1 everything that can be wrong with the inputs is found here, before any GPU work
     try:
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except Exception as exc:  # noqa: BLE001 - a broken actor ends the run; say so in one line, log the rest
         logger.exception("run %s failed", run_id)
-        print(f"imagefleet: run {run_id} failed, nothing committed: {runtime.failure_line(exc)}", file=sys.stderr)
+        print(f"imagefleet: run {run_id} failed, nothing committed: {failure_line(exc)}", file=sys.stderr)
         return 1
     finally:
         if started:

@@ -18,7 +18,7 @@ from configs.hosted import GeminiImageConfig, OpenAIImagesConfig
 from configs.job import JobConfig
 from configs.storage import StoreSpec
 from pipelines.manifest import RunSummary
-from pipelines.text_to_image import SourceInfo, Stores
+from pipelines.text_to_image import SourceInfo, Stores, failure_line
 
 logger = logging.getLogger(__name__)
 
@@ -276,19 +276,3 @@ def summary_text(s: RunSummary, record_uri: str, report_uri: str, shards: str = 
         lines.append(f"   e.g. error       : {msg[:100]}")
     lines.append("=" * 72)
     return "\n".join(lines)
-
-
-def failure_line(exc: BaseException) -> str:
-    """The one line that explains a failed run (Ray wraps actor errors in long tracebacks and hints)."""
-    from actors.image_writer import ABORT_MARKER
-
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    for marker in (ABORT_MARKER, "QuotaExhausted:", "HostedFatal:"):
-        for line in lines:
-            if marker in line:
-                return line[line.index(marker):][:400]
-    import re
-
-    errors = [ln for ln in lines if re.match(r"^[\w.]+(Error|Exception|Exhausted|Fatal)\b.*:", ln)]
-    last = errors[-1] if errors else (lines[-1] if lines else type(exc).__name__)
-    return f"{type(exc).__name__}: {last[:300]}"

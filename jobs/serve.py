@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import signal
 import sys
 import threading
-import urllib.request
 from typing import TYPE_CHECKING, Any
 
 from jobs import runtime
@@ -45,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     from ray import serve
 
     from pipelines.serving import build_app
+    from pipelines.text_to_image import failure_line
 
     started = runtime.start_ray(cfg)
     try:
@@ -53,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         serve.run(build_app(cfg, stores), name="imagefleet", route_prefix="/")
     except Exception as exc:  # noqa: BLE001 - a model that can't load, a port in use: one line, then stop
         logger.exception("serve failed to start")
-        print(f"imagefleet: serve failed to start: {runtime.failure_line(exc)}", file=sys.stderr)
+        print(f"imagefleet: serve failed to start: {failure_line(exc)}", file=sys.stderr)
         _shutdown(started)
         return 1 if not isinstance(exc, StorageError) else 2
     url = f"http://{cfg.serve.host}:{cfg.serve.port}"
@@ -95,12 +94,6 @@ def _shutdown(started_ray: bool) -> None:
     finally:
         if started_ray:
             ray.shutdown()
-
-
-def healthz(url: str, timeout_s: float = 2.0) -> dict[str, object]:
-    """GET <url>/healthz (used by readiness probes and tests)."""
-    with urllib.request.urlopen(f"{url.rstrip('/')}/healthz", timeout=timeout_s) as resp:  # noqa: S310 - our URL
-        return dict(json.loads(resp.read()))
 
 
 if __name__ == "__main__":

@@ -64,19 +64,16 @@ def write_manifest(ds: ray.data.Dataset, output_uri: str, store: StoreSpec, run_
     # 2 commit: staged parts become the manifest, older parts go
     objects = ObjectStore(output_uri, store)
     staged = sorted(rel for rel, _ in objects.list(f"{STAGING_DIR}/{run_id}/") if rel.endswith(".parquet"))
-    old = [rel for rel, _ in objects.list(f"{MANIFEST_DIR}/") if _is_committed_part(rel)]
-    committed = []
+    old = committed_parts(objects)
     for n, rel in enumerate(staged):
-        dst = f"{MANIFEST_DIR}/part-{run_id}-{n:05d}.parquet"
-        objects.copy(rel, dst)
-        committed.append(dst)
+        objects.copy(rel, f"{MANIFEST_DIR}/part-{run_id}-{n:05d}.parquet")
     for rel in old:
         if f"part-{run_id}-" not in rel:
             objects.delete(rel)
     # staged parts of this run and of interrupted earlier runs: their rows are in this manifest now
     objects.delete_prefix(STAGING_DIR)
     # 3 summarize from the committed parts (column batches: driver memory stays flat)
-    return _summarize(objects, committed, run_id, wall)
+    return _summarize(objects, run_id, wall)
 
 
 def objects_are_files(uri: str) -> bool:
@@ -133,41 +130,33 @@ def iter_manifest_batches(output_uri: str, store: StoreSpec, columns: list[str],
 
 def read_manifest_columns(output_uri: str, store: StoreSpec, columns: list[str]) -> Any:
     """The committed manifest (selected columns) as one Arrow table. For tests, benchmarks and small runs."""
-    import pyarrow.dataset as pads
+    import pyarrow as pa
 
-    parts = committed_parts(ObjectStore(output_uri, store))
-    fs, root = arrow_filesystem(output_uri, store)
-    if not parts:
-        return MANIFEST.empty_table().select(columns)
-    dataset = pads.dataset([f"{root}/{p}" for p in parts], filesystem=fs, format="parquet", schema=MANIFEST)
-    return dataset.to_table(columns=columns)
+    schema = MANIFEST.empty_table().select(columns).schema
+    return pa.Table.from_batches(list(iter_manifest_batches(output_uri, store, columns)), schema=schema)
 
 
-def _summarize(objects: ObjectStore, parts: list[str], run_id: str, wall: float) -> RunSummary:
+def _summarize(objects: ObjectStore, run_id: str, wall: float) -> RunSummary:
     import pyarrow.compute as pc
-    import pyarrow.dataset as pads
 
-    fs, root = arrow_filesystem(objects.location.uri, objects.spec)
     counts = {"rows": 0, "ok": 0, "error": 0, "refused": 0, "skipped": 0, "present": 0, "bytes": 0}
     cost = 0.0
     errors: list[str] = []
-    if parts:
-        dataset = pads.dataset([f"{root}/{p}" for p in parts], filesystem=fs, format="parquet")
-        cols = ["status", "error", "already_present", "bytes", "cost_usd"]  # cost: this run's, not carried
-        for batch in dataset.to_batches(columns=cols, batch_size=65536, batch_readahead=1, fragment_readahead=1):
-            status = batch.column("status")
-            ok = pc.equal(status, "ok")
-            counts["rows"] += batch.num_rows
-            counts["ok"] += pc.sum(ok).as_py() or 0
-            for name in ("error", "refused", "skipped"):
-                counts[name] += pc.sum(pc.equal(status, name)).as_py() or 0
-            present = pc.and_(ok, batch.column("already_present"))
-            counts["present"] += pc.sum(present).as_py() or 0
-            counts["bytes"] += pc.sum(pc.if_else(present, 0, batch.column("bytes"))).as_py() or 0
-            cost += pc.sum(pc.if_else(present, 0.0, batch.column("cost_usd"))).as_py() or 0.0
-            if len(errors) < 5:
-                for msg in pc.filter(batch.column("error"), pc.invert(ok)).to_pylist()[: 5 - len(errors)]:
-                    errors.append(str(msg))
+    cols = ["status", "error", "already_present", "bytes", "cost_usd"]  # cost: this run's, not carried
+    for batch in iter_manifest_batches(objects.location.uri, objects.spec, cols):
+        status = batch.column("status")
+        ok = pc.equal(status, "ok")
+        counts["rows"] += batch.num_rows
+        counts["ok"] += pc.sum(ok).as_py() or 0
+        for name in ("error", "refused", "skipped"):
+            counts[name] += pc.sum(pc.equal(status, name)).as_py() or 0
+        present = pc.and_(ok, batch.column("already_present"))
+        counts["present"] += pc.sum(present).as_py() or 0
+        counts["bytes"] += pc.sum(pc.if_else(present, 0, batch.column("bytes"))).as_py() or 0
+        cost += pc.sum(pc.if_else(present, 0.0, batch.column("cost_usd"))).as_py() or 0.0
+        if len(errors) < 5:
+            for msg in pc.filter(batch.column("error"), pc.invert(ok)).to_pylist()[: 5 - len(errors)]:
+                errors.append(str(msg))
     return RunSummary(
         run_id=run_id,
         num_rows=counts["rows"],

@@ -50,13 +50,13 @@ class Tally:
         for name in STAGES:
             v = table.column(name).to_numpy(zero_copy_only=False).astype(np.float64)
             self.stages[name].append(v[np.isfinite(v) & (v > 0)])
-        ok = pc.fill_null(pc.and_(pc.equal(table.column("status"), "ok"), pc.not_equal(table.column("image_uri"), "")),
-                          False)
+        status_ok = pc.fill_null(pc.equal(table.column("status"), "ok"), False)
+        ok = pc.fill_null(pc.and_(status_ok, pc.not_equal(table.column("image_uri"), "")), False)
         # this run's generation only: images made by an earlier run carry their old timestamps
         made_now = pc.and_(ok, pc.invert(pc.fill_null(table.column("already_present"), False)))
         self.fresh_times.append(table.filter(made_now).column("generated_at").to_numpy(zero_copy_only=False))
         if len(self.problems) < NUM_PROBLEMS:
-            bad = table.filter(pc.invert(pc.fill_null(pc.equal(table.column("status"), "ok"), False)))
+            bad = table.filter(pc.invert(status_ok))
             self.problems += bad.slice(0, NUM_PROBLEMS - len(self.problems)).to_pylist()
         ok_rows = np.flatnonzero(ok.to_numpy(zero_copy_only=False))
         picks = [int(i) for n, i in enumerate(ok_rows) if (self.num_ok_seen + n) % self.step == 0]
@@ -78,18 +78,17 @@ def write_report(output_uri: str, store: StoreSpec) -> str:
     tally = Tally(step=max(1, num_ok // NUM_THUMBS))
     for batch in iter_manifest_batches(output_uri, store, COLUMNS):
         tally.add(batch)
-    thumbs = [(r, _thumb(objects, output_uri, r["image_uri"])) for r in tally.sample]
+    thumbs = [(r, _thumb(objects, r["image_uri"])) for r in tally.sample]
     # 3 the page
     objects.put("report.html", _page(tally, thumbs, output_uri).encode(), "text/html; charset=utf-8")
     return objects.uri_of("report.html")
 
 
-def _thumb(objects: ObjectStore, root: str, uri: str) -> str:
+def _thumb(objects: ObjectStore, uri: str) -> str:
     from PIL import Image
 
-    rel = uri[len(root.rstrip("/")) + 1 :] if uri.startswith(root.rstrip("/")) else uri
     try:
-        img = Image.open(io.BytesIO(objects.get(rel))).convert("RGB")
+        img = Image.open(io.BytesIO(objects.get(objects.rel_of(uri)))).convert("RGB")
     except Exception:  # noqa: BLE001 - a missing thumbnail must not break the report
         return ""
     img.thumbnail((THUMB_PX, THUMB_PX))

@@ -7,8 +7,9 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-FORMATS = ("png", "jpeg", "webp")
-CONTENT_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
+from actors.image_writer import CONTENT_TYPES
+
+FORMATS = tuple(CONTENT_TYPES)  # the encodings the image writer knows
 RESPONSES = ("image", "json")
 
 REQUEST_FIELDS = {

@@ -15,20 +15,19 @@ import numpy as np
 from ray import serve
 
 from actors import GENERATORS, PromptPreprocessor
-from actors.image_writer import encode_image
+from actors.image_writer import CONTENT_TYPES, encode_image
 from configs.job import JobConfig
 from configs.prep import PrepConfig
 from configs.serve import ServeConfig
 from pipelines.pools import serve_gateway_options, serve_generator_options
 from pipelines.serve_protocol import (
-    CONTENT_TYPES,
     RequestProblem,
     failure_status,
     image_entry,
     image_headers,
     parse_generate_request,
 )
-from pipelines.text_to_image import Stores, generator_kwargs, prep_config
+from pipelines.text_to_image import Stores, failure_line, generator_kwargs, prep_config
 
 if TYPE_CHECKING:
     from ray.serve import Application
@@ -180,7 +179,7 @@ class Gateway:
             raise RequestProblem(503, f"generator {name!r} is at its queue limit; retry later") from None
         except Exception as exc:  # noqa: BLE001 - a replica failure (quota, auth, crash): one line, no traceback
             logger.warning("generator %s failed: %s", name, exc)
-            raise RequestProblem(503, f"generator {name!r} failed: {_first_line(exc)}") from None
+            raise RequestProblem(503, f"generator {name!r} failed: {failure_line(exc)}") from None
         # 3 reply: the first failure, raw image bytes, or JSON with every image
         failed = [r for r in results if r["status"] != "generated"]
         if failed:
@@ -200,9 +199,3 @@ def _problem(status: int, message: str) -> Response:
 
 def _scalar(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    marked = [ln for ln in lines if any(m in ln for m in ("Exhausted", "Fatal", "Error:"))]
-    return (marked[-1] if marked else (lines[-1] if lines else type(exc).__name__))[:300]

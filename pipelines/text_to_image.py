@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fnmatch
 import logging
+import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -12,6 +13,7 @@ from pydantic import SecretStr
 from actors import GENERATORS, HOSTED_BACKENDS, ImageWriter, PromptPreprocessor
 from actors.clip_scorer import SCORERS
 from actors.escalator import Escalator
+from actors.image_writer import ABORT_MARKER
 from actors.storage import arrow_filesystem, parse_location
 from configs.generator import DiffusersConfig
 from configs.job import JobConfig
@@ -290,3 +292,15 @@ def _input_columns(cfg: JobConfig, schema: pa.Schema) -> list[str]:
 
 def _first_line(exc: BaseException) -> str:
     return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+def failure_line(exc: BaseException) -> str:
+    """The one line that explains a failed run or replica (Ray wraps actor errors in long tracebacks and hints)."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    for marker in (ABORT_MARKER, "QuotaExhausted:", "HostedFatal:"):
+        for line in lines:
+            if marker in line:
+                return line[line.index(marker):][:400]
+    errors = [ln for ln in lines if re.match(r"^[\w.]+(Error|Exception|Exhausted|Fatal)\b.*:", ln)]
+    last = errors[-1] if errors else (lines[-1] if lines else type(exc).__name__)
+    return f"{type(exc).__name__}: {last[:300]}"
