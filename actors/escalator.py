@@ -22,13 +22,32 @@ class Escalator:
         heavy: identity of the escalate generator (for its image keys).
     """
 
-    INPUT_COLUMNS = {"clip_score": "draft score", "status": "`generated` rows are candidates"}
+    INPUT_COLUMNS = {
+        "clip_score": "draft score",
+        "status": "`generated` rows are candidates",
+        "image": "the draft's pixels",
+        "image_key": "the draft's key",
+        "generator": "the draft's generator",
+        "model": "the draft's model",
+        "prompt": "for the heavy image's key",
+        "negative_prompt": "for the heavy image's key",
+        "seed": "for the heavy image's key",
+        "width": "for the heavy image's key",
+        "height": "for the heavy image's key",
+        "num_steps": "for the heavy image's key",
+        "guidance_scale": "for the heavy image's key",
+    }
     OUTPUT_COLUMNS = {
         "route": "draft | escalated",
         "draft_image": "pixels of the draft (escalated rows with keep_draft)",
         "draft_image_key": "key of the draft image",
         "draft_score": "score of the draft",
         "draft_generator": "generator that made the draft",
+        "status": "escalated rows become `pending` again",
+        "image_key": "escalated rows get the heavy image's key",
+        "generator": "escalated rows move to the heavy generator",
+        "model": "escalated rows move to the heavy model",
+        "image": "emptied for escalated rows",
     }
 
     def __init__(self, cfg: CascadeConfig, heavy_name: str, heavy: GeneratorIdentity) -> None:

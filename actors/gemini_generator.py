@@ -10,7 +10,13 @@ import numpy as np
 from pydantic import SecretStr
 
 from actors.batch_mode import poll
-from actors.generation import GENERATOR_OUTPUT_COLUMNS, Batch, Outcome, Request
+from actors.generation import (
+    GENERATOR_INPUT_COLUMNS,
+    GENERATOR_OUTPUT_COLUMNS,
+    Batch,
+    Outcome,
+    Request,
+)
 from actors.hosted import (
     Verdict,
     api_call,
@@ -78,8 +84,8 @@ class GeminiImageGenerator:
         api_key: resolved key (never logged).
     """
 
-    INPUT_COLUMNS = {"prompt": "text", "seed": "seed", "width": "pixels", "height": "pixels",
-                     "status": "only `pending` rows"}
+    CONFIG = GeminiImageConfig
+    INPUT_COLUMNS = GENERATOR_INPUT_COLUMNS
     OUTPUT_COLUMNS = GENERATOR_OUTPUT_COLUMNS
 
     def __init__(self, cfg: GeminiImageConfig, api_key: SecretStr, state_uri: str = "",

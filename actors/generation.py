@@ -17,6 +17,21 @@ logger = logging.getLogger(__name__)
 
 Batch = dict[str, np.ndarray]
 
+GENERATOR_INPUT_COLUMNS = {
+    "prompt": "prompt text",
+    "negative_prompt": "negative prompt",
+    "seed": "per-image seed",
+    "width": "pixels",
+    "height": "pixels",
+    "num_steps": "denoising steps",
+    "guidance_scale": "CFG scale",
+    "image_key": "content hash (hosted batch mode matches results by it)",
+    "status": "only `pending` rows are generated; the rest pass through",
+    "error": "passed through",
+    "enqueued_at": "for queue time",
+}
+"""What `run_generation` reads of every row (rows routed to other generators pass through unchanged)."""
+
 GENERATOR_OUTPUT_COLUMNS = {
     "image": "raw RGB pixels, uint8 HWC bytes (b'' when there is no image)",
     "queue_ms": "time from preprocessing to the start of generation",

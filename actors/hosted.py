@@ -207,9 +207,9 @@ def hosted_plumbing(provider: str, api_key: str, cfg: Any, state_uri: str, state
     from concurrent.futures import ThreadPoolExecutor
 
     from actors.batch_mode import BatchRunner
-    from actors.storage import ObjectStore
+    from actors.storage import open_store
 
     limiter = make_limiter(key_fingerprint(provider, api_key, cfg.model), cfg.limits)
     pool = ThreadPoolExecutor(max_workers=max(1, min(cfg.pool.batch_size, 32)))
-    batch = BatchRunner(provider, ObjectStore(state_uri, state_store), submit, collect) if cfg.batch_mode else None
+    batch = BatchRunner(provider, open_store(state_uri, state_store), submit, collect) if cfg.batch_mode else None
     return limiter, pool, batch

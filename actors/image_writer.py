@@ -10,14 +10,13 @@ from typing import Any
 
 import numpy as np
 
-from actors.keys import object_name
-from actors.storage import ObjectStore, explain_s3_error
+from actors.layout import image_rel
+from actors.storage import explain_s3_error, open_store
 from configs.writer import ImageWriterConfig
 
 Batch = dict[str, np.ndarray]
 
 CONTENT_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
-EXTENSIONS = {"png": "png", "jpeg": "jpg", "webp": "webp"}
 
 
 def encode_image(pixels: np.ndarray, fmt: str, quality: int, png_compress_level: int) -> bytes:
@@ -77,8 +76,7 @@ class ImageWriter:
 
     def __init__(self, cfg: ImageWriterConfig) -> None:
         self.cfg = cfg
-        self.store = ObjectStore(cfg.uri, cfg.store)
-        self.ext = EXTENSIONS[cfg.format]
+        self.store = open_store(cfg.uri, cfg.store)
         self.pool = ThreadPoolExecutor(max_workers=cfg.num_upload_threads)
         self.seen = 0
         self.failed = 0
@@ -119,7 +117,7 @@ class ImageWriter:
         for i in range(n):
             if status[i] == "cached":
                 status[i] = "ok"
-                cols["image_uri"][i] = self.store.uri_of(object_name(str(batch["image_key"][i]), self.ext))
+                cols["image_uri"][i] = self.store.uri_of(image_rel(str(batch["image_key"][i]), self.cfg.format))
                 cols["sha256"][i] = str(batch["prior_sha256"][i])
                 cols["bytes"][i] = int(batch["prior_bytes"][i])
                 cols["already_present"][i] = True
@@ -147,7 +145,7 @@ class ImageWriter:
             t1 = time.perf_counter()
         except (ValueError, OSError) as exc:
             return f"encode failed: {type(exc).__name__}: {exc}"
-        rel = object_name(str(batch[key_col][i]), self.ext)
+        rel = image_rel(str(batch[key_col][i]), self.cfg.format)
         try:
             written, stored_sha = self.store.put_if_absent(rel, data, CONTENT_TYPES[self.cfg.format], digest)
         except Exception as exc:  # noqa: BLE001 - after the client's own retries, a failed upload is the row's

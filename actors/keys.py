@@ -49,13 +49,6 @@ def derive_row_id(prompt: str) -> str:
     return "p-" + hashlib.sha256(prompt.encode("utf-8")).hexdigest()[:16]
 
 
-def object_name(key: str, ext: str) -> str:
-    """Relative object path of an image. Only hex and a fixed extension: user data can't escape the prefix."""
-    if len(key) != KEY_HEX_CHARS or any(c not in "0123456789abcdef" for c in key):
-        raise ValueError(f"image key must be {KEY_HEX_CHARS} lowercase hex chars, got {key!r}")
-    return f"images/{key[:2]}/{key}.{ext}"
-
-
 def shape_bucket(width: int, height: int, num_steps: int, guidance_scale: float) -> tuple[int, int, int, float]:
     """Rows with equal buckets can share one batched model call."""
     return (int(width), int(height), int(num_steps), round(float(guidance_scale), 6))

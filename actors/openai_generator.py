@@ -13,7 +13,13 @@ import numpy as np
 from pydantic import SecretStr
 
 from actors.batch_mode import poll
-from actors.generation import GENERATOR_OUTPUT_COLUMNS, Batch, Outcome, Request
+from actors.generation import (
+    GENERATOR_INPUT_COLUMNS,
+    GENERATOR_OUTPUT_COLUMNS,
+    Batch,
+    Outcome,
+    Request,
+)
 from actors.hosted import (
     Verdict,
     api_call,
@@ -66,7 +72,8 @@ class OpenAIImageGenerator:
         api_key: resolved key (never logged).
     """
 
-    INPUT_COLUMNS = {"prompt": "text", "width": "pixels", "height": "pixels", "status": "only `pending` rows"}
+    CONFIG = OpenAIImagesConfig
+    INPUT_COLUMNS = GENERATOR_INPUT_COLUMNS
     OUTPUT_COLUMNS = GENERATOR_OUTPUT_COLUMNS
 
     def __init__(self, cfg: OpenAIImagesConfig, api_key: SecretStr, state_uri: str = "",

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import math
 import time
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from actors.keys import derive_row_id, derive_seed, image_key
-from actors.resume_index import CARRIED, ResumeIndex, load_index
-from actors.storage import ObjectStore
+from actors.manifest_schema import CARRIED, empty_value
+from actors.resume_index import ResumeIndex, load_index
+from actors.storage import open_store
 from configs.prep import PrepConfig
 
 if TYPE_CHECKING:
@@ -18,15 +20,6 @@ if TYPE_CHECKING:
 
 Batch = dict[str, np.ndarray]
 MAX_SIDE = 8192
-OPS = {
-    "<": lambda a, b: a < b,
-    "<=": lambda a, b: a <= b,
-    "==": lambda a, b: a == b,
-    "!=": lambda a, b: a != b,
-    ">=": lambda a, b: a >= b,
-    ">": lambda a, b: a > b,
-}
-
 # Optional per-row override columns and the python type each must convert to.
 OVERRIDE_COLUMNS = {
     "seed": int,
@@ -73,7 +66,7 @@ class PromptPreprocessor:
         self.spent_usd = 0.0  # estimated spend of the rows scheduled so far (one preprocessor actor per run)
         self.prior = ResumeIndex()
         if cfg.resume is not None and cfg.resume.skip_existing:
-            self.prior = load_index(ObjectStore(cfg.resume.output_uri, cfg.resume.store))
+            self.prior = load_index(open_store(cfg.resume.output_uri, cfg.resume.store))
 
     def __call__(self, batch: pa.Table) -> Batch:
         # 1 read the columns once
@@ -82,15 +75,16 @@ class PromptPreprocessor:
         prompts = cols.get(self.cfg.prompt_column, [None] * n)
         ids = cols.get(self.cfg.id_column, [None] * n)
         negs = cols.get(self.cfg.negative_prompt_column, [None] * n)
-        routes = cols.get(self.cfg.routing_column, [None] * n) if self.cfg.routing_mode == "column" else [None] * n
-        targets = self.cfg.fanout if self.cfg.routing_mode == "fanout" else [None]
-        # 2 one output row per requested image (or one error row per bad input row)
+        column = self.cfg.routing.column_read
+        routes = cols.get(column, [None] * n) if column else [None] * n
+        # 2 one output row per requested image (or one error row per bad input row); fan-out modes send the
+        #   same request to several generators
         out: list[dict[str, Any]] = []
         now = time.time()
         for i in range(n):
             overrides = {c: cols[c][i] for c in OVERRIDE_COLUMNS if c in cols}
-            for target in targets:  # fan-out: the same request once per listed generator
-                route = target or self._route(routes[i], prompts[i], overrides)
+            facts = partial(self._facts, prompts[i], overrides)
+            for route in self.cfg.routing.choose(routes[i], facts):
                 out.extend(self._expand(prompts[i], ids[i], negs[i], route, overrides, now))
         # 3 neighbours share a shape bucket, so downstream GPU batches are mostly homogeneous (a local,
         #   streaming sort: no all-to-all shuffle of the whole table)
@@ -98,29 +92,19 @@ class PromptPreprocessor:
         # 4 columnar, fixed dtypes so every batch has the same schema
         return _to_batch(out)
 
-    def _route(self, column_value: Any, prompt: Any, overrides: dict[str, Any]) -> Any:
-        """Generator name for one row (column and rules modes; others use the default)."""
-        if self.cfg.routing_mode == "column":
-            return column_value
-        if self.cfg.routing_mode != "rules":
-            return None
+    def _facts(self, prompt: Any, overrides: dict[str, Any]) -> dict[str, float]:
+        """What routing rules test, with the default generator's defaults filled in (raises ValueError)."""
         d = self.cfg.generators[self.cfg.default_generator].defaults
-        try:
-            values = {
-                "width": _convert("width", overrides.get("width") or d.width),
-                "height": _convert("height", overrides.get("height") or d.height),
-                "num_steps": _convert("num_steps", overrides.get("num_steps") or d.num_steps),
-                "guidance_scale": float(overrides.get("guidance_scale") or d.guidance_scale),
-                "num_images": _convert("num_images", overrides.get("num_images") or 1),
-                "prompt_chars": len(prompt) if isinstance(prompt, str) else 0,
-            }
-        except ValueError:
-            return None  # the row is invalid anyway; _expand reports it
+        values = {
+            "width": _convert("width", overrides.get("width") or d.width),
+            "height": _convert("height", overrides.get("height") or d.height),
+            "num_steps": _convert("num_steps", overrides.get("num_steps") or d.num_steps),
+            "guidance_scale": float(overrides.get("guidance_scale") or d.guidance_scale),
+            "num_images": _convert("num_images", overrides.get("num_images") or 1),
+            "prompt_chars": len(prompt) if isinstance(prompt, str) else 0,
+        }
         values["pixels"] = values["width"] * values["height"]
-        for rule in self.cfg.rules:
-            if OPS[rule.op](values[rule.field], rule.value):
-                return rule.generator
-        return None
+        return values
 
     def _expand(
         self, prompt: Any, row_id: Any, neg: Any, route: Any, overrides: dict[str, Any], now: float
@@ -240,10 +224,9 @@ def _convert(name: str, value: Any) -> Any:
     return float(value)
 
 
-# a row without an earlier result: floats NaN (null in the manifest), strings empty
-NO_PRIOR: dict[str, Any] = {"prior_sha256": "", "prior_bytes": 0, **{
-    f"prior_{c}": "" if c in ("route", "draft_image_key", "draft_image_uri", "draft_generator") else math.nan
-    for c in CARRIED}}
+# a row without an earlier result: each prior_ column holds its manifest column's empty value (floats NaN, null
+# in the manifest; strings empty; integers 0)
+NO_PRIOR: dict[str, Any] = {f"prior_{c}": empty_value(c) for c in ("sha256", "bytes", *CARRIED)}
 
 _DTYPES = {
     "image_index": np.int32,

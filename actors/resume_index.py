@@ -10,17 +10,15 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+from actors.layout import IMAGES_DIR, MANIFEST_DIR, key_of_image
+from actors.manifest_schema import CARRIED
 from actors.storage import ObjectStore, arrow_filesystem
 
 logger = logging.getLogger(__name__)
 
-MANIFEST_PREFIX = "manifest/"
-
-
-# What a manifest row says about how its image was made; a cached row carries these forward so a resumed run's
-# manifest still describes every image fully (scores, routes, timings, cost), not just the ones made this run.
-CARRIED = ("clip_score", "route", "draft_image_key", "draft_image_uri", "draft_score", "draft_generator",
-           "generate_ms", "cost_usd", "generated_at")
+# CARRIED (declared in manifest_schema) is what a manifest row says about how its image was made; a cached row
+# carries it forward so a resumed run's manifest still describes every image fully (scores, routes, timings,
+# cost), not just the ones made this run.
 READ = ("image_key", "status", "sha256", "bytes", "error", "generator", "model", *CARRIED)
 
 
@@ -83,11 +81,10 @@ def load_index(store: ObjectStore) -> ResumeIndex:
 
     # 1 every image object present (one streamed listing)
     present = set()
-    for rel, _ in store.list("images/"):
-        name = rel.rsplit("/", 1)[-1]
-        present.add(name.split(".", 1)[0])
+    for rel, _ in store.list(f"{IMAGES_DIR}/"):
+        present.add(key_of_image(rel))
     # 2 manifest rows from committed parts and from runs that were interrupted before committing
-    parts = [rel for rel, _ in store.list(MANIFEST_PREFIX) if rel.endswith(".parquet")]
+    parts = [rel for rel, _ in store.list(f"{MANIFEST_DIR}/") if rel.endswith(".parquet")]
     if not parts:
         return ResumeIndex()
     fs, root = arrow_filesystem(store.location.uri, store.spec)

@@ -12,23 +12,15 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
-from actors.storage import ObjectStore
+from actors.layout import shard_rel
+from actors.manifest_schema import SHARD_FIELDS
+from actors.storage import open_store
 from configs.writer import ShardWriterConfig
 
 if TYPE_CHECKING:
     import pyarrow as pa
 
-SHARD_DIR = "webdataset"
 NUM_FETCH_THREADS = 8  # image reads are I/O-bound
-# what a sample's JSON records: what the image is and how it was made (not run timings, which change on reruns)
-SAMPLE_FIELDS = ("id", "image_index", "image_key", "prompt", "negative_prompt", "generator", "model", "seed",
-                 "width", "height", "num_steps", "guidance_scale", "sha256", "bytes", "clip_score", "route",
-                 "draft_score", "draft_generator")
-
-
-def shard_name(run_id: str, index: int) -> str:
-    """Relative path of one shard of an export."""
-    return f"{SHARD_DIR}/{run_id}/shard-{index:06d}.tar"
 
 
 def shard_of(image_key: str, num_shards: int) -> int:
@@ -38,7 +30,7 @@ def shard_of(image_key: str, num_shards: int) -> int:
 
 class ShardWriter:
     """Writes one tar per group of manifest rows: `<image_key>.<ext>` (the stored bytes, not re-encoded)
-    and `<image_key>.json` (SAMPLE_FIELDS of the manifest row) per sample, in key order.
+    and `<image_key>.json` (the manifest row's SHARD_FIELDS) per sample, in key order.
 
     Args:
         cfg: this stage's slice (output root, store, shard count, export id).
@@ -50,7 +42,7 @@ class ShardWriter:
 
     def __init__(self, cfg: ShardWriterConfig) -> None:
         self.cfg = cfg
-        self.store = ObjectStore(cfg.uri, cfg.store)
+        self.store = open_store(cfg.uri, cfg.store)
 
     def __call__(self, group: pa.Table) -> pa.Table:
         import pyarrow as pa
@@ -68,12 +60,12 @@ class ShardWriter:
             with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
                 for row, data in zip(rows, images, strict=True):
                     ext = row["image_uri"].rsplit(".", 1)[-1]
-                    meta = {k: _jsonable(row.get(k)) for k in SAMPLE_FIELDS}
+                    meta = {k: _jsonable(row.get(k)) for k in SHARD_FIELDS}
                     _add(tar, f"{row['image_key']}.{ext}", data)
                     _add(tar, f"{row['image_key']}.json", json.dumps(meta, sort_keys=True).encode())
             size = os.path.getsize(tmp)
             digest = _file_sha256(tmp)
-            path = shard_name(self.cfg.run_id, shard)
+            path = shard_rel(self.cfg.run_id, shard)
             self.store.put_file(path, tmp, "application/x-tar")
         finally:
             os.unlink(tmp)

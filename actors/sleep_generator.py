@@ -7,7 +7,13 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from actors.generation import GENERATOR_OUTPUT_COLUMNS, Batch, Request, run_generation
+from actors.generation import (
+    GENERATOR_INPUT_COLUMNS,
+    GENERATOR_OUTPUT_COLUMNS,
+    Batch,
+    Request,
+    run_generation,
+)
 from configs.generator import SleepConfig
 
 
@@ -21,7 +27,8 @@ class SleepGenerator:
         cfg: this generator's config slice.
     """
 
-    INPUT_COLUMNS = {"prompt": "prompt text", "seed": "per-image seed", "status": "only `pending` rows run"}
+    CONFIG = SleepConfig
+    INPUT_COLUMNS = GENERATOR_INPUT_COLUMNS
     OUTPUT_COLUMNS = GENERATOR_OUTPUT_COLUMNS
 
     def __init__(self, cfg: SleepConfig) -> None:

@@ -1,11 +1,8 @@
-"""Object-store access shared by the writer, the manifest commit and pre-flight checks.
-
-Two implementations with one interface: a local folder and an S3 bucket (boto3, conditional writes).
-Heavy clients are created lazily so importing this module stays cheap.
-"""
+"""Object stores (the ObjectStore interface, LocalStore, `open_store`) and the storage helpers every stage uses."""
 
 from __future__ import annotations
 
+import abc
 import hashlib
 import logging
 import os
@@ -23,6 +20,8 @@ from configs.storage import S3Config, StoreSpec
 if TYPE_CHECKING:
     import pyarrow.fs
 
+# S3Store (a bucket: boto3, conditional writes) lives in actors/s3_store.py; boto3 and pyarrow.fs are imported
+# lazily so importing this module stays cheap.
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
@@ -191,24 +190,26 @@ def with_retries(fn: Callable[[], T], budget_s: float, what: str) -> T:
             delay = min(delay * 2, 5.0)
 
 
-class ObjectStore:
-    """Write-once object access under one prefix (local folder or S3). S3 calls ride out outages."""
+PROBE_DIR = "_probe"  # check_writable's throwaway object, removed right after
+
+
+class ObjectStore(abc.ABC):
+    """Object access under one prefix; `open_store` picks the implementation (LocalStore or S3Store).
+
+    Paths are relative to the prefix (`uri_of`/`rel_of` convert). Images go through `put_if_absent`, which
+    never overwrites (write-once); records and reports go through `put`, which may.
+
+    Args:
+        uri: the prefix (`s3://bucket/prefix`, a local folder, or `file://folder`).
+        spec: resolved connection (credentials, endpoint, retry budget; `kind="local"` for folders).
+    """
 
     def __init__(self, uri: str, spec: StoreSpec) -> None:
         self.location = parse_location(uri)
         self.spec = spec
-        self._client: Any = None
-
-    @property
-    def client(self) -> Any:
-        if self._client is None:
-            self._client = s3_client(self.spec)
-        return self._client
-
-    def _s3(self, fn: Callable[[], T], what: str) -> T:
-        return with_retries(fn, self.spec.retry_budget_s, what)
 
     def uri_of(self, rel: str) -> str:
+        """The URI of a relative path under this store."""
         return self.location.join(rel)
 
     def rel_of(self, uri: str) -> str:
@@ -218,38 +219,87 @@ class ObjectStore:
             raise ValueError(f"{uri} is not under {root}")
         return uri[len(root):]
 
-    def _key(self, rel: str) -> str:
-        return f"{self.location.prefix}/{rel}".lstrip("/")
-
     # -- writes -------------------------------------------------------------------------------------
+    @abc.abstractmethod
     def put_if_absent(self, rel: str, data: bytes, content_type: str, sha256: str) -> tuple[bool, str]:
-        """Write `data` unless the object exists. Returns (written, sha256 of the stored object)."""
-        if self.location.kind == "local":
-            return self._local_put_if_absent(rel, data, sha256)
-        from botocore.exceptions import ClientError
+        """Write `data` unless the object exists (write-once, also against racing writers).
 
-        try:
-            self._s3(
-                lambda: self.client.put_object(
-                    Bucket=self.location.bucket,
-                    Key=self._key(rel),
-                    Body=data,
-                    ContentType=content_type,
-                    IfNoneMatch="*",
-                    Metadata={"sha256": sha256},
-                ),
-                f"put {rel}",
-            )
-            return True, sha256
-        except ClientError as exc:
-            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-            if status != 412:
-                raise
-        # A previous attempt (or a racing writer) stored it first: the stored object wins.
-        return False, self.stored_sha256(rel)
+        Args:
+            rel: relative path.
+            data: the bytes.
+            content_type: MIME type recorded with the object (where the store keeps one).
+            sha256: hex digest of `data`, kept with the object so a later check needn't read it.
 
-    def _local_put_if_absent(self, rel: str, data: bytes, sha256: str) -> tuple[bool, str]:
-        final = Path(self.location.prefix, rel)
+        Returns:
+            (written, sha256 of the stored object): the stored object wins when it already existed.
+        """
+
+    @abc.abstractmethod
+    def put(self, rel: str, data: bytes, content_type: str = "application/octet-stream") -> None:
+        """Overwrite-allowed write (run.json, reports, batch records)."""
+
+    @abc.abstractmethod
+    def put_file(self, rel: str, path: str, content_type: str = "application/octet-stream") -> None:
+        """Overwrite-allowed upload of a local file (shards can be GBs: never read into memory)."""
+
+    # -- reads --------------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def get(self, rel: str) -> bytes:
+        """The bytes of a stored object."""
+
+    def stored_sha256(self, rel: str) -> str:
+        """sha256 of a stored object, by reading it (stores that keep it in metadata answer from there)."""
+        return hashlib.sha256(self.get(rel)).hexdigest()
+
+    @abc.abstractmethod
+    def exists(self, rel: str) -> bool:
+        """Whether an object exists at `rel`."""
+
+    @abc.abstractmethod
+    def list(self, rel_prefix: str) -> Iterator[tuple[str, int]]:
+        """(relative name, size) of every object under `rel_prefix`, streamed page by page."""
+
+    # -- deletes and copies -------------------------------------------------------------------------
+    @abc.abstractmethod
+    def delete_prefix(self, rel_prefix: str) -> None:
+        """Remove everything under `rel_prefix/` (directory markers included)."""
+
+    @abc.abstractmethod
+    def delete(self, rel: str) -> None:
+        """Remove one object (no error when it is absent)."""
+
+    @abc.abstractmethod
+    def copy(self, src_rel: str, dst_rel: str) -> None:
+        """Copy an object within the store, replacing `dst_rel` atomically."""
+
+    # -- checks -------------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def check_writable(self) -> None:
+        """Fail fast with a StorageError saying what to fix if the location can't be written (pre-flight)."""
+
+    @staticmethod
+    def _probe_rel() -> str:
+        return f"{PROBE_DIR}/{uuid.uuid4().hex}"
+
+
+class LocalStore(ObjectStore):
+    """A local folder: write-once by an atomic hard link, overwrites by an atomic rename.
+
+    Args:
+        uri: the folder (optionally `file://`).
+        spec: resolved connection (unused by local folders; kept so callers needn't care).
+    """
+
+    def __init__(self, uri: str, spec: StoreSpec) -> None:
+        super().__init__(uri, spec)
+        if self.location.kind != "local":
+            raise ValueError(f"{uri} is not a local folder; open_store picks the store for a URI")
+
+    def _path(self, rel: str) -> Path:
+        return Path(self.location.prefix, rel)
+
+    def put_if_absent(self, rel: str, data: bytes, content_type: str, sha256: str) -> tuple[bool, str]:
+        final = self._path(rel)
         final.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=".tmp-")
         try:
@@ -263,136 +313,69 @@ class ObjectStore:
             os.unlink(tmp)
 
     def put(self, rel: str, data: bytes, content_type: str = "application/octet-stream") -> None:
-        """Overwrite-allowed write (run.json, reports)."""
-        if self.location.kind == "local":
-            final = Path(self.location.prefix, rel)
-            final.parent.mkdir(parents=True, exist_ok=True)
-            tmp = final.with_name(f".tmp-{uuid.uuid4().hex}")
-            tmp.write_bytes(data)
-            tmp.replace(final)
-            return
-        self._s3(
-            lambda: self.client.put_object(
-                Bucket=self.location.bucket, Key=self._key(rel), Body=data, ContentType=content_type
-            ),
-            f"put {rel}",
-        )
+        final = self._path(rel)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = final.with_name(f".tmp-{uuid.uuid4().hex}")
+        tmp.write_bytes(data)
+        tmp.replace(final)
 
     def put_file(self, rel: str, path: str, content_type: str = "application/octet-stream") -> None:
-        """Overwrite-allowed upload of a local file (multipart on S3: shards can be GBs)."""
-        if self.location.kind == "local":
-            final = Path(self.location.prefix, rel)
-            final.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(path, final)
-            return
-        self._s3(lambda: self.client.upload_file(path, self.location.bucket, self._key(rel),
-                                                 ExtraArgs={"ContentType": content_type}), f"upload {rel}")
+        final = self._path(rel)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, final)
 
-    # -- reads --------------------------------------------------------------------------------------
     def get(self, rel: str) -> bytes:
-        if self.location.kind == "local":
-            return Path(self.location.prefix, rel).read_bytes()
-        return self._s3(
-            lambda: bytes(self.client.get_object(Bucket=self.location.bucket, Key=self._key(rel))["Body"].read()),
-            f"get {rel}",
-        )
-
-    def stored_sha256(self, rel: str) -> str:
-        """sha256 of a stored object: from its metadata when we wrote it, else by reading it."""
-        if self.location.kind == "s3":
-            head = self._s3(lambda: self.client.head_object(Bucket=self.location.bucket, Key=self._key(rel)), rel)
-            if head.get("Metadata", {}).get("sha256"):
-                return str(head["Metadata"]["sha256"])
-        return hashlib.sha256(self.get(rel)).hexdigest()
+        return self._path(rel).read_bytes()
 
     def exists(self, rel: str) -> bool:
-        if self.location.kind == "local":
-            return Path(self.location.prefix, rel).exists()
-        from botocore.exceptions import ClientError
-
-        try:
-            self.client.head_object(Bucket=self.location.bucket, Key=self._key(rel))
-            return True
-        except ClientError as exc:
-            if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404:
-                return False
-            raise
+        return self._path(rel).exists()
 
     def list(self, rel_prefix: str) -> Iterator[tuple[str, int]]:
-        """(relative name, size) of every object under `rel_prefix`, streamed page by page."""
-        if self.location.kind == "local":
-            root = Path(self.location.prefix)
-            base = root / rel_prefix
-            if not base.exists():
-                return
-            for dirpath, _, files in os.walk(base):
-                for name in files:
-                    if name.startswith(".tmp-"):
-                        continue
-                    full = Path(dirpath, name)
-                    yield str(full.relative_to(root)), full.stat().st_size
+        root = Path(self.location.prefix)
+        base = root / rel_prefix
+        if not base.exists():
             return
-        paginator = self.client.get_paginator("list_objects_v2")
-        strip = len(self.location.prefix) + 1 if self.location.prefix else 0
-        for page in paginator.paginate(Bucket=self.location.bucket, Prefix=self._key(rel_prefix)):
-            for obj in page.get("Contents", []):
-                if not obj["Key"].endswith("/"):  # directory markers some writers leave behind
-                    yield obj["Key"][strip:], int(obj["Size"])
+        for dirpath, _, files in os.walk(base):
+            for name in files:
+                if name.startswith(".tmp-"):  # a write in progress (or one that died): not an object
+                    continue
+                full = Path(dirpath, name)
+                yield str(full.relative_to(root)), full.stat().st_size
 
     def delete_prefix(self, rel_prefix: str) -> None:
-        """Remove everything under `rel_prefix/` (directory markers included)."""
-        if self.location.kind == "local":
-            shutil.rmtree(Path(self.location.prefix, rel_prefix), ignore_errors=True)
-            return
-        paginator = self.client.get_paginator("list_objects_v2")
-        prefix = self._key(rel_prefix.rstrip("/") + "/")
-        for page in paginator.paginate(Bucket=self.location.bucket, Prefix=prefix):
-            keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
-            if keys:
-                batch: list[dict[str, Any]] = keys
-                self._s3(lambda batch=batch: self.client.delete_objects(  # type: ignore[misc]
-                    Bucket=self.location.bucket, Delete={"Objects": batch, "Quiet": True}), f"delete {rel_prefix}")
-        self._s3(lambda: self.client.delete_object(Bucket=self.location.bucket, Key=prefix), f"delete {rel_prefix}")
+        shutil.rmtree(self._path(rel_prefix), ignore_errors=True)
 
     def delete(self, rel: str) -> None:
-        if self.location.kind == "local":
-            Path(self.location.prefix, rel).unlink(missing_ok=True)
-            return
-        self._s3(lambda: self.client.delete_object(Bucket=self.location.bucket, Key=self._key(rel)), f"delete {rel}")
+        self._path(rel).unlink(missing_ok=True)
 
     def copy(self, src_rel: str, dst_rel: str) -> None:
-        if self.location.kind == "local":
-            src, dst = Path(self.location.prefix, src_rel), Path(self.location.prefix, dst_rel)
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            tmp = dst.with_name(f".tmp-{uuid.uuid4().hex}")
-            tmp.write_bytes(src.read_bytes())
-            tmp.replace(dst)
-            return
-        self._s3(
-            lambda: self.client.copy_object(
-                Bucket=self.location.bucket,
-                Key=self._key(dst_rel),
-                CopySource={"Bucket": self.location.bucket, "Key": self._key(src_rel)},
-            ),
-            f"copy {src_rel}",
-        )
+        src, dst = self._path(src_rel), self._path(dst_rel)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dst.with_name(f".tmp-{uuid.uuid4().hex}")
+        tmp.write_bytes(src.read_bytes())
+        tmp.replace(dst)
 
-    # -- checks -------------------------------------------------------------------------------------
     def check_writable(self) -> None:
-        """Fail fast with a clear message if the location can't be written (pre-flight, dry-run)."""
-        probe = f"_probe/{uuid.uuid4().hex}"
-        if self.location.kind == "local":
-            try:
-                self.put(probe, b"ok")
-                self.delete(probe)
-            except OSError as exc:
-                raise StorageError(f"cannot write to {self.location.uri}: {exc.strerror}") from None
-            return
-        from botocore.exceptions import BotoCoreError, ClientError
+        probe = self._probe_rel()
+        try:
+            self.put(probe, b"ok")
+            self.delete(probe)
+        except OSError as exc:
+            raise StorageError(f"cannot write to {self.location.uri}: {exc.strerror}") from None
 
-        try:  # direct calls: a pre-flight check should fail fast, not ride out an outage
-            self.client.list_objects_v2(Bucket=self.location.bucket, MaxKeys=1)  # errors carry a code (HEAD has none)
-            self.client.put_object(Bucket=self.location.bucket, Key=self._key(probe), Body=b"ok")
-            self.client.delete_object(Bucket=self.location.bucket, Key=self._key(probe))
-        except (ClientError, BotoCoreError) as exc:
-            raise StorageError(explain_s3_error(exc, self.location.uri)) from None
+
+def open_store(uri: str, spec: StoreSpec) -> ObjectStore:
+    """The store for a URI: an S3Store for `s3://bucket/prefix`, else a LocalStore for the folder.
+
+    Args:
+        uri: where the objects live.
+        spec: resolved connection (`resolve_store_spec`).
+
+    Returns:
+        An ObjectStore rooted at `uri`.
+    """
+    if parse_location(uri).kind == "local":
+        return LocalStore(uri, spec)
+    from actors.s3_store import S3Store  # s3_store imports this module: importing it at the top would be circular
+
+    return S3Store(uri, spec)

@@ -9,13 +9,13 @@ import time
 import numpy as np
 
 from actors.image_writer import encode_image
-from actors.storage import ObjectStore
+from actors.storage import open_store
 from configs.storage import StoreSpec
 
 
 class NaiveGenerateAndUpload:
     def __init__(self, uri: str, store: StoreSpec, base_latency_s: float, per_image_s: float) -> None:
-        self.store = ObjectStore(uri, store)
+        self.store = open_store(uri, store)
         self.latency = base_latency_s + per_image_s  # one image per call
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

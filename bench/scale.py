@@ -52,11 +52,11 @@ def one(rows: int) -> dict[str, Any]:
     wall = time.time() - t0
     assert proc.returncode == 0, f"scale run {rows} failed"
     from actors.resume_index import load_index
-    from actors.storage import ObjectStore
+    from actors.storage import open_store
     from configs.storage import StoreSpec
 
     with Timer() as scan:
-        index = load_index(ObjectStore(str(base / "out"), StoreSpec(kind="local")))
+        index = load_index(open_store(str(base / "out"), StoreSpec(kind="local")))
     assert len(index) == rows
     shutil.rmtree(base / "out", ignore_errors=True)
     return {"rows": rows, "wall_s": round(wall, 1), "driver_peak_rss_mb": round(peak / 2**20, 1),

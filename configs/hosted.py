@@ -5,7 +5,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from configs.base import StrictModel
-from configs.generator import CostConfig, GenerationDefaults, PoolConfig
+from configs.generator_base import CostConfig, GenerationDefaults, GeneratorBase, Needs, PoolConfig
 
 
 class RateLimits(StrictModel):
@@ -38,13 +38,11 @@ class TokenPrices(StrictModel):
     """Text and thinking tokens in the answer."""
 
 
-class HostedCommon(StrictModel):
+class HostedCommon(GeneratorBase):
     """Fields every hosted backend shares (key handling, limits, batch mode, pool, defaults)."""
 
-    revision: str = ""
-    """Snapshot label recorded with the model (part of the image key)."""
-    scheduler: str = ""
-    """Unused; kept so every backend has the same key fields."""
+    api_key_env: str
+    """Environment variable with the API key (each backend has its own default)."""
     api_key_file: str = ""
     """File holding the key (wins over the env var)."""
     limits: RateLimits = RateLimits()
@@ -62,6 +60,14 @@ class HostedCommon(StrictModel):
     """Defaults for rows that don't set them."""
     cost: CostConfig = CostConfig()
     """Flat fallback price per image when the response has no usage."""
+
+    def needs(self) -> Needs:
+        """An API key always; a state store (batch ids next to the outputs) in batch mode."""
+        return Needs(api_key_env=self.api_key_env, api_key_file=self.api_key_file, state_store=self.batch_mode)
+
+    def online(self) -> "HostedCommon":
+        """Online requests are answered directly: Batch API mode is off when serving."""
+        return self.model_copy(update={"batch_mode": False})
 
 
 class OpenAIImagesConfig(HostedCommon):

@@ -5,7 +5,7 @@ from pydantic import Field, model_validator
 from configs.base import StrictModel
 from configs.cluster import ClusterConfig
 from configs.generator import GeneratorConfig
-from configs.routing import RoutingConfig
+from configs.routing import RoutingConfig, SingleRouting
 from configs.scorer import ScorerConfig
 from configs.serve import ServeConfig
 from configs.source import SourceConfig
@@ -36,7 +36,7 @@ class JobConfig(StrictModel):
     """Prompt table."""
     generators: dict[str, GeneratorConfig]
     """Named generators, each with its own backend and actor pool."""
-    routing: RoutingConfig = RoutingConfig()
+    routing: RoutingConfig = SingleRouting()
     """Row → generator assignment."""
     output: OutputConfig
     """Images + manifest destination."""
@@ -67,18 +67,13 @@ class JobConfig(StrictModel):
                 raise ValueError(
                     f"routing refers to generator {target!r}, which is not configured; choose from {names}"
                 )
-        needs_default = self.routing.mode in ("single", "column", "rules")
-        if needs_default and not self.routing.default and len(names) > 1:
+        if self.routing.needs_default and not self.routing.default and len(names) > 1:
             raise ValueError(f"several generators configured ({names}): set routing.default to one of them")
-        if self.routing.mode == "cascade" and self.scorer is None:
-            raise ValueError("routing.mode=cascade scores drafts: configure a `scorer`")
+        if self.routing.needs_scorer and self.scorer is None:
+            raise ValueError(f"routing.mode={self.routing.mode} scores drafts: configure a `scorer`")
         return self
 
     @property
     def default_generator(self) -> str:
         """The generator rows go to when nothing else decides."""
-        if self.routing.mode == "cascade" and self.routing.cascade is not None:
-            return self.routing.cascade.draft
-        if self.routing.mode == "fanout":
-            return self.routing.fanout[0]
-        return self.routing.default or next(iter(self.generators))
+        return self.routing.default_generator(list(self.generators))

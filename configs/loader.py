@@ -1,15 +1,15 @@
 """load_config: YAML file + `--set key=value` overrides → a validated, frozen JobConfig."""
 
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ValidationError
 
 from configs.job import JobConfig
 
-# discriminator values pydantic inserts into error locations
-BACKEND_TAGS = ("diffusers", "sleep", "openai", "gemini", "clip", "rule")
+# fields whose Literal default tags a variant of a discriminated union (pydantic puts the tag in error locations)
+TAG_FIELDS = ("backend", "mode")
 
 
 class ConfigError(ValueError):
@@ -68,47 +68,70 @@ def _apply_override(raw: dict[str, Any], item: str) -> None:
 def _explain(exc: ValidationError, raw: dict[str, Any]) -> str:
     lines = []
     for err in exc.errors():
-        loc = [p for p in err["loc"] if not (isinstance(p, str) and p in BACKEND_TAGS)]
-        where = ".".join(str(p) for p in loc) or "(top level)"
+        model, shown = _walk(list(err["loc"]))
+        where = ".".join(shown) or "(top level)"
         if err["type"] == "extra_forbidden":
-            valid = _valid_keys(list(err["loc"][:-1]), raw)
+            parent, _ = _walk(list(err["loc"][:-1]))
+            valid = sorted(parent.model_fields) if _is_model(parent) else []
             lines.append(f"  unknown key {where!r}; valid keys here: {', '.join(valid)}")
         else:
             lines.append(f"  {where}: {err['msg']} (got {_short(err.get('input'))})")
     return "\n".join(lines)
 
 
-def _valid_keys(loc: list[Any], raw: dict[str, Any]) -> list[str]:
-    """Walk the JobConfig model along `loc` and list the field names accepted there."""
-    from configs.generator import DiffusersConfig, SleepConfig
-    from configs.hosted import GeminiImageConfig, OpenAIImagesConfig
-
-    model: Any = JobConfig
-    node: Any = raw
+def _walk(loc: list[Any]) -> tuple[Any, list[str]]:
+    """Follow an error location through JobConfig: the model (or annotation) reached, and the location as the
+    user wrote it (the union tags pydantic inserts, e.g. a generator's backend, left out)."""
+    node: Any = JobConfig
+    shown: list[str] = []
     for part in loc:
-        node = node.get(part) if isinstance(node, dict) else None
-        if isinstance(part, str) and part in BACKEND_TAGS:
-            model = {"diffusers": DiffusersConfig, "sleep": SleepConfig, "openai": OpenAIImagesConfig,
-                     "gemini": GeminiImageConfig}.get(part, model)
-            continue
-        field = model.model_fields.get(part) if isinstance(model, type) and issubclass(model, BaseModel) else None
-        if field is None:
-            continue  # a dict key (generator name): the value model comes next
-        model = _model_of(field.annotation)
-    if isinstance(model, type) and issubclass(model, BaseModel):
-        return sorted(model.model_fields)
-    return []
+        if _is_model(node) and part in node.model_fields:
+            node = node.model_fields[part].annotation
+        else:
+            variant = _variants(node).get(part) if isinstance(part, str) else None
+            if variant is not None:
+                node = variant
+                continue  # a tag, not a key the user wrote
+            node = _value_type(node)  # a dict key (generator name) or list index: the value type comes next
+        shown.append(str(part))
+    if not _is_model(node):
+        members = list(_variants(node).values())
+        node = members[0] if len(members) == 1 else node
+    return node, shown
 
 
-def _model_of(annotation: Any) -> Any:
-    args = getattr(annotation, "__args__", ())
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    for arg in reversed(args):  # dict[str, X] → X
-        found = _model_of(arg)
-        if found is not None:
-            return found
-    return None
+def _is_model(node: Any) -> bool:
+    return isinstance(node, type) and issubclass(node, BaseModel)
+
+
+def _members(annotation: Any) -> list[type[BaseModel]]:
+    """The model classes inside an annotation (unions, Optional, Annotated, nested)."""
+    if _is_model(annotation):
+        return [annotation]
+    found: list[type[BaseModel]] = []
+    for arg in get_args(annotation):
+        found += _members(arg)
+    return found
+
+
+def _variants(annotation: Any) -> dict[str, type[BaseModel]]:
+    """Tag → variant for a discriminated union annotation ({} for anything else)."""
+    if _is_model(annotation) or get_origin(annotation) in (dict, list):
+        return {}
+    out = {}
+    for model in _members(annotation):
+        for name in TAG_FIELDS:
+            field = model.model_fields.get(name)
+            if field is not None and isinstance(field.default, str):
+                out[field.default] = model
+    return out
+
+
+def _value_type(annotation: Any) -> Any:
+    """dict[str, X] / list[X] → X; anything else unchanged."""
+    if get_origin(annotation) in (dict, list):
+        return get_args(annotation)[-1]
+    return annotation
 
 
 def _short(value: Any) -> str:

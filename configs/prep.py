@@ -1,10 +1,8 @@
 """PromptPreprocessor's slice: column mapping, routing and each generator's key-relevant identity."""
 
-from typing import Literal
-
 from configs.base import StrictModel
-from configs.generator import GenerationDefaults
-from configs.routing import RouteRule
+from configs.generator_base import GenerationDefaults
+from configs.routing import RoutingConfig
 from configs.storage import StoreSpec
 
 
@@ -51,16 +49,10 @@ class PrepConfig(StrictModel):
     """Longer prompts become error rows."""
     max_images_per_row: int
     """Larger num_images become error rows."""
-    routing_mode: Literal["single", "column", "rules", "fanout", "cascade"]
-    """Routing policy."""
-    rules: list[RouteRule] = []
-    """Rules mode: tried in order."""
-    fanout: list[str] = []
-    """Fan-out mode: every row goes to each of these."""
+    routing: RoutingConfig
+    """Row → generator assignment (the job's routing variant)."""
     budget_usd: float = 0.0
     """Estimated-cost budget for the run (0 = none)."""
-    routing_column: str
-    """Column naming the generator in column mode."""
     default_generator: str
     """Generator when nothing else decides."""
     generators: dict[str, GeneratorIdentity]

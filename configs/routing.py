@@ -1,10 +1,37 @@
-"""How rows are assigned to generators: single, by column, by rules, fan-out, or the draft → escalate cascade."""
+"""Routing modes: how rows are assigned to generators, and the stage topology each mode needs.
 
-from typing import Literal
+Each mode is one variant of the `RoutingConfig` union. A variant answers three questions: which generators a
+row goes to (`choose`), which steps the run needs after preprocessing (`steps`), and what a run costs at most
+and at least (`cost_range`). Adding a mode is one class here (or in its own module) plus one entry in
+`ROUTING_MODES` and the union at the bottom; the pipeline turns steps into stages without knowing the mode.
+"""
 
-from pydantic import Field, model_validator
+import operator
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import Discriminator, Field, Tag, model_validator
 
 from configs.base import StrictModel
+
+RULE_OPS: dict[str, Callable[[Any, Any], bool]] = {
+    "<": operator.lt, "<=": operator.le, "==": operator.eq, "!=": operator.ne, ">=": operator.ge, ">": operator.gt,
+}
+RowFacts = Callable[[], dict[str, float]]
+"""Lazily computed facts of a row for rules: width, height, num_steps, guidance_scale, num_images, prompt_chars,
+pixels (with the default generator's defaults filled in)."""
+
+
+@dataclass(frozen=True)
+class Step:
+    """One step of a run's topology after preprocessing; the pipeline maps each to a stage."""
+
+    kind: Literal["generate", "score", "escalate"]
+    """generate: a generator's pool (rows routed elsewhere pass through); score: the scorer pool; escalate: the
+    cascade's decision (one actor)."""
+    generator: str = ""
+    """The generator of a `generate` step."""
 
 
 class RouteRule(StrictModel):
@@ -41,43 +68,208 @@ class CascadeConfig(StrictModel):
         return self
 
 
-class RoutingConfig(StrictModel):
-    """Row → generator assignment.
+class RoutingBase(StrictModel):
+    """What every routing mode shares."""
 
-    `single`: every row to `default`. `column`: the row's `generator` column (null → `default`). `rules`:
-    first matching rule, else `default`. `fanout`: every row to every generator in `fanout` (A/B comparisons).
-    `cascade`: draft → score → escalate (needs a `scorer`).
-    """
-
-    mode: Literal["single", "column", "rules", "fanout", "cascade"] = "single"
-    """Routing policy."""
     default: str = ""
     """Generator for rows without a choice; empty = the only generator configured."""
-    column: str = "generator"
-    """Column naming the generator in `column` mode."""
-    rules: list[RouteRule] = []
-    """Rules for `rules` mode, tried in order."""
-    fanout: list[str] = []
-    """Generators every row goes to in `fanout` mode."""
-    cascade: CascadeConfig | None = None
-    """Settings for `cascade` mode."""
     max_images_per_row: int = Field(default=64, ge=1)
     """Rows asking for more images become error rows."""
 
+    needs_default: ClassVar[bool] = True
+    """Several generators need `default` set (modes that can leave a row undecided)."""
+    needs_scorer: ClassVar[bool] = False
+    """The mode scores drafts itself (a `scorer` must be configured)."""
+
+    @property
+    def column_read(self) -> str:
+        """An extra input column the mode reads ('' = none)."""
+        return ""
+
+    def targets(self) -> list[str]:
+        """Every generator name the mode refers to (checked against the configured ones)."""
+        return [self.default] if self.default else []
+
+    def default_generator(self, names: list[str]) -> str:
+        """The generator rows go to when nothing else decides."""
+        return self.default or names[0]
+
+    def choose(self, column_value: Any, facts: RowFacts) -> list[str]:
+        """Generators one row goes to, in order ('' = the default generator)."""
+        return [""]
+
+    def used(self, names: list[str]) -> list[str]:
+        """Generators that can receive rows, in stage order."""
+        return [self.default_generator(names)]
+
+    def steps(self, names: list[str], scored: bool) -> list[Step]:
+        """The topology after preprocessing: one pool per used generator (each passes other rows through),
+        then the scorer when one is configured."""
+        return [Step("generate", n) for n in self.used(names)] + ([Step("score")] if scored else [])
+
+    def cost_range(self, per_image: dict[str, float], images: int) -> tuple[float, float]:
+        """Lowest and highest expected spend for `images` requested images."""
+        prices = [per_image[n] for n in self.used(list(per_image))]
+        return images * min(prices), images * max(prices)
+
+
+class SingleRouting(RoutingBase):
+    """Every row goes to `default` (or the only generator)."""
+
+    mode: Literal["single"] = "single"
+    """Routing policy."""
+
+
+class ColumnRouting(RoutingBase):
+    """The row's `column` names its generator; null → `default`, unknown → an error row."""
+
+    mode: Literal["column"] = "column"
+    """Routing policy."""
+    column: str = "generator"
+    """Column naming the generator."""
+
+    @property
+    def column_read(self) -> str:
+        """The generator column."""
+        return self.column
+
+    def choose(self, column_value: Any, facts: RowFacts) -> list[str]:
+        """The column's value (null → default)."""
+        return [str(column_value) if column_value not in (None, "") else ""]
+
+    def used(self, names: list[str]) -> list[str]:
+        """Any configured generator can be named."""
+        return list(names)
+
+
+class RulesRouting(RoutingBase):
+    """The first matching rule decides, else `default`."""
+
+    mode: Literal["rules"] = "rules"
+    """Routing policy."""
+    rules: list[RouteRule] = []
+    """Tried in order (`{field: pixels, op: ">=", value: 1048576, generator: sdxl}`)."""
+
     @model_validator(mode="after")
-    def _mode_settings(self) -> "RoutingConfig":
-        if self.mode == "rules" and not self.rules:
+    def _some_rules(self) -> "RulesRouting":
+        if not self.rules:
             raise ValueError("routing.mode=rules needs routing.rules")
-        if self.mode == "fanout" and len(self.fanout) < 2:
-            raise ValueError("routing.mode=fanout needs routing.fanout with at least two generators")
-        if self.mode == "cascade" and self.cascade is None:
-            raise ValueError("routing.mode=cascade needs routing.cascade (draft, escalate, threshold)")
         return self
 
     def targets(self) -> list[str]:
-        """Every generator name the routing refers to."""
-        names = [self.default] if self.default else []
-        names += [r.generator for r in self.rules] + list(self.fanout)
-        if self.cascade:
-            names += [self.cascade.draft, self.cascade.escalate]
-        return names
+        """The default and every rule's generator."""
+        return super().targets() + [r.generator for r in self.rules]
+
+    def choose(self, column_value: Any, facts: RowFacts) -> list[str]:
+        """The first matching rule's generator; invalid rows and no match go to the default."""
+        try:
+            values = facts()
+        except ValueError:
+            return [""]  # the row is invalid anyway; preprocessing reports it
+        for rule in self.rules:
+            if RULE_OPS[rule.op](values[rule.field], rule.value):
+                return [rule.generator]
+        return [""]
+
+    def used(self, names: list[str]) -> list[str]:
+        """The default and the rules' generators, in configuration order."""
+        wanted = {self.default_generator(names), *(r.generator for r in self.rules)}
+        return [n for n in names if n in wanted]
+
+
+class FanoutRouting(RoutingBase):
+    """Every row goes to every listed generator with the same seed (A/B comparisons)."""
+
+    mode: Literal["fanout"] = "fanout"
+    """Routing policy."""
+    fanout: list[str] = []
+    """Generators every row goes to."""
+
+    @model_validator(mode="after")
+    def _two_or_more(self) -> "FanoutRouting":
+        if len(set(self.fanout)) < 2:
+            raise ValueError("routing.mode=fanout needs routing.fanout with at least two generators")
+        return self
+
+    needs_default: ClassVar[bool] = False
+
+    def targets(self) -> list[str]:
+        """The listed generators."""
+        return super().targets() + list(self.fanout)
+
+    def default_generator(self, names: list[str]) -> str:
+        """The first listed generator."""
+        return self.fanout[0]
+
+    def choose(self, column_value: Any, facts: RowFacts) -> list[str]:
+        """All listed generators."""
+        return list(self.fanout)
+
+    def used(self, names: list[str]) -> list[str]:
+        """The listed generators."""
+        return list(dict.fromkeys(self.fanout))
+
+    def cost_range(self, per_image: dict[str, float], images: int) -> tuple[float, float]:
+        """Every image is made once per listed generator."""
+        total = images * sum(per_image[n] for n in self.used(list(per_image)))
+        return total, total
+
+
+class CascadeRouting(RoutingBase):
+    """Draft → score → escalate low scorers to a heavy generator (needs a `scorer`)."""
+
+    mode: Literal["cascade"] = "cascade"
+    """Routing policy."""
+    cascade: CascadeConfig
+    """Draft and escalate generators, threshold and cap."""
+
+    needs_default: ClassVar[bool] = False
+    needs_scorer: ClassVar[bool] = True
+
+    def targets(self) -> list[str]:
+        """Draft and escalate generators."""
+        return super().targets() + [self.cascade.draft, self.cascade.escalate]
+
+    def default_generator(self, names: list[str]) -> str:
+        """Every row starts at the draft generator."""
+        return self.cascade.draft
+
+    def used(self, names: list[str]) -> list[str]:
+        """Draft, then heavy."""
+        return [self.cascade.draft, self.cascade.escalate]
+
+    def steps(self, names: list[str], scored: bool) -> list[Step]:
+        """Draft, score, escalate (one actor: an exact cap), heavy, score again."""
+        c = self.cascade
+        return [Step("generate", c.draft), Step("score"), Step("escalate"), Step("generate", c.escalate),
+                Step("score")]
+
+    def cost_range(self, per_image: dict[str, float], images: int) -> tuple[float, float]:
+        """Every image is drafted; at most `max_escalations` (else all) are redone by the heavy generator."""
+        c = self.cascade
+        extra = images if not c.max_escalations else min(images, c.max_escalations)
+        low = images * per_image[c.draft]
+        return low, low + extra * per_image[c.escalate]
+
+
+ROUTING_MODES: tuple[type[RoutingBase], ...] = (SingleRouting, ColumnRouting, RulesRouting, FanoutRouting,
+                                                CascadeRouting)
+"""Every routing mode (the union below lists the same classes)."""
+
+
+def _mode_of(value: Any) -> str:
+    """The union's tag: `mode`, defaulting to single when a YAML `routing:` block leaves it out."""
+    mode = value.get("mode", "single") if isinstance(value, dict) else getattr(value, "mode", "single")
+    return str(mode)
+
+
+RoutingConfig = Annotated[
+    Annotated[SingleRouting, Tag("single")]
+    | Annotated[ColumnRouting, Tag("column")]
+    | Annotated[RulesRouting, Tag("rules")]
+    | Annotated[FanoutRouting, Tag("fanout")]
+    | Annotated[CascadeRouting, Tag("cascade")],
+    Discriminator(_mode_of, custom_error_type="routing_mode",
+                  custom_error_message="routing.mode must be one of single, column, rules, fanout, cascade"),
+]
+"""Row → generator assignment: `single`, `column`, `rules`, `fanout` or `cascade` (`mode` picks the variant)."""

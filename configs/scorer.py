@@ -48,4 +48,7 @@ class RuleScorerConfig(StrictModel):
     """Actor pool."""
 
 
+SCORER_CONFIGS: tuple[type[StrictModel], ...] = (ClipScorerConfig, RuleScorerConfig)
+"""Every scorer backend's config class (the union below lists the same classes)."""
+
 ScorerConfig = Annotated[ClipScorerConfig | RuleScorerConfig, Field(discriminator="backend")]

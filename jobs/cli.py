@@ -19,7 +19,6 @@ commands:
   s3 serve|start|stop|env [--dir D]        embedded SeaweedFS S3 on 127.0.0.1 (auth on)
   tiny-model PATH [--kind sd|sdxl]         build a tiny random-weight diffusers pipeline offline
   report OUTPUT_URI                        (re)write OUTPUT_URI/report.html from the manifest
-  fake-hosted [--port 8123]                loopback fake of the OpenAI Images + Gemini APIs (dev/tests)
 """
 
 
@@ -58,10 +57,6 @@ def main(argv: list[str] | None = None) -> int:
 
         print(write_report(rest[0], resolve_store_spec(rest[0], S3Config())))
         return 0
-    if command == "fake-hosted":
-        from jobs import fake_hosted
-
-        return fake_hosted.main(rest)
     if command == "tiny-model":
         p = argparse.ArgumentParser(prog="imagefleet tiny-model")
         p.add_argument("path")

@@ -32,8 +32,9 @@ def main(argv: list[str] | None = None) -> int:
     from actors.storage import StorageError
     from configs import ConfigError, load_config
     from pipelines.manifest import write_manifest, write_run_json
+    from pipelines.plan import PlanError
     from pipelines.report import write_report
-    from pipelines.text_to_image import InputError, build, failure_line, inspect_source
+    from pipelines.text_to_image import InputError, build, failure_line, inspect_source, plan_run
 
     # 1 everything that can be wrong with the inputs is found here, before any GPU work
     try:
@@ -41,10 +42,11 @@ def main(argv: list[str] | None = None) -> int:
         stores = runtime.resolve_stores(cfg)
         source = inspect_source(cfg, stores)
         runtime.preflight_output(cfg, stores)
-    except (ConfigError, InputError, StorageError) as exc:
+        plan = plan_run(cfg, stores, source)
+    except (ConfigError, InputError, StorageError, PlanError) as exc:
         print(f"imagefleet: {exc}", file=sys.stderr)
         return 2
-    print(runtime.plan_text(cfg, source))
+    print(runtime.plan_text(cfg, source, plan))
     if args.dry_run:
         print("dry run: config, input schema and output access are fine; nothing was generated")
         return 0
@@ -54,8 +56,8 @@ def main(argv: list[str] | None = None) -> int:
 
     started = runtime.start_ray(cfg)
     try:
-        runtime.check_resources(cfg)
-        summary = write_manifest(build(cfg, stores, source), cfg.output.uri, stores.output, run_id)
+        runtime.check_resources(cfg, plan.pools)
+        summary = write_manifest(build(cfg, stores, source, plan), cfg.output.uri, stores.output, run_id)
         shards = runtime.export_webdataset(cfg, stores, summary, run_id)  # after the commit; never fails the run
     except StorageError as exc:
         print(f"imagefleet: {exc}", file=sys.stderr)

@@ -12,12 +12,12 @@ from typing import Any
 
 from pydantic import SecretStr
 
-from actors.storage import ObjectStore, StorageError, resolve_store_spec
-from configs.generator import DiffusersConfig
-from configs.hosted import GeminiImageConfig, OpenAIImagesConfig
+from actors.storage import StorageError, open_store, resolve_store_spec
 from configs.job import JobConfig
 from configs.storage import StoreSpec
 from pipelines.manifest import RunSummary
+from pipelines.plan import Plan
+from pipelines.pools import Pool, missing_on_local, unplaceable
 from pipelines.text_to_image import SourceInfo, Stores, failure_line
 
 logger = logging.getLogger(__name__)
@@ -55,11 +55,8 @@ def resolve_stores(cfg: JobConfig, online: bool = False) -> Stores:
 
     `online` (serving) reads no prompt table and writes no outputs, so their credentials aren't asked for.
     """
-    models = {
-        name: resolve_store_spec(g.model, g.model_s3)
-        for name, g in cfg.generators.items()
-        if isinstance(g, DiffusersConfig) and g.model.startswith("s3://")
-    }
+    needs = {name: g.needs() for name, g in cfg.generators.items()}
+    models = {name: resolve_store_spec(n.model_uri, n.model_s3) for name, n in needs.items() if n.model_uri}
     unused = StoreSpec(kind="local")
     return Stores(
         source=unused if online else resolve_store_spec(cfg.source.uri, cfg.source.s3),
@@ -73,17 +70,18 @@ def resolve_api_keys(cfg: JobConfig) -> dict[str, SecretStr]:
     """Hosted generators' keys from their secret file or environment variable (never from the YAML)."""
     keys: dict[str, SecretStr] = {}
     for name, g in cfg.generators.items():
-        if not isinstance(g, (OpenAIImagesConfig, GeminiImageConfig)):
+        n = g.needs()
+        if not n.api_key:
             continue
-        if g.api_key_file:
+        if n.api_key_file:
             try:
-                value = Path(g.api_key_file).read_text().strip()
+                value = Path(n.api_key_file).read_text().strip()
             except OSError as exc:
-                raise StorageError(f"generators.{name}.api_key_file {g.api_key_file}: {exc.strerror}") from None
+                raise StorageError(f"generators.{name}.api_key_file {n.api_key_file}: {exc.strerror}") from None
         else:
-            value = os.environ.get(g.api_key_env, "").strip()
+            value = os.environ.get(n.api_key_env, "").strip()
         if not value:
-            raise StorageError(f"generator {name!r} ({g.backend}) needs an API key: set {g.api_key_env} "
+            raise StorageError(f"generator {name!r} ({g.backend}) needs an API key: set {n.api_key_env} "
                                f"or generators.{name}.api_key_file")
         keys[name] = SecretStr(value)
     return keys
@@ -91,7 +89,7 @@ def resolve_api_keys(cfg: JobConfig) -> dict[str, SecretStr]:
 
 def preflight_output(cfg: JobConfig, stores: Stores) -> None:
     """Fail before any GPU work if the output can't be written."""
-    ObjectStore(cfg.output.uri, stores.output).check_writable()
+    open_store(cfg.output.uri, stores.output).check_writable()
 
 
 def start_ray(cfg: JobConfig) -> bool:
@@ -126,49 +124,31 @@ def start_ray(cfg: JobConfig) -> bool:
     return True
 
 
-def check_resources(cfg: JobConfig) -> None:
-    """Asking Ray for GPUs it doesn't have hangs silently: fail fast on a local cluster instead."""
+def check_resources(cfg: JobConfig, pools: dict[str, Pool], spare_cpu: bool = True) -> None:
+    """Fail fast where Ray would wait forever: a pool no node can host, or pools that leave no CPU for Ray
+    Data's own read/repartition/write tasks (`spare_cpu`; serving runs none). A local cluster is checked at
+    once; on a real cluster each pool must be placeable within `cluster.startup_timeout_s` (an autoscaler may
+    add nodes meanwhile)."""
     import ray
 
     if cfg.cluster.address not in ("local", ""):
+        problem = unplaceable(pools, cfg.cluster.startup_timeout_s)
+        if problem:
+            raise StorageError(problem)
         return
-    cpus = ray.cluster_resources().get("CPU", 0.0)
-    reserved = actor_cpus(cfg)
-    if cpus - reserved < 1:
+    have = ray.cluster_resources()
+    problem = missing_on_local(pools, have)
+    if problem:
+        hint = "set cluster.num_gpus (fake GPUs on a CPU box) or the pool's num_gpus: 0" if "GPU" in problem else (
+            "remove pool.accelerator_type for a local run, or run on a cluster that has it")
+        raise StorageError(f"{problem}; {hint}")
+    cpus, reserved = have.get("CPU", 0.0), sum(p.max_size * p.num_cpus for p in pools.values())
+    if spare_cpu and cpus - reserved < 1:
         raise StorageError(
             f"the actor pools can reserve {reserved:g} of this local Ray's {cpus:g} CPUs, leaving less than the 1 "
             f"CPU that read/repartition/write tasks need (the run would stall); raise cluster.num_cpus or lower "
             f"the pools' num_cpus / max_size"
         )
-    check_gpus(cfg)
-
-
-def check_gpus(cfg: JobConfig) -> None:
-    """Fail fast when a local Ray lacks the GPUs a generator's actors ask for (Ray would wait forever)."""
-    import ray
-
-    if cfg.cluster.address not in ("local", ""):
-        return
-    have = ray.cluster_resources().get("GPU", 0.0)
-    for name, gen in cfg.generators.items():
-        if gen.pool.num_gpus > have:
-            raise StorageError(
-                f"generator {name!r} asks for {gen.pool.num_gpus:g} GPU(s) per actor but this local Ray has {have:g}; "
-                f"set cluster.num_gpus (fake GPUs for scheduling on a CPU box) or generators.{name}.pool.num_gpus: 0"
-            )
-
-
-def actor_cpus(cfg: JobConfig) -> float:
-    """CPUs all actor pools hold at their maximum size."""
-    from pipelines.pools import ESCALATOR_CPUS, PREPROCESS_CPUS
-
-    total = PREPROCESS_CPUS + cfg.output.pool.max_size * cfg.output.pool.num_cpus
-    total += sum(g.pool.max_size * g.pool.num_cpus for g in cfg.generators.values())
-    if cfg.scorer is not None:
-        total += cfg.scorer.pool.max_size * cfg.scorer.pool.num_cpus
-    if cfg.routing.mode == "cascade":
-        total += ESCALATOR_CPUS
-    return total
 
 
 def versions() -> dict[str, str]:
@@ -193,37 +173,23 @@ def run_record(cfg: JobConfig, summary: RunSummary, source: SourceInfo) -> dict[
     }
 
 
-def plan_text(cfg: JobConfig, source: SourceInfo) -> str:
-    """What a run would do (printed by --dry-run)."""
+def plan_text(cfg: JobConfig, source: SourceInfo, plan: Plan) -> str:
+    """What a run would do (printed by --dry-run and at the start of a run)."""
+    from actors.layout import image_pattern
+
     lines = [f"imagefleet plan for {cfg.name!r}",
              f"  source : {cfg.source.uri} ({len(source.files)} file(s), {source.num_rows} rows)",
-             f"  output : {cfg.output.uri}/images/<key[:2]>/<key>.{cfg.output.format}  +  manifest/  +  run.json"]
-    for name, g in cfg.generators.items():
-        p = g.pool
-        lines.append(f"  pool {name:<10}: {g.backend} {g.model}  actors {p.min_size}..{p.max_size} "
-                     f"(start {p.initial_size}), {p.num_gpus} GPU/actor, batch {p.batch_size}")
-    w = cfg.output.pool
-    lines.append(f"  writer pool     : actors {w.min_size}..{w.max_size}, batch {w.batch_size}, {cfg.output.format}")
-    lines.append(f"  routing         : {cfg.routing.mode} (default {cfg.default_generator})")
-    if cfg.scorer is not None:
-        lines.append(f"  scorer          : {cfg.scorer.backend}")
-    lines.append(f"  cost estimate   : {cost_estimate(cfg, source.num_rows)}")
+             f"  output : {cfg.output.uri}/{image_pattern(cfg.output.format)}  +  manifest/  +  run.json",
+             f"  routing: {cfg.routing.mode} (default {cfg.default_generator})",
+             "  stages :", *plan.describe(),
+             f"  cost estimate: {cost_estimate(cfg, source.num_rows)}"]
     return "\n".join(lines)
 
 
 def cost_estimate(cfg: JobConfig, rows: int) -> str:
-    """Expected spend from each generator's cost model (one image per row; num_images multiplies it)."""
-    est = {name: g.cost.estimate_usd(g.pool.num_gpus) for name, g in cfg.generators.items()}
-    r = cfg.routing
-    if r.mode == "fanout":
-        low = high = rows * sum(est[n] for n in r.fanout)
-    elif r.mode == "cascade" and r.cascade is not None:
-        extra = rows if not r.cascade.max_escalations else min(rows, r.cascade.max_escalations)
-        low, high = rows * est[r.cascade.draft], rows * est[r.cascade.draft] + extra * est[r.cascade.escalate]
-    elif r.mode in ("column", "rules"):
-        low, high = rows * min(est.values()), rows * max(est.values())
-    else:
-        low = high = rows * est[cfg.default_generator]
+    """Expected spend from each generator's cost model and the routing mode (one image per row; num_images
+    multiplies it)."""
+    low, high = cfg.routing.cost_range({name: g.estimate_usd() for name, g in cfg.generators.items()}, rows)
     if cfg.limits.budget_usd:
         high = min(high, cfg.limits.budget_usd)
     text = f"${low:,.4f}" if abs(high - low) < 1e-12 else f"${low:,.4f} – ${high:,.4f}"

@@ -42,12 +42,14 @@ def main(argv: list[str] | None = None) -> int:
     # 2 Ray, then the Serve app (serve.run returns once every deployment is healthy)
     from ray import serve
 
+    from pipelines.pools import generator_pool
     from pipelines.serving import build_app
     from pipelines.text_to_image import failure_line
 
     started = runtime.start_ray(cfg)
     try:
-        runtime.check_gpus(cfg)
+        runtime.check_resources(cfg, {f"generator-{n}": generator_pool(g.pool) for n, g in cfg.generators.items()},
+                                spare_cpu=False)
         serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
         serve.run(build_app(cfg, stores), name="imagefleet", route_prefix="/")
     except Exception as exc:  # noqa: BLE001 - a model that can't load, a port in use: one line, then stop

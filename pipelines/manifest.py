@@ -8,8 +8,18 @@ import time
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
-from actors.resume_index import CARRIED
-from actors.storage import ObjectStore, arrow_filesystem
+from actors.layout import (
+    IMAGES_DIR,
+    MANIFEST_DIR,
+    RUN_JSON,
+    STAGING_DIR,
+    is_manifest_part,
+    is_part_of_run,
+    manifest_part,
+    staging_dir,
+)
+from actors.manifest_schema import CARRIED
+from actors.storage import ObjectStore, arrow_filesystem, open_store
 from configs.storage import StoreSpec
 from pipelines.schema import MANIFEST
 
@@ -17,9 +27,6 @@ if TYPE_CHECKING:
     import ray.data
 
 logger = logging.getLogger(__name__)
-
-MANIFEST_DIR = "manifest"
-STAGING_DIR = "manifest/_staging"
 
 
 @dataclass(frozen=True)
@@ -56,19 +63,19 @@ def write_manifest(ds: ray.data.Dataset, output_uri: str, store: StoreSpec, run_
     started = time.time()
     # 1 run: rows stream through the pools; parts land in staging
     fs, root = arrow_filesystem(output_uri, store)
-    staging = f"{root}/{STAGING_DIR}/{run_id}"
+    staging = f"{root}/{staging_dir(run_id)}"
     ds = ds.map_batches(_to_manifest_rows, fn_kwargs={"run_id": run_id},  # type: ignore[arg-type]  # fn_kwargs
                         batch_format="pyarrow")
     ds.write_parquet(staging, filesystem=fs, try_create_dir=objects_are_files(output_uri))
     wall = time.time() - started
     # 2 commit: staged parts become the manifest, older parts go
-    objects = ObjectStore(output_uri, store)
-    staged = sorted(rel for rel, _ in objects.list(f"{STAGING_DIR}/{run_id}/") if rel.endswith(".parquet"))
+    objects = open_store(output_uri, store)
+    staged = sorted(rel for rel, _ in objects.list(f"{staging_dir(run_id)}/") if rel.endswith(".parquet"))
     old = committed_parts(objects)
     for n, rel in enumerate(staged):
-        objects.copy(rel, f"{MANIFEST_DIR}/part-{run_id}-{n:05d}.parquet")
+        objects.copy(rel, manifest_part(run_id, n))
     for rel in old:
-        if f"part-{run_id}-" not in rel:
+        if not is_part_of_run(rel, run_id):
             objects.delete(rel)
     # staged parts of this run and of interrupted earlier runs: their rows are in this manifest now
     objects.delete_prefix(STAGING_DIR)
@@ -83,12 +90,7 @@ def objects_are_files(uri: str) -> bool:
 
 def committed_parts(objects: ObjectStore) -> list[str]:
     """Relative paths of the committed manifest parts."""
-    return sorted(rel for rel, _ in objects.list(f"{MANIFEST_DIR}/") if _is_committed_part(rel))
-
-
-def _is_committed_part(rel: str) -> bool:
-    name = rel.rsplit("/", 1)[-1]
-    return rel.count("/") == 1 and name.startswith("part-") and name.endswith(".parquet")
+    return sorted(rel for rel, _ in objects.list(f"{MANIFEST_DIR}/") if is_manifest_part(rel))
 
 
 def _to_manifest_rows(batch: Any, run_id: str) -> Any:
@@ -120,7 +122,7 @@ def iter_manifest_batches(output_uri: str, store: StoreSpec, columns: list[str],
     """The committed manifest's selected columns, one record batch at a time (memory: a batch, not the run)."""
     import pyarrow.dataset as pads
 
-    parts = committed_parts(ObjectStore(output_uri, store))
+    parts = committed_parts(open_store(output_uri, store))
     if not parts:
         return
     fs, root = arrow_filesystem(output_uri, store)
@@ -171,13 +173,13 @@ def _summarize(objects: ObjectStore, run_id: str, wall: float) -> RunSummary:
         wall_s=round(wall, 3),
         images_per_s=round((counts["ok"] - counts["present"]) / wall, 3) if wall > 0 else 0.0,
         manifest_uri=objects.uri_of(MANIFEST_DIR),
-        images_uri=objects.uri_of("images"),
+        images_uri=objects.uri_of(IMAGES_DIR),
         errors_sample=errors,
     )
 
 
 def write_run_json(output_uri: str, store: StoreSpec, record: dict[str, Any]) -> str:
     """Write `run.json` next to the manifest (the caller passes a secret-free record)."""
-    objects = ObjectStore(output_uri, store)
-    objects.put("run.json", json.dumps(record, indent=2, sort_keys=True, default=str).encode(), "application/json")
-    return objects.uri_of("run.json")
+    objects = open_store(output_uri, store)
+    objects.put(RUN_JSON, json.dumps(record, indent=2, sort_keys=True, default=str).encode(), "application/json")
+    return objects.uri_of(RUN_JSON)

@@ -1,30 +1,76 @@
-"""Pool configs → `map_batches` keyword arguments (the one place that spells Ray resources)."""
+"""Pools: where and how many copies of a stage's actor run — the one place that spells Ray resources."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
-from configs.generator import PoolConfig
+from configs.generator_base import PoolConfig
 from configs.scorer import ScorerPoolConfig
 from configs.serve import ServeConfig
 from configs.writer import WriterPoolConfig
 
-PREPROCESS_CPUS = 0.25
-ESCALATOR_CPUS = 0.1
+GATEWAY_CPUS = 0.1
 
 
-def generator_pool_kwargs(pool: PoolConfig) -> dict[str, Any]:
-    """Autoscaled GPU (or CPU) actor pool for one generator."""
+@dataclass(frozen=True)
+class Pool:
+    """An autoscaled actor pool: sizes, per-actor resources and rows per call."""
+
+    min_size: int
+    max_size: int
+    initial_size: int
+    num_cpus: float
+    batch_size: int
+    num_gpus: float = 0.0
+    accelerator_type: str = ""
+
+    def resources(self) -> dict[str, float]:
+        """What one actor asks Ray for (accelerator types are custom resources `accelerator_type:<T>`)."""
+        out = {"CPU": self.num_cpus, "GPU": self.num_gpus}
+        if self.accelerator_type:
+            out[f"accelerator_type:{self.accelerator_type}"] = 0.001
+        return {k: v for k, v in out.items() if v > 0}
+
+
+def generator_pool(pool: PoolConfig) -> Pool:
+    """Autoscaled GPU (or CPU) pool for one generator, as its config says."""
+    return Pool(min_size=pool.min_size, max_size=pool.max_size, initial_size=pool.initial_size,
+                num_cpus=pool.num_cpus, batch_size=pool.batch_size, num_gpus=pool.num_gpus,
+                accelerator_type=pool.accelerator_type)
+
+
+def writer_pool(pool: WriterPoolConfig) -> Pool:
+    """CPU pool for encode + upload (kept out of the GPU actors)."""
+    return Pool(min_size=pool.min_size, max_size=pool.max_size, initial_size=pool.min_size,
+                num_cpus=pool.num_cpus, batch_size=pool.batch_size)
+
+
+def scorer_pool(pool: ScorerPoolConfig) -> Pool:
+    """Scorer pool (CLIP is small: a GPU fraction or CPUs)."""
+    return Pool(min_size=pool.min_size, max_size=pool.max_size, initial_size=pool.min_size,
+                num_cpus=pool.num_cpus, batch_size=pool.batch_size, num_gpus=pool.num_gpus)
+
+
+# One light CPU actor: preprocessing is cheap string work (~1e5 rows/s), and a single actor makes the run
+# budget an exact global count.
+PREPROCESS_POOL = Pool(min_size=1, max_size=1, initial_size=1, num_cpus=0.25, batch_size=4096)
+# Exactly one actor: the escalation cap is a global count.
+ESCALATOR_POOL = Pool(min_size=1, max_size=1, initial_size=1, num_cpus=0.1, batch_size=256)
+
+
+def map_batches_kwargs(pool: Pool) -> dict[str, Any]:
+    """`Dataset.map_batches` arguments for an actor pool.
+
+    Ray Data's defaults are kept on purpose: a dead actor is recreated and its task retried (preemption, OOM
+    kill), while an actor whose __init__ keeps failing (broken model) fails the run after
+    DataContext.max_consecutive_actor_init_deaths.
+    """
     from ray.data import ActorPoolStrategy
 
     kwargs: dict[str, Any] = {
-        "compute": ActorPoolStrategy(
-            min_size=pool.min_size, max_size=pool.max_size, initial_size=pool.initial_size
-        ),
+        "compute": ActorPoolStrategy(min_size=pool.min_size, max_size=pool.max_size, initial_size=pool.initial_size),
         "batch_size": pool.batch_size,
-        # Ray Data's defaults are kept on purpose: a dead actor is recreated and its task retried
-        # (preemption, OOM kill), while an actor whose __init__ keeps failing (broken model) fails the run
-        # after DataContext.max_consecutive_actor_init_deaths.
         "num_cpus": pool.num_cpus,
     }
     if pool.num_gpus > 0:
@@ -34,55 +80,12 @@ def generator_pool_kwargs(pool: PoolConfig) -> dict[str, Any]:
     return kwargs
 
 
-def writer_pool_kwargs(pool: WriterPoolConfig) -> dict[str, Any]:
-    """CPU actor pool for encode + upload."""
-    from ray.data import ActorPoolStrategy
-
-    return {
-        "compute": ActorPoolStrategy(min_size=pool.min_size, max_size=pool.max_size),
-        "batch_size": pool.batch_size,
-        "num_cpus": pool.num_cpus,
-    }
-
-
-def preprocess_pool_kwargs() -> dict[str, Any]:
-    """One light CPU actor: preprocessing is cheap string work (~1e5 rows/s), and a single actor makes the
-    run budget an exact global count."""
-    from ray.data import ActorPoolStrategy
-
-    return {"compute": ActorPoolStrategy(size=1), "num_cpus": PREPROCESS_CPUS, "batch_size": 4096}
-
-
-def scorer_pool_kwargs(pool: ScorerPoolConfig) -> dict[str, Any]:
-    """Scorer pool (CLIP is small: a GPU fraction or CPUs)."""
-    from ray.data import ActorPoolStrategy
-
-    kwargs: dict[str, Any] = {
-        "compute": ActorPoolStrategy(min_size=pool.min_size, max_size=pool.max_size),
-        "batch_size": pool.batch_size,
-        "num_cpus": pool.num_cpus,
-    }
-    if pool.num_gpus > 0:
-        kwargs["num_gpus"] = pool.num_gpus
-    return kwargs
-
-
-def escalator_pool_kwargs() -> dict[str, Any]:
-    """Exactly one actor: the escalation cap is a global count."""
-    from ray.data import ActorPoolStrategy
-
-    return {"compute": ActorPoolStrategy(size=1), "num_cpus": ESCALATOR_CPUS, "batch_size": 256}
-
-
-GATEWAY_CPUS = 0.1
-
-
 def shard_writer_kwargs(num_cpus: float) -> dict[str, Any]:
     """WebDataset shards: plain tasks, one per shard (nothing to load, so no actors to keep warm)."""
     return {"num_cpus": num_cpus}
 
 
-def serve_generator_options(pool: PoolConfig, serve: ServeConfig) -> dict[str, Any]:
+def serve_generator_options(pool: Pool, serve: ServeConfig) -> dict[str, Any]:
     """Serve deployment options for one generator: replicas autoscale within the pool's min..max size."""
     actor_options: dict[str, Any] = {"num_cpus": pool.num_cpus}
     if pool.num_gpus > 0:
@@ -106,3 +109,39 @@ def serve_generator_options(pool: PoolConfig, serve: ServeConfig) -> dict[str, A
 def serve_gateway_options() -> dict[str, Any]:
     """One light async gateway replica: it only parses requests and awaits the generators."""
     return {"num_replicas": 1, "ray_actor_options": {"num_cpus": GATEWAY_CPUS}, "max_ongoing_requests": 1000}
+
+
+def missing_on_local(pools: dict[str, Pool], have: dict[str, float]) -> str:
+    """Why one actor of some pool can never be placed on a fixed (local) cluster with `have` resources ('' = fine).
+
+    Ray waits forever for resources no node has (an `accelerator_type` nobody provides, more GPUs than exist),
+    so a local run checks before starting any pool.
+    """
+    for name, pool in pools.items():
+        for resource, amount in pool.resources().items():
+            if have.get(resource, 0.0) < amount:
+                what = resource.split(":", 1)[1] + " accelerator" if ":" in resource else f"{amount:g} {resource}"
+                return (f"pool {name!r} needs {what} per actor but this local Ray has "
+                        f"{have.get(resource, 0.0):g} {resource}")
+    return ""
+
+
+def unplaceable(pools: dict[str, Pool], timeout_s: float) -> str:
+    """Ask Ray to reserve one actor's resources for each pool; the first pool not placed within `timeout_s`
+    ('' = all placed). On an autoscaling cluster the reservation itself is the demand that adds nodes."""
+    import ray
+    from ray.util.placement_group import placement_group, remove_placement_group
+
+    groups = {name: placement_group([pool.resources()]) for name, pool in pools.items() if pool.resources()}
+    try:
+        for name, group in groups.items():
+            try:
+                ray.get(group.ready(), timeout=timeout_s)
+            except ray.exceptions.GetTimeoutError:
+                wanted = ", ".join(f"{k}={v:g}" for k, v in pools[name].resources().items())
+                return (f"pool {name!r} could not get {wanted} for one actor within cluster.startup_timeout_s="
+                        f"{timeout_s:g}s; check the cluster has (or can autoscale to) such a node")
+        return ""
+    finally:
+        for group in groups.values():
+            remove_placement_group(group)

@@ -8,16 +8,17 @@ import io
 from dataclasses import dataclass, field
 from typing import Any
 
-from actors.storage import ObjectStore
+from actors.layout import REPORT_HTML
+from actors.manifest_schema import REPORT_COLUMNS
+from actors.storage import ObjectStore, open_store
 from configs.storage import StoreSpec
 from pipelines.manifest import iter_manifest_batches
 
 NUM_THUMBS = 48
 THUMB_PX = 160
 NUM_PROBLEMS = 200
-STAGES = ("queue_ms", "generate_ms", "encode_ms", "upload_ms")
-COLUMNS = ["id", "image_key", "prompt", "generator", "status", "error", "image_uri", "clip_score", "cost_usd",
-           *STAGES, "generated_at", "already_present"]
+STAGES = ("queue_ms", "generate_ms", "encode_ms", "upload_ms")  # timing rows of the page, in pipeline order
+COLUMNS = list(REPORT_COLUMNS)  # the manifest columns flagged `report`
 
 
 @dataclass
@@ -70,7 +71,7 @@ def write_report(output_uri: str, store: StoreSpec) -> str:
     """Build report.html from every row of the committed manifest and a sample of images; returns its URI."""
     import pyarrow.compute as pc
 
-    objects = ObjectStore(output_uri, store)
+    objects = open_store(output_uri, store)
     # 1 how many ok images there are (one cheap column), so the contact sheet spreads over all of them
     num_ok = sum(pc.sum(pc.equal(b.column("status"), "ok")).as_py() or 0
                  for b in iter_manifest_batches(output_uri, store, ["status"]))
@@ -80,8 +81,8 @@ def write_report(output_uri: str, store: StoreSpec) -> str:
         tally.add(batch)
     thumbs = [(r, _thumb(objects, r["image_uri"])) for r in tally.sample]
     # 3 the page
-    objects.put("report.html", _page(tally, thumbs, output_uri).encode(), "text/html; charset=utf-8")
-    return objects.uri_of("report.html")
+    objects.put(REPORT_HTML, _page(tally, thumbs, output_uri).encode(), "text/html; charset=utf-8")
+    return objects.uri_of(REPORT_HTML)
 
 
 def _thumb(objects: ObjectStore, uri: str) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
+from actors import manifest_schema
 from configs.source import SourceConfig
 
 # Optional per-row columns and the Arrow type families they may have.
@@ -18,42 +19,9 @@ OPTIONAL_INPUT_COLUMNS: dict[str, str] = {
     "generator": "string",
 }
 
-MANIFEST = pa.schema(
-    [
-        ("id", pa.string()),
-        ("image_index", pa.int32()),
-        ("image_key", pa.string()),
-        ("prompt", pa.string()),
-        ("negative_prompt", pa.string()),
-        ("generator", pa.string()),
-        ("model", pa.string()),
-        ("seed", pa.int64()),
-        ("width", pa.int32()),
-        ("height", pa.int32()),
-        ("num_steps", pa.int32()),
-        ("guidance_scale", pa.float64()),
-        ("status", pa.string()),
-        ("error", pa.string()),
-        ("image_uri", pa.string()),
-        ("sha256", pa.string()),
-        ("bytes", pa.int64()),
-        ("already_present", pa.bool_()),
-        ("queue_ms", pa.float64()),
-        ("generate_ms", pa.float64()),
-        ("encode_ms", pa.float64()),
-        ("upload_ms", pa.float64()),
-        ("cost_usd", pa.float64()),
-        ("clip_score", pa.float64()),
-        ("route", pa.string()),
-        ("draft_image_key", pa.string()),
-        ("draft_image_uri", pa.string()),
-        ("draft_score", pa.float64()),
-        ("draft_generator", pa.string()),
-        ("generated_at", pa.float64()),
-        ("written_at", pa.float64()),
-        ("run_id", pa.string()),
-    ]
-)
+# The output manifest's Arrow schema, derived from the column table in actors/manifest_schema.py (the one
+# declaration of each column: type, meaning, carried on resume, exported to shards, shown in the report).
+MANIFEST: pa.Schema = manifest_schema.SCHEMA
 
 
 def _family(t: pa.DataType) -> str:

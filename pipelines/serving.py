@@ -1,7 +1,7 @@
 """Online serving: the batch job's generator actors behind Ray Serve, with dynamic batching and autoscaling.
 
     HTTP ─► Gateway (validate with the batch PromptPreprocessor: same seeds, same image keys)
-              └─► generator-<name> deployment (GENERATORS[backend]; @serve.batch groups concurrent requests
+              └─► generator-<name> deployment (the plan's generator stage; @serve.batch groups concurrent requests
                   into one model call; replicas autoscale within the generator's pool min..max size)
 """
 
@@ -14,11 +14,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from ray import serve
 
-from actors import GENERATORS, PromptPreprocessor
+from actors import PromptPreprocessor
+from actors.generation import GENERATOR_INPUT_COLUMNS
 from actors.image_writer import CONTENT_TYPES, encode_image
 from configs.job import JobConfig
 from configs.prep import PrepConfig
+from configs.routing import ColumnRouting
 from configs.serve import ServeConfig
+from pipelines.plan import generator_stage, prep_config
 from pipelines.pools import serve_gateway_options, serve_generator_options
 from pipelines.serve_protocol import (
     RequestProblem,
@@ -27,7 +30,7 @@ from pipelines.serve_protocol import (
     image_headers,
     parse_generate_request,
 )
-from pipelines.text_to_image import Stores, failure_line, generator_kwargs, prep_config
+from pipelines.text_to_image import Stores, failure_line
 
 if TYPE_CHECKING:
     from ray.serve import Application
@@ -36,9 +39,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-# what a generator actor needs of a preprocessed row (plus the response encoding)
-ROW_FIELDS = ("prompt", "negative_prompt", "seed", "width", "height", "num_steps", "guidance_scale", "image_key",
-              "status", "error", "enqueued_at")
+# what a generator actor reads of a preprocessed row (the same for every backend)
+ROW_FIELDS = tuple(GENERATOR_INPUT_COLUMNS)
 
 
 def build_app(cfg: JobConfig, stores: Stores) -> Application:
@@ -50,12 +52,13 @@ def build_app(cfg: JobConfig, stores: Stores) -> Application:
     """
     # 1 one deployment per generator, sized by its batch pool: min..max replicas, GPUs per replica
     handles = {}
-    for name, gen in cfg.generators.items():
-        deployment = serve.deployment(name=f"generator-{name}", **serve_generator_options(gen.pool, cfg.serve))(
+    for name in cfg.generators:
+        stage = generator_stage(cfg, stores, name, online=True)
+        deployment = serve.deployment(name=f"generator-{name}", **serve_generator_options(stage.pool, cfg.serve))(
             GeneratorReplica)
         handles[name] = deployment.bind(
-            gen.backend, generator_kwargs(cfg, stores, name, online=True), gen.pool.batch_size,
-            cfg.serve.batch_wait_timeout_s, cfg.output.quality, cfg.output.png_compress_level,
+            stage.actor, stage.kwargs, stage.pool.batch_size, cfg.serve.batch_wait_timeout_s, cfg.output.quality,
+            cfg.output.png_compress_level,
         )
     # 2 one async gateway in front: requests become prompt rows exactly like a batch run's
     gateway = serve.deployment(name="gateway", **serve_gateway_options())(Gateway)
@@ -66,7 +69,7 @@ def serve_prep_config(cfg: JobConfig) -> PrepConfig:
     """The preprocessor slice for requests: fields named like the request, `generator` picks the route."""
     return prep_config(cfg).model_copy(update={
         "prompt_column": "prompt", "id_column": "id", "negative_prompt_column": "negative_prompt",
-        "routing_mode": "column", "routing_column": "generator", "rules": [], "fanout": [], "budget_usd": 0.0,
+        "routing": ColumnRouting(default=cfg.default_generator, column="generator"), "budget_usd": 0.0,
         "max_images_per_row": cfg.serve.max_images_per_request,
     })
 
@@ -75,7 +78,7 @@ class GeneratorReplica:
     """One replica of a generator: the batch job's actor class, fed by `@serve.batch`.
 
     Args:
-        backend: key of GENERATORS.
+        actor: the generator's actor class (the batch job's, from its plan stage).
         kwargs: the actor's constructor arguments (its config slice).
         max_batch_size: requests grouped into one call (the pool's batch_size).
         batch_wait_timeout_s: how long to wait for a batch to fill.
@@ -83,9 +86,9 @@ class GeneratorReplica:
         png_compress_level: PNG zlib level.
     """
 
-    def __init__(self, backend: str, kwargs: dict[str, Any], max_batch_size: int, batch_wait_timeout_s: float,
+    def __init__(self, actor: type, kwargs: dict[str, Any], max_batch_size: int, batch_wait_timeout_s: float,
                  quality: int, png_compress_level: int) -> None:
-        self.impl = GENERATORS[backend](**kwargs)
+        self.impl = actor(**kwargs)
         self.quality, self.png_compress_level = quality, png_compress_level
         self.generate.set_max_batch_size(max_batch_size)  # type: ignore[attr-defined]  # added by @serve.batch
         self.generate.set_batch_wait_timeout_s(batch_wait_timeout_s)  # type: ignore[attr-defined]

@@ -11,8 +11,9 @@ import json
 import math
 from typing import TYPE_CHECKING, Any
 
-from actors.shard_writer import SHARD_DIR, ShardWriter, shard_of
-from actors.storage import ObjectStore, arrow_filesystem
+from actors.layout import WEBDATASET_DIR, WEBDATASET_INDEX, shard_pattern, webdataset_dir
+from actors.shard_writer import ShardWriter, shard_of
+from actors.storage import arrow_filesystem, open_store
 from configs.storage import StoreSpec
 from configs.writer import OutputConfig, ShardWriterConfig
 from pipelines.manifest import committed_parts
@@ -21,8 +22,6 @@ from pipelines.pools import shard_writer_kwargs
 if TYPE_CHECKING:
     import pyarrow as pa
     import ray.data
-
-INDEX = f"{SHARD_DIR}/index.json"
 
 
 def build_shards(output: OutputConfig, store: StoreSpec, num_ok: int, export_id: str) -> ray.data.Dataset:
@@ -38,7 +37,7 @@ def build_shards(output: OutputConfig, store: StoreSpec, num_ok: int, export_id:
 
     # 1 the committed manifest (a shard must never see a half-written run)
     fs, root = arrow_filesystem(output.uri, store)
-    parts = [f"{root}/{p}" for p in committed_parts(ObjectStore(output.uri, store))]
+    parts = [f"{root}/{p}" for p in committed_parts(open_store(output.uri, store))]
     ds = ray.data.read_parquet(parts, filesystem=fs)
     # 2 ok rows only, each tagged with its shard (balanced by key hash, fixed for a given shard count)
     num_shards = max(1, math.ceil(num_ok / output.webdataset.samples_per_shard))
@@ -54,23 +53,22 @@ def build_shards(output: OutputConfig, store: StoreSpec, num_ok: int, export_id:
 
 def write_webdataset(output: OutputConfig, store: StoreSpec, num_ok: int, export_id: str) -> str:
     """Run the export, write `webdataset/index.json` last, then drop older exports. Returns the index URI."""
-    objects = ObjectStore(output.uri, store)
+    objects = open_store(output.uri, store)
     # one small row per shard comes back (not per image): the index needs them all
     shards = sorted(build_shards(output, store, num_ok, export_id).take_all(), key=lambda r: r["shard"])
-    last = len(shards) - 1
     index = {
         "export_id": export_id,
         "num_shards": len(shards),
         "num_samples": sum(int(s["num_samples"]) for s in shards),
-        "url_pattern": objects.uri_of(f"{SHARD_DIR}/{export_id}/shard-{{000000..{last:06d}}}.tar"),
+        "url_pattern": objects.uri_of(shard_pattern(export_id, len(shards))),
         "shards": [{"url": objects.uri_of(s["path"]), "num_samples": int(s["num_samples"]),
                     "bytes": int(s["bytes"]), "sha256": s["sha256"]} for s in shards],
     }
-    objects.put(INDEX, json.dumps(index, indent=2).encode(), "application/json")
-    for rel, _ in list(objects.list(f"{SHARD_DIR}/")):
-        if rel != INDEX and not rel.startswith(f"{SHARD_DIR}/{export_id}/"):
+    objects.put(WEBDATASET_INDEX, json.dumps(index, indent=2).encode(), "application/json")
+    for rel, _ in list(objects.list(f"{WEBDATASET_DIR}/")):
+        if rel != WEBDATASET_INDEX and not rel.startswith(f"{webdataset_dir(export_id)}/"):
             objects.delete(rel)
-    return objects.uri_of(INDEX)
+    return objects.uri_of(WEBDATASET_INDEX)
 
 
 def _ok_rows_with_shard(batch: pa.Table, num_shards: int) -> pa.Table:
@@ -84,4 +82,4 @@ def _ok_rows_with_shard(batch: pa.Table, num_shards: int) -> pa.Table:
 
 def read_index(output_uri: str, store: StoreSpec) -> dict[str, Any]:
     """The current export's index (for tests and tools)."""
-    return dict(json.loads(ObjectStore(output_uri, store).get(INDEX)))
+    return dict(json.loads(open_store(output_uri, store).get(WEBDATASET_INDEX)))

@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 
 from jobs import generate
-from jobs.fake_hosted import GEMINI_KEY, OPENAI_KEY, FakeHosted
 from tests.conftest import REPO, tiny_job, write_config, write_prompts
 from tests.integration.test_pipeline import manifest, objects
+from tests.support.fake_hosted import GEMINI_KEY, OPENAI_KEY, FakeHosted
 
 pytestmark = pytest.mark.slow
 

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
+from actors.layout import MANIFEST_DIR, WEBDATASET_DIR, WEBDATASET_INDEX
 from actors.storage import resolve_store_spec
 from configs.storage import S3Config
 from jobs import generate
@@ -66,7 +67,7 @@ def test_webdataset_shards_on_s3_then_rerun_is_identical(
     again = read_index(f"s3://{bucket}/wds", store)
     assert again["export_id"] == "rerun-1"
     assert [s["sha256"] for s in again["shards"]] == [s["sha256"] for s in index["shards"]]
-    tars = [k for k in objects(s3_env, bucket, "wds/webdataset/") if k.endswith(".tar")]
+    tars = [k for k in objects(s3_env, bucket, f"wds/{WEBDATASET_DIR}/") if k.endswith(".tar")]
     assert len(tars) == 3 and all("/rerun-1/" in k for k in tars)
 
 
@@ -76,13 +77,13 @@ def test_local_manifest_and_shards_load_with_hf_datasets(tmp_path: Path, ray_clu
     out = tmp_path / "out"
     assert generate.main([str(shard_job(tmp_path, str(out), n=10, per_shard=4))]) == 0
     # the manifest as-is: one row per image, columns typed by the manifest schema
-    manifest = datasets.load_dataset("parquet", data_files=str(out / "manifest" / "part-*.parquet"),
+    manifest = datasets.load_dataset("parquet", data_files=str(out / MANIFEST_DIR / "part-*.parquet"),
                                      split="train")
     assert manifest.num_rows == 10 and set(manifest["status"]) == {"ok"}
     assert {"image_key", "prompt", "seed", "width", "image_uri", "sha256"} <= set(manifest.column_names)
     assert manifest.features["seed"].dtype == "int64" and manifest.features["prompt"].dtype == "string"
     # the shards through the `webdataset` loader: decoded images next to their metadata
-    index = json.loads((out / "webdataset" / "index.json").read_text())
+    index = json.loads((out / WEBDATASET_INDEX).read_text())
     shards = datasets.load_dataset("webdataset", data_files=[s["url"] for s in index["shards"]], split="train")
     assert shards.num_rows == 10
     sample = shards[0]

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
+from actors.layout import IMAGES_DIR, REPORT_HTML, RUN_JSON, STAGING_DIR
 from jobs import generate
 from tests.conftest import REPO, tiny_job, write_config, write_prompts
 
@@ -63,12 +64,12 @@ def test_100_prompts_mixed_sizes_then_idempotent_rerun(
         assert hashlib.sha256(body).hexdigest() == r["sha256"] and len(body) == r["bytes"]
         assert Image.open(io.BytesIO(body)).size == (r["width"], r["height"])
         assert r["generate_ms"] > 0 and r["cost_usd"] > 0 and r["model"].endswith("@main")
-    images_before = objects(s3_env, bucket, "run/images/")
+    images_before = objects(s3_env, bucket, f"run/{IMAGES_DIR}/")
     assert len(images_before) == 100
-    run_json = json.loads(client.get_object(Bucket=bucket, Key="run/run.json")["Body"].read())
+    run_json = json.loads(client.get_object(Bucket=bucket, Key=f"run/{RUN_JSON}")["Body"].read())
     assert run_json["summary"]["num_ok"] == 100 and run_json["summary"]["num_written"] == 100
-    assert not [k for k in objects(s3_env, bucket, "run/manifest/_staging/")]
-    report = client.get_object(Bucket=bucket, Key="run/report.html")["Body"].read().decode()
+    assert not [k for k in objects(s3_env, bucket, f"run/{STAGING_DIR}/")]
+    report = client.get_object(Bucket=bucket, Key=f"run/{REPORT_HTML}")["Body"].read().decode()
     assert "Contact sheet" in report and report.count("data:image/jpeg;base64,") >= 40
     assert "Throughput over time" in report and "<svg" in report and "generate_ms" in report
     # identical rerun: nothing new is written, everything reported as already present

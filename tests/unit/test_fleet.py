@@ -13,7 +13,7 @@ from actors.prompt_preprocessor import PromptPreprocessor
 from configs import ConfigError
 from configs.loader import parse_config
 from configs.scorer import ClipScorerConfig, RuleScorerConfig
-from pipelines.text_to_image import prep_config
+from pipelines.plan import prep_config
 from tests.conftest import sleep_job
 
 
@@ -64,7 +64,7 @@ def test_budget_skips_rows_past_the_estimate() -> None:
         ({"mode": "rules", "default": "sleepy"}, "needs routing.rules"),
         ({"mode": "fanout", "fanout": ["sleepy"]}, "at least two"),
         ({"mode": "fanout", "fanout": ["sleepy", "nope"]}, "'nope'"),
-        ({"mode": "cascade"}, "needs routing.cascade"),
+        ({"mode": "cascade"}, "routing.cascade: Field required"),
         ({"mode": "cascade", "cascade": {"draft": "sleepy", "escalate": "heavy", "threshold": 1}}, "scorer"),
         ({"mode": "cascade", "cascade": {"draft": "sleepy", "escalate": "sleepy", "threshold": 1}}, "different"),
     ],

@@ -13,12 +13,13 @@ from pydantic import SecretStr
 
 from actors.gemini_generator import GeminiImageGenerator, gemini_image_config
 from actors.hosted import HostedFatal, QuotaExhausted, RateLimiter, Verdict, call_with_retries, parse_duration
+from actors.layout import batches_dir
 from actors.openai_generator import OpenAIImageGenerator, openai_size_problem
 from configs import ConfigError
 from configs.hosted import GeminiImageConfig, OpenAIImagesConfig, RateLimits
 from configs.loader import parse_config
-from jobs.fake_hosted import GEMINI_KEY, OPENAI_KEY, FakeHosted, png
 from tests.conftest import sleep_job
+from tests.support.fake_hosted import GEMINI_KEY, OPENAI_KEY, FakeHosted, png
 
 FAST = RateLimits(requests_per_min=6000, images_per_min=6000, initial_backoff_s=0.01, max_backoff_s=0.2)
 
@@ -209,7 +210,7 @@ def test_openai_batch_mode_persists_polls_and_collects(fake: FakeHosted, tmp_pat
     assert list(out["status"]) == ["generated", "generated", "refused"]
     assert out["cost_usd"][0] == pytest.approx((50 * 5.0 + 272 * 30.0) / 1e6 * 0.5)  # batch discount
     assert len(fake.batches) == 1 and not any(r.path.endswith("/images/generations") for r in fake.log)
-    records = list((tmp_path / "_batches" / "openai").glob("*.json"))
+    records = list((tmp_path / batches_dir("openai")).glob("*.json"))
     assert len(records) == 1 and OPENAI_KEY not in records[0].read_text()
 
 

@@ -35,10 +35,28 @@ def test_driver_imports_stay_light() -> None:
     assert out.stdout.strip() == "False"
 
 
+def pinned_versions() -> dict[str, str]:
+    """`name==version` lines of constraints.txt, the one place dev/CI versions are pinned."""
+    pins = {}
+    for line in (REPO / "constraints.txt").read_text().splitlines():
+        spec = line.split("#")[0].strip()
+        if spec:
+            name, _, version = spec.partition("==")
+            pins[name.strip().lower()] = version.strip()
+    return pins
+
+
 @pytest.mark.slow
 def test_lint_and_types_are_clean() -> None:
-    """`make lint` in the suite: ruff everywhere, strict mypy on configs/pipelines/jobs (pinned versions)."""
+    """`make lint` in the suite: ruff everywhere, strict mypy on configs/pipelines/jobs/actors ([tool.mypy] files),
+    with the ruff and mypy versions pinned in constraints.txt."""
     bin_dir = Path(sys.executable).parent
+    pins = pinned_versions()
+    for tool in ("ruff", "mypy"):
+        out = subprocess.run([str(bin_dir / tool), "--version"], capture_output=True, text=True, check=True).stdout
+        assert out.split()[1] == pins[tool], f"{tool} {out.strip()} is not the constraints.txt pin {pins[tool]}"
+    pyproject = (REPO / "pyproject.toml").read_text()  # tomllib is 3.11+; the package supports 3.10
+    assert 'files = ["configs", "pipelines", "jobs", "actors"]' in pyproject, "mypy must cover all four packages"
     ruff = subprocess.run([str(bin_dir / "ruff"), "check", "."], cwd=REPO, capture_output=True, text=True)
     assert ruff.returncode == 0, ruff.stdout[-3000:]
     mypy = subprocess.run([str(bin_dir / "mypy")], cwd=REPO, capture_output=True, text=True, timeout=600)

@@ -7,7 +7,7 @@ import pytest
 
 from actors.prompt_preprocessor import PromptPreprocessor
 from configs.loader import parse_config
-from pipelines.text_to_image import prep_config
+from pipelines.plan import prep_config
 from tests.conftest import tiny_job
 
 

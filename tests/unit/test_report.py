@@ -11,6 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
+from actors.layout import MANIFEST_DIR, image_rel, manifest_part
 from configs.storage import StoreSpec
 from pipelines.report import write_report
 from pipelines.schema import MANIFEST
@@ -20,7 +21,7 @@ def manifest_row(i: int, root: Path, **extra: Any) -> dict[str, Any]:
     key = f"{i:040x}"
     uri = ""
     if extra.get("status", "ok") == "ok":
-        path = root / "images" / key[:2] / f"{key}.png"
+        path = root / image_rel(key, "png")
         path.parent.mkdir(parents=True, exist_ok=True)
         buf = io.BytesIO()
         Image.new("RGB", (16, 16), (i * 20 % 255, 80, 160)).save(buf, format="PNG")
@@ -37,8 +38,8 @@ def test_report_covers_every_row(tmp_path: Path) -> None:
     rows += [manifest_row(6, tmp_path, status="error", error="prompt is empty", cost_usd=0.0),
              manifest_row(7, tmp_path, status="refused", error="safety system", cost_usd=0.25),
              manifest_row(8, tmp_path, already_present=True, generated_at=5.0)]  # made by an earlier run
-    (tmp_path / "manifest").mkdir()
-    pq.write_table(pa.Table.from_pylist(rows, schema=MANIFEST), tmp_path / "manifest" / "part-r1-00000.parquet")
+    (tmp_path / MANIFEST_DIR).mkdir()
+    pq.write_table(pa.Table.from_pylist(rows, schema=MANIFEST), tmp_path / manifest_part("r1", 0))
     uri = write_report(str(tmp_path), StoreSpec(kind="local"))
     page = Path(uri).read_text()
     assert "9 images requested" in page and "error: 1, ok: 7, refused: 1" in page

@@ -9,8 +9,9 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from actors.layout import MANIFEST_DIR, image_rel, manifest_part
 from actors.resume_index import load_index
-from actors.storage import ObjectStore
+from actors.storage import ObjectStore, open_store
 from configs.storage import StoreSpec
 
 K = {name: name[0] * 40 for name in ("aaa", "bbb", "ccc", "ddd", "eee")}
@@ -23,12 +24,12 @@ def row(key: str, status: str, **extra: Any) -> dict[str, Any]:
 
 def setup(tmp: Path, parts: list[list[dict[str, Any]]], objects: list[str]) -> ObjectStore:
     for key in objects:
-        (tmp / "images" / key[:2]).mkdir(parents=True, exist_ok=True)
-        (tmp / "images" / key[:2] / f"{key}.png").write_bytes(b"x")
-    (tmp / "manifest").mkdir()
+        (tmp / image_rel(key, "png")).parent.mkdir(parents=True, exist_ok=True)
+        (tmp / image_rel(key, "png")).write_bytes(b"x")
+    (tmp / MANIFEST_DIR).mkdir()
     for n, rows in enumerate(parts):
-        pq.write_table(pa.Table.from_pylist(rows), tmp / "manifest" / f"part-r{n}-00000.parquet")
-    return ObjectStore(str(tmp), StoreSpec(kind="local"))
+        pq.write_table(pa.Table.from_pylist(rows), tmp / manifest_part(f"r{n}", 0))
+    return open_store(str(tmp), StoreSpec(kind="local"))
 
 
 def test_ok_beats_error_and_missing_objects_are_redone(tmp_path: Path) -> None:

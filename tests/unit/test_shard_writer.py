@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from actors.shard_writer import SAMPLE_FIELDS, ShardWriter, shard_name, shard_of
+from actors.layout import image_rel, shard_rel
+from actors.manifest_schema import SHARD_FIELDS
+from actors.shard_writer import ShardWriter, shard_of
 from configs.storage import StoreSpec
 from configs.writer import ShardWriterConfig
 
@@ -19,7 +21,7 @@ def group(root: Path, n: int) -> pa.Table:
     rows = []
     for i in range(n):
         key = hashlib.sha256(str(i).encode()).hexdigest()[:40]
-        rel = f"images/{key[:2]}/{key}.png"
+        rel = image_rel(key, "png")
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         (root / rel).write_bytes(b"png-bytes-%d" % i)
         rows.append({"shard": 3, "image_key": key, "image_uri": f"{root}/{rel}", "prompt": f"p{i}", "seed": i,
@@ -30,7 +32,7 @@ def group(root: Path, n: int) -> pa.Table:
 def test_one_tar_per_group_in_key_order(tmp_path: Path) -> None:
     cfg = ShardWriterConfig(uri=str(tmp_path), store=StoreSpec(kind="local"), num_shards=4, run_id="e1")
     out = ShardWriter(cfg)(group(tmp_path, 5)).to_pylist()
-    assert out[0]["shard"] == 3 and out[0]["path"] == shard_name("e1", 3) == "webdataset/e1/shard-000003.tar"
+    assert out[0]["shard"] == 3 and out[0]["path"] == shard_rel("e1", 3) == "webdataset/e1/shard-000003.tar"
     data = (tmp_path / out[0]["path"]).read_bytes()
     assert out[0]["bytes"] == len(data) and out[0]["sha256"] == hashlib.sha256(data).hexdigest()
     with tarfile.open(fileobj=io.BytesIO(data)) as tar:
@@ -40,7 +42,7 @@ def test_one_tar_per_group_in_key_order(tmp_path: Path) -> None:
         assert names[0].endswith(".png") and names[1].endswith(".json")
         assert tar.extractfile(names[0]).read().startswith(b"png-bytes-")  # type: ignore[union-attr]
         meta = json.loads(tar.extractfile(names[1]).read())  # type: ignore[union-attr]
-        assert set(meta) == set(SAMPLE_FIELDS) and meta["clip_score"] is None  # NaN is not JSON
+        assert set(meta) == set(SHARD_FIELDS) and meta["clip_score"] is None  # NaN is not JSON
     # rebuilding the same samples gives the same bytes (no timestamps inside)
     again = ShardWriter(cfg.model_copy(update={"run_id": "e2"}))(group(tmp_path, 5)).to_pylist()
     assert again[0]["sha256"] == out[0]["sha256"]

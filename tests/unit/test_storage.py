@@ -1,4 +1,5 @@
-"""ObjectStore against the real embedded SeaweedFS: write-once, races, credentials, endpoints."""
+"""ObjectStore: LocalStore on a folder, S3Store against the real embedded SeaweedFS (write-once, races,
+credentials, endpoints), and open_store picking between them."""
 
 import hashlib
 import threading
@@ -6,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from actors.storage import ObjectStore, StorageError, parse_location, resolve_store_spec
+from actors.storage import LocalStore, ObjectStore, StorageError, open_store, parse_location, resolve_store_spec
 from configs.storage import S3Config, StoreSpec
 
 
@@ -22,7 +23,7 @@ def test_parse_location() -> None:
 
 
 def test_put_if_absent_is_write_once(s3_server: Any, bucket: str) -> None:
-    store = ObjectStore(f"s3://{bucket}/run", spec(s3_server))
+    store = open_store(f"s3://{bucket}/run", spec(s3_server))
     sha = hashlib.sha256(b"one").hexdigest()
     assert store.put_if_absent("images/a.png", b"one", "image/png", sha) == (True, sha)
     written, stored = store.put_if_absent("images/a.png", b"two", "image/png", "x")
@@ -32,7 +33,7 @@ def test_put_if_absent_is_write_once(s3_server: Any, bucket: str) -> None:
 
 
 def test_racing_writers_one_winner(s3_server: Any, bucket: str) -> None:
-    store = ObjectStore(f"s3://{bucket}", spec(s3_server))
+    store = open_store(f"s3://{bucket}", spec(s3_server))
     results: list[bool] = []
 
     def put(i: int) -> None:
@@ -48,7 +49,7 @@ def test_racing_writers_one_winner(s3_server: Any, bucket: str) -> None:
 
 
 def test_wrong_secret_is_explained(s3_server: Any, bucket: str) -> None:
-    store = ObjectStore(f"s3://{bucket}", spec(s3_server, secret="wrong-secret"))
+    store = open_store(f"s3://{bucket}", spec(s3_server, secret="wrong-secret"))
     with pytest.raises(StorageError, match="rejected the credentials") as err:
         store.check_writable()
     assert "wrong-secret" not in str(err.value)
@@ -56,14 +57,14 @@ def test_wrong_secret_is_explained(s3_server: Any, bucket: str) -> None:
 
 def test_missing_bucket_is_explained(s3_server: Any) -> None:
     with pytest.raises(StorageError, match="does not exist"):
-        ObjectStore("s3://no-such-bucket-xyz/p", spec(s3_server)).check_writable()
+        open_store("s3://no-such-bucket-xyz/p", spec(s3_server)).check_writable()
 
 
 def test_unreachable_endpoint_is_explained() -> None:
     bad = StoreSpec(kind="s3", endpoint_url="http://127.0.0.1:9", access_key="a", secret_key="b", max_attempts=1,
                     connect_timeout_s=1)
     with pytest.raises(StorageError, match="cannot reach"):
-        ObjectStore("s3://b/p", bad).check_writable()
+        open_store("s3://b/p", bad).check_writable()
 
 
 def test_missing_credentials_name_the_variables() -> None:
@@ -76,3 +77,45 @@ def test_secret_file(tmp_path: Any) -> None:
     f.write_text("access_key=AK\nsecret_key=SK\n")
     s = resolve_store_spec("s3://b", S3Config(secret_file=str(f)), {})
     assert s.access_key.get_secret_value() == "AK" and "SK" not in repr(s) and "SK" not in s.model_dump_json()
+
+
+def test_open_store_picks_the_implementation(tmp_path: Any) -> None:
+    from actors.s3_store import S3Store
+
+    local = StoreSpec(kind="local")
+    assert type(open_store(str(tmp_path), local)) is LocalStore
+    assert type(open_store(f"file://{tmp_path}", local)) is LocalStore
+    s3 = open_store("s3://b/p", StoreSpec(kind="s3", access_key="a", secret_key="b"))
+    assert type(s3) is S3Store and s3.uri_of("images/x.png") == "s3://b/p/images/x.png"
+    assert s3.rel_of("s3://b/p/images/x.png") == "images/x.png"
+    with pytest.raises(TypeError):
+        ObjectStore(str(tmp_path), local)  # type: ignore[abstract]  # the interface, not a store
+    with pytest.raises(ValueError, match="not a local folder"):
+        LocalStore("s3://b/p", local)
+    with pytest.raises(ValueError, match="not an s3"):
+        S3Store(str(tmp_path), local)
+
+
+def test_local_store_is_write_once(tmp_path: Any) -> None:
+    store = open_store(str(tmp_path / "out"), StoreSpec(kind="local"))
+    sha = hashlib.sha256(b"one").hexdigest()
+    assert store.put_if_absent("images/a.png", b"one", "image/png", sha) == (True, sha)
+    assert store.put_if_absent("images/a.png", b"two", "image/png", "x") == (False, sha)  # stored object wins
+    store.put("run.json", b"{}")
+    store.put("run.json", b"{ }")  # records may be overwritten
+    store.copy("images/a.png", "images/b.png")
+    (tmp_path / "out" / "images" / ".tmp-half-written").write_bytes(b"?")
+    assert sorted(store.list("images/")) == [("images/a.png", 3), ("images/b.png", 3)]
+    assert store.get("run.json") == b"{ }" and store.exists("images/b.png") and not store.exists("nope")
+    store.delete("images/b.png")
+    store.delete("images/b.png")  # absent: no error
+    store.delete_prefix("images")
+    assert list(store.list("")) == [("run.json", 3)]
+    store.check_writable()
+
+
+def test_local_store_not_writable_is_explained(tmp_path: Any) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(StorageError, match="cannot write to"):
+        open_store(str(blocker / "out"), StoreSpec(kind="local")).check_writable()

@@ -1,5 +1,5 @@
 """A loopback fake of the OpenAI Images API and the Gemini generateContent API (their documented wire formats),
-for tests and offline development: `imagefleet fake-hosted --port 8123`.
+for tests and offline development: `python -m tests.support.fake_hosted --port 8123` (from the repo root).
 
 Fault knobs live on the server object (`server.knobs`), so a test flips them while Ray actors talk to it:
 rate_limit_n (429 + retry headers / RetryInfo), quota_exhausted (OpenAI insufficient_quota), server_error_n
@@ -14,6 +14,7 @@ import base64
 import hashlib
 import io
 import json
+import sys
 import threading
 import time
 import uuid
@@ -350,7 +351,7 @@ def _gemini_op(self: FakeHosted, bid: str) -> dict[str, Any]:
 def main(argv: list[str]) -> int:
     import argparse
 
-    p = argparse.ArgumentParser(prog="imagefleet fake-hosted")
+    p = argparse.ArgumentParser(prog="python -m tests.support.fake_hosted")
     p.add_argument("--port", type=int, default=8123)
     args = p.parse_args(argv)
     server = FakeHosted(port=args.port).start()
@@ -361,3 +362,7 @@ def main(argv: list[str]) -> int:
     except KeyboardInterrupt:
         server.stop()
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

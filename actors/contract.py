@@ -1,0 +1,21 @@
+"""What every stage actor declares: the columns it reads and writes (and, for backends, its config class)."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+
+class StageActor(Protocol):
+    """An actor class usable as a plan stage; `Plan.check` follows these declarations before anything runs."""
+
+    INPUT_COLUMNS: dict[str, str]
+    """Columns it needs from earlier stages (name → what it uses them for)."""
+    OUTPUT_COLUMNS: dict[str, str]
+    """Columns it adds or rewrites."""
+
+
+class BackendActor(StageActor, Protocol):
+    """A generator or scorer backend: built from one config class, found through that config's tag."""
+
+    CONFIG: Any
+    """The pydantic config class it is built from (a member of the backend union)."""

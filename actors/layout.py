@@ -1,0 +1,110 @@
+"""The output layout: every path under `<output.uri>` spelled once (images, manifest, batches, shards, records)."""
+
+from __future__ import annotations
+
+from actors.keys import KEY_HEX_CHARS
+
+# Everything here is relative to the output root (`ObjectStore.uri_of` makes URIs of it) and pure, so the writer,
+# the manifest commit, resume, exports and tests agree by construction. README.md's "Output layout" documents
+# the same paths; tests/unit/test_output_layout.py pins them.
+
+IMAGES_DIR = "images"
+MANIFEST_DIR = "manifest"
+STAGING_DIR = f"{MANIFEST_DIR}/_staging"
+BATCHES_DIR = "_batches"
+WEBDATASET_DIR = "webdataset"
+WEBDATASET_INDEX = f"{WEBDATASET_DIR}/index.json"
+RUN_JSON = "run.json"
+REPORT_HTML = "report.html"
+
+# image format (`output.format`) → file extension of the stored object
+EXTENSIONS = {"png": "png", "jpeg": "jpg", "webp": "webp"}
+
+
+def image_ext(fmt: str) -> str:
+    """File extension of images stored in `fmt` (`jpeg` is stored as `.jpg`).
+
+    Args:
+        fmt: an image format name (`png`, `jpeg`, `webp`).
+
+    Returns:
+        The extension without the dot.
+    """
+    try:
+        return EXTENSIONS[fmt]
+    except KeyError:
+        raise ValueError(f"unknown image format {fmt!r}; expected one of {sorted(EXTENSIONS)}") from None
+
+
+def image_rel(key: str, fmt: str) -> str:
+    """Relative path of an image: `images/<k[:2]>/<k>.<ext>`.
+
+    Only hex and a fixed extension go into the name, so user data can't escape the output prefix.
+
+    Args:
+        key: the image key (content hash, lowercase hex).
+        fmt: the image format it is stored in.
+
+    Returns:
+        The path relative to the output root.
+    """
+    if len(key) != KEY_HEX_CHARS or any(c not in "0123456789abcdef" for c in key):
+        raise ValueError(f"image key must be {KEY_HEX_CHARS} lowercase hex chars, got {key!r}")
+    return f"{IMAGES_DIR}/{key[:2]}/{key}.{image_ext(fmt)}"
+
+
+def image_pattern(fmt: str) -> str:
+    """The image path pattern for people (plans, docs): `images/<key[:2]>/<key>.<ext>`."""
+    return f"{IMAGES_DIR}/<key[:2]>/<key>.{image_ext(fmt)}"
+
+
+def key_of_image(rel: str) -> str:
+    """The image key an image path names (inverse of `image_rel`, any extension)."""
+    return rel.rsplit("/", 1)[-1].split(".", 1)[0]
+
+
+def staging_dir(run_id: str) -> str:
+    """Folder the manifest parts of run `run_id` stream into before they are committed."""
+    return f"{STAGING_DIR}/{run_id}"
+
+
+def manifest_part(run_id: str, n: int) -> str:
+    """Relative path of the n-th committed manifest part of run `run_id`."""
+    return f"{MANIFEST_DIR}/part-{run_id}-{n:05d}.parquet"
+
+
+def is_manifest_part(rel: str) -> bool:
+    """Whether `rel` is a committed manifest part (directly in `manifest/`, not staged)."""
+    name = rel.rsplit("/", 1)[-1]
+    return (rel.count("/") == 1 and rel.startswith(f"{MANIFEST_DIR}/") and name.startswith("part-")
+            and name.endswith(".parquet"))
+
+
+def is_part_of_run(rel: str, run_id: str) -> bool:
+    """Whether the committed part `rel` was written by run `run_id`."""
+    return f"part-{run_id}-" in rel
+
+
+def batches_dir(provider: str) -> str:
+    """Folder of a hosted provider's batch records (batch id → image keys)."""
+    return f"{BATCHES_DIR}/{provider}"
+
+
+def batch_record(provider: str, batch_id: str) -> str:
+    """Relative path of one batch record; a `/` in a provider's batch id can't nest folders."""
+    return f"{batches_dir(provider)}/{batch_id.replace('/', '_')}.json"
+
+
+def webdataset_dir(run_id: str) -> str:
+    """Folder of one WebDataset export (named after the run that made it)."""
+    return f"{WEBDATASET_DIR}/{run_id}"
+
+
+def shard_rel(run_id: str, index: int) -> str:
+    """Relative path of one shard of an export."""
+    return f"{webdataset_dir(run_id)}/shard-{index:06d}.tar"
+
+
+def shard_pattern(run_id: str, num_shards: int) -> str:
+    """Brace pattern naming every shard of an export (what `webdataset.WebDataset` expands)."""
+    return f"{webdataset_dir(run_id)}/shard-{{000000..{num_shards - 1:06d}}}.tar"

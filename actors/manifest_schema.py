@@ -1,0 +1,96 @@
+"""The output manifest's columns, declared once: name, Arrow type, meaning, and which consumers use each."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+
+# Every list of manifest columns derives from COLUMNS: the Arrow schema (pipelines.schema.MANIFEST), what a
+# resumed run carries over (CARRIED), the WebDataset sample JSON (SHARD_FIELDS) and the report's reads
+# (REPORT_COLUMNS). README.md's "Manifest columns:" list names them in this order (tests/unit keep it so).
+
+
+@dataclass(frozen=True)
+class Column:
+    """One manifest column."""
+
+    name: str
+    type: pa.DataType
+    description: str
+    carried: bool = False
+    """A rerun that skips the image copies this from the earlier run's row (scores, routes, timings, cost)."""
+    shard: bool = False
+    """Part of a WebDataset sample's JSON: what the image is and how it was made (no run timings)."""
+    report: bool = False
+    """Read by the run report."""
+
+
+COLUMNS: tuple[Column, ...] = (
+    Column("id", pa.string(), "row id from the input (or derived from the prompt)", shard=True, report=True),
+    Column("image_index", pa.int32(), "0..num_images-1 within the input row", shard=True),
+    Column("image_key", pa.string(), "content hash naming the image object ('' for invalid rows)",
+           shard=True, report=True),
+    Column("prompt", pa.string(), "prompt text", shard=True, report=True),
+    Column("negative_prompt", pa.string(), "negative prompt", shard=True),
+    Column("generator", pa.string(), "name of the generator that made the image", shard=True, report=True),
+    Column("model", pa.string(), "model id@revision of that generator", shard=True),
+    Column("seed", pa.int64(), "per-image seed", shard=True),
+    Column("width", pa.int32(), "pixels (as returned by hosted APIs)", shard=True),
+    Column("height", pa.int32(), "pixels (as returned by hosted APIs)", shard=True),
+    Column("num_steps", pa.int32(), "denoising steps", shard=True),
+    Column("guidance_scale", pa.float64(), "CFG scale", shard=True),
+    Column("status", pa.string(), "ok | error | refused | skipped", report=True),
+    Column("error", pa.string(), "why the row has no image ('' when ok)", report=True),
+    Column("image_uri", pa.string(), "where the image is stored ('' when none)", report=True),
+    Column("sha256", pa.string(), "of the stored image bytes", shard=True),
+    Column("bytes", pa.int64(), "stored image size", shard=True),
+    Column("already_present", pa.bool_(), "the object existed before this run (resumed or raced)", report=True),
+    Column("queue_ms", pa.float64(), "time waiting for a generator", report=True),
+    Column("generate_ms", pa.float64(), "model time per image", carried=True, report=True),
+    Column("encode_ms", pa.float64(), "image encode time", report=True),
+    Column("upload_ms", pa.float64(), "image upload time", report=True),
+    Column("cost_usd", pa.float64(), "what making the image cost (draft + heavy for escalated rows)",
+           carried=True, report=True),
+    Column("clip_score", pa.float64(), "CLIP score of the final image (null without a scorer)",
+           carried=True, shard=True, report=True),
+    Column("route", pa.string(), "cascade: draft | escalated", carried=True, shard=True),
+    Column("draft_image_key", pa.string(), "cascade: key of the kept draft of an escalated row", carried=True),
+    Column("draft_image_uri", pa.string(), "cascade: where the kept draft is stored", carried=True),
+    Column("draft_score", pa.float64(), "cascade: the draft's score", carried=True, shard=True),
+    Column("draft_generator", pa.string(), "cascade: generator that made the draft", carried=True, shard=True),
+    Column("generated_at", pa.float64(), "unix time the image was generated", carried=True, report=True),
+    Column("written_at", pa.float64(), "unix time the row finished"),
+    Column("run_id", pa.string(), "the run that wrote this manifest"),
+)
+
+NAMES: tuple[str, ...] = tuple(c.name for c in COLUMNS)
+SCHEMA = pa.schema([(c.name, c.type) for c in COLUMNS])
+CARRIED: tuple[str, ...] = tuple(c.name for c in COLUMNS if c.carried)
+SHARD_FIELDS: tuple[str, ...] = tuple(c.name for c in COLUMNS if c.shard)
+REPORT_COLUMNS: tuple[str, ...] = tuple(c.name for c in COLUMNS if c.report)
+_BY_NAME = {c.name: c for c in COLUMNS}
+
+
+def empty_value(name: str) -> Any:
+    """The "nothing recorded" value of a column in pipeline batches: '' for strings, NaN for floats (null in
+    the manifest), 0 for integers, False for booleans.
+
+    Args:
+        name: a manifest column name.
+
+    Returns:
+        The typed empty value.
+    """
+    t = _BY_NAME[name].type
+    if pa.types.is_string(t):
+        return ""
+    if pa.types.is_floating(t):
+        return math.nan
+    if pa.types.is_boolean(t):
+        return False
+    if pa.types.is_integer(t):
+        return 0
+    raise TypeError(f"manifest column {name!r} has type {t}; no empty value is defined for it")

@@ -1,0 +1,147 @@
+"""S3Store: the ObjectStore on an S3 bucket (boto3, conditional writes, store outages ridden out with retries)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+from actors.storage import ObjectStore, StorageError, explain_s3_error, s3_client, with_retries
+from configs.storage import StoreSpec
+
+T = TypeVar("T")
+
+
+class S3Store(ObjectStore):
+    """Objects under `s3://bucket/prefix`: write-once by `If-None-Match: *`, every call retried through
+    transient errors (5xx, SlowDown, connection) for up to `spec.retry_budget_s`.
+
+    Args:
+        uri: `s3://bucket/prefix`.
+        spec: resolved connection (credentials, endpoint, retries).
+    """
+
+    def __init__(self, uri: str, spec: StoreSpec) -> None:
+        super().__init__(uri, spec)
+        if self.location.kind != "s3":
+            raise ValueError(f"{uri} is not an s3:// URI; open_store picks the store for a URI")
+        self._client: Any = None
+
+    @property
+    def client(self) -> Any:
+        """The boto3 client, created on first use (actors build stores before they need them)."""
+        if self._client is None:
+            self._client = s3_client(self.spec)
+        return self._client
+
+    def _s3(self, fn: Callable[[], T], what: str) -> T:
+        return with_retries(fn, self.spec.retry_budget_s, what)
+
+    def _key(self, rel: str) -> str:
+        return f"{self.location.prefix}/{rel}".lstrip("/")
+
+    # -- writes -------------------------------------------------------------------------------------
+    def put_if_absent(self, rel: str, data: bytes, content_type: str, sha256: str) -> tuple[bool, str]:
+        from botocore.exceptions import ClientError
+
+        try:
+            self._s3(
+                lambda: self.client.put_object(
+                    Bucket=self.location.bucket,
+                    Key=self._key(rel),
+                    Body=data,
+                    ContentType=content_type,
+                    IfNoneMatch="*",
+                    Metadata={"sha256": sha256},
+                ),
+                f"put {rel}",
+            )
+            return True, sha256
+        except ClientError as exc:
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if status != 412:
+                raise
+        # A previous attempt (or a racing writer) stored it first: the stored object wins.
+        return False, self.stored_sha256(rel)
+
+    def put(self, rel: str, data: bytes, content_type: str = "application/octet-stream") -> None:
+        self._s3(
+            lambda: self.client.put_object(
+                Bucket=self.location.bucket, Key=self._key(rel), Body=data, ContentType=content_type
+            ),
+            f"put {rel}",
+        )
+
+    def put_file(self, rel: str, path: str, content_type: str = "application/octet-stream") -> None:
+        # upload_file goes multipart for large files
+        self._s3(lambda: self.client.upload_file(path, self.location.bucket, self._key(rel),
+                                                 ExtraArgs={"ContentType": content_type}), f"upload {rel}")
+
+    # -- reads --------------------------------------------------------------------------------------
+    def get(self, rel: str) -> bytes:
+        return self._s3(
+            lambda: bytes(self.client.get_object(Bucket=self.location.bucket, Key=self._key(rel))["Body"].read()),
+            f"get {rel}",
+        )
+
+    def stored_sha256(self, rel: str) -> str:
+        """sha256 of a stored object: from its metadata when we wrote it, else by reading it."""
+        head = self._s3(lambda: self.client.head_object(Bucket=self.location.bucket, Key=self._key(rel)), rel)
+        if head.get("Metadata", {}).get("sha256"):
+            return str(head["Metadata"]["sha256"])
+        return super().stored_sha256(rel)
+
+    def exists(self, rel: str) -> bool:
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client.head_object(Bucket=self.location.bucket, Key=self._key(rel))
+            return True
+        except ClientError as exc:
+            if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404:
+                return False
+            raise
+
+    def list(self, rel_prefix: str) -> Iterator[tuple[str, int]]:
+        paginator = self.client.get_paginator("list_objects_v2")
+        strip = len(self.location.prefix) + 1 if self.location.prefix else 0
+        for page in paginator.paginate(Bucket=self.location.bucket, Prefix=self._key(rel_prefix)):
+            for obj in page.get("Contents", []):
+                if not obj["Key"].endswith("/"):  # directory markers some writers leave behind
+                    yield obj["Key"][strip:], int(obj["Size"])
+
+    # -- deletes and copies -------------------------------------------------------------------------
+    def delete_prefix(self, rel_prefix: str) -> None:
+        paginator = self.client.get_paginator("list_objects_v2")
+        prefix = self._key(rel_prefix.rstrip("/") + "/")
+        for page in paginator.paginate(Bucket=self.location.bucket, Prefix=prefix):
+            keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
+            if keys:
+                batch: list[dict[str, Any]] = keys
+                self._s3(lambda batch=batch: self.client.delete_objects(  # type: ignore[misc]
+                    Bucket=self.location.bucket, Delete={"Objects": batch, "Quiet": True}), f"delete {rel_prefix}")
+        self._s3(lambda: self.client.delete_object(Bucket=self.location.bucket, Key=prefix), f"delete {rel_prefix}")
+
+    def delete(self, rel: str) -> None:
+        self._s3(lambda: self.client.delete_object(Bucket=self.location.bucket, Key=self._key(rel)), f"delete {rel}")
+
+    def copy(self, src_rel: str, dst_rel: str) -> None:
+        self._s3(
+            lambda: self.client.copy_object(
+                Bucket=self.location.bucket,
+                Key=self._key(dst_rel),
+                CopySource={"Bucket": self.location.bucket, "Key": self._key(src_rel)},
+            ),
+            f"copy {src_rel}",
+        )
+
+    # -- checks -------------------------------------------------------------------------------------
+    def check_writable(self) -> None:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        probe = self._probe_rel()
+        try:  # direct calls: a pre-flight check should fail fast, not ride out an outage
+            self.client.list_objects_v2(Bucket=self.location.bucket, MaxKeys=1)  # errors carry a code (HEAD has none)
+            self.client.put_object(Bucket=self.location.bucket, Key=self._key(probe), Body=b"ok")
+            self.client.delete_object(Bucket=self.location.bucket, Key=self._key(probe))
+        except (ClientError, BotoCoreError) as exc:
+            raise StorageError(explain_s3_error(exc, self.location.uri)) from None

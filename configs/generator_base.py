@@ -1,0 +1,137 @@
+"""Pieces every generator config shares: pool, defaults, cost, declared run-time needs, and the base class."""
+
+from pydantic import Field, model_validator
+
+from configs.base import StrictModel
+from configs.storage import S3Config
+
+
+class PoolConfig(StrictModel):
+    """The autoscaled Ray actor pool that runs one generator."""
+
+    min_size: int = Field(default=1, ge=1)
+    """Actors kept alive at all times."""
+    max_size: int = Field(default=1, ge=1)
+    """Upper bound the autoscaler may grow to."""
+    initial_size: int = Field(default=1, ge=1)
+    """Actors started up front (min_size <= initial_size <= max_size)."""
+    num_gpus: float = Field(default=1.0, ge=0)
+    """GPUs per actor; fractional shares a GPU, 0 runs on CPU."""
+    num_cpus: float = Field(default=1.0, ge=0)
+    """CPUs per actor."""
+    batch_size: int = Field(default=4, ge=1, le=1024)
+    """Images per model call (rows are grouped by shape first)."""
+    accelerator_type: str = ""
+    """Ray accelerator type the actors need (e.g. H100, L4; a GPU worker group in infra/ provides it)."""
+
+    @model_validator(mode="after")
+    def _sizes(self) -> "PoolConfig":
+        if not self.min_size <= self.initial_size <= self.max_size:
+            raise ValueError(
+                f"pool sizes must satisfy min_size <= initial_size <= max_size, got "
+                f"min_size={self.min_size}, initial_size={self.initial_size}, max_size={self.max_size}"
+            )
+        return self
+
+
+class GenerationDefaults(StrictModel):
+    """Per-generator defaults; a row's own columns override them."""
+
+    width: int = Field(default=512, ge=8, le=8192)
+    """Image width in pixels (multiple of 8)."""
+    height: int = Field(default=512, ge=8, le=8192)
+    """Image height in pixels (multiple of 8)."""
+    num_steps: int = Field(default=30, ge=1, le=1000)
+    """Denoising steps."""
+    guidance_scale: float = Field(default=5.0, ge=0, le=50)
+    """Classifier-free guidance; 0 disables it (turbo models)."""
+    negative_prompt: str = ""
+    """Negative prompt when the row has none."""
+    max_pixels: int = Field(default=4096 * 4096, ge=64)
+    """Rows asking for more pixels than this become error rows."""
+
+    @model_validator(mode="after")
+    def _multiple_of_8(self) -> "GenerationDefaults":
+        for name in ("width", "height"):
+            if getattr(self, name) % 8:
+                raise ValueError(f"{name} must be a multiple of 8, got {getattr(self, name)}")
+        return self
+
+
+class CostConfig(StrictModel):
+    """How a generator's images are priced in the manifest."""
+
+    usd_per_gpu_hour: float = Field(default=0.0, ge=0)
+    """Local pools: price of one GPU-hour (generation time x num_gpus is billed)."""
+    usd_per_image: float = Field(default=0.0, ge=0)
+    """Flat price per image (hosted APIs without usage, or a house rate)."""
+    est_seconds_per_image: float = Field(default=0.0, ge=0)
+    """Expected model seconds per image, for --dry-run estimates and `budget_usd` (actual time is billed)."""
+
+    def estimate_usd(self, num_gpus: float) -> float:
+        """Expected price of one image, before it is generated."""
+        return self.usd_per_image + self.est_seconds_per_image * num_gpus * self.usd_per_gpu_hour / 3600
+
+
+class Needs(StrictModel):
+    """What a generator needs at run time beyond its config: jobs resolve these, the pipeline passes them on.
+
+    Each generator config declares its needs (`GeneratorBase.needs`), so neither jobs nor pipelines switch on
+    config types: a new backend states what it needs here and gets it as constructor arguments.
+    """
+
+    api_key_env: str = ""
+    """Environment variable holding an API key (`api_key` constructor argument); empty = no key needed."""
+    api_key_file: str = ""
+    """File holding the API key (wins over `api_key_env`)."""
+    model_uri: str = ""
+    """An `s3://` model folder to copy once per actor (`model_store` constructor argument); empty = none."""
+    model_s3: S3Config = S3Config()
+    """Connection settings for `model_uri`."""
+    state_store: bool = False
+    """Keeps state next to the outputs (`state_uri`, `state_store` constructor arguments), e.g. batch ids."""
+
+    @property
+    def api_key(self) -> bool:
+        """Whether an API key must be resolved."""
+        return bool(self.api_key_env or self.api_key_file)
+
+
+class GeneratorBase(StrictModel):
+    """Fields and behaviour every generator backend shares; each backend adds a `backend` literal and its own
+    fields, and lists itself in `configs.generator.GeneratorConfig`."""
+
+    backend: str
+    """Backend discriminator (a `Literal` in each subclass)."""
+    model: str
+    """Model id or path (part of the image key)."""
+    revision: str = ""
+    """Model revision or snapshot label (part of the image key)."""
+    scheduler: str = ""
+    """Scheduler override (part of the image key; '' = the model's own)."""
+    pool: PoolConfig = PoolConfig()
+    """Actor pool for this generator."""
+    defaults: GenerationDefaults = GenerationDefaults()
+    """Defaults for rows that don't set them."""
+    cost: CostConfig = CostConfig()
+    """Pricing of this generator's images."""
+
+    def needs(self) -> Needs:
+        """What this generator needs at run time (secrets, stores); nothing by default."""
+        return Needs()
+
+    def online(self) -> "GeneratorBase":
+        """This config as served online (Ray Serve answers each request directly); unchanged by default."""
+        return self
+
+    def estimate_usd(self) -> float:
+        """Expected price of one image at the generator's default settings, before it is generated."""
+        return self.cost.estimate_usd(self.pool.num_gpus)
+
+
+def backend_name(cls: type[GeneratorBase]) -> str:
+    """The discriminator value of a backend config class."""
+    default = cls.model_fields["backend"].default
+    if not isinstance(default, str):
+        raise TypeError(f"{cls.__name__}.backend needs a Literal default")
+    return default

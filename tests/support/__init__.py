@@ -1,0 +1,1 @@
+"""Dev-only helpers for the tests and offline development (not shipped in the wheel)."""

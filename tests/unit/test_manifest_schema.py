@@ -1,0 +1,68 @@
+"""The manifest column table (actors/manifest_schema.py) is the one source: README, schema and users follow it."""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+import re
+
+import numpy as np
+import pyarrow as pa
+
+from actors import manifest_schema as ms
+from tests.conftest import REPO
+
+
+def readme_section(title: str) -> str:
+    text = (REPO / "README.md").read_text()
+    start = text.index(f"### {title}\n")
+    end = text.find("\n#", start + 1)
+    return text[start:end if end != -1 else None]
+
+
+def test_readme_lists_the_manifest_columns_in_order() -> None:
+    section = readme_section("Output layout")
+    listed = re.search(r"Manifest columns: `([^`]*)`", section)
+    assert listed, "README.md's Output layout section has no `Manifest columns: `…`` list"
+    names = [re.sub(r"\s*\(.*?\)", "", n).strip() for n in listed.group(1).split(",")]  # drop "(ok|error|…)"
+    assert names == list(ms.NAMES), "README.md's manifest column list drifted from actors/manifest_schema.py"
+
+
+def test_readme_lists_what_a_resumed_row_keeps() -> None:
+    text = " ".join((REPO / "README.md").read_text().split())
+    kept = re.search(r"keep what the earlier run recorded about them\**\s*\(([^)]*)\)", text)
+    assert kept
+    patterns = [p.strip(" `") for p in kept.group(1).split(",")]
+    assert sorted(ms.CARRIED) == sorted(c for c in ms.NAMES if any(fnmatch.fnmatch(c, p) for p in patterns))
+
+
+def test_table_is_well_formed() -> None:
+    assert len(set(ms.NAMES)) == len(ms.NAMES)
+    assert all(c.description and "\n" not in c.description for c in ms.COLUMNS)
+    assert ms.SCHEMA.names == list(ms.NAMES)
+    assert [ms.SCHEMA.field(c.name).type for c in ms.COLUMNS] == [c.type for c in ms.COLUMNS]
+    # a resumed row tells "recorded" from "not recorded" by NaN (floats) or '' (strings): nothing else can carry
+    assert all(pa.types.is_floating(c.type) or pa.types.is_string(c.type) for c in ms.COLUMNS if c.carried)
+    # the report's stage timings are manifest columns it reads
+    from pipelines.report import COLUMNS, STAGES
+
+    assert set(STAGES) <= set(COLUMNS) == set(ms.REPORT_COLUMNS)
+
+
+def test_pipeline_schema_is_the_table() -> None:
+    from pipelines.schema import MANIFEST
+
+    assert MANIFEST.equals(ms.SCHEMA) and MANIFEST.names == list(ms.NAMES)
+
+
+def test_no_prior_defaults_follow_the_column_types() -> None:
+    from actors.prompt_preprocessor import _DTYPES, NO_PRIOR
+
+    assert set(NO_PRIOR) == {f"prior_{c}" for c in ("sha256", "bytes", *ms.CARRIED)}
+    assert NO_PRIOR["prior_sha256"] == "" and NO_PRIOR["prior_bytes"] == 0
+    for name in ms.CARRIED:
+        value = NO_PRIOR[f"prior_{name}"]
+        if pa.types.is_floating(ms.SCHEMA.field(name).type):
+            assert math.isnan(value) and _DTYPES[f"prior_{name}"] is np.float64
+        else:
+            assert value == ""

@@ -1,0 +1,74 @@
+"""The output layout (actors/layout.py): the paths README.md documents, spelled literally here once."""
+
+from __future__ import annotations
+
+import pytest
+
+from actors import layout
+from actors.keys import image_key
+
+KEY = "ab" + "0" * 38
+
+
+def test_paths_are_the_documented_ones() -> None:
+    assert layout.image_rel(KEY, "png") == f"images/ab/{KEY}.png"
+    assert layout.image_rel(KEY, "webp") == f"images/ab/{KEY}.webp"
+    assert layout.image_pattern("png") == "images/<key[:2]>/<key>.png"
+    assert layout.MANIFEST_DIR == "manifest"
+    assert layout.staging_dir("r7") == "manifest/_staging/r7"
+    assert layout.manifest_part("r7", 3) == "manifest/part-r7-00003.parquet"
+    assert layout.batches_dir("openai") == "_batches/openai"
+    assert layout.batch_record("gemini", "batches/x1") == "_batches/gemini/batches_x1.json"
+    assert layout.webdataset_dir("r7") == "webdataset/r7"
+    assert layout.shard_rel("r7", 12) == "webdataset/r7/shard-000012.tar"
+    assert layout.shard_pattern("r7", 3) == "webdataset/r7/shard-{000000..000002}.tar"
+    assert layout.WEBDATASET_INDEX == "webdataset/index.json"
+    assert (layout.RUN_JSON, layout.REPORT_HTML) == ("run.json", "report.html")
+
+
+def test_jpeg_is_stored_as_jpg() -> None:
+    """The writer, the plan (`--dry-run`) and readers all take the extension from here."""
+    assert layout.image_ext("jpeg") == "jpg"
+    assert layout.image_rel(KEY, "jpeg").endswith(".jpg")
+    assert layout.image_pattern("jpeg") == "images/<key[:2]>/<key>.jpg"
+    with pytest.raises(ValueError, match="unknown image format"):
+        layout.image_ext("gif")
+
+
+def test_image_paths_never_escape_the_prefix() -> None:
+    key = image_key(model="m", revision="main", scheduler="", prompt="a cat", negative_prompt="", seed=1, width=64,
+                    height=64, num_steps=2, guidance_scale=0.0)
+    assert layout.image_rel(key, "png") == f"images/{key[:2]}/{key}.png"
+    for bad in ("../../etc/passwd", "a/b", key[:-1] + "/", "", key.upper()):
+        with pytest.raises(ValueError):
+            layout.image_rel(bad, "png")
+
+
+def test_parsing_inverts_building() -> None:
+    assert layout.key_of_image(layout.image_rel(KEY, "jpeg")) == KEY
+    assert layout.is_manifest_part(layout.manifest_part("r7", 0))
+    assert not layout.is_manifest_part(f"{layout.staging_dir('r7')}/part-0.parquet")  # staged, not committed
+    assert not layout.is_manifest_part("manifest/notes.txt")
+    assert layout.is_part_of_run(layout.manifest_part("r7", 0), "r7")
+    assert not layout.is_part_of_run(layout.manifest_part("r7", 0), "r8")
+
+
+def test_plan_text_names_the_stored_extension() -> None:
+    """`--dry-run` prints the path the writer really uses (`.jpg` for jpeg, not the format name)."""
+    import pyarrow as pa
+
+    from configs.loader import parse_config
+    from jobs.runtime import plan_text
+    from pipelines.text_to_image import SourceInfo
+    from tests.conftest import sleep_job
+
+    raw = sleep_job("in.parquet", "out")
+    raw["output"]["format"] = "jpeg"
+    from configs.storage import StoreSpec
+    from pipelines.plan import make_plan
+    from pipelines.text_to_image import Stores
+
+    cfg = parse_config(raw)
+    source = SourceInfo(files=["in.parquet"], num_rows=1, schema=pa.schema([("prompt", pa.string())]))
+    plan = make_plan(cfg, Stores(source=StoreSpec(kind="local"), output=StoreSpec(kind="local")), ["prompt"], 1)
+    assert "/images/<key[:2]>/<key>.jpg  +  manifest/  +  run.json" in plan_text(cfg, source, plan)

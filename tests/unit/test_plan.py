@@ -1,0 +1,111 @@
+"""The run plan as a value: stage order per routing mode, the column chain check, CPU accounting, cost."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import pytest
+
+from configs.loader import parse_config
+from configs.storage import StoreSpec
+from pipelines.plan import Plan, PlanError, Stage, make_plan
+from pipelines.pools import Pool, missing_on_local
+from pipelines.text_to_image import Stores
+from tests.conftest import sleep_job
+
+STORES = Stores(source=StoreSpec(kind="local"), output=StoreSpec(kind="local"))
+
+
+def fleet(routing: dict[str, Any], scorer: bool = False, names: tuple[str, ...] = ("a", "b", "c")) -> Any:
+    raw = sleep_job("in.parquet", "/tmp/out")
+    base = raw["generators"].pop("sleepy")
+    raw["generators"] = {n: {**base, "model": f"m-{n}"} for n in names}
+    raw["routing"] = routing
+    if scorer:
+        raw["scorer"] = {"backend": "rule"}
+    return parse_config(raw)
+
+
+def names(plan: Plan) -> list[str]:
+    return [s.name for s in plan.stages]
+
+
+@pytest.mark.parametrize(
+    ("routing", "scorer", "stages"),
+    [
+        ({"mode": "single", "default": "b"}, False, ["generate:b"]),
+        ({"mode": "column", "default": "a"}, False, ["generate:a", "generate:b", "generate:c"]),
+        ({"mode": "rules", "default": "a", "rules": [{"field": "pixels", "op": ">", "value": 1, "generator": "c"}]},
+         True, ["generate:a", "generate:c", "score"]),
+        ({"mode": "fanout", "fanout": ["c", "a"]}, False, ["generate:c", "generate:a"]),
+        ({"mode": "cascade", "cascade": {"draft": "a", "escalate": "c", "threshold": 0.5}}, True,
+         ["generate:a", "score", "escalate", "generate:c", "score"]),
+    ],
+)
+def test_each_routing_mode_is_one_straight_line_of_stages(routing: dict[str, Any], scorer: bool,
+                                                          stages: list[str]) -> None:
+    """Rows are read and preprocessed once: every mode is preprocess → its steps → write, no branches."""
+    plan = make_plan(fleet(routing, scorer), STORES, ["prompt"], 100)
+    assert names(plan) == ["preprocess", *stages, "write"]
+    plan.check()
+    # the first generator pool gets blocks of a few GPU batches; the rest keep them
+    assert [s.rows_per_block > 0 for s in plan.stages if s.generator][0]
+    assert sum(s.rows_per_block > 0 for s in plan.stages) == 1
+
+
+def test_a_broken_column_chain_fails_at_plan_time_with_one_line() -> None:
+    plan = make_plan(fleet({"mode": "single", "default": "a"}), STORES, ["prompt"], 10)
+    writer = plan.stages[-1]
+    broken = replace(plan, stages=(*plan.stages[:-1], replace(writer, reads=(*writer.reads, "mask_uri"))))
+    with pytest.raises(PlanError) as err:
+        broken.check()
+    assert "\n" not in str(err.value)
+    assert "stage 'write' (ImageWriter) reads column(s) mask_uri that no earlier stage writes" in str(err.value)
+
+
+def test_an_escalator_before_any_scorer_is_caught() -> None:
+    """Each actor's declared inputs are the columns it really reads: moving the escalator ahead of the scorer
+    is caught (the Escalator reads the draft's clip_score)."""
+    cfg = fleet({"mode": "cascade", "cascade": {"draft": "a", "escalate": "c", "threshold": 0.5}}, scorer=True)
+    plan = make_plan(cfg, STORES, ["prompt"], 10)
+    stages = list(plan.stages)
+    stages.remove(next(s for s in stages if s.name == "escalate"))
+    stages.insert(1, next(s for s in plan.stages if s.name == "escalate"))
+    with pytest.raises(PlanError, match="stage 'escalate' .*clip_score"):
+        replace(plan, stages=tuple(stages)).check()
+
+
+def test_the_source_must_have_the_prompt_column() -> None:
+    plan = make_plan(fleet({"mode": "single", "default": "a"}), STORES, ["text"], 10)
+    with pytest.raises(PlanError, match="stage 'preprocess' .*prompt"):
+        plan.check()
+
+
+def test_cpu_accounting_and_pools_come_from_the_plan() -> None:
+    plan = make_plan(fleet({"mode": "fanout", "fanout": ["a", "b"]}, scorer=True), STORES, ["prompt"], 10)
+    expected = sum(s.pool.max_size * s.pool.num_cpus for s in plan.stages)
+    assert plan.actor_cpus() == pytest.approx(expected)
+    assert set(plan.pools) == set(names(plan))
+    text = "\n".join(plan.describe())
+    assert "generate:a" in text and "SleepGenerator" in text and "RuleScorer" in text
+
+
+def test_missing_accelerator_is_named_with_the_pool() -> None:
+    pools = {"generate:sdxl": Pool(1, 1, 1, num_cpus=1, batch_size=4, num_gpus=1, accelerator_type="H100")}
+    problem = missing_on_local(pools, {"CPU": 4.0, "GPU": 2.0})
+    assert "pool 'generate:sdxl' needs H100 accelerator" in problem
+    assert missing_on_local(pools, {"CPU": 4, "GPU": 2, "accelerator_type:H100": 1}) == ""
+    assert "2 GPU" in missing_on_local({"p": replace(pools["generate:sdxl"], num_gpus=2, accelerator_type="")},
+                                       {"CPU": 4.0, "GPU": 1.0})
+
+
+def test_stage_values_carry_only_their_config_slice() -> None:
+    """torchtitan's rule: each actor gets its own slice (never the JobConfig)."""
+    from configs.job import JobConfig
+
+    plan = make_plan(fleet({"mode": "column", "default": "a"}), STORES, ["prompt"], 10)
+    for stage in plan.stages:
+        assert not any(isinstance(v, JobConfig) for v in stage.kwargs.values()), stage.name
+    gen: Stage = plan.stages[1]
+    assert gen.kwargs["cfg"].model == "m-a"
