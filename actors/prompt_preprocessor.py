@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from decimal import Decimal
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -71,7 +72,7 @@ class PromptPreprocessor:
     def __call__(self, batch: pa.Table) -> Batch:
         # 1 read the columns once
         n = batch.num_rows
-        cols = {name: batch.column(name).to_pylist() for name in batch.column_names}
+        cols = {name: _values(batch.column(name)) for name in batch.column_names}
         prompts = cols.get(self.cfg.prompt_column, [None] * n)
         ids = cols.get(self.cfg.id_column, [None] * n)
         negs = cols.get(self.cfg.negative_prompt_column, [None] * n)
@@ -185,6 +186,10 @@ class PromptPreprocessor:
         """Return a message naming what is wrong with the row, or ''."""
         if ident is None:
             return f"generator {gen_name!r} is not configured; choose one of {sorted(self.cfg.generators)}"
+        if isinstance(prompt, Undecodable):
+            return f"prompt is not valid UTF-8 text ({prompt})"
+        if isinstance(row["negative_prompt"], Undecodable):
+            return f"negative_prompt is not valid UTF-8 text ({row['negative_prompt']})"
         if prompt is None:
             return "prompt is null"
         if not isinstance(prompt, str) or not prompt.strip():
@@ -211,8 +216,32 @@ class PromptPreprocessor:
         return ""
 
 
+class Undecodable(str):
+    """A text cell whose bytes are not UTF-8: the row becomes an error row (shown as its first bytes, escaped)."""
+
+
+def _values(column: Any) -> list[Any]:
+    """A column as Python values; undecodable text cells become `Undecodable` markers instead of failing the
+    whole block (Parquet string columns can hold any bytes)."""
+    try:
+        return list(column.to_pylist())
+    except UnicodeDecodeError:
+        import pyarrow as pa
+
+        raw = column.cast(pa.binary()).to_pylist()
+        out: list[Any] = []
+        for value in raw:
+            try:
+                out.append(value.decode("utf-8") if value is not None else None)
+            except UnicodeDecodeError:
+                out.append(Undecodable(repr(value[:40])))
+        return out
+
+
 def _convert(name: str, value: Any) -> Any:
     kind = OVERRIDE_COLUMNS[name]
+    if isinstance(value, Decimal):  # Parquet decimal columns (e.g. guidance 7.50 from a SQL export)
+        value = float(value) if value.is_finite() else math.nan
     if kind is int:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise ValueError(f"{name}={value!r} is not a whole number")

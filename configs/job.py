@@ -69,6 +69,13 @@ class JobConfig(StrictModel):
                 )
         if self.routing.needs_default and not self.routing.default and len(names) > 1:
             raise ValueError(f"several generators configured ({names}): set routing.default to one of them")
+        if self.limits.budget_usd > 0:
+            for name in self.routing.used(list(self.generators)):
+                if self.generators[name].estimate_usd() <= 0:
+                    raise ValueError(
+                        f"limits.budget_usd={self.limits.budget_usd:g} can't be enforced: generator {name!r} has no "
+                        f"cost estimate; set generators.{name}.cost.usd_per_image, or cost.est_seconds_per_image "
+                        f"with cost.usd_per_gpu_hour")
         if self.routing.needs_scorer and self.scorer is None:
             raise ValueError(f"routing.mode={self.routing.mode} scores drafts: configure a `scorer`")
         return self

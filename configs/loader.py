@@ -8,6 +8,8 @@ from pydantic import BaseModel, ValidationError
 
 from configs.job import JobConfig
 
+# far more than any real config (a few hundred values); an alias bomb passes it within microseconds
+MAX_CONFIG_VALUES = 100_000
 # fields whose Literal default tags a variant of a discriminated union (pydantic puts the tag in error locations)
 TAG_FIELDS = ("backend", "mode")
 
@@ -31,16 +33,69 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> JobConf
     """
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config {path} is a folder; pass the YAML file, e.g. {path}/job.yaml") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path} is not UTF-8 text; save it as UTF-8 YAML") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    raw = parse_yaml(text, str(path))
     if not isinstance(raw, dict):
         raise ConfigError(f"{path} must hold a YAML mapping at the top level")
     for item in overrides or []:
         _apply_override(raw, item)
     return parse_config(raw, source=str(path))
+
+
+class _StrictLoader(yaml.SafeLoader):  # type: ignore[misc]  # PyYAML is untyped
+    """Safe YAML that refuses duplicate keys (plain YAML silently keeps the last one)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                line = key_node.start_mark.line + 1
+                raise ConfigError(f"duplicate key {key!r} at line {line}; keep one of them")
+            seen.add(key)
+        mapping: dict[Any, Any] = super().construct_mapping(node, deep=deep)
+        return mapping
+
+
+def parse_yaml(text: str, source: str) -> Any:
+    """YAML text → plain data: safe tags only, no duplicate keys, and a bound on the expanded size (aliases can
+    make a few lines expand to billions of values)."""
+    try:
+        data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source} is not valid YAML: {_first_line(exc)}") from None
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    _check_size(data, source)
+    return data
+
+
+def _check_size(data: Any, source: str) -> None:
+    """Count the values of the expanded document (shared alias targets counted each time they are used)."""
+    budget, stack = MAX_CONFIG_VALUES, [data]
+    while stack:
+        node = stack.pop()
+        budget -= 1
+        if budget < 0:
+            raise ConfigError(f"{source} expands to more than {MAX_CONFIG_VALUES:,} values (nested YAML aliases?); "
+                              f"write the config out plainly")
+        if isinstance(node, dict):
+            stack.extend(node.keys())
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+
+
+def _first_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:300]
 
 
 def parse_config(raw: dict[str, Any], source: str = "<config>") -> JobConfig:
@@ -62,7 +117,7 @@ def _apply_override(raw: dict[str, Any], item: str) -> None:
         if not isinstance(child, dict):
             raise ConfigError(f"--set {key}: {part!r} is not a mapping")
         node = child
-    node[parts[-1]] = yaml.safe_load(value) if value.strip() else ""
+    node[parts[-1]] = parse_yaml(value, f"--set {key}") if value.strip() else ""
 
 
 def _explain(exc: ValidationError, raw: dict[str, Any]) -> str:

@@ -9,7 +9,7 @@ from configs.storage import S3Config
 class SourceConfig(StrictModel):
     """A Parquet prompt dataset: local path, glob, folder or s3:// URI."""
 
-    uri: str
+    uri: str = Field(min_length=1)
     """Parquet file, folder, glob (`data/*.parquet`) or `s3://bucket/prefix`."""
     prompt_column: str = "prompt"
     """Column holding the prompt text (required in the data)."""

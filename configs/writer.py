@@ -33,7 +33,7 @@ class WebDatasetConfig(StrictModel):
     """Optional WebDataset tar shards (`<key>.<ext>` + `<key>.json` per sample) for training-data users."""
 
     enabled: bool = False
-    """Write `<uri>/webdataset/shard-NNNNNN.tar` + `index.json` after the manifest is committed."""
+    """Write `<uri>/webdataset/<run_id>/shard-NNNNNN.tar` + `webdataset/index.json` after the manifest commit."""
     samples_per_shard: int = Field(default=1000, ge=1, le=1_000_000)
     """Target samples per shard (shards are balanced by image key, so sizes vary a little)."""
     num_cpus: float = Field(default=0.5, gt=0)
@@ -64,6 +64,8 @@ class OutputConfig(StrictModel):
 
     @model_validator(mode="after")
     def _uri(self) -> "OutputConfig":
+        if not self.uri.strip():
+            raise ValueError("output.uri is empty; set a local folder or s3://bucket/prefix")
         if self.uri.startswith("s3://") and len(self.uri[5:].strip("/")) == 0:
             raise ValueError("output.uri must name a bucket, e.g. s3://my-bucket/run1")
         if "://" in self.uri and not self.uri.startswith(("s3://", "file://")):

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 import time
 import uuid
 
 from jobs import runtime
-
-logger = logging.getLogger("imagefleet")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -19,7 +16,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set output.uri=s3://bucket/run2 (repeatable)")
     p.add_argument("--dry-run", action="store_true", help="validate config, input and bucket access; print the plan")
-    p.add_argument("--run-id", default="", help="id for this run (default: time + random)")
+    p.add_argument("--run-id", default=None, type=runtime.run_id_arg,
+                   help="id for this run: letters, digits, '.', '_', '-' (default: time + random)")
+    p.add_argument("--verbose", "-v", action="store_true",
+                   help="show Ray's progress tables and full tracebacks (they always go to the run's log file)")
     p.add_argument("--retry-failed", action="store_true", help="redo images that failed in an earlier run")
     return p
 
@@ -27,7 +27,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run one job; returns the process exit code (0 ok, 1 run failed, 2 bad config/input/storage)."""
     args = parser().parse_args(argv)
-    runtime.prepare_environment()
+    runtime.prepare_environment(args.verbose)
     args.config = runtime.config_path(args.config)
     from actors.storage import StorageError
     from configs import ConfigError, load_config
@@ -54,8 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     run_id = args.run_id or time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
     import ray
 
-    started = runtime.start_ray(cfg)
+    started = False
     try:
+        started = runtime.start_ray(cfg)
         runtime.check_resources(cfg, plan.pools)
         summary = write_manifest(build(cfg, stores, source, plan), cfg.output.uri, stores.output, run_id)
         shards = runtime.export_webdataset(cfg, stores, summary, run_id)  # after the commit; never fails the run
@@ -63,15 +64,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"imagefleet: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:  # noqa: BLE001 - a broken actor ends the run; say so in one line, log the rest
-        logger.exception("run %s failed", run_id)
-        print(f"imagefleet: run {run_id} failed, nothing committed: {failure_line(exc)}", file=sys.stderr)
+        log = runtime.record_failure(f"run {run_id}", exc)
+        print(f"imagefleet: run {run_id} failed, nothing committed: {failure_line(exc)} (details: {log})",
+              file=sys.stderr)
         return 1
     finally:
         if started:
             ray.shutdown()
     # 3 record and report
     record_uri = write_run_json(cfg.output.uri, stores.output, runtime.run_record(cfg, summary, source))
-    print(runtime.summary_text(summary, record_uri, write_report(cfg.output.uri, stores.output), shards))
+    print(runtime.summary_text(summary, record_uri, runtime.report(cfg, stores, write_report), shards))
     problem = runtime.final_problem(cfg, summary, shards)
     if problem:
         print(f"imagefleet: {problem}", file=sys.stderr)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
+import re
 import sys
+import time
 import uuid
 from importlib import metadata
 from pathlib import Path
@@ -33,9 +36,48 @@ RAY_ENV = {
 }
 
 
-def prepare_environment() -> None:
+RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+# Ray's Unix socket paths live under the temp dir: they must stay under 107 bytes
+MAX_TEMP_DIR_CHARS = 40
+
+
+def prepare_environment(verbose: bool = False) -> None:
+    """Loopback-only Ray settings, and how loud the run is: tracebacks and Ray's progress tables only with
+    `verbose` (they always go to the log file of a failure)."""
     for key, value in RAY_ENV.items():
         os.environ.setdefault(key, value)
+    if verbose:
+        logging.getLogger().setLevel(logging.INFO)
+
+
+def run_id_arg(value: str) -> str:
+    """argparse type for --run-id: a name, never a path (it names staged parts and manifest files)."""
+    if not RUN_ID.fullmatch(value):
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not a valid run id: use 1-100 letters, digits, '.', '_' or '-' (starting with a letter "
+            f"or digit)")
+    return value
+
+
+def record_failure(what: str, exc: BaseException) -> str:
+    """Write the full traceback of a failure to a log file (shown on stderr only with --verbose); its path."""
+    import tempfile
+    import traceback
+
+    folder = Path(tempfile.gettempdir()) / "imagefleet-logs"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}.log"
+    path.write_text(f"{what} failed\n" + "".join(traceback.format_exception(exc)))
+    logger.info("%s failed", what, exc_info=exc)  # the traceback on stderr with --verbose
+    return str(path)
+
+
+def report(cfg: JobConfig, stores: Stores, write: Any) -> str:
+    """Write the run report; a report that can't be written never fails a committed run (one line instead)."""
+    try:
+        return str(write(cfg.output.uri, stores.output))
+    except Exception as exc:  # noqa: BLE001 - the manifest is committed; `imagefleet report` can redo this
+        return f"not written ({failure_line(exc)}; details: {record_failure('report', exc)})"
 
 
 def config_path(arg: str) -> str:
@@ -88,7 +130,9 @@ def resolve_api_keys(cfg: JobConfig) -> dict[str, SecretStr]:
 
 
 def preflight_output(cfg: JobConfig, stores: Stores) -> None:
-    """Fail before any GPU work if the output can't be written."""
+    """Fail before any GPU work if the output can't be written (or a private Ray could not start)."""
+    if cfg.cluster.address == "local":
+        check_temp_dir(cfg.cluster.temp_dir)
     open_store(cfg.output.uri, stores.output).check_writable()
 
 
@@ -122,6 +166,21 @@ def start_ray(cfg: JobConfig) -> bool:
         kwargs["object_store_memory"] = c.object_store_memory_mb * 1024 * 1024
     ray.init(**kwargs)
     return True
+
+
+def check_temp_dir(temp_dir: str) -> None:
+    """A local Ray's temp dir must be short (socket paths) and writable, or ray.init fails with a traceback."""
+    if len(temp_dir) > MAX_TEMP_DIR_CHARS:
+        raise StorageError(f"cluster.temp_dir {temp_dir!r} is {len(temp_dir)} characters; Ray's socket paths under it "
+                           f"must stay under 107 bytes: use at most {MAX_TEMP_DIR_CHARS}, e.g. /tmp/ifray")
+    try:
+        os.makedirs(temp_dir, exist_ok=True)
+        probe = Path(temp_dir) / f".probe-{uuid.uuid4().hex[:6]}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise StorageError(f"cluster.temp_dir {temp_dir!r} is not writable ({exc.strerror}); "
+                           f"point it at a writable folder") from None
 
 
 def check_resources(cfg: JobConfig, pools: dict[str, Pool], spare_cpu: bool = True) -> None:
@@ -182,19 +241,18 @@ def plan_text(cfg: JobConfig, source: SourceInfo, plan: Plan) -> str:
              f"  output : {cfg.output.uri}/{image_pattern(cfg.output.format)}  +  manifest/  +  run.json",
              f"  routing: {cfg.routing.mode} (default {cfg.default_generator})",
              "  stages :", *plan.describe(),
-             f"  cost estimate: {cost_estimate(cfg, source.num_rows)}"]
+             f"  cost estimate: {cost_estimate(cfg, source.num_images or source.num_rows)}"]
     return "\n".join(lines)
 
 
-def cost_estimate(cfg: JobConfig, rows: int) -> str:
-    """Expected spend from each generator's cost model and the routing mode (one image per row; num_images
-    multiplies it)."""
-    low, high = cfg.routing.cost_range({name: g.estimate_usd() for name, g in cfg.generators.items()}, rows)
+def cost_estimate(cfg: JobConfig, images: int) -> str:
+    """Expected spend of `images` requested images from each generator's cost model and the routing mode."""
+    low, high = cfg.routing.cost_range({name: g.estimate_usd() for name, g in cfg.generators.items()}, images)
     if cfg.limits.budget_usd:
         high = min(high, cfg.limits.budget_usd)
     text = f"${low:,.4f}" if abs(high - low) < 1e-12 else f"${low:,.4f} – ${high:,.4f}"
     budget = f" (budget ${cfg.limits.budget_usd:,.2f})" if cfg.limits.budget_usd else ""
-    return f"{text} for {rows} rows{budget}; set cost.est_seconds_per_image / usd_per_image per generator"
+    return f"{text} for {images} images{budget}; set cost.est_seconds_per_image / usd_per_image per generator"
 
 
 def export_webdataset(cfg: JobConfig, stores: Stores, summary: RunSummary, run_id: str) -> str:
@@ -206,8 +264,8 @@ def export_webdataset(cfg: JobConfig, stores: Stores, summary: RunSummary, run_i
     try:
         return write_webdataset(cfg.output, stores.output, summary.num_ok, run_id)
     except Exception as exc:  # noqa: BLE001 - the manifest is committed; the export can be redone by a rerun
-        logger.exception("webdataset export failed")
-        return f"failed: {failure_line(exc)} (rerun to retry: finished images are skipped)"
+        log = record_failure("webdataset export", exc)
+        return f"failed: {failure_line(exc)} (rerun to retry: finished images are skipped; details: {log})"
 
 
 def final_problem(cfg: JobConfig, summary: RunSummary, shards: str) -> str:

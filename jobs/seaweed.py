@@ -1,4 +1,11 @@
-"""Embedded S3: a loopback-only SeaweedFS (`weed mini`) with auth on — for users, the demo and the tests."""
+"""Embedded S3: a loopback-only SeaweedFS (`weed mini`) with auth on — for users, the demo and the tests.
+
+Only the S3 port serves data, and only to signed requests. `weed mini` also listens on master, volume, filer and
+admin ports (HTTP and gRPC) that have no S3 auth; each start closes them: `-disableHttp` turns off the filer's and
+master's HTTP APIs, fresh JWT keys make the volume server refuse unsigned reads and writes (and the filer any HTTP
+left), and a fresh private CA puts every gRPC port behind mutual TLS. Keys, certificates and the data live in the
+server folder, readable by its owner only.
+"""
 
 from __future__ import annotations
 
@@ -22,6 +29,9 @@ logger = logging.getLogger(__name__)
 HOST = "127.0.0.1"
 PORT_RANGE = (20000, 22700)  # below Ray's worker range (10002-19999) is taken; gRPC ports are +10000
 PORT_NAMES = ("s3", "master", "volume", "filer", "admin")
+# every gRPC server and client role weed mini runs in-process; each gets the same certificate (host names unchecked)
+GRPC_ROLES = ("master", "volume", "filer", "s3", "admin", "worker", "client", "msg_broker", "msg_agent", "mq", "mount")
+JWT_SECTIONS = ("jwt.signing", "jwt.signing.read", "jwt.filer_signing", "jwt.filer_signing.read")
 
 
 def weed_binary() -> str:
@@ -89,7 +99,7 @@ class S3Server:
             saved = json.loads(state.read_text())
             return cls(data_dir, saved["ports"], saved["access_key"], saved["secret_key"],
                        saved.get("reader_key", ""), saved.get("reader_secret", ""))
-        data_dir.mkdir(parents=True, exist_ok=True)
+        data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         server = cls(data_dir, pick_ports(base_port), "imagefleet-" + secrets.token_hex(6), secrets.token_urlsafe(24),
                      "reader-" + secrets.token_hex(6), secrets.token_urlsafe(24))
         state.write_text(json.dumps({"ports": server.ports, "access_key": server.access_key,
@@ -108,13 +118,15 @@ class S3Server:
                 {"accessKey": self.reader_key, "secretKey": self.reader_secret}]})
         (d / "s3.json").write_text(json.dumps(identities))
         (d / "s3.json").chmod(0o600)
+        d.chmod(0o700)  # weed writes volume files world-readable: the folder keeps other users out
         for sub in ("data", "logs"):
             (d / sub).mkdir(exist_ok=True)
+        write_security_config(d)
         p = self.ports
         return [
-            weed_binary(), f"-logdir={d / 'logs'}", "mini", f"-dir={d / 'data'}", f"-ip={HOST}", f"-ip.bind={HOST}",
-            "-master.telemetry=false", f"-s3.config={d / 's3.json'}", "-webdav=false", "-admin.ui=false",
-            "-s3.port.iceberg=0", "-s3.port.lance=0",
+            weed_binary(), f"-config_dir={d}", f"-logdir={d / 'logs'}", "mini", f"-dir={d / 'data'}", f"-ip={HOST}",
+            f"-ip.bind={HOST}", "-disableHttp", "-master.telemetry=false", f"-s3.config={d / 's3.json'}",
+            "-webdav=false", "-admin.ui=false", "-s3.port.iceberg=0", "-s3.port.lance=0",
             f"-s3.port={p['s3']}", f"-s3.port.grpc={p['s3'] + 10000}",
             f"-master.port={p['master']}", f"-master.port.grpc={p['master'] + 10000}",
             f"-volume.port={p['volume']}", f"-volume.port.grpc={p['volume'] + 10000}",
@@ -124,7 +136,8 @@ class S3Server:
 
     def start(self, timeout_s: float = 60.0) -> S3Server:
         """Start the process and wait until a signed request succeeds."""
-        env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}  # weed turns AWS_* into users
+        # weed turns AWS_* into users, and WEED_* variables override security.toml
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "WEED_"))}
         env["GOMEMLIMIT"] = "256MiB"
         log = open(self.data_dir / "weed.out", "ab")  # noqa: SIM115 - handed to the child process
         proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, env=env,
@@ -190,6 +203,69 @@ class S3Server:
     def running(self) -> bool:
         pid = self.pid or _read_pid(self.data_dir)
         return bool(pid) and _alive(pid)
+
+
+def write_security_config(data_dir: Path) -> Path:
+    """`security.toml` for one start of weed (read through `-config_dir`): new secrets every time.
+
+    - JWT keys: the volume server refuses reads and writes not signed by the master/filer/S3 gateway, and the
+      filer any HTTP request not signed by the S3 gateway (its HTTP API is off anyway, `-disableHttp`).
+    - mTLS: every gRPC port (filer metadata, volume blobs, master, admin) accepts only weed's own certificate.
+    - No volume UI and no directory listings.
+    """
+    tls = data_dir / "tls"
+    ca, cert, key = _write_certificates(tls)
+    lines = [f'[{section}]\nkey = "{secrets.token_urlsafe(32)}"' for section in JWT_SECTIONS]
+    lines += ["[access]\nui = false", "[filer.expose_directory_metadata]\nenabled = false", f'[grpc]\nca = "{ca}"']
+    lines += [f'[grpc.{role}]\ncert = "{cert}"\nkey = "{key}"' for role in GRPC_ROLES]
+    path = data_dir / "security.toml"
+    path.touch(mode=0o600)
+    path.chmod(0o600)
+    path.write_text("\n\n".join(lines) + "\n")
+    return path
+
+
+def _write_certificates(tls: Path) -> tuple[Path, Path, Path]:
+    """A throwaway CA and one certificate it signed (server and client use), for weed's gRPC mTLS."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    tls.mkdir(mode=0o700, exist_ok=True)
+    now = datetime.datetime.now(datetime.timezone.utc)
+
+    def sign(subject: str, public_key: Any, issuer: str, issuer_key: Any, is_ca: bool) -> x509.Certificate:
+        builder = (x509.CertificateBuilder()
+                   .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+                   .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
+                   .public_key(public_key).serial_number(x509.random_serial_number())
+                   .not_valid_before(now - datetime.timedelta(hours=1))
+                   .not_valid_after(now + datetime.timedelta(days=3650))
+                   .add_extension(x509.BasicConstraints(ca=is_ca, path_length=None), critical=True))
+        if not is_ca:
+            builder = (builder
+                       .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
+                                                                   x509.IPAddress(ipaddress.ip_address(HOST))]),
+                                      critical=False)
+                       .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH,
+                                                             ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False))
+        return builder.sign(issuer_key, hashes.SHA256())
+
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca = sign("imagefleet-s3-ca", ca_key.public_key(), "imagefleet-s3-ca", ca_key, is_ca=True)
+    cert = sign("imagefleet-s3", key.public_key(), "imagefleet-s3-ca", ca_key, is_ca=False)
+    paths = tls / "ca.crt", tls / "weed.crt", tls / "weed.key"
+    paths[2].touch(mode=0o600)
+    paths[2].chmod(0o600)
+    paths[2].write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return paths
 
 
 def _has_bucket(client: object, bucket: str) -> bool:

@@ -53,8 +53,8 @@ def main(argv: list[str] | None = None) -> int:
         serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
         serve.run(build_app(cfg, stores), name="imagefleet", route_prefix="/")
     except Exception as exc:  # noqa: BLE001 - a model that can't load, a port in use: one line, then stop
-        logger.exception("serve failed to start")
-        print(f"imagefleet: serve failed to start: {failure_line(exc)}", file=sys.stderr)
+        log = runtime.record_failure("serve", exc)
+        print(f"imagefleet: serve failed to start: {failure_line(exc)} (details: {log})", file=sys.stderr)
         _shutdown(started)
         return 1 if not isinstance(exc, StorageError) else 2
     url = f"http://{cfg.serve.host}:{cfg.serve.port}"

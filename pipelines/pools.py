@@ -120,23 +120,28 @@ def missing_on_local(pools: dict[str, Pool], have: dict[str, float]) -> str:
     for name, pool in pools.items():
         for resource, amount in pool.resources().items():
             if have.get(resource, 0.0) < amount:
-                what = resource.split(":", 1)[1] + " accelerator" if ":" in resource else f"{amount:g} {resource}"
-                return (f"pool {name!r} needs {what} per actor but this local Ray has "
-                        f"{have.get(resource, 0.0):g} {resource}")
+                if ":" in resource:
+                    return (f"pool {name!r} asks for accelerator_type {resource.split(':', 1)[1]} but no node of "
+                            f"this local Ray has one")
+                return (f"pool {name!r} asks for {amount:g} {resource} per actor but this local Ray has "
+                        f"{have.get(resource, 0.0):g}")
     return ""
 
 
 def unplaceable(pools: dict[str, Pool], timeout_s: float) -> str:
     """Ask Ray to reserve one actor's resources for each pool; the first pool not placed within `timeout_s`
     ('' = all placed). On an autoscaling cluster the reservation itself is the demand that adds nodes."""
+    import time
+
     import ray
     from ray.util.placement_group import placement_group, remove_placement_group
 
+    deadline = time.monotonic() + timeout_s  # one wait for all pools: they are placed concurrently
     groups = {name: placement_group([pool.resources()]) for name, pool in pools.items() if pool.resources()}
     try:
         for name, group in groups.items():
             try:
-                ray.get(group.ready(), timeout=timeout_s)
+                ray.get(group.ready(), timeout=max(0.0, deadline - time.monotonic()))
             except ray.exceptions.GetTimeoutError:
                 wanted = ", ".join(f"{k}={v:g}" for k, v in pools[name].resources().items())
                 return (f"pool {name!r} could not get {wanted} for one actor within cluster.startup_timeout_s="

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import fnmatch
 import logging
+import os
 import re
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pydantic import SecretStr
 
@@ -41,31 +42,80 @@ class Stores:
 
 @dataclass(frozen=True)
 class SourceInfo:
-    """What the driver learned from Parquet footers alone."""
+    """What the driver learned from Parquet footers (and the `num_images` column, when there is one)."""
 
     files: list[str]
     num_rows: int
     schema: pa.Schema
+    num_images: int = 0
+    """Images the rows ask for (each row's num_images, default 1); 0 = not counted (same as num_rows)."""
 
 
 def inspect_source(cfg: JobConfig, stores: Stores) -> SourceInfo:
-    """Resolve files, read footers (no data), and check the schema. Raises InputError."""
-    import pyarrow as pa
-    import pyarrow.dataset as pads
-    import pyarrow.fs as pafs
-
+    """Resolve files, read every file's footer (no data), and check each schema. Raises InputError."""
     fs, path = arrow_filesystem(cfg.source.uri, stores.source)
     loc = parse_location(cfg.source.uri)
-    # 1 resolve: file, folder, or glob
+    # 1 the run must not read what it writes
+    _check_separate(cfg.source.uri, cfg.output.uri)
+    # 2 resolve: file, folder, or glob (`*` stays within one folder, `**` spans folders)
+    files = _resolve_files(cfg.source.uri, fs, path)
+    # 3 every file's footer: schema and row count (a later file may differ from the first)
+    footers = _footers(cfg.source.uri, fs, files)
+    num_rows = sum(n for _, n in footers.values())
+    if num_rows == 0:
+        raise InputError(f"source {cfg.source.uri} has no rows")
+    for f, (schema, _) in footers.items():
+        problems = input_problems(schema, cfg.source)
+        if problems:
+            raise InputError(f"source file {_display(f, loc.kind)}: " + "; ".join(problems))
+    schema = next(iter(footers.values()))[0]
+    _check_same_columns(cfg, footers, loc.kind)
+    # 4 how many images the rows ask for (one small column), for the cost estimate and the budget
+    num_images = _count_images(fs, files) if "num_images" in schema.names else num_rows
+    return SourceInfo(files=[_display(f, loc.kind) for f in files], num_rows=num_rows, schema=schema,
+                      num_images=num_images)
+
+
+def _display(path: str, kind: str) -> str:
+    return f"s3://{path}" if kind == "s3" else path
+
+
+def _check_separate(source_uri: str, output_uri: str) -> None:
+    """Refuse a source inside the output (or the reverse): the run would read its own manifest as prompts, and
+    resume would see its own inputs."""
+    def parts(uri: str) -> list[str]:
+        """Path segments up to the first glob segment (a glob's fixed folder is what it reads from)."""
+        loc = parse_location(uri)
+        if loc.kind == "s3":
+            segments = ["s3:", loc.bucket, *loc.prefix.split("/")]
+        else:
+            segments = os.path.abspath(uri.removeprefix("file://")).split("/")
+        fixed = []
+        for p in segments:
+            if any(ch in p for ch in "*?["):
+                break
+            if p:
+                fixed.append(p)
+        return fixed
+
+    src, out = parts(source_uri), parts(output_uri)
+    if src[: len(out)] == out or out[: len(src)] == src:
+        raise InputError(f"source.uri {source_uri} and output.uri {output_uri} overlap; keep prompts and outputs "
+                         f"in separate folders (the run would read its own outputs as prompts)")
+
+
+def _resolve_files(uri: str, fs: Any, path: str) -> list[str]:
+    import pyarrow.fs as pafs
+
     try:
         if any(ch in path for ch in "*?["):
             base = path[: min(path.find(ch) for ch in "*?[" if ch in path)].rsplit("/", 1)[0]
             infos = fs.get_file_info(pafs.FileSelector(base, recursive=True))
-            files = sorted(i.path for i in infos if i.type == pafs.FileType.File and fnmatch.fnmatch(i.path, path))
+            files = sorted(i.path for i in infos if i.type == pafs.FileType.File and glob_match(i.path, path))
         else:
             info = fs.get_file_info(path)
             if info.type == pafs.FileType.NotFound:
-                raise InputError(f"source.uri {cfg.source.uri} does not exist")
+                raise InputError(f"source.uri {uri} does not exist")
             if info.type == pafs.FileType.Directory:
                 infos = fs.get_file_info(pafs.FileSelector(path, recursive=True))
                 files = sorted(
@@ -74,25 +124,70 @@ def inspect_source(cfg: JobConfig, stores: Stores) -> SourceInfo:
             else:
                 files = [path]
     except OSError as exc:
-        raise InputError(f"cannot list source {cfg.source.uri}: {exc}") from None
+        raise InputError(f"cannot list source {uri}: {exc}") from None
     if not files:
-        raise InputError(f"source.uri {cfg.source.uri} matched no files")
-    # 2 footers only: schema and row count
-    try:
-        dataset = pads.dataset(files, filesystem=fs, format="parquet")
-        schema, num_rows = dataset.schema, dataset.count_rows()
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise InputError(
-            f"source {cfg.source.uri} is not a readable Parquet dataset ({_first_line(exc)}); "
-            f"convert it to Parquet, e.g. pandas.read_csv(...).to_parquet(...)"
-        ) from None
-    if num_rows == 0:
-        raise InputError(f"source {cfg.source.uri} has no rows")
-    problems = input_problems(schema, cfg.source)
-    if problems:
-        raise InputError(f"source {cfg.source.uri}: " + "; ".join(problems))
-    uri_files = [f"s3://{f}" if loc.kind == "s3" else f for f in files]
-    return SourceInfo(files=uri_files, num_rows=num_rows, schema=schema)
+        raise InputError(f"source.uri {uri} matched no files")
+    return files
+
+
+def glob_match(path: str, pattern: str) -> bool:
+    """Shell-style match by path segment: `*`, `?` and `[..]` stay within one folder, `**` spans folders."""
+    def match(p: list[str], g: list[str]) -> bool:
+        if not g:
+            return not p
+        if g[0] == "**":
+            return any(match(p[i:], g[1:]) for i in range(len(p) + 1))
+        return bool(p) and fnmatch.fnmatchcase(p[0], g[0]) and match(p[1:], g[1:])
+
+    return match(path.split("/"), pattern.split("/"))
+
+
+def _footers(uri: str, fs: Any, files: list[str]) -> dict[str, tuple[pa.Schema, int]]:
+    """Schema and row count of every file, read concurrently (footers only: object stores answer slowly)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    def footer(f: str) -> tuple[pa.Schema, int]:
+        try:
+            meta = pq.read_metadata(f, filesystem=fs)
+            return meta.schema.to_arrow_schema(), meta.num_rows
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise InputError(
+                f"source file {f} is not a readable Parquet file ({_first_line(exc)}); convert it to Parquet, e.g. "
+                f"pandas.read_csv(...).to_parquet(...)"
+            ) from None
+
+    with ThreadPoolExecutor(max_workers=min(16, len(files))) as pool:
+        return dict(zip(files, pool.map(footer, files), strict=True))
+
+
+def _check_same_columns(cfg: JobConfig, footers: dict[str, tuple[pa.Schema, int]], kind: str) -> None:
+    """Every column the run reads must be in every file or in none (a file without it would fail mid-run)."""
+    first_file, (first, _) = next(iter(footers.items()))
+    for f, (schema, _) in footers.items():
+        for column in _input_columns(cfg, first):
+            if column not in schema.names:
+                raise InputError(f"column {column!r} is in {_display(first_file, kind)} but not in "
+                                 f"{_display(f, kind)}; add it to every file (nulls are fine) or to none")
+        extra = [c for c in _input_columns(cfg, schema) if c not in first.names]
+        if extra:
+            raise InputError(f"column {extra[0]!r} is in {_display(f, kind)} but not in "
+                             f"{_display(first_file, kind)}; add it to every file (nulls are fine) or to none")
+
+
+def _count_images(fs: Any, files: list[str]) -> int:
+    """Sum of the rows' num_images (null or invalid counts as 1: such rows become one error row each)."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    total = 0
+    for f in files:
+        column = pq.read_table(f, filesystem=fs, columns=["num_images"]).column("num_images")
+        valid = pc.and_(pc.is_valid(column), pc.greater(column, 0))
+        total += int(pc.sum(pc.if_else(valid, column, 1)).as_py() or 0)
+    return total
 
 
 def plan_run(cfg: JobConfig, stores: Stores, source: SourceInfo) -> Plan:

@@ -53,8 +53,8 @@ RUN_LEVEL: list[tuple[str, Any, str]] = [
     ("missing-secret-file", lambda c: _set(c["raw"], "output.s3", {"secret_file": "/nonexistent/creds"}),
      "cannot read s3.secret_file"),
     # input
-    ("not-parquet", lambda c: (c["src"].write_text("prompt\na cat\n")), "not a readable Parquet dataset"),
-    ("zero-byte-file", lambda c: c["src"].write_bytes(b""), "not a readable Parquet dataset"),
+    ("not-parquet", lambda c: (c["src"].write_text("prompt\na cat\n")), "not a readable Parquet file"),
+    ("zero-byte-file", lambda c: c["src"].write_bytes(b""), "not a readable Parquet file"),
     ("empty-table", lambda c: write_prompts(c["src"], {"prompt": pa.array([], pa.string())}), "has no rows"),
     ("missing-prompt-column", lambda c: write_prompts(c["src"], {"text": ["a"]}), "prompt column 'prompt' is missing"),
     ("prompt-not-string", lambda c: write_prompts(c["src"], {"prompt": [1, 2]}), "expected string"),
@@ -71,7 +71,22 @@ RUN_LEVEL: list[tuple[str, Any, str]] = [
     ("unreachable", lambda c: (c["mp"].setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9"),
                                _set(c["raw"], "output.s3", {"max_attempts": 1, "connect_timeout_s": 1})),
      "cannot reach the S3 endpoint"),
-    ("no-fake-gpus", lambda c: _set(c["raw"], "generators.sleepy.pool.num_gpus", 4), "asks for 4 GPU(s)"),
+    ("no-fake-gpus", lambda c: _set(c["raw"], "generators.sleepy.pool.num_gpus", 4),
+     "pool 'generate:sleepy' asks for 4 GPU per actor"),
+    ("unknown-accelerator", lambda c: _set(c["raw"], "generators.sleepy.pool.accelerator_type", "H100"),
+     "pool 'generate:sleepy' asks for accelerator_type H100"),
+    ("later-file-wrong-type", lambda c: write_prompts(c["tmp"] / "p2.parquet", {"prompt": ["c"], "width": ["wide"]})
+     and _set(c["raw"], "source.uri", str(c["tmp"] / "*.parquet")), "p2.parquet: column 'width' has type string"),
+    ("later-file-no-prompt", lambda c: write_prompts(c["tmp"] / "p2.parquet", {"text": ["c"]})
+     and _set(c["raw"], "source.uri", str(c["tmp"] / "*.parquet")), "p2.parquet: prompt column 'prompt' is missing"),
+    ("column-in-one-file", lambda c: write_prompts(c["tmp"] / "p2.parquet", {"prompt": ["c"], "seed": [1]})
+     and _set(c["raw"], "source.uri", str(c["tmp"] / "*.parquet")), "column 'seed' is in"),
+    ("later-file-not-parquet", lambda c: (c["tmp"] / "p2.parquet").write_text("prompt\nx\n")
+     and _set(c["raw"], "source.uri", str(c["tmp"] / "*.parquet")), "p2.parquet is not a readable Parquet file"),
+    ("source-is-output", lambda c: (_set(c["raw"], "source.uri", str(c["tmp"] / "data" / "p.parquet")),
+                                    _set(c["raw"], "output.uri", str(c["tmp"] / "data")),
+                                    write_prompts(c["tmp"] / "data" / "p.parquet", {"prompt": ["a"]})), "overlap"),
+    ("long-temp-dir", lambda c: _set(c["raw"], "cluster.temp_dir", "/tmp/" + "t" * 60), "must stay under 107 bytes"),
     ("no-cpu-headroom", lambda c: _set(c["raw"], "generators.sleepy.pool.num_cpus", 2), "leaving less than the 1 CPU"),
 ]
 
@@ -91,6 +106,15 @@ def test_run_level_mistakes_stop_before_any_work(
     assert "Traceback" not in err
     assert "not-the-secret" not in err and s3_env.secret_key not in err and s3_env.reader_secret not in err
     assert not objects(s3_env, bucket, "x/")
+
+
+def test_bad_run_ids_are_refused_before_work(tmp_path: Path, capsys: Any) -> None:
+    cfg = write_config(tmp_path / "job.yaml", sleep_job("p.parquet", "out"))
+    for bad in ("../..", "a/b"):
+        with pytest.raises(SystemExit) as exit_:
+            generate.main([str(cfg), "--run-id", bad])
+        assert exit_.value.code == 2
+        assert "not a valid run id" in capsys.readouterr().err
 
 
 def test_bad_override_is_rejected(tmp_path: Path, capsys: Any) -> None:
@@ -139,3 +163,20 @@ def test_row_level_mistakes_become_error_rows(
     assert len(images) == 5  # ok, emoji, dotdot, slash, and ONE object for the duplicate pair
     dups = [r for r in rows if r["id"] == "dup"]
     assert dups[0]["image_uri"] == dups[1]["image_uri"]
+
+
+def test_unplaceable_pool_on_a_cluster_fails_after_startup_timeout(ray_cluster: None) -> None:
+    """On a real cluster (an autoscaler may still add nodes) a pool is given `cluster.startup_timeout_s` to be
+    placed; then the run fails naming the pool and what it asked for instead of waiting forever."""
+    import time
+
+    from pipelines.pools import Pool, unplaceable
+
+    pools = {"generate:sdxl": Pool(1, 2, 1, num_cpus=1, batch_size=4, num_gpus=1, accelerator_type="H100"),
+             "write": Pool(1, 1, 1, num_cpus=0.5, batch_size=16)}
+    started = time.monotonic()
+    problem = unplaceable(pools, timeout_s=2)
+    assert 1.5 < time.monotonic() - started < 15
+    assert "pool 'generate:sdxl' could not get" in problem and "accelerator_type:H100" in problem
+    assert "startup_timeout_s=2" in problem
+    assert unplaceable({"write": pools["write"]}, timeout_s=5) == ""  # placeable pools pass (and are released)

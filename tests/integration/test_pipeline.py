@@ -114,7 +114,9 @@ def test_max_error_fraction_fails_the_run(
     prompts = write_prompts(tmp_path / "p.parquet", {"prompt": [None, None, "ok"]})
     raw = tiny_job(prompts, tiny_model, f"s3://{bucket}/frac", limits={"max_error_fraction": 0.5})
     assert generate.main([str(write_config(tmp_path / "job.yaml", raw))]) == 1
-    assert "failed (limit 50.0%)" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "failed (limit 50.0%)" in err
+    assert "Traceback" not in err  # one line; the traceback goes to the log file (and stderr with --verbose)
 
 
 @pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)

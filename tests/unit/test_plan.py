@@ -94,10 +94,10 @@ def test_cpu_accounting_and_pools_come_from_the_plan() -> None:
 def test_missing_accelerator_is_named_with_the_pool() -> None:
     pools = {"generate:sdxl": Pool(1, 1, 1, num_cpus=1, batch_size=4, num_gpus=1, accelerator_type="H100")}
     problem = missing_on_local(pools, {"CPU": 4.0, "GPU": 2.0})
-    assert "pool 'generate:sdxl' needs H100 accelerator" in problem
+    assert "pool 'generate:sdxl' asks for accelerator_type H100 but no node" in problem
     assert missing_on_local(pools, {"CPU": 4, "GPU": 2, "accelerator_type:H100": 1}) == ""
-    assert "2 GPU" in missing_on_local({"p": replace(pools["generate:sdxl"], num_gpus=2, accelerator_type="")},
-                                       {"CPU": 4.0, "GPU": 1.0})
+    two = {"p": replace(pools["generate:sdxl"], num_gpus=2, accelerator_type="")}
+    assert "asks for 2 GPU per actor but this local Ray has 1" in missing_on_local(two, {"CPU": 4.0, "GPU": 1.0})
 
 
 def test_stage_values_carry_only_their_config_slice() -> None:
