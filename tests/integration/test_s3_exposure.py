@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import stat
 import urllib.error
 import urllib.request
@@ -21,10 +22,13 @@ def unsigned(method: str, url: str, body: bytes | None = None) -> tuple[int | st
     req = urllib.request.Request(url, data=body, method=method, headers={"Content-Type": "application/octet-stream"})
     try:
         with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310 - loopback
-            return resp.status, resp.read()
+            try:
+                return resp.status, resp.read()
+            except http.client.IncompleteRead as exc:
+                return resp.status, exc.partial
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read()
-    except (urllib.error.URLError, ConnectionError) as exc:
+    except (urllib.error.URLError, ConnectionError, http.client.HTTPException) as exc:
         return type(exc).__name__, b""
 
 
