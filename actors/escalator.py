@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from actors.keys import image_key
@@ -9,17 +11,22 @@ from configs.prep import GeneratorIdentity
 from configs.routing import CascadeConfig
 
 Batch = dict[str, np.ndarray]
+SETTINGS = ("width", "height", "num_steps", "guidance_scale")
+DRAFT_SETTINGS = {f"draft_{s}": (np.float64 if s == "guidance_scale" else np.int32) for s in SETTINGS}
 
 
 class Escalator:
     """Rows whose draft scored below the threshold become `pending` rows of the escalate generator.
 
-    The draft's pixels, score and generator move to `draft_*` columns (kept if `keep_draft`); the row gets
-    the heavy generator's image key. A single actor makes `max_escalations` an exact cap.
+    An escalated row is rendered the way the heavy generator renders: its defaults for every setting the input
+    row did not set itself (`explicit`), so SDXL runs 30 steps at 1024 px rather than the draft's 1 step at
+    512 px. Its key is computed from those settings. The draft's pixels, score, generator and settings move to
+    `draft_*` columns (pixels kept if `keep_draft`). A single actor makes `max_escalations` an exact cap.
 
     Args:
         cfg: the cascade settings.
-        heavy: identity of the escalate generator (for its image keys).
+        heavy_name: the escalate generator's name.
+        heavy: identity of the escalate generator (for its defaults and image keys).
     """
 
     INPUT_COLUMNS = {
@@ -29,13 +36,14 @@ class Escalator:
         "image_key": "the draft's key",
         "generator": "the draft's generator",
         "model": "the draft's model",
+        "explicit": "settings the input row set (kept); the others take the heavy generator's defaults",
         "prompt": "for the heavy image's key",
-        "negative_prompt": "for the heavy image's key",
-        "seed": "for the heavy image's key",
-        "width": "for the heavy image's key",
-        "height": "for the heavy image's key",
-        "num_steps": "for the heavy image's key",
-        "guidance_scale": "for the heavy image's key",
+        "negative_prompt": "kept when explicit, else the heavy generator's default",
+        "seed": "kept: the heavy image uses the draft's seed",
+        "width": "the draft's; the heavy one's unless explicit",
+        "height": "the draft's; the heavy one's unless explicit",
+        "num_steps": "the draft's; the heavy one's unless explicit",
+        "guidance_scale": "the draft's; the heavy one's unless explicit",
     }
     OUTPUT_COLUMNS = {
         "route": "draft | escalated",
@@ -43,11 +51,14 @@ class Escalator:
         "draft_image_key": "key of the draft image",
         "draft_score": "score of the draft",
         "draft_generator": "generator that made the draft",
+        **{name: f"the draft's {name[6:]} (escalated rows)" for name in DRAFT_SETTINGS},
         "status": "escalated rows become `pending` again",
         "image_key": "escalated rows get the heavy image's key",
         "generator": "escalated rows move to the heavy generator",
         "model": "escalated rows move to the heavy model",
         "image": "emptied for escalated rows",
+        "negative_prompt": "the heavy generator's default unless explicit",
+        **{s: "the heavy generator's default unless explicit" for s in SETTINGS},
     }
 
     def __init__(self, cfg: CascadeConfig, heavy_name: str, heavy: GeneratorIdentity) -> None:
@@ -57,6 +68,7 @@ class Escalator:
         self.escalated = 0
 
     def __call__(self, batch: Batch) -> Batch:
+        # 1 outputs default to "stays a draft"
         n = len(batch["status"])
         out = dict(batch)
         route = np.array(["draft"] * n, dtype=object)
@@ -64,24 +76,47 @@ class Escalator:
         draft_key = np.array([""] * n, dtype=object)
         draft_score = np.full(n, np.nan)
         draft_gen = np.array([""] * n, dtype=object)
-        status, key, gen = (np.array(batch[c], dtype=object) for c in ("status", "image_key", "generator"))
-        model, image = np.array(batch["model"], dtype=object), np.array(batch["image"], dtype=object)
+        drafted = {name: np.zeros(n, dtype=dtype) for name, dtype in DRAFT_SETTINGS.items()}
+        cols = {c: np.array(batch[c], dtype=object) for c in ("status", "image_key", "generator", "model", "image",
+                                                                "negative_prompt")}
+        settings = {s: np.array(batch[s]) for s in SETTINGS}
         scores = np.array(batch["clip_score"], dtype=np.float64)
+        # 2 low scorers (within the cap) move to the heavy generator with its settings
         for i in range(n):
-            if status[i] != "generated" or not scores[i] < self.cfg.threshold:
+            if cols["status"][i] != "generated" or not scores[i] < self.cfg.threshold:
                 continue
             if self.cfg.max_escalations and self.escalated >= self.cfg.max_escalations:
                 continue  # budget cap: the draft stays final
+            heavy = self._heavy_settings(batch, i)
+            if heavy is None:
+                continue  # the heavy generator can't render this row's explicit size: the draft stays final
             self.escalated += 1
-            route[i], draft_key[i], draft_score[i], draft_gen[i] = "escalated", key[i], scores[i], gen[i]
-            draft_image[i] = image[i] if self.cfg.keep_draft else b""
+            route[i], draft_key[i], draft_score[i], draft_gen[i] = "escalated", cols["image_key"][i], scores[i], \
+                cols["generator"][i]
+            draft_image[i] = cols["image"][i] if self.cfg.keep_draft else b""
+            for s in SETTINGS:
+                drafted[f"draft_{s}"][i] = settings[s][i]
+                settings[s][i] = heavy[s]
+            cols["negative_prompt"][i] = heavy["negative_prompt"]
             h = self.heavy
-            key[i] = image_key(model=h.model, revision=h.revision, scheduler=h.scheduler,
-                               prompt=str(batch["prompt"][i]), negative_prompt=str(batch["negative_prompt"][i]),
-                               seed=int(batch["seed"][i]), width=int(batch["width"][i]),
-                               height=int(batch["height"][i]), num_steps=int(batch["num_steps"][i]),
-                               guidance_scale=float(batch["guidance_scale"][i]))
-            gen[i], model[i], status[i], image[i] = self.heavy_name, f"{h.model}@{h.revision}", "pending", b""
-        out.update(route=route, draft_image=draft_image, draft_image_key=draft_key, draft_score=draft_score,
-                   draft_generator=draft_gen, status=status, image_key=key, generator=gen, model=model, image=image)
+            cols["image_key"][i] = image_key(
+                model=h.model, revision=h.revision, scheduler=h.scheduler, prompt=str(batch["prompt"][i]),
+                negative_prompt=str(heavy["negative_prompt"]), seed=int(batch["seed"][i]), width=int(heavy["width"]),
+                height=int(heavy["height"]), num_steps=int(heavy["num_steps"]),
+                guidance_scale=float(heavy["guidance_scale"]))
+            cols["generator"][i], cols["model"][i] = self.heavy_name, f"{h.model}@{h.revision}"
+            cols["status"][i], cols["image"][i] = "pending", b""
+        # 3 same columns in, plus the cascade's
+        out.update(cols, **settings, **drafted, route=route, draft_image=draft_image, draft_image_key=draft_key,
+                   draft_score=draft_score, draft_generator=draft_gen)
         return out
+
+    def _heavy_settings(self, batch: Batch, i: int) -> dict[str, Any] | None:
+        """Row i as the heavy generator renders it (None when its explicit size exceeds the heavy's max_pixels)."""
+        d = self.heavy.defaults
+        explicit = set(str(batch["explicit"][i]).split(","))
+        values: dict[str, Any] = {s: (batch[s][i] if s in explicit else getattr(d, s)) for s in SETTINGS}
+        values["negative_prompt"] = batch["negative_prompt"][i] if "negative_prompt" in explicit else d.negative_prompt
+        if int(values["width"]) * int(values["height"]) > d.max_pixels:
+            return None
+        return values

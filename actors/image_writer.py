@@ -135,8 +135,10 @@ class ImageWriter:
         return out
 
     def _write_one(self, batch: Batch, i: int, draft: bool = False) -> dict[str, Any] | str:
-        h, w = int(batch["height"][i]), int(batch["width"][i])
-        pixels_col, key_col = ("draft_image", "draft_image_key") if draft else ("image", "image_key")
+        # a kept cascade draft has its own size (the row's size is now the heavy generator's)
+        prefix = "draft_" if draft else ""
+        h, w = int(batch[f"{prefix}height"][i]), int(batch[f"{prefix}width"][i])
+        pixels_col, key_col = f"{prefix}image", f"{prefix}image_key"
         try:
             t0 = time.perf_counter()
             pixels = np.frombuffer(batch[pixels_col][i], dtype=np.uint8).reshape(h, w, 3)

@@ -21,6 +21,10 @@ if TYPE_CHECKING:
 
 Batch = dict[str, np.ndarray]
 MAX_SIDE = 8192
+# Generation settings a row may set; the rest come from its generator's defaults (an escalated cascade row
+# takes the heavy generator's defaults for every setting the row did not set).
+SETTINGS = ("width", "height", "num_steps", "guidance_scale")
+
 # Optional per-row override columns and the python type each must convert to.
 OVERRIDE_COLUMNS = {
     "seed": int,
@@ -56,6 +60,7 @@ class PromptPreprocessor:
         "status": "pending | error | cached (complete in an earlier run) | skipped (over budget)",
         "error": "why the row can't be generated ('' when fine)",
         "enqueued_at": "unix time the row entered the pipeline",
+        "explicit": "settings the input row set itself (comma-separated; the rest are generator defaults)",
         "prior_sha256": "sha256 recorded by an earlier run for cached rows",
         "prior_bytes": "size recorded by an earlier run for cached rows",
         **{f"prior_{c}": f"{c} an earlier run recorded (cached rows carry it into the manifest)" for c in CARRIED},
@@ -126,11 +131,14 @@ class PromptPreprocessor:
             "num_steps": d.num_steps,
             "guidance_scale": d.guidance_scale,
             "enqueued_at": now,
+            "explicit": "negative_prompt" if isinstance(neg, str) else "",
         }
         num_images, row_seed, error = 1, None, ""
         try:
             values = {k: _convert(k, v) for k, v in overrides.items() if v is not None}
-            base.update({k: values[k] for k in ("width", "height", "num_steps", "guidance_scale") if k in values})
+            given = [k for k in SETTINGS if k in values]
+            base.update({k: values[k] for k in given})
+            base["explicit"] = ",".join(filter(None, [base["explicit"], *given]))
             num_images = values.get("num_images", 1)
             row_seed = values.get("seed")
             error = self._row_problem(prompt, ident, gen_name, base, num_images, row_seed)
@@ -171,6 +179,7 @@ class PromptPreprocessor:
             state = {**NO_PRIOR, "status": "cached", "error": "", "prior_sha256": prior.sha256,
                      "prior_bytes": prior.bytes}
             state.update({f"prior_{c}": v for c, v in prior.carried.items() if v is not None})
+            state.update(prior.settings)  # the stored image's own settings (a cascade's heavy ones, API sizes)
             if prior.final_key:  # a cascade draft escalated earlier: the row is its final heavy image
                 state.update(image_key=prior.final_key, generator=prior.final_generator, model=prior.final_model)
             return state
@@ -267,6 +276,7 @@ _DTYPES = {
     "enqueued_at": np.float64,
     "prior_bytes": np.int64,
     **{name: np.float64 for name, value in NO_PRIOR.items() if isinstance(value, float)},
+    **{name: np.int64 for name, value in NO_PRIOR.items() if type(value) is int},
 }
 
 

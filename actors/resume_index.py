@@ -19,7 +19,10 @@ logger = logging.getLogger(__name__)
 # CARRIED (declared in manifest_schema) is what a manifest row says about how its image was made; a cached row
 # carries it forward so a resumed run's manifest still describes every image fully (scores, routes, timings,
 # cost), not just the ones made this run.
-READ = ("image_key", "status", "sha256", "bytes", "error", "generator", "model", *CARRIED)
+# SETTINGS: what a stored image was made with; a resumed row reports these (an escalated row's are the heavy
+# generator's, a hosted image's size the one the API returned).
+SETTINGS = ("width", "height", "num_steps", "guidance_scale", "negative_prompt")
+READ = ("image_key", "status", "sha256", "bytes", "error", "generator", "model", *CARRIED, *SETTINGS)
 
 
 @dataclass(frozen=True)
@@ -32,6 +35,8 @@ class Prior:
     error: str
     carried: dict[str, Any] = field(default_factory=dict)
     """CARRIED columns of the earlier row (ok rows)."""
+    settings: dict[str, Any] = field(default_factory=dict)
+    """What the stored image was made with (size as returned, steps, guidance, negative prompt): ok rows."""
     final_key: str = ""
     """Cascade: the heavy image this draft key was escalated to ('' = the key itself is final)."""
     final_generator: str = ""
@@ -68,6 +73,7 @@ class ResumeIndex:
         return Prior(
             status=row["status"], sha256=row["sha256"] or "", bytes=int(row["bytes"] or 0), error=row["error"] or "",
             carried={c: row.get(c) for c in CARRIED} if ok else {},
+            settings={c: row[c] for c in SETTINGS if row.get(c) is not None} if ok else {},
             final_key=row["image_key"] if redirected else "",
             final_generator=(row.get("generator") or "") if redirected else "",
             final_model=(row.get("model") or "") if redirected else "",

@@ -112,7 +112,12 @@ def _to_manifest_rows(batch: Any, run_id: str) -> Any:
         prior = f"prior_{f.name}"
         if cached is not None and f.name in CARRIED and prior in batch.column_names:
             earlier = batch.column(prior).cast(f.type)
-            recorded = pc.invert(pc.is_nan(earlier)) if pa.types.is_floating(f.type) else pc.not_equal(earlier, "")
+            if pa.types.is_floating(f.type):
+                recorded = pc.invert(pc.is_nan(earlier))
+            elif pa.types.is_integer(f.type):
+                recorded = pc.not_equal(earlier, 0)  # e.g. a draft's width: 0 = none recorded
+            else:
+                recorded = pc.not_equal(earlier, "")
             column = pc.if_else(pc.and_(cached, recorded), earlier, column)
         columns.append(column)
     return pa.Table.from_arrays(columns, schema=MANIFEST)

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import base64
 import json
+import math
+import re
+from collections.abc import AsyncIterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,7 +29,12 @@ REQUEST_FIELDS = {
     "response": "image (raw bytes) | json (base64 images + metadata)",
 }
 NUMBER_FIELDS = ("seed", "width", "height", "num_steps", "guidance_scale", "num_images")
+WHOLE_NUMBER_FIELDS = ("seed", "width", "height", "num_steps", "num_images")
 TEXT_FIELDS = ("prompt", "negative_prompt", "generator")
+# whole numbers must fit the 32-bit columns a prompt row has (the preprocessor checks the real ranges, which are
+# narrower); anything bigger is refused here, before it reaches a column
+MAX_WHOLE_NUMBER = 2**31 - 1
+MAX_INT_DIGITS = 30  # longer integer literals are not parsed at all (Python refuses beyond 4300 digits anyway)
 
 
 class RequestProblem(ValueError):
@@ -49,6 +57,47 @@ class GenerateRequest:
     """image | json."""
 
 
+@dataclass(frozen=True)
+class _LongInteger:
+    """An integer literal too long to be a valid value, kept unparsed so the field check can name its field."""
+
+    text: str
+
+
+def _parse_int(text: str) -> int | _LongInteger:
+    return int(text) if len(text) <= MAX_INT_DIGITS else _LongInteger(text)
+
+
+def _json_type(value: Any) -> str:
+    names = {str: "string", bool: "boolean", list: "array", dict: "object", type(None): "null"}
+    return names.get(type(value), "number")
+
+
+def _refuse_constant(name: str) -> None:
+    raise ValueError(f"{name} is not valid JSON; send a finite number")
+
+
+async def read_body(chunks: AsyncIterable[bytes], content_length: str | None, max_request_bytes: int) -> bytes:
+    """Read a request body without ever holding more than `max_request_bytes` + one chunk of it.
+
+    A declared `Content-Length` over the limit is refused before reading anything; a body without one (chunked)
+    is read chunk by chunk and refused as soon as it passes the limit. Raises RequestProblem (413, or 400 for a
+    Content-Length that is not a number).
+    """
+    if content_length is not None:
+        if not content_length.strip().isdigit():
+            raise RequestProblem(400, f"Content-Length {content_length[:40]!r} is not a byte count")
+        if int(content_length) > max_request_bytes:
+            raise RequestProblem(413, f"request body is {int(content_length)} bytes; the limit is {max_request_bytes}")
+    body = bytearray()
+    async for chunk in chunks:
+        body += chunk
+        if len(body) > max_request_bytes:
+            raise RequestProblem(413, f"request body is over {max_request_bytes} bytes; the limit is "
+                                      f"{max_request_bytes}")
+    return bytes(body)
+
+
 def parse_generate_request(
     body: bytes, accept: str, *, default_format: str, default_response: str, max_request_bytes: int,
     max_images: int,
@@ -58,8 +107,14 @@ def parse_generate_request(
     if len(body) > max_request_bytes:
         raise RequestProblem(413, f"request body is {len(body)} bytes; the limit is {max_request_bytes}")
     try:
-        data = json.loads(body.decode("utf-8")) if body.strip() else None
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        text = body.decode("utf-8")
+        data = json.loads(text, parse_int=_parse_int, parse_constant=_refuse_constant) if text.strip() else None
+    except RecursionError:
+        field = _too_deep_field(text)
+        where = f'"{field}" nests' if field else "body nests"
+        raise RequestProblem(400, f'{where} arrays/objects too deeply; send a flat JSON object such as '
+                                  f'{{"prompt": "a red fox"}}') from None
+    except ValueError as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
         raise RequestProblem(400, f'body is not valid JSON ({exc}); send e.g. {{"prompt": "a red fox"}}') from None
     if not isinstance(data, dict):
         raise RequestProblem(400, 'body must be a JSON object such as {"prompt": "a red fox"}')
@@ -70,12 +125,10 @@ def parse_generate_request(
     if "prompt" not in data:
         raise RequestProblem(400, 'missing "prompt"')
     for name in TEXT_FIELDS:
-        if name in data and not isinstance(data[name], str):
-            raise RequestProblem(400, f'"{name}" must be a string, got {type(data[name]).__name__}')
+        if name in data:
+            _check_text(name, data[name])
     for name in NUMBER_FIELDS:
-        value = data.get(name)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
-            raise RequestProblem(400, f'"{name}" must be a number, got {json.dumps(value)[:40]}')
+        _check_number(name, data.get(name))
     fmt = data.get("format", default_format)
     if fmt not in FORMATS:
         raise RequestProblem(400, f'"format" must be one of {list(FORMATS)}, got {fmt!r}')
@@ -90,6 +143,62 @@ def parse_generate_request(
         raise RequestProblem(400, 'num_images > 1 needs a JSON response: add "response": "json"')
     row = {k: v for k, v in data.items() if k not in ("format", "response") and v is not None}
     return GenerateRequest(row=row, format=fmt, response=response)
+
+
+def _check_text(name: str, value: Any) -> None:
+    if not isinstance(value, str):
+        raise RequestProblem(400, f'"{name}" must be a string, got {_json_type(value)}')
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise RequestProblem(400, f'"{name}" is not valid Unicode text (an unpaired \\u surrogate escape)') from None
+
+
+def _check_number(name: str, value: Any) -> None:
+    """A number field is absent, or a finite number; whole-number fields also fit a 32-bit column."""
+    if value is None:
+        return
+    if isinstance(value, _LongInteger):
+        raise RequestProblem(400, f'"{name}" has {len(value.text.lstrip("-"))} digits; it must be a whole number '
+                                  f"between {-MAX_WHOLE_NUMBER} and {MAX_WHOLE_NUMBER}")
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise RequestProblem(400, f'"{name}" must be a number, got {_json_type(value)}')
+    if not math.isfinite(value):
+        raise RequestProblem(400, f'"{name}" must be a finite number, got {value}')
+    if name in WHOLE_NUMBER_FIELDS and abs(value) > MAX_WHOLE_NUMBER:
+        raise RequestProblem(400, f'"{name}" must be a whole number between {-MAX_WHOLE_NUMBER} and '
+                                  f"{MAX_WHOLE_NUMBER}, got {value if isinstance(value, int) else f'{value:.6g}'}")
+
+
+_SPACE = re.compile(r"[ \t\n\r]*")
+
+
+def _skip_space(text: str, i: int) -> int:
+    match = _SPACE.match(text, i)
+    return match.end() if match else i
+
+
+def _too_deep_field(text: str) -> str:
+    """The top-level field whose value nests too deeply for the JSON parser, or '' (the body itself, or unknown)."""
+    decoder = json.JSONDecoder()
+    i = _skip_space(text, 0)
+    if text[i:i + 1] != "{":
+        return ""
+    try:
+        while True:  # "key": value pairs, one value at a time, until the one the parser can't descend into
+            key, i = decoder.raw_decode(text, _skip_space(text, i + 1))
+            i = _skip_space(text, i)
+            if text[i:i + 1] != ":":
+                return ""
+            try:
+                _, i = decoder.raw_decode(text, _skip_space(text, i + 1))
+            except RecursionError:
+                return str(key)
+            i = _skip_space(text, i)
+            if text[i:i + 1] != ",":
+                return ""
+    except (ValueError, RecursionError):
+        return ""
 
 
 def _from_accept(accept: str) -> str:

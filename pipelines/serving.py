@@ -29,6 +29,7 @@ from pipelines.serve_protocol import (
     image_entry,
     image_headers,
     parse_generate_request,
+    read_body,
 )
 from pipelines.text_to_image import Stores, failure_line
 
@@ -74,6 +75,35 @@ def serve_prep_config(cfg: JobConfig) -> PrepConfig:
     })
 
 
+def bind_internal_grpc_to_node_ip() -> None:
+    """Make this replica's inter-deployment gRPC server listen on the Ray node's address, not every interface.
+
+    Ray Serve 2.60 starts that server on `[::]:0` in every replica, with no option to change it
+    (`ray/serve/_private/replica.py`, `Replica._on_initialized`). Handles dial it at `node_ip:port`, so the node's
+    Ray address keeps it working: 127.0.0.1 for a local serve, the node's cluster IP on a cluster. Ray runs a
+    replica's constructor before it starts the server, so the constructors call this. Pinned to ray 2.60
+    (pyproject); tests/integration/test_serve.py checks that no listening socket is on all interfaces.
+    """
+    import ray
+    from ray.serve._private import replica
+
+    add_port = getattr(replica, "add_port_to_grpc_server", None)
+    if add_port is None:
+        logger.warning("ray.serve replica internals changed: its gRPC port may listen on all interfaces")
+        return
+    if getattr(add_port, "binds_node_ip", False):
+        return
+    node_ip = ray.util.get_node_ip_address()
+    node_host = f"[{node_ip}]" if ":" in node_ip else node_ip
+
+    def add_port_on_node_ip(server: Any, address: str) -> Any:
+        host, _, port = address.rpartition(":")
+        return add_port(server, f"{node_host}:{port}" if host in ("[::]", "0.0.0.0") else address)
+
+    add_port_on_node_ip.binds_node_ip = True  # type: ignore[attr-defined]
+    setattr(replica, "add_port_to_grpc_server", add_port_on_node_ip)  # noqa: B010 - a private attribute of Ray
+
+
 class GeneratorReplica:
     """One replica of a generator: the batch job's actor class, fed by `@serve.batch`.
 
@@ -88,6 +118,7 @@ class GeneratorReplica:
 
     def __init__(self, actor: type, kwargs: dict[str, Any], max_batch_size: int, batch_wait_timeout_s: float,
                  quality: int, png_compress_level: int) -> None:
+        bind_internal_grpc_to_node_ip()
         self.impl = actor(**kwargs)
         self.quality, self.png_compress_level = quality, png_compress_level
         self.generate.set_max_batch_size(max_batch_size)  # type: ignore[attr-defined]  # added by @serve.batch
@@ -131,6 +162,7 @@ class Gateway:
     """
 
     def __init__(self, prep: PrepConfig, generators: dict[str, Any], cfg: ServeConfig, default_format: str) -> None:
+        bind_internal_grpc_to_node_ip()
         self.prep = PromptPreprocessor(prep)
         self.models = {name: f"{g.model}@{g.revision}" for name, g in prep.generators.items()}
         self.default_generator = prep.default_generator
@@ -152,9 +184,15 @@ class Gateway:
         if request.method != "POST":
             return _problem(405, "/generate answers POST with a JSON body")
         try:
-            return await self._generate(await request.body(), request.headers.get("accept", ""))
+            # the size limit holds while reading: a declared or streamed body over it is refused, never buffered
+            body = await read_body(request.stream(), request.headers.get("content-length"),
+                                   self.cfg.max_request_bytes)
+            return await self._generate(body, request.headers.get("accept", ""))
         except RequestProblem as exc:
             return _problem(exc.status, str(exc))
+        except Exception:  # a bug, not the client's fault: still a JSON error, with the traceback in the log
+            logger.exception("POST /generate failed")
+            return _problem(500, "internal error while handling the request; see the server log")
 
     async def _generate(self, body: bytes, accept: str) -> Response:
         import pyarrow as pa

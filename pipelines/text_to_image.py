@@ -255,5 +255,7 @@ def failure_line(exc: BaseException) -> str:
             if marker in line:
                 return line[line.index(marker):][:400]
     errors = [ln for ln in lines if re.match(r"^[\w.]+(Error|Exception|Exhausted|Fatal)\b.*:", ln)]
+    causes = [ln for ln in errors if not ln.startswith(("ray.", "Ray"))]  # Ray's wrappers name no cause
+    errors = causes or errors
     last = errors[-1] if errors else (lines[-1] if lines else type(exc).__name__)
     return f"{type(exc).__name__}: {last[:300]}"

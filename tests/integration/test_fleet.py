@@ -3,6 +3,7 @@ tiny real CLIP, rules, fan-out, the cascade (deterministic stub scorer) and the 
 
 from __future__ import annotations
 
+import io
 import time
 from pathlib import Path
 from typing import Any
@@ -91,6 +92,9 @@ def test_cascade_escalates_known_fraction_within_cap(
     raw = two_sleepers(src, f"s3://{bucket}/cas", mode="cascade",
                        cascade={"draft": "sleepy", "escalate": "heavy", "threshold": 0.5, "max_escalations": 6})
     raw["scorer"] = {"backend": "rule", "marker": "good"}
+    # the heavy generator renders differently: escalations must use its settings, not the draft's
+    raw["generators"]["heavy"]["defaults"] = {"width": 32, "height": 24, "num_steps": 4, "guidance_scale": 6.0,
+                                              "negative_prompt": "blurry"}
     assert generate.main([str(write_config(tmp_path / "job.yaml", raw))]) == 0
     rows = manifest(s3_env, bucket, "cas")
     assert len(rows) == 12 and {r["status"] for r in rows} == {"ok"}
@@ -102,6 +106,18 @@ def test_cascade_escalates_known_fraction_within_cap(
         assert r["generator"] == "heavy" and r["draft_generator"] == "sleepy" and r["draft_score"] == 0.0
         assert r["draft_image_uri"].startswith(f"s3://{bucket}/cas/images/") and r["image_uri"] != r["draft_image_uri"]
         assert r["cost_usd"] == pytest.approx(0.11)  # draft + heavy
+        assert (r["width"], r["height"], r["num_steps"], r["guidance_scale"]) == (32, 24, 4, 6.0)
+        assert r["negative_prompt"] == "blurry"
+        draft = (r["draft_width"], r["draft_height"], r["draft_num_steps"], r["draft_guidance_scale"])
+        assert draft == (16, 16, 30, 5.0)  # sleep_job sets only the size: 30 steps, guidance 5
+    # the stored images have the sizes the manifest says: heavy finals 32x24, kept drafts 16x16
+    from PIL import Image
+
+    client = s3_env.client()
+    for r in escalated[:2]:
+        for uri, size in ((r["image_uri"], (32, 24)), (r["draft_image_uri"], (16, 16))):
+            body = client.get_object(Bucket=bucket, Key=uri.split("/", 3)[3])["Body"].read()
+            assert Image.open(io.BytesIO(body)).size == size
     for r in drafts:
         assert r["generator"] == "sleepy" and r["draft_image_uri"] in ("", None)
         assert r["cost_usd"] == pytest.approx(0.01)
@@ -117,7 +133,8 @@ def test_cascade_escalates_known_fraction_within_cap(
         r2 = again[r["id"]]
         assert r2["run_id"] == "rerun" and r2["already_present"] and r2["status"] == "ok"
         for col in ("image_key", "image_uri", "generator", "model", "route", "clip_score", "draft_image_uri",
-                    "draft_score", "draft_generator", "cost_usd", "generated_at"):
+                    "draft_score", "draft_generator", "cost_usd", "generated_at", "width", "height", "num_steps",
+                    "guidance_scale", "negative_prompt", "draft_width", "draft_num_steps", "draft_guidance_scale"):
             assert r2[col] == r[col] or (r2[col] != r2[col] and r[col] != r[col]), (col, r[col], r2[col])
         assert r2["generated_at"] < rerun_started  # made by the first run, not again
     assert len(objects(s3_env, bucket, "cas/images/")) == 12 + 6

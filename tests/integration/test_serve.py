@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
 import os
@@ -84,6 +85,28 @@ def test_healthz_lists_generators(server: Server) -> None:
                                 "default_generator": "tiny"}
 
 
+def test_every_listening_socket_is_on_loopback(server: Server) -> None:
+    import ipaddress
+
+    import psutil
+
+    # the serve process and everything it started: GCS, raylet, agents, the Serve controller, proxy and replicas
+    root = psutil.Process(server.proc.pid)
+    listening: dict[str, list[str]] = {}
+    for proc in [root, *root.children(recursive=True)]:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            name = proc.name()
+            for conn in proc.net_connections(kind="inet"):
+                if conn.status == psutil.CONN_LISTEN:
+                    listening.setdefault(name, []).append(conn.laddr.ip)
+    open_ = {name: ips for name, ips in listening.items()
+             if not all(ipaddress.ip_address(ip.removeprefix("::ffff:")).is_loopback for ip in ips)}
+    assert not open_, f"listening beyond loopback: {open_}"
+    # the check saw the Serve processes: the proxy (HTTP) and the replicas (their inter-deployment gRPC servers)
+    assert any("ProxyActor" in name for name in listening), listening
+    assert sum("ServeReplica" in name for name in listening) >= 2, listening
+
+
 def test_image_bytes_have_the_batch_jobs_key(server: Server) -> None:
     status, headers, body = server.post({"prompt": "a red fox"})
     assert status == 200 and headers["content-type"] == "image/png"
@@ -136,6 +159,11 @@ def test_concurrent_requests_are_batched(server: Server) -> None:
         (b'{"prompt": "x", "num_images": 99, "response": "json"}', "/generate", "POST", 400, "limit"),
         (b'{"prompt": "x", "format": "gif"}', "/generate", "POST", 400, "format"),
         (b'{"prompt": "' + b"x" * 70000 + b'"}', "/generate", "POST", 413, "limit is 65536"),
+        (b'{"prompt": "x", "seed": ' + b"7" * 400 + b"}", "/generate", "POST", 400, '"seed" has 400 digits'),
+        (b'{"prompt": "x", "width": 1e308}', "/generate", "POST", 400, '"width" must be a whole number between'),
+        (b'{"prompt": "x", "seed": ' + b"[" * 30000 + b"]" * 30000 + b"}", "/generate", "POST", 400,
+         '"seed" nests arrays/objects too deeply'),
+        (b'{"prompt": "\\ud800"}', "/generate", "POST", 400, '"prompt" is not valid Unicode text'),
         (b"", "/generate", "GET", 405, "POST"),
         (b"", "/nowhere", "GET", 404, "POST /generate"),
     ],
@@ -147,6 +175,56 @@ def test_bad_requests_get_4xx_with_a_message(
     assert got == status, reply[:300]
     assert headers["content-type"] == "application/json"
     assert message in json.loads(reply)["error"]
+
+
+def raw_post(server: Server, head: bytes, chunks: Iterator[bytes]) -> tuple[int, bytes]:
+    """POST /generate over a raw socket: send the head, then body chunks until the server answers or closes."""
+    import socket
+
+    port = int(server.url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
+        sock.sendall(b"POST /generate HTTP/1.1\r\nHost: 127.0.0.1\r\n" + head + b"\r\n")
+        sock.setblocking(False)
+        reply = b""
+        for chunk in chunks:
+            with contextlib.suppress(BlockingIOError):
+                reply += sock.recv(65536)
+            if reply:
+                break
+            try:
+                sock.sendall(chunk)
+            except (BlockingIOError, BrokenPipeError, ConnectionResetError):
+                break
+        sock.settimeout(60)
+        with contextlib.suppress(ConnectionResetError):
+            while b"\r\n\r\n" not in reply or not reply.rstrip().endswith(b"}"):
+                data = sock.recv(65536)
+                if not data:
+                    break
+                reply += data
+    head_text, _, body = reply.partition(b"\r\n\r\n")
+    return int(head_text.split()[1]), body
+
+
+def test_oversized_bodies_are_refused_without_being_read(server: Server) -> None:
+    # a declared 300 MB body: refused on its Content-Length, before the client has sent any of it
+    start = time.time()
+    status, body = raw_post(server, b"Content-Length: 300000000\r\n", iter([]))
+    assert status == 413 and "300000000 bytes; the limit is 65536" in json.loads(body)["error"]
+    assert time.time() - start < 30
+    # a chunked body with no length: refused once it passes the limit, with most of it never sent
+    sent = []
+
+    def chunked() -> Iterator[bytes]:
+        for _ in range(4096):  # up to 256 MiB
+            sent.append(1)
+            yield b"10000\r\n" + b" " * 65536 + b"\r\n"
+            time.sleep(0.01)
+
+    status, body = raw_post(server, b"Transfer-Encoding: chunked\r\n", chunked())
+    assert status == 413 and "the limit is 65536" in json.loads(body)["error"]
+    assert len(sent) < 4096
+    assert server.post({"prompt": "still fine"})[0] == 200
 
 
 def test_sigterm_stops_cleanly(server: Server) -> None:

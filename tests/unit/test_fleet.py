@@ -82,6 +82,7 @@ def batch(prompts: list[str], status: list[str], scores: list[float]) -> dict[st
         "guidance_scale": np.zeros(n), "status": np.array(status, dtype=object),
         "image_key": np.array([f"{i:040x}" for i in range(n)], dtype=object),
         "generator": np.array(["sleepy"] * n, dtype=object), "model": np.array(["sleep@v1"] * n, dtype=object),
+        "explicit": np.array([""] * n, dtype=object),
         "image": np.array([np.zeros((16, 16, 3), np.uint8).tobytes()] * n, dtype=object),
         "clip_score": np.array(scores, dtype=np.float64),
     }
@@ -101,6 +102,49 @@ def test_escalator_threshold_cap_and_draft() -> None:
     assert len(out["draft_image"][0]) > 0 and out["image"][0] == b""
     more = esc(batch(["e"], ["generated"], [0.0]))  # the cap (2) is used up
     assert list(more["route"]) == ["draft"] and list(more["status"]) == ["generated"]
+
+
+def cascade_config(heavy_defaults: dict[str, Any]) -> Any:
+    raw = fleet(mode="cascade", cascade={"draft": "sleepy", "escalate": "heavy", "threshold": 0.5})
+    raw["generators"]["sleepy"]["defaults"] = {"width": 16, "height": 16, "num_steps": 1, "guidance_scale": 0.0}
+    raw["generators"]["heavy"]["defaults"] = heavy_defaults
+    return parse_config({**raw, "scorer": {"backend": "rule"}})
+
+
+def test_escalated_rows_render_with_the_heavy_generators_settings() -> None:
+    """The flagship cascade bug: an escalation kept the draft's 1 step / guidance 0 / small size. It must get
+    the heavy generator's defaults for every setting the input row did not set, and a key from those."""
+    from actors.keys import image_key
+
+    cfg = cascade_config({"width": 64, "height": 48, "num_steps": 30, "guidance_scale": 7.5,
+                          "negative_prompt": "blurry"})
+    prep = pre(cfg.model_dump(), {"prompt": ["plain", "sized"], "width": [None, 32], "num_steps": [None, 2]})
+    rows = {p: i for i, p in enumerate(prep["prompt"])}
+    assert prep["explicit"][rows["plain"]] == "" and prep["explicit"][rows["sized"]] == "width,num_steps"
+    drafts = {k: np.array(v, dtype=object if isinstance(v[0], str) else None) for k, v in prep.items()}
+    drafts.update(status=np.array(["generated"] * 2, dtype=object), clip_score=np.zeros(2),
+                  image=np.array([b"x", b"y"], dtype=object))
+    heavy = prep_config(cfg).generators["heavy"]
+    out = Escalator(cfg.routing.cascade, "heavy", heavy)(drafts)  # type: ignore[attr-defined]
+    plain, sized = rows["plain"], rows["sized"]
+    # unset fields: the heavy generator's defaults; explicit ones: the row's
+    assert (out["width"][plain], out["height"][plain], out["num_steps"][plain]) == (64, 48, 30)
+    assert out["guidance_scale"][plain] == 7.5 and out["negative_prompt"][plain] == "blurry"
+    assert (out["width"][sized], out["height"][sized], out["num_steps"][sized]) == (32, 48, 2)
+    # the draft's settings are recorded
+    assert (out["draft_width"][plain], out["draft_num_steps"][plain], out["draft_guidance_scale"][plain]) == (16, 1, 0)
+    # the key names what is rendered
+    assert out["image_key"][plain] == image_key(
+        model="heavy-model", revision=heavy.revision, scheduler="", prompt="plain", negative_prompt="blurry",
+        seed=int(out["seed"][plain]), width=64, height=48, num_steps=30, guidance_scale=7.5)
+
+
+def test_an_explicit_size_the_heavy_generator_cant_render_stays_a_draft() -> None:
+    cfg = cascade_config({"width": 64, "height": 64, "max_pixels": 64 * 64})
+    b = batch(["big"], ["generated"], [0.0])
+    b.update(width=np.array([128]), height=np.array([128]), explicit=np.array(["width,height"], dtype=object))
+    out = Escalator(cfg.routing.cascade, "heavy", prep_config(cfg).generators["heavy"])(b)  # type: ignore[attr-defined]
+    assert list(out["route"]) == ["draft"] and list(out["status"]) == ["generated"]
 
 
 def test_rule_scorer() -> None:

@@ -41,8 +41,10 @@ def test_table_is_well_formed() -> None:
     assert all(c.description and "\n" not in c.description for c in ms.COLUMNS)
     assert ms.SCHEMA.names == list(ms.NAMES)
     assert [ms.SCHEMA.field(c.name).type for c in ms.COLUMNS] == [c.type for c in ms.COLUMNS]
-    # a resumed row tells "recorded" from "not recorded" by NaN (floats) or '' (strings): nothing else can carry
-    assert all(pa.types.is_floating(c.type) or pa.types.is_string(c.type) for c in ms.COLUMNS if c.carried)
+    # a resumed row tells "recorded" from "not recorded" by NaN (floats), '' (strings) or 0 (integers, e.g. a
+    # draft's width): nothing else can carry
+    assert all(pa.types.is_floating(c.type) or pa.types.is_string(c.type) or pa.types.is_integer(c.type)
+               for c in ms.COLUMNS if c.carried)
     # the report's stage timings are manifest columns it reads
     from pipelines.report import COLUMNS, STAGES
 
@@ -64,5 +66,7 @@ def test_no_prior_defaults_follow_the_column_types() -> None:
         value = NO_PRIOR[f"prior_{name}"]
         if pa.types.is_floating(ms.SCHEMA.field(name).type):
             assert math.isnan(value) and _DTYPES[f"prior_{name}"] is np.float64
+        elif pa.types.is_integer(ms.SCHEMA.field(name).type):
+            assert value == 0 and _DTYPES[f"prior_{name}"] is np.int64
         else:
             assert value == ""

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
+
 import pytest
 
 from configs.generator import PoolConfig
 from configs.serve import ServeConfig
 from pipelines.pools import serve_generator_options
-from pipelines.serve_protocol import RequestProblem, failure_status, parse_generate_request
+from pipelines.serve_protocol import RequestProblem, failure_status, parse_generate_request, read_body
 
 
 def parse(body: bytes, accept: str = "", default_response: str = "image") -> object:
@@ -52,6 +55,89 @@ def test_bad_bodies(body: bytes, status: int, message: str) -> None:
     with pytest.raises(RequestProblem) as info:
         parse(body)
     assert info.value.status == status and message in str(info.value)
+
+
+NESTED = b"[" * 100_000 + b"]" * 100_000
+
+
+@pytest.mark.parametrize(("body", "message"), [
+    (b'{"prompt": "a", "seed": ' + b"9" * 400 + b"}", '"seed" has 400 digits; it must be a whole number between'),
+    (b'{"prompt": "a", "seed": -' + b"9" * 5000 + b"}", '"seed" has 5000 digits'),  # past Python's int limit
+    (b'{"prompt": "a", "width": 1e308}', '"width" must be a whole number between -2147483647 and 2147483647'),
+    (b'{"prompt": "a", "height": 1e400}', '"height" must be a finite number'),
+    (b'{"prompt": "a", "num_steps": 1099511627776}', '"num_steps" must be a whole number between'),
+    (b'{"prompt": "a", "num_images": 4294967296, "response": "json"}', '"num_images" must be a whole number'),
+    (b'{"prompt": "a", "guidance_scale": NaN}', "NaN is not valid JSON"),
+    (b'{"prompt": "a", "seed": ' + NESTED + b"}", '"seed" nests arrays/objects too deeply'),
+    (b'{"prompt": "a", "x": 1, "generator": {"a": ' + NESTED + b"}}", '"generator" nests arrays/objects too deeply'),
+    (NESTED, "body nests arrays/objects too deeply"),
+    (b'{"prompt": "\\ud800 fox"}', '"prompt" is not valid Unicode text'),
+    (b'{"prompt": "a", "negative_prompt": "\\udfff"}', '"negative_prompt" is not valid Unicode text'),
+    (b'{"prompt": "a", "generator": 12345678901234567890123456789012345}', '"generator" must be a string, got number'),
+])
+def test_values_no_row_can_hold_are_400s_naming_the_field(body: bytes, message: str) -> None:
+    with pytest.raises(RequestProblem) as info:
+        parse_generate_request(body, "", default_format="png", default_response="json", max_request_bytes=10**6,
+                               max_images=4)
+    assert info.value.status == 400 and message in str(info.value)
+
+
+@pytest.mark.parametrize("field", ["seed", "width", "height", "num_steps", "guidance_scale"])
+@pytest.mark.parametrize("value", [2**31 - 1, -(2**31 - 1), 1e308])
+def test_the_largest_accepted_numbers_become_error_rows_not_crashes(field: str, value: float) -> None:
+    import pyarrow as pa
+
+    from actors.prompt_preprocessor import PromptPreprocessor
+    from configs.loader import parse_config
+    from pipelines.serving import serve_prep_config
+    from tests.conftest import tiny_job
+
+    body = f'{{"prompt": "a fox", "{field}": {value!r}}}'.encode()
+    try:
+        req = parse_generate_request(body, "", default_format="png", default_response="image",
+                                     max_request_bytes=2048, max_images=4)
+    except RequestProblem as exc:
+        assert exc.status == 400 and f'"{field}"' in str(exc)
+        return
+    # what the gateway does next: the batch preprocessor turns it into one error row naming the field
+    prep = PromptPreprocessor(serve_prep_config(parse_config(tiny_job("p", "m", "out"))))
+    out = prep(pa.Table.from_pylist([req.row]))
+    assert list(out["status"]) == ["error"] and field in str(out["error"][0])
+
+
+async def chunks(parts: list[bytes], pulled: list[int]) -> AsyncIterator[bytes]:
+    for part in parts:
+        pulled.append(len(part))
+        yield part
+
+
+def test_a_declared_body_over_the_limit_is_refused_before_reading() -> None:
+    pulled: list[int] = []
+    with pytest.raises(RequestProblem) as info:
+        asyncio.run(read_body(chunks([b"x" * 1000] * 5, pulled), "300000000", 2048))
+    assert info.value.status == 413 and "300000000 bytes; the limit is 2048" in str(info.value)
+    assert pulled == []
+
+
+def test_a_streamed_body_is_read_only_up_to_the_limit() -> None:
+    pulled: list[int] = []
+    with pytest.raises(RequestProblem) as info:  # chunked: no Content-Length
+        asyncio.run(read_body(chunks([b"x" * 1000] * 300_000, pulled), None, 2048))
+    assert info.value.status == 413 and "the limit is 2048" in str(info.value)
+    assert len(pulled) == 3  # stopped at the first chunk past 2048 bytes
+    pulled.clear()  # a Content-Length that undersells the body changes nothing
+    with pytest.raises(RequestProblem):
+        asyncio.run(read_body(chunks([b"x" * 1000] * 10, pulled), "10", 2048))
+    assert len(pulled) == 3
+
+
+def test_bodies_within_the_limit_are_read_whole() -> None:
+    assert asyncio.run(read_body(chunks([b"ab", b"", b"cd"], []), "4", 4)) == b"abcd"
+    assert asyncio.run(read_body(chunks([b"abcd"], []), None, 4)) == b"abcd"
+    for bad in ("-1", "12abc", ""):
+        with pytest.raises(RequestProblem) as info:
+            asyncio.run(read_body(chunks([], []), bad, 4))
+        assert info.value.status == 400 and "Content-Length" in str(info.value)
 
 
 def test_refusals_are_422_errors_500() -> None:
