@@ -11,6 +11,10 @@ from actors.keys import KEY_HEX_CHARS
 IMAGES_DIR = "images"
 MANIFEST_DIR = "manifest"
 STAGING_DIR = f"{MANIFEST_DIR}/_staging"
+MANIFEST_INDEX = f"{MANIFEST_DIR}/_manifest.json"
+"""The commit point: the list of the current manifest's parts, written last (readers follow it)."""
+LEASE = f"{MANIFEST_DIR}/_lease.json"
+"""Which run owns the output right now (created with a conditional put, expires)."""
 BATCHES_DIR = "_batches"
 WEBDATASET_DIR = "webdataset"
 WEBDATASET_INDEX = f"{WEBDATASET_DIR}/index.json"
@@ -63,14 +67,15 @@ def key_of_image(rel: str) -> str:
     return rel.rsplit("/", 1)[-1].split(".", 1)[0]
 
 
-def staging_dir(run_id: str) -> str:
-    """Folder the manifest parts of run `run_id` stream into before they are committed."""
-    return f"{STAGING_DIR}/{run_id}"
+def staging_dir(attempt: str) -> str:
+    """Folder the manifest parts of one run attempt stream into before they are committed."""
+    return f"{STAGING_DIR}/{attempt}"
 
 
-def manifest_part(run_id: str, n: int) -> str:
-    """Relative path of the n-th committed manifest part of run `run_id`."""
-    return f"{MANIFEST_DIR}/part-{run_id}-{n:05d}.parquet"
+def manifest_part(attempt: str, n: int) -> str:
+    """Relative path of the n-th committed manifest part of one run attempt (`<run_id>.<nonce>`: a rerun with the
+    same run id never reuses a name)."""
+    return f"{MANIFEST_DIR}/part-{attempt}-{n:05d}.parquet"
 
 
 def is_manifest_part(rel: str) -> bool:
@@ -78,11 +83,6 @@ def is_manifest_part(rel: str) -> bool:
     name = rel.rsplit("/", 1)[-1]
     return (rel.count("/") == 1 and rel.startswith(f"{MANIFEST_DIR}/") and name.startswith("part-")
             and name.endswith(".parquet"))
-
-
-def is_part_of_run(rel: str, run_id: str) -> bool:
-    """Whether the committed part `rel` was written by run `run_id`."""
-    return f"part-{run_id}-" in rel
 
 
 def batches_dir(provider: str) -> str:

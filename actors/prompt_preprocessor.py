@@ -145,6 +145,8 @@ class PromptPreprocessor:
         except ValueError as exc:
             error = str(exc)
         if error:
+            # the row's own values are in the error message; int32 columns can't hold absurd ones (2**40 pixels)
+            base.update({k: 0 for k in ("width", "height", "num_steps") if not 0 <= base[k] < 2**31})
             return [{**base, "image_index": 0, "seed": 0, "image_key": "", "status": "error", "error": error,
                      **NO_PRIOR}]
         rows = []

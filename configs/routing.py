@@ -98,6 +98,10 @@ class RoutingBase(StrictModel):
         """Generators one row goes to, in order ('' = the default generator)."""
         return [""]
 
+    def requests_per_image(self) -> int:
+        """Manifest rows per requested image (fan-out makes one per listed generator)."""
+        return 1
+
     def used(self, names: list[str]) -> list[str]:
         """Generators that can receive rows, in stage order."""
         return [self.default_generator(names)]
@@ -189,6 +193,8 @@ class FanoutRouting(RoutingBase):
     def _two_or_more(self) -> "FanoutRouting":
         if len(set(self.fanout)) < 2:
             raise ValueError("routing.mode=fanout needs routing.fanout with at least two generators")
+        if len(set(self.fanout)) != len(self.fanout):
+            raise ValueError(f"routing.fanout lists a generator twice: {self.fanout}")
         return self
 
     needs_default: ClassVar[bool] = False
@@ -204,6 +210,10 @@ class FanoutRouting(RoutingBase):
     def choose(self, column_value: Any, facts: RowFacts) -> list[str]:
         """All listed generators."""
         return list(self.fanout)
+
+    def requests_per_image(self) -> int:
+        """One row per listed generator."""
+        return len(self.fanout)
 
     def used(self, names: list[str]) -> list[str]:
         """The listed generators."""

@@ -59,6 +59,9 @@ class OutputConfig(StrictModel):
     """Resume: rows whose image is already complete (manifest + object) are not generated again."""
     retry_failed: bool = False
     """Resume: also redo rows that failed in an earlier run (otherwise their error is carried over)."""
+    lease_ttl_s: float = Field(default=300.0, ge=10)
+    """A run holds the output (`manifest/_lease.json`, renewed every third of this) so a second run on it is
+    refused; a crashed run's lease expires after this long (at once when its driver died on the same host)."""
     webdataset: WebDatasetConfig = WebDatasetConfig()
     """Optional WebDataset shards of every `ok` image, rebuilt from the manifest after each run."""
 

@@ -29,12 +29,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     runtime.prepare_environment(args.verbose)
     args.config = runtime.config_path(args.config)
-    from actors.storage import StorageError
+    from actors.storage import StorageError, open_store
     from configs import ConfigError, load_config
+    from pipelines.commit import Lease, collect_garbage
     from pipelines.manifest import write_manifest, write_run_json
     from pipelines.plan import PlanError
     from pipelines.report import write_report
-    from pipelines.text_to_image import InputError, build, failure_line, inspect_source, plan_run
+    from pipelines.text_to_image import InputError, build, expected_rows, failure_line, inspect_source, plan_run
 
     # 1 everything that can be wrong with the inputs is found here, before any GPU work
     try:
@@ -50,16 +51,22 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         print("dry run: config, input schema and output access are fine; nothing was generated")
         return 0
-    # 2 Ray, the lazy graph, and the run itself (writing the manifest executes the graph)
+    # 2 own the output (a second run on it is refused), then Ray, the graph and the commit
     run_id = args.run_id or time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
     import ray
 
-    started = False
+    objects = open_store(cfg.output.uri, stores.output)
+    lease, started = Lease(objects, run_id, cfg.output.lease_ttl_s), False
     try:
+        lease.acquire()
+        collect_garbage(objects, staging=False)  # parts of a commit that died before its index write
         started = runtime.start_ray(cfg)
         runtime.check_resources(cfg, plan.pools)
-        summary = write_manifest(build(cfg, stores, source, plan), cfg.output.uri, stores.output, run_id)
+        summary = write_manifest(build(cfg, stores, source, plan), objects, lease, expected_rows(cfg, source))
         shards = runtime.export_webdataset(cfg, stores, summary, run_id)  # after the commit; never fails the run
+        # 3 record and report
+        record_uri = write_run_json(cfg.output.uri, stores.output, runtime.run_record(cfg, summary, source))
+        report_uri = runtime.report(cfg, stores, write_report)
     except StorageError as exc:
         print(f"imagefleet: {exc}", file=sys.stderr)
         return 2
@@ -69,15 +76,15 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 1
     finally:
+        lease.release()
         if started:
             ray.shutdown()
-    # 3 record and report
-    record_uri = write_run_json(cfg.output.uri, stores.output, runtime.run_record(cfg, summary, source))
-    print(runtime.summary_text(summary, record_uri, runtime.report(cfg, stores, write_report), shards))
+    print(runtime.summary_text(summary, record_uri, report_uri, shards))
     problem = runtime.final_problem(cfg, summary, shards)
     if problem:
         print(f"imagefleet: {problem}", file=sys.stderr)
     return 1 if problem else 0
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -36,6 +36,8 @@ RAY_ENV = {
 }
 
 
+VERBOSE = False
+"""--verbose: full tracebacks on stderr too (set once per command by prepare_environment)."""
 RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 # Ray's Unix socket paths live under the temp dir: they must stay under 107 bytes
 MAX_TEMP_DIR_CHARS = 40
@@ -44,6 +46,8 @@ MAX_TEMP_DIR_CHARS = 40
 def prepare_environment(verbose: bool = False) -> None:
     """Loopback-only Ray settings, and how loud the run is: tracebacks and Ray's progress tables only with
     `verbose` (they always go to the log file of a failure)."""
+    global VERBOSE
+    VERBOSE = verbose
     for key, value in RAY_ENV.items():
         os.environ.setdefault(key, value)
     if verbose:
@@ -67,8 +71,10 @@ def record_failure(what: str, exc: BaseException) -> str:
     folder = Path(tempfile.gettempdir()) / "imagefleet-logs"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}.log"
-    path.write_text(f"{what} failed\n" + "".join(traceback.format_exception(exc)))
-    logger.info("%s failed", what, exc_info=exc)  # the traceback on stderr with --verbose
+    text = "".join(traceback.format_exception(exc))
+    path.write_text(f"{what} failed\n{text}")
+    if VERBOSE:
+        print(text, file=sys.stderr)
     return str(path)
 
 

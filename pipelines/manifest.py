@@ -8,19 +8,11 @@ import time
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
-from actors.layout import (
-    IMAGES_DIR,
-    MANIFEST_DIR,
-    RUN_JSON,
-    STAGING_DIR,
-    is_manifest_part,
-    is_part_of_run,
-    manifest_part,
-    staging_dir,
-)
+from actors.layout import IMAGES_DIR, MANIFEST_DIR, RUN_JSON, staging_dir
 from actors.manifest_schema import CARRIED
 from actors.storage import ObjectStore, arrow_filesystem, open_store
 from configs.storage import StoreSpec
+from pipelines.commit import Lease, commit, current_parts
 from pipelines.schema import MANIFEST
 
 if TYPE_CHECKING:
@@ -53,44 +45,36 @@ class RunSummary:
         return asdict(self)
 
 
-def write_manifest(ds: ray.data.Dataset, output_uri: str, store: StoreSpec, run_id: str) -> RunSummary:
-    """Execute the graph and commit the manifest.
+def write_manifest(ds: ray.data.Dataset, objects: ObjectStore, lease: Lease, expected_rows: int) -> RunSummary:
+    """Execute the graph and commit the manifest (pipelines/commit.py: the protocol).
 
-    Parts stream into `manifest/_staging/<run_id>/` while images are written; only when every row is done
-    are they moved to `manifest/part-<run_id>-*.parquet` and the previous run's parts removed, so a reader
-    never sees a partial manifest.
+    Parts stream into `manifest/_staging/<attempt>/` while images are written; only when every row is done, and
+    there is exactly one row per requested image, do they become the current manifest (`_manifest.json`, written
+    last), so a reader never sees a partial manifest.
+
+    Args:
+        ds: the run's lazy graph.
+        objects: the output store.
+        lease: this run's hold on the output.
+        expected_rows: manifest rows the run must produce (one per requested image).
     """
     started = time.time()
-    # 1 run: rows stream through the pools; parts land in staging
-    fs, root = arrow_filesystem(output_uri, store)
-    staging = f"{root}/{staging_dir(run_id)}"
-    ds = ds.map_batches(_to_manifest_rows, fn_kwargs={"run_id": run_id},  # type: ignore[arg-type]  # fn_kwargs
+    # 1 run: rows stream through the pools; parts land in this attempt's staging folder
+    fs, root = arrow_filesystem(objects.location.uri, objects.spec)
+    ds = ds.map_batches(_to_manifest_rows, fn_kwargs={"run_id": lease.run_id},  # type: ignore[arg-type]
                         batch_format="pyarrow")
-    ds.write_parquet(staging, filesystem=fs, try_create_dir=objects_are_files(output_uri))
+    ds.write_parquet(f"{root}/{staging_dir(lease.attempt)}", filesystem=fs,
+                     try_create_dir=objects_are_files(objects.location.uri))
     wall = time.time() - started
-    # 2 commit: staged parts become the manifest, older parts go
-    objects = open_store(output_uri, store)
-    staged = sorted(rel for rel, _ in objects.list(f"{staging_dir(run_id)}/") if rel.endswith(".parquet"))
-    old = committed_parts(objects)
-    for n, rel in enumerate(staged):
-        objects.copy(rel, manifest_part(run_id, n))
-    for rel in old:
-        if not is_part_of_run(rel, run_id):
-            objects.delete(rel)
-    # staged parts of this run and of interrupted earlier runs: their rows are in this manifest now
-    objects.delete_prefix(STAGING_DIR)
+    # 2 commit: checked, copied, then one index write makes it current; older parts and staging go
+    commit(objects, lease, expected_rows)
     # 3 summarize from the committed parts (column batches: driver memory stays flat)
-    return _summarize(objects, run_id, wall)
+    return _summarize(objects, lease.run_id, wall)
 
 
 def objects_are_files(uri: str) -> bool:
     """Local outputs need real directories; object stores don't (and get no marker objects)."""
     return not uri.startswith("s3://")
-
-
-def committed_parts(objects: ObjectStore) -> list[str]:
-    """Relative paths of the committed manifest parts."""
-    return sorted(rel for rel, _ in objects.list(f"{MANIFEST_DIR}/") if is_manifest_part(rel))
 
 
 def _to_manifest_rows(batch: Any, run_id: str) -> Any:
@@ -127,7 +111,7 @@ def iter_manifest_batches(output_uri: str, store: StoreSpec, columns: list[str],
     """The committed manifest's selected columns, one record batch at a time (memory: a batch, not the run)."""
     import pyarrow.dataset as pads
 
-    parts = committed_parts(open_store(output_uri, store))
+    parts = current_parts(open_store(output_uri, store))
     if not parts:
         return
     fs, root = arrow_filesystem(output_uri, store)

@@ -71,7 +71,8 @@ def inspect_source(cfg: JobConfig, stores: Stores) -> SourceInfo:
     schema = next(iter(footers.values()))[0]
     _check_same_columns(cfg, footers, loc.kind)
     # 4 how many images the rows ask for (one small column), for the cost estimate and the budget
-    num_images = _count_images(fs, files) if "num_images" in schema.names else num_rows
+    most = cfg.routing.max_images_per_row
+    num_images = _count_images(fs, files, most) if "num_images" in schema.names else num_rows
     return SourceInfo(files=[_display(f, loc.kind) for f in files], num_rows=num_rows, schema=schema,
                       num_images=num_images)
 
@@ -177,17 +178,23 @@ def _check_same_columns(cfg: JobConfig, footers: dict[str, tuple[pa.Schema, int]
                              f"{_display(first_file, kind)}; add it to every file (nulls are fine) or to none")
 
 
-def _count_images(fs: Any, files: list[str]) -> int:
-    """Sum of the rows' num_images (null or invalid counts as 1: such rows become one error row each)."""
+def _count_images(fs: Any, files: list[str], most: int) -> int:
+    """Sum of the rows' num_images; null or out of 1..most counts as 1 (such rows become one error row each, as
+    the preprocessor makes them)."""
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     total = 0
     for f in files:
         column = pq.read_table(f, filesystem=fs, columns=["num_images"]).column("num_images")
-        valid = pc.and_(pc.is_valid(column), pc.greater(column, 0))
+        valid = pc.and_(pc.is_valid(column), pc.and_(pc.greater(column, 0), pc.less_equal(column, most)))
         total += int(pc.sum(pc.if_else(valid, column, 1)).as_py() or 0)
     return total
+
+
+def expected_rows(cfg: JobConfig, source: SourceInfo) -> int:
+    """Manifest rows a run must produce: one per requested image and generator it goes to."""
+    return (source.num_images or source.num_rows) * cfg.routing.requests_per_image()
 
 
 def plan_run(cfg: JobConfig, stores: Stores, source: SourceInfo) -> Plan:

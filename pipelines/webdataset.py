@@ -16,7 +16,7 @@ from actors.shard_writer import ShardWriter, shard_of
 from actors.storage import arrow_filesystem, open_store
 from configs.storage import StoreSpec
 from configs.writer import OutputConfig, ShardWriterConfig
-from pipelines.manifest import committed_parts
+from pipelines.commit import current_parts
 from pipelines.pools import shard_writer_kwargs
 
 if TYPE_CHECKING:
@@ -37,7 +37,7 @@ def build_shards(output: OutputConfig, store: StoreSpec, num_ok: int, export_id:
 
     # 1 the committed manifest (a shard must never see a half-written run)
     fs, root = arrow_filesystem(output.uri, store)
-    parts = [f"{root}/{p}" for p in committed_parts(open_store(output.uri, store))]
+    parts = [f"{root}/{p}" for p in current_parts(open_store(output.uri, store))]
     ds = ray.data.read_parquet(parts, filesystem=fs)
     # 2 ok rows only, each tagged with its shard (balanced by key hash, fixed for a given shard count)
     num_shards = max(1, math.ceil(num_ok / output.webdataset.samples_per_shard))

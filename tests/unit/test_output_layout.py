@@ -49,8 +49,7 @@ def test_parsing_inverts_building() -> None:
     assert layout.is_manifest_part(layout.manifest_part("r7", 0))
     assert not layout.is_manifest_part(f"{layout.staging_dir('r7')}/part-0.parquet")  # staged, not committed
     assert not layout.is_manifest_part("manifest/notes.txt")
-    assert layout.is_part_of_run(layout.manifest_part("r7", 0), "r7")
-    assert not layout.is_part_of_run(layout.manifest_part("r7", 0), "r8")
+    assert layout.MANIFEST_INDEX == "manifest/_manifest.json" and layout.LEASE == "manifest/_lease.json"
 
 
 def test_plan_text_names_the_stored_extension() -> None:
