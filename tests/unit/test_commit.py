@@ -99,9 +99,9 @@ def test_a_row_count_mismatch_commits_nothing(tmp_path: Path) -> None:
         stage(tmp_path, lease.attempt, 5)
         with pytest.raises(CommitError, match="staged 5 manifest rows but requested 6 images; nothing was committed"):
             commit(store, lease, expected_rows=6)
-        with mock.patch.object(type(store), "list", return_value=iter([])):  # writes vanished
-            with pytest.raises(CommitError, match="staged 0 manifest rows"):
-                commit(store, lease, expected_rows=5)
+        vanished = mock.patch.object(type(store), "list", return_value=iter([]))  # writes that were lost
+        with vanished, pytest.raises(CommitError, match="staged 0 manifest rows"):
+            commit(store, lease, expected_rows=5)
     assert not (tmp_path / MANIFEST_INDEX).exists()
     assert (tmp_path / staging_dir(lease.attempt)).exists()  # kept for the next run's resume
 
