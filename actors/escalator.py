@@ -100,10 +100,10 @@ class Escalator:
             cols["negative_prompt"][i] = heavy["negative_prompt"]
             h = self.heavy
             cols["image_key"][i] = image_key(
-                model=h.model, revision=h.revision, scheduler=h.scheduler, prompt=str(batch["prompt"][i]),
-                negative_prompt=str(heavy["negative_prompt"]), seed=int(batch["seed"][i]), width=int(heavy["width"]),
-                height=int(heavy["height"]), num_steps=int(heavy["num_steps"]),
-                guidance_scale=float(heavy["guidance_scale"]))
+                render=h.render, model=h.model, revision=h.revision, scheduler=h.scheduler,
+                prompt=str(batch["prompt"][i]), negative_prompt=str(heavy["negative_prompt"]),
+                seed=int(batch["seed"][i]), width=int(heavy["width"]), height=int(heavy["height"]),
+                num_steps=int(heavy["num_steps"]), guidance_scale=float(heavy["guidance_scale"]))
             cols["generator"][i], cols["model"][i] = self.heavy_name, f"{h.model}@{h.revision}"
             cols["status"][i], cols["image"][i] = "pending", b""
         # 3 same columns in, plus the cascade's

@@ -19,8 +19,13 @@ def image_key(
     height: int,
     num_steps: int,
     guidance_scale: float,
+    render: str = "",
 ) -> str:
-    """Content hash of everything that determines an image; the same request always maps to one key."""
+    """Content hash of everything that determines an image; the same request always maps to one key.
+
+    `render` names the generator's non-default settings that change pixels (dtype, weights variant, tiny VAE,
+    hosted quality); it enters the hash only when set, so keys of default configs never change.
+    """
     payload = {
         "model": model,
         "revision": revision,
@@ -34,6 +39,8 @@ def image_key(
         # repr of a rounded float is stable across platforms; 1e-6 is far below any meaningful change
         "guidance_scale": round(float(guidance_scale), 6),
     }
+    if render:
+        payload["render"] = render
     blob = json.dumps(payload, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:KEY_HEX_CHARS]
 

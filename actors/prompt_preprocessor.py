@@ -72,7 +72,7 @@ class PromptPreprocessor:
         self.spent_usd = 0.0  # estimated spend of the rows scheduled so far (one preprocessor actor per run)
         self.prior = ResumeIndex()
         if cfg.resume is not None and cfg.resume.skip_existing:
-            self.prior = load_index(open_store(cfg.resume.output_uri, cfg.resume.store))
+            self.prior = load_index(open_store(cfg.resume.output_uri, cfg.resume.store), cfg.resume.image_format)
 
     def __call__(self, batch: pa.Table) -> Batch:
         # 1 read the columns once
@@ -153,6 +153,7 @@ class PromptPreprocessor:
         for idx in range(num_images):
             seed = (row_seed + idx) % (2**31 - 1) if row_seed is not None else derive_seed(self.cfg.job_seed, rid, idx)
             key = image_key(
+                render=ident.render,  # type: ignore[union-attr]
                 model=ident.model,  # type: ignore[union-attr]  # ident checked in _row_problem
                 revision=ident.revision,  # type: ignore[union-attr]
                 scheduler=ident.scheduler,  # type: ignore[union-attr]

@@ -10,7 +10,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from actors.layout import IMAGES_DIR, MANIFEST_DIR, key_of_image
+from actors.layout import IMAGES_DIR, MANIFEST_DIR, image_ext, key_of_image
 from actors.manifest_schema import CARRIED
 from actors.storage import ObjectStore, arrow_filesystem
 
@@ -80,15 +80,18 @@ class ResumeIndex:
         )
 
 
-def load_index(store: ObjectStore) -> ResumeIndex:
-    """What the output already holds: `ok` rows whose object exists beat `error` rows; skipped rows don't count."""
+def load_index(store: ObjectStore, image_format: str) -> ResumeIndex:
+    """What the output already holds: `ok` rows whose object exists in `image_format` beat `error` rows (an image
+    stored as PNG is not "present" for a run that writes JPEG); skipped rows don't count."""
     import pyarrow as pa
     import pyarrow.dataset as pads
 
     # 1 every image object present (one streamed listing)
     present = set()
+    suffix = f".{image_ext(image_format)}"
     for rel, _ in store.list(f"{IMAGES_DIR}/"):
-        present.add(key_of_image(rel))
+        if rel.endswith(suffix):
+            present.add(key_of_image(rel))
     # 2 manifest rows from committed parts and from runs that were interrupted before committing
     parts = [rel for rel, _ in store.list(f"{MANIFEST_DIR}/") if rel.endswith(".parquet")]
     if not parts:

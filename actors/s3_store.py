@@ -139,9 +139,10 @@ class S3Store(ObjectStore):
         from botocore.exceptions import BotoCoreError, ClientError
 
         probe = self._probe_rel()
-        try:  # direct calls: a pre-flight check should fail fast, not ride out an outage
-            self.client.list_objects_v2(Bucket=self.location.bucket, MaxKeys=1)  # errors carry a code (HEAD has none)
-            self.client.put_object(Bucket=self.location.bucket, Key=self._key(probe), Body=b"ok")
-            self.client.delete_object(Bucket=self.location.bucket, Key=self._key(probe))
+        client = s3_client(self.spec, preflight=True)
+        try:  # direct calls with short timeouts: a pre-flight check should fail fast, not ride out an outage
+            client.list_objects_v2(Bucket=self.location.bucket, MaxKeys=1)  # errors carry a code (HEAD has none)
+            client.put_object(Bucket=self.location.bucket, Key=self._key(probe), Body=b"ok")
+            client.delete_object(Bucket=self.location.bucket, Key=self._key(probe))
         except (ClientError, BotoCoreError) as exc:
             raise StorageError(explain_s3_error(exc, self.location.uri)) from None

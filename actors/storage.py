@@ -79,6 +79,7 @@ def resolve_store_spec(uri: str, s3: S3Config, environ: dict[str, str] | None = 
             f"(or s3.secret_file in the config)"
         )
     endpoint = s3.endpoint_url or env.get("AWS_ENDPOINT_URL_S3", "") or env.get("AWS_ENDPOINT_URL", "")
+    _check_endpoint(endpoint, "s3.endpoint_url" if s3.endpoint_url else "AWS_ENDPOINT_URL")
     return StoreSpec(
         kind="s3",
         endpoint_url=endpoint,
@@ -91,15 +92,35 @@ def resolve_store_spec(uri: str, s3: S3Config, environ: dict[str, str] | None = 
     )
 
 
-def s3_client(spec: StoreSpec) -> Any:
-    """A boto3 S3 client with standard-mode retries (5xx, SlowDown, connection errors) and backoff."""
+def _check_endpoint(endpoint: str, where: str) -> None:
+    """An endpoint must be an http(s) URL with a host; botocore otherwise fails deep inside with a traceback."""
+    if not endpoint:
+        return
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(endpoint)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname or " " in endpoint:
+        raise StorageError(f"the S3 endpoint {endpoint!r} (from {where}) is not a URL; use one like "
+                           f"http://127.0.0.1:9000 or https://s3.example.com")
+
+
+def s3_client(spec: StoreSpec, preflight: bool = False) -> Any:
+    """A boto3 S3 client with standard-mode retries (5xx, SlowDown, connection errors) and backoff.
+
+    `preflight`: checks before a run fail fast instead (two attempts, and a read timeout of a few connect
+    timeouts: an endpoint that accepts connections but never answers once stalled the start for 9 minutes).
+    """
     import boto3
     from botocore.config import Config
 
     config = Config(
-        retries={"mode": "standard", "max_attempts": spec.max_attempts},
+        retries={"mode": "standard", "max_attempts": 2 if preflight else spec.max_attempts},
         connect_timeout=spec.connect_timeout_s,
-        read_timeout=60,
+        read_timeout=preflight_read_timeout(spec) if preflight else 60,
         s3={"addressing_style": "path"},
         signature_version="s3v4",
         # sha256 (kept in metadata) is our integrity check; skipping the SDK's extra CRC saves CPU per PUT
@@ -114,6 +135,11 @@ def s3_client(spec: StoreSpec) -> Any:
         aws_secret_access_key=spec.secret_key.get_secret_value(),
         config=config,
     )
+
+
+def preflight_read_timeout(spec: StoreSpec) -> float:
+    """How long a check before the run waits for an answer."""
+    return 4 * spec.connect_timeout_s
 
 
 def arrow_filesystem(uri: str, spec: StoreSpec) -> tuple[pyarrow.fs.FileSystem, str]:
@@ -135,6 +161,7 @@ def arrow_filesystem(uri: str, spec: StoreSpec) -> tuple[pyarrow.fs.FileSystem, 
         scheme=scheme,
         retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=spec.max_attempts),
         connect_timeout=spec.connect_timeout_s,
+        request_timeout=60,  # an endpoint that never answers fails the listing instead of hanging it
     )
     return fs, f"{loc.bucket}/{loc.prefix}".rstrip("/")
 
@@ -154,6 +181,9 @@ def explain_s3_error(exc: BaseException, where: str) -> str:
         return f"bucket for {where} does not exist ({code}): create it or fix the URI"
     if name in ("EndpointConnectionError", "ConnectTimeoutError", "ConnectionClosedError"):
         return f"cannot reach the S3 endpoint for {where}: {exc} — check s3.endpoint_url and that the server runs"
+    if name == "ReadTimeoutError":
+        return (f"the S3 endpoint for {where} accepted the connection but did not answer in time ({exc}) — check "
+                f"s3.endpoint_url points at an S3 server, and that it is healthy")
     return f"S3 error for {where}: {code or name}: {exc}"
 
 

@@ -56,7 +56,7 @@ def one(rows: int) -> dict[str, Any]:
     from configs.storage import StoreSpec
 
     with Timer() as scan:
-        index = load_index(open_store(str(base / "out"), StoreSpec(kind="local")))
+        index = load_index(open_store(str(base / "out"), StoreSpec(kind="local")), "png")
     assert len(index) == rows
     shutil.rmtree(base / "out", ignore_errors=True)
     return {"rows": rows, "wall_s": round(wall, 1), "driver_peak_rss_mb": round(peak / 2**20, 1),

@@ -40,6 +40,12 @@ class DiffusersConfig(GeneratorBase):
     local_cache_dir: str = "/tmp/imagefleet-models"
     """Where s3:// model folders are copied on each node."""
 
+    def render(self) -> str:
+        """Non-default dtype, weights variant and tiny VAE change the pixels (compile/channels_last don't)."""
+        parts = [f"dtype={self.dtype}" if self.dtype != "auto" else "", f"variant={self.variant}" if self.variant
+                 else "", f"tiny_vae={self.tiny_vae}" if self.tiny_vae else ""]
+        return ",".join(p for p in parts if p)
+
     def needs(self) -> Needs:
         """An s3:// model folder needs a store connection."""
         if self.model.startswith("s3://"):

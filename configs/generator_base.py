@@ -120,6 +120,10 @@ class GeneratorBase(StrictModel):
         """What this generator needs at run time (secrets, stores); nothing by default."""
         return Needs()
 
+    def render(self) -> str:
+        """Settings beyond model, revision and scheduler that change the image (part of its key); '' = none."""
+        return ""
+
     def online(self) -> "GeneratorBase":
         """This config as served online (Ray Serve answers each request directly); unchanged by default."""
         return self

@@ -92,6 +92,12 @@ class OpenAIImagesConfig(HostedCommon):
     prices: TokenPrices = TokenPrices(text_input=5.0, image_input=8.0, image_output=30.0)
     """Token prices (gpt-image-2 defaults)."""
 
+    def render(self) -> str:
+        """Quality and background change the image the API makes."""
+        parts = [f"quality={self.quality}" if self.quality != "auto" else "",
+                 f"background={self.background}" if self.background != "auto" else ""]
+        return ",".join(p for p in parts if p)
+
     @model_validator(mode="after")
     def _capabilities(self) -> "OpenAIImagesConfig":
         if self.background == "transparent" and self.output_format == "jpeg":

@@ -17,6 +17,8 @@ class GeneratorIdentity(StrictModel):
     """Scheduler override ('' = model default)."""
     defaults: GenerationDefaults
     """Defaults for rows that don't set them."""
+    render: str = ""
+    """Non-default settings that change the pixels (dtype, variant, quality…): part of the image key."""
     est_usd_per_image: float = 0.0
     """Expected price of one image (for the run budget)."""
 
@@ -30,6 +32,8 @@ class ResumeConfig(StrictModel):
     """Resolved connection to the output."""
     skip_existing: bool
     """Skip rows whose image is complete."""
+    image_format: str
+    """Format the run stores images in (an image stored in another format must be made again)."""
     retry_failed: bool
     """Redo rows that failed before."""
 

@@ -22,6 +22,35 @@ commands:
 """
 
 
+def report_main(argv: list[str]) -> int:
+    """`imagefleet report OUTPUT_URI`: rebuild report.html from the committed manifest."""
+    p = argparse.ArgumentParser(prog="imagefleet report", description="(Re)write OUTPUT_URI/report.html from the "
+                                "committed manifest.")
+    p.add_argument("output_uri", help="a run's output.uri (local folder or s3://bucket/prefix)")
+    args = p.parse_args(argv)
+    from actors.storage import StorageError, open_store, resolve_store_spec
+    from configs.storage import S3Config
+    from pipelines.commit import current_parts
+    from pipelines.report import write_report
+
+    try:
+        spec = resolve_store_spec(args.output_uri, S3Config())
+        if not current_parts(open_store(args.output_uri, spec)):
+            print(f"imagefleet: no manifest at {args.output_uri}: pass the output.uri of a finished run",
+                  file=sys.stderr)
+            return 2
+        print(write_report(args.output_uri, spec))
+    except StorageError as exc:
+        print(f"imagefleet: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # noqa: BLE001 - e.g. botocore's credential errors: one line, not a traceback
+        from actors.storage import explain_s3_error
+
+        print(f"imagefleet: cannot read {args.output_uri}: {explain_s3_error(exc, args.output_uri)}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=os.environ.get("IMAGEFLEET_LOG", "WARNING"), format="%(levelname)s %(name)s: %(message)s")
@@ -48,15 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     if command == "s3":
         return s3_main(rest)
     if command == "report":
-        if not rest:
-            print("usage: imagefleet report OUTPUT_URI", file=sys.stderr)
-            return 2
-        from actors.storage import resolve_store_spec
-        from configs.storage import S3Config
-        from pipelines.report import write_report
-
-        print(write_report(rest[0], resolve_store_spec(rest[0], S3Config())))
-        return 0
+        return report_main(rest)
     if command == "tiny-model":
         p = argparse.ArgumentParser(prog="imagefleet tiny-model")
         p.add_argument("path")

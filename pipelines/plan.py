@@ -191,7 +191,7 @@ def prep_config(cfg: JobConfig, stores: Stores | None = None) -> PrepConfig:
     """The preprocessor's slice of the job config (with resume state when the output store is known)."""
     resume = None
     if stores is not None:
-        resume = ResumeConfig(output_uri=cfg.output.uri, store=stores.output,
+        resume = ResumeConfig(output_uri=cfg.output.uri, store=stores.output, image_format=cfg.output.format,
                               skip_existing=cfg.output.skip_existing, retry_failed=cfg.output.retry_failed)
     return PrepConfig(
         resume=resume,
@@ -206,7 +206,7 @@ def prep_config(cfg: JobConfig, stores: Stores | None = None) -> PrepConfig:
         default_generator=cfg.default_generator,
         generators={
             name: GeneratorIdentity(model=g.model, revision=g.revision, scheduler=g.scheduler, defaults=g.defaults,
-                                    est_usd_per_image=g.estimate_usd())
+                                    render=g.render(), est_usd_per_image=g.estimate_usd())
             for name, g in cfg.generators.items()
         },
     )

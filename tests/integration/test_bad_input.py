@@ -180,3 +180,57 @@ def test_unplaceable_pool_on_a_cluster_fails_after_startup_timeout(ray_cluster: 
     assert "pool 'generate:sdxl' could not get" in problem and "accelerator_type:H100" in problem
     assert "startup_timeout_s=2" in problem
     assert unplaceable({"write": pools["write"]}, timeout_s=5) == ""  # placeable pools pass (and are released)
+
+
+def test_an_endpoint_that_accepts_but_never_answers_fails_preflight_quickly(
+    tmp_path: Path, s3_env: Any, monkeypatch: Any, capsys: Any
+) -> None:
+    """Once stalled the start for 547 s; now bounded by a few connect timeouts."""
+    import socket
+    import threading
+    import time
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        silent.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(silent.accept()[0])  # accepted, never answered
+            except OSError:
+                continue
+
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{silent.getsockname()[1]}")
+        src = write_prompts(tmp_path / "p.parquet", {"prompt": ["a"]})
+        raw = sleep_job(src, "s3://silent-bucket/x")
+        raw["output"]["s3"] = {"connect_timeout_s": 1}
+        started = time.monotonic()
+        assert generate.main([str(write_config(tmp_path / "job.yaml", raw))]) == 2
+        assert time.monotonic() - started < 30
+        assert "accepted the connection but did not answer" in capsys.readouterr().err
+    finally:
+        stop.set()
+        for conn in held:
+            conn.close()
+        silent.close()
+
+
+def test_report_mistakes_are_one_line(tmp_path: Path, s3_env: Any, bucket: str, monkeypatch: Any,
+                                      capsys: Any) -> None:
+    from jobs import cli
+
+    assert cli.main(["report", f"s3://{bucket}/nothing"]) == 2
+    assert "no manifest at" in capsys.readouterr().err
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
+    assert cli.main(["report", f"s3://{bucket}/nothing"]) == 2
+    err = capsys.readouterr().err
+    assert "credentials" in err and "Traceback" not in err and "not-the-secret" not in err
+    with pytest.raises(SystemExit):
+        cli.main(["report", "--help"])
+    assert not (Path.cwd() / "--help").exists()

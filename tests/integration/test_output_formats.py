@@ -76,10 +76,15 @@ def test_local_manifest_and_shards_load_with_hf_datasets(tmp_path: Path, ray_clu
 
     out = tmp_path / "out"
     assert generate.main([str(shard_job(tmp_path, str(out), n=10, per_shard=4))]) == 0
-    # the manifest as-is: one row per image, columns typed by the manifest schema
-    manifest = datasets.load_dataset("parquet", data_files=str(out / MANIFEST_DIR / "part-*.parquet"),
-                                     split="train")
-    assert manifest.num_rows == 10 and set(manifest["status"]) == {"ok"}
+    # the manifest as-is: one row per image, columns typed by the manifest schema; by the index (exact) and by
+    # globbing the folder (after a clean commit it holds only the current parts)
+    listed = json.loads((out / MANIFEST_DIR / "_manifest.json").read_text())["parts"]
+    manifest = datasets.load_dataset("parquet", data_files=[str(out / p) for p in listed], split="train")
+    globbed = datasets.load_dataset("parquet", data_files=str(out / MANIFEST_DIR / "part-*.parquet"), split="train")
+    assert manifest.num_rows == globbed.num_rows == 10 and set(manifest["status"]) == {"ok"}
+    import pyarrow.dataset as pads
+
+    assert pads.dataset([str(out / p) for p in listed]).count_rows() == 10
     assert {"image_key", "prompt", "seed", "width", "image_uri", "sha256"} <= set(manifest.column_names)
     assert manifest.features["seed"].dtype == "int64" and manifest.features["prompt"].dtype == "string"
     # the shards through the `webdataset` loader: decoded images next to their metadata
@@ -89,3 +94,22 @@ def test_local_manifest_and_shards_load_with_hf_datasets(tmp_path: Path, ray_clu
     sample = shards[0]
     assert sample["png"].size == (sample["json"]["width"], sample["json"]["height"])
     assert sample["__key__"] == sample["json"]["image_key"]
+
+
+def test_a_rerun_in_another_format_makes_the_images_in_that_format(tmp_path: Path, ray_cluster: None,
+                                                                     capsys: Any) -> None:
+    """Stored bytes depend on output.format: images stored as PNG are not "already present" for a JPEG run, and
+    no manifest row may point at an object that does not exist."""
+    out = tmp_path / "out"
+    src = write_prompts(tmp_path / "p.parquet", {"prompt": [f"thing {i}" for i in range(6)]})
+    cfg = write_config(tmp_path / "job.yaml", sleep_job(src, str(out)))
+    assert generate.main([str(cfg)]) == 0
+    capsys.readouterr()
+    assert generate.main([str(cfg), "--set", "output.format=jpeg"]) == 0
+    assert "6 written, 0 already present" in capsys.readouterr().out
+    import pyarrow.dataset as pads
+
+    listed = json.loads((out / MANIFEST_DIR / "_manifest.json").read_text())["parts"]
+    rows = pads.dataset([str(out / p) for p in listed]).to_table().to_pylist()
+    assert len(rows) == 6 and all(r["image_uri"].endswith(".jpg") and Path(r["image_uri"]).exists() for r in rows)
+    assert Image.open(rows[0]["image_uri"]).format == "JPEG"

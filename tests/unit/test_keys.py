@@ -55,3 +55,20 @@ def test_rows_per_block_fans_out_and_amortizes() -> None:
     assert rows_per_block(cfg, 10) == 4  # tiny input: one batch per block, still several blocks
     assert rows_per_block(cfg, 100) == 12  # 100 rows / (2 actors x 4) → 12, a whole number of batches
     assert rows_per_block(cfg, 1_000_000) == 16  # capped at 4 batches per block
+
+
+def test_render_settings_change_the_key_only_when_set() -> None:
+    """dtype/variant/tiny VAE (and hosted quality) change the pixels, so they are in the key; defaults add
+    nothing, so existing outputs keep their keys."""
+    from configs.generator import DiffusersConfig
+    from configs.hosted import OpenAIImagesConfig
+
+    base = dict(model="m", revision="main", scheduler="", prompt="p", negative_prompt="", seed=1, width=8, height=8,
+                num_steps=1, guidance_scale=0.0)
+    assert image_key(**base) == image_key(**base, render="")
+    assert DiffusersConfig(model="m").render() == "" and OpenAIImagesConfig().render() == ""
+    renders = {DiffusersConfig(model="m", dtype="bfloat16").render(),
+               DiffusersConfig(model="m", variant="fp16").render(),
+               DiffusersConfig(model="m", tiny_vae="madebyollin/taesd").render(),
+               OpenAIImagesConfig(quality="high").render()}
+    assert len({image_key(**base, render=r) for r in renders} | {image_key(**base)}) == 5

@@ -36,7 +36,7 @@ def test_ok_beats_error_and_missing_objects_are_redone(tmp_path: Path) -> None:
     store = setup(tmp_path, [[row(K["aaa"], "error"), row(K["bbb"], "ok")],
                              [row(K["aaa"], "ok", clip_score=31.5, cost_usd=0.02), row(K["ccc"], "ok")]],
                   objects=[K["aaa"], K["bbb"]])
-    index = load_index(store)
+    index = load_index(store, "png")
     a = index.get(K["aaa"])
     assert a is not None and a.status == "ok" and a.carried["clip_score"] == 31.5 and a.carried["cost_usd"] == 0.02
     assert index.get(K["bbb"]).status == "ok"  # type: ignore[union-attr]
@@ -47,7 +47,7 @@ def test_ok_beats_error_and_missing_objects_are_redone(tmp_path: Path) -> None:
 def test_escalated_draft_points_at_the_final_image(tmp_path: Path) -> None:
     heavy = row(K["ddd"], "ok", route="escalated", draft_image_key=K["eee"], generator="heavy", model="h@main",
                 draft_score=0.1, clip_score=0.9)
-    index = load_index(setup(tmp_path, [[heavy]], objects=[K["ddd"]]))
+    index = load_index(setup(tmp_path, [[heavy]], objects=[K["ddd"]]), "png")
     prior = index.get(K["eee"])  # the draft's key, as a rerun computes it
     assert prior is not None and prior.final_key == K["ddd"] and prior.final_generator == "heavy"
     assert prior.final_model == "h@main" and prior.carried["route"] == "escalated" and prior.sha256 == "sddd"
