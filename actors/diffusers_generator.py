@@ -38,7 +38,9 @@ class DiffusersGenerator:
     INPUT_COLUMNS = GENERATOR_INPUT_COLUMNS
     OUTPUT_COLUMNS = GENERATOR_OUTPUT_COLUMNS
 
-    def __init__(self, cfg: DiffusersConfig, model_store: StoreSpec = StoreSpec(kind="local")) -> None:
+    def __init__(self, cfg: DiffusersConfig, model_store: StoreSpec = StoreSpec(kind="local"),
+                 name: str = "") -> None:
+        self.name = name  # the generator this actor makes images for (rows routed elsewhere pass through)
         import torch  # heavy imports live here so the driver and --dry-run never need them
         from diffusers import AutoPipelineForText2Image
 
@@ -91,6 +93,7 @@ class DiffusersGenerator:
             usd_per_second=self.cfg.cost.usd_per_gpu_hour * max(self.cfg.pool.num_gpus, 0.0) / 3600,
             usd_per_image=self.cfg.cost.usd_per_image,
             is_oom=self._is_oom,
+            name=self.name,
         )
 
     def _is_oom(self, exc: BaseException) -> bool:

@@ -26,6 +26,7 @@ GENERATOR_INPUT_COLUMNS = {
     "num_steps": "denoising steps",
     "guidance_scale": "CFG scale",
     "image_key": "content hash (hosted batch mode matches results by it)",
+    "generator": "only rows routed to this generator are generated; the rest pass through",
     "status": "only `pending` rows are generated; the rest pass through",
     "error": "passed through",
     "enqueued_at": "for queue time",
@@ -84,8 +85,10 @@ def run_generation(
     usd_per_second: float,
     usd_per_image: float,
     is_oom: Callable[[BaseException], bool] = lambda exc: False,
+    name: str = "",
 ) -> Batch:
-    """Generate every `pending` row of `batch`; everything else passes through unchanged.
+    """Generate every `pending` row of `batch` routed to generator `name` ('' = every pending row: an actor used
+    on its own); everything else passes through unchanged (in a run, each row flows through every pool).
 
     Rows are grouped by shape bucket (width, height, steps, guidance) so one model call shares them, then
     chunked to `batch_size`. A chunk that raises a non-fatal error is retried row by row so only the
@@ -109,8 +112,9 @@ def run_generation(
     height = np.array(batch["height"], dtype=np.int32)
     # 2 shape buckets of pending rows
     buckets: dict[tuple[int, int, int, float], list[int]] = defaultdict(list)
+    routed = batch["generator"] if name else None
     for i in range(n):
-        if status[i] == "pending":
+        if status[i] == "pending" and (routed is None or routed[i] == name):
             key = shape_bucket(batch["width"][i], batch["height"][i], batch["num_steps"][i], batch["guidance_scale"][i])
             buckets[key].append(i)
     # 3 run each bucket in chunks, isolating row errors

@@ -177,7 +177,7 @@ def decode_image(data: bytes) -> Any:
     return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
 
 
-def run_hosted(batch: Batch, usd_per_image: float, batch_size: int, generate: Any) -> Batch:
+def run_hosted(batch: Batch, usd_per_image: float, batch_size: int, generate: Any, name: str) -> Batch:
     """`run_generation` for a hosted backend: prices come from usage, quota/key/model errors end the run."""
     from actors.generation import run_generation
 
@@ -188,6 +188,7 @@ def run_hosted(batch: Batch, usd_per_image: float, batch_size: int, generate: An
         is_fatal=lambda exc: isinstance(exc, (QuotaExhausted, HostedFatal)),
         usd_per_second=0.0,
         usd_per_image=usd_per_image,
+        name=name,
     )
 
 

@@ -77,7 +77,8 @@ class OpenAIImageGenerator:
     OUTPUT_COLUMNS = GENERATOR_OUTPUT_COLUMNS
 
     def __init__(self, cfg: OpenAIImagesConfig, api_key: SecretStr, state_uri: str = "",
-                 state_store: StoreSpec = StoreSpec(kind="local")) -> None:
+                 state_store: StoreSpec = StoreSpec(kind="local"), name: str = "") -> None:
+        self.name = name  # the generator this actor makes images for (rows routed elsewhere pass through)
         import openai
 
         self.cfg = cfg
@@ -88,7 +89,7 @@ class OpenAIImageGenerator:
             "openai", api_key.get_secret_value(), cfg, state_uri, state_store, self._submit, self._collect)
 
     def __call__(self, batch: Batch) -> Batch:
-        return run_hosted(batch, self.cfg.cost.usd_per_image, self.cfg.pool.batch_size, self._generate)
+        return run_hosted(batch, self.cfg.cost.usd_per_image, self.cfg.pool.batch_size, self._generate, self.name)
 
     def _generate(self, requests: Sequence[Request]) -> list[np.ndarray | Outcome]:
         if self.batch is None:

@@ -31,8 +31,9 @@ class SleepGenerator:
     INPUT_COLUMNS = GENERATOR_INPUT_COLUMNS
     OUTPUT_COLUMNS = GENERATOR_OUTPUT_COLUMNS
 
-    def __init__(self, cfg: SleepConfig) -> None:
+    def __init__(self, cfg: SleepConfig, name: str = "") -> None:
         self.cfg = cfg
+        self.name = name  # the generator this actor makes images for (rows routed elsewhere pass through)
 
     def __call__(self, batch: Batch) -> Batch:
         return run_generation(
@@ -42,6 +43,7 @@ class SleepGenerator:
             is_fatal=lambda exc: False,
             usd_per_second=self.cfg.cost.usd_per_gpu_hour * self.cfg.pool.num_gpus / 3600,
             usd_per_image=self.cfg.cost.usd_per_image,
+            name=self.name,
         )
 
     def _generate(self, requests: Sequence[Request]) -> list[np.ndarray]:

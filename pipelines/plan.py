@@ -160,7 +160,7 @@ def generator_stage(cfg: JobConfig, stores: Stores, name: str, online: bool = Fa
     if online:
         gen = gen.online()
     needs = gen.needs()
-    kwargs: dict[str, Any] = {"cfg": gen}
+    kwargs: dict[str, Any] = {"cfg": gen, "name": name}
     if needs.model_uri:
         kwargs["model_store"] = stores.models[name]
     if needs.api_key:

@@ -162,13 +162,17 @@ def test_three_generators_read_and_preprocess_each_row_once(tmp_path: Path, ray_
     from pipelines.text_to_image import build, inspect_source
 
     n = 60
-    src = write_prompts(tmp_path / "p.parquet", {"prompt": [f"p {i}" for i in range(n)],
-                                                "width": [16 if i % 3 == 0 else 32 if i % 3 == 1 else 48
-                                                          for i in range(n)]})
+    sizes = [16 if i % 3 == 0 else 32 if i % 3 == 1 else 48 for i in range(n)]
+    owner = {16: "small", 32: "mid", 48: "large"}
+    # each generator fails prompts carrying its own marker: even rows carry their own generator's marker (must
+    # fail), odd rows another generator's (must pass): only the pool a row is routed to may generate it
+    other = {"small": "mid", "mid": "large", "large": "small"}
+    prompts = [f"p {i} !{owner[w] if i % 2 == 0 else other[owner[w]]}" for i, w in enumerate(sizes)]
+    src = write_prompts(tmp_path / "p.parquet", {"prompt": prompts, "width": sizes})
     raw = sleep_job(src, str(tmp_path / "out"))
     base = raw["generators"].pop("sleepy")
     base["pool"].update(min_size=1, max_size=1, initial_size=1, num_gpus=0.5)
-    raw["generators"] = {g: {**base, "model": g} for g in ("small", "mid", "large")}
+    raw["generators"] = {g: {**base, "model": g, "fail_prompt_substring": f"!{g}"} for g in ("small", "mid", "large")}
     raw["routing"] = {"mode": "rules", "default": "small",
                       "rules": [{"field": "width", "op": "==", "value": 32, "generator": "mid"},
                                 {"field": "width", "op": "==", "value": 48, "generator": "large"}]}
@@ -176,8 +180,12 @@ def test_three_generators_read_and_preprocess_each_row_once(tmp_path: Path, ray_
     stores = resolve_stores(cfg)
     ds = build(cfg, stores, inspect_source(cfg, stores)).materialize()  # the test runs the graph itself
     rows = ds.take_all()
-    assert len(rows) == n and {r["status"] for r in rows} == {"ok"}
+    assert len(rows) == n
     assert {(r["width"], r["generator"]) for r in rows} == {(16, "small"), (32, "mid"), (48, "large")}
+    for r in rows:
+        mine = int(r["prompt"].split()[1]) % 2 == 0
+        assert r["status"] == ("error" if mine else "ok"), r
+        assert ("injected failure" in r["error"]) is mine
     stats = ds.stats()
     ops = re.findall(r"Operator \d+ (\S+):.*?Total output num rows: (\d+) rows", stats, re.S)
     assert [int(k) for op, k in ops if "ReadFilesParquet" in op] == [n], stats

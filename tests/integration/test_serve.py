@@ -116,7 +116,7 @@ def test_image_bytes_have_the_batch_jobs_key(server: Server) -> None:
     assert int(headers["x-imagefleet-seed"]) == seed
     assert headers["x-imagefleet-image-key"] == image_key(
         model=server.model, revision="main", scheduler="", prompt="a red fox", negative_prompt="", seed=seed,
-        width=64, height=64, num_steps=2, guidance_scale=0.0)
+        width=64, height=64, num_steps=2, guidance_scale=0.0, render="dtype=float32")  # the config sets the dtype
     # deterministic: the same request twice gives the same bytes
     assert server.post({"prompt": "a red fox"})[2] == body
 

@@ -66,6 +66,17 @@ def test_non_pending_rows_pass_through() -> None:
     assert rec.calls == [[(64, 64)]]
 
 
+def test_only_rows_routed_to_this_generator_are_generated() -> None:
+    """Every row flows through every pool of a run: a pool makes only its own rows' images."""
+    rec = Recorder()
+    b = batch([(64, 64), (32, 32), (64, 64)])
+    b["generator"] = np.array(["mine", "other", "mine"], dtype=object)
+    out = run_generation(b, batch_size=4, generate=rec, is_fatal=lambda e: False, usd_per_second=0.0,
+                         usd_per_image=0.0, name="mine")
+    assert list(out["status"]) == ["generated", "pending", "generated"]
+    assert rec.calls == [[(64, 64), (64, 64)]] and out["image"][1] == b""
+
+
 def test_poison_row_is_isolated() -> None:
     rec = Recorder(poison="bad")
     out = gen(batch([(64, 64)] * 4, prompts=["a", "bad", "c", "d"]), rec)

@@ -57,19 +57,15 @@ def test_every_backend_declares_its_run_time_needs() -> None:
         assert isinstance(cls(**fields).needs(), Needs)
 
 
-@pytest.mark.parametrize("config_class", GENERATOR_CONFIGS, ids=backend_name)
-def test_a_wrong_key_under_any_generator_backend_names_that_backends_keys(config_class: type) -> None:
-    raw = sleep_job("in.parquet", "/tmp/out")
-    raw["generators"] = {"g": {"backend": backend_name(config_class), "model": "m", "typo_key": 1}}
-    with pytest.raises(ConfigError) as err:
-        parse_config(raw)
-    assert f"valid keys here: {', '.join(sorted(config_class.model_fields))}" in str(err.value)
+BACKENDS = [("generators", c) for c in GENERATOR_CONFIGS] + [("scorer", c) for c in SCORER_CONFIGS]
 
 
-@pytest.mark.parametrize("config_class", SCORER_CONFIGS, ids=lambda c: c.model_fields["backend"].default)
-def test_a_wrong_key_under_any_scorer_backend_names_that_backends_keys(config_class: type) -> None:
+@pytest.mark.parametrize(("kind", "config_class"), BACKENDS,
+                         ids=[f"{k}-{c.model_fields['backend'].default}" for k, c in BACKENDS])
+def test_a_wrong_key_under_any_backend_names_that_backends_keys(kind: str, config_class: type) -> None:
     raw = sleep_job("in.parquet", "/tmp/out")
-    raw["scorer"] = {"backend": config_class.model_fields["backend"].default, "model": "m", "typo_key": 1}
+    block = {"backend": config_class.model_fields["backend"].default, "model": "m", "typo_key": 1}
+    raw[kind] = {"g": block} if kind == "generators" else block
     with pytest.raises(ConfigError) as err:
         parse_config(raw)
     assert f"valid keys here: {', '.join(sorted(config_class.model_fields))}" in str(err.value)
