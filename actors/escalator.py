@@ -6,12 +6,11 @@ from typing import Any
 
 import numpy as np
 
-from actors.keys import image_key
+from actors.keys import SETTINGS, image_key
 from configs.prep import GeneratorIdentity
 from configs.routing import CascadeConfig
 
 Batch = dict[str, np.ndarray]
-SETTINGS = ("width", "height", "num_steps", "guidance_scale")
 DRAFT_SETTINGS = {f"draft_{s}": (np.float64 if s == "guidance_scale" else np.int32) for s in SETTINGS}
 
 

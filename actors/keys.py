@@ -5,6 +5,9 @@ import json
 
 KEY_HEX_CHARS = 40
 SEED_MAX = 2**31 - 1  # int32: accepted by torch, numpy and the hosted APIs
+# Generation settings a row may set; the rest come from its generator's defaults (an escalated cascade row takes
+# the heavy generator's defaults for every setting the row did not set). All of them are in the image key.
+SETTINGS = ("width", "height", "num_steps", "guidance_scale")
 
 
 def image_key(

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from actors.keys import derive_row_id, derive_seed, image_key
+from actors.keys import SETTINGS, derive_row_id, derive_seed, image_key
 from actors.manifest_schema import CARRIED, empty_value
 from actors.resume_index import ResumeIndex, load_index
 from actors.storage import open_store
@@ -21,10 +21,6 @@ if TYPE_CHECKING:
 
 Batch = dict[str, np.ndarray]
 MAX_SIDE = 8192
-# Generation settings a row may set; the rest come from its generator's defaults (an escalated cascade row
-# takes the heavy generator's defaults for every setting the row did not set).
-SETTINGS = ("width", "height", "num_steps", "guidance_scale")
-
 # Optional per-row override columns and the python type each must convert to.
 OVERRIDE_COLUMNS = {
     "seed": int,
