@@ -20,7 +20,7 @@ from configs.job import JobConfig
 from configs.storage import StoreSpec
 from pipelines.manifest import RunSummary
 from pipelines.plan import Plan
-from pipelines.pools import Pool, missing_on_local, unplaceable
+from pipelines.pools import Pool, missing_on_local, reserved_cpus, unplaceable
 from pipelines.text_to_image import SourceInfo, Stores, failure_line
 
 logger = logging.getLogger(__name__)
@@ -207,7 +207,7 @@ def check_resources(cfg: JobConfig, pools: dict[str, Pool], spare_cpu: bool = Tr
         hint = "set cluster.num_gpus (fake GPUs on a CPU box) or the pool's num_gpus: 0" if "GPU" in problem else (
             "remove pool.accelerator_type for a local run, or run on a cluster that has it")
         raise StorageError(f"{problem}; {hint}")
-    cpus, reserved = have.get("CPU", 0.0), sum(p.max_size * p.num_cpus for p in pools.values())
+    cpus, reserved = have.get("CPU", 0.0), reserved_cpus(pools)
     if spare_cpu and cpus - reserved < 1:
         raise StorageError(
             f"the actor pools can reserve {reserved:g} of this local Ray's {cpus:g} CPUs, leaving less than the 1 "

@@ -24,7 +24,6 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
 
 from actors.layout import LEASE, MANIFEST_DIR, MANIFEST_INDEX, STAGING_DIR, is_manifest_part, manifest_part, staging_dir
 from actors.storage import ObjectStore, StorageError, arrow_filesystem
@@ -233,8 +232,3 @@ def _delete_quietly(store: ObjectStore, rels: list[str]) -> None:
             store.delete(rel)
         except Exception as exc:  # noqa: BLE001 - garbage; the next commit tries again
             logger.warning("could not delete %s: %s", rel, exc)
-
-
-def index_of(store: ObjectStore) -> dict[str, Any] | None:
-    """The current manifest index (None before the first commit)."""
-    return json.loads(store.get(MANIFEST_INDEX)) if store.exists(MANIFEST_INDEX) else None

@@ -26,6 +26,7 @@ from pipelines.pools import (
     PREPROCESS_POOL,
     Pool,
     generator_pool,
+    reserved_cpus,
     scorer_pool,
     writer_pool,
 )
@@ -81,7 +82,7 @@ class Plan:
 
     def actor_cpus(self) -> float:
         """CPUs all pools hold at their maximum size."""
-        return sum(s.pool.max_size * s.pool.num_cpus for s in self.stages)
+        return reserved_cpus(self.pools)
 
     def check(self) -> None:
         """Follow the columns from the source through every stage to the manifest; raise PlanError with one line
@@ -131,8 +132,18 @@ def make_plan(cfg: JobConfig, stores: Stores, source_columns: list[str], num_row
     # 3 encode + write in a separate CPU pool, overlapped with generation; pixels are dropped here
     stages.append(Stage("write", ImageWriter, {"cfg": writer_config(cfg, stores)}, writer_pool(cfg.output.pool),
                         reads=tuple(ImageWriter.INPUT_COLUMNS), writes=tuple(ImageWriter.OUTPUT_COLUMNS)))
-    return Plan(source_columns=tuple(source_columns), stages=tuple(stages),
-                pools={s.name: s.pool for s in stages})
+    return Plan(source_columns=tuple(source_columns), stages=tuple(stages), pools=_pools_by_stage(stages))
+
+
+def _pools_by_stage(stages: list[Stage]) -> dict[str, Pool]:
+    """Every stage's pool under a unique name (a cascade scores twice: `score` and `score#2` are two pools)."""
+    pools: dict[str, Pool] = {}
+    for stage in stages:
+        key, n = stage.name, 2
+        while key in pools:
+            key, n = f"{stage.name}#{n}", n + 1
+        pools[key] = stage.pool
+    return pools
 
 
 def _step_stage(cfg: JobConfig, stores: Stores, step: Step) -> Stage:

@@ -33,6 +33,11 @@ class Pool:
         return {k: v for k, v in out.items() if v > 0}
 
 
+def reserved_cpus(pools: dict[str, Pool]) -> float:
+    """CPUs the pools hold at their maximum size."""
+    return sum(p.max_size * p.num_cpus for p in pools.values())
+
+
 def generator_pool(pool: PoolConfig) -> Pool:
     """Autoscaled GPU (or CPU) pool for one generator, as its config says."""
     return Pool(min_size=pool.min_size, max_size=pool.max_size, initial_size=pool.initial_size,

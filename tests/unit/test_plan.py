@@ -91,6 +91,13 @@ def test_cpu_accounting_and_pools_come_from_the_plan() -> None:
     assert "generate:a" in text and "SleepGenerator" in text and "RuleScorer" in text
 
 
+def test_a_cascade_reserves_cpus_for_both_scorer_pools() -> None:
+    cfg = fleet({"mode": "cascade", "cascade": {"draft": "a", "escalate": "c", "threshold": 0.5}}, scorer=True)
+    plan = make_plan(cfg, STORES, ["prompt"], 10)
+    assert len(plan.pools) == len(plan.stages) and {"score", "score#2"} <= set(plan.pools)
+    assert plan.actor_cpus() == pytest.approx(sum(s.pool.max_size * s.pool.num_cpus for s in plan.stages))
+
+
 def test_missing_accelerator_is_named_with_the_pool() -> None:
     pools = {"generate:sdxl": Pool(1, 1, 1, num_cpus=1, batch_size=4, num_gpus=1, accelerator_type="H100")}
     problem = missing_on_local(pools, {"CPU": 4.0, "GPU": 2.0})
