@@ -1,56 +1,144 @@
-"""Batch-API mode for hosted generators: submit a chunk, persist the batch id, poll with progress, collect.
+"""Batch-API mode for hosted generators: submit, persist the batch id, poll, collect; resubmit what never ran.
 
-Resumable: every submitted batch is recorded as `<output>/_batches/<provider>/<batch id>.json` (its image keys)
-before polling starts. An actor loads all records at start; rows whose key belongs to a recorded batch are
-collected from that batch instead of being submitted again, so a job restarted while a batch is in flight
-pays for it once.
+Scale: each actor call submits its rows as one provider batch and waits on it, and a batch-mode actor runs
+`batch_in_flight` calls at once (threads), so images in flight are pool size x batch_in_flight x batch size,
+not pool size x batch size: a provider turnaround of T finishes a job of many pool-fulls in about T.
+
+Records (`<output>/_batches/<provider>/<batch id>.json`) make it resumable and billing-safe:
+- written before the batch is polled: a job restarted while a batch is in flight collects it, never pays again;
+- updated when the batch ends with its final state and the keys that got an answer (an image or a refusal);
+  keys without one (a failed, expired or cancelled batch, or a per-request error) are free to be submitted
+  again, now (up to `RESUBMITS` more batches) or by a later run (`--retry-failed` for error rows).
+A batch the provider says completed but that lacks results for some of its requests is a loud failure
+(`HostedFatal`): those requests were billed and can't be matched.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 from actors.generation import Outcome, Request
 from actors.layout import batch_record, batches_dir
 from actors.storage import ObjectStore
 
 logger = logging.getLogger(__name__)
+RESUBMITS = 2
+"""Further batches for requests a failed/expired/cancelled batch never ran, before they become error rows."""
 
-# submit(requests) -> batch id ; collect(batch id) -> {image key: Outcome}
+
+@dataclass
+class BatchState:
+    """A finished provider batch as the backend read it."""
+
+    state: str
+    """The provider's final state (completed, failed, expired, cancelled, JOB_STATE_…)."""
+    outcomes: dict[str, Outcome] = field(default_factory=dict)
+    """Per image key: what the provider answered (image, refusal, or that request's error)."""
+    errors: str = ""
+    """The batch's own errors (e.g. token_limit_exceeded), for rows that never ran."""
+
+
 Submit = Callable[[Sequence[Request]], str]
-Collect = Callable[[str], dict[str, Outcome]]
+Collect = Callable[[str, Sequence[str]], BatchState]
+Cancel = Callable[[str], None]
 
 
 class BatchRunner:
-    """Provider-independent batch bookkeeping; the provider supplies submit/collect."""
+    """Provider-independent batch bookkeeping; the provider supplies submit/collect/cancel."""
 
-    def __init__(self, provider: str, store: ObjectStore, submit: Submit, collect: Collect) -> None:
-        self.provider, self.store, self.submit, self.collect = provider, store, submit, collect
-        self.batch_of: dict[str, str] = {}
+    def __init__(self, provider: str, store: ObjectStore, submit: Submit, collect: Collect, cancel: Cancel) -> None:
+        self.provider, self.store = provider, store
+        self.submit, self.collect, self.cancel = submit, collect, cancel
+        self.lock = threading.Lock()
+        self.batch_of: dict[str, str] = {}  # image key → the recorded batch that has (or will have) its answer
+        self.open: set[str] = set()  # batches submitted by this actor and not finished
         for rel, _ in store.list(f"{batches_dir(provider)}/"):
             record = json.loads(store.get(rel))
-            for key in record["keys"]:
+            keys = record["keys"] if not record.get("final") else record.get("answered", [])
+            for key in keys:
                 self.batch_of[key] = record["batch_id"]
         if self.batch_of:
             logger.info("resuming %d recorded %s batch request(s)", len(self.batch_of), provider)
 
-    def run(self, requests: Sequence[Request]) -> list[Outcome]:
-        # 1 submit what no recorded batch covers, and record it before waiting
-        new = [r for r in requests if r.key not in self.batch_of]
-        if new:
-            batch_id = self.submit(new)
-            record = {"batch_id": batch_id, "provider": self.provider, "keys": [r.key for r in new],
-                      "created_at": time.time()}
-            self.store.put(batch_record(self.provider, batch_id), json.dumps(record).encode(), "application/json")
-            self.batch_of.update({r.key: batch_id for r in new})
-        # 2 wait for every batch these rows live in, then hand results back in order
+    def run(self, requests: Sequence[Request], reserve: Callable[[Request], float | None]) -> list[Outcome]:
+        """One outcome per request, in order: submitted (or found in a recorded batch), waited for, collected."""
         results: dict[str, Outcome] = {}
-        for batch_id in dict.fromkeys(self.batch_of[r.key] for r in requests):
-            results.update(self.collect(batch_id))
-        return [results.get(r.key, Outcome(error="no result for this request in its batch")) for r in requests]
+        why: dict[str, str] = {}
+        todo = list(requests)
+        for _ in range(1 + RESUBMITS):
+            # 1 submit what no recorded batch covers (within the budget), and record it before waiting
+            with self.lock:
+                new = [r for r in todo if r.key not in self.batch_of]
+            allowed = [r for r in new if reserve(r) is not None]
+            for r in new:
+                if r not in allowed:
+                    results[r.key] = Outcome(skipped="limits.budget_usd reached by actual spend; rerun with a "
+                                                     "larger budget to continue")
+            if allowed:
+                self._record_new(self.submit(allowed), allowed)
+            # 2 wait for each batch these rows live in
+            groups: dict[str, list[str]] = {}
+            for r in todo:
+                if r.key not in results:
+                    groups.setdefault(self.batch_of[r.key], []).append(r.key)
+            for batch_id, keys in groups.items():
+                state = self.collect(batch_id, self._keys_of(batch_id))
+                self._record_end(batch_id, state)
+                for key in keys:
+                    answer = state.outcomes.get(key)
+                    if answer is not None:  # an image, a refusal, or the provider's no for this request
+                        results[key] = answer
+                    else:
+                        why[key] = f"{self.provider} batch {batch_id} ended {state.state} without running it" + (
+                            f": {state.errors}" if state.errors else "")
+            todo = [r for r in todo if r.key not in results]
+            if not todo:
+                break
+            logger.warning("%d request(s) never ran in their %s batch; submitting them again", len(todo),
+                           self.provider)
+        return [results.get(r.key) or Outcome(error=why.get(r.key, "no result in its batch")[:500])
+                for r in requests]
+
+    def cancel_open(self) -> None:
+        """Cancel this actor's unfinished batches (the run is ending)."""
+        with self.lock:
+            batches = list(self.open)
+        for batch_id in batches:
+            try:
+                self.cancel(batch_id)
+                logger.warning("cancelled %s batch %s (the run is ending)", self.provider, batch_id)
+            except Exception as exc:  # noqa: BLE001 - best effort on the way out
+                logger.warning("could not cancel %s batch %s: %s", self.provider, batch_id, exc)
+
+    def _keys_of(self, batch_id: str) -> list[str]:
+        """Every key of a recorded batch, in submission order (results may be matched by position)."""
+        return list(json.loads(self.store.get(batch_record(self.provider, batch_id)))["keys"])
+
+    def _record_new(self, batch_id: str, requests: Sequence[Request]) -> None:
+        record = {"batch_id": batch_id, "provider": self.provider, "keys": [r.key for r in requests],
+                  "created_at": time.time(), "final": ""}
+        self.store.put(batch_record(self.provider, batch_id), json.dumps(record).encode(), "application/json")
+        with self.lock:
+            self.batch_of.update({r.key: batch_id for r in requests})
+            self.open.add(batch_id)
+
+    def _record_end(self, batch_id: str, state: BatchState) -> None:
+        """The final state and the keys that got an answer; the others may be submitted again."""
+        rel = batch_record(self.provider, batch_id)
+        record = json.loads(self.store.get(rel))
+        answered = [k for k in record["keys"] if k in state.outcomes and not state.outcomes[k].error]
+        record.update(final=state.state, answered=answered, errors=state.errors[:2000], ended_at=time.time())
+        self.store.put(rel, json.dumps(record).encode(), "application/json")
+        with self.lock:
+            self.open.discard(batch_id)
+            for key in record["keys"]:
+                if key not in answered and self.batch_of.get(key) == batch_id:
+                    del self.batch_of[key]
 
 
 def poll(get_state: Callable[[], tuple[str, str]], done: set[str], interval_s: float, what: str) -> str:
@@ -58,7 +146,7 @@ def poll(get_state: Callable[[], tuple[str, str]], done: set[str], interval_s: f
     last = ""
     while True:
         state, progress = get_state()
-        if state != last or progress:
+        if state != last:
             logger.info("%s: %s %s", what, state, progress)
             last = state
         if state in done:

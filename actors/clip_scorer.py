@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import numpy as np
 
+from actors.image_writer import decode_rgb
 from configs.scorer import ClipScorerConfig, RuleScorerConfig
+
+logger = logging.getLogger(__name__)
 
 Batch = dict[str, np.ndarray]
 SCORER_OUTPUT_COLUMNS = {"clip_score": "prompt-image alignment of the generated image (NaN when not scored)"}
@@ -27,6 +31,20 @@ def _with_scores(batch: Batch, rows: list[int], scores: list[float]) -> Batch:
     return out
 
 
+def _pixels(batch: Batch, i: int) -> np.ndarray | None:
+    """Row i's image as RGB pixels; None (left unscored) for a provider's file that decodes no further than its
+    header (raw pixels of the wrong size are a bug and raise)."""
+    mime = str(batch["image_mime"][i]) if "image_mime" in batch else ""  # no column: raw pixels only
+    width, height = int(batch["width"][i]), int(batch["height"][i])
+    if not mime:
+        return decode_rgb(batch["image"][i], mime, width, height)
+    try:
+        return decode_rgb(batch["image"][i], mime, width, height)
+    except Exception as exc:  # noqa: BLE001 - PIL raises many kinds for a truncated file; the row is unscored
+        logger.warning("row %d: %s image could not be decoded for scoring: %s", i, mime, exc)
+        return None
+
+
 class ClipScorer:
     """Scores `generated` rows; everything else passes through.
 
@@ -35,7 +53,8 @@ class ClipScorer:
     """
 
     CONFIG = ClipScorerConfig
-    INPUT_COLUMNS = {"image": "raw RGB pixels", "width": "pixels", "height": "pixels", "prompt": "text",
+    INPUT_COLUMNS = {"image": "raw RGB pixels, or a provider's file", "image_mime": "'' = raw pixels",
+                     "width": "pixels", "height": "pixels", "prompt": "text",
                      "status": "only `generated` rows are scored"}
     OUTPUT_COLUMNS = SCORER_OUTPUT_COLUMNS
 
@@ -51,15 +70,15 @@ class ClipScorer:
         self.max_tokens = int(self.model.config.text_config.max_position_embeddings)
 
     def __call__(self, batch: Batch) -> Batch:
-        # 1 which rows have a fresh image
-        rows = _score_rows(batch)
+        # 1 which rows have a fresh image (decoded to RGB: a provider's file is decoded just for scoring)
+        images = {i: _pixels(batch, i) for i in _score_rows(batch)}
+        rows = [i for i, pixels in images.items() if pixels is not None]
         if not rows:
             return _with_scores(batch, [], [])
-        # 2 decode pixels and tokenize prompts (truncated to the text encoder's context)
-        images = [np.frombuffer(batch["image"][i], np.uint8).reshape(int(batch["height"][i]), int(batch["width"][i]), 3)
-                  for i in rows]
-        inputs = self.processor(text=[str(batch["prompt"][i]) for i in rows], images=images, return_tensors="pt",
-                                padding=True, truncation=True, max_length=self.max_tokens).to(self.device)
+        # 2 tokenize prompts (truncated to the text encoder's context)
+        inputs = self.processor(text=[str(batch["prompt"][i]) for i in rows], images=[images[i] for i in rows],
+                                return_tensors="pt", padding=True, truncation=True,
+                                max_length=self.max_tokens).to(self.device)
         # 3 cosine similarity of the projected embeddings
         with self.torch.inference_mode():
             out = self.model(**inputs)

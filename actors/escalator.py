@@ -31,7 +31,8 @@ class Escalator:
     INPUT_COLUMNS = {
         "clip_score": "draft score",
         "status": "`generated` rows are candidates",
-        "image": "the draft's pixels",
+        "image": "the draft's pixels (or its provider's file)",
+        "image_mime": "the draft's provider file type ('' = raw pixels)",
         "image_key": "the draft's key",
         "generator": "the draft's generator",
         "model": "the draft's model",
@@ -46,7 +47,8 @@ class Escalator:
     }
     OUTPUT_COLUMNS = {
         "route": "draft | escalated",
-        "draft_image": "pixels of the draft (escalated rows with keep_draft)",
+        "draft_image": "pixels (or provider file) of the draft (escalated rows with keep_draft)",
+        "draft_image_mime": "content type of a provider file in `draft_image` ('' = raw pixels)",
         "draft_image_key": "key of the draft image",
         "draft_score": "score of the draft",
         "draft_generator": "generator that made the draft",
@@ -56,6 +58,7 @@ class Escalator:
         "generator": "escalated rows move to the heavy generator",
         "model": "escalated rows move to the heavy model",
         "image": "emptied for escalated rows",
+        "image_mime": "emptied for escalated rows",
         "negative_prompt": "the heavy generator's default unless explicit",
         **{s: "the heavy generator's default unless explicit" for s in SETTINGS},
     }
@@ -72,12 +75,15 @@ class Escalator:
         out = dict(batch)
         route = np.array(["draft"] * n, dtype=object)
         draft_image = np.array([b""] * n, dtype=object)
+        draft_mime = np.array([""] * n, dtype=object)
         draft_key = np.array([""] * n, dtype=object)
         draft_score = np.full(n, np.nan)
         draft_gen = np.array([""] * n, dtype=object)
         drafted = {name: np.zeros(n, dtype=dtype) for name, dtype in DRAFT_SETTINGS.items()}
         cols = {c: np.array(batch[c], dtype=object) for c in ("status", "image_key", "generator", "model", "image",
                                                                 "negative_prompt")}
+        # no image_mime column (a caller with pixels only): every image is raw pixels
+        cols["image_mime"] = np.array(batch["image_mime"] if "image_mime" in batch else [""] * n, dtype=object)
         settings = {s: np.array(batch[s]) for s in SETTINGS}
         scores = np.array(batch["clip_score"], dtype=np.float64)
         # 2 low scorers (within the cap) move to the heavy generator with its settings
@@ -92,7 +98,8 @@ class Escalator:
             self.escalated += 1
             route[i], draft_key[i], draft_score[i], draft_gen[i] = "escalated", cols["image_key"][i], scores[i], \
                 cols["generator"][i]
-            draft_image[i] = cols["image"][i] if self.cfg.keep_draft else b""
+            if self.cfg.keep_draft:
+                draft_image[i], draft_mime[i] = cols["image"][i], cols["image_mime"][i]
             for s in SETTINGS:
                 drafted[f"draft_{s}"][i] = settings[s][i]
                 settings[s][i] = heavy[s]
@@ -104,10 +111,10 @@ class Escalator:
                 seed=int(batch["seed"][i]), width=int(heavy["width"]), height=int(heavy["height"]),
                 num_steps=int(heavy["num_steps"]), guidance_scale=float(heavy["guidance_scale"]))
             cols["generator"][i], cols["model"][i] = self.heavy_name, f"{h.model}@{h.revision}"
-            cols["status"][i], cols["image"][i] = "pending", b""
+            cols["status"][i], cols["image"][i], cols["image_mime"][i] = "pending", b"", ""
         # 3 same columns in, plus the cascade's
-        out.update(cols, **settings, **drafted, route=route, draft_image=draft_image, draft_image_key=draft_key,
-                   draft_score=draft_score, draft_generator=draft_gen)
+        out.update(cols, **settings, **drafted, route=route, draft_image=draft_image, draft_image_mime=draft_mime,
+                   draft_image_key=draft_key, draft_score=draft_score, draft_generator=draft_gen)
         return out
 
     def _heavy_settings(self, batch: Batch, i: int) -> dict[str, Any] | None:

@@ -2,52 +2,32 @@
 
 from __future__ import annotations
 
+import io
+import json
 import logging
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 from pydantic import SecretStr
 
-from actors.batch_mode import poll
-from actors.generation import (
-    GENERATOR_INPUT_COLUMNS,
-    GENERATOR_OUTPUT_COLUMNS,
-    Batch,
-    Outcome,
-    Request,
-)
-from actors.hosted import (
-    Verdict,
-    api_call,
-    call_with_retries,
-    decode_image,
-    hosted_plumbing,
-    parse_duration,
-    run_hosted,
-)
+from actors.batch_mode import BatchState, poll
+from actors.generation import Outcome, Request
+from actors.hosted import HostedFatal, Verdict, api_call, image_outcome, parse_duration
+from actors.hosted_actor import HostedGenerator
+from configs.generator_base import RunBudget
 from configs.hosted import GeminiImageConfig, TokenPrices
+from configs.hosted_models import gemini_request_size
 from configs.storage import StoreSpec
 
 logger = logging.getLogger(__name__)
-
-ASPECTS = ["1:1", "2:3", "3:2", "3:4", "4:3", "4:5", "5:4", "9:16", "16:9", "21:9"]
-WIDE_ASPECTS = ["1:4", "4:1", "1:8", "8:1"]  # gemini-3.1-flash-image only
-
-
-def gemini_image_config(model: str, width: int, height: int) -> tuple[str, str]:
-    """(aspectRatio, imageSize) closest to a pixel size. Gemini has no pixel sizes, only ratios and tiers."""
-    choices = ASPECTS + (WIDE_ASPECTS if model.startswith("gemini-3.1-flash-image") else [])
-    target = width / height
-    aspect = min(choices, key=lambda a: abs(int(a.split(":")[0]) / int(a.split(":")[1]) - target))
-    side = max(width, height)
-    if side <= 512 and model.startswith("gemini-3.1-flash-image"):
-        return aspect, "512"
-    return aspect, "1K" if side <= 1024 else "2K" if side <= 2048 else "4K"
+DONE = {"JOB_STATE_SUCCEEDED", "JOB_STATE_FAILED", "JOB_STATE_CANCELLED", "JOB_STATE_EXPIRED"}
+FILE_ABOVE = 100
+"""batch_input=auto: requests per batch above which the requests go as an uploaded JSONL file."""
 
 
 def gemini_cost(usage: Any, prices: TokenPrices) -> float | None:
-    """USD from usageMetadata: image tokens x image rate, other answer + thinking tokens x text rate, prompt."""
+    """USD from usageMetadata: image tokens x image rate, the answer's other tokens and thinking x text-output
+    rate, prompt tokens x input rate."""
     if usage is None:
         return None
     image = sum(d.token_count or 0 for d in (usage.candidates_tokens_details or [])
@@ -70,130 +50,210 @@ def refusal_of(resp: Any) -> str:
         return ""
     reason = candidates[0].finish_reason
     reason = str(getattr(reason, "value", reason))
-    if reason and reason != "STOP":
+    if reason and reason not in ("STOP", "None"):
         return f"finishReason={reason}"
     text = " ".join(p.text for p in parts if p.text)[:200]
     return f"text-only answer: {text}" if text else "no image in the answer"
 
 
-class GeminiImageGenerator:
+class GeminiImageGenerator(HostedGenerator):
     """One generateContent call per image (Gemini has no `n`); takes the last non-thought image part.
 
     Args:
         cfg: this generator's config slice.
         api_key: resolved key (never logged).
+        state_uri, state_store: where batch mode records its batches (next to the outputs).
+        name: the generator this actor makes images for.
+        budget: the run's budget and ledger (actual spend is checked before each request).
     """
 
     CONFIG = GeminiImageConfig
-    INPUT_COLUMNS = GENERATOR_INPUT_COLUMNS
-    OUTPUT_COLUMNS = GENERATOR_OUTPUT_COLUMNS
+    PROVIDER = "gemini"
 
     def __init__(self, cfg: GeminiImageConfig, api_key: SecretStr, state_uri: str = "",
-                 state_store: StoreSpec = StoreSpec(kind="local"), name: str = "") -> None:
-        self.name = name  # the generator this actor makes images for (rows routed elsewhere pass through)
+                 state_store: StoreSpec = StoreSpec(kind="local"), name: str = "",
+                 budget: RunBudget | None = None) -> None:
         from google import genai
         from google.genai import errors, types
 
-        self.cfg, self.types, self.errors = cfg, types, errors
+        self.gcfg, self.types, self.errors = cfg, types, errors
         options = types.HttpOptions(base_url=cfg.base_url or None, api_version=cfg.api_version,
                                     timeout=int(cfg.limits.timeout_s * 1000))  # ms; no retry_options: we retry
         self.client = genai.Client(api_key=api_key.get_secret_value(), http_options=options)
-        self.limiter, self.pool, self.batch = hosted_plumbing(
-            "gemini", api_key.get_secret_value(), cfg, state_uri, state_store, self._submit, self._collect)
-
-    def __call__(self, batch: Batch) -> Batch:
-        return run_hosted(batch, self.cfg.cost.usd_per_image, self.cfg.pool.batch_size, self._generate, self.name)
-
-    def _generate(self, requests: Sequence[Request]) -> list[np.ndarray | Outcome]:
-        if self.batch is not None:
-            return list(self.batch.run(requests))
-        return list(self.pool.map(self._one, requests))
+        self.prices = cfg.token_prices()
+        self.inputs: dict[str, str] = {}  # batch → its uploaded request file
+        super().__init__(cfg, api_key, state_uri, state_store, name, budget)
 
     def _config(self, r: Request) -> Any:
         """Pixel size → aspect ratio + size tier (Gemini has no pixel sizes), plus the seed."""
-        aspect, tier = gemini_image_config(self.cfg.model, r.width, r.height)
+        aspect, tier, _ = gemini_request_size(self.gcfg.info(), self.gcfg.model, r.width, r.height)
         t = self.types
         return t.GenerateContentConfig(response_modalities=["IMAGE"], seed=r.seed,
                                        image_config=t.ImageConfig(aspect_ratio=aspect, image_size=tier))
 
-    def _answer(self, resp: Any, discount: float = 1.0) -> Outcome:
-        """Refusals are 200s; otherwise the LAST non-thought image part is the final render."""
-        cost = gemini_cost(resp.usage_metadata, self.cfg.prices)
+    def _call(self, r: Request) -> Any:
+        return self.client.models.generate_content(model=self.gcfg.model, contents=r.prompt, config=self._config(r))
+
+    def _answer(self, response: Any, requests: int, maybe_billed: float, discount: float) -> Outcome:
+        """Refusals are 200s (and billed); otherwise the LAST non-thought image part is the final render."""
+        cost = gemini_cost(response.usage_metadata, self.prices)
         cost = None if cost is None else cost * discount
-        refusal = refusal_of(resp)
+        refusal = refusal_of(response)
         if refusal:
-            return Outcome(refusal=refusal, cost_usd=cost)
-        parts = [p for p in resp.candidates[0].content.parts if p.inline_data and not p.thought]
-        return Outcome(image=decode_image(parts[-1].inline_data.data), cost_usd=cost)
-
-    # -- Batch API (inline requests; results come back inside the job, keyed by metadata.key) ---------
-    def _api(self, fn: Any) -> Any:
-        return api_call(fn, self._classify, self.cfg.limits, self.limiter.pause_all)
-
-    def _submit(self, requests: Sequence[Request]) -> str:
-        src: Any = [{"contents": [{"parts": [{"text": r.prompt}], "role": "user"}], "config": self._config(r),
-                "metadata": {"key": r.key}} for r in requests]
-        job = self._api(lambda: self.client.batches.create(model=self.cfg.model, src=src,
-                                                           config={"display_name": "imagefleet"}))
-        return str(job.name)
-
-    def _collect(self, batch_id: str) -> dict[str, Outcome]:
-        holder: dict[str, Any] = {}
-        done = {"JOB_STATE_SUCCEEDED", "JOB_STATE_FAILED", "JOB_STATE_CANCELLED", "JOB_STATE_EXPIRED"}
-
-        def state() -> tuple[str, str]:
-            holder["job"] = job = self._api(lambda: self.client.batches.get(name=batch_id))
-            return str(getattr(job.state, "value", job.state)), ""
-
-        final = poll(state, done, self.cfg.batch_poll_s, f"gemini batch {batch_id}")
-        job, out = holder["job"], {}
-        for item in (job.dest.inlined_responses if job.dest else None) or []:
-            key = (item.metadata or {}).get("key", "")
-            if item.response is not None:
-                out[key] = self._answer(item.response, self.cfg.batch_discount)
-            else:
-                out[key] = Outcome(error=f"batch request failed: {item.error}"[:400])
-        if not out:
-            keys = [k for k, b in self.batch.batch_of.items() if b == batch_id] if self.batch else []
-            return {k: Outcome(error=f"gemini batch {batch_id} ended {final}") for k in keys}
-        return out
-
-    def _one(self, r: Request) -> Outcome:
-        # 1 pixel size → aspect ratio + size tier
-        config = self._config(r)
-        # 2 pace, call, retry per policy
-        self.limiter.wait_turn(1)
-        resp, verdict, _ = call_with_retries(
-            lambda: self.client.models.generate_content(model=self.cfg.model, contents=r.prompt, config=config),
-            self._classify, self.cfg.limits, self.limiter.pause_all)
-        if verdict is not None:
-            return Outcome(refusal=verdict.message) if verdict.kind == "refused" else Outcome(error=verdict.message)
-        # 3 refusal, or the final image
-        return self._answer(resp)
+            return Outcome(refusal=refusal, cost_usd=cost, requests=requests, maybe_billed_usd=maybe_billed)
+        part = [p for p in response.candidates[0].content.parts if p.inline_data and not p.thought][-1]
+        return image_outcome(part.inline_data.data, part.inline_data.mime_type or "", cost, requests, maybe_billed)
 
     def _classify(self, exc: BaseException) -> Verdict:
         e = self.errors
         msg = f"{type(exc).__name__}: {exc}"[:400]
         if isinstance(exc, e.APIError):
+            status = str(getattr(exc, "status", "") or "")
             if exc.code == 429:
+                quota = _hard_quota(exc)
+                if quota:  # a daily quota or a quota of 0: waiting minutes can't help
+                    return Verdict("quota", f"Gemini quota exhausted ({quota}): {msg}")
                 return Verdict("retry", msg, _retry_delay(exc.details))
             if exc.code == 404:
-                return Verdict("fatal", f"model {self.cfg.model!r} is unknown or retired (404): {msg}")
-            if exc.code in (401, 403) or "API key not valid" in str(exc):
+                return Verdict("fatal", f"model {self.gcfg.model!r} is unknown or retired (404): {msg}")
+            if exc.code in (401, 403) or "API key not valid" in str(exc) or "API_KEY_INVALID" in str(exc.details):
                 return Verdict("fatal", f"Gemini rejected the API key or permission: {msg}")
+            if status == "FAILED_PRECONDITION":  # billing not enabled, region not supported: every request fails
+                return Verdict("fatal", f"Gemini refuses this project (FAILED_PRECONDITION): {msg}")
             if exc.code in (408, 500, 502, 503, 504):
                 return Verdict("retry", msg)
             return Verdict("row_error", msg)
         name = type(exc).__name__
-        if "Timeout" in name or "Connect" in name or "RemoteProtocol" in name:
+        if "Timeout" in name:  # the request may have run (and been billed) anyway
+            return Verdict("retry", msg, uncertain=True)
+        if "Connect" in name or "RemoteProtocol" in name:
             return Verdict("retry", msg)
         return Verdict("row_error", msg)
+
+    # -- Batch API ---------------------------------------------------------------------------------------
+    def _api(self, fn: Any) -> Any:
+        return api_call(fn, self._classify, self.cfg.limits, self.limiter)
+
+    def _as_file(self, n: int) -> bool:
+        mode = self.gcfg.batch_input
+        return mode == "file" or (mode == "auto" and n > FILE_ABOVE)
+
+    def _submit(self, requests: Sequence[Request]) -> str:
+        if self._as_file(len(requests)):
+            lines = "".join(json.dumps({"key": r.key, "request": self._wire_request(r)}) + "\n" for r in requests)
+            upload = self._api(lambda: self.client.files.upload(
+                file=io.BytesIO(lines.encode()), config={"mime_type": "application/jsonl",
+                                                          "display_name": "imagefleet-batch"}))
+            src: Any = upload.name
+        else:
+            upload = None
+            src = [{"contents": [{"parts": [{"text": r.prompt}], "role": "user"}], "config": self._config(r),
+                    "metadata": {"key": r.key}} for r in requests]
+        job = self._api(lambda: self.client.batches.create(model=self.gcfg.model, src=src,
+                                                           config={"display_name": "imagefleet"}))
+        if upload is not None:
+            self.inputs[str(job.name)] = str(upload.name)  # deleted once the batch ends (else it expires in 48 h)
+        return str(job.name)
+
+    def _wire_request(self, r: Request) -> dict[str, Any]:
+        """A GenerateContentRequest as the file format wants it (wire field names, not the SDK's `config`)."""
+        aspect, tier, _ = gemini_request_size(self.gcfg.info(), self.gcfg.model, r.width, r.height)
+        return {"contents": [{"parts": [{"text": r.prompt}], "role": "user"}],
+                "generationConfig": {"responseModalities": ["IMAGE"], "seed": r.seed,
+                                     "imageConfig": {"aspectRatio": aspect, "imageSize": tier}}}
+
+    def _collect(self, batch_id: str, keys: Sequence[str]) -> BatchState:
+        holder: dict[str, Any] = {}
+
+        def state() -> tuple[str, str]:
+            holder["job"] = job = self._api(lambda: self.client.batches.get(name=batch_id))
+            return str(getattr(job.state, "value", job.state)), ""
+
+        final = poll(state, DONE, self.cfg.batch_poll_s, f"gemini batch {batch_id}")
+        job = holder["job"]
+        dest = job.dest
+        if dest is not None and dest.file_name:
+            out = self._file_results(dest.file_name)
+        else:
+            out = self._inline_results(batch_id, list(keys), (dest.inlined_responses if dest else None) or [])
+        missing = [k for k in keys if k not in out]
+        if final == "JOB_STATE_SUCCEEDED" and missing:
+            raise HostedFatal(f"gemini batch {batch_id} succeeded without results for {len(missing)} of "
+                              f"{len(keys)} requests (billed, can't be matched), e.g. {missing[0]}")
+        errors = str(job.error.message) if getattr(job, "error", None) is not None else ""
+        self._delete_input(batch_id)
+        return BatchState(final, out, errors)
+
+    def _delete_input(self, batch_id: str) -> None:
+        name = self.inputs.pop(batch_id, "")
+        if name:
+            try:
+                self.client.files.delete(name=name)
+            except Exception as exc:  # noqa: BLE001 - uploaded files also expire on their own
+                logger.info("could not delete batch input file %s: %s", name, type(exc).__name__)
+
+    def _inline_results(self, batch_id: str, keys: list[str], items: list[Any]) -> dict[str, Outcome]:
+        """Match by `metadata.key` when every result has one; by position only when the counts agree (users
+        report large inline batches dropping metadata and reordering); otherwise refuse to guess."""
+        keyed = [(item.metadata or {}).get("key") for item in items]
+        if items and all(keyed):
+            pairs = list(zip(keyed, items, strict=True))
+        elif len(items) == len(keys):
+            logger.warning("gemini batch %s: results carry no keys; matching %d results by position", batch_id,
+                           len(items))
+            pairs = list(zip(keys, items, strict=True))
+        elif items:
+            raise HostedFatal(f"gemini batch {batch_id} returned {len(items)} results without keys for "
+                              f"{len(keys)} requests: results can't be matched (billed)")
+        else:
+            pairs = []
+        return {str(k): self._item_outcome(item.response, item.error) for k, item in pairs}
+
+    def _file_results(self, name: str) -> dict[str, Outcome]:
+        data = self._api(lambda: self.client.files.download(file=name))
+        out: dict[str, Outcome] = {}
+        for line in bytes(data).splitlines():
+            if line.strip():
+                item = json.loads(line)
+                response = item.get("response")
+                parsed = (self.types.GenerateContentResponse.model_validate_json(json.dumps(response))
+                          if response is not None else None)
+                out[str(item.get("key", ""))] = self._item_outcome(parsed, item.get("error") or item.get("status"))
+        return out
+
+    def _item_outcome(self, response: Any, error: Any) -> Outcome:
+        if response is not None:
+            return self._answer(response, 1, 0.0, self.gcfg.batch_discount)
+        return Outcome(error=f"batch request failed: {error}"[:400], requests=1)
+
+    def _cancel(self, batch_id: str) -> None:
+        self.client.batches.cancel(name=batch_id)
+
+
+def _error_details(details: Any) -> list[dict[str, Any]]:
+    body = details.get("error", details) if isinstance(details, dict) else {}
+    items = body.get("details", []) if isinstance(body, dict) else []
+    return [i for i in items if isinstance(i, dict)]
 
 
 def _retry_delay(details: Any) -> float | None:
     """google.rpc.RetryInfo.retryDelay from an error body (the SDK ignores it)."""
-    body = details.get("error", details) if isinstance(details, dict) else {}
-    for item in body.get("details", []) if isinstance(body, dict) else []:
-        if isinstance(item, dict) and item.get("@type", "").endswith("google.rpc.RetryInfo"):
+    for item in _error_details(details):
+        if item.get("@type", "").endswith("google.rpc.RetryInfo"):
             return parse_duration(item.get("retryDelay", ""))
     return None
+
+
+def _hard_quota(exc: Any) -> str:
+    """The quota a 429 names when waiting can't help: a per-day quota, or a limit of 0 (no quota on this tier).
+    Sources: google.rpc.QuotaFailure in Gemini 429 bodies (google-gemini/gemini-cli#8437, RA.Aid#182), and
+    "limit: 0" for image models without free tier (discuss.ai.google.dev)."""
+    if "limit: 0" in str(getattr(exc, "message", "") or exc):
+        return "limit: 0"
+    for item in _error_details(exc.details):
+        if item.get("@type", "").endswith("google.rpc.QuotaFailure"):
+            for v in item.get("violations", []) or []:
+                quota = str(v.get("quotaId", ""))
+                if "PerDay" in quota:
+                    return quota
+    return ""

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -34,12 +35,15 @@ GENERATOR_INPUT_COLUMNS = {
 """What `run_generation` reads of every row (rows routed to other generators pass through unchanged)."""
 
 GENERATOR_OUTPUT_COLUMNS = {
-    "image": "raw RGB pixels, uint8 HWC bytes (b'' when there is no image)",
+    "image": "raw RGB pixels, uint8 HWC bytes, or the provider's file bytes when `image_mime` is set (b'' = none)",
+    "image_mime": "content type of provider file bytes in `image` ('' = raw RGB pixels)",
+    "requests": "HTTP requests sent to a hosted API for this image, retries included (accumulates)",
+    "maybe_billed_usd": "estimated price of attempts with an unknown outcome the provider may have billed",
     "queue_ms": "time from preprocessing to the start of generation",
     "generate_ms": "model time attributed to this image (batch time / batch size)",
     "cost_usd": "price of this image under the generator's cost model",
     "generated_at": "unix time the model call that made this image returned",
-    "status": "generated | error (rows that were not pending pass through)",
+    "status": "generated | error | refused | skipped (rows that were not pending pass through)",
     "error": "why generation failed ('' when fine)",
 }
 
@@ -60,16 +64,33 @@ class Request:
 
 @dataclass(frozen=True)
 class Outcome:
-    """What a backend returns for one request when a bare pixel array is not enough (hosted APIs)."""
+    """What a backend returns for one request when a bare pixel array is not enough (hosted APIs).
+
+    An image is either `image` (pixels) or `encoded` + `mime` (the provider's file, stored as sent: content
+    credentials, alpha and ICC profile kept); `encoded` wins when both are set.
+    """
 
     image: np.ndarray | None = None
     """HxWx3 uint8 pixels (the size may differ from the request: Gemini picks sizes by tier/aspect)."""
+    encoded: bytes = b""
+    """The provider's image file (PNG/JPEG/WebP bytes); its size is read from its header."""
+    mime: str = ""
+    """Content type the provider declared for `encoded` (e.g. `image/png`); the bytes' own header wins."""
+    requests: int = 0
+    """HTTP requests sent for this image, retries included (recorded for errors and refusals too). A delivered
+    provider file counts at least 1 (batch mode: its line in the batch); resume tells hosted images by it."""
+    maybe_billed_usd: float = 0.0
+    """Estimated price of attempts whose outcome is unknown (timeouts, dropped connections) that the provider may
+    have completed and billed."""
     cost_usd: float | None = None
     """Measured price (from the response's usage); None = the time-based cost model."""
     refusal: str = ""
     """Why the provider refused (content policy); the row becomes `status=refused`."""
     error: str = ""
     """A problem with this request alone (e.g. a size the API can't make); the row becomes an error row."""
+    skipped: str = ""
+    """Why the request was not sent (the run's budget, by actual spend); the row becomes `status=skipped`, which a
+    rerun redoes."""
 
 
 # generate_fn(requests) -> one result per request, in order: pixels, or an Outcome.
@@ -94,6 +115,9 @@ def run_generation(
     chunked to `batch_size`. A chunk that raises a non-fatal error is retried row by row so only the
     poison row becomes an error row. A chunk that runs out of memory is retried in halves; a single image
     that still does, and other fatal errors (CUDA, model load), propagate so Ray restarts the actor.
+
+    A hosted backend's Outcome may carry the provider's file instead of pixels: it goes into `image` as sent, its
+    content type into `image_mime` and its size (from the header) into `width`/`height`.
     """
     # 1 prepare outputs: rows that pass through keep what an earlier stage gave them (cascade drafts)
     n = len(batch["status"])
@@ -101,20 +125,25 @@ def run_generation(
     def column(name: str, default: object, dtype: Any) -> np.ndarray:
         return np.array(batch[name] if name in batch else [default] * n, dtype=dtype)
 
-    images = column("image", b"", object)
-    gen_ms = column("generate_ms", 0.0, np.float64)
-    queue_ms = column("queue_ms", 0.0, np.float64)
-    cost = column("cost_usd", 0.0, np.float64)  # accumulates: an escalated row pays for draft + heavy
-    generated_at = column("generated_at", 0.0, np.float64)
-    status = np.array(batch["status"], dtype=object)
-    error = np.array(batch["error"], dtype=object)
-    width = np.array(batch["width"], dtype=np.int32)
-    height = np.array(batch["height"], dtype=np.int32)
+    cols = {
+        "image": column("image", b"", object),
+        "image_mime": column("image_mime", "", object),
+        "queue_ms": column("queue_ms", 0.0, np.float64),
+        "generate_ms": column("generate_ms", 0.0, np.float64),
+        "cost_usd": column("cost_usd", 0.0, np.float64),  # accumulates: an escalated row pays for draft + heavy
+        "requests": column("requests", 0, np.int32),  # accumulates like cost
+        "maybe_billed_usd": column("maybe_billed_usd", 0.0, np.float64),
+        "generated_at": column("generated_at", 0.0, np.float64),
+        "width": np.array(batch["width"], dtype=np.int32),
+        "height": np.array(batch["height"], dtype=np.int32),
+        "status": np.array(batch["status"], dtype=object),
+        "error": np.array(batch["error"], dtype=object),
+    }
     # 2 shape buckets of pending rows
     buckets: dict[tuple[int, int, int, float], list[int]] = defaultdict(list)
     routed = batch["generator"] if name else None
     for i in range(n):
-        if status[i] == "pending" and (routed is None or routed[i] == name):
+        if cols["status"][i] == "pending" and (routed is None or routed[i] == name):
             key = shape_bucket(batch["width"][i], batch["height"][i], batch["num_steps"][i], batch["guidance_scale"][i])
             buckets[key].append(i)
     # 3 run each bucket in chunks, isolating row errors
@@ -123,37 +152,46 @@ def run_generation(
             chunk = rows[start : start + batch_size]
             started = time.time()
             for i in chunk:
-                queue_ms[i] = max(0.0, (started - float(batch["enqueued_at"][i])) * 1000)
+                cols["queue_ms"][i] = max(0.0, (started - float(batch["enqueued_at"][i])) * 1000)
             for i, result, ms in _run_chunk(batch, chunk, generate, is_fatal, is_oom):
-                gen_ms[i] = ms
-                generated_at[i] = time.time()
-                if isinstance(result, str) or result.error:
-                    status[i], error[i] = "error", result if isinstance(result, str) else result.error
-                    continue
-                if result.refusal:
-                    status[i], error[i] = "refused", result.refusal
-                    cost[i] += result.cost_usd or 0.0
-                    continue
-                assert result.image is not None  # _check_image guarantees it
-                images[i] = np.ascontiguousarray(result.image, dtype=np.uint8).tobytes()
-                height[i], width[i] = result.image.shape[0], result.image.shape[1]
-                status[i] = "generated"
-                timed = ms / 1000 * usd_per_second + usd_per_image
-                cost[i] += result.cost_usd if result.cost_usd is not None else timed
+                _record(cols, i, result, ms, timed_usd=ms / 1000 * usd_per_second + usd_per_image)
     # 4 same columns in, plus the generator's outputs
     out = dict(batch)
-    out.update(
-        image=images,
-        queue_ms=queue_ms,
-        generate_ms=gen_ms,
-        cost_usd=cost,
-        generated_at=generated_at,
-        width=width,
-        height=height,
-        status=status,
-        error=error,
-    )
+    out.update(cols)
     return out
+
+
+def _record(cols: Batch, i: int, result: Outcome | str, ms: float, timed_usd: float) -> None:
+    """Row i's outcome into the output columns (requests, unknown attempts and cost add to earlier generators')."""
+    cols["generate_ms"][i] = ms
+    cols["generated_at"][i] = time.time()
+    if isinstance(result, str):
+        cols["status"][i], cols["error"][i] = "error", result
+        return
+    cols["requests"][i] += result.requests
+    cols["maybe_billed_usd"][i] += result.maybe_billed_usd
+    if result.error:
+        cols["status"][i], cols["error"][i] = "error", result.error
+        # a delivered image that can't be used was still paid for; other errors cost what they say
+        paid = timed_usd if result.encoded else 0.0
+        cols["cost_usd"][i] += result.cost_usd if result.cost_usd is not None else paid
+        return
+    if result.refusal or result.skipped:
+        kind = "refused" if result.refusal else "skipped"
+        cols["status"][i], cols["error"][i] = kind, result.refusal or result.skipped
+        cols["cost_usd"][i] += result.cost_usd or 0.0
+        return
+    if result.encoded:  # the provider's file, kept as sent (_check_image read its header)
+        cols["requests"][i] += 0 if result.requests else 1  # it came from a request, whatever the backend counted
+        mime, width, height = encoded_info(result.encoded, result.mime) or ("", 0, 0)
+        cols["image"][i], cols["image_mime"][i] = result.encoded, mime
+        cols["width"][i], cols["height"][i] = width, height
+    else:
+        assert result.image is not None  # _check_image guarantees it
+        cols["image"][i], cols["image_mime"][i] = np.ascontiguousarray(result.image, dtype=np.uint8).tobytes(), ""
+        cols["height"][i], cols["width"][i] = result.image.shape[0], result.image.shape[1]
+    cols["status"][i] = "generated"
+    cols["cost_usd"][i] += result.cost_usd if result.cost_usd is not None else timed_usd
 
 
 def _run_chunk(
@@ -189,9 +227,14 @@ def _run_chunk(
 
 
 def _check_image(result: np.ndarray | Outcome, req: Request) -> Outcome | str:
-    """Bare arrays must have the requested shape; an Outcome's image only has to be RGB (size may differ)."""
+    """Bare arrays must have the requested shape; an Outcome's image only has to be RGB (size may differ), and
+    its encoded bytes only need a header PIL can read (an error Outcome that keeps the cost otherwise)."""
     if isinstance(result, Outcome):
-        if result.refusal or result.error:
+        if result.refusal or result.error or result.skipped:
+            return result
+        if result.encoded:
+            if encoded_info(result.encoded, result.mime) is None:
+                return replace(result, error="provider returned undecodable image bytes")
             return result
         if result.image is None or result.image.ndim != 3 or result.image.shape[2] != 3:
             return "generator returned no RGB image"
@@ -199,6 +242,45 @@ def _check_image(result: np.ndarray | Outcome, req: Request) -> Outcome | str:
     if result.shape != (req.height, req.width, 3):
         return f"generator returned shape {result.shape}, expected {(req.height, req.width, 3)}"
     return Outcome(image=result)
+
+
+def sniff_mime(data: bytes) -> str:
+    """The content type of image file bytes, by their magic bytes (for providers that declare none).
+
+    Args:
+        data: the start of an image file (12 bytes suffice).
+
+    Returns:
+        `image/png`, `image/jpeg`, `image/webp`, or '' when the bytes are none of these.
+    """
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "image/png"
+    if data.startswith(b"\xff\xd8\xff"):
+        return "image/jpeg"
+    if len(data) >= 12 and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp"
+    return ""
+
+
+def encoded_info(data: bytes, declared_mime: str = "") -> tuple[str, int, int] | None:
+    """Content type, width and height of an image file, from its header (the pixels are not decoded).
+
+    Args:
+        data: the image file's bytes.
+        declared_mime: what the sender said it is (used only when PIL names no content type for the format).
+
+    Returns:
+        (mime, width, height), or None when PIL can't read the header.
+    """
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            width, height = img.size
+            mime = sniff_mime(data) or Image.MIME.get(img.format or "", "") or declared_mime
+    except Exception:  # noqa: BLE001 - PIL raises many kinds for bad bytes (OSError, SyntaxError, ValueError…)
+        return None
+    return (mime, int(width), int(height)) if width > 0 and height > 0 else None
 
 
 def _request(batch: Batch, i: int) -> Request:

@@ -1,36 +1,45 @@
-"""Shared machinery of the hosted backends: error classification, retry with server hints, the per-key limiter.
+"""Shared machinery of the hosted backends: error verdicts, retries with server hints, the shared rate limiter,
+the run's spend ledger, and turning a provider's answer into an Outcome without ever raising for one row.
 
 The SDKs' own retries are off (OpenAI max_retries=0, Gemini no retry_options): imagefleet owns the policy so
-retries are per row, observable and bounded. One `RateLimiter` actor per API key (named by a hash of the key,
-never the key) spaces requests and images for every actor that uses the key.
+retries are per row, observable, paced and billed once. Billing rules every hosted backend keeps:
+- A backend never raises for one row: a row's failure (bad payload, a limiter hiccup) becomes that row's Outcome,
+  so `run_generation` never retries a chunk whose other rows were already paid for.
+- Errors that would fail every row the same way (quota, billing limit, bad key, unknown model, region) raise
+  `QuotaExhausted` / `HostedFatal` and stop the run with one line.
+- A timed-out request may have been completed and billed by the provider: when it is sent again, its estimated
+  price is recorded in the row's `maybe_billed_usd`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import random
 import re
+import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from configs.hosted import RateLimits
+from configs.hosted import HostedCommon, RateLimits
 
 if TYPE_CHECKING:
-    from actors.generation import Batch
+    from actors.generation import Batch, Outcome
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
+NAMESPACE = "imagefleet"
 
 
 class QuotaExhausted(RuntimeError):
-    """Billing/quota is used up (OpenAI insufficient_quota): stop the run, don't retry."""
+    """Billing or quota is used up (retrying can't help): stop the run."""
 
 
 class HostedFatal(RuntimeError):
-    """Bad key, no permission, retired model: every row would fail the same way; stop the run."""
+    """Bad key, no permission, unknown or retired model, unsupported region: every row would fail the same way."""
 
 
 @dataclass(frozen=True)
@@ -40,6 +49,18 @@ class Verdict:
     kind: str  # "retry" | "refused" | "row_error" | "fatal" | "quota"
     message: str
     delay_s: float | None = None  # server's hint (retry-after(-ms), RetryInfo.retryDelay)
+    uncertain: bool = False  # the provider may have done (and billed) the work: a timeout or dropped connection
+
+
+@dataclass(frozen=True)
+class Attempted(Generic[T]):
+    """What `call_with_retries` got: the result or the final verdict, and how many requests it sent."""
+
+    result: T | None
+    verdict: Verdict | None
+    requests: int
+    uncertain: int
+    """Requests that timed out or lost their connection (the provider may have billed them)."""
 
 
 def parse_duration(text: str) -> float | None:
@@ -52,64 +73,111 @@ def retry_after_s(headers: Any) -> float | None:
     """OpenAI hints: retry-after-ms first, then retry-after (seconds)."""
     if headers is None:
         return None
-    ms = headers.get("retry-after-ms")
-    if ms:
-        try:
-            return float(ms) / 1000
-        except ValueError:
-            pass
-    sec = headers.get("retry-after")
-    try:
-        return float(sec) if sec else None
-    except ValueError:
-        return None
+    for name, scale in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):
+        value = headers.get(name)
+        if value:
+            try:
+                return float(value) / scale
+            except ValueError:
+                continue
+    return None
 
 
-def key_fingerprint(provider: str, api_key: str, model: str) -> str:
-    """Stable, non-reversible name for a key's limiter (the key itself never leaves the actor)."""
-    return hashlib.sha256(f"{provider}\x1f{api_key}\x1f{model}".encode()).hexdigest()[:16]
+def fingerprint(*parts: str) -> str:
+    """Stable, non-reversible name for secrets-derived scopes (a key never leaves its actor)."""
+    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:16]
 
 
+def limiter_name(cfg: HostedCommon, api_key: str) -> str:
+    """The shared limiter of a provider scope and model: providers count limits per project/organization and
+    model. The scope is `limits.scope`, else the OpenAI project/organization, else the API key (hashed)."""
+    scope = cfg.limits.scope or getattr(cfg, "project", "") or getattr(cfg, "organization", "") or f"key:{api_key}"
+    return f"imagefleet-limiter-{fingerprint(cfg.provider, scope, cfg.model)}"
+
+
+def ledger_name(output_uri: str) -> str:
+    """The spend ledger of the run writing `output_uri` (one run per output at a time: the output lease)."""
+    return f"imagefleet-ledger-{fingerprint(output_uri)}"
+
+
+# -- retries -----------------------------------------------------------------------------------------------
 def call_with_retries(
-    fn: Callable[[], T], classify: Callable[[BaseException], Verdict], limits: RateLimits,
-    pause_all: Callable[[float], None], sleep: Callable[[float], None] = time.sleep,
-) -> tuple[T | None, Verdict | None, int]:
-    """Run `fn` under the retry policy. Returns (result, None, attempts) or (None, verdict, attempts) for a
-    refusal / row error; raises QuotaExhausted or HostedFatal for errors that end the run."""
-    backoff = limits.initial_backoff_s
+    fn: Callable[[], T], classify: Callable[[BaseException], Verdict], limits: RateLimits, limiter: Any,
+    images: int = 1, sleep: Callable[[float], None] = time.sleep,
+) -> Attempted[T]:
+    """Run `fn` under the retry policy, taking a limiter slot before every request (retries included).
+
+    Returns the result, or the final verdict for a refusal / row error; raises QuotaExhausted or HostedFatal for
+    errors that end the run."""
+    backoff, uncertain = limits.initial_backoff_s, 0
     for attempt in range(1, limits.max_attempts + 1):
+        limiter.wait_turn(images)
         try:
-            return fn(), None, attempt
+            return Attempted(fn(), None, attempt, uncertain)
         except Exception as exc:  # noqa: BLE001 - classified right below
             verdict = classify(exc)
         if verdict.kind == "quota":
             raise QuotaExhausted(verdict.message)
         if verdict.kind == "fatal":
             raise HostedFatal(verdict.message)
-        if verdict.kind != "retry" or attempt == limits.max_attempts:
+        uncertain += verdict.uncertain
+        stop = verdict.kind != "retry" or attempt == limits.max_attempts
+        if verdict.uncertain and not limits.retry_timeouts:
+            stop = True
+        if stop:
             if verdict.kind == "retry":
-                verdict = Verdict("row_error", f"gave up after {attempt} attempts: {verdict.message}")
-            return None, verdict, attempt
+                verdict = Verdict("row_error", f"gave up after {attempt} attempt(s): {verdict.message}")
+            return Attempted(None, verdict, attempt, uncertain)
         wait = verdict.delay_s if verdict.delay_s is not None else backoff * (0.5 + random.random())
         wait = min(wait, limits.max_backoff_s)
         if verdict.delay_s is not None:
-            pause_all(wait)  # a 429 with a hint slows every actor on this key, not just this one
+            limiter.pause_all(wait)  # a 429 with a hint slows every actor on this scope, not just this one
         logger.info("retryable error (%s); attempt %d, waiting %.2fs", verdict.message[:120], attempt, wait)
         sleep(wait)
         backoff = min(backoff * 2, limits.max_backoff_s)
     raise AssertionError("unreachable")
 
 
+def api_call(fn: Callable[[], T], classify: Callable[[BaseException], Verdict], limits: RateLimits,
+             limiter: Any) -> T:
+    """A control-plane call (files, batches) under the retry policy; any final failure ends the run."""
+    got = call_with_retries(fn, classify, limits, _NoPacing(limiter))
+    if got.verdict is not None:
+        raise HostedFatal(f"batch API call failed: {got.verdict.message}")
+    return got.result  # type: ignore[return-value]  # verdict None means fn returned
+
+
+class _NoPacing:
+    """Control-plane calls don't take image slots but still honour pauses."""
+
+    def __init__(self, limiter: Any) -> None:
+        self.limiter = limiter
+
+    def wait_turn(self, images: int) -> None:
+        pass
+
+    def pause_all(self, seconds: float) -> None:
+        self.limiter.pause_all(seconds)
+
+
+# -- the shared limiter --------------------------------------------------------------------------------------
 class RateLimiter:
-    """Token-bucket pacing for one API key: `acquire(n_images)` reserves the next slot and returns how long
-    the caller must wait; `pause(s)` holds everyone back after a rate-limit answer."""
+    """Token-bucket pacing for one provider scope and model: `acquire(n_images)` reserves the next slot and returns
+    how long the caller must wait; `pause(s)` holds everyone back after a rate-limit answer."""
 
     def __init__(self, requests_per_min: float, images_per_min: float) -> None:
-        self.req_gap = 60.0 / requests_per_min
-        self.img_gap = 60.0 / images_per_min
         self.next_req = 0.0
         self.next_img = 0.0
         self.paused_until = 0.0
+        self.configure(requests_per_min, images_per_min)
+
+    def configure(self, requests_per_min: float, images_per_min: float) -> None:
+        """Apply a run's limits (the newest run's config wins)."""
+        self.req_gap = 60.0 / requests_per_min
+        self.img_gap = 60.0 / images_per_min
+
+    def limits(self) -> tuple[float, float]:
+        return 60.0 / self.req_gap, 60.0 / self.img_gap
 
     def acquire(self, images: int) -> float:
         now = time.time()
@@ -122,28 +190,51 @@ class RateLimiter:
         self.paused_until = max(self.paused_until, time.time() + seconds)
 
 
-class LimiterClient:
-    """Talks to the shared limiter actor of one key (created on first use, detached so all actors share it).
+def start_limiter(name: str, limits: RateLimits) -> Any:
+    """Create (or find) the named limiter and apply `limits`. The driver calls this before a run starts, so the
+    limiter belongs to the run's driver and ends with it (never detached: a later run gets its own limits)."""
+    import ray
 
-    This is the one place an actor calls Ray itself: a rate limit shared by many actors needs a shared counter.
-    """
+    handle: Any = ray.remote(num_cpus=0)(RateLimiter)
+    handle = handle.options(
+        name=name, namespace=NAMESPACE, get_if_exists=True).remote(limits.requests_per_min, limits.images_per_min)
+    ray.get(handle.configure.remote(limits.requests_per_min, limits.images_per_min))
+    return handle
+
+
+class LimiterClient:
+    """An actor's view of its shared limiter. A failing limiter never fails a row: the client finds or recreates
+    it, and paces locally meanwhile (a warning, not an error)."""
 
     def __init__(self, name: str, limits: RateLimits) -> None:
-        import ray
+        self.name, self.limits = name, limits
+        self.local = RateLimiter(limits.requests_per_min, limits.images_per_min)
+        self.handle: Any = None
+        self.lock = threading.Lock()
 
-        remote = ray.remote(num_cpus=0)(RateLimiter)
-        self.handle: Any = remote.options(
-            name=f"imagefleet-limiter-{name}", namespace="imagefleet", get_if_exists=True, lifetime="detached",
-        ).remote(limits.requests_per_min, limits.images_per_min)
-        self.ray = ray
+    def _remote(self) -> Any:
+        with self.lock:
+            if self.handle is None:
+                self.handle = start_limiter(self.name, self.limits)
+            return self.handle
 
     def wait_turn(self, images: int) -> None:
-        delay = float(self.ray.get(self.handle.acquire.remote(images)))
+        import ray
+
+        try:
+            delay = float(ray.get(self._remote().acquire.remote(images), timeout=30))
+        except Exception as exc:  # noqa: BLE001 - pacing must not fail a row
+            logger.warning("shared rate limiter unavailable (%s); pacing this actor alone", type(exc).__name__)
+            with self.lock:
+                self.handle = None
+            delay = self.local.acquire(images)
         if delay > 0:
             time.sleep(delay)
 
     def pause_all(self, seconds: float) -> None:
-        self.handle.pause.remote(seconds)
+        self.local.pause(seconds)
+        with contextlib.suppress(Exception):  # best effort: the local pause holds this actor back anyway
+            self._remote().pause.remote(seconds)
 
 
 class LocalLimiter:
@@ -151,9 +242,11 @@ class LocalLimiter:
 
     def __init__(self, limits: RateLimits) -> None:
         self.limiter = RateLimiter(limits.requests_per_min, limits.images_per_min)
+        self.lock = threading.Lock()
 
     def wait_turn(self, images: int) -> None:
-        delay = self.limiter.acquire(images)
+        with self.lock:
+            delay = self.limiter.acquire(images)
         if delay > 0:
             time.sleep(delay)
 
@@ -161,56 +254,129 @@ class LocalLimiter:
         self.limiter.pause(seconds)
 
 
-def make_limiter(name: str, limits: RateLimits) -> LimiterClient | LocalLimiter:
+def make_limiter(cfg: HostedCommon, api_key: str) -> LimiterClient | LocalLimiter:
     import ray
 
-    return LimiterClient(name, limits) if ray.is_initialized() else LocalLimiter(limits)
+    return LimiterClient(limiter_name(cfg, api_key), cfg.limits) if ray.is_initialized() else LocalLimiter(cfg.limits)
 
 
-def decode_image(data: bytes) -> Any:
-    """Provider bytes (PNG/JPEG/WebP) → HxWx3 uint8."""
+# -- the run's spend ledger ----------------------------------------------------------------------------------
+class SpendLedger:
+    """Actual hosted spend of one run against its budget: every hosted request reserves its estimated price
+    first and settles at the billed price, so the run stops scheduling hosted requests once spend reaches the
+    budget (in-flight requests can only overshoot by their own estimates)."""
+
+    def __init__(self, budget_usd: float) -> None:
+        self.budget_usd = budget_usd
+        self.spent = 0.0
+        self.reserved = 0.0
+
+    def reserve(self, usd: float) -> bool:
+        if self.budget_usd > 0 and self.spent + self.reserved + usd > self.budget_usd:
+            return False
+        self.reserved += usd
+        return True
+
+    def settle(self, reserved: float, actual: float) -> None:
+        self.reserved = max(0.0, self.reserved - reserved)
+        self.spent += actual
+
+    def totals(self) -> tuple[float, float]:
+        return self.spent, self.reserved
+
+
+def start_ledger(name: str, budget_usd: float) -> Any:
+    """The run's ledger, created by the driver (it ends with the run)."""
+    import ray
+
+    return ray.remote(num_cpus=0)(SpendLedger).options(
+        name=name, namespace=NAMESPACE, get_if_exists=True).remote(budget_usd)
+
+
+class LedgerClient:
+    """An actor's view of the run's ledger; without one (no budget, unit tests) everything is allowed."""
+
+    def __init__(self, name: str, budget_usd: float) -> None:
+        self.name, self.budget_usd = name, budget_usd
+        self.local = SpendLedger(budget_usd)
+        self.handle: Any = None
+
+    def _call(self, method: str, *args: Any) -> Any:
+        import ray
+
+        if not ray.is_initialized():
+            return getattr(self.local, method)(*args)
+        try:
+            if self.handle is None:
+                self.handle = ray.get_actor(self.name, namespace=NAMESPACE)
+            return ray.get(getattr(self.handle, method).remote(*args), timeout=30)
+        except Exception as exc:  # noqa: BLE001 - keep the budget locally rather than fail rows
+            logger.warning("spend ledger unavailable (%s); enforcing the budget in this actor", type(exc).__name__)
+            self.handle = None
+            return getattr(self.local, method)(*args)
+
+    def reserve(self, usd: float) -> bool:
+        return bool(self.budget_usd <= 0 or self._call("reserve", usd))
+
+    def settle(self, reserved: float, actual: float) -> None:
+        if self.budget_usd > 0:
+            self._call("settle", reserved, actual)
+
+
+# -- answers → outcomes --------------------------------------------------------------------------------------
+def run_hosted(batch: Batch, generate: Any, cfg: HostedCommon, name: str) -> Batch:
+    """`run_generation` for a hosted backend: prices come from usage, quota/key/model errors end the run."""
+    from actors.generation import run_generation
+
+    return run_generation(
+        batch,
+        batch_size=cfg.pool.batch_size,
+        generate=generate,
+        is_fatal=lambda exc: isinstance(exc, (QuotaExhausted, HostedFatal)),
+        usd_per_second=0.0,
+        usd_per_image=cfg.cost.usd_per_image,
+        name=name,
+    )
+
+
+def never_raise(one: Callable[[Any], Any], what: str) -> Callable[[Any], Any]:
+    """Wrap a per-request function so only run-ending errors escape; anything else is that row's error (its
+    siblings' paid results stay, and the chunk is never retried row by row)."""
+    from actors.generation import Outcome
+
+    def wrapped(request: Any) -> Any:
+        try:
+            return one(request)
+        except (QuotaExhausted, HostedFatal):
+            raise
+        except Exception as exc:  # noqa: BLE001 - one row's problem
+            logger.warning("%s: %s: %s", what, type(exc).__name__, str(exc)[:200])
+            return Outcome(error=f"{what}: {type(exc).__name__}: {exc}"[:500])
+
+    return wrapped
+
+
+def image_outcome(data: bytes | None, mime: str, cost_usd: float | None, requests: int,
+                  maybe_billed: float) -> Outcome:
+    """A paid answer's Outcome: the provider's bytes as they came (their mime type, or sniffed), or an error row
+    that still carries the price when the bytes are missing or undecodable."""
+    from actors.generation import Outcome, sniff_mime
+
+    billed = Outcome(cost_usd=cost_usd, requests=requests, maybe_billed_usd=maybe_billed)
+    if not data:
+        return replace(billed, error="provider answered without image bytes (billed)")
+    kind = sniff_mime(data)
+    if not kind:
+        return replace(billed, error=f"provider returned undecodable image bytes (declared {mime or 'no type'}; "
+                                     f"billed)")
+    return replace(billed, encoded=data, mime=kind)
+
+
+def decode_pixels(data: bytes) -> Any:
+    """Provider bytes → HxWx3 uint8 (for scoring and tests; stored images keep the provider's bytes)."""
     import io
 
     import numpy as np
     from PIL import Image
 
     return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
-
-
-def run_hosted(batch: Batch, usd_per_image: float, batch_size: int, generate: Any, name: str) -> Batch:
-    """`run_generation` for a hosted backend: prices come from usage, quota/key/model errors end the run."""
-    from actors.generation import run_generation
-
-    return run_generation(
-        batch,
-        batch_size=batch_size,
-        generate=generate,
-        is_fatal=lambda exc: isinstance(exc, (QuotaExhausted, HostedFatal)),
-        usd_per_second=0.0,
-        usd_per_image=usd_per_image,
-        name=name,
-    )
-
-
-def api_call(fn: Callable[[], T], classify: Callable[[BaseException], Verdict], limits: RateLimits,
-             pause_all: Callable[[float], None]) -> T:
-    """A control-plane call (files, batches) under the retry policy; any final failure ends the run."""
-    result, verdict, _ = call_with_retries(fn, classify, limits, pause_all)
-    if verdict is not None:
-        raise HostedFatal(f"batch API call failed: {verdict.message}")
-    return result  # type: ignore[return-value]  # verdict None means fn returned
-
-
-def hosted_plumbing(provider: str, api_key: str, cfg: Any, state_uri: str, state_store: Any,
-                    submit: Any, collect: Any) -> tuple[LimiterClient | LocalLimiter, Any, Any]:
-    """What every hosted actor sets up: the key's shared limiter, a thread pool for concurrent requests, and
-    (in batch mode) the resumable BatchRunner."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from actors.batch_mode import BatchRunner
-    from actors.storage import open_store
-
-    limiter = make_limiter(key_fingerprint(provider, api_key, cfg.model), cfg.limits)
-    pool = ThreadPoolExecutor(max_workers=max(1, min(cfg.pool.batch_size, 32)))
-    batch = BatchRunner(provider, open_store(state_uri, state_store), submit, collect) if cfg.batch_mode else None
-    return limiter, pool, batch

@@ -1,4 +1,5 @@
-"""ImageWriter (CPU): encodes generated pixels, writes them write-once, and drops the pixels."""
+"""ImageWriter (CPU): encodes generated pixels (or keeps a provider's file as sent), writes it write-once, and
+drops the image."""
 
 from __future__ import annotations
 
@@ -10,33 +11,110 @@ from typing import Any
 
 import numpy as np
 
-from actors.layout import image_rel
+from actors.layout import CONTENT_TYPES, format_of_mime, image_rel
 from actors.storage import explain_s3_error, open_store
 from configs.writer import ImageWriterConfig
 
 Batch = dict[str, np.ndarray]
-
-CONTENT_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
+__all__ = ["CONTENT_TYPES", "ImageWriter", "decode_rgb", "encode_image", "image_file", "reencode"]
 
 
 def encode_image(pixels: np.ndarray, fmt: str, quality: int, png_compress_level: int) -> bytes:
-    """Encode an HxWx3 uint8 array."""
+    """Encode an HxWx3 (RGB) or HxWx4 (RGBA) uint8 array."""
     from PIL import Image
 
-    img = Image.fromarray(pixels, mode="RGB") if pixels.ndim == 3 else Image.fromarray(pixels)
+    return _save(Image.fromarray(pixels), fmt, quality, png_compress_level)
+
+
+def reencode(data: bytes, fmt: str, quality: int, png_compress_level: int) -> bytes:
+    """Decode an image file and encode it as `fmt`, keeping its ICC profile, and its alpha for PNG/WebP (a JPEG
+    has none: transparent parts are laid on white, as viewers show them).
+
+    Args:
+        data: the image file (e.g. a hosted provider's PNG).
+        fmt: png | jpeg | webp.
+        quality: JPEG/WebP quality.
+        png_compress_level: PNG zlib level.
+    """
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as img:
+        icc = img.info.get("icc_profile")
+        has_alpha = "A" in img.getbands() or "transparency" in img.info
+        if has_alpha and fmt != "jpeg":
+            out = img.convert("RGBA")
+        elif has_alpha:
+            rgba = img.convert("RGBA")
+            out = Image.new("RGB", rgba.size, (255, 255, 255))
+            out.paste(rgba, mask=rgba.getchannel("A"))
+        else:
+            out = img.convert("RGB")
+    return _save(out, fmt, quality, png_compress_level, icc_profile=icc)
+
+
+def image_file(image: bytes, mime: str, width: int, height: int, *, fmt: str, quality: int, png_compress_level: int,
+               keep_provider_bytes: bool) -> tuple[bytes, str]:
+    """The file to store (or serve) for one `image` cell, and its format.
+
+    A provider's file (`mime` set) is kept byte for byte when `keep_provider_bytes` and its format is one images are
+    stored in; otherwise it is decoded and encoded as `fmt` (`reencode`). Raw pixels are encoded as `fmt`.
+
+    Args:
+        image: the cell's bytes.
+        mime: the row's `image_mime` ('' = raw RGB pixels of `height` x `width`).
+        width: pixels (raw cells only).
+        height: pixels (raw cells only).
+        fmt: the output format (png | jpeg | webp).
+        quality: JPEG/WebP quality.
+        png_compress_level: PNG zlib level.
+        keep_provider_bytes: store a provider's file as sent.
+
+    Returns:
+        (file bytes, their format).
+    """
+    if not mime:
+        pixels = np.frombuffer(image, dtype=np.uint8).reshape(height, width, 3)
+        return encode_image(pixels, fmt, quality, png_compress_level), fmt
+    provider_fmt = format_of_mime(mime)
+    if keep_provider_bytes and provider_fmt:
+        return bytes(image), provider_fmt
+    return reencode(image, fmt, quality, png_compress_level), fmt
+
+
+def decode_rgb(data: bytes, mime: str, width: int, height: int) -> np.ndarray:
+    """An `image` cell as HxWx3 uint8 pixels: raw pixels as they are, a provider's file decoded (for scoring).
+
+    Args:
+        data: the cell's bytes.
+        mime: the row's `image_mime` ('' = raw RGB pixels of `height` x `width`).
+        width: pixels (raw cells only).
+        height: pixels (raw cells only).
+    """
+    if not mime:
+        return np.frombuffer(data, dtype=np.uint8).reshape(height, width, 3)
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as img:
+        return np.asarray(img.convert("RGB"))
+
+
+def _save(img: Any, fmt: str, quality: int, png_compress_level: int, icc_profile: bytes | None = None) -> bytes:
+    # Any: a PIL image (imported lazily)
+    extra = {"icc_profile": icc_profile} if icc_profile else {}
     buf = io.BytesIO()
     if fmt == "png":
-        img.save(buf, format="PNG", compress_level=png_compress_level)
+        img.save(buf, format="PNG", compress_level=png_compress_level, **extra)
     elif fmt == "jpeg":
-        img.save(buf, format="JPEG", quality=quality)
+        img.save(buf, format="JPEG", quality=quality, **extra)
     else:
-        img.save(buf, format="WEBP", quality=quality, method=4)
+        img.save(buf, format="WEBP", quality=quality, method=4, **extra)
     return buf.getvalue()
 
 
 ABORT_MARKER = "imagefleet abort:"
-OUTPUT_DTYPES: dict[str, Any] = {"image_uri": object, "sha256": object, "bytes": np.int64, "encode_ms": np.float64,
-                                 "upload_ms": np.float64, "already_present": bool, "written_at": np.float64}
+OUTPUT_DTYPES: dict[str, Any] = {"image_uri": object, "mime": object, "sha256": object, "bytes": np.int64,
+                                 "encode_ms": np.float64, "upload_ms": np.float64, "already_present": bool,
+                                 "written_at": np.float64}
 
 
 class RunAborted(RuntimeError):
@@ -47,24 +125,28 @@ class ImageWriter:
     """Encodes and uploads `generated` rows; every other row passes through.
 
     Objects are named by image key (`images/ab/abcd….png`) and written with a conditional put, so a rerun
-    or a retried task never duplicates or overwrites an image.
+    or a retried task never duplicates or overwrites an image. A hosted provider's file (`image_mime` set) is
+    stored byte for byte in its own format (`keep_provider_bytes`), or decoded and encoded as `format`.
 
     Args:
         cfg: this stage's slice (output root, encoding, resolved store connection).
     """
 
     INPUT_COLUMNS = {
-        "image": "raw RGB pixels",
+        "image": "raw RGB pixels, or a provider's file",
+        "image_mime": "content type of a provider's file ('' = raw pixels)",
         "image_key": "content hash",
         "width": "pixels",
         "height": "pixels",
         "status": "only `generated` rows are written; `cached` rows become ok without a write",
         "prior_sha256": "for cached rows",
         "prior_bytes": "for cached rows",
+        "prior_mime": "for cached rows: the stored image's content type ('' = output format)",
         "error": "passed through",
     }
     OUTPUT_COLUMNS = {
         "image_uri": "where the image lives",
+        "mime": "content type of the stored image",
         "sha256": "of the stored bytes",
         "bytes": "stored size",
         "encode_ms": "encode time",
@@ -84,9 +166,11 @@ class ImageWriter:
     def __call__(self, batch: Batch) -> Batch:
         # 1 outputs default to "nothing written"
         n = len(batch["status"])
-        out: dict[str, Any] = {k: v for k, v in batch.items() if k not in ("image", "draft_image")}
+        out: dict[str, Any] = {k: v for k, v in batch.items()
+                               if k not in ("image", "image_mime", "draft_image", "draft_image_mime")}
         cols: dict[str, list[Any]] = {
             "image_uri": [""] * n,
+            "mime": [""] * n,
             "sha256": [""] * n,
             "bytes": [0] * n,
             "encode_ms": [0.0] * n,
@@ -117,11 +201,14 @@ class ImageWriter:
         for i in range(n):
             if status[i] == "cached":
                 status[i] = "ok"
-                cols["image_uri"][i] = self.store.uri_of(image_rel(str(batch["image_key"][i]), self.cfg.format))
+                # the resume index found the object in the format its row recorded (a provider's own format)
+                fmt = format_of_mime(str(batch["prior_mime"][i])) or self.cfg.format
+                cols["image_uri"][i] = self.store.uri_of(image_rel(str(batch["image_key"][i]), fmt))
+                cols["mime"][i] = CONTENT_TYPES[fmt]
                 cols["sha256"][i] = str(batch["prior_sha256"][i])
                 cols["bytes"][i] = int(batch["prior_bytes"][i])
                 cols["already_present"][i] = True
-        # 5 the pixels are dropped here: only metadata flows on to the manifest
+        # 5 the images are dropped here: only metadata flows on to the manifest
         out.update({name: np.asarray(values, dtype=OUTPUT_DTYPES[name]) for name, values in cols.items()})
         out["status"], out["error"] = status, error
         # 6 a run failing wholesale stops here (raising fails the Ray job; nothing is committed)
@@ -138,23 +225,27 @@ class ImageWriter:
         # a kept cascade draft has its own size (the row's size is now the heavy generator's)
         prefix = "draft_" if draft else ""
         h, w = int(batch[f"{prefix}height"][i]), int(batch[f"{prefix}width"][i])
-        pixels_col, key_col = f"{prefix}image", f"{prefix}image_key"
+        mime_col = f"{prefix}image_mime"
+        mime = str(batch[mime_col][i]) if mime_col in batch else ""
         try:
             t0 = time.perf_counter()
-            pixels = np.frombuffer(batch[pixels_col][i], dtype=np.uint8).reshape(h, w, 3)
-            data = encode_image(pixels, self.cfg.format, self.cfg.quality, self.cfg.png_compress_level)
+            cfg = self.cfg
+            data, fmt = image_file(batch[f"{prefix}image"][i], mime, w, h, fmt=cfg.format, quality=cfg.quality,
+                                   png_compress_level=cfg.png_compress_level,
+                                   keep_provider_bytes=cfg.keep_provider_bytes)
             digest = hashlib.sha256(data).hexdigest()
             t1 = time.perf_counter()
-        except (ValueError, OSError) as exc:
+        except Exception as exc:  # noqa: BLE001 - PIL raises many kinds for bad bytes; they are the row's
             return f"encode failed: {type(exc).__name__}: {exc}"
-        rel = image_rel(str(batch[key_col][i]), self.cfg.format)
+        rel = image_rel(str(batch[f"{prefix}image_key"][i]), fmt)
         try:
-            written, stored_sha = self.store.put_if_absent(rel, data, CONTENT_TYPES[self.cfg.format], digest)
+            written, stored_sha = self.store.put_if_absent(rel, data, CONTENT_TYPES[fmt], digest)
         except Exception as exc:  # noqa: BLE001 - after the client's own retries, a failed upload is the row's
             return "upload failed: " + explain_s3_error(exc, self.store.uri_of(rel))
         t2 = time.perf_counter()
         return {
             "image_uri": self.store.uri_of(rel),
+            "mime": CONTENT_TYPES[fmt],
             "sha256": stored_sha,
             "bytes": len(data),
             "encode_ms": (t1 - t0) * 1000,

@@ -21,8 +21,24 @@ WEBDATASET_INDEX = f"{WEBDATASET_DIR}/index.json"
 RUN_JSON = "run.json"
 REPORT_HTML = "report.html"
 
-# image format (`output.format`) → file extension of the stored object
+# image format (`output.format`) → file extension of the stored object, and → its content type. A hosted
+# provider's bytes are stored as sent, in the format their content type names (`format_of_mime`).
 EXTENSIONS = {"png": "png", "jpeg": "jpg", "webp": "webp"}
+CONTENT_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
+
+
+def format_of_mime(mime: str) -> str:
+    """The image format (`png`, `jpeg`, `webp`) a content type names, or '' for one images can't be stored as.
+
+    Args:
+        mime: a content type such as `image/png` (parameters and case are ignored; `image/jpg` is JPEG).
+
+    Returns:
+        The format name, or '' when it is not one of the stored formats.
+    """
+    base = mime.split(";", 1)[0].strip().lower()
+    base = "image/jpeg" if base in ("image/jpg", "image/pjpeg") else base
+    return next((fmt for fmt, ct in CONTENT_TYPES.items() if ct == base), "")
 
 
 def image_ext(fmt: str) -> str:

@@ -3,50 +3,29 @@
 from __future__ import annotations
 
 import base64
+import binascii
 import json
 import logging
 from collections.abc import Sequence
 from types import SimpleNamespace
 from typing import Any
 
-import numpy as np
 from pydantic import SecretStr
 
-from actors.batch_mode import poll
-from actors.generation import (
-    GENERATOR_INPUT_COLUMNS,
-    GENERATOR_OUTPUT_COLUMNS,
-    Batch,
-    Outcome,
-    Request,
-)
-from actors.hosted import (
-    Verdict,
-    api_call,
-    call_with_retries,
-    decode_image,
-    hosted_plumbing,
-    retry_after_s,
-    run_hosted,
-)
+from actors.batch_mode import BatchState, poll
+from actors.generation import Outcome, Request
+from actors.hosted import HostedFatal, Verdict, api_call, image_outcome, retry_after_s
+from actors.hosted_actor import HostedGenerator
+from configs.generator_base import RunBudget
 from configs.hosted import OpenAIImagesConfig, TokenPrices
 from configs.storage import StoreSpec
 
 logger = logging.getLogger(__name__)
-
-
-def openai_size_problem(model: str, width: int, height: int) -> str:
-    """gpt-image-2+ take any WxH with sides divisible by 16, aspect within 1:3..3:1, at most 3840x2160."""
-    fixed = {(1024, 1024), (1536, 1024), (1024, 1536)}
-    if not model.startswith("gpt-image-2"):
-        return "" if (width, height) in fixed else f"{model} only makes 1024x1024, 1536x1024 or 1024x1536"
-    if width % 16 or height % 16:
-        return f"size {width}x{height}: both sides must be multiples of 16 for {model}"
-    if not 1 / 3 <= width / height <= 3:
-        return f"size {width}x{height}: aspect ratio must be between 1:3 and 3:1 for {model}"
-    if max(width, height) > 3840 or min(width, height) > 2160:
-        return f"size {width}x{height}: larger than 3840x2160"
-    return ""
+MIME = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
+BATCH_FINAL = {"completed", "failed", "expired", "cancelled"}
+KEEP_RESULTS_S = 7 * 24 * 3600
+"""Batch output files expire a week after the batch (long enough for a crashed run's next attempt to collect
+them; openai `batches.create(output_expires_after=...)`), and input files right after the batch ends."""
 
 
 def openai_cost(usage: Any, prices: TokenPrices) -> float | None:
@@ -54,7 +33,9 @@ def openai_cost(usage: Any, prices: TokenPrices) -> float | None:
     if usage is None:
         return None
     din, dout = getattr(usage, "input_tokens_details", None), getattr(usage, "output_tokens_details", None)
-    text_in = getattr(din, "text_tokens", None) or getattr(usage, "input_tokens", 0) or 0
+    text_in = getattr(din, "text_tokens", None)
+    if text_in is None:
+        text_in = getattr(usage, "input_tokens", 0) or 0
     image_in = getattr(din, "image_tokens", 0) or 0
     image_out = getattr(dout, "image_tokens", None)
     if image_out is None:
@@ -64,116 +45,57 @@ def openai_cost(usage: Any, prices: TokenPrices) -> float | None:
             + text_out * prices.text_output) / 1e6
 
 
-class OpenAIImageGenerator:
+class OpenAIImageGenerator(HostedGenerator):
     """One Images API call per image (n=1, so each image has its own key, cost and refusal status).
 
     Args:
         cfg: this generator's config slice.
         api_key: resolved key (never logged).
+        state_uri, state_store: where batch mode records its batches (next to the outputs).
+        name: the generator this actor makes images for.
+        budget: the run's budget and ledger (actual spend is checked before each request).
     """
 
     CONFIG = OpenAIImagesConfig
-    INPUT_COLUMNS = GENERATOR_INPUT_COLUMNS
-    OUTPUT_COLUMNS = GENERATOR_OUTPUT_COLUMNS
+    PROVIDER = "openai"
 
     def __init__(self, cfg: OpenAIImagesConfig, api_key: SecretStr, state_uri: str = "",
-                 state_store: StoreSpec = StoreSpec(kind="local"), name: str = "") -> None:
-        self.name = name  # the generator this actor makes images for (rows routed elsewhere pass through)
+                 state_store: StoreSpec = StoreSpec(kind="local"), name: str = "",
+                 budget: RunBudget | None = None) -> None:
         import openai
 
-        self.cfg = cfg
-        self.openai = openai
+        self.ocfg, self.openai = cfg, openai
         self.client = openai.OpenAI(api_key=api_key.get_secret_value(), base_url=cfg.base_url or None,
+                                    organization=cfg.organization or None, project=cfg.project or None,
                                     max_retries=0, timeout=cfg.limits.timeout_s)
-        self.limiter, self.pool, self.batch = hosted_plumbing(
-            "openai", api_key.get_secret_value(), cfg, state_uri, state_store, self._submit, self._collect)
-
-    def __call__(self, batch: Batch) -> Batch:
-        return run_hosted(batch, self.cfg.cost.usd_per_image, self.cfg.pool.batch_size, self._generate, self.name)
-
-    def _generate(self, requests: Sequence[Request]) -> list[np.ndarray | Outcome]:
-        if self.batch is None:
-            return list(self.pool.map(self._one, requests))
-        sizes = {r.key: openai_size_problem(self.cfg.model, r.width, r.height) for r in requests}
-        ok = [r for r in requests if not sizes[r.key]]
-        done = dict(zip([r.key for r in ok], self.batch.run(ok), strict=True)) if ok else {}
-        return [done[r.key] if r.key in done else Outcome(error=sizes[r.key]) for r in requests]
+        self.prices = cfg.token_prices()
+        super().__init__(cfg, api_key, state_uri, state_store, name, budget)
 
     def _body(self, r: Request) -> dict[str, Any]:
-        body: dict[str, Any] = dict(model=self.cfg.model, prompt=r.prompt, n=1, size=f"{r.width}x{r.height}",
-                                    quality=self.cfg.quality, output_format=self.cfg.output_format,
-                                    moderation=self.cfg.moderation)
-        if self.cfg.background != "auto":
-            body["background"] = self.cfg.background
+        c = self.ocfg
+        body: dict[str, Any] = dict(model=c.model, prompt=r.prompt, n=1, size=f"{r.width}x{r.height}",
+                                    quality=c.quality, output_format=c.output_format, moderation=c.moderation)
+        if c.background != "auto":
+            body["background"] = c.background
+        if c.output_format != "png" and c.output_compression != 100:
+            body["output_compression"] = c.output_compression
         return body
 
-    # -- Batch API ----------------------------------------------------------------------------------
-    def _api(self, fn: Any) -> Any:
-        return api_call(fn, self._classify, self.cfg.limits, self.limiter.pause_all)
+    def _call(self, r: Request) -> Any:
+        return self.client.images.generate(**self._body(r))
 
-    def _submit(self, requests: Sequence[Request]) -> str:
-        lines = [json.dumps({"custom_id": r.key, "method": "POST", "url": "/v1/images/generations",
-                             "body": self._body(r)}) for r in requests]
-        upload = self._api(lambda: self.client.files.create(file=("imagefleet.jsonl", "\n".join(lines).encode()),
-                                                            purpose="batch"))
-        created = self._api(lambda: self.client.batches.create(
-            input_file_id=upload.id, endpoint="/v1/images/generations", completion_window="24h",
-            metadata={"source": "imagefleet"}))
-        return str(created.id)
-
-    def _collect(self, batch_id: str) -> dict[str, Outcome]:
-        holder: dict[str, Any] = {}
-
-        def state() -> tuple[str, str]:
-            holder["b"] = b = self._api(lambda: self.client.batches.retrieve(batch_id))
-            c = b.request_counts
-            return str(b.status), f"{c.completed}+{c.failed}/{c.total}" if c else ""
-
-        final = poll(state, {"completed", "failed", "expired", "cancelled"}, self.cfg.batch_poll_s,
-                     f"openai batch {batch_id}")
-        b, out = holder["b"], {}
-        for file_id in (b.output_file_id, b.error_file_id):  # an expired batch still returns what completed
-            if file_id:
-                text = self._api(lambda fid=file_id: self.client.files.content(fid)).text
-                for line in text.splitlines():
-                    if line.strip():
-                        item = json.loads(line)
-                        out[item["custom_id"]] = self._batch_outcome(item)
-        if final != "completed" and not out:
-            return {k: Outcome(error=f"openai batch {batch_id} ended {final}") for k in self._keys_of(batch_id)}
-        return out
-
-    def _keys_of(self, batch_id: str) -> list[str]:
-        return [k for k, b in self.batch.batch_of.items() if b == batch_id] if self.batch else []
-
-    def _batch_outcome(self, item: dict[str, Any]) -> Outcome:
-        response = item.get("response") or {}
-        body = response.get("body") or {}
-        if response.get("status_code") == 200:
-            image = decode_image(base64.b64decode(body["data"][0]["b64_json"]))
-            cost = openai_cost(_ns(body.get("usage")), self.cfg.prices)
-            return Outcome(image=image, cost_usd=None if cost is None else cost * self.cfg.batch_discount)
-        err = body.get("error") or item.get("error") or {}
-        if err.get("code") == "moderation_blocked":
-            return Outcome(refusal=f"moderation_blocked: {err.get('message', '')}"[:400])
-        return Outcome(error=f"batch request failed: {err.get('code')}: {err.get('message', '')}"[:400])
-
-    def _one(self, r: Request) -> Outcome:
-        # 1 requests the API can't serve never leave the actor
-        problem = openai_size_problem(self.cfg.model, r.width, r.height)
-        if problem:
-            return Outcome(error=problem)
-        # 2 pace, call, retry per policy
-        self.limiter.wait_turn(1)
-        kwargs = self._body(r)
-        response, verdict, _ = call_with_retries(lambda: self.client.images.generate(**kwargs), self._classify,
-                                                 self.cfg.limits, self.limiter.pause_all)
-        if verdict is not None:
-            return Outcome(refusal=verdict.message) if verdict.kind == "refused" else Outcome(error=verdict.message)
-        # 3 decode and price (no verdict means the call returned a response)
-        assert response is not None
-        image = decode_image(base64.b64decode(response.data[0].b64_json))
-        return Outcome(image=image, cost_usd=openai_cost(response.usage, self.cfg.prices))
+    def _answer(self, response: Any, requests: int, maybe_billed: float, discount: float) -> Outcome:
+        """The first image's bytes as sent (base64-decoded only) and the usage-priced cost."""
+        cost = openai_cost(getattr(response, "usage", None), self.prices)
+        cost = None if cost is None else cost * discount
+        data = getattr(response, "data", None) or []
+        b64 = getattr(data[0], "b64_json", None) if data else None
+        try:
+            raw = base64.b64decode(b64, validate=True) if b64 else None
+        except (binascii.Error, ValueError):
+            raw = b""
+        fmt = getattr(response, "output_format", None) or self.ocfg.output_format
+        return image_outcome(raw, MIME.get(str(fmt), ""), cost, requests, maybe_billed)
 
     def _classify(self, exc: BaseException) -> Verdict:
         o = self.openai
@@ -186,18 +108,99 @@ class OpenAIImageGenerator:
         if isinstance(exc, o.BadRequestError):
             if code == "moderation_blocked":
                 return Verdict("refused", f"moderation_blocked: {getattr(exc, 'message', '')}"[:400])
+            if code == "billing_hard_limit_reached":  # the account's spend cap: every request fails the same way
+                return Verdict("quota", f"OpenAI billing hard limit reached: {msg}")
+            if getattr(exc, "param", None) == "model" or code == "model_not_found":
+                return Verdict("fatal", f"OpenAI does not offer model {self.ocfg.model!r} to this key: {msg}")
             return Verdict("row_error", msg)
         if isinstance(exc, o.NotFoundError):
-            return Verdict("fatal", f"model {self.cfg.model!r} is unknown or retired (404): {msg}")
+            return Verdict("fatal", f"model {self.ocfg.model!r} is unknown or retired (404): {msg}")
         if isinstance(exc, (o.AuthenticationError, o.PermissionDeniedError)):
             return Verdict("fatal", f"OpenAI rejected the API key or permission: {msg}")
-        if isinstance(exc, (o.InternalServerError, o.APIConnectionError, o.APITimeoutError, o.ConflictError)):
+        if isinstance(exc, o.APITimeoutError):  # the request may have run (and been billed) anyway
+            return Verdict("retry", msg, uncertain=True)
+        if isinstance(exc, (o.InternalServerError, o.APIConnectionError, o.ConflictError)):
             return Verdict("retry", msg, retry_after_s(getattr(getattr(exc, "response", None), "headers", None)))
         return Verdict("row_error", msg)
+
+    # -- Batch API -----------------------------------------------------------------------------------
+    def _api(self, fn: Any) -> Any:
+        return api_call(fn, self._classify, self.cfg.limits, self.limiter)
+
+    def _submit(self, requests: Sequence[Request]) -> str:
+        lines = "".join(json.dumps({"custom_id": r.key, "method": "POST", "url": "/v1/images/generations",
+                                    "body": self._body(r)}) + "\n" for r in requests).encode()
+        upload = self._api(lambda: self.client.files.create(file=("imagefleet.jsonl", lines), purpose="batch"))
+        created = self._api(lambda: self.client.batches.create(
+            input_file_id=upload.id, endpoint="/v1/images/generations", completion_window="24h",
+            metadata={"source": "imagefleet"},
+            output_expires_after={"anchor": "created_at", "seconds": KEEP_RESULTS_S}))
+        return str(created.id)
+
+    def _collect(self, batch_id: str, keys: Sequence[str]) -> BatchState:
+        holder: dict[str, Any] = {}
+
+        def state() -> tuple[str, str]:
+            holder["b"] = b = self._api(lambda: self.client.batches.retrieve(batch_id))
+            c = b.request_counts
+            return str(b.status), f"{c.completed}+{c.failed}/{c.total}" if c else ""
+
+        final = poll(state, BATCH_FINAL, self.cfg.batch_poll_s, f"openai batch {batch_id}")
+        b = holder["b"]
+        out: dict[str, Outcome] = {}
+        for file_id in (b.output_file_id, b.error_file_id):  # an expired batch still returns what completed
+            if file_id:
+                self._read_lines(file_id, out)
+        errors = "; ".join(f"{e.code}: {e.message}" for e in (b.errors.data or [])) if b.errors else ""
+        if final == "completed":
+            missing = [k for k in keys if k not in out]
+            if missing:
+                raise HostedFatal(f"openai batch {batch_id} completed without results for {len(missing)} of its "
+                                  f"requests (billed, can't be matched), e.g. {missing[0]}")
+        self._delete(b.input_file_id)
+        return BatchState(final, out, errors)
+
+    def _read_lines(self, file_id: str, out: dict[str, Outcome]) -> None:
+        """Stream a result file line by line (each line holds a 1–3 MB image): never the whole file in memory."""
+        def read() -> None:
+            with self.client.files.with_streaming_response.content(file_id) as response:
+                for line in response.iter_lines():
+                    if line.strip():
+                        item = json.loads(line)
+                        answer = self._batch_outcome(item)
+                        if answer is not None:
+                            out[item["custom_id"]] = answer
+
+        self._api(read)
+
+    def _batch_outcome(self, item: dict[str, Any]) -> Outcome | None:
+        """A result line's Outcome; None for a request that never ran (it may be submitted again)."""
+        response = item.get("response") or {}
+        body = response.get("body") or {}
+        if response.get("status_code") == 200:
+            return self._answer(_ns(body), 1, 0.0, self.ocfg.batch_discount)
+        err = body.get("error") or item.get("error") or {}
+        if err.get("code") == "moderation_blocked":
+            return Outcome(refusal=f"moderation_blocked: {err.get('message', '')}"[:400], requests=1)
+        if err.get("code") in ("batch_expired", "batch_cancelled"):
+            return None
+        return Outcome(error=f"batch request failed: {err.get('code')}: {err.get('message', '')}"[:400], requests=1)
+
+    def _delete(self, file_id: str | None) -> None:
+        if file_id:
+            try:
+                self.client.files.delete(file_id)
+            except Exception as exc:  # noqa: BLE001 - input files also expire on their own
+                logger.info("could not delete batch input file %s: %s", file_id, type(exc).__name__)
+
+    def _cancel(self, batch_id: str) -> None:
+        self.client.batches.cancel(batch_id)
 
 
 def _ns(value: Any) -> Any:
     """JSON dicts → attribute objects, so batch results price like SDK responses."""
     if isinstance(value, dict):
         return SimpleNamespace(**{k: _ns(v) for k, v in value.items()})
+    if isinstance(value, list):
+        return [_ns(v) for v in value]
     return value

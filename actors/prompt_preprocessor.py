@@ -68,7 +68,8 @@ class PromptPreprocessor:
         self.spent_usd = 0.0  # estimated spend of the rows scheduled so far (one preprocessor actor per run)
         self.prior = ResumeIndex()
         if cfg.resume is not None and cfg.resume.skip_existing:
-            self.prior = load_index(open_store(cfg.resume.output_uri, cfg.resume.store), cfg.resume.image_format)
+            self.prior = load_index(open_store(cfg.resume.output_uri, cfg.resume.store), cfg.resume.image_format,
+                                    cfg.resume.keep_provider_bytes)
 
     def __call__(self, batch: pa.Table) -> Batch:
         # 1 read the columns once

@@ -10,7 +10,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from actors.layout import IMAGES_DIR, MANIFEST_DIR, image_ext, key_of_image
+from actors.layout import IMAGES_DIR, MANIFEST_DIR, format_of_mime, image_ext
 from actors.manifest_schema import CARRIED
 from actors.storage import ObjectStore, arrow_filesystem
 
@@ -80,18 +80,31 @@ class ResumeIndex:
         )
 
 
-def load_index(store: ObjectStore, image_format: str) -> ResumeIndex:
-    """What the output already holds: `ok` rows whose object exists in `image_format` beat `error` rows (an image
-    stored as PNG is not "present" for a run that writes JPEG); skipped rows don't count."""
+def load_index(store: ObjectStore, image_format: str, keep_provider_bytes: bool = True) -> ResumeIndex:
+    """What the output already holds: `ok` rows whose object exists beat `error` rows; skipped rows don't count.
+
+    An ok row's object is the one in the format its row records (`mime`; `image_format` for rows from before that
+    column). It counts only in the format this run would store it in: `image_format` (an image stored as PNG is not
+    "present" for a run that writes JPEG), or, when the run keeps providers' files (`keep_provider_bytes`), a
+    hosted image's own format (a row that sent requests): a Gemini PNG is found while `output.format` is webp.
+
+    Args:
+        store: the output.
+        image_format: the run's `output.format`.
+        keep_provider_bytes: the run's `output.keep_provider_bytes`.
+    """
     import pyarrow as pa
     import pyarrow.dataset as pads
 
-    # 1 every image object present (one streamed listing)
-    present = set()
-    suffix = f".{image_ext(image_format)}"
-    for rel, _ in store.list(f"{IMAGES_DIR}/"):
-        if rel.endswith(suffix):
-            present.add(key_of_image(rel))
+    # 1 every image object present (one streamed listing), as `<key>.<ext>`
+    present = {rel.rsplit("/", 1)[-1] for rel, _ in store.list(f"{IMAGES_DIR}/")}
+    run_ext = image_ext(image_format)
+
+    def stored_in_run_format(key: str, mime: str | None, requests: int | None) -> bool:
+        fmt = format_of_mime(mime or "")
+        ext = image_ext(fmt) if fmt else run_ext
+        provider_file = keep_provider_bytes and (requests or 0) > 0
+        return (ext == run_ext or provider_file) and f"{key}.{ext}" in present
     # 2 manifest rows from committed parts and from runs that were interrupted before committing
     parts = [rel for rel, _ in store.list(f"{MANIFEST_DIR}/") if rel.endswith(".parquet")]
     if not parts:
@@ -106,16 +119,17 @@ def load_index(store: ObjectStore, image_format: str) -> ResumeIndex:
     kept, positions, redirects, ok_keys = [], {}, {}, set()
     offset = 0
     for batch in dataset.to_batches(columns=[c for c in READ if c in schema.names], batch_size=65536):
-        cols = {c: batch.column(c).to_pylist() for c in ("image_key", "status", "route", "draft_image_key")
-                if c in batch.schema.names}
+        cols = {c: batch.column(c).to_pylist() for c in ("image_key", "status", "route", "draft_image_key", "mime",
+                                                          "requests") if c in batch.schema.names}
         n = batch.num_rows
         routes, drafts = cols.get("route", [None] * n), cols.get("draft_image_key", [None] * n)
+        mimes, sent = cols.get("mime", [None] * n), cols.get("requests", [None] * n)
         take: list[int] = []
         for j, (key, status) in enumerate(zip(cols["image_key"], cols["status"], strict=True)):
             if not key or status not in ("ok", "error") or key in ok_keys:
                 continue  # no key / never attempted (skipped) / already settled by an ok row
-            if status == "ok" and key not in present:
-                continue  # manifest says ok but the object is gone: redo it
+            if status == "ok" and not stored_in_run_format(key, mimes[j], sent[j]):
+                continue  # manifest says ok but the object is gone (or in another format): redo it
             positions[key] = offset + len(take)
             if status == "ok":
                 ok_keys.add(key)

@@ -90,11 +90,22 @@ class Needs(StrictModel):
     """Connection settings for `model_uri`."""
     state_store: bool = False
     """Keeps state next to the outputs (`state_uri`, `state_store` constructor arguments), e.g. batch ids."""
+    spend: bool = False
+    """Pays per request: gets the run's budget (`budget` constructor argument) to check actual spend against."""
 
     @property
     def api_key(self) -> bool:
         """Whether an API key must be resolved."""
         return bool(self.api_key_env or self.api_key_file)
+
+
+class RunBudget(StrictModel):
+    """The run's budget as a generator that pays per request sees it: the limit and the run's shared ledger."""
+
+    usd: float
+    """limits.budget_usd."""
+    ledger: str
+    """The run's identity for its spend ledger (the output URI: one run per output at a time)."""
 
 
 class GeneratorBase(StrictModel):
@@ -127,6 +138,10 @@ class GeneratorBase(StrictModel):
     def online(self) -> "GeneratorBase":
         """This config as served online (Ray Serve answers each request directly); unchanged by default."""
         return self
+
+    def concurrent_calls(self) -> int:
+        """Calls one actor of this generator runs at once (1 = one batch at a time)."""
+        return 1
 
     def estimate_usd(self) -> float:
         """Expected price of one image at the generator's default settings, before it is generated."""

@@ -6,10 +6,23 @@ from pydantic import Field, model_validator
 
 from configs.base import StrictModel
 from configs.generator_base import CostConfig, GenerationDefaults, GeneratorBase, Needs, PoolConfig
+from configs.hosted_models import (
+    RETIRED,
+    ModelInfo,
+    gemini_request_size,
+    lookup,
+    openai_image_tokens,
+    openai_size_problem,
+)
 
 
 class RateLimits(StrictModel):
-    """Client-side limits shared by every actor using the same API key (one limiter actor per key)."""
+    """Client-side pacing, shared by every actor of a run that calls the same provider, scope and model (providers
+    count limits per project/organization and model, not per key)."""
+
+    scope: str = ""
+    """What the provider counts limits against: generators with the same provider, scope and model share one
+    limiter. '' = the OpenAI project (or organization) when set, else the API key."""
 
     requests_per_min: float = Field(default=60.0, gt=0)
     """Requests per minute (RPM) for this key and model."""
@@ -23,6 +36,9 @@ class RateLimits(StrictModel):
     """Longest single wait."""
     timeout_s: float = Field(default=180.0, gt=0)
     """Per-request timeout (image calls take tens of seconds)."""
+    retry_timeouts: bool = True
+    """Send a timed-out request again. The provider may have finished and billed the first one: the manifest's
+    `maybe_billed_usd` says how much that could be. False: a timeout becomes an error row instead."""
 
 
 class TokenPrices(StrictModel):
@@ -39,35 +55,109 @@ class TokenPrices(StrictModel):
 
 
 class HostedCommon(GeneratorBase):
-    """Fields every hosted backend shares (key handling, limits, batch mode, pool, defaults)."""
+    """Fields every hosted backend shares (key handling, limits, batch mode, prices, pool, defaults)."""
 
     api_key_env: str
     """Environment variable with the API key (each backend has its own default)."""
     api_key_file: str = ""
     """File holding the key (wins over the env var)."""
+    like: str = ""
+    """For a model id imagefleet's table doesn't know: a known id whose sizes and options it shares."""
     limits: RateLimits = RateLimits()
     """Rate limits and retries."""
     batch_mode: bool = False
-    """Use the provider's Batch API (50% cheaper, hours of latency): one API batch per actor call of
-    `pool.batch_size` rows; batch ids are persisted under `<output>/_batches/` so a restarted job resumes them."""
+    """Use the provider's Batch API (50% cheaper, minutes to 24 h of latency). Each actor keeps up to
+    `batch_in_flight` provider batches of `pool.batch_size` requests submitted at once; every batch id is persisted
+    under `<output>/_batches/` before it is polled, so a restarted job collects it instead of paying again."""
+    batch_in_flight: int = Field(default=32, ge=1, le=256)
+    """Provider batches one actor keeps submitted at the same time (batch mode)."""
     batch_poll_s: float = Field(default=30.0, gt=0)
     """Seconds between batch status polls."""
     batch_discount: float = Field(default=0.5, ge=0, le=1)
-    """Price factor applied to usage-based cost in batch mode."""
+    """Price factor of batch requests (both providers bill batches at 50%)."""
+    prices: TokenPrices | None = None
+    """USD per 1M tokens; None = the model's prices from imagefleet's table (configs/hosted_models.py). Required for
+    a model the table doesn't know: such a model is refused rather than billed at $0."""
     pool: PoolConfig = PoolConfig(num_gpus=0, num_cpus=0.25, batch_size=4, min_size=1, max_size=4, initial_size=1)
     """Actor pool (I/O-bound: no GPU)."""
     defaults: GenerationDefaults = GenerationDefaults(width=1024, height=1024, num_steps=1, guidance_scale=0.0)
     """Defaults for rows that don't set them."""
     cost: CostConfig = CostConfig()
-    """Flat fallback price per image when the response has no usage."""
+    """`usd_per_image`: a flat price for responses without usage, and the estimate when set."""
 
     def needs(self) -> Needs:
         """An API key always; a state store (batch ids next to the outputs) in batch mode."""
-        return Needs(api_key_env=self.api_key_env, api_key_file=self.api_key_file, state_store=self.batch_mode)
+        return Needs(api_key_env=self.api_key_env, api_key_file=self.api_key_file, state_store=self.batch_mode,
+                     spend=True)
 
     def online(self) -> "HostedCommon":
         """Online requests are answered directly: Batch API mode is off when serving."""
         return self.model_copy(update={"batch_mode": False})
+
+    def concurrent_calls(self) -> int:
+        """Batch mode: each call waits on its own provider batch, so an actor holds `batch_in_flight` of them."""
+        return self.batch_in_flight if self.batch_mode else 1
+
+    @property
+    def provider(self) -> str:
+        """The provider's name in the model table."""
+        return self.backend
+
+    def info(self) -> ModelInfo | None:
+        """The model's table entry (or `like`'s); None for an unknown id with configured prices."""
+        return lookup(self.provider, self.model, self.like)
+
+    def token_prices(self) -> TokenPrices:
+        """Prices in force: the configured ones, else the table's."""
+        if self.prices is not None:
+            return self.prices
+        info = self.info()
+        assert info is not None, "checked at load"
+        p = info.prices
+        return TokenPrices(text_input=p.text_input, image_input=p.image_input, image_output=p.image_output,
+                           text_output=p.text_output)
+
+    def price_factor(self) -> float:
+        """Batch requests are discounted."""
+        return self.batch_discount if self.batch_mode else 1.0
+
+    def estimate_tokens(self, width: int, height: int) -> tuple[int, int, int]:
+        """(text input, image output, text output) tokens one image is expected to take."""
+        raise NotImplementedError
+
+    def estimate_image_usd(self, width: int, height: int, prompt_chars: int = 400) -> float:
+        """Expected price of one WxH image before it is made (the response's usage is what is billed)."""
+        if self.cost.usd_per_image > 0:
+            return self.cost.usd_per_image * self.price_factor()
+        p = self.token_prices()
+        _, image_out, text_out = self.estimate_tokens(width, height)
+        text_in = max(1, prompt_chars // 4)
+        usd = (text_in * p.text_input + image_out * p.image_output + text_out * p.text_output) / 1e6
+        return usd * self.price_factor()
+
+    def estimate_usd(self) -> float:
+        """Expected price of one image at the default size (dry run, budget)."""
+        return self.estimate_image_usd(self.defaults.width, self.defaults.height)
+
+    def size_problem(self, width: int, height: int) -> str:
+        """Why the model can't make a WxH image ('' when it can)."""
+        raise NotImplementedError
+
+    @model_validator(mode="after")
+    def _known_model(self) -> "HostedCommon":
+        if self.model in RETIRED:
+            raise ValueError(f"model {self.model!r} is {RETIRED[self.model]}")
+        if self.like and lookup(self.provider, self.like) is None:
+            raise ValueError(f"like={self.like!r} is not a known {self.provider} image model")
+        if self.info() is None and self.prices is None:
+            raise ValueError(
+                f"model {self.model!r} is not in imagefleet's {self.provider} price table: set `prices` (USD per 1M "
+                f"tokens, from the provider's price page) and `like` (a known model id with the same options), so "
+                f"its images are not billed at $0")
+        problem = self.size_problem(self.defaults.width, self.defaults.height)
+        if problem:
+            raise ValueError(f"defaults: {problem}")
+        return self
 
 
 class OpenAIImagesConfig(HostedCommon):
@@ -81,29 +171,52 @@ class OpenAIImagesConfig(HostedCommon):
     """API base incl. /v1; empty = the SDK default (or OPENAI_BASE_URL)."""
     api_key_env: str = "OPENAI_API_KEY"
     """Environment variable with the API key."""
-    quality: Literal["auto", "low", "medium", "high"] = "auto"
-    """Image quality tier."""
+    organization: str = ""
+    """OpenAI organization id (sent as OpenAI-Organization; rate limits are counted per organization/project)."""
+    project: str = ""
+    """OpenAI project id (sent as OpenAI-Project)."""
+    quality: str = "auto"
+    """Image quality tier: auto, low, medium, high (xhigh and max on the 2.5/2.6 models)."""
     output_format: Literal["png", "jpeg", "webp"] = "png"
-    """Format the API returns (imagefleet re-encodes to output.format)."""
+    """Format the API returns; stored as it comes unless output.keep_provider_bytes is false."""
+    output_compression: int = Field(default=100, ge=0, le=100)
+    """jpeg/webp compression level (100 = the API default; ignored for png)."""
     background: Literal["auto", "opaque", "transparent"] = "auto"
-    """Background; transparent is rejected by gpt-image-2."""
+    """Background; transparent needs a model that supports it and png or webp."""
     moderation: Literal["auto", "low"] = "auto"
     """Moderation strictness."""
-    prices: TokenPrices = TokenPrices(text_input=5.0, image_input=8.0, image_output=30.0)
-    """Token prices (gpt-image-2 defaults)."""
 
     def render(self) -> str:
-        """Quality and background change the image the API makes."""
+        """Quality, background and output format change the image the API makes."""
         parts = [f"quality={self.quality}" if self.quality != "auto" else "",
-                 f"background={self.background}" if self.background != "auto" else ""]
+                 f"background={self.background}" if self.background != "auto" else "",
+                 f"format={self.output_format}" if self.output_format != "png" else ""]
         return ",".join(p for p in parts if p)
+
+    def estimate_tokens(self, width: int, height: int) -> tuple[int, int, int]:
+        info = self.info()
+        tokens = openai_image_tokens(info, self.quality, width, height) if info is not None else 0
+        return 0, tokens, 0
+
+    def size_problem(self, width: int, height: int) -> str:
+        return openai_size_problem(self.info(), self.model, width, height)
 
     @model_validator(mode="after")
     def _capabilities(self) -> "OpenAIImagesConfig":
-        if self.background == "transparent" and self.output_format == "jpeg":
-            raise ValueError("background=transparent needs output_format png or webp")
-        if self.background == "transparent" and self.model.startswith("gpt-image-2"):
-            raise ValueError(f"{self.model} rejects background=transparent; use opaque or auto")
+        info = self.info()
+        if info is not None and self.quality not in info.qualities:
+            raise ValueError(f"quality={self.quality!r} is not offered by {self.model}; "
+                             f"choose one of {', '.join(info.qualities)}")
+        if self.background == "transparent":
+            if self.output_format == "jpeg":
+                raise ValueError("background=transparent needs output_format png or webp")
+            if info is not None and not info.transparent:
+                raise ValueError(f"{self.model} rejects background=transparent; use opaque or auto "
+                                 f"(gpt-image-2.5/2.6 and gpt-image-1.5 make transparent images)")
+        if info is not None and self.output_format not in info.formats:
+            raise ValueError(f"output_format={self.output_format} is not offered by {self.model}")
+        if self.prices is None and info is not None and not info.tokens_1024 and self.cost.usd_per_image <= 0:
+            raise ValueError(f"no token estimate for {self.model}: set cost.usd_per_image")
         return self
 
 
@@ -120,5 +233,16 @@ class GeminiImageConfig(HostedCommon):
     """API version path segment (pinned: SDK defaults differ across versions)."""
     api_key_env: str = "GEMINI_API_KEY"
     """Environment variable with the API key."""
-    prices: TokenPrices = TokenPrices(text_input=0.5, image_output=60.0)
-    """Token prices (gemini-3.1-flash-image defaults)."""
+    batch_input: Literal["auto", "inline", "file"] = "auto"
+    """Batch mode: requests inline in the create call (results matched by key or position) or as an uploaded JSONL
+    file (each result line carries its key). auto = a file above 100 requests."""
+
+    def estimate_tokens(self, width: int, height: int) -> tuple[int, int, int]:
+        info = self.info()
+        if info is None:
+            return 0, 1120, 150
+        _, tier, _ = gemini_request_size(info, self.model, width, height)
+        return 0, info.tiers[tier], info.thinking_tokens
+
+    def size_problem(self, width: int, height: int) -> str:
+        return gemini_request_size(self.info(), self.model, width, height)[2]

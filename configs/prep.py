@@ -34,6 +34,9 @@ class ResumeConfig(StrictModel):
     """Skip rows whose image is complete."""
     image_format: str
     """Format the run stores images in (an image stored in another format must be made again)."""
+    keep_provider_bytes: bool = True
+    """The run stores hosted providers' files in their own format: such an image counts in the format its manifest
+    row records, not only in `image_format`."""
     retry_failed: bool
     """Redo rows that failed before."""
 

@@ -51,6 +51,9 @@ class OutputConfig(StrictModel):
     """JPEG/WebP quality (ignored for PNG)."""
     png_compress_level: int = Field(default=1, ge=0, le=9)
     """PNG zlib level; 1 is ~5x faster than 6 for ~10% more bytes."""
+    keep_provider_bytes: bool = True
+    """Store a hosted provider's PNG/JPEG/WebP byte for byte, in its own format (content credentials, alpha and ICC
+    profile kept; no second lossy pass). False: decode it and encode it as `format` (alpha kept for PNG/WebP)."""
     s3: S3Config = S3Config()
     """Connection for s3:// outputs."""
     pool: WriterPoolConfig = WriterPoolConfig()
@@ -89,6 +92,8 @@ class ImageWriterConfig(StrictModel):
     """JPEG/WebP quality."""
     png_compress_level: int
     """PNG zlib level."""
+    keep_provider_bytes: bool = True
+    """Store a hosted provider's file as sent (its own format) instead of encoding it as `format`."""
     num_upload_threads: int
     """Concurrent encode+upload workers per actor."""
     store: StoreSpec

@@ -253,12 +253,17 @@ def plan_text(cfg: JobConfig, source: SourceInfo, plan: Plan) -> str:
 
 def cost_estimate(cfg: JobConfig, images: int) -> str:
     """Expected spend of `images` requested images from each generator's cost model and the routing mode."""
-    low, high = cfg.routing.cost_range({name: g.estimate_usd() for name, g in cfg.generators.items()}, images)
+    per_image = {name: g.estimate_usd() for name, g in cfg.generators.items()}
+    low, high = cfg.routing.cost_range(per_image, images)
     if cfg.limits.budget_usd:
         high = min(high, cfg.limits.budget_usd)
     text = f"${low:,.4f}" if abs(high - low) < 1e-12 else f"${low:,.4f} – ${high:,.4f}"
     budget = f" (budget ${cfg.limits.budget_usd:,.2f})" if cfg.limits.budget_usd else ""
-    return f"{text} for {images} images{budget}; set cost.est_seconds_per_image / usd_per_image per generator"
+    unpriced = [n for n in cfg.routing.used(list(cfg.generators)) if per_image[n] <= 0]
+    hint = (f"; {', '.join(unpriced)} priced at $0: set cost.est_seconds_per_image with cost.usd_per_gpu_hour, "
+            f"or cost.usd_per_image" if unpriced else "")
+    each = ", ".join(f"{n} ${per_image[n]:.4f}" for n in cfg.routing.used(list(cfg.generators)))
+    return f"{text} for {images} images{budget} (per image: {each}){hint}"
 
 
 def export_webdataset(cfg: JobConfig, stores: Stores, summary: RunSummary, run_id: str) -> str:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from actors import GENERATORS, SCORERS, Escalator, ImageWriter, PromptPreprocessor, StageActor
-from configs.generator_base import GeneratorBase
+from configs.generator_base import GeneratorBase, RunBudget
 from configs.prep import GeneratorIdentity, PrepConfig, ResumeConfig
 from configs.routing import Step
 from configs.writer import ImageWriterConfig
@@ -178,8 +178,11 @@ def generator_stage(cfg: JobConfig, stores: Stores, name: str, online: bool = Fa
         kwargs["api_key"] = stores.api_keys[name]
     if needs.state_store:  # e.g. hosted batch ids, persisted next to the outputs (resumable)
         kwargs.update(state_uri=cfg.output.uri, state_store=stores.output)
+    if needs.spend and cfg.limits.budget_usd > 0 and not online:  # actual spend, checked before each paid call
+        kwargs["budget"] = RunBudget(usd=cfg.limits.budget_usd, ledger=f"{cfg.output.uri}")
     actor = GENERATORS[gen.backend]
-    return Stage(f"generate:{name}", actor, kwargs, generator_pool(gen.pool), reads=tuple(actor.INPUT_COLUMNS),
+    pool = generator_pool(gen.pool, gen.concurrent_calls())
+    return Stage(f"generate:{name}", actor, kwargs, pool, reads=tuple(actor.INPUT_COLUMNS),
                  writes=tuple(actor.OUTPUT_COLUMNS), generator=name)
 
 
@@ -193,6 +196,8 @@ def rows_per_block(cfg: JobConfig, num_rows: int) -> int:
     if cfg.source.num_rows_per_block:
         return cfg.source.num_rows_per_block
     batch = min(g.pool.batch_size for g in cfg.generators.values())
+    if any(g.concurrent_calls() > 1 for g in cfg.generators.values()):
+        return batch  # hosted batch mode: one block = one provider batch, many in flight per actor
     actors = sum(g.pool.max_size for g in cfg.generators.values())
     fair_share = num_rows // max(1, actors * 4)
     return max(batch, min(4 * batch, fair_share // batch * batch))
@@ -203,6 +208,7 @@ def prep_config(cfg: JobConfig, stores: Stores | None = None) -> PrepConfig:
     resume = None
     if stores is not None:
         resume = ResumeConfig(output_uri=cfg.output.uri, store=stores.output, image_format=cfg.output.format,
+                              keep_provider_bytes=cfg.output.keep_provider_bytes,
                               skip_existing=cfg.output.skip_existing, retry_failed=cfg.output.retry_failed)
     return PrepConfig(
         resume=resume,
@@ -231,6 +237,7 @@ def writer_config(cfg: JobConfig, stores: Stores) -> ImageWriterConfig:
         format=out.format,
         quality=out.quality,
         png_compress_level=out.png_compress_level,
+        keep_provider_bytes=out.keep_provider_bytes,
         num_upload_threads=out.pool.num_upload_threads,
         store=stores.output,
         abort_error_fraction=cfg.limits.max_error_fraction,

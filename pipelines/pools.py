@@ -24,6 +24,8 @@ class Pool:
     batch_size: int
     num_gpus: float = 0.0
     accelerator_type: str = ""
+    concurrency: int = 1
+    """Calls one actor runs at once (threads): hosted batch mode waits on many provider batches per actor."""
 
     def resources(self) -> dict[str, float]:
         """What one actor asks Ray for (accelerator types are custom resources `accelerator_type:<T>`)."""
@@ -38,11 +40,11 @@ def reserved_cpus(pools: dict[str, Pool]) -> float:
     return sum(p.max_size * p.num_cpus for p in pools.values())
 
 
-def generator_pool(pool: PoolConfig) -> Pool:
+def generator_pool(pool: PoolConfig, concurrency: int = 1) -> Pool:
     """Autoscaled GPU (or CPU) pool for one generator, as its config says."""
     return Pool(min_size=pool.min_size, max_size=pool.max_size, initial_size=pool.initial_size,
                 num_cpus=pool.num_cpus, batch_size=pool.batch_size, num_gpus=pool.num_gpus,
-                accelerator_type=pool.accelerator_type)
+                accelerator_type=pool.accelerator_type, concurrency=concurrency)
 
 
 def writer_pool(pool: WriterPoolConfig) -> Pool:
@@ -73,8 +75,13 @@ def map_batches_kwargs(pool: Pool) -> dict[str, Any]:
     """
     from ray.data import ActorPoolStrategy
 
+    concurrent: dict[str, Any] = {}
+    if pool.concurrency > 1:  # threaded actor: that many calls at once, and that many queued per actor
+        concurrent = {"max_concurrent_calls_per_actor": pool.concurrency,
+                      "max_tasks_in_flight_per_actor": pool.concurrency}
     kwargs: dict[str, Any] = {
-        "compute": ActorPoolStrategy(min_size=pool.min_size, max_size=pool.max_size, initial_size=pool.initial_size),
+        "compute": ActorPoolStrategy(min_size=pool.min_size, max_size=pool.max_size, initial_size=pool.initial_size,
+                                     **concurrent),
         "batch_size": pool.batch_size,
         "num_cpus": pool.num_cpus,
     }

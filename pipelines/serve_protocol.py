@@ -25,7 +25,7 @@ REQUEST_FIELDS = {
     "num_steps": "denoising steps",
     "guidance_scale": "CFG scale",
     "num_images": "images for this prompt (needs a JSON response when > 1)",
-    "format": "png | jpeg | webp (default: output.format)",
+    "format": "png | jpeg | webp (default: output.format; a hosted provider's file comes in its own format)",
     "response": "image (raw bytes) | json (base64 images + metadata)",
 }
 NUMBER_FIELDS = ("seed", "width", "height", "num_steps", "guidance_scale", "num_images")
@@ -211,15 +211,16 @@ def _from_accept(accept: str) -> str:
     return ""
 
 
-def image_entry(result: dict[str, Any], fmt: str) -> dict[str, Any]:
-    """One image of a JSON response (base64 bytes plus what the manifest would record)."""
+def image_entry(result: dict[str, Any]) -> dict[str, Any]:
+    """One image of a JSON response (base64 bytes plus what the manifest would record). `format` is the bytes'
+    own: the requested one, or a hosted provider's when its file is answered as sent."""
     return {
         "image_key": result["image_key"],
         "seed": int(result["seed"]),
         "width": int(result["width"]),
         "height": int(result["height"]),
-        "format": fmt,
-        "content_type": CONTENT_TYPES[fmt],
+        "format": result["format"],
+        "content_type": CONTENT_TYPES[result["format"]],
         "image_base64": base64.b64encode(result["encoded"]).decode("ascii"),
         "generate_ms": round(float(result["generate_ms"]), 3),
         "cost_usd": float(result["cost_usd"]),

@@ -16,7 +16,7 @@ from ray import serve
 
 from actors import PromptPreprocessor
 from actors.generation import GENERATOR_INPUT_COLUMNS
-from actors.image_writer import CONTENT_TYPES, encode_image
+from actors.image_writer import CONTENT_TYPES, image_file
 from configs.job import JobConfig
 from configs.prep import PrepConfig
 from configs.routing import ColumnRouting
@@ -59,7 +59,7 @@ def build_app(cfg: JobConfig, stores: Stores) -> Application:
             GeneratorReplica)
         handles[name] = deployment.bind(
             stage.actor, stage.kwargs, stage.pool.batch_size, cfg.serve.batch_wait_timeout_s, cfg.output.quality,
-            cfg.output.png_compress_level,
+            cfg.output.png_compress_level, cfg.output.keep_provider_bytes,
         )
     # 2 one async gateway in front: requests become prompt rows exactly like a batch run's
     gateway = serve.deployment(name="gateway", **serve_gateway_options())(Gateway)
@@ -114,13 +114,16 @@ class GeneratorReplica:
         batch_wait_timeout_s: how long to wait for a batch to fill.
         quality: JPEG/WebP quality.
         png_compress_level: PNG zlib level.
+        keep_provider_bytes: answer with a hosted provider's file as sent (its own format), like the batch writer
+            stores it.
     """
 
     def __init__(self, actor: type, kwargs: dict[str, Any], max_batch_size: int, batch_wait_timeout_s: float,
-                 quality: int, png_compress_level: int) -> None:
+                 quality: int, png_compress_level: int, keep_provider_bytes: bool = True) -> None:
         bind_internal_grpc_to_node_ip()
         self.impl = actor(**kwargs)
         self.quality, self.png_compress_level = quality, png_compress_level
+        self.keep_provider_bytes = keep_provider_bytes
         self.generate.set_max_batch_size(max_batch_size)  # type: ignore[attr-defined]  # added by @serve.batch
         self.generate.set_batch_wait_timeout_s(batch_wait_timeout_s)  # type: ignore[attr-defined]
 
@@ -135,18 +138,24 @@ class GeneratorReplica:
                                   dtype=object if isinstance(rows[0][name], str) else None) for name in ROW_FIELDS}
         # 2 the same call a batch run makes (row errors come back as data)
         out = self.impl(batch)
-        # 3 encode each image here, next to the pixels (smaller replies than raw pixels)
+        # 3 encode each image here, next to the pixels (smaller replies than raw pixels); a hosted provider's file
+        #   is answered as sent, in its own format (as the batch writer stores it)
         results = []
         for i, row in enumerate(rows):
             width, height, status = int(out["width"][i]), int(out["height"][i]), str(out["status"][i])
-            encoded = b""
+            error, encoded, fmt = str(out["error"][i]), b"", row["format"]
             if status == "generated":
-                pixels = np.frombuffer(out["image"][i], dtype=np.uint8).reshape(height, width, 3)
-                encoded = encode_image(pixels, row["format"], self.quality, self.png_compress_level)
+                try:
+                    encoded, fmt = image_file(out["image"][i], str(out["image_mime"][i]), width, height,
+                                              fmt=row["format"], quality=self.quality,
+                                              png_compress_level=self.png_compress_level,
+                                              keep_provider_bytes=self.keep_provider_bytes)
+                except Exception as exc:  # noqa: BLE001 - a provider file PIL can't decode fails this image only
+                    status, error = "error", f"encode failed: {type(exc).__name__}: {exc}"
             results.append({
                 "image_key": row["image_key"], "seed": row["seed"], "width": width, "height": height,
-                "status": status, "error": str(out["error"][i]), "generate_ms": float(out["generate_ms"][i]),
-                "cost_usd": float(out["cost_usd"][i]), "batch_size": len(rows), "encoded": encoded,
+                "status": status, "error": error, "generate_ms": float(out["generate_ms"][i]),
+                "cost_usd": float(out["cost_usd"][i]), "batch_size": len(rows), "encoded": encoded, "format": fmt,
             })
         return results
 
@@ -226,10 +235,10 @@ class Gateway:
         if failed:
             raise RequestProblem(failure_status(failed[0]), failed[0]["error"])
         if req.response == "image":
-            return Response(results[0]["encoded"], media_type=CONTENT_TYPES[req.format],
+            return Response(results[0]["encoded"], media_type=CONTENT_TYPES[results[0]["format"]],
                             headers=image_headers(results[0], name))
         return JSONResponse({"generator": name, "model": self.models[name],
-                             "images": [image_entry(r, req.format) for r in results]})
+                             "images": [image_entry(r) for r in results]})
 
 
 def _problem(status: int, message: str) -> Response:

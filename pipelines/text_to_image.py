@@ -225,13 +225,22 @@ def build(cfg: JobConfig, stores: Stores, source: SourceInfo, plan: Plan | None 
     fs, _ = arrow_filesystem(cfg.source.uri, stores.source)
     ds = ray.data.read_parquet([f[5:] if f.startswith("s3://") else f for f in source.files], filesystem=fs,
                                columns=list(plan.source_columns))
-    # 3 every stage in order, each in its own pool
+    # 3 run-wide services a stage's actors share (hosted rate limiters, the spend ledger), owned by this driver
+    for stage in plan.stages:
+        start = getattr(stage.actor, "start_run", None)
+        if start is not None:
+            _RUN_SERVICES.extend(start(**stage.kwargs))
+    # 4 every stage in order, each in its own pool
     for stage in plan.stages:
         if stage.rows_per_block:  # small Parquet files are one block: split so every actor gets work
             ds = ds.repartition(target_num_rows_per_block=stage.rows_per_block)
         ds = ds.map_batches(stage.actor, fn_constructor_kwargs=stage.kwargs, batch_format=stage.batch_format,
                             **map_batches_kwargs(stage.pool))
     return ds
+
+
+# Handles of the run's shared actors: named actors live while a handle does, so the driver keeps them for the run.
+_RUN_SERVICES: list[Any] = []
 
 
 def _input_columns(cfg: JobConfig, schema: pa.Schema) -> list[str]:

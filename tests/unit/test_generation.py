@@ -124,3 +124,20 @@ def test_out_of_memory_on_one_image_propagates() -> None:
     with pytest.raises(FakeOOM):
         run_generation(batch([(64, 64)] * 2), batch_size=2, generate=gen_fn, is_fatal=lambda e: True,
                        usd_per_second=0, usd_per_image=0, is_oom=lambda e: isinstance(e, FakeOOM))
+
+
+def test_outcome_requests_and_unknown_attempts_are_recorded_for_every_outcome() -> None:
+    from actors.generation import Outcome
+
+    def hosted(reqs: Sequence[Request]) -> list[Outcome]:
+        return [Outcome(image=np.zeros((64, 64, 3), np.uint8), cost_usd=0.1, requests=2),
+                Outcome(refusal="blocked", requests=1),
+                Outcome(error="timed out", requests=4, maybe_billed_usd=0.3),
+                Outcome(skipped="budget reached")][: len(reqs)]
+
+    out = run_generation(batch([(64, 64)] * 4), batch_size=4, generate=hosted, is_fatal=lambda e: False,
+                         usd_per_second=0, usd_per_image=0)
+    assert list(out["status"]) == ["generated", "refused", "error", "skipped"]
+    assert list(out["error"]) == ["", "blocked", "timed out", "budget reached"] and set(out["image_mime"]) == {""}
+    assert list(out["requests"]) == [2, 1, 4, 0] and list(out["maybe_billed_usd"]) == [0.0, 0.0, 0.3, 0.0]
+    assert list(out["cost_usd"]) == [0.1, 0.0, 0.0, 0.0]

@@ -1,8 +1,11 @@
-"""Hosted backends with the official SDKs against the loopback fake (no Ray): wire format, retries with server
-hints, refusals, quota, retired models, thought images, size mapping, cost from usage."""
+"""Hosted backends with the official SDKs against the strict loopback fake (no Ray): wire format, retries with
+server hints, refusals, account-level failures, thought images, size mapping, bytes stored as sent, and billing:
+every request the fake bills is in the outputs exactly once, at the price the fake charged."""
 
 from __future__ import annotations
 
+import hashlib
+import io
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -11,11 +14,21 @@ import numpy as np
 import pytest
 from pydantic import SecretStr
 
-from actors.gemini_generator import GeminiImageGenerator, gemini_image_config
-from actors.hosted import HostedFatal, QuotaExhausted, RateLimiter, Verdict, call_with_retries, parse_duration
+from actors.gemini_generator import GeminiImageGenerator
+from actors.hosted import (
+    HostedFatal,
+    LocalLimiter,
+    QuotaExhausted,
+    RateLimiter,
+    Verdict,
+    call_with_retries,
+    decode_pixels,
+    parse_duration,
+)
 from actors.layout import batches_dir
-from actors.openai_generator import OpenAIImageGenerator, openai_size_problem
+from actors.openai_generator import OpenAIImageGenerator
 from configs import ConfigError
+from configs.generator_base import RunBudget
 from configs.hosted import GeminiImageConfig, OpenAIImagesConfig, RateLimits
 from configs.loader import parse_config
 from tests.conftest import sleep_job
@@ -33,13 +46,19 @@ def fake() -> Iterator[FakeHosted]:
 
 def batch(prompts: list[str], sizes: list[tuple[int, int]] | None = None) -> dict[str, np.ndarray]:
     n = len(prompts)
-    sizes = sizes or [(64, 64)] * n
+    sizes = sizes or [(1024, 1024)] * n
     return {
         "prompt": np.array(prompts, dtype=object), "negative_prompt": np.array([""] * n, dtype=object),
         "seed": np.arange(n) + 11, "width": np.array([w for w, _ in sizes]), "height": np.array([h for _, h in sizes]),
         "num_steps": np.ones(n, int), "guidance_scale": np.zeros(n), "status": np.array(["pending"] * n, dtype=object),
         "error": np.array([""] * n, dtype=object), "enqueued_at": np.full(n, time.time()),
+        "image_key": np.array([f"{i:040x}" for i in range(n)], dtype=object),
     }
+
+
+def stored_is_served(fake: FakeHosted, out: dict[str, np.ndarray], i: int) -> bool:
+    """Row i holds exactly the bytes the provider sent (content credentials, ICC, alpha kept)."""
+    return hashlib.sha256(bytes(out["image"][i])).hexdigest() in fake.served
 
 
 def openai_gen(fake: FakeHosted, **cfg: object) -> OpenAIImageGenerator:
@@ -51,22 +70,38 @@ def gemini_gen(fake: FakeHosted, **cfg: object) -> GeminiImageGenerator:
     return GeminiImageGenerator(GeminiImageConfig(base_url=fake.url, limits=FAST, **cfg), SecretStr(GEMINI_KEY))
 
 
-def test_openai_ok_wire_format_and_cost(fake: FakeHosted) -> None:
-    out = openai_gen(fake)(batch(["a cat"], [(96, 64)]))
-    assert out["status"][0] == "generated"
-    assert len(out["image"][0]) == 96 * 64 * 3
-    assert out["cost_usd"][0] == pytest.approx((50 * 5.0 + 272 * 30.0) / 1e6)
+def test_openai_ok_wire_format_bytes_and_cost(fake: FakeHosted) -> None:
+    out = openai_gen(fake)(batch(["a cat"], [(1536, 1024)]))
+    assert out["status"][0] == "generated" and out["image_mime"][0] == "image/png"
+    assert stored_is_served(fake, out, 0)  # the provider's PNG (ICC profile, C2PA chunk), not a re-encode
+    assert (int(out["width"][0]), int(out["height"][0])) == (1536, 1024) and out["requests"][0] == 1
+    assert out["cost_usd"][0] == pytest.approx(fake.paid_usd("openai"))  # billed what the provider charged
     req = fake.log[-1]
     assert req.path == "/v1/images/generations" and req.headers["authorization"] == f"Bearer {OPENAI_KEY}"
-    assert req.body["model"] == "gpt-image-2" and req.body["size"] == "96x64" and req.body["n"] == 1
+    assert req.body["model"] == "gpt-image-2" and req.body["size"] == "1536x1024" and req.body["n"] == 1
     assert "response_format" not in req.body and req.headers.get("x-stainless-retry-count") == "0"
 
 
-def test_openai_429_retry_after_ms_then_ok(fake: FakeHosted) -> None:
+def test_openai_formats_and_transparency_stored_as_sent(fake: FakeHosted) -> None:
+    from PIL import Image
+
+    out = openai_gen(fake, model="gpt-image-2.6-sunburst", background="transparent", output_format="webp")(
+        batch(["a sticker"]))
+    assert out["image_mime"][0] == "image/webp" and stored_is_served(fake, out, 0)
+    assert Image.open(io.BytesIO(bytes(out["image"][0]))).mode == "RGBA"  # alpha survives
+
+
+def test_openai_429_retry_after_ms_then_ok_takes_a_slot_per_attempt(fake: FakeHosted) -> None:
     fake.knobs.rate_limit_n, fake.knobs.retry_after_ms = 2, 30
-    out = openai_gen(fake)(batch(["x"]))
-    assert out["status"][0] == "generated"
+    gen = openai_gen(fake)
+    turns: list[int] = []
+    real = gen.limiter.wait_turn
+    gen.limiter.wait_turn = lambda n: (turns.append(n), real(n))[1]  # type: ignore[method-assign]
+    out = gen(batch(["x"]))
+    assert out["status"][0] == "generated" and out["requests"][0] == 3
+    assert len(turns) == 3  # every retry waits for its own limiter slot
     assert len(fake.log) == 3 and all(r.headers.get("x-stainless-retry-count") == "0" for r in fake.log)
+    assert fake.paid_count("openai") == 1
 
 
 def test_openai_5xx_retried(fake: FakeHosted) -> None:
@@ -81,52 +116,52 @@ def test_openai_refusal_is_a_row_not_retried(fake: FakeHosted) -> None:
     assert sum("[refuse]" in r.body["prompt"] for r in fake.log) == 1
 
 
-def test_openai_quota_stops_the_run(fake: FakeHosted) -> None:
-    fake.knobs.quota_exhausted = True
-    with pytest.raises(QuotaExhausted, match="insufficient_quota"):
+@pytest.mark.parametrize(("knob", "match"), [("quota_exhausted", "insufficient_quota"),
+                                             ("billing_hard_limit", "billing hard limit")])
+def test_openai_account_limits_stop_the_run(fake: FakeHosted, knob: str, match: str) -> None:
+    setattr(fake.knobs, knob, True)
+    with pytest.raises(QuotaExhausted, match=match):
         openai_gen(fake)(batch(["x"]))
     assert len(fake.log) == 1  # never retried
 
 
-def test_openai_retired_model_is_fatal(fake: FakeHosted) -> None:
+def test_openai_unknown_model_400_param_model_is_fatal(fake: FakeHosted) -> None:
+    """The real API answers an unknown model with 400 and `param: "model"`, not only 404."""
+    gen = openai_gen(fake, model="gpt-image-9", like="gpt-image-2", prices={"image_output": 30.0})
+    with pytest.raises(HostedFatal, match="does not offer model 'gpt-image-9'"):
+        gen(batch(["x", "y"]))
+    fake.knobs.retired_model = True
     with pytest.raises(HostedFatal, match="unknown or retired"):
-        openai_gen(fake, model="gpt-image-2-retired")(batch(["x"]))
-
-
-def test_openai_size_rules() -> None:
-    assert openai_size_problem("gpt-image-2", 1024, 1024) == ""
-    assert "multiples of 16" in openai_size_problem("gpt-image-2", 1000, 1024)
-    assert "1:3" in openai_size_problem("gpt-image-2", 4000, 512)
-    assert "only makes" in openai_size_problem("gpt-image-1-mini", 512, 512)
+        openai_gen(fake)(batch(["x"]))
 
 
 def test_openai_bad_size_is_error_row_without_a_call(fake: FakeHosted) -> None:
-    out = openai_gen(fake)(batch(["x"], [(72, 64)]))
-    assert out["status"][0] == "error" and "multiples of 16" in out["error"][0] and not fake.log
-
-
-def test_openai_transparent_background_rejected_for_gpt_image_2() -> None:
-    with pytest.raises(ValueError, match="transparent"):
-        OpenAIImagesConfig(background="transparent")
+    out = openai_gen(fake)(batch(["x", "y"], [(512, 512), (1000, 1024)]))
+    assert list(out["status"]) == ["error", "error"] and not fake.log
+    assert "655,360" in out["error"][0] and "multiples of 16" in out["error"][1]
 
 
 def test_gemini_ok_takes_last_non_thought_image(fake: FakeHosted) -> None:
     fake.knobs.thought_images = 2
-    out = gemini_gen(fake)(batch(["a banana"], [(96, 64)]))
-    assert out["status"][0] == "generated"
+    out = gemini_gen(fake)(batch(["a banana"], [(1264, 848)]))
+    assert out["status"][0] == "generated" and stored_is_served(fake, out, 0)
     w, h = int(out["width"][0]), int(out["height"][0])  # Gemini picks the size from aspect + tier
-    assert (w, h) == (512, 336)
-    pixels = np.frombuffer(out["image"][0], np.uint8).reshape(h, w, 3)
-    from actors.hosted import decode_image
-
-    assert (pixels == decode_image(png(w, h, "a banana"))).all()  # the final render, not a thought image
+    assert (w, h) == (1264, 848)
+    assert (decode_pixels(bytes(out["image"][0])) == decode_pixels(png(w, h, "a banana"))).all()  # not a thought
     req = fake.log[-1]
     assert req.path == "/v1beta/models/gemini-3.1-flash-image:generateContent"
     assert req.headers["x-goog-api-key"] == GEMINI_KEY
     gc = req.body["generationConfig"]
-    assert gc["responseModalities"] == ["IMAGE"] and gc["imageConfig"] == {"aspectRatio": "3:2", "imageSize": "512"}
+    assert gc["responseModalities"] == ["IMAGE"] and gc["imageConfig"] == {"aspectRatio": "3:2", "imageSize": "1K"}
     assert gc["seed"] == 11
-    assert out["cost_usd"][0] == pytest.approx((7 * 0.5 + 747 * 60.0) / 1e6)
+    # thinking and text tokens are billed at the text-output rate, not $0
+    assert out["cost_usd"][0] == pytest.approx(fake.paid_usd("gemini")) and out["cost_usd"][0] > 1120 * 60 / 1e6
+
+
+def test_gemini_tier_by_area(fake: FakeHosted) -> None:
+    out = gemini_gen(fake)(batch(["wide"], [(1280, 720)]))
+    assert fake.log[-1].body["generationConfig"]["imageConfig"] == {"aspectRatio": "16:9", "imageSize": "1K"}
+    assert (int(out["width"][0]), int(out["height"][0])) == (1376, 768)
 
 
 def test_gemini_429_retry_info_and_503(fake: FakeHosted) -> None:
@@ -135,26 +170,103 @@ def test_gemini_429_retry_info_and_503(fake: FakeHosted) -> None:
     assert len(fake.log) == 3
 
 
+@pytest.mark.parametrize("kind", ["per_day", "limit_zero"])
+def test_gemini_hard_quota_stops_the_run(fake: FakeHosted, kind: str) -> None:
+    fake.knobs.gemini_quota = kind
+    with pytest.raises(QuotaExhausted, match="quota exhausted"):
+        gemini_gen(fake)(batch(["x"]))
+    assert len(fake.log) == 1
+
+
+def test_gemini_per_minute_quota_is_retried(fake: FakeHosted) -> None:
+    fake.knobs.rate_limit_n = 2
+    out = gemini_gen(fake)(batch(["x"]))
+    assert out["status"][0] == "generated" and out["requests"][0] == 3
+
+
+def test_gemini_failed_precondition_is_fatal(fake: FakeHosted) -> None:
+    fake.knobs.failed_precondition = True
+    with pytest.raises(HostedFatal, match="FAILED_PRECONDITION"):
+        gemini_gen(fake)(batch(["x", "y"]))
+
+
 @pytest.mark.parametrize(("marker", "reason"), [("[refuse]", "blockReason=PROHIBITED_CONTENT"),
                                                 ("[refuse:IMAGE_SAFETY]", "finishReason=IMAGE_SAFETY"),
                                                 ("[refuse:NO_IMAGE]", "finishReason=NO_IMAGE"),
                                                 ("[refuse:TEXT]", "text-only answer")])
-def test_gemini_refusals(fake: FakeHosted, marker: str, reason: str) -> None:
+def test_gemini_refusals_are_billed_rows(fake: FakeHosted, marker: str, reason: str) -> None:
     out = gemini_gen(fake)(batch([f"p {marker}"]))
     assert out["status"][0] == "refused" and reason in out["error"][0]
     assert len(fake.log) == 1
+    assert out["cost_usd"][0] == pytest.approx(fake.paid_usd("gemini"))
 
 
 def test_gemini_retired_model_is_fatal(fake: FakeHosted) -> None:
+    fake.knobs.retired_model = True
     with pytest.raises(HostedFatal, match="retired"):
-        gemini_gen(fake, model="gemini-2.5-flash-image")(batch(["x"]))
+        gemini_gen(fake)(batch(["x"]))
 
 
-def test_gemini_size_mapping() -> None:
-    assert gemini_image_config("gemini-3.1-flash-image", 1024, 1024) == ("1:1", "1K")
-    assert gemini_image_config("gemini-3.1-flash-image", 1920, 1080) == ("16:9", "2K")
-    assert gemini_image_config("gemini-3-pro-image", 512, 512) == ("1:1", "1K")  # 512 tier: 3.1 Flash only
-    assert gemini_image_config("gemini-3.1-flash-image", 2048, 256) == ("8:1", "2K")
+# -- billing: every paid request once -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("backend", ["openai", "gemini"])
+def test_bad_answers_are_billed_once_and_never_retried(fake: FakeHosted, backend: str) -> None:
+    """One undecodable payload and one missing image among 4 rows: 4 paid requests, 4 priced rows (before, the
+    chunk was retried row by row: 8 paid requests, 4 recorded)."""
+    fake.knobs.corrupt_image_n, fake.knobs.null_image_n = 1, 1
+    gen = openai_gen(fake) if backend == "openai" else gemini_gen(fake)
+    out = gen(batch(["a", "b", "c", "d"]))
+    assert sorted(out["status"]) == ["error", "error", "generated", "generated"]
+    assert fake.paid_count(backend) == 4
+    assert out["cost_usd"].sum() == pytest.approx(fake.paid_usd(backend))
+    assert all(out["cost_usd"] > 0)
+
+
+def test_one_rows_exception_keeps_its_siblings(fake: FakeHosted) -> None:
+    """A row whose request raises something unexpected (a limiter RPC failure, a bug) is that row's error."""
+    gen = openai_gen(fake)
+    real = gen._call
+
+    def flaky(r: Any) -> Any:
+        if r.prompt == "b":
+            raise RuntimeError("limiter RPC failed")
+        return real(r)
+
+    gen._call = flaky  # type: ignore[method-assign]
+    out = gen(batch(["a", "b", "c"]))
+    assert list(out["status"]) == ["generated", "error", "generated"] and "limiter RPC failed" in out["error"][1]
+    assert fake.paid_count("openai") == 2 and len(fake.log) == 2
+
+
+@pytest.mark.parametrize("retry", [True, False])
+def test_timeouts_may_pay_twice_and_say_so(fake: FakeHosted, retry: bool) -> None:
+    """The provider finished (and billed) a request the client gave up on: the row says what it may have cost."""
+    fake.knobs.slow_n, fake.knobs.slow_ms = 1, 1500
+    limits = FAST.model_copy(update={"timeout_s": 0.5, "retry_timeouts": retry})
+    out = OpenAIImageGenerator(OpenAIImagesConfig(base_url=fake.url + "/v1", quality="low", limits=limits),
+                               SecretStr(OPENAI_KEY))(batch(["x"]))
+    est = OpenAIImagesConfig(quality="low").estimate_image_usd(1024, 1024, 1)
+    assert out["maybe_billed_usd"][0] == pytest.approx(est, rel=0.5)
+    if retry:
+        assert out["status"][0] == "generated" and out["requests"][0] == 2
+        assert fake.paid_count("openai") == 2  # paid twice; the manifest says so
+    else:
+        assert out["status"][0] == "error" and "Timeout" in out["error"][0] and fake.paid_count("openai") == 1
+
+
+def test_budget_stops_paid_requests_on_actual_spend(fake: FakeHosted) -> None:
+    """Each request reserves its estimate and settles at the billed price: with room for one billed image plus
+    one estimate, the second request goes and the third doesn't."""
+    est = OpenAIImagesConfig(quality="low").estimate_image_usd(1024, 1024, 1)
+    openai_gen(fake)(batch(["z"]))
+    billed = fake.paid_usd("openai")
+    fake.paid.clear()
+    gen = OpenAIImageGenerator(OpenAIImagesConfig(base_url=fake.url + "/v1", quality="low", limits=FAST,
+                                                  pool={"batch_size": 1, "num_gpus": 0}),
+                               SecretStr(OPENAI_KEY), budget=RunBudget(usd=billed + est + 1e-6, ledger="t"))
+    out = gen(batch(["a", "b", "c", "d"]))
+    assert list(out["status"]) == ["generated", "generated", "skipped", "skipped"]
+    assert "budget_usd" in out["error"][2] and fake.paid_count("openai") == 2
 
 
 def test_retry_policy_gives_up_and_honours_hints() -> None:
@@ -164,10 +276,14 @@ def test_retry_policy_gives_up_and_honours_hints() -> None:
     def always() -> None:
         raise RuntimeError("503")
 
-    result, verdict, attempts = call_with_retries(always, lambda e: Verdict("retry", "busy", 0.5),
-                                                  RateLimits(max_attempts=3), paused.append, waits.append)
-    assert result is None and verdict is not None and verdict.kind == "row_error" and attempts == 3
-    assert waits == [0.5, 0.5] and paused == [0.5, 0.5]
+    class Limiter(LocalLimiter):
+        def pause_all(self, seconds: float) -> None:
+            paused.append(seconds)
+
+    got = call_with_retries(always, lambda e: Verdict("retry", "busy", 0.5), RateLimits(max_attempts=3),
+                            Limiter(FAST), sleep=waits.append)
+    assert got.result is None and got.verdict is not None and got.verdict.kind == "row_error"
+    assert got.requests == 3 and waits == [0.5, 0.5] and paused == [0.5, 0.5]
 
 
 def test_rate_limiter_spaces_requests_and_images() -> None:
@@ -196,45 +312,105 @@ def test_hosted_generator_config_via_yaml_dict() -> None:
 
 # -- Batch API mode ---------------------------------------------------------------------------------------
 
-def keyed(prompts: list[str]) -> dict[str, np.ndarray]:
-    b = batch(prompts)
-    b["image_key"] = np.array([f"{i:040x}" for i in range(len(prompts))], dtype=object)
-    return b
+def batch_gen(fake: FakeHosted, backend: str, state: Any, **cfg: object) -> Any:
+    common: dict[str, Any] = {"limits": FAST, "batch_mode": True, "batch_poll_s": 0.01, **cfg}
+    if backend == "openai":
+        return OpenAIImageGenerator(OpenAIImagesConfig(base_url=fake.url + "/v1", quality="low", **common),
+                                    SecretStr(OPENAI_KEY), state_uri=str(state))
+    return GeminiImageGenerator(GeminiImageConfig(base_url=fake.url, **common), SecretStr(GEMINI_KEY),
+                                state_uri=str(state))
 
 
-def test_openai_batch_mode_persists_polls_and_collects(fake: FakeHosted, tmp_path: Any) -> None:
-    gen = OpenAIImageGenerator(OpenAIImagesConfig(base_url=fake.url + "/v1", quality="low", limits=FAST,
-                                                  batch_mode=True, batch_poll_s=0.01), SecretStr(OPENAI_KEY),
-                               state_uri=str(tmp_path))
-    out = gen(keyed(["a", "b", "c [refuse]"]))
-    assert list(out["status"]) == ["generated", "generated", "refused"]
-    assert out["cost_usd"][0] == pytest.approx((50 * 5.0 + 272 * 30.0) / 1e6 * 0.5)  # batch discount
+def matches_prompt(out: dict[str, np.ndarray], i: int, seed_text: str) -> bool:
+    w, h = int(out["width"][i]), int(out["height"][i])
+    return bool((decode_pixels(bytes(out["image"][i])) == decode_pixels(png(w, h, seed_text))).all())
+
+
+def test_openai_batch_mode_matches_shuffled_results_and_cleans_up(fake: FakeHosted, tmp_path: Any) -> None:
+    out = batch_gen(fake, "openai", tmp_path)(batch(["a", "b", "c", "d [refuse]"]))
+    assert list(out["status"]) == ["generated"] * 3 + ["refused"]
+    assert all(matches_prompt(out, i, f"{p}/0") for i, p in enumerate("abc"))  # by custom_id, not line order
+    assert out["cost_usd"].sum() == pytest.approx(fake.paid_usd("openai", "batch"))  # batch price, billed once
     assert len(fake.batches) == 1 and not any(r.path.endswith("/images/generations") for r in fake.log)
+    created = [r for r in fake.log if r.path == "/v1/batches" and r.method == "POST"][0]
+    assert created.body["output_expires_after"]["seconds"] > 0  # results expire on their own
+    assert created.body["input_file_id"] in fake.deleted_files  # the input file is deleted once the batch ends
     records = list((tmp_path / batches_dir("openai")).glob("*.json"))
     assert len(records) == 1 and OPENAI_KEY not in records[0].read_text()
+    assert '"final": "completed"' in records[0].read_text()
 
 
-def test_gemini_batch_mode(fake: FakeHosted, tmp_path: Any) -> None:
-    gen = GeminiImageGenerator(GeminiImageConfig(base_url=fake.url, limits=FAST, batch_mode=True,
-                                                 batch_poll_s=0.01), SecretStr(GEMINI_KEY), state_uri=str(tmp_path))
-    out = gen(keyed(["a banana", "x [refuse:IMAGE_SAFETY]"]))
+def test_gemini_batch_mode_inline(fake: FakeHosted, tmp_path: Any) -> None:
+    out = batch_gen(fake, "gemini", tmp_path)(batch(["a banana", "x [refuse:IMAGE_SAFETY]"]))
     assert list(out["status"]) == ["generated", "refused"] and "IMAGE_SAFETY" in out["error"][1]
-    assert out["cost_usd"][0] == pytest.approx((7 * 0.5 + 747 * 60.0) / 1e6 * 0.5)
+    assert out["cost_usd"].sum() == pytest.approx(fake.paid_usd("gemini", "batch"))
     assert len(fake.batches) == 1
+
+
+def test_gemini_batch_file_mode(fake: FakeHosted, tmp_path: Any) -> None:
+    """Large jobs go as an uploaded JSONL file; each result line carries its key (robust to any order)."""
+    fake.knobs.gemini_batch_reorder = True
+    prompts = ["p0", "p1", "p2"]
+    out = batch_gen(fake, "gemini", tmp_path, batch_input="file")(batch(prompts))
+    assert list(out["status"]) == ["generated"] * 3
+    assert all(matches_prompt(out, i, p) for i, p in enumerate(prompts))
+    assert any(r.path.startswith("/upload/") for r in fake.log)
+    assert out["cost_usd"].sum() == pytest.approx(fake.paid_usd("gemini", "batch"))
+
+
+def test_gemini_inline_results_without_metadata_match_by_position(fake: FakeHosted, tmp_path: Any) -> None:
+    fake.knobs.gemini_batch_omit_metadata = True
+    prompts = ["q0", "q1", "q2"]
+    out = batch_gen(fake, "gemini", tmp_path, batch_input="inline")(batch(prompts))
+    assert all(matches_prompt(out, i, p) for i, p in enumerate(prompts))
+
+
+@pytest.mark.parametrize("omit", [False, True])
+def test_gemini_billed_batch_with_missing_results_is_loud(fake: FakeHosted, tmp_path: Any, omit: bool) -> None:
+    fake.knobs.gemini_batch_drop_n, fake.knobs.gemini_batch_omit_metadata = 1, omit
+    with pytest.raises(HostedFatal, match="can't be matched"):
+        batch_gen(fake, "gemini", tmp_path, batch_input="inline")(batch(["a", "b", "c"]))
+
+
+@pytest.mark.parametrize("backend", ["openai", "gemini"])
+def test_failed_batch_is_resubmitted_then_reported(fake: FakeHosted, tmp_path: Any, backend: str) -> None:
+    """A failed batch (OpenAI: enqueued-token limit) ran nothing: its rows are submitted again, and when every
+    attempt fails they become error rows naming the batch's error; a later run submits them again."""
+    fake.knobs.batch_outcome = "failed"
+    out = batch_gen(fake, backend, tmp_path)(batch(["a", "b"]))
+    assert list(out["status"]) == ["error", "error"] and "without running it" in out["error"][0]
+    if backend == "openai":
+        assert "token_limit_exceeded" in out["error"][0]
+    assert len(fake.batches) == 3 and fake.paid_count() == 0
+    fake.knobs.batch_outcome = "completed"
+    again = batch_gen(fake, backend, tmp_path)(batch(["a", "b"]))  # a new run (e.g. --retry-failed)
+    assert list(again["status"]) == ["generated", "generated"] and len(fake.batches) == 4
+
+
+@pytest.mark.parametrize("backend", ["openai", "gemini"])
+def test_expired_batch_keeps_partial_results_and_resubmits_the_rest(fake: FakeHosted, tmp_path: Any,
+                                                                    backend: str) -> None:
+    fake.knobs.batch_outcome = "expired"  # each batch runs the first half of its requests
+    out = batch_gen(fake, backend, tmp_path)(batch(["a", "b", "c", "d"]))
+    # 4 → 2 ran; 2 resubmitted → 1 ran; 1 resubmitted → 0 ran: 3 images, 1 error row, each paid request once
+    assert sorted(out["status"]) == ["error", "generated", "generated", "generated"]
+    assert fake.paid_count(backend) == 3
+    assert out["cost_usd"].sum() == pytest.approx(fake.paid_usd(backend))
+
+
+def test_batches_are_cancelled_when_the_run_aborts(fake: FakeHosted, tmp_path: Any) -> None:
+    from actors.generation import Request
+
+    gen = batch_gen(fake, "openai", tmp_path)
+    reqs = [Request("a", "", 1, 1024, 1024, 1, 0.0, key="k" * 40)]
+    gen.batch._record_new(gen._submit(reqs), reqs)
+    gen.batch.cancel_open()
+    assert len(fake.cancelled_batches) == 1
 
 
 @pytest.mark.parametrize("backend", ["openai", "gemini"])
 def test_batch_resumes_after_restart_without_resubmitting(fake: FakeHosted, tmp_path: Any, backend: str) -> None:
     from unittest import mock
-
-    def make() -> Any:
-        if backend == "openai":
-            return OpenAIImageGenerator(OpenAIImagesConfig(base_url=fake.url + "/v1", quality="low", limits=FAST,
-                                                           batch_mode=True, batch_poll_s=0.01),
-                                        SecretStr(OPENAI_KEY), state_uri=str(tmp_path))
-        return GeminiImageGenerator(GeminiImageConfig(base_url=fake.url, limits=FAST, batch_mode=True,
-                                                      batch_poll_s=0.01), SecretStr(GEMINI_KEY),
-                                    state_uri=str(tmp_path))
 
     class Crash(BaseException):  # like a killed process: nothing catches it
         pass
@@ -243,9 +419,9 @@ def test_batch_resumes_after_restart_without_resubmitting(fake: FakeHosted, tmp_
     # the job dies while the batch is in flight (fault injected into polling)
     target = "actors.openai_generator.poll" if backend == "openai" else "actors.gemini_generator.poll"
     with mock.patch(target, side_effect=Crash("driver killed")), pytest.raises(Crash):
-        make()(keyed(["a", "b"]))
+        batch_gen(fake, backend, tmp_path)(batch(["a", "b"]))
     assert len(fake.batches) == 1
     # a fresh actor (restarted job) finds the recorded batch and collects it instead of paying twice
-    out = make()(keyed(["a", "b"]))
+    out = batch_gen(fake, backend, tmp_path)(batch(["a", "b"]))
     assert list(out["status"]) == ["generated", "generated"]
-    assert len(fake.batches) == 1
+    assert len(fake.batches) == 1 and fake.paid_count(backend) == 2

@@ -70,3 +70,14 @@ def test_no_prior_defaults_follow_the_column_types() -> None:
             assert value == 0 and _DTYPES[f"prior_{name}"] is np.int64
         else:
             assert value == ""
+
+
+def test_provider_and_billing_columns() -> None:
+    """What a hosted image adds: its stored content type and what its requests cost or may have cost; a resumed row
+    keeps them like cost_usd (the run report and WebDataset samples don't read them)."""
+    by_name = {c.name: c for c in ms.COLUMNS}
+    assert (by_name["mime"].type, by_name["requests"].type, by_name["maybe_billed_usd"].type) == (
+        pa.string(), pa.int32(), pa.float64())
+    for name in ("mime", "requests", "maybe_billed_usd"):
+        assert by_name[name].carried and not by_name[name].shard and not by_name[name].report
+    assert ms.empty_value("requests") == 0 and math.isnan(ms.empty_value("maybe_billed_usd"))

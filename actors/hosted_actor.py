@@ -1,0 +1,129 @@
+"""HostedGenerator: what both hosted actors share — pacing, budget, billing-safe requests, batch mode.
+
+A provider subclass supplies the wire details: `_request_body`/`_call` (one request), `_answer` (a response → an
+Outcome with the provider's bytes and price), `_classify` (an exception → a Verdict), and for batch mode
+`_submit`/`_collect`/`_cancel`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from typing import Any
+
+from pydantic import SecretStr
+
+from actors.batch_mode import BatchRunner, BatchState
+from actors.generation import GENERATOR_INPUT_COLUMNS, GENERATOR_OUTPUT_COLUMNS, Batch, Outcome, Request
+from actors.hosted import (
+    HostedFatal,
+    LedgerClient,
+    QuotaExhausted,
+    Verdict,
+    call_with_retries,
+    ledger_name,
+    limiter_name,
+    make_limiter,
+    never_raise,
+    run_hosted,
+    start_ledger,
+    start_limiter,
+)
+from configs.generator_base import RunBudget
+from configs.hosted import HostedCommon
+from configs.storage import StoreSpec
+
+logger = logging.getLogger(__name__)
+
+
+class HostedGenerator:
+    """Base of the hosted actors. One request per image; every paid request is billed once in the manifest."""
+
+    INPUT_COLUMNS = GENERATOR_INPUT_COLUMNS
+    OUTPUT_COLUMNS = GENERATOR_OUTPUT_COLUMNS
+    PROVIDER = ""
+
+    def __init__(self, cfg: HostedCommon, api_key: SecretStr, state_uri: str = "",
+                 state_store: StoreSpec = StoreSpec(kind="local"), name: str = "",
+                 budget: RunBudget | None = None) -> None:
+        from actors.storage import open_store
+
+        self.cfg, self.name = cfg, name  # rows routed to other generators pass through
+        self.limiter = make_limiter(cfg, api_key.get_secret_value())
+        self.ledger = LedgerClient(ledger_name(budget.ledger), budget.usd) if budget else LedgerClient("", 0.0)
+        self.threads = ThreadPoolExecutor(max_workers=max(1, min(cfg.pool.batch_size, 32)))
+        self.batch = (BatchRunner(self.PROVIDER, open_store(state_uri, state_store), self._submit, self._collect,
+                                  self._cancel) if cfg.batch_mode else None)
+
+    @staticmethod
+    def start_run(cfg: HostedCommon, api_key: SecretStr, budget: RunBudget | None = None, **_: Any) -> list[Any]:
+        """Driver side, before the run: the shared limiter of this provider scope (with this run's limits) and the
+        run's spend ledger. Both belong to the driver and end with the run."""
+        handles = [start_limiter(limiter_name(cfg, api_key.get_secret_value()), cfg.limits)]
+        if budget is not None:
+            handles.append(start_ledger(ledger_name(budget.ledger), budget.usd))
+        return handles
+
+    def __call__(self, batch: Batch) -> Batch:
+        return run_hosted(batch, self._generate, self.cfg, self.name)
+
+    def _generate(self, requests: Sequence[Request]) -> list[Outcome]:
+        checked = {r.key: self.cfg.size_problem(r.width, r.height) for r in requests}
+        ok = [r for r in requests if not checked[r.key]]  # rows the API can't serve never leave the actor
+        if self.batch is None:
+            done = dict(zip([r.key for r in ok], self.threads.map(never_raise(self._one, "request failed"), ok),
+                            strict=True))
+        else:
+            try:
+                done = dict(zip([r.key for r in ok], self.batch.run(ok, self._reserve), strict=True))
+            except (QuotaExhausted, HostedFatal):
+                self.batch.cancel_open()  # the run is ending: don't leave paid work running at the provider
+                raise
+        return [done.get(r.key) or Outcome(error=checked[r.key]) for r in requests]
+
+    # -- one synchronous request ------------------------------------------------------------------------
+    def _reserve(self, r: Request) -> float | None:
+        """The request's estimated price if the run's budget allows it, else None."""
+        est = self.cfg.estimate_image_usd(r.width, r.height, len(r.prompt))
+        return est if self.ledger.reserve(est) else None
+
+    def _one(self, r: Request) -> Outcome:
+        # 1 the run's budget, on actual spend so far
+        est = self._reserve(r)
+        if est is None:
+            return Outcome(skipped=f"limits.budget_usd={self.ledger.budget_usd:g} reached by actual spend; "
+                                   f"rerun with a larger budget to continue")
+        # 2 pace, call, retry per policy (each attempt takes its own limiter slot)
+        got = call_with_retries(lambda: self._call(r), self._classify, self.cfg.limits, self.limiter)
+        maybe = got.uncertain * est
+        if got.verdict is not None:
+            self.ledger.settle(est, maybe)
+            failed = Outcome(requests=got.requests, maybe_billed_usd=maybe)
+            if got.verdict.kind == "refused":
+                return replace(failed, refusal=got.verdict.message)
+            return replace(failed, error=got.verdict.message)
+        # 3 the provider's bytes and the billed price (an undecodable answer is still billed)
+        out = self._answer(got.result, got.requests, maybe, 1.0)
+        self.ledger.settle(est, (out.cost_usd or 0.0) + maybe)
+        return out
+
+    # -- provider hooks -----------------------------------------------------------------------------------
+    def _call(self, r: Request) -> Any:
+        raise NotImplementedError
+
+    def _answer(self, response: Any, requests: int, maybe_billed: float, discount: float) -> Outcome:
+        raise NotImplementedError
+
+    def _classify(self, exc: BaseException) -> Verdict:
+        raise NotImplementedError
+
+    def _submit(self, requests: Sequence[Request]) -> str:
+        raise NotImplementedError
+
+    def _collect(self, batch_id: str, keys: Sequence[str]) -> BatchState:
+        raise NotImplementedError
+
+    def _cancel(self, batch_id: str) -> None:
+        raise NotImplementedError

@@ -1,0 +1,171 @@
+"""What each hosted image model accepts and what it costs: the per-model capability and price table.
+
+Both the config checks (refuse settings a model can't serve, refuse models without prices) and the backends (turn
+a row's pixel size into a request, price an image before it is made) read this one table. Model ids stay plain
+strings: ids are retired often (shared/HOSTED_APIS.md §0), so a retired id is refused with its replacement named,
+and an id the table doesn't know needs `prices` (and `like`, a known id whose capabilities it shares) in config.
+
+Sources (as of 2026-11; "3rd-party" = not the vendor):
+- OpenAI sizes: API reference `images/generate` and the `openai` 3.54 SDK docstring of `size` (gpt-image-2 family:
+  both edges multiples of 16, long edge <= 3840, aspect within 3:1, total pixels 655,360..8,294,400).
+- OpenAI prices: developers.openai.com model pages (gpt-image-2.6-sunburst: text in $5, image in $8, image out $30
+  per 1M; gpt-image-1-mini: $2 / $2.50 / $8); gpt-image-1.5 image out $32 (3rd-party: llmreference). Output image
+  tokens per image for the gpt-image-1 family: 272/1056/4160 (low/medium/high at 1024x1024; 3rd-party: OpenAI
+  community forum, agrees with the official per-image prices). gpt-image-2 counts tokens by a size/quality formula;
+  the estimates here (~667/2333/6333 at 1024x1024) come from fal's per-image estimates $0.02/$0.07/$0.19 (3rd-party)
+  and are only used before the call: the response's `usage` is what is billed.
+- Gemini: ai.google.dev image-generation guide (aspect ratios, `imageSize` 512/1K/2K/4K with uppercase K, the 1K
+  pixel table), Vertex model pages (tokens per image: 3.1 Flash Image 747/1120/1680/2520; 3 Pro Image
+  1120/1120/2000), pricing page (3.1 Flash Image: input $0.50, image output $60 per 1M; 3 Pro Image: input $2,
+  image output $120). Text and thinking output: 3.1 Flash Image $3 per 1M (3rd-party: core.today), 3 Pro $12.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+OPENAI = "openai"
+GEMINI = "gemini"
+
+# Gemini's pixel sizes at the 1K tier for each aspect ratio (the guide's table); 2K and 4K are 2x and 4x, 512 half.
+GEMINI_1K: dict[str, tuple[int, int]] = {
+    "1:1": (1024, 1024), "2:3": (848, 1264), "3:2": (1264, 848), "3:4": (896, 1200), "4:3": (1200, 896),
+    "4:5": (928, 1152), "5:4": (1152, 928), "9:16": (768, 1376), "16:9": (1376, 768), "21:9": (1584, 672),
+    "1:4": (512, 2048), "4:1": (2048, 512), "1:8": (384, 3072), "8:1": (3072, 384),
+}
+GEMINI_TIER_SCALE = {"512": 0.5, "1K": 1.0, "2K": 2.0, "4K": 4.0}
+STANDARD_ASPECTS = ("1:1", "2:3", "3:2", "3:4", "4:3", "4:5", "5:4", "9:16", "16:9", "21:9")
+WIDE_ASPECTS = ("1:4", "4:1", "1:8", "8:1")
+
+
+@dataclass(frozen=True)
+class Prices:
+    """USD per 1M tokens."""
+
+    text_input: float = 0.0
+    image_input: float = 0.0
+    image_output: float = 0.0
+    text_output: float = 0.0
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """One hosted model: what it accepts, how many tokens an image takes, what a token costs."""
+
+    provider: str
+    prices: Prices
+    # OpenAI: "flexible" sizes (the gpt-image-2 rules) or only `fixed_sizes`
+    flexible_sizes: bool = False
+    fixed_sizes: tuple[tuple[int, int], ...] = ()
+    qualities: tuple[str, ...] = ("auto", "low", "medium", "high")
+    transparent: bool = False
+    formats: tuple[str, ...] = ("png", "jpeg", "webp")
+    # output image tokens of one 1024x1024 image per quality (OpenAI; scaled by area)
+    tokens_1024: dict[str, int] = field(default_factory=dict)
+    # Gemini: aspect ratios, size tiers and image tokens per tier
+    aspects: tuple[str, ...] = STANDARD_ASPECTS
+    tiers: dict[str, int] = field(default_factory=dict)
+    thinking_tokens: int = 0
+    """Typical thinking + text tokens of one answer (estimate only; Gemini 3 image models always think)."""
+    retires: str = ""
+    """Announced shutdown date (a warning until then)."""
+
+
+GPT1_TOKENS = {"low": 272, "medium": 1056, "high": 4160}
+GPT2_TOKENS = {"low": 667, "medium": 2333, "high": 6333, "xhigh": 9500, "max": 12700}
+GPT1_SIZES = ((1024, 1024), (1536, 1024), (1024, 1536))
+GPT2_PRICES = Prices(text_input=5.0, image_input=8.0, image_output=30.0)
+GPT2_5 = ModelInfo(OPENAI, GPT2_PRICES, flexible_sizes=True, transparent=True, tokens_1024=GPT2_TOKENS,
+                   qualities=("auto", "low", "medium", "high", "xhigh", "max"))
+
+MODELS: dict[str, ModelInfo] = {
+    "gpt-image-2": ModelInfo(OPENAI, GPT2_PRICES, flexible_sizes=True, tokens_1024=GPT2_TOKENS),
+    "gpt-image-2-2026-04-21": ModelInfo(OPENAI, GPT2_PRICES, flexible_sizes=True, tokens_1024=GPT2_TOKENS),
+    "gpt-image-2.5-sunburst": GPT2_5,
+    "gpt-image-2.5-sunburst-2026-09-08": GPT2_5,
+    "gpt-image-2.5-flare": GPT2_5,
+    "gpt-image-2.5-flare-2026-09-08": GPT2_5,
+    "gpt-image-2.6-sunburst": GPT2_5,
+    "gpt-image-2.6-flare": GPT2_5,
+    "gpt-image-1.5": ModelInfo(OPENAI, Prices(text_input=5.0, image_input=8.0, image_output=32.0),
+                               fixed_sizes=GPT1_SIZES, transparent=True, tokens_1024=GPT1_TOKENS,
+                               retires="2026-12-01"),
+    "gpt-image-1-mini": ModelInfo(OPENAI, Prices(text_input=2.0, image_input=2.5, image_output=8.0),
+                                  fixed_sizes=GPT1_SIZES, transparent=True, tokens_1024=GPT1_TOKENS,
+                                  retires="2026-12-01"),
+    "gemini-3.1-flash-image": ModelInfo(GEMINI, Prices(text_input=0.5, image_input=0.5, image_output=60.0,
+                                                       text_output=3.0),
+                                        aspects=STANDARD_ASPECTS + WIDE_ASPECTS,
+                                        tiers={"512": 747, "1K": 1120, "2K": 1680, "4K": 2520}, thinking_tokens=150),
+    "gemini-3-pro-image": ModelInfo(GEMINI, Prices(text_input=2.0, image_input=2.0, image_output=120.0,
+                                                   text_output=12.0),
+                                    tiers={"1K": 1120, "2K": 1120, "4K": 2000}, thinking_tokens=300),
+}
+
+RETIRED: dict[str, str] = {
+    "gpt-image-1": "shut down 2026-10-23; use gpt-image-2 (or gpt-image-2.6-sunburst)",
+    "dall-e-2": "retired 2026-05-12; use gpt-image-2",
+    "dall-e-3": "retired 2026-05-12; use gpt-image-2",
+    "chatgpt-image-latest": "deprecated (shutdown 2026-12-01); use gpt-image-2",
+    "gemini-2.5-flash-image": "shut down 2026-10-02; use gemini-3.1-flash-image (Nano Banana 2)",
+    "gemini-2.5-flash-image-preview": "shut down; use gemini-3.1-flash-image (Nano Banana 2)",
+    "gemini-3-pro-image-preview": "shut down 2026-06-25; use gemini-3-pro-image",
+    "gemini-3.1-flash-image-preview": "shut down 2026-06-25; use gemini-3.1-flash-image",
+}
+
+
+def lookup(provider: str, model: str, like: str = "") -> ModelInfo | None:
+    """The table entry for `model` (or for `like` when the id is unknown); None when neither is known."""
+    for name in (model, like):
+        info = MODELS.get(name)
+        if name and info is not None and info.provider == provider:
+            return info
+    return None
+
+
+def openai_size_problem(info: ModelInfo | None, model: str, width: int, height: int) -> str:
+    """Why `model` can't make a WxH image ('' when it can). None = unknown model: only generic checks."""
+    if info is not None and not info.flexible_sizes:
+        if (width, height) in info.fixed_sizes:
+            return ""
+        sizes = ", ".join(f"{w}x{h}" for w, h in info.fixed_sizes)
+        return f"size {width}x{height}: {model} only makes {sizes}"
+    if width % 16 or height % 16:
+        return f"size {width}x{height}: both sides must be multiples of 16 for {model}"
+    if max(width, height) > 3 * min(width, height):
+        return f"size {width}x{height}: aspect ratio must be within 3:1 for {model}"
+    if max(width, height) > 3840:
+        return f"size {width}x{height}: the long edge must be at most 3840 for {model}"
+    if not 655_360 <= width * height <= 8_294_400:
+        return (f"size {width}x{height}: {model} needs between 655,360 and 8,294,400 pixels "
+                f"(e.g. 1024x1024 up to 2880x2880), got {width * height:,}")
+    return ""
+
+
+def openai_image_tokens(info: ModelInfo, quality: str, width: int, height: int) -> int:
+    """Estimated output image tokens of one image ('auto' priced as medium; scaled by area)."""
+    per = info.tokens_1024.get("medium" if quality == "auto" else quality) or max(info.tokens_1024.values())
+    return round(per * width * height / (1024 * 1024))
+
+
+def gemini_request_size(info: ModelInfo | None, model: str, width: int, height: int) -> tuple[str, str, str]:
+    """(aspectRatio, imageSize, problem) for a pixel size: the nearest aspect ratio the model offers, then the
+    smallest tier whose image is at least ~the requested area (tiers are about area: 1280x720 is 1K at 16:9,
+    whose image is 1376x768). problem is '' unless no tier is large enough."""
+    aspects = info.aspects if info is not None else STANDARD_ASPECTS
+    tiers = list(info.tiers) if info is not None else ["1K", "2K", "4K"]
+    aspect = min(aspects, key=lambda a: abs(GEMINI_1K[a][0] / GEMINI_1K[a][1] - width / height))
+    base_w, base_h = GEMINI_1K[aspect]
+    for tier in sorted(tiers, key=GEMINI_TIER_SCALE.__getitem__):
+        scale = GEMINI_TIER_SCALE[tier]
+        if base_w * scale * base_h * scale >= 0.9 * width * height:
+            return aspect, tier, ""
+    top = max(tiers, key=GEMINI_TIER_SCALE.__getitem__)
+    w, h = (round(v * GEMINI_TIER_SCALE[top]) for v in (base_w, base_h))
+    return aspect, top, f"size {width}x{height}: {model} makes at most {w}x{h} at {aspect}"
+
+
+def gemini_pixels(aspect: str, tier: str) -> tuple[int, int]:
+    """The pixel size Gemini returns for an aspect ratio and tier."""
+    w, h = GEMINI_1K[aspect]
+    return round(w * GEMINI_TIER_SCALE[tier]), round(h * GEMINI_TIER_SCALE[tier])
