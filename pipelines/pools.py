@@ -78,7 +78,7 @@ def map_batches_kwargs(pool: Pool) -> dict[str, Any]:
     concurrent: dict[str, Any] = {}
     if pool.concurrency > 1:  # threaded actor: that many calls at once, and that many queued per actor
         concurrent = {"max_concurrent_calls_per_actor": pool.concurrency,
-                      "max_tasks_in_flight_per_actor": pool.concurrency}
+                      "max_tasks_in_flight_per_actor": pool.concurrency, "enable_true_multi_threading": True}
     kwargs: dict[str, Any] = {
         "compute": ActorPoolStrategy(min_size=pool.min_size, max_size=pool.max_size, initial_size=pool.initial_size,
                                      **concurrent),

@@ -1,5 +1,7 @@
-"""A fleet job mixing a local tiny diffusers generator with both hosted backends (real SDKs → loopback fake),
-on local Ray with the shared per-key limiter; and a quota-exhausted run that stops cleanly."""
+"""Hosted backends in real runs (real SDKs → the strict loopback fake, local Ray, SeaweedFS): a fleet mixing a local
+tiny diffusers generator with both providers, billed exactly as the provider charged and stored as sent; a
+quota-exhausted run that stops cleanly; the budget enforced on actual spend; batch mode at many pool-fulls; and the
+run-owned limiter."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from typing import Any
 import pytest
 
 from jobs import generate
-from tests.conftest import REPO, tiny_job, write_config, write_prompts
+from tests.conftest import REPO, sleep_job, tiny_job, write_config, write_prompts
 from tests.integration.test_pipeline import manifest, objects
 from tests.support.fake_hosted import GEMINI_KEY, OPENAI_KEY, FakeHosted
 
@@ -35,7 +37,7 @@ def hosted_job(src: Path, model: Path, out: str, fake: FakeHosted) -> dict[str, 
     fast = {"requests_per_min": 6000, "images_per_min": 6000, "initial_backoff_s": 0.05}
     pool = {"min_size": 1, "max_size": 2, "initial_size": 1, "num_gpus": 0, "num_cpus": 0.25, "batch_size": 4}
     raw["generators"]["oa"] = {"backend": "openai", "base_url": fake.url + "/v1", "quality": "low", "limits": fast,
-                               "pool": pool, "defaults": {"width": 64, "height": 64}}
+                               "pool": pool, "defaults": {"width": 1024, "height": 1024}}
     raw["generators"]["nb"] = {"backend": "gemini", "base_url": fake.url, "limits": fast, "pool": pool,
                                "defaults": {"width": 64, "height": 64}}
     raw["routing"] = {"mode": "fanout", "fanout": ["tiny", "oa", "nb"]}
@@ -61,6 +63,13 @@ def test_fleet_mixing_local_and_hosted(
     assert by[("r6", "nb")]["status"] == "refused" and "blockReason" in by[("r6", "nb")]["error"]
     assert by[("r0", "oa")]["cost_usd"] > 0 and by[("r0", "nb")]["cost_usd"] > 0
     assert by[("r0", "nb")]["width"] == 512  # Gemini's 512 tier for a 64 px request
+    # every paid request is in the manifest once, at the provider's price; the bytes are the provider's
+    for gen, provider in (("oa", "openai"), ("nb", "gemini")):
+        mine = [r for r in rows if r["generator"] == gen]
+        assert sum(r["cost_usd"] for r in mine) == pytest.approx(fake.paid_usd(provider))
+        assert fake.paid_count(provider) == sum(r["status"] in ("ok", "refused") for r in mine) - (gen == "oa")
+        assert all(r["sha256"] in fake.served and r["mime"] == "image/png" for r in mine if r["status"] == "ok")
+        assert all(r["requests"] >= 1 for r in mine)
     assert len(objects(s3_env, bucket, "h/images/")) == 6 * 3 + 1
     out = capsys.readouterr()
     text = out.out + out.err
@@ -86,3 +95,76 @@ def test_quota_exhausted_stops_cleanly(tmp_path: Path, tiny_model: Path, s3_env:
     assert line and "insufficient_quota" in line[0]
     assert not [k for k in objects(s3_env, bucket, "q/manifest/") if "/part-" in k]
     assert OPENAI_KEY not in done.stderr and OPENAI_KEY not in done.stdout
+
+
+def hosted_only(src: Path, out: str, fake: FakeHosted, backend: str, **gen: Any) -> dict[str, Any]:
+    raw = sleep_job(src, out)
+    fast = {"requests_per_min": 6000, "images_per_min": 6000, "initial_backoff_s": 0.05}
+    common = {"limits": fast, "pool": {"min_size": 1, "max_size": 1, "initial_size": 1, "num_gpus": 0,
+                                       "num_cpus": 0.25, "batch_size": 1}}
+    if backend == "openai":
+        raw["generators"] = {"h": {"backend": "openai", "base_url": fake.url + "/v1", "quality": "low", **common,
+                                   **gen}}
+    else:
+        raw["generators"] = {"h": {"backend": "gemini", "base_url": fake.url, **common,
+                                   "defaults": {"width": 512, "height": 512}, **gen}}
+    return raw
+
+
+def test_budget_stops_on_actual_spend(tmp_path: Path, s3_env: Any, bucket: str, ray_cluster: None,
+                                      fake: FakeHosted) -> None:
+    """The answers cost far more than estimated (heavy thinking): the run's ledger stops paid requests once
+    actual spend reaches the budget, though the estimate-based scheduling would have allowed all of them."""
+    from configs.hosted import GeminiImageConfig
+
+    fake.knobs.thinking_tokens = 100_000  # ~$0.30 of thinking per image on top of the ~$0.03 estimate
+    est = GeminiImageConfig(defaults={"width": 512, "height": 512}).estimate_usd()
+    src = write_prompts(tmp_path / "p.parquet", {"prompt": [f"p{i}" for i in range(5)]})
+    raw = hosted_only(src, f"s3://{bucket}/b", fake, "gemini")
+    raw["limits"] = {"budget_usd": round(5.5 * est, 4)}
+    assert generate.main([str(write_config(tmp_path / "j.yaml", raw))]) == 0
+    rows = manifest(s3_env, bucket, "b")
+    assert sorted(r["status"] for r in rows) == ["ok"] + ["skipped"] * 4
+    assert fake.paid_count("gemini") == 1
+    assert sum(r["cost_usd"] for r in rows) == pytest.approx(fake.paid_usd("gemini"))
+    assert all("reached by actual spend" in r["error"] for r in rows if r["status"] == "skipped")
+
+
+def test_batch_mode_keeps_many_batches_in_flight(tmp_path: Path, s3_env: Any, bucket: str, ray_cluster: None,
+                                                 fake: FakeHosted) -> None:
+    """One actor, 2 requests per batch, a provider turnaround of T: 20 pool-fulls finish in about T, not 20T
+    (before, an actor held one batch at a time). Every image is collected once, at the batch price."""
+    import time
+
+    turnaround = 4.0
+    fake.knobs.batch_turnaround_s, fake.batch_ticks = turnaround, 1
+    src = write_prompts(tmp_path / "p.parquet", {"prompt": [f"p{i}" for i in range(40)]})
+    raw = hosted_only(src, f"s3://{bucket}/bm", fake, "openai", batch_mode=True, batch_poll_s=0.25,
+                      batch_in_flight=32)
+    raw["generators"]["h"]["pool"]["batch_size"] = 2
+    started = time.monotonic()
+    assert generate.main([str(write_config(tmp_path / "j.yaml", raw))]) == 0
+    elapsed = time.monotonic() - started
+    rows = manifest(s3_env, bucket, "bm")
+    assert len(rows) == 40 and all(r["status"] == "ok" for r in rows)
+    assert len(fake.batches) == 20 and fake.paid_count("openai", "batch") == 40
+    assert sum(r["cost_usd"] for r in rows) == pytest.approx(fake.paid_usd("openai"))
+    spans = [(b["created_at"], b["completed_at"]) for b in fake.batches.values()]
+    overlap = max(sum(c <= t < d for c, d in spans) for t in range(min(c for c, _ in spans), max(d for _, d in spans)))
+    print(f"batch mode: 20 batches of turnaround {turnaround}s in {elapsed:.1f}s, {overlap} in flight at most")
+    assert overlap >= 10, spans  # serially (the old design) at most 1
+    assert elapsed < 15 * turnaround, f"{elapsed:.1f}s for 20 batches of turnaround {turnaround}s"
+
+
+def test_limiter_belongs_to_the_run_and_takes_the_newest_limits(ray_cluster: None) -> None:
+    """Before: a detached limiter kept the first run's limits forever. Now each run's driver applies its own."""
+    import ray
+
+    from actors.hosted import start_limiter
+    from configs.hosted import RateLimits
+
+    first = start_limiter("imagefleet-limiter-test", RateLimits(requests_per_min=10, images_per_min=10))
+    assert ray.get(first.limits.remote()) == (10, 10)
+    second = start_limiter("imagefleet-limiter-test", RateLimits(requests_per_min=600, images_per_min=300))
+    assert ray.get(second.limits.remote()) == pytest.approx((600, 300))
+    assert ray._private.state.actors(first._actor_id.hex())["IsDetached"] is False  # it ends with the run
