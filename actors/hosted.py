@@ -267,6 +267,10 @@ class SpendLedger:
     budget (in-flight requests can only overshoot by their own estimates)."""
 
     def __init__(self, budget_usd: float) -> None:
+        self.reset(budget_usd)
+
+    def reset(self, budget_usd: float) -> None:
+        """A new run on this output starts from zero (the output lease makes it the only one)."""
         self.budget_usd = budget_usd
         self.spent = 0.0
         self.reserved = 0.0
@@ -289,8 +293,10 @@ def start_ledger(name: str, budget_usd: float) -> Any:
     """The run's ledger, created by the driver (it ends with the run)."""
     import ray
 
-    return ray.remote(num_cpus=0)(SpendLedger).options(
-        name=name, namespace=NAMESPACE, get_if_exists=True).remote(budget_usd)
+    handle: Any = ray.remote(num_cpus=0)(SpendLedger)
+    handle = handle.options(name=name, namespace=NAMESPACE, get_if_exists=True).remote(budget_usd)
+    ray.get(handle.reset.remote(budget_usd))  # an earlier run in this process may have left it alive
+    return handle
 
 
 class LedgerClient:

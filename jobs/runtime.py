@@ -248,6 +248,10 @@ def plan_text(cfg: JobConfig, source: SourceInfo, plan: Plan) -> str:
              f"  routing: {cfg.routing.mode} (default {cfg.default_generator})",
              "  stages :", *plan.describe(),
              f"  cost estimate: {cost_estimate(cfg, source.num_images or source.num_rows)}"]
+    for name, gen in cfg.generators.items():
+        info = getattr(gen, "info", lambda: None)()
+        if info is not None and info.retires:
+            lines.append(f"  note   : {name} uses {gen.model}, which the provider shuts down on {info.retires}")
     return "\n".join(lines)
 
 

@@ -226,10 +226,12 @@ def build(cfg: JobConfig, stores: Stores, source: SourceInfo, plan: Plan | None 
     ds = ray.data.read_parquet([f[5:] if f.startswith("s3://") else f for f in source.files], filesystem=fs,
                                columns=list(plan.source_columns))
     # 3 run-wide services a stage's actors share (hosted rate limiters, the spend ledger), owned by this driver
+    services: list[Any] = []
     for stage in plan.stages:
         start = getattr(stage.actor, "start_run", None)
         if start is not None:
-            _RUN_SERVICES.extend(start(**stage.kwargs))
+            services.extend(start(**stage.kwargs))
+    _RUN_SERVICES[:] = services  # an earlier run's services in this process end now (unless shared by name)
     # 4 every stage in order, each in its own pool
     for stage in plan.stages:
         if stage.rows_per_block:  # small Parquet files are one block: split so every actor gets work
