@@ -425,3 +425,14 @@ def test_batch_resumes_after_restart_without_resubmitting(fake: FakeHosted, tmp_
     out = batch_gen(fake, backend, tmp_path)(batch(["a", "b"]))
     assert list(out["status"]) == ["generated", "generated"]
     assert len(fake.batches) == 1 and fake.paid_count(backend) == 2
+
+
+def test_limiter_is_keyed_by_provider_scope_and_model_not_by_key() -> None:
+    from actors.hosted import limiter_name
+
+    a = OpenAIImagesConfig(project="proj_1")
+    assert limiter_name(a, "sk-one") == limiter_name(a, "sk-two")  # two keys of one project share its limits
+    assert limiter_name(a, "sk-one") != limiter_name(a.model_copy(update={"model": "gpt-image-2.6-flare"}), "sk-one")
+    assert limiter_name(OpenAIImagesConfig(), "sk-one") != limiter_name(OpenAIImagesConfig(), "sk-two")
+    scoped = GeminiImageConfig(limits={"scope": "my-gcp-project"})
+    assert limiter_name(scoped, "k1") == limiter_name(scoped, "k2") and "k1" not in limiter_name(scoped, "k1")
