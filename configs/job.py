@@ -16,8 +16,9 @@ class LimitsConfig(StrictModel):
     """Run-level safety limits."""
 
     budget_usd: float = Field(default=0.0, ge=0)
-    """Stop scheduling new images once their estimated cost reaches this (0 = no budget). Rows past it
-    become `status=skipped` rows; rerun with a bigger budget to continue (resume skips finished work)."""
+    """Stop scheduling new images once their estimated cost reaches this (0 = no budget); hosted generators also
+    stop paid requests once the run's actual spend reaches it. Rows past it become `status=skipped` rows; rerun
+    with a bigger budget to continue (resume skips finished work)."""
     max_error_fraction: float = Field(default=1.0, ge=0, le=1)
     """Fail the run when more than this fraction of images failed (1.0 = never): mid-run once a writer has
     seen `abort_min_rows` rows (no manifest is committed then), and on the final count."""
