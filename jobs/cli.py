@@ -19,6 +19,7 @@ commands:
   s3 serve|start|stop|env [--dir D]        embedded SeaweedFS S3 on 127.0.0.1 (auth on)
   tiny-model PATH [--kind sd|sdxl]         build a tiny random-weight diffusers pipeline offline
   report OUTPUT_URI                        (re)write OUTPUT_URI/report.html from the manifest
+  init PARQUET [-o CONFIG] [--backend B]   write a starter config from a prompt table's columns
 """
 
 
@@ -78,6 +79,10 @@ def main(argv: list[str] | None = None) -> int:
         return s3_main(rest)
     if command == "report":
         return report_main(rest)
+    if command == "init":
+        from jobs import init
+
+        return init.main(rest)
     if command == "tiny-model":
         p = argparse.ArgumentParser(prog="imagefleet tiny-model")
         p.add_argument("path")

@@ -1,0 +1,114 @@
+"""`imagefleet init PARQUET`: a starter config from a prompt table's columns, checked by the real loader."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+PROMPT_NAMES = ("prompt", "prompts", "text", "caption", "description", "query")
+ID_NAMES = ("id", "row_id", "uid", "key")
+NEGATIVE_NAMES = ("negative_prompt", "negative", "neg_prompt")
+ROW_COLUMNS = ("seed", "width", "height", "num_steps", "guidance_scale", "num_images")
+
+BACKENDS = {
+    "diffusers": """    backend: diffusers
+    model: {model}                  # a hub id, a local folder or an s3:// folder
+    pool: {{min_size: 1, max_size: 4, num_gpus: 1, num_cpus: 2, batch_size: 8}}
+    defaults: {{width: 512, height: 512, num_steps: 4, guidance_scale: 0.0}}
+    cost: {{usd_per_gpu_hour: 2.5, est_seconds_per_image: 0.5}}   # for --dry-run estimates and limits.budget_usd""",
+    "openai": """    backend: openai                 # key from OPENAI_API_KEY
+    model: {model}
+    quality: medium
+    pool: {{min_size: 1, max_size: 4, num_gpus: 0, num_cpus: 0.25, batch_size: 8}}
+    defaults: {{width: 1024, height: 1024}}
+    limits: {{requests_per_min: 50, images_per_min: 50}}        # your project's limits""",
+    "gemini": """    backend: gemini                 # key from GEMINI_API_KEY
+    model: {model}
+    pool: {{min_size: 1, max_size: 4, num_gpus: 0, num_cpus: 0.25, batch_size: 8}}
+    defaults: {{width: 1024, height: 1024}}
+    limits: {{requests_per_min: 60, images_per_min: 60}}        # your project's limits""",
+}
+DEFAULT_MODEL = {"diffusers": "stabilityai/sd-turbo", "openai": "gpt-image-2", "gemini": "gemini-3.1-flash-image"}
+
+
+class InitError(ValueError):
+    """Why no config was written (one line)."""
+
+
+def _pick(names: list[str], preferred: tuple[str, ...]) -> str:
+    lowered = {n.lower(): n for n in names}
+    return next((lowered[p] for p in preferred if p in lowered), "")
+
+
+def starter_config(table: str, output_uri: str, backend: str, model: str) -> str:
+    """The YAML text of a starter config for `table` (raises InitError with one line)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        schema = pq.read_schema(table)
+    except (OSError, pa.ArrowInvalid) as exc:
+        raise InitError(f"can't read a Parquet schema from {table}: {exc}") from None
+    text_columns = [f.name for f in schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
+    if not text_columns:
+        raise InitError(f"{table} has no text column to use as prompts (columns: {', '.join(schema.names)})")
+    prompt = _pick(text_columns, PROMPT_NAMES) or text_columns[0]
+    row_id = _pick(schema.names, ID_NAMES)
+    negative = _pick(text_columns, NEGATIVE_NAMES)
+    per_row = [c for c in ROW_COLUMNS if c in schema.names]
+    lines = [
+        f"# Starter config written by `imagefleet init {table}`. Check it with `imagefleet run <this file> --dry-run`;",
+        "# every key is described in docs/CONFIG.md.",
+        f"name: {Path(table).stem}",
+        "seed: 0",
+        "source:",
+        f"  uri: {table}",
+        f"  prompt_column: {prompt}",
+    ]
+    if row_id:
+        lines.append(f"  id_column: {row_id}")
+    else:
+        lines.append("  # no id column found: row ids are derived from the prompt text")
+    if negative:
+        lines.append(f"  negative_prompt_column: {negative}")
+    if per_row:
+        lines.append(f"  # per-row columns found (they override the generator's defaults): {', '.join(per_row)}")
+    lines += ["generators:", "  main:", BACKENDS[backend].format(model=model or DEFAULT_MODEL[backend]),
+              "output:", f"  uri: {output_uri}", "  format: png",
+              "cluster:", "  address: auto                    # a running Ray cluster, else a local one", ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="imagefleet init", description="Write a starter config for a Parquet prompt "
+                                "table (prompt/id/negative-prompt columns picked from its schema).")
+    p.add_argument("table", help="a local Parquet file")
+    p.add_argument("-o", "--output", default="imagefleet.yaml", help="config file to write (never overwritten)")
+    p.add_argument("--backend", choices=sorted(BACKENDS), default="diffusers", help="the generator to start with")
+    p.add_argument("--model", default="", help="model id (default: a sensible one for the backend)")
+    p.add_argument("--output-uri", default="", help="where images and the manifest go (default ./outputs/<name>)")
+    args = p.parse_args(argv)
+    from configs import ConfigError
+    from configs.loader import load_config
+
+    target = Path(args.output)
+    if target.exists():
+        print(f"imagefleet: {target} exists; pass -o NEW_FILE (init never overwrites)", file=sys.stderr)
+        return 2
+    try:
+        text = starter_config(args.table, args.output_uri or f"outputs/{Path(args.table).stem}", args.backend,
+                              args.model)
+    except InitError as exc:
+        print(f"imagefleet: {exc}", file=sys.stderr)
+        return 2
+    target.write_text(text)
+    try:
+        load_config(target)  # what init writes always loads
+    except ConfigError as exc:
+        target.unlink()
+        print(f"imagefleet: the starter config did not load ({str(exc).splitlines()[-1].strip()}); "
+              f"nothing written", file=sys.stderr)
+        return 2
+    print(f"wrote {target}: check it with `imagefleet run {target} --dry-run`")
+    return 0

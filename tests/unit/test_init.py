@@ -1,0 +1,43 @@
+"""`imagefleet init`: a starter config from a prompt table, which the real loader accepts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from configs.loader import load_config
+from jobs import init
+
+
+def table(path: Path, columns: dict[str, list[object]]) -> str:
+    pq.write_table(pa.table(columns), path)
+    return str(path)
+
+
+@pytest.mark.parametrize("backend", ["diffusers", "openai", "gemini"])
+def test_init_picks_columns_and_the_config_loads(tmp_path: Path, backend: str) -> None:
+    src = table(tmp_path / "ads.parquet", {"sku": [1, 2], "Caption": ["a", "b"], "negative": ["", "x"],
+                                           "width": [512, 768], "uid": ["u1", "u2"]})
+    out = tmp_path / "job.yaml"
+    assert init.main([src, "-o", str(out), "--backend", backend]) == 0
+    cfg = load_config(out)
+    assert cfg.source.prompt_column == "Caption" and cfg.source.id_column == "uid"
+    assert cfg.source.negative_prompt_column == "negative"
+    assert cfg.generators["main"].backend == backend
+    assert "per-row columns found" in out.read_text() and "width" in out.read_text()
+
+
+def test_init_never_overwrites_and_explains_bad_tables(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "job.yaml"
+    out.write_text("mine")
+    src = table(tmp_path / "t.parquet", {"prompt": ["a"]})
+    assert init.main([src, "-o", str(out)]) == 2 and out.read_text() == "mine"
+    numbers = table(tmp_path / "n.parquet", {"x": [1]})
+    assert init.main([numbers, "-o", str(tmp_path / "n.yaml")]) == 2
+    assert init.main([str(tmp_path / "missing.parquet"), "-o", str(tmp_path / "m.yaml")]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert "never overwrites" in err[0] and "no text column" in err[1] and "can't read" in err[2]
+    assert not (tmp_path / "n.yaml").exists()
