@@ -35,30 +35,61 @@ def submit(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="imagefleet submit")
     p.add_argument("config")
     p.add_argument("--address", required=True, help="Ray dashboard address, e.g. http://HEAD:8265")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, as for `imagefleet run` (repeatable)")
     p.add_argument("--wait", action="store_true", help="stream logs and exit with the job's status")
     p.add_argument("--pip", action="append", default=[], help="extra pip packages for the job's runtime env")
+    p.add_argument("--ship-source", action="store_true",
+                   help="upload a local prompt table inside the repository with the job (else use an s3:// source)")
     args = p.parse_args(argv)
     from configs import ConfigError, load_config
 
     try:  # validate here: a bad config should fail on the laptop, not after the upload
-        load_config(args.config, args.overrides)
+        cfg = load_config(args.config, args.overrides)
     except ConfigError as exc:
         print(f"imagefleet: {exc}", file=sys.stderr)
         return 2
+    excludes, overrides = list(EXCLUDES), list(args.overrides)
+    if not cfg.source.uri.startswith("s3://"):  # the cluster can't read the laptop's disk
+        source = Path(cfg.source.uri).resolve()
+        if not args.ship_source:  # fine on one machine or a shared filesystem; say so otherwise
+            print(f"imagefleet: note: source.uri {cfg.source.uri} is a local path: the cluster's nodes must be able "
+                  f"to read it (a shared filesystem); otherwise copy it to s3:// and --set source.uri=s3://..., "
+                  f"or pass --ship-source to upload it with the job", file=sys.stderr)
+        elif not source.is_relative_to(REPO):
+            print(f"imagefleet: --ship-source uploads the repository only; move {cfg.source.uri} under {REPO}",
+                  file=sys.stderr)
+            return 2
+        else:
+            excludes.remove("*.parquet")  # ship the table (the job runs in the uploaded repository)
+            overrides.append(f"source.uri={source.relative_to(REPO)}")
     # the config travels inside the runtime env (it may live anywhere, even in a git-ignored folder)
     entrypoint = " ".join(["python -m jobs.cli run env:IMAGEFLEET_CONFIG_YAML",
-                           *(f"--set {shlex.quote(o)}" for o in ["cluster.address=auto", *args.overrides])])
+                           *(f"--set {shlex.quote(o)}" for o in ["cluster.address=auto", *overrides])])
     runtime_env: dict[str, object] = {
-        "working_dir": str(REPO), "excludes": EXCLUDES,
+        "working_dir": str(REPO), "excludes": excludes,
         "env_vars": {"RAY_USAGE_STATS_ENABLED": "0", "IMAGEFLEET_CONFIG_YAML": Path(args.config).read_text()},
     }
     if args.pip:
         runtime_env["pip"] = args.pip
-    client = _client(args.address)
-    job_id = client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env)  # type: ignore[attr-defined]
+    try:
+        client = _client(args.address)
+        job_id = client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env)  # type: ignore[attr-defined]
+    except Exception as exc:  # noqa: BLE001 - unreachable address, auth: one line, not a traceback
+        return _cluster_error(args.address, exc)
     print(f"submitted {job_id} to {args.address}")
     return follow(client, job_id) if args.wait else 0
+
+
+def _cluster_error(address: str, exc: BaseException) -> int:
+    """One line for a cluster that can't be reached or a job it doesn't know (exit 2)."""
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+    if isinstance(exc, ConnectionError) or "connect" in first.lower():
+        print(f"imagefleet: can't reach the Ray dashboard at {address}: {first}; check --address "
+              f"(http://HEAD:8265)", file=sys.stderr)
+    else:
+        print(f"imagefleet: {first}", file=sys.stderr)
+    return 2
 
 
 def follow(client: object, job_id: str, poll_s: float = 1.0) -> int:
@@ -82,7 +113,11 @@ def status(argv: list[str]) -> int:
     p.add_argument("job_id")
     p.add_argument("--address", required=True)
     args = p.parse_args(argv)
-    print(str(_client(args.address).get_job_status(args.job_id)).rsplit(".", 1)[-1])  # type: ignore[attr-defined]
+    try:
+        state = _client(args.address).get_job_status(args.job_id)  # type: ignore[attr-defined]
+    except Exception as exc:  # noqa: BLE001 - unknown job, unreachable address
+        return _cluster_error(args.address, exc)
+    print(str(state).rsplit(".", 1)[-1])
     return 0
 
 
@@ -91,5 +126,9 @@ def logs(argv: list[str]) -> int:
     p.add_argument("job_id")
     p.add_argument("--address", required=True)
     args = p.parse_args(argv)
-    print(_client(args.address).get_job_logs(args.job_id), end="")  # type: ignore[attr-defined]
+    try:
+        text = _client(args.address).get_job_logs(args.job_id)  # type: ignore[attr-defined]
+    except Exception as exc:  # noqa: BLE001 - unknown job, unreachable address
+        return _cluster_error(args.address, exc)
+    print(text, end="")
     return 0

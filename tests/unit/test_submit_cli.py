@@ -1,0 +1,29 @@
+"""`imagefleet submit|status|logs` without a cluster: one-line answers, never a traceback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from jobs import submit
+from tests.conftest import sleep_job, write_config, write_prompts
+
+NOWHERE = "http://127.0.0.1:1"
+
+
+@pytest.mark.parametrize("verb", [submit.status, submit.logs])
+def test_unreachable_dashboard_is_one_line(verb: object, capsys: pytest.CaptureFixture[str]) -> None:
+    assert verb(["raysubmit_nope", "--address", NOWHERE]) == 2  # type: ignore[operator]
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "can't reach the Ray dashboard" in err[0] and "--address" in err[0]
+
+
+def test_local_source_is_explained_or_shipped(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    src = write_prompts(tmp_path / "p.parquet", {"prompt": ["a"]})
+    cfg = write_config(tmp_path / "job.yaml", sleep_job(src, "s3://b/o"))
+    assert submit.submit([str(cfg), "--address", NOWHERE, "--ship-source"]) == 2
+    assert "uploads the repository only" in capsys.readouterr().err
+    assert submit.submit([str(cfg), "--address", NOWHERE]) == 2  # a note, then the unreachable cluster
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "local path" in err[0] and "--ship-source" in err[0] and "can't reach" in err[1]
