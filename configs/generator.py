@@ -47,9 +47,11 @@ class DiffusersConfig(GeneratorBase):
         return ",".join(p for p in parts if p)
 
     def needs(self) -> Needs:
-        """An s3:// model folder needs a store connection."""
+        """An s3:// model folder needs a store connection; a local-looking path must exist."""
         if self.model.startswith("s3://"):
             return Needs(model_uri=self.model, model_s3=self.model_s3)
+        if self.model.startswith(("/", "./", "../", "~")):  # hub ids look like org/name
+            return Needs(model_path=self.model)
         return Needs()
 
 

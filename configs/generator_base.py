@@ -88,6 +88,8 @@ class Needs(StrictModel):
     """An `s3://` model folder to copy once per actor (`model_store` constructor argument); empty = none."""
     model_s3: S3Config = S3Config()
     """Connection settings for `model_uri`."""
+    model_path: str = ""
+    """A local model folder that must exist before the run starts (checked by --dry-run too)."""
     state_store: bool = False
     """Keeps state next to the outputs (`state_uri`, `state_store` constructor arguments), e.g. batch ids."""
     spend: bool = False

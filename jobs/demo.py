@@ -38,6 +38,12 @@ def write_example_prompts(path: str | Path, n: int = 80) -> Path:
 
 
 def main(argv: list[str]) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(prog="imagefleet demo", description="Build a tiny offline model and 80 example "
+                                "prompts, start the embedded S3 on loopback, and run configs/local_tiny.yaml end to "
+                                "end on local Ray. Extra arguments go to `imagefleet run` (e.g. --set k=v).")
+    p.parse_known_args(argv)  # --help prints and exits here, before anything is built or started
     from jobs import generate
     from jobs.seaweed import S3Server
     from jobs.tiny_models import build_tiny_pipeline

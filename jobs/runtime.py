@@ -104,6 +104,10 @@ def resolve_stores(cfg: JobConfig, online: bool = False) -> Stores:
     `online` (serving) reads no prompt table and writes no outputs, so their credentials aren't asked for.
     """
     needs = {name: g.needs() for name, g in cfg.generators.items()}
+    for name, n in needs.items():
+        if n.model_path and not Path(n.model_path).expanduser().is_dir():
+            raise StorageError(f"generators.{name}.model: local model folder {n.model_path} does not exist; give a "
+                               f"folder with model_index.json, a hub id (org/name) or an s3:// folder")
     models = {name: resolve_store_spec(n.model_uri, n.model_s3) for name, n in needs.items() if n.model_uri}
     unused = StoreSpec(kind="local")
     return Stores(
