@@ -106,6 +106,16 @@ def parse_config(raw: dict[str, Any], source: str = "<config>") -> JobConfig:
         raise ConfigError(f"invalid config {source}:\n" + _explain(exc, raw)) from None
 
 
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """A copy of a config dict with `dotted.key=value` overrides applied (values parsed as YAML)."""
+    import copy
+
+    out = copy.deepcopy(raw)
+    for item in overrides:
+        _apply_override(out, item)
+    return out
+
+
 def _apply_override(raw: dict[str, Any], item: str) -> None:
     key, sep, value = item.partition("=")
     if not sep or not key.strip():

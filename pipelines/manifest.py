@@ -107,15 +107,18 @@ def _to_manifest_rows(batch: Any, run_id: str) -> Any:
     return pa.Table.from_arrays(columns, schema=MANIFEST)
 
 
-def iter_manifest_batches(output_uri: str, store: StoreSpec, columns: list[str], batch_size: int = 65536) -> Any:
-    """The committed manifest's selected columns, one record batch at a time (memory: a batch, not the run)."""
+def manifest_dataset(output_uri: str, store: StoreSpec) -> Any:
+    """The committed manifest as a lazy `pyarrow.dataset.Dataset` (the parts the index names; empty when none)."""
     import pyarrow.dataset as pads
 
     parts = current_parts(open_store(output_uri, store))
-    if not parts:
-        return
     fs, root = arrow_filesystem(output_uri, store)
-    dataset = pads.dataset([f"{root}/{p}" for p in parts], filesystem=fs, format="parquet", schema=MANIFEST)
+    return pads.dataset([f"{root}/{p}" for p in parts], filesystem=fs, format="parquet", schema=MANIFEST)
+
+
+def iter_manifest_batches(output_uri: str, store: StoreSpec, columns: list[str], batch_size: int = 65536) -> Any:
+    """The committed manifest's selected columns, one record batch at a time (memory: a batch, not the run)."""
+    dataset = manifest_dataset(output_uri, store)
     yield from dataset.to_batches(columns=columns, batch_size=batch_size, batch_readahead=1, fragment_readahead=1)
 
 
