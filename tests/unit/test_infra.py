@@ -111,3 +111,81 @@ def test_app_builder_returns_a_lazy_serve_application(tmp_path: Path, monkeypatc
     assert isinstance(built, Application)  # nothing started: binding deployments is lazy
     with pytest.raises(ValueError, match="needs args"):
         app({})
+
+
+def _pod_specs() -> list[tuple[str, dict[str, Any]]]:
+    pods = []
+    for spec in _cluster_specs():
+        pods.append(("head", spec["headGroupSpec"]["template"]["spec"]))
+        pods.extend((g["groupName"], g["template"]["spec"]) for g in spec["workerGroupSpecs"])
+    return pods
+
+
+def test_every_ray_pod_gets_the_secrets() -> None:
+    """Jobs `imagefleet submit` sends to the RayCluster read S3 and API keys from the nodes' environment."""
+    for group, pod in _pod_specs():
+        for container in pod["containers"]:
+            refs = [e.get("secretRef", {}).get("name") for e in container.get("envFrom", [])]
+            assert "imagefleet-secrets" in refs, f"{group}/{container['name']} gets no imagefleet-secrets"
+
+
+def test_cronjob_service_account_may_replace_the_rayjob() -> None:
+    by_kind: dict[str, list[dict[str, Any]]] = {}
+    for _, d in docs():
+        by_kind.setdefault(d["kind"], []).append(d)
+    cron = by_kind["CronJob"][0]
+    account = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["serviceAccountName"]
+    assert account in {sa["metadata"]["name"] for sa in by_kind["ServiceAccount"]}
+    binding = next(b for b in by_kind["RoleBinding"] if any(s["name"] == account for s in b["subjects"]))
+    role = next(r for r in by_kind["Role"] if r["metadata"]["name"] == binding["roleRef"]["name"])
+    allowed = {v for rule in role["rules"] if "rayjobs" in rule["resources"] for v in rule["verbs"]}
+    assert {"create", "delete"} <= allowed  # what `kubectl delete rayjob … && kubectl create -f …` needs
+    listed = yaml.safe_load((INFRA / "base" / "kustomization.yaml").read_text())["resources"]
+    assert sorted(listed) == sorted(p.name for p in (INFRA / "base").glob("*.yaml")
+                                    if p.name not in ("kustomization.yaml", "rayjob.yaml"))
+
+
+def test_airflow_task_runs_from_any_working_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The DAG's command, run from a temporary folder as Airflow does (dry run against local stand-ins)."""
+    import shlex
+    import subprocess
+    import sys
+    import types
+
+    captured: dict[str, Any] = {}
+
+    class Dag:
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            pass
+
+        def __enter__(self) -> Dag:
+            return self
+
+        def __exit__(self, *args: Any) -> None:
+            pass
+
+    def bash_operator(**kwargs: Any) -> None:
+        captured.update(kwargs)
+
+    airflow = types.ModuleType("airflow")
+    airflow.DAG = Dag  # type: ignore[attr-defined]
+    bash = types.ModuleType("airflow.operators.bash")
+    bash.BashOperator = bash_operator  # type: ignore[attr-defined]
+    for name, module in (("airflow", airflow), ("airflow.operators", types.ModuleType("airflow.operators")),
+                         ("airflow.operators.bash", bash)):
+        monkeypatch.setitem(sys.modules, name, module)
+    exec(compile((INFRA / "airflow" / "imagefleet_dag.py").read_text(), "imagefleet_dag.py", "exec"), {})
+    argv = shlex.split(captured["bash_command"].replace("{{ ds }}", "2026-11-24"))
+    assert argv[:2] == ["imagefleet", "run"] and Path(argv[2]).is_absolute() and Path(argv[2]).exists()
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"prompt": ["a"]}), tmp_path / "p.parquet")
+    work = tmp_path / "airflow-task"
+    work.mkdir()
+    stand_ins = ["--set", "cluster.address=local", "--set", f"output.uri={tmp_path / 'out'}",
+                 "--set", f"source.uri={tmp_path / 'p.parquet'}", "--dry-run"]
+    done = subprocess.run([sys.executable, "-m", "jobs.cli", *argv[1:], *stand_ins], cwd=work,
+                          capture_output=True, text=True, timeout=120,
+                          env={**__import__("os").environ, "PYTHONPATH": str(REPO)})
+    assert done.returncode == 0, done.stderr[-2000:]
