@@ -15,6 +15,7 @@ A batch the provider says completed but that lacks results for some of its reque
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
@@ -23,6 +24,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from actors.generation import Outcome, Request
+from actors.hosted import HostedFatal
 from actors.layout import batch_record, batches_dir
 from actors.storage import ObjectStore
 
@@ -57,6 +59,7 @@ class BatchRunner:
         self.lock = threading.Lock()
         self.batch_of: dict[str, str] = {}  # image key → the recorded batch that has (or will have) its answer
         self.open: set[str] = set()  # batches submitted by this actor and not finished
+        self.stopping = False
         for rel, _ in store.list(f"{batches_dir(provider)}/"):
             record = json.loads(store.get(rel))
             keys = record["keys"] if not record.get("final") else record.get("answered", [])
@@ -65,32 +68,45 @@ class BatchRunner:
         if self.batch_of:
             logger.info("resuming %d recorded %s batch request(s)", len(self.batch_of), provider)
 
-    def run(self, requests: Sequence[Request], reserve: Callable[[Request], float | None]) -> list[Outcome]:
-        """One outcome per request, in order: submitted (or found in a recorded batch), waited for, collected."""
+    def run(self, requests: Sequence[Request], reserve: Callable[[Request], float | None],
+            settle: Callable[[float, Outcome | None], None]) -> list[Outcome]:
+        """One outcome per request, in order: submitted (or found in a recorded batch), waited for, collected.
+        Each submitted request reserves its estimate from the run's budget and settles at the billed price."""
         results: dict[str, Outcome] = {}
         why: dict[str, str] = {}
+        reserved: dict[str, float] = {}
         todo = list(requests)
         for _ in range(1 + RESUBMITS):
+            if self.stopping:
+                raise HostedFatal(f"the run is stopping: no new {self.provider} batches")
             # 1 submit what no recorded batch covers (within the budget), and record it before waiting
             with self.lock:
                 new = [r for r in todo if r.key not in self.batch_of]
-            allowed = [r for r in new if reserve(r) is not None]
+            allowed = []
             for r in new:
-                if r not in allowed:
+                est = reserve(r)
+                if est is None:
                     results[r.key] = Outcome(skipped="limits.budget_usd reached by actual spend; rerun with a "
                                                      "larger budget to continue")
+                else:
+                    reserved[r.key] = est
+                    allowed.append(r)
             if allowed:
                 self._record_new(self.submit(allowed), allowed)
-            # 2 wait for each batch these rows live in
+            # 2 wait for each batch these rows live in (a key another call just released is submitted next round)
             groups: dict[str, list[str]] = {}
-            for r in todo:
-                if r.key not in results:
-                    groups.setdefault(self.batch_of[r.key], []).append(r.key)
+            with self.lock:
+                for r in todo:
+                    batch_id = self.batch_of.get(r.key)
+                    if r.key not in results and batch_id is not None:
+                        groups.setdefault(batch_id, []).append(r.key)
             for batch_id, keys in groups.items():
                 state = self.collect(batch_id, self._keys_of(batch_id))
                 self._record_end(batch_id, state)
                 for key in keys:
                     answer = state.outcomes.get(key)
+                    if key in reserved:
+                        settle(reserved.pop(key), answer)  # never ran: released; ran: the billed price
                     if answer is not None:  # an image, a refusal, or the provider's no for this request
                         results[key] = answer
                     else:
@@ -105,8 +121,9 @@ class BatchRunner:
                 for r in requests]
 
     def cancel_open(self) -> None:
-        """Cancel this actor's unfinished batches (the run is ending)."""
+        """Cancel this actor's unfinished batches and submit no more (the run is ending)."""
         with self.lock:
+            self.stopping = True
             batches = list(self.open)
         for batch_id in batches:
             try:
@@ -122,7 +139,13 @@ class BatchRunner:
     def _record_new(self, batch_id: str, requests: Sequence[Request]) -> None:
         record = {"batch_id": batch_id, "provider": self.provider, "keys": [r.key for r in requests],
                   "created_at": time.time(), "final": ""}
-        self.store.put(batch_record(self.provider, batch_id), json.dumps(record).encode(), "application/json")
+        try:
+            self.store.put(batch_record(self.provider, batch_id), json.dumps(record).encode(), "application/json")
+        except Exception:
+            # an unrecorded batch could be paid again by a restart: cancel it rather than keep it
+            with contextlib.suppress(Exception):
+                self.cancel(batch_id)
+            raise
         with self.lock:
             self.batch_of.update({r.key: batch_id for r in requests})
             self.open.add(batch_id)

@@ -124,15 +124,15 @@ class GeminiImageGenerator(HostedGenerator):
                 return Verdict("retry", msg)
             return Verdict("row_error", msg)
         name = type(exc).__name__
-        if "Timeout" in name:  # the request may have run (and been billed) anyway
-            return Verdict("retry", msg, uncertain=True)
-        if "Connect" in name or "RemoteProtocol" in name:
+        if "Timeout" in name or name in ("RemoteProtocolError", "ReadError", "WriteError"):
+            return Verdict("retry", msg, uncertain=True)  # sent, then lost: it may have run (and been billed)
+        if "Connect" in name:
             return Verdict("retry", msg)
         return Verdict("row_error", msg)
 
     # -- Batch API ---------------------------------------------------------------------------------------
-    def _api(self, fn: Any) -> Any:
-        return api_call(fn, self._classify, self.cfg.limits, self.limiter)
+    def _api(self, fn: Any, creates: bool = False) -> Any:
+        return api_call(fn, self._classify, self.cfg.limits, self.limiter, creates)
 
     def _as_file(self, n: int) -> bool:
         mode = self.gcfg.batch_input
@@ -150,7 +150,7 @@ class GeminiImageGenerator(HostedGenerator):
             src = [{"contents": [{"parts": [{"text": r.prompt}], "role": "user"}], "config": self._config(r),
                     "metadata": {"key": r.key}} for r in requests]
         job = self._api(lambda: self.client.batches.create(model=self.gcfg.model, src=src,
-                                                           config={"display_name": "imagefleet"}))
+                                                           config={"display_name": "imagefleet"}), creates=True)
         if upload is not None:
             self.inputs[str(job.name)] = str(upload.name)  # deleted once the batch ends (else it expires in 48 h)
         return str(job.name)
@@ -213,12 +213,22 @@ class GeminiImageGenerator(HostedGenerator):
         data = self._api(lambda: self.client.files.download(file=name))
         out: dict[str, Outcome] = {}
         for line in bytes(data).splitlines():
-            if line.strip():
+            if not line.strip():
+                continue
+            item: Any = None
+            try:
                 item = json.loads(line)
+                key = str(item.get("key", ""))
                 response = item.get("response")
                 parsed = (self.types.GenerateContentResponse.model_validate_json(json.dumps(response))
                           if response is not None else None)
-                out[str(item.get("key", ""))] = self._item_outcome(parsed, item.get("error") or item.get("status"))
+                out[key] = self._item_outcome(parsed, item.get("error") or item.get("status"))
+            except Exception as exc:  # noqa: BLE001 - one bad line is that request's (billed) error, not the batch's
+                key = str(item.get("key", "")) if isinstance(item, dict) else ""
+                if not key:
+                    raise HostedFatal(f"gemini batch result file {name} has an unreadable line: {exc}") from None
+                out[key] = Outcome(error=f"unreadable batch result (billed): {type(exc).__name__}", requests=1,
+                                   cost_usd=self.gcfg.estimate_usd() * self.gcfg.batch_discount)
         return out
 
     def _item_outcome(self, response: Any, error: Any) -> Outcome:

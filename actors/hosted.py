@@ -138,11 +138,24 @@ def call_with_retries(
     raise AssertionError("unreachable")
 
 
+POLL_ATTEMPTS = 50
+"""Attempts for reads (polls, result downloads): a batch runs for hours, so minutes of 5xx or network trouble
+must not end the run (and cancel paid batches)."""
+
+
 def api_call(fn: Callable[[], T], classify: Callable[[BaseException], Verdict], limits: RateLimits,
-             limiter: Any) -> T:
-    """A control-plane call (files, batches) under the retry policy; any final failure ends the run."""
-    got = call_with_retries(fn, classify, limits, _NoPacing(limiter))
+             limiter: Any, creates: bool = False) -> T:
+    """A control-plane call (files, batches) under the retry policy; any final failure ends the run.
+
+    `creates`: the call creates a billable thing (a batch). A timed-out create may have succeeded, and sending it
+    again would create (and bill) a second batch, so it is not retried: the run stops and says so. Reads are
+    retried far longer than requests (POLL_ATTEMPTS)."""
+    update = {"retry_timeouts": False} if creates else {"max_attempts": max(limits.max_attempts, POLL_ATTEMPTS)}
+    got = call_with_retries(fn, classify, limits.model_copy(update=update), _NoPacing(limiter))
     if got.verdict is not None:
+        if creates and got.uncertain:
+            raise HostedFatal(f"creating a provider batch timed out; it may exist and be billed: look for it in "
+                              f"the provider's console before rerunning ({got.verdict.message})")
         raise HostedFatal(f"batch API call failed: {got.verdict.message}")
     return got.result  # type: ignore[return-value]  # verdict None means fn returned
 
@@ -208,7 +221,7 @@ class LimiterClient:
 
     def __init__(self, name: str, limits: RateLimits) -> None:
         self.name, self.limits = name, limits
-        self.local = RateLimiter(limits.requests_per_min, limits.images_per_min)
+        self.local = LocalLimiter(limits)
         self.handle: Any = None
         self.lock = threading.Lock()
 
@@ -227,12 +240,13 @@ class LimiterClient:
             logger.warning("shared rate limiter unavailable (%s); pacing this actor alone", type(exc).__name__)
             with self.lock:
                 self.handle = None
-            delay = self.local.acquire(images)
+            self.local.wait_turn(images)
+            return
         if delay > 0:
             time.sleep(delay)
 
     def pause_all(self, seconds: float) -> None:
-        self.local.pause(seconds)
+        self.local.pause_all(seconds)
         with contextlib.suppress(Exception):  # best effort: the local pause holds this actor back anyway
             self._remote().pause.remote(seconds)
 
@@ -267,6 +281,7 @@ class SpendLedger:
     budget (in-flight requests can only overshoot by their own estimates)."""
 
     def __init__(self, budget_usd: float) -> None:
+        self.lock = threading.Lock()  # the local fallback is shared by an actor's threads
         self.reset(budget_usd)
 
     def reset(self, budget_usd: float) -> None:
@@ -276,14 +291,16 @@ class SpendLedger:
         self.reserved = 0.0
 
     def reserve(self, usd: float) -> bool:
-        if self.budget_usd > 0 and self.spent + self.reserved + usd > self.budget_usd:
-            return False
-        self.reserved += usd
-        return True
+        with self.lock:
+            if self.budget_usd > 0 and self.spent + self.reserved + usd > self.budget_usd:
+                return False
+            self.reserved += usd
+            return True
 
     def settle(self, reserved: float, actual: float) -> None:
-        self.reserved = max(0.0, self.reserved - reserved)
-        self.spent += actual
+        with self.lock:
+            self.reserved = max(0.0, self.reserved - reserved)
+            self.spent += actual
 
     def totals(self) -> tuple[float, float]:
         return self.spent, self.reserved

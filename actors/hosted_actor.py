@@ -70,24 +70,48 @@ class HostedGenerator:
         return run_hosted(batch, self._generate, self.cfg, self.name)
 
     def _generate(self, requests: Sequence[Request]) -> list[Outcome]:
+        """One outcome per request; never raises for a row (a raise here would make `run_generation` retry the
+        chunk row by row, paying again for rows already paid), only for run-ending errors."""
         checked = {r.key: self.cfg.size_problem(r.width, r.height) for r in requests}
-        ok = [r for r in requests if not checked[r.key]]  # rows the API can't serve never leave the actor
+        # 1 rows the API can't serve never leave the actor; rows with one image key are one request
+        unique = list({r.key: r for r in requests if not checked[r.key]}.values())
         if self.batch is None:
-            done = dict(zip([r.key for r in ok], self.threads.map(never_raise(self._one, "request failed"), ok),
-                            strict=True))
+            answers = self.threads.map(never_raise(self._one, "request failed"), unique)
+            done = dict(zip([r.key for r in unique], answers, strict=True))
         else:
             try:
-                done = dict(zip([r.key for r in ok], self.batch.run(ok, self._reserve), strict=True))
+                done = dict(zip([r.key for r in unique], self.batch.run(unique, self._reserve, self._settle),
+                                strict=True))
             except (QuotaExhausted, HostedFatal):
                 self.batch.cancel_open()  # the run is ending: don't leave paid work running at the provider
                 raise
-        return [done.get(r.key) or Outcome(error=checked[r.key]) for r in requests]
+            except Exception as exc:  # noqa: BLE001 - a row-level retry would submit (and pay) again
+                logger.warning("batch call failed: %s: %s", type(exc).__name__, str(exc)[:200])
+                failed = Outcome(error=f"batch call failed: {type(exc).__name__}: {exc}"[:500])
+                done = {r.key: failed for r in unique}
+        # 2 a key's second row points at the same stored image: paid (and priced) once
+        out, seen = [], set()
+        for r in requests:
+            answer = done.get(r.key) or Outcome(error=checked[r.key])
+            if r.key in seen and r.key in done:
+                answer = replace(answer, cost_usd=0.0, requests=0, maybe_billed_usd=0.0)
+            seen.add(r.key)
+            out.append(answer)
+        return out
 
     # -- one synchronous request ------------------------------------------------------------------------
     def _reserve(self, r: Request) -> float | None:
         """The request's estimated price if the run's budget allows it, else None."""
         est = self.cfg.estimate_image_usd(r.width, r.height, len(r.prompt))
         return est if self.ledger.reserve(est) else None
+
+    def _settle(self, reserved: float, answer: Outcome | None) -> None:
+        """Settle a reservation at the billed price (None: the request never ran, nothing billed)."""
+        if answer is None:
+            self.ledger.settle(reserved, 0.0)
+            return
+        billed = answer.cost_usd if answer.cost_usd is not None else self.cfg.cost.usd_per_image
+        self.ledger.settle(reserved, billed + answer.maybe_billed_usd)
 
     def _one(self, r: Request) -> Outcome:
         # 1 the run's budget, on actual spend so far
@@ -106,7 +130,7 @@ class HostedGenerator:
             return replace(failed, error=got.verdict.message)
         # 3 the provider's bytes and the billed price (an undecodable answer is still billed)
         out = self._answer(got.result, got.requests, maybe, 1.0)
-        self.ledger.settle(est, (out.cost_usd or 0.0) + maybe)
+        self._settle(est, out)
         return out
 
     # -- provider hooks -----------------------------------------------------------------------------------

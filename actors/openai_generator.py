@@ -117,15 +117,16 @@ class OpenAIImageGenerator(HostedGenerator):
             return Verdict("fatal", f"model {self.ocfg.model!r} is unknown or retired (404): {msg}")
         if isinstance(exc, (o.AuthenticationError, o.PermissionDeniedError)):
             return Verdict("fatal", f"OpenAI rejected the API key or permission: {msg}")
-        if isinstance(exc, o.APITimeoutError):  # the request may have run (and been billed) anyway
-            return Verdict("retry", msg, uncertain=True)
-        if isinstance(exc, (o.InternalServerError, o.APIConnectionError, o.ConflictError)):
+        if isinstance(exc, o.APIConnectionError):  # timeouts and dropped connections: it may have run (and billed)
+            unsent = type(exc.__cause__).__name__ in ("ConnectError", "ConnectTimeout")  # never reached the API
+            return Verdict("retry", msg, uncertain=not unsent)
+        if isinstance(exc, (o.InternalServerError, o.ConflictError)):
             return Verdict("retry", msg, retry_after_s(getattr(getattr(exc, "response", None), "headers", None)))
         return Verdict("row_error", msg)
 
     # -- Batch API -----------------------------------------------------------------------------------
-    def _api(self, fn: Any) -> Any:
-        return api_call(fn, self._classify, self.cfg.limits, self.limiter)
+    def _api(self, fn: Any, creates: bool = False) -> Any:
+        return api_call(fn, self._classify, self.cfg.limits, self.limiter, creates)
 
     def _submit(self, requests: Sequence[Request]) -> str:
         lines = "".join(json.dumps({"custom_id": r.key, "method": "POST", "url": "/v1/images/generations",
@@ -134,7 +135,7 @@ class OpenAIImageGenerator(HostedGenerator):
         created = self._api(lambda: self.client.batches.create(
             input_file_id=upload.id, endpoint="/v1/images/generations", completion_window="24h",
             metadata={"source": "imagefleet"},
-            output_expires_after={"anchor": "created_at", "seconds": KEEP_RESULTS_S}))
+            output_expires_after={"anchor": "created_at", "seconds": KEEP_RESULTS_S}), creates=True)
         return str(created.id)
 
     def _collect(self, batch_id: str, keys: Sequence[str]) -> BatchState:

@@ -436,3 +436,70 @@ def test_limiter_is_keyed_by_provider_scope_and_model_not_by_key() -> None:
     assert limiter_name(OpenAIImagesConfig(), "sk-one") != limiter_name(OpenAIImagesConfig(), "sk-two")
     scoped = GeminiImageConfig(limits={"scope": "my-gcp-project"})
     assert limiter_name(scoped, "k1") == limiter_name(scoped, "k2") and "k1" not in limiter_name(scoped, "k1")
+
+
+# -- review findings: each a way to pay twice, or to lose a paid result -------------------------------------
+
+@pytest.mark.parametrize("backend", ["openai", "gemini"])
+def test_rows_sharing_an_image_key_are_one_request(fake: FakeHosted, tmp_path: Any, backend: str) -> None:
+    """Two rows with one key (same prompt and seed): one paid request, priced once, both rows get the image."""
+    for mode in ("sync", "batch"):
+        b = batch(["same", "same", "other"])
+        b["image_key"] = np.array(["k" * 40, "k" * 40, "o" * 40], dtype=object)
+        gen = (batch_gen(fake, backend, tmp_path / mode) if mode == "batch"
+               else openai_gen(fake) if backend == "openai" else gemini_gen(fake))
+        out = gen(b)
+        assert list(out["status"]) == ["generated"] * 3, (mode, list(out["error"]))
+        assert fake.paid_count(backend, mode) == 2 and out["cost_usd"][1] == 0
+        assert out["cost_usd"].sum() == pytest.approx(fake.paid_usd(backend, mode))
+
+
+def test_a_failing_batch_record_write_cancels_the_batch_and_never_resubmits(fake: FakeHosted, tmp_path: Any) -> None:
+    from unittest import mock
+
+    gen = batch_gen(fake, "openai", tmp_path)
+    with mock.patch.object(gen.batch.store, "put", side_effect=OSError("store unavailable")):
+        out = gen(batch(["a", "b", "c"]))
+    assert list(out["status"]) == ["error"] * 3 and "batch call failed" in out["error"][0]
+    assert len(fake.batches) == 1 and len(fake.cancelled_batches) == 1  # not 1 + 3 row-by-row batches
+
+
+def test_batch_mode_settles_the_budget_at_billed_prices(fake: FakeHosted, tmp_path: Any) -> None:
+    fake.knobs.batch_outcome = "expired"  # half of each batch runs; the rest is resubmitted
+    gen = OpenAIImageGenerator(OpenAIImagesConfig(base_url=fake.url + "/v1", quality="low", limits=FAST,
+                                                  batch_mode=True, batch_poll_s=0.01), SecretStr(OPENAI_KEY),
+                               state_uri=str(tmp_path), budget=RunBudget(usd=100.0, ledger="t"))
+    gen(batch(["a", "b", "c", "d"]))
+    spent, reserved = gen.ledger.local.totals()
+    assert reserved == pytest.approx(0.0)  # nothing left reserved (never-ran requests are released)
+    assert spent == pytest.approx(fake.paid_usd("openai"))
+
+
+def test_a_timed_out_batch_create_is_not_sent_twice(fake: FakeHosted, tmp_path: Any) -> None:
+    gen = batch_gen(fake, "openai", tmp_path)
+    real = gen.client.batches.create
+    calls: list[int] = []
+
+    def slow_create(**kwargs: Any) -> Any:
+        calls.append(1)
+        real(**kwargs)  # the provider created (and will bill) it ...
+        raise gen.openai.APITimeoutError(request=None)  # ... but the answer never arrived
+
+    gen.client.batches.create = slow_create  # type: ignore[method-assign]
+    with pytest.raises(HostedFatal, match="may exist and be billed"):
+        gen(batch(["a"]))
+    assert len(calls) == 1 and len(fake.batches) == 1
+
+
+def test_polls_ride_out_minutes_of_server_errors(fake: FakeHosted, tmp_path: Any) -> None:
+    gen = batch_gen(fake, "openai", tmp_path)
+    real = gen.client.batches.retrieve
+    failures = iter(range(10))
+
+    def flaky(batch_id: str) -> Any:
+        if next(failures, None) is not None:
+            raise gen.openai.APIConnectionError(request=None)  # type: ignore[arg-type]
+        return real(batch_id)
+
+    gen.client.batches.retrieve = flaky  # type: ignore[method-assign]
+    assert list(gen(batch(["a"]))["status"]) == ["generated"]  # 10 failed polls > max_attempts (6): still fine
