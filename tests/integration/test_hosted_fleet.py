@@ -132,8 +132,9 @@ def test_budget_stops_on_actual_spend(tmp_path: Path, s3_env: Any, bucket: str, 
 
 def test_batch_mode_keeps_many_batches_in_flight(tmp_path: Path, s3_env: Any, bucket: str, ray_cluster: None,
                                                  fake: FakeHosted) -> None:
-    """One actor, 2 requests per batch, a provider turnaround of T: 20 pool-fulls finish in about T, not 20T
-    (before, an actor held one batch at a time). Every image is collected once, at the batch price."""
+    """One actor, 2 requests per batch, a provider turnaround of T: all 20 pool-fulls are in flight at once, so
+    they finish in about T, not 20T (before, an actor held one batch at a time). Every image is collected once,
+    at the batch price."""
     import time
 
     turnaround = 4.0
@@ -152,8 +153,9 @@ def test_batch_mode_keeps_many_batches_in_flight(tmp_path: Path, s3_env: Any, bu
     spans = [(b["created_at"], b["completed_at"]) for b in fake.batches.values()]
     overlap = max(sum(c <= t < d for c, d in spans) for t in range(min(c for c, _ in spans), max(d for _, d in spans)))
     print(f"batch mode: 20 batches of turnaround {turnaround}s in {elapsed:.1f}s, {overlap} in flight at most")
-    assert overlap >= 10, spans  # serially (the old design) at most 1
-    assert elapsed < 15 * turnaround, f"{elapsed:.1f}s for 20 batches of turnaround {turnaround}s"
+    # structural, not timed (timings live in benchmarks): the old design had at most 1 batch in flight per actor,
+    # so 20 pool-fulls took >= 20 turnarounds; measured on an idle 2-core machine: ~40 s incl. Ray Data start-up
+    assert overlap >= 10, spans
 
 
 def test_limiter_belongs_to_the_run_and_takes_the_newest_limits(ray_cluster: None) -> None:
