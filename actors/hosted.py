@@ -381,25 +381,12 @@ def never_raise(one: Callable[[Any], Any], what: str) -> Callable[[Any], Any]:
 
 def image_outcome(data: bytes | None, mime: str, cost_usd: float | None, requests: int,
                   maybe_billed: float) -> Outcome:
-    """A paid answer's Outcome: the provider's bytes as they came (their mime type, or sniffed), or an error row
-    that still carries the price when the bytes are missing or undecodable."""
-    from actors.generation import Outcome, sniff_mime
+    """A paid answer's Outcome: the provider's bytes as they came, with its declared type, or an error row that still
+    carries the price when there are no bytes (bytes PIL can't read are `run_generation`'s check: an error row that
+    keeps the price too)."""
+    from actors.generation import Outcome
 
     billed = Outcome(cost_usd=cost_usd, requests=requests, maybe_billed_usd=maybe_billed)
     if not data:
         return replace(billed, error="provider answered without image bytes (billed)")
-    kind = sniff_mime(data)
-    if not kind:
-        return replace(billed, error=f"provider returned undecodable image bytes (declared {mime or 'no type'}; "
-                                     f"billed)")
-    return replace(billed, encoded=data, mime=kind)
-
-
-def decode_pixels(data: bytes) -> Any:
-    """Provider bytes → HxWx3 uint8 (for scoring and tests; stored images keep the provider's bytes)."""
-    import io
-
-    import numpy as np
-    from PIL import Image
-
-    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+    return replace(billed, encoded=data, mime=mime)

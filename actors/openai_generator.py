@@ -16,12 +16,12 @@ from actors.batch_mode import BatchState, poll
 from actors.generation import Outcome, Request
 from actors.hosted import HostedFatal, Verdict, api_call, image_outcome, retry_after_s
 from actors.hosted_actor import HostedGenerator
+from actors.layout import CONTENT_TYPES
 from configs.generator_base import RunBudget
 from configs.hosted import OpenAIImagesConfig, TokenPrices
 from configs.storage import StoreSpec
 
 logger = logging.getLogger(__name__)
-MIME = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 BATCH_FINAL = {"completed", "failed", "expired", "cancelled"}
 KEEP_RESULTS_S = 7 * 24 * 3600
 """Batch output files expire a week after the batch (long enough for a crashed run's next attempt to collect
@@ -95,7 +95,7 @@ class OpenAIImageGenerator(HostedGenerator):
         except (binascii.Error, ValueError):
             raw = b""
         fmt = getattr(response, "output_format", None) or self.ocfg.output_format
-        return image_outcome(raw, MIME.get(str(fmt), ""), cost, requests, maybe_billed)
+        return image_outcome(raw, CONTENT_TYPES.get(str(fmt), ""), cost, requests, maybe_billed)
 
     def _classify(self, exc: BaseException) -> Verdict:
         o = self.openai

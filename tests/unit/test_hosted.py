@@ -22,9 +22,9 @@ from actors.hosted import (
     RateLimiter,
     Verdict,
     call_with_retries,
-    decode_pixels,
     parse_duration,
 )
+from actors.image_writer import decode_rgb
 from actors.layout import batches_dir
 from actors.openai_generator import OpenAIImageGenerator
 from configs import ConfigError
@@ -54,6 +54,10 @@ def batch(prompts: list[str], sizes: list[tuple[int, int]] | None = None) -> dic
         "error": np.array([""] * n, dtype=object), "enqueued_at": np.full(n, time.time()),
         "image_key": np.array([f"{i:040x}" for i in range(n)], dtype=object),
     }
+
+
+def decode_png(data: bytes) -> np.ndarray:
+    return decode_rgb(data, "image/png", 0, 0)
 
 
 def stored_is_served(fake: FakeHosted, out: dict[str, np.ndarray], i: int) -> bool:
@@ -147,7 +151,7 @@ def test_gemini_ok_takes_last_non_thought_image(fake: FakeHosted) -> None:
     assert out["status"][0] == "generated" and stored_is_served(fake, out, 0)
     w, h = int(out["width"][0]), int(out["height"][0])  # Gemini picks the size from aspect + tier
     assert (w, h) == (1264, 848)
-    assert (decode_pixels(bytes(out["image"][0])) == decode_pixels(png(w, h, "a banana"))).all()  # not a thought
+    assert (decode_png(bytes(out["image"][0])) == decode_png(png(w, h, "a banana"))).all()  # not a thought
     req = fake.log[-1]
     assert req.path == "/v1beta/models/gemini-3.1-flash-image:generateContent"
     assert req.headers["x-goog-api-key"] == GEMINI_KEY
@@ -323,7 +327,7 @@ def batch_gen(fake: FakeHosted, backend: str, state: Any, **cfg: object) -> Any:
 
 def matches_prompt(out: dict[str, np.ndarray], i: int, seed_text: str) -> bool:
     w, h = int(out["width"][i]), int(out["height"][i])
-    return bool((decode_pixels(bytes(out["image"][i])) == decode_pixels(png(w, h, seed_text))).all())
+    return bool((decode_png(bytes(out["image"][i])) == decode_png(png(w, h, seed_text))).all())
 
 
 def test_openai_batch_mode_matches_shuffled_results_and_cleans_up(fake: FakeHosted, tmp_path: Any) -> None:
