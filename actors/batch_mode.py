@@ -22,6 +22,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from actors.generation import Outcome, Request
 from actors.hosted import HostedFatal
@@ -60,8 +61,10 @@ class BatchRunner:
         self.batch_of: dict[str, str] = {}  # image key → the recorded batch that has (or will have) its answer
         self.open: set[str] = set()  # batches submitted by this actor and not finished
         self.stopping = False
+        self.records: dict[str, dict[str, Any]] = {}  # batch id → its record (what the store holds)
         for rel, _ in store.list(f"{batches_dir(provider)}/"):
             record = json.loads(store.get(rel))
+            self.records[record["batch_id"]] = record
             keys = record["keys"] if not record.get("final") else record.get("answered", [])
             for key in keys:
                 self.batch_of[key] = record["batch_id"]
@@ -134,13 +137,16 @@ class BatchRunner:
 
     def _keys_of(self, batch_id: str) -> list[str]:
         """Every key of a recorded batch, in submission order (results may be matched by position)."""
-        return list(json.loads(self.store.get(batch_record(self.provider, batch_id)))["keys"])
+        with self.lock:
+            return list(self.records[batch_id]["keys"])
 
     def _record_new(self, batch_id: str, requests: Sequence[Request]) -> None:
         record = {"batch_id": batch_id, "provider": self.provider, "keys": [r.key for r in requests],
                   "created_at": time.time(), "final": ""}
         try:
             self.store.put(batch_record(self.provider, batch_id), json.dumps(record).encode(), "application/json")
+            with self.lock:
+                self.records[batch_id] = record
         except Exception:
             # an unrecorded batch could be paid again by a restart: cancel it rather than keep it
             with contextlib.suppress(Exception):
@@ -152,12 +158,13 @@ class BatchRunner:
 
     def _record_end(self, batch_id: str, state: BatchState) -> None:
         """The final state and the keys that got an answer; the others may be submitted again."""
-        rel = batch_record(self.provider, batch_id)
-        record = json.loads(self.store.get(rel))
+        with self.lock:
+            record = dict(self.records[batch_id])
         answered = [k for k in record["keys"] if k in state.outcomes and not state.outcomes[k].error]
         record.update(final=state.state, answered=answered, errors=state.errors[:2000], ended_at=time.time())
-        self.store.put(rel, json.dumps(record).encode(), "application/json")
+        self.store.put(batch_record(self.provider, batch_id), json.dumps(record).encode(), "application/json")
         with self.lock:
+            self.records[batch_id] = record
             self.open.discard(batch_id)
             for key in record["keys"]:
                 if key not in answered and self.batch_of.get(key) == batch_id:

@@ -203,16 +203,21 @@ class RateLimiter:
         self.paused_until = max(self.paused_until, time.time() + seconds)
 
 
+def _shared_actor(cls: type, name: str, setup: str, *args: Any) -> Any:
+    """Create or find the named (never detached) actor of `cls`, then call its `setup(*args)`: an actor an earlier
+    run left alive takes this run's settings. It belongs to whoever created it and ends with them."""
+    import ray
+
+    handle: Any = ray.remote(num_cpus=0)(cls)
+    handle = handle.options(name=name, namespace=NAMESPACE, get_if_exists=True).remote(*args)
+    ray.get(getattr(handle, setup).remote(*args))
+    return handle
+
+
 def start_limiter(name: str, limits: RateLimits) -> Any:
     """Create (or find) the named limiter and apply `limits`. The driver calls this before a run starts, so the
     limiter belongs to the run's driver and ends with it (never detached: a later run gets its own limits)."""
-    import ray
-
-    handle: Any = ray.remote(num_cpus=0)(RateLimiter)
-    handle = handle.options(
-        name=name, namespace=NAMESPACE, get_if_exists=True).remote(limits.requests_per_min, limits.images_per_min)
-    ray.get(handle.configure.remote(limits.requests_per_min, limits.images_per_min))
-    return handle
+    return _shared_actor(RateLimiter, name, "configure", limits.requests_per_min, limits.images_per_min)
 
 
 class LimiterClient:
@@ -307,13 +312,8 @@ class SpendLedger:
 
 
 def start_ledger(name: str, budget_usd: float) -> Any:
-    """The run's ledger, created by the driver (it ends with the run)."""
-    import ray
-
-    handle: Any = ray.remote(num_cpus=0)(SpendLedger)
-    handle = handle.options(name=name, namespace=NAMESPACE, get_if_exists=True).remote(budget_usd)
-    ray.get(handle.reset.remote(budget_usd))  # an earlier run in this process may have left it alive
-    return handle
+    """The run's ledger, created by the driver (it ends with the run), starting from zero."""
+    return _shared_actor(SpendLedger, name, "reset", budget_usd)
 
 
 class LedgerClient:
