@@ -121,8 +121,8 @@ class HostedCommon(GeneratorBase):
         """Batch requests are discounted."""
         return self.batch_discount if self.batch_mode else 1.0
 
-    def estimate_tokens(self, width: int, height: int) -> tuple[int, int, int]:
-        """(text input, image output, text output) tokens one image is expected to take."""
+    def estimate_tokens(self, width: int, height: int) -> tuple[int, int]:
+        """(image output, text output) tokens one image is expected to take (text input comes from the prompt)."""
         raise NotImplementedError
 
     def estimate_image_usd(self, width: int, height: int, prompt_chars: int = 400) -> float:
@@ -130,7 +130,7 @@ class HostedCommon(GeneratorBase):
         if self.cost.usd_per_image > 0:
             return self.cost.usd_per_image * self.price_factor()
         p = self.token_prices()
-        _, image_out, text_out = self.estimate_tokens(width, height)
+        image_out, text_out = self.estimate_tokens(width, height)
         text_in = max(1, prompt_chars // 4)
         usd = (text_in * p.text_input + image_out * p.image_output + text_out * p.text_output) / 1e6
         return usd * self.price_factor()
@@ -193,10 +193,9 @@ class OpenAIImagesConfig(HostedCommon):
                  f"format={self.output_format}" if self.output_format != "png" else ""]
         return ",".join(p for p in parts if p)
 
-    def estimate_tokens(self, width: int, height: int) -> tuple[int, int, int]:
+    def estimate_tokens(self, width: int, height: int) -> tuple[int, int]:
         info = self.info()
-        tokens = openai_image_tokens(info, self.quality, width, height) if info is not None else 0
-        return 0, tokens, 0
+        return (openai_image_tokens(info, self.quality, width, height) if info is not None else 0), 0
 
     def size_problem(self, width: int, height: int) -> str:
         return openai_size_problem(self.info(), self.model, width, height)
@@ -237,12 +236,12 @@ class GeminiImageConfig(HostedCommon):
     """Batch mode: requests inline in the create call (results matched by key or position) or as an uploaded JSONL
     file (each result line carries its key). auto = a file above 100 requests."""
 
-    def estimate_tokens(self, width: int, height: int) -> tuple[int, int, int]:
+    def estimate_tokens(self, width: int, height: int) -> tuple[int, int]:
         info = self.info()
         if info is None:
-            return 0, 1120, 150
+            return 1120, 150
         _, tier, _ = gemini_request_size(info, self.model, width, height)
-        return 0, info.tiers[tier], info.thinking_tokens
+        return info.tiers[tier], info.thinking_tokens
 
     def size_problem(self, width: int, height: int) -> str:
         return gemini_request_size(self.info(), self.model, width, height)[2]

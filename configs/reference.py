@@ -65,7 +65,7 @@ def _default(field: Any) -> str:
     if isinstance(value, BaseModel):
         changed = value.model_dump(exclude_defaults=True)
         return "see section" if not changed else f"`{changed}`"
-    return f"`{value!r}`" if value not in ("", None) else ("`''`" if value == "" else "`null`")
+    return "`null`" if value is None else f"`{value!r}`"
 
 
 def _tag(model: type[BaseModel]) -> str:

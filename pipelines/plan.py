@@ -179,7 +179,7 @@ def generator_stage(cfg: JobConfig, stores: Stores, name: str, online: bool = Fa
     if needs.state_store:  # e.g. hosted batch ids, persisted next to the outputs (resumable)
         kwargs.update(state_uri=cfg.output.uri, state_store=stores.output)
     if needs.spend and cfg.limits.budget_usd > 0 and not online:  # actual spend, checked before each paid call
-        kwargs["budget"] = RunBudget(usd=cfg.limits.budget_usd, ledger=f"{cfg.output.uri}")
+        kwargs["budget"] = RunBudget(usd=cfg.limits.budget_usd, ledger=cfg.output.uri)
     actor = GENERATORS[gen.backend]
     pool = generator_pool(gen.pool, gen.concurrent_calls())
     return Stage(f"generate:{name}", actor, kwargs, pool, reads=tuple(actor.INPUT_COLUMNS),
