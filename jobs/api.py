@@ -8,6 +8,7 @@ or committed with too many errors); each is an `ImagefleetError` whose `str` is 
 
 from __future__ import annotations
 
+import argparse
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -120,7 +121,10 @@ def run(config: str | Path | dict[str, Any] | JobConfig, overrides: Sequence[str
     say = echo or (lambda _text: None)
     runtime.prepare_environment(verbose)
     if run_id is not None:
-        run_id = runtime.run_id_arg(run_id)
+        try:
+            run_id = runtime.run_id_arg(run_id)
+        except argparse.ArgumentTypeError as exc:  # the CLI's message, typed like a config mistake
+            raise ConfigInvalid(str(exc)) from None
     from actors.storage import StorageError, open_store
     from pipelines.commit import Lease, collect_garbage
     from pipelines.manifest import write_manifest, write_run_json

@@ -41,3 +41,13 @@ def test_init_never_overwrites_and_explains_bad_tables(tmp_path: Path, capsys: p
     err = capsys.readouterr().err.splitlines()
     assert "never overwrites" in err[0] and "no text column" in err[1] and "can't read" in err[2]
     assert not (tmp_path / "n.yaml").exists()
+
+
+def test_api_refuses_a_bad_run_id_with_a_typed_error(tmp_path: Path) -> None:
+    """`imagefleet.run(run_id=...)` says what the CLI says, as ConfigInvalid (not argparse's exception)."""
+    import imagefleet
+
+    src = table(tmp_path / "t.parquet", {"prompt": ["a"]})
+    with pytest.raises(imagefleet.ConfigInvalid, match="not a valid run id"):
+        imagefleet.run({"source": {"uri": src}, "generators": {"s": {"backend": "sleep"}},
+                        "output": {"uri": str(tmp_path / "o")}}, run_id="../escape", echo=None)
