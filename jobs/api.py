@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from jobs import runtime
+from jobs.progress import MODES, ProgressDisplay, run_output
 
 if TYPE_CHECKING:
     from configs.job import JobConfig
@@ -62,6 +63,8 @@ class RunResult:
     record_uri: str = ""
     report_uri: str = ""
     shards: str = ""
+    log: str = ""
+    """The run's log file: what Ray and the actors printed, and a failure's traceback."""
     plan: str = ""
     """The plan text (what --dry-run prints)."""
     store: StoreSpec | None = None
@@ -104,7 +107,7 @@ def load(config: str | Path | dict[str, Any] | JobConfig, overrides: Sequence[st
 
 def run(config: str | Path | dict[str, Any] | JobConfig, overrides: Sequence[str] = (), *, dry_run: bool = False,
         retry_failed: bool = False, run_id: str | None = None, verbose: bool = False,
-        echo: Callable[[str], None] | None = print) -> RunResult:
+        echo: Callable[[str], None] | None = print, progress: str = "auto") -> RunResult:
     """Run one job (or check it with `dry_run`) and return what it made.
 
     Args:
@@ -113,12 +116,17 @@ def run(config: str | Path | dict[str, Any] | JobConfig, overrides: Sequence[str
         dry_run: check config, inputs and output access and return the plan; nothing is generated.
         retry_failed: redo images that failed in an earlier run on this output.
         run_id: the run's id (default: time + random).
-        verbose: Ray's progress tables and full tracebacks on stderr.
+        verbose: Ray's progress tables, actors' output and full tracebacks on stderr (otherwise they go to the
+            run's log file, `RunResult.log`).
         echo: where the plan and the end-of-run summary go (None = nowhere).
+        progress: live progress on stdout while the run works: `bar` (a live panel), `lines` (a plain line every
+            10 s), `off`, or `auto` (a panel on a terminal, lines elsewhere; off when `echo` is None).
     Raises:
         ConfigInvalid, InputInvalid (before any work), RunFailed (the run failed or broke max_error_fraction).
     """
     say = echo or (lambda _text: None)
+    if progress not in MODES:
+        raise ConfigInvalid(f"progress={progress!r}: use one of {', '.join(MODES)}")
     runtime.prepare_environment(verbose)
     if run_id is not None:
         try:
@@ -129,6 +137,7 @@ def run(config: str | Path | dict[str, Any] | JobConfig, overrides: Sequence[str
     from pipelines.commit import Lease, collect_garbage
     from pipelines.manifest import write_manifest, write_run_json
     from pipelines.plan import PlanError
+    from pipelines.progress import read_board, start_board
     from pipelines.report import write_report
     from pipelines.text_to_image import InputError, build, expected_rows, failure_line, inspect_source, plan_run
 
@@ -145,34 +154,45 @@ def run(config: str | Path | dict[str, Any] | JobConfig, overrides: Sequence[str
     say(plan_text)
     if dry_run:
         return RunResult("", cfg.output.uri, None, plan=plan_text, store=stores.output)
-    # 2 own the output (a second run on it is refused), then Ray, the graph and the commit
+    # 2 own the output (a second run on it is refused), then Ray, the graph and the commit; everything Ray
+    # prints goes to the run's log (shown with verbose) while the progress display shows what's done
     run_id = run_id or time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+    if progress == "auto" and echo is None:
+        progress = "off"
     import ray
 
+    log = runtime.run_log(run_id)
     objects = open_store(cfg.output.uri, stores.output)
     lease, started = Lease(objects, run_id, cfg.output.lease_ttl_s), False
-    try:
-        lease.acquire()
-        collect_garbage(objects, staging=False)  # parts of a commit that died before its index write
-        started = runtime.start_ray(cfg)
-        runtime.check_resources(cfg, plan.pools)
-        summary = write_manifest(build(cfg, stores, source, plan), objects, lease, expected_rows(cfg, source))
-        shards = runtime.export_webdataset(cfg, stores, summary, run_id)  # after the commit; never fails the run
-        # 3 record and report
-        record_uri = write_run_json(cfg.output.uri, stores.output, runtime.run_record(cfg, summary, source))
-        report_uri = runtime.report(cfg, stores, write_report)
-    except StorageError as exc:
-        raise InputInvalid(str(exc)) from None
-    except Exception as exc:  # a broken actor ends the run; one line, the rest in the log file
-        log = runtime.record_failure(f"run {run_id}", exc)
-        raise RunFailed(f"run {run_id} failed, nothing committed: {failure_line(exc)} (details: {log})", run_id,
-                        log) from None
-    finally:
-        lease.release()
-        if started:
-            ray.shutdown()
-    result = RunResult(run_id, cfg.output.uri, summary, record_uri, report_uri, shards, plan_text, stores.output)
-    say(runtime.summary_text(summary, record_uri, report_uri, shards))
+    with run_output(log, quiet=not verbose) as terminal:
+        try:
+            lease.acquire()
+            collect_garbage(objects, staging=False)  # parts of a commit that died before its index write
+            started = runtime.start_ray(cfg)
+            runtime.check_resources(cfg, plan.pools)
+            board = start_board() if progress != "off" else None
+            total = expected_rows(cfg, source)
+            read = (lambda: read_board(board, total)) if board is not None else None
+            with ProgressDisplay(read, total, terminal, progress, cfg.limits.budget_usd or 0.0,
+                                 "" if verbose else str(log)):
+                summary = write_manifest(build(cfg, stores, source, plan), objects, lease, total, board)
+            shards = runtime.export_webdataset(cfg, stores, summary, run_id)  # after the commit; never fails
+            # 3 record and report
+            record_uri = write_run_json(cfg.output.uri, stores.output, runtime.run_record(cfg, summary, source))
+            report_uri = runtime.report(cfg, stores, write_report)
+        except StorageError as exc:
+            raise InputInvalid(str(exc)) from None
+        except Exception as exc:  # a broken actor ends the run; one line, the rest in the log file
+            runtime.record_failure(f"run {run_id}", exc, log)
+            raise RunFailed(f"run {run_id} failed, nothing committed: {failure_line(exc)} (details: {log})",
+                            run_id, str(log)) from None
+        finally:
+            lease.release()
+            if started:
+                ray.shutdown()
+    result = RunResult(run_id, cfg.output.uri, summary, record_uri, report_uri, shards, str(log), plan_text,
+                       stores.output)
+    say(runtime.summary_text(summary, record_uri, report_uri, shards, "" if verbose else str(log)))
     problem = runtime.final_problem(cfg, summary, shards)
     if problem:
         raise RunFailed(problem, run_id, result=result)

@@ -17,7 +17,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--run-id", default=None, type=runtime.run_id_arg,
                    help="id for this run: letters, digits, '.', '_', '-' (default: time + random)")
     p.add_argument("--verbose", "-v", action="store_true",
-                   help="show Ray's progress tables and full tracebacks (they always go to the run's log file)")
+                   help="show Ray's progress tables, actors' output and full tracebacks (otherwise they go to the "
+                        "run's log file, named in the summary)")
+    p.add_argument("--progress", choices=["auto", "bar", "lines", "off"], default="auto",
+                   help="live progress: a panel on a terminal, a plain line every 10 s elsewhere (auto), or off")
     p.add_argument("--retry-failed", action="store_true", help="redo images that failed in an earlier run")
     return p
 
@@ -29,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         run(args.config, args.overrides, dry_run=args.dry_run, retry_failed=args.retry_failed, run_id=args.run_id,
-            verbose=args.verbose)
+            verbose=args.verbose, progress=args.progress)
     except RunFailed as exc:
         print(f"imagefleet: {exc}", file=sys.stderr)  # after the summary when the run committed
         return exc.exit_code

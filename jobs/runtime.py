@@ -63,16 +63,28 @@ def run_id_arg(value: str) -> str:
     return value
 
 
-def record_failure(what: str, exc: BaseException) -> str:
-    """Write the full traceback of a failure to a log file (shown on stderr only with --verbose); its path."""
+def log_folder() -> Path:
     import tempfile
-    import traceback
 
     folder = Path(tempfile.gettempdir()) / "imagefleet-logs"
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}.log"
+    return folder
+
+
+def run_log(run_id: str) -> Path:
+    """The run's log file: everything Ray and the actors print during the run, and any failure's traceback."""
+    return log_folder() / f"{run_id}.log"
+
+
+def record_failure(what: str, exc: BaseException, path: Path | None = None) -> str:
+    """Append the full traceback of a failure to `path` (default: a new log file; shown on stderr only with
+    --verbose); the file's path."""
+    import traceback
+
+    path = path or log_folder() / f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}.log"
     text = "".join(traceback.format_exception(exc))
-    path.write_text(f"{what} failed\n{text}")
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write(f"\n{what} failed\n{text}")
     if VERBOSE:
         print(text, file=sys.stderr)
     return str(path)
@@ -297,7 +309,7 @@ def final_problem(cfg: JobConfig, summary: RunSummary, shards: str) -> str:
     return ""
 
 
-def summary_text(s: RunSummary, record_uri: str, report_uri: str, shards: str = "") -> str:
+def summary_text(s: RunSummary, record_uri: str, report_uri: str, shards: str = "", log: str = "") -> str:
     """The one-screen end-of-run summary."""
     lines = [
         "",
@@ -315,6 +327,8 @@ def summary_text(s: RunSummary, record_uri: str, report_uri: str, shards: str = 
     ]
     if shards:
         lines.append(f"   webdataset       : {shards}")
+    if log:
+        lines.append(f"   log              : {log}")
     for msg in s.errors_sample:
         lines.append(f"   e.g. error       : {msg[:100]}")
     lines.append("=" * 72)

@@ -13,6 +13,7 @@ from actors.manifest_schema import CARRIED
 from actors.storage import ObjectStore, arrow_filesystem, open_store
 from configs.storage import StoreSpec
 from pipelines.commit import Lease, commit, current_parts
+from pipelines.progress import post
 from pipelines.schema import MANIFEST
 
 if TYPE_CHECKING:
@@ -45,7 +46,8 @@ class RunSummary:
         return asdict(self)
 
 
-def write_manifest(ds: ray.data.Dataset, objects: ObjectStore, lease: Lease, expected_rows: int) -> RunSummary:
+def write_manifest(ds: ray.data.Dataset, objects: ObjectStore, lease: Lease, expected_rows: int,
+                   board: Any = None) -> RunSummary:
     """Execute the graph and commit the manifest (pipelines/commit.py: the protocol).
 
     Parts stream into `manifest/_staging/<attempt>/` while images are written; only when every row is done, and
@@ -57,11 +59,12 @@ def write_manifest(ds: ray.data.Dataset, objects: ObjectStore, lease: Lease, exp
         objects: the output store.
         lease: this run's hold on the output.
         expected_rows: manifest rows the run must produce (one per requested image).
+        board: the run's progress board (pipelines/progress.py), told about every manifest batch; None: none.
     """
     started = time.time()
     # 1 run: rows stream through the pools; parts land in this attempt's staging folder
     fs, root = arrow_filesystem(objects.location.uri, objects.spec)
-    ds = ds.map_batches(_to_manifest_rows, fn_kwargs={"run_id": lease.run_id},  # type: ignore[arg-type]
+    ds = ds.map_batches(_to_manifest_rows, fn_kwargs={"run_id": lease.run_id, "board": board},  # type: ignore[arg-type]
                         batch_format="pyarrow")
     ds.write_parquet(f"{root}/{staging_dir(lease.attempt)}", filesystem=fs,
                      try_create_dir=objects_are_files(objects.location.uri))
@@ -77,9 +80,10 @@ def objects_are_files(uri: str) -> bool:
     return not uri.startswith("s3://")
 
 
-def _to_manifest_rows(batch: Any, run_id: str) -> Any:
+def _to_manifest_rows(batch: Any, run_id: str, board: Any = None) -> Any:
     """Select and type the manifest columns (drops pipeline-internal ones). Rows an earlier run completed
-    (`cached`) keep what that run recorded about their image: score, route, draft, timing, cost."""
+    (`cached`) keep what that run recorded about their image: score, route, draft, timing, cost. The batch's
+    counts go to the progress `board`."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -104,7 +108,9 @@ def _to_manifest_rows(batch: Any, run_id: str) -> Any:
                 recorded = pc.not_equal(earlier, "")
             column = pc.if_else(pc.and_(cached, recorded), earlier, column)
         columns.append(column)
-    return pa.Table.from_arrays(columns, schema=MANIFEST)
+    table = pa.Table.from_arrays(columns, schema=MANIFEST)
+    post(board, table)
+    return table
 
 
 def manifest_dataset(output_uri: str, store: StoreSpec) -> Any:

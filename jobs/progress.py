@@ -1,0 +1,257 @@
+"""What a run shows while it works, and where everything else goes.
+
+`RunOutput` sends everything the process writes during a run (Ray's operator tables, its C++ warnings, actors'
+logs and model-loading bars streamed to the driver) to the run's log file, and hands back a stream to the real
+terminal. `ProgressDisplay` polls the run's progress board (pipelines/progress.py) and shows images done of the
+total per generator, images/s, ETA, errors and refusals, spend against the budget and escalations: a live panel
+(rich) on a terminal, a plain line every `every_s` seconds elsewhere (CI, Ray Jobs logs, Airflow).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TextIO
+
+from pipelines.progress import Snapshot
+
+MODES = ("auto", "bar", "lines", "off")
+EVERY_S = 10.0
+"""Seconds between plain progress lines (the live panel refreshes twice a second)."""
+WINDOW_S = 20.0
+"""images/s is measured over this trailing window (the ETA follows the current pace, not the average)."""
+
+
+@contextlib.contextmanager
+def run_output(log_path: Path, quiet: bool) -> Iterator[TextIO]:
+    """While the block runs, stdout and stderr (Python and file descriptors 1 and 2, so C++ and Ray's threads
+    too) go to `log_path`; yields a stream to where stdout went before. Nothing is redirected when not `quiet`."""
+    if not quiet:
+        yield sys.stdout
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    log = open(log_path, "a", buffering=1, encoding="utf-8", errors="replace")  # noqa: SIM115 - closed below
+    saved = _save_fds()
+    terminal = sys.stdout
+    if saved and _fd_of(sys.stdout) == 1:  # a real stdout: keep a copy of it for the display
+        terminal = os.fdopen(os.dup(saved[0]), "w", buffering=1, encoding="utf-8", errors="replace")
+    old_out, old_err = sys.stdout, sys.stderr
+    try:
+        if saved:
+            os.dup2(log.fileno(), 1)
+            os.dup2(log.fileno(), 2)
+        sys.stdout, sys.stderr = log, log
+        yield terminal
+    finally:
+        sys.stdout, sys.stderr = old_out, old_err
+        log.flush()
+        if saved:
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)
+        if terminal is not old_out:
+            terminal.close()
+        log.close()
+
+
+def _save_fds() -> tuple[int, int] | None:
+    try:
+        return os.dup(1), os.dup(2)
+    except OSError:  # no descriptors 1/2 (some embedded interpreters): Python-level redirection only
+        return None
+
+
+def _fd_of(stream: TextIO) -> int:
+    try:
+        return stream.fileno()
+    except (AttributeError, OSError, ValueError):  # notebooks, captured streams
+        return -1
+
+
+def pick_mode(mode: str, stream: TextIO) -> str:
+    """`auto` → the live panel on a terminal, plain lines anywhere else."""
+    if mode != "auto":
+        return mode
+    isatty = getattr(stream, "isatty", None)
+    return "bar" if isatty is not None and isatty() else "lines"
+
+
+class Pace:
+    """Images per second over a trailing window."""
+
+    def __init__(self) -> None:
+        self.samples: deque[tuple[float, float]] = deque()
+
+    def add(self, at: float, count: float) -> float:
+        if count == 0:  # the pace starts with the first image, not with Ray's start-up
+            self.samples.clear()
+        self.samples.append((at, count))
+        while len(self.samples) > 2 and at - self.samples[1][0] >= WINDOW_S:
+            self.samples.popleft()
+        (t0, c0), (t1, c1) = self.samples[0], self.samples[-1]
+        return (c1 - c0) / (t1 - t0) if t1 > t0 else 0.0
+
+
+def clock(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+def money(usd: float) -> str:
+    return f"${usd:,.2f}" if usd >= 1 or usd == 0 else f"${usd:.4f}"
+
+
+class ProgressDisplay:
+    """Shows a run's progress while the block runs (a thread polls the board; the run never waits on it)."""
+
+    def __init__(self, read: Callable[[], Snapshot | None] | None, total: int, stream: TextIO, mode: str = "auto",
+                 budget_usd: float = 0.0, log_path: str = "", every_s: float = EVERY_S) -> None:
+        """`read` returns the counts now (`pipelines.progress.read_board`); None: no display."""
+        self.read, self.total, self.stream = read, total, stream
+        self.mode = pick_mode(mode, stream) if read is not None else "off"
+        self.budget_usd, self.log_path, self.every_s = budget_usd, log_path, every_s
+        self.started = time.time()
+        self.pace: dict[str, Pace] = {}
+        self.rates: dict[str, float] = {}
+        self.last: Snapshot | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._live: Any = None
+
+    def __enter__(self) -> ProgressDisplay:
+        if self.mode == "off":
+            return self
+        if self.mode == "bar":
+            from rich.console import Console
+            from rich.live import Live
+
+            console = Console(file=self.stream, force_terminal=True)
+            self._live = Live(self.panel(), console=console, refresh_per_second=4, transient=False,
+                              redirect_stdout=False, redirect_stderr=False)
+            self._live.start()
+        self._thread = threading.Thread(target=self._loop, name="imagefleet-progress", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.mode == "off":
+            return
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        self.refresh()  # the final counts (the board has every batch once the write returned)
+        if self._live is not None:
+            self._live.stop()
+        elif exc[0] is None and self.last is not None:
+            self._say(self.line())
+
+    # polling
+
+    def _loop(self) -> None:
+        next_line = self.started + self.every_s
+        first_said = False
+        while not self._stop.wait(0.5):
+            self.refresh()
+            if self._live is not None:
+                continue
+            now = time.time()
+            first = not first_said and self.last is not None and self.last.done > 0
+            if first or now >= next_line:
+                self._say(self.line())
+                first_said = first_said or first
+                next_line = now + self.every_s
+
+    def refresh(self) -> None:
+        snap = self.read() if self.read is not None else None
+        if snap is None:
+            return
+        self.last = snap
+        # images/s counts new images; the ETA follows all finished rows (a resumed run skips through cached ones)
+        self.rates["*done"] = self.pace.setdefault("*done", Pace()).add(snap.at, float(snap.done))
+        for name, counts in [("", {"new": snap.sum("new")}), *snap.by_generator.items()]:
+            self.rates[name] = self.pace.setdefault(name, Pace()).add(snap.at, counts.get("new", 0.0))
+        if self._live is not None:
+            self._live.update(self.panel())
+
+    def _say(self, text: str) -> None:
+        try:
+            print(text, file=self.stream, flush=True)
+        except (OSError, ValueError):  # the terminal went away; the run goes on
+            self.mode = "off"
+
+    # rendering
+
+    def eta(self) -> str:
+        s, rate = self.last, self.rates.get("*done", 0.0)
+        if s is None or s.done == 0:
+            return "–"
+        if s.done >= self.total:
+            return "0:00:00"
+        return clock((self.total - s.done) / rate) if rate > 0 else "–"
+
+    def tail(self) -> list[str]:
+        """Errors, refusals, spend and escalations so far (what a plain line ends with)."""
+        s = self.last
+        assert s is not None
+        parts = [f"errors {int(s.sum('error'))}", f"refused {int(s.sum('refused'))}"]
+        if s.sum("skipped"):
+            parts.append(f"skipped (budget) {int(s.sum('skipped'))}")
+        if s.sum("present"):
+            parts.append(f"already present {int(s.sum('present'))}")
+        spend = money(s.sum("cost_usd"))
+        parts.append(f"spent {spend} of {money(self.budget_usd)}" if self.budget_usd else f"spent {spend}")
+        if s.sum("escalated"):
+            parts.append(f"escalated {int(s.sum('escalated'))} ({s.sum('escalated') / max(s.done, 1):.0%})")
+        return parts
+
+    def line(self) -> str:
+        """One plain progress line."""
+        s = self.last
+        elapsed = clock(time.time() - self.started)
+        if s is None or s.done == 0:
+            return f"imagefleet: {elapsed} starting (Ray, actor pools, models); 0/{self.total} images"
+        head = (f"imagefleet: {elapsed} {s.done}/{self.total} images ({s.done / max(self.total, 1):.0%}), "
+                f"{self.rates.get('', 0.0):.2f} img/s, ETA {self.eta()}")
+        gens = ""
+        if len(s.by_generator) > 1:
+            gens = " [" + ", ".join(f"{g} {int(c['done'])} at {self.rates.get(g, 0.0):.2f}/s"
+                                    for g, c in sorted(s.by_generator.items())) + "]"
+        return head + gens + "; " + ", ".join(self.tail())
+
+    def panel(self) -> Any:
+        """The live panel: an overall bar, a row per generator, spend and escalations, where the log is."""
+        from rich.console import Group
+        from rich.progress_bar import ProgressBar
+        from rich.table import Table
+        from rich.text import Text
+
+        s = self.last
+        done = s.done if s is not None else 0
+        head = Table.grid(padding=(0, 1))
+        head.add_row(Text("imagefleet", style="bold"),
+                     ProgressBar(total=max(self.total, 1), completed=done, width=24),
+                     Text(f"{done}/{self.total} · {self.rates.get('', 0.0):.2f} img/s · ETA {self.eta()} · "
+                          f"{clock(time.time() - self.started)}"))
+        parts: list[Any] = [head]
+        if s is None or done == 0:
+            parts.append(Text("  starting: Ray, actor pools, models ...", style="dim"))
+        else:
+            table = Table(box=None, padding=(0, 1), show_edge=False)
+            for title in ("generator", "done", "new", "present", "errors", "refused", "skipped", "img/s", "spent"):
+                table.add_column(title, justify="left" if title == "generator" else "right")
+            for name, c in sorted(s.by_generator.items()):
+                table.add_row(name, *(str(int(c.get(k, 0))) for k in ("done", "new", "present", "error",
+                                                                       "refused", "skipped")),
+                              f"{self.rates.get(name, 0.0):.2f}", money(c.get("cost_usd", 0.0)))
+            parts += [table, Text("  " + " · ".join(self.tail()[2:]), style="dim")]
+        if self.log_path:
+            parts.append(Text(f"  Ray's output: {self.log_path}", style="dim"))
+        return Group(*parts)

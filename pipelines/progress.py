@@ -1,0 +1,118 @@
+"""Live counts of a running job: each manifest batch adds its tally to a small actor the driver polls.
+
+The counts are for display only (a retried write task may count its rows twice until the commit); the run's
+summary is always computed from the committed manifest. How the counts are shown is the jobs layer's business
+(jobs/progress.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+# per-generator counters a manifest batch adds (cost is this run's spend: images an earlier run made cost nothing)
+COUNTERS = ("done", "new", "present", "error", "refused", "skipped", "escalated", "cost_usd")
+
+
+def tally(table: Any) -> dict[str, dict[str, float]]:
+    """Counters of one batch of manifest rows (a pyarrow Table), by generator."""
+    import pyarrow.compute as pc
+
+    if table.num_rows == 0:
+        return {}
+    present = pc.fill_null(table.column("already_present"), False)
+    status = table.column("status")
+    ok = pc.fill_null(pc.equal(status, "ok"), False)
+    flags = {
+        "done": pc.is_valid(status),
+        "new": pc.and_(ok, pc.invert(present)),
+        "present": pc.and_(ok, present),
+        "error": pc.fill_null(pc.equal(status, "error"), False),
+        "refused": pc.fill_null(pc.equal(status, "refused"), False),
+        "skipped": pc.fill_null(pc.equal(status, "skipped"), False),
+        "escalated": pc.fill_null(pc.equal(table.column("route"), "escalated"), False),
+    }
+    spent = pc.if_else(present, 0.0, pc.fill_null(table.column("cost_usd"), 0.0))
+    out: dict[str, dict[str, float]] = {}
+    generators = pc.fill_null(table.column("generator"), "")
+    for name in pc.unique(generators).to_pylist():
+        mine = pc.equal(generators, name)
+        counts = {key: float(pc.sum(pc.and_(mine, flag)).as_py() or 0) for key, flag in flags.items()}
+        counts["cost_usd"] = float(pc.sum(pc.filter(spent, mine)).as_py() or 0.0)
+        out[str(name) or "-"] = counts
+    return out
+
+
+class ProgressBoard:
+    """The run's counters (a Ray actor, owned by the driver: it ends with the run)."""
+
+    def __init__(self) -> None:
+        self.counts: dict[str, dict[str, float]] = {}
+        self.first_at = 0.0
+
+    def add(self, counts: dict[str, dict[str, float]]) -> None:
+        if counts and not self.first_at:
+            self.first_at = time.time()
+        for generator, values in counts.items():
+            mine = self.counts.setdefault(generator, dict.fromkeys(COUNTERS, 0.0))
+            for key, value in values.items():
+                mine[key] = mine.get(key, 0.0) + value
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"counts": {g: dict(c) for g, c in self.counts.items()}, "first_at": self.first_at}
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What the display shows at one moment."""
+
+    at: float
+    total: int
+    by_generator: dict[str, dict[str, float]] = field(default_factory=dict)
+    first_at: float = 0.0
+    """When the first manifest row arrived (0: none yet)."""
+
+    def sum(self, key: str) -> float:
+        return sum(c.get(key, 0.0) for c in self.by_generator.values())
+
+    @property
+    def done(self) -> int:
+        return min(int(self.sum("done")), self.total) if self.total else int(self.sum("done"))
+
+
+def start_board() -> Any:
+    """The run's board actor (0 CPU); None when it can't start (the run goes on without live counts)."""
+    import ray
+
+    try:
+        return ray.remote(num_cpus=0, max_restarts=0)(ProgressBoard).remote()
+    except Exception as exc:  # noqa: BLE001 - progress is a display; never a reason to fail a run
+        logger.warning("live progress unavailable: %s", exc)
+        return None
+
+
+def post(board: Any, table: Any) -> None:
+    """Add a manifest batch's counts to the board (fire and forget; a lost update only delays the display)."""
+    if board is None:
+        return
+    try:
+        counts = tally(table)
+        if counts:
+            board.add.remote(counts)
+    except Exception as exc:  # noqa: BLE001 - never fail a write for a display
+        logger.debug("progress update lost: %s", exc)
+
+
+def read_board(board: Any, total: int, timeout_s: float = 5.0) -> Snapshot | None:
+    """The board's counters now (None when it doesn't answer in time)."""
+    import ray
+
+    try:
+        raw = ray.get(board.snapshot.remote(), timeout=timeout_s)
+    except Exception:  # noqa: BLE001 - a slow or gone board: skip this refresh
+        return None
+    return Snapshot(at=time.time(), total=total, by_generator=raw["counts"], first_at=raw["first_at"])

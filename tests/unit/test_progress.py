@@ -1,0 +1,179 @@
+"""Live progress: the counts a manifest batch adds, the board, the display in both modes, and where Ray's
+output goes while a run works (the run's log file, never the user's terminal)."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from jobs.progress import Pace, ProgressDisplay, clock, pick_mode
+from pipelines.progress import ProgressBoard, Snapshot, tally
+from pipelines.schema import MANIFEST
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def manifest_rows(rows: list[dict[str, object]]) -> pa.Table:
+    full = [{**{f.name: None for f in MANIFEST}, **r} for r in rows]
+    return pa.Table.from_pylist(full, schema=MANIFEST)
+
+
+def test_tally_counts_by_generator_and_charges_only_new_images() -> None:
+    table = manifest_rows([
+        {"generator": "draft", "status": "ok", "already_present": False, "cost_usd": 0.01, "route": "draft"},
+        {"generator": "draft", "status": "ok", "already_present": True, "cost_usd": 0.01, "route": "draft"},
+        {"generator": "heavy", "status": "ok", "already_present": False, "cost_usd": 0.2, "route": "escalated"},
+        {"generator": "heavy", "status": "error", "already_present": False, "cost_usd": 0.0},
+        {"generator": "heavy", "status": "refused", "already_present": False, "cost_usd": 0.05},
+        {"generator": "heavy", "status": "skipped", "already_present": None, "cost_usd": None},
+    ])
+    counts = tally(table)
+    assert counts["draft"] == {"done": 2, "new": 1, "present": 1, "error": 0, "refused": 0, "skipped": 0,
+                               "escalated": 0, "cost_usd": pytest.approx(0.01)}
+    heavy = counts["heavy"]
+    assert (heavy["done"], heavy["new"], heavy["error"], heavy["refused"], heavy["skipped"], heavy["escalated"]) \
+        == (4, 1, 1, 1, 1, 1)
+    assert heavy["cost_usd"] == pytest.approx(0.25)  # a refusal the provider billed is spend too
+    assert tally(manifest_rows([])) == {}
+
+
+def test_board_accumulates_batches() -> None:
+    board = ProgressBoard()
+    board.add({"g": {"done": 2.0, "new": 2.0}})
+    board.add({"g": {"done": 3.0, "error": 1.0}, "h": {"done": 1.0}})
+    snap = board.snapshot()
+    assert snap["counts"]["g"]["done"] == 5 and snap["counts"]["g"]["error"] == 1 and snap["counts"]["h"]["done"] == 1
+    assert snap["first_at"] > 0
+
+
+def test_pace_follows_the_recent_window_and_starts_with_the_first_image() -> None:
+    pace = Pace()
+    assert pace.add(0.0, 0) == 0.0
+    assert pace.add(10.0, 0) == 0.0  # start-up time doesn't dilute the rate
+    assert pace.add(11.0, 5) == pytest.approx(5.0)  # measured from the last moment without images
+    assert pace.add(12.0, 10) == pytest.approx(5.0)
+    for t in range(13, 60):
+        rate = pace.add(float(t), 10 + (t - 12) * 2)
+    assert rate == pytest.approx(2.0)  # the recent pace, not the average since the start
+
+
+class Script:
+    """A reader that returns the next snapshot each time it's asked (the last one forever)."""
+
+    def __init__(self, snaps: list[Snapshot | None]) -> None:
+        self.snaps = snaps
+
+    def __call__(self) -> Snapshot | None:
+        return self.snaps.pop(0) if len(self.snaps) > 1 else self.snaps[0]
+
+
+def snap(total: int, **by_gen: dict[str, float]) -> Snapshot:
+    return Snapshot(at=time.time(), total=total, by_generator=by_gen, first_at=time.time())
+
+
+def test_plain_lines_say_done_rate_eta_errors_spend_and_escalations() -> None:
+    out = io.StringIO()
+    steps = [None, snap(8), snap(8, draft={"done": 3, "new": 3, "cost_usd": 0.03}),
+             snap(8, draft={"done": 6, "new": 5, "error": 1, "cost_usd": 0.05},
+                  heavy={"done": 2, "new": 2, "escalated": 2, "refused": 0, "cost_usd": 0.4})]
+    with ProgressDisplay(Script(steps), 8, out, "lines", budget_usd=10.0, every_s=0.05):
+        time.sleep(2.2)
+    lines = out.getvalue().splitlines()
+    assert lines and all(ln.startswith("imagefleet: ") for ln in lines)
+    final = lines[-1]
+    assert "8/8 images (100%)" in final and "ETA 0:00:00" in final
+    assert "errors 1" in final and "refused 0" in final and "spent $0.4500 of $10.00" in final
+    assert "escalated 2 (25%)" in final and "draft 6 at" in final and "heavy 2 at" in final
+
+
+def test_no_images_yet_says_it_is_starting() -> None:
+    out = io.StringIO()
+    with ProgressDisplay(Script([snap(4)]), 4, out, "lines", every_s=0.05):
+        time.sleep(0.7)
+    assert "starting" in out.getvalue() and "0/4 images" in out.getvalue()
+
+
+def test_live_panel_renders_a_row_per_generator() -> None:
+    out = io.StringIO()
+    reader = Script([snap(10, a={"done": 4, "new": 4, "cost_usd": 1.5}, b={"done": 1, "new": 0, "present": 1})])
+    with ProgressDisplay(reader, 10, out, "bar", budget_usd=3.0, log_path="/tmp/x.log"):
+        time.sleep(0.8)
+    text = out.getvalue()
+    assert "5/10" in text and "$1.50" in text and "of $3.00" in text and "/tmp/x.log" in text
+    assert " a " in text and " b " in text
+
+
+def test_off_and_mode_choice() -> None:
+    out = io.StringIO()
+    with ProgressDisplay(None, 3, out, "auto"):
+        pass
+    assert out.getvalue() == ""
+    assert pick_mode("auto", io.StringIO()) == "lines" and pick_mode("bar", io.StringIO()) == "bar"
+    assert clock(3725) == "1:02:05"
+
+
+def test_a_board_that_never_answers_leaves_the_display_at_starting() -> None:
+    out = io.StringIO()
+    with ProgressDisplay(lambda: None, 5, out, "lines", every_s=0.05):
+        time.sleep(0.3)
+    assert out.getvalue() == ""  # nothing known: no line at exit either
+
+
+def test_run_output_sends_everything_to_the_log_and_keeps_the_terminal(tmp_path: Path) -> None:
+    """Python prints, raw writes to descriptors 1 and 2 (C++), and child processes all land in the log."""
+    log = tmp_path / "run.log"
+    code = textwrap.dedent(f"""
+        import os, sys
+        from pathlib import Path
+        from jobs.progress import run_output
+        print("before")
+        with run_output(Path({str(log)!r}), quiet=True) as terminal:
+            print("python stdout")
+            sys.stderr.write("python stderr\\n")
+            os.write(1, b"fd one\\n")
+            os.write(2, b"fd two\\n")
+            os.system("echo child process")
+            terminal.write("progress line\\n")
+        print("after")
+    """)
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["before", "progress line", "after"]
+    assert done.stderr == ""
+    kept = log.read_text()
+    for text in ("python stdout", "python stderr", "fd one", "fd two", "child process"):
+        assert text in kept
+
+
+def test_run_output_not_quiet_changes_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from jobs.progress import run_output
+
+    with run_output(tmp_path / "x.log", quiet=False) as terminal:
+        print("shown")
+        assert terminal is sys.stdout
+    assert "shown" in capsys.readouterr().out and not (tmp_path / "x.log").exists()
+
+
+def test_run_output_restores_after_an_exception(tmp_path: Path) -> None:
+    from jobs.progress import run_output
+
+    before = sys.stdout
+    with pytest.raises(RuntimeError), run_output(tmp_path / "x.log", quiet=True):
+        raise RuntimeError("boom")
+    assert sys.stdout is before
+
+
+def test_api_refuses_an_unknown_progress_mode(tmp_path: Path) -> None:
+    from jobs.api import ConfigInvalid, run
+
+    with pytest.raises(ConfigInvalid, match="progress='fancy'"):
+        run(tmp_path / "missing.yaml", progress="fancy")
