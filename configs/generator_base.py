@@ -145,6 +145,11 @@ class GeneratorBase(StrictModel):
         """Calls one actor of this generator runs at once (1 = one batch at a time)."""
         return 1
 
+    def sent_format(self) -> str | None:
+        """The image format a hosted API sends (stored as sent when output.keep_provider_bytes): `png`, `jpeg`,
+        `webp`, '' when the provider picks it; None for a generator whose pixels imagefleet encodes."""
+        return None
+
     def estimate_usd(self) -> float:
         """Expected price of one image at the generator's default settings, before it is generated."""
         return self.cost.estimate_usd(self.pool.num_gpus)

@@ -94,6 +94,10 @@ class HostedCommon(GeneratorBase):
         """Online requests are answered directly: Batch API mode is off when serving."""
         return self.model_copy(update={"batch_mode": False})
 
+    def sent_format(self) -> str | None:
+        """'' = the provider picks the format of what it sends (stored as sent)."""
+        return ""
+
     def concurrent_calls(self) -> int:
         """Batch mode: each call waits on its own provider batch, so an actor holds `batch_in_flight` of them."""
         return self.batch_in_flight if self.batch_mode else 1
@@ -185,6 +189,9 @@ class OpenAIImagesConfig(HostedCommon):
     """Background; transparent needs a model that supports it and png or webp."""
     moderation: Literal["auto", "low"] = "auto"
     """Moderation strictness."""
+
+    def sent_format(self) -> str | None:
+        return self.output_format
 
     def render(self) -> str:
         """Quality, background and output format change the image the API makes."""

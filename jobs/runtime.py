@@ -261,6 +261,7 @@ def plan_text(cfg: JobConfig, source: SourceInfo, plan: Plan) -> str:
     lines = [f"imagefleet plan for {cfg.name!r}",
              f"  source : {cfg.source.uri} ({len(source.files)} file(s), {source.num_rows} rows)",
              f"  output : {cfg.output.uri}/{image_pattern(cfg.output.format)}  +  manifest/  +  run.json",
+             *[f"           {name}'s images: {fmt}" for name, fmt in odd_formats(cfg).items()],
              f"  routing: {cfg.routing.mode} (default {cfg.default_generator})",
              "  stages :", *plan.describe(),
              f"  cost estimate: {cost_estimate(cfg, source.num_images or source.num_rows)}"]
@@ -269,6 +270,26 @@ def plan_text(cfg: JobConfig, source: SourceInfo, plan: Plan) -> str:
         if info is not None and info.retires:
             lines.append(f"  note   : {name} uses {gen.model}, which the provider shuts down on {info.retires}")
     return "\n".join(lines)
+
+
+def stored_format(cfg: JobConfig, name: str) -> str:
+    """What a generator's images are stored as: a hosted API's own format when its bytes are kept as sent
+    ('' = the provider picks), else output.format."""
+    sent = cfg.generators[name].sent_format()
+    return cfg.output.format if sent is None or not cfg.output.keep_provider_bytes else sent
+
+
+def odd_formats(cfg: JobConfig) -> dict[str, str]:
+    """Generators whose images are not stored as output.format, and what they are stored as (for people)."""
+    from actors.layout import image_ext
+
+    out = {}
+    for name in cfg.routing.used(list(cfg.generators)):
+        fmt = stored_format(cfg, name)
+        if fmt != cfg.output.format:
+            out[name] = (f"<key>.{image_ext(fmt)} (stored as the API sends them)" if fmt else
+                         "<key>.<png|jpg|webp> in the format the API sends (output.keep_provider_bytes)")
+    return out
 
 
 def cost_estimate(cfg: JobConfig, images: int) -> str:

@@ -42,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     # 2 Ray, then the Serve app (serve.run returns once every deployment is healthy)
     from ray import serve
 
+    from actors.layout import image_ext
     from pipelines.pools import generator_pool
     from pipelines.serving import build_app
     from pipelines.text_to_image import failure_line
@@ -59,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1 if not isinstance(exc, StorageError) else 2
     url = f"http://{cfg.serve.host}:{cfg.serve.port}"
     print(f"imagefleet serving {', '.join(cfg.generators)} at {url}  (POST /generate, GET /healthz; Ctrl-C stops)")
-    print(f"  try: curl -s {url}/generate -d '{{\"prompt\": \"a red fox\"}}' -o fox.{cfg.output.format}", flush=True)
+    ext = image_ext(runtime.stored_format(cfg, cfg.default_generator) or "png")  # what a plain request gets
+    print(f"  try: curl -s {url}/generate -d '{{\"prompt\": \"a red fox\"}}' -o fox.{ext}", flush=True)
     # 3 serve until told to stop (handlers set after ray.init, which installs its own)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -71,3 +71,22 @@ def test_plan_text_names_the_stored_extension() -> None:
     source = SourceInfo(files=["in.parquet"], num_rows=1, schema=pa.schema([("prompt", pa.string())]))
     plan = make_plan(cfg, Stores(source=StoreSpec(kind="local"), output=StoreSpec(kind="local")), ["prompt"], 1)
     assert "/images/<key[:2]>/<key>.jpg  +  manifest/  +  run.json" in plan_text(cfg, source, plan)
+
+
+def test_hosted_images_stored_as_sent_are_named_in_the_plan() -> None:
+    """A hosted API's bytes are kept in its own format: the plan (and serve's hint) say so, not output.format."""
+    from configs.loader import parse_config
+    from jobs.runtime import odd_formats, stored_format
+    from tests.conftest import sleep_job
+
+    raw = sleep_job("in.parquet", "out")
+    raw["generators"]["gpt"] = {"backend": "openai", "model": "gpt-image-2", "output_format": "jpeg"}
+    raw["generators"]["nano"] = {"backend": "gemini", "model": "gemini-3.1-flash-image"}
+    raw["routing"] = {"mode": "fanout", "fanout": ["gpt", "nano", "sleepy"]}
+    cfg = parse_config(raw)
+    assert stored_format(cfg, "gpt") == "jpeg" and stored_format(cfg, "nano") == "" and \
+        stored_format(cfg, "sleepy") == "png"
+    odd = odd_formats(cfg)
+    assert set(odd) == {"gpt", "nano"} and odd["gpt"].startswith("<key>.jpg") and "the API sends" in odd["nano"]
+    raw["output"]["keep_provider_bytes"] = False  # re-encoded to output.format
+    assert odd_formats(parse_config(raw)) == {}
