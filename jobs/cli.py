@@ -19,6 +19,7 @@ commands:
   s3 serve|start|stop|env [--dir D]        embedded SeaweedFS S3 on 127.0.0.1 (auth on)
   tiny-model PATH [--kind sd|sdxl]         build a tiny random-weight diffusers pipeline offline
   report OUTPUT_URI                        (re)write OUTPUT_URI/report.html from the manifest
+  cat URI [URI ...]                        write stored objects to stdout (s3://bucket/key or local paths)
   init PARQUET [-o CONFIG] [--backend B]   write a starter config from a prompt table's columns
 """
 
@@ -79,6 +80,10 @@ def main(argv: list[str] | None = None) -> int:
         return s3_main(rest)
     if command == "report":
         return report_main(rest)
+    if command == "cat":
+        from jobs import cat
+
+        return cat.main(rest)
     if command == "init":
         from jobs import init
 

@@ -2,13 +2,15 @@
 
 Layout under the output root:
     webdataset/<export_id>/shard-000000.tar ...   (one folder per export; older folders removed after commit)
-    webdataset/index.json                          (the current export: shard list, sizes, sha256, url pattern)
+    webdataset/index.json                          (the current export: shard list, sizes, sha256, url pattern;
+                                                    for s3:// also a `pipe:` pattern webdataset reads)
 """
 
 from __future__ import annotations
 
 import json
 import math
+import shlex
 from typing import TYPE_CHECKING, Any
 
 from actors.layout import WEBDATASET_DIR, WEBDATASET_INDEX, shard_pattern, webdataset_dir
@@ -56,14 +58,19 @@ def write_webdataset(output: OutputConfig, store: StoreSpec, num_ok: int, export
     objects = open_store(output.uri, store)
     # one small row per shard comes back (not per image): the index needs them all
     shards = sorted(build_shards(output, store, num_ok, export_id).take_all(), key=lambda r: r["shard"])
-    index = {
+    url_pattern = objects.uri_of(shard_pattern(export_id, len(shards)))
+    index: dict[str, Any] = {
         "export_id": export_id,
         "num_shards": len(shards),
         "num_samples": sum(int(s["num_samples"]) for s in shards),
-        "url_pattern": objects.uri_of(shard_pattern(export_id, len(shards))),
-        "shards": [{"url": objects.uri_of(s["path"]), "num_samples": int(s["num_samples"]),
-                    "bytes": int(s["bytes"]), "sha256": s["sha256"]} for s in shards],
+        "url_pattern": url_pattern,
     }
+    if objects.location.kind == "s3":
+        # webdataset has no s3:// handler; its `pipe:` URLs read each shard from a command's stdout. Quoted for the
+        # shell (webdataset expands the braces before it runs the command).
+        index["pipe_pattern"] = f"pipe:imagefleet cat {shlex.quote(url_pattern)}"
+    index["shards"] = [{"url": objects.uri_of(s["path"]), "num_samples": int(s["num_samples"]),
+                        "bytes": int(s["bytes"]), "sha256": s["sha256"]} for s in shards]
     objects.put(WEBDATASET_INDEX, json.dumps(index, indent=2).encode(), "application/json")
     for rel, _ in list(objects.list(f"{WEBDATASET_DIR}/")):
         if rel != WEBDATASET_INDEX and not rel.startswith(f"{webdataset_dir(export_id)}/"):
