@@ -1,14 +1,23 @@
-"""infra/ stays consistent with configs/: manifests parse, KubeRay CRDs have their required fields, every
-accelerator a config asks for is provided by a GPU worker group, and one image name is used everywhere."""
+"""infra/ stays consistent with configs/: every manifest (and every kustomization, rendered) fits the Kubernetes
+and KubeRay schemas, KubeRay CRDs have their required fields, every accelerator a config asks for is provided by a
+GPU worker group, one image name is used everywhere, and the Airflow DAG's task runs."""
 
 from __future__ import annotations
 
+import copy
+import functools
+import gzip
 import importlib
 import json
 import re
+import shutil
+import subprocess
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+import jsonschema
+import kubernetes_validate
 import pytest
 import yaml
 
@@ -26,6 +35,253 @@ def docs() -> list[tuple[Path, dict[str, Any]]]:
 
 def test_manifests_parse() -> None:
     assert MANIFESTS and all(isinstance(d, dict) for _, d in docs())
+
+
+# --- schemas: what `kubectl apply` (strict field validation, its default since Kubernetes 1.27) would refuse --------
+
+K8S_VERSION = "1.34"  # a recent Kubernetes; kubernetes-validate bundles its OpenAPI schemas (no network)
+KUBERAY_SCHEMAS = REPO / "tests" / "support" / "kuberay_schemas"  # KubeRay v1.5.2 CRDs, see the README there
+KUSTOMIZATIONS = sorted(p.parent for p in INFRA.rglob("kustomization.yaml"))
+KUSTOMIZE_FIELDS = {"apiVersion", "kind", "resources", "namePrefix", "configMapGenerator", "images", "patches"}
+
+
+def _where(path: Iterable[Any]) -> str:
+    """A JSON path as `spec.workerGroupSpecs[1].rayStartParams`."""
+    return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path).lstrip(".")
+
+
+def _strict(schema: dict[str, Any]) -> dict[str, Any]:
+    """A CRD's OpenAPI v3 schema as a JSON Schema that, like the API server under strict field validation, refuses
+    keys an object does not list (plain JSON Schema, and the CRD's own pruning, would let a typo through)."""
+    out = dict(schema)
+    if "properties" in out:
+        out["properties"] = {k: _strict(v) for k, v in out["properties"].items()}
+        if not out.get("x-kubernetes-preserve-unknown-fields"):
+            out.setdefault("additionalProperties", False)
+    if isinstance(out.get("additionalProperties"), dict):
+        out["additionalProperties"] = _strict(out["additionalProperties"])
+    if "items" in out:
+        out["items"] = _strict(out["items"])
+    for key in ("allOf", "anyOf", "oneOf"):
+        if key in out:
+            out[key] = [_strict(s) for s in out[key]]
+    if out.get("nullable") and "type" in out:  # OpenAPI 3.0's spelling of "or null"
+        out["type"] = [out["type"], "null"]
+    return out
+
+
+@functools.cache
+def _kuberay_validator(kind: str) -> jsonschema.Draft4Validator:
+    path = KUBERAY_SCHEMAS / f"{kind.lower()}.json.gz"
+    if not path.exists():
+        raise ValueError(f"no KubeRay schema for kind {kind!r} in {KUBERAY_SCHEMAS} (see its README)")
+    # Draft 4: the JSON Schema draft that OpenAPI 3.0's schema objects (and so CRDs) are a dialect of
+    return jsonschema.Draft4Validator(_strict(json.loads(gzip.decompress(path.read_bytes()))))
+
+
+@functools.cache
+def _k8s_errors_of(doc_json: str) -> tuple[str, ...]:
+    doc = json.loads(doc_json)
+    try:
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+    except kubernetes_validate.ValidationError as e:  # the best-matching error only: fix it and rerun
+        return (f"{_where(e.absolute_path) or '(document)'}: {e.message}",)
+    except kubernetes_validate.SchemaNotFoundError as e:
+        return (f"(document): {e.message}",)
+    return ()
+
+
+def _k8s_errors(doc: dict[str, Any]) -> list[str]:
+    """Errors of a built-in object against the Kubernetes K8S_VERSION schema (cached: overlays repeat the base)."""
+    return list(_k8s_errors_of(json.dumps(doc, sort_keys=True)))
+
+
+def schema_errors(doc: dict[str, Any]) -> list[str]:
+    """Why the schemas refuse `doc`, one readable line per error (`path: message`); [] when it fits.
+
+    Built-in kinds are checked against Kubernetes K8S_VERSION (kubernetes-validate, strict). ray.io/v1 kinds are
+    checked against the KubeRay CRD's own schema made strict (_strict), embedded pod templates included; the one
+    part a CRD schema leaves open, the object's own metadata, is checked as Kubernetes' ObjectMeta (inside a
+    stand-in ConfigMap)."""
+    if doc.get("apiVersion") != "ray.io/v1":
+        return _k8s_errors(doc)
+    found = sorted(_kuberay_validator(doc["kind"]).iter_errors(doc), key=lambda e: _where(e.absolute_path))
+    errors = [f"{_where(e.absolute_path) or '(document)'}: {e.message}" for e in found]
+    return errors + _k8s_errors({"apiVersion": "v1", "kind": "ConfigMap", "metadata": doc.get("metadata")})
+
+
+def _json_patch(doc: dict[str, Any], op: dict[str, Any]) -> None:
+    """One RFC 6902 operation (add, replace, remove), as kustomize applies a `patches:` entry given as a list."""
+    *parents, last = [p.replace("~1", "/").replace("~0", "~") for p in op["path"].split("/")[1:]]
+    node: Any = doc
+    for part in parents:
+        node = node[int(part)] if isinstance(node, list) else node[part]
+    if isinstance(node, list):
+        if op["op"] == "add":
+            node.insert(len(node) if last == "-" else int(last), op["value"])
+        elif op["op"] == "replace":
+            node[int(last)] = op["value"]
+        else:
+            del node[int(last)]
+    elif op["op"] in ("replace", "remove") and last not in node:
+        raise KeyError(last)
+    elif op["op"] == "remove":
+        del node[last]
+    else:
+        node[last] = op["value"]
+
+
+def kustomize_build(folder: Path) -> list[dict[str, Any]]:
+    """`kustomize build folder` the simple way, for the kustomization fields infra/ uses (KUSTOMIZE_FIELDS).
+
+    Enough to validate what gets deployed: resources (files and folders), configMapGenerator (`files:`), patches as
+    RFC 6902 lists targeted by kind and name, then namePrefix. Not done, as none changes whether an object fits
+    its schema: name references are not rewritten, generated ConfigMaps get no hash suffix, `images:` retags
+    nothing. A field beyond these fails here instead of being skipped (teach this function, or use kustomize)."""
+    kustomization = yaml.safe_load((folder / "kustomization.yaml").read_text())
+    unknown = set(kustomization) - KUSTOMIZE_FIELDS
+    assert not unknown, f"{folder}: kustomize_build does not know {sorted(unknown)}"
+    out: list[dict[str, Any]] = []
+    for resource in kustomization.get("resources", []):
+        path = folder / resource
+        out += kustomize_build(path) if path.is_dir() else [d for d in yaml.safe_load_all(path.read_text()) if d]
+    for generator in kustomization.get("configMapGenerator", []):
+        assert set(generator) <= {"name", "files"}, f"{folder}: kustomize_build does not know {generator}"
+        data = {Path(f).name: (folder / f).read_text() for f in generator["files"]}
+        out.append({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": generator["name"]}, "data": data})
+    for patch in kustomization.get("patches", []):
+        target, operations = patch["target"], yaml.safe_load(patch["patch"])
+        assert set(target) <= {"kind", "name"} and isinstance(operations, list), f"{folder}: unsupported {patch}"
+        assert all(o["op"] in ("add", "replace", "remove") for o in operations), f"{folder}: unsupported {patch}"
+        matched = [d for d in out if target.get("kind", d["kind"]) == d["kind"]
+                   and target.get("name", d["metadata"]["name"]) == d["metadata"]["name"]]
+        assert matched, f"{folder}: patch target {target} matches no resource"
+        for doc in matched:
+            for op in operations:
+                try:
+                    _json_patch(doc, op)
+                except (KeyError, IndexError, ValueError) as e:
+                    raise AssertionError(f"{folder}: patch {op} does not apply to {target}: {e!r}") from None
+    for doc in out:
+        doc["metadata"]["name"] = kustomization.get("namePrefix", "") + doc["metadata"]["name"]
+    return out
+
+
+@pytest.mark.parametrize("path", [p for p in MANIFESTS if p.name != "kustomization.yaml"],
+                         ids=lambda p: str(p.relative_to(INFRA)))
+def test_manifest_fits_the_kubernetes_and_kuberay_schemas(path: Path) -> None:
+    """Every document of every manifest file, rayjob.yaml included (it is deployed from inside a ConfigMap)."""
+    documents = [d for d in yaml.safe_load_all(path.read_text()) if d]
+    errors = [f"{d['kind']}/{d['metadata']['name']} {e}" for d in documents for e in schema_errors(d)]
+    assert documents and not errors, "\n".join(errors)
+
+
+@pytest.mark.parametrize("folder", KUSTOMIZATIONS, ids=lambda p: str(p.relative_to(INFRA)))
+def test_kustomization_renders_objects_that_fit_the_schemas(folder: Path) -> None:
+    rendered = kustomize_build(folder)
+    names = [(d["kind"], d["metadata"]["name"]) for d in rendered]
+    assert len(names) == len(set(names)), f"kustomize refuses duplicate resources: {names}"
+    assert {"RayCluster", "RayService", "CronJob", "ServiceAccount", "Role", "RoleBinding", "ConfigMap"} <= {
+        kind for kind, _ in names}
+    errors = [f"{kind}/{name} {e}" for d, (kind, name) in zip(rendered, names, strict=True) for e in schema_errors(d)]
+    assert not errors, "\n".join(errors)
+
+
+def test_a_broken_overlay_patch_is_refused(tmp_path: Path) -> None:
+    """Overlays are validated after patching: a patch that writes a wrong type, or misses its path, fails."""
+    def overlay(op: dict[str, Any]) -> Path:
+        folder = tmp_path / str(len(list(tmp_path.iterdir())))
+        folder.mkdir()
+        patch = {"target": {"kind": "RayCluster", "name": "imagefleet"}, "patch": yaml.safe_dump([op])}
+        (folder / "kustomization.yaml").write_text(yaml.safe_dump({"resources": [str(INFRA / "base")],
+                                                                   "patches": [patch]}))
+        return folder
+
+    wrong_type = {"op": "replace", "path": "/spec/workerGroupSpecs/1/maxReplicas", "value": "2"}
+    cluster = next(d for d in kustomize_build(overlay(wrong_type)) if d["kind"] == "RayCluster")
+    assert schema_errors(cluster) == ["spec.workerGroupSpecs[1].maxReplicas: '2' is not of type 'integer'"]
+    with pytest.raises(AssertionError, match="does not apply"):
+        kustomize_build(overlay({"op": "replace", "path": "/spec/workerGroupSpecs/9/maxReplicas", "value": 2}))
+
+
+KUSTOMIZE = ["kustomize", "build"] if shutil.which("kustomize") else ["kubectl", "kustomize"]
+
+
+@pytest.mark.skipif(shutil.which(KUSTOMIZE[0]) is None, reason="neither kustomize nor kubectl is installed")
+@pytest.mark.parametrize("folder", KUSTOMIZATIONS, ids=lambda p: str(p.relative_to(INFRA)))
+def test_real_kustomize_agrees_and_its_output_fits_the_schemas(folder: Path) -> None:
+    """Where kustomize is at hand, its own rendering validates too, and matches kustomize_build on the CRDs."""
+    done = subprocess.run([*KUSTOMIZE, str(folder)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rendered = [d for d in yaml.safe_load_all(done.stdout) if d]
+    errors = [f"{d['kind']}/{d['metadata']['name']} {e}" for d in rendered for e in schema_errors(d)]
+    assert not errors, "\n".join(errors)
+
+    def crds(documents: list[dict[str, Any]]) -> dict[tuple[str, str], Any]:
+        return {(d["kind"], d["metadata"]["name"]): d["spec"] for d in documents if d["apiVersion"] == "ray.io/v1"}
+
+    assert crds(kustomize_build(folder)) == crds(rendered)
+
+
+def _by_kind(kind: str) -> dict[str, Any]:
+    return copy.deepcopy(next(d for _, d in docs() if d.get("kind") == kind))
+
+
+def _set(doc: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
+    *parents, last = [int(p) if p.isdigit() else p for p in path.split(".")]
+    node: Any = doc
+    for part in parents:
+        node = node[part]
+    node[last] = value
+    return doc
+
+
+def _rename(doc: dict[str, Any], path: str, new: str) -> dict[str, Any]:
+    *parents, last = [int(p) if p.isdigit() else p for p in path.split(".")]
+    node: Any = doc
+    for part in parents:
+        node = node[part]
+    node[new] = node.pop(last)
+    return doc
+
+
+BROKEN: dict[str, tuple[Callable[[], dict[str, Any]], str]] = {
+    "misspelt KubeRay field": (
+        lambda: _rename(_by_kind("RayCluster"), "spec.workerGroupSpecs.1.rayStartParams", "rayStartParam"),
+        "spec.workerGroupSpecs[1]: Additional properties are not allowed ('rayStartParam' was unexpected)"),
+    "KubeRay count as a string": (
+        lambda: _set(_by_kind("RayJob"), "spec.rayClusterSpec.workerGroupSpecs.0.maxReplicas", "8"),
+        "spec.rayClusterSpec.workerGroupSpecs[0].maxReplicas: '8' is not of type 'integer'"),
+    "KubeRay required field missing": (
+        lambda: _rename(_by_kind("RayService"), "spec.rayClusterConfig.headGroupSpec", "headGroup"),
+        "spec.rayClusterConfig: 'headGroupSpec' is a required property"),
+    "misspelt container field in a Ray pod": (
+        lambda: _rename(_by_kind("RayCluster"), "spec.headGroupSpec.template.spec.containers.0.envFrom", "envfrom"),
+        "spec.headGroupSpec.template.spec.containers[0]: Additional properties are not allowed ('envfrom' was"),
+    "label value not a string in a Ray pod's metadata": (
+        lambda: _set(_by_kind("RayCluster"), "spec.workerGroupSpecs.0.template.metadata", {"labels": {"tier": 1}}),
+        "spec.workerGroupSpecs[0].template.metadata.labels.tier: 1 is not of type 'string'"),
+    "misspelt metadata field of a KubeRay object": (
+        lambda: _rename(_by_kind("RayService"), "metadata.name", "nmae"),
+        "metadata: Additional properties are not allowed ('nmae' was unexpected)"),
+    "misspelt CronJob field": (
+        lambda: _rename(_by_kind("CronJob"), "spec.jobTemplate.spec.template.spec.restartPolicy", "restartpolicy"),
+        "spec.jobTemplate.spec.template.spec: Additional properties are not allowed ('restartpolicy' was"),
+    "RBAC verbs not a list": (
+        lambda: _set(_by_kind("Role"), "rules.0.verbs", "create"),
+        "rules[0].verbs: 'create' is not of type 'array'"),
+    "API version Kubernetes removed": (
+        lambda: _set(_by_kind("CronJob"), "apiVersion", "batch/v1beta1"),
+        "Couldn't find schema for kind CronJob with api version batch/v1beta1"),
+}
+
+
+@pytest.mark.parametrize("case", BROKEN)
+def test_a_broken_manifest_is_refused_with_a_readable_message(case: str) -> None:
+    """The schema checks bite: each broken copy of a real manifest is refused, and the message says where."""
+    make, expected = BROKEN[case]
+    errors = schema_errors(make())
+    assert any(expected in e for e in errors), errors
 
 
 def _cluster_specs() -> list[dict[str, Any]]:
@@ -146,11 +402,19 @@ def test_cronjob_service_account_may_replace_the_rayjob() -> None:
 
 
 def test_airflow_task_runs_from_any_working_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The DAG's command, run from a temporary folder as Airflow does (dry run against local stand-ins)."""
+    """The DAG's task, run the way Airflow's BashOperator runs it: the DAG file parsed (against stand-in `airflow`
+    modules: Airflow is not a dependency and the DAG file imports it unconditionally), the command's Jinja template
+    rendered for a logical date with undefined names as errors (Airflow's default), then `bash -c` in a fresh
+    temporary folder with the installed `imagefleet` script on PATH, and the exit status decides the task.
+    Stand-ins appended to the command (a later --set wins) swap the cluster, the prompt table and the output for
+    local ones, and --dry-run stops before any model or GPU is asked for."""
+    import os
     import shlex
-    import subprocess
     import sys
+    import sysconfig
     import types
+
+    import jinja2
 
     captured: dict[str, Any] = {}
 
@@ -175,17 +439,45 @@ def test_airflow_task_runs_from_any_working_directory(tmp_path: Path, monkeypatc
                          ("airflow.operators.bash", bash)):
         monkeypatch.setitem(sys.modules, name, module)
     exec(compile((INFRA / "airflow" / "imagefleet_dag.py").read_text(), "imagefleet_dag.py", "exec"), {})
-    argv = shlex.split(captured["bash_command"].replace("{{ ds }}", "2026-11-24"))
+    assert captured["task_id"] == "generate_images"
+    context = {"ds": "2026-11-24", "ds_nodash": "20261124", "ts": "2026-11-24T02:00:00+00:00"}
+    command = jinja2.Environment(undefined=jinja2.StrictUndefined).from_string(captured["bash_command"]).render(
+        context)
+    argv = shlex.split(command)
     assert argv[:2] == ["imagefleet", "run"] and Path(argv[2]).is_absolute() and Path(argv[2]).exists()
+    assert "output.uri=s3://imagefleet-prod/outputs/2026-11-24" in argv  # one output folder per logical date
+
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     pq.write_table(pa.table({"prompt": ["a"]}), tmp_path / "p.parquet")
-    work = tmp_path / "airflow-task"
+    work = tmp_path / "airflowtmp"  # BashOperator's default working directory: a new temporary folder
     work.mkdir()
-    stand_ins = ["--set", "cluster.address=local", "--set", f"output.uri={tmp_path / 'out'}",
-                 "--set", f"source.uri={tmp_path / 'p.parquet'}", "--dry-run"]
-    done = subprocess.run([sys.executable, "-m", "jobs.cli", *argv[1:], *stand_ins], cwd=work,
-                          capture_output=True, text=True, timeout=120,
-                          env={**__import__("os").environ, "PYTHONPATH": str(REPO)})
+    scripts = sysconfig.get_path("scripts")
+    assert (Path(scripts) / "imagefleet").exists(), f"no `imagefleet` script in {scripts}: install the package"
+    stand_ins = shlex.join(["--set", "cluster.address=local", "--set", f"output.uri={tmp_path / 'out'}",
+                            "--set", f"source.uri={tmp_path / 'p.parquet'}", "--dry-run"])
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # as on an Airflow worker: the installed package
+    env["PATH"] = f"{scripts}{os.pathsep}{env.get('PATH', '')}"
+    done = subprocess.run(["bash", "-c", f"{command} {stand_ins}"], cwd=work, env=env, capture_output=True,
+                          text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
+    assert "dry run:" in done.stdout, done.stdout[-2000:]
+
+
+def test_the_image_ships_every_package_the_wheel_has() -> None:
+    """`import imagefleet` (the Python API) must work inside the image, not only the CLI's packages."""
+    import tomllib
+
+    include = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]
+    dockerfile = (INFRA / "Dockerfile").read_text()
+    for package in (p.rstrip("*") for p in include):
+        assert f"COPY {package} ./{package}" in dockerfile, f"infra/Dockerfile does not copy {package}/"
+
+
+def test_the_dag_connects_to_the_head_service_kuberay_creates() -> None:
+    """KubeRay names the head service `<RayCluster name>-head-svc`; the DAG's default address must be it."""
+    cluster = _by_kind("RayCluster")["metadata"]["name"]
+    source = (INFRA / "airflow" / "imagefleet_dag.py").read_text()
+    default = re.search(r'"IMAGEFLEET_RAY_ADDRESS", "([^"]+)"', source)
+    assert default and default.group(1) == f"ray://{cluster}-head-svc:10001"
