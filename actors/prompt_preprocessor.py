@@ -84,8 +84,10 @@ class PromptPreprocessor:
         #   same request to several generators
         out: list[dict[str, Any]] = []
         now = time.time()
+        settings = {field: self.cfg.columns.get(field, field) for field in OVERRIDE_COLUMNS}
+        settings = {field: column for field, column in settings.items() if column in cols}
         for i in range(n):
-            overrides = {c: cols[c][i] for c in OVERRIDE_COLUMNS if c in cols}
+            overrides = {field: cols[column][i] for field, column in settings.items()}
             facts = partial(self._facts, prompts[i], overrides)
             for route in self.cfg.routing.choose(routes[i], facts):
                 out.extend(self._expand(prompts[i], ids[i], negs[i], route, overrides, now))

@@ -52,6 +52,9 @@ class PrepConfig(StrictModel):
     """Column with the row id (optional in the data)."""
     negative_prompt_column: str
     """Column with the negative prompt (optional in the data)."""
+    columns: dict[str, str] = {}
+    """Per-row setting (seed, width, height, num_steps, guidance_scale, num_images) → the data's column holding
+    it; a setting not listed is read from the column of its own name."""
     max_prompt_chars: int
     """Longer prompts become error rows."""
     max_images_per_row: int

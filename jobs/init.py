@@ -9,7 +9,15 @@ from pathlib import Path
 PROMPT_NAMES = ("prompt", "prompts", "text", "caption", "description", "query")
 ID_NAMES = ("id", "row_id", "uid", "key")
 NEGATIVE_NAMES = ("negative_prompt", "negative", "neg_prompt")
-ROW_COLUMNS = ("seed", "width", "height", "num_steps", "guidance_scale", "num_images")
+# per-row settings and the other names data tools give them (diffusers' own argument names first)
+ROW_COLUMNS = {
+    "seed": ("seed", "random_seed"),
+    "width": ("width",),
+    "height": ("height",),
+    "num_steps": ("num_steps", "num_inference_steps", "steps"),
+    "guidance_scale": ("guidance_scale", "guidance", "cfg_scale", "cfg"),
+    "num_images": ("num_images", "num_images_per_prompt"),
+}
 
 BACKENDS = {
     "diffusers": """    backend: diffusers
@@ -56,7 +64,11 @@ def starter_config(table: str, output_uri: str, backend: str, model: str) -> str
     prompt = _pick(text_columns, PROMPT_NAMES) or text_columns[0]
     row_id = _pick(schema.names, ID_NAMES)
     negative = _pick(text_columns, NEGATIVE_NAMES)
-    per_row = [c for c in ROW_COLUMNS if c in schema.names]
+    taken = {prompt, row_id, negative}
+    free = [n for n in schema.names if n not in taken]
+    found = {field: _pick(free, names) for field, names in ROW_COLUMNS.items()}
+    per_row = [field for field, column in found.items() if column]
+    renamed = {field: column for field, column in found.items() if column and column != field}
     lines = [
         f"# Starter config written by `imagefleet init {table}`. Check it with `imagefleet run <this file> --dry-run`;",
         "# every key is described in docs/CONFIG.md.",
@@ -73,7 +85,10 @@ def starter_config(table: str, output_uri: str, backend: str, model: str) -> str
     if negative:
         lines.append(f"  negative_prompt_column: {negative}")
     if per_row:
-        lines.append(f"  # per-row columns found (they override the generator's defaults): {', '.join(per_row)}")
+        lines.append(f"  # per-row columns found (they override the generator's defaults): "
+                     f"{', '.join(found[f] for f in per_row)}")
+    if renamed:
+        lines.append("  columns: {" + ", ".join(f"{f}: {c}" for f, c in renamed.items()) + "}")
     lines += ["generators:", "  main:", BACKENDS[backend].format(model=model or DEFAULT_MODEL[backend]),
               "output:", f"  uri: {output_uri}", "  format: png",
               "cluster:", "  address: auto                    # a running Ray cluster, else a local one", ""]

@@ -216,6 +216,7 @@ def prep_config(cfg: JobConfig, stores: Stores | None = None) -> PrepConfig:
         prompt_column=cfg.source.prompt_column,
         id_column=cfg.source.id_column,
         negative_prompt_column=cfg.source.negative_prompt_column,
+        columns=cfg.source.columns.by_field(),
         max_prompt_chars=cfg.source.max_prompt_chars,
         max_images_per_row=cfg.routing.max_images_per_row,
         routing=cfg.routing,

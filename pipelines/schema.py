@@ -50,7 +50,7 @@ def input_problems(schema: pa.Schema, source: SourceConfig) -> list[str]:
             f"prompt column {source.prompt_column!r} has type {schema.field(source.prompt_column).type}, "
             f"expected string"
         )
-    mapped = {"negative_prompt": source.negative_prompt_column}
+    mapped = {"negative_prompt": source.negative_prompt_column, **source.columns.by_field()}
     for col, family in OPTIONAL_INPUT_COLUMNS.items():
         name = mapped.get(col, col)
         if name not in names:
@@ -58,7 +58,8 @@ def input_problems(schema: pa.Schema, source: SourceConfig) -> list[str]:
         got = _family(schema.field(name).type)
         ok = got == family or got == "null" or (family == "number" and got == "integer")
         if not ok:
-            problems.append(f"column {name!r} has type {schema.field(name).type}, expected {family}")
+            via = f" (source.columns.{col})" if name != col else ""
+            problems.append(f"column {name!r}{via} has type {schema.field(name).type}, expected {family}")
     if source.id_column in names and _family(schema.field(source.id_column).type) not in ("string", "integer"):
         problems.append(f"id column {source.id_column!r} must be string or integer")
     return problems

@@ -72,7 +72,8 @@ def inspect_source(cfg: JobConfig, stores: Stores) -> SourceInfo:
     _check_same_columns(cfg, footers, loc.kind)
     # 4 how many images the rows ask for (one small column), for the cost estimate and the budget
     most = cfg.routing.max_images_per_row
-    num_images = _count_images(fs, files, most) if "num_images" in schema.names else num_rows
+    count = cfg.source.columns.num_images
+    num_images = _count_images(fs, files, most, count) if count in schema.names else num_rows
     return SourceInfo(files=[_display(f, loc.kind) for f in files], num_rows=num_rows, schema=schema,
                       num_images=num_images)
 
@@ -178,7 +179,7 @@ def _check_same_columns(cfg: JobConfig, footers: dict[str, tuple[pa.Schema, int]
                              f"{_display(first_file, kind)}; add it to every file (nulls are fine) or to none")
 
 
-def _count_images(fs: Any, files: list[str], most: int) -> int:
+def _count_images(fs: Any, files: list[str], most: int, name: str = "num_images") -> int:
     """Sum of the rows' num_images; null or out of 1..most counts as 1 (such rows become one error row each, as
     the preprocessor makes them)."""
     import pyarrow.compute as pc
@@ -186,7 +187,7 @@ def _count_images(fs: Any, files: list[str], most: int) -> int:
 
     total = 0
     for f in files:
-        column = pq.read_table(f, filesystem=fs, columns=["num_images"]).column("num_images")
+        column = pq.read_table(f, filesystem=fs, columns=[name]).column(name)
         valid = pc.and_(pc.is_valid(column), pc.and_(pc.greater(column, 0), pc.less_equal(column, most)))
         total += int(pc.sum(pc.if_else(valid, column, 1)).as_py() or 0)
     return total
@@ -251,12 +252,7 @@ def _input_columns(cfg: JobConfig, schema: pa.Schema) -> list[str]:
         cfg.source.id_column,
         cfg.source.negative_prompt_column,
         cfg.routing.column_read,
-        "seed",
-        "width",
-        "height",
-        "num_steps",
-        "guidance_scale",
-        "num_images",
+        *cfg.source.columns.by_field().values(),
     ]
     return [c for c in dict.fromkeys(candidates) if c in schema.names]
 

@@ -51,3 +51,13 @@ def test_api_refuses_a_bad_run_id_with_a_typed_error(tmp_path: Path) -> None:
     with pytest.raises(imagefleet.ConfigInvalid, match="not a valid run id"):
         imagefleet.run({"source": {"uri": src}, "generators": {"s": {"backend": "sleep"}},
                         "output": {"uri": str(tmp_path / "o")}}, run_id="../escape", echo=None)
+
+
+def test_init_maps_settings_named_the_diffusers_way(tmp_path: Path) -> None:
+    src = table(tmp_path / "t.parquet", {"prompt": ["a"], "num_inference_steps": [4], "cfg_scale": [1.5],
+                                         "num_images_per_prompt": [2], "seed": [1]})
+    out = tmp_path / "job.yaml"
+    assert init.main([src, "-o", str(out)]) == 0
+    cfg = load_config(out)
+    assert cfg.source.columns.num_steps == "num_inference_steps" and cfg.source.columns.guidance_scale == "cfg_scale"
+    assert cfg.source.columns.num_images == "num_images_per_prompt" and cfg.source.columns.seed == "seed"

@@ -90,3 +90,63 @@ def test_column_routing_to_unknown_generator_is_an_error_row() -> None:
     by_prompt = dict(zip(out["prompt"], out["status"], strict=True))
     assert by_prompt == {"x": "pending", "y": "error"}
     assert "huge" in out["error"][out["prompt"].index("y")]
+
+
+def test_settings_read_from_differently_named_columns() -> None:
+    """`source.columns` maps every per-row setting onto the data's own column names (#15)."""
+    columns = {"seed": "row_seed", "width": "w_px", "height": "h_px", "num_steps": "steps", "guidance_scale": "cfg",
+               "num_images": "n"}
+    job = tiny_job("p", "m", "out")
+    job["source"]["columns"] = columns
+    cfg = parse_config(job)
+    data = {"prompt": ["x"], "row_seed": [42], "w_px": [128], "h_px": [96], "steps": [5], "cfg": [2.5], "n": [2],
+            "width": [999]}  # a column named like a setting but not mapped to it is just data
+    out = {k: list(v) for k, v in PromptPreprocessor(prep_config(cfg))(pa.table(data)).items()}
+    assert len(out["id"]) == 2 and set(out["width"]) == {128} and set(out["height"]) == {96}
+    assert set(out["num_steps"]) == {5} and set(out["guidance_scale"]) == {2.5} and 42 in out["seed"]
+    plain = run({"prompt": ["x"], "row_seed": [42], "w_px": [128], "steps": [5], "n": [2]})  # not mapped: ignored
+    assert len(plain["id"]) == 1 and plain["width"] == [64] and plain["num_steps"] == [2]
+    # the same image as when the columns carry the canonical names (the key is about the image, not the table)
+    canonical = run({"prompt": ["x"], "seed": [42], "width": [128], "height": [96], "num_steps": [5],
+                     "guidance_scale": [2.5], "num_images": [2]})
+    assert sorted(canonical["image_key"]) == sorted(out["image_key"])
+
+
+def test_a_mapped_column_with_a_bad_value_is_an_error_row_naming_the_setting() -> None:
+    job = tiny_job("p", "m", "out")
+    job["source"]["columns"] = {"num_steps": "steps"}
+    out = PromptPreprocessor(prep_config(parse_config(job)))(pa.table({"prompt": ["x"], "steps": [2.5]}))
+    assert list(out["status"]) == ["error"] and "num_steps=2.5" in out["error"][0]
+
+
+def test_column_mapping_is_checked_at_load() -> None:
+    from configs.loader import ConfigError
+
+    job = tiny_job("p", "m", "out")
+    job["source"]["columns"] = {"steps": "x"}
+    with pytest.raises(ConfigError, match="steps"):
+        parse_config(job)
+    job["source"]["columns"] = {"width": "size", "height": "size"}
+    with pytest.raises(ConfigError, match="columns.width and source.columns.height both read column 'size'"):
+        parse_config(job)
+    job["source"]["columns"] = {"seed": "prompt"}
+    with pytest.raises(ConfigError, match="prompt_column and source.columns.seed"):
+        parse_config(job)
+
+
+def test_source_checks_follow_the_mapping(tmp_path: Any) -> None:
+    """The schema check names the data's column and the setting; the image count reads the mapped column."""
+    import pyarrow.parquet as pq
+
+    from configs.storage import StoreSpec
+    from pipelines.text_to_image import InputError, Stores, inspect_source
+
+    job = tiny_job(tmp_path / "p.parquet", "m", str(tmp_path / "out"))
+    job["source"]["columns"] = {"num_images": "copies", "guidance_scale": "cfg"}
+    cfg = parse_config(job)
+    stores = Stores(source=StoreSpec(kind="local"), output=StoreSpec(kind="local"))
+    pq.write_table(pa.table({"prompt": ["a", "b"], "copies": [3, 2], "cfg": [1.0, 2.0]}), tmp_path / "p.parquet")
+    assert inspect_source(cfg, stores).num_images == 5
+    pq.write_table(pa.table({"prompt": ["a"], "copies": [1], "cfg": ["high"]}), tmp_path / "p.parquet")
+    with pytest.raises(InputError, match=r"column 'cfg' \(source.columns.guidance_scale\) has type string"):
+        inspect_source(cfg, stores)
