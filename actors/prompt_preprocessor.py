@@ -146,8 +146,12 @@ class PromptPreprocessor:
         if error:
             # the row's own values are in the error message; int32 columns can't hold absurd ones (2**40 pixels)
             base.update({k: 0 for k in ("width", "height", "num_steps") if not 0 <= base[k] < 2**31})
-            return [{**base, "image_index": 0, "seed": 0, "image_key": "", "status": "error", "error": error,
-                     **NO_PRIOR}]
+            # one error row per image the row asked for, as the driver counted them (a valid num_images, else 1):
+            # the commit checks there is exactly one manifest row per requested image
+            asked = overrides.get("num_images")
+            count = asked if isinstance(asked, int) and 1 <= asked <= self.cfg.max_images_per_row else 1
+            return [{**base, "image_index": idx, "seed": 0, "image_key": "", "status": "error", "error": error,
+                     **NO_PRIOR} for idx in range(count)]
         rows = []
         for idx in range(num_images):
             seed = (row_seed + idx) % (2**31 - 1) if row_seed is not None else derive_seed(self.cfg.job_seed, rid, idx)

@@ -180,15 +180,16 @@ def _check_same_columns(cfg: JobConfig, footers: dict[str, tuple[pa.Schema, int]
 
 
 def _count_images(fs: Any, files: list[str], most: int, name: str = "num_images") -> int:
-    """Sum of the rows' num_images; null or out of 1..most counts as 1 (such rows become one error row each, as
-    the preprocessor makes them)."""
+    """Sum of the rows' num_images; null or out of 1..most counts as 1 (a null row makes one image; an out-of-range
+    one becomes one error row), as the preprocessor makes them."""
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     total = 0
     for f in files:
         column = pq.read_table(f, filesystem=fs, columns=[name]).column(name)
-        valid = pc.and_(pc.is_valid(column), pc.and_(pc.greater(column, 0), pc.less_equal(column, most)))
+        # null compares to null, and and_(False, null) is null: fill, or null rows would count 0 instead of 1
+        valid = pc.fill_null(pc.and_(pc.greater(column, 0), pc.less_equal(column, most)), False)
         total += int(pc.sum(pc.if_else(valid, column, 1)).as_py() or 0)
     return total
 

@@ -150,3 +150,27 @@ def test_source_checks_follow_the_mapping(tmp_path: Any) -> None:
     pq.write_table(pa.table({"prompt": ["a"], "copies": [1], "cfg": ["high"]}), tmp_path / "p.parquet")
     with pytest.raises(InputError, match=r"column 'cfg' \(source.columns.guidance_scale\) has type string"):
         inspect_source(cfg, stores)
+
+
+def test_a_bad_row_gives_one_error_row_per_image_it_asked_for() -> None:
+    """The driver counts a row's valid num_images before the run and the commit wants exactly that many rows:
+    a row with a bad prompt and num_images=3 must give 3 error rows, not 1 (it used to fail the whole commit)."""
+    out = run({"prompt": [None, "ok", "x"], "num_images": [3, 2, 0], "width": [64, 64, 100]})
+    status = sorted(zip(out["prompt"], out["image_index"], out["status"], strict=True))
+    assert status == [("", 0, "error"), ("", 1, "error"), ("", 2, "error"), ("ok", 0, "pending"),
+                      ("ok", 1, "pending"), ("x", 0, "error")]  # num_images=0 is itself the error: one row
+
+
+def test_the_driver_count_equals_the_rows_the_preprocessor_makes(tmp_path: Any) -> None:
+    import pyarrow.parquet as pq
+
+    from configs.storage import StoreSpec
+    from pipelines.text_to_image import Stores, expected_rows, inspect_source
+
+    data = {"prompt": [None, "ok", "", "y", "z" * 20_000, "w"], "num_images": [3, 2, 4, None, 2, 99],
+            "width": [64, 64, 64, 64, 64, 63]}
+    pq.write_table(pa.table(data), tmp_path / "p.parquet")
+    cfg = parse_config(tiny_job(tmp_path / "p.parquet", "m", str(tmp_path / "out")))
+    counted = expected_rows(cfg, inspect_source(cfg, Stores(source=StoreSpec(kind="local"),
+                                                            output=StoreSpec(kind="local"))))
+    assert counted == len(run(data)["id"]) == 3 + 2 + 4 + 1 + 2 + 1
