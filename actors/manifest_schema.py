@@ -35,6 +35,9 @@ COLUMNS: tuple[Column, ...] = (
            shard=True, report=True),
     Column("prompt", pa.string(), "prompt text", shard=True, report=True),
     Column("negative_prompt", pa.string(), "negative prompt", shard=True),
+    Column("template", pa.string(), "the prompt template the prompt was written from ('' when read from a column)"),
+    Column("template_vars", pa.string(), "JSON of the values the template was filled with: its lists' values and "
+           "the row's columns ('' without a template)", shard=True),
     Column("generator", pa.string(), "name of the generator that made the image", shard=True, report=True),
     Column("model", pa.string(), "model id@revision of that generator", shard=True),
     Column("seed", pa.int64(), "per-image seed", shard=True),

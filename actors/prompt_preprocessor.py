@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import math
+import random
 import time
 from decimal import Decimal
 from functools import partial
@@ -15,11 +17,14 @@ from actors.manifest_schema import CARRIED, empty_value
 from actors.resume_index import ResumeIndex, load_index
 from actors.storage import open_store
 from configs.prep import PrepConfig
+from configs.source import compile_template
 
 if TYPE_CHECKING:
     import pyarrow as pa
 
 Batch = dict[str, np.ndarray]
+Prompt = tuple[Any, Any, dict[str, str]]
+"""(prompt text or a marker, row id, template record) of one prompt a row makes."""
 MAX_SIDE = 8192
 # Optional per-row override columns and the python type each must convert to.
 OVERRIDE_COLUMNS = {
@@ -59,11 +64,16 @@ class PromptPreprocessor:
         "explicit": "settings the input row set itself (comma-separated; the rest are generator defaults)",
         "prior_sha256": "sha256 recorded by an earlier run for cached rows",
         "prior_bytes": "size recorded by an earlier run for cached rows",
+        "template": "the prompt template ('' when prompts come from a column)",
+        "template_vars": "JSON of the values the template was filled with ('' without a template)",
         **{f"prior_{c}": f"{c} an earlier run recorded (cached rows carry it into the manifest)" for c in CARRIED},
     }
 
     def __init__(self, cfg: PrepConfig) -> None:
         self.cfg = cfg
+        # a prompt template is compiled once per actor
+        self.template_columns = cfg.template.columns() if cfg.template is not None else []
+        self.template = compile_template(cfg.template.text) if cfg.template is not None else None
         # resume: what the output already holds, loaded once per actor (like a model)
         self.spent_usd = 0.0  # estimated spend of the rows scheduled so far (one preprocessor actor per run)
         self.prior = ResumeIndex()
@@ -88,14 +98,46 @@ class PromptPreprocessor:
         settings = {field: column for field, column in settings.items() if column in cols}
         for i in range(n):
             overrides = {field: cols[column][i] for field, column in settings.items()}
-            facts = partial(self._facts, prompts[i], overrides)
-            for route in self.cfg.routing.choose(routes[i], facts):
-                out.extend(self._expand(prompts[i], ids[i], negs[i], route, overrides, now))
+            for prompt, row_id, filled in self._prompts(cols, i, prompts[i], ids[i]):
+                facts = partial(self._facts, prompt, overrides)
+                for route in self.cfg.routing.choose(routes[i], facts):
+                    rows = self._expand(prompt, row_id, negs[i], route, overrides, now)
+                    out.extend({**r, **filled} for r in rows)
         # 3 neighbours share a shape bucket, so downstream GPU batches are mostly homogeneous (a local,
         #   streaming sort: no all-to-all shuffle of the whole table)
         out.sort(key=lambda r: (r["generator"], r["width"], r["height"], r["num_steps"], r["guidance_scale"]))
         # 4 columnar, fixed dtypes so every batch has the same schema
         return _to_batch(out)
+
+    def _prompts(self, cols: dict[str, list[Any]], i: int, prompt: Any, row_id: Any) -> list[Prompt]:
+        """The row's prompts with their ids and template record: the prompt column's text, or one prompt per
+        combination of the template's values (ids `<row id>#<combination>`)."""
+        t, render = self.cfg.template, self.template
+        if t is None or render is None:
+            return [(prompt, row_id, NO_TEMPLATE)]
+        row = {c: cols[c][i] if c in cols else None for c in self.template_columns}
+        rid = str(row_id) if row_id is not None else derive_row_id(json.dumps(row, sort_keys=True, default=str))
+        bad = next((c for c, v in row.items() if v is None or isinstance(v, Undecodable)), "")
+        if t.expand == "sample":
+            picks = random.Random(derive_seed(self.cfg.job_seed, rid, -1)).sample(range(t.space()), t.per_row())
+            combos = sorted(picks)
+        else:
+            combos = list(range(t.space()))
+        out = []
+        for k in combos:
+            values = {**t.combination(k), **row}
+            record = {"template": t.text,
+                      "template_vars": json.dumps(values, sort_keys=True, ensure_ascii=False, default=str)}
+            if bad:
+                text: Any = Unrendered(f"template column {bad!r} is "
+                                       f"{'null' if row[bad] is None else 'not valid UTF-8 text'}")
+            else:
+                try:
+                    text = render(**values)
+                except Exception as exc:  # noqa: BLE001 - a row the template can't render is an error row
+                    text = Unrendered(f"template: {str(exc).splitlines()[0][:200]}")
+            out.append((text, f"{rid}#{k}", record))
+        return out
 
     def _facts(self, prompt: Any, overrides: dict[str, Any]) -> dict[str, float]:
         """What routing rules test, with the default generator's defaults filled in (raises ValueError)."""
@@ -114,7 +156,7 @@ class PromptPreprocessor:
     def _expand(
         self, prompt: Any, row_id: Any, neg: Any, route: Any, overrides: dict[str, Any], now: float
     ) -> list[dict[str, Any]]:
-        prompt_text = prompt if isinstance(prompt, str) else ""
+        prompt_text = prompt if isinstance(prompt, str) and not isinstance(prompt, Unrendered) else ""
         rid = str(row_id) if row_id is not None else derive_row_id(prompt_text)
         gen_name = str(route) if route not in (None, "") else self.cfg.default_generator
         ident = self.cfg.generators.get(gen_name)
@@ -201,6 +243,8 @@ class PromptPreprocessor:
         """Return a message naming what is wrong with the row, or ''."""
         if ident is None:
             return f"generator {gen_name!r} is not configured; choose one of {sorted(self.cfg.generators)}"
+        if isinstance(prompt, Unrendered):
+            return str(prompt)
         if isinstance(prompt, Undecodable):
             return f"prompt is not valid UTF-8 text ({prompt})"
         if isinstance(row["negative_prompt"], Undecodable):
@@ -229,6 +273,10 @@ class PromptPreprocessor:
         if seed is not None and not 0 <= seed < 2**31 - 1:
             return f"seed={seed} must be between 0 and 2147483646"
         return ""
+
+
+class Unrendered(str):
+    """A templated prompt that could not be written (a null column, a template error): the message."""
 
 
 class Undecodable(str):
@@ -267,6 +315,8 @@ def _convert(name: str, value: Any) -> Any:
         raise ValueError(f"{name}={value!r} is not a finite number")
     return float(value)
 
+
+NO_TEMPLATE = {"template": "", "template_vars": ""}
 
 # a row without an earlier result: each prior_ column holds its manifest column's empty value (floats NaN, null
 # in the manifest; strings empty; integers 0)

@@ -3,6 +3,7 @@
 from configs.base import StrictModel
 from configs.generator_base import GenerationDefaults
 from configs.routing import RoutingConfig
+from configs.source import PromptTemplate
 from configs.storage import StoreSpec
 
 
@@ -52,6 +53,8 @@ class PrepConfig(StrictModel):
     """Column with the row id (optional in the data)."""
     negative_prompt_column: str
     """Column with the negative prompt (optional in the data)."""
+    template: PromptTemplate | None = None
+    """Prompts written by this template from each row (None: read from prompt_column)."""
     columns: dict[str, str] = {}
     """Per-row setting (seed, width, height, num_steps, guidance_scale, num_images) → the data's column holding
     it; a setting not listed is read from the column of its own name."""

@@ -1,5 +1,9 @@
 """Where the prompt table comes from and how its columns map onto imagefleet's fields."""
 
+import functools
+from collections.abc import Callable
+from typing import Any, Literal
+
 from pydantic import Field, model_validator
 
 from configs.base import StrictModel
@@ -28,6 +32,106 @@ class ColumnNames(StrictModel):
         return dict(self)
 
 
+MAX_COMBINATIONS = 100_000
+"""A template may expand one row into at most this many prompts (a typo in a list shouldn't order 10^9 images)."""
+
+
+class PromptTemplate(StrictModel):
+    """Prompts written by a Jinja template filled from the row's columns and from lists of values.
+
+    Each row expands into one prompt per combination of the lists' values (instead of reading a prompt column).
+
+    E.g. `text: "a {{ style }} photo of a {{ object }} in {{ scene }}"` with `vars: {style: [studio, film],
+    scene: [kitchen, street]}` and a column `object`: every row becomes 4 prompts (`expand: product`).
+    """
+
+    text: str = Field(min_length=1)
+    """Jinja template (sandboxed). Names in `vars` take their values from there; any other name is a column of the
+    prompt table (a null value makes that row's prompts error rows)."""
+    vars: dict[str, list[str | int | float]] = {}
+    """Lists of values the template's names range over."""
+    expand: Literal["product", "zip", "sample"] = "product"
+    """product: every combination of the lists; zip: the i-th value of every list together (equal lengths);
+    sample: `samples` distinct combinations per row, drawn with a seed from the job seed and the row id."""
+    samples: int = Field(default=1, ge=1)
+    """sample mode: combinations per row."""
+
+    def names(self) -> set[str]:
+        """Every name the template uses."""
+        import jinja2.meta
+
+        return set(jinja2.meta.find_undeclared_variables(_jinja().parse(self.text)))
+
+    def columns(self) -> list[str]:
+        """Names the template takes from the row's columns (sorted)."""
+        return sorted(self.names() - set(self.vars))
+
+    def space(self) -> int:
+        """Combinations of the lists' values (product) or their common length (zip)."""
+        if not self.vars:
+            return 1
+        if self.expand == "zip":
+            return len(next(iter(self.vars.values())))
+        total = 1
+        for values in self.vars.values():
+            total *= len(values)
+        return total
+
+    def per_row(self) -> int:
+        """Prompts each row expands into."""
+        return min(self.samples, self.space()) if self.expand == "sample" else self.space()
+
+    def combination(self, k: int) -> dict[str, str | int | float]:
+        """The k-th combination (0 <= k < space()): zip takes position k of every list; product counts through the
+        lists like digits, the last list fastest."""
+        if self.expand == "zip":
+            return {name: values[k] for name, values in self.vars.items()}
+        out: dict[str, str | int | float] = {}
+        for name, values in reversed(self.vars.items()):
+            k, digit = divmod(k, len(values))
+            out[name] = values[digit]
+        return dict(reversed(out.items()))
+
+    @model_validator(mode="after")
+    def _check(self) -> "PromptTemplate":
+        import jinja2
+
+        try:
+            used = self.names()
+        except jinja2.TemplateSyntaxError as exc:
+            raise ValueError(f"source.template.text: {exc.message} (line {exc.lineno})") from None
+        for name, values in self.vars.items():
+            if not values:
+                raise ValueError(f"source.template.vars.{name} is empty: give at least one value")
+            if name not in used:
+                raise ValueError(f"source.template.vars.{name} is not used by the template text "
+                                 f"(it uses {sorted(used) or 'no names'})")
+        if self.expand == "zip" and len({len(v) for v in self.vars.values()}) > 1:
+            sizes = {n: len(v) for n, v in self.vars.items()}
+            raise ValueError(f"source.template.expand=zip needs lists of equal length; got {sizes}")
+        if self.expand != "sample" and self.samples != 1:
+            raise ValueError("source.template.samples is for expand: sample")
+        if self.space() > MAX_COMBINATIONS:
+            raise ValueError(f"source.template would expand each row into {self.space():,} prompts (limit "
+                             f"{MAX_COMBINATIONS:,}); use expand: sample with samples: K")
+        return self
+
+
+@functools.cache
+def _jinja() -> Any:
+    """The sandboxed Jinja environment templates are parsed and rendered with (undefined names are errors)."""
+    import jinja2
+    import jinja2.sandbox
+
+    return jinja2.sandbox.SandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False,
+                                               keep_trailing_newline=False)
+
+
+def compile_template(text: str) -> Callable[..., str]:
+    """The template as a function of its names' values (raises jinja2 errors on bad values)."""
+    return _jinja().from_string(text).render  # type: ignore[no-any-return]
+
+
 class SourceConfig(StrictModel):
     """A Parquet prompt dataset: local path, glob, folder or s3:// URI."""
 
@@ -39,6 +143,9 @@ class SourceConfig(StrictModel):
     """Column with a stable row id; when the data has no such column, ids are derived from the prompt."""
     negative_prompt_column: str = "negative_prompt"
     """Optional per-row negative prompt."""
+    template: PromptTemplate | None = None
+    """Write prompts from a template filled from the row's columns and lists of values, instead of reading
+    `prompt_column` (see PromptTemplate)."""
     columns: ColumnNames = ColumnNames()
     """Columns holding the optional per-row settings, when the data names them differently (the generator column
     is `routing.column`)."""

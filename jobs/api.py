@@ -137,7 +137,7 @@ def run(config: str | Path | dict[str, Any] | JobConfig, overrides: Sequence[str
     from pipelines.commit import Lease, collect_garbage
     from pipelines.manifest import write_manifest, write_run_json
     from pipelines.plan import PlanError
-    from pipelines.progress import read_board, start_board
+    from pipelines.progress import read_board, start_board, stop_board
     from pipelines.report import write_report
     from pipelines.text_to_image import InputError, build, expected_rows, failure_line, inspect_source, plan_run
 
@@ -163,7 +163,7 @@ def run(config: str | Path | dict[str, Any] | JobConfig, overrides: Sequence[str
 
     log = runtime.run_log(run_id)
     objects = open_store(cfg.output.uri, stores.output)
-    lease, started = Lease(objects, run_id, cfg.output.lease_ttl_s), False
+    lease, started, board = Lease(objects, run_id, cfg.output.lease_ttl_s), False, None
     with run_output(log, quiet=not verbose) as terminal:
         try:
             lease.acquire()
@@ -188,6 +188,7 @@ def run(config: str | Path | dict[str, Any] | JobConfig, overrides: Sequence[str
                             run_id, str(log)) from None
         finally:
             lease.release()
+            stop_board(board)
             if started:
                 ray.shutdown()
     result = RunResult(run_id, cfg.output.uri, summary, record_uri, report_uri, shards, str(log), plan_text,

@@ -109,6 +109,12 @@ class Plan:
         return lines
 
 
+def prompt_columns(cfg: JobConfig) -> tuple[str, ...]:
+    """The columns prompts are made from: the prompt column, or the columns a prompt template names."""
+    t = cfg.source.template
+    return tuple(t.columns()) if t is not None else (cfg.source.prompt_column,)
+
+
 def make_plan(cfg: JobConfig, stores: Stores, source_columns: list[str], num_rows: int) -> Plan:
     """The stages of one run, in order (checked with `Plan.check` by the caller).
 
@@ -120,7 +126,7 @@ def make_plan(cfg: JobConfig, stores: Stores, source_columns: list[str], num_row
     """
     # 1 preprocess: validate, route, expand num_images, derive seeds and keys
     stages = [Stage("preprocess", PromptPreprocessor, {"cfg": prep_config(cfg, stores)}, PREPROCESS_POOL,
-                    reads=(cfg.source.prompt_column,), writes=tuple(PromptPreprocessor.OUTPUT_COLUMNS),
+                    reads=prompt_columns(cfg), writes=tuple(PromptPreprocessor.OUTPUT_COLUMNS),
                     batch_format="pyarrow")]
     # 2 the routing mode's topology; the first pool gets blocks of a few GPU batches so every actor has work
     block_rows = rows_per_block(cfg, num_rows)
@@ -217,6 +223,7 @@ def prep_config(cfg: JobConfig, stores: Stores | None = None) -> PrepConfig:
         id_column=cfg.source.id_column,
         negative_prompt_column=cfg.source.negative_prompt_column,
         columns=cfg.source.columns.by_field(),
+        template=cfg.source.template,
         max_prompt_chars=cfg.source.max_prompt_chars,
         max_images_per_row=cfg.routing.max_images_per_row,
         routing=cfg.routing,

@@ -95,6 +95,19 @@ def start_board() -> Any:
         return None
 
 
+def stop_board(board: Any) -> None:
+    """End the board with its run (a Ray session that outlives the run — a notebook, a test session, a pipeline
+    step — would otherwise keep one idle worker process per run)."""
+    if board is None:
+        return
+    import ray
+
+    try:
+        ray.kill(board)
+    except Exception as exc:  # noqa: BLE001 - already gone with its Ray
+        logger.debug("progress board not stopped: %s", exc)
+
+
 def post(board: Any, table: Any) -> None:
     """Add a manifest batch's counts to the board (fire and forget; a lost update only delays the display)."""
     if board is None:

@@ -40,12 +40,17 @@ def input_problems(schema: pa.Schema, source: SourceConfig) -> list[str]:
     """Schema-level problems of a prompt table (each message says what to change); [] when usable."""
     problems = []
     names = set(schema.names)
-    if source.prompt_column not in names:
+    if source.template is not None:
+        missing = [c for c in source.template.columns() if c not in names]
+        if missing:
+            problems.append(f"source.template uses {', '.join(map(repr, missing))}, which is neither a column of "
+                            f"the data ({sorted(names)}) nor in source.template.vars; add the column or the list")
+    elif source.prompt_column not in names:
         problems.append(
             f"prompt column {source.prompt_column!r} is missing; the data has {sorted(names)} — "
             f"set source.prompt_column to the column holding the prompts"
         )
-    elif _family(schema.field(source.prompt_column).type) not in ("string", "null"):
+    elif source.template is None and _family(schema.field(source.prompt_column).type) not in ("string", "null"):
         problems.append(
             f"prompt column {source.prompt_column!r} has type {schema.field(source.prompt_column).type}, "
             f"expected string"

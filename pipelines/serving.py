@@ -70,6 +70,7 @@ def serve_prep_config(cfg: JobConfig) -> PrepConfig:
     """The preprocessor slice for requests: fields named like the request, `generator` picks the route."""
     return prep_config(cfg).model_copy(update={
         "prompt_column": "prompt", "id_column": "id", "negative_prompt_column": "negative_prompt", "columns": {},
+        "template": None,
         "routing": ColumnRouting(default=cfg.default_generator, column="generator"), "budget_usd": 0.0,
         "max_images_per_row": cfg.serve.max_images_per_request,
     })

@@ -74,6 +74,8 @@ def inspect_source(cfg: JobConfig, stores: Stores) -> SourceInfo:
     most = cfg.routing.max_images_per_row
     count = cfg.source.columns.num_images
     num_images = _count_images(fs, files, most, count) if count in schema.names else num_rows
+    if cfg.source.template is not None:  # every row is written into this many prompts
+        num_images *= cfg.source.template.per_row()
     return SourceInfo(files=[_display(f, loc.kind) for f in files], num_rows=num_rows, schema=schema,
                       num_images=num_images)
 
@@ -254,6 +256,7 @@ def _input_columns(cfg: JobConfig, schema: pa.Schema) -> list[str]:
         cfg.source.negative_prompt_column,
         cfg.routing.column_read,
         *cfg.source.columns.by_field().values(),
+        *(cfg.source.template.columns() if cfg.source.template is not None else []),
     ]
     return [c for c in dict.fromkeys(candidates) if c in schema.names]
 
