@@ -131,10 +131,35 @@ def test_every_shipped_config_dry_runs(
 ) -> None:
     monkeypatch.setenv("OPENAI_API_KEY", "sk-dry-run")  # hosted configs need a key to pass the dry run
     monkeypatch.setenv("GEMINI_API_KEY", "g-dry-run")
-    source = write_prompts(tmp_path / "p.parquet", {"prompt": ["a", "b"]})
+    source = write_prompts(tmp_path / "p.parquet", {"prompt": ["a", "b"], "label": ["a", "b"]})  # label: templates
     code = generate.main([str(path), "--dry-run", f"--set=source.uri={source}",
                           f"--set=output.uri=s3://{bucket}/dry", "--set=output.s3.endpoint_url="])
     out = capsys.readouterr()
     assert code == 0, out.err
     assert "dry run" in out.out and "2 rows" in out.out
     assert not objects(s3_env, bucket, "dry/")
+
+
+def test_synthetic_classes_example_runs_end_to_end(tmp_path: Path, tiny_model: Path, s3_env: Any, bucket: str,
+                                                   ray_cluster: None) -> None:
+    """configs/synthetic_classes.yaml as shipped (template, product expansion, shards), on the tiny model:
+    every class gets every scene × style, each image records its values, and a rerun makes nothing new."""
+    from collections import Counter
+
+    source = write_prompts(tmp_path / "classes.parquet", {"label": ["mug", "teapot"]})
+    args = [str(REPO / "configs" / "synthetic_classes.yaml"), f"--set=source.uri={source}",
+            f"--set=output.uri=s3://{bucket}/synth", f"--set=generators.turbo.model={tiny_model}",
+            "--set=generators.turbo.dtype=float32", "--set=generators.turbo.defaults.width=64",
+            "--set=generators.turbo.defaults.height=64", "--set=generators.turbo.pool.num_cpus=0.5",
+            "--set=generators.turbo.pool.batch_size=8", "--set=generators.turbo.pool.max_size=2",
+            "--set=output.pool.max_size=1", "--set=cluster.address=local"]
+    assert generate.main(args) == 0
+    rows = manifest(s3_env, bucket, "synth")
+    assert len(rows) == 24 and {r["status"] for r in rows} == {"ok"}
+    values = [json.loads(r["template_vars"]) for r in rows]
+    assert Counter(v["label"] for v in values) == {"mug": 12, "teapot": 12}
+    assert len({(v["label"], v["scene"], v["style"]) for v in values}) == 24
+    assert all(r["prompt"] == f"a {v['style']} of a {v['label']} {v['scene']}" for r, v in zip(rows, values,
+                                                                                             strict=True))
+    assert generate.main(args) == 0  # resume: the same requests, all already present
+    assert all(r["already_present"] for r in manifest(s3_env, bucket, "synth"))
