@@ -19,6 +19,8 @@ BATCHES_DIR = "_batches"
 WEBDATASET_DIR = "webdataset"
 WEBDATASET_INDEX = f"{WEBDATASET_DIR}/index.json"
 RUN_JSON = "run.json"
+LOGS_DIR = "logs"
+"""`logs/<run_id>.log`: each run's log (what Ray and the actors printed, a failure's traceback)."""
 REPORT_HTML = "report.html"
 
 # image format (`output.format`) → file extension of the stored object, and → its content type. A hosted

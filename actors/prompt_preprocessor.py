@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import random
@@ -111,7 +112,7 @@ class PromptPreprocessor:
 
     def _prompts(self, cols: dict[str, list[Any]], i: int, prompt: Any, row_id: Any) -> list[Prompt]:
         """The row's prompts with their ids and template record: the prompt column's text, or one prompt per
-        combination of the template's values (ids `<row id>#<combination>`)."""
+        combination of the template's values (ids `<row id>#<hash of the combination's values>`)."""
         t, render = self.cfg.template, self.template
         if t is None or render is None:
             return [(prompt, row_id, NO_TEMPLATE)]
@@ -133,10 +134,10 @@ class PromptPreprocessor:
                                        f"{'null' if row[bad] is None else 'not valid UTF-8 text'}")
             else:
                 try:
-                    text = render(**values)
+                    text = render(values)
                 except Exception as exc:  # noqa: BLE001 - a row the template can't render is an error row
                     text = Unrendered(f"template: {str(exc).splitlines()[0][:200]}")
-            out.append((text, f"{rid}#{k}", record))
+            out.append((text, f"{rid}#{combination_id(t.combination(k))}", record))
         return out
 
     def _facts(self, prompt: Any, overrides: dict[str, Any]) -> dict[str, float]:
@@ -273,6 +274,13 @@ class PromptPreprocessor:
         if seed is not None and not 0 <= seed < 2**31 - 1:
             return f"seed={seed} must be between 0 and 2147483646"
         return ""
+
+
+def combination_id(values: dict[str, Any]) -> str:
+    """A combination's id: a hash of its values, so adding a value to a list keeps every earlier combination's id,
+    seed and image (its position in the product would shift)."""
+    text = json.dumps(values, sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
 
 
 class Unrendered(str):

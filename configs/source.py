@@ -36,6 +36,10 @@ MAX_COMBINATIONS = 100_000
 """A template may expand one row into at most this many prompts (a typo in a list shouldn't order 10^9 images)."""
 
 
+JINJA_RESERVED = {"self", "varargs", "kwargs", "caller"}
+"""Names Jinja gives its own meaning in a template (a column so named would render as Jinja's object)."""
+
+
 class PromptTemplate(StrictModel):
     """Prompts written by a Jinja template filled from the row's columns and from lists of values.
 
@@ -100,6 +104,13 @@ class PromptTemplate(StrictModel):
             used = self.names()
         except jinja2.TemplateSyntaxError as exc:
             raise ValueError(f"source.template.text: {exc.message} (line {exc.lineno})") from None
+        import jinja2.nodes
+
+        named = {n.name for n in _jinja().parse(self.text).find_all(jinja2.nodes.Name)}
+        reserved = sorted(named & JINJA_RESERVED)
+        if reserved:
+            raise ValueError(f"source.template.text uses {reserved[0]!r}, which Jinja reserves; name the list or "
+                             f"column otherwise")
         for name, values in self.vars.items():
             if not values:
                 raise ValueError(f"source.template.vars.{name} is empty: give at least one value")
@@ -111,8 +122,8 @@ class PromptTemplate(StrictModel):
             raise ValueError(f"source.template.expand=zip needs lists of equal length; got {sizes}")
         if self.expand != "sample" and self.samples != 1:
             raise ValueError("source.template.samples is for expand: sample")
-        if self.space() > MAX_COMBINATIONS:
-            raise ValueError(f"source.template would expand each row into {self.space():,} prompts (limit "
+        if self.per_row() > MAX_COMBINATIONS:
+            raise ValueError(f"source.template would expand each row into {self.per_row():,} prompts (limit "
                              f"{MAX_COMBINATIONS:,}); use expand: sample with samples: K")
         return self
 
@@ -127,8 +138,8 @@ def _jinja() -> Any:
                                                keep_trailing_newline=False)
 
 
-def compile_template(text: str) -> Callable[..., str]:
-    """The template as a function of its names' values (raises jinja2 errors on bad values)."""
+def compile_template(text: str) -> Callable[[dict[str, Any]], str]:
+    """The template as a function of a dict of its names' values (raises jinja2 errors on bad values)."""
     return _jinja().from_string(text).render  # type: ignore[no-any-return]
 
 

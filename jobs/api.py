@@ -164,6 +164,7 @@ def run(config: str | Path | dict[str, Any] | JobConfig, overrides: Sequence[str
     log = runtime.run_log(run_id)
     objects = open_store(cfg.output.uri, stores.output)
     lease, started, board = Lease(objects, run_id, cfg.output.lease_ttl_s), False, None
+    failed = ""
     with run_output(log, quiet=not verbose) as terminal:
         try:
             lease.acquire()
@@ -173,7 +174,8 @@ def run(config: str | Path | dict[str, Any] | JobConfig, overrides: Sequence[str
             board = start_board() if progress != "off" else None
             total = expected_rows(cfg, source)
             read = (lambda: read_board(board, total)) if board is not None else None
-            with ProgressDisplay(read, total, terminal, progress, cfg.limits.budget_usd or 0.0,
+            shown = "lines" if verbose and progress in ("auto", "bar") else progress  # a panel garbled by Ray's
+            with ProgressDisplay(read, total, terminal, shown, cfg.limits.budget_usd or 0.0,  # output: lines
                                  "" if verbose else str(log)):
                 summary = write_manifest(build(cfg, stores, source, plan), objects, lease, total, board)
             shards = runtime.export_webdataset(cfg, stores, summary, run_id)  # after the commit; never fails
@@ -184,16 +186,20 @@ def run(config: str | Path | dict[str, Any] | JobConfig, overrides: Sequence[str
             raise InputInvalid(str(exc)) from None
         except Exception as exc:  # a broken actor ends the run; one line, the rest in the log file
             runtime.record_failure(f"run {run_id}", exc, log)
-            raise RunFailed(f"run {run_id} failed, nothing committed: {failure_line(exc)} (details: {log})",
-                            run_id, str(log)) from None
+            failed = f"run {run_id} failed, nothing committed: {failure_line(exc)}"
         finally:
             lease.release()
             stop_board(board)
             if started:
                 ray.shutdown()
+    # the log also goes next to the outputs (a cluster driver's temp dir goes with its pod)
+    kept = runtime.keep_log(cfg, stores, log, run_id) if failed or not verbose else ""
+    if failed:
+        raise RunFailed(f"{failed} (details: {log}{f'; copy: {kept}' if kept else ''})", run_id, str(log))
     result = RunResult(run_id, cfg.output.uri, summary, record_uri, report_uri, shards, str(log), plan_text,
                        stores.output)
-    say(runtime.summary_text(summary, record_uri, report_uri, shards, "" if verbose else str(log)))
+    say(runtime.summary_text(summary, record_uri, report_uri, shards,
+                             "" if verbose else f"{log}{f'  (copy: {kept})' if kept else ''}"))
     problem = runtime.final_problem(cfg, summary, shards)
     if problem:
         raise RunFailed(problem, run_id, result=result)

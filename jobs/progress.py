@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
+from jobs.runtime import open_log
 from pipelines.progress import Snapshot
 
 MODES = ("auto", "bar", "lines", "off")
@@ -37,7 +38,7 @@ def run_output(log_path: Path, quiet: bool) -> Iterator[TextIO]:
         return
     sys.stdout.flush()
     sys.stderr.flush()
-    log = open(log_path, "a", buffering=1, encoding="utf-8", errors="replace")  # noqa: SIM115 - closed below
+    log = open_log(log_path)
     saved = _save_fds()
     terminal = sys.stdout
     if saved and _fd_of(sys.stdout) == 1:  # a real stdout: keep a copy of it for the display
@@ -142,6 +143,12 @@ class ProgressDisplay:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        try:
+            self._finish(exc[0] is None)
+        except Exception:  # noqa: BLE001 - a display that fails at the end never changes how the run ended
+            self.mode = "off"
+
+    def _finish(self, ok: bool) -> None:
         if self.mode == "off":
             return
         self._stop.set()
@@ -150,7 +157,7 @@ class ProgressDisplay:
         self.refresh()  # the final counts (the board has every batch once the write returned)
         if self._live is not None:
             self._live.stop()
-        elif exc[0] is None and self.last is not None:
+        elif ok and self.last is not None:
             self._say(self.line())
 
     # polling

@@ -64,11 +64,35 @@ def run_id_arg(value: str) -> str:
 
 
 def log_folder() -> Path:
+    """This user's log folder in the temp dir (0700, refused when another user owns it: run ids are guessable)."""
     import tempfile
 
-    folder = Path(tempfile.gettempdir()) / "imagefleet-logs"
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.gettempdir()) / f"imagefleet-logs-{os.getuid()}"
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    info = folder.lstat()
+    if folder.is_symlink() or info.st_uid != os.getuid():
+        raise StorageError(f"{folder} is not a folder owned by this user; remove it or set TMPDIR elsewhere")
     return folder
+
+
+def open_log(path: Path) -> Any:
+    """Append to a log file without following a symlink planted at its name (owner-only)."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    return os.fdopen(fd, "a", buffering=1, encoding="utf-8", errors="replace")
+
+
+def keep_log(cfg: JobConfig, stores: Stores, log: Path, run_id: str) -> str:
+    """Copy the run's log next to its outputs (`logs/<run_id>.log`): on a cluster the driver's temp dir is gone
+    with its pod. The stored URI, or '' when it can't be stored (the local file stays)."""
+    from actors.layout import LOGS_DIR
+
+    try:
+        objects = open_store(cfg.output.uri, stores.output)
+        objects.put(f"{LOGS_DIR}/{run_id}.log", log.read_bytes(), "text/plain")
+        return objects.uri_of(f"{LOGS_DIR}/{run_id}.log")
+    except Exception as exc:  # noqa: BLE001 - a log that can't be copied never changes how the run ended
+        logger.warning("run log not copied to the output: %s", exc)
+        return ""
 
 
 def run_log(run_id: str) -> Path:
@@ -83,7 +107,7 @@ def record_failure(what: str, exc: BaseException, path: Path | None = None) -> s
 
     path = path or log_folder() / f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}.log"
     text = "".join(traceback.format_exception(exc))
-    with open(path, "a", encoding="utf-8") as fh:
+    with open_log(path) as fh:
         fh.write(f"\n{what} failed\n{text}")
     if VERBOSE:
         print(text, file=sys.stderr)

@@ -109,6 +109,14 @@ class Plan:
         return lines
 
 
+def preprocess_pool(cfg: JobConfig) -> Pool:
+    """The preprocessor's pool; a batch makes about PREPROCESS_POOL.batch_size output rows however many prompts a
+    template writes per row (its output is held in memory until the batch is done)."""
+    t = cfg.source.template
+    per_row = (t.per_row() if t is not None else 1) * cfg.routing.requests_per_image()
+    return replace(PREPROCESS_POOL, batch_size=max(1, PREPROCESS_POOL.batch_size // per_row))
+
+
 def prompt_columns(cfg: JobConfig) -> tuple[str, ...]:
     """The columns prompts are made from: the prompt column, or the columns a prompt template names."""
     t = cfg.source.template
@@ -125,7 +133,7 @@ def make_plan(cfg: JobConfig, stores: Stores, source_columns: list[str], num_row
         num_rows: rows in the prompt table (sizes the blocks fed to the generator pools).
     """
     # 1 preprocess: validate, route, expand num_images, derive seeds and keys
-    stages = [Stage("preprocess", PromptPreprocessor, {"cfg": prep_config(cfg, stores)}, PREPROCESS_POOL,
+    stages = [Stage("preprocess", PromptPreprocessor, {"cfg": prep_config(cfg, stores)}, preprocess_pool(cfg),
                     reads=prompt_columns(cfg), writes=tuple(PromptPreprocessor.OUTPUT_COLUMNS),
                     batch_format="pyarrow")]
     # 2 the routing mode's topology; the first pool gets blocks of a few GPU batches so every actor has work

@@ -83,7 +83,10 @@ def test_run_failing_wholesale_aborts_without_manifest(tmp_path: Path, s3_env: A
     last = [ln for ln in done.stderr.splitlines() if ln.startswith("imagefleet: run ")]
     assert last and "imagefleet abort:" in last[0] and "failed (limit 50%)" in last[0]
     assert "Traceback" not in done.stderr  # one line; the traceback is in the log file it names
-    log = last[0].rsplit("(details: ", 1)[1].rstrip(")")
+    log, copy = last[0].rsplit("(details: ", 1)[1].rstrip(")").split("; copy: ")
+    assert copy == f"s3://{bucket}/abort/logs/{Path(log).stem}.log"
+    kept = s3_env.client().get_object(Bucket=bucket, Key=f"abort/logs/{Path(log).stem}.log")["Body"].read()
+    assert b"Traceback" in kept  # the copy next to the outputs outlives a cluster driver's pod
     assert "Traceback" in Path(log).read_text()
     assert not [k for k in objects(s3_env, bucket, "abort/manifest/") if "/part-" in k]
 

@@ -30,6 +30,7 @@ def test_a_run_shows_progress_lines_and_keeps_ray_output_in_its_log(tmp_path: Pa
     assert "24 written" in done.stdout
     for noise in RAY_NOISE:
         assert noise not in shown, f"{noise!r} reached the terminal:\n{shown[-3000:]}"
-    log = next(ln.split(":", 1)[1].strip() for ln in done.stdout.splitlines() if ln.strip().startswith("log "))
+    log = next(ln.split(":", 1)[1].split()[0] for ln in done.stdout.splitlines() if ln.strip().startswith("log "))
+    assert f"(copy: s3://{bucket}/progress/logs/" in done.stdout
     kept = Path(log).read_text()
     assert "Running Dataset" in kept or "streaming_executor" in kept, kept[-2000:]

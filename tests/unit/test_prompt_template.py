@@ -38,7 +38,7 @@ def prep(cfg: Any, columns: dict[str, list[Any]]) -> dict[str, list[Any]]:
 def test_product_writes_every_combination_for_every_row_and_records_the_values() -> None:
     out = prep(job({"text": TEXT, "vars": VARS}), {"id": ["r1", "r2"], "object": ["cat", "mug"]})
     assert len(out["id"]) == 12 and len(set(out["image_key"])) == 12
-    assert sorted(set(out["id"]))[:3] == ["r1#0", "r1#1", "r1#2"]
+    assert len(set(out["id"])) == 12 and all(i.startswith(("r1#", "r2#")) for i in out["id"])
     values = [json.loads(v) for v in out["template_vars"]]
     assert Counter((v["object"], v["style"]) for v in values) == {
         (o, s): 3 for o in ("cat", "mug") for s in ("studio", "film")}  # balanced by construction
@@ -66,7 +66,7 @@ def test_sampling_draws_k_distinct_combinations_per_row_reproducibly() -> None:
     assert len({frozenset(p) for p in by_row.values()}) > 1  # rows draw different combinations
     assert prep(job(t), rows)["image_key"] == out["image_key"]  # the same table and seed → the same requests
     assert prep(job(t, seed=8), rows)["image_key"] != out["image_key"]  # another job seed, another draw
-    # a combination keeps its id whichever mode produced it: sample ids are product positions
+    # a combination keeps its id whichever mode produced it (ids hash the combination's values)
     full = prep(job({"text": TEXT, "vars": VARS}), rows)
     assert set(out["prompt"]) <= set(full["prompt"]) and set(out["id"]) <= set(full["id"])
 
@@ -119,3 +119,35 @@ def test_combinations_count_like_digits() -> None:
     assert [t.combination(k) for k in range(t.space())] == [
         {"a": a, "b": b} for a in (1, 2) for b in ("x", "y", "z")]
     assert PromptTemplate(text="{{ a }}", vars={"a": [1, 2, 3]}, expand="sample", samples=9).per_row() == 3
+
+
+def test_adding_a_value_to_a_list_keeps_every_earlier_image() -> None:
+    """Iterating on the lists is the normal workflow: a rerun must only make the new combinations."""
+    rows = {"id": ["r1"], "object": ["cat"]}
+    before = prep(job({"text": TEXT, "vars": VARS}), rows)
+    more = {"style": ["studio", "film", "sketch"], "scene": ["kitchen", "street", "beach", "attic"]}
+    after = prep(job({"text": TEXT, "vars": more}), rows)
+    assert set(before["image_key"]) <= set(after["image_key"]) and len(after["image_key"]) == 12
+
+
+def test_sampling_a_huge_space_is_allowed_and_cheap() -> None:
+    t = {"text": "{{ a }}{{ b }}{{ c }}{{ d }}", "vars": {n: list(range(100)) for n in "abcd"}, "expand": "sample",
+         "samples": 3}
+    out = prep(job(t), {"id": ["r"]})
+    assert len(set(out["prompt"])) == 3
+
+
+def test_names_jinja_reserves_are_refused_and_odd_column_names_render() -> None:
+    with pytest.raises(ConfigError, match="'self', which Jinja reserves"):
+        job({"text": "a {{ self }}"})
+    out = prep(job({"text": "a {{ values }} {{ render }}"}), {"values": ["cat"], "render": ["x"]})
+    assert out["prompt"] == ["a cat x"] and out["status"] == ["pending"]
+
+
+def test_the_preprocessor_batch_shrinks_with_the_expansion() -> None:
+    from pipelines.plan import PREPROCESS_POOL, preprocess_pool
+
+    cfg = job({"text": TEXT, "vars": {"style": list(range(100)), "scene": list(range(100))}})
+    assert preprocess_pool(cfg).batch_size == 1  # 10,000 prompts per row: one row per batch
+    cfg = job({"text": TEXT, "vars": VARS})
+    assert preprocess_pool(cfg).batch_size == PREPROCESS_POOL.batch_size // 6
