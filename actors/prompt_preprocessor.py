@@ -126,7 +126,8 @@ class PromptPreprocessor:
             combos = list(range(t.space()))
         out = []
         for k in combos:
-            values = {**t.combination(k), **row}
+            combination = t.combination(k)
+            values = {**combination, **row}
             record = {"template": t.text,
                       "template_vars": json.dumps(values, sort_keys=True, ensure_ascii=False, default=str)}
             if bad:
@@ -137,7 +138,7 @@ class PromptPreprocessor:
                     text = render(values)
                 except Exception as exc:  # noqa: BLE001 - a row the template can't render is an error row
                     text = Unrendered(f"template: {str(exc).splitlines()[0][:200]}")
-            out.append((text, f"{rid}#{combination_id(t.combination(k))}", record))
+            out.append((text, f"{rid}#{combination_id(combination)}", record))
         return out
 
     def _facts(self, prompt: Any, overrides: dict[str, Any]) -> dict[str, float]:

@@ -193,7 +193,7 @@ def run(config: str | Path | dict[str, Any] | JobConfig, overrides: Sequence[str
             if started:
                 ray.shutdown()
     # the log also goes next to the outputs (a cluster driver's temp dir goes with its pod)
-    kept = runtime.keep_log(cfg, stores, log, run_id) if failed or not verbose else ""
+    kept = runtime.keep_log(objects, log, run_id) if failed or not verbose else ""
     if failed:
         raise RunFailed(f"{failed} (details: {log}{f'; copy: {kept}' if kept else ''})", run_id, str(log))
     result = RunResult(run_id, cfg.output.uri, summary, record_uri, report_uri, shards, str(log), plan_text,

@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from jobs import runtime
+from jobs.progress import MODES
 
 
 def parser() -> argparse.ArgumentParser:
@@ -19,7 +20,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--verbose", "-v", action="store_true",
                    help="show Ray's progress tables, actors' output and full tracebacks (otherwise they go to the "
                         "run's log file, named in the summary)")
-    p.add_argument("--progress", choices=["auto", "bar", "lines", "off"], default="auto",
+    p.add_argument("--progress", choices=MODES, default="auto",
                    help="live progress: a panel on a terminal, a plain line every 10 s elsewhere (auto), or off")
     p.add_argument("--retry-failed", action="store_true", help="redo images that failed in an earlier run")
     return p

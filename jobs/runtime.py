@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import SecretStr
 
-from actors.storage import StorageError, open_store, resolve_store_spec
+from actors.storage import ObjectStore, StorageError, open_store, resolve_store_spec
 from configs.job import JobConfig
 from configs.storage import StoreSpec
 from pipelines.manifest import RunSummary
@@ -81,13 +81,12 @@ def open_log(path: Path) -> Any:
     return os.fdopen(fd, "a", buffering=1, encoding="utf-8", errors="replace")
 
 
-def keep_log(cfg: JobConfig, stores: Stores, log: Path, run_id: str) -> str:
+def keep_log(objects: ObjectStore, log: Path, run_id: str) -> str:
     """Copy the run's log next to its outputs (`logs/<run_id>.log`): on a cluster the driver's temp dir is gone
     with its pod. The stored URI, or '' when it can't be stored (the local file stays)."""
     from actors.layout import LOGS_DIR
 
     try:
-        objects = open_store(cfg.output.uri, stores.output)
         objects.put(f"{LOGS_DIR}/{run_id}.log", log.read_bytes(), "text/plain")
         return objects.uri_of(f"{LOGS_DIR}/{run_id}.log")
     except Exception as exc:  # noqa: BLE001 - a log that can't be copied never changes how the run ended

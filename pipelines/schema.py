@@ -50,7 +50,7 @@ def input_problems(schema: pa.Schema, source: SourceConfig) -> list[str]:
             f"prompt column {source.prompt_column!r} is missing; the data has {sorted(names)} — "
             f"set source.prompt_column to the column holding the prompts"
         )
-    elif source.template is None and _family(schema.field(source.prompt_column).type) not in ("string", "null"):
+    elif _family(schema.field(source.prompt_column).type) not in ("string", "null"):
         problems.append(
             f"prompt column {source.prompt_column!r} has type {schema.field(source.prompt_column).type}, "
             f"expected string"
