@@ -177,3 +177,27 @@ def test_api_refuses_an_unknown_progress_mode(tmp_path: Path) -> None:
 
     with pytest.raises(ConfigInvalid, match="progress='fancy'"):
         run(tmp_path / "missing.yaml", progress="fancy")
+
+
+def test_the_log_folder_and_file_refuse_planted_symlinks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run ids are guessable: another local user must not be able to point a run's log at a file of theirs."""
+    import tempfile
+
+    from actors.storage import StorageError
+    from jobs.runtime import open_log, run_log
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (tmp_path / f"imagefleet-logs-{os.getuid()}").symlink_to(elsewhere)
+    with pytest.raises(StorageError, match="not a folder owned by this user"):
+        run_log("nightly")
+    (tmp_path / f"imagefleet-logs-{os.getuid()}").unlink()
+    log = run_log("nightly")
+    assert oct(log.parent.stat().st_mode & 0o777) == "0o700"
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep")
+    log.symlink_to(victim)
+    with pytest.raises(OSError):
+        open_log(log)
+    assert victim.read_text() == "keep"
