@@ -60,6 +60,17 @@ class Request:
     num_steps: int
     guidance_scale: float
     key: str = ""
+    task: str = "text-to-image"
+    """text-to-image | image-to-image | inpaint | edit (configs.generator_base.Task)."""
+    images: tuple[bytes, ...] = ()
+    """Input image files as stored (PNG/JPEG/WebP bytes; their sha256 is in the key); the first is the one redrawn
+    by image-to-image and inpaint, all of them are references for edit."""
+    mask: bytes = b""
+    """Mask image file (b'' = none): a single-channel image the size of the first input, white = change."""
+    strength: float = 0.0
+    """image-to-image / inpaint: how far from the input the result may move (0..1)."""
+    adapters: tuple[tuple[str, float], ...] = ()
+    """LoRA adapters (name, weight) to apply; () = none."""
 
 
 @dataclass(frozen=True)

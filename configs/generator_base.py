@@ -1,9 +1,18 @@
 """Pieces every generator config shares: pool, defaults, cost, declared run-time needs, and the base class."""
 
+from typing import Literal
+
 from pydantic import Field, model_validator
 
 from configs.base import StrictModel
 from configs.storage import S3Config
+
+
+Task = Literal["text-to-image", "image-to-image", "inpaint", "edit"]
+"""What a row asks of its generator: text-to-image (no input image); image-to-image (an input image redrawn with
+`strength`); inpaint (the input image's masked area redrawn; white in the mask = change); edit (the model rewrites
+input/reference images as the prompt says, optionally only inside a mask)."""
+TASKS: tuple[str, ...] = ("text-to-image", "image-to-image", "inpaint", "edit")
 
 
 class PoolConfig(StrictModel):
@@ -132,6 +141,18 @@ class GeneratorBase(StrictModel):
     def needs(self) -> Needs:
         """What this generator needs at run time (secrets, stores); nothing by default."""
         return Needs()
+
+    def tasks(self) -> tuple[str, ...]:
+        """The tasks this backend can do (a run asking another of it is refused at config load)."""
+        return ("text-to-image",)
+
+    def max_input_images(self) -> int:
+        """Input images one request may carry (several = reference images); 0 for text-to-image only."""
+        return 0
+
+    def takes_mask(self, task: str) -> bool:
+        """Whether a mask can go with `task` on this backend."""
+        return task == "inpaint"
 
     def render(self) -> str:
         """Settings beyond model, revision and scheduler that change the image (part of its key); '' = none."""
