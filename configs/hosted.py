@@ -1,5 +1,6 @@
 """Hosted generator configs: OpenAI Images (GPT Image) and Gemini (Nano Banana). Model ids are plain strings."""
 
+from collections.abc import Sequence
 from typing import Literal
 
 from pydantic import Field, model_validator
@@ -12,6 +13,7 @@ from configs.hosted_models import (
     gemini_request_size,
     lookup,
     openai_image_tokens,
+    openai_input_image_tokens,
     openai_size_problem,
 )
 
@@ -125,18 +127,45 @@ class HostedCommon(GeneratorBase):
         """Batch requests are discounted."""
         return self.batch_discount if self.batch_mode else 1.0
 
+    def tasks(self) -> tuple[str, ...]:
+        """text-to-image, plus edit (reference images) where the model takes input images, plus inpaint where it
+        also takes a mask (configs/hosted_models.py)."""
+        info = self.info()
+        if info is None or info.max_input_images == 0:
+            return ("text-to-image",)
+        return ("text-to-image", "edit", "inpaint") if info.masks else ("text-to-image", "edit")
+
+    def max_input_images(self) -> int:
+        """Input images one request may carry (the provider's per-request maximum)."""
+        info = self.info()
+        return info.max_input_images if info is not None else 0
+
+    def takes_mask(self, task: str) -> bool:
+        """A mask goes with inpaint and edit where the provider takes one (OpenAI); Gemini has no mask parameter
+        (its edits are instructions against the reference images)."""
+        info = self.info()
+        return task in ("inpaint", "edit") and info is not None and info.masks
+
     def estimate_tokens(self, width: int, height: int) -> tuple[int, int]:
         """(image output, text output) tokens one image is expected to take (text input comes from the prompt)."""
         raise NotImplementedError
 
-    def estimate_image_usd(self, width: int, height: int, prompt_chars: int = 400) -> float:
-        """Expected price of one WxH image before it is made (the response's usage is what is billed)."""
+    def estimate_input_image_tokens(self, sizes: Sequence[tuple[int, int]]) -> int:
+        """Input tokens the input images of one request are expected to take."""
+        raise NotImplementedError
+
+    def estimate_image_usd(self, width: int, height: int, prompt_chars: int = 400,
+                           input_images: Sequence[tuple[int, int]] = ()) -> float:
+        """Expected price of one WxH image before it is made (the response's usage is what is billed);
+        `input_images` are the (width, height) of the request's input images (edits bill them as input)."""
         if self.cost.usd_per_image > 0:
             return self.cost.usd_per_image * self.price_factor()
         p = self.token_prices()
         image_out, text_out = self.estimate_tokens(width, height)
         text_in = max(1, prompt_chars // 4)
-        usd = (text_in * p.text_input + image_out * p.image_output + text_out * p.text_output) / 1e6
+        image_in = self.estimate_input_image_tokens(input_images) if input_images else 0
+        usd = (text_in * p.text_input + image_in * p.image_input + image_out * p.image_output
+               + text_out * p.text_output) / 1e6
         return usd * self.price_factor()
 
     def estimate_usd(self) -> float:
@@ -204,6 +233,10 @@ class OpenAIImagesConfig(HostedCommon):
         info = self.info()
         return (openai_image_tokens(info, self.quality, width, height) if info is not None else 0), 0
 
+    def estimate_input_image_tokens(self, sizes: Sequence[tuple[int, int]]) -> int:
+        info = self.info()
+        return sum(openai_input_image_tokens(info, w, h) for w, h in sizes) if info is not None else 0
+
     def size_problem(self, width: int, height: int) -> str:
         return openai_size_problem(self.info(), self.model, width, height)
 
@@ -249,6 +282,10 @@ class GeminiImageConfig(HostedCommon):
             return 1120, 150
         _, tier, _ = gemini_request_size(info, self.model, width, height)
         return info.tiers[tier], info.thinking_tokens
+
+    def estimate_input_image_tokens(self, sizes: Sequence[tuple[int, int]]) -> int:
+        info = self.info()
+        return len(sizes) * (info.input_image_tokens if info is not None else 1120)
 
     def size_problem(self, width: int, height: int) -> str:
         return gemini_request_size(self.info(), self.model, width, height)[2]

@@ -18,6 +18,20 @@ Sources (as of 2026-11; "3rd-party" = not the vendor):
   pixel table), Vertex model pages (tokens per image: 3.1 Flash Image 747/1120/1680/2520; 3 Pro Image
   1120/1120/2000), pricing page (3.1 Flash Image: input $0.50, image output $60 per 1M; 3 Pro Image: input $2,
   image output $120). Text and thinking output: 3.1 Flash Image $3 per 1M (3rd-party: core.today), 3 Pro $12.
+- Edits and reference images, OpenAI: `openai` 3.54 SDK docstrings of `images.edit` (up to 16 `png`/`webp`/`jpg`
+  images under 50MB each; mask: a PNG under 4MB, the size of the first image, whose alpha 0 marks what to change;
+  `input_fidelity`: omit it for gpt-image-2) and openai/openai-openapi openapi.yaml (CreateImageEditRequest;
+  EditImageBodyJsonParam, the JSON edit body a Batch API line carries: `images`/`mask` as ImageRefParam
+  `image_url` data URLs of at most 20,971,520 characters, `size` only auto/1024x1024/1536x1024/1024x1536,
+  `quality` only auto/low/medium/high; CreateBatchRequest: `/v1/images/edits` is a batch endpoint, input files
+  up to 200 MB). Input image tokens per image: 65 + 129 per 512px tile after scaling the short side to 512
+  (3rd-party: OpenAI community forum, gpt-image-1 edits billed 194 image tokens for a 1024x1024 input), plus
+  4,160 (square) or 6,240 tokens at high input fidelity, which gpt-image-2 always uses (3rd-party: lumenfall);
+  only an estimate: the response's `usage.input_tokens_details.image_tokens` is billed.
+- Reference images, Gemini: Vertex model pages of gemini-3.1-flash-image and gemini-3-pro-image (GA 2026-05-28):
+  at most 14 images per prompt, png/jpeg/webp/heic/heif, 1,120 (3.1 Flash Image) and 560 (3 Pro Image) input
+  tokens per input image; a Gemini API request with inline data must stay under 20 MB (ai.google.dev, files /
+  batch-api guides; bigger inputs need the Files API, which imagefleet does not use). No mask parameter.
 """
 
 from __future__ import annotations
@@ -69,18 +83,49 @@ class ModelInfo:
     """Typical thinking + text tokens of one answer (estimate only; Gemini 3 image models always think)."""
     retires: str = ""
     """Announced shutdown date (a warning until then)."""
+    max_input_images: int = 0
+    """Input (reference) images one request may carry; 0 = text-to-image only."""
+    masks: bool = False
+    """Takes a mask with its input images (OpenAI edits)."""
+    input_image_tokens: int = 0
+    """Gemini: input tokens per input image (flat); OpenAI: 0, counted by size (`openai_input_image_tokens`)."""
+    high_fidelity: bool = False
+    """OpenAI: input images are always read at high fidelity (gpt-image-2 family: extra input tokens)."""
 
 
 GPT1_TOKENS = {"low": 272, "medium": 1056, "high": 4160}
 GPT2_TOKENS = {"low": 667, "medium": 2333, "high": 6333, "xhigh": 9500, "max": 12700}
 GPT1_SIZES = ((1024, 1024), (1536, 1024), (1024, 1536))
 GPT2_PRICES = Prices(text_input=5.0, image_input=8.0, image_output=30.0)
+OPENAI_MAX_INPUT_IMAGES = 16
+GPT2 = ModelInfo(OPENAI, GPT2_PRICES, flexible_sizes=True, tokens_1024=GPT2_TOKENS, high_fidelity=True,
+                 max_input_images=OPENAI_MAX_INPUT_IMAGES, masks=True)
 GPT2_5 = ModelInfo(OPENAI, GPT2_PRICES, flexible_sizes=True, transparent=True, tokens_1024=GPT2_TOKENS,
-                   qualities=("auto", "low", "medium", "high", "xhigh", "max"))
+                   qualities=("auto", "low", "medium", "high", "xhigh", "max"), high_fidelity=True,
+                   max_input_images=OPENAI_MAX_INPUT_IMAGES, masks=True)
+GEMINI_MAX_INPUT_IMAGES = 14
+
+# input limits of edits and reference images (sources in the module docstring)
+OPENAI_MAX_IMAGE_BYTES = 50 * 1024 * 1024
+"""Each input image of an OpenAI edit is smaller than this."""
+OPENAI_MAX_MASK_BYTES = 4 * 1024 * 1024
+"""An OpenAI edit's mask PNG is smaller than this."""
+OPENAI_MAX_IMAGE_URL_CHARS = 20_971_520
+"""An ImageRefParam.image_url (a data URL in a batch line) is at most this long."""
+OPENAI_BATCH_MAX_BYTES = 200 * 1024 * 1024
+"""A Batch API input file is at most this large."""
+OPENAI_JSON_EDIT_SIZES = ("auto", "1024x1024", "1536x1024", "1024x1536")
+"""Sizes the JSON edit body (the only form a batch line can carry) accepts."""
+OPENAI_JSON_EDIT_QUALITIES = ("auto", "low", "medium", "high")
+"""Qualities the JSON edit body accepts."""
+OPENAI_INPUT_FORMATS = ("image/png", "image/jpeg", "image/webp")
+GEMINI_MAX_REQUEST_BYTES = 20 * 1024 * 1024
+"""A Gemini API request with inline data (the images base64-encoded) stays under this."""
+GEMINI_INPUT_FORMATS = ("image/png", "image/jpeg", "image/webp", "image/heic", "image/heif")
 
 MODELS: dict[str, ModelInfo] = {
-    "gpt-image-2": ModelInfo(OPENAI, GPT2_PRICES, flexible_sizes=True, tokens_1024=GPT2_TOKENS),
-    "gpt-image-2-2026-04-21": ModelInfo(OPENAI, GPT2_PRICES, flexible_sizes=True, tokens_1024=GPT2_TOKENS),
+    "gpt-image-2": GPT2,
+    "gpt-image-2-2026-04-21": GPT2,
     "gpt-image-2.5-sunburst": GPT2_5,
     "gpt-image-2.5-sunburst-2026-09-08": GPT2_5,
     "gpt-image-2.5-flare": GPT2_5,
@@ -89,17 +134,21 @@ MODELS: dict[str, ModelInfo] = {
     "gpt-image-2.6-flare": GPT2_5,
     "gpt-image-1.5": ModelInfo(OPENAI, Prices(text_input=5.0, image_input=8.0, image_output=32.0),
                                fixed_sizes=GPT1_SIZES, transparent=True, tokens_1024=GPT1_TOKENS,
-                               retires="2026-12-01"),
+                               retires="2026-12-01", max_input_images=OPENAI_MAX_INPUT_IMAGES,
+                               masks=True),
     "gpt-image-1-mini": ModelInfo(OPENAI, Prices(text_input=2.0, image_input=2.5, image_output=8.0),
                                   fixed_sizes=GPT1_SIZES, transparent=True, tokens_1024=GPT1_TOKENS,
-                                  retires="2026-12-01"),
+                                  retires="2026-12-01", max_input_images=OPENAI_MAX_INPUT_IMAGES,
+                                  masks=True),
     "gemini-3.1-flash-image": ModelInfo(GEMINI, Prices(text_input=0.5, image_input=0.5, image_output=60.0,
                                                        text_output=3.0),
                                         aspects=STANDARD_ASPECTS + WIDE_ASPECTS,
-                                        tiers={"512": 747, "1K": 1120, "2K": 1680, "4K": 2520}, thinking_tokens=150),
+                                        tiers={"512": 747, "1K": 1120, "2K": 1680, "4K": 2520}, thinking_tokens=150,
+                                        max_input_images=GEMINI_MAX_INPUT_IMAGES, input_image_tokens=1120),
     "gemini-3-pro-image": ModelInfo(GEMINI, Prices(text_input=2.0, image_input=2.0, image_output=120.0,
                                                    text_output=12.0),
-                                    tiers={"1K": 1120, "2K": 1120, "4K": 2000}, thinking_tokens=300),
+                                    tiers={"1K": 1120, "2K": 1120, "4K": 2000}, thinking_tokens=300,
+                                    max_input_images=GEMINI_MAX_INPUT_IMAGES, input_image_tokens=560),
 }
 
 RETIRED: dict[str, str] = {
@@ -169,3 +218,16 @@ def gemini_pixels(aspect: str, tier: str) -> tuple[int, int]:
     """The pixel size Gemini returns for an aspect ratio and tier."""
     w, h = GEMINI_1K[aspect]
     return round(w * GEMINI_TIER_SCALE[tier]), round(h * GEMINI_TIER_SCALE[tier])
+
+
+def openai_input_image_tokens(info: ModelInfo, width: int, height: int) -> int:
+    """Estimated input tokens of one WxH input image of an OpenAI edit: 65 + 129 per 512px tile once the short side
+    is scaled to 512 (long side at most 2048), plus the high-fidelity surcharge of models that always read inputs
+    at high fidelity (4,160 square, 6,240 otherwise). Only an estimate: the response's usage is billed."""
+    scale = min(1.0, 2048 / max(width, height))
+    w, h = width * scale, height * scale
+    scale = 512 / min(w, h)
+    w, h = w * scale, h * scale
+    tiles = -(-int(w) // 512) * -(-int(h) // 512)
+    extra = (4160 if width == height else 6240) if info.high_fidelity else 0
+    return 65 + 129 * tiles + extra
