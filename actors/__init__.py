@@ -6,6 +6,7 @@ from actors.diffusers_generator import DiffusersGenerator
 from actors.escalator import Escalator
 from actors.gemini_generator import GeminiImageGenerator
 from actors.image_writer import ImageWriter
+from actors.input_reader import InputReader
 from actors.openai_generator import OpenAIImageGenerator
 from actors.prompt_preprocessor import PromptPreprocessor
 from actors.sleep_generator import SleepGenerator
@@ -23,5 +24,5 @@ SCORERS: dict[str, type[BackendActor]] = {cls.CONFIG.model_fields["backend"].def
 """Scorer backend name → actor class."""
 
 __all__ = ["GENERATORS", "SCORERS", "BackendActor", "DiffusersGenerator", "Escalator", "ImageWriter",
-           "PromptPreprocessor", "StageActor",
+           "InputReader", "PromptPreprocessor", "StageActor",
            "SleepGenerator"]

@@ -19,6 +19,8 @@ from actors.generation import (
     Request,
     run_generation,
 )
+from actors.adapters import local_weights
+from actors.inputs import InputFiles
 from actors.storage import open_store
 from configs.generator import DiffusersConfig
 from configs.storage import StoreSpec
@@ -27,11 +29,13 @@ logger = logging.getLogger(__name__)
 
 
 class DiffusersGenerator:
-    """Generates images for `pending` rows with `AutoPipelineForText2Image`.
+    """Generates images for `pending` rows with `AutoPipelineForText2Image`, and image-to-image / inpainting rows
+    with the matching AutoPipeline made from the same loaded components (`from_pipe`: no second copy of weights).
 
     Args:
         cfg: this generator's config slice.
-        model_store: connection for an `s3://` model folder (ignored for hub ids and local paths).
+        model_store: connection for an `s3://` model folder or adapter (ignored for hub ids and local paths).
+        input_store: connection for rows' input images (None: the run is text-to-image).
     """
 
     CONFIG = DiffusersConfig
@@ -39,7 +43,7 @@ class DiffusersGenerator:
     OUTPUT_COLUMNS = GENERATOR_OUTPUT_COLUMNS
 
     def __init__(self, cfg: DiffusersConfig, model_store: StoreSpec = StoreSpec(kind="local"),
-                 name: str = "") -> None:
+                 name: str = "", input_store: StoreSpec | None = None) -> None:
         self.name = name  # the generator this actor makes images for (rows routed elsewhere pass through)
         import torch  # heavy imports live here so the driver and --dry-run never need them
         from diffusers import AutoPipelineForText2Image
@@ -78,10 +82,15 @@ class DiffusersGenerator:
         if cfg.compile and denoiser is not None:
             compiled = torch.compile(denoiser, mode="max-autotune-no-cudagraphs", fullgraph=False)
             setattr(self.pipe, "unet" if hasattr(self.pipe, "unet") else "transformer", compiled)
-        # 4 which optional arguments this pipeline takes (Flux has no negative_prompt, for example)
-        params = inspect.signature(self.pipe.__call__).parameters
-        self.takes_negative = "negative_prompt" in params
-        self.takes_guidance = "guidance_scale" in params
+        # 4 LoRA adapters, loaded once; each call activates the set its rows share
+        for adapter in cfg.loras:
+            path = local_weights(adapter, model_store, cfg.local_cache_dir)
+            source, weight_name = (str(path.parent), path.name) if path else (adapter.path, adapter.weight_name or None)
+            self.pipe.load_lora_weights(source, weight_name=weight_name, adapter_name=adapter.name)
+        self.active_adapters: tuple[tuple[str, float], ...] | None = None
+        # 5 image-to-image and inpainting pipelines share these components, made on first use
+        self.inputs = InputFiles(input_store, 2**31) if input_store is not None else None
+        self.task_pipes: dict[str, Any] = {"text-to-image": self.pipe}
         logger.info("loaded %s on %s (%s)", cfg.model, self.device, dtype_name)
 
     def __call__(self, batch: Batch) -> Batch:
@@ -94,6 +103,7 @@ class DiffusersGenerator:
             usd_per_image=self.cfg.cost.usd_per_image,
             is_oom=self._is_oom,
             name=self.name,
+            inputs=self.inputs,
         )
 
     def _is_oom(self, exc: BaseException) -> bool:
@@ -103,28 +113,60 @@ class DiffusersGenerator:
         return False
 
     def _generate(self, requests: Sequence[Request]) -> list[np.ndarray]:
-        # 1 one shape per call (guaranteed by the caller's buckets)
+        # 1 one shape, task, strength and adapter set per call (guaranteed by the caller's buckets)
         first = requests[0]
+        pipe = self._pipe_for(first.task)
+        self._use_adapters(first.adapters)
         # 2 one torch.Generator per image: each image is reproducible on its own, whatever its batch
         generators = [self.torch.Generator(self.device).manual_seed(r.seed) for r in requests]
+        params = inspect.signature(pipe.__call__).parameters  # Flux has no negative_prompt, for example
         kwargs: dict[str, Any] = {
             "prompt": [r.prompt for r in requests],
-            "width": first.width,
-            "height": first.height,
             "num_inference_steps": first.num_steps,
             "generator": generators,
             "output_type": "np",
         }
-        if self.takes_guidance:
+        if "width" in params:  # image-to-image pipelines take the size from the input image instead
+            kwargs.update(width=first.width, height=first.height)
+        if "guidance_scale" in params:
             kwargs["guidance_scale"] = first.guidance_scale
-        if self.takes_negative and any(r.negative_prompt for r in requests):
+        if "negative_prompt" in params and any(r.negative_prompt for r in requests):
             kwargs["negative_prompt"] = [r.negative_prompt for r in requests]
+        if first.task != "text-to-image":  # the input redrawn at the requested size
+            kwargs["image"] = [_decode(r.images[0], "RGB", first.width, first.height) for r in requests]
+            kwargs["strength"] = first.strength
+        if first.task == "inpaint":
+            kwargs["mask_image"] = [_decode(r.mask, "L", first.width, first.height) for r in requests]
         # 3 run the pipeline's public __call__
         with self.torch.inference_mode():
-            images = self.pipe(**kwargs).images
+            images = pipe(**kwargs).images
         # 4 float [0, 1] NHWC → uint8
         arr = np.asarray(images)
         return list((np.clip(arr, 0.0, 1.0) * 255).round().astype(np.uint8))
+
+    def _pipe_for(self, task: str) -> Any:
+        """The pipeline for a task, made once from the loaded one (shared modules, adapters included)."""
+        if task not in self.task_pipes:
+            from diffusers import AutoPipelineForImage2Image, AutoPipelineForInpainting
+
+            auto = {"image-to-image": AutoPipelineForImage2Image, "inpaint": AutoPipelineForInpainting}.get(task)
+            if auto is None:
+                raise ValueError(f"diffusers generators can't do task {task!r}")
+            pipe = auto.from_pipe(self.pipe)
+            pipe.set_progress_bar_config(disable=True)
+            self.task_pipes[task] = pipe
+        return self.task_pipes[task]
+
+    def _use_adapters(self, adapters: tuple[tuple[str, float], ...]) -> None:
+        """Activate this call's LoRA set (nothing to do when it is the active one)."""
+        if adapters == self.active_adapters or (not adapters and not self.cfg.loras):
+            return
+        if adapters:
+            self.pipe.enable_lora()
+            self.pipe.set_adapters([n for n, _ in adapters], adapter_weights=[w for _, w in adapters])
+        else:
+            self.pipe.disable_lora()
+        self.active_adapters = adapters
 
     def _is_fatal(self, exc: BaseException) -> bool:
         """CUDA and out-of-memory errors break the actor; everything else belongs to the row."""
@@ -132,6 +174,18 @@ class DiffusersGenerator:
             return True
         text = str(exc)
         return "CUDA" in text or "cuDNN" in text or "NCCL" in text
+
+
+def _decode(data: bytes, mode: str, width: int, height: int) -> Any:
+    """An input file as a PIL image in `mode` at the requested size (the row's key names that size)."""
+    import io
+
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as img:
+        out = img.convert(mode)
+    resample = Image.Resampling.NEAREST if mode == "L" else Image.Resampling.LANCZOS  # masks stay hard-edged
+    return out if out.size == (width, height) else out.resize((width, height), resample)
 
 
 def _local_model_path(cfg: DiffusersConfig, store_spec: StoreSpec) -> str:

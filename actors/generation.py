@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -12,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from actors.inputs import InputFiles, InputProblem, load_inputs
 from actors.keys import shape_bucket
 
 logger = logging.getLogger(__name__)
@@ -32,6 +34,8 @@ GENERATOR_INPUT_COLUMNS = {
     "error": "passed through",
     "enqueued_at": "for queue time",
 }
+CONDITIONING_COLUMNS = ("task", "input_images", "input_sha256", "mask_uri", "mask_sha256", "strength", "adapters")
+"""What image-conditioned and adapter rows carry beyond GENERATOR_INPUT_COLUMNS (read when present)."""
 """What `run_generation` reads of every row (rows routed to other generators pass through unchanged)."""
 
 GENERATOR_OUTPUT_COLUMNS = {
@@ -118,6 +122,7 @@ def run_generation(
     usd_per_image: float,
     is_oom: Callable[[BaseException], bool] = lambda exc: False,
     name: str = "",
+    inputs: InputFiles | None = None,
 ) -> Batch:
     """Generate every `pending` row of `batch` routed to generator `name` ('' = every pending row: an actor used
     on its own); everything else passes through unchanged (in a run, each row flows through every pool).
@@ -129,6 +134,9 @@ def run_generation(
 
     A hosted backend's Outcome may carry the provider's file instead of pixels: it goes into `image` as sent, its
     content type into `image_mime` and its size (from the header) into `width`/`height`.
+
+    Image-conditioned rows (a `task` other than text-to-image) get their input files read through `inputs` and
+    checked against the hashes in their key; a file that can't be read or changed since is that row's error.
     """
     # 1 prepare outputs: rows that pass through keep what an earlier stage gave them (cascade drafts)
     n = len(batch["status"])
@@ -150,21 +158,27 @@ def run_generation(
         "status": np.array(batch["status"], dtype=object),
         "error": np.array(batch["error"], dtype=object),
     }
-    # 2 shape buckets of pending rows
-    buckets: dict[tuple[int, int, int, float], list[int]] = defaultdict(list)
+    # 2 buckets of pending rows that can share a model call: same shape, task, strength and adapters
+    buckets: dict[tuple[Any, ...], list[int]] = defaultdict(list)
     routed = batch["generator"] if name else None
     for i in range(n):
         if cols["status"][i] == "pending" and (routed is None or routed[i] == name):
             key = shape_bucket(batch["width"][i], batch["height"][i], batch["num_steps"][i], batch["guidance_scale"][i])
-            buckets[key].append(i)
+            buckets[(*key, *_conditioning_bucket(batch, i))].append(i)
     # 3 run each bucket in chunks, isolating row errors
     for rows in buckets.values():
         for start in range(0, len(rows), batch_size):
-            chunk = rows[start : start + batch_size]
             started = time.time()
-            for i in chunk:
+            requests = {}
+            for i in rows[start : start + batch_size]:
                 cols["queue_ms"][i] = max(0.0, (started - float(batch["enqueued_at"][i])) * 1000)
-            for i, result, ms in _run_chunk(batch, chunk, generate, is_fatal, is_oom):
+                try:
+                    requests[i] = _request(batch, i, inputs)
+                except InputProblem as exc:  # the row's inputs: its error, its siblings still run
+                    _record(cols, i, str(exc), 0.0, timed_usd=0.0)
+            if not requests:
+                continue
+            for i, result, ms in _run_chunk(requests, list(requests), generate, is_fatal, is_oom):
                 _record(cols, i, result, ms, timed_usd=ms / 1000 * usd_per_second + usd_per_image)
     # 4 same columns in, plus the generator's outputs
     out = dict(batch)
@@ -206,13 +220,13 @@ def _record(cols: Batch, i: int, result: Outcome | str, ms: float, timed_usd: fl
 
 
 def _run_chunk(
-    batch: Batch,
+    by_row: dict[int, Request],
     chunk: list[int],
     generate: GenerateFn,
     is_fatal: Callable[[BaseException], bool],
     is_oom: Callable[[BaseException], bool],
 ) -> list[tuple[int, Outcome | str, float]]:
-    requests = [_request(batch, i) for i in chunk]
+    requests = [by_row[i] for i in chunk]
     started = time.perf_counter()
     try:
         outputs = generate(requests)
@@ -222,8 +236,8 @@ def _run_chunk(
         if is_oom(exc) and len(chunk) > 1:
             half = len(chunk) // 2
             logger.warning("out of memory on %d images; retrying as %d + %d", len(chunk), half, len(chunk) - half)
-            return _run_chunk(batch, chunk[:half], generate, is_fatal, is_oom) + _run_chunk(
-                batch, chunk[half:], generate, is_fatal, is_oom
+            return _run_chunk(by_row, chunk[:half], generate, is_fatal, is_oom) + _run_chunk(
+                by_row, chunk[half:], generate, is_fatal, is_oom
             )
         if is_fatal(exc):
             raise
@@ -233,7 +247,7 @@ def _run_chunk(
     # a multi-row chunk failed: retry row by row so only the poison row is lost
     results = []
     for i in chunk:
-        results.extend(_run_chunk(batch, [i], generate, is_fatal, is_oom))
+        results.extend(_run_chunk(by_row, [i], generate, is_fatal, is_oom))
     return results
 
 
@@ -294,7 +308,33 @@ def encoded_info(data: bytes, declared_mime: str = "") -> tuple[str, int, int] |
     return (mime, int(width), int(height)) if width > 0 and height > 0 else None
 
 
-def _request(batch: Batch, i: int) -> Request:
+def _conditioning_bucket(batch: Batch, i: int) -> tuple[Any, ...]:
+    """What beyond the shape a model call must share: task, strength, adapters (absent columns: text-to-image)."""
+    def value(name: str, default: Any) -> Any:
+        return batch[name][i] if name in batch else default
+
+    strength = float(value("strength", math.nan))
+    return (str(value("task", "text-to-image")), round(strength, 6) if math.isfinite(strength) else -1.0,
+            str(value("adapters", "")))
+
+
+def parse_adapter_list(text: str) -> tuple[tuple[str, float], ...]:
+    """`name:weight,...` (the `adapters` column) as (name, weight) pairs."""
+    pairs = (part.rpartition(":") for part in text.split(",") if part)
+    return tuple((name, float(weight)) for name, _, weight in pairs)
+
+
+def _request(batch: Batch, i: int, inputs: InputFiles | None = None) -> Request:
+    """Row i as a request; an image-conditioned row's input files are read (and checked) here."""
+    task = str(batch["task"][i]) if "task" in batch else "text-to-image"
+    images: tuple[bytes, ...] = ()
+    mask = b""
+    if task != "text-to-image":
+        if inputs is None:
+            raise InputProblem(f"task {task}: this generator was started without access to input images")
+        images, mask = load_inputs(inputs, str(batch["input_images"][i]), str(batch["input_sha256"][i]),
+                                   str(batch["mask_uri"][i]), str(batch["mask_sha256"][i]))
+    strength = float(batch["strength"][i]) if "strength" in batch else math.nan
     return Request(
         prompt=str(batch["prompt"][i]),
         negative_prompt=str(batch["negative_prompt"][i]),
@@ -304,6 +344,11 @@ def _request(batch: Batch, i: int) -> Request:
         num_steps=int(batch["num_steps"][i]),
         guidance_scale=float(batch["guidance_scale"][i]),
         key=str(batch["image_key"][i]) if "image_key" in batch else "",
+        task=task,
+        images=images,
+        mask=mask,
+        strength=strength if math.isfinite(strength) else 0.0,
+        adapters=parse_adapter_list(str(batch["adapters"][i])) if "adapters" in batch else (),
     )
 
 

@@ -23,11 +23,14 @@ def image_key(
     num_steps: int,
     guidance_scale: float,
     render: str = "",
+    conditioning: str = "",
 ) -> str:
     """Content hash of everything that determines an image; the same request always maps to one key.
 
     `render` names the generator's non-default settings that change pixels (dtype, weights variant, tiny VAE,
-    hosted quality); it enters the hash only when set, so keys of default configs never change.
+    hosted quality); `conditioning` what the image is made from besides the prompt (`conditioning()`: the task,
+    input images' and mask's content hashes, strength, LoRA adapters' file hashes and weights). Each enters the hash
+    only when set, so keys of plain text-to-image rows never change.
     """
     payload = {
         "model": model,
@@ -44,6 +47,8 @@ def image_key(
     }
     if render:
         payload["render"] = render
+    if conditioning:
+        payload["conditioning"] = conditioning
     blob = json.dumps(payload, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:KEY_HEX_CHARS]
 
@@ -62,3 +67,32 @@ def derive_row_id(prompt: str) -> str:
 def shape_bucket(width: int, height: int, num_steps: int, guidance_scale: float) -> tuple[int, int, int, float]:
     """Rows with equal buckets can share one batched model call."""
     return (int(width), int(height), int(num_steps), round(float(guidance_scale), 6))
+
+
+def conditioning(*, task: str, input_sha256: str = "", mask_sha256: str = "", strength: float | None = None,
+                 adapters: str = "") -> str:
+    """The canonical text of an image's non-prompt inputs, for `image_key` ('' for plain text-to-image).
+
+    Args:
+        task: text-to-image | image-to-image | inpaint | edit.
+        input_sha256: content hashes of the input images, comma-separated, in order.
+        mask_sha256: content hash of the mask ('' = none).
+        strength: image-to-image / inpaint strength (None where the task has none).
+        adapters: LoRA adapters as `adapter_key()` writes them ('' = none).
+    """
+    parts = [f"task={task}"] if task != "text-to-image" else []
+    if input_sha256:
+        parts.append(f"inputs={input_sha256}")
+    if mask_sha256:
+        parts.append(f"mask={mask_sha256}")
+    if strength is not None:
+        parts.append(f"strength={round(float(strength), 6)}")
+    if adapters:
+        parts.append(f"adapters={adapters}")
+    return ";".join(parts)
+
+
+def adapter_key(selected: list[tuple[str, float]], hashes: dict[str, str]) -> str:
+    """LoRA adapters as they enter a key: `name@<file sha256>:weight` in name order (the order they are listed in
+    doesn't change the image)."""
+    return ",".join(f"{name}@{hashes[name]}:{round(float(w), 6)}" for name, w in sorted(selected))

@@ -13,12 +13,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from actors.keys import SETTINGS, derive_row_id, derive_seed, image_key
+from actors.input_reader import INPUT_OUTPUT_COLUMNS
+from actors.keys import SETTINGS, adapter_key, conditioning, derive_row_id, derive_seed, image_key
 from actors.manifest_schema import CARRIED, empty_value
 from actors.resume_index import ResumeIndex, load_index
 from actors.storage import open_store
 from configs.prep import PrepConfig
-from configs.source import compile_template
+from configs.source import compile_template, variant_size
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -35,7 +36,9 @@ OVERRIDE_COLUMNS = {
     "num_steps": int,
     "guidance_scale": float,
     "num_images": int,
+    "strength": float,
 }
+TAKES_STRENGTH = ("image-to-image", "inpaint")
 
 
 class PromptPreprocessor:
@@ -67,6 +70,11 @@ class PromptPreprocessor:
         "prior_bytes": "size recorded by an earlier run for cached rows",
         "template": "the prompt template ('' when prompts come from a column)",
         "template_vars": "JSON of the values the template was filled with ('' without a template)",
+        "task": "text-to-image | image-to-image | inpaint | edit",
+        **{c: d for c, d in INPUT_OUTPUT_COLUMNS.items() if c != "input_error"},
+        "strength": "image-to-image / inpaint strength (NaN for other tasks)",
+        "adapters": "LoRA adapters applied, `name:weight` comma-separated ('' = none)",
+        "variant": "the output variant (aspect ratio or size) this image is ('' without variants)",
         **{f"prior_{c}": f"{c} an earlier run recorded (cached rows carry it into the manifest)" for c in CARRIED},
     }
 
@@ -91,6 +99,9 @@ class PromptPreprocessor:
         negs = cols.get(self.cfg.negative_prompt_column, [None] * n)
         column = self.cfg.routing.column_read
         routes = cols.get(column, [None] * n) if column else [None] * n
+        inputs = [{c: str(cols[c][i] or "") if c in cols else "" for c in INPUT_OUTPUT_COLUMNS} for i in range(n)]
+        loras_column = self.cfg.columns.get("loras", "loras")
+        loras = cols.get(loras_column, [None] * n)
         # 2 one output row per requested image (or one error row per bad input row); fan-out modes send the
         #   same request to several generators
         out: list[dict[str, Any]] = []
@@ -102,11 +113,12 @@ class PromptPreprocessor:
             for prompt, row_id, filled in self._prompts(cols, i, prompts[i], ids[i]):
                 facts = partial(self._facts, prompt, overrides)
                 for route in self.cfg.routing.choose(routes[i], facts):
-                    rows = self._expand(prompt, row_id, negs[i], route, overrides, now)
+                    rows = self._expand(prompt, row_id, negs[i], route, overrides, now, inputs[i], loras[i])
                     out.extend({**r, **filled} for r in rows)
         # 3 neighbours share a shape bucket, so downstream GPU batches are mostly homogeneous (a local,
         #   streaming sort: no all-to-all shuffle of the whole table)
-        out.sort(key=lambda r: (r["generator"], r["width"], r["height"], r["num_steps"], r["guidance_scale"]))
+        out.sort(key=lambda r: (r["generator"], r["task"], r["width"], r["height"], r["num_steps"],
+                                r["guidance_scale"], r["adapters"]))
         # 4 columnar, fixed dtypes so every batch has the same schema
         return _to_batch(out)
 
@@ -156,13 +168,15 @@ class PromptPreprocessor:
         return values
 
     def _expand(
-        self, prompt: Any, row_id: Any, neg: Any, route: Any, overrides: dict[str, Any], now: float
+        self, prompt: Any, row_id: Any, neg: Any, route: Any, overrides: dict[str, Any], now: float,
+        inputs: dict[str, str], loras: Any,
     ) -> list[dict[str, Any]]:
         prompt_text = prompt if isinstance(prompt, str) and not isinstance(prompt, Unrendered) else ""
         rid = str(row_id) if row_id is not None else derive_row_id(prompt_text)
         gen_name = str(route) if route not in (None, "") else self.cfg.default_generator
         ident = self.cfg.generators.get(gen_name)
         d = ident.defaults if ident else self.cfg.generators[self.cfg.default_generator].defaults
+        task = self.cfg.task
         base: dict[str, Any] = {
             "id": rid,
             "prompt": prompt_text,
@@ -175,52 +189,86 @@ class PromptPreprocessor:
             "guidance_scale": d.guidance_scale,
             "enqueued_at": now,
             "explicit": "negative_prompt" if isinstance(neg, str) else "",
+            "task": task,
+            **{c: v for c, v in inputs.items() if c != "input_error"},
+            "strength": d.strength if task in TAKES_STRENGTH else math.nan,
+            "adapters": "",
         }
-        num_images, row_seed, error = 1, None, ""
+        num_images, row_seed, error, adapters = 1, None, "", []
         try:
             values = {k: _convert(k, v) for k, v in overrides.items() if v is not None}
             given = [k for k in SETTINGS if k in values]
             base.update({k: values[k] for k in given})
+            if task in TAKES_STRENGTH and "strength" in values:
+                base["strength"] = values["strength"]
+                given.append("strength")
+            if loras is not None:
+                given.append("loras")
             base["explicit"] = ",".join(filter(None, [base["explicit"], *given]))
             num_images = values.get("num_images", 1)
             row_seed = values.get("seed")
             error = self._row_problem(prompt, ident, gen_name, base, num_images, row_seed)
+            error = error or inputs["input_error"] or self._input_problem(ident, gen_name, base)
+            if not error and ident is not None:
+                adapters = parse_adapters(loras, ident.adapters, ident.default_adapters, gen_name)
+                base["adapters"] = ",".join(f"{n}:{w:g}" for n, w in adapters)
         except ValueError as exc:
             error = str(exc)
+        variants = self.cfg.variants or [""]
         if error:
             # the row's own values are in the error message; int32 columns can't hold absurd ones (2**40 pixels)
             base.update({k: 0 for k in ("width", "height", "num_steps") if not 0 <= base[k] < 2**31})
-            # one error row per image the row asked for, as the driver counted them (a valid num_images, else 1):
-            # the commit checks there is exactly one manifest row per requested image
+            # one error row per image the row asked for, as the driver counted them (a valid num_images, else 1,
+            # times the variants): the commit checks there is exactly one manifest row per requested image
             asked = overrides.get("num_images")
             count = asked if isinstance(asked, int) and 1 <= asked <= self.cfg.max_images_per_row else 1
-            return [{**base, "image_index": idx, "seed": 0, "image_key": "", "status": "error", "error": error,
-                     **NO_PRIOR} for idx in range(count)]
+            return [{**base, "variant": v, "image_index": idx, "seed": 0, "image_key": "", "status": "error",
+                     "error": error, **NO_PRIOR} for v in variants for idx in range(count)]
+        assert ident is not None  # _row_problem names a missing generator
         rows = []
-        for idx in range(num_images):
-            seed = (row_seed + idx) % (2**31 - 1) if row_seed is not None else derive_seed(self.cfg.job_seed, rid, idx)
-            key = image_key(
-                render=ident.render,  # type: ignore[union-attr]
-                model=ident.model,  # type: ignore[union-attr]  # ident checked in _row_problem
-                revision=ident.revision,  # type: ignore[union-attr]
-                scheduler=ident.scheduler,  # type: ignore[union-attr]
-                prompt=base["prompt"],
-                negative_prompt=base["negative_prompt"],
-                seed=seed,
-                width=base["width"],
-                height=base["height"],
-                num_steps=base["num_steps"],
-                guidance_scale=base["guidance_scale"],
-            )
-            state = self._resume_state(key)
-            if state["status"] == "pending" and self.cfg.budget_usd > 0:
-                if self.spent_usd + ident.est_usd_per_image > self.cfg.budget_usd:  # type: ignore[union-attr]
-                    state = {**state, "status": "skipped",
-                             "error": f"budget_usd={self.cfg.budget_usd} reached; rerun with a larger budget"}
-                else:
-                    self.spent_usd += ident.est_usd_per_image  # type: ignore[union-attr]
-            rows.append({**base, "image_index": idx, "seed": seed, "image_key": key, **state})
+        for variant in variants:
+            shaped = dict(base, variant=variant)
+            if variant:
+                shaped["width"], shaped["height"] = variant_size(variant, base["width"], base["height"])
+                size_error = self._size_problem(ident, gen_name, shaped)
+                if size_error:
+                    rows.extend({**shaped, "image_index": idx, "seed": 0, "image_key": "", "status": "error",
+                                 "error": f"variant {variant}: {size_error}", **NO_PRIOR} for idx in range(num_images))
+                    continue
+            made_of = conditioning(task=task, input_sha256=base["input_sha256"], mask_sha256=base["mask_sha256"],
+                                   strength=base["strength"] if task in TAKES_STRENGTH else None,
+                                   adapters=adapter_key(adapters, ident.adapters))
+            for idx in range(num_images):
+                seed = (row_seed + idx) % (2**31 - 1) if row_seed is not None else derive_seed(self.cfg.job_seed, rid,
+                                                                                                 idx)
+                key = image_key(render=ident.render, model=ident.model, revision=ident.revision,
+                                scheduler=ident.scheduler, prompt=shaped["prompt"],
+                                negative_prompt=shaped["negative_prompt"], seed=seed, width=shaped["width"],
+                                height=shaped["height"], num_steps=shaped["num_steps"],
+                                guidance_scale=shaped["guidance_scale"], conditioning=made_of)
+                state = self._resume_state(key)
+                if state["status"] == "pending" and self.cfg.budget_usd > 0:
+                    if self.spent_usd + ident.est_usd_per_image > self.cfg.budget_usd:
+                        state = {**state, "status": "skipped",
+                                 "error": f"budget_usd={self.cfg.budget_usd} reached; rerun with a larger budget"}
+                    else:
+                        self.spent_usd += ident.est_usd_per_image
+                rows.append({**shaped, "image_index": idx, "seed": seed, "image_key": key, **state})
         return rows
+
+    def _input_problem(self, ident: Any, gen_name: str, row: dict[str, Any]) -> str:
+        """What the row's inputs ask that its generator can't do, or ''."""
+        if row["task"] == "text-to-image":
+            return ""
+        count = len(row["input_sha256"].split(",")) if row["input_sha256"] else 0
+        if count > ident.max_input_images:
+            return (f"{count} input images, but generator {gen_name!r} takes at most {ident.max_input_images} "
+                    f"for {row['task']}")
+        if row["mask_uri"] and not ident.masks:
+            return f"generator {gen_name!r} takes no mask for {row['task']}; drop the mask or route the row elsewhere"
+        if row["task"] in TAKES_STRENGTH and not 0 < row["strength"] <= 1:
+            return f"strength={row['strength']} must be in (0, 1]"
+        return ""
 
     def _resume_state(self, key: str) -> dict[str, Any]:
         """pending, or cached / carried-over error when an earlier run already settled this key."""
@@ -257,15 +305,9 @@ class PromptPreprocessor:
             return "prompt is empty"
         if len(prompt) > self.cfg.max_prompt_chars:
             return f"prompt has {len(prompt)} characters; the limit is {self.cfg.max_prompt_chars}"
-        d = ident.defaults
-        for name in ("width", "height"):
-            v = row[name]
-            if v < 8 or v % 8:
-                return f"{name}={v} must be a positive multiple of 8"
-            if v > MAX_SIDE:
-                return f"{name}={v} exceeds the maximum side of {MAX_SIDE} pixels"
-        if row["width"] * row["height"] > d.max_pixels:
-            return f"size {row['width']}x{row['height']} exceeds max_pixels={d.max_pixels} for {gen_name}"
+        size_error = self._size_problem(ident, gen_name, row)
+        if size_error:
+            return size_error
         if not 1 <= row["num_steps"] <= 1000:
             return f"num_steps={row['num_steps']} must be between 1 and 1000"
         if not 0 <= row["guidance_scale"] <= 50:
@@ -275,6 +317,43 @@ class PromptPreprocessor:
         if seed is not None and not 0 <= seed < 2**31 - 1:
             return f"seed={seed} must be between 0 and 2147483646"
         return ""
+
+    def _size_problem(self, ident: Any, gen_name: str, row: dict[str, Any]) -> str:
+        """What is wrong with the row's size for its generator, or ''."""
+        for name in ("width", "height"):
+            v = row[name]
+            if v < 8 or v % 8:
+                return f"{name}={v} must be a positive multiple of 8"
+            if v > MAX_SIDE:
+                return f"{name}={v} exceeds the maximum side of {MAX_SIDE} pixels"
+        if row["width"] * row["height"] > ident.defaults.max_pixels:
+            return f"size {row['width']}x{row['height']} exceeds max_pixels={ident.defaults.max_pixels} for {gen_name}"
+        return ""
+
+
+def parse_adapters(cell: Any, known: dict[str, str], default: list[tuple[str, float]], generator: str
+                   ) -> list[tuple[str, float]]:
+    """A row's LoRA adapters: null = the generator's default set, '' = none, else `name` or `name:weight` separated
+    by commas (weight 1 when omitted); ValueError naming an adapter the generator doesn't have or a bad weight."""
+    if cell is None:
+        return list(default)
+    if not isinstance(cell, str):
+        raise ValueError(f"loras={cell!r} is not text like 'name:0.8,other'")
+    out: dict[str, float] = {}
+    for part in filter(None, (p.strip() for p in cell.split(","))):
+        name, _, weight = part.partition(":")
+        name = name.strip()
+        if name not in known:
+            have = ", ".join(sorted(known)) or "none"
+            raise ValueError(f"LoRA adapter {name!r} is not configured for generator {generator!r} (it has: {have})")
+        try:
+            value = float(weight) if weight.strip() else 1.0
+        except ValueError:
+            raise ValueError(f"LoRA adapter {name!r}: weight {weight!r} is not a number") from None
+        if not math.isfinite(value) or not -10 <= value <= 10:
+            raise ValueError(f"LoRA adapter {name!r}: weight {weight!r} must be between -10 and 10")
+        out[name] = value
+    return list(out.items())
 
 
 def combination_id(values: dict[str, Any]) -> str:
@@ -339,6 +418,7 @@ _DTYPES = {
     "num_steps": np.int32,
     "guidance_scale": np.float64,
     "enqueued_at": np.float64,
+    "strength": np.float64,
     "prior_bytes": np.int64,
     **{name: np.float64 for name, value in NO_PRIOR.items() if isinstance(value, float)},
     **{name: np.int64 for name, value in NO_PRIOR.items() if type(value) is int},

@@ -90,6 +90,19 @@ class S3Store(ObjectStore):
             return str(head["Metadata"]["sha256"])
         return super().stored_sha256(rel)
 
+    def size(self, rel: str) -> int | None:
+        from botocore.exceptions import ClientError
+
+        def head() -> int | None:
+            try:
+                return int(self.client.head_object(Bucket=self.location.bucket, Key=self._key(rel))["ContentLength"])
+            except ClientError as exc:
+                if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404:
+                    return None
+                raise
+
+        return self._s3(head, f"head {rel}")
+
     def exists(self, rel: str) -> bool:
         from botocore.exceptions import ClientError
 

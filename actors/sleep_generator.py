@@ -14,7 +14,9 @@ from actors.generation import (
     Request,
     run_generation,
 )
+from actors.inputs import InputFiles
 from configs.generator import SleepConfig
+from configs.storage import StoreSpec
 
 
 class SleepGenerator:
@@ -31,9 +33,10 @@ class SleepGenerator:
     INPUT_COLUMNS = GENERATOR_INPUT_COLUMNS
     OUTPUT_COLUMNS = GENERATOR_OUTPUT_COLUMNS
 
-    def __init__(self, cfg: SleepConfig, name: str = "") -> None:
+    def __init__(self, cfg: SleepConfig, name: str = "", input_store: StoreSpec | None = None) -> None:
         self.cfg = cfg
         self.name = name  # the generator this actor makes images for (rows routed elsewhere pass through)
+        self.inputs = InputFiles(input_store, 2**31) if input_store is not None else None
 
     def __call__(self, batch: Batch) -> Batch:
         return run_generation(
@@ -44,6 +47,7 @@ class SleepGenerator:
             usd_per_second=self.cfg.cost.usd_per_gpu_hour * self.cfg.pool.num_gpus / 3600,
             usd_per_image=self.cfg.cost.usd_per_image,
             name=self.name,
+            inputs=self.inputs,
         )
 
     def _generate(self, requests: Sequence[Request]) -> list[np.ndarray]:
@@ -53,5 +57,19 @@ class SleepGenerator:
         out = []
         for r in requests:
             colour = np.array([r.seed % 251, (r.seed // 251) % 251, (r.seed // 63001) % 251], dtype=np.uint8)
+            if r.images:  # made "from" the input: its mean colour, so tests can tell which input a row got
+                colour = _mean_colour(r.images[0])
+            if r.adapters:  # adapters tint red by their total weight
+                colour[0] = int(colour[0] + 40 * sum(w for _, w in r.adapters)) % 256
             out.append(np.broadcast_to(colour, (r.height, r.width, 3)).copy())
         return out
+
+
+def _mean_colour(data: bytes) -> np.ndarray:
+    import io
+
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as img:
+        pixels = np.asarray(img.convert("RGB"), dtype=np.float64)
+    return pixels.reshape(-1, 3).mean(axis=0).round().astype(np.uint8)

@@ -286,6 +286,10 @@ class ObjectStore(abc.ABC):
         """Whether an object exists at `rel`."""
 
     @abc.abstractmethod
+    def size(self, rel: str) -> int | None:
+        """The size in bytes of the object at `rel` (None when there is none), without reading it."""
+
+    @abc.abstractmethod
     def list(self, rel_prefix: str) -> Iterator[tuple[str, int]]:
         """(relative name, size) of every object under `rel_prefix`, streamed page by page."""
 
@@ -359,6 +363,10 @@ class LocalStore(ObjectStore):
 
     def exists(self, rel: str) -> bool:
         return self._path(rel).exists()
+
+    def size(self, rel: str) -> int | None:
+        path = self._path(rel)
+        return path.stat().st_size if path.is_file() else None
 
     def list(self, rel_prefix: str) -> Iterator[tuple[str, int]]:
         root = Path(self.location.prefix)

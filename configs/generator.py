@@ -2,9 +2,17 @@
 
 from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
-from configs.generator_base import CostConfig, GenerationDefaults, GeneratorBase, Needs, PoolConfig, backend_name
+from configs.generator_base import (
+    CostConfig,
+    GenerationDefaults,
+    GeneratorBase,
+    LoraConfig,
+    Needs,
+    PoolConfig,
+    backend_name,
+)
 from configs.hosted import GeminiImageConfig, OpenAIImagesConfig
 from configs.storage import S3Config
 
@@ -39,6 +47,29 @@ class DiffusersConfig(GeneratorBase):
     """Connection for an s3:// model folder."""
     local_cache_dir: str = "/tmp/imagefleet-models"
     """Where s3:// model folders are copied on each node."""
+    loras: list[LoraConfig] = []
+    """LoRA adapters loaded once per actor (their file hashes are part of image keys); each row applies the default
+    ones, or those its `loras` column names."""
+
+    def tasks(self) -> tuple[str, ...]:
+        """Text-to-image, and image-to-image / inpainting through diffusers' AutoPipelines (sharing the loaded
+        components); instruction editing needs a model-specific pipeline and is left to hosted generators."""
+        return ("text-to-image", "image-to-image", "inpaint")
+
+    def max_input_images(self) -> int:
+        """One image is redrawn (image-to-image, inpaint)."""
+        return 1
+
+    def adapters(self) -> list[LoraConfig]:
+        """Its LoRA adapters."""
+        return self.loras
+
+    @model_validator(mode="after")
+    def _unique_adapters(self) -> "DiffusersConfig":
+        names = [a.name for a in self.loras]
+        if len(set(names)) != len(names):
+            raise ValueError(f"loras: adapter names must be unique, got {names}")
+        return self
 
     def render(self) -> str:
         """Non-default dtype, weights variant and tiny VAE change the pixels (compile/channels_last don't)."""
@@ -47,12 +78,13 @@ class DiffusersConfig(GeneratorBase):
         return ",".join(p for p in parts if p)
 
     def needs(self) -> Needs:
-        """An s3:// model folder needs a store connection; a local-looking path must exist."""
+        """An s3:// model folder (or adapter) needs a store connection; a local-looking path must exist."""
+        s3_adapters = any(a.path.startswith("s3://") for a in self.loras)
         if self.model.startswith("s3://"):
-            return Needs(model_uri=self.model, model_s3=self.model_s3)
+            return Needs(model_uri=self.model, model_s3=self.model_s3, s3_adapters=s3_adapters)
         if self.model.startswith(("/", "./", "../", "~")):  # hub ids look like org/name
-            return Needs(model_path=self.model)
-        return Needs()
+            return Needs(model_path=self.model, model_s3=self.model_s3, s3_adapters=s3_adapters)
+        return Needs(model_s3=self.model_s3, s3_adapters=s3_adapters)
 
 
 class SleepConfig(GeneratorBase):
@@ -72,6 +104,24 @@ class SleepConfig(GeneratorBase):
     """Prompts containing this text fail as a row error (fault-injection for tests); empty = never."""
     defaults: GenerationDefaults = GenerationDefaults(num_steps=1, guidance_scale=0.0)
     """Defaults for rows that don't set them."""
+    loras: list[LoraConfig] = []
+    """Stand-in adapters (hashed into keys like real ones; they tint the image by their weight)."""
+
+    def tasks(self) -> tuple[str, ...]:
+        """Every task (a stand-in: its image derives from the first input's mean colour)."""
+        return ("text-to-image", "image-to-image", "inpaint", "edit")
+
+    def max_input_images(self) -> int:
+        """As many as the hosted APIs take."""
+        return 16
+
+    def takes_mask(self, task: str) -> bool:
+        """inpaint and edit."""
+        return task in ("inpaint", "edit")
+
+    def adapters(self) -> list[LoraConfig]:
+        """Its stand-in adapters."""
+        return self.loras
 
 
 # Adding a backend: its config class (here or in its own module), one entry in this tuple and in the union below,

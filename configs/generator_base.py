@@ -58,6 +58,8 @@ class GenerationDefaults(StrictModel):
     """Negative prompt when the row has none."""
     max_pixels: int = Field(default=4096 * 4096, ge=64)
     """Rows asking for more pixels than this become error rows."""
+    strength: float = Field(default=0.8, gt=0, le=1)
+    """image-to-image / inpaint: how far the result may move from the input (1 = ignore it entirely)."""
 
     @model_validator(mode="after")
     def _multiple_of_8(self) -> "GenerationDefaults":
@@ -82,6 +84,21 @@ class CostConfig(StrictModel):
         return self.usd_per_image + self.est_seconds_per_image * num_gpus * self.usd_per_gpu_hour / 3600
 
 
+class LoraConfig(StrictModel):
+    """A LoRA adapter a generator loads once per actor; rows pick adapters by name (`loras` column)."""
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    """How rows refer to it (letters, digits, `_`, `.`, `-`)."""
+    path: str = Field(min_length=1)
+    """A `.safetensors` file or a folder holding one (local or s3://), or a hub id (`org/name`)."""
+    weight: float = Field(default=1.0, ge=-10, le=10)
+    """Scale when applied by default; rows may give their own (`name:0.6`)."""
+    default: bool = True
+    """Applied to rows that don't choose adapters (null `loras`)."""
+    weight_name: str = ""
+    """The file inside a folder or hub repository to load ('' = the one `.safetensors` file there)."""
+
+
 class Needs(StrictModel):
     """What a generator needs at run time beyond its config: jobs resolve these, the pipeline passes them on.
 
@@ -96,7 +113,9 @@ class Needs(StrictModel):
     model_uri: str = ""
     """An `s3://` model folder to copy once per actor (`model_store` constructor argument); empty = none."""
     model_s3: S3Config = S3Config()
-    """Connection settings for `model_uri`."""
+    """Connection settings for `model_uri` and s3:// adapters (`model_store` constructor argument)."""
+    s3_adapters: bool = False
+    """Some LoRA adapter is an s3:// object (read through `model_s3`)."""
     model_path: str = ""
     """A local model folder that must exist before the run starts (checked by --dry-run too)."""
     state_store: bool = False
@@ -149,6 +168,14 @@ class GeneratorBase(StrictModel):
     def max_input_images(self) -> int:
         """Input images one request may carry (several = reference images); 0 for text-to-image only."""
         return 0
+
+    def adapters(self) -> list[LoraConfig]:
+        """LoRA adapters it loads (none unless the backend has them)."""
+        return []
+
+    def default_adapters(self) -> list[tuple[str, float]]:
+        """(name, weight) of the adapters rows get when they don't choose."""
+        return [(a.name, a.weight) for a in self.adapters() if a.default]
 
     def takes_mask(self, task: str) -> bool:
         """Whether a mask can go with `task` on this backend."""

@@ -77,6 +77,12 @@ class JobConfig(StrictModel):
                         f"limits.budget_usd={self.limits.budget_usd:g} can't be enforced: generator {name!r} has no "
                         f"cost estimate; set generators.{name}.cost.usd_per_image, or cost.est_seconds_per_image "
                         f"with cost.usd_per_gpu_hour")
+        task = self.source.task
+        for name in self.routing.used(list(self.generators)):
+            can = self.generators[name].tasks()
+            if task not in can:
+                raise ValueError(f"source.task={task} but generator {name!r} ({self.generators[name].backend}) can "
+                                 f"only do {', '.join(can)}; pick another task or route these rows elsewhere")
         if self.routing.needs_scorer and self.scorer is None:
             raise ValueError(f"routing.mode={self.routing.mode} scores drafts: configure a `scorer`")
         return self

@@ -3,8 +3,25 @@
 from configs.base import StrictModel
 from configs.generator_base import GenerationDefaults
 from configs.routing import RoutingConfig
-from configs.source import PromptTemplate
+from configs.source import InputLimits, PromptTemplate
 from configs.storage import StoreSpec
+
+
+class InputReaderConfig(StrictModel):
+    """The input reader's slice: where each row's input images and mask are, and the limits they must meet."""
+
+    task: str
+    """source.task (not text-to-image: this stage runs only when rows carry inputs)."""
+    image_column: str
+    """Column of input image URIs (a string or a list of strings)."""
+    mask_column: str
+    """Column of mask URIs (may be absent from the data)."""
+    base_uri: str
+    """Folder relative input paths are resolved against (the prompt table's)."""
+    store: StoreSpec
+    """Connection for s3:// inputs."""
+    limits: InputLimits
+    """Size limits."""
 
 
 class GeneratorIdentity(StrictModel):
@@ -20,6 +37,14 @@ class GeneratorIdentity(StrictModel):
     """Defaults for rows that don't set them."""
     render: str = ""
     """Non-default settings that change the pixels (dtype, variant, quality…): part of the image key."""
+    max_input_images: int = 0
+    """Input images one request may carry (0 = text-to-image only)."""
+    masks: bool = False
+    """Whether it takes a mask with the run's task."""
+    adapters: dict[str, str] = {}
+    """Its LoRA adapters: name → sha256 of the weights file (part of the image key)."""
+    default_adapters: list[tuple[str, float]] = []
+    """Adapters (name, weight) applied to rows that don't choose."""
     est_usd_per_image: float = 0.0
     """Expected price of one image (for the run budget)."""
 
@@ -55,6 +80,10 @@ class PrepConfig(StrictModel):
     """Column with the negative prompt (optional in the data)."""
     template: PromptTemplate | None = None
     """Prompts written by this template from each row (None: read from prompt_column)."""
+    task: str = "text-to-image"
+    """source.task: what rows ask of their generator."""
+    variants: list[str] = []
+    """Output variants of each request (aspect ratios or sizes; [] = one image at the row's size)."""
     columns: dict[str, str] = {}
     """Per-row setting (seed, width, height, num_steps, guidance_scale, num_images) → the data's column holding
     it; a setting not listed is read from the column of its own name."""

@@ -7,7 +7,24 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from configs.base import StrictModel
+from configs.generator_base import Task
 from configs.storage import S3Config
+
+ROW_FIELDS: dict[str, str] = {
+    "seed": "integer",
+    "width": "integer",
+    "height": "integer",
+    "num_steps": "integer",
+    "guidance_scale": "number",
+    "num_images": "integer",
+    "strength": "number",
+    "image": "uris",
+    "mask": "string",
+    "loras": "string",
+}
+"""Every per-row setting a prompt table may carry, with the Arrow type family its column must have (`uris`: a
+string or a list of strings). `ColumnNames` maps each onto the data's column; the schema check, the
+preprocessor and `imagefleet init` all read this table."""
 
 
 class ColumnNames(StrictModel):
@@ -26,6 +43,16 @@ class ColumnNames(StrictModel):
     """CFG scale (number)."""
     num_images: str = "num_images"
     """Images to make from the row (integer, 1..routing.max_images_per_row)."""
+    strength: str = "strength"
+    """image-to-image / inpaint: how far the result may move from the input image (number, 0..1)."""
+    image: str = "image"
+    """Input image URI (local path, relative to the prompt table's folder, or s3://), or a list of URIs (reference
+    images for `edit`); read when `source.task` is not text-to-image (a null cell makes that row text-to-image)."""
+    mask: str = "mask"
+    """Mask image URI for inpaint / edit (white = change; the size of the first input image)."""
+    loras: str = "loras"
+    """LoRA adapters for the row, `name` or `name:weight` separated by commas, from its generator's `loras`
+    (null = the generator's default set, '' = none)."""
 
     def by_field(self) -> dict[str, str]:
         """Setting → the data's column holding it."""
@@ -143,6 +170,45 @@ def compile_template(text: str) -> Callable[[dict[str, Any]], str]:
     return _jinja().from_string(text).render  # type: ignore[no-any-return]
 
 
+class InputLimits(StrictModel):
+    """Limits on the input images and masks rows point at (checked per row: a violation is that row's error)."""
+
+    max_image_bytes: int = Field(default=50 * 2**20, ge=1)
+    """Larger files are refused (OpenAI's edit limit is 50 MB per image)."""
+    max_image_pixels: int = Field(default=4096 * 4096, ge=64)
+    """Larger images are refused (guards against decompression bombs)."""
+
+
+def parse_variant(text: str) -> tuple[str, float | tuple[int, int]]:
+    """A variant's kind and value: ('ratio', w/h) for `4:5`, ('size', (w, h)) for `768x1344`; ValueError when it
+    is neither."""
+    for sep, kind in ((":", "ratio"), ("x", "size")):
+        left, found, right = text.strip().partition(sep)
+        if found and left.isdigit() and right.isdigit() and int(left) > 0 and int(right) > 0:
+            w, h = int(left), int(right)
+            if kind == "ratio":
+                if not 1 / 8 <= w / h <= 8:
+                    raise ValueError(f"variant {text!r}: aspect ratios between 1:8 and 8:1 only")
+                return "ratio", w / h
+            if w % 8 or h % 8 or w > 8192 or h > 8192:
+                raise ValueError(f"variant {text!r}: sides must be multiples of 8 up to 8192")
+            return "size", (w, h)
+    raise ValueError(f"variant {text!r} is neither an aspect ratio (4:5) nor a size (768x1344)")
+
+
+def variant_size(variant: str, width: int, height: int) -> tuple[int, int]:
+    """The size a row of `width`x`height` gets in `variant`: an exact size as given; a ratio keeps the row's pixel
+    area, sides rounded to multiples of 16 (at least 16)."""
+    kind, value = parse_variant(variant)
+    if kind == "size":
+        return value  # type: ignore[return-value]
+    ratio = float(value)  # type: ignore[arg-type]
+    area = width * height
+    w = max(16, round((area * ratio) ** 0.5 / 16) * 16)
+    h = max(16, round((area / ratio) ** 0.5 / 16) * 16)
+    return w, h
+
+
 class SourceConfig(StrictModel):
     """A Parquet prompt dataset: local path, glob, folder or s3:// URI."""
 
@@ -166,6 +232,16 @@ class SourceConfig(StrictModel):
     """Longer prompts become error rows."""
     num_rows_per_block: int = Field(default=0, ge=0)
     """Rows per Ray Data block before generation; 0 = pick from the pool sizes so all actors get work."""
+    task: Task = "text-to-image"
+    """What rows ask of their generator: text-to-image; image-to-image (redraw `columns.image` with `strength`);
+    inpaint (redraw the white area of `columns.mask`); edit (rewrite the input/reference images as the prompt says,
+    inside the mask when one is given). Every generator rows can reach must support it (checked at load)."""
+    inputs: InputLimits = InputLimits()
+    """Limits on input images and masks (larger or unreadable ones become error rows)."""
+    variants: list[str] = []
+    """Output variants per row for campaigns: aspect ratios (`1:1`, `4:5`, `9:16`, `16:9`: the row's pixel area in
+    that shape, sides multiples of 16) or exact sizes (`768x1344`); each is a separate image of the same request,
+    recorded in the manifest's `variant`. Empty = one image at the row's size."""
 
     @model_validator(mode="after")
     def _distinct_columns(self) -> "SourceConfig":
@@ -180,4 +256,19 @@ class SourceConfig(StrictModel):
                 raise ValueError(f"source.{seen[column]} and source.{key} both read column {column!r}; "
                                  f"each setting needs its own column")
             seen[column] = key
+        for v in self.variants:
+            try:
+                parse_variant(v)
+            except ValueError as exc:
+                raise ValueError(f"source.variants: {exc}") from None
+        if len(set(self.variants)) != len(self.variants):
+            raise ValueError(f"source.variants lists a variant twice: {self.variants}")
         return self
+
+    def reads_inputs(self) -> bool:
+        """Whether rows carry input images (any task but text-to-image)."""
+        return self.task != "text-to-image"
+
+    def images_per_row(self) -> int:
+        """Images one request of a row makes: one per variant (1 without variants)."""
+        return max(1, len(self.variants))

@@ -143,14 +143,32 @@ def resolve_stores(cfg: JobConfig, online: bool = False) -> Stores:
         if n.model_path and not Path(n.model_path).expanduser().is_dir():
             raise StorageError(f"generators.{name}.model: local model folder {n.model_path} does not exist; give a "
                                f"folder with model_index.json, a hub id (org/name) or an s3:// folder")
-    models = {name: resolve_store_spec(n.model_uri, n.model_s3) for name, n in needs.items() if n.model_uri}
+    models = {name: resolve_store_spec(n.model_uri or "s3://adapters", n.model_s3) for name, n in needs.items()
+              if n.model_uri or n.s3_adapters}
     unused = StoreSpec(kind="local")
     return Stores(
         source=unused if online else resolve_store_spec(cfg.source.uri, cfg.source.s3),
         output=unused if online else resolve_store_spec(cfg.output.uri, cfg.output.s3),
         models=models,
         api_keys=resolve_api_keys(cfg),
+        adapters=resolve_adapters(cfg, models),
     )
+
+
+def resolve_adapters(cfg: JobConfig, models: dict[str, StoreSpec]) -> dict[str, dict[str, str]]:
+    """Every generator's LoRA adapters by name → the hash of its weights (read once here: it is part of image
+    keys); StorageError naming an adapter that can't be found."""
+    from actors.adapters import AdapterError, adapter_sha256
+
+    out: dict[str, dict[str, str]] = {}
+    for name, g in cfg.generators.items():
+        for a in g.adapters():
+            try:
+                digest = adapter_sha256(a, models.get(name, StoreSpec(kind="local")), "/tmp/imagefleet-models")
+            except AdapterError as exc:
+                raise StorageError(f"generators.{name}.loras: {exc}") from None
+            out.setdefault(name, {})[a.name] = digest
+    return out
 
 
 def resolve_api_keys(cfg: JobConfig) -> dict[str, SecretStr]:

@@ -16,13 +16,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from actors import GENERATORS, SCORERS, Escalator, ImageWriter, PromptPreprocessor, StageActor
+from actors import GENERATORS, SCORERS, Escalator, ImageWriter, InputReader, PromptPreprocessor, StageActor
+from actors.input_reader import INPUT_OUTPUT_COLUMNS
 from configs.generator_base import GeneratorBase, RunBudget
-from configs.prep import GeneratorIdentity, PrepConfig, ResumeConfig
+from configs.prep import GeneratorIdentity, InputReaderConfig, PrepConfig, ResumeConfig
 from configs.routing import Step
 from configs.writer import ImageWriterConfig
 from pipelines.pools import (
     ESCALATOR_POOL,
+    INPUT_READER_POOL,
     PREPROCESS_POOL,
     Pool,
     generator_pool,
@@ -113,14 +115,15 @@ def preprocess_pool(cfg: JobConfig) -> Pool:
     """The preprocessor's pool; a batch makes about PREPROCESS_POOL.batch_size output rows however many prompts a
     template writes per row (its output is held in memory until the batch is done)."""
     t = cfg.source.template
-    per_row = (t.per_row() if t is not None else 1) * cfg.routing.requests_per_image()
+    per_row = (t.per_row() if t is not None else 1) * cfg.routing.requests_per_image() * cfg.source.images_per_row()
     return replace(PREPROCESS_POOL, batch_size=max(1, PREPROCESS_POOL.batch_size // per_row))
 
 
 def prompt_columns(cfg: JobConfig) -> tuple[str, ...]:
     """The columns prompts are made from: the prompt column, or the columns a prompt template names."""
     t = cfg.source.template
-    return tuple(t.columns()) if t is not None else (cfg.source.prompt_column,)
+    columns = tuple(t.columns()) if t is not None else (cfg.source.prompt_column,)
+    return columns + (tuple(INPUT_OUTPUT_COLUMNS) if cfg.source.reads_inputs() else ())
 
 
 def make_plan(cfg: JobConfig, stores: Stores, source_columns: list[str], num_rows: int) -> Plan:
@@ -132,8 +135,16 @@ def make_plan(cfg: JobConfig, stores: Stores, source_columns: list[str], num_row
         source_columns: the prompt-table columns that exist (and are read).
         num_rows: rows in the prompt table (sizes the blocks fed to the generator pools).
     """
+    stages: list[Stage] = []
+    # 0 input images: read, check and hash each row's files once, in a CPU pool (the key needs their hashes)
+    if cfg.source.reads_inputs():
+        cols = cfg.source.columns
+        stages.append(Stage("inputs", InputReader, {"cfg": InputReaderConfig(
+            task=cfg.source.task, image_column=cols.image, mask_column=cols.mask, base_uri=input_base(cfg.source.uri),
+            store=stores.source, limits=cfg.source.inputs)}, INPUT_READER_POOL,
+            reads=(cols.image,), writes=tuple(INPUT_OUTPUT_COLUMNS), batch_format="pyarrow"))
     # 1 preprocess: validate, route, expand num_images, derive seeds and keys
-    stages = [Stage("preprocess", PromptPreprocessor, {"cfg": prep_config(cfg, stores)}, preprocess_pool(cfg),
+    stages += [Stage("preprocess", PromptPreprocessor, {"cfg": prep_config(cfg, stores)}, preprocess_pool(cfg),
                     reads=prompt_columns(cfg), writes=tuple(PromptPreprocessor.OUTPUT_COLUMNS),
                     batch_format="pyarrow")]
     # 2 the routing mode's topology; the first pool gets blocks of a few GPU batches so every actor has work
@@ -186,12 +197,14 @@ def generator_stage(cfg: JobConfig, stores: Stores, name: str, online: bool = Fa
         gen = gen.online()
     needs = gen.needs()
     kwargs: dict[str, Any] = {"cfg": gen, "name": name}
-    if needs.model_uri:
+    if needs.model_uri or needs.s3_adapters:
         kwargs["model_store"] = stores.models[name]
     if needs.api_key:
         kwargs["api_key"] = stores.api_keys[name]
     if needs.state_store:  # e.g. hosted batch ids, persisted next to the outputs (resumable)
         kwargs.update(state_uri=cfg.output.uri, state_store=stores.output)
+    if cfg.source.reads_inputs() and not online:  # rows carry input images: the generator reads them again
+        kwargs["input_store"] = stores.source
     if needs.spend and cfg.limits.budget_usd > 0 and not online:  # actual spend, checked before each paid call
         kwargs["budget"] = RunBudget(usd=cfg.limits.budget_usd, ledger=cfg.output.uri)
     actor = GENERATORS[gen.backend]
@@ -217,6 +230,19 @@ def rows_per_block(cfg: JobConfig, num_rows: int) -> int:
     return max(batch, min(4 * batch, fair_share // batch * batch))
 
 
+def input_base(source_uri: str) -> str:
+    """The folder relative input-image paths are resolved against: the prompt table's (a file's parent, a folder
+    itself, a glob's fixed part)."""
+    from actors.storage import parse_location
+
+    uri = source_uri
+    if any(ch in uri for ch in "*?["):
+        uri = uri[: min(uri.find(ch) for ch in "*?[" if ch in uri)].rsplit("/", 1)[0]
+    elif uri.rstrip("/").endswith((".parquet", ".pq")):
+        uri = uri.rstrip("/").rsplit("/", 1)[0]
+    return parse_location(uri).uri
+
+
 def prep_config(cfg: JobConfig, stores: Stores | None = None) -> PrepConfig:
     """The preprocessor's slice of the job config (with resume state when the output store is known)."""
     resume = None
@@ -232,6 +258,8 @@ def prep_config(cfg: JobConfig, stores: Stores | None = None) -> PrepConfig:
         negative_prompt_column=cfg.source.negative_prompt_column,
         columns=cfg.source.columns.by_field(),
         template=cfg.source.template,
+        task=cfg.source.task,
+        variants=cfg.source.variants,
         max_prompt_chars=cfg.source.max_prompt_chars,
         max_images_per_row=cfg.routing.max_images_per_row,
         routing=cfg.routing,
@@ -239,7 +267,10 @@ def prep_config(cfg: JobConfig, stores: Stores | None = None) -> PrepConfig:
         default_generator=cfg.default_generator,
         generators={
             name: GeneratorIdentity(model=g.model, revision=g.revision, scheduler=g.scheduler, defaults=g.defaults,
-                                    render=g.render(), est_usd_per_image=g.estimate_usd())
+                                    render=g.render(), est_usd_per_image=g.estimate_usd(),
+                                    max_input_images=g.max_input_images(), masks=g.takes_mask(cfg.source.task),
+                                    adapters=stores.adapters.get(name, {}) if stores is not None else {},
+                                    default_adapters=g.default_adapters())
             for name, g in cfg.generators.items()
         },
     )

@@ -62,6 +62,8 @@ def scorer_pool(pool: ScorerPoolConfig) -> Pool:
 # One light CPU actor: preprocessing is cheap string work (~1e5 rows/s), and a single actor makes the run
 # budget an exact global count.
 PREPROCESS_POOL = Pool(min_size=1, max_size=1, initial_size=1, num_cpus=0.25, batch_size=4096)
+# Input images are read, decoded once and hashed: I/O and some CPU per row, so a small pool that grows.
+INPUT_READER_POOL = Pool(min_size=1, max_size=2, initial_size=1, num_cpus=0.5, batch_size=64)
 # Exactly one actor: the escalation cap is a global count.
 ESCALATOR_POOL = Pool(min_size=1, max_size=1, initial_size=1, num_cpus=0.1, batch_size=256)
 

@@ -5,19 +5,13 @@ from __future__ import annotations
 import pyarrow as pa
 
 from actors import manifest_schema
-from configs.source import SourceConfig
+from configs.source import ROW_FIELDS, SourceConfig
 
-# Optional per-row columns and the Arrow type families they may have.
-OPTIONAL_INPUT_COLUMNS: dict[str, str] = {
-    "negative_prompt": "string",
-    "seed": "integer",
-    "width": "integer",
-    "height": "integer",
-    "num_steps": "integer",
-    "guidance_scale": "number",
-    "num_images": "integer",
-    "generator": "string",
-}
+# Optional per-row columns and the Arrow type families they may have (the per-row settings are declared once, in
+# configs.source.ROW_FIELDS).
+OPTIONAL_INPUT_COLUMNS: dict[str, str] = {"negative_prompt": "string", **ROW_FIELDS, "generator": "string"}
+INPUT_FIELDS = ("image", "mask")
+"""Per-row settings read only when rows carry input images (`source.task` other than text-to-image)."""
 
 # The output manifest's Arrow schema, derived from the column table in actors/manifest_schema.py (the one
 # declaration of each column: type, meaning, carried on resume, exported to shards, shown in the report).
@@ -33,7 +27,16 @@ def _family(t: pa.DataType) -> str:
         return "number"
     if pa.types.is_null(t):
         return "null"
+    if (pa.types.is_list(t) or pa.types.is_large_list(t)) and _family(t.value_type) in ("string", "null"):
+        return "list<string>"
     return str(t)
+
+
+def _fits(got: str, family: str) -> bool:
+    """Whether a column of type family `got` can hold a setting of `family`."""
+    if got in (family, "null"):
+        return True
+    return (family == "number" and got == "integer") or (family == "uris" and got in ("string", "list<string>"))
 
 
 def input_problems(schema: pa.Schema, source: SourceConfig) -> list[str]:
@@ -56,15 +59,22 @@ def input_problems(schema: pa.Schema, source: SourceConfig) -> list[str]:
             f"expected string"
         )
     mapped = {"negative_prompt": source.negative_prompt_column, **source.columns.by_field()}
+    if source.reads_inputs():
+        image = mapped["image"]
+        if image not in names:
+            problems.append(f"source.task={source.task} reads input images from column {image!r}, which the data "
+                            f"lacks ({sorted(names)}); set source.columns.image to the column of image URIs")
+        if source.task == "inpaint" and mapped["mask"] not in names:
+            problems.append(f"source.task=inpaint needs a mask per row: column {mapped['mask']!r} is missing; set "
+                            f"source.columns.mask to the column of mask URIs")
     for col, family in OPTIONAL_INPUT_COLUMNS.items():
         name = mapped.get(col, col)
-        if name not in names:
+        if name not in names or (col in INPUT_FIELDS and not source.reads_inputs()):
             continue
-        got = _family(schema.field(name).type)
-        ok = got == family or got == "null" or (family == "number" and got == "integer")
-        if not ok:
+        if not _fits(_family(schema.field(name).type), family):
             via = f" (source.columns.{col})" if name != col else ""
-            problems.append(f"column {name!r}{via} has type {schema.field(name).type}, expected {family}")
+            expected = "string or list of strings" if family == "uris" else family
+            problems.append(f"column {name!r}{via} has type {schema.field(name).type}, expected {expected}")
     if source.id_column in names and _family(schema.field(source.id_column).type) not in ("string", "integer"):
         problems.append(f"id column {source.id_column!r} must be string or integer")
     return problems

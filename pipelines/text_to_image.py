@@ -17,7 +17,7 @@ from configs.job import JobConfig
 from configs.storage import StoreSpec
 from pipelines.plan import Plan, make_plan
 from pipelines.pools import map_batches_kwargs
-from pipelines.schema import input_problems
+from pipelines.schema import INPUT_FIELDS, input_problems
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -38,6 +38,8 @@ class Stores:
     output: StoreSpec
     models: dict[str, StoreSpec] = field(default_factory=dict)
     api_keys: dict[str, SecretStr] = field(default_factory=dict)  # hosted generators, by generator name
+    adapters: dict[str, dict[str, str]] = field(default_factory=dict)
+    """LoRA adapters by generator: name → sha256 of its weights file (read once by jobs, part of image keys)."""
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,7 @@ def inspect_source(cfg: JobConfig, stores: Stores) -> SourceInfo:
     num_images = _count_images(fs, files, most, count) if count in schema.names else num_rows
     if cfg.source.template is not None:  # every row is written into this many prompts
         num_images *= cfg.source.template.per_row()
+    num_images *= cfg.source.images_per_row()  # one image per output variant
     return SourceInfo(files=[_display(f, loc.kind) for f in files], num_rows=num_rows, schema=schema,
                       num_images=num_images)
 
@@ -255,7 +258,8 @@ def _input_columns(cfg: JobConfig, schema: pa.Schema) -> list[str]:
         cfg.source.id_column,
         cfg.source.negative_prompt_column,
         cfg.routing.column_read,
-        *cfg.source.columns.by_field().values(),
+        *(column for setting, column in cfg.source.columns.by_field().items()
+          if cfg.source.reads_inputs() or setting not in INPUT_FIELDS),
         *(cfg.source.template.columns() if cfg.source.template is not None else []),
     ]
     return [c for c in dict.fromkeys(candidates) if c in schema.names]

@@ -557,14 +557,20 @@ class FakeHosted:
                          "invalid_api_key")
         return None
 
-    def _openai_generate(self, headers: dict[str, str], body: Any, mode: str = "sync", key: str | None = None,
-                         raw: bytes = b"") -> Reply:
-        rid = {"x-request-id": "req_" + uuid.uuid4().hex[:24]}
-
+    @staticmethod
+    def _openai_err(rid: dict[str, str]) -> Any:
         def err(status: int, message: str, type_: str, code: str | None, param: str | None = None,
                 extra: dict[str, str] | None = None) -> Reply:
             return _oerr(status, message, type_, code, param, {**rid, **(extra or {})})
 
+        return err
+
+    def _openai_checks(self, headers: dict[str, str], body: Any, mode: str, rid: dict[str, str],
+                       params: frozenset[str], default_model: str, json_edit: bool = False) -> _Options | Reply:
+        """What generations and edits check alike, in the real service's order: auth, body, unknown parameters,
+        account state, rate limits, model, prompt, n, size, quality, format, background, compression,
+        moderation, stream. `json_edit`: the JSON edit body's narrower size and quality enums."""
+        err = self._openai_err(rid)
         if problem := self._openai_auth(headers):
             return problem[0], {**rid, **problem[1]}, problem[2]
         if not isinstance(body, dict):
@@ -572,7 +578,7 @@ class FakeHosted:
                             "using your HTTP library correctly. The OpenAI API expects a JSON payload.)",
                        "invalid_request_error", None)
         for name in body:
-            if name not in OPENAI_PARAMS or name in OPENAI_LEGACY_PARAMS:
+            if name not in params or name in OPENAI_LEGACY_PARAMS:
                 return err(400, f"Unknown parameter: '{name}'.", "invalid_request_error", "unknown_parameter", name)
         if self.knobs.billing_hard_limit:
             return err(400, "Billing hard limit has been reached", "invalid_request_error",
@@ -589,7 +595,7 @@ class FakeHosted:
         if mode == "sync" and self._take("server_error_n"):
             return err(500, "The server had an error while processing your request. Sorry about that!",
                        "server_error", None)
-        model = body.get("model") or "dall-e-2"  # the legacy server default, long retired
+        model = body.get("model") or default_model
         if self.knobs.retired_model:
             return err(404, f"The model '{model}' has been deprecated.", "invalid_request_error",
                        "model_not_found", "model")
@@ -612,13 +618,18 @@ class FakeHosted:
             return err(400, f"Invalid 'n': {n!r}. Expected an integer between 1 and 10.", "invalid_request_error",
                        "invalid_value", "n")
         size = body.get("size") or "auto"
+        if json_edit and size not in OPENAI_JSON_EDIT_SIZES:  # EditImageBodyJsonParam.size is an enum
+            return err(400, f"Invalid value: '{size}'. Supported values are: "
+                            f"{', '.join(repr(s) for s in OPENAI_JSON_EDIT_SIZES)}.", "invalid_request_error",
+                       "invalid_value", "size")
         if not isinstance(size, str) or (why := openai_size_problem(str(model), size)):
             return err(400, why if isinstance(size, str) else "Invalid 'size'.", "invalid_request_error",
                        "invalid_value", "size")
         quality = body.get("quality") or "auto"
-        if quality not in caps.qualities:
+        qualities = caps.qualities & OPENAI_JSON_EDIT_QUALITIES if json_edit else caps.qualities
+        if quality not in qualities:
             return err(400, f"Invalid value: '{quality}'. Supported values are: "
-                            f"{', '.join(repr(q) for q in sorted(caps.qualities))}.",
+                            f"{', '.join(repr(q) for q in sorted(qualities))}.",
                        "invalid_request_error", "invalid_value", "quality")
         fmt = body.get("output_format") or "png"
         if fmt not in MIME:
@@ -648,41 +659,199 @@ class FakeHosted:
         if body.get("stream"):
             return err(400, "Streaming is not implemented by this fake.", "invalid_request_error", "invalid_value",
                        "stream")
-        if "[refuse]" in prompt:
-            status, hdrs, payload = err(400, "Your request was rejected by the safety system. If you believe this "
-                                             "is an error, contact us. safety_violations=[violence].",
-                                        "image_generation_user_error", "moderation_blocked")
-            payload["error"]["moderation_details"] = {"moderation_stage": "input", "categories": ["violence"]}
-            return status, hdrs, payload
-
         if size == "auto":
             size = "1024x1024"
         w, h = (int(x) for x in size.split("x"))
-        quality = "medium" if quality == "auto" else quality
-        background = "opaque" if background == "auto" else background
-        transparent = background == "transparent"
+        return _Options(str(model), caps, prompt, n, w, h, "medium" if quality == "auto" else quality, fmt,
+                        "opaque" if background == "auto" else background, compression)
+
+    def _openai_refusal(self, rid: dict[str, str]) -> Reply:
+        status, hdrs, payload = self._openai_err(rid)(
+            400, "Your request was rejected by the safety system. If you believe this is an error, contact us. "
+                 "safety_violations=[violence].", "image_generation_user_error", "moderation_blocked")
+        payload["error"]["moderation_details"] = {"moderation_stage": "input", "categories": ["violence"]}
+        return status, hdrs, payload
+
+    def _openai_images(self, o: _Options, rid: dict[str, str], mode: str, key: str | None,
+                       rgb: tuple[int, int, int] | None = None, input_tokens: int = 0) -> Reply:
+        """A billed 200: n images (flat colour from the prompt, or `rgb`), usage and the ledger entry."""
+        transparent = o.background == "transparent"
+        compression = 100 if o.compression is None else o.compression
         corrupt = self._take("corrupt_image_n")
         null = not corrupt and self._take("null_image_n")  # one fault per response
         data: list[dict[str, Any]] = []
-        for i in range(n):
-            seed = f"{prompt}/{i}"
+        for i in range(o.n):
+            seed = f"{o.prompt}/{i}"
             if null:
                 data.append({"b64_json": None})
                 continue
-            img = corrupt_bytes(fmt, seed) if corrupt else render(w, h, seed, fmt, transparent,
-                                                                  100 if compression is None else compression)
-            self._serve(img, MIME[fmt], corrupt)
+            if corrupt:
+                img = corrupt_bytes(o.fmt, seed)
+            elif rgb is not None:
+                img = render_rgb(o.width, o.height, rgb, o.fmt, transparent, compression)
+            else:
+                img = render(o.width, o.height, seed, o.fmt, transparent, compression)
+            self._serve(img, MIME[o.fmt], corrupt)
             data.append({"b64_json": base64.b64encode(img).decode()})
-        text_tokens = max(1, len(prompt) // 4)
-        image_tokens = openai_image_tokens(quality, w, h) * n
-        usage = {"input_tokens": text_tokens, "output_tokens": image_tokens, "total_tokens": text_tokens + image_tokens,
-                 "input_tokens_details": {"text_tokens": text_tokens, "image_tokens": 0},
+        text_tokens = max(1, len(o.prompt) // 4)
+        image_tokens = openai_image_tokens(o.quality, o.width, o.height) * o.n
+        usage = {"input_tokens": text_tokens + input_tokens, "output_tokens": image_tokens,
+                 "total_tokens": text_tokens + input_tokens + image_tokens,
+                 "input_tokens_details": {"text_tokens": text_tokens, "image_tokens": input_tokens},
                  "output_tokens_details": {"image_tokens": image_tokens, "text_tokens": 0}}
-        self._bill("openai", mode, str(model), prompt if key is None else key,
-                   (text_tokens * caps.text_in + image_tokens * caps.image_out) / 1e6)
+        c = o.caps
+        self._bill("openai", mode, o.model, o.prompt if key is None else key,
+                   (text_tokens * c.text_in + input_tokens * c.image_in + image_tokens * c.image_out) / 1e6)
         self._slow(mode)
-        return 200, rid, {"created": int(time.time()), "data": data, "background": background, "output_format": fmt,
-                          "size": f"{w}x{h}", "quality": quality, "usage": usage}
+        return 200, rid, {"created": int(time.time()), "data": data, "background": o.background,
+                          "output_format": o.fmt, "size": f"{o.width}x{o.height}", "quality": o.quality,
+                          "usage": usage}
+
+    def _openai_generate(self, headers: dict[str, str], body: Any, mode: str = "sync", key: str | None = None,
+                         raw: bytes = b"") -> Reply:
+        rid = {"x-request-id": "req_" + uuid.uuid4().hex[:24]}
+        o = self._openai_checks(headers, body, mode, rid, OPENAI_PARAMS, "dall-e-2")  # the legacy server default
+        if not isinstance(o, _Options):
+            return o
+        if "[refuse]" in o.prompt:
+            return self._openai_refusal(rid)
+        return self._openai_images(o, rid, mode, key)
+
+    # -- OpenAI edits (multipart as the SDK sends them, or the JSON body a batch line carries) ----------------
+    def _openai_edit_multipart(self, req: _Request) -> Reply:
+        rid = {"x-request-id": "req_" + uuid.uuid4().hex[:24]}
+        fields: dict[str, Any] = {}
+        images: list[tuple[str, bytes]] = []
+        mask: bytes | None = None
+        for name, is_file, value in _form_parts(req.headers, req.raw):
+            if name in ("image", "image[]") and is_file:
+                images.append((f"image[{len(images)}]" if name == "image[]" else "image", value))
+            elif name == "mask" and is_file:
+                mask = value
+            else:  # form fields are strings; the API reads numbers and booleans from them
+                text = value.decode("utf-8", "replace")
+                number = name in ("n", "output_compression", "partial_images") and re.fullmatch(r"-?\d+", text)
+                fields[name] = int(text) if number else (text == "true") if name == "stream" else text
+        o = self._openai_checks(req.headers, fields, "sync", rid, OPENAI_EDIT_PARAMS, "gpt-image-1.5")
+        if not isinstance(o, _Options):
+            return o
+        return self._openai_edit(o, rid, fields, images, mask, "sync", None)
+
+    def _openai_edit_json(self, headers: dict[str, str], body: Any, mode: str = "sync",
+                          key: str | None = None) -> Reply:
+        rid = {"x-request-id": "req_" + uuid.uuid4().hex[:24]}
+        o = self._openai_checks(headers, body, mode, rid, OPENAI_JSON_EDIT_PARAMS, "gpt-image-1.5", json_edit=True)
+        if not isinstance(o, _Options):
+            return o
+        err = self._openai_err(rid)
+        refs = body.get("images")
+        if not isinstance(refs, list) or not refs:
+            return err(400, "Missing required parameter: 'images'.", "invalid_request_error",
+                       "missing_required_parameter", "images")
+        images: list[tuple[str, bytes]] = []
+        for i, ref in enumerate(refs):
+            got = self._image_ref(ref, f"images[{i}]", err)
+            if not isinstance(got, bytes):
+                return got
+            images.append((f"images[{i}]", got))
+        mask: bytes | None = None
+        if body.get("mask") is not None:
+            got = self._image_ref(body["mask"], "mask", err)
+            if not isinstance(got, bytes):
+                return got
+            mask = got
+        return self._openai_edit(o, rid, body, images, mask, mode, key)
+
+    def _image_ref(self, ref: Any, where: str, err: Any) -> bytes | Reply:
+        """An ImageRefParam's bytes: exactly one of `image_url` (a data URL here: the fake downloads nothing) and
+        `file_id` (an uploaded file)."""
+        if not isinstance(ref, dict) or len(ref) != 1 or not {"image_url", "file_id"} & set(ref):
+            return err(400, f"Invalid '{where}': provide exactly one of 'image_url' or 'file_id'.",
+                       "invalid_request_error", "invalid_value", where)
+        if "file_id" in ref:
+            content = self.files.get(str(ref["file_id"]))
+            if content is None:
+                return err(400, f"Invalid '{where}.file_id': no file {ref['file_id']!r}.", "invalid_request_error",
+                           "invalid_value", f"{where}.file_id")
+            return content
+        url = ref["image_url"]
+        if not isinstance(url, str) or len(url) > OPENAI_MAX_IMAGE_URL_CHARS:
+            return err(400, f"Invalid '{where}.image_url': string too long. Expected a string with maximum length "
+                            f"{OPENAI_MAX_IMAGE_URL_CHARS}.", "invalid_request_error", "string_above_max_length",
+                       f"{where}.image_url")
+        m = re.fullmatch(r"data:image/[a-z]+;base64,([A-Za-z0-9+/=]*)", url)
+        if m is None:
+            return err(400, f"Invalid '{where}.image_url': expected a base64 data URL (this fake downloads no "
+                            "URLs).", "invalid_request_error", "invalid_value", f"{where}.image_url")
+        try:
+            return base64.b64decode(m[1], validate=True)
+        except (ValueError, binascii.Error):
+            return err(400, f"Invalid '{where}.image_url': invalid base64 data.", "invalid_request_error",
+                       "invalid_value", f"{where}.image_url")
+
+    def _openai_edit(self, o: _Options, rid: dict[str, str], fields: dict[str, Any],
+                     images: list[tuple[str, bytes]], mask: bytes | None, mode: str, key: str | None) -> Reply:
+        """The edit-only checks (input fidelity, the images, the mask), then a billed answer whose colour is the
+        mean colour of the input images (so a test can tell they arrived) and whose usage bills them."""
+        err = self._openai_err(rid)
+        fidelity = fields.get("input_fidelity")
+        if fidelity is not None and fidelity not in o.caps.fidelities:
+            allowed = ", ".join(sorted(o.caps.fidelities)) or f"omit it for {o.model}"
+            return err(400, f"Invalid value: '{fidelity}' for 'input_fidelity' ({allowed}).",
+                       "invalid_request_error", "invalid_value", "input_fidelity")
+        if not images:
+            return err(400, "Missing required parameter: 'image'.", "invalid_request_error",
+                       "missing_required_parameter", "image")
+        if len(images) > OPENAI_MAX_EDIT_IMAGES:
+            return err(400, f"Invalid 'image': array too long. Expected an array with maximum length "
+                            f"{OPENAI_MAX_EDIT_IMAGES}, but got an array with length {len(images)} instead.",
+                       "invalid_request_error", "array_above_max_length", "image")
+        sizes = []
+        for where, data in images:
+            if len(data) >= self.knobs.openai_max_image_bytes:
+                return err(400, f"Invalid '{where}': file too large ({len(data):,} bytes); each image must be "
+                                f"smaller than {self.knobs.openai_max_image_bytes:,} bytes.",
+                           "invalid_request_error", "image_too_large", where)
+            if _image_kind(data) not in ("png", "jpeg", "webp"):
+                return err(400, f"Invalid file '{where}': unsupported image format. Supported formats are "
+                                "'image/jpeg', 'image/png' and 'image/webp'.", "invalid_request_error",
+                           "invalid_image_format", where)
+            size = _image_size(data)
+            if size is None:
+                return err(400, f"Invalid image file for '{where}', please check your image file.",
+                           "invalid_request_error", "invalid_image", where)
+            sizes.append(size)
+        if mask is not None and (problem := self._mask_problem(mask, sizes[0])):
+            return err(400, problem, "invalid_request_error", "invalid_value", "mask")
+        if "[refuse]" in o.prompt:
+            return self._openai_refusal(rid)
+        with self.lock:
+            self.inputs.append(Inputs("openai", mode, o.prompt if key is None else key, [d for _, d in images],
+                                      mask))
+        tokens = sum(_openai_input_tokens(o.caps, w, h, fidelity == "high") for w, h in sizes)
+        return self._openai_images(o, rid, mode, key, mean_colour([d for _, d in images]), tokens)
+
+    def _mask_problem(self, mask: bytes, image_size: tuple[int, int]) -> str:
+        """The mask rules of the API reference: a PNG under 4MB with an alpha channel, the first image's size."""
+        if len(mask) >= self.knobs.openai_max_mask_bytes:
+            return (f"Invalid 'mask': file too large ({len(mask):,} bytes); the mask must be smaller than "
+                    f"{self.knobs.openai_max_mask_bytes:,} bytes.")
+        if _image_kind(mask) != "png":
+            return "Invalid 'mask': the mask must be a PNG file."
+        from PIL import Image
+
+        try:
+            with Image.open(io.BytesIO(mask)) as im:
+                has_alpha = im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info
+                size = im.size
+        except Exception:  # noqa: BLE001 - any undecodable mask
+            return "Invalid 'mask': the file could not be decoded as an image."
+        if not has_alpha:
+            return "Invalid 'mask': the mask must have an alpha channel (transparent areas mark what to edit)."
+        if size != image_size:
+            return (f"Invalid 'mask': the mask ({size[0]}x{size[1]}) and the image ({image_size[0]}x{image_size[1]}) "
+                    "must have the same dimensions.")
+        return ""
 
     # -- OpenAI files --------------------------------------------------------------------------------------------
     def _openai_file_upload(self, req: _Request) -> Reply:

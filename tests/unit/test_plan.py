@@ -57,11 +57,11 @@ def test_each_routing_mode_is_one_straight_line_of_stages(routing: dict[str, Any
 def test_a_broken_column_chain_fails_at_plan_time_with_one_line() -> None:
     plan = make_plan(fleet({"mode": "single", "default": "a"}), STORES, ["prompt"], 10)
     writer = plan.stages[-1]
-    broken = replace(plan, stages=(*plan.stages[:-1], replace(writer, reads=(*writer.reads, "mask_uri"))))
+    broken = replace(plan, stages=(*plan.stages[:-1], replace(writer, reads=(*writer.reads, "depth_map"))))
     with pytest.raises(PlanError) as err:
         broken.check()
     assert "\n" not in str(err.value)
-    assert "stage 'write' (ImageWriter) reads column(s) mask_uri that no earlier stage writes" in str(err.value)
+    assert "stage 'write' (ImageWriter) reads column(s) depth_map that no earlier stage writes" in str(err.value)
 
 
 def test_an_escalator_before_any_scorer_is_caught() -> None:
