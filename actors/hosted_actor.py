@@ -1,8 +1,8 @@
 """HostedGenerator: what both hosted actors share — pacing, budget, billing-safe requests, batch mode.
 
-A provider subclass supplies the wire details: `_request_body`/`_call` (one request), `_answer` (a response → an
-Outcome with the provider's bytes and price), `_classify` (an exception → a Verdict), and for batch mode
-`_submit`/`_collect`/`_cancel`.
+A provider subclass supplies the wire details: `_call` (one request), `_answer` (a response → an Outcome with the
+provider's bytes and price), `_classify` (an exception → a Verdict), `_input_problem` (what this provider can't
+take of a row's input images, before anything is paid), and for batch mode `_submit`/`_collect`/`_cancel`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,14 @@ from typing import Any
 from pydantic import SecretStr
 
 from actors.batch_mode import BatchRunner, BatchState
-from actors.generation import GENERATOR_INPUT_COLUMNS, GENERATOR_OUTPUT_COLUMNS, Batch, Outcome, Request
+from actors.generation import (
+    GENERATOR_INPUT_COLUMNS,
+    GENERATOR_OUTPUT_COLUMNS,
+    Batch,
+    Outcome,
+    Request,
+    encoded_info,
+)
 from actors.hosted import (
     HostedFatal,
     LedgerClient,
@@ -44,6 +51,8 @@ class HostedGenerator:
     INPUT_COLUMNS = GENERATOR_INPUT_COLUMNS
     OUTPUT_COLUMNS = GENERATOR_OUTPUT_COLUMNS
     PROVIDER = ""
+    INPUT_FORMATS: tuple[str, ...] = ("image/png", "image/jpeg", "image/webp")
+    """Input image types the provider takes (read from the bytes' header, whatever the file is called)."""
 
     def __init__(self, cfg: HostedCommon, api_key: SecretStr, state_uri: str = "",
                  state_store: StoreSpec = StoreSpec(kind="local"), name: str = "",
@@ -72,7 +81,7 @@ class HostedGenerator:
     def _generate(self, requests: Sequence[Request]) -> list[Outcome]:
         """One outcome per request; never raises for a row (a raise here would make `run_generation` retry the
         chunk row by row, paying again for rows already paid), only for run-ending errors."""
-        checked = {r.key: self.cfg.size_problem(r.width, r.height) for r in requests}
+        checked = {r.key: self.cfg.size_problem(r.width, r.height) or self._inputs_problem(r) for r in requests}
         # 1 rows the API can't serve never leave the actor; rows with one image key are one request
         unique = list({r.key: r for r in requests if not checked[r.key]}.values())
         if self.batch is None:
@@ -99,10 +108,33 @@ class HostedGenerator:
             out.append(answer)
         return out
 
+    def _inputs_problem(self, r: Request) -> str:
+        """Why this row's task and input images can't be sent ('' when they can): checked before any paid call,
+        so a row the provider would refuse for its inputs is an error row that costs nothing."""
+        if r.task == "text-to-image":
+            return ""
+        cfg = self.cfg
+        if r.task not in cfg.tasks():
+            return f"task {r.task!r} is not offered by {cfg.model} (it does {', '.join(cfg.tasks())})"
+        if not r.images:
+            return f"task {r.task!r} needs at least one input image"
+        if len(r.images) > cfg.max_input_images():
+            return f"{len(r.images)} input images: {cfg.model} takes at most {cfg.max_input_images()} per request"
+        if r.mask and not cfg.takes_mask(r.task):
+            return f"{cfg.model} takes no mask for task {r.task!r}"
+        if r.task == "inpaint" and not r.mask:
+            return "task 'inpaint' needs a mask (white = the area to change)"
+        for i, data in enumerate(r.images):
+            info = encoded_info(data)
+            if info is None or info[0] not in self.INPUT_FORMATS:
+                return f"input image {i + 1} is not {' / '.join(self.INPUT_FORMATS)} (or can't be read)"
+        return self._input_problem(r)
+
     # -- one synchronous request ------------------------------------------------------------------------
     def _reserve(self, r: Request) -> float | None:
-        """The request's estimated price if the run's budget allows it, else None."""
-        est = self.cfg.estimate_image_usd(r.width, r.height, len(r.prompt))
+        """The request's estimated price (input images included) if the run's budget allows it, else None."""
+        sizes = [(info[1], info[2]) for info in map(encoded_info, r.images) if info is not None]
+        est = self.cfg.estimate_image_usd(r.width, r.height, len(r.prompt), sizes)
         return est if self.ledger.reserve(est) else None
 
     def _settle(self, reserved: float, answer: Outcome | None) -> None:
@@ -134,6 +166,10 @@ class HostedGenerator:
         return out
 
     # -- provider hooks -----------------------------------------------------------------------------------
+    def _input_problem(self, r: Request) -> str:
+        """What this provider can't take of a row's (otherwise valid) input images; '' = fine."""
+        raise NotImplementedError
+
     def _call(self, r: Request) -> Any:
         raise NotImplementedError
 

@@ -124,3 +124,35 @@ def build_tiny_clip(path: str | Path, seed: int = 0) -> Path:
     processor.save_pretrained(str(path))
     (path / DONE_MARKER).write_text("clip")
     return path
+
+
+def build_tiny_lora(pipeline: str | Path, path: str | Path, seed: int = 0, rank: int = 4) -> Path:
+    """Create (once) a LoRA for a tiny SD pipeline's UNet attention layers, saved as diffusers saves LoRAs
+    (`pytorch_lora_weights.safetensors`), with random non-zero weights so it visibly changes images.
+
+    Args:
+        pipeline: folder of a tiny "sd" pipeline (`build_tiny_pipeline`).
+        path: target folder; reused if a previous build completed.
+        seed: torch seed for the adapter weights.
+        rank: LoRA rank.
+    """
+    path = Path(path)
+    if (path / DONE_MARKER).exists():
+        return path
+    import torch
+    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+    from peft import LoraConfig, get_peft_model_state_dict
+    from peft.tuners.lora import LoraLayer
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel.from_pretrained(str(Path(pipeline) / "unet"))
+    unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian",
+                                target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    with torch.no_grad():  # B starts at zero (a no-op adapter): give it weights that change the output
+        for module in unet.modules():
+            if isinstance(module, LoraLayer):
+                for b in module.lora_B.values():
+                    b.weight.normal_(0.0, 0.5)
+    StableDiffusionPipeline.save_lora_weights(str(path), unet_lora_layers=get_peft_model_state_dict(unet))
+    (path / DONE_MARKER).write_text("lora")
+    return path
