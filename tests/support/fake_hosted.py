@@ -26,6 +26,7 @@ shared by both providers: a Gemini key (x-goog-api-key header or ?key=) routes t
 from __future__ import annotations
 
 import base64
+import binascii
 import datetime as _dt
 import functools
 import hashlib
@@ -60,6 +61,9 @@ class OpenAICaps:
     transparent: bool
     text_in: float  # USD per 1M input text tokens
     image_out: float  # USD per 1M output image tokens
+    image_in: float = 8.0  # USD per 1M input image tokens (edits)
+    high_fidelity: bool = True  # edits read every input image at high fidelity (gpt-image-2 family)
+    fidelities: frozenset[str] = frozenset()  # accepted `input_fidelity` values (gpt-image-2: "omit this parameter")
 
 
 _Q = frozenset({"auto", "low", "medium", "high"})
@@ -75,8 +79,10 @@ OPENAI_CAPS: dict[str, OpenAICaps] = {
     "gpt-image-2.5-flare-2026-09-08": _GPT25,
     "gpt-image-2.6-sunburst": _GPT25,
     "gpt-image-2.6-flare": _GPT25,
-    "gpt-image-1-mini": OpenAICaps(False, _Q, True, 2.0, 8.0),
-    "gpt-image-1.5": OpenAICaps(False, _Q, True, 5.0, 32.0),  # image-out rate 3rd-party (HOSTED_APIS.md §1.7)
+    # input_fidelity per the openai 3.54 SDK docstring: high and low on gpt-image-1.5, only low on gpt-image-1-mini
+    "gpt-image-1-mini": OpenAICaps(False, _Q, True, 2.0, 8.0, 2.5, False, frozenset({"low"})),
+    "gpt-image-1.5": OpenAICaps(False, _Q, True, 5.0, 32.0, 8.0, False, frozenset({"low", "high"})),  # image-out
+    # rate 3rd-party (HOSTED_APIS.md §1.7)
 }
 OPENAI_MODELS = set(OPENAI_CAPS)
 OPENAI_STANDARD_SIZES = ("1024x1024", "1536x1024", "1024x1536")
@@ -92,6 +98,19 @@ OPENAI_PARAMS = frozenset({
 # legacy DALL-E parameters the SDK still types but GPT image models reject as unknown
 # (real body: vercel/ai#6102, lofcz/LLMTornado#155: "Unknown parameter: 'response_format'.", code unknown_parameter)
 OPENAI_LEGACY_PARAMS = ("response_format", "style")
+# edits: the multipart parameters of ImageEditParams (openai 3.54.0, types/image_edit_params.py; no `moderation`)
+# and the JSON body's (openai-openapi EditImageBodyJsonParam, which a Batch API line carries)
+OPENAI_EDIT_PARAMS = frozenset({
+    "image", "prompt", "background", "complexity", "frame_count", "frame_duration_ms", "input_fidelity", "markup",
+    "mask", "model", "n", "output_compression", "output_format", "partial_images", "quality", "response_format",
+    "safety_identifier", "size", "stream", "svg", "user"})
+OPENAI_JSON_EDIT_PARAMS = frozenset({
+    "model", "images", "mask", "prompt", "n", "quality", "input_fidelity", "size", "user", "output_format",
+    "output_compression", "moderation", "background", "stream", "partial_images"})
+OPENAI_JSON_EDIT_SIZES = ("auto", "1024x1024", "1536x1024", "1024x1536")  # EditImageBodyJsonParam.size enum
+OPENAI_JSON_EDIT_QUALITIES = frozenset({"auto", "low", "medium", "high"})
+OPENAI_MAX_EDIT_IMAGES = 16  # "You can provide up to 16 images" (SDK docstring; openapi maxItems)
+OPENAI_MAX_IMAGE_URL_CHARS = 20_971_520  # ImageRefParam.image_url maxLength
 OPENAI_BATCH_ENDPOINTS = frozenset({"/v1/responses", "/v1/chat/completions", "/v1/embeddings", "/v1/completions",
                                     "/v1/moderations", "/v1/images/generations", "/v1/images/edits", "/v1/videos"})
 
@@ -103,17 +122,22 @@ class GeminiCaps:
     text_in: float  # USD per 1M prompt tokens
     image_out: float  # USD per 1M output image tokens
     text_out: float  # USD per 1M output text + thinking tokens
+    image_in_tokens: int = 1120  # prompt tokens per input (reference) image (Vertex model pages)
+    image_in: float = 0.5  # USD per 1M input image tokens
 
 
 GEMINI_STANDARD_ASPECTS = ("1:1", "2:3", "3:2", "3:4", "4:3", "4:5", "5:4", "9:16", "16:9", "21:9")
 GEMINI_EXTREME_ASPECTS = ("1:4", "4:1", "1:8", "8:1")
 GEMINI_CAPS: dict[str, GeminiCaps] = {
     "gemini-3.1-flash-image": GeminiCaps(GEMINI_STANDARD_ASPECTS + GEMINI_EXTREME_ASPECTS,
-                                         {"512": 747, "1K": 1120, "2K": 1680, "4K": 2520}, 0.5, 60.0, 3.0),
-    "gemini-3-pro-image": GeminiCaps(GEMINI_STANDARD_ASPECTS, {"1K": 1120, "2K": 1120, "4K": 2000}, 2.0, 120.0, 12.0),
+                                         {"512": 747, "1K": 1120, "2K": 1680, "4K": 2520}, 0.5, 60.0, 3.0, 1120, 0.5),
+    "gemini-3-pro-image": GeminiCaps(GEMINI_STANDARD_ASPECTS, {"1K": 1120, "2K": 1120, "4K": 2000}, 2.0, 120.0, 12.0,
+                                     560, 2.0),
     # no public price for the Lite model (HOSTED_APIS.md §2.7): assumed half of 3.1 Flash Image
-    "gemini-3.1-flash-lite-image": GeminiCaps(GEMINI_STANDARD_ASPECTS, {"1K": 1120}, 0.25, 30.0, 1.5),
+    "gemini-3.1-flash-lite-image": GeminiCaps(GEMINI_STANDARD_ASPECTS, {"1K": 1120}, 0.25, 30.0, 1.5, 1120, 0.25),
 }
+GEMINI_MAX_INPUT_IMAGES = 14  # "Maximum images per prompt: 14" (Vertex pages of both models)
+GEMINI_INPUT_MIMES = frozenset({"image/png", "image/jpeg", "image/webp", "image/heic", "image/heif"})
 GEMINI_MODELS = set(GEMINI_CAPS)
 # pixel sizes at 1K (the published table); 2K = x2, 4K = x4, 512 = x0.5
 GEMINI_1K: dict[str, tuple[int, int]] = {
@@ -165,12 +189,15 @@ class Knobs:
     batch_shuffle_output: bool = True  # output/error file lines not in input order (the API promises no order)
     batch_max_lines: int = 50_000  # input-file limits; beyond them the batch ends failed
     batch_max_bytes: int = 200 * 1024 * 1024
+    openai_max_image_bytes: int = 50 * 1024 * 1024  # each edit input image is smaller than this
+    openai_max_mask_bytes: int = 4 * 1024 * 1024  # an edit's mask is smaller than this
     # -- Gemini
     thought_images: int = 0  # interim `thought: true` images before the final one
     thinking_tokens: int = 120  # usageMetadata.thoughtsTokenCount (billed at the text-output rate)
     gemini_quota: str = ""  # "per_minute" | "per_day" | "limit_zero": every sync request answers that 429
     failed_precondition: bool = False  # every request: 400 FAILED_PRECONDITION (unsupported location)
     gemini_inline_max_bytes: int = 20 * 1024 * 1024  # inline batchGenerateContent body limit
+    gemini_request_max_bytes: int = 20 * 1024 * 1024  # generateContent body limit (inline data included)
     gemini_batch_omit_metadata: bool = False  # inline responses come back without their request metadata
     gemini_batch_reorder: bool = False  # responses (inline and file) come back reversed
     gemini_batch_drop_n: int = 0  # batch SUCCEEDS but the last N results are missing (billed nonetheless)
@@ -183,6 +210,33 @@ class Paid:
     model: str
     key: str  # batch custom_id / metadata key in a batch, else the prompt
     usd: float
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """The input images a billed edit / reference request carried, as the fake received them."""
+
+    provider: str
+    mode: str
+    key: str  # batch custom_id / metadata key in a batch, else the prompt
+    images: list[bytes]
+    mask: bytes | None  # OpenAI's mask PNG (alpha 0 = change)
+
+
+@dataclass(frozen=True)
+class _Options:
+    """A generation's or edit's checked options."""
+
+    model: str
+    caps: OpenAICaps
+    prompt: str
+    n: int
+    width: int
+    height: int
+    quality: str
+    fmt: str
+    background: str
+    compression: int | None
 
 
 @dataclass
@@ -248,9 +302,15 @@ def render(width: int, height: int, seed_text: str, fmt: str = "png", transparen
            compression: int = 100) -> bytes:
     """A deterministic flat-colour image (colour from the prompt) with an ICC profile; PNGs also carry a C2PA
     `caBX` chunk after IHDR. Transparent: RGBA whose top-left quarter has alpha 0."""
+    return render_rgb(width, height, _colour(seed_text), fmt, transparent, compression)
+
+
+@functools.lru_cache(maxsize=64)
+def render_rgb(width: int, height: int, rgb: tuple[int, int, int], fmt: str = "png", transparent: bool = False,
+               compression: int = 100) -> bytes:
+    """`render` in a given colour (edits and reference images: the mean colour of the inputs)."""
     from PIL import Image
 
-    rgb = _colour(seed_text)
     if transparent:
         im = Image.new("RGBA", (width, height), (*rgb, 255))
         im.paste((0, 0, 0, 0), (0, 0, max(1, width // 4), max(1, height // 4)))
@@ -278,6 +338,52 @@ def corrupt_bytes(fmt: str, seed_text: str) -> bytes:
     """Starts like the format (magic bytes) but does not decode."""
     magic = {"png": b"\x89PNG\r\n\x1a\n", "jpeg": b"\xff\xd8\xff\xe0", "webp": b"RIFF\x10\x00\x00\x00WEBP"}[fmt]
     return magic + hashlib.sha256(b"corrupt:" + seed_text.encode()).digest() * 3
+
+
+def mean_colour(images: list[bytes]) -> tuple[int, int, int]:
+    """The mean RGB of the input images' mean colours: the colour an edit or reference request comes back in."""
+    from PIL import Image, ImageStat
+
+    sums = [0.0, 0.0, 0.0]
+    for data in images:
+        with Image.open(io.BytesIO(data)) as im:
+            means = ImageStat.Stat(im.convert("RGB")).mean
+        sums = [a + b for a, b in zip(sums, means, strict=True)]
+    r, g, b = (round(v / len(images)) for v in sums)
+    return r, g, b
+
+
+def _image_kind(data: bytes) -> str:
+    """png | jpeg | webp | gif | '' from the magic bytes (what the API checks, whatever the declared type)."""
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "png"
+    if data.startswith(b"\xff\xd8\xff"):
+        return "jpeg"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "webp"
+    return "gif" if data.startswith((b"GIF87a", b"GIF89a")) else ""
+
+
+def _image_size(data: bytes) -> tuple[int, int] | None:
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()
+            return int(im.size[0]), int(im.size[1])
+    except Exception:  # noqa: BLE001 - PIL raises many kinds for bad bytes
+        return None
+
+
+def _openai_input_tokens(caps: OpenAICaps, width: int, height: int, high: bool) -> int:
+    """Input image tokens of one edit input: 65 + 129 per 512px tile once the short side is 512 (gpt-image-1 edits
+    billed 194 for a 1024x1024 input: OpenAI community forum), plus 4,160 (square) / 6,240 at high fidelity."""
+    scale = min(1.0, 2048 / max(width, height))
+    w, h = width * scale, height * scale
+    scale = 512 / min(w, h)
+    tiles = -(-int(w * scale) // 512) * -(-int(h * scale) // 512)
+    extra = (4160 if width == height else 6240) if caps.high_fidelity or high else 0
+    return 65 + 129 * tiles + extra
 
 
 def gemini_size(aspect: str, tier: str) -> tuple[int, int]:
@@ -364,6 +470,7 @@ class FakeHosted:
         self.deleted_files: set[str] = set()
         self.cancelled_batches: set[str] = set()
         self.errors: list[str] = []
+        self.inputs: list[Inputs] = []  # input images of every billed edit / reference request
         self.uploads: dict[str, dict[str, Any]] = {}  # Gemini resumable sessions
         self.lock = threading.Lock()
         self.batch_lock = threading.RLock()
@@ -507,12 +614,19 @@ class FakeHosted:
         p, m = req.path, req.method
         if p == "/v1/images/generations" and m == "POST":
             return self._openai_generate(req.headers, req.body if req.json_ok else None, raw=req.raw)
+        if p == "/v1/images/edits" and m == "POST":
+            if req.headers.get("content-type", "").startswith("multipart/form-data"):
+                return self._openai_edit_multipart(req)
+            return self._openai_edit_json(req.headers, req.body if req.json_ok else None)
         if mm := re.fullmatch(r"/(v1|v1beta)/models/([^/:]+):(generateContent|batchGenerateContent)", p):
             if m != "POST":
                 return _gerr(404, "NOT_FOUND", f"Method not found: {m} {p}")
             if problem := self._gemini_auth(req):
                 return problem
             if mm[3] == "generateContent":
+                if len(req.raw) > self.knobs.gemini_request_max_bytes:
+                    return _gerr(400, "INVALID_ARGUMENT", f"Request payload size exceeds the limit: "
+                                                          f"{self.knobs.gemini_request_max_bytes} bytes.")
                 return self._gemini_generate(mm[1], mm[2], req.body if req.json_ok else None)
             return self._gemini_batch_create(req, mm[1], mm[2])
         if mm := re.fullmatch(r"/upload/(v1|v1beta)/files", p):
@@ -907,9 +1021,9 @@ class FakeHosted:
         if body["endpoint"] not in OPENAI_BATCH_ENDPOINTS:
             return _oerr(400, f"Invalid value: '{body['endpoint']}'.", "invalid_request_error", "invalid_value",
                          "endpoint")
-        if body["endpoint"] != "/v1/images/generations":
-            return _oerr(400, "This fake only runs /v1/images/generations batches.", "invalid_request_error",
-                         "invalid_value", "endpoint")
+        if body["endpoint"] not in ("/v1/images/generations", "/v1/images/edits"):
+            return _oerr(400, "This fake only runs /v1/images/generations and /v1/images/edits batches.",
+                         "invalid_request_error", "invalid_value", "endpoint")
         if body["completion_window"] != "24h":
             return _oerr(400, f"Invalid value: '{body['completion_window']}'. Supported values are: '24h'.",
                          "invalid_request_error", "invalid_value", "completion_window")
@@ -1021,8 +1135,8 @@ class FakeHosted:
         bad: list[dict[str, Any]] = []
         usage = {"input_tokens": 0, "output_tokens": 0}
         for item in lines[:n_run]:
-            status, headers, payload = self._openai_generate({"authorization": b["_auth"]}, item["body"], "batch",
-                                                             item["custom_id"])
+            run = self._openai_edit_json if b["endpoint"] == "/v1/images/edits" else self._openai_generate
+            status, headers, payload = run({"authorization": b["_auth"]}, item["body"], "batch", item["custom_id"])
             out = {"id": "batch_req_" + uuid.uuid4().hex[:24], "custom_id": item["custom_id"],
                    "response": {"status_code": status, "request_id": headers.get("x-request-id", ""),
                                 "body": payload}, "error": None}
@@ -1157,15 +1271,29 @@ class FakeHosted:
                                    f"unsupported value {aspect!r} for model {model}.")
         prompt = "".join(p.get("text", "") for c in contents if isinstance(c, dict)
                          for p in c.get("parts", []) if isinstance(p, dict))
-        prompt_tokens = max(1, len(prompt) // 4)
+        images = _gemini_images(contents)
+        if isinstance(images, tuple):
+            return images
+        if len(images) > GEMINI_MAX_INPUT_IMAGES:
+            return _gemini_invalid("contents", f"Too many images: {len(images)}; {model} accepts at most "
+                                               f"{GEMINI_MAX_INPUT_IMAGES} images per prompt.")
+        text_tokens_in = max(1, len(prompt) // 4)
+        image_tokens_in = len(images) * caps.image_in_tokens
+        prompt_tokens = text_tokens_in + image_tokens_in
         thinking = max(0, self.knobs.thinking_tokens)
         bill_key = prompt if key is None else key
+        if images:
+            with self.lock:
+                self.inputs.append(Inputs("gemini", mode, bill_key, images, None))
 
         def usage(image_tokens: int, text_tokens: int) -> dict[str, Any]:
+            prompt_details = [{"modality": "TEXT", "tokenCount": text_tokens_in}]
+            if image_tokens_in:
+                prompt_details.append({"modality": "IMAGE", "tokenCount": image_tokens_in})
             u: dict[str, Any] = {"promptTokenCount": prompt_tokens,
                                  "candidatesTokenCount": image_tokens + text_tokens,
                                  "totalTokenCount": prompt_tokens + image_tokens + text_tokens + thinking,
-                                 "promptTokensDetails": [{"modality": "TEXT", "tokenCount": prompt_tokens}]}
+                                 "promptTokensDetails": prompt_details}
             details = []
             if image_tokens:
                 details.append({"modality": "IMAGE", "tokenCount": image_tokens})
@@ -1175,7 +1303,7 @@ class FakeHosted:
                 u["candidatesTokensDetails"] = details
             if thinking:
                 u["thoughtsTokenCount"] = thinking
-            usd = (prompt_tokens * caps.text_in + image_tokens * caps.image_out
+            usd = (text_tokens_in * caps.text_in + image_tokens_in * caps.image_in + image_tokens * caps.image_out
                    + (text_tokens + thinking) * caps.text_out) / 1e6
             self._bill("gemini", mode, model, bill_key, usd)
             return u
@@ -1210,7 +1338,10 @@ class FakeHosted:
         if null:
             parts.append({"inlineData": {"mimeType": "image/png"}})
         else:
-            data = corrupt_bytes("png", prompt) if corrupt else render(w, h, prompt)
+            if corrupt:
+                data = corrupt_bytes("png", prompt)
+            else:  # with reference images, the answer's colour is their mean colour (a test sees they arrived)
+                data = render_rgb(w, h, mean_colour(images)) if images else render(w, h, prompt)
             self._serve(data, "image/png", corrupt)
             parts.append({"inlineData": {"mimeType": "image/png", "data": base64.b64encode(data).decode()}})
         out = {**base(usage(caps.tokens[tier], GEMINI_TEXT_TOKENS)),
@@ -1470,8 +1601,47 @@ class FakeHosted:
         return op
 
 
+def _gemini_images(contents: list[Any]) -> list[bytes] | Reply:
+    """The bytes of every inline image part (camelCase or snake_case keys, as the SDK mixes them), or the 400 the
+    API answers for an unsupported type, bad base64 or an image it can't read."""
+    images = []
+    for ci, content in enumerate(contents):
+        parts = content.get("parts", []) if isinstance(content, dict) else []
+        for pi, part in enumerate(parts if isinstance(parts, list) else []):
+            inline = part.get("inlineData", part.get("inline_data")) if isinstance(part, dict) else None
+            if inline is None:
+                continue
+            where = f"contents[{ci}].parts[{pi}].inline_data"
+            mime = inline.get("mimeType", inline.get("mime_type"))
+            if mime not in GEMINI_INPUT_MIMES:
+                return _gemini_invalid(f"{where}.mime_type", f"Unsupported MIME type: {mime}")
+            try:
+                data = base64.b64decode(str(inline.get("data", "")), validate=True)
+            except (ValueError, binascii.Error):
+                return _gemini_invalid(f"{where}.data", f"Invalid value at '{where}.data' (TYPE_BYTES), Base64 "
+                                                        "decoding failed.")
+            if mime in ("image/heic", "image/heif") or _image_size(data) is None:
+                return _gemini_invalid(where, "Unable to process input image. Please retry or report in "
+                                              "https://developers.generativeai.google/guide/troubleshooting")
+            images.append(data)
+    return images
+
+
 def _public(b: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in b.items() if not k.startswith("_")}
+
+
+def _form_parts(headers: dict[str, str], raw: bytes) -> list[tuple[str, bool, bytes]]:
+    """(name, is a file, bytes) of every part of a multipart/form-data body, in order."""
+    from email.parser import BytesParser
+    from email.policy import default
+
+    msg = BytesParser(policy=default).parsebytes(
+        b"Content-Type: " + headers.get("content-type", "").encode() + b"\r\n\r\n" + raw)
+    if not msg.is_multipart():
+        return []
+    return [(str(part.get_param("name", header="content-disposition")), part.get_filename() is not None,
+             bytes(part.get_payload(decode=True) or b"")) for part in msg.iter_parts()]
 
 
 def _multipart(headers: dict[str, str], raw: bytes) -> tuple[str | None, bytes | None, str | None]:
