@@ -96,12 +96,12 @@ class BatchRunner:
                     allowed.append(r)
             if allowed:
                 try:
-                    batch_id = self.submit(allowed)
+                    new_id = self.submit(allowed)
                 except Exception:
                     for r in allowed:  # no batch was made for them: release their budget reservations
                         settle(reserved.pop(r.key), None)
                     raise
-                self._record_new(batch_id, allowed)
+                self._record_new(new_id, allowed)
             # 2 wait for each batch these rows live in (a key another call just released is submitted next round)
             groups: dict[str, list[str]] = {}
             with self.lock:

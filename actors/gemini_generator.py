@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import logging
@@ -11,29 +12,36 @@ from typing import Any
 from pydantic import SecretStr
 
 from actors.batch_mode import BatchState, poll
-from actors.generation import Outcome, Request
+from actors.generation import Outcome, Request, encoded_info
 from actors.hosted import HostedFatal, Verdict, api_call, image_outcome, parse_duration
 from actors.hosted_actor import HostedGenerator
 from configs.generator_base import RunBudget
 from configs.hosted import GeminiImageConfig, TokenPrices
-from configs.hosted_models import gemini_request_size
+from configs.hosted_models import GEMINI_MAX_REQUEST_BYTES, gemini_request_size
 from configs.storage import StoreSpec
 
 logger = logging.getLogger(__name__)
 DONE = {"JOB_STATE_SUCCEEDED", "JOB_STATE_FAILED", "JOB_STATE_CANCELLED", "JOB_STATE_EXPIRED"}
 FILE_ABOVE = 100
 """batch_input=auto: requests per batch above which the requests go as an uploaded JSONL file."""
+REQUEST_OVERHEAD = 4096
+"""Bytes of a generateContent request besides the prompt and the images (JSON, config), for the size check."""
+
+
+def _image_tokens(details: Any) -> int:
+    return sum(d.token_count or 0 for d in (details or []) if str(getattr(d.modality, "value", d.modality)) == "IMAGE")
 
 
 def gemini_cost(usage: Any, prices: TokenPrices) -> float | None:
     """USD from usageMetadata: image tokens x image rate, the answer's other tokens and thinking x text-output
-    rate, prompt tokens x input rate."""
+    rate, the prompt's image tokens (reference images) x image-input rate and its other tokens x input rate."""
     if usage is None:
         return None
-    image = sum(d.token_count or 0 for d in (usage.candidates_tokens_details or [])
-                if str(getattr(d.modality, "value", d.modality)) == "IMAGE")
+    image = _image_tokens(usage.candidates_tokens_details)
     answer = (usage.candidates_token_count or 0) - image + (usage.thoughts_token_count or 0)
-    return ((usage.prompt_token_count or 0) * prices.text_input + image * prices.image_output
+    image_in = _image_tokens(usage.prompt_tokens_details)
+    text_in = max((usage.prompt_token_count or 0) - image_in, 0)
+    return (text_in * prices.text_input + image_in * prices.image_input + image * prices.image_output
             + max(answer, 0) * prices.text_output) / 1e6
 
 
@@ -92,7 +100,23 @@ class GeminiImageGenerator(HostedGenerator):
                                        image_config=t.ImageConfig(aspect_ratio=aspect, image_size=tier))
 
     def _call(self, r: Request) -> Any:
-        return self.client.models.generate_content(model=self.gcfg.model, contents=r.prompt, config=self._config(r))
+        contents = [self._content(r)] if r.images else r.prompt
+        return self.client.models.generate_content(model=self.gcfg.model, contents=contents, config=self._config(r))
+
+    def _content(self, r: Request) -> Any:
+        """The user turn: the reference images as inline parts, then the instruction (the order the guide uses)."""
+        t = self.types
+        parts = [t.Part.from_bytes(data=data, mime_type=_mime(data)) for data in r.images]
+        return t.Content(role="user", parts=[*parts, t.Part.from_text(text=r.prompt)])
+
+    def _input_problem(self, r: Request) -> str:
+        """A request with inline images must stay under Gemini's 20 MB request limit (bigger needs the Files API,
+        which imagefleet does not use)."""
+        size = _request_bytes(r)
+        if size > GEMINI_MAX_REQUEST_BYTES:
+            return (f"the input images make a {size / 2**20:.1f} MB request (base64); Gemini takes inline requests "
+                    f"up to {GEMINI_MAX_REQUEST_BYTES // 2**20} MB: use smaller input images")
+        return ""
 
     def _answer(self, response: Any, requests: int, maybe_billed: float, discount: float) -> Outcome:
         """Refusals are 200s (and billed); otherwise the LAST non-thought image part is the final render."""
@@ -134,12 +158,18 @@ class GeminiImageGenerator(HostedGenerator):
     def _api(self, fn: Any, creates: bool = False) -> Any:
         return api_call(fn, self._classify, self.cfg.limits, self.limiter, creates)
 
-    def _as_file(self, n: int) -> bool:
+    def _as_file(self, requests: Sequence[Request]) -> bool:
+        """The JSONL-file form above FILE_ABOVE requests (auto), or when inline requests (images included) would
+        pass the inline batch's 20 MB."""
         mode = self.gcfg.batch_input
-        return mode == "file" or (mode == "auto" and n > FILE_ABOVE)
+        big = sum(_request_bytes(r) for r in requests) > GEMINI_MAX_REQUEST_BYTES
+        if mode == "inline" and big:
+            logger.warning("batch_input=inline: these %d requests' images pass the inline batch's 20 MB; sending "
+                           "them as a JSONL file instead", len(requests))
+        return mode == "file" or big or (mode == "auto" and len(requests) > FILE_ABOVE)
 
     def _submit(self, requests: Sequence[Request]) -> str:
-        if self._as_file(len(requests)):
+        if self._as_file(requests):
             lines = "".join(json.dumps({"key": r.key, "request": self._wire_request(r)}) + "\n" for r in requests)
             upload = self._api(lambda: self.client.files.upload(
                 file=io.BytesIO(lines.encode()), config={"mime_type": "application/jsonl",
@@ -147,8 +177,8 @@ class GeminiImageGenerator(HostedGenerator):
             src: Any = upload.name
         else:
             upload = None
-            src = [{"contents": [{"parts": [{"text": r.prompt}], "role": "user"}], "config": self._config(r),
-                    "metadata": {"key": r.key}} for r in requests]
+            src = [{"contents": [self._content(r)], "config": self._config(r), "metadata": {"key": r.key}}
+                   for r in requests]
         job = self._api(lambda: self.client.batches.create(model=self.gcfg.model, src=src,
                                                            config={"display_name": "imagefleet"}), creates=True)
         if upload is not None:
@@ -158,7 +188,9 @@ class GeminiImageGenerator(HostedGenerator):
     def _wire_request(self, r: Request) -> dict[str, Any]:
         """A GenerateContentRequest as the file format wants it (wire field names, not the SDK's `config`)."""
         aspect, tier, _ = gemini_request_size(self.gcfg.info(), self.gcfg.model, r.width, r.height)
-        return {"contents": [{"parts": [{"text": r.prompt}], "role": "user"}],
+        images = [{"inlineData": {"mimeType": _mime(data), "data": base64.b64encode(data).decode()}}
+                  for data in r.images]
+        return {"contents": [{"parts": [*images, {"text": r.prompt}], "role": "user"}],
                 "generationConfig": {"responseModalities": ["IMAGE"], "seed": r.seed,
                                      "imageConfig": {"aspectRatio": aspect, "imageSize": tier}}}
 
@@ -238,6 +270,16 @@ class GeminiImageGenerator(HostedGenerator):
 
     def _cancel(self, batch_id: str) -> None:
         self.client.batches.cancel(name=batch_id)
+
+
+def _mime(data: bytes) -> str:
+    info = encoded_info(data)
+    return info[0] if info else "application/octet-stream"
+
+
+def _request_bytes(r: Request) -> int:
+    """About how large a generateContent request with these inline images is (base64 grows them by 4/3)."""
+    return sum((len(data) + 2) // 3 * 4 for data in r.images) + len(r.prompt.encode()) + REQUEST_OVERHEAD
 
 
 def _error_details(details: Any) -> list[dict[str, Any]]:

@@ -4,21 +4,30 @@ from __future__ import annotations
 
 import base64
 import binascii
+import io
 import json
 import logging
 from collections.abc import Sequence
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import SecretStr
 
 from actors.batch_mode import BatchState, poll
-from actors.generation import Outcome, Request
+from actors.generation import Outcome, Request, encoded_info
 from actors.hosted import HostedFatal, Verdict, api_call, image_outcome, retry_after_s
 from actors.hosted_actor import HostedGenerator
 from actors.layout import CONTENT_TYPES
 from configs.generator_base import RunBudget
 from configs.hosted import OpenAIImagesConfig, TokenPrices
+from configs.hosted_models import (
+    OPENAI_BATCH_MAX_BYTES,
+    OPENAI_JSON_EDIT_QUALITIES,
+    OPENAI_JSON_EDIT_SIZES,
+    OPENAI_MAX_IMAGE_BYTES,
+    OPENAI_MAX_IMAGE_URL_CHARS,
+    OPENAI_MAX_MASK_BYTES,
+)
 from configs.storage import StoreSpec
 
 logger = logging.getLogger(__name__)
@@ -26,6 +35,35 @@ BATCH_FINAL = {"completed", "failed", "expired", "cancelled"}
 KEEP_RESULTS_S = 7 * 24 * 3600
 """Batch output files expire a week after the batch (long enough for a crashed run's next attempt to collect
 them; openai `batches.create(output_expires_after=...)`), and input files right after the batch ends."""
+
+
+def openai_mask(mask: bytes, size: tuple[int, int]) -> bytes | str:
+    """imagefleet's mask (single-channel, white = change, the first input's size) as OpenAI wants it: a PNG whose
+    alpha is 0 where the image should change (mid-grey and lighter counts as white) and 255 elsewhere; or why it
+    can't be (a message for the row's error)."""
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(mask)) as im:
+            grey = im.convert("L")
+    except Exception as exc:  # noqa: BLE001 - PIL raises many kinds for bad bytes
+        return f"the mask can't be read as an image ({type(exc).__name__})"
+    if grey.size != size:
+        return (f"the mask is {grey.size[0]}x{grey.size[1]} but the first input image is {size[0]}x{size[1]}; "
+                f"they must be the same size")
+    out = Image.new("RGBA", grey.size, (0, 0, 0, 255))
+    out.putalpha(grey.point(lambda v: 0 if v >= 128 else 255))
+    buf = io.BytesIO()
+    out.save(buf, format="PNG", optimize=True)
+    if buf.tell() >= OPENAI_MAX_MASK_BYTES:
+        return f"the mask PNG is {buf.tell():,} bytes; OpenAI takes masks under {OPENAI_MAX_MASK_BYTES:,} bytes"
+    return buf.getvalue()
+
+
+def data_url(data: bytes) -> str:
+    """An image file as the `image_url` of an ImageRefParam (the form a batch line can carry)."""
+    info = encoded_info(data)
+    return f"data:{info[0] if info else 'image/png'};base64,{base64.b64encode(data).decode()}"
 
 
 def openai_cost(usage: Any, prices: TokenPrices) -> float | None:
@@ -69,6 +107,7 @@ class OpenAIImageGenerator(HostedGenerator):
                                     organization=cfg.organization or None, project=cfg.project or None,
                                     max_retries=0, timeout=cfg.limits.timeout_s)
         self.prices = cfg.token_prices()
+        self.warned_moderation = False
         super().__init__(cfg, api_key, state_uri, state_store, name, budget)
 
     def _body(self, r: Request) -> dict[str, Any]:
@@ -82,7 +121,59 @@ class OpenAIImageGenerator(HostedGenerator):
         return body
 
     def _call(self, r: Request) -> Any:
-        return self.client.images.generate(**self._body(r))
+        if r.task == "text-to-image":
+            return self.client.images.generate(**self._body(r))
+        return self.client.images.edit(**self._edit_body(r))
+
+    def _edit_body(self, r: Request) -> dict[str, Any]:
+        """`images.edit` arguments: the input files as multipart parts (`image[]`; the first is the one a mask
+        applies to) and the mask converted to OpenAI's convention. The multipart edit has no `moderation`."""
+        body = self._body(r)
+        if body.pop("moderation") != "auto" and not self.warned_moderation:
+            self.warned_moderation = True
+            logger.warning("moderation=%s has no effect on edits: the edit endpoint takes no moderation setting",
+                           self.ocfg.moderation)
+        body["image"] = [(f"input-{i}.{_ext(data)}", data, _mime(data)) for i, data in enumerate(r.images)]
+        if r.mask:
+            mask = openai_mask(r.mask, _size(r.images[0]))
+            if isinstance(mask, str):  # checked in _input_problem, so not reached for rows that get here
+                raise ValueError(mask)
+            body["mask"] = ("mask.png", mask, "image/png")
+        return body
+
+    def _json_edit_body(self, r: Request) -> dict[str, Any]:
+        """The JSON edit body a batch line carries (EditImageBodyJsonParam): images and mask as data URLs."""
+        body = self._body(r)
+        body["images"] = [{"image_url": data_url(data)} for data in r.images]
+        if r.mask:
+            mask = openai_mask(r.mask, _size(r.images[0]))
+            if isinstance(mask, str):
+                raise ValueError(mask)
+            body["mask"] = {"image_url": data_url(mask)}
+        return body
+
+    def _input_problem(self, r: Request) -> str:
+        """OpenAI's input limits (sizes, the mask; in batch mode what a JSON batch line can carry)."""
+        for i, data in enumerate(r.images):
+            if len(data) >= OPENAI_MAX_IMAGE_BYTES:
+                return f"input image {i + 1} is {len(data):,} bytes; OpenAI takes images under 50 MB"
+        if r.mask:
+            mask = openai_mask(r.mask, _size(r.images[0]))
+            if isinstance(mask, str):
+                return mask
+        if not self.ocfg.batch_mode:
+            return ""
+        # a batch line is JSON: sizes and qualities of the JSON edit body, images as data URLs
+        size = f"{r.width}x{r.height}"
+        if size not in OPENAI_JSON_EDIT_SIZES or self.ocfg.quality not in OPENAI_JSON_EDIT_QUALITIES:
+            return (f"batch-mode edits go as JSON lines, which take sizes {', '.join(OPENAI_JSON_EDIT_SIZES)} and "
+                    f"qualities {', '.join(OPENAI_JSON_EDIT_QUALITIES)} (got {size}, {self.ocfg.quality}); "
+                    f"change them or set batch_mode: false")
+        for i, data in enumerate(r.images):
+            if (len(data) + 2) // 3 * 4 + 30 > OPENAI_MAX_IMAGE_URL_CHARS:
+                return (f"input image {i + 1} is {len(data):,} bytes: too large for a batch line's data URL "
+                        f"({OPENAI_MAX_IMAGE_URL_CHARS:,} characters, ~15 MB); set batch_mode: false")
+        return ""
 
     def _answer(self, response: Any, requests: int, maybe_billed: float, discount: float) -> Outcome:
         """The first image's bytes as sent (base64-decoded only) and the usage-priced cost."""
@@ -129,11 +220,22 @@ class OpenAIImageGenerator(HostedGenerator):
         return api_call(fn, self._classify, self.cfg.limits, self.limiter, creates)
 
     def _submit(self, requests: Sequence[Request]) -> str:
-        lines = "".join(json.dumps({"custom_id": r.key, "method": "POST", "url": "/v1/images/generations",
-                                    "body": self._body(r)}) + "\n" for r in requests).encode()
+        # a batch has one endpoint: the run's task is one for every row (edits: the JSON body, images as data URLs)
+        edits = {r.task != "text-to-image" for r in requests}
+        if len(edits) != 1:
+            raise ValueError("one OpenAI batch can't mix text-to-image and edit requests")
+        edit = edits.pop()
+        url: Literal["/v1/images/edits", "/v1/images/generations"] = (
+            "/v1/images/edits" if edit else "/v1/images/generations")
+        lines = "".join(json.dumps({"custom_id": r.key, "method": "POST", "url": url,
+                                    "body": self._json_edit_body(r) if edit else self._body(r)}) + "\n"
+                        for r in requests).encode()
+        if len(lines) > OPENAI_BATCH_MAX_BYTES:
+            raise ValueError(f"the batch input file would be {len(lines) / 2**20:.0f} MB; OpenAI takes up to 200 MB: "
+                             f"lower pool.batch_size")
         upload = self._api(lambda: self.client.files.create(file=("imagefleet.jsonl", lines), purpose="batch"))
         created = self._api(lambda: self.client.batches.create(
-            input_file_id=upload.id, endpoint="/v1/images/generations", completion_window="24h",
+            input_file_id=upload.id, endpoint=url, completion_window="24h",
             metadata={"source": "imagefleet"},
             output_expires_after={"anchor": "created_at", "seconds": KEEP_RESULTS_S}), creates=True)
         return str(created.id)
@@ -196,6 +298,20 @@ class OpenAIImageGenerator(HostedGenerator):
 
     def _cancel(self, batch_id: str) -> None:
         self.client.batches.cancel(batch_id)
+
+
+def _mime(data: bytes) -> str:
+    info = encoded_info(data)
+    return info[0] if info else "application/octet-stream"
+
+
+def _ext(data: bytes) -> str:
+    return {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}.get(_mime(data), "bin")
+
+
+def _size(data: bytes) -> tuple[int, int]:
+    info = encoded_info(data)
+    return (info[1], info[2]) if info else (0, 0)
 
 
 def _ns(value: Any) -> Any:
