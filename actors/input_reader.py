@@ -20,6 +20,10 @@ INPUT_OUTPUT_COLUMNS = {
 }
 
 
+MASK_TASKS = ("inpaint", "edit")
+"""Tasks a mask goes with (image-to-image ignores the mask column)."""
+
+
 class InputReader:
     """Adds to each prompt row the resolved URIs and content hashes of its input images and mask, or the reason
     they can't be used (a missing, unreadable, oversized or wrong-mode file; a mask whose size differs from its
@@ -42,8 +46,8 @@ class InputReader:
         # 1 the two columns as Python values (a missing mask column is all nulls)
         n = batch.num_rows
         images = batch.column(self.cfg.image_column).to_pylist()
-        masks = (batch.column(self.cfg.mask_column).to_pylist() if self.cfg.mask_column in batch.column_names
-                 else [None] * n)
+        with_mask = self.cfg.mask_column in batch.column_names and self.cfg.task in MASK_TASKS
+        masks = batch.column(self.cfg.mask_column).to_pylist() if with_mask else [None] * n
         # 2 read, check and hash each row's files
         out: dict[str, list[str]] = {name: [] for name in INPUT_OUTPUT_COLUMNS}
         for image_cell, mask_cell in zip(images, masks, strict=True):

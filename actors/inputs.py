@@ -86,6 +86,9 @@ class InputFiles:
                     raise InputProblem(f"{uri}: {size:,} bytes; the limit is {self.max_bytes:,} "
                                        f"(source.inputs.max_image_bytes)")
                 return path.read_bytes()
+            if self.spec.kind != "s3":
+                raise InputProblem(f"{uri}: no S3 connection for s3:// inputs; set AWS_ACCESS_KEY_ID, "
+                                   f"AWS_SECRET_ACCESS_KEY and AWS_ENDPOINT_URL (or source.s3)")
             store = self._stores.get(loc.bucket)
             if store is None:
                 store = self._stores[loc.bucket] = open_store(f"s3://{loc.bucket}", self.spec)

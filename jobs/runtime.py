@@ -146,13 +146,26 @@ def resolve_stores(cfg: JobConfig, online: bool = False) -> Stores:
     models = {name: resolve_store_spec(n.model_uri or "s3://adapters", n.model_s3) for name, n in needs.items()
               if n.model_uri or n.s3_adapters}
     unused = StoreSpec(kind="local")
+    source = unused if online else resolve_store_spec(cfg.source.uri, cfg.source.s3)
     return Stores(
-        source=unused if online else resolve_store_spec(cfg.source.uri, cfg.source.s3),
+        source=source,
+        inputs=input_store(cfg, source) if cfg.source.reads_inputs() and not online else source,
         output=unused if online else resolve_store_spec(cfg.output.uri, cfg.output.s3),
         models=models,
         api_keys=resolve_api_keys(cfg),
         adapters=resolve_adapters(cfg, models),
     )
+
+
+def input_store(cfg: JobConfig, source: StoreSpec) -> StoreSpec:
+    """The connection for rows' s3:// input images: the prompt table's when it is on S3, else one from
+    `source.s3` and the environment if credentials are there (without them, an s3:// input is that row's error)."""
+    if source.kind == "s3":
+        return source
+    try:
+        return resolve_store_spec("s3://inputs", cfg.source.s3)
+    except StorageError:
+        return source
 
 
 def resolve_adapters(cfg: JobConfig, models: dict[str, StoreSpec]) -> dict[str, dict[str, str]]:

@@ -141,7 +141,7 @@ def make_plan(cfg: JobConfig, stores: Stores, source_columns: list[str], num_row
         cols = cfg.source.columns
         stages.append(Stage("inputs", InputReader, {"cfg": InputReaderConfig(
             task=cfg.source.task, image_column=cols.image, mask_column=cols.mask, base_uri=input_base(cfg.source.uri),
-            store=stores.source, limits=cfg.source.inputs)}, INPUT_READER_POOL,
+            store=stores.inputs or stores.source, limits=cfg.source.inputs)}, INPUT_READER_POOL,
             reads=(cols.image,), writes=tuple(INPUT_OUTPUT_COLUMNS), batch_format="pyarrow"))
     # 1 preprocess: validate, route, expand num_images, derive seeds and keys
     stages += [Stage("preprocess", PromptPreprocessor, {"cfg": prep_config(cfg, stores)}, preprocess_pool(cfg),
@@ -204,7 +204,7 @@ def generator_stage(cfg: JobConfig, stores: Stores, name: str, online: bool = Fa
     if needs.state_store:  # e.g. hosted batch ids, persisted next to the outputs (resumable)
         kwargs.update(state_uri=cfg.output.uri, state_store=stores.output)
     if cfg.source.reads_inputs() and not online:  # rows carry input images: the generator reads them again
-        kwargs["input_store"] = stores.source
+        kwargs["input_store"] = stores.inputs or stores.source
     if needs.spend and cfg.limits.budget_usd > 0 and not online:  # actual spend, checked before each paid call
         kwargs["budget"] = RunBudget(usd=cfg.limits.budget_usd, ledger=cfg.output.uri)
     actor = GENERATORS[gen.backend]

@@ -36,6 +36,8 @@ class Stores:
 
     source: StoreSpec
     output: StoreSpec
+    inputs: StoreSpec | None = None
+    """Connection for rows' input images (None: the source's)."""
     models: dict[str, StoreSpec] = field(default_factory=dict)
     api_keys: dict[str, SecretStr] = field(default_factory=dict)  # hosted generators, by generator name
     adapters: dict[str, dict[str, str]] = field(default_factory=dict)

@@ -131,7 +131,9 @@ def test_every_shipped_config_dry_runs(
 ) -> None:
     monkeypatch.setenv("OPENAI_API_KEY", "sk-dry-run")  # hosted configs need a key to pass the dry run
     monkeypatch.setenv("GEMINI_API_KEY", "g-dry-run")
-    source = write_prompts(tmp_path / "p.parquet", {"prompt": ["a", "b"], "label": ["a", "b"]})  # label: templates
+    # label and brief: templates; packshot and background_mask: product_shots.yaml's input images
+    source = write_prompts(tmp_path / "p.parquet", {"prompt": ["a", "b"], "label": ["a", "b"], "brief": ["a", "b"],
+                                                    "packshot": ["a.png", "b.png"], "background_mask": ["m", "m"]})
     code = generate.main([str(path), "--dry-run", f"--set=source.uri={source}",
                           f"--set=output.uri=s3://{bucket}/dry", "--set=output.s3.endpoint_url="])
     out = capsys.readouterr()

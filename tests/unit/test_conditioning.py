@@ -59,7 +59,7 @@ def test_the_reader_resolves_hashes_and_refuses_bad_inputs_per_row(tmp_path: Pat
     rows = read_inputs(tmp_path, ["shots/a.png", str(good), None, "missing.png", "text.png", "cut.png", "cmyk.jpg",
                                   "big.png", "shots/a.png", "shots/a.png"],
                        [None, "mask.png", None, None, None, None, None, None, "small_mask.png", None],
-                       max_image_pixels=200 * 200)
+                       task="edit", max_image_pixels=200 * 200)
     # a relative path is under the table's folder; the same file by two paths has one hash
     assert json.loads(rows[0]["input_images"]) == [str(good)] and rows[0]["input_error"] == ""
     assert rows[0]["input_sha256"] == rows[1]["input_sha256"] and len(rows[0]["input_sha256"]) == 64
@@ -84,6 +84,8 @@ def test_reference_lists_and_inpaint_masks(tmp_path: Path) -> None:
     assert len(rows[0]["input_sha256"].split(",")) == 2 and rows[0]["input_error"] == ""
     assert "no input image" in rows[1]["input_error"]
     assert "no mask" in read_inputs(tmp_path, ["a.png"], task="inpaint")[0]["input_error"]
+    png(tmp_path / "m.png", (8, 8), 255, mode="L")  # image-to-image takes no mask: the column is not read
+    assert read_inputs(tmp_path, ["a.png"], ["m.png"])[0] == {**read_inputs(tmp_path, ["a.png"])[0]}
 
 
 def test_input_base_is_the_tables_folder() -> None:
