@@ -1615,8 +1615,9 @@ def _gemini_images(contents: list[Any]) -> list[bytes] | Reply:
             mime = inline.get("mimeType", inline.get("mime_type"))
             if mime not in GEMINI_INPUT_MIMES:
                 return _gemini_invalid(f"{where}.mime_type", f"Unsupported MIME type: {mime}")
-            try:
-                data = base64.b64decode(str(inline.get("data", "")), validate=True)
+            try:  # proto3 JSON bytes: standard or URL-safe base64, padded or not (the SDK sends URL-safe)
+                text = str(inline.get("data", "")).replace("-", "+").replace("_", "/")
+                data = base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
             except (ValueError, binascii.Error):
                 return _gemini_invalid(f"{where}.data", f"Invalid value at '{where}.data' (TYPE_BYTES), Base64 "
                                                         "decoding failed.")
