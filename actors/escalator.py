@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from actors.keys import SETTINGS, image_key
+from actors.keys import SETTINGS, adapter_key, conditioning, image_key
 from configs.prep import GeneratorIdentity
 from configs.routing import CascadeConfig
 
@@ -45,6 +45,8 @@ class Escalator:
         "num_steps": "the draft's; the heavy one's unless explicit",
         "guidance_scale": "the draft's; the heavy one's unless explicit",
     }
+    OPTIONAL_COLUMNS = ("task", "input_sha256", "mask_sha256", "mask_uri", "strength", "adapters")
+    """Read when present (image-conditioned rows, adapters): the heavy image's key is made from the same inputs."""
     OUTPUT_COLUMNS = {
         "route": "draft | escalated",
         "draft_image": "pixels (or provider file) of the draft (escalated rows with keep_draft)",
@@ -59,6 +61,8 @@ class Escalator:
         "model": "escalated rows move to the heavy model",
         "image": "emptied for escalated rows",
         "image_mime": "emptied for escalated rows",
+        "strength": "the heavy generator's default unless explicit",
+        "adapters": "the heavy generator's default adapters unless the row chose its own",
         "negative_prompt": "the heavy generator's default unless explicit",
         **{s: "the heavy generator's default unless explicit" for s in SETTINGS},
     }
@@ -85,6 +89,8 @@ class Escalator:
         # no image_mime column (a caller with pixels only): every image is raw pixels
         cols["image_mime"] = np.array(batch["image_mime"] if "image_mime" in batch else [""] * n, dtype=object)
         settings = {s: np.array(batch[s]) for s in SETTINGS}
+        strength = np.array(batch["strength"] if "strength" in batch else [np.nan] * n, dtype=np.float64)
+        adapters = np.array(batch["adapters"] if "adapters" in batch else [""] * n, dtype=object)
         scores = np.array(batch["clip_score"], dtype=np.float64)
         # 2 low scorers (within the cap) move to the heavy generator with its settings
         for i in range(n):
@@ -104,25 +110,55 @@ class Escalator:
                 drafted[f"draft_{s}"][i] = settings[s][i]
                 settings[s][i] = heavy[s]
             cols["negative_prompt"][i] = heavy["negative_prompt"]
+            strength[i], adapters[i] = heavy["strength"], heavy["adapters_text"]
             h = self.heavy
             cols["image_key"][i] = image_key(
                 render=h.render, model=h.model, revision=h.revision, scheduler=h.scheduler,
                 prompt=str(batch["prompt"][i]), negative_prompt=str(heavy["negative_prompt"]),
                 seed=int(batch["seed"][i]), width=int(heavy["width"]), height=int(heavy["height"]),
-                num_steps=int(heavy["num_steps"]), guidance_scale=float(heavy["guidance_scale"]))
+                num_steps=int(heavy["num_steps"]), guidance_scale=float(heavy["guidance_scale"]),
+                conditioning=heavy["conditioning"])
             cols["generator"][i], cols["model"][i] = self.heavy_name, f"{h.model}@{h.revision}"
             cols["status"][i], cols["image"][i], cols["image_mime"][i] = "pending", b"", ""
         # 3 same columns in, plus the cascade's
-        out.update(cols, **settings, **drafted, route=route, draft_image=draft_image, draft_image_mime=draft_mime,
+        out.update(cols, **settings, **drafted, strength=strength, adapters=adapters, route=route, draft_image=draft_image, draft_image_mime=draft_mime,
                    draft_image_key=draft_key, draft_score=draft_score, draft_generator=draft_gen)
         return out
 
     def _heavy_settings(self, batch: Batch, i: int) -> dict[str, Any] | None:
-        """Row i as the heavy generator renders it (None when its explicit size exceeds the heavy's max_pixels)."""
+        """Row i as the heavy generator renders it (None when its explicit size exceeds the heavy's max_pixels, or
+        it can't take the row's inputs)."""
         d = self.heavy.defaults
         explicit = set(str(batch["explicit"][i]).split(","))
         values: dict[str, Any] = {s: (batch[s][i] if s in explicit else getattr(d, s)) for s in SETTINGS}
         values["negative_prompt"] = batch["negative_prompt"][i] if "negative_prompt" in explicit else d.negative_prompt
         if int(values["width"]) * int(values["height"]) > d.max_pixels:
             return None
+        return self._heavy_conditioning(batch, i, explicit, values)
+
+    def _heavy_conditioning(self, batch: Batch, i: int, explicit: set[str], values: dict[str, Any]
+                            ) -> dict[str, Any] | None:
+        """The row's inputs as the heavy generator takes them: same task, input images and mask; its default strength
+        and adapters unless the row set its own (None when the heavy generator can't take the row's inputs or
+        lacks an adapter the row chose: the draft stays final)."""
+        def value(name: str, default: Any) -> Any:
+            return batch[name][i] if name in batch else default
+
+        h, task = self.heavy, str(value("task", "text-to-image"))
+        inputs, mask = str(value("input_sha256", "")), str(value("mask_sha256", ""))
+        if len([x for x in inputs.split(",") if x]) > h.max_input_images or (mask and not h.masks):
+            return None
+        takes_strength = task in ("image-to-image", "inpaint")
+        values["strength"] = (float(value("strength", np.nan)) if "strength" in explicit else h.defaults.strength
+                              ) if takes_strength else np.nan
+        chosen = h.default_adapters
+        if "loras" in explicit:
+            pairs = [p.rpartition(":") for p in str(value("adapters", "")).split(",") if p]
+            chosen = [(name, float(w)) for name, _, w in pairs]
+            if any(name not in h.adapters for name, _ in chosen):
+                return None
+        values["adapters_text"] = ",".join(f"{n}:{w:g}" for n, w in chosen)
+        values["conditioning"] = conditioning(task=task, input_sha256=inputs, mask_sha256=mask,
+                                              strength=values["strength"] if takes_strength else None,
+                                              adapters=adapter_key(list(chosen), h.adapters))
         return values

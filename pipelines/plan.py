@@ -183,7 +183,7 @@ def _step_stage(cfg: JobConfig, stores: Stores, step: Step) -> Stage:
     cascade = getattr(cfg.routing, "cascade", None)
     if cascade is None:
         raise PlanError(f"routing.mode={cfg.routing.mode} has an escalate step but no cascade settings")
-    prep = prep_config(cfg)
+    prep = prep_config(cfg, stores)  # with the adapters' file hashes: the heavy image's key includes them
     return Stage("escalate", Escalator,
                  {"cfg": cascade, "heavy_name": cascade.escalate, "heavy": prep.generators[cascade.escalate]},
                  ESCALATOR_POOL, reads=tuple(Escalator.INPUT_COLUMNS), writes=tuple(Escalator.OUTPUT_COLUMNS))

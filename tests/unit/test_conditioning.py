@@ -284,3 +284,33 @@ def test_diffusers_image_to_image_inpaint_and_lora(tiny_model: Path, tmp_path: P
     assert a.shape == (64, 64, 3) and not np.array_equal(a, b)  # the mask decides what is redrawn
     assert set(gen.task_pipes) == {"text-to-image", "image-to-image", "inpaint"}
     assert gen.task_pipes["inpaint"].unet is gen.pipe.unet  # one copy of the weights
+
+
+def test_an_escalated_image_conditioned_row_is_keyed_as_the_heavy_generator_renders_it() -> None:
+    """The cascade's heavy image of an edit/img2img row is made from the same inputs, with the heavy generator's
+    strength and adapters: its key must equal the key of the same row routed straight to the heavy generator."""
+    from actors.escalator import Escalator
+
+    raw = job("image-to-image")
+    raw["generators"]["heavy"] = {**raw["generators"]["sleepy"], "model": "heavy-model",
+                                  "defaults": {"width": 32, "height": 32, "strength": 0.4},
+                                  "loras": [{"name": "brand", "path": "/l"}]}
+    raw["routing"] = {"mode": "cascade", "cascade": {"draft": "sleepy", "escalate": "heavy", "threshold": 0.5}}
+    raw["scorer"] = {"backend": "rule"}
+    adapters = {"heavy": {"brand": "9" * 64}}
+    drafts = prep(raw, conditioned(), adapters)
+    assert drafts[0]["generator"] == "sleepy" and drafts[0]["adapters"] == ""
+    batch = {k: np.array([r[k] for r in drafts], dtype=object) for k in drafts[0]}
+    batch.update(status=np.array(["generated"], dtype=object), clip_score=np.zeros(1),
+                 image=np.array([b"x"], dtype=object))
+    cfg = parse_config(raw)
+    heavy = prep_config(cfg, Stores(source=LOCAL, output=LOCAL, adapters=adapters)).generators["heavy"]
+    out = Escalator(cfg.routing.cascade, "heavy", heavy)(batch)  # type: ignore[arg-type]
+    direct = dict(raw, routing={"mode": "single", "default": "heavy"})
+    direct.pop("scorer")
+    straight = prep(direct, conditioned(), adapters)[0]
+    assert out["route"][0] == "escalated" and out["strength"][0] == 0.4 and out["adapters"][0] == "brand:1"
+    assert out["image_key"][0] == straight["image_key"]
+    masked_heavy = heavy.model_copy(update={"max_input_images": 0})
+    stays = Escalator(cfg.routing.cascade, "heavy", masked_heavy)(batch)  # type: ignore[arg-type]
+    assert stays["route"][0] == "draft"  # a heavy generator that can't take the input keeps the draft
