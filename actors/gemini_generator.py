@@ -73,6 +73,7 @@ class GeminiImageGenerator(HostedGenerator):
         state_uri, state_store: where batch mode records its batches (next to the outputs).
         name: the generator this actor makes images for.
         budget: the run's budget and ledger (actual spend is checked before each request).
+        input_store: where image-conditioned rows' input files are read from (s3:// connection; local paths too).
     """
 
     CONFIG = GeminiImageConfig
@@ -80,7 +81,7 @@ class GeminiImageGenerator(HostedGenerator):
 
     def __init__(self, cfg: GeminiImageConfig, api_key: SecretStr, state_uri: str = "",
                  state_store: StoreSpec = StoreSpec(kind="local"), name: str = "",
-                 budget: RunBudget | None = None) -> None:
+                 budget: RunBudget | None = None, input_store: StoreSpec | None = None) -> None:
         from google import genai
         from google.genai import errors, types
 
@@ -89,8 +90,8 @@ class GeminiImageGenerator(HostedGenerator):
                                     timeout=int(cfg.limits.timeout_s * 1000))  # ms; no retry_options: we retry
         self.client = genai.Client(api_key=api_key.get_secret_value(), http_options=options)
         self.prices = cfg.token_prices()
-        self.inputs: dict[str, str] = {}  # batch → its uploaded request file
-        super().__init__(cfg, api_key, state_uri, state_store, name, budget)
+        self.uploads: dict[str, str] = {}  # batch → its uploaded request file
+        super().__init__(cfg, api_key, state_uri, state_store, name, budget, input_store)
 
     def _config(self, r: Request) -> Any:
         """Pixel size → aspect ratio + size tier (Gemini has no pixel sizes), plus the seed."""
@@ -182,7 +183,7 @@ class GeminiImageGenerator(HostedGenerator):
         job = self._api(lambda: self.client.batches.create(model=self.gcfg.model, src=src,
                                                            config={"display_name": "imagefleet"}), creates=True)
         if upload is not None:
-            self.inputs[str(job.name)] = str(upload.name)  # deleted once the batch ends (else it expires in 48 h)
+            self.uploads[str(job.name)] = str(upload.name)  # deleted once the batch ends (else it expires in 48 h)
         return str(job.name)
 
     def _wire_request(self, r: Request) -> dict[str, Any]:
@@ -217,7 +218,7 @@ class GeminiImageGenerator(HostedGenerator):
         return BatchState(final, out, errors)
 
     def _delete_input(self, batch_id: str) -> None:
-        name = self.inputs.pop(batch_id, "")
+        name = self.uploads.pop(batch_id, "")
         if name:
             try:
                 self.client.files.delete(name=name)

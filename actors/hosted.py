@@ -28,6 +28,7 @@ from configs.hosted import HostedCommon, RateLimits
 
 if TYPE_CHECKING:
     from actors.generation import Batch, Outcome
+    from actors.inputs import InputFiles
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -347,8 +348,9 @@ class LedgerClient:
 
 
 # -- answers → outcomes --------------------------------------------------------------------------------------
-def run_hosted(batch: Batch, generate: Any, cfg: HostedCommon, name: str) -> Batch:
-    """`run_generation` for a hosted backend: prices come from usage, quota/key/model errors end the run."""
+def run_hosted(batch: Batch, generate: Any, cfg: HostedCommon, name: str, inputs: InputFiles | None = None) -> Batch:
+    """`run_generation` for a hosted backend: prices come from usage, quota/key/model errors end the run; `inputs`
+    reads image-conditioned rows' input files."""
     from actors.generation import run_generation
 
     return run_generation(
@@ -359,6 +361,7 @@ def run_hosted(batch: Batch, generate: Any, cfg: HostedCommon, name: str) -> Bat
         usd_per_second=0.0,
         usd_per_image=cfg.cost.usd_per_image,
         name=name,
+        inputs=inputs,
     )
 
 

@@ -38,6 +38,7 @@ from actors.hosted import (
     start_ledger,
     start_limiter,
 )
+from actors.inputs import InputFiles
 from configs.generator_base import RunBudget
 from configs.hosted import HostedCommon
 from configs.storage import StoreSpec
@@ -56,10 +57,12 @@ class HostedGenerator:
 
     def __init__(self, cfg: HostedCommon, api_key: SecretStr, state_uri: str = "",
                  state_store: StoreSpec = StoreSpec(kind="local"), name: str = "",
-                 budget: RunBudget | None = None) -> None:
+                 budget: RunBudget | None = None, input_store: StoreSpec | None = None) -> None:
         from actors.storage import open_store
 
         self.cfg, self.name = cfg, name  # rows routed to other generators pass through
+        # image-conditioned rows: their input files are read again here (and checked against their hashes)
+        self.inputs = InputFiles(input_store, 2**31) if input_store is not None else None
         self.limiter = make_limiter(cfg, api_key.get_secret_value())
         self.ledger = LedgerClient(ledger_name(budget.ledger), budget.usd) if budget else LedgerClient("", 0.0)
         self.threads = ThreadPoolExecutor(max_workers=max(1, min(cfg.pool.batch_size, 32)))
@@ -76,7 +79,7 @@ class HostedGenerator:
         return handles
 
     def __call__(self, batch: Batch) -> Batch:
-        return run_hosted(batch, self._generate, self.cfg, self.name)
+        return run_hosted(batch, self._generate, self.cfg, self.name, self.inputs)
 
     def _generate(self, requests: Sequence[Request]) -> list[Outcome]:
         """One outcome per request; never raises for a row (a raise here would make `run_generation` retry the

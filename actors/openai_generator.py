@@ -92,6 +92,7 @@ class OpenAIImageGenerator(HostedGenerator):
         state_uri, state_store: where batch mode records its batches (next to the outputs).
         name: the generator this actor makes images for.
         budget: the run's budget and ledger (actual spend is checked before each request).
+        input_store: where image-conditioned rows' input files are read from (s3:// connection; local paths too).
     """
 
     CONFIG = OpenAIImagesConfig
@@ -99,7 +100,7 @@ class OpenAIImageGenerator(HostedGenerator):
 
     def __init__(self, cfg: OpenAIImagesConfig, api_key: SecretStr, state_uri: str = "",
                  state_store: StoreSpec = StoreSpec(kind="local"), name: str = "",
-                 budget: RunBudget | None = None) -> None:
+                 budget: RunBudget | None = None, input_store: StoreSpec | None = None) -> None:
         import openai
 
         self.ocfg, self.openai = cfg, openai
@@ -108,7 +109,7 @@ class OpenAIImageGenerator(HostedGenerator):
                                     max_retries=0, timeout=cfg.limits.timeout_s)
         self.prices = cfg.token_prices()
         self.warned_moderation = False
-        super().__init__(cfg, api_key, state_uri, state_store, name, budget)
+        super().__init__(cfg, api_key, state_uri, state_store, name, budget, input_store)
 
     def _body(self, r: Request) -> dict[str, Any]:
         c = self.ocfg

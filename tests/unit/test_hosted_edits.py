@@ -6,6 +6,7 @@ sent once), and billing: input image tokens are in the price, and the manifest's
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import json
 from collections.abc import Iterator
@@ -24,6 +25,7 @@ from actors.gemini_generator import GeminiImageGenerator
 from actors.generation import Outcome, Request
 from actors.openai_generator import OpenAIImageGenerator, openai_mask
 from configs.hosted import GeminiImageConfig, OpenAIImagesConfig, RateLimits
+from configs.storage import StoreSpec
 from tests.support.fake_hosted import GEMINI_KEY, OPENAI_KEY, FakeHosted, mean_colour
 
 FAST = RateLimits(requests_per_min=6000, images_per_min=6000, initial_backoff_s=0.01, max_backoff_s=0.2)
@@ -337,3 +339,50 @@ def test_gemini_batch_references_inline_and_file(fake: FakeHosted, tmp_path: Any
     assert [i.images for i in fake.inputs] == [[image(RED)], [image(GREEN), image(BLUE)]]
     assert sum(o.cost_usd for o in outs) == pytest.approx(fake.paid_usd("gemini", "batch"))
     assert any(r.path.startswith("/upload/") for r in fake.log) is (mode == "file")
+
+
+# -- through the actor's __call__ (the columns the pipeline gives it) ------------------------------------------
+def conditioned_batch(rows: list[tuple[str, list[str], str]], task: str) -> dict[str, np.ndarray]:
+    """Rows (prompt, input image paths, mask path) as the input reader leaves them: URIs and content hashes."""
+    def sha(path: str) -> str:
+        return hashlib.sha256(open(path, "rb").read()).hexdigest() if path else ""
+
+    n = len(rows)
+    return {
+        "prompt": np.array([p for p, _, _ in rows], dtype=object), "negative_prompt": np.array([""] * n, dtype=object),
+        "seed": np.arange(n) + 1, "width": np.full(n, 1024), "height": np.full(n, 1024), "num_steps": np.ones(n, int),
+        "guidance_scale": np.zeros(n), "status": np.array(["pending"] * n, dtype=object),
+        "error": np.array([""] * n, dtype=object), "enqueued_at": np.zeros(n),
+        "image_key": np.array([f"{i:040x}" for i in range(n)], dtype=object),
+        "task": np.array([task] * n, dtype=object),
+        "input_images": np.array([json.dumps(paths) for _, paths, _ in rows], dtype=object),
+        "input_sha256": np.array([",".join(sha(p) for p in paths) for _, paths, _ in rows], dtype=object),
+        "mask_uri": np.array([m for _, _, m in rows], dtype=object),
+        "mask_sha256": np.array([sha(m) for _, _, m in rows], dtype=object),
+    }
+
+
+@pytest.mark.parametrize("backend", ["openai", "gemini"])
+def test_rows_from_the_pipeline_read_their_inputs_and_cost_what_was_billed(fake: FakeHosted, tmp_path: Any,
+                                                                           backend: str) -> None:
+    (tmp_path / "red.png").write_bytes(image(RED))
+    (tmp_path / "blue.png").write_bytes(image(BLUE))
+    (tmp_path / "mask.png").write_bytes(user_mask())
+    red, blue, mask = (str(tmp_path / f) for f in ("red.png", "blue.png", "mask.png"))
+    local = StoreSpec(kind="local")
+    if backend == "openai":
+        gen: Any = OpenAIImageGenerator(OpenAIImagesConfig(base_url=fake.url + "/v1", quality="low", limits=FAST),
+                                        SecretStr(OPENAI_KEY), input_store=local)
+        rows, task = [("a", [red], mask), ("b", [red, blue], "")], "inpaint"
+    else:
+        gen = GeminiImageGenerator(GeminiImageConfig(base_url=fake.url, limits=FAST), SecretStr(GEMINI_KEY),
+                                   input_store=local)
+        rows, task = [("a", [red], ""), ("b", [red, blue], "")], "edit"
+    out = gen(conditioned_batch(rows, task))
+    if backend == "openai":  # inpaint needs its mask: the row without one is an error row, never sent
+        assert list(out["status"]) == ["generated", "error"] and "needs a mask" in out["error"][1]
+    else:
+        assert list(out["status"]) == ["generated", "generated"]
+        assert colour_of(Outcome(encoded=bytes(out["image"][1]))) == mean_colour([image(RED), image(BLUE)])
+    assert colour_of(Outcome(encoded=bytes(out["image"][0]))) == RED
+    assert out["cost_usd"].sum() == pytest.approx(fake.paid_usd())  # the manifest's cost is the provider's bill
