@@ -13,9 +13,12 @@ Records a test can assert on:
   and Gemini's 200 refusals, which carry usage); `server.paid_count()`, `server.paid_usd()`;
 - `server.served`: sha256 hex of every final image's bytes it returned -> mime type (`server.corrupt`: the subset
   that were deliberately undecodable);
+- `server.inputs`: the input images (and OpenAI mask) of every billed edit / reference-image request, as received;
+  such answers are the inputs' mean colour (`mean_colour`), so a test can tell the references arrived;
 - `server.deleted_files`, `server.cancelled_batches`, `server.errors` (tracebacks of handler exceptions).
 
-Routes: POST /v1/images/generations, POST /v1/files, GET|DELETE /v1/files/{id}, GET /v1/files/{id}/content,
+Routes: POST /v1/images/generations, POST /v1/images/edits (multipart, or the JSON edit body), POST /v1/files,
+GET|DELETE /v1/files/{id}, GET /v1/files/{id}/content,
 POST|GET /v1/batches, GET /v1/batches/{id}, POST /v1/batches/{id}/cancel; for Gemini ({v} in v1, v1beta):
 POST /{v}/models/{m}:generateContent, POST /{v}/models/{m}:batchGenerateContent, GET|DELETE /{v}/batches/{id},
 POST /{v}/batches/{id}:cancel, POST /upload/{v}/files (resumable start + upload/finalize), GET|DELETE

@@ -25,6 +25,7 @@ from actors.gemini_generator import GeminiImageGenerator
 from actors.generation import Outcome, Request
 from actors.openai_generator import OpenAIImageGenerator, openai_mask
 from configs.hosted import GeminiImageConfig, OpenAIImagesConfig, RateLimits
+from configs.hosted_models import MODELS, openai_input_image_tokens
 from configs.storage import StoreSpec
 from tests.support.fake_hosted import GEMINI_KEY, OPENAI_KEY, FakeHosted, mean_colour
 
@@ -99,6 +100,14 @@ def test_capabilities_come_from_the_model_table(cfg: Any, tasks: tuple[str, ...]
     assert not cfg.takes_mask("text-to-image")
     # input images are priced in the estimate (budget, dry run)
     assert cfg.estimate_image_usd(1024, 1024, input_images=[(1024, 1024)]) > cfg.estimate_image_usd(1024, 1024)
+
+
+def test_openai_input_token_estimate() -> None:
+    """65 + 129 per 512px tile (gpt-image-1 edits were billed 194 for a 1024x1024 input), plus the high-fidelity
+    surcharge gpt-image-2 always pays (4,160 square, 6,240 otherwise)."""
+    assert openai_input_image_tokens(MODELS["gpt-image-1.5"], 1024, 1024) == 194
+    assert openai_input_image_tokens(MODELS["gpt-image-2"], 1024, 1024) == 194 + 4160
+    assert openai_input_image_tokens(MODELS["gpt-image-2"], 1536, 1024) == 65 + 129 * 2 + 6240
 
 
 def test_unknown_model_takes_its_likes_capabilities() -> None:
