@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from actors.adapters import local_weights
 from actors.generation import (
     GENERATOR_INPUT_COLUMNS,
     GENERATOR_OUTPUT_COLUMNS,
@@ -19,7 +20,6 @@ from actors.generation import (
     Request,
     run_generation,
 )
-from actors.adapters import local_weights
 from actors.inputs import InputFiles
 from actors.storage import open_store
 from configs.generator import DiffusersConfig
@@ -84,8 +84,9 @@ class DiffusersGenerator:
             setattr(self.pipe, "unet" if hasattr(self.pipe, "unet") else "transformer", compiled)
         # 4 LoRA adapters, loaded once; each call activates the set its rows share
         for adapter in cfg.loras:
-            path = local_weights(adapter, model_store, cfg.local_cache_dir)
-            source, weight_name = (str(path.parent), path.name) if path else (adapter.path, adapter.weight_name or None)
+            weights = local_weights(adapter, model_store, cfg.local_cache_dir)
+            source, weight_name = ((str(weights.parent), weights.name) if weights
+                                   else (adapter.path, adapter.weight_name or None))
             self.pipe.load_lora_weights(source, weight_name=weight_name, adapter_name=adapter.name)
         self.active_adapters: tuple[tuple[str, float], ...] | None = None
         # 5 image-to-image and inpainting pipelines share these components, made on first use

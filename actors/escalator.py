@@ -121,7 +121,8 @@ class Escalator:
             cols["generator"][i], cols["model"][i] = self.heavy_name, f"{h.model}@{h.revision}"
             cols["status"][i], cols["image"][i], cols["image_mime"][i] = "pending", b"", ""
         # 3 same columns in, plus the cascade's
-        out.update(cols, **settings, **drafted, strength=strength, adapters=adapters, route=route, draft_image=draft_image, draft_image_mime=draft_mime,
+        out.update(cols, **settings, **drafted, strength=strength, adapters=adapters)
+        out.update(route=route, draft_image=draft_image, draft_image_mime=draft_mime,
                    draft_image_key=draft_key, draft_score=draft_score, draft_generator=draft_gen)
         return out
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from actors.inputs import InputFiles, InputProblem, load_inputs
+from actors.inputs import InputFiles, InputProblem, load_inputs, sha256_of
 from actors.keys import shape_bucket
 
 logger = logging.getLogger(__name__)
@@ -329,7 +329,11 @@ def _request(batch: Batch, i: int, inputs: InputFiles | None = None) -> Request:
     task = str(batch["task"][i]) if "task" in batch else "text-to-image"
     images: tuple[bytes, ...] = ()
     mask = b""
-    if task != "text-to-image":
+    if task != "text-to-image" and "input_data" in batch:  # files sent with the request (serving)
+        images, mask = batch["input_data"][i]
+        if ",".join(sha256_of(d) for d in images) != str(batch["input_sha256"][i]):
+            raise InputProblem("input images differ from the ones the image key was computed from")
+    elif task != "text-to-image":
         if inputs is None:
             raise InputProblem(f"task {task}: this generator was started without access to input images")
         images, mask = load_inputs(inputs, str(batch["input_images"][i]), str(batch["input_sha256"][i]),

@@ -92,11 +92,11 @@ class InputFiles:
             store = self._stores.get(loc.bucket)
             if store is None:
                 store = self._stores[loc.bucket] = open_store(f"s3://{loc.bucket}", self.spec)
-            size = store.size(loc.prefix)
-            if size is None:
+            stored = store.size(loc.prefix)
+            if stored is None:
                 raise InputProblem(f"{uri}: no such object")
-            if size > self.max_bytes:
-                raise InputProblem(f"{uri}: {size:,} bytes; the limit is {self.max_bytes:,} "
+            if stored > self.max_bytes:
+                raise InputProblem(f"{uri}: {stored:,} bytes; the limit is {self.max_bytes:,} "
                                    f"(source.inputs.max_image_bytes)")
             return store.get(loc.prefix)
         except InputProblem:

@@ -225,7 +225,7 @@ class PromptPreprocessor:
             return [{**base, "variant": v, "image_index": idx, "seed": 0, "image_key": "", "status": "error",
                      "error": error, **NO_PRIOR} for v in variants for idx in range(count)]
         assert ident is not None  # _row_problem names a missing generator
-        rows = []
+        rows: list[dict[str, Any]] = []
         for variant in variants:
             shaped = dict(base, variant=variant)
             if variant:

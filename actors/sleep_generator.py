@@ -72,4 +72,5 @@ def _mean_colour(data: bytes) -> np.ndarray:
 
     with Image.open(io.BytesIO(data)) as img:
         pixels = np.asarray(img.convert("RGB"), dtype=np.float64)
-    return pixels.reshape(-1, 3).mean(axis=0).round().astype(np.uint8)
+    mean: np.ndarray = pixels.reshape(-1, 3).mean(axis=0).round().astype(np.uint8)
+    return mean

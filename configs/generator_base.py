@@ -7,7 +7,6 @@ from pydantic import Field, model_validator
 from configs.base import StrictModel
 from configs.storage import S3Config
 
-
 Task = Literal["text-to-image", "image-to-image", "inpaint", "edit"]
 """What a row asks of its generator: text-to-image (no input image); image-to-image (an input image redrawn with
 `strength`); inpaint (the input image's masked area redrawn; white in the mask = change); edit (the model rewrites

@@ -152,7 +152,7 @@ def build_tiny_lora(pipeline: str | Path, path: str | Path, seed: int = 0, rank:
         for module in unet.modules():
             if isinstance(module, LoraLayer):
                 for b in module.lora_B.values():
-                    b.weight.normal_(0.0, 0.5)
+                    b.weight.normal_(0.0, 0.5)  # type: ignore[operator]  # an nn.Linear's weight
     StableDiffusionPipeline.save_lora_weights(str(path), unet_lora_layers=get_peft_model_state_dict(unet))
     (path / DONE_MARKER).write_text("lora")
     return path

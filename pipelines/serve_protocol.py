@@ -25,12 +25,17 @@ REQUEST_FIELDS = {
     "num_steps": "denoising steps",
     "guidance_scale": "CFG scale",
     "num_images": "images for this prompt (needs a JSON response when > 1)",
+    "images": "input image(s) as base64 strings (one, or a list of references), for the config's source.task",
+    "mask": "mask image as a base64 string (white = change; the first image's size), for inpaint / edit",
+    "strength": "image-to-image / inpaint: how far from the input image (0..1]",
+    "loras": "LoRA adapters of the generator, `name` or `name:weight` separated by commas ('' = none)",
     "format": "png | jpeg | webp (default: output.format; a hosted provider's file comes in its own format)",
     "response": "image (raw bytes) | json (base64 images + metadata)",
 }
-NUMBER_FIELDS = ("seed", "width", "height", "num_steps", "guidance_scale", "num_images")
+NUMBER_FIELDS = ("seed", "width", "height", "num_steps", "guidance_scale", "num_images", "strength")
 WHOLE_NUMBER_FIELDS = ("seed", "width", "height", "num_steps", "num_images")
-TEXT_FIELDS = ("prompt", "negative_prompt", "generator")
+TEXT_FIELDS = ("prompt", "negative_prompt", "generator", "loras")
+MAX_INPUT_IMAGES = 16  # the most any backend takes (OpenAI edits); a backend's own limit is checked per row
 # whole numbers must fit the 32-bit columns a prompt row has (the preprocessor checks the real ranges, which are
 # narrower); anything bigger is refused here, before it reaches a column
 MAX_WHOLE_NUMBER = 2**31 - 1
@@ -55,6 +60,10 @@ class GenerateRequest:
     """Image encoding."""
     response: str
     """image | json."""
+    images: tuple[bytes, ...] = ()
+    """Input image files (decoded from base64; checked and hashed by the gateway like the batch input reader)."""
+    mask: bytes = b""
+    """Mask image file (b'' = none)."""
 
 
 @dataclass(frozen=True)
@@ -141,8 +150,29 @@ def parse_generate_request(
         raise RequestProblem(400, f"num_images={num_images} exceeds this server's limit of {max_images}")
     if response == "image" and num_images != 1:
         raise RequestProblem(400, 'num_images > 1 needs a JSON response: add "response": "json"')
-    row = {k: v for k, v in data.items() if k not in ("format", "response") and v is not None}
-    return GenerateRequest(row=row, format=fmt, response=response)
+    images = _files("images", data.get("images"), MAX_INPUT_IMAGES)
+    mask = _files("mask", data.get("mask"), 1)
+    row = {k: v for k, v in data.items() if k not in ("format", "response", "images", "mask") and v is not None}
+    return GenerateRequest(row=row, format=fmt, response=response, images=images, mask=mask[0] if mask else b"")
+
+
+def _files(name: str, value: Any, most: int) -> tuple[bytes, ...]:
+    """A base64 string (or, for images, a list of them) as file bytes; RequestProblem naming the field."""
+    if value is None:
+        return ()
+    values = value if isinstance(value, list) and most > 1 else [value]
+    if len(values) > most:
+        raise RequestProblem(400, f'"{name}" has {len(values)} images; at most {most}')
+    out = []
+    for k, item in enumerate(values):
+        where = f'"{name}"[{k}]' if isinstance(value, list) else f'"{name}"'
+        if not isinstance(item, str):
+            raise RequestProblem(400, f"{where} must be a base64 string, got {_json_type(item)}")
+        try:
+            out.append(base64.b64decode(item.split(",", 1)[1] if item.startswith("data:") else item, validate=True))
+        except ValueError:
+            raise RequestProblem(400, f"{where} is not valid base64") from None
+    return tuple(out)
 
 
 def _check_text(name: str, value: Any) -> None:

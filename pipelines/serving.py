@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -15,12 +16,14 @@ import numpy as np
 from ray import serve
 
 from actors import PromptPreprocessor
-from actors.generation import GENERATOR_INPUT_COLUMNS
+from actors.generation import CONDITIONING_COLUMNS, GENERATOR_INPUT_COLUMNS
 from actors.image_writer import CONTENT_TYPES, image_file
+from actors.inputs import InputProblem, check_image, sha256_of
 from configs.job import JobConfig
 from configs.prep import PrepConfig
 from configs.routing import ColumnRouting
 from configs.serve import ServeConfig
+from configs.source import InputLimits
 from pipelines.plan import generator_stage, prep_config
 from pipelines.pools import serve_gateway_options, serve_generator_options
 from pipelines.serve_protocol import (
@@ -40,8 +43,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-# what a generator actor reads of a preprocessed row (the same for every backend)
-ROW_FIELDS = tuple(GENERATOR_INPUT_COLUMNS)
+# what a generator actor reads of a preprocessed row (the same for every backend), and the request's own input files
+ROW_FIELDS = (*GENERATOR_INPUT_COLUMNS, *CONDITIONING_COLUMNS, "input_data")
 
 
 def build_app(cfg: JobConfig, stores: Stores) -> Application:
@@ -63,14 +66,15 @@ def build_app(cfg: JobConfig, stores: Stores) -> Application:
         )
     # 2 one async gateway in front: requests become prompt rows exactly like a batch run's
     gateway = serve.deployment(name="gateway", **serve_gateway_options())(Gateway)
-    return gateway.bind(serve_prep_config(cfg), handles, cfg.serve, cfg.output.format)
+    return gateway.bind(serve_prep_config(cfg, stores), handles, cfg.serve, cfg.output.format, cfg.source.inputs)
 
 
-def serve_prep_config(cfg: JobConfig) -> PrepConfig:
-    """The preprocessor slice for requests: fields named like the request, `generator` picks the route."""
-    return prep_config(cfg).model_copy(update={
+def serve_prep_config(cfg: JobConfig, stores: Stores | None = None) -> PrepConfig:
+    """The preprocessor slice for requests: fields named like the request, `generator` picks the route, one image
+    per request at the requested size (no template, no variants), nothing read from earlier runs."""
+    return prep_config(cfg, stores).model_copy(update={
         "prompt_column": "prompt", "id_column": "id", "negative_prompt_column": "negative_prompt", "columns": {},
-        "template": None,
+        "template": None, "variants": [], "resume": None,
         "routing": ColumnRouting(default=cfg.default_generator, column="generator"), "budget_usd": 0.0,
         "max_images_per_row": cfg.serve.max_images_per_request,
     })
@@ -135,8 +139,7 @@ class GeneratorReplica:
 
     def _run(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         # 1 requests → the columnar batch the actor class takes
-        batch = {name: np.asarray([r[name] for r in rows],
-                                  dtype=object if isinstance(rows[0][name], str) else None) for name in ROW_FIELDS}
+        batch = {name: _column([r[name] for r in rows]) for name in ROW_FIELDS if name in rows[0]}
         # 2 the same call a batch run makes (row errors come back as data)
         out = self.impl(batch)
         # 3 encode each image here, next to the pixels (smaller replies than raw pixels); a hosted provider's file
@@ -171,9 +174,16 @@ class Gateway:
         default_format: image encoding when the request names none.
     """
 
-    def __init__(self, prep: PrepConfig, generators: dict[str, Any], cfg: ServeConfig, default_format: str) -> None:
+    def __init__(self, prep: PrepConfig, generators: dict[str, Any], cfg: ServeConfig, default_format: str,
+                 limits: InputLimits | None = None) -> None:
         bind_internal_grpc_to_node_ip()
+        self.task = prep.task
+        self.limits = limits or InputLimits()
         self.prep = PromptPreprocessor(prep)
+        # a request without input images is text-to-image whatever the config's task (a batch row without one is an
+        # error: there, a missing packshot must not silently become an unrelated image)
+        plain = prep.model_copy(update={"task": "text-to-image"})
+        self.text_prep = self.prep if prep.task == "text-to-image" else PromptPreprocessor(plain)
         self.models = {name: f"{g.model}@{g.revision}" for name, g in prep.generators.items()}
         self.default_generator = prep.default_generator
         self.generators = generators
@@ -214,13 +224,17 @@ class Gateway:
                                      default_response=self.cfg.default_response,
                                      max_request_bytes=self.cfg.max_request_bytes,
                                      max_images=self.cfg.max_images_per_request)
-        prepared = self.prep(pa.Table.from_pylist([req.row]))
+        inputs = self._inputs(req)
+        prep = self.prep if inputs else self.text_prep
+        prepared = prep(pa.Table.from_pylist([{**req.row, **inputs}]))
         rows = [{k: _scalar(v[i]) for k, v in prepared.items()} for i in range(len(prepared["status"]))]
         if rows[0]["status"] == "error":
             raise RequestProblem(400, rows[0]["error"])
         name = rows[0]["generator"]
         # 2 each image is one request to the generator's deployment; concurrent ones share model calls
-        calls = [self.generators[name].generate.remote({**{k: r[k] for k in ROW_FIELDS}, "format": req.format})
+        files = (req.images, req.mask)
+        calls = [self.generators[name].generate.remote({**{k: r[k] for k in ROW_FIELDS if k in r}, "input_data": files,
+                                                        "format": req.format})
                  for r in rows]
         try:
             results = await asyncio.wait_for(asyncio.gather(*calls), timeout=self.cfg.request_timeout_s)
@@ -242,10 +256,49 @@ class Gateway:
                              "images": [image_entry(r) for r in results]})
 
 
+    def _inputs(self, req: Any) -> dict[str, str]:
+        """The request's input images and mask, checked and hashed like a batch row's (a 400 names the problem)."""
+        if not req.images and not req.mask:
+            return {}  # text-to-image
+        if self.task == "text-to-image":
+            raise RequestProblem(400, "this server makes images from text only (source.task=text-to-image); "
+                                      "drop \"images\" and \"mask\"")
+        if not req.images:
+            raise RequestProblem(400, f'source.task={self.task}: a "mask" needs its image in "images" (base64)')
+        if req.mask and self.task not in ("inpaint", "edit"):
+            raise RequestProblem(400, f'source.task={self.task} takes no "mask"')
+        if self.task == "inpaint" and not req.mask:
+            raise RequestProblem(400, 'source.task=inpaint: send the "mask" (base64; white = change)')
+        try:
+            sizes = [check_image(f"images[{k}]", data, self.limits.max_image_pixels)
+                     for k, data in enumerate(req.images)]
+            if req.mask and check_image("mask", req.mask, self.limits.max_image_pixels, mask=True) != sizes[0]:
+                raise InputProblem(f"mask size differs from images[0] ({sizes[0][0]}x{sizes[0][1]}); they must match")
+        except InputProblem as exc:
+            raise RequestProblem(400, str(exc)) from None
+        too_big = [k for k, data in enumerate(req.images) if len(data) > self.limits.max_image_bytes]
+        if too_big:
+            raise RequestProblem(413, f"images[{too_big[0]}] is over {self.limits.max_image_bytes} bytes")
+        return {"input_images": json.dumps([f"request:images[{k}]" for k in range(len(req.images))]),
+                "input_sha256": ",".join(sha256_of(d) for d in req.images),
+                "mask_uri": "request:mask" if req.mask else "", "mask_sha256": sha256_of(req.mask) if req.mask else "",
+                "input_error": ""}
+
+
 def _problem(status: int, message: str) -> Response:
     from starlette.responses import JSONResponse
 
     return JSONResponse({"error": message, "status": status}, status_code=status)
+
+
+def _column(values: list[Any]) -> np.ndarray:
+    """Values as a 1-D column (tuples of files stay one object per row; numpy would make them a second axis)."""
+    if not isinstance(values[0], (str, tuple)):
+        return np.asarray(values)
+    out = np.empty(len(values), dtype=object)
+    for i, v in enumerate(values):
+        out[i] = v
+    return out
 
 
 def _scalar(value: Any) -> Any:

@@ -52,6 +52,12 @@ def server(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     # 2 fake GPUs, one per replica: replicas autoscale between 1 and 2 like the batch pool
     raw["generators"]["tiny"]["pool"].update(min_size=1, max_size=2, initial_size=1, batch_size=4)
     raw["serve"] = {"port": port, "batch_wait_timeout_s": 0.5}
+    # requests with "images" are image-to-image, the rest text-to-image; rows may pick the tiny LoRA
+    raw["source"]["task"] = "image-to-image"
+    from jobs.tiny_models import build_tiny_lora
+
+    lora = build_tiny_lora(tiny_model, tmp / "lora")
+    raw["generators"]["tiny"]["loras"] = [{"name": "brand", "path": str(lora), "default": False}]
     raw["cluster"]["temp_dir"] = f"/tmp/ifray/s{uuid.uuid4().hex[:6]}"
     cfg = write_config(tmp / "serve.yaml", raw)
     log = tmp / "serve.log"
@@ -119,6 +125,50 @@ def test_image_bytes_have_the_batch_jobs_key(server: Server) -> None:
         width=64, height=64, num_steps=2, guidance_scale=0.0, render="dtype=float32")  # the config sets the dtype
     # deterministic: the same request twice gives the same bytes
     assert server.post({"prompt": "a red fox"})[2] == body
+
+
+def b64_png(colour: tuple[int, int, int], size: tuple[int, int] = (48, 40), mode: str = "RGB") -> str:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new(mode, size, colour if mode == "RGB" else colour[0]).save(buf, "PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def test_image_to_image_and_lora_requests(server: Server) -> None:
+    """An input image in the request: checked, hashed into the key like a batch row's input file; the key and
+    the pixels follow the image's content; a LoRA named in the request changes the image; bad inputs are 400s."""
+    import hashlib
+
+    from actors.keys import adapter_key, conditioning
+
+    red = b64_png((220, 30, 30))
+    status, headers, body = server.post({"prompt": "a bottle on a beach", "images": red, "strength": 0.5})
+    assert status == 200 and png_size(body) == (64, 64), body[:300]
+    seed = derive_seed(7, derive_row_id("a bottle on a beach"), 0)
+    made_of = conditioning(task="image-to-image", input_sha256=hashlib.sha256(base64.b64decode(red)).hexdigest(),
+                           strength=0.5)
+    assert headers["x-imagefleet-image-key"] == image_key(
+        model=server.model, revision="main", scheduler="", prompt="a bottle on a beach", negative_prompt="",
+        seed=seed, width=64, height=64, num_steps=2, guidance_scale=0.0, render="dtype=float32",
+        conditioning=made_of)
+    blue = server.post({"prompt": "a bottle on a beach", "images": [b64_png((30, 30, 220))], "strength": 0.5})
+    assert blue[0] == 200 and blue[1]["x-imagefleet-image-key"] != headers["x-imagefleet-image-key"]
+    assert blue[2] != body
+    styled = server.post({"prompt": "a bottle on a beach", "images": red, "strength": 0.5, "loras": "brand:0.8"})
+    assert styled[0] == 200 and styled[2] != body and styled[1]["x-imagefleet-image-key"] != \
+        headers["x-imagefleet-image-key"]
+    assert "brand@" in adapter_key([("brand", 0.8)], {"brand": "x"})
+    for request, message in [
+        ({"prompt": "x", "images": "%%%"}, "is not valid base64"),
+        ({"prompt": "x", "images": base64.b64encode(b"GIF89a nope").decode()}, "is not a readable image"),
+        ({"prompt": "x", "images": [red, red]}, "2 input images, but generator 'tiny' takes at most 1"),
+        ({"prompt": "x", "images": red, "mask": b64_png((255, 0, 0), mode="L")}, "takes no \"mask\""),
+        ({"prompt": "x", "images": red, "loras": "nope"}, "LoRA adapter 'nope' is not configured"),
+        ({"prompt": "x", "images": red, "strength": 0}, "strength=0.0 must be in (0, 1]"),
+    ]:
+        code, _, reply = server.post(request)
+        assert code == 400 and message in json.loads(reply)["error"], (request, reply)
 
 
 def test_json_response_with_several_images(server: Server) -> None:
