@@ -170,3 +170,54 @@ def test_limiter_belongs_to_the_run_and_takes_the_newest_limits(ray_cluster: Non
     second = start_limiter("imagefleet-limiter-test", RateLimits(requests_per_min=600, images_per_min=300))
     assert ray.get(second.limits.remote()) == pytest.approx((600, 300))
     assert ray._private.state.actors(first._actor_id.hex())["IsDetached"] is False  # it ends with the run
+
+
+def test_edits_on_both_providers_through_a_run_and_resume(
+    tmp_path: Path, s3_env: Any, bucket: str, ray_cluster: None, fake: FakeHosted
+) -> None:
+    """`imagefleet run` with source.task=edit fanned out to GPT Image and Nano Banana: each row's reference images
+    reach the provider (the fake answers in their mean colour), the manifest records them and costs what was
+    billed (input image tokens included); a rerun bills nothing and redoes nothing."""
+    import io
+    import json
+
+    from PIL import Image
+
+    from tests.support.fake_hosted import mean_colour
+
+    refs = tmp_path / "refs"
+    refs.mkdir()
+    for name, colour in (("red", (220, 20, 20)), ("blue", (20, 20, 220)), ("white", (250, 250, 250))):
+        Image.new("RGB", (64, 48), colour).save(refs / f"{name}.png")
+    src = write_prompts(tmp_path / "p.parquet", {
+        "id": ["one", "two", "bad"],
+        "prompt": ["the mug on a beach", "the mug and the vase together", "the lamp"],
+        "image": [["refs/red.png"], ["refs/red.png", "refs/blue.png"], ["refs/nope.png"]],
+    })
+    raw = hosted_job(src, Path("unused"), f"s3://{bucket}/edits", fake)
+    del raw["generators"]["tiny"]
+    raw["routing"] = {"mode": "fanout", "fanout": ["oa", "nb"]}
+    raw["source"]["task"] = "edit"
+    job = write_config(tmp_path / "job.yaml", raw)
+    assert generate.main([str(job), "--progress=off"]) == 0
+    rows = manifest(s3_env, bucket, "edits")
+    by = {(r["id"], r["generator"]): r for r in rows}
+    assert len(rows) == 6
+    for gen in ("oa", "nb"):
+        assert by[("bad", gen)]["status"] == "error" and "nope.png: no such file" in by[("bad", gen)]["error"]
+        for rid, names in (("one", ["red"]), ("two", ["red", "blue"])):
+            row = by[(rid, gen)]
+            assert row["status"] == "ok" and row["task"] == "edit", row
+            assert [Path(u).name for u in json.loads(row["input_images"])] == [f"{n}.png" for n in names]
+            body = s3_env.client().get_object(Bucket=bucket, Key=row["image_uri"].split("/", 3)[3])["Body"].read()
+            with Image.open(io.BytesIO(body)) as img:
+                got = img.convert("RGB").getpixel((0, 0))
+            assert got == mean_colour([(refs / f"{n}.png").read_bytes() for n in names])
+    assert {len(i.images) for i in fake.inputs} == {1, 2} and len(fake.inputs) == 4
+    for gen, provider in (("oa", "openai"), ("nb", "gemini")):
+        assert sum(r["cost_usd"] for r in rows if r["generator"] == gen) == pytest.approx(fake.paid_usd(provider))
+    paid = fake.paid_count()
+    assert generate.main([str(job), "--progress=off"]) == 0
+    assert fake.paid_count() == paid
+    again = manifest(s3_env, bucket, "edits")
+    assert all(r["already_present"] for r in again if r["status"] == "ok")
