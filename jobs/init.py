@@ -6,18 +6,24 @@ import argparse
 import sys
 from pathlib import Path
 
+from configs.source import ROW_FIELDS
+
 PROMPT_NAMES = ("prompt", "prompts", "text", "caption", "description", "query")
 ID_NAMES = ("id", "row_id", "uid", "key")
 NEGATIVE_NAMES = ("negative_prompt", "negative", "neg_prompt")
-# per-row settings and the other names data tools give them (diffusers' own argument names first)
-ROW_COLUMNS = {
-    "seed": ("seed", "random_seed"),
-    "width": ("width",),
-    "height": ("height",),
-    "num_steps": ("num_steps", "num_inference_steps", "steps"),
-    "guidance_scale": ("guidance_scale", "guidance", "cfg_scale", "cfg"),
-    "num_images": ("num_images", "num_images_per_prompt"),
+# other names data tools give the per-row settings (diffusers' own argument names first); every setting of
+# configs.source.ROW_FIELDS is looked for under its own name too
+ALIASES = {
+    "seed": ("random_seed",),
+    "num_steps": ("num_inference_steps", "steps"),
+    "guidance_scale": ("guidance", "cfg_scale", "cfg"),
+    "num_images": ("num_images_per_prompt",),
+    "strength": ("denoising_strength",),
+    "image": ("input_image", "init_image", "image_uri", "image_url", "image_path", "reference_image", "reference"),
+    "mask": ("mask_image", "mask_uri", "mask_url", "mask_path"),
+    "loras": ("lora", "adapters"),
 }
+ROW_COLUMNS = {field: (field, *ALIASES.get(field, ())) for field in ROW_FIELDS}
 
 BACKENDS = {
     "diffusers": """    backend: diffusers
@@ -89,6 +95,16 @@ def starter_config(table: str, output_uri: str, backend: str, model: str) -> str
                      f"{', '.join(found[f] for f in per_row)}")
     if renamed:
         lines.append("  columns: {" + ", ".join(f"{f}: {c}" for f, c in renamed.items()) + "}")
+    if found.get("image"):
+        task = "inpaint" if found.get("mask") and backend != "gemini" else (
+            "image-to-image" if backend == "diffusers" else "edit")
+        lines.append(f"  task: {task}                 # rows carry input images (column {found['image']}); "
+                     f"see README 'Image-conditioned generation'")
+        if found.get("mask") and backend == "gemini":
+            lines.append(f"  # Gemini takes no mask: rows with a {found['mask']} value become error rows (use openai)")
+    if found.get("loras"):
+        lines.append(f"  # column {found['loras']} picks LoRA adapters per row: list them under generators.main.loras "
+                     f"(diffusers)")
     lines += ["generators:", "  main:", BACKENDS[backend].format(model=model or DEFAULT_MODEL[backend]),
               "output:", f"  uri: {output_uri}", "  format: png",
               "cluster:", "  address: auto                    # a running Ray cluster, else a local one", ""]

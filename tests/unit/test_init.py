@@ -61,3 +61,15 @@ def test_init_maps_settings_named_the_diffusers_way(tmp_path: Path) -> None:
     cfg = load_config(out)
     assert cfg.source.columns.num_steps == "num_inference_steps" and cfg.source.columns.guidance_scale == "cfg_scale"
     assert cfg.source.columns.num_images == "num_images_per_prompt" and cfg.source.columns.seed == "seed"
+
+
+@pytest.mark.parametrize(("backend", "task"), [("diffusers", "inpaint"), ("openai", "inpaint"), ("gemini", "edit")])
+def test_init_finds_input_images_and_picks_a_task_the_backend_can_do(tmp_path: Path, backend: str, task: str
+                                                                     ) -> None:
+    src = table(tmp_path / "t.parquet", {"prompt": ["a"], "init_image": ["a.png"], "mask_image": ["m.png"],
+                                         "denoising_strength": [0.5]})
+    out = tmp_path / "job.yaml"
+    assert init.main([src, "-o", str(out), "--backend", backend]) == 0
+    cfg = load_config(out)
+    assert cfg.source.task == task and cfg.source.columns.image == "init_image"
+    assert cfg.source.columns.mask == "mask_image" and cfg.source.columns.strength == "denoising_strength"
