@@ -60,6 +60,10 @@ class DiffusersConfig(GeneratorBase):
         """One image is redrawn (image-to-image, inpaint)."""
         return 1
 
+    def takes_strength(self) -> bool:
+        """The AutoPipelines' `strength`."""
+        return True
+
     def adapters(self) -> list[LoraConfig]:
         """Its LoRA adapters."""
         return self.loras
@@ -114,6 +118,10 @@ class SleepConfig(GeneratorBase):
     def max_input_images(self) -> int:
         """As many as the hosted APIs take."""
         return 16
+
+    def takes_strength(self) -> bool:
+        """Keyed like a real backend's."""
+        return True
 
     def takes_mask(self, task: str) -> bool:
         """inpaint and edit."""

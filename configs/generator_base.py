@@ -176,6 +176,10 @@ class GeneratorBase(StrictModel):
         """(name, weight) of the adapters rows get when they don't choose."""
         return [(a.name, a.weight) for a in self.adapters() if a.default]
 
+    def takes_strength(self) -> bool:
+        """Whether image-to-image / inpaint `strength` changes what it makes (hosted APIs have no such setting)."""
+        return False
+
     def takes_mask(self, task: str) -> bool:
         """Whether a mask can go with `task` on this backend."""
         return task == "inpaint"
@@ -197,8 +201,9 @@ class GeneratorBase(StrictModel):
         `webp`, '' when the provider picks it; None for a generator whose pixels imagefleet encodes."""
         return None
 
-    def estimate_usd(self) -> float:
-        """Expected price of one image at the generator's default settings, before it is generated."""
+    def estimate_usd(self, input_images: int = 0) -> float:
+        """Expected price of one image at the generator's default settings, before it is generated; `input_images`
+        the request carries (hosted edits bill them)."""
         return self.cost.estimate_usd(self.pool.num_gpus)
 
 

@@ -168,9 +168,10 @@ class HostedCommon(GeneratorBase):
                + text_out * p.text_output) / 1e6
         return usd * self.price_factor()
 
-    def estimate_usd(self) -> float:
-        """Expected price of one image at the default size (dry run, budget)."""
-        return self.estimate_image_usd(self.defaults.width, self.defaults.height)
+    def estimate_usd(self, input_images: int = 0) -> float:
+        """Expected price of one image at the default size (dry run, budget), with `input_images` of that size."""
+        size = (self.defaults.width, self.defaults.height)
+        return self.estimate_image_usd(*size, input_images=[size] * input_images)
 
     def size_problem(self, width: int, height: int) -> str:
         """Why the model can't make a WxH image ('' when it can)."""

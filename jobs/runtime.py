@@ -317,6 +317,7 @@ def plan_text(cfg: JobConfig, source: SourceInfo, plan: Plan) -> str:
              f"  output : {cfg.output.uri}/{image_pattern(cfg.output.format)}  +  manifest/  +  run.json",
              *[f"           {name}'s images: {fmt}" for name, fmt in odd_formats(cfg).items()],
              f"  routing: {cfg.routing.mode} (default {cfg.default_generator})",
+             *input_lines(cfg),
              "  stages :", *plan.describe(),
              f"  cost estimate: {cost_estimate(cfg, source.num_images or source.num_rows)}"]
     for name, gen in cfg.generators.items():
@@ -324,6 +325,22 @@ def plan_text(cfg: JobConfig, source: SourceInfo, plan: Plan) -> str:
         if info is not None and info.retires:
             lines.append(f"  note   : {name} uses {gen.model}, which the provider shuts down on {info.retires}")
     return "\n".join(lines)
+
+
+def input_lines(cfg: JobConfig) -> list[str]:
+    """What rows are made from besides their prompt (input images, variants), and settings that have no effect."""
+    src = cfg.source
+    lines = []
+    if src.reads_inputs():
+        mask = f", masks from column {src.columns.mask!r}" if src.task in ("inpaint", "edit") else ""
+        lines.append(f"  inputs : {src.task}: input images from column {src.columns.image!r}{mask}")
+        if src.task in ("image-to-image", "inpaint"):
+            ignored = [n for n in cfg.routing.used(list(cfg.generators)) if not cfg.generators[n].takes_strength()]
+            if ignored:
+                lines.append(f"  note   : strength has no effect on {', '.join(ignored)} (the API has no such setting)")
+    if src.variants:
+        lines.append(f"  variants: {', '.join(src.variants)} (each request rendered {len(src.variants)} times)")
+    return lines
 
 
 def stored_format(cfg: JobConfig, name: str) -> str:
@@ -348,7 +365,7 @@ def odd_formats(cfg: JobConfig) -> dict[str, str]:
 
 def cost_estimate(cfg: JobConfig, images: int) -> str:
     """Expected spend of `images` requested images from each generator's cost model and the routing mode."""
-    per_image = {name: g.estimate_usd() for name, g in cfg.generators.items()}
+    per_image = {name: g.estimate_usd(int(cfg.source.reads_inputs())) for name, g in cfg.generators.items()}
     low, high = cfg.routing.cost_range(per_image, images)
     if cfg.limits.budget_usd:
         high = min(high, cfg.limits.budget_usd)

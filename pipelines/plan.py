@@ -267,7 +267,8 @@ def prep_config(cfg: JobConfig, stores: Stores | None = None) -> PrepConfig:
         default_generator=cfg.default_generator,
         generators={
             name: GeneratorIdentity(model=g.model, revision=g.revision, scheduler=g.scheduler, defaults=g.defaults,
-                                    render=g.render(), est_usd_per_image=g.estimate_usd(),
+                                    render=g.render(),
+                                    est_usd_per_image=g.estimate_usd(int(cfg.source.reads_inputs())),
                                     max_input_images=g.max_input_images(), masks=g.takes_mask(cfg.source.task),
                                     adapters=stores.adapters.get(name, {}) if stores is not None else {},
                                     default_adapters=g.default_adapters())

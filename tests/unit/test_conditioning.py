@@ -314,3 +314,16 @@ def test_an_escalated_image_conditioned_row_is_keyed_as_the_heavy_generator_rend
     masked_heavy = heavy.model_copy(update={"max_input_images": 0})
     stays = Escalator(cfg.routing.cascade, "heavy", masked_heavy)(batch)  # type: ignore[arg-type]
     assert stays["route"][0] == "draft"  # a heavy generator that can't take the input keeps the draft
+
+
+def test_the_plan_says_what_rows_are_made_from_and_what_has_no_effect() -> None:
+    from jobs.runtime import input_lines
+
+    raw = job("inpaint", variants=["1:1", "9:16"])
+    raw["generators"]["oa"] = {"backend": "openai", "defaults": {"width": 1024, "height": 1024}}
+    raw["routing"] = {"mode": "fanout", "fanout": ["sleepy", "oa"]}
+    lines = input_lines(parse_config(raw))
+    assert lines[0] == "  inputs : inpaint: input images from column 'image', masks from column 'mask'"
+    assert lines[1] == "  note   : strength has no effect on oa (the API has no such setting)"
+    assert lines[2].startswith("  variants: 1:1, 9:16")
+    assert input_lines(parse_config(sleep_job("p", "out"))) == []
