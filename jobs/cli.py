@@ -18,6 +18,7 @@ commands:
   demo                                     tiny offline model + embedded S3 + 80 prompts, end to end
   s3 serve|start|stop|env [--dir D]        embedded SeaweedFS S3 on 127.0.0.1 (auth on)
   tiny-model PATH [--kind sd|sdxl]         build a tiny random-weight diffusers pipeline offline
+             [--lora-for PIPELINE]        (or a tiny LoRA adapter for one)
   report OUTPUT_URI                        (re)write OUTPUT_URI/report.html from the manifest
   cat URI [URI ...]                        write stored objects to stdout (s3://bucket/key or local paths)
   init PARQUET [-o CONFIG] [--backend B]   write a starter config from a prompt table's columns
@@ -92,10 +93,13 @@ def main(argv: list[str] | None = None) -> int:
         p = argparse.ArgumentParser(prog="imagefleet tiny-model")
         p.add_argument("path")
         p.add_argument("--kind", choices=["sd", "sdxl"], default="sd")
+        p.add_argument("--lora-for", default="", metavar="PIPELINE",
+                       help="build a tiny LoRA adapter for this tiny sd pipeline folder instead")
         args = p.parse_args(rest)
-        from jobs.tiny_models import build_tiny_pipeline
+        from jobs.tiny_models import build_tiny_lora, build_tiny_pipeline
 
-        print(build_tiny_pipeline(args.path, kind=args.kind))
+        print(build_tiny_lora(args.lora_for, args.path) if args.lora_for else build_tiny_pipeline(args.path,
+                                                                                                  kind=args.kind))
         return 0
     print(f"imagefleet: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
     return 2
