@@ -16,11 +16,11 @@ Batch = dict[str, np.ndarray]
 SCORER_OUTPUT_COLUMNS = {"clip_score": "prompt-image alignment of the generated image (NaN when not scored)"}
 
 
-def _score_rows(batch: Batch) -> list[int]:
+def score_rows(batch: Batch) -> list[int]:
     return [i for i, s in enumerate(batch["status"]) if s == "generated"]
 
 
-def _with_scores(batch: Batch, rows: list[int], scores: list[float]) -> Batch:
+def with_scores(batch: Batch, rows: list[int], scores: list[float]) -> Batch:
     out = dict(batch)
     # a later scoring pass (cascade: after escalation) overwrites only the rows it scored
     col = np.array(batch["clip_score"], dtype=np.float64) if "clip_score" in batch else np.full(
@@ -31,7 +31,7 @@ def _with_scores(batch: Batch, rows: list[int], scores: list[float]) -> Batch:
     return out
 
 
-def _pixels(batch: Batch, i: int) -> np.ndarray | None:
+def pixels_for_scoring(batch: Batch, i: int) -> np.ndarray | None:
     """Row i's image as RGB pixels; None (left unscored) for a provider's file that decodes no further than its
     header (raw pixels of the wrong size are a bug and raise)."""
     mime = str(batch["image_mime"][i]) if "image_mime" in batch else ""  # no column: raw pixels only
@@ -58,6 +58,12 @@ class ClipScorer:
                      "status": "only `generated` rows are scored"}
     OUTPUT_COLUMNS = SCORER_OUTPUT_COLUMNS
 
+    @staticmethod
+    def check_model(cfg: ClipScorerConfig) -> str:
+        """Why the model can't be loaded, for a local folder, read on the driver before any work ('' = fine; hub
+        ids are left to the actor)."""
+        return local_model_problem(cfg.model, lambda model_type: model_type == "clip", "a CLIP model (clip)")
+
     def __init__(self, cfg: ClipScorerConfig) -> None:
         import torch
         from transformers import CLIPModel, CLIPProcessor
@@ -71,10 +77,10 @@ class ClipScorer:
 
     def __call__(self, batch: Batch) -> Batch:
         # 1 which rows have a fresh image (decoded to RGB: a provider's file is decoded just for scoring)
-        images = {i: _pixels(batch, i) for i in _score_rows(batch)}
+        images = {i: pixels_for_scoring(batch, i) for i in score_rows(batch)}
         rows = [i for i, pixels in images.items() if pixels is not None]
         if not rows:
-            return _with_scores(batch, [], [])
+            return with_scores(batch, [], [])
         # 2 tokenize prompts (truncated to the text encoder's context)
         inputs = self.processor(text=[str(batch["prompt"][i]) for i in rows], images=[images[i] for i in rows],
                                 return_tensors="pt", padding=True, truncation=True,
@@ -86,7 +92,28 @@ class ClipScorer:
             txt = out.text_embeds / out.text_embeds.norm(dim=-1, keepdim=True)
             cos = (img * txt).sum(dim=-1).clamp(min=0)
         # 4 CLIPScore scale
-        return _with_scores(batch, rows, [float(100 * c) for c in cos.float().cpu()])
+        return with_scores(batch, rows, [float(100 * c) for c in cos.float().cpu()])
+
+
+def local_model_problem(model: str, accepts: Any, expected: str) -> str:
+    """'' when `model` is a hub id or a local folder whose config names an accepted model type; else one line
+    saying what is wrong (missing folder, no config.json, another kind of model)."""
+    from pathlib import Path
+
+    if not model.startswith(("/", "./", "../", "~")):
+        return ""
+    folder = Path(model).expanduser()
+    if not folder.is_dir():
+        return f"scorer.model: local folder {model} does not exist"
+    try:
+        from transformers import AutoConfig
+
+        model_type = str(AutoConfig.from_pretrained(str(folder)).model_type)
+    except Exception as exc:  # noqa: BLE001 - transformers raises several kinds for a folder it can't read
+        return f"scorer.model: {model} is not a transformers model folder ({str(exc).splitlines()[0][:160]})"
+    if not accepts(model_type):
+        return f"scorer.model: {model} is a {model_type!r} model; the scorer needs {expected}"
+    return ""
 
 
 class RuleScorer:
@@ -100,10 +127,15 @@ class RuleScorer:
     INPUT_COLUMNS = {"prompt": "text", "status": "only `generated` rows are scored"}
     OUTPUT_COLUMNS = SCORER_OUTPUT_COLUMNS
 
+    @staticmethod
+    def check_model(cfg: RuleScorerConfig) -> str:
+        """No model."""
+        return ""
+
     def __init__(self, cfg: RuleScorerConfig) -> None:
         self.cfg = cfg
 
     def __call__(self, batch: Batch) -> Batch:
-        rows = _score_rows(batch)
+        rows = score_rows(batch)
         scores = [self.cfg.high if self.cfg.marker in str(batch["prompt"][i]) else self.cfg.low for i in rows]
-        return _with_scores(batch, rows, scores)
+        return with_scores(batch, rows, scores)

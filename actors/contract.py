@@ -19,3 +19,11 @@ class BackendActor(StageActor, Protocol):
 
     CONFIG: Any
     """The pydantic config class it is built from (a member of the backend union)."""
+
+
+class ScorerActor(BackendActor, Protocol):
+    """A scorer backend: it can say on the driver, before any work, why its model won't load."""
+
+    @staticmethod
+    def check_model(cfg: Any) -> str:
+        """'' when the configured model can be loaded (as far as can be told without loading it)."""

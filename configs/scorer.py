@@ -2,7 +2,7 @@
 
 from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from configs.base import StrictModel
 
@@ -33,6 +33,33 @@ class ClipScorerConfig(StrictModel):
     """Actor pool."""
 
 
+class VqaScorerConfig(StrictModel):
+    """VQAScore-style alignment: a vision-language model (transformers `AutoModelForImageTextToText`, e.g. LLaVA,
+    Qwen2-VL, PaliGemma, SmolVLM) is asked whether the image shows the prompt; the score is its probability of
+    answering yes (0..1), read from the next-token distribution — no text is generated."""
+
+    backend: Literal["vqa"] = "vqa"
+    """Backend discriminator."""
+    model: str
+    """Hub id (e.g. llava-hf/llava-1.5-7b-hf) or local folder with the model and its processor."""
+    question: str = 'Does this figure show "{prompt}"? Please answer yes or no.'
+    """The question asked about each image; `{prompt}` is replaced by the row's prompt."""
+    answer: str = "Yes"
+    """The answer whose probability is the score (its first token, with and without a leading space)."""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """Weights dtype; auto = bfloat16 on CUDA, float32 on CPU."""
+    pool: ScorerPoolConfig = ScorerPoolConfig()
+    """Actor pool."""
+
+    @model_validator(mode="after")
+    def _question(self) -> "VqaScorerConfig":
+        if "{prompt}" not in self.question:
+            raise ValueError("scorer.question must contain {prompt} (where the row's prompt goes)")
+        if not self.answer.strip():
+            raise ValueError("scorer.answer is empty: name the answer whose probability is the score")
+        return self
+
+
 class RuleScorerConfig(StrictModel):
     """Testing/benchmark stand-in: score = `high` if the prompt contains `marker`, else `low`. Deterministic."""
 
@@ -48,7 +75,7 @@ class RuleScorerConfig(StrictModel):
     """Actor pool."""
 
 
-SCORER_CONFIGS: tuple[type[StrictModel], ...] = (ClipScorerConfig, RuleScorerConfig)
+SCORER_CONFIGS: tuple[type[StrictModel], ...] = (ClipScorerConfig, VqaScorerConfig, RuleScorerConfig)
 """Every scorer backend's config class (the union below lists the same classes)."""
 
-ScorerConfig = Annotated[ClipScorerConfig | RuleScorerConfig, Field(discriminator="backend")]
+ScorerConfig = Annotated[ClipScorerConfig | VqaScorerConfig | RuleScorerConfig, Field(discriminator="backend")]

@@ -138,6 +138,12 @@ def resolve_stores(cfg: JobConfig, online: bool = False) -> Stores:
 
     `online` (serving) reads no prompt table and writes no outputs, so their credentials aren't asked for.
     """
+    if cfg.scorer is not None and not online:  # a scorer that can't load would fail the run after drafts were paid
+        from actors import SCORERS
+
+        problem = SCORERS[cfg.scorer.backend].check_model(cfg.scorer)
+        if problem:
+            raise StorageError(problem)
     needs = {name: g.needs() for name, g in cfg.generators.items()}
     for name, n in needs.items():
         if n.model_path and not Path(n.model_path).expanduser().is_dir():

@@ -156,3 +156,45 @@ def build_tiny_lora(pipeline: str | Path, path: str | Path, seed: int = 0, rank:
     StableDiffusionPipeline.save_lora_weights(str(path), unet_lora_layers=get_peft_model_state_dict(unet))
     (path / DONE_MARKER).write_text("lora")
     return path
+
+
+VLM_CHAT_TEMPLATE = (
+    "{% for m in messages %}{{ m['role'] }}: {% for c in m['content'] %}{% if c['type'] == 'image' %}<image>\n"
+    "{% else %}{{ c['text'] }}{% endif %}{% endfor %}\n{% endfor %}{% if add_generation_prompt %}assistant:{% endif %}")
+
+
+def build_tiny_vlm(path: str | Path, seed: int = 0) -> Path:
+    """Create (once) a tiny random LLaVA (CLIP vision tower + Llama language model) with its processor and a chat
+    template, loadable by `AutoModelForImageTextToText` / `AutoProcessor` (the `vqa` scorer's path)."""
+    path = Path(path)
+    if (path / DONE_MARKER).exists():
+        return path
+    import torch
+    from transformers import (
+        CLIPImageProcessor,
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+    )
+
+    torch.manual_seed(seed)
+    tokenizer: Any = _tiny_tokenizer(path)
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<image>"]})
+    tokenizer.model_max_length = 512
+    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
+                              image_size=32, patch_size=8)
+    text = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                       num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=512)
+    config = LlavaConfig(vision_config=vision, text_config=text,
+                         image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+                         vision_feature_select_strategy="default", vision_feature_layer=-1)
+    LlavaForConditionalGeneration(config).save_pretrained(str(path))
+    processor = LlavaProcessor(
+        image_processor=CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
+        tokenizer=tokenizer, patch_size=8, vision_feature_select_strategy="default", num_additional_image_tokens=1,
+        chat_template=VLM_CHAT_TEMPLATE)
+    processor.save_pretrained(str(path))
+    (path / DONE_MARKER).write_text("vlm")
+    return path
