@@ -7,13 +7,21 @@ from typing import Any
 
 import numpy as np
 
+from actors.generation import empty_lists
 from actors.image_writer import decode_rgb
 from configs.scorer import ClipScorerConfig, RuleScorerConfig
 
 logger = logging.getLogger(__name__)
 
 Batch = dict[str, np.ndarray]
-SCORER_OUTPUT_COLUMNS = {"clip_score": "prompt-image alignment of the generated image (NaN when not scored)"}
+SCORER_OUTPUT_COLUMNS = {
+    "clip_score": "prompt-image alignment of the generated image (NaN when not scored)",
+    "image": "best-of-N rows: the best candidate",
+    "seed": "best-of-N rows: the best candidate's seed",
+    "candidates": "best-of-N rows: JSON list of every candidate's seed and score ('' otherwise)",
+}
+ScoreFn = Any
+"""score_fn(pixels: list of HxWx3 uint8 arrays, prompts: list[str]) -> list of scores."""
 
 
 def score_rows(batch: Batch) -> list[int]:
@@ -43,6 +51,46 @@ def pixels_for_scoring(batch: Batch, i: int) -> np.ndarray | None:
     except Exception as exc:  # noqa: BLE001 - PIL raises many kinds for a truncated file; the row is unscored
         logger.warning("row %d: %s image could not be decoded for scoring: %s", i, mime, exc)
         return None
+
+
+def score_batch(batch: Batch, score_fn: ScoreFn) -> Batch:
+    """Score every `generated` row with `score_fn`; a best-of-N row (`candidate_images`) scores each candidate and
+    keeps the best (ties: the earliest), recording every candidate's seed and score in `candidates`."""
+    import json
+
+    # 1 what to score: each fresh image, or each candidate of a best-of-N row
+    n = len(batch["status"])
+    pool = batch.get("candidate_images")
+    items: list[tuple[int, int, np.ndarray]] = []
+    for i in score_rows(batch):
+        images = list(pool[i]) if pool is not None and len(pool[i]) > 1 else [batch["image"][i]]
+        for k, data in enumerate(images):
+            pixels = pixels_for_scoring({**batch, "image": np.array([data], dtype=object),
+                                         **{c: batch[c][i:i + 1] for c in ("image_mime", "width", "height")
+                                            if c in batch}}, 0)
+            if pixels is not None:
+                items.append((i, k, pixels))
+    # 2 one scoring call for all of them
+    scores = score_fn([p for _, _, p in items], [str(batch["prompt"][i]) for i, _, _ in items]) if items else []
+    # 3 each row's score; a best-of-N row keeps its best candidate
+    by_row: dict[int, list[tuple[int, float]]] = {}
+    for (i, k, _), s in zip(items, scores, strict=True):
+        by_row.setdefault(i, []).append((k, float(s)))
+    if pool is None:
+        return with_scores(batch, list(by_row), [v[0][1] for v in by_row.values()])
+    image, seed = np.array(batch["image"], dtype=object), np.array(batch["seed"], dtype=np.int64)
+    candidates = np.array(batch["candidates"] if "candidates" in batch else [""] * n, dtype=object)
+    best_scores = []
+    for i, ranked in by_row.items():
+        seeds = [int(s) for s in str(batch["candidate_seeds"][i]).split(",") if s]
+        if len(pool[i]) > 1:
+            k, best = max(ranked, key=lambda ks: (ks[1], -ks[0]))
+            image[i], seed[i] = pool[i][k], seeds[k]
+            candidates[i] = json.dumps([{"seed": seeds[c], "score": round(s, 6)} for c, s in sorted(ranked)])
+        best_scores.append(max(s for _, s in ranked))
+    out = with_scores(batch, list(by_row), best_scores)
+    out.update(image=image, seed=seed, candidates=candidates, candidate_images=empty_lists(n))  # pixels dropped
+    return out
 
 
 class ClipScorer:
@@ -76,23 +124,20 @@ class ClipScorer:
         self.max_tokens = int(self.model.config.text_config.max_position_embeddings)
 
     def __call__(self, batch: Batch) -> Batch:
-        # 1 which rows have a fresh image (decoded to RGB: a provider's file is decoded just for scoring)
-        images = {i: pixels_for_scoring(batch, i) for i in score_rows(batch)}
-        rows = [i for i, pixels in images.items() if pixels is not None]
-        if not rows:
-            return with_scores(batch, [], [])
-        # 2 tokenize prompts (truncated to the text encoder's context)
-        inputs = self.processor(text=[str(batch["prompt"][i]) for i in rows], images=[images[i] for i in rows],
-                                return_tensors="pt", padding=True, truncation=True,
+        return score_batch(batch, self._score)
+
+    def _score(self, images: list[np.ndarray], prompts: list[str]) -> list[float]:
+        # 1 tokenize prompts (truncated to the text encoder's context)
+        inputs = self.processor(text=prompts, images=images, return_tensors="pt", padding=True, truncation=True,
                                 max_length=self.max_tokens).to(self.device)
-        # 3 cosine similarity of the projected embeddings
+        # 2 cosine similarity of the projected embeddings
         with self.torch.inference_mode():
             out = self.model(**inputs)
             img = out.image_embeds / out.image_embeds.norm(dim=-1, keepdim=True)
             txt = out.text_embeds / out.text_embeds.norm(dim=-1, keepdim=True)
             cos = (img * txt).sum(dim=-1).clamp(min=0)
-        # 4 CLIPScore scale
-        return with_scores(batch, rows, [float(100 * c) for c in cos.float().cpu()])
+        # 3 CLIPScore scale
+        return [float(100 * c) for c in cos.float().cpu()]
 
 
 def local_model_problem(model: str, accepts: Any, expected: str) -> str:
@@ -136,6 +181,9 @@ class RuleScorer:
         self.cfg = cfg
 
     def __call__(self, batch: Batch) -> Batch:
-        rows = score_rows(batch)
-        scores = [self.cfg.high if self.cfg.marker in str(batch["prompt"][i]) else self.cfg.low for i in rows]
-        return with_scores(batch, rows, scores)
+        return score_batch(batch, self._score)
+
+    def _score(self, images: list[np.ndarray], prompts: list[str]) -> list[float]:
+        if self.cfg.by == "brightness":
+            return [float(im.mean()) / 255 for im in images]
+        return [self.cfg.high if self.cfg.marker in p else self.cfg.low for p in prompts]

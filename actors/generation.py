@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from actors.inputs import InputFiles, InputProblem, load_inputs, sha256_of
-from actors.keys import shape_bucket
+from actors.keys import derive_seed, shape_bucket
 
 logger = logging.getLogger(__name__)
 
@@ -163,27 +163,83 @@ def run_generation(
     routed = batch["generator"] if name else None
     for i in range(n):
         if cols["status"][i] == "pending" and (routed is None or routed[i] == name):
-            key = shape_bucket(batch["width"][i], batch["height"][i], batch["num_steps"][i], batch["guidance_scale"][i])
-            buckets[(*key, *_conditioning_bucket(batch, i))].append(i)
-    # 3 run each bucket in chunks, isolating row errors
+            shape = shape_bucket(batch["width"][i], batch["height"][i], batch["num_steps"][i],
+                                 batch["guidance_scale"][i])
+            buckets[(*shape, *_conditioning_bucket(batch, i))].append(i)
+    # 3 run each bucket in chunks of `batch_size` images, isolating row errors; a best-of-N row is N images
+    #   (its candidates, with derived seeds), recorded together
+    many = "num_candidates" in batch and any(int(c) > 1 for c in batch["num_candidates"])
+    if many:
+        cols["candidate_images"] = empty_lists(n)
+        cols["candidate_seeds"] = np.array([""] * n, dtype=object)
     for rows in buckets.values():
         for start in range(0, len(rows), batch_size):
             started = time.time()
-            requests = {}
+            requests: dict[Any, Request] = {}
             for i in rows[start : start + batch_size]:
                 cols["queue_ms"][i] = max(0.0, (started - float(batch["enqueued_at"][i])) * 1000)
                 try:
-                    requests[i] = _request(batch, i, inputs)
+                    req = _request(batch, i, inputs)
                 except InputProblem as exc:  # the row's inputs: its error, its siblings still run
                     _record(cols, i, str(exc), 0.0, timed_usd=0.0)
+                    continue
+                count = int(batch["num_candidates"][i]) if many else 1
+                # candidates are separate requests (hosted backends send rows sharing a key once)
+                requests.update({(i, k): replace(req, seed=candidate_seed(req, k), key=req.key + (f"~{k}" if k else ""))
+                                 for k in range(count)})
             if not requests:
                 continue
-            for i, result, ms in _run_chunk(requests, list(requests), generate, is_fatal, is_oom):
-                _record(cols, i, result, ms, timed_usd=ms / 1000 * usd_per_second + usd_per_image)
+            results: dict[int, list[tuple[Any, Outcome | str, float]]] = defaultdict(list)
+            ids = list(requests)
+            for part in range(0, len(ids), batch_size):
+                for rk, result, ms in _run_chunk(requests, ids[part : part + batch_size], generate, is_fatal, is_oom):
+                    results[rk[0]].append((rk, result, ms))
+            for i, outcomes in results.items():
+                if len(outcomes) == 1 and not many:
+                    _, result, ms = outcomes[0]
+                    _record(cols, i, result, ms, timed_usd=ms / 1000 * usd_per_second + usd_per_image)
+                else:
+                    _record_candidates(cols, i, outcomes, requests, usd_per_second, usd_per_image)
     # 4 same columns in, plus the generator's outputs
     out = dict(batch)
     out.update(cols)
     return out
+
+
+def empty_lists(n: int) -> np.ndarray:
+    """A column of n empty lists (numpy would read a list of lists as a second axis)."""
+    out = np.empty(n, dtype=object)
+    for i in range(n):
+        out[i] = []
+    return out
+
+
+def candidate_seed(req: Request, k: int) -> int:
+    """Candidate k's seed of a best-of-N request: the request's own seed first, then seeds derived from it and the
+    image key (never the seed of a neighbouring image index, as seed + k would be)."""
+    return req.seed if k == 0 else derive_seed(req.seed, req.key, k)
+
+
+def _record_candidates(cols: Batch, i: int, outcomes: list[tuple[Any, Outcome | str, float]],
+                       requests: dict[Any, Request], usd_per_second: float, usd_per_image: float) -> None:
+    """A best-of-N row: every candidate's image (in `candidate_images`, their seeds in `candidate_seeds`) for the
+    scorer to choose from; the row is `generated` when at least one candidate is, and pays for all of them."""
+    images, seeds, errors, total_ms = [], [], [], 0.0
+    for key, result, ms in sorted(outcomes, key=lambda o: o[0][1]):
+        cols["status"][i] = "pending"
+        _record(cols, i, result, ms, timed_usd=ms / 1000 * usd_per_second + usd_per_image)
+        total_ms += ms
+        if cols["status"][i] == "generated":
+            images.append(cols["image"][i])
+            seeds.append(requests[key].seed)
+        else:
+            errors.append(str(cols["error"][i]))
+    cols["generate_ms"][i] = total_ms
+    cols["candidate_images"][i], cols["candidate_seeds"][i] = images, ",".join(map(str, seeds))
+    if images:
+        cols["status"][i], cols["error"][i], cols["image"][i] = "generated", "", images[0]
+    else:
+        cols["status"][i], cols["error"][i] = "error", f"every candidate failed: {errors[0]}"
 
 
 def _record(cols: Batch, i: int, result: Outcome | str, ms: float, timed_usd: float) -> None:
@@ -220,12 +276,12 @@ def _record(cols: Batch, i: int, result: Outcome | str, ms: float, timed_usd: fl
 
 
 def _run_chunk(
-    by_row: dict[int, Request],
-    chunk: list[int],
+    by_row: dict[Any, Request],
+    chunk: list[Any],
     generate: GenerateFn,
     is_fatal: Callable[[BaseException], bool],
     is_oom: Callable[[BaseException], bool],
-) -> list[tuple[int, Outcome | str, float]]:
+) -> list[tuple[Any, Outcome | str, float]]:
     requests = [by_row[i] for i in chunk]
     started = time.perf_counter()
     try:

@@ -70,7 +70,7 @@ def shape_bucket(width: int, height: int, num_steps: int, guidance_scale: float)
 
 
 def conditioning(*, task: str, input_sha256: str = "", mask_sha256: str = "", strength: float | None = None,
-                 adapters: str = "") -> str:
+                 adapters: str = "", selection: str = "") -> str:
     """The canonical text of an image's non-prompt inputs, for `image_key` ('' for plain text-to-image).
 
     Args:
@@ -79,6 +79,7 @@ def conditioning(*, task: str, input_sha256: str = "", mask_sha256: str = "", st
         mask_sha256: content hash of the mask ('' = none).
         strength: image-to-image / inpaint strength (None where the task has none).
         adapters: LoRA adapters as `adapter_key()` writes them ('' = none).
+        selection: how the image was chosen among candidates (best-of-N: N and the scorer; '' = not chosen).
     """
     parts = [f"task={task}"] if task != "text-to-image" else []
     if input_sha256:
@@ -89,6 +90,8 @@ def conditioning(*, task: str, input_sha256: str = "", mask_sha256: str = "", st
         parts.append(f"strength={round(float(strength), 6)}")
     if adapters:
         parts.append(f"adapters={adapters}")
+    if selection:
+        parts.append(f"selection={selection}")
     return ";".join(parts)
 
 

@@ -75,6 +75,7 @@ class PromptPreprocessor:
         "strength": "image-to-image / inpaint strength (NaN for other tasks)",
         "adapters": "LoRA adapters applied, `name:weight` comma-separated ('' = none)",
         "variant": "the output variant (aspect ratio or size) this image is ('' without variants)",
+        "num_candidates": "images to generate for this one before the best is kept (best-of-N; 1 = just this one)",
         **{f"prior_{c}": f"{c} an earlier run recorded (cached rows carry it into the manifest)" for c in CARRIED},
     }
 
@@ -193,6 +194,7 @@ class PromptPreprocessor:
             **{c: v for c, v in inputs.items() if c != "input_error"},
             "strength": d.strength if task in TAKES_STRENGTH else math.nan,
             "adapters": "",
+            "num_candidates": self.cfg.routing.candidates_per_image(),
         }
         num_images, row_seed, error, adapters = 1, None, "", []
         try:
@@ -237,7 +239,7 @@ class PromptPreprocessor:
                     continue
             made_of = conditioning(task=task, input_sha256=base["input_sha256"], mask_sha256=base["mask_sha256"],
                                    strength=base["strength"] if task in TAKES_STRENGTH else None,
-                                   adapters=adapter_key(adapters, ident.adapters))
+                                   adapters=adapter_key(adapters, ident.adapters), selection=self.cfg.selection)
             for idx in range(num_images):
                 seed = (row_seed + idx) % (2**31 - 1) if row_seed is not None else derive_seed(self.cfg.job_seed, rid,
                                                                                                  idx)
@@ -419,6 +421,7 @@ _DTYPES = {
     "guidance_scale": np.float64,
     "enqueued_at": np.float64,
     "strength": np.float64,
+    "num_candidates": np.int32,
     "prior_bytes": np.int64,
     **{name: np.float64 for name, value in NO_PRIOR.items() if isinstance(value, float)},
     **{name: np.int64 for name, value in NO_PRIOR.items() if type(value) is int},

@@ -21,7 +21,7 @@ logger = logging.getLogger(__name__)
 # cost), not just the ones made this run.
 # SETTINGS: what a stored image was made with; a resumed row reports these (an escalated row's are the heavy
 # generator's, a hosted image's size the one the API returned).
-SETTINGS = ("width", "height", "num_steps", "guidance_scale", "negative_prompt")
+SETTINGS = ("width", "height", "num_steps", "guidance_scale", "negative_prompt", "seed")
 READ = ("image_key", "status", "sha256", "bytes", "error", "generator", "model", *CARRIED, *SETTINGS)
 
 

@@ -5,14 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from actors.clip_scorer import (
-    SCORER_OUTPUT_COLUMNS,
-    Batch,
-    local_model_problem,
-    pixels_for_scoring,
-    score_rows,
-    with_scores,
-)
+from actors.clip_scorer import SCORER_OUTPUT_COLUMNS, Batch, local_model_problem, score_batch
 from configs.scorer import VqaScorerConfig
 
 logger = logging.getLogger(__name__)
@@ -65,20 +58,17 @@ class VqaScorer:
         self.templated = getattr(self.processor, "chat_template", None) is not None
 
     def __call__(self, batch: Batch) -> Batch:
-        # 1 which rows have a fresh image (a provider's file is decoded just for scoring)
-        images = {i: pixels_for_scoring(batch, i) for i in score_rows(batch)}
-        rows = [i for i, pixels in images.items() if pixels is not None]
-        if not rows:
-            return with_scores(batch, [], [])
-        # 2 one question per image, in the model's chat format when it has one
-        texts = [self._question(str(batch["prompt"][i])) for i in rows]
-        inputs = self.processor(images=[images[i] for i in rows], text=texts, return_tensors="pt",
-                                padding=True).to(self.device)
-        # 3 the next-token distribution after the question; P(answer) summed over its spellings
+        return score_batch(batch, self._score)
+
+    def _score(self, images: list[Any], prompts: list[str]) -> list[float]:
+        # 1 one question per image, in the model's chat format when it has one
+        texts = [self._question(p) for p in prompts]
+        inputs = self.processor(images=images, text=texts, return_tensors="pt", padding=True).to(self.device)
+        # 2 the next-token distribution after the question; P(answer) summed over its spellings
         with self.torch.inference_mode():
             logits = self.model(**inputs).logits[:, -1, :].float()
             probs = logits.softmax(dim=-1)[:, self.answer_ids].sum(dim=-1)
-        return with_scores(batch, rows, [float(p) for p in probs.cpu()])
+        return [float(p) for p in probs.cpu()]
 
     def _question(self, prompt: str) -> str:
         question = self.cfg.question.replace("{prompt}", prompt)

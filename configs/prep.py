@@ -84,6 +84,9 @@ class PrepConfig(StrictModel):
     """source.task: what rows ask of their generator."""
     variants: list[str] = []
     """Output variants of each request (aspect ratios or sizes; [] = one image at the row's size)."""
+    selection: str = ""
+    """Best-of-N: `best_of=<N>,scorer=<backend>:<model>` (part of image keys: the kept image depends on both);
+    '' = every image is the one generated."""
     columns: dict[str, str] = {}
     """Per-row setting (seed, width, height, num_steps, guidance_scale, num_images) → the data's column holding
     it; a setting not listed is read from the column of its own name."""

@@ -102,6 +102,10 @@ class RoutingBase(StrictModel):
         """Manifest rows per requested image (fan-out makes one per listed generator)."""
         return 1
 
+    def candidates_per_image(self) -> int:
+        """Images generated per requested image before the best is kept (best-of-N); 1 = no selection."""
+        return 1
+
     def used(self, names: list[str]) -> list[str]:
         """Generators that can receive rows, in stage order."""
         return [self.default_generator(names)]
@@ -262,8 +266,30 @@ class CascadeRouting(RoutingBase):
         return low, low + extra * per_image[c.escalate]
 
 
+class BestOfRouting(RoutingBase):
+    """Best-of-N: every request is generated `candidates` times with derived seeds by one generator, each
+    candidate is scored, and the best is kept (needs a `scorer`). The manifest records every candidate's seed
+    and score and which won."""
+
+    mode: Literal["best_of"] = "best_of"
+    """Routing policy."""
+    candidates: int = Field(default=4, ge=2, le=16)
+    """Candidates per requested image (N)."""
+
+    needs_scorer: ClassVar[bool] = True
+
+    def candidates_per_image(self) -> int:
+        """N."""
+        return self.candidates
+
+    def cost_range(self, per_image: dict[str, float], images: int) -> tuple[float, float]:
+        """Every candidate is paid for."""
+        low, high = super().cost_range(per_image, images)
+        return low * self.candidates, high * self.candidates
+
+
 ROUTING_MODES: tuple[type[RoutingBase], ...] = (SingleRouting, ColumnRouting, RulesRouting, FanoutRouting,
-                                                CascadeRouting)
+                                                CascadeRouting, BestOfRouting)
 """Every routing mode (the union below lists the same classes)."""
 
 
@@ -278,8 +304,10 @@ RoutingConfig = Annotated[
     | Annotated[ColumnRouting, Tag("column")]
     | Annotated[RulesRouting, Tag("rules")]
     | Annotated[FanoutRouting, Tag("fanout")]
-    | Annotated[CascadeRouting, Tag("cascade")],
+    | Annotated[CascadeRouting, Tag("cascade")]
+    | Annotated[BestOfRouting, Tag("best_of")],
     Discriminator(_mode_of, custom_error_type="routing_mode",
-                  custom_error_message="routing.mode must be one of single, column, rules, fanout, cascade"),
+                  custom_error_message="routing.mode must be one of single, column, rules, fanout, cascade, best_of"),
 ]
-"""Row → generator assignment: `single`, `column`, `rules`, `fanout` or `cascade` (`mode` picks the variant)."""
+"""Row → generator assignment: `single`, `column`, `rules`, `fanout`, `cascade` or `best_of` (`mode` picks the
+variant)."""

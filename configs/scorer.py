@@ -65,6 +65,9 @@ class RuleScorerConfig(StrictModel):
 
     backend: Literal["rule"] = "rule"
     """Backend discriminator."""
+    by: Literal["prompt", "brightness"] = "prompt"
+    """prompt: `high`/`low` by the marker; brightness: the image's mean pixel value / 255 (tells candidates
+    apart, for best-of-N tests)."""
     marker: str = "good"
     """Substring that earns the high score."""
     high: float = 1.0

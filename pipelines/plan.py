@@ -243,6 +243,15 @@ def input_base(source_uri: str) -> str:
     return parse_location(uri).uri
 
 
+def selection(cfg: JobConfig) -> str:
+    """What decides which candidate is kept (best-of-N), as it enters image keys; '' without selection."""
+    n = cfg.routing.candidates_per_image()
+    if n <= 1 or cfg.scorer is None:
+        return ""
+    model = getattr(cfg.scorer, "model", "")
+    return f"best_of={n},scorer={cfg.scorer.backend}:{model}"
+
+
 def prep_config(cfg: JobConfig, stores: Stores | None = None) -> PrepConfig:
     """The preprocessor's slice of the job config (with resume state when the output store is known)."""
     resume = None
@@ -260,6 +269,7 @@ def prep_config(cfg: JobConfig, stores: Stores | None = None) -> PrepConfig:
         template=cfg.source.template,
         task=cfg.source.task,
         variants=cfg.source.variants,
+        selection=selection(cfg),
         max_prompt_chars=cfg.source.max_prompt_chars,
         max_images_per_row=cfg.routing.max_images_per_row,
         routing=cfg.routing,
@@ -268,7 +278,8 @@ def prep_config(cfg: JobConfig, stores: Stores | None = None) -> PrepConfig:
         generators={
             name: GeneratorIdentity(model=g.model, revision=g.revision, scheduler=g.scheduler, defaults=g.defaults,
                                     render=g.render(),
-                                    est_usd_per_image=g.estimate_usd(int(cfg.source.reads_inputs())),
+                                    est_usd_per_image=g.estimate_usd(int(cfg.source.reads_inputs()))
+                                    * cfg.routing.candidates_per_image(),
                                     max_input_images=g.max_input_images(), masks=g.takes_mask(cfg.source.task),
                                     adapters=stores.adapters.get(name, {}) if stores is not None else {},
                                     default_adapters=g.default_adapters())

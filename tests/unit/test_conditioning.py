@@ -327,3 +327,35 @@ def test_the_plan_says_what_rows_are_made_from_and_what_has_no_effect() -> None:
     assert lines[1] == "  note   : strength has no effect on oa (the API has no such setting)"
     assert lines[2].startswith("  variants: 1:1, 9:16")
     assert input_lines(parse_config(sleep_job("p", "out"))) == []
+
+
+def test_best_of_n_keeps_the_best_candidate_and_records_them_all() -> None:
+    """routing.mode=best_of: N candidates with derived seeds in one generator pass, each scored, the best kept;
+    the key names the selection (N and the scorer), every candidate is paid for."""
+    from actors.clip_scorer import RuleScorer
+    from configs.scorer import RuleScorerConfig
+
+    raw = sleep_job("p.parquet", "out")
+    raw["generators"]["sleepy"]["cost"] = {"usd_per_image": 0.01}
+    raw["routing"] = {"mode": "best_of", "candidates": 4}
+    raw["scorer"] = {"backend": "rule", "by": "brightness"}
+    rows = prep(raw, {"prompt": ["a", "b"]})
+    assert {r["num_candidates"] for r in rows} == {4}
+    plain = prep(sleep_job("p.parquet", "out"), {"prompt": ["a", "b"]})
+    assert {r["image_key"] for r in rows}.isdisjoint(r["image_key"] for r in plain)
+    assert rows[0]["seed"] == plain[0]["seed"]
+    cfg = parse_config(raw)
+    generated = SleepGenerator(cfg.generators["sleepy"])(sleep_batch(rows))
+    assert list(generated["status"]) == ["generated"] * 2 and len(generated["candidate_images"][0]) == 4
+    assert generated["cost_usd"][0] == pytest.approx(0.04)
+    scored = RuleScorer(RuleScorerConfig(by="brightness"))(generated)
+    for i in range(2):
+        cands = json.loads(scored["candidates"][i])
+        assert len(cands) == 4 and cands[0]["seed"] == rows[i]["seed"]
+        best = max(cands, key=lambda c: c["score"])
+        assert scored["seed"][i] == best["seed"] and scored["clip_score"][i] == pytest.approx(best["score"])
+        pixels = np.frombuffer(scored["image"][i], np.uint8)
+        assert pixels.mean() / 255 == pytest.approx(best["score"])
+        assert list(scored["candidate_images"][i]) == []  # the other candidates' pixels are dropped
+    with pytest.raises(ConfigError, match="scores drafts|configure a `scorer`"):
+        parse_config({**raw, "scorer": None})
