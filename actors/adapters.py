@@ -15,8 +15,10 @@ class AdapterError(ValueError):
 
 
 def is_hub_id(path: str) -> bool:
-    """A hub repository id (`org/name`) rather than a local or s3:// path."""
-    return not path.startswith(("s3://", "/", "./", "../", "~", "file://")) and not Path(path).exists()
+    """A hub repository id (`org/name`: one slash, no file extension) rather than a local or s3:// path."""
+    if path.startswith(("s3://", "/", "./", "../", "~", "file://")) or Path(path).exists():
+        return False
+    return path.count("/") == 1 and not path.endswith((".safetensors", ".bin", ".pt"))
 
 
 def weights_file(folder: Path, adapter: LoraConfig) -> Path:

@@ -179,11 +179,11 @@ class DiffusersGenerator:
 
 def _decode(data: bytes, mode: str, width: int, height: int) -> Any:
     """An input file as a PIL image in `mode` at the requested size (the row's key names that size)."""
-    import io
-
     from PIL import Image
 
-    with Image.open(io.BytesIO(data)) as img:
+    from actors.inputs import open_image
+
+    with open_image(data) as img:
         out = img.convert(mode)
     resample = Image.Resampling.NEAREST if mode == "L" else Image.Resampling.LANCZOS  # masks stay hard-edged
     return out if out.size == (width, height) else out.resize((width, height), resample)

@@ -6,9 +6,10 @@ from typing import Any
 
 import numpy as np
 
-from actors.keys import SETTINGS, adapter_key, conditioning, image_key
+from actors.keys import SETTINGS, adapter_key, adapters_text, conditioning, image_key
 from configs.prep import GeneratorIdentity
 from configs.routing import CascadeConfig
+from configs.source import variant_size
 
 Batch = dict[str, np.ndarray]
 DRAFT_SETTINGS = {f"draft_{s}": (np.float64 if s == "guidance_scale" else np.int32) for s in SETTINGS}
@@ -45,7 +46,7 @@ class Escalator:
         "num_steps": "the draft's; the heavy one's unless explicit",
         "guidance_scale": "the draft's; the heavy one's unless explicit",
     }
-    OPTIONAL_COLUMNS = ("task", "input_sha256", "mask_sha256", "mask_uri", "strength", "adapters")
+    OPTIONAL_COLUMNS = ("task", "input_sha256", "mask_sha256", "mask_uri", "strength", "adapters", "variant")
     """Read when present (image-conditioned rows, adapters): the heavy image's key is made from the same inputs."""
     OUTPUT_COLUMNS = {
         "route": "draft | escalated",
@@ -132,6 +133,9 @@ class Escalator:
         d = self.heavy.defaults
         explicit = set(str(batch["explicit"][i]).split(","))
         values: dict[str, Any] = {s: (batch[s][i] if s in explicit else getattr(d, s)) for s in SETTINGS}
+        variant = str(batch["variant"][i]) if "variant" in batch else ""
+        if variant:  # a campaign variant keeps its shape: the heavy generator's size in that aspect ratio
+            values["width"], values["height"] = variant_size(variant, int(values["width"]), int(values["height"]))
         values["negative_prompt"] = batch["negative_prompt"][i] if "negative_prompt" in explicit else d.negative_prompt
         if int(values["width"]) * int(values["height"]) > d.max_pixels:
             return None
@@ -149,7 +153,7 @@ class Escalator:
         inputs, mask = str(value("input_sha256", "")), str(value("mask_sha256", ""))
         if len([x for x in inputs.split(",") if x]) > h.max_input_images or (mask and not h.masks):
             return None
-        takes_strength = task in ("image-to-image", "inpaint")
+        takes_strength = task in ("image-to-image", "inpaint") and h.takes_strength
         values["strength"] = (float(value("strength", np.nan)) if "strength" in explicit else h.defaults.strength
                               ) if takes_strength else np.nan
         chosen = h.default_adapters
@@ -158,7 +162,7 @@ class Escalator:
             chosen = [(name, float(w)) for name, _, w in pairs]
             if any(name not in h.adapters for name, _ in chosen):
                 return None
-        values["adapters_text"] = ",".join(f"{n}:{w:g}" for n, w in chosen)
+        values["adapters_text"] = adapters_text(list(chosen))
         values["conditioning"] = conditioning(task=task, input_sha256=inputs, mask_sha256=mask,
                                               strength=values["strength"] if takes_strength else None,
                                               adapters=adapter_key(list(chosen), h.adapters))

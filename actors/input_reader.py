@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
+from actors.cells import column_values
 from actors.inputs import InputFiles, InputProblem, check_image, sha256_of, uris_of
 from configs.prep import InputReaderConfig
 
@@ -45,9 +46,9 @@ class InputReader:
 
         # 1 the two columns as Python values (a missing mask column is all nulls)
         n = batch.num_rows
-        images = batch.column(self.cfg.image_column).to_pylist()
+        images = column_values(batch.column(self.cfg.image_column))
         with_mask = self.cfg.mask_column in batch.column_names and self.cfg.task in MASK_TASKS
-        masks = batch.column(self.cfg.mask_column).to_pylist() if with_mask else [None] * n
+        masks = column_values(batch.column(self.cfg.mask_column)) if with_mask else [None] * n
         # 2 read, check and hash each row's files
         out: dict[str, list[str]] = {name: [] for name in INPUT_OUTPUT_COLUMNS}
         for image_cell, mask_cell in zip(images, masks, strict=True):

@@ -6,14 +6,30 @@ import hashlib
 import io
 import json
 import os
+import posixpath
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from actors.cells import Undecodable
 from actors.storage import ObjectStore, open_store, parse_location
 from configs.storage import StoreSpec
 
 IMAGE_MODES = {"1", "L", "LA", "P", "RGB", "RGBA", "RGBX"}
 """Modes an input image may have: each converts to RGB without guessing (CMYK, 16-bit and float images don't)."""
+IMAGE_FORMATS = ["PNG", "JPEG", "WEBP"]
+"""File formats inputs may have (what every backend takes; PIL is never asked to parse others, e.g. EPS, which it
+hands to Ghostscript)."""
+
+
+def open_image(data: bytes) -> Any:
+    """A PIL image of an input file in one of IMAGE_FORMATS, turned upright by its EXIF orientation (as viewers and
+    diffusers' load_image show it). Raises what PIL raises for anything else."""
+    from PIL import Image, ImageOps
+
+    img = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
+    upright = ImageOps.exif_transpose(img)
+    return upright if upright is not None else img
 
 
 class InputProblem(ValueError):
@@ -33,16 +49,27 @@ class InputImage:
 
 def resolve_uri(value: str, base: str) -> str:
     """An input cell's absolute URI: s3:// and absolute paths as given (`file://` stripped, `~` expanded), a relative
-    path under `base` (the prompt table's folder, local or s3://)."""
+    path under `base` (the prompt table's folder, local or s3://, `.` and `..` resolved as on a disk); InputProblem
+    for a URI that names nothing (`s3://` without a bucket or key, `~user` unknown, `..` above a bucket)."""
     value = value.strip()
-    if value.startswith("s3://"):
-        return value
     if value.startswith("file://"):
         value = value[7:]
+    if value.startswith("s3://") or (base.startswith("s3://") and not value.startswith(("/", "~"))):
+        if value.startswith("s3://"):
+            bucket, _, key = value[5:].partition("/")
+        else:
+            bucket, _, prefix = base[5:].partition("/")
+            key = posixpath.join(prefix, value)
+        key = posixpath.normpath(key) if key else ""
+        if not bucket or not key or key in (".", "..") or key.startswith("../") or key.startswith("/"):
+            raise InputProblem(f"{value!r} names no object (expected s3://bucket/key, or a path under the table's "
+                               f"folder)")
+        return f"s3://{bucket}/{key}"
     if value.startswith(("/", "~")):
-        return str(Path(value).expanduser())
-    if base.startswith("s3://"):
-        return f"{base.rstrip('/')}/{value.lstrip('./')}" if value.startswith("./") else f"{base.rstrip('/')}/{value}"
+        try:
+            return os.path.normpath(str(Path(value).expanduser()))
+        except RuntimeError:  # ~user of an unknown user
+            raise InputProblem(f"{value!r}: no such user's home folder") from None
     return os.path.normpath(os.path.join(base, value))
 
 
@@ -50,6 +77,8 @@ def uris_of(cell: object, base: str) -> list[str]:
     """The URIs of an image cell: a string, or a list of strings (reference images); [] for null or empty."""
     if cell is None:
         return []
+    if isinstance(cell, Undecodable):
+        raise InputProblem(f"image cell is not valid UTF-8 text ({cell})")
     values = [cell] if isinstance(cell, str) else list(cell)  # type: ignore[call-overload]
     out = []
     for v in values:
@@ -75,8 +104,8 @@ class InputFiles:
 
     def read(self, uri: str) -> bytes:
         """The file's bytes; InputProblem when it is missing, unreadable or too large."""
-        loc = parse_location(uri)
         try:
+            loc = parse_location(uri)
             if loc.kind == "local":
                 path = Path(loc.prefix)
                 if not path.is_file():
@@ -108,21 +137,28 @@ class InputFiles:
 
 def check_image(uri: str, data: bytes, max_pixels: int, mask: bool = False) -> tuple[int, int]:
     """(width, height) of a decodable input image (or mask); InputProblem naming what is wrong otherwise."""
-    from PIL import Image
+    from PIL import Image, UnidentifiedImageError
 
     what = "mask" if mask else "image"
     try:
-        with Image.open(io.BytesIO(data)) as img:
-            width, height = img.size
+        with Image.open(io.BytesIO(data)) as header:  # the size from the header, before anything is decoded
+            kind = header.format or "?"
+            width, height = header.size
+            if header.getexif().get(0x0112) in (5, 6, 7, 8):  # shown rotated by 90 degrees
+                width, height = height, width
             if width * height > max_pixels:
                 raise InputProblem(f"{what} {uri}: {width}x{height} pixels; the limit is {max_pixels:,} "
                                    f"(source.inputs.max_image_pixels)")
-            if img.mode not in IMAGE_MODES:
-                raise InputProblem(f"{what} {uri} has mode {img.mode}; save it as RGB"
+            if kind not in IMAGE_FORMATS:
+                raise InputProblem(f"{what} {uri} is {kind}; convert it to PNG, JPEG or WebP")
+            if header.mode not in IMAGE_MODES:
+                raise InputProblem(f"{what} {uri} has mode {header.mode}; save it as RGB"
                                    f"{' or grayscale (L, white = change)' if mask else ''}")
-            img.load()  # a truncated or corrupt file fails here, not on the GPU
+        open_image(data).load()  # a truncated or corrupt file fails here, not on the GPU
     except InputProblem:
         raise
+    except UnidentifiedImageError:
+        raise InputProblem(f"{what} {uri} is not a readable image (not PNG, JPEG or WebP)") from None
     except Exception as exc:  # noqa: BLE001 - PIL raises many kinds for bad bytes
         raise InputProblem(f"{what} {uri} is not a readable image ({type(exc).__name__})") from None
     return int(width), int(height)

@@ -95,7 +95,18 @@ def conditioning(*, task: str, input_sha256: str = "", mask_sha256: str = "", st
     return ";".join(parts)
 
 
+def weight_text(weight: float) -> str:
+    """An adapter weight as text, exactly as it enters keys (6 decimals, no trailing zeros): what is written is
+    what is applied and what is keyed."""
+    return f"{round(float(weight), 6):.6f}".rstrip("0").rstrip(".")
+
+
+def adapters_text(selected: list[tuple[str, float]]) -> str:
+    """The `adapters` column: `name:weight` comma-separated, in the row's order."""
+    return ",".join(f"{name}:{weight_text(w)}" for name, w in selected)
+
+
 def adapter_key(selected: list[tuple[str, float]], hashes: dict[str, str]) -> str:
     """LoRA adapters as they enter a key: `name@<file sha256>:weight` in name order (the order they are listed in
     doesn't change the image)."""
-    return ",".join(f"{name}@{hashes[name]}:{round(float(w), 6)}" for name, w in sorted(selected))
+    return ",".join(f"{name}@{hashes[name]}:{weight_text(w)}" for name, w in sorted(selected))

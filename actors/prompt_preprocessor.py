@@ -13,8 +13,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from actors.cells import Undecodable, column_values
 from actors.input_reader import INPUT_OUTPUT_COLUMNS
-from actors.keys import SETTINGS, adapter_key, conditioning, derive_row_id, derive_seed, image_key
+from actors.keys import SETTINGS, adapter_key, adapters_text, conditioning, derive_row_id, derive_seed, image_key
 from actors.manifest_schema import CARRIED, empty_value
 from actors.resume_index import ResumeIndex, load_index
 from actors.storage import open_store
@@ -94,7 +95,7 @@ class PromptPreprocessor:
     def __call__(self, batch: pa.Table) -> Batch:
         # 1 read the columns once
         n = batch.num_rows
-        cols = {name: _values(batch.column(name)) for name in batch.column_names}
+        cols = {name: column_values(batch.column(name)) for name in batch.column_names}
         prompts = cols.get(self.cfg.prompt_column, [None] * n)
         ids = cols.get(self.cfg.id_column, [None] * n)
         negs = cols.get(self.cfg.negative_prompt_column, [None] * n)
@@ -198,7 +199,8 @@ class PromptPreprocessor:
         }
         num_images, row_seed, error, adapters = 1, None, "", []
         try:
-            values = {k: _convert(k, v) for k, v in overrides.items() if v is not None}
+            values = {k: _convert(k, v) for k, v in overrides.items()
+                      if v is not None and (k != "strength" or task in TAKES_STRENGTH)}
             given = [k for k in SETTINGS if k in values]
             base.update({k: values[k] for k in given})
             if task in TAKES_STRENGTH and "strength" in values:
@@ -213,7 +215,7 @@ class PromptPreprocessor:
             error = error or inputs["input_error"] or self._input_problem(ident, gen_name, base)
             if not error and ident is not None:
                 adapters = parse_adapters(loras, ident.adapters, ident.default_adapters, gen_name)
-                base["adapters"] = ",".join(f"{n}:{w:g}" for n, w in adapters)
+                base["adapters"] = adapters_text(adapters)
         except ValueError as exc:
             error = str(exc)
         variants = self.cfg.variants or [""]
@@ -237,8 +239,9 @@ class PromptPreprocessor:
                     rows.extend({**shaped, "image_index": idx, "seed": 0, "image_key": "", "status": "error",
                                  "error": f"variant {variant}: {size_error}", **NO_PRIOR} for idx in range(num_images))
                     continue
+            keyed = task in TAKES_STRENGTH and ident.takes_strength  # a hosted API has none: not in its key
             made_of = conditioning(task=task, input_sha256=base["input_sha256"], mask_sha256=base["mask_sha256"],
-                                   strength=base["strength"] if task in TAKES_STRENGTH else None,
+                                   strength=base["strength"] if keyed else None,
                                    adapters=adapter_key(adapters, ident.adapters), selection=self.cfg.selection)
             for idx in range(num_images):
                 seed = (row_seed + idx) % (2**31 - 1) if row_seed is not None else derive_seed(self.cfg.job_seed, rid,
@@ -268,7 +271,9 @@ class PromptPreprocessor:
                     f"for {row['task']}")
         if row["mask_uri"] and not ident.masks:
             return f"generator {gen_name!r} takes no mask for {row['task']}; drop the mask or route the row elsewhere"
-        if row["task"] in TAKES_STRENGTH and not 0 < row["strength"] <= 1:
+        if row["task"] in TAKES_STRENGTH and not ident.takes_strength:
+            row["strength"] = math.nan  # the generator has no such setting: not recorded, not keyed
+        elif row["task"] in TAKES_STRENGTH and not 0 < row["strength"] <= 1:
             return f"strength={row['strength']} must be in (0, 1]"
         return ""
 
@@ -348,6 +353,8 @@ def parse_adapters(cell: Any, known: dict[str, str], default: list[tuple[str, fl
         if name not in known:
             have = ", ".join(sorted(known)) or "none"
             raise ValueError(f"LoRA adapter {name!r} is not configured for generator {generator!r} (it has: {have})")
+        if name in out:
+            raise ValueError(f"LoRA adapter {name!r} is named twice in loras={cell!r}; give it once")
         try:
             value = float(weight) if weight.strip() else 1.0
         except ValueError:
@@ -367,28 +374,6 @@ def combination_id(values: dict[str, Any]) -> str:
 
 class Unrendered(str):
     """A templated prompt that could not be written (a null column, a template error): the message."""
-
-
-class Undecodable(str):
-    """A text cell whose bytes are not UTF-8: the row becomes an error row (shown as its first bytes, escaped)."""
-
-
-def _values(column: Any) -> list[Any]:
-    """A column as Python values; undecodable text cells become `Undecodable` markers instead of failing the
-    whole block (Parquet string columns can hold any bytes)."""
-    try:
-        return list(column.to_pylist())
-    except UnicodeDecodeError:
-        import pyarrow as pa
-
-        raw = column.cast(pa.binary()).to_pylist()
-        out: list[Any] = []
-        for value in raw:
-            try:
-                out.append(value.decode("utf-8") if value is not None else None)
-            except UnicodeDecodeError:
-                out.append(Undecodable(repr(value[:40])))
-        return out
 
 
 def _convert(name: str, value: Any) -> Any:

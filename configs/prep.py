@@ -41,6 +41,8 @@ class GeneratorIdentity(StrictModel):
     """Input images one request may carry (0 = text-to-image only)."""
     masks: bool = False
     """Whether it takes a mask with the run's task."""
+    takes_strength: bool = False
+    """Whether image-to-image / inpaint strength changes its images (part of their keys only then)."""
     adapters: dict[str, str] = {}
     """Its LoRA adapters: name → sha256 of the weights file (part of the image key)."""
     default_adapters: list[tuple[str, float]] = []

@@ -47,7 +47,7 @@ class ColumnNames(StrictModel):
     """image-to-image / inpaint: how far the result may move from the input image (number, 0..1)."""
     image: str = "image"
     """Input image URI (local path, relative to the prompt table's folder, or s3://), or a list of URIs (reference
-    images for `edit`); read when `source.task` is not text-to-image (a null cell makes that row text-to-image)."""
+    images for `edit`); read when `source.task` is not text-to-image (a null cell is that row's error)."""
     mask: str = "mask"
     """Mask image URI for inpaint / edit (white = change; the size of the first input image)."""
     loras: str = "loras"
@@ -256,13 +256,18 @@ class SourceConfig(StrictModel):
                 raise ValueError(f"source.{seen[column]} and source.{key} both read column {column!r}; "
                                  f"each setting needs its own column")
             seen[column] = key
+        shapes: dict[Any, str] = {}
         for v in self.variants:
             try:
-                parse_variant(v)
+                kind, value = parse_variant(v)
             except ValueError as exc:
                 raise ValueError(f"source.variants: {exc}") from None
-        if len(set(self.variants)) != len(self.variants):
-            raise ValueError(f"source.variants lists a variant twice: {self.variants}")
+            if v != v.strip():
+                raise ValueError(f"source.variants: {v!r} has spaces around it; write {v.strip()!r}")
+            shape = (kind, round(value, 9) if isinstance(value, float) else value)
+            if shape in shapes:
+                raise ValueError(f"source.variants: {shapes[shape]!r} and {v!r} are the same shape; list it once")
+            shapes[shape] = v
         return self
 
     def reads_inputs(self) -> bool:

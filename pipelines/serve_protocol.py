@@ -168,8 +168,12 @@ def _files(name: str, value: Any, most: int) -> tuple[bytes, ...]:
         where = f'"{name}"[{k}]' if isinstance(value, list) else f'"{name}"'
         if not isinstance(item, str):
             raise RequestProblem(400, f"{where} must be a base64 string, got {_json_type(item)}")
+        if item.startswith("data:"):  # data:image/png;base64,<data>
+            head, comma, item = item.partition(",")
+            if not comma or not head.endswith(";base64"):
+                raise RequestProblem(400, f"{where} is a data: URL without ';base64,<data>'")
         try:
-            out.append(base64.b64decode(item.split(",", 1)[1] if item.startswith("data:") else item, validate=True))
+            out.append(base64.b64decode(item, validate=True))
         except ValueError:
             raise RequestProblem(400, f"{where} is not valid base64") from None
     return tuple(out)

@@ -269,6 +269,11 @@ class Gateway:
             raise RequestProblem(400, f'source.task={self.task} takes no "mask"')
         if self.task == "inpaint" and not req.mask:
             raise RequestProblem(400, 'source.task=inpaint: send the "mask" (base64; white = change)')
+        files = {**{f"images[{k}]": d for k, d in enumerate(req.images)}, **({"mask": req.mask} if req.mask else {})}
+        too_big = [name for name, data in files.items() if len(data) > self.limits.max_image_bytes]
+        if too_big:
+            raise RequestProblem(413, f"{too_big[0]} is over {self.limits.max_image_bytes} bytes "
+                                      f"(source.inputs.max_image_bytes)")
         try:
             sizes = [check_image(f"images[{k}]", data, self.limits.max_image_pixels)
                      for k, data in enumerate(req.images)]
@@ -276,9 +281,6 @@ class Gateway:
                 raise InputProblem(f"mask size differs from images[0] ({sizes[0][0]}x{sizes[0][1]}); they must match")
         except InputProblem as exc:
             raise RequestProblem(400, str(exc)) from None
-        too_big = [k for k, data in enumerate(req.images) if len(data) > self.limits.max_image_bytes]
-        if too_big:
-            raise RequestProblem(413, f"images[{too_big[0]}] is over {self.limits.max_image_bytes} bytes")
         return {"input_images": json.dumps([f"request:images[{k}]" for k in range(len(req.images))]),
                 "input_sha256": ",".join(sha256_of(d) for d in req.images),
                 "mask_uri": "request:mask" if req.mask else "", "mask_sha256": sha256_of(req.mask) if req.mask else "",

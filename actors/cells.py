@@ -1,0 +1,36 @@
+"""Reading prompt-table cells as Python values without letting one bad cell fail a whole block."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class Undecodable(str):
+    """A text cell whose bytes are not UTF-8: the row becomes an error row (shown as its first bytes, escaped)."""
+
+
+def column_values(column: Any) -> list[Any]:
+    """A column as Python values; undecodable text cells become `Undecodable` markers instead of failing the
+    whole block (Parquet string columns can hold any bytes)."""
+    try:
+        return list(column.to_pylist())
+    except UnicodeDecodeError:
+        import pyarrow as pa
+
+        listed = pa.types.is_list(column.type) or pa.types.is_large_list(column.type)
+        raw = column.cast(pa.list_(pa.binary()) if listed else pa.binary()).to_pylist()
+        return [_decoded(value) for value in raw]
+
+
+def _decoded(value: Any) -> Any:
+    """Bytes (or a list of them) as text; an Undecodable marker when any of it is not UTF-8."""
+    if value is None:
+        return None
+    if isinstance(value, list):
+        items = [_decoded(v) for v in value]
+        bad = next((v for v in items if isinstance(v, Undecodable)), None)
+        return bad if bad is not None else items
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        return Undecodable(repr(value[:40]))
