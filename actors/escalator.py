@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import bisect
+import math
 from typing import Any
 
 import numpy as np
@@ -13,6 +15,19 @@ from configs.source import variant_size
 
 Batch = dict[str, np.ndarray]
 DRAFT_SETTINGS = {f"draft_{s}": (np.float64 if s == "guidance_scale" else np.int32) for s in SETTINGS}
+
+
+def escalation_share(cfg: CascadeConfig, heavy_usd: float, num_drafts: int) -> tuple[float | None, int | None]:
+    """(share of drafts to escalate, cap on escalations) of a relative policy; (None, None) for a threshold.
+
+    escalate_fraction f: share f, cap ceil(f x drafts). escalate_budget_usd B: cap floor(B / heavy price), share
+    cap / drafts (all of them when the budget buys that many)."""
+    if cfg.escalate_fraction is not None:
+        return cfg.escalate_fraction, math.ceil(cfg.escalate_fraction * num_drafts) if num_drafts else None
+    if cfg.escalate_budget_usd is not None:
+        cap = math.floor(cfg.escalate_budget_usd / heavy_usd + 1e-9) if heavy_usd > 0 else num_drafts
+        return (min(1.0, cap / num_drafts) if num_drafts else 1.0), cap
+    return None, None
 
 
 class Escalator:
@@ -27,6 +42,7 @@ class Escalator:
         cfg: the cascade settings.
         heavy_name: the escalate generator's name.
         heavy: identity of the escalate generator (for its defaults and image keys).
+        num_drafts: images the run drafts (the driver's count), for relative policies.
     """
 
     INPUT_COLUMNS = {
@@ -68,11 +84,14 @@ class Escalator:
         **{s: "the heavy generator's default unless explicit" for s in SETTINGS},
     }
 
-    def __init__(self, cfg: CascadeConfig, heavy_name: str, heavy: GeneratorIdentity) -> None:
+    def __init__(self, cfg: CascadeConfig, heavy_name: str, heavy: GeneratorIdentity, num_drafts: int = 0) -> None:
         self.cfg = cfg
         self.heavy_name = heavy_name
         self.heavy = heavy
         self.escalated = 0
+        # a relative policy: the worst `share` of the run's drafts, at most `cap` of them
+        self.share, self.cap = escalation_share(cfg, heavy.est_usd_per_image, num_drafts)
+        self.seen: list[float] = []  # draft scores so far, sorted (the running quantile)
 
     def __call__(self, batch: Batch) -> Batch:
         # 1 outputs default to "stays a draft"
@@ -95,10 +114,12 @@ class Escalator:
         scores = np.array(batch["clip_score"], dtype=np.float64)
         # 2 low scorers (within the cap) move to the heavy generator with its settings
         for i in range(n):
-            if cols["status"][i] != "generated" or not scores[i] < self.cfg.threshold:
+            if cols["status"][i] != "generated" or not self._low(float(scores[i])):
                 continue
             if self.cfg.max_escalations and self.escalated >= self.cfg.max_escalations:
                 continue  # budget cap: the draft stays final
+            if self.cap is not None and self.escalated >= self.cap:
+                continue  # the relative policy's share is used up
             heavy = self._heavy_settings(batch, i)
             if heavy is None:
                 continue  # the heavy generator can't render this row's explicit size: the draft stays final
@@ -126,6 +147,17 @@ class Escalator:
         out.update(route=route, draft_image=draft_image, draft_image_mime=draft_mime,
                    draft_image_key=draft_key, draft_score=draft_score, draft_generator=draft_gen)
         return out
+
+    def _low(self, score: float) -> bool:
+        """Whether a draft scored low enough to escalate: below the absolute threshold, or (relative policies) at or
+        below the running `share` quantile of the drafts scored so far, this one included."""
+        if self.share is None:
+            return score < float(self.cfg.threshold)  # type: ignore[arg-type]  # the config sets one policy
+        if score != score:  # NaN: unscored
+            return False
+        bisect.insort(self.seen, score)
+        rank = max(0, math.ceil(self.share * len(self.seen)) - 1)
+        return score <= self.seen[rank]
 
     def _heavy_settings(self, batch: Batch, i: int) -> dict[str, Any] | None:
         """Row i as the heavy generator renders it (None when its explicit size exceeds the heavy's max_pixels, or

@@ -83,6 +83,11 @@ class JobConfig(StrictModel):
             if task not in can:
                 raise ValueError(f"source.task={task} but generator {name!r} ({self.generators[name].backend}) can "
                                  f"only do {', '.join(can)}; pick another task or route these rows elsewhere")
+        cascade = getattr(self.routing, "cascade", None)
+        if cascade is not None and cascade.escalate_budget_usd is not None and \
+                self.generators[cascade.escalate].estimate_usd() <= 0:
+            raise ValueError(f"routing.cascade.escalate_budget_usd needs a price for {cascade.escalate!r}: set its "
+                             f"cost.usd_per_image, or cost.est_seconds_per_image with cost.usd_per_gpu_hour")
         if self.routing.needs_scorer and self.scorer is None:
             raise ValueError(f"routing.mode={self.routing.mode} scores drafts: configure a `scorer`")
         return self

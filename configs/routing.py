@@ -6,6 +6,7 @@ and at least (`cost_range`). Adding a mode is one class here (or in its own modu
 `ROUTING_MODES` and the union at the bottom; the pipeline turns steps into stages without knowing the mode.
 """
 
+import math
 import operator
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -54,8 +55,16 @@ class CascadeConfig(StrictModel):
     """Fast generator every row goes to first."""
     escalate: str
     """Heavy generator for rows whose draft scored below the threshold."""
-    threshold: float
-    """Drafts scoring below this are escalated."""
+    threshold: float | None = None
+    """Absolute: drafts scoring below this are escalated (in the scorer's units: CLIP 0..100, VQA 0..1). Set exactly
+    one of threshold, escalate_fraction, escalate_budget_usd."""
+    escalate_fraction: float | None = Field(default=None, gt=0, le=1)
+    """Relative: escalate the worst this share of the run's drafts (0.2 = the lowest-scoring 20%). The threshold
+    is the running quantile of the drafts scored so far (early drafts are judged against fewer scores), and the
+    share is a hard cap: at most ceil(fraction x images) escalations."""
+    escalate_budget_usd: float | None = Field(default=None, gt=0)
+    """From a budget: spend at most this on heavy images — as many escalations as it buys at the heavy
+    generator's estimated price, given to the worst drafts like `escalate_fraction`."""
     max_escalations: int = Field(default=0, ge=0)
     """Budget cap: at most this many escalations per run (0 = no cap)."""
     keep_draft: bool = True
@@ -65,6 +74,12 @@ class CascadeConfig(StrictModel):
     def _different(self) -> "CascadeConfig":
         if self.draft == self.escalate:
             raise ValueError("routing.cascade.draft and .escalate must be different generators")
+        policies = [n for n in ("threshold", "escalate_fraction", "escalate_budget_usd")
+                    if getattr(self, n) is not None]
+        if len(policies) != 1:
+            raise ValueError("routing.cascade: set exactly one of threshold (absolute score), escalate_fraction (the "
+                             f"worst share of drafts) or escalate_budget_usd (what escalations may cost); got "
+                             f"{policies or 'none'}")
         return self
 
 
@@ -259,9 +274,14 @@ class CascadeRouting(RoutingBase):
                 Step("score")]
 
     def cost_range(self, per_image: dict[str, float], images: int) -> tuple[float, float]:
-        """Every image is drafted; at most `max_escalations` (else all) are redone by the heavy generator."""
+        """Every image is drafted; at most `max_escalations` (else all), the policy's share, or what its budget buys
+        are redone by the heavy generator."""
         c = self.cascade
         extra = images if not c.max_escalations else min(images, c.max_escalations)
+        if c.escalate_fraction is not None:
+            extra = min(extra, math.ceil(c.escalate_fraction * images))
+        if c.escalate_budget_usd is not None and per_image[c.escalate] > 0:
+            extra = min(extra, math.floor(c.escalate_budget_usd / per_image[c.escalate] + 1e-9))
         low = images * per_image[c.draft]
         return low, low + extra * per_image[c.escalate]
 

@@ -126,7 +126,8 @@ def prompt_columns(cfg: JobConfig) -> tuple[str, ...]:
     return columns + (tuple(INPUT_OUTPUT_COLUMNS) if cfg.source.reads_inputs() else ())
 
 
-def make_plan(cfg: JobConfig, stores: Stores, source_columns: list[str], num_rows: int) -> Plan:
+def make_plan(cfg: JobConfig, stores: Stores, source_columns: list[str], num_rows: int,
+              num_images: int = 0) -> Plan:
     """The stages of one run, in order (checked with `Plan.check` by the caller).
 
     Args:
@@ -134,6 +135,7 @@ def make_plan(cfg: JobConfig, stores: Stores, source_columns: list[str], num_row
         stores: resolved store connections and API keys.
         source_columns: the prompt-table columns that exist (and are read).
         num_rows: rows in the prompt table (sizes the blocks fed to the generator pools).
+        num_images: images the rows ask for (a cascade's relative escalation policies; 0 = num_rows).
     """
     stages: list[Stage] = []
     # 0 input images: read, check and hash each row's files once, in a CPU pool (the key needs their hashes)
@@ -150,7 +152,7 @@ def make_plan(cfg: JobConfig, stores: Stores, source_columns: list[str], num_row
     # 2 the routing mode's topology; the first pool gets blocks of a few GPU batches so every actor has work
     block_rows = rows_per_block(cfg, num_rows)
     for step in cfg.routing.steps(list(cfg.generators), cfg.scorer is not None):
-        stage = _step_stage(cfg, stores, step)
+        stage = _step_stage(cfg, stores, step, num_images or num_rows)
         if step.kind == "generate" and block_rows:
             stage, block_rows = replace(stage, rows_per_block=block_rows), 0
         stages.append(stage)
@@ -171,7 +173,7 @@ def _pools_by_stage(stages: list[Stage]) -> dict[str, Pool]:
     return pools
 
 
-def _step_stage(cfg: JobConfig, stores: Stores, step: Step) -> Stage:
+def _step_stage(cfg: JobConfig, stores: Stores, step: Step, num_images: int = 0) -> Stage:
     if step.kind == "generate":
         return generator_stage(cfg, stores, step.generator)
     if step.kind == "score":
@@ -185,7 +187,8 @@ def _step_stage(cfg: JobConfig, stores: Stores, step: Step) -> Stage:
         raise PlanError(f"routing.mode={cfg.routing.mode} has an escalate step but no cascade settings")
     prep = prep_config(cfg, stores)  # with the adapters' file hashes: the heavy image's key includes them
     return Stage("escalate", Escalator,
-                 {"cfg": cascade, "heavy_name": cascade.escalate, "heavy": prep.generators[cascade.escalate]},
+                 {"cfg": cascade, "heavy_name": cascade.escalate, "heavy": prep.generators[cascade.escalate],
+                  "num_drafts": num_images},
                  ESCALATOR_POOL, reads=tuple(Escalator.INPUT_COLUMNS), writes=tuple(Escalator.OUTPUT_COLUMNS))
 
 

@@ -208,7 +208,7 @@ def expected_rows(cfg: JobConfig, source: SourceInfo) -> int:
 
 def plan_run(cfg: JobConfig, stores: Stores, source: SourceInfo) -> Plan:
     """The checked plan of one run (raises PlanError with one line when its stages don't fit together)."""
-    plan = make_plan(cfg, stores, _input_columns(cfg, source.schema), source.num_rows)
+    plan = make_plan(cfg, stores, _input_columns(cfg, source.schema), source.num_rows, source.num_images)
     plan.check()
     return plan
 

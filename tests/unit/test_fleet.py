@@ -169,3 +169,47 @@ def test_clip_scorer_on_mixed_sizes(tiny_clip: Path) -> None:
     out = scorer(b)
     assert np.isfinite(out["clip_score"]).all() and (out["clip_score"] >= 0).all()
     assert np.allclose(scorer(b)["clip_score"], out["clip_score"])  # deterministic
+
+
+def relative_cascade(**policy: Any) -> Any:
+    raw = fleet(mode="cascade", cascade={"draft": "sleepy", "escalate": "heavy", **policy})
+    return parse_config({**raw, "scorer": {"backend": "rule"}})
+
+
+def scored(scores: list[float]) -> dict[str, np.ndarray]:
+    return batch([f"p{i}" for i in range(len(scores))], ["generated"] * len(scores), scores)
+
+
+def test_escalate_the_worst_fraction_of_the_runs_drafts() -> None:
+    """escalate_fraction 0.25 over 8 drafts: the running quantile picks low scorers and the share is a hard cap
+    (2 of 8), whatever order the scores stream in."""
+    cfg = relative_cascade(escalate_fraction=0.25)
+    heavy = prep_config(cfg).generators["heavy"]
+    esc = Escalator(cfg.routing.cascade, "heavy", heavy, num_drafts=8)  # type: ignore[arg-type]
+    first = esc(scored([0.9, 0.1, 0.8, 0.7]))
+    second = esc(scored([0.05, 0.6, 0.95, 0.02]))
+    routes = list(first["route"]) + list(second["route"])
+    assert routes.count("escalated") == 2
+    assert routes[1] == "escalated"  # 0.1: the lowest of the first four
+    assert routes[0] == "escalated"  # 0.9 alone was its own quantile: early drafts see few scores (documented)
+
+
+def test_escalations_a_budget_buys() -> None:
+    cfg = relative_cascade(escalate_budget_usd=0.25)  # heavy images cost $0.10: two of them
+    heavy = prep_config(cfg).generators["heavy"]
+    esc = Escalator(cfg.routing.cascade, "heavy", heavy, num_drafts=4)  # type: ignore[arg-type]
+    assert (esc.share, esc.cap) == (0.5, 2)
+    out = esc(scored([0.0, 0.0, 0.0, 0.0]))
+    assert list(out["route"]).count("escalated") == 2
+    low, high = cfg.routing.cost_range({"sleepy": 0.01, "heavy": 0.10}, 4)
+    assert (low, high) == pytest.approx((0.04, 0.24))
+
+
+@pytest.mark.parametrize(("policy", "match"), [
+    ({}, "set exactly one of threshold"),
+    ({"threshold": 0.5, "escalate_fraction": 0.2}, "set exactly one of threshold"),
+    ({"escalate_fraction": 1.5}, "less than or equal to 1"),
+])
+def test_one_escalation_policy(policy: dict[str, Any], match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        relative_cascade(**policy)
