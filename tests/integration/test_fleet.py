@@ -191,3 +191,29 @@ def test_three_generators_read_and_preprocess_each_row_once(tmp_path: Path, ray_
     assert [int(k) for op, k in ops if "ReadFilesParquet" in op] == [n], stats
     assert [int(k) for op, k in ops if "PromptPreprocessor" in op] == [n], stats
     assert stats.count("SleepGenerator") >= 3  # three pools, one after another
+
+
+def test_best_of_n_through_a_run_and_resume(tmp_path: Path, s3_env: Any, bucket: str, ray_cluster: None) -> None:
+    """routing.mode=best_of on the stand-in generator with a brightness scorer: each image is the brightest of its
+    3 candidates (their seeds and scores in `candidates`, `seed` the winner's), paid 3 times; a rerun makes
+    nothing and keeps what was recorded."""
+    import json
+
+    src = write_prompts(tmp_path / "p.parquet", {"prompt": [f"prompt {i}" for i in range(8)]})
+    raw = sleep_job(src, f"s3://{bucket}/best")
+    raw["generators"]["sleepy"]["cost"] = {"usd_per_image": 0.01}
+    raw["routing"] = {"mode": "best_of", "candidates": 3}
+    raw["scorer"] = {"backend": "rule", "by": "brightness"}
+    job = write_config(tmp_path / "job.yaml", raw)
+    assert generate.main([str(job), "--progress=off"]) == 0
+    rows = manifest(s3_env, bucket, "best")
+    assert len(rows) == 8 and {r["status"] for r in rows} == {"ok"}
+    for r in rows:
+        cands = json.loads(r["candidates"])
+        assert len(cands) == 3 and r["seed"] == max(cands, key=lambda c: c["score"])["seed"]
+        assert r["clip_score"] == pytest.approx(max(c["score"] for c in cands), abs=1e-6)
+        assert r["cost_usd"] == pytest.approx(0.03)
+    assert generate.main([str(job), "--progress=off"]) == 0
+    again = {r["id"]: r for r in manifest(s3_env, bucket, "best")}
+    assert all(again[r["id"]]["already_present"] and again[r["id"]]["candidates"] == r["candidates"]
+               and again[r["id"]]["seed"] == r["seed"] for r in rows)
