@@ -1,0 +1,140 @@
+"""The exact oracle: parse a prompt's facts and check each one in the pixels."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from bench.world.scene import COLOURS, Group, Spec, parse, relation_holds
+
+MIN_AREA = 30  # pixels; smaller colour blobs are noise, not objects (a rendered object has >= ~90)
+POSITION_GAP = 3.0  # pixels between centres for "left of" etc.
+_PALETTE = np.array([(255, 255, 255), *COLOURS.values()], dtype=np.float32)
+_NAMES = ("background", *COLOURS)
+
+
+@dataclass(frozen=True)
+class Blob:
+    """One connected component of a single palette colour."""
+
+    colour: str
+    shape: str  # circle | square | triangle | unknown
+    centre: tuple[float, float]  # x, y
+    area: int
+
+
+@dataclass(frozen=True)
+class Fact:
+    """One checkable statement of a prompt and whether the image satisfies it."""
+
+    text: str
+    category: str  # object | count | colour | position | colour_binding
+    ok: bool
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The oracle's judgement of one image against one prompt.
+
+    `faithfulness` is the share of facts satisfied, `passed` whether all are (GenEval's per-prompt score),
+    `task` the prompt's GenEval category, `per_category` the share satisfied per fact category.
+    """
+
+    faithfulness: float
+    passed: bool
+    task: str
+    per_category: dict[str, float]
+    facts: list[Fact] = field(repr=False)
+
+
+def _components(mask: np.ndarray) -> tuple[np.ndarray, int]:
+    """4-connected component labels of a boolean mask (0 = not in mask) by min-label propagation."""
+    h, w = mask.shape
+    big = h * w + 1
+    labels = np.where(mask, np.arange(1, h * w + 1).reshape(h, w), big)
+    while True:
+        pad = np.pad(labels, 1, constant_values=big)
+        nxt = np.minimum.reduce([labels, pad[:-2, 1:-1], pad[2:, 1:-1], pad[1:-1, :-2], pad[1:-1, 2:]])
+        nxt = np.where(mask, nxt, big)
+        if np.array_equal(nxt, labels):
+            break
+        labels = nxt
+    uniq, inverse = np.unique(np.where(mask, labels, 0), return_inverse=True)
+    out = inverse.reshape(h, w)
+    return out if uniq[0] == 0 else out + 1, len(uniq) - (1 if uniq[0] == 0 else 0)
+
+
+def _shape(ys: np.ndarray, xs: np.ndarray) -> str:
+    """Shape by geometry: fill of the bounding box, and mass in the top vs bottom half (upright triangles)."""
+    h, w = ys.max() - ys.min() + 1, xs.max() - xs.min() + 1
+    if max(h, w) > 1.6 * min(h, w):
+        return "unknown"  # elongated: merged objects or a smear
+    fill = len(ys) / (h * w)
+    mid = ys.min() + h / 2
+    top, bottom = int((ys + 0.5 < mid).sum()), int((ys + 0.5 >= mid).sum())
+    if top < 0.6 * bottom and 0.35 <= fill <= 0.7:
+        return "triangle"
+    if fill >= 0.88:
+        return "square"
+    if fill >= 0.65:
+        return "circle"
+    return "unknown"
+
+
+def blobs(image: np.ndarray) -> list[Blob]:
+    """The coloured objects in an RGB uint8 image (each pixel takes its nearest palette colour)."""
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"expected an HxWx3 RGB image, got shape {image.shape}")
+    dist = ((image[:, :, None, :].astype(np.float32) - _PALETTE) ** 2).sum(-1)
+    nearest = dist.argmin(-1)
+    found = []
+    for k, name in enumerate(_NAMES[1:], start=1):
+        labels, n = _components(nearest == k)
+        for i in range(1, n + 1):
+            ys, xs = np.nonzero(labels == i)
+            if len(ys) >= MIN_AREA:
+                centre = ((xs.min() + xs.max() + 1) / 2, (ys.min() + ys.max() + 1) / 2)
+                found.append(Blob(name, _shape(ys, xs), centre, len(ys)))
+    return found
+
+
+def _matches(b: Blob, g: Group) -> bool:
+    return b.shape == g.shape and (g.colour is None or b.colour == g.colour)
+
+
+def facts(spec: Spec, found: list[Blob]) -> list[Fact]:
+    """Each fact of `spec` checked against the objects found."""
+    out = []
+    binding = len(spec.groups) > 1
+    for g in spec.groups:
+        out.append(Fact(f"there is a {g.shape}", "object", any(b.shape == g.shape for b in found)))
+        if g.count > 1:
+            n = sum(_matches(b, g) for b in found)
+            what = f"{g.colour} {g.shape}s" if g.colour else f"{g.shape}s"
+            out.append(Fact(f"exactly {g.count} {what}", "count", n == g.count))
+        elif g.colour:
+            out.append(Fact(f"the {g.shape} is {g.colour}", "colour_binding" if binding else "colour",
+                            any(_matches(b, g) for b in found)))
+    if spec.relation:
+        a, b = spec.groups
+        ok = any(relation_holds(spec.relation, x.centre, y.centre, POSITION_GAP)
+                 for x in found if _matches(x, a) for y in found if _matches(y, b) and y is not x)
+        out.append(Fact(f"{a.shape} {spec.relation} {b.shape}", "position", ok))
+    return out
+
+
+def oracle(prompt: str, image: np.ndarray) -> Verdict:
+    """Judge an RGB uint8 image (any size; the world renders 64 x 64) against a prompt of the world.
+
+    Raises:
+        ValueError: the prompt is not in the world's grammar, or the image is not HxWx3.
+    """
+    spec = parse(prompt)
+    checked = facts(spec, blobs(np.asarray(image)))
+    per: dict[str, list[bool]] = {}
+    for f in checked:
+        per.setdefault(f.category, []).append(f.ok)
+    n_ok = sum(f.ok for f in checked)
+    return Verdict(faithfulness=n_ok / len(checked), passed=n_ok == len(checked), task=spec.task,
+                   per_category={k: sum(v) / len(v) for k, v in per.items()}, facts=checked)
