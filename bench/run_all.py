@@ -27,7 +27,11 @@ def main() -> int:
     p.add_argument("--rows-bare", type=int, default=1536)
     p.add_argument("--max-rows", type=int, default=100_000)
     p.add_argument("--only", choices=["orch", "bare", "scale"], default=None)
+    p.add_argument("--markdown", action="store_true", help="only rewrite BENCHMARKS.md from bench/results")
     args = p.parse_args()
+    if args.markdown:
+        write_markdown()
+        return 0
     RESULTS.mkdir(parents=True, exist_ok=True)
     runs = {"orch": lambda: orchestration.run(args.rows_orch), "bare": lambda: bare_loop.run(args.rows_bare),
             "scale": lambda: scale.run(args.max_rows)}
@@ -92,6 +96,26 @@ def write_markdown() -> None:
             lines.append(f"| {r['rows']:,} | {r['wall_s']} | {r['driver_peak_rss_mb']} | {r['resume_scan_s']} | "
                          f"{r['resume_scan_us_per_row']} |")
         lines.append("")
+    q = _load("quality")
+    if q:
+        lines += ["## Quality per cost: the shapes world (bench/world), draft vs heavy, cascade, best-of-N", "",
+                  f"{q['at']} · {q['machine']} · commit {q['commit']} · `python bench/quality.py --prompts "
+                  f"{q['prompts']}`", "",
+                  f"{q['prompts']} held-out prompts (seed {q['heldout_seed']}, never used in training), scored by "
+                  "the world's exact oracle (share of a prompt's facts — objects, counts, colours, positions, "
+                  "colour binding — found in the pixels). Cost = measured model seconds per image on one CPU "
+                  "thread (draft: "
+                  f"{q['draft']['num_steps']} steps, heavy: {q['heavy']['num_steps']} steps; scoring "
+                  f"{q['scorer_seconds_per_image'] * 1000:.1f} ms/image with the world's tiny CLIP, counted in "
+                  "the cascade and best-of-N). The cascade and best-of-N use imagefleet's own seeds, candidate "
+                  "seeds and escalation rule on one set of generations.", "",
+                  "| policy | oracle faithfulness | s / image | cost vs heavy only |", "|---|---|---|---|"]
+        for r in q["rows"]:
+            lines.append(f"| {r['policy']} | {r['faithfulness']:.3f} | {r['seconds_per_image']:.4f} | "
+                         f"{r['cost_vs_heavy']:.2f} |")
+        lines += ["", f"CLIP score vs oracle pass (all facts right) on draft images: ROC AUC "
+                  f"{q['clip_auc_vs_oracle_pass']:.3f} (draft pass rate {q['draft_pass_rate']:.2f}).", "",
+                  "![quality per cost](bench/results/quality.png)", ""]
     g = _load("gpu")
     lines += ["## GPU (real architectures, random weights)", ""]
     if g:

@@ -1,0 +1,218 @@
+"""Quality per cost on the shapes world: oracle faithfulness and measured model time of draft only, heavy only, the
+cascade at several escalation policies, and best-of-N on the draft model — one set of generations, policies applied
+with imagefleet's own code (seeds, candidate seeds, escalation rule), optionally checked by a real cascade run.
+
+    python bench/quality.py [--prompts 512] [--verify 64]
+
+Writes bench/results/quality.json and bench/results/quality.png; `python bench/run_all.py --markdown` folds them
+into BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import REPO, git_rev, machine  # noqa: E402
+
+RESULTS = REPO / "bench" / "results"
+MODELS = REPO / "bench" / "world" / "models"
+HELDOUT_SEED = 20261201  # never used by bench/world/train.py
+JOB_SEED = 7
+FRACTIONS = (0.1, 0.2, 0.3, 0.5)
+BEST_OF = (2, 4)
+
+
+def settings(name: str) -> dict[str, Any]:
+    """A world model's sampling settings (its folder's imagefleet.json, written by the training script)."""
+    path = MODELS / name / "imagefleet.json"
+    defaults = {"width": 64, "height": 64, "num_steps": 4 if name == "draft" else 25, "guidance_scale": 0.0}
+    return {**defaults, **(json.loads(path.read_text()) if path.exists() else {})}
+
+
+def generator(name: str) -> Any:
+    """The product's DiffusersGenerator on a world model (the normal from_pretrained path)."""
+    from actors.diffusers_generator import DiffusersGenerator
+    from configs.generator import DiffusersConfig
+
+    s = settings(name)
+    cfg = DiffusersConfig(model=str(MODELS / name), dtype="float32",
+                          defaults={k: s[k] for k in ("width", "height", "num_steps", "guidance_scale")},
+                          pool={"batch_size": 16, "num_gpus": 0})
+    return DiffusersGenerator(cfg)
+
+
+def requests(prompts: list[str], name: str, selection: str = "") -> list[Any]:
+    """What imagefleet would ask generator `name` for each prompt: its seed (job seed, derived row id) and key."""
+    from actors.generation import Request
+    from actors.keys import conditioning, derive_row_id, derive_seed, image_key
+
+    s = settings(name)
+    out = []
+    for p in prompts:
+        seed = derive_seed(JOB_SEED, derive_row_id(p), 0)
+        key = image_key(model=str(MODELS / name), revision="main", scheduler="", prompt=p, negative_prompt="",
+                        seed=seed, width=s["width"], height=s["height"], num_steps=s["num_steps"],
+                        guidance_scale=s["guidance_scale"], render="dtype=float32",
+                        conditioning=conditioning(task="text-to-image", selection=selection))
+        out.append(Request(prompt=p, negative_prompt="", seed=seed, width=s["width"], height=s["height"],
+                           num_steps=s["num_steps"], guidance_scale=s["guidance_scale"], key=key))
+    return out
+
+
+def generate(gen: Any, reqs: list[Any], batch: int = 16) -> tuple[list[np.ndarray], float]:
+    """Images for the requests, and the measured model seconds per image."""
+    images: list[np.ndarray] = []
+    started = time.perf_counter()
+    for i in range(0, len(reqs), batch):
+        images += gen._generate(reqs[i:i + batch])
+    return images, (time.perf_counter() - started) / max(1, len(reqs))
+
+
+def score(scorer: Any, images: list[np.ndarray], prompts: list[str], batch: int = 64) -> tuple[list[float], float]:
+    """CLIP scores and the measured seconds per image."""
+    out: list[float] = []
+    started = time.perf_counter()
+    for i in range(0, len(images), batch):
+        out += scorer._score(images[i:i + batch], prompts[i:i + batch])
+    return out, (time.perf_counter() - started) / max(1, len(images))
+
+
+def auc(scores: list[float], labels: list[bool]) -> float:
+    """ROC AUC of scores against binary labels (Mann-Whitney U; ties count half)."""
+    pos = [s for s, y in zip(scores, labels, strict=True) if y]
+    neg = [s for s, y in zip(scores, labels, strict=True) if not y]
+    if not pos or not neg:
+        return float("nan")
+    wins = sum((p > n) + 0.5 * (p == n) for p in pos for n in neg)
+    return wins / (len(pos) * len(neg))
+
+
+def cascade_choice(scores: list[float], fraction: float, heavy_usd: float) -> list[bool]:
+    """Which drafts imagefleet's Escalator escalates under `escalate_fraction`, in stream order."""
+    from actors.escalator import Escalator
+    from configs.prep import GeneratorIdentity
+    from configs.routing import CascadeConfig
+
+    cfg = CascadeConfig(draft="draft", escalate="heavy", escalate_fraction=fraction)
+    esc = Escalator(cfg, "heavy", GeneratorIdentity(model="heavy", revision="main", scheduler="",
+                                                     defaults={}, est_usd_per_image=heavy_usd),
+                    num_drafts=len(scores))
+    chosen = []
+    for s in scores:
+        up = esc._low(s) and (esc.cap is None or esc.escalated < esc.cap)
+        esc.escalated += up
+        chosen.append(up)
+    return chosen
+
+
+def run(n_prompts: int) -> dict[str, Any]:
+    from actors.clip_scorer import ClipScorer
+    from actors.generation import candidate_seed
+    from bench.world.oracle import oracle
+    from bench.world.scene import sample_prompts
+    from configs.scorer import ClipScorerConfig
+
+    prompts = sample_prompts(n_prompts, seed=HELDOUT_SEED)
+    scorer = ClipScorer(ClipScorerConfig(model=str(MODELS / "clip")))
+    clip_id = f"clip:{MODELS / 'clip'}"
+    # 1 every image once: drafts, heavies, and the extra best-of candidates (candidate 0 is the request's seed)
+    draft, heavy = generator("draft"), generator("heavy")
+    draft_images, draft_s = generate(draft, requests(prompts, "draft"))
+    heavy_images, heavy_s = generate(heavy, requests(prompts, "heavy"))
+    draft_scores, score_s = score(scorer, draft_images, prompts)
+    faith = {"draft": [oracle(p, im).faithfulness for p, im in zip(prompts, draft_images, strict=True)],
+             "heavy": [oracle(p, im).faithfulness for p, im in zip(prompts, heavy_images, strict=True)]}
+    passed = [oracle(p, im).passed for p, im in zip(prompts, draft_images, strict=True)]
+    rows: list[dict[str, Any]] = [
+        {"policy": "draft only", "faithfulness": float(np.mean(faith["draft"])), "seconds_per_image": draft_s},
+        {"policy": "heavy only", "faithfulness": float(np.mean(faith["heavy"])), "seconds_per_image": heavy_s},
+    ]
+    # 2 the cascade: draft + score every image, heavy for the escalated ones (same seed: the heavy-only image)
+    for fraction in FRACTIONS:
+        up = cascade_choice(draft_scores, fraction, heavy_usd=1.0)
+        final = [h if u else d for d, h, u in zip(faith["draft"], faith["heavy"], up, strict=True)]
+        cost = draft_s + score_s + np.mean(up) * (heavy_s + score_s)  # escalations are scored again
+        rows.append({"policy": f"cascade, escalate_fraction {fraction}", "faithfulness": float(np.mean(final)),
+                     "seconds_per_image": float(cost), "escalated": float(np.mean(up))})
+    # 3 best-of-N on the draft model: candidates with imagefleet's derived seeds, the best CLIP score kept
+    for n in BEST_OF:
+        base = requests(prompts, "draft", selection=f"best_of={n},scorer={clip_id}")
+        pools = [[d] for d in draft_images]  # candidate 0 = the request's own seed = the draft image
+        extra = [replace(r, seed=candidate_seed(r, k)) for k in range(1, n) for r in base]
+        images, _ = generate(draft, extra)
+        for j, image in enumerate(images):
+            pools[j % len(prompts)].append(image)
+        flat = [im for pool in pools for im in pool]
+        flat_scores, _ = score(scorer, flat, [p for p in prompts for _ in range(n)])
+        best = [int(np.argmax(flat_scores[i * n:(i + 1) * n])) for i in range(len(prompts))]
+        final = [oracle(p, pools[i][best[i]]).faithfulness for i, p in enumerate(prompts)]
+        rows.append({"policy": f"best-of-{n} (draft)", "faithfulness": float(np.mean(final)),
+                     "seconds_per_image": float(n * (draft_s + score_s))})
+    heavy_row = rows[1]
+    for r in rows:
+        r["cost_vs_heavy"] = r["seconds_per_image"] / heavy_row["seconds_per_image"]
+    return {"at": time.strftime("%Y-%m-%d %H:%M"), "prompts": len(prompts), "heldout_seed": HELDOUT_SEED,
+            "draft": settings("draft"), "heavy": settings("heavy"), "scorer_seconds_per_image": score_s,
+            "clip_auc_vs_oracle_pass": auc(draft_scores, passed), "draft_pass_rate": float(np.mean(passed)),
+            "rows": rows}
+
+
+def plot(result: dict[str, Any], path: Path) -> None:
+    """Faithfulness against cost (relative to heavy only), one labelled point per policy, drawn with PIL."""
+    from PIL import Image, ImageDraw
+
+    w, h, m = 900, 560, 70
+    img = Image.new("RGB", (w, h), "white")
+    d = ImageDraw.Draw(img)
+    xs = [r["cost_vs_heavy"] for r in result["rows"]]
+    ys = [r["faithfulness"] for r in result["rows"]]
+    x_max, y_lo, y_hi = max(xs) * 1.1, min(ys) - 0.05, min(1.0, max(ys) + 0.05)
+
+    def at(x: float, y: float) -> tuple[float, float]:
+        return m + (w - 2 * m) * x / x_max, h - m - (h - 2 * m) * (y - y_lo) / (y_hi - y_lo)
+
+    d.line([at(0, y_lo), at(x_max, y_lo)], fill="black")
+    d.line([at(0, y_lo), at(0, y_hi)], fill="black")
+    for k in range(6):
+        x, y = x_max * k / 5, y_lo + (y_hi - y_lo) * k / 5
+        d.text((at(x, y_lo)[0] - 10, h - m + 8), f"{x:.2f}", fill="black")
+        d.text((8, at(0, y)[1] - 6), f"{y:.2f}", fill="black")
+    d.text((w // 2 - 120, h - 30), "model time per image / heavy only's", fill="black")
+    d.text((8, 20), f"oracle faithfulness ({result['prompts']} held-out prompts)", fill="black")
+    colours = {"draft": "blue", "heavy": "red", "cascade": "green", "best": "purple"}
+    for r, x, y in zip(result["rows"], xs, ys, strict=True):
+        c = next(v for k, v in colours.items() if r["policy"].startswith(k))
+        px, py = at(x, y)
+        d.ellipse([px - 5, py - 5, px + 5, py + 5], fill=c)
+        d.text((px + 8, py - 6), r["policy"].replace(", escalate_fraction ", " f="), fill=c)
+    img.save(path)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--prompts", type=int, default=512)
+    args = p.parse_args()
+    import torch
+
+    torch.set_num_threads(1)  # one core, like one generator actor (Ray sets OMP_NUM_THREADS=1)
+    result = run(args.prompts)
+    result["machine"], result["commit"] = machine(), git_rev()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "quality.json").write_text(json.dumps(result, indent=2))
+    plot(result, RESULTS / "quality.png")
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
