@@ -8,7 +8,9 @@ from typing import Any
 
 import numpy as np
 
-from bench.world.scene import COLOURS, RELATIONS, SHAPES, Spec, render_spec, sample_spec, to_prompt
+from bench.world.scene import COLOURS, SHAPES, Spec, render_spec, sample_spec, to_prompt
+
+OPPOSITE = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
 
 
 def batch(rng: random.Random, n: int) -> tuple[list[Spec], np.ndarray]:
@@ -32,10 +34,10 @@ def _variants(spec: Spec) -> list[Spec]:
         if g.colour:
             news += [replace(g, colour=c) for c in COLOURS if c != g.colour]
         if len(spec.groups) == 1:
-            news += [replace(g, count=c) for c in (1, 2, 3) if c != g.count]
+            news += [replace(g, count=c) for c in (2, 3) if c != g.count]  # "a square" holds for two
         out += [replace(spec, groups=tuple(n if i == gi else x for i, x in enumerate(spec.groups))) for n in news]
     if spec.relation:
-        out += [replace(spec, relation=r) for r in RELATIONS if r != spec.relation]
+        out.append(replace(spec, relation=OPPOSITE[spec.relation]))  # "above" may hold beside "left of"
         out.append(replace(spec, groups=spec.groups[::-1]))
     elif len(spec.groups) == 2 and all(g.colour for g in spec.groups):
         a, b = spec.groups
