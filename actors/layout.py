@@ -22,6 +22,9 @@ RUN_JSON = "run.json"
 LOGS_DIR = "logs"
 """`logs/<run_id>.log`: each run's log (what Ray and the actors printed, a failure's traceback)."""
 REPORT_HTML = "report.html"
+EVALUATIONS_DIR = "evaluations"
+"""Optional `<name>.parquet` files of per-image metrics (column image_key + numeric columns, e.g. an offline
+oracle's faithfulness or human ratings): the report shows their means per cascade route."""
 
 # image format (`output.format`) → file extension of the stored object, and → its content type. A hosted
 # provider's bytes are stored as sent, in the format their content type names (`format_of_mime`).

@@ -79,7 +79,8 @@ COLUMNS: tuple[Column, ...] = (
     Column("candidates", pa.string(), "best-of-N: JSON list of every candidate's seed and score (the kept image has "
            "the best score and its seed is `seed`; '' otherwise)", carried=True, shard=True, report=True),
     Column("route", pa.string(), "cascade: draft | escalated", carried=True, shard=True, report=True),
-    Column("draft_image_key", pa.string(), "cascade: key of the kept draft of an escalated row", carried=True),
+    Column("draft_image_key", pa.string(), "cascade: key of the kept draft of an escalated row", carried=True,
+           report=True),
     Column("draft_image_uri", pa.string(), "cascade: where the kept draft is stored", carried=True, report=True),
     Column("draft_score", pa.float64(), "cascade: the draft's score", carried=True, shard=True, report=True),
     Column("draft_generator", pa.string(), "cascade: generator that made the draft", carried=True, shard=True,

@@ -9,7 +9,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from actors.layout import REPORT_HTML
+from actors.layout import EVALUATIONS_DIR, REPORT_HTML
 from actors.manifest_schema import REPORT_COLUMNS
 from actors.storage import ObjectStore, open_store
 from configs.storage import StoreSpec
@@ -59,6 +59,10 @@ class Tally:
     problems: list[dict[str, Any]] = field(default_factory=list)
     sample: list[dict[str, Any]] = field(default_factory=list)
     pairs: list[dict[str, Any]] = field(default_factory=list)
+    evaluations: dict[str, dict[str, float]] = field(default_factory=dict)
+    """Per-image metrics from <output>/evaluations/*.parquet: image key -> {metric: value}."""
+    metric_sums: dict[tuple[str, str], list[float]] = field(default_factory=dict)
+    """(group, metric) -> [images evaluated, sum]; groups are routes, `escalated: draft` and `all`."""
 
     def add(self, batch: Any) -> None:
         import pyarrow as pa
@@ -83,11 +87,27 @@ class Tally:
             self.problems += bad.slice(0, NUM_PROBLEMS - len(self.problems)).to_pylist()
         self.num_ok_seen = _pick(table, ok_np, self.sample, NUM_THUMBS, self.step, self.num_ok_seen)
         route = pc.fill_null(table.column("route"), "")
+        if self.evaluations:
+            self._metrics(table, ok_np)
         if pc.any(pc.not_equal(route, "")).as_py():
             route_np = route.to_numpy(zero_copy_only=False)
             self._cascade(table, route, route_np, ok_np)
             self.num_escalated_seen = _pick(table, ok_np & (route_np == "escalated"), self.pairs, NUM_PAIRS,
                                             self.pair_step, self.num_escalated_seen)
+
+    def _metrics(self, table: Any, ok: Any) -> None:
+        """Sum each evaluated image's metrics per route (an escalated row's kept draft counts as `escalated: draft`)."""
+        keys = table.column("image_key").to_pylist()
+        routes = table.column("route").to_pylist()
+        drafts = table.column("draft_image_key").to_pylist()
+        for i in [int(j) for j in ok.nonzero()[0]]:
+            groups = [("all", keys[i]), (routes[i] or "", keys[i])]
+            if routes[i] == "escalated" and drafts[i]:
+                groups.append(("escalated: draft", drafts[i]))
+            for group, key in groups:
+                for metric, value in self.evaluations.get(key, {}).items():
+                    acc = self.metric_sums.setdefault((group, metric), [0, 0.0])
+                    acc[0], acc[1] = acc[0] + 1, acc[1] + value
 
     def _timings(self, table: Any, ok: Any, earlier: Any) -> None:
         import numpy as np
@@ -154,7 +174,8 @@ def write_report(output_uri: str, store: StoreSpec) -> str:
         num_ok += pc.sum(ok).as_py() or 0
         num_escalated += pc.sum(pc.and_(ok, pc.equal(b.column("route"), "escalated"))).as_py() or 0
     # 2 one streaming pass for counts, cost, timings, throughput, routes, problems and the sampled rows
-    tally = Tally(step=max(1, num_ok // NUM_THUMBS), pair_step=max(1, num_escalated // NUM_PAIRS))
+    tally = Tally(step=max(1, num_ok // NUM_THUMBS), pair_step=max(1, num_escalated // NUM_PAIRS),
+                  evaluations=read_evaluations(objects))
     for batch in iter_manifest_batches(output_uri, store, COLUMNS):
         tally.add(batch)
     thumbs = [(r, _thumb(objects, r["image_uri"])) for r in tally.sample]
@@ -291,6 +312,48 @@ def _timings_html(tally: Tally) -> str:
             f"<table><tr><th rowspan=2>stage</th>{head}</tr><tr>{sub}</tr>{rows}</table>")
 
 
+def read_evaluations(objects: ObjectStore) -> dict[str, dict[str, float]]:
+    """image key -> {metric: value} from every evaluations/*.parquet (numeric columns; later files win)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    out: dict[str, dict[str, float]] = {}
+    for rel, _ in sorted(objects.list(EVALUATIONS_DIR)):
+        if not rel.endswith(".parquet"):
+            continue
+        table = pq.read_table(io.BytesIO(objects.get(rel)))
+        if "image_key" not in table.column_names:
+            continue
+        metrics = [f.name for f in table.schema if f.name != "image_key" and (pa.types.is_floating(f.type)
+                   or pa.types.is_integer(f.type) or pa.types.is_boolean(f.type))]
+        for row in table.select(["image_key", *metrics]).to_pylist():
+            values = {m: float(row[m]) for m in metrics if row[m] is not None}
+            out.setdefault(str(row["image_key"]), {}).update(values)
+    return out
+
+
+def _evaluations_html(tally: Tally) -> str:
+    """Means of the evaluation metrics per route (draft | escalated | escalated: draft | all)."""
+    if not tally.metric_sums:
+        return ""
+    metrics = sorted({m for _, m in tally.metric_sums})
+    order = {"draft": 0, "escalated: draft": 1, "escalated": 2, "": 3, "all": 4}
+    groups = sorted({g for g, _ in tally.metric_sums}, key=lambda g: order.get(g, 9))
+    head = "".join(f"<th>mean {html.escape(m)}</th>" for m in metrics)
+    rows = ""
+    for g in groups:
+        n = max(int(tally.metric_sums.get((g, m), [0, 0.0])[0]) for m in metrics)
+        cells = "".join(
+            f"<td>{tally.metric_sums[(g, m)][1] / tally.metric_sums[(g, m)][0]:.3f}</td>"
+            if tally.metric_sums.get((g, m), [0])[0] else "<td>–</td>" for m in metrics)
+        label = {"": "(no route)", "escalated": "escalated: final"}.get(g, g)
+        rows += f"<tr><td>{html.escape(label)}</td><td>{n}</td>{cells}</tr>"
+    return f"""<h2>Evaluations</h2><p class="note">from {EVALUATIONS_DIR}/*.parquet next to the manifest, by image
+key; `escalated: draft` are the kept drafts of escalated rows, `escalated: final` their heavy images, `all`
+every final image</p>
+<table><tr><th>route</th><th>images</th>{head}</tr>{rows}</table>"""
+
+
 def _cascade_html(tally: Tally, pairs: list[tuple[dict[str, Any], str, str]]) -> str:
     """Escalation rate, cost per route and generator, score histograms, and escalated images beside their drafts."""
     if not any(route for route, _, _ in tally.routes):
@@ -309,7 +372,8 @@ def _cascade_html(tally: Tally, pairs: list[tuple[dict[str, Any], str, str]]) ->
         f"<tr><td>{e(route or 'none')}</td><td>{e(gen)}</td><td>{e(draft_gen) or '–'}</td><td>{n:.0f}</td>"
         f"<td>${usd:.4f}</td></tr>" for (route, gen, draft_gen), (n, _, usd) in sorted(tally.routes.items()))
     cards = "".join(
-        f'<div class="pair">{_pair_figure("draft", r, draft, "draft_")}{_pair_figure("final", r, final, "")}'
+        f'<div class="pair">{_pair_figure("draft", r, draft, "draft_", tally.evaluations)}'
+        f'{_pair_figure("final", r, final, "", tally.evaluations)}'
         f"<p>{_text((r['prompt'] or '')[:160])}</p></div>" for r, draft, final in pairs)
     return f"""<h2>Cascade</h2>
 <p>escalation rate {rate} ({escalated} of {tally.num_drafted} drafts escalated)</p>
@@ -326,13 +390,16 @@ def _route_label(route: str | None) -> str:
     return f' <span class="route">{_text(route)}</span>' if route else ""
 
 
-def _pair_figure(title: str, row: dict[str, Any], b64: str, prefix: str) -> str:
+def _pair_figure(title: str, row: dict[str, Any], b64: str, prefix: str,
+                 evaluations: dict[str, dict[str, float]] | None = None) -> str:
     generator = row[f"{prefix}generator"]
+    metrics = (evaluations or {}).get(row[f"{prefix}image_key"] or "", {})
+    measured = "".join(f"<br/>{_text(m)} {v:.2f}" for m, v in sorted(metrics.items()))
     score = row["draft_score" if prefix else "clip_score"]
     img = (f'<img alt="{title}" src="data:image/jpeg;base64,{b64}"/>' if b64
            else f'<div class="missing">{title} not kept</div>')
     return (f"<figure>{img}<figcaption><b>{title}</b> · {_text(generator)}{_score_text(score)}"
-            f"<br/>{_settings_text(row, prefix)}</figcaption></figure>")
+            f"<br/>{_settings_text(row, prefix)}{measured}</figcaption></figure>")
 
 
 def _page(tally: Tally, thumbs: list[tuple[dict[str, Any], str]], pairs: list[tuple[dict[str, Any], str, str]],
@@ -364,6 +431,7 @@ th{{background:#f3f4f6}}</style></head><body>
 <p>{e(uri)} · {tally.total} images requested · {e(status_line)} · cost of these images ${cost:.4f}</p>
 <h2>Contact sheet</h2><div class="grid">{cards or "<p>no images</p>"}</div>
 {_timings_html(tally)}
+{_evaluations_html(tally)}
 {_cascade_html(tally, pairs)}
 <h2>Cost by generator</h2><table><tr><th>generator</th><th>USD</th></tr>{costs}</table>
 <h2>Errors and refusals</h2><table><tr><th>id</th><th>generator</th><th>status</th><th>reason</th></tr>

@@ -183,3 +183,23 @@ def test_a_rerun_carries_the_stage_timings_the_report_shows() -> None:
         7.0, 900.0, 11.0, 13.0, 2000.0]
     assert [out[c][1] for c in ("queue_ms", "generate_ms", "encode_ms", "upload_ms", "generated_at")] == [
         5.0, 50.0, 6.0, 8.0, 3001.0]
+
+
+def test_evaluations_next_to_the_manifest_are_shown_per_route(tmp_path: Path) -> None:
+    """<output>/evaluations/*.parquet (image_key + numeric metrics, e.g. an offline oracle's faithfulness):
+    the report gives each metric's mean per route — kept drafts, escalated drafts, their finals, all — and the
+    escalated pairs show the values of the draft and of the final."""
+    rows = [draft_row(0, tmp_path), draft_row(1, tmp_path), escalated_row(2, tmp_path)]
+    evals = tmp_path / "evaluations"
+    evals.mkdir()
+    pq.write_table(pa.table({"image_key": [rows[0]["image_key"], rows[1]["image_key"], rows[2]["image_key"],
+                                           rows[2]["draft_image_key"]],
+                             "faithfulness": [1.0, 0.5, 0.9, 0.25], "note": ["a", "b", "c", "d"]}),
+                   evals / "oracle.parquet")
+    page = report(tmp_path, rows)
+    text = re.sub(r"<[^>]+>", " ", page[page.index("<h2>Evaluations"):page.index("<h2>Cascade")])
+    cells = " ".join(text.split())
+    assert "mean faithfulness" in cells and "mean note" not in cells  # numeric columns only
+    assert "draft 2 0.750" in cells and "escalated: draft 1 0.250" in cells
+    assert "escalated: final 1 0.900" in cells and "all 3 0.800" in cells  # the final images
+    assert "faithfulness 0.25" in page and "faithfulness 0.90" in page  # the pair's captions
