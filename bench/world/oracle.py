@@ -8,7 +8,10 @@ import numpy as np
 
 from bench.world.scene import COLOURS, Group, Spec, parse, relation_holds
 
-MIN_AREA = 30  # pixels; smaller colour blobs are noise, not objects (a rendered object has >= ~90)
+MIN_AREA = 50  # pixels; smaller colour blobs are noise, not objects (a rendered object has >= ~95)
+MIN_IOU = 0.75  # overlap with the fitted ideal shape needed to call a blob that shape
+MIN_BACKGROUND_RING = 0.6  # share of a blob's outline pixels that must be background
+MAX_ASPECT = 1.35  # bounding boxes more elongated than this are not one object of the world
 POSITION_GAP = 3.0  # pixels between centres for "left of" etc.
 _PALETTE = np.array([(255, 255, 255), *COLOURS.values()], dtype=np.float32)
 _NAMES = ("background", *COLOURS)
@@ -66,20 +69,21 @@ def _components(mask: np.ndarray) -> tuple[np.ndarray, int]:
 
 
 def _shape(ys: np.ndarray, xs: np.ndarray) -> str:
-    """Shape by geometry: fill of the bounding box, and mass in the top vs bottom half (upright triangles)."""
-    h, w = ys.max() - ys.min() + 1, xs.max() - xs.min() + 1
-    if max(h, w) > 1.6 * min(h, w):
-        return "unknown"  # elongated: merged objects or a smear
-    fill = len(ys) / (h * w)
-    mid = ys.min() + h / 2
-    top, bottom = int((ys + 0.5 < mid).sum()), int((ys + 0.5 >= mid).sum())
-    if top < 0.6 * bottom and 0.35 <= fill <= 0.7:
-        return "triangle"
-    if fill >= 0.88:
-        return "square"
-    if fill >= 0.65:
-        return "circle"
-    return "unknown"
+    """Shape by geometry: the ideal square, circle or upright triangle fitted to the blob's bounding box that
+    overlaps it best, if it overlaps well (IoU >= MIN_IOU); amorphous or elongated blobs are "unknown"."""
+    y0, x0 = ys.min(), xs.min()
+    h, w = ys.max() - y0 + 1, xs.max() - x0 + 1
+    if max(h, w) > MAX_ASPECT * min(h, w):
+        return "unknown"
+    gy, gx = np.mgrid[0:h, 0:w] + 0.5
+    blob = np.zeros((h, w), dtype=bool)
+    blob[ys - y0, xs - x0] = True
+    u, v = (gx - w / 2) / (w / 2), gy / h  # u in [-1, 1] across, v in [0, 1] down
+    templates = {"square": np.ones((h, w), dtype=bool), "circle": u**2 + ((v - 0.5) * 2) ** 2 <= 1,
+                 "triangle": np.abs(u) <= v}
+    ious = {k: (blob & t).sum() / (blob | t).sum() for k, t in templates.items()}
+    best = max(ious, key=lambda k: ious[k])
+    return best if ious[best] >= MIN_IOU else "unknown"
 
 
 def blobs(image: np.ndarray) -> list[Blob]:
@@ -89,13 +93,20 @@ def blobs(image: np.ndarray) -> list[Blob]:
     dist = ((image[:, :, None, :].astype(np.float32) - _PALETTE) ** 2).sum(-1)
     nearest = dist.argmin(-1)
     found = []
+    background = nearest == 0
     for k, name in enumerate(_NAMES[1:], start=1):
         labels, n = _components(nearest == k)
         for i in range(1, n + 1):
-            ys, xs = np.nonzero(labels == i)
-            if len(ys) >= MIN_AREA:
-                centre = ((xs.min() + xs.max() + 1) / 2, (ys.min() + ys.max() + 1) / 2)
-                found.append(Blob(name, _shape(ys, xs), centre, len(ys)))
+            mask = labels == i
+            ys, xs = np.nonzero(mask)
+            if len(ys) < MIN_AREA:
+                continue
+            pad = np.pad(mask, 1)
+            ring = (pad[:-2, 1:-1] | pad[2:, 1:-1] | pad[1:-1, :-2] | pad[1:-1, 2:]) & ~mask
+            # an object of the world sits on the plain background; a patch of a colour field does not
+            shape = _shape(ys, xs) if background[ring].mean() >= MIN_BACKGROUND_RING else "unknown"
+            centre = ((xs.min() + xs.max() + 1) / 2, (ys.min() + ys.max() + 1) / 2)
+            found.append(Blob(name, shape, centre, len(ys)))
     return found
 
 
