@@ -210,7 +210,7 @@ def train_unet(kind: str, out: Path, steps: int, batch_size: int) -> dict[str, A
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
                                    scheduler=DPMSolverMultistepScheduler(**NOISE), safety_checker=None,
                                    feature_extractor=None, requires_safety_checker=False)
-    pipe.save_pretrained(str(out))
+    pipe.to(dtype=torch.float16).save_pretrained(str(out))  # half the bytes; loads at any dtype
     (out / "sampling.json").write_text(json.dumps(SAMPLING[kind]) + "\n")
     return {"steps": steps, "batch_size": batch_size, "pool": POOL, "pool_s": round(pool_s, 1),
             "params": sum(p.numel() for p in unet.parameters()),
