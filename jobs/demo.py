@@ -40,19 +40,27 @@ def write_example_prompts(path: str | Path, n: int = 80) -> Path:
 def main(argv: list[str]) -> int:
     import argparse
 
-    p = argparse.ArgumentParser(prog="imagefleet demo", description="Build a tiny offline model and 80 example "
-                                "prompts, start the embedded S3 on loopback, and run configs/local_tiny.yaml end to "
-                                "end on local Ray. Extra arguments go to `imagefleet run` (e.g. --set k=v).")
+    p = argparse.ArgumentParser(prog="imagefleet demo", description="Start the embedded S3 on loopback and run, on "
+                                "local Ray, configs/world_cascade.yaml on 96 prompts of the shapes world (the trained "
+                                "tiny models in bench/world: a draft, the worst 30%% escalated to the heavy model, "
+                                "every image graded by the world's oracle into the report), or, without those "
+                                "models, configs/local_tiny.yaml with a tiny random-weight model on 80 example "
+                                "prompts. Extra arguments go to `imagefleet run` (e.g. --set k=v).")
     p.parse_known_args(argv)  # --help prints and exits here, before anything is built or started
-    from jobs import generate
+    from jobs import generate, world_demo
     from jobs.seaweed import S3Server
     from jobs.tiny_models import build_tiny_pipeline
 
     home = Path(os.environ.get("IMAGEFLEET_HOME", ".imagefleet"))
-    # 1 offline model and prompts
-    print("demo: building the tiny offline model and the example prompts ...")
-    build_tiny_pipeline(home / "models" / "tiny-sd")
-    write_example_prompts(home / "prompts" / "demo.parquet")
+    world = world_demo.available()
+    # 1 models and prompts: the shapes world's trained models (checked in), else a tiny random-weight model
+    if world:
+        print("demo: the shapes world — trained tiny draft and heavy models, a cascade, graded by an exact oracle")
+        world_demo.write_prompts(home / "prompts" / "world.parquet")
+    else:
+        print("demo: building the tiny offline model and the example prompts ...")
+        build_tiny_pipeline(home / "models" / "tiny-sd")
+        write_example_prompts(home / "prompts" / "demo.parquet")
     # 2 embedded S3 on loopback, auth on; left running so the outputs can be inspected
     server = S3Server.prepare(home / "s3")
     if not server.running():
@@ -60,10 +68,16 @@ def main(argv: list[str]) -> int:
     server.ensure_bucket("imagefleet-demo")
     os.environ.update(server.env())
     print(f"demo: SeaweedFS S3 at {server.endpoint_url}")
-    # 3 the real job on local Ray with the bundled config
-    config = Path(__file__).resolve().parent.parent / "configs" / "local_tiny.yaml"
-    code = generate.main([str(config), f"--set=source.uri={home / 'prompts' / 'demo.parquet'}",
-                          f"--set=generators.tiny.model={home / 'models' / 'tiny-sd'}", *argv])
+    # 3 the real job on local Ray with the bundled config (the world: then every image graded by the oracle)
+    if world:
+        args = [*world_demo.overrides(home), *argv]
+        code = generate.main([str(world_demo.CONFIG), *args])
+        if code == 0:
+            print("\n" + world_demo.grade(args))
+    else:
+        config = Path(__file__).resolve().parent.parent / "configs" / "local_tiny.yaml"
+        code = generate.main([str(config), f"--set=source.uri={home / 'prompts' / 'demo.parquet'}",
+                              f"--set=generators.tiny.model={home / 'models' / 'tiny-sd'}", *argv])
     print(f"\ndemo: browse the bucket:  eval \"$(imagefleet s3 env --dir {home / 's3'})\" && "
           f"aws s3 ls --recursive s3://imagefleet-demo/   (or boto3)")
     print(f"demo: stop the S3 server: imagefleet s3 stop --dir {home / 's3'}")
