@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.world import CLIP, DRAFT, HEAVY, HELD_OUT_SEED, MODELS, TASKS, oracle, sample_prompts
+from bench.world import CLIP, DRAFT, HEAVY, HELD_OUT_SEED, MODELS, TASKS, oracle, render, sample_prompts
 
 logger = logging.getLogger(__name__)
 BATCH = 8  # images per pipeline call
@@ -87,6 +87,17 @@ def summarize(prompts: list[str], images: list[np.ndarray]) -> dict[str, Any]:
     }
 
 
+def save_grid(path: Path, prompts: list[str], seeds: list[int], images: dict[str, list[np.ndarray]],
+              n: int = 12) -> None:
+    """A PNG with one column per prompt: the rendered truth, then each model's image."""
+    from PIL import Image
+
+    rows = [[render(p, s) for p, s in zip(prompts[:n], seeds[:n], strict=True)]]
+    rows += [ims[:n] for ims in images.values()]
+    grid = np.concatenate([np.concatenate(r, axis=1) for r in rows], axis=0)
+    Image.fromarray(grid).save(path)
+
+
 def main(argv: list[str] | None = None) -> None:
     """CLI: evaluate draft and heavy on `--n` held-out prompts and the CLIP scorer on the draft's images."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -112,6 +123,8 @@ def main(argv: list[str] | None = None) -> None:
         logger.info("%s: faithfulness %.3f pass %.3f, %.3f s/image", name, results[name]["faithfulness"],
                     results[name]["pass_rate"], seconds)
     results["load_avg_end"] = os.getloadavg()[0]
+    save_grid(args.out.with_name("samples.png"), prompts, seeds, images)
+    results["samples_png_prompts"] = prompts[:12]
     clip = {}
     for name in ("draft", "heavy"):
         scores = clip_scores(prompts, images[name])

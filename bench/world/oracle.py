@@ -10,6 +10,7 @@ from bench.world.scene import COLOURS, Group, Spec, parse, relation_holds
 
 MIN_AREA = 50  # pixels; smaller colour blobs are noise, not objects (a rendered object has >= ~95)
 MIN_IOU = 0.75  # overlap with the fitted ideal shape needed to call a blob that shape
+MAX_RESIDUAL = 60.0  # RGB distance from the nearest white-to-colour blend; further pixels are no colour
 MIN_BACKGROUND_RING = 0.6  # share of a blob's outline pixels that must be background
 MAX_ASPECT = 1.35  # bounding boxes more elongated than this are not one object of the world
 POSITION_GAP = 3.0  # pixels between centres for "left of" etc.
@@ -86,12 +87,27 @@ def _shape(ys: np.ndarray, xs: np.ndarray) -> str:
     return best if ious[best] >= MIN_IOU else "unknown"
 
 
+def _classify(image: np.ndarray) -> np.ndarray:
+    """Per pixel: 0 background, k = the k-th palette colour, -1 neither.
+
+    A pixel is read as a blend of white and one palette colour (anti-aliasing, blur): the colour whose line
+    from white passes closest to it, if close (MAX_RESIDUAL) and at least half-way from white (else background).
+    """
+    offset = image.astype(np.float32) - _PALETTE[0]  # from white
+    dirs = _PALETTE[1:] - _PALETTE[0]  # colours x 3
+    alpha = np.clip(offset @ dirs.T / (dirs**2).sum(-1), 0.0, 1.0)  # H x W x colours
+    residual = np.linalg.norm(offset[:, :, None, :] - alpha[..., None] * dirs, axis=-1)
+    best = residual.argmin(-1)
+    best_alpha = np.take_along_axis(alpha, best[..., None], -1)[..., 0]
+    labels = np.where(best_alpha >= 0.5, best + 1, 0)
+    return np.where(residual.min(-1) <= MAX_RESIDUAL, labels, -1)
+
+
 def blobs(image: np.ndarray) -> list[Blob]:
-    """The coloured objects in an RGB uint8 image (each pixel takes its nearest palette colour)."""
+    """The coloured objects in an RGB uint8 image (connected pixels of one palette colour)."""
     if image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"expected an HxWx3 RGB image, got shape {image.shape}")
-    dist = ((image[:, :, None, :].astype(np.float32) - _PALETTE) ** 2).sum(-1)
-    nearest = dist.argmin(-1)
+    nearest = _classify(image)
     found = []
     background = nearest == 0
     for k, name in enumerate(_NAMES[1:], start=1):
