@@ -19,7 +19,7 @@ from tests.integration.test_pipeline import manifest
 
 pytestmark = pytest.mark.slow
 
-SCENES = 3
+SCENES = 2  # the shipped config has 3; two keep the test quick
 VARIANTS = {"1:1": (128, 128), "4:5": (112, 144), "9:16": (96, 176), "16:9": (176, 96)}
 
 
@@ -62,13 +62,16 @@ def test_product_shots_example_runs_end_to_end_and_resumes(tmp_path: Path, tiny_
             "--set=generators.sdxl.defaults.height=128", "--set=generators.sdxl.defaults.num_steps=2",
             "--set=generators.sdxl.pool.num_cpus=0.5", "--set=generators.sdxl.pool.max_size=2",
             "--set=output.pool.max_size=1", "--set=cluster.address=local", "--set=source.task=image-to-image",
+            "--set=source.template.vars.scene=[on a beach, in a studio]",
             "--progress=off"]
     # image-to-image first (the kettle has no mask): every product × scene × variant, the LoRA only where asked
     assert generate.main(args) == 0
     rows = manifest(s3_env, bucket, "campaign")
     assert len(rows) == 4 * SCENES * len(VARIANTS)
     ok = [r for r in rows if r["status"] == "ok"]
-    assert Counter(r["id"].split("#")[0] for r in ok) == {"mug": 12, "vase": 12, "kettle": 12}
+    per_product = SCENES * len(VARIANTS)
+    assert Counter(r["id"].split("#")[0] for r in ok) == {"mug": per_product, "vase": per_product,
+                                                          "kettle": per_product}
     assert {(r["variant"], r["width"], r["height"]) for r in ok} == {(v, *s) for v, s in VARIANTS.items()}
     digest = hashlib.sha256((data / "shots" / "mug.png").read_bytes()).hexdigest()
     mug = [r for r in ok if r["id"].startswith("mug#")]
@@ -77,7 +80,7 @@ def test_product_shots_example_runs_end_to_end_and_resumes(tmp_path: Path, tiny_
     assert all(r["task"] == "image-to-image" and r["strength"] == 0.99 for r in ok)
     assert all(r["adapters"] == "" for r in ok if not r["id"].startswith("mug#"))
     lamp = [r for r in rows if r["id"].startswith("lamp#")]
-    assert len(lamp) == 12 and all(r["status"] == "error" and "missing.png: no such file" in r["error"]
+    assert len(lamp) == per_product and all(r["status"] == "error" and "missing.png: no such file" in r["error"]
                                    for r in lamp)
     # inpaint, as shipped: the kettle has no mask (its error rows say so); a rerun makes nothing new
     inpaint = [a for a in args if a != "--set=source.task=image-to-image"]
@@ -86,13 +89,13 @@ def test_product_shots_example_runs_end_to_end_and_resumes(tmp_path: Path, tiny_
     kettle = [r for r in rows if r["id"].startswith("kettle#")]
     assert all(r["status"] == "error" and "no mask" in r["error"] for r in kettle)
     made = {r["image_key"] for r in rows if r["status"] == "ok" and not r["already_present"]}
-    assert len(made) == 24 and all(r["mask_sha256"] for r in rows if r["status"] == "ok")
+    assert len(made) == 2 * per_product and all(r["mask_sha256"] for r in rows if r["status"] == "ok")
     assert generate.main(inpaint) == 0
     again = manifest(s3_env, bucket, "campaign")
     assert all(r["already_present"] for r in again if r["status"] == "ok")
-    # a new packshot for the vase: only its 12 images are made again (keys follow content, not paths)
+    # a new packshot for the vase: only its images are made again (keys follow content, not paths)
     shot(data / "shots" / "vase.png", (250, 250, 0))
     assert generate.main(inpaint) == 0
     final = manifest(s3_env, bucket, "campaign")
     fresh = [r for r in final if r["status"] == "ok" and not r["already_present"]]
-    assert len(fresh) == 12 and {r["id"].split("#")[0] for r in fresh} == {"vase"}
+    assert len(fresh) == per_product and {r["id"].split("#")[0] for r in fresh} == {"vase"}
