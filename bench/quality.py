@@ -33,10 +33,11 @@ BEST_OF = (2, 4)
 
 
 def settings(name: str) -> dict[str, Any]:
-    """A world model's sampling settings (its folder's imagefleet.json, written by the training script)."""
-    path = MODELS / name / "imagefleet.json"
-    defaults = {"width": 64, "height": 64, "num_steps": 4 if name == "draft" else 25, "guidance_scale": 0.0}
-    return {**defaults, **(json.loads(path.read_text()) if path.exists() else {})}
+    """A world model's sampling settings, as its training script recommends (bench/world/train.py SAMPLING)."""
+    from bench.world.train import SAMPLING
+
+    s = SAMPLING[name]
+    return {"width": 64, "height": 64, "num_steps": s["num_inference_steps"], "guidance_scale": s["guidance_scale"]}
 
 
 def generator(name: str) -> Any:
