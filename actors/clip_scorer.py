@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 from typing import Any
 
 import numpy as np
@@ -18,6 +20,9 @@ SCORER_OUTPUT_COLUMNS = {
     "clip_score": "prompt-image alignment of the generated image (NaN when not scored)",
     "image": "best-of-N rows: the best candidate",
     "seed": "best-of-N rows: the best candidate's seed",
+    "image_mime": "best-of-N rows: the best candidate's content type",
+    "width": "best-of-N rows: the best candidate's width",
+    "height": "best-of-N rows: the best candidate's height",
     "candidates": "best-of-N rows: JSON list of every candidate's seed and score ('' otherwise)",
 }
 ScoreFn = Any
@@ -54,43 +59,56 @@ def pixels_for_scoring(batch: Batch, i: int) -> np.ndarray | None:
 
 
 def score_batch(batch: Batch, score_fn: ScoreFn) -> Batch:
-    """Score every `generated` row with `score_fn`; a best-of-N row (`candidate_images`) scores each candidate and
-    keeps the best (ties: the earliest), recording every candidate's seed and score in `candidates`."""
-    import json
-
+    """Score every `generated` row with `score_fn`; a best-of-N row (one with `candidate_seeds`) scores each made
+    candidate and keeps the best — a finite score beats a NaN one, ties go to the earliest — with its own seed,
+    content type and size, recording every candidate's seed and score in `candidates`."""
     # 1 what to score: each fresh image, or each candidate of a best-of-N row
     n = len(batch["status"])
-    pool = batch.get("candidate_images")
+    picked = "candidate_seeds" in batch
     items: list[tuple[int, int, np.ndarray]] = []
     for i in score_rows(batch):
-        images = list(pool[i]) if pool is not None and len(pool[i]) > 1 else [batch["image"][i]]
-        for k, data in enumerate(images):
-            pixels = pixels_for_scoring({**batch, "image": np.array([data], dtype=object),
-                                         **{c: batch[c][i:i + 1] for c in ("image_mime", "width", "height")
-                                            if c in batch}}, 0)
+        for k, view in enumerate(_candidates(batch, i) if picked and batch["candidate_seeds"][i] else [batch]):
+            pixels = pixels_for_scoring(view, i if view is batch else 0)
             if pixels is not None:
                 items.append((i, k, pixels))
     # 2 one scoring call for all of them
     scores = score_fn([p for _, _, p in items], [str(batch["prompt"][i]) for i, _, _ in items]) if items else []
-    # 3 each row's score; a best-of-N row keeps its best candidate
     by_row: dict[int, list[tuple[int, float]]] = {}
     for (i, k, _), s in zip(items, scores, strict=True):
         by_row.setdefault(i, []).append((k, float(s)))
-    if pool is None:
+    if not picked:
         return with_scores(batch, list(by_row), [v[0][1] for v in by_row.values()])
-    image, seed = np.array(batch["image"], dtype=object), np.array(batch["seed"], dtype=np.int64)
-    candidates = np.array(batch["candidates"] if "candidates" in batch else [""] * n, dtype=object)
+    # 3 a best-of-N row keeps its best candidate
+    out = dict(batch)
     best_scores = []
+    candidates = np.array(batch["candidates"] if "candidates" in batch else [""] * n, dtype=object)
+    for name in ("image", "image_mime", "seed", "width", "height"):
+        out[name] = np.array(batch[name], dtype=object if name in ("image", "image_mime") else None)
     for i, ranked in by_row.items():
-        seeds = [int(s) for s in str(batch["candidate_seeds"][i]).split(",") if s]
-        if len(pool[i]) > 1:
-            k, best = max(ranked, key=lambda ks: (ks[1], -ks[0]))
-            image[i], seed[i] = pool[i][k], seeds[k]
-            candidates[i] = json.dumps([{"seed": seeds[c], "score": round(s, 6)} for c, s in sorted(ranked)])
-        best_scores.append(max(s for _, s in ranked))
-    out = with_scores(batch, list(by_row), best_scores)
-    out.update(image=image, seed=seed, candidates=candidates, candidate_images=empty_lists(n))  # pixels dropped
+        if not batch["candidate_seeds"][i]:
+            best_scores.append(ranked[0][1])
+            continue
+        k, best = max(ranked, key=lambda ks: (math.isfinite(ks[1]), ks[1], -ks[0]))
+        seeds = str(batch["candidate_seeds"][i]).split(",")
+        mimes = str(batch["candidate_mimes"][i]).split(",")
+        width, height = str(batch["candidate_sizes"][i]).split(",")[k].split("x")
+        out["image"][i], out["image_mime"][i], out["seed"][i] = batch["candidate_images"][i][k], mimes[k], int(seeds[k])
+        out["width"][i], out["height"][i] = int(width), int(height)
+        candidates[i] = json.dumps([{"seed": int(seeds[c]), "score": round(v, 6) if math.isfinite(v) else None}
+                                    for c, v in sorted(ranked)])
+        best_scores.append(best)
+    out = with_scores(out, list(by_row), best_scores)
+    out.update(candidates=candidates, candidate_images=empty_lists(n))  # the losers' pixels are dropped here
     return out
+
+
+def _candidates(batch: Batch, i: int) -> list[Batch]:
+    """Row i's candidates, each as a one-row view with its own image, content type and size."""
+    mimes = str(batch["candidate_mimes"][i]).split(",")
+    sizes = [s.split("x") for s in str(batch["candidate_sizes"][i]).split(",")]
+    return [{"image": np.array([data], dtype=object), "image_mime": np.array([mimes[k]], dtype=object),
+             "width": np.array([int(sizes[k][0])]), "height": np.array([int(sizes[k][1])])}
+            for k, data in enumerate(batch["candidate_images"][i])]
 
 
 class ClipScorer:

@@ -171,7 +171,8 @@ def run_generation(
     many = "num_candidates" in batch and any(int(c) > 1 for c in batch["num_candidates"])
     if many:
         cols["candidate_images"] = empty_lists(n)
-        cols["candidate_seeds"] = np.array([""] * n, dtype=object)
+        for name in ("candidate_seeds", "candidate_mimes", "candidate_sizes"):
+            cols[name] = np.array([""] * n, dtype=object)
     for rows in buckets.values():
         for start in range(0, len(rows), batch_size):
             started = time.time()
@@ -222,24 +223,34 @@ def candidate_seed(req: Request, k: int) -> int:
 
 def _record_candidates(cols: Batch, i: int, outcomes: list[tuple[Any, Outcome | str, float]],
                        requests: dict[Any, Request], usd_per_second: float, usd_per_image: float) -> None:
-    """A best-of-N row: every candidate's image (in `candidate_images`, their seeds in `candidate_seeds`) for the
-    scorer to choose from; the row is `generated` when at least one candidate is, and pays for all of them."""
-    images, seeds, errors, total_ms = [], [], [], 0.0
+    """A best-of-N row: every made candidate's image for the scorer to choose from (`candidate_images`, with their
+    seeds, content types and sizes in `candidate_seeds`/`candidate_mimes`/`candidate_sizes`, comma-separated);
+    the row is `generated` when at least one candidate is, and pays for all of them. When none is, it takes the
+    mildest outcome its candidates had: skipped (budget: a rerun continues), then refused, then error."""
+    images, seeds, mimes, sizes, total_ms = [], [], [], [], 0.0
+    failures: dict[str, str] = {}
     for key, result, ms in sorted(outcomes, key=lambda o: o[0][1]):
         cols["status"][i] = "pending"
         _record(cols, i, result, ms, timed_usd=ms / 1000 * usd_per_second + usd_per_image)
         total_ms += ms
         if cols["status"][i] == "generated":
             images.append(cols["image"][i])
-            seeds.append(requests[key].seed)
+            seeds.append(str(requests[key].seed))
+            mimes.append(str(cols["image_mime"][i]))
+            sizes.append(f"{int(cols['width'][i])}x{int(cols['height'][i])}")
         else:
-            errors.append(str(cols["error"][i]))
+            failures.setdefault(str(cols["status"][i]), str(cols["error"][i]))
     cols["generate_ms"][i] = total_ms
-    cols["candidate_images"][i], cols["candidate_seeds"][i] = images, ",".join(map(str, seeds))
-    if images:
+    cols["candidate_images"][i] = images
+    cols["candidate_seeds"][i], cols["candidate_mimes"][i], cols["candidate_sizes"][i] = (
+        ",".join(seeds), ",".join(mimes), ",".join(sizes))
+    if images:  # the first made candidate until the scorer picks (its own type and size)
+        width, height = sizes[0].split("x")
         cols["status"][i], cols["error"][i], cols["image"][i] = "generated", "", images[0]
-    else:
-        cols["status"][i], cols["error"][i] = "error", f"every candidate failed: {errors[0]}"
+        cols["image_mime"][i], cols["width"][i], cols["height"][i] = mimes[0], int(width), int(height)
+        return
+    status = next(s for s in ("skipped", "refused", "error") if s in failures)
+    cols["status"][i], cols["error"][i] = status, f"every candidate {status}: {failures[status]}"
 
 
 def _record(cols: Batch, i: int, result: Outcome | str, ms: float, timed_usd: float) -> None:

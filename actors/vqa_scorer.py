@@ -71,10 +71,12 @@ class VqaScorer:
         return [float(p) for p in probs.cpu()]
 
     def _question(self, prompt: str) -> str:
-        question = self.cfg.question.replace("{prompt}", prompt)
+        # the processor expands its image token wherever it appears: one inside a user's prompt would not match the
+        # images (a ValueError for the whole batch), so it is written as plain text there
+        token = str(getattr(self.processor, "image_token", "<image>"))
+        question = self.cfg.question.replace("{prompt}", prompt.replace(token, token.strip("<>[]") or "image"))
         if self.templated:
             messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
             return str(self.processor.apply_chat_template(messages, add_generation_prompt=True))
-        token = getattr(self.processor, "image_token", "<image>")
         return f"{token}\n{question} Answer:"
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import logging
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,6 +15,8 @@ from actors.manifest_schema import REPORT_COLUMNS
 from actors.storage import ObjectStore, open_store
 from configs.storage import StoreSpec
 from pipelines.manifest import iter_manifest_batches
+
+logger = logging.getLogger(__name__)
 
 NUM_THUMBS = 48
 NUM_PAIRS = 12  # escalated images shown next to their drafts
@@ -321,13 +324,17 @@ def read_evaluations(objects: ObjectStore) -> dict[str, dict[str, float]]:
     for rel, _ in sorted(objects.list(EVALUATIONS_DIR)):
         if not rel.endswith(".parquet"):
             continue
-        table = pq.read_table(io.BytesIO(objects.get(rel)))
+        try:
+            table = pq.read_table(io.BytesIO(objects.get(rel)))
+        except Exception as exc:  # noqa: BLE001 - someone else's file: a bad one is skipped, never the report
+            logger.warning("evaluations file %s skipped: %s", rel, str(exc).splitlines()[0][:200])
+            continue
         if "image_key" not in table.column_names:
             continue
         metrics = [f.name for f in table.schema if f.name != "image_key" and (pa.types.is_floating(f.type)
                    or pa.types.is_integer(f.type) or pa.types.is_boolean(f.type))]
         for row in table.select(["image_key", *metrics]).to_pylist():
-            values = {m: float(row[m]) for m in metrics if row[m] is not None}
+            values = {m: float(row[m]) for m in metrics if row[m] is not None and math.isfinite(float(row[m]))}
             out.setdefault(str(row["image_key"]), {}).update(values)
     return out
 
