@@ -56,7 +56,17 @@ def run(rows: int) -> dict[str, Any]:
         stores = resolve_stores(load_config(cfg))
         ts = read_manifest_columns(f"s3://{bucket}/imagefleet", stores.output, ["generated_at"]).column(0).to_pylist()
         ours = steady_rate(ts)
-        # 2 naive recipe: batch_size=1, fixed pool, encode + upload inside the "GPU" actor
+        # 2 the peer: a hand-written Ray Data job (GPU pool → separate CPU encode/upload pool), same store
+        from bench.peer_job import run_peer
+
+        out = stores.output
+        client = {"endpoint_url": out.endpoint_url, "region_name": out.region,
+                  "aws_access_key_id": out.access_key.get_secret_value(),
+                  "aws_secret_access_key": out.secret_key.get_secret_value()}
+        with Timer() as t_peer:
+            peer_ts = run_peer(ray.data, str(src), bucket, client, NUM_GPUS, BATCH, BASE_S, PER_IMAGE_S)
+        peer = steady_rate(peer_ts)
+        # 3 naive recipe: batch_size=1, fixed pool, encode + upload inside the "GPU" actor
         from bench.naive_actor import NaiveGenerateAndUpload
 
         ds = ray.data.read_parquet(str(src)).limit(rows // 2).repartition(target_num_rows_per_block=1)
@@ -76,6 +86,9 @@ def run(rows: int) -> dict[str, Any]:
         "latency_model": f"{BASE_S}+{PER_IMAGE_S}*n s",
         "ideal_img_s": round(ideal, 2), "imagefleet_img_s": round(ours, 2), "imagefleet_wall_s": round(t_if.seconds, 1),
         "naive_img_s": round(naive, 2), "naive_wall_s": round(t_naive.seconds, 1),
+        "peer_img_s": round(peer, 2), "peer_wall_s": round(t_peer.seconds, 1),
+        "vs_peer_steady": round(ours / peer, 3) if peer else None,
+        "vs_peer_end_to_end": round(t_peer.seconds / t_if.seconds, 3),
         "efficiency": round(ours / ideal, 3), "speedup_vs_naive": round(ours / naive, 2) if naive else None,
         "at": time.strftime("%Y-%m-%d %H:%M"),
     }

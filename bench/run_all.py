@@ -67,10 +67,15 @@ def write_markdown() -> None:
                   "| | img/s | vs ideal |", "|---|---|---|",
                   f"| ideal (N / latency) | {o['ideal_img_s']} | 1.000 |",
                   f"| imagefleet | {o['imagefleet_img_s']} | **{o['efficiency']}** (target ≥ 0.97) |",
+                  *([f"| peer: hand-written Ray Data job (bench/peer_job.py: GPU pool batch 8 → CPU encode+upload "
+                     f"pool) | {o['peer_img_s']} | {round(o['peer_img_s'] / o['ideal_img_s'], 3)} |"]
+                    if "peer_img_s" in o else []),
                   f"| naive Ray SD recipe (batch 1, fixed pool, encode+upload in the GPU actor) | {o['naive_img_s']} "
                   f"| {round(o['naive_img_s'] / o['ideal_img_s'], 3)} |", "",
                   f"imagefleet / naive = **{o['speedup_vs_naive']}×** (target ≥ 1.5×). Wall time incl. Ray and actor "
-                  f"start: imagefleet {o['imagefleet_wall_s']} s, naive {o['naive_wall_s']} s.", ""]
+                  f"start: imagefleet {o['imagefleet_wall_s']} s, naive {o['naive_wall_s']} s.",
+                  *([f"imagefleet / peer: steady **{o['vs_peer_steady']}×**, end to end **{o['vs_peer_end_to_end']}×**"
+                     f" (peer {o['peer_wall_s']} s; target ≥ 1.0× both)."] if "peer_img_s" in o else []), ""]
     b = _load("bare")
     if b:
         lines += ["## Pipeline vs bare loop (tiny diffusers model, CPU)", "",
