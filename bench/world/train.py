@@ -159,7 +159,7 @@ def _pool(vae: Any, rng: random.Random, n: int) -> tuple[Any, list[str]]:
     return torch.cat(latents), prompts
 
 
-def train_unet(kind: str, out: Path, steps: int, batch_size: int) -> dict[str, Any]:
+def train_unet(kind: str, out: Path, steps: int, batch_size: int, resume: bool = False) -> dict[str, Any]:
     """DDPM (v-prediction) training of a UNet on VAE latents of renders, conditioned on the frozen CLIP text
     encoder; saved as a StableDiffusionPipeline with the VAE, text encoder, tokenizer and a DPM-Solver."""
     import torch
@@ -183,7 +183,12 @@ def train_unet(kind: str, out: Path, steps: int, batch_size: int) -> dict[str, A
     width = TEXT["hidden_size"]
     unet = UNet2DConditionModel(sample_size=SIZE // 8, in_channels=4, out_channels=4, cross_attention_dim=width,
                                 down_block_types=("CrossAttnDownBlock2D",) * 2,
-                                up_block_types=("CrossAttnUpBlock2D",) * 2, **UNETS[kind])
+                                up_block_types=("CrossAttnUpBlock2D",) * 2, **UNETS[kind],
+                                # the prompt, attention-pooled, also joins the time embedding: every block
+                                # sees it (cross-attention alone learned the prompt slowly at this size)
+                                addition_embed_type="text", addition_embed_type_num_heads=4)
+    if resume:  # continue from the saved pipeline's UNet (a longer run in parts)
+        unet.load_state_dict(UNet2DConditionModel.from_pretrained(str(out / "unet")).float().state_dict())
     noise_sched = DDPMScheduler(**NOISE)
     opt = torch.optim.AdamW(unet.parameters(), lr=1e-3, weight_decay=0.01)
     gen = torch.Generator().manual_seed(SEEDS[kind])
@@ -219,9 +224,9 @@ def train_unet(kind: str, out: Path, steps: int, batch_size: int) -> dict[str, A
             **SAMPLING[kind]}
 
 
-STAGES = {"clip": train_clip, "vae": train_vae,
-          "draft": lambda out, steps, bs: train_unet("draft", out, steps, bs),
-          "heavy": lambda out, steps, bs: train_unet("heavy", out, steps, bs)}
+STAGES: dict[str, Any] = {"clip": train_clip, "vae": train_vae,
+          "draft": lambda out, steps, bs, resume: train_unet("draft", out, steps, bs, resume),
+          "heavy": lambda out, steps, bs, resume: train_unet("heavy", out, steps, bs, resume)}
 STAGE_DIRS = {"vae": "vae.work"}  # the VAE is kept only inside the pipelines it becomes part of
 DEFAULT_STEPS = {"clip": (1500, 64), "vae": (1500, 16), "draft": (2000, 32), "heavy": (4000, 32)}
 
@@ -233,6 +238,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=MODELS)
     parser.add_argument("--steps", type=int, help="override the stage's step count (smoke runs)")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--resume", action="store_true", help="draft/heavy: continue from the saved UNet")
     args = parser.parse_args(argv)
     import torch
 
@@ -243,7 +249,13 @@ def main(argv: list[str] | None = None) -> None:
     log = json.loads(log_path.read_text()) if log_path.exists() else {}
     for stage in STAGES if args.stage == "all" else [args.stage]:
         steps, batch_size = DEFAULT_STEPS[stage]
-        result = STAGES[stage](args.out / STAGE_DIRS.get(stage, stage), args.steps or steps, batch_size)
+        folder = args.out / STAGE_DIRS.get(stage, stage)
+        if stage in ("draft", "heavy"):
+            result = STAGES[stage](folder, args.steps or steps, batch_size, args.resume)
+            if args.resume:  # a continued run: keep the earlier parts in the log
+                result["continues"] = log.get(stage)
+        else:
+            result = STAGES[stage](folder, args.steps or steps, batch_size)
         result["threads"] = args.threads
         log[stage] = result
         log_path.write_text(json.dumps(log, indent=2) + "\n")
