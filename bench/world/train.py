@@ -177,7 +177,7 @@ def train_unet(kind: str, out: Path, steps: int, batch_size: int, resume: bool =
     clip_dir, t0 = out.parent / "clip", time.time()
     vae_dir = out.parent / "vae.work"  # the VAE stage's output; else (resuming later) the pipeline's own
     vae_dir = vae_dir if vae_dir.exists() else out / "vae"
-    vae = AutoencoderKL.from_pretrained(str(vae_dir), torch_dtype=torch.float32).eval().requires_grad_(False)
+    vae = AutoencoderKL.from_pretrained(str(vae_dir), dtype=torch.float32).eval().requires_grad_(False)
     text_encoder = _text_encoder(clip_dir)
     tokenizer = CLIPTokenizer.from_pretrained(str(clip_dir))
     latents, prompts = _pool(vae, rng, POOL)
