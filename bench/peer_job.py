@@ -52,7 +52,8 @@ def run_peer(ray_data: Any, src: str, bucket: str, client_kwargs: dict[str, Any]
              base_s: float, per_image_s: float) -> list[float]:
     """The peer job end to end; returns each image's generation time (for the steady-state rate)."""
     ds = ray_data.read_parquet(src).repartition(target_num_rows_per_block=4 * batch)  # one small file = one block
-    ds = ds.map_batches(StandInGPU, batch_size=batch, num_gpus=1, compute=ray_data.ActorPoolStrategy(size=gpus),
+    ds = ds.map_batches(StandInGPU, batch_size=batch, num_gpus=1, num_cpus=0,  # it sleeps: no CPU, as imagefleet's
+                        compute=ray_data.ActorPoolStrategy(size=gpus),
                         fn_constructor_kwargs={"base_s": base_s, "per_image_s": per_image_s})
     ds = ds.map_batches(EncodeUpload, batch_size=32, num_cpus=0.5,
                         compute=ray_data.ActorPoolStrategy(min_size=1, max_size=2),

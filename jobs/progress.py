@@ -10,6 +10,7 @@ total per generator, images/s, ETA, errors and refusals, spend against the budge
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sys
 import threading
@@ -60,7 +61,21 @@ def run_output(log_path: Path, quiet: bool) -> Iterator[TextIO]:
                 os.close(fd)
         if terminal is not old_out:
             terminal.close()
+        # logging handlers made during the run (Ray Data configures its logger on first use) captured the log
+        # file as their stream; it is about to close, so they write where stderr goes again (a notebook that runs
+        # imagefleet and then Ray Data would otherwise get "I/O operation on closed file" for every log line)
+        _repoint_handlers(log, old_err)
         log.close()
+
+
+def _repoint_handlers(old: TextIO, new: TextIO) -> None:
+    """Every logging.StreamHandler writing to `old` writes to `new` instead."""
+    loggers = [logging.getLogger(), *(x for x in logging.Logger.manager.loggerDict.values()
+                                      if isinstance(x, logging.Logger))]
+    for logger in loggers:
+        for handler in logger.handlers:
+            if isinstance(handler, logging.StreamHandler) and handler.stream is old:
+                handler.setStream(new)
 
 
 def _save_fds() -> tuple[int, int] | None:

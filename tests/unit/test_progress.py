@@ -201,3 +201,23 @@ def test_the_log_folder_and_file_refuse_planted_symlinks(tmp_path: Path, monkeyp
     with pytest.raises(OSError):
         open_log(log)
     assert victim.read_text() == "keep"
+
+
+def test_a_logging_handler_made_during_a_run_writes_to_stderr_after_it(tmp_path: Path) -> None:
+    """Ray Data configures its logger on first use, inside a run, so its handler holds the run's log file; after
+    the run (a notebook going on to use Ray Data) it must not write to the closed file."""
+    import logging
+
+    from jobs.progress import run_output
+
+    logger = logging.getLogger("imagefleet-test-late-handler")
+    with run_output(tmp_path / "run.log", quiet=True):
+        handler = logging.StreamHandler()  # takes sys.stderr as it is now: the log
+        logger.addHandler(handler)
+        logger.warning("inside")
+    try:
+        assert handler.stream is sys.stderr
+        logger.warning("after")  # would print "--- Logging error --- I/O operation on closed file"
+    finally:
+        logger.removeHandler(handler)
+    assert "inside" in (tmp_path / "run.log").read_text()
