@@ -25,6 +25,10 @@ SCORER_OUTPUT_COLUMNS = {
     "height": "best-of-N rows: the best candidate's height",
     "candidates": "best-of-N rows: JSON list of every candidate's seed and score ('' otherwise)",
 }
+IMAGE_SCORER_INPUT_COLUMNS = {"image": "raw RGB pixels, or a provider's file", "image_mime": "'' = raw pixels",
+                              "width": "pixels", "height": "pixels", "prompt": "text",
+                              "status": "only `generated` rows are scored"}
+"""What a scorer that looks at the image reads (best-of-N rows also bring their `candidate_*` columns)."""
 ScoreFn = Any
 """score_fn(pixels: list of HxWx3 uint8 arrays, prompts: list[str]) -> list of scores."""
 
@@ -119,9 +123,7 @@ class ClipScorer:
     """
 
     CONFIG = ClipScorerConfig
-    INPUT_COLUMNS = {"image": "raw RGB pixels, or a provider's file", "image_mime": "'' = raw pixels",
-                     "width": "pixels", "height": "pixels", "prompt": "text",
-                     "status": "only `generated` rows are scored"}
+    INPUT_COLUMNS = IMAGE_SCORER_INPUT_COLUMNS
     OUTPUT_COLUMNS = SCORER_OUTPUT_COLUMNS
 
     @staticmethod

@@ -5,7 +5,13 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from actors.clip_scorer import SCORER_OUTPUT_COLUMNS, Batch, local_model_problem, score_batch
+from actors.clip_scorer import (
+    IMAGE_SCORER_INPUT_COLUMNS,
+    SCORER_OUTPUT_COLUMNS,
+    Batch,
+    local_model_problem,
+    score_batch,
+)
 from configs.scorer import VqaScorerConfig
 
 logger = logging.getLogger(__name__)
@@ -21,9 +27,7 @@ class VqaScorer:
     """
 
     CONFIG = VqaScorerConfig
-    INPUT_COLUMNS = {"image": "raw RGB pixels, or a provider's file", "image_mime": "'' = raw pixels",
-                     "width": "pixels", "height": "pixels", "prompt": "text",
-                     "status": "only `generated` rows are scored"}
+    INPUT_COLUMNS = IMAGE_SCORER_INPUT_COLUMNS
     OUTPUT_COLUMNS = SCORER_OUTPUT_COLUMNS
 
     @staticmethod
