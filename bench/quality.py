@@ -98,6 +98,18 @@ def auc(scores: list[float], labels: list[bool]) -> float:
     return wins / (len(pos) * len(neg))
 
 
+def auc_within(scores: list[float], labels: list[bool], groups: list[str]) -> float:
+    """Mean ROC AUC within each group (the prompt's GenEval task): a score that only knows which kind of prompt is
+    harder ranks groups, not images, and gets 0.5 here (across prompts it can look good)."""
+    values = []
+    for g in sorted(set(groups)):
+        idx = [i for i, x in enumerate(groups) if x == g]
+        a = auc([scores[i] for i in idx], [labels[i] for i in idx])
+        if a == a:  # groups with both outcomes
+            values.append(a)
+    return float(np.mean(values)) if values else float("nan")
+
+
 def cascade_choice(scores: list[float], fraction: float, heavy_usd: float) -> list[bool]:
     """Which drafts imagefleet's Escalator escalates under `escalate_fraction`, in stream order."""
     from actors.escalator import Escalator
@@ -116,7 +128,18 @@ def cascade_choice(scores: list[float], fraction: float, heavy_usd: float) -> li
     return chosen
 
 
-def run(n_prompts: int) -> dict[str, Any]:
+def vqa_agreement(model: str, prompts: list[str], images: list[np.ndarray], passed: list[bool],
+                  tasks: list[str]) -> tuple[float, float]:
+    """ROC AUC (across prompts, and within each prompt task) of a VQA scorer — the product's `vqa` backend on any
+    vision-language model folder or id — against the oracle's pass on the same draft images."""
+    from actors.vqa_scorer import VqaScorer
+    from configs.scorer import VqaScorerConfig
+
+    scores, _ = score(VqaScorer(VqaScorerConfig(model=model)), images, prompts, batch=16)
+    return auc(scores, passed), auc_within(scores, passed, tasks)
+
+
+def run(n_prompts: int, vqa_model: str = "") -> dict[str, Any]:
     from actors.clip_scorer import ClipScorer
     from actors.generation import candidate_seed
     from bench.world.oracle import oracle
@@ -134,6 +157,7 @@ def run(n_prompts: int) -> dict[str, Any]:
     faith = {"draft": [oracle(p, im).faithfulness for p, im in zip(prompts, draft_images, strict=True)],
              "heavy": [oracle(p, im).faithfulness for p, im in zip(prompts, heavy_images, strict=True)]}
     passed = [oracle(p, im).passed for p, im in zip(prompts, draft_images, strict=True)]
+    tasks = [oracle(p, im).task for p, im in zip(prompts, draft_images, strict=True)]
     rows: list[dict[str, Any]] = [
         {"policy": "draft only", "faithfulness": float(np.mean(faith["draft"])), "seconds_per_image": draft_s},
         {"policy": "heavy only", "faithfulness": float(np.mean(faith["heavy"])), "seconds_per_image": heavy_s},
@@ -153,6 +177,7 @@ def run(n_prompts: int) -> dict[str, Any]:
                  "faithfulness": float(np.mean(ideal)), "seconds_per_image": float(draft_s + 0.3 * heavy_s),
                  "escalated": 0.3})
     # 3 best-of-N on the draft model: candidates with imagefleet's derived seeds, the best CLIP score kept
+    within_prompt = float("nan")
     for n in BEST_OF:
         base = requests(prompts, "draft", selection=f"best_of={n},scorer={clip_id}")
         pools = [[d] for d in draft_images]  # candidate 0 = the request's own seed = the draft image
@@ -164,15 +189,30 @@ def run(n_prompts: int) -> dict[str, Any]:
         flat_scores, _ = score(scorer, flat, [p for p in prompts for _ in range(n)])
         best = [int(np.argmax(flat_scores[i * n:(i + 1) * n])) for i in range(len(prompts))]
         final = [oracle(p, pools[i][best[i]]).faithfulness for i, p in enumerate(prompts)]
+        if n == max(BEST_OF):  # the scorer's judgement of images, prompt held fixed: candidates of one prompt
+            wins = ties = pairs = 0
+            for i, p in enumerate(prompts):
+                judged = [(flat_scores[i * n + k], oracle(p, pools[i][k]).faithfulness) for k in range(n)]
+                for a in range(n):
+                    for b in range(n):
+                        if judged[a][1] > judged[b][1]:
+                            pairs += 1
+                            wins += judged[a][0] > judged[b][0]
+                            ties += judged[a][0] == judged[b][0]
+            within_prompt = (wins + 0.5 * ties) / pairs if pairs else float("nan")
         rows.append({"policy": f"best-of-{n} (draft)", "faithfulness": float(np.mean(final)),
                      "seconds_per_image": float(n * (draft_s + score_s))})
+    vqa = dict(zip(("vqa_auc_vs_oracle_pass", "vqa_auc_within_task"),
+                   vqa_agreement(vqa_model, prompts, draft_images, passed, tasks), strict=True)) if vqa_model else {}
     heavy_row = rows[1]
     for r in rows:
         r["cost_vs_heavy"] = r["seconds_per_image"] / heavy_row["seconds_per_image"]
     return {"at": time.strftime("%Y-%m-%d %H:%M"), "prompts": len(prompts), "heldout_seed": HELDOUT_SEED,
             "draft": settings("draft"), "heavy": settings("heavy"), "scorer_seconds_per_image": score_s,
-            "clip_auc_vs_oracle_pass": auc(draft_scores, passed), "draft_pass_rate": float(np.mean(passed)),
-            "rows": rows}
+            "clip_auc_vs_oracle_pass": auc(draft_scores, passed),
+            "clip_auc_within_task": auc_within(draft_scores, passed, tasks),
+            "clip_auc_within_prompt": within_prompt, "draft_pass_rate": float(np.mean(passed)),
+            "vqa_model": vqa_model, **vqa, "rows": rows}
 
 
 def plot(result: dict[str, Any], path: Path) -> None:
@@ -209,11 +249,13 @@ def plot(result: dict[str, Any], path: Path) -> None:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--prompts", type=int, default=512)
+    p.add_argument("--vqa", default="", metavar="MODEL",
+                   help="also measure a VQA scorer (any vision-language model folder or hub id) against the oracle")
     args = p.parse_args()
     import torch
 
     torch.set_num_threads(1)  # one core, like one generator actor (Ray sets OMP_NUM_THREADS=1)
-    result = run(args.prompts)
+    result = run(args.prompts, args.vqa)
     result["machine"], result["commit"] = machine(), git_rev()
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "quality.json").write_text(json.dumps(result, indent=2))
