@@ -17,8 +17,8 @@ TINY_TEXT = dict(vocab_size=514, hidden_size=32, intermediate_size=37, num_hidde
                  max_position_embeddings=77, bos_token_id=512, eos_token_id=513, pad_token_id=513)
 
 
-def _write_tokenizer(folder: Path) -> None:
-    """A byte-level CLIP vocab (256 bytes x {plain, end-of-word} + 2 specials) with no merges."""
+def byte_chars() -> list[str]:
+    """CLIP's byte-to-unicode table, in byte order (printable bytes as themselves, the rest shifted past 255)."""
     bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
     cs = bs[:]
     extra = 0
@@ -27,7 +27,12 @@ def _write_tokenizer(folder: Path) -> None:
             bs.append(b)
             cs.append(256 + extra)
             extra += 1
-    chars = [chr(c) for c in cs]
+    return [chr(c) for c in cs]
+
+
+def _write_tokenizer(folder: Path) -> None:
+    """A byte-level CLIP vocab (256 bytes x {plain, end-of-word} + 2 specials) with no merges."""
+    chars = byte_chars()
     vocab = {ch: i for i, ch in enumerate(chars)}
     vocab.update({ch + "</w>": i + 256 for i, ch in enumerate(chars)})
     vocab["<|startoftext|>"] = 512

@@ -11,21 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from bench.world.scene import WORDS
+from jobs.tiny_models import byte_chars
 
 MAX_TOKENS = 16  # the longest world prompt is 9 words + 2 specials
-
-
-def _byte_chars() -> list[str]:
-    """CLIP's byte-to-unicode table, in byte order."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    extra = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + extra)
-            extra += 1
-    return [chr(c) for c in cs]
 
 
 def learn_merges(words: tuple[str, ...]) -> list[tuple[str, str]]:
@@ -50,7 +38,7 @@ def learn_merges(words: tuple[str, ...]) -> list[tuple[str, str]]:
 
 def write_tokenizer(folder: Path) -> int:
     """Write vocab.json and merges.txt to `folder`; returns the vocabulary size."""
-    chars = _byte_chars()
+    chars = byte_chars()
     vocab = {ch: i for i, ch in enumerate(chars)}
     vocab.update({ch + "</w>": i + 256 for i, ch in enumerate(chars)})
     vocab["<|startoftext|>"] = 512
