@@ -8,7 +8,9 @@ from typing import Any
 
 import numpy as np
 
+from actors.generation import parse_adapter_list
 from actors.keys import SETTINGS, adapter_key, adapters_text, conditioning, image_key
+from configs.generator_base import STRENGTH_TASKS
 from configs.prep import GeneratorIdentity
 from configs.routing import CascadeConfig
 from configs.source import variant_size
@@ -185,13 +187,12 @@ class Escalator:
         inputs, mask = str(value("input_sha256", "")), str(value("mask_sha256", ""))
         if len([x for x in inputs.split(",") if x]) > h.max_input_images or (mask and not h.masks):
             return None
-        takes_strength = task in ("image-to-image", "inpaint") and h.takes_strength
+        takes_strength = task in STRENGTH_TASKS and h.takes_strength
         values["strength"] = (float(value("strength", np.nan)) if "strength" in explicit else h.defaults.strength
                               ) if takes_strength else np.nan
         chosen = h.default_adapters
         if "loras" in explicit:
-            pairs = [p.rpartition(":") for p in str(value("adapters", "")).split(",") if p]
-            chosen = [(name, float(w)) for name, _, w in pairs]
+            chosen = list(parse_adapter_list(str(value("adapters", ""))))
             if any(name not in h.adapters for name, _ in chosen):
                 return None
         values["adapters_text"] = adapters_text(list(chosen))

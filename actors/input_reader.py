@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from actors.cells import column_values
 from actors.inputs import InputFiles, InputProblem, check_image, sha256_of, uris_of
+from configs.generator_base import MASK_TASKS
 from configs.prep import InputReaderConfig
 
 if TYPE_CHECKING:
@@ -19,10 +20,6 @@ INPUT_OUTPUT_COLUMNS = {
     "mask_sha256": "content hash of the mask ('' = none)",
     "input_error": "why the row's inputs can't be used ('' when fine)",
 }
-
-
-MASK_TASKS = ("inpaint", "edit")
-"""Tasks a mask goes with (image-to-image ignores the mask column)."""
 
 
 class InputReader:

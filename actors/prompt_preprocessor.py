@@ -19,6 +19,7 @@ from actors.keys import SETTINGS, adapter_key, adapters_text, conditioning, deri
 from actors.manifest_schema import CARRIED, empty_value
 from actors.resume_index import ResumeIndex, load_index
 from actors.storage import open_store
+from configs.generator_base import STRENGTH_TASKS
 from configs.prep import PrepConfig
 from configs.source import compile_template, variant_size
 
@@ -39,7 +40,6 @@ OVERRIDE_COLUMNS = {
     "num_images": int,
     "strength": float,
 }
-TAKES_STRENGTH = ("image-to-image", "inpaint")
 
 
 class PromptPreprocessor:
@@ -193,17 +193,17 @@ class PromptPreprocessor:
             "explicit": "negative_prompt" if isinstance(neg, str) else "",
             "task": task,
             **{c: v for c, v in inputs.items() if c != "input_error"},
-            "strength": d.strength if task in TAKES_STRENGTH else math.nan,
+            "strength": d.strength if task in STRENGTH_TASKS else math.nan,
             "adapters": "",
             "num_candidates": self.cfg.routing.candidates_per_image(),
         }
         num_images, row_seed, error, adapters = 1, None, "", []
         try:
             values = {k: _convert(k, v) for k, v in overrides.items()
-                      if v is not None and (k != "strength" or task in TAKES_STRENGTH)}
+                      if v is not None and (k != "strength" or task in STRENGTH_TASKS)}
             given = [k for k in SETTINGS if k in values]
             base.update({k: values[k] for k in given})
-            if task in TAKES_STRENGTH and "strength" in values:
+            if task in STRENGTH_TASKS and "strength" in values:
                 base["strength"] = values["strength"]
                 given.append("strength")
             if loras is not None:
@@ -239,7 +239,7 @@ class PromptPreprocessor:
                     rows.extend({**shaped, "image_index": idx, "seed": 0, "image_key": "", "status": "error",
                                  "error": f"variant {variant}: {size_error}", **NO_PRIOR} for idx in range(num_images))
                     continue
-            keyed = task in TAKES_STRENGTH and ident.takes_strength  # a hosted API has none: not in its key
+            keyed = task in STRENGTH_TASKS and ident.takes_strength  # a hosted API has none: not in its key
             made_of = conditioning(task=task, input_sha256=base["input_sha256"], mask_sha256=base["mask_sha256"],
                                    strength=base["strength"] if keyed else None,
                                    adapters=adapter_key(adapters, ident.adapters), selection=self.cfg.selection)
@@ -271,9 +271,9 @@ class PromptPreprocessor:
                     f"for {row['task']}")
         if row["mask_uri"] and not ident.masks:
             return f"generator {gen_name!r} takes no mask for {row['task']}; drop the mask or route the row elsewhere"
-        if row["task"] in TAKES_STRENGTH and not ident.takes_strength:
+        if row["task"] in STRENGTH_TASKS and not ident.takes_strength:
             row["strength"] = math.nan  # the generator has no such setting: not recorded, not keyed
-        elif row["task"] in TAKES_STRENGTH and not 0 < row["strength"] <= 1:
+        elif row["task"] in STRENGTH_TASKS and not 0 < row["strength"] <= 1:
             return f"strength={row['strength']} must be in (0, 1]"
         return ""
 

@@ -154,10 +154,10 @@ def run(n_prompts: int, vqa_model: str = "") -> dict[str, Any]:
     draft_images, draft_s = generate(draft, requests(prompts, "draft"))
     heavy_images, heavy_s = generate(heavy, requests(prompts, "heavy"))
     draft_scores, score_s = score(scorer, draft_images, prompts)
-    faith = {"draft": [oracle(p, im).faithfulness for p, im in zip(prompts, draft_images, strict=True)],
+    drafts = [oracle(p, im) for p, im in zip(prompts, draft_images, strict=True)]  # each image judged once
+    faith = {"draft": [v.faithfulness for v in drafts],
              "heavy": [oracle(p, im).faithfulness for p, im in zip(prompts, heavy_images, strict=True)]}
-    passed = [oracle(p, im).passed for p, im in zip(prompts, draft_images, strict=True)]
-    tasks = [oracle(p, im).task for p, im in zip(prompts, draft_images, strict=True)]
+    passed, tasks = [v.passed for v in drafts], [v.task for v in drafts]
     rows: list[dict[str, Any]] = [
         {"policy": "draft only", "faithfulness": float(np.mean(faith["draft"])), "seconds_per_image": draft_s},
         {"policy": "heavy only", "faithfulness": float(np.mean(faith["heavy"])), "seconds_per_image": heavy_s},

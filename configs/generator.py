@@ -5,6 +5,7 @@ from typing import Annotated, Literal
 from pydantic import Field, model_validator
 
 from configs.generator_base import (
+    MASK_TASKS,
     CostConfig,
     GenerationDefaults,
     GeneratorBase,
@@ -125,7 +126,7 @@ class SleepConfig(GeneratorBase):
 
     def takes_mask(self, task: str) -> bool:
         """inpaint and edit."""
-        return task in ("inpaint", "edit")
+        return task in MASK_TASKS
 
     def adapters(self) -> list[LoraConfig]:
         """Its stand-in adapters."""

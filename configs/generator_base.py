@@ -11,7 +11,10 @@ Task = Literal["text-to-image", "image-to-image", "inpaint", "edit"]
 """What a row asks of its generator: text-to-image (no input image); image-to-image (an input image redrawn with
 `strength`); inpaint (the input image's masked area redrawn; white in the mask = change); edit (the model rewrites
 input/reference images as the prompt says, optionally only inside a mask)."""
-TASKS: tuple[str, ...] = ("text-to-image", "image-to-image", "inpaint", "edit")
+STRENGTH_TASKS = ("image-to-image", "inpaint")
+"""Tasks that redraw an input image by a `strength`."""
+MASK_TASKS = ("inpaint", "edit")
+"""Tasks a mask can go with (image-to-image ignores the mask column)."""
 
 
 class PoolConfig(StrictModel):

@@ -6,7 +6,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from configs.base import StrictModel
-from configs.generator_base import CostConfig, GenerationDefaults, GeneratorBase, Needs, PoolConfig
+from configs.generator_base import MASK_TASKS, CostConfig, GenerationDefaults, GeneratorBase, Needs, PoolConfig
 from configs.hosted_models import (
     RETIRED,
     ModelInfo,
@@ -144,7 +144,7 @@ class HostedCommon(GeneratorBase):
         """A mask goes with inpaint and edit where the provider takes one (OpenAI); Gemini has no mask parameter
         (its edits are instructions against the reference images)."""
         info = self.info()
-        return task in ("inpaint", "edit") and info is not None and info.masks
+        return task in MASK_TASKS and info is not None and info.masks
 
     def estimate_tokens(self, width: int, height: int) -> tuple[int, int]:
         """(image output, text output) tokens one image is expected to take (text input comes from the prompt)."""

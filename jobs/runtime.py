@@ -16,6 +16,7 @@ from typing import Any
 from pydantic import SecretStr
 
 from actors.storage import ObjectStore, StorageError, open_store, resolve_store_spec
+from configs.generator_base import MASK_TASKS, STRENGTH_TASKS
 from configs.job import JobConfig
 from configs.storage import StoreSpec
 from pipelines.manifest import RunSummary
@@ -338,9 +339,9 @@ def input_lines(cfg: JobConfig) -> list[str]:
     src = cfg.source
     lines = []
     if src.reads_inputs():
-        mask = f", masks from column {src.columns.mask!r}" if src.task in ("inpaint", "edit") else ""
+        mask = f", masks from column {src.columns.mask!r}" if src.task in MASK_TASKS else ""
         lines.append(f"  inputs : {src.task}: input images from column {src.columns.image!r}{mask}")
-        if src.task in ("image-to-image", "inpaint"):
+        if src.task in STRENGTH_TASKS:
             ignored = [n for n in cfg.routing.used(list(cfg.generators)) if not cfg.generators[n].takes_strength()]
             if ignored:
                 lines.append(f"  note   : strength has no effect on {', '.join(ignored)} (the API has no such setting)")

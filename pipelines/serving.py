@@ -19,6 +19,7 @@ from actors import PromptPreprocessor
 from actors.generation import CONDITIONING_COLUMNS, GENERATOR_INPUT_COLUMNS
 from actors.image_writer import CONTENT_TYPES, image_file
 from actors.inputs import InputProblem, check_image, sha256_of
+from configs.generator_base import MASK_TASKS
 from configs.job import JobConfig
 from configs.prep import PrepConfig
 from configs.routing import ColumnRouting
@@ -265,7 +266,7 @@ class Gateway:
                                       "drop \"images\" and \"mask\"")
         if not req.images:
             raise RequestProblem(400, f'source.task={self.task}: a "mask" needs its image in "images" (base64)')
-        if req.mask and self.task not in ("inpaint", "edit"):
+        if req.mask and self.task not in MASK_TASKS:
             raise RequestProblem(400, f'source.task={self.task} takes no "mask"')
         if self.task == "inpaint" and not req.mask:
             raise RequestProblem(400, 'source.task=inpaint: send the "mask" (base64; white = change)')
