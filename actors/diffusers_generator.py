@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import inspect
 import logging
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -79,6 +80,8 @@ class DiffusersGenerator:
             from diffusers import AutoencoderTiny
 
             self.pipe.vae = AutoencoderTiny.from_pretrained(cfg.tiny_vae, dtype=kwargs["dtype"]).to(self.device)
+        if cfg.step_cache:
+            apply_step_cache(denoiser, cfg.step_cache, cfg.model)
         if cfg.compile and denoiser is not None:
             compiled = torch.compile(denoiser, mode="max-autotune-no-cudagraphs", fullgraph=False)
             setattr(self.pipe, "unet" if hasattr(self.pipe, "unet") else "transformer", compiled)
@@ -93,6 +96,17 @@ class DiffusersGenerator:
         self.inputs = InputFiles(input_store, 2**31) if input_store is not None else None
         self.task_pipes: dict[str, Any] = {"text-to-image": self.pipe}
         logger.info("loaded %s on %s (%s)", cfg.model, self.device, dtype_name)
+        # 6 warm-up: compile (and autotuning) for the sizes the run will use, before the first batch waits on it
+        self.warmed = [self._warm(w, h) for w, h in cfg.warm_shapes()]
+
+    def _warm(self, width: int, height: int) -> tuple[int, int]:
+        started = time.perf_counter()
+        d = self.cfg.defaults
+        self._generate([Request(prompt="warm-up", negative_prompt="", seed=i, width=width, height=height,
+                                num_steps=d.num_steps, guidance_scale=d.guidance_scale)
+                        for i in range(self.cfg.pool.batch_size)])
+        logger.info("warmed %dx%d in %.1f s", width, height, time.perf_counter() - started)
+        return width, height
 
     def __call__(self, batch: Batch) -> Batch:
         return run_generation(
@@ -125,7 +139,7 @@ class DiffusersGenerator:
             "prompt": [r.prompt for r in requests],
             "num_inference_steps": first.num_steps,
             "generator": generators,
-            "output_type": "np",
+            "output_type": "pt",  # images stay on the device until they are uint8 (_to_uint8)
         }
         if "width" in params:  # image-to-image pipelines take the size from the input image instead
             kwargs.update(width=first.width, height=first.height)
@@ -141,9 +155,8 @@ class DiffusersGenerator:
         # 3 run the pipeline's public __call__
         with self.torch.inference_mode():
             images = pipe(**kwargs).images
-        # 4 float [0, 1] NHWC → uint8
-        arr = np.asarray(images)
-        return list((np.clip(arr, 0.0, 1.0) * 255).round().astype(np.uint8))
+        # 4 float [0, 1] → uint8 on the device; only the uint8 NHWC copy crosses to the host
+        return list(_to_uint8(images, self.torch))
 
     def _pipe_for(self, task: str) -> Any:
         """The pipeline for a task, made once from the loaded one (shared modules, adapters included)."""
@@ -175,6 +188,32 @@ class DiffusersGenerator:
             return True
         text = str(exc)
         return "CUDA" in text or "cuDNN" in text or "NCCL" in text
+
+
+def apply_step_cache(denoiser: Any, threshold: float, model: str) -> None:
+    """diffusers' first-block cache on a transformer denoiser; a model without the hook (a UNet) is refused."""
+    if denoiser is None or not hasattr(denoiser, "enable_cache"):
+        kind = type(denoiser).__name__ if denoiser is not None else "no denoiser"
+        raise ValueError(f"generator {model}: step_cache needs a transformer denoiser with diffusers' cache hooks "
+                         f"(Flux, QwenImage, Wan, ...); this model has {kind}: set step_cache: 0")
+    from diffusers import FirstBlockCacheConfig
+
+    denoiser.enable_cache(FirstBlockCacheConfig(threshold=threshold))
+
+
+def _to_uint8(images: Any, torch: Any) -> np.ndarray:
+    """A pipeline's `pt` output (NCHW, [0, 1], on its device) as uint8 NHWC on the host: scaled, rounded and
+    cast where it was made, so the host gets a quarter of float32's bytes and no float copy. float32 math on
+    the device rounds exactly as numpy did on the host (the same bytes, so the same image keys and hashes).
+    A pipeline that returns arrays or PIL images anyway is converted on the host."""
+    if not isinstance(images, torch.Tensor):
+        arr = np.asarray(images)
+        if arr.dtype == np.uint8:  # PIL images
+            return arr
+        return (np.clip(arr.astype(np.float32), 0.0, 1.0) * 255).round().astype(np.uint8)
+    scaled = (images.float().clamp(0.0, 1.0) * 255).round().to(torch.uint8)
+    host: np.ndarray = scaled.permute(0, 2, 3, 1).contiguous().cpu().numpy()
+    return host
 
 
 def _decode(data: bytes, mode: str, width: int, height: int) -> Any:

@@ -2,7 +2,7 @@
 
 from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from configs.generator_base import (
     MASK_TASKS,
@@ -41,7 +41,17 @@ class DiffusersConfig(GeneratorBase):
     channels_last: bool = False
     """Put the UNet/transformer in channels_last memory format (faster convolutions on CUDA)."""
     compile: bool = False
-    """torch.compile the denoiser (CUDA); the first batch of each shape pays the compile time."""
+    """torch.compile the denoiser (CUDA). Each actor compiles at start for the defaults' size and `warmup_sizes`
+    (a warm-up call per size, at the pool's batch size); other sizes compile on their first batch."""
+    warmup_sizes: list[str] = []
+    """Extra sizes (`WIDTHxHEIGHT`, e.g. `768x512`) each actor generates once at start, before its first batch:
+    compile, cuDNN autotuning and allocator growth happen then, not in the middle of a run. With `compile` the
+    defaults' size is always warmed."""
+    step_cache: float = Field(default=0.0, ge=0.0, le=1.0)
+    """First-block cache threshold for transformer denoisers (diffusers' FirstBlockCacheConfig: Flux, QwenImage,
+    Wan, ...): a step whose first block changed less than this (relative mean) reuses the later blocks' last
+    residual. 0 = off; 0.05–0.1 is typical. It changes the pixels, so it is part of the image key. A UNet model
+    (SD 1.x/2.x, SDXL) has no such hook: the actor refuses it at load."""
     tiny_vae: str = ""
     """Folder or id of an AutoencoderTiny (TAESD-style) to decode with; few-step models spend most FLOPs there."""
     model_s3: S3Config = S3Config()
@@ -69,6 +79,25 @@ class DiffusersConfig(GeneratorBase):
         """Its LoRA adapters."""
         return self.loras
 
+    @field_validator("warmup_sizes")
+    @classmethod
+    def _sizes(cls, value: list[str]) -> list[str]:
+        for size in value:
+            parts = size.lower().split("x")
+            if len(parts) != 2 or not all(p.isdigit() and 8 <= int(p) <= 8192 and int(p) % 8 == 0 for p in parts):
+                raise ValueError(f"warmup_sizes: {size!r} is not WIDTHxHEIGHT (e.g. 768x512; each side a multiple "
+                                 f"of 8 from 8 to 8192)")
+        return value
+
+    def warm_shapes(self) -> list[tuple[int, int]]:
+        """(width, height) each actor generates once at start: the defaults' size when compiled, then
+        `warmup_sizes`."""
+        shapes = [(self.defaults.width, self.defaults.height)] if self.compile else []
+        for size in self.warmup_sizes:
+            w, h = (int(p) for p in size.lower().split("x"))
+            shapes.append((w, h))
+        return list(dict.fromkeys(shapes))
+
     @model_validator(mode="after")
     def _unique_adapters(self) -> "DiffusersConfig":
         names = [a.name for a in self.loras]
@@ -77,9 +106,11 @@ class DiffusersConfig(GeneratorBase):
         return self
 
     def render(self) -> str:
-        """Non-default dtype, weights variant and tiny VAE change the pixels (compile/channels_last don't)."""
+        """Non-default dtype, weights variant, tiny VAE and step cache change the pixels (compile/channels_last
+        don't)."""
         parts = [f"dtype={self.dtype}" if self.dtype != "auto" else "", f"variant={self.variant}" if self.variant
-                 else "", f"tiny_vae={self.tiny_vae}" if self.tiny_vae else ""]
+                 else "", f"tiny_vae={self.tiny_vae}" if self.tiny_vae else "",
+                 f"step_cache={self.step_cache:g}" if self.step_cache else ""]
         return ",".join(p for p in parts if p)
 
     def needs(self) -> Needs:

@@ -8,6 +8,11 @@ import os
 import sys
 import time
 
+# Arrow's allocator (mimalloc) hands freed pages back to the OS at once instead of keeping them for reuse: the
+# driver's end-of-run passes over a million manifest rows (commit, summary, report) otherwise kept ~120 MB more
+# resident (BENCHMARKS.md, scale). Set before pyarrow loads; a value the user set wins.
+os.environ.setdefault("MIMALLOC_PURGE_DELAY", "0")
+
 USAGE = """imagefleet <command> [args]
 
 commands:

@@ -240,6 +240,9 @@ def start_ray(cfg: JobConfig) -> bool:
         "_node_ip_address": "127.0.0.1",
         "log_to_driver": True,
         "runtime_env": {"env_vars": {k: v for k, v in RAY_ENV.items() if k not in ("RAY_USAGE_STATS_ENABLED",)}},
+        # no idle workers started ahead of need: on a small machine they compete with the actors' imports for
+        # the first minute (a one-prompt job's first image came 4 s later with them)
+        "_system_config": {"enable_worker_prestart": False, "prestart_worker_first_driver": False},
     }
     if c.num_cpus:
         kwargs["num_cpus"] = c.num_cpus

@@ -53,6 +53,8 @@ class SourceInfo:
     schema: pa.Schema
     num_images: int = 0
     """Images the rows ask for (each row's num_images, default 1); 0 = not counted (same as num_rows)."""
+    row_groups: tuple[tuple[int, ...], ...] = ()
+    """Rows in each row group of each file (as `files`); empty = unknown (each file is then read whole)."""
 
 
 def inspect_source(cfg: JobConfig, stores: Stores) -> SourceInfo:
@@ -65,7 +67,7 @@ def inspect_source(cfg: JobConfig, stores: Stores) -> SourceInfo:
     files = _resolve_files(cfg.source.uri, fs, path)
     # 3 every file's footer: schema and row count (a later file may differ from the first)
     footers = _footers(cfg.source.uri, fs, files)
-    num_rows = sum(n for _, n in footers.values())
+    num_rows = sum(sum(groups) for _, groups in footers.values())
     if num_rows == 0:
         raise InputError(f"source {cfg.source.uri} has no rows")
     for f, (schema, _) in footers.items():
@@ -82,7 +84,7 @@ def inspect_source(cfg: JobConfig, stores: Stores) -> SourceInfo:
         num_images *= cfg.source.template.per_row()
     num_images *= cfg.source.images_per_row()  # one image per output variant
     return SourceInfo(files=[_display(f, loc.kind) for f in files], num_rows=num_rows, schema=schema,
-                      num_images=num_images)
+                      num_images=num_images, row_groups=tuple(groups for _, groups in footers.values()))
 
 
 def _display(path: str, kind: str) -> str:
@@ -151,17 +153,18 @@ def glob_match(path: str, pattern: str) -> bool:
     return match(path.split("/"), pattern.split("/"))
 
 
-def _footers(uri: str, fs: Any, files: list[str]) -> dict[str, tuple[pa.Schema, int]]:
-    """Schema and row count of every file, read concurrently (footers only: object stores answer slowly)."""
+def _footers(uri: str, fs: Any, files: list[str]) -> dict[str, tuple[pa.Schema, tuple[int, ...]]]:
+    """Schema and rows per row group of every file, read concurrently (footers only: object stores answer
+    slowly)."""
     from concurrent.futures import ThreadPoolExecutor
 
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    def footer(f: str) -> tuple[pa.Schema, int]:
+    def footer(f: str) -> tuple[pa.Schema, tuple[int, ...]]:
         try:
             meta = pq.read_metadata(f, filesystem=fs)
-            return meta.schema.to_arrow_schema(), meta.num_rows
+            return meta.schema.to_arrow_schema(), tuple(meta.row_group(i).num_rows for i in range(meta.num_row_groups))
         except (pa.ArrowInvalid, OSError) as exc:
             raise InputError(
                 f"source file {f} is not a readable Parquet file ({_first_line(exc)}); convert it to Parquet, e.g. "
@@ -172,7 +175,7 @@ def _footers(uri: str, fs: Any, files: list[str]) -> dict[str, tuple[pa.Schema, 
         return dict(zip(files, pool.map(footer, files), strict=True))
 
 
-def _check_same_columns(cfg: JobConfig, footers: dict[str, tuple[pa.Schema, int]], kind: str) -> None:
+def _check_same_columns(cfg: JobConfig, footers: dict[str, tuple[pa.Schema, tuple[int, ...]]], kind: str) -> None:
     """Every column the run reads must be in every file or in none (a file without it would fail mid-run)."""
     first_file, (first, _) = next(iter(footers.items()))
     for f, (schema, _) in footers.items():
@@ -231,9 +234,12 @@ def build(cfg: JobConfig, stores: Stores, source: SourceInfo, plan: Plan | None 
     # 1 the plan, checked column by column before anything starts
     plan = plan or plan_run(cfg, stores, source)
     # 2 read prompts (only the columns we use: wide tables stay cheap)
+    from pipelines.prompt_table import PromptTable, pieces
+
     fs, _ = arrow_filesystem(cfg.source.uri, stores.source)
-    ds = ray.data.read_parquet([f[5:] if f.startswith("s3://") else f for f in source.files], filesystem=fs,
-                               columns=list(plan.source_columns))
+    paths = [f[5:] if f.startswith("s3://") else f for f in source.files]
+    table = PromptTable(pieces(paths, source.row_groups), plan.source_columns, fs)
+    ds: ray.data.Dataset = ray.data.read_datasource(table)
     # 3 run-wide services a stage's actors share (hosted rate limiters, the spend ledger), owned by this driver
     services: list[Any] = []
     for stage in plan.stages:

@@ -93,3 +93,58 @@ def test_scheduler_swap(tiny_model: Path) -> None:
     assert type(gen.pipe.scheduler).__name__ == "EulerAncestralDiscreteScheduler"
     with pytest.raises(ValueError, match="no scheduler"):
         DiffusersGenerator(DiffusersConfig(model=str(tiny_model), scheduler="NoSuchScheduler"))
+
+
+def test_uint8_on_device_matches_the_host_conversion() -> None:
+    """The device-side cast rounds like numpy on float32 (half-way values, clipping, bf16 inputs): the same
+    bytes as before, so image keys' hashes don't change when the conversion moved to the device."""
+    import torch
+
+    from actors.diffusers_generator import _to_uint8
+
+    edges = torch.tensor([-0.5, 0.0, 0.5 / 255, 1.5 / 255, 2.5 / 255, 0.5, 127.5 / 255, 1.0, 1.7])
+    images = torch.cat([torch.rand(2, 3, 8, 8).flatten(), edges]).reshape(1, 3, -1, 1)
+    for tensor in (images, images.to(torch.bfloat16)):
+        host = tensor.float().permute(0, 2, 3, 1).numpy()
+        expected = (np.clip(host, 0.0, 1.0) * 255).round().astype(np.uint8)
+        got = _to_uint8(tensor, torch)
+        assert got.dtype == np.uint8 and got.shape == expected.shape and np.array_equal(got, expected)
+    assert np.array_equal(_to_uint8(expected, torch), expected)  # already uint8 (PIL output): kept
+    assert np.array_equal(_to_uint8(host, torch), expected)  # float arrays: converted on the host
+
+
+def test_warmup_sizes_run_once_at_start(tiny_model: Path) -> None:
+    """Each actor generates its warm-up sizes before its first batch (compile adds the defaults' size)."""
+    cfg = DiffusersConfig(model=str(tiny_model), dtype="float32", warmup_sizes=["64x96", "64x96"],
+                          defaults={"width": 64, "height": 64, "num_steps": 1, "guidance_scale": 0})
+    assert cfg.warm_shapes() == [(64, 96)]
+    assert cfg.model_copy(update={"compile": True}).warm_shapes() == [(64, 64), (64, 96)]
+    gen = DiffusersGenerator(cfg)
+    assert gen.warmed == [(64, 96)]
+    with pytest.raises(ValueError, match="WIDTHxHEIGHT"):
+        DiffusersConfig(model=str(tiny_model), warmup_sizes=["64x100"])
+
+
+def test_step_cache_on_a_transformer_and_refused_on_a_unet(generator: DiffusersGenerator) -> None:
+    """The first-block cache goes on a transformer denoiser (a tiny Flux transformer, diffusers' real hook) and
+    runs; a UNet is refused with the line that says what to set."""
+    import torch
+    from diffusers import FluxTransformer2DModel
+
+    from actors.diffusers_generator import apply_step_cache
+
+    flux = FluxTransformer2DModel(patch_size=1, in_channels=4, num_layers=2, num_single_layers=1,
+                                  attention_head_dim=8, num_attention_heads=2, joint_attention_dim=16,
+                                  pooled_projection_dim=8, axes_dims_rope=(2, 2, 4))
+    apply_step_cache(flux, 0.5, "tiny-flux")
+    assert flux.is_cache_enabled
+    inputs = {"hidden_states": torch.randn(1, 16, 4), "encoder_hidden_states": torch.randn(1, 4, 16),
+              "pooled_projections": torch.randn(1, 8), "timestep": torch.tensor([1.0]),
+              "img_ids": torch.zeros(16, 3), "txt_ids": torch.zeros(4, 3)}
+    with torch.inference_mode(), flux.cache_context("step"):
+        first = flux(**inputs).sample
+        again = flux(**inputs).sample  # the same input: the first block barely changed, the rest is reused
+    assert torch.allclose(first, again)
+    with pytest.raises(ValueError, match="needs a transformer denoiser.*UNet2DConditionModel.*step_cache: 0"):
+        apply_step_cache(generator.pipe.unet, 0.05, "tiny-sd")
+    assert "step_cache=0.05" in DiffusersConfig(model="x/y", step_cache=0.05).render()
