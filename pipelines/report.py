@@ -15,6 +15,7 @@ from actors.manifest_schema import REPORT_COLUMNS
 from actors.storage import ObjectStore, open_store
 from configs.storage import StoreSpec
 from pipelines.manifest import iter_manifest_batches
+from pipelines.report_stats import Sketch, Timeline
 
 logger = logging.getLogger(__name__)
 
@@ -47,12 +48,12 @@ class Tally:
     num_escalated_seen: int = 0
     by_status: dict[str, int] = field(default_factory=dict)
     cost_by_gen: dict[str, float] = field(default_factory=dict)
-    stages: dict[str, list[Any]] = field(default_factory=lambda: {name: [] for name in STAGES})
+    stages: dict[str, Sketch] = field(default_factory=lambda: {name: Sketch() for name in STAGES})
     """This run's timings (its images and its failed rows)."""
-    earlier_stages: dict[str, list[Any]] = field(default_factory=lambda: {name: [] for name in STAGES})
+    earlier_stages: dict[str, Sketch] = field(default_factory=lambda: {name: Sketch() for name in STAGES})
     """Timings an earlier run recorded for the images this run found already present (carried columns)."""
-    fresh_times: list[Any] = field(default_factory=list)
-    earlier_times: list[Any] = field(default_factory=list)
+    fresh_times: Timeline = field(default_factory=Timeline)
+    earlier_times: Timeline = field(default_factory=Timeline)
     routes: dict[tuple[str, str, str], list[float]] = field(default_factory=dict)
     """(route, generator, draft generator) -> [rows, ok rows, USD]."""
     num_drafted: int = 0
@@ -118,11 +119,11 @@ class Tally:
         for name in STAGES:
             v = table.column(name).to_numpy(zero_copy_only=False).astype(np.float64)
             keep = np.isfinite(v) & (v > 0)
-            self.stages[name].append(v[keep & ~earlier])
-            self.earlier_stages[name].append(v[keep & earlier])
+            self.stages[name].add(v[keep & ~earlier])
+            self.earlier_stages[name].add(v[keep & earlier])
         made_at = table.column("generated_at").to_numpy(zero_copy_only=False).astype(np.float64)
-        self.fresh_times.append(made_at[ok & ~earlier])
-        self.earlier_times.append(made_at[earlier])
+        self.fresh_times.add(made_at[ok & ~earlier])
+        self.earlier_times.add(made_at[earlier])
 
     def _cascade(self, table: Any, route: Any, route_np: Any, ok: Any) -> None:
         import numpy as np
@@ -220,19 +221,6 @@ def _settings_text(row: dict[str, Any], prefix: str = "") -> str:
     return " · ".join(p for p in parts if p)
 
 
-def _stats(chunks: list[Any]) -> tuple[str, str, str]:
-    import numpy as np
-
-    v = np.concatenate(chunks) if chunks else np.zeros(0)
-    if not v.size:
-        return "–", "–", "–"
-    return f"{v.mean():.1f}", f"{np.percentile(v, 50):.1f}", f"{np.percentile(v, 95):.1f}"
-
-
-def _concat(chunks: list[Any]) -> Any:
-    import numpy as np
-
-    return np.concatenate(chunks) if chunks else np.zeros(0)
 
 
 def _svg(label: str, width: int, height: int, body: str) -> str:
@@ -242,26 +230,30 @@ def _svg(label: str, width: int, height: int, body: str) -> str:
 
 def _throughput_svg(times: Any, width: int = 640, height: int = 160,
                     label: str = "images completed over time") -> str:
-    """Images completed over time (a cumulative line: no bins, so no invented peaks and no tiny-run failures)."""
+    """Images completed over time (a cumulative line: no bins, so no invented peaks and no tiny-run failures).
+    `times`: a Timeline, or completion times."""
     import numpy as np
 
-    t = np.asarray(times, dtype=np.float64)
-    t = np.sort(t[np.isfinite(t) & (t > 0)])
-    if t.size < 2:
+    if not isinstance(times, Timeline):
+        timeline = Timeline()
+        timeline.add(times)
+        times = timeline
+    n = times.count
+    if n < 2:
         return "<p>not enough images for a throughput chart</p>"
-    rel = t - t[0]  # relative seconds: absolute Unix times lose precision in float math
-    span = float(rel[-1])
+    rel, done = times.curve()  # relative seconds: absolute Unix times lose precision in float math
+    span = times.last - times.first
     if span <= 0:
-        return f"<p>{t.size} images completed at the same moment</p>"
-    step = max(1, t.size // 200)  # at most ~200 points
-    idx = np.unique(np.append(np.arange(0, t.size, step), t.size - 1))
-    pts = " ".join(f"{rel[i] / span * width:.1f},{height - (i + 1) / t.size * (height - 10):.1f}" for i in idx)
+        return f"<p>{n} images completed at the same moment</p>"
+    step = max(1, rel.size // 200)  # at most ~200 points
+    idx = np.unique(np.append(np.arange(0, rel.size, step), rel.size - 1))
+    pts = " ".join(f"{rel[i] / span * width:.1f},{height - done[i] / n * (height - 10):.1f}" for i in idx)
     return _svg(label, width, height + 20,
                 f'<polyline fill="none" stroke="#2563eb" stroke-width="2" points="{pts}"/>'
                 f'<text x="0" y="{height + 16}" font-size="12">0 s</text>'
                 f'<text x="{width - 60}" y="{height + 16}" font-size="12">{span:.1f} s</text>'
-                f'<text x="4" y="12" font-size="12">{t.size} images in {span:.1f} s '
-                f'(average {t.size / span:.2f} img/s)</text>')
+                f'<text x="4" y="12" font-size="12">{n} images in {span:.1f} s '
+                f'(average {n / span:.2f} img/s)</text>')
 
 
 def _histogram_svg(series: list[tuple[str, dict[int, int]]], width: int = 640, band: int = 64) -> str:
@@ -293,23 +285,23 @@ def _histogram_svg(series: list[tuple[str, dict[int, int]]], width: int = 640, b
 
 def _timings_html(tally: Tally) -> str:
     """Throughput and stage timings: this run's, and those of the earlier runs that made the images it found."""
-    now, before = _concat(tally.fresh_times), _concat(tally.earlier_times)
+    now, before = tally.fresh_times, tally.earlier_times
     earlier_chart = _throughput_svg(before, label="images completed over time by earlier runs")
-    if before.size and not now.size:
-        charts = (f'<p class="note">All {before.size} images were made by earlier runs (this run found them '
+    if before.count and not now.count:
+        charts = (f'<p class="note">All {before.count} images were made by earlier runs (this run found them '
                   f"already present); the timings below are theirs.</p>{earlier_chart}")
     else:
         charts = _throughput_svg(now)
-        if before.size:
-            charts += (f'<p class="note">{before.size} more images were made by earlier runs (already present); '
+        if before.count:
+            charts += (f'<p class="note">{before.count} more images were made by earlier runs (already present); '
                        f"their timings:</p>{earlier_chart}")
-    groups = [("earlier runs", tally.earlier_stages)] if before.size else []
-    if now.size or not before.size or any(c.size for chunks in tally.stages.values() for c in chunks):
+    groups = [("earlier runs", tally.earlier_stages)] if before.count else []
+    if now.count or not before.count or any(sketch.count for sketch in tally.stages.values()):
         groups.insert(0, ("this run", tally.stages))
     head = "".join(f"<th colspan=3>{name}</th>" for name, _ in groups)
     sub = "<th>mean</th><th>p50</th><th>p95</th>" * len(groups)
     rows = "".join(f"<tr><td>{stage}</td>" + "".join(f"<td>{a}</td><td>{b}</td><td>{c}</td>"
-                                                     for _, s in groups for a, b, c in [_stats(s[stage])]) + "</tr>"
+                                                     for _, s in groups for a, b, c in [s[stage].stats()]) + "</tr>"
                    for stage in STAGES)
     return (f"<h2>Throughput over time</h2>{charts}<h2>Stage timings (ms per image)</h2>"
             f"<table><tr><th rowspan=2>stage</th>{head}</tr><tr>{sub}</tr>{rows}</table>")

@@ -60,3 +60,38 @@ def test_throughput_chart_never_fails_and_shows_completed_images(times: list[flo
     assert "images" in svg and "peak" not in svg
     if len(set(times)) > 1 and max(times) - min(times) > 0.1:
         assert f"{len(times)} images in" in svg and svg.count(",") <= 2 * 202  # a bounded number of points
+
+
+def test_report_accumulators_are_bounded_and_close() -> None:
+    """Past a few thousand rows the report keeps histograms, not values: memory stays fixed at a million rows,
+    percentiles stay within the bins' 2.6% and the completion curve keeps its count, span and shape."""
+    import numpy as np
+
+    from pipelines.report import _throughput_svg
+    from pipelines.report_stats import EXACT, LOG_BINS, MAX_BUCKETS, Sketch, Timeline
+
+    rng = np.random.default_rng(0)
+    values = rng.lognormal(mean=4.0, sigma=1.0, size=300_000)
+    sketch, small = Sketch(), Sketch()
+    for chunk in np.array_split(values, 300):
+        sketch.add(chunk)
+    small.add(values[:100])
+    assert sketch.values is None and sketch.bins.size == LOG_BINS  # folded: fixed size
+    assert small.stats() == (f"{values[:100].mean():.1f}", f"{np.percentile(values[:100], 50):.1f}",
+                             f"{np.percentile(values[:100], 95):.1f}")  # small runs: exact
+    for q in (50, 95):
+        assert abs(sketch.percentile(q) / np.percentile(values, q) - 1) < 0.03
+    assert sketch.stats()[0] == f"{values.mean():.1f}"  # the mean is exact
+
+    times = 1.7e9 + np.sort(rng.uniform(0, 3600, size=1_000_000))
+    timeline = Timeline()
+    for chunk in np.array_split(times, 1000):
+        timeline.add(chunk)
+    assert timeline.count == 1_000_000 and len(timeline.buckets) <= MAX_BUCKETS and timeline.values is None
+    rel, done = timeline.curve()
+    assert done[-1] == 1_000_000 and np.all(np.diff(done) > 0) and np.all(np.diff(rel) >= 0)
+    middle = np.searchsorted(rel, 1800)
+    assert abs(done[middle] / 1_000_000 - 0.5) < 0.01  # uniform arrivals: half done halfway
+    svg = _throughput_svg(timeline)
+    assert f"1000000 images in {times[-1] - times[0]:.1f} s" in svg and svg.count(",") <= 2 * 202
+    assert EXACT < 1_000_000
