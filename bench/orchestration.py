@@ -1,6 +1,7 @@
 """Orchestration efficiency: imagefleet vs ideal (N fake GPUs / known latency) vs the naive Ray recipe.
 
-One run, same machine, same stand-in "GPU" (the `sleep` backend: no CPU while generating), same S3.
+One run, same machine, same stand-in "GPU" (the `sleep` backend: no CPU while generating), same S3; each
+contender gets a fresh local Ray session (started before its clock starts), configured as imagefleet's own.
 """
 
 from __future__ import annotations
@@ -33,8 +34,18 @@ def run(rows: int) -> dict[str, Any]:
     src = WORK / "orch" / "prompts.parquet"
     src.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(pa.table({"prompt": [f"bench prompt {i}" for i in range(rows)]}), src)
-    ray.init(address="local", num_cpus=4, num_gpus=NUM_GPUS, include_dashboard=False, _node_ip_address="127.0.0.1",
-             _temp_dir=f"/tmp/ifray/b{uuid.uuid4().hex[:6]}", runtime_env={"env_vars": dict(RAY_ENV)})
+
+    def fresh_ray() -> None:
+        """A new local Ray session for each contender: Ray Data's own actors (stats, autoscaling, locality) and
+        warm idle workers left by one job would otherwise speed up the next one's start."""
+        if ray.is_initialized():
+            ray.shutdown()
+        ray.init(address="local", num_cpus=4, num_gpus=NUM_GPUS, include_dashboard=False,
+                 _node_ip_address="127.0.0.1", _temp_dir=f"/tmp/ifray/b{uuid.uuid4().hex[:6]}",
+                 runtime_env={"env_vars": dict(RAY_ENV)},
+                 _system_config={"enable_worker_prestart": False, "prestart_worker_first_driver": False})
+
+    fresh_ray()
     try:
         # 1 imagefleet
         cfg = write_yaml(WORK / "orch" / "job.yaml", {
@@ -63,12 +74,14 @@ def run(rows: int) -> dict[str, Any]:
         client = {"endpoint_url": out.endpoint_url, "region_name": out.region,
                   "aws_access_key_id": out.access_key.get_secret_value(),
                   "aws_secret_access_key": out.secret_key.get_secret_value()}
+        fresh_ray()
         with Timer() as t_peer:
             peer_ts = run_peer(ray.data, str(src), bucket, client, NUM_GPUS, BATCH, BASE_S, PER_IMAGE_S)
         peer = steady_rate(peer_ts)
         # 3 naive recipe: batch_size=1, fixed pool, encode + upload inside the "GPU" actor
         from bench.naive_actor import NaiveGenerateAndUpload
 
+        fresh_ray()
         ds = ray.data.read_parquet(str(src)).limit(rows // 2).repartition(target_num_rows_per_block=1)
         ds = ds.map_batches(NaiveGenerateAndUpload, batch_size=1, num_gpus=1, num_cpus=0,
                             compute=ray.data.ActorPoolStrategy(size=NUM_GPUS),

@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench import bare_loop, orchestration, scale  # noqa: E402
+from bench import bare_loop, first_image, orchestration, scale  # noqa: E402
 from bench.common import REPO, git_rev, machine  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
@@ -26,7 +26,7 @@ def main() -> int:
     p.add_argument("--rows-orch", type=int, default=3200)
     p.add_argument("--rows-bare", type=int, default=1536)
     p.add_argument("--max-rows", type=int, default=100_000)
-    p.add_argument("--only", choices=["orch", "bare", "scale"], default=None)
+    p.add_argument("--only", choices=["orch", "bare", "first", "scale"], default=None)
     p.add_argument("--markdown", action="store_true", help="only rewrite BENCHMARKS.md from bench/results")
     args = p.parse_args()
     if args.markdown:
@@ -34,7 +34,7 @@ def main() -> int:
         return 0
     RESULTS.mkdir(parents=True, exist_ok=True)
     runs = {"orch": lambda: orchestration.run(args.rows_orch), "bare": lambda: bare_loop.run(args.rows_bare),
-            "scale": lambda: scale.run(args.max_rows)}
+            "first": lambda: first_image.run(), "scale": lambda: scale.run(args.max_rows)}
     for name, fn in runs.items():
         if args.only in (None, name):
             result = fn()
@@ -91,6 +91,28 @@ def write_markdown() -> None:
                   f"{b['imagefleet']['ttfi_s']} |", "",
                   f"Steady-state ratio imagefleet / bare = **{b['steady_ratio']}** (target ≥ 0.90); end to end "
                   f"(incl. Ray start) = {b['end_to_end_ratio']}.", ""]
+    f = _load("first")
+    if f:
+        best, bare = f["best"], f["bare_best"]
+        lines += ["## Time to first image (one prompt, tiny diffusers model)", "",
+                  f"{f['at']} · {f['machine']} · commit {f['commit']} · `python bench/run_all.py --only first`", "",
+                  "Seconds from process start, best of "
+                  f"{len(f['runs'])} runs each (a fresh process every time). imagefleet: `imagefleet run` on a "
+                  "one-row table, a private local Ray (4 CPUs, 1 fake GPU), 64 px, 2 steps; its phases come from "
+                  "the run log and the manifest. Bare: a script that imports diffusers, loads the same model and "
+                  "makes the same image — the floor for any tool on this machine.", "",
+                  "| | s from process start |", "|---|---|",
+                  f"| imagefleet: local Ray started | {best.get('ray_started_s', '–')} |",
+                  f"| imagefleet: graph started | {best.get('graph_started_s', '–')} |",
+                  f"| imagefleet: first image made | **{best['first_image_s']}** (target ≤ 6) |",
+                  f"| imagefleet: first image written | {best['first_written_s']} |",
+                  f"| imagefleet: process ended (commit, report, Ray shut down) | {best['process_s']} |",
+                  f"| bare script: diffusers imported | {bare['imported_s']} |",
+                  f"| bare script: first image | **{bare['first_image_s']}** |", "",
+                  f"imagefleet / bare = **{f['vs_bare']}×**. The row waited {best['queued_for_generator_s']} s "
+                  f"in the generator's queue (the actor importing torch and diffusers) and the model call took "
+                  f"{best['model_call_s']} s. All runs: "
+                  + ", ".join(str(r["first_image_s"]) for r in f["runs"]) + " s.", ""]
     s = _load("scale")
     if s:
         lines += ["## Scale: driver memory and resume scan", "",

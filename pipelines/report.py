@@ -7,6 +7,7 @@ import html
 import io
 import logging
 import math
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +28,7 @@ STAGES = ("queue_ms", "generate_ms", "encode_ms", "upload_ms")  # timing rows of
 COLUMNS = list(REPORT_COLUMNS)  # the manifest columns flagged `report`
 SCORE_BIN = 1.0  # scores are counted in bins this wide: a histogram is a few hundred counters, not one per row
 MAX_BARS = 40
+THUMB_THREADS = 8
 # the cascade's score histograms: (series, route, score column); drawn in this order and these colours
 SCORE_SERIES = (("kept drafts", "draft", "clip_score"), ("escalated: draft score", "escalated", "draft_score"),
                 ("escalated: final score", "escalated", "clip_score"))
@@ -182,8 +184,14 @@ def write_report(output_uri: str, store: StoreSpec) -> str:
                   evaluations=read_evaluations(objects))
     for batch in iter_manifest_batches(output_uri, store, COLUMNS):
         tally.add(batch)
-    thumbs = [(r, _thumb(objects, r["image_uri"])) for r in tally.sample]
-    pairs = [(r, _thumb(objects, r["draft_image_uri"] or ""), _thumb(objects, r["image_uri"])) for r in tally.pairs]
+    with ThreadPoolExecutor(max_workers=THUMB_THREADS) as pool:  # one GET each: object stores answer slowly
+        def thumbs_of(uris: list[str]) -> list[str]:
+            return list(pool.map(lambda uri: _thumb(objects, uri), uris))
+
+        thumbs = list(zip(tally.sample, thumbs_of([r["image_uri"] for r in tally.sample]), strict=True))
+        drafts = thumbs_of([r["draft_image_uri"] or "" for r in tally.pairs])
+        finals = thumbs_of([r["image_uri"] for r in tally.pairs])
+        pairs = list(zip(tally.pairs, drafts, finals, strict=True))
     # 3 the page
     objects.put(REPORT_HTML, _page(tally, thumbs, pairs, output_uri).encode(), "text/html; charset=utf-8")
     return objects.uri_of(REPORT_HTML)
