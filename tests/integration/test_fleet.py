@@ -153,8 +153,8 @@ def test_budget_cap_stops_scheduling_cleanly(tmp_path: Path, s3_env: Any, bucket
 
 
 def test_three_generators_read_and_preprocess_each_row_once(tmp_path: Path, ray_cluster: None) -> None:
-    """Rules routing over 3 pools: Ray Data's own execution stats show one Parquet read and one preprocessing
-    pass over the input (a filter-per-branch + union graph ran both once per generator)."""
+    """Rules routing over 3 pools: Ray Data's own execution stats show one read of the prompt table and one
+    preprocessing pass over the input (a filter-per-branch + union graph ran both once per generator)."""
     import re
 
     from configs.loader import parse_config
@@ -188,7 +188,7 @@ def test_three_generators_read_and_preprocess_each_row_once(tmp_path: Path, ray_
         assert ("injected failure" in r["error"]) is mine
     stats = ds.stats()
     ops = re.findall(r"Operator \d+ (\S+):.*?Total output num rows: (\d+) rows", stats, re.S)
-    assert [int(k) for op, k in ops if "ReadFilesParquet" in op] == [n], stats
+    assert [int(k) for op, k in ops if "ReadPromptTable" in op] == [n], stats
     assert [int(k) for op, k in ops if "PromptPreprocessor" in op] == [n], stats
     assert stats.count("SleepGenerator") >= 3  # three pools, one after another
 
