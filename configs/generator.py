@@ -15,6 +15,7 @@ from configs.generator_base import (
     backend_name,
 )
 from configs.hosted import GeminiImageConfig, OpenAIImagesConfig
+from configs.source import parse_variant
 from configs.storage import S3Config
 
 __all__ = ["GENERATOR_CONFIGS", "CostConfig", "DiffusersConfig", "GenerationDefaults", "GeneratorConfig", "PoolConfig",
@@ -83,20 +84,14 @@ class DiffusersConfig(GeneratorBase):
     @classmethod
     def _sizes(cls, value: list[str]) -> list[str]:
         for size in value:
-            parts = size.lower().split("x")
-            if len(parts) != 2 or not all(p.isdigit() and 8 <= int(p) <= 8192 and int(p) % 8 == 0 for p in parts):
-                raise ValueError(f"warmup_sizes: {size!r} is not WIDTHxHEIGHT (e.g. 768x512; each side a multiple "
-                                 f"of 8 from 8 to 8192)")
+            _warmup_size(size)
         return value
 
     def warm_shapes(self) -> list[tuple[int, int]]:
         """(width, height) each actor generates once at start: the defaults' size when compiled, then
         `warmup_sizes`."""
         shapes = [(self.defaults.width, self.defaults.height)] if self.compile else []
-        for size in self.warmup_sizes:
-            w, h = (int(p) for p in size.lower().split("x"))
-            shapes.append((w, h))
-        return list(dict.fromkeys(shapes))
+        return list(dict.fromkeys([*shapes, *(_warmup_size(size) for size in self.warmup_sizes)]))
 
     @model_validator(mode="after")
     def _unique_adapters(self) -> "DiffusersConfig":
@@ -121,6 +116,18 @@ class DiffusersConfig(GeneratorBase):
         if self.model.startswith(("/", "./", "../", "~")):  # hub ids look like org/name
             return Needs(model_path=self.model, model_s3=self.model_s3, s3_adapters=s3_adapters)
         return Needs(model_s3=self.model_s3, s3_adapters=s3_adapters)
+
+
+def _warmup_size(size: str) -> tuple[int, int]:
+    """(width, height) of a `warmup_sizes` entry, read as `source.variants` reads an exact size."""
+    try:
+        kind, value = parse_variant(size.lower()) if size == size.strip() else ("", 0.0)
+    except ValueError:
+        kind = ""
+    if kind != "size":
+        raise ValueError(f"warmup_sizes: {size!r} is not WIDTHxHEIGHT (e.g. 768x512; each side a multiple of 8 "
+                         f"from 8 to 8192)")
+    return value  # type: ignore[return-value]
 
 
 class SleepConfig(GeneratorBase):

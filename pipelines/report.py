@@ -229,8 +229,6 @@ def _settings_text(row: dict[str, Any], prefix: str = "") -> str:
     return " · ".join(p for p in parts if p)
 
 
-
-
 def _svg(label: str, width: int, height: int, body: str) -> str:
     """The report's one chart form: an inline SVG (no script, no image file), readable in any browser."""
     return f'<svg width="{width}" height="{height}" role="img" aria-label="{html.escape(label)}">{body}</svg>'
