@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import io
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -130,6 +131,8 @@ class ImageWriter:
 
     Args:
         cfg: this stage's slice (output root, encoding, resolved store connection).
+        on_batch: called with every finished batch (the output, pixels dropped), e.g. to post live progress; it
+            must not raise.
     """
 
     INPUT_COLUMNS = {
@@ -156,8 +159,9 @@ class ImageWriter:
         "status": "ok | error | (passed through)",
     }
 
-    def __init__(self, cfg: ImageWriterConfig) -> None:
+    def __init__(self, cfg: ImageWriterConfig, on_batch: Callable[[Batch], None] | None = None) -> None:
         self.cfg = cfg
+        self.on_batch = on_batch
         self.store = open_store(cfg.uri, cfg.store)
         self.pool = ThreadPoolExecutor(max_workers=cfg.num_upload_threads)
         self.seen = 0
@@ -219,6 +223,8 @@ class ImageWriter:
                 f"{ABORT_MARKER} {self.failed} of {self.seen} images failed "
                 f"(limit {self.cfg.abort_error_fraction:.0%}); e.g. {next(e for e in error if e)[:200]}"
             )
+        if self.on_batch is not None:
+            self.on_batch(out)
         return out
 
     def _write_one(self, batch: Batch, i: int, draft: bool = False) -> dict[str, Any] | str:

@@ -177,7 +177,7 @@ def run(config: str | Path | dict[str, Any] | JobConfig, overrides: Sequence[str
             shown = "lines" if verbose and progress in ("auto", "bar") else progress  # a panel garbled by Ray's
             with ProgressDisplay(read, total, terminal, shown, cfg.limits.budget_usd or 0.0,  # output: lines
                                  "" if verbose else str(log)):
-                summary = write_manifest(build(cfg, stores, source, plan), objects, lease, total, board)
+                summary = write_manifest(build(cfg, stores, source, plan, board), objects, lease, total)
             shards = runtime.export_webdataset(cfg, stores, summary, run_id)  # after the commit; never fails
             # 3 record and report
             record_uri = write_run_json(cfg.output.uri, stores.output, runtime.run_record(cfg, summary, source))

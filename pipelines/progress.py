@@ -1,6 +1,7 @@
-"""Live counts of a running job: each manifest batch adds its tally to a small actor the driver polls.
+"""Live counts of a running job: each batch the image writer finishes adds its tally to a small actor the driver
+polls (`post_written`, handed to the writer's actors by the graph).
 
-The counts are for display only (a retried write task may count its rows twice until the commit); the run's
+The counts are for display only (a retried writer call may count its rows twice until the commit); the run's
 summary is always computed from the committed manifest. How the counts are shown is the jobs layer's business
 (jobs/progress.py).
 """
@@ -18,8 +19,12 @@ logger = logging.getLogger(__name__)
 COUNTERS = ("done", "new", "present", "error", "refused", "skipped", "escalated", "cost_usd")
 
 
+TALLIED = ("status", "already_present", "route", "cost_usd", "generator")
+"""The columns `tally` reads (as the manifest types them)."""
+
+
 def tally(table: Any) -> dict[str, dict[str, float]]:
-    """Counters of one batch of manifest rows (a pyarrow Table), by generator."""
+    """Counters of one batch of manifest rows (a pyarrow Table with at least the TALLIED columns), by generator."""
     import pyarrow.compute as pc
 
     if table.num_rows == 0:
@@ -108,11 +113,20 @@ def stop_board(board: Any) -> None:
         logger.debug("progress board not stopped: %s", exc)
 
 
-def post(board: Any, table: Any) -> None:
-    """Add a manifest batch's counts to the board (fire and forget; a lost update only delays the display)."""
+def post_written(board: Any, batch: dict[str, Any]) -> None:
+    """Add the counts of a batch the image writer finished (its output, numpy columns) to the board: fire and
+    forget, in the writer's process (a lost update only delays the display). A column the run has no stage for
+    (`route` without a cascade) counts as null."""
     if board is None:
         return
     try:
+        import pyarrow as pa
+
+        from pipelines.schema import MANIFEST
+
+        n = len(batch["status"])
+        table = pa.table({c: pa.array(batch[c], MANIFEST.field(c).type) if c in batch
+                          else pa.nulls(n, MANIFEST.field(c).type) for c in TALLIED})
         counts = tally(table)
         if counts:
             board.add.remote(counts)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import functools
 import logging
 import os
 import re
@@ -17,6 +18,7 @@ from configs.job import JobConfig
 from configs.storage import StoreSpec
 from pipelines.plan import Plan, make_plan
 from pipelines.pools import map_batches_kwargs
+from pipelines.progress import post_written
 from pipelines.schema import INPUT_FIELDS, input_problems
 
 if TYPE_CHECKING:
@@ -216,7 +218,8 @@ def plan_run(cfg: JobConfig, stores: Stores, source: SourceInfo) -> Plan:
     return plan
 
 
-def build(cfg: JobConfig, stores: Stores, source: SourceInfo, plan: Plan | None = None) -> ray.data.Dataset:
+def build(cfg: JobConfig, stores: Stores, source: SourceInfo, plan: Plan | None = None,
+          board: Any = None) -> ray.data.Dataset:
     """The lazy graph of one run; nothing executes until the manifest is written.
 
     Rows are read and preprocessed once, then flow through every stage of the plan in order: each generator's
@@ -228,6 +231,8 @@ def build(cfg: JobConfig, stores: Stores, source: SourceInfo, plan: Plan | None 
         stores: resolved store connections.
         source: the inspected source (files and schema).
         plan: the run's plan (`plan_run`); made here when not given.
+        board: the run's progress board (pipelines/progress.py), told about every batch the last stage (the image
+            writer) finishes; None: none.
     """
     import ray.data
 
@@ -247,12 +252,17 @@ def build(cfg: JobConfig, stores: Stores, source: SourceInfo, plan: Plan | None 
         if start is not None:
             services.extend(start(**stage.kwargs))
     _RUN_SERVICES[:] = services  # an earlier run's services in this process end now (unless shared by name)
-    # 4 every stage in order, each in its own pool
+    # 4 every stage in order, each in its own pool; the last one (the writer) posts progress
     for stage in plan.stages:
+        ctor = stage.kwargs
+        if stage is plan.stages[-1] and board is not None:
+            ctor = {**ctor, "on_batch": functools.partial(post_written, board)}
         if stage.rows_per_block:  # small Parquet files are one block: split so every actor gets work
             ds = ds.repartition(target_num_rows_per_block=stage.rows_per_block)
-        ds = ds.map_batches(stage.actor, fn_constructor_kwargs=stage.kwargs, batch_format=stage.batch_format,
-                            **map_batches_kwargs(stage.pool))
+        kwargs = map_batches_kwargs(stage.pool)
+        if stage.call_rows:  # a whole block per call, batched by the actor itself
+            kwargs["batch_size"] = stage.call_rows
+        ds = ds.map_batches(stage.actor, fn_constructor_kwargs=ctor, batch_format=stage.batch_format, **kwargs)
     return ds
 
 

@@ -54,7 +54,20 @@ def test_rows_per_block_fans_out_and_amortizes() -> None:
     cfg = parse_config(tiny_job("p", "m", "out"))  # batch 4, max 2 actors
     assert rows_per_block(cfg, 10) == 4  # tiny input: one batch per block, still several blocks
     assert rows_per_block(cfg, 100) == 12  # 100 rows / (2 actors x 4) → 12, a whole number of batches
-    assert rows_per_block(cfg, 1_000_000) == 16  # capped at 4 batches per block
+    assert rows_per_block(cfg, 1_000_000) == 32  # capped at 8 batches per block
+
+
+def test_a_generator_takes_a_whole_block_per_call_when_the_block_is_a_few_batches() -> None:
+    """Ray Data's per-call costs are paid once per block: the generator stage's calls are block-sized (the actor
+    batches them itself), unless a block is one batch, too many batches to hold, or a hosted batch-mode block."""
+    from configs.loader import parse_config
+    from pipelines.plan import call_rows
+    from tests.conftest import tiny_job
+
+    gen = next(iter(parse_config(tiny_job("p", "m", "out")).generators.values()))  # batch 4
+    assert call_rows(gen, 32) == 32 and call_rows(gen, 12) == 12
+    assert call_rows(gen, 4) == 0  # one batch per block: Ray's batches already are blocks
+    assert call_rows(gen, 36) == 0  # a user's big num_rows_per_block: one call per batch, images not held
 
 
 def test_render_settings_change_the_key_only_when_set() -> None:

@@ -15,7 +15,7 @@ import pyarrow as pa
 import pytest
 
 from jobs.progress import Pace, ProgressDisplay, clock, pick_mode
-from pipelines.progress import ProgressBoard, Snapshot, tally
+from pipelines.progress import ProgressBoard, Snapshot, post_written, tally
 from pipelines.schema import MANIFEST
 
 REPO = Path(__file__).resolve().parents[2]
@@ -43,6 +43,49 @@ def test_tally_counts_by_generator_and_charges_only_new_images() -> None:
         == (4, 1, 1, 1, 1, 1)
     assert heavy["cost_usd"] == pytest.approx(0.25)  # a refusal the provider billed is spend too
     assert tally(manifest_rows([])) == {}
+
+
+def test_the_writer_posts_each_finished_batch_to_the_board() -> None:
+    """The image writer's output (numpy columns, no `route` without a cascade) is tallied in its own process and
+    posted; a board that fails to take it never fails the batch."""
+    import numpy as np
+
+    from actors.image_writer import ImageWriter
+    from configs.storage import StoreSpec
+    from configs.writer import ImageWriterConfig
+
+    class Board:
+        def __init__(self, fail: bool = False) -> None:
+            self.posted: list[dict[str, dict[str, float]]] = []
+            self.add = self
+            self.fail = fail
+
+        def remote(self, counts: dict[str, dict[str, float]]) -> None:
+            if self.fail:
+                raise ConnectionError("board gone")
+            self.posted.append(counts)
+
+    batch = {"status": np.array(["ok", "error", "ok"], dtype=object), "already_present": np.array([False, False, True]),
+             "cost_usd": np.array([0.5, 0.0, 0.5]), "generator": np.array(["g", "g", "h"], dtype=object)}
+    board = Board()
+    post_written(board, batch)
+    assert board.posted == [{"g": {"done": 2, "new": 1, "present": 0, "error": 1, "refused": 0, "skipped": 0,
+                                   "escalated": 0, "cost_usd": 0.5},
+                             "h": {"done": 1, "new": 0, "present": 1, "error": 0, "refused": 0, "skipped": 0,
+                                   "escalated": 0, "cost_usd": 0.0}}]
+    post_written(Board(fail=True), batch)  # lost, not raised
+    # the writer calls it with every batch it finishes (cached rows only: nothing to encode or upload)
+    seen: list[int] = []
+    writer = ImageWriter(ImageWriterConfig(uri="/tmp/unused", format="png", quality=90, png_compress_level=1,
+                                           num_upload_threads=1, store=StoreSpec(kind="local")),
+                         on_batch=lambda out: seen.append(len(out["status"])))
+    n = 2
+    writer({"image": np.array([b"", b""], dtype=object), "image_mime": np.array(["", ""], dtype=object),
+            "image_key": np.array(["a" * 40, "b" * 40], dtype=object), "width": np.full(n, 8),
+            "height": np.full(n, 8), "status": np.array(["cached"] * n, dtype=object),
+            "prior_sha256": np.array(["x", "y"], dtype=object), "prior_bytes": np.ones(n, np.int64),
+            "prior_mime": np.array(["", ""], dtype=object), "error": np.array(["", ""], dtype=object)})
+    assert seen == [2]
 
 
 def test_board_accumulates_batches() -> None:
