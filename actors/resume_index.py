@@ -1,7 +1,7 @@
 """ResumeIndex: which image keys an output prefix already holds, from manifest parts + one prefix listing.
 
 Linear in rows: one streamed LIST of `images/` and one columnar read of the manifest parts (committed and
-staged by interrupted runs) — never a HEAD per key.
+staged by interrupted runs), part by part — never a HEAD per key.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from actors.layout import IMAGES_DIR, MANIFEST_DIR, format_of_mime, image_ext
-from actors.manifest_schema import CARRIED
+from actors.manifest_schema import CARRIED, iter_parts
 from actors.storage import ObjectStore, arrow_filesystem
 
 logger = logging.getLogger(__name__)
@@ -94,7 +94,6 @@ def load_index(store: ObjectStore, image_format: str, keep_provider_bytes: bool 
         keep_provider_bytes: the run's `output.keep_provider_bytes`.
     """
     import pyarrow as pa
-    import pyarrow.dataset as pads
 
     # 1 every image object present (one streamed listing), as `<key>.<ext>`
     present = {rel.rsplit("/", 1)[-1] for rel, _ in store.list(f"{IMAGES_DIR}/")}
@@ -110,20 +109,14 @@ def load_index(store: ObjectStore, image_format: str, keep_provider_bytes: bool 
     if not parts:
         return ResumeIndex()
     fs, root = arrow_filesystem(store.location.uri, store.spec)
-    paths = [f"{root}/{p}" for p in parts]
-    dataset = pads.dataset(paths, filesystem=fs, format="parquet")
-    # parts written by older versions may lack newer columns: read those as nulls
-    schema = pa.unify_schemas([frag.physical_schema for frag in dataset.get_fragments()])
-    dataset = pads.dataset(paths, filesystem=fs, format="parquet", schema=schema)
-    # 3 keep the rows that decide each key (columnar), remember where they are
+    # 3 keep the rows that decide each key (columnar), remember where they are; parts are read one by one (a part
+    # written by an older version reads a column it lacks as null)
     kept, positions, redirects, ok_keys = [], {}, {}, set()
     offset = 0
-    for batch in dataset.to_batches(columns=[c for c in READ if c in schema.names], batch_size=65536):
+    for batch in iter_parts(fs, [f"{root}/{p}" for p in parts], list(READ)):
         cols = {c: batch.column(c).to_pylist() for c in ("image_key", "status", "route", "draft_image_key", "mime",
-                                                          "requests") if c in batch.schema.names}
-        n = batch.num_rows
-        routes, drafts = cols.get("route", [None] * n), cols.get("draft_image_key", [None] * n)
-        mimes, sent = cols.get("mime", [None] * n), cols.get("requests", [None] * n)
+                                                          "requests")}
+        routes, drafts, mimes, sent = cols["route"], cols["draft_image_key"], cols["mime"], cols["requests"]
         take: list[int] = []
         for j, (key, status) in enumerate(zip(cols["image_key"], cols["status"], strict=True)):
             if not key or status not in ("ok", "error") or key in ok_keys:
@@ -137,9 +130,9 @@ def load_index(store: ObjectStore, image_format: str, keep_provider_bytes: bool 
                     redirects[drafts[j]] = positions[key]
             take.append(j)
         if take:
-            kept.append(pa.Table.from_batches([batch]).take(take))
+            kept.append(batch.take(take))
             offset += len(take)
-    table = pa.concat_tables(kept, promote_options="default").combine_chunks() if kept else None
+    table = pa.concat_tables(kept).combine_chunks() if kept else None
     logger.info("resume index: %d objects, %d manifest keys, %d escalated drafts", len(present), len(positions),
                 len(redirects))
     return ResumeIndex(table, positions, redirects)

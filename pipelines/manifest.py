@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from actors.layout import IMAGES_DIR, MANIFEST_DIR, RUN_JSON, staging_dir
-from actors.manifest_schema import CARRIED
+from actors.manifest_schema import CARRIED, iter_parts
 from actors.storage import ObjectStore, arrow_filesystem, open_store
 from configs.storage import StoreSpec
 from pipelines.commit import Lease, commit, current_parts
@@ -128,41 +128,13 @@ def manifest_dataset(output_uri: str, store: StoreSpec) -> Any:
     return pads.dataset([f"{root}/{p}" for p in parts], filesystem=fs, format="parquet", schema=MANIFEST)
 
 
-READ_AHEAD_PARTS = 8
-"""Manifest parts read concurrently ahead of the one being consumed (object stores answer each read slowly)."""
-
-
 def iter_manifest_batches(output_uri: str, store: StoreSpec, columns: list[str], batch_size: int = 65536) -> Any:
     """The committed manifest's selected columns, one record batch at a time, typed as MANIFEST (a column an
-    older part lacks is null). Memory: a few parts, not the run — parts are read one by one (a
-    `pyarrow.dataset` over every part kept each part's footer until the scan ended: ~150 MB at 1,000 parts)."""
-    from collections import deque
-    from concurrent.futures import Future, ThreadPoolExecutor
-
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    schema = pa.schema([MANIFEST.field(c) for c in columns])
+    older part lacks is null). Memory: a few parts, not the run (`actors.manifest_schema.iter_parts`)."""
     fs, root = arrow_filesystem(output_uri, store)
-
-    def read(part: str) -> pa.Table:
-        with fs.open_input_file(f"{root}/{part}") as handle:
-            parquet = pq.ParquetFile(handle)
-            names = parquet.schema_arrow.names
-            table = parquet.read(columns=[c for c in columns if c in names] or names[:1])
-        return pa.Table.from_arrays(
-            [table.column(c).cast(f.type) if c in table.column_names else pa.nulls(table.num_rows, f.type)
-             for c, f in zip(columns, schema, strict=True)], schema=schema)
-
-    parts = current_parts(open_store(output_uri, store))
-    with ThreadPoolExecutor(max_workers=READ_AHEAD_PARTS) as pool:
-        pending: deque[Future[pa.Table]] = deque()
-        for part in parts:
-            pending.append(pool.submit(read, part))
-            if len(pending) > READ_AHEAD_PARTS:
-                yield from pending.popleft().result().to_batches(max_chunksize=batch_size)
-        while pending:
-            yield from pending.popleft().result().to_batches(max_chunksize=batch_size)
+    paths = [f"{root}/{part}" for part in current_parts(open_store(output_uri, store))]
+    for table in iter_parts(fs, paths, columns):
+        yield from table.to_batches(max_chunksize=batch_size)
 
 
 def read_manifest_columns(output_uri: str, store: StoreSpec, columns: list[str]) -> Any:
