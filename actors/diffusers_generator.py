@@ -18,10 +18,12 @@ from actors.generation import (
     GENERATOR_INPUT_COLUMNS,
     GENERATOR_OUTPUT_COLUMNS,
     Batch,
+    BatchLimits,
     Request,
     run_generation,
 )
 from actors.inputs import InputFiles
+from actors.keys import shape_bucket
 from actors.storage import open_store
 from configs.generator import DiffusersConfig
 from configs.storage import StoreSpec
@@ -96,16 +98,22 @@ class DiffusersGenerator:
         self.inputs = InputFiles(input_store, 2**31) if input_store is not None else None
         self.task_pipes: dict[str, Any] = {"text-to-image": self.pipe}
         logger.info("loaded %s on %s (%s)", cfg.model, self.device, dtype_name)
-        # 6 warm-up: compile (and autotuning) for the sizes the run will use, before the first batch waits on it
+        # 6 warm-up: compile (and autotuning) for the sizes the run will use, before the first batch waits on it;
+        #   each size's batch is probed down to what fits this device, then kept for the actor's life
+        self.limits = BatchLimits()
         self.warmed = [self._warm(w, h) for w, h in cfg.warm_shapes()]
 
     def _warm(self, width: int, height: int) -> tuple[int, int]:
         started = time.perf_counter()
         d = self.cfg.defaults
-        self._generate([Request(prompt="warm-up", negative_prompt="", seed=i, width=width, height=height,
-                                num_steps=d.num_steps, guidance_scale=d.guidance_scale)
-                        for i in range(self.cfg.pool.batch_size)])
-        logger.info("warmed %dx%d in %.1f s", width, height, time.perf_counter() - started)
+
+        def run(n: int) -> None:
+            self._generate([Request(prompt="warm-up", negative_prompt="", seed=i, width=width, height=height,
+                                    num_steps=d.num_steps, guidance_scale=d.guidance_scale) for i in range(n)])
+
+        shape = shape_bucket(width, height, d.num_steps, d.guidance_scale)
+        fits = self.limits.probe(shape, self.cfg.pool.batch_size, run, self._is_oom)
+        logger.info("warmed %dx%d in %.1f s (%d images per call)", width, height, time.perf_counter() - started, fits)
         return width, height
 
     def __call__(self, batch: Batch) -> Batch:
@@ -119,6 +127,7 @@ class DiffusersGenerator:
             is_oom=self._is_oom,
             name=self.name,
             inputs=self.inputs,
+            limits=self.limits,
         )
 
     def _is_oom(self, exc: BaseException) -> bool:

@@ -108,6 +108,42 @@ class Outcome:
     rerun redoes."""
 
 
+class BatchLimits:
+    """The most images one model call of each shape bucket fits on this actor's device.
+
+    Learned from out-of-memory errors (the first one halves the bucket's size until a call fits) or probed at
+    start (`probe`), and kept for the actor's life: later chunks of that bucket are made at the size that fits
+    instead of running out of memory and halving again. A bucket never seen runs at the pool's batch size.
+    """
+
+    def __init__(self) -> None:
+        self.fits: dict[tuple[Any, ...], int] = {}
+
+    def size(self, bucket: tuple[Any, ...], batch_size: int) -> int:
+        """Images per call for `bucket`."""
+        return min(batch_size, self.fits.get(bucket, batch_size))
+
+    def ran_out(self, bucket: tuple[Any, ...], images: int) -> int:
+        """A call of `images` ran out of memory: the bucket's size is at most half that from now on."""
+        self.fits[bucket] = max(1, min(self.fits.get(bucket, images), images // 2))
+        return self.fits[bucket]
+
+    def probe(self, bucket: tuple[Any, ...], batch_size: int, run: Callable[[int], Any],
+              is_oom: Callable[[BaseException], bool]) -> int:
+        """Find the bucket's size once, before real work: `run(n)` makes n images; halve while it runs out of
+        memory. One image that doesn't fit raises (the model can't serve this size on this device)."""
+        n = self.size(bucket, batch_size)
+        while True:
+            try:
+                run(n)
+                return n
+            except Exception as exc:
+                if not is_oom(exc) or n == 1:
+                    raise
+                logger.warning("out of memory on %d images of %s at warm-up; trying fewer", n, bucket)
+                n = self.ran_out(bucket, n)
+
+
 # generate_fn(requests) -> one result per request, in order: pixels, or an Outcome.
 GenerateFn = Callable[[Sequence[Request]], Sequence[np.ndarray | Outcome]]
 
@@ -123,14 +159,16 @@ def run_generation(
     is_oom: Callable[[BaseException], bool] = lambda exc: False,
     name: str = "",
     inputs: InputFiles | None = None,
+    limits: BatchLimits | None = None,
 ) -> Batch:
     """Generate every `pending` row of `batch` routed to generator `name` ('' = every pending row: an actor used
     on its own); everything else passes through unchanged (in a run, each row flows through every pool).
 
     Rows are grouped by shape bucket (width, height, steps, guidance) so one model call shares them, then
     chunked to `batch_size`. A chunk that raises a non-fatal error is retried row by row so only the
-    poison row becomes an error row. A chunk that runs out of memory is retried in halves; a single image
-    that still does, and other fatal errors (CUDA, model load), propagate so Ray restarts the actor.
+    poison row becomes an error row. A chunk that runs out of memory is retried at half its size, and the
+    bucket's chunks stay at the size that fits (`limits`: the actor's, kept across calls; None = this call's); a
+    single image that still does, and other fatal errors (CUDA, model load), propagate so Ray restarts the actor.
 
     A hosted backend's Outcome may carry the provider's file instead of pixels: it goes into `image` as sent, its
     content type into `image_mime` and its size (from the header) into `width`/`height`.
@@ -173,11 +211,16 @@ def run_generation(
         cols["candidate_images"] = empty_lists(n)
         for name in ("candidate_seeds", "candidate_mimes", "candidate_sizes"):
             cols[name] = np.array([""] * n, dtype=object)
-    for rows in buckets.values():
-        for start in range(0, len(rows), batch_size):
+    limits = limits if limits is not None else BatchLimits()
+    for bucket, rows in buckets.items():
+        shape = bucket[:4]  # memory goes with the shape, steps and guidance
+        start = 0
+        while start < len(rows):
+            size = limits.size(shape, batch_size)
+            chunk_rows, start = rows[start : start + size], start + size
             started = time.time()
             requests: dict[Any, Request] = {}
-            for i in rows[start : start + batch_size]:
+            for i in chunk_rows:
                 cols["queue_ms"][i] = max(0.0, (started - float(batch["enqueued_at"][i])) * 1000)
                 try:
                     req = _request(batch, i, inputs)
@@ -192,8 +235,10 @@ def run_generation(
                 continue
             results: dict[int, list[tuple[Any, Outcome | str, float]]] = defaultdict(list)
             ids = list(requests)
-            for part in range(0, len(ids), batch_size):
-                for rk, result, ms in _run_chunk(requests, ids[part : part + batch_size], generate, is_fatal, is_oom):
+            oom = (limits, shape)
+            while ids:
+                part, ids = ids[: limits.size(shape, batch_size)], ids[limits.size(shape, batch_size):]
+                for rk, result, ms in _run_chunk(requests, part, generate, is_fatal, is_oom, oom):
                     results[rk[0]].append((rk, result, ms))
             for i, outcomes in results.items():
                 if len(outcomes) == 1 and not many:
@@ -292,6 +337,7 @@ def _run_chunk(
     generate: GenerateFn,
     is_fatal: Callable[[BaseException], bool],
     is_oom: Callable[[BaseException], bool],
+    oom: tuple[BatchLimits, tuple[Any, ...]],
 ) -> list[tuple[Any, Outcome | str, float]]:
     requests = [by_row[i] for i in chunk]
     started = time.perf_counter()
@@ -301,11 +347,15 @@ def _run_chunk(
         return [(i, _check_image(img, req), ms) for i, img, req in zip(chunk, outputs, requests, strict=True)]
     except Exception as exc:  # noqa: BLE001 - classified right below
         if is_oom(exc) and len(chunk) > 1:
-            half = len(chunk) // 2
-            logger.warning("out of memory on %d images; retrying as %d + %d", len(chunk), half, len(chunk) - half)
-            return _run_chunk(by_row, chunk[:half], generate, is_fatal, is_oom) + _run_chunk(
-                by_row, chunk[half:], generate, is_fatal, is_oom
-            )
+            limits, shape = oom
+            logger.warning("out of memory on %d images; retrying %d at a time", len(chunk),
+                           limits.ran_out(shape, len(chunk)))
+            done: list[tuple[Any, Outcome | str, float]] = []
+            rest = list(chunk)
+            while rest:  # at the size that fits so far (a piece that runs out too lowers it for the rest)
+                piece, rest = rest[: limits.size(shape, len(chunk))], rest[limits.size(shape, len(chunk)):]
+                done += _run_chunk(by_row, piece, generate, is_fatal, is_oom, oom)
+            return done
         if is_fatal(exc):
             raise
         if len(chunk) == 1:
@@ -314,7 +364,7 @@ def _run_chunk(
     # a multi-row chunk failed: retry row by row so only the poison row is lost
     results = []
     for i in chunk:
-        results.extend(_run_chunk(by_row, [i], generate, is_fatal, is_oom))
+        results.extend(_run_chunk(by_row, [i], generate, is_fatal, is_oom, oom))
     return results
 
 

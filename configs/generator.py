@@ -46,7 +46,8 @@ class DiffusersConfig(GeneratorBase):
     (a warm-up call per size, at the pool's batch size); other sizes compile on their first batch."""
     warmup_sizes: list[str] = []
     """Extra sizes (`WIDTHxHEIGHT`, e.g. `768x512`) each actor generates once at start, before its first batch:
-    compile, cuDNN autotuning and allocator growth happen then, not in the middle of a run. With `compile` the
+    compile, cuDNN autotuning and allocator growth happen then, not in the middle of a run. Each is probed at the
+    pool's batch size, halved while the device runs out of memory; the size that fits is kept. With `compile` the
     defaults' size is always warmed."""
     step_cache: float = Field(default=0.0, ge=0.0, le=1.0)
     """First-block cache threshold for transformer denoisers (diffusers' FirstBlockCacheConfig: Flux, QwenImage,

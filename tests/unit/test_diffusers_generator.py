@@ -1,6 +1,7 @@
 """DiffusersGenerator on dict batches with a tiny random pipeline, without Ray."""
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from unittest import mock
 
@@ -8,6 +9,7 @@ import numpy as np
 import pytest
 
 from actors.diffusers_generator import DiffusersGenerator
+from actors.generation import Request
 from configs.generator import DiffusersConfig
 
 
@@ -121,8 +123,34 @@ def test_warmup_sizes_run_once_at_start(tiny_model: Path) -> None:
     assert cfg.model_copy(update={"compile": True}).warm_shapes() == [(64, 64), (64, 96)]
     gen = DiffusersGenerator(cfg)
     assert gen.warmed == [(64, 96)]
+    assert gen.limits.size((64, 96, 1, 0.0), cfg.pool.batch_size) == cfg.pool.batch_size  # it all fitted
     with pytest.raises(ValueError, match="WIDTHxHEIGHT"):
         DiffusersConfig(model=str(tiny_model), warmup_sizes=["64x100"])
+
+
+def test_warmup_probes_each_size_down_to_a_batch_that_fits(tiny_model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A warm-up size whose full batch runs out of device memory is probed down (torch's own OOM error) and kept:
+    the actor's calls of that size are made at the size that fits from the first batch on."""
+    import torch
+
+    real = DiffusersGenerator._generate
+    sizes: list[int] = []
+
+    def generate(self: DiffusersGenerator, requests: Sequence[Request]) -> list[np.ndarray]:
+        sizes.append(len(requests))
+        if len(requests) > 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(self, requests)
+
+    monkeypatch.setattr(DiffusersGenerator, "_generate", generate)
+    cfg = DiffusersConfig(model=str(tiny_model), dtype="float32", warmup_sizes=["64x64"],
+                          pool={"batch_size": 8}, defaults={"width": 64, "height": 64, "num_steps": 2,
+                                                            "guidance_scale": 0})
+    gen = DiffusersGenerator(cfg)
+    assert sizes == [8, 4, 2] and gen.limits.size((64, 64, 2, 0.0), 8) == 2
+    sizes.clear()
+    out = gen(batch([f"p{i}" for i in range(6)], list(range(6)), [(64, 64)] * 6))
+    assert list(out["status"]) == ["generated"] * 6 and sizes == [2, 2, 2]
 
 
 def test_step_cache_on_a_transformer_and_refused_on_a_unet(generator: DiffusersGenerator) -> None:

@@ -114,7 +114,46 @@ def test_out_of_memory_retries_at_half_size() -> None:
     out = run_generation(batch([(64, 64)] * 8), batch_size=8, generate=gen_fn, is_fatal=lambda e: True,
                          usd_per_second=0, usd_per_image=0, is_oom=lambda e: isinstance(e, FakeOOM))
     assert list(out["status"]) == ["generated"] * 8
-    assert calls == [8, 4, 2, 2, 4, 2, 2]
+    assert calls == [8, 4, 2, 2, 2, 2]  # once 2 fits, the rest of the chunk goes 2 at a time
+
+
+def test_the_size_that_fits_is_kept_per_shape_for_the_actors_life() -> None:
+    """An actor's BatchLimits remembers each shape's size: later calls make that shape at the size that fits from
+    the start (no out-of-memory error and halving again); other shapes keep the pool's batch size."""
+    from actors.generation import BatchLimits
+
+    calls: list[tuple[int, int]] = []
+
+    def gen_fn(reqs: Sequence[Request]) -> list[np.ndarray]:
+        calls.append((reqs[0].width, len(reqs)))
+        if reqs[0].width == 128 and len(reqs) > 3:
+            raise FakeOOM("CUDA out of memory")
+        return [np.zeros((r.height, r.width, 3), np.uint8) for r in reqs]
+
+    limits = BatchLimits()
+    run = lambda b: run_generation(b, batch_size=8, generate=gen_fn, is_fatal=lambda e: True,  # noqa: E731
+                                   usd_per_second=0, usd_per_image=0, is_oom=lambda e: isinstance(e, FakeOOM),
+                                   limits=limits)
+    run(batch([(128, 64)] * 8))
+    assert calls == [(128, 8), (128, 4), (128, 2), (128, 2), (128, 2), (128, 2)]
+    calls.clear()
+    out = run(batch([(128, 64)] * 6 + [(64, 64)] * 8))
+    assert list(out["status"]) == ["generated"] * 14
+    assert sorted(calls) == [(64, 8), (128, 2), (128, 2), (128, 2)]  # learned: no out-of-memory call at all
+    # probing at start: halve until one call fits; one image that doesn't fit is the actor's error
+    probed: list[int] = []
+
+    def probe_run(n: int) -> None:
+        probed.append(n)
+        if n > 3:
+            raise FakeOOM("CUDA out of memory")
+
+    fresh = BatchLimits()
+    assert fresh.probe((256, 256, 1, 0.0), 8, probe_run, lambda e: isinstance(e, FakeOOM)) == 2
+    assert probed == [8, 4, 2] and fresh.size((256, 256, 1, 0.0), 8) == 2
+    with pytest.raises(FakeOOM):
+        BatchLimits().probe((9, 9, 1, 0.0), 4, lambda n: (_ for _ in ()).throw(FakeOOM("x")),
+                            lambda e: isinstance(e, FakeOOM))
 
 
 def test_out_of_memory_on_one_image_propagates() -> None:
