@@ -77,15 +77,18 @@ def objects_are_files(uri: str) -> bool:
     return not uri.startswith("s3://")
 
 
-MAX_PART_ROWS = 4096
-"""Rows per manifest part, at most (a part is small: metadata only, ~300 bytes a row)."""
+MAX_PART_ROWS = 1024
+"""Rows per manifest part, at most: what a killed run can lose per part in flight (see `part_rows`)."""
 
 
 def part_rows(expected_rows: int) -> int:
-    """The fewest rows a staged manifest part gets: writer batches are bundled into parts of this many rows, about
-    16 parts a run up to MAX_PART_ROWS rows each. Each part is one write task, one object and one copy at commit
-    (measured on the stand-in benchmark: parts of one writer batch cost ~3 ms of CPU per image, one per 512
-    rows ~1.3). A killed run loses no more for it: resume goes by the images in the store, not by staged parts."""
+    """The fewest rows a staged manifest part gets: writer batches are bundled into parts of about 1/16 of the run,
+    at most MAX_PART_ROWS. Each part is one write task, one object and one copy at commit (measured on the
+    stand-in benchmark: parts of one writer batch cost ~3 ms of CPU per image, parts of 512 rows ~1.3).
+
+    The cost of bigger parts: a run killed before a bundle is staged leaves those images without a manifest row,
+    so a rerun makes them again (their objects are found already stored and never written twice) — at most
+    MAX_PART_ROWS images per part in flight."""
     return max(1, min(MAX_PART_ROWS, expected_rows // 16))
 
 
