@@ -111,8 +111,9 @@ class Plan:
             size = f"{p.min_size}" if p.min_size == p.max_size else f"{p.min_size}..{p.max_size}"
             gpus = f", {p.num_gpus:g} GPU" if p.num_gpus else ""
             accel = f" ({p.accelerator_type})" if p.accelerator_type else ""
+            calls = f" ({s.call_rows} rows a call)" if s.call_rows else ""
             lines.append(f"  {s.name:<20} {s.actor.__name__:<22} actors {size}{gpus}{accel}, "
-                         f"{p.num_cpus:g} CPU, batch {p.batch_size}")
+                         f"{p.num_cpus:g} CPU, batch {p.batch_size}{calls}")
         return lines
 
 
