@@ -198,7 +198,7 @@ def write_markdown() -> None:
         "- Time to first image (#16), one-prompt tiny-model job from process start, 2026-12-01 on this machine:",
         "  before this round's changes 24.7 / 28.2 / 31.9 s (bench/first_image.py at 0a8f150, three runs), after",
         "  16.8 / 18.8 / 19.9 s (a3402b2, the same harness minutes later; the table above is a later run in a",
-        "  slower hour, where the bare script too took 6.6–7.3 s instead of 4.8–5.8). A bare script that imports",
+        "  slower hour, where the bare script too took 6.4–7.3 s instead of 4.8–5.8). A bare script that imports",
         "  diffusers and makes the same image needs 4.8–5.8 s, so the ≤ 6 s target is below what this machine",
         "  allows any tool that starts Ray and then imports diffusers: **not met**. Where the time went (CPU of",
         "  each process, sampled every 0.5 s): Ray start 4–5 s; then ~27 CPU-seconds of Python processes start",
