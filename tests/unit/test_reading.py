@@ -58,3 +58,14 @@ def test_manifest_batches_are_typed_and_fill_columns_an_older_part_lacks(tmp_pat
     assert table.schema == pa.schema([MANIFEST.field(c) for c in ("status", "route", "bytes")])
     assert table.to_pylist() == [{"status": "ok", "route": None, "bytes": 7}, {"status": "error", "route": None,
                                  "bytes": 0}, {"status": "ok", "route": "escalated", "bytes": 9}]
+
+
+def test_manifest_parts_bundle_writer_batches_to_a_sixteenth_of_the_run_capped() -> None:
+    """Each staged part is one write task, object and commit copy: about 1/16 of the run's rows, never more than
+    MAX_PART_ROWS (what a killed run can lose per part in flight), at least 1."""
+    from pipelines.manifest import MAX_PART_ROWS, part_rows
+
+    assert part_rows(3200) == 200
+    assert part_rows(48) == 3  # a small run still stages several parts (the commit chaos test kills between them)
+    assert part_rows(5) == 1
+    assert part_rows(1_000_000) == MAX_PART_ROWS == 512
