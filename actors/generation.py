@@ -237,7 +237,8 @@ def run_generation(
             ids = list(requests)
             oom = (limits, shape)
             while ids:
-                part, ids = ids[: limits.size(shape, batch_size)], ids[limits.size(shape, batch_size):]
+                size = limits.size(shape, batch_size)  # lower once a chunk has run out of memory
+                part, ids = ids[:size], ids[size:]
                 for rk, result, ms in _run_chunk(requests, part, generate, is_fatal, is_oom, oom):
                     results[rk[0]].append((rk, result, ms))
             for i, outcomes in results.items():
@@ -353,7 +354,8 @@ def _run_chunk(
             done: list[tuple[Any, Outcome | str, float]] = []
             rest = list(chunk)
             while rest:  # at the size that fits so far (a piece that runs out too lowers it for the rest)
-                piece, rest = rest[: limits.size(shape, len(chunk))], rest[limits.size(shape, len(chunk)):]
+                size = limits.size(shape, len(chunk))
+                piece, rest = rest[:size], rest[size:]
                 done += _run_chunk(by_row, piece, generate, is_fatal, is_oom, oom)
             return done
         if is_fatal(exc):
