@@ -167,6 +167,10 @@ class ImageWriter:
         self.seen = 0
         self.failed = 0
 
+    def close(self) -> None:
+        """Stop the upload threads (a run without Ray calls this when it ends; a Ray actor just exits)."""
+        self.pool.shutdown(wait=True)
+
     def __call__(self, batch: Batch) -> Batch:
         # 1 outputs default to "nothing written"
         n = len(batch["status"])

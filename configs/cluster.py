@@ -1,5 +1,7 @@
 """How the driver connects to Ray."""
 
+from typing import Literal
+
 from pydantic import Field
 
 from configs.base import StrictModel
@@ -8,6 +10,11 @@ from configs.base import StrictModel
 class ClusterConfig(StrictModel):
     """Ray connection. `address: local` starts a private, loopback-only Ray for this run."""
 
+    executor: Literal["auto", "ray", "in_process"] = "auto"
+    """Where the stages run. `ray`: autoscaled actor pools. `in_process`: every stage in this process, one copy
+    each, no Ray (a small job's first image in seconds; one device, no parallelism). `auto`: in_process for a job
+    of at most one generator batch on a private local cluster when nothing in it needs Ray (hosted generators,
+    WebDataset export), else ray."""
     address: str = "local"
     """`local` (private cluster), `auto` (join the node's cluster) or `ray://host:port`."""
     num_cpus: int = Field(default=0, ge=0)

@@ -9,6 +9,7 @@ or committed with too many errors); each is an `ImagefleetError` whose `str` is 
 from __future__ import annotations
 
 import argparse
+import functools
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -135,9 +136,10 @@ def run(config: str | Path | dict[str, Any] | JobConfig, overrides: Sequence[str
             raise ConfigInvalid(str(exc)) from None
     from actors.storage import StorageError, open_store
     from pipelines.commit import Lease, collect_garbage
-    from pipelines.manifest import write_manifest, write_run_json
+    from pipelines.in_process import IN_PROCESS, choose_executor, stream
+    from pipelines.manifest import write_manifest, write_manifest_tables, write_run_json
     from pipelines.plan import PlanError
-    from pipelines.progress import read_board, start_board, stop_board
+    from pipelines.progress import ProgressBoard, post_written, read_board, start_board, stop_board
     from pipelines.report import write_report
     from pipelines.text_to_image import InputError, build, expected_rows, failure_line, inspect_source, plan_run
 
@@ -148,9 +150,11 @@ def run(config: str | Path | dict[str, Any] | JobConfig, overrides: Sequence[str
         source = inspect_source(cfg, stores)
         runtime.preflight_output(cfg, stores)
         plan = plan_run(cfg, stores, source)
+        total = expected_rows(cfg, source)
+        executor = choose_executor(cfg, plan, total, runtime.ray_running())
     except (InputError, StorageError, PlanError) as exc:
         raise InputInvalid(str(exc)) from None
-    plan_text = runtime.plan_text(cfg, source, plan)
+    plan_text = runtime.plan_text(cfg, source, plan, executor)
     say(plan_text)
     if dry_run:
         return RunResult("", cfg.output.uri, None, plan=plan_text, store=stores.output)
@@ -159,8 +163,7 @@ def run(config: str | Path | dict[str, Any] | JobConfig, overrides: Sequence[str
     run_id = run_id or time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
     if progress == "auto" and echo is None:
         progress = "off"
-    import ray
-
+    in_process = executor[0] == IN_PROCESS
     log = runtime.run_log(run_id)
     objects = open_store(cfg.output.uri, stores.output)
     lease, started, board = Lease(objects, run_id, cfg.output.lease_ttl_s), False, None
@@ -169,18 +172,24 @@ def run(config: str | Path | dict[str, Any] | JobConfig, overrides: Sequence[str
         try:
             lease.acquire()
             collect_garbage(objects, staging=False)  # parts of a commit that died before its index write
-            started = runtime.start_ray(cfg)
-            runtime.check_resources(cfg, plan.pools)
-            board = start_board() if progress != "off" else None
-            total = expected_rows(cfg, source)
+            if not in_process:  # the stages run in actor pools on Ray (else here: pipelines/in_process.py)
+                started = runtime.start_ray(cfg)
+                runtime.check_resources(cfg, plan.pools)
+            board = None if progress == "off" else ProgressBoard() if in_process else start_board()
             read = (lambda: read_board(board, total)) if board is not None else None
             shown = "lines" if verbose and progress in ("auto", "bar") else progress  # a panel garbled by Ray's
             with ProgressDisplay(read, total, terminal, shown, cfg.limits.budget_usd or 0.0,  # output: lines
                                  "" if verbose else str(log)):
-                summary = write_manifest(build(cfg, stores, source, plan, board), objects, lease, total)
+                if in_process:
+                    written = functools.partial(post_written, board) if board is not None else None
+                    summary = write_manifest_tables(stream(cfg, stores, source, plan, written), objects, lease,
+                                                    total)
+                else:
+                    summary = write_manifest(build(cfg, stores, source, plan, board), objects, lease, total)
             shards = runtime.export_webdataset(cfg, stores, summary, run_id)  # after the commit; never fails
             # 3 record and report
-            record_uri = write_run_json(cfg.output.uri, stores.output, runtime.run_record(cfg, summary, source))
+            record_uri = write_run_json(cfg.output.uri, stores.output,
+                                        runtime.run_record(cfg, summary, source, executor[0]))
             report_uri = runtime.report(cfg, stores, write_report)
         except StorageError as exc:
             raise InputInvalid(str(exc)) from None
@@ -191,6 +200,8 @@ def run(config: str | Path | dict[str, Any] | JobConfig, overrides: Sequence[str
             lease.release()
             stop_board(board)
             if started:
+                import ray
+
                 ray.shutdown()
     # the log also goes next to the outputs (a cluster driver's temp dir goes with its pod)
     kept = runtime.keep_log(objects, log, run_id) if failed or not verbose else ""

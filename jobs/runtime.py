@@ -219,6 +219,12 @@ def preflight_output(cfg: JobConfig, stores: Stores) -> None:
     open_store(cfg.output.uri, stores.output).check_writable()
 
 
+def ray_running() -> bool:
+    """Ray is initialised in this process (a Ray job's driver, a notebook): checked without importing Ray."""
+    ray = sys.modules.get("ray")
+    return bool(ray is not None and ray.is_initialized())
+
+
 def start_ray(cfg: JobConfig) -> bool:
     """Connect to or start Ray; returns whether this call started it (and so must shut it down).
 
@@ -306,10 +312,12 @@ def versions() -> dict[str, str]:
     return out
 
 
-def run_record(cfg: JobConfig, summary: RunSummary, source: SourceInfo) -> dict[str, Any]:
-    """run.json content: the config used (no secrets: it only names env vars), versions, counts, timing."""
+def run_record(cfg: JobConfig, summary: RunSummary, source: SourceInfo, executor: str = "") -> dict[str, Any]:
+    """run.json content: the config used (no secrets: it only names env vars), versions, counts, timing, and where
+    the stages ran (`ray` or `in_process`)."""
     return {
         "run_id": summary.run_id,
+        "executor": executor,
         "config": cfg.model_dump(mode="json"),
         "versions": versions(),
         "source_files": len(source.files),
@@ -318,8 +326,9 @@ def run_record(cfg: JobConfig, summary: RunSummary, source: SourceInfo) -> dict[
     }
 
 
-def plan_text(cfg: JobConfig, source: SourceInfo, plan: Plan) -> str:
-    """What a run would do (printed by --dry-run and at the start of a run)."""
+def plan_text(cfg: JobConfig, source: SourceInfo, plan: Plan, executor: tuple[str, str] = ("", "")) -> str:
+    """What a run would do (printed by --dry-run and at the start of a run); `executor`: where its stages run and
+    why (`pipelines.in_process.choose_executor`)."""
     from actors.layout import image_pattern
 
     lines = [f"imagefleet plan for {cfg.name!r}",
@@ -329,12 +338,16 @@ def plan_text(cfg: JobConfig, source: SourceInfo, plan: Plan) -> str:
              f"  routing: {cfg.routing.mode} (default {cfg.default_generator})",
              *input_lines(cfg),
              "  stages :", *plan.describe(),
+             *([f"  runs   : {EXECUTOR_WORDS.get(executor[0], executor[0])} ({executor[1]})"] if executor[0] else []),
              f"  cost estimate: {cost_estimate(cfg, source.num_images or source.num_rows)}"]
     for name, gen in cfg.generators.items():
         info = getattr(gen, "info", lambda: None)()
         if info is not None and info.retires:
             lines.append(f"  note   : {name} uses {gen.model}, which the provider shuts down on {info.retires}")
     return "\n".join(lines)
+
+
+EXECUTOR_WORDS = {"ray": "on Ray, in the actor pools above", "in_process": "in this process, one copy of each stage"}
 
 
 def input_lines(cfg: JobConfig) -> list[str]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import time
+import uuid
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -16,6 +18,7 @@ from pipelines.commit import Lease, commit, current_parts
 from pipelines.schema import MANIFEST
 
 if TYPE_CHECKING:
+    import pyarrow as pa
     import ray.data
 
 logger = logging.getLogger(__name__)
@@ -65,6 +68,40 @@ def write_manifest(ds: ray.data.Dataset, objects: ObjectStore, lease: Lease, exp
                         batch_format="pyarrow")
     ds.write_parquet(f"{root}/{staging_dir(lease.attempt)}", filesystem=fs,
                      try_create_dir=objects_are_files(objects.location.uri), min_rows_per_file=part_rows(expected_rows))
+    return _commit_and_summarize(objects, lease, expected_rows, started)
+
+
+def write_manifest_tables(tables: Iterable[pa.Table], objects: ObjectStore, lease: Lease,
+                          expected_rows: int) -> RunSummary:
+    """`write_manifest` for a run without Ray (pipelines/in_process.py): the last stage's output `tables` are
+    staged as parts of `part_rows` rows here, then committed and summarized the same way."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    started = time.time()
+    fs, root = arrow_filesystem(objects.location.uri, objects.spec)
+    folder = f"{root}/{staging_dir(lease.attempt)}"
+    if objects_are_files(objects.location.uri):
+        fs.create_dir(folder, recursive=True)
+    size, written = part_rows(expected_rows), 0
+    pending: list[pa.Table] = []
+    prefix = uuid.uuid4().hex[:12]
+
+    def stage_part() -> None:
+        nonlocal pending, written
+        pq.write_table(pa.concat_tables(pending), f"{folder}/{prefix}_{written:06d}.parquet", filesystem=fs)
+        pending, written = [], written + 1
+
+    for table in tables:
+        pending.append(_to_manifest_rows(table, lease.run_id))
+        if sum(t.num_rows for t in pending) >= size:
+            stage_part()
+    if pending:
+        stage_part()
+    return _commit_and_summarize(objects, lease, expected_rows, started)
+
+
+def _commit_and_summarize(objects: ObjectStore, lease: Lease, expected_rows: int, started: float) -> RunSummary:
     wall = time.time() - started
     # 2 commit: checked, copied, then one index write makes it current; older parts and staging go
     commit(objects, lease, expected_rows)

@@ -1,5 +1,6 @@
 """Live counts of a running job: each batch the image writer finishes adds its tally to a small actor the driver
-polls (`post_written`, handed to the writer's actors by the graph).
+polls (`post_written`, handed to the writer's actors by the graph); a run without Ray (pipelines/in_process.py)
+keeps the same board as a plain object in the driver.
 
 The counts are for display only (a retried writer call may count its rows twice until the commit); the run's
 summary is always computed from the committed manifest. How the counts are shown is the jobs layer's business
@@ -9,6 +10,7 @@ summary is always computed from the committed manifest. How the counts are shown
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -53,22 +55,26 @@ def tally(table: Any) -> dict[str, dict[str, float]]:
 
 
 class ProgressBoard:
-    """The run's counters (a Ray actor, owned by the driver: it ends with the run)."""
+    """The run's counters: a Ray actor owned by the driver (it ends with the run), or a plain object in the driver
+    when the run has no Ray (the display reads it from another thread, hence the lock)."""
 
     def __init__(self) -> None:
         self.counts: dict[str, dict[str, float]] = {}
         self.first_at = 0.0
+        self.lock = threading.Lock()
 
     def add(self, counts: dict[str, dict[str, float]]) -> None:
-        if counts and not self.first_at:
-            self.first_at = time.time()
-        for generator, values in counts.items():
-            mine = self.counts.setdefault(generator, dict.fromkeys(COUNTERS, 0.0))
-            for key, value in values.items():
-                mine[key] = mine.get(key, 0.0) + value
+        with self.lock:
+            if counts and not self.first_at:
+                self.first_at = time.time()
+            for generator, values in counts.items():
+                mine = self.counts.setdefault(generator, dict.fromkeys(COUNTERS, 0.0))
+                for key, value in values.items():
+                    mine[key] = mine.get(key, 0.0) + value
 
     def snapshot(self) -> dict[str, Any]:
-        return {"counts": {g: dict(c) for g, c in self.counts.items()}, "first_at": self.first_at}
+        with self.lock:
+            return {"counts": {g: dict(c) for g, c in self.counts.items()}, "first_at": self.first_at}
 
 
 @dataclass(frozen=True)
@@ -103,7 +109,7 @@ def start_board() -> Any:
 def stop_board(board: Any) -> None:
     """End the board with its run (a Ray session that outlives the run — a notebook, a test session, a pipeline
     step — would otherwise keep one idle worker process per run)."""
-    if board is None:
+    if board is None or isinstance(board, ProgressBoard):
         return
     import ray
 
@@ -129,13 +135,19 @@ def post_written(board: Any, batch: dict[str, Any]) -> None:
                           else pa.nulls(n, MANIFEST.field(c).type) for c in TALLIED})
         counts = tally(table)
         if counts:
-            board.add.remote(counts)
+            if isinstance(board, ProgressBoard):
+                board.add(counts)
+            else:
+                board.add.remote(counts)
     except Exception as exc:  # noqa: BLE001 - never fail a write for a display
         logger.debug("progress update lost: %s", exc)
 
 
 def read_board(board: Any, total: int, timeout_s: float = 5.0) -> Snapshot | None:
     """The board's counters now (None when it doesn't answer in time)."""
+    if isinstance(board, ProgressBoard):
+        raw = board.snapshot()
+        return Snapshot(at=time.time(), total=total, by_generator=raw["counts"], first_at=raw["first_at"])
     import ray
 
     try:

@@ -1,4 +1,5 @@
-"""Reading the prompt table into Ray Data from what the driver already knows.
+"""Reading the prompt table from what the driver already knows (no Ray here: the in-process executor reads with
+it too; `pipelines.prompt_source.PromptTable` makes these pieces Ray Data read tasks).
 
 The driver reads every file's footer before a run starts (files, row groups, row counts), so the read needs no
 listing task and no footer pass of its own: each read task is a known slice of row groups with its row count
@@ -9,12 +10,9 @@ seconds (BENCHMARKS.md, time to first image).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
-
-from ray.data.block import BlockMetadata
-from ray.data.datasource import Datasource, ReadTask
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -54,34 +52,11 @@ def pieces(files: Sequence[str], row_groups: Sequence[Sequence[int]], rows_per_t
     return out
 
 
-class PromptTable(Datasource):
-    """The prompt table's `columns`, read piece by piece with `filesystem` (pyarrow; credentials included)."""
+def read_piece(piece: Piece, columns: Sequence[str], fs: Any) -> pa.Table:
+    """The selected `columns` of one piece's row groups (the whole file when its groups aren't known)."""
+    import pyarrow.parquet as pq
 
-    def __init__(self, parts: Sequence[Piece], columns: Sequence[str], filesystem: Any) -> None:
-        super().__init__()
-        self._parts, self._columns, self._fs = list(parts), list(columns), filesystem
-
-    def get_name(self) -> str:
-        return "PromptTable"
-
-    def estimate_inmemory_data_size(self) -> int | None:
-        return None
-
-    def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None,
-                       data_context: Any = None) -> list[ReadTask]:
-        return [ReadTask(_reader(p, self._columns, self._fs),
-                         BlockMetadata(num_rows=p.num_rows, size_bytes=None, input_files=(p.path,), exec_stats=None),
-                         per_task_row_limit=per_task_row_limit)
-                for p in self._parts]
-
-
-def _reader(piece: Piece, columns: Sequence[str], fs: Any) -> Callable[[], Iterable[pa.Table]]:
-    def read() -> Iterable[pa.Table]:
-        import pyarrow.parquet as pq
-
-        with fs.open_input_file(piece.path) as handle:
-            table = pq.ParquetFile(handle)
-            groups = list(piece.groups) or list(range(table.num_row_groups))
-            yield table.read_row_groups(groups, columns=list(columns))
-
-    return read
+    with fs.open_input_file(piece.path) as handle:
+        table = pq.ParquetFile(handle)
+        groups = list(piece.groups) or list(range(table.num_row_groups))
+        return table.read_row_groups(groups, columns=list(columns))

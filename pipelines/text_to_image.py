@@ -239,7 +239,8 @@ def build(cfg: JobConfig, stores: Stores, source: SourceInfo, plan: Plan | None 
     # 1 the plan, checked column by column before anything starts
     plan = plan or plan_run(cfg, stores, source)
     # 2 read prompts (only the columns we use: wide tables stay cheap)
-    from pipelines.prompt_table import PromptTable, pieces
+    from pipelines.prompt_source import PromptTable
+    from pipelines.prompt_table import pieces
 
     fs, _ = arrow_filesystem(cfg.source.uri, stores.source)
     paths = [f[5:] if f.startswith("s3://") else f for f in source.files]

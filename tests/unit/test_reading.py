@@ -11,7 +11,8 @@ import pyarrow.parquet as pq
 from actors.layout import MANIFEST_INDEX, manifest_part
 from configs.storage import StoreSpec
 from pipelines.manifest import iter_manifest_batches
-from pipelines.prompt_table import PromptTable, pieces
+from pipelines.prompt_source import PromptTable
+from pipelines.prompt_table import pieces
 from pipelines.schema import MANIFEST
 
 
