@@ -105,7 +105,7 @@ def tiny_job(source: str | Path, model: str | Path, output_uri: str, **extra: An
             }
         },
         "output": {"uri": output_uri, "pool": {"min_size": 1, "max_size": 1, "batch_size": 8}},
-        "cluster": {"address": "local", "num_cpus": 4, "num_gpus": 2},
+        "cluster": {"address": "local", "num_cpus": 4, "num_gpus": 2, "executor": "ray"},
     }
     for key, value in extra.items():
         raw[key] = value
@@ -128,7 +128,7 @@ def sleep_job(source: str | Path, output_uri: str, latency_s: float = 0.0, **ext
             }
         },
         "output": {"uri": output_uri, "pool": {"min_size": 1, "max_size": 1, "batch_size": 16}},
-        "cluster": {"address": "local", "num_cpus": 4, "num_gpus": 2},
+        "cluster": {"address": "local", "num_cpus": 4, "num_gpus": 2, "executor": "ray"},
     }
     raw.update(extra)
     return raw
