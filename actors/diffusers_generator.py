@@ -32,8 +32,9 @@ logger = logging.getLogger(__name__)
 
 
 class DiffusersGenerator:
-    """Generates images for `pending` rows with `AutoPipelineForText2Image`, and image-to-image / inpainting rows
-    with the matching AutoPipeline made from the same loaded components (`from_pipe`: no second copy of weights).
+    """Generates images for `pending` rows with the model's text-to-image pipeline, and image-to-image / inpainting
+    rows with the matching AutoPipeline made from the same loaded components (`from_pipe`: no second copy of
+    weights).
 
     Args:
         cfg: this generator's config slice.
@@ -49,7 +50,6 @@ class DiffusersGenerator:
                  name: str = "", input_store: StoreSpec | None = None) -> None:
         self.name = name  # the generator this actor makes images for (rows routed elsewhere pass through)
         import torch  # heavy imports live here so the driver and --dry-run never need them
-        from diffusers import AutoPipelineForText2Image
 
         self.cfg = cfg
         self.torch = torch
@@ -65,7 +65,7 @@ class DiffusersGenerator:
             kwargs["variant"] = cfg.variant
         if not Path(path).exists():
             kwargs["revision"] = cfg.revision
-        self.pipe = AutoPipelineForText2Image.from_pretrained(path, **kwargs).to(self.device)
+        self.pipe = load_text_to_image(path, kwargs).to(self.device)
         self.pipe.set_progress_bar_config(disable=True)
         if cfg.scheduler:
             import diffusers
@@ -197,6 +197,27 @@ class DiffusersGenerator:
             return True
         text = str(exc)
         return "CUDA" in text or "cuDNN" in text or "NCCL" in text
+
+
+NOT_TEXT_TO_IMAGE = ("Img2Img", "Image2Image", "Inpaint", "Depth2Img", "Upscale", "Variation")
+"""Words in a diffusers pipeline class name that mean it doesn't take a prompt alone."""
+
+
+def load_text_to_image(path: str, kwargs: dict[str, Any]) -> Any:
+    """The model's text-to-image pipeline: the class its model_index.json names (diffusers imports only that
+    pipeline's module), or, for a checkpoint saved as an image-to-image / inpainting pipeline, the text-to-image
+    one made from its components (`AutoPipelineForText2Image.from_pipe`, which raises for a model with none).
+
+    `AutoPipelineForText2Image.from_pretrained` gives the same pipeline but imports every pipeline diffusers has
+    first: ~1.3 s more of every generator's start on a 2-core machine (BENCHMARKS.md, time to first image)."""
+    from diffusers import DiffusionPipeline
+
+    pipe = DiffusionPipeline.from_pretrained(path, **kwargs)
+    if any(word in type(pipe).__name__ for word in NOT_TEXT_TO_IMAGE):
+        from diffusers import AutoPipelineForText2Image
+
+        pipe = AutoPipelineForText2Image.from_pipe(pipe)
+    return pipe
 
 
 def apply_step_cache(denoiser: Any, threshold: float, model: str) -> None:

@@ -20,13 +20,13 @@ def bare_loop(model: str, prompts: list[str], out_dir: str) -> dict[str, Any]:
 
     import numpy as np
     import torch
-    from diffusers import AutoPipelineForText2Image
+    from diffusers import DiffusionPipeline
 
     from actors.image_writer import encode_image
 
     os.makedirs(out_dir, exist_ok=True)
     t0 = time.time()
-    pipe = AutoPipelineForText2Image.from_pretrained(model, dtype=torch.float32)
+    pipe = DiffusionPipeline.from_pretrained(model, dtype=torch.float32)
     pipe.set_progress_bar_config(disable=True)
     done: list[float] = []
     for start in range(0, len(prompts), BATCH):

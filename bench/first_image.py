@@ -24,9 +24,9 @@ BARE = """
 import sys, time
 t0 = float(sys.argv[1])
 import torch
-from diffusers import AutoPipelineForText2Image
+from diffusers import DiffusionPipeline
 imported = time.time()
-pipe = AutoPipelineForText2Image.from_pretrained(sys.argv[2], dtype=torch.float32)
+pipe = DiffusionPipeline.from_pretrained(sys.argv[2], dtype=torch.float32)
 pipe.set_progress_bar_config(disable=True)
 loaded = time.time()
 pipe(prompt=["a red circle"], width=64, height=64, num_inference_steps=2, output_type="np")

@@ -2,7 +2,7 @@
 
 They have the real component classes (UNet2DConditionModel, AutoencoderKL, CLIP text encoder, CLIP
 tokenizer, a scheduler) at toy width, are saved with `save_pretrained`, and load back through the real
-`AutoPipelineForText2Image.from_pretrained` path — no downloads.
+`DiffusionPipeline.from_pretrained` path (as the diffusers generator loads them) — no downloads.
 """
 
 from __future__ import annotations

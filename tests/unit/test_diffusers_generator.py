@@ -90,6 +90,21 @@ def test_sdxl_shaped_pipeline(tiny_model_xl: Path) -> None:
     assert out["status"][0] == "generated"
 
 
+def test_a_checkpoint_saved_for_image_to_image_still_generates_from_text(generator: DiffusersGenerator,
+                                                                         tmp_path: Path) -> None:
+    """The text-to-image pipeline is loaded as the model names it (no AutoPipeline import); a checkpoint saved as
+    an image-to-image pipeline gets its text-to-image counterpart, as AutoPipelineForText2Image would give, and
+    makes the same image from the same request."""
+    from diffusers import StableDiffusionImg2ImgPipeline
+
+    assert type(generator.pipe).__name__ == "StableDiffusionPipeline"
+    StableDiffusionImg2ImgPipeline(**generator.pipe.components).save_pretrained(tmp_path / "i2i")
+    saved = DiffusersGenerator(DiffusersConfig(model=str(tmp_path / "i2i"), dtype="float32"))
+    assert type(saved.pipe).__name__ == "StableDiffusionPipeline"
+    rows = batch(["same"], [5], [(64, 64)])
+    assert np.array_equal(saved(dict(rows))["image"][0], generator(dict(rows))["image"][0])
+
+
 def test_scheduler_swap(tiny_model: Path) -> None:
     gen = DiffusersGenerator(DiffusersConfig(model=str(tiny_model), scheduler="EulerAncestralDiscreteScheduler"))
     assert type(gen.pipe.scheduler).__name__ == "EulerAncestralDiscreteScheduler"
