@@ -1,5 +1,6 @@
 """Pipeline vs bare loop: the same tiny diffusers model and prompts, a plain Python loop (no Ray) vs
-`imagefleet run` on a private local Ray. Both encode PNGs and write them to local disk."""
+`imagefleet run` on a private local Ray, and the same run forced in process (`cluster.executor=in_process`: one
+generator, no Ray). All encode PNGs and write them to local disk."""
 
 from __future__ import annotations
 
@@ -72,18 +73,28 @@ def run(rows: int) -> dict[str, Any]:
                                                                "batch_size": 16}},
         "cluster": {"address": "local", "num_cpus": 4, "num_gpus": 2},
     })
-    t0 = time.time()
-    with Timer() as t_run:
-        assert generate.main([str(cfg)]) == 0
-    ts = read_manifest_columns(str(WORK / "bare" / "out"), resolve_stores(load_config(cfg)).output,
-                               ["generated_at"]).column(0).to_pylist()
-    ours = {"wall_s": t_run.seconds, "ttfi_s": min(ts) - t0, "steady_img_s": steady_rate(ts)}
+
+    def timed(*args: str) -> dict[str, float]:
+        out = WORK / "bare" / "out"
+        shutil.rmtree(out, ignore_errors=True)
+        t0 = time.time()
+        with Timer() as t_run:
+            assert generate.main([str(cfg), "--progress", "off", *args]) == 0
+        ts = read_manifest_columns(str(out), resolve_stores(load_config(cfg)).output,
+                                   ["generated_at"]).column(0).to_pylist()
+        return {"wall_s": t_run.seconds, "ttfi_s": min(ts) - t0, "steady_img_s": steady_rate(ts)}
+
+    ours = timed()
+    here = timed("--set", "cluster.executor=in_process")
     return {
         "rows": rows, "image": f"{SIZE}px, {STEPS} steps, batch {BATCH}",
         "bare": {k: round(v, 2) for k, v in bare.items()},
         "imagefleet": {k: round(v, 2) for k, v in ours.items()},
+        "in_process": {k: round(v, 2) for k, v in here.items()},
         "steady_ratio": round(ours["steady_img_s"] / bare["steady_img_s"], 3),
         "end_to_end_ratio": round(bare["wall_s"] / ours["wall_s"], 3),
+        "in_process_steady_ratio": round(here["steady_img_s"] / bare["steady_img_s"], 3),
+        "in_process_end_to_end_ratio": round(bare["wall_s"] / here["wall_s"], 3),
         "at": time.strftime("%Y-%m-%d %H:%M"),
     }
 

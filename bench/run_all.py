@@ -88,9 +88,14 @@ def write_markdown() -> None:
                   "| | steady img/s | wall s | time to first image s |", "|---|---|---|---|",
                   f"| bare Python loop | {b['bare']['steady_img_s']} | {b['bare']['wall_s']} | {b['bare']['ttfi_s']} |",
                   f"| imagefleet run | {b['imagefleet']['steady_img_s']} | {b['imagefleet']['wall_s']} | "
-                  f"{b['imagefleet']['ttfi_s']} |", "",
+                  f"{b['imagefleet']['ttfi_s']} |",
+                  *([f"| imagefleet run, `cluster.executor=in_process` (one generator, no Ray) | "
+                     f"{b['in_process']['steady_img_s']} | {b['in_process']['wall_s']} | {b['in_process']['ttfi_s']} |"]
+                    if "in_process" in b else []), "",
                   f"Steady-state ratio imagefleet / bare = **{b['steady_ratio']}** (target ≥ 0.90); end to end "
-                  f"(incl. Ray start) = {b['end_to_end_ratio']}.", ""]
+                  f"(incl. Ray start) = {b['end_to_end_ratio']}."
+                  + (f" In process: steady {b['in_process_steady_ratio']}, end to end "
+                     f"{b['in_process_end_to_end_ratio']}." if "in_process" in b else ""), ""]
     f = _load("first")
     if f:
         best, bare, on_ray = f["best"], f["bare_best"], f.get("ray_best", {})

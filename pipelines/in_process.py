@@ -35,6 +35,15 @@ IN_PROCESS = "in_process"
 RAY = "ray"
 
 
+class StageFailed(RuntimeError):
+    """A stage's actor raised (a broken actor ends the run, as on Ray, where Ray wraps it the same way): the
+    message names the stage and the actor's error, the cause is chained."""
+
+    @classmethod
+    def of(cls, stage: Stage, doing: str, exc: Exception) -> StageFailed:
+        return cls(f"stage {stage.name} ({stage.actor.__name__}) failed {doing}: {type(exc).__name__}: {exc}")
+
+
 def needs_ray(cfg: JobConfig, plan: Plan) -> str:
     """Why this job can only run on Ray ('' when it can run in process)."""
     for stage in plan.stages:
@@ -108,7 +117,10 @@ def execute(plan: Plan, blocks: Iterable[Any], on_written: Callable[[dict[str, A
             kwargs = stage.kwargs
             if stage is plan.stages[-1] and on_written is not None:
                 kwargs = {**kwargs, "on_batch": on_written}
-            actors.append(stage.actor(**kwargs))
+            try:
+                actors.append(stage.actor(**kwargs))
+            except Exception as exc:
+                raise StageFailed.of(stage, "to start", exc) from exc
             batches = _calls(stage, actors[-1], batches)
         for batch in batches:
             yield manifest_table(batch)
@@ -126,7 +138,11 @@ def _calls(stage: Stage, actor: Any, batches: Iterable[Any]) -> Iterator[Any]:
         n = _num_rows(batch)
         for start in range(0, n, size):
             part = _slice(batch, start, size) if n > size else batch
-            yield actor(_as_format(part, stage.batch_format, stage.name))
+            try:
+                out = actor(_as_format(part, stage.batch_format, stage.name))
+            except Exception as exc:
+                raise StageFailed.of(stage, "on a batch", exc) from exc
+            yield out
 
 
 def _num_rows(batch: Any) -> int:
