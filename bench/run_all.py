@@ -84,7 +84,8 @@ def write_markdown() -> None:
                   "process with torch's default threads; imagefleet runs 2 generator actors (fake GPUs, 1 thread "
                   "each, as Ray sets) plus a separate writer. Steady state: completions (model-call returns for "
                   "imagefleet) between the 10th and 90th percentile. Time to first image includes Ray start and "
-                  "actor start (imports + model load).", "",
+                  "actor start (imports + model load); the loop and the in-process run go in the benchmark's own "
+                  "process with torch and diffusers already imported (see the next table for that cost).", "",
                   "| | steady img/s | wall s | time to first image s |", "|---|---|---|---|",
                   f"| bare Python loop | {b['bare']['steady_img_s']} | {b['bare']['wall_s']} | {b['bare']['ttfi_s']} |",
                   f"| imagefleet run | {b['imagefleet']['steady_img_s']} | {b['imagefleet']['wall_s']} | "
