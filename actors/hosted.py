@@ -274,10 +274,19 @@ class LocalLimiter:
         self.limiter.pause(seconds)
 
 
-def make_limiter(cfg: HostedCommon, api_key: str) -> LimiterClient | LocalLimiter:
-    import ray
+def ray_running() -> bool:
+    """This process is part of a Ray session (an actor, or a driver that called ray.init); checked without
+    importing Ray, which a run in process (pipelines/in_process.py) never needs."""
+    import sys
 
-    return LimiterClient(limiter_name(cfg, api_key), cfg.limits) if ray.is_initialized() else LocalLimiter(cfg.limits)
+    ray = sys.modules.get("ray")
+    return bool(ray is not None and ray.is_initialized())
+
+
+def make_limiter(cfg: HostedCommon, api_key: str) -> LimiterClient | LocalLimiter:
+    """The shared limiter of the actor's provider scope on Ray; without Ray (a run in process: the only actor) the
+    limits are kept here."""
+    return LimiterClient(limiter_name(cfg, api_key), cfg.limits) if ray_running() else LocalLimiter(cfg.limits)
 
 
 # -- the run's spend ledger ----------------------------------------------------------------------------------
@@ -326,10 +335,10 @@ class LedgerClient:
         self.handle: Any = None
 
     def _call(self, method: str, *args: Any) -> Any:
+        if not ray_running():  # a run in process: this actor is the only one, its ledger is the run's
+            return getattr(self.local, method)(*args)
         import ray
 
-        if not ray.is_initialized():
-            return getattr(self.local, method)(*args)
         try:
             if self.handle is None:
                 self.handle = ray.get_actor(self.name, namespace=NAMESPACE)

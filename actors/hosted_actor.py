@@ -78,6 +78,10 @@ class HostedGenerator:
             handles.append(start_ledger(ledger_name(budget.ledger), budget.usd))
         return handles
 
+    def close(self) -> None:
+        """Stop the request threads (a run in process calls this when it ends; a Ray actor just exits)."""
+        self.threads.shutdown(wait=True)
+
     def __call__(self, batch: Batch) -> Batch:
         return run_hosted(batch, self._generate, self.cfg, self.name, self.inputs)
 

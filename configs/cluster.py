@@ -13,8 +13,8 @@ class ClusterConfig(StrictModel):
     executor: Literal["auto", "ray", "in_process"] = "auto"
     """Where the stages run. `ray`: autoscaled actor pools. `in_process`: every stage in this process, one copy
     each, no Ray (a small job's first image in seconds; one device, no parallelism). `auto`: in_process for a job
-    of at most one generator batch on a private local cluster when nothing in it needs Ray (hosted generators,
-    WebDataset export), else ray."""
+    of at most one generator batch on a private local cluster with no Ray running in the process, unless it
+    exports WebDataset shards (a Ray Data job); else ray."""
     address: str = "local"
     """`local` (private cluster), `auto` (join the node's cluster) or `ray://host:port`."""
     num_cpus: int = Field(default=0, ge=0)

@@ -13,9 +13,9 @@ test_in_process.py runs one job both ways). Batches pass between stages as they 
 stage, numpy columns after a numpy one) and are converted only where the next stage takes the other format, the
 way Ray Data converts them.
 
-`cluster.executor: auto` picks this for a job of at most one generator batch on a private local cluster, when
-nothing in the plan needs Ray (hosted generators share rate limits and spend through Ray actors; WebDataset
-export is a Ray Data job).
+`cluster.executor: auto` picks this for a job of at most one generator batch on a private local cluster, unless it
+exports WebDataset shards (a Ray Data job). Stages' run services (`start_run`) are not started: each stage has
+one actor here, which keeps its rate limits and spend itself.
 """
 
 from __future__ import annotations
@@ -44,12 +44,12 @@ class StageFailed(RuntimeError):
         return cls(f"stage {stage.name} ({stage.actor.__name__}) failed {doing}: {type(exc).__name__}: {exc}")
 
 
-def needs_ray(cfg: JobConfig, plan: Plan) -> str:
-    """Why this job can only run on Ray ('' when it can run in process)."""
-    for stage in plan.stages:
-        if getattr(stage.actor, "start_run", None) is not None:
-            return (f"stage {stage.name} shares its rate limits and spend across actors through Ray "
-                    f"({stage.actor.__name__})")
+def needs_ray(cfg: JobConfig) -> str:
+    """Why this job can only run on Ray ('' when it can run in process).
+
+    Run services (`start_run`: hosted rate limiters and the spend ledger) are not: they are shared by a pool's
+    actors through Ray, and in process the stage's one actor keeps them itself (actors.hosted: a local limiter
+    and ledger when the process has no Ray)."""
     if cfg.output.webdataset.enabled:
         return "output.webdataset is exported by a Ray Data job"
     return ""
@@ -65,7 +65,7 @@ def choose_executor(cfg: JobConfig, plan: Plan, expected_rows: int, ray_running:
         ray_running: Ray is already initialised in this process (a Ray job, a notebook): its cluster is used.
     """
     wanted = cfg.cluster.executor
-    blocker = needs_ray(cfg, plan)
+    blocker = needs_ray(cfg)
     if wanted == RAY:
         return RAY, "cluster.executor: ray"
     if wanted == IN_PROCESS:

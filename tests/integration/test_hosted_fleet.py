@@ -130,6 +130,40 @@ def test_budget_stops_on_actual_spend(tmp_path: Path, s3_env: Any, bucket: str, 
     assert all("reached by actual spend" in r["error"] for r in rows if r["status"] == "skipped")
 
 
+def test_a_hosted_job_in_process_paces_bills_and_keeps_the_budget_without_ray(
+        tmp_path: Path, s3_env: Any, bucket: str, fake: FakeHosted, capsys: Any) -> None:
+    """`cluster.executor: in_process` with both providers (the one actor keeps the rate limits and the ledger
+    itself): 429s are retried, a refusal is a row, each image is billed at the provider's price, and actual
+    spend stops paid requests at the budget as on Ray; no key reaches the output or the terminal."""
+    from configs.hosted import GeminiImageConfig
+
+    src = write_prompts(tmp_path / "p.parquet", {"prompt": ["a cat", "blocked [refuse]"]})
+    raw = hosted_only(src, f"s3://{bucket}/ip", fake, "openai")
+    raw["generators"]["h"]["pool"]["batch_size"] = 4
+    raw["cluster"]["executor"] = "in_process"
+    fake.knobs.rate_limit_n = 1
+    assert generate.main([str(write_config(tmp_path / "j.yaml", raw)), "--progress", "off"]) == 0
+    rows = {r["prompt"]: r for r in manifest(s3_env, bucket, "ip")}
+    assert rows["a cat"]["status"] == "ok" and rows["blocked [refuse]"]["status"] == "refused"
+    assert sum(r["requests"] for r in rows.values()) == 3  # one of the two met the 429 and was retried
+    assert sum(r["cost_usd"] for r in rows.values()) == pytest.approx(fake.paid_usd("openai"))
+    # the budget on actual spend, the ledger kept by the one actor
+    fake.knobs.thinking_tokens = 100_000
+    est = GeminiImageConfig(defaults={"width": 512, "height": 512}).estimate_usd()
+    src = write_prompts(tmp_path / "q.parquet", {"prompt": [f"p{i}" for i in range(5)]})
+    raw = hosted_only(src, f"s3://{bucket}/ipb", fake, "gemini")
+    raw["limits"] = {"budget_usd": round(5.5 * est, 4)}
+    raw["cluster"]["executor"] = "in_process"
+    assert generate.main([str(write_config(tmp_path / "k.yaml", raw)), "--progress", "off"]) == 0
+    budget = manifest(s3_env, bucket, "ipb")
+    assert sorted(r["status"] for r in budget) == ["ok"] + ["skipped"] * 4
+    assert sum(r["cost_usd"] for r in budget) == pytest.approx(fake.paid_usd("gemini"))
+    out = capsys.readouterr()
+    assert "runs   : in this process" in out.out
+    for secret in (OPENAI_KEY, GEMINI_KEY):
+        assert secret not in out.out + out.err and all(secret not in str(r) for r in [*rows.values(), *budget])
+
+
 def test_batch_mode_keeps_many_batches_in_flight(tmp_path: Path, s3_env: Any, bucket: str, ray_cluster: None,
                                                  fake: FakeHosted) -> None:
     """One actor, 2 requests per batch, a provider turnaround of T: all 20 pool-fulls are in flight at once, so

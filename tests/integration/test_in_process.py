@@ -87,7 +87,8 @@ def test_a_one_prompt_job_runs_in_process_without_starting_ray(tmp_path: Path, t
 def test_in_process_failures_are_one_line_and_commit_nothing(tmp_path: Path, s3_env: Any, bucket: str,
                                                              capsys: Any) -> None:
     """A model that can't load fails the run before any row (exit 1, one line naming the log, no manifest); a
-    hosted generator can't be forced in process (exit 2 before any work, saying what to change)."""
+    job that needs Ray (WebDataset export) can't be forced in process (exit 2 before any work, saying what to
+    change)."""
     src = write_prompts(tmp_path / "p.parquet", {"prompt": ["a", "b"]})
     broken = tmp_path / "not-a-model"
     broken.mkdir()
@@ -98,11 +99,9 @@ def test_in_process_failures_are_one_line_and_commit_nothing(tmp_path: Path, s3_
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "nothing committed" in err[0] and "Traceback" not in err[0]
     assert "Contents" not in s3_env.client().list_objects_v2(Bucket=bucket, Prefix="broken/manifest/")
-    hosted = sleep_job(src, f"s3://{bucket}/hosted")
-    hosted["generators"] = {"img": {"backend": "openai", "model": "gpt-image-2"}}
-    hosted["cluster"]["executor"] = "in_process"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("OPENAI_API_KEY", "sk-test")
-        assert generate.main([str(write_config(tmp_path / "hosted.yaml", hosted)), "--dry-run"]) == 2
+    shards = sleep_job(src, f"s3://{bucket}/shards")
+    shards["output"]["webdataset"] = {"enabled": True}
+    shards["cluster"]["executor"] = "in_process"
+    assert generate.main([str(write_config(tmp_path / "shards.yaml", shards)), "--dry-run"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "cluster.executor: in_process can't run this job" in err[0] and "use ray or auto" in err[0]

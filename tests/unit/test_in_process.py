@@ -44,27 +44,28 @@ def test_auto_runs_one_batch_in_process_and_everything_else_on_ray(cluster: dict
     assert executor == want and why in reason
 
 
-def test_what_needs_ray_stays_on_ray_and_forcing_it_in_process_is_refused() -> None:
-    """Hosted generators share rate limits and spend through Ray actors (`start_run`); WebDataset export is a Ray
-    Data job. `auto` keeps them on Ray; `in_process` is one line saying what to change."""
+def test_run_services_stay_with_the_one_actor_and_what_needs_ray_is_refused_in_process() -> None:
+    """A stage with run services (`start_run`: hosted rate limits and spend, shared by a pool's actors through Ray)
+    runs in process, where its one actor keeps them; WebDataset export is a Ray Data job, so `auto` keeps it on
+    Ray and forcing `in_process` is one line saying what to change."""
     class Shared:
         @staticmethod
         def start_run(**_: Any) -> list[Any]:
-            return []
+            raise AssertionError("not started in process")
 
     cfg, plan = job()
     hosted = replace(plan, stages=(*plan.stages[:1], replace(plan.stages[1], actor=Shared), *plan.stages[2:]))
-    executor, why = choose_executor(cfg, hosted, 1, False)
-    assert executor == "ray" and "shares its rate limits and spend" in why
-    forced, _ = job(executor="in_process")
-    with pytest.raises(PlanError, match="can't run this job: stage generate:sleepy shares .*; use ray or auto"):
-        choose_executor(forced, hosted, 1, False)
+    assert choose_executor(cfg, hosted, 1, False)[0] == "in_process"
     raw = sleep_job("in.parquet", "/tmp/out")
     raw["cluster"] = {"address": "local"}
     raw["output"]["webdataset"] = {"enabled": True}
     cfg = parse_config(raw)
     executor, why = choose_executor(cfg, make_plan(cfg, STORES, ["prompt"], 1), 1, False)
     assert executor == "ray" and "webdataset" in why
+    raw["cluster"]["executor"] = "in_process"
+    cfg = parse_config(raw)
+    with pytest.raises(PlanError, match="in_process can't run this job: output.webdataset .*; use ray or auto"):
+        choose_executor(cfg, make_plan(cfg, STORES, ["prompt"], 1), 1, False)
 
 
 def test_numpy_batches_are_what_ray_data_gives_a_numpy_stage() -> None:
