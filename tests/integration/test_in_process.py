@@ -64,19 +64,18 @@ def test_a_one_prompt_job_runs_in_process_without_starting_ray(tmp_path: Path, t
     raw["cluster"] = {"address": "local", "temp_dir": "/tmp/ifray"}  # executor: auto (the default)
     cfg = write_config(tmp_path / "job.yaml", raw)
 
-    def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "jobs.cli", "run", str(cfg), "--progress", "off", *args],
-                              cwd=REPO, capture_output=True, text=True, timeout=300)
-
-    first = run("--run-id", "one")
+    first = subprocess.run([sys.executable, "-m", "jobs.cli", "run", str(cfg), "--progress", "off", "--run-id",
+                            "one"], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert first.returncode == 0, first.stderr
     assert "runs   : in this process" in first.stdout and "1 image(s) fit one generator batch (4)" in first.stdout
     log = Path(first.stdout.split("log              : ")[1].split()[0]).read_text()
     assert "Started a local Ray instance" not in log
     record = json.loads((tmp_path / "out" / "run.json").read_text())
     assert record["executor"] == "in_process" and record["summary"]["num_written"] == 1
-    again = run("--run-id", "two")
-    assert again.returncode == 0 and "0 written, 1 already present" in again.stdout
+    # a rerun resumes (here, in the test's process: the session's Ray would make `auto` choose it)
+    capsys.readouterr()
+    assert generate.main([str(cfg), "--progress", "off", "--set", "cluster.executor=in_process"]) == 0
+    assert "0 written, 1 already present" in capsys.readouterr().out
     # the plan for more rows than one batch says Ray (nothing is run: --dry-run; the reason may also be the test
     # session's Ray, which `auto` would use: tests/unit/test_in_process.py checks each reason)
     write_prompts(src, {"prompt": [f"p{i}" for i in range(5)]})
