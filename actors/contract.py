@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any, Protocol
+
+
+def ray_running() -> bool:
+    """This process is part of a Ray session (a Ray actor, or a driver that called ray.init): checked without
+    importing Ray, which a run in process (pipelines/in_process.py) never needs. Actors know nothing of Ray
+    otherwise; the hosted ones share their limiter and ledger through it only when it is there."""
+    ray = sys.modules.get("ray")
+    return bool(ray is not None and ray.is_initialized())
 
 
 class StageActor(Protocol):

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
+from actors.contract import ray_running
 from configs.hosted import HostedCommon, RateLimits
 
 if TYPE_CHECKING:
@@ -272,15 +273,6 @@ class LocalLimiter:
 
     def pause_all(self, seconds: float) -> None:
         self.limiter.pause(seconds)
-
-
-def ray_running() -> bool:
-    """This process is part of a Ray session (an actor, or a driver that called ray.init); checked without
-    importing Ray, which a run in process (pipelines/in_process.py) never needs."""
-    import sys
-
-    ray = sys.modules.get("ray")
-    return bool(ray is not None and ray.is_initialized())
 
 
 def make_limiter(cfg: HostedCommon, api_key: str) -> LimiterClient | LocalLimiter:

@@ -9,7 +9,6 @@ or committed with too many errors); each is an `ImagefleetError` whose `str` is 
 from __future__ import annotations
 
 import argparse
-import functools
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -134,12 +133,13 @@ def run(config: str | Path | dict[str, Any] | JobConfig, overrides: Sequence[str
             run_id = runtime.run_id_arg(run_id)
         except argparse.ArgumentTypeError as exc:  # the CLI's message, typed like a config mistake
             raise ConfigInvalid(str(exc)) from None
+    from actors.contract import ray_running
     from actors.storage import StorageError, open_store
     from pipelines.commit import Lease, collect_garbage
     from pipelines.in_process import IN_PROCESS, choose_executor, stream
     from pipelines.manifest import write_manifest, write_manifest_tables, write_run_json
     from pipelines.plan import PlanError
-    from pipelines.progress import ProgressBoard, post_written, read_board, start_board, stop_board
+    from pipelines.progress import ProgressBoard, read_board, start_board, stop_board
     from pipelines.report import write_report
     from pipelines.text_to_image import InputError, build, expected_rows, failure_line, inspect_source, plan_run
 
@@ -151,7 +151,7 @@ def run(config: str | Path | dict[str, Any] | JobConfig, overrides: Sequence[str
         runtime.preflight_output(cfg, stores)
         plan = plan_run(cfg, stores, source)
         total = expected_rows(cfg, source)
-        executor = choose_executor(cfg, plan, total, runtime.ray_running())
+        executor = choose_executor(cfg, plan, total, ray_running())
     except (InputError, StorageError, PlanError) as exc:
         raise InputInvalid(str(exc)) from None
     plan_text = runtime.plan_text(cfg, source, plan, executor)
@@ -181,8 +181,7 @@ def run(config: str | Path | dict[str, Any] | JobConfig, overrides: Sequence[str
             with ProgressDisplay(read, total, terminal, shown, cfg.limits.budget_usd or 0.0,  # output: lines
                                  "" if verbose else str(log)):
                 if in_process:
-                    written = functools.partial(post_written, board) if board is not None else None
-                    summary = write_manifest_tables(stream(cfg, stores, source, plan, written), objects, lease,
+                    summary = write_manifest_tables(stream(cfg, stores, source, plan, board), objects, lease,
                                                     total)
                 else:
                     summary = write_manifest(build(cfg, stores, source, plan, board), objects, lease, total)

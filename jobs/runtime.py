@@ -219,12 +219,6 @@ def preflight_output(cfg: JobConfig, stores: Stores) -> None:
     open_store(cfg.output.uri, stores.output).check_writable()
 
 
-def ray_running() -> bool:
-    """Ray is initialised in this process (a Ray job's driver, a notebook): checked without importing Ray."""
-    ray = sys.modules.get("ray")
-    return bool(ray is not None and ray.is_initialized())
-
-
 def start_ray(cfg: JobConfig) -> bool:
     """Connect to or start Ray; returns whether this call started it (and so must shut it down).
 

@@ -20,7 +20,7 @@ one actor here, which keeps its rate limits and spend itself.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from pipelines.plan import Plan, PlanError, Stage
@@ -84,8 +84,7 @@ def choose_executor(cfg: JobConfig, plan: Plan, expected_rows: int, ray_running:
     return IN_PROCESS, f"{expected_rows} image(s) fit one generator batch ({batch}): no pools to start"
 
 
-def stream(cfg: JobConfig, stores: Stores, source: SourceInfo, plan: Plan,
-           on_written: Callable[[dict[str, Any]], None] | None = None) -> Iterator[pa.Table]:
+def stream(cfg: JobConfig, stores: Stores, source: SourceInfo, plan: Plan, board: Any = None) -> Iterator[pa.Table]:
     """Run every stage of `plan` here over the prompt table; yields what the last stage (the writer) returns, as
     Arrow tables with the columns the manifest step reads.
 
@@ -94,31 +93,28 @@ def stream(cfg: JobConfig, stores: Stores, source: SourceInfo, plan: Plan,
         stores: resolved store connections.
         source: the inspected source (files, row groups).
         plan: the run's plan (`text_to_image.plan_run`).
-        on_written: given to the last stage as its `on_batch` (live progress), as `build` does.
+        board: the run's progress board (a plain `ProgressBoard` here), told about every batch the writer
+            finishes, as `build` does; None: none.
     """
-    from actors.storage import arrow_filesystem
-    from pipelines.prompt_table import pieces, read_piece
+    from pipelines.prompt_table import read_piece
+    from pipelines.text_to_image import source_pieces
 
-    fs, _ = arrow_filesystem(cfg.source.uri, stores.source)
-    paths = [f[5:] if f.startswith("s3://") else f for f in source.files]
-    blocks = (read_piece(p, plan.source_columns, fs) for p in pieces(paths, source.row_groups))
-    yield from execute(plan, blocks, on_written)
+    fs, parts = source_pieces(cfg, stores, source)
+    yield from execute(plan, (read_piece(p, plan.source_columns, fs) for p in parts), board)
 
 
-def execute(plan: Plan, blocks: Iterable[Any], on_written: Callable[[dict[str, Any]], None] | None = None
-            ) -> Iterator[pa.Table]:
+def execute(plan: Plan, blocks: Iterable[Any], board: Any = None) -> Iterator[pa.Table]:
     """The stages of `plan` over `blocks` (Arrow tables), in this process: each stage's actor is made once, in
     order, before the first row is read (a broken model fails the run before any work, as a pool's first actor
     would); what the last stage returns comes out as Arrow tables of the manifest step's columns."""
+    from pipelines.text_to_image import constructor_kwargs
+
     actors: list[Any] = []
     try:
         batches: Iterable[Any] = blocks
         for stage in plan.stages:
-            kwargs = stage.kwargs
-            if stage is plan.stages[-1] and on_written is not None:
-                kwargs = {**kwargs, "on_batch": on_written}
             try:
-                actors.append(stage.actor(**kwargs))
+                actors.append(stage.actor(**constructor_kwargs(plan, stage, board)))
             except Exception as exc:
                 raise StageFailed.of(stage, "to start", exc) from exc
             batches = _calls(stage, actors[-1], batches)

@@ -16,7 +16,7 @@ from actors.image_writer import ABORT_MARKER
 from actors.storage import arrow_filesystem, parse_location
 from configs.job import JobConfig
 from configs.storage import StoreSpec
-from pipelines.plan import Plan, make_plan
+from pipelines.plan import Plan, Stage, make_plan
 from pipelines.pools import map_batches_kwargs
 from pipelines.progress import post_written
 from pipelines.schema import INPUT_FIELDS, input_problems
@@ -24,6 +24,8 @@ from pipelines.schema import INPUT_FIELDS, input_problems
 if TYPE_CHECKING:
     import pyarrow as pa
     import ray.data
+
+    from pipelines.prompt_table import Piece
 
 logger = logging.getLogger(__name__)
 
@@ -240,12 +242,9 @@ def build(cfg: JobConfig, stores: Stores, source: SourceInfo, plan: Plan | None 
     plan = plan or plan_run(cfg, stores, source)
     # 2 read prompts (only the columns we use: wide tables stay cheap)
     from pipelines.prompt_source import PromptTable
-    from pipelines.prompt_table import pieces
 
-    fs, _ = arrow_filesystem(cfg.source.uri, stores.source)
-    paths = [f[5:] if f.startswith("s3://") else f for f in source.files]
-    table = PromptTable(pieces(paths, source.row_groups), plan.source_columns, fs)
-    ds: ray.data.Dataset = ray.data.read_datasource(table)
+    fs, parts = source_pieces(cfg, stores, source)
+    ds: ray.data.Dataset = ray.data.read_datasource(PromptTable(parts, plan.source_columns, fs))
     # 3 run-wide services a stage's actors share (hosted rate limiters, the spend ledger), owned by this driver
     services: list[Any] = []
     for stage in plan.stages:
@@ -255,9 +254,7 @@ def build(cfg: JobConfig, stores: Stores, source: SourceInfo, plan: Plan | None 
     _RUN_SERVICES[:] = services  # an earlier run's services in this process end now (unless shared by name)
     # 4 every stage in order, each in its own pool; the last one (the writer) posts progress
     for stage in plan.stages:
-        ctor = stage.kwargs
-        if stage is plan.stages[-1] and board is not None:
-            ctor = {**ctor, "on_batch": functools.partial(post_written, board)}
+        ctor = constructor_kwargs(plan, stage, board)
         if stage.rows_per_block:  # small Parquet files are one block: split so every actor gets work
             ds = ds.repartition(target_num_rows_per_block=stage.rows_per_block)
         kwargs = map_batches_kwargs(stage.pool)
@@ -265,6 +262,23 @@ def build(cfg: JobConfig, stores: Stores, source: SourceInfo, plan: Plan | None 
             kwargs["batch_size"] = stage.call_rows
         ds = ds.map_batches(stage.actor, fn_constructor_kwargs=ctor, batch_format=stage.batch_format, **kwargs)
     return ds
+
+
+def source_pieces(cfg: JobConfig, stores: Stores, source: SourceInfo) -> tuple[Any, list[Piece]]:
+    """The filesystem (with credentials) and the read pieces of the inspected source, as both executors read it."""
+    from pipelines.prompt_table import pieces
+
+    fs, _ = arrow_filesystem(cfg.source.uri, stores.source)
+    paths = [f[5:] if f.startswith("s3://") else f for f in source.files]
+    return fs, pieces(paths, source.row_groups)
+
+
+def constructor_kwargs(plan: Plan, stage: Stage, board: Any = None) -> dict[str, Any]:
+    """What a stage's actor is built with: its kwargs, and for the last stage (the image writer) the progress
+    board's `post_written` as `on_batch` when the run has a board."""
+    if stage is plan.stages[-1] and board is not None:
+        return {**stage.kwargs, "on_batch": functools.partial(post_written, board)}
+    return stage.kwargs
 
 
 # Handles of the run's shared actors: named actors live while a handle does, so the driver keeps them for the run.
