@@ -100,15 +100,16 @@ def test_gpu_pool_scales_fake_nodes_up_then_down(tmp_path: Path, fake_cluster: s
     env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_AUTH_MODE": "token"}
     watcher = subprocess.Popen([sys.executable, "-c", WATCHER, fake_cluster, "150"], cwd=REPO, env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    # 1 a run whose pool starts with 1 GPU actor and may grow to 2; the head has no GPU at all
-    src = write_prompts(tmp_path / "p.parquet", {"prompt": [f"prompt {i}" for i in range(96)]})
+    # 1 a run whose pool starts with 1 GPU actor and may grow to 2; the head has no GPU at all. ~29 s of work for
+    # one actor: with 96 prompts (~14 s) a loaded machine sometimes finished before the second node came up
+    src = write_prompts(tmp_path / "p.parquet", {"prompt": [f"prompt {i}" for i in range(192)]})
     raw = sleep_job(src, str(tmp_path / "out"), latency_s=0.5)
     raw["generators"]["sleepy"]["pool"].update(min_size=1, initial_size=1, max_size=MAX_GPU_NODES)
     raw["cluster"] = {"address": fake_cluster}
     run = subprocess.run([sys.executable, "-m", "jobs.cli", "run", str(write_config(tmp_path / "job.yaml", raw))],
                          cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
-    assert "96 written" in run.stdout
+    assert "192 written" in run.stdout
     # 2 the autoscaler added GPU nodes for the pool, then removed them once idle
     out, _ = watcher.communicate(timeout=180)
     counts = [json.loads(line)["gpu_nodes"] for line in out.splitlines() if line.startswith("{")]
