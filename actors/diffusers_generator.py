@@ -74,7 +74,13 @@ class DiffusersGenerator:
             if scheduler_cls is None:
                 raise ValueError(f"diffusers has no scheduler class {cfg.scheduler!r}")
             self.pipe.scheduler = scheduler_cls.from_config(self.pipe.scheduler.config)
-        # 3 speed options (each a no-op unless configured)
+        # 3 LoRA adapters, loaded once; each call activates the set its rows share
+        for adapter in cfg.loras:
+            weights = local_weights(adapter, model_store, cfg.local_cache_dir)
+            source, weight_name = ((str(weights.parent), weights.name) if weights
+                                   else (adapter.path, adapter.weight_name or None))
+            self.pipe.load_lora_weights(source, weight_name=weight_name, adapter_name=adapter.name)
+        # 4 speed options (each a no-op unless configured), after the adapters so casts and compile cover them
         denoiser = getattr(self.pipe, "unet", None) or getattr(self.pipe, "transformer", None)
         if cfg.channels_last and denoiser is not None:
             denoiser.to(memory_format=torch.channels_last)
@@ -82,17 +88,13 @@ class DiffusersGenerator:
             from diffusers import AutoencoderTiny
 
             self.pipe.vae = AutoencoderTiny.from_pretrained(cfg.tiny_vae, dtype=kwargs["dtype"]).to(self.device)
+        if cfg.fp8_weights and denoiser is not None:  # before compile, so the compiled graph has the casts
+            denoiser.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=kwargs["dtype"])
         if cfg.step_cache:
             apply_step_cache(denoiser, cfg.step_cache, cfg.model)
         if cfg.compile and denoiser is not None:
             compiled = torch.compile(denoiser, mode="max-autotune-no-cudagraphs", fullgraph=False)
             setattr(self.pipe, "unet" if hasattr(self.pipe, "unet") else "transformer", compiled)
-        # 4 LoRA adapters, loaded once; each call activates the set its rows share
-        for adapter in cfg.loras:
-            weights = local_weights(adapter, model_store, cfg.local_cache_dir)
-            source, weight_name = ((str(weights.parent), weights.name) if weights
-                                   else (adapter.path, adapter.weight_name or None))
-            self.pipe.load_lora_weights(source, weight_name=weight_name, adapter_name=adapter.name)
         self.active_adapters: tuple[tuple[str, float], ...] | None = None
         # 5 image-to-image and inpainting pipelines share these components, made on first use
         self.inputs = InputFiles(input_store, 2**31) if input_store is not None else None

@@ -3,7 +3,8 @@ encoder, SD VAE) and SDXL(-Turbo) — same FLOPs as the real models, no weights 
 
 For each workload it measures img/s of a bare diffusers loop and of imagefleet's DiffusersGenerator actor
 (same folder loaded through `from_pretrained`), under option sets: bf16+SDPA, +channels_last, +torch.compile,
-+tiny VAE (AutoencoderTiny with TAESD's architecture). Prints JSON; `bench/run_all.py --gpu` folds it into
++tiny VAE (AutoencoderTiny with TAESD's architecture), +FP8-stored denoiser weights; with each, the device's peak
+memory. Prints JSON; `bench/run_all.py --gpu` folds it into
 BENCHMARKS.md. One command on a CUDA machine:
 
     python bench/gpu.py --out bench/results/gpu.json
@@ -37,6 +38,7 @@ OPTION_SETS = {
     "+channels_last": {"channels_last": True},
     "+compile": {"channels_last": True, "compile": True},
     "+tiny_vae": {"channels_last": True, "compile": True, "tiny_vae": True},
+    "+fp8_weights": {"channels_last": True, "compile": True, "fp8_weights": True},
 }
 
 
@@ -113,6 +115,7 @@ def measure(model: Path, wl: dict[str, Any], opts: dict[str, Any], smoke: bool, 
         model=str(model), dtype="float32" if smoke else "bfloat16",
         channels_last=opts.get("channels_last", False), compile=opts.get("compile", False) and not smoke,
         tiny_vae=str(model.with_name(model.name + ".taesd")) if opts.get("tiny_vae") else "",
+        fp8_weights=opts.get("fp8_weights", False),
         pool=PoolConfig(batch_size=batch, num_gpus=1),
         defaults=GenerationDefaults(width=size, height=size, num_steps=wl["steps"], guidance_scale=wl["cfg"]),
     )
@@ -140,7 +143,9 @@ def measure(model: Path, wl: dict[str, Any], opts: dict[str, Any], smoke: bool, 
         out = gen(dict(rows))
         assert (out["status"] == "generated").all(), out["error"]
 
-    results = {}
+    results: dict[str, float] = {}
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
     for name, fn in (("bare", bare), ("actor", ours)):
         fn()  # warm-up (and compile)
         sync()
@@ -150,6 +155,8 @@ def measure(model: Path, wl: dict[str, Any], opts: dict[str, Any], smoke: bool, 
         sync()
         results[f"{name}_img_s"] = round(iters * n / (time.perf_counter() - t), 3)
     if torch.cuda.is_available():
+        results["peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+        del gen
         torch.cuda.empty_cache()
     return results
 

@@ -172,17 +172,18 @@ def write_markdown() -> None:
         lines += [f"{g['at']} · {g['device']} · torch {g['torch']} · "
                   "`python bench/gpu.py --out bench/results/gpu.json`",
                   "", "| workload | options | bare img/s | imagefleet actor img/s | actor / bare "
-                  "| % of physical limit |",
-                  "|---|---|---|---|---|---|"]
+                  "| % of physical limit | peak GiB |",
+                  "|---|---|---|---|---|---|---|"]
         for r in g["results"]:
             lines.append(f"| {r['workload']} | {r['options']} | {r['bare_img_s']} | {r['actor_img_s']} | "
-                         f"{r['actor_vs_bare']} | {r['pct_of_limit']} |")
+                         f"{r['actor_vs_bare']} | {r['pct_of_limit']} | {r.get('peak_gib', '–')} |")
     else:
         lines += ["**Missing.** No GPU was available to the session that wrote this file. The harness runs on one",
                   "CUDA machine in a single command: `python bench/gpu.py --out bench/results/gpu.json` then",
                   "`python bench/run_all.py --only orch` (or any) to fold it in. It builds random-weight pipelines",
                   "with the real SD-Turbo (SD 2.1 UNet, OpenCLIP-H, SD VAE) and SDXL architectures and measures",
-                  "bf16+SDPA, +channels_last, +torch.compile and +tiny VAE; `--smoke` checks it on CPU."]
+                  "bf16+SDPA, +channels_last, +torch.compile, +tiny VAE and +FP8-stored weights (img/s and peak",
+                  "memory); `--smoke` checks it on CPU."]
     lines.append("")
     lines += [
         "## What the measurements changed, and what is still open", "",
@@ -234,7 +235,9 @@ def write_markdown() -> None:
         "  tensors; only uint8 crosses to the host, bit-identical to the host conversion), `warmup_sizes` and",
         "  compile-at-start, `step_cache` (first-block cache) for transformer denoisers. No GPU was lent to this",
         "  issue (the device tool's status: not drawn); the measurements are one command away (`bench/gpu.py`).",
-        "  FP8/INT8 weights need torchao, which is not installed: not offered. Batch size per shape bucket:",
+        "  FP8 weights: `fp8_weights` stores the denoiser in float8_e4m3fn and upcasts per layer (diffusers'",
+        "  layerwise casting; the tiny UNet's stored bytes fall to a quarter of float32, tested on CPU); FP8/INT8",
+        "  compute needs torchao, which is not installed: not offered. Batch size per shape bucket:",
         "  each warm-up size is probed at the pool's batch size and halved while the device runs out of memory;",
         "  the size that fits (or the one a run's first out-of-memory error teaches) is kept for the actor's",
         "  life (`actors.generation.BatchLimits`; tested on CPU with torch's own OOM error).",

@@ -56,6 +56,11 @@ class DiffusersConfig(GeneratorBase):
     (SD 1.x/2.x, SDXL) has no such hook: the actor refuses it at load."""
     tiny_vae: str = ""
     """Folder or id of an AutoencoderTiny (TAESD-style) to decode with; few-step models spend most FLOPs there."""
+    fp8_weights: bool = False
+    """Store the denoiser's (UNet/transformer) weights in float8_e4m3fn and upcast each layer to `dtype` as it runs
+    (diffusers' layerwise casting; norms and embeddings stay at `dtype`): about half the denoiser's memory at
+    bfloat16, so a bigger model or batch fits one device, at the price of a cast per layer per step. The pixels
+    change slightly, so it is part of the image key. FP8/INT8 *compute* needs torchao, which is not a dependency."""
     model_s3: S3Config = S3Config()
     """Connection for an s3:// model folder."""
     local_cache_dir: str = "/tmp/imagefleet-models"
@@ -102,11 +107,12 @@ class DiffusersConfig(GeneratorBase):
         return self
 
     def render(self) -> str:
-        """Non-default dtype, weights variant, tiny VAE and step cache change the pixels (compile/channels_last
-        don't)."""
+        """Non-default dtype, weights variant, tiny VAE, step cache and FP8 weights change the pixels
+        (compile/channels_last don't)."""
         parts = [f"dtype={self.dtype}" if self.dtype != "auto" else "", f"variant={self.variant}" if self.variant
                  else "", f"tiny_vae={self.tiny_vae}" if self.tiny_vae else "",
-                 f"step_cache={self.step_cache:g}" if self.step_cache else ""]
+                 f"step_cache={self.step_cache:g}" if self.step_cache else "",
+                 "fp8_weights" if self.fp8_weights else ""]
         return ",".join(p for p in parts if p)
 
     def needs(self) -> Needs:
