@@ -25,5 +25,11 @@ class ClusterConfig(StrictModel):
     """Ray temp dir for a local cluster (kept short: socket paths must stay under 107 bytes)."""
     object_store_memory_mb: int = Field(default=0, ge=0)
     """Object store size for a local cluster; 0 = Ray's default."""
+    pools_shrink: Literal["at_stage_end", "when_idle"] = "at_stage_end"
+    """When an autoscaled pool gives actors back (Ray runs). `at_stage_end`: a pool keeps the actors it grew to
+    until its stage has consumed all its input, so a bursty stage (the writer between whole-block generator calls,
+    a cascade's heavy pool between escalations) doesn't shrink and regrow, paying a process start and a model
+    load each time. `when_idle`: Ray Data's own rule, shrink whenever a pool is less than half busy (gives GPUs
+    back sooner on a shared cluster)."""
     startup_timeout_s: float = Field(default=120.0, gt=0)
     """How long to wait for the generator pools to get their resources before failing."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from configs.generator_base import PoolConfig
@@ -78,9 +78,9 @@ def map_batches_kwargs(pool: Pool) -> dict[str, Any]:
     from ray.data import ActorPoolStrategy
 
     concurrent: dict[str, Any] = {}
-    if pool.concurrency > 1:  # threaded actor: that many calls at once, and that many queued per actor
-        concurrent = {"max_concurrent_calls_per_actor": pool.concurrency,
-                      "max_tasks_in_flight_per_actor": pool.concurrency, "enable_true_multi_threading": True}
+    if pool.concurrency > 1:  # threaded actor: that many calls at once. Ray Data queues twice that per actor; the
+        # queue is what grows the pool (it scales up at 1.75 tasks per call slot), so it is left at its default
+        concurrent = {"max_concurrent_calls_per_actor": pool.concurrency, "enable_true_multi_threading": True}
     kwargs: dict[str, Any] = {
         "compute": ActorPoolStrategy(min_size=pool.min_size, max_size=pool.max_size, initial_size=pool.initial_size,
                                      **concurrent),
@@ -92,6 +92,15 @@ def map_batches_kwargs(pool: Pool) -> dict[str, Any]:
     if pool.accelerator_type:
         kwargs["accelerator_type"] = pool.accelerator_type
     return kwargs
+
+
+def autoscaling(current: Any, shrink: str) -> Any:
+    """Ray Data's `AutoscalingConfig` for one run, from `cluster.pools_shrink`: `at_stage_end` never shrinks a pool
+    for low utilization (Ray Data still releases a pool's actors once its stage has consumed all its input, and
+    still shrinks one over its resource budget); `when_idle` keeps Ray Data's rule (shrink under half busy)."""
+    if shrink == "when_idle":
+        return current
+    return replace(current, actor_pool_util_downscaling_threshold=-1.0)
 
 
 def shard_writer_kwargs(num_cpus: float) -> dict[str, Any]:

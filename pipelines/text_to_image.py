@@ -17,7 +17,7 @@ from actors.storage import arrow_filesystem, parse_location
 from configs.job import JobConfig
 from configs.storage import StoreSpec
 from pipelines.plan import Plan, Stage, make_plan
-from pipelines.pools import map_batches_kwargs
+from pipelines.pools import autoscaling, map_batches_kwargs
 from pipelines.progress import post_written
 from pipelines.schema import INPUT_FIELDS, input_problems
 
@@ -245,6 +245,8 @@ def build(cfg: JobConfig, stores: Stores, source: SourceInfo, plan: Plan | None 
 
     fs, parts = source_pieces(cfg, stores, source)
     ds: ray.data.Dataset = ray.data.read_datasource(PromptTable(parts, plan.source_columns, fs))
+    # this run's autoscaling rule, on its own context (derived datasets inherit it; the process's stays as it is)
+    ds.context.autoscaling_config = autoscaling(ds.context.autoscaling_config, cfg.cluster.pools_shrink)
     # 3 run-wide services a stage's actors share (hosted rate limiters, the spend ledger), owned by this driver
     services: list[Any] = []
     for stage in plan.stages:

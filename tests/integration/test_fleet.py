@@ -157,6 +157,8 @@ def test_three_generators_read_and_preprocess_each_row_once(tmp_path: Path, ray_
     preprocessing pass over the input (a filter-per-branch + union graph ran both once per generator)."""
     import re
 
+    import ray.data
+
     from configs.loader import parse_config
     from jobs.runtime import resolve_stores
     from pipelines.text_to_image import build, inspect_source
@@ -178,7 +180,11 @@ def test_three_generators_read_and_preprocess_each_row_once(tmp_path: Path, ray_
                                 {"field": "width", "op": "==", "value": 48, "generator": "large"}]}
     cfg = parse_config(raw)
     stores = resolve_stores(cfg)
-    ds = build(cfg, stores, inspect_source(cfg, stores)).materialize()  # the test runs the graph itself
+    graph = build(cfg, stores, inspect_source(cfg, stores))
+    # the run's autoscaling rule (cluster.pools_shrink: at_stage_end) is on the run's own dataset context
+    assert graph.context.autoscaling_config.actor_pool_util_downscaling_threshold < 0
+    assert ray.data.DataContext.get_current().autoscaling_config.actor_pool_util_downscaling_threshold == 0.5
+    ds = graph.materialize()  # the test runs the graph itself
     rows = ds.take_all()
     assert len(rows) == n
     assert {(r["width"], r["generator"]) for r in rows} == {(16, "small"), (32, "mid"), (48, "large")}

@@ -116,3 +116,23 @@ def test_stage_values_carry_only_their_config_slice() -> None:
         assert not any(isinstance(v, JobConfig) for v in stage.kwargs.values()), stage.name
     gen: Stage = plan.stages[1]
     assert gen.kwargs["cfg"].model == "m-a"
+
+
+def test_pool_autoscaling_can_grow_and_shrinks_at_stage_end() -> None:
+    """A threaded pool (hosted batch mode) with room to grow can reach Ray Data's upscaling threshold (tasks in
+    flight per call slot), and `cluster.pools_shrink` decides whether utilization alone shrinks a pool."""
+    from ray.data.context import AutoscalingConfig
+
+    from pipelines.pools import autoscaling, map_batches_kwargs
+
+    defaults = AutoscalingConfig()
+    for concurrency in (1, 8):
+        pool = Pool(min_size=1, max_size=4, initial_size=1, num_cpus=0.5, batch_size=8, concurrency=concurrency)
+        strategy = map_batches_kwargs(pool)["compute"]
+        in_flight = strategy.max_tasks_in_flight_per_actor or 2 * concurrency  # Ray Data's default: 2 per slot
+        assert in_flight / concurrency >= defaults.actor_pool_util_upscaling_threshold
+    assert autoscaling(defaults, "when_idle") == defaults
+    kept = autoscaling(defaults, "at_stage_end")
+    assert kept.actor_pool_util_downscaling_threshold < 0  # no utilization is below it
+    assert kept.actor_pool_util_upscaling_threshold == defaults.actor_pool_util_upscaling_threshold
+    assert parse_config(sleep_job("p.parquet", "/o")).cluster.pools_shrink == "at_stage_end"
