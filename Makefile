@@ -23,8 +23,9 @@ venv: $(BIN)/.installed
 demo: venv
 	$(BIN)/imagefleet demo
 
+# --durations: every run (CI included) lists its slowest tests, to keep the suite under 20 minutes
 test: venv
-	$(BIN)/python -m pytest -q -p no:cacheprovider
+	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=15
 
 # The fast loop: unit tests only (no Ray, no SeaweedFS); the in-suite lint test is `slow`, `make lint` covers it.
 test-unit: venv

@@ -43,7 +43,7 @@ def test_resume_skips_finished_images_and_merges(
     assert generate.main([str(job)]) == 0
     capsys.readouterr()
     bigger = write_config(tmp_path / "b.yaml", sleep_job(prompts(tmp_path / "b.parquet", 25), out))
-    assert generate.main([str(bigger)]) == 0
+    assert generate.main([str(bigger), "--set", "cluster.executor=in_process"]) == 0  # the merge is the plan's
     assert "15 written, 10 already present" in capsys.readouterr().out
     rows = assert_exactly_once(s3_env, bucket, "resume", 25)
     assert sum(r["already_present"] for r in rows) == 10
@@ -64,8 +64,9 @@ def test_failed_rows_are_carried_then_retried(
     assert generate.main([str(cfg), "--set", "generators.sleepy.fail_prompt_substring="]) == 0
     second = {r["prompt"]: r for r in manifest(s3_env, bucket, "retry")}
     assert second["poison b"]["status"] == "error" and "--retry-failed" in second["poison b"]["error"]
-    # --retry-failed redoes it
-    assert generate.main([str(cfg), "--retry-failed", "--set", "generators.sleepy.fail_prompt_substring="]) == 0
+    # --retry-failed redoes it (in process: which rows a rerun redoes is the plan's business, not the executor's)
+    assert generate.main([str(cfg), "--retry-failed", "--set", "generators.sleepy.fail_prompt_substring=",
+                          "--set", "cluster.executor=in_process"]) == 0
     assert_exactly_once(s3_env, bucket, "retry", 3)
 
 
