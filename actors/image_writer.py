@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from actors.layout import CONTENT_TYPES, format_of_mime, image_rel
+from actors.resume_index import ESCALATED_TO, RECORD_FIELDS, image_record
 from actors.storage import explain_s3_error, open_store
 from configs.writer import ImageWriterConfig
 
@@ -248,8 +249,12 @@ class ImageWriter:
         except Exception as exc:  # noqa: BLE001 - PIL raises many kinds for bad bytes; they are the row's
             return f"encode failed: {type(exc).__name__}: {exc}"
         rel = image_rel(str(batch[f"{prefix}image_key"][i]), fmt)
+        # the image's own record: lets a rerun adopt it if this row never reaches a manifest (actors.resume_index)
+        about = ({ESCALATED_TO: batch["image_key"][i]} if draft else
+                 {**{c: batch[c][i] for c in RECORD_FIELDS if c in batch}, "mime": CONTENT_TYPES[fmt],
+                  "encode_ms": round((t1 - t0) * 1000, 3)})
         try:
-            written, stored_sha = self.store.put_if_absent(rel, data, CONTENT_TYPES[fmt], digest)
+            written, stored_sha = self.store.put_if_absent(rel, data, CONTENT_TYPES[fmt], digest, image_record(about))
         except Exception as exc:  # noqa: BLE001 - after the client's own retries, a failed upload is the row's
             return "upload failed: " + explain_s3_error(exc, self.store.uri_of(rel))
         t2 = time.perf_counter()

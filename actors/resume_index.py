@@ -1,18 +1,25 @@
 """ResumeIndex: which image keys an output prefix already holds, from manifest parts + one prefix listing.
 
 Linear in rows: one streamed LIST of `images/` and one columnar read of the manifest parts (committed and
-staged by interrupted runs), part by part — never a HEAD per key.
+staged by interrupted runs), part by part — no HEAD per key, except for the few images no manifest row accounts for.
+
+Those are images a run stored and then lost the rows of (its driver died between an upload and the manifest part
+holding the row: up to a part's worth, per part in flight). Each image carries its own record (`image_record`:
+what its manifest row says about how it was made, kept with the object by the writer), so a rerun that asks for
+one of them reads the record (one HEAD) and adopts the image instead of paying for it again.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from actors.layout import IMAGES_DIR, MANIFEST_DIR, format_of_mime, image_ext
+from actors.layout import EXTENSIONS, IMAGES_DIR, MANIFEST_DIR, format_of_mime, image_ext, image_rel
 from actors.manifest_schema import CARRIED, iter_parts
-from actors.storage import ObjectStore, arrow_filesystem
+from actors.storage import RECORD_MAX_BYTES, ObjectStore, arrow_filesystem
 
 logger = logging.getLogger(__name__)
 
@@ -23,6 +30,29 @@ logger = logging.getLogger(__name__)
 # generator's, a hosted image's size the one the API returned).
 SETTINGS = ("width", "height", "num_steps", "guidance_scale", "negative_prompt", "seed")
 READ = ("image_key", "status", "sha256", "bytes", "error", "generator", "model", *CARRIED, *SETTINGS)
+# An image's own record holds what its row would carry, except what the row itself recomputes identically from
+# the same input (the negative prompt is part of the key) and what isn't known before the upload (its time).
+RECORD_FIELDS = ("generator", "model", *(c for c in CARRIED if c not in ("upload_ms", "draft_image_uri")),
+                 *(c for c in SETTINGS if c != "negative_prompt"))
+ESCALATED_TO = "escalated_to"  # a kept cascade draft's record: the key of the heavy image its row ended as
+
+
+def image_record(values: dict[str, Any]) -> str:
+    """The record the writer keeps with a stored image: compact ASCII JSON of its RECORD_FIELDS in `values` (nulls
+    and empty values left out); '' when it would pass RECORD_MAX_BYTES (a long `candidates` list): that image
+    is regenerated rather than adopted if its row is lost.
+
+    Args:
+        values: the row's values (numpy scalars are fine); for a kept cascade draft, just {ESCALATED_TO: key}.
+    """
+    kept = {}
+    for name, value in values.items():
+        value = value.item() if hasattr(value, "item") else value
+        if value is None or value == "" or (isinstance(value, float) and math.isnan(value)):
+            continue
+        kept[name] = value
+    text = json.dumps(kept, separators=(",", ":"), ensure_ascii=True)
+    return text if len(text) <= RECORD_MAX_BYTES else ""
 
 
 @dataclass(frozen=True)
@@ -54,15 +84,25 @@ class ResumeIndex:
     """
 
     def __init__(self, table: Any = None, positions: dict[str, int] | None = None,
-                 redirects: dict[str, int] | None = None) -> None:
+                 redirects: dict[str, int] | None = None, unlisted: Unlisted | None = None) -> None:
         self.table = table
         self.positions = positions or {}
         self.redirects = redirects or {}
+        self.unlisted = unlisted
 
     def __len__(self) -> int:
         return len(self.positions) + len(self.redirects)
 
     def get(self, key: str) -> Prior | None:
+        """What an earlier run settled for `key`: its manifest row, else the record of a stored image no manifest
+        row names (adopted), else None. An image found that way also beats an earlier error row for its key (a
+        later run made it and died before its row was written)."""
+        found = self._from_manifest(key)
+        if (found is None or found.status != "ok") and self.unlisted is not None:
+            return self.unlisted.adopt(key) or found
+        return found
+
+    def _from_manifest(self, key: str) -> Prior | None:
         pos, redirected = self.positions.get(key), False
         if key in self.redirects and (pos is None or self.table.column("status")[pos].as_py() != "ok"):
             pos, redirected = self.redirects[key], True
@@ -80,6 +120,86 @@ class ResumeIndex:
         )
 
 
+class Unlisted:
+    """Stored images no ok manifest row accounts for, by key, and their records read on demand (one HEAD each, once).
+
+    Args:
+        store: the output.
+        objects: `<key>.<ext>` → size of those images (as the listing names them).
+        run_format: the format this run stores images in (`output.format`).
+        keep_provider_bytes: a hosted provider's file in its own format counts too (as for manifest rows).
+    """
+
+    def __init__(self, store: ObjectStore, objects: dict[str, int], run_format: str, keep_provider_bytes: bool
+                 ) -> None:
+        self.store, self.objects, self.run_format = store, objects, run_format
+        self.formats = sorted(EXTENSIONS, key=lambda f: f != run_format)  # the run's own format first
+        self.keep_provider_bytes = keep_provider_bytes
+        self.answers: dict[str, Prior | None] = {}  # keys looked up so far (a table may ask for one twice)
+
+    def __len__(self) -> int:
+        return len(self.objects)
+
+    def adopt(self, key: str) -> Prior | None:
+        """The Prior of an unlisted image stored under `key` in a format this run accepts, from its record; for a
+        kept cascade draft, the Prior of the heavy image its row ended as. None when there is none, or its record
+        is missing or unreadable (written by an older version, or a store that keeps none): it is redone."""
+        if key not in self.answers and any(f"{key}.{image_ext(f)}" in self.objects for f in self.formats):
+            self.answers[key] = self._adopt(key)
+        return self.answers.get(key)
+
+    def _adopt(self, key: str) -> Prior | None:
+        found = self._read(key)
+        if found is None:
+            return None
+        fmt, record, sha256 = found
+        final = record.get(ESCALATED_TO)
+        if not final:
+            prior = self._prior(key, fmt, record, sha256)
+        else:
+            heavy = self._read(str(final))
+            if heavy is None or heavy[1].get("route") != "escalated":
+                return None
+            prior = self._prior(str(final), *heavy)
+            if prior is None:
+                return None
+            prior = Prior(prior.status, prior.sha256, prior.bytes, prior.error,
+                          {**prior.carried, "draft_image_uri": self.store.uri_of(image_rel(key, fmt))},
+                          prior.settings, final_key=str(final), final_generator=str(heavy[1].get("generator", "")),
+                          final_model=str(heavy[1].get("model", "")))
+        if prior is not None:
+            logger.info("adopted %s: stored by an earlier run whose manifest row was lost", key)
+        return prior
+
+    def _read(self, key: str) -> tuple[str, dict[str, Any], str] | None:
+        """(format, record, sha256) of the unlisted image under `key` that this run accepts, or None: one in
+        the run's format, a provider's file it keeps, or a kept cascade draft in any format (its row's image is
+        the heavy one)."""
+        for fmt in self.formats:
+            if f"{key}.{image_ext(fmt)}" not in self.objects:
+                continue
+            try:
+                text, sha256 = self.store.record_of(image_rel(key, fmt))
+                record = json.loads(text) if text else None
+            except Exception as exc:  # noqa: BLE001 - an unreadable record: the image is redone, the run goes on
+                logger.warning("can't read the record of %s (%s): it is generated again", key, exc)
+                continue
+            if not isinstance(record, dict) or not sha256:
+                continue
+            provider_file = (self.keep_provider_bytes and int(record.get("requests") or 0) > 0
+                             and format_of_mime(str(record.get("mime", ""))) == fmt)
+            if ESCALATED_TO in record or fmt == self.run_format or provider_file:
+                return fmt, record, sha256
+        return None
+
+    def _prior(self, key: str, fmt: str, record: dict[str, Any], sha256: str) -> Prior | None:
+        if ESCALATED_TO in record:
+            return None
+        return Prior(status="ok", sha256=sha256, bytes=self.objects[f"{key}.{image_ext(fmt)}"], error="",
+                     carried={c: record.get(c) for c in CARRIED},
+                     settings={c: record[c] for c in SETTINGS if c in record})
+
+
 def load_index(store: ObjectStore, image_format: str, keep_provider_bytes: bool = True) -> ResumeIndex:
     """What the output already holds: `ok` rows whose object exists beat `error` rows; skipped rows don't count.
 
@@ -95,8 +215,8 @@ def load_index(store: ObjectStore, image_format: str, keep_provider_bytes: bool 
     """
     import pyarrow as pa
 
-    # 1 every image object present (one streamed listing), as `<key>.<ext>`
-    present = {rel.rsplit("/", 1)[-1] for rel, _ in store.list(f"{IMAGES_DIR}/")}
+    # 1 every image object present (one streamed listing), as `<key>.<ext>` → size
+    present = {rel.rsplit("/", 1)[-1]: size for rel, size in store.list(f"{IMAGES_DIR}/")}
     run_ext = image_ext(image_format)
 
     def stored_in_run_format(key: str, mime: str | None, requests: int | None) -> bool:
@@ -107,7 +227,7 @@ def load_index(store: ObjectStore, image_format: str, keep_provider_bytes: bool 
     # 2 manifest rows from committed parts and from runs that were interrupted before committing
     parts = [rel for rel, _ in store.list(f"{MANIFEST_DIR}/") if rel.endswith(".parquet")]
     if not parts:
-        return ResumeIndex()
+        return ResumeIndex(unlisted=_unlisted(store, present, set(), image_format, keep_provider_bytes))
     fs, root = arrow_filesystem(store.location.uri, store.spec)
     # 3 keep the rows that decide each key (columnar), remember where they are; parts are read one by one (a part
     # written by an older version reads a column it lacks as null)
@@ -133,6 +253,15 @@ def load_index(store: ObjectStore, image_format: str, keep_provider_bytes: bool 
             kept.append(batch.take(take))
             offset += len(take)
     table = pa.concat_tables(kept).combine_chunks() if kept else None
-    logger.info("resume index: %d objects, %d manifest keys, %d escalated drafts", len(present), len(positions),
-                len(redirects))
-    return ResumeIndex(table, positions, redirects)
+    unlisted = _unlisted(store, present, ok_keys | set(redirects), image_format, keep_provider_bytes)
+    logger.info("resume index: %d objects, %d manifest keys, %d escalated drafts, %d images no ok row names",
+                len(present), len(positions), len(redirects), len(unlisted))
+    return ResumeIndex(table, positions, redirects, unlisted)
+
+
+def _unlisted(store: ObjectStore, present: dict[str, int], settled: set[str], image_format: str,
+              keep_provider_bytes: bool) -> Unlisted:
+    """The images no ok manifest row accounts for (no row, or only error rows: a later run made the image and
+    died before its row was written)."""
+    objects = {name: size for name, size in present.items() if name.partition(".")[0] not in settled}
+    return Unlisted(store, objects, image_format, keep_provider_bytes)

@@ -9,6 +9,7 @@ from actors.storage import ObjectStore, StorageError, explain_s3_error, s3_clien
 from configs.storage import StoreSpec
 
 T = TypeVar("T")
+RECORD_META = "imagefleet-record"  # x-amz-meta-imagefleet-record: ObjectStore.put_if_absent's `record`
 
 
 class S3Store(ObjectStore):
@@ -40,9 +41,11 @@ class S3Store(ObjectStore):
         return f"{self.location.prefix}/{rel}".lstrip("/")
 
     # -- writes -------------------------------------------------------------------------------------
-    def put_if_absent(self, rel: str, data: bytes, content_type: str, sha256: str) -> tuple[bool, str]:
+    def put_if_absent(self, rel: str, data: bytes, content_type: str, sha256: str,
+                      record: str = "") -> tuple[bool, str]:
         from botocore.exceptions import ClientError
 
+        metadata = {"sha256": sha256, **({RECORD_META: record} if record else {})}
         try:
             self._s3(
                 lambda: self.client.put_object(
@@ -51,7 +54,7 @@ class S3Store(ObjectStore):
                     Body=data,
                     ContentType=content_type,
                     IfNoneMatch="*",
-                    Metadata={"sha256": sha256},
+                    Metadata=metadata,
                 ),
                 f"put {rel}",
             )
@@ -89,6 +92,11 @@ class S3Store(ObjectStore):
         if head.get("Metadata", {}).get("sha256"):
             return str(head["Metadata"]["sha256"])
         return super().stored_sha256(rel)
+
+    def record_of(self, rel: str) -> tuple[str, str]:
+        meta = self._s3(lambda: self.client.head_object(Bucket=self.location.bucket, Key=self._key(rel)),
+                        f"head {rel}").get("Metadata", {})
+        return str(meta.get(RECORD_META, "")), str(meta.get("sha256", ""))
 
     def size(self, rel: str) -> int | None:
         from botocore.exceptions import ClientError

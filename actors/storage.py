@@ -220,6 +220,29 @@ def with_retries(fn: Callable[[], T], budget_s: float, what: str) -> T:
             delay = min(delay * 2, 5.0)
 
 
+RECORD_MAX_BYTES = 1800
+"""Longest `record` kept with an object: S3 allows 2 KB of user metadata per object (names and values), and the
+sha256 takes ~70 bytes of it."""
+RECORD_XATTR, SHA256_XATTR = "user.imagefleet.record", "user.imagefleet.sha256"
+
+
+def _set_xattrs(fd: int, values: dict[str, str]) -> None:
+    """Keep `values` as extended attributes of an open file, where the OS and file system can (Linux, most file
+    systems); elsewhere nothing is kept and a rerun regenerates what it can't adopt."""
+    try:
+        for name, value in values.items():
+            os.setxattr(fd, name, value.encode("ascii"))
+    except (AttributeError, OSError) as exc:
+        logger.debug("no extended attributes here (%s): image records not kept", exc)
+
+
+def _get_xattr(path: str, name: str) -> str:
+    try:
+        return os.getxattr(path, name).decode("ascii", "replace")
+    except (AttributeError, OSError):
+        return ""
+
+
 PROBE_DIR = "_probe"  # check_writable's throwaway object, removed right after
 
 
@@ -251,7 +274,8 @@ class ObjectStore(abc.ABC):
 
     # -- writes -------------------------------------------------------------------------------------
     @abc.abstractmethod
-    def put_if_absent(self, rel: str, data: bytes, content_type: str, sha256: str) -> tuple[bool, str]:
+    def put_if_absent(self, rel: str, data: bytes, content_type: str, sha256: str,
+                      record: str = "") -> tuple[bool, str]:
         """Write `data` unless the object exists (write-once, also against racing writers).
 
         Args:
@@ -259,6 +283,9 @@ class ObjectStore(abc.ABC):
             data: the bytes.
             content_type: MIME type recorded with the object (where the store keeps one).
             sha256: hex digest of `data`, kept with the object so a later check needn't read it.
+            record: a short ASCII text kept with the object where the store can (S3 user metadata, a local
+                file's extended attribute), read back by `record_of`: an image's provenance, so a rerun can adopt
+                an image whose manifest row was lost (actors.resume_index). At most RECORD_MAX_BYTES; '' = none.
 
         Returns:
             (written, sha256 of the stored object): the stored object wins when it already existed.
@@ -280,6 +307,11 @@ class ObjectStore(abc.ABC):
     def stored_sha256(self, rel: str) -> str:
         """sha256 of a stored object, by reading it (stores that keep it in metadata answer from there)."""
         return hashlib.sha256(self.get(rel)).hexdigest()
+
+    @abc.abstractmethod
+    def record_of(self, rel: str) -> tuple[str, str]:
+        """(record, sha256) kept with the object by `put_if_absent` ('' for what it doesn't have, or when the
+        store can't keep them); without reading the object."""
 
     @abc.abstractmethod
     def exists(self, rel: str) -> bool:
@@ -332,13 +364,16 @@ class LocalStore(ObjectStore):
     def _path(self, rel: str) -> Path:
         return Path(self.location.prefix, rel)
 
-    def put_if_absent(self, rel: str, data: bytes, content_type: str, sha256: str) -> tuple[bool, str]:
+    def put_if_absent(self, rel: str, data: bytes, content_type: str, sha256: str,
+                      record: str = "") -> tuple[bool, str]:
         final = self._path(rel)
         final.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=".tmp-")
         try:
             with os.fdopen(fd, "wb") as fh:
                 fh.write(data)
+                if record:
+                    _set_xattrs(fh.fileno(), {RECORD_XATTR: record, SHA256_XATTR: sha256})
             os.link(tmp, final)  # atomic, fails if the name exists: write-once
             return True, sha256
         except FileExistsError:
@@ -360,6 +395,10 @@ class LocalStore(ObjectStore):
 
     def get(self, rel: str) -> bytes:
         return self._path(rel).read_bytes()
+
+    def record_of(self, rel: str) -> tuple[str, str]:
+        path = str(self._path(rel))
+        return _get_xattr(path, RECORD_XATTR), _get_xattr(path, SHA256_XATTR)
 
     def exists(self, rel: str) -> bool:
         return self._path(rel).exists()

@@ -163,7 +163,8 @@ def test_chaos_object_store_restart(tmp_path: Path, ray_cluster: None, monkeypat
 def test_chaos_killed_driver_then_rerun(
     tmp_path: Path, s3_env: Any, bucket: str, ray_cluster: None, capsys: Any
 ) -> None:
-    """(c) kill the driver (and its private Ray) mid-run; the rerun completes and writes only missing images."""
+    """(c) kill the driver (and its private Ray) mid-run, before any manifest part: the rerun completes, adopts the
+    images the killed run stored (from the record each carries) and generates only the missing ones."""
     n = 240
     raw = sleep_job(prompts(tmp_path / "p.parquet", n), f"s3://{bucket}/driver", latency_s=0.1)
     raw["cluster"]["temp_dir"] = f"/tmp/ifray/k{os.getpid()}"
@@ -189,9 +190,14 @@ def test_chaos_killed_driver_then_rerun(
     before = len(objects(s3_env, bucket, "driver/images/"))
     assert 0 < before < n, (tmp_path / "driver.log").read_text()[-3000:]
     assert not [k for k in objects(s3_env, bucket, "driver/manifest/") if "/part-" in k]
+    rerun_at = time.time()
     assert generate.main([str(cfg)]) == 0
     assert f"{n - before} written, {before} already present" in capsys.readouterr().out
-    assert_exactly_once(s3_env, bucket, "driver", n)
+    rows = assert_exactly_once(s3_env, bucket, "driver", n)
+    # the images the killed run stored were adopted from their records, not generated again
+    adopted = [r for r in rows if r["already_present"]]
+    assert len(adopted) == before and all(r["generated_at"] < rerun_at for r in adopted)
+    assert all(r["generated_at"] > rerun_at for r in rows if not r["already_present"])
 
 
 def _session_address() -> str:

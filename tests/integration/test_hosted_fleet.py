@@ -164,6 +164,47 @@ def test_a_hosted_job_in_process_paces_bills_and_keeps_the_budget_without_ray(
         assert secret not in out.out + out.err and all(secret not in str(r) for r in [*rows.values(), *budget])
 
 
+class Killed(BaseException):
+    """The driver dying at this point: nothing catches it, nothing after it runs."""
+
+
+def test_a_rerun_after_a_crash_pays_nothing_again_for_images_it_stored(
+        tmp_path: Path, s3_env: Any, bucket: str, fake: FakeHosted, capsys: Any) -> None:
+    """The driver dies after the provider billed and the images were stored, before any manifest part held their
+    rows. The rerun adopts each stored image from the record it carries (what it cost, its requests, its settings)
+    instead of buying it again, and commits a manifest that bills each image once."""
+    import pipelines.manifest
+
+    src = write_prompts(tmp_path / "p.parquet", {"prompt": [f"a cat {i}" for i in range(3)]})
+    raw = hosted_only(src, f"s3://{bucket}/crash", fake, "openai")
+    raw["generators"]["h"]["pool"]["batch_size"] = 4
+    raw["cluster"]["executor"] = "in_process"
+    cfg = str(write_config(tmp_path / "j.yaml", raw))
+
+    def die(tables: Any, *_: Any) -> None:
+        for _table in tables:  # every image generated, billed and stored ...
+            pass
+        raise Killed  # ... and not one manifest part written
+
+    real = pipelines.manifest.write_manifest_tables
+    pipelines.manifest.write_manifest_tables = die  # type: ignore[assignment]
+    try:
+        with pytest.raises(Killed):
+            generate.main([cfg, "--progress", "off"])
+    finally:
+        pipelines.manifest.write_manifest_tables = real
+    paid, usd = fake.paid_count("openai"), fake.paid_usd("openai")
+    assert paid == 3 and len(objects(s3_env, bucket, "crash/images/")) == 3
+    assert not [k for k in objects(s3_env, bucket, "crash/manifest/") if "/part-" in k]
+    assert generate.main([cfg, "--progress", "off"]) == 0
+    assert fake.paid_count("openai") == paid  # nothing bought twice
+    rows = manifest(s3_env, bucket, "crash")
+    assert [r["status"] for r in rows] == ["ok"] * 3 and all(r["already_present"] for r in rows)
+    assert sum(r["cost_usd"] for r in rows) == pytest.approx(usd) and sum(r["requests"] for r in rows) == 3
+    assert (rows[0]["width"], rows[0]["height"], rows[0]["mime"]) == (1024, 1024, "image/png")
+    assert "0 written, 3 already present" in capsys.readouterr().out
+
+
 def test_batch_mode_keeps_many_batches_in_flight(tmp_path: Path, s3_env: Any, bucket: str, ray_cluster: None,
                                                  fake: FakeHosted) -> None:
     """One actor, 2 requests per batch, a provider turnaround of T: all 20 pool-fulls are in flight at once, so

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import struct
 import tarfile
 import time
@@ -28,7 +29,7 @@ from actors.keys import image_key
 from actors.layout import MANIFEST_DIR, image_rel, manifest_part
 from actors.resume_index import load_index
 from actors.shard_writer import ShardWriter
-from actors.storage import LocalStore
+from actors.storage import RECORD_XATTR, LocalStore
 from configs.storage import StoreSpec
 from configs.writer import ImageWriterConfig, ShardWriterConfig
 
@@ -78,9 +79,10 @@ class RecordingStore(LocalStore):
 
     content_types: dict[str, str]
 
-    def put_if_absent(self, rel: str, data: bytes, content_type: str, sha256: str) -> tuple[bool, str]:
+    def put_if_absent(self, rel: str, data: bytes, content_type: str, sha256: str,
+                      record: str = "") -> tuple[bool, str]:
         self.content_types[rel] = content_type
-        return super().put_if_absent(rel, data, content_type, sha256)
+        return super().put_if_absent(rel, data, content_type, sha256, record)
 
 
 def pending(n: int = 1, **extra: Any) -> dict[str, np.ndarray]:
@@ -230,6 +232,7 @@ def test_a_provider_format_image_counts_as_present_on_a_rerun(tmp_path: Path) ->
     assert load_index(store, "webp", keep_provider_bytes=False).get(key) is None
     pq.write_table(pa.Table.from_pylist([{**manifest_row, "requests": 0, "generator": "sd", "model": "sd@main"}]),
                    tmp_path / manifest_part("r1", 0))
+    os.removexattr(tmp_path / image_rel(key, "png"), RECORD_XATTR)  # nor may its own record say otherwise
     assert load_index(store, "webp").get(key) is None and load_index(store, "png").get(key) is not None
     # the cached row the writer reports points at the stored .png
     cached = pending(1, status=np.array(["cached"], dtype=object), prior_sha256=np.array([prior.sha256], dtype=object),

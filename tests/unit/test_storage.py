@@ -7,7 +7,15 @@ from typing import Any
 
 import pytest
 
-from actors.storage import LocalStore, ObjectStore, StorageError, open_store, parse_location, resolve_store_spec
+from actors.storage import (
+    RECORD_MAX_BYTES,
+    LocalStore,
+    ObjectStore,
+    StorageError,
+    open_store,
+    parse_location,
+    resolve_store_spec,
+)
 from configs.storage import S3Config, StoreSpec
 
 
@@ -30,6 +38,11 @@ def test_put_if_absent_is_write_once(s3_server: Any, bucket: str) -> None:
     assert not written and stored == sha
     assert store.get("images/a.png") == b"one"
     assert [name for name, _ in store.list("images/")] == ["images/a.png"]
+    # an image's record travels with it (user metadata, read by one HEAD); the first writer's record wins
+    record = '{"cost_usd":0.19,"prompt_hint":"' + "x" * (RECORD_MAX_BYTES - 40) + '"}'
+    assert store.put_if_absent("images/b.png", b"b", "image/png", "sb", record) == (True, "sb")
+    assert store.put_if_absent("images/b.png", b"c", "image/png", "sc", "{}") == (False, "sb")
+    assert store.record_of("images/b.png") == (record, "sb") and store.record_of("images/a.png") == ("", sha)
 
 
 def test_racing_writers_one_winner(s3_server: Any, bucket: str) -> None:
@@ -101,11 +114,13 @@ def test_local_store_is_write_once(tmp_path: Any) -> None:
     sha = hashlib.sha256(b"one").hexdigest()
     assert store.put_if_absent("images/a.png", b"one", "image/png", sha) == (True, sha)
     assert store.put_if_absent("images/a.png", b"two", "image/png", "x") == (False, sha)  # stored object wins
+    assert store.put_if_absent("images/r.png", b"r", "image/png", "sr", '{"seed":1}') == (True, "sr")
+    assert store.record_of("images/r.png") == ('{"seed":1}', "sr") and store.record_of("images/a.png") == ("", "")
     store.put("run.json", b"{}")
     store.put("run.json", b"{ }")  # records may be overwritten
     store.copy("images/a.png", "images/b.png")
     (tmp_path / "out" / "images" / ".tmp-half-written").write_bytes(b"?")
-    assert sorted(store.list("images/")) == [("images/a.png", 3), ("images/b.png", 3)]
+    assert sorted(store.list("images/")) == [("images/a.png", 3), ("images/b.png", 3), ("images/r.png", 1)]
     assert store.get("run.json") == b"{ }" and store.exists("images/b.png") and not store.exists("nope")
     store.delete("images/b.png")
     store.delete("images/b.png")  # absent: no error

@@ -1,0 +1,99 @@
+"""Images stored by a run that died before their manifest rows were written are adopted by the rerun from the
+record each image carries (actors.resume_index.Unlisted), not generated and paid for again: the hosted image in
+its own format, its cost and settings; an escalated cascade row through its kept draft; never an image without a
+record, in another format, or one its run would re-encode."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from actors.escalator import Escalator
+from actors.generation import Outcome, run_generation
+from actors.layout import MANIFEST_DIR, image_rel, manifest_part
+from actors.resume_index import ESCALATED_TO, image_record, load_index
+from actors.storage import RECORD_MAX_BYTES, LocalStore
+from configs.storage import StoreSpec
+from tests.unit.test_provider_bytes import generate, pending, provider_png, provider_webp, writer
+
+
+def store_of(tmp: Path) -> LocalStore:
+    return LocalStore(str(tmp), StoreSpec(kind="local"))
+
+
+def test_a_hosted_image_whose_row_was_lost_is_adopted_with_what_it_cost(tmp_path: Path) -> None:
+    out = generate([Outcome(encoded=provider_png(), mime="image/png", cost_usd=0.19, requests=2)], pending(),
+                   usd_per_image=0.19)
+    out.update(generator=np.array(["gpt"], dtype=object), model=np.array(["gpt-image-2@api"], dtype=object))
+    written = writer(tmp_path, fmt="webp")[0](out)  # the row never reaches a manifest: the driver died here
+    key = str(out["image_key"][0])
+    prior = load_index(store_of(tmp_path), "webp").get(key)
+    assert prior is not None and prior.status == "ok"
+    assert prior.sha256 == written["sha256"][0] and prior.bytes == written["bytes"][0]
+    assert prior.carried["cost_usd"] == 0.19 and prior.carried["requests"] == 2 and prior.carried["mime"] == "image/png"
+    assert prior.carried["generated_at"] == out["generated_at"][0] and prior.carried["encode_ms"] >= 0
+    assert prior.settings == {"width": 48, "height": 32, "num_steps": 1, "guidance_scale": 0.0, "seed": 0}
+    # a run that re-encodes providers' files wants a .webp: this .png is not what it would store
+    assert load_index(store_of(tmp_path), "webp", keep_provider_bytes=False).get(key) is None
+    # a later error row for the key doesn't hide the image (a --retry-failed run made it, then died)
+    (tmp_path / MANIFEST_DIR).mkdir()
+    pq.write_table(pa.Table.from_pylist([{"image_key": key, "status": "error", "sha256": "", "bytes": 0,
+                                          "error": "timed out", "generator": "gpt", "model": "gpt-image-2@api"}]),
+                   tmp_path / manifest_part("r1", 0))
+    again = load_index(store_of(tmp_path), "webp").get(key)
+    assert again is not None and again.status == "ok" and again.carried["cost_usd"] == 0.19
+
+
+def test_an_image_without_a_record_or_in_another_format_is_redone(tmp_path: Path) -> None:
+    out = generate([Outcome(encoded=provider_webp(), mime="image/webp", requests=1)], pending(2))
+    keys = [str(k) for k in out["image_key"]]
+    store = store_of(tmp_path)
+    store.put_if_absent(image_rel(keys[0], "webp"), b"old bytes", "image/webp", "abc")  # an older version: no record
+    writer(tmp_path, fmt="webp")[0]({k: v[1:] for k, v in out.items()})
+    assert load_index(store, "webp").get(keys[0]) is None
+    assert load_index(store, "webp").get(keys[1]) is not None
+    # a local model's image stored as webp is not present for a run that writes png
+    local = dict(out, requests=np.zeros(2, np.int32))
+    (tmp_path / "b").mkdir()
+    writer(tmp_path / "b", fmt="webp")[0]({k: v[1:] for k, v in local.items()})
+    assert load_index(store_of(tmp_path / "b"), "png").get(keys[1]) is None
+    assert load_index(store_of(tmp_path / "b"), "webp").get(keys[1]) is not None
+
+
+def test_an_escalated_row_is_adopted_through_its_kept_draft(tmp_path: Path) -> None:
+    from configs.generator_base import GenerationDefaults
+    from configs.prep import GeneratorIdentity
+    from configs.routing import CascadeConfig
+
+    out = generate([Outcome(encoded=provider_webp(), mime="image/webp", requests=1, cost_usd=0.04)], pending(),
+                   usd_per_image=0.04)
+    out.update(clip_score=np.array([0.1]), generator=np.array(["nano"], dtype=object),
+               model=np.array(["gemini@api"], dtype=object), explicit=np.array([""], dtype=object))
+    draft_key = str(out["image_key"][0])
+    heavy = GeneratorIdentity(model="sdxl", revision="main", scheduler="",
+                              defaults=GenerationDefaults(width=64, height=64, num_steps=2, guidance_scale=5.0))
+    esc = Escalator(CascadeConfig(draft="nano", escalate="sdxl", threshold=0.5), "sdxl", heavy)(out)
+    final = run_generation(esc, batch_size=4, generate=lambda reqs: [np.zeros((64, 64, 3), np.uint8)] * len(reqs),
+                           is_fatal=lambda e: False, usd_per_second=0.0, usd_per_image=0.0)
+    rows = writer(tmp_path, fmt="png")[0](final)
+    prior = load_index(store_of(tmp_path), "png").get(draft_key)  # the key a rerun computes for the row
+    assert prior is not None and prior.final_key == final["image_key"][0] != draft_key
+    assert prior.final_generator == final["generator"][0] and prior.final_model == final["model"][0]
+    assert prior.carried["route"] == "escalated" and prior.carried["draft_image_key"] == draft_key
+    assert prior.carried["draft_image_uri"] == rows["draft_image_uri"][0]
+    assert prior.carried["cost_usd"] == final["cost_usd"][0] and prior.settings["width"] == 64
+    # the heavy image lost (the driver died between the two uploads the other way round): the row is redone
+    Path(rows["image_uri"][0]).unlink()
+    assert load_index(store_of(tmp_path), "png").get(draft_key) is None
+
+
+def test_a_record_leaves_out_empty_values_and_is_dropped_when_over_the_metadata_limit() -> None:
+    text = image_record({"cost_usd": np.float64(0.5), "clip_score": float("nan"), "route": "", "requests":
+                         np.int32(3), "seed": np.int64(7), ESCALATED_TO: None})
+    assert json.loads(text) == {"cost_usd": 0.5, "requests": 3, "seed": 7} and text.isascii()
+    assert image_record({"candidates": "x" * RECORD_MAX_BYTES}) == ""
+    assert image_record({"route": "é"}).isascii()
