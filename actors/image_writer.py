@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -13,11 +14,12 @@ from typing import Any
 import numpy as np
 
 from actors.layout import CONTENT_TYPES, format_of_mime, image_rel
-from actors.resume_index import ESCALATED_TO, RECORD_FIELDS, image_record
+from actors.resume_index import ESCALATED_TO, RECORD_FIELDS, image_record, record_values
 from actors.storage import explain_s3_error, open_store
 from configs.writer import ImageWriterConfig
 
 Batch = dict[str, np.ndarray]
+logger = logging.getLogger(__name__)
 __all__ = ["CONTENT_TYPES", "ImageWriter", "decode_rgb", "encode_image", "image_file", "reencode"]
 
 
@@ -189,7 +191,16 @@ class ImageWriter:
         }
         status = np.array(batch["status"], dtype=object)
         error = np.array(batch["error"], dtype=object)
-        # 2 encode + upload generated rows concurrently (PIL and boto3 release the GIL)
+        # 2 cascade drafts that were escalated: stored too (write-once, their own key), before their rows' final
+        #   images, so a rerun after a death between the two finds the final image through the draft
+        if "draft_image" in batch:
+            draft_uri = [""] * n
+            todo_drafts = [i for i in range(n) if len(batch["draft_image"][i]) > 0]
+            for i, result in zip(todo_drafts, self.pool.map(lambda i: self._write_one(batch, i, draft=True),
+                                                             todo_drafts), strict=True):
+                draft_uri[i] = result["image_uri"] if isinstance(result, dict) else ""  # a lost draft is no error
+            out["draft_image_uri"] = np.asarray(draft_uri, dtype=object)
+        # 3 encode + upload generated rows concurrently (PIL and boto3 release the GIL)
         todo = [i for i in range(n) if status[i] == "generated"]
         for i, result in zip(todo, self.pool.map(lambda i: self._write_one(batch, i), todo), strict=True):
             if isinstance(result, str):
@@ -198,14 +209,6 @@ class ImageWriter:
             status[i] = "ok"
             for name, value in result.items():
                 cols[name][i] = value
-        # 3 cascade drafts that were escalated: stored too (write-once, their own key)
-        if "draft_image" in batch:
-            draft_uri = [""] * n
-            todo_drafts = [i for i in range(n) if len(batch["draft_image"][i]) > 0]
-            for i, result in zip(todo_drafts, self.pool.map(lambda i: self._write_one(batch, i, draft=True),
-                                                             todo_drafts), strict=True):
-                draft_uri[i] = result["image_uri"] if isinstance(result, dict) else ""  # a lost draft is no error
-            out["draft_image_uri"] = np.asarray(draft_uri, dtype=object)
         # 4 rows an earlier run completed: reported, not rewritten
         for i in range(n):
             if status[i] == "cached":
@@ -232,6 +235,21 @@ class ImageWriter:
             self.on_batch(out)
         return out
 
+    def _record(self, batch: Batch, i: int, draft: bool, fmt: str, encode_s: float) -> str:
+        """The image's own record (actors.resume_index): lets a rerun adopt the image if its row never reaches a
+        manifest. A kept draft's names the heavy image its row ended as. '' when records are off or can't be
+        made (the image is then made again in that case)."""
+        if not self.cfg.image_records:
+            return ""
+        try:
+            if draft:
+                return image_record({ESCALATED_TO: batch["image_key"][i]})
+            row = {c: batch[c][i] for c in (*RECORD_FIELDS, "route", "explicit", "negative_prompt") if c in batch}
+            return image_record(record_values({**row, "mime": CONTENT_TYPES[fmt], "encode_ms": encode_s * 1000}))
+        except Exception:  # noqa: BLE001 - a value JSON can't hold: no record, the image itself is fine
+            logger.warning("image %s: no record kept", batch["image_key"][i], exc_info=True)
+            return ""
+
     def _write_one(self, batch: Batch, i: int, draft: bool = False) -> dict[str, Any] | str:
         # a kept cascade draft has its own size (the row's size is now the heavy generator's)
         prefix = "draft_" if draft else ""
@@ -249,12 +267,9 @@ class ImageWriter:
         except Exception as exc:  # noqa: BLE001 - PIL raises many kinds for bad bytes; they are the row's
             return f"encode failed: {type(exc).__name__}: {exc}"
         rel = image_rel(str(batch[f"{prefix}image_key"][i]), fmt)
-        # the image's own record: lets a rerun adopt it if this row never reaches a manifest (actors.resume_index)
-        about = ({ESCALATED_TO: batch["image_key"][i]} if draft else
-                 {**{c: batch[c][i] for c in RECORD_FIELDS if c in batch}, "mime": CONTENT_TYPES[fmt],
-                  "encode_ms": round((t1 - t0) * 1000, 3)})
         try:
-            written, stored_sha = self.store.put_if_absent(rel, data, CONTENT_TYPES[fmt], digest, image_record(about))
+            written, stored_sha = self.store.put_if_absent(rel, data, CONTENT_TYPES[fmt], digest,
+                                                           self._record(batch, i, draft, fmt, t1 - t0))
         except Exception as exc:  # noqa: BLE001 - after the client's own retries, a failed upload is the row's
             return "upload failed: " + explain_s3_error(exc, self.store.uri_of(rel))
         t2 = time.perf_counter()

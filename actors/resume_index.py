@@ -17,9 +17,11 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+import pyarrow as pa
+
 from actors.layout import EXTENSIONS, IMAGES_DIR, MANIFEST_DIR, format_of_mime, image_ext, image_rel
-from actors.manifest_schema import CARRIED, iter_parts
-from actors.storage import RECORD_MAX_BYTES, ObjectStore, arrow_filesystem
+from actors.manifest_schema import CARRIED, COLUMNS, iter_parts
+from actors.storage import RECORD_MAX_BYTES, ObjectStore, arrow_filesystem, is_transient
 
 logger = logging.getLogger(__name__)
 
@@ -30,8 +32,9 @@ logger = logging.getLogger(__name__)
 # generator's, a hosted image's size the one the API returned).
 SETTINGS = ("width", "height", "num_steps", "guidance_scale", "negative_prompt", "seed")
 READ = ("image_key", "status", "sha256", "bytes", "error", "generator", "model", *CARRIED, *SETTINGS)
-# An image's own record holds what its row would carry, except what the row itself recomputes identically from
-# the same input (the negative prompt is part of the key) and what isn't known before the upload (its time).
+# An image's own record holds what its row would carry, except what isn't known before the upload (its time) and
+# the negative prompt, which the rerun's row recomputes from the same input (it is part of the key) — unless the
+# row was escalated and took the heavy generator's default (the writer adds it then: `record_values`).
 RECORD_FIELDS = ("generator", "model", *(c for c in CARRIED if c not in ("upload_ms", "draft_image_uri")),
                  *(c for c in SETTINGS if c != "negative_prompt"))
 ESCALATED_TO = "escalated_to"  # a kept cascade draft's record: the key of the heavy image its row ended as
@@ -47,12 +50,48 @@ def image_record(values: dict[str, Any]) -> str:
     """
     kept = {}
     for name, value in values.items():
-        value = value.item() if hasattr(value, "item") else value
-        if value is None or value == "" or (isinstance(value, float) and math.isnan(value)):
-            continue
-        kept[name] = value
-    text = json.dumps(kept, separators=(",", ":"), ensure_ascii=True)
+        value = value.item() if hasattr(value, "item") and getattr(value, "ndim", 0) == 0 else value
+        if isinstance(value, float) and not math.isfinite(value):
+            continue  # NaN: not recorded (null in the manifest); ±inf has no JSON spelling
+        if isinstance(value, (str, bool, int, float)) and value != "":
+            kept[name] = value
+    text = json.dumps(kept, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
     return text if len(text) <= RECORD_MAX_BYTES else ""
+
+
+def record_values(row: dict[str, Any]) -> dict[str, Any]:
+    """The values of one written row that go into its image's record (`image_record`).
+
+    Args:
+        row: the row's columns (RECORD_FIELDS, `route`, `explicit`, `negative_prompt` where present) and the
+            writer's `mime` and `encode_ms`.
+    """
+    values = {c: row[c] for c in (*RECORD_FIELDS, "mime", "encode_ms") if c in row}
+    if row.get("route") == "escalated" and "negative_prompt" not in str(row.get("explicit", "")).split(","):
+        values["negative_prompt"] = row.get("negative_prompt", "")  # the heavy generator's default
+    return values
+
+
+# what each record field must be (a record failing this is not adopted: the image is made again)
+_RECORD_TYPES: dict[str, tuple[type, ...]] = {
+    **{c.name: (int,) if pa.types.is_integer(c.type) else (int, float) if pa.types.is_floating(c.type)
+       else (bool,) if pa.types.is_boolean(c.type) else (str,) for c in COLUMNS}, ESCALATED_TO: (str,)}
+
+
+def _checked(record: Any) -> dict[str, Any] | None:
+    """`record` (parsed JSON) when every field it has is of its manifest column's type, else None; fields it
+    doesn't know (a newer version's) are left out."""
+    if not isinstance(record, dict):
+        return None
+    known = {}
+    for name, value in record.items():
+        want = _RECORD_TYPES.get(name)
+        if want is None:
+            continue
+        if not isinstance(value, want) or (isinstance(value, bool) and bool not in want):
+            return None
+        known[name] = value
+    return known
 
 
 @dataclass(frozen=True)
@@ -180,14 +219,16 @@ class Unlisted:
                 continue
             try:
                 text, sha256 = self.store.record_of(image_rel(key, fmt))
-                record = json.loads(text) if text else None
-            except Exception as exc:  # noqa: BLE001 - an unreadable record: the image is redone, the run goes on
+                record = _checked(json.loads(text)) if text else None
+            except Exception as exc:
+                if is_transient(exc):  # the store is down past its retry budget: the run fails, nothing is bought
+                    raise
                 logger.warning("can't read the record of %s (%s): it is generated again", key, exc)
                 continue
-            if not isinstance(record, dict) or not sha256:
-                continue
-            provider_file = (self.keep_provider_bytes and int(record.get("requests") or 0) > 0
-                             and format_of_mime(str(record.get("mime", ""))) == fmt)
+            if record is None or not sha256:
+                continue  # no record (an older version, a store that keeps none) or a malformed one: redone
+            provider_file = (self.keep_provider_bytes and record.get("requests", 0) > 0
+                             and format_of_mime(record.get("mime", "")) == fmt)
             if ESCALATED_TO in record or fmt == self.run_format or provider_file:
                 return fmt, record, sha256
         return None
@@ -227,11 +268,12 @@ def load_index(store: ObjectStore, image_format: str, keep_provider_bytes: bool 
     # 2 manifest rows from committed parts and from runs that were interrupted before committing
     parts = [rel for rel, _ in store.list(f"{MANIFEST_DIR}/") if rel.endswith(".parquet")]
     if not parts:
-        return ResumeIndex(unlisted=_unlisted(store, present, set(), image_format, keep_provider_bytes))
+        return ResumeIndex(unlisted=_unlisted(store, present, (), image_format, keep_provider_bytes))
     fs, root = arrow_filesystem(store.location.uri, store.spec)
     # 3 keep the rows that decide each key (columnar), remember where they are; parts are read one by one (a part
     # written by an older version reads a column it lacks as null)
     kept, positions, redirects, ok_keys = [], {}, {}, set()
+    ok_elsewhere: set[str] = set()  # keys of ok rows whose image is not in a format this run takes
     offset = 0
     for batch in iter_parts(fs, [f"{root}/{p}" for p in parts], list(READ)):
         cols = {c: batch.column(c).to_pylist() for c in ("image_key", "status", "route", "draft_image_key", "mime",
@@ -242,6 +284,7 @@ def load_index(store: ObjectStore, image_format: str, keep_provider_bytes: bool 
             if not key or status not in ("ok", "error") or key in ok_keys:
                 continue  # no key / never attempted (skipped) / already settled by an ok row
             if status == "ok" and not stored_in_run_format(key, mimes[j], sent[j]):
+                ok_elsewhere.add(key)
                 continue  # manifest says ok but the object is gone (or in another format): redo it
             positions[key] = offset + len(take)
             if status == "ok":
@@ -253,15 +296,21 @@ def load_index(store: ObjectStore, image_format: str, keep_provider_bytes: bool 
             kept.append(batch.take(take))
             offset += len(take)
     table = pa.concat_tables(kept).combine_chunks() if kept else None
-    unlisted = _unlisted(store, present, ok_keys | set(redirects), image_format, keep_provider_bytes)
+    unlisted = _unlisted(store, present, (ok_keys, ok_elsewhere, redirects), image_format, keep_provider_bytes)
     logger.info("resume index: %d objects, %d manifest keys, %d escalated drafts, %d images no ok row names",
                 len(present), len(positions), len(redirects), len(unlisted))
     return ResumeIndex(table, positions, redirects, unlisted)
 
 
-def _unlisted(store: ObjectStore, present: dict[str, int], settled: set[str], image_format: str,
+def _unlisted(store: ObjectStore, present: dict[str, int], settled: tuple[Any, ...], image_format: str,
               keep_provider_bytes: bool) -> Unlisted:
-    """The images no ok manifest row accounts for (no row, or only error rows: a later run made the image and
-    died before its row was written)."""
-    objects = {name: size for name, size in present.items() if name.partition(".")[0] not in settled}
+    """The images no ok manifest row names (no row, or only error rows: a later run made the image and died
+    before its row was written). A key an ok row names is settled by that row, in whatever format: a run
+    after a format switch reads no records for images its manifest already rules out.
+
+    Args:
+        settled: collections of keys (sets, dicts) an ok row names.
+    """
+    objects = {name: size for name, size in present.items()
+               if not any(name.partition(".")[0] in keys for keys in settled)}
     return Unlisted(store, objects, image_format, keep_provider_bytes)

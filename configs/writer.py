@@ -54,6 +54,11 @@ class OutputConfig(StrictModel):
     keep_provider_bytes: bool = True
     """Store a hosted provider's PNG/JPEG/WebP byte for byte, in its own format (content credentials, alpha and ICC
     profile kept; no second lossy pass). False: decode it and encode it as `format` (alpha kept for PNG/WebP)."""
+    image_records: bool = True
+    """Keep each image's record with it (what its manifest row says of how it was made: generator, model,
+    settings, cost, timings, scores; S3 user metadata or a local file's extended attribute), so a rerun adopts
+    images whose rows a dead run never wrote instead of buying them again. False: only the sha256 rides with the
+    object (e.g. images served publicly, whose metadata every reader sees)."""
     s3: S3Config = S3Config()
     """Connection for s3:// outputs."""
     pool: WriterPoolConfig = WriterPoolConfig()
@@ -94,6 +99,8 @@ class ImageWriterConfig(StrictModel):
     """PNG zlib level."""
     keep_provider_bytes: bool = True
     """Store a hosted provider's file as sent (its own format) instead of encoding it as `format`."""
+    image_records: bool = True
+    """Keep each image's record with the object (actors.resume_index.image_record)."""
     num_upload_threads: int
     """Concurrent encode+upload workers per actor."""
     store: StoreSpec

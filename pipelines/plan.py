@@ -323,6 +323,7 @@ def writer_config(cfg: JobConfig, stores: Stores) -> ImageWriterConfig:
         quality=out.quality,
         png_compress_level=out.png_compress_level,
         keep_provider_bytes=out.keep_provider_bytes,
+        image_records=out.image_records,
         num_upload_threads=out.pool.num_upload_threads,
         store=stores.output,
         abort_error_fraction=cfg.limits.max_error_fraction,
