@@ -38,6 +38,8 @@ READ = ("image_key", "status", "sha256", "bytes", "error", "generator", "model",
 RECORD_FIELDS = ("generator", "model", *(c for c in CARRIED if c not in ("upload_ms", "draft_image_uri")),
                  *(c for c in SETTINGS if c != "negative_prompt"))
 ESCALATED_TO = "escalated_to"  # a kept cascade draft's record: the key of the heavy image its row ended as
+PREFETCH_MAX_KEYS = 4096
+"""Unlisted images whose records are read up front, in parallel (`Unlisted.prefetch`); beyond this, on demand."""
 
 
 def image_record(values: dict[str, Any]) -> str:
@@ -179,6 +181,27 @@ class Unlisted:
     def __len__(self) -> int:
         return len(self.objects)
 
+    def prefetch(self, max_keys: int = PREFETCH_MAX_KEYS, threads: int = 16) -> int:
+        """Read the records of every unlisted image now, `threads` at a time, when there are at most `max_keys`
+        of them (what a dead run leaves: a few manifest parts' worth); more (an output holding another config's
+        images) are read one by one as the run asks for them. The preprocessor does this while it starts, beside
+        the generators loading their models. Returns how many images were adopted.
+
+        Raises:
+            The store's error when it is down past its retry budget (the run fails; nothing is bought again).
+        """
+        keys = list(dict.fromkeys(name.partition(".")[0] for name in self.objects))
+        if not keys or len(keys) > max_keys:
+            return 0
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+            self.answers.update(zip(keys, pool.map(self._adopt, keys), strict=True))
+        adopted = sum(prior is not None for prior in self.answers.values())
+        logger.info("adopted %d of %d stored images no manifest row names (their records read in advance)",
+                    adopted, len(keys))
+        return adopted
+
     def adopt(self, key: str) -> Prior | None:
         """The Prior of an unlisted image stored under `key` in a format this run accepts, from its record; for a
         kept cascade draft, the Prior of the heavy image its row ended as. None when there is none, or its record
@@ -207,7 +230,7 @@ class Unlisted:
                           prior.settings, final_key=str(final), final_generator=str(heavy[1].get("generator", "")),
                           final_model=str(heavy[1].get("model", "")))
         if prior is not None:
-            logger.info("adopted %s: stored by an earlier run whose manifest row was lost", key)
+            logger.debug("adopted %s: stored by an earlier run whose manifest row was lost", key)
         return prior
 
     def _read(self, key: str) -> tuple[str, dict[str, Any], str] | None:
@@ -268,7 +291,9 @@ def load_index(store: ObjectStore, image_format: str, keep_provider_bytes: bool 
     # 2 manifest rows from committed parts and from runs that were interrupted before committing
     parts = [rel for rel, _ in store.list(f"{MANIFEST_DIR}/") if rel.endswith(".parquet")]
     if not parts:
-        return ResumeIndex(unlisted=_unlisted(store, present, (), image_format, keep_provider_bytes))
+        unlisted = _unlisted(store, present, (), image_format, keep_provider_bytes)
+        unlisted.prefetch()
+        return ResumeIndex(unlisted=unlisted)
     fs, root = arrow_filesystem(store.location.uri, store.spec)
     # 3 keep the rows that decide each key (columnar), remember where they are; parts are read one by one (a part
     # written by an older version reads a column it lacks as null)
@@ -297,6 +322,7 @@ def load_index(store: ObjectStore, image_format: str, keep_provider_bytes: bool 
             offset += len(take)
     table = pa.concat_tables(kept).combine_chunks() if kept else None
     unlisted = _unlisted(store, present, (ok_keys, ok_elsewhere, redirects), image_format, keep_provider_bytes)
+    unlisted.prefetch()
     logger.info("resume index: %d objects, %d manifest keys, %d escalated drafts, %d images no ok row names",
                 len(present), len(positions), len(redirects), len(unlisted))
     return ResumeIndex(table, positions, redirects, unlisted)

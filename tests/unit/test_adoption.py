@@ -183,3 +183,25 @@ def test_a_record_leaves_out_empty_values_and_is_dropped_when_over_the_metadata_
                          "clip_score": 31.234567, "generated_at": 1764638205.123456, "width": 1024,
                          "height": 1024, "num_steps": 1, "guidance_scale": 0.0, "seed": 1234567890,
                          "candidates": best})
+
+
+def test_records_are_read_up_front_in_parallel_unless_there_are_too_many(tmp_path: Path) -> None:
+    """What a dead run leaves (a few manifest parts' worth) is read while the preprocessor starts, so the rows
+    that ask for it don't wait on a HEAD each; an output full of another config's images is read on demand."""
+    out = generate([Outcome(encoded=provider_png(), mime="image/png", requests=1)] * 5, pending(5))
+    writer(tmp_path, fmt="png")[0](out)
+    keys = [str(k) for k in out["image_key"]]
+
+    class Counting(CountingStore):
+        reads = 0
+
+    index = load_index(Counting(str(tmp_path), StoreSpec(kind="local")), "png")
+    assert Counting.reads == 5
+    assert all(index.get(k) is not None for k in keys) and Counting.reads == 5  # nothing read twice
+    lazy = index.unlisted
+    assert lazy is not None
+    lazy.answers.clear()
+    Counting.reads = 0
+    assert lazy.prefetch(max_keys=4) == 0 and Counting.reads == 0  # too many: on demand
+    assert lazy.adopt(keys[0]) is not None and Counting.reads == 1
+    assert lazy.prefetch(max_keys=5) == 5
