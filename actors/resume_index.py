@@ -55,8 +55,9 @@ def image_record(values: dict[str, Any]) -> str:
         value = value.item() if hasattr(value, "item") and getattr(value, "ndim", 0) == 0 else value
         if isinstance(value, float) and not math.isfinite(value):
             continue  # NaN: not recorded (null in the manifest); ±inf has no JSON spelling
-        if isinstance(value, (str, bool, int, float)) and value != "":
-            kept[name] = value
+        if isinstance(value, (str, bool, int, float)) and (value != "" or name == "negative_prompt"):
+            kept[name] = value  # an escalated row's negative prompt is recorded even when it is ''
+
     text = json.dumps(kept, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
     return text if len(text) <= RECORD_MAX_BYTES else ""
 
@@ -177,12 +178,14 @@ class Unlisted:
         self.formats = sorted(EXTENSIONS, key=lambda f: f != run_format)  # the run's own format first
         self.keep_provider_bytes = keep_provider_bytes
         self.answers: dict[str, Prior | None] = {}  # keys looked up so far (a table may ask for one twice)
+        self.unreadable = 0  # records the store would not give (logged once, then counted)
 
     def __len__(self) -> int:
         return len(self.objects)
 
-    def prefetch(self, max_keys: int = PREFETCH_MAX_KEYS, threads: int = 16) -> int:
-        """Read the records of every unlisted image now, `threads` at a time, when there are at most `max_keys`
+    def prefetch(self, max_keys: int = PREFETCH_MAX_KEYS, threads: int = 8) -> int:
+        """Read the records of every unlisted image now, `threads` at a time (within boto3's pool of 10
+        connections), when there are at most `max_keys`
         of them (what a dead run leaves: a few manifest parts' worth); more (an output holding another config's
         images) are read one by one as the run asks for them. The preprocessor does this while it starts, beside
         the generators loading their models. Returns how many images were adopted.
@@ -198,8 +201,8 @@ class Unlisted:
         with ThreadPoolExecutor(max_workers=threads) as pool:
             self.answers.update(zip(keys, pool.map(self._adopt, keys), strict=True))
         adopted = sum(prior is not None for prior in self.answers.values())
-        logger.info("adopted %d of %d stored images no manifest row names (their records read in advance)",
-                    adopted, len(keys))
+        logger.info("adopted %d of %d stored images no manifest row names (their records read in advance%s)",
+                    adopted, len(keys), f"; {self.unreadable} unreadable" if self.unreadable else "")
         return adopted
 
     def adopt(self, key: str) -> Prior | None:
@@ -220,8 +223,8 @@ class Unlisted:
             prior = self._prior(key, fmt, record, sha256)
         else:
             heavy = self._read(str(final))
-            if heavy is None or heavy[1].get("route") != "escalated":
-                return None
+            if heavy is None or heavy[1].get("route") != "escalated" or heavy[1].get("draft_image_key") != key:
+                return None  # not (or no longer) this draft's final image
             prior = self._prior(str(final), *heavy)
             if prior is None:
                 return None
@@ -246,7 +249,9 @@ class Unlisted:
             except Exception as exc:
                 if is_transient(exc):  # the store is down past its retry budget: the run fails, nothing is bought
                     raise
-                logger.warning("can't read the record of %s (%s): it is generated again", key, exc)
+                self.unreadable += 1
+                log = logger.warning if self.unreadable == 1 else logger.debug
+                log("can't read the record of %s (%s): it is generated again (further ones are counted)", key, exc)
                 continue
             if record is None or not sha256:
                 continue  # no record (an older version, a store that keeps none) or a malformed one: redone
@@ -291,14 +296,14 @@ def load_index(store: ObjectStore, image_format: str, keep_provider_bytes: bool 
     # 2 manifest rows from committed parts and from runs that were interrupted before committing
     parts = [rel for rel, _ in store.list(f"{MANIFEST_DIR}/") if rel.endswith(".parquet")]
     if not parts:
-        unlisted = _unlisted(store, present, (), image_format, keep_provider_bytes)
+        unlisted = _unlisted(store, present, (), set(), image_format, keep_provider_bytes)
         unlisted.prefetch()
         return ResumeIndex(unlisted=unlisted)
     fs, root = arrow_filesystem(store.location.uri, store.spec)
     # 3 keep the rows that decide each key (columnar), remember where they are; parts are read one by one (a part
     # written by an older version reads a column it lacks as null)
     kept, positions, redirects, ok_keys = [], {}, {}, set()
-    ok_elsewhere: set[str] = set()  # keys of ok rows whose image is not in a format this run takes
+    ok_elsewhere: set[str] = set()  # `<key>.<ext>` of ok rows whose image is not in a format this run takes
     offset = 0
     for batch in iter_parts(fs, [f"{root}/{p}" for p in parts], list(READ)):
         cols = {c: batch.column(c).to_pylist() for c in ("image_key", "status", "route", "draft_image_key", "mime",
@@ -309,7 +314,7 @@ def load_index(store: ObjectStore, image_format: str, keep_provider_bytes: bool 
             if not key or status not in ("ok", "error") or key in ok_keys:
                 continue  # no key / never attempted (skipped) / already settled by an ok row
             if status == "ok" and not stored_in_run_format(key, mimes[j], sent[j]):
-                ok_elsewhere.add(key)
+                ok_elsewhere.add(f"{key}.{image_ext(format_of_mime(mimes[j] or '') or image_format)}")
                 continue  # manifest says ok but the object is gone (or in another format): redo it
             positions[key] = offset + len(take)
             if status == "ok":
@@ -321,22 +326,24 @@ def load_index(store: ObjectStore, image_format: str, keep_provider_bytes: bool 
             kept.append(batch.take(take))
             offset += len(take)
     table = pa.concat_tables(kept).combine_chunks() if kept else None
-    unlisted = _unlisted(store, present, (ok_keys, ok_elsewhere, redirects), image_format, keep_provider_bytes)
+    unlisted = _unlisted(store, present, (ok_keys, redirects), ok_elsewhere, image_format, keep_provider_bytes)
     unlisted.prefetch()
     logger.info("resume index: %d objects, %d manifest keys, %d escalated drafts, %d images no ok row names",
                 len(present), len(positions), len(redirects), len(unlisted))
     return ResumeIndex(table, positions, redirects, unlisted)
 
 
-def _unlisted(store: ObjectStore, present: dict[str, int], settled: tuple[Any, ...], image_format: str,
-              keep_provider_bytes: bool) -> Unlisted:
+def _unlisted(store: ObjectStore, present: dict[str, int], settled: tuple[Any, ...], ruled_out: set[str],
+              image_format: str, keep_provider_bytes: bool) -> Unlisted:
     """The images no ok manifest row names (no row, or only error rows: a later run made the image and died
-    before its row was written). A key an ok row names is settled by that row, in whatever format: a run
-    after a format switch reads no records for images its manifest already rules out.
+    before its row was written).
 
     Args:
-        settled: collections of keys (sets, dicts) an ok row names.
+        settled: collections of keys (sets, dicts) an ok row accepted by this run names.
+        ruled_out: `<key>.<ext>` of the images ok rows name that this run doesn't take (another format): a run
+            after a format switch reads no records for them, but does for the same key in another format (a
+            run in the new format that died before its manifest).
     """
     objects = {name: size for name, size in present.items()
-               if not any(name.partition(".")[0] in keys for keys in settled)}
+               if name not in ruled_out and not any(name.partition(".")[0] in keys for keys in settled)}
     return Unlisted(store, objects, image_format, keep_provider_bytes)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from actors.escalator import Escalator
 from actors.generation import Outcome, run_generation
 from actors.layout import MANIFEST_DIR, image_rel, manifest_part
 from actors.resume_index import ESCALATED_TO, image_record, load_index
-from actors.storage import RECORD_MAX_BYTES, LocalStore
+from actors.storage import RECORD_MAX_BYTES, RECORD_XATTR, LocalStore
 from configs.storage import StoreSpec
 from tests.unit.test_provider_bytes import generate, pending, provider_png, provider_webp, writer
 
@@ -39,12 +40,14 @@ pytestmark = pytest.mark.skipif(not _xattrs_work(), reason="no user extended att
 
 
 class CountingStore(LocalStore):
-    """A real local store that counts record reads (a HEAD each on S3)."""
+    """A real local store that counts record reads (a HEAD each on S3; read from several threads)."""
 
     reads = 0
+    lock = threading.Lock()
 
     def record_of(self, rel: str) -> tuple[str, str]:
-        type(self).reads += 1
+        with self.lock:
+            type(self).reads += 1
         return super().record_of(rel)
 
 
@@ -94,19 +97,21 @@ def test_an_image_without_a_record_or_in_another_format_is_redone(tmp_path: Path
     assert load_index(store_of(tmp_path / "b"), "webp").get(keys[1]) is not None
 
 
-def test_an_escalated_row_is_adopted_through_its_kept_draft(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("draft_negative", "heavy_negative"), [("", "blurry"), ("blurry, lowres", "")])
+def test_an_escalated_row_is_adopted_through_its_kept_draft(tmp_path: Path, draft_negative: str,
+                                                            heavy_negative: str) -> None:
     from configs.generator_base import GenerationDefaults
     from configs.prep import GeneratorIdentity
     from configs.routing import CascadeConfig
 
-    out = generate([Outcome(encoded=provider_webp(), mime="image/webp", requests=1, cost_usd=0.04)], pending(),
-                   usd_per_image=0.04)
+    out = generate([Outcome(encoded=provider_webp(), mime="image/webp", requests=1, cost_usd=0.04)],
+                   pending(negative_prompt=np.array([draft_negative], dtype=object)), usd_per_image=0.04)
     out.update(clip_score=np.array([0.1]), generator=np.array(["nano"], dtype=object),
                model=np.array(["gemini@api"], dtype=object), explicit=np.array([""], dtype=object))
     draft_key = str(out["image_key"][0])
     heavy = GeneratorIdentity(model="sdxl", revision="main", scheduler="",
                               defaults=GenerationDefaults(width=64, height=64, num_steps=2, guidance_scale=5.0,
-                                                          negative_prompt="blurry"))
+                                                          negative_prompt=heavy_negative))
     esc = Escalator(CascadeConfig(draft="nano", escalate="sdxl", threshold=0.5), "sdxl", heavy)(out)
     final = run_generation(esc, batch_size=4, generate=lambda reqs: [np.zeros((64, 64, 3), np.uint8)] * len(reqs),
                            is_fatal=lambda e: False, usd_per_second=0.0, usd_per_image=0.0)
@@ -117,8 +122,13 @@ def test_an_escalated_row_is_adopted_through_its_kept_draft(tmp_path: Path) -> N
     assert prior.carried["route"] == "escalated" and prior.carried["draft_image_key"] == draft_key
     assert prior.carried["draft_image_uri"] == rows["draft_image_uri"][0]
     assert prior.carried["cost_usd"] == final["cost_usd"][0] and prior.settings["width"] == 64
-    # the heavy generator's negative prompt, as the manifest path reports it (the row's own is the draft's)
-    assert prior.settings["negative_prompt"] == "blurry" == final["negative_prompt"][0]
+    # the heavy generator's negative prompt, '' too, as the manifest path reports it (the row's own is the draft's)
+    assert prior.settings["negative_prompt"] == heavy_negative == final["negative_prompt"][0]
+    # a heavy image whose record names another draft is not this one's (the draft generator's config changed)
+    heavy_rel = image_rel(str(final["image_key"][0]), "png")
+    os.setxattr(tmp_path / heavy_rel, RECORD_XATTR, store_of(tmp_path).record_of(heavy_rel)[0].replace(
+        draft_key, "f" * 40).encode())
+    assert load_index(store_of(tmp_path), "png").get(draft_key) is None
     # the writer stores the draft first; dying before the heavy image leaves a draft pointing at nothing: redone
     Path(rows["image_uri"][0]).unlink()
     assert load_index(store_of(tmp_path), "png").get(draft_key) is None
@@ -138,6 +148,11 @@ def test_keys_an_ok_row_names_cost_no_record_reads_even_after_a_format_switch(tm
     index = load_index(CountingStore(str(tmp_path), StoreSpec(kind="local")), "webp")
     assert all(index.get(str(k)) is None for k in local["image_key"]) and CountingStore.reads == 0
     assert load_index(store_of(tmp_path), "png").get(str(local["image_key"][0])) is not None
+    # a webp run made one of them and died before its manifest: that .webp is adopted, its .png still isn't read
+    w, _ = writer(tmp_path, fmt="webp")
+    w({k: v[:1] for k, v in local.items()})
+    index = load_index(CountingStore(str(tmp_path), StoreSpec(kind="local")), "webp")
+    assert index.get(str(local["image_key"][0])) is not None and CountingStore.reads == 1
 
 
 def test_a_malformed_record_is_redone_and_an_unreachable_store_fails_the_run(tmp_path: Path) -> None:
