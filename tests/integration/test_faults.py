@@ -187,7 +187,13 @@ def test_chaos_killed_driver_then_rerun(
     for p in psutil.process_iter(["cmdline"]):
         if raw["cluster"]["temp_dir"] in " ".join(p.info["cmdline"] or []):
             p.kill()
-    before = len(objects(s3_env, bucket, "driver/images/"))
+    before, deadline = len(objects(s3_env, bucket, "driver/images/")), time.time() + 20
+    while time.time() < deadline:  # an upload the store accepted as the run died may land a moment later
+        time.sleep(1)
+        now = len(objects(s3_env, bucket, "driver/images/"))
+        if now == before:
+            break
+        before = now
     assert 0 < before < n, (tmp_path / "driver.log").read_text()[-3000:]
     assert not [k for k in objects(s3_env, bucket, "driver/manifest/") if "/part-" in k]
     rerun_at = time.time()
