@@ -183,9 +183,8 @@ class Unlisted:
     def __len__(self) -> int:
         return len(self.objects)
 
-    def prefetch(self, max_keys: int = PREFETCH_MAX_KEYS, threads: int = 8) -> int:
-        """Read the records of every unlisted image now, `threads` at a time (within boto3's pool of 10
-        connections), when there are at most `max_keys`
+    def prefetch(self, max_keys: int = PREFETCH_MAX_KEYS, threads: int = 16) -> int:
+        """Read the records of every unlisted image now, `threads` at a time, when there are at most `max_keys`
         of them (what a dead run leaves: a few manifest parts' worth); more (an output holding another config's
         images) are read one by one as the run asks for them. The preprocessor does this while it starts, beside
         the generators loading their models. Returns how many images were adopted.

@@ -123,6 +123,9 @@ def s3_client(spec: StoreSpec, preflight: bool = False) -> Any:
         read_timeout=preflight_read_timeout(spec) if preflight else 60,
         s3={"addressing_style": "path"},
         signature_version="s3v4",
+        # one client serves a stage's threads (the writer's num_upload_threads ≤ 64, the resume index's record
+        # readers): botocore's default pool of 10 would drop and reopen connections past 10
+        max_pool_connections=64,
         # sha256 (kept in metadata) is our integrity check; skipping the SDK's extra CRC saves CPU per PUT
         request_checksum_calculation="when_required",
         response_checksum_validation="when_required",

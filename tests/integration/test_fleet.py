@@ -125,7 +125,7 @@ def test_cascade_escalates_known_fraction_within_cap(
     # rerun: nothing is drafted, scored or escalated again, and the manifest still tells the whole story
     capsys.readouterr()
     rerun_started = time.time()
-    assert generate.main([str(tmp_path / "job.yaml"), "--run-id", "rerun"]) == 0
+    assert generate.main([str(tmp_path / "job.yaml"), "--run-id", "rerun", "--set", "cluster.executor=in_process"]) == 0
     out = capsys.readouterr().out
     assert "0 written, 12 already present" in out and "cost: $0.0000" in out
     again = {r["id"]: r for r in manifest(s3_env, bucket, "cas")}
@@ -219,7 +219,7 @@ def test_best_of_n_through_a_run_and_resume(tmp_path: Path, s3_env: Any, bucket:
         assert len(cands) == 3 and r["seed"] == max(cands, key=lambda c: c["score"])["seed"]
         assert r["clip_score"] == pytest.approx(max(c["score"] for c in cands), abs=1e-6)
         assert r["cost_usd"] == pytest.approx(0.03)
-    assert generate.main([str(job), "--progress=off"]) == 0
+    assert generate.main([str(job), "--progress=off", "--set", "cluster.executor=in_process"]) == 0  # same either way
     again = {r["id"]: r for r in manifest(s3_env, bucket, "best")}
     assert all(again[r["id"]]["already_present"] and again[r["id"]]["candidates"] == r["candidates"]
                and again[r["id"]]["seed"] == r["seed"] for r in rows)
