@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from actors.layout import CONTENT_TYPES, format_of_mime, image_rel
-from actors.resume_index import ESCALATED_TO, RECORD_FIELDS, image_record, record_values
+from actors.resume_index import ESCALATED_TO, RECORD_INPUTS, image_record, record_values
 from actors.storage import explain_s3_error, open_store
 from configs.writer import ImageWriterConfig
 
@@ -244,7 +244,7 @@ class ImageWriter:
         try:
             if draft:
                 return image_record({ESCALATED_TO: batch["image_key"][i]})
-            row = {c: batch[c][i] for c in (*RECORD_FIELDS, "route", "explicit", "negative_prompt") if c in batch}
+            row = {c: batch[c][i] for c in RECORD_INPUTS if c in batch}
             return image_record(record_values({**row, "mime": CONTENT_TYPES[fmt], "encode_ms": encode_s * 1000}))
         except Exception:  # noqa: BLE001 - a value JSON can't hold: no record, the image itself is fine
             logger.warning("image %s: no record kept", batch["image_key"][i], exc_info=True)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pyarrow as pa
@@ -62,17 +62,26 @@ def image_record(values: dict[str, Any]) -> str:
     return text if len(text) <= RECORD_MAX_BYTES else ""
 
 
+RECORD_INPUTS = (*RECORD_FIELDS, "explicit", "negative_prompt")
+"""The row's columns `record_values` reads (besides the writer's `mime` and `encode_ms`)."""
+
+
 def record_values(row: dict[str, Any]) -> dict[str, Any]:
     """The values of one written row that go into its image's record (`image_record`).
 
     Args:
-        row: the row's columns (RECORD_FIELDS, `route`, `explicit`, `negative_prompt` where present) and the
-            writer's `mime` and `encode_ms`.
+        row: the row's RECORD_INPUTS (those present) and the writer's `mime` and `encode_ms`.
     """
     values = {c: row[c] for c in (*RECORD_FIELDS, "mime", "encode_ms") if c in row}
     if row.get("route") == "escalated" and "negative_prompt" not in str(row.get("explicit", "")).split(","):
         values["negative_prompt"] = row.get("negative_prompt", "")  # the heavy generator's default
     return values
+
+
+def _takes(fmt: str, requests: Any, run_format: str, keep_provider_bytes: bool) -> bool:
+    """Whether a run storing `run_format` counts an image stored as `fmt` as present: its own format, or, when it
+    keeps providers' files, a hosted image's own format (a row that sent requests)."""
+    return fmt == run_format or (keep_provider_bytes and (requests or 0) > 0)
 
 
 # what each record field must be (a record failing this is not adopted: the image is made again)
@@ -140,7 +149,7 @@ class ResumeIndex:
         row names (adopted), else None. An image found that way also beats an earlier error row for its key (a
         later run made it and died before its row was written)."""
         found = self._from_manifest(key)
-        if (found is None or found.status != "ok") and self.unlisted is not None:
+        if (found is None or found.status != "ok") and self.unlisted:  # (an empty Unlisted is falsy: no lookups)
             return self.unlisted.adopt(key) or found
         return found
 
@@ -222,17 +231,14 @@ class Unlisted:
             prior = self._prior(key, fmt, record, sha256)
         else:
             heavy = self._read(str(final))
-            if heavy is None or heavy[1].get("route") != "escalated" or heavy[1].get("draft_image_key") != key:
+            if (heavy is None or ESCALATED_TO in heavy[1] or heavy[1].get("route") != "escalated"
+                    or heavy[1].get("draft_image_key") != key):
                 return None  # not (or no longer) this draft's final image
-            prior = self._prior(str(final), *heavy)
-            if prior is None:
-                return None
-            prior = Prior(prior.status, prior.sha256, prior.bytes, prior.error,
-                          {**prior.carried, "draft_image_uri": self.store.uri_of(image_rel(key, fmt))},
-                          prior.settings, final_key=str(final), final_generator=str(heavy[1].get("generator", "")),
-                          final_model=str(heavy[1].get("model", "")))
-        if prior is not None:
-            logger.debug("adopted %s: stored by an earlier run whose manifest row was lost", key)
+            made = self._prior(str(final), *heavy)
+            prior = replace(made, carried={**made.carried, "draft_image_uri": self.store.uri_of(image_rel(key, fmt))},
+                            final_key=str(final), final_generator=str(heavy[1].get("generator", "")),
+                            final_model=str(heavy[1].get("model", "")))
+        logger.debug("adopted %s: stored by an earlier run whose manifest row was lost", key)
         return prior
 
     def _read(self, key: str) -> tuple[str, dict[str, Any], str] | None:
@@ -254,15 +260,13 @@ class Unlisted:
                 continue
             if record is None or not sha256:
                 continue  # no record (an older version, a store that keeps none) or a malformed one: redone
-            provider_file = (self.keep_provider_bytes and record.get("requests", 0) > 0
-                             and format_of_mime(record.get("mime", "")) == fmt)
-            if ESCALATED_TO in record or fmt == self.run_format or provider_file:
+            named = format_of_mime(record.get("mime", "")) or self.run_format  # as a manifest row's `mime` does
+            if ESCALATED_TO in record or (named == fmt and _takes(fmt, record.get("requests"), self.run_format,
+                                                                   self.keep_provider_bytes)):
                 return fmt, record, sha256
         return None
 
-    def _prior(self, key: str, fmt: str, record: dict[str, Any], sha256: str) -> Prior | None:
-        if ESCALATED_TO in record:
-            return None
+    def _prior(self, key: str, fmt: str, record: dict[str, Any], sha256: str) -> Prior:
         return Prior(status="ok", sha256=sha256, bytes=self.objects[f"{key}.{image_ext(fmt)}"], error="",
                      carried={c: record.get(c) for c in CARRIED},
                      settings={c: record[c] for c in SETTINGS if c in record})
@@ -285,20 +289,14 @@ def load_index(store: ObjectStore, image_format: str, keep_provider_bytes: bool 
 
     # 1 every image object present (one streamed listing), as `<key>.<ext>` → size
     present = {rel.rsplit("/", 1)[-1]: size for rel, size in store.list(f"{IMAGES_DIR}/")}
-    run_ext = image_ext(image_format)
 
-    def stored_in_run_format(key: str, mime: str | None, requests: int | None) -> bool:
-        fmt = format_of_mime(mime or "")
-        ext = image_ext(fmt) if fmt else run_ext
-        provider_file = keep_provider_bytes and (requests or 0) > 0
-        return (ext == run_ext or provider_file) and f"{key}.{ext}" in present
+    def stored_as(key: str, mime: str | None) -> tuple[str, str]:
+        """(format, `<key>.<ext>`) of the image an ok row names: its `mime`'s, or `image_format` for old rows."""
+        fmt = format_of_mime(mime or "") or image_format
+        return fmt, f"{key}.{image_ext(fmt)}"
     # 2 manifest rows from committed parts and from runs that were interrupted before committing
     parts = [rel for rel, _ in store.list(f"{MANIFEST_DIR}/") if rel.endswith(".parquet")]
-    if not parts:
-        unlisted = _unlisted(store, present, (), set(), image_format, keep_provider_bytes)
-        unlisted.prefetch()
-        return ResumeIndex(unlisted=unlisted)
-    fs, root = arrow_filesystem(store.location.uri, store.spec)
+    fs, root = arrow_filesystem(store.location.uri, store.spec) if parts else (None, "")
     # 3 keep the rows that decide each key (columnar), remember where they are; parts are read one by one (a part
     # written by an older version reads a column it lacks as null)
     kept, positions, redirects, ok_keys = [], {}, {}, set()
@@ -312,9 +310,11 @@ def load_index(store: ObjectStore, image_format: str, keep_provider_bytes: bool 
         for j, (key, status) in enumerate(zip(cols["image_key"], cols["status"], strict=True)):
             if not key or status not in ("ok", "error") or key in ok_keys:
                 continue  # no key / never attempted (skipped) / already settled by an ok row
-            if status == "ok" and not stored_in_run_format(key, mimes[j], sent[j]):
-                ok_elsewhere.add(f"{key}.{image_ext(format_of_mime(mimes[j] or '') or image_format)}")
-                continue  # manifest says ok but the object is gone (or in another format): redo it
+            if status == "ok":
+                fmt, name = stored_as(key, mimes[j])
+                if not (_takes(fmt, sent[j], image_format, keep_provider_bytes) and name in present):
+                    ok_elsewhere.add(name)
+                    continue  # manifest says ok but the object is gone (or in another format): redo it
             positions[key] = offset + len(take)
             if status == "ok":
                 ok_keys.add(key)

@@ -86,13 +86,6 @@ class S3Store(ObjectStore):
             f"get {rel}",
         )
 
-    def stored_sha256(self, rel: str) -> str:
-        """sha256 of a stored object: from its metadata when we wrote it, else by reading it."""
-        head = self._s3(lambda: self.client.head_object(Bucket=self.location.bucket, Key=self._key(rel)), rel)
-        if head.get("Metadata", {}).get("sha256"):
-            return str(head["Metadata"]["sha256"])
-        return super().stored_sha256(rel)
-
     def record_of(self, rel: str) -> tuple[str, str]:
         meta = self._s3(lambda: self.client.head_object(Bucket=self.location.bucket, Key=self._key(rel)),
                         f"head {rel}").get("Metadata", {})

@@ -308,8 +308,8 @@ class ObjectStore(abc.ABC):
         """The bytes of a stored object."""
 
     def stored_sha256(self, rel: str) -> str:
-        """sha256 of a stored object, by reading it (stores that keep it in metadata answer from there)."""
-        return hashlib.sha256(self.get(rel)).hexdigest()
+        """sha256 of a stored object: the one kept with it (`record_of`) when we wrote it, else by reading it."""
+        return self.record_of(rel)[1] or hashlib.sha256(self.get(rel)).hexdigest()
 
     @abc.abstractmethod
     def record_of(self, rel: str) -> tuple[str, str]:
