@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+from typing import Any
 
 KEY_HEX_CHARS = 40
 SEED_MAX = 2**31 - 1  # int32: accepted by torch, numpy and the hosted APIs
@@ -62,6 +63,13 @@ def derive_seed(job_seed: int, row_id: str, index: int) -> int:
 def derive_row_id(prompt: str) -> str:
     """Row id for data without an id column: a short hash of the prompt (duplicates share it)."""
     return "p-" + hashlib.sha256(prompt.encode("utf-8")).hexdigest()[:16]
+
+
+def combination_id(values: dict[str, Any]) -> str:
+    """A template combination's id: a hash of its values, so adding a value to a list keeps every earlier
+    combination's id, seed and image (its position in the product would shift)."""
+    text = json.dumps(values, sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
 
 
 def shape_bucket(width: int, height: int, num_steps: int, guidance_scale: float) -> tuple[int, int, int, float]:

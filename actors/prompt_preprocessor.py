@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import random
@@ -15,7 +14,16 @@ import numpy as np
 
 from actors.cells import Undecodable, column_values
 from actors.input_reader import INPUT_OUTPUT_COLUMNS
-from actors.keys import SETTINGS, adapter_key, adapters_text, conditioning, derive_row_id, derive_seed, image_key
+from actors.keys import (
+    SETTINGS,
+    adapter_key,
+    adapters_text,
+    combination_id,
+    conditioning,
+    derive_row_id,
+    derive_seed,
+    image_key,
+)
 from actors.manifest_schema import CARRIED, empty_value
 from actors.resume_index import ResumeIndex, load_index
 from actors.storage import open_store
@@ -363,13 +371,6 @@ def parse_adapters(cell: Any, known: dict[str, str], default: list[tuple[str, fl
             raise ValueError(f"LoRA adapter {name!r}: weight {weight!r} must be between -10 and 10")
         out[name] = value
     return list(out.items())
-
-
-def combination_id(values: dict[str, Any]) -> str:
-    """A combination's id: a hash of its values, so adding a value to a list keeps every earlier combination's id,
-    seed and image (its position in the product would shift)."""
-    text = json.dumps(values, sort_keys=True, ensure_ascii=False, default=str)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
 
 
 class Unrendered(str):
