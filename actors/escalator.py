@@ -9,14 +9,15 @@ from typing import Any
 import numpy as np
 
 from actors.generation import parse_adapter_list
-from actors.keys import SETTINGS, adapter_key, adapters_text, conditioning, image_key
+from actors.keys import adapters_text, key_of
 from configs.generator_base import STRENGTH_TASKS
 from configs.prep import GeneratorIdentity
+from configs.request import HEAVY_SETTINGS, SHAPE_SETTINGS, numpy_dtype
 from configs.routing import CascadeConfig
 from configs.source import variant_size
 
 Batch = dict[str, np.ndarray]
-DRAFT_SETTINGS = {f"draft_{s}": (np.float64 if s == "guidance_scale" else np.int32) for s in SETTINGS}
+DRAFT_SETTINGS = {f"draft_{s}": np.dtype(numpy_dtype(s)) for s in SHAPE_SETTINGS}
 
 
 def escalation_share(cfg: CascadeConfig, heavy_usd: float, num_drafts: int) -> tuple[float | None, int | None]:
@@ -57,12 +58,8 @@ class Escalator:
         "model": "the draft's model",
         "explicit": "settings the input row set (kept); the others take the heavy generator's defaults",
         "prompt": "for the heavy image's key",
-        "negative_prompt": "kept when explicit, else the heavy generator's default",
         "seed": "kept: the heavy image uses the draft's seed",
-        "width": "the draft's; the heavy one's unless explicit",
-        "height": "the draft's; the heavy one's unless explicit",
-        "num_steps": "the draft's; the heavy one's unless explicit",
-        "guidance_scale": "the draft's; the heavy one's unless explicit",
+        **{s: "the draft's; the heavy one's unless explicit" for s in HEAVY_SETTINGS},
     }
     OPTIONAL_COLUMNS = ("task", "input_sha256", "mask_sha256", "mask_uri", "strength", "adapters", "variant")
     """Read when present (image-conditioned rows, adapters): the heavy image's key is made from the same inputs."""
@@ -82,8 +79,7 @@ class Escalator:
         "image_mime": "emptied for escalated rows",
         "strength": "the heavy generator's default unless explicit",
         "adapters": "the heavy generator's default adapters unless the row chose its own",
-        "negative_prompt": "the heavy generator's default unless explicit",
-        **{s: "the heavy generator's default unless explicit" for s in SETTINGS},
+        **{s: "the heavy generator's default unless explicit" for s in HEAVY_SETTINGS},
     }
 
     def __init__(self, cfg: CascadeConfig, heavy_name: str, heavy: GeneratorIdentity, num_drafts: int = 0) -> None:
@@ -106,11 +102,10 @@ class Escalator:
         draft_score = np.full(n, np.nan)
         draft_gen = np.array([""] * n, dtype=object)
         drafted = {name: np.zeros(n, dtype=dtype) for name, dtype in DRAFT_SETTINGS.items()}
-        cols = {c: np.array(batch[c], dtype=object) for c in ("status", "image_key", "generator", "model", "image",
-                                                                "negative_prompt")}
+        cols = {c: np.array(batch[c], dtype=object) for c in ("status", "image_key", "generator", "model", "image")}
         # no image_mime column (a caller with pixels only): every image is raw pixels
         cols["image_mime"] = np.array(batch["image_mime"] if "image_mime" in batch else [""] * n, dtype=object)
-        settings = {s: np.array(batch[s]) for s in SETTINGS}
+        settings = {s: np.array(batch[s], dtype=numpy_dtype(s)) for s in HEAVY_SETTINGS}
         strength = np.array(batch["strength"] if "strength" in batch else [np.nan] * n, dtype=np.float64)
         adapters = np.array(batch["adapters"] if "adapters" in batch else [""] * n, dtype=object)
         scores = np.array(batch["clip_score"], dtype=np.float64)
@@ -130,18 +125,13 @@ class Escalator:
                 cols["generator"][i]
             if self.cfg.keep_draft:
                 draft_image[i], draft_mime[i] = cols["image"][i], cols["image_mime"][i]
-            for s in SETTINGS:
+            for s in SHAPE_SETTINGS:
                 drafted[f"draft_{s}"][i] = settings[s][i]
+            for s in HEAVY_SETTINGS:
                 settings[s][i] = heavy[s]
-            cols["negative_prompt"][i] = heavy["negative_prompt"]
-            strength[i], adapters[i] = heavy["strength"], heavy["adapters_text"]
+            strength[i], adapters[i] = heavy["strength"], adapters_text(heavy["adapters"])
             h = self.heavy
-            cols["image_key"][i] = image_key(
-                render=h.render, model=h.model, revision=h.revision, scheduler=h.scheduler,
-                prompt=str(batch["prompt"][i]), negative_prompt=str(heavy["negative_prompt"]),
-                seed=int(batch["seed"][i]), width=int(heavy["width"]), height=int(heavy["height"]),
-                num_steps=int(heavy["num_steps"]), guidance_scale=float(heavy["guidance_scale"]),
-                conditioning=heavy["conditioning"])
+            cols["image_key"][i] = key_of(heavy, h, heavy["adapters"])
             cols["generator"][i], cols["model"][i] = self.heavy_name, f"{h.model}@{h.revision}"
             cols["status"][i], cols["image"][i], cols["image_mime"][i] = "pending", b"", ""
         # 3 same columns in, plus the cascade's
@@ -166,11 +156,11 @@ class Escalator:
         it can't take the row's inputs)."""
         d = self.heavy.defaults
         explicit = set(str(batch["explicit"][i]).split(","))
-        values: dict[str, Any] = {s: (batch[s][i] if s in explicit else getattr(d, s)) for s in SETTINGS}
+        values: dict[str, Any] = {s: (batch[s][i] if s in explicit else getattr(d, s)) for s in HEAVY_SETTINGS}
+        values.update(prompt=batch["prompt"][i], seed=batch["seed"][i])
         variant = str(batch["variant"][i]) if "variant" in batch else ""
         if variant:  # a campaign variant keeps its shape: the heavy generator's size in that aspect ratio
             values["width"], values["height"] = variant_size(variant, int(values["width"]), int(values["height"]))
-        values["negative_prompt"] = batch["negative_prompt"][i] if "negative_prompt" in explicit else d.negative_prompt
         if int(values["width"]) * int(values["height"]) > d.max_pixels:
             return None
         return self._heavy_conditioning(batch, i, explicit, values)
@@ -185,6 +175,7 @@ class Escalator:
 
         h, task = self.heavy, str(value("task", "text-to-image"))
         inputs, mask = str(value("input_sha256", "")), str(value("mask_sha256", ""))
+        values.update(task=task, input_sha256=inputs, mask_sha256=mask)
         if len([x for x in inputs.split(",") if x]) > h.max_input_images or (mask and not h.masks):
             return None
         takes_strength = task in STRENGTH_TASKS and h.takes_strength
@@ -195,8 +186,5 @@ class Escalator:
             chosen = list(parse_adapter_list(str(value("adapters", ""))))
             if any(name not in h.adapters for name, _ in chosen):
                 return None
-        values["adapters_text"] = adapters_text(list(chosen))
-        values["conditioning"] = conditioning(task=task, input_sha256=inputs, mask_sha256=mask,
-                                              strength=values["strength"] if takes_strength else None,
-                                              adapters=adapter_key(list(chosen), h.adapters))
+        values["adapters"] = list(chosen)
         return values

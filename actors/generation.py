@@ -7,14 +7,15 @@ import logging
 import math
 import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import numpy as np
 
 from actors.inputs import InputFiles, InputProblem, load_inputs, sha256_of
 from actors.keys import derive_seed, shape_bucket
+from configs.request import BY_NAME, KEY_SETTINGS, ROW_COLUMNS
 
 logger = logging.getLogger(__name__)
 
@@ -22,19 +23,15 @@ Batch = dict[str, np.ndarray]
 
 GENERATOR_INPUT_COLUMNS = {
     "prompt": "prompt text",
-    "negative_prompt": "negative prompt",
-    "seed": "per-image seed",
-    "width": "pixels",
-    "height": "pixels",
-    "num_steps": "denoising steps",
-    "guidance_scale": "CFG scale",
+    **{name: BY_NAME[name].description for name in KEY_SETTINGS},
     "image_key": "content hash (hosted batch mode matches results by it)",
     "generator": "only rows routed to this generator are generated; the rest pass through",
     "status": "only `pending` rows are generated; the rest pass through",
     "error": "passed through",
     "enqueued_at": "for queue time",
 }
-CONDITIONING_COLUMNS = ("task", "input_images", "input_sha256", "mask_uri", "mask_sha256", "strength", "adapters")
+CONDITIONING_COLUMNS = ("task", "input_images", "input_sha256", "mask_uri", "mask_sha256",
+                        *(name for name in ROW_COLUMNS if BY_NAME[name].keyed == "conditioning"))
 """What image-conditioned and adapter rows carry beyond GENERATOR_INPUT_COLUMNS (read when present)."""
 """What `run_generation` reads of every row (rows routed to other generators pass through unchanged)."""
 
@@ -75,6 +72,9 @@ class Request:
     """image-to-image / inpaint: how far from the input the result may move (0..1)."""
     adapters: tuple[tuple[str, float], ...] = ()
     """LoRA adapters (name, weight) to apply; () = none."""
+    settings: Mapping[str, Any] = field(default_factory=dict)
+    """The request table's settings that have no field of their own here (`configs.request.REQUEST`), by name: a
+    backend that honours one reads it from here."""
 
 
 @dataclass(frozen=True)
@@ -472,7 +472,12 @@ def _request(batch: Batch, i: int, inputs: InputFiles | None = None) -> Request:
         mask=mask,
         strength=strength if math.isfinite(strength) else 0.0,
         adapters=parse_adapter_list(str(batch["adapters"][i])) if "adapters" in batch else (),
+        settings={name: batch[name][i] for name in OTHER_SETTINGS if name in batch},
     )
+
+
+OTHER_SETTINGS = tuple(name for name in ROW_COLUMNS if name not in {f.name for f in fields(Request)})
+"""Settings of the request table that reach a backend through `Request.settings`."""
 
 
 def _describe(exc: BaseException) -> str:

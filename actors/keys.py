@@ -1,57 +1,84 @@
-"""Pure helpers shared by stages: content-hash image keys, derived seeds, shape buckets."""
+"""Pure helpers shared by stages: content-hash image keys, derived seeds, shape buckets.
+
+`key_of` is the one place a request becomes its image key (the preprocessor, the escalator and serving all call
+it); `tests/unit/test_golden_keys.py` pins what every function here returns.
+"""
+
+from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from configs.generator_base import STRENGTH_TASKS
+from configs.request import BY_NAME, KEY_SETTINGS
+
+if TYPE_CHECKING:
+    from configs.prep import GeneratorIdentity
 
 KEY_HEX_CHARS = 40
 SEED_MAX = 2**31 - 1  # int32: accepted by torch, numpy and the hosted APIs
-# Generation settings a row may set; the rest come from its generator's defaults (an escalated cascade row takes
-# the heavy generator's defaults for every setting the row did not set). All of them are in the image key.
-SETTINGS = ("width", "height", "num_steps", "guidance_scale")
 
 
-def image_key(
-    *,
-    model: str,
-    revision: str,
-    scheduler: str,
-    prompt: str,
-    negative_prompt: str,
-    seed: int,
-    width: int,
-    height: int,
-    num_steps: int,
-    guidance_scale: float,
-    render: str = "",
-    conditioning: str = "",
-) -> str:
+def image_key(*, model: str, revision: str, scheduler: str, prompt: str, render: str = "", conditioning: str = "",
+              **settings: Any) -> str:
     """Content hash of everything that determines an image; the same request always maps to one key.
 
-    `render` names the generator's non-default settings that change pixels (dtype, weights variant, tiny VAE,
-    hosted quality); `conditioning` what the image is made from besides the prompt (`conditioning()`: the task,
-    input images' and mask's content hashes, strength, LoRA adapters' file hashes and weights). Each enters the hash
-    only when set, so keys of plain text-to-image rows never change.
+    `settings` are the request's key settings (`configs.request.KEY_SETTINGS`: negative prompt, seed, size, steps,
+    guidance, ...), each normalised by its kind (integers, floats rounded to 6 places, text). `render` names the
+    generator's non-default settings that change pixels (dtype, weights variant, tiny VAE, hosted quality);
+    `conditioning` what the image is made from besides the prompt (`conditioning()`: the task, input images' and
+    mask's content hashes, strength, LoRA adapters' file hashes and weights). These, and settings marked
+    `key_when_set`, enter the hash only when set, so keys of rows that don't use them never change.
     """
-    payload = {
-        "model": model,
-        "revision": revision,
-        "scheduler": scheduler,
-        "prompt": prompt,
-        "negative_prompt": negative_prompt,
-        "seed": int(seed),
-        "width": int(width),
-        "height": int(height),
-        "num_steps": int(num_steps),
-        # repr of a rounded float is stable across platforms; 1e-6 is far below any meaningful change
-        "guidance_scale": round(float(guidance_scale), 6),
-    }
+    unknown = sorted(set(settings) - set(KEY_SETTINGS))
+    if unknown:
+        raise TypeError(f"image_key: {', '.join(unknown)} is not a key setting of configs.request.REQUEST")
+    payload: dict[str, Any] = {"model": model, "revision": revision, "scheduler": scheduler, "prompt": prompt}
+    for name in KEY_SETTINGS:
+        setting = BY_NAME[name]
+        value = _canonical(setting.kind, settings[name])
+        if not setting.key_when_set or value not in ("", 0):
+            payload[name] = value
     if render:
         payload["render"] = render
     if conditioning:
         payload["conditioning"] = conditioning
     blob = json.dumps(payload, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:KEY_HEX_CHARS]
+
+
+def _canonical(kind: str, value: Any) -> Any:
+    """A setting's value as it is hashed: int; float rounded to 6 places (the repr of a rounded float is stable
+    across platforms, and 1e-6 is far below any meaningful change); text."""
+    if kind in ("int32", "int64"):
+        return int(value)
+    if kind == "float64":
+        return round(float(value), 6)
+    return str(value)
+
+
+def key_of(request: Mapping[str, Any], ident: GeneratorIdentity, adapters: Sequence[tuple[str, float]],
+           selection: str = "") -> str:
+    """The image key of one request made by the generator `ident`.
+
+    Args:
+        request: the row's values: `prompt`, every key setting (`configs.request.KEY_SETTINGS`), and what it is made
+            from besides the prompt (`task`, `input_sha256`, `mask_sha256`, `strength`; absent = text-to-image).
+        ident: the generator's identity (model, revision, scheduler, render text, adapters' file hashes).
+        adapters: the LoRA adapters (name, weight) applied.
+        selection: how the image is chosen among candidates (best-of-N), '' = not chosen.
+    """
+    task = str(request.get("task", "text-to-image"))
+    keyed_strength = task in STRENGTH_TASKS and ident.takes_strength  # a hosted API has none: not in its key
+    made_of = conditioning(task=task, input_sha256=str(request.get("input_sha256", "")),
+                           mask_sha256=str(request.get("mask_sha256", "")),
+                           strength=float(request["strength"]) if keyed_strength else None,
+                           adapters=adapter_key(list(adapters), ident.adapters), selection=selection)
+    return image_key(model=ident.model, revision=ident.revision, scheduler=ident.scheduler, render=ident.render,
+                     prompt=str(request["prompt"]), conditioning=made_of,
+                     **{name: request[name] for name in KEY_SETTINGS})
 
 
 def derive_seed(job_seed: int, row_id: str, index: int) -> int:

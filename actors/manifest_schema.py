@@ -9,6 +9,8 @@ from typing import Any
 
 import pyarrow as pa
 
+from configs.request import BY_NAME, ROW_COLUMNS, SHAPE_SETTINGS
+
 # Every list of manifest columns derives from COLUMNS: the Arrow schema (pipelines.schema.MANIFEST), what a
 # resumed run carries over (CARRIED), the WebDataset sample JSON (SHARD_FIELDS) and the report's reads
 # (REPORT_COLUMNS). README.md's "Manifest columns:" list names them in this order (tests/unit keep it so).
@@ -29,32 +31,43 @@ class Column:
     """Read by the run report."""
 
 
-COLUMNS: tuple[Column, ...] = (
+_ARROW = {"int32": pa.int32(), "int64": pa.int64(), "float64": pa.float64(), "text": pa.string()}
+
+
+def _setting(name: str, description: str = "", **flags: bool) -> Column:
+    """The manifest column of a per-image setting: its type (and meaning) from the request table."""
+    setting = BY_NAME[name]
+    return Column(name, _ARROW[setting.kind], description or setting.description, **flags)
+
+
+def _drafted(name: str, description: str) -> Column:
+    """`draft_<name>`: a cascade's draft's value of a setting, typed as the setting."""
+    return Column(f"draft_{name}", _ARROW[BY_NAME[name].kind], description, carried=True, report=True)
+
+
+_LISTED: tuple[Column, ...] = (
     Column("id", pa.string(), "row id from the input (or derived from the prompt)", shard=True, report=True),
     Column("image_index", pa.int32(), "0..num_images-1 within the input row", shard=True),
     Column("image_key", pa.string(), "content hash naming the image object ('' for invalid rows)",
            shard=True, report=True),
     Column("prompt", pa.string(), "prompt text", shard=True, report=True),
-    Column("negative_prompt", pa.string(), "negative prompt", shard=True),
+    _setting("negative_prompt", shard=True),
     Column("template", pa.string(), "the prompt template the prompt was written from ('' when read from a column)"),
     Column("template_vars", pa.string(), "JSON of the values the template was filled with: its lists' values and "
            "the row's columns ('' without a template)", shard=True),
     Column("generator", pa.string(), "name of the generator that made the image", shard=True, report=True),
     Column("model", pa.string(), "model id@revision of that generator", shard=True),
-    Column("seed", pa.int64(), "per-image seed", shard=True),
-    Column("width", pa.int32(), "pixels (as returned by hosted APIs)", shard=True, report=True),
-    Column("height", pa.int32(), "pixels (as returned by hosted APIs)", shard=True, report=True),
-    Column("num_steps", pa.int32(), "denoising steps", shard=True, report=True),
-    Column("guidance_scale", pa.float64(), "CFG scale", shard=True, report=True),
+    _setting("seed", shard=True),
+    *(_setting(name, shard=True, report=True) for name in SHAPE_SETTINGS),
     Column("task", pa.string(), "text-to-image | image-to-image | inpaint | edit", shard=True, report=True),
-    Column("strength", pa.float64(), "image-to-image / inpaint strength (null for other tasks)", shard=True),
+    _setting("strength", shard=True),
     Column("input_images", pa.string(), "JSON list of the input image URIs the image was made from ('' = none)",
            shard=True, report=True),
     Column("input_sha256", pa.string(), "content hashes of those input images, comma-separated (part of the key)",
            shard=True),
     Column("mask_uri", pa.string(), "the mask the image was made with ('' = none)", shard=True),
     Column("mask_sha256", pa.string(), "content hash of the mask (part of the key)", shard=True),
-    Column("adapters", pa.string(), "LoRA adapters applied, `name:weight` comma-separated ('' = none)", shard=True),
+    _setting("adapters", shard=True),
     Column("variant", pa.string(), "the output variant (aspect ratio or size) of the row's request ('' = none)",
            shard=True, report=True),
     Column("status", pa.string(), "ok | error | refused | skipped", report=True),
@@ -86,14 +99,16 @@ COLUMNS: tuple[Column, ...] = (
     Column("draft_score", pa.float64(), "cascade: the draft's score", carried=True, shard=True, report=True),
     Column("draft_generator", pa.string(), "cascade: generator that made the draft", carried=True, shard=True,
            report=True),
-    Column("draft_width", pa.int32(), "cascade: the draft's width (the final image has the heavy generator's)",
-           carried=True, report=True),
-    Column("draft_height", pa.int32(), "cascade: the draft's height", carried=True, report=True),
-    Column("draft_num_steps", pa.int32(), "cascade: the draft's denoising steps", carried=True, report=True),
-    Column("draft_guidance_scale", pa.float64(), "cascade: the draft's CFG scale", carried=True, report=True),
+    _drafted("width", "cascade: the draft's width (the final image has the heavy generator's)"),
+    *(_drafted(name, f"cascade: the draft's {name}") for name in SHAPE_SETTINGS[1:]),
     Column("generated_at", pa.float64(), "unix time the image was generated", carried=True, report=True),
     Column("written_at", pa.float64(), "unix time the row finished"),
     Column("run_id", pa.string(), "the run that wrote this manifest"),
+)
+COLUMNS: tuple[Column, ...] = (
+    *_LISTED,
+    # a setting added to the request table after these were listed: its own column, at the end
+    *(_setting(name, shard=True) for name in ROW_COLUMNS if name not in {c.name for c in _LISTED}),
 )
 
 NAMES: tuple[str, ...] = tuple(c.name for c in COLUMNS)

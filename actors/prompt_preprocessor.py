@@ -14,21 +14,13 @@ import numpy as np
 
 from actors.cells import Undecodable, column_values
 from actors.input_reader import INPUT_OUTPUT_COLUMNS
-from actors.keys import (
-    SETTINGS,
-    adapter_key,
-    adapters_text,
-    combination_id,
-    conditioning,
-    derive_row_id,
-    derive_seed,
-    image_key,
-)
+from actors.keys import adapters_text, combination_id, derive_row_id, derive_seed, key_of
 from actors.manifest_schema import CARRIED, empty_value
 from actors.resume_index import ResumeIndex, load_index
 from actors.storage import open_store
 from configs.generator_base import STRENGTH_TASKS
 from configs.prep import PrepConfig
+from configs.request import BY_NAME, DEFAULTED_SETTINGS, ROW_COLUMNS, ROW_SET, numpy_dtype
 from configs.source import compile_template, variant_size
 
 if TYPE_CHECKING:
@@ -38,16 +30,6 @@ Batch = dict[str, np.ndarray]
 Prompt = tuple[Any, Any, dict[str, str]]
 """(prompt text or a marker, row id, template record) of one prompt a row makes."""
 MAX_SIDE = 8192
-# Optional per-row override columns and the python type each must convert to.
-OVERRIDE_COLUMNS = {
-    "seed": int,
-    "width": int,
-    "height": int,
-    "num_steps": int,
-    "guidance_scale": float,
-    "num_images": int,
-    "strength": float,
-}
 
 
 class PromptPreprocessor:
@@ -62,14 +44,9 @@ class PromptPreprocessor:
         "id": "row id from the data (or derived from the prompt)",
         "image_index": "0..num_images-1 within the row",
         "prompt": "prompt text",
-        "negative_prompt": "negative prompt",
         "generator": "name of the generator the row is routed to",
         "model": "model id@revision of that generator",
-        "seed": "per-image seed",
-        "width": "pixels",
-        "height": "pixels",
-        "num_steps": "denoising steps",
-        "guidance_scale": "CFG scale",
+        **{name: BY_NAME[name].description for name in ROW_COLUMNS},
         "image_key": "content hash naming the image object ('' for error rows)",
         "status": "pending | error | cached (complete in an earlier run) | skipped (over budget)",
         "error": "why the row can't be generated ('' when fine)",
@@ -81,8 +58,6 @@ class PromptPreprocessor:
         "template_vars": "JSON of the values the template was filled with ('' without a template)",
         "task": "text-to-image | image-to-image | inpaint | edit",
         **{c: d for c, d in INPUT_OUTPUT_COLUMNS.items() if c != "input_error"},
-        "strength": "image-to-image / inpaint strength (NaN for other tasks)",
-        "adapters": "LoRA adapters applied, `name:weight` comma-separated ('' = none)",
         "variant": "the output variant (aspect ratio or size) this image is ('' without variants)",
         "num_candidates": "images to generate for this one before the best is kept (best-of-N; 1 = just this one)",
         **{f"prior_{c}": f"{c} an earlier run recorded (cached rows carry it into the manifest)" for c in CARRIED},
@@ -116,8 +91,8 @@ class PromptPreprocessor:
         #   same request to several generators
         out: list[dict[str, Any]] = []
         now = time.time()
-        settings = {field: self.cfg.columns.get(field, field) for field in OVERRIDE_COLUMNS}
-        settings = {field: column for field, column in settings.items() if column in cols}
+        settings = {name: self.cfg.columns.get(BY_NAME[name].column, BY_NAME[name].column) for name in ROW_SET}
+        settings = {name: column for name, column in settings.items() if column in cols}
         for i in range(n):
             overrides = {field: cols[column][i] for field, column in settings.items()}
             for prompt, row_id, filled in self._prompts(cols, i, prompts[i], ids[i]):
@@ -193,10 +168,7 @@ class PromptPreprocessor:
             "negative_prompt": neg if isinstance(neg, str) else d.negative_prompt,
             "generator": gen_name,
             "model": f"{ident.model}@{ident.revision}" if ident else "",
-            "width": d.width,
-            "height": d.height,
-            "num_steps": d.num_steps,
-            "guidance_scale": d.guidance_scale,
+            **{name: getattr(d, name) for name in DEFAULTED_SETTINGS},
             "enqueued_at": now,
             "explicit": "negative_prompt" if isinstance(neg, str) else "",
             "task": task,
@@ -209,7 +181,7 @@ class PromptPreprocessor:
         try:
             values = {k: _convert(k, v) for k, v in overrides.items()
                       if v is not None and (k != "strength" or task in STRENGTH_TASKS)}
-            given = [k for k in SETTINGS if k in values]
+            given = [k for k in DEFAULTED_SETTINGS if k in values]
             base.update({k: values[k] for k in given})
             if task in STRENGTH_TASKS and "strength" in values:
                 base["strength"] = values["strength"]
@@ -247,18 +219,10 @@ class PromptPreprocessor:
                     rows.extend({**shaped, "image_index": idx, "seed": 0, "image_key": "", "status": "error",
                                  "error": f"variant {variant}: {size_error}", **NO_PRIOR} for idx in range(num_images))
                     continue
-            keyed = task in STRENGTH_TASKS and ident.takes_strength  # a hosted API has none: not in its key
-            made_of = conditioning(task=task, input_sha256=base["input_sha256"], mask_sha256=base["mask_sha256"],
-                                   strength=base["strength"] if keyed else None,
-                                   adapters=adapter_key(adapters, ident.adapters), selection=self.cfg.selection)
             for idx in range(num_images):
                 seed = (row_seed + idx) % (2**31 - 1) if row_seed is not None else derive_seed(self.cfg.job_seed, rid,
                                                                                                  idx)
-                key = image_key(render=ident.render, model=ident.model, revision=ident.revision,
-                                scheduler=ident.scheduler, prompt=shaped["prompt"],
-                                negative_prompt=shaped["negative_prompt"], seed=seed, width=shaped["width"],
-                                height=shaped["height"], num_steps=shaped["num_steps"],
-                                guidance_scale=shaped["guidance_scale"], conditioning=made_of)
+                key = key_of({**shaped, "seed": seed}, ident, adapters, self.cfg.selection)
                 state = self._resume_state(key)
                 if state["status"] == "pending" and self.cfg.budget_usd > 0:
                     if self.spent_usd + ident.est_usd_per_image > self.cfg.budget_usd:
@@ -378,10 +342,15 @@ class Unrendered(str):
 
 
 def _convert(name: str, value: Any) -> Any:
-    kind = OVERRIDE_COLUMNS[name]
+    """A row's cell of setting `name` as its kind's Python value (ValueError naming the setting)."""
+    kind = BY_NAME[name].kind
+    if kind == "text":
+        if not isinstance(value, str):
+            raise ValueError(f"{name}={value!r} is not text")
+        return value
     if isinstance(value, Decimal):  # Parquet decimal columns (e.g. guidance 7.50 from a SQL export)
         value = float(value) if value.is_finite() else math.nan
-    if kind is int:
+    if kind in ("int32", "int64"):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise ValueError(f"{name}={value!r} is not a whole number")
         if float(value) != int(value):
@@ -398,15 +367,10 @@ NO_TEMPLATE = {"template": "", "template_vars": ""}
 # in the manifest; strings empty; integers 0)
 NO_PRIOR: dict[str, Any] = {f"prior_{c}": empty_value(c) for c in ("sha256", "bytes", *CARRIED)}
 
-_DTYPES = {
+_DTYPES: dict[str, Any] = {
     "image_index": np.int32,
-    "seed": np.int64,
-    "width": np.int32,
-    "height": np.int32,
-    "num_steps": np.int32,
-    "guidance_scale": np.float64,
+    **{name: np.dtype(numpy_dtype(name)) for name in ROW_COLUMNS if numpy_dtype(name) != "object"},
     "enqueued_at": np.float64,
-    "strength": np.float64,
     "num_candidates": np.int32,
     "prior_bytes": np.int64,
     **{name: np.float64 for name, value in NO_PRIOR.items() if isinstance(value, float)},

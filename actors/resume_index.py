@@ -22,15 +22,16 @@ import pyarrow as pa
 from actors.layout import EXTENSIONS, IMAGES_DIR, MANIFEST_DIR, format_of_mime, image_ext, image_rel
 from actors.manifest_schema import CARRIED, COLUMNS, iter_parts
 from actors.storage import RECORD_MAX_BYTES, ObjectStore, arrow_filesystem, is_transient
+from configs.request import RESUMED_SETTINGS
 
 logger = logging.getLogger(__name__)
 
 # CARRIED (declared in manifest_schema) is what a manifest row says about how its image was made; a cached row
 # carries it forward so a resumed run's manifest still describes every image fully (scores, routes, timings,
 # cost), not just the ones made this run.
-# SETTINGS: what a stored image was made with; a resumed row reports these (an escalated row's are the heavy
-# generator's, a hosted image's size the one the API returned).
-SETTINGS = ("width", "height", "num_steps", "guidance_scale", "negative_prompt", "seed")
+# SETTINGS (configs.request.RESUMED_SETTINGS): what a stored image was made with; a resumed row reports these (an
+# escalated row's are the heavy generator's, a hosted image's size the one the API returned).
+SETTINGS = RESUMED_SETTINGS
 READ = ("image_key", "status", "sha256", "bytes", "error", "generator", "model", *CARRIED, *SETTINGS)
 # An image's own record holds what its row would carry, except what isn't known before the upload (its time) and
 # the negative prompt, which the rerun's row recomputes from the same input (it is part of the key) — unless the

@@ -7,7 +7,6 @@ from pydantic import Field, field_validator, model_validator
 from configs.generator_base import (
     MASK_TASKS,
     CostConfig,
-    GenerationDefaults,
     GeneratorBase,
     LoraConfig,
     Needs,
@@ -15,6 +14,7 @@ from configs.generator_base import (
     backend_name,
 )
 from configs.hosted import GeminiImageConfig, OpenAIImagesConfig
+from configs.request import GenerationDefaults
 from configs.source import parse_variant
 from configs.storage import S3Config
 

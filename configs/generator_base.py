@@ -5,6 +5,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from configs.base import StrictModel
+from configs.request import GenerationDefaults
 from configs.storage import S3Config
 
 Task = Literal["text-to-image", "image-to-image", "inpaint", "edit"]
@@ -42,32 +43,6 @@ class PoolConfig(StrictModel):
                 f"pool sizes must satisfy min_size <= initial_size <= max_size, got "
                 f"min_size={self.min_size}, initial_size={self.initial_size}, max_size={self.max_size}"
             )
-        return self
-
-
-class GenerationDefaults(StrictModel):
-    """Per-generator defaults; a row's own columns override them."""
-
-    width: int = Field(default=512, ge=8, le=8192)
-    """Image width in pixels (multiple of 8)."""
-    height: int = Field(default=512, ge=8, le=8192)
-    """Image height in pixels (multiple of 8)."""
-    num_steps: int = Field(default=30, ge=1, le=1000)
-    """Denoising steps."""
-    guidance_scale: float = Field(default=5.0, ge=0, le=50)
-    """Classifier-free guidance; 0 disables it (turbo models)."""
-    negative_prompt: str = ""
-    """Negative prompt when the row has none."""
-    max_pixels: int = Field(default=4096 * 4096, ge=64)
-    """Rows asking for more pixels than this become error rows."""
-    strength: float = Field(default=0.8, gt=0, le=1)
-    """image-to-image / inpaint: how far the result may move from the input (1 = ignore it entirely)."""
-
-    @model_validator(mode="after")
-    def _multiple_of_8(self) -> "GenerationDefaults":
-        for name in ("width", "height"):
-            if getattr(self, name) % 8:
-                raise ValueError(f"{name} must be a multiple of 8, got {getattr(self, name)}")
         return self
 
 

@@ -6,7 +6,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from configs.base import StrictModel
-from configs.generator_base import MASK_TASKS, CostConfig, GenerationDefaults, GeneratorBase, Needs, PoolConfig
+from configs.generator_base import MASK_TASKS, CostConfig, GeneratorBase, Needs, PoolConfig
 from configs.hosted_models import (
     RETIRED,
     ModelInfo,
@@ -16,6 +16,7 @@ from configs.hosted_models import (
     openai_input_image_tokens,
     openai_size_problem,
 )
+from configs.request import GenerationDefaults
 
 
 class RateLimits(StrictModel):

@@ -1,7 +1,7 @@
 """PromptPreprocessor's slice: column mapping, routing and each generator's key-relevant identity."""
 
 from configs.base import StrictModel
-from configs.generator_base import GenerationDefaults
+from configs.request import GenerationDefaults
 from configs.routing import RoutingConfig
 from configs.source import InputLimits, PromptTemplate
 from configs.storage import StoreSpec

@@ -2,61 +2,37 @@
 
 import functools
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, create_model, model_validator
 
 from configs.base import StrictModel
 from configs.generator_base import Task
+from configs.request import REQUEST
 from configs.storage import S3Config
 
-ROW_FIELDS: dict[str, str] = {
-    "seed": "integer",
-    "width": "integer",
-    "height": "integer",
-    "num_steps": "integer",
-    "guidance_scale": "number",
-    "num_images": "integer",
-    "strength": "number",
-    "image": "uris",
-    "mask": "string",
-    "loras": "string",
-}
-"""Every per-row setting a prompt table may carry, with the Arrow type family its column must have (`uris`: a
-string or a list of strings). `ColumnNames` maps each onto the data's column; the schema check, the
-preprocessor and `imagefleet init` all read this table."""
 
-
-class ColumnNames(StrictModel):
+class _ColumnMap(StrictModel):
     """Which column of the prompt table holds each optional per-row setting (a missing column = the generator's
     default for every row). E.g. `columns: {num_steps: steps, guidance_scale: cfg, seed: row_seed}`."""
-
-    seed: str = "seed"
-    """Per-row seed (integer; null = derived from the job seed, row id and image index)."""
-    width: str = "width"
-    """Width in pixels (integer)."""
-    height: str = "height"
-    """Height in pixels (integer)."""
-    num_steps: str = "num_steps"
-    """Denoising steps (integer)."""
-    guidance_scale: str = "guidance_scale"
-    """CFG scale (number)."""
-    num_images: str = "num_images"
-    """Images to make from the row (integer, 1..routing.max_images_per_row)."""
-    strength: str = "strength"
-    """image-to-image / inpaint: how far the result may move from the input image (number, 0..1)."""
-    image: str = "image"
-    """Input image URI (local path, relative to the prompt table's folder, or s3://), or a list of URIs (reference
-    images for `edit`); read when `source.task` is not text-to-image (a null cell is that row's error)."""
-    mask: str = "mask"
-    """Mask image URI for inpaint / edit (white = change; the size of the first input image)."""
-    loras: str = "loras"
-    """LoRA adapters for the row, `name` or `name:weight` separated by commas, from its generator's `loras`
-    (null = the generator's default set, '' = none)."""
 
     def by_field(self) -> dict[str, str]:
         """Setting → the data's column holding it."""
         return dict(self)
+
+    def of(self, setting: str) -> str:
+        """The data's column holding `setting` (a `source.columns` key; KeyError for another name)."""
+        return self.by_field()[setting]
+
+
+# one field per per-row setting of the request table (configs/request.py), named after it, default = its name
+if TYPE_CHECKING:
+    ColumnNames = _ColumnMap
+else:
+    ColumnNames = create_model(
+        "ColumnNames", __base__=_ColumnMap, __doc__=_ColumnMap.__doc__,
+        **{s.column: (str, Field(default=s.column, description=s.column_doc or s.description))
+           for s in REQUEST if s.column})
 
 
 MAX_COMBINATIONS = 100_000

@@ -6,13 +6,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from configs.source import ROW_FIELDS
+from configs.request import ROW_FIELDS
 
 PROMPT_NAMES = ("prompt", "prompts", "text", "caption", "description", "query")
 ID_NAMES = ("id", "row_id", "uid", "key")
 NEGATIVE_NAMES = ("negative_prompt", "negative", "neg_prompt")
 # other names data tools give the per-row settings (diffusers' own argument names first); every setting of
-# configs.source.ROW_FIELDS is looked for under its own name too
+# configs.request.ROW_FIELDS is looked for under its own name too
 ALIASES = {
     "seed": ("random_seed",),
     "num_steps": ("num_inference_steps", "steps"),

@@ -349,8 +349,8 @@ def input_lines(cfg: JobConfig) -> list[str]:
     src = cfg.source
     lines = []
     if src.reads_inputs():
-        mask = f", masks from column {src.columns.mask!r}" if src.task in MASK_TASKS else ""
-        lines.append(f"  inputs : {src.task}: input images from column {src.columns.image!r}{mask}")
+        mask = f", masks from column {src.columns.of('mask')!r}" if src.task in MASK_TASKS else ""
+        lines.append(f"  inputs : {src.task}: input images from column {src.columns.of('image')!r}{mask}")
         if src.task in STRENGTH_TASKS:
             ignored = [n for n in cfg.routing.used(list(cfg.generators)) if not cfg.generators[n].takes_strength()]
             if ignored:

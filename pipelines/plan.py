@@ -148,9 +148,10 @@ def make_plan(cfg: JobConfig, stores: Stores, source_columns: list[str], num_row
     if cfg.source.reads_inputs():
         cols = cfg.source.columns
         stages.append(Stage("inputs", InputReader, {"cfg": InputReaderConfig(
-            task=cfg.source.task, image_column=cols.image, mask_column=cols.mask, base_uri=input_base(cfg.source.uri),
+            task=cfg.source.task, image_column=cols.of("image"), mask_column=cols.of("mask"),
+            base_uri=input_base(cfg.source.uri),
             store=stores.inputs or stores.source, limits=cfg.source.inputs)}, INPUT_READER_POOL,
-            reads=(cols.image,), writes=tuple(INPUT_OUTPUT_COLUMNS), batch_format="pyarrow"))
+            reads=(cols.of("image"),), writes=tuple(INPUT_OUTPUT_COLUMNS), batch_format="pyarrow"))
     # 1 preprocess: validate, route, expand num_images, derive seeds and keys
     stages += [Stage("preprocess", PromptPreprocessor, {"cfg": prep_config(cfg, stores)}, preprocess_pool(cfg),
                     reads=prompt_columns(cfg), writes=tuple(PromptPreprocessor.OUTPUT_COLUMNS),

@@ -5,10 +5,11 @@ from __future__ import annotations
 import pyarrow as pa
 
 from actors import manifest_schema
-from configs.source import ROW_FIELDS, SourceConfig
+from configs.request import ROW_FIELDS
+from configs.source import SourceConfig
 
 # Optional per-row columns and the Arrow type families they may have (the per-row settings are declared once, in
-# configs.source.ROW_FIELDS).
+# configs.request.ROW_FIELDS).
 OPTIONAL_INPUT_COLUMNS: dict[str, str] = {"negative_prompt": "string", **ROW_FIELDS, "generator": "string"}
 INPUT_FIELDS = ("image", "mask")
 """Per-row settings read only when rows carry input images (`source.task` other than text-to-image)."""

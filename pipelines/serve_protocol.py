@@ -11,30 +11,35 @@ from dataclasses import dataclass
 from typing import Any
 
 from actors.image_writer import CONTENT_TYPES
+from configs.request import REQUEST
 
 FORMATS = tuple(CONTENT_TYPES)  # the encodings the image writer knows
 RESPONSES = ("image", "json")
 
-REQUEST_FIELDS = {
-    "prompt": "text to draw (required)",
+SERVED = {s.column or s.name: s for s in REQUEST if s.default != "none"}
+"""The request table's settings a request sets by name (input images and the mask come as base64 files)."""
+_SAYS = {
     "negative_prompt": "what to avoid",
-    "generator": "which configured generator (default: the config's default generator)",
     "seed": "whole number; omitted = derived from the prompt, like a batch row without a seed",
     "width": "pixels, multiple of 8",
     "height": "pixels, multiple of 8",
-    "num_steps": "denoising steps",
-    "guidance_scale": "CFG scale",
     "num_images": "images for this prompt (needs a JSON response when > 1)",
-    "images": "input image(s) as base64 strings (one, or a list of references), for the config's source.task",
-    "mask": "mask image as a base64 string (white = change; the first image's size), for inpaint / edit",
     "strength": "image-to-image / inpaint: how far from the input image (0..1]",
     "loras": "LoRA adapters of the generator, `name` or `name:weight` separated by commas ('' = none)",
+}
+"""What this API says of a setting where it says more than the request table's description."""
+REQUEST_FIELDS = {
+    "prompt": "text to draw (required)",
+    "generator": "which configured generator (default: the config's default generator)",
+    **{field: _SAYS.get(field, s.description) for field, s in SERVED.items()},
+    "images": "input image(s) as base64 strings (one, or a list of references), for the config's source.task",
+    "mask": "mask image as a base64 string (white = change; the first image's size), for inpaint / edit",
     "format": "png | jpeg | webp (default: output.format; a hosted provider's file comes in its own format)",
     "response": "image (raw bytes) | json (base64 images + metadata)",
 }
-NUMBER_FIELDS = ("seed", "width", "height", "num_steps", "guidance_scale", "num_images", "strength")
-WHOLE_NUMBER_FIELDS = ("seed", "width", "height", "num_steps", "num_images")
-TEXT_FIELDS = ("prompt", "negative_prompt", "generator", "loras")
+NUMBER_FIELDS = tuple(f for f, s in SERVED.items() if s.kind in ("int32", "int64", "float64"))
+WHOLE_NUMBER_FIELDS = tuple(f for f, s in SERVED.items() if s.kind in ("int32", "int64"))
+TEXT_FIELDS = ("prompt", "generator", *(f for f, s in SERVED.items() if s.kind == "text"))
 MAX_INPUT_IMAGES = 16  # the most any backend takes (OpenAI edits); a backend's own limit is checked per row
 # whole numbers must fit the 32-bit columns a prompt row has (the preprocessor checks the real ranges, which are
 # narrower); anything bigger is refused here, before it reaches a column

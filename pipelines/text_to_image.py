@@ -82,7 +82,7 @@ def inspect_source(cfg: JobConfig, stores: Stores) -> SourceInfo:
     _check_same_columns(cfg, footers, loc.kind)
     # 4 how many images the rows ask for (one small column), for the cost estimate and the budget
     most = cfg.routing.max_images_per_row
-    count = cfg.source.columns.num_images
+    count = cfg.source.columns.of("num_images")
     num_images = _count_images(fs, files, most, count) if count in schema.names else num_rows
     if cfg.source.template is not None:  # every row is written into this many prompts
         num_images *= cfg.source.template.per_row()

@@ -100,8 +100,8 @@ def test_an_image_without_a_record_or_in_another_format_is_redone(tmp_path: Path
 @pytest.mark.parametrize(("draft_negative", "heavy_negative"), [("", "blurry"), ("blurry, lowres", "")])
 def test_an_escalated_row_is_adopted_through_its_kept_draft(tmp_path: Path, draft_negative: str,
                                                             heavy_negative: str) -> None:
-    from configs.generator_base import GenerationDefaults
     from configs.prep import GeneratorIdentity
+    from configs.request import GenerationDefaults
     from configs.routing import CascadeConfig
 
     out = generate([Outcome(encoded=provider_webp(), mime="image/webp", requests=1, cost_usd=0.04)],

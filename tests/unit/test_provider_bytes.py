@@ -265,8 +265,8 @@ def test_shard_members_take_the_stored_format(tmp_path: Path) -> None:
 
 
 def test_cascade_draft_from_a_provider_is_stored_in_its_format(tmp_path: Path) -> None:
-    from configs.generator_base import GenerationDefaults
     from configs.prep import GeneratorIdentity
+    from configs.request import GenerationDefaults
     from configs.routing import CascadeConfig
 
     out = generate([Outcome(encoded=provider_webp(), mime="image/webp", requests=1)], pending())
