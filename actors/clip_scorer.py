@@ -24,7 +24,12 @@ SCORER_OUTPUT_COLUMNS = {
     "width": "best-of-N rows: the best candidate's width",
     "height": "best-of-N rows: the best candidate's height",
     "candidates": "best-of-N rows: JSON list of every candidate's seed and score ('' otherwise)",
+    "candidate_images": "best-of-N rows: emptied (the losers' pixels are dropped here)",
 }
+SCORER_OPTIONAL_COLUMNS = ("candidate_images", "candidate_seeds", "candidate_mimes", "candidate_sizes", "candidates",
+                           "clip_score", "image_mime", "seed")
+"""Read when present: best-of-N candidates (and the kept one's seed), and a cascade's earlier scores (a second
+scorer keeps the drafts')."""
 IMAGE_SCORER_INPUT_COLUMNS = {"image": "raw RGB pixels, or a provider's file", "image_mime": "'' = raw pixels",
                               "width": "pixels", "height": "pixels", "prompt": "text",
                               "status": "only `generated` rows are scored"}
@@ -124,6 +129,7 @@ class ClipScorer:
 
     CONFIG = ClipScorerConfig
     INPUT_COLUMNS = IMAGE_SCORER_INPUT_COLUMNS
+    OPTIONAL_COLUMNS = SCORER_OPTIONAL_COLUMNS
     OUTPUT_COLUMNS = SCORER_OUTPUT_COLUMNS
 
     @staticmethod
@@ -189,7 +195,8 @@ class RuleScorer:
     """
 
     CONFIG = RuleScorerConfig
-    INPUT_COLUMNS = {"prompt": "text", "status": "only `generated` rows are scored"}
+    INPUT_COLUMNS = IMAGE_SCORER_INPUT_COLUMNS  # it decodes images like the others (and scores their brightness)
+    OPTIONAL_COLUMNS = SCORER_OPTIONAL_COLUMNS
     OUTPUT_COLUMNS = SCORER_OUTPUT_COLUMNS
 
     @staticmethod

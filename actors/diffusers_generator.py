@@ -16,6 +16,7 @@ import numpy as np
 from actors.adapters import local_weights
 from actors.generation import (
     GENERATOR_INPUT_COLUMNS,
+    GENERATOR_OPTIONAL_COLUMNS,
     GENERATOR_OUTPUT_COLUMNS,
     Batch,
     BatchLimits,
@@ -44,6 +45,7 @@ class DiffusersGenerator:
 
     CONFIG = DiffusersConfig
     INPUT_COLUMNS = GENERATOR_INPUT_COLUMNS
+    OPTIONAL_COLUMNS = GENERATOR_OPTIONAL_COLUMNS
     OUTPUT_COLUMNS = GENERATOR_OUTPUT_COLUMNS
 
     def __init__(self, cfg: DiffusersConfig, model_store: StoreSpec = StoreSpec(kind="local"),

@@ -35,6 +35,11 @@ CONDITIONING_COLUMNS = ("task", "input_images", "input_sha256", "mask_uri", "mas
 """What image-conditioned and adapter rows carry beyond GENERATOR_INPUT_COLUMNS (read when present)."""
 """What `run_generation` reads of every row (rows routed to other generators pass through unchanged)."""
 
+GENERATOR_OPTIONAL_COLUMNS = (*CONDITIONING_COLUMNS, "num_candidates", "input_data", "image", "image_mime",
+                              "queue_ms", "generate_ms", "cost_usd", "requests", "maybe_billed_usd", "generated_at")
+"""Read when present: conditioning, best-of-N, a request's own files (serving), and what an earlier generator
+stage wrote (a cascade's draft passes through the heavy stage; cost and requests accumulate)."""
+
 GENERATOR_OUTPUT_COLUMNS = {
     "image": "raw RGB pixels, uint8 HWC bytes, or the provider's file bytes when `image_mime` is set (b'' = none)",
     "image_mime": "content type of provider file bytes in `image` ('' = raw RGB pixels)",
@@ -46,6 +51,10 @@ GENERATOR_OUTPUT_COLUMNS = {
     "generated_at": "unix time the model call that made this image returned",
     "status": "generated | error | refused | skipped (rows that were not pending pass through)",
     "error": "why generation failed ('' when fine)",
+    "width": "the image's width (a hosted provider's file: as its header says)",
+    "height": "the image's height",
+    **{f"candidate_{name}": f"best-of-N rows: every candidate's {name}"
+       for name in ("images", "seeds", "mimes", "sizes")},
 }
 
 

@@ -18,6 +18,7 @@ from pydantic import SecretStr
 from actors.batch_mode import BatchRunner, BatchState
 from actors.generation import (
     GENERATOR_INPUT_COLUMNS,
+    GENERATOR_OPTIONAL_COLUMNS,
     GENERATOR_OUTPUT_COLUMNS,
     Batch,
     Outcome,
@@ -50,6 +51,7 @@ class HostedGenerator:
     """Base of the hosted actors. One request per image; every paid request is billed once in the manifest."""
 
     INPUT_COLUMNS = GENERATOR_INPUT_COLUMNS
+    OPTIONAL_COLUMNS = GENERATOR_OPTIONAL_COLUMNS
     OUTPUT_COLUMNS = GENERATOR_OUTPUT_COLUMNS
     PROVIDER = ""
     INPUT_FORMATS: tuple[str, ...] = ("image/png", "image/jpeg", "image/webp")

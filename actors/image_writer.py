@@ -160,7 +160,11 @@ class ImageWriter:
         "already_present": "the object existed before this run wrote it",
         "written_at": "unix time the row finished",
         "status": "ok | error | (passed through)",
+        "draft_image_uri": "cascade: where an escalated row's kept draft is stored",
     }
+    OPTIONAL_COLUMNS = ("draft_image", "draft_image_mime", "draft_image_key", "draft_width", "draft_height",
+                        *RECORD_INPUTS)
+    """Read when present: a cascade's kept drafts (stored too), and what the image's record keeps."""
 
     def __init__(self, cfg: ImageWriterConfig, on_batch: Callable[[Batch], None] | None = None) -> None:
         self.cfg = cfg

@@ -9,6 +9,7 @@ import numpy as np
 
 from actors.generation import (
     GENERATOR_INPUT_COLUMNS,
+    GENERATOR_OPTIONAL_COLUMNS,
     GENERATOR_OUTPUT_COLUMNS,
     Batch,
     Request,
@@ -31,6 +32,7 @@ class SleepGenerator:
 
     CONFIG = SleepConfig
     INPUT_COLUMNS = GENERATOR_INPUT_COLUMNS
+    OPTIONAL_COLUMNS = GENERATOR_OPTIONAL_COLUMNS
     OUTPUT_COLUMNS = GENERATOR_OUTPUT_COLUMNS
 
     def __init__(self, cfg: SleepConfig, name: str = "", input_store: StoreSpec | None = None) -> None:

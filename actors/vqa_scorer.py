@@ -7,6 +7,7 @@ from typing import Any
 
 from actors.clip_scorer import (
     IMAGE_SCORER_INPUT_COLUMNS,
+    SCORER_OPTIONAL_COLUMNS,
     SCORER_OUTPUT_COLUMNS,
     Batch,
     local_model_problem,
@@ -28,6 +29,7 @@ class VqaScorer:
 
     CONFIG = VqaScorerConfig
     INPUT_COLUMNS = IMAGE_SCORER_INPUT_COLUMNS
+    OPTIONAL_COLUMNS = SCORER_OPTIONAL_COLUMNS
     OUTPUT_COLUMNS = SCORER_OUTPUT_COLUMNS
 
     @staticmethod

@@ -16,6 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
+from pydantic import BaseModel
+
 from actors import GENERATORS, SCORERS, Escalator, ImageWriter, InputReader, PromptPreprocessor, StageActor
 from actors.input_reader import INPUT_OUTPUT_COLUMNS
 from configs.generator_base import GeneratorBase, RunBudget
@@ -43,7 +45,37 @@ MANIFEST_READS = ("id", "image_index", "image_key", "prompt", "generator", "mode
 
 
 class PlanError(ValueError):
-    """The stages don't fit together (a column read before any stage writes it)."""
+    """The stages don't fit together (a column read before any stage writes it, an actor its arguments can't
+    build)."""
+
+
+def declared_stage(name: str, actor: type[StageActor], kwargs: dict[str, Any], pool: Pool, **more: Any) -> Stage:
+    """A stage whose columns are its actor's declarations: `INPUT_COLUMNS` read, `OUTPUT_COLUMNS` written,
+    `OPTIONAL_COLUMNS` read when present (`more` overrides any of them, or sets the other `Stage` fields)."""
+    declared = {"reads": tuple(actor.INPUT_COLUMNS), "writes": tuple(actor.OUTPUT_COLUMNS),
+                "optional_reads": tuple(getattr(actor, "OPTIONAL_COLUMNS", ()))}
+    return Stage(name, actor, kwargs, pool, **{**declared, **more})
+
+
+def constructor_problem(actor: type, kwargs: dict[str, Any]) -> str:
+    """Why `actor(**kwargs)` would fail before its body runs ('' = it binds): an unknown or missing argument, or a
+    config slice of another class than the constructor's annotation names."""
+    import inspect
+    import typing
+
+    try:
+        inspect.signature(actor).bind(**kwargs)
+    except TypeError as exc:
+        return f"{exc} (arguments given: {', '.join(sorted(kwargs)) or 'none'})"
+    try:
+        hints = typing.get_type_hints(actor.__init__)  # type: ignore[misc]
+    except Exception:  # noqa: BLE001 - an annotation only a type checker can resolve: names were checked above
+        return ""
+    for name, value in kwargs.items():
+        want = hints.get(name)
+        if isinstance(want, type) and issubclass(want, BaseModel) and not isinstance(value, want):
+            return f"argument {name!r} is a {type(value).__name__}, not a {want.__name__}"
+    return ""
 
 
 @dataclass(frozen=True)
@@ -62,6 +94,8 @@ class Stage:
     """Columns it needs from earlier stages."""
     writes: tuple[str, ...]
     """Columns it adds or rewrites."""
+    optional_reads: tuple[str, ...] = ()
+    """Columns it reads when an earlier stage wrote them (the actor's `OPTIONAL_COLUMNS`)."""
     batch_format: str = "numpy"
     """Ray Data batch format of its `__call__`."""
     rows_per_block: int = 0
@@ -92,15 +126,32 @@ class Plan:
         return reserved_cpus(self.pools)
 
     def check(self) -> None:
-        """Follow the columns from the source through every stage to the manifest; raise PlanError with one line
-        naming the first stage that reads a column nothing earlier writes."""
+        """What can be checked before anything starts, stage by stage; raise PlanError with one line naming the
+        first stage that is wrong:
+
+        1. its actor can be built from its constructor arguments (names, required ones, config slice types);
+        2. every column it reads, an earlier stage (or the source) writes;
+        3. no column it reads when present (and doesn't make itself when absent) is written only by a later stage:
+           it would never see it.
+        """
+        for stage in self.stages:
+            problem = constructor_problem(stage.actor, stage.kwargs)
+            if problem:
+                raise PlanError(f"stage {stage.name!r} ({stage.actor.__name__}) can't be built: {problem}")
         available = set(self.source_columns)
         readers = [(s.name, s.actor.__name__, s.reads, s.writes) for s in self.stages]
-        for name, actor, reads, writes in [*readers, ("manifest", "write_manifest", MANIFEST_READS, ())]:
+        for k, (name, actor, reads, writes) in enumerate([*readers, ("manifest", "write_manifest", MANIFEST_READS,
+                                                                        ())]):
             missing = [c for c in reads if c not in available]
             if missing:
                 raise PlanError(f"stage {name!r} ({actor}) reads column(s) {', '.join(missing)} that no earlier "
                                 f"stage writes (available: {', '.join(sorted(available))})")
+            later = {c for s in self.stages[k + 1:] for c in s.writes}
+            unseen = [c for c in (self.stages[k].optional_reads if k < len(self.stages) else ())
+                      if c not in available and c in later and c not in writes]
+            if unseen:
+                raise PlanError(f"stage {name!r} ({actor}) reads column(s) {', '.join(unseen)} when present, but "
+                                f"only a later stage writes them")
             available |= set(writes)
 
     def describe(self) -> list[str]:
@@ -147,15 +198,14 @@ def make_plan(cfg: JobConfig, stores: Stores, source_columns: list[str], num_row
     # 0 input images: read, check and hash each row's files once, in a CPU pool (the key needs their hashes)
     if cfg.source.reads_inputs():
         cols = cfg.source.columns
-        stages.append(Stage("inputs", InputReader, {"cfg": InputReaderConfig(
+        stages.append(declared_stage("inputs", InputReader, {"cfg": InputReaderConfig(
             task=cfg.source.task, image_column=cols.of("image"), mask_column=cols.of("mask"),
             base_uri=input_base(cfg.source.uri),
             store=stores.inputs or stores.source, limits=cfg.source.inputs)}, INPUT_READER_POOL,
-            reads=(cols.of("image"),), writes=tuple(INPUT_OUTPUT_COLUMNS), batch_format="pyarrow"))
+            reads=(cols.of("image"),), batch_format="pyarrow"))
     # 1 preprocess: validate, route, expand num_images, derive seeds and keys
-    stages += [Stage("preprocess", PromptPreprocessor, {"cfg": prep_config(cfg, stores)}, preprocess_pool(cfg),
-                    reads=prompt_columns(cfg), writes=tuple(PromptPreprocessor.OUTPUT_COLUMNS),
-                    batch_format="pyarrow")]
+    stages += [declared_stage("preprocess", PromptPreprocessor, {"cfg": prep_config(cfg, stores)},
+                              preprocess_pool(cfg), reads=prompt_columns(cfg), batch_format="pyarrow")]
     # 2 the routing mode's topology; the first pool gets blocks of a few GPU batches so every actor has work
     block_rows = first_block_rows = rows_per_block(cfg, num_rows)
     for step in cfg.routing.steps(list(cfg.generators), cfg.scorer is not None):
@@ -166,8 +216,8 @@ def make_plan(cfg: JobConfig, stores: Stores, source_columns: list[str], num_row
                 stage, block_rows = replace(stage, rows_per_block=block_rows), 0
         stages.append(stage)
     # 3 encode + write in a separate CPU pool, overlapped with generation; pixels are dropped here
-    stages.append(Stage("write", ImageWriter, {"cfg": writer_config(cfg, stores)}, writer_pool(cfg.output.pool),
-                        reads=tuple(ImageWriter.INPUT_COLUMNS), writes=tuple(ImageWriter.OUTPUT_COLUMNS)))
+    stages.append(declared_stage("write", ImageWriter, {"cfg": writer_config(cfg, stores)},
+                                 writer_pool(cfg.output.pool)))
     return Plan(source_columns=tuple(source_columns), stages=tuple(stages), pools=_pools_by_stage(stages))
 
 
@@ -189,16 +239,14 @@ def _step_stage(cfg: JobConfig, stores: Stores, step: Step, num_images: int = 0)
         if cfg.scorer is None:
             raise PlanError("routing needs a scorer stage but no `scorer` is configured")
         scorer = SCORERS[cfg.scorer.backend]
-        return Stage("score", scorer, {"cfg": cfg.scorer}, scorer_pool(cfg.scorer.pool),
-                     reads=tuple(scorer.INPUT_COLUMNS), writes=tuple(scorer.OUTPUT_COLUMNS))
+        return declared_stage("score", scorer, {"cfg": cfg.scorer}, scorer_pool(cfg.scorer.pool))
     cascade = getattr(cfg.routing, "cascade", None)
     if cascade is None:
         raise PlanError(f"routing.mode={cfg.routing.mode} has an escalate step but no cascade settings")
     prep = prep_config(cfg, stores)  # with the adapters' file hashes: the heavy image's key includes them
-    return Stage("escalate", Escalator,
-                 {"cfg": cascade, "heavy_name": cascade.escalate, "heavy": prep.generators[cascade.escalate],
-                  "num_drafts": num_images},
-                 ESCALATOR_POOL, reads=tuple(Escalator.INPUT_COLUMNS), writes=tuple(Escalator.OUTPUT_COLUMNS))
+    return declared_stage("escalate", Escalator,
+                          {"cfg": cascade, "heavy_name": cascade.escalate, "heavy": prep.generators[cascade.escalate],
+                           "num_drafts": num_images}, ESCALATOR_POOL)
 
 
 def generator_stage(cfg: JobConfig, stores: Stores, name: str, online: bool = False) -> Stage:
@@ -221,8 +269,7 @@ def generator_stage(cfg: JobConfig, stores: Stores, name: str, online: bool = Fa
         kwargs["budget"] = RunBudget(usd=cfg.limits.budget_usd, ledger=cfg.output.uri)
     actor = GENERATORS[gen.backend]
     pool = generator_pool(gen.pool, gen.concurrent_calls())
-    return Stage(f"generate:{name}", actor, kwargs, pool, reads=tuple(actor.INPUT_COLUMNS),
-                 writes=tuple(actor.OUTPUT_COLUMNS), generator=name)
+    return declared_stage(f"generate:{name}", actor, kwargs, pool, generator=name)
 
 
 def rows_per_block(cfg: JobConfig, num_rows: int) -> int:

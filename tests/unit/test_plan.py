@@ -136,3 +136,68 @@ def test_pool_autoscaling_can_grow_and_shrinks_at_stage_end() -> None:
     assert kept.actor_pool_util_downscaling_threshold < 0  # no utilization is below it
     assert kept.actor_pool_util_upscaling_threshold == defaults.actor_pool_util_upscaling_threshold
     assert parse_config(sleep_job("p.parquet", "/o")).cluster.pools_shrink == "at_stage_end"
+
+
+def test_a_stage_its_arguments_cant_build_fails_at_plan_time_with_one_line() -> None:
+    """A constructor argument dropped (or misnamed, or a config slice of the wrong class) is found before Ray
+    starts, naming the stage — not when the first actor starts."""
+    plan = make_plan(fleet({"mode": "single", "default": "a"}), STORES, ["prompt"], 10)
+    gen = plan.generator_stages()[0]
+
+    def with_kwargs(kwargs: dict[str, Any]) -> Plan:
+        return replace(plan, stages=tuple(replace(s, kwargs=kwargs) if s is gen else s for s in plan.stages))
+
+    dropped = {k: v for k, v in gen.kwargs.items() if k != "cfg"}
+    with pytest.raises(PlanError) as err:
+        with_kwargs(dropped).check()
+    assert "\n" not in str(err.value)
+    assert str(err.value).startswith("stage 'generate:a' (SleepGenerator) can't be built: missing a required "
+                                     "argument: 'cfg'")
+    with pytest.raises(PlanError, match="stage 'generate:a' .* unexpected keyword argument 'api_kee'"):
+        with_kwargs({**gen.kwargs, "api_kee": "x"}).check()
+    writer = plan.stages[-1]
+    with pytest.raises(PlanError, match="stage 'generate:a' .*argument 'cfg' is a ImageWriterConfig, not a "
+                                        "SleepConfig"):
+        with_kwargs({**gen.kwargs, "cfg": writer.kwargs["cfg"]}).check()
+
+
+def test_dry_run_refuses_a_stage_its_arguments_cant_build(tmp_path: Any, monkeypatch: pytest.MonkeyPatch,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    import pipelines.plan as plan_module
+    from jobs import generate
+    from tests.conftest import write_prompts
+
+    made = plan_module.generator_stage
+
+    def renamed(*args: Any, **kwargs: Any) -> Stage:  # a refactor that renamed the config slice's argument
+        stage = made(*args, **kwargs)
+        return replace(stage, kwargs={("config" if k == "cfg" else k): v for k, v in stage.kwargs.items()})
+
+    monkeypatch.setattr(plan_module, "generator_stage", renamed)
+    write_prompts(tmp_path / "p.parquet", {"prompt": ["a fox"]})
+    import yaml
+
+    cfg = tmp_path / "job.yaml"
+    cfg.write_text(yaml.safe_dump(sleep_job(tmp_path / "p.parquet", str(tmp_path / "out"))))
+    assert generate.main([str(cfg), "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "stage 'generate:sleepy' (SleepGenerator) can't be built" in err[0], err
+
+
+def test_a_column_read_when_present_but_written_later_is_caught() -> None:
+    """Optional reads are declared (`OPTIONAL_COLUMNS`) and checked: a stage that reads a column only a later
+    stage writes would silently never see it."""
+    cfg = fleet({"mode": "cascade", "cascade": {"draft": "a", "escalate": "c", "threshold": 0.5}}, scorer=True)
+    plan = make_plan(cfg, STORES, ["prompt"], 10)
+    writer = plan.stages[-1]
+    assert "draft_image" in writer.optional_reads
+    stages = list(plan.stages)
+    escalate = next(s for s in stages if s.name == "escalate")
+    stages.remove(escalate)
+    stages.insert(stages.index(writer), replace(escalate, reads=()))  # now after the heavy generator: fine
+    replace(plan, stages=tuple(stages)).check()
+    stages.remove(writer)
+    stages.insert(1, replace(writer, reads=()))
+    with pytest.raises(PlanError, match="stage 'write' .*reads column.* draft_image.* when present, but only a "
+                                        "later stage writes them"):
+        replace(plan, stages=tuple(stages)).check()

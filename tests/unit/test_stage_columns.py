@@ -1,0 +1,112 @@
+"""Every stage reads and writes only the columns it declares (what `Plan.check` follows): each routing mode's
+stages run in process over a small table, with every read and every added or changed column recorded."""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from configs.loader import parse_config
+from configs.storage import StoreSpec
+from pipelines.in_process import execute
+from pipelines.plan import Plan, Stage, make_plan
+from pipelines.text_to_image import Stores
+from tests.conftest import sleep_job
+
+STORES = Stores(source=StoreSpec(kind="local"), output=StoreSpec(kind="local"))
+
+
+class _Reads(dict):  # type: ignore[type-arg]
+    """A batch that notes every column asked for (`batch[c]`, `c in batch`, `batch.get(c)`)."""
+
+    def __init__(self, data: dict[str, Any], seen: set[str]) -> None:
+        super().__init__(data)
+        self.seen = seen
+
+    def __getitem__(self, key: str) -> Any:
+        self.seen.add(key)
+        return super().__getitem__(key)
+
+    def __contains__(self, key: object) -> bool:
+        self.seen.add(str(key))
+        return super().__contains__(key)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        self.seen.add(key)
+        return super().get(key, default)
+
+
+def _same(a: Any, b: Any) -> bool:
+    if len(a) != len(b):
+        return False
+    for x, y in zip(a, b, strict=True):
+        if x is y or (isinstance(x, float) and isinstance(y, float) and math.isnan(x) and math.isnan(y)):
+            continue
+        try:
+            equal = x == y
+            equal = bool(np.all(equal)) if isinstance(equal, np.ndarray) else bool(equal)
+        except (TypeError, ValueError):
+            equal = False
+        if not equal:
+            return False
+    return True
+
+
+def _recorded(plan: Plan, reads: dict[str, set[str]], writes: dict[str, set[str]]) -> Plan:
+    """The plan with every numpy stage's actor wrapped to record its reads and writes."""
+
+    def wrap(stage: Stage) -> Stage:
+        base = stage.actor
+        if stage.batch_format != "numpy":
+            return stage
+
+        def call(self: Any, batch: dict[str, Any]) -> Any:
+            out = base.__call__(self, _Reads(batch, reads[stage.name]))
+            writes[stage.name] |= {c for c in out if c not in batch or not _same(out[c], batch[c])}
+            return out
+
+        return Stage(**{**stage.__dict__, "actor": type(base.__name__, (base,), {"__call__": call})})
+
+    return Plan(plan.source_columns, tuple(wrap(s) for s in plan.stages), plan.pools)
+
+
+@pytest.mark.parametrize(
+    "routing",
+    [
+        {"mode": "cascade", "cascade": {"draft": "a", "escalate": "c", "threshold": 2.0}},  # every draft escalates
+        {"mode": "best_of", "default": "a", "candidates": 3},
+        {"mode": "fanout", "fanout": ["a", "c"]},
+    ],
+    ids=["cascade", "best_of", "fanout"],
+)
+def test_stages_read_and_write_what_they_declare(tmp_path: Path, routing: dict[str, Any]) -> None:
+    raw = sleep_job(tmp_path / "in.parquet", str(tmp_path / "out"))
+    base = raw["generators"].pop("sleepy")
+    raw["generators"] = {n: {**base, "model": f"m-{n}"} for n in ("a", "c")}
+    raw.update(routing=routing, scorer={"backend": "rule"})
+    cfg = parse_config(raw)
+    plan = make_plan(cfg, STORES, ["prompt", "num_images"], 4)
+    plan.check()
+    reads: dict[str, set[str]] = defaultdict(set)
+    writes: dict[str, set[str]] = defaultdict(set)
+    table = pa.table({"prompt": ["a fox", "a crow", "an owl"], "num_images": [1, 2, 1]})
+    rows = [t for t in execute(_recorded(plan, reads, writes), [table])]
+    assert sum(t.num_rows for t in rows) == len(routing.get("fanout", ["x"])) * 4
+    assert writes, "no stage ran"
+    for stage in plan.stages:
+        if stage.batch_format != "numpy":
+            continue
+        undeclared_reads = reads[stage.name] - set(stage.reads) - set(stage.optional_reads)
+        assert not undeclared_reads, f"{stage.name} reads undeclared {sorted(undeclared_reads)}"
+        undeclared_writes = writes[stage.name] - set(stage.writes)
+        assert not undeclared_writes, f"{stage.name} writes undeclared {sorted(undeclared_writes)}"
+    if routing["mode"] == "best_of":
+        assert {"candidate_images", "candidate_seeds"} <= writes["generate:a"]
+    if routing["mode"] == "cascade":
+        assert "draft_image_uri" in writes["write"]
