@@ -5,7 +5,8 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from actors.storage import open_store, parse_location
+from actors.storage import parse_location
+from actors.stores import open_store
 from configs.generator_base import LoraConfig
 from configs.storage import StoreSpec
 

@@ -25,7 +25,7 @@ from actors.generation import (
 )
 from actors.inputs import InputFiles
 from actors.keys import shape_bucket
-from actors.storage import open_store
+from actors.stores import open_store
 from configs.generator import DiffusersConfig
 from configs.storage import StoreSpec
 

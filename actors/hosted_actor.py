@@ -60,7 +60,7 @@ class HostedGenerator:
     def __init__(self, cfg: HostedCommon, api_key: SecretStr, state_uri: str = "",
                  state_store: StoreSpec = StoreSpec(kind="local"), name: str = "",
                  budget: RunBudget | None = None, input_store: StoreSpec | None = None) -> None:
-        from actors.storage import open_store
+        from actors.stores import open_store
 
         self.cfg, self.name = cfg, name  # rows routed to other generators pass through
         # image-conditioned rows: their input files are read again here (and checked against their hashes)

@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from actors.cells import Undecodable
-from actors.storage import ObjectStore, open_store, parse_location
+from actors.storage import ObjectStore, parse_location
+from actors.stores import open_store
 from configs.storage import StoreSpec
 
 IMAGE_MODES = {"1", "L", "LA", "P", "RGB", "RGBA", "RGBX"}

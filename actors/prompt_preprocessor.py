@@ -17,7 +17,7 @@ from actors.input_reader import INPUT_OUTPUT_COLUMNS
 from actors.keys import adapters_text, combination_id, derive_row_id, derive_seed, key_of
 from actors.manifest_schema import CARRIED, empty_value
 from actors.resume_index import ResumeIndex, load_index
-from actors.storage import open_store
+from actors.stores import open_store
 from configs.generator_base import STRENGTH_TASKS
 from configs.prep import PrepConfig
 from configs.request import BY_NAME, DEFAULTED_SETTINGS, ROW_COLUMNS, ROW_SET, numpy_dtype

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from actors.layout import shard_rel
 from actors.manifest_schema import SHARD_FIELDS
-from actors.storage import open_store
+from actors.stores import open_store
 from configs.writer import ShardWriterConfig
 
 if TYPE_CHECKING:

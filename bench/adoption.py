@@ -22,7 +22,8 @@ def run(images: int) -> dict[str, Any]:
     from actors.image_writer import ImageWriter
     from actors.layout import manifest_part
     from actors.resume_index import load_index
-    from actors.storage import arrow_filesystem, open_store, resolve_store_spec
+    from actors.storage import arrow_filesystem, resolve_store_spec
+    from actors.stores import open_store
     from configs.storage import S3Config
     from configs.writer import ImageWriterConfig
 

@@ -9,7 +9,7 @@ import time
 import numpy as np
 
 from actors.image_writer import encode_image
-from actors.storage import open_store
+from actors.stores import open_store
 from configs.storage import StoreSpec
 
 

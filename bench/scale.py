@@ -52,7 +52,7 @@ def one(rows: int) -> dict[str, Any]:
     wall = time.time() - t0
     assert proc.returncode == 0, f"scale run {rows} failed"
     from actors.resume_index import load_index
-    from actors.storage import open_store
+    from actors.stores import open_store
     from configs.storage import StoreSpec
 
     with Timer() as scan:

@@ -134,7 +134,8 @@ def run(config: str | Path | dict[str, Any] | JobConfig, overrides: Sequence[str
         except argparse.ArgumentTypeError as exc:  # the CLI's message, typed like a config mistake
             raise ConfigInvalid(str(exc)) from None
     from actors.contract import ray_running
-    from actors.storage import StorageError, open_store
+    from actors.storage import StorageError
+    from actors.stores import open_store
     from pipelines.commit import Lease, collect_garbage
     from pipelines.in_process import IN_PROCESS, choose_executor, stream
     from pipelines.manifest import write_manifest, write_manifest_tables, write_run_json

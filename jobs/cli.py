@@ -36,7 +36,8 @@ def report_main(argv: list[str]) -> int:
                                 "committed manifest.")
     p.add_argument("output_uri", help="a run's output.uri (local folder or s3://bucket/prefix)")
     args = p.parse_args(argv)
-    from actors.storage import StorageError, open_store, resolve_store_spec
+    from actors.storage import StorageError, resolve_store_spec
+    from actors.stores import open_store
     from configs.storage import S3Config
     from pipelines.commit import current_parts
     from pipelines.report import write_report

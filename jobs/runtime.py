@@ -15,14 +15,15 @@ from typing import Any
 
 from pydantic import SecretStr
 
-from actors.storage import ObjectStore, StorageError, open_store, resolve_store_spec
+from actors.storage import ObjectStore, StorageError, resolve_store_spec
+from actors.stores import open_store
 from configs.generator_base import MASK_TASKS, STRENGTH_TASKS
 from configs.job import JobConfig
 from configs.storage import StoreSpec
 from pipelines.manifest import RunSummary
-from pipelines.plan import Plan
+from pipelines.plan import Plan, Stores
 from pipelines.pools import Pool, missing_on_local, reserved_cpus, unplaceable
-from pipelines.text_to_image import SourceInfo, Stores, failure_line
+from pipelines.text_to_image import SourceInfo, failure_line
 
 logger = logging.getLogger(__name__)
 

@@ -29,7 +29,8 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
     from configs.job import JobConfig
-    from pipelines.text_to_image import SourceInfo, Stores
+    from pipelines.plan import Stores
+    from pipelines.text_to_image import SourceInfo
 
 IN_PROCESS = "in_process"
 RAY = "ray"

@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 from actors.layout import IMAGES_DIR, MANIFEST_DIR, RUN_JSON, staging_dir
 from actors.manifest_schema import CARRIED, iter_parts
-from actors.storage import ObjectStore, arrow_filesystem, open_store
+from actors.storage import ObjectStore, arrow_filesystem
+from actors.stores import open_store
 from configs.storage import StoreSpec
 from pipelines.commit import Lease, commit, current_parts
 from pipelines.schema import MANIFEST

@@ -16,13 +16,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, SecretStr
 
 from actors import GENERATORS, SCORERS, Escalator, ImageWriter, InputReader, PromptPreprocessor, StageActor
 from actors.input_reader import INPUT_OUTPUT_COLUMNS
 from configs.generator_base import GeneratorBase, RunBudget
 from configs.prep import GeneratorIdentity, InputReaderConfig, PrepConfig, ResumeConfig
 from configs.routing import Step
+from configs.storage import StoreSpec
 from configs.writer import ImageWriterConfig
 from pipelines.pools import (
     ESCALATOR_POOL,
@@ -37,11 +38,24 @@ from pipelines.pools import (
 
 if TYPE_CHECKING:
     from configs.job import JobConfig
-    from pipelines.text_to_image import Stores
 
 # what the manifest step needs from the last stage (everything else it fills with nulls when absent)
 MANIFEST_READS = ("id", "image_index", "image_key", "prompt", "generator", "model", "seed", "status", "error",
                   "image_uri", "sha256", "bytes", "already_present")
+
+
+@dataclass(frozen=True)
+class Stores:
+    """Resolved connections (with secrets) for the run's locations; built by jobs from the environment."""
+
+    source: StoreSpec
+    output: StoreSpec
+    inputs: StoreSpec | None = None
+    """Connection for rows' input images (None: the source's)."""
+    models: dict[str, StoreSpec] = field(default_factory=dict)
+    api_keys: dict[str, SecretStr] = field(default_factory=dict)  # hosted generators, by generator name
+    adapters: dict[str, dict[str, str]] = field(default_factory=dict)
+    """LoRA adapters by generator: name → sha256 of its weights file (read once by jobs, part of image keys)."""
 
 
 class PlanError(ValueError):

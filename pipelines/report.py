@@ -13,7 +13,8 @@ from typing import Any
 
 from actors.layout import EVALUATIONS_DIR, REPORT_HTML
 from actors.manifest_schema import REPORT_COLUMNS
-from actors.storage import ObjectStore, open_store
+from actors.storage import ObjectStore
+from actors.stores import open_store
 from configs.storage import StoreSpec
 from pipelines.manifest import iter_manifest_batches
 from pipelines.report_stats import Sketch, Timeline

@@ -25,7 +25,7 @@ from configs.prep import PrepConfig
 from configs.routing import ColumnRouting
 from configs.serve import ServeConfig
 from configs.source import InputLimits
-from pipelines.plan import generator_stage, prep_config
+from pipelines.plan import Stores, generator_stage, prep_config
 from pipelines.pools import serve_gateway_options, serve_generator_options
 from pipelines.serve_protocol import (
     RequestProblem,
@@ -35,7 +35,7 @@ from pipelines.serve_protocol import (
     parse_generate_request,
     read_body,
 )
-from pipelines.text_to_image import Stores, failure_line
+from pipelines.text_to_image import failure_line
 
 if TYPE_CHECKING:
     from ray.serve import Application

@@ -7,16 +7,13 @@ import functools
 import logging
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
-
-from pydantic import SecretStr
 
 from actors.image_writer import ABORT_MARKER
 from actors.storage import arrow_filesystem, parse_location
 from configs.job import JobConfig
-from configs.storage import StoreSpec
-from pipelines.plan import Plan, Stage, make_plan
+from pipelines.plan import Plan, Stage, Stores, make_plan
 from pipelines.pools import autoscaling, map_batches_kwargs
 from pipelines.progress import post_written
 from pipelines.schema import INPUT_FIELDS, input_problems
@@ -32,20 +29,6 @@ logger = logging.getLogger(__name__)
 
 class InputError(ValueError):
     """The prompt table can't be used as configured; the message says what to change."""
-
-
-@dataclass(frozen=True)
-class Stores:
-    """Resolved connections (with secrets) for the run's locations; built by jobs from the environment."""
-
-    source: StoreSpec
-    output: StoreSpec
-    inputs: StoreSpec | None = None
-    """Connection for rows' input images (None: the source's)."""
-    models: dict[str, StoreSpec] = field(default_factory=dict)
-    api_keys: dict[str, SecretStr] = field(default_factory=dict)  # hosted generators, by generator name
-    adapters: dict[str, dict[str, str]] = field(default_factory=dict)
-    """LoRA adapters by generator: name → sha256 of its weights file (read once by jobs, part of image keys)."""
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 from actors.layout import WEBDATASET_DIR, WEBDATASET_INDEX, shard_pattern, webdataset_dir
 from actors.shard_writer import ShardWriter, shard_of
-from actors.storage import arrow_filesystem, open_store
+from actors.storage import arrow_filesystem
+from actors.stores import open_store
 from configs.storage import StoreSpec
 from configs.writer import OutputConfig, ShardWriterConfig
 from pipelines.commit import current_parts

@@ -20,8 +20,9 @@ import pytest
 from actors.escalator import Escalator
 from actors.generation import Outcome, run_generation
 from actors.layout import MANIFEST_DIR, image_rel, manifest_part
+from actors.local_store import RECORD_XATTR, LocalStore
 from actors.resume_index import ESCALATED_TO, image_record, load_index
-from actors.storage import RECORD_MAX_BYTES, RECORD_XATTR, LocalStore
+from actors.storage import RECORD_MAX_BYTES
 from configs.storage import StoreSpec
 from tests.unit.test_provider_bytes import generate, pending, provider_png, provider_webp, writer
 

@@ -20,8 +20,7 @@ from configs.loader import ConfigError, parse_config
 from configs.prep import InputReaderConfig
 from configs.source import InputLimits
 from configs.storage import StoreSpec
-from pipelines.plan import prep_config
-from pipelines.text_to_image import Stores
+from pipelines.plan import Stores, prep_config
 from tests.conftest import sleep_job
 from tests.unit.test_conditioning import prep
 

@@ -187,7 +187,7 @@ def test_vqa_a_prompt_naming_the_image_token_is_not_a_broken_scorer(tiny_vlm: Pa
 # -- report evaluations ---------------------------------------------------------------------------------------------
 
 def evaluations_store(tmp_path: Path) -> Any:
-    from actors.storage import open_store
+    from actors.stores import open_store
     from configs.storage import StoreSpec
 
     return open_store(str(tmp_path), StoreSpec(kind="local"))

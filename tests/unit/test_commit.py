@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from actors.layout import LEASE, MANIFEST_INDEX, manifest_part, staging_dir
-from actors.storage import open_store
+from actors.stores import open_store
 from configs.storage import StoreSpec
 from pipelines.commit import CommitError, Lease, OutputBusy, collect_garbage, commit, current_parts
 

@@ -21,8 +21,8 @@ from configs.loader import ConfigError, parse_config
 from configs.prep import InputReaderConfig
 from configs.source import InputLimits, variant_size
 from configs.storage import StoreSpec
-from pipelines.plan import input_base, make_plan, prep_config
-from pipelines.text_to_image import InputError, Stores, expected_rows, inspect_source
+from pipelines.plan import Stores, input_base, make_plan, prep_config
+from pipelines.text_to_image import InputError, expected_rows, inspect_source
 from tests.conftest import sleep_job, tiny_job
 
 LOCAL = StoreSpec(kind="local")

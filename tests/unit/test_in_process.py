@@ -13,9 +13,8 @@ import pytest
 from configs.loader import parse_config
 from configs.storage import StoreSpec
 from pipelines.in_process import StageFailed, choose_executor, execute, manifest_table
-from pipelines.plan import Plan, PlanError, Stage, make_plan
+from pipelines.plan import Plan, PlanError, Stage, Stores, make_plan
 from pipelines.pools import PREPROCESS_POOL
-from pipelines.text_to_image import Stores
 from tests.conftest import sleep_job
 
 STORES = Stores(source=StoreSpec(kind="local"), output=StoreSpec(kind="local"),

@@ -64,8 +64,7 @@ def test_plan_text_names_the_stored_extension() -> None:
     raw = sleep_job("in.parquet", "out")
     raw["output"]["format"] = "jpeg"
     from configs.storage import StoreSpec
-    from pipelines.plan import make_plan
-    from pipelines.text_to_image import Stores
+    from pipelines.plan import Stores, make_plan
 
     cfg = parse_config(raw)
     source = SourceInfo(files=["in.parquet"], num_rows=1, schema=pa.schema([("prompt", pa.string())]))

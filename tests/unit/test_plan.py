@@ -9,9 +9,8 @@ import pytest
 
 from configs.loader import parse_config
 from configs.storage import StoreSpec
-from pipelines.plan import Plan, PlanError, Stage, make_plan
+from pipelines.plan import Plan, PlanError, Stage, Stores, make_plan
 from pipelines.pools import Pool, missing_on_local
-from pipelines.text_to_image import Stores
 from tests.conftest import sleep_job
 
 STORES = Stores(source=StoreSpec(kind="local"), output=StoreSpec(kind="local"))

@@ -139,7 +139,8 @@ def test_source_checks_follow_the_mapping(tmp_path: Any) -> None:
     import pyarrow.parquet as pq
 
     from configs.storage import StoreSpec
-    from pipelines.text_to_image import InputError, Stores, inspect_source
+    from pipelines.plan import Stores
+    from pipelines.text_to_image import InputError, inspect_source
 
     job = tiny_job(tmp_path / "p.parquet", "m", str(tmp_path / "out"))
     job["source"]["columns"] = {"num_images": "copies", "guidance_scale": "cfg"}
@@ -165,7 +166,8 @@ def test_the_driver_count_equals_the_rows_the_preprocessor_makes(tmp_path: Any) 
     import pyarrow.parquet as pq
 
     from configs.storage import StoreSpec
-    from pipelines.text_to_image import Stores, expected_rows, inspect_source
+    from pipelines.plan import Stores
+    from pipelines.text_to_image import expected_rows, inspect_source
 
     data = {"prompt": [None, "ok", "", "y", "z" * 20_000, "w"], "num_images": [3, 2, 4, None, 2, 99],
             "width": [64, 64, 64, 64, 64, 63]}

@@ -16,8 +16,8 @@ from actors.prompt_preprocessor import PromptPreprocessor
 from configs.loader import ConfigError, parse_config
 from configs.source import PromptTemplate
 from configs.storage import StoreSpec
-from pipelines.plan import prep_config
-from pipelines.text_to_image import InputError, Stores, expected_rows, inspect_source
+from pipelines.plan import Stores, prep_config
+from pipelines.text_to_image import InputError, expected_rows, inspect_source
 from tests.conftest import tiny_job
 
 TEXT = "a {{ style }} photo of a {{ object }} in {{ scene }}"

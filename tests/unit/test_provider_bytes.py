@@ -28,9 +28,9 @@ from actors.generation import Outcome, Request, run_generation, sniff_mime
 from actors.image_writer import ImageWriter, image_file
 from actors.keys import image_key
 from actors.layout import MANIFEST_DIR, image_rel, manifest_part
+from actors.local_store import RECORD_XATTR, LocalStore
 from actors.resume_index import load_index
 from actors.shard_writer import ShardWriter
-from actors.storage import RECORD_XATTR, LocalStore
 from configs.storage import StoreSpec
 from configs.writer import ImageWriterConfig, ShardWriterConfig
 

@@ -11,7 +11,8 @@ import pyarrow.parquet as pq
 
 from actors.layout import MANIFEST_DIR, image_rel, manifest_part
 from actors.resume_index import load_index
-from actors.storage import ObjectStore, open_store
+from actors.storage import ObjectStore
+from actors.stores import open_store
 from configs.storage import StoreSpec
 
 K = {name: name[0] * 40 for name in ("aaa", "bbb", "ccc", "ddd", "eee")}

@@ -15,8 +15,7 @@ import pytest
 from configs.loader import parse_config
 from configs.storage import StoreSpec
 from pipelines.in_process import execute
-from pipelines.plan import Plan, Stage, make_plan
-from pipelines.text_to_image import Stores
+from pipelines.plan import Plan, Stage, Stores, make_plan
 from tests.conftest import sleep_job
 
 STORES = Stores(source=StoreSpec(kind="local"), output=StoreSpec(kind="local"))

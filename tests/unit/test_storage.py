@@ -7,15 +7,9 @@ from typing import Any
 
 import pytest
 
-from actors.storage import (
-    RECORD_MAX_BYTES,
-    LocalStore,
-    ObjectStore,
-    StorageError,
-    open_store,
-    parse_location,
-    resolve_store_spec,
-)
+from actors.local_store import LocalStore
+from actors.storage import RECORD_MAX_BYTES, ObjectStore, StorageError, parse_location, resolve_store_spec
+from actors.stores import open_store
 from configs.storage import S3Config, StoreSpec
 
 
