@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from actors.generation import Outcome, Request
+from actors.backend_io import Outcome, Request
 from actors.hosted import HostedFatal
 from actors.layout import batch_record, batches_dir
 from actors.storage import ObjectStore

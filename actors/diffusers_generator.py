@@ -14,15 +14,8 @@ from typing import Any
 import numpy as np
 
 from actors.adapters import local_weights
-from actors.generation import (
-    GENERATOR_INPUT_COLUMNS,
-    GENERATOR_OPTIONAL_COLUMNS,
-    GENERATOR_OUTPUT_COLUMNS,
-    Batch,
-    BatchLimits,
-    Request,
-    run_generation,
-)
+from actors.backend_io import GENERATOR_INPUT_COLUMNS, GENERATOR_OPTIONAL_COLUMNS, GENERATOR_OUTPUT_COLUMNS, Request
+from actors.generation import Batch, BatchLimits, run_generation
 from actors.inputs import InputFiles
 from actors.keys import shape_bucket
 from actors.stores import open_store

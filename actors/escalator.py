@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from actors.generation import parse_adapter_list
+from actors.backend_io import parse_adapter_list
 from actors.keys import adapters_text, key_of
 from configs.generator_base import STRENGTH_TASKS
 from configs.prep import GeneratorIdentity

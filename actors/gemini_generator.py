@@ -11,8 +11,8 @@ from typing import Any
 
 from pydantic import SecretStr
 
+from actors.backend_io import Outcome, Request, encoded_info
 from actors.batch_mode import BatchState, poll
-from actors.generation import Outcome, Request, encoded_info
 from actors.hosted import HostedFatal, Verdict, api_call, image_outcome, parse_duration
 from actors.hosted_actor import HostedGenerator
 from configs.generator_base import RunBudget

@@ -2,120 +2,24 @@
 
 from __future__ import annotations
 
-import io
 import logging
 import math
 import time
 from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, fields, replace
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 import numpy as np
 
+from actors.backend_io import Outcome, Request, encoded_info, parse_adapter_list
 from actors.inputs import InputFiles, InputProblem, load_inputs, sha256_of
 from actors.keys import derive_seed, shape_bucket
-from configs.request import BY_NAME, KEY_SETTINGS, ROW_COLUMNS
+from configs.request import ROW_COLUMNS
 
 logger = logging.getLogger(__name__)
 
 Batch = dict[str, np.ndarray]
-
-GENERATOR_INPUT_COLUMNS = {
-    "prompt": "prompt text",
-    **{name: BY_NAME[name].description for name in KEY_SETTINGS},
-    "image_key": "content hash (hosted batch mode matches results by it)",
-    "generator": "only rows routed to this generator are generated; the rest pass through",
-    "status": "only `pending` rows are generated; the rest pass through",
-    "error": "passed through",
-    "enqueued_at": "for queue time",
-}
-CONDITIONING_COLUMNS = ("task", "input_images", "input_sha256", "mask_uri", "mask_sha256",
-                        *(name for name in ROW_COLUMNS if BY_NAME[name].keyed == "conditioning"))
-"""What image-conditioned and adapter rows carry beyond GENERATOR_INPUT_COLUMNS (read when present)."""
-"""What `run_generation` reads of every row (rows routed to other generators pass through unchanged)."""
-
-GENERATOR_OPTIONAL_COLUMNS = (*CONDITIONING_COLUMNS, "num_candidates", "input_data", "image", "image_mime",
-                              "queue_ms", "generate_ms", "cost_usd", "requests", "maybe_billed_usd", "generated_at")
-"""Read when present: conditioning, best-of-N, a request's own files (serving), and what an earlier generator
-stage wrote (a cascade's draft passes through the heavy stage; cost and requests accumulate)."""
-
-GENERATOR_OUTPUT_COLUMNS = {
-    "image": "raw RGB pixels, uint8 HWC bytes, or the provider's file bytes when `image_mime` is set (b'' = none)",
-    "image_mime": "content type of provider file bytes in `image` ('' = raw RGB pixels)",
-    "requests": "HTTP requests sent to a hosted API for this image, retries included (accumulates)",
-    "maybe_billed_usd": "estimated price of attempts with an unknown outcome the provider may have billed",
-    "queue_ms": "time from preprocessing to the start of generation",
-    "generate_ms": "model time attributed to this image (batch time / batch size)",
-    "cost_usd": "price of this image under the generator's cost model",
-    "generated_at": "unix time the model call that made this image returned",
-    "status": "generated | error | refused | skipped (rows that were not pending pass through)",
-    "error": "why generation failed ('' when fine)",
-    "width": "the image's width (a hosted provider's file: as its header says)",
-    "height": "the image's height",
-    **{f"candidate_{name}": f"best-of-N rows: every candidate's {name}"
-       for name in ("images", "seeds", "mimes", "sizes")},
-}
-
-
-@dataclass(frozen=True)
-class Request:
-    """One image to generate."""
-
-    prompt: str
-    negative_prompt: str
-    seed: int
-    width: int
-    height: int
-    num_steps: int
-    guidance_scale: float
-    key: str = ""
-    task: str = "text-to-image"
-    """text-to-image | image-to-image | inpaint | edit (configs.generator_base.Task)."""
-    images: tuple[bytes, ...] = ()
-    """Input image files as stored (PNG/JPEG/WebP bytes; their sha256 is in the key); the first is the one redrawn
-    by image-to-image and inpaint, all of them are references for edit."""
-    mask: bytes = b""
-    """Mask image file (b'' = none): a single-channel image the size of the first input, white = change."""
-    strength: float = 0.0
-    """image-to-image / inpaint: how far from the input the result may move (0..1)."""
-    adapters: tuple[tuple[str, float], ...] = ()
-    """LoRA adapters (name, weight) to apply; () = none."""
-    settings: Mapping[str, Any] = field(default_factory=dict)
-    """The request table's settings that have no field of their own here (`configs.request.REQUEST`), by name: a
-    backend that honours one reads it from here."""
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """What a backend returns for one request when a bare pixel array is not enough (hosted APIs).
-
-    An image is either `image` (pixels) or `encoded` + `mime` (the provider's file, stored as sent: content
-    credentials, alpha and ICC profile kept); `encoded` wins when both are set.
-    """
-
-    image: np.ndarray | None = None
-    """HxWx3 uint8 pixels (the size may differ from the request: Gemini picks sizes by tier/aspect)."""
-    encoded: bytes = b""
-    """The provider's image file (PNG/JPEG/WebP bytes); its size is read from its header."""
-    mime: str = ""
-    """Content type the provider declared for `encoded` (e.g. `image/png`); the bytes' own header wins."""
-    requests: int = 0
-    """HTTP requests sent for this image, retries included (recorded for errors and refusals too). A delivered
-    provider file counts at least 1 (batch mode: its line in the batch); resume tells hosted images by it."""
-    maybe_billed_usd: float = 0.0
-    """Estimated price of attempts whose outcome is unknown (timeouts, dropped connections) that the provider may
-    have completed and billed."""
-    cost_usd: float | None = None
-    """Measured price (from the response's usage); None = the time-based cost model."""
-    refusal: str = ""
-    """Why the provider refused (content policy); the row becomes `status=refused`."""
-    error: str = ""
-    """A problem with this request alone (e.g. a size the API can't make); the row becomes an error row."""
-    skipped: str = ""
-    """Why the request was not sent (the run's budget, by actual spend); the row becomes `status=skipped`, which a
-    rerun redoes."""
-
 
 class BatchLimits:
     """The most images one model call of each shape bucket fits on this actor's device.
@@ -186,6 +90,29 @@ def run_generation(
     checked against the hashes in their key; a file that can't be read or changed since is that row's error.
     """
     # 1 prepare outputs: rows that pass through keep what an earlier stage gave them (cascade drafts)
+    cols = _output_columns(batch)
+    # 2 buckets of pending rows that can share a model call: same shape, task, strength and adapters
+    buckets: dict[tuple[Any, ...], list[int]] = defaultdict(list)
+    routed = batch["generator"] if name else None
+    for i in range(len(cols["status"])):
+        if cols["status"][i] == "pending" and (routed is None or routed[i] == name):
+            shape = shape_bucket(batch["width"][i], batch["height"][i], batch["num_steps"][i],
+                                 batch["guidance_scale"][i])
+            buckets[(*shape, *_conditioning_bucket(batch, i))].append(i)
+    # 3 run each bucket in chunks of `batch_size` images, isolating row errors; a best-of-N row is N images
+    #   (its candidates, with derived seeds), recorded together
+    call = _Call(generate, is_fatal, is_oom, usd_per_second, usd_per_image, limits or BatchLimits(), inputs)
+    for bucket, rows in buckets.items():
+        call.bucket(batch, cols, bucket, rows, batch_size)
+    # 4 same columns in, plus the generator's outputs
+    out = dict(batch)
+    out.update(cols)
+    return out
+
+
+def _output_columns(batch: Batch) -> Batch:
+    """The generator's output columns: what an earlier stage gave a row (cascade drafts), else empty; best-of-N
+    batches also get the candidates' columns."""
     n = len(batch["status"])
 
     def column(name: str, default: object, dtype: Any) -> np.ndarray:
@@ -205,34 +132,43 @@ def run_generation(
         "status": np.array(batch["status"], dtype=object),
         "error": np.array(batch["error"], dtype=object),
     }
-    # 2 buckets of pending rows that can share a model call: same shape, task, strength and adapters
-    buckets: dict[tuple[Any, ...], list[int]] = defaultdict(list)
-    routed = batch["generator"] if name else None
-    for i in range(n):
-        if cols["status"][i] == "pending" and (routed is None or routed[i] == name):
-            shape = shape_bucket(batch["width"][i], batch["height"][i], batch["num_steps"][i],
-                                 batch["guidance_scale"][i])
-            buckets[(*shape, *_conditioning_bucket(batch, i))].append(i)
-    # 3 run each bucket in chunks of `batch_size` images, isolating row errors; a best-of-N row is N images
-    #   (its candidates, with derived seeds), recorded together
-    many = "num_candidates" in batch and any(int(c) > 1 for c in batch["num_candidates"])
-    if many:
+    if _best_of(batch):
         cols["candidate_images"] = empty_lists(n)
         for name in ("candidate_seeds", "candidate_mimes", "candidate_sizes"):
             cols[name] = np.array([""] * n, dtype=object)
-    limits = limits if limits is not None else BatchLimits()
-    for bucket, rows in buckets.items():
+    return cols
+
+
+def _best_of(batch: Batch) -> bool:
+    return "num_candidates" in batch and any(int(c) > 1 for c in batch["num_candidates"])
+
+
+@dataclass(frozen=True)
+class _Call:
+    """How one `run_generation` call makes images: the backend, its error classes, prices and batch limits."""
+
+    generate: GenerateFn
+    is_fatal: Callable[[BaseException], bool]
+    is_oom: Callable[[BaseException], bool]
+    usd_per_second: float
+    usd_per_image: float
+    limits: BatchLimits
+    inputs: InputFiles | None
+
+    def bucket(self, batch: Batch, cols: Batch, bucket: tuple[Any, ...], rows: list[int], batch_size: int) -> None:
+        """Make the images of one bucket's rows, chunk by chunk, recording each row's result in `cols`."""
         shape = bucket[:4]  # memory goes with the shape, steps and guidance
+        many = _best_of(batch)
         start = 0
         while start < len(rows):
-            size = limits.size(shape, batch_size)
+            size = self.limits.size(shape, batch_size)
             chunk_rows, start = rows[start : start + size], start + size
             started = time.time()
             requests: dict[Any, Request] = {}
             for i in chunk_rows:
                 cols["queue_ms"][i] = max(0.0, (started - float(batch["enqueued_at"][i])) * 1000)
                 try:
-                    req = _request(batch, i, inputs)
+                    req = _request(batch, i, self.inputs)
                 except InputProblem as exc:  # the row's inputs: its error, its siblings still run
                     _record(cols, i, str(exc), 0.0, timed_usd=0.0)
                     continue
@@ -240,26 +176,25 @@ def run_generation(
                 # candidates are separate requests (hosted backends send rows sharing a key once)
                 requests.update({(i, k): replace(req, seed=candidate_seed(req, k), key=req.key + (f"~{k}" if k else ""))
                                  for k in range(count)})
-            if not requests:
-                continue
-            results: dict[int, list[tuple[Any, Outcome | str, float]]] = defaultdict(list)
-            ids = list(requests)
-            oom = (limits, shape)
-            while ids:
-                size = limits.size(shape, batch_size)  # lower once a chunk has run out of memory
-                part, ids = ids[:size], ids[size:]
-                for rk, result, ms in _run_chunk(requests, part, generate, is_fatal, is_oom, oom):
-                    results[rk[0]].append((rk, result, ms))
-            for i, outcomes in results.items():
-                if len(outcomes) == 1 and not many:
-                    _, result, ms = outcomes[0]
-                    _record(cols, i, result, ms, timed_usd=ms / 1000 * usd_per_second + usd_per_image)
-                else:
-                    _record_candidates(cols, i, outcomes, requests, usd_per_second, usd_per_image)
-    # 4 same columns in, plus the generator's outputs
-    out = dict(batch)
-    out.update(cols)
-    return out
+            if requests:
+                self._chunk(cols, requests, shape, batch_size, many)
+
+    def _chunk(self, cols: Batch, requests: dict[Any, Request], shape: tuple[Any, ...], batch_size: int,
+               many: bool) -> None:
+        results: dict[int, list[tuple[Any, Outcome | str, float]]] = defaultdict(list)
+        ids = list(requests)
+        oom = (self.limits, shape)
+        while ids:
+            size = self.limits.size(shape, batch_size)  # lower once a chunk has run out of memory
+            part, ids = ids[:size], ids[size:]
+            for rk, result, ms in _run_chunk(requests, part, self.generate, self.is_fatal, self.is_oom, oom):
+                results[rk[0]].append((rk, result, ms))
+        for i, outcomes in results.items():
+            if len(outcomes) == 1 and not many:
+                _, result, ms = outcomes[0]
+                _record(cols, i, result, ms, timed_usd=ms / 1000 * self.usd_per_second + self.usd_per_image)
+            else:
+                _record_candidates(cols, i, outcomes, requests, self.usd_per_second, self.usd_per_image)
 
 
 def empty_lists(n: int) -> np.ndarray:
@@ -397,45 +332,6 @@ def _check_image(result: np.ndarray | Outcome, req: Request) -> Outcome | str:
     return Outcome(image=result)
 
 
-def sniff_mime(data: bytes) -> str:
-    """The content type of image file bytes, by their magic bytes (for providers that declare none).
-
-    Args:
-        data: the start of an image file (12 bytes suffice).
-
-    Returns:
-        `image/png`, `image/jpeg`, `image/webp`, or '' when the bytes are none of these.
-    """
-    if data.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "image/png"
-    if data.startswith(b"\xff\xd8\xff"):
-        return "image/jpeg"
-    if len(data) >= 12 and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "image/webp"
-    return ""
-
-
-def encoded_info(data: bytes, declared_mime: str = "") -> tuple[str, int, int] | None:
-    """Content type, width and height of an image file, from its header (the pixels are not decoded).
-
-    Args:
-        data: the image file's bytes.
-        declared_mime: what the sender said it is (used only when PIL names no content type for the format).
-
-    Returns:
-        (mime, width, height), or None when PIL can't read the header.
-    """
-    from PIL import Image
-
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            width, height = img.size
-            mime = sniff_mime(data) or Image.MIME.get(img.format or "", "") or declared_mime
-    except Exception:  # noqa: BLE001 - PIL raises many kinds for bad bytes (OSError, SyntaxError, ValueError…)
-        return None
-    return (mime, int(width), int(height)) if width > 0 and height > 0 else None
-
-
 def _conditioning_bucket(batch: Batch, i: int) -> tuple[Any, ...]:
     """What beyond the shape a model call must share: task, strength, adapters (absent columns: text-to-image)."""
     def value(name: str, default: Any) -> Any:
@@ -444,12 +340,6 @@ def _conditioning_bucket(batch: Batch, i: int) -> tuple[Any, ...]:
     strength = float(value("strength", math.nan))
     return (str(value("task", "text-to-image")), round(strength, 6) if math.isfinite(strength) else -1.0,
             str(value("adapters", "")))
-
-
-def parse_adapter_list(text: str) -> tuple[tuple[str, float], ...]:
-    """`name:weight,...` (the `adapters` column) as (name, weight) pairs."""
-    pairs = (part.rpartition(":") for part in text.split(",") if part)
-    return tuple((name, float(weight)) for name, _, weight in pairs)
 
 
 def _request(batch: Batch, i: int, inputs: InputFiles | None = None) -> Request:

@@ -28,7 +28,8 @@ from actors.contract import ray_running
 from configs.hosted import HostedCommon, RateLimits
 
 if TYPE_CHECKING:
-    from actors.generation import Batch, Outcome
+    from actors.backend_io import Outcome
+    from actors.generation import Batch
     from actors.inputs import InputFiles
 
 logger = logging.getLogger(__name__)
@@ -369,7 +370,7 @@ def run_hosted(batch: Batch, generate: Any, cfg: HostedCommon, name: str, inputs
 def never_raise(one: Callable[[Any], Any], what: str) -> Callable[[Any], Any]:
     """Wrap a per-request function so only run-ending errors escape; anything else is that row's error (its
     siblings' paid results stay, and the chunk is never retried row by row)."""
-    from actors.generation import Outcome
+    from actors.backend_io import Outcome
 
     def wrapped(request: Any) -> Any:
         try:
@@ -388,7 +389,7 @@ def image_outcome(data: bytes | None, mime: str, cost_usd: float | None, request
     """A paid answer's Outcome: the provider's bytes as they came, with its declared type, or an error row that still
     carries the price when there are no bytes (bytes PIL can't read are `run_generation`'s check: an error row that
     keeps the price too)."""
-    from actors.generation import Outcome
+    from actors.backend_io import Outcome
 
     billed = Outcome(cost_usd=cost_usd, requests=requests, maybe_billed_usd=maybe_billed)
     if not data:

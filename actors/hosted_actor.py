@@ -15,16 +15,16 @@ from typing import Any
 
 from pydantic import SecretStr
 
-from actors.batch_mode import BatchRunner, BatchState
-from actors.generation import (
+from actors.backend_io import (
     GENERATOR_INPUT_COLUMNS,
     GENERATOR_OPTIONAL_COLUMNS,
     GENERATOR_OUTPUT_COLUMNS,
-    Batch,
     Outcome,
     Request,
     encoded_info,
 )
+from actors.batch_mode import BatchRunner, BatchState
+from actors.generation import Batch
 from actors.hosted import (
     HostedFatal,
     LedgerClient,

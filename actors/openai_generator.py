@@ -13,8 +13,8 @@ from typing import Any, Literal
 
 from pydantic import SecretStr
 
+from actors.backend_io import Outcome, Request, encoded_info
 from actors.batch_mode import BatchState, poll
-from actors.generation import Outcome, Request, encoded_info
 from actors.hosted import HostedFatal, Verdict, api_call, image_outcome, retry_after_s
 from actors.hosted_actor import HostedGenerator
 from actors.layout import CONTENT_TYPES

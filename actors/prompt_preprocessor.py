@@ -200,14 +200,7 @@ class PromptPreprocessor:
             error = str(exc)
         variants = self.cfg.variants or [""]
         if error:
-            # the row's own values are in the error message; int32 columns can't hold absurd ones (2**40 pixels)
-            base.update({k: 0 for k in ("width", "height", "num_steps") if not 0 <= base[k] < 2**31})
-            # one error row per image the row asked for, as the driver counted them (a valid num_images, else 1,
-            # times the variants): the commit checks there is exactly one manifest row per requested image
-            asked = overrides.get("num_images")
-            count = asked if isinstance(asked, int) and 1 <= asked <= self.cfg.max_images_per_row else 1
-            return [{**base, "variant": v, "image_index": idx, "seed": 0, "image_key": "", "status": "error",
-                     "error": error, **NO_PRIOR} for v in variants for idx in range(count)]
+            return self._error_rows(base, error, variants, overrides.get("num_images"))
         assert ident is not None  # _row_problem names a missing generator
         rows: list[dict[str, Any]] = []
         for variant in variants:
@@ -223,15 +216,28 @@ class PromptPreprocessor:
                 seed = (row_seed + idx) % (2**31 - 1) if row_seed is not None else derive_seed(self.cfg.job_seed, rid,
                                                                                                  idx)
                 key = key_of({**shaped, "seed": seed}, ident, adapters, self.cfg.selection)
-                state = self._resume_state(key)
-                if state["status"] == "pending" and self.cfg.budget_usd > 0:
-                    if self.spent_usd + ident.est_usd_per_image > self.cfg.budget_usd:
-                        state = {**state, "status": "skipped",
-                                 "error": f"budget_usd={self.cfg.budget_usd} reached; rerun with a larger budget"}
-                    else:
-                        self.spent_usd += ident.est_usd_per_image
-                rows.append({**shaped, "image_index": idx, "seed": seed, "image_key": key, **state})
+                rows.append({**shaped, "image_index": idx, "seed": seed, "image_key": key,
+                             **self._budgeted(self._resume_state(key), ident.est_usd_per_image)})
         return rows
+
+    def _budgeted(self, state: dict[str, Any], usd: float) -> dict[str, Any]:
+        """A pending image within the run's budget counts against it; past the budget it is skipped."""
+        if state["status"] != "pending" or self.cfg.budget_usd <= 0:
+            return state
+        if self.spent_usd + usd > self.cfg.budget_usd:
+            return {**state, "status": "skipped",
+                    "error": f"budget_usd={self.cfg.budget_usd} reached; rerun with a larger budget"}
+        self.spent_usd += usd
+        return state
+
+    def _error_rows(self, base: dict[str, Any], error: str, variants: list[str], asked: Any) -> list[dict[str, Any]]:
+        """One error row per image the row asked for, as the driver counted them (a valid num_images, else 1, times
+        the variants): the commit checks there is exactly one manifest row per requested image."""
+        # the row's own values are in the error message; int32 columns can't hold absurd ones (2**40 pixels)
+        base.update({k: 0 for k in ("width", "height", "num_steps") if not 0 <= base[k] < 2**31})
+        count = asked if isinstance(asked, int) and 1 <= asked <= self.cfg.max_images_per_row else 1
+        return [{**base, "variant": v, "image_index": idx, "seed": 0, "image_key": "", "status": "error",
+                 "error": error, **NO_PRIOR} for v in variants for idx in range(count)]
 
     def _input_problem(self, ident: Any, gen_name: str, row: dict[str, Any]) -> str:
         """What the row's inputs ask that its generator can't do, or ''."""

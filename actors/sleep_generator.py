@@ -7,14 +7,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from actors.generation import (
-    GENERATOR_INPUT_COLUMNS,
-    GENERATOR_OPTIONAL_COLUMNS,
-    GENERATOR_OUTPUT_COLUMNS,
-    Batch,
-    Request,
-    run_generation,
-)
+from actors.backend_io import GENERATOR_INPUT_COLUMNS, GENERATOR_OPTIONAL_COLUMNS, GENERATOR_OUTPUT_COLUMNS, Request
+from actors.generation import Batch, run_generation
 from actors.inputs import InputFiles
 from configs.generator import SleepConfig
 from configs.storage import StoreSpec

@@ -51,7 +51,7 @@ def run(rows: int) -> dict[str, Any]:
 
     from configs import load_config
     from jobs import generate
-    from jobs.runtime import resolve_stores
+    from jobs.preflight import resolve_stores
     from jobs.tiny_models import build_tiny_pipeline
     from pipelines.manifest import read_manifest_columns
 

@@ -61,7 +61,7 @@ def run(rows: int) -> dict[str, Any]:
         with Timer() as t_if:
             assert generate.main([str(cfg)]) == 0
         from configs import load_config
-        from jobs.runtime import resolve_stores
+        from jobs.preflight import resolve_stores
         from pipelines.manifest import read_manifest_columns
 
         stores = resolve_stores(load_config(cfg))

@@ -54,7 +54,7 @@ def generator(name: str) -> Any:
 
 def requests(prompts: list[str], name: str, selection: str = "") -> list[Any]:
     """What imagefleet would ask generator `name` for each prompt: its seed (job seed, derived row id) and key."""
-    from actors.generation import Request
+    from actors.backend_io import Request
     from actors.keys import conditioning, derive_row_id, derive_seed, image_key
 
     s = settings(name)

@@ -46,7 +46,7 @@ class Setting:
     be, so that the keys of rows that don't use it stay what they were. The six settings keys have always held
     (seed, size, steps, guidance, negative prompt) are always in the key."""
     backend: bool = True
-    """It reaches the generator (a field of `actors.generation.Request`)."""
+    """It reaches the generator (a field of `actors.backend_io.Request`)."""
     heavy: bool = False
     """A cascade's escalated row takes the heavy generator's value unless the row set it itself."""
     drafted: bool = False

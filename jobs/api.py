@@ -16,13 +16,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from jobs import runtime
+from jobs import preflight, run_text, runtime
 from jobs.progress import MODES, ProgressDisplay, run_output
 
 if TYPE_CHECKING:
+    from actors.storage import ObjectStore
     from configs.job import JobConfig
     from configs.storage import StoreSpec
     from pipelines.manifest import RunSummary
+    from pipelines.plan import Plan, Stores
+    from pipelines.text_to_image import SourceInfo
 
 
 class ImagefleetError(Exception):
@@ -105,6 +108,86 @@ def load(config: str | Path | dict[str, Any] | JobConfig, overrides: Sequence[st
         raise ConfigInvalid(str(exc)) from None
 
 
+@dataclass(frozen=True)
+class _Checked:
+    """What step 1 of a run found: connections, the source, the checked plan, where it runs and what it says."""
+
+    stores: Stores
+    source: SourceInfo
+    plan: Plan
+    total: int
+    executor: tuple[str, str]
+    plan_text: str
+
+
+def _check(cfg: JobConfig) -> _Checked:
+    """Stores, source, output access, plan and executor, each checked before any work (InputInvalid: one line)."""
+    from actors.contract import ray_running
+    from actors.storage import StorageError
+    from pipelines.in_process import choose_executor
+    from pipelines.plan import PlanError
+    from pipelines.text_to_image import InputError, expected_rows, inspect_source, plan_run
+
+    try:
+        stores = preflight.resolve_stores(cfg)
+        source = inspect_source(cfg, stores)
+        preflight.preflight_output(cfg, stores)
+        plan = plan_run(cfg, stores, source)
+        total = expected_rows(cfg, source)
+        executor = choose_executor(cfg, plan, total, ray_running())
+    except (InputError, StorageError, PlanError) as exc:
+        raise InputInvalid(str(exc)) from None
+    return _Checked(stores, source, plan, total, executor, run_text.plan_text(cfg, source, plan, executor))
+
+
+Done = tuple["RunSummary", str, str, str]
+"""A committed run: its summary, run.json, report and WebDataset export (if any)."""
+
+
+def _execute(cfg: JobConfig, checked: _Checked, run_id: str, progress: str, verbose: bool
+             ) -> tuple[Done | None, str, Path, ObjectStore]:
+    """Own the output, run the plan on its executor into the commit, record and report: (what it made, '' ) or
+    (None, the one-line failure); the run's log and its output store either way."""
+    from actors.storage import StorageError
+    from actors.stores import open_store
+    from jobs.executors import executor_for
+    from pipelines.commit import Lease, collect_garbage
+    from pipelines.manifest import write_run_json
+    from pipelines.progress import read_board, stop_board
+    from pipelines.report import write_report
+    from pipelines.text_to_image import failure_line
+
+    stores, total = checked.stores, checked.total
+    log = runtime.run_log(run_id)
+    objects = open_store(cfg.output.uri, stores.output)
+    lease, board = Lease(objects, run_id, cfg.output.lease_ttl_s), None
+    executor = executor_for(checked.executor[0], cfg, stores, checked.source, checked.plan)
+    with run_output(log, quiet=not verbose) as terminal:
+        try:
+            lease.acquire()
+            collect_garbage(objects, staging=False)  # parts of a commit that died before its index write
+            executor.start()
+            board = executor.board(progress)
+            read = (lambda: read_board(board, total)) if board is not None else None
+            shown = "lines" if verbose and progress in ("auto", "bar") else progress  # a panel garbled by Ray's
+            with ProgressDisplay(read, total, terminal, shown, cfg.limits.budget_usd or 0.0,  # output: lines
+                                 "" if verbose else str(log)):
+                summary = executor.commit(objects, lease, total, board)
+            shards = runtime.export_webdataset(cfg, stores, summary, run_id)  # after the commit; never fails
+            record_uri = write_run_json(cfg.output.uri, stores.output,
+                                        run_text.run_record(cfg, summary, checked.source, checked.executor[0]))
+            return (summary, record_uri, runtime.report(cfg, stores, write_report), shards), "", log, objects
+        except StorageError as exc:
+            raise InputInvalid(str(exc)) from None
+        except Exception as exc:  # a broken actor ends the run; one line, the rest in the log file
+            runtime.record_failure(f"run {run_id}", exc, log)
+            return None, f"run {run_id} failed, nothing committed: {failure_line(exc)}", log, objects
+        finally:
+            lease.release()
+            stop_board(board)
+            executor.stop()
+
+
 def run(config: str | Path | dict[str, Any] | JobConfig, overrides: Sequence[str] = (), *, dry_run: bool = False,
         retry_failed: bool = False, run_id: str | None = None, verbose: bool = False,
         echo: Callable[[str], None] | None = print, progress: str = "auto") -> RunResult:
@@ -133,85 +216,29 @@ def run(config: str | Path | dict[str, Any] | JobConfig, overrides: Sequence[str
             run_id = runtime.run_id_arg(run_id)
         except argparse.ArgumentTypeError as exc:  # the CLI's message, typed like a config mistake
             raise ConfigInvalid(str(exc)) from None
-    from actors.contract import ray_running
-    from actors.storage import StorageError
-    from actors.stores import open_store
-    from pipelines.commit import Lease, collect_garbage
-    from pipelines.in_process import IN_PROCESS, choose_executor, stream
-    from pipelines.manifest import write_manifest, write_manifest_tables, write_run_json
-    from pipelines.plan import PlanError
-    from pipelines.progress import ProgressBoard, read_board, start_board, stop_board
-    from pipelines.report import write_report
-    from pipelines.text_to_image import InputError, build, expected_rows, failure_line, inspect_source, plan_run
-
     # 1 everything that can be wrong with the inputs is found here, before any GPU work
     cfg = load(config, [*overrides, *(["output.retry_failed=true"] if retry_failed else [])])
-    try:
-        stores = runtime.resolve_stores(cfg)
-        source = inspect_source(cfg, stores)
-        runtime.preflight_output(cfg, stores)
-        plan = plan_run(cfg, stores, source)
-        total = expected_rows(cfg, source)
-        executor = choose_executor(cfg, plan, total, ray_running())
-    except (InputError, StorageError, PlanError) as exc:
-        raise InputInvalid(str(exc)) from None
-    plan_text = runtime.plan_text(cfg, source, plan, executor)
-    say(plan_text)
+    checked = _check(cfg)
+    say(checked.plan_text)
     if dry_run:
-        return RunResult("", cfg.output.uri, None, plan=plan_text, store=stores.output)
-    # 2 own the output (a second run on it is refused), then Ray, the graph and the commit; everything Ray
-    # prints goes to the run's log (shown with verbose) while the progress display shows what's done
+        return RunResult("", cfg.output.uri, None, plan=checked.plan_text, store=checked.stores.output)
+    # 2 own the output (a second run on it is refused), run the plan on its executor into the manifest commit;
+    #   everything Ray prints goes to the run's log (shown with verbose) while the progress display shows what's
+    #   done
     run_id = run_id or time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
     if progress == "auto" and echo is None:
         progress = "off"
-    in_process = executor[0] == IN_PROCESS
-    log = runtime.run_log(run_id)
-    objects = open_store(cfg.output.uri, stores.output)
-    lease, started, board = Lease(objects, run_id, cfg.output.lease_ttl_s), False, None
-    failed = ""
-    with run_output(log, quiet=not verbose) as terminal:
-        try:
-            lease.acquire()
-            collect_garbage(objects, staging=False)  # parts of a commit that died before its index write
-            if not in_process:  # the stages run in actor pools on Ray (else here: pipelines/in_process.py)
-                started = runtime.start_ray(cfg)
-                runtime.check_resources(cfg, plan.pools)
-            board = None if progress == "off" else ProgressBoard() if in_process else start_board()
-            read = (lambda: read_board(board, total)) if board is not None else None
-            shown = "lines" if verbose and progress in ("auto", "bar") else progress  # a panel garbled by Ray's
-            with ProgressDisplay(read, total, terminal, shown, cfg.limits.budget_usd or 0.0,  # output: lines
-                                 "" if verbose else str(log)):
-                if in_process:
-                    summary = write_manifest_tables(stream(cfg, stores, source, plan, board), objects, lease,
-                                                    total)
-                else:
-                    summary = write_manifest(build(cfg, stores, source, plan, board), objects, lease, total)
-            shards = runtime.export_webdataset(cfg, stores, summary, run_id)  # after the commit; never fails
-            # 3 record and report
-            record_uri = write_run_json(cfg.output.uri, stores.output,
-                                        runtime.run_record(cfg, summary, source, executor[0]))
-            report_uri = runtime.report(cfg, stores, write_report)
-        except StorageError as exc:
-            raise InputInvalid(str(exc)) from None
-        except Exception as exc:  # a broken actor ends the run; one line, the rest in the log file
-            runtime.record_failure(f"run {run_id}", exc, log)
-            failed = f"run {run_id} failed, nothing committed: {failure_line(exc)}"
-        finally:
-            lease.release()
-            stop_board(board)
-            if started:
-                import ray
-
-                ray.shutdown()
-    # the log also goes next to the outputs (a cluster driver's temp dir goes with its pod)
+    done, failed, log, objects = _execute(cfg, checked, run_id, progress, verbose)
+    # 3 the log also goes next to the outputs (a cluster driver's temp dir goes with its pod); then the summary
     kept = runtime.keep_log(objects, log, run_id) if failed or not verbose else ""
-    if failed:
+    if failed or done is None:
         raise RunFailed(f"{failed} (details: {log}{f'; copy: {kept}' if kept else ''})", run_id, str(log))
-    result = RunResult(run_id, cfg.output.uri, summary, record_uri, report_uri, shards, str(log), plan_text,
-                       stores.output)
-    say(runtime.summary_text(summary, record_uri, report_uri, shards,
-                             "" if verbose else f"{log}{f'  (copy: {kept})' if kept else ''}"))
-    problem = runtime.final_problem(cfg, summary, shards)
+    summary, record_uri, report_uri, shards = done
+    result = RunResult(run_id, cfg.output.uri, summary, record_uri, report_uri, shards, str(log), checked.plan_text,
+                       checked.stores.output)
+    say(run_text.summary_text(summary, record_uri, report_uri, shards,
+                              "" if verbose else f"{log}{f'  (copy: {kept})' if kept else ''}"))
+    problem = run_text.final_problem(cfg, summary, shards)
     if problem:
         raise RunFailed(problem, run_id, result=result)
     return result

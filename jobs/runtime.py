@@ -9,21 +9,14 @@ import re
 import sys
 import time
 import uuid
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from pydantic import SecretStr
-
-from actors.storage import ObjectStore, StorageError, resolve_store_spec
-from actors.stores import open_store
-from configs.generator_base import MASK_TASKS, STRENGTH_TASKS
+from actors.storage import ObjectStore, StorageError
 from configs.job import JobConfig
-from configs.storage import StoreSpec
 from pipelines.manifest import RunSummary
-from pipelines.plan import Plan, Stores
-from pipelines.pools import Pool, missing_on_local, reserved_cpus, unplaceable
-from pipelines.text_to_image import SourceInfo, failure_line
+from pipelines.plan import Stores
+from pipelines.text_to_image import failure_line
 
 logger = logging.getLogger(__name__)
 
@@ -135,91 +128,6 @@ def config_path(arg: str) -> str:
     return path
 
 
-def resolve_stores(cfg: JobConfig, online: bool = False) -> Stores:
-    """Read secrets from the environment / secret files (the only place that does).
-
-    `online` (serving) reads no prompt table and writes no outputs, so their credentials aren't asked for.
-    """
-    if cfg.scorer is not None and not online:  # a scorer that can't load would fail the run after drafts were paid
-        from actors import SCORERS
-
-        problem = SCORERS[cfg.scorer.backend].check_model(cfg.scorer)
-        if problem:
-            raise StorageError(problem)
-    needs = {name: g.needs() for name, g in cfg.generators.items()}
-    for name, n in needs.items():
-        if n.model_path and not Path(n.model_path).expanduser().is_dir():
-            raise StorageError(f"generators.{name}.model: local model folder {n.model_path} does not exist; give a "
-                               f"folder with model_index.json, a hub id (org/name) or an s3:// folder")
-    models = {name: resolve_store_spec(n.model_uri or "s3://adapters", n.model_s3) for name, n in needs.items()
-              if n.model_uri or n.s3_adapters}
-    unused = StoreSpec(kind="local")
-    source = unused if online else resolve_store_spec(cfg.source.uri, cfg.source.s3)
-    return Stores(
-        source=source,
-        inputs=input_store(cfg, source) if cfg.source.reads_inputs() and not online else source,
-        output=unused if online else resolve_store_spec(cfg.output.uri, cfg.output.s3),
-        models=models,
-        api_keys=resolve_api_keys(cfg),
-        adapters=resolve_adapters(cfg, models),
-    )
-
-
-def input_store(cfg: JobConfig, source: StoreSpec) -> StoreSpec:
-    """The connection for rows' s3:// input images: the prompt table's when it is on S3, else one from
-    `source.s3` and the environment if credentials are there (without them, an s3:// input is that row's error)."""
-    if source.kind == "s3":
-        return source
-    try:
-        return resolve_store_spec("s3://inputs", cfg.source.s3)
-    except StorageError:
-        return source
-
-
-def resolve_adapters(cfg: JobConfig, models: dict[str, StoreSpec]) -> dict[str, dict[str, str]]:
-    """Every generator's LoRA adapters by name → the hash of its weights (read once here: it is part of image
-    keys); StorageError naming an adapter that can't be found."""
-    from actors.adapters import AdapterError, adapter_sha256
-
-    out: dict[str, dict[str, str]] = {}
-    for name, g in cfg.generators.items():
-        for a in g.adapters():
-            try:
-                digest = adapter_sha256(a, models.get(name, StoreSpec(kind="local")), "/tmp/imagefleet-models")
-            except AdapterError as exc:
-                raise StorageError(f"generators.{name}.loras: {exc}") from None
-            out.setdefault(name, {})[a.name] = digest
-    return out
-
-
-def resolve_api_keys(cfg: JobConfig) -> dict[str, SecretStr]:
-    """Hosted generators' keys from their secret file or environment variable (never from the YAML)."""
-    keys: dict[str, SecretStr] = {}
-    for name, g in cfg.generators.items():
-        n = g.needs()
-        if not n.api_key:
-            continue
-        if n.api_key_file:
-            try:
-                value = Path(n.api_key_file).read_text().strip()
-            except OSError as exc:
-                raise StorageError(f"generators.{name}.api_key_file {n.api_key_file}: {exc.strerror}") from None
-        else:
-            value = os.environ.get(n.api_key_env, "").strip()
-        if not value:
-            raise StorageError(f"generator {name!r} ({g.backend}) needs an API key: set {n.api_key_env} "
-                               f"or generators.{name}.api_key_file")
-        keys[name] = SecretStr(value)
-    return keys
-
-
-def preflight_output(cfg: JobConfig, stores: Stores) -> None:
-    """Fail before any GPU work if the output can't be written (or a private Ray could not start)."""
-    if cfg.cluster.address == "local":
-        check_temp_dir(cfg.cluster.temp_dir)
-    open_store(cfg.output.uri, stores.output).check_writable()
-
-
 def start_ray(cfg: JobConfig) -> bool:
     """Connect to or start Ray; returns whether this call started it (and so must shut it down).
 
@@ -270,132 +178,6 @@ def check_temp_dir(temp_dir: str) -> None:
                            f"point it at a writable folder") from None
 
 
-def check_resources(cfg: JobConfig, pools: dict[str, Pool], spare_cpu: bool = True) -> None:
-    """Fail fast where Ray would wait forever: a pool no node can host, or pools that leave no CPU for Ray
-    Data's own read/repartition/write tasks (`spare_cpu`; serving runs none). A local cluster is checked at
-    once; on a real cluster each pool must be placeable within `cluster.startup_timeout_s` (an autoscaler may
-    add nodes meanwhile)."""
-    import ray
-
-    if cfg.cluster.address not in ("local", ""):
-        problem = unplaceable(pools, cfg.cluster.startup_timeout_s)
-        if problem:
-            raise StorageError(problem)
-        return
-    have = ray.cluster_resources()
-    problem = missing_on_local(pools, have)
-    if problem:
-        hint = "set cluster.num_gpus (fake GPUs on a CPU box) or the pool's num_gpus: 0" if "GPU" in problem else (
-            "remove pool.accelerator_type for a local run, or run on a cluster that has it")
-        raise StorageError(f"{problem}; {hint}")
-    cpus, reserved = have.get("CPU", 0.0), reserved_cpus(pools)
-    if spare_cpu and cpus - reserved < 1:
-        raise StorageError(
-            f"the actor pools can reserve {reserved:g} of this local Ray's {cpus:g} CPUs, leaving less than the 1 "
-            f"CPU that read/repartition/write tasks need (the run would stall); raise cluster.num_cpus or lower "
-            f"the pools' num_cpus / max_size"
-        )
-
-
-def versions() -> dict[str, str]:
-    out = {"python": sys.version.split()[0]}
-    for pkg in ("imagefleet", "ray", "torch", "diffusers", "transformers", "pyarrow", "boto3"):
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            out[pkg] = "not installed"
-    return out
-
-
-def run_record(cfg: JobConfig, summary: RunSummary, source: SourceInfo, executor: str = "") -> dict[str, Any]:
-    """run.json content: the config used (no secrets: it only names env vars), versions, counts, timing, and where
-    the stages ran (`ray` or `in_process`)."""
-    return {
-        "run_id": summary.run_id,
-        "executor": executor,
-        "config": cfg.model_dump(mode="json"),
-        "versions": versions(),
-        "source_files": len(source.files),
-        "source_rows": source.num_rows,
-        "summary": summary.to_dict(),
-    }
-
-
-def plan_text(cfg: JobConfig, source: SourceInfo, plan: Plan, executor: tuple[str, str] = ("", "")) -> str:
-    """What a run would do (printed by --dry-run and at the start of a run); `executor`: where its stages run and
-    why (`pipelines.in_process.choose_executor`)."""
-    from actors.layout import image_pattern
-
-    lines = [f"imagefleet plan for {cfg.name!r}",
-             f"  source : {cfg.source.uri} ({len(source.files)} file(s), {source.num_rows} rows)",
-             f"  output : {cfg.output.uri}/{image_pattern(cfg.output.format)}  +  manifest/  +  run.json",
-             *[f"           {name}'s images: {fmt}" for name, fmt in odd_formats(cfg).items()],
-             f"  routing: {cfg.routing.mode} (default {cfg.default_generator})",
-             *input_lines(cfg),
-             "  stages :", *plan.describe(),
-             *([f"  runs   : {EXECUTOR_WORDS.get(executor[0], executor[0])} ({executor[1]})"] if executor[0] else []),
-             f"  cost estimate: {cost_estimate(cfg, source.num_images or source.num_rows)}"]
-    for name, gen in cfg.generators.items():
-        info = getattr(gen, "info", lambda: None)()
-        if info is not None and info.retires:
-            lines.append(f"  note   : {name} uses {gen.model}, which the provider shuts down on {info.retires}")
-    return "\n".join(lines)
-
-
-EXECUTOR_WORDS = {"ray": "on Ray, in the actor pools above", "in_process": "in this process, one copy of each stage"}
-
-
-def input_lines(cfg: JobConfig) -> list[str]:
-    """What rows are made from besides their prompt (input images, variants), and settings that have no effect."""
-    src = cfg.source
-    lines = []
-    if src.reads_inputs():
-        mask = f", masks from column {src.columns.of('mask')!r}" if src.task in MASK_TASKS else ""
-        lines.append(f"  inputs : {src.task}: input images from column {src.columns.of('image')!r}{mask}")
-        if src.task in STRENGTH_TASKS:
-            ignored = [n for n in cfg.routing.used(list(cfg.generators)) if not cfg.generators[n].takes_strength()]
-            if ignored:
-                lines.append(f"  note   : strength has no effect on {', '.join(ignored)} (the API has no such setting)")
-    if src.variants:
-        lines.append(f"  variants: {', '.join(src.variants)} (each request rendered {len(src.variants)} times)")
-    return lines
-
-
-def stored_format(cfg: JobConfig, name: str) -> str:
-    """What a generator's images are stored as: a hosted API's own format when its bytes are kept as sent
-    ('' = the provider picks), else output.format."""
-    sent = cfg.generators[name].sent_format()
-    return cfg.output.format if sent is None or not cfg.output.keep_provider_bytes else sent
-
-
-def odd_formats(cfg: JobConfig) -> dict[str, str]:
-    """Generators whose images are not stored as output.format, and what they are stored as (for people)."""
-    from actors.layout import image_ext
-
-    out = {}
-    for name in cfg.routing.used(list(cfg.generators)):
-        fmt = stored_format(cfg, name)
-        if fmt != cfg.output.format:
-            out[name] = (f"<key>.{image_ext(fmt)} (stored as the API sends them)" if fmt else
-                         "<key>.<png|jpg|webp> in the format the API sends (output.keep_provider_bytes)")
-    return out
-
-
-def cost_estimate(cfg: JobConfig, images: int) -> str:
-    """Expected spend of `images` requested images from each generator's cost model and the routing mode."""
-    per_image = {name: g.estimate_usd(int(cfg.source.reads_inputs())) for name, g in cfg.generators.items()}
-    low, high = cfg.routing.cost_range(per_image, images)
-    if cfg.limits.budget_usd:
-        high = min(high, cfg.limits.budget_usd)
-    text = f"${low:,.4f}" if abs(high - low) < 1e-12 else f"${low:,.4f} – ${high:,.4f}"
-    budget = f" (budget ${cfg.limits.budget_usd:,.2f})" if cfg.limits.budget_usd else ""
-    unpriced = [n for n in cfg.routing.used(list(cfg.generators)) if per_image[n] <= 0]
-    hint = (f"; {', '.join(unpriced)} priced at $0: set cost.est_seconds_per_image with cost.usd_per_gpu_hour, "
-            f"or cost.usd_per_image" if unpriced else "")
-    each = ", ".join(f"{n} ${per_image[n]:.4f}" for n in cfg.routing.used(list(cfg.generators)))
-    return f"{text} for {images} images{budget} (per image: {each}){hint}"
-
-
 def export_webdataset(cfg: JobConfig, stores: Stores, summary: RunSummary, run_id: str) -> str:
     """WebDataset shards of the committed run when configured: the index URI, `failed: …`, or ''."""
     if not cfg.output.webdataset.enabled or summary.num_ok == 0:
@@ -408,38 +190,3 @@ def export_webdataset(cfg: JobConfig, stores: Stores, summary: RunSummary, run_i
         log = record_failure("webdataset export", exc)
         return f"failed: {failure_line(exc)} (rerun to retry: finished images are skipped; details: {log})"
 
-
-def final_problem(cfg: JobConfig, summary: RunSummary, shards: str) -> str:
-    """Why a committed run still exits non-zero ('' when it doesn't)."""
-    failed = summary.num_error / max(summary.num_rows, 1)
-    if failed > cfg.limits.max_error_fraction:
-        return f"{failed:.1%} of images failed (limit {cfg.limits.max_error_fraction:.1%})"
-    if shards.startswith("failed:"):
-        return f"webdataset export {shards}"
-    return ""
-
-
-def summary_text(s: RunSummary, record_uri: str, report_uri: str, shards: str = "", log: str = "") -> str:
-    """The one-screen end-of-run summary."""
-    lines = [
-        "",
-        "=" * 72,
-        f" imagefleet run {s.run_id}",
-        f"   images requested : {s.num_rows}",
-        f"   ok               : {s.num_ok}  ({s.num_written} written, {s.num_already_present} already present)",
-        f"   errors           : {s.num_error}   refused: {s.num_refused}   skipped (budget): {s.num_skipped}",
-        f"   wall time        : {s.wall_s:.1f} s   throughput: {s.images_per_s:.2f} new images/s",
-        f"   bytes written    : {s.bytes_written / 1e6:.2f} MB   cost: ${s.cost_usd:.4f}",
-        f"   images           : {s.images_uri}/",
-        f"   manifest         : {s.manifest_uri}/",
-        f"   run record       : {record_uri}",
-        f"   report           : {report_uri}",
-    ]
-    if shards:
-        lines.append(f"   webdataset       : {shards}")
-    if log:
-        lines.append(f"   log              : {log}")
-    for msg in s.errors_sample:
-        lines.append(f"   e.g. error       : {msg[:100]}")
-    lines.append("=" * 72)
-    return "\n".join(lines)

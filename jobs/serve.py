@@ -9,7 +9,7 @@ import sys
 import threading
 from typing import TYPE_CHECKING, Any
 
-from jobs import runtime
+from jobs import preflight, run_text, runtime
 
 if TYPE_CHECKING:
     from ray.serve import Application
@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     # 1 config and secrets first: nothing starts if they are wrong
     try:
         cfg = load_config(args.config, args.overrides)
-        stores = runtime.resolve_stores(cfg, online=True)
+        stores = preflight.resolve_stores(cfg, online=True)
     except (ConfigError, StorageError) as exc:
         print(f"imagefleet: {exc}", file=sys.stderr)
         return 2
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
 
     started = runtime.start_ray(cfg)
     try:
-        runtime.check_resources(cfg, {f"generator-{n}": generator_pool(g.pool) for n, g in cfg.generators.items()},
+        preflight.check_resources(cfg, {f"generator-{n}": generator_pool(g.pool) for n, g in cfg.generators.items()},
                                 spare_cpu=False)
         serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
         serve.run(build_app(cfg, stores), name="imagefleet", route_prefix="/")
@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1 if not isinstance(exc, StorageError) else 2
     url = f"http://{cfg.serve.host}:{cfg.serve.port}"
     print(f"imagefleet serving {', '.join(cfg.generators)} at {url}  (POST /generate, GET /healthz; Ctrl-C stops)")
-    ext = image_ext(runtime.stored_format(cfg, cfg.default_generator) or "png")  # what a plain request gets
+    ext = image_ext(run_text.stored_format(cfg, cfg.default_generator) or "png")  # what a plain request gets
     print(f"  try: curl -s {url}/generate -d '{{\"prompt\": \"a red fox\"}}' -o fox.{ext}", flush=True)
     # 3 serve until told to stop (handlers set after ray.init, which installs its own)
     stop = threading.Event()
@@ -86,7 +86,7 @@ def app(args: dict[str, Any]) -> Application:
     if "config" not in args:
         raise ValueError("imagefleet serve app needs args: {config: /path/to/config.yaml}")
     cfg = load_config(runtime.config_path(str(args["config"])), [str(v) for v in args.get("set", [])])
-    return build_app(cfg, runtime.resolve_stores(cfg, online=True))
+    return build_app(cfg, preflight.resolve_stores(cfg, online=True))
 
 
 def _shutdown(started_ray: bool) -> None:

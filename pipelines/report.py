@@ -16,6 +16,7 @@ from actors.manifest_schema import REPORT_COLUMNS
 from actors.storage import ObjectStore
 from actors.stores import open_store
 from configs.storage import StoreSpec
+from pipelines.charts import SCORE_BIN, histogram_svg, throughput_svg
 from pipelines.manifest import iter_manifest_batches
 from pipelines.report_stats import Sketch, Timeline
 
@@ -27,8 +28,6 @@ THUMB_PX = 160
 NUM_PROBLEMS = 200
 STAGES = ("queue_ms", "generate_ms", "encode_ms", "upload_ms")  # timing rows of the page, in pipeline order
 COLUMNS = list(REPORT_COLUMNS)  # the manifest columns flagged `report`
-SCORE_BIN = 1.0  # scores are counted in bins this wide: a histogram is a few hundred counters, not one per row
-MAX_BARS = 40
 THUMB_THREADS = 8
 # the cascade's score histograms: (series, route, score column); drawn in this order and these colours
 SCORE_SERIES = (("kept drafts", "draft", "clip_score"), ("escalated: draft score", "escalated", "draft_score"),
@@ -230,75 +229,15 @@ def _settings_text(row: dict[str, Any], prefix: str = "") -> str:
     return " · ".join(p for p in parts if p)
 
 
-def _svg(label: str, width: int, height: int, body: str) -> str:
-    """The report's one chart form: an inline SVG (no script, no image file), readable in any browser."""
-    return f'<svg width="{width}" height="{height}" role="img" aria-label="{html.escape(label)}">{body}</svg>'
-
-
-def _throughput_svg(times: Any, width: int = 640, height: int = 160,
-                    label: str = "images completed over time") -> str:
-    """Images completed over time (a cumulative line: no bins, so no invented peaks and no tiny-run failures).
-    `times`: a Timeline, or completion times."""
-    import numpy as np
-
-    if not isinstance(times, Timeline):
-        timeline = Timeline()
-        timeline.add(times)
-        times = timeline
-    n = times.count
-    if n < 2:
-        return "<p>not enough images for a throughput chart</p>"
-    rel, done = times.curve()  # relative seconds: absolute Unix times lose precision in float math
-    span = times.last - times.first
-    if span <= 0:
-        return f"<p>{n} images completed at the same moment</p>"
-    step = max(1, rel.size // 200)  # at most ~200 points
-    idx = np.unique(np.append(np.arange(0, rel.size, step), rel.size - 1))
-    pts = " ".join(f"{rel[i] / span * width:.1f},{height - done[i] / n * (height - 10):.1f}" for i in idx)
-    return _svg(label, width, height + 20,
-                f'<polyline fill="none" stroke="#2563eb" stroke-width="2" points="{pts}"/>'
-                f'<text x="0" y="{height + 16}" font-size="12">0 s</text>'
-                f'<text x="{width - 60}" y="{height + 16}" font-size="12">{span:.1f} s</text>'
-                f'<text x="4" y="12" font-size="12">{n} images in {span:.1f} s '
-                f'(average {n / span:.2f} img/s)</text>')
-
-
-def _histogram_svg(series: list[tuple[str, dict[int, int]]], width: int = 640, band: int = 64) -> str:
-    """Score histograms on one shared axis, one band per series (counts kept in SCORE_BIN-wide bins)."""
-    filled = [(name, hist) for name, hist in series if hist]
-    if not filled:
-        return "<p>no scores recorded</p>"
-    lo = min(min(h) for _, h in filled)
-    hi = max(max(h) for _, h in filled)
-    merge = max(1, math.ceil((hi - lo + 1) / MAX_BARS))  # bins per bar
-    num_bars = (hi - lo) // merge + 1
-    bar_w = width / num_bars
-    body = []
-    for k, (name, hist) in enumerate(filled):
-        counts = [0] * num_bars
-        for b, c in hist.items():
-            counts[(b - lo) // merge] += c
-        top, y0 = max(counts), (k + 1) * band
-        colour = SERIES_COLOURS.get(name, "#2563eb")
-        body += [f'<rect x="{i * bar_w:.1f}" y="{y0 - c / top * (band - 22):.1f}" width="{max(bar_w - 1, 1):.1f}" '
-                 f'height="{c / top * (band - 22):.1f}" fill="{colour}"/>' for i, c in enumerate(counts) if c]
-        body.append(f'<text x="4" y="{y0 - band + 14}" font-size="12">{html.escape(name)}: '
-                    f'{sum(counts)} images</text>')
-    axis = len(filled) * band + 16
-    body.append(f'<text x="0" y="{axis}" font-size="12">score {lo * SCORE_BIN:g}</text>')
-    body.append(f'<text x="{width - 70}" y="{axis}" font-size="12">{(lo + num_bars * merge) * SCORE_BIN:g}</text>')
-    return _svg("score histograms per route", width, axis + 4, "".join(body))
-
-
 def _timings_html(tally: Tally) -> str:
     """Throughput and stage timings: this run's, and those of the earlier runs that made the images it found."""
     now, before = tally.fresh_times, tally.earlier_times
-    earlier_chart = _throughput_svg(before, label="images completed over time by earlier runs")
+    earlier_chart = throughput_svg(before, label="images completed over time by earlier runs")
     if before.count and not now.count:
         charts = (f'<p class="note">All {before.count} images were made by earlier runs (this run found them '
                   f"already present); the timings below are theirs.</p>{earlier_chart}")
     else:
-        charts = _throughput_svg(now)
+        charts = throughput_svg(now)
         if before.count:
             charts += (f'<p class="note">{before.count} more images were made by earlier runs (already present); '
                        f"their timings:</p>{earlier_chart}")
@@ -387,7 +326,8 @@ def _cascade_html(tally: Tally, pairs: list[tuple[dict[str, Any], str, str]]) ->
 {route_rows}</table>
 <h3>Cost per route and generator</h3><p class="note">an escalated image's cost is its draft's plus its own</p>
 <table><tr><th>route</th><th>generator</th><th>draft generator</th><th>images</th><th>USD</th></tr>{gen_rows}</table>
-<h3>Scores per route</h3>{_histogram_svg([(name, tally.scores.get(name, {})) for name, _, _ in SCORE_SERIES])}
+<h3>Scores per route</h3>{histogram_svg([(name, tally.scores.get(name, {})) for name, _, _ in SCORE_SERIES],
+                                         SERIES_COLOURS)}
 <h3>Escalated images: draft and final</h3><div class="grid">{cards or "<p>no escalated images</p>"}</div>"""
 
 

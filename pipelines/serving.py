@@ -16,7 +16,7 @@ import numpy as np
 from ray import serve
 
 from actors import PromptPreprocessor
-from actors.generation import CONDITIONING_COLUMNS, GENERATOR_INPUT_COLUMNS
+from actors.backend_io import CONDITIONING_COLUMNS, GENERATOR_INPUT_COLUMNS
 from actors.image_writer import CONTENT_TYPES, image_file
 from actors.inputs import InputProblem, check_image, sha256_of
 from configs.generator_base import MASK_TASKS

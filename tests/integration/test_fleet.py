@@ -160,7 +160,7 @@ def test_three_generators_read_and_preprocess_each_row_once(tmp_path: Path, ray_
     import ray.data
 
     from configs.loader import parse_config
-    from jobs.runtime import resolve_stores
+    from jobs.preflight import resolve_stores
     from pipelines.text_to_image import build, inspect_source
 
     n = 60

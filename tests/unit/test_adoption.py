@@ -17,8 +17,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from actors.backend_io import Outcome
 from actors.escalator import Escalator
-from actors.generation import Outcome, run_generation
+from actors.generation import run_generation
 from actors.layout import MANIFEST_DIR, image_rel, manifest_part
 from actors.local_store import RECORD_XATTR, LocalStore
 from actors.resume_index import ESCALATED_TO, image_record, load_index

@@ -162,7 +162,7 @@ def test_attack_adapter_weight_applied_is_the_weight_keyed() -> None:
     """The key rounds a weight to 6 decimals (1.234568) but the `adapters` column - what generators apply
     (parse_adapter_list) and what the Escalator re-keys from - formats it with `:g`, 6 significant digits
     (1.23457). Two requests with weights 1.2345678 and 1.2345699 get two keys but the same applied weight."""
-    from actors.generation import parse_adapter_list
+    from actors.backend_io import parse_adapter_list
 
     raw, hashes = _with_brand()
     rows = prep(raw, {"prompt": ["p", "p"], "id": ["a", "b"], "loras": ["brand:1.2345678", "brand:1.2345699"]},

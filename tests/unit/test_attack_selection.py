@@ -17,8 +17,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from actors.backend_io import Outcome, Request, encoded_info
 from actors.clip_scorer import score_batch
-from actors.generation import Outcome, Request, candidate_seed, encoded_info, run_generation
+from actors.generation import candidate_seed, run_generation
 
 W = H = 16
 

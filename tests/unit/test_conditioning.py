@@ -255,8 +255,8 @@ def encoded(arr: np.ndarray | Image.Image, fmt: str = "PNG") -> bytes:
 def test_diffusers_image_to_image_inpaint_and_lora(tiny_model: Path, tmp_path: Path) -> None:
     import dataclasses
 
+    from actors.backend_io import Request
     from actors.diffusers_generator import DiffusersGenerator
-    from actors.generation import Request
     from configs.generator import DiffusersConfig
     from jobs.tiny_models import build_tiny_lora
 
@@ -317,7 +317,7 @@ def test_an_escalated_image_conditioned_row_is_keyed_as_the_heavy_generator_rend
 
 
 def test_the_plan_says_what_rows_are_made_from_and_what_has_no_effect() -> None:
-    from jobs.runtime import input_lines
+    from jobs.run_text import input_lines
 
     raw = job("inpaint", variants=["1:1", "9:16"])
     raw["generators"]["oa"] = {"backend": "openai", "defaults": {"width": 1024, "height": 1024}}

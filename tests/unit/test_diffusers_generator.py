@@ -8,8 +8,8 @@ from unittest import mock
 import numpy as np
 import pytest
 
+from actors.backend_io import Request
 from actors.diffusers_generator import DiffusersGenerator
-from actors.generation import Request
 from configs.generator import DiffusersConfig
 
 

@@ -6,7 +6,8 @@ from collections.abc import Sequence
 import numpy as np
 import pytest
 
-from actors.generation import Request, run_generation
+from actors.backend_io import Request
+from actors.generation import run_generation
 
 
 def batch(shapes: list[tuple[int, int]], status: list[str] | None = None, prompts: list[str] | None = None) -> dict:
@@ -166,7 +167,7 @@ def test_out_of_memory_on_one_image_propagates() -> None:
 
 
 def test_outcome_requests_and_unknown_attempts_are_recorded_for_every_outcome() -> None:
-    from actors.generation import Outcome
+    from actors.backend_io import Outcome
 
     def hosted(reqs: Sequence[Request]) -> list[Outcome]:
         return [Outcome(image=np.zeros((64, 64, 3), np.uint8), cost_usd=0.1, requests=2),

@@ -403,7 +403,7 @@ def test_expired_batch_keeps_partial_results_and_resubmits_the_rest(fake: FakeHo
 
 
 def test_batches_are_cancelled_when_the_run_aborts(fake: FakeHosted, tmp_path: Any) -> None:
-    from actors.generation import Request
+    from actors.backend_io import Request
 
     gen = batch_gen(fake, "openai", tmp_path)
     reqs = [Request("a", "", 1, 1024, 1024, 1, 0.0, key="k" * 40)]

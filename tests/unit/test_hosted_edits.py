@@ -21,8 +21,8 @@ from google.genai import types
 from PIL import Image
 from pydantic import SecretStr
 
+from actors.backend_io import Outcome, Request
 from actors.gemini_generator import GeminiImageGenerator
-from actors.generation import Outcome, Request
 from actors.openai_generator import OpenAIImageGenerator, openai_mask
 from configs.hosted import GeminiImageConfig, OpenAIImagesConfig, RateLimits
 from configs.hosted_models import MODELS, openai_input_image_tokens

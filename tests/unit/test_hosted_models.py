@@ -109,7 +109,7 @@ def test_gemini_tier_is_chosen_by_area_not_long_side() -> None:
 
 def test_example_config_estimates_a_realistic_cost() -> None:
     """The hosted A/B example: 1,000,000 prompts to both GPT Image 2 (medium) and Nano Banana 2 (1K)."""
-    from jobs.runtime import cost_estimate
+    from jobs.run_text import cost_estimate
 
     cfg = load_config(ROOT / "configs" / "gpt_image_vs_nano_banana.yaml")
     text = cost_estimate(cfg, 1_000_000)

@@ -57,7 +57,7 @@ def test_plan_text_names_the_stored_extension() -> None:
     import pyarrow as pa
 
     from configs.loader import parse_config
-    from jobs.runtime import plan_text
+    from jobs.run_text import plan_text
     from pipelines.text_to_image import SourceInfo
     from tests.conftest import sleep_job
 
@@ -75,7 +75,7 @@ def test_plan_text_names_the_stored_extension() -> None:
 def test_hosted_images_stored_as_sent_are_named_in_the_plan() -> None:
     """A hosted API's bytes are kept in its own format: the plan (and serve's hint) say so, not output.format."""
     from configs.loader import parse_config
-    from jobs.runtime import odd_formats, stored_format
+    from jobs.run_text import odd_formats, stored_format
     from tests.conftest import sleep_job
 
     raw = sleep_job("in.parquet", "out")

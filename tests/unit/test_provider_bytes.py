@@ -23,8 +23,9 @@ import pytest
 from PIL import Image, ImageCms
 
 from actors import manifest_schema as ms
+from actors.backend_io import Outcome, Request, sniff_mime
 from actors.escalator import Escalator
-from actors.generation import Outcome, Request, run_generation, sniff_mime
+from actors.generation import run_generation
 from actors.image_writer import ImageWriter, image_file
 from actors.keys import image_key
 from actors.layout import MANIFEST_DIR, image_rel, manifest_part

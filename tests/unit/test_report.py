@@ -54,9 +54,9 @@ def test_report_covers_every_row(tmp_path: Path) -> None:
                                    [1.7e9 + i * 0.01 for i in range(5000)]])
 def test_throughput_chart_never_fails_and_shows_completed_images(times: list[float]) -> None:
     """Runs of 2-3 images crashed the report ("Too many bins") after the manifest was committed."""
-    from pipelines.report import _throughput_svg
+    from pipelines.charts import throughput_svg
 
-    svg = _throughput_svg(times)
+    svg = throughput_svg(times)
     assert "images" in svg and "peak" not in svg
     if len(set(times)) > 1 and max(times) - min(times) > 0.1:
         assert f"{len(times)} images in" in svg and svg.count(",") <= 2 * 202  # a bounded number of points
@@ -67,7 +67,7 @@ def test_report_accumulators_are_bounded_and_close() -> None:
     percentiles stay within the bins' 2.6% and the completion curve keeps its count, span and shape."""
     import numpy as np
 
-    from pipelines.report import _throughput_svg
+    from pipelines.charts import throughput_svg
     from pipelines.report_stats import EXACT, LOG_BINS, MAX_BUCKETS, Sketch, Timeline
 
     rng = np.random.default_rng(0)
@@ -92,6 +92,6 @@ def test_report_accumulators_are_bounded_and_close() -> None:
     assert done[-1] == 1_000_000 and np.all(np.diff(done) > 0) and np.all(np.diff(rel) >= 0)
     middle = np.searchsorted(rel, 1800)
     assert abs(done[middle] / 1_000_000 - 0.5) < 0.01  # uniform arrivals: half done halfway
-    svg = _throughput_svg(timeline)
+    svg = throughput_svg(timeline)
     assert f"1000000 images in {times[-1] - times[0]:.1f} s" in svg and svg.count(",") <= 2 * 202
     assert EXACT < 1_000_000

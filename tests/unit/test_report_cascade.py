@@ -16,7 +16,8 @@ from PIL import Image
 from actors.layout import MANIFEST_DIR, image_rel, manifest_part
 from actors.manifest_schema import CARRIED
 from configs.storage import StoreSpec
-from pipelines.report import MAX_BARS, NUM_PAIRS, STAGES, Tally, _histogram_svg, write_report
+from pipelines.charts import MAX_BARS, histogram_svg
+from pipelines.report import NUM_PAIRS, STAGES, Tally, write_report
 from pipelines.schema import MANIFEST
 
 
@@ -109,7 +110,7 @@ def test_tally_stays_bounded_over_many_batches() -> None:
     assert len(tally.pairs) == NUM_PAIRS and len(tally.routes) == 2
     assert sum(len(h) for h in tally.scores.values()) < 1000
     assert sum(tally.scores["escalated: final score"].values()) == 2500
-    svg = _histogram_svg([(name, tally.scores[name]) for name in tally.scores])
+    svg = histogram_svg([(name, tally.scores[name]) for name in tally.scores])
     assert 0 < svg.count("<rect") <= 3 * MAX_BARS
 
 

@@ -57,7 +57,8 @@ ADD_STYLE = '''
 PROBE = '''
 import numpy as np, pyarrow as pa
 from actors.escalator import Escalator
-from actors.generation import GENERATOR_INPUT_COLUMNS, _request
+from actors.generation import _request
+from actors.backend_io import GENERATOR_INPUT_COLUMNS
 from actors.manifest_schema import SCHEMA
 from actors.prompt_preprocessor import PromptPreprocessor
 from actors.resume_index import RECORD_FIELDS

@@ -58,7 +58,7 @@ def test_an_undecodable_provider_file_stays_unscored(tiny_vlm: Path) -> None:
 def test_a_scorer_model_that_cant_load_is_refused_before_work(tiny_vlm: Path, tmp_path: Path,
                                                               tiny_model: Path) -> None:
     from actors.storage import StorageError
-    from jobs.runtime import resolve_stores
+    from jobs.preflight import resolve_stores
 
     def with_scorer(scorer: dict[str, Any]) -> Any:
         raw = sleep_job("p.parquet", str(tmp_path / "out"), scorer=scorer)

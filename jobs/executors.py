@@ -1,0 +1,98 @@
+"""Where a run's stages execute, behind one small interface: Ray's actor pools, or this process (one copy of each
+stage, no Ray: pipelines/in_process.py). `imagefleet.run` starts one, runs the plan through it into the manifest
+commit, and stops it, without knowing which it is."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from actors.storage import ObjectStore
+    from configs.job import JobConfig
+    from pipelines.commit import Lease
+    from pipelines.manifest import RunSummary
+    from pipelines.plan import Plan, Stores
+    from pipelines.text_to_image import SourceInfo
+
+
+class Executor(Protocol):
+    """Runs one plan: `start` before the first row (and before the progress board), `commit` to stream every row
+    through the stages into the manifest commit, `stop` always (after a failure too)."""
+
+    def start(self) -> None: ...
+
+    def board(self, progress: str) -> Any: ...
+
+    def commit(self, objects: ObjectStore, lease: Lease, total: int, board: Any) -> RunSummary: ...
+
+    def stop(self) -> None: ...
+
+
+@dataclass
+class _Run:
+    cfg: JobConfig
+    stores: Stores
+    source: SourceInfo
+    plan: Plan
+
+
+class InProcess(_Run):
+    """The stages run here, one copy each (a job of one generator batch gains nothing from pools)."""
+
+    def start(self) -> None:
+        return None
+
+    def board(self, progress: str) -> Any:
+        from pipelines.progress import ProgressBoard
+
+        return None if progress == "off" else ProgressBoard()
+
+    def commit(self, objects: ObjectStore, lease: Lease, total: int, board: Any) -> RunSummary:
+        from pipelines.in_process import stream
+        from pipelines.manifest import write_manifest_tables
+
+        return write_manifest_tables(stream(self.cfg, self.stores, self.source, self.plan, board), objects, lease,
+                                     total)
+
+    def stop(self) -> None:
+        return None
+
+
+class OnRay(_Run):
+    """The stages run in Ray Data actor pools: a private local Ray (stopped at the end) or the cluster's."""
+
+    started = False
+
+    def start(self) -> None:
+        from jobs.preflight import check_resources
+        from jobs.runtime import start_ray
+
+        self.started = start_ray(self.cfg)
+        check_resources(self.cfg, self.plan.pools)
+
+    def board(self, progress: str) -> Any:
+        from pipelines.progress import start_board
+
+        return None if progress == "off" else start_board()
+
+    def commit(self, objects: ObjectStore, lease: Lease, total: int, board: Any) -> RunSummary:
+        from pipelines.manifest import write_manifest
+        from pipelines.text_to_image import build
+
+        return write_manifest(build(self.cfg, self.stores, self.source, self.plan, board), objects, lease, total)
+
+    def stop(self) -> None:
+        if self.started:
+            import ray
+
+            ray.shutdown()
+            self.started = False
+
+
+def executor_for(name: str, cfg: JobConfig, stores: Stores, source: SourceInfo, plan: Plan) -> Executor:
+    """The executor `choose_executor` named (`in_process` or `ray`)."""
+    from pipelines.in_process import IN_PROCESS
+
+    kind = InProcess if name == IN_PROCESS else OnRay
+    return kind(cfg, stores, source, plan)
