@@ -39,7 +39,11 @@ ScoreFn = Any
 
 
 def score_rows(batch: Batch) -> list[int]:
-    return [i for i, s in enumerate(batch["status"]) if s == "generated"]
+    """The rows to score: `generated` ones not scored yet (a cascade's second scorer sees the drafts that stayed
+    final with their scores, and scores only the heavy images, whose draft score the escalator moved away)."""
+    scored = batch.get("clip_score")
+    return [i for i, s in enumerate(batch["status"])
+            if s == "generated" and (scored is None or math.isnan(float(scored[i])))]
 
 
 def with_scores(batch: Batch, rows: list[int], scores: list[float]) -> Batch:

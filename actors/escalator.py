@@ -77,6 +77,7 @@ class Escalator:
         "model": "escalated rows move to the heavy model",
         "image": "emptied for escalated rows",
         "image_mime": "emptied for escalated rows",
+        "clip_score": "emptied for escalated rows (moved to draft_score; the heavy image is scored anew)",
         "strength": "the heavy generator's default unless explicit",
         "adapters": "the heavy generator's default adapters unless the row chose its own",
         **{s: "the heavy generator's default unless explicit" for s in HEAVY_SETTINGS},
@@ -109,6 +110,7 @@ class Escalator:
         strength = np.array(batch["strength"] if "strength" in batch else [np.nan] * n, dtype=np.float64)
         adapters = np.array(batch["adapters"] if "adapters" in batch else [""] * n, dtype=object)
         scores = np.array(batch["clip_score"], dtype=np.float64)
+        final_scores = scores.copy()
         # 2 low scorers (within the cap) move to the heavy generator with its settings
         for i in range(n):
             if cols["status"][i] != "generated" or not self._low(float(scores[i])):
@@ -134,8 +136,9 @@ class Escalator:
             cols["image_key"][i] = key_of(heavy, h, heavy["adapters"])
             cols["generator"][i], cols["model"][i] = self.heavy_name, f"{h.model}@{h.revision}"
             cols["status"][i], cols["image"][i], cols["image_mime"][i] = "pending", b"", ""
+            final_scores[i] = np.nan
         # 3 same columns in, plus the cascade's
-        out.update(cols, **settings, **drafted, strength=strength, adapters=adapters)
+        out.update(cols, **settings, **drafted, strength=strength, adapters=adapters, clip_score=final_scores)
         out.update(route=route, draft_image=draft_image, draft_image_mime=draft_mime,
                    draft_image_key=draft_key, draft_score=draft_score, draft_generator=draft_gen)
         return out

@@ -109,3 +109,31 @@ def test_stages_read_and_write_what_they_declare(tmp_path: Path, routing: dict[s
         assert {"candidate_images", "candidate_seeds"} <= writes["generate:a"]
     if routing["mode"] == "cascade":
         assert "draft_image_uri" in writes["write"]
+
+
+def test_a_cascade_scores_each_image_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The second scorer scores only the heavy images: drafts that stay final keep their score (10 images
+    requested, 2 escalated: 12 scored, not 20)."""
+    from actors.clip_scorer import RuleScorer
+
+    scored: list[str] = []
+    rule = RuleScorer._score
+
+    def counting(self: RuleScorer, images: list[Any], prompts: list[str]) -> list[float]:
+        scored.extend(prompts)
+        return rule(self, images, prompts)
+
+    monkeypatch.setattr(RuleScorer, "_score", counting)
+    raw = sleep_job(tmp_path / "in.parquet", str(tmp_path / "out"))
+    base = raw["generators"].pop("sleepy")
+    raw["generators"] = {n: {**base, "model": f"m-{n}"} for n in ("a", "c")}
+    # the rule scorer gives prompts with its marker 1.0, others 0.0: the two without it escalate
+    raw.update(routing={"mode": "cascade", "cascade": {"draft": "a", "escalate": "c", "threshold": 0.5}},
+               scorer={"backend": "rule", "marker": "!"})
+    plan = make_plan(parse_config(raw), STORES, ["prompt"], 10)
+    prompts = [f"prompt {i}!" for i in range(8)] + ["plain one", "plain two"]
+    rows = pa.concat_tables(execute(plan, [pa.table({"prompt": prompts})])).to_pylist()
+    assert sorted(r["route"] for r in rows).count("escalated") == 2
+    assert len(scored) == 12 and sorted(scored).count("plain one") == 2
+    escalated = [r for r in rows if r["route"] == "escalated"]
+    assert all(r["draft_score"] == 0.0 and r["clip_score"] == 0.0 for r in escalated)  # the heavy one's own score
