@@ -10,7 +10,7 @@ import numpy as np
 from actors.backend_io import GENERATOR_INPUT_COLUMNS, GENERATOR_OPTIONAL_COLUMNS, GENERATOR_OUTPUT_COLUMNS, Request
 from actors.generation import Batch, run_generation
 from actors.inputs import InputFiles
-from configs.generator import SleepConfig
+from configs.generator import SleepConfig, SleepFaults
 from configs.storage import StoreSpec
 
 
@@ -33,6 +33,8 @@ class SleepGenerator:
         self.cfg = cfg
         self.name = name  # the generator this actor makes images for (rows routed elsewhere pass through)
         self.inputs = InputFiles(input_store, 2**31) if input_store is not None else None
+        self.made = 0  # images made by this actor (chaos tests' faults count them)
+        self.acted = False
 
     def __call__(self, batch: Batch) -> Batch:
         return run_generation(
@@ -58,7 +60,35 @@ class SleepGenerator:
             if r.adapters:  # adapters tint red by their total weight
                 colour[0] = int(colour[0] + 40 * sum(w for _, w in r.adapters)) % 256
             out.append(np.broadcast_to(colour, (r.height, r.width, 3)).copy())
+        self.made += len(out)
+        if self.cfg.faults is not None and not self.acted and self.made >= self.cfg.faults.after_images:
+            self.acted = True
+            _fault(self.cfg.faults)
         return out
+
+
+def _fault(faults: SleepFaults) -> None:
+    """The configured fault, at the event that triggers it (see `SleepFaults`)."""
+    import os
+    import signal
+    from pathlib import Path
+
+    folder = Path(faults.dir)
+    if faults.action == "die":
+        for k in range(1, faults.times + 1):
+            try:
+                os.close(os.open(folder / f"died-{k}", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            except FileExistsError:
+                continue
+            os.kill(os.getpid(), signal.SIGKILL)
+        return
+    (folder / f"paused-{os.getpid()}").touch()
+    waited = 0.0
+    while not (folder / "go").exists():  # released by the test's event, not by a timer
+        if waited > faults.pause_limit_s:
+            raise TimeoutError(f"paused for {faults.pause_limit_s} s and never released ({folder / 'go'})")
+        time.sleep(0.05)
+        waited += 0.05
 
 
 def _mean_colour(data: bytes) -> np.ndarray:

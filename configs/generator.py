@@ -4,6 +4,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from configs.base import StrictModel
 from configs.generator_base import (
     MASK_TASKS,
     CostConfig,
@@ -137,6 +138,24 @@ def _warmup_size(size: str) -> tuple[int, int]:
     return value  # type: ignore[return-value]
 
 
+class SleepFaults(StrictModel):
+    """Fault injection for chaos tests, triggered by events (the images an actor has made), never by time."""
+
+    dir: str
+    """A local folder the run's actors and the test share: the actors write what happened there, and a test
+    releases paused actors by creating `go` in it."""
+    after_images: int = Field(ge=1)
+    """An actor acts once it has made this many images (counted from its start)."""
+    action: Literal["die", "pause"]
+    """die: the actor process kills itself (SIGKILL) before returning the batch, each time taking one of `times`
+    slots (files `died-<k>`), so the run sees exactly `times` deaths; pause: the actor writes `paused-<pid>` and
+    waits until `go` exists (then goes on, and doesn't pause again)."""
+    times: int = Field(default=1, ge=1)
+    """Deaths in the whole run (die)."""
+    pause_limit_s: float = Field(default=300.0, gt=0)
+    """A paused actor fails its batch if `go` hasn't appeared by then (a test that never releases it can't hang)."""
+
+
 class SleepConfig(GeneratorBase):
     """Benchmark/test stand-in for a GPU: sleeps `base_latency_s + per_image_s * n` per batch, no CPU."""
 
@@ -152,6 +171,8 @@ class SleepConfig(GeneratorBase):
     """Extra latency per image in the batch."""
     fail_prompt_substring: str = ""
     """Prompts containing this text fail as a row error (fault-injection for tests); empty = never."""
+    faults: SleepFaults | None = None
+    """Actor deaths or pauses at the k-th image (chaos tests); None = none."""
     defaults: GenerationDefaults = GenerationDefaults(num_steps=1, guidance_scale=0.0)
     """Defaults for rows that don't set them."""
     loras: list[LoraConfig] = []

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 import imagefleet
-from tests.conftest import sleep_job, write_prompts
+from tests.helpers import sleep_job, write_prompts
 
 pytestmark = pytest.mark.slow
 

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from jobs.seaweed import pick_ports
-from tests.conftest import REPO, sleep_job, stop_ray_head, write_config, write_prompts
+from tests.helpers import REPO, sleep_job, stop_ray_head, write_config, write_prompts
 
 pytestmark = pytest.mark.slow
 

@@ -13,7 +13,7 @@ import pyarrow as pa
 import pytest
 
 from jobs import generate
-from tests.conftest import sleep_job, write_config, write_prompts
+from tests.helpers import sleep_job, write_config, write_prompts
 from tests.integration.test_pipeline import manifest, objects
 
 pytestmark = pytest.mark.slow

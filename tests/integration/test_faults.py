@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ import psutil
 import pytest
 
 from jobs import generate
-from tests.conftest import REPO, sleep_job, write_config, write_prompts
+from tests.helpers import REPO, sleep_job, write_config, write_prompts
 from tests.integration.test_pipeline import manifest, objects
 
 pytestmark = pytest.mark.slow
@@ -104,30 +105,37 @@ def _our_processes(marker: str) -> list[psutil.Process]:
 
 
 def test_chaos_killed_generator_actors(tmp_path: Path, s3_env: Any, bucket: str, ray_cluster: None) -> None:
-    """(a) kill generator actor processes 3 times during a 500-row run → exactly 500 ok rows, no orphans."""
-    cfg = write_config(tmp_path / "job.yaml", sleep_job(prompts(tmp_path / "p.parquet", 500), f"s3://{bucket}/kill",
-                                                        latency_s=0.15))
-    kills: list[int] = []
-
-    def chaos() -> None:
-        deadline = time.time() + 120
-        while len(kills) < 3 and time.time() < deadline:
-            time.sleep(2.0)
-            victims = _our_processes("SleepGenerator")
-            if victims:
-                victims[0].kill()
-                kills.append(victims[0].pid)
-
-    killer = threading.Thread(target=chaos, daemon=True)
-    killer.start()
-    assert generate.main([str(cfg)]) == 0
-    killer.join(timeout=5)
-    assert len(kills) == 3
+    """(a) generator actor processes die (SIGKILL) 3 times during a 500-row run, each after its 40th image →
+    exactly 500 ok rows, no orphans."""
+    raw = sleep_job(prompts(tmp_path / "p.parquet", 500), f"s3://{bucket}/kill", latency_s=0.02)
+    faults = tmp_path / "faults"
+    faults.mkdir()
+    raw["generators"]["sleepy"]["faults"] = {"dir": str(faults), "after_images": 40, "action": "die", "times": 3}
+    assert generate.main([str(write_config(tmp_path / "job.yaml", raw))]) == 0
+    assert sorted(p.name for p in faults.iterdir()) == ["died-1", "died-2", "died-3"]
     assert_exactly_once(s3_env, bucket, "kill", 500)
 
 
+def _released_when_paused(faults: Path, then: Callable[[], None]) -> threading.Thread:
+    """A thread that waits for a generator actor to pause at its k-th image (an event, not a delay), runs `then`,
+    and releases the actors."""
+
+    def watch() -> None:
+        while not any(p.name.startswith("paused-") for p in faults.iterdir()):
+            time.sleep(0.05)
+        try:
+            then()
+        finally:
+            (faults / "go").touch()
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    return thread
+
+
 def test_chaos_object_store_restart(tmp_path: Path, ray_cluster: None, monkeypatch: Any) -> None:
-    """(b) stop and restart the SeaweedFS process mid-run → the run completes, exactly once."""
+    """(b) stop and restart the SeaweedFS process mid-run (while the generators wait at their 20th image) → the
+    run completes, exactly once."""
     from jobs.seaweed import S3Server
 
     server = S3Server.prepare(tmp_path / "sw").start()
@@ -135,26 +143,21 @@ def test_chaos_object_store_restart(tmp_path: Path, ray_cluster: None, monkeypat
         server.ensure_bucket("flaky")
         for key, value in server.env().items():
             monkeypatch.setenv(key, value)
-        cfg = write_config(tmp_path / "job.yaml", sleep_job(prompts(tmp_path / "p.parquet", 200), "s3://flaky/run",
-                                                            latency_s=0.1))
-        bounced: list[float] = []
+        raw = sleep_job(prompts(tmp_path / "p.parquet", 200), "s3://flaky/run", latency_s=0.02)
+        faults = tmp_path / "faults"
+        faults.mkdir()
+        raw["generators"]["sleepy"]["faults"] = {"dir": str(faults), "after_images": 20, "action": "pause"}
+        bounced: list[int] = []
 
         def bounce() -> None:
-            deadline = time.time() + 60
-            while time.time() < deadline:
-                if len(objects(server, "flaky", "run/images/")) >= 20:
-                    server.stop()
-                    time.sleep(1.0)
-                    server.start()
-                    bounced.append(time.time())
-                    return
-                time.sleep(0.3)
+            bounced.append(len(objects(server, "flaky", "run/images/")))
+            server.stop()
+            server.start()
 
-        t = threading.Thread(target=bounce, daemon=True)
-        t.start()
-        assert generate.main([str(cfg)]) == 0
-        t.join(timeout=30)
-        assert bounced, "the store was never restarted during the run"
+        watcher = _released_when_paused(faults, bounce)
+        assert generate.main([str(write_config(tmp_path / "job.yaml", raw))]) == 0
+        watcher.join(timeout=60)
+        assert bounced and bounced[0] < 200, "the store was never restarted during the run"
         assert_exactly_once(server, "flaky", "run", 200)
     finally:
         server.stop()
@@ -163,27 +166,34 @@ def test_chaos_object_store_restart(tmp_path: Path, ray_cluster: None, monkeypat
 def test_chaos_killed_driver_then_rerun(
     tmp_path: Path, s3_env: Any, bucket: str, ray_cluster: None, capsys: Any
 ) -> None:
-    """(c) kill the driver (and its private Ray) mid-run, before any manifest part: the rerun completes, adopts the
-    images the killed run stored (from the record each carries) and generates only the missing ones."""
+    """(c) kill the driver (and its private Ray) mid-run, before any manifest part (its generators wait at their
+    40th image): the rerun completes, adopts the images the killed run stored (from the record each carries) and
+    generates only the missing ones."""
     n = 240
-    raw = sleep_job(prompts(tmp_path / "p.parquet", n), f"s3://{bucket}/driver", latency_s=0.1)
+    raw = sleep_job(prompts(tmp_path / "p.parquet", n), f"s3://{bucket}/driver", latency_s=0.02)
     raw["cluster"]["temp_dir"] = f"/tmp/ifray/k{os.getpid()}"
+    faults = tmp_path / "faults"
+    faults.mkdir()
+    raw["generators"]["sleepy"]["faults"] = {"dir": str(faults), "after_images": 40, "action": "pause"}
     cfg = write_config(tmp_path / "job.yaml", raw)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     log = open(tmp_path / "driver.log", "wb")  # noqa: SIM115
     proc = subprocess.Popen([sys.executable, "-m", "jobs.cli", "run", str(cfg)], cwd=REPO, env=env,
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        deadline = time.time() + 120
-        while time.time() < deadline and len(objects(s3_env, bucket, "driver/images/")) < 40:
-            time.sleep(0.3)
+        # the events: a generator paused at its 40th image, and the writer has stored what came before it
+        deadline = time.time() + 180  # a bound on a broken run, not the trigger
+        while time.time() < deadline and not (any(p.name.startswith("paused-") for p in faults.iterdir())
+                                              and objects(s3_env, bucket, "driver/images/")):
+            assert proc.poll() is None, (tmp_path / "driver.log").read_text()[-3000:]
+            time.sleep(0.1)
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
+    (faults / "go").touch()  # the rerun's generators don't wait
     # the killed run's own Ray processes (identified by its temp dir) must not linger
-    time.sleep(2)
     for p in psutil.process_iter(["cmdline"]):
         if raw["cluster"]["temp_dir"] in " ".join(p.info["cmdline"] or []):
             p.kill()

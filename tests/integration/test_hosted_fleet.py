@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from jobs import generate
-from tests.conftest import REPO, sleep_job, tiny_job, write_config, write_prompts
+from tests.helpers import REPO, sleep_job, tiny_job, write_config, write_prompts
 from tests.integration.test_pipeline import manifest, objects
 from tests.support.fake_hosted import GEMINI_KEY, OPENAI_KEY, FakeHosted
 

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from jobs import generate
-from tests.conftest import REPO, sleep_job, tiny_job, write_config, write_prompts
+from tests.helpers import REPO, sleep_job, tiny_job, write_config, write_prompts
 from tests.integration.test_fleet import two_sleepers
 from tests.integration.test_pipeline import manifest
 

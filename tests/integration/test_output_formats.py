@@ -16,7 +16,7 @@ from actors.storage import resolve_store_spec
 from configs.storage import S3Config
 from jobs import generate
 from pipelines.webdataset import read_index
-from tests.conftest import sleep_job, write_config, write_prompts
+from tests.helpers import sleep_job, write_config, write_prompts
 from tests.integration.test_pipeline import objects
 
 pytestmark = pytest.mark.slow

@@ -13,7 +13,7 @@ from PIL import Image
 
 from actors.layout import IMAGES_DIR, REPORT_HTML, RUN_JSON, STAGING_DIR
 from jobs import generate
-from tests.conftest import REPO, tiny_job, write_config, write_prompts
+from tests.helpers import REPO, tiny_job, write_config, write_prompts
 
 pytestmark = pytest.mark.slow
 

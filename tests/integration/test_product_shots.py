@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from jobs import generate
-from tests.conftest import REPO, write_prompts
+from tests.helpers import REPO, write_prompts
 from tests.integration.test_pipeline import manifest
 
 pytestmark = pytest.mark.slow

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import REPO, sleep_job, write_config, write_prompts
+from tests.helpers import REPO, sleep_job, write_config, write_prompts
 
 RAY_NOISE = ("logging_progress", "core_worker", "Started a local Ray", "Running Dataset", "MapWorker",
              "streaming_executor")

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from jobs import cat, generate
-from tests.conftest import sleep_job, write_config, write_prompts
+from tests.helpers import sleep_job, write_config, write_prompts
 
 pytestmark = pytest.mark.slow
 

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image, ImageStat
 
 from jobs import generate
-from tests.conftest import REPO, sleep_job, write_config, write_prompts
+from tests.helpers import REPO, sleep_job, write_config, write_prompts
 
 pytestmark = [
     pytest.mark.slow,

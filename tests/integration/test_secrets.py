@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from jobs import generate
-from tests.conftest import sleep_job, write_config, write_prompts
+from tests.helpers import sleep_job, write_config, write_prompts
 from tests.integration.test_pipeline import objects
 
 pytestmark = pytest.mark.slow

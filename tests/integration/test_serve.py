@@ -23,7 +23,7 @@ import pytest
 
 from actors.keys import derive_row_id, derive_seed, image_key
 from jobs.seaweed import pick_ports
-from tests.conftest import REPO, tiny_job, write_config
+from tests.helpers import REPO, tiny_job, write_config
 
 pytestmark = pytest.mark.slow
 

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from jobs.seaweed import pick_ports
-from tests.conftest import REPO, sleep_job, stop_ray_head, write_config, write_prompts
+from tests.helpers import REPO, sleep_job, stop_ray_head, write_config, write_prompts
 from tests.integration.test_pipeline import manifest
 
 pytestmark = pytest.mark.slow

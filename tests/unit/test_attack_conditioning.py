@@ -21,7 +21,7 @@ from configs.prep import InputReaderConfig
 from configs.source import InputLimits
 from configs.storage import StoreSpec
 from pipelines.plan import Stores, prep_config
-from tests.conftest import sleep_job
+from tests.helpers import sleep_job
 from tests.unit.test_conditioning import prep
 
 LOCAL = StoreSpec(kind="local")

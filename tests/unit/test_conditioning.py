@@ -23,7 +23,7 @@ from configs.source import InputLimits, variant_size
 from configs.storage import StoreSpec
 from pipelines.plan import Stores, input_base, make_plan, prep_config
 from pipelines.text_to_image import InputError, expected_rows, inspect_source
-from tests.conftest import sleep_job, tiny_job
+from tests.helpers import sleep_job, tiny_job
 
 LOCAL = StoreSpec(kind="local")
 STORES = Stores(source=LOCAL, output=LOCAL)

@@ -14,7 +14,7 @@ from configs.loader import ConfigError, load_config, parse_config
 from jobs.runtime import check_temp_dir, run_id_arg
 from pipelines.plan import prep_config
 from pipelines.text_to_image import InputError, _check_separate, glob_match
-from tests.conftest import sleep_job, write_config
+from tests.helpers import sleep_job, write_config
 
 BOMB = "a: &a [x,x,x,x,x,x,x,x,x]\n" + "".join(
     f"{n}: &{n} [{', '.join(['*' + p] * 9)}]\n" for p, n in zip("abcdefgh", "bcdefghi", strict=True))

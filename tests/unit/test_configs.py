@@ -7,7 +7,7 @@ from pydantic import ValidationError
 
 from configs import ConfigError, load_config
 from configs.loader import parse_config
-from tests.conftest import REPO, tiny_job, write_config
+from tests.helpers import REPO, tiny_job, write_config
 
 SHIPPED = sorted((REPO / "configs").glob("*.yaml"))
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from jobs import generate
-from tests.conftest import tiny_job, write_config, write_prompts
+from tests.helpers import tiny_job, write_config, write_prompts
 
 
 def test_missing_local_model_fails_the_dry_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -14,7 +14,7 @@ from configs import ConfigError
 from configs.loader import parse_config
 from configs.scorer import ClipScorerConfig, RuleScorerConfig
 from pipelines.plan import prep_config
-from tests.conftest import sleep_job
+from tests.helpers import sleep_job
 
 
 def fleet(**routing: Any) -> dict[str, Any]:

@@ -31,7 +31,7 @@ from configs import ConfigError
 from configs.generator_base import RunBudget
 from configs.hosted import GeminiImageConfig, OpenAIImagesConfig, RateLimits
 from configs.loader import parse_config
-from tests.conftest import sleep_job
+from tests.helpers import sleep_job
 from tests.support.fake_hosted import GEMINI_KEY, OPENAI_KEY, FakeHosted, png
 
 FAST = RateLimits(requests_per_min=6000, images_per_min=6000, initial_backoff_s=0.01, max_backoff_s=0.2)

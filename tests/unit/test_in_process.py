@@ -15,7 +15,7 @@ from configs.storage import StoreSpec
 from pipelines.in_process import StageFailed, choose_executor, execute, manifest_table
 from pipelines.plan import Plan, PlanError, Stage, Stores, make_plan
 from pipelines.pools import PREPROCESS_POOL
-from tests.conftest import sleep_job
+from tests.helpers import sleep_job
 
 STORES = Stores(source=StoreSpec(kind="local"), output=StoreSpec(kind="local"),
                 api_keys={})

@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from configs import load_config
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 INFRA = REPO / "infra"
 MANIFESTS = sorted(INFRA.rglob("*.yaml"))

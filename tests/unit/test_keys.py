@@ -49,7 +49,7 @@ def test_shape_bucket_groups_equal_shapes() -> None:
 def test_rows_per_block_fans_out_and_amortizes() -> None:
     from configs.loader import parse_config
     from pipelines.plan import rows_per_block
-    from tests.conftest import tiny_job
+    from tests.helpers import tiny_job
 
     cfg = parse_config(tiny_job("p", "m", "out"))  # batch 4, max 2 actors
     assert rows_per_block(cfg, 10) == 4  # tiny input: one batch per block, still several blocks
@@ -62,7 +62,7 @@ def test_a_generator_takes_a_whole_block_per_call_when_the_block_is_a_few_batche
     batches them itself), unless a block is one batch, too many batches to hold, or a hosted batch-mode block."""
     from configs.loader import parse_config
     from pipelines.plan import call_rows
-    from tests.conftest import tiny_job
+    from tests.helpers import tiny_job
 
     gen = next(iter(parse_config(tiny_job("p", "m", "out")).generators.values()))  # batch 4
     assert call_rows(gen, 32) == 32 and call_rows(gen, 12) == 12

@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow as pa
 
 from actors import manifest_schema as ms
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 
 def readme_section(title: str) -> str:

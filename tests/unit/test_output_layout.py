@@ -59,7 +59,7 @@ def test_plan_text_names_the_stored_extension() -> None:
     from configs.loader import parse_config
     from jobs.run_text import plan_text
     from pipelines.text_to_image import SourceInfo
-    from tests.conftest import sleep_job
+    from tests.helpers import sleep_job
 
     raw = sleep_job("in.parquet", "out")
     raw["output"]["format"] = "jpeg"
@@ -76,7 +76,7 @@ def test_hosted_images_stored_as_sent_are_named_in_the_plan() -> None:
     """A hosted API's bytes are kept in its own format: the plan (and serve's hint) say so, not output.format."""
     from configs.loader import parse_config
     from jobs.run_text import odd_formats, stored_format
-    from tests.conftest import sleep_job
+    from tests.helpers import sleep_job
 
     raw = sleep_job("in.parquet", "out")
     raw["generators"]["gpt"] = {"backend": "openai", "model": "gpt-image-2", "output_format": "jpeg"}

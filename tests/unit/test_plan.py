@@ -11,7 +11,7 @@ from configs.loader import parse_config
 from configs.storage import StoreSpec
 from pipelines.plan import Plan, PlanError, Stage, Stores, make_plan
 from pipelines.pools import Pool, missing_on_local
-from tests.conftest import sleep_job
+from tests.helpers import sleep_job
 
 STORES = Stores(source=StoreSpec(kind="local"), output=StoreSpec(kind="local"))
 
@@ -164,7 +164,7 @@ def test_dry_run_refuses_a_stage_its_arguments_cant_build(tmp_path: Any, monkeyp
                                                           capsys: pytest.CaptureFixture[str]) -> None:
     import pipelines.plan as plan_module
     from jobs import generate
-    from tests.conftest import write_prompts
+    from tests.helpers import write_prompts
 
     made = plan_module.generator_stage
 

@@ -8,7 +8,7 @@ import pytest
 from actors.prompt_preprocessor import PromptPreprocessor
 from configs.loader import parse_config
 from pipelines.plan import prep_config
-from tests.conftest import tiny_job
+from tests.helpers import tiny_job
 
 
 def run(columns: dict[str, list[Any]], **job: Any) -> dict[str, list[Any]]:

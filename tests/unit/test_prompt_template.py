@@ -18,7 +18,7 @@ from configs.source import PromptTemplate
 from configs.storage import StoreSpec
 from pipelines.plan import Stores, prep_config
 from pipelines.text_to_image import InputError, expected_rows, inspect_source
-from tests.conftest import tiny_job
+from tests.helpers import tiny_job
 
 TEXT = "a {{ style }} photo of a {{ object }} in {{ scene }}"
 VARS = {"style": ["studio", "film"], "scene": ["kitchen", "street", "beach"]}

@@ -13,7 +13,7 @@ from configs.generator_base import GeneratorBase, Needs, backend_name
 from configs.loader import ConfigError, parse_config
 from configs.routing import ROUTING_MODES, RoutingConfig
 from configs.scorer import SCORER_CONFIGS, ScorerConfig
-from tests.conftest import sleep_job
+from tests.helpers import sleep_job
 
 
 def members(annotation: Any) -> set[type]:

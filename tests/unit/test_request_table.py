@@ -12,7 +12,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from configs.request import BY_NAME, KEY_SETTINGS, REQUEST, ROW_COLUMNS, GenerationDefaults
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 ORIGINAL_KEY_SETTINGS = ("seed", "width", "height", "num_steps", "guidance_scale", "negative_prompt")
 """Settings every image key has held since the first stored image (test_golden_keys pins their spelling)."""

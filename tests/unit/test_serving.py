@@ -90,7 +90,7 @@ def test_the_largest_accepted_numbers_become_error_rows_not_crashes(field: str, 
     from actors.prompt_preprocessor import PromptPreprocessor
     from configs.loader import parse_config
     from pipelines.serving import serve_prep_config
-    from tests.conftest import tiny_job
+    from tests.helpers import tiny_job
 
     body = f'{{"prompt": "a fox", "{field}": {value!r}}}'.encode()
     try:

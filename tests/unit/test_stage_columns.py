@@ -16,7 +16,7 @@ from configs.loader import parse_config
 from configs.storage import StoreSpec
 from pipelines.in_process import execute
 from pipelines.plan import Plan, Stage, Stores, make_plan
-from tests.conftest import sleep_job
+from tests.helpers import sleep_job
 
 STORES = Stores(source=StoreSpec(kind="local"), output=StoreSpec(kind="local"))
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from jobs import submit
-from tests.conftest import sleep_job, write_config, write_prompts
+from tests.helpers import sleep_job, write_config, write_prompts
 
 NOWHERE = "http://127.0.0.1:1"
 

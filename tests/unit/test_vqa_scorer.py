@@ -13,7 +13,7 @@ from actors.clip_scorer import ClipScorer
 from actors.vqa_scorer import VqaScorer
 from configs.loader import ConfigError, parse_config
 from configs.scorer import ClipScorerConfig, VqaScorerConfig
-from tests.conftest import sleep_job
+from tests.helpers import sleep_job
 
 
 @pytest.fixture(scope="module")
