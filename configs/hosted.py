@@ -256,7 +256,8 @@ class OpenAIImagesConfig(HostedCommon):
                                  f"(gpt-image-2.5/2.6 and gpt-image-1.5 make transparent images)")
         if info is not None and self.output_format not in info.formats:
             raise ValueError(f"output_format={self.output_format} is not offered by {self.model}")
-        if self.prices is None and info is not None and not info.tokens_1024 and self.cost.usd_per_image <= 0:
+        if (self.prices is None and info is not None and not info.tokens_1024 and not info.token_formula
+                and self.cost.usd_per_image <= 0):
             raise ValueError(f"no token estimate for {self.model}: set cost.usd_per_image")
         return self
 

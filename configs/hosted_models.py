@@ -11,9 +11,15 @@ Sources (as of 2026-11; "3rd-party" = not the vendor):
 - OpenAI prices: developers.openai.com model pages (gpt-image-2.6-sunburst: text in $5, image in $8, image out $30
   per 1M; gpt-image-1-mini: $2 / $2.50 / $8); gpt-image-1.5 image out $32 (3rd-party: llmreference). Output image
   tokens per image for the gpt-image-1 family: 272/1056/4160 (low/medium/high at 1024x1024; 3rd-party: OpenAI
-  community forum, agrees with the official per-image prices). gpt-image-2 counts tokens by a size/quality formula;
-  the estimates here (~667/2333/6333 at 1024x1024) come from fal's per-image estimates $0.02/$0.07/$0.19 (3rd-party)
-  and are only used before the call: the response's `usage` is what is billed.
+  community forum, agrees with the official per-image prices). The gpt-image-2 family counts output tokens by a
+  size/quality formula, the algorithm behind OpenAI's price calculator (3rd-party: OpenAI developer forum, "gpt-image-2
+  output pricing calculator", 2026-06-05): quality factor q (low 16, medium 48, high 96), short-axis factor
+  s = round(q x short edge / long edge), tokens = ceil(q x s x (2,000,000 + width x height) / 4,000,000); e.g.
+  1024x1024 high 7,024, 1536x1024 high 5,488, 1792x1024 high 5,063, 1024x1024 low 196 (`gpt2_image_tokens`).
+  `quality: auto` renders and bills up to high (3rd-party reports: Bike4Mind #2899/#2977, open-webui #19228), so
+  it is estimated and budgeted as high. xhigh and max (the 2.5 family) are not in the published calculator: high's
+  tokens x 1.5 and x 2 (the ratios of fal's per-image estimates, 3rd-party). Estimates are used before the call
+  (dry run, budget, maybe-billed); the response's `usage` is what is billed.
 - Gemini: ai.google.dev image-generation guide (aspect ratios, `imageSize` 512/1K/2K/4K with uppercase K, the 1K
   pixel table), Vertex model pages (tokens per image: 3.1 Flash Image 747/1120/1680/2520; 3 Pro Image
   1120/1120/2000), pricing page (3.1 Flash Image: input $0.50, image output $60 per 1M; 3 Pro Image: input $2,
@@ -36,6 +42,7 @@ Sources (as of 2026-11; "3rd-party" = not the vendor):
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 OPENAI = "openai"
@@ -74,8 +81,10 @@ class ModelInfo:
     qualities: tuple[str, ...] = ("auto", "low", "medium", "high")
     transparent: bool = False
     formats: tuple[str, ...] = ("png", "jpeg", "webp")
-    # output image tokens of one 1024x1024 image per quality (OpenAI; scaled by area)
+    # output image tokens of one 1024x1024 image per quality (OpenAI gpt-image-1 family; scaled by area)
     tokens_1024: dict[str, int] = field(default_factory=dict)
+    # OpenAI gpt-image-2 family: output image tokens by the calculator's formula (`gpt2_image_tokens`)
+    token_formula: bool = False
     # Gemini: aspect ratios, size tiers and image tokens per tier
     aspects: tuple[str, ...] = STANDARD_ASPECTS
     tiers: dict[str, int] = field(default_factory=dict)
@@ -94,13 +103,16 @@ class ModelInfo:
 
 
 GPT1_TOKENS = {"low": 272, "medium": 1056, "high": 4160}
-GPT2_TOKENS = {"low": 667, "medium": 2333, "high": 6333, "xhigh": 9500, "max": 12700}
+GPT2_QUALITY_FACTORS = {"low": 16, "medium": 48, "high": 96}
+"""The calculator's quality factor per quality (gpt-image-2 family)."""
+GPT2_BEYOND_HIGH = {"xhigh": 1.5, "max": 2.0}
+"""Qualities beyond high (2.5 family), as a multiple of high's tokens: an estimate, not the calculator's."""
 GPT1_SIZES = ((1024, 1024), (1536, 1024), (1024, 1536))
 GPT2_PRICES = Prices(text_input=5.0, image_input=8.0, image_output=30.0)
 OPENAI_MAX_INPUT_IMAGES = 16
-GPT2 = ModelInfo(OPENAI, GPT2_PRICES, flexible_sizes=True, tokens_1024=GPT2_TOKENS, high_fidelity=True,
+GPT2 = ModelInfo(OPENAI, GPT2_PRICES, flexible_sizes=True, token_formula=True, high_fidelity=True,
                  max_input_images=OPENAI_MAX_INPUT_IMAGES, masks=True)
-GPT2_5 = ModelInfo(OPENAI, GPT2_PRICES, flexible_sizes=True, transparent=True, tokens_1024=GPT2_TOKENS,
+GPT2_5 = ModelInfo(OPENAI, GPT2_PRICES, flexible_sizes=True, transparent=True, token_formula=True,
                    qualities=("auto", "low", "medium", "high", "xhigh", "max"), high_fidelity=True,
                    max_input_images=OPENAI_MAX_INPUT_IMAGES, masks=True)
 GEMINI_MAX_INPUT_IMAGES = 14
@@ -192,9 +204,24 @@ def openai_size_problem(info: ModelInfo | None, model: str, width: int, height: 
 
 
 def openai_image_tokens(info: ModelInfo, quality: str, width: int, height: int) -> int:
-    """Estimated output image tokens of one image ('auto' priced as medium; scaled by area)."""
-    per = info.tokens_1024.get("medium" if quality == "auto" else quality) or max(info.tokens_1024.values())
+    """Expected output image tokens of one WxH image at `quality` ('auto' as high: it renders and bills up to
+    high): the calculator's formula for the gpt-image-2 family, the gpt-image-1 table scaled by area otherwise."""
+    quality = "high" if quality == "auto" else quality
+    if info.token_formula:
+        if quality in GPT2_BEYOND_HIGH:
+            return math.ceil(gpt2_image_tokens("high", width, height) * GPT2_BEYOND_HIGH[quality])
+        return gpt2_image_tokens(quality, width, height)
+    per = info.tokens_1024.get(quality) or max(info.tokens_1024.values())
     return round(per * width * height / (1024 * 1024))
+
+
+def gpt2_image_tokens(quality: str, width: int, height: int) -> int:
+    """Output image tokens of one WxH gpt-image-2 image at low, medium or high quality, as OpenAI's price
+    calculator computes them (module docstring): integer arithmetic, so the published examples hold exactly."""
+    q = GPT2_QUALITY_FACTORS[quality]
+    long_edge, short_edge = max(width, height), min(width, height)
+    short_axis = (2 * q * short_edge + long_edge) // (2 * long_edge)  # round(q x short / long)
+    return -(-q * short_axis * (2_000_000 + width * height) // 4_000_000)
 
 
 def gemini_request_size(info: ModelInfo | None, model: str, width: int, height: int) -> tuple[str, str, str]:

@@ -296,3 +296,25 @@ def test_edits_on_both_providers_through_a_run_and_resume(
     assert fake.paid_count() == paid
     again = manifest(s3_env, bucket, "edits")
     assert all(r["already_present"] for r in again if r["status"] == "ok")
+
+
+def test_quality_auto_is_budgeted_as_the_high_image_it_may_bill(tmp_path: Path, s3_env: Any, bucket: str,
+                                                                  fake: FakeHosted) -> None:
+    """gpt-image-2 at the default `quality: auto` renders and bills up to high (the strict fake bills the price
+    calculator's 1024x1024 high: 7,024 tokens, $0.21). A $0.30 budget buys one such image, not three: the estimate
+    prices auto as high, so the spend stays within the budget plus one in-flight request's formula cost (it
+    bought two, $0.42, when auto was estimated as medium)."""
+    from configs.hosted import OpenAIImagesConfig
+
+    per_image = OpenAIImagesConfig(defaults={"width": 1024, "height": 1024}).estimate_usd()
+    src = write_prompts(tmp_path / "p.parquet", {"prompt": [f"a product shot {i}" for i in range(4)]})
+    raw = hosted_only(src, f"s3://{bucket}/auto", fake, "openai", quality="auto",
+                      defaults={"width": 1024, "height": 1024})
+    raw["limits"] = {"budget_usd": 0.30}
+    raw["cluster"]["executor"] = "in_process"
+    assert generate.main([str(write_config(tmp_path / "j.yaml", raw)), "--progress", "off"]) == 0
+    rows = manifest(s3_env, bucket, "auto")
+    assert sorted(r["status"] for r in rows) == ["ok"] + ["skipped"] * 3
+    assert fake.paid_usd("openai") <= 0.30 + per_image
+    assert sum(r["cost_usd"] for r in rows) == pytest.approx(fake.paid_usd("openai"))
+    assert fake.paid_count() == 1

@@ -67,6 +67,7 @@ class OpenAICaps:
     image_in: float = 8.0  # USD per 1M input image tokens (edits)
     high_fidelity: bool = True  # edits read every input image at high fidelity (gpt-image-2 family)
     fidelities: frozenset[str] = frozenset()  # accepted `input_fidelity` values (gpt-image-2: "omit this parameter")
+    calculator: bool = True  # output tokens by the price calculator's size/quality algorithm (gpt-image-2 family)
 
 
 _Q = frozenset({"auto", "low", "medium", "high"})
@@ -83,16 +84,22 @@ OPENAI_CAPS: dict[str, OpenAICaps] = {
     "gpt-image-2.6-sunburst": _GPT25,
     "gpt-image-2.6-flare": _GPT25,
     # input_fidelity per the openai 3.54 SDK docstring: high and low on gpt-image-1.5, only low on gpt-image-1-mini
-    "gpt-image-1-mini": OpenAICaps(False, _Q, True, 2.0, 8.0, 2.5, False, frozenset({"low"})),
-    "gpt-image-1.5": OpenAICaps(False, _Q, True, 5.0, 32.0, 8.0, False, frozenset({"low", "high"})),  # image-out
+    "gpt-image-1-mini": OpenAICaps(False, _Q, True, 2.0, 8.0, 2.5, False, frozenset({"low"}), False),
+    "gpt-image-1.5": OpenAICaps(False, _Q, True, 5.0, 32.0, 8.0, False, frozenset({"low", "high"}), False),  # image-out
     # rate 3rd-party (HOSTED_APIS.md §1.7)
 }
 OPENAI_MODELS = set(OPENAI_CAPS)
 OPENAI_STANDARD_SIZES = ("1024x1024", "1536x1024", "1024x1536")
 # flexible-size limits (gpt-image-2 family): both sides multiples of 16, long edge, aspect ratio, total pixels
 OPENAI_MAX_EDGE, OPENAI_MAX_RATIO, OPENAI_MIN_PIXELS, OPENAI_MAX_PIXELS = 3840, 3.0, 655_360, 8_294_400
-# output image tokens at 1024x1024 (the gpt-image-1 table; xhigh/max extrapolated), scaled by area
-OPENAI_TOKENS_1024 = {"low": 272, "medium": 1056, "high": 4160, "xhigh": 6240, "max": 8320}
+# output image tokens at 1024x1024 of the gpt-image-1 family (fixed sizes; scaled by area)
+OPENAI_TOKENS_1024 = {"low": 272, "medium": 1056, "high": 4160}
+# the gpt-image-2 family bills output image tokens by the algorithm behind OpenAI's price calculator (OpenAI
+# developer forum, "gpt-image-2 output pricing calculator", 2026-06-05): a quality factor, a short-axis factor, and
+# the area plus a 2,000,000-pixel offset over 4,000,000. Published: 1024x1024 high 7,024 tokens, 1536x1024 high
+# 5,488, 1024x1024 low 196. xhigh/max (2.5 family, not published) bill here as 1.5x and 2x high.
+OPENAI_CALCULATOR_QUALITY = {"low": 16, "medium": 48, "high": 96}
+OPENAI_BEYOND_HIGH = {"xhigh": 3, "max": 4}  # halves of high
 # the body parameters of the installed SDK's ImageGenerateParams (openai 3.54.0, types/image_generate_params.py)
 OPENAI_PARAMS = frozenset({
     "prompt", "background", "complexity", "frame_count", "frame_duration_ms", "model", "moderation", "n",
@@ -395,8 +402,16 @@ def gemini_size(aspect: str, tier: str) -> tuple[int, int]:
     return round(w * s), round(h * s)
 
 
-def openai_image_tokens(quality: str, width: int, height: int) -> int:
-    return round(OPENAI_TOKENS_1024[quality] * width * height / (1024 * 1024))
+def openai_image_tokens(caps: OpenAICaps, quality: str, width: int, height: int) -> int:
+    """What the service bills for one image's output; `quality` as rendered (auto renders as high)."""
+    if not caps.calculator:
+        return round(OPENAI_TOKENS_1024[quality] * width * height / (1024 * 1024))
+    if quality in OPENAI_BEYOND_HIGH:
+        return -(-openai_image_tokens(caps, "high", width, height) * OPENAI_BEYOND_HIGH[quality] // 2)
+    factor = OPENAI_CALCULATOR_QUALITY[quality]
+    short_axis = int(factor * min(width, height) / max(width, height) + 0.5)
+    numerator = factor * short_axis * (2_000_000 + width * height)
+    return numerator // 4_000_000 + (1 if numerator % 4_000_000 else 0)
 
 
 def openai_size_problem(model: str, size: str) -> str:
@@ -779,7 +794,8 @@ class FakeHosted:
         if size == "auto":
             size = "1024x1024"
         w, h = (int(x) for x in size.split("x"))
-        return _Options(str(model), caps, prompt, n, w, h, "medium" if quality == "auto" else quality, fmt,
+        # quality auto renders (and bills) up to high (Bike4Mind #2899/#2977, open-webui #19228): here, high
+        return _Options(str(model), caps, prompt, n, w, h, "high" if quality == "auto" else quality, fmt,
                         "opaque" if background == "auto" else background, compression)
 
     def _openai_refusal(self, rid: dict[str, str]) -> Reply:
@@ -811,7 +827,7 @@ class FakeHosted:
             self._serve(img, MIME[o.fmt], corrupt)
             data.append({"b64_json": base64.b64encode(img).decode()})
         text_tokens = max(1, len(o.prompt) // 4)
-        image_tokens = openai_image_tokens(o.quality, o.width, o.height) * o.n
+        image_tokens = openai_image_tokens(o.caps, o.quality, o.width, o.height) * o.n
         usage = {"input_tokens": text_tokens + input_tokens, "output_tokens": image_tokens,
                  "total_tokens": text_tokens + input_tokens + image_tokens,
                  "input_tokens_details": {"text_tokens": text_tokens, "image_tokens": input_tokens},

@@ -164,7 +164,7 @@ def test_openai_fixed_size_models(oa: openai.OpenAI, model: str) -> None:
 def test_openai_quality_per_model(oa: openai.OpenAI) -> None:
     e = openai_error(oa.images.generate, model="gpt-image-2", prompt="x", size=SMALL, quality="xhigh")
     assert e.status_code == 400 and e.param == "quality"
-    for q, tokens in (("xhigh", 6240), ("max", 8320)):
+    for q, tokens in (("xhigh", 10536), ("max", 14048)):  # high's 7,024 (the price calculator) x 1.5 and x 2
         r = oa.images.generate(model="gpt-image-2.5-sunburst", prompt="x", size="1024x1024", quality=q)
         assert r.quality == q and r.usage and r.usage.output_tokens_details.image_tokens == tokens
 
@@ -241,12 +241,13 @@ def test_openai_usage_tokens_and_reflected_fields(oa: openai.OpenAI, fake: FakeH
     prompt = "p" * 40
     r = oa.images.generate(model="gpt-image-2", prompt=prompt, size="1536x1024", quality="high", n=2)
     assert len(r.data) == 2 and r.size == "1536x1024" and r.quality == "high" and r.output_format == "png"
-    assert r.usage and r.usage.input_tokens == 10 and r.usage.output_tokens_details.image_tokens == 2 * 6240
-    assert fake.paid == [Paid("openai", "sync", "gpt-image-2", prompt, (10 * 5 + 2 * 6240 * 30) / 1e6)]
+    # the price calculator's 1536x1024 high: 5,488 tokens (fewer than 1024x1024's 7,024: not proportional to area)
+    assert r.usage and r.usage.input_tokens == 10 and r.usage.output_tokens_details.image_tokens == 2 * 5488
+    assert fake.paid == [Paid("openai", "sync", "gpt-image-2", prompt, (10 * 5 + 2 * 5488 * 30) / 1e6)]
     assert len(fake.served) == 2
     auto = oa.images.generate(model="gpt-image-1-mini", prompt="abc")  # auto size/quality resolve
-    assert (auto.size, auto.quality, auto.background) == ("1024x1024", "medium", "opaque")
-    assert fake.paid[-1].usd == pytest.approx((1 * 2 + 1056 * 8) / 1e6)
+    assert (auto.size, auto.quality, auto.background) == ("1024x1024", "high", "opaque")  # auto renders up to high
+    assert fake.paid[-1].usd == pytest.approx((1 * 2 + 4160 * 8) / 1e6)
 
 
 def test_openai_invalid_json_body_is_400(fake: FakeHosted) -> None:
@@ -472,9 +473,9 @@ def test_openai_batch_completed_unordered_and_billed(oa: openai.OpenAI, fake: Fa
     assert all(x["response"]["status_code"] == 200 and x["error"] is None for x in out)
     assert {x["custom_id"]: x["response"]["body"]["error"]["param"] for x in errs} == {
         "row-refused": None, "row-bad-size": "size"}
-    assert done.usage and done.usage.output_tokens == 4 * round(272 * 1024 * 640 / 1024 ** 2)
+    assert done.usage and done.usage.output_tokens == 4 * 107  # 1024x640 low by the price calculator
     assert fake.paid_count(mode="batch") == 4 and {p.key for p in fake.paid} == {f"row-{i}" for i in range(4)}
-    assert fake.paid[0].usd == pytest.approx((1 * 5 + 170 * 30) / 1e6 * 0.5)
+    assert fake.paid[0].usd == pytest.approx((1 * 5 + 107 * 30) / 1e6 * 0.5)
     assert not any(r.path.endswith("/images/generations") for r in fake.log)
 
 

@@ -83,11 +83,14 @@ def test_unknown_model_needs_prices_not_zero() -> None:
 
 
 def test_estimates_are_realistic() -> None:
-    """Estimates before the call: gpt-image-2 ~$0.02/$0.07/$0.19 at 1024² (low/medium/high); Nano Banana 2 $0.067
-    at 1K and $0.101 at 2K, plus thinking at the text-output rate; batch mode halves them."""
+    """Estimates before the call: gpt-image-2 at 1024² ~$0.006 / $0.053 / $0.211 (low/medium/high: 196 / 1,756 /
+    7,024 output tokens at $30 per 1M, plus the prompt), `auto` as high; Nano Banana 2 $0.067 at 1K and $0.101 at
+    2K, plus thinking at the text-output rate; batch mode halves them."""
     low = OpenAIImagesConfig(quality="low").estimate_usd()
+    medium = OpenAIImagesConfig(quality="medium").estimate_usd()
     high = OpenAIImagesConfig(quality="high").estimate_usd()
-    assert 0.015 < low < 0.03 and 0.15 < high < 0.25
+    assert 0.0055 < low < 0.007 and 0.052 < medium < 0.055 and 0.21 < high < 0.212
+    assert OpenAIImagesConfig().estimate_usd() == high  # the default quality, auto, may render and bill as high
     nb2 = GeminiImageConfig().estimate_usd()
     assert 0.067 < nb2 < 0.07
     assert GeminiImageConfig(batch_mode=True).estimate_usd() == pytest.approx(nb2 / 2)
@@ -116,3 +119,37 @@ def test_example_config_estimates_a_realistic_cost() -> None:
     usd = float(text.split()[0].lstrip("$").replace(",", ""))
     assert 100_000 < usd < 200_000, text  # ~$0.070 + ~$0.068 per prompt
     assert "priced at $0" not in text
+
+
+# The published examples of OpenAI's price calculator (OpenAI developer forum, 2026-06; configs/hosted_models.py)
+PUBLISHED = [("high", 1024, 1024, 7024), ("high", 1536, 1024, 5488), ("high", 1792, 1024, 5063),
+             ("high", 3584, 2048, 12329), ("low", 1024, 1024, 196)]
+
+
+@pytest.mark.parametrize(("quality", "width", "height", "tokens"), PUBLISHED)
+def test_gpt_image_2_tokens_follow_the_price_calculator(quality: str, width: int, height: int, tokens: int) -> None:
+    from configs.hosted_models import gpt2_image_tokens, openai_image_tokens
+
+    assert gpt2_image_tokens(quality, width, height) == tokens
+    assert openai_image_tokens(MODELS["gpt-image-2"], quality, width, height) == tokens
+    # tokens are not proportional to area: the wide 1536x1024 high costs less than the square 1024x1024
+    assert gpt2_image_tokens("high", 1536, 1024) < gpt2_image_tokens("high", 1024, 1024)
+
+
+def test_the_estimate_is_what_the_strict_fake_bills_for_every_quality_and_size() -> None:
+    """Two implementations of the calculator (the estimate's, and the loopback fake's, written from the same
+    published algorithm) agree on every quality x size a gpt-image-2 family model offers: standard sizes and a sweep
+    of flexible ones; `auto` is estimated as the high image the service may render."""
+    from configs.hosted_models import openai_image_tokens
+    from tests.support.fake_hosted import OPENAI_CAPS
+    from tests.support.fake_hosted import openai_image_tokens as billed
+
+    sizes = [(1024, 1024), (1536, 1024), (1024, 1536), (1792, 1024), (2048, 2048), (3840, 2160), (1200, 624),
+             (2880, 2880), (768, 2304), (1008, 672)]
+    for model in ("gpt-image-2", "gpt-image-2.6-sunburst"):
+        info = MODELS[model]
+        for quality in info.qualities:
+            for w, h in sizes:
+                rendered = "high" if quality == "auto" else quality
+                estimate = openai_image_tokens(info, quality, w, h)
+                assert estimate == billed(OPENAI_CAPS[model], rendered, w, h), (model, quality, w, h)
