@@ -151,3 +151,22 @@ def encoded_info(data: bytes, declared_mime: str = "") -> tuple[str, int, int] |
     except Exception:  # noqa: BLE001 - PIL raises many kinds for bad bytes (OSError, SyntaxError, ValueError…)
         return None
     return (mime, int(width), int(height)) if width > 0 and height > 0 else None
+
+
+def decode_problem(data: bytes) -> str:
+    """Why a provider's image file doesn't fully decode ('' when it does): every pixel is read once, so a file cut
+    short (valid base64 of half a PNG, whose header still reads) is caught before it is stored as `ok`.
+
+    Args:
+        data: the image file's bytes (PNG, JPEG or WebP).
+    """
+    from PIL import Image, ImageFile
+
+    if ImageFile.LOAD_TRUNCATED_IMAGES:  # a process-wide PIL switch that would pad a cut file with grey
+        return "PIL is set to load truncated images (PIL.ImageFile.LOAD_TRUNCATED_IMAGES); can't check the file"
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img.load()
+    except Exception as exc:  # noqa: BLE001 - PIL raises many kinds for a cut or damaged file
+        return f"{type(exc).__name__}: {str(exc)[:200]}"
+    return ""

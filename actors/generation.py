@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from actors.backend_io import Outcome, Request, encoded_info, parse_adapter_list
+from actors.backend_io import Outcome, Request, decode_problem, encoded_info, parse_adapter_list
 from actors.inputs import InputFiles, InputProblem, load_inputs, sha256_of
 from actors.keys import derive_seed, shape_bucket
 from configs.request import ROW_COLUMNS
@@ -316,13 +316,16 @@ def _run_chunk(
 
 def _check_image(result: np.ndarray | Outcome, req: Request) -> Outcome | str:
     """Bare arrays must have the requested shape; an Outcome's image only has to be RGB (size may differ), and
-    its encoded bytes only need a header PIL can read (an error Outcome that keeps the cost otherwise)."""
+    its encoded bytes must decode fully (an error Outcome that keeps the cost otherwise)."""
     if isinstance(result, Outcome):
         if result.refusal or result.error or result.skipped:
             return result
         if result.encoded:
             if encoded_info(result.encoded, result.mime) is None:
                 return replace(result, error="provider returned undecodable image bytes")
+            problem = decode_problem(result.encoded)  # every pixel, once: a file cut short still has its header
+            if problem:
+                return replace(result, error=f"provider returned an image that does not decode ({problem})")
             return result
         if result.image is None or result.image.ndim != 3 or result.image.shape[2] != 3:
             return "generator returned no RGB image"

@@ -188,6 +188,7 @@ class Knobs:
     slow_ms: int = 0
     corrupt_image_n: int = 0  # next N successful generations (billed) return undecodable image bytes
     null_image_n: int = 0  # next N successful generations (billed): OpenAI "b64_json": null; Gemini inlineData w/o data
+    truncated_image_n: int = 0  # next N successful generations (billed): valid base64 of the first half of the file
     crash_n: int = 0  # next N HTTP requests raise inside the handler (answered 500 in the provider's error shape)
     batch_ticks: int = 2  # GETs of a batch before it may finish (also `server.batch_ticks`)
     batch_turnaround_s: float = 0.0  # and seconds after creation before it may finish
@@ -812,6 +813,7 @@ class FakeHosted:
         compression = 100 if o.compression is None else o.compression
         corrupt = self._take("corrupt_image_n")
         null = not corrupt and self._take("null_image_n")  # one fault per response
+        truncated = not corrupt and not null and self._take("truncated_image_n")
         data: list[dict[str, Any]] = []
         for i in range(o.n):
             seed = f"{o.prompt}/{i}"
@@ -824,7 +826,9 @@ class FakeHosted:
                 img = render_rgb(o.width, o.height, rgb, o.fmt, transparent, compression)
             else:
                 img = render(o.width, o.height, seed, o.fmt, transparent, compression)
-            self._serve(img, MIME[o.fmt], corrupt)
+            if truncated:
+                img = img[: len(img) // 2]
+            self._serve(img, MIME[o.fmt], corrupt or truncated)
             data.append({"b64_json": base64.b64encode(img).decode()})
         text_tokens = max(1, len(o.prompt) // 4)
         image_tokens = openai_image_tokens(o.caps, o.quality, o.width, o.height) * o.n
@@ -1354,6 +1358,7 @@ class FakeHosted:
                 render(w, h, f"thought-{t}")).decode()}, "thought": True, "thoughtSignature": "c2ln"})
         corrupt = self._take("corrupt_image_n")
         null = not corrupt and self._take("null_image_n")
+        truncated = not corrupt and not null and self._take("truncated_image_n")
         if null:
             parts.append({"inlineData": {"mimeType": "image/png"}})
         else:
@@ -1361,7 +1366,9 @@ class FakeHosted:
                 data = corrupt_bytes("png", prompt)
             else:  # with reference images, the answer's colour is their mean colour (a test sees they arrived)
                 data = render_rgb(w, h, mean_colour(images)) if images else render(w, h, prompt)
-            self._serve(data, "image/png", corrupt)
+            if truncated:
+                data = data[: len(data) // 2]
+            self._serve(data, "image/png", corrupt or truncated)
             parts.append({"inlineData": {"mimeType": "image/png", "data": base64.b64encode(data).decode()}})
         out = {**base(usage(caps.tokens[tier], GEMINI_TEXT_TOKENS)),
                "candidates": [{"content": {"role": "model", "parts": parts}, "finishReason": "STOP", "index": 0}]}

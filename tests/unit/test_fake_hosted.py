@@ -413,6 +413,20 @@ def test_corrupt_image(oa: openai.OpenAI, gc: genai.Client, fake: FakeHosted) ->
     Image.open(io.BytesIO(good)).load()
 
 
+def test_truncated_image(oa: openai.OpenAI, gc: genai.Client, fake: FakeHosted) -> None:
+    """Valid base64 of the first half of a PNG (seen from both providers): its header reads, its pixels don't."""
+    fake.knobs.truncated_image_n = 2
+    data = base64.b64decode(oa.images.generate(model="gpt-image-2", prompt="t", size=SMALL).data[0].b64_json or "")
+    gdata = final_image(gc.models.generate_content(model=FLASH, contents="t", config=gen_config(None, "512")))
+    for blob in (data, gdata):
+        with Image.open(io.BytesIO(blob)) as img:
+            assert img.size[0] > 0  # the header is intact
+            with pytest.raises(OSError, match="truncated"):
+                img.load()
+        assert hashlib.sha256(blob).hexdigest() in fake.corrupt
+    assert fake.paid_count() == 2
+
+
 def test_null_image(oa: openai.OpenAI, gc: genai.Client, fake: FakeHosted) -> None:
     fake.knobs.null_image_n = 2
     assert oa.images.generate(model="gpt-image-2", prompt="n", size=SMALL).data[0].b64_json is None

@@ -226,6 +226,21 @@ def test_bad_answers_are_billed_once_and_never_retried(fake: FakeHosted, backend
     assert all(out["cost_usd"] > 0)
 
 
+@pytest.mark.parametrize("backend", ["openai", "gemini"])
+def test_a_truncated_image_is_an_error_row_that_keeps_its_price(fake: FakeHosted, backend: str) -> None:
+    """A file cut short (valid base64 of half a PNG: the header reads) is decoded fully before it counts: it is an
+    error row, never `generated`, and still carries what the provider billed for it."""
+    fake.knobs.truncated_image_n = 1
+    gen = openai_gen(fake) if backend == "openai" else gemini_gen(fake)
+    out = gen(batch(["a", "b"]))
+    assert sorted(out["status"]) == ["error", "generated"]
+    bad = list(out["status"]).index("error")
+    assert "does not decode" in out["error"][bad] and "truncated" in out["error"][bad]
+    assert len(out["image"][bad]) == 0
+    assert fake.paid_count(backend) == 2 and out["cost_usd"].sum() == pytest.approx(fake.paid_usd(backend))
+    assert out["cost_usd"][bad] > 0
+
+
 def test_one_rows_exception_keeps_its_siblings(fake: FakeHosted) -> None:
     """A row whose request raises something unexpected (a limiter RPC failure, a bug) is that row's error."""
     gen = openai_gen(fake)
