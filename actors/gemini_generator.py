@@ -149,6 +149,9 @@ class GeminiImageGenerator(HostedGenerator):
                 return Verdict("retry", msg)
             return Verdict("row_error", msg)
         name = type(exc).__name__
+        if name == "ValidationError":  # the SDK couldn't parse a 200 answer (e.g. inlineData that isn't base64):
+            # it was answered and billed; its usage is lost with it, so its estimate counts as maybe billed
+            return Verdict("row_error", f"Gemini's answer could not be read (billed): {msg}", uncertain=True)
         if "Timeout" in name or name in ("RemoteProtocolError", "ReadError", "WriteError"):
             return Verdict("retry", msg, uncertain=True)  # sent, then lost: it may have run (and been billed)
         if "Connect" in name:

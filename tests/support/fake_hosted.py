@@ -189,6 +189,8 @@ class Knobs:
     corrupt_image_n: int = 0  # next N successful generations (billed) return undecodable image bytes
     null_image_n: int = 0  # next N successful generations (billed): OpenAI "b64_json": null; Gemini inlineData w/o data
     truncated_image_n: int = 0  # next N successful generations (billed): valid base64 of the first half of the file
+    bad_base64_n: int = 0  # next N Gemini generations (billed): inlineData.data that is not base64 (the SDK can't
+    # parse the answer)
     crash_n: int = 0  # next N HTTP requests raise inside the handler (answered 500 in the provider's error shape)
     batch_ticks: int = 2  # GETs of a batch before it may finish (also `server.batch_ticks`)
     batch_turnaround_s: float = 0.0  # and seconds after creation before it may finish
@@ -1369,7 +1371,10 @@ class FakeHosted:
             if truncated:
                 data = data[: len(data) // 2]
             self._serve(data, "image/png", corrupt or truncated)
-            parts.append({"inlineData": {"mimeType": "image/png", "data": base64.b64encode(data).decode()}})
+            encoded = base64.b64encode(data).decode()
+            if self._take("bad_base64_n"):
+                encoded = "%" + encoded[1:]  # one character outside the base64 alphabet
+            parts.append({"inlineData": {"mimeType": "image/png", "data": encoded}})
         out = {**base(usage(caps.tokens[tier], GEMINI_TEXT_TOKENS)),
                "candidates": [{"content": {"role": "model", "parts": parts}, "finishReason": "STOP", "index": 0}]}
         self._slow(mode)

@@ -241,6 +241,19 @@ def test_a_truncated_image_is_an_error_row_that_keeps_its_price(fake: FakeHosted
     assert out["cost_usd"][bad] > 0
 
 
+def test_a_gemini_answer_the_sdk_cant_parse_is_priced_as_billed(fake: FakeHosted) -> None:
+    """inlineData that isn't base64: the SDK raises while parsing a 200 answer the provider billed. The row is an
+    error row carrying the request's estimate as maybe-billed (its usage went with the answer), not $0, and it is
+    not sent again."""
+    fake.knobs.bad_base64_n = 1
+    gen = gemini_gen(fake)
+    out = gen(batch(["a"]))
+    assert list(out["status"]) == ["error"] and "could not be read (billed)" in out["error"][0]
+    assert fake.paid_count("gemini") == 1 and out["requests"][0] == 1
+    estimate = gen.cfg.estimate_image_usd(int(out["width"][0]), int(out["height"][0]), 1)
+    assert out["maybe_billed_usd"][0] == pytest.approx(estimate) and estimate > 0
+
+
 def test_one_rows_exception_keeps_its_siblings(fake: FakeHosted) -> None:
     """A row whose request raises something unexpected (a limiter RPC failure, a bug) is that row's error."""
     gen = openai_gen(fake)
