@@ -41,6 +41,11 @@ class QuotaExhausted(RuntimeError):
     """Billing or quota is used up (retrying can't help): stop the run."""
 
 
+STOPPED = "stopped by the provider:"
+"""How a row that was never sent because the account hit its quota or spend cap starts its error (it is `skipped`:
+a rerun makes it); the run commits what it has, then ends non-zero with this line."""
+
+
 class HostedFatal(RuntimeError):
     """Bad key, no permission, unknown or retired model, unsupported region: every row would fail the same way."""
 

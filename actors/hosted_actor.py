@@ -26,6 +26,7 @@ from actors.backend_io import (
 from actors.batch_mode import BatchRunner, BatchState
 from actors.generation import Batch
 from actors.hosted import (
+    STOPPED,
     HostedFatal,
     LedgerClient,
     QuotaExhausted,
@@ -68,6 +69,7 @@ class HostedGenerator:
         self.limiter = make_limiter(cfg, api_key.get_secret_value())
         self.ledger = LedgerClient(ledger_name(budget.ledger), budget.usd) if budget else LedgerClient("", 0.0)
         self.threads = ThreadPoolExecutor(max_workers=max(1, min(cfg.pool.batch_size, 32)))
+        self.stopped = ""  # the account's quota or spend cap was hit: no more requests from this actor
         self.batch = (BatchRunner(self.PROVIDER, open_store(state_uri, state_store), self._submit, self._collect,
                                   self._cancel) if cfg.batch_mode else None)
 
@@ -155,13 +157,22 @@ class HostedGenerator:
         self.ledger.settle(reserved, billed + answer.maybe_billed_usd)
 
     def _one(self, r: Request) -> Outcome:
-        # 1 the run's budget, on actual spend so far
+        # 1 nothing more once the account stopped us; the run's budget, on actual spend so far
+        if self.stopped:
+            return Outcome(skipped=self.stopped)
         est = self._reserve(r)
         if est is None:
             return Outcome(skipped=f"limits.budget_usd={self.ledger.budget_usd:g} reached by actual spend; "
                                    f"rerun with a larger budget to continue")
-        # 2 pace, call, retry per policy (each attempt takes its own limiter slot)
-        got = call_with_retries(lambda: self._call(r), self._classify, self.cfg.limits, self.limiter)
+        # 2 pace, call, retry per policy (each attempt takes its own limiter slot); an account-level stop (quota,
+        #   spend cap) ends this actor's sending, but every answer already delivered still reaches the writer
+        try:
+            got = call_with_retries(lambda: self._call(r), self._classify, self.cfg.limits, self.limiter)
+        except QuotaExhausted as exc:
+            self.ledger.settle(est, 0.0)  # a quota answer is not billed
+            self.stopped = self.stopped or f"{STOPPED} {exc}"
+            logger.warning("%s", self.stopped)
+            return Outcome(skipped=self.stopped, requests=1)
         maybe = got.uncertain * est
         if got.verdict is not None:
             self.ledger.settle(est, maybe)

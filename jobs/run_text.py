@@ -115,6 +115,9 @@ def cost_estimate(cfg: JobConfig, images: int) -> str:
 
 def final_problem(cfg: JobConfig, summary: RunSummary, shards: str) -> str:
     """Why a committed run still exits non-zero ('' when it doesn't)."""
+    if summary.stopped:  # every answer already delivered was stored and is in the manifest
+        return (f"run {summary.run_id} {summary.stopped} — {summary.num_ok} image(s) stored and in the manifest, "
+                f"{summary.num_skipped} not made (status skipped; rerun when the account allows)")
     failed = summary.num_error / max(summary.num_rows, 1)
     if failed > cfg.limits.max_error_fraction:
         return f"{failed:.1%} of images failed (limit {cfg.limits.max_error_fraction:.1%})"

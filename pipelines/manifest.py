@@ -10,6 +10,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
+from actors.hosted import STOPPED
 from actors.layout import IMAGES_DIR, MANIFEST_DIR, RUN_JSON, staging_dir
 from actors.manifest_schema import CARRIED, iter_parts
 from actors.storage import ObjectStore, arrow_filesystem
@@ -44,6 +45,8 @@ class RunSummary:
     manifest_uri: str
     images_uri: str
     errors_sample: list[str]
+    stopped: str = ""
+    """Why the provider stopped the run's requests (quota, spend cap; '' = it didn't): its skipped rows say so."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -194,6 +197,7 @@ def _summarize(objects: ObjectStore, run_id: str, wall: float) -> RunSummary:
     counts = {"rows": 0, "ok": 0, "error": 0, "refused": 0, "skipped": 0, "present": 0, "bytes": 0}
     cost = 0.0
     errors: list[str] = []
+    stopped = ""
     cols = ["status", "error", "already_present", "bytes", "cost_usd"]  # cost: this run's, not carried
     for batch in iter_manifest_batches(objects.location.uri, objects.spec, cols):
         status = batch.column("status")
@@ -209,6 +213,9 @@ def _summarize(objects: ObjectStore, run_id: str, wall: float) -> RunSummary:
         if len(errors) < 5:
             for msg in pc.filter(batch.column("error"), pc.invert(ok)).to_pylist()[: 5 - len(errors)]:
                 errors.append(str(msg))
+        if not stopped:
+            by_provider = pc.filter(batch.column("error"), pc.starts_with(batch.column("error"), STOPPED))
+            stopped = str(by_provider[0]) if len(by_provider) else ""
     return RunSummary(
         run_id=run_id,
         num_rows=counts["rows"],
@@ -225,6 +232,7 @@ def _summarize(objects: ObjectStore, run_id: str, wall: float) -> RunSummary:
         manifest_uri=objects.uri_of(MANIFEST_DIR),
         images_uri=objects.uri_of(IMAGES_DIR),
         errors_sample=errors,
+        stopped=stopped,
     )
 
 

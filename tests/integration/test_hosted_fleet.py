@@ -92,9 +92,33 @@ def test_quota_exhausted_stops_cleanly(tmp_path: Path, tiny_model: Path, s3_env:
                           env={**os.environ, "PYTHONPATH": str(REPO)})
     assert done.returncode == 1, done.stderr[-2000:]
     line = [ln for ln in done.stderr.splitlines() if ln.startswith("imagefleet: run ")]
-    assert line and "insufficient_quota" in line[0]
-    assert not [k for k in objects(s3_env, bucket, "q/manifest/") if "/part-" in k]
+    assert len(line) == 1 and "insufficient_quota" in line[0] and "0 image(s) stored" in line[0], done.stderr
+    # the manifest says what happened: every row skipped with the provider's reason (a rerun makes them)
+    rows = manifest(s3_env, bucket, "q")
+    assert len(rows) == 4 and all(r["status"] == "skipped" and "insufficient_quota" in r["error"] for r in rows)
     assert OPENAI_KEY not in done.stderr and OPENAI_KEY not in done.stdout
+
+
+def test_an_account_stop_mid_run_stores_what_was_paid_and_the_rerun_buys_only_the_rest(
+        tmp_path: Path, s3_env: Any, bucket: str, fake: FakeHosted, capsys: Any) -> None:
+    """Gemini's daily quota runs out after 3 paid images of 6: the 3 are stored and in the manifest at their
+    price, the run ends with one line (exit 1), and a rerun once the quota is back pays for the other 3 only."""
+    src = write_prompts(tmp_path / "p.parquet", {"prompt": [f"p{i}" for i in range(6)]})
+    raw = hosted_only(src, f"s3://{bucket}/stop", fake, "gemini")
+    raw["cluster"]["executor"] = "in_process"
+    cfg = write_config(tmp_path / "j.yaml", raw)
+    fake.knobs.quota_after_paid = 3
+    assert generate.main([str(cfg), "--progress", "off"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "stopped by the provider" in err[0] and "3 image(s) stored" in err[0], err
+    rows = manifest(s3_env, bucket, "stop")
+    assert sorted(r["status"] for r in rows) == ["ok"] * 3 + ["skipped"] * 3
+    assert len(objects(s3_env, bucket, "stop/images/")) == 3 == fake.paid_count()
+    assert sum(r["cost_usd"] for r in rows) == pytest.approx(fake.paid_usd())
+    fake.knobs.quota_after_paid = -1  # the next day
+    assert generate.main([str(cfg), "--progress", "off"]) == 0
+    rows = manifest(s3_env, bucket, "stop")
+    assert [r["status"] for r in rows] == ["ok"] * 6 and fake.paid_count() == 6  # nothing paid twice
 
 
 def hosted_only(src: Path, out: str, fake: FakeHosted, backend: str, **gen: Any) -> dict[str, Any]:

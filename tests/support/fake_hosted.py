@@ -191,6 +191,8 @@ class Knobs:
     truncated_image_n: int = 0  # next N successful generations (billed): valid base64 of the first half of the file
     bad_base64_n: int = 0  # next N Gemini generations (billed): inlineData.data that is not base64 (the SDK can't
     # parse the answer)
+    quota_after_paid: int = -1  # once this many requests are billed, every sync request meets the account's quota
+    # (OpenAI 429 insufficient_quota; Gemini 429 RESOURCE_EXHAUSTED per day); -1 = never
     crash_n: int = 0  # next N HTTP requests raise inside the handler (answered 500 in the provider's error shape)
     batch_ticks: int = 2  # GETs of a batch before it may finish (also `server.batch_ticks`)
     batch_turnaround_s: float = 0.0  # and seconds after creation before it may finish
@@ -549,6 +551,10 @@ class FakeHosted:
         with self.lock:
             return sum(p.usd for p in self.paid if provider in (None, p.provider) and mode in (None, p.mode))
 
+    def _over_quota(self) -> bool:
+        with self.lock:
+            return 0 <= self.knobs.quota_after_paid <= len(self.paid)
+
     def _bill(self, provider: str, mode: str, model: str, key: str, usd: float) -> None:
         with self.lock:
             self.paid.append(Paid(provider, mode, model, key, usd * (0.5 if mode == "batch" else 1.0)))
@@ -718,7 +724,7 @@ class FakeHosted:
         if self.knobs.billing_hard_limit:
             return err(400, "Billing hard limit has been reached", "invalid_request_error",
                        "billing_hard_limit_reached")
-        if self.knobs.quota_exhausted:
+        if self.knobs.quota_exhausted or (mode == "sync" and self._over_quota()):
             return err(429, "You exceeded your current quota, please check your plan and billing details.",
                        "insufficient_quota", "insufficient_quota")
         if mode == "sync" and self._take("rate_limit_n"):
@@ -1243,6 +1249,8 @@ class FakeHosted:
             return _gerr(400, "FAILED_PRECONDITION", "User location is not supported for the API use.")
         if mode == "sync" and self.knobs.gemini_quota:
             return self._gemini_quota_error(self.knobs.gemini_quota, model)
+        if mode == "sync" and self._over_quota():
+            return self._gemini_quota_error("per_day", model)
         if mode == "sync" and self._take("rate_limit_n"):
             return self._gemini_quota_error("per_minute", model)
         if mode == "sync" and self._take("server_error_n"):

@@ -16,9 +16,9 @@ from pydantic import SecretStr
 
 from actors.gemini_generator import GeminiImageGenerator
 from actors.hosted import (
+    STOPPED,
     HostedFatal,
     LocalLimiter,
-    QuotaExhausted,
     RateLimiter,
     Verdict,
     call_with_retries,
@@ -123,10 +123,14 @@ def test_openai_refusal_is_a_row_not_retried(fake: FakeHosted) -> None:
 @pytest.mark.parametrize(("knob", "match"), [("quota_exhausted", "insufficient_quota"),
                                              ("billing_hard_limit", "billing hard limit")])
 def test_openai_account_limits_stop_the_run(fake: FakeHosted, knob: str, match: str) -> None:
+    """The account's quota or spend cap: the row is skipped with the stop's reason (a rerun makes it), never
+    retried, and the actor sends nothing more."""
     setattr(fake.knobs, knob, True)
-    with pytest.raises(QuotaExhausted, match=match):
-        openai_gen(fake)(batch(["x"]))
+    gen = openai_gen(fake)
+    out = gen(batch(["x"]))
+    assert list(out["status"]) == ["skipped"] and out["error"][0].startswith(STOPPED) and match in out["error"][0]
     assert len(fake.log) == 1  # never retried
+    assert list(gen(batch(["y", "z"]))["status"]) == ["skipped", "skipped"] and len(fake.log) == 1
 
 
 def test_openai_unknown_model_400_param_model_is_fatal(fake: FakeHosted) -> None:
@@ -177,9 +181,22 @@ def test_gemini_429_retry_info_and_503(fake: FakeHosted) -> None:
 @pytest.mark.parametrize("kind", ["per_day", "limit_zero"])
 def test_gemini_hard_quota_stops_the_run(fake: FakeHosted, kind: str) -> None:
     fake.knobs.gemini_quota = kind
-    with pytest.raises(QuotaExhausted, match="quota exhausted"):
-        gemini_gen(fake)(batch(["x"]))
+    out = gemini_gen(fake)(batch(["x"]))
+    assert list(out["status"]) == ["skipped"] and "quota exhausted" in out["error"][0]
     assert len(fake.log) == 1
+
+
+@pytest.mark.parametrize("backend", ["openai", "gemini"])
+def test_an_account_stop_keeps_every_answer_already_delivered(fake: FakeHosted, backend: str) -> None:
+    """The quota runs out after 2 paid images of 4 in one chunk: those 2 come back `generated` with their price
+    (the writer stores them), the other 2 are skipped with the stop's reason, and nothing is paid for twice."""
+    fake.knobs.quota_after_paid = 2
+    gen = openai_gen(fake, pool={"batch_size": 1}) if backend == "openai" else gemini_gen(fake, pool={"batch_size": 1})
+    out = gen(batch(["a", "b", "c", "d"]))
+    assert list(out["status"]) == ["generated", "generated", "skipped", "skipped"]
+    assert all(out["error"][i].startswith(STOPPED) for i in (2, 3))
+    assert fake.paid_count(backend) == 2 and out["cost_usd"].sum() == pytest.approx(fake.paid_usd(backend))
+    assert len(fake.log) == 3  # the third met the quota; the fourth was never sent
 
 
 def test_gemini_per_minute_quota_is_retried(fake: FakeHosted) -> None:
