@@ -41,9 +41,7 @@ class QuotaExhausted(RuntimeError):
     """Billing or quota is used up (retrying can't help): stop the run."""
 
 
-STOPPED = "stopped by the provider:"
-"""How a row that was never sent because the account hit its quota or spend cap starts its error (it is `skipped`:
-a rerun makes it); the run commits what it has, then ends non-zero with this line."""
+STOPPED = "stopped by the provider:"  # the error of a row never sent once the account hit its quota (skipped)
 
 
 class HostedFatal(RuntimeError):
