@@ -9,8 +9,11 @@ Records (`<output>/_batches/<provider>/<batch id>.json`) make it resumable and b
 - updated when the batch ends with its final state and the keys that got an answer (an image or a refusal);
   keys without one (a failed, expired or cancelled batch, or a per-request error) are free to be submitted
   again, now (up to `RESUBMITS` more batches) or by a later run (`--retry-failed` for error rows).
-A batch the provider says completed but that lacks results for some of its requests is a loud failure
-(`HostedFatal`): those requests were billed and can't be matched.
+Results that can't be had for requests that ran — a completed batch missing some lines, results that came back
+without keys (never matched by position), a batch or a results file that is gone (404/410: OpenAI results expire
+after `output_expires_after`, Gemini's files after 48 h) — are `BatchState.lost`: each becomes an error row naming
+the batch and why, carrying its estimate as maybe billed; they are not sent again in this run (they may have been
+billed), and `--retry-failed` sends them once more. Never fatal for the run: the batch's good, paid lines are kept.
 """
 
 from __future__ import annotations
@@ -44,6 +47,8 @@ class BatchState:
     """Per image key: what the provider answered (image, refusal, or that request's error)."""
     errors: str = ""
     """The batch's own errors (e.g. token_limit_exceeded), for rows that never ran."""
+    lost: dict[str, str] = field(default_factory=dict)
+    """Per image key: why a request that ran (or may have) has no result that can be had (module docstring)."""
 
 
 Submit = Callable[[Sequence[Request]], str]
@@ -114,6 +119,9 @@ class BatchRunner:
                 self._record_end(batch_id, state)
                 for key in keys:
                     answer = state.outcomes.get(key)
+                    if answer is None and key in state.lost:  # it ran (or may have): an error row, not resent
+                        answer = Outcome(error=state.lost[key][:500], requests=1,
+                                         maybe_billed_usd=reserved.get(key, 0.0))
                     if key in reserved:
                         settle(reserved.pop(key), answer)  # never ran: released; ran: the billed price
                     if answer is not None:  # an image, a refusal, or the provider's no for this request

@@ -6,8 +6,8 @@ import base64
 import io
 import json
 import logging
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 from pydantic import SecretStr
 
@@ -21,6 +21,7 @@ from configs.hosted_models import GEMINI_MAX_REQUEST_BYTES, gemini_request_size
 from configs.storage import StoreSpec
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 DONE = {"JOB_STATE_SUCCEEDED", "JOB_STATE_FAILED", "JOB_STATE_CANCELLED", "JOB_STATE_EXPIRED"}
 FILE_ABOVE = 100
 """batch_input=auto: requests per batch above which the requests go as an uploaded JSONL file."""
@@ -202,23 +203,43 @@ class GeminiImageGenerator(HostedGenerator):
         holder: dict[str, Any] = {}
 
         def state() -> tuple[str, str]:
-            holder["job"] = job = self._api(lambda: self.client.batches.get(name=batch_id))
-            return str(getattr(job.state, "value", job.state)), ""
+            holder["job"] = job = self._api(lambda: self._unless_gone(lambda: self.client.batches.get(name=batch_id)))
+            return (str(getattr(job.state, "value", job.state)), "") if job is not None else ("gone", "")
 
-        final = poll(state, DONE, self.cfg.batch_poll_s, f"gemini batch {batch_id}")
+        final = poll(state, {*DONE, "gone"}, self.cfg.batch_poll_s, f"gemini batch {batch_id}")
         job = holder["job"]
+        if job is None:  # the batch itself is gone: whatever ran can't be collected
+            why = f"gemini batch {batch_id} is gone at the provider (404); its results can't be collected"
+            return BatchState("gone", {}, why, lost=dict.fromkeys(keys, why))
         dest = job.dest
+        lost: dict[str, str] = {}
         if dest is not None and dest.file_name:
             out = self._file_results(dest.file_name)
+            if out is None:  # the results file expired (48 h) or was deleted
+                out = {}
+                why = (f"gemini batch {batch_id}: its results file {dest.file_name} is gone (404: expired or "
+                       f"deleted); rerun with --retry-failed to make the image again")
+                lost = dict.fromkeys(keys, why)
         else:
-            out = self._inline_results(batch_id, list(keys), (dest.inlined_responses if dest else None) or [])
-        missing = [k for k in keys if k not in out]
-        if final == "JOB_STATE_SUCCEEDED" and missing:
-            raise HostedFatal(f"gemini batch {batch_id} succeeded without results for {len(missing)} of "
-                              f"{len(keys)} requests (billed, can't be matched), e.g. {missing[0]}")
+            out, lost = self._inline_results(batch_id, list(keys), (dest.inlined_responses if dest else None) or [])
+        if final == "JOB_STATE_SUCCEEDED":  # ran and billed, yet no result names them: never matched by guess
+            why = (f"gemini batch {batch_id} succeeded without a result for this request (billed; it can't be "
+                   f"matched); rerun with --retry-failed to make it again")
+            lost.update({k: why for k in keys if k not in out and k not in lost})
         errors = str(job.error.message) if getattr(job, "error", None) is not None else ""
         self._delete_input(batch_id)
-        return BatchState(final, out, errors)
+        return BatchState(final, out, errors, lost)
+
+    def _unless_gone(self, fn: Callable[[], T]) -> T | None:
+        """`fn()`, or None when what it reads is gone (404): an expired or deleted batch or results file is a fact
+        about that batch, not an unknown model."""
+        try:
+            return fn()
+        except self.errors.APIError as exc:
+            # the Files API answers a file that no longer exists with 403 "... or it may not exist"
+            if exc.code in (404, 410) or (exc.code == 403 and "may not exist" in str(exc)):
+                return None
+            raise
 
     def _delete_input(self, batch_id: str) -> None:
         name = self.uploads.pop(batch_id, "")
@@ -228,25 +249,32 @@ class GeminiImageGenerator(HostedGenerator):
             except Exception as exc:  # noqa: BLE001 - uploaded files also expire on their own
                 logger.info("could not delete batch input file %s: %s", name, type(exc).__name__)
 
-    def _inline_results(self, batch_id: str, keys: list[str], items: list[Any]) -> dict[str, Outcome]:
-        """Match by `metadata.key` when every result has one; by position only when the counts agree (users
-        report large inline batches dropping metadata and reordering); otherwise refuse to guess."""
-        keyed = [(item.metadata or {}).get("key") for item in items]
-        if items and all(keyed):
-            pairs = list(zip(keyed, items, strict=True))
-        elif len(items) == len(keys):
-            logger.warning("gemini batch %s: results carry no keys; matching %d results by position", batch_id,
-                           len(items))
-            pairs = list(zip(keys, items, strict=True))
-        elif items:
-            raise HostedFatal(f"gemini batch {batch_id} returned {len(items)} results without keys for "
-                              f"{len(keys)} requests: results can't be matched (billed)")
-        else:
-            pairs = []
-        return {str(k): self._item_outcome(item.response, item.error) for k, item in pairs}
+    def _inline_results(self, batch_id: str, keys: list[str], items: list[Any]
+                        ) -> tuple[dict[str, Outcome], dict[str, str]]:
+        """(outcomes, lost): results are matched by the key their request's `metadata` carries, never by position
+        (inline responses may come back without metadata and out of order: python-genai #2008/#1886/#1909,
+        js-genai #1191; both at once would swap images, prices and prompts silently). Requests whose result
+        can't be matched that way are lost: error rows that say why."""
+        matched: dict[str, Outcome] = {}
+        unkeyed = 0
+        for item in items:
+            key = (item.metadata or {}).get("key")
+            if key in keys:
+                matched[str(key)] = self._item_outcome(item.response, item.error)
+            else:
+                unkeyed += 1
+        if not unkeyed:
+            return matched, {}
+        why = (f"gemini batch {batch_id}: {unkeyed} result(s) came back without their request's key and can't be "
+               f"matched (billed); rerun with --retry-failed to make the image again")
+        logger.warning("%s", why)
+        return matched, {k: why for k in keys if k not in matched}
 
-    def _file_results(self, name: str) -> dict[str, Outcome]:
-        data = self._api(lambda: self.client.files.download(file=name))
+    def _file_results(self, name: str) -> dict[str, Outcome] | None:
+        """Each line's outcome by its key; None when the file is gone (404)."""
+        data = self._api(lambda: self._unless_gone(lambda: self.client.files.download(file=name)))
+        if data is None:
+            return None
         out: dict[str, Outcome] = {}
         for line in bytes(data).splitlines():
             if not line.strip():

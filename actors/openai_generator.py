@@ -7,15 +7,15 @@ import binascii
 import io
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import SimpleNamespace
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import SecretStr
 
 from actors.backend_io import Outcome, Request, encoded_info
 from actors.batch_mode import BatchState, poll
-from actors.hosted import HostedFatal, Verdict, api_call, image_outcome, retry_after_s
+from actors.hosted import Verdict, api_call, image_outcome, retry_after_s
 from actors.hosted_actor import HostedGenerator
 from actors.layout import CONTENT_TYPES
 from configs.generator_base import RunBudget
@@ -29,6 +29,8 @@ from configs.hosted_models import (
     OPENAI_MAX_MASK_BYTES,
 )
 from configs.storage import StoreSpec
+
+T = TypeVar("T")
 
 logger = logging.getLogger(__name__)
 BATCH_FINAL = {"completed", "failed", "expired", "cancelled"}
@@ -245,28 +247,38 @@ class OpenAIImageGenerator(HostedGenerator):
         holder: dict[str, Any] = {}
 
         def state() -> tuple[str, str]:
-            holder["b"] = b = self._api(lambda: self.client.batches.retrieve(batch_id))
+            holder["b"] = b = self._api(lambda: _unless_gone(lambda: self.client.batches.retrieve(batch_id),
+                                                             self.openai))
+            if b is None:
+                return "gone", ""
             c = b.request_counts
             return str(b.status), f"{c.completed}+{c.failed}/{c.total}" if c else ""
 
-        final = poll(state, BATCH_FINAL, self.cfg.batch_poll_s, f"openai batch {batch_id}")
+        final = poll(state, {*BATCH_FINAL, "gone"}, self.cfg.batch_poll_s, f"openai batch {batch_id}")
         b = holder["b"]
+        if b is None:  # the batch itself is gone: whatever ran can't be collected
+            why = f"openai batch {batch_id} is gone at the provider (404); its results can't be collected"
+            return BatchState("gone", {}, why, lost=dict.fromkeys(keys, why))
         out: dict[str, Outcome] = {}
-        for file_id in (b.output_file_id, b.error_file_id):  # an expired batch still returns what completed
-            if file_id:
-                self._read_lines(file_id, out)
+        unreadable = [fid for fid in (b.output_file_id, b.error_file_id)  # an expired batch returns what completed
+                      if fid and not self._read_lines(fid, out)]
         errors = "; ".join(f"{e.code}: {e.message}" for e in (b.errors.data or [])) if b.errors else ""
-        if final == "completed":
-            missing = [k for k in keys if k not in out]
-            if missing:
-                raise HostedFatal(f"openai batch {batch_id} completed without results for {len(missing)} of its "
-                                  f"requests (billed, can't be matched), e.g. {missing[0]}")
+        lost: dict[str, str] = {}
+        if unreadable:  # results expired (output_expires_after) or deleted: which requests ran is unknown
+            why = (f"openai batch {batch_id}: its results file {unreadable[0]} is gone (404: expired or deleted); "
+                   f"rerun with --retry-failed to make the image again")
+            lost = {k: why for k in keys if k not in out}
+        elif final == "completed":  # ran and billed, yet no line names them: never matched by guess
+            why = (f"openai batch {batch_id} completed without a result for this request (billed; it can't be "
+                   f"matched); rerun with --retry-failed to make it again")
+            lost = {k: why for k in keys if k not in out}
         self._delete(b.input_file_id)
-        return BatchState(final, out, errors)
+        return BatchState(final, out, errors, lost)
 
-    def _read_lines(self, file_id: str, out: dict[str, Outcome]) -> None:
-        """Stream a result file line by line (each line holds a 1–3 MB image): never the whole file in memory."""
-        def read() -> None:
+    def _read_lines(self, file_id: str, out: dict[str, Outcome]) -> bool:
+        """Stream a result file line by line (each line holds a 1–3 MB image): never the whole file in memory.
+        False when the file is gone (404/410)."""
+        def read() -> bool:
             with self.client.files.with_streaming_response.content(file_id) as response:
                 for line in response.iter_lines():
                     if line.strip():
@@ -274,8 +286,9 @@ class OpenAIImageGenerator(HostedGenerator):
                         answer = self._batch_outcome(item)
                         if answer is not None:
                             out[item["custom_id"]] = answer
+            return True
 
-        self._api(read)
+        return bool(self._api(lambda: _unless_gone(read, self.openai)))
 
     def _batch_outcome(self, item: dict[str, Any]) -> Outcome | None:
         """A result line's Outcome; None for a request that never ran (it may be submitted again)."""
@@ -322,3 +335,16 @@ def _ns(value: Any) -> Any:
     if isinstance(value, list):
         return [_ns(v) for v in value]
     return value
+
+
+def _unless_gone(fn: Callable[[], T], errors: Any) -> T | None:
+    """`fn()`, or None when what it reads is gone (404 / 410): a batch or results file that expired or was deleted
+    is a fact about that batch, not an unknown model (the 404 of a generation request)."""
+    try:
+        return fn()
+    except errors.NotFoundError:
+        return None
+    except errors.APIStatusError as exc:
+        if exc.status_code == 410:
+            return None
+        raise

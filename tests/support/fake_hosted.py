@@ -197,11 +197,14 @@ class Knobs:
     batch_ticks: int = 2  # GETs of a batch before it may finish (also `server.batch_ticks`)
     batch_turnaround_s: float = 0.0  # and seconds after creation before it may finish
     batch_outcome: str = "completed"  # "completed" | "failed" | "expired" (first half of the lines run)
+    batch_vanish: bool = False  # a batch that has run answers 404 from then on (batches can disappear)
+    batch_results_expired: bool = False  # result files answer 404 (OpenAI output_expires_after; Gemini files: 48 h)
     # -- OpenAI
     quota_exhausted: bool = False  # every request: 429 insufficient_quota
     billing_hard_limit: bool = False  # every request: 400 billing_hard_limit_reached
     unknown_model_404: bool = False  # an unknown model answers 404 instead of 400
     batch_shuffle_output: bool = True  # output/error file lines not in input order (the API promises no order)
+    batch_drop_lines: int = 0  # a completed batch's output file lacks its last N lines (they ran and were billed)
     batch_max_lines: int = 50_000  # input-file limits; beyond them the batch ends failed
     batch_max_bytes: int = 200 * 1024 * 1024
     openai_max_image_bytes: int = 50 * 1024 * 1024  # each edit input image is smaller than this
@@ -1033,7 +1036,8 @@ class FakeHosted:
         return _oerr(405, f"Method {method} not allowed", "invalid_request_error", None)
 
     def _openai_file_content(self, fid: str) -> Reply:
-        if fid not in self.files:
+        if fid not in self.files or (self.knobs.batch_results_expired
+                                     and self.file_meta[fid].get("purpose") == "batch_output"):
             return _oerr(404, f"No such File object: {fid}", "invalid_request_error", None, "id")
         return 200, {"content-type": "application/octet-stream"}, self.files[fid]
 
@@ -1097,7 +1101,8 @@ class FakeHosted:
     def _openai_batch_get(self, bid: str) -> Reply:
         with self.batch_lock:
             b = self.batches.get(bid)
-            if b is None or not bid.startswith("batch_"):
+            gone = b is not None and self.knobs.batch_vanish and b["status"] in ("completed", "expired", "failed")
+            if b is None or not bid.startswith("batch_") or gone:
                 return _oerr(404, f"No batch found with id '{bid}'.", "invalid_request_error", None, "batch_id")
             b["_ticks"] += 1
             now = time.time()
@@ -1107,6 +1112,9 @@ class FakeHosted:
                 self._openai_batch_validate(b)
             if b["status"] == "in_progress" and self._batch_ready(b["_ticks"], b["_created"]):
                 self._openai_batch_run(b)
+                if self.knobs.batch_vanish:  # it ran (and billed), then disappeared
+                    return _oerr(404, f"No batch found with id '{bid}'.", "invalid_request_error", None,
+                                 "batch_id")
             return 200, {}, _public(b)
 
     def _batch_ready(self, ticks: int, created: float) -> bool:
@@ -1186,6 +1194,8 @@ class FakeHosted:
                 random.Random(len(group)).shuffle(group)
                 if len(group) > 1 and [x["custom_id"] for x in group] == before:
                     group.reverse()
+        if self.knobs.batch_drop_lines and not expired:  # ran and billed, but missing from the output file
+            ok = ok[: max(0, len(ok) - self.knobs.batch_drop_lines)]
         for name, group in (("output_file_id", ok), ("error_file_id", bad)):
             if group:
                 fid = "file-" + uuid.uuid4().hex[:22]
@@ -1478,7 +1488,8 @@ class FakeHosted:
 
     def _gemini_download(self, fid: str) -> Reply:
         name = f"files/{fid}"
-        if name not in self.files:
+        if name not in self.files or (self.knobs.batch_results_expired
+                                      and self.file_meta[name].get("source") == "GENERATED"):
             return self._gemini_no_file(fid)
         if self.file_meta[name].get("source") != "GENERATED":
             # the SDK documents it: "Only generated files can be downloaded, uploaded files can't be downloaded."
@@ -1541,7 +1552,8 @@ class FakeHosted:
     def _gemini_batch(self, method: str, bid: str) -> Reply:
         with self.batch_lock:
             b = self.batches.get(f"batches/{bid}")
-            if b is None:
+            ran = b is not None and b["state"] not in ("BATCH_STATE_PENDING", "BATCH_STATE_RUNNING")
+            if b is None or (self.knobs.batch_vanish and ran):
                 return _gerr(404, "NOT_FOUND", f"Batch batches/{bid} not found.")
             if method == "DELETE":
                 self.batches.pop(f"batches/{bid}", None)
@@ -1552,6 +1564,8 @@ class FakeHosted:
             if b["state"] in ("BATCH_STATE_PENDING", "BATCH_STATE_RUNNING"):
                 if self._batch_ready(b["ticks"], b["created"]):
                     self._gemini_batch_run(b)
+                    if self.knobs.batch_vanish:  # it ran (and billed), then disappeared
+                        return _gerr(404, "NOT_FOUND", f"Batch batches/{bid} not found.")
                 else:
                     b["state"], b["updated"] = "BATCH_STATE_RUNNING", time.time()
             return 200, {}, self._gemini_op(b)
@@ -1559,7 +1573,8 @@ class FakeHosted:
     def _gemini_batch_cancel(self, bid: str) -> Reply:
         with self.batch_lock:
             b = self.batches.get(f"batches/{bid}")
-            if b is None:
+            ran = b is not None and b["state"] not in ("BATCH_STATE_PENDING", "BATCH_STATE_RUNNING")
+            if b is None or (self.knobs.batch_vanish and ran):
                 return _gerr(404, "NOT_FOUND", f"Batch batches/{bid} not found.")
             if b["state"] in ("BATCH_STATE_PENDING", "BATCH_STATE_RUNNING"):
                 # cancel is immediately terminal (tobert/kaibo#8 observed no interim state)

@@ -407,18 +407,68 @@ def test_gemini_batch_file_mode(fake: FakeHosted, tmp_path: Any) -> None:
     assert out["cost_usd"].sum() == pytest.approx(fake.paid_usd("gemini", "batch"))
 
 
-def test_gemini_inline_results_without_metadata_match_by_position(fake: FakeHosted, tmp_path: Any) -> None:
-    fake.knobs.gemini_batch_omit_metadata = True
+@pytest.mark.parametrize("reorder", [False, True])
+def test_gemini_inline_results_without_keys_are_never_matched_by_position(fake: FakeHosted, tmp_path: Any,
+                                                                           reorder: bool) -> None:
+    """Inline responses without their metadata (python-genai #2008/#1886), also reversed (#1909): matching by
+    position would store images (and prices) under the wrong prompts, marked ok. No row gets another's image:
+    every unmatched request is an error row that says why, carrying its estimate as maybe billed, and the run
+    goes on; --retry-failed sends them again, once."""
+    fake.knobs.gemini_batch_omit_metadata, fake.knobs.gemini_batch_reorder = True, reorder
     prompts = ["q0", "q1", "q2"]
     out = batch_gen(fake, "gemini", tmp_path, batch_input="inline")(batch(prompts))
-    assert all(matches_prompt(out, i, p) for i, p in enumerate(prompts))
+    assert list(out["status"]) == ["error"] * 3 and all("without their request's key" in e for e in out["error"])
+    assert fake.paid_count("gemini") == 3 and len(fake.batches) == 1  # billed; not sent again in this run
+    assert all(out["maybe_billed_usd"] > 0)
+    fake.knobs.gemini_batch_omit_metadata = False
+    again = batch_gen(fake, "gemini", tmp_path, batch_input="inline")(batch(prompts))  # a --retry-failed run
+    assert list(again["status"]) == ["generated"] * 3 and all(matches_prompt(again, i, p) for i, p in
+                                                               enumerate(prompts))
+    assert len(fake.batches) == 2
 
 
 @pytest.mark.parametrize("omit", [False, True])
-def test_gemini_billed_batch_with_missing_results_is_loud(fake: FakeHosted, tmp_path: Any, omit: bool) -> None:
+def test_a_batch_missing_some_results_keeps_its_paid_lines(fake: FakeHosted, tmp_path: Any, omit: bool) -> None:
+    """A Gemini batch that SUCCEEDED without a result for one request: the other results are kept (with keys:
+    matched; without: none can be), the missing one is an error row naming the batch, and the run goes on."""
     fake.knobs.gemini_batch_drop_n, fake.knobs.gemini_batch_omit_metadata = 1, omit
-    with pytest.raises(HostedFatal, match="can't be matched"):
-        batch_gen(fake, "gemini", tmp_path, batch_input="inline")(batch(["a", "b", "c"]))
+    out = batch_gen(fake, "gemini", tmp_path, batch_input="inline")(batch(["a", "b", "c"]))
+    errors = [e for e in out["error"] if e]
+    assert sorted(out["status"]) == (["error"] * 3 if omit else ["error", "generated", "generated"])
+    assert all("gemini batch batches/" in e for e in errors) and len(fake.batches) == 1
+
+
+def test_an_openai_batch_missing_a_line_keeps_the_rest(fake: FakeHosted, tmp_path: Any) -> None:
+    """A completed OpenAI batch whose output file lacks a line (it ran and was billed): its other lines are
+    images, that request is an error row naming the batch, and nothing is sent again in this run."""
+    fake.knobs.batch_drop_lines = 1
+    out = batch_gen(fake, "openai", tmp_path)(batch(["a", "b", "c"]))
+    assert sorted(out["status"]) == ["error", "generated", "generated"]
+    bad = list(out["status"]).index("error")
+    assert "completed without a result for this request" in out["error"][bad] and out["maybe_billed_usd"][bad] > 0
+    assert fake.paid_count("openai") == 3 and len(fake.batches) == 1
+    records = list((tmp_path / batches_dir("openai")).glob("*.json"))
+    assert '"final": "completed"' in records[0].read_text()
+
+
+@pytest.mark.parametrize("backend", ["openai", "gemini"])
+@pytest.mark.parametrize("event", ["batch_vanish", "batch_results_expired"])
+def test_a_batch_or_its_results_gone_are_error_rows_not_an_unknown_model(fake: FakeHosted, tmp_path: Any,
+                                                                        backend: str, event: str) -> None:
+    """A 404 on a batch (it disappeared) or on its results file (expired: OpenAI's output_expires_after, Gemini's
+    48 h files) is that batch's fact, not "model unknown": its rows are error rows that say so, the batch record
+    is finalized, the run goes on, and a --retry-failed run sends them once more."""
+    setattr(fake.knobs, event, True)
+    extra = {"batch_input": "file"} if backend == "gemini" else {}
+    out = batch_gen(fake, backend, tmp_path, **extra)(batch(["a", "b"]))
+    assert list(out["status"]) == ["error", "error"], out["error"]
+    assert all("is gone" in e and "unknown" not in e for e in out["error"])
+    assert len(fake.batches) == 1
+    records = list((tmp_path / batches_dir(backend)).glob("*.json"))
+    assert len(records) == 1 and '"final": ""' not in records[0].read_text()
+    setattr(fake.knobs, event, False)
+    again = batch_gen(fake, backend, tmp_path, **extra)(batch(["a", "b"]))
+    assert list(again["status"]) == ["generated", "generated"] and len(fake.batches) == 2
 
 
 @pytest.mark.parametrize("backend", ["openai", "gemini"])
