@@ -116,12 +116,18 @@ class BatchRunner:
                         groups.setdefault(batch_id, []).append(r.key)
             for batch_id, keys in groups.items():
                 state = self.collect(batch_id, self._keys_of(batch_id))
+                halted = ""
+                if "cancel" in state.state.lower() and not self.stopping:  # an operator stopped its spend
+                    halted = (f"{self.provider} batch {batch_id} was cancelled at the provider, not by this run: "
+                              f"not resubmitted; rerun with --retry-failed to make it")
                 self._record_end(batch_id, state)
                 for key in keys:
                     answer = state.outcomes.get(key)
                     if answer is None and key in state.lost:  # it ran (or may have): an error row, not resent
                         answer = Outcome(error=state.lost[key][:500], requests=1,
                                          maybe_billed_usd=reserved.get(key, 0.0))
+                    elif answer is None and halted:  # never ran, and its spend was stopped on purpose
+                        answer = Outcome(error=halted[:500])
                     if key in reserved:
                         settle(reserved.pop(key), answer)  # never ran: released; ran: the billed price
                     if answer is not None:  # an image, a refusal, or the provider's no for this request

@@ -305,10 +305,11 @@ class PromptPreprocessor:
 
     def _size_problem(self, ident: Any, gen_name: str, row: dict[str, Any]) -> str:
         """What is wrong with the row's size for its generator, or ''."""
+        step = ident.size_multiple
         for name in ("width", "height"):
             v = row[name]
-            if v < 8 or v % 8:
-                return f"{name}={v} must be a positive multiple of 8"
+            if v < 8 or v % step:
+                return f"{name}={v} must be a positive multiple of {step}" if step > 1 else f"{name}={v} is under 8"
             if v > MAX_SIDE:
                 return f"{name}={v} exceeds the maximum side of {MAX_SIDE} pixels"
         if row["width"] * row["height"] > ident.defaults.max_pixels:

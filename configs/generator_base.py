@@ -138,6 +138,18 @@ class GeneratorBase(StrictModel):
         """What this generator needs at run time (secrets, stores); nothing by default."""
         return Needs()
 
+    def size_multiple(self) -> int:
+        """Widths and heights it makes are multiples of this: 8 for latent diffusion (the VAE's factor); a backend
+        that takes any size (Gemini: an aspect ratio and a tier) says 1."""
+        return 8
+
+    @model_validator(mode="after")
+    def _default_size(self) -> "GeneratorBase":
+        problem = self.defaults.size_problem(self.size_multiple())
+        if problem:
+            raise ValueError(f"defaults: {problem}")
+        return self
+
     def tasks(self) -> tuple[str, ...]:
         """The tasks this backend can do (a run asking another of it is refused at config load)."""
         return ("text-to-image",)

@@ -292,3 +292,7 @@ class GeminiImageConfig(HostedCommon):
 
     def size_problem(self, width: int, height: int) -> str:
         return gemini_request_size(self.info(), self.model, width, height)[2]
+
+    def size_multiple(self) -> int:
+        """Any size: Gemini takes an aspect ratio and a size tier (e.g. 1200x628, an ad size, is 16:9 at 1K)."""
+        return 1

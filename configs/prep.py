@@ -47,6 +47,8 @@ class GeneratorIdentity(StrictModel):
     """Its LoRA adapters: name → sha256 of the weights file (part of the image key)."""
     default_adapters: list[tuple[str, float]] = []
     """Adapters (name, weight) applied to rows that don't choose."""
+    size_multiple: int = 8
+    """Row widths and heights must be multiples of this (8 for diffusers; 1 for Gemini, which takes any size)."""
     est_usd_per_image: float = 0.0
     """Expected price of one image (for the run budget)."""
 

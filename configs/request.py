@@ -13,7 +13,7 @@ default) plus the backends that honour it (ARCHITECTURE.md, "Adding a per-row se
 from dataclasses import dataclass
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field
 
 from configs.base import StrictModel
 
@@ -124,7 +124,7 @@ class GenerationDefaults(StrictModel):
     """Per-generator defaults; a row's own columns override them."""
 
     width: int = Field(default=512, ge=8, le=8192)
-    """Image width in pixels (multiple of 8)."""
+    """Image width in pixels (a multiple of the generator's `size_multiple()`: 8 for diffusers, 1 for Gemini)."""
     height: int = Field(default=512, ge=8, le=8192)
     """Image height in pixels (multiple of 8)."""
     num_steps: int = Field(default=30, ge=1, le=1000)
@@ -138,9 +138,9 @@ class GenerationDefaults(StrictModel):
     strength: float = Field(default=0.8, gt=0, le=1)
     """image-to-image / inpaint: how far the result may move from the input (1 = ignore it entirely)."""
 
-    @model_validator(mode="after")
-    def _multiple_of_8(self) -> "GenerationDefaults":
+    def size_problem(self, multiple: int) -> str:
+        """Why the default size isn't a multiple of `multiple` ('' when it is)."""
         for name in ("width", "height"):
-            if getattr(self, name) % 8:
-                raise ValueError(f"{name} must be a multiple of 8, got {getattr(self, name)}")
-        return self
+            if getattr(self, name) % multiple:
+                return f"{name} must be a multiple of {multiple}, got {getattr(self, name)}"
+        return ""

@@ -368,7 +368,7 @@ def prep_config(cfg: JobConfig, stores: Stores | None = None) -> PrepConfig:
                                     est_usd_per_image=g.estimate_usd(int(cfg.source.reads_inputs()))
                                     * cfg.routing.candidates_per_image(),
                                     max_input_images=g.max_input_images(), masks=g.takes_mask(cfg.source.task),
-                                    takes_strength=g.takes_strength(),
+                                    takes_strength=g.takes_strength(), size_multiple=g.size_multiple(),
                                     adapters=stores.adapters.get(name, {}) if stores is not None else {},
                                     default_adapters=g.default_adapters())
             for name, g in cfg.generators.items()

@@ -196,7 +196,8 @@ class Knobs:
     crash_n: int = 0  # next N HTTP requests raise inside the handler (answered 500 in the provider's error shape)
     batch_ticks: int = 2  # GETs of a batch before it may finish (also `server.batch_ticks`)
     batch_turnaround_s: float = 0.0  # and seconds after creation before it may finish
-    batch_outcome: str = "completed"  # "completed" | "failed" | "expired" (first half of the lines run)
+    batch_outcome: str = "completed"  # "completed" | "failed" | "expired" (first half of the lines run) |
+    # "cancelled" (an operator cancelled it in the provider's console before any line ran)
     batch_vanish: bool = False  # a batch that has run answers 404 from then on (batches can disappear)
     batch_results_expired: bool = False  # result files answer 404 (OpenAI output_expires_after; Gemini files: 48 h)
     # -- OpenAI
@@ -1111,6 +1112,9 @@ class FakeHosted:
             elif b["status"] == "validating":
                 self._openai_batch_validate(b)
             if b["status"] == "in_progress" and self._batch_ready(b["_ticks"], b["_created"]):
+                if self.knobs.batch_outcome == "cancelled":  # by an operator, outside the run
+                    b["status"], b["cancelled_at"] = "cancelled", int(now)
+                    return 200, {}, _public(b)
                 self._openai_batch_run(b)
                 if self.knobs.batch_vanish:  # it ran (and billed), then disappeared
                     return _oerr(404, f"No batch found with id '{bid}'.", "invalid_request_error", None,
@@ -1588,6 +1592,10 @@ class FakeHosted:
         b["ended"] = b["updated"] = now
         outcome = self.knobs.batch_outcome
         items = b["items"]
+        if outcome == "cancelled":  # by an operator, outside the run, before anything ran
+            b["state"] = "BATCH_STATE_CANCELLED"
+            b["stats"] = {"requestCount": str(len(items))}
+            return
         if outcome == "failed":
             b["state"] = "BATCH_STATE_FAILED"
             b["error"] = {"code": GRPC_CODES["RESOURCE_EXHAUSTED"],

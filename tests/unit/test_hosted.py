@@ -487,6 +487,17 @@ def test_failed_batch_is_resubmitted_then_reported(fake: FakeHosted, tmp_path: A
 
 
 @pytest.mark.parametrize("backend", ["openai", "gemini"])
+def test_a_batch_cancelled_at_the_provider_is_not_resubmitted(fake: FakeHosted, tmp_path: Any, backend: str) -> None:
+    """An operator cancelled the batch in the provider's console to stop its spend: its rows are error rows that
+    say so, nothing is submitted again in this run (was: twice more); --retry-failed makes them later."""
+    fake.knobs.batch_outcome = "cancelled"
+    out = batch_gen(fake, backend, tmp_path)(batch(["a", "b"]))
+    assert list(out["status"]) == ["error", "error"]
+    assert all("cancelled at the provider, not by this run" in e for e in out["error"])
+    assert len(fake.batches) == 1 and fake.paid_count() == 0 and out["maybe_billed_usd"].sum() == 0
+
+
+@pytest.mark.parametrize("backend", ["openai", "gemini"])
 def test_expired_batch_keeps_partial_results_and_resubmits_the_rest(fake: FakeHosted, tmp_path: Any,
                                                                     backend: str) -> None:
     fake.knobs.batch_outcome = "expired"  # each batch runs the first half of its requests

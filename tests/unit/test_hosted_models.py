@@ -153,3 +153,27 @@ def test_the_estimate_is_what_the_strict_fake_bills_for_every_quality_and_size()
                 rendered = "high" if quality == "auto" else quality
                 estimate = openai_image_tokens(info, quality, w, h)
                 assert estimate == billed(OPENAI_CAPS[model], rendered, w, h), (model, quality, w, h)
+
+
+def test_gemini_takes_any_pixel_size_not_only_multiples_of_8() -> None:
+    """Gemini takes an aspect ratio and a size tier: 1200x628 (a common ad size) is 16:9 at 1K, as a default and
+    as a row's size; a diffusers generator still needs multiples of 8 (its VAE's factor)."""
+    import pyarrow as pa
+
+    from actors.prompt_preprocessor import PromptPreprocessor
+    from configs.loader import ConfigError, parse_config
+    from pipelines.plan import prep_config
+
+    ad = GeminiImageConfig(defaults={"width": 1200, "height": 628})
+    assert ad.size_problem(1200, 628) == "" and ad.size_multiple() == 1
+    with pytest.raises(ConfigError, match="multiple of 8"):
+        parse_config({"name": "t", "source": {"uri": "p.parquet"}, "output": {"uri": "o"},
+                      "generators": {"d": {"backend": "diffusers", "model": "m",
+                                           "defaults": {"width": 1200, "height": 628}}}})
+    cfg = parse_config({"name": "t", "source": {"uri": "p.parquet"}, "output": {"uri": "o"},
+                        "generators": {"nb": {"backend": "gemini"}, "d": {"backend": "diffusers", "model": "m"}},
+                        "routing": {"mode": "column", "default": "nb"}})
+    out = PromptPreprocessor(prep_config(cfg))(pa.table({"prompt": ["ad", "ad"], "generator": ["nb", "d"],
+                                                         "width": [1200, 1200], "height": [628, 628]}))
+    by = dict(zip(out["generator"], zip(out["status"], out["error"], strict=True), strict=True))
+    assert by["nb"] == ("pending", "") and "multiple of 8" in by["d"][1]
