@@ -227,8 +227,20 @@ class GeminiImageGenerator(HostedGenerator):
                    f"matched); rerun with --retry-failed to make it again")
             lost.update({k: why for k in keys if k not in out and k not in lost})
         errors = str(job.error.message) if getattr(job, "error", None) is not None else ""
+        if final in ("JOB_STATE_FAILED", "JOB_STATE_EXPIRED") and not errors:
+            errors = self._failure_reason(batch_id)
         self._delete_input(batch_id)
         return BatchState(final, out, errors, lost)
+
+    def _failure_reason(self, batch_id: str) -> str:
+        """The operation's `error.message`, which google-genai's Gemini API converter drops (it maps `error` only
+        for Vertex): read from the raw operation, best effort ('' when it can't be had)."""
+        try:
+            raw = self._api(lambda: self.client._api_client.request("get", batch_id, {}))
+            return str((json.loads(raw.body or "{}").get("error") or {}).get("message", ""))[:500]
+        except Exception as exc:  # noqa: BLE001 - only the row's error text depends on it
+            logger.info("gemini batch %s: its failure reason could not be read: %s", batch_id, type(exc).__name__)
+            return ""
 
     def _unless_gone(self, fn: Callable[[], T]) -> T | None:
         """`fn()`, or None when what it reads is gone (404): an expired or deleted batch or results file is a fact
