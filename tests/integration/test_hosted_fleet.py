@@ -342,3 +342,54 @@ def test_quality_auto_is_budgeted_as_the_high_image_it_may_bill(tmp_path: Path, 
     assert fake.paid_usd("openai") <= 0.30 + per_image
     assert sum(r["cost_usd"] for r in rows) == pytest.approx(fake.paid_usd("openai"))
     assert fake.paid_count() == 1
+
+
+@pytest.mark.parametrize(("backend", "batch_mode", "event"), [
+    ("openai", False, "truncated_image_n"),  # a file cut short: its header reads, its pixels don't
+    ("gemini", False, "bad_base64_n"),  # an answer the SDK can't parse
+    ("openai", True, "batch_drop_lines"),  # a completed batch missing a line
+    ("openai", True, "batch_results_expired"),  # its results file expired (404)
+    ("gemini", True, "batch_results_expired"),
+    ("gemini", True, "gemini_batch_omit_metadata"),  # inline results without keys, reversed
+])
+def test_a_provider_event_loses_no_paid_image_and_the_rerun_pays_once(
+        tmp_path: Path, s3_env: Any, bucket: str, fake: FakeHosted, backend: str, batch_mode: bool,
+        event: str) -> None:
+    """Through `imagefleet run` (in process): the run ends by itself (exit 0); every answer the provider billed is
+    either stored once and `ok`, or an error row carrying its price (cost or maybe-billed: the manifest accounts
+    for the fake's whole ledger); no image lands under another row's prompt; `--retry-failed` then pays only for
+    the rows that failed, once."""
+    prompts = [f"a product shot {i}" for i in range(4)]
+    src = write_prompts(tmp_path / "p.parquet", {"id": [f"r{i}" for i in range(4)], "prompt": prompts})
+    extra: dict[str, Any] = {"batch_mode": True, "batch_poll_s": 0.01} if batch_mode else {}
+    if backend == "gemini" and batch_mode:
+        extra["batch_input"] = "file" if event == "batch_results_expired" else "inline"
+    raw = hosted_only(src, f"s3://{bucket}/ev", fake, backend, **extra)
+    raw["generators"]["h"]["pool"]["batch_size"] = 4
+    raw["cluster"]["executor"] = "in_process"
+    cfg = write_config(tmp_path / "j.yaml", raw)
+    if event == "gemini_batch_omit_metadata":
+        fake.knobs.gemini_batch_omit_metadata = fake.knobs.gemini_batch_reorder = True
+    else:
+        setattr(fake.knobs, event, 1 if event.endswith("_n") or event == "batch_drop_lines" else True)
+    assert generate.main([str(cfg), "--progress", "off"]) == 0
+    rows = manifest(s3_env, bucket, "ev")
+    failed = [r for r in rows if r["status"] != "ok"]
+    assert failed and all(r["status"] == "error" for r in failed)
+    paid = fake.paid_usd(backend)
+    recorded = sum(r["cost_usd"] + (r["maybe_billed_usd"] or 0.0) for r in rows)
+    assert recorded == pytest.approx(paid, rel=0.35), (recorded, paid)  # estimates stand in for lost usage
+    assert all(r["cost_usd"] > 0 or r["maybe_billed_usd"] > 0 for r in failed)  # none recorded at $0
+    ok = [r for r in rows if r["status"] == "ok"]
+    assert len(objects(s3_env, bucket, "ev/images/")) == len(ok)
+    if backend == "gemini":  # each stored image is its own prompt's (the fake renders the prompt into it)
+        stored = {r["image_key"] for r in ok}
+        assert len(stored) == len(ok)
+    # the rerun: the failed rows once, nothing else
+    for name in ("truncated_image_n", "bad_base64_n", "batch_drop_lines"):
+        setattr(fake.knobs, name, 0)
+    fake.knobs.batch_results_expired = fake.knobs.gemini_batch_omit_metadata = False
+    before = fake.paid_count(backend)
+    assert generate.main([str(cfg), "--retry-failed", "--progress", "off"]) == 0
+    assert [r["status"] for r in manifest(s3_env, bucket, "ev")] == ["ok"] * 4
+    assert fake.paid_count(backend) - before == len(failed)
