@@ -350,6 +350,7 @@ def test_quality_auto_is_budgeted_as_the_high_image_it_may_bill(tmp_path: Path, 
     ("openai", True, "batch_drop_lines"),  # a completed batch missing a line
     ("openai", True, "batch_results_expired"),  # its results file expired (404)
     ("gemini", True, "batch_results_expired"),
+    ("openai", True, "batch_vanish"),  # the batch itself is gone (404) once it ran
     ("gemini", True, "gemini_batch_omit_metadata"),  # inline results without keys, reversed
 ])
 def test_a_provider_event_loses_no_paid_image_and_the_rerun_pays_once(
@@ -388,7 +389,7 @@ def test_a_provider_event_loses_no_paid_image_and_the_rerun_pays_once(
     # the rerun: the failed rows once, nothing else
     for name in ("truncated_image_n", "bad_base64_n", "batch_drop_lines"):
         setattr(fake.knobs, name, 0)
-    fake.knobs.batch_results_expired = fake.knobs.gemini_batch_omit_metadata = False
+    fake.knobs.batch_results_expired = fake.knobs.gemini_batch_omit_metadata = fake.knobs.batch_vanish = False
     before = fake.paid_count(backend)
     assert generate.main([str(cfg), "--retry-failed", "--progress", "off"]) == 0
     assert [r["status"] for r in manifest(s3_env, bucket, "ev")] == ["ok"] * 4
