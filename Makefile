@@ -9,6 +9,8 @@ export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0
 export HF_HUB_OFFLINE=1
 export TRANSFORMERS_VERBOSITY=error
 export NO_PROXY=127.0.0.1,localhost
+# the demo and the tests talk to loopback only: boto3's credential chain must not ask the EC2 metadata service
+export AWS_EC2_METADATA_DISABLED=true
 
 .PHONY: venv demo test test-unit lint bench clean
 

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from pydantic import SecretStr
+
 from configs.storage import S3Config, StoreSpec
 
 if TYPE_CHECKING:
@@ -71,23 +73,47 @@ def resolve_store_spec(uri: str, s3: S3Config, environ: dict[str, str] | None = 
         except OSError as exc:
             raise StorageError(f"cannot read s3.secret_file {s3.secret_file}: {exc.strerror}") from None
         access, secret = pairs.get("access_key", "").strip(), pairs.get("secret_key", "").strip()
-    if not access or not secret:
-        raise StorageError(
-            f"no S3 credentials for {uri}: set {s3.access_key_env} and {s3.secret_key_env} "
-            f"(or s3.secret_file in the config)"
-        )
     endpoint = s3.endpoint_url or env.get("AWS_ENDPOINT_URL_S3", "") or env.get("AWS_ENDPOINT_URL", "")
     _check_endpoint(endpoint, "s3.endpoint_url" if s3.endpoint_url else "AWS_ENDPOINT_URL")
-    return StoreSpec(
-        kind="s3",
-        endpoint_url=endpoint,
-        region=s3.region,
-        access_key=access,  # type: ignore[arg-type]  # pydantic coerces to SecretStr
-        secret_key=secret,  # type: ignore[arg-type]
-        max_attempts=s3.max_attempts,
-        connect_timeout_s=s3.connect_timeout_s,
-        retry_budget_s=s3.retry_budget_s,
-    )
+    common: dict[str, Any] = dict(kind="s3", endpoint_url=endpoint, region=s3.region, max_attempts=s3.max_attempts,
+                                  connect_timeout_s=s3.connect_timeout_s, retry_budget_s=s3.retry_budget_s)
+    if access and secret:  # static keys (with a session token when they are temporary)
+        token = "" if s3.secret_file else env.get(s3.session_token_env, "")
+        return StoreSpec(**common, access_key=SecretStr(access), secret_key=SecretStr(secret),
+                         session_token=SecretStr(token))
+    # no keys: boto3's default chain — a profile (AWS_PROFILE or s3.profile), SSO, web identity, container or
+    # instance roles; checked here so a run without any credentials stops before work
+    profile = s3.profile or env.get("AWS_PROFILE", "")
+    if not _chain_has_credentials(profile):
+        raise StorageError(
+            f"no S3 credentials for {uri}: set {s3.access_key_env} and {s3.secret_key_env} (or s3.secret_file), "
+            f"an AWS profile (AWS_PROFILE or s3.profile), or run where a role provides them"
+        )
+    return StoreSpec(**common, credentials="chain", profile=profile)
+
+
+def _chain_has_credentials(profile: str) -> bool:
+    """Whether boto3's default credential chain finds credentials (StorageError naming a missing profile)."""
+    import boto3
+    import botocore.exceptions
+
+    try:
+        return boto3.Session(profile_name=profile or None).get_credentials() is not None
+    except botocore.exceptions.ProfileNotFound:
+        raise StorageError(f"AWS profile {profile!r} is not in the AWS config or credentials files") from None
+    except botocore.exceptions.BotoCoreError as exc:
+        raise StorageError(f"AWS credentials could not be resolved: {exc}") from None
+
+
+def _session(spec: StoreSpec) -> Any:
+    """The boto3 session a store connection signs with: its keys, or the default chain from its profile."""
+    import boto3
+
+    if spec.credentials == "chain":
+        return boto3.Session(profile_name=spec.profile or None)
+    return boto3.Session(aws_access_key_id=spec.access_key.get_secret_value(),
+                         aws_secret_access_key=spec.secret_key.get_secret_value(),
+                         aws_session_token=spec.session_token.get_secret_value() or None)
 
 
 def _check_endpoint(endpoint: str, where: str) -> None:
@@ -112,7 +138,6 @@ def s3_client(spec: StoreSpec, preflight: bool = False) -> Any:
     `preflight`: checks before a run fail fast instead (two attempts, and a read timeout of a few connect
     timeouts: an endpoint that accepts connections but never answers once stalled the start for 9 minutes).
     """
-    import boto3
     from botocore.config import Config
 
     config = Config(
@@ -128,14 +153,8 @@ def s3_client(spec: StoreSpec, preflight: bool = False) -> Any:
         request_checksum_calculation="when_required",
         response_checksum_validation="when_required",
     )
-    return boto3.client(
-        "s3",
-        endpoint_url=spec.endpoint_url or None,
-        region_name=spec.region,
-        aws_access_key_id=spec.access_key.get_secret_value(),
-        aws_secret_access_key=spec.secret_key.get_secret_value(),
-        config=config,
-    )
+    return _session(spec).client("s3", endpoint_url=spec.endpoint_url or None, region_name=spec.region,
+                                 config=config)
 
 
 def preflight_read_timeout(spec: StoreSpec) -> float:
@@ -154,9 +173,12 @@ def arrow_filesystem(uri: str, spec: StoreSpec) -> tuple[pyarrow.fs.FileSystem, 
     scheme = "https"
     if endpoint.startswith(("http://", "https://")):
         scheme, _, endpoint = endpoint.partition("://")
+    keys = _session(spec).get_credentials()  # the chain's current ones (refreshed by boto3 when temporary)
+    frozen = keys.get_frozen_credentials() if keys is not None else None
     fs = pafs.S3FileSystem(
-        access_key=spec.access_key.get_secret_value(),
-        secret_key=spec.secret_key.get_secret_value(),
+        access_key=frozen.access_key if frozen else None,
+        secret_key=frozen.secret_key if frozen else None,
+        session_token=(frozen.token or None) if frozen else None,
         region=spec.region,
         endpoint_override=endpoint or None,
         scheme=scheme,

@@ -20,6 +20,11 @@ class S3Config(StrictModel):
     """Environment variable holding the secret access key."""
     secret_file: str = ""
     """Optional file with two lines `access_key=...` and `secret_key=...` (wins over the env vars)."""
+    session_token_env: str = "AWS_SESSION_TOKEN"
+    """Environment variable holding a session token that goes with the keys (temporary credentials)."""
+    profile: str = ""
+    """AWS profile to use when no keys are set ('' = AWS_PROFILE, else boto3's default chain: SSO, web identity
+    (EKS IRSA), container and instance roles)."""
     max_attempts: int = Field(default=8, ge=1, le=20)
     """Attempts per request, with backoff, for 5xx / SlowDown / connection errors."""
     connect_timeout_s: float = Field(default=5.0, gt=0)
@@ -41,6 +46,13 @@ class StoreSpec(StrictModel):
     """Access key id (secret: excluded from dumps)."""
     secret_key: SecretStr = SecretStr("")
     """Secret access key (secret: excluded from dumps)."""
+    session_token: SecretStr = SecretStr("")
+    """Session token of temporary keys ('' = none; secret)."""
+    credentials: Literal["keys", "chain"] = "keys"
+    """keys: the ones above; chain: each process asks boto3's default credential chain (a profile, SSO, web
+    identity, a container or instance role), which refreshes temporary credentials itself."""
+    profile: str = ""
+    """The AWS profile the chain starts from ('' = the default)."""
     max_attempts: int = 8
     """Attempts per request with backoff."""
     connect_timeout_s: float = 5.0

@@ -74,8 +74,70 @@ def test_unreachable_endpoint_is_explained() -> None:
         open_store("s3://b/p", bad).check_writable()
 
 
-def test_missing_credentials_name_the_variables() -> None:
+def test_missing_credentials_name_the_variables(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    _no_keys(monkeypatch)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
     with pytest.raises(StorageError, match="AWS_SECRET_ACCESS_KEY"):
+        resolve_store_spec("s3://b/p", S3Config(), {})
+
+
+def _no_keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
+                 "AWS_DEFAULT_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_a_profile_reaches_the_store(s3_server: Any, bucket: str, tmp_path: Any,
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """No keys in the environment, an AWS profile instead (as `aws configure --profile team` writes it): boto3's
+    default chain signs every request, the object API and pyarrow's Parquet I/O alike; no key is in the spec."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from actors.storage import arrow_filesystem
+
+    _no_keys(monkeypatch)
+    creds = tmp_path / "credentials"
+    creds.write_text(f"[team]\naws_access_key_id = {s3_server.access_key}\n"
+                     f"aws_secret_access_key = {s3_server.secret_key}\n")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(creds))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "config"))
+    monkeypatch.setenv("AWS_PROFILE", "team")
+    s = resolve_store_spec(f"s3://{bucket}/prof", S3Config(endpoint_url=s3_server.endpoint_url))
+    assert s.credentials == "chain" and s.profile == "team" and not s.access_key.get_secret_value()
+    store = open_store(f"s3://{bucket}/prof", s)
+    store.check_writable()
+    store.put("x.txt", b"hello")
+    assert store.get("x.txt") == b"hello"
+    fs, root = arrow_filesystem(f"s3://{bucket}/prof", s)
+    pq.write_table(pa.table({"a": [1, 2]}), f"{root}/t.parquet", filesystem=fs)
+    assert pq.read_table(f"{root}/t.parquet", filesystem=fs).column("a").to_pylist() == [1, 2]
+    # s3.profile names one explicitly; a profile that isn't there is one line naming it
+    assert resolve_store_spec("s3://b", S3Config(profile="team"), {}).profile == "team"
+    with pytest.raises(StorageError, match="AWS profile 'nope' is not in the AWS config or credentials files"):
+        resolve_store_spec("s3://b", S3Config(profile="nope"), {})
+
+
+def test_session_token_credentials_are_sent_with_their_keys(s3_server: Any, bucket: str,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Temporary keys (STS, SSO exports) come with AWS_SESSION_TOKEN: it is kept (secret) and signs with them."""
+    from actors.storage import _session
+
+    _no_keys(monkeypatch)
+    env = {"AWS_ACCESS_KEY_ID": s3_server.access_key, "AWS_SECRET_ACCESS_KEY": s3_server.secret_key,
+           "AWS_SESSION_TOKEN": "FwoGZXIvYXdzEtemporary"}
+    s = resolve_store_spec(f"s3://{bucket}", S3Config(endpoint_url=s3_server.endpoint_url), env)
+    assert s.credentials == "keys" and s.session_token.get_secret_value() == "FwoGZXIvYXdzEtemporary"
+    assert "FwoGZXIvYXdzEtemporary" not in repr(s) and "FwoGZXIvYXdzEtemporary" not in s.model_dump_json()
+    assert _session(s).get_credentials().get_frozen_credentials().token == "FwoGZXIvYXdzEtemporary"
+
+
+def test_no_credentials_at_all_say_every_way_to_give_them(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    _no_keys(monkeypatch)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    with pytest.raises(StorageError, match="AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY .*an AWS profile"):
         resolve_store_spec("s3://b/p", S3Config(), {})
 
 
