@@ -1,5 +1,6 @@
 """load_config: YAML file + `--set key=value` overrides → a validated, frozen JobConfig."""
 
+import re
 from pathlib import Path
 from typing import Any, get_args, get_origin
 
@@ -63,6 +64,14 @@ class _StrictLoader(yaml.SafeLoader):  # type: ignore[misc]  # PyYAML is untyped
             seen.add(key)
         mapping: dict[Any, Any] = super().construct_mapping(node, deep=deep)
         return mapping
+
+
+# YAML 1.1 reads `1:1` (an aspect ratio) as the base-60 integer 61, and `9:16` as 556; YAML 1.2 has no such
+# numbers. Colon-separated digits are text here (checked before PyYAML's int/float resolvers).
+_SEXAGESIMAL = re.compile(r"^[-+]?[0-9][0-9_]*(?::[0-5]?[0-9])+(?:\.[0-9_]*)?$")
+_StrictLoader.yaml_implicit_resolvers = {
+    first: ([("tag:yaml.org,2002:str", _SEXAGESIMAL)] if first in "+-0123456789" else []) + list(resolvers)
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
 
 
 def parse_yaml(text: str, source: str) -> Any:

@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 import time
+from pathlib import Path
 
 # Arrow's allocator (mimalloc) hands freed pages back to the OS at once instead of keeping them for reuse: the
 # driver's end-of-run passes over a million manifest rows (commit, summary, report) otherwise kept ~120 MB more
@@ -16,6 +17,7 @@ os.environ.setdefault("MIMALLOC_PURGE_DELAY", "0")
 USAGE = """imagefleet <command> [args]
 
 commands:
+  --version                                print the installed version
   run CONFIG [--set k=v ...] [--dry-run]   run a batch job
   submit CONFIG --address URL [--wait]     run CONFIG on a Ray cluster (Ray Jobs API)
   status JOB --address URL | logs JOB --address URL
@@ -65,6 +67,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=os.environ.get("IMAGEFLEET_LOG", "WARNING"), format="%(levelname)s %(name)s: %(message)s")
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE)
+        return 0
+    if argv[0] in ("-V", "--version"):
+        from imagefleet import __version__
+
+        print(f"imagefleet {__version__}")
         return 0
     command, rest = argv[0], argv[1:]
     if command == "run":
@@ -120,8 +127,14 @@ def s3_main(argv: list[str]) -> int:
     args = p.parse_args(argv)
     from jobs.seaweed import S3Server
 
+    if args.action in ("stop", "env") and not (Path(args.dir) / "server.json").is_file():
+        print(f"imagefleet: no embedded S3 in {args.dir} (no server.json there); check --dir", file=sys.stderr)
+        return 2  # never create a folder (and report a server) for a mistyped path
     server = S3Server.prepare(args.dir)
     if args.action == "stop":
+        if not server.running():
+            print(f"imagefleet: SeaweedFS in {server.data_dir} is not running; nothing to stop", file=sys.stderr)
+            return 2
         server.stop()
         print(f"stopped SeaweedFS in {server.data_dir}")
         return 0

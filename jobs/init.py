@@ -107,7 +107,7 @@ def starter_config(table: str, output_uri: str, backend: str, model: str) -> str
                      f"(diffusers)")
     lines += ["generators:", "  main:", BACKENDS[backend].format(model=model or DEFAULT_MODEL[backend]),
               "output:", f"  uri: {output_uri}", "  format: png",
-              "cluster:", "  address: auto                    # a running Ray cluster, else a local one", ""]
+              "cluster:", "  address: local                   # a private Ray here (on a cluster: auto)", ""]
     return "\n".join(lines)
 
 

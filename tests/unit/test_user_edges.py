@@ -1,0 +1,49 @@
+"""Small things a user meets first: --set values as YAML 1.2, init's cluster address, the embedded S3's stop on a
+mistyped folder, the version."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from configs.loader import apply_overrides, parse_yaml
+
+
+def test_set_values_are_read_as_yaml_1_2_not_base_60() -> None:
+    """YAML 1.1 reads `1:1` as 61 and `9:16` as 556 (base 60): aspect ratios would become numbers."""
+    raw = apply_overrides({"source": {}}, ["source.variants=[1:1,9:16]", "seed=12", "x=0x10", "y=1.5"])
+    assert raw["source"]["variants"] == ["1:1", "9:16"] and raw["seed"] == 12 and raw["x"] == 16 and raw["y"] == 1.5
+    assert parse_yaml("variants: [16:9, 4:3]", "t") == {"variants": ["16:9", "4:3"]}
+
+
+def test_init_writes_a_private_local_cluster(tmp_path: Path) -> None:
+    """`address: auto` joins whatever Ray runs on the machine; a new config runs on its own."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from jobs import init
+
+    pq.write_table(pa.table({"prompt": ["a cat"]}), tmp_path / "p.parquet")
+    assert init.main([str(tmp_path / "p.parquet"), "--output", str(tmp_path / "job.yaml")]) == 0
+    text = (tmp_path / "job.yaml").read_text()
+    assert "address: local" in text and "address: auto" not in text
+
+
+def test_s3_stop_on_a_mistyped_folder_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from jobs.cli import main
+
+    typo = tmp_path / "s3-typo"
+    assert main(["s3", "stop", "--dir", str(typo)]) == 2
+    assert not typo.exists()  # no folder made, no server reported
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no embedded S3" in err[0]
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    import imagefleet
+    from jobs.cli import main
+
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"imagefleet {imagefleet.__version__}"
+    assert imagefleet.__version__[0].isdigit()
