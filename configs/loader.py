@@ -115,6 +115,10 @@ def parse_config(raw: dict[str, Any], source: str = "<config>") -> JobConfig:
         raise ConfigError(f"invalid config {source}:\n" + _explain(exc, raw)) from None
 
 
+NAMED_MAPS = {"generators": "generator"}
+"""Top-level maps of named entries: a --set into an entry that doesn't exist is a typo, not a new entry."""
+
+
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """A copy of a config dict with `dotted.key=value` overrides applied (values parsed as YAML)."""
     import copy
@@ -131,6 +135,11 @@ def _apply_override(raw: dict[str, Any], item: str) -> None:
         raise ConfigError(f"--set expects key=value, got {item!r}")
     node = raw
     parts = key.strip().split(".")
+    named = raw.get(parts[0]) if parts[0] in NAMED_MAPS else None
+    if isinstance(named, dict) and len(parts) > 2 and parts[1] not in named and parts[2] != "backend":
+        have = ", ".join(sorted(map(str, named))) or "none"
+        raise ConfigError(f"--set {key}: no {NAMED_MAPS[parts[0]]} {parts[1]!r} in the config (it has: {have}); "
+                          f"to add one, set its backend too")
     for part in parts[:-1]:
         child = node.setdefault(part, {})
         if not isinstance(child, dict):

@@ -47,3 +47,13 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--version"]) == 0
     assert capsys.readouterr().out.strip() == f"imagefleet {imagefleet.__version__}"
     assert imagefleet.__version__[0].isdigit()
+
+
+def test_set_into_a_generator_that_isnt_there_names_the_ones_that_are() -> None:
+    from configs.loader import ConfigError
+
+    raw = {"generators": {"main": {"backend": "diffusers", "model": "m"}}}
+    with pytest.raises(ConfigError, match="no generator 'mian' in the config \\(it has: main\\)"):
+        apply_overrides(raw, ["generators.mian.model=x"])
+    added = apply_overrides(raw, ["generators.extra.backend=sleep"])  # adding one names its backend
+    assert added["generators"]["extra"] == {"backend": "sleep"}
