@@ -207,10 +207,16 @@ def run(config: str | Path | dict[str, Any] | JobConfig, overrides: Sequence[str
     Raises:
         ConfigInvalid, InputInvalid (before any work), RunFailed (the run failed or broke max_error_fraction).
     """
-    say = echo or (lambda _text: None)
     if progress not in MODES:
         raise ConfigInvalid(f"progress={progress!r}: use one of {', '.join(MODES)}")
-    runtime.prepare_environment(verbose)
+    with runtime.environment(verbose):  # what a run sets in the process is undone after it (a notebook goes on)
+        return _run(config, overrides, dry_run, retry_failed, run_id, verbose, echo, progress)
+
+
+def _run(config: str | Path | dict[str, Any] | JobConfig, overrides: Sequence[str], dry_run: bool,
+         retry_failed: bool, run_id: str | None, verbose: bool, echo: Callable[[str], None] | None,
+         progress: str) -> RunResult:
+    say = echo or (lambda _text: None)
     if run_id is not None:
         try:
             run_id = runtime.run_id_arg(run_id)

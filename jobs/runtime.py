@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import re
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +49,26 @@ def prepare_environment(verbose: bool = False) -> None:
         os.environ.setdefault(key, value)
     if verbose:
         logging.getLogger().setLevel(logging.INFO)
+
+
+@contextlib.contextmanager
+def environment(verbose: bool = False) -> Iterator[None]:
+    """`prepare_environment` for one run, undone after it: the variables it set are removed again, `VERBOSE` and the
+    root logger's level restored (a notebook or a pipeline step calling `imagefleet.run` keeps its own)."""
+    global VERBOSE
+    before = {key: os.environ.get(key) for key in RAY_ENV}
+    verbose_before, level = VERBOSE, logging.getLogger().level
+    prepare_environment(verbose)
+    try:
+        yield
+    finally:
+        for key, value in before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        VERBOSE = verbose_before
+        logging.getLogger().setLevel(level)
 
 
 def run_id_arg(value: str) -> str:

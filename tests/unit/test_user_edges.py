@@ -57,3 +57,24 @@ def test_set_into_a_generator_that_isnt_there_names_the_ones_that_are() -> None:
         apply_overrides(raw, ["generators.mian.model=x"])
     added = apply_overrides(raw, ["generators.extra.backend=sleep"])  # adding one names its backend
     assert added["generators"]["extra"] == {"backend": "sleep"}
+
+
+def test_a_run_leaves_the_process_environment_as_it_found_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A notebook or pipeline step calling imagefleet.run keeps its own environment and logging level."""
+    import logging
+    import os
+
+    import imagefleet
+    from jobs.runtime import RAY_ENV
+    from tests.helpers import sleep_job, write_prompts
+
+    for key in RAY_ENV:
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("TOKENIZERS_PARALLELISM", "true")  # the user's own value survives too
+    level = logging.getLogger().level
+    write_prompts(tmp_path / "p.parquet", {"prompt": ["a cat"]})
+    result = imagefleet.run(sleep_job(tmp_path / "p.parquet", str(tmp_path / "out")), dry_run=True, echo=None,
+                            verbose=True)
+    assert result.plan
+    assert [k for k in RAY_ENV if k in os.environ] == ["TOKENIZERS_PARALLELISM"]
+    assert os.environ["TOKENIZERS_PARALLELISM"] == "true" and logging.getLogger().level == level
