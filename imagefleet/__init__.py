@@ -8,13 +8,8 @@
 Errors are typed and carry the CLI's one-line message: ConfigInvalid, InputInvalid, RunFailed (ImagefleetError).
 """
 
-from importlib import metadata
+from jobs.api import ConfigInvalid, ImagefleetError, InputInvalid, RunFailed, RunResult, load, run, version
 
-from jobs.api import ConfigInvalid, ImagefleetError, InputInvalid, RunFailed, RunResult, load, run
-
-try:
-    __version__ = metadata.version("imagefleet")
-except metadata.PackageNotFoundError:  # run from a checkout that isn't installed
-    __version__ = "0+unknown"
+__version__ = version()
 
 __all__ = ["ConfigInvalid", "ImagefleetError", "InputInvalid", "RunFailed", "RunResult", "__version__", "load", "run"]

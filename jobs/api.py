@@ -91,6 +91,16 @@ class RunResult:
         return ray.data.read_parquet(parts.files, filesystem=parts.filesystem)
 
 
+def version() -> str:
+    """The installed package's version ('0+unknown' when run from a checkout that isn't installed)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("imagefleet")
+    except metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
 def load(config: str | Path | dict[str, Any] | JobConfig, overrides: Sequence[str] = ()) -> JobConfig:
     """A JobConfig from a path (`env:VAR` too), a dict or a JobConfig, with `--set`-style overrides."""
     from configs import ConfigError, load_config

@@ -69,9 +69,9 @@ def main(argv: list[str] | None = None) -> int:
         print(USAGE)
         return 0
     if argv[0] in ("-V", "--version"):
-        from imagefleet import __version__
+        from jobs.api import version
 
-        print(f"imagefleet {__version__}")
+        print(f"imagefleet {version()}")
         return 0
     command, rest = argv[0], argv[1:]
     if command == "run":
