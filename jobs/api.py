@@ -134,7 +134,7 @@ def _check(cfg: JobConfig) -> _Checked:
     """Stores, source, output access, plan and executor, each checked before any work (InputInvalid: one line)."""
     from actors.contract import ray_running
     from actors.storage import StorageError
-    from pipelines.in_process import choose_executor
+    from pipelines.in_process import IN_PROCESS, choose_executor
     from pipelines.plan import PlanError
     from pipelines.text_to_image import InputError, expected_rows, inspect_source, plan_run
 
@@ -145,6 +145,11 @@ def _check(cfg: JobConfig) -> _Checked:
         plan = plan_run(cfg, stores, source)
         total = expected_rows(cfg, source)
         executor = choose_executor(cfg, plan, total, ray_running())
+        if executor[0] != IN_PROCESS and cfg.cluster.address == "local" and not ray_running():
+            # the private Ray this run would start: its pools must fit it (found now, not after Ray starts)
+            problem = preflight.local_resource_problem(plan.pools, preflight.planned_local_resources(cfg))
+            if problem:
+                raise StorageError(problem)
     except (InputError, StorageError, PlanError) as exc:
         raise InputInvalid(str(exc)) from None
     return _Checked(stores, source, plan, total, executor, run_text.plan_text(cfg, source, plan, executor))

@@ -114,16 +114,35 @@ def check_resources(cfg: JobConfig, pools: dict[str, Pool], spare_cpu: bool = Tr
         if problem:
             raise StorageError(problem)
         return
-    have = ray.cluster_resources()
+    problem = local_resource_problem(pools, ray.cluster_resources(), spare_cpu)
+    if problem:
+        raise StorageError(problem)
+
+
+def local_resource_problem(pools: dict[str, Pool], have: dict[str, float], spare_cpu: bool = True) -> str:
+    """Why a local Ray with `have` resources can't run these pools ('' = it can)."""
     problem = missing_on_local(pools, have)
     if problem:
         hint = "set cluster.num_gpus (fake GPUs on a CPU box) or the pool's num_gpus: 0" if "GPU" in problem else (
             "remove pool.accelerator_type for a local run, or run on a cluster that has it")
-        raise StorageError(f"{problem}; {hint}")
+        return f"{problem}; {hint}"
     cpus, reserved = have.get("CPU", 0.0), reserved_cpus(pools)
     if spare_cpu and cpus - reserved < 1:
-        raise StorageError(
-            f"the actor pools can reserve {reserved:g} of this local Ray's {cpus:g} CPUs, leaving less than the 1 "
-            f"CPU that read/repartition/write tasks need (the run would stall); raise cluster.num_cpus or lower "
-            f"the pools' num_cpus / max_size"
-        )
+        return (f"the actor pools can reserve {reserved:g} of this local Ray's {cpus:g} CPUs, leaving less than the 1 "
+                f"CPU that read/repartition/write tasks need (the run would stall); raise cluster.num_cpus or lower "
+                f"the pools' num_cpus / max_size")
+    return ""
+
+
+def planned_local_resources(cfg: JobConfig) -> dict[str, float]:
+    """What the private local Ray this run would start will have, known before starting it: `cluster.num_cpus` /
+    `num_gpus`, else this machine's CPUs and the NVIDIA GPUs it shows (device files, within CUDA_VISIBLE_DEVICES)."""
+    import glob
+
+    gpus = cfg.cluster.num_gpus
+    if not gpus:
+        gpus = len(glob.glob("/dev/nvidia[0-9]*"))
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        if visible is not None:
+            gpus = min(gpus, len([d for d in visible.split(",") if d.strip() and d.strip() != "-1"]))
+    return {"CPU": float(cfg.cluster.num_cpus or os.cpu_count() or 1), "GPU": float(gpus)}

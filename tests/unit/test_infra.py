@@ -455,7 +455,12 @@ def test_airflow_task_runs_from_any_working_directory(tmp_path: Path, monkeypatc
     work.mkdir()
     scripts = sysconfig.get_path("scripts")
     assert (Path(scripts) / "imagefleet").exists(), f"no `imagefleet` script in {scripts}: install the package"
-    stand_ins = shlex.join(["--set", "cluster.address=local", "--set", f"output.uri={tmp_path / 'out'}",
+    # a local stand-in for the cluster, with fake GPUs of no particular type: a dry run checks the pools fit the
+    # Ray it would start
+    stand_ins = shlex.join(["--set", "cluster.address=local", "--set", "cluster.num_gpus=4",
+                            "--set", "cluster.num_cpus=128",
+                            "--set", "generators.turbo.pool.accelerator_type=",
+                            "--set", f"output.uri={tmp_path / 'out'}",
                             "--set", f"source.uri={tmp_path / 'p.parquet'}", "--dry-run"])
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # as on an Airflow worker: the installed package
     env["PATH"] = f"{scripts}{os.pathsep}{env.get('PATH', '')}"

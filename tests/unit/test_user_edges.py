@@ -78,3 +78,21 @@ def test_a_run_leaves_the_process_environment_as_it_found_it(tmp_path: Path, mon
     assert result.plan
     assert [k for k in RAY_ENV if k in os.environ] == ["TOKENIZERS_PARALLELISM"]
     assert os.environ["TOKENIZERS_PARALLELISM"] == "true" and logging.getLogger().level == level
+
+
+def test_dry_run_finds_pools_the_local_ray_could_never_host(tmp_path: Path) -> None:
+    """A GPU pool on a machine (or cluster.num_gpus) without GPUs, or pools that leave no CPU for Ray Data's own
+    tasks: the run would wait forever once Ray started; --dry-run says so in one line, before Ray starts."""
+    import imagefleet
+    from tests.helpers import sleep_job, write_prompts
+
+    write_prompts(tmp_path / "p.parquet", {"prompt": [f"p{i}" for i in range(50)]})
+    raw = sleep_job(tmp_path / "p.parquet", str(tmp_path / "out"))
+    raw["cluster"]["num_gpus"] = 1  # the pool wants 2 actors x 1 GPU: one fits, but the pool's minimum is 2
+    raw["generators"]["sleepy"]["pool"].update(num_gpus=2, min_size=1, initial_size=1)
+    with pytest.raises(imagefleet.InputInvalid, match="asks for 2 GPU per actor but this local Ray has 1"):
+        imagefleet.run(raw, dry_run=True, echo=None)
+    raw["cluster"].update(num_gpus=2, num_cpus=2)
+    raw["generators"]["sleepy"]["pool"].update(num_gpus=1, num_cpus=1)
+    with pytest.raises(imagefleet.InputInvalid, match="leaving less than the 1 CPU"):
+        imagefleet.run(raw, dry_run=True, echo=None)
