@@ -81,6 +81,10 @@ def resolve_store_spec(uri: str, s3: S3Config, environ: dict[str, str] | None = 
         token = "" if s3.secret_file else env.get(s3.session_token_env, "")
         return StoreSpec(**common, access_key=SecretStr(access), secret_key=SecretStr(secret),
                          session_token=SecretStr(token))
+    if access or secret:  # half a key pair is a mistake, not a request for the chain
+        have = s3.access_key_env if access else s3.secret_key_env
+        raise StorageError(f"no S3 credentials for {uri}: set {s3.access_key_env} and {s3.secret_key_env} (only "
+                           f"{have} is set), or neither to use an AWS profile or role")
     # no keys: boto3's default chain — a profile (AWS_PROFILE or s3.profile), SSO, web identity, container or
     # instance roles; checked here so a run without any credentials stops before work
     profile = s3.profile or env.get("AWS_PROFILE", "")

@@ -141,6 +141,12 @@ def test_no_credentials_at_all_say_every_way_to_give_them(monkeypatch: pytest.Mo
         resolve_store_spec("s3://b/p", S3Config(), {})
 
 
+def test_half_a_key_pair_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    _no_keys(monkeypatch)
+    with pytest.raises(StorageError, match="set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY \\(only AWS_ACCESS_KEY_ID"):
+        resolve_store_spec("s3://b/p", S3Config(), {"AWS_ACCESS_KEY_ID": "AK"})
+
+
 def test_secret_file(tmp_path: Any) -> None:
     f = tmp_path / "creds"
     f.write_text("access_key=AK\nsecret_key=SK\n")
