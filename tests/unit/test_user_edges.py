@@ -80,11 +80,15 @@ def test_a_run_leaves_the_process_environment_as_it_found_it(tmp_path: Path, mon
     assert os.environ["TOKENIZERS_PARALLELISM"] == "true" and logging.getLogger().level == level
 
 
-def test_dry_run_finds_pools_the_local_ray_could_never_host(tmp_path: Path) -> None:
+def test_dry_run_finds_pools_the_local_ray_could_never_host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A GPU pool on a machine (or cluster.num_gpus) without GPUs, or pools that leave no CPU for Ray Data's own
     tasks: the run would wait forever once Ray started; --dry-run says so in one line, before Ray starts."""
+    import actors.contract
     import imagefleet
     from tests.helpers import sleep_job, write_prompts
+
+    # as in a fresh process (the suite's shared Ray may already run in this one: a run would then reuse it)
+    monkeypatch.setattr(actors.contract, "ray_running", lambda: False)
 
     write_prompts(tmp_path / "p.parquet", {"prompt": [f"p{i}" for i in range(50)]})
     raw = sleep_job(tmp_path / "p.parquet", str(tmp_path / "out"))
