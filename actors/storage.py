@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import functools
 import hashlib
 import logging
 import os
@@ -109,15 +110,24 @@ def _chain_has_credentials(profile: str) -> bool:
         raise StorageError(f"AWS credentials could not be resolved: {exc}") from None
 
 
-def _session(spec: StoreSpec) -> Any:
-    """The boto3 session a store connection signs with: its keys, or the default chain from its profile."""
+def _keys(spec: StoreSpec) -> tuple[str, str, str]:
+    """(access key, secret key, session token) a store connection signs with: its own keys, or the chain's current
+    ones (boto3 refreshes temporary credentials)."""
+    if spec.credentials == "keys":
+        return (spec.access_key.get_secret_value(), spec.secret_key.get_secret_value(),
+                spec.session_token.get_secret_value())
+    found = _chain_session(spec.profile).get_credentials()
+    frozen = found.get_frozen_credentials() if found is not None else None
+    return (frozen.access_key, frozen.secret_key, frozen.token or "") if frozen is not None else ("", "", "")
+
+
+@functools.lru_cache(maxsize=8)
+def _chain_session(profile: str) -> Any:
+    """One boto3 session per profile for the process: a new session reloads botocore's service models (~130 ms a
+    client here, against ~4 ms from a kept one) and resolves credentials again."""
     import boto3
 
-    if spec.credentials == "chain":
-        return boto3.Session(profile_name=spec.profile or None)
-    return boto3.Session(aws_access_key_id=spec.access_key.get_secret_value(),
-                         aws_secret_access_key=spec.secret_key.get_secret_value(),
-                         aws_session_token=spec.session_token.get_secret_value() or None)
+    return boto3.Session(profile_name=profile or None)
 
 
 def _check_endpoint(endpoint: str, where: str) -> None:
@@ -157,8 +167,14 @@ def s3_client(spec: StoreSpec, preflight: bool = False) -> Any:
         request_checksum_calculation="when_required",
         response_checksum_validation="when_required",
     )
-    return _session(spec).client("s3", endpoint_url=spec.endpoint_url or None, region_name=spec.region,
-                                 config=config)
+    where = dict(endpoint_url=spec.endpoint_url or None, region_name=spec.region, config=config)
+    if spec.credentials == "chain":
+        return _chain_session(spec.profile).client("s3", **where)
+    import boto3  # the default session: its loaded service models serve every client
+
+    access, secret, token = _keys(spec)
+    return boto3.client("s3", aws_access_key_id=access, aws_secret_access_key=secret,
+                        aws_session_token=token or None, **where)
 
 
 def preflight_read_timeout(spec: StoreSpec) -> float:
@@ -177,12 +193,11 @@ def arrow_filesystem(uri: str, spec: StoreSpec) -> tuple[pyarrow.fs.FileSystem, 
     scheme = "https"
     if endpoint.startswith(("http://", "https://")):
         scheme, _, endpoint = endpoint.partition("://")
-    keys = _session(spec).get_credentials()  # the chain's current ones (refreshed by boto3 when temporary)
-    frozen = keys.get_frozen_credentials() if keys is not None else None
+    access, secret, token = _keys(spec)
     fs = pafs.S3FileSystem(
-        access_key=frozen.access_key if frozen else None,
-        secret_key=frozen.secret_key if frozen else None,
-        session_token=(frozen.token or None) if frozen else None,
+        access_key=access or None,
+        secret_key=secret or None,
+        session_token=token or None,
         region=spec.region,
         endpoint_override=endpoint or None,
         scheme=scheme,

@@ -8,7 +8,14 @@ from typing import Any
 import pytest
 
 from actors.local_store import LocalStore
-from actors.storage import RECORD_MAX_BYTES, ObjectStore, StorageError, parse_location, resolve_store_spec
+from actors.storage import (
+    RECORD_MAX_BYTES,
+    ObjectStore,
+    StorageError,
+    parse_location,
+    resolve_store_spec,
+    s3_client,
+)
 from actors.stores import open_store
 from configs.storage import S3Config, StoreSpec
 
@@ -122,7 +129,7 @@ def test_a_profile_reaches_the_store(s3_server: Any, bucket: str, tmp_path: Any,
 def test_session_token_credentials_are_sent_with_their_keys(s3_server: Any, bucket: str,
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     """Temporary keys (STS, SSO exports) come with AWS_SESSION_TOKEN: it is kept (secret) and signs with them."""
-    from actors.storage import _session
+    from actors.storage import _keys
 
     _no_keys(monkeypatch)
     env = {"AWS_ACCESS_KEY_ID": s3_server.access_key, "AWS_SECRET_ACCESS_KEY": s3_server.secret_key,
@@ -130,7 +137,9 @@ def test_session_token_credentials_are_sent_with_their_keys(s3_server: Any, buck
     s = resolve_store_spec(f"s3://{bucket}", S3Config(endpoint_url=s3_server.endpoint_url), env)
     assert s.credentials == "keys" and s.session_token.get_secret_value() == "FwoGZXIvYXdzEtemporary"
     assert "FwoGZXIvYXdzEtemporary" not in repr(s) and "FwoGZXIvYXdzEtemporary" not in s.model_dump_json()
-    assert _session(s).get_credentials().get_frozen_credentials().token == "FwoGZXIvYXdzEtemporary"
+    assert _keys(s)[2] == "FwoGZXIvYXdzEtemporary"
+    signer = s3_client(s)._request_signer._credentials  # what the client signs with
+    assert signer.token == "FwoGZXIvYXdzEtemporary" and signer.access_key == s3_server.access_key
 
 
 def test_no_credentials_at_all_say_every_way_to_give_them(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
