@@ -25,7 +25,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from actors.backend_io import Outcome, Request
 from actors.hosted import HostedFatal
@@ -33,6 +33,7 @@ from actors.layout import batch_record, batches_dir
 from actors.storage import ObjectStore
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 RESUBMITS = 2
 """Further batches for requests a failed/expired/cancelled batch never ran, before they become error rows."""
 
@@ -189,6 +190,17 @@ class BatchRunner:
             for key in record["keys"]:
                 if key not in answered and self.batch_of.get(key) == batch_id:
                     del self.batch_of[key]
+
+
+def unless_gone(fn: Callable[[], T], gone: Callable[[Exception], bool]) -> T | None:
+    """`fn()`, or None when it fails because what it reads is gone (`gone(exc)`: the provider's 404/410): a batch
+    or results file that expired or was deleted is a fact about that batch, not an unknown model."""
+    try:
+        return fn()
+    except Exception as exc:
+        if gone(exc):
+            return None
+        raise
 
 
 def poll(get_state: Callable[[], tuple[str, str]], done: set[str], interval_s: float, what: str) -> str:

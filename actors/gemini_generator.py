@@ -6,13 +6,13 @@ import base64
 import io
 import json
 import logging
-from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from collections.abc import Sequence
+from typing import Any
 
 from pydantic import SecretStr
 
 from actors.backend_io import Outcome, Request, encoded_info
-from actors.batch_mode import BatchState, poll
+from actors.batch_mode import BatchState, poll, unless_gone
 from actors.hosted import HostedFatal, Verdict, api_call, image_outcome, parse_duration
 from actors.hosted_actor import HostedGenerator
 from configs.generator_base import RunBudget
@@ -21,7 +21,6 @@ from configs.hosted_models import GEMINI_MAX_REQUEST_BYTES, gemini_request_size
 from configs.storage import StoreSpec
 
 logger = logging.getLogger(__name__)
-T = TypeVar("T")
 DONE = {"JOB_STATE_SUCCEEDED", "JOB_STATE_FAILED", "JOB_STATE_CANCELLED", "JOB_STATE_EXPIRED"}
 FILE_ABOVE = 100
 """batch_input=auto: requests per batch above which the requests go as an uploaded JSONL file."""
@@ -203,7 +202,8 @@ class GeminiImageGenerator(HostedGenerator):
         holder: dict[str, Any] = {}
 
         def state() -> tuple[str, str]:
-            holder["job"] = job = self._api(lambda: self._unless_gone(lambda: self.client.batches.get(name=batch_id)))
+            holder["job"] = job = self._api(lambda: unless_gone(lambda: self.client.batches.get(name=batch_id),
+                                                                self._gone))
             return (str(getattr(job.state, "value", job.state)), "") if job is not None else ("gone", "")
 
         final = poll(state, {*DONE, "gone"}, self.cfg.batch_poll_s, f"gemini batch {batch_id}")
@@ -242,16 +242,11 @@ class GeminiImageGenerator(HostedGenerator):
             logger.info("gemini batch %s: its failure reason could not be read: %s", batch_id, type(exc).__name__)
             return ""
 
-    def _unless_gone(self, fn: Callable[[], T]) -> T | None:
-        """`fn()`, or None when what it reads is gone (404): an expired or deleted batch or results file is a fact
-        about that batch, not an unknown model."""
-        try:
-            return fn()
-        except self.errors.APIError as exc:
-            # the Files API answers a file that no longer exists with 403 "... or it may not exist"
-            if exc.code in (404, 410) or (exc.code == 403 and "may not exist" in str(exc)):
-                return None
-            raise
+    def _gone(self, exc: Exception) -> bool:
+        """A batch or file that no longer exists: 404 or 410; the Files API answers a file that is gone with 403
+        "... or it may not exist"."""
+        code = exc.code if isinstance(exc, self.errors.APIError) else 0
+        return code in (404, 410) or (code == 403 and "may not exist" in str(exc))
 
     def _delete_input(self, batch_id: str) -> None:
         name = self.uploads.pop(batch_id, "")
@@ -284,7 +279,7 @@ class GeminiImageGenerator(HostedGenerator):
 
     def _file_results(self, name: str) -> dict[str, Outcome] | None:
         """Each line's outcome by its key; None when the file is gone (404)."""
-        data = self._api(lambda: self._unless_gone(lambda: self.client.files.download(file=name)))
+        data = self._api(lambda: unless_gone(lambda: self.client.files.download(file=name), self._gone))
         if data is None:
             return None
         out: dict[str, Outcome] = {}

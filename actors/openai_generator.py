@@ -7,14 +7,14 @@ import binascii
 import io
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from types import SimpleNamespace
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
 from pydantic import SecretStr
 
 from actors.backend_io import Outcome, Request, encoded_info
-from actors.batch_mode import BatchState, poll
+from actors.batch_mode import BatchState, poll, unless_gone
 from actors.hosted import Verdict, api_call, image_outcome, retry_after_s
 from actors.hosted_actor import HostedGenerator
 from actors.layout import CONTENT_TYPES
@@ -29,8 +29,6 @@ from configs.hosted_models import (
     OPENAI_MAX_MASK_BYTES,
 )
 from configs.storage import StoreSpec
-
-T = TypeVar("T")
 
 logger = logging.getLogger(__name__)
 BATCH_FINAL = {"completed", "failed", "expired", "cancelled"}
@@ -247,8 +245,8 @@ class OpenAIImageGenerator(HostedGenerator):
         holder: dict[str, Any] = {}
 
         def state() -> tuple[str, str]:
-            holder["b"] = b = self._api(lambda: _unless_gone(lambda: self.client.batches.retrieve(batch_id),
-                                                             self.openai))
+            holder["b"] = b = self._api(lambda: unless_gone(lambda: self.client.batches.retrieve(batch_id),
+                                                            self._gone))
             if b is None:
                 return "gone", ""
             c = b.request_counts
@@ -288,7 +286,12 @@ class OpenAIImageGenerator(HostedGenerator):
                             out[item["custom_id"]] = answer
             return True
 
-        return bool(self._api(lambda: _unless_gone(read, self.openai)))
+        return bool(self._api(lambda: unless_gone(read, self._gone)))
+
+    def _gone(self, exc: Exception) -> bool:
+        """A batch or file that no longer exists: 404, or 410."""
+        o = self.openai
+        return isinstance(exc, o.NotFoundError) or (isinstance(exc, o.APIStatusError) and exc.status_code == 410)
 
     def _batch_outcome(self, item: dict[str, Any]) -> Outcome | None:
         """A result line's Outcome; None for a request that never ran (it may be submitted again)."""
@@ -335,16 +338,3 @@ def _ns(value: Any) -> Any:
     if isinstance(value, list):
         return [_ns(v) for v in value]
     return value
-
-
-def _unless_gone(fn: Callable[[], T], errors: Any) -> T | None:
-    """`fn()`, or None when what it reads is gone (404 / 410): a batch or results file that expired or was deleted
-    is a fact about that batch, not an unknown model (the 404 of a generation request)."""
-    try:
-        return fn()
-    except errors.NotFoundError:
-        return None
-    except errors.APIStatusError as exc:
-        if exc.status_code == 410:
-            return None
-        raise
