@@ -3,6 +3,7 @@ drops the image."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import logging
@@ -15,7 +16,7 @@ import numpy as np
 
 from actors.layout import CONTENT_TYPES, format_of_mime, image_rel
 from actors.resume_index import ESCALATED_TO, RECORD_INPUTS, image_record, record_values
-from actors.storage import explain_s3_error
+from actors.storage import explain_s3_error, is_transient
 from actors.stores import open_store
 from configs.writer import ImageWriterConfig
 
@@ -124,6 +125,21 @@ OUTPUT_DTYPES: dict[str, Any] = {"image_uri": object, "mime": object, "sha256": 
 
 class RunAborted(RuntimeError):
     """Too many rows are failing: stop the run instead of burning GPU hours on errors."""
+
+
+class StoreUnavailable(RunAborted):
+    """The output store stayed unreachable (or full) past the retry budget: that is no property of a row, so the
+    run stops (nothing is committed) instead of writing paid images off as error rows; a rerun adopts what was
+    stored and makes the rest."""
+
+
+_STORE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO}
+
+
+def store_is_down(exc: BaseException) -> bool:
+    """Whether an upload failure is the store's, not the image's: an outage that outlasted the retry budget, or a
+    local disk that is full, read-only or failing."""
+    return is_transient(exc) or (isinstance(exc, OSError) and exc.errno in _STORE_ERRNOS)
 
 
 class ImageWriter:
@@ -255,6 +271,12 @@ class ImageWriter:
             logger.warning("image %s: no record kept", batch["image_key"][i], exc_info=True)
             return ""
 
+    def _store_down(self, exc: BaseException, rel: str) -> str:
+        if isinstance(exc, OSError) and not is_transient(exc):
+            return f"the output {self.store.location.uri} can't be written: {exc.strerror or exc}"
+        return (f"the output store failed past its retry budget (s3.retry_budget_s = {self.store.spec.retry_budget_s:g}"
+                f"s): {explain_s3_error(exc, self.store.uri_of(rel))}")
+
     def _write_one(self, batch: Batch, i: int, draft: bool = False) -> dict[str, Any] | str:
         # a kept cascade draft has its own size (the row's size is now the heavy generator's)
         prefix = "draft_" if draft else ""
@@ -276,6 +298,9 @@ class ImageWriter:
             written, stored_sha = self.store.put_if_absent(rel, data, CONTENT_TYPES[fmt], digest,
                                                            self._record(batch, i, draft, fmt, t1 - t0))
         except Exception as exc:  # noqa: BLE001 - after the client's own retries, a failed upload is the row's
+            if store_is_down(exc) and not draft:
+                raise StoreUnavailable(f"{ABORT_MARKER} {self._store_down(exc, rel)}; nothing was committed: rerun "
+                                       "when it is back (images already stored are adopted, not made again)") from None
             return "upload failed: " + explain_s3_error(exc, self.store.uri_of(rel))
         t2 = time.perf_counter()
         return {

@@ -3,15 +3,16 @@ attributes)."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from actors.storage import ObjectStore, StorageError
+from actors.storage import PROBE_DIR, ObjectStore
 from configs.storage import StoreSpec
 
 logger = logging.getLogger(__name__)
@@ -73,14 +74,12 @@ class LocalStore(ObjectStore):
     def put(self, rel: str, data: bytes, content_type: str = "application/octet-stream") -> None:
         final = self._path(rel)
         final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = final.with_name(f".tmp-{uuid.uuid4().hex}")
-        tmp.write_bytes(data)
-        tmp.replace(final)
+        _replace_atomically(final, lambda tmp: tmp.write_bytes(data))
 
     def put_file(self, rel: str, path: str, content_type: str = "application/octet-stream") -> None:
         final = self._path(rel)
         final.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(path, final)
+        _replace_atomically(final, lambda tmp: shutil.copyfile(path, tmp))
 
     def get(self, rel: str) -> bytes:
         return self._path(rel).read_bytes()
@@ -117,14 +116,25 @@ class LocalStore(ObjectStore):
     def copy(self, src_rel: str, dst_rel: str) -> None:
         src, dst = self._path(src_rel), self._path(dst_rel)
         dst.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dst.with_name(f".tmp-{uuid.uuid4().hex}")
-        tmp.write_bytes(src.read_bytes())
-        tmp.replace(dst)
+        _replace_atomically(dst, lambda tmp: shutil.copyfile(src, tmp))
 
-    def check_writable(self) -> None:
-        probe = self._probe_rel()
-        try:
-            self.put(probe, b"ok")
-            self.delete(probe)
-        except OSError as exc:
-            raise StorageError(f"cannot write to {self.location.uri}: {exc.strerror}") from None
+    def _forget_probe_dir(self) -> None:
+        with contextlib.suppress(OSError):
+            self._path(PROBE_DIR).rmdir()  # only when empty: a racing run's probe stays
+
+    def _explain(self, exc: BaseException) -> str:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        return f"cannot write to {self.location.uri}: {reason}"
+
+
+def _replace_atomically(final: Path, write: Callable[[Path], object]) -> None:
+    """Write `final` under a temporary name and rename it into place: a reader (or a rerun) sees the old object
+    or the whole new one, never a part. A write that fails (disk full, kill) leaves no object: its temporary
+    file is removed here, or, after a kill, skipped by `list` (`.tmp-` names)."""
+    tmp = final.with_name(f".tmp-{uuid.uuid4().hex}")
+    try:
+        write(tmp)
+        tmp.replace(final)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
-from actors.storage import ObjectStore, StorageError, explain_s3_error, s3_client, with_retries
+from actors.storage import ObjectStore, explain_s3_error, s3_client, with_retries
 from configs.storage import StoreSpec
 
 T = TypeVar("T")
@@ -107,27 +107,40 @@ class S3Store(ObjectStore):
     def exists(self, rel: str) -> bool:
         from botocore.exceptions import ClientError
 
-        try:
-            self.client.head_object(Bucket=self.location.bucket, Key=self._key(rel))
-            return True
-        except ClientError as exc:
-            if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404:
-                return False
-            raise
+        def head() -> bool:
+            try:
+                self.client.head_object(Bucket=self.location.bucket, Key=self._key(rel))
+                return True
+            except ClientError as exc:
+                if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404:
+                    return False
+                raise
+
+        return self._s3(head, f"head {rel}")
 
     def list(self, rel_prefix: str) -> Iterator[tuple[str, int]]:
-        paginator = self.client.get_paginator("list_objects_v2")
         strip = len(self.location.prefix) + 1 if self.location.prefix else 0
-        for page in paginator.paginate(Bucket=self.location.bucket, Prefix=self._key(rel_prefix)):
+        for page in self._pages(self._key(rel_prefix)):
             for obj in page.get("Contents", []):
                 if not obj["Key"].endswith("/"):  # directory markers some writers leave behind
                     yield obj["Key"][strip:], int(obj["Size"])
 
+    def _pages(self, prefix: str) -> Iterator[dict[str, Any]]:
+        """LIST pages under a key prefix, each page's request within the retry budget (a listing of a large
+        output rides out an outage in the middle instead of failing the run)."""
+        token: dict[str, str] = {}
+        while True:
+            page: dict[str, Any] = self._s3(lambda token=token: self.client.list_objects_v2(  # type: ignore[misc]
+                Bucket=self.location.bucket, Prefix=prefix, **token), f"list {prefix}")
+            yield page
+            if not page.get("IsTruncated"):
+                return
+            token = {"ContinuationToken": page["NextContinuationToken"]}
+
     # -- deletes and copies -------------------------------------------------------------------------
     def delete_prefix(self, rel_prefix: str) -> None:
-        paginator = self.client.get_paginator("list_objects_v2")
         prefix = self._key(rel_prefix.rstrip("/") + "/")
-        for page in paginator.paginate(Bucket=self.location.bucket, Prefix=prefix):
+        for page in self._pages(prefix):
             keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
             if keys:
                 batch: list[dict[str, Any]] = keys
@@ -149,14 +162,10 @@ class S3Store(ObjectStore):
         )
 
     # -- checks -------------------------------------------------------------------------------------
-    def check_writable(self) -> None:
-        from botocore.exceptions import BotoCoreError, ClientError
+    def _preflight_view(self) -> S3Store:
+        view = S3Store(self.location.uri, self.spec.model_copy(update={"retry_budget_s": 0.0}))
+        view._client = s3_client(self.spec, preflight=True)
+        return view
 
-        probe = self._probe_rel()
-        client = s3_client(self.spec, preflight=True)
-        try:  # direct calls with short timeouts: a pre-flight check should fail fast, not ride out an outage
-            client.list_objects_v2(Bucket=self.location.bucket, MaxKeys=1)  # errors carry a code (HEAD has none)
-            client.put_object(Bucket=self.location.bucket, Key=self._key(probe), Body=b"ok")
-            client.delete_object(Bucket=self.location.bucket, Key=self._key(probe))
-        except (ClientError, BotoCoreError) as exc:
-            raise StorageError(explain_s3_error(exc, self.location.uri)) from None
+    def _explain(self, exc: BaseException) -> str:
+        return explain_s3_error(exc, self.location.uri)

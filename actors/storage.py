@@ -361,10 +361,49 @@ class ObjectStore(abc.ABC):
         """Copy an object within the store, replacing `dst_rel` atomically."""
 
     # -- checks -------------------------------------------------------------------------------------
-    @abc.abstractmethod
     def check_writable(self) -> None:
-        """Fail fast with a StorageError saying what to fix if the location can't be written (pre-flight)."""
+        """Fail fast with a StorageError saying what to fix unless the location keeps what it is given
+        (pre-flight): a probe object is written, read back and compared, found by a listing, and a conditional
+        write of it refused (write-once is what makes reruns and racing writers safe). A store that accepts
+        writes and keeps nothing fails here, before any image is made or paid for."""
+        probe, data = self._probe_rel(), f"imagefleet probe {uuid.uuid4().hex}".encode()
+        checker = self._preflight_view()
+        try:
+            next(iter(checker.list(f"{PROBE_DIR}/")), None)  # a missing bucket is named (some servers make one on PUT)
+            checker.put(probe, data, "text/plain")
+            try:
+                _expect(checker.size(probe) is not None, "does not keep a written object")
+                _expect(checker.get(probe) == data, "returned other bytes than were written")
+                _expect(any(rel == probe for rel, _ in checker.list(f"{PROBE_DIR}/")),
+                        "does not list a written object")
+                second = b"second"
+                written, _ = checker.put_if_absent(probe, second, "text/plain", hashlib.sha256(second).hexdigest())
+                _expect(not written, "accepted a conditional write over an existing object (reruns and racing "
+                                     "writers need write-once: S3 If-None-Match)")
+            finally:
+                checker.delete(probe)
+                checker._forget_probe_dir()
+        except StorageError as exc:
+            raise StorageError(f"{self.location.uri}: the store {exc}; use one that keeps what it is given") from None
+        except Exception as exc:
+            raise StorageError(self._explain(exc)) from None
+
+    def _preflight_view(self) -> ObjectStore:
+        """This store for `check_writable`'s calls (S3: short timeouts, no retries: fail fast, don't ride out)."""
+        return self
+
+    def _forget_probe_dir(self) -> None:  # noqa: B027 (a hook: most stores leave nothing behind)
+        """Remove what the probe leaves besides its object (a local folder)."""
+
+    def _explain(self, exc: BaseException) -> str:
+        """One line for a store error met by `check_writable`."""
+        return f"cannot write to {self.location.uri}: {exc}"
 
     @staticmethod
     def _probe_rel() -> str:
         return f"{PROBE_DIR}/{uuid.uuid4().hex}"
+
+
+def _expect(ok: bool, problem: str) -> None:
+    if not ok:
+        raise StorageError(problem)

@@ -1,0 +1,117 @@
+"""Reliability at the store's edges (issue #30): a store that keeps nothing is found before any work; a store
+that fails past its retry budget stops the run instead of writing paid images off; nothing the code wrote itself
+(a torn staged part, a lease it can't read) wedges an output; driver-side store calls ride out outages."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from actors.local_store import LocalStore
+from actors.storage import StorageError
+from actors.stores import open_store
+from configs.storage import StoreSpec
+from tests.helpers import sleep_job, write_prompts
+
+LOCAL = StoreSpec(kind="local")
+
+
+def _in_process_job(tmp_path: Path, n: int) -> dict[str, Any]:
+    write_prompts(tmp_path / "p.parquet", {"prompt": [f"prompt {i}" for i in range(n)]})
+    raw = sleep_job(tmp_path / "p.parquet", str(tmp_path / "out"))
+    raw["cluster"]["executor"] = "in_process"
+    return raw
+
+
+def _manifest(out: Path) -> list[dict[str, Any]]:
+    from pipelines.manifest import read_manifest_columns
+
+    cols = ["image_key", "status", "image_uri", "sha256", "already_present"]
+    return list(read_manifest_columns(str(out), LOCAL, cols).to_pylist())
+
+
+def _assert_exact(out: Path, n: int) -> list[dict[str, Any]]:
+    """rows = requested, no duplicate keys, every ok row's object present with its sha256."""
+    rows = _manifest(out)
+    assert len(rows) == n and len({r["image_key"] for r in rows}) == n
+    for r in rows:
+        assert r["status"] == "ok"
+        data = Path(r["image_uri"].removeprefix("file://")).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == r["sha256"]
+    return rows
+
+
+def test_a_store_that_keeps_nothing_fails_the_dry_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Writes accepted, nothing kept: every image would be made (and paid) before the commit failed."""
+    import imagefleet
+
+    monkeypatch.setattr(LocalStore, "put", lambda self, rel, data, content_type="": None)
+    with pytest.raises(StorageError, match="does not keep a written object"):
+        open_store(str(tmp_path / "o"), LOCAL).check_writable()
+    with pytest.raises(imagefleet.InputInvalid, match="does not keep a written object; use one that keeps"):
+        imagefleet.run(_in_process_job(tmp_path, 2), dry_run=True, echo=None)
+
+
+@pytest.mark.parametrize(("method", "problem"), [
+    ("get", "returned other bytes than were written"),
+    ("list", "does not list a written object"),
+    ("put_if_absent", "accepted a conditional write over an existing object"),
+])
+def test_the_store_probe_reads_back_lists_and_checks_write_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                method: str, problem: str) -> None:
+    forged = {"get": lambda self, rel: b"other", "list": lambda self, prefix: iter([]),
+              "put_if_absent": lambda self, rel, *a, **k: (True, "")}
+    monkeypatch.setattr(LocalStore, method, forged[method])
+    with pytest.raises(StorageError, match=problem):
+        open_store(str(tmp_path / "o"), LOCAL).check_writable()
+
+
+def test_the_probe_leaves_nothing_in_a_local_output(tmp_path: Path) -> None:
+    open_store(str(tmp_path / "o"), LOCAL).check_writable()
+    assert list((tmp_path / "o").iterdir()) == []  # no empty _probe/ folder
+
+
+def test_a_full_disk_fails_the_run_and_a_rerun_ends_exact(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The store failing under the writer is no property of the rows: the run stops (exit 1, one line, nothing
+    committed) instead of committing error rows a plain rerun would carry over; the rerun makes exactly what
+    is missing and adopts what was stored."""
+    import imagefleet
+
+    raw = _in_process_job(tmp_path, 4)
+    real = LocalStore.put_if_absent
+    calls = {"n": 0}
+
+    def full_after_two(self: LocalStore, rel: str, *args: Any, **kwargs: Any) -> tuple[bool, str]:
+        if rel.startswith("images/"):
+            calls["n"] += 1
+            if calls["n"] > 2:  # the 3rd image meets a full disk
+                raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, rel, *args, **kwargs)
+
+    monkeypatch.setattr(LocalStore, "put_if_absent", full_after_two)
+    with pytest.raises(imagefleet.RunFailed) as failed:
+        imagefleet.run(raw, echo=None)
+    line = str(failed.value).splitlines()[0]
+    assert "can't be written: No space left on device" in line and "nothing was committed" in line
+    assert not (tmp_path / "out" / "manifest" / "_manifest.json").exists()
+    monkeypatch.setattr(LocalStore, "put_if_absent", real)
+    result = imagefleet.run(raw, echo=None)
+    assert result.summary is not None and result.summary.num_ok == 4
+    rows = _assert_exact(tmp_path / "out", 4)
+    assert sum(r["already_present"] for r in rows) == 2  # stored before the disk filled: found, not made again
+
+
+def test_a_row_specific_upload_refusal_stays_the_rows_error(tmp_path: Path) -> None:
+    """Only store-wide failures stop the run; a refusal of one object (a policy, a bad name) is that row's."""
+    from botocore.exceptions import ClientError, EndpointConnectionError
+
+    from actors.image_writer import store_is_down
+
+    denied = ClientError({"Error": {"Code": "AccessDenied"}, "ResponseMetadata": {"HTTPStatusCode": 403}}, "Put")
+    assert not store_is_down(denied) and not store_is_down(OSError(errno.ENAMETOOLONG, "name"))
+    assert store_is_down(EndpointConnectionError(endpoint_url="http://127.0.0.1:1"))
+    assert store_is_down(OSError(errno.ENOSPC, "full"))
