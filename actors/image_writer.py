@@ -16,7 +16,7 @@ import numpy as np
 
 from actors.layout import CONTENT_TYPES, format_of_mime, image_rel
 from actors.resume_index import ESCALATED_TO, RECORD_INPUTS, image_record, record_values
-from actors.storage import explain_s3_error, is_transient
+from actors.store_errors import explain_s3_error, is_transient
 from actors.stores import open_store
 from configs.writer import ImageWriterConfig
 

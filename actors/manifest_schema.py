@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
 
+from actors.store_errors import is_transient, with_retries
 from configs.request import BY_NAME, ROW_COLUMNS, SHAPE_SETTINGS
 
 # Every list of manifest columns derives from COLUMNS: the Arrow schema (pipelines.schema.MANIFEST), what a
@@ -141,6 +143,7 @@ def empty_value(name: str) -> Any:
     raise TypeError(f"manifest column {name!r} has type {t}; no empty value is defined for it")
 
 
+logger = logging.getLogger(__name__)
 READ_AHEAD_PARTS = 8
 """Manifest parts read concurrently ahead of the one being consumed (object stores answer each read slowly)."""
 
@@ -165,17 +168,37 @@ def read_part(fs: Any, path: str, columns: list[str]) -> pa.Table:
          for c, f in zip(columns, schema, strict=True)], schema=schema)
 
 
-def iter_parts(fs: Any, paths: list[str], columns: list[str]) -> Iterator[pa.Table]:
+def iter_parts(fs: Any, paths: list[str], columns: list[str], budget_s: float = 0.0,
+               skippable: Callable[[str], bool] = lambda _path: False) -> Iterator[pa.Table]:
     """`read_part` of each path in order, READ_AHEAD_PARTS read ahead. Memory: a few parts, never all of them (a
-    `pyarrow.dataset` over every part keeps each part's footer until its scan ends: ~150 MB at 1,000 parts)."""
+    `pyarrow.dataset` over every part keeps each part's footer until its scan ends: ~150 MB at 1,000 parts).
+
+    Args:
+        budget_s: how long each read rides out a store outage (`s3.retry_budget_s`).
+        skippable: paths whose part may be left out, with a warning, when it can't be read (not an outage: a torn
+            or foreign file): resume's staged parts of interrupted runs; every other unreadable part raises.
+    """
     from collections import deque
     from concurrent.futures import Future, ThreadPoolExecutor
 
+    def read(path: str) -> pa.Table | None:
+        try:
+            return with_retries(lambda: read_part(fs, path, columns), budget_s, f"read {path}")
+        except Exception as exc:
+            if is_transient(exc) or not skippable(path):
+                raise
+            logger.warning("left out %s: not a readable manifest part (%s: %s)", path, type(exc).__name__, exc)
+            return None
+
     with ThreadPoolExecutor(max_workers=READ_AHEAD_PARTS) as pool:
-        pending: deque[Future[pa.Table]] = deque()
+        pending: deque[Future[pa.Table | None]] = deque()
         for path in paths:
-            pending.append(pool.submit(read_part, fs, path, columns))
+            pending.append(pool.submit(read, path))
             if len(pending) > READ_AHEAD_PARTS:
-                yield pending.popleft().result()
+                table = pending.popleft().result()
+                if table is not None:
+                    yield table
         while pending:
-            yield pending.popleft().result()
+            table = pending.popleft().result()
+            if table is not None:
+                yield table

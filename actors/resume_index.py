@@ -19,9 +19,10 @@ from typing import Any
 
 import pyarrow as pa
 
-from actors.layout import EXTENSIONS, IMAGES_DIR, MANIFEST_DIR, format_of_mime, image_ext, image_rel
+from actors.layout import EXTENSIONS, IMAGES_DIR, MANIFEST_DIR, STAGING_DIR, format_of_mime, image_ext, image_rel
 from actors.manifest_schema import CARRIED, COLUMNS, iter_parts
-from actors.storage import RECORD_MAX_BYTES, ObjectStore, arrow_filesystem, is_transient
+from actors.storage import RECORD_MAX_BYTES, ObjectStore, arrow_filesystem
+from actors.store_errors import is_transient
 from configs.request import RESUMED_SETTINGS
 
 logger = logging.getLogger(__name__)
@@ -303,7 +304,9 @@ def load_index(store: ObjectStore, image_format: str, keep_provider_bytes: bool 
     kept, positions, redirects, ok_keys = [], {}, {}, set()
     ok_elsewhere: set[str] = set()  # `<key>.<ext>` of ok rows whose image is not in a format this run takes
     offset = 0
-    for batch in iter_parts(fs, [f"{root}/{p}" for p in parts], list(READ)):
+    staged = f"/{STAGING_DIR}/"  # an interrupted run's part that can't be read (torn by a kill) is left out
+    for batch in iter_parts(fs, [f"{root}/{p}" for p in parts], list(READ), store.spec.retry_budget_s,
+                            lambda path: staged in path):
         cols = {c: batch.column(c).to_pylist() for c in ("image_key", "status", "route", "draft_image_key", "mime",
                                                           "requests")}
         routes, drafts, mimes, sent = cols["route"], cols["draft_image_key"], cols["mime"], cols["requests"]

@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
-from actors.storage import ObjectStore, explain_s3_error, s3_client, with_retries
+from actors.storage import ObjectStore, s3_client
+from actors.store_errors import explain_s3_error, with_retries
 from configs.storage import StoreSpec
 
 T = TypeVar("T")

@@ -7,9 +7,8 @@ import functools
 import hashlib
 import logging
 import os
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -206,60 +205,6 @@ def arrow_filesystem(uri: str, spec: StoreSpec) -> tuple[pyarrow.fs.FileSystem, 
         request_timeout=60,  # an endpoint that never answers fails the listing instead of hanging it
     )
     return fs, f"{loc.bucket}/{loc.prefix}".rstrip("/")
-
-
-def explain_s3_error(exc: BaseException, where: str) -> str:
-    """One line telling the user what went wrong with S3 and what to change."""
-    code = ""
-    response = getattr(exc, "response", None)
-    if isinstance(response, dict):
-        code = str(response.get("Error", {}).get("Code", ""))
-    name = type(exc).__name__
-    if code in ("SignatureDoesNotMatch", "InvalidAccessKeyId"):
-        return f"S3 rejected the credentials for {where} ({code}): check the access key / secret key"
-    if code in ("AccessDenied", "403", "Forbidden"):
-        return f"the credentials may not write to {where} ({code}): use keys with write permission on the bucket"
-    if code in ("NoSuchBucket", "404"):
-        return f"bucket for {where} does not exist ({code}): create it or fix the URI"
-    if name in ("EndpointConnectionError", "ConnectTimeoutError", "ConnectionClosedError"):
-        return f"cannot reach the S3 endpoint for {where}: {exc} — check s3.endpoint_url and that the server runs"
-    if name == "ReadTimeoutError":
-        return (f"the S3 endpoint for {where} accepted the connection but did not answer in time ({exc}) — check "
-                f"s3.endpoint_url points at an S3 server, and that it is healthy")
-    return f"S3 error for {where}: {code or name}: {exc}"
-
-
-RETRYABLE_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "InternalError",
-                   "ServiceUnavailable", "503", "500", "502", "504"}
-
-
-def is_transient(exc: BaseException) -> bool:
-    """Outage-like S3 failures worth riding out: connection problems, 5xx, throttling."""
-    name = type(exc).__name__
-    if name in ("EndpointConnectionError", "ConnectionClosedError", "ConnectTimeoutError", "ReadTimeoutError",
-                "ProxyConnectionError", "ConnectionError"):
-        return True
-    response = getattr(exc, "response", None)
-    if isinstance(response, dict):
-        code = str(response.get("Error", {}).get("Code", ""))
-        status = int(response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
-        return code in RETRYABLE_CODES or status >= 500
-    return False
-
-
-def with_retries(fn: Callable[[], T], budget_s: float, what: str) -> T:
-    """Call `fn`, retrying transient store errors with capped exponential backoff for up to `budget_s`."""
-    deadline = time.monotonic() + budget_s
-    delay = 0.25
-    while True:
-        try:
-            return fn()
-        except Exception as exc:
-            if not is_transient(exc) or time.monotonic() + delay > deadline:
-                raise
-            logger.warning("%s: transient store error (%s), retrying in %.1fs", what, type(exc).__name__, delay)
-            time.sleep(delay)
-            delay = min(delay * 2, 5.0)
 
 
 RECORD_MAX_BYTES = 1800

@@ -67,7 +67,7 @@ class OutputConfig(StrictModel):
     """Resume: rows whose image is already complete (manifest + object) are not generated again."""
     retry_failed: bool = False
     """Resume: also redo rows that failed in an earlier run (otherwise their error is carried over)."""
-    lease_ttl_s: float = Field(default=300.0, ge=10)
+    lease_ttl_s: float = Field(default=300.0, ge=10, le=7 * 24 * 3600)
     """A run holds the output (`manifest/_lease.json`, renewed every third of this) so a second run on it is
     refused; a crashed run's lease expires after this long (at once when its driver died on the same host)."""
     webdataset: WebDatasetConfig = WebDatasetConfig()

@@ -188,19 +188,20 @@ def _execute(cfg: JobConfig, checked: _Checked, run_id: str, progress: str, verb
             with ProgressDisplay(read, total, terminal, shown, cfg.limits.budget_usd or 0.0,  # output: lines
                                  "" if verbose else str(log)):
                 summary = executor.commit(objects, lease, total, board)
-            shards = runtime.export_webdataset(cfg, stores, summary, run_id)  # after the commit; never fails
-            record_uri = write_run_json(cfg.output.uri, stores.output,
-                                        run_text.run_record(cfg, summary, checked.source, checked.executor[0]))
+            # after the commit point: what fails here is reported, never a failed run (`runtime.after_commit`)
+            shards = runtime.export_webdataset(cfg, stores, summary, run_id)
+            record_uri = runtime.after_commit("run.json", lambda: write_run_json(
+                cfg.output.uri, stores.output, run_text.run_record(cfg, summary, checked.source, checked.executor[0])))
             return (summary, record_uri, runtime.report(cfg, stores, write_report), shards), "", log, objects
         except StorageError as exc:
             raise InputInvalid(str(exc)) from None
         except Exception as exc:  # a broken actor ends the run; one line, the rest in the log file
             runtime.record_failure(f"run {run_id}", exc, log)
             return None, f"run {run_id} failed, nothing committed: {failure_line(exc)}", log, objects
-        finally:
+        finally:  # never raises: the run's outcome is decided
             lease.release()
-            stop_board(board)
-            executor.stop()
+            runtime.quietly("stopping the progress board", lambda: stop_board(board))
+            runtime.quietly("stopping the executor", executor.stop)
 
 
 def run(config: str | Path | dict[str, Any] | JobConfig, overrides: Sequence[str] = (), *, dry_run: bool = False,

@@ -27,7 +27,8 @@ def main(argv: list[str]) -> int:
                                 "local paths) to stdout, e.g. for webdataset's pipe: URLs.")
     p.add_argument("uri", nargs="+", help="an object: s3://bucket/key or a local path")
     args = p.parse_args(argv)
-    from actors.storage import StorageError, explain_s3_error
+    from actors.storage import StorageError
+    from actors.store_errors import explain_s3_error
 
     out = sys.stdout.buffer
     for uri in args.uri:

@@ -55,7 +55,7 @@ def report_main(argv: list[str]) -> int:
         print(f"imagefleet: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:  # noqa: BLE001 - e.g. botocore's credential errors: one line, not a traceback
-        from actors.storage import explain_s3_error
+        from actors.store_errors import explain_s3_error
 
         print(f"imagefleet: cannot read {args.output_uri}: {explain_s3_error(exc, args.output_uri)}", file=sys.stderr)
         return 2

@@ -148,5 +148,7 @@ def summary_text(s: RunSummary, record_uri: str, report_uri: str, shards: str = 
         lines.append(f"   log              : {log}")
     for msg in s.errors_sample:
         lines.append(f"   e.g. error       : {msg[:100]}")
+    if s.unread:
+        lines.append(f"   note             : {s.unread[:200]}")
     lines.append("=" * 72)
     return "\n".join(lines)

@@ -10,7 +10,7 @@ import re
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -212,3 +212,20 @@ def export_webdataset(cfg: JobConfig, stores: Stores, summary: RunSummary, run_i
         log = record_failure("webdataset export", exc)
         return f"failed: {failure_line(exc)} (rerun to retry: finished images are skipped; details: {log})"
 
+
+def after_commit(what: str, step: Callable[[], str]) -> str:
+    """Run a step that follows the manifest commit (run.json): the run is committed, so a failure
+    here (a store that fails past its retry budget) is logged and named in its place, never a failed run."""
+    try:
+        return step()
+    except Exception as exc:  # noqa: BLE001 - after the commit point nothing fails the run
+        logger.warning("committed; %s could not be written: %s", what, exc)
+        return f"not written ({type(exc).__name__}; the manifest is committed)"
+
+
+def quietly(what: str, step: Callable[[], object]) -> None:
+    """A cleanup step in a `finally` block: it logs what goes wrong and never raises."""
+    try:
+        step()
+    except Exception as exc:  # noqa: BLE001 - cleanup; the run's outcome is decided
+        logger.warning("%s failed: %s", what, exc)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import socket
 import threading
@@ -24,13 +25,20 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from actors.layout import LEASE, MANIFEST_DIR, MANIFEST_INDEX, STAGING_DIR, is_manifest_part, manifest_part, staging_dir
 from actors.storage import ObjectStore, StorageError, arrow_filesystem
+from actors.store_errors import with_retries
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 logger = logging.getLogger(__name__)
 
 INDEX_VERSION = 1
+MAX_LEASE_TTL_S = 7 * 24 * 3600.0
+"""The longest lease a run may write (`output.lease_ttl_s` is capped there): a lease expiring later is absurd."""
 COMMIT_THREADS = 16  # footer reads and copies are small requests: latency-bound
 
 
@@ -56,14 +64,16 @@ class Holder:
     def parse(cls, data: bytes) -> Holder | None:
         try:
             raw = json.loads(data)
-            return cls(run_id=str(raw["run_id"]), attempt=str(raw["attempt"]), host=str(raw["host"]),
+            held = cls(run_id=str(raw["run_id"]), attempt=str(raw["attempt"]), host=str(raw["host"]),
                        pid=int(raw["pid"]), expires_at=float(raw["expires_at"]))
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, OverflowError):
             return None  # unreadable: treated as expired
+        return held if math.isfinite(held.expires_at) else None  # NaN / Infinity: never a real expiry
 
     def dead(self, now: float) -> bool:
-        """Expired, or held by a driver process on this host that no longer exists."""
-        if self.expires_at < now:
+        """Expired, held by a driver process on this host that no longer exists, or with an expiry no run sets
+        (beyond MAX_LEASE_TTL_S from now: a forged or corrupted lease must not block an output for good)."""
+        if self.expires_at < now or self.expires_at > now + MAX_LEASE_TTL_S:
             return True
         if self.host == socket.gethostname():
             try:
@@ -90,6 +100,8 @@ class Lease:
         self.attempt = f"{run_id}.{uuid.uuid4().hex[:8]}"
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.committed = False
+        """Set at the commit point (the index write): what fails later can't undo the run."""
 
     def _body(self) -> bytes:
         return json.dumps({"run_id": self.run_id, "attempt": self.attempt, "host": socket.gethostname(),
@@ -148,12 +160,13 @@ class Lease:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
-        held = self.holder()
-        if held is not None and held.attempt == self.attempt:
-            try:
+        try:  # called from `finally`: never raises (a lease left behind expires by itself)
+            held = self.holder()
+            if held is not None and held.attempt == self.attempt:
                 self.store.delete(LEASE)
-            except StorageError as exc:  # it expires by itself
-                logger.warning("could not release the lease: %s", exc)
+        except Exception as exc:  # noqa: BLE001 - the run's outcome is decided; this is cleanup
+            logger.warning("could not release the lease on %s (it expires by itself): %s",
+                           self.store.location.uri, exc)
 
     def __enter__(self) -> Lease:
         return self.acquire()
@@ -176,8 +189,30 @@ def staged_rows(store: ObjectStore, parts: list[str]) -> int:
     import pyarrow.parquet as pq
 
     fs, root = arrow_filesystem(store.location.uri, store.spec)
+
+    def rows(part: str) -> int:
+        return int(with_retries(lambda: pq.read_metadata(f"{root}/{part}", filesystem=fs).num_rows,
+                                store.spec.retry_budget_s, f"read {part}"))
+
     with ThreadPoolExecutor(max_workers=COMMIT_THREADS) as pool:
-        return sum(pool.map(lambda p: pq.read_metadata(f"{root}/{p}", filesystem=fs).num_rows, parts))
+        return sum(pool.map(rows, parts))
+
+
+PARQUET_TYPE = "application/vnd.apache.parquet"
+
+
+def stage_part(store: ObjectStore, attempt: str, table: pa.Table) -> str:
+    """Stage one manifest part of an attempt, whole or not at all: written by the store's `put` (a local file is
+    renamed into place once complete; an S3 PUT is atomic) within the retry budget. A part torn by a full disk
+    or a kill never appears under a part's name. Returns its relative path."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    rel = f"{staging_dir(attempt)}/{uuid.uuid4().hex}.parquet"
+    store.put(rel, sink.getvalue().to_pybytes(), PARQUET_TYPE)
+    return rel
 
 
 def commit(store: ObjectStore, lease: Lease, expected_rows: int) -> list[str]:
@@ -206,8 +241,14 @@ def commit(store: ObjectStore, lease: Lease, expected_rows: int) -> list[str]:
     index = {"version": INDEX_VERSION, "run_id": lease.run_id, "attempt": lease.attempt, "num_rows": rows,
              "committed_at": time.time(), "parts": parts}
     store.put(MANIFEST_INDEX, json.dumps(index, indent=1).encode(), "application/json")
-    # 4 garbage: earlier parts and every staging folder (the lease holder is the only writer)
-    collect_garbage(store, staging=True)
+    lease.committed = True
+    # 4 garbage: earlier parts and every staging folder (the lease holder is the only writer); after the commit
+    #   point nothing may fail the run: what isn't removed now is removed by the next run's collection
+    try:
+        collect_garbage(store, staging=True)
+    except Exception as exc:  # noqa: BLE001 - garbage only
+        logger.warning("committed; cleaning up old parts of %s failed (the next run retries): %s",
+                       store.location.uri, exc)
     return parts
 
 

@@ -5,18 +5,17 @@ from __future__ import annotations
 import json
 import logging
 import time
-import uuid
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from actors.hosted import STOPPED
-from actors.layout import IMAGES_DIR, MANIFEST_DIR, RUN_JSON, staging_dir
+from actors.layout import IMAGES_DIR, MANIFEST_DIR, RUN_JSON
 from actors.manifest_schema import CARRIED, iter_parts
 from actors.storage import ObjectStore, arrow_filesystem
 from actors.stores import open_store
 from configs.storage import StoreSpec
-from pipelines.commit import Lease, commit, current_parts
+from pipelines.commit import Lease, commit, current_parts, stage_part
 from pipelines.schema import MANIFEST
 
 if TYPE_CHECKING:
@@ -47,6 +46,8 @@ class RunSummary:
     errors_sample: list[str]
     stopped: str = ""
     """Why the provider stopped the run's requests (quota, spend cap; '' = it didn't): its skipped rows say so."""
+    unread: str = ""
+    """Why the counts are zero although the run committed (the store failed while they were read back)."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -67,11 +68,11 @@ def write_manifest(ds: ray.data.Dataset, objects: ObjectStore, lease: Lease, exp
     """
     started = time.time()
     # 1 run: rows stream through the pools; parts land in this attempt's staging folder
-    fs, root = arrow_filesystem(objects.location.uri, objects.spec)
+    from pipelines.staged_parts import StagedParts
+
     ds = ds.map_batches(_to_manifest_rows, fn_kwargs={"run_id": lease.run_id},  # type: ignore[arg-type]
                         batch_format="pyarrow")
-    ds.write_parquet(f"{root}/{staging_dir(lease.attempt)}", filesystem=fs,
-                     try_create_dir=objects_are_files(objects.location.uri), min_rows_per_file=part_rows(expected_rows))
+    ds.write_datasink(StagedParts(objects.location.uri, objects.spec, lease.attempt, part_rows(expected_rows)))
     return _commit_and_summarize(objects, lease, expected_rows, started)
 
 
@@ -80,28 +81,17 @@ def write_manifest_tables(tables: Iterable[pa.Table], objects: ObjectStore, leas
     """`write_manifest` for a run without Ray (pipelines/in_process.py): the last stage's output `tables` are
     staged as parts of `part_rows` rows here, then committed and summarized the same way."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     started = time.time()
-    fs, root = arrow_filesystem(objects.location.uri, objects.spec)
-    folder = f"{root}/{staging_dir(lease.attempt)}"
-    if objects_are_files(objects.location.uri):
-        fs.create_dir(folder, recursive=True)
-    size, written = part_rows(expected_rows), 0
+    size = part_rows(expected_rows)
     pending: list[pa.Table] = []
-    prefix = uuid.uuid4().hex[:12]
-
-    def stage_part() -> None:
-        nonlocal pending, written
-        pq.write_table(pa.concat_tables(pending), f"{folder}/{prefix}_{written:06d}.parquet", filesystem=fs)
-        pending, written = [], written + 1
-
     for table in tables:
         pending.append(_to_manifest_rows(table, lease.run_id))
         if sum(t.num_rows for t in pending) >= size:
-            stage_part()
+            stage_part(objects, lease.attempt, pa.concat_tables(pending))
+            pending = []
     if pending:
-        stage_part()
+        stage_part(objects, lease.attempt, pa.concat_tables(pending))
     return _commit_and_summarize(objects, lease, expected_rows, started)
 
 
@@ -109,8 +99,15 @@ def _commit_and_summarize(objects: ObjectStore, lease: Lease, expected_rows: int
     wall = time.time() - started
     # 2 commit: checked, copied, then one index write makes it current; older parts and staging go
     commit(objects, lease, expected_rows)
-    # 3 summarize from the committed parts (column batches: driver memory stays flat)
-    return _summarize(objects, lease.run_id, wall)
+    # 3 summarize from the committed parts (column batches: driver memory stays flat); the run is committed now,
+    #   so a store that fails past its retry budget here leaves a summary that says so, not a failed run
+    try:
+        return _summarize(objects, lease.run_id, wall)
+    except Exception as exc:  # noqa: BLE001 - after the commit point nothing fails the run
+        logger.warning("committed; the summary could not be read back: %s", exc)
+        return RunSummary(lease.run_id, expected_rows, 0, 0, 0, 0, 0, 0, 0, 0.0, round(wall, 3), 0.0,
+                          objects.uri_of(MANIFEST_DIR), objects.uri_of(IMAGES_DIR), [],
+                          unread=f"committed, but the manifest could not be read back for this summary: {exc}")
 
 
 def objects_are_files(uri: str) -> bool:
@@ -179,7 +176,7 @@ def iter_manifest_batches(output_uri: str, store: StoreSpec, columns: list[str],
     older part lacks is null). Memory: a few parts, not the run (`actors.manifest_schema.iter_parts`)."""
     fs, root = arrow_filesystem(output_uri, store)
     paths = [f"{root}/{part}" for part in current_parts(open_store(output_uri, store))]
-    for table in iter_parts(fs, paths, columns):
+    for table in iter_parts(fs, paths, columns, store.retry_budget_s):
         yield from table.to_batches(max_chunksize=batch_size)
 
 

@@ -115,3 +115,95 @@ def test_a_row_specific_upload_refusal_stays_the_rows_error(tmp_path: Path) -> N
     assert not store_is_down(denied) and not store_is_down(OSError(errno.ENAMETOOLONG, "name"))
     assert store_is_down(EndpointConnectionError(endpoint_url="http://127.0.0.1:1"))
     assert store_is_down(OSError(errno.ENOSPC, "full"))
+
+
+def test_torn_staged_parts_of_a_dead_run_never_wedge_the_output(tmp_path: Path) -> None:
+    """A kill -9 or a full disk mid part-write left a 0-byte or half-written staged part (older versions wrote
+    parts in place): every rerun failed reading it. Resume now leaves such a part out (with a warning)."""
+    import imagefleet
+
+    raw = _in_process_job(tmp_path, 3)
+    imagefleet.run(raw, echo=None)
+    part = next((tmp_path / "out" / "manifest").glob("part-*.parquet"))
+    dead = tmp_path / "out" / "manifest" / "_staging" / "dead-run.0000"
+    dead.mkdir(parents=True)
+    (dead / "empty.parquet").write_bytes(b"")
+    (dead / "torn.parquet").write_bytes(part.read_bytes()[: part.stat().st_size // 2])
+    result = imagefleet.run(raw, echo=None)
+    assert result.summary is not None and result.summary.num_already_present == 3
+    _assert_exact(tmp_path / "out", 3)
+    assert not (tmp_path / "out" / "manifest" / "_staging").exists()  # committed: the staging folders are gone
+
+
+def test_a_part_write_that_fails_midway_leaves_no_part(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import pyarrow as pa
+
+    from pipelines.commit import stage_part
+
+    store = open_store(str(tmp_path / "o"), LOCAL)
+
+    def half_then_full(self: Path, data: bytes) -> int:
+        with open(self, "wb") as fh:
+            fh.write(data[: len(data) // 2])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_bytes", half_then_full)
+    with pytest.raises(OSError, match="No space"):
+        stage_part(store, "run.attempt", pa.table({"image_key": ["k"]}))
+    assert [p for p in (tmp_path / "o").rglob("*") if p.is_file()] == []  # no part, no temporary file
+
+
+@pytest.mark.parametrize("expiry", ["NaN", "Infinity", "1e20", "-Infinity", '"soon"', "1e400"])
+def test_a_lease_with_an_absurd_expiry_counts_as_expired(tmp_path: Path, expiry: str) -> None:
+    """A forged or corrupted lease must not block an output for good (NaN never compares as expired)."""
+    import json
+
+    from pipelines.commit import Lease
+
+    store = open_store(str(tmp_path / "o"), LOCAL)
+    body = f'{{"run_id": "ghost", "attempt": "ghost.1", "host": "elsewhere", "pid": 1, "expires_at": {expiry}}}'
+    store.put("manifest/_lease.json", body.encode())
+    lease = Lease(store, "mine", ttl_s=60).acquire()
+    try:
+        assert json.loads(store.get("manifest/_lease.json"))["run_id"] == "mine"
+    finally:
+        lease.release()
+    assert not store.exists("manifest/_lease.json")
+
+
+def test_store_failures_after_the_commit_point_never_fail_the_run(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """The store drops right after the index write: garbage collection, the lease release, run.json and the
+    summary's read-back fail, yet the run is committed — exit 0, and nothing raises from a `finally`."""
+    from botocore.exceptions import EndpointConnectionError
+
+    import imagefleet
+    import pipelines.commit
+    from actors.layout import MANIFEST_INDEX
+
+    raw = _in_process_job(tmp_path, 2)
+    real_put = LocalStore.put
+    down = {"on": False}
+
+    def put(self: LocalStore, rel: str, data: bytes, content_type: str = "") -> None:
+        if down["on"]:
+            raise EndpointConnectionError(endpoint_url="http://127.0.0.1:1")
+        real_put(self, rel, data, content_type)
+        if rel == MANIFEST_INDEX:
+            down["on"] = True  # everything after the commit point meets an outage
+
+    def outage(*_: Any, **__: Any) -> Any:
+        if down["on"]:
+            raise EndpointConnectionError(endpoint_url="http://127.0.0.1:1")
+        return None
+
+    for name in ("delete", "delete_prefix", "exists", "get"):
+        real = getattr(LocalStore, name)
+        monkeypatch.setattr(LocalStore, name, lambda self, *a, _real=real, **k: outage() or _real(self, *a, **k))
+    monkeypatch.setattr(LocalStore, "put", put)
+    monkeypatch.setattr(pipelines.commit, "collect_garbage", lambda *a, **k: outage())
+    result = imagefleet.run(raw, echo=None)
+    assert result.summary is not None and result.summary.unread.startswith("committed")
+    assert "not written" in result.record_uri
+    down["on"] = False
+    _assert_exact(tmp_path / "out", 2)
