@@ -11,6 +11,7 @@ one of them reads the record (one HEAD) and adopts the image instead of paying f
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -23,7 +24,7 @@ from actors.layout import EXTENSIONS, IMAGES_DIR, MANIFEST_DIR, STAGING_DIR, for
 from actors.manifest_schema import CARRIED, COLUMNS, iter_parts
 from actors.storage import RECORD_MAX_BYTES, ObjectStore, arrow_filesystem
 from actors.store_errors import is_transient
-from configs.request import RESUMED_SETTINGS
+from configs.request import BY_NAME, RESUMED_SETTINGS
 
 logger = logging.getLogger(__name__)
 
@@ -92,9 +93,32 @@ _RECORD_TYPES: dict[str, tuple[type, ...]] = {
        else (bool,) if pa.types.is_boolean(c.type) else (str,) for c in COLUMNS}, ESCALATED_TO: (str,)}
 
 
+_INT_BOUNDS = {c.name: (-(2 ** (c.type.bit_width - 1)), 2 ** (c.type.bit_width - 1) - 1)
+               for c in COLUMNS if pa.types.is_integer(c.type)}
+RECORD_MAX_SIDE = 8192  # the largest side a request may ask for (actors/prompt_preprocessor.MAX_SIDE)
+RECORD_TEXT_MAX = 1024  # longest text field a record may hold (a prompt is not in it; names, keys, errors are short)
+_POSITIVE = {"width", "height", "draft_width", "draft_height"}
+
+
+def _in_range(name: str, value: Any) -> bool:
+    """Whether a typed record value is one its manifest column could hold from a real run."""
+    if isinstance(value, bool):
+        return True
+    if isinstance(value, int):
+        low, high = _INT_BOUNDS.get(name, (-(2 ** 63), 2 ** 63 - 1))
+        if name in _POSITIVE:
+            low, high = 0 if name.startswith("draft_") else 1, RECORD_MAX_SIDE
+        return low <= value <= high and (value >= 0 or name == "seed")
+    if isinstance(value, float):
+        return math.isfinite(value) and (value >= 0 or not name.endswith(("_usd", "_ms", "_s")))
+    return len(value) <= RECORD_TEXT_MAX
+
+
 def _checked(record: Any) -> dict[str, Any] | None:
-    """`record` (parsed JSON) when every field it has is of its manifest column's type, else None; fields it
-    doesn't know (a newer version's) are left out."""
+    """`record` (parsed JSON) when every field it has is of its manifest column's type and within what a real run
+    writes (sizes within the largest side, costs and timings finite and non-negative, short texts), else None:
+    the image is made again rather than a forged or corrupted record entering the manifest. Fields it doesn't
+    know (a newer version's) are left out."""
     if not isinstance(record, dict):
         return None
     known = {}
@@ -103,6 +127,8 @@ def _checked(record: Any) -> dict[str, Any] | None:
         if want is None:
             continue
         if not isinstance(value, want) or (isinstance(value, bool) and bool not in want):
+            return None
+        if not _in_range(name, value):
             return None
         known[name] = value
     return known
@@ -251,8 +277,10 @@ class Unlisted:
             if f"{key}.{image_ext(fmt)}" not in self.objects:
                 continue
             try:
-                text, sha256 = self.store.record_of(image_rel(key, fmt))
-                record = _checked(json.loads(text)) if text else None
+                text, _kept_sha256 = self.store.record_of(image_rel(key, fmt))
+                record = _checked(json.loads(text)) if text and len(text) <= RECORD_MAX_BYTES else None
+                # the digest is computed, not read from metadata anyone with write access could set
+                sha256 = hashlib.sha256(self.store.get(image_rel(key, fmt))).hexdigest() if record else ""
             except Exception as exc:
                 if is_transient(exc):  # the store is down past its retry budget: the run fails, nothing is bought
                     raise
@@ -270,8 +298,16 @@ class Unlisted:
 
     def _prior(self, key: str, fmt: str, record: dict[str, Any], sha256: str) -> Prior:
         return Prior(status="ok", sha256=sha256, bytes=self.objects[f"{key}.{image_ext(fmt)}"], error="",
-                     carried={c: record.get(c) for c in CARRIED},
-                     settings={c: record[c] for c in SETTINGS if c in record})
+                     carried={c: record.get(c) for c in CARRIED}, settings=_record_settings(record))
+
+
+def _record_settings(record: dict[str, Any]) -> dict[str, Any]:
+    """The settings an adopted image reports from its record: none of the request's own (seed, size, steps,
+    guidance make its key: the request's values are the truth), only what the request can't know — an escalated
+    image's heavy settings and a hosted image's size as the API returned it."""
+    escalated, hosted = record.get("route") == "escalated", (record.get("requests") or 0) > 0
+    return {c: record[c] for c in SETTINGS if c in record
+            and ((escalated and BY_NAME[c].heavy) or (hosted and c in ("width", "height")))}
 
 
 def load_index(store: ObjectStore, image_format: str, keep_provider_bytes: bool = True) -> ResumeIndex:

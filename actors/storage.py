@@ -272,8 +272,9 @@ class ObjectStore(abc.ABC):
         """The bytes of a stored object."""
 
     def stored_sha256(self, rel: str) -> str:
-        """sha256 of a stored object: the one kept with it (`record_of`) when we wrote it, else by reading it."""
-        return self.record_of(rel)[1] or hashlib.sha256(self.get(rel)).hexdigest()
+        """sha256 of a stored object, computed from its bytes: the digest kept with it is metadata anyone with
+        write access could set (only write-once conflicts ask: a rerun after lost rows, racing writers)."""
+        return hashlib.sha256(self.get(rel)).hexdigest()
 
     @abc.abstractmethod
     def record_of(self, rel: str) -> tuple[str, str]:

@@ -207,3 +207,46 @@ def test_store_failures_after_the_commit_point_never_fail_the_run(tmp_path: Path
     assert "not written" in result.record_uri
     down["on"] = False
     _assert_exact(tmp_path / "out", 2)
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("width", 2 ** 40),  # made every rerun crash (OverflowError in the preprocessor)
+    ("cost_usd", float("inf")),
+    ("cost_usd", -1000.0),
+    ("model", "m" * 3_000),  # past what any record holds (an xattr here takes ~4 KB; S3 metadata 2 KB)
+    ("seed", 999),  # not the request's seed
+    ("sha256", "0" * 64),  # the digest kept with the object, not its bytes'
+])
+def test_forged_image_records_never_enter_the_manifest(tmp_path: Path, field: str, value: Any) -> None:
+    """Anyone who can write object metadata can write an image's record: a rerun that adopts images whose rows
+    were lost checks each record like input (type and range, size, the digest computed); a bad one means that
+    row's image is made again (or reported with the request's own settings), never a crash."""
+    import json
+    import os
+    import shutil
+
+    import imagefleet
+    from actors.local_store import RECORD_XATTR, SHA256_XATTR
+
+    raw = _in_process_job(tmp_path, 2)
+    imagefleet.run(raw, echo=None)
+    before = {r["image_key"]: r for r in _manifest(tmp_path / "out")}
+    shutil.rmtree(tmp_path / "out" / "manifest")  # every row lost: the images are adopted through their records
+    image = Path(next(iter(before.values()))["image_uri"].removeprefix("file://"))
+    if field == "sha256":
+        os.setxattr(image, SHA256_XATTR, str(value).encode())
+    else:
+        record = json.loads(os.getxattr(image, RECORD_XATTR))
+        record[field] = value
+        os.setxattr(image, RECORD_XATTR, json.dumps(record).encode())
+    result = imagefleet.run(raw, echo=None)
+    assert result.summary is not None and result.summary.num_ok == 2
+    rows = _assert_exact(tmp_path / "out", 2)  # digests checked against the bytes
+    from pipelines.manifest import read_manifest_columns
+
+    full = read_manifest_columns(str(tmp_path / "out"), LOCAL, ["width", "cost_usd", "model", "seed"]).to_pylist()
+    for row in full:
+        assert row["width"] == 16 and 0 <= row["cost_usd"] < 1 and len(row["model"]) < 200
+    assert sorted(r["seed"] for r in full) == sorted(  # the request's seeds
+        int(v) for v in read_manifest_columns(str(tmp_path / "out"), LOCAL, ["seed"]).column("seed").to_pylist())
+    assert {r["image_key"] for r in rows} == set(before)
