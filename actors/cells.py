@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
+
+# C0 control characters but tab, line feed and carriage return: a NUL cuts a prompt short in C code (tokenizers,
+# provider APIs), the others are invisible in the manifest and the report
+CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f]")
 
 
 class Undecodable(str):
@@ -34,3 +39,12 @@ def _decoded(value: Any) -> Any:
         return value.decode("utf-8")
     except UnicodeDecodeError:
         return Undecodable(repr(value[:40]))
+
+
+def control_problem(text: str, what: str) -> str:
+    """What is wrong with text holding a control character ('' when it has none)."""
+    found = CONTROL.search(text)
+    if found is None:
+        return ""
+    return (f"{what} contains control character U+{ord(found.group()):04X} at position {found.start()}; remove it "
+            f"(tabs and line breaks are fine)")

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from actors.backend_io import Outcome, Request, decode_problem, encoded_info, parse_adapter_list
+from actors.cells import control_problem
 from actors.inputs import InputFiles, InputProblem, load_inputs, sha256_of
 from actors.keys import derive_seed, shape_bucket
 from configs.request import ROW_COLUMNS
@@ -346,7 +347,11 @@ def _conditioning_bucket(batch: Batch, i: int) -> tuple[Any, ...]:
 
 
 def _request(batch: Batch, i: int, inputs: InputFiles | None = None) -> Request:
-    """Row i as a request; an image-conditioned row's input files are read (and checked) here."""
+    """Row i as a request; an image-conditioned row's input files are read (and checked) here, and its texts."""
+    for name in ("prompt", "negative_prompt"):  # every backend and serving come through here
+        problem = control_problem(str(batch[name][i]), name)
+        if problem:
+            raise InputProblem(problem)
     task = str(batch["task"][i]) if "task" in batch else "text-to-image"
     images: tuple[bytes, ...] = ()
     mask = b""

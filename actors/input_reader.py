@@ -6,7 +6,7 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from actors.cells import column_values
-from actors.inputs import InputFiles, InputProblem, check_image, sha256_of, uris_of
+from actors.inputs import InputFiles, InputProblem, Roots, check_image, sha256_of, uris_of
 from configs.generator_base import MASK_TASKS
 from configs.prep import InputReaderConfig
 
@@ -24,8 +24,9 @@ INPUT_OUTPUT_COLUMNS = {
 
 class InputReader:
     """Adds to each prompt row the resolved URIs and content hashes of its input images and mask, or the reason
-    they can't be used (a missing, unreadable, oversized or wrong-mode file; a mask whose size differs from its
-    image). Runs before the preprocessor, once per table row (not per expanded image), in a CPU pool.
+    they can't be used (a file outside the table's folder and `source.allowed_roots`; a missing, unreadable,
+    oversized or wrong-mode file; a mask whose size differs from its image). Runs before the preprocessor, once
+    per table row (not per expanded image), in a CPU pool.
 
     Args:
         cfg: this stage's slice (columns, base folder, store, limits).
@@ -36,7 +37,9 @@ class InputReader:
 
     def __init__(self, cfg: InputReaderConfig) -> None:
         self.cfg = cfg
-        self.files = InputFiles(cfg.store, cfg.limits.max_image_bytes)
+        # only files under the table's folder and the allowed roots are read (symlinks resolved first)
+        roots = Roots([cfg.base_uri, *cfg.allowed_roots])
+        self.files = InputFiles(cfg.store, cfg.limits.max_image_bytes, roots)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         import pyarrow as pa

@@ -37,6 +37,41 @@ class InputProblem(ValueError):
     """An input image or mask of one row can't be used; the message names the file and what is wrong."""
 
 
+UNUSABLE = ("not found, not allowed or not an image (inputs are PNG, JPEG or WebP files in the prompt table's folder "
+            "or under source.allowed_roots)")
+"""One message for a file outside the allowed folders, a missing one and one that is no image: which files exist
+outside them is not told."""
+
+
+def unusable(uri: str) -> InputProblem:
+    """The row's problem with an input that is outside the allowed folders, missing, or no image."""
+    return InputProblem(f"{uri}: {UNUSABLE}")
+
+
+class Roots:
+    """Where input files may come from: local folders (compared after resolving symlinks) and s3:// prefixes.
+
+    Args:
+        roots: the prompt table's folder and `source.allowed_roots` (absolute paths or s3://bucket[/prefix]).
+    """
+
+    def __init__(self, roots: list[str]) -> None:
+        self.folders = [os.path.realpath(r.removeprefix("file://")) for r in roots if not r.startswith("s3://")]
+        self.prefixes = [(loc.bucket, loc.prefix) for loc in map(parse_location, roots) if loc.kind == "s3"]
+
+    def locate(self, uri: str) -> str:
+        """What to read for a resolved input URI: a local file's real path (symlinks resolved, so a link can't lead
+        out), an s3:// URI as given; `unusable` when it is under no root."""
+        loc = parse_location(uri)
+        if loc.kind == "local":
+            real = os.path.realpath(loc.prefix)
+            if any(real == f or real.startswith(f.rstrip("/") + "/") for f in self.folders):
+                return real
+        elif any(loc.bucket == b and (not p or loc.prefix.startswith(p + "/")) for b, p in self.prefixes):
+            return uri
+        raise unusable(uri)
+
+
 @dataclass(frozen=True)
 class InputImage:
     """An input file as read: its URI, bytes, content hash and pixel size."""
@@ -96,21 +131,25 @@ class InputFiles:
     Args:
         spec: connection for s3:// inputs (the prompt table's store).
         max_bytes: larger files are refused before they are read.
+        roots: where files may come from; None: anywhere (a generator re-reading the files the input reader
+            checked, by content hash).
     """
 
-    def __init__(self, spec: StoreSpec, max_bytes: int) -> None:
+    def __init__(self, spec: StoreSpec, max_bytes: int, roots: Roots | None = None) -> None:
         self.spec = spec
         self.max_bytes = max_bytes
+        self.roots = roots
         self._stores: dict[str, ObjectStore] = {}
 
     def read(self, uri: str) -> bytes:
-        """The file's bytes; InputProblem when it is missing, unreadable or too large."""
+        """The file's bytes; InputProblem when it is outside the roots, missing, unreadable or too large."""
         try:
-            loc = parse_location(uri)
+            target = self.roots.locate(uri) if self.roots is not None else uri
+            loc = parse_location(target)
             if loc.kind == "local":
                 path = Path(loc.prefix)
                 if not path.is_file():
-                    raise InputProblem(f"{uri}: no such file")
+                    raise unusable(uri)
                 size = path.stat().st_size
                 if size > self.max_bytes:
                     raise InputProblem(f"{uri}: {size:,} bytes; the limit is {self.max_bytes:,} "
@@ -124,7 +163,7 @@ class InputFiles:
                 store = self._stores[loc.bucket] = open_store(f"s3://{loc.bucket}", self.spec)
             stored = store.size(loc.prefix)
             if stored is None:
-                raise InputProblem(f"{uri}: no such object")
+                raise unusable(uri)
             if stored > self.max_bytes:
                 raise InputProblem(f"{uri}: {stored:,} bytes; the limit is {self.max_bytes:,} "
                                    f"(source.inputs.max_image_bytes)")
@@ -159,7 +198,7 @@ def check_image(uri: str, data: bytes, max_pixels: int, mask: bool = False) -> t
     except InputProblem:
         raise
     except UnidentifiedImageError:
-        raise InputProblem(f"{what} {uri} is not a readable image (not PNG, JPEG or WebP)") from None
+        raise unusable(uri) from None
     except Exception as exc:  # noqa: BLE001 - PIL raises many kinds for bad bytes
         raise InputProblem(f"{what} {uri} is not a readable image ({type(exc).__name__})") from None
     return int(width), int(height)

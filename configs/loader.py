@@ -11,6 +11,9 @@ from configs.job import JobConfig
 
 # far more than any real config (a few hundred values); an alias bomb passes it within microseconds
 MAX_CONFIG_VALUES = 100_000
+# far deeper than any real config (about 5 levels); PyYAML, deepcopy and pydantic recurse once per level and end in
+# a RecursionError a few hundred levels down
+MAX_CONFIG_DEPTH = 32
 # fields whose Literal default tags a variant of a discriminated union (pydantic puts the tag in error locations)
 TAG_FIELDS = ("backend", "mode")
 
@@ -43,12 +46,17 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> JobConf
         raise ConfigError(f"config file {path} is not UTF-8 text; save it as UTF-8 YAML") from None
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
-    raw = parse_yaml(text, str(path))
+    return load_config_text(text, str(path), overrides)
+
+
+def load_config_text(text: str, source: str, overrides: list[str] | None = None) -> JobConfig:
+    """`load_config` for YAML text already read (`source` names it in messages, e.g. `env:VAR`)."""
+    raw = parse_yaml(text, source)
     if not isinstance(raw, dict):
-        raise ConfigError(f"{path} must hold a YAML mapping at the top level")
+        raise ConfigError(f"{source} must hold a YAML mapping at the top level")
     for item in overrides or []:
         _apply_override(raw, item)
-    return parse_config(raw, source=str(path))
+    return parse_config(raw, source=source)
 
 
 class _StrictLoader(yaml.SafeLoader):  # type: ignore[misc]  # PyYAML is untyped
@@ -65,6 +73,20 @@ class _StrictLoader(yaml.SafeLoader):  # type: ignore[misc]  # PyYAML is untyped
         mapping: dict[Any, Any] = super().construct_mapping(node, deep=deep)
         return mapping
 
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        """PyYAML composes nested collections recursively: refuse a nesting deeper than MAX_CONFIG_DEPTH before
+        Python's recursion limit is reached (aliases are checked on the data, by `_check_shape`)."""
+        event = self.peek_event()
+        collection = isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent))
+        self.depth = getattr(self, "depth", 0) + collection
+        try:
+            if self.depth > MAX_CONFIG_DEPTH:
+                raise ConfigError(f"line {event.start_mark.line + 1} is nested more than {MAX_CONFIG_DEPTH} levels "
+                                  f"deep; flatten it")
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= collection
+
 
 # YAML 1.1 reads `1:1` (an aspect ratio) as the base-60 integer 61, and `9:16` as 556; YAML 1.2 has no such
 # numbers. Colon-separated digits are text here (checked before PyYAML's int/float resolvers).
@@ -74,33 +96,45 @@ _StrictLoader.yaml_implicit_resolvers = {
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
 
 
-def parse_yaml(text: str, source: str) -> Any:
-    """YAML text → plain data: safe tags only, no duplicate keys, and a bound on the expanded size (aliases can
-    make a few lines expand to billions of values)."""
+def parse_yaml(text: str, source: str, under: tuple[str, ...] = ()) -> Any:
+    """YAML text → plain data: safe tags only, no duplicate keys, and bounds on the expanded size (aliases can
+    make a few lines expand to billions of values) and nesting (`under`: the keys the data will sit under)."""
     try:
         data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
         raise ConfigError(f"{source} is not valid YAML: {_first_line(exc)}") from None
     except ConfigError as exc:
         raise ConfigError(f"{source}: {exc}") from None
-    _check_size(data, source)
+    _check_shape(data, source, under)
     return data
 
 
-def _check_size(data: Any, source: str) -> None:
-    """Count the values of the expanded document (shared alias targets counted each time they are used)."""
-    budget, stack = MAX_CONFIG_VALUES, [data]
+def _check_shape(data: Any, source: str, under: tuple[Any, ...] = ()) -> None:
+    """Count the values of the expanded document (shared alias targets counted each time they are used) and
+    bound its nesting (without recursion: the data may be far too deep for it). `under`: keys above `data`."""
+    budget, stack = MAX_CONFIG_VALUES, [(data, under)]
+    path: tuple[Any, ...]
     while stack:
-        node = stack.pop()
+        node, path = stack.pop()
         budget -= 1
         if budget < 0:
             raise ConfigError(f"{source} expands to more than {MAX_CONFIG_VALUES:,} values (nested YAML aliases?); "
                               f"write the config out plainly")
-        if isinstance(node, dict):
-            stack.extend(node.keys())
-            stack.extend(node.values())
-        elif isinstance(node, list):
-            stack.extend(node)
+        if not isinstance(node, dict | list):
+            continue
+        if len(path) >= MAX_CONFIG_DEPTH:
+            raise ConfigError(f"{source}: {_where(path)} is nested more than {MAX_CONFIG_DEPTH} levels deep; "
+                              f"flatten it")
+        items = node.items() if isinstance(node, dict) else enumerate(node)
+        for key, value in items:
+            stack.append((key, path))
+            stack.append((value, (*path, key)))
+
+
+def _where(path: tuple[Any, ...]) -> str:
+    """A location in config data as written: `a.b[0].c` (shortened past 100 characters)."""
+    text = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path).lstrip(".") or "(top level)"
+    return text if len(text) <= 100 else text[:97] + "..."
 
 
 def _first_line(exc: BaseException) -> str:
@@ -109,6 +143,7 @@ def _first_line(exc: BaseException) -> str:
 
 def parse_config(raw: dict[str, Any], source: str = "<config>") -> JobConfig:
     """Validate a plain dict as a JobConfig, turning pydantic errors into readable ConfigErrors."""
+    _check_shape(raw, source)  # a dict from Python (the API) is bounded like YAML
     try:
         return JobConfig.model_validate(raw)
     except ValidationError as exc:
@@ -123,6 +158,7 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     """A copy of a config dict with `dotted.key=value` overrides applied (values parsed as YAML)."""
     import copy
 
+    _check_shape(raw, "<config>")  # deepcopy recurses once per level
     out = copy.deepcopy(raw)
     for item in overrides:
         _apply_override(out, item)
@@ -135,6 +171,9 @@ def _apply_override(raw: dict[str, Any], item: str) -> None:
         raise ConfigError(f"--set expects key=value, got {item!r}")
     node = raw
     parts = key.strip().split(".")
+    if len(parts) > MAX_CONFIG_DEPTH:
+        raise ConfigError(f"--set {_where(tuple(parts))}: the key is nested more than {MAX_CONFIG_DEPTH} levels "
+                          f"deep; name a setting the config has")
     named = raw.get(parts[0]) if parts[0] in NAMED_MAPS else None
     if isinstance(named, dict) and len(parts) > 2 and parts[1] not in named and parts[2] != "backend":
         have = ", ".join(sorted(map(str, named))) or "none"
@@ -145,7 +184,7 @@ def _apply_override(raw: dict[str, Any], item: str) -> None:
         if not isinstance(child, dict):
             raise ConfigError(f"--set {key}: {part!r} is not a mapping")
         node = child
-    node[parts[-1]] = parse_yaml(value, f"--set {key}") if value.strip() else ""
+    node[parts[-1]] = parse_yaml(value, f"--set {key}", tuple(parts)) if value.strip() else ""
 
 
 def _explain(exc: ValidationError, raw: dict[str, Any]) -> str:

@@ -17,7 +17,9 @@ class InputReaderConfig(StrictModel):
     mask_column: str
     """Column of mask URIs (may be absent from the data)."""
     base_uri: str
-    """Folder relative input paths are resolved against (the prompt table's)."""
+    """Folder relative input paths are resolved against (the prompt table's); inputs may come from under it."""
+    allowed_roots: list[str] = []
+    """Other folders and s3:// prefixes inputs may come from (source.allowed_roots)."""
     store: StoreSpec
     """Connection for s3:// inputs."""
     limits: InputLimits

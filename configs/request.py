@@ -77,9 +77,9 @@ REQUEST: tuple[Setting, ...] = (
             keyed="conditioning", heavy=True,
             column_doc="image-to-image / inpaint: how far the result may move from the input image (number, 0..1)."),
     Setting("image", "uris", "input images", column="image", default="none", keyed="conditioning",
-            column_doc="Input image URI (local path, relative to the prompt table's folder, or s3://), or a list of "
-                       "URIs (reference images for `edit`); read when `source.task` is not text-to-image (a null "
-                       "cell is that row's error)."),
+            column_doc="Input image URI (local path, relative to the prompt table's folder, or s3://; under that "
+                       "folder or `source.allowed_roots`), or a list of URIs (reference images for `edit`); read "
+                       "when `source.task` is not text-to-image (a null cell is that row's error)."),
     Setting("mask", "text", "mask image", column="mask", default="none", keyed="conditioning",
             column_doc="Mask image URI for inpaint / edit (white = change; the size of the first input image)."),
     Setting("adapters", "text", "LoRA adapters applied, `name:weight` comma-separated ('' = none)", column="loras",

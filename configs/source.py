@@ -185,6 +185,19 @@ def variant_size(variant: str, width: int, height: int) -> tuple[int, int]:
     return w, h
 
 
+def _root_problem(root: str) -> str:
+    """What is wrong with an allowed root ('' when it names an absolute folder or an s3:// bucket or prefix)."""
+    if root.startswith("s3://"):
+        bucket, _, prefix = root[5:].partition("/")
+        if not bucket or ".." in prefix.split("/"):
+            return "is not an s3:// prefix: write s3://bucket or s3://bucket/folder"
+        return ""
+    path = root.removeprefix("file://")
+    if not path.startswith("/") or ".." in path.split("/"):
+        return "is not an absolute folder: write it from the root, e.g. /data/shared (or s3://bucket/folder)"
+    return ""
+
+
 class SourceConfig(StrictModel):
     """A Parquet prompt dataset: local path, glob, folder or s3:// URI."""
 
@@ -214,6 +227,10 @@ class SourceConfig(StrictModel):
     inside the mask when one is given). Every generator rows can reach must support it (checked at load)."""
     inputs: InputLimits = InputLimits()
     """Limits on input images and masks (larger or unreadable ones become error rows)."""
+    allowed_roots: list[str] = []
+    """Other places rows' input images and masks may come from: absolute folders (`/data/shared`) and s3:// prefixes
+    (`s3://bucket/packshots`). Without them only files under the prompt table's folder are read (symlinks
+    resolved); any other path or URI is that row's error."""
     variants: list[str] = []
     """Output variants per row for campaigns: aspect ratios (`1:1`, `4:5`, `9:16`, `16:9`: the row's pixel area in
     that shape, sides multiples of 16) or exact sizes (`768x1344`); each is a separate image of the same request,
@@ -244,6 +261,10 @@ class SourceConfig(StrictModel):
             if shape in shapes:
                 raise ValueError(f"source.variants: {shapes[shape]!r} and {v!r} are the same shape; list it once")
             shapes[shape] = v
+        for root in self.allowed_roots:
+            problem = _root_problem(root)
+            if problem:
+                raise ValueError(f"source.allowed_roots: {root!r} {problem}")
         return self
 
     def reads_inputs(self) -> bool:

@@ -103,17 +103,16 @@ def version() -> str:
 
 def load(config: str | Path | dict[str, Any] | JobConfig, overrides: Sequence[str] = ()) -> JobConfig:
     """A JobConfig from a path (`env:VAR` too), a dict or a JobConfig, with `--set`-style overrides."""
-    from configs import ConfigError, load_config
+    from configs import ConfigError
     from configs.job import JobConfig
     from configs.loader import apply_overrides, parse_config
-
 
     try:
         if isinstance(config, JobConfig):
             return parse_config(apply_overrides(config.model_dump(), list(overrides))) if overrides else config
         if isinstance(config, dict):
             return parse_config(apply_overrides(dict(config), list(overrides)))
-        return load_config(runtime.config_path(str(config)), list(overrides))
+        return runtime.load_config_arg(str(config), list(overrides))
     except ConfigError as exc:
         raise ConfigInvalid(str(exc)) from None
 

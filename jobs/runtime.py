@@ -138,16 +138,19 @@ def report(cfg: JobConfig, stores: Stores, write: Any) -> str:
         return f"not written ({failure_line(exc)}; details: {record_failure('report', exc)})"
 
 
-def config_path(arg: str) -> str:
-    """`env:VAR` → a temp file holding that variable's YAML (how `imagefleet submit` ships a config)."""
-    if not arg.startswith("env:"):
-        return arg
-    import tempfile
+def load_config_arg(arg: str, overrides: list[str]) -> JobConfig:
+    """The config a command names: a YAML path, or `env:VAR` for YAML held in a variable (how `imagefleet submit`
+    ships a config); read directly, no temp file. ConfigError for an unset variable."""
+    from configs.loader import ConfigError, load_config, load_config_text
 
-    fd, path = tempfile.mkstemp(suffix=".yaml", prefix="imagefleet-")
-    with os.fdopen(fd, "w") as fh:
-        fh.write(os.environ.get(arg[4:], ""))
-    return path
+    if not arg.startswith("env:"):
+        return load_config(arg, overrides)
+    name = arg[4:]
+    text = os.environ.get(name) if name else None
+    if text is None:
+        raise ConfigError(f"config {arg}: the environment variable {name or '(no name)'} is not set; set it to the "
+                          f"config's YAML, or pass a YAML file")
+    return load_config_text(text, arg, overrides)
 
 
 def start_ray(cfg: JobConfig) -> bool:

@@ -80,12 +80,11 @@ def app(args: dict[str, Any]) -> Application:
             come from the Serve deployment (RayService `serveConfigV2`), not from the config's `serve:` section.
     """
     runtime.prepare_environment()
-    from configs import load_config
     from pipelines.serving import build_app
 
     if "config" not in args:
         raise ValueError("imagefleet serve app needs args: {config: /path/to/config.yaml}")
-    cfg = load_config(runtime.config_path(str(args["config"])), [str(v) for v in args.get("set", [])])
+    cfg = runtime.load_config_arg(str(args["config"]), [str(v) for v in args.get("set", [])])
     return build_app(cfg, preflight.resolve_stores(cfg, online=True))
 
 

@@ -214,7 +214,7 @@ def make_plan(cfg: JobConfig, stores: Stores, source_columns: list[str], num_row
         cols = cfg.source.columns
         stages.append(declared_stage("inputs", InputReader, {"cfg": InputReaderConfig(
             task=cfg.source.task, image_column=cols.of("image"), mask_column=cols.of("mask"),
-            base_uri=input_base(cfg.source.uri),
+            base_uri=input_base(cfg.source.uri), allowed_roots=cfg.source.allowed_roots,
             store=stores.inputs or stores.source, limits=cfg.source.inputs)}, INPUT_READER_POOL,
             reads=(cols.of("image"),), batch_format="pyarrow"))
     # 1 preprocess: validate, route, expand num_images, derive seeds and keys
@@ -326,7 +326,8 @@ def input_base(source_uri: str) -> str:
     if any(ch in uri for ch in "*?["):
         uri = uri[: min(uri.find(ch) for ch in "*?[" if ch in uri)].rsplit("/", 1)[0]
     elif uri.rstrip("/").endswith((".parquet", ".pq")):
-        uri = uri.rstrip("/").rsplit("/", 1)[0]
+        path = uri.rstrip("/")
+        uri = (path.rsplit("/", 1)[0] or "/") if "/" in path else "."  # `p.parquet`: the working folder
     return parse_location(uri).uri
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Sequence
+
 import pyarrow as pa
 
 from actors import manifest_schema
@@ -17,6 +20,16 @@ INPUT_FIELDS = ("image", "mask")
 # The output manifest's Arrow schema, derived from the column table in actors/manifest_schema.py (the one
 # declaration of each column: type, meaning, carried on resume, exported to shards, shown in the report).
 MANIFEST: pa.Schema = manifest_schema.SCHEMA
+
+
+def _duplicated(schema: pa.Schema, source: SourceConfig, also_read: Sequence[str]) -> list[str]:
+    """Columns the run reads (or checks) that the data has more than once."""
+    read = {source.prompt_column, source.id_column, source.negative_prompt_column, *also_read,
+            *source.columns.by_field().values(), *OPTIONAL_INPUT_COLUMNS,
+            *(source.template.columns() if source.template is not None else [])}
+    counts = Counter(schema.names)
+    return [f"column {name!r} appears {counts[name]} times in the data; give each column its own name (or drop the "
+            f"copies)" for name in dict.fromkeys(schema.names) if counts[name] > 1 and name in read]
 
 
 def _family(t: pa.DataType) -> str:
@@ -40,8 +53,17 @@ def _fits(got: str, family: str) -> bool:
     return (family == "number" and got == "integer") or (family == "uris" and got in ("string", "list<string>"))
 
 
-def input_problems(schema: pa.Schema, source: SourceConfig) -> list[str]:
-    """Schema-level problems of a prompt table (each message says what to change); [] when usable."""
+def input_problems(schema: pa.Schema, source: SourceConfig, also_read: Sequence[str] = ()) -> list[str]:
+    """Schema-level problems of a prompt table (each message says what to change); [] when usable.
+
+    Args:
+        schema: one file's schema.
+        source: the source config (which columns hold what).
+        also_read: further columns the run reads (e.g. the routing column).
+    """
+    duplicated = _duplicated(schema, source, also_read)
+    if duplicated:  # pyarrow can't pick one of them by name: every other check would be about an ambiguous column
+        return duplicated
     problems = []
     names = set(schema.names)
     if source.template is not None:

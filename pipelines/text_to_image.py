@@ -58,7 +58,7 @@ def inspect_source(cfg: JobConfig, stores: Stores) -> SourceInfo:
     if num_rows == 0:
         raise InputError(f"source {cfg.source.uri} has no rows")
     for f, (schema, _) in footers.items():
-        problems = input_problems(schema, cfg.source)
+        problems = input_problems(schema, cfg.source, [cfg.routing.column_read])
         if problems:
             raise InputError(f"source file {_display(f, loc.kind)}: " + "; ".join(problems))
     schema = next(iter(footers.values()))[0]
@@ -79,15 +79,17 @@ def _display(path: str, kind: str) -> str:
 
 
 def _check_separate(source_uri: str, output_uri: str) -> None:
-    """Refuse a source inside the output (or the reverse): the run would read its own manifest as prompts, and
-    resume would see its own inputs."""
-    def parts(uri: str) -> list[str]:
+    """Refuse a source inside the output (or the reverse), as written or once symlinks are resolved (a link to
+    the output folder is the output folder): the run would read its own manifest as prompts, and resume would see
+    its own inputs."""
+    def parts(uri: str, real: bool) -> list[str]:
         """Path segments up to the first glob segment (a glob's fixed folder is what it reads from)."""
         loc = parse_location(uri)
         if loc.kind == "s3":
             segments = ["s3:", loc.bucket, *loc.prefix.split("/")]
         else:
-            segments = os.path.abspath(uri.removeprefix("file://")).split("/")
+            path = uri.removeprefix("file://")
+            segments = (os.path.realpath(path) if real else os.path.abspath(path)).split("/")
         fixed = []
         for p in segments:
             if any(ch in p for ch in "*?["):
@@ -96,10 +98,12 @@ def _check_separate(source_uri: str, output_uri: str) -> None:
                 fixed.append(p)
         return fixed
 
-    src, out = parts(source_uri), parts(output_uri)
-    if src[: len(out)] == out or out[: len(src)] == src:
-        raise InputError(f"source.uri {source_uri} and output.uri {output_uri} overlap; keep prompts and outputs "
-                         f"in separate folders (the run would read its own outputs as prompts)")
+    for real in (False, True):
+        src, out = parts(source_uri, real), parts(output_uri, real)
+        if src[: len(out)] == out or out[: len(src)] == src:
+            via = " (once symlinks are resolved)" if real else ""
+            raise InputError(f"source.uri {source_uri} and output.uri {output_uri} overlap{via}; keep prompts and "
+                             f"outputs in separate folders (the run would read its own outputs as prompts)")
 
 
 def _resolve_files(uri: str, fs: Any, path: str) -> list[str]:

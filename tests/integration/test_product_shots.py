@@ -63,6 +63,7 @@ def test_product_shots_example_runs_end_to_end_and_resumes(tmp_path: Path, tiny_
             "--set=generators.sdxl.pool.num_cpus=0.5", "--set=generators.sdxl.pool.max_size=2",
             "--set=output.pool.max_size=1", "--set=cluster.address=local", "--set=source.task=image-to-image",
             "--set=source.template.vars.scene=[on a beach, in a studio]",
+            f"--set=source.allowed_roots=[s3://{bucket}/inputs]",  # the kettle's packshot: outside the table's folder
             "--progress=off"]
     # image-to-image first (the kettle has no mask): every product × scene × variant, the LoRA only where asked
     assert generate.main(args) == 0
@@ -80,8 +81,8 @@ def test_product_shots_example_runs_end_to_end_and_resumes(tmp_path: Path, tiny_
     assert all(r["task"] == "image-to-image" and r["strength"] == 0.99 for r in ok)
     assert all(r["adapters"] == "" for r in ok if not r["id"].startswith("mug#"))
     lamp = [r for r in rows if r["id"].startswith("lamp#")]
-    assert len(lamp) == per_product and all(r["status"] == "error" and "missing.png: no such file" in r["error"]
-                                   for r in lamp)
+    assert len(lamp) == per_product and all(r["status"] == "error" and "missing.png: not found, not allowed"
+                                            in r["error"] for r in lamp)
     # inpaint, as shipped: the kettle has no mask (its error rows say so); a rerun makes nothing new
     inpaint = [a for a in args if a != "--set=source.task=image-to-image"]
     assert generate.main(inpaint) == 0
