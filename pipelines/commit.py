@@ -71,10 +71,13 @@ class Holder:
         return held if math.isfinite(held.expires_at) else None  # NaN / Infinity: never a real expiry
 
     def dead(self, now: float) -> bool:
-        """Expired, held by a driver process on this host that no longer exists, or with an expiry no run sets
-        (beyond MAX_LEASE_TTL_S from now: a forged or corrupted lease must not block an output for good)."""
+        """Expired, held by a driver process on this host that no longer exists (or by this process, in an attempt
+        that ended: a notebook's run whose release met an outage), or with an expiry no run sets (beyond
+        MAX_LEASE_TTL_S from now: a forged or corrupted lease must not block an output for good)."""
         if self.expires_at < now or self.expires_at > now + MAX_LEASE_TTL_S:
             return True
+        if self.host == socket.gethostname() and self.pid == os.getpid():
+            return self.attempt not in _LIVE_ATTEMPTS
         if self.host == socket.gethostname():
             try:
                 os.kill(self.pid, 0)
@@ -83,6 +86,10 @@ class Holder:
             except PermissionError:
                 return False
         return False
+
+
+_LIVE_ATTEMPTS: set[str] = set()
+"""This process's lease attempts that are running (acquired, not yet released)."""
 
 
 class Lease:
@@ -119,11 +126,8 @@ class Lease:
         for _ in range(3):
             body = self._body()
             written, _ = self.store.put_if_absent(LEASE, body, "application/json", "")
-            if written:
-                self._start_renewing()
-                return self
-            held = self.holder()
-            if held is not None and held.attempt == self.attempt:
+            if written or ((held := self.holder()) is not None and held.attempt == self.attempt):
+                _LIVE_ATTEMPTS.add(self.attempt)
                 self._start_renewing()
                 return self
             if held is not None and not held.dead(time.time()):
@@ -158,6 +162,7 @@ class Lease:
     def release(self) -> None:
         """Stop renewing and delete the lease if it is still this attempt's."""
         self._stop.set()
+        _LIVE_ATTEMPTS.discard(self.attempt)
         if self._thread is not None:
             self._thread.join(timeout=5)
         try:  # called from `finally`: never raises (a lease left behind expires by itself)

@@ -163,6 +163,45 @@ def test_chaos_object_store_restart(tmp_path: Path, ray_cluster: None, monkeypat
         server.stop()
 
 
+def test_an_outage_past_the_retry_budget_fails_the_run_and_the_rerun_ends_exact(
+        tmp_path: Path, ray_cluster: None, monkeypatch: Any, capsys: Any) -> None:
+    """(issue #30) the store goes away at the generators' 20th image and stays away past `s3.retry_budget_s`: the
+    run exits 1 with one line and commits nothing — paid images are not written off as error rows that a plain
+    rerun would carry over; once the store is back, a plain rerun ends exact."""
+    from jobs.seaweed import S3Server
+
+    server = S3Server.prepare(tmp_path / "sw").start()
+    try:
+        server.ensure_bucket("gone")
+        for key, value in server.env().items():
+            monkeypatch.setenv(key, value)
+        raw = sleep_job(prompts(tmp_path / "p.parquet", 120), "s3://gone/run", latency_s=0.02)
+        raw["output"]["s3"] = {"retry_budget_s": 1}
+        faults = tmp_path / "faults"
+        faults.mkdir()
+        raw["generators"]["sleepy"]["faults"] = {"dir": str(faults), "after_images": 20, "action": "pause"}
+        stored: list[int] = []
+
+        def go_away() -> None:
+            stored.append(len(objects(server, "gone", "run/images/")))
+            server.stop()
+
+        watcher = _released_when_paused(faults, go_away)
+        cfg = write_config(tmp_path / "job.yaml", raw)
+        assert generate.main([str(cfg)]) == 1
+        watcher.join(timeout=60)
+        err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+        assert any("failed past its retry budget" in ln and "nothing was committed" in ln for ln in err), err
+        assert not any("Traceback" in ln for ln in err)
+        server.start()
+        assert not objects(server, "gone", "run/manifest/_manifest.json")
+        assert generate.main([str(cfg)]) == 0
+        rows = assert_exactly_once(server, "gone", "run", 120)
+        assert sum(r["already_present"] for r in rows) == stored[0]  # stored before the outage: not made again
+    finally:
+        server.stop()
+
+
 def test_chaos_killed_driver_then_rerun(
     tmp_path: Path, s3_env: Any, bucket: str, ray_cluster: None, capsys: Any
 ) -> None:
