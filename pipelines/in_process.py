@@ -101,7 +101,7 @@ def stream(cfg: JobConfig, stores: Stores, source: SourceInfo, plan: Plan, board
     from pipelines.text_to_image import source_pieces
 
     fs, parts = source_pieces(cfg, stores, source)
-    yield from execute(plan, (read_piece(p, plan.source_columns, fs) for p in parts), board)
+    yield from execute(plan, (read_piece(p, plan.source_columns, fs, source.types) for p in parts), board)
 
 
 def execute(plan: Plan, blocks: Iterable[Any], board: Any = None) -> Iterator[pa.Table]:

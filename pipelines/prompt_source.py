@@ -16,11 +16,13 @@ if TYPE_CHECKING:
 
 
 class PromptTable(Datasource):
-    """The prompt table's `columns`, read piece by piece with `filesystem` (pyarrow; credentials included)."""
+    """The prompt table's `columns`, read piece by piece with `filesystem` (pyarrow; credentials included) as
+    `types` (merged across its files)."""
 
-    def __init__(self, parts: Sequence[Piece], columns: Sequence[str], filesystem: Any) -> None:
+    def __init__(self, parts: Sequence[Piece], columns: Sequence[str], filesystem: Any,
+                 types: pa.Schema | None = None) -> None:
         super().__init__()
-        self._parts, self._columns, self._fs = list(parts), list(columns), filesystem
+        self._parts, self._columns, self._fs, self._types = list(parts), list(columns), filesystem, types
 
     def get_name(self) -> str:
         return "PromptTable"
@@ -30,14 +32,15 @@ class PromptTable(Datasource):
 
     def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None,
                        data_context: Any = None) -> list[ReadTask]:
-        return [ReadTask(_reader(p, self._columns, self._fs),
+        return [ReadTask(_reader(p, self._columns, self._fs, self._types),
                          BlockMetadata(num_rows=p.num_rows, size_bytes=None, input_files=(p.path,), exec_stats=None),
                          per_task_row_limit=per_task_row_limit)
                 for p in self._parts]
 
 
-def _reader(piece: Piece, columns: Sequence[str], fs: Any) -> Callable[[], Iterable[pa.Table]]:
+def _reader(piece: Piece, columns: Sequence[str], fs: Any, types: pa.Schema | None
+            ) -> Callable[[], Iterable[pa.Table]]:
     def read() -> Iterable[pa.Table]:
-        yield read_piece(piece, columns, fs)
+        yield read_piece(piece, columns, fs, types)
 
     return read

@@ -52,11 +52,18 @@ def pieces(files: Sequence[str], row_groups: Sequence[Sequence[int]], rows_per_t
     return out
 
 
-def read_piece(piece: Piece, columns: Sequence[str], fs: Any) -> pa.Table:
-    """The selected `columns` of one piece's row groups (the whole file when its groups aren't known)."""
+def read_piece(piece: Piece, columns: Sequence[str], fs: Any, types: pa.Schema | None = None) -> pa.Table:
+    """The selected `columns` of one piece's row groups (the whole file when its groups aren't known), cast to
+    `types` where a column is there (the types merged across the table's files: every piece reads alike)."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     with fs.open_input_file(piece.path) as handle:
         table = pq.ParquetFile(handle)
         groups = list(piece.groups) or list(range(table.num_row_groups))
-        return table.read_row_groups(groups, columns=list(columns))
+        read = table.read_row_groups(groups, columns=list(columns))
+    if types is None:
+        return read
+    target = pa.schema([types.field(c) if c in types.names else f for c, f in zip(read.column_names, read.schema,
+                                                                                  strict=True)])
+    return read if read.schema.equals(target) else read.cast(target)

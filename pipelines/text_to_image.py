@@ -42,6 +42,8 @@ class SourceInfo:
     """Images the rows ask for (each row's num_images, default 1); 0 = not counted (same as num_rows)."""
     row_groups: tuple[tuple[int, ...], ...] = ()
     """Rows in each row group of each file (as `files`); empty = unknown (each file is then read whole)."""
+    types: pa.Schema | None = None
+    """The read columns' types merged across every file (`_merged_types`); each piece is read as these."""
 
 
 def inspect_source(cfg: JobConfig, stores: Stores) -> SourceInfo:
@@ -63,6 +65,7 @@ def inspect_source(cfg: JobConfig, stores: Stores) -> SourceInfo:
             raise InputError(f"source file {_display(f, loc.kind)}: " + "; ".join(problems))
     schema = next(iter(footers.values()))[0]
     _check_same_columns(cfg, footers, loc.kind)
+    types = _merged_types(cfg, footers, loc.kind)
     # 4 how many images the rows ask for (one small column), for the cost estimate and the budget
     most = cfg.routing.max_images_per_row
     count = cfg.source.columns.of("num_images")
@@ -71,7 +74,8 @@ def inspect_source(cfg: JobConfig, stores: Stores) -> SourceInfo:
         num_images *= cfg.source.template.per_row()
     num_images *= cfg.source.images_per_row()  # one image per output variant
     return SourceInfo(files=[_display(f, loc.kind) for f in files], num_rows=num_rows, schema=schema,
-                      num_images=num_images, row_groups=tuple(groups for _, groups in footers.values()))
+                      num_images=num_images, row_groups=tuple(groups for _, groups in footers.values()),
+                      types=types)
 
 
 def _display(path: str, kind: str) -> str:
@@ -180,6 +184,41 @@ def _check_same_columns(cfg: JobConfig, footers: dict[str, tuple[pa.Schema, tupl
                              f"{_display(first_file, kind)}; add it to every file (nulls are fine) or to none")
 
 
+def _merged_types(cfg: JobConfig, footers: dict[str, tuple[pa.Schema, tuple[int, ...]]], kind: str) -> pa.Schema:
+    """The types of the columns the run reads, merged across every file as Ray Data merges blocks (pyarrow's
+    permissive promotion: int32 + int64 → int64, string + large_string → large_string, all-null + any → that
+    type), a dictionary-encoded column read as its values. InputError naming both files when a column's types
+    don't merge (int64 ids in one file, strings in another): found here, before Ray starts, not mid-run."""
+    import pyarrow as pa
+
+    first_file, (first, _) = next(iter(footers.items()))
+    columns = _input_columns(cfg, first)
+    merged = {c: _decoded(first.field(c)) for c in columns}
+    seen_in = dict.fromkeys(columns, first_file)
+    for f, (schema, _) in footers.items():
+        for c in columns:
+            field = _decoded(schema.field(c))
+            if field.type == merged[c].type:
+                continue
+            try:
+                merged[c] = pa.unify_schemas([pa.schema([merged[c]]), pa.schema([field])],
+                                             promote_options="permissive").field(c)
+            except (pa.ArrowTypeError, pa.ArrowInvalid):
+                raise InputError(
+                    f"column {c!r} is {merged[c].type} in {_display(seen_in[c], kind)} but {field.type} in "
+                    f"{_display(f, kind)}; the files can't be read as one table: write the column with one type "
+                    f"in every file") from None
+            seen_in[c] = f
+    return pa.schema(list(merged.values()))
+
+
+def _decoded(field: pa.Field) -> pa.Field:
+    """A dictionary-encoded column as the values it holds (the same column to a reader)."""
+    import pyarrow as pa
+
+    return field.with_type(field.type.value_type) if pa.types.is_dictionary(field.type) else field
+
+
 def _count_images(fs: Any, files: list[str], most: int, name: str = "num_images") -> int:
     """Sum of the rows' num_images; null or out of 1..most counts as 1 (a null row makes one image; an out-of-range
     one becomes one error row), as the preprocessor makes them."""
@@ -231,7 +270,7 @@ def build(cfg: JobConfig, stores: Stores, source: SourceInfo, plan: Plan | None 
     from pipelines.prompt_source import PromptTable
 
     fs, parts = source_pieces(cfg, stores, source)
-    ds: ray.data.Dataset = ray.data.read_datasource(PromptTable(parts, plan.source_columns, fs))
+    ds: ray.data.Dataset = ray.data.read_datasource(PromptTable(parts, plan.source_columns, fs, source.types))
     # this run's autoscaling rule, on its own context (derived datasets inherit it; the process's stays as it is)
     ds.context.autoscaling_config = autoscaling(ds.context.autoscaling_config, cfg.cluster.pools_shrink)
     # 3 run-wide services a stage's actors share (hosted rate limiters, the spend ledger), owned by this driver
