@@ -104,3 +104,30 @@ def test_in_process_failures_are_one_line_and_commit_nothing(tmp_path: Path, s3_
     assert generate.main([str(write_config(tmp_path / "shards.yaml", shards)), "--dry-run"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "cluster.executor: in_process can't run this job" in err[0] and "use ray or auto" in err[0]
+
+
+def test_stages_on_ray_read_and_write_what_they_declare(tmp_path: Path, ray_cluster: None) -> None:
+    """The Ray half of tests/unit/test_stage_columns.py: the same recorded stages, in Ray's actor pools, read and
+    write only the columns `Plan.check` follows (the batches Ray Data hands an actor are what it checks). The
+    cascade has every kind of stage (draft, scorer, escalator, heavy generator, writer); the unit test runs all
+    three routing modes in process."""
+    mode = "cascade"
+    from pipelines.plan import make_plan
+    from pipelines.text_to_image import build, inspect_source
+    from tests.unit.test_stage_columns import (
+        ROUTINGS,
+        STORES,
+        _recorded,
+        assert_as_declared,
+        recorded_columns,
+        routed_job,
+    )
+
+    write_prompts(tmp_path / "in.parquet", {"prompt": ["a fox", "a crow", "an owl"], "num_images": [1, 2, 1]})
+    cfg = routed_job(tmp_path, ROUTINGS[mode])
+    source = inspect_source(cfg, STORES)
+    plan = make_plan(cfg, STORES, ["prompt", "num_images"], 4)
+    rows = sum(b.num_rows for b in build(cfg, STORES, source, _recorded(plan, tmp_path / "seen")).iter_batches(
+        batch_format="pyarrow"))
+    assert rows == (2 if mode == "fanout" else 1) * 4
+    assert_as_declared(plan, *recorded_columns(tmp_path / "seen"))

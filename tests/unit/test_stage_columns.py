@@ -57,8 +57,11 @@ def _same(a: Any, b: Any) -> bool:
     return True
 
 
-def _recorded(plan: Plan, reads: dict[str, set[str]], writes: dict[str, set[str]]) -> Plan:
-    """The plan with every numpy stage's actor wrapped to record its reads and writes."""
+def _recorded(plan: Plan, folder: Path) -> Plan:
+    """The plan with every numpy stage's actor wrapped to record its reads and writes as JSON lines in `folder`
+    (one file per actor process: the same record in process and in Ray's actor pools)."""
+    import json
+    import os
 
     def wrap(stage: Stage) -> Stage:
         base = stage.actor
@@ -66,37 +69,44 @@ def _recorded(plan: Plan, reads: dict[str, set[str]], writes: dict[str, set[str]
             return stage
 
         def call(self: Any, batch: dict[str, Any]) -> Any:
-            out = base.__call__(self, _Reads(batch, reads[stage.name]))
-            writes[stage.name] |= {c for c in out if c not in batch or not _same(out[c], batch[c])}
+            seen: set[str] = set()
+            out = base.__call__(self, _Reads(batch, seen))
+            wrote = {c for c in out if c not in batch or not _same(out[c], batch[c])}
+            with open(Path(folder, f"{stage.name.replace(':', '_')}.{os.getpid()}.jsonl"), "a") as fh:
+                fh.write(json.dumps({"stage": stage.name, "reads": sorted(seen), "writes": sorted(wrote)}) + "\n")
             return out
 
         return Stage(**{**stage.__dict__, "actor": type(base.__name__, (base,), {"__call__": call})})
 
+    folder.mkdir(parents=True, exist_ok=True)
     return Plan(plan.source_columns, tuple(wrap(s) for s in plan.stages), plan.pools)
 
 
-@pytest.mark.parametrize(
-    "routing",
-    [
-        {"mode": "cascade", "cascade": {"draft": "a", "escalate": "c", "threshold": 2.0}},  # every draft escalates
-        {"mode": "best_of", "default": "a", "candidates": 3},
-        {"mode": "fanout", "fanout": ["a", "c"]},
-    ],
-    ids=["cascade", "best_of", "fanout"],
-)
-def test_stages_read_and_write_what_they_declare(tmp_path: Path, routing: dict[str, Any]) -> None:
+def recorded_columns(folder: Path) -> tuple[dict[str, set[str]], dict[str, set[str]]]:
+    """(reads, writes) per stage name, from `_recorded`'s files."""
+    import json
+
+    reads: dict[str, set[str]] = defaultdict(set)
+    writes: dict[str, set[str]] = defaultdict(set)
+    for path in folder.glob("*.jsonl"):
+        for line in path.read_text().splitlines():
+            entry = json.loads(line)
+            reads[entry["stage"]] |= set(entry["reads"])
+            writes[entry["stage"]] |= set(entry["writes"])
+    return reads, writes
+
+
+def routed_job(tmp_path: Path, routing: dict[str, Any]) -> Any:
+    """Two sleep generators (`a`, `c`), a rule scorer and `routing`."""
     raw = sleep_job(tmp_path / "in.parquet", str(tmp_path / "out"))
     base = raw["generators"].pop("sleepy")
     raw["generators"] = {n: {**base, "model": f"m-{n}"} for n in ("a", "c")}
     raw.update(routing=routing, scorer={"backend": "rule"})
-    cfg = parse_config(raw)
-    plan = make_plan(cfg, STORES, ["prompt", "num_images"], 4)
-    plan.check()
-    reads: dict[str, set[str]] = defaultdict(set)
-    writes: dict[str, set[str]] = defaultdict(set)
-    table = pa.table({"prompt": ["a fox", "a crow", "an owl"], "num_images": [1, 2, 1]})
-    rows = [t for t in execute(_recorded(plan, reads, writes), [table])]
-    assert sum(t.num_rows for t in rows) == len(routing.get("fanout", ["x"])) * 4
+    return parse_config(raw)
+
+
+def assert_as_declared(plan: Plan, reads: dict[str, set[str]], writes: dict[str, set[str]]) -> None:
+    """Every numpy stage read and wrote only what it declares."""
     assert writes, "no stage ran"
     for stage in plan.stages:
         if stage.batch_format != "numpy":
@@ -105,9 +115,28 @@ def test_stages_read_and_write_what_they_declare(tmp_path: Path, routing: dict[s
         assert not undeclared_reads, f"{stage.name} reads undeclared {sorted(undeclared_reads)}"
         undeclared_writes = writes[stage.name] - set(stage.writes)
         assert not undeclared_writes, f"{stage.name} writes undeclared {sorted(undeclared_writes)}"
-    if routing["mode"] == "best_of":
+
+
+ROUTINGS = {
+    "cascade": {"mode": "cascade", "cascade": {"draft": "a", "escalate": "c", "threshold": 2.0}},  # all escalate
+    "best_of": {"mode": "best_of", "default": "a", "candidates": 3},
+    "fanout": {"mode": "fanout", "fanout": ["a", "c"]},
+}
+
+
+@pytest.mark.parametrize("mode", list(ROUTINGS))
+def test_stages_read_and_write_what_they_declare(tmp_path: Path, mode: str) -> None:
+    routing = ROUTINGS[mode]
+    plan = make_plan(routed_job(tmp_path, routing), STORES, ["prompt", "num_images"], 4)
+    plan.check()
+    table = pa.table({"prompt": ["a fox", "a crow", "an owl"], "num_images": [1, 2, 1]})
+    rows = list(execute(_recorded(plan, tmp_path / "seen"), [table]))
+    assert sum(t.num_rows for t in rows) == len(routing.get("fanout", ["x"])) * 4
+    reads, writes = recorded_columns(tmp_path / "seen")
+    assert_as_declared(plan, reads, writes)
+    if mode == "best_of":
         assert {"candidate_images", "candidate_seeds"} <= writes["generate:a"]
-    if routing["mode"] == "cascade":
+    if mode == "cascade":
         assert "draft_image_uri" in writes["write"]
 
 
