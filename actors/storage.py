@@ -228,6 +228,12 @@ class ObjectStore(abc.ABC):
         self.location = parse_location(uri)
         self.spec = spec
 
+    def arrow(self) -> tuple[pyarrow.fs.FileSystem, str]:
+        """(pyarrow filesystem, root path) for this store's Parquet reads, made once per store."""
+        if getattr(self, "_arrow", None) is None:
+            self._arrow = arrow_filesystem(self.location.uri, self.spec)
+        return self._arrow
+
     def uri_of(self, rel: str) -> str:
         """The URI of a relative path under this store."""
         return self.location.join(rel)

@@ -74,10 +74,11 @@ class RunResult:
 
     def manifest(self) -> Any:
         """The committed manifest as a `pyarrow.dataset.Dataset` (lazy; `.to_table()`, filters, columns)."""
+        from actors.stores import open_store
         from pipelines.manifest import manifest_dataset
 
         assert self.store is not None
-        return manifest_dataset(self.output_uri, self.store)
+        return manifest_dataset(open_store(self.output_uri, self.store))
 
     def to_pandas(self) -> Any:
         """The whole manifest as a pandas DataFrame (small and medium runs)."""
@@ -188,10 +189,10 @@ def _execute(cfg: JobConfig, checked: _Checked, run_id: str, progress: str, verb
                                  "" if verbose else str(log)):
                 summary = executor.commit(objects, lease, total, board)
             # after the commit point: what fails here is reported, never a failed run (`runtime.after_commit`)
-            shards = runtime.export_webdataset(cfg, stores, summary, run_id)
+            shards = runtime.export_webdataset(cfg, objects, summary, run_id)
             record_uri = runtime.after_commit("run.json", lambda: write_run_json(
-                cfg.output.uri, stores.output, run_text.run_record(cfg, summary, checked.source, checked.executor[0])))
-            return (summary, record_uri, runtime.report(cfg, stores, write_report), shards), "", log, objects
+                objects, run_text.run_record(cfg, summary, checked.source, checked.executor[0])))
+            return (summary, record_uri, runtime.report(objects, write_report), shards), "", log, objects
         except StorageError as exc:
             raise InputInvalid(str(exc)) from None
         except Exception as exc:  # a broken actor ends the run; one line, the rest in the log file

@@ -46,11 +46,12 @@ def report_main(argv: list[str]) -> int:
 
     try:
         spec = resolve_store_spec(args.output_uri, S3Config())
-        if not current_parts(open_store(args.output_uri, spec)):
+        objects = open_store(args.output_uri, spec)
+        if not current_parts(objects):
             print(f"imagefleet: no manifest at {args.output_uri}: pass the output.uri of a finished run",
                   file=sys.stderr)
             return 2
-        print(write_report(args.output_uri, spec))
+        print(write_report(objects))
     except StorageError as exc:
         print(f"imagefleet: {exc}", file=sys.stderr)
         return 2

@@ -17,7 +17,6 @@ from typing import Any
 from actors.storage import ObjectStore, StorageError
 from configs.job import JobConfig
 from pipelines.manifest import RunSummary
-from pipelines.plan import Stores
 from pipelines.text_to_image import failure_line
 
 logger = logging.getLogger(__name__)
@@ -130,10 +129,10 @@ def record_failure(what: str, exc: BaseException, path: Path | None = None) -> s
     return str(path)
 
 
-def report(cfg: JobConfig, stores: Stores, write: Any) -> str:
+def report(objects: ObjectStore, write: Any) -> str:
     """Write the run report; a report that can't be written never fails a committed run (one line instead)."""
     try:
-        return str(write(cfg.output.uri, stores.output))
+        return str(write(objects))
     except Exception as exc:  # noqa: BLE001 - the manifest is committed; `imagefleet report` can redo this
         return f"not written ({failure_line(exc)}; details: {record_failure('report', exc)})"
 
@@ -203,14 +202,14 @@ def check_temp_dir(temp_dir: str) -> None:
                            f"point it at a writable folder") from None
 
 
-def export_webdataset(cfg: JobConfig, stores: Stores, summary: RunSummary, run_id: str) -> str:
+def export_webdataset(cfg: JobConfig, objects: ObjectStore, summary: RunSummary, run_id: str) -> str:
     """WebDataset shards of the committed run when configured: the index URI, `failed: …`, or ''."""
     if not cfg.output.webdataset.enabled or summary.num_ok == 0:
         return ""
     from pipelines.webdataset import write_webdataset
 
     try:
-        return write_webdataset(cfg.output, stores.output, summary.num_ok, run_id)
+        return write_webdataset(cfg.output, objects, summary.num_ok, run_id)
     except Exception as exc:  # noqa: BLE001 - the manifest is committed; the export can be redone by a rerun
         log = record_failure("webdataset export", exc)
         return f"failed: {failure_line(exc)} (rerun to retry: finished images are skipped; details: {log})"

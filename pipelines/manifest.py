@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from actors.hosted import STOPPED
 from actors.layout import IMAGES_DIR, MANIFEST_DIR, RUN_JSON
 from actors.manifest_schema import CARRIED, iter_parts
-from actors.storage import ObjectStore, arrow_filesystem
+from actors.storage import ObjectStore
 from actors.stores import open_store
 from configs.storage import StoreSpec
 from pipelines.commit import Lease, commit, current_parts, stage_part
@@ -162,30 +162,31 @@ def _to_manifest_rows(batch: Any, run_id: str) -> Any:
     return pa.Table.from_arrays(columns, schema=MANIFEST)
 
 
-def manifest_dataset(output_uri: str, store: StoreSpec) -> Any:
+def manifest_dataset(objects: ObjectStore) -> Any:
     """The committed manifest as a lazy `pyarrow.dataset.Dataset` (the parts the index names; empty when none)."""
     import pyarrow.dataset as pads
 
-    parts = current_parts(open_store(output_uri, store))
-    fs, root = arrow_filesystem(output_uri, store)
-    return pads.dataset([f"{root}/{p}" for p in parts], filesystem=fs, format="parquet", schema=MANIFEST)
+    fs, root = objects.arrow()
+    return pads.dataset([f"{root}/{p}" for p in current_parts(objects)], filesystem=fs, format="parquet",
+                        schema=MANIFEST)
 
 
-def iter_manifest_batches(output_uri: str, store: StoreSpec, columns: list[str], batch_size: int = 65536) -> Any:
+def iter_manifest_batches(objects: ObjectStore, columns: list[str], batch_size: int = 65536) -> Any:
     """The committed manifest's selected columns, one record batch at a time, typed as MANIFEST (a column an
     older part lacks is null). Memory: a few parts, not the run (`actors.manifest_schema.iter_parts`)."""
-    fs, root = arrow_filesystem(output_uri, store)
-    paths = [f"{root}/{part}" for part in current_parts(open_store(output_uri, store))]
-    for table in iter_parts(fs, paths, columns, store.retry_budget_s):
+    fs, root = objects.arrow()
+    paths = [f"{root}/{part}" for part in current_parts(objects)]
+    for table in iter_parts(fs, paths, columns, objects.spec.retry_budget_s):
         yield from table.to_batches(max_chunksize=batch_size)
 
 
 def read_manifest_columns(output_uri: str, store: StoreSpec, columns: list[str]) -> Any:
-    """The committed manifest (selected columns) as one Arrow table. For tests, benchmarks and small runs."""
+    """The committed manifest (selected columns) of the output at `output_uri` as one Arrow table. For tests,
+    benchmarks and small runs."""
     import pyarrow as pa
 
     schema = MANIFEST.empty_table().select(columns).schema
-    return pa.Table.from_batches(list(iter_manifest_batches(output_uri, store, columns)), schema=schema)
+    return pa.Table.from_batches(list(iter_manifest_batches(open_store(output_uri, store), columns)), schema=schema)
 
 
 def _summarize(objects: ObjectStore, run_id: str, wall: float) -> RunSummary:
@@ -196,7 +197,7 @@ def _summarize(objects: ObjectStore, run_id: str, wall: float) -> RunSummary:
     errors: list[str] = []
     stopped = ""
     cols = ["status", "error", "already_present", "bytes", "cost_usd"]  # cost: this run's, not carried
-    for batch in iter_manifest_batches(objects.location.uri, objects.spec, cols):
+    for batch in iter_manifest_batches(objects, cols):
         status = batch.column("status")
         ok = pc.equal(status, "ok")
         counts["rows"] += batch.num_rows
@@ -233,8 +234,7 @@ def _summarize(objects: ObjectStore, run_id: str, wall: float) -> RunSummary:
     )
 
 
-def write_run_json(output_uri: str, store: StoreSpec, record: dict[str, Any]) -> str:
+def write_run_json(objects: ObjectStore, record: dict[str, Any]) -> str:
     """Write `run.json` next to the manifest (the caller passes a secret-free record)."""
-    objects = open_store(output_uri, store)
     objects.put(RUN_JSON, json.dumps(record, indent=2, sort_keys=True, default=str).encode(), "application/json")
     return objects.uri_of(RUN_JSON)

@@ -14,8 +14,6 @@ from typing import Any
 from actors.layout import EVALUATIONS_DIR, REPORT_HTML
 from actors.manifest_schema import REPORT_COLUMNS
 from actors.storage import ObjectStore
-from actors.stores import open_store
-from configs.storage import StoreSpec
 from pipelines.charts import SCORE_BIN, histogram_svg, throughput_svg
 from pipelines.manifest import iter_manifest_batches
 from pipelines.report_stats import Sketch, Timeline
@@ -168,21 +166,21 @@ def _pick(table: Any, mask: Any, into: list[dict[str, Any]], limit: int, step: i
     return seen + int(rows.size)
 
 
-def write_report(output_uri: str, store: StoreSpec) -> str:
+def write_report(objects: ObjectStore) -> str:
     """Build report.html from every row of the committed manifest and a sample of images; returns its URI."""
     import pyarrow.compute as pc
 
-    objects = open_store(output_uri, store)
+    output_uri = objects.location.uri
     # 1 how many ok and escalated images there are (two cheap columns), so the samples spread over all of them
     num_ok = num_escalated = 0
-    for b in iter_manifest_batches(output_uri, store, ["status", "route"]):
+    for b in iter_manifest_batches(objects, ["status", "route"]):
         ok = pc.equal(b.column("status"), "ok")
         num_ok += pc.sum(ok).as_py() or 0
         num_escalated += pc.sum(pc.and_(ok, pc.equal(b.column("route"), "escalated"))).as_py() or 0
     # 2 one streaming pass for counts, cost, timings, throughput, routes, problems and the sampled rows
     tally = Tally(step=max(1, num_ok // NUM_THUMBS), pair_step=max(1, num_escalated // NUM_PAIRS),
                   evaluations=read_evaluations(objects))
-    for batch in iter_manifest_batches(output_uri, store, COLUMNS):
+    for batch in iter_manifest_batches(objects, COLUMNS):
         tally.add(batch)
     with ThreadPoolExecutor(max_workers=THUMB_THREADS) as pool:  # one GET each: object stores answer slowly
         def thumbs_of(uris: list[str]) -> list[str]:

@@ -15,9 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from actors.layout import WEBDATASET_DIR, WEBDATASET_INDEX, shard_pattern, webdataset_dir
 from actors.shard_writer import ShardWriter, shard_of
-from actors.storage import arrow_filesystem
-from actors.stores import open_store
-from configs.storage import StoreSpec
+from actors.storage import ObjectStore
 from configs.writer import OutputConfig, ShardWriterConfig
 from pipelines.commit import current_parts
 from pipelines.pools import shard_writer_kwargs
@@ -27,38 +25,37 @@ if TYPE_CHECKING:
     import ray.data
 
 
-def build_shards(output: OutputConfig, store: StoreSpec, num_ok: int, export_id: str) -> ray.data.Dataset:
+def build_shards(output: OutputConfig, objects: ObjectStore, num_ok: int, export_id: str) -> ray.data.Dataset:
     """The lazy export graph: one summary row per shard written.
 
     Args:
         output: the output config (root and webdataset settings).
-        store: resolved connection to the output.
+        objects: the output.
         num_ok: `ok` rows in the manifest (sets the shard count).
         export_id: folder name of this export (the run id).
     """
     import ray.data
 
     # 1 the committed manifest (a shard must never see a half-written run)
-    fs, root = arrow_filesystem(output.uri, store)
-    parts = [f"{root}/{p}" for p in current_parts(open_store(output.uri, store))]
+    fs, root = objects.arrow()
+    parts = [f"{root}/{p}" for p in current_parts(objects)]
     ds = ray.data.read_parquet(parts, filesystem=fs)
     # 2 ok rows only, each tagged with its shard (balanced by key hash, fixed for a given shard count)
     num_shards = max(1, math.ceil(num_ok / output.webdataset.samples_per_shard))
     ds = ds.map_batches(_ok_rows_with_shard, fn_kwargs={"num_shards": num_shards},  # type: ignore[arg-type]
                         batch_format="pyarrow")
     # 3 one tar per shard; CPU tasks (fetch + tar + upload is I/O-bound, no model to keep warm)
-    cfg = ShardWriterConfig(uri=output.uri, store=store, num_shards=num_shards, run_id=export_id)
+    cfg = ShardWriterConfig(uri=output.uri, store=objects.spec, num_shards=num_shards, run_id=export_id)
     return ds.groupby("shard", num_partitions=min(num_shards, 64)).map_groups(
         ShardWriter, fn_constructor_kwargs={"cfg": cfg}, batch_format="pyarrow",
         **shard_writer_kwargs(output.webdataset.num_cpus),
     )
 
 
-def write_webdataset(output: OutputConfig, store: StoreSpec, num_ok: int, export_id: str) -> str:
+def write_webdataset(output: OutputConfig, objects: ObjectStore, num_ok: int, export_id: str) -> str:
     """Run the export, write `webdataset/index.json` last, then drop older exports. Returns the index URI."""
-    objects = open_store(output.uri, store)
     # one small row per shard comes back (not per image): the index needs them all
-    shards = sorted(build_shards(output, store, num_ok, export_id).take_all(), key=lambda r: r["shard"])
+    shards = sorted(build_shards(output, objects, num_ok, export_id).take_all(), key=lambda r: r["shard"])
     url_pattern = objects.uri_of(shard_pattern(export_id, len(shards)))
     index: dict[str, Any] = {
         "export_id": export_id,
@@ -88,6 +85,6 @@ def _ok_rows_with_shard(batch: pa.Table, num_shards: int) -> pa.Table:
     return ok.append_column("shard", pa.array(shards, pa.int32()))
 
 
-def read_index(output_uri: str, store: StoreSpec) -> dict[str, Any]:
+def read_index(objects: ObjectStore) -> dict[str, Any]:
     """The current export's index (for tests and tools)."""
-    return dict(json.loads(open_store(output_uri, store).get(WEBDATASET_INDEX)))
+    return dict(json.loads(objects.get(WEBDATASET_INDEX)))

@@ -68,7 +68,7 @@ def grade(config: str, config_args: list[str]) -> str:
     buf = io.BytesIO()
     pq.write_table(out, buf)
     objects.put(f"{EVALUATIONS_DIR}/oracle.parquet", buf.getvalue(), "application/vnd.apache.parquet")
-    report = write_report(cfg.output.uri, store)
+    report = write_report(objects)
     lines = ["world oracle (share of each prompt's facts found in the pixels), per route:"]
     for group in ("draft", "escalated: draft", "escalated", "all"):
         if group in by_route:

@@ -13,6 +13,7 @@ from PIL import Image
 
 from actors.layout import MANIFEST_DIR, WEBDATASET_DIR, WEBDATASET_INDEX
 from actors.storage import resolve_store_spec
+from actors.stores import open_store
 from configs.storage import S3Config
 from jobs import generate
 from pipelines.webdataset import read_index
@@ -42,7 +43,7 @@ def test_webdataset_shards_on_s3_then_rerun_is_identical(
     assert generate.main([str(cfg)]) == 0
     assert "webdataset       : s3://" in capsys.readouterr().out
     store = resolve_store_spec(f"s3://{bucket}/wds", S3Config())
-    index = read_index(f"s3://{bucket}/wds", store)
+    index = read_index(open_store(f"s3://{bucket}/wds", store))
     assert index["num_samples"] == 12 and index["num_shards"] == 3
     client = s3_env.client()
     keys = set()
@@ -64,7 +65,7 @@ def test_webdataset_shards_on_s3_then_rerun_is_identical(
     assert len(keys) == 12
     # a rerun (nothing to generate) exports again: same shards, and the old export's folder is gone
     assert generate.main([str(cfg), "--run-id", "rerun-1"]) == 0
-    again = read_index(f"s3://{bucket}/wds", store)
+    again = read_index(open_store(f"s3://{bucket}/wds", store))
     assert again["export_id"] == "rerun-1"
     assert [s["sha256"] for s in again["shards"]] == [s["sha256"] for s in index["shards"]]
     tars = [k for k in objects(s3_env, bucket, f"wds/{WEBDATASET_DIR}/") if k.endswith(".tar")]

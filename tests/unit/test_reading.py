@@ -9,6 +9,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from actors.layout import MANIFEST_INDEX, manifest_part
+from actors.stores import open_store
 from configs.storage import StoreSpec
 from pipelines.manifest import iter_manifest_batches
 from pipelines.prompt_source import PromptTable
@@ -52,7 +53,7 @@ def test_manifest_batches_are_typed_and_fill_columns_an_older_part_lacks(tmp_pat
     for rel, table in zip(names, (old, new), strict=True):
         pq.write_table(table, out / rel)
     (out / MANIFEST_INDEX).write_text(json.dumps({"run_id": "r", "parts": names}))
-    batches = list(iter_manifest_batches(str(out), StoreSpec(kind="local"), ["status", "route", "bytes"],
+    batches = list(iter_manifest_batches(open_store(str(out), StoreSpec(kind="local")), ["status", "route", "bytes"],
                                          batch_size=1))
     assert [b.num_rows for b in batches] == [1, 1, 1]
     table = pa.Table.from_batches(batches)

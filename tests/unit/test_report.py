@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from actors.layout import MANIFEST_DIR, image_rel, manifest_part
+from actors.stores import open_store
 from configs.storage import StoreSpec
 from pipelines.report import write_report
 from pipelines.schema import MANIFEST
@@ -41,7 +42,7 @@ def test_report_covers_every_row(tmp_path: Path) -> None:
              manifest_row(8, tmp_path, already_present=True, generated_at=5.0)]  # made by an earlier run
     (tmp_path / MANIFEST_DIR).mkdir()
     pq.write_table(pa.Table.from_pylist(rows, schema=MANIFEST), tmp_path / manifest_part("r1", 0))
-    uri = write_report(str(tmp_path), StoreSpec(kind="local"))
+    uri = write_report(open_store(str(tmp_path), StoreSpec(kind="local")))
     page = Path(uri).read_text()
     assert "9 images requested" in page and "error: 1, ok: 7, refused: 1" in page
     assert "cost of these images $3.7500" in page  # 7 ok x 0.5 + 0.25 refused, over all rows

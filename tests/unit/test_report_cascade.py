@@ -15,6 +15,7 @@ from PIL import Image
 
 from actors.layout import MANIFEST_DIR, image_rel, manifest_part
 from actors.manifest_schema import CARRIED
+from actors.stores import open_store
 from configs.storage import StoreSpec
 from pipelines.charts import MAX_BARS, histogram_svg
 from pipelines.report import NUM_PAIRS, STAGES, Tally, write_report
@@ -60,7 +61,7 @@ def escalated_row(i: int, root: Path | None, keep_draft: bool = True, **extra: A
 def report(root: Path, rows: list[dict[str, Any]]) -> str:
     (root / MANIFEST_DIR).mkdir(parents=True, exist_ok=True)
     pq.write_table(pa.Table.from_pylist(rows, schema=MANIFEST), root / manifest_part("r1", 0))
-    return Path(write_report(str(root), StoreSpec(kind="local"))).read_text()
+    return Path(write_report(open_store(str(root), StoreSpec(kind="local")))).read_text()
 
 
 def test_cascade_view(tmp_path: Path) -> None:
