@@ -10,6 +10,19 @@ from typing import Any
 CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f]")
 
 
+ERROR_TEXT_CHARS = 1_000
+"""An error row keeps this much of an over-long prompt (or value, or message), plus its length: enough to find the
+row, where a 30 MB cell kept whole would be 30 MB in the manifest."""
+
+
+def clipped(text: Any, limit: int) -> Any:
+    """Text over `limit` characters as its first `ERROR_TEXT_CHARS` (at most `limit`) and its length, e.g.
+    `'aaa… (30,000,000 characters)'`; shorter text and other values as they are."""
+    if not isinstance(text, str) or len(text) <= limit:
+        return text
+    return f"{text[:min(ERROR_TEXT_CHARS, limit)]}… ({len(text):,} characters)"
+
+
 class Undecodable(str):
     """A text cell whose bytes are not UTF-8: the row becomes an error row (shown as its first bytes, escaped)."""
 

@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from actors.cells import Undecodable, column_values
+from actors.bounded_template import compile_template
+from actors.cells import ERROR_TEXT_CHARS, Undecodable, clipped, column_values
 from actors.input_reader import INPUT_OUTPUT_COLUMNS
 from actors.keys import adapters_text, combination_id, derive_row_id, derive_seed, key_of
 from actors.manifest_schema import CARRIED, empty_value
@@ -21,7 +22,7 @@ from actors.stores import open_store
 from configs.generator_base import STRENGTH_TASKS
 from configs.prep import PrepConfig
 from configs.request import BY_NAME, DEFAULTED_SETTINGS, ROW_COLUMNS, ROW_SET, numpy_dtype
-from configs.source import compile_template, variant_size
+from configs.source import variant_size
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -65,9 +66,9 @@ class PromptPreprocessor:
 
     def __init__(self, cfg: PrepConfig) -> None:
         self.cfg = cfg
-        # a prompt template is compiled once per actor
+        # a prompt template is compiled once per actor, and renders within the prompts' length limit
         self.template_columns = cfg.template.columns() if cfg.template is not None else []
-        self.template = compile_template(cfg.template.text) if cfg.template is not None else None
+        self.template = compile_template(cfg.template.text, cfg.max_prompt_chars) if cfg.template else None
         # resume: what the output already holds, loaded once per actor (like a model)
         self.spent_usd = 0.0  # estimated spend of the rows scheduled so far (one preprocessor actor per run)
         self.prior = ResumeIndex()
@@ -125,8 +126,10 @@ class PromptPreprocessor:
         for k in combos:
             combination = t.combination(k)
             values = {**combination, **row}
+            # a value over the prompt limit makes an error row (the renderer refuses it), recorded clipped
+            shown = {k: clipped(v, self.cfg.max_prompt_chars) for k, v in values.items()}
             record = {"template": t.text,
-                      "template_vars": json.dumps(values, sort_keys=True, ensure_ascii=False, default=str)}
+                      "template_vars": json.dumps(shown, sort_keys=True, ensure_ascii=False, default=str)}
             if bad:
                 text: Any = Unrendered(f"template column {bad!r} is "
                                        f"{'null' if row[bad] is None else 'not valid UTF-8 text'}")
@@ -235,6 +238,9 @@ class PromptPreprocessor:
         the variants): the commit checks there is exactly one manifest row per requested image."""
         # the row's own values are in the error message; int32 columns can't hold absurd ones (2**40 pixels)
         base.update({k: 0 for k in ("width", "height", "num_steps") if not 0 <= base[k] < 2**31})
+        # an over-long prompt is kept as its start and length, never whole (nor a message quoting a whole cell)
+        base.update({k: clipped(base[k], self.cfg.max_prompt_chars) for k in ("prompt", "negative_prompt")})
+        error = clipped(error, 2 * ERROR_TEXT_CHARS)
         count = asked if isinstance(asked, int) and 1 <= asked <= self.cfg.max_images_per_row else 1
         return [{**base, "variant": v, "image_index": idx, "seed": 0, "image_key": "", "status": "error",
                  "error": error, **NO_PRIOR} for v in variants for idx in range(count)]

@@ -1,7 +1,6 @@
 """Where the prompt table comes from and how its columns map onto imagefleet's fields."""
 
 import functools
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, create_model, model_validator
@@ -54,7 +53,9 @@ class PromptTemplate(StrictModel):
 
     text: str = Field(min_length=1)
     """Jinja template (sandboxed). Names in `vars` take their values from there; any other name is a column of the
-    prompt table (a null value makes that row's prompts error rows)."""
+    prompt table (a null value makes that row's prompts error rows). Each prompt is bounded: at most
+    `max_prompt_chars` characters, as is every value it uses or makes, and 100,000 loop iterations, calls and
+    filters; a prompt over a bound is an error row."""
     vars: dict[str, list[str | int | float]] = {}
     """Lists of values the template's names range over."""
     expand: Literal["product", "zip", "sample"] = "product"
@@ -109,7 +110,11 @@ class PromptTemplate(StrictModel):
             raise ValueError(f"source.template.text: {exc.message} (line {exc.lineno})") from None
         import jinja2.nodes
 
-        named = {n.name for n in _jinja().parse(self.text).find_all(jinja2.nodes.Name)}
+        tree = _jinja().parse(self.text)
+        if any(loop.recursive for loop in tree.find_all(jinja2.nodes.For)):
+            raise ValueError("source.template.text: recursive loops are not supported (a prompt's work is bounded "
+                             "by counting loop iterations)")
+        named = {n.name for n in tree.find_all(jinja2.nodes.Name)}
         reserved = sorted(named & JINJA_RESERVED)
         if reserved:
             raise ValueError(f"source.template.text uses {reserved[0]!r}, which Jinja reserves; name the list or "
@@ -133,17 +138,24 @@ class PromptTemplate(StrictModel):
 
 @functools.cache
 def _jinja() -> Any:
-    """The sandboxed Jinja environment templates are parsed and rendered with (undefined names are errors)."""
+    """The sandboxed Jinja environment templates are parsed and inspected with at load (the preprocessor renders
+    them with actors/bounded_template.py). It evaluates nothing: inspecting a template, Jinja computes its constant
+    expressions, and `9 ** 9 ** 9` or `'x'|center(10**9)` would run here, unbounded."""
     import jinja2
     import jinja2.sandbox
 
-    return jinja2.sandbox.SandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False,
-                                               keep_trailing_newline=False)
+    class Inspecting(jinja2.sandbox.SandboxedEnvironment):
+        # operators a sandbox intercepts are never computed at compile time, nor filters that take the context
+        intercepted_binops = frozenset({"+", "-", "*", "/", "//", "%", "**"})
+        intercepted_unops = frozenset({"+", "-"})
+
+    env = Inspecting(undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=False)
+    env.filters = {name: jinja2.pass_context(_not_at_load) for name in env.filters}
+    return env
 
 
-def compile_template(text: str) -> Callable[[dict[str, Any]], str]:
-    """The template as a function of a dict of its names' values (raises jinja2 errors on bad values)."""
-    return _jinja().from_string(text).render  # type: ignore[no-any-return]
+def _not_at_load(*args: Any, **kwargs: Any) -> Any:
+    raise TypeError("templates are not rendered at config load")
 
 
 class InputLimits(StrictModel):
