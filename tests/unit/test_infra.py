@@ -1,15 +1,20 @@
-"""infra/ stays consistent with configs/: every manifest (and every kustomization, rendered) fits the Kubernetes
-and KubeRay schemas, KubeRay CRDs have their required fields, every accelerator a config asks for is provided by a
-GPU worker group, one image name is used everywhere, and the Airflow DAG's task runs."""
+"""infra/ stays consistent with configs/ and deploys as shipped: every manifest (and every kustomization, rendered)
+fits the Kubernetes and KubeRay schemas, KubeRay CRDs have their required fields, every accelerator a config asks for
+is provided by a GPU worker group, one image name is used everywhere; the overlays, rendered, can share a namespace
+(no kind and name twice), run their own image in every container and their own config nightly, with retries and a
+deadline on every job; the Airflow DAG submits a Ray job with Airflow 3's imports, and its task runs; the README's
+deploy section is what renders."""
 
 from __future__ import annotations
 
+import ast
 import copy
 import functools
 import gzip
 import importlib
 import json
 import re
+import shlex
 import shutil
 import subprocess
 from collections.abc import Callable, Iterable
@@ -40,9 +45,11 @@ def test_manifests_parse() -> None:
 # --- schemas: what `kubectl apply` (strict field validation, its default since Kubernetes 1.27) would refuse --------
 
 K8S_VERSION = "1.34"  # a recent Kubernetes; kubernetes-validate bundles its OpenAPI schemas (no network)
-KUBERAY_SCHEMAS = REPO / "tests" / "support" / "kuberay_schemas"  # KubeRay v1.5.2 CRDs, see the README there
+KUBERAY_SCHEMAS = REPO / "tests" / "support" / "kuberay_schemas"  # KubeRay v1.6.2 CRDs, see the README there
 KUSTOMIZATIONS = sorted(p.parent for p in INFRA.rglob("kustomization.yaml"))
-KUSTOMIZE_FIELDS = {"apiVersion", "kind", "resources", "namePrefix", "configMapGenerator", "images", "patches"}
+OVERLAYS = sorted(p for p in (INFRA / "overlays").iterdir() if (p / "kustomization.yaml").exists())
+KUSTOMIZE_FIELDS = {"apiVersion", "kind", "resources", "configMapGenerator", "namespace", "namePrefix", "images",
+                    "patches"}
 
 
 def _where(path: Iterable[Any]) -> str:
@@ -131,13 +138,45 @@ def _json_patch(doc: dict[str, Any], op: dict[str, Any]) -> None:
         node[last] = op["value"]
 
 
+def containers(node: Any) -> Iterable[dict[str, Any]]:
+    """Every container spec in an object, at any depth (a RayCronJob's job template included): each item of a
+    `containers` or `initContainers` list, which is where kustomize's image transformer looks too."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key in ("containers", "initContainers") and isinstance(value, list):
+                yield from (c for c in value if isinstance(c, dict))
+            else:
+                yield from containers(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from containers(item)
+
+
+def _image_name(image: str) -> str:
+    """`registry/repo:tag@digest` -> `registry/repo` (a registry's `:port` is not a tag)."""
+    name = image.split("@", 1)[0]
+    return name.rsplit(":", 1)[0] if ":" in name.rsplit("/", 1)[-1] else name
+
+
+def _retag(image: str, entry: dict[str, str]) -> str:
+    """An `images:` entry applied to one image, as kustomize does: newName, then newTag or digest."""
+    name = entry.get("newName", _image_name(image))
+    if "digest" in entry:
+        return f"{name}@{entry['digest']}"
+    if "newTag" in entry:
+        return f"{name}:{entry['newTag']}"
+    return name + image[len(_image_name(image)):]
+
+
 def kustomize_build(folder: Path) -> list[dict[str, Any]]:
     """`kustomize build folder` the simple way, for the kustomization fields infra/ uses (KUSTOMIZE_FIELDS).
 
-    Enough to validate what gets deployed: resources (files and folders), configMapGenerator (`files:`), patches as
-    RFC 6902 lists targeted by kind and name, then namePrefix. Not done, as none changes whether an object fits
-    its schema: name references are not rewritten, generated ConfigMaps get no hash suffix, `images:` retags
-    nothing. A field beyond these fails here instead of being skipped (teach this function, or use kustomize)."""
+    Resources (files and folders), configMapGenerator (`files:`), patches as RFC 6902 lists targeted by kind and
+    name, namespace, namePrefix, and `images:` retagging every container found at any depth (as kustomize's image
+    transformer does). Not done, as infra/ has no references between its objects: name references are not
+    rewritten, and generated ConfigMaps get no hash suffix. A field beyond these fails here instead of being
+    skipped (teach this function, or use kustomize); where kustomize is installed,
+    test_real_kustomize_agrees_and_its_output_fits_the_schemas checks that both render the same."""
     kustomization = yaml.safe_load((folder / "kustomization.yaml").read_text())
     unknown = set(kustomization) - KUSTOMIZE_FIELDS
     assert not unknown, f"{folder}: kustomize_build does not know {sorted(unknown)}"
@@ -164,13 +203,20 @@ def kustomize_build(folder: Path) -> list[dict[str, Any]]:
                     raise AssertionError(f"{folder}: patch {op} does not apply to {target}: {e!r}") from None
     for doc in out:
         doc["metadata"]["name"] = kustomization.get("namePrefix", "") + doc["metadata"]["name"]
+        if "namespace" in kustomization:
+            doc["metadata"]["namespace"] = kustomization["namespace"]
+        for container in containers(doc):
+            for entry in kustomization.get("images", []):
+                assert set(entry) <= {"name", "newName", "newTag", "digest"}, f"{folder}: unsupported {entry}"
+                if "image" in container and _image_name(container["image"]) == entry["name"]:
+                    container["image"] = _retag(container["image"], entry)
     return out
 
 
 @pytest.mark.parametrize("path", [p for p in MANIFESTS if p.name != "kustomization.yaml"],
                          ids=lambda p: str(p.relative_to(INFRA)))
 def test_manifest_fits_the_kubernetes_and_kuberay_schemas(path: Path) -> None:
-    """Every document of every manifest file, rayjob.yaml included (it is deployed from inside a ConfigMap)."""
+    """Every document of every manifest file, as written (the overlays' renderings are checked below)."""
     documents = [d for d in yaml.safe_load_all(path.read_text()) if d]
     errors = [f"{d['kind']}/{d['metadata']['name']} {e}" for d in documents for e in schema_errors(d)]
     assert documents and not errors, "\n".join(errors)
@@ -181,8 +227,7 @@ def test_kustomization_renders_objects_that_fit_the_schemas(folder: Path) -> Non
     rendered = kustomize_build(folder)
     names = [(d["kind"], d["metadata"]["name"]) for d in rendered]
     assert len(names) == len(set(names)), f"kustomize refuses duplicate resources: {names}"
-    assert {"RayCluster", "RayService", "CronJob", "ServiceAccount", "Role", "RoleBinding", "ConfigMap"} <= {
-        kind for kind, _ in names}
+    assert {"RayCluster", "RayCronJob", "RayService"} <= {kind for kind, _ in names}
     errors = [f"{kind}/{name} {e}" for d, (kind, name) in zip(rendered, names, strict=True) for e in schema_errors(d)]
     assert not errors, "\n".join(errors)
 
@@ -205,20 +250,38 @@ def test_a_broken_overlay_patch_is_refused(tmp_path: Path) -> None:
 
 
 KUSTOMIZE = ["kustomize", "build"] if shutil.which("kustomize") else ["kubectl", "kustomize"]
+NO_KUSTOMIZE = pytest.mark.skipif(shutil.which(KUSTOMIZE[0]) is None, reason="neither kustomize nor kubectl is "
+                                  "installed (Debian: `apt-get install kubectl`)")
 
 
-@pytest.mark.skipif(shutil.which(KUSTOMIZE[0]) is None, reason="neither kustomize nor kubectl is installed")
+@functools.cache
+def _kustomize_output(folder: Path) -> str:
+    done = subprocess.run([*KUSTOMIZE, str(folder)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+def real_kustomize(folder: Path) -> list[dict[str, Any]]:
+    """What `kubectl apply -k folder` sends: `kubectl kustomize folder` (or `kustomize build`), parsed."""
+    return [d for d in yaml.safe_load_all(_kustomize_output(folder)) if d]
+
+
+# the overlay checks below run on both renderings: kustomize's own where installed, and kustomize_build everywhere
+RENDERERS = [pytest.param(kustomize_build, id="kustomize_build"),
+             pytest.param(real_kustomize, id=" ".join(KUSTOMIZE), marks=NO_KUSTOMIZE)]
+
+
+@NO_KUSTOMIZE
 @pytest.mark.parametrize("folder", KUSTOMIZATIONS, ids=lambda p: str(p.relative_to(INFRA)))
 def test_real_kustomize_agrees_and_its_output_fits_the_schemas(folder: Path) -> None:
     """Where kustomize is at hand, its own rendering validates too, and matches kustomize_build on the CRDs."""
-    done = subprocess.run([*KUSTOMIZE, str(folder)], capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stderr[-2000:]
-    rendered = [d for d in yaml.safe_load_all(done.stdout) if d]
+    rendered = real_kustomize(folder)
     errors = [f"{d['kind']}/{d['metadata']['name']} {e}" for d in rendered for e in schema_errors(d)]
     assert not errors, "\n".join(errors)
 
-    def crds(documents: list[dict[str, Any]]) -> dict[tuple[str, str], Any]:
-        return {(d["kind"], d["metadata"]["name"]): d["spec"] for d in documents if d["apiVersion"] == "ray.io/v1"}
+    def crds(documents: list[dict[str, Any]]) -> dict[tuple[str, str | None, str], Any]:
+        return {(d["kind"], d["metadata"].get("namespace"), d["metadata"]["name"]): d["spec"]
+                for d in documents if d["apiVersion"] == "ray.io/v1"}
 
     assert crds(kustomize_build(folder)) == crds(rendered)
 
@@ -250,8 +313,18 @@ BROKEN: dict[str, tuple[Callable[[], dict[str, Any]], str]] = {
         lambda: _rename(_by_kind("RayCluster"), "spec.workerGroupSpecs.1.rayStartParams", "rayStartParam"),
         "spec.workerGroupSpecs[1]: Additional properties are not allowed ('rayStartParam' was unexpected)"),
     "KubeRay count as a string": (
-        lambda: _set(_by_kind("RayJob"), "spec.rayClusterSpec.workerGroupSpecs.0.maxReplicas", "8"),
-        "spec.rayClusterSpec.workerGroupSpecs[0].maxReplicas: '8' is not of type 'integer'"),
+        lambda: _set(_by_kind("RayCronJob"), "spec.jobTemplate.rayClusterSpec.workerGroupSpecs.0.maxReplicas", "8"),
+        "spec.jobTemplate.rayClusterSpec.workerGroupSpecs[0].maxReplicas: '8' is not of type 'integer'"),
+    "misspelt RayJob field in a RayCronJob's template": (
+        lambda: _rename(_by_kind("RayCronJob"), "spec.jobTemplate.backoffLimit", "backofflimit"),
+        "spec.jobTemplate: Additional properties are not allowed ('backofflimit' was unexpected)"),
+    "deadline as a duration string": (
+        lambda: _set(_by_kind("RayCronJob"), "spec.jobTemplate.activeDeadlineSeconds", "6h"),
+        "spec.jobTemplate.activeDeadlineSeconds: '6h' is not of type 'integer'"),
+    "misspelt container field in the submitter pod": (
+        lambda: _rename(_by_kind("RayCronJob"), "spec.jobTemplate.submitterPodTemplate.spec.restartPolicy",
+                        "restartpolicy"),
+        "spec.jobTemplate.submitterPodTemplate.spec: Additional properties are not allowed ('restartpolicy' was"),
     "KubeRay required field missing": (
         lambda: _rename(_by_kind("RayService"), "spec.rayClusterConfig.headGroupSpec", "headGroup"),
         "spec.rayClusterConfig: 'headGroupSpec' is a required property"),
@@ -264,15 +337,12 @@ BROKEN: dict[str, tuple[Callable[[], dict[str, Any]], str]] = {
     "misspelt metadata field of a KubeRay object": (
         lambda: _rename(_by_kind("RayService"), "metadata.name", "nmae"),
         "metadata: Additional properties are not allowed ('nmae' was unexpected)"),
-    "misspelt CronJob field": (
-        lambda: _rename(_by_kind("CronJob"), "spec.jobTemplate.spec.template.spec.restartPolicy", "restartpolicy"),
-        "spec.jobTemplate.spec.template.spec: Additional properties are not allowed ('restartpolicy' was"),
-    "RBAC verbs not a list": (
-        lambda: _set(_by_kind("Role"), "rules.0.verbs", "create"),
-        "rules[0].verbs: 'create' is not of type 'array'"),
-    "API version Kubernetes removed": (
-        lambda: _set(_by_kind("CronJob"), "apiVersion", "batch/v1beta1"),
-        "Couldn't find schema for kind CronJob with api version batch/v1beta1"),
+    "label value not a string in a KubeRay object's metadata": (
+        lambda: _set(_by_kind("RayCronJob"), "metadata.labels", {"tier": 1}),
+        "metadata.labels.tier: 1 is not of type 'string'"),
+    "API version KubeRay does not serve": (
+        lambda: _set(_by_kind("RayCronJob"), "apiVersion", "ray.io/v1alpha1"),
+        "Couldn't find schema for kind RayCronJob with api version ray.io/v1alpha1"),
 }
 
 
@@ -291,6 +361,8 @@ def _cluster_specs() -> list[dict[str, Any]]:
             specs.append(d["spec"])
         if d.get("kind") == "RayJob":
             specs.append(d["spec"]["rayClusterSpec"])
+        if d.get("kind") == "RayCronJob":
+            specs.append(d["spec"]["jobTemplate"]["rayClusterSpec"])
         if d.get("kind") == "RayService":
             specs.append(d["spec"]["rayClusterConfig"])
     return specs
@@ -311,8 +383,8 @@ def test_kuberay_required_fields() -> None:
             res = g["template"]["spec"]["containers"][0]["resources"]
             if g["groupName"].startswith("gpu"):
                 assert res["requests"]["nvidia.com/gpu"] >= 1 and g["template"]["spec"].get("nodeSelector")
-    rayjobs = [d for _, d in docs() if d.get("kind") == "RayJob"]
-    assert rayjobs and rayjobs[0]["spec"]["entrypoint"].startswith("imagefleet run ")
+    nightly = [d for _, d in docs() if d.get("kind") == "RayCronJob"]
+    assert nightly and all(d["spec"]["jobTemplate"]["entrypoint"].startswith("imagefleet run ") for d in nightly)
 
 
 def _accelerators(spec: dict[str, Any]) -> set[str]:
@@ -340,8 +412,6 @@ def test_one_image_everywhere() -> None:
     assert len(ours) == 1, ours
     kustomize = yaml.safe_load((INFRA / "base" / "kustomization.yaml").read_text())
     assert kustomize["images"][0]["name"] == IMAGE and ours == {f"{IMAGE}:{kustomize['images'][0]['newTag']}"}
-    rayjob_cm = yaml.safe_load((INFRA / "base" / "kustomization.yaml").read_text())["configMapGenerator"][0]
-    assert (INFRA / "base" / rayjob_cm["files"][0]).exists()
 
 
 def test_rayservice_serves_an_app_builder_and_config_that_exist() -> None:
@@ -385,31 +455,202 @@ def test_every_ray_pod_gets_the_secrets() -> None:
             assert "imagefleet-secrets" in refs, f"{group}/{container['name']} gets no imagefleet-secrets"
 
 
-def test_cronjob_service_account_may_replace_the_rayjob() -> None:
-    by_kind: dict[str, list[dict[str, Any]]] = {}
-    for _, d in docs():
-        by_kind.setdefault(d["kind"], []).append(d)
-    cron = by_kind["CronJob"][0]
-    account = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["serviceAccountName"]
-    assert account in {sa["metadata"]["name"] for sa in by_kind["ServiceAccount"]}
-    binding = next(b for b in by_kind["RoleBinding"] if any(s["name"] == account for s in b["subjects"]))
-    role = next(r for r in by_kind["Role"] if r["metadata"]["name"] == binding["roleRef"]["name"])
-    allowed = {v for rule in role["rules"] if "rayjobs" in rule["resources"] for v in rule["verbs"]}
-    assert {"create", "delete"} <= allowed  # what `kubectl delete rayjob … && kubectl create -f …` needs
+def test_base_lists_every_manifest_it_holds() -> None:
+    """A manifest in infra/base that the kustomization does not list would never be deployed."""
     listed = yaml.safe_load((INFRA / "base" / "kustomization.yaml").read_text())["resources"]
-    assert sorted(listed) == sorted(p.name for p in (INFRA / "base").glob("*.yaml")
-                                    if p.name not in ("kustomization.yaml", "rayjob.yaml"))
+    assert sorted(listed) == sorted(p.name for p in (INFRA / "base").glob("*.yaml") if p.name != "kustomization.yaml")
+
+
+# --- the overlays as deployed: `kubectl apply -k infra/overlays/<name>` --------------------------------------------
+
+Render = Callable[[Path], list[dict[str, Any]]]
+
+
+def deployed(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The objects a rendering puts in the cluster: those rendered, plus every Kubernetes object a rendered
+    ConfigMap carries as a manifest for something in the cluster to create later. Kustomize neither prefixes the
+    names nor retags the images of those (a ConfigMap's payload is text to it), so the checks below must see them."""
+    out = list(objects)
+    for doc in objects:
+        if doc["kind"] != "ConfigMap":
+            continue
+        for text in (doc.get("data") or {}).values():
+            try:
+                carried = [c for c in yaml.safe_load_all(text)
+                           if isinstance(c, dict) and {"apiVersion", "kind"} <= set(c)]
+            except yaml.YAMLError:
+                continue
+            for c in carried:  # created in the namespace of whoever applies it: the ConfigMap's
+                c.setdefault("metadata", {}).setdefault("namespace", doc["metadata"].get("namespace"))
+            out += carried
+    return out
+
+
+def _kustomization(folder: Path) -> dict[str, Any]:
+    return yaml.safe_load((folder / "kustomization.yaml").read_text())
+
+
+@pytest.mark.parametrize("render", RENDERERS)
+def test_overlays_can_share_a_namespace(render: Render) -> None:
+    """Every overlay sets its namespace, and no kind and name is deployed by two overlays: applied to one namespace,
+    prod and staging neither overwrite nor delete each other's objects (KubeRay derives the names of what it
+    creates from these: `<RayCluster>-head-svc`, `<RayCronJob>-<random>`, so those stay apart too)."""
+    assert len(OVERLAYS) >= 2, OVERLAYS
+    owner: dict[tuple[str, str], str] = {}
+    clashes, misplaced = [], []
+    for overlay in OVERLAYS:
+        namespace = _kustomization(overlay).get("namespace")
+        for doc in deployed(render(overlay)):
+            key = (doc["kind"], doc["metadata"]["name"])
+            if owner.setdefault(key, overlay.name) != overlay.name:
+                clashes.append(f"{key[0]}/{key[1]}: {owner[key]} and {overlay.name}")
+            if namespace is None or doc["metadata"].get("namespace") != namespace:
+                misplaced.append(f"{overlay.name}: {key[0]}/{key[1]} in {doc['metadata'].get('namespace')!r}, "
+                                 f"overlay namespace {namespace!r}")
+    assert not clashes, "deployed by two overlays:\n" + "\n".join(clashes)
+    assert not misplaced, "\n".join(misplaced)
+
+
+def _overlay_image(folder: Path, image: str) -> str:
+    """What kustomize makes of `image` in `folder`: its resources' `images:` entries first, then its own."""
+    kustomization = _kustomization(folder)
+    for resource in kustomization.get("resources", []):
+        if (folder / resource / "kustomization.yaml").exists():
+            image = _overlay_image(folder / resource, image)
+    for entry in kustomization.get("images", []):
+        if entry["name"] == _image_name(image):
+            image = _retag(image, entry)
+    return image
+
+
+@pytest.mark.parametrize("render", RENDERERS)
+def test_every_container_runs_the_overlays_image(render: Render) -> None:
+    """Every container an overlay deploys, at any depth (the RayCronJob's submitter, head and workers included),
+    runs the image the overlay's `images:` names: no image kustomize can't retag, and none from elsewhere."""
+    written = {c["image"] for p in MANIFESTS if p.name != "kustomization.yaml"
+               for d in yaml.safe_load_all(p.read_text()) if d for c in containers(d)}
+    for overlay in OVERLAYS:
+        expected = {_overlay_image(overlay, image) for image in written}
+        images = {c.get("image") for doc in deployed(render(overlay)) for c in containers(doc)}
+        assert images == expected == {_overlay_image(overlay, f"{IMAGE}:any")}, overlay.name
+
+
+@pytest.mark.parametrize("render", RENDERERS)
+@pytest.mark.parametrize("entry", [{"newTag": "retag-check"}, {"digest": "sha256:" + "0" * 64}],
+                         ids=["tag", "digest"])
+def test_an_overlays_retag_reaches_every_container(render: Render, entry: dict[str, str], tmp_path: Path) -> None:
+    """An overlay that pins another tag or a digest gets it in every container of every object."""
+    base = Path(shutil.copytree(INFRA / "base", tmp_path / "base"))  # kustomize loads bases from anywhere below
+    (tmp_path / "overlay").mkdir()
+    (tmp_path / "overlay" / "kustomization.yaml").write_text(yaml.safe_dump(
+        {"resources": [f"../{base.name}"], "images": [{"name": IMAGE, **entry}]}))
+    rendered = render(tmp_path / "overlay")
+    expected = _retag(f"{IMAGE}:0.1.0", {"name": IMAGE, **entry})
+    by_kind = {d["kind"]: [c["image"] for c in containers(d)] for d in deployed(rendered)}
+    assert all(image == expected for images in by_kind.values() for image in images), by_kind
+    assert len(by_kind.get("RayCronJob", [])) == 5, by_kind  # the submitter, the head and three worker groups
+
+
+def _job_specs(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """The spec of each job an object runs or creates: a RayJob's, a RayCronJob's template, a Job's, a CronJob's."""
+    spec = doc.get("spec", {})
+    return {"RayJob": [spec], "RayCronJob": [spec.get("jobTemplate", {})], "Job": [spec],
+            "CronJob": [spec.get("jobTemplate", {}).get("spec", {})]}.get(doc["kind"], [])
+
+
+@pytest.mark.parametrize("render", RENDERERS)
+def test_every_job_retries_and_has_a_deadline(render: Render) -> None:
+    """Resume makes a retry cost only what is left, so every job retries (`backoffLimit`), and a deadline
+    (`activeDeadlineSeconds`) stops one that hangs. A nightly job's worst case, every attempt running to its
+    deadline (KubeRay counts the deadline per attempt), ends before the next night's starts: RayCronJob has no
+    concurrencyPolicy to stop two running at once."""
+    for overlay in OVERLAYS:
+        jobs = [(doc, spec) for doc in deployed(render(overlay)) for spec in _job_specs(doc)]
+        assert jobs, f"{overlay.name} runs no job"
+        for doc, spec in jobs:
+            where = f"{overlay.name}: {doc['kind']}/{doc['metadata']['name']}"
+            assert spec.get("backoffLimit", 0) >= 1, f"{where} has no retries (backoffLimit)"
+            assert spec.get("activeDeadlineSeconds", 0) > 0, f"{where} has no deadline (activeDeadlineSeconds)"
+            if doc["kind"] in ("RayCronJob", "CronJob"):
+                assert re.fullmatch(r"\d+ \d+ \* \* \*", doc["spec"]["schedule"]), f"{where}: not daily"
+                worst_s = (spec["backoffLimit"] + 1) * spec["activeDeadlineSeconds"]
+                assert worst_s < 24 * 3600, f"{where}: {worst_s} s of attempts can run into the next night"
+
+
+@pytest.mark.parametrize("render", RENDERERS)
+def test_each_overlays_nightly_runs_its_own_config(render: Render) -> None:
+    """Each overlay's RayCronJob runs `imagefleet run` (a Ray job on its own cluster, not Ray Client) on a config
+    the image ships (infra/Dockerfile copies configs/ to /opt/imagefleet/configs) that loads with its overrides,
+    whose accelerators its own cluster provides, and that writes where no other overlay's nightly writes."""
+    dockerfile = (INFRA / "Dockerfile").read_text()
+    assert "WORKDIR /opt/imagefleet" in dockerfile and "COPY configs ./configs" in dockerfile
+    writers: dict[str, list[str]] = {}
+    for overlay in OVERLAYS:
+        nightly = [d for d in render(overlay) if d["kind"] == "RayCronJob"]
+        assert len(nightly) == 1, f"{overlay.name}: {len(nightly)} RayCronJobs"
+        template = nightly[0]["spec"]["jobTemplate"]
+        argv = shlex.split(template["entrypoint"])
+        assert argv[:2] == ["imagefleet", "run"] and argv[2].startswith("/opt/imagefleet/configs/"), argv
+        assert "ray://" not in template["entrypoint"]
+        overrides = [argv[i + 1] for i, arg in enumerate(argv) if arg == "--set"]
+        cfg = load_config(REPO / "configs" / Path(argv[2]).name, overrides)
+        provided = _accelerators(template["rayClusterSpec"])
+        for name, gen in cfg.generators.items():
+            needed = gen.pool.accelerator_type
+            assert not needed or needed in provided, f"{overlay.name}: {name} needs {needed}, cluster has {provided}"
+        writers.setdefault(cfg.output.uri, []).append(overlay.name)
+    assert all(len(v) == 1 for v in writers.values()), f"overlays writing the same output: {writers}"
+
+
+# --- the Airflow DAG -----------------------------------------------------------------------------------------------
+
+DAG_FILE = INFRA / "airflow" / "imagefleet_dag.py"
+AIRFLOW_3_IMPORTS = {("airflow.sdk", "DAG"), ("airflow.providers.standard.operators.bash", "BashOperator")}
+
+
+def _dag_constant(name: str) -> Any:
+    tree = ast.parse(DAG_FILE.read_text())
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and [getattr(t, "id", None) for t in node.targets] == [name]:
+            return ast.literal_eval(node.value)
+    raise AssertionError(f"{DAG_FILE.name} has no module-level {name} = <literal>")
+
+
+def _head_dashboard(overlay: Path) -> str:
+    """The Ray Jobs API of an overlay's RayCluster, at the head service KubeRay creates for it
+    (`<RayCluster name>-head-svc` in the cluster's namespace) on the head's `dashboard` port."""
+    cluster = next(d for d in kustomize_build(overlay) if d["kind"] == "RayCluster")
+    head = cluster["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
+    port = next(p["containerPort"] for p in head["ports"] if p["name"] == "dashboard")
+    return f"http://{cluster['metadata']['name']}-head-svc.{cluster['metadata']['namespace']}.svc:{port}"
+
+
+def test_the_dag_submits_a_ray_job_with_airflow_3_imports() -> None:
+    """Airflow 3 paths (`airflow.sdk.DAG`, the standard provider's BashOperator), and a Ray job submitted to the
+    dashboard (`imagefleet submit --wait`): no driver over Ray Client (`ray://`) inside the Airflow worker."""
+    source = DAG_FILE.read_text()
+    nodes = list(ast.walk(ast.parse(source)))
+    imported = {(n.module, a.name) for n in nodes if isinstance(n, ast.ImportFrom)
+                if (n.module or "").startswith("airflow") for a in n.names}
+    plain = [a.name for n in nodes if isinstance(n, ast.Import) for a in n.names if a.name.startswith("airflow")]
+    assert imported == AIRFLOW_3_IMPORTS and not plain, (imported, plain)
+    assert "ray://" not in source and "imagefleet submit " in source and " --wait" in source
+
+
+def test_the_dag_connects_to_the_head_service_kuberay_creates() -> None:
+    """The DAG's default address is the prod overlay's head service, as KubeRay names it, on the dashboard port."""
+    assert _dag_constant("DASHBOARD") == _head_dashboard(INFRA / "overlays" / "prod")
 
 
 def test_airflow_task_runs_from_any_working_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The DAG's task, run the way Airflow's BashOperator runs it: the DAG file parsed (against stand-in `airflow`
-    modules: Airflow is not a dependency and the DAG file imports it unconditionally), the command's Jinja template
-    rendered for a logical date with undefined names as errors (Airflow's default), then `bash -c` in a fresh
-    temporary folder with the installed `imagefleet` script on PATH, and the exit status decides the task.
-    Stand-ins appended to the command (a later --set wins) swap the cluster, the prompt table and the output for
-    local ones, and --dry-run stops before any model or GPU is asked for."""
+    """The DAG's task, run the way Airflow 3's BashOperator runs it: the DAG file parsed against stand-in Airflow 3
+    modules (Airflow is not a dependency; an import from any other Airflow path fails here), the command's Jinja
+    template rendered for a logical date with undefined names as errors (Airflow's default), then `bash -c` in a
+    fresh temporary folder with the installed `imagefleet` script on PATH, and the exit status decides the task.
+    Its arguments, as bash expands them, are checked; then it runs against a dashboard address where nothing
+    listens (IMAGEFLEET_RAY_DASHBOARD): the config loads with the DAG's overrides, and the submission stops at the
+    connection with one line and exit 2 (test_submit_cli.py; tests/integration/test_submit.py submits for real)."""
     import os
-    import shlex
     import sys
     import sysconfig
     import types
@@ -420,7 +661,7 @@ def test_airflow_task_runs_from_any_working_directory(tmp_path: Path, monkeypatc
 
     class Dag:
         def __init__(self, *args: Any, **kwargs: Any) -> None:
-            pass
+            captured["dag"] = kwargs
 
         def __enter__(self) -> Dag:
             return self
@@ -431,43 +672,73 @@ def test_airflow_task_runs_from_any_working_directory(tmp_path: Path, monkeypatc
     def bash_operator(**kwargs: Any) -> None:
         captured.update(kwargs)
 
-    airflow = types.ModuleType("airflow")
-    airflow.DAG = Dag  # type: ignore[attr-defined]
-    bash = types.ModuleType("airflow.operators.bash")
-    bash.BashOperator = bash_operator  # type: ignore[attr-defined]
-    for name, module in (("airflow", airflow), ("airflow.operators", types.ModuleType("airflow.operators")),
-                         ("airflow.operators.bash", bash)):
+    modules = {name: types.ModuleType(name) for name in (
+        "airflow", "airflow.sdk", "airflow.providers", "airflow.providers.standard",
+        "airflow.providers.standard.operators", "airflow.providers.standard.operators.bash")}
+    modules["airflow.sdk"].DAG = Dag  # type: ignore[attr-defined]
+    modules["airflow.providers.standard.operators.bash"].BashOperator = bash_operator  # type: ignore[attr-defined]
+    for name, module in modules.items():
+        module.__path__ = []  # type: ignore[attr-defined]  # a package: its submodules are the stand-ins only
         monkeypatch.setitem(sys.modules, name, module)
-    exec(compile((INFRA / "airflow" / "imagefleet_dag.py").read_text(), "imagefleet_dag.py", "exec"), {})
-    assert captured["task_id"] == "generate_images"
+    exec(compile(DAG_FILE.read_text(), DAG_FILE.name, "exec"), {})
+    assert captured["task_id"] == "generate_images" and captured["retries"] >= 1
     context = {"ds": "2026-11-24", "ds_nodash": "20261124", "ts": "2026-11-24T02:00:00+00:00"}
     command = jinja2.Environment(undefined=jinja2.StrictUndefined).from_string(captured["bash_command"]).render(
         context)
-    argv = shlex.split(command)
-    assert argv[:2] == ["imagefleet", "run"] and Path(argv[2]).is_absolute() and Path(argv[2]).exists()
-    assert "output.uri=s3://imagefleet-prod/outputs/2026-11-24" in argv  # one output folder per logical date
 
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    pq.write_table(pa.table({"prompt": ["a"]}), tmp_path / "p.parquet")
     work = tmp_path / "airflowtmp"  # BashOperator's default working directory: a new temporary folder
     work.mkdir()
     scripts = sysconfig.get_path("scripts")
     assert (Path(scripts) / "imagefleet").exists(), f"no `imagefleet` script in {scripts}: install the package"
-    # a local stand-in for the cluster, with fake GPUs of no particular type: a dry run checks the pools fit the
-    # Ray it would start
-    stand_ins = shlex.join(["--set", "cluster.address=local", "--set", "cluster.num_gpus=4",
-                            "--set", "cluster.num_cpus=128",
-                            "--set", "generators.turbo.pool.accelerator_type=",
-                            "--set", f"output.uri={tmp_path / 'out'}",
-                            "--set", f"source.uri={tmp_path / 'p.parquet'}", "--dry-run"])
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # as on an Airflow worker: the installed package
-    env["PATH"] = f"{scripts}{os.pathsep}{env.get('PATH', '')}"
-    done = subprocess.run(["bash", "-c", f"{command} {stand_ins}"], cwd=work, env=env, capture_output=True,
-                          text=True, timeout=120)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert "dry run:" in done.stdout, done.stdout[-2000:]
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "IMAGEFLEET_RAY_DASHBOARD")}
+    env["PATH"] = f"{scripts}{os.pathsep}{env.get('PATH', '')}"  # as on an Airflow worker: the installed package
+    expanded = subprocess.run(["bash", "-c", f"set -- {command}; printf '%s\\n' \"$@\""], cwd=work, env=env,
+                              capture_output=True, text=True, timeout=30)
+    argv = expanded.stdout.splitlines()
+    assert argv[:2] == ["imagefleet", "submit"] and Path(argv[2]).is_absolute() and Path(argv[2]).exists(), argv
+    assert argv[argv.index("--address") + 1] == _head_dashboard(INFRA / "overlays" / "prod") and "--wait" in argv
+    assert "output.uri=s3://imagefleet-prod/outputs/2026-11-24" in argv  # one output folder per logical date
+
+    nowhere = "http://127.0.0.1:1"
+    done = subprocess.run(["bash", "-c", command], cwd=work, env={**env, "IMAGEFLEET_RAY_DASHBOARD": nowhere},
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and f"can't reach the Ray dashboard at {nowhere}" in done.stderr, done.stderr[-2000:]
+
+
+# --- the README's deploy section -----------------------------------------------------------------------------------
+
+def _deploy_section() -> str:
+    return (REPO / "README.md").read_text().split("\n## Where it runs\n", 1)[1].split("\n## ", 1)[0]
+
+
+def test_the_readme_deploy_section_is_what_renders() -> None:
+    """The section's table of overlays (namespace, objects, image) is what kustomize renders, row for row, and
+    the facts around it (feature gate, schedule, retries, deadline, the DAG's address, the KubeRay version the
+    schemas come from) are the shipped ones."""
+    render = real_kustomize if shutil.which(KUSTOMIZE[0]) else kustomize_build
+    section = _deploy_section()
+    table = {}
+    for line in section.splitlines():
+        if line.strip().startswith("| `infra/overlays/"):
+            overlay, namespace, objects, images = (re.findall(r"`([^`]+)`", c) for c in line.strip(" |").split("|"))
+            table[overlay[0]] = (namespace, sorted(objects), sorted(images))
+    rendered = {}
+    for overlay in OVERLAYS:
+        objects = render(overlay)
+        rendered[str(overlay.relative_to(REPO))] = (
+            sorted({d["metadata"].get("namespace", "(none)") for d in objects}),
+            sorted(f"{d['kind']}/{d['metadata']['name']}" for d in objects),
+            sorted({c["image"] for d in objects for c in containers(d)}))
+    assert table == rendered
+    nightly = next(d for d in render(INFRA / "overlays" / "prod") if d["kind"] == "RayCronJob")
+    template = nightly["spec"]["jobTemplate"]
+    version = re.search(r"KubeRay \*\*(v[\d.]+)\*\*", (KUBERAY_SCHEMAS / "README.md").read_text())
+    assert version
+    for fact in ("--feature-gates=RayCronJob=true", f"`{nightly['spec']['schedule']}`",
+                 f"`backoffLimit: {template['backoffLimit']}`",
+                 f"`activeDeadlineSeconds: {template['activeDeadlineSeconds']}`",
+                 _dag_constant("DASHBOARD"), f"KubeRay {version.group(1)}"):
+        assert fact in section, f"README's deploy section does not say {fact!r}"
 
 
 def test_the_image_ships_every_package_the_wheel_has() -> None:
@@ -478,11 +749,3 @@ def test_the_image_ships_every_package_the_wheel_has() -> None:
     dockerfile = (INFRA / "Dockerfile").read_text()
     for package in (p.rstrip("*") for p in include):
         assert f"COPY {package} ./{package}" in dockerfile, f"infra/Dockerfile does not copy {package}/"
-
-
-def test_the_dag_connects_to_the_head_service_kuberay_creates() -> None:
-    """KubeRay names the head service `<RayCluster name>-head-svc`; the DAG's default address must be it."""
-    cluster = _by_kind("RayCluster")["metadata"]["name"]
-    source = (INFRA / "airflow" / "imagefleet_dag.py").read_text()
-    default = re.search(r'"IMAGEFLEET_RAY_ADDRESS", "([^"]+)"', source)
-    assert default and default.group(1) == f"ray://{cluster}-head-svc:10001"
