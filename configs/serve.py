@@ -27,6 +27,13 @@ class ServeConfig(StrictModel):
     """Requests a generator may hold waiting before new ones get 503 (-1 = unbounded)."""
     max_request_bytes: int = Field(default=65536, ge=1024)
     """Larger request bodies get 413."""
+    max_request_line_bytes: int = Field(default=8192, ge=256, le=1_048_576)
+    """A longer request line (method, path and query) gets 414; the proxy stops reading it there."""
+    max_header_bytes: int = Field(default=65536, ge=1024, le=16_777_216)
+    """Request headers over this many bytes in all (each `name: value` line) get 431; the proxy stops reading them
+    there."""
+    max_header_count: int = Field(default=100, ge=8, le=10_000)
+    """Requests with more header fields get 431."""
     max_images_per_request: int = Field(default=4, ge=1, le=64)
     """Largest `num_images` one request may ask for."""
     default_response: Literal["image", "json"] = "image"

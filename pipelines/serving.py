@@ -25,6 +25,7 @@ from configs.prep import PrepConfig
 from configs.routing import ColumnRouting
 from configs.serve import ServeConfig
 from configs.source import InputLimits
+from pipelines.http_limits import HeadLimits, ProxyLimits, head_problem
 from pipelines.plan import Stores, generator_stage, prep_config
 from pipelines.pools import serve_gateway_options, serve_generator_options
 from pipelines.serve_protocol import (
@@ -190,10 +191,19 @@ class Gateway:
         self.generators = generators
         self.cfg = cfg
         self.default_format = default_format
+        # request heads are limited where they arrive, in the HTTP proxies, before they are buffered
+        self.head_limits = HeadLimits(cfg.max_request_line_bytes, cfg.max_header_bytes, cfg.max_header_count)
+        self.proxies = ProxyLimits(self.head_limits)
+        self.proxies.refresh()
 
     async def __call__(self, request: Request) -> Response:
         from starlette.responses import JSONResponse
 
+        if self.proxies.due():  # a proxy started since (on a node that got a replica) gets the limits too
+            await asyncio.to_thread(self.proxies.refresh)
+        refused = head_problem(request.scope, self.head_limits)  # a proxy without them yet
+        if refused is not None:
+            return _problem(*refused)
         path = "/" + request.url.path.strip("/")
         if path in ("/", "/healthz"):
             if request.method not in ("GET", "HEAD"):

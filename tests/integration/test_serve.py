@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import io
+import itertools
 import json
 import os
 import signal
@@ -229,11 +230,17 @@ def test_bad_requests_get_4xx_with_a_message(
 
 def raw_post(server: Server, head: bytes, chunks: Iterator[bytes]) -> tuple[int, bytes]:
     """POST /generate over a raw socket: send the head, then body chunks until the server answers or closes."""
+    return raw_request(server, itertools.chain([b"POST /generate HTTP/1.1\r\nHost: 127.0.0.1\r\n" + head + b"\r\n"],
+                                               chunks))
+
+
+def raw_request(server: Server, chunks: Iterator[bytes]) -> tuple[int, bytes]:
+    """Send raw request bytes until the server answers or closes; its status and body."""
     import socket
 
     port = int(server.url.rsplit(":", 1)[1])
     with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
-        sock.sendall(b"POST /generate HTTP/1.1\r\nHost: 127.0.0.1\r\n" + head + b"\r\n")
+        sock.sendall(next(chunks))
         sock.setblocking(False)
         reply = b""
         for chunk in chunks:
@@ -256,7 +263,29 @@ def raw_post(server: Server, head: bytes, chunks: Iterator[bytes]) -> tuple[int,
     return int(head_text.split()[1]), body
 
 
+def serve_rss(server: Server) -> dict[str, int]:
+    """The memory probe: resident bytes of the two processes a request passes through, the Serve HTTP proxy and
+    the gateway replica (where an unbounded request would be buffered)."""
+    import psutil
+
+    rss = {}
+    for proc in psutil.Process(server.proc.pid).children(recursive=True):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            title = " ".join(proc.cmdline())
+            for part, name in (("ProxyActor", "proxy"), ("ServeReplica:imagefleet:gateway", "gateway")):
+                if part in title:
+                    rss[name] = proc.memory_info().rss
+    assert set(rss) == {"proxy", "gateway"}, rss
+    return rss
+
+
+def grew(before: dict[str, int], after: dict[str, int]) -> dict[str, float]:
+    return {name: round((after[name] - before[name]) / 2**20, 1) for name in before}
+
+
 def test_oversized_bodies_are_refused_without_being_read(server: Server) -> None:
+    assert server.post(b"", path="/healthz", method="GET")[0] == 200
+    before = serve_rss(server)
     # a declared 300 MB body: refused on its Content-Length, before the client has sent any of it
     start = time.time()
     status, body = raw_post(server, b"Content-Length: 300000000\r\n", iter([]))
@@ -274,7 +303,41 @@ def test_oversized_bodies_are_refused_without_being_read(server: Server) -> None
     status, body = raw_post(server, b"Transfer-Encoding: chunked\r\n", chunked())
     assert status == 413 and "the limit is 65536" in json.loads(body)["error"]
     assert len(sent) < 4096
+    assert all(mib < 32 for mib in grew(before, serve_rss(server)).values()), grew(before, serve_rss(server))
     assert server.post({"prompt": "still fine"})[0] == 200
+
+
+def test_oversized_request_heads_are_refused_without_being_buffered(server: Server) -> None:
+    """#30: four requests with 64 MiB of headers got 200, with 511 MB left in the proxy and 384 MB in the gateway.
+    The proxy now counts a head as it arrives and answers 431 (headers) or 414 (request line) past the limits."""
+    assert server.post(b"", path="/healthz", method="GET")[0] == 200
+    before = serve_rss(server)
+    sent: list[int] = []
+
+    def huge_head(one_header: bool) -> Iterator[bytes]:  # 64 MiB: one header, or 1,024 of 64 KiB
+        yield b"POST /generate HTTP/1.1\r\nHost: 127.0.0.1\r\n" + (b"X-Pad: " if one_header else b"")
+        for i in range(1024):
+            sent.append(1)
+            yield b"a" * 65536 if one_header else b"X-Pad-%d: " % i + b"a" * 65536 + b"\r\n"
+            time.sleep(0.005)
+
+    for one_header in (True, False, True, False):
+        sent.clear()
+        status, body = raw_request(server, huge_head(one_header))
+        assert status == 431, body[:300]
+        assert json.loads(body)["error"] == "request headers are over 65536 bytes in all (serve.max_header_bytes)"
+        assert len(sent) < 256, len(sent)  # at most a quarter of it left the client
+    assert all(mib < 32 for mib in grew(before, serve_rss(server)).values()), grew(before, serve_rss(server))
+    # too many fields, and a request line over 8 KiB
+    many = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n" + b"".join(b"X-%d: 1\r\n" % i for i in range(100))
+    status, body = raw_request(server, iter([many + b"\r\n"]))
+    assert status == 431 and json.loads(body)["error"] == "request has over 100 header fields (serve.max_header_count)"
+    status, body = raw_request(server, iter([b"GET /healthz?" + b"q" * 9000 + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"]))
+    assert status == 414 and "request line is over 8192 bytes" in json.loads(body)["error"]
+    # within the limits: still served (exactly 100 fields: Host, X-0..X-97, Connection; a 4 KiB query)
+    status, body = raw_request(server, iter([many.rpartition(b"X-98")[0] + b"Connection: close\r\n\r\n"]))
+    assert status == 200, body[:300]
+    assert server.post(b"", path="/healthz?" + "q" * 4000, method="GET")[0] == 200
 
 
 def test_sigterm_stops_cleanly(server: Server) -> None:
