@@ -175,8 +175,9 @@ class InputFiles:
             raise InputProblem(f"{uri}: can't be read ({reason})") from None
 
 
-def check_image(uri: str, data: bytes, max_pixels: int, mask: bool = False) -> tuple[int, int]:
-    """(width, height) of a decodable input image (or mask); InputProblem naming what is wrong otherwise."""
+def check_image(uri: str, data: bytes, max_pixels: int, mask: bool = False, file: bool = True) -> tuple[int, int]:
+    """(width, height) of a decodable input image (or mask); InputProblem naming what is wrong otherwise (`file`:
+    `uri` names a file, whose problems share one message; else bytes sent in a request)."""
     from PIL import Image, UnidentifiedImageError
 
     what = "mask" if mask else "image"
@@ -198,7 +199,9 @@ def check_image(uri: str, data: bytes, max_pixels: int, mask: bool = False) -> t
     except InputProblem:
         raise
     except UnidentifiedImageError:
-        raise unusable(uri) from None
+        if file:  # a path: the one message that tells nothing about which files exist
+            raise unusable(uri) from None
+        raise InputProblem(f"{what} {uri} is not a readable image (PNG, JPEG or WebP)") from None
     except Exception as exc:  # noqa: BLE001 - PIL raises many kinds for bad bytes
         raise InputProblem(f"{what} {uri} is not a readable image ({type(exc).__name__})") from None
     return int(width), int(height)

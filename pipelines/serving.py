@@ -286,9 +286,10 @@ class Gateway:
             raise RequestProblem(413, f"{too_big[0]} is over {self.limits.max_image_bytes} bytes "
                                       f"(source.inputs.max_image_bytes)")
         try:
-            sizes = [check_image(f"images[{k}]", data, self.limits.max_image_pixels)
+            sizes = [check_image(f"images[{k}]", data, self.limits.max_image_pixels, file=False)
                      for k, data in enumerate(req.images)]
-            if req.mask and check_image("mask", req.mask, self.limits.max_image_pixels, mask=True) != sizes[0]:
+            if req.mask and check_image("mask", req.mask, self.limits.max_image_pixels, mask=True,
+                                        file=False) != sizes[0]:
                 raise InputProblem(f"mask size differs from images[0] ({sizes[0][0]}x{sizes[0][1]}); they must match")
         except InputProblem as exc:
             raise RequestProblem(400, str(exc)) from None
