@@ -42,7 +42,9 @@ def test_put_if_absent_is_write_once(s3_server: Any, bucket: str) -> None:
     # an image's record travels with it (user metadata, read by one HEAD); the first writer's record wins
     record = '{"model":"my  models/x \\u00e9 ","pad":"' + "x" * (RECORD_MAX_BYTES - 60) + '"}'
     assert store.put_if_absent("images/b.png", b"b", "image/png", "sb", record) == (True, "sb")
-    assert store.put_if_absent("images/b.png", b"c", "image/png", "sc", "{}") == (False, "sb")
+    # the stored object wins, and its digest is computed from its bytes (never the metadata's claim)
+    kept = hashlib.sha256(b"b").hexdigest()
+    assert store.put_if_absent("images/b.png", b"c", "image/png", "sc", "{}") == (False, kept)
     assert store.record_of("images/b.png") == (record, "sb") and store.record_of("images/a.png") == ("", sha)
 
 
