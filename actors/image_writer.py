@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from actors.layout import CONTENT_TYPES, format_of_mime, image_rel
+from actors.manifest_schema import PRIOR, prior_values
 from actors.resume_index import ESCALATED_TO, RECORD_INPUTS, image_record, record_values
 from actors.store_errors import explain_s3_error, is_transient
 from actors.stores import open_store
@@ -162,9 +163,7 @@ class ImageWriter:
         "width": "pixels",
         "height": "pixels",
         "status": "only `generated` rows are written; `cached` rows become ok without a write",
-        "prior_sha256": "for cached rows",
-        "prior_bytes": "for cached rows",
-        "prior_mime": "for cached rows: the stored image's content type ('' = output format)",
+        PRIOR: "for cached rows: what the earlier run recorded (its sha256, size and content type)",
         "error": "passed through",
     }
     OUTPUT_COLUMNS = {
@@ -234,12 +233,13 @@ class ImageWriter:
         for i in range(n):
             if status[i] == "cached":
                 status[i] = "ok"
+                prior = prior_values(str(batch[PRIOR][i]))
                 # the resume index found the object in the format its row recorded (a provider's own format)
-                fmt = format_of_mime(str(batch["prior_mime"][i])) or self.cfg.format
+                fmt = format_of_mime(str(prior.get("mime", ""))) or self.cfg.format
                 cols["image_uri"][i] = self.store.uri_of(image_rel(str(batch["image_key"][i]), fmt))
                 cols["mime"][i] = CONTENT_TYPES[fmt]
-                cols["sha256"][i] = str(batch["prior_sha256"][i])
-                cols["bytes"][i] = int(batch["prior_bytes"][i])
+                cols["sha256"][i] = str(prior["sha256"])
+                cols["bytes"][i] = int(prior["bytes"])
                 cols["already_present"][i] = True
         # 5 the images are dropped here: only metadata flows on to the manifest
         out.update({name: np.asarray(values, dtype=OUTPUT_DTYPES[name]) for name, values in cols.items()})

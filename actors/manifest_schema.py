@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from collections.abc import Callable, Iterator
@@ -119,6 +120,29 @@ CARRIED: tuple[str, ...] = tuple(c.name for c in COLUMNS if c.carried)
 SHARD_FIELDS: tuple[str, ...] = tuple(c.name for c in COLUMNS if c.shard)
 REPORT_COLUMNS: tuple[str, ...] = tuple(c.name for c in COLUMNS if c.report)
 _BY_NAME = {c.name: c for c in COLUMNS}
+
+
+PRIOR = "prior"
+"""The pipeline column carrying what an earlier run recorded about a cached row's image: compact JSON of its
+sha256, size and CARRIED values ('' for every other row). One column rides through the pools instead of one per
+value; the writer and the manifest step read it (`prior_text`, `prior_values`)."""
+
+
+def prior_text(sha256: str, size: int, carried: dict[str, Any]) -> str:
+    """A cached row's PRIOR value: `sha256`, `size` and the CARRIED values that hold something (no null, NaN, ''
+    or 0: those stand for "nothing recorded", and the row's own value is kept)."""
+    kept: dict[str, Any] = {"sha256": sha256, "bytes": int(size)}
+    for name, value in carried.items():
+        value = value.item() if hasattr(value, "item") and getattr(value, "ndim", 0) == 0 else value
+        if isinstance(value, bool) or (isinstance(value, float) and math.isfinite(value)) or (
+                isinstance(value, (int, str)) and not isinstance(value, float) and value not in (0, "")):
+            kept[name] = value
+    return json.dumps(kept, separators=(",", ":"), allow_nan=False)
+
+
+def prior_values(text: str) -> dict[str, Any]:
+    """The values a PRIOR cell holds ({} for a row without an earlier result)."""
+    return dict(json.loads(text)) if text else {}
 
 
 def empty_value(name: str) -> Any:

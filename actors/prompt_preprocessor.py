@@ -16,7 +16,7 @@ from actors.bounded_template import compile_template
 from actors.cells import ERROR_TEXT_CHARS, Undecodable, clipped, column_values
 from actors.input_reader import INPUT_OUTPUT_COLUMNS
 from actors.keys import adapters_text, combination_id, derive_row_id, derive_seed, key_of
-from actors.manifest_schema import CARRIED, empty_value
+from actors.manifest_schema import PRIOR, prior_text
 from actors.resume_index import ResumeIndex, load_index
 from actors.stores import open_store
 from configs.generator_base import STRENGTH_TASKS
@@ -53,15 +53,13 @@ class PromptPreprocessor:
         "error": "why the row can't be generated ('' when fine)",
         "enqueued_at": "unix time the row entered the pipeline",
         "explicit": "settings the input row set itself (comma-separated; the rest are generator defaults)",
-        "prior_sha256": "sha256 recorded by an earlier run for cached rows",
-        "prior_bytes": "size recorded by an earlier run for cached rows",
+        PRIOR: "what an earlier run recorded about a cached row's image (JSON; '' for other rows)",
         "template": "the prompt template ('' when prompts come from a column)",
         "template_vars": "JSON of the values the template was filled with ('' without a template)",
         "task": "text-to-image | image-to-image | inpaint | edit",
         **{c: d for c, d in INPUT_OUTPUT_COLUMNS.items() if c != "input_error"},
         "variant": "the output variant (aspect ratio or size) this image is ('' without variants)",
         "num_candidates": "images to generate for this one before the best is kept (best-of-N; 1 = just this one)",
-        **{f"prior_{c}": f"{c} an earlier run recorded (cached rows carry it into the manifest)" for c in CARRIED},
     }
 
     def __init__(self, cfg: PrepConfig) -> None:
@@ -265,9 +263,7 @@ class PromptPreprocessor:
         """pending, or cached / carried-over error when an earlier run already settled this key."""
         prior = self.prior.get(key)
         if prior is not None and prior.status == "ok":
-            state = {**NO_PRIOR, "status": "cached", "error": "", "prior_sha256": prior.sha256,
-                     "prior_bytes": prior.bytes}
-            state.update({f"prior_{c}": v for c, v in prior.carried.items() if v is not None})
+            state = {"status": "cached", "error": "", PRIOR: prior_text(prior.sha256, prior.bytes, prior.carried)}
             state.update(prior.settings)  # the stored image's own settings (a cascade's heavy ones, API sizes)
             if prior.final_key:  # a cascade draft escalated earlier: the row is its final heavy image
                 state.update(image_key=prior.final_key, generator=prior.final_generator, model=prior.final_model)
@@ -376,18 +372,13 @@ def _convert(name: str, value: Any) -> Any:
 
 NO_TEMPLATE = {"template": "", "template_vars": ""}
 
-# a row without an earlier result: each prior_ column holds its manifest column's empty value (floats NaN, null
-# in the manifest; strings empty; integers 0)
-NO_PRIOR: dict[str, Any] = {f"prior_{c}": empty_value(c) for c in ("sha256", "bytes", *CARRIED)}
+NO_PRIOR: dict[str, Any] = {PRIOR: ""}  # a row without an earlier result
 
 _DTYPES: dict[str, Any] = {
     "image_index": np.int32,
     **{name: np.dtype(numpy_dtype(name)) for name in ROW_COLUMNS if numpy_dtype(name) != "object"},
     "enqueued_at": np.float64,
     "num_candidates": np.int32,
-    "prior_bytes": np.int64,
-    **{name: np.float64 for name, value in NO_PRIOR.items() if isinstance(value, float)},
-    **{name: np.int64 for name, value in NO_PRIOR.items() if type(value) is int},
 }
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
+from actors.manifest_schema import PRIOR
 from pipelines.plan import Plan, PlanError, Stage
 
 if TYPE_CHECKING:
@@ -176,7 +177,7 @@ def _as_format(batch: Any, fmt: str, stage: str) -> Any:
 
 def manifest_table(batch: Any) -> pa.Table:
     """The last stage's output as an Arrow table of the columns the manifest step reads (its MANIFEST columns and
-    an earlier run's `prior_*` values): pixels and other pipeline-internal columns never leave the writer."""
+    an earlier run's PRIOR): pixels and other pipeline-internal columns never leave the writer."""
     import pyarrow as pa
 
     from pipelines.schema import MANIFEST
@@ -184,7 +185,7 @@ def manifest_table(batch: Any) -> pa.Table:
     if isinstance(batch, pa.Table):
         return batch
     wanted = set(MANIFEST.names)
-    return pa.table({k: _arrow(v, k) for k, v in batch.items() if k in wanted or k.startswith("prior_")})
+    return pa.table({k: _arrow(v, k) for k, v in batch.items() if k in wanted or k == PRIOR})
 
 
 def _arrow(values: Any, name: str) -> pa.Array:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from actors.hosted import STOPPED
 from actors.layout import IMAGES_DIR, MANIFEST_DIR, RUN_JSON
-from actors.manifest_schema import CARRIED, iter_parts
+from actors.manifest_schema import CARRIED, PRIOR, iter_parts, prior_values
 from actors.storage import ObjectStore
 from actors.stores import open_store
 from configs.storage import StoreSpec
@@ -134,12 +134,13 @@ def part_rows(expected_rows: int) -> int:
 
 def _to_manifest_rows(batch: Any, run_id: str) -> Any:
     """Select and type the manifest columns (drops pipeline-internal ones). Rows an earlier run completed
-    (`cached`) keep what that run recorded about their image: score, route, draft, timing, cost."""
+    (`cached`) keep what that run recorded about their image (their PRIOR): score, route, draft, timing, cost."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
     n = batch.num_rows
-    cached = pc.not_equal(batch.column("prior_sha256"), "") if "prior_sha256" in batch.column_names else None
+    priors = batch.column(PRIOR).to_pylist() if PRIOR in batch.column_names else []
+    earlier = [prior_values(text or "") for text in priors]
     columns = []
     for f in MANIFEST:
         if f.name == "run_id":
@@ -148,16 +149,9 @@ def _to_manifest_rows(batch: Any, run_id: str) -> Any:
             column = pa.nulls(n, f.type)
         else:
             column = batch.column(f.name).cast(f.type)
-        prior = f"prior_{f.name}"
-        if cached is not None and f.name in CARRIED and prior in batch.column_names:
-            earlier = batch.column(prior).cast(f.type)
-            if pa.types.is_floating(f.type):
-                recorded = pc.invert(pc.is_nan(earlier))
-            elif pa.types.is_integer(f.type):
-                recorded = pc.not_equal(earlier, 0)  # e.g. a draft's width: 0 = none recorded
-            else:
-                recorded = pc.not_equal(earlier, "")
-            column = pc.if_else(pc.and_(cached, recorded), earlier, column)
+        if f.name in CARRIED and any(f.name in values for values in earlier):
+            recorded = pa.array([values.get(f.name) for values in earlier], f.type)
+            column = pc.if_else(pc.is_valid(recorded), recorded, column)
         columns.append(column)
     return pa.Table.from_arrays(columns, schema=MANIFEST)
 

@@ -135,10 +135,10 @@ def test_stages_get_their_rows_per_call_and_format_and_are_closed_however_the_ru
 
 
 def test_only_manifest_columns_leave_the_writer() -> None:
-    """Pixels and pipeline-internal columns stay behind; an earlier run's prior_* values come along."""
+    """Pixels and pipeline-internal columns stay behind; an earlier run's `prior` comes along."""
     batch = {"status": np.array(["ok", "error"], dtype=object), "image": np.zeros((2, 4, 4, 3), np.uint8),
-             "prior_sha256": np.array(["", "ab"], dtype=object), "error": np.array([None, "bad"], dtype=object),
+             "prior": np.array(["", "{}"], dtype=object), "error": np.array([None, "bad"], dtype=object),
              "bytes": np.array([3, 0]), "internal": np.array([1, 2])}
     table = manifest_table(batch)
-    assert table.column_names == ["status", "prior_sha256", "error", "bytes"]
+    assert table.column_names == ["status", "prior", "error", "bytes"]
     assert table.column("error").to_pylist() == [None, "bad"]

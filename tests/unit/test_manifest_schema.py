@@ -57,19 +57,17 @@ def test_pipeline_schema_is_the_table() -> None:
     assert MANIFEST.equals(ms.SCHEMA) and MANIFEST.names == list(ms.NAMES)
 
 
-def test_no_prior_defaults_follow_the_column_types() -> None:
-    from actors.prompt_preprocessor import _DTYPES, NO_PRIOR
+def test_a_cached_rows_prior_keeps_only_recorded_values() -> None:
+    """One `prior` column carries what an earlier run recorded (thin rows: not one column per value); values
+    that stand for "nothing recorded" (null, NaN, '', 0) are left out, so the row's own value stays."""
+    from actors.prompt_preprocessor import NO_PRIOR
 
-    assert set(NO_PRIOR) == {f"prior_{c}" for c in ("sha256", "bytes", *ms.CARRIED)}
-    assert NO_PRIOR["prior_sha256"] == "" and NO_PRIOR["prior_bytes"] == 0
-    for name in ms.CARRIED:
-        value = NO_PRIOR[f"prior_{name}"]
-        if pa.types.is_floating(ms.SCHEMA.field(name).type):
-            assert math.isnan(value) and _DTYPES[f"prior_{name}"] is np.float64
-        elif pa.types.is_integer(ms.SCHEMA.field(name).type):
-            assert value == 0 and _DTYPES[f"prior_{name}"] is np.int64
-        else:
-            assert value == ""
+    assert NO_PRIOR == {ms.PRIOR: ""} and ms.prior_values("") == {}
+    carried = {"clip_score": 0.25, "draft_score": float("nan"), "route": "", "draft_width": 0, "requests": np.int32(2),
+               "candidates": None, "mime": "image/png"}
+    text = ms.prior_text("ab", 12, carried)
+    assert ms.prior_values(text) == {"sha256": "ab", "bytes": 12, "clip_score": 0.25, "requests": 2,
+                                     "mime": "image/png"}
 
 
 def test_provider_and_billing_columns() -> None:

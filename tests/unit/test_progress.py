@@ -83,8 +83,8 @@ def test_the_writer_posts_each_finished_batch_to_the_board() -> None:
     writer({"image": np.array([b"", b""], dtype=object), "image_mime": np.array(["", ""], dtype=object),
             "image_key": np.array(["a" * 40, "b" * 40], dtype=object), "width": np.full(n, 8),
             "height": np.full(n, 8), "status": np.array(["cached"] * n, dtype=object),
-            "prior_sha256": np.array(["x", "y"], dtype=object), "prior_bytes": np.ones(n, np.int64),
-            "prior_mime": np.array(["", ""], dtype=object), "error": np.array(["", ""], dtype=object)})
+            "prior": np.array(['{"sha256":"x","bytes":1}', '{"sha256":"y","bytes":1}'], dtype=object),
+            "error": np.array(["", ""], dtype=object)})
     assert seen == [2]
 
 

@@ -238,8 +238,10 @@ def test_a_provider_format_image_counts_as_present_on_a_rerun(tmp_path: Path) ->
         os.removexattr(tmp_path / image_rel(key, "png"), RECORD_XATTR)
     assert load_index(store, "webp").get(key) is None and load_index(store, "png").get(key) is not None
     # the cached row the writer reports points at the stored .png
-    cached = pending(1, status=np.array(["cached"], dtype=object), prior_sha256=np.array([prior.sha256], dtype=object),
-                     prior_bytes=np.array([prior.bytes]), prior_mime=np.array(["image/png"], dtype=object),
+    from actors.manifest_schema import prior_text
+
+    cached = pending(1, status=np.array(["cached"], dtype=object),
+                     prior=np.array([prior_text(prior.sha256, prior.bytes, {"mime": "image/png"})], dtype=object),
                      image=np.array([b""], dtype=object))
     again = w(cached)
     assert again["image_uri"][0] == written["image_uri"][0] and again["already_present"][0]

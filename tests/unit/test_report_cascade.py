@@ -172,19 +172,22 @@ def test_a_rerun_carries_the_stage_timings_the_report_shows() -> None:
     from pipelines.manifest import _to_manifest_rows
 
     assert {"queue_ms", "generate_ms", "encode_ms", "upload_ms", "generated_at"} <= set(CARRIED)
+    from actors.manifest_schema import prior_text
+
+    earlier = prior_text("s", 9, {"queue_ms": 7.0, "generate_ms": 900.0, "encode_ms": 11.0, "upload_ms": 13.0,
+                                  "generated_at": 2000.0, "clip_score": float("nan"), "draft_width": 0, "route": ""})
     batch = pa.table({
-        "status": ["ok", "ok"], "image_key": ["a", "b"], "prior_sha256": ["s", ""],  # a: cached, b: made now
+        "status": ["ok", "ok"], "image_key": ["a", "b"], "prior": [earlier, ""],  # a: cached, b: made now
         "queue_ms": [0.0, 5.0], "generate_ms": [0.0, 50.0], "encode_ms": [0.0, 6.0], "upload_ms": [0.0, 8.0],
-        "generated_at": [3000.0, 3001.0],
-        "prior_queue_ms": [7.0, float("nan")], "prior_generate_ms": [900.0, float("nan")],
-        "prior_encode_ms": [11.0, float("nan")], "prior_upload_ms": [13.0, float("nan")],
-        "prior_generated_at": [2000.0, float("nan")],
+        "generated_at": [3000.0, 3001.0], "route": ["single", "single"],
     })
     out = _to_manifest_rows(batch, run_id="r2").to_pydict()
     assert [out[c][0] for c in ("queue_ms", "generate_ms", "encode_ms", "upload_ms", "generated_at")] == [
         7.0, 900.0, 11.0, 13.0, 2000.0]
     assert [out[c][1] for c in ("queue_ms", "generate_ms", "encode_ms", "upload_ms", "generated_at")] == [
         5.0, 50.0, 6.0, 8.0, 3001.0]
+    # nothing recorded (NaN, 0, ''): the row's own value stays
+    assert out["route"] == ["single", "single"] and out["clip_score"] == [None, None]
 
 
 def test_evaluations_next_to_the_manifest_are_shown_per_route(tmp_path: Path) -> None:
