@@ -11,17 +11,17 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from actors.clip_scorer import ClipScorer, RuleScorer
-    from actors.contract import BackendActor, ScorerActor, StageActor
-    from actors.diffusers_generator import DiffusersGenerator
-    from actors.escalator import Escalator
-    from actors.gemini_generator import GeminiImageGenerator
-    from actors.image_writer import ImageWriter
-    from actors.input_reader import InputReader
-    from actors.openai_generator import OpenAIImageGenerator
-    from actors.prompt_preprocessor import PromptPreprocessor
-    from actors.sleep_generator import SleepGenerator
-    from actors.vqa_scorer import VqaScorer
+    from imagefleet.actors.clip_scorer import ClipScorer, RuleScorer
+    from imagefleet.actors.contract import BackendActor, ScorerActor, StageActor
+    from imagefleet.actors.diffusers_generator import DiffusersGenerator
+    from imagefleet.actors.escalator import Escalator
+    from imagefleet.actors.gemini_generator import GeminiImageGenerator
+    from imagefleet.actors.image_writer import ImageWriter
+    from imagefleet.actors.input_reader import InputReader
+    from imagefleet.actors.openai_generator import OpenAIImageGenerator
+    from imagefleet.actors.prompt_preprocessor import PromptPreprocessor
+    from imagefleet.actors.sleep_generator import SleepGenerator
+    from imagefleet.actors.vqa_scorer import VqaScorer
 
     GENERATOR_ACTORS: tuple[type[BackendActor], ...]
     SCORER_ACTORS: tuple[type[ScorerActor], ...]
@@ -55,11 +55,11 @@ def _registries() -> dict[str, Any]:
 
 def __getattr__(name: str) -> Any:
     if name in _HOMES:
-        value = getattr(importlib.import_module(f"actors.{_HOMES[name]}"), name)
+        value = getattr(importlib.import_module(f"imagefleet.actors.{_HOMES[name]}"), name)
     elif name in ("GENERATOR_ACTORS", "SCORER_ACTORS", "GENERATORS", "SCORERS"):
         value = _registries()[name]
     else:
-        raise AttributeError(f"module 'actors' has no attribute {name!r}")
+        raise AttributeError(f"module 'imagefleet.actors' has no attribute {name!r}")
     globals()[name] = value
     return value
 

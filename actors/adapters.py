@@ -5,10 +5,10 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from actors.storage import parse_location
-from actors.stores import open_store
-from configs.generator_base import LoraConfig
-from configs.storage import StoreSpec
+from imagefleet.actors.storage import parse_location
+from imagefleet.actors.stores import open_store
+from imagefleet.configs.generator_base import LoraConfig
+from imagefleet.configs.storage import StoreSpec
 
 
 class AdapterError(ValueError):

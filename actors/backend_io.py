@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from configs.request import BY_NAME, KEY_SETTINGS, ROW_COLUMNS
+from imagefleet.configs.request import BY_NAME, KEY_SETTINGS, ROW_COLUMNS
 
 GENERATOR_INPUT_COLUMNS = {
     "prompt": "prompt text",

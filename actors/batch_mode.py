@@ -27,10 +27,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from actors.backend_io import Outcome, Request
-from actors.hosted import HostedFatal
-from actors.layout import batch_record, batches_dir
-from actors.storage import ObjectStore
+from imagefleet.actors.backend_io import Outcome, Request
+from imagefleet.actors.hosted import HostedFatal
+from imagefleet.actors.layout import batch_record, batches_dir
+from imagefleet.actors.storage import ObjectStore
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")

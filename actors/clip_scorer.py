@@ -9,9 +9,9 @@ from typing import Any
 
 import numpy as np
 
-from actors.generation import empty_lists
-from actors.image_writer import decode_rgb
-from configs.scorer import ClipScorerConfig, RuleScorerConfig
+from imagefleet.actors.generation import empty_lists
+from imagefleet.actors.image_writer import decode_rgb
+from imagefleet.configs.scorer import ClipScorerConfig, RuleScorerConfig
 
 logger = logging.getLogger(__name__)
 

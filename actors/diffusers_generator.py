@@ -13,14 +13,19 @@ from typing import Any
 
 import numpy as np
 
-from actors.adapters import local_weights
-from actors.backend_io import GENERATOR_INPUT_COLUMNS, GENERATOR_OPTIONAL_COLUMNS, GENERATOR_OUTPUT_COLUMNS, Request
-from actors.generation import Batch, BatchLimits, run_generation
-from actors.inputs import InputFiles
-from actors.keys import shape_bucket
-from actors.stores import open_store
-from configs.generator import DiffusersConfig
-from configs.storage import StoreSpec
+from imagefleet.actors.adapters import local_weights
+from imagefleet.actors.backend_io import (
+    GENERATOR_INPUT_COLUMNS,
+    GENERATOR_OPTIONAL_COLUMNS,
+    GENERATOR_OUTPUT_COLUMNS,
+    Request,
+)
+from imagefleet.actors.generation import Batch, BatchLimits, run_generation
+from imagefleet.actors.inputs import InputFiles
+from imagefleet.actors.keys import shape_bucket
+from imagefleet.actors.stores import open_store
+from imagefleet.configs.generator import DiffusersConfig
+from imagefleet.configs.storage import StoreSpec
 
 logger = logging.getLogger(__name__)
 
@@ -247,7 +252,7 @@ def _decode(data: bytes, mode: str, width: int, height: int) -> Any:
     """An input file as a PIL image in `mode` at the requested size (the row's key names that size)."""
     from PIL import Image
 
-    from actors.inputs import open_image
+    from imagefleet.actors.inputs import open_image
 
     with open_image(data) as img:
         out = img.convert(mode)

@@ -8,13 +8,13 @@ from typing import Any
 
 import numpy as np
 
-from actors.backend_io import parse_adapter_list
-from actors.keys import adapters_text, key_of
-from configs.generator_base import STRENGTH_TASKS
-from configs.prep import GeneratorIdentity
-from configs.request import HEAVY_SETTINGS, SHAPE_SETTINGS, numpy_dtype
-from configs.routing import CascadeConfig
-from configs.source import variant_size
+from imagefleet.actors.backend_io import parse_adapter_list
+from imagefleet.actors.keys import adapters_text, key_of
+from imagefleet.configs.generator_base import STRENGTH_TASKS
+from imagefleet.configs.prep import GeneratorIdentity
+from imagefleet.configs.request import HEAVY_SETTINGS, SHAPE_SETTINGS, numpy_dtype
+from imagefleet.configs.routing import CascadeConfig
+from imagefleet.configs.source import variant_size
 
 Batch = dict[str, np.ndarray]
 DRAFT_SETTINGS = {f"draft_{s}": np.dtype(numpy_dtype(s)) for s in SHAPE_SETTINGS}

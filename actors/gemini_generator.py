@@ -11,14 +11,14 @@ from typing import Any
 
 from pydantic import SecretStr
 
-from actors.backend_io import Outcome, Request, encoded_info
-from actors.batch_mode import BatchState, poll, unless_gone
-from actors.hosted import HostedFatal, Verdict, api_call, image_outcome, parse_duration
-from actors.hosted_actor import HostedGenerator
-from configs.generator_base import RunBudget
-from configs.hosted import GeminiImageConfig, TokenPrices
-from configs.hosted_models import GEMINI_MAX_REQUEST_BYTES, gemini_request_size
-from configs.storage import StoreSpec
+from imagefleet.actors.backend_io import Outcome, Request, encoded_info
+from imagefleet.actors.batch_mode import BatchState, poll, unless_gone
+from imagefleet.actors.hosted import HostedFatal, Verdict, api_call, image_outcome, parse_duration
+from imagefleet.actors.hosted_actor import HostedGenerator
+from imagefleet.configs.generator_base import RunBudget
+from imagefleet.configs.hosted import GeminiImageConfig, TokenPrices
+from imagefleet.configs.hosted_models import GEMINI_MAX_REQUEST_BYTES, gemini_request_size
+from imagefleet.configs.storage import StoreSpec
 
 logger = logging.getLogger(__name__)
 DONE = {"JOB_STATE_SUCCEEDED", "JOB_STATE_FAILED", "JOB_STATE_CANCELLED", "JOB_STATE_EXPIRED"}

@@ -12,11 +12,11 @@ from typing import Any
 
 import numpy as np
 
-from actors.backend_io import Outcome, Request, decode_problem, encoded_info, parse_adapter_list
-from actors.cells import control_problem
-from actors.inputs import InputFiles, InputProblem, load_inputs, sha256_of
-from actors.keys import derive_seed, shape_bucket
-from configs.request import ROW_COLUMNS
+from imagefleet.actors.backend_io import Outcome, Request, decode_problem, encoded_info, parse_adapter_list
+from imagefleet.actors.cells import control_problem
+from imagefleet.actors.inputs import InputFiles, InputProblem, load_inputs, sha256_of
+from imagefleet.actors.keys import derive_seed, shape_bucket
+from imagefleet.configs.request import ROW_COLUMNS
 
 logger = logging.getLogger(__name__)
 

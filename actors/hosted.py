@@ -24,13 +24,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from actors.contract import ray_running
-from configs.hosted import HostedCommon, RateLimits
+from imagefleet.actors.contract import ray_running
+from imagefleet.configs.hosted import HostedCommon, RateLimits
 
 if TYPE_CHECKING:
-    from actors.backend_io import Outcome
-    from actors.generation import Batch
-    from actors.inputs import InputFiles
+    from imagefleet.actors.backend_io import Outcome
+    from imagefleet.actors.generation import Batch
+    from imagefleet.actors.inputs import InputFiles
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -356,7 +356,7 @@ class LedgerClient:
 def run_hosted(batch: Batch, generate: Any, cfg: HostedCommon, name: str, inputs: InputFiles | None = None) -> Batch:
     """`run_generation` for a hosted backend: prices come from usage, quota/key/model errors end the run; `inputs`
     reads image-conditioned rows' input files."""
-    from actors.generation import run_generation
+    from imagefleet.actors.generation import run_generation
 
     return run_generation(
         batch,
@@ -373,7 +373,7 @@ def run_hosted(batch: Batch, generate: Any, cfg: HostedCommon, name: str, inputs
 def never_raise(one: Callable[[Any], Any], what: str) -> Callable[[Any], Any]:
     """Wrap a per-request function so only run-ending errors escape; anything else is that row's error (its
     siblings' paid results stay, and the chunk is never retried row by row)."""
-    from actors.backend_io import Outcome
+    from imagefleet.actors.backend_io import Outcome
 
     def wrapped(request: Any) -> Any:
         try:
@@ -392,7 +392,7 @@ def image_outcome(data: bytes | None, mime: str, cost_usd: float | None, request
     """A paid answer's Outcome: the provider's bytes as they came, with its declared type, or an error row that still
     carries the price when there are no bytes (bytes PIL can't read are `run_generation`'s check: an error row that
     keeps the price too)."""
-    from actors.backend_io import Outcome
+    from imagefleet.actors.backend_io import Outcome
 
     billed = Outcome(cost_usd=cost_usd, requests=requests, maybe_billed_usd=maybe_billed)
     if not data:

@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import SecretStr
 
-from actors.backend_io import (
+from imagefleet.actors.backend_io import (
     GENERATOR_INPUT_COLUMNS,
     GENERATOR_OPTIONAL_COLUMNS,
     GENERATOR_OUTPUT_COLUMNS,
@@ -23,9 +23,9 @@ from actors.backend_io import (
     Request,
     encoded_info,
 )
-from actors.batch_mode import BatchRunner, BatchState
-from actors.generation import Batch
-from actors.hosted import (
+from imagefleet.actors.batch_mode import BatchRunner, BatchState
+from imagefleet.actors.generation import Batch
+from imagefleet.actors.hosted import (
     STOPPED,
     HostedFatal,
     LedgerClient,
@@ -40,10 +40,10 @@ from actors.hosted import (
     start_ledger,
     start_limiter,
 )
-from actors.inputs import InputFiles
-from configs.generator_base import RunBudget
-from configs.hosted import HostedCommon
-from configs.storage import StoreSpec
+from imagefleet.actors.inputs import InputFiles
+from imagefleet.configs.generator_base import RunBudget
+from imagefleet.configs.hosted import HostedCommon
+from imagefleet.configs.storage import StoreSpec
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ class HostedGenerator:
     def __init__(self, cfg: HostedCommon, api_key: SecretStr, state_uri: str = "",
                  state_store: StoreSpec = StoreSpec(kind="local"), name: str = "",
                  budget: RunBudget | None = None, input_store: StoreSpec | None = None) -> None:
-        from actors.stores import open_store
+        from imagefleet.actors.stores import open_store
 
         self.cfg, self.name = cfg, name  # rows routed to other generators pass through
         # image-conditioned rows: their input files are read again here (and checked against their hashes)

@@ -14,12 +14,12 @@ from typing import Any
 
 import numpy as np
 
-from actors.layout import CONTENT_TYPES, format_of_mime, image_rel
-from actors.manifest_schema import PRIOR, prior_values
-from actors.resume_index import ESCALATED_TO, RECORD_INPUTS, image_record, record_values
-from actors.store_errors import explain_s3_error, is_transient
-from actors.stores import open_store
-from configs.writer import ImageWriterConfig
+from imagefleet.actors.layout import CONTENT_TYPES, format_of_mime, image_rel
+from imagefleet.actors.manifest_schema import PRIOR, prior_values
+from imagefleet.actors.resume_index import ESCALATED_TO, RECORD_INPUTS, image_record, record_values
+from imagefleet.actors.store_errors import explain_s3_error, is_transient
+from imagefleet.actors.stores import open_store
+from imagefleet.configs.writer import ImageWriterConfig
 
 Batch = dict[str, np.ndarray]
 logger = logging.getLogger(__name__)

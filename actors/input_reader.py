@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
-from actors.cells import column_values
-from actors.inputs import InputFiles, InputProblem, Roots, check_image, sha256_of, uris_of
-from configs.generator_base import MASK_TASKS
-from configs.prep import InputReaderConfig
+from imagefleet.actors.cells import column_values
+from imagefleet.actors.inputs import InputFiles, InputProblem, Roots, check_image, sha256_of, uris_of
+from imagefleet.configs.generator_base import MASK_TASKS
+from imagefleet.configs.prep import InputReaderConfig
 
 if TYPE_CHECKING:
     import pyarrow as pa

@@ -11,10 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from actors.cells import Undecodable
-from actors.storage import ObjectStore, parse_location
-from actors.stores import open_store
-from configs.storage import StoreSpec
+from imagefleet.actors.cells import Undecodable
+from imagefleet.actors.storage import ObjectStore, parse_location
+from imagefleet.actors.stores import open_store
+from imagefleet.configs.storage import StoreSpec
 
 IMAGE_MODES = {"1", "L", "LA", "P", "RGB", "RGBA", "RGBX"}
 """Modes an input image may have: each converts to RGB without guessing (CMYK, 16-bit and float images don't)."""

@@ -11,11 +11,11 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from configs.generator_base import STRENGTH_TASKS
-from configs.request import BY_NAME, KEY_SETTINGS
+from imagefleet.configs.generator_base import STRENGTH_TASKS
+from imagefleet.configs.request import BY_NAME, KEY_SETTINGS
 
 if TYPE_CHECKING:
-    from configs.prep import GeneratorIdentity
+    from imagefleet.configs.prep import GeneratorIdentity
 
 KEY_HEX_CHARS = 40
 SEED_MAX = 2**31 - 1  # int32: accepted by torch, numpy and the hosted APIs

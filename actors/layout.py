@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from actors.keys import KEY_HEX_CHARS
+from imagefleet.actors.keys import KEY_HEX_CHARS
 
 # Everything here is relative to the output root (`ObjectStore.uri_of` makes URIs of it) and pure, so the writer,
 # the manifest commit, resume, exports and tests agree by construction. README.md's "Output layout" documents

@@ -12,8 +12,8 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from actors.storage import PROBE_DIR, ObjectStore
-from configs.storage import StoreSpec
+from imagefleet.actors.storage import PROBE_DIR, ObjectStore
+from imagefleet.configs.storage import StoreSpec
 
 logger = logging.getLogger(__name__)
 

@@ -11,8 +11,8 @@ from typing import Any
 
 import pyarrow as pa
 
-from actors.store_errors import is_transient, with_retries
-from configs.request import BY_NAME, ROW_COLUMNS, SHAPE_SETTINGS
+from imagefleet.actors.store_errors import is_transient, with_retries
+from imagefleet.configs.request import BY_NAME, ROW_COLUMNS, SHAPE_SETTINGS
 
 # Every list of manifest columns derives from COLUMNS: the Arrow schema (pipelines.schema.MANIFEST), what a
 # resumed run carries over (CARRIED), the WebDataset sample JSON (SHARD_FIELDS) and the report's reads

@@ -13,14 +13,14 @@ from typing import Any, Literal
 
 from pydantic import SecretStr
 
-from actors.backend_io import Outcome, Request, encoded_info
-from actors.batch_mode import BatchState, poll, unless_gone
-from actors.hosted import Verdict, api_call, image_outcome, retry_after_s
-from actors.hosted_actor import HostedGenerator
-from actors.layout import CONTENT_TYPES
-from configs.generator_base import RunBudget
-from configs.hosted import OpenAIImagesConfig, TokenPrices
-from configs.hosted_models import (
+from imagefleet.actors.backend_io import Outcome, Request, encoded_info
+from imagefleet.actors.batch_mode import BatchState, poll, unless_gone
+from imagefleet.actors.hosted import Verdict, api_call, image_outcome, retry_after_s
+from imagefleet.actors.hosted_actor import HostedGenerator
+from imagefleet.actors.layout import CONTENT_TYPES
+from imagefleet.configs.generator_base import RunBudget
+from imagefleet.configs.hosted import OpenAIImagesConfig, TokenPrices
+from imagefleet.configs.hosted_models import (
     OPENAI_BATCH_MAX_BYTES,
     OPENAI_JSON_EDIT_QUALITIES,
     OPENAI_JSON_EDIT_SIZES,
@@ -28,7 +28,7 @@ from configs.hosted_models import (
     OPENAI_MAX_IMAGE_URL_CHARS,
     OPENAI_MAX_MASK_BYTES,
 )
-from configs.storage import StoreSpec
+from imagefleet.configs.storage import StoreSpec
 
 logger = logging.getLogger(__name__)
 BATCH_FINAL = {"completed", "failed", "expired", "cancelled"}

@@ -12,17 +12,17 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from actors.bounded_template import compile_template
-from actors.cells import ERROR_TEXT_CHARS, Undecodable, clipped, column_values
-from actors.input_reader import INPUT_OUTPUT_COLUMNS
-from actors.keys import adapters_text, combination_id, derive_row_id, derive_seed, key_of
-from actors.manifest_schema import PRIOR, prior_text
-from actors.resume_index import ResumeIndex, load_index
-from actors.stores import open_store
-from configs.generator_base import STRENGTH_TASKS
-from configs.prep import PrepConfig
-from configs.request import BY_NAME, DEFAULTED_SETTINGS, ROW_COLUMNS, ROW_SET, numpy_dtype
-from configs.source import variant_size
+from imagefleet.actors.bounded_template import compile_template
+from imagefleet.actors.cells import ERROR_TEXT_CHARS, Undecodable, clipped, column_values
+from imagefleet.actors.input_reader import INPUT_OUTPUT_COLUMNS
+from imagefleet.actors.keys import adapters_text, combination_id, derive_row_id, derive_seed, key_of
+from imagefleet.actors.manifest_schema import PRIOR, prior_text
+from imagefleet.actors.resume_index import ResumeIndex, load_index
+from imagefleet.actors.stores import open_store
+from imagefleet.configs.generator_base import STRENGTH_TASKS
+from imagefleet.configs.prep import PrepConfig
+from imagefleet.configs.request import BY_NAME, DEFAULTED_SETTINGS, ROW_COLUMNS, ROW_SET, numpy_dtype
+from imagefleet.configs.source import variant_size
 
 if TYPE_CHECKING:
     import pyarrow as pa

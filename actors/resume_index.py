@@ -20,11 +20,19 @@ from typing import Any
 
 import pyarrow as pa
 
-from actors.layout import EXTENSIONS, IMAGES_DIR, MANIFEST_DIR, STAGING_DIR, format_of_mime, image_ext, image_rel
-from actors.manifest_schema import CARRIED, COLUMNS, iter_parts
-from actors.storage import RECORD_MAX_BYTES, ObjectStore, arrow_filesystem
-from actors.store_errors import is_transient
-from configs.request import BY_NAME, RESUMED_SETTINGS
+from imagefleet.actors.layout import (
+    EXTENSIONS,
+    IMAGES_DIR,
+    MANIFEST_DIR,
+    STAGING_DIR,
+    format_of_mime,
+    image_ext,
+    image_rel,
+)
+from imagefleet.actors.manifest_schema import CARRIED, COLUMNS, iter_parts
+from imagefleet.actors.storage import RECORD_MAX_BYTES, ObjectStore, arrow_filesystem
+from imagefleet.actors.store_errors import is_transient
+from imagefleet.configs.request import BY_NAME, RESUMED_SETTINGS
 
 logger = logging.getLogger(__name__)
 

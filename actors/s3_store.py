@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
-from actors.storage import ObjectStore, s3_client
-from actors.store_errors import explain_s3_error, with_retries
-from configs.storage import StoreSpec
+from imagefleet.actors.storage import ObjectStore, s3_client
+from imagefleet.actors.store_errors import explain_s3_error, with_retries
+from imagefleet.configs.storage import StoreSpec
 
 T = TypeVar("T")
 RECORD_META = "imagefleet-record"  # x-amz-meta-imagefleet-record: ObjectStore.put_if_absent's `record`

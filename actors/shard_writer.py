@@ -12,10 +12,10 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
-from actors.layout import shard_rel
-from actors.manifest_schema import SHARD_FIELDS
-from actors.stores import open_store
-from configs.writer import ShardWriterConfig
+from imagefleet.actors.layout import shard_rel
+from imagefleet.actors.manifest_schema import SHARD_FIELDS
+from imagefleet.actors.stores import open_store
+from imagefleet.configs.writer import ShardWriterConfig
 
 if TYPE_CHECKING:
     import pyarrow as pa

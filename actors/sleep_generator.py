@@ -7,11 +7,16 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from actors.backend_io import GENERATOR_INPUT_COLUMNS, GENERATOR_OPTIONAL_COLUMNS, GENERATOR_OUTPUT_COLUMNS, Request
-from actors.generation import Batch, run_generation
-from actors.inputs import InputFiles
-from configs.generator import SleepConfig, SleepFaults
-from configs.storage import StoreSpec
+from imagefleet.actors.backend_io import (
+    GENERATOR_INPUT_COLUMNS,
+    GENERATOR_OPTIONAL_COLUMNS,
+    GENERATOR_OUTPUT_COLUMNS,
+    Request,
+)
+from imagefleet.actors.generation import Batch, run_generation
+from imagefleet.actors.inputs import InputFiles
+from imagefleet.configs.generator import SleepConfig, SleepFaults
+from imagefleet.configs.storage import StoreSpec
 
 
 class SleepGenerator:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import SecretStr
 
-from configs.storage import S3Config, StoreSpec
+from imagefleet.configs.storage import S3Config, StoreSpec
 
 if TYPE_CHECKING:
     import pyarrow.fs

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from actors.local_store import LocalStore
-from actors.s3_store import S3Store
-from actors.storage import ObjectStore, parse_location
-from configs.storage import StoreSpec
+from imagefleet.actors.local_store import LocalStore
+from imagefleet.actors.s3_store import S3Store
+from imagefleet.actors.storage import ObjectStore, parse_location
+from imagefleet.configs.storage import StoreSpec
 
 
 def open_store(uri: str, spec: StoreSpec) -> ObjectStore:

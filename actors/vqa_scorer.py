@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from actors.clip_scorer import (
+from imagefleet.actors.clip_scorer import (
     IMAGE_SCORER_INPUT_COLUMNS,
     SCORER_OPTIONAL_COLUMNS,
     SCORER_OUTPUT_COLUMNS,
@@ -13,7 +13,7 @@ from actors.clip_scorer import (
     local_model_problem,
     score_batch,
 )
-from configs.scorer import VqaScorerConfig
+from imagefleet.configs.scorer import VqaScorerConfig
 
 logger = logging.getLogger(__name__)
 

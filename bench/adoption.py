@@ -19,13 +19,13 @@ def run(images: int) -> dict[str, Any]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from actors.image_writer import ImageWriter
-    from actors.layout import manifest_part
-    from actors.resume_index import load_index
-    from actors.storage import arrow_filesystem, resolve_store_spec
-    from actors.stores import open_store
-    from configs.storage import S3Config
-    from configs.writer import ImageWriterConfig
+    from imagefleet.actors.image_writer import ImageWriter
+    from imagefleet.actors.layout import manifest_part
+    from imagefleet.actors.resume_index import load_index
+    from imagefleet.actors.storage import arrow_filesystem, resolve_store_spec
+    from imagefleet.actors.stores import open_store
+    from imagefleet.configs.storage import S3Config
+    from imagefleet.configs.writer import ImageWriterConfig
 
     server = start_s3("s3-adoption")
     bucket = "adopt-" + uuid.uuid4().hex[:6]

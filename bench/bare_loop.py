@@ -23,7 +23,7 @@ def bare_loop(model: str, prompts: list[str], out_dir: str) -> dict[str, Any]:
     import torch
     from diffusers import DiffusionPipeline
 
-    from actors.image_writer import encode_image
+    from imagefleet.actors.image_writer import encode_image
 
     os.makedirs(out_dir, exist_ok=True)
     t0 = time.time()
@@ -49,11 +49,11 @@ def run(rows: int) -> dict[str, Any]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from configs import load_config
-    from jobs import generate
-    from jobs.preflight import resolve_stores
-    from jobs.tiny_models import build_tiny_pipeline
-    from pipelines.manifest import read_manifest_columns
+    from imagefleet.configs import load_config
+    from imagefleet.jobs import generate
+    from imagefleet.jobs.preflight import resolve_stores
+    from imagefleet.jobs.tiny_models import build_tiny_pipeline
+    from imagefleet.pipelines.manifest import read_manifest_columns
 
     model = str(build_tiny_pipeline(WORK / "models" / "tiny-sd"))
     prompts = [f"a tiny test prompt number {i}" for i in range(rows)]

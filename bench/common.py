@@ -20,7 +20,7 @@ def prepare_env() -> None:
     """Loopback Ray, offline HF, and the repo on PYTHONPATH so Ray workers can import bench-only actors."""
     sys.path.insert(0, str(REPO))
     os.environ["PYTHONPATH"] = f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"
-    from jobs.runtime import prepare_environment
+    from imagefleet.jobs.runtime import prepare_environment
 
     prepare_environment()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -56,7 +56,7 @@ def write_yaml(path: Path, raw: dict[str, Any]) -> Path:
 
 
 def start_s3(name: str) -> Any:
-    from jobs.seaweed import S3Server
+    from imagefleet.jobs.seaweed import S3Server
 
     server = S3Server.prepare(WORK / name)
     if not server.running():

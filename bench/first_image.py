@@ -56,8 +56,8 @@ def imagefleet_once(cfg: Path, out: Path, *args: str) -> dict[str, Any]:
 
     shutil.rmtree(out, ignore_errors=True)
     t0 = time.time()
-    proc = subprocess.run([sys.executable, "-m", "jobs.cli", "run", str(cfg), *args], cwd=REPO, capture_output=True,
-                          text=True, check=True)
+    proc = subprocess.run([sys.executable, "-m", "imagefleet.jobs.cli", "run", str(cfg), *args], cwd=REPO,
+                          capture_output=True, text=True, check=True)
     ended = time.time() - t0
     row = pads.dataset(str(out / "manifest")).to_table(columns=["generated_at", "written_at", "queue_ms",
                                                                 "generate_ms"]).to_pylist()[0]
@@ -77,7 +77,7 @@ def run(repeats: int = 3) -> dict[str, Any]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from jobs.tiny_models import build_tiny_pipeline
+    from imagefleet.jobs.tiny_models import build_tiny_pipeline
 
     model = str(build_tiny_pipeline(WORK / "models" / "tiny-sd"))
     src = WORK / "first" / "prompts.parquet"

@@ -48,7 +48,7 @@ def build(arch: str, folder: Path, smoke: bool) -> Path:
     from diffusers import AutoencoderKL, AutoencoderTiny, EulerDiscreteScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-    from jobs.tiny_models import _write_tokenizer
+    from imagefleet.jobs.tiny_models import _write_tokenizer
 
     if (folder / "model_index.json").exists():
         return folder
@@ -106,8 +106,8 @@ def measure(model: Path, wl: dict[str, Any], opts: dict[str, Any], smoke: bool, 
     import numpy as np
     import torch
 
-    from actors.diffusers_generator import DiffusersGenerator
-    from configs.generator import DiffusersConfig, GenerationDefaults, PoolConfig
+    from imagefleet.actors.diffusers_generator import DiffusersGenerator
+    from imagefleet.configs.generator import DiffusersConfig, GenerationDefaults, PoolConfig
 
     size = wl["size"] if not smoke else 64
     batch = wl["batch"] if not smoke else 2

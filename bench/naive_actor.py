@@ -8,9 +8,9 @@ import time
 
 import numpy as np
 
-from actors.image_writer import encode_image
-from actors.stores import open_store
-from configs.storage import StoreSpec
+from imagefleet.actors.image_writer import encode_image
+from imagefleet.actors.stores import open_store
+from imagefleet.configs.storage import StoreSpec
 
 
 class NaiveGenerateAndUpload:

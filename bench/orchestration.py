@@ -25,8 +25,8 @@ def run(rows: int) -> dict[str, Any]:
     import pyarrow.parquet as pq
     import ray
 
-    from jobs import generate
-    from jobs.runtime import RAY_ENV
+    from imagefleet.jobs import generate
+    from imagefleet.jobs.runtime import RAY_ENV
 
     server = start_s3("s3-orch")
     bucket = "bench-" + uuid.uuid4().hex[:6]
@@ -60,9 +60,9 @@ def run(rows: int) -> dict[str, Any]:
         })
         with Timer() as t_if:
             assert generate.main([str(cfg)]) == 0
-        from configs import load_config
-        from jobs.preflight import resolve_stores
-        from pipelines.manifest import read_manifest_columns
+        from imagefleet.configs import load_config
+        from imagefleet.jobs.preflight import resolve_stores
+        from imagefleet.pipelines.manifest import read_manifest_columns
 
         stores = resolve_stores(load_config(cfg))
         ts = read_manifest_columns(f"s3://{bucket}/imagefleet", stores.output, ["generated_at"]).column(0).to_pylist()

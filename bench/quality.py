@@ -42,8 +42,8 @@ def settings(name: str) -> dict[str, Any]:
 
 def generator(name: str) -> Any:
     """The product's DiffusersGenerator on a world model (the normal from_pretrained path)."""
-    from actors.diffusers_generator import DiffusersGenerator
-    from configs.generator import DiffusersConfig
+    from imagefleet.actors.diffusers_generator import DiffusersGenerator
+    from imagefleet.configs.generator import DiffusersConfig
 
     s = settings(name)
     cfg = DiffusersConfig(model=str(MODELS / name), dtype="float32",
@@ -54,8 +54,8 @@ def generator(name: str) -> Any:
 
 def requests(prompts: list[str], name: str, selection: str = "") -> list[Any]:
     """What imagefleet would ask generator `name` for each prompt: its seed (job seed, derived row id) and key."""
-    from actors.backend_io import Request
-    from actors.keys import conditioning, derive_row_id, derive_seed, image_key
+    from imagefleet.actors.backend_io import Request
+    from imagefleet.actors.keys import conditioning, derive_row_id, derive_seed, image_key
 
     s = settings(name)
     out = []
@@ -112,9 +112,9 @@ def auc_within(scores: list[float], labels: list[bool], groups: list[str]) -> fl
 
 def cascade_choice(scores: list[float], fraction: float, heavy_usd: float) -> list[bool]:
     """Which drafts imagefleet's Escalator escalates under `escalate_fraction`, in stream order."""
-    from actors.escalator import Escalator
-    from configs.prep import GeneratorIdentity
-    from configs.routing import CascadeConfig
+    from imagefleet.actors.escalator import Escalator
+    from imagefleet.configs.prep import GeneratorIdentity
+    from imagefleet.configs.routing import CascadeConfig
 
     cfg = CascadeConfig(draft="draft", escalate="heavy", escalate_fraction=fraction)
     esc = Escalator(cfg, "heavy", GeneratorIdentity(model="heavy", revision="main", scheduler="",
@@ -132,19 +132,19 @@ def vqa_agreement(model: str, prompts: list[str], images: list[np.ndarray], pass
                   tasks: list[str]) -> tuple[float, float]:
     """ROC AUC (across prompts, and within each prompt task) of a VQA scorer — the product's `vqa` backend on any
     vision-language model folder or id — against the oracle's pass on the same draft images."""
-    from actors.vqa_scorer import VqaScorer
-    from configs.scorer import VqaScorerConfig
+    from imagefleet.actors.vqa_scorer import VqaScorer
+    from imagefleet.configs.scorer import VqaScorerConfig
 
     scores, _ = score(VqaScorer(VqaScorerConfig(model=model)), images, prompts, batch=16)
     return auc(scores, passed), auc_within(scores, passed, tasks)
 
 
 def run(n_prompts: int, vqa_model: str = "") -> dict[str, Any]:
-    from actors.clip_scorer import ClipScorer
-    from actors.generation import candidate_seed
     from bench.world.oracle import oracle
     from bench.world.scene import sample_prompts
-    from configs.scorer import ClipScorerConfig
+    from imagefleet.actors.clip_scorer import ClipScorer
+    from imagefleet.actors.generation import candidate_seed
+    from imagefleet.configs.scorer import ClipScorerConfig
 
     prompts = sample_prompts(n_prompts, seed=HELDOUT_SEED)
     scorer = ClipScorer(ClipScorerConfig(model=str(MODELS / "clip")))

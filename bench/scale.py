@@ -39,7 +39,7 @@ def one(rows: int) -> dict[str, Any]:
         "cluster": {"address": "local", "num_cpus": 4, "temp_dir": "/tmp/ifray"},
     })
     t0 = time.time()
-    proc = subprocess.Popen([sys.executable, "-m", "jobs.cli", "run", str(cfg)], cwd=REPO,
+    proc = subprocess.Popen([sys.executable, "-m", "imagefleet.jobs.cli", "run", str(cfg)], cwd=REPO,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     peak = 0
     driver = psutil.Process(proc.pid)
@@ -51,9 +51,9 @@ def one(rows: int) -> dict[str, Any]:
         time.sleep(0.2)
     wall = time.time() - t0
     assert proc.returncode == 0, f"scale run {rows} failed"
-    from actors.resume_index import load_index
-    from actors.stores import open_store
-    from configs.storage import StoreSpec
+    from imagefleet.actors.resume_index import load_index
+    from imagefleet.actors.stores import open_store
+    from imagefleet.configs.storage import StoreSpec
 
     with Timer() as scan:
         index = load_index(open_store(str(base / "out"), StoreSpec(kind="local")), "png")

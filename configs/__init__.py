@@ -9,12 +9,13 @@ from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from configs.job import JobConfig
-    from configs.loader import ConfigError, load_config
+    from imagefleet.configs.job import JobConfig
+    from imagefleet.configs.loader import ConfigError, load_config
 
 __all__ = ["ConfigError", "JobConfig", "load_config"]
 
-_HOMES = {"JobConfig": "configs.job", "ConfigError": "configs.loader", "load_config": "configs.loader"}
+_HOMES = {"JobConfig": "imagefleet.configs.job", "ConfigError": "imagefleet.configs.loader",
+          "load_config": "imagefleet.configs.loader"}
 
 
 def __getattr__(name: str) -> Any:

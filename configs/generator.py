@@ -4,8 +4,8 @@ from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from configs.base import StrictModel
-from configs.generator_base import (
+from imagefleet.configs.base import StrictModel
+from imagefleet.configs.generator_base import (
     MASK_TASKS,
     CostConfig,
     GeneratorBase,
@@ -14,10 +14,10 @@ from configs.generator_base import (
     PoolConfig,
     backend_name,
 )
-from configs.hosted import GeminiImageConfig, OpenAIImagesConfig
-from configs.request import GenerationDefaults
-from configs.source import parse_variant
-from configs.storage import S3Config
+from imagefleet.configs.hosted import GeminiImageConfig, OpenAIImagesConfig
+from imagefleet.configs.request import GenerationDefaults
+from imagefleet.configs.source import parse_variant
+from imagefleet.configs.storage import S3Config
 
 __all__ = ["GENERATOR_CONFIGS", "CostConfig", "DiffusersConfig", "GenerationDefaults", "GeneratorConfig", "PoolConfig",
            "SleepConfig", "backend_name"]

@@ -4,9 +4,9 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from configs.base import StrictModel
-from configs.request import GenerationDefaults
-from configs.storage import S3Config
+from imagefleet.configs.base import StrictModel
+from imagefleet.configs.request import GenerationDefaults
+from imagefleet.configs.storage import S3Config
 
 Task = Literal["text-to-image", "image-to-image", "inpaint", "edit"]
 """What a row asks of its generator: text-to-image (no input image); image-to-image (an input image redrawn with

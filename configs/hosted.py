@@ -5,9 +5,9 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from configs.base import StrictModel
-from configs.generator_base import MASK_TASKS, CostConfig, GeneratorBase, Needs, PoolConfig
-from configs.hosted_models import (
+from imagefleet.configs.base import StrictModel
+from imagefleet.configs.generator_base import MASK_TASKS, CostConfig, GeneratorBase, Needs, PoolConfig
+from imagefleet.configs.hosted_models import (
     RETIRED,
     ModelInfo,
     gemini_request_size,
@@ -16,7 +16,7 @@ from configs.hosted_models import (
     openai_input_image_tokens,
     openai_size_problem,
 )
-from configs.request import GenerationDefaults
+from imagefleet.configs.request import GenerationDefaults
 
 
 class RateLimits(StrictModel):

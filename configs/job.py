@@ -2,14 +2,14 @@
 
 from pydantic import Field, model_validator
 
-from configs.base import StrictModel
-from configs.cluster import ClusterConfig
-from configs.generator import GeneratorConfig
-from configs.routing import RoutingConfig, SingleRouting
-from configs.scorer import ScorerConfig
-from configs.serve import ServeConfig
-from configs.source import SourceConfig
-from configs.writer import OutputConfig
+from imagefleet.configs.base import StrictModel
+from imagefleet.configs.cluster import ClusterConfig
+from imagefleet.configs.generator import GeneratorConfig
+from imagefleet.configs.routing import RoutingConfig, SingleRouting
+from imagefleet.configs.scorer import ScorerConfig
+from imagefleet.configs.serve import ServeConfig
+from imagefleet.configs.source import SourceConfig
+from imagefleet.configs.writer import OutputConfig
 
 
 class LimitsConfig(StrictModel):

@@ -7,7 +7,7 @@ from typing import Any, get_args, get_origin
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from configs.job import JobConfig
+from imagefleet.configs.job import JobConfig
 
 # far more than any real config (a few hundred values); an alias bomb passes it within microseconds
 MAX_CONFIG_VALUES = 100_000

@@ -1,10 +1,10 @@
 """PromptPreprocessor's slice: column mapping, routing and each generator's key-relevant identity."""
 
-from configs.base import StrictModel
-from configs.request import GenerationDefaults
-from configs.routing import RoutingConfig
-from configs.source import InputLimits, PromptTemplate
-from configs.storage import StoreSpec
+from imagefleet.configs.base import StrictModel
+from imagefleet.configs.request import GenerationDefaults
+from imagefleet.configs.routing import RoutingConfig
+from imagefleet.configs.source import InputLimits, PromptTemplate
+from imagefleet.configs.storage import StoreSpec
 
 
 class InputReaderConfig(StrictModel):

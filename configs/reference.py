@@ -1,6 +1,7 @@
 """The config reference (docs/CONFIG.md), generated from the config classes and their field docstrings.
 
-`python -m configs.reference > docs/CONFIG.md` rewrites it; tests/unit/test_config_reference.py keeps it current.
+`python -m imagefleet.configs.reference > docs/CONFIG.md` rewrites it; tests/unit/test_config_reference.py keeps
+it current.
 Every section is one config class: its keys, types, defaults and the docstring under each field. Unions (generator
 backends, routing modes, scorers) get one section per variant, named by their discriminator value.
 """
@@ -15,14 +16,14 @@ from typing import Any, Literal, Union, get_args, get_origin
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
-from configs.job import JobConfig
+from imagefleet.configs.job import JobConfig
 
 HEADER = """# Configuration reference
 
-Generated from the config classes (`python -m configs.reference > docs/CONFIG.md`; a test keeps it current). A job
-is one YAML file whose top level is `JobConfig`; unknown keys are refused with the valid ones listed. Sections below
-follow the config tree from the top; variants of a union are chosen by their tag (`backend:` for generators and
-scorers, `mode:` for routing).
+Generated from the config classes (`python -m imagefleet.configs.reference > docs/CONFIG.md`; a test keeps it
+current). A job is one YAML file whose top level is `JobConfig`; unknown keys are refused with the valid ones
+listed. Sections below follow the config tree from the top; variants of a union are chosen by their tag
+(`backend:` for generators and scorers, `mode:` for routing).
 """
 
 

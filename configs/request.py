@@ -15,7 +15,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from configs.base import StrictModel
+from imagefleet.configs.base import StrictModel
 
 Kind = Literal["int32", "int64", "float64", "text", "uris"]
 """A setting's type, written once: the preprocessor's numpy dtype, the manifest's Arrow type and the Python type a

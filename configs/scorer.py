@@ -4,7 +4,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
-from configs.base import StrictModel
+from imagefleet.configs.base import StrictModel
 
 
 class ScorerPoolConfig(StrictModel):

@@ -4,7 +4,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from configs.base import StrictModel
+from imagefleet.configs.base import StrictModel
 
 
 class ServeConfig(StrictModel):

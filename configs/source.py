@@ -5,10 +5,10 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, create_model, model_validator
 
-from configs.base import StrictModel
-from configs.generator_base import Task
-from configs.request import REQUEST
-from configs.storage import S3Config
+from imagefleet.configs.base import StrictModel
+from imagefleet.configs.generator_base import Task
+from imagefleet.configs.request import REQUEST
+from imagefleet.configs.storage import S3Config
 
 
 class _ColumnMap(StrictModel):

@@ -4,8 +4,8 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from configs.base import StrictModel
-from configs.storage import S3Config, StoreSpec
+from imagefleet.configs.base import StrictModel
+from imagefleet.configs.storage import S3Config, StoreSpec
 
 
 class WriterPoolConfig(StrictModel):

@@ -6,10 +6,26 @@
     df = result.to_pandas()          # or result.manifest() (pyarrow dataset), result.to_ray()
 
 Errors are typed and carry the CLI's one-line message: ConfigInvalid, InputInvalid, RunFailed (ImagefleetError).
+
+The code lives in the subpackages `imagefleet.configs`, `imagefleet.actors`, `imagefleet.pipelines` and
+`imagefleet.jobs` (the repository's top-level folders, mapped into this package by the build). The API names are
+resolved on first use, so importing a subpackage (as every Ray worker does) doesn't load the whole API.
 """
 
-from jobs.api import ConfigInvalid, ImagefleetError, InputInvalid, RunFailed, RunResult, load, run, version
+from __future__ import annotations
 
-__version__ = version()
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from imagefleet.jobs.api import ConfigInvalid, ImagefleetError, InputInvalid, RunFailed, RunResult, load, run
 
 __all__ = ["ConfigInvalid", "ImagefleetError", "InputInvalid", "RunFailed", "RunResult", "__version__", "load", "run"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "__version__":
+        return import_module("imagefleet.jobs.api").version()
+    if name in __all__:
+        return getattr(import_module("imagefleet.jobs.api"), name)
+    raise AttributeError(f"module 'imagefleet' has no attribute {name!r}")

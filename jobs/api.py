@@ -16,16 +16,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from jobs import preflight, run_text, runtime
-from jobs.progress import MODES, ProgressDisplay, run_output
+from imagefleet.jobs import preflight, run_text, runtime
+from imagefleet.jobs.progress import MODES, ProgressDisplay, run_output
 
 if TYPE_CHECKING:
-    from actors.storage import ObjectStore
-    from configs.job import JobConfig
-    from configs.storage import StoreSpec
-    from pipelines.manifest import RunSummary
-    from pipelines.plan import Plan, Stores
-    from pipelines.text_to_image import SourceInfo
+    from imagefleet.actors.storage import ObjectStore
+    from imagefleet.configs.job import JobConfig
+    from imagefleet.configs.storage import StoreSpec
+    from imagefleet.pipelines.manifest import RunSummary
+    from imagefleet.pipelines.plan import Plan, Stores
+    from imagefleet.pipelines.text_to_image import SourceInfo
 
 
 class ImagefleetError(Exception):
@@ -74,8 +74,8 @@ class RunResult:
 
     def manifest(self) -> Any:
         """The committed manifest as a `pyarrow.dataset.Dataset` (lazy; `.to_table()`, filters, columns)."""
-        from actors.stores import open_store
-        from pipelines.manifest import manifest_dataset
+        from imagefleet.actors.stores import open_store
+        from imagefleet.pipelines.manifest import manifest_dataset
 
         assert self.store is not None
         return manifest_dataset(open_store(self.output_uri, self.store))
@@ -104,9 +104,9 @@ def version() -> str:
 
 def load(config: str | Path | dict[str, Any] | JobConfig, overrides: Sequence[str] = ()) -> JobConfig:
     """A JobConfig from a path (`env:VAR` too), a dict or a JobConfig, with `--set`-style overrides."""
-    from configs import ConfigError
-    from configs.job import JobConfig
-    from configs.loader import apply_overrides, parse_config
+    from imagefleet.configs import ConfigError
+    from imagefleet.configs.job import JobConfig
+    from imagefleet.configs.loader import apply_overrides, parse_config
 
     try:
         if isinstance(config, JobConfig):
@@ -132,11 +132,11 @@ class _Checked:
 
 def _check(cfg: JobConfig) -> _Checked:
     """Stores, source, output access, plan and executor, each checked before any work (InputInvalid: one line)."""
-    from actors.contract import ray_running
-    from actors.storage import StorageError
-    from pipelines.in_process import IN_PROCESS, choose_executor
-    from pipelines.plan import PlanError
-    from pipelines.text_to_image import InputError, expected_rows, inspect_source, plan_run
+    from imagefleet.actors.contract import ray_running
+    from imagefleet.actors.storage import StorageError
+    from imagefleet.pipelines.in_process import IN_PROCESS, choose_executor
+    from imagefleet.pipelines.plan import PlanError
+    from imagefleet.pipelines.text_to_image import InputError, expected_rows, inspect_source, plan_run
 
     try:
         stores = preflight.resolve_stores(cfg)
@@ -163,14 +163,14 @@ def _execute(cfg: JobConfig, checked: _Checked, run_id: str, progress: str, verb
              ) -> tuple[Done | None, str, Path, ObjectStore]:
     """Own the output, run the plan on its executor into the commit, record and report: (what it made, '' ) or
     (None, the one-line failure); the run's log and its output store either way."""
-    from actors.storage import StorageError
-    from actors.stores import open_store
-    from jobs.executors import executor_for
-    from pipelines.commit import Lease, collect_garbage
-    from pipelines.manifest import write_run_json
-    from pipelines.progress import read_board, stop_board
-    from pipelines.report import write_report
-    from pipelines.text_to_image import failure_line
+    from imagefleet.actors.storage import StorageError
+    from imagefleet.actors.stores import open_store
+    from imagefleet.jobs.executors import executor_for
+    from imagefleet.pipelines.commit import Lease, collect_garbage
+    from imagefleet.pipelines.manifest import write_run_json
+    from imagefleet.pipelines.progress import read_board, stop_board
+    from imagefleet.pipelines.report import write_report
+    from imagefleet.pipelines.text_to_image import failure_line
 
     stores, total = checked.stores, checked.total
     log = runtime.run_log(run_id)

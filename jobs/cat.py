@@ -27,8 +27,8 @@ def main(argv: list[str]) -> int:
                                 "local paths) to stdout, e.g. for webdataset's pipe: URLs.")
     p.add_argument("uri", nargs="+", help="an object: s3://bucket/key or a local path")
     args = p.parse_args(argv)
-    from actors.storage import StorageError
-    from actors.store_errors import explain_s3_error
+    from imagefleet.actors.storage import StorageError
+    from imagefleet.actors.store_errors import explain_s3_error
 
     out = sys.stdout.buffer
     for uri in args.uri:
@@ -58,8 +58,8 @@ def copy_object(uri: str, out: IO[bytes]) -> None:
         uri: `s3://bucket/key` or a local path (optionally `file://`).
         out: a binary stream.
     """
-    from actors.storage import StorageError, parse_location, resolve_store_spec, s3_client
-    from configs.storage import S3Config
+    from imagefleet.actors.storage import StorageError, parse_location, resolve_store_spec, s3_client
+    from imagefleet.configs.storage import S3Config
 
     loc = parse_location(uri)
     if loc.kind == "local":

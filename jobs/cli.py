@@ -38,11 +38,11 @@ def report_main(argv: list[str]) -> int:
                                 "committed manifest.")
     p.add_argument("output_uri", help="a run's output.uri (local folder or s3://bucket/prefix)")
     args = p.parse_args(argv)
-    from actors.storage import StorageError, resolve_store_spec
-    from actors.stores import open_store
-    from configs.storage import S3Config
-    from pipelines.commit import current_parts
-    from pipelines.report import write_report
+    from imagefleet.actors.storage import StorageError, resolve_store_spec
+    from imagefleet.actors.stores import open_store
+    from imagefleet.configs.storage import S3Config
+    from imagefleet.pipelines.commit import current_parts
+    from imagefleet.pipelines.report import write_report
 
     try:
         spec = resolve_store_spec(args.output_uri, S3Config())
@@ -56,7 +56,7 @@ def report_main(argv: list[str]) -> int:
         print(f"imagefleet: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:  # noqa: BLE001 - e.g. botocore's credential errors: one line, not a traceback
-        from actors.store_errors import explain_s3_error
+        from imagefleet.actors.store_errors import explain_s3_error
 
         print(f"imagefleet: cannot read {args.output_uri}: {explain_s3_error(exc, args.output_uri)}", file=sys.stderr)
         return 2
@@ -70,25 +70,25 @@ def main(argv: list[str] | None = None) -> int:
         print(USAGE)
         return 0
     if argv[0] in ("-V", "--version"):
-        from jobs.api import version
+        from imagefleet.jobs.api import version
 
         print(f"imagefleet {version()}")
         return 0
     command, rest = argv[0], argv[1:]
     if command == "run":
-        from jobs import generate
+        from imagefleet.jobs import generate
 
         return generate.main(rest)
     if command in ("submit", "status", "logs"):
-        from jobs import submit
+        from imagefleet.jobs import submit
 
         return {"submit": submit.submit, "status": submit.status, "logs": submit.logs}[command](rest)
     if command == "serve":
-        from jobs import serve
+        from imagefleet.jobs import serve
 
         return serve.main(rest)
     if command == "demo":
-        from jobs import demo
+        from imagefleet.jobs import demo
 
         return demo.main(rest)
     if command == "s3":
@@ -96,11 +96,11 @@ def main(argv: list[str] | None = None) -> int:
     if command == "report":
         return report_main(rest)
     if command == "cat":
-        from jobs import cat
+        from imagefleet.jobs import cat
 
         return cat.main(rest)
     if command == "init":
-        from jobs import init
+        from imagefleet.jobs import init
 
         return init.main(rest)
     if command == "tiny-model":
@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--lora-for", default="", metavar="PIPELINE",
                        help="build a tiny LoRA adapter for this tiny sd pipeline folder instead")
         args = p.parse_args(rest)
-        from jobs.tiny_models import build_tiny_lora, build_tiny_pipeline
+        from imagefleet.jobs.tiny_models import build_tiny_lora, build_tiny_pipeline
 
         print(build_tiny_lora(args.lora_for, args.path) if args.lora_for else build_tiny_pipeline(args.path,
                                                                                                   kind=args.kind))
@@ -126,7 +126,7 @@ def s3_main(argv: list[str]) -> int:
     p.add_argument("--dir", default=".imagefleet/s3", help="data folder (keeps credentials and ports)")
     p.add_argument("--bucket", action="append", default=[], help="bucket(s) to create")
     args = p.parse_args(argv)
-    from jobs.seaweed import S3Server
+    from imagefleet.jobs.seaweed import S3Server
 
     if args.action in ("stop", "env") and not (Path(args.dir) / "server.json").is_file():
         print(f"imagefleet: no embedded S3 in {args.dir} (no server.json there); check --dir", file=sys.stderr)

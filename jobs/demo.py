@@ -47,9 +47,9 @@ def main(argv: list[str]) -> int:
                                 "models, configs/local_tiny.yaml with a tiny random-weight model on 80 example "
                                 "prompts. Extra arguments go to `imagefleet run` (e.g. --set k=v).")
     p.parse_known_args(argv)  # --help prints and exits here, before anything is built or started
-    from jobs import generate, world_demo
-    from jobs.seaweed import S3Server
-    from jobs.tiny_models import build_tiny_pipeline
+    from imagefleet.jobs import generate, world_demo
+    from imagefleet.jobs.seaweed import S3Server
+    from imagefleet.jobs.tiny_models import build_tiny_pipeline
 
     home = Path(os.environ.get("IMAGEFLEET_HOME", ".imagefleet"))
     world = world_demo.available()

@@ -8,12 +8,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from actors.storage import ObjectStore
-    from configs.job import JobConfig
-    from pipelines.commit import Lease
-    from pipelines.manifest import RunSummary
-    from pipelines.plan import Plan, Stores
-    from pipelines.text_to_image import SourceInfo
+    from imagefleet.actors.storage import ObjectStore
+    from imagefleet.configs.job import JobConfig
+    from imagefleet.pipelines.commit import Lease
+    from imagefleet.pipelines.manifest import RunSummary
+    from imagefleet.pipelines.plan import Plan, Stores
+    from imagefleet.pipelines.text_to_image import SourceInfo
 
 
 class Executor(Protocol):
@@ -44,13 +44,13 @@ class InProcess(_Run):
         return None
 
     def board(self, progress: str) -> Any:
-        from pipelines.progress import ProgressBoard
+        from imagefleet.pipelines.progress import ProgressBoard
 
         return None if progress == "off" else ProgressBoard()
 
     def commit(self, objects: ObjectStore, lease: Lease, total: int, board: Any) -> RunSummary:
-        from pipelines.in_process import stream
-        from pipelines.manifest import write_manifest_tables
+        from imagefleet.pipelines.in_process import stream
+        from imagefleet.pipelines.manifest import write_manifest_tables
 
         return write_manifest_tables(stream(self.cfg, self.stores, self.source, self.plan, board), objects, lease,
                                      total)
@@ -65,20 +65,20 @@ class OnRay(_Run):
     started = False
 
     def start(self) -> None:
-        from jobs.preflight import check_resources
-        from jobs.runtime import start_ray
+        from imagefleet.jobs.preflight import check_resources
+        from imagefleet.jobs.runtime import start_ray
 
         self.started = start_ray(self.cfg)
         check_resources(self.cfg, self.plan.pools)
 
     def board(self, progress: str) -> Any:
-        from pipelines.progress import start_board
+        from imagefleet.pipelines.progress import start_board
 
         return None if progress == "off" else start_board()
 
     def commit(self, objects: ObjectStore, lease: Lease, total: int, board: Any) -> RunSummary:
-        from pipelines.manifest import write_manifest
-        from pipelines.text_to_image import build
+        from imagefleet.pipelines.manifest import write_manifest
+        from imagefleet.pipelines.text_to_image import build
 
         return write_manifest(build(self.cfg, self.stores, self.source, self.plan, board), objects, lease, total)
 
@@ -92,7 +92,7 @@ class OnRay(_Run):
 
 def executor_for(name: str, cfg: JobConfig, stores: Stores, source: SourceInfo, plan: Plan) -> Executor:
     """The executor `choose_executor` named (`in_process` or `ray`)."""
-    from pipelines.in_process import IN_PROCESS
+    from imagefleet.pipelines.in_process import IN_PROCESS
 
     kind = InProcess if name == IN_PROCESS else OnRay
     return kind(cfg, stores, source, plan)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from jobs import runtime
-from jobs.progress import MODES
+from imagefleet.jobs import runtime
+from imagefleet.jobs.progress import MODES
 
 
 def parser() -> argparse.ArgumentParser:
@@ -29,7 +29,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run one job; returns the process exit code (0 ok, 1 run failed, 2 bad config/input/storage)."""
     args = parser().parse_args(argv)
-    from jobs.api import ImagefleetError, RunFailed, run
+    from imagefleet.jobs.api import ImagefleetError, RunFailed, run
 
     try:
         run(args.config, args.overrides, dry_run=args.dry_run, retry_failed=args.retry_failed, run_id=args.run_id,

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from configs.request import ROW_FIELDS
+from imagefleet.configs.request import ROW_FIELDS
 
 PROMPT_NAMES = ("prompt", "prompts", "text", "caption", "description", "query")
 ID_NAMES = ("id", "row_id", "uid", "key")
@@ -120,8 +120,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--model", default="", help="model id (default: a sensible one for the backend)")
     p.add_argument("--output-uri", default="", help="where images and the manifest go (default ./outputs/<name>)")
     args = p.parse_args(argv)
-    from configs import ConfigError
-    from configs.loader import load_config
+    from imagefleet.configs import ConfigError
+    from imagefleet.configs.loader import load_config
 
     target = Path(args.output)
     if target.exists():

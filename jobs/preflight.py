@@ -8,13 +8,13 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
-from actors.storage import StorageError, resolve_store_spec
-from actors.stores import open_store
-from configs.job import JobConfig
-from configs.storage import StoreSpec
-from jobs.runtime import check_temp_dir
-from pipelines.plan import Stores
-from pipelines.pools import Pool, missing_on_local, reserved_cpus, unplaceable
+from imagefleet.actors.storage import StorageError, resolve_store_spec
+from imagefleet.actors.stores import open_store
+from imagefleet.configs.job import JobConfig
+from imagefleet.configs.storage import StoreSpec
+from imagefleet.jobs.runtime import check_temp_dir
+from imagefleet.pipelines.plan import Stores
+from imagefleet.pipelines.pools import Pool, missing_on_local, reserved_cpus, unplaceable
 
 
 def resolve_stores(cfg: JobConfig, online: bool = False) -> Stores:
@@ -23,7 +23,7 @@ def resolve_stores(cfg: JobConfig, online: bool = False) -> Stores:
     `online` (serving) reads no prompt table and writes no outputs, so their credentials aren't asked for.
     """
     if cfg.scorer is not None and not online:  # a scorer that can't load would fail the run after drafts were paid
-        from actors import SCORERS
+        from imagefleet.actors import SCORERS
 
         problem = SCORERS[cfg.scorer.backend].check_model(cfg.scorer)
         if problem:
@@ -61,7 +61,7 @@ def input_store(cfg: JobConfig, source: StoreSpec) -> StoreSpec:
 def resolve_adapters(cfg: JobConfig, models: dict[str, StoreSpec]) -> dict[str, dict[str, str]]:
     """Every generator's LoRA adapters by name → the hash of its weights (read once here: it is part of image
     keys); StorageError naming an adapter that can't be found."""
-    from actors.adapters import AdapterError, adapter_sha256
+    from imagefleet.actors.adapters import AdapterError, adapter_sha256
 
     out: dict[str, dict[str, str]] = {}
     for name, g in cfg.generators.items():

@@ -20,8 +20,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
-from jobs.runtime import open_log
-from pipelines.progress import Snapshot
+from imagefleet.jobs.runtime import open_log
+from imagefleet.pipelines.progress import Snapshot
 
 MODES = ("auto", "bar", "lines", "off")
 EVERY_S = 10.0

@@ -7,11 +7,11 @@ import sys
 from importlib import metadata
 from typing import Any
 
-from configs.generator_base import MASK_TASKS, STRENGTH_TASKS
-from configs.job import JobConfig
-from pipelines.manifest import RunSummary
-from pipelines.plan import Plan
-from pipelines.text_to_image import SourceInfo
+from imagefleet.configs.generator_base import MASK_TASKS, STRENGTH_TASKS
+from imagefleet.configs.job import JobConfig
+from imagefleet.pipelines.manifest import RunSummary
+from imagefleet.pipelines.plan import Plan
+from imagefleet.pipelines.text_to_image import SourceInfo
 
 
 def versions() -> dict[str, str]:
@@ -44,7 +44,7 @@ EXECUTOR_WORDS = {"ray": "on Ray, in the actor pools above", "in_process": "in t
 def plan_text(cfg: JobConfig, source: SourceInfo, plan: Plan, executor: tuple[str, str] = ("", "")) -> str:
     """What a run would do (printed by --dry-run and at the start of a run); `executor`: where its stages run and
     why (`pipelines.in_process.choose_executor`)."""
-    from actors.layout import image_pattern
+    from imagefleet.actors.layout import image_pattern
 
     lines = [f"imagefleet plan for {cfg.name!r}",
              f"  source : {cfg.source.uri} ({len(source.files)} file(s), {source.num_rows} rows)",
@@ -87,7 +87,7 @@ def stored_format(cfg: JobConfig, name: str) -> str:
 
 def odd_formats(cfg: JobConfig) -> dict[str, str]:
     """Generators whose images are not stored as output.format, and what they are stored as (for people)."""
-    from actors.layout import image_ext
+    from imagefleet.actors.layout import image_ext
 
     out = {}
     for name in cfg.routing.used(list(cfg.generators)):

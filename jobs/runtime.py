@@ -14,10 +14,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from actors.storage import ObjectStore, StorageError
-from configs.job import JobConfig
-from pipelines.manifest import RunSummary
-from pipelines.text_to_image import failure_line
+from imagefleet.actors.storage import ObjectStore, StorageError
+from imagefleet.configs.job import JobConfig
+from imagefleet.pipelines.manifest import RunSummary
+from imagefleet.pipelines.text_to_image import failure_line
 
 logger = logging.getLogger(__name__)
 
@@ -100,7 +100,7 @@ def open_log(path: Path) -> Any:
 def keep_log(objects: ObjectStore, log: Path, run_id: str) -> str:
     """Copy the run's log next to its outputs (`logs/<run_id>.log`): on a cluster the driver's temp dir is gone
     with its pod. The stored URI, or '' when it can't be stored (the local file stays)."""
-    from actors.layout import LOGS_DIR
+    from imagefleet.actors.layout import LOGS_DIR
 
     try:
         objects.put(f"{LOGS_DIR}/{run_id}.log", log.read_bytes(), "text/plain")
@@ -140,7 +140,7 @@ def report(objects: ObjectStore, write: Any) -> str:
 def load_config_arg(arg: str, overrides: list[str]) -> JobConfig:
     """The config a command names: a YAML path, or `env:VAR` for YAML held in a variable (how `imagefleet submit`
     ships a config); read directly, no temp file. ConfigError for an unset variable."""
-    from configs.loader import ConfigError, load_config, load_config_text
+    from imagefleet.configs.loader import ConfigError, load_config, load_config_text
 
     if not arg.startswith("env:"):
         return load_config(arg, overrides)
@@ -206,7 +206,7 @@ def export_webdataset(cfg: JobConfig, objects: ObjectStore, summary: RunSummary,
     """WebDataset shards of the committed run when configured: the index URI, `failed: …`, or ''."""
     if not cfg.output.webdataset.enabled or summary.num_ok == 0:
         return ""
-    from pipelines.webdataset import write_webdataset
+    from imagefleet.pipelines.webdataset import write_webdataset
 
     try:
         return write_webdataset(cfg.output, objects, summary.num_ok, run_id)

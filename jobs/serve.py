@@ -9,7 +9,7 @@ import sys
 import threading
 from typing import TYPE_CHECKING, Any
 
-from jobs import preflight, run_text, runtime
+from imagefleet.jobs import preflight, run_text, runtime
 
 if TYPE_CHECKING:
     from ray.serve import Application
@@ -29,8 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     """Serve until SIGINT/SIGTERM; returns 0 after a clean stop, 1 if the app failed, 2 for bad config."""
     args = parser().parse_args(argv)
     runtime.prepare_environment()
-    from actors.storage import StorageError
-    from configs import ConfigError, load_config
+    from imagefleet.actors.storage import StorageError
+    from imagefleet.configs import ConfigError, load_config
 
     # 1 config and secrets first: nothing starts if they are wrong
     try:
@@ -42,10 +42,10 @@ def main(argv: list[str] | None = None) -> int:
     # 2 Ray, then the Serve app (serve.run returns once every deployment is healthy)
     from ray import serve
 
-    from actors.layout import image_ext
-    from pipelines.pools import generator_pool
-    from pipelines.serving import build_app
-    from pipelines.text_to_image import failure_line
+    from imagefleet.actors.layout import image_ext
+    from imagefleet.pipelines.pools import generator_pool
+    from imagefleet.pipelines.serving import build_app
+    from imagefleet.pipelines.text_to_image import failure_line
 
     started = runtime.start_ray(cfg)
     try:
@@ -73,14 +73,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def app(args: dict[str, Any]) -> Application:
-    """Ray Serve application builder for KubeRay RayService and `serve run` (`import_path: jobs.serve:app`).
+    """Ray Serve application builder for KubeRay RayService and `serve run` (`import_path: imagefleet.jobs.serve:app`).
 
     Args:
         args: `config` (YAML path, or env:VAR) and optional `set` (list of KEY=VALUE overrides). Host and port
             come from the Serve deployment (RayService `serveConfigV2`), not from the config's `serve:` section.
     """
     runtime.prepare_environment()
-    from pipelines.serving import build_app
+    from imagefleet.pipelines.serving import build_app
 
     if "config" not in args:
         raise ValueError("imagefleet serve app needs args: {config: /path/to/config.yaml}")

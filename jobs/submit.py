@@ -1,8 +1,10 @@
 """`imagefleet submit|status|logs`: run a config on a Ray cluster through the Ray Jobs API.
 
-The repository travels as the job's `working_dir`; the entrypoint is `python -m jobs.cli run CONFIG`, so the
-cluster runs exactly the code and config that were submitted. Secrets are not shipped: the cluster's nodes
-get them from their own environment (e.g. a Kubernetes secret, see infra/).
+The user's working folder (`--working-dir`, default: the current folder) travels as the job's `working_dir` and
+the config inside its runtime env; the entrypoint is `python -m imagefleet.jobs.cli run CONFIG`, run with the
+imagefleet the cluster's image has installed — or, submitted from a checkout of this repository, with the
+checkout's code, which travels in the folder. Never site-packages. Secrets are not shipped: the cluster's nodes get
+them from their own environment (e.g. a Kubernetes secret, see infra/).
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
 EXCLUDES = [".venv", ".git", ".imagefleet", "**/__pycache__", "bench/results", "*.parquet"]
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 
@@ -40,9 +41,16 @@ def submit(argv: list[str]) -> int:
     p.add_argument("--wait", action="store_true", help="stream logs and exit with the job's status")
     p.add_argument("--pip", action="append", default=[], help="extra pip packages for the job's runtime env")
     p.add_argument("--ship-source", action="store_true",
-                   help="upload a local prompt table inside the repository with the job (else use an s3:// source)")
+                   help="upload a local prompt table inside the working folder with the job (else use s3://)")
+    p.add_argument("--working-dir", default=".", help="the folder that travels with the job (default: this one)")
+    p.add_argument("--dry-run", action="store_true", help="print what would be submitted; contact no cluster")
     args = p.parse_args(argv)
-    from configs import ConfigError, load_config
+    folder = Path(args.working_dir).resolve()
+    problem = working_dir_problem(folder)
+    if problem:
+        print(f"imagefleet: {problem}", file=sys.stderr)
+        return 2
+    from imagefleet.configs import ConfigError, load_config
 
     try:  # validate here: a bad config should fail on the laptop, not after the upload
         cfg = load_config(args.config, args.overrides)
@@ -56,22 +64,26 @@ def submit(argv: list[str]) -> int:
             print(f"imagefleet: note: source.uri {cfg.source.uri} is a local path: the cluster's nodes must be able "
                   f"to read it (a shared filesystem); otherwise copy it to s3:// and --set source.uri=s3://..., "
                   f"or pass --ship-source to upload it with the job", file=sys.stderr)
-        elif not source.is_relative_to(REPO):
-            print(f"imagefleet: --ship-source uploads the repository only; move {cfg.source.uri} under {REPO}",
-                  file=sys.stderr)
+        elif not source.is_relative_to(folder):
+            print(f"imagefleet: --ship-source uploads the working folder only; move {cfg.source.uri} under {folder} "
+                  f"or pass --working-dir", file=sys.stderr)
             return 2
         else:
-            excludes.remove("*.parquet")  # ship the table (the job runs in the uploaded repository)
-            overrides.append(f"source.uri={source.relative_to(REPO)}")
+            excludes.remove("*.parquet")  # ship the table (the job runs in the uploaded folder)
+            overrides.append(f"source.uri={source.relative_to(folder)}")
     # the config travels inside the runtime env (it may live anywhere, even in a git-ignored folder)
-    entrypoint = " ".join(["python -m jobs.cli run env:IMAGEFLEET_CONFIG_YAML",
+    entrypoint = " ".join(["python -m imagefleet.jobs.cli run env:IMAGEFLEET_CONFIG_YAML",
                            *(f"--set {shlex.quote(o)}" for o in ["cluster.address=auto", *overrides])])
     runtime_env: dict[str, object] = {
-        "working_dir": str(REPO), "excludes": excludes,
+        "working_dir": str(folder), "excludes": excludes,
         "env_vars": {"RAY_USAGE_STATS_ENABLED": "0", "IMAGEFLEET_CONFIG_YAML": Path(args.config).read_text()},
     }
     if args.pip:
         runtime_env["pip"] = args.pip
+    if args.dry_run:
+        print(f"would submit to {args.address}:\n  entrypoint : {entrypoint}\n  working_dir: {folder} (without "
+              f"{', '.join(excludes)})\n  config     : {args.config} (in the runtime env)")
+        return 0
     try:
         client = _client(args.address)
         job_id = client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env)  # type: ignore[attr-defined]
@@ -79,6 +91,26 @@ def submit(argv: list[str]) -> int:
         return _cluster_error(args.address, exc)
     print(f"submitted {job_id} to {args.address}")
     return follow(client, job_id) if args.wait else 0
+
+
+def working_dir_problem(folder: Path) -> str:
+    """Why `folder` must not travel as a job's working_dir ('' when it may): it is inside an installed environment
+    (site-packages, a virtualenv), or holds one that EXCLUDES doesn't leave out — every package in it would be
+    uploaded."""
+    import site
+    import sysconfig
+
+    if not folder.is_dir():
+        return f"--working-dir {folder} is not a folder"
+    installed = {Path(p).resolve() for p in [*site.getsitepackages(), site.getusersitepackages(),
+                                              sysconfig.get_paths()["purelib"], sys.prefix] if p}
+    for env in sorted(installed):
+        inside = folder == env or folder.is_relative_to(env)
+        holds = env.is_relative_to(folder) and env.relative_to(folder).parts[0] not in EXCLUDES
+        if inside or holds:
+            return (f"the working folder {folder} {'is inside' if inside else 'holds'} an installed environment "
+                    f"({env}); submit from your project's folder, or pass --working-dir")
+    return ""
 
 
 def _cluster_error(address: str, exc: BaseException) -> int:

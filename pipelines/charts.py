@@ -6,7 +6,7 @@ import html
 import math
 from typing import Any
 
-from pipelines.report_stats import Timeline
+from imagefleet.pipelines.report_stats import Timeline
 
 SCORE_BIN = 1.0  # scores are counted in bins this wide: a histogram is a few hundred counters, not one per row
 MAX_BARS = 40

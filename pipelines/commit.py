@@ -27,9 +27,17 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from actors.layout import LEASE, MANIFEST_DIR, MANIFEST_INDEX, STAGING_DIR, is_manifest_part, manifest_part, staging_dir
-from actors.storage import ObjectStore, StorageError, arrow_filesystem
-from actors.store_errors import with_retries
+from imagefleet.actors.layout import (
+    LEASE,
+    MANIFEST_DIR,
+    MANIFEST_INDEX,
+    STAGING_DIR,
+    is_manifest_part,
+    manifest_part,
+    staging_dir,
+)
+from imagefleet.actors.storage import ObjectStore, StorageError, arrow_filesystem
+from imagefleet.actors.store_errors import with_retries
 
 if TYPE_CHECKING:
     import pyarrow as pa

@@ -23,15 +23,15 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from actors.manifest_schema import PRIOR
-from pipelines.plan import Plan, PlanError, Stage
+from imagefleet.actors.manifest_schema import PRIOR
+from imagefleet.pipelines.plan import Plan, PlanError, Stage
 
 if TYPE_CHECKING:
     import pyarrow as pa
 
-    from configs.job import JobConfig
-    from pipelines.plan import Stores
-    from pipelines.text_to_image import SourceInfo
+    from imagefleet.configs.job import JobConfig
+    from imagefleet.pipelines.plan import Stores
+    from imagefleet.pipelines.text_to_image import SourceInfo
 
 IN_PROCESS = "in_process"
 RAY = "ray"
@@ -98,8 +98,8 @@ def stream(cfg: JobConfig, stores: Stores, source: SourceInfo, plan: Plan, board
         board: the run's progress board (a plain `ProgressBoard` here), told about every batch the writer
             finishes, as `build` does; None: none.
     """
-    from pipelines.prompt_table import read_piece
-    from pipelines.text_to_image import source_pieces
+    from imagefleet.pipelines.prompt_table import read_piece
+    from imagefleet.pipelines.text_to_image import source_pieces
 
     fs, parts = source_pieces(cfg, stores, source)
     yield from execute(plan, (read_piece(p, plan.source_columns, fs, source.types) for p in parts), board)
@@ -109,7 +109,7 @@ def execute(plan: Plan, blocks: Iterable[Any], board: Any = None) -> Iterator[pa
     """The stages of `plan` over `blocks` (Arrow tables), in this process: each stage's actor is made once, in
     order, before the first row is read (a broken model fails the run before any work, as a pool's first actor
     would); what the last stage returns comes out as Arrow tables of the manifest step's columns."""
-    from pipelines.text_to_image import constructor_kwargs
+    from imagefleet.pipelines.text_to_image import constructor_kwargs
 
     actors: list[Any] = []
     try:
@@ -180,7 +180,7 @@ def manifest_table(batch: Any) -> pa.Table:
     an earlier run's PRIOR): pixels and other pipeline-internal columns never leave the writer."""
     import pyarrow as pa
 
-    from pipelines.schema import MANIFEST
+    from imagefleet.pipelines.schema import MANIFEST
 
     if isinstance(batch, pa.Table):
         return batch

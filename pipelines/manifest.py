@@ -9,14 +9,14 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
-from actors.hosted import STOPPED
-from actors.layout import IMAGES_DIR, MANIFEST_DIR, RUN_JSON
-from actors.manifest_schema import CARRIED, PRIOR, iter_parts, prior_values
-from actors.storage import ObjectStore
-from actors.stores import open_store
-from configs.storage import StoreSpec
-from pipelines.commit import Lease, commit, current_parts, stage_part
-from pipelines.schema import MANIFEST
+from imagefleet.actors.hosted import STOPPED
+from imagefleet.actors.layout import IMAGES_DIR, MANIFEST_DIR, RUN_JSON
+from imagefleet.actors.manifest_schema import CARRIED, PRIOR, iter_parts, prior_values
+from imagefleet.actors.storage import ObjectStore
+from imagefleet.actors.stores import open_store
+from imagefleet.configs.storage import StoreSpec
+from imagefleet.pipelines.commit import Lease, commit, current_parts, stage_part
+from imagefleet.pipelines.schema import MANIFEST
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -68,7 +68,7 @@ def write_manifest(ds: ray.data.Dataset, objects: ObjectStore, lease: Lease, exp
     """
     started = time.time()
     # 1 run: rows stream through the pools; parts land in this attempt's staging folder
-    from pipelines.staged_parts import StagedParts
+    from imagefleet.pipelines.staged_parts import StagedParts
 
     ds = ds.map_batches(_to_manifest_rows, fn_kwargs={"run_id": lease.run_id},  # type: ignore[arg-type]
                         batch_format="pyarrow")

@@ -18,14 +18,14 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, SecretStr
 
-from actors import GENERATORS, SCORERS, Escalator, ImageWriter, InputReader, PromptPreprocessor, StageActor
-from actors.input_reader import INPUT_OUTPUT_COLUMNS
-from configs.generator_base import GeneratorBase, RunBudget
-from configs.prep import GeneratorIdentity, InputReaderConfig, PrepConfig, ResumeConfig
-from configs.routing import Step
-from configs.storage import StoreSpec
-from configs.writer import ImageWriterConfig
-from pipelines.pools import (
+from imagefleet.actors import GENERATORS, SCORERS, Escalator, ImageWriter, InputReader, PromptPreprocessor, StageActor
+from imagefleet.actors.input_reader import INPUT_OUTPUT_COLUMNS
+from imagefleet.configs.generator_base import GeneratorBase, RunBudget
+from imagefleet.configs.prep import GeneratorIdentity, InputReaderConfig, PrepConfig, ResumeConfig
+from imagefleet.configs.routing import Step
+from imagefleet.configs.storage import StoreSpec
+from imagefleet.configs.writer import ImageWriterConfig
+from imagefleet.pipelines.pools import (
     ESCALATOR_POOL,
     INPUT_READER_POOL,
     PREPROCESS_POOL,
@@ -37,7 +37,7 @@ from pipelines.pools import (
 )
 
 if TYPE_CHECKING:
-    from configs.job import JobConfig
+    from imagefleet.configs.job import JobConfig
 
 # what the manifest step needs from the last stage (everything else it fills with nulls when absent)
 MANIFEST_READS = ("id", "image_index", "image_key", "prompt", "generator", "model", "seed", "status", "error",
@@ -320,7 +320,7 @@ def call_rows(gen: GeneratorBase, block_rows: int) -> int:
 def input_base(source_uri: str) -> str:
     """The folder relative input-image paths are resolved against: the prompt table's (a file's parent, a folder
     itself, a glob's fixed part)."""
-    from actors.storage import parse_location
+    from imagefleet.actors.storage import parse_location
 
     uri = source_uri
     if any(ch in uri for ch in "*?["):

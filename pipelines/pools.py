@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
-from configs.generator_base import PoolConfig
-from configs.scorer import ScorerPoolConfig
-from configs.serve import ServeConfig
-from configs.writer import WriterPoolConfig
+from imagefleet.configs.generator_base import PoolConfig
+from imagefleet.configs.scorer import ScorerPoolConfig
+from imagefleet.configs.serve import ServeConfig
+from imagefleet.configs.writer import WriterPoolConfig
 
 GATEWAY_CPUS = 0.1
 

@@ -128,7 +128,7 @@ def post_written(board: Any, batch: dict[str, Any]) -> None:
     try:
         import pyarrow as pa
 
-        from pipelines.schema import MANIFEST
+        from imagefleet.pipelines.schema import MANIFEST
 
         n = len(batch["status"])
         table = pa.table({c: pa.array(batch[c], MANIFEST.field(c).type) if c in batch

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from ray.data.block import BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
-from pipelines.prompt_table import Piece, read_piece
+from imagefleet.pipelines.prompt_table import Piece, read_piece
 
 if TYPE_CHECKING:
     import pyarrow as pa

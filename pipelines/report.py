@@ -11,12 +11,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from actors.layout import EVALUATIONS_DIR, REPORT_HTML
-from actors.manifest_schema import REPORT_COLUMNS
-from actors.storage import ObjectStore
-from pipelines.charts import SCORE_BIN, histogram_svg, throughput_svg
-from pipelines.manifest import iter_manifest_batches
-from pipelines.report_stats import Sketch, Timeline
+from imagefleet.actors.layout import EVALUATIONS_DIR, REPORT_HTML
+from imagefleet.actors.manifest_schema import REPORT_COLUMNS
+from imagefleet.actors.storage import ObjectStore
+from imagefleet.pipelines.charts import SCORE_BIN, histogram_svg, throughput_svg
+from imagefleet.pipelines.manifest import iter_manifest_batches
+from imagefleet.pipelines.report_stats import Sketch, Timeline
 
 logger = logging.getLogger(__name__)
 

@@ -7,9 +7,9 @@ from collections.abc import Sequence
 
 import pyarrow as pa
 
-from actors import manifest_schema
-from configs.request import ROW_FIELDS
-from configs.source import SourceConfig
+from imagefleet.actors import manifest_schema
+from imagefleet.configs.request import ROW_FIELDS
+from imagefleet.configs.source import SourceConfig
 
 # Optional per-row columns and the Arrow type families they may have (the per-row settings are declared once, in
 # configs.request.ROW_FIELDS).

@@ -10,8 +10,8 @@ from collections.abc import AsyncIterable
 from dataclasses import dataclass
 from typing import Any
 
-from actors.image_writer import CONTENT_TYPES
-from configs.request import REQUEST
+from imagefleet.actors.image_writer import CONTENT_TYPES
+from imagefleet.configs.request import REQUEST
 
 FORMATS = tuple(CONTENT_TYPES)  # the encodings the image writer knows
 RESPONSES = ("image", "json")

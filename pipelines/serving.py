@@ -15,20 +15,20 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from ray import serve
 
-from actors import PromptPreprocessor
-from actors.backend_io import CONDITIONING_COLUMNS, GENERATOR_INPUT_COLUMNS
-from actors.image_writer import CONTENT_TYPES, image_file
-from actors.inputs import InputProblem, check_image, sha256_of
-from configs.generator_base import MASK_TASKS
-from configs.job import JobConfig
-from configs.prep import PrepConfig
-from configs.routing import ColumnRouting
-from configs.serve import ServeConfig
-from configs.source import InputLimits
-from pipelines.http_limits import HeadLimits, ProxyLimits, head_problem
-from pipelines.plan import Stores, generator_stage, prep_config
-from pipelines.pools import serve_gateway_options, serve_generator_options
-from pipelines.serve_protocol import (
+from imagefleet.actors import PromptPreprocessor
+from imagefleet.actors.backend_io import CONDITIONING_COLUMNS, GENERATOR_INPUT_COLUMNS
+from imagefleet.actors.image_writer import CONTENT_TYPES, image_file
+from imagefleet.actors.inputs import InputProblem, check_image, sha256_of
+from imagefleet.configs.generator_base import MASK_TASKS
+from imagefleet.configs.job import JobConfig
+from imagefleet.configs.prep import PrepConfig
+from imagefleet.configs.routing import ColumnRouting
+from imagefleet.configs.serve import ServeConfig
+from imagefleet.configs.source import InputLimits
+from imagefleet.pipelines.http_limits import HeadLimits, ProxyLimits, head_problem
+from imagefleet.pipelines.plan import Stores, generator_stage, prep_config
+from imagefleet.pipelines.pools import serve_gateway_options, serve_generator_options
+from imagefleet.pipelines.serve_protocol import (
     RequestProblem,
     failure_status,
     image_entry,
@@ -36,7 +36,7 @@ from pipelines.serve_protocol import (
     parse_generate_request,
     read_body,
 )
-from pipelines.text_to_image import failure_line
+from imagefleet.pipelines.text_to_image import failure_line
 
 if TYPE_CHECKING:
     from ray.serve import Application

@@ -9,9 +9,9 @@ from typing import Any
 from ray.data import Datasink
 from ray.data.block import Block, BlockAccessor
 
-from actors.stores import open_store
-from configs.storage import StoreSpec
-from pipelines.commit import stage_part
+from imagefleet.actors.stores import open_store
+from imagefleet.configs.storage import StoreSpec
+from imagefleet.pipelines.commit import stage_part
 
 
 class StagedParts(Datasink[None]):

@@ -10,19 +10,19 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from actors.image_writer import ABORT_MARKER
-from actors.storage import arrow_filesystem, parse_location
-from configs.job import JobConfig
-from pipelines.plan import Plan, Stage, Stores, make_plan
-from pipelines.pools import autoscaling, map_batches_kwargs
-from pipelines.progress import post_written
-from pipelines.schema import INPUT_FIELDS, input_problems
+from imagefleet.actors.image_writer import ABORT_MARKER
+from imagefleet.actors.storage import arrow_filesystem, parse_location
+from imagefleet.configs.job import JobConfig
+from imagefleet.pipelines.plan import Plan, Stage, Stores, make_plan
+from imagefleet.pipelines.pools import autoscaling, map_batches_kwargs
+from imagefleet.pipelines.progress import post_written
+from imagefleet.pipelines.schema import INPUT_FIELDS, input_problems
 
 if TYPE_CHECKING:
     import pyarrow as pa
     import ray.data
 
-    from pipelines.prompt_table import Piece
+    from imagefleet.pipelines.prompt_table import Piece
 
 logger = logging.getLogger(__name__)
 
@@ -267,7 +267,7 @@ def build(cfg: JobConfig, stores: Stores, source: SourceInfo, plan: Plan | None 
     # 1 the plan, checked column by column before anything starts
     plan = plan or plan_run(cfg, stores, source)
     # 2 read prompts (only the columns we use: wide tables stay cheap)
-    from pipelines.prompt_source import PromptTable
+    from imagefleet.pipelines.prompt_source import PromptTable
 
     fs, parts = source_pieces(cfg, stores, source)
     ds: ray.data.Dataset = ray.data.read_datasource(PromptTable(parts, plan.source_columns, fs, source.types))
@@ -294,7 +294,7 @@ def build(cfg: JobConfig, stores: Stores, source: SourceInfo, plan: Plan | None 
 
 def source_pieces(cfg: JobConfig, stores: Stores, source: SourceInfo) -> tuple[Any, list[Piece]]:
     """The filesystem (with credentials) and the read pieces of the inspected source, as both executors read it."""
-    from pipelines.prompt_table import pieces
+    from imagefleet.pipelines.prompt_table import pieces
 
     fs, _ = arrow_filesystem(cfg.source.uri, stores.source)
     paths = [f[5:] if f.startswith("s3://") else f for f in source.files]

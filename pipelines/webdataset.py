@@ -13,12 +13,12 @@ import math
 import shlex
 from typing import TYPE_CHECKING, Any
 
-from actors.layout import WEBDATASET_DIR, WEBDATASET_INDEX, shard_pattern, webdataset_dir
-from actors.shard_writer import ShardWriter, shard_of
-from actors.storage import ObjectStore
-from configs.writer import OutputConfig, ShardWriterConfig
-from pipelines.commit import current_parts
-from pipelines.pools import shard_writer_kwargs
+from imagefleet.actors.layout import WEBDATASET_DIR, WEBDATASET_INDEX, shard_pattern, webdataset_dir
+from imagefleet.actors.shard_writer import ShardWriter, shard_of
+from imagefleet.actors.storage import ObjectStore
+from imagefleet.configs.writer import OutputConfig, ShardWriterConfig
+from imagefleet.pipelines.commit import current_parts
+from imagefleet.pipelines.pools import shard_writer_kwargs
 
 if TYPE_CHECKING:
     import pyarrow as pa

@@ -22,21 +22,21 @@ os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from jobs.tiny_models import build_tiny_pipeline
+    from imagefleet.jobs.tiny_models import build_tiny_pipeline
 
     return build_tiny_pipeline(tmp_path_factory.mktemp("models") / "tiny-sd", kind="sd", seed=0)
 
 
 @pytest.fixture(scope="session")
 def tiny_model_xl(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from jobs.tiny_models import build_tiny_pipeline
+    from imagefleet.jobs.tiny_models import build_tiny_pipeline
 
     return build_tiny_pipeline(tmp_path_factory.mktemp("models") / "tiny-sdxl", kind="sdxl", seed=1)
 
 
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    from jobs.seaweed import S3Server
+    from imagefleet.jobs.seaweed import S3Server
 
     server = S3Server.prepare(tmp_path_factory.mktemp("seaweed")).start()
     yield server
@@ -64,7 +64,7 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """One isolated local Ray for the session: loopback, own temp dir, 4 CPUs and 2 fake GPUs."""
     import ray
 
-    from jobs.runtime import RAY_ENV
+    from imagefleet.jobs.runtime import RAY_ENV
 
     temp = f"/tmp/ifray/t{uuid.uuid4().hex[:6]}"
     ray.init(address="local", num_cpus=4, num_gpus=2, _temp_dir=temp, include_dashboard=False,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
+CLI = [sys.executable, "-m", "imagefleet.jobs.cli"]
+"""The command line as a subprocess runs it (the installed entry point is `imagefleet`)."""
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -27,10 +27,10 @@ def _batch(prompts: list[str], steps: int, guidance: float) -> dict[str, np.ndar
 
 def check(draft: Path = DRAFT, heavy: Path = HEAVY, clip: Path = CLIP, n: int = 8) -> dict[str, object]:
     """Generate `n` world prompts with each pipeline through DiffusersGenerator, score them with ClipScorer."""
-    from actors.clip_scorer import ClipScorer
-    from actors.diffusers_generator import DiffusersGenerator
-    from configs.generator import DiffusersConfig
-    from configs.scorer import ClipScorerConfig
+    from imagefleet.actors.clip_scorer import ClipScorer
+    from imagefleet.actors.diffusers_generator import DiffusersGenerator
+    from imagefleet.configs.generator import DiffusersConfig
+    from imagefleet.configs.scorer import ClipScorerConfig
 
     prompts = sample_prompts(n, seed=12345)
     scorer = ClipScorer(ClipScorerConfig(model=str(clip)))

@@ -36,13 +36,13 @@ def grade(config: str, config_args: list[str]) -> str:
     import pyarrow.parquet as pq
     from PIL import Image
 
-    from actors.layout import EVALUATIONS_DIR
-    from actors.storage import resolve_store_spec
-    from actors.stores import open_store
     from bench.world.oracle import oracle
-    from configs.loader import load_config
-    from pipelines.manifest import read_manifest_columns
-    from pipelines.report import write_report
+    from imagefleet.actors.layout import EVALUATIONS_DIR
+    from imagefleet.actors.storage import resolve_store_spec
+    from imagefleet.actors.stores import open_store
+    from imagefleet.configs.loader import load_config
+    from imagefleet.pipelines.manifest import read_manifest_columns
+    from imagefleet.pipelines.report import write_report
 
     cfg = load_config(config, [a.removeprefix("--set=") for a in config_args if a.startswith("--set=")])
     store = resolve_store_spec(cfg.output.uri, cfg.output.s3)

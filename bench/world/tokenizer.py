@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.world.scene import WORDS
-from jobs.tiny_models import byte_chars
+from imagefleet.jobs.tiny_models import byte_chars
 
 MAX_TOKENS = 16  # the longest world prompt is 9 words + 2 specials
 

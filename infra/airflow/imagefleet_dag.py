@@ -9,7 +9,7 @@ from airflow.sdk import DAG
 
 # The config ships inside the installed package: an absolute path works in any task working directory
 # (a path relative to the repository does not: Airflow runs tasks in a temporary folder).
-CONFIG = str(files("configs") / "prod_sd_turbo.yaml")
+CONFIG = str(files("imagefleet.configs") / "prod_sd_turbo.yaml")
 # The Ray Jobs API (the dashboard, port 8265) of infra/overlays/prod's RayCluster: KubeRay names its head service
 # `<RayCluster name>-head-svc`, here `prod-imagefleet` in the namespace `imagefleet`. IMAGEFLEET_RAY_DASHBOARD on the
 # Airflow worker overrides it; bash reads it when the task runs (Airflow 3 parses DAGs in another process).

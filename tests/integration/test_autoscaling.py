@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from jobs.seaweed import pick_ports
-from tests.helpers import REPO, sleep_job, stop_ray_head, write_config, write_prompts
+from imagefleet.jobs.seaweed import pick_ports
+from tests.helpers import CLI, REPO, sleep_job, stop_ray_head, write_config, write_prompts
 
 pytestmark = pytest.mark.slow
 
@@ -106,7 +106,7 @@ def test_gpu_pool_scales_fake_nodes_up_then_down(tmp_path: Path, fake_cluster: s
     raw = sleep_job(src, str(tmp_path / "out"), latency_s=0.5)
     raw["generators"]["sleepy"]["pool"].update(min_size=1, initial_size=1, max_size=MAX_GPU_NODES)
     raw["cluster"] = {"address": fake_cluster}
-    run = subprocess.run([sys.executable, "-m", "jobs.cli", "run", str(write_config(tmp_path / "job.yaml", raw))],
+    run = subprocess.run([*CLI, "run", str(write_config(tmp_path / "job.yaml", raw))],
                          cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
     assert "192 written" in run.stdout

@@ -12,7 +12,7 @@ from typing import Any
 import pyarrow as pa
 import pytest
 
-from jobs import generate
+from imagefleet.jobs import generate
 from tests.helpers import sleep_job, write_config, write_prompts
 from tests.integration.test_pipeline import manifest, objects
 
@@ -170,7 +170,7 @@ def test_unplaceable_pool_on_a_cluster_fails_after_startup_timeout(ray_cluster: 
     placed; then the run fails naming the pool and what it asked for instead of waiting forever."""
     import time
 
-    from pipelines.pools import Pool, unplaceable
+    from imagefleet.pipelines.pools import Pool, unplaceable
 
     pools = {"generate:sdxl": Pool(1, 2, 1, num_cpus=1, batch_size=4, num_gpus=1, accelerator_type="H100"),
              "write": Pool(1, 1, 1, num_cpus=0.5, batch_size=16)}
@@ -223,7 +223,7 @@ def test_an_endpoint_that_accepts_but_never_answers_fails_preflight_quickly(
 
 def test_report_mistakes_are_one_line(tmp_path: Path, s3_env: Any, bucket: str, monkeypatch: Any,
                                       capsys: Any) -> None:
-    from jobs import cli
+    from imagefleet.jobs import cli
 
     assert cli.main(["report", f"s3://{bucket}/nothing"]) == 2
     assert "no manifest at" in capsys.readouterr().err

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -15,8 +14,8 @@ from typing import Any
 import psutil
 import pytest
 
-from jobs import generate
-from tests.helpers import REPO, sleep_job, write_config, write_prompts
+from imagefleet.jobs import generate
+from tests.helpers import CLI, REPO, sleep_job, write_config, write_prompts
 from tests.integration.test_pipeline import manifest, objects
 
 pytestmark = pytest.mark.slow
@@ -79,7 +78,7 @@ def test_run_failing_wholesale_aborts_without_manifest(tmp_path: Path, s3_env: A
     raw["generators"]["sleepy"]["fail_prompt_substring"] = "poison"
     raw["cluster"]["temp_dir"] = f"/tmp/ifray/a{os.getpid()}"
     cfg = write_config(tmp_path / "job.yaml", raw)
-    done = subprocess.run([sys.executable, "-m", "jobs.cli", "run", str(cfg)], cwd=REPO, capture_output=True,
+    done = subprocess.run([*CLI, "run", str(cfg)], cwd=REPO, capture_output=True,
                           text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)})
     assert done.returncode == 1, done.stderr[-2000:]
     last = [ln for ln in done.stderr.splitlines() if ln.startswith("imagefleet: run ")]
@@ -136,7 +135,7 @@ def _released_when_paused(faults: Path, then: Callable[[], None]) -> threading.T
 def test_chaos_object_store_restart(tmp_path: Path, ray_cluster: None, monkeypatch: Any) -> None:
     """(b) stop and restart the SeaweedFS process mid-run (while the generators wait at their 20th image) → the
     run completes, exactly once."""
-    from jobs.seaweed import S3Server
+    from imagefleet.jobs.seaweed import S3Server
 
     server = S3Server.prepare(tmp_path / "sw").start()
     try:
@@ -168,7 +167,7 @@ def test_an_outage_past_the_retry_budget_fails_the_run_and_the_rerun_ends_exact(
     """(issue #30) the store goes away at the generators' 20th image and stays away past `s3.retry_budget_s`: the
     run exits 1 with one line and commits nothing — paid images are not written off as error rows that a plain
     rerun would carry over; once the store is back, a plain rerun ends exact."""
-    from jobs.seaweed import S3Server
+    from imagefleet.jobs.seaweed import S3Server
 
     server = S3Server.prepare(tmp_path / "sw").start()
     try:
@@ -217,7 +216,7 @@ def test_chaos_killed_driver_then_rerun(
     cfg = write_config(tmp_path / "job.yaml", raw)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     log = open(tmp_path / "driver.log", "wb")  # noqa: SIM115
-    proc = subprocess.Popen([sys.executable, "-m", "jobs.cli", "run", str(cfg)], cwd=REPO, env=env,
+    proc = subprocess.Popen([*CLI, "run", str(cfg)], cwd=REPO, env=env,
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         # the events: a generator paused at its 40th image, and the writer has stored what came before it
@@ -276,9 +275,9 @@ class Killed(BaseException):
 def _kill_at(step: str, monkeypatch: Any) -> None:
     """Make the driver die right before the 2nd part copy (`copy`), right before the index write (`index`), or
     right after it (`gc`), leaving the store as a kill -9 there would; its lease is left behind too."""
-    from actors.layout import MANIFEST_INDEX
-    from actors.s3_store import S3Store
-    from pipelines.commit import Lease
+    from imagefleet.actors.layout import MANIFEST_INDEX
+    from imagefleet.actors.s3_store import S3Store
+    from imagefleet.pipelines.commit import Lease
 
     copies = {"n": 0}
     real_copy, real_put = S3Store.copy, S3Store.put
@@ -352,7 +351,7 @@ def test_a_second_concurrent_run_on_one_output_is_refused(
     raw["cluster"]["address"] = _session_address()
     cfg = write_config(tmp_path / "job.yaml", raw)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    first = subprocess.Popen([sys.executable, "-m", "jobs.cli", "run", str(cfg), "--run-id", "first"], cwd=REPO,
+    first = subprocess.Popen([*CLI, "run", str(cfg), "--run-id", "first"], cwd=REPO,
                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.time() + 120

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from jobs import generate
+from imagefleet.jobs import generate
 from tests.helpers import sleep_job, tiny_job, write_config, write_prompts
 from tests.integration.test_pipeline import manifest, objects
 
@@ -30,7 +30,7 @@ def two_sleepers(src: Path, out: str, **routing: Any) -> dict[str, Any]:
 def test_column_routing_two_diffusers_pools_with_clip(
     tmp_path: Path, tiny_model: Path, tiny_model_xl: Path, s3_env: Any, bucket: str, ray_cluster: None
 ) -> None:
-    from jobs.tiny_models import build_tiny_clip
+    from imagefleet.jobs.tiny_models import build_tiny_clip
 
     clip = build_tiny_clip(tmp_path / "clip")
     n = 24
@@ -159,9 +159,9 @@ def test_three_generators_read_and_preprocess_each_row_once(tmp_path: Path, ray_
 
     import ray.data
 
-    from configs.loader import parse_config
-    from jobs.preflight import resolve_stores
-    from pipelines.text_to_image import build, inspect_source
+    from imagefleet.configs.loader import parse_config
+    from imagefleet.jobs.preflight import resolve_stores
+    from imagefleet.pipelines.text_to_image import build, inspect_source
 
     n = 60
     sizes = [16 if i % 3 == 0 else 32 if i % 3 == 1 else 48 for i in range(n)]

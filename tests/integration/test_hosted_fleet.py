@@ -7,15 +7,14 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from jobs import generate
-from tests.helpers import REPO, sleep_job, tiny_job, write_config, write_prompts
+from imagefleet.jobs import generate
+from tests.helpers import CLI, REPO, sleep_job, tiny_job, write_config, write_prompts
 from tests.integration.test_pipeline import manifest, objects
 from tests.support.fake_hosted import GEMINI_KEY, OPENAI_KEY, FakeHosted
 
@@ -87,7 +86,7 @@ def test_quota_exhausted_stops_cleanly(tmp_path: Path, tiny_model: Path, s3_env:
     del raw["generators"]["tiny"], raw["generators"]["nb"]
     raw["cluster"]["temp_dir"] = f"/tmp/ifray/q{os.getpid()}"
     fake.knobs.quota_exhausted = True
-    done = subprocess.run([sys.executable, "-m", "jobs.cli", "run", str(write_config(tmp_path / "j.yaml", raw))],
+    done = subprocess.run([*CLI, "run", str(write_config(tmp_path / "j.yaml", raw))],
                           cwd=REPO, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "PYTHONPATH": str(REPO)})
     assert done.returncode == 1, done.stderr[-2000:]
@@ -139,7 +138,7 @@ def test_budget_stops_on_actual_spend(tmp_path: Path, s3_env: Any, bucket: str, 
                                       fake: FakeHosted) -> None:
     """The answers cost far more than estimated (heavy thinking): the run's ledger stops paid requests once
     actual spend reaches the budget, though the estimate-based scheduling would have allowed all of them."""
-    from configs.hosted import GeminiImageConfig
+    from imagefleet.configs.hosted import GeminiImageConfig
 
     fake.knobs.thinking_tokens = 100_000  # ~$0.30 of thinking per image on top of the ~$0.03 estimate
     est = GeminiImageConfig(defaults={"width": 512, "height": 512}).estimate_usd()
@@ -159,7 +158,7 @@ def test_a_hosted_job_in_process_paces_bills_and_keeps_the_budget_without_ray(
     """`cluster.executor: in_process` with both providers (the one actor keeps the rate limits and the ledger
     itself): 429s are retried, a refusal is a row, each image is billed at the provider's price, and actual
     spend stops paid requests at the budget as on Ray; no key reaches the output or the terminal."""
-    from configs.hosted import GeminiImageConfig
+    from imagefleet.configs.hosted import GeminiImageConfig
 
     src = write_prompts(tmp_path / "p.parquet", {"prompt": ["a cat", "blocked [refuse]"]})
     raw = hosted_only(src, f"s3://{bucket}/ip", fake, "openai")
@@ -197,7 +196,7 @@ def test_a_rerun_after_a_crash_pays_nothing_again_for_images_it_stored(
     """The driver dies after the provider billed and the images were stored, before any manifest part held their
     rows. The rerun adopts each stored image from the record it carries (what it cost, its requests, its settings)
     instead of buying it again, and commits a manifest that bills each image once."""
-    import pipelines.manifest
+    import imagefleet.pipelines.manifest
 
     src = write_prompts(tmp_path / "p.parquet", {"prompt": [f"a cat {i}" for i in range(3)]})
     raw = hosted_only(src, f"s3://{bucket}/crash", fake, "openai")
@@ -210,13 +209,13 @@ def test_a_rerun_after_a_crash_pays_nothing_again_for_images_it_stored(
             pass
         raise Killed  # ... and not one manifest part written
 
-    real = pipelines.manifest.write_manifest_tables
-    pipelines.manifest.write_manifest_tables = die  # type: ignore[assignment]
+    real = imagefleet.pipelines.manifest.write_manifest_tables
+    imagefleet.pipelines.manifest.write_manifest_tables = die  # type: ignore[assignment]
     try:
         with pytest.raises(Killed):
             generate.main([cfg, "--progress", "off"])
     finally:
-        pipelines.manifest.write_manifest_tables = real
+        imagefleet.pipelines.manifest.write_manifest_tables = real
     paid, usd = fake.paid_count("openai"), fake.paid_usd("openai")
     assert paid == 3 and len(objects(s3_env, bucket, "crash/images/")) == 3
     assert not [k for k in objects(s3_env, bucket, "crash/manifest/") if "/part-" in k]
@@ -261,8 +260,8 @@ def test_limiter_belongs_to_the_run_and_takes_the_newest_limits(ray_cluster: Non
     """Before: a detached limiter kept the first run's limits forever. Now each run's driver applies its own."""
     import ray
 
-    from actors.hosted import start_limiter
-    from configs.hosted import RateLimits
+    from imagefleet.actors.hosted import start_limiter
+    from imagefleet.configs.hosted import RateLimits
 
     first = start_limiter("imagefleet-limiter-test", RateLimits(requests_per_min=10, images_per_min=10))
     assert ray.get(first.limits.remote()) == (10, 10)
@@ -328,7 +327,7 @@ def test_quality_auto_is_budgeted_as_the_high_image_it_may_bill(tmp_path: Path, 
     calculator's 1024x1024 high: 7,024 tokens, $0.21). A $0.30 budget buys one such image, not three: the estimate
     prices auto as high, so the spend stays within the budget plus one in-flight request's formula cost (it
     bought two, $0.42, when auto was estimated as medium)."""
-    from configs.hosted import OpenAIImagesConfig
+    from imagefleet.configs.hosted import OpenAIImagesConfig
 
     per_image = OpenAIImagesConfig(defaults={"width": 1024, "height": 1024}).estimate_usd()
     src = write_prompts(tmp_path / "p.parquet", {"prompt": [f"a product shot {i}" for i in range(4)]})

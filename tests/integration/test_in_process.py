@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from jobs import generate
-from tests.helpers import REPO, sleep_job, tiny_job, write_config, write_prompts
+from imagefleet.jobs import generate
+from tests.helpers import CLI, REPO, sleep_job, tiny_job, write_config, write_prompts
 from tests.integration.test_fleet import two_sleepers
 from tests.integration.test_pipeline import manifest
 
@@ -64,7 +63,7 @@ def test_a_one_prompt_job_runs_in_process_without_starting_ray(tmp_path: Path, t
     raw["cluster"] = {"address": "local", "temp_dir": "/tmp/ifray"}  # executor: auto (the default)
     cfg = write_config(tmp_path / "job.yaml", raw)
 
-    first = subprocess.run([sys.executable, "-m", "jobs.cli", "run", str(cfg), "--progress", "off", "--run-id",
+    first = subprocess.run([*CLI, "run", str(cfg), "--progress", "off", "--run-id",
                             "one"], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert first.returncode == 0, first.stderr
     assert "runs   : in this process" in first.stdout and "1 image(s) fit one generator batch (4)" in first.stdout
@@ -112,8 +111,8 @@ def test_stages_on_ray_read_and_write_what_they_declare(tmp_path: Path, ray_clus
     cascade has every kind of stage (draft, scorer, escalator, heavy generator, writer); the unit test runs all
     three routing modes in process."""
     mode = "cascade"
-    from pipelines.plan import make_plan
-    from pipelines.text_to_image import build, inspect_source
+    from imagefleet.pipelines.plan import make_plan
+    from imagefleet.pipelines.text_to_image import build, inspect_source
     from tests.unit.test_stage_columns import (
         ROUTINGS,
         STORES,

@@ -11,12 +11,12 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from actors.layout import MANIFEST_DIR, WEBDATASET_DIR, WEBDATASET_INDEX
-from actors.storage import resolve_store_spec
-from actors.stores import open_store
-from configs.storage import S3Config
-from jobs import generate
-from pipelines.webdataset import read_index
+from imagefleet.actors.layout import MANIFEST_DIR, WEBDATASET_DIR, WEBDATASET_INDEX
+from imagefleet.actors.storage import resolve_store_spec
+from imagefleet.actors.stores import open_store
+from imagefleet.configs.storage import S3Config
+from imagefleet.jobs import generate
+from imagefleet.pipelines.webdataset import read_index
 from tests.helpers import sleep_job, write_config, write_prompts
 from tests.integration.test_pipeline import objects
 

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from actors.layout import IMAGES_DIR, REPORT_HTML, RUN_JSON, STAGING_DIR
-from jobs import generate
+from imagefleet.actors.layout import IMAGES_DIR, REPORT_HTML, RUN_JSON, STAGING_DIR
+from imagefleet.jobs import generate
 from tests.helpers import REPO, tiny_job, write_config, write_prompts
 
 pytestmark = pytest.mark.slow

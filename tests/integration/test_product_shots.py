@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from jobs import generate
+from imagefleet.jobs import generate
 from tests.helpers import REPO, write_prompts
 from tests.integration.test_pipeline import manifest
 
@@ -39,7 +39,7 @@ def mask(path: Path, size: tuple[int, int] = (96, 80)) -> Path:
 
 def test_product_shots_example_runs_end_to_end_and_resumes(tmp_path: Path, tiny_model: Path, s3_env: Any,
                                                             bucket: str, ray_cluster: None) -> None:
-    from jobs.tiny_models import build_tiny_lora
+    from imagefleet.jobs.tiny_models import build_tiny_lora
 
     lora = build_tiny_lora(tiny_model, tmp_path / "lora")
     data = tmp_path / "products"

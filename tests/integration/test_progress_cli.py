@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
-from tests.helpers import REPO, sleep_job, write_config, write_prompts
+from tests.helpers import CLI, REPO, sleep_job, write_config, write_prompts
 
 RAY_NOISE = ("logging_progress", "core_worker", "Started a local Ray", "Running Dataset", "MapWorker",
              "streaming_executor")
@@ -20,7 +19,7 @@ def test_a_run_shows_progress_lines_and_keeps_ray_output_in_its_log(tmp_path: Pa
     src = write_prompts(tmp_path / "p.parquet", {"prompt": [f"prompt {i}" for i in range(24)]})
     raw = sleep_job(src, f"s3://{bucket}/progress", latency_s=0.05)
     raw["cluster"]["temp_dir"] = f"/tmp/ifray/p{os.getpid()}"
-    done = subprocess.run([sys.executable, "-m", "jobs.cli", "run", str(write_config(tmp_path / "job.yaml", raw))],
+    done = subprocess.run([*CLI, "run", str(write_config(tmp_path / "job.yaml", raw))],
                           cwd=REPO, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "PYTHONPATH": str(REPO)})
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from jobs import cat, generate
+from imagefleet.jobs import cat, generate
 from tests.helpers import sleep_job, write_config, write_prompts
 
 pytestmark = pytest.mark.slow

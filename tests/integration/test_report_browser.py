@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageStat
 
-from jobs import generate
+from imagefleet.jobs import generate
 from tests.helpers import REPO, sleep_job, write_config, write_prompts
 
 pytestmark = [

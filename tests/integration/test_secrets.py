@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from jobs import generate
+from imagefleet.jobs import generate
 from tests.helpers import sleep_job, write_config, write_prompts
 from tests.integration.test_pipeline import objects
 

@@ -10,7 +10,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -22,9 +21,9 @@ from typing import Any
 
 import pytest
 
-from actors.keys import derive_row_id, derive_seed, image_key
-from jobs.seaweed import pick_ports
-from tests.helpers import REPO, tiny_job, write_config
+from imagefleet.actors.keys import derive_row_id, derive_seed, image_key
+from imagefleet.jobs.seaweed import pick_ports
+from tests.helpers import CLI, REPO, tiny_job, write_config
 
 pytestmark = pytest.mark.slow
 
@@ -55,7 +54,7 @@ def server(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     raw["serve"] = {"port": port, "batch_wait_timeout_s": 0.5}
     # requests with "images" are image-to-image, the rest text-to-image; rows may pick the tiny LoRA
     raw["source"]["task"] = "image-to-image"
-    from jobs.tiny_models import build_tiny_lora
+    from imagefleet.jobs.tiny_models import build_tiny_lora
 
     lora = build_tiny_lora(tiny_model, tmp / "lora")
     raw["generators"]["tiny"]["loras"] = [{"name": "brand", "path": str(lora), "default": False}]
@@ -63,7 +62,7 @@ def server(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     cfg = write_config(tmp / "serve.yaml", raw)
     log = tmp / "serve.log"
     with log.open("w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "jobs.cli", "serve", str(cfg)], cwd=REPO, stdout=out,
+        proc = subprocess.Popen([*CLI, "serve", str(cfg)], cwd=REPO, stdout=out,
                                 stderr=subprocess.STDOUT, text=True, start_new_session=True,
                                 env={**os.environ, "PYTHONPATH": str(REPO)})
     try:
@@ -141,7 +140,7 @@ def test_image_to_image_and_lora_requests(server: Server) -> None:
     the pixels follow the image's content; a LoRA named in the request changes the image; bad inputs are 400s."""
     import hashlib
 
-    from actors.keys import adapter_key, conditioning
+    from imagefleet.actors.keys import adapter_key, conditioning
 
     red = b64_png((220, 30, 30))
     status, headers, body = server.post({"prompt": "a bottle on a beach", "images": red, "strength": 0.5})

@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from jobs.seaweed import pick_ports
-from tests.helpers import REPO, sleep_job, stop_ray_head, write_config, write_prompts
+from imagefleet.jobs.seaweed import pick_ports
+from tests.helpers import CLI, REPO, sleep_job, stop_ray_head, write_config, write_prompts
 from tests.integration.test_pipeline import manifest
 
 pytestmark = pytest.mark.slow
@@ -39,7 +39,7 @@ def ray_head(s3_env: Any) -> Iterator[str]:
     try:
         deadline = time.time() + 90
         while time.time() < deadline:
-            done = subprocess.run([sys.executable, "-m", "jobs.cli", "status", "nope", "--address", address],
+            done = subprocess.run([*CLI, "status", "nope", "--address", address],
                                   cwd=REPO, capture_output=True, text=True)
             if "Connection refused" not in done.stderr and "Failed to connect" not in done.stderr:
                 break
@@ -53,15 +53,15 @@ def test_submit_wait_status_logs(tmp_path: Path, s3_env: Any, bucket: str, ray_h
     src = write_prompts(tmp_path / "p.parquet", {"prompt": [f"p{i}" for i in range(12)]})
     cfg = write_config(tmp_path / "job.yaml", sleep_job(src, f"s3://{bucket}/sub"))
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    run = subprocess.run([sys.executable, "-m", "jobs.cli", "submit", str(cfg), "--address", ray_head, "--wait"],
+    run = subprocess.run([*CLI, "submit", str(cfg), "--address", ray_head, "--wait"],
                          cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert "12 written" in run.stdout and "SUCCEEDED" in run.stdout
     job_id = run.stdout.split("submitted ", 1)[1].split()[0]
-    status = subprocess.run([sys.executable, "-m", "jobs.cli", "status", job_id, "--address", ray_head],
+    status = subprocess.run([*CLI, "status", job_id, "--address", ray_head],
                             cwd=REPO, capture_output=True, text=True, env=env)
     assert status.stdout.strip() == "SUCCEEDED"
-    logs = subprocess.run([sys.executable, "-m", "jobs.cli", "logs", job_id, "--address", ray_head],
+    logs = subprocess.run([*CLI, "logs", job_id, "--address", ray_head],
                           cwd=REPO, capture_output=True, text=True, env=env)
     assert "imagefleet run" in logs.stdout
     assert len(manifest(s3_env, bucket, "sub")) == 12

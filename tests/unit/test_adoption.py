@@ -17,14 +17,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from actors.backend_io import Outcome
-from actors.escalator import Escalator
-from actors.generation import run_generation
-from actors.layout import MANIFEST_DIR, image_rel, manifest_part
-from actors.local_store import RECORD_XATTR, LocalStore
-from actors.resume_index import ESCALATED_TO, image_record, load_index
-from actors.storage import RECORD_MAX_BYTES
-from configs.storage import StoreSpec
+from imagefleet.actors.backend_io import Outcome
+from imagefleet.actors.escalator import Escalator
+from imagefleet.actors.generation import run_generation
+from imagefleet.actors.layout import MANIFEST_DIR, image_rel, manifest_part
+from imagefleet.actors.local_store import RECORD_XATTR, LocalStore
+from imagefleet.actors.resume_index import ESCALATED_TO, image_record, load_index
+from imagefleet.actors.storage import RECORD_MAX_BYTES
+from imagefleet.configs.storage import StoreSpec
 from tests.unit.test_provider_bytes import generate, pending, provider_png, provider_webp, writer
 
 
@@ -103,9 +103,9 @@ def test_an_image_without_a_record_or_in_another_format_is_redone(tmp_path: Path
 @pytest.mark.parametrize(("draft_negative", "heavy_negative"), [("", "blurry"), ("blurry, lowres", "")])
 def test_an_escalated_row_is_adopted_through_its_kept_draft(tmp_path: Path, draft_negative: str,
                                                             heavy_negative: str) -> None:
-    from configs.prep import GeneratorIdentity
-    from configs.request import GenerationDefaults
-    from configs.routing import CascadeConfig
+    from imagefleet.configs.prep import GeneratorIdentity
+    from imagefleet.configs.request import GenerationDefaults
+    from imagefleet.configs.routing import CascadeConfig
 
     out = generate([Outcome(encoded=provider_webp(), mime="image/webp", requests=1, cost_usd=0.04)],
                    pending(negative_prompt=np.array([draft_negative], dtype=object)), usd_per_image=0.04)

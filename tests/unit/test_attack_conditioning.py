@@ -14,13 +14,13 @@ import pyarrow as pa
 import pytest
 from PIL import Image
 
-from actors.input_reader import InputReader
-from actors.inputs import resolve_uri
-from configs.loader import ConfigError, parse_config
-from configs.prep import InputReaderConfig
-from configs.source import InputLimits
-from configs.storage import StoreSpec
-from pipelines.plan import Stores, prep_config
+from imagefleet.actors.input_reader import InputReader
+from imagefleet.actors.inputs import resolve_uri
+from imagefleet.configs.loader import ConfigError, parse_config
+from imagefleet.configs.prep import InputReaderConfig
+from imagefleet.configs.source import InputLimits
+from imagefleet.configs.storage import StoreSpec
+from imagefleet.pipelines.plan import Stores, prep_config
 from tests.helpers import sleep_job
 from tests.unit.test_conditioning import prep
 
@@ -92,7 +92,7 @@ def test_attack_relative_paths_under_an_s3_table_name_the_same_file_as_locally(c
 @pytest.mark.parametrize("images", ["data:image/png;base64", ["data:"]])
 def test_attack_data_url_without_comma_is_a_400(images: Any) -> None:
     """`item.split(",", 1)[1]` raises IndexError (not ValueError): the gateway answers 500 'internal error'."""
-    from pipelines.serve_protocol import RequestProblem, parse_generate_request
+    from imagefleet.pipelines.serve_protocol import RequestProblem, parse_generate_request
 
     body = json.dumps({"prompt": "p", "images": images}).encode()
     with pytest.raises(RequestProblem) as exc:
@@ -119,7 +119,7 @@ def test_attack_an_escalated_variant_keeps_its_aspect_ratio_and_key() -> None:
     default size: the 9:16 variant escalates to 1024x1024 with the *same image key* as the escalated 1:1 variant
     (a duplicate key in one run, and the campaign's 9:16 image is square). Routed straight to the heavy generator,
     the 9:16 variant is 768x1360."""
-    from actors.escalator import Escalator
+    from imagefleet.actors.escalator import Escalator
 
     raw = _cascade_with_variants()
     drafts = prep(raw, {"prompt": ["a bottle"]})
@@ -162,7 +162,7 @@ def test_attack_adapter_weight_applied_is_the_weight_keyed() -> None:
     """The key rounds a weight to 6 decimals (1.234568) but the `adapters` column - what generators apply
     (parse_adapter_list) and what the Escalator re-keys from - formats it with `:g`, 6 significant digits
     (1.23457). Two requests with weights 1.2345678 and 1.2345699 get two keys but the same applied weight."""
-    from actors.backend_io import parse_adapter_list
+    from imagefleet.actors.backend_io import parse_adapter_list
 
     raw, hashes = _with_brand()
     rows = prep(raw, {"prompt": ["p", "p"], "id": ["a", "b"], "loras": ["brand:1.2345678", "brand:1.2345699"]},
@@ -174,7 +174,7 @@ def test_attack_adapter_weight_applied_is_the_weight_keyed() -> None:
 
 
 def test_attack_escalated_key_with_a_precise_adapter_weight_equals_the_direct_key() -> None:
-    from actors.escalator import Escalator
+    from imagefleet.actors.escalator import Escalator
 
     raw, hashes = _with_brand()
     raw["generators"]["heavy"] = {**raw["generators"]["sleepy"], "model": "heavy-model"}
@@ -227,7 +227,7 @@ def test_attack_diffusers_decode_honours_exif_orientation() -> None:
     compares a mask drawn on the upright photo against the sideways size, refusing it)."""
     from PIL import ImageOps
 
-    from actors.diffusers_generator import _decode
+    from imagefleet.actors.diffusers_generator import _decode
 
     upright = Image.new("RGB", (40, 64), (0, 0, 0))
     upright.paste((255, 255, 255), (0, 0, 40, 16))  # white band at the top
@@ -253,8 +253,8 @@ def test_attack_serve_refuses_a_mask_over_max_image_bytes_like_a_batch_row() -> 
     file over the limit (InputFiles.read), so the same mask is an error row in a batch run and accepted online."""
     import types
 
-    from pipelines.serve_protocol import RequestProblem
-    from pipelines.serving import Gateway
+    from imagefleet.pipelines.serve_protocol import RequestProblem
+    from imagefleet.pipelines.serving import Gateway
 
     def encoded(mode: str, fmt: str) -> bytes:
         buf = io.BytesIO()

@@ -17,9 +17,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from actors.backend_io import Outcome, Request, encoded_info
-from actors.clip_scorer import score_batch
-from actors.generation import candidate_seed, run_generation
+from imagefleet.actors.backend_io import Outcome, Request, encoded_info
+from imagefleet.actors.clip_scorer import score_batch
+from imagefleet.actors.generation import candidate_seed, run_generation
 
 W = H = 16
 
@@ -161,7 +161,7 @@ def test_best_of_provider_file_winner_keeps_its_own_type_and_size() -> None:
 
 @pytest.fixture(scope="module")
 def tiny_vlm(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from jobs.tiny_models import build_tiny_vlm
+    from imagefleet.jobs.tiny_models import build_tiny_vlm
 
     return build_tiny_vlm(tmp_path_factory.mktemp("vlm") / "tiny-llava")
 
@@ -171,8 +171,8 @@ def test_vqa_a_prompt_naming_the_image_token_is_not_a_broken_scorer(tiny_vlm: Pa
     product copy) makes LLaVA's processor count two image slots for one image and raise, and the exception fails
     the whole scoring batch (every row of it, and the run: a broken actor). It must be scored (the token in the
     prompt is text) or at worst leave that row unscored."""
-    from actors.vqa_scorer import VqaScorer
-    from configs.scorer import VqaScorerConfig
+    from imagefleet.actors.vqa_scorer import VqaScorer
+    from imagefleet.configs.scorer import VqaScorerConfig
 
     scorer = VqaScorer(VqaScorerConfig(model=str(tiny_vlm)))
     rng = np.random.default_rng(0)
@@ -188,8 +188,8 @@ def test_vqa_a_prompt_naming_the_image_token_is_not_a_broken_scorer(tiny_vlm: Pa
 # -- report evaluations ---------------------------------------------------------------------------------------------
 
 def evaluations_store(tmp_path: Path) -> Any:
-    from actors.stores import open_store
-    from configs.storage import StoreSpec
+    from imagefleet.actors.stores import open_store
+    from imagefleet.configs.storage import StoreSpec
 
     return open_store(str(tmp_path), StoreSpec(kind="local"))
 
@@ -203,7 +203,7 @@ def test_report_evaluations_skip_a_corrupt_file(tmp_path: Path) -> None:
     """evaluations/ holds files other tools drop next to the manifest. One unreadable file (a partial upload)
     makes read_evaluations raise, so write_report fails and the whole report is lost (the run says "report not
     written", and `imagefleet report` fails the same way) instead of skipping that file."""
-    from pipelines.report import read_evaluations
+    from imagefleet.pipelines.report import read_evaluations
 
     write_eval(tmp_path, "a_oracle.parquet", pa.table({"image_key": ["k1"], "oracle": [0.5]}))
     (tmp_path / "evaluations" / "b_partial.parquet").write_bytes(b"PAR1 not really parquet")
@@ -214,7 +214,7 @@ def test_report_evaluations_skip_a_corrupt_file(tmp_path: Path) -> None:
 def test_report_evaluations_nan_is_not_a_measurement(tmp_path: Path) -> None:
     """A NaN metric (an oracle that could not grade an image) is taken as a value: the per-route mean becomes nan
     for every route that image is in. Nulls are skipped; NaN should be too."""
-    from pipelines.report import Tally, _evaluations_html, read_evaluations
+    from imagefleet.pipelines.report import Tally, _evaluations_html, read_evaluations
 
     write_eval(tmp_path, "oracle.parquet", pa.table({"image_key": ["k1", "k2"], "oracle": [1.0, math.nan]}))
     evaluations = read_evaluations(evaluations_store(tmp_path))

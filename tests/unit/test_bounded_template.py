@@ -10,10 +10,10 @@ from typing import Any
 import pyarrow as pa
 import pytest
 
-from actors.bounded_template import MAX_STEPS, TemplateLimit, compile_template
-from actors.prompt_preprocessor import PromptPreprocessor
-from configs.loader import ConfigError, parse_config
-from pipelines.plan import prep_config
+from imagefleet.actors.bounded_template import MAX_STEPS, TemplateLimit, compile_template
+from imagefleet.actors.prompt_preprocessor import PromptPreprocessor
+from imagefleet.configs.loader import ConfigError, parse_config
+from imagefleet.pipelines.plan import prep_config
 from tests.helpers import tiny_job
 
 LIMIT = 10_000  # source.max_prompt_chars' default

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from configs.storage import StoreSpec
+from imagefleet.configs.storage import StoreSpec
 from tests.helpers import sleep_job, write_prompts
 
 PROMPTS = ["a red fox!", "a grey owl", "a green boat!"]
@@ -61,7 +61,7 @@ def _job(tmp_path: Path, name: str) -> dict[str, Any]:
 @pytest.mark.parametrize("name", list(COMBINATIONS))
 def test_each_combination_runs_in_process_and_reruns_for_free(tmp_path: Path, name: str) -> None:
     import imagefleet
-    from pipelines.manifest import read_manifest_columns
+    from imagefleet.pipelines.manifest import read_manifest_columns
 
     raw = _job(tmp_path, name)
     first = imagefleet.run(raw, echo=None)

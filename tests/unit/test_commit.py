@@ -15,10 +15,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from actors.layout import LEASE, MANIFEST_INDEX, manifest_part, staging_dir
-from actors.stores import open_store
-from configs.storage import StoreSpec
-from pipelines.commit import CommitError, Lease, OutputBusy, collect_garbage, commit, current_parts
+from imagefleet.actors.layout import LEASE, MANIFEST_INDEX, manifest_part, staging_dir
+from imagefleet.actors.stores import open_store
+from imagefleet.configs.storage import StoreSpec
+from imagefleet.pipelines.commit import CommitError, Lease, OutputBusy, collect_garbage, commit, current_parts
 
 LOCAL = StoreSpec(kind="local")
 

@@ -14,15 +14,15 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from actors.input_reader import InputReader
-from actors.prompt_preprocessor import PromptPreprocessor
-from actors.sleep_generator import SleepGenerator
-from configs.loader import ConfigError, parse_config
-from configs.prep import InputReaderConfig
-from configs.source import InputLimits, variant_size
-from configs.storage import StoreSpec
-from pipelines.plan import Stores, input_base, make_plan, prep_config
-from pipelines.text_to_image import InputError, expected_rows, inspect_source
+from imagefleet.actors.input_reader import InputReader
+from imagefleet.actors.prompt_preprocessor import PromptPreprocessor
+from imagefleet.actors.sleep_generator import SleepGenerator
+from imagefleet.configs.loader import ConfigError, parse_config
+from imagefleet.configs.prep import InputReaderConfig
+from imagefleet.configs.source import InputLimits, variant_size
+from imagefleet.configs.storage import StoreSpec
+from imagefleet.pipelines.plan import Stores, input_base, make_plan, prep_config
+from imagefleet.pipelines.text_to_image import InputError, expected_rows, inspect_source
 from tests.helpers import sleep_job, tiny_job
 
 LOCAL = StoreSpec(kind="local")
@@ -255,10 +255,10 @@ def encoded(arr: np.ndarray | Image.Image, fmt: str = "PNG") -> bytes:
 def test_diffusers_image_to_image_inpaint_and_lora(tiny_model: Path, tmp_path: Path) -> None:
     import dataclasses
 
-    from actors.backend_io import Request
-    from actors.diffusers_generator import DiffusersGenerator
-    from configs.generator import DiffusersConfig
-    from jobs.tiny_models import build_tiny_lora
+    from imagefleet.actors.backend_io import Request
+    from imagefleet.actors.diffusers_generator import DiffusersGenerator
+    from imagefleet.configs.generator import DiffusersConfig
+    from imagefleet.jobs.tiny_models import build_tiny_lora
 
     lora = build_tiny_lora(tiny_model, tmp_path / "lora")
     cfg = DiffusersConfig(model=str(tiny_model), dtype="float32",
@@ -289,7 +289,7 @@ def test_diffusers_image_to_image_inpaint_and_lora(tiny_model: Path, tmp_path: P
 def test_an_escalated_image_conditioned_row_is_keyed_as_the_heavy_generator_renders_it() -> None:
     """The cascade's heavy image of an edit/img2img row is made from the same inputs, with the heavy generator's
     strength and adapters: its key must equal the key of the same row routed straight to the heavy generator."""
-    from actors.escalator import Escalator
+    from imagefleet.actors.escalator import Escalator
 
     raw = job("image-to-image")
     raw["generators"]["heavy"] = {**raw["generators"]["sleepy"], "model": "heavy-model",
@@ -317,7 +317,7 @@ def test_an_escalated_image_conditioned_row_is_keyed_as_the_heavy_generator_rend
 
 
 def test_the_plan_says_what_rows_are_made_from_and_what_has_no_effect() -> None:
-    from jobs.run_text import input_lines
+    from imagefleet.jobs.run_text import input_lines
 
     raw = job("inpaint", variants=["1:1", "9:16"])
     raw["generators"]["oa"] = {"backend": "openai", "defaults": {"width": 1024, "height": 1024}}
@@ -332,8 +332,8 @@ def test_the_plan_says_what_rows_are_made_from_and_what_has_no_effect() -> None:
 def test_best_of_n_keeps_the_best_candidate_and_records_them_all() -> None:
     """routing.mode=best_of: N candidates with derived seeds in one generator pass, each scored, the best kept;
     the key names the selection (N and the scorer), every candidate is paid for."""
-    from actors.clip_scorer import RuleScorer
-    from configs.scorer import RuleScorerConfig
+    from imagefleet.actors.clip_scorer import RuleScorer
+    from imagefleet.configs.scorer import RuleScorerConfig
 
     raw = sleep_job("p.parquet", "out")
     raw["generators"]["sleepy"]["cost"] = {"usd_per_image": 0.01}

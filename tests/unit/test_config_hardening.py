@@ -9,11 +9,11 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from actors import PromptPreprocessor
-from configs.loader import ConfigError, load_config, parse_config
-from jobs.runtime import check_temp_dir, run_id_arg
-from pipelines.plan import prep_config
-from pipelines.text_to_image import InputError, _check_separate, glob_match
+from imagefleet.actors import PromptPreprocessor
+from imagefleet.configs.loader import ConfigError, load_config, parse_config
+from imagefleet.jobs.runtime import check_temp_dir, run_id_arg
+from imagefleet.pipelines.plan import prep_config
+from imagefleet.pipelines.text_to_image import InputError, _check_separate, glob_match
 from tests.helpers import sleep_job, write_config
 
 BOMB = "a: &a [x,x,x,x,x,x,x,x,x]\n" + "".join(
@@ -86,7 +86,7 @@ def test_run_ids_are_names_never_paths(bad: str) -> None:
 
 
 def test_temp_dir_must_be_short_and_writable(tmp_path: Path) -> None:
-    from actors.storage import StorageError
+    from imagefleet.actors.storage import StorageError
 
     with pytest.raises(StorageError, match="must stay under 107 bytes"):
         check_temp_dir("/tmp/" + "x" * 80)

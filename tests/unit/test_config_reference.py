@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from configs.reference import render
+from imagefleet.configs.reference import render
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "CONFIG.md"
 
 
 def test_config_reference_is_current() -> None:
-    assert DOC.read_text() == render(), "regenerate it: python -m configs.reference > docs/CONFIG.md"
+    assert DOC.read_text() == render(), "regenerate it: python -m imagefleet.configs.reference > docs/CONFIG.md"
 
 
 def test_every_key_is_documented() -> None:

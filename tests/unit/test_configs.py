@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from configs import ConfigError, load_config
-from configs.loader import parse_config
+from imagefleet.configs import ConfigError, load_config
+from imagefleet.configs.loader import parse_config
 from tests.helpers import REPO, tiny_job, write_config
 
 SHIPPED = sorted((REPO / "configs").glob("*.yaml"))

@@ -8,9 +8,9 @@ from unittest import mock
 import numpy as np
 import pytest
 
-from actors.backend_io import Request
-from actors.diffusers_generator import DiffusersGenerator
-from configs.generator import DiffusersConfig
+from imagefleet.actors.backend_io import Request
+from imagefleet.actors.diffusers_generator import DiffusersGenerator
+from imagefleet.configs.generator import DiffusersConfig
 
 
 def batch(prompts: list[str], seeds: list[int], sizes: list[tuple[int, int]]) -> dict:
@@ -117,7 +117,7 @@ def test_uint8_on_device_matches_the_host_conversion() -> None:
     bytes as before, so image keys' hashes don't change when the conversion moved to the device."""
     import torch
 
-    from actors.diffusers_generator import _to_uint8
+    from imagefleet.actors.diffusers_generator import _to_uint8
 
     edges = torch.tensor([-0.5, 0.0, 0.5 / 255, 1.5 / 255, 2.5 / 255, 0.5, 127.5 / 255, 1.0, 1.7])
     images = torch.cat([torch.rand(2, 3, 8, 8).flatten(), edges]).reshape(1, 3, -1, 1)
@@ -174,7 +174,7 @@ def test_step_cache_on_a_transformer_and_refused_on_a_unet(generator: DiffusersG
     import torch
     from diffusers import FluxTransformer2DModel
 
-    from actors.diffusers_generator import apply_step_cache
+    from imagefleet.actors.diffusers_generator import apply_step_cache
 
     flux = FluxTransformer2DModel(patch_size=1, in_channels=4, num_layers=2, num_single_layers=1,
                                   attention_head_dim=8, num_attention_heads=2, joint_attention_dim=16,
@@ -202,7 +202,7 @@ def test_fp8_weights_quarter_the_denoiser_and_keep_adapters(generator: Diffusers
 
     import torch
 
-    from jobs.tiny_models import build_tiny_lora
+    from imagefleet.jobs.tiny_models import build_tiny_lora
 
     lora = build_tiny_lora(tiny_model, tmp_path / "lora")
     fp8 = DiffusersGenerator(DiffusersConfig(model=str(tiny_model), dtype="float32", fp8_weights=True,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from jobs import generate
+from imagefleet.jobs import generate
 from tests.helpers import tiny_job, write_config, write_prompts
 
 

@@ -22,7 +22,7 @@ def _table(folder: Path, first: pa.Table, second: pa.Table) -> Path:
 def test_files_whose_column_types_dont_merge_are_refused_before_work(tmp_path: Path,
                                                                      capsys: pytest.CaptureFixture[str]) -> None:
     import imagefleet
-    from jobs.cli import main
+    from imagefleet.jobs.cli import main
     from tests.helpers import write_config
 
     src = _table(tmp_path / "t", pa.table({"id": pa.array([1, 2], pa.int64()), "prompt": ["a", "b"]}),

@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
-from actors.local_store import LocalStore
-from actors.storage import StorageError
-from actors.stores import open_store
-from configs.storage import StoreSpec
+from imagefleet.actors.local_store import LocalStore
+from imagefleet.actors.storage import StorageError
+from imagefleet.actors.stores import open_store
+from imagefleet.configs.storage import StoreSpec
 from tests.helpers import sleep_job, write_prompts
 
 LOCAL = StoreSpec(kind="local")
@@ -28,7 +28,7 @@ def _in_process_job(tmp_path: Path, n: int) -> dict[str, Any]:
 
 
 def _manifest(out: Path) -> list[dict[str, Any]]:
-    from pipelines.manifest import read_manifest_columns
+    from imagefleet.pipelines.manifest import read_manifest_columns
 
     cols = ["image_key", "status", "image_uri", "sha256", "already_present"]
     return list(read_manifest_columns(str(out), LOCAL, cols).to_pylist())
@@ -109,7 +109,7 @@ def test_a_row_specific_upload_refusal_stays_the_rows_error(tmp_path: Path) -> N
     """Only store-wide failures stop the run; a refusal of one object (a policy, a bad name) is that row's."""
     from botocore.exceptions import ClientError, EndpointConnectionError
 
-    from actors.image_writer import store_is_down
+    from imagefleet.actors.image_writer import store_is_down
 
     denied = ClientError({"Error": {"Code": "AccessDenied"}, "ResponseMetadata": {"HTTPStatusCode": 403}}, "Put")
     assert not store_is_down(denied) and not store_is_down(OSError(errno.ENAMETOOLONG, "name"))
@@ -138,7 +138,7 @@ def test_torn_staged_parts_of_a_dead_run_never_wedge_the_output(tmp_path: Path) 
 def test_a_part_write_that_fails_midway_leaves_no_part(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import pyarrow as pa
 
-    from pipelines.commit import stage_part
+    from imagefleet.pipelines.commit import stage_part
 
     store = open_store(str(tmp_path / "o"), LOCAL)
 
@@ -158,7 +158,7 @@ def test_a_lease_with_an_absurd_expiry_counts_as_expired(tmp_path: Path, expiry:
     """A forged or corrupted lease must not block an output for good (NaN never compares as expired)."""
     import json
 
-    from pipelines.commit import Lease
+    from imagefleet.pipelines.commit import Lease
 
     store = open_store(str(tmp_path / "o"), LOCAL)
     body = f'{{"run_id": "ghost", "attempt": "ghost.1", "host": "elsewhere", "pid": 1, "expires_at": {expiry}}}'
@@ -178,8 +178,8 @@ def test_store_failures_after_the_commit_point_never_fail_the_run(tmp_path: Path
     from botocore.exceptions import EndpointConnectionError
 
     import imagefleet
-    import pipelines.commit
-    from actors.layout import MANIFEST_INDEX
+    import imagefleet.pipelines.commit
+    from imagefleet.actors.layout import MANIFEST_INDEX
 
     raw = _in_process_job(tmp_path, 2)
     real_put = LocalStore.put
@@ -201,7 +201,7 @@ def test_store_failures_after_the_commit_point_never_fail_the_run(tmp_path: Path
         real = getattr(LocalStore, name)
         monkeypatch.setattr(LocalStore, name, lambda self, *a, _real=real, **k: outage() or _real(self, *a, **k))
     monkeypatch.setattr(LocalStore, "put", put)
-    monkeypatch.setattr(pipelines.commit, "collect_garbage", lambda *a, **k: outage())
+    monkeypatch.setattr(imagefleet.pipelines.commit, "collect_garbage", lambda *a, **k: outage())
     result = imagefleet.run(raw, echo=None)
     assert result.summary is not None and result.summary.unread.startswith("committed")
     assert "not written" in result.record_uri
@@ -226,7 +226,7 @@ def test_forged_image_records_never_enter_the_manifest(tmp_path: Path, field: st
     import shutil
 
     import imagefleet
-    from actors.local_store import RECORD_XATTR, SHA256_XATTR
+    from imagefleet.actors.local_store import RECORD_XATTR, SHA256_XATTR
 
     raw = _in_process_job(tmp_path, 2)
     imagefleet.run(raw, echo=None)
@@ -242,7 +242,7 @@ def test_forged_image_records_never_enter_the_manifest(tmp_path: Path, field: st
     result = imagefleet.run(raw, echo=None)
     assert result.summary is not None and result.summary.num_ok == 2
     rows = _assert_exact(tmp_path / "out", 2)  # digests checked against the bytes
-    from pipelines.manifest import read_manifest_columns
+    from imagefleet.pipelines.manifest import read_manifest_columns
 
     full = read_manifest_columns(str(tmp_path / "out"), LOCAL, ["width", "cost_usd", "model", "seed"]).to_pylist()
     for row in full:

@@ -7,13 +7,13 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from actors.clip_scorer import ClipScorer, RuleScorer
-from actors.escalator import Escalator
-from actors.prompt_preprocessor import PromptPreprocessor
-from configs import ConfigError
-from configs.loader import parse_config
-from configs.scorer import ClipScorerConfig, RuleScorerConfig
-from pipelines.plan import prep_config
+from imagefleet.actors.clip_scorer import ClipScorer, RuleScorer
+from imagefleet.actors.escalator import Escalator
+from imagefleet.actors.prompt_preprocessor import PromptPreprocessor
+from imagefleet.configs import ConfigError
+from imagefleet.configs.loader import parse_config
+from imagefleet.configs.scorer import ClipScorerConfig, RuleScorerConfig
+from imagefleet.pipelines.plan import prep_config
 from tests.helpers import sleep_job
 
 
@@ -114,7 +114,7 @@ def cascade_config(heavy_defaults: dict[str, Any]) -> Any:
 def test_escalated_rows_render_with_the_heavy_generators_settings() -> None:
     """The flagship cascade bug: an escalation kept the draft's 1 step / guidance 0 / small size. It must get
     the heavy generator's defaults for every setting the input row did not set, and a key from those."""
-    from actors.keys import image_key
+    from imagefleet.actors.keys import image_key
 
     cfg = cascade_config({"width": 64, "height": 48, "num_steps": 30, "guidance_scale": 7.5,
                           "negative_prompt": "blurry"})
@@ -155,7 +155,7 @@ def test_rule_scorer() -> None:
 
 @pytest.fixture(scope="module")
 def tiny_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from jobs.tiny_models import build_tiny_clip
+    from imagefleet.jobs.tiny_models import build_tiny_clip
 
     return build_tiny_clip(tmp_path_factory.mktemp("clip") / "tiny-clip")
 

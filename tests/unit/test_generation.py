@@ -6,8 +6,8 @@ from collections.abc import Sequence
 import numpy as np
 import pytest
 
-from actors.backend_io import Request
-from actors.generation import run_generation
+from imagefleet.actors.backend_io import Request
+from imagefleet.actors.generation import run_generation
 
 
 def batch(shapes: list[tuple[int, int]], status: list[str] | None = None, prompts: list[str] | None = None) -> dict:
@@ -121,7 +121,7 @@ def test_out_of_memory_retries_at_half_size() -> None:
 def test_the_size_that_fits_is_kept_per_shape_for_the_actors_life() -> None:
     """An actor's BatchLimits remembers each shape's size: later calls make that shape at the size that fits from
     the start (no out-of-memory error and halving again); other shapes keep the pool's batch size."""
-    from actors.generation import BatchLimits
+    from imagefleet.actors.generation import BatchLimits
 
     calls: list[tuple[int, int]] = []
 
@@ -167,7 +167,7 @@ def test_out_of_memory_on_one_image_propagates() -> None:
 
 
 def test_outcome_requests_and_unknown_attempts_are_recorded_for_every_outcome() -> None:
-    from actors.backend_io import Outcome
+    from imagefleet.actors.backend_io import Outcome
 
     def hosted(reqs: Sequence[Request]) -> list[Outcome]:
         return [Outcome(image=np.zeros((64, 64, 3), np.uint8), cost_usd=0.1, requests=2),

@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from actors.keys import (
+from imagefleet.actors.keys import (
     adapter_key,
     adapters_text,
     combination_id,
@@ -82,8 +82,8 @@ def test_adapter_text() -> None:
 
 def test_render_text_of_configs() -> None:
     """A generator's render text enters every key it makes: its spelling is pinned like the key itself."""
-    from configs.generator import DiffusersConfig
-    from configs.hosted import GeminiImageConfig, OpenAIImagesConfig
+    from imagefleet.configs.generator import DiffusersConfig
+    from imagefleet.configs.hosted import GeminiImageConfig, OpenAIImagesConfig
 
     assert DiffusersConfig(model="m").render() == ""
     assert DiffusersConfig(model="m", dtype="bfloat16", variant="fp16", tiny_vae="madebyollin/taesd",
@@ -115,9 +115,9 @@ def _job(**extra: Any) -> dict[str, Any]:
 
 
 def _prep(**extra: Any) -> tuple[Any, Any]:
-    from actors.prompt_preprocessor import PromptPreprocessor
-    from configs.loader import parse_config
-    from pipelines.plan import prep_config
+    from imagefleet.actors.prompt_preprocessor import PromptPreprocessor
+    from imagefleet.configs.loader import parse_config
+    from imagefleet.pipelines.plan import prep_config
 
     cfg = parse_config(_job(**extra))
     return cfg, PromptPreprocessor(prep_config(cfg))
@@ -140,8 +140,8 @@ def test_the_keys_and_seeds_a_run_computes() -> None:
 
 def test_the_key_of_an_escalated_image() -> None:
     """A cascade's heavy image: the heavy generator's defaults and render, the draft's seed and explicit settings."""
-    from actors.escalator import Escalator
-    from pipelines.plan import prep_config
+    from imagefleet.actors.escalator import Escalator
+    from imagefleet.pipelines.plan import prep_config
 
     cfg, prep = _prep(routing={"mode": "cascade", "default": "draft",
                                "cascade": {"draft": "draft", "escalate": "heavy", "threshold": 0.5}},

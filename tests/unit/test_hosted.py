@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from pydantic import SecretStr
 
-from actors.gemini_generator import GeminiImageGenerator
-from actors.hosted import (
+from imagefleet.actors.gemini_generator import GeminiImageGenerator
+from imagefleet.actors.hosted import (
     STOPPED,
     HostedFatal,
     LocalLimiter,
@@ -24,13 +24,13 @@ from actors.hosted import (
     call_with_retries,
     parse_duration,
 )
-from actors.image_writer import decode_rgb
-from actors.layout import batches_dir
-from actors.openai_generator import OpenAIImageGenerator
-from configs import ConfigError
-from configs.generator_base import RunBudget
-from configs.hosted import GeminiImageConfig, OpenAIImagesConfig, RateLimits
-from configs.loader import parse_config
+from imagefleet.actors.image_writer import decode_rgb
+from imagefleet.actors.layout import batches_dir
+from imagefleet.actors.openai_generator import OpenAIImageGenerator
+from imagefleet.configs import ConfigError
+from imagefleet.configs.generator_base import RunBudget
+from imagefleet.configs.hosted import GeminiImageConfig, OpenAIImagesConfig, RateLimits
+from imagefleet.configs.loader import parse_config
 from tests.helpers import sleep_job
 from tests.support.fake_hosted import GEMINI_KEY, OPENAI_KEY, FakeHosted, png
 
@@ -509,7 +509,7 @@ def test_expired_batch_keeps_partial_results_and_resubmits_the_rest(fake: FakeHo
 
 
 def test_batches_are_cancelled_when_the_run_aborts(fake: FakeHosted, tmp_path: Any) -> None:
-    from actors.backend_io import Request
+    from imagefleet.actors.backend_io import Request
 
     gen = batch_gen(fake, "openai", tmp_path)
     reqs = [Request("a", "", 1, 1024, 1024, 1, 0.0, key="k" * 40)]
@@ -527,7 +527,7 @@ def test_batch_resumes_after_restart_without_resubmitting(fake: FakeHosted, tmp_
 
     fake.batch_ticks = 3
     # the job dies while the batch is in flight (fault injected into polling)
-    target = "actors.openai_generator.poll" if backend == "openai" else "actors.gemini_generator.poll"
+    target = f"imagefleet.actors.{backend}_generator.poll"
     with mock.patch(target, side_effect=Crash("driver killed")), pytest.raises(Crash):
         batch_gen(fake, backend, tmp_path)(batch(["a", "b"]))
     assert len(fake.batches) == 1
@@ -538,7 +538,7 @@ def test_batch_resumes_after_restart_without_resubmitting(fake: FakeHosted, tmp_
 
 
 def test_limiter_is_keyed_by_provider_scope_and_model_not_by_key() -> None:
-    from actors.hosted import limiter_name
+    from imagefleet.actors.hosted import limiter_name
 
     a = OpenAIImagesConfig(project="proj_1")
     assert limiter_name(a, "sk-one") == limiter_name(a, "sk-two")  # two keys of one project share its limits

@@ -21,12 +21,12 @@ from google.genai import types
 from PIL import Image
 from pydantic import SecretStr
 
-from actors.backend_io import Outcome, Request
-from actors.gemini_generator import GeminiImageGenerator
-from actors.openai_generator import OpenAIImageGenerator, openai_mask
-from configs.hosted import GeminiImageConfig, OpenAIImagesConfig, RateLimits
-from configs.hosted_models import MODELS, openai_input_image_tokens
-from configs.storage import StoreSpec
+from imagefleet.actors.backend_io import Outcome, Request
+from imagefleet.actors.gemini_generator import GeminiImageGenerator
+from imagefleet.actors.openai_generator import OpenAIImageGenerator, openai_mask
+from imagefleet.configs.hosted import GeminiImageConfig, OpenAIImagesConfig, RateLimits
+from imagefleet.configs.hosted_models import MODELS, openai_input_image_tokens
+from imagefleet.configs.storage import StoreSpec
 from tests.support.fake_hosted import GEMINI_KEY, OPENAI_KEY, FakeHosted, mean_colour
 
 FAST = RateLimits(requests_per_min=6000, images_per_min=6000, initial_backoff_s=0.01, max_backoff_s=0.2)
@@ -256,7 +256,7 @@ def test_gemini_takes_no_mask_and_its_request_limit_is_a_row_error(fake: FakeHos
     gen = gemini_gen(fake)
     masked = gen._generate([request("x", [image(RED)], mask=user_mask(), key="m")])[0]
     assert "takes no mask" in masked.error
-    monkeypatch.setattr("actors.gemini_generator.GEMINI_MAX_REQUEST_BYTES", 4200)
+    monkeypatch.setattr("imagefleet.actors.gemini_generator.GEMINI_MAX_REQUEST_BYTES", 4200)
     [bmp] = gen._generate([request("bmp", [image(RED, fmt="BMP")], key="a")])
     assert "not image/png" in bmp.error  # BMP is no Gemini input type
     assert not fake.log  # nothing was sent for refused rows

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from configs.hosted import GeminiImageConfig, OpenAIImagesConfig
-from configs.hosted_models import MODELS, gemini_pixels, gemini_request_size, openai_size_problem
-from configs.loader import load_config
+from imagefleet.configs.hosted import GeminiImageConfig, OpenAIImagesConfig
+from imagefleet.configs.hosted_models import MODELS, gemini_pixels, gemini_request_size, openai_size_problem
+from imagefleet.configs.loader import load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 GPT2 = MODELS["gpt-image-2"]
@@ -112,7 +112,7 @@ def test_gemini_tier_is_chosen_by_area_not_long_side() -> None:
 
 def test_example_config_estimates_a_realistic_cost() -> None:
     """The hosted A/B example: 1,000,000 prompts to both GPT Image 2 (medium) and Nano Banana 2 (1K)."""
-    from jobs.run_text import cost_estimate
+    from imagefleet.jobs.run_text import cost_estimate
 
     cfg = load_config(ROOT / "configs" / "gpt_image_vs_nano_banana.yaml")
     text = cost_estimate(cfg, 1_000_000)
@@ -128,7 +128,7 @@ PUBLISHED = [("high", 1024, 1024, 7024), ("high", 1536, 1024, 5488), ("high", 17
 
 @pytest.mark.parametrize(("quality", "width", "height", "tokens"), PUBLISHED)
 def test_gpt_image_2_tokens_follow_the_price_calculator(quality: str, width: int, height: int, tokens: int) -> None:
-    from configs.hosted_models import gpt2_image_tokens, openai_image_tokens
+    from imagefleet.configs.hosted_models import gpt2_image_tokens, openai_image_tokens
 
     assert gpt2_image_tokens(quality, width, height) == tokens
     assert openai_image_tokens(MODELS["gpt-image-2"], quality, width, height) == tokens
@@ -140,7 +140,7 @@ def test_the_estimate_is_what_the_strict_fake_bills_for_every_quality_and_size()
     """Two implementations of the calculator (the estimate's, and the loopback fake's, written from the same
     published algorithm) agree on every quality x size a gpt-image-2 family model offers: standard sizes and a sweep
     of flexible ones; `auto` is estimated as the high image the service may render."""
-    from configs.hosted_models import openai_image_tokens
+    from imagefleet.configs.hosted_models import openai_image_tokens
     from tests.support.fake_hosted import OPENAI_CAPS
     from tests.support.fake_hosted import openai_image_tokens as billed
 
@@ -160,9 +160,9 @@ def test_gemini_takes_any_pixel_size_not_only_multiples_of_8() -> None:
     as a row's size; a diffusers generator still needs multiples of 8 (its VAE's factor)."""
     import pyarrow as pa
 
-    from actors.prompt_preprocessor import PromptPreprocessor
-    from configs.loader import ConfigError, parse_config
-    from pipelines.plan import prep_config
+    from imagefleet.actors.prompt_preprocessor import PromptPreprocessor
+    from imagefleet.configs.loader import ConfigError, parse_config
+    from imagefleet.pipelines.plan import prep_config
 
     ad = GeminiImageConfig(defaults={"width": 1200, "height": 628})
     assert ad.size_problem(1200, 628) == "" and ad.size_multiple() == 1

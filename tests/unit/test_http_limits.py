@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from pipelines.http_limits import HeadLimits, HeadScanner, head_problem, install
+from imagefleet.pipelines.http_limits import HeadLimits, HeadScanner, head_problem, install
 
 LIMITS = HeadLimits(max_request_line_bytes=1024, max_header_bytes=4096, max_header_count=20)
 

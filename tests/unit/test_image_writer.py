@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from actors.image_writer import ImageWriter, encode_image
-from actors.keys import image_key
-from configs.storage import StoreSpec
-from configs.writer import ImageWriterConfig
+from imagefleet.actors.image_writer import ImageWriter, encode_image
+from imagefleet.actors.keys import image_key
+from imagefleet.configs.storage import StoreSpec
+from imagefleet.configs.writer import ImageWriterConfig
 
 
 @pytest.mark.parametrize(("fmt", "pil"), [("png", "PNG"), ("jpeg", "JPEG"), ("webp", "WEBP")])

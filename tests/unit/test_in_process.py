@@ -10,11 +10,11 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from configs.loader import parse_config
-from configs.storage import StoreSpec
-from pipelines.in_process import StageFailed, choose_executor, execute, manifest_table
-from pipelines.plan import Plan, PlanError, Stage, Stores, make_plan
-from pipelines.pools import PREPROCESS_POOL
+from imagefleet.configs.loader import parse_config
+from imagefleet.configs.storage import StoreSpec
+from imagefleet.pipelines.in_process import StageFailed, choose_executor, execute, manifest_table
+from imagefleet.pipelines.plan import Plan, PlanError, Stage, Stores, make_plan
+from imagefleet.pipelines.pools import PREPROCESS_POOL
 from tests.helpers import sleep_job
 
 STORES = Stores(source=StoreSpec(kind="local"), output=StoreSpec(kind="local"),
@@ -72,7 +72,7 @@ def test_numpy_batches_are_what_ray_data_gives_a_numpy_stage() -> None:
     lists and an all-null column."""
     from ray.data.block import BlockAccessor
 
-    from pipelines.in_process import _as_format
+    from imagefleet.pipelines.in_process import _as_format
 
     table = pa.table({"prompt": ["a", None], "n": pa.array([1, None], pa.int64()), "x": [1.5, 2.0],
                       "tags": [["p", "q"], []], "none": pa.nulls(2), "ok": [True, False]})

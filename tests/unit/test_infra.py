@@ -26,7 +26,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from configs import load_config
+from imagefleet.configs import load_config
 from tests.helpers import REPO
 
 INFRA = REPO / "infra"
@@ -429,7 +429,7 @@ def test_rayservice_serves_an_app_builder_and_config_that_exist() -> None:
 def test_app_builder_returns_a_lazy_serve_application(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from ray.serve import Application
 
-    from jobs.serve import app
+    from imagefleet.jobs.serve import app
 
     for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL"):
         monkeypatch.delenv(key, raising=False)  # serving touches no prompt table or output: no S3 keys needed
@@ -745,7 +745,7 @@ def test_the_image_ships_every_package_the_wheel_has() -> None:
     """`import imagefleet` (the Python API) must work inside the image, not only the CLI's packages."""
     import tomllib
 
-    include = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]
+    folders = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"].values()
     dockerfile = (INFRA / "Dockerfile").read_text()
-    for package in (p.rstrip("*") for p in include):
+    for package in folders:
         assert f"COPY {package} ./{package}" in dockerfile, f"infra/Dockerfile does not copy {package}/"

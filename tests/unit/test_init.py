@@ -8,8 +8,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from configs.loader import load_config
-from jobs import init
+from imagefleet.configs.loader import load_config
+from imagefleet.jobs import init
 
 
 def table(path: Path, columns: dict[str, list[object]]) -> str:

@@ -2,7 +2,7 @@
 
 import pytest
 
-from actors.keys import derive_row_id, derive_seed, image_key, shape_bucket
+from imagefleet.actors.keys import derive_row_id, derive_seed, image_key, shape_bucket
 
 BASE = dict(model="m", revision="main", scheduler="", prompt="a cat", negative_prompt="", seed=1, width=64,
             height=64, num_steps=2, guidance_scale=0.0)
@@ -47,8 +47,8 @@ def test_shape_bucket_groups_equal_shapes() -> None:
 
 
 def test_rows_per_block_fans_out_and_amortizes() -> None:
-    from configs.loader import parse_config
-    from pipelines.plan import rows_per_block
+    from imagefleet.configs.loader import parse_config
+    from imagefleet.pipelines.plan import rows_per_block
     from tests.helpers import tiny_job
 
     cfg = parse_config(tiny_job("p", "m", "out"))  # batch 4, max 2 actors
@@ -60,8 +60,8 @@ def test_rows_per_block_fans_out_and_amortizes() -> None:
 def test_a_generator_takes_a_whole_block_per_call_when_the_block_is_a_few_batches() -> None:
     """Ray Data's per-call costs are paid once per block: the generator stage's calls are block-sized (the actor
     batches them itself), unless a block is one batch, too many batches to hold, or a hosted batch-mode block."""
-    from configs.loader import parse_config
-    from pipelines.plan import call_rows
+    from imagefleet.configs.loader import parse_config
+    from imagefleet.pipelines.plan import call_rows
     from tests.helpers import tiny_job
 
     gen = next(iter(parse_config(tiny_job("p", "m", "out")).generators.values()))  # batch 4
@@ -73,8 +73,8 @@ def test_a_generator_takes_a_whole_block_per_call_when_the_block_is_a_few_batche
 def test_render_settings_change_the_key_only_when_set() -> None:
     """dtype/variant/tiny VAE (and hosted quality) change the pixels, so they are in the key; defaults add
     nothing, so existing outputs keep their keys."""
-    from configs.generator import DiffusersConfig
-    from configs.hosted import OpenAIImagesConfig
+    from imagefleet.configs.generator import DiffusersConfig
+    from imagefleet.configs.hosted import OpenAIImagesConfig
 
     base = dict(model="m", revision="main", scheduler="", prompt="p", negative_prompt="", seed=1, width=8, height=8,
                 num_steps=1, guidance_scale=0.0)

@@ -1,4 +1,6 @@
-"""The four packages come from this repository (PyPI has unrelated `configs`, `actors`, `pipelines`)."""
+"""The package's layout: one installed package `imagefleet`, whose subpackages are the repository's top-level folders
+(PyPI has unrelated `configs`, `actors`, `pipelines`; a user's own `jobs/` must not shadow ours); imports flow one
+way; no circles; small files and functions."""
 
 import ast
 import importlib
@@ -10,16 +12,38 @@ import pytest
 
 from tests.helpers import REPO
 
+PACKAGES = ["configs", "actors", "pipelines", "jobs"]
 
-@pytest.mark.parametrize("name", ["configs", "actors", "pipelines", "jobs", "imagefleet"])
-def test_package_imported_from_repo_root(name: str) -> None:
-    module = importlib.import_module(name)
+
+@pytest.mark.parametrize("name", PACKAGES)
+def test_subpackages_are_the_repository_folders(name: str) -> None:
+    module = importlib.import_module(f"imagefleet.{name}")
     assert Path(module.__file__).resolve().parent == REPO / name
+    assert (REPO / "imagefleet" / name).resolve() == REPO / name  # the symlink the tools read through
+
+
+def test_no_top_level_names_but_imagefleet_are_imported() -> None:
+    """Nothing imports `actors`, `configs`, `jobs` or `pipelines` at the top level: installed, only `imagefleet`
+    exists, so such an import would find a user's own package of that name (or nothing)."""
+    bare = []
+    for source in [s for p in (*PACKAGES, "imagefleet", "tests", "bench") for s in (REPO / p).rglob("*.py")]:
+        if "imagefleet/" in str(source.relative_to(REPO)) and source.parent != REPO / "imagefleet":
+            continue  # imagefleet/<name> are the symlinked folders, read through their own names
+        for node in ast.walk(ast.parse(source.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                [node.module] if isinstance(node, ast.ImportFrom) and node.module and node.level == 0 else [])
+            bare += [f"{source.relative_to(REPO)}: {n}" for n in names if n.split(".")[0] in PACKAGES]
+    assert not bare
 
 
 LAYERS = ["configs", "actors", "pipelines", "jobs", "imagefleet", "bench"]
 """Import direction, lowest first: bench (benchmarks, the shapes world) → imagefleet (the Python API) → jobs →
 pipelines → actors → configs. A module never imports a higher layer."""
+
+
+def _layer(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if parts[0] == "imagefleet" and len(parts) > 1 and parts[1] in PACKAGES else parts[0]
 
 
 def import_graph() -> dict[str, set[str]]:
@@ -28,8 +52,11 @@ def import_graph() -> dict[str, set[str]]:
     modules: dict[str, Path] = {}
     for pkg in LAYERS:
         for source in (REPO / pkg).rglob("*.py"):
-            name = ".".join(source.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__")
-            modules[name] = source
+            parts = source.relative_to(REPO).with_suffix("").parts
+            if pkg == "imagefleet" and len(parts) > 2:
+                continue  # the symlinked subpackages: named below through their own folders
+            prefix = ("imagefleet",) if pkg in PACKAGES else ()
+            modules[".".join((*prefix, *parts)).removesuffix(".__init__")] = source
 
     def resolve(name: str) -> str:
         while name and name not in modules:
@@ -52,7 +79,7 @@ def test_import_direction() -> None:
     """A lower layer never imports a higher one (bench included: nothing imports it)."""
     rank = {pkg: i for i, pkg in enumerate(LAYERS)}
     upward = [f"{a} imports {b}" for a, targets in import_graph().items() for b in targets
-              if rank[b.split(".")[0]] > rank[a.split(".")[0]]]
+              if rank[_layer(b)] > rank[_layer(a)]]
     assert not upward
 
 
@@ -119,7 +146,7 @@ def test_files_and_functions_stay_small() -> None:
 
 def test_driver_imports_stay_light() -> None:
     """Configs, pipelines and the CLI import no torch/diffusers (actors import them lazily)."""
-    code = ("import jobs.generate, pipelines.text_to_image, sys; "
+    code = ("import imagefleet.jobs.generate, imagefleet.pipelines.text_to_image, sys; "
             "print(any(m in sys.modules for m in ('torch','diffusers')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
     assert out.stdout.strip() == "False"
@@ -146,7 +173,7 @@ def test_lint_and_types_are_clean() -> None:
         out = subprocess.run([str(bin_dir / tool), "--version"], capture_output=True, text=True, check=True).stdout
         assert out.split()[1] == pins[tool], f"{tool} {out.strip()} is not the constraints.txt pin {pins[tool]}"
     pyproject = (REPO / "pyproject.toml").read_text()  # tomllib is 3.11+; the package supports 3.10
-    assert 'files = ["configs", "pipelines", "jobs", "actors", "imagefleet"]' in pyproject, "mypy must cover all"
+    assert 'files = ["imagefleet"]' in pyproject, "mypy must cover all (the subpackages through imagefleet/)"
     ruff = subprocess.run([str(bin_dir / "ruff"), "check", "."], cwd=REPO, capture_output=True, text=True)
     assert ruff.returncode == 0, ruff.stdout[-3000:]
     mypy = subprocess.run([str(bin_dir / "mypy")], cwd=REPO, capture_output=True, text=True, timeout=600)

@@ -9,7 +9,7 @@ import re
 import numpy as np
 import pyarrow as pa
 
-from actors import manifest_schema as ms
+from imagefleet.actors import manifest_schema as ms
 from tests.helpers import REPO
 
 
@@ -46,13 +46,13 @@ def test_table_is_well_formed() -> None:
     assert all(pa.types.is_floating(c.type) or pa.types.is_string(c.type) or pa.types.is_integer(c.type)
                for c in ms.COLUMNS if c.carried)
     # the report's stage timings are manifest columns it reads
-    from pipelines.report import COLUMNS, STAGES
+    from imagefleet.pipelines.report import COLUMNS, STAGES
 
     assert set(STAGES) <= set(COLUMNS) == set(ms.REPORT_COLUMNS)
 
 
 def test_pipeline_schema_is_the_table() -> None:
-    from pipelines.schema import MANIFEST
+    from imagefleet.pipelines.schema import MANIFEST
 
     assert MANIFEST.equals(ms.SCHEMA) and MANIFEST.names == list(ms.NAMES)
 
@@ -60,7 +60,7 @@ def test_pipeline_schema_is_the_table() -> None:
 def test_a_cached_rows_prior_keeps_only_recorded_values() -> None:
     """One `prior` column carries what an earlier run recorded (thin rows: not one column per value); values
     that stand for "nothing recorded" (null, NaN, '', 0) are left out, so the row's own value stays."""
-    from actors.prompt_preprocessor import NO_PRIOR
+    from imagefleet.actors.prompt_preprocessor import NO_PRIOR
 
     assert NO_PRIOR == {ms.PRIOR: ""} and ms.prior_values("") == {}
     carried = {"clip_score": 0.25, "draft_score": float("nan"), "route": "", "draft_width": 0, "requests": np.int32(2),

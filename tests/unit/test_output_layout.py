@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from actors import layout
-from actors.keys import image_key
+from imagefleet.actors import layout
+from imagefleet.actors.keys import image_key
 
 KEY = "ab" + "0" * 38
 
@@ -56,15 +56,15 @@ def test_plan_text_names_the_stored_extension() -> None:
     """`--dry-run` prints the path the writer really uses (`.jpg` for jpeg, not the format name)."""
     import pyarrow as pa
 
-    from configs.loader import parse_config
-    from jobs.run_text import plan_text
-    from pipelines.text_to_image import SourceInfo
+    from imagefleet.configs.loader import parse_config
+    from imagefleet.jobs.run_text import plan_text
+    from imagefleet.pipelines.text_to_image import SourceInfo
     from tests.helpers import sleep_job
 
     raw = sleep_job("in.parquet", "out")
     raw["output"]["format"] = "jpeg"
-    from configs.storage import StoreSpec
-    from pipelines.plan import Stores, make_plan
+    from imagefleet.configs.storage import StoreSpec
+    from imagefleet.pipelines.plan import Stores, make_plan
 
     cfg = parse_config(raw)
     source = SourceInfo(files=["in.parquet"], num_rows=1, schema=pa.schema([("prompt", pa.string())]))
@@ -74,8 +74,8 @@ def test_plan_text_names_the_stored_extension() -> None:
 
 def test_hosted_images_stored_as_sent_are_named_in_the_plan() -> None:
     """A hosted API's bytes are kept in its own format: the plan (and serve's hint) say so, not output.format."""
-    from configs.loader import parse_config
-    from jobs.run_text import odd_formats, stored_format
+    from imagefleet.configs.loader import parse_config
+    from imagefleet.jobs.run_text import odd_formats, stored_format
     from tests.helpers import sleep_job
 
     raw = sleep_job("in.parquet", "out")

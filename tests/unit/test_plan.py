@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
-from configs.loader import parse_config
-from configs.storage import StoreSpec
-from pipelines.plan import Plan, PlanError, Stage, Stores, make_plan
-from pipelines.pools import Pool, missing_on_local
+from imagefleet.configs.loader import parse_config
+from imagefleet.configs.storage import StoreSpec
+from imagefleet.pipelines.plan import Plan, PlanError, Stage, Stores, make_plan
+from imagefleet.pipelines.pools import Pool, missing_on_local
 from tests.helpers import sleep_job
 
 STORES = Stores(source=StoreSpec(kind="local"), output=StoreSpec(kind="local"))
@@ -108,7 +108,7 @@ def test_missing_accelerator_is_named_with_the_pool() -> None:
 
 def test_stage_values_carry_only_their_config_slice() -> None:
     """torchtitan's rule: each actor gets its own slice (never the JobConfig)."""
-    from configs.job import JobConfig
+    from imagefleet.configs.job import JobConfig
 
     plan = make_plan(fleet({"mode": "column", "default": "a"}), STORES, ["prompt"], 10)
     for stage in plan.stages:
@@ -122,7 +122,7 @@ def test_pool_autoscaling_can_grow_and_shrinks_at_stage_end() -> None:
     flight per call slot), and `cluster.pools_shrink` decides whether utilization alone shrinks a pool."""
     from ray.data.context import AutoscalingConfig
 
-    from pipelines.pools import autoscaling, map_batches_kwargs
+    from imagefleet.pipelines.pools import autoscaling, map_batches_kwargs
 
     defaults = AutoscalingConfig()
     for concurrency in (1, 8):
@@ -162,8 +162,8 @@ def test_a_stage_its_arguments_cant_build_fails_at_plan_time_with_one_line() -> 
 
 def test_dry_run_refuses_a_stage_its_arguments_cant_build(tmp_path: Any, monkeypatch: pytest.MonkeyPatch,
                                                           capsys: pytest.CaptureFixture[str]) -> None:
-    import pipelines.plan as plan_module
-    from jobs import generate
+    import imagefleet.pipelines.plan as plan_module
+    from imagefleet.jobs import generate
     from tests.helpers import write_prompts
 
     made = plan_module.generator_stage

@@ -14,9 +14,9 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from jobs.progress import Pace, ProgressDisplay, clock, pick_mode
-from pipelines.progress import ProgressBoard, Snapshot, post_written, tally
-from pipelines.schema import MANIFEST
+from imagefleet.jobs.progress import Pace, ProgressDisplay, clock, pick_mode
+from imagefleet.pipelines.progress import ProgressBoard, Snapshot, post_written, tally
+from imagefleet.pipelines.schema import MANIFEST
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -50,9 +50,9 @@ def test_the_writer_posts_each_finished_batch_to_the_board() -> None:
     posted; a board that fails to take it never fails the batch."""
     import numpy as np
 
-    from actors.image_writer import ImageWriter
-    from configs.storage import StoreSpec
-    from configs.writer import ImageWriterConfig
+    from imagefleet.actors.image_writer import ImageWriter
+    from imagefleet.configs.storage import StoreSpec
+    from imagefleet.configs.writer import ImageWriterConfig
 
     class Board:
         def __init__(self, fail: bool = False) -> None:
@@ -176,7 +176,7 @@ def test_run_output_sends_everything_to_the_log_and_keeps_the_terminal(tmp_path:
     code = textwrap.dedent(f"""
         import os, sys
         from pathlib import Path
-        from jobs.progress import run_output
+        from imagefleet.jobs.progress import run_output
         print("before")
         with run_output(Path({str(log)!r}), quiet=True) as terminal:
             print("python stdout")
@@ -198,7 +198,7 @@ def test_run_output_sends_everything_to_the_log_and_keeps_the_terminal(tmp_path:
 
 
 def test_run_output_not_quiet_changes_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from jobs.progress import run_output
+    from imagefleet.jobs.progress import run_output
 
     with run_output(tmp_path / "x.log", quiet=False) as terminal:
         print("shown")
@@ -207,7 +207,7 @@ def test_run_output_not_quiet_changes_nothing(tmp_path: Path, capsys: pytest.Cap
 
 
 def test_run_output_restores_after_an_exception(tmp_path: Path) -> None:
-    from jobs.progress import run_output
+    from imagefleet.jobs.progress import run_output
 
     before = sys.stdout
     with pytest.raises(RuntimeError), run_output(tmp_path / "x.log", quiet=True):
@@ -216,7 +216,7 @@ def test_run_output_restores_after_an_exception(tmp_path: Path) -> None:
 
 
 def test_api_refuses_an_unknown_progress_mode(tmp_path: Path) -> None:
-    from jobs.api import ConfigInvalid, run
+    from imagefleet.jobs.api import ConfigInvalid, run
 
     with pytest.raises(ConfigInvalid, match="progress='fancy'"):
         run(tmp_path / "missing.yaml", progress="fancy")
@@ -226,8 +226,8 @@ def test_the_log_folder_and_file_refuse_planted_symlinks(tmp_path: Path, monkeyp
     """Run ids are guessable: another local user must not be able to point a run's log at a file of theirs."""
     import tempfile
 
-    from actors.storage import StorageError
-    from jobs.runtime import open_log, run_log
+    from imagefleet.actors.storage import StorageError
+    from imagefleet.jobs.runtime import open_log, run_log
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     elsewhere = tmp_path / "elsewhere"
@@ -251,7 +251,7 @@ def test_a_logging_handler_made_during_a_run_writes_to_stderr_after_it(tmp_path:
     the run (a notebook going on to use Ray Data) it must not write to the closed file."""
     import logging
 
-    from jobs.progress import run_output
+    from imagefleet.jobs.progress import run_output
 
     logger = logging.getLogger("imagefleet-test-late-handler")
     with run_output(tmp_path / "run.log", quiet=True):

@@ -5,9 +5,9 @@ from typing import Any
 import pyarrow as pa
 import pytest
 
-from actors.prompt_preprocessor import PromptPreprocessor
-from configs.loader import parse_config
-from pipelines.plan import prep_config
+from imagefleet.actors.prompt_preprocessor import PromptPreprocessor
+from imagefleet.configs.loader import parse_config
+from imagefleet.pipelines.plan import prep_config
 from tests.helpers import tiny_job
 
 
@@ -120,7 +120,7 @@ def test_a_mapped_column_with_a_bad_value_is_an_error_row_naming_the_setting() -
 
 
 def test_column_mapping_is_checked_at_load() -> None:
-    from configs.loader import ConfigError
+    from imagefleet.configs.loader import ConfigError
 
     job = tiny_job("p", "m", "out")
     job["source"]["columns"] = {"steps": "x"}
@@ -138,9 +138,9 @@ def test_source_checks_follow_the_mapping(tmp_path: Any) -> None:
     """The schema check names the data's column and the setting; the image count reads the mapped column."""
     import pyarrow.parquet as pq
 
-    from configs.storage import StoreSpec
-    from pipelines.plan import Stores
-    from pipelines.text_to_image import InputError, inspect_source
+    from imagefleet.configs.storage import StoreSpec
+    from imagefleet.pipelines.plan import Stores
+    from imagefleet.pipelines.text_to_image import InputError, inspect_source
 
     job = tiny_job(tmp_path / "p.parquet", "m", str(tmp_path / "out"))
     job["source"]["columns"] = {"num_images": "copies", "guidance_scale": "cfg"}
@@ -165,9 +165,9 @@ def test_a_bad_row_gives_one_error_row_per_image_it_asked_for() -> None:
 def test_the_driver_count_equals_the_rows_the_preprocessor_makes(tmp_path: Any) -> None:
     import pyarrow.parquet as pq
 
-    from configs.storage import StoreSpec
-    from pipelines.plan import Stores
-    from pipelines.text_to_image import expected_rows, inspect_source
+    from imagefleet.configs.storage import StoreSpec
+    from imagefleet.pipelines.plan import Stores
+    from imagefleet.pipelines.text_to_image import expected_rows, inspect_source
 
     data = {"prompt": [None, "ok", "", "y", "z" * 20_000, "w"], "num_images": [3, 2, 4, None, 2, 99],
             "width": [64, 64, 64, 64, 64, 63]}

@@ -12,12 +12,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from actors.prompt_preprocessor import PromptPreprocessor
-from configs.loader import ConfigError, parse_config
-from configs.source import PromptTemplate
-from configs.storage import StoreSpec
-from pipelines.plan import Stores, prep_config
-from pipelines.text_to_image import InputError, expected_rows, inspect_source
+from imagefleet.actors.prompt_preprocessor import PromptPreprocessor
+from imagefleet.configs.loader import ConfigError, parse_config
+from imagefleet.configs.source import PromptTemplate
+from imagefleet.configs.storage import StoreSpec
+from imagefleet.pipelines.plan import Stores, prep_config
+from imagefleet.pipelines.text_to_image import InputError, expected_rows, inspect_source
 from tests.helpers import tiny_job
 
 TEXT = "a {{ style }} photo of a {{ object }} in {{ scene }}"
@@ -145,7 +145,7 @@ def test_names_jinja_reserves_are_refused_and_odd_column_names_render() -> None:
 
 
 def test_the_preprocessor_batch_shrinks_with_the_expansion() -> None:
-    from pipelines.plan import PREPROCESS_POOL, preprocess_pool
+    from imagefleet.pipelines.plan import PREPROCESS_POOL, preprocess_pool
 
     cfg = job({"text": TEXT, "vars": {"style": list(range(100)), "scene": list(range(100))}})
     assert preprocess_pool(cfg).batch_size == 1  # 10,000 prompts per row: one row per batch

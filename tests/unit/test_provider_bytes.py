@@ -22,18 +22,18 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image, ImageCms
 
-from actors import manifest_schema as ms
-from actors.backend_io import Outcome, Request, sniff_mime
-from actors.escalator import Escalator
-from actors.generation import run_generation
-from actors.image_writer import ImageWriter, image_file
-from actors.keys import image_key
-from actors.layout import MANIFEST_DIR, image_rel, manifest_part
-from actors.local_store import RECORD_XATTR, LocalStore
-from actors.resume_index import load_index
-from actors.shard_writer import ShardWriter
-from configs.storage import StoreSpec
-from configs.writer import ImageWriterConfig, ShardWriterConfig
+from imagefleet.actors import manifest_schema as ms
+from imagefleet.actors.backend_io import Outcome, Request, sniff_mime
+from imagefleet.actors.escalator import Escalator
+from imagefleet.actors.generation import run_generation
+from imagefleet.actors.image_writer import ImageWriter, image_file
+from imagefleet.actors.keys import image_key
+from imagefleet.actors.layout import MANIFEST_DIR, image_rel, manifest_part
+from imagefleet.actors.local_store import RECORD_XATTR, LocalStore
+from imagefleet.actors.resume_index import load_index
+from imagefleet.actors.shard_writer import ShardWriter
+from imagefleet.configs.storage import StoreSpec
+from imagefleet.configs.writer import ImageWriterConfig, ShardWriterConfig
 
 CABX = b"jumb-c2pa-manifest-store-stand-in"
 SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
@@ -195,7 +195,7 @@ def test_undecodable_bytes_are_an_error_row_that_keeps_its_cost() -> None:
 
 
 def test_billing_columns_accumulate_and_reach_the_manifest(tmp_path: Path) -> None:
-    from pipelines.manifest import _to_manifest_rows
+    from imagefleet.pipelines.manifest import _to_manifest_rows
 
     # a cascade row on its second generator already paid for a draft; a refusal and an error still sent requests
     b = pending(3, requests=np.array([2, 0, 0], np.int32), maybe_billed_usd=np.array([0.01, 0.0, 0.0]),
@@ -238,7 +238,7 @@ def test_a_provider_format_image_counts_as_present_on_a_rerun(tmp_path: Path) ->
         os.removexattr(tmp_path / image_rel(key, "png"), RECORD_XATTR)
     assert load_index(store, "webp").get(key) is None and load_index(store, "png").get(key) is not None
     # the cached row the writer reports points at the stored .png
-    from actors.manifest_schema import prior_text
+    from imagefleet.actors.manifest_schema import prior_text
 
     cached = pending(1, status=np.array(["cached"], dtype=object),
                      prior=np.array([prior_text(prior.sha256, prior.bytes, {"mime": "image/png"})], dtype=object),
@@ -268,9 +268,9 @@ def test_shard_members_take_the_stored_format(tmp_path: Path) -> None:
 
 
 def test_cascade_draft_from_a_provider_is_stored_in_its_format(tmp_path: Path) -> None:
-    from configs.prep import GeneratorIdentity
-    from configs.request import GenerationDefaults
-    from configs.routing import CascadeConfig
+    from imagefleet.configs.prep import GeneratorIdentity
+    from imagefleet.configs.request import GenerationDefaults
+    from imagefleet.configs.routing import CascadeConfig
 
     out = generate([Outcome(encoded=provider_webp(), mime="image/webp", requests=1)], pending())
     out.update(clip_score=np.array([0.1]), generator=np.array(["nano"], dtype=object),
@@ -290,7 +290,7 @@ def test_cascade_draft_from_a_provider_is_stored_in_its_format(tmp_path: Path) -
 
 
 def test_serving_answers_with_the_provider_file() -> None:
-    from pipelines.serve_protocol import image_entry
+    from imagefleet.pipelines.serve_protocol import image_entry
 
     data = provider_png()
     kept = image_file(data, "image/png", 0, 0, fmt="jpeg", quality=90, png_compress_level=1, keep_provider_bytes=True)
@@ -304,9 +304,9 @@ def test_serving_answers_with_the_provider_file() -> None:
 
 
 def test_scorer_scores_a_provider_file_like_its_pixels(tmp_path_factory: pytest.TempPathFactory) -> None:
-    from actors.clip_scorer import ClipScorer
-    from configs.scorer import ClipScorerConfig
-    from jobs.tiny_models import build_tiny_clip
+    from imagefleet.actors.clip_scorer import ClipScorer
+    from imagefleet.configs.scorer import ClipScorerConfig
+    from imagefleet.jobs.tiny_models import build_tiny_clip
 
     scorer = ClipScorer(ClipScorerConfig(model=str(build_tiny_clip(tmp_path_factory.mktemp("clip") / "tiny-clip"))))
     pixels = np.asarray(rgba().convert("RGB"))

@@ -8,13 +8,13 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from actors.layout import MANIFEST_INDEX, manifest_part
-from actors.stores import open_store
-from configs.storage import StoreSpec
-from pipelines.manifest import iter_manifest_batches
-from pipelines.prompt_source import PromptTable
-from pipelines.prompt_table import pieces
-from pipelines.schema import MANIFEST
+from imagefleet.actors.layout import MANIFEST_INDEX, manifest_part
+from imagefleet.actors.stores import open_store
+from imagefleet.configs.storage import StoreSpec
+from imagefleet.pipelines.manifest import iter_manifest_batches
+from imagefleet.pipelines.prompt_source import PromptTable
+from imagefleet.pipelines.prompt_table import pieces
+from imagefleet.pipelines.schema import MANIFEST
 
 
 def test_prompt_table_reads_every_row_once_in_order_from_row_group_pieces(tmp_path: Path) -> None:
@@ -65,7 +65,7 @@ def test_manifest_batches_are_typed_and_fill_columns_an_older_part_lacks(tmp_pat
 def test_manifest_parts_bundle_writer_batches_to_a_sixteenth_of_the_run_capped() -> None:
     """Each staged part is one write task, object and commit copy: about 1/16 of the run's rows, never more than
     MAX_PART_ROWS (what a killed run can lose per part in flight), at least 1."""
-    from pipelines.manifest import MAX_PART_ROWS, part_rows
+    from imagefleet.pipelines.manifest import MAX_PART_ROWS, part_rows
 
     assert part_rows(3200) == 200
     assert part_rows(48) == 3  # a small run still stages several parts (the commit chaos test kills between them)

@@ -7,12 +7,12 @@ from typing import Any
 
 import pytest
 
-from actors import GENERATOR_ACTORS, GENERATORS, SCORER_ACTORS, SCORERS
-from configs.generator import GENERATOR_CONFIGS, GeneratorConfig
-from configs.generator_base import GeneratorBase, Needs, backend_name
-from configs.loader import ConfigError, parse_config
-from configs.routing import ROUTING_MODES, RoutingConfig
-from configs.scorer import SCORER_CONFIGS, ScorerConfig
+from imagefleet.actors import GENERATOR_ACTORS, GENERATORS, SCORER_ACTORS, SCORERS
+from imagefleet.configs.generator import GENERATOR_CONFIGS, GeneratorConfig
+from imagefleet.configs.generator_base import GeneratorBase, Needs, backend_name
+from imagefleet.configs.loader import ConfigError, parse_config
+from imagefleet.configs.routing import ROUTING_MODES, RoutingConfig
+from imagefleet.configs.scorer import SCORER_CONFIGS, ScorerConfig
 from tests.helpers import sleep_job
 
 
@@ -47,7 +47,7 @@ def test_routing_union_lists_every_mode() -> None:
 
 
 def test_every_backend_declares_its_run_time_needs() -> None:
-    from configs.hosted import OpenAIImagesConfig
+    from imagefleet.configs.hosted import OpenAIImagesConfig
 
     assert OpenAIImagesConfig().needs().api_key_env == "OPENAI_API_KEY"
     assert OpenAIImagesConfig(batch_mode=True).needs().state_store

@@ -15,14 +15,14 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from actors.generation import run_generation
-from actors.input_reader import InputReader
-from actors.inputs import UNUSABLE
-from configs.loader import MAX_CONFIG_DEPTH, ConfigError, apply_overrides, load_config, parse_config
-from configs.prep import InputReaderConfig
-from configs.source import InputLimits
-from configs.storage import StoreSpec
-from pipelines.text_to_image import InputError, _check_separate
+from imagefleet.actors.generation import run_generation
+from imagefleet.actors.input_reader import InputReader
+from imagefleet.actors.inputs import UNUSABLE
+from imagefleet.configs.loader import MAX_CONFIG_DEPTH, ConfigError, apply_overrides, load_config, parse_config
+from imagefleet.configs.prep import InputReaderConfig
+from imagefleet.configs.source import InputLimits
+from imagefleet.configs.storage import StoreSpec
+from imagefleet.pipelines.text_to_image import InputError, _check_separate
 from tests.helpers import sleep_job, write_config, write_prompts
 
 DEEP = MAX_CONFIG_DEPTH + 1
@@ -30,7 +30,7 @@ DEEP = MAX_CONFIG_DEPTH + 1
 
 def cli_run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, list[str]]:
     """`imagefleet run ARGS`: the exit code and the lines on stderr."""
-    from jobs.cli import main
+    from imagefleet.jobs.cli import main
 
     code = main(["run", *args])
     return code, capsys.readouterr().err.strip().splitlines()
@@ -171,7 +171,7 @@ def test_allowed_roots_admit_other_folders_and_prefixes(tmp_path: Path) -> None:
 
 
 def test_a_table_named_without_a_folder_has_the_working_folder_as_its_own() -> None:
-    from pipelines.plan import input_base
+    from imagefleet.pipelines.plan import input_base
 
     assert input_base("p.parquet") == os.getcwd()  # was the file itself: no input could be under it
     assert input_base("/p.parquet") == "/"
@@ -242,7 +242,7 @@ def test_an_unset_env_config_is_one_line_and_leaves_no_file(tmp_path: Path, monk
     import tempfile
 
     import imagefleet
-    from jobs.api import load
+    from imagefleet.jobs.api import load
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     monkeypatch.delenv("IMAGEFLEET_TEST_NOPE", raising=False)

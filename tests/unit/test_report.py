@@ -12,11 +12,11 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from actors.layout import MANIFEST_DIR, image_rel, manifest_part
-from actors.stores import open_store
-from configs.storage import StoreSpec
-from pipelines.report import write_report
-from pipelines.schema import MANIFEST
+from imagefleet.actors.layout import MANIFEST_DIR, image_rel, manifest_part
+from imagefleet.actors.stores import open_store
+from imagefleet.configs.storage import StoreSpec
+from imagefleet.pipelines.report import write_report
+from imagefleet.pipelines.schema import MANIFEST
 
 
 def manifest_row(i: int, root: Path, **extra: Any) -> dict[str, Any]:
@@ -55,7 +55,7 @@ def test_report_covers_every_row(tmp_path: Path) -> None:
                                    [1.7e9 + i * 0.01 for i in range(5000)]])
 def test_throughput_chart_never_fails_and_shows_completed_images(times: list[float]) -> None:
     """Runs of 2-3 images crashed the report ("Too many bins") after the manifest was committed."""
-    from pipelines.charts import throughput_svg
+    from imagefleet.pipelines.charts import throughput_svg
 
     svg = throughput_svg(times)
     assert "images" in svg and "peak" not in svg
@@ -68,8 +68,8 @@ def test_report_accumulators_are_bounded_and_close() -> None:
     percentiles stay within the bins' 2.6% and the completion curve keeps its count, span and shape."""
     import numpy as np
 
-    from pipelines.charts import throughput_svg
-    from pipelines.report_stats import EXACT, LOG_BINS, MAX_BUCKETS, Sketch, Timeline
+    from imagefleet.pipelines.charts import throughput_svg
+    from imagefleet.pipelines.report_stats import EXACT, LOG_BINS, MAX_BUCKETS, Sketch, Timeline
 
     rng = np.random.default_rng(0)
     values = rng.lognormal(mean=4.0, sigma=1.0, size=300_000)

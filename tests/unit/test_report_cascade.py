@@ -13,13 +13,13 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from actors.layout import MANIFEST_DIR, image_rel, manifest_part
-from actors.manifest_schema import CARRIED
-from actors.stores import open_store
-from configs.storage import StoreSpec
-from pipelines.charts import MAX_BARS, histogram_svg
-from pipelines.report import NUM_PAIRS, STAGES, Tally, write_report
-from pipelines.schema import MANIFEST
+from imagefleet.actors.layout import MANIFEST_DIR, image_rel, manifest_part
+from imagefleet.actors.manifest_schema import CARRIED
+from imagefleet.actors.stores import open_store
+from imagefleet.configs.storage import StoreSpec
+from imagefleet.pipelines.charts import MAX_BARS, histogram_svg
+from imagefleet.pipelines.report import NUM_PAIRS, STAGES, Tally, write_report
+from imagefleet.pipelines.schema import MANIFEST
 
 
 def stored(root: Path, key: str, shade: int) -> str:
@@ -169,10 +169,10 @@ def test_tiny_runs_never_crash(tmp_path: Path, case: str) -> None:
 
 def test_a_rerun_carries_the_stage_timings_the_report_shows() -> None:
     """_to_manifest_rows: an already-present (cached) row keeps the earlier run's timings and timestamp."""
-    from pipelines.manifest import _to_manifest_rows
+    from imagefleet.pipelines.manifest import _to_manifest_rows
 
     assert {"queue_ms", "generate_ms", "encode_ms", "upload_ms", "generated_at"} <= set(CARRIED)
-    from actors.manifest_schema import prior_text
+    from imagefleet.actors.manifest_schema import prior_text
 
     earlier = prior_text("s", 9, {"queue_ms": 7.0, "generate_ms": 900.0, "encode_ms": 11.0, "upload_ms": 13.0,
                                   "generated_at": 2000.0, "clip_score": float("nan"), "draft_width": 0, "route": ""})

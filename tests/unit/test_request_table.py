@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from configs.request import BY_NAME, KEY_SETTINGS, REQUEST, ROW_COLUMNS, GenerationDefaults
+from imagefleet.configs.request import BY_NAME, KEY_SETTINGS, REQUEST, ROW_COLUMNS, GenerationDefaults
 from tests.helpers import REPO
 
 ORIGINAL_KEY_SETTINGS = ("seed", "width", "height", "num_steps", "guidance_scale", "negative_prompt")
@@ -34,7 +34,7 @@ def test_a_later_key_setting_leaves_existing_keys_alone() -> None:
 
 
 def test_settings_rows_carry_are_manifest_columns_of_their_type() -> None:
-    from actors.manifest_schema import SCHEMA
+    from imagefleet.actors.manifest_schema import SCHEMA
 
     arrow = {"int32": pa.int32(), "int64": pa.int64(), "float64": pa.float64(), "text": pa.string()}
     for name in ROW_COLUMNS:
@@ -42,8 +42,8 @@ def test_settings_rows_carry_are_manifest_columns_of_their_type() -> None:
 
 
 def test_the_column_mapping_and_schema_check_follow_the_table() -> None:
-    from configs.source import ColumnNames
-    from pipelines.schema import OPTIONAL_INPUT_COLUMNS
+    from imagefleet.configs.source import ColumnNames
+    from imagefleet.pipelines.schema import OPTIONAL_INPUT_COLUMNS
 
     assert set(ColumnNames().by_field()) == {s.column for s in REQUEST if s.column}
     assert all(s.column in OPTIONAL_INPUT_COLUMNS for s in REQUEST if s.column)
@@ -56,16 +56,16 @@ ADD_STYLE = '''
 
 PROBE = '''
 import numpy as np, pyarrow as pa
-from actors.escalator import Escalator
-from actors.generation import _request
-from actors.backend_io import GENERATOR_INPUT_COLUMNS
-from actors.manifest_schema import SCHEMA
-from actors.prompt_preprocessor import PromptPreprocessor
-from actors.resume_index import RECORD_FIELDS
-from configs.loader import parse_config
-from configs.source import ColumnNames
-from pipelines.plan import prep_config
-from pipelines.serve_protocol import parse_generate_request
+from imagefleet.actors.escalator import Escalator
+from imagefleet.actors.generation import _request
+from imagefleet.actors.backend_io import GENERATOR_INPUT_COLUMNS
+from imagefleet.actors.manifest_schema import SCHEMA
+from imagefleet.actors.prompt_preprocessor import PromptPreprocessor
+from imagefleet.actors.resume_index import RECORD_FIELDS
+from imagefleet.configs.loader import parse_config
+from imagefleet.configs.source import ColumnNames
+from imagefleet.pipelines.plan import prep_config
+from imagefleet.pipelines.serve_protocol import parse_generate_request
 
 job = {"name": "t", "seed": 7, "source": {"uri": "p.parquet", "columns": {"style": "look"}}, "output": {"uri": "o"},
        "generators": {"d": {"backend": "diffusers", "model": "org/d", "defaults": {"width": 64, "height": 64}},
@@ -101,6 +101,10 @@ def test_adding_a_per_row_setting_is_one_table_row(tmp_path: Path) -> None:
     for package in ("configs", "actors", "pipelines"):
         shutil.copytree(REPO / package, tmp_path / package, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(REPO / "tests", tmp_path / "tests", ignore=shutil.ignore_patterns("__pycache__", "*.parquet"))
+    (tmp_path / "imagefleet").mkdir()  # the package, its subpackages the copies (as in the repository: symlinks)
+    shutil.copy(REPO / "imagefleet" / "__init__.py", tmp_path / "imagefleet")
+    for package in ("configs", "actors", "pipelines", "jobs"):
+        (tmp_path / "imagefleet" / package).symlink_to(tmp_path / package if package != "jobs" else REPO / package)
     request = tmp_path / "configs" / "request.py"
     text = request.read_text()
     assert text.count("\n)\n") >= 1
@@ -128,9 +132,9 @@ def test_adding_a_per_row_setting_is_one_table_row(tmp_path: Path) -> None:
 
 def _unchanged_key() -> str:
     """Row `a`'s draft key as this checkout (without `style`) computes it for the same job."""
-    from actors.prompt_preprocessor import PromptPreprocessor
-    from configs.loader import parse_config
-    from pipelines.plan import prep_config
+    from imagefleet.actors.prompt_preprocessor import PromptPreprocessor
+    from imagefleet.configs.loader import parse_config
+    from imagefleet.pipelines.plan import prep_config
 
     job = {"name": "t", "seed": 7, "source": {"uri": "p.parquet"}, "output": {"uri": "o"},
            "generators": {"d": {"backend": "diffusers", "model": "org/d", "defaults": {"width": 64, "height": 64}}}}

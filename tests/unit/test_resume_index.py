@@ -9,11 +9,11 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from actors.layout import MANIFEST_DIR, image_rel, manifest_part
-from actors.resume_index import load_index
-from actors.storage import ObjectStore
-from actors.stores import open_store
-from configs.storage import StoreSpec
+from imagefleet.actors.layout import MANIFEST_DIR, image_rel, manifest_part
+from imagefleet.actors.resume_index import load_index
+from imagefleet.actors.storage import ObjectStore
+from imagefleet.actors.stores import open_store
+from imagefleet.configs.storage import StoreSpec
 
 K = {name: name[0] * 40 for name in ("aaa", "bbb", "ccc", "ddd", "eee")}
 

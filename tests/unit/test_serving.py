@@ -7,10 +7,10 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from configs.generator import PoolConfig
-from configs.serve import ServeConfig
-from pipelines.pools import serve_generator_options
-from pipelines.serve_protocol import RequestProblem, failure_status, parse_generate_request, read_body
+from imagefleet.configs.generator import PoolConfig
+from imagefleet.configs.serve import ServeConfig
+from imagefleet.pipelines.pools import serve_generator_options
+from imagefleet.pipelines.serve_protocol import RequestProblem, failure_status, parse_generate_request, read_body
 
 
 def parse(body: bytes, accept: str = "", default_response: str = "image") -> object:
@@ -87,9 +87,9 @@ def test_values_no_row_can_hold_are_400s_naming_the_field(body: bytes, message: 
 def test_the_largest_accepted_numbers_become_error_rows_not_crashes(field: str, value: float) -> None:
     import pyarrow as pa
 
-    from actors.prompt_preprocessor import PromptPreprocessor
-    from configs.loader import parse_config
-    from pipelines.serving import serve_prep_config
+    from imagefleet.actors.prompt_preprocessor import PromptPreprocessor
+    from imagefleet.configs.loader import parse_config
+    from imagefleet.pipelines.serving import serve_prep_config
     from tests.helpers import tiny_job
 
     body = f'{{"prompt": "a fox", "{field}": {value!r}}}'.encode()

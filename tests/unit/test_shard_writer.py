@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from actors.layout import image_rel, shard_rel
-from actors.manifest_schema import SHARD_FIELDS
-from actors.shard_writer import ShardWriter, shard_of
-from configs.storage import StoreSpec
-from configs.writer import ShardWriterConfig
+from imagefleet.actors.layout import image_rel, shard_rel
+from imagefleet.actors.manifest_schema import SHARD_FIELDS
+from imagefleet.actors.shard_writer import ShardWriter, shard_of
+from imagefleet.configs.storage import StoreSpec
+from imagefleet.configs.writer import ShardWriterConfig
 
 
 def group(root: Path, n: int) -> pa.Table:

@@ -12,10 +12,10 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from configs.loader import parse_config
-from configs.storage import StoreSpec
-from pipelines.in_process import execute
-from pipelines.plan import Plan, Stage, Stores, make_plan
+from imagefleet.configs.loader import parse_config
+from imagefleet.configs.storage import StoreSpec
+from imagefleet.pipelines.in_process import execute
+from imagefleet.pipelines.plan import Plan, Stage, Stores, make_plan
 from tests.helpers import sleep_job
 
 STORES = Stores(source=StoreSpec(kind="local"), output=StoreSpec(kind="local"))
@@ -143,7 +143,7 @@ def test_stages_read_and_write_what_they_declare(tmp_path: Path, mode: str) -> N
 def test_a_cascade_scores_each_image_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The second scorer scores only the heavy images: drafts that stay final keep their score (10 images
     requested, 2 escalated: 12 scored, not 20)."""
-    from actors.clip_scorer import RuleScorer
+    from imagefleet.actors.clip_scorer import RuleScorer
 
     scored: list[str] = []
     rule = RuleScorer._score

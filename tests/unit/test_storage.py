@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from actors.local_store import LocalStore
-from actors.storage import (
+from imagefleet.actors.local_store import LocalStore
+from imagefleet.actors.storage import (
     RECORD_MAX_BYTES,
     ObjectStore,
     StorageError,
@@ -16,8 +16,8 @@ from actors.storage import (
     resolve_store_spec,
     s3_client,
 )
-from actors.stores import open_store
-from configs.storage import S3Config, StoreSpec
+from imagefleet.actors.stores import open_store
+from imagefleet.configs.storage import S3Config, StoreSpec
 
 
 def spec(server: Any, secret: str = "") -> StoreSpec:
@@ -104,7 +104,7 @@ def test_a_profile_reaches_the_store(s3_server: Any, bucket: str, tmp_path: Any,
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from actors.storage import arrow_filesystem
+    from imagefleet.actors.storage import arrow_filesystem
 
     _no_keys(monkeypatch)
     creds = tmp_path / "credentials"
@@ -131,7 +131,7 @@ def test_a_profile_reaches_the_store(s3_server: Any, bucket: str, tmp_path: Any,
 def test_session_token_credentials_are_sent_with_their_keys(s3_server: Any, bucket: str,
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     """Temporary keys (STS, SSO exports) come with AWS_SESSION_TOKEN: it is kept (secret) and signs with them."""
-    from actors.storage import _keys
+    from imagefleet.actors.storage import _keys
 
     _no_keys(monkeypatch)
     env = {"AWS_ACCESS_KEY_ID": s3_server.access_key, "AWS_SECRET_ACCESS_KEY": s3_server.secret_key,
@@ -166,7 +166,7 @@ def test_secret_file(tmp_path: Any) -> None:
 
 
 def test_open_store_picks_the_implementation(tmp_path: Any) -> None:
-    from actors.s3_store import S3Store
+    from imagefleet.actors.s3_store import S3Store
 
     local = StoreSpec(kind="local")
     assert type(open_store(str(tmp_path), local)) is LocalStore

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from configs.loader import apply_overrides, parse_yaml
+from imagefleet.configs.loader import apply_overrides, parse_yaml
 
 
 def test_set_values_are_read_as_yaml_1_2_not_base_60() -> None:
@@ -22,7 +22,7 @@ def test_init_writes_a_private_local_cluster(tmp_path: Path) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from jobs import init
+    from imagefleet.jobs import init
 
     pq.write_table(pa.table({"prompt": ["a cat"]}), tmp_path / "p.parquet")
     assert init.main([str(tmp_path / "p.parquet"), "--output", str(tmp_path / "job.yaml")]) == 0
@@ -31,7 +31,7 @@ def test_init_writes_a_private_local_cluster(tmp_path: Path) -> None:
 
 
 def test_s3_stop_on_a_mistyped_folder_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from jobs.cli import main
+    from imagefleet.jobs.cli import main
 
     typo = tmp_path / "s3-typo"
     assert main(["s3", "stop", "--dir", str(typo)]) == 2
@@ -42,7 +42,7 @@ def test_s3_stop_on_a_mistyped_folder_says_so(tmp_path: Path, capsys: pytest.Cap
 
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:
     import imagefleet
-    from jobs.cli import main
+    from imagefleet.jobs.cli import main
 
     assert main(["--version"]) == 0
     assert capsys.readouterr().out.strip() == f"imagefleet {imagefleet.__version__}"
@@ -50,7 +50,7 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_set_into_a_generator_that_isnt_there_names_the_ones_that_are() -> None:
-    from configs.loader import ConfigError
+    from imagefleet.configs.loader import ConfigError
 
     raw = {"generators": {"main": {"backend": "diffusers", "model": "m"}}}
     with pytest.raises(ConfigError, match="no generator 'mian' in the config \\(it has: main\\)"):
@@ -65,7 +65,7 @@ def test_a_run_leaves_the_process_environment_as_it_found_it(tmp_path: Path, mon
     import os
 
     import imagefleet
-    from jobs.runtime import RAY_ENV
+    from imagefleet.jobs.runtime import RAY_ENV
     from tests.helpers import sleep_job, write_prompts
 
     for key in RAY_ENV:
@@ -83,12 +83,12 @@ def test_a_run_leaves_the_process_environment_as_it_found_it(tmp_path: Path, mon
 def test_dry_run_finds_pools_the_local_ray_could_never_host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A GPU pool on a machine (or cluster.num_gpus) without GPUs, or pools that leave no CPU for Ray Data's own
     tasks: the run would wait forever once Ray started; --dry-run says so in one line, before Ray starts."""
-    import actors.contract
     import imagefleet
+    import imagefleet.actors.contract
     from tests.helpers import sleep_job, write_prompts
 
     # as in a fresh process (the suite's shared Ray may already run in this one: a run would then reuse it)
-    monkeypatch.setattr(actors.contract, "ray_running", lambda: False)
+    monkeypatch.setattr(imagefleet.actors.contract, "ray_running", lambda: False)
 
     write_prompts(tmp_path / "p.parquet", {"prompt": [f"p{i}" for i in range(50)]})
     raw = sleep_job(tmp_path / "p.parquet", str(tmp_path / "out"))

@@ -9,16 +9,16 @@ from typing import Any
 import numpy as np
 import pytest
 
-from actors.clip_scorer import ClipScorer
-from actors.vqa_scorer import VqaScorer
-from configs.loader import ConfigError, parse_config
-from configs.scorer import ClipScorerConfig, VqaScorerConfig
+from imagefleet.actors.clip_scorer import ClipScorer
+from imagefleet.actors.vqa_scorer import VqaScorer
+from imagefleet.configs.loader import ConfigError, parse_config
+from imagefleet.configs.scorer import ClipScorerConfig, VqaScorerConfig
 from tests.helpers import sleep_job
 
 
 @pytest.fixture(scope="module")
 def tiny_vlm(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from jobs.tiny_models import build_tiny_vlm
+    from imagefleet.jobs.tiny_models import build_tiny_vlm
 
     return build_tiny_vlm(tmp_path_factory.mktemp("vlm") / "tiny-llava")
 
@@ -57,8 +57,8 @@ def test_an_undecodable_provider_file_stays_unscored(tiny_vlm: Path) -> None:
 
 def test_a_scorer_model_that_cant_load_is_refused_before_work(tiny_vlm: Path, tmp_path: Path,
                                                               tiny_model: Path) -> None:
-    from actors.storage import StorageError
-    from jobs.preflight import resolve_stores
+    from imagefleet.actors.storage import StorageError
+    from imagefleet.jobs.preflight import resolve_stores
 
     def with_scorer(scorer: dict[str, Any]) -> Any:
         raw = sleep_job("p.parquet", str(tmp_path / "out"), scorer=scorer)
