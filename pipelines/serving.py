@@ -82,16 +82,26 @@ def serve_prep_config(cfg: JobConfig, stores: Stores | None = None) -> PrepConfi
     })
 
 
+PATCHED_RAY = "2.60."
+"""The Ray versions whose Serve replica internals `bind_internal_grpc_to_node_ip` was written against."""
+
+
 def bind_internal_grpc_to_node_ip() -> None:
     """Make this replica's inter-deployment gRPC server listen on the Ray node's address, not every interface.
 
     Ray Serve 2.60 starts that server on `[::]:0` in every replica, with no option to change it
     (`ray/serve/_private/replica.py`, `Replica._on_initialized`). Handles dial it at `node_ip:port`, so the node's
     Ray address keeps it working: 127.0.0.1 for a local serve, the node's cluster IP on a cluster. Ray runs a
-    replica's constructor before it starts the server, so the constructors call this. Pinned to ray 2.60
-    (pyproject); tests/integration/test_serve.py checks that no listening socket is on all interfaces.
+    replica's constructor before it starts the server, so the constructors call this. A private function of Ray:
+    patched only on the Ray versions it was read from (PATCHED_RAY; tests/integration/test_serve.py checks that no
+    listening socket is on all interfaces); on any other version nothing is patched and a warning says so.
     """
     import ray
+
+    if not ray.__version__.startswith(PATCHED_RAY):
+        logger.warning("ray %s: the replicas' internal gRPC port is left as Ray binds it (all interfaces; the "
+                       "narrowing is written for ray %s.x)", ray.__version__, PATCHED_RAY)
+        return
     from ray.serve._private import replica
 
     add_port = getattr(replica, "add_port_to_grpc_server", None)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
@@ -154,3 +155,22 @@ def test_replicas_autoscale_within_the_pool_and_take_its_resources() -> None:
     assert opts["ray_actor_options"] == {"num_cpus": 2, "num_gpus": 1, "accelerator_type": "L4"}
     assert opts["max_ongoing_requests"] >= 8  # a replica must be able to hold a full batch
     assert opts["max_queued_requests"] == 50
+
+
+def test_the_private_serve_patch_runs_only_on_the_ray_it_was_written_for(monkeypatch: pytest.MonkeyPatch,
+                                                                          caplog: pytest.LogCaptureFixture) -> None:
+    """pyproject admits Ray 2.x; the one private Serve detail (the replicas' internal gRPC bind) is patched only on
+    the versions it was read from, and left alone, with a warning, on any other."""
+    import ray
+    from ray.serve._private import replica
+
+    from imagefleet.pipelines import serving
+
+    original = replica.add_port_to_grpc_server
+    monkeypatch.setattr(replica, "add_port_to_grpc_server", original)  # restored after the test either way
+    monkeypatch.setattr(ray, "__version__", "2.61.0")
+    serving.bind_internal_grpc_to_node_ip()
+    assert replica.add_port_to_grpc_server is original
+    assert "left as Ray binds it" in caplog.text
+    pyproject = (Path(serving.__file__).resolve().parents[1] / "pyproject.toml").read_text()
+    assert '"ray[serve,data]>=2.60,<3"' in pyproject and '"diffusers>=0.42,<1"' in pyproject
