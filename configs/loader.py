@@ -66,6 +66,10 @@ class _StrictLoader(yaml.SafeLoader):  # type: ignore[misc]  # PyYAML is untyped
         seen: set[Any] = set()
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, (str, int, float, bool)) and key is not None:
+                line = key_node.start_mark.line + 1
+                raise ConfigError(f"line {line} has a mapping or list where a key belongs — an unquoted `{{{{ … }}}}` "
+                                  f"(a template?) is YAML for a mapping: quote the value, e.g. \"{{{{ name }}}} ...\"")
             if key in seen:
                 line = key_node.start_mark.line + 1
                 raise ConfigError(f"duplicate key {key!r} at line {line}; keep one of them")

@@ -115,7 +115,7 @@ def load(config: str | Path | dict[str, Any] | JobConfig, overrides: Sequence[st
             return parse_config(apply_overrides(dict(config), list(overrides)))
         return runtime.load_config_arg(str(config), list(overrides))
     except ConfigError as exc:
-        raise ConfigInvalid(str(exc)) from None
+        raise ConfigInvalid(str(exc)) from exc
 
 
 @dataclass(frozen=True)
@@ -151,7 +151,7 @@ def _check(cfg: JobConfig) -> _Checked:
             if problem:
                 raise StorageError(problem)
     except (InputError, StorageError, PlanError) as exc:
-        raise InputInvalid(str(exc)) from None
+        raise InputInvalid(str(exc)) from exc
     return _Checked(stores, source, plan, total, executor, run_text.plan_text(cfg, source, plan, executor))
 
 
@@ -194,7 +194,7 @@ def _execute(cfg: JobConfig, checked: _Checked, run_id: str, progress: str, verb
                 objects, run_text.run_record(cfg, summary, checked.source, checked.executor[0])))
             return (summary, record_uri, runtime.report(objects, write_report), shards), "", log, objects
         except StorageError as exc:
-            raise InputInvalid(str(exc)) from None
+            raise InputInvalid(str(exc)) from exc
         except Exception as exc:  # a broken actor ends the run; one line, the rest in the log file
             runtime.record_failure(f"run {run_id}", exc, log)
             return None, f"run {run_id} failed, nothing committed: {failure_line(exc)}", log, objects
@@ -237,7 +237,7 @@ def _run(config: str | Path | dict[str, Any] | JobConfig, overrides: Sequence[st
         try:
             run_id = runtime.run_id_arg(run_id)
         except argparse.ArgumentTypeError as exc:  # the CLI's message, typed like a config mistake
-            raise ConfigInvalid(str(exc)) from None
+            raise ConfigInvalid(str(exc)) from exc
     # 1 everything that can be wrong with the inputs is found here, before any GPU work
     cfg = load(config, [*overrides, *(["output.retry_failed=true"] if retry_failed else [])])
     checked = _check(cfg)

@@ -64,6 +64,17 @@ def report_main(argv: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The `imagefleet` command. Ctrl-C is one line (exit 130), not a traceback: a run's cleanup (its lease, a
+    private Ray) has run by then, and nothing it hadn't committed is current."""
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        print("imagefleet: interrupted (Ctrl-C); run the same command again to resume: images already stored are "
+              "not made again", file=sys.stderr)
+        return 130
+
+
+def _main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=os.environ.get("IMAGEFLEET_LOG", "WARNING"), format="%(levelname)s %(name)s: %(message)s")
     if not argv or argv[0] in ("-h", "--help"):

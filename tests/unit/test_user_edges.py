@@ -100,3 +100,45 @@ def test_dry_run_finds_pools_the_local_ray_could_never_host(tmp_path: Path, monk
     raw["generators"]["sleepy"]["pool"].update(num_gpus=1, num_cpus=1)
     with pytest.raises(imagefleet.InputInvalid, match="leaving less than the 1 CPU"):
         imagefleet.run(raw, dry_run=True, echo=None)
+
+
+def test_an_unquoted_template_in_yaml_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`text: {{ style }}` is YAML for a mapping whose key is a mapping: a 36-line TypeError traceback before."""
+    from imagefleet.jobs.cli import main
+
+    cfg = tmp_path / "t.yaml"
+    cfg.write_text("name: t\nsource:\n  uri: p.parquet\n  template:\n    text: {{ style }}\n"
+                   "generators: {a: {backend: sleep}}\noutput: {uri: out}\n")
+    assert main(["run", str(cfg), "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "line 5" in err[0] and "quote the value" in err[0]
+    assert main(["run", str(cfg), "--dry-run", "--set", "source.template.text={{ x }}"]) == 2
+
+
+def test_ctrl_c_is_one_line(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from imagefleet.jobs import cli, generate
+
+    def interrupted(_argv: list[str]) -> int:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(generate, "main", interrupted)
+    assert cli.main(["run", "job.yaml"]) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "interrupted (Ctrl-C)" in err[0] and "resume" in err[0]
+
+
+def test_api_errors_keep_their_cause(tmp_path: Path) -> None:
+    """The one-line message for people, the underlying error for code (`__cause__`), e.g. the storage error
+    behind an InputInvalid."""
+    import imagefleet
+    from tests.helpers import sleep_job, write_prompts
+
+    write_prompts(tmp_path / "p.parquet", {"prompt": ["a"]})
+    (tmp_path / "file").write_text("not a folder")
+    raw = sleep_job(tmp_path / "p.parquet", str(tmp_path / "file" / "out"))
+    with pytest.raises(imagefleet.InputInvalid) as failed:
+        imagefleet.run(raw, dry_run=True, echo=None)
+    assert failed.value.__cause__ is not None
+    with pytest.raises(imagefleet.ConfigInvalid) as bad:
+        imagefleet.run({**raw, "nope": 1}, dry_run=True, echo=None)
+    assert bad.value.__cause__ is not None
