@@ -123,7 +123,8 @@ class DiffusersConfig(GeneratorBase):
             return Needs(model_uri=self.model, model_s3=self.model_s3, s3_adapters=s3_adapters)
         if self.model.startswith(("/", "./", "../", "~")):  # hub ids look like org/name
             return Needs(model_path=self.model, model_s3=self.model_s3, s3_adapters=s3_adapters)
-        return Needs(model_s3=self.model_s3, s3_adapters=s3_adapters)
+        return Needs(model_s3=self.model_s3, s3_adapters=s3_adapters,
+                     hub_model=(self.model, self.revision, "model_index.json"))
 
 
 def _warmup_size(size: str) -> tuple[int, int]:

@@ -95,6 +95,9 @@ class Needs(StrictModel):
     """Some LoRA adapter is an s3:// object (read through `model_s3`)."""
     model_path: str = ""
     """A local model folder that must exist before the run starts (checked by --dry-run too)."""
+    hub_model: tuple[str, str, str] | None = None
+    """A Hugging Face model the actor loads: (repo id, revision, a file it must have), resolved before the run
+    (cached, or on the hub) by --dry-run too."""
     state_store: bool = False
     """Keeps state next to the outputs (`state_uri`, `state_store` constructor arguments), e.g. batch ids."""
     spend: bool = False

@@ -17,3 +17,63 @@ def test_missing_local_model_fails_the_dry_run(tmp_path: Path, capsys: pytest.Ca
     assert generate.main([str(cfg), "--dry-run"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "local model folder" in err[0] and str(missing) in err[0]
+
+
+def _hub_job(tmp_path: Path, model: str, address: str = "local") -> Path:
+    src = write_prompts(tmp_path / "p.parquet", {"prompt": ["a"]})
+    raw = tiny_job(src, model, str(tmp_path / "out"))
+    raw["cluster"]["address"] = address
+    return write_config(tmp_path / "job.yaml", raw)
+
+
+def _cache(root: Path, repo: str, files: tuple[str, ...] = ("model_index.json",)) -> None:
+    """A Hugging Face cache holding `repo` at main, laid out as huggingface_hub lays it out."""
+    folder = root / f"models--{repo.replace('/', '--')}"
+    (folder / "refs").mkdir(parents=True)
+    (folder / "refs" / "main").write_text("0" * 40)
+    for name in files:
+        (folder / "snapshots" / ("0" * 40)).mkdir(parents=True, exist_ok=True)
+        (folder / "snapshots" / ("0" * 40) / name).write_text("{}")
+
+
+def test_an_uncached_hub_model_fails_the_dry_run_offline(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Offline, this machine's Ray would load `org/sd` from this cache: not there is one line now, not an actor
+    failure a minute after Ray starts. Cached, or on a cluster (its nodes' caches are their own), it passes."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    cfg = _hub_job(tmp_path, "org/sd")
+    assert generate.main([str(cfg), "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "generators.tiny.model: org/sd@main is not in the Hugging Face cache" in err[0]
+    _cache(tmp_path / "hf", "org/sd")
+    assert generate.main([str(cfg), "--dry-run"]) == 0
+    from imagefleet.jobs.model_check import hub_problem
+
+    assert hub_problem("k", "org/elsewhere", "main", "model_index.json", local_cluster=False) == ""
+
+
+def test_a_hub_model_or_revision_that_doesnt_exist_fails_the_dry_run_online(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Online, the hub is asked (here a stand-in for its answers: the suite never leaves the machine)."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    def error(kind: type[Exception]) -> Exception:  # as the hub client raises them (their HTTP response aside)
+        made = kind.__new__(kind)
+        made.args = ("404",)
+        return made
+
+    answers = {"org/typo": error(RepositoryNotFoundError), "org/sd": error(RevisionNotFoundError)}
+
+    def model_info(self: HfApi, repo: str, **kwargs: object) -> object:
+        raise answers.get(repo, ConnectionError("no network"))
+
+    monkeypatch.setattr(HfApi, "model_info", model_info)
+    assert generate.main([str(_hub_job(tmp_path, "org/typo")), "--dry-run"]) == 2
+    assert "no model 'org/typo' on the Hugging Face hub" in capsys.readouterr().err
+    assert generate.main([str(_hub_job(tmp_path / "r", "org/sd")), "--dry-run"]) == 2
+    assert "has no revision 'main'" in capsys.readouterr().err
+    assert generate.main([str(_hub_job(tmp_path / "n", "org/unreachable")), "--dry-run"]) == 0  # can't know: the run
