@@ -66,7 +66,8 @@ def key_of(request: Mapping[str, Any], ident: GeneratorIdentity, adapters: Seque
     Args:
         request: the row's values: `prompt`, every key setting (`configs.request.KEY_SETTINGS`), and what it is made
             from besides the prompt (`task`, `input_sha256`, `mask_sha256`, `strength`; absent = text-to-image).
-        ident: the generator's identity (model, revision, scheduler, render text, adapters' file hashes).
+        ident: the generator's identity (model — a local folder by its content digest —, revision, scheduler,
+            render text, adapters' file hashes).
         adapters: the LoRA adapters (name, weight) applied.
         selection: how the image is chosen among candidates (best-of-N), '' = not chosen.
     """
@@ -76,7 +77,8 @@ def key_of(request: Mapping[str, Any], ident: GeneratorIdentity, adapters: Seque
                            mask_sha256=str(request.get("mask_sha256", "")),
                            strength=float(request["strength"]) if keyed_strength else None,
                            adapters=adapter_key(list(adapters), ident.adapters), selection=selection)
-    return image_key(model=ident.model, revision=ident.revision, scheduler=ident.scheduler, render=ident.render,
+    return image_key(model=ident.content or ident.model, revision=ident.revision, scheduler=ident.scheduler,
+                     render=ident.render,
                      prompt=str(request["prompt"]), conditioning=made_of,
                      **{name: request[name] for name in KEY_SETTINGS})
 

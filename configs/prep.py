@@ -30,7 +30,10 @@ class GeneratorIdentity(StrictModel):
     """What of a generator goes into an image key, plus the defaults its rows inherit."""
 
     model: str
-    """Model id or path."""
+    """Model id or path (as configured: what the manifest's `model` column shows)."""
+    content: str = ""
+    """A local model folder's content digest (`sha256:…` of its files): the image key's model in place of the
+    path, so the same weights anywhere keep their keys and retrained ones get new keys ('' = keyed by `model`)."""
     revision: str
     """Model revision."""
     scheduler: str

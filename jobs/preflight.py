@@ -8,6 +8,7 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
+from imagefleet.actors.model_digest import folder_digest
 from imagefleet.actors.storage import StorageError, resolve_store_spec
 from imagefleet.actors.stores import open_store
 from imagefleet.configs.job import JobConfig
@@ -44,6 +45,7 @@ def resolve_stores(cfg: JobConfig, online: bool = False) -> Stores:
         models=models,
         api_keys=resolve_api_keys(cfg),
         adapters=resolve_adapters(cfg, models),
+        model_ids={name: folder_digest(n.model_path) for name, n in needs.items() if n.model_path},
     )
 
 

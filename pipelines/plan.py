@@ -56,6 +56,8 @@ class Stores:
     api_keys: dict[str, SecretStr] = field(default_factory=dict)  # hosted generators, by generator name
     adapters: dict[str, dict[str, str]] = field(default_factory=dict)
     """LoRA adapters by generator: name → sha256 of its weights file (read once by jobs, part of image keys)."""
+    model_ids: dict[str, str] = field(default_factory=dict)
+    """Generators with a local model folder: name → its content digest (`actors.model_digest`; part of keys)."""
 
 
 class PlanError(ValueError):
@@ -364,7 +366,8 @@ def prep_config(cfg: JobConfig, stores: Stores | None = None) -> PrepConfig:
         budget_usd=cfg.limits.budget_usd,
         default_generator=cfg.default_generator,
         generators={
-            name: GeneratorIdentity(model=g.model, revision=g.revision, scheduler=g.scheduler, defaults=g.defaults,
+            name: GeneratorIdentity(model=g.model, content=stores.model_ids.get(name, "") if stores is not None else "",
+                                    revision=g.revision, scheduler=g.scheduler, defaults=g.defaults,
                                     render=g.render(),
                                     est_usd_per_image=g.estimate_usd(int(cfg.source.reads_inputs()))
                                     * cfg.routing.candidates_per_image(),
