@@ -9,6 +9,8 @@ import json
 import os
 from pathlib import Path
 
+from imagefleet.actors.storage import file_sha256
+
 SKIPPED_SUFFIXES = (".md", ".lock", ".metadata")
 """Files that don't change what a model makes (model cards, download bookkeeping)."""
 
@@ -42,7 +44,7 @@ def folder_digest(folder: str | Path) -> str:
         key = str(path.resolve())
         entry = cache.get(key)
         if not (isinstance(entry, list) and entry[:2] == [stat.st_size, stat.st_mtime_ns]):
-            entry, changed = [stat.st_size, stat.st_mtime_ns, _file_sha256(path)], True
+            entry, changed = [stat.st_size, stat.st_mtime_ns, file_sha256(path)], True
             cache[key] = entry
         outer.update(f"{path.relative_to(root).as_posix()}\0{entry[2]}\n".encode())
     if changed:
@@ -54,11 +56,3 @@ def folder_digest(folder: str | Path) -> str:
         except OSError:
             pass  # a read-only home: computed again next time
     return f"sha256:{outer.hexdigest()}"
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()

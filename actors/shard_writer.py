@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import math
@@ -14,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from imagefleet.actors.layout import shard_rel
 from imagefleet.actors.manifest_schema import SHARD_FIELDS
+from imagefleet.actors.storage import file_sha256
 from imagefleet.actors.stores import open_store
 from imagefleet.configs.writer import ShardWriterConfig
 
@@ -64,7 +64,7 @@ class ShardWriter:
                     _add(tar, f"{row['image_key']}.{ext}", data)
                     _add(tar, f"{row['image_key']}.json", json.dumps(meta, sort_keys=True).encode())
             size = os.path.getsize(tmp)
-            digest = _file_sha256(tmp)
+            digest = file_sha256(tmp)
             path = shard_rel(self.cfg.run_id, shard)
             self.store.put_file(path, tmp, "application/x-tar")
         finally:
@@ -86,11 +86,3 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
-
-
-def _file_sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()

@@ -207,6 +207,15 @@ def arrow_filesystem(uri: str, spec: StoreSpec) -> tuple[pyarrow.fs.FileSystem, 
     return fs, f"{loc.bucket}/{loc.prefix}".rstrip("/")
 
 
+def file_sha256(path: str | Path) -> str:
+    """Hex sha256 of a local file, read in 1 MiB chunks (weights and shards can be GBs)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 RECORD_MAX_BYTES = 1800
 """Longest `record` kept with an object: S3 allows 2 KB of user metadata per object (names and values), and the
 sha256 takes ~70 bytes of it."""

@@ -41,13 +41,13 @@ def test_each_file_is_read_once_per_version(tmp_path: Path, monkeypatch: pytest.
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     folder = _folder(tmp_path / "m")
     reads: list[str] = []
-    real = model_digest._file_sha256
+    real = model_digest.file_sha256
 
     def counting(path: Path) -> str:
         reads.append(path.name)
         return real(path)
 
-    monkeypatch.setattr(model_digest, "_file_sha256", counting)
+    monkeypatch.setattr(model_digest, "file_sha256", counting)
     first = folder_digest(folder)
     assert sorted(reads) == ["diffusion_pytorch_model.safetensors", "model_index.json"]
     assert folder_digest(folder) == first and len(reads) == 2  # cached: nothing read again
