@@ -19,8 +19,8 @@ USAGE = """imagefleet <command> [args]
 commands:
   --version                                print the installed version
   run CONFIG [--set k=v ...] [--dry-run]   run a batch job
-  submit CONFIG --address URL [--wait]     run CONFIG on a Ray cluster (Ray Jobs API)
-  status JOB --address URL | logs JOB --address URL
+  submit CONFIG [--no-wait] [--set k=v]    run CONFIG on a Ray cluster as a Ray job (Ray Jobs API)
+  status|logs [-f]|stop JOB, list          its jobs (each takes --address URL, default: $RAY_ADDRESS)
   serve CONFIG [--set k=v ...]             the config's generators online (Ray Serve HTTP, until Ctrl-C)
   demo                                     tiny offline model + embedded S3 + 80 prompts, end to end
   s3 serve|start|stop|env [--dir D]        embedded SeaweedFS S3 on 127.0.0.1 (auth on)
@@ -90,10 +90,11 @@ def _main(argv: list[str] | None = None) -> int:
         from imagefleet.jobs import generate
 
         return generate.main(rest)
-    if command in ("submit", "status", "logs"):
+    if command in ("submit", "status", "logs", "stop", "list"):
         from imagefleet.jobs import submit
 
-        return {"submit": submit.submit, "status": submit.status, "logs": submit.logs}[command](rest)
+        return {"submit": submit.submit, "status": submit.status, "logs": submit.logs, "stop": submit.stop,
+                "list": submit.list_jobs}[command](rest)
     if command == "serve":
         from imagefleet.jobs import serve
 

@@ -1,4 +1,4 @@
-"""`imagefleet submit/status/logs` against a real `ray start --head` on loopback (token auth as configured
+"""`imagefleet submit/status/logs/list` against a real `ray start --head` on loopback (token auth as configured
 by Ray 2.60), stopped by PID afterwards."""
 
 from __future__ import annotations
@@ -49,19 +49,28 @@ def ray_head(s3_env: Any) -> Iterator[str]:
         stop_ray_head(head, temp)
 
 
-def test_submit_wait_status_logs(tmp_path: Path, s3_env: Any, bucket: str, ray_head: str) -> None:
+def test_submit_waits_then_status_logs_list(tmp_path: Path, s3_env: Any, bucket: str, ray_head: str) -> None:
+    """Submitting waits by default (the log streamed, the job's status as the exit code); the same submission id
+    again is a no-op once the job succeeded; the address may come from RAY_ADDRESS."""
     src = write_prompts(tmp_path / "p.parquet", {"prompt": [f"p{i}" for i in range(12)]})
     cfg = write_config(tmp_path / "job.yaml", sleep_job(src, f"s3://{bucket}/sub"))
+    job_id = f"imagefleet-test-{uuid.uuid4().hex[:8]}"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    run = subprocess.run([*CLI, "submit", str(cfg), "--address", ray_head, "--wait"],
+    env.pop("RAY_API_SERVER_ADDRESS", None)
+    run = subprocess.run([*CLI, "submit", str(cfg), "--address", ray_head, "--submission-id", job_id],
                          cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    assert "12 written" in run.stdout and "SUCCEEDED" in run.stdout
-    job_id = run.stdout.split("submitted ", 1)[1].split()[0]
-    status = subprocess.run([*CLI, "status", job_id, "--address", ray_head],
-                            cwd=REPO, capture_output=True, text=True, env=env)
-    assert status.stdout.strip() == "SUCCEEDED"
-    logs = subprocess.run([*CLI, "logs", job_id, "--address", ray_head],
-                          cwd=REPO, capture_output=True, text=True, env=env)
-    assert "imagefleet run" in logs.stdout
+    assert f"submitted {job_id}" in run.stdout and "12 written" in run.stdout
+    assert f"job {job_id}: SUCCEEDED" in run.stdout
+    env["RAY_ADDRESS"] = ray_head  # no --address from here on
+    again = subprocess.run([*CLI, "submit", str(cfg), "--submission-id", job_id], cwd=REPO, capture_output=True,
+                           text=True, timeout=120, env=env)
+    assert again.returncode == 0 and "already SUCCEEDED" in again.stdout, again.stdout + again.stderr[-2000:]
+    status = subprocess.run([*CLI, "status", job_id], cwd=REPO, capture_output=True, text=True, env=env)
+    assert status.stdout.strip() == "SUCCEEDED", status.stderr[-2000:]
+    logs = subprocess.run([*CLI, "logs", job_id, "--follow"], cwd=REPO, capture_output=True, text=True, env=env,
+                          timeout=120)
+    assert logs.returncode == 0 and "imagefleet run" in logs.stdout and f"job {job_id}: SUCCEEDED" in logs.stdout
+    listed = subprocess.run([*CLI, "list"], cwd=REPO, capture_output=True, text=True, env=env, timeout=120)
+    assert any(line.split()[:2] == [job_id, "SUCCEEDED"] for line in listed.stdout.splitlines()), listed.stdout
     assert len(manifest(s3_env, bucket, "sub")) == 12
