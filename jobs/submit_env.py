@@ -95,6 +95,7 @@ def job_spec(cfg: JobConfig, config: str, overrides: list[str], folder: Path, sh
         else:
             excludes.remove("*.parquet")  # ship the table (the job runs in the uploaded folder)
             overrides.append(f"source.uri={source.relative_to(folder)}")
+    excludes += secret_files_inside(cfg, folder)  # secrets never travel: the nodes read their own
     # the config travels inside the runtime env (it may live anywhere, even in a git-ignored folder)
     entrypoint = " ".join([f"python -m imagefleet.jobs.cli run env:{CONFIG_VAR}",
                            *(f"--set {shlex.quote(o)}" for o in ["cluster.address=auto", *overrides])])
@@ -105,6 +106,20 @@ def job_spec(cfg: JobConfig, config: str, overrides: list[str], folder: Path, sh
     if pip:
         runtime_env["pip"] = list(pip)
     return entrypoint, runtime_env, note
+
+
+def secret_files_inside(cfg: JobConfig, folder: Path) -> list[str]:
+    """The config's secret files (API keys, S3 secrets) that lie in the working folder, as exclude patterns
+    relative to it: they are left out of the upload (cluster nodes get secrets from their own environment)."""
+    named = [g.needs().api_key_file for g in cfg.generators.values()]
+    named += [s.secret_file for s in (cfg.source.s3, cfg.output.s3)]
+    named += [g.needs().model_s3.secret_file for g in cfg.generators.values()]
+    out = []
+    for name in filter(None, named):
+        path = Path(name).expanduser().resolve()
+        if path.is_relative_to(folder):
+            out.append("/" + path.relative_to(folder).as_posix())  # anchored at the working folder (gitignore style)
+    return sorted(set(out))
 
 
 def read_runtime_env(path: str) -> dict[str, Any]:

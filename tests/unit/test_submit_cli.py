@@ -298,3 +298,21 @@ def test_the_working_folder_never_holds_an_installed_environment(tmp_path: Path,
     (tmp_path / "venv").mkdir()  # a folder holding a virtualenv EXCLUDES doesn't leave out
     monkeypatch.setattr(sys, "prefix", str(tmp_path / "venv"))
     assert submit.working_dir_problem(tmp_path).startswith(f"the working folder {tmp_path} holds")
+
+
+def test_secret_files_in_the_working_folder_never_travel(tmp_path: Path) -> None:
+    """A relative `api_key_file` or `s3.secret_file` inside the working folder would have been uploaded with it."""
+    from imagefleet.configs.loader import parse_config
+    from imagefleet.jobs.submit_env import job_spec
+
+    (tmp_path / "keys").mkdir()
+    (tmp_path / "keys" / "openai.txt").write_text("sk-secret")
+    raw = sleep_job("s3://b/p.parquet", "s3://b/o")
+    raw["generators"]["gpt"] = {"backend": "openai", "model": "gpt-image-2",
+                                "api_key_file": str(tmp_path / "keys" / "openai.txt")}
+    raw["routing"] = {"mode": "single", "default": "gpt"}
+    raw["output"]["s3"] = {"secret_file": str(tmp_path / "s3-secret")}
+    cfg = parse_config(raw)
+    (tmp_path / "job.yaml").write_text("name: x\n")
+    _, env, _ = job_spec(cfg, str(tmp_path / "job.yaml"), [], tmp_path, False, [])
+    assert {"/keys/openai.txt", "/s3-secret"} <= set(env["excludes"])
