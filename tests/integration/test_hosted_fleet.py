@@ -302,7 +302,8 @@ def test_edits_on_both_providers_through_a_run_and_resume(
     by = {(r["id"], r["generator"]): r for r in rows}
     assert len(rows) == 6
     for gen in ("oa", "nb"):
-        assert by[("bad", gen)]["status"] == "error" and "nope.png: no such file" in by[("bad", gen)]["error"]
+        bad = by[("bad", gen)]
+        assert bad["status"] == "error" and "nope.png: not found, not allowed or not an image" in bad["error"]
         for rid, names in (("one", ["red"]), ("two", ["red", "blue"])):
             row = by[(rid, gen)]
             assert row["status"] == "ok" and row["task"] == "edit", row

@@ -48,10 +48,12 @@ def test_duplicate_column_names_are_one_line_and_exit_2_before_ray(
     table = pa.Table.from_arrays([pa.array([f"v{i}"]) for i in range(len(names))], names=names)
     pq.write_table(table, tmp_path / "p.parquet")
     config = write_config(tmp_path / "job.yaml", sleep_job(tmp_path / "p.parquet", str(tmp_path / "out")))
+    running = ray.is_initialized()  # the suite's shared Ray may already run in this process
     code, err = cli_run([str(config), *(["--dry-run"] if dry_run else [])], capsys)
     assert code == 2 and len(err) == 1, err
     assert f"column {names[-1]!r} appears 2 times in the data; give each column its own name" in err[0]
-    assert not ray.is_initialized()
+    assert ray.is_initialized() == running  # refused before any Ray was started
+    assert not (tmp_path / "out").exists()
 
 
 def test_a_duplicated_column_the_run_does_not_read_is_left_alone(tmp_path: Path) -> None:
