@@ -164,7 +164,7 @@ def test_chaos_object_store_restart(tmp_path: Path, ray_cluster: None, monkeypat
 
 def test_an_outage_past_the_retry_budget_fails_the_run_and_the_rerun_ends_exact(
         tmp_path: Path, ray_cluster: None, monkeypatch: Any, capsys: Any) -> None:
-    """(issue #30) the store goes away at the generators' 20th image and stays away past `s3.retry_budget_s`: the
+    """(issue #30) the store goes away at the generators' 12th image and stays away past `s3.retry_budget_s`: the
     run exits 1 with one line and commits nothing — paid images are not written off as error rows that a plain
     rerun would carry over; once the store is back, a plain rerun ends exact."""
     from imagefleet.jobs.seaweed import S3Server
@@ -174,11 +174,11 @@ def test_an_outage_past_the_retry_budget_fails_the_run_and_the_rerun_ends_exact(
         server.ensure_bucket("gone")
         for key, value in server.env().items():
             monkeypatch.setenv(key, value)
-        raw = sleep_job(prompts(tmp_path / "p.parquet", 120), "s3://gone/run", latency_s=0.02)
+        raw = sleep_job(prompts(tmp_path / "p.parquet", 48), "s3://gone/run", latency_s=0.02)
         raw["output"]["s3"] = {"retry_budget_s": 1}
         faults = tmp_path / "faults"
         faults.mkdir()
-        raw["generators"]["sleepy"]["faults"] = {"dir": str(faults), "after_images": 20, "action": "pause"}
+        raw["generators"]["sleepy"]["faults"] = {"dir": str(faults), "after_images": 12, "action": "pause"}
         stored: list[int] = []
 
         def go_away() -> None:
@@ -195,7 +195,7 @@ def test_an_outage_past_the_retry_budget_fails_the_run_and_the_rerun_ends_exact(
         server.start()
         assert not objects(server, "gone", "run/manifest/_manifest.json")
         assert generate.main([str(cfg)]) == 0
-        rows = assert_exactly_once(server, "gone", "run", 120)
+        rows = assert_exactly_once(server, "gone", "run", 48)
         assert sum(r["already_present"] for r in rows) == stored[0]  # stored before the outage: not made again
     finally:
         server.stop()
