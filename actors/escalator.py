@@ -61,7 +61,8 @@ class Escalator:
         "seed": "kept: the heavy image uses the draft's seed",
         **{s: "the draft's; the heavy one's unless explicit" for s in HEAVY_SETTINGS},
     }
-    OPTIONAL_COLUMNS = ("task", "input_sha256", "mask_sha256", "mask_uri", "strength", "adapters", "variant")
+    OPTIONAL_COLUMNS = ("task", "input_sha256", "mask_sha256", "mask_uri", "strength", "adapters", "variant",
+                        "model_version")
     """Read when present (image-conditioned rows, adapters): the heavy image's key is made from the same inputs."""
     OUTPUT_COLUMNS = {
         "route": "draft | escalated",
@@ -75,6 +76,7 @@ class Escalator:
         "image_key": "escalated rows get the heavy image's key",
         "generator": "escalated rows move to the heavy generator",
         "model": "escalated rows move to the heavy model",
+        "model_version": "escalated rows: the heavy model's",
         "image": "emptied for escalated rows",
         "image_mime": "emptied for escalated rows",
         "clip_score": "emptied for escalated rows (moved to draft_score; the heavy image is scored anew)",
@@ -106,6 +108,7 @@ class Escalator:
         cols = {c: np.array(batch[c], dtype=object) for c in ("status", "image_key", "generator", "model", "image")}
         # no image_mime column (a caller with pixels only): every image is raw pixels
         cols["image_mime"] = np.array(batch["image_mime"] if "image_mime" in batch else [""] * n, dtype=object)
+        cols["model_version"] = np.array(batch["model_version"] if "model_version" in batch else [""] * n, dtype=object)
         settings = {s: np.array(batch[s], dtype=numpy_dtype(s)) for s in HEAVY_SETTINGS}
         strength = np.array(batch["strength"] if "strength" in batch else [np.nan] * n, dtype=np.float64)
         adapters = np.array(batch["adapters"] if "adapters" in batch else [""] * n, dtype=object)
@@ -135,6 +138,7 @@ class Escalator:
             h = self.heavy
             cols["image_key"][i] = key_of(heavy, h, heavy["adapters"])
             cols["generator"][i], cols["model"][i] = self.heavy_name, f"{h.model}@{h.revision}"
+            cols["model_version"][i] = h.version
             cols["status"][i], cols["image"][i], cols["image_mime"][i] = "pending", b"", ""
             final_scores[i] = np.nan
         # 3 same columns in, plus the cascade's

@@ -60,6 +60,9 @@ _LISTED: tuple[Column, ...] = (
            "the row's columns ('' without a template)", shard=True),
     Column("generator", pa.string(), "name of the generator that made the image", shard=True, report=True),
     Column("model", pa.string(), "model id@revision of that generator", shard=True),
+    Column("model_version", pa.string(), "what the model was when the image was made: the commit a hub revision "
+           "resolved to, or a local folder's content digest ('' = not known: a hosted model, or no cache and no hub)",
+           carried=True, shard=True),
     _setting("seed", shard=True),
     *(_setting(name, shard=True, report=True) for name in SHAPE_SETTINGS),
     Column("task", pa.string(), "text-to-image | image-to-image | inpaint | edit", shard=True, report=True),

@@ -1,5 +1,6 @@
 """Generator configs: the local backends and the one discriminated union over every backend."""
 
+from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -121,8 +122,8 @@ class DiffusersConfig(GeneratorBase):
         s3_adapters = any(a.path.startswith("s3://") for a in self.loras)
         if self.model.startswith("s3://"):
             return Needs(model_uri=self.model, model_s3=self.model_s3, s3_adapters=s3_adapters)
-        if self.model.startswith(("/", "./", "../", "~")):  # hub ids look like org/name
-            return Needs(model_path=self.model, model_s3=self.model_s3, s3_adapters=s3_adapters)
+        if self.model.startswith(("/", "./", "../", "~")) or Path(self.model).expanduser().is_dir():
+            return Needs(model_path=self.model, model_s3=self.model_s3, s3_adapters=s3_adapters)  # hub: org/name
         return Needs(model_s3=self.model_s3, s3_adapters=s3_adapters,
                      hub_model=(self.model, self.revision, "model_index.json"))
 

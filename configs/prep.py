@@ -36,6 +36,8 @@ class GeneratorIdentity(StrictModel):
     path, so the same weights anywhere keep their keys and retrained ones get new keys ('' = keyed by `model`)."""
     revision: str
     """Model revision."""
+    version: str = ""
+    """What the model is right now (the manifest's `model_version`): a hub revision's commit, or `content`."""
     scheduler: str
     """Scheduler override ('' = model default)."""
     defaults: GenerationDefaults

@@ -134,16 +134,12 @@ def _check(cfg: JobConfig) -> _Checked:
     """Stores, source, output access, plan and executor, each checked before any work (InputInvalid: one line)."""
     from imagefleet.actors.contract import ray_running
     from imagefleet.actors.storage import StorageError
-    from imagefleet.jobs.model_check import model_problems
     from imagefleet.pipelines.in_process import IN_PROCESS, choose_executor
     from imagefleet.pipelines.plan import PlanError
     from imagefleet.pipelines.text_to_image import InputError, expected_rows, inspect_source, plan_run
 
     try:
         stores = preflight.resolve_stores(cfg)
-        problems = model_problems(cfg)
-        if problems:
-            raise StorageError(problems[0])
         source = inspect_source(cfg, stores)
         preflight.preflight_output(cfg, stores)
         plan = plan_run(cfg, stores, source)

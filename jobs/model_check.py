@@ -33,40 +33,63 @@ def _is_hub_id(model: str) -> bool:
     return not model.startswith(("/", "./", "../", "~", "s3://")) and "://" not in model and model.count("/") <= 1
 
 
-def hub_problem(key: str, repo: str, revision: str, marker: str, local_cluster: bool) -> str:
-    """Why the model can't be loaded ('' when it can, or when that can't be known from here).
+def hub_status(key: str, repo: str, revision: str, marker: str, local_cluster: bool) -> tuple[str, str]:
+    """(why the model can't be loaded, the commit `revision` is now): ('', commit) when it can, ('', '') when that
+    can't be known from here.
 
-    Cached (the snapshot of `revision` has `marker`): fine. Offline (HF_HUB_OFFLINE): refused when the run's Ray is
-    this machine's (its actors read this cache); a cluster's nodes have caches of their own. Online: the hub is
-    asked (HUB_TIMEOUT_S): no such model or revision is refused; no answer is left to the run, with a warning."""
+    Cached (the snapshot of `revision` has `marker`): fine, at that snapshot's commit. Offline (HF_HUB_OFFLINE):
+    refused when the run's Ray is this machine's (its actors read this cache); a cluster's nodes have caches of
+    their own. Online: the hub is asked (HUB_TIMEOUT_S): no such model or revision is refused; no answer is left
+    to the run, with a warning."""
+    from pathlib import Path
+
     from huggingface_hub import constants, try_to_load_from_cache
 
     cache = os.environ.get("HF_HUB_CACHE") or constants.HF_HUB_CACHE
-    if isinstance(try_to_load_from_cache(repo, marker, cache_dir=cache, revision=revision), str):
-        return ""
+    try:
+        found = try_to_load_from_cache(repo, marker, cache_dir=cache, revision=revision)
+    except ValueError:  # the hub's id rules (HFValidationError)
+        return (f"{key}: {repo!r} is neither a folder here nor a Hugging Face model id (org/name); give an "
+                f"existing folder, a hub id or an s3:// folder"), ""
+    if isinstance(found, str):
+        return "", Path(found).parent.name  # snapshots/<commit>/<marker>
     offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
     if offline:
         if not local_cluster:
-            return ""
+            return "", ""
         return (f"{key}: {repo}@{revision} is not in the Hugging Face cache ({cache}) and HF_HUB_OFFLINE is set: "
-                f"download it first (hf download {repo} --revision {revision}) or unset HF_HUB_OFFLINE")
+                f"download it first (hf download {repo} --revision {revision}) or unset HF_HUB_OFFLINE"), ""
     from huggingface_hub import HfApi
     from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
 
     try:
-        HfApi().model_info(repo, revision=revision, timeout=HUB_TIMEOUT_S)
+        info = HfApi().model_info(repo, revision=revision, timeout=HUB_TIMEOUT_S)
     except RevisionNotFoundError:
-        return f"{key}: {repo} has no revision {revision!r} on the Hugging Face hub; fix the revision"
+        return f"{key}: {repo} has no revision {revision!r} on the Hugging Face hub; fix the revision", ""
     except RepositoryNotFoundError:
         return (f"{key}: no model {repo!r} on the Hugging Face hub (or it is private or gated: set HF_TOKEN); "
-                f"fix the id, or give a local folder or an s3:// folder")
+                f"fix the id, or give a local folder or an s3:// folder"), ""
     except Exception as exc:  # noqa: BLE001 - no network, a proxy, a rate limit: can't know from here
         logger.warning("%s: could not ask the hub about %s (%s); the run will find out", key, repo,
                        type(exc).__name__)
-    return ""
+        return "", ""
+    return "", str(getattr(info, "sha", "") or "")
 
 
-def model_problems(cfg: JobConfig) -> list[str]:
-    """One line per hub model the run would fail to load."""
+def hub_problem(key: str, repo: str, revision: str, marker: str, local_cluster: bool) -> str:
+    """`hub_status`'s problem alone."""
+    return hub_status(key, repo, revision, marker, local_cluster)[0]
+
+
+def check_hub_models(cfg: JobConfig) -> dict[str, str]:
+    """The commit each generator's hub model revision is now (generator name → commit; unknown ones left out).
+    Raises ValueError with one line for the first model the run would fail to load."""
     local = cfg.cluster.address == "local"
-    return [p for p in (hub_problem(*m, local_cluster=local) for m in hub_models(cfg)) if p]
+    commits = {}
+    for key, repo, revision, marker in hub_models(cfg):
+        problem, commit = hub_status(key, repo, revision, marker, local_cluster=local)
+        if problem:
+            raise ValueError(problem)
+        if commit and key.startswith("generators."):
+            commits[key.split(".")[1]] = commit
+    return commits

@@ -13,6 +13,7 @@ from imagefleet.actors.storage import StorageError, resolve_store_spec
 from imagefleet.actors.stores import open_store
 from imagefleet.configs.job import JobConfig
 from imagefleet.configs.storage import StoreSpec
+from imagefleet.jobs.model_check import check_hub_models
 from imagefleet.jobs.runtime import check_temp_dir
 from imagefleet.pipelines.plan import Stores
 from imagefleet.pipelines.pools import Pool, missing_on_local, reserved_cpus, unplaceable
@@ -34,6 +35,7 @@ def resolve_stores(cfg: JobConfig, online: bool = False) -> Stores:
         if n.model_path and not Path(n.model_path).expanduser().is_dir():
             raise StorageError(f"generators.{name}.model: local model folder {n.model_path} does not exist; give a "
                                f"folder with model_index.json, a hub id (org/name) or an s3:// folder")
+    digests = {name: folder_digest(n.model_path) for name, n in needs.items() if n.model_path}
     models = {name: resolve_store_spec(n.model_uri or "s3://adapters", n.model_s3) for name, n in needs.items()
               if n.model_uri or n.s3_adapters}
     unused = StoreSpec(kind="local")
@@ -45,8 +47,18 @@ def resolve_stores(cfg: JobConfig, online: bool = False) -> Stores:
         models=models,
         api_keys=resolve_api_keys(cfg),
         adapters=resolve_adapters(cfg, models),
-        model_ids={name: folder_digest(n.model_path) for name, n in needs.items() if n.model_path},
+        model_ids=digests,
+        model_versions={**hub_commits(cfg), **digests},
     )
+
+
+def hub_commits(cfg: JobConfig) -> dict[str, str]:
+    """Every hub model the run loads, resolved before work (one line for one that won't load): generator name →
+    the commit its revision is now."""
+    try:
+        return check_hub_models(cfg)
+    except ValueError as exc:
+        raise StorageError(str(exc)) from None
 
 
 def input_store(cfg: JobConfig, source: StoreSpec) -> StoreSpec:

@@ -58,6 +58,8 @@ class Stores:
     """LoRA adapters by generator: name → sha256 of its weights file (read once by jobs, part of image keys)."""
     model_ids: dict[str, str] = field(default_factory=dict)
     """Generators with a local model folder: name → its content digest (`actors.model_digest`; part of keys)."""
+    model_versions: dict[str, str] = field(default_factory=dict)
+    """name → what its model is now (a hub commit, a local folder's digest): `model_version`, never in keys."""
 
 
 class PlanError(ValueError):
@@ -367,6 +369,7 @@ def prep_config(cfg: JobConfig, stores: Stores | None = None) -> PrepConfig:
         default_generator=cfg.default_generator,
         generators={
             name: GeneratorIdentity(model=g.model, content=stores.model_ids.get(name, "") if stores is not None else "",
+                                    version=stores.model_versions.get(name, "") if stores is not None else "",
                                     revision=g.revision, scheduler=g.scheduler, defaults=g.defaults,
                                     render=g.render(),
                                     est_usd_per_image=g.estimate_usd(int(cfg.source.reads_inputs()))

@@ -48,6 +48,10 @@ def test_an_uncached_hub_model_fails_the_dry_run_offline(tmp_path: Path, capsys:
     assert len(err) == 1 and "generators.tiny.model: org/sd@main is not in the Hugging Face cache" in err[0]
     _cache(tmp_path / "hf", "org/sd")
     assert generate.main([str(cfg), "--dry-run"]) == 0
+    from imagefleet.configs import load_config
+    from imagefleet.jobs.model_check import check_hub_models
+
+    assert check_hub_models(load_config(cfg)) == {"tiny": "0" * 40}  # the commit `main` is: model_version
     from imagefleet.jobs.model_check import hub_problem
 
     assert hub_problem("k", "org/elsewhere", "main", "model_index.json", local_cluster=False) == ""

@@ -433,6 +433,9 @@ def test_app_builder_returns_a_lazy_serve_application(tmp_path: Path, monkeypatc
 
     for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL"):
         monkeypatch.delenv(key, raising=False)  # serving touches no prompt table or output: no S3 keys needed
+    monkeypatch.chdir(tmp_path)  # the config's model folder (relative to where it runs) must exist: a stand-in
+    (tmp_path / ".imagefleet" / "models" / "tiny-sd").mkdir(parents=True)
+    (tmp_path / ".imagefleet" / "models" / "tiny-sd" / "model_index.json").write_text("{}")
     built = app({"config": str(REPO / "configs" / "local_tiny.yaml"), "set": ["serve.port=8123"]})
     assert isinstance(built, Application)  # nothing started: binding deployments is lazy
     with pytest.raises(ValueError, match="needs args"):

@@ -72,3 +72,8 @@ def test_a_moved_model_folder_makes_nothing_again(tmp_path: Path, tiny_model: Pa
     raw["generators"]["tiny"]["model"] = str(moved)
     again = imagefleet.run(raw, echo=None).summary
     assert again is not None and again.num_already_present == 2 and again.num_written == 0
+    from imagefleet.configs.storage import StoreSpec
+    from imagefleet.pipelines.manifest import read_manifest_columns
+
+    versions = read_manifest_columns(str(tmp_path / "out"), StoreSpec(kind="local"), ["model_version"]).column(0)
+    assert set(versions.to_pylist()) == {folder_digest(tiny_model)}  # what the model was, in the manifest
