@@ -130,8 +130,9 @@ class _Checked:
     plan_text: str
 
 
-def _check(cfg: JobConfig) -> _Checked:
-    """Stores, source, output access, plan and executor, each checked before any work (InputInvalid: one line)."""
+def _check(cfg: JobConfig, dry_run: bool = False) -> _Checked:
+    """Stores, source, output access, plan and executor, each checked before any work (InputInvalid: one line);
+    a dry run also checks the pools against the cluster the run would join (a run does once it has joined)."""
     from imagefleet.actors.contract import ray_running
     from imagefleet.actors.storage import StorageError
     from imagefleet.pipelines.in_process import IN_PROCESS, choose_executor
@@ -150,9 +151,13 @@ def _check(cfg: JobConfig) -> _Checked:
             problem = preflight.local_resource_problem(plan.pools, preflight.planned_local_resources(cfg))
             if problem:
                 raise StorageError(problem)
+        note = ""
+        if dry_run and executor[0] != IN_PROCESS and cfg.cluster.address != "local" and not ray_running():
+            note = preflight.check_joined_cluster(cfg, plan.pools)  # what the run finds once it has joined
     except (InputError, StorageError, PlanError) as exc:
         raise InputInvalid(str(exc)) from exc
-    return _Checked(stores, source, plan, total, executor, run_text.plan_text(cfg, source, plan, executor))
+    text = run_text.plan_text(cfg, source, plan, executor) + (f"\n  note   : {note}" if note else "")
+    return _Checked(stores, source, plan, total, executor, text)
 
 
 Done = tuple["RunSummary", str, str, str]
@@ -175,19 +180,22 @@ def _execute(cfg: JobConfig, checked: _Checked, run_id: str, progress: str, verb
     stores, total = checked.stores, checked.total
     log = runtime.run_log(run_id)
     objects = open_store(cfg.output.uri, stores.output)
-    lease, board = Lease(objects, run_id, cfg.output.lease_ttl_s), None
+    lease, board, watch = Lease(objects, run_id, cfg.output.lease_ttl_s), None, None
     executor = executor_for(checked.executor[0], cfg, stores, checked.source, checked.plan)
     with run_output(log, quiet=not verbose) as terminal:
         try:
             lease.acquire()
             collect_garbage(objects, staging=False)  # parts of a commit that died before its index write
             executor.start()
+            watch = runtime.watch_cluster(cfg)  # a joined cluster that goes away ends the run with one line
             board = executor.board(progress)
             read = (lambda: read_board(board, total)) if board is not None else None
             shown = "lines" if verbose and progress in ("auto", "bar") else progress  # a panel garbled by Ray's
             with ProgressDisplay(read, total, terminal, shown, cfg.limits.budget_usd or 0.0,  # output: lines
                                  "" if verbose else str(log)):
                 summary = executor.commit(objects, lease, total, board)
+            if watch:  # committed: nothing is interrupted from here on
+                watch.stop()
             # after the commit point: what fails here is reported, never a failed run (`runtime.after_commit`)
             shards = runtime.export_webdataset(cfg, objects, summary, run_id)
             record_uri = runtime.after_commit("run.json", lambda: write_run_json(
@@ -196,9 +204,12 @@ def _execute(cfg: JobConfig, checked: _Checked, run_id: str, progress: str, verb
         except StorageError as exc:
             raise InputInvalid(str(exc)) from exc
         except Exception as exc:  # a broken actor ends the run; one line, the rest in the log file
+            lost = watch.stop() if watch else ""  # a lost cluster is the cause, whatever Ray raised meanwhile
             runtime.record_failure(f"run {run_id}", exc, log)
-            return None, f"run {run_id} failed, nothing committed: {failure_line(exc)}", log, objects
+            return None, f"run {run_id} failed, nothing committed: {lost or failure_line(exc)}", log, objects
         finally:  # never raises: the run's outcome is decided
+            if watch:
+                watch.stop()
             lease.release()
             runtime.quietly("stopping the progress board", lambda: stop_board(board))
             runtime.quietly("stopping the executor", executor.stop)
@@ -240,7 +251,7 @@ def _run(config: str | Path | dict[str, Any] | JobConfig, overrides: Sequence[st
             raise ConfigInvalid(str(exc)) from exc
     # 1 everything that can be wrong with the inputs is found here, before any GPU work
     cfg = load(config, [*overrides, *(["output.retry_failed=true"] if retry_failed else [])])
-    checked = _check(cfg)
+    checked = _check(cfg, dry_run)
     say(checked.plan_text)
     if dry_run:
         return RunResult("", cfg.output.uri, None, plan=checked.plan_text, store=checked.stores.output)

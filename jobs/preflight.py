@@ -14,7 +14,7 @@ from imagefleet.actors.stores import open_store
 from imagefleet.configs.job import JobConfig
 from imagefleet.configs.storage import StoreSpec
 from imagefleet.jobs.model_check import check_hub_models
-from imagefleet.jobs.runtime import check_temp_dir
+from imagefleet.jobs.runtime import check_temp_dir, join_cluster, quiet_stderr, reach_cluster
 from imagefleet.pipelines.plan import Stores
 from imagefleet.pipelines.pools import Pool, missing_on_local, reserved_cpus, unplaceable
 
@@ -116,14 +116,25 @@ def preflight_output(cfg: JobConfig, stores: Stores) -> None:
     open_store(cfg.output.uri, stores.output).check_writable()
 
 
+LOCAL_FIXES = {"GPU": "set cluster.num_gpus (fake GPUs on a CPU box) or the pool's num_gpus: 0",
+               "accelerator_type": "remove pool.accelerator_type for a local run, or run on a cluster that has it",
+               "CPU": "raise cluster.num_cpus or lower the pools' num_cpus / max_size"}
+CLUSTER_FIXES = {"GPU": "add GPU nodes to the cluster (or an autoscaler that can) or set the pool's num_gpus: 0",
+                 "accelerator_type": "add nodes of that type to the cluster, or remove pool.accelerator_type",
+                 "CPU": "add nodes to the cluster or lower the pools' num_cpus / max_size"}
+
+
 def check_resources(cfg: JobConfig, pools: dict[str, Pool], spare_cpu: bool = True) -> None:
     """Fail fast where Ray would wait forever: a pool no node can host, or pools that leave no CPU for Ray
-    Data's own read/repartition/write tasks (`spare_cpu`; serving runs none). A local cluster is checked at
-    once; on a real cluster each pool must be placeable within `cluster.startup_timeout_s` (an autoscaler may
-    add nodes meanwhile)."""
+    Data's own read/repartition/write tasks (`spare_cpu`; serving runs none). A local cluster, and a joined one
+    known to have no autoscaler, is checked at once against its nodes; elsewhere (an autoscaler may add nodes)
+    each pool must be placeable within `cluster.startup_timeout_s`."""
     import ray
 
     if cfg.cluster.address not in ("local", ""):
+        problem = cluster_resource_problem(pools, cluster_name(cfg.cluster.address), spare_cpu)
+        if problem and cluster_is_fixed():
+            raise StorageError(problem)
         problem = unplaceable(pools, cfg.cluster.startup_timeout_s)
         if problem:
             raise StorageError(problem)
@@ -133,18 +144,104 @@ def check_resources(cfg: JobConfig, pools: dict[str, Pool], spare_cpu: bool = Tr
         raise StorageError(problem)
 
 
+def check_joined_cluster(cfg: JobConfig, pools: dict[str, Pool], spare_cpu: bool = True) -> str:
+    """--dry-run for a run that joins a cluster: connect briefly and check the pools against its nodes as the run
+    does once started (`check_resources`, without waiting for an autoscaler). A note for the plan ('' = none; a
+    warning where an autoscaler may add the nodes); StorageError in one line when nothing answers at the address
+    or the pools can't run there. `auto` with no cluster on this node is a note: the run joins the one where it
+    runs (a config submitted as a Ray job)."""
+    import logging
+
+    import ray
+
+    address = cfg.cluster.address
+    if address == "auto":
+        try:
+            reach_cluster(address)
+        except StorageError:
+            return ("no Ray cluster runs on this node (cluster.address: auto): pools are checked when the run "
+                    "joins one")
+    with quiet_stderr():
+        join_cluster(address, logging_level=logging.ERROR, log_to_driver=False)
+        try:
+            problem = cluster_resource_problem(pools, cluster_name(address), spare_cpu)
+            fixed = cluster_is_fixed()
+        finally:
+            ray.shutdown()
+    if problem and fixed:
+        raise StorageError(problem)
+    if problem:  # an autoscaler may add such nodes while the run waits for them
+        return (f"warning (the cluster may autoscale: the run waits cluster.startup_timeout_s="
+                f"{cfg.cluster.startup_timeout_s:g}s for such a node): {problem}")
+    return ""
+
+
+def cluster_name(address: str) -> str:
+    """How messages name the joined cluster (`auto`: the address Ray found)."""
+    import ray
+
+    if address == "auto" and ray.is_initialized():
+        return f"the Ray cluster at {ray.get_runtime_context().gcs_address} (cluster.address: auto)"
+    return f"the Ray cluster at {address}"
+
+
+def cluster_resource_problem(pools: dict[str, Pool], where: str, spare_cpu: bool = True) -> str:
+    """Why the connected Ray cluster's live nodes, as they are now, can't run these pools ('' = they can)."""
+    import ray
+
+    nodes = [dict(n["Resources"]) for n in ray.nodes() if n.get("Alive")]
+    return resource_problem(pools, nodes, where, CLUSTER_FIXES, spare_cpu)
+
+
+def cluster_is_fixed() -> bool:
+    """Whether the connected cluster is known to have no autoscaler that could add nodes. Ray's autoscaler v2
+    publishes its node groups (fixed when none may grow, as Ray Data reads them); v1 publishes a status
+    (`ray status`) in which a cluster started without an autoscaling config shows each node as its own read-only
+    type. Nothing published yet (a monitor that has not reported) is not known to be fixed."""
+    import json
+
+    from ray.autoscaler._private.util import format_readonly_node_type
+    from ray.core.generated import autoscaler_pb2
+    from ray.experimental.internal_kv import _internal_kv_get
+
+    # ray._raylet.GCS_AUTOSCALER_CLUSTER_CONFIG_KEY in GCS_AUTOSCALER_STATE_NAMESPACE
+    raw = _internal_kv_get("__autoscaler_cluster_config", namespace="__autoscaler")
+    if raw:
+        groups = autoscaler_pb2.ClusterConfig.FromString(raw).node_group_configs  # type: ignore[attr-defined]
+        return not any(g.max_count == -1 or g.max_count > g.min_count for g in groups
+                       if g.resources and g.max_count != 0)
+    status = _internal_kv_get("__autoscaling_status")  # ray_constants.DEBUG_AUTOSCALING_STATUS
+    report = (json.loads(status).get("autoscaler_report") or {}) if status else {}
+    mapping: dict[str, str] = report.get("node_type_mapping") or {}
+    return bool(mapping) and all(kind == format_readonly_node_type(node) for node, kind in mapping.items())
+
+
 def local_resource_problem(pools: dict[str, Pool], have: dict[str, float], spare_cpu: bool = True) -> str:
     """Why a local Ray with `have` resources can't run these pools ('' = it can)."""
-    problem = missing_on_local(pools, have)
+    return resource_problem(pools, [have], "this local Ray", LOCAL_FIXES, spare_cpu)
+
+
+def resource_problem(pools: dict[str, Pool], nodes: list[dict[str, float]], where: str, fixes: dict[str, str],
+                     spare_cpu: bool = True) -> str:
+    """Why a fixed set of `nodes` (each one's resources) can't run these pools ('' = it can): a pool whose actor
+    no node can host, or pools that at their largest leave under 1 CPU for Ray Data's tasks; `fixes` by what is
+    short (GPU, accelerator_type, CPU) end the message."""
+    total: dict[str, float] = {}
+    for node in nodes:
+        for resource, amount in node.items():
+            total[resource] = total.get(resource, 0.0) + amount
+    problem = missing_on_local(pools, total, where)
+    for name, pool in pools.items():  # enough in all, but one actor's resources must be on one node
+        if not problem and pool.resources() and all(missing_on_local({name: pool}, node, where) for node in nodes):
+            wanted = ", ".join(f"{k}={v:g}" for k, v in pool.resources().items())
+            problem = f"pool {name!r} asks for {wanted} per actor but no single node of {where} has that much"
     if problem:
-        hint = "set cluster.num_gpus (fake GPUs on a CPU box) or the pool's num_gpus: 0" if "GPU" in problem else (
-            "remove pool.accelerator_type for a local run, or run on a cluster that has it")
-        return f"{problem}; {hint}"
-    cpus, reserved = have.get("CPU", 0.0), reserved_cpus(pools)
+        short = next((k for k in ("accelerator_type", "GPU") if k in problem), "CPU")
+        return f"{problem}; {fixes[short]}"
+    cpus, reserved = total.get("CPU", 0.0), reserved_cpus(pools)
     if spare_cpu and cpus - reserved < 1:
-        return (f"the actor pools can reserve {reserved:g} of this local Ray's {cpus:g} CPUs, leaving less than the 1 "
-                f"CPU that read/repartition/write tasks need (the run would stall); raise cluster.num_cpus or lower "
-                f"the pools' num_cpus / max_size")
+        return (f"the actor pools can reserve {reserved:g} of the {cpus:g} CPUs of {where}, leaving less than the 1 "
+                f"CPU that read/repartition/write tasks need (the run would stall); {fixes['CPU']}")
     return ""
 
 

@@ -8,6 +8,7 @@ import logging
 import os
 import re
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -164,7 +165,7 @@ def start_ray(cfg: JobConfig) -> bool:
         return False
     c = cfg.cluster
     if c.address != "local":
-        ray.init(address=c.address, log_to_driver=True)
+        join_cluster(c.address, log_to_driver=True)
         return True
     kwargs: dict[str, Any] = {
         "address": "local",
@@ -185,6 +186,147 @@ def start_ray(cfg: JobConfig) -> bool:
         kwargs["object_store_memory"] = c.object_store_memory_mb * 1024 * 1024
     ray.init(**kwargs)
     return True
+
+
+def cluster_endpoint(address: str) -> tuple[str, int]:
+    """(host, port) a joined cluster answers on: the Ray client server for `ray://`, else its GCS (`auto`: the
+    cluster Ray finds running on this node, RAY_ADDRESS first). StorageError when `auto` finds none."""
+    from ray._private.services import canonicalize_bootstrap_address
+
+    target = address[len("ray://"):] if address.startswith("ray://") else address
+    try:
+        if not address.startswith("ray://"):
+            target = canonicalize_bootstrap_address(address) or ""
+    except ConnectionError:
+        raise StorageError(f"cluster.address {address}: no running Ray cluster found on this node (nor in "
+                           f"RAY_ADDRESS); start one, name it, or use cluster.address: local") from None
+    except ValueError:
+        target = ""
+    if address.startswith("ray://") and ":" not in target:
+        target += ":10001"  # the Ray client server's default port
+    host, _, port = target.rpartition(":")
+    if not host or not port.isdigit():
+        raise StorageError(f"cluster.address {address!r} is not host:port, ray://host:port, auto or local")
+    return host.strip("[]"), int(port)
+
+
+def reach_cluster(address: str, timeout_s: float = 5.0) -> str:
+    """The address to join after checking something answers there within `timeout_s` (ray.init would retry for
+    minutes): StorageError in one line when nothing does."""
+    import socket
+
+    host, port = cluster_endpoint(address)
+    try:
+        socket.create_connection((host, port), timeout=timeout_s).close()
+    except OSError as exc:
+        raise StorageError(f"no Ray cluster answers at {address} ({host}:{port}: "
+                           f"{exc.strerror or f'no answer within {timeout_s:g} s'}); start it, or fix "
+                           f"cluster.address") from None
+    return f"{host}:{port}" if address == "auto" else address
+
+
+def join_cluster(address: str, **init_kwargs: Any) -> None:
+    """`ray.init` on a running cluster; StorageError in one line when nothing answers there (`reach_cluster`) or it
+    can't be joined (a missing auth token, another Ray version): the deepest cause, not Ray's wrapper."""
+    import ray
+
+    target = reach_cluster(address)
+    try:
+        ray.init(address=target, **init_kwargs)
+    except Exception as exc:  # noqa: BLE001 - whatever stops a driver from joining is this one line
+        cause: BaseException = exc
+        while cause.__cause__ is not None:
+            cause = cause.__cause__
+        raise StorageError(f"could not join the Ray cluster at {address}: {failure_line(cause)}") from None
+
+
+@contextlib.contextmanager
+def quiet_stderr() -> Iterator[None]:
+    """File descriptor 2 goes nowhere while the block runs (Ray's C++ retries print a line a second while a
+    connection fails; the failure is said in one line after)."""
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+class ClusterLost(Exception):
+    """Raised in a run's thread when the Ray cluster it joined stops answering (`ClusterWatch.lost` says how)."""
+
+
+class ClusterWatch:
+    """Watches a joined Ray cluster while a run works on it: a daemon thread probes where it answers
+    (`cluster_endpoint`) every second. Ray's own reaction to a lost GCS is to end the driver process after
+    `gcs_rpc_server_reconnect_timeout_s` (60 s) with exit 1 and nothing on stderr; once nothing has answered
+    for half of that (a GCS restarted under fault tolerance may come back), the run's thread gets `ClusterLost`
+    and `lost` says what happened, so the run ends with its one line while the process still can."""
+
+    def __init__(self, address: str, endpoint: tuple[str, int]) -> None:
+        self.address, self.endpoint, self.lost = address, endpoint, ""
+        self._thread_id = threading.get_ident()
+        self._lock, self._done = threading.Lock(), threading.Event()
+        # Ray reads its settings from RAY_<name> variables too: the driver's core worker gives up after this
+        reconnect_s = os.environ.get("RAY_gcs_rpc_server_reconnect_timeout_s", "")  # noqa: SIM112
+        self.grace_s = (float(reconnect_s) if re.fullmatch(r"\d+(\.\d+)?", reconnect_s) else 60.0) / 2
+        threading.Thread(target=self._watch, name="imagefleet-cluster-watch", daemon=True).start()
+
+    def _watch(self) -> None:
+        import ctypes
+        import socket
+
+        since, reason = 0.0, ""
+        while not self._done.wait(1.0):
+            try:
+                socket.create_connection(self.endpoint, timeout=2.0).close()
+                since = 0.0
+                continue
+            except OSError as exc:
+                since, reason = since or time.monotonic(), exc.strerror or "no answer"
+            gone_s = time.monotonic() - since
+            if gone_s < self.grace_s:
+                continue
+            with self._lock:
+                if self._done.is_set():
+                    return
+                where = f"{self.endpoint[0]}:{self.endpoint[1]}"
+                where = where if where == self.address else f"{self.address} ({where})"
+                self.lost = (f"the Ray cluster at {where} went away ({reason} for {gone_s:.0f} s); rerun when "
+                             f"it is back: images already stored are adopted")
+                ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(self._thread_id),
+                                                           ctypes.py_object(ClusterLost))
+                return
+
+    def stop(self) -> str:
+        """Stop watching; what was lost ('' = nothing). Called from the run's thread."""
+        import ctypes
+
+        with self._lock:
+            self._done.set()
+        if self.lost:  # an injected ClusterLost that has not been raised yet must not fire later
+            ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(self._thread_id), None)
+        return self.lost
+
+
+def watch_cluster(cfg: JobConfig) -> ClusterWatch | None:
+    """A `ClusterWatch` on the cluster this run joined (None for a private local one, or when Ray isn't up)."""
+    import ray
+
+    if cfg.cluster.address == "local" or not ray.is_initialized():
+        return None
+    address = cfg.cluster.address
+    try:
+        if address.startswith("ray://"):
+            return ClusterWatch(address, cluster_endpoint(address))
+        host, port = str(ray.get_runtime_context().gcs_address).rsplit(":", 1)
+        return ClusterWatch(address, (host.strip("[]"), int(port)))
+    except Exception as exc:  # noqa: BLE001 - a watch that can't start never fails a run (Ray's own exit remains)
+        logger.warning("not watching the Ray cluster at %s: %s", address, exc)
+        return None
 
 
 def check_temp_dir(temp_dir: str) -> None:

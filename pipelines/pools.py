@@ -134,19 +134,20 @@ def serve_gateway_options() -> dict[str, Any]:
     return {"num_replicas": 1, "ray_actor_options": {"num_cpus": GATEWAY_CPUS}, "max_ongoing_requests": 1000}
 
 
-def missing_on_local(pools: dict[str, Pool], have: dict[str, float]) -> str:
-    """Why one actor of some pool can never be placed on a fixed (local) cluster with `have` resources ('' = fine).
+def missing_on_local(pools: dict[str, Pool], have: dict[str, float], where: str = "this local Ray") -> str:
+    """Why one actor of some pool can never be placed on a fixed cluster (`where`: a local one, or a joined one
+    without an autoscaler) with `have` resources ('' = fine).
 
     Ray waits forever for resources no node has (an `accelerator_type` nobody provides, more GPUs than exist),
-    so a local run checks before starting any pool.
+    so a run checks before starting any pool.
     """
     for name, pool in pools.items():
         for resource, amount in pool.resources().items():
             if have.get(resource, 0.0) < amount:
                 if ":" in resource:
                     return (f"pool {name!r} asks for accelerator_type {resource.split(':', 1)[1]} but no node of "
-                            f"this local Ray has one")
-                return (f"pool {name!r} asks for {amount:g} {resource} per actor but this local Ray has "
+                            f"{where} has one")
+                return (f"pool {name!r} asks for {amount:g} {resource} per actor but {where} has "
                         f"{have.get(resource, 0.0):g}")
     return ""
 
