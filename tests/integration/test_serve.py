@@ -120,8 +120,11 @@ def test_image_bytes_have_the_batch_jobs_key(server: Server) -> None:
     # the same prompt in a batch run (job seed 7, no seed column) gets the same seed and image key
     seed = derive_seed(7, derive_row_id("a red fox"), 0)
     assert int(headers["x-imagefleet-seed"]) == seed
-    assert headers["x-imagefleet-image-key"] == image_key(
-        model=server.model, revision="main", scheduler="", prompt="a red fox", negative_prompt="", seed=seed,
+    from imagefleet.actors.model_digest import folder_digest
+
+    assert headers["x-imagefleet-image-key"] == image_key(  # a local model folder is keyed by its content
+        model=folder_digest(server.model), revision="main", scheduler="", prompt="a red fox", negative_prompt="",
+        seed=seed,
         width=64, height=64, num_steps=2, guidance_scale=0.0, render="dtype=float32")  # the config sets the dtype
     # deterministic: the same request twice gives the same bytes
     assert server.post({"prompt": "a red fox"})[2] == body
@@ -148,8 +151,11 @@ def test_image_to_image_and_lora_requests(server: Server) -> None:
     seed = derive_seed(7, derive_row_id("a bottle on a beach"), 0)
     made_of = conditioning(task="image-to-image", input_sha256=hashlib.sha256(base64.b64decode(red)).hexdigest(),
                            strength=0.5)
+    from imagefleet.actors.model_digest import folder_digest
+
     assert headers["x-imagefleet-image-key"] == image_key(
-        model=server.model, revision="main", scheduler="", prompt="a bottle on a beach", negative_prompt="",
+        model=folder_digest(server.model), revision="main", scheduler="", prompt="a bottle on a beach",
+        negative_prompt="",
         seed=seed, width=64, height=64, num_steps=2, guidance_scale=0.0, render="dtype=float32",
         conditioning=made_of)
     blue = server.post({"prompt": "a bottle on a beach", "images": [b64_png((30, 30, 220))], "strength": 0.5})
