@@ -21,7 +21,7 @@ from imagefleet.actors.resume_index import ResumeIndex, load_index
 from imagefleet.actors.stores import open_store
 from imagefleet.configs.generator_base import STRENGTH_TASKS
 from imagefleet.configs.prep import PrepConfig
-from imagefleet.configs.request import BY_NAME, DEFAULTED_SETTINGS, ROW_COLUMNS, ROW_SET, numpy_dtype
+from imagefleet.configs.request import BY_NAME, DEFAULTED_SETTINGS, MAX_SIDE, ROW_COLUMNS, ROW_SET, numpy_dtype
 from imagefleet.configs.source import variant_size
 
 if TYPE_CHECKING:
@@ -30,7 +30,6 @@ if TYPE_CHECKING:
 Batch = dict[str, np.ndarray]
 Prompt = tuple[Any, Any, dict[str, str]]
 """(prompt text or a marker, row id, template record) of one prompt a row makes."""
-MAX_SIDE = 8192
 
 
 class PromptPreprocessor:

@@ -32,7 +32,7 @@ from imagefleet.actors.layout import (
 from imagefleet.actors.manifest_schema import CARRIED, COLUMNS, iter_parts
 from imagefleet.actors.storage import RECORD_MAX_BYTES, ObjectStore, arrow_filesystem
 from imagefleet.actors.store_errors import is_transient
-from imagefleet.configs.request import BY_NAME, RESUMED_SETTINGS
+from imagefleet.configs.request import BY_NAME, MAX_SIDE, RESUMED_SETTINGS
 
 logger = logging.getLogger(__name__)
 
@@ -103,7 +103,6 @@ _RECORD_TYPES: dict[str, tuple[type, ...]] = {
 
 _INT_BOUNDS = {c.name: (-(2 ** (c.type.bit_width - 1)), 2 ** (c.type.bit_width - 1) - 1)
                for c in COLUMNS if pa.types.is_integer(c.type)}
-RECORD_MAX_SIDE = 8192  # the largest side a request may ask for (actors/prompt_preprocessor.MAX_SIDE)
 RECORD_TEXT_MAX = 1024  # longest text field a record may hold (a prompt is not in it; names, keys, errors are short)
 _POSITIVE = {"width", "height", "draft_width", "draft_height"}
 
@@ -115,7 +114,7 @@ def _in_range(name: str, value: Any) -> bool:
     if isinstance(value, int):
         low, high = _INT_BOUNDS.get(name, (-(2 ** 63), 2 ** 63 - 1))
         if name in _POSITIVE:
-            low, high = 0 if name.startswith("draft_") else 1, RECORD_MAX_SIDE
+            low, high = 0 if name.startswith("draft_") else 1, MAX_SIDE
         return low <= value <= high and (value >= 0 or name == "seed")
     if isinstance(value, float):
         return math.isfinite(value) and (value >= 0 or not name.endswith(("_usd", "_ms", "_s")))

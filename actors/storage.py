@@ -236,10 +236,11 @@ class ObjectStore(abc.ABC):
     def __init__(self, uri: str, spec: StoreSpec) -> None:
         self.location = parse_location(uri)
         self.spec = spec
+        self._arrow: tuple[pyarrow.fs.FileSystem, str] | None = None
 
     def arrow(self) -> tuple[pyarrow.fs.FileSystem, str]:
         """(pyarrow filesystem, root path) for this store's Parquet reads, made once per store."""
-        if getattr(self, "_arrow", None) is None:
+        if self._arrow is None:
             self._arrow = arrow_filesystem(self.location.uri, self.spec)
         return self._arrow
 

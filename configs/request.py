@@ -120,12 +120,16 @@ def numpy_dtype(name: str) -> str:
     return kind if kind not in ("text", "uris") else "object"
 
 
+MAX_SIDE = 8192
+"""The largest width or height any request may ask for (defaults, row columns, variants, adopted records)."""
+
+
 class GenerationDefaults(StrictModel):
     """Per-generator defaults; a row's own columns override them."""
 
-    width: int = Field(default=512, ge=8, le=8192)
+    width: int = Field(default=512, ge=8, le=MAX_SIDE)
     """Image width in pixels (a multiple of the generator's `size_multiple()`: 8 for diffusers, 1 for Gemini)."""
-    height: int = Field(default=512, ge=8, le=8192)
+    height: int = Field(default=512, ge=8, le=MAX_SIDE)
     """Image height in pixels (multiple of 8)."""
     num_steps: int = Field(default=30, ge=1, le=1000)
     """Denoising steps."""

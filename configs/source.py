@@ -7,7 +7,7 @@ from pydantic import Field, create_model, model_validator
 
 from imagefleet.configs.base import StrictModel
 from imagefleet.configs.generator_base import Task
-from imagefleet.configs.request import REQUEST
+from imagefleet.configs.request import MAX_SIDE, REQUEST
 from imagefleet.configs.storage import S3Config
 
 
@@ -178,8 +178,8 @@ def parse_variant(text: str) -> tuple[str, float | tuple[int, int]]:
                 if not 1 / 8 <= w / h <= 8:
                     raise ValueError(f"variant {text!r}: aspect ratios between 1:8 and 8:1 only")
                 return "ratio", w / h
-            if w % 8 or h % 8 or w > 8192 or h > 8192:
-                raise ValueError(f"variant {text!r}: sides must be multiples of 8 up to 8192")
+            if w % 8 or h % 8 or w > MAX_SIDE or h > MAX_SIDE:
+                raise ValueError(f"variant {text!r}: sides must be multiples of 8 up to {MAX_SIDE}")
             return "size", (w, h)
     raise ValueError(f"variant {text!r} is neither an aspect ratio (4:5) nor a size (768x1344)")
 

@@ -76,11 +76,6 @@ def hub_status(key: str, repo: str, revision: str, marker: str, local_cluster: b
     return "", str(getattr(info, "sha", "") or "")
 
 
-def hub_problem(key: str, repo: str, revision: str, marker: str, local_cluster: bool) -> str:
-    """`hub_status`'s problem alone."""
-    return hub_status(key, repo, revision, marker, local_cluster)[0]
-
-
 def check_hub_models(cfg: JobConfig) -> dict[str, str]:
     """The commit each generator's hub model revision is now (generator name → commit; unknown ones left out).
     Raises ValueError with one line for the first model the run would fail to load."""

@@ -110,11 +110,6 @@ def _commit_and_summarize(objects: ObjectStore, lease: Lease, expected_rows: int
                           unread=f"committed, but the manifest could not be read back for this summary: {exc}")
 
 
-def objects_are_files(uri: str) -> bool:
-    """Local outputs need real directories; object stores don't (and get no marker objects)."""
-    return not uri.startswith("s3://")
-
-
 MAX_PART_ROWS = 512
 """Rows per manifest part, at most: what a killed run can lose per part in flight (see `part_rows`). Writer
 output blocks already this big are not bundled at all: bundling them to 1,024 rows cost the driver ~25 MB at
@@ -141,6 +136,7 @@ def _to_manifest_rows(batch: Any, run_id: str) -> Any:
     n = batch.num_rows
     priors = batch.column(PRIOR).to_pylist() if PRIOR in batch.column_names else []
     earlier = [prior_values(text or "") for text in priors]
+    recorded_names = set().union(*earlier)  # the CARRIED columns some cached row of this batch recorded
     columns = []
     for f in MANIFEST:
         if f.name == "run_id":
@@ -149,7 +145,7 @@ def _to_manifest_rows(batch: Any, run_id: str) -> Any:
             column = pa.nulls(n, f.type)
         else:
             column = batch.column(f.name).cast(f.type)
-        if f.name in CARRIED and any(f.name in values for values in earlier):
+        if f.name in CARRIED and f.name in recorded_names:
             recorded = pa.array([values.get(f.name) for values in earlier], f.type)
             column = pc.if_else(pc.is_valid(recorded), recorded, column)
         columns.append(column)

@@ -52,9 +52,9 @@ def test_an_uncached_hub_model_fails_the_dry_run_offline(tmp_path: Path, capsys:
     from imagefleet.jobs.model_check import check_hub_models
 
     assert check_hub_models(load_config(cfg)) == {"tiny": "0" * 40}  # the commit `main` is: model_version
-    from imagefleet.jobs.model_check import hub_problem
+    from imagefleet.jobs.model_check import hub_status
 
-    assert hub_problem("k", "org/elsewhere", "main", "model_index.json", local_cluster=False) == ""
+    assert hub_status("k", "org/elsewhere", "main", "model_index.json", local_cluster=False) == ("", "")
 
 
 def test_a_hub_model_or_revision_that_doesnt_exist_fails_the_dry_run_online(
