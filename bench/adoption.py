@@ -1,6 +1,6 @@
 """What adopting lost rows costs a rerun: the resume index over N stored images whose manifest rows a dead run
-never wrote (one record read, a HEAD, per image the rerun asks for) against the same images named by a manifest
-part (no HEAD). Embedded SeaweedFS on loopback; tiny PNGs written by the real ImageWriter."""
+never wrote (one record read, a HEAD, and a GET for its sha256, per image the rerun asks for) against the same
+images named by a manifest part (neither). Embedded SeaweedFS on loopback; tiny PNGs written by the real ImageWriter."""
 
 from __future__ import annotations
 
