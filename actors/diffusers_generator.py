@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import inspect
 import logging
+import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,7 +24,6 @@ from imagefleet.actors.backend_io import (
 from imagefleet.actors.generation import Batch, BatchLimits, run_generation
 from imagefleet.actors.inputs import InputFiles
 from imagefleet.actors.keys import shape_bucket
-from imagefleet.actors.stores import open_store
 from imagefleet.configs.generator import DiffusersConfig
 from imagefleet.configs.storage import StoreSpec
 
@@ -261,23 +261,26 @@ def _decode(data: bytes, mode: str, width: int, height: int) -> Any:
 
 
 def _local_model_path(cfg: DiffusersConfig, store_spec: StoreSpec) -> str:
-    """Hub ids and local folders as-is; s3:// folders copied once into the node's cache."""
+    """Hub ids and local folders as-is; s3:// folders copied once into the node's cache, in a folder named by the
+    listing's names, sizes and ETags (weights replaced on S3 are fetched again, never served stale)."""
     if not cfg.model.startswith("s3://"):
         return cfg.model
-    target = Path(cfg.local_cache_dir, hashlib.sha256(f"{cfg.model}@{cfg.revision}".encode()).hexdigest()[:16])
+    from imagefleet.actors.s3_store import S3Store
+
+    store = S3Store(cfg.model, store_spec)
+    listing = sorted(store.listing(""))
+    if not listing:
+        raise FileNotFoundError(f"no model files under {cfg.model}")
+    version = hashlib.sha256(repr((cfg.model, listing)).encode()).hexdigest()[:16]
+    target = Path(cfg.local_cache_dir, version)
     done = target / ".imagefleet-complete"
     if done.exists():
         return str(target)
-    store = open_store(cfg.model, store_spec)
-    staging = target.with_name(target.name + f".partial-{id(store)}")
-    count = 0
-    for rel, _ in store.list(""):
+    staging = target.with_name(f"{target.name}.partial-{os.getpid()}-{id(store)}")
+    for rel, _, _ in listing:
         dest = staging / rel
         dest.parent.mkdir(parents=True, exist_ok=True)
         dest.write_bytes(store.get(rel))
-        count += 1
-    if count == 0:
-        raise FileNotFoundError(f"no model files under {cfg.model}")
     with contextlib.suppress(OSError):  # another actor on this node finished first
         staging.rename(target)
     done.touch()

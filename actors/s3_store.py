@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
@@ -87,6 +88,17 @@ class S3Store(ObjectStore):
             f"get {rel}",
         )
 
+    def stored_sha256(self, rel: str) -> str:
+        """Streamed in 8 MiB chunks: a model's weights file can be larger than memory."""
+        def digest() -> str:
+            body = self.client.get_object(Bucket=self.location.bucket, Key=self._key(rel))["Body"]
+            hasher = hashlib.sha256()
+            for chunk in body.iter_chunks(8 << 20):
+                hasher.update(chunk)
+            return hasher.hexdigest()
+
+        return self._s3(digest, f"get {rel}")
+
     def record_of(self, rel: str) -> tuple[str, str]:
         meta = self._s3(lambda: self.client.head_object(Bucket=self.location.bucket, Key=self._key(rel)),
                         f"head {rel}").get("Metadata", {})
@@ -120,11 +132,17 @@ class S3Store(ObjectStore):
         return self._s3(head, f"head {rel}")
 
     def list(self, rel_prefix: str) -> Iterator[tuple[str, int]]:
+        for rel, size, _ in self.listing(rel_prefix):
+            yield rel, size
+
+    def listing(self, rel_prefix: str) -> Iterator[tuple[str, int, str]]:
+        """(relative name, size, ETag) of every object under `rel_prefix`: the ETag changes whenever the object is
+        written again, so (name, size, ETag) tells a cached digest of an object's bytes still holds."""
         strip = len(self.location.prefix) + 1 if self.location.prefix else 0
         for page in self._pages(self._key(rel_prefix)):
             for obj in page.get("Contents", []):
                 if not obj["Key"].endswith("/"):  # directory markers some writers leave behind
-                    yield obj["Key"][strip:], int(obj["Size"])
+                    yield obj["Key"][strip:], int(obj["Size"]), str(obj.get("ETag", "")).strip('"')
 
     def _pages(self, prefix: str) -> Iterator[dict[str, Any]]:
         """LIST pages under a key prefix, each page's request within the retry budget (a listing of a large

@@ -8,8 +8,9 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
-from imagefleet.actors.model_digest import folder_digest
+from imagefleet.actors.model_digest import folder_digest, store_folder_digest
 from imagefleet.actors.storage import StorageError, resolve_store_spec
+from imagefleet.actors.store_errors import explain_s3_error
 from imagefleet.actors.stores import open_store
 from imagefleet.configs.job import JobConfig
 from imagefleet.configs.storage import StoreSpec
@@ -35,9 +36,10 @@ def resolve_stores(cfg: JobConfig, online: bool = False) -> Stores:
         if n.model_path and not Path(n.model_path).expanduser().is_dir():
             raise StorageError(f"generators.{name}.model: local model folder {n.model_path} does not exist; give a "
                                f"folder with model_index.json, a hub id (org/name) or an s3:// folder")
-    digests = {name: folder_digest(n.model_path) for name, n in needs.items() if n.model_path}
     models = {name: resolve_store_spec(n.model_uri or "s3://adapters", n.model_s3) for name, n in needs.items()
               if n.model_uri or n.s3_adapters}
+    digests = {name: folder_digest(n.model_path) for name, n in needs.items() if n.model_path}
+    digests |= {name: s3_model_digest(name, n.model_uri, models[name]) for name, n in needs.items() if n.model_uri}
     unused = StoreSpec(kind="local")
     source = unused if online else resolve_store_spec(cfg.source.uri, cfg.source.s3)
     return Stores(
@@ -50,6 +52,20 @@ def resolve_stores(cfg: JobConfig, online: bool = False) -> Stores:
         model_ids=digests,
         model_versions={**hub_commits(cfg), **digests},
     )
+
+
+def s3_model_digest(name: str, uri: str, spec: StoreSpec) -> str:
+    """An `s3://` model folder's content digest (its files read once, then cached by ETag); one line when the
+    folder is empty or can't be read."""
+    from imagefleet.actors.s3_store import S3Store
+
+    try:
+        return store_folder_digest(S3Store(uri, spec))
+    except FileNotFoundError:
+        raise StorageError(f"generators.{name}.model: no model files under {uri}; give the folder that holds "
+                           f"model_index.json") from None
+    except Exception as exc:  # botocore's errors: named in one line, kept as the cause
+        raise StorageError(f"generators.{name}.model: {explain_s3_error(exc, uri)}") from exc
 
 
 def hub_commits(cfg: JobConfig) -> dict[str, str]:
