@@ -187,7 +187,8 @@ def _execute(cfg: JobConfig, checked: _Checked, run_id: str, progress: str, verb
             lease.acquire()
             collect_garbage(objects, staging=False)  # parts of a commit that died before its index write
             executor.start()
-            watch = runtime.watch_cluster(cfg)  # a joined cluster that goes away ends the run with one line
+            watch = runtime.watch_cluster(cfg)  # a joined cluster that goes away ends the run with one line,
+            executor.check()  # while it waits for the pools' nodes too
             board = executor.board(progress)
             read = (lambda: read_board(board, total)) if board is not None else None
             shown = "lines" if verbose and progress in ("auto", "bar") else progress  # a panel garbled by Ray's

@@ -17,10 +17,14 @@ if TYPE_CHECKING:
 
 
 class Executor(Protocol):
-    """Runs one plan: `start` before the first row (and before the progress board), `commit` to stream every row
-    through the stages into the manifest commit, `stop` always (after a failure too)."""
+    """Runs one plan: `start` before the first row (and before the progress board) joins or starts where the
+    stages run, `check` then waits until the pools can be placed (a lost cluster is watched for from between the
+    two), `commit` streams every row through the stages into the manifest commit, `stop` always (after a failure
+    too)."""
 
     def start(self) -> None: ...
+
+    def check(self) -> None: ...
 
     def board(self, progress: str) -> Any: ...
 
@@ -41,6 +45,9 @@ class InProcess(_Run):
     """The stages run here, one copy each (a job of one generator batch gains nothing from pools)."""
 
     def start(self) -> None:
+        return None
+
+    def check(self) -> None:
         return None
 
     def board(self, progress: str) -> Any:
@@ -65,10 +72,13 @@ class OnRay(_Run):
     started = False
 
     def start(self) -> None:
-        from imagefleet.jobs.preflight import check_resources
         from imagefleet.jobs.runtime import start_ray
 
         self.started = start_ray(self.cfg)
+
+    def check(self) -> None:
+        from imagefleet.jobs.preflight import check_resources
+
         check_resources(self.cfg, self.plan.pools)
 
     def board(self, progress: str) -> Any:

@@ -184,3 +184,30 @@ def test_the_watch_interrupts_the_run_once_its_cluster_stops_answering(monkeypat
     quiet = ClusterWatch("auto", ("127.0.0.1", port))
     assert quiet.stop() == ""  # stopped first: nothing is ever raised
     time.sleep(2.5)
+
+
+def test_a_cluster_lost_while_the_pools_wait_for_nodes_is_one_line(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The watch covers the wait for the pools' nodes (`check`, up to cluster.startup_timeout_s on an autoscaling
+    cluster), not only the stages: it starts as soon as the cluster is joined. (Before: it started after the wait,
+    so a head lost during it ended the run after Ray's reconnect timeout with nothing said.)"""
+    import imagefleet
+    from imagefleet.jobs import executors, runtime
+
+    order: list[str] = []
+
+    class LostWatch:
+        def stop(self) -> str:
+            return "the Ray cluster at 127.0.0.1:1 went away (Connection refused for 30 s); rerun when it is back"
+
+    def check(self: object) -> None:
+        order.append("check")
+        raise RuntimeError("GCS unreachable")  # what Ray raised meanwhile
+
+    monkeypatch.setattr(executors.OnRay, "start", lambda self: order.append("start"))
+    monkeypatch.setattr(executors.OnRay, "check", check)
+    monkeypatch.setattr(runtime, "watch_cluster", lambda cfg: order.append("watch") or LostWatch())
+    raw = sleep_job(write_prompts(tmp_path / "p.parquet", {"prompt": ["a", "b"]}), str(tmp_path / "out"))
+    with pytest.raises(imagefleet.RunFailed, match="went away") as failed:
+        imagefleet.run(raw, echo=None)
+    assert order == ["start", "watch", "check"] and "GCS unreachable" not in str(failed.value)
