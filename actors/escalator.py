@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import bisect
 import math
 from typing import Any
 
@@ -20,17 +19,26 @@ Batch = dict[str, np.ndarray]
 DRAFT_SETTINGS = {f"draft_{s}": np.dtype(numpy_dtype(s)) for s in SHAPE_SETTINGS}
 
 
-def escalation_share(cfg: CascadeConfig, heavy_usd: float, num_drafts: int) -> tuple[float | None, int | None]:
-    """(share of drafts to escalate, cap on escalations) of a relative policy; (None, None) for a threshold.
+def escalation_count(cfg: CascadeConfig, heavy_usd: float, num_scored: int) -> int | None:
+    """How many of `num_scored` scored drafts a relative policy escalates; None for an absolute threshold.
 
-    escalate_fraction f: share f, cap ceil(f x drafts). escalate_budget_usd B: cap floor(B / heavy price), share
-    cap / drafts (all of them when the budget buys that many)."""
+    escalate_fraction f: ceil(f x drafts). escalate_budget_usd B: floor(B / heavy price) (all of them when the
+    budget buys that many). `max_escalations` caps either."""
     if cfg.escalate_fraction is not None:
-        return cfg.escalate_fraction, math.ceil(cfg.escalate_fraction * num_drafts) if num_drafts else None
-    if cfg.escalate_budget_usd is not None:
-        cap = math.floor(cfg.escalate_budget_usd / heavy_usd + 1e-9) if heavy_usd > 0 else num_drafts
-        return (min(1.0, cap / num_drafts) if num_drafts else 1.0), cap
-    return None, None
+        count = math.ceil(cfg.escalate_fraction * num_scored - 1e-9)
+    elif cfg.escalate_budget_usd is not None:
+        count = math.floor(cfg.escalate_budget_usd / heavy_usd + 1e-9) if heavy_usd > 0 else num_scored
+    else:
+        return None
+    count = min(count, num_scored)
+    return min(count, cfg.max_escalations) if cfg.max_escalations else count
+
+
+Cutoff = tuple[float, str]
+"""(score, image key) of the last draft a relative policy escalates: drafts at or below it, in (score, key) order,
+are the run's worst."""
+NOTHING: Cutoff = (-math.inf, "")
+"""A cutoff no scored draft is at or below."""
 
 
 class Escalator:
@@ -41,11 +49,15 @@ class Escalator:
     512 px. Its key is computed from those settings. The draft's pixels, score, generator and settings move to
     `draft_*` columns (pixels kept if `keep_draft`). A single actor makes `max_escalations` an exact cap.
 
+    A relative policy (`escalate_fraction`, `escalate_budget_usd`) is decided over the whole run: the stage's
+    `RUN_COLUMNS` of every row are read first (every earlier stage finishes; the pipeline holds the drafts), and
+    `over_run` turns them into the `cutoff` this actor escalates at or below. An absolute threshold streams.
+
     Args:
         cfg: the cascade settings.
         heavy_name: the escalate generator's name.
         heavy: identity of the escalate generator (for its defaults and image keys).
-        num_drafts: images the run drafts (the driver's count), for relative policies.
+        cutoff: a relative policy's cut (`over_run`, from every scored draft); unused by a threshold.
     """
 
     INPUT_COLUMNS = {
@@ -85,14 +97,37 @@ class Escalator:
         **{s: "the heavy generator's default unless explicit" for s in HEAVY_SETTINGS},
     }
 
-    def __init__(self, cfg: CascadeConfig, heavy_name: str, heavy: GeneratorIdentity, num_drafts: int = 0) -> None:
+    RUN_COLUMNS = ("status", "clip_score", "image_key")
+    """What a relative policy reads of every row before the first call (`over_run`)."""
+
+    def __init__(self, cfg: CascadeConfig, heavy_name: str, heavy: GeneratorIdentity,
+                 cutoff: Cutoff | None = None) -> None:
         self.cfg = cfg
         self.heavy_name = heavy_name
         self.heavy = heavy
         self.escalated = 0
-        # a relative policy: the worst `share` of the run's drafts, at most `cap` of them
-        self.share, self.cap = escalation_share(cfg, heavy.est_usd_per_image, num_drafts)
-        self.seen: list[float] = []  # draft scores so far, sorted (the running quantile)
+        self.relative = cfg.threshold is None
+        if self.relative and cutoff is None:
+            raise ValueError("a relative escalation policy is decided over the whole run: build the escalator "
+                             "with the cutoff Escalator.over_run computes from every row's score")
+        self.cutoff = cutoff or NOTHING
+
+    @staticmethod
+    def decides_over_run(cfg: CascadeConfig) -> bool:
+        """Whether the stage needs every row's RUN_COLUMNS before its first call (a relative policy)."""
+        return cfg.threshold is None
+
+    @classmethod
+    def over_run(cls, view: Any, cfg: CascadeConfig, heavy: GeneratorIdentity, **_: Any) -> dict[str, Any]:
+        """The constructor's `cutoff` from RUN_COLUMNS of every row (`view`: an Arrow table or numpy columns):
+        the scored, generated drafts ranked by (score, image key); the policy's count of the lowest escalate."""
+        status = np.asarray(view["status"], dtype=object)
+        scores = np.asarray(view["clip_score"], dtype=np.float64)
+        keys = np.asarray(view["image_key"], dtype=object)
+        ranked = sorted((float(scores[i]), str(keys[i])) for i in range(len(status))
+                        if status[i] == "generated" and scores[i] == scores[i])
+        count = escalation_count(cfg, heavy.est_usd_per_image, len(ranked)) or 0
+        return {"cutoff": ranked[count - 1] if count else NOTHING}
 
     def __call__(self, batch: Batch) -> Batch:
         # 1 outputs default to "stays a draft"
@@ -116,12 +151,10 @@ class Escalator:
         final_scores = scores.copy()
         # 2 low scorers (within the cap) move to the heavy generator with its settings
         for i in range(n):
-            if cols["status"][i] != "generated" or not self._low(float(scores[i])):
+            if cols["status"][i] != "generated" or not self._low(float(scores[i]), str(cols["image_key"][i])):
                 continue
             if self.cfg.max_escalations and self.escalated >= self.cfg.max_escalations:
                 continue  # budget cap: the draft stays final
-            if self.cap is not None and self.escalated >= self.cap:
-                continue  # the relative policy's share is used up
             heavy = self._heavy_settings(batch, i)
             if heavy is None:
                 continue  # the heavy generator can't render this row's explicit size: the draft stays final
@@ -147,16 +180,14 @@ class Escalator:
                    draft_image_key=draft_key, draft_score=draft_score, draft_generator=draft_gen)
         return out
 
-    def _low(self, score: float) -> bool:
+    def _low(self, score: float, key: str) -> bool:
         """Whether a draft scored low enough to escalate: below the absolute threshold, or (relative policies) at or
-        below the running `share` quantile of the drafts scored so far, this one included."""
-        if self.share is None:
-            return score < float(self.cfg.threshold)  # type: ignore[arg-type]  # the config sets one policy
+        below the run's cutoff."""
         if score != score:  # NaN: unscored
             return False
-        bisect.insort(self.seen, score)
-        rank = max(0, math.ceil(self.share * len(self.seen)) - 1)
-        return score <= self.seen[rank]
+        if not self.relative:
+            return score < float(self.cfg.threshold)  # type: ignore[arg-type]  # the config sets one policy
+        return (score, key) <= self.cutoff
 
     def _heavy_settings(self, batch: Batch, i: int) -> dict[str, Any] | None:
         """Row i as the heavy generator renders it (None when its explicit size exceeds the heavy's max_pixels, or

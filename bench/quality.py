@@ -111,21 +111,18 @@ def auc_within(scores: list[float], labels: list[bool], groups: list[str]) -> fl
 
 
 def cascade_choice(scores: list[float], fraction: float, heavy_usd: float) -> list[bool]:
-    """Which drafts imagefleet's Escalator escalates under `escalate_fraction`, in stream order."""
+    """Which drafts imagefleet's Escalator escalates under `escalate_fraction`: its public run-wide decision
+    (`Escalator.over_run`: the worst share of the run's scored drafts, ties broken by key) applied to every row."""
     from imagefleet.actors.escalator import Escalator
     from imagefleet.configs.prep import GeneratorIdentity
     from imagefleet.configs.routing import CascadeConfig
 
     cfg = CascadeConfig(draft="draft", escalate="heavy", escalate_fraction=fraction)
-    esc = Escalator(cfg, "heavy", GeneratorIdentity(model="heavy", revision="main", scheduler="",
-                                                     defaults={}, est_usd_per_image=heavy_usd),
-                    num_drafts=len(scores))
-    chosen = []
-    for s in scores:
-        up = esc._low(s) and (esc.cap is None or esc.escalated < esc.cap)
-        esc.escalated += up
-        chosen.append(up)
-    return chosen
+    heavy = GeneratorIdentity(model="heavy", revision="main", scheduler="", defaults={}, est_usd_per_image=heavy_usd)
+    keys = [f"{i:012d}" for i in range(len(scores))]
+    view = {"status": ["generated"] * len(scores), "clip_score": scores, "image_key": keys}
+    cutoff = Escalator.over_run(view, cfg, heavy)["cutoff"]
+    return [(s, k) <= cutoff for s, k in zip(scores, keys, strict=True)]
 
 
 def vqa_agreement(model: str, prompts: list[str], images: list[np.ndarray], passed: list[bool],

@@ -59,12 +59,12 @@ class CascadeConfig(StrictModel):
     """Absolute: drafts scoring below this are escalated (in the scorer's units: CLIP 0..100, VQA 0..1). Set exactly
     one of threshold, escalate_fraction, escalate_budget_usd."""
     escalate_fraction: float | None = Field(default=None, gt=0, le=1)
-    """Relative: escalate the worst this share of the run's drafts (0.2 = the lowest-scoring 20%). The threshold
-    is the running quantile of the drafts scored so far (early drafts are judged against fewer scores), and the
-    share is a hard cap: at most ceil(fraction x images) escalations."""
+    """Relative: escalate the worst this share of the run's scored drafts (0.2 = the lowest-scoring 20%,
+    ceil(0.2 x scored drafts), ties broken by image key). Decided over the whole run: the escalate stage waits
+    until every draft is scored (Ray holds the drafts meanwhile, spilling to disk); an absolute threshold streams."""
     escalate_budget_usd: float | None = Field(default=None, gt=0)
     """From a budget: spend at most this on heavy images — as many escalations as it buys at the heavy
-    generator's estimated price, given to the worst drafts like `escalate_fraction`."""
+    generator's estimated price, given to the run's worst drafts like `escalate_fraction`."""
     max_escalations: int = Field(default=0, ge=0)
     """Budget cap: at most this many escalations per run (0 = no cap)."""
     keep_draft: bool = True

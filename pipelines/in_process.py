@@ -24,7 +24,7 @@ from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from imagefleet.actors.manifest_schema import PRIOR
-from imagefleet.pipelines.plan import Plan, PlanError, Stage
+from imagefleet.pipelines.plan import Plan, PlanError, Stage, decide_over_run
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -115,6 +115,9 @@ def execute(plan: Plan, blocks: Iterable[Any], board: Any = None) -> Iterator[pa
     try:
         batches: Iterable[Any] = blocks
         for stage in plan.stages:
+            if stage.run_columns:  # decided over the whole run: its actor is made once every row got here
+                batches = _decided(plan, stage, board, batches, actors)
+                continue
             try:
                 actors.append(stage.actor(**constructor_kwargs(plan, stage, board)))
             except Exception as exc:
@@ -127,6 +130,21 @@ def execute(plan: Plan, blocks: Iterable[Any], board: Any = None) -> Iterator[pa
             close = getattr(actor, "close", None)
             if close is not None:
                 close()
+
+
+def _decided(plan: Plan, stage: Stage, board: Any, batches: Iterable[Any], actors: list[Any]) -> Iterator[Any]:
+    """A stage decided over the whole run: every batch of the earlier stages first (held here), then its actor,
+    built with what `over_run` made of `run_columns` of every row, over them."""
+    from imagefleet.pipelines.text_to_image import constructor_kwargs
+
+    held = [_as_format(b, "numpy", stage.name) for b in batches]
+    view = {c: [v for b in held for v in b[c]] for c in stage.run_columns}
+    try:
+        decided = decide_over_run(stage, view)
+        actors.append(stage.actor(**constructor_kwargs(plan, stage, board), **decided))
+    except Exception as exc:
+        raise StageFailed.of(stage, "to start", exc) from exc
+    yield from _calls(stage, actors[-1], held)
 
 
 def _calls(stage: Stage, actor: Any, batches: Iterable[Any]) -> Iterator[Any]:

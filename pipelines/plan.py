@@ -67,6 +67,15 @@ class PlanError(ValueError):
     build)."""
 
 
+def decide_over_run(stage: Stage, view: Any) -> dict[str, Any]:
+    """A stage with `run_columns`: what its actor's `over_run(view, **kwargs)` makes of those columns of every row
+    (`view`: an Arrow table or a dict of columns), added to its constructor arguments."""
+    decide = getattr(stage.actor, "over_run", None)
+    if decide is None:
+        raise PlanError(f"stage {stage.name!r} ({stage.actor.__name__}) reads the whole run but has no over_run")
+    return dict(decide(view, **stage.kwargs))
+
+
 def declared_stage(name: str, actor: type[StageActor], kwargs: dict[str, Any], pool: Pool, **more: Any) -> Stage:
     """A stage whose columns are its actor's declarations: `INPUT_COLUMNS` read, `OUTPUT_COLUMNS` written,
     `OPTIONAL_COLUMNS` read when present (`more` overrides any of them, or sets the other `Stage` fields)."""
@@ -125,6 +134,9 @@ class Stage:
     call and batches it itself (`run_generation`), so Ray Data's per-call costs — converting the batch, assembling
     the output block from one piece per call, serializing it — are paid once per block instead of once per GPU
     batch."""
+    run_columns: tuple[str, ...] = ()
+    """A decision over the whole run (a cascade's relative policy): every earlier stage finishes first, and these
+    columns of every row go to the actor's `over_run`, whose result joins its constructor arguments."""
 
 
 @dataclass(frozen=True)
@@ -181,6 +193,7 @@ class Plan:
             gpus = f", {p.num_gpus:g} GPU" if p.num_gpus else ""
             accel = f" ({p.accelerator_type})" if p.accelerator_type else ""
             calls = f" ({s.call_rows} rows a call)" if s.call_rows else ""
+            calls += ", after every earlier row (decides over the run)" if s.run_columns else ""
             lines.append(f"  {s.name:<20} {s.actor.__name__:<22} actors {size}{gpus}{accel}, "
                          f"{p.num_cpus:g} CPU, batch {p.batch_size}{calls}")
         return lines
@@ -201,8 +214,7 @@ def prompt_columns(cfg: JobConfig) -> tuple[str, ...]:
     return columns + (tuple(INPUT_OUTPUT_COLUMNS) if cfg.source.reads_inputs() else ())
 
 
-def make_plan(cfg: JobConfig, stores: Stores, source_columns: list[str], num_rows: int,
-              num_images: int = 0) -> Plan:
+def make_plan(cfg: JobConfig, stores: Stores, source_columns: list[str], num_rows: int) -> Plan:
     """The stages of one run, in order (checked with `Plan.check` by the caller).
 
     Args:
@@ -210,7 +222,6 @@ def make_plan(cfg: JobConfig, stores: Stores, source_columns: list[str], num_row
         stores: resolved store connections and API keys.
         source_columns: the prompt-table columns that exist (and are read).
         num_rows: rows in the prompt table (sizes the blocks fed to the generator pools).
-        num_images: images the rows ask for (a cascade's relative escalation policies; 0 = num_rows).
     """
     stages: list[Stage] = []
     # 0 input images: read, check and hash each row's files once, in a CPU pool (the key needs their hashes)
@@ -227,7 +238,7 @@ def make_plan(cfg: JobConfig, stores: Stores, source_columns: list[str], num_row
     # 2 the routing mode's topology; the first pool gets blocks of a few GPU batches so every actor has work
     block_rows = first_block_rows = rows_per_block(cfg, num_rows)
     for step in cfg.routing.steps(list(cfg.generators), cfg.scorer is not None):
-        stage = _step_stage(cfg, stores, step, num_images or num_rows)
+        stage = _step_stage(cfg, stores, step)
         if step.kind == "generate":
             stage = replace(stage, call_rows=call_rows(cfg.generators[step.generator], first_block_rows))
             if block_rows:
@@ -250,7 +261,7 @@ def _pools_by_stage(stages: list[Stage]) -> dict[str, Pool]:
     return pools
 
 
-def _step_stage(cfg: JobConfig, stores: Stores, step: Step, num_images: int = 0) -> Stage:
+def _step_stage(cfg: JobConfig, stores: Stores, step: Step) -> Stage:
     if step.kind == "generate":
         return generator_stage(cfg, stores, step.generator)
     if step.kind == "score":
@@ -263,8 +274,9 @@ def _step_stage(cfg: JobConfig, stores: Stores, step: Step, num_images: int = 0)
         raise PlanError(f"routing.mode={cfg.routing.mode} has an escalate step but no cascade settings")
     prep = prep_config(cfg, stores)  # with the adapters' file hashes: the heavy image's key includes them
     return declared_stage("escalate", Escalator,
-                          {"cfg": cascade, "heavy_name": cascade.escalate, "heavy": prep.generators[cascade.escalate],
-                           "num_drafts": num_images}, ESCALATOR_POOL)
+                          {"cfg": cascade, "heavy_name": cascade.escalate, "heavy": prep.generators[cascade.escalate]},
+                          ESCALATOR_POOL,
+                          run_columns=Escalator.RUN_COLUMNS if Escalator.decides_over_run(cascade) else ())
 
 
 def generator_stage(cfg: JobConfig, stores: Stores, name: str, online: bool = False) -> Stage:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from imagefleet.actors.image_writer import ABORT_MARKER
 from imagefleet.actors.storage import arrow_filesystem, parse_location
 from imagefleet.configs.job import JobConfig
-from imagefleet.pipelines.plan import Plan, Stage, Stores, make_plan
+from imagefleet.pipelines.plan import Plan, Stage, Stores, decide_over_run, make_plan
 from imagefleet.pipelines.pools import autoscaling, map_batches_kwargs
 from imagefleet.pipelines.progress import post_written
 from imagefleet.pipelines.schema import INPUT_FIELDS, input_problems
@@ -241,14 +241,15 @@ def expected_rows(cfg: JobConfig, source: SourceInfo) -> int:
 
 def plan_run(cfg: JobConfig, stores: Stores, source: SourceInfo) -> Plan:
     """The checked plan of one run (raises PlanError with one line when its stages don't fit together)."""
-    plan = make_plan(cfg, stores, _input_columns(cfg, source.schema), source.num_rows, source.num_images)
+    plan = make_plan(cfg, stores, _input_columns(cfg, source.schema), source.num_rows)
     plan.check()
     return plan
 
 
 def build(cfg: JobConfig, stores: Stores, source: SourceInfo, plan: Plan | None = None,
           board: Any = None) -> ray.data.Dataset:
-    """The lazy graph of one run; nothing executes until the manifest is written.
+    """The lazy graph of one run; nothing executes until the manifest is written (but the stages before a
+    decision over the whole run, `Stage.run_columns`, which run here).
 
     Rows are read and preprocessed once, then flow through every stage of the plan in order: each generator's
     pool generates the rows routed to it and passes the others through, so however many generators a run has,
@@ -283,6 +284,9 @@ def build(cfg: JobConfig, stores: Stores, source: SourceInfo, plan: Plan | None 
     # 4 every stage in order, each in its own pool; the last one (the writer) posts progress
     for stage in plan.stages:
         ctor = constructor_kwargs(plan, stage, board)
+        if stage.run_columns:  # decided over the whole run: every earlier stage finishes here (Ray keeps the rows,
+            ds = ds.materialize()  # spilling to disk when its object store fills)
+            ctor = {**ctor, **decide_over_run(stage, run_view(ds, stage.run_columns))}
         if stage.rows_per_block:  # small Parquet files are one block: split so every actor gets work
             ds = ds.repartition(target_num_rows_per_block=stage.rows_per_block)
         kwargs = map_batches_kwargs(stage.pool)
@@ -290,6 +294,17 @@ def build(cfg: JobConfig, stores: Stores, source: SourceInfo, plan: Plan | None 
             kwargs["batch_size"] = stage.call_rows
         ds = ds.map_batches(stage.actor, fn_constructor_kwargs=ctor, batch_format=stage.batch_format, **kwargs)
     return ds
+
+
+def run_view(ds: ray.data.Dataset, columns: tuple[str, ...]) -> pa.Table:
+    """`columns` of every row of a materialized dataset, as one table in the driver (a few numbers and a key per
+    row: 1M rows are ~60 MB)."""
+    import pyarrow
+    import ray
+
+    tables = ray.get(ds.select_columns(list(columns)).to_arrow_refs())
+    return pyarrow.concat_tables(tables, promote_options="permissive") if tables else pyarrow.table(
+        {c: pyarrow.array([], pyarrow.null()) for c in columns})
 
 
 def source_pieces(cfg: JobConfig, stores: Stores, source: SourceInfo) -> tuple[Any, list[Piece]]:

@@ -223,3 +223,25 @@ def test_best_of_n_through_a_run_and_resume(tmp_path: Path, s3_env: Any, bucket:
     again = {r["id"]: r for r in manifest(s3_env, bucket, "best")}
     assert all(again[r["id"]]["already_present"] and again[r["id"]]["candidates"] == r["candidates"]
                and again[r["id"]]["seed"] == r["seed"] for r in rows)
+
+
+def test_a_relative_policy_escalates_the_worst_of_the_whole_run_on_ray_and_in_process(
+        tmp_path: Path, s3_env: Any, bucket: str, ray_cluster: None) -> None:
+    """escalate_fraction 0.25 of 16 drafts (scored by brightness: each seed its own colour) escalates exactly the
+    4 lowest-scoring drafts of the run, on Ray (the stage waits for every draft's score) and in process alike
+    (issue #32; before: a running quantile with a hard cap escalated early drafts whatever they scored)."""
+    src = write_prompts(tmp_path / "p.parquet", {"prompt": [f"prompt {i}" for i in range(16)]})
+    raw = two_sleepers(src, f"s3://{bucket}/rel", mode="cascade",
+                       cascade={"draft": "sleepy", "escalate": "heavy", "escalate_fraction": 0.25})
+    raw["scorer"] = {"backend": "rule", "by": "brightness"}
+    config = str(write_config(tmp_path / "job.yaml", raw))
+    chosen = {}
+    for executor, out in (("ray", "rel"), ("in_process", "rel-here")):
+        assert generate.main([config, f"--set=output.uri=s3://{bucket}/{out}",
+                              f"--set=cluster.executor={executor}"]) == 0
+        rows = manifest(s3_env, bucket, out)
+        drafted = sorted((r["draft_score"] if r["route"] == "escalated" else r["clip_score"], r["id"]) for r in rows)
+        escalated = {r["id"] for r in rows if r["route"] == "escalated"}
+        assert len(rows) == 16 and escalated == {i for _, i in drafted[:4]}, (executor, drafted, escalated)
+        chosen[executor] = escalated
+    assert chosen["ray"] == chosen["in_process"]

@@ -8,7 +8,7 @@ import pyarrow as pa
 import pytest
 
 from imagefleet.actors.clip_scorer import ClipScorer, RuleScorer
-from imagefleet.actors.escalator import Escalator
+from imagefleet.actors.escalator import Escalator, escalation_count
 from imagefleet.actors.prompt_preprocessor import PromptPreprocessor
 from imagefleet.configs import ConfigError
 from imagefleet.configs.loader import parse_config
@@ -180,26 +180,48 @@ def scored(scores: list[float]) -> dict[str, np.ndarray]:
     return batch([f"p{i}" for i in range(len(scores))], ["generated"] * len(scores), scores)
 
 
-def test_escalate_the_worst_fraction_of_the_runs_drafts() -> None:
-    """escalate_fraction 0.25 over 8 drafts: the running quantile picks low scorers and the share is a hard cap
-    (2 of 8), whatever order the scores stream in."""
-    cfg = relative_cascade(escalate_fraction=0.25)
+def decided(cfg: Any, scores: list[float], status: list[str] | None = None) -> Escalator:
+    """The run's escalator as the pipeline builds it: `over_run` over every row's score first."""
     heavy = prep_config(cfg).generators["heavy"]
-    esc = Escalator(cfg.routing.cascade, "heavy", heavy, num_drafts=8)  # type: ignore[arg-type]
-    first = esc(scored([0.9, 0.1, 0.8, 0.7]))
-    second = esc(scored([0.05, 0.6, 0.95, 0.02]))
+    view = {"status": status or ["generated"] * len(scores), "clip_score": scores,
+            "image_key": [f"{i:040x}" for i in range(len(scores))]}  # as `batch` keys them
+    return Escalator(cfg.routing.cascade, "heavy", heavy, **Escalator.over_run(view, cfg.routing.cascade, heavy))
+
+
+def test_escalate_the_worst_fraction_of_the_runs_drafts() -> None:
+    """escalate_fraction 0.25 over 8 drafts: the 2 lowest of the whole run, whatever order they stream in — a
+    high-scoring early draft is never escalated (before: a running quantile escalated the first drafts it saw, 0.9
+    among them, and left lower ones later as drafts)."""
+    cfg = relative_cascade(escalate_fraction=0.25)
+    scores = [0.9, 0.1, 0.8, 0.7, 0.05, 0.6, 0.95, 0.02]
+    esc = decided(cfg, scores)
+    first, second = esc(scored(scores[:4])), esc(scored(scores[4:]))
     routes = list(first["route"]) + list(second["route"])
-    assert routes.count("escalated") == 2
-    assert routes[1] == "escalated"  # 0.1: the lowest of the first four
-    assert routes[0] == "escalated"  # 0.9 alone was its own quantile: early drafts see few scores (documented)
+    assert [s for s, r in zip(scores, routes, strict=True) if r == "escalated"] == [0.05, 0.02]
+
+
+def test_the_fraction_counts_scored_drafts_only_and_ties_break_by_key() -> None:
+    """Unscored drafts, errors and cached rows are not drafts to rank; equal scores are ranked by image key, so
+    the count is exact: ceil(0.5 x 4 scored) = 2 of four equal scores, the two smallest keys."""
+    cfg = relative_cascade(escalate_fraction=0.5)
+    scores = [0.3, 0.3, float("nan"), 0.3, 0.3, 0.1]
+    status = ["generated", "generated", "generated", "generated", "generated", "error"]
+    esc = decided(cfg, scores, status)
+    b = scored(scores)
+    b["status"] = np.array(status, dtype=object)
+    assert list(esc(b)["route"]) == ["escalated", "escalated", "draft", "draft", "draft", "draft"]
+
+
+def test_a_relative_policy_is_never_decided_from_part_of_the_run() -> None:
+    cfg = relative_cascade(escalate_fraction=0.25)
+    with pytest.raises(ValueError, match="decided over the whole run"):
+        Escalator(cfg.routing.cascade, "heavy", prep_config(cfg).generators["heavy"])  # type: ignore[attr-defined]
 
 
 def test_escalations_a_budget_buys() -> None:
     cfg = relative_cascade(escalate_budget_usd=0.25)  # heavy images cost $0.10: two of them
-    heavy = prep_config(cfg).generators["heavy"]
-    esc = Escalator(cfg.routing.cascade, "heavy", heavy, num_drafts=4)  # type: ignore[arg-type]
-    assert (esc.share, esc.cap) == (0.5, 2)
-    out = esc(scored([0.0, 0.0, 0.0, 0.0]))
+    assert escalation_count(cfg.routing.cascade, 0.10, 4) == 2  # type: ignore[attr-defined]
+    out = decided(cfg, [0.0, 0.0, 0.0, 0.0])(scored([0.0, 0.0, 0.0, 0.0]))
     assert list(out["route"]).count("escalated") == 2
     low, high = cfg.routing.cost_range({"sleepy": 0.01, "heavy": 0.10}, 4)
     assert (low, high) == pytest.approx((0.04, 0.24))

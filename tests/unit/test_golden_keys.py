@@ -150,7 +150,7 @@ def test_the_key_of_an_escalated_image() -> None:
     n = len(out["id"])
     out.update(status=np.array(["generated"] * n, dtype=object), clip_score=np.zeros(n),
                image=np.array([b"x"] * n, dtype=object), image_mime=np.array([""] * n, dtype=object))
-    esc = Escalator(cfg.routing.cascade, "heavy", prep_config(cfg).generators["heavy"], num_drafts=n)(out)
+    esc = Escalator(cfg.routing.cascade, "heavy", prep_config(cfg).generators["heavy"])(out)
     rows = sorted(zip(esc["id"], esc["draft_image_key"], esc["image_key"], esc["num_steps"], strict=True))
     assert [(str(i), str(d), str(k), int(s)) for i, d, k, s in rows] == [
         # heavy defaults (128x96, 8 steps, guidance 5, 'lowres', dtype=bfloat16), the draft's seed

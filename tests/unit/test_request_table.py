@@ -82,7 +82,7 @@ print("EXPLICIT", dict(zip(out["id"], out["explicit"]))["c"])
 n = len(out["id"])
 out.update(status=np.array(["generated"] * n, dtype=object), clip_score=np.zeros(n),
            image=np.array([b"x"] * n, dtype=object), image_mime=np.array([""] * n, dtype=object))
-esc = Escalator(cfg.routing.cascade, "h", prep.generators["h"], num_drafts=n)(out)
+esc = Escalator(cfg.routing.cascade, "h", prep.generators["h"])(out)
 print("HEAVY", dict(zip(esc["id"], esc["style"])))
 print("REQUEST", _request(esc, 0).settings)
 print("READS", "style" in GENERATOR_INPUT_COLUMNS, "style" in RECORD_FIELDS, SCHEMA.field("style").type)
