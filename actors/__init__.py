@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from imagefleet.actors.input_reader import InputReader
     from imagefleet.actors.openai_generator import OpenAIImageGenerator
     from imagefleet.actors.prompt_preprocessor import PromptPreprocessor
+    from imagefleet.actors.redrawer import Redrawer
     from imagefleet.actors.sleep_generator import SleepGenerator
     from imagefleet.actors.vqa_scorer import VqaScorer
 
@@ -33,7 +34,8 @@ _HOMES = {
     "ScorerActor": "contract", "StageActor": "contract", "DiffusersGenerator": "diffusers_generator",
     "Escalator": "escalator", "GeminiImageGenerator": "gemini_generator", "ImageWriter": "image_writer",
     "InputReader": "input_reader", "OpenAIImageGenerator": "openai_generator",
-    "PromptPreprocessor": "prompt_preprocessor", "SleepGenerator": "sleep_generator", "VqaScorer": "vqa_scorer",
+    "PromptPreprocessor": "prompt_preprocessor", "Redrawer": "redrawer", "SleepGenerator": "sleep_generator",
+    "VqaScorer": "vqa_scorer",
 }
 _GENERATOR_NAMES = ("DiffusersGenerator", "SleepGenerator", "OpenAIImageGenerator", "GeminiImageGenerator")
 _SCORER_NAMES = ("ClipScorer", "VqaScorer", "RuleScorer")
@@ -66,5 +68,5 @@ def __getattr__(name: str) -> Any:
 
 __all__ = ["GENERATORS", "GENERATOR_ACTORS", "SCORERS", "SCORER_ACTORS", "BackendActor", "ClipScorer",
            "DiffusersGenerator", "Escalator", "GeminiImageGenerator", "ImageWriter", "InputReader",
-           "OpenAIImageGenerator", "PromptPreprocessor", "RuleScorer", "ScorerActor", "SleepGenerator",
+           "OpenAIImageGenerator", "PromptPreprocessor", "Redrawer", "RuleScorer", "ScorerActor", "SleepGenerator",
            "StageActor", "VqaScorer"]

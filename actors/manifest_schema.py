@@ -98,6 +98,8 @@ _LISTED: tuple[Column, ...] = (
            carried=True, shard=True, report=True),
     Column("candidates", pa.string(), "best-of-N: JSON list of every candidate's seed and score (the kept image has "
            "the best score and its seed is `seed`; '' otherwise)", carried=True, shard=True, report=True),
+    Column("draft_round", pa.int32(), "cascade with adaptive drafts: which draft (1 = the first) the row kept; "
+           "`candidates` lists every draft's seed and score", carried=True, shard=True, report=True),
     Column("route", pa.string(), "cascade: draft | escalated", carried=True, shard=True, report=True),
     Column("draft_image_key", pa.string(), "cascade: key of the kept draft of an escalated row", carried=True,
            report=True),

@@ -28,11 +28,14 @@ pixels (with the default generator's defaults filled in)."""
 class Step:
     """One step of a run's topology after preprocessing; the pipeline maps each to a stage."""
 
-    kind: Literal["generate", "score", "escalate"]
+    kind: Literal["generate", "score", "escalate", "redraw"]
     """generate: a generator's pool (rows routed elsewhere pass through); score: the scorer pool; escalate: the
-    cascade's decision (one actor)."""
+    cascade's decision (one actor); redraw: a round of adaptive drafts (keep the better draft, draw again below
+    the stop score)."""
     generator: str = ""
     """The generator of a `generate` step."""
+    round: int = 0
+    """A redraw step's round: 1 decides the second draft, ...; the last one (= max_drafts) only keeps the best."""
 
 
 class RouteRule(StrictModel):
@@ -65,6 +68,13 @@ class CascadeConfig(StrictModel):
     escalate_budget_usd: float | None = Field(default=None, gt=0)
     """From a budget: spend at most this on heavy images — as many escalations as it buys at the heavy
     generator's estimated price, given to the run's worst drafts like `escalate_fraction`."""
+    max_drafts: int = Field(default=1, ge=1, le=8)
+    """Adaptive drafts: draw up to this many drafts of a row (each a round: draft, score), the next one only while
+    the best so far scores below `redraw_below`, and keep the best (1 = one draft). The rows' image keys name the
+    rule (max_drafts, redraw_below, scorer), so reruns find the kept draft."""
+    redraw_below: float | None = None
+    """Adaptive drafts: draw another draft while the best so far scores below this (the scorer's units); needed
+    when max_drafts > 1."""
     max_escalations: int = Field(default=0, ge=0)
     """Budget cap: at most this many escalations per run (0 = no cap)."""
     keep_draft: bool = True
@@ -76,6 +86,11 @@ class CascadeConfig(StrictModel):
             raise ValueError("routing.cascade.draft and .escalate must be different generators")
         policies = [n for n in ("threshold", "escalate_fraction", "escalate_budget_usd")
                     if getattr(self, n) is not None]
+        if self.max_drafts > 1 and self.redraw_below is None:
+            raise ValueError(f"routing.cascade.max_drafts={self.max_drafts} needs redraw_below: the score below which "
+                             "a row is drafted again")
+        if self.max_drafts == 1 and self.redraw_below is not None:
+            raise ValueError("routing.cascade.redraw_below needs max_drafts > 1 (drafts a row may get)")
         if len(policies) != 1:
             raise ValueError("routing.cascade: set exactly one of threshold (absolute score), escalate_fraction (the "
                              f"worst share of drafts) or escalate_budget_usd (what escalations may cost); got "
@@ -268,10 +283,14 @@ class CascadeRouting(RoutingBase):
         return [self.cascade.draft, self.cascade.escalate]
 
     def steps(self, names: list[str], scored: bool) -> list[Step]:
-        """Draft, score, escalate (one actor: an exact cap), heavy, score again."""
+        """Draft, score, (redraw, draft, score) for each further round of adaptive drafts and a last redraw that
+        keeps the best, escalate (one actor: an exact cap), heavy, score again."""
         c = self.cascade
-        return [Step("generate", c.draft), Step("score"), Step("escalate"), Step("generate", c.escalate),
-                Step("score")]
+        rounds = [step for k in range(1, c.max_drafts) for step in
+                  (Step("redraw", round=k), Step("generate", c.draft), Step("score"))]
+        settle = [Step("redraw", round=c.max_drafts)] if c.max_drafts > 1 else []
+        return [Step("generate", c.draft), Step("score"), *rounds, *settle, Step("escalate"),
+                Step("generate", c.escalate), Step("score")]
 
     def cost_range(self, per_image: dict[str, float], images: int) -> tuple[float, float]:
         """Every image is drafted; at most `max_escalations` (else all), the policy's share, or what its budget buys
@@ -283,7 +302,7 @@ class CascadeRouting(RoutingBase):
         if c.escalate_budget_usd is not None and per_image[c.escalate] > 0:
             extra = min(extra, math.floor(c.escalate_budget_usd / per_image[c.escalate] + 1e-9))
         low = images * per_image[c.draft]
-        return low, low + extra * per_image[c.escalate]
+        return low, low * c.max_drafts + extra * per_image[c.escalate]
 
 
 class BestOfRouting(RoutingBase):

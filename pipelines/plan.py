@@ -18,7 +18,16 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, SecretStr
 
-from imagefleet.actors import GENERATORS, SCORERS, Escalator, ImageWriter, InputReader, PromptPreprocessor, StageActor
+from imagefleet.actors import (
+    GENERATORS,
+    SCORERS,
+    Escalator,
+    ImageWriter,
+    InputReader,
+    PromptPreprocessor,
+    Redrawer,
+    StageActor,
+)
 from imagefleet.actors.input_reader import INPUT_OUTPUT_COLUMNS
 from imagefleet.configs.generator_base import GeneratorBase, RunBudget
 from imagefleet.configs.prep import GeneratorIdentity, InputReaderConfig, PrepConfig, ResumeConfig
@@ -271,7 +280,10 @@ def _step_stage(cfg: JobConfig, stores: Stores, step: Step) -> Stage:
         return declared_stage("score", scorer, {"cfg": cfg.scorer}, scorer_pool(cfg.scorer.pool))
     cascade = getattr(cfg.routing, "cascade", None)
     if cascade is None:
-        raise PlanError(f"routing.mode={cfg.routing.mode} has an escalate step but no cascade settings")
+        raise PlanError(f"routing.mode={cfg.routing.mode} has a {step.kind} step but no cascade settings")
+    if step.kind == "redraw":
+        return declared_stage("redraw" if step.round < cascade.max_drafts else "keep best draft", Redrawer,
+                              {"cfg": cascade, "round": step.round}, ESCALATOR_POOL)
     prep = prep_config(cfg, stores)  # with the adapters' file hashes: the heavy image's key includes them
     return declared_stage("escalate", Escalator,
                           {"cfg": cascade, "heavy_name": cascade.escalate, "heavy": prep.generators[cascade.escalate]},
@@ -350,9 +362,13 @@ def input_base(source_uri: str) -> str:
 def selection(cfg: JobConfig) -> str:
     """What decides which candidate is kept (best-of-N), as it enters image keys; '' without selection."""
     n = cfg.routing.candidates_per_image()
-    if n <= 1 or cfg.scorer is None:
+    cascade = getattr(cfg.routing, "cascade", None)
+    drafts = cascade.max_drafts if cascade is not None else 1
+    if (n <= 1 and drafts <= 1) or cfg.scorer is None:
         return ""
     model = getattr(cfg.scorer, "model", "")
+    if cascade is not None and drafts > 1:  # adaptive drafts: the stop rule and the scorer decide the kept draft
+        return f"drafts={drafts},redraw_below={cascade.redraw_below!r},scorer={cfg.scorer.backend}:{model}"
     return f"best_of={n},scorer={cfg.scorer.backend}:{model}"
 
 

@@ -4,10 +4,12 @@ tiny real CLIP, rules, fan-out, the cascade (deterministic stub scorer) and the 
 from __future__ import annotations
 
 import io
+import json
 import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from imagefleet.jobs import generate
@@ -245,3 +247,57 @@ def test_a_relative_policy_escalates_the_worst_of_the_whole_run_on_ray_and_in_pr
         assert len(rows) == 16 and escalated == {i for _, i in drafted[:4]}, (executor, drafted, escalated)
         chosen[executor] = escalated
     assert chosen["ray"] == chosen["in_process"]
+
+
+def test_adaptive_drafts_keep_the_best_draft_then_escalate_and_resume(
+        tmp_path: Path, s3_env: Any, bucket: str, ray_cluster: None, capsys: Any) -> None:
+    """cascade.max_drafts 3 with redraw_below: a row is drafted again (the next derived seed) only while its best
+    draft scores below the stop score, keeps its best draft (the stored image is that draft), lists every draft
+    in `candidates` and names the kept one in `draft_round`, pays for each draft; the worst quarter of the kept
+    drafts is then escalated. Ray and in-process make the same rows; a rerun makes and pays nothing (issue #32)."""
+    src = write_prompts(tmp_path / "p.parquet", {"prompt": [f"prompt {i}" for i in range(16)]})
+    raw = two_sleepers(src, f"s3://{bucket}/ad", mode="cascade",
+                       cascade={"draft": "sleepy", "escalate": "heavy", "escalate_fraction": 0.25,
+                                "max_drafts": 3, "redraw_below": 0.5})
+    raw["scorer"] = {"backend": "rule", "by": "brightness", "pool": {"num_cpus": 0.1}}
+    raw["generators"]["sleepy"]["pool"]["num_gpus"] = 0  # each round is a pool of its own: 3 of the draft model
+    config = str(write_config(tmp_path / "job.yaml", raw))
+    made = {}
+    for executor, out in (("ray", "ad"), ("in_process", "ad-here")):
+        assert generate.main([config, f"--set=output.uri=s3://{bucket}/{out}",
+                              f"--set=cluster.executor={executor}"]) == 0
+        rows = manifest(s3_env, bucket, out)
+        assert len(rows) == 16 and {r["status"] for r in rows} == {"ok"}
+        redrawn = 0
+        for r in rows:
+            drafts = json.loads(r["candidates"])
+            scores = [d["score"] for d in drafts]
+            assert 1 <= len(drafts) <= 3 and all(s is not None for s in scores)
+            assert all(s < 0.5 for s in scores[:-1]), drafts  # drawn again only while the best was below 0.5
+            assert len(drafts) == 3 or max(scores) >= 0.5 or len(drafts) == 1 and scores[0] >= 0.5
+            best = max(range(len(drafts)), key=lambda k: (scores[k], -k))
+            assert r["draft_round"] == best + 1
+            kept_score = r["draft_score"] if r["route"] == "escalated" else r["clip_score"]
+            assert kept_score == pytest.approx(scores[best], abs=1e-6)  # candidates round to 6 places
+            heavy = 0.10 if r["route"] == "escalated" else 0.0
+            assert r["cost_usd"] == pytest.approx(0.01 * len(drafts) + heavy)  # every draft is paid for
+            if r["route"] == "draft":  # the stored image is the kept draft: its colour is its seed's
+                key = r["image_uri"].split("/", 3)[3]
+                from PIL import Image
+
+                body = s3_env.client().get_object(Bucket=bucket, Key=key)["Body"].read()
+                pixel = np.asarray(Image.open(io.BytesIO(body)).convert("RGB"))[0, 0]
+                seed = drafts[best]["seed"]
+                assert r["seed"] == seed and list(pixel) == [seed % 251, (seed // 251) % 251, (seed // 63001) % 251]
+            redrawn += len(drafts) > 1
+        assert redrawn >= 4, "the stop score never sent a row back: the test shows nothing"
+        kept = sorted((r["draft_score"] if r["route"] == "escalated" else r["clip_score"], r["id"]) for r in rows)
+        assert {r["id"] for r in rows if r["route"] == "escalated"} == {i for _, i in kept[:4]}
+        made[executor] = {r["id"]: (r["image_key"], r["seed"], r["candidates"], r["route"]) for r in rows}
+    assert made["ray"] == made["in_process"]
+    capsys.readouterr()
+    assert generate.main([config, "--set=output.uri=s3://" + bucket + "/ad", "--run-id", "again",
+                          "--set=cluster.executor=in_process"]) == 0
+    assert "0 written, 16 already present" in capsys.readouterr().out
+    again = {r["id"]: (r["image_key"], r["seed"], r["candidates"], r["route"]) for r in manifest(s3_env, bucket, "ad")}
+    assert again == made["ray"]
