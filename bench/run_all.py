@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench import bare_loop, first_image, orchestration, scale  # noqa: E402
+from bench import bare_loop, first_image, orchestration, scale, stage_cost  # noqa: E402
 from bench.common import REPO, git_rev, machine  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
@@ -26,7 +26,7 @@ def main() -> int:
     p.add_argument("--rows-orch", type=int, default=3200)
     p.add_argument("--rows-bare", type=int, default=1536)
     p.add_argument("--max-rows", type=int, default=100_000)
-    p.add_argument("--only", choices=["orch", "bare", "first", "scale"], default=None)
+    p.add_argument("--only", choices=["orch", "bare", "first", "scale", "stage_cost"], default=None)
     p.add_argument("--markdown", action="store_true", help="only rewrite BENCHMARKS.md from bench/results")
     args = p.parse_args()
     if args.markdown:
@@ -34,7 +34,8 @@ def main() -> int:
         return 0
     RESULTS.mkdir(parents=True, exist_ok=True)
     runs = {"orch": lambda: orchestration.run(args.rows_orch), "bare": lambda: bare_loop.run(args.rows_bare),
-            "first": lambda: first_image.run(), "scale": lambda: scale.run(args.max_rows)}
+            "first": lambda: first_image.run(), "scale": lambda: scale.run(args.max_rows),
+            "stage_cost": lambda: stage_cost.run()}
     for name, fn in runs.items():
         if args.only in (None, name):
             result = fn()
@@ -138,6 +139,9 @@ def write_markdown() -> None:
             lines.append(f"| {r['rows']:,} | {r['wall_s']} | {r['driver_peak_rss_mb']} | {r['resume_scan_s']} | "
                          f"{r['resume_scan_us_per_row']} |")
         lines.append("")
+    c = _load("stage_cost")
+    if c:
+        lines += stage_cost.markdown(c)
     q = _load("quality")
     if q:
         lines += ["## Quality per cost: the shapes world (bench/world), draft vs heavy, cascade, best-of-N", "",
