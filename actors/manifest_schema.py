@@ -178,7 +178,8 @@ READ_AHEAD_PARTS = 8
 
 
 def read_part(fs: Any, path: str, columns: list[str]) -> pa.Table:
-    """One manifest part's `columns`, typed as SCHEMA: a column an older part lacks is null, a narrower type is cast.
+    """One manifest part's `columns`, typed as SCHEMA: a column an older part lacks is null, a narrower type is cast
+    (a pass-through column, not in SCHEMA, as the part holds it; null when it holds none).
 
     Args:
         fs: a pyarrow filesystem.
@@ -187,11 +188,13 @@ def read_part(fs: Any, path: str, columns: list[str]) -> pa.Table:
     """
     import pyarrow.parquet as pq
 
-    schema = pa.schema([SCHEMA.field(c) for c in columns])
     with fs.open_input_file(path) as handle:
         parquet = pq.ParquetFile(handle)
-        names = parquet.schema_arrow.names
+        found = parquet.schema_arrow
+        names = found.names
         table = parquet.read(columns=[c for c in columns if c in names] or names[:1])
+    schema = pa.schema([SCHEMA.field(c) if c in _BY_NAME else found.field(c) if c in names else pa.field(c, pa.null())
+                        for c in columns])
     return pa.Table.from_arrays(
         [table.column(c).cast(f.type) if c in table.column_names else pa.nulls(table.num_rows, f.type)
          for c, f in zip(columns, schema, strict=True)], schema=schema)

@@ -17,6 +17,7 @@ from imagefleet.actors.cells import ERROR_TEXT_CHARS, Undecodable, clipped, colu
 from imagefleet.actors.input_reader import INPUT_OUTPUT_COLUMNS
 from imagefleet.actors.keys import adapters_text, combination_id, derive_row_id, derive_seed, key_of
 from imagefleet.actors.manifest_schema import PRIOR, prior_text
+from imagefleet.actors.pass_through import PASS_THROUGH, encode_rows
 from imagefleet.actors.resume_index import ResumeIndex, load_index
 from imagefleet.actors.stores import open_store
 from imagefleet.configs.generator_base import STRENGTH_TASKS
@@ -60,6 +61,7 @@ class PromptPreprocessor:
         **{c: d for c, d in INPUT_OUTPUT_COLUMNS.items() if c != "input_error"},
         "variant": "the output variant (aspect ratio or size) this image is ('' without variants)",
         "num_candidates": "images to generate for this one before the best is kept (best-of-N; 1 = just this one)",
+        PASS_THROUGH: "JSON of the input row's pass-through column values ('' when none are carried)",
     }
 
     def __init__(self, cfg: PrepConfig) -> None:
@@ -86,6 +88,11 @@ class PromptPreprocessor:
         inputs = [{c: str(cols[c][i] or "") if c in cols else "" for c in INPUT_OUTPUT_COLUMNS} for i in range(n)]
         loras_column = self.cfg.columns.get("loras", "loras")
         loras = cols.get(loras_column, [None] * n)
+        # the row's own columns the manifest carries; a row whose values can't be carried is an error row, as
+        # one whose input images can't be read
+        carried = encode_rows(batch, self.cfg.pass_through, self.cfg.max_pass_through_bytes)
+        for i, (_, problem) in enumerate(carried):
+            inputs[i]["input_error"] = inputs[i]["input_error"] or problem
         # 2 one output row per requested image (or one error row per bad input row); fan-out modes send the
         #   same request to several generators
         out: list[dict[str, Any]] = []
@@ -98,7 +105,7 @@ class PromptPreprocessor:
                 facts = partial(self._facts, prompt, overrides)
                 for route in self.cfg.routing.choose(routes[i], facts):
                     rows = self._expand(prompt, row_id, negs[i], route, overrides, now, inputs[i], loras[i])
-                    out.extend({**r, **filled} for r in rows)
+                    out.extend({**r, **filled, PASS_THROUGH: carried[i][0]} for r in rows)
         # 3 neighbours share a shape bucket, so downstream GPU batches are mostly homogeneous (a local,
         #   streaming sort: no all-to-all shuffle of the whole table)
         out.sort(key=lambda r: (r["generator"], r["task"], r["width"], r["height"], r["num_steps"],

@@ -103,6 +103,10 @@ class PrepConfig(StrictModel):
     it; a setting not listed is read from the column of its own name."""
     max_prompt_chars: int
     """Longer prompts become error rows."""
+    pass_through: dict[str, str] = {}
+    """Prompt-table column → the manifest column it is carried to unchanged (source.pass_through)."""
+    max_pass_through_bytes: int = 65_536
+    """A row whose pass-through values take more JSON bytes than this becomes an error row."""
     max_images_per_row: int
     """Larger num_images become error rows."""
     routing: RoutingConfig

@@ -247,6 +247,15 @@ class SourceConfig(StrictModel):
     """Output variants per row for campaigns: aspect ratios (`1:1`, `4:5`, `9:16`, `16:9`: the row's pixel area in
     that shape, sides multiples of 16) or exact sizes (`768x1344`); each is a separate image of the same request,
     recorded in the manifest's `variant`. Empty = one image at the row's size."""
+    pass_through: Literal["all", "none"] | list[str] = "all"
+    """The prompt table's columns copied into the manifest unchanged, typed as in the data (nulls stay null), on
+    every manifest row made from their row, so the output joins back to the input: `all` (the columns in every
+    file, but those the manifest already records under their own name: `prompt`, `id`, `negative_prompt`, a
+    `seed`/`width`/... column read as that setting, a `generator` routing column), `none`, or a list of columns.
+    A column named like a manifest column is carried as `source_<name>` (never over the manifest's own). Never part
+    of the image key."""
+    max_pass_through_bytes: int = Field(default=65_536, ge=1)
+    """A row whose pass-through values take more than this many bytes (as JSON) becomes an error row saying so."""
 
     @model_validator(mode="after")
     def _distinct_columns(self) -> "SourceConfig":
@@ -261,6 +270,12 @@ class SourceConfig(StrictModel):
                 raise ValueError(f"source.{seen[column]} and source.{key} both read column {column!r}; "
                                  f"each setting needs its own column")
             seen[column] = key
+        if isinstance(self.pass_through, list):
+            for column in self.pass_through:
+                if not column:
+                    raise ValueError("source.pass_through names an empty column")
+                if self.pass_through.count(column) > 1:
+                    raise ValueError(f"source.pass_through names column {column!r} twice; list it once")
         shapes: dict[Any, str] = {}
         for v in self.variants:
             try:

@@ -60,7 +60,7 @@ class InProcess(_Run):
         from imagefleet.pipelines.manifest import write_manifest_tables
 
         return write_manifest_tables(stream(self.cfg, self.stores, self.source, self.plan, board), objects, lease,
-                                     total)
+                                     total, self.source.pass_through_schema())
 
     def stop(self) -> None:
         return None
@@ -90,7 +90,8 @@ class OnRay(_Run):
         from imagefleet.pipelines.manifest import write_manifest
         from imagefleet.pipelines.text_to_image import build
 
-        return write_manifest(build(self.cfg, self.stores, self.source, self.plan, board), objects, lease, total)
+        return write_manifest(build(self.cfg, self.stores, self.source, self.plan, board), objects, lease, total,
+                              self.source.pass_through_schema())
 
     def stop(self) -> None:
         if self.started:

@@ -52,6 +52,7 @@ def plan_text(cfg: JobConfig, source: SourceInfo, plan: Plan, executor: tuple[st
              *[f"           {name}'s images: {fmt}" for name, fmt in odd_formats(cfg).items()],
              f"  routing: {cfg.routing.mode} (default {cfg.default_generator})",
              *input_lines(cfg),
+             *pass_through_lines(source),
              "  stages :", *plan.describe(),
              *([f"  runs   : {EXECUTOR_WORDS.get(executor[0], executor[0])} ({executor[1]})"] if executor[0] else []),
              f"  cost estimate: {cost_estimate(cfg, source.num_images or source.num_rows)}"]
@@ -60,6 +61,15 @@ def plan_text(cfg: JobConfig, source: SourceInfo, plan: Plan, executor: tuple[st
         if info is not None and info.retires:
             lines.append(f"  note   : {name} uses {gen.model}, which the provider shuts down on {info.retires}")
     return "\n".join(lines)
+
+
+def pass_through_lines(source: SourceInfo) -> list[str]:
+    """The prompt table's columns the manifest carries (`source.pass_through`), a renamed one as `name → new`."""
+    if not source.pass_through:
+        return []
+    names = [c if c == out else f"{c} → {out}" for c, out in source.pass_through.items()]
+    shown = ", ".join(names[:12]) + (f", … ({len(names)} columns)" if len(names) > 12 else "")
+    return [f"  carries: {shown} (from the prompt table to the manifest, unchanged)"]
 
 
 def input_lines(cfg: JobConfig) -> list[str]:

@@ -24,6 +24,7 @@ from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from imagefleet.actors.manifest_schema import PRIOR
+from imagefleet.actors.pass_through import PASS_THROUGH
 from imagefleet.pipelines.plan import Plan, PlanError, Stage, decide_over_run
 
 if TYPE_CHECKING:
@@ -194,8 +195,9 @@ def _as_format(batch: Any, fmt: str, stage: str) -> Any:
 
 
 def manifest_table(batch: Any) -> pa.Table:
-    """The last stage's output as an Arrow table of the columns the manifest step reads (its MANIFEST columns and
-    an earlier run's PRIOR): pixels and other pipeline-internal columns never leave the writer."""
+    """The last stage's output as an Arrow table of the columns the manifest step reads (its MANIFEST columns, an
+    earlier run's PRIOR and the row's PASS_THROUGH values): pixels and other pipeline-internal columns never leave
+    the writer."""
     import pyarrow as pa
 
     from imagefleet.pipelines.schema import MANIFEST
@@ -203,7 +205,7 @@ def manifest_table(batch: Any) -> pa.Table:
     if isinstance(batch, pa.Table):
         return batch
     wanted = set(MANIFEST.names)
-    return pa.table({k: _arrow(v, k) for k, v in batch.items() if k in wanted or k == PRIOR})
+    return pa.table({k: _arrow(v, k) for k, v in batch.items() if k in wanted or k in (PRIOR, PASS_THROUGH)})
 
 
 def _arrow(values: Any, name: str) -> pa.Array:

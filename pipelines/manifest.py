@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from imagefleet.actors.hosted import STOPPED
 from imagefleet.actors.layout import IMAGES_DIR, MANIFEST_DIR, RUN_JSON
 from imagefleet.actors.manifest_schema import CARRIED, PRIOR, iter_parts, prior_values
+from imagefleet.actors.pass_through import PASS_THROUGH, decode_columns
 from imagefleet.actors.storage import ObjectStore
 from imagefleet.actors.stores import open_store
 from imagefleet.configs.storage import StoreSpec
@@ -53,7 +54,8 @@ class RunSummary:
         return asdict(self)
 
 
-def write_manifest(ds: ray.data.Dataset, objects: ObjectStore, lease: Lease, expected_rows: int) -> RunSummary:
+def write_manifest(ds: ray.data.Dataset, objects: ObjectStore, lease: Lease, expected_rows: int,
+                   pass_through: pa.Schema | None = None) -> RunSummary:
     """Execute the graph and commit the manifest (pipelines/commit.py: the protocol).
 
     Parts stream into `manifest/_staging/<attempt>/` while images are written; only when every row is done, and
@@ -65,19 +67,21 @@ def write_manifest(ds: ray.data.Dataset, objects: ObjectStore, lease: Lease, exp
         objects: the output store.
         lease: this run's hold on the output.
         expected_rows: manifest rows the run must produce (one per requested image).
+        pass_through: the prompt table's columns the manifest carries after its own (`SourceInfo.
+            pass_through_schema`); None: none.
     """
     started = time.time()
     # 1 run: rows stream through the pools; parts land in this attempt's staging folder
     from imagefleet.pipelines.staged_parts import StagedParts
 
-    ds = ds.map_batches(_to_manifest_rows, fn_kwargs={"run_id": lease.run_id},  # type: ignore[arg-type]
-                        batch_format="pyarrow")
+    ds = ds.map_batches(_to_manifest_rows, fn_kwargs={"run_id": lease.run_id,  # type: ignore[arg-type]
+                                                      "pass_through": pass_through}, batch_format="pyarrow")
     ds.write_datasink(StagedParts(objects.location.uri, objects.spec, lease.attempt, part_rows(expected_rows)))
     return _commit_and_summarize(objects, lease, expected_rows, started)
 
 
 def write_manifest_tables(tables: Iterable[pa.Table], objects: ObjectStore, lease: Lease,
-                          expected_rows: int) -> RunSummary:
+                          expected_rows: int, pass_through: pa.Schema | None = None) -> RunSummary:
     """`write_manifest` for a run without Ray (pipelines/in_process.py): the last stage's output `tables` are
     staged as parts of `part_rows` rows here, then committed and summarized the same way."""
     import pyarrow as pa
@@ -86,7 +90,7 @@ def write_manifest_tables(tables: Iterable[pa.Table], objects: ObjectStore, leas
     size = part_rows(expected_rows)
     pending: list[pa.Table] = []
     for table in tables:
-        pending.append(_to_manifest_rows(table, lease.run_id))
+        pending.append(_to_manifest_rows(table, lease.run_id, pass_through))
         if sum(t.num_rows for t in pending) >= size:
             stage_part(objects, lease.attempt, pa.concat_tables(pending))
             pending = []
@@ -127,9 +131,10 @@ def part_rows(expected_rows: int) -> int:
     return max(1, min(MAX_PART_ROWS, expected_rows // 16))
 
 
-def _to_manifest_rows(batch: Any, run_id: str) -> Any:
+def _to_manifest_rows(batch: Any, run_id: str, pass_through: pa.Schema | None = None) -> Any:
     """Select and type the manifest columns (drops pipeline-internal ones). Rows an earlier run completed
-    (`cached`) keep what that run recorded about their image (their PRIOR): score, route, draft, timing, cost."""
+    (`cached`) keep what that run recorded about their image (their PRIOR): score, route, draft, timing, cost.
+    The prompt table's `pass_through` columns follow the manifest's own, typed as in the data."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -149,16 +154,27 @@ def _to_manifest_rows(batch: Any, run_id: str) -> Any:
             recorded = pa.array([values.get(f.name) for values in earlier], f.type)
             column = pc.if_else(pc.is_valid(recorded), recorded, column)
         columns.append(column)
-    return pa.Table.from_arrays(columns, schema=MANIFEST)
+    if not pass_through:
+        return pa.Table.from_arrays(columns, schema=MANIFEST)
+    texts = batch.column(PASS_THROUGH).to_pylist() if PASS_THROUGH in batch.column_names else [""] * n
+    columns += decode_columns(texts, pass_through)
+    return pa.Table.from_arrays(columns, schema=pa.schema([*MANIFEST, *pass_through]))
 
 
 def manifest_dataset(objects: ObjectStore) -> Any:
-    """The committed manifest as a lazy `pyarrow.dataset.Dataset` (the parts the index names; empty when none)."""
+    """The committed manifest as a lazy `pyarrow.dataset.Dataset` (the parts the index names; empty when none):
+    the manifest's columns, then the prompt table's pass-through columns its run carried."""
+    import pyarrow as pa
     import pyarrow.dataset as pads
+    import pyarrow.parquet as pq
 
     fs, root = objects.arrow()
-    return pads.dataset([f"{root}/{p}" for p in current_parts(objects)], filesystem=fs, format="parquet",
-                        schema=MANIFEST)
+    paths = [f"{root}/{p}" for p in current_parts(objects)]
+    schema = MANIFEST
+    if paths:  # every part of a committed manifest is one run's: the first one's columns are all of them
+        found = pq.read_schema(paths[0], filesystem=fs)
+        schema = pa.schema([*MANIFEST, *(f for f in found if f.name not in MANIFEST.names)])
+    return pads.dataset(paths, filesystem=fs, format="parquet", schema=schema)
 
 
 def iter_manifest_batches(objects: ObjectStore, columns: list[str], batch_size: int = 65536) -> Any:
@@ -175,8 +191,11 @@ def read_manifest_columns(output_uri: str, store: StoreSpec, columns: list[str])
     benchmarks and small runs."""
     import pyarrow as pa
 
-    schema = MANIFEST.empty_table().select(columns).schema
-    return pa.Table.from_batches(list(iter_manifest_batches(open_store(output_uri, store), columns)), schema=schema)
+    batches = list(iter_manifest_batches(open_store(output_uri, store), columns))
+    if batches:  # typed as the parts hold them (pass-through columns as in the prompt table)
+        return pa.Table.from_batches(batches)
+    return pa.schema([MANIFEST.field(c) if c in MANIFEST.names else pa.field(c, pa.null())
+                      for c in columns]).empty_table()
 
 
 def _summarize(objects: ObjectStore, run_id: str, wall: float) -> RunSummary:

@@ -44,6 +44,7 @@ from imagefleet.pipelines.pools import (
     scorer_pool,
     writer_pool,
 )
+from imagefleet.pipelines.schema import pass_through_settings
 
 if TYPE_CHECKING:
     from imagefleet.configs.job import JobConfig
@@ -242,7 +243,7 @@ def make_plan(cfg: JobConfig, stores: Stores, source_columns: list[str], num_row
             store=stores.inputs or stores.source, limits=cfg.source.inputs)}, INPUT_READER_POOL,
             reads=(cols.of("image"),), batch_format="pyarrow"))
     # 1 preprocess: validate, route, expand num_images, derive seeds and keys
-    stages += [declared_stage("preprocess", PromptPreprocessor, {"cfg": prep_config(cfg, stores)},
+    stages += [declared_stage("preprocess", PromptPreprocessor, {"cfg": prep_config(cfg, stores, source_columns)},
                               preprocess_pool(cfg), reads=prompt_columns(cfg), batch_format="pyarrow")]
     # 2 the routing mode's topology; the first pool gets blocks of a few GPU batches so every actor has work
     block_rows = first_block_rows = rows_per_block(cfg, num_rows)
@@ -372,8 +373,9 @@ def selection(cfg: JobConfig) -> str:
     return f"best_of={n},scorer={cfg.scorer.backend}:{model}"
 
 
-def prep_config(cfg: JobConfig, stores: Stores | None = None) -> PrepConfig:
-    """The preprocessor's slice of the job config (with resume state when the output store is known)."""
+def prep_config(cfg: JobConfig, stores: Stores | None = None, source_columns: list[str] | tuple[str, ...] = ()
+                ) -> PrepConfig:
+    """The preprocessor's slice of the job config (resume state when the output store is known; pass-through)."""
     resume = None
     if stores is not None:
         resume = ResumeConfig(output_uri=cfg.output.uri, store=stores.output, image_format=cfg.output.format,
@@ -391,6 +393,7 @@ def prep_config(cfg: JobConfig, stores: Stores | None = None) -> PrepConfig:
         variants=cfg.source.variants,
         selection=selection(cfg),
         max_prompt_chars=cfg.source.max_prompt_chars,
+        **pass_through_settings(cfg.source, cfg.routing.column_read, source_columns),
         max_images_per_row=cfg.routing.max_images_per_row,
         routing=cfg.routing,
         budget_usd=cfg.limits.budget_usd,

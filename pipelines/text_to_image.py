@@ -7,7 +7,7 @@ import functools
 import logging
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from imagefleet.actors.image_writer import ABORT_MARKER
@@ -16,7 +16,7 @@ from imagefleet.configs.job import JobConfig
 from imagefleet.pipelines.plan import Plan, Stage, Stores, decide_over_run, make_plan
 from imagefleet.pipelines.pools import autoscaling, map_batches_kwargs
 from imagefleet.pipelines.progress import post_written
-from imagefleet.pipelines.schema import INPUT_FIELDS, input_problems
+from imagefleet.pipelines.schema import INPUT_FIELDS, input_problems, pass_through_columns, pass_through_schema
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -44,6 +44,16 @@ class SourceInfo:
     """Rows in each row group of each file (as `files`); empty = unknown (each file is then read whole)."""
     types: pa.Schema | None = None
     """The read columns' types merged across every file (`_merged_types`); each piece is read as these."""
+    pass_through: dict[str, str] = field(default_factory=dict)
+    """The columns carried to the manifest (`source.pass_through`): data column → manifest column."""
+
+    def pass_through_schema(self) -> pa.Schema:
+        """The manifest's pass-through columns, typed as the data's."""
+        import pyarrow as pa
+
+        if self.types is None or not self.pass_through:
+            return pa.schema([])
+        return pass_through_schema(self.pass_through, self.types)
 
 
 def inspect_source(cfg: JobConfig, stores: Stores) -> SourceInfo:
@@ -60,12 +70,12 @@ def inspect_source(cfg: JobConfig, stores: Stores) -> SourceInfo:
     if num_rows == 0:
         raise InputError(f"source {cfg.source.uri} has no rows")
     for f, (schema, _) in footers.items():
-        problems = input_problems(schema, cfg.source, [cfg.routing.column_read])
+        problems = input_problems(schema, cfg.source, [cfg.routing.column_read], cfg.routing.column_read)
         if problems:
             raise InputError(f"source file {_display(f, loc.kind)}: " + "; ".join(problems))
-    schema = next(iter(footers.values()))[0]
     _check_same_columns(cfg, footers, loc.kind)
-    types = _merged_types(cfg, footers, loc.kind)
+    schema = _common_columns(cfg, footers)  # what `source.pass_through: all` can carry: columns in every file
+    types = _merged_types(cfg, footers, loc.kind, _input_columns(cfg, schema))
     # 4 how many images the rows ask for (one small column), for the cost estimate and the budget
     most = cfg.routing.max_images_per_row
     count = cfg.source.columns.of("num_images")
@@ -75,7 +85,8 @@ def inspect_source(cfg: JobConfig, stores: Stores) -> SourceInfo:
     num_images *= cfg.source.images_per_row()  # one image per output variant
     return SourceInfo(files=[_display(f, loc.kind) for f in files], num_rows=num_rows, schema=schema,
                       num_images=num_images, row_groups=tuple(groups for _, groups in footers.values()),
-                      types=types)
+                      types=types, pass_through=pass_through_columns(cfg.source, cfg.routing.column_read,
+                                                                     schema.names))
 
 
 def _display(path: str, kind: str) -> str:
@@ -174,25 +185,40 @@ def _check_same_columns(cfg: JobConfig, footers: dict[str, tuple[pa.Schema, tupl
     """Every column the run reads must be in every file or in none (a file without it would fail mid-run)."""
     first_file, (first, _) = next(iter(footers.items()))
     for f, (schema, _) in footers.items():
-        for column in _input_columns(cfg, first):
+        for column in _input_columns(cfg, first, carry_all=False):
             if column not in schema.names:
                 raise InputError(f"column {column!r} is in {_display(first_file, kind)} but not in "
                                  f"{_display(f, kind)}; add it to every file (nulls are fine) or to none")
-        extra = [c for c in _input_columns(cfg, schema) if c not in first.names]
+        extra = [c for c in _input_columns(cfg, schema, carry_all=False) if c not in first.names]
         if extra:
             raise InputError(f"column {extra[0]!r} is in {_display(f, kind)} but not in "
                              f"{_display(first_file, kind)}; add it to every file (nulls are fine) or to none")
 
 
-def _merged_types(cfg: JobConfig, footers: dict[str, tuple[pa.Schema, tuple[int, ...]]], kind: str) -> pa.Schema:
-    """The types of the columns the run reads, merged across every file as Ray Data merges blocks (pyarrow's
+def _common_columns(cfg: JobConfig, footers: dict[str, tuple[pa.Schema, tuple[int, ...]]]) -> pa.Schema:
+    """The first file's schema, less the columns some other file lacks or some file has twice (`source.
+    pass_through: all` leaves those out, with a warning; the run's own columns are in every file, once)."""
+    import pyarrow as pa
+
+    schemas = [schema for schema, _ in footers.values()]
+    twice = {n for s in schemas for n in s.names if s.get_all_field_indices(n)[1:]}
+    common = [f for f in schemas[0] if all(f.name in s.names for s in schemas[1:]) and f.name not in twice]
+    left = sorted({n for s in schemas for n in s.names} - {f.name for f in common})
+    if left and cfg.source.pass_through == "all":
+        logger.warning("source.pass_through: all leaves out column(s) %s: not in every file, or in one twice",
+                       ", ".join(left))
+    return pa.schema(common)
+
+
+def _merged_types(cfg: JobConfig, footers: dict[str, tuple[pa.Schema, tuple[int, ...]]], kind: str,
+                  columns: list[str]) -> pa.Schema:
+    """The types of `columns` (those the run reads), merged across every file as Ray Data merges blocks (pyarrow's
     permissive promotion: int32 + int64 → int64, string + large_string → large_string, all-null + any → that
     type), a dictionary-encoded column read as its values. InputError naming both files when a column's types
     don't merge (int64 ids in one file, strings in another): found here, before Ray starts, not mid-run."""
     import pyarrow as pa
 
     first_file, (first, _) = next(iter(footers.items()))
-    columns = _input_columns(cfg, first)
     merged = {c: _decoded(first.field(c)) for c in columns}
     seen_in = dict.fromkeys(columns, first_file)
     for f, (schema, _) in footers.items():
@@ -328,7 +354,12 @@ def constructor_kwargs(plan: Plan, stage: Stage, board: Any = None) -> dict[str,
 _RUN_SERVICES: list[Any] = []
 
 
-def _input_columns(cfg: JobConfig, schema: pa.Schema) -> list[str]:
+def _input_columns(cfg: JobConfig, schema: pa.Schema, carry_all: bool = True) -> list[str]:
+    """The columns of `schema` the run reads: those holding its fields, and those it carries to the manifest
+    (`carry_all=False`: only those the user named, leaving out what `source.pass_through: all` would add)."""
+    carried = list(cfg.source.pass_through) if isinstance(cfg.source.pass_through, list) else []
+    if carry_all:
+        carried = list(pass_through_columns(cfg.source, cfg.routing.column_read, schema.names))
     candidates = [
         cfg.source.prompt_column,
         cfg.source.id_column,
@@ -337,6 +368,7 @@ def _input_columns(cfg: JobConfig, schema: pa.Schema) -> list[str]:
         *(column for setting, column in cfg.source.columns.by_field().items()
           if cfg.source.reads_inputs() or setting not in INPUT_FIELDS),
         *(cfg.source.template.columns() if cfg.source.template is not None else []),
+        *carried,
     ]
     return [c for c in dict.fromkeys(candidates) if c in schema.names]
 
