@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
+from typing import Any
 
 from imagefleet.configs.request import ROW_FIELDS
 
 PROMPT_NAMES = ("prompt", "prompts", "text", "caption", "description", "query")
 ID_NAMES = ("id", "row_id", "uid", "key")
+ID_WORDS = ("id", "uid", "uuid", "guid", "key", "sku", "code", "ref", "slug")
+"""Words of a column name (split at `_`, `-`, spaces, dots) that say it names rows (`sku`, `product_id`)."""
 NEGATIVE_NAMES = ("negative_prompt", "negative", "neg_prompt")
 # other names data tools give the per-row settings (diffusers' own argument names first); every setting of
 # configs.request.ROW_FIELDS is looked for under its own name too
@@ -55,6 +59,66 @@ def _pick(names: list[str], preferred: tuple[str, ...]) -> str:
     return next((lowered[p] for p in preferred if p in lowered), "")
 
 
+def _scalar(text: str) -> str:
+    """`text` as a YAML string: as it is when YAML reads it back as that string, else quoted (a table named
+    `null.parquet`, a column named `yes` or `a: b`)."""
+    import json
+
+    import yaml
+
+    try:
+        plain = yaml.safe_load(text) == text and "#" not in text and "{" not in text
+    except yaml.YAMLError:
+        plain = False
+    return text if plain else json.dumps(text, ensure_ascii=False)
+
+
+def _id_rank(name: str) -> int:
+    """How much a column's name says it is a row id: 0 (`id`, `uid`, ...), 1 (one of its words is in ID_WORDS:
+    `sku`, `product_id`, `ProductID`, `item-key`), 2 (nothing)."""
+    if name.lower() in ID_NAMES:
+        return 0
+    words = re.findall(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|\d+", name)
+    return 1 if any(w.lower() in ID_WORDS for w in words) else 2
+
+
+def _unique_columns(table: str, schema: Any, skip: set[str]) -> list[str]:
+    """The text and integer columns (other than `skip`) whose values are all set and all different: the ones
+    that can key rows (an id shared by two rows would give them one seed, and one image when their prompts
+    match)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    names = [f.name for f in schema if f.name not in skip and schema.names.count(f.name) == 1 and (
+        pa.types.is_string(f.type) or pa.types.is_large_string(f.type) or pa.types.is_integer(f.type))]
+    if not names:
+        return []
+    data = pq.read_table(table, columns=names)
+    return [n for n in names if data.column(n).null_count == 0
+            and pc.count_distinct(data.column(n)).as_py() == data.num_rows]
+
+
+def _id_lines(table: str, schema: Any, skip: set[str]) -> tuple[str, list[str]]:
+    """The id column to propose ('' = none) and the config lines saying so: the unique column whose name says
+    most that it names rows; a column that isn't unique is never proposed."""
+    unique = _unique_columns(table, schema, skip)
+    named = sorted((c for c in unique if _id_rank(c) < 2), key=_id_rank)
+    if named:
+        return named[0], [f"  id_column: {_scalar(named[0])}                # unique in every row"]
+    lines = []
+    shared = _pick([n for n in schema.names if n not in unique], ID_NAMES)
+    if shared:  # the default id_column reads it: say what that means
+        lines.append(f"  # column {shared} is not unique: rows sharing an id and a prompt share one image; set "
+                     f"id_column to a unique column")
+    elif unique:
+        lines.append(f"  # no id column found: row ids are derived from the prompt text (unique columns that could "
+                     f"be the id: {', '.join(unique[:5])})")
+    else:
+        lines.append("  # no id column found: row ids are derived from the prompt text")
+    return "", lines
+
+
 def starter_config(table: str, output_uri: str, backend: str, model: str) -> str:
     """The YAML text of a starter config for `table` (raises InitError with one line)."""
     import pyarrow as pa
@@ -68,33 +132,29 @@ def starter_config(table: str, output_uri: str, backend: str, model: str) -> str
     if not text_columns:
         raise InitError(f"{table} has no text column to use as prompts (columns: {', '.join(schema.names)})")
     prompt = _pick(text_columns, PROMPT_NAMES) or text_columns[0]
-    row_id = _pick(schema.names, ID_NAMES)
     negative = _pick(text_columns, NEGATIVE_NAMES)
-    taken = {prompt, row_id, negative}
-    free = [n for n in schema.names if n not in taken]
+    free = [n for n in schema.names if n not in {prompt, negative}]
     found = {field: _pick(free, names) for field, names in ROW_COLUMNS.items()}
+    row_id, id_lines = _id_lines(table, schema, {prompt, negative, *found.values()})  # a setting is never the id
     per_row = [field for field, column in found.items() if column]
     renamed = {field: column for field, column in found.items() if column and column != field}
     lines = [
         f"# Starter config written by `imagefleet init {table}`. Check it with `imagefleet run <this file> --dry-run`;",
         "# every key is described in docs/CONFIG.md.",
-        f"name: {Path(table).stem}",
+        f"name: {_scalar(Path(table).stem)}",
         "seed: 0",
         "source:",
-        f"  uri: {table}",
-        f"  prompt_column: {prompt}",
+        f"  uri: {_scalar(table)}",
+        f"  prompt_column: {_scalar(prompt)}",
     ]
-    if row_id:
-        lines.append(f"  id_column: {row_id}")
-    else:
-        lines.append("  # no id column found: row ids are derived from the prompt text")
+    lines += id_lines
     if negative:
-        lines.append(f"  negative_prompt_column: {negative}")
+        lines.append(f"  negative_prompt_column: {_scalar(negative)}")
     if per_row:
         lines.append(f"  # per-row columns found (they override the generator's defaults): "
                      f"{', '.join(found[f] for f in per_row)}")
     if renamed:
-        lines.append("  columns: {" + ", ".join(f"{f}: {c}" for f, c in renamed.items()) + "}")
+        lines.append("  columns: {" + ", ".join(f"{f}: {_scalar(c)}" for f, c in renamed.items()) + "}")
     if found.get("image"):
         task = "inpaint" if found.get("mask") and backend != "gemini" else (
             "image-to-image" if backend == "diffusers" else "edit")
@@ -106,7 +166,7 @@ def starter_config(table: str, output_uri: str, backend: str, model: str) -> str
         lines.append(f"  # column {found['loras']} picks LoRA adapters per row: list them under generators.main.loras "
                      f"(diffusers)")
     lines += ["generators:", "  main:", BACKENDS[backend].format(model=model or DEFAULT_MODEL[backend]),
-              "output:", f"  uri: {output_uri}", "  format: png",
+              "output:", f"  uri: {_scalar(output_uri)}", "  format: png",
               "cluster:", "  address: local                   # a private Ray here (on a cluster: auto)", ""]
     return "\n".join(lines)
 

@@ -73,3 +73,47 @@ def test_init_finds_input_images_and_picks_a_task_the_backend_can_do(tmp_path: P
     cfg = load_config(out)
     assert cfg.source.task == task and cfg.source.columns.image == "init_image"
     assert cfg.source.columns.mask == "mask_image" and cfg.source.columns.strength == "denoising_strength"
+
+
+def test_init_proposes_a_unique_column_that_names_rows_as_the_id(tmp_path: Path) -> None:
+    """Issue #33: a table keyed by a unique `sku` gets `id_column: sku` (distinct SKUs sharing a prompt stay two
+    images); a column named like an id whose values repeat, or one with a null, is never proposed, and the config
+    says why; a unique column whose name says nothing is only mentioned."""
+    src = table(tmp_path / "shop.parquet", {"prompt": ["a red chair", "a red chair", "a lamp"],
+                                            "sku": ["S1", "S2", "S3"], "label": [3, 1, 2]})
+    out = tmp_path / "shop.yaml"
+    assert init.main([src, "-o", str(out)]) == 0
+    assert load_config(out).source.id_column == "sku" and "id_column: sku" in out.read_text()
+    # a repeated `product_id` loses to a unique `ProductCode`
+    src = table(tmp_path / "codes.parquet", {"prompt": ["a", "b"], "product_id": [7, 7], "ProductCode": [1, 2]})
+    out = tmp_path / "codes.yaml"
+    assert init.main([src, "-o", str(out)]) == 0
+    assert load_config(out).source.id_column == "ProductCode"
+    # `id` repeats, nothing else names rows: not proposed, and the config says what that means
+    src = table(tmp_path / "dup.parquet", {"prompt": ["a", "a"], "id": ["x", "x"], "title": ["t1", "t2"]})
+    out = tmp_path / "dup.yaml"
+    assert init.main([src, "-o", str(out)]) == 0
+    text = out.read_text()
+    assert "\n  id_column:" not in text and "column id is not unique" in text
+    # a null makes a column no id; a unique one with a plain name is mentioned, not used
+    src = table(tmp_path / "null.parquet", {"prompt": ["a", "b"], "sku": ["S1", None], "title": ["t1", "t2"]})
+    out = tmp_path / "null.yaml"
+    assert init.main([src, "-o", str(out)]) == 0
+    text = out.read_text()
+    cfg = load_config(out)  # (a table named null.parquet: its name is quoted, not YAML's null)
+    assert cfg.source.id_column == "id" and cfg.name == "null"  # the default: no such column, ids from the prompt
+    assert "unique columns that could be the id: title" in text and "sku" not in text
+
+
+def test_the_proposed_id_keeps_skus_that_share_a_prompt_apart(tmp_path: Path) -> None:
+    """What init writes, run: two SKUs with the same prompt are two images (ids from the prompt made them one)."""
+    import imagefleet
+
+    src = table(tmp_path / "shop.parquet", {"prompt": ["a red chair", "a red chair"], "sku": ["S1", "S2"]})
+    out = tmp_path / "shop.yaml"
+    assert init.main([src, "-o", str(out), "--output-uri", str(tmp_path / "out")]) == 0
+    raw = {**load_config(out).model_dump(), "generators": {"s": {"backend": "sleep"}},
+           "cluster": {"executor": "in_process"}}
+    manifest = imagefleet.run(raw, echo=None).manifest().to_table()
+    assert sorted(manifest.column("id").to_pylist()) == ["S1", "S2"]
+    assert len(set(manifest.column("image_key").to_pylist())) == 2
