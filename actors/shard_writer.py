@@ -23,14 +23,10 @@ if TYPE_CHECKING:
 NUM_FETCH_THREADS = 8  # image reads are I/O-bound
 
 
-def shard_of(image_key: str, num_shards: int) -> int:
-    """Balanced, deterministic shard for an image (keys are uniform hex hashes)."""
-    return int(image_key[:8], 16) % num_shards
-
-
 class ShardWriter:
-    """Writes one tar per group of manifest rows: `<image_key>.<ext>` (the stored bytes, not re-encoded)
-    and `<image_key>.json` (the manifest row's SHARD_FIELDS) per sample, in key order.
+    """Writes one tar per group of manifest rows: `<image_key>.<ext>` (the stored bytes, not re-encoded),
+    `<image_key>.json` (the manifest row's SHARD_FIELDS) and `<image_key>.txt` (the prompt: the caption, as
+    img2dataset and open_clip's loaders expect) per sample, in key order.
 
     Args:
         cfg: this stage's slice (output root, store, shard count, export id).
@@ -63,6 +59,7 @@ class ShardWriter:
                     meta = {k: _jsonable(row.get(k)) for k in SHARD_FIELDS}
                     _add(tar, f"{row['image_key']}.{ext}", data)
                     _add(tar, f"{row['image_key']}.json", json.dumps(meta, sort_keys=True).encode())
+                    _add(tar, f"{row['image_key']}.txt", str(row.get("prompt") or "").encode())
             size = os.path.getsize(tmp)
             digest = file_sha256(tmp)
             path = shard_rel(self.cfg.run_id, shard)

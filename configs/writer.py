@@ -30,12 +30,14 @@ class WriterPoolConfig(StrictModel):
 
 
 class WebDatasetConfig(StrictModel):
-    """Optional WebDataset tar shards (`<key>.<ext>` + `<key>.json` per sample) for training-data users."""
+    """Optional WebDataset tar shards (`<key>.<ext>` + `<key>.json` + `<key>.txt` caption per sample) for
+    training-data users."""
 
     enabled: bool = False
     """Write `<uri>/webdataset/<run_id>/shard-NNNNNN.tar` + `webdataset/index.json` after the manifest commit."""
     samples_per_shard: int = Field(default=1000, ge=1, le=1_000_000)
-    """Target samples per shard (shards are balanced by image key, so sizes vary a little)."""
+    """Samples per shard, a cap: shards hold runs of this many samples in image-key order (the last one the
+    rest)."""
     num_cpus: float = Field(default=0.5, gt=0)
     """CPUs per shard-writing task."""
 

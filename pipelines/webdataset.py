@@ -8,13 +8,13 @@ Layout under the output root:
 
 from __future__ import annotations
 
+import bisect
 import json
-import math
 import shlex
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from imagefleet.actors.layout import WEBDATASET_DIR, WEBDATASET_INDEX, shard_pattern, webdataset_dir
-from imagefleet.actors.shard_writer import ShardWriter, shard_of
+from imagefleet.actors.shard_writer import ShardWriter
 from imagefleet.actors.storage import ObjectStore
 from imagefleet.configs.writer import OutputConfig, ShardWriterConfig
 from imagefleet.pipelines.commit import current_parts
@@ -31,25 +31,39 @@ def build_shards(output: OutputConfig, objects: ObjectStore, num_ok: int, export
     Args:
         output: the output config (root and webdataset settings).
         objects: the output.
-        num_ok: `ok` rows in the manifest (sets the shard count).
+        num_ok: `ok` rows in the manifest.
         export_id: folder name of this export (the run id).
     """
     import ray.data
 
-    # 1 the committed manifest (a shard must never see a half-written run)
+    # 1 the committed manifest's ok rows (a shard must never see a half-written run)
     fs, root = objects.arrow()
     parts = [f"{root}/{p}" for p in current_parts(objects)]
-    ds = ray.data.read_parquet(parts, filesystem=fs)
-    # 2 ok rows only, each tagged with its shard (balanced by key hash, fixed for a given shard count)
-    num_shards = max(1, math.ceil(num_ok / output.webdataset.samples_per_shard))
-    ds = ds.map_batches(_ok_rows_with_shard, fn_kwargs={"num_shards": num_shards},  # type: ignore[arg-type]
-                        batch_format="pyarrow")
+    ok = ray.data.read_parquet(parts, filesystem=fs).map_batches(_ok_rows, batch_format="pyarrow").materialize()
+    # 2 each row's shard: runs of `samples_per_shard` keys in key order (a cap: every shard but the last is full)
+    firsts = shard_starts(ok, output.webdataset.samples_per_shard)
+    ds = ok.map_batches(_with_shard, fn_kwargs={"firsts": firsts}, batch_format="pyarrow")
     # 3 one tar per shard; CPU tasks (fetch + tar + upload is I/O-bound, no model to keep warm)
+    num_shards = max(1, len(firsts))
     cfg = ShardWriterConfig(uri=output.uri, store=objects.spec, num_shards=num_shards, run_id=export_id)
-    return ds.groupby("shard", num_partitions=min(num_shards, 64)).map_groups(
+    shards: ray.data.Dataset = ds.groupby("shard", num_partitions=min(num_shards, 64)).map_groups(
         ShardWriter, fn_constructor_kwargs={"cfg": cfg}, batch_format="pyarrow",
         **shard_writer_kwargs(output.webdataset.num_cpus),
     )
+    return shards
+
+
+def shard_starts(ok: ray.data.Dataset, per_shard: int) -> list[str]:
+    """The first image key of each shard: every `per_shard`-th key of the sorted keys (Ray sorts them; the driver
+    streams them and keeps one key per shard)."""
+    firsts: list[str] = []
+    seen = 0
+    for batch in ok.select_columns(["image_key"]).sort("image_key").iter_batches(batch_format="pyarrow",
+                                                                                  batch_size=65536):
+        keys = cast("pa.Table", batch).column("image_key")
+        firsts += [str(keys[j]) for j in range((-seen) % per_shard, len(keys), per_shard)]
+        seen += len(keys)
+    return firsts
 
 
 def write_webdataset(output: OutputConfig, objects: ObjectStore, num_ok: int, export_id: str) -> str:
@@ -76,13 +90,17 @@ def write_webdataset(output: OutputConfig, objects: ObjectStore, num_ok: int, ex
     return objects.uri_of(WEBDATASET_INDEX)
 
 
-def _ok_rows_with_shard(batch: pa.Table, num_shards: int) -> pa.Table:
-    import pyarrow as pa
+def _ok_rows(batch: pa.Table) -> pa.Table:
     import pyarrow.compute as pc
 
-    ok = batch.filter(pc.equal(batch.column("status"), "ok"))
-    shards = [shard_of(k, num_shards) for k in ok.column("image_key").to_pylist()]
-    return ok.append_column("shard", pa.array(shards, pa.int32()))
+    return batch.filter(pc.equal(batch.column("status"), "ok"))
+
+
+def _with_shard(batch: pa.Table, firsts: list[str]) -> pa.Table:
+    import pyarrow as pa
+
+    shards = [max(0, bisect.bisect_right(firsts, k) - 1) for k in batch.column("image_key").to_pylist()]
+    return batch.append_column("shard", pa.array(shards, pa.int32()))
 
 
 def read_index(objects: ObjectStore) -> dict[str, Any]:

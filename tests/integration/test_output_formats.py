@@ -45,6 +45,7 @@ def test_webdataset_shards_on_s3_then_rerun_is_identical(
     store = resolve_store_spec(f"s3://{bucket}/wds", S3Config())
     index = read_index(open_store(f"s3://{bucket}/wds", store))
     assert index["num_samples"] == 12 and index["num_shards"] == 3
+    assert [s["num_samples"] for s in index["shards"]] == [5, 5, 2]  # samples_per_shard is a cap
     client = s3_env.client()
     keys = set()
     for shard in index["shards"]:
@@ -52,14 +53,15 @@ def test_webdataset_shards_on_s3_then_rerun_is_identical(
         assert len(body) == shard["bytes"]
         members = read_tar(body)
         names = sorted(members)
-        assert len(names) == 2 * shard["num_samples"]
+        assert len(names) == 3 * shard["num_samples"]
         # WebDataset convention: samples are consecutive files sharing a basename (the image key)
         stems = [n.split(".", 1)[0] for n in names]
-        assert stems[::2] == stems[1::2] and stems[::2] == sorted(set(stems))
-        for stem in stems[::2]:
+        assert stems[::3] == stems[1::3] == stems[2::3] and stems[::3] == sorted(set(stems))
+        for stem in stems[::3]:
             meta = json.loads(members[f"{stem}.json"])
             image = Image.open(io.BytesIO(members[f"{stem}.png"]))
             assert meta["image_key"] == stem and meta["prompt"].startswith("a photo") and len(meta["sha256"]) == 64
+            assert members[f"{stem}.txt"].decode() == meta["prompt"]  # the caption
             assert image.size == (meta["width"], meta["height"])
             keys.add(stem)
     assert len(keys) == 12
