@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import sys
 from pathlib import Path
 
 SUBJECTS = ["a red fox", "a lighthouse", "a bowl of ramen", "an astronaut", "a vintage bicycle", "a koi pond",
@@ -78,7 +80,35 @@ def main(argv: list[str]) -> int:
         config = Path(__file__).resolve().parent.parent / "configs" / "local_tiny.yaml"
         code = generate.main([str(config), f"--set=source.uri={home / 'prompts' / 'demo.parquet'}",
                               f"--set=generators.tiny.model={home / 'models' / 'tiny-sd'}", *argv])
-    print(f"\ndemo: browse the bucket:  eval \"$(imagefleet s3 env --dir {home / 's3'})\" && "
-          f"aws s3 ls --recursive s3://imagefleet-demo/   (or boto3)")
-    print(f"demo: stop the S3 server: imagefleet s3 stop --dir {home / 's3'}")
+    output = "s3://imagefleet-demo/world" if world else "s3://imagefleet-demo/local-tiny"
+    for arg in argv:  # the run's own output when the user moved it
+        if arg.startswith("--set=output.uri="):
+            output = arg.split("=", 2)[2]
+    print("")
+    if code == 0:
+        print(local_report(output, home))
+    cli = shutil.which("imagefleet") or str(Path(sys.executable).parent / "imagefleet")  # outside the venv too
+    print(f"demo: read any stored object: {cli} cat {output}/manifest/_manifest.json")
+    print(f"demo: browse the bucket with boto3 or any S3 client: eval \"$({cli} s3 env --dir {home / 's3'})\"")
+    print(f"demo: stop the S3 server: {cli} s3 stop --dir {home / 's3'}")
     return code
+
+
+def local_report(output: str, home: Path) -> str:
+    """The run's report copied out of the bucket to a local file a browser opens (it is self-contained: the
+    contact sheet's thumbnails are inline); the line saying where it is."""
+    from imagefleet.actors.layout import REPORT_HTML
+    from imagefleet.actors.storage import StorageError, resolve_store_spec
+    from imagefleet.actors.stores import open_store
+    from imagefleet.configs.storage import S3Config
+
+    target = (home / REPORT_HTML).resolve()
+    try:
+        store = open_store(output, resolve_store_spec(output, S3Config()))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(store.get(REPORT_HTML))
+    except (StorageError, OSError, RuntimeError) as exc:
+        return f"demo: the report is {output}/{REPORT_HTML} (not copied here: {exc})"
+    except Exception as exc:  # noqa: BLE001 - botocore's errors: the demo ran; say where the report is
+        return f"demo: the report is {output}/{REPORT_HTML} (not copied here: {type(exc).__name__})"
+    return f"demo: open the report in a browser: {target.as_uri()}"
