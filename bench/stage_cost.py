@@ -511,11 +511,19 @@ def markdown(r: dict[str, Any]) -> list[str]:
         lines.append(f"- {n['vae']} ({n['gpu_img_s']:g} img/s a GPU, {n['node_img_s']:,.0f} a node): "
                      + " / ".join(f"{n['cores'][f]:g}" for f in FORMATS)
                      + f"; the one preprocessor feeds {n['preprocessor_gpus']:,} such GPUs.")
+    ms = {x["key"]: x["cpu_ms"] for x in r["stages"]}
+    readers, turbo = s["fixed"]["input reader"], WORKLOADS[0][2]
+    index_gib = s["resume_index_bytes_per_row"] * 1e8 / 2**30
     lines += [f"- Preprocessor: {s['preprocess_rows_s']:,} rows/s on a first run, {s['rerun_rows_s']:,} on a rerun "
               "(every row found in the resume index).",
+              f"- Input reader ({readers} actors): an image-to-image run with 512 px PNG inputs "
+              f"({ms['inputs:png']:.3g} ms a row) feeds {readers * 1000 / ms['inputs:png'] / turbo:.2g} SD-Turbo GPUs, "
+              f"with JPEG inputs {readers * 1000 / ms['inputs:jpeg'] / turbo:.2g}.",
               f"- Once per run, serial: the resume scan {s['resume_s_per_million']:g} CPU-s per million manifest rows "
-              f"before the first image (index ~{s['resume_index_bytes_per_row']} bytes a row in the preprocessor), "
-              f"the commit {s['commit_s_per_million']:g} CPU-s per million rows after the last (local folder).", ""]
+              f"before the first image ({s['resume_s_per_million'] * 100 / 60:.0f} min at 100M rows), its index "
+              f"~{s['resume_index_bytes_per_row']} bytes a row held by the one preprocessor ({index_gib:.0f} GiB at "
+              f"100M rows); the commit {s['commit_s_per_million']:g} CPU-s per million rows after the last (local "
+              "folder).", ""]
     return lines
 
 

@@ -10,7 +10,8 @@ FIXED = {"preprocessor": ("preprocess", 1), "input reader": ("inputs:jpeg", 2), 
 
 def stages(write_ms: float = 4.0) -> list[dict]:
     """Every key `sizing` reads, at 0.01 ms each, but the write at `write_ms`, the preprocessor at 0.05 ms."""
-    keys = ["read", "manifest", "commit", "resume", "preprocess:rerun", "inputs:jpeg", "escalate", "write:png:8",
+    keys = ["read", "manifest", "commit", "resume", "preprocess:rerun", "inputs:jpeg", "inputs:png", "escalate",
+            "write:png:8",
             *(f"generate:{px}" for px in (512, 1024)), *(f"hop:{px}" for px in (512, 1024)),
             *(f"write:{f}:{px}" for f in stage_cost.FORMATS for px in stage_cost.SIZES)]
     out = [{"key": k, "stage": k, "detail": "", "unit": "image", "units": 1000, "layout": "", "cpu_ms": 0.01,
