@@ -38,6 +38,7 @@ class SourceInfo:
     files: list[str]
     num_rows: int
     schema: pa.Schema
+    """The columns every file has (once), as the first file types them."""
     num_images: int = 0
     """Images the rows ask for (each row's num_images, default 1); 0 = not counted (same as num_rows)."""
     row_groups: tuple[tuple[int, ...], ...] = ()

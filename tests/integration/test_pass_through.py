@@ -1,5 +1,5 @@
-"""Pass-through columns on Ray's actor pools (issue #33): a cascade run on the sleep backend carries the user's
-columns, typed as in the data, on every manifest row of every request, as the in-process runs of
+"""Pass-through columns on Ray's actor pools (issue #33): a cascade run on the sleep backend, into S3, carries the
+user's columns, typed as in the data, on every manifest row of every request, as the in-process runs of
 tests/unit/test_pass_through.py do; a rerun carries them again."""
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from tests.helpers import sleep_job, write_prompts
 pytestmark = pytest.mark.slow
 
 
-def test_a_cascade_on_ray_carries_the_users_columns(tmp_path: Path, ray_cluster: None) -> None:
+def test_a_cascade_on_ray_carries_the_users_columns(tmp_path: Path, s3_env: Any, bucket: str,
+                                                   ray_cluster: None) -> None:
     n = 24
     src = write_prompts(tmp_path / "p.parquet", {
         "prompt": [("good " if i % 3 == 0 else "meh ") + f"item {i}" for i in range(n)],
@@ -27,7 +28,7 @@ def test_a_cascade_on_ray_carries_the_users_columns(tmp_path: Path, ray_cluster:
         "tags": pa.array([[f"t{i}"] * (i % 3) for i in range(n)], pa.list_(pa.string())),
         "num_images": [1 + i % 2 for i in range(n)],
     })
-    raw: dict[str, Any] = sleep_job(src, str(tmp_path / "out"))
+    raw: dict[str, Any] = sleep_job(src, f"s3://{bucket}/carried")
     raw["generators"]["heavy"] = {**raw["generators"]["sleepy"], "model": "heavy-model"}
     raw["routing"] = {"mode": "cascade", "cascade": {"draft": "sleepy", "escalate": "heavy", "threshold": 0.5}}
     raw["scorer"] = {"backend": "rule", "marker": "good"}
