@@ -26,7 +26,7 @@ from imagefleet.configs.routing import ColumnRouting
 from imagefleet.configs.serve import ServeConfig
 from imagefleet.configs.source import InputLimits
 from imagefleet.pipelines.http_limits import HeadLimits, ProxyLimits, head_problem
-from imagefleet.pipelines.plan import Stores, generator_stage, prep_config
+from imagefleet.pipelines.plan import Stores, generator_stage
 from imagefleet.pipelines.pools import serve_gateway_options, serve_generator_options
 from imagefleet.pipelines.serve_protocol import (
     RequestProblem,
@@ -36,6 +36,7 @@ from imagefleet.pipelines.serve_protocol import (
     parse_generate_request,
     read_body,
 )
+from imagefleet.pipelines.slices import prep_config
 from imagefleet.pipelines.text_to_image import failure_line
 
 if TYPE_CHECKING:

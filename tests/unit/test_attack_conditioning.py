@@ -20,7 +20,8 @@ from imagefleet.configs.loader import ConfigError, parse_config
 from imagefleet.configs.prep import InputReaderConfig
 from imagefleet.configs.source import InputLimits
 from imagefleet.configs.storage import StoreSpec
-from imagefleet.pipelines.plan import Stores, prep_config
+from imagefleet.pipelines.plan import Stores
+from imagefleet.pipelines.slices import prep_config
 from tests.helpers import sleep_job
 from tests.unit.test_conditioning import prep
 

@@ -13,7 +13,7 @@ import pytest
 from imagefleet.actors.bounded_template import MAX_STEPS, TemplateLimit, compile_template
 from imagefleet.actors.prompt_preprocessor import PromptPreprocessor
 from imagefleet.configs.loader import ConfigError, parse_config
-from imagefleet.pipelines.plan import prep_config
+from imagefleet.pipelines.slices import prep_config
 from tests.helpers import tiny_job
 
 LIMIT = 10_000  # source.max_prompt_chars' default

@@ -21,7 +21,8 @@ from imagefleet.configs.loader import ConfigError, parse_config
 from imagefleet.configs.prep import InputReaderConfig
 from imagefleet.configs.source import InputLimits, variant_size
 from imagefleet.configs.storage import StoreSpec
-from imagefleet.pipelines.plan import Stores, input_base, make_plan, prep_config
+from imagefleet.pipelines.plan import Stores, make_plan
+from imagefleet.pipelines.slices import input_base, prep_config
 from imagefleet.pipelines.text_to_image import InputError, expected_rows, inspect_source
 from tests.helpers import sleep_job, tiny_job
 

@@ -12,7 +12,7 @@ import pytest
 from imagefleet.actors import PromptPreprocessor
 from imagefleet.configs.loader import ConfigError, load_config, parse_config
 from imagefleet.jobs.runtime import check_temp_dir, run_id_arg
-from imagefleet.pipelines.plan import prep_config
+from imagefleet.pipelines.slices import prep_config
 from imagefleet.pipelines.text_to_image import InputError, _check_separate, glob_match
 from tests.helpers import sleep_job, write_config
 

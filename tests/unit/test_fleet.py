@@ -13,7 +13,7 @@ from imagefleet.actors.prompt_preprocessor import PromptPreprocessor
 from imagefleet.configs import ConfigError
 from imagefleet.configs.loader import parse_config
 from imagefleet.configs.scorer import ClipScorerConfig, RuleScorerConfig
-from imagefleet.pipelines.plan import prep_config
+from imagefleet.pipelines.slices import prep_config
 from tests.helpers import sleep_job
 
 

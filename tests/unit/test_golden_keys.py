@@ -117,7 +117,7 @@ def _job(**extra: Any) -> dict[str, Any]:
 def _prep(**extra: Any) -> tuple[Any, Any]:
     from imagefleet.actors.prompt_preprocessor import PromptPreprocessor
     from imagefleet.configs.loader import parse_config
-    from imagefleet.pipelines.plan import prep_config
+    from imagefleet.pipelines.slices import prep_config
 
     cfg = parse_config(_job(**extra))
     return cfg, PromptPreprocessor(prep_config(cfg))
@@ -141,7 +141,7 @@ def test_the_keys_and_seeds_a_run_computes() -> None:
 def test_the_key_of_an_escalated_image() -> None:
     """A cascade's heavy image: the heavy generator's defaults and render, the draft's seed and explicit settings."""
     from imagefleet.actors.escalator import Escalator
-    from imagefleet.pipelines.plan import prep_config
+    from imagefleet.pipelines.slices import prep_config
 
     cfg, prep = _prep(routing={"mode": "cascade", "default": "draft",
                                "cascade": {"draft": "draft", "escalate": "heavy", "threshold": 0.5}},

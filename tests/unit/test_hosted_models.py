@@ -162,7 +162,7 @@ def test_gemini_takes_any_pixel_size_not_only_multiples_of_8() -> None:
 
     from imagefleet.actors.prompt_preprocessor import PromptPreprocessor
     from imagefleet.configs.loader import ConfigError, parse_config
-    from imagefleet.pipelines.plan import prep_config
+    from imagefleet.pipelines.slices import prep_config
 
     ad = GeminiImageConfig(defaults={"width": 1200, "height": 628})
     assert ad.size_problem(1200, 628) == "" and ad.size_multiple() == 1

@@ -7,7 +7,7 @@ import pytest
 
 from imagefleet.actors.prompt_preprocessor import PromptPreprocessor
 from imagefleet.configs.loader import parse_config
-from imagefleet.pipelines.plan import prep_config
+from imagefleet.pipelines.slices import prep_config
 from tests.helpers import tiny_job
 
 

@@ -16,7 +16,8 @@ from imagefleet.actors.prompt_preprocessor import PromptPreprocessor
 from imagefleet.configs.loader import ConfigError, parse_config
 from imagefleet.configs.source import PromptTemplate
 from imagefleet.configs.storage import StoreSpec
-from imagefleet.pipelines.plan import Stores, prep_config
+from imagefleet.pipelines.plan import Stores
+from imagefleet.pipelines.slices import prep_config
 from imagefleet.pipelines.text_to_image import InputError, expected_rows, inspect_source
 from tests.helpers import tiny_job
 

@@ -83,7 +83,8 @@ def test_adaptive_drafts_are_configured_whole(cascade: dict[str, Any], match: st
 
 
 def test_the_rule_is_in_the_draft_keys_and_the_plan_has_a_round_per_draft() -> None:
-    from imagefleet.pipelines.plan import make_plan, selection
+    from imagefleet.pipelines.plan import make_plan
+    from imagefleet.pipelines.slices import selection
     from tests.unit.test_fleet import fleet
     from tests.unit.test_plan import STORES
 

@@ -173,7 +173,7 @@ def test_allowed_roots_admit_other_folders_and_prefixes(tmp_path: Path) -> None:
 
 
 def test_a_table_named_without_a_folder_has_the_working_folder_as_its_own() -> None:
-    from imagefleet.pipelines.plan import input_base
+    from imagefleet.pipelines.slices import input_base
 
     assert input_base("p.parquet") == os.getcwd()  # was the file itself: no input could be under it
     assert input_base("/p.parquet") == "/"

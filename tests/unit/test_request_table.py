@@ -64,7 +64,7 @@ from imagefleet.actors.prompt_preprocessor import PromptPreprocessor
 from imagefleet.actors.resume_index import RECORD_FIELDS
 from imagefleet.configs.loader import parse_config
 from imagefleet.configs.source import ColumnNames
-from imagefleet.pipelines.plan import prep_config
+from imagefleet.pipelines.slices import prep_config
 from imagefleet.pipelines.serve_protocol import parse_generate_request
 
 job = {"name": "t", "seed": 7, "source": {"uri": "p.parquet", "columns": {"style": "look"}}, "output": {"uri": "o"},
@@ -134,7 +134,7 @@ def _unchanged_key() -> str:
     """Row `a`'s draft key as this checkout (without `style`) computes it for the same job."""
     from imagefleet.actors.prompt_preprocessor import PromptPreprocessor
     from imagefleet.configs.loader import parse_config
-    from imagefleet.pipelines.plan import prep_config
+    from imagefleet.pipelines.slices import prep_config
 
     job = {"name": "t", "seed": 7, "source": {"uri": "p.parquet"}, "output": {"uri": "o"},
            "generators": {"d": {"backend": "diffusers", "model": "org/d", "defaults": {"width": 64, "height": 64}}}}
