@@ -227,21 +227,32 @@ def test_best_of_n_through_a_run_and_resume(tmp_path: Path, s3_env: Any, bucket:
                and again[r["id"]]["seed"] == r["seed"] for r in rows)
 
 
+def brightness_cascade(tmp_path: Path, bucket: str, **cascade: Any) -> str:
+    """16 prompts drafted by `sleepy` (each seed its own colour), scored by brightness, the worst quarter of the
+    drafts escalated to `heavy`; the config file's path."""
+    src = write_prompts(tmp_path / "p.parquet", {"prompt": [f"prompt {i}" for i in range(16)]})
+    raw = two_sleepers(src, f"s3://{bucket}/unused", mode="cascade",
+                       cascade={"draft": "sleepy", "escalate": "heavy", "escalate_fraction": 0.25, **cascade})
+    raw["scorer"] = {"backend": "rule", "by": "brightness", "pool": {"num_cpus": 0.1}}
+    raw["generators"]["sleepy"]["pool"]["num_gpus"] = 0  # adaptive drafts: each round is a pool of the draft model
+    return str(write_config(tmp_path / "job.yaml", raw))
+
+
+def run_on(config: str, executor: str, s3_env: Any, bucket: str, out: str) -> list[dict[str, Any]]:
+    """The job run by `executor` into s3://bucket/out; its manifest rows."""
+    assert generate.main([config, f"--set=output.uri=s3://{bucket}/{out}", f"--set=cluster.executor={executor}"]) == 0
+    return manifest(s3_env, bucket, out)
+
+
 def test_a_relative_policy_escalates_the_worst_of_the_whole_run_on_ray_and_in_process(
         tmp_path: Path, s3_env: Any, bucket: str, ray_cluster: None) -> None:
     """escalate_fraction 0.25 of 16 drafts (scored by brightness: each seed its own colour) escalates exactly the
     4 lowest-scoring drafts of the run, on Ray (the stage waits for every draft's score) and in process alike
     (issue #32; before: a running quantile with a hard cap escalated early drafts whatever they scored)."""
-    src = write_prompts(tmp_path / "p.parquet", {"prompt": [f"prompt {i}" for i in range(16)]})
-    raw = two_sleepers(src, f"s3://{bucket}/rel", mode="cascade",
-                       cascade={"draft": "sleepy", "escalate": "heavy", "escalate_fraction": 0.25})
-    raw["scorer"] = {"backend": "rule", "by": "brightness"}
-    config = str(write_config(tmp_path / "job.yaml", raw))
+    config = brightness_cascade(tmp_path, bucket)
     chosen = {}
     for executor, out in (("ray", "rel"), ("in_process", "rel-here")):
-        assert generate.main([config, f"--set=output.uri=s3://{bucket}/{out}",
-                              f"--set=cluster.executor={executor}"]) == 0
-        rows = manifest(s3_env, bucket, out)
+        rows = run_on(config, executor, s3_env, bucket, out)
         drafted = sorted((r["draft_score"] if r["route"] == "escalated" else r["clip_score"], r["id"]) for r in rows)
         escalated = {r["id"] for r in rows if r["route"] == "escalated"}
         assert len(rows) == 16 and escalated == {i for _, i in drafted[:4]}, (executor, drafted, escalated)
@@ -255,18 +266,10 @@ def test_adaptive_drafts_keep_the_best_draft_then_escalate_and_resume(
     draft scores below the stop score, keeps its best draft (the stored image is that draft), lists every draft
     in `candidates` and names the kept one in `draft_round`, pays for each draft; the worst quarter of the kept
     drafts is then escalated. Ray and in-process make the same rows; a rerun makes and pays nothing (issue #32)."""
-    src = write_prompts(tmp_path / "p.parquet", {"prompt": [f"prompt {i}" for i in range(16)]})
-    raw = two_sleepers(src, f"s3://{bucket}/ad", mode="cascade",
-                       cascade={"draft": "sleepy", "escalate": "heavy", "escalate_fraction": 0.25,
-                                "max_drafts": 3, "redraw_below": 0.5})
-    raw["scorer"] = {"backend": "rule", "by": "brightness", "pool": {"num_cpus": 0.1}}
-    raw["generators"]["sleepy"]["pool"]["num_gpus"] = 0  # each round is a pool of its own: 3 of the draft model
-    config = str(write_config(tmp_path / "job.yaml", raw))
+    config = brightness_cascade(tmp_path, bucket, max_drafts=3, redraw_below=0.5)
     made = {}
     for executor, out in (("ray", "ad"), ("in_process", "ad-here")):
-        assert generate.main([config, f"--set=output.uri=s3://{bucket}/{out}",
-                              f"--set=cluster.executor={executor}"]) == 0
-        rows = manifest(s3_env, bucket, out)
+        rows = run_on(config, executor, s3_env, bucket, out)
         assert len(rows) == 16 and {r["status"] for r in rows} == {"ok"}
         redrawn = 0
         for r in rows:
