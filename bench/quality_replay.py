@@ -1,0 +1,303 @@
+"""The quality benchmark's replay of imagefleet's cascade on the shapes world: the product's own preprocessor
+(seeds, image keys), DiffusersGenerator on the world's draft and heavy models, ClipScorer on the world's CLIP,
+and the cascade's decisions (`Redrawer` rounds, `Escalator.over_run` then `Escalator`) on dict batches, without
+Ray. Every image is made once and cached by (generator, prompt, seed), so policies share what they have in common;
+`verify` runs the same policy through `imagefleet.run` and compares row by row.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from bench.common import REPO
+
+MODELS = REPO / "bench" / "world" / "models"
+WORLD_CONFIG = REPO / "configs" / "world_cascade.yaml"  # the demo's cascade: job seed 7, the world's models
+CHUNK = 256  # rows per generator call (the generator batches them by its own batch_size)
+Batch = dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class Policy:
+    """One cascade configuration: adaptive drafts (max_drafts, redraw_below) then one escalation rule —
+    `escalate_fraction` (relative, decided over the run) or an absolute `threshold` (0 escalates nothing: CLIP
+    scores are >= 0)."""
+
+    max_drafts: int = 1
+    redraw_below: float | None = None
+    escalate_fraction: float | None = None
+    threshold: float | None = None
+
+    def cascade(self) -> dict[str, Any]:
+        """The `routing.cascade` block of a job config."""
+        out: dict[str, Any] = {"draft": "draft", "escalate": "heavy", "max_drafts": self.max_drafts}
+        if self.max_drafts > 1:
+            out["redraw_below"] = self.redraw_below
+        if self.escalate_fraction is not None:
+            out["escalate_fraction"] = self.escalate_fraction
+        else:
+            out["threshold"] = self.threshold
+        return out
+
+    def label(self) -> str:
+        drafts = f"max_drafts {self.max_drafts}, redraw_below {self.redraw_below:.1f}" if self.max_drafts > 1 \
+            else "1 draft"
+        if self.escalate_fraction is not None:
+            return f"{drafts}, escalate_fraction {self.escalate_fraction:.2f}"
+        return f"{drafts}, threshold {self.threshold:.1f}" if self.threshold else f"{drafts}, no escalation"
+
+    @staticmethod
+    def parse(text: str) -> Policy:
+        """`max_drafts=3,redraw_below=60,escalate_fraction=0.25` (the keys above)."""
+        values: dict[str, Any] = {}
+        for part in filter(None, text.split(",")):
+            name, _, value = part.partition("=")
+            values[name.strip()] = int(value) if name.strip() == "max_drafts" else float(value)
+        return Policy(**values)
+
+
+def job_config(policy: Policy, source: Path, output: Path) -> dict[str, Any]:
+    """configs/world_cascade.yaml with this checkout's world models, no GPUs, in process, a local output."""
+    raw = yaml.safe_load(WORLD_CONFIG.read_text())
+    raw["source"] = {"uri": str(source)}
+    for name in ("draft", "heavy"):
+        raw["generators"][name]["model"] = str(MODELS / name)
+        raw["generators"][name]["pool"].update(num_gpus=0, min_size=1, max_size=1)
+    raw["scorer"]["model"] = str(MODELS / "clip")
+    raw["routing"] = {"mode": "cascade", "cascade": policy.cascade()}
+    raw["output"] = {"uri": str(output), "format": "png"}
+    raw["cluster"] = {"executor": "in_process"}
+    return raw
+
+
+def write_rows(path: Path, rows: list[tuple[str, str]]) -> Path:
+    """The prompt table: an `id` per row (so every row gets its own derived seed) and its prompt."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"id": [i for i, _ in rows], "prompt": [p for _, p in rows]}), path)
+    return path
+
+
+@dataclass(frozen=True)
+class Image:
+    """One made image: its CLIP score, the oracle's verdict and a digest of its pixels."""
+
+    score: float
+    faithfulness: float
+    passed: bool
+    digest: str
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What the cascade made of one row."""
+
+    route: str
+    seed: int  # the kept draft's (an escalated row's heavy image uses it too)
+    drafts: tuple[int, ...]  # every draft's seed, in order
+    draft_round: int
+    faithfulness: float
+    final: Image
+    kept: Image  # the kept draft
+
+
+class Replay:
+    """The world's models behind the product's actors, each image made once.
+
+    Args:
+        rows: (id, prompt) of every evaluation row.
+    """
+
+    def __init__(self, rows: list[tuple[str, str]]) -> None:
+        import imagefleet
+        from imagefleet.actors.clip_scorer import ClipScorer
+        from imagefleet.actors.diffusers_generator import DiffusersGenerator
+        from imagefleet.jobs.preflight import resolve_stores
+
+        self.rows = dict(rows)
+        self.work = Path(tempfile.mkdtemp(prefix="imagefleet-quality-"))
+        source = write_rows(self.work / "rows.parquet", rows)
+        cfg = imagefleet.load(job_config(Policy(threshold=0.0), source, self.work / "out"))
+        self.stores = resolve_stores(cfg)  # model folders keyed by content, as a run keys them
+        self.generators = {name: DiffusersGenerator(cfg.generators[name], name=name) for name in ("draft", "heavy")}
+        self.scorer = ClipScorer(cfg.scorer)  # type: ignore[arg-type]
+        self.cache: dict[tuple[str, str, int], Image] = {}
+        self.cpu = {name: [0.0, 0] for name in ("draft", "heavy", "score", "oracle")}
+        self.wall = {name: [0.0, 0] for name in ("draft", "heavy")}
+
+    def config(self, policy: Policy) -> Any:
+        import imagefleet
+
+        return imagefleet.load(job_config(policy, self.work / "rows.parquet", self.work / "out"))
+
+    def preprocess(self, policy: Policy, ids: list[str]) -> Batch:
+        """The preprocessor's rows for `ids` under `policy` (seeds from the job seed and row id; the draft key
+        names the adaptive-draft rule), in the order of `ids`."""
+        import pyarrow as pa
+
+        from imagefleet.actors.prompt_preprocessor import PromptPreprocessor
+        from imagefleet.pipelines.plan import prep_config
+
+        prep = prep_config(self.config(policy), self.stores).model_copy(update={"resume": None})
+        out = PromptPreprocessor(prep)(pa.table({"id": ids, "prompt": [self.rows[i] for i in ids]}))
+        order = {rid: k for k, rid in enumerate(out["id"])}
+        idx = np.array([order[i] for i in ids])
+        return {name: np.asarray(col)[idx] for name, col in out.items()}
+
+    def heavy_identity(self, policy: Policy) -> Any:
+        from imagefleet.pipelines.plan import prep_config
+
+        return prep_config(self.config(policy), self.stores).generators["heavy"]
+
+    def image(self, generator: str, prompt: str, seed: int) -> Image:
+        return self.cache[(generator, prompt, int(seed))]
+
+    def make(self, generator: str, batch: Batch, rows: list[int]) -> None:
+        """Make (and cache) the images of `rows` of `batch` that aren't made yet: the generator's and the
+        scorer's public __call__ on those rows, then the oracle."""
+        from bench.world.oracle import oracle
+
+        todo, seen = [], set()
+        for i in rows:
+            key = (generator, str(batch["prompt"][i]), int(batch["seed"][i]))
+            if key not in self.cache and key not in seen:
+                seen.add(key)
+                todo.append(i)
+        for start in range(0, len(todo), CHUNK):
+            part = np.array(todo[start:start + CHUNK])
+            sub = {name: np.asarray(col)[part] for name, col in batch.items()}
+            sub["status"] = np.array(["pending"] * len(part), dtype=object)
+            sub["generator"] = np.array([generator] * len(part), dtype=object)
+            out = self._timed(generator, lambda s=sub: self.generators[generator](s), len(part))
+            if set(out["status"]) != {"generated"}:
+                raise RuntimeError(f"{generator}: {sorted(set(out['status']))} {sorted(set(out['error']))[:3]}")
+            out = self._timed("score", lambda o=out: self.scorer(o), len(part))
+            started = time.process_time()
+            for k in range(len(part)):
+                pixels = np.frombuffer(out["image"][k], np.uint8).reshape(int(out["height"][k]), int(out["width"][k]),
+                                                                          3)
+                verdict = oracle(str(out["prompt"][k]), pixels)
+                self.cache[(generator, str(out["prompt"][k]), int(out["seed"][k]))] = Image(
+                    float(out["clip_score"][k]), verdict.faithfulness, verdict.passed,
+                    hashlib.sha256(pixels.tobytes()).hexdigest()[:16])
+            self.cpu["oracle"][0] += time.process_time() - started
+            self.cpu["oracle"][1] += len(part)
+
+    def _timed(self, name: str, call: Any, n: int) -> Batch:
+        cpu, wall = time.process_time(), time.perf_counter()
+        out: Batch = call()
+        self.cpu[name][0] += time.process_time() - cpu
+        self.cpu[name][1] += n
+        if name in self.wall:
+            self.wall[name][0] += time.perf_counter() - wall
+            self.wall[name][1] += n
+        return out
+
+    def seconds(self, name: str, clock: str = "cpu") -> float:
+        """Measured seconds per image (CPU by default: this machine is shared, so wall time is noisy)."""
+        total, n = (self.cpu if clock == "cpu" else self.wall)[name]
+        return total / max(1, n)
+
+    def _fill(self, generator: str, batch: Batch) -> Batch:
+        """Rows of `batch` pending for `generator` become generated, with their image's score (as a generator
+        stage then a scorer stage leave them)."""
+        rows = [i for i in range(len(batch["status"]))
+                if batch["status"][i] == "pending" and batch["generator"][i] == generator]
+        self.make(generator, batch, rows)
+        out = dict(batch)
+        status = np.array(batch["status"], dtype=object)
+        score = np.array(batch["clip_score"] if "clip_score" in batch else [math.nan] * len(status), dtype=np.float64)
+        image = np.array(batch["image"] if "image" in batch else [b""] * len(status), dtype=object)
+        for i in rows:
+            made = self.image(generator, str(batch["prompt"][i]), int(batch["seed"][i]))
+            status[i], score[i], image[i] = "generated", made.score, made.digest.encode()
+        out.update(status=status, clip_score=score, image=image,
+                   image_mime=np.array(batch.get("image_mime", [""] * len(status)), dtype=object))
+        return out
+
+    def run(self, policy: Policy, ids: list[str]) -> dict[str, Outcome]:
+        """The cascade under `policy` on rows `ids`, decided by the product's actors: draft, score, the
+        Redrawer's rounds, the Escalator's decision over these rows, heavy, score."""
+        from imagefleet.actors.escalator import Escalator
+        from imagefleet.actors.redrawer import Redrawer
+
+        cascade = self.config(policy).routing.cascade
+        batch = self._fill("draft", self.preprocess(policy, ids))
+        for round_ in range(1, cascade.max_drafts + 1) if cascade.max_drafts > 1 else ():
+            batch = Redrawer(cascade, round_)(batch)
+            if round_ < cascade.max_drafts:
+                batch = self._fill("draft", batch)
+        heavy = self.heavy_identity(policy)
+        cutoff = Escalator.over_run(batch, cascade, heavy)["cutoff"] if Escalator.decides_over_run(cascade) else None
+        batch = self._fill("heavy", Escalator(cascade, "heavy", heavy, cutoff)(batch))
+        out = {}
+        for i, rid in enumerate(ids):
+            prompt, seed = str(batch["prompt"][i]), int(batch["seed"][i])
+            drafts = tuple(int(d["seed"]) for d in json.loads(batch["candidates"][i])) \
+                if "candidates" in batch and batch["candidates"][i] else (seed,)
+            route = str(batch["route"][i])
+            final = self.image("heavy" if route == "escalated" else "draft", prompt, seed)
+            out[rid] = Outcome(route, seed, drafts, int(batch["draft_round"][i]) if "draft_round" in batch else 1,
+                               final.faithfulness, final, self.image("draft", prompt, seed))
+        return out
+
+
+def verify(replay: Replay, policy: Policy, ids: list[str], log: Any = print) -> dict[str, Any]:
+    """Run `policy` on rows `ids` through `imagefleet.run` (in process; the world models, CLIP and seeds of the
+    replay) and compare every row with the replay: rows, routes, every draft's seed, the kept draft, the final
+    image's pixels and its oracle faithfulness."""
+    from PIL import Image as PILImage
+
+    import imagefleet
+    from bench.world.oracle import oracle
+
+    work = Path(tempfile.mkdtemp(prefix="imagefleet-verify-"))
+    source = write_rows(work / "rows.parquet", [(i, replay.rows[i]) for i in ids])
+    started = time.perf_counter()
+    result = imagefleet.run(job_config(policy, source, work / "out"), echo=None, progress="off")
+    run_s = time.perf_counter() - started
+    manifest = {str(r["id"]): r for r in result.to_pandas().to_dict("records")}
+    ours = replay.run(policy, ids)
+    checks = {"rows": 0, "route": 0, "drafts": 0, "kept_seed": 0, "draft_round": 0, "pixels": 0, "faithfulness": 0}
+    mismatches: list[str] = []
+    faith = []
+    for rid in ids:
+        row, mine = manifest.get(rid), ours[rid]
+        if row is None or row["status"] != "ok":
+            mismatches.append(f"{rid}: {row and row['status']} in the run's manifest")
+            continue
+        listed = row["candidates"] if isinstance(row["candidates"], str) else ""  # null with one draft
+        drafts = tuple(int(d["seed"]) for d in json.loads(listed)) if listed else (int(row["seed"]),)
+        with PILImage.open(io.BytesIO(Path(row["image_uri"]).read_bytes())) as img:
+            pixels = np.asarray(img.convert("RGB"))
+        theirs = oracle(str(row["prompt"]), pixels).faithfulness
+        faith.append((theirs, mine.faithfulness))
+        same = {"rows": True, "route": row["route"] == mine.route, "drafts": drafts == mine.drafts,
+                "kept_seed": int(row["seed"]) == mine.seed,
+                "draft_round": (int(row["draft_round"]) if listed else 1) == mine.draft_round,
+                "pixels": hashlib.sha256(pixels.tobytes()).hexdigest()[:16] == mine.final.digest,
+                "faithfulness": theirs == mine.faithfulness}
+        for name, ok in same.items():
+            checks[name] += ok
+        if not all(same.values()):
+            mismatches.append(f"{rid}: " + ", ".join(n for n, ok in same.items() if not ok))
+    agree = len(manifest) == len(ids) and all(v == len(ids) for v in checks.values())
+    log(f"verify: {len(ids)} rows through imagefleet.run in {run_s:.1f} s; agree: {agree} {checks}")
+    return {"rows": len(ids), "policy": policy.label(), "run_s": round(run_s, 1), "agree": agree,
+            "checks": checks, "mismatches": mismatches[:20],
+            "escalated": sum(o.route == "escalated" for o in ours.values()),
+            "redrawn": sum(len(o.drafts) > 1 for o in ours.values()),
+            "faithfulness_run": float(np.mean([a for a, _ in faith])) if faith else float("nan"),
+            "faithfulness_replay": float(np.mean([b for _, b in faith])) if faith else float("nan")}
