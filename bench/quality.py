@@ -3,7 +3,8 @@ policies at fixed budgets (a share of heavy-only's cost), every policy parameter
 reported on the other, with 95% bootstrap CIs clustered by prompt string, next to named ceilings.
 
     python bench/quality.py [--rows 2304] [--verify 64]      # the benchmark (then checks the winner for real)
-    python bench/quality.py --verify 8 [--policy max_drafts=3,redraw_below=60,escalate_fraction=0.25]
+    python bench/quality.py --only-verify --verify 64         # only the check, on quality.json's winner
+    python bench/quality.py --verify 8 --policy max_drafts=3,redraw_below=65,escalate_fraction=0.25
 
 Design. Rows: the world's grammar enumerated (651 strings); each GenEval task gets rows/6 rows, its strings
 shuffled and cycled, so the set holds as many distinct strings as the rows allow; every row has its own id and so
@@ -35,7 +36,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import REPO, git_rev, machine  # noqa: E402
-from bench.quality_replay import Policy, Replay, verify  # noqa: E402
+from bench.quality_replay import SCORE_TOLERANCE, Policy, Replay, verify  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
 DESIGN_SEED = 20261201  # shuffles the grammar's strings into rows and folds; no training stage uses it
@@ -515,7 +516,11 @@ def markdown(q: dict[str, Any]) -> list[str]:
                   f"`imagefleet.run` (in process) on {v['rows']} of its reported rows, against the replay: "
                   + ("**agree**" if v["agree"] else "**disagree**") + " — "
                   + ", ".join(f"{k} {n}/{v['rows']}" for k, n in v["checks"].items())
-                  + f" (faithfulness {v['faithfulness_run']:.3f} run, {v['faithfulness_replay']:.3f} replay)."]
+                  + f" (score within {v.get('score_tolerance', 0.01)}; faithfulness {v['faithfulness_run']:.3f} "
+                  f"run, {v['faithfulness_replay']:.3f} replay; {v['escalated']} escalated, {v['redrawn']} "
+                  f"redrawn). Identical pixels: {v['identical_pixels']}/{v['rows']} — the others differ by 1 in a "
+                  "few values, since float32 batched math on CPU depends on a row's batch companions "
+                  f"({v['at']}, commit {v['commit']}, `{v['command']}`)."]
     lines += ["", "![quality per cost](bench/results/quality.png)", ""]
     return lines
 
@@ -554,15 +559,22 @@ def plot(q: dict[str, Any], path: Path) -> None:
            "product policies on held-out halves)", fill="black")
     heavy = q["results"][1]["faithfulness"]["value"]
     d.line([at(0, heavy), at(x_max, heavy)], fill=(255, 180, 180))
+    for b in q["budgets"]:
+        d.line([at(b, y_lo), at(b, y_hi)], fill=(220, 220, 220))
     colours = {"baseline": "black", "product": "green", "ceiling": "red", "reference": "purple"}
+    legend = ["green: imagefleet's policies on held-out rows (the 4 families; labelled: every parameter tuned)",
+              "red: ceilings (oracle knowledge)", "purple: best-of-N by CLIP (candidate pool)"]
+    for k, text in enumerate(legend):
+        d.text((w - 560, 50 + 14 * k), text, fill=list(colours.values())[k + 1])
     for r in rows:
         x, f = r["cost_vs_heavy"], r["faithfulness"]
         px, py = at(x, f["value"])
         c = colours[r["kind"]]
         d.line([at(x, f["low"]), at(x, f["high"])], fill=c)
         d.ellipse([px - 4, py - 4, px + 4, py + 4], fill=c)
-        short = r["policy"].split(" (")[0].replace("cascade, ", "").replace("ceiling: ", "")
-        d.text((px + 7, py - 6), short[:28], fill=c)
+        if r["kind"] != "product" or r["policy"] == WINNER:
+            short = "tuned cascade" if r["kind"] == "product" else r["policy"].split(" (")[0].split(": ")[-1]
+            d.text((px + 7, py - 6), short, fill=c)
     img.save(path)
 
 
@@ -570,21 +582,26 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rows", type=int, default=2304, help="evaluation rows (a multiple of 6)")
     p.add_argument("--verify", type=int, default=0, metavar="N",
-                   help="run the 0.30 winner through imagefleet.run on N rows and check the replay; alone (no "
-                        "benchmark run) with the winner recorded in quality.json, or --policy")
-    p.add_argument("--policy", default="", help="--verify alone: this policy (max_drafts=3,redraw_below=60,...)")
-    p.add_argument("--only-verify", action="store_true", help="run only --verify (no benchmark)")
+                   help="after the benchmark, run the 0.30 winner through imagefleet.run on N of its reported rows "
+                        "and check the replay row by row")
+    p.add_argument("--only-verify", action="store_true",
+                   help="no benchmark: --verify the winner recorded in bench/results/quality.json")
+    p.add_argument("--policy", default="",
+                   help="no benchmark: --verify this policy instead (max_drafts=3,redraw_below=65,...)")
     args = p.parse_args()
     import torch
 
     torch.set_num_threads(1)  # one core, like one generator actor (Ray sets OMP_NUM_THREADS=1)
-    if args.only_verify or args.policy:
-        q = json.loads((RESULTS / "quality.json").read_text()) if not args.policy else {}
-        policy = Policy.parse(args.policy) if args.policy else Policy(**q["winner"]["policies"][0])
-        result = check(q.get("rows", args.rows), args.verify or 8, policy,
+    if args.policy:  # a given policy, printed only (tests)
+        result = check(args.rows, args.verify or 8, Policy.parse(args.policy),
                        log=lambda text: print(text, file=sys.stderr))  # stdout: the JSON only
         print(json.dumps(result, indent=2))
         return 0 if result["agree"] else 1
+    if args.only_verify:  # the recorded winner again; the check replaces the recorded one
+        q = json.loads((RESULTS / "quality.json").read_text())
+        q["verify"] = checked(q["rows"], args.verify or 64, Policy(**q["winner"]["policies"][0]),
+                              f"python bench/quality.py --only-verify --verify {args.verify or 64}")
+        return finish(q)
     started = time.perf_counter()
     q = run(args.rows, log=lambda text: print(text, flush=True))
     q["machine"], q["commit"] = machine(), git_rev()
@@ -592,9 +609,19 @@ def main() -> int:
         f" --verify {args.verify}" if args.verify else "")
     q["benchmark_wall_s"] = round(time.perf_counter() - started, 1)
     if args.verify:
-        rows = verify_rows(args.rows, args.verify)
-        q["verify"] = check(args.rows, args.verify, Policy(**q["winner"]["policies"][0]))
-        q["verify"]["row_ids"] = [r.id for r in rows]
+        q["verify"] = checked(args.rows, args.verify, Policy(**q["winner"]["policies"][0]), q["command"])
+    return finish(q)
+
+
+def checked(n_rows: int, count: int, policy: Policy, command: str) -> dict[str, Any]:
+    """--verify with its own date, commit and command (it may be rerun alone later)."""
+    result = check(n_rows, count, policy)
+    return {**result, "row_ids": [r.id for r in verify_rows(n_rows, count)], "at": time.strftime("%Y-%m-%d %H:%M"),
+            "commit": git_rev(), "command": command, "score_tolerance": SCORE_TOLERANCE}
+
+
+def finish(q: dict[str, Any]) -> int:
+    """quality.json, quality.png, BENCHMARKS.md's section; exit 1 when --verify disagreed."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "quality.json").write_text(json.dumps(q, indent=2))
     plot(q, RESULTS / "quality.png")
