@@ -144,7 +144,7 @@ def write_markdown() -> None:
         lines += stage_cost.markdown(c)
     q = _load("quality")
     if q:  # written with the benchmark by `python bench/quality.py`, which also rewrites this section in place
-        from bench.quality import markdown
+        from bench.quality_report import markdown
 
         lines += markdown(q)
     g = _load("gpu")
