@@ -92,3 +92,23 @@ def stop_ray_head(head: Any, temp_dir: str) -> None:
     for p in [*procs, *ours]:
         with contextlib.suppress(psutil.Error):
             p.kill()
+
+
+def send_until_answered(sock: Any, chunks: Any, sent: list[int] | None = None) -> bytes:
+    """Send `chunks` on a non-blocking socket until the server answers or closes the connection (a server that
+    refuses a request early must not have to read the rest); what it answered so far. `sent` gets each chunk's
+    size as it is sent."""
+    sock.setblocking(False)
+    reply = b""
+    for chunk in chunks:
+        with contextlib.suppress(BlockingIOError):
+            reply += sock.recv(65536)
+        if reply:
+            break
+        try:
+            sock.sendall(chunk)
+        except (BlockingIOError, BrokenPipeError, ConnectionResetError):
+            break
+        if sent is not None:
+            sent.append(len(chunk))
+    return reply

@@ -23,7 +23,7 @@ import pytest
 
 from imagefleet.actors.keys import derive_row_id, derive_seed, image_key
 from imagefleet.jobs.seaweed import pick_ports
-from tests.helpers import CLI, REPO, tiny_job, write_config
+from tests.helpers import CLI, REPO, send_until_answered, tiny_job, write_config
 
 pytestmark = pytest.mark.slow
 
@@ -246,17 +246,7 @@ def raw_request(server: Server, chunks: Iterator[bytes]) -> tuple[int, bytes]:
     port = int(server.url.rsplit(":", 1)[1])
     with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
         sock.sendall(next(chunks))
-        sock.setblocking(False)
-        reply = b""
-        for chunk in chunks:
-            with contextlib.suppress(BlockingIOError):
-                reply += sock.recv(65536)
-            if reply:
-                break
-            try:
-                sock.sendall(chunk)
-            except (BlockingIOError, BrokenPipeError, ConnectionResetError):
-                break
+        reply = send_until_answered(sock, chunks)
         sock.settimeout(60)
         with contextlib.suppress(ConnectionResetError):
             while b"\r\n\r\n" not in reply or not reply.rstrip().endswith(b"}"):

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from imagefleet.pipelines.http_limits import HeadLimits, HeadScanner, head_problem, install
+from tests.helpers import send_until_answered
 
 LIMITS = HeadLimits(max_request_line_bytes=1024, max_header_bytes=4096, max_header_count=20)
 
@@ -105,18 +106,7 @@ def port() -> Iterator[int]:
 def exchange(port: int, chunks: Iterator[bytes], sent: list[int]) -> bytes:
     """Send chunks until the server answers or closes; return what it answered."""
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        sock.setblocking(False)
-        reply = b""
-        for chunk in chunks:
-            with contextlib.suppress(BlockingIOError):
-                reply += sock.recv(65536)
-            if reply:
-                break
-            try:
-                sock.sendall(chunk)
-            except (BlockingIOError, BrokenPipeError, ConnectionResetError):
-                break
-            sent.append(len(chunk))
+        reply = send_until_answered(sock, chunks, sent)
         sock.settimeout(10)
         with contextlib.suppress(ConnectionResetError):
             while data := sock.recv(65536):
