@@ -72,18 +72,15 @@ def main(argv: list[str]) -> int:
     print(f"demo: SeaweedFS S3 at {server.endpoint_url}")
     # 3 the real job on local Ray with the bundled config (the world: then every image graded by the oracle)
     if world:
-        args = [*world_demo.overrides(home), *argv]
-        code = generate.main([str(world_demo.CONFIG), *args])
-        if code == 0:
-            print("\n" + world_demo.grade(args))
+        config, args = world_demo.CONFIG, [*world_demo.overrides(home), *argv]
     else:
         config = Path(__file__).resolve().parent.parent / "configs" / "local_tiny.yaml"
-        code = generate.main([str(config), f"--set=source.uri={home / 'prompts' / 'demo.parquet'}",
-                              f"--set=generators.tiny.model={home / 'models' / 'tiny-sd'}", *argv])
-    output = "s3://imagefleet-demo/world" if world else "s3://imagefleet-demo/local-tiny"
-    for arg in argv:  # the run's own output when the user moved it
-        if arg.startswith("--set=output.uri="):
-            output = arg.split("=", 2)[2]
+        args = [f"--set=source.uri={home / 'prompts' / 'demo.parquet'}",
+                f"--set=generators.tiny.model={home / 'models' / 'tiny-sd'}", *argv]
+    code = generate.main([str(config), *args])
+    if world and code == 0:
+        print("\n" + world_demo.grade(args))
+    output = output_uri(config, args)
     print("")
     if code == 0:
         print(local_report(output, home))
@@ -92,6 +89,22 @@ def main(argv: list[str]) -> int:
     print(f"demo: browse the bucket with boto3 or any S3 client: eval \"$({cli} s3 env --dir {home / 's3'})\"")
     print(f"demo: stop the S3 server: {cli} s3 stop --dir {home / 's3'}")
     return code
+
+
+def output_uri(config: Path, args: list[str]) -> str:
+    """The run's output as `imagefleet run` read it: the config with the same `--set` overrides (the loader's
+    own parsing, so every spelling of `--set` counts)."""
+    import argparse
+
+    from imagefleet.configs.loader import ConfigError, load_config
+
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--set", dest="overrides", action="append", default=[])
+    overrides = p.parse_known_args(args)[0].overrides
+    try:
+        return load_config(config, overrides).output.uri
+    except ConfigError:  # the run said what is wrong with them: the shipped config's output
+        return load_config(config).output.uri
 
 
 def local_report(output: str, home: Path) -> str:

@@ -23,3 +23,15 @@ def test_a_report_that_cant_be_copied_is_named_where_it_is(tmp_path: Path) -> No
     line = local_report(str(tmp_path / "nothing"), tmp_path / "home")
     assert line.startswith(f"demo: the report is {tmp_path / 'nothing'}/report.html (not copied here: ")
     assert "\n" not in line
+
+
+def test_the_demo_names_the_output_the_run_wrote_to() -> None:
+    """Both spellings of `--set` move it, as `imagefleet run` reads them (before: only `--set=output.uri=…`)."""
+    from imagefleet.jobs.demo import output_uri
+    from tests.helpers import REPO
+
+    config = REPO / "configs" / "local_tiny.yaml"
+    assert output_uri(config, []) == "s3://imagefleet-demo/local-tiny"
+    assert output_uri(config, ["--set", "output.uri=s3://b/x"]) == "s3://b/x"
+    assert output_uri(config, ["--set=output.uri=s3://b/y", "--progress", "off"]) == "s3://b/y"
+    assert output_uri(config, ["--set", "generators.mian.model=x"]) == "s3://imagefleet-demo/local-tiny"
