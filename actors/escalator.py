@@ -106,7 +106,7 @@ class Escalator:
         self.heavy_name = heavy_name
         self.heavy = heavy
         self.escalated = 0
-        self.relative = cfg.threshold is None
+        self.relative = self.decides_over_run(cfg)
         if self.relative and cutoff is None:
             raise ValueError("a relative escalation policy is decided over the whole run: build the escalator "
                              "with the cutoff Escalator.over_run computes from every row's score")
