@@ -29,6 +29,10 @@ logger = logging.getLogger(__name__)
 HOST = "127.0.0.1"
 PORT_RANGE = (20000, 22700)  # below Ray's worker range (10002-19999) is taken; gRPC ports are +10000
 PORT_NAMES = ("s3", "master", "volume", "filer", "admin")
+# Every bucket is its own SeaweedFS collection with at least one volume of its own. Left to `weed mini`, the volume
+# count is capped at free disk / volume size (1 GiB volumes: ~65 buckets on a 67 GB-free disk, then every put is
+# "InternalError: no free volumes left"). Volumes are sparse files, so a fixed high cap costs nothing until used.
+MAX_VOLUMES = 2000
 # every gRPC server and client role weed mini runs in-process; each gets the same certificate (host names unchecked)
 GRPC_ROLES = ("master", "volume", "filer", "s3", "admin", "worker", "client", "msg_broker", "msg_agent", "mq", "mount")
 JWT_SECTIONS = ("jwt.signing", "jwt.signing.read", "jwt.filer_signing", "jwt.filer_signing.read")
@@ -126,7 +130,7 @@ class S3Server:
         return [
             weed_binary(), f"-config_dir={d}", f"-logdir={d / 'logs'}", "mini", f"-dir={d / 'data'}", f"-ip={HOST}",
             f"-ip.bind={HOST}", "-disableHttp", "-master.telemetry=false", f"-s3.config={d / 's3.json'}",
-            "-webdav=false", "-admin.ui=false", "-s3.port.iceberg=0", "-s3.port.lance=0",
+            "-webdav=false", "-admin.ui=false", f"-volume.max={MAX_VOLUMES}", "-s3.port.iceberg=0", "-s3.port.lance=0",
             f"-s3.port={p['s3']}", f"-s3.port.grpc={p['s3'] + 10000}",
             f"-master.port={p['master']}", f"-master.port.grpc={p['master'] + 10000}",
             f"-volume.port={p['volume']}", f"-volume.port.grpc={p['volume'] + 10000}",

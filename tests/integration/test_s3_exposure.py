@@ -132,3 +132,19 @@ def test_server_folder_is_private(s3_server: Any) -> None:
     assert stat.S_IMODE(d.stat().st_mode) == 0o700  # volume files inside are created world-readable
     for secret in ("server.json", "s3.json", "security.toml", "tls/weed.key"):
         assert stat.S_IMODE((d / secret).stat().st_mode) == 0o600, secret
+
+
+def test_a_fresh_server_holds_a_test_suites_worth_of_buckets(tmp_path: Path) -> None:
+    """Each bucket is a SeaweedFS collection with a volume of its own; left to `weed mini`'s default, the volume cap
+    (free disk / 1 GiB) ran out after ~65 buckets and every later put answered InternalError (CI at 97%)."""
+    from imagefleet.jobs.seaweed import S3Server
+
+    server = S3Server.prepare(tmp_path / "sw").start()
+    try:
+        client = server.client()
+        for i in range(100):
+            server.ensure_bucket(f"cap-{i:03d}")
+            client.put_object(Bucket=f"cap-{i:03d}", Key="k", Body=PAYLOAD)
+        assert client.get_object(Bucket="cap-099", Key="k")["Body"].read() == PAYLOAD
+    finally:
+        server.stop()
