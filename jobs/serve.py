@@ -59,9 +59,12 @@ def main(argv: list[str] | None = None) -> int:
         _shutdown(started)
         return 1 if not isinstance(exc, StorageError) else 2
     url = f"http://{cfg.serve.host}:{cfg.serve.port}"
-    print(f"imagefleet serving {', '.join(cfg.generators)} at {url}  (POST /generate, GET /healthz; Ctrl-C stops)")
+    print(f"imagefleet serving {', '.join(cfg.generators)} at {url}  (POST /generate, GET /healthz; OpenAI Images "
+          f"API: POST /v1/images/generations; Ctrl-C stops)")
     ext = image_ext(run_text.stored_format(cfg, cfg.default_generator) or "png")  # what a plain request gets
-    print(f"  try: curl -s {url}/generate -d '{{\"prompt\": \"a red fox\"}}' -o fox.{ext}", flush=True)
+    print(f"  try: curl -s {url}/generate -d '{{\"prompt\": \"a red fox\"}}' -o fox.{ext}")
+    print(f"  or:  OpenAI(base_url=\"{url}/v1\", api_key=\"-\").images.generate(model=\"{cfg.default_generator}\", "
+          f"prompt=\"a red fox\")", flush=True)
     # 3 serve until told to stop (handlers set after ray.init, which installs its own)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -48,11 +48,12 @@ MAX_INT_DIGITS = 30  # longer integer literals are not parsed at all (Python ref
 
 
 class RequestProblem(ValueError):
-    """A request that cannot be served; `status` is the HTTP code and the message says what to change."""
+    """A request that cannot be served; `status` is the HTTP code and the message says what to change. `param` and
+    `code` (the request parameter at fault, a machine-readable reason) fill OpenAI-shaped error bodies."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None) -> None:
         super().__init__(message)
-        self.status = status
+        self.status, self.param, self.code = status, param, code
 
 
 @dataclass(frozen=True)
@@ -72,17 +73,17 @@ class GenerateRequest:
 
 
 @dataclass(frozen=True)
-class _LongInteger:
+class LongInteger:
     """An integer literal too long to be a valid value, kept unparsed so the field check can name its field."""
 
     text: str
 
 
-def _parse_int(text: str) -> int | _LongInteger:
-    return int(text) if len(text) <= MAX_INT_DIGITS else _LongInteger(text)
+def _parse_int(text: str) -> int | LongInteger:
+    return int(text) if len(text) <= MAX_INT_DIGITS else LongInteger(text)
 
 
-def _json_type(value: Any) -> str:
+def json_type(value: Any) -> str:
     names = {str: "string", bool: "boolean", list: "array", dict: "object", type(None): "null"}
     return names.get(type(value), "number")
 
@@ -112,12 +113,10 @@ async def read_body(chunks: AsyncIterable[bytes], content_length: str | None, ma
     return bytes(body)
 
 
-def parse_generate_request(
-    body: bytes, accept: str, *, default_format: str, default_response: str, max_request_bytes: int,
-    max_images: int,
-) -> GenerateRequest:
-    """Check a POST /generate body. Raises RequestProblem (413 too large, 400 anything else)."""
-    # 1 size and syntax
+def parse_json_object(body: bytes, max_request_bytes: int) -> dict[str, Any]:
+    """A request body as a JSON object. Raises RequestProblem: 413 over the limit; 400 not UTF-8 JSON, nested
+    too deeply, NaN/Infinity, or not an object. Integer literals too long for any field stay unparsed
+    (`LongInteger`, refused by the field's check, which names the field)."""
     if len(body) > max_request_bytes:
         raise RequestProblem(413, f"request body is {len(body)} bytes; the limit is {max_request_bytes}")
     try:
@@ -132,6 +131,16 @@ def parse_generate_request(
         raise RequestProblem(400, f'body is not valid JSON ({exc}); send e.g. {{"prompt": "a red fox"}}') from None
     if not isinstance(data, dict):
         raise RequestProblem(400, 'body must be a JSON object such as {"prompt": "a red fox"}')
+    return data
+
+
+def parse_generate_request(
+    body: bytes, accept: str, *, default_format: str, default_response: str, max_request_bytes: int,
+    max_images: int,
+) -> GenerateRequest:
+    """Check a POST /generate body. Raises RequestProblem (413 too large, 400 anything else)."""
+    # 1 size and syntax
+    data = parse_json_object(body, max_request_bytes)
     # 2 names and types (value ranges are checked by the same preprocessor batch rows go through)
     unknown = sorted(set(data) - set(REQUEST_FIELDS))
     if unknown:
@@ -140,7 +149,7 @@ def parse_generate_request(
         raise RequestProblem(400, 'missing "prompt"')
     for name in TEXT_FIELDS:
         if name in data:
-            _check_text(name, data[name])
+            check_text(name, data[name])
     for name in NUMBER_FIELDS:
         _check_number(name, data.get(name))
     fmt = data.get("format", default_format)
@@ -172,7 +181,7 @@ def _files(name: str, value: Any, most: int) -> tuple[bytes, ...]:
     for k, item in enumerate(values):
         where = f'"{name}"[{k}]' if isinstance(value, list) else f'"{name}"'
         if not isinstance(item, str):
-            raise RequestProblem(400, f"{where} must be a base64 string, got {_json_type(item)}")
+            raise RequestProblem(400, f"{where} must be a base64 string, got {json_type(item)}")
         if item.startswith("data:"):  # data:image/png;base64,<data>
             head, comma, item = item.partition(",")
             if not comma or not head.endswith(";base64"):
@@ -184,9 +193,9 @@ def _files(name: str, value: Any, most: int) -> tuple[bytes, ...]:
     return tuple(out)
 
 
-def _check_text(name: str, value: Any) -> None:
+def check_text(name: str, value: Any) -> None:
     if not isinstance(value, str):
-        raise RequestProblem(400, f'"{name}" must be a string, got {_json_type(value)}')
+        raise RequestProblem(400, f'"{name}" must be a string, got {json_type(value)}')
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
@@ -197,11 +206,11 @@ def _check_number(name: str, value: Any) -> None:
     """A number field is absent, or a finite number; whole-number fields also fit a 32-bit column."""
     if value is None:
         return
-    if isinstance(value, _LongInteger):
+    if isinstance(value, LongInteger):
         raise RequestProblem(400, f'"{name}" has {len(value.text.lstrip("-"))} digits; it must be a whole number '
                                   f"between {-MAX_WHOLE_NUMBER} and {MAX_WHOLE_NUMBER}")
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise RequestProblem(400, f'"{name}" must be a number, got {_json_type(value)}')
+        raise RequestProblem(400, f'"{name}" must be a number, got {json_type(value)}')
     if not math.isfinite(value):
         raise RequestProblem(400, f'"{name}" must be a finite number, got {value}')
     if name in WHOLE_NUMBER_FIELDS and abs(value) > MAX_WHOLE_NUMBER:

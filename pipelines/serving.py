@@ -26,9 +26,19 @@ from imagefleet.configs.routing import ColumnRouting
 from imagefleet.configs.serve import ServeConfig
 from imagefleet.configs.source import InputLimits
 from imagefleet.pipelines.http_limits import HeadLimits, ProxyLimits, head_problem
+from imagefleet.pipelines.openai_images import (
+    IMAGES_ROUTE,
+    MODELS_ROUTE,
+    error_body,
+    images_headers,
+    images_response,
+    models_body,
+    parse_images_request,
+)
 from imagefleet.pipelines.plan import Stores, generator_stage
 from imagefleet.pipelines.pools import serve_gateway_options, serve_generator_options
 from imagefleet.pipelines.serve_protocol import (
+    GenerateRequest,
     RequestProblem,
     failure_status,
     image_entry,
@@ -178,7 +188,8 @@ class GeneratorReplica:
 
 
 class Gateway:
-    """HTTP ingress: GET /healthz, POST /generate.
+    """HTTP ingress: GET /healthz, POST /generate, and the OpenAI Images API (POST /v1/images/generations,
+    GET /v1/models; `openai_images`), both routes through one path (`_images`).
 
     Args:
         prep: the preprocessor slice (validation, routing, seeds, image keys).
@@ -210,42 +221,71 @@ class Gateway:
     async def __call__(self, request: Request) -> Response:
         from starlette.responses import JSONResponse
 
+        path = "/" + request.url.path.strip("/")
+        problem = _openai_problem if path.startswith("/v1/") else _problem  # errors in the shape of the route's API
         if self.proxies.due():  # a proxy started since (on a node that got a replica) gets the limits too
             await asyncio.to_thread(self.proxies.refresh)
         refused = head_problem(request.scope, self.head_limits)  # a proxy without them yet
         if refused is not None:
-            return _problem(*refused)
-        path = "/" + request.url.path.strip("/")
-        if path in ("/", "/healthz"):
+            return problem(RequestProblem(*refused))
+        if path in ("/", "/healthz", MODELS_ROUTE):
             if request.method not in ("GET", "HEAD"):
-                return _problem(405, f"{path} answers GET")
+                return problem(RequestProblem(405, f"{path} answers GET"))
+            if path == MODELS_ROUTE:
+                return JSONResponse(models_body(list(self.models)))
             return JSONResponse({"status": "ok", "generators": self.models,
                                  "default_generator": self.default_generator})
-        if path != "/generate":
-            return _problem(404, f"no route {path}: use POST /generate or GET /healthz")
+        routes = {"/generate": self._generate, IMAGES_ROUTE: self._openai_images}
+        if path not in routes:
+            return problem(RequestProblem(404, f"no route {path}: use POST /generate, POST {IMAGES_ROUTE} (the "
+                                               f"OpenAI Images API), GET /healthz or GET {MODELS_ROUTE}"))
         if request.method != "POST":
-            return _problem(405, "/generate answers POST with a JSON body")
+            return problem(RequestProblem(405, f"{path} answers POST with a JSON body"))
         try:
             # the size limit holds while reading: a declared or streamed body over it is refused, never buffered
             body = await read_body(request.stream(), request.headers.get("content-length"),
                                    self.cfg.max_request_bytes)
-            return await self._generate(body, request.headers.get("accept", ""))
+            return await routes[path](body, request.headers.get("accept", ""))
         except RequestProblem as exc:
-            return _problem(exc.status, str(exc))
+            return problem(exc)
         except Exception:  # a bug, not the client's fault: still a JSON error, with the traceback in the log
-            logger.exception("POST /generate failed")
-            return _problem(500, "internal error while handling the request; see the server log")
+            logger.exception("POST %s failed", path)
+            return problem(RequestProblem(500, "internal error while handling the request; see the server log"))
 
     async def _generate(self, body: bytes, accept: str) -> Response:
-        import pyarrow as pa
-        from ray.serve.exceptions import BackPressureError
+        """POST /generate: the image's bytes, or JSON with every image and what the manifest would record."""
         from starlette.responses import JSONResponse, Response
 
-        # 1 parse, then validate and key exactly like a batch row
         req = parse_generate_request(body, accept, default_format=self.default_format,
                                      default_response=self.cfg.default_response,
                                      max_request_bytes=self.cfg.max_request_bytes,
                                      max_images=self.cfg.max_images_per_request)
+        name, results = await self._images(req)
+        if req.response == "image":
+            return Response(results[0]["encoded"], media_type=CONTENT_TYPES[results[0]["format"]],
+                            headers=image_headers(results[0], name))
+        return JSONResponse({"generator": name, "model": self.models[name],
+                             "images": [image_entry(r) for r in results]})
+
+    async def _openai_images(self, body: bytes, accept: str) -> Response:
+        """POST /v1/images/generations: OpenAI's ImagesResponse (base64 images), keys and seeds in headers."""
+        import time
+
+        from starlette.responses import JSONResponse
+
+        req = parse_images_request(body, models=list(self.models), default_format=self.default_format,
+                                   max_request_bytes=self.cfg.max_request_bytes,
+                                   max_images=self.cfg.max_images_per_request)
+        name, results = await self._images(req)
+        return JSONResponse(images_response(results, int(time.time())), headers=images_headers(results, name))
+
+    async def _images(self, req: GenerateRequest) -> tuple[str, list[dict[str, Any]]]:
+        """A parsed request's images, made exactly like a batch row's (both routes come here); the generator's name
+        and one result per image. Raises RequestProblem for anything but a full set of images."""
+        import pyarrow as pa
+        from ray.serve.exceptions import BackPressureError
+
+        # 1 validate and key exactly like a batch row
         inputs = self._inputs(req)
         prep = self.prep if inputs else self.text_prep
         prepared = prep(pa.Table.from_pylist([{**req.row, **inputs}]))
@@ -267,16 +307,11 @@ class Gateway:
         except Exception as exc:  # noqa: BLE001 - a replica failure (quota, auth, crash): one line, no traceback
             logger.warning("generator %s failed: %s", name, exc)
             raise RequestProblem(503, f"generator {name!r} failed: {failure_line(exc)}") from None
-        # 3 reply: the first failure, raw image bytes, or JSON with every image
+        # 3 the first failure, if any, answers for the request
         failed = [r for r in results if r["status"] != "generated"]
         if failed:
             raise RequestProblem(failure_status(failed[0]), failed[0]["error"])
-        if req.response == "image":
-            return Response(results[0]["encoded"], media_type=CONTENT_TYPES[results[0]["format"]],
-                            headers=image_headers(results[0], name))
-        return JSONResponse({"generator": name, "model": self.models[name],
-                             "images": [image_entry(r) for r in results]})
-
+        return name, list(results)
 
     def _inputs(self, req: Any) -> dict[str, str]:
         """The request's input images and mask, checked and hashed like a batch row's (a 400 names the problem)."""
@@ -310,10 +345,16 @@ class Gateway:
                 "input_error": ""}
 
 
-def _problem(status: int, message: str) -> Response:
+def _problem(problem: RequestProblem) -> Response:
     from starlette.responses import JSONResponse
 
-    return JSONResponse({"error": message, "status": status}, status_code=status)
+    return JSONResponse({"error": str(problem), "status": problem.status}, status_code=problem.status)
+
+
+def _openai_problem(problem: RequestProblem) -> Response:
+    from starlette.responses import JSONResponse
+
+    return JSONResponse(error_body(problem), status_code=problem.status)
 
 
 def _column(values: list[Any]) -> np.ndarray:

@@ -335,6 +335,69 @@ def test_oversized_request_heads_are_refused_without_being_buffered(server: Serv
     assert server.post(b"", path="/healthz?" + "q" * 4000, method="GET")[0] == 200
 
 
+def openai_client(server: Server) -> Any:
+    from openai import OpenAI
+
+    return OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
+
+
+def test_the_openai_sdk_gets_the_images_generate_gets(server: Server) -> None:
+    """POST /v1/images/generations through the official SDK: n images of the asked size, with the seeds, image keys
+    and bytes the same request through POST /generate gets (OpenAI's API has no seed: both derive it from the
+    prompt); no model = the default generator."""
+    client = openai_client(server)
+    assert [m.id for m in client.models.list()] == ["tiny"]
+    raw = client.images.with_raw_response.generate(model="tiny", prompt="two owls", n=2, size="32x48")
+    reply = raw.parse()
+    assert reply.size == "32x48" and reply.output_format == "png" and abs(reply.created - time.time()) < 600
+    pngs = [base64.b64decode(im.b64_json or "") for im in reply.data or []]
+    assert len(pngs) == 2 and all(png_size(png) == (32, 48) for png in pngs)
+    status, _, body = server.post({"prompt": "two owls", "num_images": 2, "width": 32, "height": 48,
+                                   "response": "json"})
+    assert status == 200
+    same = json.loads(body)["images"]
+    assert [base64.b64decode(im["image_base64"]) for im in same] == pngs
+    assert raw.headers["x-imagefleet-image-keys"] == ",".join(im["image_key"] for im in same)
+    seeds = [int(seed) for seed in raw.headers["x-imagefleet-seeds"].split(",")]
+    assert seeds == [im["seed"] for im in same] and seeds[0] == derive_seed(7, derive_row_id("two owls"), 0)
+    plain = client.images.generate(prompt="a red fox", response_format="b64_json")
+    assert plain.size == "64x64" and plain.data and plain.data[0].b64_json
+    assert base64.b64decode(plain.data[0].b64_json) == server.post({"prompt": "a red fox"})[2]
+
+
+@pytest.mark.parametrize(("kwargs", "param", "message"), [
+    ({"model": "dall-e-3"}, "model", "Invalid value for 'model': 'dall-e-3'; this server's models are its "
+                                     "generators: 'tiny' (GET /v1/models lists them)"),
+    ({"size": "big"}, "size", "Invalid value for 'size': 'big'; send 'WIDTHxHEIGHT' in pixels"),
+    ({"size": "63x64"}, None, "multiple of 8"),  # the batch preprocessor's own check
+    ({"extra_body": {"seed": 7}}, "seed", "Unknown parameter: 'seed'"),
+    ({"response_format": "url"}, "response_format", "this server keeps no image URLs"),
+    ({"n": 9}, "n", "Expected a value <= 4 (serve.max_images_per_request), but got 9 instead."),
+])
+def test_the_openai_sdk_raises_bad_request_with_our_message(server: Server, kwargs: dict[str, Any],
+                                                             param: str | None, message: str) -> None:
+    import openai
+
+    with pytest.raises(openai.BadRequestError) as info:
+        openai_client(server).images.generate(prompt="a fox", **kwargs)
+    err = info.value
+    assert (err.status_code, err.type, err.param) == (400, "invalid_request_error", param)
+    assert message in err.message and "\n" not in err.message
+
+
+def test_openai_route_errors_have_the_openai_shape(server: Server) -> None:
+    for body, path, method, status in [
+        (b"", "/v1/images/generations", "GET", 405),
+        (b"{}", "/v1/images/edits", "POST", 404),
+        (b'{"prompt": "' + b"x" * 70000 + b'"}', "/v1/images/generations", "POST", 413),
+        (b"not json", "/v1/images/generations", "POST", 400),
+    ]:
+        got, headers, reply = server.post(body, path=path, method=method)
+        assert got == status and headers["content-type"] == "application/json", reply[:300]
+        error = json.loads(reply)["error"]
+        assert set(error) == {"message", "type", "param", "code"} and error["type"] == "invalid_request_error"
+
+
 def test_sigterm_stops_cleanly(server: Server) -> None:
     assert server.post({"prompt": "last one"})[0] == 200  # still healthy after the bad requests
     server.proc.send_signal(signal.SIGTERM)

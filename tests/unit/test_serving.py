@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -174,3 +176,86 @@ def test_the_private_serve_patch_runs_only_on_the_ray_it_was_written_for(monkeyp
     assert "left as Ray binds it" in caplog.text
     pyproject = (Path(serving.__file__).resolve().parents[1] / "pyproject.toml").read_text()
     assert '"ray[serve,data]>=2.60,<3"' in pyproject and '"diffusers>=0.42,<1"' in pyproject
+
+
+def images(body: dict[str, object] | bytes, max_images: int = 4) -> object:
+    from imagefleet.pipelines.openai_images import parse_images_request
+
+    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return parse_images_request(raw, models=["tiny", "big"], default_format="png", max_request_bytes=2048,
+                                max_images=max_images)
+
+
+def test_an_openai_request_becomes_the_row_a_generate_request_would_be() -> None:
+    req = images({"prompt": "a fox"})
+    assert req == parse(b'{"prompt": "a fox", "response": "json"}')  # no model = the default generator
+    req = images({"prompt": "two owls", "model": "big", "n": 2, "size": "32x48", "output_format": "jpeg",
+                  "response_format": "b64_json", "quality": "auto", "background": "opaque", "moderation": "auto",
+                  "stream": False, "user": "u1", "safety_identifier": "h", "style": None})
+    assert req == parse(b'{"prompt": "two owls", "generator": "big", "num_images": 2, "width": 32, "height": 48, '
+                        b'"format": "jpeg", "response": "json"}')
+    assert images({"prompt": "a", "size": "auto", "n": None}).row == {"prompt": "a"}  # null = not given
+
+
+@pytest.mark.parametrize(("body", "param", "code", "message"), [
+    ({"prompt": "a", "seed": 7}, "seed", "unknown_parameter", "Unknown parameter: 'seed'; this server takes"),
+    ({"n": 1}, "prompt", "missing_required_parameter", "Missing required parameter: 'prompt'."),
+    ({"prompt": None}, "prompt", "invalid_type", "Invalid type for 'prompt': expected a string, but got null"),
+    ({"prompt": "a", "model": "dall-e-3"}, "model", "invalid_value",
+     "Invalid value for 'model': 'dall-e-3'; this server's models are its generators: 'tiny', 'big'"),
+    ({"prompt": "a", "n": 5}, "n", "integer_above_max_value", "Expected a value <= 4 (serve.max_images_per_request)"),
+    ({"prompt": "a", "n": 0}, "n", "integer_below_min_value", "Expected a value >= 1, but got 0 instead."),
+    ({"prompt": "a", "n": 1.5}, "n", "invalid_type", "Invalid type for 'n': expected an integer, but got number"),
+    ({"prompt": "a", "n": True}, "n", "invalid_type", "expected an integer, but got boolean"),
+    ({"prompt": "a", "size": "big"}, "size", "invalid_value", "send 'WIDTHxHEIGHT' in pixels such as '512x512'"),
+    ({"prompt": "a", "size": "0x64"}, "size", "invalid_value", "'0x64'"),
+    ({"prompt": "a", "size": 512}, "size", "invalid_type", "expected a string, but got number"),
+    ({"prompt": "a", "response_format": "url"}, "response_format", "invalid_value",
+     "this server takes 'b64_json' (images come back inline as base64; this server keeps no image URLs)"),
+    ({"prompt": "a", "output_format": "gif"}, "output_format", "invalid_value", "takes png, jpeg, webp"),
+    ({"prompt": "a", "quality": "high"}, "quality", "invalid_value", "generators.<name>.defaults"),
+    ({"prompt": "a", "background": "transparent"}, "background", "invalid_value", "opaque images"),
+    ({"prompt": "a", "stream": True}, "stream", "invalid_value", "not streamed"),
+    ({"prompt": "a", "stream": "no"}, "stream", "invalid_type", "expected a boolean"),
+    ({"prompt": "a", "output_compression": 50}, "output_compression", "unsupported_parameter", "output.quality"),
+    ({"prompt": "a", "user": 5}, "user", "invalid_type", "expected a string"),
+    ({"prompt": "\ud800"}, "prompt", "invalid_value", '"prompt" is not valid Unicode text'),
+])
+def test_openai_requests_are_refused_like_the_real_api(body: dict[str, object], param: str, code: str,
+                                                        message: str) -> None:
+    with pytest.raises(RequestProblem) as info:
+        images(body)
+    assert (info.value.status, info.value.param, info.value.code) == (400, param, code)
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(("body", "status", "message"), [
+    (b'{"prompt": "a", "n": ' + b"9" * 40 + b"}", 400, "Expected a value <= 4"),
+    (b"[1]", 400, "JSON object"),
+    (b"{", 400, "not valid JSON"),
+    (b"x" * 3000, 413, "the limit is 2048"),
+])
+def test_openai_bodies_are_read_like_generate_bodies(body: bytes, status: int, message: str) -> None:
+    with pytest.raises(RequestProblem) as info:
+        images(body)
+    assert info.value.status == status and message in str(info.value)
+
+
+def test_openai_bodies_match_the_sdks_types() -> None:
+    """The response and error bodies as the official SDK reads them."""
+    from openai.types import ImagesResponse
+
+    from imagefleet.pipelines.openai_images import error_body, images_headers, images_response, models_body
+
+    results = [{"encoded": b"\x89PNG1", "format": "png", "width": 32, "height": 48, "image_key": "k1", "seed": 11},
+               {"encoded": b"\x89PNG2", "format": "png", "width": 32, "height": 48, "image_key": "k2", "seed": 12}]
+    reply = ImagesResponse.model_validate(images_response(results, 1700000000))
+    assert reply.created == 1700000000 and reply.size == "32x48" and reply.output_format == "png"
+    assert [base64.b64decode(im.b64_json or "") for im in (reply.data or [])] == [b"\x89PNG1", b"\x89PNG2"]
+    assert images_headers(results, "tiny") == {"X-Imagefleet-Generator": "tiny", "X-Imagefleet-Image-Keys": "k1,k2",
+                                               "X-Imagefleet-Seeds": "11,12"}
+    assert models_body(["tiny"])["data"] == [{"id": "tiny", "object": "model", "created": 0, "owned_by": "imagefleet"}]
+    assert error_body(RequestProblem(400, "bad size", param="size", code="invalid_value")) == {
+        "error": {"message": "bad size", "type": "invalid_request_error", "param": "size", "code": "invalid_value"}}
+    assert error_body(RequestProblem(503, "busy"))["error"] == {"message": "busy", "type": "server_error",
+                                                                 "param": None, "code": None}
