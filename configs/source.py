@@ -211,10 +211,13 @@ def _root_problem(root: str) -> str:
 
 
 class SourceConfig(StrictModel):
-    """A Parquet prompt dataset: local path, glob, folder or s3:// URI."""
+    """A prompt table (Parquet, CSV or JSON Lines): local path, glob, folder or s3:// URI."""
 
     uri: str = Field(min_length=1)
-    """Parquet file, folder, glob (`data/*.parquet`) or `s3://bucket/prefix`."""
+    """Parquet, CSV or JSON Lines file, folder, glob (`data/*.csv`) or `s3://bucket/prefix`. The format is the
+    file's ending: `.csv` (a header row, comma-separated, UTF-8, RFC 4180 quoting; columns the run uses as text, like
+    the id, stay text), `.jsonl`/`.ndjson` (one JSON object per line), each also gzipped (`.csv.gz`); any other name
+    is Parquet. A folder or glob holds one format."""
     prompt_column: str = "prompt"
     """Column holding the prompt text (required in the data)."""
     id_column: str = "id"

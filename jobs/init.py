@@ -1,4 +1,5 @@
-"""`imagefleet init PARQUET`: a starter config from a prompt table's columns, checked by the real loader."""
+"""`imagefleet init TABLE`: a starter config from a prompt table's columns (Parquet, CSV or JSON Lines), checked by
+the real loader."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from imagefleet.configs.request import ROW_FIELDS
+from imagefleet.pipelines.table_formats import table_stem
 
 PROMPT_NAMES = ("prompt", "prompts", "text", "caption", "description", "query")
 ID_NAMES = ("id", "row_id", "uid", "key")
@@ -88,13 +90,15 @@ def _unique_columns(table: str, schema: Any, skip: set[str]) -> list[str]:
     match)."""
     import pyarrow as pa
     import pyarrow.compute as pc
-    import pyarrow.parquet as pq
+    import pyarrow.fs as pafs
+
+    from imagefleet.pipelines.table_formats import read_file
 
     names = [f.name for f in schema if f.name not in skip and schema.names.count(f.name) == 1 and (
         pa.types.is_string(f.type) or pa.types.is_large_string(f.type) or pa.types.is_integer(f.type))]
     if not names:
         return []
-    data = pq.read_table(table, columns=names)
+    data = read_file(pafs.LocalFileSystem(), str(Path(table).resolve()), names, schema)
     return [n for n in names if data.column(n).null_count == 0
             and pc.count_distinct(data.column(n)).as_py() == data.num_rows]
 
@@ -122,12 +126,14 @@ def _id_lines(table: str, schema: Any, skip: set[str]) -> tuple[str, list[str]]:
 def starter_config(table: str, output_uri: str, backend: str, model: str) -> str:
     """The YAML text of a starter config for `table` (raises InitError with one line)."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
+    import pyarrow.fs as pafs
 
-    try:
-        schema = pq.read_schema(table)
-    except (OSError, pa.ArrowInvalid) as exc:
-        raise InitError(f"can't read a Parquet schema from {table}: {exc}") from None
+    from imagefleet.pipelines.table_formats import TableError, describe_file
+
+    try:  # a CSV's id-like columns are read as text, as a run reads them
+        schema, _ = describe_file(pafs.LocalFileSystem(), str(Path(table).resolve()), ID_NAMES, lambda _: table)
+    except TableError as exc:
+        raise InitError(f"can't read the table: {exc}") from None
     text_columns = [f.name for f in schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
     if not text_columns:
         raise InitError(f"{table} has no text column to use as prompts (columns: {', '.join(schema.names)})")
@@ -141,7 +147,7 @@ def starter_config(table: str, output_uri: str, backend: str, model: str) -> str
     lines = [
         f"# Starter config written by `imagefleet init {table}`. Check it with `imagefleet run <this file> --dry-run`;",
         "# every key is described in docs/CONFIG.md.",
-        f"name: {_scalar(Path(table).stem)}",
+        f"name: {_scalar(table_stem(table))}",
         "seed: 0",
         "source:",
         f"  uri: {_scalar(table)}",
@@ -172,9 +178,9 @@ def starter_config(table: str, output_uri: str, backend: str, model: str) -> str
 
 
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="imagefleet init", description="Write a starter config for a Parquet prompt "
-                                "table (prompt/id/negative-prompt columns picked from its schema).")
-    p.add_argument("table", help="a local Parquet file")
+    p = argparse.ArgumentParser(prog="imagefleet init", description="Write a starter config for a prompt table "
+                                "(prompt/id/negative-prompt columns picked from its schema).")
+    p.add_argument("table", help="a local Parquet, CSV (.csv) or JSON Lines (.jsonl, .ndjson) file")
     p.add_argument("-o", "--output", default="imagefleet.yaml", help="config file to write (never overwritten)")
     p.add_argument("--backend", choices=sorted(BACKENDS), default="diffusers", help="the generator to start with")
     p.add_argument("--model", default="", help="model id (default: a sensible one for the backend)")
@@ -188,7 +194,7 @@ def main(argv: list[str]) -> int:
         print(f"imagefleet: {target} exists; pass -o NEW_FILE (init never overwrites)", file=sys.stderr)
         return 2
     try:
-        text = starter_config(args.table, args.output_uri or f"outputs/{Path(args.table).stem}", args.backend,
+        text = starter_config(args.table, args.output_uri or f"outputs/{table_stem(args.table)}", args.backend,
                               args.model)
     except InitError as exc:
         print(f"imagefleet: {exc}", file=sys.stderr)

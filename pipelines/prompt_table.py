@@ -1,5 +1,6 @@
 """Reading the prompt table from what the driver already knows (no Ray here: the in-process executor reads with
-it too; `pipelines.prompt_source.PromptTable` makes these pieces Ray Data read tasks).
+it too; `pipelines.prompt_source.PromptTable` makes these pieces Ray Data read tasks). Parquet, CSV and JSON Lines
+files (`pipelines.table_formats`); a CSV or JSON Lines file has no row groups: it is one piece.
 
 The driver reads every file's footer before a run starts (files, row groups, row counts), so the read needs no
 listing task and no footer pass of its own: each read task is a known slice of row groups with its row count
@@ -14,6 +15,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from imagefleet.pipelines.table_formats import PARQUET, file_format, read_file
+
 if TYPE_CHECKING:
     import pyarrow as pa
 
@@ -24,7 +27,7 @@ ROWS_PER_TASK = 65_536
 @dataclass(frozen=True)
 class Piece:
     """Row groups `groups` of one file (path as the filesystem names it) and how many rows they hold; no groups =
-    the whole file, rows unknown."""
+    the whole file, rows unknown (a CSV or JSON Lines file: one group, the whole file)."""
 
     path: str
     groups: tuple[int, ...] = ()
@@ -53,15 +56,19 @@ def pieces(files: Sequence[str], row_groups: Sequence[Sequence[int]], rows_per_t
 
 
 def read_piece(piece: Piece, columns: Sequence[str], fs: Any, types: pa.Schema | None = None) -> pa.Table:
-    """The selected `columns` of one piece's row groups (the whole file when its groups aren't known), cast to
-    `types` where a column is there (the types merged across the table's files: every piece reads alike)."""
+    """The selected `columns` of one piece's row groups (the whole file when its groups aren't known; a CSV or
+    JSON Lines file is always read whole), cast to `types` where a column is there (the types merged across the
+    table's files: every piece reads alike)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    with fs.open_input_file(piece.path) as handle:
-        table = pq.ParquetFile(handle)
-        groups = list(piece.groups) or list(range(table.num_row_groups))
-        read = table.read_row_groups(groups, columns=list(columns))
+    if file_format(piece.path) != PARQUET:
+        read = read_file(fs, piece.path, columns, types)
+    else:
+        with fs.open_input_file(piece.path) as handle:
+            table = pq.ParquetFile(handle)
+            groups = list(piece.groups) or list(range(table.num_row_groups))
+            read = table.read_row_groups(groups, columns=list(columns))
     if types is None:
         return read
     target = pa.schema([types.field(c) if c in types.names else f for c, f in zip(read.column_names, read.schema,

@@ -12,6 +12,7 @@ from imagefleet.configs.prep import GeneratorIdentity, PrepConfig, ResumeConfig
 from imagefleet.configs.storage import StoreSpec
 from imagefleet.configs.writer import ImageWriterConfig
 from imagefleet.pipelines.schema import pass_through_settings
+from imagefleet.pipelines.table_formats import TABLE_SUFFIXES
 
 if TYPE_CHECKING:
     from imagefleet.configs.job import JobConfig
@@ -43,9 +44,9 @@ def input_base(source_uri: str) -> str:
     uri = source_uri
     if any(ch in uri for ch in "*?["):
         uri = uri[: min(uri.find(ch) for ch in "*?[" if ch in uri)].rsplit("/", 1)[0]
-    elif uri.rstrip("/").endswith((".parquet", ".pq")):
+    elif uri.rstrip("/").lower().endswith(TABLE_SUFFIXES):
         path = uri.rstrip("/")
-        uri = (path.rsplit("/", 1)[0] or "/") if "/" in path else "."  # `p.parquet`: the working folder
+        uri = (path.rsplit("/", 1)[0] or "/") if "/" in path else "."  # `p.csv`: the working folder
     return parse_location(uri).uri
 
 

@@ -1,4 +1,5 @@
-"""The batch text-to-image graph: Parquet prompts → preprocess → generator pools → writer (lazy)."""
+"""The batch text-to-image graph: prompts (Parquet, CSV, JSON Lines) → preprocess → generator pools → writer
+(lazy)."""
 
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ class InputError(ValueError):
 
 @dataclass(frozen=True)
 class SourceInfo:
-    """What the driver learned from Parquet footers (and the `num_images` column, when there is one)."""
+    """What the driver learned from Parquet footers or CSV/JSON Lines files (and the `num_images` column)."""
 
     files: list[str]
     num_rows: int
@@ -65,8 +66,9 @@ def inspect_source(cfg: JobConfig, stores: Stores) -> SourceInfo:
     _check_separate(cfg.source.uri, cfg.output.uri)
     # 2 resolve: file, folder, or glob (`*` stays within one folder, `**` spans folders)
     files = _resolve_files(cfg.source.uri, fs, path)
-    # 3 every file's footer: schema and row count (a later file may differ from the first)
-    footers = _footers(cfg.source.uri, fs, files)
+    # 3 every file's footer (CSV/JSON Lines: the file): schema and row count (a later file may differ)
+    footers = _footers(cfg, fs, files)
+    files = list(footers)
     num_rows = sum(sum(groups) for _, groups in footers.values())
     if num_rows == 0:
         raise InputError(f"source {cfg.source.uri} has no rows")
@@ -160,26 +162,16 @@ def glob_match(path: str, pattern: str) -> bool:
     return match(path.split("/"), pattern.split("/"))
 
 
-def _footers(uri: str, fs: Any, files: list[str]) -> dict[str, tuple[pa.Schema, tuple[int, ...]]]:
-    """Schema and rows per row group of every file, read concurrently (footers only: object stores answer
-    slowly)."""
-    from concurrent.futures import ThreadPoolExecutor
+def _footers(cfg: JobConfig, fs: Any, files: list[str]) -> dict[str, tuple[pa.Schema, tuple[int, ...]]]:
+    """Schema and rows per row group of every file, of one format (`pipelines.table_formats`: Parquet footers; a
+    CSV/JSON Lines file read whole, its text columns as text; one without rows left out)."""
+    from imagefleet.pipelines.table_formats import TableError, describe_files, text_columns
 
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    def footer(f: str) -> tuple[pa.Schema, tuple[int, ...]]:
-        try:
-            meta = pq.read_metadata(f, filesystem=fs)
-            return meta.schema.to_arrow_schema(), tuple(meta.row_group(i).num_rows for i in range(meta.num_row_groups))
-        except (pa.ArrowInvalid, OSError) as exc:
-            raise InputError(
-                f"source file {f} is not a readable Parquet file ({_first_line(exc)}); convert it to Parquet, e.g. "
-                f"pandas.read_csv(...).to_parquet(...)"
-            ) from None
-
-    with ThreadPoolExecutor(max_workers=min(16, len(files))) as pool:
-        return dict(zip(files, pool.map(footer, files), strict=True))
+    try:
+        return describe_files(fs, files, text_columns(cfg.source, cfg.routing.column_read),
+                              functools.partial(_display, kind=parse_location(cfg.source.uri).kind))
+    except TableError as exc:
+        raise InputError(str(exc)) from None
 
 
 def _check_same_columns(cfg: JobConfig, footers: dict[str, tuple[pa.Schema, tuple[int, ...]]], kind: str) -> None:
@@ -250,11 +242,12 @@ def _count_images(fs: Any, files: list[str], most: int, name: str = "num_images"
     """Sum of the rows' num_images; null or out of 1..most counts as 1 (a null row makes one image; an out-of-range
     one becomes one error row), as the preprocessor makes them."""
     import pyarrow.compute as pc
-    import pyarrow.parquet as pq
+
+    from imagefleet.pipelines.table_formats import read_file
 
     total = 0
     for f in files:
-        column = pq.read_table(f, filesystem=fs, columns=[name]).column(name)
+        column = read_file(fs, f, [name]).column(name)
         # null compares to null, and and_(False, null) is null: fill, or null rows would count 0 instead of 1
         valid = pc.fill_null(pc.and_(pc.greater(column, 0), pc.less_equal(column, most)), False)
         total += int(pc.sum(pc.if_else(valid, column, 1)).as_py() or 0)
@@ -372,10 +365,6 @@ def _input_columns(cfg: JobConfig, schema: pa.Schema, carry_all: bool = True) ->
         *carried,
     ]
     return [c for c in dict.fromkeys(candidates) if c in schema.names]
-
-
-def _first_line(exc: BaseException) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
 def failure_line(exc: BaseException) -> str:
