@@ -11,6 +11,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from imagefleet.actors.manifest_types import CODECS, decode, encode
 from imagefleet.actors.store_errors import is_transient, with_retries
 from imagefleet.configs.request import BY_NAME, ROW_COLUMNS, SHAPE_SETTINGS
 
@@ -33,6 +34,11 @@ class Column:
     report: bool = False
     """Read by the run report."""
 
+    @property
+    def flat(self) -> pa.DataType:
+        """The type the pipeline carries the column as (float seconds, JSON or comma text for the typed ones)."""
+        return CODECS[self.name].flat if self.name in CODECS else self.type
+
 
 _ARROW = {"int32": pa.int32(), "int64": pa.int64(), "float64": pa.float64(), "text": pa.string()}
 
@@ -40,7 +46,8 @@ _ARROW = {"int32": pa.int32(), "int64": pa.int64(), "float64": pa.float64(), "te
 def _setting(name: str, description: str = "", **flags: bool) -> Column:
     """The manifest column of a per-image setting: its type (and meaning) from the request table."""
     setting = BY_NAME[name]
-    return Column(name, _ARROW[setting.kind], description or setting.description, **flags)
+    typed = CODECS[name].type if name in CODECS else _ARROW[setting.kind]
+    return Column(name, typed, description or setting.description, **flags)
 
 
 def _drafted(name: str, description: str) -> Column:
@@ -56,8 +63,8 @@ _LISTED: tuple[Column, ...] = (
     Column("prompt", pa.string(), "prompt text", shard=True, report=True),
     _setting("negative_prompt", shard=True),
     Column("template", pa.string(), "the prompt template the prompt was written from ('' when read from a column)"),
-    Column("template_vars", pa.string(), "JSON of the values the template was filled with: its lists' values and "
-           "the row's columns ('' without a template)", shard=True),
+    Column("template_vars", CODECS["template_vars"].type, "the values the template was filled with: its lists' "
+           "values and the row's columns (a value that isn't text as JSON; null without a template)", shard=True),
     Column("generator", pa.string(), "name of the generator that made the image", shard=True, report=True),
     Column("model", pa.string(), "model id@revision of that generator", shard=True),
     Column("model_version", pa.string(), "what the model was when the image was made: the commit a hub revision "
@@ -67,13 +74,13 @@ _LISTED: tuple[Column, ...] = (
     *(_setting(name, shard=True, report=True) for name in SHAPE_SETTINGS),
     Column("task", pa.string(), "text-to-image | image-to-image | inpaint | edit", shard=True, report=True),
     _setting("strength", shard=True),
-    Column("input_images", pa.string(), "JSON list of the input image URIs the image was made from ('' = none)",
+    Column("input_images", CODECS["input_images"].type, "the input image URIs the image was made from ([] = none)",
            shard=True, report=True),
-    Column("input_sha256", pa.string(), "content hashes of those input images, comma-separated (part of the key)",
+    Column("input_sha256", CODECS["input_sha256"].type, "content hashes of those input images (part of the key)",
            shard=True),
     Column("mask_uri", pa.string(), "the mask the image was made with ('' = none)", shard=True),
     Column("mask_sha256", pa.string(), "content hash of the mask (part of the key)", shard=True),
-    _setting("adapters", shard=True),
+    _setting("adapters", "LoRA adapters applied, in the row's order: name and weight ([] = none)", shard=True),
     Column("variant", pa.string(), "the output variant (aspect ratio or size) of the row's request ('' = none)",
            shard=True, report=True),
     Column("status", pa.string(), "ok | error | refused | skipped", report=True),
@@ -96,8 +103,9 @@ _LISTED: tuple[Column, ...] = (
            carried=True),
     Column("clip_score", pa.float64(), "CLIP score of the final image (null without a scorer)",
            carried=True, shard=True, report=True),
-    Column("candidates", pa.string(), "best-of-N: JSON list of every candidate's seed and score (the kept image has "
-           "the best score and its seed is `seed`; '' otherwise)", carried=True, shard=True, report=True),
+    Column("candidates", CODECS["candidates"].type, "best-of-N and adaptive drafts: every candidate's seed and score "
+           "(the kept image has the best score and its seed is `seed`; null with one candidate)", carried=True,
+           shard=True, report=True),
     Column("draft_round", pa.int32(), "cascade with adaptive drafts: which draft (1 = the first) the row kept; "
            "`candidates` lists every draft's seed and score", carried=True, shard=True, report=True),
     Column("route", pa.string(), "cascade: draft | escalated", carried=True, shard=True, report=True),
@@ -109,8 +117,9 @@ _LISTED: tuple[Column, ...] = (
            report=True),
     _drafted("width", "cascade: the draft's width (the final image has the heavy generator's)"),
     *(_drafted(name, f"cascade: the draft's {name}") for name in SHAPE_SETTINGS[1:]),
-    Column("generated_at", pa.float64(), "unix time the image was generated", carried=True, report=True),
-    Column("written_at", pa.float64(), "unix time the row finished"),
+    Column("generated_at", CODECS["generated_at"].type, "when the image was generated (UTC)", carried=True,
+           report=True),
+    Column("written_at", CODECS["written_at"].type, "when the row finished (UTC)"),
     Column("run_id", pa.string(), "the run that wrote this manifest"),
 )
 COLUMNS: tuple[Column, ...] = (
@@ -121,6 +130,8 @@ COLUMNS: tuple[Column, ...] = (
 
 NAMES: tuple[str, ...] = tuple(c.name for c in COLUMNS)
 SCHEMA = pa.schema([(c.name, c.type) for c in COLUMNS])
+FLAT_SCHEMA = pa.schema([(c.name, c.flat) for c in COLUMNS])
+"""The manifest's columns as the pipeline carries them (and as manifests written before the typed columns hold them)."""
 CARRIED: tuple[str, ...] = tuple(c.name for c in COLUMNS if c.carried)
 SHARD_FIELDS: tuple[str, ...] = tuple(c.name for c in COLUMNS if c.shard)
 REPORT_COLUMNS: tuple[str, ...] = tuple(c.name for c in COLUMNS if c.report)
@@ -160,7 +171,7 @@ def empty_value(name: str) -> Any:
     Returns:
         The typed empty value.
     """
-    t = _BY_NAME[name].type
+    t = _BY_NAME[name].flat
     if pa.types.is_string(t):
         return ""
     if pa.types.is_floating(t):
@@ -177,14 +188,26 @@ READ_AHEAD_PARTS = 8
 """Manifest parts read concurrently ahead of the one being consumed (object stores answer each read slowly)."""
 
 
-def read_part(fs: Any, path: str, columns: list[str]) -> pa.Table:
-    """One manifest part's `columns`, typed as SCHEMA: a column an older part lacks is null, a narrower type is cast
-    (a pass-through column, not in SCHEMA, as the part holds it; null when it holds none).
+def typed(table: pa.Table) -> pa.Table:
+    """`table` (manifest columns, flat as the pipeline carries them) with its typed columns in their manifest types."""
+    for name in CODECS:
+        if name in table.column_names:
+            i = table.column_names.index(name)
+            column = encode(name, table.column(i).combine_chunks())
+            table = table.set_column(i, pa.field(name, CODECS[name].type), column)
+    return table
+
+
+def read_part(fs: Any, path: str, columns: list[str], flat: bool = False) -> pa.Table:
+    """One manifest part's `columns`, typed as SCHEMA: a column an older part lacks is null, a narrower type is cast,
+    a typed column an older part holds flat is typed (a pass-through column, not in SCHEMA, as the part holds it;
+    null when it holds none).
 
     Args:
         fs: a pyarrow filesystem.
         path: the part's path on it.
         columns: manifest column names.
+        flat: the typed columns as the pipeline carries them (`actors.manifest_types`), for the product's readers.
     """
     import pyarrow.parquet as pq
 
@@ -193,20 +216,27 @@ def read_part(fs: Any, path: str, columns: list[str]) -> pa.Table:
         found = parquet.schema_arrow
         names = found.names
         table = parquet.read(columns=[c for c in columns if c in names] or names[:1])
-    schema = pa.schema([SCHEMA.field(c) if c in _BY_NAME else found.field(c) if c in names else pa.field(c, pa.null())
-                        for c in columns])
-    return pa.Table.from_arrays(
-        [table.column(c).cast(f.type) if c in table.column_names else pa.nulls(table.num_rows, f.type)
-         for c, f in zip(columns, schema, strict=True)], schema=schema)
+    schema = pa.schema([pa.field(c, _BY_NAME[c].flat if flat else _BY_NAME[c].type) if c in _BY_NAME
+                        else found.field(c) if c in names else pa.field(c, pa.null()) for c in columns])
+    arrays = []
+    for c, f in zip(columns, schema, strict=True):
+        if c not in table.column_names:
+            arrays.append(pa.nulls(table.num_rows, f.type))
+        elif c in CODECS:
+            arrays.append((decode if flat else encode)(c, table.column(c).combine_chunks()))
+        else:
+            arrays.append(table.column(c).cast(f.type))
+    return pa.Table.from_arrays(arrays, schema=schema)
 
 
 def iter_parts(fs: Any, paths: list[str], columns: list[str], budget_s: float = 0.0,
-               skippable: Callable[[str], bool] = lambda _path: False) -> Iterator[pa.Table]:
+               skippable: Callable[[str], bool] = lambda _path: False, flat: bool = False) -> Iterator[pa.Table]:
     """`read_part` of each path in order, READ_AHEAD_PARTS read ahead. Memory: a few parts, never all of them (a
     `pyarrow.dataset` over every part keeps each part's footer until its scan ends: ~150 MB at 1,000 parts).
 
     Args:
         budget_s: how long each read rides out a store outage (`s3.retry_budget_s`).
+        flat: the typed columns as the pipeline carries them (see `read_part`).
         skippable: paths whose part may be left out, with a warning, when it can't be read (not an outage: a torn
             or foreign file): resume's staged parts of interrupted runs; every other unreadable part raises.
     """
@@ -215,7 +245,7 @@ def iter_parts(fs: Any, paths: list[str], columns: list[str], budget_s: float = 
 
     def read(path: str) -> pa.Table | None:
         try:
-            return with_retries(lambda: read_part(fs, path, columns), budget_s, f"read {path}")
+            return with_retries(lambda: read_part(fs, path, columns, flat), budget_s, f"read {path}")
         except Exception as exc:
             if is_transient(exc) or not skippable(path):
                 raise

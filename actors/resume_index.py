@@ -97,12 +97,12 @@ def _takes(fmt: str, requests: Any, run_format: str, keep_provider_bytes: bool) 
 
 # what each record field must be (a record failing this is not adopted: the image is made again)
 _RECORD_TYPES: dict[str, tuple[type, ...]] = {
-    **{c.name: (int,) if pa.types.is_integer(c.type) else (int, float) if pa.types.is_floating(c.type)
-       else (bool,) if pa.types.is_boolean(c.type) else (str,) for c in COLUMNS}, ESCALATED_TO: (str,)}
+    **{c.name: (int,) if pa.types.is_integer(c.flat) else (int, float) if pa.types.is_floating(c.flat)
+       else (bool,) if pa.types.is_boolean(c.flat) else (str,) for c in COLUMNS}, ESCALATED_TO: (str,)}
 
 
-_INT_BOUNDS = {c.name: (-(2 ** (c.type.bit_width - 1)), 2 ** (c.type.bit_width - 1) - 1)
-               for c in COLUMNS if pa.types.is_integer(c.type)}
+_INT_BOUNDS = {c.name: (-(2 ** (c.flat.bit_width - 1)), 2 ** (c.flat.bit_width - 1) - 1)
+               for c in COLUMNS if pa.types.is_integer(c.flat)}
 RECORD_TEXT_MAX = 1024  # longest text field a record may hold (a prompt is not in it; names, keys, errors are short)
 _POSITIVE = {"width", "height", "draft_width", "draft_height"}
 
@@ -349,7 +349,7 @@ def load_index(store: ObjectStore, image_format: str, keep_provider_bytes: bool 
     offset = 0
     staged = f"/{STAGING_DIR}/"  # an interrupted run's part that can't be read (torn by a kill) is left out
     for batch in iter_parts(fs, [f"{root}/{p}" for p in parts], list(READ), store.spec.retry_budget_s,
-                            lambda path: staged in path):
+                            lambda path: staged in path, flat=True):
         cols = {c: batch.column(c).to_pylist() for c in ("image_key", "status", "route", "draft_image_key", "mime",
                                                           "requests")}
         routes, drafts, mimes, sent = cols["route"], cols["draft_image_key"], cols["mime"], cols["requests"]

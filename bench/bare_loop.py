@@ -82,6 +82,7 @@ def run(rows: int) -> dict[str, Any]:
             assert generate.main([str(cfg), "--progress", "off", *args]) == 0
         ts = read_manifest_columns(str(out), resolve_stores(load_config(cfg)).output,
                                    ["generated_at"]).column(0).to_pylist()
+        ts = [t.timestamp() for t in ts]
         return {"wall_s": t_run.seconds, "ttfi_s": min(ts) - t0, "steady_img_s": steady_rate(ts)}
 
     ours = timed()

@@ -63,8 +63,8 @@ def imagefleet_once(cfg: Path, out: Path, *args: str) -> dict[str, Any]:
                                                                 "generate_ms"]).to_pylist()[0]
     log = re.search(r"log\s+: (\S+)", proc.stdout)
     return {
-        "first_image_s": round(row["generated_at"] - t0, 2),
-        "first_written_s": round(row["written_at"] - t0, 2),
+        "first_image_s": round(row["generated_at"].timestamp() - t0, 2),
+        "first_written_s": round(row["written_at"].timestamp() - t0, 2),
         "process_s": round(ended, 2),
         "queued_for_generator_s": round(row["queue_ms"] / 1000, 2),
         "model_call_s": round(row["generate_ms"] / 1000, 3),

@@ -65,7 +65,8 @@ def run(rows: int) -> dict[str, Any]:
         from imagefleet.pipelines.manifest import read_manifest_columns
 
         stores = resolve_stores(load_config(cfg))
-        ts = read_manifest_columns(f"s3://{bucket}/imagefleet", stores.output, ["generated_at"]).column(0).to_pylist()
+        ts = [t.timestamp() for t in read_manifest_columns(f"s3://{bucket}/imagefleet", stores.output,
+                                                           ["generated_at"]).column(0).to_pylist()]
         ours = steady_rate(ts)
         # 2 the peer: a hand-written Ray Data job (GPU pool → separate CPU encode/upload pool), same store
         from bench.peer_job import run_peer

@@ -281,8 +281,8 @@ def verify(replay: Replay, policy: Policy, ids: list[str], log: Any = print) -> 
         if row is None or row["status"] != "ok":
             mismatches.append(f"{rid}: {row and row['status']} in the run's manifest")
             continue
-        listed = row["candidates"] if isinstance(row["candidates"], str) else ""  # null with one draft
-        drafts = tuple(int(d["seed"]) for d in json.loads(listed)) if listed else (int(row["seed"]),)
+        listed = row["candidates"] or []  # typed: a list of {seed, score}; null with one draft
+        drafts = tuple(int(d["seed"]) for d in listed) if listed else (int(row["seed"]),)
         with PILImage.open(io.BytesIO(Path(row["image_uri"]).read_bytes())) as img:
             pixels = np.asarray(img.convert("RGB"))
         theirs = oracle(str(row["prompt"]), pixels).faithfulness

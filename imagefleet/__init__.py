@@ -4,6 +4,7 @@
     result = imagefleet.run("configs/local_tiny.yaml", ["output.uri=s3://bucket/run7"])
     result.summary.num_ok, result.summary.cost_usd, result.report_uri
     df = result.to_pandas()          # or result.manifest() (pyarrow dataset), result.to_ray()
+    imagefleet.export("s3://bucket/run7", "hf/run7")  # a Hugging Face ImageFolder of its ok images
 
 Errors are typed and carry the CLI's one-line message: ConfigInvalid, InputInvalid, RunFailed (ImagefleetError).
 
@@ -18,9 +19,19 @@ from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from imagefleet.jobs.api import ConfigInvalid, ImagefleetError, InputInvalid, RunFailed, RunResult, load, run
+    from imagefleet.jobs.api import (
+        ConfigInvalid,
+        ImagefleetError,
+        InputInvalid,
+        RunFailed,
+        RunResult,
+        export,
+        load,
+        run,
+    )
 
-__all__ = ["ConfigInvalid", "ImagefleetError", "InputInvalid", "RunFailed", "RunResult", "__version__", "load", "run"]
+__all__ = ["ConfigInvalid", "ImagefleetError", "InputInvalid", "RunFailed", "RunResult", "__version__", "export",
+           "load", "run"]
 
 
 def __getattr__(name: str) -> Any:

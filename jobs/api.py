@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from imagefleet.actors.storage import ObjectStore
     from imagefleet.configs.job import JobConfig
     from imagefleet.configs.storage import StoreSpec
+    from imagefleet.pipelines.hf_export import ExportSummary
     from imagefleet.pipelines.manifest import RunSummary
     from imagefleet.pipelines.plan import Plan, Stores
     from imagefleet.pipelines.text_to_image import SourceInfo
@@ -276,3 +277,42 @@ def _run(config: str | Path | dict[str, Any] | JobConfig, overrides: Sequence[st
     if problem:
         raise RunFailed(problem, run_id, result=result)
     return result
+
+
+def export(output: str, dest: str, *, format: str = "hf-imagefolder") -> ExportSummary:
+    """Export a finished run's output as a dataset others load without imagefleet: `hf-imagefolder` writes
+    Hugging Face's ImageFolder layout (`DEST/train/<image_key>.<ext>` plus `DEST/train/metadata.parquet` with
+    `file_name`, a `text` caption and the manifest's columns), which `datasets.load_dataset("imagefolder",
+    data_dir=DEST)` reads. Only `ok` rows with an image are exported; a rerun into the same DEST copies only
+    what is missing.
+
+    Args:
+        output: a run's `output.uri` (local folder or `s3://bucket/prefix`; S3 credentials and endpoint from the
+            AWS_* variables `imagefleet run` reads).
+        dest: where the dataset goes (local folder or `s3://bucket/prefix`): empty, or an earlier export of
+            `output`.
+        format: the dataset layout (`hf-imagefolder`).
+
+    Returns:
+        What was exported (`ExportSummary.line()` is the CLI's summary).
+
+    Raises:
+        ConfigInvalid: an unknown format. InputInvalid: no committed manifest at `output`, no `ok` image, a
+            DEST holding other files, or a store that can't be read or written.
+    """
+    from imagefleet.actors.storage import StorageError, resolve_store_spec
+    from imagefleet.actors.stores import open_store
+    from imagefleet.configs.storage import S3Config
+    from imagefleet.pipelines.hf_export import FORMATS, ExportError, export_imagefolder
+
+    if format not in FORMATS:
+        raise ConfigInvalid(f"unknown export format {format!r}: use one of {', '.join(FORMATS)}")
+    try:
+        source = open_store(output, resolve_store_spec(output, S3Config()))
+        target = open_store(dest, resolve_store_spec(dest, S3Config()))
+    except (StorageError, ValueError) as exc:  # ValueError: an s3:// URI without a bucket
+        raise InputInvalid(str(exc)) from exc
+    try:
+        return export_imagefolder(source, target)
+    except (ExportError, StorageError) as exc:
+        raise InputInvalid(str(exc)) from exc

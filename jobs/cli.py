@@ -28,6 +28,8 @@ commands:
              [--lora-for PIPELINE]        (or a tiny LoRA adapter for one)
   report OUTPUT_URI                        (re)write OUTPUT_URI/report.html from the manifest
   cat URI [URI ...]                        write stored objects to stdout (s3://bucket/key or local paths)
+  export OUTPUT DEST [--format hf-imagefolder]
+                                           OUTPUT's ok images + manifest rows as a Hugging Face ImageFolder
   init PARQUET [-o CONFIG] [--backend B]   write a starter config from a prompt table's columns
 """
 
@@ -111,6 +113,10 @@ def _main(argv: list[str] | None = None) -> int:
         from imagefleet.jobs import cat
 
         return cat.main(rest)
+    if command == "export":
+        from imagefleet.jobs import export
+
+        return export.main(rest)
     if command == "init":
         from imagefleet.jobs import init
 

@@ -11,13 +11,15 @@ from typing import TYPE_CHECKING, Any
 
 from imagefleet.actors.hosted import STOPPED
 from imagefleet.actors.layout import IMAGES_DIR, MANIFEST_DIR, RUN_JSON
-from imagefleet.actors.manifest_schema import CARRIED, PRIOR, iter_parts, prior_values
+from imagefleet.actors.manifest_schema import CARRIED, COLUMNS, PRIOR, iter_parts, prior_values
+from imagefleet.actors.manifest_types import CODECS, encode
 from imagefleet.actors.pass_through import PASS_THROUGH, decode_columns
 from imagefleet.actors.storage import ObjectStore
 from imagefleet.actors.stores import open_store
 from imagefleet.configs.storage import StoreSpec
 from imagefleet.pipelines.commit import Lease, commit, current_parts, stage_part
 from imagefleet.pipelines.schema import MANIFEST
+from imagefleet.pipelines.units import throughput
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -41,7 +43,9 @@ class RunSummary:
     bytes_written: int
     cost_usd: float
     wall_s: float
+    """Seconds from the start of the run's graph until its last manifest row was staged (before the commit)."""
     images_per_s: float
+    """The run's throughput (`pipelines.units.THROUGHPUT_MEANS`): num_written / wall_s."""
     manifest_uri: str
     images_uri: str
     errors_sample: list[str]
@@ -49,6 +53,8 @@ class RunSummary:
     """Why the provider stopped the run's requests (quota, spend cap; '' = it didn't): its skipped rows say so."""
     unread: str = ""
     """Why the counts are zero although the run committed (the store failed while they were read back)."""
+    started_at: float = 0.0
+    """Unix time the run's graph started (where wall_s starts)."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -106,12 +112,13 @@ def _commit_and_summarize(objects: ObjectStore, lease: Lease, expected_rows: int
     # 3 summarize from the committed parts (column batches: driver memory stays flat); the run is committed now,
     #   so a store that fails past its retry budget here leaves a summary that says so, not a failed run
     try:
-        return _summarize(objects, lease.run_id, wall)
+        return _summarize(objects, lease.run_id, wall, started)
     except Exception as exc:  # noqa: BLE001 - after the commit point nothing fails the run
         logger.warning("committed; the summary could not be read back: %s", exc)
         return RunSummary(lease.run_id, expected_rows, 0, 0, 0, 0, 0, 0, 0, 0.0, round(wall, 3), 0.0,
                           objects.uri_of(MANIFEST_DIR), objects.uri_of(IMAGES_DIR), [],
-                          unread=f"committed, but the manifest could not be read back for this summary: {exc}")
+                          unread=f"committed, but the manifest could not be read back for this summary: {exc}",
+                          started_at=started)
 
 
 MAX_PART_ROWS = 512
@@ -142,18 +149,19 @@ def _to_manifest_rows(batch: Any, run_id: str, pass_through: pa.Schema | None = 
     priors = batch.column(PRIOR).to_pylist() if PRIOR in batch.column_names else []
     earlier = [prior_values(text or "") for text in priors]
     recorded_names = set().union(*earlier)  # the CARRIED columns some cached row of this batch recorded
+    flat = {c.name: c.flat for c in COLUMNS}  # as the pipeline carries them; typed columns are encoded last
     columns = []
     for f in MANIFEST:
         if f.name == "run_id":
             column = pa.array([run_id] * n, pa.string())
         elif f.name not in batch.column_names:  # a stage this run didn't have (scorer, cascade)
-            column = pa.nulls(n, f.type)
+            column = pa.nulls(n, flat[f.name])
         else:
-            column = batch.column(f.name).cast(f.type)
+            column = batch.column(f.name).cast(flat[f.name])
         if f.name in CARRIED and f.name in recorded_names:
-            recorded = pa.array([values.get(f.name) for values in earlier], f.type)
+            recorded = pa.array([values.get(f.name) for values in earlier], flat[f.name])
             column = pc.if_else(pc.is_valid(recorded), recorded, column)
-        columns.append(column)
+        columns.append(encode(f.name, column) if f.name in CODECS else column)
     if not pass_through:
         return pa.Table.from_arrays(columns, schema=MANIFEST)
     texts = batch.column(PASS_THROUGH).to_pylist() if PASS_THROUGH in batch.column_names else [""] * n
@@ -173,7 +181,9 @@ def manifest_dataset(objects: ObjectStore) -> Any:
     schema = MANIFEST
     if paths:  # every part of a committed manifest is one run's: the first one's columns are all of them
         found = pq.read_schema(paths[0], filesystem=fs)
-        schema = pa.schema([*MANIFEST, *(f for f in found if f.name not in MANIFEST.names)])
+        # a manifest written before the typed columns holds them flat (`read_manifest_columns` types them)
+        own = [found.field(f.name) if f.name in CODECS and f.name in found.names else f for f in MANIFEST]
+        schema = pa.schema([*own, *(f for f in found if f.name not in MANIFEST.names)])
     return pads.dataset(paths, filesystem=fs, format="parquet", schema=schema)
 
 
@@ -198,7 +208,7 @@ def read_manifest_columns(output_uri: str, store: StoreSpec, columns: list[str])
                       for c in columns]).empty_table()
 
 
-def _summarize(objects: ObjectStore, run_id: str, wall: float) -> RunSummary:
+def _summarize(objects: ObjectStore, run_id: str, wall: float, started: float) -> RunSummary:
     import pyarrow.compute as pc
 
     counts = {"rows": 0, "ok": 0, "error": 0, "refused": 0, "skipped": 0, "present": 0, "bytes": 0}
@@ -235,11 +245,12 @@ def _summarize(objects: ObjectStore, run_id: str, wall: float) -> RunSummary:
         bytes_written=counts["bytes"],
         cost_usd=round(cost, 6),
         wall_s=round(wall, 3),
-        images_per_s=round((counts["ok"] - counts["present"]) / wall, 3) if wall > 0 else 0.0,
+        images_per_s=round(throughput(counts["ok"] - counts["present"], round(wall, 3)), 3),
         manifest_uri=objects.uri_of(MANIFEST_DIR),
         images_uri=objects.uri_of(IMAGES_DIR),
         errors_sample=errors,
         stopped=stopped,
+        started_at=started,
     )
 
 

@@ -250,8 +250,8 @@ def test_chaos_killed_driver_then_rerun(
     rows = assert_exactly_once(s3_env, bucket, "driver", n)
     # the images the killed run stored were adopted from their records, not generated again
     adopted = [r for r in rows if r["already_present"]]
-    assert len(adopted) == before and all(r["generated_at"] < rerun_at for r in adopted)
-    assert all(r["generated_at"] > rerun_at for r in rows if not r["already_present"])
+    assert len(adopted) == before and all(r["generated_at"].timestamp() < rerun_at for r in adopted)
+    assert all(r["generated_at"].timestamp() > rerun_at for r in rows if not r["already_present"])
 
 
 def _session_address() -> str:

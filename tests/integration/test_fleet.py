@@ -4,7 +4,6 @@ tiny real CLIP, rules, fan-out, the cascade (deterministic stub scorer) and the 
 from __future__ import annotations
 
 import io
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -64,7 +63,7 @@ def test_two_gpu_pools_make_progress_at_the_same_time(
     raw["generators"]["sleepy"]["base_latency_s"] = raw["generators"]["heavy"]["base_latency_s"] = 0.4
     assert generate.main([str(write_config(tmp_path / "job.yaml", raw))]) == 0
     rows = manifest(s3_env, bucket, "both")
-    spans = {g: sorted(r["generated_at"] for r in rows if r["generator"] == g) for g in ("sleepy", "heavy")}
+    spans = {g: sorted(r["generated_at"].timestamp() for r in rows if r["generator"] == g) for g in ("sleepy", "heavy")}
     overlap = min(spans["sleepy"][-1], spans["heavy"][-1]) - max(spans["sleepy"][0], spans["heavy"][0])
     assert overlap > 0.5, spans  # each pool needs >= 4 s; a pool that waited for the other would not overlap
 
@@ -138,7 +137,7 @@ def test_cascade_escalates_known_fraction_within_cap(
                     "draft_score", "draft_generator", "cost_usd", "generated_at", "width", "height", "num_steps",
                     "guidance_scale", "negative_prompt", "draft_width", "draft_num_steps", "draft_guidance_scale"):
             assert r2[col] == r[col] or (r2[col] != r2[col] and r[col] != r[col]), (col, r[col], r2[col])
-        assert r2["generated_at"] < rerun_started  # made by the first run, not again
+        assert r2["generated_at"].timestamp() < rerun_started  # made by the first run, not again
     assert len(objects(s3_env, bucket, "cas/images/")) == 12 + 6
 
 
@@ -205,7 +204,6 @@ def test_best_of_n_through_a_run_and_resume(tmp_path: Path, s3_env: Any, bucket:
     """routing.mode=best_of on the stand-in generator with a brightness scorer: each image is the brightest of its
     3 candidates (their seeds and scores in `candidates`, `seed` the winner's), paid 3 times; a rerun makes
     nothing and keeps what was recorded."""
-    import json
 
     src = write_prompts(tmp_path / "p.parquet", {"prompt": [f"prompt {i}" for i in range(8)]})
     raw = sleep_job(src, f"s3://{bucket}/best")
@@ -217,7 +215,7 @@ def test_best_of_n_through_a_run_and_resume(tmp_path: Path, s3_env: Any, bucket:
     rows = manifest(s3_env, bucket, "best")
     assert len(rows) == 8 and {r["status"] for r in rows} == {"ok"}
     for r in rows:
-        cands = json.loads(r["candidates"])
+        cands = r["candidates"]  # typed: a list of {seed, score}
         assert len(cands) == 3 and r["seed"] == max(cands, key=lambda c: c["score"])["seed"]
         assert r["clip_score"] == pytest.approx(max(c["score"] for c in cands), abs=1e-6)
         assert r["cost_usd"] == pytest.approx(0.03)
@@ -273,7 +271,7 @@ def test_adaptive_drafts_keep_the_best_draft_then_escalate_and_resume(
         assert len(rows) == 16 and {r["status"] for r in rows} == {"ok"}
         redrawn = 0
         for r in rows:
-            drafts = json.loads(r["candidates"])
+            drafts = r["candidates"]
             scores = [d["score"] for d in drafts]
             assert 1 <= len(drafts) <= 3 and all(s is not None for s in scores)
             assert all(s < 0.5 for s in scores[:-1]), drafts  # drawn again only while the best was below 0.5

@@ -277,7 +277,6 @@ def test_edits_on_both_providers_through_a_run_and_resume(
     reach the provider (the fake answers in their mean colour), the manifest records them and costs what was
     billed (input image tokens included); a rerun bills nothing and redoes nothing."""
     import io
-    import json
 
     from PIL import Image
 
@@ -307,7 +306,7 @@ def test_edits_on_both_providers_through_a_run_and_resume(
         for rid, names in (("one", ["red"]), ("two", ["red", "blue"])):
             row = by[(rid, gen)]
             assert row["status"] == "ok" and row["task"] == "edit", row
-            assert [Path(u).name for u in json.loads(row["input_images"])] == [f"{n}.png" for n in names]
+            assert [Path(u).name for u in row["input_images"]] == [f"{n}.png" for n in names]
             body = s3_env.client().get_object(Bucket=bucket, Key=row["image_uri"].split("/", 3)[3])["Body"].read()
             with Image.open(io.BytesIO(body)) as img:
                 got = img.convert("RGB").getpixel((0, 0))

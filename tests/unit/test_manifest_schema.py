@@ -43,7 +43,7 @@ def test_table_is_well_formed() -> None:
     assert [ms.SCHEMA.field(c.name).type for c in ms.COLUMNS] == [c.type for c in ms.COLUMNS]
     # a resumed row tells "recorded" from "not recorded" by NaN (floats), '' (strings) or 0 (integers, e.g. a
     # draft's width): nothing else can carry
-    assert all(pa.types.is_floating(c.type) or pa.types.is_string(c.type) or pa.types.is_integer(c.type)
+    assert all(pa.types.is_floating(c.flat) or pa.types.is_string(c.flat) or pa.types.is_integer(c.flat)
                for c in ms.COLUMNS if c.carried)
     # the report's stage timings are manifest columns it reads
     from imagefleet.pipelines.report import COLUMNS, STAGES

@@ -14,6 +14,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
+from imagefleet.actors.manifest_schema import FLAT_SCHEMA, typed
 from imagefleet.jobs.progress import Pace, ProgressDisplay, clock, pick_mode
 from imagefleet.pipelines.progress import ProgressBoard, Snapshot, post_written, tally
 from imagefleet.pipelines.schema import MANIFEST
@@ -23,7 +24,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 def manifest_rows(rows: list[dict[str, object]]) -> pa.Table:
     full = [{**{f.name: None for f in MANIFEST}, **r} for r in rows]
-    return pa.Table.from_pylist(full, schema=MANIFEST)
+    return typed(pa.Table.from_pylist(full, schema=FLAT_SCHEMA))
 
 
 def test_tally_counts_by_generator_and_charges_only_new_images() -> None:

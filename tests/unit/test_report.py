@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from imagefleet.actors.layout import MANIFEST_DIR, image_rel, manifest_part
+from imagefleet.actors.manifest_schema import FLAT_SCHEMA, typed
 from imagefleet.actors.stores import open_store
 from imagefleet.configs.storage import StoreSpec
 from imagefleet.pipelines.report import write_report
@@ -41,7 +42,7 @@ def test_report_covers_every_row(tmp_path: Path) -> None:
              manifest_row(7, tmp_path, status="refused", error="safety system", cost_usd=0.25),
              manifest_row(8, tmp_path, already_present=True, generated_at=5.0)]  # made by an earlier run
     (tmp_path / MANIFEST_DIR).mkdir()
-    pq.write_table(pa.Table.from_pylist(rows, schema=MANIFEST), tmp_path / manifest_part("r1", 0))
+    pq.write_table(typed(pa.Table.from_pylist(rows, schema=FLAT_SCHEMA)), tmp_path / manifest_part("r1", 0))
     uri = write_report(open_store(str(tmp_path), StoreSpec(kind="local")))
     page = Path(uri).read_text()
     assert "9 images requested" in page and "error: 1, ok: 7, refused: 1" in page

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from imagefleet.actors.layout import MANIFEST_DIR, image_rel, manifest_part
-from imagefleet.actors.manifest_schema import CARRIED
+from imagefleet.actors.manifest_schema import CARRIED, FLAT_SCHEMA, typed
 from imagefleet.actors.stores import open_store
 from imagefleet.configs.storage import StoreSpec
 from imagefleet.pipelines.charts import MAX_BARS, histogram_svg
@@ -60,7 +60,7 @@ def escalated_row(i: int, root: Path | None, keep_draft: bool = True, **extra: A
 
 def report(root: Path, rows: list[dict[str, Any]]) -> str:
     (root / MANIFEST_DIR).mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.Table.from_pylist(rows, schema=MANIFEST), root / manifest_part("r1", 0))
+    pq.write_table(typed(pa.Table.from_pylist(rows, schema=FLAT_SCHEMA)), root / manifest_part("r1", 0))
     return Path(write_report(open_store(str(root), StoreSpec(kind="local")))).read_text()
 
 
@@ -107,7 +107,7 @@ def test_tally_stays_bounded_over_many_batches() -> None:
         rows = [escalated_row(b * 1000 + i, None, clip_score=(i % 300) * 0.37, draft_score=-(i % 50) * 1.1)
                 for i in range(500)]
         rows += [draft_row(b * 1000 + 500 + i, None, clip_score=(i % 100) * 0.5) for i in range(500)]
-        tally.add(pa.Table.from_pylist(rows, schema=MANIFEST).to_batches()[0])
+        tally.add(typed(pa.Table.from_pylist(rows, schema=FLAT_SCHEMA)).to_batches()[0])
     assert len(tally.pairs) == NUM_PAIRS and len(tally.routes) == 2
     assert sum(len(h) for h in tally.scores.values()) < 1000
     assert sum(tally.scores["escalated: final score"].values()) == 2500
@@ -182,6 +182,7 @@ def test_a_rerun_carries_the_stage_timings_the_report_shows() -> None:
         "generated_at": [3000.0, 3001.0], "route": ["single", "single"],
     })
     out = _to_manifest_rows(batch, run_id="r2").to_pydict()
+    out["generated_at"] = [t.timestamp() for t in out["generated_at"]]  # the manifest types it: UTC time
     assert [out[c][0] for c in ("queue_ms", "generate_ms", "encode_ms", "upload_ms", "generated_at")] == [
         7.0, 900.0, 11.0, 13.0, 2000.0]
     assert [out[c][1] for c in ("queue_ms", "generate_ms", "encode_ms", "upload_ms", "generated_at")] == [
