@@ -5,6 +5,7 @@
     result.summary.num_ok, result.summary.cost_usd, result.report_uri
     df = result.to_pandas()          # or result.manifest() (pyarrow dataset), result.to_ray()
     imagefleet.export("s3://bucket/run7", "hf/run7")  # a Hugging Face ImageFolder of its ok images
+    rows = imagefleet.processor(config)(ray_dataset)   # the same stages over your own Ray Dataset (lazy)
 
 Errors are typed and carry the CLI's one-line message: ConfigInvalid, InputInvalid, RunFailed (ImagefleetError).
 
@@ -29,14 +30,17 @@ if TYPE_CHECKING:
         load,
         run,
     )
+    from imagefleet.jobs.processor_api import ImageProcessor, processor
 
 __all__ = ["ConfigInvalid", "ImagefleetError", "InputInvalid", "RunFailed", "RunResult", "__version__", "export",
-           "load", "run"]
+           "ImageProcessor", "load", "processor", "run"]
 
 
 def __getattr__(name: str) -> Any:
     if name == "__version__":
         return import_module("imagefleet.jobs.api").version()
+    if name in ("processor", "ImageProcessor"):
+        return getattr(import_module("imagefleet.jobs.processor_api"), name)
     if name in __all__:
         return getattr(import_module("imagefleet.jobs.api"), name)
     raise AttributeError(f"module 'imagefleet' has no attribute {name!r}")

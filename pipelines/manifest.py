@@ -80,10 +80,15 @@ def write_manifest(ds: ray.data.Dataset, objects: ObjectStore, lease: Lease, exp
     # 1 run: rows stream through the pools; parts land in this attempt's staging folder
     from imagefleet.pipelines.staged_parts import StagedParts
 
-    ds = ds.map_batches(_to_manifest_rows, fn_kwargs={"run_id": lease.run_id,  # type: ignore[arg-type]
-                                                      "pass_through": pass_through}, batch_format="pyarrow")
+    ds = manifest_rows(ds, lease.run_id, pass_through)
     ds.write_datasink(StagedParts(objects.location.uri, objects.spec, lease.attempt, part_rows(expected_rows)))
     return _commit_and_summarize(objects, lease, expected_rows, started)
+
+
+def manifest_rows(ds: ray.data.Dataset, run_id: str, pass_through: pa.Schema | None = None) -> ray.data.Dataset:
+    """The last stage's rows as manifest rows (lazy): the manifest's columns typed, then the pass-through ones."""
+    return ds.map_batches(_to_manifest_rows, fn_kwargs={"run_id": run_id,  # type: ignore[arg-type]
+                                                        "pass_through": pass_through}, batch_format="pyarrow")
 
 
 def write_manifest_tables(tables: Iterable[pa.Table], objects: ObjectStore, lease: Lease,

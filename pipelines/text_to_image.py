@@ -241,17 +241,18 @@ def _decoded(field: pa.Field) -> pa.Field:
 def _count_images(fs: Any, files: list[str], most: int, name: str = "num_images") -> int:
     """Sum of the rows' num_images; null or out of 1..most counts as 1 (a null row makes one image; an out-of-range
     one becomes one error row), as the preprocessor makes them."""
-    import pyarrow.compute as pc
-
     from imagefleet.pipelines.table_formats import read_file
 
-    total = 0
-    for f in files:
-        column = read_file(fs, f, [name]).column(name)
-        # null compares to null, and and_(False, null) is null: fill, or null rows would count 0 instead of 1
-        valid = pc.fill_null(pc.and_(pc.greater(column, 0), pc.less_equal(column, most)), False)
-        total += int(pc.sum(pc.if_else(valid, column, 1)).as_py() or 0)
-    return total
+    return sum(images_asked(read_file(fs, f, [name]).column(name), most) for f in files)
+
+
+def images_asked(column: Any, most: int) -> int:
+    """Images a `num_images` column asks for: null or out of 1..most counts as 1."""
+    import pyarrow.compute as pc
+
+    # null compares to null, and and_(False, null) is null: fill, or null rows would count 0 instead of 1
+    valid = pc.fill_null(pc.and_(pc.greater(column, 0), pc.less_equal(column, most)), False)
+    return int(pc.sum(pc.if_else(valid, column, 1)).as_py() or 0)
 
 
 def expected_rows(cfg: JobConfig, source: SourceInfo) -> int:
@@ -292,16 +293,24 @@ def build(cfg: JobConfig, stores: Stores, source: SourceInfo, plan: Plan | None 
 
     fs, parts = source_pieces(cfg, stores, source)
     ds: ray.data.Dataset = ray.data.read_datasource(PromptTable(parts, plan.source_columns, fs, source.types))
-    # this run's autoscaling rule, on its own context (derived datasets inherit it; the process's stays as it is)
+    # 3 the plan's stages in order (`imagefleet.processor` applies the same to a user's own Dataset)
+    return apply_stages(ds, cfg, plan, board)
+
+
+def apply_stages(ds: ray.data.Dataset, cfg: JobConfig, plan: Plan, board: Any = None) -> ray.data.Dataset:
+    """`ds` (rows with the plan's source columns) through every stage of `plan`, lazily: preprocess, the
+    routing's generators and scorers, the image writer (images stored; its rows are the manifest's, before
+    `pipelines.manifest` types them)."""
+    # 1 this run's autoscaling rule, on its own context (derived datasets inherit it; the process's stays as it is)
     ds.context.autoscaling_config = autoscaling(ds.context.autoscaling_config, cfg.cluster.pools_shrink)
-    # 3 run-wide services a stage's actors share (hosted rate limiters, the spend ledger), owned by this driver
+    # 2 run-wide services a stage's actors share (hosted rate limiters, the spend ledger), owned by this driver
     services: list[Any] = []
     for stage in plan.stages:
         start = getattr(stage.actor, "start_run", None)
         if start is not None:
             services.extend(start(**stage.kwargs))
     _RUN_SERVICES[:] = services  # an earlier run's services in this process end now (unless shared by name)
-    # 4 every stage in order, each in its own pool; the last one (the writer) posts progress
+    # 3 every stage in order, each in its own pool; the last one (the writer) posts progress
     for stage in plan.stages:
         ctor = constructor_kwargs(plan, stage, board)
         if stage.run_columns:  # decided over the whole run: every earlier stage finishes here (Ray keeps the rows,
