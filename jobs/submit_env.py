@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from imagefleet.configs import JobConfig
 
-EXCLUDES = [".venv", ".git", ".imagefleet", "**/__pycache__", "bench/results", "*.parquet"]
+EXCLUDES = [".venv", ".git", ".imagefleet", "**/__pycache__", "bench/results", "*.parquet", "*.csv", "*.csv.gz",
+            "*.jsonl", "*.jsonl.gz", "*.ndjson", "*.ndjson.gz"]  # prompt tables: a run reads them by URI
 CONFIG_VAR = "IMAGEFLEET_CONFIG_YAML"
 """The runtime env variable that carries the config (the entrypoint runs `env:IMAGEFLEET_CONFIG_YAML`)."""
 
