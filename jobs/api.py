@@ -194,8 +194,10 @@ def _execute(cfg: JobConfig, checked: _Checked, run_id: str, progress: str, verb
             read = (lambda: read_board(board, total)) if board is not None else None
             shown = "lines" if verbose and progress in ("auto", "bar") else progress  # a panel garbled by Ray's
             with ProgressDisplay(read, total, terminal, shown, cfg.limits.budget_usd or 0.0,  # output: lines
-                                 "" if verbose else str(log)):
+                                 "" if verbose else str(log),
+                                 pools=checked.plan.pools if checked.executor[0] == "ray" else None) as display:
                 summary = executor.commit(objects, lease, total, board)
+                display.settle(summary)  # its last line gives the summary's throughput
             if watch:  # committed: nothing is interrupted from here on
                 watch.stop()
             # after the commit point: what fails here is reported, never a failed run (`runtime.after_commit`)

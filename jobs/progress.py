@@ -3,8 +3,10 @@
 `RunOutput` sends everything the process writes during a run (Ray's operator tables, its C++ warnings, actors'
 logs and model-loading bars streamed to the driver) to the run's log file, and hands back a stream to the real
 terminal. `ProgressDisplay` polls the run's progress board (pipelines/progress.py) and shows images done of the
-total per generator, images/s, ETA, errors and refusals, spend against the budget and escalations: a live panel
-(rich) on a terminal, a plain line every `every_s` seconds elsewhere (CI, Ray Jobs logs, Airflow).
+total per generator, the run's throughput (`pipelines.units.THROUGHPUT_MEANS`, the figure the summary and the
+report give), ETA, errors and refusals, spend against the budget and escalations: a live panel (rich) on a
+terminal, a plain line every `every_s` seconds elsewhere (CI, Ray Jobs logs, Airflow). Ray Data's warning that the
+cluster can't run a stage is said there too, once (jobs/ray_notices.py).
 """
 
 from __future__ import annotations
@@ -20,14 +22,18 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
+from imagefleet.jobs.ray_notices import explain_starved, starved_notice
 from imagefleet.jobs.runtime import open_log
+from imagefleet.pipelines.manifest import RunSummary
+from imagefleet.pipelines.pools import Pool
 from imagefleet.pipelines.progress import Snapshot
+from imagefleet.pipelines.units import throughput, throughput_text
 
 MODES = ("auto", "bar", "lines", "off")
 EVERY_S = 10.0
 """Seconds between plain progress lines (the live panel refreshes twice a second)."""
 WINDOW_S = 20.0
-"""images/s is measured over this trailing window (the ETA follows the current pace, not the average)."""
+"""The ETA follows the pace over this trailing window (the current pace, not the run's throughput)."""
 
 
 @contextlib.contextmanager
@@ -101,7 +107,7 @@ def pick_mode(mode: str, stream: TextIO) -> str:
 
 
 class Pace:
-    """Images per second over a trailing window."""
+    """Rows per second over a trailing window (for the ETA)."""
 
     def __init__(self) -> None:
         self.samples: deque[tuple[float, float]] = deque()
@@ -129,15 +135,21 @@ class ProgressDisplay:
     """Shows a run's progress while the block runs (a thread polls the board; the run never waits on it)."""
 
     def __init__(self, read: Callable[[], Snapshot | None] | None, total: int, stream: TextIO, mode: str = "auto",
-                 budget_usd: float = 0.0, log_path: str = "", every_s: float = EVERY_S) -> None:
-        """`read` returns the counts now (`pipelines.progress.read_board`); None: no display."""
+                 budget_usd: float = 0.0, log_path: str = "", every_s: float = EVERY_S,
+                 pools: dict[str, Pool] | None = None) -> None:
+        """`read` returns the counts now (`pipelines.progress.read_board`); None: no display. `pools`: the run's
+        actor pools on Ray, named when Ray Data warns that the cluster can't run a stage (None: no Ray)."""
         self.read, self.total, self.stream = read, total, stream
         self.mode = pick_mode(mode, stream) if read is not None else "off"
         self.budget_usd, self.log_path, self.every_s = budget_usd, log_path, every_s
         self.started = time.time()
-        self.pace: dict[str, Pace] = {}
-        self.rates: dict[str, float] = {}
+        self.pace = Pace()
+        self.eta_rate = 0.0
+        self.settled: tuple[int, float] | None = None
+        """(new images, wall s) of the committed run (`settle`): the final line gives the summary's figure."""
         self.last: Snapshot | None = None
+        self.pools = pools
+        self._notice: contextlib.ExitStack | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._live: Any = None
@@ -153,15 +165,37 @@ class ProgressDisplay:
             self._live = Live(self.panel(), console=console, refresh_per_second=4, transient=False,
                               redirect_stdout=False, redirect_stderr=False)
             self._live.start()
+        if self.pools is not None:  # Ray's own line goes to the run's log; this one to the terminal
+            self._notice = contextlib.ExitStack()
+            self._notice.enter_context(starved_notice(self.note, explain_starved(self.pools)))
         self._thread = threading.Thread(target=self._loop, name="imagefleet-progress", daemon=True)
         self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
+        if self._notice is not None:
+            self._notice.close()
         try:
             self._finish(exc[0] is None)
         except Exception:  # noqa: BLE001 - a display that fails at the end never changes how the run ended
             self.mode = "off"
+
+    def settle(self, summary: RunSummary) -> None:
+        """The run committed: the final line gives its throughput as the summary does (the committed counts and
+        wall time), which the live figure was approaching."""
+        self.settled = (summary.num_written, summary.wall_s)
+
+    def note(self, text: str) -> None:
+        """One line for the user while the run works (above the live panel, or between the plain lines)."""
+        if self.mode == "off":
+            return
+        if self._live is not None:
+            try:
+                self._live.console.print(text, markup=False, highlight=False, soft_wrap=True)
+            except (OSError, ValueError):
+                self.mode = "off"
+            return
+        self._say(text)
 
     def _finish(self, ok: bool) -> None:
         if self.mode == "off":
@@ -196,10 +230,8 @@ class ProgressDisplay:
         if snap is None:
             return
         self.last = snap
-        # images/s counts new images; the ETA follows all finished rows (a resumed run skips through cached ones)
-        self.rates["*done"] = self.pace.setdefault("*done", Pace()).add(snap.at, float(snap.done))
-        for name, counts in [("", {"new": snap.sum("new")}), *snap.by_generator.items()]:
-            self.rates[name] = self.pace.setdefault(name, Pace()).add(snap.at, counts.get("new", 0.0))
+        # the ETA follows all finished rows at the recent pace (a resumed run skips through cached ones)
+        self.eta_rate = self.pace.add(snap.at, float(snap.done))
         if self._live is not None:
             self._live.update(self.panel())
 
@@ -211,8 +243,18 @@ class ProgressDisplay:
 
     # rendering
 
+    def wall_s(self) -> float:
+        """The run's wall time so far (the committed run's once settled)."""
+        return self.settled[1] if self.settled else time.time() - self.started
+
+    def rate_text(self) -> str:
+        """The run's throughput as the summary and the report give it (images made so far / wall time so far)."""
+        s = self.last
+        new = self.settled[0] if self.settled else (s.sum("new") if s is not None else 0.0)
+        return throughput_text(new, self.wall_s())
+
     def eta(self) -> str:
-        s, rate = self.last, self.rates.get("*done", 0.0)
+        s, rate = self.last, self.eta_rate
         if s is None or s.done == 0:
             return "–"
         if s.done >= self.total:
@@ -241,10 +283,11 @@ class ProgressDisplay:
         if s is None or s.done == 0:
             return f"imagefleet: {elapsed} starting (Ray, actor pools, models); 0/{self.total} images"
         head = (f"imagefleet: {elapsed} {s.done}/{self.total} images ({s.done / max(self.total, 1):.0%}), "
-                f"{self.rates.get('', 0.0):.2f} img/s, ETA {self.eta()}")
+                f"{self.rate_text()}, ETA {self.eta()}")
         gens = ""
         if len(s.by_generator) > 1:
-            gens = " [" + ", ".join(f"{g} {int(c['done'])} at {self.rates.get(g, 0.0):.2f}/s"
+            wall = self.wall_s()
+            gens = " [" + ", ".join(f"{g} {int(c['done'])} at {throughput(c.get('new', 0.0), wall):.2f} img/s"
                                     for g, c in sorted(s.by_generator.items())) + "]"
         return head + gens + "; " + ", ".join(self.tail())
 
@@ -260,7 +303,7 @@ class ProgressDisplay:
         head = Table.grid(padding=(0, 1))
         head.add_row(Text("imagefleet", style="bold"),
                      ProgressBar(total=max(self.total, 1), completed=done, width=24),
-                     Text(f"{done}/{self.total} · {self.rates.get('', 0.0):.2f} img/s · ETA {self.eta()} · "
+                     Text(f"{done}/{self.total} · {self.rate_text()} · ETA {self.eta()} · "
                           f"{clock(time.time() - self.started)}"))
         parts: list[Any] = [head]
         if s is None or done == 0:
@@ -272,7 +315,7 @@ class ProgressDisplay:
             for name, c in sorted(s.by_generator.items()):
                 table.add_row(name, *(str(int(c.get(k, 0))) for k in ("done", "new", "present", "error",
                                                                        "refused", "skipped")),
-                              f"{self.rates.get(name, 0.0):.2f}", money(c.get("cost_usd", 0.0)))
+                              f"{throughput(c.get('new', 0.0), self.wall_s()):.2f}", money(c.get("cost_usd", 0.0)))
             parts += [table, Text("  " + " · ".join(self.tail()[2:]), style="dim")]
         if self.log_path:
             parts.append(Text(f"  Ray's output: {self.log_path}", style="dim"))

@@ -12,6 +12,7 @@ from imagefleet.configs.job import JobConfig
 from imagefleet.pipelines.manifest import RunSummary
 from imagefleet.pipelines.plan import Plan
 from imagefleet.pipelines.text_to_image import SourceInfo
+from imagefleet.pipelines.units import duration, throughput_text
 
 
 def versions() -> dict[str, str]:
@@ -145,7 +146,7 @@ def summary_text(s: RunSummary, record_uri: str, report_uri: str, shards: str = 
         f"   images requested : {s.num_rows}",
         f"   ok               : {s.num_ok}  ({s.num_written} written, {s.num_already_present} already present)",
         f"   errors           : {s.num_error}   refused: {s.num_refused}   skipped (budget): {s.num_skipped}",
-        f"   wall time        : {s.wall_s:.1f} s   throughput: {s.images_per_s:.2f} new images/s",
+        f"   wall time        : {duration(s.wall_s)}   throughput: {throughput_text(s.num_written, s.wall_s)}",
         f"   bytes written    : {s.bytes_written / 1e6:.2f} MB   cost: ${s.cost_usd:.4f}",
         f"   images           : {s.images_uri}/",
         f"   manifest         : {s.manifest_uri}/",

@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from imagefleet.pipelines.units import duration_ms
+
 EXACT = 4096
 """Values kept exactly before an accumulator switches to its histogram."""
 LOG_LO, LOG_HI, LOG_BINS = -3.0, 8.0, 1000
@@ -42,10 +44,11 @@ class Sketch:
         np.add.at(self.bins, np.clip(where.astype(np.int64), 0, LOG_BINS - 1), 1)
 
     def stats(self) -> tuple[str, str, str]:
-        """(mean, p50, p95) as the page prints them; dashes when empty."""
+        """(mean, p50, p95) as the page prints them, in human units ('850 ms', '12.3 s'); dashes when empty."""
         if not self.count:
             return "–", "–", "–"
-        return f"{self.total / self.count:.1f}", f"{self.percentile(50):.1f}", f"{self.percentile(95):.1f}"
+        return (duration_ms(self.total / self.count), duration_ms(self.percentile(50)),
+                duration_ms(self.percentile(95)))
 
     def percentile(self, q: float) -> float:
         if self.values is not None:

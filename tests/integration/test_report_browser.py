@@ -1,4 +1,6 @@
-"""report.html in a real headless browser (Debian chromium): it renders, with images, not a blank page."""
+"""report.html in a real headless browser (Debian chromium): it renders, with images, not a blank page, at a
+desktop width (1280 px) and a phone's (400 px). IMAGEFLEET_SCREENSHOT=<path>.png keeps the desktop shot (and
+<path>-phone.png) to look at."""
 
 from __future__ import annotations
 
@@ -28,12 +30,13 @@ def test_report_renders_in_headless_chromium(tmp_path: Path, ray_cluster: None) 
     png = Path(os.environ.get("IMAGEFLEET_SCREENSHOT", tmp_path / "report.png"))
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
     env = {**os.environ, "PYTHONPATH": str(REPO), "PATH": path}
-    run = subprocess.run(["bash", str(REPO / "scripts" / "screenshot_report.sh"), str(out), str(png)], cwd=REPO,
-                         env=env, capture_output=True, text=True, timeout=120)
-    assert run.returncode == 0, run.stderr[-2000:]
-    with Image.open(png) as shot:
-        assert shot.size == (1100, 1500)
-        # a rendered page has structure: many distinct colours and real contrast, unlike a blank or error page
-        rgb = shot.convert("RGB")
-        assert len(rgb.getcolors(maxcolors=1 << 20) or []) > 200
-        assert max(ImageStat.Stat(rgb).stddev) > 20
+    for shot, size in ((png, (1280, 1600)), (png.with_name(f"{png.stem}-phone.png"), (400, 2400))):
+        run = subprocess.run(["bash", str(REPO / "scripts" / "screenshot_report.sh"), str(out), str(shot),
+                              *map(str, size)], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+        assert run.returncode == 0, run.stderr[-2000:]
+        with Image.open(shot) as image:
+            assert image.size == size
+            # a rendered page has structure: many distinct colours and real contrast, unlike a blank or error page
+            rgb = image.convert("RGB")
+            assert len(rgb.getcolors(maxcolors=1 << 20) or []) > 200
+            assert max(ImageStat.Stat(rgb).stddev) > 20

@@ -214,14 +214,15 @@ def test_report_evaluations_skip_a_corrupt_file(tmp_path: Path) -> None:
 def test_report_evaluations_nan_is_not_a_measurement(tmp_path: Path) -> None:
     """A NaN metric (an oracle that could not grade an image) is taken as a value: the per-route mean becomes nan
     for every route that image is in. Nulls are skipped; NaN should be too."""
-    from imagefleet.pipelines.report import Tally, _evaluations_html, read_evaluations
+    from imagefleet.pipelines.report import Tally, read_evaluations
+    from imagefleet.pipelines.report_page import evaluations_html
 
     write_eval(tmp_path, "oracle.parquet", pa.table({"image_key": ["k1", "k2"], "oracle": [1.0, math.nan]}))
     evaluations = read_evaluations(evaluations_store(tmp_path))
     tally = Tally(step=1, evaluations=evaluations)
     table = pa.table({"image_key": ["k1", "k2"], "route": ["draft", "draft"], "draft_image_key": ["", ""]})
     tally._metrics(table, np.array([True, True]))
-    page = _evaluations_html(tally)
+    page = evaluations_html(tally)
     assert "nan" not in page, page
 
 

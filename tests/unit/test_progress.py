@@ -1,5 +1,6 @@
-"""Live progress: the counts a manifest batch adds, the board, the display in both modes, and where Ray's
-output goes while a run works (the run's log file, never the user's terminal)."""
+"""Live progress: the counts a manifest batch adds, the board, the display in both modes, the run's one throughput
+figure, Ray Data's starvation warning said once on the terminal, and where Ray's output goes while a run works (the
+run's log file, never the user's terminal)."""
 
 from __future__ import annotations
 
@@ -16,8 +17,11 @@ import pytest
 
 from imagefleet.actors.manifest_schema import FLAT_SCHEMA, typed
 from imagefleet.jobs.progress import Pace, ProgressDisplay, clock, pick_mode
+from imagefleet.jobs.run_text import summary_text
+from imagefleet.pipelines.manifest import RunSummary
 from imagefleet.pipelines.progress import ProgressBoard, Snapshot, post_written, tally
 from imagefleet.pipelines.schema import MANIFEST
+from imagefleet.pipelines.units import throughput, throughput_text
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -265,3 +269,70 @@ def test_a_logging_handler_made_during_a_run_writes_to_stderr_after_it(tmp_path:
     finally:
         logger.removeHandler(handler)
     assert "inside" in (tmp_path / "run.log").read_text()
+
+
+def summary_of(new: int, present: int, wall_s: float) -> RunSummary:
+    return RunSummary(run_id="r", num_rows=new + present, num_ok=new + present, num_error=0, num_refused=0,
+                      num_skipped=0, num_already_present=present, num_written=new, bytes_written=0, cost_usd=0.0,
+                      wall_s=wall_s, images_per_s=round(throughput(new, wall_s), 3), manifest_uri="", images_uri="",
+                      errors_sample=[])
+
+
+def test_the_panel_rate_is_the_runs_throughput_and_ends_on_the_summarys() -> None:
+    """One definition: new images / run wall time (already present ones are ready, not throughput). Live it is
+    measured so far; once the run committed the last line gives the summary's own figure, named the same way."""
+    out = io.StringIO()
+    steps = [snap(10, g={"done": 4, "new": 2, "present": 2}), snap(10, g={"done": 10, "new": 6, "present": 4})]
+    with ProgressDisplay(Script(steps), 10, out, "lines", every_s=0.05) as display:
+        time.sleep(1.2)  # two polls: the board has reached its last counts
+        live = display.rate_text()
+        elapsed = time.time() - display.started
+        display.settle(summary_of(6, 4, 7.5))
+    assert live.endswith(" img/s (new images / run wall time)")
+    assert float(live.split()[0]) == pytest.approx(6 / elapsed, rel=0.2)  # made so far / wall time so far
+    final = out.getvalue().splitlines()[-1]
+    assert "10/10 images (100%), 0.80 img/s (new images / run wall time), ETA 0:00:00" in final, final
+    assert "already present 4" in final
+    assert throughput_text(6, 7.5) in summary_text(summary_of(6, 4, 7.5), "run.json", "report.html")
+
+
+RAY_STARVED = ("Cluster resources are not enough to run any task from TaskPoolMapOperator[ReadPromptTable]. The job "
+               "may hang forever unless the cluster scales up.")
+
+
+def test_ray_datas_starvation_warning_reaches_the_terminal_once_saying_what_to_change() -> None:
+    """Ray Data logs it into the run's log file only; the display says it once, on its own line, with the pools
+    that ask for more than the cluster has."""
+    import logging
+
+    from imagefleet.jobs.ray_notices import STARVED_LOGGER, starved_line, starved_notice
+    from imagefleet.pipelines.pools import Pool
+
+    pools = {"sdxl": Pool(min_size=1, max_size=4, initial_size=1, num_cpus=1, batch_size=4, num_gpus=1),
+             "writer": Pool(min_size=1, max_size=2, initial_size=1, num_cpus=1, batch_size=8)}
+    line = starved_line(RAY_STARVED, pools, {"CPU": 8.0, "GPU": 2.0}, {"CPU": 3.0, "GPU": 0.0})
+    assert line.startswith("imagefleet: warning: Ray Data has no resources to run any task of "
+                           "TaskPoolMapOperator[ReadPromptTable]")
+    assert "the pools ask for 4 GPU at their max_size (sdxl 4 x 1) but the cluster has 2" in line
+    assert "CPU at their max_size" not in line  # 4 + 2 + 1 for tasks fit 8
+    assert "lower the pools' max_size / num_cpus / num_gpus, or give the cluster more" in line
+    busy = starved_line(RAY_STARVED, pools, {"CPU": 16.0, "GPU": 8.0}, {"CPU": 0.0, "GPU": 1.0})
+    assert "in use now: 16 of 16 CPU, 7 of 8 GPU" in busy  # enough in all: something else holds them
+
+    out = io.StringIO()
+    with ProgressDisplay(Script([snap(4)]), 4, out, "lines", every_s=60) as display, \
+            starved_notice(display.note, lambda message: starved_line(message, pools, {"GPU": 2.0}, {})):
+        ray_logger = logging.getLogger(STARVED_LOGGER)
+        ray_logger.warning(RAY_STARVED)
+        ray_logger.warning(RAY_STARVED)  # Ray logs it once per execution; a second one is not said again
+        ray_logger.warning("something else")
+    said = [ln for ln in out.getvalue().splitlines() if "warning" in ln]
+    assert len(said) == 1 and "sdxl 4 x 1" in said[0]
+    assert not [h for h in logging.getLogger(STARVED_LOGGER).handlers if type(h).__name__ == "StarvedNotice"]
+
+
+def test_the_live_panel_prints_the_warning_above_itself() -> None:
+    out = io.StringIO()
+    with ProgressDisplay(Script([snap(4)]), 4, out, "bar") as display:
+        display.note("imagefleet: warning: a line")
+    assert out.getvalue().count("imagefleet: warning: a line") == 1

@@ -19,6 +19,7 @@ from imagefleet.actors.stores import open_store
 from imagefleet.configs.storage import StoreSpec
 from imagefleet.pipelines.charts import MAX_BARS, histogram_svg
 from imagefleet.pipelines.report import NUM_PAIRS, STAGES, Tally, write_report
+from imagefleet.pipelines.report_page import STAGE_NAMES
 from imagefleet.pipelines.schema import MANIFEST
 
 
@@ -82,6 +83,11 @@ def test_cascade_view(tmp_path: Path) -> None:
     assert hist
     assert all(s in hist.group(0) for s in ("kept drafts: 6 images", "escalated: draft score: 5 images",
                                             "escalated: final score: 4 images"))
+    # axes: a shared score axis with round ticks (scores 16..45) and its title, a count axis per band
+    ticks = re.findall(r'text-anchor="middle" fill="#444">([^<]+)</text>', hist.group(0))
+    assert ticks == ["20", "25", "30", "35", "40", "45"], ticks
+    assert ">score (bars 1 wide)</text>" in hist.group(0) and ">images</text>" in hist.group(0)
+    assert re.findall(r'text-anchor="end" fill="#444">([^<]+)</text>', hist.group(0)) == ["0", "1"] * 3
     # escalated images beside their drafts, with each one's generator, score and settings
     assert page.count('<div class="pair">') == 4
     assert "<b>draft</b> · turbo · score 16.0<br/>512×512 · 1 step · cfg 0" in page
@@ -127,14 +133,20 @@ def carried_rerun_row(i: int, root: Path) -> dict[str, Any]:
                          generate_ms=900.0, encode_ms=11.0, upload_ms=13.0)
 
 
+def stage_row(stage: str, *cells: str) -> str:
+    """A stage timings row as the page writes it: the stage, its manifest column, then each duration."""
+    return (f'<tr><td>{STAGE_NAMES[stage]} <span class="note">{stage}</span></td>'
+            + "".join(f'<td class="n">{c}</td>' for c in cells) + "</tr>")
+
+
 def test_rerun_with_every_image_present_keeps_the_earlier_timings(tmp_path: Path) -> None:
     page = report(tmp_path, [carried_rerun_row(i, tmp_path) for i in range(8)])
-    assert "All 8 images were made by earlier runs (this run found them already present); the timings below are " \
+    assert "All 8 images were made by earlier runs (this run found them already present); the timings are " \
            "theirs." in page
-    assert 'aria-label="images completed over time by earlier runs"' in page and "8 images in 3.5 s" in page
+    assert 'aria-label="images completed over time by earlier runs: 8 images in 3.5 s"' in page
     assert "<th colspan=3>earlier runs</th>" in page and "this run</th>" not in page
-    for stage, ms in zip(STAGES, (7.0, 900.0, 11.0, 13.0), strict=True):
-        assert f"<tr><td>{stage}</td><td>{ms:.1f}</td><td>{ms:.1f}</td><td>{ms:.1f}</td></tr>" in page
+    for stage, ms in zip(STAGES, ("7.0 ms", "900 ms", "11 ms", "13 ms"), strict=True):
+        assert stage_row(stage, ms, ms, ms) in page
     assert "escalation rate 100.0% (8 of 8 drafts escalated)" in page  # the carried route still counts
 
 
@@ -145,7 +157,7 @@ def test_partial_rerun_shows_both_runs(tmp_path: Path) -> None:
     assert "6 images in 5.0 s" in page  # this run: generated_at 1004..1009
     assert "4 more images were made by earlier runs (already present)" in page and "4 images in 1.5 s" in page
     assert "<th colspan=3>this run</th><th colspan=3>earlier runs</th>" in page
-    assert "<tr><td>queue_ms</td><td>1.0</td><td>1.0</td><td>1.0</td><td>7.0</td><td>7.0</td><td>7.0</td></tr>" in page
+    assert stage_row("queue_ms", "1.0 ms", "1.0 ms", "1.0 ms", "7.0 ms", "7.0 ms", "7.0 ms") in page
 
 
 @pytest.mark.parametrize("case", ["empty", "one ok", "one cascade", "all errors", "all refused", "one present",
