@@ -219,7 +219,7 @@ class ProgressDisplay:
             if self._live is not None:
                 continue
             now = time.time()
-            first = not first_said and self.last is not None and self.last.done > 0
+            first = not first_said and self.last is not None and (self.last.done > 0 or bool(self.last.stages))
             if first or now >= next_line:
                 self._say(self.line())
                 first_said = first_said or first
@@ -276,11 +276,22 @@ class ProgressDisplay:
             parts.append(f"escalated {int(s.sum('escalated'))} ({s.sum('escalated') / max(s.done, 1):.0%})")
         return parts
 
+    def stages_text(self) -> str:
+        """Rows each stage before the writer has finished (`preprocess 96, generate:draft 40, score 32`): the
+        work under way while images are not yet written ('' before any)."""
+        s = self.last
+        if s is None or not s.stages:
+            return ""
+        return ", ".join(f"{name} {int(rows)}" for name, rows in s.stages.items())
+
     def line(self) -> str:
         """One plain progress line."""
         s = self.last
         elapsed = clock(time.time() - self.started)
+        stages = self.stages_text()
         if s is None or s.done == 0:
+            if stages:  # drafting, scoring, deciding: not "starting" while work runs
+                return f"imagefleet: {elapsed} 0/{self.total} images written; rows through stages: {stages}"
             return f"imagefleet: {elapsed} starting (Ray, actor pools, models); 0/{self.total} images"
         head = (f"imagefleet: {elapsed} {s.done}/{self.total} images ({s.done / max(self.total, 1):.0%}), "
                 f"{self.rate_text()}, ETA {self.eta()}")
@@ -289,7 +300,8 @@ class ProgressDisplay:
             wall = self.wall_s()
             gens = " [" + ", ".join(f"{g} {int(c['done'])} at {throughput(c.get('new', 0.0), wall):.2f} img/s"
                                     for g, c in sorted(s.by_generator.items())) + "]"
-        return head + gens + "; " + ", ".join(self.tail())
+        through = f"; rows through stages: {stages}" if stages and s.done < self.total else ""
+        return head + gens + "; " + ", ".join(self.tail()) + through
 
     def panel(self) -> Any:
         """The live panel: an overall bar, a row per generator, spend and escalations, where the log is."""
@@ -306,7 +318,10 @@ class ProgressDisplay:
                      Text(f"{done}/{self.total} · {self.rate_text()} · ETA {self.eta()} · "
                           f"{clock(time.time() - self.started)}"))
         parts: list[Any] = [head]
-        if s is None or done == 0:
+        stages = self.stages_text()
+        if (s is None or done == 0) and stages:
+            parts.append(Text(f"  rows through stages: {stages}", style="dim"))
+        elif s is None or done == 0:
             parts.append(Text("  starting: Ray, actor pools, models ...", style="dim"))
         else:
             table = Table(box=None, padding=(0, 1), show_edge=False)
@@ -317,6 +332,8 @@ class ProgressDisplay:
                                                                        "refused", "skipped")),
                               f"{throughput(c.get('new', 0.0), self.wall_s()):.2f}", money(c.get("cost_usd", 0.0)))
             parts += [table, Text("  " + " · ".join(self.tail()[2:]), style="dim")]
+            if stages and done < self.total:
+                parts.append(Text(f"  rows through stages: {stages}", style="dim"))
         if self.log_path:
             parts.append(Text(f"  Ray's output: {self.log_path}", style="dim"))
         return Group(*parts)

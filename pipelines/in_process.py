@@ -110,7 +110,7 @@ def execute(plan: Plan, blocks: Iterable[Any], board: Any = None) -> Iterator[pa
     """The stages of `plan` over `blocks` (Arrow tables), in this process: each stage's actor is made once, in
     order, before the first row is read (a broken model fails the run before any work, as a pool's first actor
     would); what the last stage returns comes out as Arrow tables of the manifest step's columns."""
-    from imagefleet.pipelines.text_to_image import constructor_kwargs
+    from imagefleet.pipelines.text_to_image import constructor_kwargs, stage_actor
 
     actors: list[Any] = []
     try:
@@ -120,7 +120,7 @@ def execute(plan: Plan, blocks: Iterable[Any], board: Any = None) -> Iterator[pa
                 batches = _decided(plan, stage, board, batches, actors)
                 continue
             try:
-                actors.append(stage.actor(**constructor_kwargs(plan, stage, board)))
+                actors.append(stage_actor(plan, stage, board)(**constructor_kwargs(plan, stage, board)))
             except Exception as exc:
                 raise StageFailed.of(stage, "to start", exc) from exc
             batches = _calls(stage, actors[-1], batches)
@@ -136,13 +136,13 @@ def execute(plan: Plan, blocks: Iterable[Any], board: Any = None) -> Iterator[pa
 def _decided(plan: Plan, stage: Stage, board: Any, batches: Iterable[Any], actors: list[Any]) -> Iterator[Any]:
     """A stage decided over the whole run: every batch of the earlier stages first (held here), then its actor,
     built with what `over_run` made of `run_columns` of every row, over them."""
-    from imagefleet.pipelines.text_to_image import constructor_kwargs
+    from imagefleet.pipelines.text_to_image import constructor_kwargs, stage_actor
 
     held = [_as_format(b, "numpy", stage.name) for b in batches]
     view = {c: [v for b in held for v in b[c]] for c in stage.run_columns}
     try:
         decided = decide_over_run(stage, view)
-        actors.append(stage.actor(**constructor_kwargs(plan, stage, board), **decided))
+        actors.append(stage_actor(plan, stage, board)(**constructor_kwargs(plan, stage, board), **decided))
     except Exception as exc:
         raise StageFailed.of(stage, "to start", exc) from exc
     yield from _calls(stage, actors[-1], held)

@@ -60,8 +60,14 @@ class ProgressBoard:
 
     def __init__(self) -> None:
         self.counts: dict[str, dict[str, float]] = {}
+        self.stages: dict[str, float] = {}
         self.first_at = 0.0
         self.lock = threading.Lock()
+
+    def add_stage(self, stage: str, rows: int) -> None:
+        """Rows a stage's actor finished (every stage but the writer, whose rows `add` counts by generator)."""
+        with self.lock:
+            self.stages[stage] = self.stages.get(stage, 0.0) + rows
 
     def add(self, counts: dict[str, dict[str, float]]) -> None:
         with self.lock:
@@ -74,7 +80,8 @@ class ProgressBoard:
 
     def snapshot(self) -> dict[str, Any]:
         with self.lock:
-            return {"counts": {g: dict(c) for g, c in self.counts.items()}, "first_at": self.first_at}
+            return {"counts": {g: dict(c) for g, c in self.counts.items()}, "first_at": self.first_at,
+                    "stages": dict(self.stages)}
 
 
 @dataclass(frozen=True)
@@ -86,6 +93,10 @@ class Snapshot:
     by_generator: dict[str, dict[str, float]] = field(default_factory=dict)
     first_at: float = 0.0
     """When the first manifest row arrived (0: none yet)."""
+    stages: dict[str, float] = field(default_factory=dict)
+    """Rows each stage before the writer has finished, by the plan's pool name (`preprocess`, `generate:draft`,
+    `score`, `escalate`...): work under way before any image is written. A preprocessed row can become several
+    images (num_images, templates, variants), so a later stage can count more rows than the table has."""
 
     def sum(self, key: str) -> float:
         return sum(c.get(key, 0.0) for c in self.by_generator.values())
@@ -147,11 +158,40 @@ def read_board(board: Any, total: int, timeout_s: float = 5.0) -> Snapshot | Non
     """The board's counters now (None when it doesn't answer in time)."""
     if isinstance(board, ProgressBoard):
         raw = board.snapshot()
-        return Snapshot(at=time.time(), total=total, by_generator=raw["counts"], first_at=raw["first_at"])
+        return Snapshot(at=time.time(), total=total, by_generator=raw["counts"], first_at=raw["first_at"],
+                        stages=raw.get("stages", {}))
     import ray
 
     try:
         raw = ray.get(board.snapshot.remote(), timeout=timeout_s)
     except Exception:  # noqa: BLE001 - a slow or gone board: skip this refresh
         return None
-    return Snapshot(at=time.time(), total=total, by_generator=raw["counts"], first_at=raw["first_at"])
+    return Snapshot(at=time.time(), total=total, by_generator=raw["counts"], first_at=raw["first_at"],
+                    stages=raw.get("stages", {}))
+
+
+def counted(actor: type, board: Any, stage: str) -> type:
+    """`actor` with every finished call's rows added to the board's count for `stage` (fire and forget). The class
+    keeps its name: Ray Data names the stage's operator after it (logs, resource warnings)."""
+    def call(self: Any, batch: Any) -> Any:
+        out = actor.__call__(self, batch)
+        post_stage(board, stage, out)
+        return out
+
+    # a qualname nothing can import: cloudpickle ships the class by value to the pool's workers
+    return type(actor.__name__, (actor,), {"__call__": call, "__qualname__": f"counted.<locals>.{actor.__name__}",
+                                           "__doc__": actor.__doc__})
+
+
+def post_stage(board: Any, stage: str, out: Any) -> None:
+    """Add the rows of a stage's output batch (numpy columns or an Arrow table) to the board; never raises."""
+    if board is None:
+        return
+    try:
+        rows = int(out.num_rows) if hasattr(out, "num_rows") else len(next(iter(out.values()))) if out else 0
+        if isinstance(board, ProgressBoard):
+            board.add_stage(stage, rows)
+        else:
+            board.add_stage.remote(stage, rows)
+    except Exception as exc:  # noqa: BLE001 - never fail a stage for a display
+        logger.debug("progress update lost: %s", exc)

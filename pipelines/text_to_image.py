@@ -16,7 +16,7 @@ from imagefleet.actors.storage import arrow_filesystem, parse_location
 from imagefleet.configs.job import JobConfig
 from imagefleet.pipelines.plan import Plan, Stage, Stores, decide_over_run, make_plan
 from imagefleet.pipelines.pools import autoscaling, map_batches_kwargs
-from imagefleet.pipelines.progress import post_written
+from imagefleet.pipelines.progress import counted, post_written
 from imagefleet.pipelines.schema import INPUT_FIELDS, input_problems, pass_through_columns, pass_through_schema
 
 if TYPE_CHECKING:
@@ -321,7 +321,8 @@ def apply_stages(ds: ray.data.Dataset, cfg: JobConfig, plan: Plan, board: Any = 
         kwargs = map_batches_kwargs(stage.pool)
         if stage.call_rows:  # a whole block per call, batched by the actor itself
             kwargs["batch_size"] = stage.call_rows
-        ds = ds.map_batches(stage.actor, fn_constructor_kwargs=ctor, batch_format=stage.batch_format, **kwargs)
+        ds = ds.map_batches(stage_actor(plan, stage, board), fn_constructor_kwargs=ctor,
+                            batch_format=stage.batch_format, **kwargs)
     return ds
 
 
@@ -343,6 +344,15 @@ def source_pieces(cfg: JobConfig, stores: Stores, source: SourceInfo) -> tuple[A
     fs, _ = arrow_filesystem(cfg.source.uri, stores.source)
     paths = [f[5:] if f.startswith("s3://") else f for f in source.files]
     return fs, pieces(paths, source.row_groups)
+
+
+def stage_actor(plan: Plan, stage: Stage, board: Any = None) -> type:
+    """The class a stage's pool runs: its actor, counting its finished rows on the run's board (the last stage,
+    the writer, posts its rows by generator through `on_batch` instead)."""
+    if board is None or stage is plan.stages[-1]:
+        return stage.actor
+    at = next(i for i, s in enumerate(plan.stages) if s is stage)  # a cascade's two score stages are equal
+    return counted(stage.actor, board, list(plan.pools)[at])
 
 
 def constructor_kwargs(plan: Plan, stage: Stage, board: Any = None) -> dict[str, Any]:

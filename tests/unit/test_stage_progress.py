@@ -1,0 +1,107 @@
+"""Progress from the first row: every stage before the writer counts the rows it finished on the run's board, so a
+cascade's drafting and scoring show while no image has been written yet (the panel said `starting` for minutes)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from imagefleet.pipelines.progress import ProgressBoard, counted, read_board
+from tests.unit.test_combinations import _job
+
+CASCADE = {"mode": "cascade", "cascade": {"draft": "a", "escalate": "c", "escalate_fraction": 0.34}}
+
+
+class Doubler:
+    """A stage actor stand-in."""
+
+    def __call__(self, batch: dict[str, list[int]]) -> dict[str, list[int]]:
+        return {"x": batch["x"] * 2}
+
+
+def test_a_counted_actor_keeps_its_name_and_output_and_counts_its_rows() -> None:
+    board = ProgressBoard()
+    cls = counted(Doubler, board, "generate:a")
+    assert cls.__name__ == "Doubler" and issubclass(cls, Doubler)  # Ray names the operator after it
+    assert cls()({"x": [1, 2, 3]}) == {"x": [1, 2, 3, 1, 2, 3]}
+    assert cls()({"x": [4]}) == {"x": [4, 4]}
+    assert board.snapshot()["stages"] == {"generate:a": 8.0}
+    counted(Doubler, None, "s")()({"x": [1]})  # no board: nothing to post, nothing fails
+
+
+def _cascade_run(tmp_path: Path, executor: str) -> tuple[dict[str, float], Any]:
+    """A cascade deciding over the whole run; returns the stage counts at the writer's first post, and the end."""
+    from imagefleet.actors.stores import open_store
+    from imagefleet.jobs import api
+    from imagefleet.jobs.executors import executor_for
+    from imagefleet.pipelines.commit import Lease
+
+    raw = _job(tmp_path, "cascade")
+    raw["routing"] = CASCADE
+    raw["cluster"]["executor"] = executor
+    cfg = api.load(raw)
+    checked = api._check(cfg)
+    run = executor_for(executor, cfg, checked.stores, checked.source, checked.plan)
+    board = run.board("lines")
+    at_first_write: dict[str, float] = {}
+    if isinstance(board, ProgressBoard):
+        add = board.add
+
+        def first(counts: dict[str, dict[str, float]]) -> None:
+            if not at_first_write:
+                at_first_write.update(board.snapshot()["stages"])
+            add(counts)
+        board.add = first  # type: ignore[method-assign]
+    objects = open_store(cfg.output.uri, checked.stores.output)
+    with Lease(objects, "r1", 60.0) as lease:
+        run.commit(objects, lease, checked.total, board)
+    end = read_board(board, checked.total)
+    assert end is not None
+    return at_first_write, end
+
+
+def test_in_process_a_cascades_drafts_and_scores_show_before_any_image_is_written(tmp_path: Path) -> None:
+    at_first_write, end = _cascade_run(tmp_path, "in_process")
+    # 3 rows drafted and scored, and the escalation decided over all of them, before the writer's first batch
+    assert at_first_write["preprocess"] == 3 and at_first_write["generate:a"] == 3 and at_first_write["score"] == 3
+    assert end.done == 3 and end.stages["escalate"] == 3 and end.stages["generate:c"] == 3
+    assert end.stages["score#2"] == 3  # the heavy images' scoring: its own pool, its own count
+    assert "write" not in end.stages  # the writer's rows are the `done` counts, by generator
+
+
+@pytest.mark.slow
+def test_on_ray_every_stage_pool_counts_its_rows(tmp_path: Path, ray_cluster: None) -> None:
+    """The counting class travels to Ray's workers by value: the board gets every pool's rows."""
+    _, end = _cascade_run(tmp_path, "ray")
+    assert end.done == 3
+    names = ("preprocess", "generate:a", "score", "escalate", "generate:c", "score#2")
+    assert {k: end.stages.get(k) for k in names} == dict.fromkeys(names, 3)
+
+
+def test_the_display_shows_stage_rows_instead_of_starting_while_no_image_is_written() -> None:
+    import io
+    import time
+
+    from rich.console import Console
+
+    from imagefleet.jobs.progress import ProgressDisplay
+    from imagefleet.pipelines.progress import Snapshot
+
+    for mode in ("lines", "bar"):
+        display = ProgressDisplay(None, 96, io.StringIO(), mode)
+        display.last = Snapshot(at=time.time(), total=96)
+        assert "starting" in display.line()  # nothing has reached any stage yet
+        display.last = Snapshot(at=time.time(), total=96, stages={"preprocess": 96, "generate:draft": 40, "score": 32})
+        line = display.line()
+        assert "starting" not in line and "0/96 images written" in line
+        assert "rows through stages: preprocess 96, generate:draft 40, score 32" in line
+        console = Console(file=io.StringIO(), width=160)
+        console.print(display.panel())
+        shown = console.file.getvalue()  # type: ignore[attr-defined]
+        assert "starting" not in shown and "generate:draft 40" in shown
+        done = Snapshot(at=time.time(), total=96, by_generator={"draft": {"done": 96, "new": 96}},
+                        stages={"preprocess": 96, "generate:draft": 96, "score": 96})
+        display.last = done
+        assert "rows through stages" not in display.line()  # every image written: the stages say nothing more
