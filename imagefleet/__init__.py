@@ -6,6 +6,7 @@
     df = result.to_pandas()          # or result.manifest() (pyarrow dataset), result.to_ray()
     imagefleet.export("s3://bucket/run7", "hf/run7")  # a Hugging Face ImageFolder of its ok images
     rows = imagefleet.processor(config)(ray_dataset)   # the same stages over your own Ray Dataset (lazy)
+    imagefleet.preview("configs/local_tiny.yaml", n=8)   # its first 8 images in this process + preview.html
 
 Errors are typed and carry the CLI's one-line message: ConfigInvalid, InputInvalid, RunFailed (ImagefleetError).
 
@@ -30,15 +31,18 @@ if TYPE_CHECKING:
         load,
         run,
     )
+    from imagefleet.jobs.preview import PreviewResult, preview
     from imagefleet.jobs.processor_api import ImageProcessor, processor
 
 __all__ = ["ConfigInvalid", "ImagefleetError", "InputInvalid", "RunFailed", "RunResult", "__version__", "export",
-           "ImageProcessor", "load", "processor", "run"]
+           "ImageProcessor", "PreviewResult", "load", "preview", "processor", "run"]
 
 
 def __getattr__(name: str) -> Any:
     if name == "__version__":
         return import_module("imagefleet.jobs.api").version()
+    if name in ("preview", "PreviewResult"):
+        return getattr(import_module("imagefleet.jobs.preview"), name)
     if name in ("processor", "ImageProcessor"):
         return getattr(import_module("imagefleet.jobs.processor_api"), name)
     if name in __all__:

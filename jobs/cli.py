@@ -19,6 +19,7 @@ USAGE = """imagefleet <command> [args]
 commands:
   --version                                print the installed version
   run CONFIG [--set k=v ...] [--dry-run]   run a batch job
+  preview CONFIG [-n 8] [--out DIR]        its first images in this process, as a contact sheet (no output)
   submit CONFIG [--no-wait] [--set k=v]    run CONFIG on a Ray cluster as a Ray job (Ray Jobs API)
   status|logs [-f]|stop JOB, list          its jobs (each takes --address URL, default: $RAY_ADDRESS)
   serve CONFIG [--set k=v ...]             the config's generators online (Ray Serve HTTP, until Ctrl-C)
@@ -92,6 +93,10 @@ def _main(argv: list[str] | None = None) -> int:
         from imagefleet.jobs import generate
 
         return generate.main(rest)
+    if command == "preview":
+        from imagefleet.jobs import preview
+
+        return preview.main(rest)
     if command in ("submit", "status", "logs", "stop", "list"):
         from imagefleet.jobs import submit
 
