@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from imagefleet.jobs import run_text, runtime
-from imagefleet.jobs.api import ConfigInvalid, InputInvalid, RunFailed, _check, load
+from imagefleet.jobs.api import ConfigInvalid, ImagefleetError, InputInvalid, RunFailed, _check, load
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -96,8 +97,13 @@ def _preview(config: str | Path | dict[str, Any] | JobConfig, overrides: Sequenc
     # 1 the run's config with its output swapped for the preview folder, checked as a run checks it
     cfg = load(config, overrides)
     folder = preview_folder(cfg, out)
-    shown = preview_config(cfg, folder)
-    checked = _check(shown)
+    try:
+        shown = preview_config(cfg, folder)
+        checked = _check(shown)
+    except ImagefleetError:
+        if out is None:  # the temp folder made for it: nothing to keep
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
     images = min(n, checked.total)
     # 2 what it costs, said before the first (paid) request
     estimate = run_text.cost_estimate(shown, images)
@@ -183,8 +189,6 @@ def main(argv: list[str]) -> int:
     """`imagefleet preview`: 0 when the images were made (error rows included: the sheet shows them), 2 with one
     line for bad config or input, 1 when a stage broke."""
     args = parser().parse_args(argv)
-    from imagefleet.jobs.api import ImagefleetError
-
     try:
         preview(args.config, args.overrides, args.num_images, out=args.out, verbose=args.verbose)
     except ImagefleetError as exc:

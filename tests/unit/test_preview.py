@@ -206,15 +206,19 @@ def test_hosted_preview_says_the_cost_first_and_keeps_the_budget(tmp_path: Path,
     (["--set", "source.uri={tmp}/missing.parquet"], "does not exist"),
     (["--set", "generators.sleepy.pool.batch_size=0"], "batch_size"),
 ])
-def test_bad_input_is_one_line_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str],
-                                      match: str) -> None:
+def test_bad_input_is_one_line_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                      monkeypatch: pytest.MonkeyPatch, args: list[str], match: str) -> None:
     """Preview's own mistakes are one line; the config's and the input's are what `imagefleet run` says of them
     (a missing source: one line; a bad config value: the config's file, then the value)."""
     src = prompts_file(tmp_path / "p.parquet", ["a", "b"])
     out = tmp_path / "out"
     config = write_config(tmp_path / "job.yaml", sleep_job(src, str(out)))
     argv = [a.format(out=out, tmp=tmp_path) for a in args]
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
     assert cli.main(["preview", str(config), *argv]) == 2
+    assert not list(temp.iterdir())  # no preview folder left behind
     err = capsys.readouterr().err.strip()
     assert err.startswith("imagefleet: ") and match in err, err
     if argv[0] == "--set":  # the config's or the input's mistake: as `run` says it (a config error names its file)
