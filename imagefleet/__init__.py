@@ -4,6 +4,7 @@
     result = imagefleet.run("configs/local_tiny.yaml", ["output.uri=s3://bucket/run7"])
     result.summary.num_ok, result.summary.cost_usd, result.report_uri
     df = result.to_pandas()          # or result.manifest() (pyarrow dataset), result.to_ray()
+    files = imagefleet.manifest_files("s3://bucket/run7")  # the committed parts, for DuckDB/Polars/Spark
     imagefleet.export("s3://bucket/run7", "hf/run7")  # a Hugging Face ImageFolder of its ok images
     rows = imagefleet.processor(config)(ray_dataset)   # the same stages over your own Ray Dataset (lazy)
     imagefleet.preview("configs/local_tiny.yaml", n=8)   # its first 8 images in this process + preview.html
@@ -29,13 +30,14 @@ if TYPE_CHECKING:
         RunResult,
         export,
         load,
+        manifest_files,
         run,
     )
     from imagefleet.jobs.preview import PreviewResult, preview
     from imagefleet.jobs.processor_api import ImageProcessor, processor
 
 __all__ = ["ConfigInvalid", "ImagefleetError", "InputInvalid", "RunFailed", "RunResult", "__version__", "export",
-           "ImageProcessor", "PreviewResult", "load", "preview", "processor", "run"]
+           "ImageProcessor", "PreviewResult", "load", "manifest_files", "preview", "processor", "run"]
 
 
 def __getattr__(name: str) -> Any:

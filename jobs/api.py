@@ -81,6 +81,14 @@ class RunResult:
         assert self.store is not None
         return manifest_dataset(open_store(self.output_uri, self.store))
 
+    def manifest_files(self) -> list[str]:
+        """The committed manifest's part files (URIs; see `manifest_files`): read exactly these, never a glob."""
+        from imagefleet.actors.stores import open_store
+        from imagefleet.pipelines.manifest import manifest_files as files_of
+
+        assert self.store is not None
+        return files_of(open_store(self.output_uri, self.store))
+
     def to_pandas(self) -> Any:
         """The whole manifest as a pandas DataFrame (small and medium runs)."""
         return self.manifest().to_table().to_pandas()
@@ -279,6 +287,34 @@ def _run(config: str | Path | dict[str, Any] | JobConfig, overrides: Sequence[st
     if problem:
         raise RunFailed(problem, run_id, result=result)
     return result
+
+
+def manifest_files(output: str) -> list[str]:
+    """The part files of the manifest committed at `output`, one URI each, in order: what `manifest/_manifest.json`
+    lists. Any engine given this list reads the current manifest with its typed columns, also while another run
+    is committing there (a glob of `manifest/*.parquet` then sees both runs' parts), e.g.
+    `duckdb.read_parquet(files)`, `polars.read_parquet(files)`, `pyarrow.parquet.read_table(files)` (local; for
+    s3:// give pyarrow the paths without `s3://` and its S3 filesystem).
+
+    Args:
+        output: a run's `output.uri` (local folder or `s3://bucket/prefix`; S3 credentials and endpoint from the
+            AWS_* variables `imagefleet run` reads). Local parts come as absolute paths.
+
+    Raises:
+        InputInvalid: no committed manifest at `output`, or a store that can't be read.
+    """
+    from imagefleet.actors.storage import StorageError, resolve_store_spec
+    from imagefleet.actors.stores import open_store
+    from imagefleet.configs.storage import S3Config
+    from imagefleet.pipelines.manifest import manifest_files as files_of
+
+    try:
+        files = files_of(open_store(output, resolve_store_spec(output, S3Config())))
+    except (StorageError, ValueError) as exc:  # ValueError: an s3:// URI without a bucket
+        raise InputInvalid(str(exc)) from exc
+    if not files:
+        raise InputInvalid(f"no committed manifest at {output}: pass the output.uri of a finished run")
+    return files
 
 
 def export(output: str, dest: str, *, format: str = "hf-imagefolder") -> ExportSummary:

@@ -1,4 +1,5 @@
-"""`imagefleet cat URI...`: stream stored objects to stdout (how webdataset's `pipe:` URLs read s3:// shards)."""
+"""`imagefleet cat URI...`: stream stored objects to stdout (how webdataset's `pipe:` URLs read s3:// shards);
+`imagefleet cat --parts OUTPUT`: list the committed manifest's part files (what other engines should read)."""
 
 from __future__ import annotations
 
@@ -13,20 +14,25 @@ CHUNK_BYTES = 1 << 20
 
 
 def main(argv: list[str]) -> int:
-    """Write each object's bytes to stdout, in order (like `cat`).
+    """Write each object's bytes to stdout, in order (like `cat`); with `--parts`, each output's committed
+    manifest part files instead, one URI per line.
 
     Args:
         argv: the object URIs: `s3://bucket/key` (credentials and endpoint from the same AWS_* variables
-            `imagefleet run` reads) or local paths.
+            `imagefleet run` reads) or local paths; with `--parts`, outputs (a run's `output.uri`).
 
     Returns:
-        0; 2 with one line on stderr when an object can't be read; 141 when the reader closed the pipe
-        early (webdataset's `pipe:` reader ignores that status, as a shell does for `cat | head`).
+        0; 2 with one line on stderr when an object (or an output's manifest) can't be read; 141 when the reader
+        closed the pipe early (webdataset's `pipe:` reader ignores that status, as a shell does for `cat | head`).
     """
     p = argparse.ArgumentParser(prog="imagefleet cat", description="Write stored objects (s3://bucket/key or "
                                 "local paths) to stdout, e.g. for webdataset's pipe: URLs.")
-    p.add_argument("uri", nargs="+", help="an object: s3://bucket/key or a local path")
+    p.add_argument("uri", nargs="+", help="an object: s3://bucket/key or a local path (--parts: an output.uri)")
+    p.add_argument("--parts", action="store_true", help="print the part files of each output's committed "
+                   "manifest, one URI per line (what DuckDB, Polars or Spark should read; never glob manifest/)")
     args = p.parse_args(argv)
+    if args.parts:
+        return print_parts(args.uri)
     from imagefleet.actors.storage import StorageError
     from imagefleet.actors.store_errors import explain_s3_error
 
@@ -48,6 +54,25 @@ def main(argv: list[str]) -> int:
         except Exception as exc:  # noqa: BLE001 - botocore's errors (missing key, credentials): one line
             print(f"imagefleet: cannot read {uri}: {explain_s3_error(exc, uri)}", file=sys.stderr)
             return 2
+    return 0
+
+
+def print_parts(outputs: list[str]) -> int:
+    """Print the committed manifest part files of each output, one URI per line (0; 2 with one line on stderr
+    when an output has no committed manifest or can't be read)."""
+    from imagefleet.jobs.api import InputInvalid, manifest_files
+
+    for output in outputs:
+        try:
+            files = manifest_files(output)
+        except InputInvalid as exc:
+            print(f"imagefleet: {exc}", file=sys.stderr)
+            return 2
+        try:
+            print("\n".join(files), flush=True)
+        except BrokenPipeError:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 141
     return 0
 
 

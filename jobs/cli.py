@@ -29,6 +29,7 @@ commands:
              [--lora-for PIPELINE]        (or a tiny LoRA adapter for one)
   report OUTPUT_URI                        (re)write OUTPUT_URI/report.html from the manifest
   cat URI [URI ...]                        write stored objects to stdout (s3://bucket/key or local paths)
+  cat --parts OUTPUT                       the committed manifest's part files, one URI a line (for DuckDB, Polars)
   export OUTPUT DEST [--format hf-imagefolder]
                                            OUTPUT's ok images + manifest rows as a Hugging Face ImageFolder
   init PARQUET [-o CONFIG] [--backend B]   write a starter config from a prompt table's columns

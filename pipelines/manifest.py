@@ -192,6 +192,14 @@ def manifest_dataset(objects: ObjectStore) -> Any:
     return pads.dataset(paths, filesystem=fs, format="parquet", schema=schema)
 
 
+def manifest_files(objects: ObjectStore) -> list[str]:
+    """The URIs of the committed manifest's parts, in order (`s3://bucket/…/part-….parquet` or absolute local
+    paths): what `_manifest.json` lists, so an engine given exactly these files (DuckDB's `read_parquet(list)`,
+    Polars, Spark, pyarrow) reads the current manifest, typed, even while another run is committing. Empty when
+    nothing is committed."""
+    return [objects.uri_of(part) for part in current_parts(objects)]
+
+
 def iter_manifest_batches(objects: ObjectStore, columns: list[str], batch_size: int = 65536) -> Any:
     """The committed manifest's selected columns, one record batch at a time, typed as MANIFEST (a column an
     older part lacks is null). Memory: a few parts, not the run (`actors.manifest_schema.iter_parts`)."""
