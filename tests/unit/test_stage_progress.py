@@ -105,3 +105,30 @@ def test_the_display_shows_stage_rows_instead_of_starting_while_no_image_is_writ
                         stages={"preprocess": 96, "generate:draft": 96, "score": 96})
         display.last = done
         assert "rows through stages" not in display.line()  # every image written: the stages say nothing more
+
+
+@pytest.mark.slow
+def test_a_captured_cascade_run_says_what_its_stages_did_before_its_first_image(tmp_path: Path) -> None:
+    """`imagefleet run` off a terminal: a cascade deciding over the whole run writes no image until every draft is
+    made and scored (~3 s of drafting here), and its first progress line says so instead of `starting`."""
+    import os
+    import subprocess
+
+    from tests.helpers import CLI, REPO, sleep_job, write_config, write_prompts
+
+    src = write_prompts(tmp_path / "p.parquet", {"prompt": [f"p{i}{'!' if i % 2 else ''}" for i in range(24)]})
+    raw = sleep_job(src, str(tmp_path / "out"), latency_s=1.0)  # each draft call holds its batch for 1 s
+    raw["generators"]["heavy"] = {**raw["generators"]["sleepy"], "base_latency_s": 0.0}
+    raw["scorer"] = {"backend": "rule", "marker": "!"}
+    raw["routing"] = {"mode": "cascade", "cascade": {"draft": "sleepy", "escalate": "heavy",
+                                                     "escalate_fraction": 0.25}}
+    raw["cluster"]["temp_dir"] = f"/tmp/ifray/s{os.getpid()}"
+    done = subprocess.run([*CLI, "run", str(write_config(tmp_path / "job.yaml", raw)), "--progress", "lines"],
+                          cwd=REPO, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    lines = [ln for ln in done.stdout.splitlines() if ln.startswith("imagefleet: ")]
+    working = [ln for ln in lines if "0/24 images written; rows through stages:" in ln]
+    assert working and "preprocess 24" in working[0], lines
+    assert not any("starting" in ln for ln in lines[lines.index(working[0]):]), lines
+    assert "24/24 images (100%)" in lines[-1] and "escalated 6 (25%)" in lines[-1], lines
