@@ -63,8 +63,9 @@ _LISTED: tuple[Column, ...] = (
     Column("prompt", pa.string(), "prompt text", shard=True, report=True),
     _setting("negative_prompt", shard=True),
     Column("template", pa.string(), "the prompt template the prompt was written from ('' when read from a column)"),
-    Column("template_vars", CODECS["template_vars"].type, "the values the template was filled with: its lists' "
-           "values and the row's columns (a value that isn't text as JSON; null without a template)", shard=True),
+    Column("template_vars", CODECS["template_vars"].type, "the values the template was filled with: its "
+           "lists' values and the row's columns, as key/value pairs (a value that isn't text as JSON; null without "
+           "one)", shard=True),
     Column("generator", pa.string(), "name of the generator that made the image", shard=True, report=True),
     Column("model", pa.string(), "model id@revision of that generator", shard=True),
     Column("model_version", pa.string(), "what the model was when the image was made: the commit a hub revision "

@@ -5,7 +5,8 @@ comma-separated text (`''` = none). Engines that read the committed manifest (py
 `datasets`) should not need a recipe for that, so the manifest stores them as Arrow types:
 
 - `generated_at`, `written_at`: `timestamp[us, tz=UTC]`;
-- `template_vars`: `map<string, string>` (a value that was not text is its JSON);
+- `template_vars`: `list<struct<key: string, value: string>>` in name order (a value that was not text is its
+  JSON; the physical form of a map, as a list because Hugging Face `datasets` has no map type);
 - `input_images`, `input_sha256`: `list<string>` (`[]` = none);
 - `adapters`: `list<struct<name: string, weight: double>>` in the row's order (`[]` = none);
 - `candidates`: `list<struct<seed: int64, score: double>>` (null: the row had one candidate).
@@ -28,7 +29,7 @@ import pyarrow as pa
 
 TIMESTAMP = pa.timestamp("us", tz="UTC")
 TEXT_LIST = pa.list_(pa.string())
-TEXT_MAP = pa.map_(pa.string(), pa.string())
+TEXT_MAP = pa.list_(pa.struct([("key", pa.string()), ("value", pa.string())]))
 ADAPTERS = pa.list_(pa.struct([("name", pa.string()), ("weight", pa.float64())]))
 CANDIDATES = pa.list_(pa.struct([("seed", pa.int64()), ("score", pa.float64())]))
 
@@ -47,14 +48,14 @@ class Codec:
 def _map_of(text: Any) -> Any:
     if not text:
         return None
-    return [(str(k), v if isinstance(v, str) else json.dumps(v, ensure_ascii=False, sort_keys=True))
-            for k, v in json.loads(text).items()]
+    return [{"key": str(k), "value": v if isinstance(v, str) else json.dumps(v, ensure_ascii=False, sort_keys=True)}
+            for k, v in sorted(json.loads(text).items())]
 
 
 def _text_of_map(pairs: Any) -> str:
     if pairs is None:
         return ""
-    return json.dumps(dict(pairs), sort_keys=True, ensure_ascii=False)
+    return json.dumps({p["key"]: p["value"] for p in pairs}, sort_keys=True, ensure_ascii=False)
 
 
 def _comma_list(text: Any) -> list[str]:

@@ -281,7 +281,7 @@ def verify(replay: Replay, policy: Policy, ids: list[str], log: Any = print) -> 
         if row is None or row["status"] != "ok":
             mismatches.append(f"{rid}: {row and row['status']} in the run's manifest")
             continue
-        listed = row["candidates"] or []  # typed: a list of {seed, score}; null with one draft
+        listed = [] if row["candidates"] is None else list(row["candidates"])  # typed {seed, score}s; null: 1 draft
         drafts = tuple(int(d["seed"]) for d in listed) if listed else (int(row["seed"]),)
         with PILImage.open(io.BytesIO(Path(row["image_uri"]).read_bytes())) as img:
             pixels = np.asarray(img.convert("RGB"))

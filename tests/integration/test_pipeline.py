@@ -162,7 +162,7 @@ def test_synthetic_classes_example_runs_end_to_end(tmp_path: Path, tiny_model: P
     assert generate.main(args) == 0
     rows = manifest(s3_env, bucket, "synth")
     assert len(rows) == 24 and {r["status"] for r in rows} == {"ok"}
-    values = [dict(r["template_vars"]) for r in rows]  # typed: a map of text
+    values = [{kv["key"]: kv["value"] for kv in r["template_vars"]} for r in rows]  # typed: key/value pairs
     assert Counter(v["label"] for v in values) == {"mug": 12, "teapot": 12}
     assert len({(v["label"], v["scene"], v["style"]) for v in values}) == 24
     assert all(r["prompt"] == f"a {v['style']} of a {v['label']} {v['scene']}" for r, v in zip(rows, values,

@@ -22,7 +22,8 @@ TYPED = ["generated_at", "written_at", "template_vars", "input_images", "input_s
 
 @pytest.mark.parametrize(("name", "flat", "typed"), [
     ("generated_at", [1.5e9 + 0.25, math.nan, 0.0], [datetime.fromtimestamp(1.5e9 + 0.25, UTC), None, None]),
-    ("template_vars", ['{"n": 3, "style": "ink"}', ""], [[("n", "3"), ("style", "ink")], None]),
+    ("template_vars", ['{"n": 3, "style": "ink"}', ""],
+     [[{"key": "n", "value": "3"}, {"key": "style", "value": "ink"}], None]),
     ("input_images", ['["a.png", "s3://b/c.png"]', ""], [["a.png", "s3://b/c.png"], []]),
     ("input_sha256", ["aa,bb", ""], [["aa", "bb"], []]),
     ("adapters", ["pixel:1,ink:0.5", ""], [[{"name": "pixel", "weight": 1.0}, {"name": "ink", "weight": 0.5}], []]),
@@ -71,7 +72,7 @@ def test_plain_pyarrow_reads_typed_columns_and_a_rerun_carries_them_exactly(tmp_
         assert all(len(r["candidates"]) == 3 and r["seed"] == max(r["candidates"], key=lambda c: c["score"])["seed"]
                    for r in rows)
     if name == "template":
-        assert {dict(r["template_vars"])["style"] for r in rows} == {"ink", "oil"}
+        assert {{kv["key"]: kv["value"] for kv in r["template_vars"]}["style"] for r in rows} == {"ink", "oil"}
     if name == "image_to_image":
         assert all(len(r["input_images"]) == 1 and len(r["input_sha256"][0]) == 64 for r in rows)
     again = imagefleet.run(raw, echo=None)
