@@ -101,7 +101,8 @@ def test_engines_given_the_part_list_read_exactly_the_committed_rows_mid_commit(
         rel = duckdb.read_parquet(files)
         assert {c: str(t) for c, t in zip(rel.columns, rel.types, strict=True) if c in DUCKDB_TYPES} == DUCKDB_TYPES
         row = duckdb.sql("select count(*), count(distinct image_key), min(run_id), max(run_id), "
-                         "max(map_from_entries(template_vars)['style']), max(candidates[1].seed), max(adapters[1].name), "
+                         "max(map_from_entries(template_vars)['style']), max(candidates[1].seed), "
+                         "max(adapters[1].name), "
                          "max(extract('year' from generated_at)) from read_parquet($files)",
                          params={"files": files}).fetchall()[0]
         assert row[:4] == (ROWS, ROWS, "first", "first") and row[4] in ("ink", "oil") and row[5] is not None
