@@ -304,3 +304,8 @@ class SourceConfig(StrictModel):
     def images_per_row(self) -> int:
         """Images one request of a row makes: one per variant (1 without variants)."""
         return max(1, len(self.variants))
+
+    def expansion(self) -> int:
+        """Images one image a row asks for (`num_images` counts them) becomes: the template's prompts per row × the
+        variants."""
+        return (self.template.per_row() if self.template is not None else 1) * self.images_per_row()

@@ -193,8 +193,7 @@ class Plan:
 def preprocess_pool(cfg: JobConfig) -> Pool:
     """The preprocessor's pool; a batch makes about PREPROCESS_POOL.batch_size output rows however many prompts a
     template writes per row (its output is held in memory until the batch is done)."""
-    t = cfg.source.template
-    per_row = (t.per_row() if t is not None else 1) * cfg.routing.requests_per_image() * cfg.source.images_per_row()
+    per_row = cfg.source.expansion() * cfg.routing.requests_per_image()
     return replace(PREPROCESS_POOL, batch_size=max(1, PREPROCESS_POOL.batch_size // per_row))
 
 

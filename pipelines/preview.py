@@ -36,8 +36,7 @@ PREPROCESS = "preprocess"
 def images_of_rows(cfg: JobConfig, table: pa.Table) -> list[int]:
     """Images each row of `table` makes, as a run expands it: its `num_images` (null or out of range: 1, as the
     preprocessor counts it) × the template's prompts per row × the variants × the generators it is sent to."""
-    t = cfg.source.template
-    factor = (t.per_row() if t is not None else 1) * cfg.source.images_per_row() * cfg.routing.requests_per_image()
+    factor = cfg.source.expansion() * cfg.routing.requests_per_image()
     column = cfg.source.columns.of("num_images")
     if column not in table.column_names:
         return [factor] * table.num_rows

@@ -117,16 +117,14 @@ def commit_dataset(ds: ray.data.Dataset, cfg: JobConfig, stores: Stores, objects
     # 1 the rows, once, and what they ask for
     prepared = prepare(ds, cfg, stores)
     rows = ds.select_columns(prepared.columns).materialize()
-    total = rows.count()
+    num_rows = asked = rows.count()
     column = cfg.source.columns.of("num_images")
-    if column in prepared.columns and total:
-        total = sum(images_asked(t.column(column), cfg.routing.max_images_per_row)
+    if column in prepared.columns and num_rows:
+        asked = sum(images_asked(t.column(column), cfg.routing.max_images_per_row)
                     for t in ray.get(rows.select_columns([column]).to_arrow_refs()))
-    if cfg.source.template is not None:
-        total *= cfg.source.template.per_row()
-    expected = total * cfg.source.images_per_row() * cfg.routing.requests_per_image()
+    expected = asked * cfg.source.expansion() * cfg.routing.requests_per_image()
     # 2 own the output, run the stages into staged parts, commit
-    plan = make_plan(cfg, stores, prepared.columns, rows.count())  # blocks sized for the rows there are
+    plan = make_plan(cfg, stores, prepared.columns, num_rows)  # blocks sized for the rows there are
     plan.check()
     with Lease(objects, run_id, cfg.output.lease_ttl_s) as lease:
         collect_garbage(objects, staging=False)

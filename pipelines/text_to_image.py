@@ -83,9 +83,7 @@ def inspect_source(cfg: JobConfig, stores: Stores) -> SourceInfo:
     most = cfg.routing.max_images_per_row
     count = cfg.source.columns.of("num_images")
     num_images = _count_images(fs, files, most, count) if count in schema.names else num_rows
-    if cfg.source.template is not None:  # every row is written into this many prompts
-        num_images *= cfg.source.template.per_row()
-    num_images *= cfg.source.images_per_row()  # one image per output variant
+    num_images *= cfg.source.expansion()  # a template's prompts per row × the output variants
     return SourceInfo(files=[_display(f, loc.kind) for f in files], num_rows=num_rows, schema=schema,
                       num_images=num_images, row_groups=tuple(groups for _, groups in footers.values()),
                       types=types, pass_through=pass_through_columns(cfg.source, cfg.routing.column_read,
