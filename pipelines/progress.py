@@ -146,10 +146,7 @@ def post_written(board: Any, batch: dict[str, Any]) -> None:
                           else pa.nulls(n, MANIFEST.field(c).type) for c in TALLIED})
         counts = tally(table)
         if counts:
-            if isinstance(board, ProgressBoard):
-                board.add(counts)
-            else:
-                board.add.remote(counts)
+            _post(board, "add", counts)
     except Exception as exc:  # noqa: BLE001 - never fail a write for a display
         logger.debug("progress update lost: %s", exc)
 
@@ -158,14 +155,13 @@ def read_board(board: Any, total: int, timeout_s: float = 5.0) -> Snapshot | Non
     """The board's counters now (None when it doesn't answer in time)."""
     if isinstance(board, ProgressBoard):
         raw = board.snapshot()
-        return Snapshot(at=time.time(), total=total, by_generator=raw["counts"], first_at=raw["first_at"],
-                        stages=raw.get("stages", {}))
-    import ray
+    else:
+        import ray
 
-    try:
-        raw = ray.get(board.snapshot.remote(), timeout=timeout_s)
-    except Exception:  # noqa: BLE001 - a slow or gone board: skip this refresh
-        return None
+        try:
+            raw = ray.get(board.snapshot.remote(), timeout=timeout_s)
+        except Exception:  # noqa: BLE001 - a slow or gone board: skip this refresh
+            return None
     return Snapshot(at=time.time(), total=total, by_generator=raw["counts"], first_at=raw["first_at"],
                     stages=raw.get("stages", {}))
 
@@ -189,9 +185,14 @@ def post_stage(board: Any, stage: str, out: Any) -> None:
         return
     try:
         rows = int(out.num_rows) if hasattr(out, "num_rows") else len(next(iter(out.values()))) if out else 0
-        if isinstance(board, ProgressBoard):
-            board.add_stage(stage, rows)
-        else:
-            board.add_stage.remote(stage, rows)
+        _post(board, "add_stage", stage, rows)
     except Exception as exc:  # noqa: BLE001 - never fail a stage for a display
         logger.debug("progress update lost: %s", exc)
+
+
+def _post(board: Any, method: str, *args: Any) -> None:
+    """Call a board method: directly on the driver's plain board, fire and forget on the board actor."""
+    if isinstance(board, ProgressBoard):
+        getattr(board, method)(*args)
+    else:
+        getattr(board, method).remote(*args)
