@@ -4,13 +4,13 @@ its error; and the terminal listing that names the page."""
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from imagefleet.pipelines.report import jpeg_thumbnail
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -44,17 +44,11 @@ def cost_text(value: Any) -> str:
 
 def thumbnail(path: Path) -> str:
     """A JPEG thumbnail of the image at `path` as base64 ('' when it can't be read: the card shows why)."""
-    from PIL import Image
-
     try:
-        with Image.open(path) as stored:
-            img = stored.convert("RGB")
-        img.thumbnail((THUMB_PX, THUMB_PX))
-        buf = io.BytesIO()
-        img.save(buf, format="JPEG", quality=85)
-    except Exception:  # noqa: BLE001 - an unreadable image costs its thumbnail, never the sheet
+        data = path.read_bytes()
+    except OSError:
         return ""
-    return base64.b64encode(buf.getvalue()).decode()
+    return jpeg_thumbnail(data, THUMB_PX, quality=85)
 
 
 def local_file(folder: Path, uri: str) -> Path | None:

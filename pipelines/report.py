@@ -75,17 +75,27 @@ def run_clock(objects: ObjectStore, run_id: str) -> RunClock:
 
 
 def _thumb(objects: ObjectStore, uri: str) -> str:
-    from PIL import Image
-
     if not uri:
         return ""  # e.g. a draft not kept (cascade keep_draft: false)
     try:
-        img = Image.open(io.BytesIO(objects.get(objects.rel_of(uri)))).convert("RGB")
+        data = objects.get(objects.rel_of(uri))
     except Exception:  # noqa: BLE001 - a missing thumbnail must not break the report
         return ""
-    img.thumbnail((THUMB_PX, THUMB_PX))
-    buf = io.BytesIO()
-    img.save(buf, format="JPEG", quality=80)
+    return jpeg_thumbnail(data, THUMB_PX, quality=80)
+
+
+def jpeg_thumbnail(data: bytes, px: int, quality: int) -> str:
+    """A JPEG thumbnail (at most `px` a side) of an encoded image, as base64; '' when it can't be decoded."""
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as stored:
+            img = stored.convert("RGB")
+        img.thumbnail((px, px))
+        buf = io.BytesIO()
+        img.save(buf, format="JPEG", quality=quality)
+    except Exception:  # noqa: BLE001 - an unreadable image costs its thumbnail, never the page
+        return ""
     return base64.b64encode(buf.getvalue()).decode()
 
 
