@@ -277,12 +277,20 @@ class ProgressDisplay:
         return parts
 
     def stages_text(self) -> str:
-        """Rows each stage before the writer has finished (`preprocess 96, generate:draft 40, score 32`): the
-        work under way while images are not yet written ('' before any)."""
+        """Each pool's rows finished before the writer and its actors
+        (`preprocess 96 rows (1 ready), generate:draft 40 rows (1 ready, 1 loading), write (2 ready)`): the work
+        under way and the models loading while images are not yet written ('' before any)."""
         s = self.last
-        if s is None or not s.stages:
+        if s is None or not (s.stages or s.actors):
             return ""
-        return ", ".join(f"{name} {int(rows)}" for name, rows in s.stages.items())
+        shown = []
+        for name in dict.fromkeys([*s.actors, *s.stages]):
+            text = f"{name} {int(s.stages[name])} rows" if name in s.stages else name
+            loading, ready = s.actors.get(name, (0, 0))
+            if loading or ready:
+                text += f" ({ready} ready, {loading} loading)" if loading else f" ({ready} ready)"
+            shown.append(text)
+        return ", ".join(shown)
 
     def line(self) -> str:
         """One plain progress line."""
@@ -291,7 +299,7 @@ class ProgressDisplay:
         stages = self.stages_text()
         if s is None or s.done == 0:
             if stages:  # drafting, scoring, deciding: not "starting" while work runs
-                return f"imagefleet: {elapsed} 0/{self.total} images written; rows through stages: {stages}"
+                return f"imagefleet: {elapsed} 0/{self.total} images written; stages: {stages}"
             return f"imagefleet: {elapsed} starting (Ray, actor pools, models); 0/{self.total} images"
         head = (f"imagefleet: {elapsed} {s.done}/{self.total} images ({s.done / max(self.total, 1):.0%}), "
                 f"{self.rate_text()}, ETA {self.eta()}")
@@ -300,7 +308,7 @@ class ProgressDisplay:
             wall = self.wall_s()
             gens = " [" + ", ".join(f"{g} {int(c['done'])} at {throughput(c.get('new', 0.0), wall):.2f} img/s"
                                     for g, c in sorted(s.by_generator.items())) + "]"
-        through = f"; rows through stages: {stages}" if stages and s.done < self.total else ""
+        through = f"; stages: {stages}" if stages and s.done < self.total else ""
         return head + gens + "; " + ", ".join(self.tail()) + through
 
     def panel(self) -> Any:
@@ -320,7 +328,7 @@ class ProgressDisplay:
         parts: list[Any] = [head]
         stages = self.stages_text()
         if (s is None or done == 0) and stages:
-            parts.append(Text(f"  rows through stages: {stages}", style="dim"))
+            parts.append(Text(f"  stages: {stages}", style="dim"))
         elif s is None or done == 0:
             parts.append(Text("  starting: Ray, actor pools, models ...", style="dim"))
         else:
@@ -333,7 +341,7 @@ class ProgressDisplay:
                               f"{throughput(c.get('new', 0.0), self.wall_s()):.2f}", money(c.get("cost_usd", 0.0)))
             parts += [table, Text("  " + " · ".join(self.tail()[2:]), style="dim")]
             if stages and done < self.total:
-                parts.append(Text(f"  rows through stages: {stages}", style="dim"))
+                parts.append(Text(f"  stages: {stages}", style="dim"))
         if self.log_path:
             parts.append(Text(f"  Ray's output: {self.log_path}", style="dim"))
         return Group(*parts)

@@ -61,6 +61,7 @@ class ProgressBoard:
     def __init__(self) -> None:
         self.counts: dict[str, dict[str, float]] = {}
         self.stages: dict[str, float] = {}
+        self.actors: dict[str, list[int]] = {}  # pool → [loading, ready]
         self.first_at = 0.0
         self.lock = threading.Lock()
 
@@ -68,6 +69,12 @@ class ProgressBoard:
         """Rows a stage's actor finished (every stage but the writer, whose rows `add` counts by generator)."""
         with self.lock:
             self.stages[stage] = self.stages.get(stage, 0.0) + rows
+
+    def actor_state(self, stage: str, loading: int, ready: int) -> None:
+        """A stage's actor began loading (+1, 0), finished loading (-1, +1) or failed to load (-1, 0)."""
+        with self.lock:
+            mine = self.actors.setdefault(stage, [0, 0])
+            mine[0], mine[1] = max(mine[0] + loading, 0), mine[1] + ready
 
     def add(self, counts: dict[str, dict[str, float]]) -> None:
         with self.lock:
@@ -81,7 +88,7 @@ class ProgressBoard:
     def snapshot(self) -> dict[str, Any]:
         with self.lock:
             return {"counts": {g: dict(c) for g, c in self.counts.items()}, "first_at": self.first_at,
-                    "stages": dict(self.stages)}
+                    "stages": dict(self.stages), "actors": {k: tuple(v) for k, v in self.actors.items()}}
 
 
 @dataclass(frozen=True)
@@ -97,6 +104,9 @@ class Snapshot:
     """Rows each stage before the writer has finished, by the plan's pool name (`preprocess`, `generate:draft`,
     `score`, `escalate`...): work under way before any image is written. A preprocessed row can become several
     images (num_images, templates, variants), so a later stage can count more rows than the table has."""
+    actors: dict[str, tuple[int, int]] = field(default_factory=dict)
+    """Each pool's actors (loading, ready): loading = constructors running (a model loading), ready = constructors
+    finished (an actor Ray Data later retires while scaling down still counts)."""
 
     def sum(self, key: str) -> float:
         return sum(c.get(key, 0.0) for c in self.by_generator.values())
@@ -163,20 +173,32 @@ def read_board(board: Any, total: int, timeout_s: float = 5.0) -> Snapshot | Non
         except Exception:  # noqa: BLE001 - a slow or gone board: skip this refresh
             return None
     return Snapshot(at=time.time(), total=total, by_generator=raw["counts"], first_at=raw["first_at"],
-                    stages=raw.get("stages", {}))
+                    stages=raw.get("stages", {}), actors={k: (int(v[0]), int(v[1]))
+                                                          for k, v in raw.get("actors", {}).items()})
 
 
-def counted(actor: type, board: Any, stage: str) -> type:
-    """`actor` with every finished call's rows added to the board's count for `stage` (fire and forget). The class
-    keeps its name: Ray Data names the stage's operator after it (logs, resource warnings)."""
+def counted(actor: type, board: Any, stage: str, rows: bool = True) -> type:
+    """`actor` reporting to the board: its constructor's start and end (the pool's actors loading and ready) and,
+    with `rows`, every finished call's rows as `stage`'s count (fire and forget). The class keeps its name: Ray
+    Data names the stage's operator after it (logs, resource warnings)."""
+    def init(self: Any, *args: Any, **kwargs: Any) -> None:
+        _post_quietly(board, "actor_state", stage, 1, 0)
+        try:
+            actor.__init__(self, *args, **kwargs)  # type: ignore[misc]
+        except BaseException:
+            _post_quietly(board, "actor_state", stage, -1, 0)
+            raise
+        _post_quietly(board, "actor_state", stage, -1, 1)
+
     def call(self: Any, batch: Any) -> Any:
         out = actor.__call__(self, batch)
-        post_stage(board, stage, out)
+        if rows:
+            post_stage(board, stage, out)
         return out
 
     # a qualname nothing can import: cloudpickle ships the class by value to the pool's workers
-    return type(actor.__name__, (actor,), {"__call__": call, "__qualname__": f"counted.<locals>.{actor.__name__}",
-                                           "__doc__": actor.__doc__})
+    return type(actor.__name__, (actor,), {"__init__": init, "__call__": call, "__doc__": actor.__doc__,
+                                           "__qualname__": f"counted.<locals>.{actor.__name__}"})
 
 
 def post_stage(board: Any, stage: str, out: Any) -> None:
@@ -187,6 +209,16 @@ def post_stage(board: Any, stage: str, out: Any) -> None:
         rows = int(out.num_rows) if hasattr(out, "num_rows") else len(next(iter(out.values()))) if out else 0
         _post(board, "add_stage", stage, rows)
     except Exception as exc:  # noqa: BLE001 - never fail a stage for a display
+        logger.debug("progress update lost: %s", exc)
+
+
+def _post_quietly(board: Any, method: str, *args: Any) -> None:
+    """`_post` for a display update: no board, or a board that fails, is nothing to fail an actor for."""
+    if board is None:
+        return
+    try:
+        _post(board, method, *args)
+    except Exception as exc:  # noqa: BLE001 - a display
         logger.debug("progress update lost: %s", exc)
 
 

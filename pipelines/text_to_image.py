@@ -345,12 +345,12 @@ def source_pieces(cfg: JobConfig, stores: Stores, source: SourceInfo) -> tuple[A
 
 
 def stage_actor(plan: Plan, stage: Stage, board: Any = None) -> type:
-    """The class a stage's pool runs: its actor, counting its finished rows on the run's board (the last stage,
-    the writer, posts its rows by generator through `on_batch` instead)."""
-    if board is None or stage is plan.stages[-1]:
+    """The class a stage's pool runs: its actor, telling the run's board when it is loading and ready and how many
+    rows it finished (the last stage, the writer, posts its rows by generator through `on_batch` instead)."""
+    if board is None:
         return stage.actor
     at = next(i for i, s in enumerate(plan.stages) if s is stage)  # a cascade's two score stages are equal
-    return counted(stage.actor, board, list(plan.pools)[at])
+    return counted(stage.actor, board, list(plan.pools)[at], rows=stage is not plan.stages[-1])
 
 
 def constructor_kwargs(plan: Plan, stage: Stage, board: Any = None) -> dict[str, Any]:

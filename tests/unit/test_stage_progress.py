@@ -69,6 +69,9 @@ def test_in_process_a_cascades_drafts_and_scores_show_before_any_image_is_writte
     assert end.done == 3 and end.stages["escalate"] == 3 and end.stages["generate:c"] == 3
     assert end.stages["score#2"] == 3  # the heavy images' scoring: its own pool, its own count
     assert "write" not in end.stages  # the writer's rows are the `done` counts, by generator
+    # one actor per stage in process, each loaded: (loading, ready)
+    assert end.actors == dict.fromkeys(("preprocess", "generate:a", "score", "escalate", "generate:c", "score#2",
+                                        "write"), (0, 1))
 
 
 @pytest.mark.slow
@@ -78,6 +81,9 @@ def test_on_ray_every_stage_pool_counts_its_rows(tmp_path: Path, ray_cluster: No
     assert end.done == 3
     names = ("preprocess", "generate:a", "score", "escalate", "generate:c", "score#2")
     assert {k: end.stages.get(k) for k in names} == dict.fromkeys(names, 3)
+    # every pool's actors said they loaded (the writer's too), none is still loading
+    assert set(end.actors) == {*names, "write"}
+    assert all(loading == 0 and ready >= 1 for loading, ready in end.actors.values()), end.actors
 
 
 def test_the_display_shows_stage_rows_instead_of_starting_while_no_image_is_written() -> None:
@@ -96,7 +102,7 @@ def test_the_display_shows_stage_rows_instead_of_starting_while_no_image_is_writ
         display.last = Snapshot(at=time.time(), total=96, stages={"preprocess": 96, "generate:draft": 40, "score": 32})
         line = display.line()
         assert "starting" not in line and "0/96 images written" in line
-        assert "rows through stages: preprocess 96, generate:draft 40, score 32" in line
+        assert "stages: preprocess 96 rows, generate:draft 40 rows, score 32 rows" in line
         console = Console(file=io.StringIO(), width=160)
         console.print(display.panel())
         shown = console.file.getvalue()  # type: ignore[attr-defined]
@@ -104,7 +110,7 @@ def test_the_display_shows_stage_rows_instead_of_starting_while_no_image_is_writ
         done = Snapshot(at=time.time(), total=96, by_generator={"draft": {"done": 96, "new": 96}},
                         stages={"preprocess": 96, "generate:draft": 96, "score": 96})
         display.last = done
-        assert "rows through stages" not in display.line()  # every image written: the stages say nothing more
+        assert "stages:" not in display.line()  # every image written: the stages say nothing more
 
 
 @pytest.mark.slow
@@ -128,7 +134,53 @@ def test_a_captured_cascade_run_says_what_its_stages_did_before_its_first_image(
                           env={**os.environ, "PYTHONPATH": str(REPO)})
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     lines = [ln for ln in done.stdout.splitlines() if ln.startswith("imagefleet: ")]
-    working = [ln for ln in lines if "0/24 images written; rows through stages:" in ln]
-    assert working and "preprocess 24" in working[0], lines
+    working = [ln for ln in lines if "0/24 images written; stages:" in ln and "preprocess 24 rows" in ln]
+    assert working and "(1 ready" in working[0], lines
     assert not any("starting" in ln for ln in lines[lines.index(working[0]):]), lines
     assert "24/24 images (100%)" in lines[-1] and "escalated 6 (25%)" in lines[-1], lines
+
+
+class Broken:
+    """A stage actor whose model doesn't load."""
+
+    def __init__(self, fail: bool) -> None:
+        if fail:
+            raise RuntimeError("no weights")
+
+    def __call__(self, batch: dict[str, list[int]]) -> dict[str, list[int]]:
+        return batch
+
+
+def test_a_pools_actors_show_loading_then_ready_and_a_failed_load_is_not_ready() -> None:
+    board = ProgressBoard()
+    seen: list[tuple[int, int]] = []
+
+    class Slow(Broken):
+        def __init__(self, fail: bool) -> None:
+            seen.append(board.snapshot()["actors"]["generate:a"])  # while the model loads
+            super().__init__(fail)
+
+    cls = counted(Slow, board, "generate:a")
+    cls(False)
+    with pytest.raises(RuntimeError, match="no weights"):
+        cls(True)
+    writer = counted(Broken, board, "write", rows=False)
+    writer(False)({"x": [1]})
+    snap = board.snapshot()
+    assert seen == [(1, 0), (1, 1)]  # loading; then one ready and the next loading
+    assert snap["actors"] == {"generate:a": (0, 1), "write": (0, 1)}
+    assert "write" not in snap["stages"]  # the writer's rows are counted by generator, not here
+
+
+def test_the_display_names_models_loading_before_any_row_moves() -> None:
+    import io
+    import time
+
+    from imagefleet.jobs.progress import ProgressDisplay
+    from imagefleet.pipelines.progress import Snapshot
+
+    display = ProgressDisplay(None, 96, io.StringIO(), "lines")
+    display.last = Snapshot(at=time.time(), total=96, actors={"preprocess": (0, 1), "generate:heavy": (2, 0)})
+    line = display.line()
+    assert "starting" not in line
+    assert "0/96 images written; stages: preprocess (1 ready), generate:heavy (0 ready, 2 loading)" in line
