@@ -284,7 +284,9 @@ class ProgressDisplay:
         if s is None or not (s.stages or s.actors):
             return ""
         shown = []
-        for name in dict.fromkeys([*s.actors, *s.stages]):
+        for name in dict.fromkeys([*(self.pools or {}), *s.actors, *s.stages]):  # in the plan's order
+            if name not in s.actors and name not in s.stages:
+                continue
             text = f"{name} {int(s.stages[name])} rows" if name in s.stages else name
             loading, ready = s.actors.get(name, (0, 0))
             if loading or ready:

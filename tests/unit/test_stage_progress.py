@@ -184,3 +184,19 @@ def test_the_display_names_models_loading_before_any_row_moves() -> None:
     line = display.line()
     assert "starting" not in line
     assert "0/96 images written; stages: preprocess (1 ready), generate:heavy (0 ready, 2 loading)" in line
+
+
+def test_the_display_lists_pools_in_the_plans_order_whatever_reported_first() -> None:
+    import io
+    import time
+
+    from imagefleet.jobs.progress import ProgressDisplay
+    from imagefleet.pipelines.pools import PREPROCESS_POOL
+    from imagefleet.pipelines.progress import Snapshot
+
+    pools = dict.fromkeys(("preprocess", "generate:draft", "score", "write"), PREPROCESS_POOL)
+    display = ProgressDisplay(None, 8, io.StringIO(), "lines", pools=pools)
+    display.last = Snapshot(at=time.time(), total=8, stages={"score": 2, "generate:draft": 4, "preprocess": 8},
+                            actors={"write": (0, 1), "generate:draft": (0, 2), "preprocess": (0, 1)})
+    assert display.stages_text() == ("preprocess 8 rows (1 ready), generate:draft 4 rows (2 ready), score 2 rows, "
+                                     "write (1 ready)")
