@@ -165,6 +165,10 @@ class InputLimits(StrictModel):
     """Larger files are refused (OpenAI's edit limit is 50 MB per image)."""
     max_image_pixels: int = Field(default=4096 * 4096, ge=64)
     """Larger images are refused (guards against decompression bombs)."""
+    max_readers: int = Field(default=2, ge=1, le=1024)
+    """Input reader actors at most (half a CPU each; the pool grows from one as rows queue). A row's files are
+    read, decoded and hashed once: ~17 ms of CPU a 512 px PNG, ~1.7 ms a JPEG (BENCHMARKS.md), so one GPU at
+    200+ img/s needs ~4 readers with PNG inputs."""
 
 
 def parse_variant(text: str) -> tuple[str, float | tuple[int, int]]:

@@ -220,7 +220,8 @@ def make_plan(cfg: JobConfig, stores: Stores, source_columns: list[str], num_row
         stages.append(declared_stage("inputs", InputReader, {"cfg": InputReaderConfig(
             task=cfg.source.task, image_column=cols.of("image"), mask_column=cols.of("mask"),
             base_uri=input_base(cfg.source.uri), allowed_roots=cfg.source.allowed_roots,
-            store=stores.inputs or stores.source, limits=cfg.source.inputs)}, INPUT_READER_POOL,
+            store=stores.inputs or stores.source, limits=cfg.source.inputs)},
+            replace(INPUT_READER_POOL, max_size=cfg.source.inputs.max_readers),
             reads=(cols.of("image"),), batch_format="pyarrow"))
     # 1 preprocess: validate, route, expand num_images, derive seeds and keys
     stages += [declared_stage("preprocess", PromptPreprocessor, {"cfg": prep_config(cfg, stores, source_columns)},

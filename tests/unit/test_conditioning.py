@@ -244,6 +244,11 @@ def test_make_plan_reads_inputs_first_only_when_rows_have_them() -> None:
     plan.check()
     assert [s.name for s in plan.stages][:2] == ["inputs", "preprocess"]
     assert plan.generator_stages()[0].kwargs["input_store"] == LOCAL
+    assert plan.stages[0].pool.max_size == 2  # the input readers grow to source.inputs.max_readers
+    raw = job()
+    raw["source"]["inputs"] = {"max_readers": 16}
+    wide = make_plan(parse_config(raw), STORES, ["prompt", "image"], 8)
+    assert (wide.stages[0].pool.min_size, wide.stages[0].pool.max_size) == (1, 16)
 
 
 def encoded(arr: np.ndarray | Image.Image, fmt: str = "PNG") -> bytes:
