@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from imagefleet.actors.keys import KEY_HEX_CHARS
 
 # Everything here is relative to the output root (`ObjectStore.uri_of` makes URIs of it) and pure, so the writer,
@@ -11,6 +13,8 @@ from imagefleet.actors.keys import KEY_HEX_CHARS
 IMAGES_DIR = "images"
 MANIFEST_DIR = "manifest"
 STAGING_DIR = f"{MANIFEST_DIR}/_staging"
+"""Where older versions staged a run's parts (`_staging/<attempt>/`, copied into `manifest/` at commit): an
+interrupted old run's parts there are still read by resume, and the next commit removes the folder."""
 MANIFEST_INDEX = f"{MANIFEST_DIR}/_manifest.json"
 """The commit point: the list of the current manifest's parts, written last (readers follow it)."""
 LEASE = f"{MANIFEST_DIR}/_lease.json"
@@ -88,19 +92,44 @@ def key_of_image(rel: str) -> str:
     return rel.rsplit("/", 1)[-1].split(".", 1)[0]
 
 
-def staging_dir(attempt: str) -> str:
-    """Folder the manifest parts of one run attempt stream into before they are committed."""
-    return f"{STAGING_DIR}/{attempt}"
+_UID = re.compile(r"[0-9a-f]{32}")
+
+
+def attempt_prefix(attempt: str) -> str:
+    """The name prefix of every manifest part of one run attempt (`<run_id>.<nonce>`): one LIST finds them."""
+    return f"{MANIFEST_DIR}/part-{attempt}-"
+
+
+def run_part(attempt: str, uid: str, rows: int) -> str:
+    """Relative path of one manifest part of a run attempt, written once where it lives:
+    `manifest/part-<attempt>-<uid>-<rows>r.parquet` (`uid`: 32 hex chars). It is part of the manifest once
+    `_manifest.json` lists it; the row count in the name lets the commit check the rows from one listing."""
+    if not _UID.fullmatch(uid) or rows < 0:
+        raise ValueError(f"a part needs a 32-hex-char uid and a row count >= 0, got {uid!r}, {rows}")
+    return f"{attempt_prefix(attempt)}{uid}-{rows}r.parquet"
+
+
+_RUN_PART = re.compile(r"part-(.+)-[0-9a-f]{32}-([0-9]+)r\.parquet")
+
+
+def run_part_rows(rel: str, attempt: str = "") -> int | None:
+    """The row count a `run_part` name states, or None when `rel` is no such name (an older version's part), or,
+    given `attempt`, a part of another attempt (`r.1`'s are not those of a run whose attempt is `r.1-x.2`)."""
+    found = _RUN_PART.fullmatch(rel.removeprefix(f"{MANIFEST_DIR}/"))
+    if rel.count("/") != 1 or found is None or (attempt and found.group(1) != attempt):
+        return None
+    return int(found.group(2))
 
 
 def manifest_part(attempt: str, n: int) -> str:
-    """Relative path of the n-th committed manifest part of one run attempt (`<run_id>.<nonce>`: a rerun with the
-    same run id never reuses a name)."""
+    """Relative path of the n-th manifest part of one run attempt as older versions named it (copied there from
+    staging at commit): outputs holding such parts read, resume and are collected the same way."""
     return f"{MANIFEST_DIR}/part-{attempt}-{n:05d}.parquet"
 
 
 def is_manifest_part(rel: str) -> bool:
-    """Whether `rel` is a committed manifest part (directly in `manifest/`, not staged)."""
+    """Whether `rel` is a manifest part (directly in `manifest/`, not staged by an older version): `run_part`
+    names and older versions' alike; `_manifest.json` says which are the manifest."""
     name = rel.rsplit("/", 1)[-1]
     return (rel.count("/") == 1 and rel.startswith(f"{MANIFEST_DIR}/") and name.startswith("part-")
             and name.endswith(".parquet"))

@@ -98,14 +98,19 @@ class LocalStore(ObjectStore):
     def list(self, rel_prefix: str) -> Iterator[tuple[str, int]]:
         root = Path(self.location.prefix)
         base = root / rel_prefix
-        if not base.exists():
-            return
-        for dirpath, _, files in os.walk(base):
-            for name in files:
-                if name.startswith(".tmp-"):  # a write in progress (or one that died): not an object
-                    continue
-                full = Path(dirpath, name)
-                yield str(full.relative_to(root)), full.stat().st_size
+        tops = [base] if base.exists() else []
+        if rel_prefix and not rel_prefix.endswith("/") and not base.is_dir() and base.parent.is_dir():
+            # a key prefix that ends mid-name (`manifest/part-<attempt>-`) lists as on S3: what its folder holds
+            # under names that start with it
+            tops = [base.parent / n for n in sorted(os.listdir(base.parent)) if n.startswith(base.name)]
+        for top in tops:
+            walk = os.walk(top) if top.is_dir() else [(str(top.parent), [], [top.name])]
+            for dirpath, _, files in walk:
+                for name in files:
+                    if name.startswith(".tmp-"):  # a write in progress (or one that died): not an object
+                        continue
+                    full = Path(dirpath, name)
+                    yield str(full.relative_to(root)), full.stat().st_size
 
     def delete_prefix(self, rel_prefix: str) -> None:
         shutil.rmtree(self._path(rel_prefix), ignore_errors=True)

@@ -24,11 +24,11 @@ from imagefleet.actors.layout import (
     EXTENSIONS,
     IMAGES_DIR,
     MANIFEST_DIR,
-    STAGING_DIR,
     format_of_mime,
     image_ext,
     image_rel,
 )
+from imagefleet.actors.manifest_index import current_parts
 from imagefleet.actors.manifest_schema import CARRIED, COLUMNS, iter_parts
 from imagefleet.actors.storage import RECORD_MAX_BYTES, ObjectStore, arrow_filesystem
 from imagefleet.actors.store_errors import is_transient
@@ -342,14 +342,16 @@ def load_index(store: ObjectStore, image_format: str, keep_provider_bytes: bool 
     # 2 manifest rows from committed parts and from runs that were interrupted before committing
     parts = [rel for rel, _ in store.list(f"{MANIFEST_DIR}/") if rel.endswith(".parquet")]
     fs, root = arrow_filesystem(store.location.uri, store.spec) if parts else (None, "")
+    committed = set(current_parts(store)) if parts else set()
+    loose = {f"{root}/{p}" for p in parts if p not in committed}  # no index lists them: interrupted runs' parts
     # 3 keep the rows that decide each key (columnar), remember where they are; parts are read one by one (a part
     # written by an older version reads a column it lacks as null)
     kept, positions, redirects, ok_keys = [], {}, {}, set()
     ok_elsewhere: set[str] = set()  # `<key>.<ext>` of ok rows whose image is not in a format this run takes
     offset = 0
-    staged = f"/{STAGING_DIR}/"  # an interrupted run's part that can't be read (torn by a kill) is left out
+    # an interrupted run's part that can't be read (torn by a kill) is left out; a committed one fails the run
     for batch in iter_parts(fs, [f"{root}/{p}" for p in parts], list(READ), store.spec.retry_budget_s,
-                            lambda path: staged in path, flat=True):
+                            loose.__contains__, flat=True):
         cols = {c: batch.column(c).to_pylist() for c in ("image_key", "status", "route", "draft_image_key", "mime",
                                                           "requests")}
         routes, drafts, mimes, sent = cols["route"], cols["draft_image_key"], cols["mime"], cols["requests"]

@@ -275,7 +275,7 @@ def text_to_image(base: Path, rows: int, arrays: dict[int, np.ndarray]
     m = measure(lambda t: stage_part(store, lease.attempt, _to_manifest_rows(t, lease.run_id)), parts[0],
                 parts[1:], rows - parts[0].num_rows)
     out.append(row("manifest", "manifest", f"typed rows, staged parts of {part_rows(rows)} rows", m, "write tasks"))
-    # 6 commit (the driver, once at the end): staged footers checked, parts copied, the index written
+    # 6 commit (the driver, once at the end): one listing of the parts (rows from their names), the index written
     m = measure(lambda _: commit(store, lease, rows), NO_WARM, [None], rows)
     lease.release()
     out.append(row("commit", "commit", f"{rows:,} rows in {len(parts)} parts", m, "driver, once at the end", "row"))

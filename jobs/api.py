@@ -180,7 +180,7 @@ def _execute(cfg: JobConfig, checked: _Checked, run_id: str, progress: str, verb
     from imagefleet.actors.storage import StorageError
     from imagefleet.actors.stores import open_store
     from imagefleet.jobs.executors import executor_for
-    from imagefleet.pipelines.commit import Lease, collect_garbage
+    from imagefleet.pipelines.commit import Lease
     from imagefleet.pipelines.manifest import write_run_json
     from imagefleet.pipelines.progress import read_board, stop_board
     from imagefleet.pipelines.report import write_report
@@ -194,7 +194,6 @@ def _execute(cfg: JobConfig, checked: _Checked, run_id: str, progress: str, verb
     with run_output(log, quiet=not verbose) as terminal:
         try:
             lease.acquire()
-            collect_garbage(objects, staging=False)  # parts of a commit that died before its index write
             executor.start()
             watch = runtime.watch_cluster(cfg)  # a joined cluster that goes away ends the run with one line,
             executor.check()  # while it waits for the pools' nodes too

@@ -3,14 +3,20 @@
     acquire    manifest/_lease.json, created with a conditional put (If-None-Match) and renewed while the run
                lives; another run on the same output is refused; an expired lease (or one whose driver died on
                this host) is taken over
-    stage      the run's parts stream to manifest/_staging/<attempt>/ (attempt = <run_id>.<nonce>: a rerun with
-               the same --run-id never mixes its parts with a crashed attempt's)
-    check      the staged rows must be exactly the rows the run requested (footers only), else nothing commits
-    copy       staged parts → manifest/part-<attempt>-NNNNN.parquet (new names: nothing current is overwritten)
+    write      the run's parts are written once, where they live: manifest/part-<attempt>-<uid>-<rows>r.parquet
+               (attempt = <run_id>.<nonce>: a rerun with the same --run-id never mixes its parts with a crashed
+               attempt's); no index lists them yet, so every reader that follows the index ignores them
+    check      one LIST of the attempt's name prefix: the rows the names state must be exactly the rows the run
+               requested (a part the store lost is missing from the listing), else nothing commits
     commit     manifest/_manifest.json is rewritten to list exactly those parts: the single atomic step; readers
                that follow it see the old manifest or the new one, never a mix
-    clean up   parts no longer listed and the staging folders are deleted (a crash here leaves only garbage,
-               removed by the next run that holds the lease)
+    clean up   parts no longer listed (earlier runs', attempts that never committed, whose rows resume read into
+               this run) and older versions' staging folder (manifest/_staging/) are deleted: a crash here leaves
+               only garbage, removed by the next commit
+
+The commit's requests don't grow with the run: a LIST page per 1,000 parts, the lease's HEAD and GET, one PUT.
+A kill before the index write leaves the previous manifest current and this attempt's parts unlisted: the next
+run's resume reads them (an unreadable one is left out), so nothing done is lost, and its commit removes them.
 """
 
 from __future__ import annotations
@@ -32,22 +38,26 @@ from imagefleet.actors.layout import (
     MANIFEST_DIR,
     MANIFEST_INDEX,
     STAGING_DIR,
+    attempt_prefix,
     is_manifest_part,
-    manifest_part,
-    staging_dir,
+    run_part,
+    run_part_rows,
 )
-from imagefleet.actors.storage import ObjectStore, StorageError, arrow_filesystem
-from imagefleet.actors.store_errors import with_retries
+from imagefleet.actors.manifest_index import current_parts
+from imagefleet.actors.storage import ObjectStore, StorageError
 
 if TYPE_CHECKING:
     import pyarrow as pa
 
 logger = logging.getLogger(__name__)
 
+__all__ = ["PARQUET_TYPE", "CommitError", "Lease", "OutputBusy", "collect_garbage", "commit", "current_parts",
+           "stage_part"]
+
 INDEX_VERSION = 1
 MAX_LEASE_TTL_S = 7 * 24 * 3600.0
 """The longest lease a run may write (`output.lease_ttl_s` is capped there): a lease expiring later is absurd."""
-COMMIT_THREADS = 16  # footer reads and copies are small requests: latency-bound
+COMMIT_THREADS = 16  # deletions after the commit are small requests: latency-bound
 
 
 class OutputBusy(StorageError):
@@ -188,101 +198,82 @@ class Lease:
         self.release()
 
 
-def current_parts(store: ObjectStore) -> list[str]:
-    """The parts of the current manifest: those `_manifest.json` lists (outputs written before the index existed:
-    every part in `manifest/`)."""
-    if store.exists(MANIFEST_INDEX):
-        index = json.loads(store.get(MANIFEST_INDEX))
-        return [str(p) for p in index["parts"]]
-    return sorted(rel for rel, _ in store.list(f"{MANIFEST_DIR}/") if is_manifest_part(rel))
-
-
-def staged_rows(store: ObjectStore, parts: list[str]) -> int:
-    """Rows in Parquet parts, from their footers (read concurrently: a run stages one part per block)."""
-    import pyarrow.parquet as pq
-
-    fs, root = arrow_filesystem(store.location.uri, store.spec)
-
-    def rows(part: str) -> int:
-        return int(with_retries(lambda: pq.read_metadata(f"{root}/{part}", filesystem=fs).num_rows,
-                                store.spec.retry_budget_s, f"read {part}"))
-
-    with ThreadPoolExecutor(max_workers=COMMIT_THREADS) as pool:
-        return sum(pool.map(rows, parts))
-
-
 PARQUET_TYPE = "application/vnd.apache.parquet"
 
 
 def stage_part(store: ObjectStore, attempt: str, table: pa.Table) -> str:
-    """Stage one manifest part of an attempt, whole or not at all: written by the store's `put` (a local file is
-    renamed into place once complete; an S3 PUT is atomic) within the retry budget. A part torn by a full disk
-    or a kill never appears under a part's name. Returns its relative path."""
+    """Write one manifest part of an attempt where it will live (`run_part`: its row count in its name), whole
+    or not at all: written by the store's `put` (a local file is renamed into place once complete; an S3 PUT is
+    atomic) within the retry budget. A part torn by a full disk or a kill never appears under a part's name, and
+    no reader that follows the index sees it before the commit lists it. Returns its relative path."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink)
-    rel = f"{staging_dir(attempt)}/{uuid.uuid4().hex}.parquet"
+    rel = run_part(attempt, uuid.uuid4().hex, table.num_rows)
     store.put(rel, sink.getvalue().to_pybytes(), PARQUET_TYPE)
     return rel
 
 
+def attempt_parts(store: ObjectStore, attempt: str) -> list[tuple[str, int]]:
+    """(part, rows) of every part an attempt wrote, from one listing of its name prefix (rows from the names),
+    in name order."""
+    found = []
+    for rel, size in store.list(attempt_prefix(attempt)):
+        rows = run_part_rows(rel, attempt)
+        if rows is not None and size > 0:  # (an empty object is no Parquet file: not a part)
+            found.append((rel, rows))
+    return sorted(found)
+
+
 def commit(store: ObjectStore, lease: Lease, expected_rows: int) -> list[str]:
-    """Make the lease attempt's staged parts the current manifest (see the module docstring); returns its parts.
+    """Make the lease attempt's parts the current manifest (see the module docstring); returns its parts.
 
     Raises:
-        CommitError: the staged rows are not the rows requested, or the lease was lost; nothing is committed and
-            the staged parts stay for the next run's resume.
+        CommitError: the attempt's rows are not the rows requested, or the lease was lost; nothing is committed and
+            the parts stay, unlisted, for the next run's resume.
     """
-    # 1 check: exactly one staged row per requested image
-    staged = sorted(rel for rel, _ in store.list(f"{staging_dir(lease.attempt)}/") if rel.endswith(".parquet"))
-    rows = staged_rows(store, staged)
+    # 1 check: exactly one row per requested image, from one listing (no read per part)
+    found = attempt_parts(store, lease.attempt)
+    parts, rows = [rel for rel, _ in found], sum(n for _, n in found)
     if rows != expected_rows:
         raise CommitError(f"the run staged {rows} manifest rows but requested {expected_rows} images; nothing was "
                           f"committed (a store that accepts writes but loses them? rerun to resume)")
-    # 2 copy under new names: the current manifest's files are never touched
-    parts = [manifest_part(lease.attempt, n) for n in range(len(staged))]
-    try:
-        with ThreadPoolExecutor(max_workers=COMMIT_THREADS) as pool:
-            list(pool.map(store.copy, staged, parts))  # server-side copies; list() re-raises the first failure
-    except Exception:
-        _delete_quietly(store, parts)  # not listed anywhere: only plain folder readers could see them
-        raise
-    # 3 the commit point: one small object, written last, after checking nobody took the output over
+    # 2 the commit point: one small object, written last, after checking nobody took the output over
     lease.check()
     index = {"version": INDEX_VERSION, "run_id": lease.run_id, "attempt": lease.attempt, "num_rows": rows,
              "committed_at": time.time(), "parts": parts}
     store.put(MANIFEST_INDEX, json.dumps(index, indent=1).encode(), "application/json")
     lease.committed = True
-    # 4 garbage: earlier parts and every staging folder (the lease holder is the only writer); after the commit
-    #   point nothing may fail the run: what isn't removed now is removed by the next run's collection
+    # 3 garbage: every part the index doesn't list and older versions' staging folder (the lease holder is the only
+    #   writer); after the commit point nothing may fail the run: what isn't removed now, the next commit removes
     try:
-        collect_garbage(store, staging=True)
+        collect_garbage(store, parts)
     except Exception as exc:  # noqa: BLE001 - garbage only
-        logger.warning("committed; cleaning up old parts of %s failed (the next run retries): %s",
+        logger.warning("committed; cleaning up old parts of %s failed (the next commit retries): %s",
                        store.location.uri, exc)
     return parts
 
 
-def collect_garbage(store: ObjectStore, staging: bool) -> None:
-    """Delete manifest parts the index doesn't list (left by a commit that died before its index write), and with
-    `staging` all staged parts. Only call while holding the lease.
-
-    Staged parts of interrupted runs are read by resume when a run starts, so they may only go once that run's
-    manifest, which includes their rows, is committed.
-    """
-    if store.exists(MANIFEST_INDEX):  # before the first index, every part in manifest/ is the manifest
-        listed = set(current_parts(store))
-        stale = [rel for rel, _ in store.list(f"{MANIFEST_DIR}/") if is_manifest_part(rel) and rel not in listed]
-        _delete_quietly(store, stale)
-    if staging:
+def collect_garbage(store: ObjectStore, listed: list[str]) -> None:
+    """Delete the manifest parts the just-written index (`listed`) doesn't name and older versions' staging folder
+    (`manifest/_staging/`). Only right after a commit, holding the lease: until a commit includes their rows, the
+    parts of interrupted runs are what the next run's resume reads."""
+    keep, stale, staged = set(listed), [], False
+    for rel, _ in store.list(f"{MANIFEST_DIR}/"):
+        if is_manifest_part(rel) and rel not in keep:
+            stale.append(rel)
+        staged = staged or rel.startswith(f"{STAGING_DIR}/")
+    if stale:
+        with ThreadPoolExecutor(max_workers=COMMIT_THREADS) as pool:
+            list(pool.map(lambda rel: _delete_quietly(store, rel), stale))
+    if staged:
         store.delete_prefix(STAGING_DIR)
 
 
-def _delete_quietly(store: ObjectStore, rels: list[str]) -> None:
-    for rel in rels:
-        try:
-            store.delete(rel)
-        except Exception as exc:  # noqa: BLE001 - garbage; the next commit tries again
-            logger.warning("could not delete %s: %s", rel, exc)
+def _delete_quietly(store: ObjectStore, rel: str) -> None:
+    try:
+        store.delete(rel)
+    except Exception as exc:  # noqa: BLE001 - garbage; the next commit tries again
+        logger.warning("could not delete %s: %s", rel, exc)

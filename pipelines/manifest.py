@@ -64,7 +64,7 @@ def write_manifest(ds: ray.data.Dataset, objects: ObjectStore, lease: Lease, exp
                    pass_through: pa.Schema | None = None) -> RunSummary:
     """Execute the graph and commit the manifest (pipelines/commit.py: the protocol).
 
-    Parts stream into `manifest/_staging/<attempt>/` while images are written; only when every row is done, and
+    Parts stream into `manifest/`, unlisted, while images are written; only when every row is done, and
     there is exactly one row per requested image, do they become the current manifest (`_manifest.json`, written
     last), so a reader never sees a partial manifest.
 
@@ -77,7 +77,7 @@ def write_manifest(ds: ray.data.Dataset, objects: ObjectStore, lease: Lease, exp
             pass_through_schema`); None: none.
     """
     started = time.time()
-    # 1 run: rows stream through the pools; parts land in this attempt's staging folder
+    # 1 run: rows stream through the pools; this attempt's parts land in manifest/, unlisted until the commit
     from imagefleet.pipelines.staged_parts import StagedParts
 
     ds = manifest_rows(ds, lease.run_id, pass_through)
@@ -112,7 +112,7 @@ def write_manifest_tables(tables: Iterable[pa.Table], objects: ObjectStore, leas
 
 def _commit_and_summarize(objects: ObjectStore, lease: Lease, expected_rows: int, started: float) -> RunSummary:
     wall = time.time() - started
-    # 2 commit: checked, copied, then one index write makes it current; older parts and staging go
+    # 2 commit: rows checked from one listing, then one index write makes the parts current; older parts go
     commit(objects, lease, expected_rows)
     # 3 summarize from the committed parts (column batches: driver memory stays flat); the run is committed now,
     #   so a store that fails past its retry budget here leaves a summary that says so, not a failed run
@@ -134,7 +134,7 @@ output blocks already this big are not bundled at all: bundling them to 1,024 ro
 
 def part_rows(expected_rows: int) -> int:
     """The fewest rows a staged manifest part gets: writer batches are bundled into parts of about 1/16 of the run,
-    at most MAX_PART_ROWS. Each part is one write task, one object and one copy at commit (measured on the
+    at most MAX_PART_ROWS. Each part is one write task and one object (measured on the
     stand-in benchmark: parts of one writer batch cost ~3 ms of CPU per image, parts of 512 rows ~1.3).
 
     The cost of bigger parts: a run killed before a bundle is staged leaves those images without a manifest row,

@@ -111,7 +111,7 @@ def commit_dataset(ds: ray.data.Dataset, cfg: JobConfig, stores: Stores, objects
     """
     import ray
 
-    from imagefleet.pipelines.commit import Lease, collect_garbage
+    from imagefleet.pipelines.commit import Lease
     from imagefleet.pipelines.manifest import write_manifest
 
     # 1 the rows, once, and what they ask for
@@ -127,6 +127,5 @@ def commit_dataset(ds: ray.data.Dataset, cfg: JobConfig, stores: Stores, objects
     plan = make_plan(cfg, stores, prepared.columns, num_rows)  # blocks sized for the rows there are
     plan.check()
     with Lease(objects, run_id, cfg.output.lease_ttl_s) as lease:
-        collect_garbage(objects, staging=False)
         return write_manifest(apply_stages(rows, cfg, plan), objects, lease, expected, prepared.pass_through)
 

@@ -1,5 +1,5 @@
-"""StagedParts: the Ray Data sink that stages a run's manifest parts (pipelines/commit.py `stage_part`: each part
-whole or not at all, within the store's retry budget)."""
+"""StagedParts: the Ray Data sink that writes a run's manifest parts where they live, unlisted until the commit
+(pipelines/commit.py `stage_part`: each part whole or not at all, within the store's retry budget)."""
 
 from __future__ import annotations
 
@@ -15,12 +15,12 @@ from imagefleet.pipelines.commit import stage_part
 
 
 class StagedParts(Datasink[None]):
-    """Writes each write task's blocks as one staged part of `attempt` (Ray bundles blocks up to `min_rows`).
+    """Writes each write task's blocks as one manifest part of `attempt` (Ray bundles blocks up to `min_rows`).
 
     Args:
         uri: the output.
         spec: its resolved connection.
-        attempt: the lease attempt whose staging folder the parts go to.
+        attempt: the lease attempt whose parts these are (`manifest/part-<attempt>-…`).
         min_rows: the fewest rows a part gets (`pipelines.manifest.part_rows`).
     """
 

@@ -273,20 +273,13 @@ class Killed(BaseException):
 
 
 def _kill_at(step: str, monkeypatch: Any) -> None:
-    """Make the driver die right before the 2nd part copy (`copy`), right before the index write (`index`), or
-    right after it (`gc`), leaving the store as a kill -9 there would; its lease is left behind too."""
+    """Make the driver die right before the index write (`index`: every part is written, none listed) or right
+    after it (`gc`), leaving the store as a kill -9 there would; its lease is left behind too."""
     from imagefleet.actors.layout import MANIFEST_INDEX
     from imagefleet.actors.s3_store import S3Store
     from imagefleet.pipelines.commit import Lease
 
-    copies = {"n": 0}
-    real_copy, real_put = S3Store.copy, S3Store.put
-
-    def copy(self: Any, src: str, dst: str) -> None:
-        if step == "copy" and copies["n"] == 1:
-            raise Killed(step)
-        copies["n"] += 1
-        real_copy(self, src, dst)
+    real_put = S3Store.put
 
     def put(self: Any, rel: str, data: bytes, content_type: str = "application/octet-stream") -> None:
         if rel == MANIFEST_INDEX and step == "index":
@@ -295,7 +288,6 @@ def _kill_at(step: str, monkeypatch: Any) -> None:
         if rel == MANIFEST_INDEX and step == "gc":
             raise Killed(step)
 
-    monkeypatch.setattr(S3Store, "copy", copy)
     monkeypatch.setattr(S3Store, "put", put)
     monkeypatch.setattr(Lease, "release", lambda self: self._stop.set())  # a dead driver releases nothing
 
@@ -303,20 +295,20 @@ def _kill_at(step: str, monkeypatch: Any) -> None:
 def test_chaos_driver_killed_at_each_step_of_the_commit(
     tmp_path: Path, s3_env: Any, bucket: str, ray_cluster: None
 ) -> None:
-    """Die right before a part copy, right before the index write and right after it: readers that follow the
-    index always see one complete manifest, and the next run leaves exactly one of everything."""
+    """Die right before the index write (every part written, none listed) and right after it: readers that follow
+    the index always see one complete manifest, and the next run leaves exactly one of everything."""
     import json
 
     n = 48
     raw = sleep_job(prompts(tmp_path / "p.parquet", n), f"s3://{bucket}/commit")
-    raw["source"]["num_rows_per_block"] = 8  # several staged parts
+    raw["source"]["num_rows_per_block"] = 8  # several parts
     # the commit is the same whoever staged the parts: in process, each of these five runs takes a second
     raw["cluster"]["executor"] = "in_process"
     cfg = write_config(tmp_path / "job.yaml", raw)
     assert generate.main([str(cfg), "--run-id", "first"]) == 0
     assert_exactly_once(s3_env, bucket, "commit", n)
     client = s3_env.client()
-    for step, current in (("copy", "first"), ("gc", "killed-gc")):  # `index`: tests/unit/test_commit.py
+    for step, current in (("index", "first"), ("gc", "killed-gc")):
         with pytest.MonkeyPatch.context() as mp:
             _kill_at(step, mp)
             with pytest.raises(Killed):

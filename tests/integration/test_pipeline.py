@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from imagefleet.actors.layout import IMAGES_DIR, REPORT_HTML, RUN_JSON, STAGING_DIR
+from imagefleet.actors.layout import IMAGES_DIR, MANIFEST_INDEX, REPORT_HTML, RUN_JSON, STAGING_DIR
 from imagefleet.jobs import generate
 from tests.helpers import REPO, tiny_job, write_config, write_prompts
 
@@ -76,6 +76,10 @@ def test_100_prompts_mixed_sizes_then_idempotent_rerun(
     assert len(images_before) == 100
     run_json = json.loads(client.get_object(Bucket=bucket, Key=f"run/{RUN_JSON}")["Body"].read())
     assert run_json["summary"]["num_ok"] == 100 and run_json["summary"]["num_written"] == 100
+    # the parts were written where they live and the index lists exactly them: no staging, no leftovers
+    index = json.loads(client.get_object(Bucket=bucket, Key=f"run/{MANIFEST_INDEX}")["Body"].read())
+    assert sorted(k for k in objects(s3_env, bucket, "run/manifest/") if "/part-" in k) == sorted(
+        f"run/{p}" for p in index["parts"])
     assert not [k for k in objects(s3_env, bucket, f"run/{STAGING_DIR}/")]
     report = client.get_object(Bucket=bucket, Key=f"run/{REPORT_HTML}")["Body"].read().decode()
     assert "Contact sheet" in report and report.count("data:image/jpeg;base64,") >= 40

@@ -1,4 +1,5 @@
-"""The manifest commit protocol on a local store: lease, row-count check, one-step commit, garbage."""
+"""The manifest commit protocol on a local store: lease, row-count check, one-step commit, garbage; parts are
+written once where they live (no copy), and the commit's requests don't grow with the parts."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import os
 import subprocess
 import sys
 import time
+import uuid
+from collections import Counter
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -15,25 +18,49 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from imagefleet.actors.layout import LEASE, MANIFEST_INDEX, manifest_part, staging_dir
+from imagefleet.actors.layout import LEASE, MANIFEST_INDEX, STAGING_DIR, attempt_prefix, run_part
+from imagefleet.actors.resume_index import load_index
+from imagefleet.actors.storage import ObjectStore
 from imagefleet.actors.stores import open_store
 from imagefleet.configs.storage import StoreSpec
-from imagefleet.pipelines.commit import CommitError, Lease, OutputBusy, collect_garbage, commit, current_parts
+from imagefleet.pipelines.commit import CommitError, Lease, OutputBusy, commit, current_parts, stage_part
 
 LOCAL = StoreSpec(kind="local")
 
 
+def error_rows(prefix: str, count: int) -> pa.Table:
+    """Manifest rows resume takes without an image object (error rows), keys `<prefix>-<i>`."""
+    return pa.table({"image_key": [f"{prefix}-{i}" for i in range(count)], "status": ["error"] * count,
+                     "error": ["boom"] * count})
+
+
 def stage(root: Path, attempt: str, rows: int, files: int = 2) -> None:
-    folder = root / staging_dir(attempt)
-    folder.mkdir(parents=True, exist_ok=True)
+    """An attempt's parts, as a run's write tasks leave them (`stage_part`)."""
+    store = open_store(str(root), LOCAL)
     per = rows // files
     for n in range(files):
         count = per if n < files - 1 else rows - per * (files - 1)
-        pq.write_table(pa.table({"image_key": [f"{attempt}-{n}-{i}" for i in range(count)]}), folder / f"{n}.parquet")
+        stage_part(store, attempt, error_rows(f"{attempt}-{n}", count))
+
+
+def stage_old_layout(root: Path, attempt: str, rows: int) -> Path:
+    """A part as versions before parts were written in place staged it: `manifest/_staging/<attempt>/<uuid>`."""
+    folder = root / STAGING_DIR / attempt
+    folder.mkdir(parents=True, exist_ok=True)
+    pq.write_table(error_rows(f"{attempt}-old", rows), folder / f"{uuid.uuid4().hex}.parquet")
+    return folder
 
 
 def rows_of(root: Path, parts: list[str]) -> int:
     return sum(pq.read_metadata(root / p).num_rows for p in parts)
+
+
+def attempt_files(root: Path, attempt: str) -> list[Path]:
+    return sorted(root.glob(f"{attempt_prefix(attempt)}*.parquet"))
+
+
+class Killed(BaseException):
+    """The driver killed at this point (nothing catches it, nothing cleans up)."""
 
 
 def test_a_second_run_is_refused_while_the_first_holds_the_output(tmp_path: Path) -> None:
@@ -75,14 +102,16 @@ def test_the_lease_is_renewed_while_the_run_lives(tmp_path: Path) -> None:
             Lease(store, "other", ttl_s=60).acquire()
 
 
-def test_commit_makes_the_staged_parts_current_in_one_step(tmp_path: Path) -> None:
+def test_commit_makes_the_parts_current_in_one_step(tmp_path: Path) -> None:
     store = open_store(str(tmp_path), LOCAL)
     with Lease(store, "r1", ttl_s=60) as one:
         stage(tmp_path, one.attempt, 10)
+        written = sorted(str(p.relative_to(tmp_path)) for p in attempt_files(tmp_path, one.attempt))
         parts = commit(store, one, expected_rows=10)
     index = json.loads((tmp_path / MANIFEST_INDEX).read_text())
     assert index["parts"] == parts == current_parts(store) and index["num_rows"] == 10 and index["run_id"] == "r1"
-    assert not (tmp_path / "manifest" / "_staging").exists()
+    assert parts == written  # listed where they were written: nothing copied
+    assert not (tmp_path / STAGING_DIR).exists()
     # the next run replaces it: old parts go, and plain folder readers see only the new manifest
     with Lease(store, "r2", ttl_s=60) as two:
         stage(tmp_path, two.attempt, 7, files=3)
@@ -102,57 +131,148 @@ def test_a_row_count_mismatch_commits_nothing(tmp_path: Path) -> None:
         vanished = mock.patch.object(type(store), "list", return_value=iter([]))  # writes that were lost
         with vanished, pytest.raises(CommitError, match="staged 0 manifest rows"):
             commit(store, lease, expected_rows=5)
-    assert not (tmp_path / MANIFEST_INDEX).exists()
-    assert (tmp_path / staging_dir(lease.attempt)).exists()  # kept for the next run's resume
+        next(p for p in attempt_files(tmp_path, lease.attempt) if p.name.endswith("-2r.parquet")).unlink()  # lost
+        with pytest.raises(CommitError, match="staged 3 manifest rows but requested 5"):
+            commit(store, lease, expected_rows=5)
+    assert not (tmp_path / MANIFEST_INDEX).exists() and current_parts(store) == []
+    assert len(attempt_files(tmp_path, lease.attempt)) == 1  # kept, unlisted, for the next run's resume
 
 
-@pytest.mark.parametrize("fail_after", [0, 1, 2])
-def test_a_failure_during_the_copy_leaves_the_previous_manifest_current(tmp_path: Path, fail_after: int) -> None:
+@pytest.mark.parametrize("death", [Killed("kill -9"), OSError(28, "No space left on device")], ids=["kill", "full"])
+def test_death_between_the_parts_and_the_index_leaves_the_old_manifest_and_loses_nothing(
+        tmp_path: Path, death: BaseException) -> None:
+    """The run's parts are written, its index write never happens: readers keep the previous manifest, the next
+    run's resume reads the dead run's rows, and its commit removes them."""
     store = open_store(str(tmp_path), LOCAL)
     with Lease(store, "good", ttl_s=60) as good:
         stage(tmp_path, good.attempt, 4)
         before = commit(store, good, expected_rows=4)
-    real_copy, calls = type(store).copy, []
+    real_put = type(store).put
 
-    def flaky(self: Any, src: str, dst: str) -> None:
-        if len(calls) >= fail_after:
-            raise OSError(28, "No space left on device")
-        calls.append(dst)
-        real_copy(self, src, dst)
+    def put(self: Any, rel: str, data: bytes, content_type: str = "") -> None:
+        if rel == MANIFEST_INDEX:
+            raise death
+        real_put(self, rel, data, content_type)
 
-    with Lease(store, "full-disk", ttl_s=60) as lease:
-        stage(tmp_path, lease.attempt, 9, files=3)
-        with mock.patch.object(type(store), "copy", flaky), pytest.raises(OSError):
-            commit(store, lease, expected_rows=9)
+    with Lease(store, "dies", ttl_s=60) as dead:
+        stage(tmp_path, dead.attempt, 9, files=3)
+        with mock.patch.object(type(store), "put", put), pytest.raises(type(death)):
+            commit(store, dead, expected_rows=9)
+        assert not dead.committed
     assert current_parts(store) == before and rows_of(tmp_path, before) == 4
-    # the half-copied parts were removed: even a plain folder reader sees only the current manifest
-    assert sorted((tmp_path / "manifest").glob("*.parquet")) == sorted(tmp_path / p for p in before)
+    assert len(attempt_files(tmp_path, dead.attempt)) == 3  # unlisted: only plain folder readers could see them
+    # the next run resumes the dead run's rows (and the current manifest's)
+    index = load_index(store, "png")
+    assert {f"{dead.attempt}-{n}-0" for n in range(3)} | {f"{good.attempt}-0-0"} <= set(index.positions)
+    with Lease(store, "next", ttl_s=60) as after:
+        stage(tmp_path, after.attempt, 9, files=3)
+        parts = commit(store, after, expected_rows=9)
+    assert sorted((tmp_path / "manifest").glob("*.parquet")) == sorted(tmp_path / p for p in parts)
 
 
 def test_a_rerun_with_the_same_run_id_commits_only_its_own_rows(tmp_path: Path) -> None:
-    """Orchestrators retry with deterministic ids: a crashed attempt's staged parts must not be committed."""
+    """Orchestrators retry with deterministic ids: a crashed attempt's parts must not be committed, nor those of
+    an attempt whose name merely starts with this one's."""
     store = open_store(str(tmp_path), LOCAL)
-    crashed = Lease(store, "nightly-7", ttl_s=60)  # crashed attempt: staged, never committed, lease gone
+    crashed = Lease(store, "nightly-7", ttl_s=60)  # crashed attempt: written, never committed, lease gone
     stage(tmp_path, crashed.attempt, 512)
     with Lease(store, "nightly-7", ttl_s=60) as retry:
         assert retry.attempt != crashed.attempt
+        stage(tmp_path, f"{retry.attempt}-x.1", 5, files=1)  # run id `nightly-7.<nonce>-x`: same name prefix
         stage(tmp_path, retry.attempt, 600)
         commit(store, retry, expected_rows=600)
     assert rows_of(tmp_path, current_parts(store)) == 600
+    assert not attempt_files(tmp_path, crashed.attempt)  # its rows were the retry's to resume: now garbage
 
 
-def test_parts_of_a_commit_that_died_before_its_index_write_are_garbage(tmp_path: Path) -> None:
+def test_the_commit_copies_nothing_and_its_requests_do_not_grow_with_the_parts(tmp_path: Path) -> None:
+    """One LIST of the attempt's parts (rows from their names), the lease's HEAD and GET, the index PUT and the
+    garbage LIST, whether the run wrote 1 part or 50: no footer read, no copy per part."""
+
+    class Counting:
+        """The store, counting calls per method (on S3 each is one request; a LIST one per 1,000 names)."""
+
+        def __init__(self, store: ObjectStore) -> None:
+            self.store, self.calls = store, Counter[str]()
+
+        def __getattr__(self, name: str) -> Any:
+            attr = getattr(self.store, name)
+            if not callable(attr):
+                return attr
+
+            def call(*args: Any, **kwargs: Any) -> Any:
+                self.calls[name] += 1
+                return attr(*args, **kwargs)
+            return call
+
+    counts = {}
+    for n in (1, 50):
+        store = open_store(str(tmp_path / f"parts{n}"), LOCAL)
+        with Lease(store, "r", ttl_s=60) as lease:
+            stage(tmp_path / f"parts{n}", lease.attempt, 3 * n, files=n)
+            counting = Counting(store)
+            lease.store = counting  # type: ignore[assignment]
+            no_reads = mock.patch("pyarrow.parquet.read_metadata", side_effect=AssertionError("a footer read"))
+            with no_reads, mock.patch("pyarrow.parquet.ParquetFile", side_effect=AssertionError("a part read")):
+                assert len(commit(counting, lease, expected_rows=3 * n)) == n  # type: ignore[arg-type]
+            lease.store = store
+        counts[n] = counting.calls
+    assert counts[1] == counts[50] == {"list": 2, "exists": 1, "get": 1, "put": 1}
+
+
+def test_an_old_layout_staged_part_is_resumed_and_removed_by_the_next_commit(tmp_path: Path) -> None:
+    """Outputs of versions that staged parts in `manifest/_staging/<attempt>/`: an interrupted run's rows there
+    are resumed (a torn one left out) and the next commit removes the folder."""
     store = open_store(str(tmp_path), LOCAL)
     with Lease(store, "r1", ttl_s=60) as one:
         stage(tmp_path, one.attempt, 3)
         current = commit(store, one, expected_rows=3)
-    orphan = tmp_path / manifest_part("r2.dead", 0)  # copied, then kill -9 before the index write
-    pq.write_table(pa.table({"image_key": ["x"]}), orphan)
-    stage(tmp_path, "r2.dead", 1, files=1)
+    folder = stage_old_layout(tmp_path, "old.dead", 2)
+    (folder / "torn.parquet").write_bytes(b"PAR1 half a part")
     assert current_parts(store) == current  # readers following the index never see it
-    with Lease(store, "r3", ttl_s=60):
-        collect_garbage(store, staging=False)  # what a run does right after taking the lease
-    assert not orphan.exists() and (tmp_path / staging_dir("r2.dead")).exists()  # staging stays for resume
+    index = load_index(store, "png")
+    assert {"old.dead-old-0", "old.dead-old-1", f"{one.attempt}-0-0"} <= set(index.positions)
+    with Lease(store, "r2", ttl_s=60) as two:
+        stage(tmp_path, two.attempt, 4)
+        commit(store, two, expected_rows=4)
+    assert not (tmp_path / STAGING_DIR).exists()
+
+
+def test_an_unreadable_part_fails_resume_only_when_it_is_committed(tmp_path: Path) -> None:
+    """A torn part no index lists (a dead run's) is left out; a torn committed part is a broken output: loud."""
+    store = open_store(str(tmp_path), LOCAL)
+    with Lease(store, "r1", ttl_s=60) as one:
+        stage(tmp_path, one.attempt, 4)
+        current = commit(store, one, expected_rows=4)
+    (tmp_path / run_part("dead.1", uuid.uuid4().hex, 7)).write_bytes(b"PAR1 torn")
+    assert f"{one.attempt}-1-0" in load_index(store, "png").positions
+    (tmp_path / current[0]).write_bytes(b"PAR1 torn")
+    with pytest.raises(pa.ArrowInvalid):
+        load_index(store, "png")
+
+
+def test_readers_of_the_part_list_see_only_committed_parts_mid_commit(tmp_path: Path) -> None:
+    """Before the first commit nothing is current (the parts written so far are no manifest yet); right before a
+    later commit's index write, the previous run's parts and nothing else."""
+    from imagefleet.pipelines.manifest import manifest_files
+
+    store = open_store(str(tmp_path), LOCAL)
+    seen: list[list[str]] = []
+    real_check = Lease.check
+
+    def check(self: Lease) -> None:  # right before the index write: every part of the run is in manifest/
+        seen.append(manifest_files(store))
+        real_check(self)
+
+    with mock.patch.object(Lease, "check", check):
+        for run, rows in (("first", 4), ("second", 6)):
+            with Lease(store, run, ttl_s=60) as lease:
+                stage(tmp_path, lease.attempt, rows)
+                commit(store, lease, expected_rows=rows)
+            seen.append(manifest_files(store))
+    before_first, first, before_second, second = seen
+    assert before_first == [] and before_second == first and len(first) == 2 and first != second
+    assert rows_of(tmp_path, [store.rel_of(f) for f in second]) == 6
 
 
 def test_losing_the_lease_before_the_commit_point_commits_nothing(tmp_path: Path) -> None:
@@ -165,4 +285,5 @@ def test_losing_the_lease_before_the_commit_point_commits_nothing(tmp_path: Path
         commit(store, lease, expected_rows=2)
     lease.release()
     assert not (tmp_path / MANIFEST_INDEX).exists() and (tmp_path / LEASE).exists()  # the thief's lease stays
+    assert len(attempt_files(tmp_path, lease.attempt)) == 2  # unlisted, for the next run's resume
     os.remove(tmp_path / LEASE)

@@ -8,6 +8,7 @@ from imagefleet.actors import layout
 from imagefleet.actors.keys import image_key
 
 KEY = "ab" + "0" * 38
+UID = "0123456789abcdef" * 2
 
 
 def test_paths_are_the_documented_ones() -> None:
@@ -15,8 +16,10 @@ def test_paths_are_the_documented_ones() -> None:
     assert layout.image_rel(KEY, "webp") == f"images/ab/{KEY}.webp"
     assert layout.image_pattern("png") == "images/<key[:2]>/<key>.png"
     assert layout.MANIFEST_DIR == "manifest"
-    assert layout.staging_dir("r7") == "manifest/_staging/r7"
-    assert layout.manifest_part("r7", 3) == "manifest/part-r7-00003.parquet"
+    assert layout.run_part("r7.ab12", UID, 512) == f"manifest/part-r7.ab12-{UID}-512r.parquet"
+    assert layout.attempt_prefix("r7.ab12") == "manifest/part-r7.ab12-"
+    assert layout.manifest_part("r7", 3) == "manifest/part-r7-00003.parquet"  # older versions' committed copies
+    assert layout.STAGING_DIR == "manifest/_staging"  # older versions' staged parts
     assert layout.batches_dir("openai") == "_batches/openai"
     assert layout.batch_record("gemini", "batches/x1") == "_batches/gemini/batches_x1.json"
     assert layout.webdataset_dir("r7") == "webdataset/r7"
@@ -47,9 +50,24 @@ def test_image_paths_never_escape_the_prefix() -> None:
 def test_parsing_inverts_building() -> None:
     assert layout.key_of_image(layout.image_rel(KEY, "jpeg")) == KEY
     assert layout.is_manifest_part(layout.manifest_part("r7", 0))
-    assert not layout.is_manifest_part(f"{layout.staging_dir('r7')}/part-0.parquet")  # staged, not committed
+    assert layout.is_manifest_part(layout.run_part("r7.1", UID, 3))
+    assert not layout.is_manifest_part(f"{layout.STAGING_DIR}/r7/part-0.parquet")  # staged by an older version
     assert not layout.is_manifest_part("manifest/notes.txt")
     assert layout.MANIFEST_INDEX == "manifest/_manifest.json" and layout.LEASE == "manifest/_lease.json"
+
+
+def test_a_part_name_states_its_rows_and_whose_it_is() -> None:
+    """The commit counts rows from one listing and takes only its own attempt's parts: `r.1`'s listing prefix
+    also matches the parts of a run named `r.1-x`, whose attempt is not `r.1`."""
+    part = layout.run_part("r.1", UID, 37)
+    assert layout.run_part_rows(part) == 37 and layout.run_part_rows(part, "r.1") == 37
+    other = layout.run_part("r.1-x.2", UID, 5)
+    assert other.startswith(layout.attempt_prefix("r.1")) and layout.run_part_rows(other, "r.1") is None
+    assert layout.run_part_rows(other, "r.1-x.2") == 5
+    assert layout.run_part_rows(layout.manifest_part("r.1", 0)) is None  # an older version's name
+    assert layout.run_part_rows(f"{layout.STAGING_DIR}/{part.rsplit('/', 1)[1]}") is None  # not in manifest/
+    with pytest.raises(ValueError, match="32-hex-char uid"):
+        layout.run_part("r.1", "../x", 1)
 
 
 def test_plan_text_names_the_stored_extension() -> None:
