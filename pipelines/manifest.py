@@ -6,7 +6,7 @@ import json
 import logging
 import time
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from imagefleet.actors.hosted import STOPPED
@@ -55,6 +55,8 @@ class RunSummary:
     """Why the counts are zero although the run committed (the store failed while they were read back)."""
     started_at: float = 0.0
     """Unix time the run's graph started (where wall_s starts)."""
+    commit_s: float = 0.0
+    """Seconds the commit took after the last row was staged (row-count check, index write, garbage)."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -114,16 +116,17 @@ def _commit_and_summarize(objects: ObjectStore, lease: Lease, expected_rows: int
     wall = time.time() - started
     # 2 commit: rows checked from one listing, then one index write makes the parts current; older parts go
     commit(objects, lease, expected_rows)
+    commit_s = round(time.time() - started - wall, 3)
     # 3 summarize from the committed parts (column batches: driver memory stays flat); the run is committed now,
     #   so a store that fails past its retry budget here leaves a summary that says so, not a failed run
     try:
-        return _summarize(objects, lease.run_id, wall, started)
+        return replace(_summarize(objects, lease.run_id, wall, started), commit_s=commit_s)
     except Exception as exc:  # noqa: BLE001 - after the commit point nothing fails the run
         logger.warning("committed; the summary could not be read back: %s", exc)
         return RunSummary(lease.run_id, expected_rows, 0, 0, 0, 0, 0, 0, 0, 0.0, round(wall, 3), 0.0,
                           objects.uri_of(MANIFEST_DIR), objects.uri_of(IMAGES_DIR), [],
                           unread=f"committed, but the manifest could not be read back for this summary: {exc}",
-                          started_at=started)
+                          started_at=started, commit_s=commit_s)
 
 
 MAX_PART_ROWS = 512
