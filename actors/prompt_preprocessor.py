@@ -6,7 +6,6 @@ import json
 import math
 import random
 import time
-from decimal import Decimal
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -16,10 +15,10 @@ from imagefleet.actors.bounded_template import compile_template
 from imagefleet.actors.cells import ERROR_TEXT_CHARS, Undecodable, clipped, column_values
 from imagefleet.actors.input_reader import INPUT_OUTPUT_COLUMNS
 from imagefleet.actors.keys import adapters_text, combination_id, derive_row_id, derive_seed, key_of
-from imagefleet.actors.manifest_schema import PRIOR, prior_text
+from imagefleet.actors.manifest_schema import PRIOR
 from imagefleet.actors.pass_through import PASS_THROUGH, encode_rows
-from imagefleet.actors.resume_index import ResumeIndex, load_index
-from imagefleet.actors.stores import open_store
+from imagefleet.actors.row_settings import convert, parse_adapters
+from imagefleet.actors.run_ledger import PENDING, RunLedger, resume_states, settle
 from imagefleet.configs.generator_base import STRENGTH_TASKS
 from imagefleet.configs.prep import PrepConfig
 from imagefleet.configs.request import BY_NAME, DEFAULTED_SETTINGS, MAX_SIDE, ROW_COLUMNS, ROW_SET, numpy_dtype
@@ -38,6 +37,8 @@ class PromptPreprocessor:
 
     Args:
         cfg: this stage's slice (column mapping, routing, generator identities).
+        ledger: the run's ledger actor (resume index and budget), shared by the pool's actors; None: this actor
+            keeps its own (`actors.run_ledger`; a run in process, a preview, serving's gateway).
     """
 
     INPUT_COLUMNS = {"<prompt_column>": "prompt text (required)"}
@@ -64,17 +65,13 @@ class PromptPreprocessor:
         PASS_THROUGH: "JSON of the input row's pass-through column values ('' when none are carried)",
     }
 
-    def __init__(self, cfg: PrepConfig) -> None:
+    def __init__(self, cfg: PrepConfig, ledger: Any = None) -> None:
         self.cfg = cfg
         # a prompt template is compiled once per actor, and renders within the prompts' length limit
         self.template_columns = cfg.template.columns() if cfg.template is not None else []
         self.template = compile_template(cfg.template.text, cfg.max_prompt_chars) if cfg.template else None
-        # resume: what the output already holds, loaded once per actor (like a model)
-        self.spent_usd = 0.0  # estimated spend of the rows scheduled so far (one preprocessor actor per run)
-        self.prior = ResumeIndex()
-        if cfg.resume is not None and cfg.resume.skip_existing:
-            self.prior = load_index(open_store(cfg.resume.output_uri, cfg.resume.store), cfg.resume.image_format,
-                                    cfg.resume.keep_provider_bytes)
+        # resume and budget: counted over the whole run by one ledger (what the output holds, loaded once)
+        self.ledger = ledger if ledger is not None else RunLedger(cfg.resume, cfg.budget_usd)
 
     def __call__(self, batch: pa.Table) -> Batch:
         # 1 read the columns once
@@ -106,11 +103,18 @@ class PromptPreprocessor:
                 for route in self.cfg.routing.choose(routes[i], facts):
                     rows = self._expand(prompt, row_id, negs[i], route, overrides, now, inputs[i], loras[i])
                     out.extend({**r, **filled, PASS_THROUGH: carried[i][0]} for r in rows)
-        # 3 neighbours share a shape bucket, so downstream GPU batches are mostly homogeneous (a local,
+        # 3 the run's ledger settles the images to make, in order: made by an earlier run (cached, or its error
+        #   carried over), else made now within the budget, else skipped
+        todo = [r for r in out if r["status"] == "pending"]
+        usd = [self.cfg.generators[r["generator"]].est_usd_per_image for r in todo]
+        answer = settle(self.ledger, [r["image_key"] for r in todo], usd)
+        for r, state in zip(todo, resume_states(answer, len(todo), self.cfg.budget_usd), strict=True):
+            r.update(state)
+        # 4 neighbours share a shape bucket, so downstream GPU batches are mostly homogeneous (a local,
         #   streaming sort: no all-to-all shuffle of the whole table)
         out.sort(key=lambda r: (r["generator"], r["task"], r["width"], r["height"], r["num_steps"],
                                 r["guidance_scale"], r["adapters"]))
-        # 4 columnar, fixed dtypes so every batch has the same schema
+        # 5 columnar, fixed dtypes so every batch has the same schema
         return _to_batch(out)
 
     def _prompts(self, cols: dict[str, list[Any]], i: int, prompt: Any, row_id: Any) -> list[Prompt]:
@@ -150,11 +154,11 @@ class PromptPreprocessor:
         """What routing rules test, with the default generator's defaults filled in (raises ValueError)."""
         d = self.cfg.generators[self.cfg.default_generator].defaults
         values = {
-            "width": _convert("width", overrides.get("width") or d.width),
-            "height": _convert("height", overrides.get("height") or d.height),
-            "num_steps": _convert("num_steps", overrides.get("num_steps") or d.num_steps),
+            "width": convert("width", overrides.get("width") or d.width),
+            "height": convert("height", overrides.get("height") or d.height),
+            "num_steps": convert("num_steps", overrides.get("num_steps") or d.num_steps),
             "guidance_scale": float(overrides.get("guidance_scale") or d.guidance_scale),
-            "num_images": _convert("num_images", overrides.get("num_images") or 1),
+            "num_images": convert("num_images", overrides.get("num_images") or 1),
             "prompt_chars": len(prompt) if isinstance(prompt, str) else 0,
         }
         values["pixels"] = values["width"] * values["height"]
@@ -188,7 +192,7 @@ class PromptPreprocessor:
         }
         num_images, row_seed, error, adapters = 1, None, "", []
         try:
-            values = {k: _convert(k, v) for k, v in overrides.items()
+            values = {k: convert(k, v) for k, v in overrides.items()
                       if v is not None and (k != "strength" or task in STRENGTH_TASKS)}
             given = [k for k in DEFAULTED_SETTINGS if k in values]
             base.update({k: values[k] for k in given})
@@ -225,19 +229,8 @@ class PromptPreprocessor:
                 seed = (row_seed + idx) % (2**31 - 1) if row_seed is not None else derive_seed(self.cfg.job_seed, rid,
                                                                                                  idx)
                 key = key_of({**shaped, "seed": seed}, ident, adapters, self.cfg.selection)
-                rows.append({**shaped, "image_index": idx, "seed": seed, "image_key": key,
-                             **self._budgeted(self._resume_state(key), ident.est_usd_per_image)})
+                rows.append({**shaped, "image_index": idx, "seed": seed, "image_key": key, **PENDING})
         return rows
-
-    def _budgeted(self, state: dict[str, Any], usd: float) -> dict[str, Any]:
-        """A pending image within the run's budget counts against it; past the budget it is skipped."""
-        if state["status"] != "pending" or self.cfg.budget_usd <= 0:
-            return state
-        if self.spent_usd + usd > self.cfg.budget_usd:
-            return {**state, "status": "skipped",
-                    "error": f"budget_usd={self.cfg.budget_usd} reached; rerun with a larger budget"}
-        self.spent_usd += usd
-        return state
 
     def _error_rows(self, base: dict[str, Any], error: str, variants: list[str], asked: Any) -> list[dict[str, Any]]:
         """One error row per image the row asked for, as the driver counted them (a valid num_images, else 1, times
@@ -266,21 +259,6 @@ class PromptPreprocessor:
         elif row["task"] in STRENGTH_TASKS and not 0 < row["strength"] <= 1:
             return f"strength={row['strength']} must be in (0, 1]"
         return ""
-
-    def _resume_state(self, key: str) -> dict[str, Any]:
-        """pending, or cached / carried-over error when an earlier run already settled this key."""
-        prior = self.prior.get(key)
-        if prior is not None and prior.status == "ok":
-            state = {"status": "cached", "error": "", PRIOR: prior_text(prior.sha256, prior.bytes, prior.carried)}
-            state.update(prior.settings)  # the stored image's own settings (a cascade's heavy ones, API sizes)
-            if prior.final_key:  # a cascade draft escalated earlier: the row is its final heavy image
-                state.update(image_key=prior.final_key, generator=prior.final_generator, model=prior.final_model)
-            return state
-        retry = self.cfg.resume is not None and self.cfg.resume.retry_failed
-        if prior is not None and not retry:
-            return {**NO_PRIOR, "status": "error",
-                    "error": f"earlier run: {prior.error} (rerun with --retry-failed to redo)"}
-        return {**NO_PRIOR, "status": "pending", "error": ""}
 
     def _row_problem(
         self, prompt: Any, ident: Any, gen_name: str, row: dict[str, Any], num_images: int, seed: int | None
@@ -327,55 +305,8 @@ class PromptPreprocessor:
         return ""
 
 
-def parse_adapters(cell: Any, known: dict[str, str], default: list[tuple[str, float]], generator: str
-                   ) -> list[tuple[str, float]]:
-    """A row's LoRA adapters: null = the generator's default set, '' = none, else `name` or `name:weight` separated
-    by commas (weight 1 when omitted); ValueError naming an adapter the generator doesn't have or a bad weight."""
-    if cell is None:
-        return list(default)
-    if not isinstance(cell, str):
-        raise ValueError(f"loras={cell!r} is not text like 'name:0.8,other'")
-    out: dict[str, float] = {}
-    for part in filter(None, (p.strip() for p in cell.split(","))):
-        name, _, weight = part.partition(":")
-        name = name.strip()
-        if name not in known:
-            have = ", ".join(sorted(known)) or "none"
-            raise ValueError(f"LoRA adapter {name!r} is not configured for generator {generator!r} (it has: {have})")
-        if name in out:
-            raise ValueError(f"LoRA adapter {name!r} is named twice in loras={cell!r}; give it once")
-        try:
-            value = float(weight) if weight.strip() else 1.0
-        except ValueError:
-            raise ValueError(f"LoRA adapter {name!r}: weight {weight!r} is not a number") from None
-        if not math.isfinite(value) or not -10 <= value <= 10:
-            raise ValueError(f"LoRA adapter {name!r}: weight {weight!r} must be between -10 and 10")
-        out[name] = value
-    return list(out.items())
-
-
 class Unrendered(str):
     """A templated prompt that could not be written (a null column, a template error): the message."""
-
-
-def _convert(name: str, value: Any) -> Any:
-    """A row's cell of setting `name` as its kind's Python value (ValueError naming the setting)."""
-    kind = BY_NAME[name].kind
-    if kind == "text":
-        if not isinstance(value, str):
-            raise ValueError(f"{name}={value!r} is not text")
-        return value
-    if isinstance(value, Decimal):  # Parquet decimal columns (e.g. guidance 7.50 from a SQL export)
-        value = float(value) if value.is_finite() else math.nan
-    if kind in ("int32", "int64"):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise ValueError(f"{name}={value!r} is not a whole number")
-        if float(value) != int(value):
-            raise ValueError(f"{name}={value!r} is not a whole number")
-        return int(value)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{name}={value!r} is not a finite number")
-    return float(value)
 
 
 NO_TEMPLATE = {"template": "", "template_vars": ""}

@@ -1,7 +1,7 @@
 """The run plan as a value: the ordered stages that build, dry-run, cost, CPU accounting and serving all read.
 
     read_parquet(source columns)
-      → preprocess (PromptPreprocessor: validate, route, expand, key)      [one CPU actor]
+      → preprocess (PromptPreprocessor: validate, route, expand, key)      [CPU pool + one run ledger]
       → the routing mode's steps: generate <name> | score | escalate      [one pool each]
       → write (ImageWriter: encode + upload, drops pixels)                 [CPU pool]
       → manifest (pipelines.manifest)
@@ -29,6 +29,7 @@ from imagefleet.actors import (
     StageActor,
 )
 from imagefleet.actors.input_reader import INPUT_OUTPUT_COLUMNS
+from imagefleet.actors.run_ledger import RunLedger, start_kwargs
 from imagefleet.configs.generator_base import GeneratorBase, RunBudget
 from imagefleet.configs.prep import InputReaderConfig
 from imagefleet.configs.routing import Step
@@ -128,6 +129,10 @@ class Stage:
     run_columns: tuple[str, ...] = ()
     """A decision over the whole run (a cascade's relative policy): every earlier stage finishes first, and these
     columns of every row go to the actor's `over_run`, whose result joins its constructor arguments."""
+    shared: dict[str, tuple[type, dict[str, Any]]] = field(default_factory=dict)
+    """Constructor arguments that are one actor every actor of the pool shares: argument name → (its class, its
+    constructor arguments). On Ray the run starts each once (`pools.start_shared`) and passes its handle; in
+    process they are left out and the stage's one actor makes its own (the preprocessor's `RunLedger`)."""
 
 
 @dataclass(frozen=True)
@@ -185,6 +190,7 @@ class Plan:
             accel = f" ({p.accelerator_type})" if p.accelerator_type else ""
             calls = f" ({s.call_rows} rows a call)" if s.call_rows else ""
             calls += ", after every earlier row (decides over the run)" if s.run_columns else ""
+            calls += "".join(f", one shared {actor.__name__}" for actor, _ in s.shared.values())
             lines.append(f"  {s.name:<20} {s.actor.__name__:<22} actors {size}{gpus}{accel}, "
                          f"{p.num_cpus:g} CPU, batch {p.batch_size}{calls}")
         return lines
@@ -224,8 +230,11 @@ def make_plan(cfg: JobConfig, stores: Stores, source_columns: list[str], num_row
             replace(INPUT_READER_POOL, max_size=cfg.source.inputs.max_readers),
             reads=(cols.of("image"),), batch_format="pyarrow"))
     # 1 preprocess: validate, route, expand num_images, derive seeds and keys
-    stages += [declared_stage("preprocess", PromptPreprocessor, {"cfg": prep_config(cfg, stores, source_columns)},
-                              preprocess_pool(cfg), reads=prompt_columns(cfg), batch_format="pyarrow")]
+    prep = prep_config(cfg, stores, source_columns)  # a pool sharing one ledger (budget, resume index) on Ray
+    ledger = start_kwargs(prep)
+    stages += [declared_stage("preprocess", PromptPreprocessor, {"cfg": prep}, preprocess_pool(cfg),
+                              reads=prompt_columns(cfg), batch_format="pyarrow",
+                              shared={"ledger": (RunLedger, ledger)} if ledger is not None else {})]
     # 2 the routing mode's topology; the first pool gets blocks of a few GPU batches so every actor has work
     block_rows = first_block_rows = rows_per_block(cfg, num_rows)
     for step in cfg.routing.steps(list(cfg.generators), cfg.scorer is not None):

@@ -59,13 +59,27 @@ def scorer_pool(pool: ScorerPoolConfig) -> Pool:
                 num_cpus=pool.num_cpus, batch_size=pool.batch_size, num_gpus=pool.num_gpus)
 
 
-# One light CPU actor: preprocessing is cheap string work (~1e5 rows/s), and a single actor makes the run
-# budget an exact global count.
-PREPROCESS_POOL = Pool(min_size=1, max_size=1, initial_size=1, num_cpus=0.25, batch_size=4096)
+# Preprocessing is string work (~40k rows/s an actor on a first run, ~10k on a rerun where every row is found):
+# a light pool that grows under load. What is counted over the whole run (the budget, the resume index) is kept
+# by one ledger actor the pool shares (actors/run_ledger.py, `start_shared`), so any number of them stays exact.
+PREPROCESS_POOL = Pool(min_size=1, max_size=4, initial_size=1, num_cpus=0.25, batch_size=4096)
 # Input images are read, decoded once and hashed: I/O and some CPU per row, so a small pool that grows.
 INPUT_READER_POOL = Pool(min_size=1, max_size=2, initial_size=1, num_cpus=0.5, batch_size=64)
 # Exactly one actor: the escalation cap is a global count.
 ESCALATOR_POOL = Pool(min_size=1, max_size=1, initial_size=1, num_cpus=0.1, batch_size=256)
+
+
+def start_shared(shared: dict[str, tuple[type, dict[str, Any]]]) -> dict[str, Any]:
+    """One actor of each class a stage's pool shares (`Stage.shared`: argument name → (class, its constructor
+    arguments)), started now; their handles by argument name. 0 CPU, like the run's progress board: Ray Data
+    sizes its pools from the cluster's CPUs and doesn't see this actor. Never restarted: a restarted ledger would
+    have lost its count, so the run fails instead."""
+    if not shared:
+        return {}
+    import ray
+
+    return {name: ray.remote(num_cpus=0, max_restarts=0)(actor).remote(**kwargs)
+            for name, (actor, kwargs) in shared.items()}
 
 
 def map_batches_kwargs(pool: Pool) -> dict[str, Any]:

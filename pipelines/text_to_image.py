@@ -15,7 +15,7 @@ from imagefleet.actors.image_writer import ABORT_MARKER
 from imagefleet.actors.storage import arrow_filesystem, parse_location
 from imagefleet.configs.job import JobConfig
 from imagefleet.pipelines.plan import Plan, Stage, Stores, decide_over_run, make_plan
-from imagefleet.pipelines.pools import autoscaling, map_batches_kwargs
+from imagefleet.pipelines.pools import autoscaling, map_batches_kwargs, start_shared
 from imagefleet.pipelines.progress import counted, post_written
 from imagefleet.pipelines.schema import INPUT_FIELDS, input_problems, pass_through_columns, pass_through_schema
 
@@ -308,9 +308,9 @@ def apply_stages(ds: ray.data.Dataset, cfg: JobConfig, plan: Plan, board: Any = 
         if start is not None:
             services.extend(start(**stage.kwargs))
     _RUN_SERVICES[:] = services  # an earlier run's services in this process end now (unless shared by name)
-    # 3 every stage in order, each in its own pool; the last one (the writer) posts progress
+    # 3 every stage in order, each in its own pool with the actors it shares (a run ledger); the writer posts progress
     for stage in plan.stages:
-        ctor = constructor_kwargs(plan, stage, board)
+        ctor = {**constructor_kwargs(plan, stage, board), **start_shared(stage.shared)}
         if stage.run_columns:  # decided over the whole run: every earlier stage finishes here (Ray keeps the rows,
             ds = ds.materialize()  # spilling to disk when its object store fills)
             ctor = {**ctor, **decide_over_run(stage, run_view(ds, stage.run_columns))}
