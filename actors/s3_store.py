@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 from imagefleet.actors.storage import ObjectStore, s3_client
@@ -169,6 +169,17 @@ class S3Store(ObjectStore):
 
     def delete(self, rel: str) -> None:
         self._s3(lambda: self.client.delete_object(Bucket=self.location.bucket, Key=self._key(rel)), f"delete {rel}")
+
+    def delete_many(self, rels: Sequence[str]) -> Sequence[str]:
+        """DeleteObjects, 1,000 keys a request (its limit); a key the response lists under Errors is returned."""
+        failed: list[str] = []
+        for at in range(0, len(rels), 1000):
+            batch = [{"Key": self._key(rel)} for rel in rels[at:at + 1000]]
+            answer = self._s3(lambda batch=batch: self.client.delete_objects(  # type: ignore[misc]
+                Bucket=self.location.bucket, Delete={"Objects": batch, "Quiet": True}), "delete manifest parts")
+            failed += [f"{e.get('Key')}: {e.get('Code')} {e.get('Message', '')}".rstrip()
+                       for e in (answer or {}).get("Errors", [])]
+        return failed
 
     def copy(self, src_rel: str, dst_rel: str) -> None:
         self._s3(

@@ -8,7 +8,7 @@ import hashlib
 import logging
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -317,6 +317,17 @@ class ObjectStore(abc.ABC):
     @abc.abstractmethod
     def delete(self, rel: str) -> None:
         """Remove one object (no error when it is absent)."""
+
+    def delete_many(self, rels: Sequence[str]) -> Sequence[str]:
+        """Remove objects (absent ones are no error); returns `<rel>: <why>` for each that could not be removed.
+        One request per object here; a store with a batch delete overrides it (S3: 1,000 keys a request)."""
+        failed: list[str] = []
+        for rel in rels:
+            try:
+                self.delete(rel)
+            except Exception as exc:  # noqa: BLE001 - reported to the caller, which decides
+                failed.append(f"{rel}: {exc}")
+        return failed
 
     @abc.abstractmethod
     def copy(self, src_rel: str, dst_rel: str) -> None:

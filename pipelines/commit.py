@@ -29,7 +29,6 @@ import socket
 import threading
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -57,7 +56,6 @@ __all__ = ["PARQUET_TYPE", "CommitError", "Lease", "OutputBusy", "collect_garbag
 INDEX_VERSION = 1
 MAX_LEASE_TTL_S = 7 * 24 * 3600.0
 """The longest lease a run may write (`output.lease_ttl_s` is capped there): a lease expiring later is absurd."""
-COMMIT_THREADS = 16  # deletions after the commit are small requests: latency-bound
 
 
 class OutputBusy(StorageError):
@@ -265,15 +263,12 @@ def collect_garbage(store: ObjectStore, listed: list[str]) -> None:
         if is_manifest_part(rel) and rel not in keep:
             stale.append(rel)
         staged = staged or rel.startswith(f"{STAGING_DIR}/")
-    if stale:
-        with ThreadPoolExecutor(max_workers=COMMIT_THREADS) as pool:
-            list(pool.map(lambda rel: _delete_quietly(store, rel), stale))
+    if stale:  # a batch delete where the store has one (S3: 1,000 parts a request)
+        try:
+            failed = store.delete_many(stale)
+        except Exception as exc:  # noqa: BLE001 - garbage; the next commit tries again
+            failed = [str(exc)]
+        for problem in failed[:3]:
+            logger.warning("could not delete an old manifest part (the next commit retries): %s", problem)
     if staged:
         store.delete_prefix(STAGING_DIR)
-
-
-def _delete_quietly(store: ObjectStore, rel: str) -> None:
-    try:
-        store.delete(rel)
-    except Exception as exc:  # noqa: BLE001 - garbage; the next commit tries again
-        logger.warning("could not delete %s: %s", rel, exc)

@@ -287,3 +287,42 @@ def test_losing_the_lease_before_the_commit_point_commits_nothing(tmp_path: Path
     assert not (tmp_path / MANIFEST_INDEX).exists() and (tmp_path / LEASE).exists()  # the thief's lease stays
     assert len(attempt_files(tmp_path, lease.attempt)) == 2  # unlisted, for the next run's resume
     os.remove(tmp_path / LEASE)
+
+
+def test_a_rerun_removes_the_earlier_manifests_parts_in_batches_on_s3(s3_server: Any, bucket: str) -> None:
+    """The garbage after a commit is the earlier manifest's parts (one per ≤512 rows): S3's DeleteObjects takes
+    1,000 a request, so 1,001 old parts go in 2 requests, not 1,001."""
+    from imagefleet.actors.layout import manifest_part
+    from tests.unit.test_storage import spec
+
+    store = open_store(f"s3://{bucket}/out", spec(s3_server))
+    old = [manifest_part("old.1", n) for n in range(1001)]
+    for rel in old:
+        store.put(rel, b"PAR1", "application/octet-stream")
+    client = store.client  # type: ignore[attr-defined]
+    calls = Counter[str]()
+    for name in ("delete_object", "delete_objects"):
+        real = getattr(client, name)
+        setattr(client, name, lambda *a, _real=real, _name=name, **k: (calls.update([_name]), _real(*a, **k))[1])
+    with Lease(store, "r", ttl_s=60) as lease:
+        stage_part(store, lease.attempt, error_rows("new", 3))
+        parts = commit(store, lease, expected_rows=3)
+    assert calls == {"delete_objects": 2, "delete_object": 1}  # (the one single delete: the lease's release)
+    assert {rel for rel, _ in store.list("manifest/") if rel.endswith(".parquet")} == set(parts)
+
+
+def test_a_part_that_cannot_be_deleted_is_a_warning_and_the_next_commit_retries(tmp_path: Path,
+                                                                                caplog: Any) -> None:
+    from imagefleet.actors.layout import manifest_part
+
+    store = open_store(str(tmp_path), LOCAL)
+    store.put(manifest_part("old.1", 0), b"PAR1", "application/octet-stream")
+    with mock.patch.object(type(store), "delete", side_effect=OSError("read-only")), Lease(store, "r", 60) as lease:
+        stage_part(store, lease.attempt, error_rows("new", 2))
+        parts = commit(store, lease, expected_rows=2)  # committed all the same
+    assert "could not delete an old manifest part" in caplog.text and "read-only" in caplog.text
+    assert current_parts(store) == parts and (tmp_path / manifest_part("old.1", 0)).exists()
+    with Lease(store, "r2", ttl_s=60) as lease:
+        stage_part(store, lease.attempt, error_rows("newer", 2))
+        commit(store, lease, expected_rows=2)
+    assert not (tmp_path / manifest_part("old.1", 0)).exists()
