@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from imagefleet.actors.contract import BackendActor, ScorerActor, StageActor
     from imagefleet.actors.diffusers_generator import DiffusersGenerator
     from imagefleet.actors.escalator import Escalator
+    from imagefleet.actors.facts_scorer import FactsScorer
     from imagefleet.actors.gemini_generator import GeminiImageGenerator
     from imagefleet.actors.image_writer import ImageWriter
     from imagefleet.actors.input_reader import InputReader
@@ -36,9 +37,10 @@ _HOMES = {
     "InputReader": "input_reader", "OpenAIImageGenerator": "openai_generator",
     "PromptPreprocessor": "prompt_preprocessor", "Redrawer": "redrawer", "SleepGenerator": "sleep_generator",
     "VqaScorer": "vqa_scorer",
+    "FactsScorer": "facts_scorer",
 }
 _GENERATOR_NAMES = ("DiffusersGenerator", "SleepGenerator", "OpenAIImageGenerator", "GeminiImageGenerator")
-_SCORER_NAMES = ("ClipScorer", "VqaScorer", "RuleScorer")
+_SCORER_NAMES = ("ClipScorer", "VqaScorer", "FactsScorer", "RuleScorer")
 
 
 def _registries() -> dict[str, Any]:
@@ -69,4 +71,4 @@ def __getattr__(name: str) -> Any:
 __all__ = ["GENERATORS", "GENERATOR_ACTORS", "SCORERS", "SCORER_ACTORS", "BackendActor", "ClipScorer",
            "DiffusersGenerator", "Escalator", "GeminiImageGenerator", "ImageWriter", "InputReader",
            "OpenAIImageGenerator", "PromptPreprocessor", "Redrawer", "RuleScorer", "ScorerActor", "SleepGenerator",
-           "StageActor", "VqaScorer"]
+           "StageActor", "VqaScorer", "FactsScorer"]

@@ -35,7 +35,8 @@ IMAGE_SCORER_INPUT_COLUMNS = {"image": "raw RGB pixels, or a provider's file", "
                               "status": "only `generated` rows are scored"}
 """What a scorer that looks at the image reads (best-of-N rows also bring their `candidate_*` columns)."""
 ScoreFn = Any
-"""score_fn(pixels: list of HxWx3 uint8 arrays, prompts: list[str]) -> list of scores."""
+"""score_fn(pixels: list of HxWx3 uint8 arrays, prompts: list[str]) -> list of scores (or of (score, detail text)
+pairs: `score_batch`'s `detail`)."""
 
 
 def score_rows(batch: Batch) -> list[int]:
@@ -71,13 +72,20 @@ def pixels_for_scoring(batch: Batch, i: int) -> np.ndarray | None:
         return None
 
 
-def score_batch(batch: Batch, score_fn: ScoreFn) -> Batch:
+def score_batch(batch: Batch, score_fn: ScoreFn, texts: list[str] | None = None, detail: str = "") -> Batch:
     """Score every `generated` row with `score_fn`; a best-of-N row (one with `candidate_seeds`) scores each made
     candidate and keeps the best — a finite score beats a NaN one, ties go to the earliest — with its own seed,
-    content type and size, recording every candidate's seed and score in `candidates`."""
+    content type and size, recording every candidate's seed and score in `candidates`.
+
+    Args:
+        texts: what `score_fn` is given about each row instead of its prompt (the facts scorer's questions).
+        detail: a column for what `score_fn` says about each score: it then returns (score, detail text) pairs,
+            and a scored row's `detail` is its kept image's (rows not scored here keep theirs; '' when none).
+    """
     # 1 what to score: each fresh image, or each candidate of a best-of-N row
     n = len(batch["status"])
     picked = "candidate_seeds" in batch
+    about = texts if texts is not None else [str(p) for p in batch["prompt"]]
     items: list[tuple[int, int, np.ndarray]] = []
     for i in score_rows(batch):
         for k, view in enumerate(_candidates(batch, i) if picked and batch["candidate_seeds"][i] else [batch]):
@@ -85,23 +93,30 @@ def score_batch(batch: Batch, score_fn: ScoreFn) -> Batch:
             if pixels is not None:
                 items.append((i, k, pixels))
     # 2 one scoring call for all of them
-    scores = score_fn([p for _, _, p in items], [str(batch["prompt"][i]) for i, _, _ in items]) if items else []
+    scores = score_fn([p for _, _, p in items], [about[i] for i, _, _ in items]) if items else []
     by_row: dict[int, list[tuple[int, float]]] = {}
-    for (i, k, _), s in zip(items, scores, strict=True):
-        by_row.setdefault(i, []).append((k, float(s)))
+    said: dict[tuple[int, int], str] = {}
+    for (i, k, _), answer in zip(items, scores, strict=True):
+        score, said[i, k] = answer if detail else (answer, "")
+        by_row.setdefault(i, []).append((k, float(score)))
+    kept = {i: ranked[0] if not (picked and batch["candidate_seeds"][i]) else
+            max(ranked, key=lambda ks: (math.isfinite(ks[1]), ks[1], -ks[0])) for i, ranked in by_row.items()}
+    if detail:
+        notes = np.array(batch[detail] if detail in batch else [""] * n, dtype=object)
+        for i, (k, _) in kept.items():
+            notes[i] = said[i, k]
+        batch = {**batch, detail: notes}
     if not picked:
-        return with_scores(batch, list(by_row), [v[0][1] for v in by_row.values()])
+        return with_scores(batch, list(kept), [s for _, s in kept.values()])
     # 3 a best-of-N row keeps its best candidate
     out = dict(batch)
-    best_scores = []
     candidates = np.array(batch["candidates"] if "candidates" in batch else [""] * n, dtype=object)
     for name in ("image", "image_mime", "seed", "width", "height"):
         out[name] = np.array(batch[name], dtype=object if name in ("image", "image_mime") else None)
     for i, ranked in by_row.items():
         if not batch["candidate_seeds"][i]:
-            best_scores.append(ranked[0][1])
             continue
-        k, best = max(ranked, key=lambda ks: (math.isfinite(ks[1]), ks[1], -ks[0]))
+        k = kept[i][0]
         seeds = str(batch["candidate_seeds"][i]).split(",")
         mimes = str(batch["candidate_mimes"][i]).split(",")
         width, height = str(batch["candidate_sizes"][i]).split(",")[k].split("x")
@@ -109,8 +124,7 @@ def score_batch(batch: Batch, score_fn: ScoreFn) -> Batch:
         out["width"][i], out["height"][i] = int(width), int(height)
         candidates[i] = json.dumps([{"seed": int(seeds[c]), "score": round(v, 6) if math.isfinite(v) else None}
                                     for c, v in sorted(ranked)])
-        best_scores.append(best)
-    out = with_scores(out, list(by_row), best_scores)
+    out = with_scores(out, list(kept), [s for _, s in kept.values()])
     out.update(candidates=candidates, candidate_images=empty_lists(n))  # the losers' pixels are dropped here
     return out
 

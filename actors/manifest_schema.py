@@ -104,6 +104,9 @@ _LISTED: tuple[Column, ...] = (
            carried=True),
     Column("clip_score", pa.float64(), "CLIP score of the final image (null without a scorer)",
            carried=True, shard=True, report=True),
+    Column("facts", CODECS["facts"].type, "facts scorer: each fact of the prompt asked of the final image, with the "
+           "probability the model answered yes (`clip_score` is their mean; null for a row without facts)",
+           carried=True, shard=True),
     Column("candidates", CODECS["candidates"].type, "best-of-N and adaptive drafts: every candidate's seed and score "
            "(the kept image has the best score and its seed is `seed`; null with one candidate)", carried=True,
            shard=True, report=True),

@@ -9,12 +9,13 @@ comma-separated text (`''` = none). Engines that read the committed manifest (py
   JSON; the physical form of a map, as a list because Hugging Face `datasets` has no map type);
 - `input_images`, `input_sha256`: `list<string>` (`[]` = none);
 - `adapters`: `list<struct<name: string, weight: double>>` in the row's order (`[]` = none);
-- `candidates`: `list<struct<seed: int64, score: double>>` (null: the row had one candidate).
+- `candidates`: `list<struct<seed: int64, score: double>>` (null: the row had one candidate);
+- `facts`: `list<struct<fact: string, p_yes: double>>` (null: no facts were asked about the image).
 
 `encode` turns a pipeline column into its manifest type when a manifest part is written; `decode` turns it back for
-the product's own readers (resume carries `generated_at` and `candidates` into a rerun's rows). Manifests written
-before the types existed hold the flat form: `read_part` recognises it by its Arrow type and encodes it, so old
-outputs read like new ones.
+the product's own readers (resume carries `generated_at`, `candidates` and `facts` into a rerun's rows). Manifests
+written before the types existed hold the flat form: `read_part` recognises it by its Arrow type and encodes it, so
+old outputs read like new ones.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ TEXT_LIST = pa.list_(pa.string())
 TEXT_MAP = pa.list_(pa.struct([("key", pa.string()), ("value", pa.string())]))
 ADAPTERS = pa.list_(pa.struct([("name", pa.string()), ("weight", pa.float64())]))
 CANDIDATES = pa.list_(pa.struct([("seed", pa.int64()), ("score", pa.float64())]))
+FACTS = pa.list_(pa.struct([("fact", pa.string()), ("p_yes", pa.float64())]))
 
 
 @dataclass(frozen=True)
@@ -88,6 +90,14 @@ def _candidates_text(items: Any) -> str:
     return json.dumps([{"seed": c["seed"], "score": c["score"]} for c in items]) if items else ""
 
 
+def _facts(text: Any) -> Any:
+    return [{"fact": str(f["fact"]), "p_yes": f.get("p_yes")} for f in json.loads(text)] if text else None
+
+
+def _facts_text(items: Any) -> str:
+    return json.dumps([{"fact": f["fact"], "p_yes": f["p_yes"]} for f in items], ensure_ascii=False) if items else ""
+
+
 CODECS: dict[str, Codec] = {
     "generated_at": Codec(TIMESTAMP, pa.float64()),
     "written_at": Codec(TIMESTAMP, pa.float64()),
@@ -96,6 +106,7 @@ CODECS: dict[str, Codec] = {
     "input_sha256": Codec(TEXT_LIST, pa.string(), _comma_list, lambda items: ",".join(items or ())),
     "adapters": Codec(ADAPTERS, pa.string(), _adapters, _adapters_text),
     "candidates": Codec(CANDIDATES, pa.string(), _candidates, _candidates_text),
+    "facts": Codec(FACTS, pa.string(), _facts, _facts_text),
 }
 """Manifest columns whose committed type differs from the pipeline's flat one, by name."""
 

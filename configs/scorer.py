@@ -1,4 +1,5 @@
-"""Scoring stage config: prompt-image alignment (CLIP) now, other scorers (VQA-style) behind the same union."""
+"""Scoring stage config: prompt-image alignment (CLIP), a vision-language model's yes (VQA-style: of the whole prompt,
+or of each of its facts), behind one union."""
 
 from typing import Annotated, Literal
 
@@ -60,6 +61,55 @@ class VqaScorerConfig(StrictModel):
         return self
 
 
+class FactsScorerConfig(StrictModel):
+    """Fact-level alignment: score = the expected share of a prompt's facts the image shows (mean P(yes), 0..1).
+
+    Each row's facts (statements such as "a red square is left of a blue circle", from a prompt-table column) are
+    asked one by one as yes/no questions of a vision-language model (the `vqa` backend's kind of model, loaded the
+    same way); the manifest's `facts` column records each fact's probability of yes. A row without facts is asked
+    one question about its whole prompt (`prompt_question`: the `vqa` score)."""
+
+    backend: Literal["facts"] = "facts"
+    """Backend discriminator."""
+    model: str
+    """Hub id (e.g. llava-hf/llava-1.5-7b-hf) or local folder with the model and its processor."""
+    facts_column: str = Field(default="facts", min_length=1)
+    """The prompt-table column holding each row's facts: a list of strings, or text with one fact per line (blank
+    entries are skipped; null or empty = no facts). It reaches the scorer as a pass-through column, so
+    `source.pass_through` must carry it (the default, `all`, does; the manifest keeps it as `source_facts` when it
+    is named `facts`). A row whose value is not facts (a number, a list holding one, too many or too long facts)
+    keeps its image unscored, its `error` saying why."""
+    question: str = "Is it true of this figure that {fact}? Please answer yes or no."
+    """The question asked about each fact; `{fact}` is replaced by the fact."""
+    prompt_question: str = 'Does this figure show "{prompt}"? Please answer yes or no.'
+    """The question asked about a row without facts; `{prompt}` is replaced by the row's prompt."""
+    answer: str = "Yes"
+    """The answer whose probability is each fact's (its first token, with and without a leading space)."""
+    max_facts: int = Field(default=32, ge=1)
+    """Most facts one row may have (each is a question: a forward pass's share of work)."""
+    max_fact_chars: int = Field(default=500, ge=1)
+    """Longest fact, in characters."""
+    questions_per_pass: int = Field(default=32, ge=1)
+    """Image-question pairs per forward pass (a batch of 32 images with 4 facts each takes 4 passes of 32)."""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """Weights dtype; auto = bfloat16 on CUDA, float32 on CPU."""
+    pool: ScorerPoolConfig = ScorerPoolConfig()
+    """Actor pool."""
+
+    @model_validator(mode="after")
+    def _questions(self) -> "FactsScorerConfig":
+        if "{fact}" not in self.question:
+            raise ValueError("scorer.question must contain {fact} (where each fact goes)")
+        if "{prompt}" not in self.prompt_question:
+            raise ValueError("scorer.prompt_question must contain {prompt} (asked of rows without facts)")
+        if not self.answer.strip():
+            raise ValueError("scorer.answer is empty: name the answer whose probability is the score")
+        if self.facts_column != self.facts_column.strip():
+            raise ValueError(f"scorer.facts_column {self.facts_column!r} has spaces around it; write "
+                             f"{self.facts_column.strip()!r}")
+        return self
+
+
 class RuleScorerConfig(StrictModel):
     """Testing/benchmark stand-in: score = `high` if the prompt contains `marker`, else `low`. Deterministic."""
 
@@ -78,7 +128,9 @@ class RuleScorerConfig(StrictModel):
     """Actor pool."""
 
 
-SCORER_CONFIGS: tuple[type[StrictModel], ...] = (ClipScorerConfig, VqaScorerConfig, RuleScorerConfig)
+SCORER_CONFIGS: tuple[type[StrictModel], ...] = (ClipScorerConfig, VqaScorerConfig, FactsScorerConfig,
+                                                 RuleScorerConfig)
 """Every scorer backend's config class (the union below lists the same classes)."""
 
-ScorerConfig = Annotated[ClipScorerConfig | VqaScorerConfig | RuleScorerConfig, Field(discriminator="backend")]
+ScorerConfig = Annotated[ClipScorerConfig | VqaScorerConfig | FactsScorerConfig | RuleScorerConfig,
+                         Field(discriminator="backend")]

@@ -56,7 +56,7 @@ def cluster_path_problem(cfg: JobConfig, ship_source: bool) -> str:
     (an output there is discarded with it) instead of the place it names here. `source.uri` is exempt with
     `--ship-source`, which uploads the table and points the job at its copy."""
     from imagefleet.actors.adapters import is_hub_id
-    from imagefleet.configs.scorer import ClipScorerConfig, VqaScorerConfig
+    from imagefleet.configs.scorer import ClipScorerConfig, FactsScorerConfig, VqaScorerConfig
 
     paths = {"output.uri": cfg.output.uri}
     if not ship_source:
@@ -67,7 +67,8 @@ def cluster_path_problem(cfg: JobConfig, ship_source: bool) -> str:
         for i, adapter in enumerate(gen.adapters()):
             if not adapter.path.startswith("s3://") and not is_hub_id(adapter.path):
                 paths[f"generators.{name}.loras[{i}].path"] = adapter.path
-    if isinstance(cfg.scorer, ClipScorerConfig | VqaScorerConfig) and _local_model(cfg.scorer.model):
+    scorers_with_models = ClipScorerConfig | VqaScorerConfig | FactsScorerConfig
+    if isinstance(cfg.scorer, scorers_with_models) and _local_model(cfg.scorer.model):
         paths["scorer.model"] = cfg.scorer.model
     for key, value in paths.items():
         if _relative(value):

@@ -43,6 +43,7 @@ from imagefleet.pipelines.pools import (
     scorer_pool,
     writer_pool,
 )
+from imagefleet.pipelines.schema import pass_through_columns
 from imagefleet.pipelines.slices import Stores as Stores  # where most callers look for it
 from imagefleet.pipelines.slices import input_base, prep_config, writer_config
 
@@ -244,6 +245,9 @@ def make_plan(cfg: JobConfig, stores: Stores, source_columns: list[str], num_row
             if block_rows:
                 stage, block_rows = replace(stage, rows_per_block=block_rows), 0
         stages.append(stage)
+    problem = scorer_source_problem(cfg, source_columns)
+    if problem:
+        raise PlanError(problem)
     # 3 encode + write in a separate CPU pool, overlapped with generation; pixels are dropped here
     stages.append(declared_stage("write", ImageWriter, {"cfg": writer_config(cfg, stores)},
                                  writer_pool(cfg.output.pool)))
@@ -334,3 +338,12 @@ def call_rows(gen: GeneratorBase, block_rows: int) -> int:
     if gen.concurrent_calls() > 1 or block_rows <= batch or block_rows > MAX_BATCHES_PER_CALL * batch:
         return 0  # hosted batch mode (a block is one provider batch), or nothing to gain, or too much to hold
     return block_rows
+
+def scorer_source_problem(cfg: JobConfig, source_columns: list[str]) -> str:
+    """Why what the scorer reads from the prompt table won't reach it ('' = it will, or it reads nothing there): a
+    `facts` scorer's column rides as a pass-through value (the scorer's optional `source_problem`)."""
+    check = getattr(SCORERS[cfg.scorer.backend], "source_problem", None) if cfg.scorer is not None else None
+    if check is None:
+        return ""
+    carried = pass_through_columns(cfg.source, cfg.routing.column_read, source_columns)
+    return str(check(cfg.scorer, cfg.source, carried))
