@@ -254,6 +254,16 @@ def make_plan(cfg: JobConfig, stores: Stores, source_columns: list[str], num_row
     return Plan(source_columns=tuple(source_columns), stages=tuple(stages), pools=_pools_by_stage(stages))
 
 
+def consumed_again(plan: Plan) -> Plan:
+    """`plan` for a lazy Dataset that may be consumed more than once (`imagefleet.processor`): a stage sharing
+    actors (the preprocessors' run ledger, made once when the graph is built, with what the output held then) runs
+    as one actor keeping its own instead, made anew by every consumption, so a second one finds what the first made
+    (and its budget counts that consumption's images)."""
+    stages = [replace(s, shared={}, pool=replace(s.pool, min_size=1, max_size=1, initial_size=1)) if s.shared else s
+              for s in plan.stages]
+    return replace(plan, stages=tuple(stages), pools=_pools_by_stage(stages))
+
+
 def _pools_by_stage(stages: list[Stage]) -> dict[str, Pool]:
     """Every stage's pool under a unique name (a cascade scores twice: `score` and `score#2` are two pools)."""
     pools: dict[str, Pool] = {}

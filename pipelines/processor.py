@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from imagefleet.configs.job import JobConfig
-from imagefleet.pipelines.plan import Plan, Stores, make_plan
+from imagefleet.pipelines.plan import Plan, Stores, consumed_again, make_plan
 from imagefleet.pipelines.schema import input_problems, pass_through_columns, pass_through_schema
 from imagefleet.pipelines.text_to_image import InputError, _input_columns, apply_stages, images_asked
 
@@ -97,7 +97,7 @@ def process(ds: ray.data.Dataset, cfg: JobConfig, stores: Stores, run_id: str, n
     from imagefleet.pipelines.manifest import manifest_rows
 
     prepared = prepare(ds, cfg, stores, num_rows)
-    rows = apply_stages(ds.select_columns(prepared.columns), cfg, prepared.plan)
+    rows = apply_stages(ds.select_columns(prepared.columns), cfg, consumed_again(prepared.plan))
     return manifest_rows(rows, run_id, prepared.pass_through)
 
 

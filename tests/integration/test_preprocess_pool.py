@@ -73,3 +73,20 @@ def test_three_preprocessors_keep_the_budget_exact_and_a_rerun_makes_nothing(
     last = _rows(third)
     assert all(r["already_present"] and r["status"] == "ok" for r in last.values()) and len(_images(out)) == 24
     assert all({c: last[i][c] for c in KEPT} == {c: again[i][c] for c in KEPT} for i in again)
+
+
+def test_a_processor_dataset_consumed_twice_finds_what_its_first_consumption_made(
+        tmp_path: Path, ray_cluster: None) -> None:
+    """A lazy processor Dataset runs its stages again on every consumption: its preprocessor keeps its own ledger,
+    made anew each time (a run's shared one is made once, with what the output held then), so the second
+    consumption finds the first's images instead of making them again."""
+    import ray.data
+
+    raw = sleep_job("unused", str(tmp_path / "out"))
+    raw["source"] = {"id_column": "sku"}
+    rows = imagefleet.processor(raw)(ray.data.from_items([{"sku": f"S{i}", "prompt": f"a shelf {i}"}
+                                                          for i in range(8)]))
+    first = {r["id"]: r for r in rows.take_all()}
+    again = {r["id"]: r for r in rows.take_all()}
+    assert len(first) == 8 and not any(r["already_present"] for r in first.values())
+    assert all(r["already_present"] and r["generated_at"] == first[i]["generated_at"] for i, r in again.items())

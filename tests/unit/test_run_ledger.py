@@ -18,7 +18,7 @@ from imagefleet.actors.stores import open_store
 from imagefleet.configs.loader import parse_config
 from imagefleet.configs.prep import ResumeConfig
 from imagefleet.configs.storage import StoreSpec
-from imagefleet.pipelines.plan import Stores, make_plan
+from imagefleet.pipelines.plan import Stores, consumed_again, make_plan
 from imagefleet.pipelines.slices import prep_config
 from tests.helpers import sleep_job
 from tests.unit.test_resume_index import K, row, setup
@@ -101,8 +101,12 @@ def test_the_plan_shares_a_ledger_only_when_the_run_counts_something(tmp_path: P
     prep_stage = make_plan(parse_config(raw), stores, ["prompt"], 10).stages[0]
     actor, kwargs = prep_stage.shared["ledger"]
     assert actor is RunLedger and kwargs["resume"].output_uri == str(tmp_path / "out")
-    assert prep_stage.pool.max_size > 1 and "one shared RunLedger" in "\n".join(
-        make_plan(parse_config(raw), stores, ["prompt"], 10).describe())
+    plan = make_plan(parse_config(raw), stores, ["prompt"], 10)
+    assert prep_stage.pool.max_size > 1 and "one shared RunLedger" in "\n".join(plan.describe())
+    # a lazy processor Dataset: one preprocessor with its own ledger, made anew by each consumption
+    again = consumed_again(plan)
+    assert again.stages[0].shared == {} and again.stages[0].pool.max_size == again.pools["preprocess"].max_size == 1
+    assert again.stages[1:] == plan.stages[1:]
 
 
 def test_a_stored_image_no_manifest_row_names_is_adopted_by_the_ledger(tmp_path: Path) -> None:
