@@ -287,10 +287,11 @@ def text_to_image(base: Path, rows: int, arrays: dict[int, np.ndarray]
     from imagefleet.pipelines.prompt_table import read_piece
     from imagefleet.pipelines.text_to_image import source_pieces
 
-    # a budget (an estimate per image): the ledger reserves every row as a budgeted run's does
+    # a budget (an estimate per image): the ledger reserves every row as a budgeted run's does; planned for a
+    # 32-CPU Ray (nothing starts): the preprocessor pool at its cluster size, not this machine's
     j = job(base, write_prompts(base / "prompts" / "p.parquet", rows), limits={"budget_usd": 1e9},
             generators={"g": {"backend": "sleep", "defaults": {"width": 8, "height": 8},
-                              "cost": {"usd_per_image": 0.001}}})
+                              "cost": {"usd_per_image": 0.001}}}, cluster={"address": "local", "num_cpus": 32})
     ledger_kwargs = start_kwargs(j.stage("preprocess").kwargs["cfg"]) or {}
     out = []
     # 1 read the prompt table (Ray Data read tasks); five passes for a stable figure

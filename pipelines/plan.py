@@ -34,6 +34,7 @@ from imagefleet.configs.generator_base import GeneratorBase, RunBudget
 from imagefleet.configs.prep import InputReaderConfig
 from imagefleet.configs.routing import Step
 from imagefleet.pipelines.pools import (
+    CPUS_PER_PREPROCESSOR,
     ESCALATOR_POOL,
     INPUT_READER_POOL,
     PREPROCESS_POOL,
@@ -198,10 +199,16 @@ class Plan:
 
 
 def preprocess_pool(cfg: JobConfig) -> Pool:
-    """The preprocessor's pool; a batch makes about PREPROCESS_POOL.batch_size output rows however many prompts a
-    template writes per row (its output is held in memory until the batch is done)."""
-    per_row = cfg.source.expansion() * cfg.routing.requests_per_image()
-    return replace(PREPROCESS_POOL, batch_size=max(1, PREPROCESS_POOL.batch_size // per_row))
+    """The preprocessor's pool: up to PREPROCESS_POOL.max_size actors, on a local Ray one per CPUS_PER_PREPROCESSOR
+    of its CPUs; a batch makes about PREPROCESS_POOL.batch_size output rows however many prompts a template writes
+    per row (its output is held in memory until the batch is done)."""
+    import os
+
+    pool, per_row = PREPROCESS_POOL, cfg.source.expansion() * cfg.routing.requests_per_image()
+    if cfg.cluster.address == "local":
+        cpus = cfg.cluster.num_cpus or os.cpu_count() or 1
+        pool = replace(pool, max_size=max(pool.min_size, min(pool.max_size, cpus // CPUS_PER_PREPROCESSOR)))
+    return replace(pool, batch_size=max(1, pool.batch_size // per_row))
 
 
 def prompt_columns(cfg: JobConfig) -> tuple[str, ...]:

@@ -59,10 +59,13 @@ def scorer_pool(pool: ScorerPoolConfig) -> Pool:
                 num_cpus=pool.num_cpus, batch_size=pool.batch_size, num_gpus=pool.num_gpus)
 
 
-# Preprocessing is string work (~40k rows/s an actor on a first run, ~10k on a rerun where every row is found):
+# Preprocessing is string work (~40k rows/s an actor on a first run, ~20k on a rerun where every row is found):
 # a light pool that grows under load. What is counted over the whole run (the budget, the resume index) is kept
 # by one ledger actor the pool shares (actors/run_ledger.py, `start_shared`), so any number of them stays exact.
 PREPROCESS_POOL = Pool(min_size=1, max_size=4, initial_size=1, num_cpus=0.25, batch_size=4096)
+CPUS_PER_PREPROCESSOR = 8
+"""On a local Ray: at most one preprocessor actor per this many of its CPUs (at least one), so a machine of a few
+cores keeps the CPU Ray Data's own tasks need (`jobs.preflight`: pools at their largest leave one)."""
 # Input images are read, decoded once and hashed: I/O and some CPU per row, so a small pool that grows.
 INPUT_READER_POOL = Pool(min_size=1, max_size=2, initial_size=1, num_cpus=0.5, batch_size=64)
 # Exactly one actor: the escalation cap is a global count.

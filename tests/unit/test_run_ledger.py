@@ -102,7 +102,13 @@ def test_the_plan_shares_a_ledger_only_when_the_run_counts_something(tmp_path: P
     actor, kwargs = prep_stage.shared["ledger"]
     assert actor is RunLedger and kwargs["resume"].output_uri == str(tmp_path / "out")
     plan = make_plan(parse_config(raw), stores, ["prompt"], 10)
-    assert prep_stage.pool.max_size > 1 and "one shared RunLedger" in "\n".join(plan.describe())
+    assert "one shared RunLedger" in "\n".join(plan.describe())
+    # a pool that grows: up to 4 actors, on a local Ray one per 8 CPUs (this one has 4: the pools leave Ray Data one)
+    assert prep_stage.pool.max_size == 1 and prep_stage.pool.num_cpus == 0.25
+    raw["cluster"].update(num_cpus=16)
+    assert make_plan(parse_config(raw), stores, ["prompt"], 10).stages[0].pool.max_size == 2
+    raw["cluster"] = {"address": "ray://head:10001"}
+    assert make_plan(parse_config(raw), stores, ["prompt"], 10).stages[0].pool.max_size == 4
     # a lazy processor Dataset: one preprocessor with its own ledger, made anew by each consumption
     again = consumed_again(plan)
     assert again.stages[0].shared == {} and again.stages[0].pool.max_size == again.pools["preprocess"].max_size == 1
