@@ -194,16 +194,22 @@ class ResumeIndex:
             pos, redirected = self.redirects[key], True
         if pos is None:
             return None
-        row = {name: self.table.column(name)[pos].as_py() for name in self.table.column_names}
-        ok = row["status"] == "ok"
-        return Prior(
-            status=row["status"], sha256=row["sha256"] or "", bytes=int(row["bytes"] or 0), error=row["error"] or "",
-            carried={c: row.get(c) for c in CARRIED} if ok else {},
-            settings={c: row[c] for c in SETTINGS if row.get(c) is not None} if ok else {},
-            final_key=row["image_key"] if redirected else "",
-            final_generator=(row.get("generator") or "") if redirected else "",
-            final_model=(row.get("model") or "") if redirected else "",
-        )
+        return prior_of_row({name: self.table.column(name)[pos].as_py() for name in self.table.column_names},
+                            redirected)
+
+
+def prior_of_row(row: dict[str, Any], redirected: bool = False) -> Prior:
+    """The Prior of one resume-index row (the READ columns); `redirected`: found under the key of its escalated
+    draft, so the row's own key is the final image's."""
+    ok = row["status"] == "ok"
+    return Prior(
+        status=row["status"], sha256=row["sha256"] or "", bytes=int(row["bytes"] or 0), error=row["error"] or "",
+        carried={c: row.get(c) for c in CARRIED} if ok else {},
+        settings={c: row[c] for c in SETTINGS if row.get(c) is not None} if ok else {},
+        final_key=row["image_key"] if redirected else "",
+        final_generator=(row.get("generator") or "") if redirected else "",
+        final_model=(row.get("model") or "") if redirected else "",
+    )
 
 
 class Unlisted:
@@ -346,14 +352,14 @@ def load_index(store: ObjectStore, image_format: str, keep_provider_bytes: bool 
     loose = {f"{root}/{p}" for p in parts if p not in committed}  # no index lists them: interrupted runs' parts
     # 3 keep the rows that decide each key (columnar), remember where they are; parts are read one by one (a part
     # written by an older version reads a column it lacks as null)
-    kept, positions, redirects, ok_keys = [], {}, {}, set()
+    kept, positions, redirects, ok_keys, heavy = [], {}, {}, set(), set()  # heavy: images of rows that kept drafts
     ok_elsewhere: set[str] = set()  # `<key>.<ext>` of ok rows whose image is not in a format this run takes
     offset = 0
     # an interrupted run's part that can't be read (torn by a kill) is left out; a committed one fails the run
     for batch in iter_parts(fs, [f"{root}/{p}" for p in parts], list(READ), store.spec.retry_budget_s,
                             loose.__contains__, flat=True):
         cols = {c: batch.column(c).to_pylist() for c in ("image_key", "status", "route", "draft_image_key", "mime",
-                                                          "requests")}
+                                                          "requests", "heavy_image_key")}
         routes, drafts, mimes, sent = cols["route"], cols["draft_image_key"], cols["mime"], cols["requests"]
         take: list[int] = []
         for j, (key, status) in enumerate(zip(cols["image_key"], cols["status"], strict=True)):
@@ -369,12 +375,14 @@ def load_index(store: ObjectStore, image_format: str, keep_provider_bytes: bool 
                 ok_keys.add(key)
                 if routes[j] == "escalated" and drafts[j] and drafts[j] not in ok_keys:
                     redirects[drafts[j]] = positions[key]
+                elif cols["heavy_image_key"][j]:  # a row that kept its draft: its heavy image is accounted for
+                    heavy.add(cols["heavy_image_key"][j])
             take.append(j)
         if take:
             kept.append(batch.take(take))
             offset += len(take)
     table = pa.concat_tables(kept).combine_chunks() if kept else None
-    unlisted = _unlisted(store, present, (ok_keys, redirects), ok_elsewhere, image_format, keep_provider_bytes)
+    unlisted = _unlisted(store, present, (ok_keys, redirects, heavy), ok_elsewhere, image_format, keep_provider_bytes)
     unlisted.prefetch()
     logger.info("resume index: %d objects, %d manifest keys, %d escalated drafts, %d images no ok row names",
                 len(present), len(positions), len(redirects), len(unlisted))

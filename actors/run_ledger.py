@@ -19,8 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from imagefleet.actors.manifest_schema import CARRIED, PRIOR, prior_text
-from imagefleet.actors.resume_index import SETTINGS, Prior, ResumeIndex, load_index
+from imagefleet.actors.manifest_schema import PRIOR, prior_text
+from imagefleet.actors.resume_index import Prior, ResumeIndex, load_index, prior_of_row
 from imagefleet.configs.prep import PrepConfig, ResumeConfig
 
 PENDING: dict[str, Any] = {PRIOR: "", "status": "pending", "error": ""}
@@ -153,17 +153,3 @@ def prior_state(prior: Prior) -> dict[str, Any]:
     if prior.final_key:  # a cascade draft escalated earlier: the row is its final heavy image
         state.update(image_key=prior.final_key, generator=prior.final_generator, model=prior.final_model)
     return state
-
-
-def prior_of_row(row: dict[str, Any], redirected: bool = False) -> Prior:
-    """The Prior of one resume-index row (as `ResumeIndex.get` makes it); `redirected`: found under the key of
-    its escalated draft, so the row's own key is the final image's."""
-    ok = row["status"] == "ok"
-    return Prior(
-        status=row["status"], sha256=row["sha256"] or "", bytes=int(row["bytes"] or 0), error=row["error"] or "",
-        carried={c: row.get(c) for c in CARRIED} if ok else {},
-        settings={c: row[c] for c in SETTINGS if row.get(c) is not None} if ok else {},
-        final_key=row["image_key"] if redirected else "",
-        final_generator=(row.get("generator") or "") if redirected else "",
-        final_model=(row.get("model") or "") if redirected else "",
-    )

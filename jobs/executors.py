@@ -88,10 +88,14 @@ class OnRay(_Run):
 
     def commit(self, objects: ObjectStore, lease: Lease, total: int, board: Any) -> RunSummary:
         from imagefleet.pipelines.manifest import write_manifest
+        from imagefleet.pipelines.pools import stop_shared
         from imagefleet.pipelines.text_to_image import build
 
-        return write_manifest(build(self.cfg, self.stores, self.source, self.plan, board), objects, lease, total,
-                              self.source.pass_through_schema())
+        try:
+            return write_manifest(build(self.cfg, self.stores, self.source, self.plan, board), objects, lease,
+                                  total, self.source.pass_through_schema())
+        finally:
+            stop_shared()  # the run's ledger (its resume index) ends with the run, committed or not
 
     def stop(self) -> None:
         if self.started:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -9,6 +10,8 @@ from imagefleet.configs.generator_base import PoolConfig
 from imagefleet.configs.scorer import ScorerPoolConfig
 from imagefleet.configs.serve import ServeConfig
 from imagefleet.configs.writer import WriterPoolConfig
+
+logger = logging.getLogger(__name__)
 
 GATEWAY_CPUS = 0.1
 
@@ -81,8 +84,31 @@ def start_shared(shared: dict[str, tuple[type, dict[str, Any]]]) -> dict[str, An
         return {}
     import ray
 
-    return {name: ray.remote(num_cpus=0, max_restarts=0)(actor).remote(**kwargs)
-            for name, (actor, kwargs) in shared.items()}
+    handles: dict[str, Any] = {name: ray.remote(num_cpus=0, max_restarts=0)(actor).remote(**kwargs)
+                                for name, (actor, kwargs) in shared.items()}
+    _SHARED.extend(handles.values())
+    return handles
+
+
+_SHARED: list[Any] = []
+"""The shared actors started in this process and not yet stopped (`stop_shared`)."""
+
+
+def stop_shared() -> int:
+    """End every shared actor this process started (a run's ledger holds its whole resume index: in a notebook
+    or a pipeline step that outlives the run it would stay until Ray's references to the Dataset are collected).
+    Call once the run's Dataset is consumed. Returns how many were stopped."""
+    import ray
+
+    stopped = 0
+    while _SHARED:
+        handle = _SHARED.pop()
+        try:
+            ray.kill(handle)
+            stopped += 1
+        except Exception as exc:  # noqa: BLE001 - already gone with its Ray
+            logger.debug("shared actor not stopped: %s", exc)
+    return stopped
 
 
 def map_batches_kwargs(pool: Pool) -> dict[str, Any]:

@@ -28,6 +28,13 @@ def _actors(class_part: str) -> int:
     return sum(class_part in str(a.get("ActorClassName", "")) for a in state.actors().values())
 
 
+def _alive(class_part: str) -> int:
+    from ray._private import state
+
+    return sum(class_part in str(a.get("ActorClassName", "")) and a.get("State") == "ALIVE"
+               for a in state.actors().values())
+
+
 def _images(out: Path) -> set[str]:
     return {p.name for p in (out / "images").rglob("*.png")}
 
@@ -52,6 +59,7 @@ def test_three_preprocessors_keep_the_budget_exact_and_a_rerun_makes_nothing(
     # 1 budget = 7 images' estimate: exactly 7 made whichever actor reserved them, 17 skipped
     first = imagefleet.run(raw, echo=None, progress="off")
     assert _actors("PromptPreprocessor") - preprocessors == 3 and _actors("RunLedger") - ledgers == 1
+    assert _alive("RunLedger") == 0  # the ledger (the run's resume index) ended with the run
     rows = _rows(first)
     made = {i for i, r in rows.items() if r["status"] == "ok"}
     assert len(rows) == 24 and len(made) == 7 and len(_images(out)) == 7
