@@ -199,12 +199,13 @@ class Plan:
 
 
 def preprocess_pool(cfg: JobConfig) -> Pool:
-    """The preprocessor's pool: up to PREPROCESS_POOL.max_size actors, on a local Ray one per CPUS_PER_PREPROCESSOR
+    """The preprocessor's pool: up to `cluster.max_preprocessors` actors, on a local Ray one per CPUS_PER_PREPROCESSOR
     of its CPUs; a batch makes about PREPROCESS_POOL.batch_size output rows however many prompts a template writes
     per row (its output is held in memory until the batch is done)."""
     import os
 
-    pool, per_row = PREPROCESS_POOL, cfg.source.expansion() * cfg.routing.requests_per_image()
+    pool = replace(PREPROCESS_POOL, max_size=cfg.cluster.max_preprocessors)
+    per_row = cfg.source.expansion() * cfg.routing.requests_per_image()
     if cfg.cluster.address == "local":
         cpus = cfg.cluster.num_cpus or os.cpu_count() or 1
         pool = replace(pool, max_size=max(pool.min_size, min(pool.max_size, cpus // CPUS_PER_PREPROCESSOR)))

@@ -109,6 +109,8 @@ def test_the_plan_shares_a_ledger_only_when_the_run_counts_something(tmp_path: P
     assert make_plan(parse_config(raw), stores, ["prompt"], 10).stages[0].pool.max_size == 2
     raw["cluster"] = {"address": "ray://head:10001"}
     assert make_plan(parse_config(raw), stores, ["prompt"], 10).stages[0].pool.max_size == 4
+    raw["cluster"]["max_preprocessors"] = 64  # a big cluster's rate: the pool grows as far as the user lets it
+    assert make_plan(parse_config(raw), stores, ["prompt"], 10).stages[0].pool.max_size == 64
     # a lazy processor Dataset: one preprocessor with its own ledger, made anew by each consumption
     again = consumed_again(plan)
     assert again.stages[0].shared == {} and again.stages[0].pool.max_size == again.pools["preprocess"].max_size == 1
