@@ -15,10 +15,13 @@ import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
-from bench import scale_manifest
-from bench.common import REPO, WORK, Timer, prepare_env, write_yaml
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench import scale_manifest  # noqa: E402
+from bench.common import REPO, WORK, Timer, prepare_env, write_yaml  # noqa: E402
 
 
 def one(rows: int) -> dict[str, Any]:
