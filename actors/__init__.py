@@ -11,6 +11,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from imagefleet.actors.better_keeper import BetterKeeper
     from imagefleet.actors.clip_scorer import ClipScorer, RuleScorer
     from imagefleet.actors.contract import BackendActor, ScorerActor, StageActor
     from imagefleet.actors.diffusers_generator import DiffusersGenerator
@@ -31,7 +32,8 @@ if TYPE_CHECKING:
     SCORERS: dict[str, type[ScorerActor]]
 
 _HOMES = {
-    "ClipScorer": "clip_scorer", "RuleScorer": "clip_scorer", "BackendActor": "contract",
+    "BetterKeeper": "better_keeper", "ClipScorer": "clip_scorer", "RuleScorer": "clip_scorer",
+    "BackendActor": "contract",
     "ScorerActor": "contract", "StageActor": "contract", "DiffusersGenerator": "diffusers_generator",
     "Escalator": "escalator", "GeminiImageGenerator": "gemini_generator", "ImageWriter": "image_writer",
     "InputReader": "input_reader", "OpenAIImageGenerator": "openai_generator",
@@ -68,7 +70,7 @@ def __getattr__(name: str) -> Any:
     return value
 
 
-__all__ = ["GENERATORS", "GENERATOR_ACTORS", "SCORERS", "SCORER_ACTORS", "BackendActor", "ClipScorer",
-           "DiffusersGenerator", "Escalator", "GeminiImageGenerator", "ImageWriter", "InputReader",
+__all__ = ["GENERATORS", "GENERATOR_ACTORS", "SCORERS", "SCORER_ACTORS", "BackendActor", "BetterKeeper",
+           "ClipScorer", "DiffusersGenerator", "Escalator", "GeminiImageGenerator", "ImageWriter", "InputReader",
            "OpenAIImageGenerator", "PromptPreprocessor", "Redrawer", "RuleScorer", "ScorerActor", "SleepGenerator",
            "StageActor", "VqaScorer", "FactsScorer"]

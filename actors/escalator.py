@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any
 
@@ -17,6 +18,11 @@ from imagefleet.configs.source import variant_size
 
 Batch = dict[str, np.ndarray]
 DRAFT_SETTINGS = {f"draft_{s}": np.dtype(numpy_dtype(s)) for s in SHAPE_SETTINGS}
+ESCALATED = "escalated"
+"""The route of a row sent to the heavy generator (and of one that ends as its heavy image)."""
+DRAFT_ROW = ("model", "model_version", "strength", "adapters", *(s for s in HEAVY_SETTINGS if s not in SHAPE_SETTINGS))
+"""What an escalation replaces that no `draft_*` column keeps (the negative prompt, and any other heavy setting):
+held in `draft_row` (JSON) when the row may still end as its draft (`keep_better`)."""
 
 
 def escalation_count(cfg: CascadeConfig, heavy_usd: float, num_scored: int) -> int | None:
@@ -47,7 +53,8 @@ class Escalator:
     An escalated row is rendered the way the heavy generator renders: its defaults for every setting the input
     row did not set itself (`explicit`), so SDXL runs 30 steps at 1024 px rather than the draft's 1 step at
     512 px. Its key is computed from those settings. The draft's pixels, score, generator and settings move to
-    `draft_*` columns (pixels kept if `keep_draft`). A single actor makes `max_escalations` an exact cap.
+    `draft_*` columns (pixels kept if `keep_draft` or `keep_better`; with `keep_better` the rest of what the row
+    was as a draft goes to `draft_row`, for BetterKeeper). A single actor makes `max_escalations` an exact cap.
 
     A relative policy (`escalate_fraction`, `escalate_budget_usd`) is decided over the whole run: the stage's
     `RUN_COLUMNS` of every row are read first (every earlier stage finishes; the pipeline holds the drafts), and
@@ -78,11 +85,12 @@ class Escalator:
     """Read when present (image-conditioned rows, adapters): the heavy image's key is made from the same inputs."""
     OUTPUT_COLUMNS = {
         "route": "draft | escalated",
-        "draft_image": "pixels (or provider file) of the draft (escalated rows with keep_draft)",
+        "draft_image": "pixels (or provider file) of the draft (escalated rows with keep_draft or keep_better)",
         "draft_image_mime": "content type of a provider file in `draft_image` ('' = raw pixels)",
         "draft_image_key": "key of the draft image",
         "draft_score": "score of the draft",
         "draft_generator": "generator that made the draft",
+        "draft_row": "JSON: the draft's DRAFT_ROW values (keep_better)",
         **{name: f"the draft's {name[6:]} (escalated rows)" for name in DRAFT_SETTINGS},
         "status": "escalated rows become `pending` again",
         "image_key": "escalated rows get the heavy image's key",
@@ -139,6 +147,7 @@ class Escalator:
         draft_key = np.array([""] * n, dtype=object)
         draft_score = np.full(n, np.nan)
         draft_gen = np.array([""] * n, dtype=object)
+        draft_row = np.array([""] * n, dtype=object)
         drafted = {name: np.zeros(n, dtype=dtype) for name, dtype in DRAFT_SETTINGS.items()}
         cols = {c: np.array(batch[c], dtype=object) for c in ("status", "image_key", "generator", "model", "image")}
         # no image_mime column (a caller with pixels only): every image is raw pixels
@@ -159,10 +168,12 @@ class Escalator:
             if heavy is None:
                 continue  # the heavy generator can't render this row's explicit size: the draft stays final
             self.escalated += 1
-            route[i], draft_key[i], draft_score[i], draft_gen[i] = "escalated", cols["image_key"][i], scores[i], \
+            route[i], draft_key[i], draft_score[i], draft_gen[i] = ESCALATED, cols["image_key"][i], scores[i], \
                 cols["generator"][i]
-            if self.cfg.keep_draft:
+            if self.cfg.keep_draft or self.cfg.keep_better:
                 draft_image[i], draft_mime[i] = cols["image"][i], cols["image_mime"][i]
+            if self.cfg.keep_better:
+                draft_row[i] = _draft_row(cols, settings, strength, adapters, i)
             for s in SHAPE_SETTINGS:
                 drafted[f"draft_{s}"][i] = settings[s][i]
             for s in HEAVY_SETTINGS:
@@ -177,7 +188,7 @@ class Escalator:
         # 3 same columns in, plus the cascade's
         out.update(cols, **settings, **drafted, strength=strength, adapters=adapters, clip_score=final_scores)
         out.update(route=route, draft_image=draft_image, draft_image_mime=draft_mime,
-                   draft_image_key=draft_key, draft_score=draft_score, draft_generator=draft_gen)
+                   draft_image_key=draft_key, draft_score=draft_score, draft_generator=draft_gen, draft_row=draft_row)
         return out
 
     def _low(self, score: float, key: str) -> bool:
@@ -226,3 +237,12 @@ class Escalator:
                 return None
         values["adapters"] = list(chosen)
         return values
+
+
+def _draft_row(cols: Batch, settings: Batch, strength: np.ndarray, adapters: np.ndarray, i: int) -> str:
+    """Row i's DRAFT_ROW values before the escalation replaces them, as compact JSON (a missing strength: null)."""
+    columns = {**cols, **settings, "adapters": adapters}
+    values = {name: columns[name][i] for name in DRAFT_ROW if name != "strength"}
+    values = {name: v.item() if isinstance(v, np.generic) else v for name, v in values.items()}
+    values["strength"] = float(strength[i]) if math.isfinite(float(strength[i])) else None
+    return json.dumps(values, separators=(",", ":"))

@@ -23,6 +23,10 @@ from imagefleet.configs.writer import ImageWriterConfig
 
 Batch = dict[str, np.ndarray]
 logger = logging.getLogger(__name__)
+ALSO_STORED = ("draft_", "heavy_")
+"""Column prefixes of a cascade's other images a row may carry, stored under their own keys: the kept draft of a
+row that ends as its heavy image, the heavy image of a row that kept its draft (`<prefix>image`, `_image_mime`,
+`_image_key`, `_width`, `_height` in; `<prefix>image_uri` out)."""
 __all__ = ["CONTENT_TYPES", "ImageWriter", "decode_rgb", "encode_image", "image_file", "reencode"]
 
 
@@ -177,10 +181,11 @@ class ImageWriter:
         "written_at": "unix time the row finished",
         "status": "ok | error | (passed through)",
         "draft_image_uri": "cascade: where an escalated row's kept draft is stored",
+        "heavy_image_uri": "cascade: where the heavy image of a row that kept its draft is stored",
     }
-    OPTIONAL_COLUMNS = ("draft_image", "draft_image_mime", "draft_image_key", "draft_width", "draft_height",
-                        *RECORD_INPUTS)
-    """Read when present: a cascade's kept drafts (stored too), and what the image's record keeps."""
+    OPTIONAL_COLUMNS = (*(f"{p}{c}" for p in ALSO_STORED for c in ("image", "image_mime", "image_key", "width",
+                                                                       "height")), *RECORD_INPUTS)
+    """Read when present: a cascade's other images (stored too), and what the image's record keeps."""
 
     def __init__(self, cfg: ImageWriterConfig, on_batch: Callable[[Batch], None] | None = None) -> None:
         self.cfg = cfg
@@ -197,8 +202,8 @@ class ImageWriter:
     def __call__(self, batch: Batch) -> Batch:
         # 1 outputs default to "nothing written"
         n = len(batch["status"])
-        out: dict[str, Any] = {k: v for k, v in batch.items()
-                               if k not in ("image", "image_mime", "draft_image", "draft_image_mime")}
+        out: dict[str, Any] = {k: v for k, v in batch.items() if k not in
+                               ("image", "image_mime", *(f"{p}image{c}" for p in ALSO_STORED for c in ("", "_mime")))}
         cols: dict[str, list[Any]] = {
             "image_uri": [""] * n,
             "mime": [""] * n,
@@ -211,15 +216,18 @@ class ImageWriter:
         }
         status = np.array(batch["status"], dtype=object)
         error = np.array(batch["error"], dtype=object)
-        # 2 cascade drafts that were escalated: stored too (write-once, their own key), before their rows' final
-        #   images, so a rerun after a death between the two finds the final image through the draft
-        if "draft_image" in batch:
-            draft_uri = [""] * n
-            todo_drafts = [i for i in range(n) if len(batch["draft_image"][i]) > 0]
-            for i, result in zip(todo_drafts, self.pool.map(lambda i: self._write_one(batch, i, draft=True),
-                                                             todo_drafts), strict=True):
-                draft_uri[i] = result["image_uri"] if isinstance(result, dict) else ""  # a lost draft is no error
-            out["draft_image_uri"] = np.asarray(draft_uri, dtype=object)
+        # 2 a cascade's other images (kept drafts of escalated rows, heavy images of rows that kept their draft):
+        #   stored too (write-once, their own key), before their rows' final images, so a rerun after a death
+        #   between the two finds the final image through the draft
+        for prefix in (p for p in ALSO_STORED if f"{p}image" in batch):
+            uris = [""] * n
+            todo_also = [i for i in range(n) if len(batch[f"{prefix}image"][i]) > 0]
+            for i, result in zip(todo_also, self.pool.map(lambda i, p=prefix: self._write_one(batch, i, also=p),
+                                                           todo_also), strict=True):
+                uris[i] = result["image_uri"] if isinstance(result, dict) else ""  # a lost one is no error
+            out[f"{prefix}image_uri"] = np.asarray(uris, dtype=object)
+        if "heavy_image_uri" in out:  # the final image's record says where its row's heavy image is
+            batch = {**batch, "heavy_image_uri": out["heavy_image_uri"]}
         # 3 encode + upload generated rows concurrently (PIL and boto3 release the GIL)
         todo = [i for i in range(n) if status[i] == "generated"]
         for i, result in zip(todo, self.pool.map(lambda i: self._write_one(batch, i), todo), strict=True):
@@ -256,14 +264,15 @@ class ImageWriter:
             self.on_batch(out)
         return out
 
-    def _record(self, batch: Batch, i: int, draft: bool, fmt: str, encode_s: float) -> str:
+    def _record(self, batch: Batch, i: int, also: str, fmt: str, encode_s: float) -> str:
         """The image's own record (actors.resume_index): lets a rerun adopt the image if its row never reaches a
-        manifest. A kept draft's names the heavy image its row ended as. '' when records are off or can't be
-        made (the image is then made again in that case)."""
-        if not self.cfg.image_records:
+        manifest. A kept draft's names the heavy image its row ended as; a heavy image its row did not keep has
+        none (only the row's key, its draft's, is looked up). '' when records are off or can't be made (the image
+        is then made again in that case)."""
+        if not self.cfg.image_records or also == "heavy_":
             return ""
         try:
-            if draft:
+            if also:
                 return image_record({ESCALATED_TO: batch["image_key"][i]})
             row = {c: batch[c][i] for c in RECORD_INPUTS if c in batch}
             return image_record(record_values({**row, "mime": CONTENT_TYPES[fmt], "encode_ms": encode_s * 1000}))
@@ -277,9 +286,9 @@ class ImageWriter:
         return (f"the output store failed past its retry budget (s3.retry_budget_s = {self.store.spec.retry_budget_s:g}"
                 f"s): {explain_s3_error(exc, self.store.uri_of(rel))}")
 
-    def _write_one(self, batch: Batch, i: int, draft: bool = False) -> dict[str, Any] | str:
-        # a kept cascade draft has its own size (the row's size is now the heavy generator's)
-        prefix = "draft_" if draft else ""
+    def _write_one(self, batch: Batch, i: int, also: str = "") -> dict[str, Any] | str:
+        # a cascade's other image (`also`: its ALSO_STORED prefix) has its own size
+        prefix = also
         h, w = int(batch[f"{prefix}height"][i]), int(batch[f"{prefix}width"][i])
         mime_col = f"{prefix}image_mime"
         mime = str(batch[mime_col][i]) if mime_col in batch else ""
@@ -296,9 +305,9 @@ class ImageWriter:
         rel = image_rel(str(batch[f"{prefix}image_key"][i]), fmt)
         try:
             written, stored_sha = self.store.put_if_absent(rel, data, CONTENT_TYPES[fmt], digest,
-                                                           self._record(batch, i, draft, fmt, t1 - t0))
+                                                           self._record(batch, i, also, fmt, t1 - t0))
         except Exception as exc:  # noqa: BLE001 - after the client's own retries, a failed upload is the row's
-            if store_is_down(exc) and not draft:
+            if store_is_down(exc) and not also:
                 raise StoreUnavailable(f"{ABORT_MARKER} {self._store_down(exc, rel)}; nothing was committed: rerun "
                                        "when it is back (images already stored are adopted, not made again)") from None
             return "upload failed: " + explain_s3_error(exc, self.store.uri_of(rel))

@@ -112,7 +112,8 @@ _LISTED: tuple[Column, ...] = (
            shard=True, report=True),
     Column("draft_round", pa.int32(), "cascade with adaptive drafts: which draft (1 = the first) the row kept; "
            "`candidates` lists every draft's seed and score", carried=True, shard=True, report=True),
-    Column("route", pa.string(), "cascade: draft | escalated", carried=True, shard=True, report=True),
+    Column("route", pa.string(), "cascade: draft | escalated | escalated_kept_draft (escalated, and the heavy image "
+           "scored below the draft: keep_better kept the draft)", carried=True, shard=True, report=True),
     Column("draft_image_key", pa.string(), "cascade: key of the kept draft of an escalated row", carried=True,
            report=True),
     Column("draft_image_uri", pa.string(), "cascade: where the kept draft is stored", carried=True, report=True),
@@ -121,6 +122,11 @@ _LISTED: tuple[Column, ...] = (
            report=True),
     _drafted("width", "cascade: the draft's width (the final image has the heavy generator's)"),
     *(_drafted(name, f"cascade: the draft's {name}") for name in SHAPE_SETTINGS[1:]),
+    Column("heavy_image_key", pa.string(), "cascade: key of the heavy image of an escalated_kept_draft row (stored, "
+           "not the row's image)", carried=True, report=True),
+    Column("heavy_image_uri", pa.string(), "cascade: where that heavy image is stored", carried=True, report=True),
+    Column("heavy_score", pa.float64(), "cascade: that heavy image's score (below the draft's)", carried=True,
+           report=True),
     Column("generated_at", CODECS["generated_at"].type, "when the image was generated (UTC)", carried=True,
            report=True),
     Column("written_at", CODECS["written_at"].type, "when the row finished (UTC)"),

@@ -172,7 +172,7 @@ def replayed(replay: Replay, policy: Policy, rows: list[Row], idx: np.ndarray, c
     ids = [rows[i].id for i in idx]
     out = replay.run(policy, ids)
     drafts = np.array([len(out[i].drafts) for i in ids])
-    up = np.array([out[i].route == "escalated" for i in ids])
+    up = np.array([out[i].route.startswith("escalated") for i in ids])  # heavy paid for, whichever was kept
     S = np.full((len(ids), policy.max_drafts), -math.inf)
     for j, rid in enumerate(ids):
         S[j, :drafts[j]] = [replay.image("draft", rows[idx[j]].prompt, s).score for s in out[rid].drafts]

@@ -40,10 +40,12 @@ class Policy:
     redraw_below: float | None = None
     escalate_fraction: float | None = None
     threshold: float | None = None
+    keep_better: bool = True  # the product's default: an escalated row keeps a draft its heavy image scored below
 
     def cascade(self) -> dict[str, Any]:
         """The `routing.cascade` block of a job config."""
-        out: dict[str, Any] = {"draft": "draft", "escalate": "heavy", "max_drafts": self.max_drafts}
+        out: dict[str, Any] = {"draft": "draft", "escalate": "heavy", "max_drafts": self.max_drafts,
+                               "keep_better": self.keep_better}
         if self.max_drafts > 1:
             out["redraw_below"] = self.redraw_below
         if self.escalate_fraction is not None:
@@ -55,17 +57,19 @@ class Policy:
     def label(self) -> str:
         drafts = f"max_drafts {self.max_drafts}, redraw_below {self.redraw_below:.1f}" if self.max_drafts > 1 \
             else "1 draft"
+        drafts += "" if self.keep_better else " (heavy always kept)"
         if self.escalate_fraction is not None:
             return f"{drafts}, escalate_fraction {self.escalate_fraction:.2f}"
         return f"{drafts}, threshold {self.threshold:.1f}" if self.threshold else f"{drafts}, no escalation"
 
     @staticmethod
     def parse(text: str) -> Policy:
-        """`max_drafts=3,redraw_below=60,escalate_fraction=0.25` (the keys above)."""
+        """`max_drafts=3,redraw_below=60,escalate_fraction=0.25` (the keys above; `keep_better=0` turns it off)."""
         values: dict[str, Any] = {}
         for part in filter(None, text.split(",")):
-            name, _, value = part.partition("=")
-            values[name.strip()] = int(value) if name.strip() == "max_drafts" else float(value)
+            name, _, value = (x.strip() for x in part.partition("="))
+            values[name] = int(value) if name == "max_drafts" else bool(int(value)) if name == "keep_better" \
+                else float(value)
         return Policy(**values)
 
 
@@ -231,7 +235,9 @@ class Replay:
 
     def run(self, policy: Policy, ids: list[str]) -> dict[str, Outcome]:
         """The cascade under `policy` on rows `ids`, decided by the product's actors: draft, score, the
-        Redrawer's rounds, the Escalator's decision over these rows, heavy, score."""
+        Redrawer's rounds, the Escalator's decision over these rows, heavy, score, and (keep_better, the product's
+        default) the BetterKeeper's choice of draft or heavy image."""
+        from imagefleet.actors.better_keeper import BetterKeeper
         from imagefleet.actors.escalator import Escalator
         from imagefleet.actors.redrawer import Redrawer
 
@@ -244,6 +250,7 @@ class Replay:
         heavy = self.heavy_identity(policy)
         cutoff = Escalator.over_run(batch, cascade, heavy)["cutoff"] if Escalator.decides_over_run(cascade) else None
         batch = self._fill("heavy", Escalator(cascade, "heavy", heavy, cutoff)(batch))
+        batch = BetterKeeper(cascade)(batch) if cascade.keep_better else batch
         out = {}
         for i, rid in enumerate(ids):
             prompt, seed = str(batch["prompt"][i]), int(batch["seed"][i])
@@ -302,7 +309,7 @@ def verify(replay: Replay, policy: Policy, ids: list[str], log: Any = print) -> 
         f"pixels {identical}/{len(ids)}")
     return {"rows": len(ids), "policy": policy.label(), "run_s": round(run_s, 1), "agree": agree,
             "checks": checks, "identical_pixels": int(identical), "mismatches": mismatches[:20],
-            "escalated": sum(o.route == "escalated" for o in ours.values()),
+            "escalated": sum(o.route.startswith("escalated") for o in ours.values()),  # either outcome
             "redrawn": sum(len(o.drafts) > 1 for o in ours.values()),
             "faithfulness_run": float(np.mean([a for a, _ in faith])) if faith else float("nan"),
             "faithfulness_replay": float(np.mean([b for _, b in faith])) if faith else float("nan")}

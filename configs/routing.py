@@ -28,10 +28,10 @@ pixels (with the default generator's defaults filled in)."""
 class Step:
     """One step of a run's topology after preprocessing; the pipeline maps each to a stage."""
 
-    kind: Literal["generate", "score", "escalate", "redraw"]
+    kind: Literal["generate", "score", "escalate", "redraw", "keep_better"]
     """generate: a generator's pool (rows routed elsewhere pass through); score: the scorer pool; escalate: the
     cascade's decision (one actor); redraw: a round of adaptive drafts (keep the better draft, draw again below
-    the stop score)."""
+    the stop score); keep_better: an escalated row keeps its draft when the heavy image scored lower."""
     generator: str = ""
     """The generator of a `generate` step."""
     round: int = 0
@@ -78,7 +78,14 @@ class CascadeConfig(StrictModel):
     max_escalations: int = Field(default=0, ge=0)
     """Budget cap: at most this many escalations per run (0 = no cap)."""
     keep_draft: bool = True
-    """Store the draft image of escalated rows too (manifest `draft_image_uri`)."""
+    """Store the draft image of escalated rows that end as their heavy image too (manifest `draft_image_uri`)."""
+    keep_better: bool = True
+    """Once an escalated row's heavy image is scored, keep the better of it and the draft: a heavy image scoring
+    below its draft leaves the row with the draft (route `escalated_kept_draft`; image key, pixels, settings and
+    score the draft's) and is stored as well (`heavy_image_key`, `heavy_image_uri`, `heavy_score`); cost counts
+    both. Ties and unscored or failed heavy images keep the heavy outcome. The drafts' pixels ride along until
+    then whatever `keep_draft` says. Keys are the same either way: an output that already holds a row keeps the
+    outcome it recorded."""
 
     @model_validator(mode="after")
     def _different(self) -> "CascadeConfig":
@@ -284,13 +291,15 @@ class CascadeRouting(RoutingBase):
 
     def steps(self, names: list[str], scored: bool) -> list[Step]:
         """Draft, score, (redraw, draft, score) for each further round of adaptive drafts and a last redraw that
-        keeps the best, escalate (one actor: an exact cap), heavy, score again."""
+        keeps the best, escalate (one actor: an exact cap), heavy, score again, and (keep_better) the better of
+        each escalated row's draft and heavy image."""
         c = self.cascade
         rounds = [step for k in range(1, c.max_drafts) for step in
                   (Step("redraw", round=k), Step("generate", c.draft), Step("score"))]
         settle = [Step("redraw", round=c.max_drafts)] if c.max_drafts > 1 else []
+        better = [Step("keep_better")] if c.keep_better else []
         return [Step("generate", c.draft), Step("score"), *rounds, *settle, Step("escalate"),
-                Step("generate", c.escalate), Step("score")]
+                Step("generate", c.escalate), Step("score"), *better]
 
     def cost_range(self, per_image: dict[str, float], images: int) -> tuple[float, float]:
         """Every image is drafted; at most `max_escalations` (else all), the policy's share, or what its budget buys

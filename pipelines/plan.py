@@ -2,7 +2,7 @@
 
     read_parquet(source columns)
       → preprocess (PromptPreprocessor: validate, route, expand, key)      [CPU pool + one run ledger]
-      → the routing mode's steps: generate <name> | score | escalate      [one pool each]
+      → the routing mode's steps: generate <name> | score | escalate | redraw | keep better   [one pool each]
       → write (ImageWriter: encode + upload, drops pixels)                 [CPU pool]
       → manifest (pipelines.manifest)
 
@@ -21,6 +21,7 @@ from pydantic import BaseModel
 from imagefleet.actors import (
     GENERATORS,
     SCORERS,
+    BetterKeeper,
     Escalator,
     ImageWriter,
     InputReader,
@@ -297,6 +298,8 @@ def _step_stage(cfg: JobConfig, stores: Stores, step: Step) -> Stage:
     if step.kind == "redraw":
         return declared_stage("redraw" if step.round < cascade.max_drafts else "keep best draft", Redrawer,
                               {"cfg": cascade, "round": step.round}, ESCALATOR_POOL)
+    if step.kind == "keep_better":  # after the heavy images' scores: the better of each escalated row's two images
+        return declared_stage("keep better", BetterKeeper, {"cfg": cascade}, ESCALATOR_POOL)
     prep = prep_config(cfg, stores)  # with the adapters' file hashes: the heavy image's key includes them
     return declared_stage("escalate", Escalator,
                           {"cfg": cascade, "heavy_name": cascade.escalate, "heavy": prep.generators[cascade.escalate]},

@@ -10,7 +10,7 @@ from typing import Any
 
 from imagefleet.actors.layout import EVALUATIONS_DIR
 from imagefleet.pipelines.charts import histogram_svg, throughput_caption, throughput_svg
-from imagefleet.pipelines.report_tally import SCORE_SERIES, SERIES_COLOURS, STAGES, Tally
+from imagefleet.pipelines.report_tally import ESCALATED_ROUTES, SCORE_SERIES, SERIES_COLOURS, STAGES, Tally
 from imagefleet.pipelines.units import THROUGHPUT_MEANS, duration, throughput
 
 STAGE_NAMES = {"queue_ms": "queue (waiting for a generator)", "generate_ms": "generate", "encode_ms": "encode",
@@ -120,7 +120,8 @@ def evaluations_html(tally: Tally) -> str:
     if not tally.metric_sums:
         return ""
     metrics = sorted({m for _, m in tally.metric_sums})
-    order = {"draft": 0, "escalated: draft": 1, "escalated": 2, "": 3, "all": 4}
+    order = {"draft": 0, "escalated: draft": 1, "escalated": 2, "escalated_kept_draft": 3,
+             "escalated_kept_draft: heavy": 4, "": 5, "all": 6}
     groups = sorted({g for g, _ in tally.metric_sums}, key=lambda g: order.get(g, 9))
     head = "".join(f"<th>mean {html.escape(m)}</th>" for m in metrics)
     rows = ""
@@ -132,8 +133,9 @@ def evaluations_html(tally: Tally) -> str:
         label = {"": "(no route)", "escalated": "escalated: final"}.get(g, g)
         rows += f"<tr><td>{html.escape(label)}</td><td>{n}</td>{cells}</tr>"
     return f"""<h2>Evaluations</h2><p class="note">from {EVALUATIONS_DIR}/*.parquet next to the manifest, by image
-key; `escalated: draft` are the kept drafts of escalated rows, `escalated: final` their heavy images, `all`
-every final image</p>
+key; `escalated: draft` are the kept drafts of escalated rows, `escalated: final` their heavy images,
+`escalated_kept_draft` the drafts kept because their heavy image scored lower, `escalated_kept_draft: heavy` those
+heavy images, `all` every final image</p>
 {_table(f"<tr><th>route</th><th>images</th>{head}</tr>", rows)}"""
 
 
@@ -146,8 +148,10 @@ def _cascade_html(tally: Tally, pairs: list[tuple[dict[str, Any], str, str]]) ->
     for (route, _, _), (n, n_ok, usd) in tally.routes.items():
         acc = per_route.setdefault(route, [0, 0, 0.0])
         acc[0], acc[1], acc[2] = acc[0] + n, acc[1] + n_ok, acc[2] + usd
-    escalated = int(per_route.get("escalated", [0])[0])
+    escalated = sum(int(per_route.get(route, [0])[0]) for route in ESCALATED_ROUTES)
+    kept = int(per_route.get(ESCALATED_ROUTES[1], [0])[0])
     rate = f"{escalated / tally.num_drafted:.1%}" if tally.num_drafted else "–"
+    kept_text = f"; {kept} kept their draft: the heavy image scored lower" if kept else ""
     route_rows = "".join(
         f"<tr><td>{e(route or 'none')}</td><td>{n:.0f}</td><td>{n_ok:.0f}</td><td>${usd:.4f}</td>"
         f"<td>{f'${usd / n:.4f}' if n else '–'}</td></tr>" for route, (n, n_ok, usd) in sorted(per_route.items()))
@@ -160,7 +164,7 @@ def _cascade_html(tally: Tally, pairs: list[tuple[dict[str, Any], str, str]]) ->
         f"<p>{_text((r['prompt'] or '')[:160])}</p></div>" for r, draft, final in pairs)
     histograms = histogram_svg([(name, tally.scores.get(name, {})) for name, _, _ in SCORE_SERIES], SERIES_COLOURS)
     return f"""<h2>Cascade</h2>
-<p>escalation rate {rate} ({escalated} of {tally.num_drafted} drafts escalated)</p>
+<p>escalation rate {rate} ({escalated} of {tally.num_drafted} drafts escalated{kept_text})</p>
 <div class="cols"><section><h3>Cost per route</h3>
 {_table("<tr><th>route</th><th>images</th><th>ok</th><th>USD</th><th>USD per image</th></tr>", route_rows)}
 <h3>Cost per route and generator</h3><p class="note">an escalated image's cost is its draft's plus its own</p>

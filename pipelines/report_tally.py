@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from imagefleet.actors.better_keeper import KEPT_DRAFT
 from imagefleet.actors.manifest_schema import REPORT_COLUMNS
 from imagefleet.actors.manifest_types import decode
 from imagefleet.pipelines.charts import SCORE_BIN
@@ -18,8 +19,11 @@ STAGES = ("queue_ms", "generate_ms", "encode_ms", "upload_ms")  # timing rows of
 COLUMNS = list(REPORT_COLUMNS)  # the manifest columns flagged `report`
 # the cascade's score histograms: (series, route, score column); drawn in this order and these colours
 SCORE_SERIES = (("kept drafts", "draft", "clip_score"), ("escalated: draft score", "escalated", "draft_score"),
-                ("escalated: final score", "escalated", "clip_score"))
-SERIES_COLOURS = dict(zip((s for s, _, _ in SCORE_SERIES), ("#16a34a", "#f59e0b", "#2563eb"), strict=True))
+                ("escalated: final score", "escalated", "clip_score"),
+                ("escalated, draft kept: heavy score", KEPT_DRAFT, "heavy_score"))
+SERIES_COLOURS = dict(zip((s for s, _, _ in SCORE_SERIES), ("#16a34a", "#f59e0b", "#2563eb", "#dc2626"), strict=True))
+ESCALATED_ROUTES = ("escalated", KEPT_DRAFT)
+"""Routes of rows the cascade escalated: ending as the heavy image, or as the draft (its heavy image scored lower)."""
 
 
 @dataclass
@@ -48,7 +52,7 @@ class Tally:
     routes: dict[tuple[str, str, str], list[float]] = field(default_factory=dict)
     """(route, generator, draft generator) -> [rows, ok rows, USD]."""
     num_drafted: int = 0
-    """Cascade rows that produced a draft: kept drafts plus escalated rows."""
+    """Cascade rows that produced a draft: kept drafts plus escalated rows (either outcome)."""
     scores: dict[str, dict[int, int]] = field(default_factory=dict)
     """Score histogram per SCORE_SERIES name: bin -> count."""
     problems: list[dict[str, Any]] = field(default_factory=list)
@@ -57,7 +61,8 @@ class Tally:
     evaluations: dict[str, dict[str, float]] = field(default_factory=dict)
     """Per-image metrics from <output>/evaluations/*.parquet: image key -> {metric: value}."""
     metric_sums: dict[tuple[str, str], list[float]] = field(default_factory=dict)
-    """(group, metric) -> [images evaluated, sum]; groups are routes, `escalated: draft` and `all`."""
+    """(group, metric) -> [images evaluated, sum]; groups are routes, `escalated: draft`, `escalated_kept_draft:
+    heavy` (the heavy images rows did not keep) and `all`."""
 
     def add(self, batch: Any) -> None:
         import pyarrow as pa
@@ -93,14 +98,18 @@ class Tally:
                                             self.pair_step, self.num_escalated_seen)
 
     def _metrics(self, table: Any, ok: Any) -> None:
-        """Sum each evaluated image's metrics per route (an escalated row's kept draft counts as `escalated: draft`)."""
+        """Sum each evaluated image's metrics per route (an escalated row's kept draft counts as `escalated: draft`,
+        the heavy image of a row that kept its draft as `escalated_kept_draft: heavy`)."""
         keys = table.column("image_key").to_pylist()
         routes = table.column("route").to_pylist()
         drafts = table.column("draft_image_key").to_pylist()
+        heavy = table.column("heavy_image_key").to_pylist()
         for i in [int(j) for j in ok.nonzero()[0]]:
             groups = [("all", keys[i]), (routes[i] or "", keys[i])]
             if routes[i] == "escalated" and drafts[i]:
                 groups.append(("escalated: draft", drafts[i]))
+            if routes[i] == KEPT_DRAFT and heavy[i]:
+                groups.append((f"{KEPT_DRAFT}: heavy", heavy[i]))
             for group, key in groups:
                 for metric, value in self.evaluations.get(key, {}).items():
                     acc = self.metric_sums.setdefault((group, metric), [0, 0.0])
@@ -134,7 +143,7 @@ class Tally:
             acc[0] += r["ok_count"]
             acc[1] += r["ok_sum"] or 0
             acc[2] += r["cost_sum"] or 0.0
-        escalated = route_np == "escalated"
+        escalated = np.isin(route_np, ESCALATED_ROUTES)
         self.num_drafted += int(np.sum(escalated) + np.sum(ok & (route_np == "draft")))
         for series, name, column in SCORE_SERIES:
             # an escalated row's draft score exists even when its heavy image failed; the others need the image

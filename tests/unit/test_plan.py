@@ -39,7 +39,9 @@ def names(plan: Plan) -> list[str]:
          True, ["generate:a", "generate:c", "score"]),
         ({"mode": "fanout", "fanout": ["c", "a"]}, False, ["generate:c", "generate:a"]),
         ({"mode": "cascade", "cascade": {"draft": "a", "escalate": "c", "threshold": 0.5}}, True,
-         ["generate:a", "score", "escalate", "generate:c", "score"]),
+         ["generate:a", "score", "escalate", "generate:c", "score", "keep better"]),
+        ({"mode": "cascade", "cascade": {"draft": "a", "escalate": "c", "threshold": 0.5, "keep_better": False}},
+         True, ["generate:a", "score", "escalate", "generate:c", "score"]),
     ],
 )
 def test_each_routing_mode_is_one_straight_line_of_stages(routing: dict[str, Any], scorer: bool,
@@ -186,7 +188,8 @@ def test_dry_run_refuses_a_stage_its_arguments_cant_build(tmp_path: Any, monkeyp
 def test_a_column_read_when_present_but_written_later_is_caught() -> None:
     """Optional reads are declared (`OPTIONAL_COLUMNS`) and checked: a stage that reads a column only a later
     stage writes would silently never see it."""
-    cfg = fleet({"mode": "cascade", "cascade": {"draft": "a", "escalate": "c", "threshold": 0.5}}, scorer=True)
+    cfg = fleet({"mode": "cascade", "cascade": {"draft": "a", "escalate": "c", "threshold": 0.5, "keep_better": False}},
+                scorer=True)
     plan = make_plan(cfg, STORES, ["prompt"], 10)
     writer = plan.stages[-1]
     assert "draft_image" in writer.optional_reads

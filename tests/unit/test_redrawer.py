@@ -98,4 +98,5 @@ def test_the_rule_is_in_the_draft_keys_and_the_plan_has_a_round_per_draft() -> N
     assert selection(cfg(max_drafts=3, redraw_below=0.25)) == "drafts=3,redraw_below=0.25,scorer=rule:"
     names = [s.name for s in make_plan(cfg(max_drafts=3, redraw_below=0.25), STORES, ["prompt"], 10).stages]
     assert names == ["preprocess", "generate:sleepy", "score", "redraw", "generate:sleepy", "score", "redraw",
-                     "generate:sleepy", "score", "keep best draft", "escalate", "generate:heavy", "score", "write"]
+                     "generate:sleepy", "score", "keep best draft", "escalate", "generate:heavy", "score",
+                     "keep better", "write"]

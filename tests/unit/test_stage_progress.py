@@ -71,7 +71,7 @@ def test_in_process_a_cascades_drafts_and_scores_show_before_any_image_is_writte
     assert "write" not in end.stages  # the writer's rows are the `done` counts, by generator
     # one actor per stage in process, each loaded: (loading, ready)
     assert end.actors == dict.fromkeys(("preprocess", "generate:a", "score", "escalate", "generate:c", "score#2",
-                                        "write"), (0, 1))
+                                        "keep better", "write"), (0, 1))
 
 
 @pytest.mark.slow
@@ -79,7 +79,7 @@ def test_on_ray_every_stage_pool_counts_its_rows(tmp_path: Path, ray_cluster: No
     """The counting class travels to Ray's workers by value: the board gets every pool's rows."""
     _, end = _cascade_run(tmp_path, "ray")
     assert end.done == 3
-    names = ("preprocess", "generate:a", "score", "escalate", "generate:c", "score#2")
+    names = ("preprocess", "generate:a", "score", "escalate", "generate:c", "score#2", "keep better")
     assert {k: end.stages.get(k) for k in names} == dict.fromkeys(names, 3)
     # every pool's actors said they loaded (the writer's too), none is still loading
     assert set(end.actors) == {*names, "write"}
