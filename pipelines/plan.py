@@ -360,6 +360,7 @@ def call_rows(gen: GeneratorBase, block_rows: int) -> int:
         return 0  # hosted batch mode (a block is one provider batch), or nothing to gain, or too much to hold
     return block_rows
 
+
 def scorer_source_problem(cfg: JobConfig, source_columns: list[str]) -> str:
     """Why what the scorer reads from the prompt table won't reach it ('' = it will, or it reads nothing there): a
     `facts` scorer's column rides as a pass-through value (the scorer's optional `source_problem`)."""
