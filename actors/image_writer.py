@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 
+from imagefleet.actors.image_records import ESCALATED_TO, RECORD_INPUTS, image_record, record_values
 from imagefleet.actors.layout import CONTENT_TYPES, format_of_mime, image_rel
 from imagefleet.actors.manifest_schema import PRIOR, prior_values
-from imagefleet.actors.resume_index import ESCALATED_TO, RECORD_INPUTS, image_record, record_values
 from imagefleet.actors.store_errors import explain_s3_error, is_transient
 from imagefleet.actors.stores import open_store
 from imagefleet.configs.writer import ImageWriterConfig

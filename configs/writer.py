@@ -102,7 +102,7 @@ class ImageWriterConfig(StrictModel):
     keep_provider_bytes: bool = True
     """Store a hosted provider's file as sent (its own format) instead of encoding it as `format`."""
     image_records: bool = True
-    """Keep each image's record with the object (actors.resume_index.image_record)."""
+    """Keep each image's record with the object (actors.image_records.image_record)."""
     num_upload_threads: int
     """Concurrent encode+upload workers per actor."""
     store: StoreSpec

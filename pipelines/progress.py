@@ -41,7 +41,8 @@ def tally(table: Any) -> dict[str, dict[str, float]]:
         "error": pc.fill_null(pc.equal(status, "error"), False),
         "refused": pc.fill_null(pc.equal(status, "refused"), False),
         "skipped": pc.fill_null(pc.equal(status, "skipped"), False),
-        "escalated": pc.fill_null(pc.equal(table.column("route"), "escalated"), False),
+        # escalated, whether the row ended as its heavy image or kept its better draft (`escalated_kept_draft`)
+        "escalated": pc.fill_null(pc.starts_with(table.column("route"), "escalated"), False),
     }
     spent = pc.if_else(present, 0.0, pc.fill_null(table.column("cost_usd"), 0.0))
     out: dict[str, dict[str, float]] = {}

@@ -20,9 +20,10 @@ import pytest
 from imagefleet.actors.backend_io import Outcome
 from imagefleet.actors.escalator import Escalator
 from imagefleet.actors.generation import run_generation
+from imagefleet.actors.image_records import ESCALATED_TO, image_record
 from imagefleet.actors.layout import MANIFEST_DIR, image_rel, manifest_part
 from imagefleet.actors.local_store import RECORD_XATTR, LocalStore
-from imagefleet.actors.resume_index import ESCALATED_TO, image_record, load_index
+from imagefleet.actors.resume_index import load_index
 from imagefleet.actors.storage import RECORD_MAX_BYTES
 from imagefleet.configs.storage import StoreSpec
 from tests.unit.test_provider_bytes import generate, pending, provider_png, provider_webp, writer

@@ -39,10 +39,13 @@ def test_tally_counts_by_generator_and_charges_only_new_images() -> None:
         {"generator": "heavy", "status": "error", "already_present": False, "cost_usd": 0.0},
         {"generator": "heavy", "status": "refused", "already_present": False, "cost_usd": 0.05},
         {"generator": "heavy", "status": "skipped", "already_present": None, "cost_usd": None},
+        # escalated, the heavy image scored below the draft: the row kept its draft (and counts as escalated)
+        {"generator": "draft", "status": "ok", "already_present": False, "cost_usd": 0.21,
+         "route": "escalated_kept_draft"},
     ])
     counts = tally(table)
-    assert counts["draft"] == {"done": 2, "new": 1, "present": 1, "error": 0, "refused": 0, "skipped": 0,
-                               "escalated": 0, "cost_usd": pytest.approx(0.01)}
+    assert counts["draft"] == {"done": 3, "new": 2, "present": 1, "error": 0, "refused": 0, "skipped": 0,
+                               "escalated": 1, "cost_usd": pytest.approx(0.22)}
     heavy = counts["heavy"]
     assert (heavy["done"], heavy["new"], heavy["error"], heavy["refused"], heavy["skipped"], heavy["escalated"]) \
         == (4, 1, 1, 1, 1, 1)

@@ -61,7 +61,7 @@ from imagefleet.actors.generation import _request
 from imagefleet.actors.backend_io import GENERATOR_INPUT_COLUMNS
 from imagefleet.actors.manifest_schema import SCHEMA
 from imagefleet.actors.prompt_preprocessor import PromptPreprocessor
-from imagefleet.actors.resume_index import RECORD_FIELDS
+from imagefleet.actors.image_records import RECORD_FIELDS
 from imagefleet.configs.loader import parse_config
 from imagefleet.configs.source import ColumnNames
 from imagefleet.pipelines.slices import prep_config
