@@ -54,7 +54,8 @@ class Escalator:
     row did not set itself (`explicit`), so SDXL runs 30 steps at 1024 px rather than the draft's 1 step at
     512 px. Its key is computed from those settings. The draft's pixels, score, generator and settings move to
     `draft_*` columns (pixels kept if `keep_draft` or `keep_better`; with `keep_better` the rest of what the row
-    was as a draft goes to `draft_row`, for BetterKeeper). A single actor makes `max_escalations` an exact cap.
+    was as a draft goes to `draft_row`, for BetterKeeper). With a threshold and `max_escalations`, one actor makes
+    the cap exact (`counts`); otherwise the stage's pool grows.
 
     A relative policy (`escalate_fraction`, `escalate_budget_usd`) is decided over the whole run: the stage's
     `RUN_COLUMNS` of every row are read first (every earlier stage finishes; the pipeline holds the drafts), and
@@ -119,6 +120,12 @@ class Escalator:
             raise ValueError("a relative escalation policy is decided over the whole run: build the escalator "
                              "with the cutoff Escalator.over_run computes from every row's score")
         self.cutoff = cutoff or NOTHING
+
+    @staticmethod
+    def counts(cfg: CascadeConfig) -> bool:
+        """Whether the stage keeps a count across rows (a threshold with `max_escalations`: one actor makes it an
+        exact cap); a relative policy's cutoff, decided over the whole run, already holds the cap."""
+        return cfg.threshold is not None and bool(cfg.max_escalations)
 
     @staticmethod
     def decides_over_run(cfg: CascadeConfig) -> bool:

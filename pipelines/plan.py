@@ -36,6 +36,7 @@ from imagefleet.configs.prep import InputReaderConfig
 from imagefleet.configs.routing import Step
 from imagefleet.pipelines.pools import (
     CPUS_PER_PREPROCESSOR,
+    DECISION_POOL,
     ESCALATOR_POOL,
     INPUT_READER_POOL,
     PREPROCESS_POOL,
@@ -200,17 +201,23 @@ class Plan:
 
 
 def preprocess_pool(cfg: JobConfig) -> Pool:
-    """The preprocessor's pool: up to `cluster.max_preprocessors` actors, on a local Ray one per CPUS_PER_PREPROCESSOR
-    of its CPUs; a batch makes about PREPROCESS_POOL.batch_size output rows however many prompts a template writes
-    per row (its output is held in memory until the batch is done)."""
+    """The preprocessor's pool: up to `cluster.max_preprocessors` actors (`growing`); a batch makes about
+    PREPROCESS_POOL.batch_size output rows however many prompts a template writes per row (its output is held in
+    memory until the batch is done)."""
+    pool = growing(cfg, replace(PREPROCESS_POOL, max_size=cfg.cluster.max_preprocessors))
+    per_row = cfg.source.expansion() * cfg.routing.requests_per_image()
+    return replace(pool, batch_size=max(1, pool.batch_size // per_row))
+
+
+def growing(cfg: JobConfig, pool: Pool) -> Pool:
+    """`pool` as it may grow on this run's cluster: on a local Ray one actor per CPUS_PER_PREPROCESSOR of its CPUs
+    at most (at least one), so a machine of a few cores keeps the CPU Ray Data's own tasks need."""
     import os
 
-    pool = replace(PREPROCESS_POOL, max_size=cfg.cluster.max_preprocessors)
-    per_row = cfg.source.expansion() * cfg.routing.requests_per_image()
-    if cfg.cluster.address == "local":
-        cpus = cfg.cluster.num_cpus or os.cpu_count() or 1
-        pool = replace(pool, max_size=max(pool.min_size, min(pool.max_size, cpus // CPUS_PER_PREPROCESSOR)))
-    return replace(pool, batch_size=max(1, pool.batch_size // per_row))
+    if cfg.cluster.address != "local":
+        return pool
+    cpus = cfg.cluster.num_cpus or os.cpu_count() or 1
+    return replace(pool, max_size=max(pool.min_size, min(pool.max_size, cpus // CPUS_PER_PREPROCESSOR)))
 
 
 def prompt_columns(cfg: JobConfig) -> tuple[str, ...]:
@@ -297,13 +304,13 @@ def _step_stage(cfg: JobConfig, stores: Stores, step: Step) -> Stage:
         raise PlanError(f"routing.mode={cfg.routing.mode} has a {step.kind} step but no cascade settings")
     if step.kind == "redraw":
         return declared_stage("redraw" if step.round < cascade.max_drafts else "keep best draft", Redrawer,
-                              {"cfg": cascade, "round": step.round}, ESCALATOR_POOL)
+                              {"cfg": cascade, "round": step.round}, growing(cfg, DECISION_POOL))
     if step.kind == "keep_better":  # after the heavy images' scores: the better of each escalated row's two images
-        return declared_stage("keep better", BetterKeeper, {"cfg": cascade}, ESCALATOR_POOL)
+        return declared_stage("keep better", BetterKeeper, {"cfg": cascade}, growing(cfg, DECISION_POOL))
     prep = prep_config(cfg, stores)  # with the adapters' file hashes: the heavy image's key includes them
     return declared_stage("escalate", Escalator,
                           {"cfg": cascade, "heavy_name": cascade.escalate, "heavy": prep.generators[cascade.escalate]},
-                          ESCALATOR_POOL,
+                          ESCALATOR_POOL if Escalator.counts(cascade) else growing(cfg, DECISION_POOL),
                           run_columns=Escalator.RUN_COLUMNS if Escalator.decides_over_run(cascade) else ())
 
 

@@ -203,3 +203,21 @@ def test_a_column_read_when_present_but_written_later_is_caught() -> None:
     with pytest.raises(PlanError, match="stage 'write' .*reads column.* draft_image.* when present, but only a "
                                         "later stage writes them"):
         replace(plan, stages=tuple(stages)).check()
+
+
+@pytest.mark.parametrize(("cascade", "escalate_actors"), [
+    ({"threshold": 0.5, "max_escalations": 3}, 1),  # a capped threshold is a count across rows: one actor
+    ({"threshold": 0.5}, 4),
+    ({"escalate_fraction": 0.2, "max_escalations": 3}, 4),  # the whole run's cutoff already holds the cap
+])
+def test_the_cascades_decisions_grow_as_pools_unless_they_count_across_rows(cascade: dict[str, Any],
+                                                                           escalate_actors: int) -> None:
+    raw = {"mode": "cascade", "cascade": {"draft": "a", "escalate": "c", "max_drafts": 2, "redraw_below": 0.3,
+                                          **cascade}}
+    cfg = fleet(raw, scorer=True)
+    cfg = cfg.model_copy(update={"cluster": cfg.cluster.model_copy(update={"address": "ray://head:10001"})})
+    pools = make_plan(cfg, STORES, ["prompt"], 10).pools
+    assert pools["escalate"].max_size == escalate_actors
+    assert pools["redraw"].max_size == pools["keep best draft"].max_size == pools["keep better"].max_size == 4
+    local = make_plan(fleet(raw, scorer=True), STORES, ["prompt"], 10).pools  # a 4-CPU local Ray: one each
+    assert {local[k].max_size for k in ("escalate", "redraw", "keep best draft", "keep better")} == {1}
