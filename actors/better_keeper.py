@@ -9,6 +9,7 @@ import math
 import numpy as np
 
 from imagefleet.actors.escalator import DRAFT_ROW, ESCALATED
+from imagefleet.actors.facts_scorer import FACTS
 from imagefleet.configs.request import HEAVY_SETTINGS, SHAPE_SETTINGS, numpy_dtype
 from imagefleet.configs.routing import CascadeConfig
 
@@ -64,9 +65,11 @@ class BetterKeeper:
         **{name: "the heavy image's (swapped for the draft's)" for name in
            ("image", "image_mime", "image_key", "generator", *SHAPE_SETTINGS, *DRAFT_ROW)},
     }
+    OPTIONAL_COLUMNS = (FACTS,)
+    """A facts scorer's results for the heavy image (the draft's are in `draft_row`)."""
     OUTPUT_COLUMNS = {
         "route": f"{KEPT_DRAFT} for rows that keep their draft",
-        **{name: "the draft's, for rows that keep it" for name in SWAPPED},
+        **{name: "the draft's, for rows that keep it" for name in (*SWAPPED, FACTS)},
         "draft_image": "emptied where the writer needn't store it (a row's image now, or keep_draft off)",
         "draft_image_mime": "emptied with it",
         **HEAVY,
@@ -84,6 +87,7 @@ class BetterKeeper:
                  "draft_image", "draft_image_mime")}
         settings = {s: np.array(batch[s], dtype=numpy_dtype(s)) for s in (*SHAPE_SETTINGS, *SETTINGS)}
         score = np.array(batch["clip_score"], dtype=np.float64)
+        facts = np.array(batch[FACTS], dtype=object) if FACTS in batch else None
         strength = np.array(batch["strength"], dtype=np.float64)
         heavy: Batch = {"heavy_image": np.array([b""] * n, dtype=object),
                         "heavy_image_mime": np.array([""] * n, dtype=object),
@@ -105,6 +109,8 @@ class BetterKeeper:
             for s in SHAPE_SETTINGS:
                 settings[s][i] = batch[f"draft_{s}"][i]
             was = json.loads(str(batch["draft_row"][i]))
+            if facts is not None:  # they go with the score: the draft's (the escalator kept them in draft_row)
+                facts[i] = was.get(FACTS, "")
             for name in DRAFT_ROW:
                 if name == "strength":
                     strength[i] = math.nan if was[name] is None else was[name]
@@ -116,4 +122,6 @@ class BetterKeeper:
             cols["draft_image"] = np.array([b""] * n, dtype=object)
             cols["draft_image_mime"] = np.array([""] * n, dtype=object)
         out.update(cols, **settings, clip_score=score, strength=strength, **heavy)
+        if facts is not None:
+            out[FACTS] = facts
         return out

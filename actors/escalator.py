@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from imagefleet.actors.backend_io import parse_adapter_list
+from imagefleet.actors.facts_scorer import FACTS
 from imagefleet.actors.keys import adapters_text, key_of
 from imagefleet.configs.generator_base import STRENGTH_TASKS
 from imagefleet.configs.prep import GeneratorIdentity
@@ -82,7 +83,7 @@ class Escalator:
         **{s: "the draft's; the heavy one's unless explicit" for s in HEAVY_SETTINGS},
     }
     OPTIONAL_COLUMNS = ("task", "input_sha256", "mask_sha256", "mask_uri", "strength", "adapters", "variant",
-                        "model_version")
+                        "model_version", FACTS)
     """Read when present (image-conditioned rows, adapters): the heavy image's key is made from the same inputs."""
     OUTPUT_COLUMNS = {
         "route": "draft | escalated",
@@ -91,7 +92,7 @@ class Escalator:
         "draft_image_key": "key of the draft image",
         "draft_score": "score of the draft",
         "draft_generator": "generator that made the draft",
-        "draft_row": "JSON: the draft's DRAFT_ROW values (keep_better)",
+        "draft_row": "JSON: the draft's DRAFT_ROW values, and its facts where a facts scorer wrote them (keep_better)",
         **{name: f"the draft's {name[6:]} (escalated rows)" for name in DRAFT_SETTINGS},
         "status": "escalated rows become `pending` again",
         "image_key": "escalated rows get the heavy image's key",
@@ -101,6 +102,7 @@ class Escalator:
         "image": "emptied for escalated rows",
         "image_mime": "emptied for escalated rows",
         "clip_score": "emptied for escalated rows (moved to draft_score; the heavy image is scored anew)",
+        FACTS: "emptied for escalated rows with their score (a facts scorer's; kept in draft_row with keep_better)",
         "strength": "the heavy generator's default unless explicit",
         "adapters": "the heavy generator's default adapters unless the row chose its own",
         **{s: "the heavy generator's default unless explicit" for s in HEAVY_SETTINGS},
@@ -165,6 +167,7 @@ class Escalator:
         adapters = np.array(batch["adapters"] if "adapters" in batch else [""] * n, dtype=object)
         scores = np.array(batch["clip_score"], dtype=np.float64)
         final_scores = scores.copy()
+        facts = np.array(batch[FACTS], dtype=object) if FACTS in batch else None
         # 2 low scorers (within the cap) move to the heavy generator with its settings
         for i in range(n):
             if cols["status"][i] != "generated" or not self._low(float(scores[i]), str(cols["image_key"][i])):
@@ -180,7 +183,7 @@ class Escalator:
             if self.cfg.keep_draft or self.cfg.keep_better:
                 draft_image[i], draft_mime[i] = cols["image"][i], cols["image_mime"][i]
             if self.cfg.keep_better:
-                draft_row[i] = _draft_row(cols, settings, strength, adapters, i)
+                draft_row[i] = _draft_row(cols, settings, strength, adapters, i, facts)
             for s in SHAPE_SETTINGS:
                 drafted[f"draft_{s}"][i] = settings[s][i]
             for s in HEAVY_SETTINGS:
@@ -192,8 +195,12 @@ class Escalator:
             cols["model_version"][i] = h.version
             cols["status"][i], cols["image"][i], cols["image_mime"][i] = "pending", b"", ""
             final_scores[i] = np.nan
+            if facts is not None:  # they describe the draft, as its score did
+                facts[i] = ""
         # 3 same columns in, plus the cascade's
         out.update(cols, **settings, **drafted, strength=strength, adapters=adapters, clip_score=final_scores)
+        if facts is not None:
+            out[FACTS] = facts
         out.update(route=route, draft_image=draft_image, draft_image_mime=draft_mime,
                    draft_image_key=draft_key, draft_score=draft_score, draft_generator=draft_gen, draft_row=draft_row)
         return out
@@ -246,10 +253,14 @@ class Escalator:
         return values
 
 
-def _draft_row(cols: Batch, settings: Batch, strength: np.ndarray, adapters: np.ndarray, i: int) -> str:
-    """Row i's DRAFT_ROW values before the escalation replaces them, as compact JSON (a missing strength: null)."""
+def _draft_row(cols: Batch, settings: Batch, strength: np.ndarray, adapters: np.ndarray, i: int,
+               facts: np.ndarray | None = None) -> str:
+    """Row i's DRAFT_ROW values before the escalation replaces them, as compact JSON (a missing strength: null),
+    with its facts when a facts scorer wrote them."""
     columns = {**cols, **settings, "adapters": adapters}
     values = {name: columns[name][i] for name in DRAFT_ROW if name != "strength"}
     values = {name: v.item() if isinstance(v, np.generic) else v for name, v in values.items()}
     values["strength"] = float(strength[i]) if math.isfinite(float(strength[i])) else None
+    if facts is not None:
+        values[FACTS] = str(facts[i])
     return json.dumps(values, separators=(",", ":"))

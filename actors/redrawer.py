@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from imagefleet.actors.facts_scorer import FACTS
 from imagefleet.actors.keys import derive_seed
 from imagefleet.configs.routing import CascadeConfig
 
@@ -16,6 +17,8 @@ Batch = dict[str, np.ndarray]
 KEPT = ("image", "image_mime", "seed", "width", "height", "clip_score")
 """What a row's best draft so far is made of (held in `best_<name>` while the next draft is drawn)."""
 BEST = tuple(f"best_{name}" for name in KEPT)
+BEST_FACTS = f"best_{FACTS}"
+"""A facts scorer's per-fact results go with the score: kept, held and restored with the draft they describe."""
 
 
 def redraw_seed(first_seed: int, image_key: str, k: int) -> int:
@@ -47,7 +50,7 @@ class Redrawer:
         "error": "cleared when a failed redraw falls back to the earlier draft",
         **{name: "the draft's (kept, or restored from best_*)" for name in KEPT if name != "clip_score"},
     }
-    OPTIONAL_COLUMNS = ("candidates", "draft_round", "redrawing", *BEST)
+    OPTIONAL_COLUMNS = ("candidates", "draft_round", "redrawing", *BEST, FACTS, BEST_FACTS)
     """The earlier rounds' record, when an earlier round wrote it."""
     OUTPUT_COLUMNS = {
         "status": "rows drawn again become `pending`",
@@ -57,6 +60,8 @@ class Redrawer:
         "redrawing": "the row was sent back for another draft by this round",
         **{name: "the kept draft's; the next draft's seed for rows drawn again" for name in KEPT},
         **{f"best_{name}": "the best draft's while the next is drawn" for name in KEPT},
+        FACTS: "the kept draft's per-fact results, with its score ('' for rows drawn again; a facts scorer's)",
+        BEST_FACTS: "the best draft's facts while the next is drawn (a facts scorer's)",
     }
 
     def __init__(self, cfg: CascadeConfig, round: int) -> None:  # noqa: A002 - the round of the cascade
@@ -75,14 +80,19 @@ class Redrawer:
         for name in ("seed", "width", "height"):
             cols[name] = np.array(batch[name], dtype=np.int64)
         cols["clip_score"] = np.array(batch["clip_score"], dtype=np.float64)
+        kept: tuple[str, ...] = KEPT
         best = self._best(batch, n)
+        if FACTS in batch:  # a facts scorer's results describe the draft they were asked of: they move with it
+            kept = (*KEPT, FACTS)
+            cols[FACTS] = np.array(batch[FACTS], dtype=object)
+            best[BEST_FACTS] = np.array(batch[BEST_FACTS] if BEST_FACTS in batch else [""] * n, dtype=object)
         candidates = np.array(batch["candidates"] if "candidates" in batch else [""] * n, dtype=object)
         kept_round = np.array(batch["draft_round"] if "draft_round" in batch else [0] * n, dtype=np.int32)
         redrawing = np.array(batch["redrawing"] if "redrawing" in batch else [False] * n, dtype=bool)
         for i in range(n):
             drafts = json.loads(candidates[i]) if candidates[i] else []
             if redrawing[i]:  # 1 the row's newest draft against its best before
-                self._settle(cols, best, i, drafts, kept_round)
+                self._settle(cols, best, i, drafts, kept_round, kept)
             elif cols["status"][i] == "generated" and not drafts:  # its first draft
                 drafts.append(_entry(int(cols["seed"][i]), float(cols["clip_score"][i])))
                 kept_round[i] = 1
@@ -90,15 +100,17 @@ class Redrawer:
             if drafts:
                 candidates[i] = json.dumps(drafts)
             if not self.last and self._again(cols, i):  # 2 below the stop score: another draft
-                for name in KEPT:
+                for name in kept:
                     best[f"best_{name}"][i] = cols[name][i]
                 cols["seed"][i] = redraw_seed(int(drafts[0]["seed"]), str(batch["image_key"][i]), len(drafts))
                 cols["status"][i], cols["image"][i], cols["image_mime"][i] = "pending", b"", ""
                 cols["clip_score"][i] = np.nan
+                if FACTS in cols:
+                    cols[FACTS][i] = ""
                 redrawing[i] = True
         out.update(cols, candidates=candidates, draft_round=kept_round, redrawing=redrawing)
         if self.last:  # nothing is drawn again: the held drafts' pixels go no further
-            for name in (*BEST, "redrawing"):
+            for name in (*BEST, BEST_FACTS, "redrawing"):
                 out.pop(name, None)
         else:
             out.update(best)
@@ -109,7 +121,7 @@ class Redrawer:
         return bool(cols["status"][i] == "generated" and math.isfinite(score) and score < self.stop)
 
     def _settle(self, cols: dict[str, np.ndarray], best: dict[str, np.ndarray], i: int, drafts: list[dict[str, Any]],
-                kept_round: np.ndarray) -> None:
+                kept_round: np.ndarray, kept: tuple[str, ...] = KEPT) -> None:
         """Row i's new draft is kept if it was made and beats the best before; else the best comes back."""
         new = float(cols["clip_score"][i])
         made = cols["status"][i] == "generated"
@@ -118,7 +130,7 @@ class Redrawer:
         if made and math.isfinite(new) and (not math.isfinite(before) or new > before):
             kept_round[i] = len(drafts)
             return
-        for name in KEPT:
+        for name in kept:
             cols[name][i] = best[f"best_{name}"][i]
         cols["status"][i], cols["error"][i] = "generated", ""
 
