@@ -55,8 +55,8 @@ class Escalator:
     row did not set itself (`explicit`), so SDXL runs 30 steps at 1024 px rather than the draft's 1 step at
     512 px. Its key is computed from those settings. The draft's pixels, score, generator and settings move to
     `draft_*` columns (pixels kept if `keep_draft` or `keep_better`; with `keep_better` the rest of what the row
-    was as a draft goes to `draft_row`, for BetterKeeper). With a threshold and `max_escalations`, one actor makes
-    the cap exact (`counts`); otherwise the stage's pool grows.
+    was as a draft goes to `draft_row`, for BetterKeeper). A cap or a relative policy is decided over the whole run
+    (`over_run`: the lowest-scoring drafts, ranked by score and key), so any number of actors apply it exactly.
 
     A relative policy (`escalate_fraction`, `escalate_budget_usd`) is decided over the whole run: the stage's
     `RUN_COLUMNS` of every row are read first (every earlier stage finishes; the pipeline holds the drafts), and
@@ -119,20 +119,16 @@ class Escalator:
         self.escalated = 0
         self.relative = self.decides_over_run(cfg)
         if self.relative and cutoff is None:
-            raise ValueError("a relative escalation policy is decided over the whole run: build the escalator "
+            raise ValueError("a relative escalation policy or a capped threshold is decided over the whole run: "
+                             "build the escalator "
                              "with the cutoff Escalator.over_run computes from every row's score")
         self.cutoff = cutoff or NOTHING
 
     @staticmethod
-    def counts(cfg: CascadeConfig) -> bool:
-        """Whether the stage keeps a count across rows (a threshold with `max_escalations`: one actor makes it an
-        exact cap); a relative policy's cutoff, decided over the whole run, already holds the cap."""
-        return cfg.threshold is not None and bool(cfg.max_escalations)
-
-    @staticmethod
     def decides_over_run(cfg: CascadeConfig) -> bool:
-        """Whether the stage needs every row's RUN_COLUMNS before its first call (a relative policy)."""
-        return cfg.threshold is None
+        """Whether the stage needs every row's RUN_COLUMNS before its first call: a relative policy, or a threshold
+        with a cap (`max_escalations`: the lowest-scoring drafts below the threshold escalate, not the first seen)."""
+        return cfg.threshold is None or bool(cfg.max_escalations)
 
     @classmethod
     def over_run(cls, view: Any, cfg: CascadeConfig, heavy: GeneratorIdentity, **_: Any) -> dict[str, Any]:
@@ -143,7 +139,11 @@ class Escalator:
         keys = np.asarray(view["image_key"], dtype=object)
         ranked = sorted((float(scores[i]), str(keys[i])) for i in range(len(status))
                         if status[i] == "generated" and scores[i] == scores[i])
-        count = escalation_count(cfg, heavy.est_usd_per_image, len(ranked)) or 0
+        if cfg.threshold is not None:  # a capped threshold: the lowest below it, up to the cap
+            ranked = [r for r in ranked if r[0] < cfg.threshold]
+            count = min(len(ranked), cfg.max_escalations or len(ranked))
+        else:
+            count = escalation_count(cfg, heavy.est_usd_per_image, len(ranked)) or 0
         return {"cutoff": ranked[count - 1] if count else NOTHING}
 
     def __call__(self, batch: Batch) -> Batch:
@@ -210,9 +210,9 @@ class Escalator:
         below the run's cutoff."""
         if score != score:  # NaN: unscored
             return False
-        if not self.relative:
-            return score < float(self.cfg.threshold)  # type: ignore[arg-type]  # the config sets one policy
-        return (score, key) <= self.cutoff
+        if self.cfg.threshold is not None and not score < self.cfg.threshold:
+            return False
+        return not self.relative or (score, key) <= self.cutoff
 
     def _heavy_settings(self, batch: Batch, i: int) -> dict[str, Any] | None:
         """Row i as the heavy generator renders it (None when its explicit size exceeds the heavy's max_pixels, or

@@ -76,7 +76,8 @@ class CascadeConfig(StrictModel):
     """Adaptive drafts: draw another draft while the best so far scores below this (the scorer's units); needed
     when max_drafts > 1."""
     max_escalations: int = Field(default=0, ge=0)
-    """Budget cap: at most this many escalations per run (0 = no cap)."""
+    """Budget cap: at most this many escalations per run (0 = no cap), the run's lowest-scoring drafts (decided once
+    every draft is scored, as a relative policy is)."""
     keep_draft: bool = True
     """Store the draft image of escalated rows that end as their heavy image too (manifest `draft_image_uri`)."""
     keep_better: bool = True

@@ -37,7 +37,6 @@ from imagefleet.configs.routing import Step
 from imagefleet.pipelines.pools import (
     CPUS_PER_PREPROCESSOR,
     DECISION_POOL,
-    ESCALATOR_POOL,
     INPUT_READER_POOL,
     PREPROCESS_POOL,
     Pool,
@@ -310,7 +309,7 @@ def _step_stage(cfg: JobConfig, stores: Stores, step: Step) -> Stage:
     prep = prep_config(cfg, stores)  # with the adapters' file hashes: the heavy image's key includes them
     return declared_stage("escalate", Escalator,
                           {"cfg": cascade, "heavy_name": cascade.escalate, "heavy": prep.generators[cascade.escalate]},
-                          ESCALATOR_POOL if Escalator.counts(cascade) else growing(cfg, DECISION_POOL),
+                          growing(cfg, DECISION_POOL),
                           run_columns=Escalator.RUN_COLUMNS if Escalator.decides_over_run(cascade) else ())
 
 

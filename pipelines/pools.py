@@ -71,10 +71,8 @@ CPUS_PER_PREPROCESSOR = 8
 cores keeps the CPU Ray Data's own tasks need (`jobs.preflight`: pools at their largest leave one)."""
 # Input images are read, decoded once and hashed: I/O and some CPU per row, so a small pool that grows.
 INPUT_READER_POOL = Pool(min_size=1, max_size=2, initial_size=1, num_cpus=0.5, batch_size=64)
-# Exactly one actor: an escalation threshold with a cap (`max_escalations`) is a global count.
-ESCALATOR_POOL = Pool(min_size=1, max_size=1, initial_size=1, num_cpus=0.1, batch_size=256)
-# The cascade's per-row decisions (redraw or keep the best draft, keep the better of draft and heavy, escalate by a
-# cutoff decided over the whole run or by an uncapped threshold): no count across rows, so a pool that grows.
+# The cascade's per-row decisions (redraw or keep the best draft, keep the better of draft and heavy, escalate by an
+# uncapped threshold or by a cutoff decided over the whole run): no count across rows, so a pool that grows.
 DECISION_POOL = Pool(min_size=1, max_size=4, initial_size=1, num_cpus=0.1, batch_size=256)
 
 

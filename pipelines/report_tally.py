@@ -103,7 +103,8 @@ class Tally:
         keys = table.column("image_key").to_pylist()
         routes = table.column("route").to_pylist()
         drafts = table.column("draft_image_key").to_pylist()
-        heavy = table.column("heavy_image_key").to_pylist()
+        names = table.column_names  # (a table from before keep_better has no heavy images)
+        heavy = table.column("heavy_image_key").to_pylist() if "heavy_image_key" in names else [None] * len(keys)
         for i in [int(j) for j in ok.nonzero()[0]]:
             groups = [("all", keys[i]), (routes[i] or "", keys[i])]
             if routes[i] == "escalated" and drafts[i]:

@@ -93,15 +93,19 @@ def test_escalator_threshold_cap_and_draft() -> None:
                                                          "max_escalations": 2}),
                         "scorer": {"backend": "rule"}})
     heavy = prep_config(cfg).generators["heavy"]
-    esc = Escalator(cfg.routing.cascade, "heavy", heavy)  # type: ignore[arg-type]
-    out = esc(batch(["a", "b", "c", "d"], ["generated", "generated", "generated", "error"], [0.1, 0.9, 0.2, np.nan]))
-    assert list(out["route"]) == ["escalated", "draft", "escalated", "draft"]
-    assert list(out["status"]) == ["pending", "generated", "pending", "error"]
-    assert list(out["generator"])[:3] == ["heavy", "sleepy", "heavy"] and out["draft_score"][0] == 0.1
+    rows = batch(["a", "b", "c", "d", "e"], ["generated", "generated", "generated", "error", "generated"],
+                 [0.1, 0.9, 0.2, np.nan, 0.0])
+    # the cap is decided over the whole run: the 2 lowest drafts below the threshold, not the first 2 seen
+    decided = Escalator.over_run(rows, cfg.routing.cascade, heavy)  # type: ignore[arg-type]
+    esc = Escalator(cfg.routing.cascade, "heavy", heavy, **decided)  # type: ignore[arg-type]
+    out = esc(rows)
+    assert list(out["route"]) == ["escalated", "draft", "draft", "draft", "escalated"]
+    assert list(out["status"]) == ["pending", "generated", "generated", "error", "pending"]
+    assert list(out["generator"])[:3] == ["heavy", "sleepy", "sleepy"] and out["draft_score"][0] == 0.1
     assert out["draft_image_key"][0] == f"{0:040x}" and out["image_key"][0] != f"{0:040x}"
     assert len(out["draft_image"][0]) > 0 and out["image"][0] == b""
-    more = esc(batch(["e"], ["generated"], [0.0]))  # the cap (2) is used up
-    assert list(more["route"]) == ["draft"] and list(more["status"]) == ["generated"]
+    with pytest.raises(ValueError, match="decided over the whole run"):
+        Escalator(cfg.routing.cascade, "heavy", heavy)  # type: ignore[arg-type]
 
 
 def cascade_config(heavy_defaults: dict[str, Any]) -> Any:

@@ -206,7 +206,7 @@ def test_a_column_read_when_present_but_written_later_is_caught() -> None:
 
 
 @pytest.mark.parametrize(("cascade", "escalate_actors"), [
-    ({"threshold": 0.5, "max_escalations": 3}, 1),  # a capped threshold is a count across rows: one actor
+    ({"threshold": 0.5, "max_escalations": 3}, 4),  # a capped threshold: the lowest below it, decided over the run
     ({"threshold": 0.5}, 4),
     ({"escalate_fraction": 0.2, "max_escalations": 3}, 4),  # the whole run's cutoff already holds the cap
 ])
