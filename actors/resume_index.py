@@ -87,6 +87,8 @@ class ResumeIndex:
         self.positions = positions or {}
         self.redirects = redirects or {}
         self.unlisted = unlisted
+        # whether each row is an ok one: a byte a row, read once rather than per lookup
+        self.ok = bytearray(table.column("status").to_numpy(zero_copy_only=False) == "ok") if table else bytearray()
 
     def __len__(self) -> int:
         return len(self.positions) + len(self.redirects)
@@ -95,19 +97,23 @@ class ResumeIndex:
         """What an earlier run settled for `key`: its manifest row, else the record of a stored image no manifest
         row names (adopted), else None. An image found that way also beats an earlier error row for its key (a
         later run made it and died before its row was written)."""
-        found = self._from_manifest(key)
-        if (found is None or found.status != "ok") and self.unlisted:  # (an empty Unlisted is falsy: no lookups)
-            return self.unlisted.adopt(key) or found
-        return found
-
-    def _from_manifest(self, key: str) -> Prior | None:
-        pos, redirected = self.positions.get(key), False
-        if key in self.redirects and (pos is None or self.table.column("status")[pos].as_py() != "ok"):
-            pos, redirected = self.redirects[key], True
-        if pos is None:
-            return None
+        pos, redirected, adopted = self.find(key)
+        if adopted is not None or pos is None:
+            return adopted
         return prior_of_row({name: self.table.column(name)[pos].as_py() for name in self.table.column_names},
                             redirected)
+
+    def find(self, key: str) -> tuple[int | None, bool, Prior | None]:
+        """Where `get` finds `key`: (its row in `table`, found through its escalated draft, None), or (None, False,
+        the adopted Prior of a stored image no ok row names), or (None, False, None)."""
+        pos, redirected = self.positions.get(key), False
+        if key in self.redirects and (pos is None or not self.ok[pos]):
+            pos, redirected = self.redirects[key], True  # the row of its final image (always an ok row)
+        if (pos is None or not self.ok[pos]) and self.unlisted:  # (an empty Unlisted is falsy: no lookups)
+            adopted = self.unlisted.adopt(key)
+            if adopted is not None:
+                return None, False, adopted
+        return pos, redirected, None
 
 
 def prior_of_row(row: dict[str, Any], redirected: bool = False) -> Prior:

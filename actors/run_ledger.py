@@ -60,9 +60,6 @@ class RunLedger:
         if resume is not None and resume.skip_existing:
             self.index = load_index(open_store(resume.output_uri, resume.store), resume.image_format,
                                     resume.keep_provider_bytes)
-        # whether each index row is an ok one: a byte a row, read once rather than per lookup
-        table = self.index.table
-        self.ok = bytearray(table.column("status").to_numpy(zero_copy_only=False) == "ok") if table else bytearray()
         self.empty = not (self.index.positions or self.index.redirects or self.index.unlisted)
 
     def settle(self, keys: list[str], usd: list[float]) -> Settled:
@@ -87,24 +84,20 @@ class RunLedger:
 
     def _look_up(self, keys: list[str], at: dict[int, int], redirected: set[int], adopted: dict[int, Prior]
                  ) -> list[int]:
-        """Fill `at` (key position → index row), `redirected` and `adopted` as `ResumeIndex.get` decides; the
-        positions of the keys left to make."""
-        positions, redirects, ok, unlisted = self.index.positions, self.index.redirects, self.ok, self.index.unlisted
+        """Fill `at` (key position → index row), `redirected` and `adopted` as `ResumeIndex.get` decides
+        (`ResumeIndex.find`); the positions of the keys left to make."""
+        find, ok = self.index.find, self.index.ok
         pending = []
         for i, key in enumerate(keys):
-            pos = positions.get(key)
-            if key in redirects and (pos is None or not ok[pos]):
-                pos = redirects[key]  # an escalated draft: the row of its final image (always an ok row)
-                redirected.add(i)
-            if (pos is None or not ok[pos]) and unlisted:  # a stored image beats an earlier error row
-                prior = unlisted.adopt(key)
-                if prior is not None:
-                    adopted[i] = prior
-                    continue
-            if pos is None or (not ok[pos] and self.retry_failed):
+            pos, through_draft, prior = find(key)
+            if prior is not None:
+                adopted[i] = prior
+            elif pos is None or (not ok[pos] and self.retry_failed):
                 pending.append(i)
             else:
                 at[i] = pos
+                if through_draft:
+                    redirected.add(i)
         return pending
 
 
