@@ -35,7 +35,7 @@ from imagefleet.configs.generator_base import GeneratorBase, RunBudget
 from imagefleet.configs.prep import InputReaderConfig
 from imagefleet.configs.routing import Step
 from imagefleet.pipelines.pools import (
-    CPUS_PER_PREPROCESSOR,
+    CPUS_PER_GROWING_ACTOR,
     DECISION_POOL,
     INPUT_READER_POOL,
     PREPROCESS_POOL,
@@ -209,14 +209,14 @@ def preprocess_pool(cfg: JobConfig) -> Pool:
 
 
 def growing(cfg: JobConfig, pool: Pool) -> Pool:
-    """`pool` as it may grow on this run's cluster: on a local Ray one actor per CPUS_PER_PREPROCESSOR of its CPUs
+    """`pool` as it may grow on this run's cluster: on a local Ray one actor per CPUS_PER_GROWING_ACTOR of its CPUs
     at most (at least one), so a machine of a few cores keeps the CPU Ray Data's own tasks need."""
     import os
 
     if cfg.cluster.address != "local":
         return pool
     cpus = cfg.cluster.num_cpus or os.cpu_count() or 1
-    return replace(pool, max_size=max(pool.min_size, min(pool.max_size, cpus // CPUS_PER_PREPROCESSOR)))
+    return replace(pool, max_size=max(pool.min_size, min(pool.max_size, cpus // CPUS_PER_GROWING_ACTOR)))
 
 
 def prompt_columns(cfg: JobConfig) -> tuple[str, ...]:

@@ -66,9 +66,10 @@ def scorer_pool(pool: ScorerPoolConfig) -> Pool:
 # a light pool that grows under load. What is counted over the whole run (the budget, the resume index) is kept
 # by one ledger actor the pool shares (actors/run_ledger.py, `start_shared`), so any number of them stays exact.
 PREPROCESS_POOL = Pool(min_size=1, max_size=4, initial_size=1, num_cpus=0.25, batch_size=4096)
-CPUS_PER_PREPROCESSOR = 8
-"""On a local Ray: at most one preprocessor actor per this many of its CPUs (at least one), so a machine of a few
-cores keeps the CPU Ray Data's own tasks need (`jobs.preflight`: pools at their largest leave one)."""
+CPUS_PER_GROWING_ACTOR = 8
+"""On a local Ray: at most one actor of a pool that grows (the preprocessors, the cascade's decisions) per this many
+of its CPUs (at least one), so a machine of a few cores keeps the CPU Ray Data's own tasks need (`jobs.preflight`:
+pools at their largest leave one)."""
 # Input images are read, decoded once and hashed: I/O and some CPU per row, so a small pool that grows.
 INPUT_READER_POOL = Pool(min_size=1, max_size=2, initial_size=1, num_cpus=0.5, batch_size=64)
 # The cascade's per-row decisions (redraw or keep the best draft, keep the better of draft and heavy, escalate by an
