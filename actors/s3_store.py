@@ -160,11 +160,7 @@ class S3Store(ObjectStore):
     def delete_prefix(self, rel_prefix: str) -> None:
         prefix = self._key(rel_prefix.rstrip("/") + "/")
         for page in self._pages(prefix):
-            keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
-            if keys:
-                batch: list[dict[str, Any]] = keys
-                self._s3(lambda batch=batch: self.client.delete_objects(  # type: ignore[misc]
-                    Bucket=self.location.bucket, Delete={"Objects": batch, "Quiet": True}), f"delete {rel_prefix}")
+            self._delete_keys([o["Key"] for o in page.get("Contents", [])], f"delete {rel_prefix}")
         self._s3(lambda: self.client.delete_object(Bucket=self.location.bucket, Key=prefix), f"delete {rel_prefix}")
 
     def delete(self, rel: str) -> None:
@@ -172,11 +168,15 @@ class S3Store(ObjectStore):
 
     def delete_many(self, rels: Sequence[str]) -> Sequence[str]:
         """DeleteObjects, 1,000 keys a request (its limit); a key the response lists under Errors is returned."""
+        return self._delete_keys([self._key(rel) for rel in rels], "delete manifest parts")
+
+    def _delete_keys(self, keys: Sequence[str], what: str) -> Sequence[str]:
+        """Delete bucket keys with DeleteObjects, 1,000 a request; `<key>: <code> <message>` of each it refused."""
         failed: list[str] = []
-        for at in range(0, len(rels), 1000):
-            batch = [{"Key": self._key(rel)} for rel in rels[at:at + 1000]]
+        for at in range(0, len(keys), 1000):
+            batch: list[dict[str, Any]] = [{"Key": key} for key in keys[at:at + 1000]]
             answer = self._s3(lambda batch=batch: self.client.delete_objects(  # type: ignore[misc]
-                Bucket=self.location.bucket, Delete={"Objects": batch, "Quiet": True}), "delete manifest parts")
+                Bucket=self.location.bucket, Delete={"Objects": batch, "Quiet": True}), what)
             failed += [f"{e.get('Key')}: {e.get('Code')} {e.get('Message', '')}".rstrip()
                        for e in (answer or {}).get("Errors", [])]
         return failed
