@@ -116,7 +116,6 @@ class Escalator:
         self.cfg = cfg
         self.heavy_name = heavy_name
         self.heavy = heavy
-        self.escalated = 0
         self.relative = self.decides_over_run(cfg)
         if self.relative and cutoff is None:
             raise ValueError("a relative escalation policy or a capped threshold is decided over the whole run: "
@@ -168,16 +167,13 @@ class Escalator:
         scores = np.array(batch["clip_score"], dtype=np.float64)
         final_scores = scores.copy()
         facts = np.array(batch[FACTS], dtype=object) if FACTS in batch else None
-        # 2 low scorers (within the cap) move to the heavy generator with its settings
+        # 2 low scorers (a cap is in the cutoff, decided over the run) move to the heavy generator with its settings
         for i in range(n):
             if cols["status"][i] != "generated" or not self._low(float(scores[i]), str(cols["image_key"][i])):
                 continue
-            if self.cfg.max_escalations and self.escalated >= self.cfg.max_escalations:
-                continue  # budget cap: the draft stays final
             heavy = self._heavy_settings(batch, i)
             if heavy is None:
                 continue  # the heavy generator can't render this row's explicit size: the draft stays final
-            self.escalated += 1
             route[i], draft_key[i], draft_score[i], draft_gen[i] = ESCALATED, cols["image_key"][i], scores[i], \
                 cols["generator"][i]
             if self.cfg.keep_draft or self.cfg.keep_better:
