@@ -1,6 +1,10 @@
 """FactsScorer: fact-level prompt-image alignment — each fact of a prompt asked of a vision-language model as a
 yes/no question; the image's score is the expected share of its facts that hold (the mean of P(yes)).
 
+`scorer.model` is a vision-language model, or a fact verifier folder (actors/fact_verifier.py, made by `imagefleet
+train-verifier`), told apart by its config.json: a verifier reads each fact itself (no question template) and a row
+without facts is read with its whole prompt as the one fact.
+
 A row's facts come from a prompt-table column (`scorer.facts_column`). They reach the scorer the way the manifest's
 pass-through columns do: inside the row's PASS_THROUGH values (actors/pass_through.py), so no stage between the
 preprocessor and the scorer needs to know of them. The plan checks before any work that the column is carried
@@ -10,6 +14,7 @@ preprocessor and the scorer needs to know of them. The plan checks before any wo
 from __future__ import annotations
 
 import json
+import logging
 import math
 from collections.abc import Collection
 from dataclasses import dataclass
@@ -25,6 +30,7 @@ from imagefleet.actors.clip_scorer import (
     score_batch,
     score_rows,
 )
+from imagefleet.actors.fact_verifier import FactVerifier, fact_verifier_problem, is_fact_verifier
 from imagefleet.actors.manifest_schema import NAMES
 from imagefleet.actors.pass_through import PASS_THROUGH, manifest_name
 from imagefleet.actors.vqa_scorer import YesNoModel, vlm_model_problem
@@ -33,6 +39,9 @@ from imagefleet.configs.scorer import FactsScorerConfig
 if TYPE_CHECKING:
     from imagefleet.configs.source import SourceConfig
 
+logger = logging.getLogger(__name__)
+VLM_ONLY = frozenset({"question", "prompt_question", "answer", "dtype"})
+"""Settings a fact verifier folder doesn't use (it reads each fact itself, in float32)."""
 FACTS = "facts"
 """The manifest column of each fact's result (flat in the pipeline: JSON `[{"fact", "p_yes"}]`, '' = none)."""
 
@@ -96,8 +105,9 @@ class FactsScorer:
 
     @staticmethod
     def check_model(cfg: FactsScorerConfig) -> str:
-        """Why a local model folder can't be this scorer's ('' = fine; hub ids are left to the actor)."""
-        return vlm_model_problem(cfg.model)
+        """Why a local model folder can't be this scorer's ('' = fine; hub ids are left to the actor): a fact
+        verifier folder must be one this version reads, any other a vision-language model."""
+        return fact_verifier_problem(cfg.model) if is_fact_verifier(cfg.model) else vlm_model_problem(cfg.model)
 
     @staticmethod
     def source_problem(cfg: FactsScorerConfig, source: SourceConfig, carried: Collection[str]) -> str:
@@ -118,7 +128,16 @@ class FactsScorer:
 
     def __init__(self, cfg: FactsScorerConfig) -> None:
         self.cfg = cfg
-        self.vlm = YesNoModel(cfg.model, cfg.dtype, cfg.answer)
+        self.verifier = is_fact_verifier(cfg.model)
+        self.vlm: YesNoModel | FactVerifier
+        if self.verifier:
+            self.vlm = FactVerifier(cfg.model)
+            unused = sorted(VLM_ONLY & set(cfg.model_fields_set))
+            if unused:
+                logger.warning("scorer.%s has no effect: %s is a fact verifier, which reads each fact itself",
+                               ", scorer.".join(unused), cfg.model)
+        else:
+            self.vlm = YesNoModel(cfg.model, cfg.dtype, cfg.answer)
         self.key = manifest_name(cfg.facts_column, frozenset(NAMES))  # its name among the pass-through values
 
     def __call__(self, batch: Batch) -> Batch:
@@ -139,6 +158,8 @@ class FactsScorer:
         return out
 
     def _ask(self, facts: list[str], prompt: str) -> Ask:
+        if self.verifier:  # the facts themselves; a row without facts: its prompt as the one fact
+            return Ask(tuple(facts), tuple(facts) or (prompt,))
         if not facts:
             return Ask((), (self.cfg.prompt_question.replace("{prompt}", self.vlm.plain(prompt)),))
         return Ask(tuple(facts), tuple(self.cfg.question.replace("{fact}", self.vlm.plain(f)) for f in facts))
