@@ -10,6 +10,7 @@ import numpy as np
 
 from imagefleet.actors.backend_io import parse_adapter_list
 from imagefleet.actors.facts_scorer import FACTS
+from imagefleet.actors.gain_model import PREDICTED
 from imagefleet.actors.keys import adapters_text, key_of
 from imagefleet.configs.generator_base import STRENGTH_TASKS
 from imagefleet.configs.prep import GeneratorIdentity
@@ -83,10 +84,11 @@ class Escalator:
         **{s: "the draft's; the heavy one's unless explicit" for s in HEAVY_SETTINGS},
     }
     OPTIONAL_COLUMNS = ("task", "input_sha256", "mask_sha256", "mask_uri", "strength", "adapters", "variant",
-                        "model_version", FACTS)
-    """Read when present (image-conditioned rows, adapters): the heavy image's key is made from the same inputs."""
+                        "model_version", FACTS, "route")
+    """Read when present (image-conditioned rows, adapters): the heavy image's key is made from the same inputs;
+    `route`: rows predictive routing sent straight to the heavy generator keep `predicted_heavy`."""
     OUTPUT_COLUMNS = {
-        "route": "draft | escalated",
+        "route": "draft | escalated | predicted_heavy (kept from the preprocessor)",
         "draft_image": "pixels (or provider file) of the draft (escalated rows with keep_draft or keep_better)",
         "draft_image_mime": "content type of a provider file in `draft_image` ('' = raw pixels)",
         "draft_image_key": "key of the draft image",
@@ -150,6 +152,8 @@ class Escalator:
         n = len(batch["status"])
         out = dict(batch)
         route = np.array(["draft"] * n, dtype=object)
+        if "route" in batch:  # predictive routing: rows sent straight to heavy (pending now, never escalated)
+            route[np.asarray(batch["route"], dtype=object) == PREDICTED] = PREDICTED
         draft_image = np.array([b""] * n, dtype=object)
         draft_mime = np.array([""] * n, dtype=object)
         draft_key = np.array([""] * n, dtype=object)

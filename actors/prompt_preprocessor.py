@@ -13,6 +13,7 @@ import numpy as np
 
 from imagefleet.actors.bounded_template import compile_template
 from imagefleet.actors.cells import ERROR_TEXT_CHARS, Undecodable, clipped, column_values
+from imagefleet.actors.gain_model import PREDICTED, GainRouter
 from imagefleet.actors.input_reader import INPUT_OUTPUT_COLUMNS
 from imagefleet.actors.keys import adapters_text, combination_id, derive_row_id, derive_seed, key_of
 from imagefleet.actors.manifest_schema import PRIOR
@@ -39,6 +40,9 @@ class PromptPreprocessor:
         cfg: this stage's slice (column mapping, routing, generator identities).
         ledger: the run's ledger actor (resume index and budget), shared by the pool's actors; None: this actor
             keeps its own (`actors.run_ledger`; a run in process, a preview, serving's gateway).
+        router: a cascade's predictive routing (`routing.cascade.predict`): a row whose prompt it predicts to gain
+            enough goes to the heavy generator as its escalation would (same settings, same key, route
+            `predicted_heavy`: an extra `route` column); None: every row is routed by `cfg.routing` alone.
     """
 
     INPUT_COLUMNS = {"<prompt_column>": "prompt text (required)"}
@@ -65,8 +69,9 @@ class PromptPreprocessor:
         PASS_THROUGH: "JSON of the input row's pass-through column values ('' when none are carried)",
     }
 
-    def __init__(self, cfg: PrepConfig, ledger: Any = None) -> None:
+    def __init__(self, cfg: PrepConfig, ledger: Any = None, router: GainRouter | None = None) -> None:
         self.cfg = cfg
+        self.router = router
         # a prompt template is compiled once per actor, and renders within the prompts' length limit
         self.template_columns = cfg.template.columns() if cfg.template is not None else []
         self.template = compile_template(cfg.template.text, cfg.max_prompt_chars) if cfg.template else None
@@ -102,6 +107,9 @@ class PromptPreprocessor:
                 facts = partial(self._facts, prompt, overrides)
                 for route in self.cfg.routing.choose(routes[i], facts):
                     rows = self._expand(prompt, row_id, negs[i], route, overrides, now, inputs[i], loras[i])
+                    if self.router is not None and isinstance(prompt, str) and self.router.sends_heavy(prompt):
+                        rows = self._predicted(rows, self._expand(prompt, row_id, negs[i], self.router.heavy,
+                                                                  overrides, now, inputs[i], loras[i], ""))
                     out.extend({**r, **filled, PASS_THROUGH: carried[i][0]} for r in rows)
         # 3 the run's ledger settles the images to make, in order: made by an earlier run (cached, or its error
         #   carried over), else made now within the budget, else skipped
@@ -115,7 +123,17 @@ class PromptPreprocessor:
         out.sort(key=lambda r: (r["generator"], r["task"], r["width"], r["height"], r["num_steps"],
                                 r["guidance_scale"], r["adapters"]))
         # 5 columnar, fixed dtypes so every batch has the same schema
-        return _to_batch(out)
+        return _to_batch(out, ("route",) if self.router is not None else ())
+
+    @staticmethod
+    def _predicted(drafts: list[dict[str, Any]], heavy: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """A predicted row's images as the heavy generator makes them (route `predicted_heavy`), where both it and
+        the draft could make them; an image the heavy generator can't make (its max_pixels, its inputs) stays a
+        draft, as its escalation would."""
+        if len(heavy) != len(drafts):  # the heavy generator refuses the row itself (a count it can't make)
+            return drafts
+        return [{**h, "route": PREDICTED} if d["status"] == h["status"] == "pending" else d
+                for d, h in zip(drafts, heavy, strict=True)]
 
     def _prompts(self, cols: dict[str, list[Any]], i: int, prompt: Any, row_id: Any) -> list[Prompt]:
         """The row's prompts with their ids and template record: the prompt column's text, or one prompt per
@@ -166,8 +184,9 @@ class PromptPreprocessor:
 
     def _expand(
         self, prompt: Any, row_id: Any, neg: Any, route: Any, overrides: dict[str, Any], now: float,
-        inputs: dict[str, str], loras: Any,
+        inputs: dict[str, str], loras: Any, selection: str | None = None,
     ) -> list[dict[str, Any]]:
+        """The row's images for generator `route` ('' = the default), keyed with `selection` (None: the run's)."""
         prompt_text = prompt if isinstance(prompt, str) and not isinstance(prompt, Unrendered) else ""
         rid = str(row_id) if row_id is not None else derive_row_id(prompt_text)
         gen_name = str(route) if route not in (None, "") else self.cfg.default_generator
@@ -228,7 +247,8 @@ class PromptPreprocessor:
             for idx in range(num_images):
                 seed = (row_seed + idx) % (2**31 - 1) if row_seed is not None else derive_seed(self.cfg.job_seed, rid,
                                                                                                  idx)
-                key = key_of({**shaped, "seed": seed}, ident, adapters, self.cfg.selection)
+                key = key_of({**shaped, "seed": seed}, ident, adapters,
+                             self.cfg.selection if selection is None else selection)
                 rows.append({**shaped, "image_index": idx, "seed": seed, "image_key": key, **PENDING})
         return rows
 
@@ -321,10 +341,10 @@ _DTYPES: dict[str, Any] = {
 }
 
 
-def _to_batch(rows: list[dict[str, Any]]) -> Batch:
+def _to_batch(rows: list[dict[str, Any]], extra: tuple[str, ...] = ()) -> Batch:
     out: Batch = {}
-    for name in PromptPreprocessor.OUTPUT_COLUMNS:
-        values = [r[name] for r in rows]
+    for name in (*PromptPreprocessor.OUTPUT_COLUMNS, *extra):
+        values = [r.get(name, "") for r in rows] if name in extra else [r[name] for r in rows]
         dtype = _DTYPES.get(name)
         out[name] = np.asarray(values, dtype=dtype) if dtype else np.asarray(values, dtype=object)
     return out

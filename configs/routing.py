@@ -51,6 +51,19 @@ class RouteRule(StrictModel):
     """Generator for matching rows."""
 
 
+class PredictConfig(StrictModel):
+    """Predictive routing: rows whose prompt a gain model predicts to gain most from the heavy generator skip their
+    drafts and go straight to it (route `predicted_heavy`)."""
+
+    model: str
+    """A gain model folder `imagefleet train-router` wrote (local; the driver reads it once, before any work, and
+    hands its weights to the preprocessors, so a cluster's nodes needn't see it)."""
+    heavy_above: float
+    """Rows whose predicted gain (heavy score - draft score, the scorer's units) is above this go straight to the
+    heavy generator; the folder's router.json lists, in `heavy_above_for_share`, the value that sends each share of
+    its training prompts there."""
+
+
 class CascadeConfig(StrictModel):
     """Draft every row with a fast generator, score it, re-generate low scorers with a heavy one."""
 
@@ -80,6 +93,11 @@ class CascadeConfig(StrictModel):
     every draft is scored, as a relative policy is)."""
     keep_draft: bool = True
     """Store the draft image of escalated rows that end as their heavy image too (manifest `draft_image_uri`)."""
+    predict: PredictConfig | None = None
+    """Predictive routing (None = off): rows whose predicted gain is above `heavy_above` are made by the heavy
+    generator only, keyed as their escalation would be (the same image), priced at its price in estimates and the
+    budget. They are outside the draft population: no drafts, not ranked by escalate_fraction, not counted by
+    max_escalations or escalate_budget_usd, and keep_better has no draft to compare."""
     keep_better: bool = True
     """Once an escalated row's heavy image is scored, keep the better of it and the draft: a heavy image scoring
     below its draft leaves the row with the draft (route `escalated_kept_draft`; image key, pixels, settings and
@@ -304,15 +322,34 @@ class CascadeRouting(RoutingBase):
 
     def cost_range(self, per_image: dict[str, float], images: int) -> tuple[float, float]:
         """Every image is drafted; at most `max_escalations` (else all), the policy's share, or what its budget buys
-        are redone by the heavy generator."""
+        are redone by the heavy generator. With `predict`, any number of rows may go straight to the heavy generator
+        instead (at its price, without drafts): the range spans every split, none to all of them."""
         c = self.cascade
-        extra = images if not c.max_escalations else min(images, c.max_escalations)
+        if c.predict is None:
+            return self._split_cost(per_image, images, 0)
+        caps = [cap for cap in (c.max_escalations, self._budget_count(per_image)) if cap]  # 0 / None: no cap
+        if c.escalate_fraction is not None:  # where a cap starts to bind as the drafted rows grow
+            caps += [math.ceil(cap / c.escalate_fraction) for cap in caps]
+        splits = {0, images, *(images - min(cap, images) for cap in caps)}  # the cost is linear between these
+        ranges = [self._split_cost(per_image, images, k) for k in splits]
+        return min(low for low, _ in ranges), max(high for _, high in ranges)
+
+    def _budget_count(self, per_image: dict[str, float]) -> int | None:
+        """How many escalations escalate_budget_usd buys (None = no such budget, or a free heavy generator)."""
+        usd, price = self.cascade.escalate_budget_usd, per_image[self.cascade.escalate]
+        return math.floor(usd / price + 1e-9) if usd is not None and price > 0 else None
+
+    def _split_cost(self, per_image: dict[str, float], images: int, predicted: int) -> tuple[float, float]:
+        """(lowest, highest) spend when `predicted` of `images` rows go straight to the heavy generator."""
+        c = self.cascade
+        drafted = images - predicted
+        extra = drafted if not c.max_escalations else min(drafted, c.max_escalations)
         if c.escalate_fraction is not None:
-            extra = min(extra, math.ceil(c.escalate_fraction * images))
-        if c.escalate_budget_usd is not None and per_image[c.escalate] > 0:
-            extra = min(extra, math.floor(c.escalate_budget_usd / per_image[c.escalate] + 1e-9))
-        low = images * per_image[c.draft]
-        return low, low * c.max_drafts + extra * per_image[c.escalate]
+            extra = min(extra, math.ceil(c.escalate_fraction * drafted))
+        bought = self._budget_count(per_image)
+        extra = extra if bought is None else min(extra, bought)
+        low, heavy = drafted * per_image[c.draft], predicted * per_image[c.escalate]
+        return low + heavy, low * c.max_drafts + extra * per_image[c.escalate] + heavy
 
 
 class BestOfRouting(RoutingBase):

@@ -33,6 +33,7 @@ commands:
   export OUTPUT DEST [--format hf-imagefolder]
                                            OUTPUT's ok images + manifest rows as a Hugging Face ImageFolder
   init PARQUET [-o CONFIG] [--backend B]   write a starter config from a prompt table's columns
+  train-router OUTPUT [...] --out FOLDER   fit a gain model for routing.cascade.predict from cascade manifests
 """
 
 
@@ -127,6 +128,10 @@ def _main(argv: list[str] | None = None) -> int:
         from imagefleet.jobs import init
 
         return init.main(rest)
+    if command == "train-router":
+        from imagefleet.jobs import train_router
+
+        return train_router.main(rest)
     if command == "tiny-model":
         p = argparse.ArgumentParser(prog="imagefleet tiny-model")
         p.add_argument("path")

@@ -29,6 +29,8 @@ from imagefleet.actors import (
     Redrawer,
     StageActor,
 )
+from imagefleet.actors.gain_model import GainModelError, GainRouter
+from imagefleet.actors.gain_model import load as load_gain_model
 from imagefleet.actors.input_reader import INPUT_OUTPUT_COLUMNS
 from imagefleet.actors.run_ledger import RunLedger, start_kwargs
 from imagefleet.configs.generator_base import GeneratorBase, RunBudget
@@ -248,9 +250,11 @@ def make_plan(cfg: JobConfig, stores: Stores, source_columns: list[str], num_row
     # 1 preprocess: validate, route, expand num_images, derive seeds and keys
     prep = prep_config(cfg, stores, source_columns)  # a pool sharing one ledger (budget, resume index) on Ray
     ledger = start_kwargs(prep)
-    stages += [declared_stage("preprocess", PromptPreprocessor, {"cfg": prep}, preprocess_pool(cfg),
-                              reads=prompt_columns(cfg), batch_format="pyarrow",
-                              shared={"ledger": (RunLedger, ledger)} if ledger is not None else {})]
+    router = gain_router(cfg)  # predictive routing: the gain model read once, here, its weights in the kwargs
+    stages += [declared_stage("preprocess", PromptPreprocessor, {"cfg": prep, **({"router": router} if router else {})},
+                              preprocess_pool(cfg), reads=prompt_columns(cfg), batch_format="pyarrow",
+                              shared={"ledger": (RunLedger, ledger)} if ledger is not None else {},
+                              **({"writes": (*PromptPreprocessor.OUTPUT_COLUMNS, "route")} if router else {}))]
     # 2 the routing mode's topology; the first pool gets blocks of a few GPU batches so every actor has work
     block_rows = first_block_rows = rows_per_block(cfg, num_rows)
     for step in cfg.routing.steps(list(cfg.generators), cfg.scorer is not None):
@@ -267,6 +271,19 @@ def make_plan(cfg: JobConfig, stores: Stores, source_columns: list[str], num_row
     stages.append(declared_stage("write", ImageWriter, {"cfg": writer_config(cfg, stores)},
                                  writer_pool(cfg.output.pool)))
     return Plan(source_columns=tuple(source_columns), stages=tuple(stages), pools=_pools_by_stage(stages))
+
+
+def gain_router(cfg: JobConfig) -> GainRouter | None:
+    """A cascade's predictive routing (`routing.cascade.predict`) with its gain model loaded, or None; PlanError
+    (one line, before any work) when the model folder can't be used."""
+    cascade = getattr(cfg.routing, "cascade", None)
+    if cascade is None or cascade.predict is None:
+        return None
+    try:
+        model = load_gain_model(cascade.predict.model)
+    except GainModelError as exc:
+        raise PlanError(f"routing.cascade.predict.model: {exc}") from exc
+    return GainRouter(model=model, heavy_above=cascade.predict.heavy_above, heavy=cascade.escalate)
 
 
 def consumed_again(plan: Plan) -> Plan:
