@@ -33,6 +33,7 @@ commands:
   export OUTPUT DEST [--format hf-imagefolder]
                                            OUTPUT's ok images + manifest rows as a Hugging Face ImageFolder
   init PARQUET [-o CONFIG] [--backend B]   write a starter config from a prompt table's columns
+  train-verifier OUTPUT OUT [--labels L]   train a fact verifier (the facts scorer's model) on OUTPUT's images
   train-router OUTPUT [...] --out FOLDER   fit a gain model for routing.cascade.predict from cascade manifests
 """
 
@@ -128,6 +129,10 @@ def _main(argv: list[str] | None = None) -> int:
         from imagefleet.jobs import init
 
         return init.main(rest)
+    if command == "train-verifier":
+        from imagefleet.jobs import train_verifier
+
+        return train_verifier.main(rest)
     if command == "train-router":
         from imagefleet.jobs import train_router
 

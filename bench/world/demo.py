@@ -30,13 +30,18 @@ def write_prompts(path: Path, n: int, seed: int) -> Path:
 
 def grade(config: str, config_args: list[str]) -> str:
     """Grade every final image and kept draft of the committed run with the oracle, store the grades as
-    evaluations/oracle.parquet, rewrite the report, and return a one-screen summary per route."""
+    evaluations/oracle.parquet, rewrite the report, and return a one-screen summary per route.
+
+    The grades hold, per image key, `faithfulness`, `oracle_pass` and `facts` (list<struct<fact: string, holds:
+    bool>>: each of the prompt's world facts and whether the oracle found it), so a run's output and its grades
+    are a training set for `imagefleet train-verifier OUTPUT FOLDER`."""
     import numpy as np
     import pyarrow as pa
     import pyarrow.parquet as pq
     from PIL import Image
 
     from bench.world.oracle import oracle
+    from bench.world.verifier_data import world_facts
     from imagefleet.actors.layout import EVALUATIONS_DIR
     from imagefleet.actors.storage import resolve_store_spec
     from imagefleet.actors.stores import open_store
@@ -49,7 +54,7 @@ def grade(config: str, config_args: list[str]) -> str:
     objects = open_store(cfg.output.uri, store)
     table = read_manifest_columns(cfg.output.uri, store, ["prompt", "status", "route", "image_key", "image_uri",
                                                           "draft_image_key", "draft_image_uri", "cost_usd"])
-    graded: dict[str, tuple[float, bool]] = {}
+    graded: dict[str, tuple[float, bool, list[dict[str, object]]]] = {}
     by_route: dict[str, list[float]] = {}
     for r in table.to_pylist():
         if r["status"] != "ok":
@@ -61,10 +66,14 @@ def grade(config: str, config_args: list[str]) -> str:
             if key not in graded:
                 with Image.open(io.BytesIO(objects.get(objects.rel_of(uri)))) as img:
                     v = oracle(r["prompt"], np.asarray(img.convert("RGB")))
-                graded[key] = (v.faithfulness, v.passed)
+                said = world_facts(r["prompt"])  # in the oracle's order, one statement per fact
+                graded[key] = (v.faithfulness, v.passed, [{"fact": s, "holds": f.ok}
+                                                          for s, f in zip(said, v.facts, strict=True)])
             by_route.setdefault(group, []).append(graded[key][0])
-    out = pa.table({"image_key": list(graded), "faithfulness": [f for f, _ in graded.values()],
-                    "oracle_pass": [p for _, p in graded.values()]})
+    fact = pa.struct([("fact", pa.string()), ("holds", pa.bool_())])
+    out = pa.table({"image_key": list(graded), "faithfulness": [g[0] for g in graded.values()],
+                    "oracle_pass": [g[1] for g in graded.values()],
+                    "facts": pa.array([g[2] for g in graded.values()], pa.list_(fact))})
     buf = io.BytesIO()
     pq.write_table(out, buf)
     objects.put(f"{EVALUATIONS_DIR}/oracle.parquet", buf.getvalue(), "application/vnd.apache.parquet")
