@@ -19,7 +19,7 @@ from imagefleet.actors.keys import adapters_text, combination_id, derive_row_id,
 from imagefleet.actors.manifest_schema import PRIOR
 from imagefleet.actors.pass_through import PASS_THROUGH, encode_rows
 from imagefleet.actors.row_settings import convert, parse_adapters
-from imagefleet.actors.run_ledger import PENDING, RunLedger, resume_states, settle
+from imagefleet.actors.run_ledger import PENDING, RunLedger, resume_states, row_reader, settle
 from imagefleet.configs.generator_base import STRENGTH_TASKS
 from imagefleet.configs.prep import PrepConfig
 from imagefleet.configs.request import BY_NAME, DEFAULTED_SETTINGS, MAX_SIDE, ROW_COLUMNS, ROW_SET, numpy_dtype
@@ -77,6 +77,7 @@ class PromptPreprocessor:
         self.template = compile_template(cfg.template.text, cfg.max_prompt_chars) if cfg.template else None
         # resume and budget: counted over the whole run by one ledger (what the output holds, loaded once)
         self.ledger = ledger if ledger is not None else RunLedger(cfg.resume, cfg.budget_usd)
+        self.rows = row_reader(cfg)  # reads the earlier rows the ledger finds, from their manifest parts
 
     def __call__(self, batch: pa.Table) -> Batch:
         # 1 read the columns once
@@ -116,7 +117,8 @@ class PromptPreprocessor:
         todo = [r for r in out if r["status"] == "pending"]
         usd = [self.cfg.generators[r["generator"]].est_usd_per_image for r in todo]
         answer = settle(self.ledger, [r["image_key"] for r in todo], usd)
-        for r, state in zip(todo, resume_states(answer, len(todo), self.cfg.budget_usd), strict=True):
+        for r, state in zip(todo, resume_states(answer, len(todo), self.cfg.budget_usd,
+                                                              self.rows.take if self.rows else None), strict=True):
             r.update(state)
         # 4 neighbours share a shape bucket, so downstream GPU batches are mostly homogeneous (a local,
         #   streaming sort: no all-to-all shuffle of the whole table)

@@ -1,7 +1,8 @@
 """ResumeIndex: which image keys an output prefix already holds, from manifest parts + one prefix listing.
 
-Linear in rows: one streamed LIST of `images/` and one columnar read of the manifest parts (committed and
-staged by interrupted runs), part by part — no HEAD per key, except for the few images no manifest row accounts for.
+Linear in rows and parallel: a listing of `images/` (16 at once) and a read of the deciding columns of the manifest
+parts (committed and written by interrupted runs), in parallel (`resume_scan`) — no HEAD per key, except for the few
+images no manifest row accounts for. The index keeps ~50 bytes a key; a found key's row is read from its part.
 
 Those are images a run stored and then lost the rows of (its driver died between an upload and the manifest part
 holding the row: up to a part's worth, per part in flight). Each image carries its own record (`image_record`:
@@ -14,22 +15,32 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, NamedTuple
 
-import pyarrow as pa
+import numpy as np
 
 from imagefleet.actors.image_records import ESCALATED_TO, checked, record_settings
 from imagefleet.actors.layout import (
     EXTENSIONS,
-    IMAGES_DIR,
     MANIFEST_DIR,
     format_of_mime,
     image_ext,
     image_rel,
 )
 from imagefleet.actors.manifest_index import current_parts
-from imagefleet.actors.manifest_schema import CARRIED, iter_parts
+from imagefleet.actors.manifest_schema import CARRIED
+from imagefleet.actors.resume_scan import (
+    ROW_BITS,
+    PartRows,
+    Read,
+    Scan,
+    decide,
+    list_images,
+    positions,
+    read_candidates,
+)
 from imagefleet.actors.storage import RECORD_MAX_BYTES, ObjectStore, arrow_filesystem
 from imagefleet.actors.store_errors import is_transient
 from imagefleet.configs.request import RESUMED_SETTINGS
@@ -73,47 +84,71 @@ class Prior:
     """Cascade: its model@revision."""
 
 
+class Found(NamedTuple):
+    """What `ResumeIndex.find` answers for one key."""
+
+    loc: int = -1
+    """Where the row that settles it is (`resume_scan.ROW_BITS`), -1 for none."""
+    ok: bool = False
+    """Whether that row is an ok one (else an earlier error)."""
+    redirected: bool = False
+    """Found through its escalated draft: the row is its final (heavy) image's."""
+    adopted: Prior | None = None
+    """The record of a stored image no ok row names (loc -1)."""
+
+
 class ResumeIndex:
-    """Image key → the best earlier outcome, held columnar (about the size of the manifest columns it keeps)
-    and turned into a Prior only when a key is looked up.
+    """Image key → where the row that settles it is (`resume_scan.Scan`: sorted keys, a location and an ok flag each,
+    ~50 bytes a key), the row itself read from its manifest part only when a key is looked up (`rows`).
 
     An escalated cascade row is also found under its draft key, pointing at the final (heavy) image: a rerun
     then skips the draft, the scoring and the heavy generation instead of redoing them.
     """
 
-    def __init__(self, table: Any = None, positions: dict[str, int] | None = None,
-                 redirects: dict[str, int] | None = None, unlisted: Unlisted | None = None) -> None:
-        self.table = table
-        self.positions = positions or {}
-        self.redirects = redirects or {}
+    def __init__(self, scan: Scan | None = None, parts: Sequence[str] = (), unlisted: Unlisted | None = None,
+                 rows: PartRows | None = None) -> None:
+        empty = np.zeros(0, dtype="S1")
+        self.keys, self.locs, self.ok = (scan.keys, scan.locs, scan.ok) if scan else (empty, empty, empty)
+        self.drafts, self.draft_locs = (scan.drafts, scan.draft_locs) if scan else (empty, empty)
+        self.parts = list(parts)
+        """Relative paths of the manifest parts, by part number (a location's high bits)."""
         self.unlisted = unlisted
-        # whether each row is an ok one: a byte a row, read once rather than per lookup
-        self.ok = bytearray(table.column("status").to_numpy(zero_copy_only=False) == "ok") if table else bytearray()
+        self.rows = rows
 
     def __len__(self) -> int:
-        return len(self.positions) + len(self.redirects)
+        return len(self.keys) + len(self.drafts)
+
+    def __contains__(self, key: str) -> bool:
+        return bool(positions(self.keys, [key])[0] >= 0 or positions(self.drafts, [key])[0] >= 0)
 
     def get(self, key: str) -> Prior | None:
         """What an earlier run settled for `key`: its manifest row, else the record of a stored image no manifest
         row names (adopted), else None. An image found that way also beats an earlier error row for its key (a
         later run made it and died before its row was written)."""
-        pos, redirected, adopted = self.find(key)
-        if adopted is not None or pos is None:
-            return adopted
-        return prior_of_row({name: self.table.column(name)[pos].as_py() for name in self.table.column_names},
-                            redirected)
+        found = self.find([key])[0]
+        if found.adopted is not None or found.loc < 0 or self.rows is None:
+            return found.adopted
+        return prior_of_row(self.rows.take([found.loc], self.parts_of([found.loc]))[0], found.redirected)
 
-    def find(self, key: str) -> tuple[int | None, bool, Prior | None]:
-        """Where `get` finds `key`: (its row in `table`, found through its escalated draft, None), or (None, False,
-        the adopted Prior of a stored image no ok row names), or (None, False, None)."""
-        pos, redirected = self.positions.get(key), False
-        if key in self.redirects and (pos is None or not self.ok[pos]):
-            pos, redirected = self.redirects[key], True  # the row of its final image (always an ok row)
-        if (pos is None or not self.ok[pos]) and self.unlisted:  # (an empty Unlisted is falsy: no lookups)
-            adopted = self.unlisted.adopt(key)
-            if adopted is not None:
-                return None, False, adopted
-        return pos, redirected, None
+    def find(self, keys: Sequence[str]) -> list[Found]:
+        """Where `get` finds each of `keys`: its own ok row; else the ok row of the final image of the escalated
+        draft it is; else a stored image no ok row names (adopted); else its earlier error row; else nothing."""
+        own, via = positions(self.keys, keys), positions(self.drafts, keys)
+        out: list[Found] = []
+        for key, at, draft in zip(keys, own.tolist(), via.tolist(), strict=True):
+            if at >= 0 and self.ok[at]:
+                out.append(Found(int(self.locs[at]), ok=True))
+            elif draft >= 0:  # the row of its final image (always an ok row)
+                out.append(Found(int(self.draft_locs[draft]), ok=True, redirected=True))
+            elif self.unlisted and (adopted := self.unlisted.adopt(key)) is not None:  # an empty Unlisted is falsy
+                out.append(Found(adopted=adopted))
+            else:
+                out.append(Found(int(self.locs[at]) if at >= 0 else -1))
+        return out
+
+    def parts_of(self, locs: Sequence[int]) -> dict[int, str]:
+        """Part number → relative path of the parts `locs` name."""
+        return {n: self.parts[n] for n in {int(loc) >> ROW_BITS for loc in locs}}
 
 
 def prior_of_row(row: dict[str, Any], redirected: bool = False) -> Prior:
@@ -240,74 +275,32 @@ def load_index(store: ObjectStore, image_format: str, keep_provider_bytes: bool 
     "present" for a run that writes JPEG), or, when the run keeps providers' files (`keep_provider_bytes`), a
     hosted image's own format (a row that sent requests): a Gemini PNG is found while `output.format` is webp.
 
+    The parts are read in parallel (`resume_scan.read_candidates`: Ray tasks inside a Ray worker, else threads),
+    only the columns that decide; a found key's row is read from its part when it is looked up.
+
     Args:
         store: the output.
         image_format: the run's `output.format`.
         keep_provider_bytes: the run's `output.keep_provider_bytes`.
     """
+    import sys
 
-    # 1 every image object present (one streamed listing), as `<key>.<ext>` → size
-    present = {rel.rsplit("/", 1)[-1]: size for rel, size in store.list(f"{IMAGES_DIR}/")}
-
-    def stored_as(key: str, mime: str | None) -> tuple[str, str]:
-        """(format, `<key>.<ext>`) of the image an ok row names: its `mime`'s, or `image_format` for old rows."""
-        fmt = format_of_mime(mime or "") or image_format
-        return fmt, f"{key}.{image_ext(fmt)}"
+    # 1 every image object present (16 listings at once), as `<key>.<ext>` names and sizes
+    names, sizes = list_images(store)
     # 2 manifest rows from committed parts and from runs that were interrupted before committing
-    parts = [rel for rel, _ in store.list(f"{MANIFEST_DIR}/") if rel.endswith(".parquet")]
-    fs, root = arrow_filesystem(store.location.uri, store.spec) if parts else (None, "")
+    parts = sorted(rel for rel, _ in store.list(f"{MANIFEST_DIR}/") if rel.endswith(".parquet"))  # in name order
     committed = set(current_parts(store)) if parts else set()
-    loose = {f"{root}/{p}" for p in parts if p not in committed}  # no index lists them: interrupted runs' parts
-    # 3 keep the rows that decide each key (columnar), remember where they are; parts are read one by one (a part
-    # written by an older version reads a column it lacks as null)
-    kept, positions, redirects, ok_keys, heavy = [], {}, {}, set(), set()  # heavy: images of rows that kept drafts
-    ok_elsewhere: set[str] = set()  # `<key>.<ext>` of ok rows whose image is not in a format this run takes
-    offset = 0
-    # an interrupted run's part that can't be read (torn by a kill) is left out; a committed one fails the run
-    for batch in iter_parts(fs, [f"{root}/{p}" for p in parts], list(READ), store.spec.retry_budget_s,
-                            loose.__contains__, flat=True):
-        cols = {c: batch.column(c).to_pylist() for c in ("image_key", "status", "route", "draft_image_key", "mime",
-                                                          "requests", "heavy_image_key")}
-        routes, drafts, mimes, sent = cols["route"], cols["draft_image_key"], cols["mime"], cols["requests"]
-        take: list[int] = []
-        for j, (key, status) in enumerate(zip(cols["image_key"], cols["status"], strict=True)):
-            if not key or status not in ("ok", "error") or key in ok_keys:
-                continue  # no key / never attempted (skipped) / already settled by an ok row
-            if status == "ok":
-                fmt, name = stored_as(key, mimes[j])
-                if not (_takes(fmt, sent[j], image_format, keep_provider_bytes) and name in present):
-                    ok_elsewhere.add(name)
-                    continue  # manifest says ok but the object is gone (or in another format): redo it
-            positions[key] = offset + len(take)
-            if status == "ok":
-                ok_keys.add(key)
-                if routes[j] == "escalated" and drafts[j] and drafts[j] not in ok_keys:
-                    redirects[drafts[j]] = positions[key]
-                elif cols["heavy_image_key"][j]:  # a row that kept its draft: its heavy image is accounted for
-                    heavy.add(cols["heavy_image_key"][j])
-            take.append(j)
-        if take:
-            kept.append(batch.take(take))
-            offset += len(take)
-    table = pa.concat_tables(kept).combine_chunks() if kept else None
-    unlisted = _unlisted(store, present, (ok_keys, redirects, heavy), ok_elsewhere, image_format, keep_provider_bytes)
+    _, root = arrow_filesystem(store.location.uri, store.spec)
+    read = Read(store.location.uri, store.spec, root, image_format, keep_provider_bytes, store.spec.retry_budget_s,
+                frozenset(p for p in parts if p not in committed))  # loose: no index lists them
+    on_ray = "ray" in sys.modules and sys.modules["ray"].is_initialized()
+    # 3 the row that decides each key, by Arrow's hash aggregation over every part's deciding columns
+    scan = decide(read_candidates(read, parts, on_ray), names, sizes)
+    unlisted = Unlisted(store, scan.unlisted, image_format, keep_provider_bytes)
     unlisted.prefetch()
     logger.info("resume index: %d objects, %d manifest keys, %d escalated drafts, %d images no ok row names",
-                len(present), len(positions), len(redirects), len(unlisted))
-    return ResumeIndex(table, positions, redirects, unlisted)
+                len(names), len(scan.keys), len(scan.drafts), len(unlisted))
+    return ResumeIndex(scan, parts, unlisted,
+                       PartRows(store.location.uri, store.spec, READ, store.spec.retry_budget_s))
 
 
-def _unlisted(store: ObjectStore, present: dict[str, int], settled: tuple[Any, ...], ruled_out: set[str],
-              image_format: str, keep_provider_bytes: bool) -> Unlisted:
-    """The images no ok manifest row names (no row, or only error rows: a later run made the image and died
-    before its row was written).
-
-    Args:
-        settled: collections of keys (sets, dicts) an ok row accepted by this run names.
-        ruled_out: `<key>.<ext>` of the images ok rows name that this run doesn't take (another format): a run
-            after a format switch reads no records for them, but does for the same key in another format (a
-            run in the new format that died before its manifest).
-    """
-    objects = {name: size for name, size in present.items()
-               if name not in ruled_out and not any(name.partition(".")[0] in keys for keys in settled)}
-    return Unlisted(store, objects, image_format, keep_provider_bytes)

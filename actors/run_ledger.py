@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from imagefleet.actors.manifest_schema import PRIOR, prior_text
-from imagefleet.actors.resume_index import Prior, ResumeIndex, load_index, prior_of_row
+from imagefleet.actors.resume_index import READ, Prior, ResumeIndex, load_index, prior_of_row
+from imagefleet.actors.resume_scan import PartRows, ReadRows
 from imagefleet.configs.prep import PrepConfig, ResumeConfig
 
 PENDING: dict[str, Any] = {PRIOR: "", "status": "pending", "error": ""}
@@ -31,10 +32,12 @@ PENDING: dict[str, Any] = {PRIOR: "", "status": "pending", "error": ""}
 class Settled:
     """The ledger's answer for one batch's keys; positions index the keys asked about."""
 
-    found: Any = None
-    """Arrow table of the earlier manifest rows that settle keys (`resume_index.READ` columns), or None."""
+    locs: list[int] = field(default_factory=list)
+    """Where the earlier manifest rows that settle keys are (`resume_scan.ROW_BITS`), read with `PartRows`."""
     rows: list[int] = field(default_factory=list)
-    """The key position each row of `found` settles."""
+    """The key position each of `locs` settles."""
+    parts: dict[int, str] = field(default_factory=dict)
+    """Part number → relative path of the parts `locs` name."""
     redirected: frozenset[int] = frozenset()
     """Keys found through their escalated cascade draft: their row is the final (heavy) image's."""
     adopted: dict[int, Prior] = field(default_factory=dict)
@@ -60,7 +63,7 @@ class RunLedger:
         if resume is not None and resume.skip_existing:
             self.index = load_index(open_store(resume.output_uri, resume.store), resume.image_format,
                                     resume.keep_provider_bytes)
-        self.empty = not (self.index.positions or self.index.redirects or self.index.unlisted)
+        self.empty = not (len(self.index) or self.index.unlisted)
 
     def settle(self, keys: list[str], usd: list[float]) -> Settled:
         """What earlier runs settled for each of `keys` (one batch's rows to make, in order), and which of the
@@ -79,26 +82,32 @@ class RunLedger:
                     skipped.append(i)
                 else:
                     self.spent_usd += usd[i]
-        found = self.index.table.take(list(at.values())) if at else None
-        return Settled(found, list(at), frozenset(redirected), adopted, frozenset(skipped))
+        locs = list(at.values())
+        return Settled(locs, list(at), self.index.parts_of(locs), frozenset(redirected), adopted, frozenset(skipped))
 
     def _look_up(self, keys: list[str], at: dict[int, int], redirected: set[int], adopted: dict[int, Prior]
                  ) -> list[int]:
-        """Fill `at` (key position → index row), `redirected` and `adopted` as `ResumeIndex.get` decides
+        """Fill `at` (key position → row location), `redirected` and `adopted` as `ResumeIndex.get` decides
         (`ResumeIndex.find`); the positions of the keys left to make."""
-        find, ok = self.index.find, self.index.ok
         pending = []
-        for i, key in enumerate(keys):
-            pos, through_draft, prior = find(key)
-            if prior is not None:
-                adopted[i] = prior
-            elif pos is None or (not ok[pos] and self.retry_failed):
+        for i, found in enumerate(self.index.find(keys)):
+            if found.adopted is not None:
+                adopted[i] = found.adopted
+            elif found.loc < 0 or (not found.ok and self.retry_failed):
                 pending.append(i)
             else:
-                at[i] = pos
-                if through_draft:
+                at[i] = found.loc
+                if found.redirected:
                     redirected.add(i)
         return pending
+
+
+def row_reader(cfg: PrepConfig) -> PartRows | None:
+    """What reads the earlier rows a ledger's answers point at (None when the run resumes nothing)."""
+    resume = cfg.resume
+    if resume is None or not resume.skip_existing:
+        return None
+    return PartRows(resume.output_uri, resume.store, READ, resume.store.retry_budget_s)
 
 
 def start_kwargs(cfg: PrepConfig) -> dict[str, Any] | None:
@@ -119,15 +128,18 @@ def settle(ledger: Any, keys: list[str], usd: list[float]) -> Settled:
     return ray.get(ledger.settle.remote(keys, usd))  # type: ignore[no-any-return]
 
 
-def resume_states(settled: Settled, n: int, budget_usd: float) -> list[dict[str, Any]]:
+def resume_states(settled: Settled, n: int, budget_usd: float, read_rows: ReadRows | None) -> list[dict[str, Any]]:
     """The resume state of each of the `n` keys `settled` answers, as a preprocessed row takes it: `pending`;
-    `cached` with what the earlier run recorded (PRIOR, the stored image's settings, a cascade's final image);
-    `error` carried over from an earlier run; `skipped` past the budget."""
+    `cached` with what the earlier run recorded (PRIOR, the stored image's settings, a cascade's final image; the
+    rows read with `read_rows`, the run's `PartRows.take`); `error` carried over from an earlier run; `skipped`
+    past the budget."""
     states = [PENDING] * n
     over = {**PENDING, "status": "skipped", "error": f"budget_usd={budget_usd} reached; rerun with a larger budget"}
     for i in settled.skipped:
         states[i] = over
-    found = settled.found.to_pylist() if settled.found is not None else []
+    if settled.locs and read_rows is None:
+        raise ValueError("the ledger found earlier rows but there is nothing to read them with (no resume config)")
+    found = read_rows(settled.locs, settled.parts) if settled.locs and read_rows is not None else []
     for i, row in zip(settled.rows, found, strict=True):
         states[i] = prior_state(prior_of_row(row, i in settled.redirected))
     for i, prior in settled.adopted.items():

@@ -163,7 +163,7 @@ def test_death_between_the_parts_and_the_index_leaves_the_old_manifest_and_loses
     assert len(attempt_files(tmp_path, dead.attempt)) == 3  # unlisted: only plain folder readers could see them
     # the next run resumes the dead run's rows (and the current manifest's)
     index = load_index(store, "png")
-    assert {f"{dead.attempt}-{n}-0" for n in range(3)} | {f"{good.attempt}-0-0"} <= set(index.positions)
+    assert {f"{dead.attempt}-{n}-0" for n in range(3)} | {f"{good.attempt}-0-0"} <= set(index.keys.astype(str))
     with Lease(store, "next", ttl_s=60) as after:
         stage(tmp_path, after.attempt, 9, files=3)
         parts = commit(store, after, expected_rows=9)
@@ -231,7 +231,7 @@ def test_an_old_layout_staged_part_is_resumed_and_removed_by_the_next_commit(tmp
     (folder / "torn.parquet").write_bytes(b"PAR1 half a part")
     assert current_parts(store) == current  # readers following the index never see it
     index = load_index(store, "png")
-    assert {"old.dead-old-0", "old.dead-old-1", f"{one.attempt}-0-0"} <= set(index.positions)
+    assert {"old.dead-old-0", "old.dead-old-1", f"{one.attempt}-0-0"} <= set(index.keys.astype(str))
     with Lease(store, "r2", ttl_s=60) as two:
         stage(tmp_path, two.attempt, 4)
         commit(store, two, expected_rows=4)
@@ -245,7 +245,7 @@ def test_an_unreadable_part_fails_resume_only_when_it_is_committed(tmp_path: Pat
         stage(tmp_path, one.attempt, 4)
         current = commit(store, one, expected_rows=4)
     (tmp_path / run_part("dead.1", uuid.uuid4().hex, 7)).write_bytes(b"PAR1 torn")
-    assert f"{one.attempt}-1-0" in load_index(store, "png").positions
+    assert f"{one.attempt}-1-0" in load_index(store, "png")
     (tmp_path / current[0]).write_bytes(b"PAR1 torn")
     with pytest.raises(pa.ArrowInvalid):
         load_index(store, "png")

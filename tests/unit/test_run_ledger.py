@@ -12,7 +12,8 @@ import pytest
 
 from imagefleet.actors.manifest_schema import PRIOR, prior_values
 from imagefleet.actors.prompt_preprocessor import PromptPreprocessor
-from imagefleet.actors.resume_index import load_index
+from imagefleet.actors.resume_index import READ, load_index
+from imagefleet.actors.resume_scan import PartRows
 from imagefleet.actors.run_ledger import PENDING, RunLedger, prior_state, resume_states, start_kwargs
 from imagefleet.actors.stores import open_store
 from imagefleet.configs.loader import parse_config
@@ -38,21 +39,30 @@ def earlier_output(tmp: Path) -> Path:
     return tmp
 
 
+def reader(out: Path) -> Any:
+    return PartRows(str(out), StoreSpec(kind="local"), READ, 0.0).take
+
+
+def index_parts(out: Path) -> list[str]:
+    return [str(p.relative_to(out)) for p in (out / "manifest").glob("*.parquet")]
+
+
 @pytest.mark.parametrize("retry_failed", [False, True])
 def test_each_key_is_settled_as_the_resume_index_finds_it(tmp_path: Path, retry_failed: bool) -> None:
     out = earlier_output(tmp_path)
     keys = [K["aaa"], K["bbb"], K["ccc"], K["eee"], "f" * 40, K["aaa"]]
     ledger = RunLedger(resume(out, retry_failed))
     answer = ledger.settle(keys, [0.0] * len(keys))
-    # the ledger returns index rows (not Priors) for the keys an earlier run settled, and nothing for the rest
-    assert answer.found is not None and set(answer.rows) == ({0, 3, 5} | (set() if retry_failed else {1}))
+    # the ledger returns where the rows are (not the rows) for the keys an earlier run settled, nothing for the rest
+    assert len(answer.locs) == len(answer.rows) and set(answer.rows) == ({0, 3, 5} | (set() if retry_failed else {1}))
+    assert set(answer.parts.values()) <= {p for p in index_parts(out)}
     assert answer.redirected == {3} and not answer.adopted and not answer.skipped
     index = load_index(open_store(str(out), StoreSpec(kind="local")), "png")
     expected = []
     for key in keys:
         prior = index.get(key)
         expected.append(PENDING if prior is None or (prior.status != "ok" and retry_failed) else prior_state(prior))
-    states = resume_states(answer, len(keys), 0.0)
+    states = resume_states(answer, len(keys), 0.0, reader(out))
     assert states == expected
     assert [s["status"] for s in states] == ["cached", "pending" if retry_failed else "error", "pending", "cached",
                                              "pending", "cached"]
@@ -64,12 +74,12 @@ def test_pending_rows_are_reserved_against_the_budget_in_order(tmp_path: Path) -
     ledger = RunLedger(resume(out), budget_usd=0.25)
     # a cached key costs nothing; 0.1 + 0.1 fit, the third 0.1 would pass 0.25, a cheaper 0.05 still fits
     first = ledger.settle([K["aaa"], "1" * 40, "2" * 40, "3" * 40, "4" * 40], [0.1, 0.1, 0.1, 0.1, 0.05])
-    assert first.skipped == {3} and [s["status"] for s in resume_states(first, 5, 0.25)] == [
+    assert first.skipped == {3} and [s["status"] for s in resume_states(first, 5, 0.25, reader(out))] == [
         "cached", "pending", "pending", "skipped", "pending"]
     # the count goes on across calls (another preprocessor's batch): nothing more fits
     second = ledger.settle(["5" * 40, "6" * 40], [0.1, 0.01])
     assert second.skipped == {0, 1}
-    skipped = resume_states(second, 2, 0.25)[0]
+    skipped = resume_states(second, 2, 0.25, reader(out))[0]
     assert skipped["status"] == "skipped" and "budget_usd=0.25 reached" in skipped["error"]
     assert ledger.spent_usd == pytest.approx(0.25)
 
@@ -135,5 +145,5 @@ def test_a_stored_image_no_manifest_row_names_is_adopted_by_the_ledger(tmp_path:
     config = resume(tmp_path).model_copy(update={"image_format": "webp"})
     answer = RunLedger(config, budget_usd=0.1).settle([key, "9" * 40], [0.19, 0.19])
     assert set(answer.adopted) == {0} and not answer.rows and answer.skipped == {1}  # 0.19 > the 0.1 budget
-    state = resume_states(answer, 2, 0.1)[0]
+    state = resume_states(answer, 2, 0.1, reader(tmp_path))[0]
     assert state["status"] == "cached" and prior_values(state[PRIOR])["cost_usd"] == 0.19

@@ -1,0 +1,317 @@
+"""The resume scan: which manifest row settles each image key, decided column-wise over all parts at once, in
+parallel, into a keys-only index; the rows themselves are read later, per part, by whoever needs them.
+
+Three steps (`scan`):
+1. list the images: 16 listings at once, one per first hex digit of the keys (`images/<k[:2]>/<k>.<ext>`);
+2. read each manifest part's deciding columns (`DECIDE`: key, status, route, the cascade's draft and heavy keys, the
+   image's format, whether a provider was paid) into candidate rows — parts read by a thread pool, or, for many
+   parts inside a Ray worker, by Ray tasks of `PARTS_PER_TASK` parts each (they fan out over the cluster);
+3. pick every key's settling row with Arrow's hash aggregation (the first ok row whose image is stored in a format
+   the run takes, else the last error row), and sort the keys into a fixed-width byte array that `numpy.searchsorted`
+   looks keys up in.
+
+What the index keeps per key: the key (its bytes), where its row is (part number << 32 | row in the part) and
+whether it is an ok row — about 50 bytes a key (40-character keys), against the ~1.2 KB a row of every column the
+resume state needs. Those columns are read per part when a batch finds keys in it (`PartRows`, with a few parts
+cached: a rerun's batches mostly find their rows in the same few parts).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from imagefleet.actors.layout import EXTENSIONS, IMAGES_DIR, format_of_mime
+from imagefleet.actors.manifest_schema import READ_AHEAD_PARTS, read_part
+from imagefleet.actors.storage import ObjectStore, arrow_filesystem
+from imagefleet.actors.store_errors import is_transient, with_retries
+from imagefleet.configs.storage import StoreSpec
+
+logger = logging.getLogger(__name__)
+
+DECIDE = ("image_key", "status", "route", "draft_image_key", "mime", "requests", "heavy_image_key")
+"""The manifest columns that decide which row settles a key (the rest is read only for keys a run finds)."""
+PARTS_PER_TASK = 64
+"""Parts one Ray scan task reads; a scan of fewer parts than two tasks' worth stays in the calling process."""
+CACHED_PARTS = 32
+"""Parts whose rows `PartRows` keeps (a batch of a rerun finds its rows in a few neighbouring parts)."""
+CANDIDATES = pa.schema([("key", pa.string()), ("ok", pa.bool_()), ("name", pa.string()), ("takes", pa.bool_()),
+                        ("draft", pa.string()), ("heavy", pa.string()), ("loc", pa.int64())])
+"""A candidate row (`_candidates`)."""
+ROW_BITS = 32
+"""A location is `part << ROW_BITS | row`."""
+HEX = "0123456789abcdef"
+
+
+def list_images(store: ObjectStore, threads: int = 16) -> tuple[pa.Array, pa.Array]:
+    """(`<key>.<ext>` names, sizes) of every image under `images/`: one listing per first hex digit of the keys,
+    at once (an image's path is `images/<key[:2]>/<key>.<ext>` and keys are lowercase hex)."""
+
+    def listing(digit: str) -> tuple[pa.Array, pa.Array]:
+        names: list[str] = []
+        sizes: list[int] = []
+        for rel, size in store.list(f"{IMAGES_DIR}/{digit}"):
+            names.append(rel.rsplit("/", 1)[-1])
+            sizes.append(size)
+        return pa.array(names, pa.string()), pa.array(sizes, pa.int64())
+
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        found = list(pool.map(listing, HEX))
+    return (pa.concat_arrays([n for n, _ in found]) if found else pa.array([], pa.string()),
+            pa.concat_arrays([s for _, s in found]) if found else pa.array([], pa.int64()))
+
+
+@dataclass(frozen=True)
+class Read:
+    """What reading the manifest parts needs, picklable (it travels to Ray scan tasks)."""
+
+    uri: str
+    spec: StoreSpec
+    root: str
+    image_format: str
+    keep_provider_bytes: bool
+    retry_budget_s: float
+    loose: frozenset[str] = field(default_factory=frozenset)
+    """Parts no manifest index lists (interrupted runs'): one that can't be read is left out, with a warning."""
+
+
+def candidates(read: Read, parts: Sequence[tuple[int, str]]) -> pa.Table:
+    """The candidate rows of `parts` ((part number, relative path) pairs): every row with a key and an ok or error
+    status, as `key, ok, name, takes, draft, heavy, loc` (see `_candidates`), in part then row order."""
+    fs, _ = arrow_filesystem(read.uri, read.spec)
+    tables = [t for number, rel in parts if (t := _part_candidates(read, fs, number, rel)) is not None]
+    return pa.concat_tables(tables) if tables else CANDIDATES.empty_table()
+
+
+def _part_candidates(read: Read, fs: Any, number: int, rel: str) -> pa.Table | None:
+    path = f"{read.root}/{rel}"
+    try:
+        table = with_retries(lambda: read_part(fs, path, list(DECIDE), flat=True), read.retry_budget_s,
+                             f"read {path}")
+    except Exception as exc:
+        if is_transient(exc) or rel not in read.loose:
+            raise
+        logger.warning("left out %s: not a readable manifest part (%s: %s)", path, type(exc).__name__, exc)
+        return None
+    return _candidates(table, read, number, np.arange(table.num_rows, dtype=np.int64))
+
+
+def _candidates(table: pa.Table, read: Read, number: int, rows: np.ndarray) -> pa.Table:
+    """Per row that can settle a key: `key`; `ok`; `name` (`<key>.<ext>` its image is stored as, by its `mime`, or
+    the run's format for rows from before that column); `takes` (whether this run counts an image in that format:
+    its own, or a paid provider's file it keeps); `draft` (an escalated row's draft key, else null); `heavy` (the
+    heavy image of a row that kept its draft, else null); `loc` (part << ROW_BITS | row)."""
+    key, status = table.column("image_key"), table.column("status")
+    keep = pc.and_(pc.and_(pc.is_valid(key), pc.not_equal(key, "")), pc.is_in(status, pa.array(["ok", "error"])))
+    table = table.filter(keep)
+    rows = rows[np.asarray(keep.to_numpy(zero_copy_only=False), dtype=bool)] if len(rows) else rows
+    key, mime = table.column("image_key"), table.column("mime")
+    known = pc.unique(mime).to_pylist()
+    formats = [format_of_mime(m or "") or read.image_format for m in known]
+    codes = pc.index_in(mime, pa.array(known, pa.string()))
+    fmt = pc.take(pa.array(formats, pa.string()), codes)
+    ext = pc.take(pa.array([EXTENSIONS[f] for f in formats], pa.string()), codes)
+    paid = pc.greater(pc.fill_null(table.column("requests"), 0), 0)
+    takes = pc.or_(pc.equal(fmt, read.image_format), pc.and_(pa.scalar(read.keep_provider_bytes), paid))
+    draft, heavy = table.column("draft_image_key"), table.column("heavy_image_key")
+    escalated = pc.and_(pc.equal(table.column("route"), "escalated"), pc.not_equal(draft, ""))
+    null = pa.scalar(None, pa.string())
+    return pa.table({
+        "key": key, "ok": pc.equal(table.column("status"), "ok"), "name": pc.binary_join_element_wise(key, ext, "."),
+        "takes": takes, "draft": pc.if_else(pc.fill_null(escalated, False), draft, null),
+        "heavy": pc.if_else(pc.fill_null(pc.not_equal(heavy, ""), False), heavy, null),
+        "loc": pa.array((np.int64(number) << ROW_BITS) | rows, pa.int64()),
+    }).cast(CANDIDATES)
+
+
+def read_candidates(read: Read, parts: list[str], on_ray: bool) -> pa.Table:
+    """Every part's candidate rows, in part order: Ray tasks of PARTS_PER_TASK parts when `on_ray` and there are at
+    least two tasks' worth, else READ_AHEAD_PARTS threads here (the reads and the column work free the GIL)."""
+    numbered = list(enumerate(parts))
+    groups = [numbered[i:i + PARTS_PER_TASK] for i in range(0, len(numbered), PARTS_PER_TASK)] or [[]]
+    if on_ray and len(groups) > 1:
+        tables = _on_ray(read, groups)
+    else:
+        small = [numbered[i:i + 8] for i in range(0, len(numbered), 8)] or [[]]
+        with ThreadPoolExecutor(max_workers=READ_AHEAD_PARTS) as pool:
+            tables = list(pool.map(lambda group: candidates(read, group), small))
+    return pa.concat_tables(tables)
+
+
+def _on_ray(read: Read, groups: list[list[tuple[int, str]]]) -> list[pa.Table]:
+    """`candidates` of each group as Ray tasks spread over the cluster, at most one in flight per cluster CPU. They
+    ask for no CPU: the scan runs as a run starts, when the pools may already hold every CPU, and a task waiting
+    for one would stall the run ledger (whose constructor this is) and so every preprocessor."""
+    import ray
+
+    task = ray.remote(num_cpus=0, max_retries=3, scheduling_strategy="SPREAD")(candidates)
+    limit = max(2, int(ray.cluster_resources().get("CPU", 2)))
+    refs: list[Any] = []
+    running: list[Any] = []
+    for group in groups:
+        if len(running) >= limit:
+            _done, running = ray.wait(running, num_returns=1)
+        refs.append(task.remote(read, group))
+        running.append(refs[-1])
+    return list(ray.get(refs))
+
+
+@dataclass(frozen=True)
+class Scan:
+    """What the scan decided: the sorted keys-only index, the escalated drafts that lead to their final images,
+    and what the unlisted-image check needs."""
+
+    keys: np.ndarray
+    """Settled keys, sorted, as fixed-width bytes."""
+    locs: np.ndarray
+    """Where each key's settling row is (int64: part << ROW_BITS | row)."""
+    ok: np.ndarray
+    """Whether each key's row is an ok one (bool)."""
+    drafts: np.ndarray
+    """Escalated drafts' keys with no ok row of their own taken, sorted, fixed-width bytes."""
+    draft_locs: np.ndarray
+    """The row of each draft's final (heavy) image."""
+    unlisted: dict[str, int]
+    """`<key>.<ext>` → size of the stored images no ok row this run takes names (and not ruled out by one)."""
+
+
+def decide(cands: pa.Table, names: pa.Array, sizes: pa.Array) -> Scan:
+    """Each key's settling row from the candidates (in part then row order) and the image listing (`names`,
+    `sizes`): an ok row counts when its image is listed in a format the run takes (else its name is ruled out of
+    adoption: an image in another format isn't this run's); the first such ok row settles its key, else the last
+    error row does."""
+    ok = pc.fill_null(cands.column("ok"), False)
+    counts = pc.and_(cands.column("takes"), pc.is_in(cands.column("name"), names))
+    valid_ok = pc.and_(ok, counts)
+    ruled_out = pc.filter(cands.column("name"), pc.and_(ok, pc.invert(counts)))
+    n = cands.num_rows
+    order = np.arange(n, dtype=np.int64)
+    # rank: ok rows by position (the first wins), error rows after every ok row, the last first
+    rank = np.where(np.asarray(ok.to_numpy(zero_copy_only=False), dtype=bool), order, 2 * n - order)
+    eligible = pc.or_(valid_ok, pc.invert(ok))
+    grouped = pa.table({"key": cands.column("key"), "rank": rank}).filter(eligible) \
+        .group_by("key").aggregate([("rank", "min")])
+    best = grouped.column("rank_min").to_numpy()
+    at = np.where(best < n, best, 2 * n - best)
+    won = cands.take(pa.array(at, pa.int64()))
+    won_ok = won.column("ok").to_numpy(zero_copy_only=False).astype(bool)
+    keys, order_k = _sorted_fixed(won.column("key"))
+    # escalated drafts → their final image's row (ok winners only; a draft named twice: the later row)
+    escalated = won.append_column("at", pa.array(at, pa.int64())) \
+        .filter(pc.and_(won.column("ok"), pc.is_valid(won.column("draft"))))
+    if escalated.num_rows:  # the later of two rows naming one draft: the larger candidate position
+        last = pa.table({"draft": escalated.column("draft"), "at": escalated.column("at")}) \
+            .group_by("draft").aggregate([("at", "max")])
+        escalated = escalated.take(pc.index_in(last.column("at_max"), escalated.column("at")))
+    drafts, order_d = _sorted_fixed(escalated.column("draft"))
+    won_ok_rows = won.filter(won.column("ok"))
+    settled = pa.chunked_array([*won_ok_rows.column("key").chunks, *escalated.column("draft").chunks,
+                                *won_ok_rows.column("heavy").drop_null().chunks], pa.string())
+    return Scan(keys, won.column("loc").to_numpy()[order_k], won_ok[order_k], drafts,
+                escalated.column("loc").to_numpy()[order_d],
+                _unlisted(names, sizes, settled, ruled_out))
+
+
+def _unlisted(names: pa.Array, sizes: pa.Array, settled: pa.ChunkedArray, ruled_out: pa.ChunkedArray
+              ) -> dict[str, int]:
+    """The listed images no settled key names (by key) and no ruled-out name is."""
+    keys = pc.list_element(pc.split_pattern(names, ".", max_splits=1), 0)
+    free = pc.invert(pc.or_(pc.is_in(keys, settled.combine_chunks()), pc.is_in(names, ruled_out.combine_chunks())))
+    return dict(zip(pc.filter(names, free).to_pylist(), pc.filter(sizes, free).to_pylist(), strict=True))
+
+
+def _sorted_fixed(column: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """The strings of `column` as a sorted fixed-width byte array, and the order that sorts them."""
+    fixed = fixed_width(column)
+    order = np.argsort(fixed, kind="stable")
+    return fixed[order], order
+
+
+def fixed_width(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """Strings as a numpy fixed-width byte array (`S<longest>`; no copy through Python objects when every string
+    has the same length, as image keys do)."""
+    arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    arr = arr.cast(pa.string())
+    if len(arr) == 0:
+        return np.zeros(0, dtype="S1")
+    lengths = pc.binary_length(arr)
+    low, high = pc.min_max(lengths).values()
+    width = max(int(high.as_py() or 1), 1)
+    if low.as_py() == width and arr.null_count == 0:
+        offsets = np.frombuffer(arr.buffers()[1], dtype=np.int32)[arr.offset:arr.offset + len(arr) + 1]
+        data = arr.buffers()[2]
+        return np.frombuffer(data, dtype=f"S{width}", count=len(arr), offset=int(offsets[0])).copy()
+    return np.array([(s or "").encode() for s in arr.to_pylist()], dtype=f"S{width}")
+
+
+def positions(sorted_keys: np.ndarray, keys: Sequence[str]) -> np.ndarray:
+    """Where each of `keys` is in `sorted_keys` (-1 for a key not there)."""
+    out = np.full(len(keys), -1, dtype=np.int64)
+    if not len(sorted_keys) or not keys:
+        return out
+    width = sorted_keys.dtype.itemsize
+    raw = [k.encode() for k in keys]
+    fits = np.array([len(b) <= width for b in raw], dtype=bool)  # a longer key would compare truncated
+    query = np.array([b if f else b"" for b, f in zip(raw, fits, strict=True)], dtype=f"S{width}")
+    at = np.minimum(np.searchsorted(sorted_keys, query), len(sorted_keys) - 1)
+    hit = fits & (sorted_keys[at] == query) & np.array([len(b) > 0 for b in raw], dtype=bool)
+    out[hit] = at[hit]
+    return out
+
+
+class PartRows:
+    """Rows of an output's manifest parts by location, a part read whole when a location names it; the last
+    CACHED_PARTS parts kept.
+
+    Args:
+        uri, spec: the output.
+        columns: the columns to read (the resume index's READ).
+        retry_budget_s: how long a read rides out a store outage.
+    """
+
+    def __init__(self, uri: str, spec: StoreSpec, columns: Sequence[str], retry_budget_s: float) -> None:
+        self.uri, self.spec, self.columns, self.budget_s = uri, spec, list(columns), retry_budget_s
+        self.fs: Any = None
+        self.root = ""
+        self.cache: OrderedDict[str, pa.Table] = OrderedDict()
+        self.reads = 0
+
+    def take(self, locs: Sequence[int], parts: dict[int, str]) -> list[dict[str, Any]]:
+        """The rows at `locs` (part numbers resolved through `parts`: part number → relative path), in order."""
+        if self.fs is None:
+            self.fs, self.root = arrow_filesystem(self.uri, self.spec)
+        out: list[dict[str, Any]] = [{}] * len(locs)
+        by_part: dict[int, list[int]] = {}
+        for i, loc in enumerate(locs):
+            by_part.setdefault(int(loc) >> ROW_BITS, []).append(i)
+        for number, at in by_part.items():
+            table = self._part(parts[number])
+            rows = table.take(pa.array([int(locs[i]) & ((1 << ROW_BITS) - 1) for i in at], pa.int64())).to_pylist()
+            for i, row in zip(at, rows, strict=True):
+                out[i] = row
+        return out
+
+    def _part(self, rel: str) -> pa.Table:
+        if rel in self.cache:
+            self.cache.move_to_end(rel)
+            return self.cache[rel]
+        path = f"{self.root}/{rel}"
+        table = with_retries(lambda: read_part(self.fs, path, self.columns, flat=True), self.budget_s,
+                             f"read {path}")
+        self.reads += 1
+        self.cache[rel] = table
+        if len(self.cache) > CACHED_PARTS:
+            self.cache.popitem(last=False)
+        return table
+
+
+ReadRows = Callable[[Sequence[int], dict[int, str]], list[dict[str, Any]]]
+"""`PartRows.take`'s shape: rows by location."""
