@@ -113,7 +113,8 @@ _LISTED: tuple[Column, ...] = (
     Column("draft_round", pa.int32(), "cascade with adaptive drafts: which draft (1 = the first) the row kept; "
            "`candidates` lists every draft's seed and score", carried=True, shard=True, report=True),
     Column("route", pa.string(), "cascade: draft | escalated | escalated_kept_draft (escalated, and the heavy image "
-           "scored below the draft: keep_better kept the draft)", carried=True, shard=True, report=True),
+           "scored below the draft: keep_better kept the draft) | predicted_heavy (predictive routing: made by the "
+           "heavy generator, no draft)", carried=True, shard=True, report=True),
     Column("draft_image_key", pa.string(), "cascade: key of the kept draft of an escalated row", carried=True,
            report=True),
     Column("draft_image_uri", pa.string(), "cascade: where the kept draft is stored", carried=True, report=True),

@@ -8,6 +8,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from imagefleet.actors.gain_model import PREDICTED
 from imagefleet.actors.layout import EVALUATIONS_DIR
 from imagefleet.pipelines.charts import histogram_svg, throughput_caption, throughput_svg
 from imagefleet.pipelines.report_tally import ESCALATED_ROUTES, SCORE_SERIES, SERIES_COLOURS, STAGES, Tally
@@ -121,7 +122,7 @@ def evaluations_html(tally: Tally) -> str:
         return ""
     metrics = sorted({m for _, m in tally.metric_sums})
     order = {"draft": 0, "escalated: draft": 1, "escalated": 2, "escalated_kept_draft": 3,
-             "escalated_kept_draft: heavy": 4, "": 5, "all": 6}
+             "escalated_kept_draft: heavy": 4, PREDICTED: 4.5, "": 5, "all": 6}
     groups = sorted({g for g, _ in tally.metric_sums}, key=lambda g: order.get(g, 9))
     head = "".join(f"<th>mean {html.escape(m)}</th>" for m in metrics)
     rows = ""
@@ -135,7 +136,8 @@ def evaluations_html(tally: Tally) -> str:
     return f"""<h2>Evaluations</h2><p class="note">from {EVALUATIONS_DIR}/*.parquet next to the manifest, by image
 key; `escalated: draft` are the kept drafts of escalated rows, `escalated: final` their heavy images,
 `escalated_kept_draft` the drafts kept because their heavy image scored lower, `escalated_kept_draft: heavy` those
-heavy images, `all` every final image</p>
+heavy images, `predicted_heavy` the heavy images of rows predictive routing sent without a draft, `all` every final
+image</p>
 {_table(f"<tr><th>route</th><th>images</th>{head}</tr>", rows)}"""
 
 
@@ -152,6 +154,8 @@ def _cascade_html(tally: Tally, pairs: list[tuple[dict[str, Any], str, str]]) ->
     kept = int(per_route.get(ESCALATED_ROUTES[1], [0])[0])
     rate = f"{escalated / tally.num_drafted:.1%}" if tally.num_drafted else "–"
     kept_text = f"; {kept} kept their draft: the heavy image scored lower" if kept else ""
+    predicted = int(per_route.get(PREDICTED, [0])[0])  # predictive routing: never drafted, not in the rate
+    kept_text += f"; {predicted} more sent straight to heavy by prediction, without a draft" if predicted else ""
     route_rows = "".join(
         f"<tr><td>{e(route or 'none')}</td><td>{n:.0f}</td><td>{n_ok:.0f}</td><td>${usd:.4f}</td>"
         f"<td>{f'${usd / n:.4f}' if n else '–'}</td></tr>" for route, (n, n_ok, usd) in sorted(per_route.items()))

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from imagefleet.actors.better_keeper import KEPT_DRAFT
+from imagefleet.actors.gain_model import PREDICTED
 from imagefleet.actors.manifest_schema import REPORT_COLUMNS
 from imagefleet.actors.manifest_types import decode
 from imagefleet.pipelines.charts import SCORE_BIN
@@ -20,8 +21,10 @@ COLUMNS = list(REPORT_COLUMNS)  # the manifest columns flagged `report`
 # the cascade's score histograms: (series, route, score column); drawn in this order and these colours
 SCORE_SERIES = (("kept drafts", "draft", "clip_score"), ("escalated: draft score", "escalated", "draft_score"),
                 ("escalated: final score", "escalated", "clip_score"),
-                ("escalated, draft kept: heavy score", KEPT_DRAFT, "heavy_score"))
-SERIES_COLOURS = dict(zip((s for s, _, _ in SCORE_SERIES), ("#16a34a", "#f59e0b", "#2563eb", "#dc2626"), strict=True))
+                ("escalated, draft kept: heavy score", KEPT_DRAFT, "heavy_score"),
+                ("predicted heavy: score", PREDICTED, "clip_score"))
+SERIES_COLOURS = dict(zip((s for s, _, _ in SCORE_SERIES), ("#16a34a", "#f59e0b", "#2563eb", "#dc2626", "#7c3aed"),
+                          strict=True))
 ESCALATED_ROUTES = ("escalated", KEPT_DRAFT)
 """Routes of rows the cascade escalated: ending as the heavy image, or as the draft (its heavy image scored lower)."""
 

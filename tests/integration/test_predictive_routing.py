@@ -99,6 +99,8 @@ def test_train_from_a_cascade_run_then_route_cats_straight_to_heavy_on_ray_and_i
         made[executor] = [same(r) for r in got]
     assert made["ray"] == made["in_process"]
     stored = set(objects(s3_env, bucket, "pr/images/"))
+    page = s3_env.client().get_object(Bucket=bucket, Key="pr/report.html")["Body"].read().decode()
+    assert "6 more sent straight to heavy by prediction" in page and "<td>predicted_heavy</td>" in page
     assert len(stored) == 6 + 6 * 2  # a heavy image per cat; a draft and a heavy image per dog
     # 3 a rerun decides the same and finds every image: nothing made, stored or paid
     capsys.readouterr()
