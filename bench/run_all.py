@@ -312,13 +312,15 @@ def scale_markdown(s: dict) -> list[str]:
         lines += ["", "Manifest-only stages (bench/scale_manifest.py; a whole 10M-row run doesn't fit this machine's "
                       "time nor 10M image files its disk): the manifest step's parts written serially, the commit, "
                       "and the resume index built over them with a synthesized image listing. Peak: the process's "
-                      "RSS rise over the step.", "",
+                      "RSS rise over the step; index: the bytes the built index holds a row.", "",
+                  f"{m.get('at', s['at'])} · {m.get('machine', s['machine'])} · commit {m.get('commit', s['commit'])}"
+                  " · `python bench/scale_manifest.py`", "",
                   "| rows | parts | stage CPU µs / row | commit s | commit µs / row | resume s | resume µs / row | "
-                  "resume peak MB | bytes / row |", "|---|---|---|---|---|---|---|---|---|"]
+                  "resume peak MB | peak bytes / row | index bytes / row |", "|---" * 10 + "|"]
         for r in m["results"]:
             lines.append(f"| {r['rows']:,} | {r['parts']:,} | {r['stage_cpu_us_per_row']} | {r['commit_s']} | "
                          f"{r['commit_us_per_row']} | {r['resume_s']} | {r['resume_us_per_row']} | "
-                         f"{r['resume_peak_mb']} | {r['resume_bytes_per_row']} |")
+                         f"{r['resume_peak_mb']} | {r['resume_bytes_per_row']} | {r.get('index_bytes_per_row', '–')} |")
         mg = m["growth"]
         lines += ["", f"Growth per 10× rows: staging per row {_factors(mg['stage_cpu_us_per_row'])}; commit per row "
                       f"{_factors(mg['commit_us_per_row'])}; resume per row {_factors(mg['resume_us_per_row'])}; "

@@ -94,10 +94,16 @@ def rows(start: int, n: int, run_id: str) -> Any:
 
 class ListedImages:
     """An output store whose `images/` listing names `count` objects of `key_of(i)` without files (everything else
-    is the real store)."""
+    is the real store). The names are made before the measurement, grouped by the first hex digit of their key (the
+    resume scan lists `images/<digit>` prefixes at once), as compact byte arrays: the listing's own memory is not
+    the index's."""
 
     def __init__(self, store: Any, count: int) -> None:
+        import numpy as np
+
         self.store, self.count = store, count
+        keys = np.array([key_of(i).encode() for i in range(count)], dtype="S64")
+        self.by_digit = {d: keys[np.char.startswith(keys, d.encode())] for d in "0123456789abcdef"}
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.store, name)
@@ -105,12 +111,16 @@ class ListedImages:
     def list(self, prefix: str) -> Iterator[tuple[str, int]]:
         from imagefleet.actors.layout import IMAGES_DIR
 
-        if prefix.startswith(IMAGES_DIR):
-            for i in range(self.count):
-                k = key_of(i)
-                yield f"{IMAGES_DIR}/{k[:2]}/{k}.png", 70
-        else:
+        if not prefix.startswith(IMAGES_DIR):
             yield from self.store.list(prefix)
+            return
+        start = prefix[len(IMAGES_DIR) + 1:]
+        for digit, keys in self.by_digit.items():
+            if digit.startswith(start) or start.startswith(digit):
+                for raw in keys:
+                    k = raw.decode()
+                    if k.startswith(start):
+                        yield f"{IMAGES_DIR}/{k[:2]}/{k}.png", 70
 
 
 def one(n: int) -> dict[str, Any]:
@@ -133,10 +143,12 @@ def one(n: int) -> dict[str, Any]:
     with Peak() as committed:
         parts = commit(store, lease, n)
     lease.release()
+    listed = ListedImages(store, n)
     with Peak() as resumed:
-        index = load_index(ListedImages(store, n), "png")
+        index = load_index(listed, "png")
     assert len(index) == n, (len(index), n)
-    del index
+    held = index.keys.nbytes + index.locs.nbytes + index.ok.nbytes
+    del index, listed
     shutil.rmtree(base, ignore_errors=True)
     per = 1e6 / n
     return {"rows": n, "parts": len(parts), "part_rows": size,
@@ -144,7 +156,8 @@ def one(n: int) -> dict[str, Any]:
             "commit_s": round(committed.wall_s, 3), "commit_us_per_row": round(committed.wall_s * per, 3),
             "commit_peak_mb": committed.rise_mb,
             "resume_s": round(resumed.wall_s, 2), "resume_us_per_row": round(resumed.wall_s * per, 2),
-            "resume_peak_mb": resumed.rise_mb, "resume_bytes_per_row": round(resumed.rise_mb * 2**20 / n)}
+            "resume_peak_mb": resumed.rise_mb, "resume_bytes_per_row": round(resumed.rise_mb * 2**20 / n),
+            "index_bytes_per_row": round(held / n, 1)}
 
 
 def growth(results: list[dict[str, Any]], key: str) -> list[float | None]:
@@ -170,6 +183,14 @@ def run(sizes: tuple[int, ...] = SIZES) -> dict[str, Any]:
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--sizes", default=",".join(str(n) for n in SIZES), help="comma-separated row counts")
-    out = run(tuple(int(s) for s in p.parse_args().sizes.split(",")))
+    p.add_argument("--save", action="store_true",
+                   help="put the result in bench/results/scale.json as its manifest_only part (the whole runs kept)")
+    args = p.parse_args()
+    out = run(tuple(int(s) for s in args.sizes.split(",")))
     print(json.dumps(out, indent=2))
+    if args.save:
+        saved = Path(__file__).resolve().parent / "results" / "scale.json"
+        whole = json.loads(saved.read_text())
+        whole["manifest_only"] = out
+        saved.write_text(json.dumps(whole, indent=2))
     os._exit(0)
