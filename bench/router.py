@@ -35,8 +35,9 @@ def split_prompts(n_train: int, n_eval: int, seed: int) -> tuple[list[str], list
     from imagefleet.actors.gain_model import held_out
 
     pool = sample_prompts(20 * (n_train + n_eval), seed=seed)
-    train = [p for p in pool if not held_out(p, 0.35)][:n_train]
-    evaluation = [p for p in pool if held_out(p, 0.35)][:n_eval]
+    # salted: the gain model holds out strings by the same hash (its lambda needs some of the training strings)
+    train = [p for p in pool if not held_out(f"bench:{p}", 0.35)][:n_train]
+    evaluation = [p for p in pool if held_out(f"bench:{p}", 0.35)][:n_eval]
     return train, evaluation
 
 
