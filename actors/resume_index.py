@@ -285,8 +285,8 @@ def load_index(store: ObjectStore, image_format: str, keep_provider_bytes: bool 
     """
     import sys
 
-    # 1 every image object present (16 listings at once), as `<key>.<ext>` names and sizes
-    names, sizes = list_images(store)
+    # 1 every image object present (16 listings at once), by extension
+    listing = list_images(store)
     # 2 manifest rows from committed parts and from runs that were interrupted before committing
     parts = sorted(rel for rel, _ in store.list(f"{MANIFEST_DIR}/") if rel.endswith(".parquet"))  # in name order
     committed = set(current_parts(store)) if parts else set()
@@ -295,11 +295,11 @@ def load_index(store: ObjectStore, image_format: str, keep_provider_bytes: bool 
                 frozenset(p for p in parts if p not in committed))  # loose: no index lists them
     on_ray = "ray" in sys.modules and sys.modules["ray"].is_initialized()
     # 3 the row that decides each key, by Arrow's hash aggregation over every part's deciding columns
-    scan = decide(read_candidates(read, parts, on_ray), names, sizes)
+    scan = decide(read_candidates(read, parts, on_ray), listing)
     unlisted = Unlisted(store, scan.unlisted, image_format, keep_provider_bytes)
     unlisted.prefetch()
     logger.info("resume index: %d objects, %d manifest keys, %d escalated drafts, %d images no ok row names",
-                len(names), len(scan.keys), len(scan.drafts), len(unlisted))
+                len(listing), len(scan.keys), len(scan.drafts), len(unlisted))
     return ResumeIndex(scan, parts, unlisted,
                        PartRows(store.location.uri, store.spec, READ, store.spec.retry_budget_s))
 

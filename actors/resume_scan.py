@@ -43,7 +43,9 @@ PARTS_PER_TASK = 64
 """Parts one Ray scan task reads; a scan of fewer parts than two tasks' worth stays in the calling process."""
 CACHED_PARTS = 32
 """Parts whose rows `PartRows` keeps (a batch of a rerun finds its rows in a few neighbouring parts)."""
-CANDIDATES = pa.schema([("key", pa.string()), ("ok", pa.bool_()), ("name", pa.string()), ("takes", pa.bool_()),
+EXTS = tuple(sorted(set(EXTENSIONS.values())))
+"""Image file extensions, by code (a candidate's `ext`)."""
+CANDIDATES = pa.schema([("key", pa.string()), ("ok", pa.bool_()), ("ext", pa.int8()), ("takes", pa.bool_()),
                         ("draft", pa.string()), ("heavy", pa.string()), ("loc", pa.int64())])
 """A candidate row (`_candidates`)."""
 ROW_BITS = 32
@@ -51,22 +53,48 @@ ROW_BITS = 32
 HEX = "0123456789abcdef"
 
 
-def list_images(store: ObjectStore, threads: int = 16) -> tuple[pa.Array, pa.Array]:
-    """(`<key>.<ext>` names, sizes) of every image under `images/`: one listing per first hex digit of the keys,
-    at once (an image's path is `images/<key[:2]>/<key>.<ext>` and keys are lowercase hex)."""
+@dataclass(frozen=True)
+class Listing:
+    """The stored images, by extension (`EXTS` order): each one's key and size."""
 
-    def listing(digit: str) -> tuple[pa.Array, pa.Array]:
-        names: list[str] = []
-        sizes: list[int] = []
+    keys: tuple[pa.Array, ...]
+    sizes: tuple[pa.Array, ...]
+
+    def __len__(self) -> int:
+        return sum(len(k) for k in self.keys)
+
+
+def list_images(store: ObjectStore, threads: int = 16, chunk: int = 65536) -> Listing:
+    """Every image under `images/`, by extension: one listing per first hex digit of the keys, at once (an image's
+    path is `images/<key[:2]>/<key>.<ext>` and keys are lowercase hex); names are turned into Arrow arrays every
+    `chunk` objects, so a listing of millions never holds them all as Python strings."""
+
+    def listing(digit: str) -> list[list[tuple[pa.Array, pa.Array]]]:
+        by_ext: list[list[tuple[pa.Array, pa.Array]]] = [[] for _ in EXTS]  # (keys, sizes) chunks per extension
+        keys: list[list[str]] = [[] for _ in EXTS]
+        sizes: list[list[int]] = [[] for _ in EXTS]
+        code = {ext: i for i, ext in enumerate(EXTS)}
+
+        def flush(i: int) -> None:
+            by_ext[i].append((pa.array(keys[i], pa.string()), pa.array(sizes[i], pa.int64())))
+            keys[i], sizes[i] = [], []
+
         for rel, size in store.list(f"{IMAGES_DIR}/{digit}"):
-            names.append(rel.rsplit("/", 1)[-1])
-            sizes.append(size)
-        return pa.array(names, pa.string()), pa.array(sizes, pa.int64())
+            key, _, ext = rel.rpartition("/")[2].partition(".")
+            i = code.get(ext)
+            if i is not None:
+                keys[i].append(key)
+                sizes[i].append(size)
+                if len(keys[i]) >= chunk:
+                    flush(i)
+        for i in range(len(EXTS)):
+            flush(i)
+        return by_ext
 
     with ThreadPoolExecutor(max_workers=threads) as pool:
         found = list(pool.map(listing, HEX))
-    return (pa.concat_arrays([n for n, _ in found]) if found else pa.array([], pa.string()),
-            pa.concat_arrays([s for _, s in found]) if found else pa.array([], pa.int64()))
+    return Listing(tuple(pa.concat_arrays([k for digit in found for k, _ in digit[i]]) for i in range(len(EXTS))),
+                   tuple(pa.concat_arrays([z for digit in found for _, z in digit[i]]) for i in range(len(EXTS))))
 
 
 @dataclass(frozen=True)
@@ -85,7 +113,7 @@ class Read:
 
 def candidates(read: Read, parts: Sequence[tuple[int, str]]) -> pa.Table:
     """The candidate rows of `parts` ((part number, relative path) pairs): every row with a key and an ok or error
-    status, as `key, ok, name, takes, draft, heavy, loc` (see `_candidates`), in part then row order."""
+    status, as `key, ok, ext, takes, draft, heavy, loc` (see `_candidates`), in part then row order."""
     fs, _ = arrow_filesystem(read.uri, read.spec)
     tables = [t for number, rel in parts if (t := _part_candidates(read, fs, number, rel)) is not None]
     return pa.concat_tables(tables) if tables else CANDIDATES.empty_table()
@@ -105,10 +133,10 @@ def _part_candidates(read: Read, fs: Any, number: int, rel: str) -> pa.Table | N
 
 
 def _candidates(table: pa.Table, read: Read, number: int, rows: np.ndarray) -> pa.Table:
-    """Per row that can settle a key: `key`; `ok`; `name` (`<key>.<ext>` its image is stored as, by its `mime`, or
-    the run's format for rows from before that column); `takes` (whether this run counts an image in that format:
-    its own, or a paid provider's file it keeps); `draft` (an escalated row's draft key, else null); `heavy` (the
-    heavy image of a row that kept its draft, else null); `loc` (part << ROW_BITS | row)."""
+    """Per row that can settle a key: `key`; `ok`; `ext` (the code in EXTS of the extension its image is stored
+    with, by its `mime`, or the run's format for rows from before that column); `takes` (whether this run counts an
+    image in that format: its own, or a paid provider's file it keeps); `draft` (an escalated row's draft key, else
+    null); `heavy` (the heavy image of a row that kept its draft, else null); `loc` (part << ROW_BITS | row)."""
     key, status = table.column("image_key"), table.column("status")
     keep = pc.and_(pc.and_(pc.is_valid(key), pc.not_equal(key, "")), pc.is_in(status, pa.array(["ok", "error"])))
     table = table.filter(keep)
@@ -118,14 +146,14 @@ def _candidates(table: pa.Table, read: Read, number: int, rows: np.ndarray) -> p
     formats = [format_of_mime(m or "") or read.image_format for m in known]
     codes = pc.index_in(mime, pa.array(known, pa.string()))
     fmt = pc.take(pa.array(formats, pa.string()), codes)
-    ext = pc.take(pa.array([EXTENSIONS[f] for f in formats], pa.string()), codes)
+    ext = pc.take(pa.array([EXTS.index(EXTENSIONS[f]) for f in formats], pa.int8()), codes)
     paid = pc.greater(pc.fill_null(table.column("requests"), 0), 0)
     takes = pc.or_(pc.equal(fmt, read.image_format), pc.and_(pa.scalar(read.keep_provider_bytes), paid))
     draft, heavy = table.column("draft_image_key"), table.column("heavy_image_key")
     escalated = pc.and_(pc.equal(table.column("route"), "escalated"), pc.not_equal(draft, ""))
     null = pa.scalar(None, pa.string())
     return pa.table({
-        "key": key, "ok": pc.equal(table.column("status"), "ok"), "name": pc.binary_join_element_wise(key, ext, "."),
+        "key": key, "ok": pc.equal(table.column("status"), "ok"), "ext": ext,
         "takes": takes, "draft": pc.if_else(pc.fill_null(escalated, False), draft, null),
         "heavy": pc.if_else(pc.fill_null(pc.not_equal(heavy, ""), False), heavy, null),
         "loc": pa.array((np.int64(number) << ROW_BITS) | rows, pa.int64()),
@@ -183,22 +211,25 @@ class Scan:
     """`<key>.<ext>` → size of the stored images no ok row this run takes names (and not ruled out by one)."""
 
 
-def decide(cands: pa.Table, names: pa.Array, sizes: pa.Array) -> Scan:
-    """Each key's settling row from the candidates (in part then row order) and the image listing (`names`,
-    `sizes`): an ok row counts when its image is listed in a format the run takes (else its name is ruled out of
-    adoption: an image in another format isn't this run's); the first such ok row settles its key, else the last
-    error row does."""
+def decide(cands: pa.Table, listing: Listing) -> Scan:
+    """Each key's settling row from the candidates (in part then row order) and the image listing: an ok row
+    counts when its image is listed in a format the run takes (else its image is ruled out of adoption: an image in
+    another format isn't this run's); the first such ok row settles its key, else the last error row does. Arrow's
+    hash aggregation on one thread (its threads cost more than they give on a few cores)."""
+    cands = cands.combine_chunks()
     ok = pc.fill_null(cands.column("ok"), False)
-    counts = pc.and_(cands.column("takes"), pc.is_in(cands.column("name"), names))
+    key, ext = cands.column("key"), cands.column("ext")
+    listed = _listed(key, ext, listing.keys)
+    counts = pc.and_(cands.column("takes"), listed)
     valid_ok = pc.and_(ok, counts)
-    ruled_out = pc.filter(cands.column("name"), pc.and_(ok, pc.invert(counts)))
+    ruled_out = cands.select(["key", "ext"]).filter(pc.and_(ok, pc.invert(counts)))
     n = cands.num_rows
     order = np.arange(n, dtype=np.int64)
     # rank: ok rows by position (the first wins), error rows after every ok row, the last first
     rank = np.where(np.asarray(ok.to_numpy(zero_copy_only=False), dtype=bool), order, 2 * n - order)
     eligible = pc.or_(valid_ok, pc.invert(ok))
-    grouped = pa.table({"key": cands.column("key"), "rank": rank}).filter(eligible) \
-        .group_by("key").aggregate([("rank", "min")])
+    grouped = pa.table({"key": key, "rank": rank}).filter(eligible) \
+        .group_by("key", use_threads=False).aggregate([("rank", "min")])
     best = grouped.column("rank_min").to_numpy()
     at = np.where(best < n, best, 2 * n - best)
     won = cands.take(pa.array(at, pa.int64()))
@@ -209,23 +240,33 @@ def decide(cands: pa.Table, names: pa.Array, sizes: pa.Array) -> Scan:
         .filter(pc.and_(won.column("ok"), pc.is_valid(won.column("draft"))))
     if escalated.num_rows:  # the later of two rows naming one draft: the larger candidate position
         last = pa.table({"draft": escalated.column("draft"), "at": escalated.column("at")}) \
-            .group_by("draft").aggregate([("at", "max")])
+            .group_by("draft", use_threads=False).aggregate([("at", "max")])
         escalated = escalated.take(pc.index_in(last.column("at_max"), escalated.column("at")))
     drafts, order_d = _sorted_fixed(escalated.column("draft"))
     won_ok_rows = won.filter(won.column("ok"))
     settled = pa.chunked_array([*won_ok_rows.column("key").chunks, *escalated.column("draft").chunks,
-                                *won_ok_rows.column("heavy").drop_null().chunks], pa.string())
+                                *won_ok_rows.column("heavy").drop_null().chunks], pa.string()).combine_chunks()
     return Scan(keys, won.column("loc").to_numpy()[order_k], won_ok[order_k], drafts,
-                escalated.column("loc").to_numpy()[order_d],
-                _unlisted(names, sizes, settled, ruled_out))
+                escalated.column("loc").to_numpy()[order_d], _unlisted(listing, settled, ruled_out))
 
 
-def _unlisted(names: pa.Array, sizes: pa.Array, settled: pa.ChunkedArray, ruled_out: pa.ChunkedArray
-              ) -> dict[str, int]:
-    """The listed images no settled key names (by key) and no ruled-out name is."""
-    keys = pc.list_element(pc.split_pattern(names, ".", max_splits=1), 0)
-    free = pc.invert(pc.or_(pc.is_in(keys, settled.combine_chunks()), pc.is_in(names, ruled_out.combine_chunks())))
-    return dict(zip(pc.filter(names, free).to_pylist(), pc.filter(sizes, free).to_pylist(), strict=True))
+def _listed(keys: pa.Array, exts: pa.Array, listed: tuple[pa.Array, ...]) -> pa.Array:
+    """Whether each (key, extension code) is in the listing."""
+    found = pa.array(np.zeros(len(keys), dtype=bool))
+    for code, present in enumerate(listed):
+        found = pc.or_(found, pc.and_(pc.equal(exts, code), pc.is_in(keys, present)))
+    return found
+
+
+def _unlisted(listing: Listing, settled: pa.Array, ruled_out: pa.Table) -> dict[str, int]:
+    """`<key>.<ext>` → size of the listed images whose key nothing settled and which no ok row rules out."""
+    out: dict[str, int] = {}
+    for code, (keys, sizes) in enumerate(zip(listing.keys, listing.sizes, strict=True)):
+        out_of_format = pc.filter(ruled_out.column("key"), pc.equal(ruled_out.column("ext"), code))
+        free = pc.invert(pc.or_(pc.is_in(keys, settled), pc.is_in(keys, out_of_format.combine_chunks())))
+        out.update((f"{k}.{EXTS[code]}", v) for k, v in zip(pc.filter(keys, free).to_pylist(),
+                                                             pc.filter(sizes, free).to_pylist(), strict=True))
+    return out
 
 
 def _sorted_fixed(column: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray]:
