@@ -5,6 +5,7 @@ reported on the other, with 95% bootstrap CIs clustered by prompt string, next t
     python bench/quality.py [--rows 2304] [--verify 64]      # the benchmark (then checks the winner for real)
     python bench/quality.py --only-verify --verify 64         # only the check, on quality.json's winner
     python bench/quality.py --verify 8 --policy max_drafts=3,redraw_below=65,escalate_fraction=0.25
+    python bench/quality.py --scorer verifier [--rows 2304]   # the world's fact verifier as the scorer
 
 Design. Rows: the world's grammar enumerated (651 strings); each GenEval task gets rows/6 rows, its strings
 shuffled and cycled, so the set holds as many distinct strings as the rows allow; every row has its own id and so
@@ -15,7 +16,10 @@ replayed through imagefleet's code (bench/quality_replay.py); tuning and the cei
 drafts per row (seeds `redraw_seed(first seed, the 1-draft key, k)`). `--verify N` runs the 0.30 winner through
 `imagefleet.run` on N of its reported rows and checks the replay row by row.
 
-Writes bench/results/quality.json and quality.png and rewrites BENCHMARKS.md's quality section in place.
+Writes bench/results/quality.json and quality.png and rewrites BENCHMARKS.md's quality section in place. With
+`--scorer verifier` (bench/world/models/verifier as the `facts` scorer, each row's world facts in a `facts` column;
+scores 0..1) it writes quality_verifier.json and .png instead, leaves BENCHMARKS.md alone, and reports the scorer's
+pairwise accuracy on the verifier's held-out and training strings apart.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import REPO, git_rev, machine  # noqa: E402
 from bench.quality_design import DESIGN_SEED, Row, evaluation_rows, grammar, training_strings, verify_rows  # noqa: E402
-from bench.quality_replay import SCORE_TOLERANCE, Policy, Replay, verify  # noqa: E402
+from bench.quality_replay import SCORE_TOLERANCE, SCORERS, Policy, Replay, verify  # noqa: E402
 from bench.quality_report import markdown, plot, update_benchmarks  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
@@ -44,6 +48,7 @@ POOL = 4  # candidate drafts per row (tuning, ceilings)
 FRACTIONS = tuple(round(0.01 * k, 2) for k in range(1, 61))
 QUANTILES = tuple(round(0.1 * k, 1) for k in range(1, 10))
 BOOTSTRAP = 2000
+NAMES = {"clip": "quality.json", "verifier": "quality_verifier.json"}  # results file per scorer
 
 
 @dataclass
@@ -55,6 +60,7 @@ class Pool:
     F: np.ndarray
     H: np.ndarray
     keys: np.ndarray
+    digits: int = 1  # score decimals the grid's thresholds keep (CLIP 0..100: 1; the verifier's 0..1: 3)
 
 
 def make_pool(replay: Replay, rows: list[Row], log: Any) -> Pool:
@@ -81,7 +87,7 @@ def make_pool(replay: Replay, rows: list[Row], log: Any) -> Pool:
     log(f"pool: heavy of {n} rows in {time.perf_counter() - started:.0f} s")
     H = np.array([replay.image("heavy", str(p), int(s)).faithfulness for p, s in
                   zip(batch["prompt"], batch["seed"], strict=True)])
-    return Pool(S, F, H, np.asarray(base["image_key"], dtype=str))
+    return Pool(S, F, H, np.asarray(base["image_key"], dtype=str), 1 if replay.scorer_name == "clip" else 3)
 
 
 def adaptive(S: np.ndarray, max_drafts: int, stop: float) -> tuple[np.ndarray, np.ndarray]:
@@ -123,14 +129,14 @@ def grid(pool: Pool, idx: np.ndarray, by_oracle: bool) -> list[Policy]:
     nothing; with one draft also absolute thresholds (CLIP; midpoints between the tuning rows' scores)."""
     S = (pool.F if by_oracle else pool.S)[idx]
     stops = sorted({float(x) for x in np.unique(S[:, 0])} - {0.0}) if by_oracle else \
-        sorted({round(float(np.quantile(S[:, 0], q)), 1) for q in QUANTILES})
+        sorted({round(float(np.quantile(S[:, 0], q)), pool.digits) for q in QUANTILES})
     rules: list[tuple[int, float | None]] = [(1, None)] + [(m, t) for m in range(2, POOL + 1)
                                                           for t in [*stops, math.inf]]
     out = [Policy(m, t, escalate_fraction=f) for m, t in rules for f in FRACTIONS]
     out += [Policy(m, t, threshold=0.0) for m, t in rules]
     if not by_oracle:
         ranked = np.sort(S[:, 0])
-        out += [Policy(threshold=round(float((ranked[k - 1] + ranked[k]) / 2), 2))
+        out += [Policy(threshold=round(float((ranked[k - 1] + ranked[k]) / 2), pool.digits + 1))
                 for k in sorted({max(1, int(f * len(idx))) for f in FRACTIONS})]
     return out
 
@@ -275,14 +281,14 @@ def ceilings(pool: Pool, folds: list[np.ndarray], cost: dict[str, float], budget
     return out
 
 
-def run(n_rows: int, log: Any = print) -> dict[str, Any]:
+def run(n_rows: int, log: Any = print, scorer: str = "clip") -> dict[str, Any]:
     """The benchmark: rows, candidate pool, then per budget every family tuned on one half and reported on the
     other, ceilings, intervals."""
     # 1 the grammar, the strings each model saw in training, the evaluation rows
     strings, seen = grammar(), training_strings()
     rows = evaluation_rows(n_rows, strings)
     folds = [np.array([i for i, r in enumerate(rows) if r.fold == k]) for k in (0, 1)]
-    replay = Replay([(r.id, r.prompt) for r in rows])
+    replay = Replay([(r.id, r.prompt) for r in rows], scorer)
     # 2 every row's candidate drafts and heavy image; costs measured on them (CPU s per image, one thread)
     pool = make_pool(replay, rows, log)
     cost = {name: replay.seconds(name) for name in ("draft", "heavy", "score")}
@@ -346,16 +352,38 @@ def run(n_rows: int, log: Any = print) -> dict[str, Any]:
                   "oracle_cpu_s": replay.seconds("oracle"), "draft_vs_heavy": cost["draft"] / cost["heavy"],
                   "score_vs_heavy": cost["score"] / cost["heavy"], "images_made": {
                       k: replay.cpu[k][1] for k in ("draft", "heavy")}},
-        "clip_within_prompt_pairwise": boot.mean(right, pairs), "pairs": int(pairs.sum()),
+        "scorer": scorer, "clip_within_prompt_pairwise": boot.mean(right, pairs), "pairs": int(pairs.sum()),
+        **(verifier_strings(rows, right, pairs) if scorer == "verifier" else {}),
         "results": results, "policies": policies,
         "winner": verdict(WINNER), "adaptive": verdict(ADAPTIVE),
     }
 
 
-def check(n_rows: int, count: int, policy: Policy, log: Any = print) -> dict[str, Any]:
+def verifier_strings(rows: list[Row], right: np.ndarray, pairs: np.ndarray) -> dict[str, Any]:
+    """The scorer's pairwise accuracy on rows of the verifier's held-out strings and of its training strings
+    (bench/world/verifier_data.split), each with its own clustered CI."""
+    from bench.world.verifier_data import split
+
+    _, held = split()
+    unseen = {s for texts in held.values() for s in texts}
+    out: dict[str, Any] = {"verifier_unseen_strings_evaluated": len({r.prompt for r in rows} & unseen)}
+    for name, keep in (("held_out", True), ("training", False)):
+        idx = np.array([i for i, r in enumerate(rows) if (r.prompt in unseen) == keep])
+        paired = {rows[i].task for i in idx if pairs[i]}  # a task without a pair has no ratio: left out
+        tasks = np.array([i for i in idx if rows[i].task in paired], dtype=int)
+        if len(tasks):
+            out[f"pairwise_verifier_{name}_strings"] = {
+                **Bootstrap([rows[i] for i in tasks]).mean(right[tasks], pairs[tasks]), "rows": len(idx),
+                "pairs": int(pairs[idx].sum()), "pooled": Bootstrap([Row(rows[i].id, rows[i].prompt, "all", 0)
+                                                                    for i in idx]).mean(right[idx], pairs[idx]),
+                "tasks_without_pairs": sorted({rows[i].task for i in idx} - paired)}
+    return out
+
+
+def check(n_rows: int, count: int, policy: Policy, log: Any = print, scorer: str = "clip") -> dict[str, Any]:
     """--verify: the policy through imagefleet.run on `count` rows against the replay of the same rows."""
     rows = verify_rows(n_rows, count)
-    return verify(Replay([(r.id, r.prompt) for r in rows]), policy, [r.id for r in rows], log)
+    return verify(Replay([(r.id, r.prompt) for r in rows], scorer), policy, [r.id for r in rows], log)
 
 
 def main() -> int:
@@ -366,6 +394,9 @@ def main() -> int:
                         "and check the replay row by row")
     p.add_argument("--only-verify", action="store_true",
                    help="no benchmark: --verify the winner recorded in bench/results/quality.json")
+    p.add_argument("--scorer", choices=SCORERS, default="clip",
+                   help="clip (the world's CLIP) or verifier (bench/world/models/verifier as the facts scorer); "
+                        "verifier results go to quality_verifier.json, BENCHMARKS.md untouched")
     p.add_argument("--policy", default="",
                    help="no benchmark: --verify this policy instead (max_drafts=3,redraw_below=65,...)")
     args = p.parse_args()
@@ -374,38 +405,43 @@ def main() -> int:
     torch.set_num_threads(1)  # one core, like one generator actor (Ray sets OMP_NUM_THREADS=1)
     if args.policy:  # a given policy, printed only (tests)
         result = check(args.rows, args.verify or 8, Policy.parse(args.policy),
-                       log=lambda text: print(text, file=sys.stderr))  # stdout: the JSON only
+                       log=lambda text: print(text, file=sys.stderr), scorer=args.scorer)  # stdout: the JSON only
         print(json.dumps(result, indent=2))
         return 0 if result["agree"] else 1
     if args.only_verify:  # the recorded winner again; the check replaces the recorded one
-        q = json.loads((RESULTS / "quality.json").read_text())
+        q = json.loads((RESULTS / NAMES[args.scorer]).read_text())
         q["verify"] = checked(q["rows"], args.verify or 64, Policy(**q["winner"]["policies"][0]),
-                              f"python bench/quality.py --only-verify --verify {args.verify or 64}")
+                              f"python bench/quality.py --only-verify --verify {args.verify or 64}", args.scorer)
         return finish(q)
     started = time.perf_counter()
-    q = run(args.rows, log=lambda text: print(text, flush=True))
+    q = run(args.rows, log=lambda text: print(text, flush=True), scorer=args.scorer)
     q["machine"], q["commit"] = machine(), git_rev()
     q["command"] = "python bench/quality.py" + (f" --rows {args.rows}" if args.rows != 2304 else "") + (
-        f" --verify {args.verify}" if args.verify else "")
+        f" --verify {args.verify}" if args.verify else "") + (f" --scorer {args.scorer}" if args.scorer != "clip"
+                                                               else "")
     q["benchmark_wall_s"] = round(time.perf_counter() - started, 1)
     if args.verify:
-        q["verify"] = checked(args.rows, args.verify, Policy(**q["winner"]["policies"][0]), q["command"])
+        q["verify"] = checked(args.rows, args.verify, Policy(**q["winner"]["policies"][0]), q["command"],
+                              args.scorer)
     return finish(q)
 
 
-def checked(n_rows: int, count: int, policy: Policy, command: str) -> dict[str, Any]:
+def checked(n_rows: int, count: int, policy: Policy, command: str, scorer: str = "clip") -> dict[str, Any]:
     """--verify with its own date, commit and command (it may be rerun alone later)."""
-    result = check(n_rows, count, policy)
+    result = check(n_rows, count, policy, scorer=scorer)
     return {**result, "row_ids": [r.id for r in verify_rows(n_rows, count)], "at": time.strftime("%Y-%m-%d %H:%M"),
             "commit": git_rev(), "command": command, "score_tolerance": SCORE_TOLERANCE}
 
 
 def finish(q: dict[str, Any]) -> int:
-    """quality.json, quality.png, BENCHMARKS.md's section; exit 1 when --verify disagreed."""
+    """quality.json, quality.png, BENCHMARKS.md's section (the verifier's: quality_verifier.json and .png only);
+    exit 1 when --verify disagreed."""
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "quality.json").write_text(json.dumps(q, indent=2))
-    plot(q, RESULTS / "quality.png")
-    update_benchmarks(q)
+    name = NAMES[q.get("scorer", "clip")]
+    (RESULTS / name).write_text(json.dumps(q, indent=2))
+    plot(q, (RESULTS / name).with_suffix(".png"))
+    if q.get("scorer", "clip") == "clip":
+        update_benchmarks(q)
     print("\n".join(markdown(q)))
     return 0 if not q.get("verify") or q["verify"]["agree"] else 1
 

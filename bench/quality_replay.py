@@ -25,6 +25,7 @@ from bench.common import REPO
 MODELS = REPO / "bench" / "world" / "models"
 WORLD_CONFIG = REPO / "configs" / "world_cascade.yaml"  # the demo's cascade: job seed 7, the world's models
 CHUNK = 256  # rows per generator call (the generator batches them by its own batch_size)
+SCORERS = ("clip", "verifier")  # the world's CLIP (0..100), or its fact verifier as the `facts` scorer (0..1)
 SCORE_TOLERANCE = 0.01  # CLIP units (0..100): a row's pixels may differ by 1 in a few values with its batch's other
 # rows (float32 batched math on CPU), so the run's and the replay's scores of one image agree to ~1e-3, not exactly
 Batch = dict[str, np.ndarray]
@@ -73,26 +74,36 @@ class Policy:
         return Policy(**values)
 
 
-def job_config(policy: Policy, source: Path, output: Path) -> dict[str, Any]:
-    """configs/world_cascade.yaml with this checkout's world models, no GPUs, in process, a local output."""
+def job_config(policy: Policy, source: Path, output: Path, scorer: str = "clip") -> dict[str, Any]:
+    """configs/world_cascade.yaml with this checkout's world models, no GPUs, in process, a local output; `scorer`
+    `verifier`: the world's fact verifier (bench/world/models/verifier) as the `facts` scorer, each row's facts
+    from the prompt table's `facts` column (write_rows(..., facts=True))."""
     raw = yaml.safe_load(WORLD_CONFIG.read_text())
     raw["source"] = {"uri": str(source)}
     for name in ("draft", "heavy"):
         raw["generators"][name]["model"] = str(MODELS / name)
         raw["generators"][name]["pool"].update(num_gpus=0, min_size=1, max_size=1)
     raw["scorer"]["model"] = str(MODELS / "clip")
+    if scorer == "verifier":
+        raw["scorer"] = {"backend": "facts", "model": str(MODELS / "verifier"), "pool": raw["scorer"]["pool"]}
     raw["routing"] = {"mode": "cascade", "cascade": policy.cascade()}
     raw["output"] = {"uri": str(output), "format": "png"}
     raw["cluster"] = {"executor": "in_process"}
     return raw
 
 
-def write_rows(path: Path, rows: list[tuple[str, str]]) -> Path:
-    """The prompt table: an `id` per row (so every row gets its own derived seed) and its prompt."""
+def write_rows(path: Path, rows: list[tuple[str, str]], facts: bool = False) -> Path:
+    """The prompt table: an `id` per row (so every row gets its own derived seed) and its prompt; `facts`: each
+    prompt's world facts too (bench/world/verifier_data.world_facts), for the verifier."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    pq.write_table(pa.table({"id": [i for i, _ in rows], "prompt": [p for _, p in rows]}), path)
+    from bench.world.verifier_data import world_facts
+
+    columns: dict[str, Any] = {"id": [i for i, _ in rows], "prompt": [p for _, p in rows]}
+    if facts:
+        columns["facts"] = pa.array([world_facts(p) for _, p in rows], pa.list_(pa.string()))
+    pq.write_table(pa.table(columns), path)
     return path
 
 
@@ -124,21 +135,22 @@ class Replay:
 
     Args:
         rows: (id, prompt) of every evaluation row.
+        scorer: `clip` or `verifier` (SCORERS).
     """
 
-    def __init__(self, rows: list[tuple[str, str]]) -> None:
+    def __init__(self, rows: list[tuple[str, str]], scorer: str = "clip") -> None:
         import imagefleet
-        from imagefleet.actors.clip_scorer import ClipScorer
+        from imagefleet.actors import SCORERS
         from imagefleet.actors.diffusers_generator import DiffusersGenerator
         from imagefleet.jobs.preflight import resolve_stores
 
-        self.rows = dict(rows)
+        self.rows, self.scorer_name = dict(rows), scorer
         self.work = Path(tempfile.mkdtemp(prefix="imagefleet-quality-"))
-        source = write_rows(self.work / "rows.parquet", rows)
-        cfg = imagefleet.load(job_config(Policy(threshold=0.0), source, self.work / "out"))
+        source = write_rows(self.work / "rows.parquet", rows, facts=scorer == "verifier")
+        cfg = imagefleet.load(job_config(Policy(threshold=0.0), source, self.work / "out", scorer))
         self.stores = resolve_stores(cfg)  # model folders keyed by content, as a run keys them
         self.generators = {name: DiffusersGenerator(cfg.generators[name], name=name) for name in ("draft", "heavy")}
-        self.scorer = ClipScorer(cfg.scorer)  # type: ignore[arg-type]
+        self.scorer = SCORERS[cfg.scorer.backend](cfg.scorer)  # type: ignore[arg-type]
         self.cache: dict[tuple[str, str, int], Image] = {}
         self.cpu = {name: [0.0, 0] for name in ("draft", "heavy", "score", "oracle")}
         self.wall = {name: [0.0, 0] for name in ("draft", "heavy")}
@@ -146,7 +158,7 @@ class Replay:
     def config(self, policy: Policy) -> Any:
         import imagefleet
 
-        return imagefleet.load(job_config(policy, self.work / "rows.parquet", self.work / "out"))
+        return imagefleet.load(job_config(policy, self.work / "rows.parquet", self.work / "out", self.scorer_name))
 
     def preprocess(self, policy: Policy, ids: list[str]) -> Batch:
         """The preprocessor's rows for `ids` under `policy` (seeds from the job seed and row id; the draft key
@@ -156,8 +168,14 @@ class Replay:
         from imagefleet.actors.prompt_preprocessor import PromptPreprocessor
         from imagefleet.pipelines.plan import prep_config
 
-        prep = prep_config(self.config(policy), self.stores).model_copy(update={"resume": None})
-        out = PromptPreprocessor(prep)(pa.table({"id": ids, "prompt": [self.rows[i] for i in ids]}))
+        table = pa.table({"id": ids, "prompt": [self.rows[i] for i in ids]})
+        if self.scorer_name == "verifier":  # each row's facts ride as a pass-through column, as in a run
+            from bench.world.verifier_data import world_facts
+
+            table = table.append_column("facts", pa.array([world_facts(self.rows[i]) for i in ids],
+                                                           pa.list_(pa.string())))
+        prep = prep_config(self.config(policy), self.stores, table.column_names).model_copy(update={"resume": None})
+        out = PromptPreprocessor(prep)(table)
         order = {rid: k for k, rid in enumerate(out["id"])}
         idx = np.array([order[i] for i in ids])
         return {name: np.asarray(col)[idx] for name, col in out.items()}
@@ -273,9 +291,9 @@ def verify(replay: Replay, policy: Policy, ids: list[str], log: Any = print) -> 
     from bench.world.oracle import oracle
 
     work = Path(tempfile.mkdtemp(prefix="imagefleet-verify-"))
-    source = write_rows(work / "rows.parquet", [(i, replay.rows[i]) for i in ids])
+    source = write_rows(work / "rows.parquet", [(i, replay.rows[i]) for i in ids], replay.scorer_name == "verifier")
     started = time.perf_counter()
-    result = imagefleet.run(job_config(policy, source, work / "out"), echo=None, progress="off")
+    result = imagefleet.run(job_config(policy, source, work / "out", replay.scorer_name), echo=None, progress="off")
     run_s = time.perf_counter() - started
     manifest = {str(r["id"]): r for r in result.to_pandas().to_dict("records")}
     ours = replay.run(policy, ids)

@@ -34,7 +34,7 @@ def markdown(q: dict[str, Any]) -> list[str]:
              "Cost = measured CPU seconds per image on one thread: draft "
              f"{c['draft_cpu_s'] * 1000:.1f} ms, heavy {c['heavy_cpu_s'] * 1000:.1f} ms (**draft / heavy = "
              f"{c['draft_vs_heavy']:.3f}**; wall {c['draft_wall_s'] * 1000:.1f} / {c['heavy_wall_s'] * 1000:.1f} ms "
-             f"on this shared machine), CLIP scoring {c['score_cpu_s'] * 1000:.2f} ms per scored image (= "
+             f"on this shared machine), {_scorer(q)} scoring {c['score_cpu_s'] * 1000:.2f} ms per scored image (= "
              f"{c['score_vs_heavy']:.4f} of a heavy image), counted apart. Budgets are shares of heavy-only's cost. "
              "2-fold: each task's rows split in half at random; every policy parameter (max_drafts 1–4, "
              "redraw_below, escalate_fraction or threshold) is chosen on one half — the most faithful within "
@@ -56,7 +56,7 @@ def markdown(q: dict[str, Any]) -> list[str]:
                      f"{r['scoring_vs_heavy']:.3f}){over} |")
     w, p, at = q["winner"], q["clip_within_prompt_pairwise"], {r["policy"]: r for r in q["results"]
                                                                  if r["budget"] == 0.3}
-    lines += ["", f"World CLIP's within-prompt pairwise accuracy (two drafts of one row whose faithfulness differs, "
+    lines += ["", f"{_scorer(q)}'s within-prompt pairwise accuracy (two drafts of one row whose faithfulness differs, "
               f"ordered as the oracle orders them; {q['pairs']:,} pairs): **{_ci(p)}** (the issue's estimate of "
               "what matching heavy at ≤ 0.30 needs: ≥ 0.9).", "",
               f"**At ≤ 0.30 of heavy-only's cost, on held-out rows, against heavy only's "
@@ -142,3 +142,8 @@ def plot(q: dict[str, Any], path: Path) -> None:
             short = "tuned cascade" if r["kind"] == "product" else r["policy"].split(" (")[0].split(": ")[-1]
             d.text((px + 7, py - 6), short, fill=c)
     img.save(path)
+
+
+def _scorer(q: dict[str, Any]) -> str:
+    """The scorer the results were measured with (`--scorer`; results from before it: the world's CLIP)."""
+    return {"clip": "World CLIP", "verifier": "The world's fact verifier"}[q.get("scorer", "clip")]

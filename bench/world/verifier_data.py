@@ -129,18 +129,28 @@ def _perturbed_render(spec: Spec, rng: random.Random, allowed: set[str]) -> np.n
     return ((out[0].permute(1, 2, 0).numpy() + 1) * 127.5).round().clip(0, 255).astype(np.uint8)
 
 
-def training_set(work: Path, drafts: int, heavies: int, renders: int, log: Any = print) -> dict[str, Any]:
+def training_set(work: Path, drafts: int, heavies: int, renders: int, extra_drafts: int = 0,
+                 log: Any = print) -> dict[str, Any]:
     """Oracle-labelled training images of the training strings, cached in `work` by their counts: `drafts` draft
     and `heavies` heavy generations (a task uniformly, a string, a seed), `renders` perturbed renders; each image
-    labelled on its own string's facts and on a one-fact variant's (another training string) when there is one."""
+    labelled on its own string's facts and on a one-fact variant's (another training string) when there is one.
+    `extra_drafts` more drafts come from a stream of their own (DATA_SEED + 1), so adding them keeps the rest."""
+    out = _made(work / f"train-{drafts}-{heavies}-{renders}.npz", DATA_SEED, drafts, heavies, renders, log)
+    if extra_drafts:
+        more = _made(work / f"train-extra-{extra_drafts}.npz", DATA_SEED + 1, extra_drafts, 0, 0, log)
+        more["fact_image"] = more["fact_image"] + len(out["images"])
+        out = {k: np.concatenate([out[k], more[k]]) for k in out}
+    return out
+
+
+def _made(path: Path, seed: int, drafts: int, heavies: int, renders: int, log: Any) -> dict[str, Any]:
     from bench.world import DRAFT, HEAVY
 
-    path = work / f"train-{drafts}-{heavies}-{renders}.npz"
     if path.exists():
         return _load(path)
     train, _ = split()
     allowed = {s for v in train.values() for s in v}
-    rng = random.Random(DATA_SEED)
+    rng = random.Random(seed)
     parts, kinds, prompts = [], [], []
     for kind, folder, n in (("draft", DRAFT, drafts), ("heavy", HEAVY, heavies)):
         texts, seeds = _strings(rng, train, n), [rng.getrandbits(31) for _ in range(n)]
@@ -162,7 +172,7 @@ def training_set(work: Path, drafts: int, heavies: int, renders: int, log: Any =
         specs = [spec] + [v for v in [_variant(spec, rng, allowed)] if v is not None]
         rows += [(i, s, ok) for labelled in labels(image, specs) for s, ok in labelled]
     log(f"verifier data: {len(rows)} fact labels on {len(images)} images in {time.process_time() - started:.0f} CPU-s")
-    work.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
     out = {"images": images, "kinds": np.array(kinds), "prompts": np.array(prompts),
            "fact_image": np.array([r[0] for r in rows], np.int64), "facts": np.array([r[1] for r in rows]),
            "holds": np.array([r[2] for r in rows], bool)}
