@@ -23,6 +23,7 @@ DATA_SEED = 525_252  # strings, seeds and perturbations of the training images
 EVAL_SEED = 535_353  # seeds of the evaluation drafts (no training image uses this stream)
 HELD_OUT_SHARE = 0.2  # of each task's strings; at least one per task
 EVAL_ROWS, EVAL_CANDIDATES = 4, 4  # evaluation rows per string, drafts per row (bench/quality.py's POOL)
+EVAL_TASK_ROWS = 64  # at least this many rows per task: a task of few strings gets more rows of each
 BATCH = 64  # images per pipeline call
 NUMBER_WORDS = {1: "one", 2: "two", 3: "three"}
 
@@ -182,19 +183,21 @@ def _made(path: Path, seed: int, drafts: int, heavies: int, renders: int, log: A
 
 def evaluation_set(work: Path, which: str, log: Any = print) -> dict[str, Any]:
     """Evaluation drafts of the `held_out` strings (all of them) or of as many `training` strings (drawn per task
-    in the same numbers): EVAL_ROWS rows per string of EVAL_CANDIDATES drafts each, at seeds of their own stream;
-    each draft's oracle faithfulness and world CLIP score."""
+    in the same numbers): EVAL_ROWS rows per string (more in a task of few strings: EVAL_TASK_ROWS a task at
+    least) of EVAL_CANDIDATES drafts each, at seeds of their own stream; each draft's oracle faithfulness and world
+    CLIP score."""
     from bench.world import DRAFT
     from bench.world.evaluate import clip_scores
     from bench.world.oracle import oracle
 
-    path = work / f"eval-{which}.npz"
+    path = work / f"eval-{which}-{EVAL_TASK_ROWS}.npz"
     if path.exists():
         return _load(path)
     train, held = split()
     rng = random.Random(EVAL_SEED + (0 if which == "held_out" else 1))
     chosen = held if which == "held_out" else {t: sorted(rng.sample(train[t], len(held[t]))) for t in sorted(held)}
-    texts = [s for t in sorted(chosen) for s in chosen[t] for _ in range(EVAL_ROWS * EVAL_CANDIDATES)]
+    rows = {t: max(EVAL_ROWS, -(-EVAL_TASK_ROWS // len(chosen[t]))) for t in chosen}
+    texts = [s for t in sorted(chosen) for s in chosen[t] for _ in range(rows[t] * EVAL_CANDIDATES)]
     seeds = [rng.getrandbits(31) for _ in texts]
     started = time.process_time()
     images = generate(DRAFT, texts, seeds)
