@@ -214,98 +214,134 @@ class Scan:
 def decide(cands: pa.Table, listing: Listing) -> Scan:
     """Each key's settling row from the candidates (in part then row order) and the image listing: an ok row
     counts when its image is listed in a format the run takes (else its image is ruled out of adoption: an image in
-    another format isn't this run's); the first such ok row settles its key, else the last error row does. Arrow's
-    hash aggregation on one thread (its threads cost more than they give on a few cores)."""
+    another format isn't this run's); the first such ok row settles its key, else the last error row does. Keys as
+    fixed-width bytes, sorted by numpy (one sort picks the winners and orders the index): no hash tables, which cost
+    ~60x more per row at a million keys than at 200k on this machine."""
     cands = cands.combine_chunks()
-    ok = pc.fill_null(cands.column("ok"), False)
-    key, ext = cands.column("key"), cands.column("ext")
-    listed = _listed(key, ext, listing.keys)
-    counts = pc.and_(cands.column("takes"), listed)
-    valid_ok = pc.and_(ok, counts)
-    ruled_out = cands.select(["key", "ext"]).filter(pc.and_(ok, pc.invert(counts)))
     n = cands.num_rows
-    order = np.arange(n, dtype=np.int64)
-    # rank: ok rows by position (the first wins), error rows after every ok row, the last first
-    rank = np.where(np.asarray(ok.to_numpy(zero_copy_only=False), dtype=bool), order, 2 * n - order)
-    eligible = pc.or_(valid_ok, pc.invert(ok))
-    grouped = pa.table({"key": key, "rank": rank}).filter(eligible) \
-        .group_by("key", use_threads=False).aggregate([("rank", "min")])
-    best = grouped.column("rank_min").to_numpy()
-    at = np.where(best < n, best, 2 * n - best)
-    won = cands.take(pa.array(at, pa.int64()))
-    won_ok = won.column("ok").to_numpy(zero_copy_only=False).astype(bool)
-    keys, order_k = _sorted_fixed(won.column("key"))
+    width = max(_width(cands.column("key")), _width(cands.column("draft")), _width(cands.column("heavy")),
+                *(_width(k) for k in listing.keys))
+    keys = fixed_width(cands.column("key"), width)
+    ok = np.asarray(pc.fill_null(cands.column("ok"), False).to_numpy(zero_copy_only=False), dtype=bool)
+    ext = cands.column("ext").to_numpy()
+    takes = np.asarray(cands.column("takes").to_numpy(zero_copy_only=False), dtype=bool)
+    listed = [np.sort(fixed_width(k, width)) for k in listing.keys]
+    present = np.zeros(n, dtype=bool)
+    for code, stored in enumerate(listed):
+        at = np.flatnonzero(ok & (ext == code))
+        present[at] = member(stored, keys[at])
+    counts = takes & present
+    # the winner of each key: ok rows that count by position (the first wins), then error rows, the last first
+    eligible = np.flatnonzero((ok & counts) | ~ok)
+    rank = np.where(ok[eligible], eligible, 2 * n - eligible)
+    order = eligible[np.lexsort((rank, keys[eligible]))]
+    first = np.ones(len(order), dtype=bool)
+    first[1:] = keys[order[1:]] != keys[order[:-1]]
+    won = order[first]  # candidate rows, in key order
+    won_ok = ok[won]
     # escalated drafts → their final image's row (ok winners only; a draft named twice: the later row)
-    escalated = won.append_column("at", pa.array(at, pa.int64())) \
-        .filter(pc.and_(won.column("ok"), pc.is_valid(won.column("draft"))))
-    if escalated.num_rows:  # the later of two rows naming one draft: the larger candidate position
-        last = pa.table({"draft": escalated.column("draft"), "at": escalated.column("at")}) \
-            .group_by("draft", use_threads=False).aggregate([("at", "max")])
-        escalated = escalated.take(pc.index_in(last.column("at_max"), escalated.column("at")))
-    drafts, order_d = _sorted_fixed(escalated.column("draft"))
-    won_ok_rows = won.filter(won.column("ok"))
-    settled = pa.chunked_array([*won_ok_rows.column("key").chunks, *escalated.column("draft").chunks,
-                                *won_ok_rows.column("heavy").drop_null().chunks], pa.string()).combine_chunks()
-    return Scan(keys, won.column("loc").to_numpy()[order_k], won_ok[order_k], drafts,
-                escalated.column("loc").to_numpy()[order_d], _unlisted(listing, settled, ruled_out))
+    draft_col = cands.column("draft")
+    named = won[won_ok & np.asarray(pc.is_valid(draft_col).to_numpy(zero_copy_only=False), dtype=bool)[won]]
+    drafts_all = fixed_width(draft_col.take(pa.array(named, pa.int64())), width)
+    by_draft = named[np.lexsort((-named, drafts_all))] if len(named) else named
+    drafts_sorted = fixed_width(draft_col.take(pa.array(by_draft, pa.int64())), width)
+    last = np.ones(len(by_draft), dtype=bool)
+    last[1:] = drafts_sorted[1:] != drafts_sorted[:-1]
+    locs = cands.column("loc").to_numpy()
+    heavy = cands.column("heavy").take(pa.array(won[won_ok], pa.int64())).drop_null()
+    settled = np.sort(np.concatenate([keys[won[won_ok]], drafts_sorted[last], fixed_width(heavy, width)]))
+    ruled = [np.sort(keys[np.flatnonzero(ok & ~counts & (ext == code))]) for code in range(len(EXTS))]
+    return Scan(keys[won], locs[won], won_ok, drafts_sorted[last], locs[by_draft[last]],
+                _unlisted(listing, listed, settled, ruled))
 
 
-def _listed(keys: pa.Array, exts: pa.Array, listed: tuple[pa.Array, ...]) -> pa.Array:
-    """Whether each (key, extension code) is in the listing."""
-    found = pa.array(np.zeros(len(keys), dtype=bool))
-    for code, present in enumerate(listed):
-        found = pc.or_(found, pc.and_(pc.equal(exts, code), pc.is_in(keys, present)))
-    return found
+def _width(column: pa.Array) -> int:
+    """The longest string's length in bytes (1 for none)."""
+    longest = pc.max(pc.binary_length(column)).as_py() if len(column) else None
+    return max(int(longest or 1), 1)
 
 
-def _unlisted(listing: Listing, settled: pa.Array, ruled_out: pa.Table) -> dict[str, int]:
-    """`<key>.<ext>` → size of the listed images whose key nothing settled and which no ok row rules out."""
-    out: dict[str, int] = {}
-    for code, (keys, sizes) in enumerate(zip(listing.keys, listing.sizes, strict=True)):
-        out_of_format = pc.filter(ruled_out.column("key"), pc.equal(ruled_out.column("ext"), code))
-        free = pc.invert(pc.or_(pc.is_in(keys, settled), pc.is_in(keys, out_of_format.combine_chunks())))
-        out.update((f"{k}.{EXTS[code]}", v) for k, v in zip(pc.filter(keys, free).to_pylist(),
-                                                             pc.filter(sizes, free).to_pylist(), strict=True))
+def member(sorted_keys: np.ndarray, query: np.ndarray) -> np.ndarray:
+    """Whether each of `query` (fixed-width bytes, the same width) is in `sorted_keys`."""
+    return find(sorted_keys, query) >= 0
+
+
+def find(sorted_keys: np.ndarray, query: np.ndarray) -> np.ndarray:
+    """Where each of `query` (fixed-width bytes, the same width) is in `sorted_keys` (-1: not there). Searched by
+    the keys' first 8 bytes as integers (a byte string's order is its big-endian integer's), checked on the whole
+    key; a query whose 8 bytes some other key shares is searched again on whole keys (never with hash-like keys)."""
+    out = np.full(len(query), -1, dtype=np.int64)
+    if not len(sorted_keys) or not len(query):
+        return out
+    head = _head(sorted_keys)
+    at = np.minimum(np.searchsorted(head, _head(query)), len(sorted_keys) - 1)
+    hit = _same(sorted_keys[at], query)
+    out[hit] = at[hit]
+    shared = np.flatnonzero(~hit & (head[at] == _head(query)))  # its first 8 bytes start a run: search it whole
+    if len(shared):
+        again = np.minimum(np.searchsorted(sorted_keys, query[shared]), len(sorted_keys) - 1)
+        found = _same(sorted_keys[again], query[shared])
+        out[shared[found]] = again[found]
     return out
 
 
-def _sorted_fixed(column: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray]:
-    """The strings of `column` as a sorted fixed-width byte array, and the order that sorts them."""
-    fixed = fixed_width(column)
-    order = np.argsort(fixed, kind="stable")
-    return fixed[order], order
+def _head(fixed: np.ndarray) -> np.ndarray:
+    """The first 8 bytes of each fixed-width byte string as a big-endian unsigned integer (zero-padded)."""
+    width = fixed.dtype.itemsize
+    raw = fixed.view(np.uint8).reshape(len(fixed), width)
+    head = np.zeros((len(fixed), 8), dtype=np.uint8)
+    head[:, :min(8, width)] = raw[:, :8]
+    return head.view(">u8").ravel()
 
 
-def fixed_width(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
-    """Strings as a numpy fixed-width byte array (`S<longest>`; no copy through Python objects when every string
-    has the same length, as image keys do)."""
+def _same(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Element-wise equality of two fixed-width byte arrays of one width, as bytes."""
+    width = a.dtype.itemsize
+    return np.asarray((a.view(np.uint8).reshape(len(a), width) == b.view(np.uint8).reshape(len(b), width)).all(axis=1),
+                      dtype=bool)
+
+
+def _unlisted(listing: Listing, listed: list[np.ndarray], settled: np.ndarray, ruled: list[np.ndarray]
+              ) -> dict[str, int]:
+    """`<key>.<ext>` → size of the listed images whose key nothing settled and which no ok row rules out."""
+    out: dict[str, int] = {}
+    for code, (keys, sizes) in enumerate(zip(listing.keys, listing.sizes, strict=True)):
+        fixed = fixed_width(keys, settled.dtype.itemsize)
+        free = np.flatnonzero(~(member(settled, fixed) | member(ruled[code], fixed)))
+        if len(free):
+            names = keys.take(pa.array(free, pa.int64())).to_pylist()
+            out.update((f"{k}.{EXTS[code]}", v) for k, v in zip(names, sizes.take(pa.array(free)).to_pylist(),
+                                                               strict=True))
+    return out
+
+
+def fixed_width(column: pa.ChunkedArray | pa.Array, width: int = 0) -> np.ndarray:
+    """Strings as a numpy fixed-width byte array (`S<width>`, at least the longest; no copy through Python objects
+    when every string has the same length, as image keys do). Nulls are empty."""
     arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
     arr = arr.cast(pa.string())
+    longest = _width(arr)
+    width = max(width, longest)
     if len(arr) == 0:
-        return np.zeros(0, dtype="S1")
-    lengths = pc.binary_length(arr)
-    low, high = pc.min_max(lengths).values()
-    width = max(int(high.as_py() or 1), 1)
-    if low.as_py() == width and arr.null_count == 0:
+        return np.zeros(0, dtype=f"S{width}")
+    if arr.null_count == 0 and pc.min(pc.binary_length(arr)).as_py() == longest:
         offsets = np.frombuffer(arr.buffers()[1], dtype=np.int32)[arr.offset:arr.offset + len(arr) + 1]
-        data = arr.buffers()[2]
-        return np.frombuffer(data, dtype=f"S{width}", count=len(arr), offset=int(offsets[0])).copy()
+        fixed = np.frombuffer(arr.buffers()[2], dtype=f"S{longest}", count=len(arr), offset=int(offsets[0]))
+        out = np.zeros(len(arr), dtype=f"S{width}")  # a copy, padded to `width` (as bytes: numpy's astype is slow)
+        out.view(np.uint8).reshape(len(arr), width)[:, :longest] = fixed.view(np.uint8).reshape(len(arr), longest)
+        return out
     return np.array([(s or "").encode() for s in arr.to_pylist()], dtype=f"S{width}")
 
 
 def positions(sorted_keys: np.ndarray, keys: Sequence[str]) -> np.ndarray:
     """Where each of `keys` is in `sorted_keys` (-1 for a key not there)."""
-    out = np.full(len(keys), -1, dtype=np.int64)
     if not len(sorted_keys) or not keys:
-        return out
+        return np.full(len(keys), -1, dtype=np.int64)
     width = sorted_keys.dtype.itemsize
     raw = [k.encode() for k in keys]
-    fits = np.array([len(b) <= width for b in raw], dtype=bool)  # a longer key would compare truncated
+    fits = np.array([0 < len(b) <= width for b in raw], dtype=bool)  # a longer key would compare truncated
     query = np.array([b if f else b"" for b, f in zip(raw, fits, strict=True)], dtype=f"S{width}")
-    at = np.minimum(np.searchsorted(sorted_keys, query), len(sorted_keys) - 1)
-    hit = fits & (sorted_keys[at] == query) & np.array([len(b) > 0 for b in raw], dtype=bool)
-    out[hit] = at[hit]
-    return out
+    return np.where(fits, find(sorted_keys, query), -1)
 
 
 class PartRows:

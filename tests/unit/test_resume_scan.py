@@ -8,6 +8,7 @@ import random
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pytest
 
@@ -133,3 +134,13 @@ def test_keys_of_other_widths_never_match_by_truncation() -> None:
     stored = fixed_width(pa.array(sorted(["a" * 40, "b" * 12, "c" * 40])))
     assert stored.dtype.itemsize == 40
     assert positions(stored, ["a" * 40, "a" * 41, "b" * 12, "b" * 11, "", "c" * 40]).tolist()[1:5] == [-1, 1, -1, -1]
+
+
+def test_keys_sharing_their_first_bytes_are_told_apart() -> None:
+    rng = random.Random(5)
+    stored = sorted({"abcdefgh" + "".join(rng.choice("0123") for _ in range(4)) for _ in range(60)}
+                    | {f"{rng.getrandbits(64):016x}" for _ in range(60)} | {"abcdefgh", "abcdefg"})
+    fixed = fixed_width(pa.array(stored))
+    asked = stored + ["abcdefgh" + "".join(rng.choice("0123") for _ in range(4)) for _ in range(60)] + ["abcdef", "z"]
+    want = [stored.index(k) if k in stored else -1 for k in asked]
+    assert np.sort(fixed).tolist() == fixed.tolist() and positions(fixed, asked).tolist() == want
