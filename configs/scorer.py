@@ -72,7 +72,9 @@ class FactsScorerConfig(StrictModel):
     backend: Literal["facts"] = "facts"
     """Backend discriminator."""
     model: str
-    """Hub id (e.g. llava-hf/llava-1.5-7b-hf) or local folder with the model and its processor."""
+    """Hub id (e.g. llava-hf/llava-1.5-7b-hf) or local folder with the model and its processor; or a fact verifier
+    folder (`imagefleet train-verifier`), which reads each fact itself (question, prompt_question, answer and dtype
+    then have no effect; a row without facts is read with its prompt as the one fact)."""
     facts_column: str = Field(default="facts", min_length=1)
     """The prompt-table column holding each row's facts: a list of strings, or text with one fact per line (blank
     entries are skipped; null or empty = no facts). It reaches the scorer as a pass-through column, so
