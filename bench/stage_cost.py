@@ -633,9 +633,12 @@ def rerun_text_to_image(rows: int) -> dict[str, Any]:
     result = json.loads((REPO / "bench" / "results" / "stage_cost.json").read_text())
     new = {r["key"]: r for r in fresh}
     kept = [new.pop(r["key"], r) for r in result["stages"]]
-    at = next(i for i, r in enumerate(kept) if r["key"] == "preprocess") + 1
-    stages = [*kept[:at], new.pop("ledger"), *kept[at:]]
-    stages[[r["key"] for r in stages].index("preprocess:rerun") + 1:0] = [new.pop("ledger:rerun")]
+    stages = kept
+    if "ledger" in new:  # an earlier result without the run ledger's rows: they go after the preprocessor's
+        at = next(i for i, r in enumerate(kept) if r["key"] == "preprocess") + 1
+        stages = [*kept[:at], new.pop("ledger"), *kept[at:]]
+    if "ledger:rerun" in new:
+        stages[[r["key"] for r in stages].index("preprocess:rerun") + 1:0] = [new.pop("ledger:rerun")]
     assert not new and result["rows"] == rows, "the rows measured must be those of the earlier run"
     result.update(stages=stages, sizing=sizing(stages, fixed_of(stages)), remeasured={
         "keys": [r["key"] for r in fresh], "at": time.strftime("%Y-%m-%d %H:%M"), "commit": git_rev(),
