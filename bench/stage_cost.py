@@ -452,7 +452,8 @@ def cascade(base: Path, prompts: Path, table: Any, pixels: dict[int, list[bytes]
     sleep = {"backend": "sleep", "defaults": {"width": 64, "height": 64}}
     j = job(base / "cascade", prompts, generators={"draft": sleep, "heavy": sleep},
             routing={"mode": "cascade", "cascade": {"draft": "draft", "escalate": "heavy", "threshold": 12.0}},
-            scorer={"backend": "clip", "model": str(REPO / "bench" / "world" / "models" / "clip")})
+            scorer={"backend": "clip", "model": str(REPO / "bench" / "world" / "models" / "clip")},
+            cluster={"address": "local", "num_cpus": 32})  # pools sized as for the text-to-image rows' cluster
     batches = [table.slice(0, rows)]
     for name in ("preprocess", "generate:draft"):
         stage, actor = j.stage(name), j.actor(name)
@@ -520,12 +521,14 @@ def sizing(stages: list[dict[str, Any]], fixed: dict[str, tuple[str, int]]) -> d
 
 
 def remeasured(r: dict[str, Any]) -> str:
-    """The note on rows measured again by `--only text_to_image` ('' when there are none)."""
+    """The note on rows measured again by `--only` ('' when there are none)."""
     again = r.get("remeasured")
     if not again:
         return ""
-    return (f" Rows {', '.join(again['keys'])} measured again {again['at']} at commit {again['commit']} "
-            f"(`python bench/stage_cost.py --only text_to_image --rows {r['rows']}`); the others as above.")
+    notes = [f" Rows {', '.join(a['keys'])} measured again {a['at']} at commit {a['commit']} "
+             f"(`python bench/stage_cost.py --only {a.get('only', 'text_to_image')} --rows {r['rows']}`)."
+             for a in (again if isinstance(again, list) else [again])]
+    return "".join(notes) + " The others as above."
 
 
 def markdown(r: dict[str, Any]) -> list[str]:
@@ -621,14 +624,22 @@ def fixed_of(stages: list[dict[str, Any]]) -> dict[str, tuple[str, int]]:
             "input reader": ("inputs:jpeg", actors["inputs:jpeg"]), "escalator": ("escalate", actors["escalate"])}
 
 
-def rerun_text_to_image(rows: int) -> dict[str, Any]:
+def remeasure(only: str, rows: int) -> dict[str, Any]:
     """`--only text_to_image`: the text-to-image rows (read, preprocess, run ledger, generate at 8 px, write at 8 px,
-    manifest, commit, resume scan) measured again and put in place of theirs in bench/results/stage_cost.json, the
-    rest kept as measured (`remeasured` says which rows, when and at which commit)."""
-    base = WORK / "stage-cost-text-to-image"
+    manifest, commit, resume scan); `--only cascade`: the scorers' and the escalator's rows. Measured again and put
+    in place of theirs in bench/results/stage_cost.json, the rest kept as measured (`remeasured` says which rows,
+    when and at which commit)."""
+    base = WORK / f"stage-cost-{only}"
     shutil.rmtree(base, ignore_errors=True)
     started = time.process_time()
-    fresh = text_to_image(base, rows, {8: photo(8, 0)})[0]
+    if only == "text_to_image":
+        fresh = text_to_image(base, rows, {8: photo(8, 0)})[0]
+    else:
+        import pyarrow.parquet as pq
+
+        prompts = write_prompts(base / "prompts" / "p.parquet", rows)
+        fresh = cascade(base, prompts, pq.read_table(prompts),
+                        {px: [photo(px, seed).tobytes() for seed in range(8)] for px in SIZES})
     shutil.rmtree(base, ignore_errors=True)
     result = json.loads((REPO / "bench" / "results" / "stage_cost.json").read_text())
     new = {r["key"]: r for r in fresh}
@@ -640,9 +651,12 @@ def rerun_text_to_image(rows: int) -> dict[str, Any]:
     if "ledger:rerun" in new:
         stages[[r["key"] for r in stages].index("preprocess:rerun") + 1:0] = [new.pop("ledger:rerun")]
     assert not new and result["rows"] == rows, "the rows measured must be those of the earlier run"
-    result.update(stages=stages, sizing=sizing(stages, fixed_of(stages)), remeasured={
-        "keys": [r["key"] for r in fresh], "at": time.strftime("%Y-%m-%d %H:%M"), "commit": git_rev(),
-        "cpu_s": round(time.process_time() - started, 1), "uncommitted": _uncommitted()})
+    earlier = result.get("remeasured") or []
+    earlier = [a for a in (earlier if isinstance(earlier, list) else [earlier])
+               if a.get("only", "text_to_image") != only]  # the last re-measurement of each kind
+    result.update(stages=stages, sizing=sizing(stages, fixed_of(stages)), remeasured=[*earlier, {
+        "only": only, "keys": [r["key"] for r in fresh], "at": time.strftime("%Y-%m-%d %H:%M"), "commit": git_rev(),
+        "cpu_s": round(time.process_time() - started, 1), "uncommitted": _uncommitted()}])
     return result
 
 
@@ -659,12 +673,13 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rows", type=int, default=50_000, help="prompt rows for read/preprocess/manifest/commit/resume")
     p.add_argument("--no-s3", action="store_true", help="skip the writer rows on the embedded S3 (SeaweedFS)")
-    p.add_argument("--only", choices=["text_to_image"], default=None,
+    p.add_argument("--only", choices=["text_to_image", "cascade"], default=None,
                    help="measure only the text-to-image rows (read, preprocess, run ledger, 8 px generate and write, "
-                        "manifest, commit, resume) again, keeping the other rows of bench/results/stage_cost.json")
+                        "manifest, commit, resume) or the cascade's (scorers, escalator) again, keeping the other "
+                        "rows of bench/results/stage_cost.json")
     args = p.parse_args()
     if args.only:
-        result = rerun_text_to_image(args.rows)
+        result = remeasure(args.only, args.rows)
     else:
         result = run(args.rows, not args.no_s3)
         result["machine"], result["commit"] = machine(), git_rev()
