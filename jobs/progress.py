@@ -274,6 +274,8 @@ class ProgressDisplay:
         parts.append(f"spent {spend} of {money(self.budget_usd)}" if self.budget_usd else f"spent {spend}")
         if s.sum("escalated"):
             parts.append(f"escalated {int(s.sum('escalated'))} ({s.sum('escalated') / max(s.done, 1):.0%})")
+        if s.sum("predicted"):
+            parts.append(f"straight to heavy {int(s.sum('predicted'))} ({s.sum('predicted') / max(s.done, 1):.0%})")
         return parts
 
     def stages_text(self) -> str:

@@ -15,10 +15,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from imagefleet.actors.gain_model import PREDICTED
+
 logger = logging.getLogger(__name__)
 
 # per-generator counters a manifest batch adds (cost is this run's spend: images an earlier run made cost nothing)
-COUNTERS = ("done", "new", "present", "error", "refused", "skipped", "escalated", "cost_usd")
+COUNTERS = ("done", "new", "present", "error", "refused", "skipped", "escalated", "predicted", "cost_usd")
 
 
 TALLIED = ("status", "already_present", "route", "cost_usd", "generator")
@@ -43,6 +45,8 @@ def tally(table: Any) -> dict[str, dict[str, float]]:
         "skipped": pc.fill_null(pc.equal(status, "skipped"), False),
         # escalated, whether the row ended as its heavy image or kept its better draft (`escalated_kept_draft`)
         "escalated": pc.fill_null(pc.starts_with(table.column("route"), "escalated"), False),
+        # sent straight to the heavy generator by predictive routing (`routing.cascade.predict`)
+        "predicted": pc.fill_null(pc.equal(table.column("route"), PREDICTED), False),
     }
     spent = pc.if_else(present, 0.0, pc.fill_null(table.column("cost_usd"), 0.0))
     out: dict[str, dict[str, float]] = {}

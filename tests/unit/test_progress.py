@@ -42,14 +42,16 @@ def test_tally_counts_by_generator_and_charges_only_new_images() -> None:
         # escalated, the heavy image scored below the draft: the row kept its draft (and counts as escalated)
         {"generator": "draft", "status": "ok", "already_present": False, "cost_usd": 0.21,
          "route": "escalated_kept_draft"},
+        # predictive routing sent it straight to the heavy generator (no draft, not escalated)
+        {"generator": "heavy", "status": "ok", "already_present": False, "cost_usd": 0.2, "route": "predicted_heavy"},
     ])
     counts = tally(table)
     assert counts["draft"] == {"done": 3, "new": 2, "present": 1, "error": 0, "refused": 0, "skipped": 0,
-                               "escalated": 1, "cost_usd": pytest.approx(0.22)}
+                               "escalated": 1, "predicted": 0, "cost_usd": pytest.approx(0.22)}
     heavy = counts["heavy"]
-    assert (heavy["done"], heavy["new"], heavy["error"], heavy["refused"], heavy["skipped"], heavy["escalated"]) \
-        == (4, 1, 1, 1, 1, 1)
-    assert heavy["cost_usd"] == pytest.approx(0.25)  # a refusal the provider billed is spend too
+    assert (heavy["done"], heavy["new"], heavy["error"], heavy["refused"], heavy["skipped"], heavy["escalated"],
+            heavy["predicted"]) == (5, 2, 1, 1, 1, 1, 1)
+    assert heavy["cost_usd"] == pytest.approx(0.45)  # a refusal the provider billed is spend too
     assert tally(manifest_rows([])) == {}
 
 
@@ -78,9 +80,9 @@ def test_the_writer_posts_each_finished_batch_to_the_board() -> None:
     board = Board()
     post_written(board, batch)
     assert board.posted == [{"g": {"done": 2, "new": 1, "present": 0, "error": 1, "refused": 0, "skipped": 0,
-                                   "escalated": 0, "cost_usd": 0.5},
+                                   "escalated": 0, "predicted": 0, "cost_usd": 0.5},
                              "h": {"done": 1, "new": 0, "present": 1, "error": 0, "refused": 0, "skipped": 0,
-                                   "escalated": 0, "cost_usd": 0.0}}]
+                                   "escalated": 0, "predicted": 0, "cost_usd": 0.0}}]
     post_written(Board(fail=True), batch)  # lost, not raised
     # the writer calls it with every batch it finishes (cached rows only: nothing to encode or upload)
     seen: list[int] = []
@@ -339,3 +341,10 @@ def test_the_live_panel_prints_the_warning_above_itself() -> None:
     with ProgressDisplay(Script([snap(4)]), 4, out, "bar") as display:
         display.note("imagefleet: warning: a line")
     assert out.getvalue().count("imagefleet: warning: a line") == 1
+
+
+def test_rows_sent_straight_to_heavy_are_counted_apart_from_escalations() -> None:
+    display = ProgressDisplay(None, 10, io.StringIO())
+    display.last = snap(10, draft={"done": 6, "new": 6}, heavy={"done": 4, "new": 4, "escalated": 1, "predicted": 3})
+    tail = display.tail()
+    assert "escalated 1 (10%)" in tail and "straight to heavy 3 (30%)" in tail
