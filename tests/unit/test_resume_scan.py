@@ -144,3 +144,22 @@ def test_keys_sharing_their_first_bytes_are_told_apart() -> None:
     asked = stored + ["abcdefgh" + "".join(rng.choice("0123") for _ in range(4)) for _ in range(60)] + ["abcdef", "z"]
     want = [stored.index(k) if k in stored else -1 for k in asked]
     assert np.sort(fixed).tolist() == fixed.tolist() and positions(fixed, asked).tolist() == want
+
+
+def test_a_ledger_actor_on_ray_scans_with_tasks_and_answers_as_one_in_process(tmp_path: Path, ray_cluster: None
+                                                                              ) -> None:
+    import ray
+
+    from imagefleet.actors.run_ledger import RunLedger
+    from imagefleet.configs.prep import ResumeConfig
+
+    keys = [f"{i:040x}" for i in range(3 * resume_scan.PARTS_PER_TASK)]  # one part a key: three scan tasks' worth
+    setup(tmp_path, [[row(k, "ok" if i % 5 else "error")] for i, k in enumerate(keys)], keys)
+    resume = ResumeConfig(output_uri=str(tmp_path), store=StoreSpec(kind="local"), skip_existing=True,
+                          image_format="png", retry_failed=False)
+    asked = keys[::7] + ["f" * 40]
+    here = RunLedger(resume).settle(asked, [0.0] * len(asked))
+    actor = ray.remote(num_cpus=0)(RunLedger).remote(resume)
+    there = ray.get(actor.settle.remote(asked, [0.0] * len(asked)))
+    ray.kill(actor)
+    assert there == here and len(there.rows) == len(asked) - 1
