@@ -1,19 +1,19 @@
 """The resume scan: which manifest row settles each image key, decided column-wise over all parts at once, in
 parallel, into a keys-only index; the rows themselves are read later, per part, by whoever needs them.
 
-Three steps (`scan`):
+Three steps (`resume_index.load_index` runs them):
 1. list the images: 16 listings at once, one per first hex digit of the keys (`images/<k[:2]>/<k>.<ext>`);
 2. read each manifest part's deciding columns (`DECIDE`: key, status, route, the cascade's draft and heavy keys, the
    image's format, whether a provider was paid) into candidate rows — parts read by a thread pool, or, for many
    parts inside a Ray worker, by Ray tasks of `PARTS_PER_TASK` parts each (they fan out over the cluster);
-3. pick every key's settling row with Arrow's hash aggregation (the first ok row whose image is stored in a format
-   the run takes, else the last error row), and sort the keys into a fixed-width byte array that `numpy.searchsorted`
-   looks keys up in.
+3. pick every key's settling row (the first ok row whose image is stored in a format the run takes, else the last
+   error row) with numpy: keys as fixed-width bytes, one sort that also orders the index, which `find` searches.
 
 What the index keeps per key: the key (its bytes), where its row is (part number << 32 | row in the part) and
 whether it is an ok row — about 50 bytes a key (40-character keys), against the ~1.2 KB a row of every column the
 resume state needs. Those columns are read per part when a batch finds keys in it (`PartRows`, with a few parts
-cached: a rerun's batches mostly find their rows in the same few parts).
+cached: a rerun's batches mostly find their rows in the same few parts). Step 3 runs in one process (the run
+ledger): ~5 µs a row on a 2-core machine.
 """
 
 from __future__ import annotations
