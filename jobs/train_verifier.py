@@ -51,15 +51,17 @@ def vocabulary(facts: list[str]) -> tuple[str, ...]:
 
 
 def fit(data: Labelled, cfg: VerifierConfig, steps: int, batch_images: int = 64, seed: int = 0, lr: float = 2e-3,
-        log: Any = None) -> tuple[Any, dict[str, Any]]:
+        log: Any = None, start: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
     """Train a verifier network on `data`: each step draws `batch_images` images and asks all their facts (binary
-    cross-entropy, AdamW, linear warm-up then cosine decay). Seeded; returns (the network, a training record).
-    Any: a torch.nn.Module."""
+    cross-entropy, AdamW, linear warm-up then cosine decay). Seeded; `start`: weights to continue from (a state
+    dict of the same config). Returns (the network, a training record). Any: a torch.nn.Module."""
     import torch
 
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     network = build_network(cfg)
+    if start is not None:
+        network.load_state_dict(start)
     opt = torch.optim.AdamW(network.parameters(), lr=lr, weight_decay=1e-4)
     order = np.argsort(data.fact_image, kind="stable")
     starts = np.searchsorted(data.fact_image[order], np.arange(len(data.images) + 1))

@@ -110,7 +110,16 @@ def train(args: argparse.Namespace, log: Any = print) -> dict[str, Any]:
     cfg = VerifierConfig(vocab=vocabulary(data.facts), trunk=tuple(args.trunk), film=tuple(args.film),
                          word_dim=args.word_dim, head_dim=args.head_dim)
     torch.set_num_threads(1)
-    network, record = fit(data, cfg, args.steps, args.batch_images, args.seed, args.lr, log)
+    start = None
+    if args.resume:  # continue the checked-in verifier (same data, config and vocabulary) for another run of steps
+        from safetensors.torch import load_file
+
+        start = load_file(str(FOLDER / "model.safetensors"))
+        cfg = VerifierConfig.from_json(json.loads((FOLDER / "config.json").read_text()))
+        earlier = json.loads((FOLDER / "config.json").read_text())["trained"]
+    network, record = fit(data, cfg, args.steps, args.batch_images, args.seed, args.lr, log, start)
+    if args.resume:
+        record["continued"] = earlier
     train_strings, held = split()
     record |= {"data": {"drafts": args.drafts, "extra_drafts": args.extra_drafts, "heavies": args.heavies,
                         "renders": args.renders,
@@ -133,6 +142,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--word-dim", type=int, default=32)
     p.add_argument("--head-dim", type=int, default=64)
     p.add_argument("--measure-only", action="store_true")
+    p.add_argument("--resume", action="store_true", help="continue models/verifier for --steps more steps")
     p.add_argument("--note", default="", help="what this attempt changes (recorded)")
     args = p.parse_args(argv)
     args.argv = list(argv if argv is not None else sys.argv[1:])
