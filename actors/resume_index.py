@@ -44,6 +44,7 @@ from imagefleet.actors.resume_scan import (
 from imagefleet.actors.storage import RECORD_MAX_BYTES, ObjectStore, arrow_filesystem
 from imagefleet.actors.store_errors import is_transient
 from imagefleet.configs.request import RESUMED_SETTINGS
+from imagefleet.configs.storage import StoreSpec
 
 logger = logging.getLogger(__name__)
 
@@ -300,7 +301,11 @@ def load_index(store: ObjectStore, image_format: str, keep_provider_bytes: bool 
     unlisted.prefetch()
     logger.info("resume index: %d objects, %d manifest keys, %d escalated drafts, %d images no ok row names",
                 len(listing), len(scan.keys), len(scan.drafts), len(unlisted))
-    return ResumeIndex(scan, parts, unlisted,
-                       PartRows(store.location.uri, store.spec, READ, store.spec.retry_budget_s))
+    return ResumeIndex(scan, parts, unlisted, part_rows(store.location.uri, store.spec))
+
+
+def part_rows(uri: str, spec: StoreSpec) -> PartRows:
+    """What reads the resume index's rows (READ) from the manifest parts of the output at `uri`."""
+    return PartRows(uri, spec, READ, spec.retry_budget_s)
 
 

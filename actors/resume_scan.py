@@ -235,24 +235,28 @@ def decide(cands: pa.Table, listing: Listing) -> Scan:
     eligible = np.flatnonzero((ok & counts) | ~ok)
     rank = np.where(ok[eligible], eligible, 2 * n - eligible)
     order = eligible[np.lexsort((rank, keys[eligible]))]
-    first = np.ones(len(order), dtype=bool)
-    first[1:] = keys[order[1:]] != keys[order[:-1]]
-    won = order[first]  # candidate rows, in key order
+    won = order[_starts(keys[order])]  # candidate rows, in key order
     won_ok = ok[won]
     # escalated drafts → their final image's row (ok winners only; a draft named twice: the later row)
     draft_col = cands.column("draft")
     named = won[won_ok & np.asarray(pc.is_valid(draft_col).to_numpy(zero_copy_only=False), dtype=bool)[won]]
     drafts_all = fixed_width(draft_col.take(pa.array(named, pa.int64())), width)
-    by_draft = named[np.lexsort((-named, drafts_all))] if len(named) else named
-    drafts_sorted = fixed_width(draft_col.take(pa.array(by_draft, pa.int64())), width)
-    last = np.ones(len(by_draft), dtype=bool)
-    last[1:] = drafts_sorted[1:] != drafts_sorted[:-1]
+    order_d = np.lexsort((-named, drafts_all))  # each draft's rows, the later first
+    by_draft, drafts_sorted = named[order_d], drafts_all[order_d]
+    last = _starts(drafts_sorted)
     locs = cands.column("loc").to_numpy()
     heavy = cands.column("heavy").take(pa.array(won[won_ok], pa.int64())).drop_null()
     settled = np.sort(np.concatenate([keys[won[won_ok]], drafts_sorted[last], fixed_width(heavy, width)]))
     ruled = [np.sort(keys[np.flatnonzero(ok & ~counts & (ext == code))]) for code in range(len(EXTS))]
     return Scan(keys[won], locs[won], won_ok, drafts_sorted[last], locs[by_draft[last]],
                 _unlisted(listing, listed, settled, ruled))
+
+
+def _starts(sorted_keys: np.ndarray) -> np.ndarray:
+    """Whether each of `sorted_keys` is the first of its run of equal keys."""
+    starts = np.ones(len(sorted_keys), dtype=bool)
+    starts[1:] = sorted_keys[1:] != sorted_keys[:-1]
+    return starts
 
 
 def _width(column: pa.Array) -> int:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from imagefleet.actors.manifest_schema import PRIOR, prior_text
-from imagefleet.actors.resume_index import READ, Prior, ResumeIndex, load_index, prior_of_row
+from imagefleet.actors.resume_index import Prior, ResumeIndex, load_index, part_rows, prior_of_row
 from imagefleet.actors.resume_scan import PartRows, ReadRows
 from imagefleet.configs.prep import PrepConfig, ResumeConfig
 
@@ -107,7 +107,7 @@ def row_reader(cfg: PrepConfig) -> PartRows | None:
     resume = cfg.resume
     if resume is None or not resume.skip_existing:
         return None
-    return PartRows(resume.output_uri, resume.store, READ, resume.store.retry_budget_s)
+    return part_rows(resume.output_uri, resume.store)
 
 
 def start_kwargs(cfg: PrepConfig) -> dict[str, Any] | None:
