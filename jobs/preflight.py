@@ -15,7 +15,7 @@ from imagefleet.actors.stores import open_store
 from imagefleet.configs.job import JobConfig
 from imagefleet.configs.storage import StoreSpec
 from imagefleet.jobs.model_check import check_hub_models
-from imagefleet.jobs.runtime import check_temp_dir, join_cluster, quiet_stderr, reach_cluster
+from imagefleet.jobs.runtime import check_temp_dir, join_cluster, quiet_stderr
 from imagefleet.pipelines.plan import Stores
 from imagefleet.pipelines.pools import Pool, missing_on_local, reserved_cpus, unplaceable
 
@@ -164,19 +164,13 @@ def check_joined_cluster(cfg: JobConfig, pools: dict[str, Pool], spare_cpu: bool
     """--dry-run for a run that joins a cluster: connect briefly and check the pools against its nodes as the run
     does once started (`check_resources`, without waiting for an autoscaler). A note for the plan ('' = none; a
     warning where an autoscaler may add the nodes); StorageError in one line when nothing answers at the address
-    or the pools can't run there. `auto` with no cluster on this node is a note: the run joins the one where it
-    runs (a config submitted as a Ray job)."""
+    or the pools can't run there — `auto` with no cluster on this node included, as the run would refuse it (a
+    submitted job finds its cluster through RAY_ADDRESS; `imagefleet submit --dry-run` checks a submission)."""
     import logging
 
     import ray
 
     address = cfg.cluster.address
-    if address == "auto":
-        try:
-            reach_cluster(address)
-        except StorageError:
-            return ("no Ray cluster runs on this node (cluster.address: auto): pools are checked when the run "
-                    "joins one")
     with quiet_stderr():
         join_cluster(address, logging_level=logging.ERROR, log_to_driver=False)
         try:

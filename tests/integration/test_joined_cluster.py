@@ -119,6 +119,21 @@ def test_dry_run_where_nothing_answers_is_one_line_within_seconds(tmp_path: Path
 
 
 @pytest.mark.slow
+def test_dry_run_of_auto_with_no_cluster_refuses_as_the_run_would(tmp_path: Path) -> None:
+    """`cluster.address: auto` where no cluster runs: the run refuses in one line once it tries to join, so the dry
+    run refuses too (before: it passed with a note). RAY_ADDRESS is what `auto` reads first; it names a port where
+    nothing answers, so other Ray instances on this machine can't change the outcome."""
+    free = pick_ports()["master"]
+    env = {**os.environ, **DRIVER_ENV, "RAY_ADDRESS": f"127.0.0.1:{free}"}
+    for extra in (["--dry-run"], []):
+        done = subprocess.run([*CLI, "run", str(job(tmp_path, "auto")), *extra], cwd=REPO, env=env,
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 2, done.stdout[-2000:] + done.stderr[-3000:]
+        assert f"no Ray cluster answers at auto (127.0.0.1:{free}" in one_line(done.stderr), extra
+    assert not any((tmp_path / "out").rglob("*.png"))
+
+
+@pytest.mark.slow
 def test_a_head_killed_mid_run_ends_the_run_with_one_line(tmp_path: Path) -> None:
     """The head (GCS, raylet, actors) is killed while the generators wait at their 4th image (an event): the run
     exits 1 with one line naming the lost cluster — before Ray's own exit after RECONNECT_S with nothing on
