@@ -39,8 +39,9 @@ def hub_status(key: str, repo: str, revision: str, marker: str, local_cluster: b
 
     Cached (the snapshot of `revision` has `marker`): fine, at that snapshot's commit. Offline (HF_HUB_OFFLINE):
     refused when the run's Ray is this machine's (its actors read this cache); a cluster's nodes have caches of
-    their own. Online: the hub is asked (HUB_TIMEOUT_S): no such model or revision is refused; no answer is left
-    to the run, with a warning."""
+    their own. Online: the hub is asked (HUB_TIMEOUT_S): no such model or revision is refused; a hub that can't be
+    reached is refused too when this machine's actors would download from it, else (a cluster, or an error the hub
+    answered with: a rate limit, a 5xx) left to the run, with a warning."""
     from pathlib import Path
 
     from huggingface_hub import constants, try_to_load_from_cache
@@ -69,11 +70,23 @@ def hub_status(key: str, repo: str, revision: str, marker: str, local_cluster: b
     except RepositoryNotFoundError:
         return (f"{key}: no model {repo!r} on the Hugging Face hub (or it is private or gated: set HF_TOKEN); "
                 f"fix the id, or give a local folder or an s3:// folder"), ""
-    except Exception as exc:  # noqa: BLE001 - no network, a proxy, a rate limit: can't know from here
+    except Exception as exc:  # noqa: BLE001 - a rate limit, a server error: can't know from here
+        if unreachable(exc) and local_cluster:  # nor can this machine's actors download it
+            return (f"{key}: {repo}@{revision} is not in the Hugging Face cache ({cache}) and the hub can't be "
+                    f"reached ({type(exc).__name__}: {str(exc)[:120]}): download it where the hub answers "
+                    f"(hf download {repo} --revision {revision}), or check the network / HF_ENDPOINT"), ""
         logger.warning("%s: could not ask the hub about %s (%s); the run will find out", key, repo,
                        type(exc).__name__)
         return "", ""
     return "", str(getattr(info, "sha", "") or "")
+
+
+def unreachable(exc: BaseException) -> bool:
+    """Whether a hub lookup failed for want of a connection (no route, DNS, a refused or timed-out connection:
+    requests', httpx's and the socket's own errors) rather than an answer the hub gave."""
+    names = {c.__name__ for c in type(exc).__mro__}
+    return isinstance(exc, OSError) or bool(names & {"TransportError", "ConnectionError", "Timeout",
+                                                     "TimeoutException"})
 
 
 def check_hub_models(cfg: JobConfig) -> dict[str, str]:

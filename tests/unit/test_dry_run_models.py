@@ -80,4 +80,31 @@ def test_a_hub_model_or_revision_that_doesnt_exist_fails_the_dry_run_online(
     assert "no model 'org/typo' on the Hugging Face hub" in capsys.readouterr().err
     assert generate.main([str(_hub_job(tmp_path / "r", "org/sd")), "--dry-run"]) == 2
     assert "has no revision 'main'" in capsys.readouterr().err
-    assert generate.main([str(_hub_job(tmp_path / "n", "org/unreachable")), "--dry-run"]) == 0  # can't know: the run
+    # unreachable: this machine's actors could not download it either (before: passed, and failed a minute into
+    # the run); a cluster's nodes reach the hub on their own, and an answer like a 5xx or a rate limit may pass
+    assert generate.main([str(_hub_job(tmp_path / "n", "org/unreachable")), "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "org/unreachable@main is not in the Hugging Face cache" in err[0], err
+    assert "the hub can't be reached (ConnectionError: no network)" in err[0]
+    from imagefleet.jobs.model_check import hub_status
+
+    assert hub_status("k", "org/unreachable", "main", "model_index.json", local_cluster=False) == ("", "")
+    answers["org/busy"] = RuntimeError("429 Too Many Requests")
+    assert hub_status("k", "org/busy", "main", "model_index.json", local_cluster=True) == ("", "")
+
+
+def test_a_hub_that_refuses_the_connection_is_unreachable_through_the_real_client(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The hub client's own error for a connection nobody accepts (a loopback port where nothing listens) is told
+    apart from an answer the hub gave: this machine's run would fail to download, so the dry run refuses."""
+    from huggingface_hub import constants
+
+    from imagefleet.jobs.model_check import hub_status
+    from imagefleet.jobs.seaweed import pick_ports
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{pick_ports()['master']}")
+    problem, commit = hub_status("generators.main.model", "org/sd", "main", "model_index.json", local_cluster=True)
+    assert "org/sd@main is not in the Hugging Face cache" in problem and "the hub can't be reached" in problem
+    assert commit == "" and "\n" not in problem
