@@ -174,8 +174,15 @@ def submit(argv: list[str]) -> int:
             done = _already_submitted(client, address, args.submission_id, args.wait)
             if done is not None:
                 return done
-        job_id = client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env,
-                                   submission_id=args.submission_id or None)
+        try:
+            job_id = client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env,
+                                       submission_id=args.submission_id or None)
+        except RuntimeError as exc:  # a twin submit with this id got in between the check and ours: it's the run
+            done = (_already_submitted(client, address, args.submission_id, args.wait)
+                    if args.submission_id and "already exists" in str(exc) else None)
+            if done is None:
+                raise
+            return done
         print(f"submitted {job_id} to {address}", flush=True)
         return follow(client, job_id) if args.wait else 0
 

@@ -236,6 +236,26 @@ def test_a_submission_id_makes_a_retry_a_no_op(job_yaml: Path, fake: FakeClient,
     assert submit.submit([*base, "run-5"]) == 0 and fake.submitted[0]["submission_id"] == "run-5"
 
 
+def test_a_twin_submit_with_the_same_id_follows_the_run_it_lost_to(job_yaml: Path, fake: FakeClient,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """Two submits of one id at the same instant: both find no job, one submits, and Ray refuses the other's id
+    ('already exists', a 400 from the job head). That one follows the winner's run (before: Ray's error, exit 2)."""
+    fake.chunks = ("made 4 images\n",)
+    taken = fake.submit_job
+
+    def lose_the_race(*, entrypoint: str, runtime_env: dict[str, Any] | None = None,
+                      submission_id: str | None = None) -> str:
+        taken(entrypoint=entrypoint, runtime_env=runtime_env, submission_id=submission_id)  # the twin's
+        raise RuntimeError(f"Request failed with status code 400: Traceback (most recent call last): ... "
+                           f"ValueError: Job with submission_id {submission_id} already exists. Please use a "
+                           f"different submission_id.")
+
+    fake.submit_job = lose_the_race  # type: ignore[method-assign]
+    assert submit.submit([str(job_yaml), "--address", NOWHERE, "--submission-id", "nightly-7"]) == 0
+    out = capsys.readouterr().out
+    assert "job nightly-7 is already RUNNING" in out and "made 4 images" in out and "job nightly-7: SUCCEEDED" in out
+
+
 def test_logs_are_tailed_not_downloaded_again(fake: FakeClient, monkeypatch: pytest.MonkeyPatch,
                                               capsys: pytest.CaptureFixture[str]) -> None:
     fake.jobs = FakeClient({"j": "RUNNING", "k": "RUNNING"}).jobs
