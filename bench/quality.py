@@ -6,6 +6,7 @@ reported on the other, with 95% bootstrap CIs clustered by prompt string, next t
     python bench/quality.py --only-verify --verify 64         # only the check, on quality.json's winner
     python bench/quality.py --verify 8 --policy max_drafts=3,redraw_below=65,escalate_fraction=0.25
     python bench/quality.py --scorer verifier [--rows 2304]   # the world's fact verifier as the scorer
+    python bench/quality.py --scorer verifier --report-only   # BENCHMARKS.md's section again from the results
 
 Design. Rows: the world's grammar enumerated (651 strings); each GenEval task gets rows/6 rows, its strings
 shuffled and cycled, so the set holds as many distinct strings as the rows allow; every row has its own id and so
@@ -18,8 +19,9 @@ drafts per row (seeds `redraw_seed(first seed, the 1-draft key, k)`). `--verify 
 
 Writes bench/results/quality.json and quality.png and rewrites BENCHMARKS.md's quality section in place. With
 `--scorer verifier` (bench/world/models/verifier as the `facts` scorer, each row's world facts in a `facts` column;
-scores 0..1) it writes quality_verifier.json and .png instead, leaves BENCHMARKS.md alone, and reports the scorer's
-pairwise accuracy on the verifier's held-out and training strings apart.
+scores 0..1) it writes quality_verifier.json and .png instead, rewrites (or adds) BENCHMARKS.md's verifier section
+right after the CLIP one (bench/quality_verifier_report.py), and reports the scorer's pairwise accuracy on the
+verifier's held-out and training strings apart.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench import quality_verifier_report  # noqa: E402
 from bench.common import REPO, git_rev, machine  # noqa: E402
 from bench.quality_design import DESIGN_SEED, Row, evaluation_rows, grammar, training_strings, verify_rows  # noqa: E402
 from bench.quality_replay import SCORE_TOLERANCE, SCORERS, Policy, Replay, verify  # noqa: E402
@@ -396,10 +399,14 @@ def main() -> int:
                    help="no benchmark: --verify the winner recorded in bench/results/quality.json")
     p.add_argument("--scorer", choices=SCORERS, default="clip",
                    help="clip (the world's CLIP) or verifier (bench/world/models/verifier as the facts scorer); "
-                        "verifier results go to quality_verifier.json, BENCHMARKS.md untouched")
+                        "verifier results go to quality_verifier.json and BENCHMARKS.md's verifier section")
     p.add_argument("--policy", default="",
                    help="no benchmark: --verify this policy instead (max_drafts=3,redraw_below=65,...)")
+    p.add_argument("--report-only", action="store_true",
+                   help="no benchmark: the plot and BENCHMARKS.md's section again from the scorer's results file")
     args = p.parse_args()
+    if args.report_only:
+        return finish(json.loads((RESULTS / NAMES[args.scorer]).read_text()))
     import torch
 
     torch.set_num_threads(1)  # one core, like one generator actor (Ray sets OMP_NUM_THREADS=1)
@@ -434,15 +441,19 @@ def checked(n_rows: int, count: int, policy: Policy, command: str, scorer: str =
 
 
 def finish(q: dict[str, Any]) -> int:
-    """quality.json, quality.png, BENCHMARKS.md's section (the verifier's: quality_verifier.json and .png only);
-    exit 1 when --verify disagreed."""
+    """quality.json, quality.png and BENCHMARKS.md's section (the verifier's: quality_verifier.json, .png and its
+    own section); exit 1 when --verify disagreed."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     name = NAMES[q.get("scorer", "clip")]
     (RESULTS / name).write_text(json.dumps(q, indent=2))
     plot(q, (RESULTS / name).with_suffix(".png"))
     if q.get("scorer", "clip") == "clip":
         update_benchmarks(q)
-    print("\n".join(markdown(q)))
+        print("\n".join(markdown(q)))
+    else:
+        clip = json.loads((RESULTS / NAMES["clip"]).read_text()) if (RESULTS / NAMES["clip"]).exists() else None
+        quality_verifier_report.update_benchmarks(q, clip)
+        print("\n".join(quality_verifier_report.markdown(q, clip)))
     return 0 if not q.get("verify") or q["verify"]["agree"] else 1
 
 

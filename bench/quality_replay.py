@@ -56,12 +56,12 @@ class Policy:
         return out
 
     def label(self) -> str:
-        drafts = f"max_drafts {self.max_drafts}, redraw_below {self.redraw_below:.1f}" if self.max_drafts > 1 \
+        drafts = f"max_drafts {self.max_drafts}, redraw_below {_num(self.redraw_below)}" if self.max_drafts > 1 \
             else "1 draft"
         drafts += "" if self.keep_better else " (heavy always kept)"
         if self.escalate_fraction is not None:
             return f"{drafts}, escalate_fraction {self.escalate_fraction:.2f}"
-        return f"{drafts}, threshold {self.threshold:.1f}" if self.threshold else f"{drafts}, no escalation"
+        return f"{drafts}, threshold {_num(self.threshold)}" if self.threshold else f"{drafts}, no escalation"
 
     @staticmethod
     def parse(text: str) -> Policy:
@@ -72,6 +72,12 @@ class Policy:
             values[name] = int(value) if name == "max_drafts" else bool(int(value)) if name == "keep_better" \
                 else float(value)
         return Policy(**values)
+
+
+def _num(x: float | None) -> str:
+    """A score threshold as printed: one decimal on CLIP's 0..100 scale, three significant digits below 10 (the
+    verifier's 0..1 scores)."""
+    return "–" if x is None else f"{x:.1f}" if abs(x) >= 10 else f"{x:.3g}"
 
 
 def job_config(policy: Policy, source: Path, output: Path, scorer: str = "clip") -> dict[str, Any]:

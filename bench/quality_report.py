@@ -45,15 +45,7 @@ def markdown(q: dict[str, Any]) -> list[str]:
              "escalated rows taking the heavy image at the row's own seed. 95% CIs: "
              f"{q['bootstrap_resamples']} bootstrap resamples of prompt strings within each task (a string's rows "
              "together); the tuning itself is not redone inside the bootstrap.", "",
-             "| budget | policy | parameters (fold 0 / fold 1, each tuned on the other) | faithfulness [95% CI] "
-             "| minus heavy only [95% CI] | cost / heavy: total (generation + scoring) |", "|---|---|---|---|---|---|"]
-    for r in q["results"]:
-        budget = "–" if r["budget"] is None else f"{r['budget']:.2f}"
-        over = "" if r["within_budget"] else " **over budget**"
-        name = f"**{r['policy']}**" if r["kind"] == "product" else r["policy"]
-        lines.append(f"| {budget} | {name} | {' / '.join(r['chosen']) or '–'} | {_ci(r['faithfulness'])} | "
-                     f"{_ci(r['vs_heavy'], True)} | {r['cost_vs_heavy']:.3f} ({r['generation_vs_heavy']:.3f} + "
-                     f"{r['scoring_vs_heavy']:.3f}){over} |")
+             *table(q)]
     w, p, at = q["winner"], q["clip_within_prompt_pairwise"], {r["policy"]: r for r in q["results"]
                                                                  if r["budget"] == 0.3}
     lines += ["", f"{_scorer(q)}'s within-prompt pairwise accuracy (two drafts of one row whose faithfulness differs, "
@@ -89,6 +81,28 @@ def markdown(q: dict[str, Any]) -> list[str]:
                   f"({v['at']}, commit {v['commit']}, `{v['command']}`)."]
     lines += ["", "![quality per cost](bench/results/quality.png)", ""]
     return lines
+
+
+def table(q: dict[str, Any]) -> list[str]:
+    """The results table: every baseline, product policy, ceiling and reference, per budget."""
+    lines = ["| budget | policy | parameters (fold 0 / fold 1, each tuned on the other) | faithfulness [95% CI] "
+             "| minus heavy only [95% CI] | cost / heavy: total (generation + scoring) |", "|---|---|---|---|---|---|"]
+    for r in q["results"]:
+        budget = "–" if r["budget"] is None else f"{r['budget']:.2f}"
+        over = "" if r["within_budget"] else " **over budget**"
+        name = f"**{r['policy']}**" if r["kind"] == "product" else policy_name(q, r["policy"])
+        chosen = [Policy(**q["policies"][f"{r['budget']}|{r['policy']}|{k}"]).label() for k in (0, 1)] \
+            if r["kind"] == "product" else r["chosen"]  # the policies themselves: labels as printed today
+        lines.append(f"| {budget} | {name} | {' / '.join(chosen) or '–'} | {_ci(r['faithfulness'])} | "
+                     f"{_ci(r['vs_heavy'], True)} | {r['cost_vs_heavy']:.3f} ({r['generation_vs_heavy']:.3f} + "
+                     f"{r['scoring_vs_heavy']:.3f}){over} |")
+    return lines
+
+
+def policy_name(q: dict[str, Any], name: str) -> str:
+    """A result's name as printed: `best-of-N by CLIP` names the run's scorer (results files say CLIP whatever
+    scored them)."""
+    return name.replace("by CLIP", "by the verifier") if q.get("scorer", "clip") == "verifier" else name
 
 
 def update_benchmarks(q: dict[str, Any], path: Path = REPO / "BENCHMARKS.md") -> None:
@@ -129,7 +143,7 @@ def plot(q: dict[str, Any], path: Path) -> None:
         d.line([at(b, y_lo), at(b, y_hi)], fill=(220, 220, 220))
     colours = {"baseline": "black", "product": "green", "ceiling": "red", "reference": "purple"}
     legend = ["green: imagefleet's policies on held-out rows (the 4 families; labelled: every parameter tuned)",
-              "red: ceilings (oracle knowledge)", "purple: best-of-N by CLIP (candidate pool)"]
+              "red: ceilings (oracle knowledge)", policy_name(q, "purple: best-of-N by CLIP (candidate pool)")]
     for k, text in enumerate(legend):
         d.text((w - 560, 50 + 14 * k), text, fill=list(colours.values())[k + 1])
     for r in rows:
@@ -139,7 +153,8 @@ def plot(q: dict[str, Any], path: Path) -> None:
         d.line([at(x, f["low"]), at(x, f["high"])], fill=c)
         d.ellipse([px - 4, py - 4, px + 4, py + 4], fill=c)
         if r["kind"] != "product" or r["policy"] == q["winner"]["family"]:
-            short = "tuned cascade" if r["kind"] == "product" else r["policy"].split(" (")[0].split(": ")[-1]
+            short = "tuned cascade" if r["kind"] == "product" else \
+                policy_name(q, r["policy"]).split(" (")[0].split(": ")[-1]
             d.text((px + 7, py - 6), short, fill=c)
     img.save(path)
 
