@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Callable, Collection
 from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
-from bench.world.scene import COLOURS, SHAPES, Spec, render_spec, sample_spec, to_prompt
+from bench.world.scene import Spec, get_grammar, render_spec, sample_spec, to_prompt
 
 OPPOSITE = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
 
 
-def batch(rng: random.Random, n: int) -> tuple[list[Spec], np.ndarray]:
-    """`n` random specs and their renders (n x 64 x 64 x 3 uint8)."""
-    specs = [sample_spec(rng) for _ in range(n)]
+def batch(rng: random.Random, n: int,
+          sample: Callable[[random.Random], Spec] = sample_spec) -> tuple[list[Spec], np.ndarray]:
+    """`n` random specs (from `sample`: v1's whole grammar by default; v2 training uses the training pool,
+    bench/world/split.sample_training_spec) and their renders (n x 64 x 64 x 3 uint8)."""
+    specs = [sample(rng) for _ in range(n)]
     return specs, np.stack([render_spec(s, rng.getrandbits(32)) for s in specs])
 
 
@@ -27,14 +30,15 @@ def to_unit(images: np.ndarray) -> Any:
 
 
 def _variants(spec: Spec) -> list[Spec]:
-    """Every spec that differs from `spec` in one stated fact."""
+    """Every spec that differs from `spec` in one stated fact (words from the spec's grammar)."""
     out = []
+    gr = get_grammar(spec.grammar)
     for gi, g in enumerate(spec.groups):
-        news = [replace(g, shape=x) for x in SHAPES if x != g.shape]
+        news = [replace(g, shape=x) for x in gr.shapes if x != g.shape]
         if g.colour:
-            news += [replace(g, colour=c) for c in COLOURS if c != g.colour]
+            news += [replace(g, colour=c) for c in gr.colours if c != g.colour]
         if len(spec.groups) == 1:
-            news += [replace(g, count=c) for c in (2, 3) if c != g.count]  # "a square" holds for two
+            news += [replace(g, count=c) for c in gr.counts if c != g.count]  # "a square" holds for two
         out += [replace(spec, groups=tuple(n if i == gi else x for i, x in enumerate(spec.groups))) for n in news]
     if spec.relation:
         out.append(replace(spec, relation=OPPOSITE[spec.relation]))  # "above" may hold beside "left of"
@@ -45,9 +49,13 @@ def _variants(spec: Spec) -> list[Spec]:
     return [v for v in out if to_prompt(v) != to_prompt(spec) and (len(v.groups) == 1 or v.groups[0] != v.groups[1])]
 
 
-def perturb(spec: Spec, rng: random.Random) -> Spec:
-    """A spec that differs from `spec` in one stated fact (a hard negative for contrastive training)."""
-    return rng.choice(_variants(spec))
+def perturb(spec: Spec, rng: random.Random, allowed: Collection[str] | None = None) -> Spec:
+    """A spec that differs from `spec` in one stated fact (a hard negative for contrastive training); with
+    `allowed`, only a variant whose string is in it (v2: the training pool), else `spec` itself when none is."""
+    if allowed is None:
+        return rng.choice(_variants(spec))
+    options = [v for v in _variants(spec) if to_prompt(v) in allowed]
+    return rng.choice(options) if options else spec
 
 
 def augment(images: Any, gen: Any) -> Any:

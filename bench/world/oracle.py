@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from bench.world.scene import COLOURS, Group, Spec, parse, relation_holds
+from bench.world.scene import Group, Spec, get_grammar, parse, relation_holds
 
 MIN_AREA = 50  # pixels; smaller colour blobs are noise, not objects (a rendered object has >= ~95)
 MIN_IOU = 0.75  # overlap with the fitted ideal shape needed to call a blob that shape
@@ -14,8 +14,6 @@ MAX_RESIDUAL = 60.0  # RGB distance from the nearest white-to-colour blend; furt
 MIN_BACKGROUND_RING = 0.6  # share of a blob's outline pixels that must be background
 MAX_ASPECT = 1.35  # bounding boxes more elongated than this are not one object of the world
 POSITION_GAP = 3.0  # pixels between centres for "left of" etc.
-_PALETTE = np.array([(255, 255, 255), *COLOURS.values()], dtype=np.float32)
-_NAMES = ("background", *COLOURS)
 
 
 @dataclass(frozen=True)
@@ -23,7 +21,7 @@ class Blob:
     """One connected component of a single palette colour."""
 
     colour: str
-    shape: str  # circle | square | triangle | unknown
+    shape: str  # circle | square | triangle | diamond (v2) | unknown
     centre: tuple[float, float]  # x, y
     area: int
 
@@ -69,9 +67,10 @@ def _components(mask: np.ndarray) -> tuple[np.ndarray, int]:
     return out if uniq[0] == 0 else out + 1, len(uniq) - (1 if uniq[0] == 0 else 0)
 
 
-def _shape(ys: np.ndarray, xs: np.ndarray) -> str:
-    """Shape by geometry: the ideal square, circle or upright triangle fitted to the blob's bounding box that
-    overlaps it best, if it overlaps well (IoU >= MIN_IOU); amorphous or elongated blobs are "unknown"."""
+def _shape(ys: np.ndarray, xs: np.ndarray, shapes: tuple[str, ...]) -> str:
+    """Shape by geometry: the ideal shape of the grammar (square, circle, upright triangle, diamond) fitted to the
+    blob's bounding box that overlaps it best, if it overlaps well (IoU >= MIN_IOU); amorphous or elongated blobs
+    are "unknown"."""
     y0, x0 = ys.min(), xs.min()
     h, w = ys.max() - y0 + 1, xs.max() - x0 + 1
     if max(h, w) > MAX_ASPECT * min(h, w):
@@ -81,20 +80,20 @@ def _shape(ys: np.ndarray, xs: np.ndarray) -> str:
     blob[ys - y0, xs - x0] = True
     u, v = (gx - w / 2) / (w / 2), gy / h  # u in [-1, 1] across, v in [0, 1] down
     templates = {"square": np.ones((h, w), dtype=bool), "circle": u**2 + ((v - 0.5) * 2) ** 2 <= 1,
-                 "triangle": np.abs(u) <= v}
-    ious = {k: (blob & t).sum() / (blob | t).sum() for k, t in templates.items()}
+                 "triangle": np.abs(u) <= v, "diamond": np.abs(u) + np.abs(v - 0.5) * 2 <= 1}
+    ious = {k: (blob & t).sum() / (blob | t).sum() for k, t in templates.items() if k in shapes}
     best = max(ious, key=lambda k: ious[k])
     return best if ious[best] >= MIN_IOU else "unknown"
 
 
-def _classify(image: np.ndarray) -> np.ndarray:
+def _classify(image: np.ndarray, palette: np.ndarray) -> np.ndarray:
     """Per pixel: 0 background, k = the k-th palette colour, -1 neither.
 
     A pixel is read as a blend of white and one palette colour (anti-aliasing, blur): the colour whose line
     from white passes closest to it, if close (MAX_RESIDUAL) and at least half-way from white (else background).
     """
-    offset = image.astype(np.float32) - _PALETTE[0]  # from white
-    dirs = _PALETTE[1:] - _PALETTE[0]  # colours x 3
+    offset = image.astype(np.float32) - palette[0]  # from white
+    dirs = palette[1:] - palette[0]  # colours x 3
     alpha = np.clip(offset @ dirs.T / (dirs**2).sum(-1), 0.0, 1.0)  # H x W x colours
     residual = np.linalg.norm(offset[:, :, None, :] - alpha[..., None] * dirs, axis=-1)
     best = residual.argmin(-1)
@@ -103,14 +102,15 @@ def _classify(image: np.ndarray) -> np.ndarray:
     return np.where(residual.min(-1) <= MAX_RESIDUAL, labels, -1)
 
 
-def blobs(image: np.ndarray) -> list[Blob]:
-    """The coloured objects in an RGB uint8 image (connected pixels of one palette colour)."""
+def blobs(image: np.ndarray, grammar: str = "v1") -> list[Blob]:
+    """The coloured objects in an RGB uint8 image (connected pixels of one colour of the grammar's palette)."""
     if image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"expected an HxWx3 RGB image, got shape {image.shape}")
-    nearest = _classify(image)
+    gr = get_grammar(grammar)
+    nearest = _classify(image, np.array([(255, 255, 255), *gr.colours.values()], dtype=np.float32))
     found = []
     background = nearest == 0
-    for k, name in enumerate(_NAMES[1:], start=1):
+    for k, name in enumerate(gr.colours, start=1):
         labels, n = _components(nearest == k)
         for i in range(1, n + 1):
             mask = labels == i
@@ -120,7 +120,7 @@ def blobs(image: np.ndarray) -> list[Blob]:
             pad = np.pad(mask, 1)
             ring = (pad[:-2, 1:-1] | pad[2:, 1:-1] | pad[1:-1, :-2] | pad[1:-1, 2:]) & ~mask
             # an object of the world sits on the plain background; a patch of a colour field does not
-            shape = _shape(ys, xs) if background[ring].mean() >= MIN_BACKGROUND_RING else "unknown"
+            shape = _shape(ys, xs, gr.shapes) if background[ring].mean() >= MIN_BACKGROUND_RING else "unknown"
             centre = ((xs.min() + xs.max() + 1) / 2, (ys.min() + ys.max() + 1) / 2)
             found.append(Blob(name, shape, centre, len(ys)))
     return found
@@ -151,14 +151,15 @@ def facts(spec: Spec, found: list[Blob]) -> list[Fact]:
     return out
 
 
-def oracle(prompt: str, image: np.ndarray) -> Verdict:
-    """Judge an RGB uint8 image (any size; the world renders 64 x 64) against a prompt of the world.
+def oracle(prompt: str, image: np.ndarray, grammar: str = "v1") -> Verdict:
+    """Judge an RGB uint8 image (any size; the world renders 64 x 64) against a prompt of the world, reading
+    colours and shapes of the named grammar ("v1" or "v2").
 
     Raises:
-        ValueError: the prompt is not in the world's grammar, or the image is not HxWx3.
+        ValueError: the prompt is not in the grammar, or the image is not HxWx3.
     """
-    spec = parse(prompt)
-    checked = facts(spec, blobs(np.asarray(image)))
+    spec = parse(prompt, grammar)
+    checked = facts(spec, blobs(np.asarray(image), grammar))
     per: dict[str, list[bool]] = {}
     for f in checked:
         per.setdefault(f.category, []).append(f.ok)

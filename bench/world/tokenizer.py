@@ -13,7 +13,7 @@ from typing import Any
 from bench.world.scene import WORDS
 from imagefleet.jobs.tiny_models import byte_chars
 
-MAX_TOKENS = 16  # the longest world prompt is 9 words + 2 specials
+MAX_TOKENS = 16  # the longest world prompt (v1 and v2) is 9 words + 2 specials
 
 
 def learn_merges(words: tuple[str, ...]) -> list[tuple[str, str]]:
@@ -36,14 +36,15 @@ def learn_merges(words: tuple[str, ...]) -> list[tuple[str, str]]:
     return merges
 
 
-def write_tokenizer(folder: Path) -> int:
-    """Write vocab.json and merges.txt to `folder`; returns the vocabulary size."""
+def write_tokenizer(folder: Path, words: tuple[str, ...] = WORDS) -> int:
+    """Write vocab.json and merges.txt to `folder` (merges for `words`: v1's by default); returns the vocabulary
+    size."""
     chars = byte_chars()
     vocab = {ch: i for i, ch in enumerate(chars)}
     vocab.update({ch + "</w>": i + 256 for i, ch in enumerate(chars)})
     vocab["<|startoftext|>"] = 512
     vocab["<|endoftext|>"] = 513
-    merges = learn_merges(WORDS)
+    merges = learn_merges(words)
     for a, b in merges:
         vocab.setdefault(a + b, len(vocab))
     folder.mkdir(parents=True, exist_ok=True)

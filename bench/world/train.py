@@ -1,8 +1,11 @@
 """Train the shapes world's models from scratch on CPU: a tiny CLIP, a VAE, and draft and heavy UNets.
 
     python -m bench.world.train --stage all      # clip, vae, draft, heavy in order (each also runs alone)
+    python -m bench.world.train --grammar v2     # the v2 grammar's training pool only, into models_v2
 
-Every stage is seeded and single-threaded (one core stays free); wall times go to models/train_log.json.
+Every stage is seeded and single-threaded (one core stays free); wall times go to <out>/train_log.json. With
+`--grammar v2` every caption a stage renders or tokenizes (CLIP pairs and hard negatives, VAE renders, UNet pools)
+is a training-pool string (bench/world/split.py): no evaluation string is ever seen.
 """
 
 from __future__ import annotations
@@ -14,16 +17,18 @@ import math
 import random
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from bench.world import data
-from bench.world.scene import SIZE
+from bench.world.scene import SIZE, Spec, get_grammar, sample_spec
 from bench.world.tokenizer import MAX_TOKENS, load_tokenizer, write_tokenizer
 
 logger = logging.getLogger(__name__)
 
 MODELS = Path(__file__).parent / "models"
+MODELS_V2 = Path(__file__).parent / "models_v2"
 SEEDS = {"clip": 101, "vae": 202, "draft": 303, "heavy": 404}  # torch + data seed per stage
 TEXT = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
             max_position_embeddings=MAX_TOKENS, bos_token_id=512, eos_token_id=513, pad_token_id=513)
@@ -38,12 +43,23 @@ def _lr(step: int, steps: int, peak: float, warmup: int = 200) -> float:
     return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup))))
 
 
+def sampler(grammar: str) -> tuple[Callable[[random.Random], Spec], set[str] | None]:
+    """What a stage draws its specs from, and the strings a hard negative may be (None: any): v1's whole grammar
+    (exactly the streams bench/world/models was trained on), or v2's training pool."""
+    get_grammar(grammar)
+    if grammar == "v1":
+        return sample_spec, None
+    from bench.world.split import sample_training_spec, training_strings
+
+    return sample_training_spec, {p for texts in training_strings().values() for p in texts}
+
+
 def _tokens(tokenizer: Any, prompts: list[str]) -> Any:
     return tokenizer(prompts, padding="max_length", max_length=MAX_TOKENS, truncation=True,
                      return_tensors="pt").input_ids
 
 
-def train_clip(out: Path, steps: int, batch_size: int) -> dict[str, Any]:
+def train_clip(out: Path, steps: int, batch_size: int, grammar: str = "v1") -> dict[str, Any]:
     """Contrastive CLIP on rendered (image, prompt) pairs, with one perturbed prompt per image as a hard
     negative; saved with its processor as `jobs/tiny_models.build_tiny_clip` lays a CLIP folder out."""
     import torch
@@ -51,8 +67,9 @@ def train_clip(out: Path, steps: int, batch_size: int) -> dict[str, Any]:
 
     torch.manual_seed(SEEDS["clip"])
     rng, gen = random.Random(SEEDS["clip"]), torch.Generator().manual_seed(SEEDS["clip"])
+    sample, allowed = sampler(grammar)
     tok_dir = out.with_name(out.name + ".tok")
-    vocab = write_tokenizer(tok_dir)
+    vocab = write_tokenizer(tok_dir, get_grammar(grammar).words)
     tokenizer = load_tokenizer(tok_dir)
     image_processor = CLIPImageProcessor(size={"shortest_edge": SIZE}, crop_size={"height": SIZE, "width": SIZE})
     mean = torch.tensor(image_processor.image_mean).view(1, 3, 1, 1)
@@ -63,8 +80,8 @@ def train_clip(out: Path, steps: int, batch_size: int) -> dict[str, Any]:
     for step in range(steps):
         for group in opt.param_groups:
             group["lr"] = _lr(step, steps, 1e-3)
-        specs, images = data.batch(rng, batch_size)
-        negatives = [data.perturb(s, rng) for s in specs]
+        specs, images = data.batch(rng, batch_size, sample)
+        negatives = [data.perturb(s, rng, allowed) for s in specs]
         texts = [data.to_prompt(s) for s in specs + negatives]
         pixels = (data.augment(data.to_unit(images), gen) + 1) / 2
         outputs = model(input_ids=_tokens(tokenizer, texts), pixel_values=(pixels - mean) / std)
@@ -91,20 +108,21 @@ VAE = dict(block_out_channels=(8, 16, 32, 32), in_channels=3, out_channels=3, la
            up_block_types=("UpDecoderBlock2D",) * 4, sample_size=SIZE)  # 64 px <-> 8 x 8 x 4 latents
 
 
-def train_vae(out: Path, steps: int, batch_size: int) -> dict[str, Any]:
+def train_vae(out: Path, steps: int, batch_size: int, grammar: str = "v1") -> dict[str, Any]:
     """AutoencoderKL on renders (L1 + L2 + a small KL); its scaling_factor is set to 1 / std of the latents."""
     import torch
     from diffusers import AutoencoderKL
 
     torch.manual_seed(SEEDS["vae"])
     rng = random.Random(SEEDS["vae"])
+    sample = sampler(grammar)[0]
     vae = AutoencoderKL(**VAE)
     opt = torch.optim.AdamW(vae.parameters(), lr=1e-3, weight_decay=0.0)
     t0, losses = time.time(), []
     for step in range(steps):
         for group in opt.param_groups:
             group["lr"] = _lr(step, steps, 1e-3, warmup=100)
-        x = data.to_unit(data.batch(rng, batch_size)[1])
+        x = data.to_unit(data.batch(rng, batch_size, sample)[1])
         posterior = vae.encode(x).latent_dist
         recon = vae.decode(posterior.sample()).sample
         loss = (recon - x).abs().mean() + (recon - x).pow(2).mean() + 1e-6 * posterior.kl().mean()
@@ -116,7 +134,7 @@ def train_vae(out: Path, steps: int, batch_size: int) -> dict[str, Any]:
             logger.info("vae step %d loss %.4f (%.0f s)", step, sum(losses[-100:]) / len(losses[-100:]),
                         time.time() - t0)
     with torch.no_grad():
-        latents = vae.encode(data.to_unit(data.batch(rng, 256)[1])).latent_dist.mean
+        latents = vae.encode(data.to_unit(data.batch(rng, 256, sample)[1])).latent_dist.mean
     vae.register_to_config(scaling_factor=float(1 / latents.std()))
     vae.save_pretrained(str(out))
     return {"steps": steps, "batch_size": batch_size, "final_loss": round(sum(losses[-100:]) / len(losses[-100:]), 4),
@@ -146,20 +164,22 @@ def _text_encoder(clip_dir: Path) -> Any:
     return encoder.eval().requires_grad_(False)
 
 
-def _pool(vae: Any, rng: random.Random, n: int) -> tuple[Any, list[str]]:
-    """`n` renders as scaled VAE latents, with their prompts."""
+def _pool(vae: Any, rng: random.Random, n: int,
+          sample: Callable[[random.Random], Spec] = sample_spec) -> tuple[Any, list[str]]:
+    """`n` renders (specs from `sample`) as scaled VAE latents, with their prompts."""
     import torch
 
     latents, prompts = [], []
     with torch.no_grad():
         for _ in range(n // 256):
-            specs, images = data.batch(rng, 256)
+            specs, images = data.batch(rng, 256, sample)
             latents.append(vae.encode(data.to_unit(images)).latent_dist.mean * vae.config.scaling_factor)
             prompts += [data.to_prompt(s) for s in specs]
     return torch.cat(latents), prompts
 
 
-def train_unet(kind: str, out: Path, steps: int, batch_size: int, resume: bool = False) -> dict[str, Any]:
+def train_unet(kind: str, out: Path, steps: int, batch_size: int, resume: bool = False,
+               grammar: str = "v1") -> dict[str, Any]:
     """DDPM (v-prediction) training of a UNet on VAE latents of renders, conditioned on the frozen CLIP text
     encoder; saved as a StableDiffusionPipeline with the VAE, text encoder, tokenizer and a DPM-Solver."""
     import torch
@@ -180,7 +200,7 @@ def train_unet(kind: str, out: Path, steps: int, batch_size: int, resume: bool =
     vae = AutoencoderKL.from_pretrained(str(vae_dir), dtype=torch.float32).eval().requires_grad_(False)
     text_encoder = _text_encoder(clip_dir)
     tokenizer = CLIPTokenizer.from_pretrained(str(clip_dir))
-    latents, prompts = _pool(vae, rng, POOL)
+    latents, prompts = _pool(vae, rng, POOL, sampler(grammar)[0])
     pool_s = time.time() - t0
     width = TEXT["hidden_size"]
     unet = UNet2DConditionModel(sample_size=SIZE // 8, in_channels=4, out_channels=4, cross_attention_dim=width,
@@ -227,21 +247,24 @@ def train_unet(kind: str, out: Path, steps: int, batch_size: int, resume: bool =
 
 
 STAGES: dict[str, Any] = {"clip": train_clip, "vae": train_vae,
-          "draft": lambda out, steps, bs, resume: train_unet("draft", out, steps, bs, resume),
-          "heavy": lambda out, steps, bs, resume: train_unet("heavy", out, steps, bs, resume)}
+          "draft": lambda out, steps, bs, resume, grammar: train_unet("draft", out, steps, bs, resume, grammar),
+          "heavy": lambda out, steps, bs, resume, grammar: train_unet("heavy", out, steps, bs, resume, grammar)}
 STAGE_DIRS = {"vae": "vae.work"}  # the VAE is kept only inside the pipelines it becomes part of
 DEFAULT_STEPS = {"clip": (1500, 64), "vae": (1500, 16), "draft": (2000, 32), "heavy": (4000, 32)}
 
 
 def main(argv: list[str] | None = None) -> None:
-    """CLI: train one stage or all, into --out (default bench/world/models)."""
+    """CLI: train one stage or all, into --out (default bench/world/models; models_v2 with --grammar v2)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--stage", choices=[*STAGES, "all"], default="all")
-    parser.add_argument("--out", type=Path, default=MODELS)
+    parser.add_argument("--grammar", choices=["v1", "v2"], default="v1",
+                        help="v2: the richer grammar's training pool only (bench/world/split.py)")
+    parser.add_argument("--out", type=Path, help="default models (v1) or models_v2 (v2)")
     parser.add_argument("--steps", type=int, help="override the stage's step count (smoke runs)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--resume", action="store_true", help="draft/heavy: continue from the saved UNet")
     args = parser.parse_args(argv)
+    args.out = args.out or (MODELS_V2 if args.grammar == "v2" else MODELS)
     import torch
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -253,12 +276,13 @@ def main(argv: list[str] | None = None) -> None:
         steps, batch_size = DEFAULT_STEPS[stage]
         folder = args.out / STAGE_DIRS.get(stage, stage)
         if stage in ("draft", "heavy"):
-            result = STAGES[stage](folder, args.steps or steps, batch_size, args.resume)
+            result = STAGES[stage](folder, args.steps or steps, batch_size, args.resume, args.grammar)
             if args.resume:  # a continued run: keep the earlier parts in the log
                 result["continues"] = log.get(stage)
         else:
-            result = STAGES[stage](folder, args.steps or steps, batch_size)
+            result = STAGES[stage](folder, args.steps or steps, batch_size, args.grammar)
         result["threads"] = args.threads
+        result["grammar"] = args.grammar
         log[stage] = result
         log_path.write_text(json.dumps(log, indent=2) + "\n")
         logger.info("%s done: %s", stage, result)
