@@ -2,6 +2,13 @@
 pipelines, and the tiny CLIP's agreement with the oracle (ROC AUC of its score vs oracle pass).
 
     python -m bench.world.evaluate            # 500 prompts (seed HELD_OUT_SEED), results to models/results.json
+    python -m bench.world.evaluate --grammar v2   # models_v2: seen and unseen strings apart, models_v2/results.json
+
+v2 (issue #32): SEEN strings are the training pool, UNSEEN the evaluation strings no v2 model saw
+(bench/world/split.py). UNSEEN: every evaluation string; SEEN: as many training-pool strings per task (seeded draw).
+Each string gets ceil(MIN_TASK_IMAGES / strings of its task) images (so "a diamond", the one unseen single_object
+string, has 64); image seeds EVAL_SEED + k (unseen), + 100_000 (seen). Faithfulness and pass rate per task, as the
+mean of tasks and pooled, with 95% bootstrap CIs clustered by string; the oracle on ground truth is the ceiling.
 """
 
 from __future__ import annotations
@@ -9,8 +16,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import platform
+import random
 import sys
 import time
 from pathlib import Path
@@ -19,9 +28,14 @@ from typing import Any
 import numpy as np
 
 from bench.world import CLIP, DRAFT, HEAVY, HELD_OUT_SEED, MODELS, TASKS, oracle, render, sample_prompts
+from bench.world.split import evaluation_strings, training_strings
+from bench.world.train import MODELS_V2
 
 logger = logging.getLogger(__name__)
 BATCH = 8  # images per pipeline call
+EVAL_SEED = 717_171  # image seeds of the evaluation (and the draw of seen strings); no training stage uses it
+MIN_TASK_IMAGES = 64
+BOOTSTRAP = 2000
 
 
 def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
@@ -51,12 +65,12 @@ def generate(folder: Path, prompts: list[str], seeds: list[int]) -> tuple[list[n
     return images, (time.perf_counter() - t0) / len(prompts), sampling
 
 
-def clip_scores(prompts: list[str], images: list[np.ndarray]) -> np.ndarray:
+def clip_scores(prompts: list[str], images: list[np.ndarray], folder: Path = CLIP) -> np.ndarray:
     """100 x cosine, computed as the product's `clip` scorer does (actors/clip_scorer.py)."""
     import torch
     from transformers import CLIPModel, CLIPProcessor
 
-    model, processor = CLIPModel.from_pretrained(str(CLIP)).eval(), CLIPProcessor.from_pretrained(str(CLIP))
+    model, processor = CLIPModel.from_pretrained(str(folder)).eval(), CLIPProcessor.from_pretrained(str(folder))
     scores = []
     for i in range(0, len(prompts), 64):
         inputs = processor(text=prompts[i:i + 64], images=images[i:i + 64], return_tensors="pt", padding=True,
@@ -69,9 +83,9 @@ def clip_scores(prompts: list[str], images: list[np.ndarray]) -> np.ndarray:
     return np.array(scores)
 
 
-def summarize(prompts: list[str], images: list[np.ndarray]) -> dict[str, Any]:
+def summarize(prompts: list[str], images: list[np.ndarray], grammar: str = "v1") -> dict[str, Any]:
     """Oracle faithfulness and pass rate, overall and per GenEval task, and per fact category."""
-    verdicts = [oracle(p, im) for p, im in zip(prompts, images, strict=True)]
+    verdicts = [oracle(p, im, grammar) for p, im in zip(prompts, images, strict=True)]
     per_task = {t: [v for v in verdicts if v.task == t] for t in TASKS}
     facts: dict[str, list[bool]] = {}
     for v in verdicts:
@@ -88,11 +102,11 @@ def summarize(prompts: list[str], images: list[np.ndarray]) -> dict[str, Any]:
 
 
 def save_grid(path: Path, prompts: list[str], seeds: list[int], images: dict[str, list[np.ndarray]],
-              n: int = 12) -> None:
+              n: int = 12, grammar: str = "v1") -> None:
     """A PNG with one column per prompt: the rendered truth, then each model's image."""
     from PIL import Image
 
-    rows = [[render(p, s) for p, s in zip(prompts[:n], seeds[:n], strict=True)]]
+    rows = [[render(p, s, grammar) for p, s in zip(prompts[:n], seeds[:n], strict=True)]]
     rows += [ims[:n] for ims in images.values()]
     grid = np.concatenate([np.concatenate(r, axis=1) for r in rows], axis=0)
     Image.fromarray(grid).save(path)
@@ -103,7 +117,14 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=500)
     parser.add_argument("--out", type=Path, default=MODELS / "results.json")
-    args = parser.parse_args(argv)
+    parser.add_argument("--grammar", choices=["v1", "v2"], default="v1",
+                        help="v2: bench/world/models_v2 on seen and unseen strings apart")
+    args, rest = parser.parse_known_args(argv)
+    if args.grammar == "v2":
+        main_v2(rest)
+        return
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     import torch
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -137,6 +158,112 @@ def main(argv: list[str] | None = None) -> None:
     results["clip"] = clip
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     logger.info("clip AUC vs oracle pass: draft %.3f, pooled %.3f", clip["draft"]["auc"], clip["pooled_auc"])
+
+
+def v2_design(seed: int = EVAL_SEED) -> dict[str, tuple[list[str], list[str], list[int]]]:
+    """{"unseen"|"seen": (prompts, tasks, image seeds)}: each unseen string, and as many seen strings per task,
+    repeated so that every task has at least MIN_TASK_IMAGES images."""
+    rng = random.Random(seed)
+    held, pool = evaluation_strings(), training_strings()
+    chosen = {"unseen": held, "seen": {t: sorted(rng.sample(pool[t], len(held[t]))) for t in TASKS}}
+    out = {}
+    for k, (name, by_task) in enumerate(chosen.items()):
+        prompts, tasks = [], []
+        for task in TASKS:
+            reps = math.ceil(MIN_TASK_IMAGES / len(by_task[task]))
+            prompts += [p for p in by_task[task] for _ in range(reps)]
+            tasks += [task] * (reps * len(by_task[task]))
+        out[name] = (prompts, tasks, [seed + 100_000 * k + i for i in range(len(prompts))])
+    return out
+
+
+def _ci(values: np.ndarray, prompts: list[str], tasks: list[str], rng: np.random.Generator) -> dict[str, Any]:
+    """Mean of tasks and pooled mean of `values`, each with a 95% bootstrap CI: strings resampled within each task
+    (a string's images move together)."""
+    by_task: dict[str, dict[str, list[float]]] = {}
+    for v, p, t in zip(values, prompts, tasks, strict=True):
+        by_task.setdefault(t, {}).setdefault(p, []).append(float(v))
+    sums = {t: np.array([sum(x) for x in d.values()]) for t, d in by_task.items()}
+    counts = {t: np.array([len(x) for x in d.values()]) for t, d in by_task.items()}
+    task_means, pooled = [], []
+    for _ in range(BOOTSTRAP):
+        s_all = n_all = 0.0
+        means = []
+        for t in by_task:
+            idx = rng.integers(0, len(sums[t]), len(sums[t]))
+            s, n = sums[t][idx].sum(), counts[t][idx].sum()
+            means.append(s / n)
+            s_all, n_all = s_all + s, n_all + n
+        task_means.append(np.mean(means))
+        pooled.append(s_all / n_all)
+    point = [float(np.sum(sums[t]) / np.sum(counts[t])) for t in by_task]
+    return {"mean_of_tasks": float(np.mean(point)), "mean_of_tasks_ci": [float(x) for x in
+                                                                          np.percentile(task_means, [2.5, 97.5])],
+            "pooled": float(np.mean(values)), "pooled_ci": [float(x) for x in np.percentile(pooled, [2.5, 97.5])]}
+
+
+def v2_judge(prompts: list[str], tasks: list[str], images: list[np.ndarray], seed: int) -> dict[str, Any]:
+    """Oracle figures of one model on one set: faithfulness and pass rate (mean of tasks and pooled, CIs), per
+    task, per fact category."""
+    verdicts = [oracle(p, im, "v2") for p, im in zip(prompts, images, strict=True)]
+    faith = np.array([v.faithfulness for v in verdicts])
+    passed = np.array([v.passed for v in verdicts], dtype=float)
+    rng = np.random.default_rng(seed)
+    facts: dict[str, list[bool]] = {}
+    for v in verdicts:
+        for f in v.facts:
+            facts.setdefault(f.category, []).append(f.ok)
+    per_task = {t: {"strings": len({p for p, u in zip(prompts, tasks, strict=True) if u == t}),
+                    "images": int(sum(u == t for u in tasks)),
+                    "faithfulness": float(faith[[u == t for u in tasks]].mean()),
+                    "pass_rate": float(passed[[u == t for u in tasks]].mean())} for t in TASKS}
+    return {"faithfulness": _ci(faith, prompts, tasks, rng), "pass_rate": _ci(passed, prompts, tasks, rng),
+            "per_task": per_task, "per_fact_category": {k: float(np.mean(v)) for k, v in facts.items()},
+            "passed": passed.astype(bool).tolist()}
+
+
+def main_v2(argv: list[str] | None = None) -> None:
+    """CLI (--grammar v2): draft and heavy of --models on seen and unseen v2 strings, the oracle on ground truth,
+    the CLIP's AUC."""
+    parser = argparse.ArgumentParser(description="evaluate the v2 models on seen and unseen strings apart")
+    parser.add_argument("--models", type=Path, default=MODELS_V2)
+    parser.add_argument("--out", type=Path, help="default <models>/results.json")
+    args = parser.parse_args(argv)
+    import torch
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    torch.set_num_threads(1)
+    out = args.out or args.models / "results.json"
+    results: dict[str, Any] = {
+        "command": "python -m bench.world.evaluate --grammar v2 " + " ".join(argv if argv is not None
+                                                                             else sys.argv[1:]),
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch "
+                   f"{torch.__version__}, 1 thread", "load_avg_start": os.getloadavg()[0], "seed": EVAL_SEED}
+    grid: dict[str, list[np.ndarray]] = {}
+    for set_name, (prompts, tasks, seeds) in v2_design().items():
+        section: dict[str, Any] = {"strings": len(set(prompts)), "images": len(prompts)}
+        truth = [render(p, s, "v2") for p, s in zip(prompts, seeds, strict=True)]
+        section["ground_truth"] = v2_judge(prompts, tasks, truth, EVAL_SEED)
+        section["ground_truth"].pop("passed")
+        for model in ("draft", "heavy"):
+            images, seconds, sampling = generate(args.models / model, prompts, seeds)
+            figures = v2_judge(prompts, tasks, images, EVAL_SEED)
+            scores = clip_scores(prompts, images, args.models / "clip")
+            passed = np.array(figures.pop("passed"))
+            figures["clip_auc"] = roc_auc(scores, passed)
+            section[model] = {"seconds_per_image": seconds, **sampling, **figures}
+            logger.info("%s %s: faithfulness %.3f (mean of tasks), pass %.3f, %.4f s/image", set_name, model,
+                        figures["faithfulness"]["mean_of_tasks"], figures["pass_rate"]["mean_of_tasks"], seconds)
+            if set_name == "unseen":
+                grid[model] = images[::max(1, len(images) // 12)][:12]
+        if set_name == "unseen":
+            picks = prompts[::max(1, len(prompts) // 12)][:12]
+            save_grid(out.with_name("samples.png"), picks, seeds[::max(1, len(prompts) // 12)][:12], grid,
+                      grammar="v2")
+            results["samples_png_prompts"] = picks
+        results[set_name] = section
+    results["load_avg_end"] = os.getloadavg()[0]
+    out.write_text(json.dumps(results, indent=2) + "\n")
 
 
 if __name__ == "__main__":

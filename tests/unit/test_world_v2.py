@@ -2,7 +2,9 @@
 split into evaluation strings and training pool, and training stages that never see an evaluation string."""
 
 import hashlib
+import json
 import random
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -151,7 +153,25 @@ def test_v2_training_stages_caption_and_render_only_training_strings(tmp_path: P
     train.main(["--grammar", V2, "--out", str(tmp_path), "--stage", "draft", "--steps", "2"])
     assert len(tokenized) > 200 and len(rendered) > 500
     assert not [t for t in tokenized + rendered if t and is_evaluation(t)]
-    assert (tmp_path / "draft" / "sampling.json").exists()
+    log = json.loads((tmp_path / "train_log.json").read_text())
+    assert sorted(log) == ["clip", "draft", "vae"] and {s["grammar"] for s in log.values()} == {V2}
+    shutil.copytree(tmp_path / "draft", tmp_path / "heavy")  # the heavy stage is the draft's code, wider
+
+    # the evaluation runs the folders on seen and unseen strings apart (a few strings here)
+    from bench.world import evaluate
+
+    held, pool = evaluation_strings(), training_strings()
+    monkeypatch.setattr(evaluate, "evaluation_strings", lambda: {t: held[t][:1] for t in TASKS})
+    monkeypatch.setattr(evaluate, "training_strings", lambda: {t: pool[t][:3] for t in TASKS})
+    monkeypatch.setattr(evaluate, "MIN_TASK_IMAGES", 2)
+    monkeypatch.setattr(evaluate, "BOOTSTRAP", 20)
+    evaluate.main(["--grammar", V2, "--models", str(tmp_path)])
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["unseen"]["strings"] == results["seen"]["strings"] == 6
+    assert results["unseen"]["images"] == 12 and (tmp_path / "samples.png").exists()
+    truth = results["unseen"]["ground_truth"]["faithfulness"]
+    assert truth["mean_of_tasks"] == 1.0 and truth["mean_of_tasks_ci"] == [1.0, 1.0]
+    assert set(results["seen"]["heavy"]["per_task"]) == set(TASKS)
 
 
 def test_v2_tokenizer_reads_each_v2_word_as_one_token(tmp_path: Path) -> None:
