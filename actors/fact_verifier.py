@@ -80,7 +80,7 @@ class VerifierConfig:
         try:
             return VerifierConfig(**fields)
         except TypeError as exc:
-            raise ValueError(f"verifier config.json: {exc}") from None
+            raise ValueError(f"verifier config.json: {exc}") from exc
 
 
 def is_fact_verifier(model: str) -> bool:

@@ -297,7 +297,7 @@ class GeminiImageGenerator(HostedGenerator):
             except Exception as exc:  # noqa: BLE001 - one bad line is that request's (billed) error, not the batch's
                 key = str(item.get("key", "")) if isinstance(item, dict) else ""
                 if not key:
-                    raise HostedFatal(f"gemini batch result file {name} has an unreadable line: {exc}") from None
+                    raise HostedFatal(f"gemini batch result file {name} has an unreadable line: {exc}") from exc
                 out[key] = Outcome(error=f"unreadable batch result (billed): {type(exc).__name__}", requests=1,
                                    cost_usd=self.gcfg.estimate_usd() * self.gcfg.batch_discount)
         return out

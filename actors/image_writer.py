@@ -309,7 +309,7 @@ class ImageWriter:
         except Exception as exc:  # noqa: BLE001 - after the client's own retries, a failed upload is the row's
             if store_is_down(exc) and not also:
                 raise StoreUnavailable(f"{ABORT_MARKER} {self._store_down(exc, rel)}; nothing was committed: rerun "
-                                       "when it is back (images already stored are adopted, not made again)") from None
+                                       "when it is back (images already stored are adopted, not made again)") from exc
             return "upload failed: " + explain_s3_error(exc, self.store.uri_of(rel))
         t2 = time.perf_counter()
         return {

@@ -172,7 +172,7 @@ class InputFiles:
             raise
         except Exception as exc:  # noqa: BLE001 - permissions, a folder, a store error: this row's input
             reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-            raise InputProblem(f"{uri}: can't be read ({reason})") from None
+            raise InputProblem(f"{uri}: can't be read ({reason})") from exc
 
 
 def check_image(uri: str, data: bytes, max_pixels: int, mask: bool = False, file: bool = True) -> tuple[int, int]:
@@ -203,7 +203,7 @@ def check_image(uri: str, data: bytes, max_pixels: int, mask: bool = False, file
             raise unusable(uri) from None
         raise InputProblem(f"{what} {uri} is not a readable image (PNG, JPEG or WebP)") from None
     except Exception as exc:  # noqa: BLE001 - PIL raises many kinds for bad bytes
-        raise InputProblem(f"{what} {uri} is not a readable image ({type(exc).__name__})") from None
+        raise InputProblem(f"{what} {uri} is not a readable image ({type(exc).__name__})") from exc
     return int(width), int(height)
 
 

@@ -71,7 +71,7 @@ def resolve_store_spec(uri: str, s3: S3Config, environ: dict[str, str] | None = 
                 line.split("=", 1) for line in Path(s3.secret_file).read_text().splitlines() if "=" in line
             )
         except OSError as exc:
-            raise StorageError(f"cannot read s3.secret_file {s3.secret_file}: {exc.strerror}") from None
+            raise StorageError(f"cannot read s3.secret_file {s3.secret_file}: {exc.strerror}") from exc
         access, secret = pairs.get("access_key", "").strip(), pairs.get("secret_key", "").strip()
     endpoint = s3.endpoint_url or env.get("AWS_ENDPOINT_URL_S3", "") or env.get("AWS_ENDPOINT_URL", "")
     _check_endpoint(endpoint, "s3.endpoint_url" if s3.endpoint_url else "AWS_ENDPOINT_URL")
@@ -106,7 +106,7 @@ def _chain_has_credentials(profile: str) -> bool:
     except botocore.exceptions.ProfileNotFound:
         raise StorageError(f"AWS profile {profile!r} is not in the AWS config or credentials files") from None
     except botocore.exceptions.BotoCoreError as exc:
-        raise StorageError(f"AWS credentials could not be resolved: {exc}") from None
+        raise StorageError(f"AWS credentials could not be resolved: {exc}") from exc
 
 
 def _keys(spec: StoreSpec) -> tuple[str, str, str]:
@@ -357,9 +357,9 @@ class ObjectStore(abc.ABC):
                 checker.delete(probe)
                 checker._forget_probe_dir()
         except StorageError as exc:
-            raise StorageError(f"{self.location.uri}: the store {exc}; use one that keeps what it is given") from None
+            raise StorageError(f"{self.location.uri}: the store {exc}; use one that keeps what it is given") from exc
         except Exception as exc:
-            raise StorageError(self._explain(exc)) from None
+            raise StorageError(self._explain(exc)) from exc
 
     def _preflight_view(self) -> ObjectStore:
         """This store for `check_writable`'s calls (S3: short timeouts, no retries: fail fast, don't ride out)."""

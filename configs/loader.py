@@ -45,7 +45,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> JobConf
     except UnicodeDecodeError:
         raise ConfigError(f"config file {path} is not UTF-8 text; save it as UTF-8 YAML") from None
     except OSError as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
     return load_config_text(text, str(path), overrides)
 
 
@@ -106,9 +106,9 @@ def parse_yaml(text: str, source: str, under: tuple[str, ...] = ()) -> Any:
     try:
         data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{source} is not valid YAML: {_first_line(exc)}") from None
+        raise ConfigError(f"{source} is not valid YAML: {_first_line(exc)}") from exc
     except ConfigError as exc:
-        raise ConfigError(f"{source}: {exc}") from None
+        raise ConfigError(f"{source}: {exc}") from exc
     _check_shape(data, source, under)
     return data
 
@@ -151,7 +151,7 @@ def parse_config(raw: dict[str, Any], source: str = "<config>") -> JobConfig:
     try:
         return JobConfig.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(f"invalid config {source}:\n" + _explain(exc, raw)) from None
+        raise ConfigError(f"invalid config {source}:\n" + _explain(exc, raw)) from exc
 
 
 NAMED_MAPS = {"generators": "generator"}

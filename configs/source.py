@@ -107,7 +107,7 @@ class PromptTemplate(StrictModel):
         try:
             used = self.names()
         except jinja2.TemplateSyntaxError as exc:
-            raise ValueError(f"source.template.text: {exc.message} (line {exc.lineno})") from None
+            raise ValueError(f"source.template.text: {exc.message} (line {exc.lineno})") from exc
         import jinja2.nodes
 
         tree = _jinja().parse(self.text)
@@ -288,7 +288,7 @@ class SourceConfig(StrictModel):
             try:
                 kind, value = parse_variant(v)
             except ValueError as exc:
-                raise ValueError(f"source.variants: {exc}") from None
+                raise ValueError(f"source.variants: {exc}") from exc
             if v != v.strip():
                 raise ValueError(f"source.variants: {v!r} has spaces around it; write {v.strip()!r}")
             shape = (kind, round(value, 9) if isinstance(value, float) else value)

@@ -133,7 +133,7 @@ def starter_config(table: str, output_uri: str, backend: str, model: str) -> str
     try:  # a CSV's id-like columns are read as text, as a run reads them
         schema, _ = describe_file(pafs.LocalFileSystem(), str(Path(table).resolve()), ID_NAMES, lambda _: table)
     except TableError as exc:
-        raise InitError(f"can't read the table: {exc}") from None
+        raise InitError(f"can't read the table: {exc}") from exc
     text_columns = [f.name for f in schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
     if not text_columns:
         raise InitError(f"{table} has no text column to use as prompts (columns: {', '.join(schema.names)})")

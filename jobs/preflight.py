@@ -74,7 +74,7 @@ def hub_commits(cfg: JobConfig) -> dict[str, str]:
     try:
         return check_hub_models(cfg)
     except ValueError as exc:
-        raise StorageError(str(exc)) from None
+        raise StorageError(str(exc)) from exc
 
 
 def input_store(cfg: JobConfig, source: StoreSpec) -> StoreSpec:
@@ -99,7 +99,7 @@ def resolve_adapters(cfg: JobConfig, models: dict[str, StoreSpec]) -> dict[str, 
             try:
                 digest = adapter_sha256(a, models.get(name, StoreSpec(kind="local")), "/tmp/imagefleet-models")
             except AdapterError as exc:
-                raise StorageError(f"generators.{name}.loras: {exc}") from None
+                raise StorageError(f"generators.{name}.loras: {exc}") from exc
             out.setdefault(name, {})[a.name] = digest
     return out
 
@@ -115,7 +115,7 @@ def resolve_api_keys(cfg: JobConfig) -> dict[str, SecretStr]:
             try:
                 value = Path(n.api_key_file).read_text().strip()
             except OSError as exc:
-                raise StorageError(f"generators.{name}.api_key_file {n.api_key_file}: {exc.strerror}") from None
+                raise StorageError(f"generators.{name}.api_key_file {n.api_key_file}: {exc.strerror}") from exc
         else:
             value = os.environ.get(n.api_key_env, "").strip()
         if not value:

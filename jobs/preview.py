@@ -151,7 +151,7 @@ def preview_folder(cfg: JobConfig, out: str | Path | None) -> Path:
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise InputInvalid(f"--out {text}: cannot make the folder ({exc.strerror or exc})") from None
+        raise InputInvalid(f"--out {text}: cannot make the folder ({exc.strerror or exc})") from exc
     if not os.access(folder, os.W_OK):
         raise InputInvalid(f"--out {text}: the folder is not writable")
     return folder

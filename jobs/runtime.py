@@ -221,7 +221,7 @@ def reach_cluster(address: str, timeout_s: float = 5.0) -> str:
     except OSError as exc:
         raise StorageError(f"no Ray cluster answers at {address} ({host}:{port}: "
                            f"{exc.strerror or f'no answer within {timeout_s:g} s'}); start it, or fix "
-                           f"cluster.address") from None
+                           f"cluster.address") from exc
     return f"{host}:{port}" if address == "auto" else address
 
 
@@ -237,7 +237,7 @@ def join_cluster(address: str, **init_kwargs: Any) -> None:
         cause: BaseException = exc
         while cause.__cause__ is not None:
             cause = cause.__cause__
-        raise StorageError(f"could not join the Ray cluster at {address}: {failure_line(cause)}") from None
+        raise StorageError(f"could not join the Ray cluster at {address}: {failure_line(cause)}") from exc
 
 
 @contextlib.contextmanager
@@ -341,7 +341,7 @@ def check_temp_dir(temp_dir: str) -> None:
         probe.unlink()
     except OSError as exc:
         raise StorageError(f"cluster.temp_dir {temp_dir!r} is not writable ({exc.strerror}); "
-                           f"point it at a writable folder") from None
+                           f"point it at a writable folder") from exc
 
 
 def export_webdataset(cfg: JobConfig, objects: ObjectStore, summary: RunSummary, run_id: str) -> str:

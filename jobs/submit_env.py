@@ -132,9 +132,9 @@ def read_runtime_env(path: str) -> dict[str, Any]:
     try:
         raw = yaml.safe_load(Path(path).read_text())
     except OSError as exc:
-        raise ValueError(f"--runtime-env {path}: {exc.strerror or exc}") from None
+        raise ValueError(f"--runtime-env {path}: {exc.strerror or exc}") from exc
     except yaml.YAMLError as exc:
-        raise ValueError(f"--runtime-env {path} is not valid YAML: {' '.join(str(exc).split())[:200]}") from None
+        raise ValueError(f"--runtime-env {path} is not valid YAML: {' '.join(str(exc).split())[:200]}") from exc
     if raw is None:
         return {}
     if not isinstance(raw, dict):
@@ -170,7 +170,7 @@ def merge_runtime_env(ours: dict[str, Any], theirs: dict[str, Any], source: str)
     try:
         RuntimeEnv(**merged)
     except (TypeError, ValueError) as exc:
-        raise ValueError(f"{source}: {(str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]}") from None
+        raise ValueError(f"{source}: {(str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]}") from exc
     return merged
 
 

@@ -111,11 +111,11 @@ def read_labels(objects: Any, uri: str) -> Any:
             raw = open_store(parent or ".", resolve_store_spec(parent or ".", S3Config())).get(name)
     except (StorageError, KeyError, FileNotFoundError, ValueError) as exc:
         raise TrainError(f"no labels table at {uri} ({exc}); pass --labels with the Parquet file of per-fact "
-                         f"labels (image_key, facts: list<struct<fact, holds>>)") from None
+                         f"labels (image_key, facts: list<struct<fact, holds>>)") from exc
     try:
         return pq.read_table(io.BytesIO(raw))
     except Exception as exc:  # noqa: BLE001 - pyarrow raises several kinds for a file that isn't Parquet
-        raise TrainError(f"labels {uri} is not a Parquet file ({str(exc).splitlines()[0][:120]})") from None
+        raise TrainError(f"labels {uri} is not a Parquet file ({str(exc).splitlines()[0][:120]})") from exc
 
 
 def check_labels(table: Any, uri: str) -> list[tuple[str, list[tuple[str, bool]]]]:
@@ -164,7 +164,7 @@ def load_training_set(output: str, labels: str, image_size: int) -> Labelled:
                 pairs = zip(batch.column(key_col).to_pylist(), batch.column(uri_col).to_pylist(), strict=True)
                 uris |= {k: u for k, u in pairs if k and u}
     except (StorageError, ValueError) as exc:
-        raise TrainError(str(exc)) from None
+        raise TrainError(str(exc)) from exc
     rows = check_labels(read_labels(objects, labels), labels)
     unknown = [k for k, _ in rows if k not in uris]
     if unknown:

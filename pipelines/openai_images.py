@@ -132,7 +132,7 @@ def _check_type(name: str, value: Any) -> None:
         try:
             check_text(name, value)
         except RequestProblem as exc:
-            raise _invalid(str(exc), name, "invalid_value") from None
+            raise _invalid(str(exc), name, "invalid_value") from exc
 
 
 def _count(n: int | LongInteger, most: int) -> int:

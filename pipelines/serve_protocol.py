@@ -128,7 +128,7 @@ def parse_json_object(body: bytes, max_request_bytes: int) -> dict[str, Any]:
         raise RequestProblem(400, f'{where} arrays/objects too deeply; send a flat JSON object such as '
                                   f'{{"prompt": "a red fox"}}') from None
     except ValueError as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
-        raise RequestProblem(400, f'body is not valid JSON ({exc}); send e.g. {{"prompt": "a red fox"}}') from None
+        raise RequestProblem(400, f'body is not valid JSON ({exc}); send e.g. {{"prompt": "a red fox"}}') from exc
     if not isinstance(data, dict):
         raise RequestProblem(400, 'body must be a JSON object such as {"prompt": "a red fox"}')
     return data

@@ -306,7 +306,7 @@ class Gateway:
             raise RequestProblem(503, f"generator {name!r} is at its queue limit; retry later") from None
         except Exception as exc:  # noqa: BLE001 - a replica failure (quota, auth, crash): one line, no traceback
             logger.warning("generator %s failed: %s", name, exc)
-            raise RequestProblem(503, f"generator {name!r} failed: {failure_line(exc)}") from None
+            raise RequestProblem(503, f"generator {name!r} failed: {failure_line(exc)}") from exc
         # 3 the first failure, if any, answers for the request
         failed = [r for r in results if r["status"] != "generated"]
         if failed:
@@ -338,7 +338,7 @@ class Gateway:
                                         file=False) != sizes[0]:
                 raise InputProblem(f"mask size differs from images[0] ({sizes[0][0]}x{sizes[0][1]}); they must match")
         except InputProblem as exc:
-            raise RequestProblem(400, str(exc)) from None
+            raise RequestProblem(400, str(exc)) from exc
         return {"input_images": json.dumps([f"request:images[{k}]" for k in range(len(req.images))]),
                 "input_sha256": ",".join(sha256_of(d) for d in req.images),
                 "mask_uri": "request:mask" if req.mask else "", "mask_sha256": sha256_of(req.mask) if req.mask else "",

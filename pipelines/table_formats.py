@@ -111,7 +111,7 @@ def describe_file(fs: Any, path: str, text: Sequence[str] = (), display: Callabl
             meta = pq.read_metadata(path, filesystem=fs)
         except (pa.ArrowInvalid, OSError) as exc:
             raise TableError(f"source file {display(path)} is not a readable Parquet file ({_first_line(exc)}); "
-                             f"convert it to Parquet, or name a CSV or JSON Lines file .csv or .jsonl") from None
+                             f"convert it to Parquet, or name a CSV or JSON Lines file .csv or .jsonl") from exc
         return meta.schema.to_arrow_schema(), tuple(meta.row_group(i).num_rows for i in range(meta.num_row_groups))
     table = _read_text(fs, path, fmt, None, None, text, display)
     if any(pa.types.is_binary(f.type) for f in table.schema):  # inferred as bytes: some value is not UTF-8
@@ -161,9 +161,9 @@ def _read_text(fs: Any, path: str, fmt: str, columns: Sequence[str] | None, type
     except pa.ArrowInvalid as exc:
         if str(exc).startswith(("Empty CSV file", "Empty JSON file")):
             return pa.table({})
-        raise _located(fs, path, fmt, display, exc) from None
+        raise _located(fs, path, fmt, display, exc) from exc
     except OSError as exc:
-        raise TableError(f"cannot read source file {display(path)}: {_first_line(exc)}") from None
+        raise TableError(f"cannot read source file {display(path)}: {_first_line(exc)}") from exc
     return table if columns is None else table.select([c for c in columns if c in table.column_names])
 
 

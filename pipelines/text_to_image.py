@@ -142,7 +142,7 @@ def _resolve_files(uri: str, fs: Any, path: str) -> list[str]:
             else:
                 files = [path]
     except OSError as exc:
-        raise InputError(f"cannot list source {uri}: {exc}") from None
+        raise InputError(f"cannot list source {uri}: {exc}") from exc
     if not files:
         raise InputError(f"source.uri {uri} matched no files")
     return files
@@ -169,7 +169,7 @@ def _footers(cfg: JobConfig, fs: Any, files: list[str]) -> dict[str, tuple[pa.Sc
         return describe_files(fs, files, text_columns(cfg.source, cfg.routing.column_read),
                               functools.partial(_display, kind=parse_location(cfg.source.uri).kind))
     except TableError as exc:
-        raise InputError(str(exc)) from None
+        raise InputError(str(exc)) from exc
 
 
 def _check_same_columns(cfg: JobConfig, footers: dict[str, tuple[pa.Schema, tuple[int, ...]]], kind: str) -> None:

@@ -142,3 +142,28 @@ def test_api_errors_keep_their_cause(tmp_path: Path) -> None:
     with pytest.raises(imagefleet.ConfigInvalid) as bad:
         imagefleet.run({**raw, "nope": 1}, dry_run=True, echo=None)
     assert bad.value.__cause__ is not None
+
+
+def test_the_botocore_error_behind_a_storage_failure_can_be_inspected(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """The issue's case: an S3 output whose endpoint doesn't answer (a loopback port where nothing listens). The
+    message is one line; the chain under it reaches botocore's own error (before: StorageError `from None`)."""
+    import imagefleet
+    from imagefleet.actors.storage import StorageError
+    from imagefleet.jobs.seaweed import pick_ports
+    from tests.helpers import sleep_job, write_prompts
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "key")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
+    write_prompts(tmp_path / "p.parquet", {"prompt": ["a"]})
+    raw = sleep_job(tmp_path / "p.parquet", "s3://bucket/out")
+    raw["output"]["s3"] = {"endpoint_url": f"http://127.0.0.1:{pick_ports()['master']}"}
+    with pytest.raises(imagefleet.InputInvalid) as failed:
+        imagefleet.run(raw, dry_run=True, echo=None)
+    assert "\n" not in str(failed.value) and "cannot reach the S3 endpoint" in str(failed.value)
+    chain, cause = [], failed.value.__cause__
+    while cause is not None:
+        chain.append(cause)
+        cause = cause.__cause__
+    assert isinstance(chain[0], StorageError)
+    assert any(type(c).__module__.startswith("botocore") for c in chain), [type(c) for c in chain]
