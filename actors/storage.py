@@ -73,10 +73,13 @@ def resolve_store_spec(uri: str, s3: S3Config, environ: dict[str, str] | None = 
         except OSError as exc:
             raise StorageError(f"cannot read s3.secret_file {s3.secret_file}: {exc.strerror}") from exc
         access, secret = pairs.get("access_key", "").strip(), pairs.get("secret_key", "").strip()
-    endpoint = s3.endpoint_url or env.get("AWS_ENDPOINT_URL_S3", "") or env.get("AWS_ENDPOINT_URL", "")
+    profile = s3.profile or env.get("AWS_PROFILE", "")
+    endpoint = s3.endpoint_url or _configured(env, profile)[0]
     _check_endpoint(endpoint, "s3.endpoint_url" if s3.endpoint_url else "AWS_ENDPOINT_URL")
-    common: dict[str, Any] = dict(kind="s3", endpoint_url=endpoint, region=s3.region, max_attempts=s3.max_attempts,
-                                  connect_timeout_s=s3.connect_timeout_s, retry_budget_s=s3.retry_budget_s)
+    region = s3.region or env.get("AWS_REGION", "") or env.get("AWS_DEFAULT_REGION", "") or _configured(env, profile)[1]
+    common: dict[str, Any] = dict(kind="s3", endpoint_url=endpoint, region=region or "us-east-1",
+                                  max_attempts=s3.max_attempts, connect_timeout_s=s3.connect_timeout_s,
+                                  retry_budget_s=s3.retry_budget_s)
     if access and secret:  # static keys (with a session token when they are temporary)
         token = "" if s3.secret_file else env.get(s3.session_token_env, "")
         return StoreSpec(**common, access_key=SecretStr(access), secret_key=SecretStr(secret),
@@ -87,13 +90,28 @@ def resolve_store_spec(uri: str, s3: S3Config, environ: dict[str, str] | None = 
                            f"{have} is set), or neither to use an AWS profile or role")
     # no keys: boto3's default chain — a profile (AWS_PROFILE or s3.profile), SSO, web identity, container or
     # instance roles; checked here so a run without any credentials stops before work
-    profile = s3.profile or env.get("AWS_PROFILE", "")
     if not _chain_has_credentials(profile):
         raise StorageError(
             f"no S3 credentials for {uri}: set {s3.access_key_env} and {s3.secret_key_env} (or s3.secret_file), "
             f"an AWS profile (AWS_PROFILE or s3.profile), or run where a role provides them"
         )
     return StoreSpec(**common, credentials="chain", profile=profile)
+
+
+def _configured(env: dict[str, str], profile: str) -> tuple[str, str]:
+    """(endpoint, region) where the AWS tools look: AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL or the profile's
+    `services` section (botocore's lookup); the profile's `region`. '' for none, or a missing profile."""
+    from botocore.configprovider import ConfiguredEndpointProvider
+    from botocore.exceptions import BotoCoreError
+
+    try:
+        session = _chain_session(profile)._session
+        scoped = session.get_scoped_config()
+        endpoint = ConfiguredEndpointProvider(full_config=session.full_config, scoped_config=scoped,
+                                              client_name="s3", environ=env).provide()
+        return endpoint or "", scoped.get("region", "") or ""
+    except BotoCoreError:
+        return env.get("AWS_ENDPOINT_URL_S3", "") or env.get("AWS_ENDPOINT_URL", ""), ""
 
 
 def _chain_has_credentials(profile: str) -> bool:

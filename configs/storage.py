@@ -11,9 +11,11 @@ class S3Config(StrictModel):
     """How to reach an S3-compatible store. Secrets are never stored here, only where to find them."""
 
     endpoint_url: str = ""
-    """S3 endpoint, e.g. http://127.0.0.1:20080. Empty: AWS_ENDPOINT_URL or the AWS default."""
-    region: str = "us-east-1"
-    """Region used for request signing."""
+    """S3 endpoint, e.g. http://127.0.0.1:20080. Empty: AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL, the AWS profile's
+    `services` section, else AWS's own."""
+    region: str = ""
+    """Region used for request signing ('' = AWS_REGION, AWS_DEFAULT_REGION, the AWS profile's region, else
+    us-east-1)."""
     access_key_env: str = "AWS_ACCESS_KEY_ID"
     """Environment variable holding the access key id."""
     secret_key_env: str = "AWS_SECRET_ACCESS_KEY"

@@ -128,6 +128,38 @@ def test_a_profile_reaches_the_store(s3_server: Any, bucket: str, tmp_path: Any,
         resolve_store_spec("s3://b", S3Config(profile="nope"), {})
 
 
+def test_region_and_endpoint_come_from_where_the_aws_tools_read_them(s3_server: Any, bucket: str, tmp_path: Any,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A profile whose config names its region and, in a `services` section, its S3 endpoint (as `aws configure`
+    and teams' shared config files write them): no endpoint or region in imagefleet's config or the environment,
+    and the run reaches the store and signs for that region (before: us-east-1 always, the endpoint only from
+    AWS_ENDPOINT_URL). AWS_REGION / AWS_DEFAULT_REGION come before the profile's region; s3.region before both."""
+    _no_keys(monkeypatch)
+    for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION"):
+        monkeypatch.delenv(name, raising=False)
+    profile = f"regional-{bucket}"  # a profile name of its own: boto3 sessions are kept per profile per process
+    (tmp_path / "credentials").write_text(f"[{profile}]\naws_access_key_id = {s3_server.access_key}\n"
+                                          f"aws_secret_access_key = {s3_server.secret_key}\n")
+    (tmp_path / "config").write_text(f"[profile {profile}]\nregion = eu-west-3\nservices = seaweed\n\n"
+                                     f"[services seaweed]\ns3 =\n  endpoint_url = {s3_server.endpoint_url}\n")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "credentials"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "config"))
+    monkeypatch.setenv("AWS_PROFILE", profile)
+    s = resolve_store_spec(f"s3://{bucket}/regional", S3Config())
+    assert (s.endpoint_url, s.region) == (s3_server.endpoint_url, "eu-west-3")
+    assert s3_client(s).meta.region_name == "eu-west-3"
+    store = open_store(f"s3://{bucket}/regional", s)
+    store.put("x.txt", b"hello")
+    assert store.get("x.txt") == b"hello"
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "ap-south-1")
+    assert resolve_store_spec("s3://b", S3Config()).region == "ap-south-1"
+    monkeypatch.setenv("AWS_REGION", "ca-central-1")
+    assert resolve_store_spec("s3://b", S3Config()).region == "ca-central-1"
+    assert resolve_store_spec("s3://b", S3Config(region="us-west-2")).region == "us-west-2"
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # the environment comes before the profile's
+    assert resolve_store_spec("s3://b", S3Config()).endpoint_url == "http://127.0.0.1:9"
+
+
 def test_session_token_credentials_are_sent_with_their_keys(s3_server: Any, bucket: str,
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     """Temporary keys (STS, SSO exports) come with AWS_SESSION_TOKEN: it is kept (secret) and signs with them."""
