@@ -16,7 +16,8 @@ class ClusterConfig(StrictModel):
     of at most one generator batch on a private local cluster with no Ray running in the process, unless it
     exports WebDataset shards (a Ray Data job); else ray."""
     address: str = "local"
-    """`local` (private cluster), `auto` (join the node's cluster) or `ray://host:port`."""
+    """`local` (private cluster), `auto` (join the cluster of the node it runs on: a submitted job's) or
+    `host:port` (a cluster's GCS). Not `ray://` (Ray Client can't run Ray Data: submit a Ray job instead)."""
     num_cpus: int = Field(default=0, ge=0)
     """CPUs for a local cluster; 0 = all cores."""
     num_gpus: int = Field(default=0, ge=0)

@@ -155,6 +155,8 @@ def _check(cfg: JobConfig, dry_run: bool = False) -> _Checked:
         plan = plan_run(cfg, stores, source)
         total = expected_rows(cfg, source)
         executor = choose_executor(cfg, plan, total, ray_running())
+        if executor[0] != IN_PROCESS:
+            preflight.refuse_ray_client(cfg.cluster.address)
         if executor[0] != IN_PROCESS and cfg.cluster.address == "local" and not ray_running():
             # the private Ray this run would start: its pools must fit it (found now, not after Ray starts)
             problem = preflight.local_resource_problem(plan.pools, preflight.planned_local_resources(cfg))

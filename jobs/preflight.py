@@ -160,6 +160,17 @@ def check_resources(cfg: JobConfig, pools: dict[str, Pool], spare_cpu: bool = Tr
         raise StorageError(problem)
 
 
+def refuse_ray_client(address: str) -> None:
+    """A run's Ray Data pipeline can't run over Ray Client (`ray://`): Ray Data's streaming executor needs the
+    driver's core worker, which a client driver lacks (Ray 2.60: AttributeError 'Worker' object has no attribute
+    'core_worker', seen on a real `ray start --head`). StorageError in one line with the ways that work."""
+    if address.startswith("ray://"):
+        raise StorageError(f"cluster.address {address}: Ray Client can't run Ray Data pipelines (the driver must run "
+                           f"on the cluster); submit the run as a Ray job instead (imagefleet submit CONFIG "
+                           f"--address http://HEAD:8265), or give the cluster's GCS as host:port from a machine "
+                           f"that reaches its nodes")
+
+
 def check_joined_cluster(cfg: JobConfig, pools: dict[str, Pool], spare_cpu: bool = True) -> str:
     """--dry-run for a run that joins a cluster: connect briefly and check the pools against its nodes as the run
     does once started (`check_resources`, without waiting for an autoscaler). A note for the plan ('' = none; a

@@ -215,7 +215,7 @@ def test_the_cascades_decisions_grow_as_pools_unless_they_count_across_rows(casc
     raw = {"mode": "cascade", "cascade": {"draft": "a", "escalate": "c", "max_drafts": 2, "redraw_below": 0.3,
                                           **cascade}}
     cfg = fleet(raw, scorer=True)
-    cfg = cfg.model_copy(update={"cluster": cfg.cluster.model_copy(update={"address": "ray://head:10001"})})
+    cfg = cfg.model_copy(update={"cluster": cfg.cluster.model_copy(update={"address": "head:6379"})})
     pools = make_plan(cfg, STORES, ["prompt"], 10).pools
     assert pools["escalate"].max_size == escalate_actors
     assert pools["redraw"].max_size == pools["keep best draft"].max_size == pools["keep better"].max_size == 4

@@ -117,7 +117,7 @@ def test_the_plan_shares_a_ledger_only_when_the_run_counts_something(tmp_path: P
     assert prep_stage.pool.max_size == 1 and prep_stage.pool.num_cpus == 0.25
     raw["cluster"].update(num_cpus=16)
     assert make_plan(parse_config(raw), stores, ["prompt"], 10).stages[0].pool.max_size == 2
-    raw["cluster"] = {"address": "ray://head:10001"}
+    raw["cluster"] = {"address": "head:6379"}
     assert make_plan(parse_config(raw), stores, ["prompt"], 10).stages[0].pool.max_size == 4
     raw["cluster"]["max_preprocessors"] = 64  # a big cluster's rate: the pool grows as far as the user lets it
     assert make_plan(parse_config(raw), stores, ["prompt"], 10).stages[0].pool.max_size == 64

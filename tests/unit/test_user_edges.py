@@ -167,3 +167,23 @@ def test_the_botocore_error_behind_a_storage_failure_can_be_inspected(tmp_path: 
         cause = cause.__cause__
     assert isinstance(chain[0], StorageError)
     assert any(type(c).__module__.startswith("botocore") for c in chain), [type(c) for c in chain]
+
+
+def test_a_ray_client_address_is_refused_before_work_with_the_ways_that_work(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`cluster.address: ray://…` (Ray Client): Ray Data's streaming executor fails on a client driver (Ray 2.60,
+    on a real `ray start --head`: AttributeError 'Worker' object has no attribute 'core_worker', after the plan
+    printed and the run started). Now one line before work, dry run included, naming `imagefleet submit`."""
+    from imagefleet.jobs import generate
+    from tests.helpers import sleep_job, write_config, write_prompts
+
+    src = write_prompts(tmp_path / "p.parquet", {"prompt": [f"p{i}" for i in range(40)]})  # more than a batch: Ray
+    raw = sleep_job(src, str(tmp_path / "out"))
+    raw["cluster"] = {"address": "ray://127.0.0.1:10001"}
+    cfg = write_config(tmp_path / "job.yaml", raw)
+    for extra in (["--dry-run"], []):
+        assert generate.main([str(cfg), *extra]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "Ray Client can't run Ray Data pipelines" in err[0], err
+        assert "imagefleet submit CONFIG --address http://HEAD:8265" in err[0]
+    assert not any((tmp_path / "out").rglob("*.png")) and not (tmp_path / "out" / "manifest").exists()
