@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import contextvars
 import functools
+import hashlib
+import random
 import re
 import string
 import types
@@ -21,8 +23,9 @@ from typing import Any
 
 import jinja2
 from jinja2 import nodes
+from jinja2.constants import LOREM_IPSUM_WORDS
 from jinja2.sandbox import ImmutableSandboxedEnvironment
-from jinja2.utils import Namespace, generate_lorem_ipsum, pass_context
+from jinja2.utils import Namespace, pass_context
 
 MAX_STEPS = 100_000
 """Loop iterations, calls, filters and operators one prompt may take: ~1000x what a sentence with a few loops
@@ -44,10 +47,14 @@ class TemplateLimit(ValueError):
 class Budget:
     """What one prompt's rendering may still spend."""
 
-    def __init__(self, max_chars: int) -> None:
+    def __init__(self, max_chars: int, values: dict[str, Any] | None = None) -> None:
         self.max_chars = max_chars
         self.steps = 0
         self.written = 0
+        # `random` and `lipsum` draw from the row's own values: the same row gives the same prompt in every run
+        # and process (so the same image key: a rerun never buys a new image for an old row)
+        seed = hashlib.sha256(repr(sorted((values or {}).items())).encode()).digest()
+        self.rng = random.Random(int.from_bytes(seed[:8], "big"))
 
     def step(self) -> None:
         self.steps += 1
@@ -105,7 +112,7 @@ def compile_template(text: str, max_chars: int) -> Callable[[dict[str, Any]], st
             if size > max_chars:
                 raise TemplateLimit(f"{name!r} has {size:,} characters; the limit is {max_chars:,} "
                                     f"(source.max_prompt_chars)")
-        token = _BUDGET.set(Budget(max_chars))
+        token = _BUDGET.set(Budget(max_chars, values))
         try:
             parts, length = [], 0
             for part in template.generate(values):  # streamed: stops at the limit, never writes past it
@@ -145,6 +152,7 @@ class BoundedEnvironment(ImmutableSandboxedEnvironment):
                          finalize=_written)
         self.filters = {name: _bounded_filter(name, fn) for name, fn in self.filters.items()}
         self.filters[COUNTED] = _counted
+        self.filters["random"] = _bounded_filter("random", _row_random)
         self.globals.update(namespace=BoundedNamespace, lipsum=_lipsum)
 
     def _parse(self, source: str, name: str | None, filename: str | None) -> nodes.Template:
@@ -220,9 +228,24 @@ def _counted(values: Iterable[Any]) -> Iterator[Any]:
     return iterate()
 
 
+def _row_random(seq: Any) -> Any:
+    """Jinja's `random` filter, drawn from the row's values (Jinja's draws from the process: another prompt, so
+    another image key, in every run)."""
+    items = list(seq)
+    if not items:
+        raise ValueError("the 'random' filter got an empty sequence")
+    return items[_budget().rng.randrange(len(items))]
+
+
 def _lipsum(n: int = 5, html: bool = True, min: int = 20, max: int = 100) -> str:  # noqa: A002 - Jinja's names
-    _budget().allow(int(n) * int(max) * 12, "lipsum")  # at most 12 characters a word
-    return str(generate_lorem_ipsum(n=n, html=html, min=min, max=max))
+    """Jinja's `lipsum`: `n` paragraphs of `min`..`max` words, drawn from the row's values like `random`."""
+    budget = _budget()
+    budget.allow(int(n) * int(max) * 12, "lipsum")  # at most 12 characters a word
+    words, rng, paragraphs = LOREM_IPSUM_WORDS.split(), budget.rng, []
+    for _ in range(int(n)):
+        text = " ".join(rng.choice(words) for _ in range(rng.randrange(int(min), int(max))))
+        paragraphs.append(text[:1].upper() + text[1:] + ".")
+    return "\n".join(f"<p>{p}</p>" for p in paragraphs) if html else "\n\n".join(paragraphs)
 
 
 def _bounded_filter(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:

@@ -14,7 +14,7 @@ from imagefleet.actors.bounded_template import MAX_STEPS, TemplateLimit, compile
 from imagefleet.actors.prompt_preprocessor import PromptPreprocessor
 from imagefleet.configs.loader import ConfigError, parse_config
 from imagefleet.pipelines.slices import prep_config
-from tests.helpers import tiny_job
+from tests.helpers import REPO, tiny_job
 
 LIMIT = 10_000  # source.max_prompt_chars' default
 
@@ -124,3 +124,24 @@ def test_recursive_loops_are_refused_at_load() -> None:
     raw["source"]["template"] = {"text": "{% for x in object recursive %}{{ loop(x) }}{% endfor %}"}
     with pytest.raises(ConfigError, match="recursive loops are not supported"):
         parse_config(raw)
+
+
+def test_random_and_lipsum_give_a_row_the_same_prompt_in_every_run_and_process() -> None:
+    """Jinja's own `random` filter and `lipsum` draw from the process's generator: the same row got another prompt,
+    so another image key, in every run — a rerun remade (and paid for) every such image. Now they draw from the
+    row's values: the same row renders the same text in any process (pinned here), other rows still vary."""
+    import subprocess
+    import sys
+
+    text = "a {{ ['red', 'green', 'blue', 'gold'] | random }} {{ animal }}, {{ lipsum(1, false, 3, 6) }}"
+    render = compile_template(text, LIMIT)
+    fox = render({"animal": "fox"})
+    assert fox == render({"animal": "fox"}) == "a gold fox, Placerat sed odio phasellus porta."
+    code = ("from imagefleet.actors.bounded_template import compile_template as c; "
+            f"print(c({text!r}, {LIMIT})({{'animal': 'fox'}}))")
+    other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                           env={"PYTHONHASHSEED": "random", "PATH": ""}, cwd=str(REPO))
+    assert other.stdout.strip() == fox
+    assert len({render({"animal": f"animal {i}"}).split()[1] for i in range(40)}) == 4  # rows still vary
+    with pytest.raises(ValueError, match="empty sequence"):
+        compile_template("{{ [] | random }}", LIMIT)({})
