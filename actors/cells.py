@@ -13,6 +13,8 @@ CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f]")
 ERROR_TEXT_CHARS = 1_000
 """An error row keeps this much of an over-long prompt (or value, or message), plus its length: enough to find the
 row, where a 30 MB cell kept whole would be 30 MB in the manifest."""
+MAX_ID_CHARS = 4_096
+"""A row id's longest: room for URLs and paths as ids; a longer one makes the row an error row (its id clipped)."""
 
 
 def clipped(text: Any, limit: int) -> Any:

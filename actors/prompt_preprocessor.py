@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from imagefleet.actors.bounded_template import compile_template
-from imagefleet.actors.cells import ERROR_TEXT_CHARS, Undecodable, clipped, column_values
+from imagefleet.actors.cells import ERROR_TEXT_CHARS, MAX_ID_CHARS, Undecodable, clipped, column_values
 from imagefleet.actors.gain_model import PREDICTED, GainRouter
 from imagefleet.actors.input_reader import INPUT_OUTPUT_COLUMNS
 from imagefleet.actors.keys import adapters_text, combination_id, derive_row_id, derive_seed, key_of
@@ -261,6 +261,7 @@ class PromptPreprocessor:
         base.update({k: 0 for k in ("width", "height", "num_steps") if not 0 <= base[k] < 2**31})
         # an over-long prompt is kept as its start and length, never whole (nor a message quoting a whole cell)
         base.update({k: clipped(base[k], self.cfg.max_prompt_chars) for k in ("prompt", "negative_prompt")})
+        base["id"] = clipped(base["id"], MAX_ID_CHARS)
         error = clipped(error, 2 * ERROR_TEXT_CHARS)
         count = asked if isinstance(asked, int) and 1 <= asked <= self.cfg.max_images_per_row else 1
         return [{**base, "variant": v, "image_index": idx, "seed": 0, "image_key": "", "status": "error",
@@ -298,8 +299,12 @@ class PromptPreprocessor:
             return "prompt is null"
         if not isinstance(prompt, str) or not prompt.strip():
             return "prompt is empty"
-        if len(prompt) > self.cfg.max_prompt_chars:
-            return f"prompt has {len(prompt)} characters; the limit is {self.cfg.max_prompt_chars}"
+        for name, text in (("prompt", prompt), ("negative_prompt", row["negative_prompt"])):
+            if len(text) > self.cfg.max_prompt_chars:
+                return (f"{name} has {len(text):,} characters; the limit is {self.cfg.max_prompt_chars:,} "
+                        f"(source.max_prompt_chars)")
+        if len(row["id"]) > MAX_ID_CHARS:
+            return f"id has {len(row['id']):,} characters; the limit is {MAX_ID_CHARS:,}: give rows shorter ids"
         size_error = self._size_problem(ident, gen_name, row)
         if size_error:
             return size_error

@@ -105,8 +105,24 @@ def test_a_30_mb_prompt_is_kept_as_its_start_and_length_in_its_error_row() -> No
     bad = out["status"].index("error")
     assert out["prompt"][bad] == "x" * 1_000 + "… (30,000,000 characters)"
     assert out["negative_prompt"][bad] == "x" * 1_000 + "… (30,000,000 characters)"
-    assert "limit is 10000" in out["error"][bad]
+    assert "prompt has 30,000,000 characters; the limit is 10,000" in out["error"][bad]
     assert out["status"].count("pending") == 1
+
+
+def test_an_over_long_negative_prompt_or_id_is_an_error_row_kept_clipped() -> None:
+    """The negative prompt and the row id had no limit: a 3 MB cell went into the image key, the manifest and the
+    generator. Now: error rows naming the cell and its limit, kept as their start and length."""
+    big = 3_000_000
+    out, _ = traced(preprocessor(), {"prompt": ["a", "b", "c"], "id": ["i" * big, "short", "x" * 4_096],
+                                     "negative_prompt": ["", "n" * big, None]})
+    by_prompt = {p: k for k, p in enumerate(out["prompt"])}
+    long_id, long_neg, fine = by_prompt["a"], by_prompt["b"], by_prompt["c"]
+    assert out["error"][long_id] == "id has 3,000,000 characters; the limit is 4,096: give rows shorter ids"
+    assert out["id"][long_id] == "i" * 1_000 + "… (3,000,000 characters)"
+    assert out["error"][long_neg] == ("negative_prompt has 3,000,000 characters; the limit is 10,000 "
+                                      "(source.max_prompt_chars)")
+    assert out["negative_prompt"][long_neg] == "n" * 1_000 + "… (3,000,000 characters)"
+    assert out["status"][fine] == "pending" and len(out["id"][fine]) == 4_096  # at the limit: fine
 
 
 def test_a_30_mb_template_value_is_an_error_row_recorded_clipped() -> None:
