@@ -140,6 +140,11 @@ def write_markdown() -> None:
         from bench.quality_report import markdown
 
         lines += markdown(q)
+    qv = _load("quality_verifier")
+    if qv:  # `python bench/quality.py --scorer verifier` writes it and rewrites its section in place
+        from bench import quality_verifier_report
+
+        lines += quality_verifier_report.markdown(qv, q)
     g = _load("gpu")
     lines += ["## GPU (real architectures, random weights)", ""]
     if g:

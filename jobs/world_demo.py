@@ -1,7 +1,9 @@
-"""The demo on the shapes world (bench/world): prompts whose images can be graded exactly, a draft → score →
-escalate cascade of the world's trained tiny models, and the world's oracle written next to the manifest as an
-evaluation the report shows per route. The world and its oracle live in bench/ (a benchmark tool, not the runtime
-path): this demo runs them as `python -m bench.world.demo` in the repository, and imports nothing from there."""
+"""The demo on the shapes world (bench/world): prompts whose images can be graded exactly, an adaptive draft →
+score → redraw → escalate cascade of the world's trained tiny models scored by its trained fact verifier, and the
+world's oracle (on the run and on draft-only and heavy-only runs of the same prompts) written next to the manifest
+as evaluations the report shows per route and against cost. The world and its oracle live in bench/ (a benchmark
+tool, not the runtime path): this demo runs them as `python -m bench.world.demo` in the repository, and imports
+nothing from there."""
 
 from __future__ import annotations
 
@@ -17,11 +19,12 @@ PROMPT_SEED = 4242  # demo prompts: not the training or the benchmark's held-out
 def available() -> bool:
     """Whether the world's models are in this checkout (the demo falls back to the random tiny model if not)."""
     return all((MODELS / name / "model_index.json").exists() for name in ("draft", "heavy")) and \
-        (MODELS / "clip" / "config.json").exists()
+        all((MODELS / name / "config.json").exists() for name in ("clip", "verifier"))
 
 
 def write_prompts(path: Path, n: int = 96) -> Path:
-    """n prompts of the world (objects, counts, colours, positions) as a prompt table."""
+    """n prompts of the world (objects, counts, colours, positions) as a prompt table, each with its world facts
+    (a `facts` column: the config's `facts` scorer asks the verifier about each)."""
     _world("prompts", str(path), str(n), str(PROMPT_SEED))
     return path
 
@@ -30,12 +33,13 @@ def overrides(home: Path) -> list[str]:
     """--set arguments pointing the shipped config at this checkout's models and the demo's prompts."""
     return [f"--set=source.uri={home / 'prompts' / 'world.parquet'}",
             f"--set=generators.draft.model={MODELS / 'draft'}", f"--set=generators.heavy.model={MODELS / 'heavy'}",
-            f"--set=scorer.model={MODELS / 'clip'}"]
+            f"--set=scorer.model={MODELS / 'verifier'}"]
 
 
 def grade(config_args: list[str]) -> str:
-    """Grade every final image and kept draft of the committed run with the oracle, store the grades as
-    evaluations/oracle.parquet, rewrite the report, and return a one-screen summary per route."""
+    """Grade every final image and kept draft of the committed run with the oracle, and draft-only and heavy-only
+    runs of the same prompts; store the grades as evaluations/oracle.parquet and baselines.parquet, rewrite the
+    report, and return a one-screen summary per route."""
     return _world("grade", str(CONFIG), *config_args)
 
 

@@ -16,6 +16,7 @@ from imagefleet.actors.layout import EVALUATIONS_DIR, REPORT_HTML, RUN_JSON
 from imagefleet.actors.storage import ObjectStore
 from imagefleet.pipelines.manifest import iter_manifest_batches
 from imagefleet.pipelines.report_page import RunClock, page
+from imagefleet.pipelines.report_quality import BASELINES, read_baselines
 from imagefleet.pipelines.report_tally import COLUMNS, NUM_PAIRS, NUM_THUMBS, STAGES, Tally
 
 __all__ = ["COLUMNS", "NUM_PAIRS", "NUM_THUMBS", "STAGES", "RunClock", "Tally", "read_evaluations", "run_clock",
@@ -43,7 +44,7 @@ def write_report(objects: ObjectStore) -> str:
         run_id = run_id or next((r for r in b.column("run_id").to_pylist() if r), "")
     # 2 one streaming pass for counts, cost, timings, throughput, routes, problems and the sampled rows
     tally = Tally(step=max(1, num_ok // NUM_THUMBS), pair_step=max(1, num_escalated // NUM_PAIRS),
-                  evaluations=read_evaluations(objects))
+                  evaluations=read_evaluations(objects), baselines=_baselines(objects))
     for batch in iter_manifest_batches(objects, COLUMNS):
         tally.add(batch)
     with ThreadPoolExecutor(max_workers=THUMB_THREADS) as pool:  # one GET each: object stores answer slowly
@@ -97,6 +98,20 @@ def jpeg_thumbnail(data: bytes, px: int, quality: int) -> str:
     except Exception:  # noqa: BLE001 - an unreadable image costs its thumbnail, never the page
         return ""
     return base64.b64encode(buf.getvalue()).decode()
+
+
+def _baselines(objects: ObjectStore) -> list[dict[str, object]]:
+    """The reference runs in evaluations/baselines.parquet (report_quality.BASELINES); none when absent or
+    unreadable (it costs the chart, never the report)."""
+    import pyarrow.parquet as pq
+
+    try:
+        if not any(rel == BASELINES for rel, _ in objects.list(EVALUATIONS_DIR)):
+            return []
+        return read_baselines(pq.read_table(io.BytesIO(objects.get(BASELINES))).to_pylist())
+    except Exception as exc:  # noqa: BLE001 - someone else's file: a bad one is skipped, never the report
+        logger.warning("%s skipped: %s", BASELINES, str(exc).splitlines()[0][:200] if str(exc) else exc)
+        return []
 
 
 def read_evaluations(objects: ObjectStore) -> dict[str, dict[str, float]]:

@@ -11,6 +11,7 @@ from typing import Any
 from imagefleet.actors.gain_model import PREDICTED
 from imagefleet.actors.layout import EVALUATIONS_DIR
 from imagefleet.pipelines.charts import histogram_svg, throughput_caption, throughput_svg
+from imagefleet.pipelines.report_quality import quality_html
 from imagefleet.pipelines.report_tally import ESCALATED_ROUTES, SCORE_SERIES, SERIES_COLOURS, STAGES, Tally
 from imagefleet.pipelines.units import THROUGHPUT_MEANS, duration, throughput
 
@@ -221,6 +222,7 @@ def page(tally: Tally, thumbs: list[tuple[dict[str, Any], str]], pairs: list[tup
 <h2>Cost by generator</h2>{_table("<tr><th>generator</th><th>USD</th></tr>", costs)}</section></div>
 {evaluations_html(tally)}
 {_cascade_html(tally, pairs)}
+{quality_html(tally)}
 <h2>Errors and refusals</h2>
 {_table("<tr><th>id</th><th>generator</th><th>status</th><th>reason</th></tr>",
         problem_rows or "<tr><td colspan=4>none</td></tr>")}</body></html>"""

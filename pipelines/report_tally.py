@@ -66,6 +66,14 @@ class Tally:
     metric_sums: dict[tuple[str, str], list[float]] = field(default_factory=dict)
     """(group, metric) -> [images evaluated, sum]; groups are routes, `escalated: draft`, `escalated_kept_draft:
     heavy` (the heavy images rows did not keep) and `all`."""
+    rounds: dict[str, int] = field(default_factory=dict)
+    """Cascade rows with an image by where they ended: `draft round k` (the row kept its k-th draft), or the
+    route of an escalated or predicted row."""
+    round_metrics: dict[tuple[str, str], list[float]] = field(default_factory=dict)
+    """(rounds key, metric) -> [images evaluated, sum] of the rows' final images."""
+    baselines: list[dict[str, Any]] = field(default_factory=list)
+    """Reference runs of the same prompts (evaluations/baselines.parquet), e.g. draft only and heavy only: each a
+    dict of `baseline`, `images`, `cost_usd_per_image` and its metrics' means."""
 
     def add(self, batch: Any) -> None:
         import pyarrow as pa
@@ -92,17 +100,22 @@ class Tally:
             self.problems += bad.slice(0, NUM_PROBLEMS - len(self.problems)).to_pylist()
         self.num_ok_seen = _pick(table, ok_np, self.sample, NUM_THUMBS, self.step, self.num_ok_seen)
         route = pc.fill_null(table.column("route"), "")
+        route_np = route.to_numpy(zero_copy_only=False)
+        ended = _round_keys(table, route_np)
+        for key in ended[ok_np]:
+            if key:
+                self.rounds[key] = self.rounds.get(key, 0) + 1
         if self.evaluations:
-            self._metrics(table, ok_np)
+            self._metrics(table, ok_np, ended)
         if pc.any(pc.not_equal(route, "")).as_py():
-            route_np = route.to_numpy(zero_copy_only=False)
             self._cascade(table, route, route_np, ok_np)
             self.num_escalated_seen = _pick(table, ok_np & (route_np == "escalated"), self.pairs, NUM_PAIRS,
                                             self.pair_step, self.num_escalated_seen)
 
-    def _metrics(self, table: Any, ok: Any) -> None:
+    def _metrics(self, table: Any, ok: Any, ended: Any = None) -> None:
         """Sum each evaluated image's metrics per route (an escalated row's kept draft counts as `escalated: draft`,
-        the heavy image of a row that kept its draft as `escalated_kept_draft: heavy`)."""
+        the heavy image of a row that kept its draft as `escalated_kept_draft: heavy`), and the final images' per
+        rounds key."""
         keys = table.column("image_key").to_pylist()
         routes = table.column("route").to_pylist()
         drafts = table.column("draft_image_key").to_pylist()
@@ -118,6 +131,9 @@ class Tally:
                 for metric, value in self.evaluations.get(key, {}).items():
                     acc = self.metric_sums.setdefault((group, metric), [0, 0.0])
                     acc[0], acc[1] = acc[0] + 1, acc[1] + value
+            for metric, value in self.evaluations.get(keys[i], {}).items() if ended is not None and ended[i] else ():
+                acc = self.round_metrics.setdefault((str(ended[i]), metric), [0, 0.0])
+                acc[0], acc[1] = acc[0] + 1, acc[1] + value
 
     def _timings(self, table: Any, ok: Any, earlier: Any) -> None:
         import numpy as np
@@ -158,6 +174,18 @@ class Tally:
             hist = self.scores.setdefault(series, {})
             for b, c in zip(bins.tolist(), counts.tolist(), strict=True):
                 hist[b] = hist.get(b, 0) + c
+
+
+def _round_keys(table: Any, route: Any) -> Any:
+    """Per row, where a cascade row ended: `draft round k` for a kept draft (`draft_round`; null: the only draft),
+    else its route ('' outside a cascade)."""
+    import numpy as np
+
+    rounds = table.column("draft_round").to_numpy(zero_copy_only=False) if "draft_round" in table.column_names \
+        else np.full(len(route), np.nan)
+    kept = np.where(np.isfinite(rounds.astype(np.float64)), rounds, 1).astype(np.float64).astype(np.int64)
+    return np.array([f"draft round {k}" if r == "draft" else r for r, k in zip(route, kept, strict=True)],
+                    dtype=object)
 
 
 def _pick(table: Any, mask: Any, into: list[dict[str, Any]], limit: int, step: int, seen: int) -> int:

@@ -136,9 +136,11 @@ def test_every_shipped_config_dry_runs(
 ) -> None:
     monkeypatch.setenv("OPENAI_API_KEY", "sk-dry-run")  # hosted configs need a key to pass the dry run
     monkeypatch.setenv("GEMINI_API_KEY", "g-dry-run")
-    # label and brief: templates; packshot and background_mask: product_shots.yaml's input images
+    # label and brief: templates; packshot and background_mask: product_shots.yaml's input images; facts:
+    # world_cascade.yaml's facts scorer
     source = write_prompts(tmp_path / "p.parquet", {"prompt": ["a", "b"], "label": ["a", "b"], "brief": ["a", "b"],
-                                                    "packshot": ["a.png", "b.png"], "background_mask": ["m", "m"]})
+                                                    "packshot": ["a.png", "b.png"], "background_mask": ["m", "m"],
+                                                    "facts": [["there is a circle"], ["there is a square"]]})
     # local_tiny.yaml's model folder is made by `make demo`; the dry run checks that it exists
     model = [f"--set=generators.tiny.model={tiny_model}"] if path.name == "local_tiny.yaml" else []
     code = generate.main([str(path), "--dry-run", f"--set=source.uri={source}",
