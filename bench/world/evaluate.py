@@ -222,6 +222,21 @@ def v2_judge(prompts: list[str], tasks: list[str], images: list[np.ndarray], see
             "passed": passed.astype(bool).tolist()}
 
 
+def vae_roundtrip(pipeline: Path, images: list[np.ndarray]) -> list[np.ndarray]:
+    """Images encoded (latent means) and decoded by a pipeline folder's VAE."""
+    import torch
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL.from_pretrained(str(pipeline / "vae"), dtype=torch.float32).eval()
+    out: list[np.ndarray] = []
+    for i in range(0, len(images), 64):
+        x = torch.from_numpy(np.stack(images[i:i + 64])).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+        with torch.inference_mode():
+            y = vae.decode(vae.encode(x).latent_dist.mean).sample
+        out += list(((y.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy())
+    return out
+
+
 def main_v2(argv: list[str] | None = None) -> None:
     """CLI (--grammar v2): draft and heavy of --models on seen and unseen v2 strings, the oracle on ground truth,
     the CLIP's AUC."""
@@ -245,6 +260,9 @@ def main_v2(argv: list[str] | None = None) -> None:
         truth = [render(p, s, "v2") for p, s in zip(prompts, seeds, strict=True)]
         section["ground_truth"] = v2_judge(prompts, tasks, truth, EVAL_SEED)
         section["ground_truth"].pop("passed")
+        through = vae_roundtrip(args.models / "draft", truth)  # what any pipeline of these folders can reach
+        section["ground_truth_through_vae"] = v2_judge(prompts, tasks, through, EVAL_SEED)
+        section["ground_truth_through_vae"].pop("passed")
         for model in ("draft", "heavy"):
             images, seconds, sampling = generate(args.models / model, prompts, seeds)
             figures = v2_judge(prompts, tasks, images, EVAL_SEED)

@@ -25,18 +25,23 @@ HELD_OUT_SHARE = 0.2  # of each task's strings; at least one per task
 EVAL_ROWS, EVAL_CANDIDATES = 4, 4  # evaluation rows per string, drafts per row (bench/quality.py's POOL)
 EVAL_TASK_ROWS = 64  # at least this many rows per task: a task of few strings gets more rows of each
 BATCH = 64  # images per pipeline call
-NUMBER_WORDS = {1: "one", 2: "two", 3: "three"}
+NUMBER_WORDS = {1: "one", 2: "two", 3: "three", 4: "four"}  # four: the v2 grammar
 
 
-def split() -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+def split(grammar: str = "v1") -> tuple[dict[str, list[str]], dict[str, list[str]]]:
     """(training strings, held-out strings) by GenEval task: round(HELD_OUT_SHARE x n) of each task's strings held
     out, at least one (single_object 1 of 3, two_object 1 of 6, colors 2 of 12, counting 6 of 30, color_attr 14 of
-    72, position 106 of 528)."""
-    from bench.quality_design import grammar
+    72, position 106 of 528). "v2": the v2 grammar's fixed split (bench/world/split.py: the training pool every
+    v2 model was trained on, and the evaluation strings none saw)."""
+    if grammar == "v2":
+        from bench.world import split as v2
+
+        return v2.training_strings(), v2.evaluation_strings()
+    from bench.quality_design import grammar as v1_grammar
 
     rng = random.Random(SPLIT_SEED)
     train, held = {}, {}
-    for task, strings in sorted(grammar().items()):
+    for task, strings in sorted(v1_grammar().items()):
         order = sorted(strings)
         rng.shuffle(order)
         k = max(1, round(HELD_OUT_SHARE * len(order)))
@@ -72,8 +77,9 @@ def world_facts(prompt: str) -> list[str]:
 
 
 def labels(image: np.ndarray, specs: list[Spec]) -> list[list[tuple[str, bool]]]:
-    """Each spec's (statement, holds) in one image, by the oracle (its objects found once)."""
-    found = blobs(np.asarray(image))
+    """Each spec's (statement, holds) in one image, by the oracle (its objects found once, in the specs'
+    grammar's palette and shapes)."""
+    found = blobs(np.asarray(image), specs[0].grammar if specs else "v1")
     out = []
     for spec in specs:
         checked = facts(spec, found)

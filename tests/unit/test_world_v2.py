@@ -171,6 +171,7 @@ def test_v2_training_stages_caption_and_render_only_training_strings(tmp_path: P
     assert results["unseen"]["images"] == 12 and (tmp_path / "samples.png").exists()
     truth = results["unseen"]["ground_truth"]["faithfulness"]
     assert truth["mean_of_tasks"] == 1.0 and truth["mean_of_tasks_ci"] == [1.0, 1.0]
+    assert 0 <= results["unseen"]["ground_truth_through_vae"]["faithfulness"]["pooled"] <= 1
     assert set(results["seen"]["heavy"]["per_task"]) == set(TASKS)
 
 
@@ -184,3 +185,17 @@ def test_v2_tokenizer_reads_each_v2_word_as_one_token(tmp_path: Path) -> None:
         assert len(tok(word)["input_ids"]) == 3, word
     longest = max((p for v in enumerate_strings(V2).values() for p in v), key=lambda p: len(tok(p)["input_ids"]))
     assert len(tok(longest)["input_ids"]) <= 16, longest
+
+
+def test_verifier_data_takes_the_v2_split_and_labels_v2_images() -> None:
+    """What the verifier's data needs to move to v2 later: the split, statements and oracle labels read v2."""
+    from bench.world.verifier_data import labels, split, statements
+
+    assert split("v2") == (training_strings(), evaluation_strings())
+    assert sum(map(len, split()[1].values())) == 130  # v1's verifier split as it was
+    spec = parse("four cyan diamonds", V2)
+    assert statements(spec) == ["there is a diamond", "there are exactly four cyan diamonds"]
+    wrong = parse("three cyan diamonds", V2)
+    assert labels(render_spec(spec, seed=2), [spec, wrong]) == [
+        [("there is a diamond", True), ("there are exactly four cyan diamonds", True)],
+        [("there is a diamond", True), ("there are exactly three cyan diamonds", False)]]
