@@ -61,7 +61,7 @@ def _verdict(q: dict[str, Any], clip: dict[str, Any] | None) -> list[str]:
         lines.append(
             f"- what limits it: the same policies driven by a perfect draft scorer reach "
             f"{_ci(perfect['faithfulness'])} ({_ci(perfect['vs_heavy'], True)} against heavy); the verifier's "
-            f"policy is {gap:+.3f} from that ceiling, "
+            f"policy is {abs(gap):.3f} {'below' if gap >= 0 else 'above'} that ceiling, "
             + ("so the drafts and the budget allow heavy's faithfulness and the scorer's ranking of one prompt's "
                if perfect["faithfulness"]["value"] >= w["heavy"] else
                "so even a perfect draft scorer falls short here: the draft model is a limit too, besides the "
@@ -80,13 +80,16 @@ def markdown(q: dict[str, Any], clip: dict[str, Any] | None = None) -> list[str]
     s, c = q["strings"], q["costs"]
     lines = [TITLE, "", f"{q['at']} · {q['machine']} · commit {q['commit']} · `{q['command']}`"
              + (f" · {q['benchmark_wall_s'] / 60:.0f} min wall, one thread" if q.get("benchmark_wall_s") else ""),
-             "",
+             "", *([q["note"], ""] if q.get("note") else []),
              "The benchmark above, run again with the world's trained fact verifier (bench/world/models/verifier, "
              "bench/world/README.md \"The verifier\") as the cascade's scorer: the product's `facts` backend, each "
              "row's world facts in a `facts` column (`verifier_data.world_facts`), score = the mean P(yes) over a "
              f"prompt's facts (0..1). Same design, rows ({q['rows']}, {s['evaluated']} distinct strings), seeds, "
              "folds and bootstrap; the candidate drafts and heavy images are the same images, so only the scores, "
-             "and the policies tuned on them, differ. Scoring costs "
+             "and the policies tuned on them, differ" + (
+                 " (draft only, heavy only and the oracle's best-of-4 equal quality.json's to the last digit)"
+                 if clip and [r["faithfulness"] for r in q["results"][:3]] ==
+                 [r["faithfulness"] for r in clip["results"][:3]] else "") + ". Scoring costs "
              f"{c['score_cpu_s'] * 1000:.2f} ms per scored image (= {c['score_vs_heavy']:.4f} of a heavy image; "
              f"draft / heavy = {c['draft_vs_heavy']:.3f}), counted in every policy's cost.", "",
              f"**Seen strings.** Every evaluated prompt string was seen in training by the UNets and by the CLIP "
@@ -100,7 +103,8 @@ def markdown(q: dict[str, Any], clip: dict[str, Any] | None = None) -> list[str]
              f"ordered as the oracle orders them): {_pairwise(q, clip)}", "", *_verdict(q, clip)]
     v = q.get("verify")
     if v:
-        lines += ["", f"`--verify {v['rows']}`: the winner's fold-0 policy ({v['policy']}) run through "
+        lines += ["", f"`--verify {v['rows']}`: the winner's fold-0 policy "
+                  f"({Policy(**q['winner']['policies'][0]).label()}) run through "
                   f"`imagefleet.run` (in process, the `facts` scorer) on {v['rows']} of its reported rows, against "
                   "the replay: " + ("**agree**" if v["agree"] else "**disagree**") + " — "
                   + ", ".join(f"{k} {n}/{v['rows']}" for k, n in v["checks"].items())
