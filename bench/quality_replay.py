@@ -81,15 +81,16 @@ def _num(x: float | None) -> str:
 
 
 def job_config(policy: Policy, source: Path, output: Path, scorer: str = "clip") -> dict[str, Any]:
-    """configs/world_cascade.yaml with this checkout's world models, no GPUs, in process, a local output; `scorer`
-    `verifier`: the world's fact verifier (bench/world/models/verifier) as the `facts` scorer, each row's facts
-    from the prompt table's `facts` column (write_rows(..., facts=True))."""
+    """configs/world_cascade.yaml (its seed and generators) with this checkout's world models, no GPUs, in process,
+    a local output, the policy's cascade and the scorer named here: the world's CLIP, or with `scorer` `verifier`
+    the world's fact verifier (bench/world/models/verifier) as the `facts` scorer, each row's facts from the prompt
+    table's `facts` column (write_rows(..., facts=True))."""
     raw = yaml.safe_load(WORLD_CONFIG.read_text())
     raw["source"] = {"uri": str(source)}
     for name in ("draft", "heavy"):
         raw["generators"][name]["model"] = str(MODELS / name)
         raw["generators"][name]["pool"].update(num_gpus=0, min_size=1, max_size=1)
-    raw["scorer"]["model"] = str(MODELS / "clip")
+    raw["scorer"] = {"backend": "clip", "model": str(MODELS / "clip"), "pool": raw["scorer"]["pool"]}
     if scorer == "verifier":
         raw["scorer"] = {"backend": "facts", "model": str(MODELS / "verifier"), "pool": raw["scorer"]["pool"]}
     raw["routing"] = {"mode": "cascade", "cascade": policy.cascade()}
