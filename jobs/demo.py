@@ -45,7 +45,7 @@ def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="imagefleet demo", description="Start the embedded S3 on loopback and run, on "
                                 "local Ray, configs/world_cascade.yaml on 96 prompts of the shapes world (the trained "
                                 "tiny models in bench/world: up to 4 drafts a prompt scored by the trained fact "
-                                "verifier, the worst few escalated to the heavy model, every image graded by the "
+                                "verifier, the worst 1% escalated to the heavy model, every image graded by the "
                                 "world's oracle into the report beside draft-only and heavy-only runs), or, without "
                                 "those models, configs/local_tiny.yaml with a tiny random-weight model on 80 example "
                                 "prompts. Extra arguments go to `imagefleet run` (e.g. --set k=v).")

@@ -10,7 +10,8 @@ from typing import Any
 from imagefleet.pipelines.report_stats import Timeline
 from imagefleet.pipelines.units import THROUGHPUT_MEANS, duration, throughput
 
-SCORE_BIN = 1.0  # scores are counted in bins this wide: a histogram is a few hundred counters, not one per row
+SCORE_BIN = 0.01  # scores are counted in bins this wide (fine enough for 0..1 scorers such as the facts scorer; a
+# CLIP score's 0..100 is at most 10,000 counters), never one per row; bars merge bins to a round width
 MAX_BARS = 40
 WIDTH = 480
 """Every chart's drawing width (its viewBox); the page scales it to the column it sits in."""
@@ -147,6 +148,17 @@ def throughput_caption(times: Timeline, started_at: float, wall_s: float, num_ne
     return ""
 
 
+def bins_per_bar(span: int) -> int:
+    """SCORE_BIN-wide bins per bar for `span` bins: a round number (1, 2 or 5 times a power of ten) giving at most
+    MAX_BARS bars, so bars are 0.01, 0.02, 0.05, 0.1, ... 1, 2, 5 score units wide."""
+    power = 1
+    while True:
+        for m in (power, 2 * power, 5 * power):
+            if math.ceil(span / m) <= MAX_BARS - 1:  # one bar spare: aligning the first bar down may add one
+                return m
+        power *= 10
+
+
 def histogram_svg(series: list[tuple[str, dict[int, int]]], colours: dict[str, str] | None = None,
                   band: int = 104) -> str:
     """Score histograms on one shared score axis, one band per series (counts kept in SCORE_BIN-wide bins), each
@@ -156,7 +168,8 @@ def histogram_svg(series: list[tuple[str, dict[int, int]]], colours: dict[str, s
         return "<p>no scores recorded</p>"
     lo = min(min(h) for _, h in filled)
     hi = max(max(h) for _, h in filled)
-    merge = max(1, math.ceil((hi - lo + 1) / MAX_BARS))  # bins per bar
+    merge = bins_per_bar(hi - lo + 1)
+    lo = lo // merge * merge  # bars start at a round score
     num_bars = (hi - lo) // merge + 1
     x0, x1 = LEFT, WIDTH - RIGHT
     bar_w = (x1 - x0) / num_bars
@@ -189,6 +202,6 @@ def histogram_svg(series: list[tuple[str, dict[int, int]]], colours: dict[str, s
         body.append(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{axis_y}" y2="{axis_y + 5}" stroke="{AXIS}"/>'
                     f'<text x="{x:.1f}" y="{axis_y + 18}" text-anchor="middle" fill="{AXIS}">{v:g}</text>')
     body.append(f'<text x="{(x0 + x1) / 2:.1f}" y="{axis_y + 38}" text-anchor="middle">score (bars '
-                f"{merge * SCORE_BIN:g} wide)</text>"
+                f"{round(merge * SCORE_BIN, 9):g} wide)</text>"
                 f'<text transform="translate(14 {axis_y / 2:.1f}) rotate(-90)" text-anchor="middle">images</text>')
     return svg("score histograms per route", height, "".join(body))

@@ -91,3 +91,11 @@ def test_the_chart_puts_every_point_inside_its_axes() -> None:
     ys = [float(y) for y in re.findall(r'<circle cx="[0-9.]+" cy="([0-9.]+)"', svg)]
     assert len(xs) == 3 and all(0 < x < 480 for x in xs) and all(0 < y < 260 for y in ys)
     assert ">USD per image</text>" in svg and "mean faithfulness" in svg
+
+
+def test_scores_between_0_and_1_get_a_histogram_of_their_own(tmp_path: Path) -> None:
+    """The facts scorer's scores (0..1) spread over bars a few hundredths wide (before: one bar 1 wide)."""
+    page = report(tmp_path, [draft_row(i, tmp_path, clip_score=i / 10) for i in range(11)])
+    hist = re.search(r'<svg[^>]*aria-label="score histograms per route".*?</svg>', page, re.S)
+    assert hist and ">score (bars 0.05 wide)</text>" in hist.group(0)
+    assert hist.group(0).count("<rect") == 11  # one bar per distinct score
