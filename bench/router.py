@@ -55,7 +55,8 @@ def world_run(home: Path, name: str, prompts: list[str], cascade: dict[str, Any]
     raw["source"] = {"uri": str(src)}
     raw["generators"]["draft"]["model"] = str(MODELS / "draft")
     raw["generators"]["heavy"]["model"] = str(MODELS / "heavy")
-    raw["scorer"]["model"] = str(MODELS / "clip")
+    raw["scorer"] = {"backend": "clip", "model": str(MODELS / "clip"), "pool": raw["scorer"]["pool"]}  # the gain
+    # the router learns is world CLIP's (the demo config's own scorer is the fact verifier)
     raw["routing"]["cascade"] = {"draft": "draft", "escalate": "heavy", **cascade}
     raw["output"] = {**raw["output"], "uri": str(home / name)}
     raw["cluster"] = {**raw["cluster"], "executor": "in_process"}
