@@ -243,6 +243,7 @@ def main_v2(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="evaluate the v2 models on seen and unseen strings apart")
     parser.add_argument("--models", type=Path, default=MODELS_V2)
     parser.add_argument("--out", type=Path, help="default <models>/results.json")
+    parser.add_argument("--pipelines", nargs="+", choices=["draft", "heavy"], default=["draft", "heavy"])
     args = parser.parse_args(argv)
     import torch
 
@@ -263,7 +264,7 @@ def main_v2(argv: list[str] | None = None) -> None:
         through = vae_roundtrip(args.models / "draft", truth)  # what any pipeline of these folders can reach
         section["ground_truth_through_vae"] = v2_judge(prompts, tasks, through, EVAL_SEED)
         section["ground_truth_through_vae"].pop("passed")
-        for model in ("draft", "heavy"):
+        for model in args.pipelines:
             images, seconds, sampling = generate(args.models / model, prompts, seeds)
             figures = v2_judge(prompts, tasks, images, EVAL_SEED)
             scores = clip_scores(prompts, images, args.models / "clip")
