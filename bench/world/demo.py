@@ -150,9 +150,9 @@ def grade(config: str, config_args: list[str]) -> str:
     objects.put(f"{EVALUATIONS_DIR}/baselines.parquet", buf.getvalue(), "application/vnd.apache.parquet")
     report = write_report(objects)
     lines = ["world oracle (share of each prompt's facts found in the pixels), per route:"]
-    for group in ("draft", "escalated: draft", "escalated", "all"):
+    for group in ("draft", "escalated: draft", "escalated", "escalated_kept_draft", "predicted_heavy", "all"):
         if group in by_route:
-            label = {"escalated": "escalated: final"}.get(group, group)
+            label = {"escalated": "escalated: final", "escalated_kept_draft": "escalated, kept"}.get(group, group)
             lines.append(f"  {label:<17} {len(by_route[group]):>4} images   faithfulness "
                          f"{float(np.mean(by_route[group])):.3f}")
     finals = [v for g, vals in by_route.items() if g != "escalated: draft" for v in vals]
