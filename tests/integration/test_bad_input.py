@@ -136,7 +136,7 @@ ROWS = {
 ROW_IDS = ["ok", "null", "empty", "long", "emoji", "../../etc/passwd", "a/b/c", "dup", "dup", "size0", "huge", "odd",
            "steps", "zero", "nan"]
 EXPECTED = {
-    "ok": "ok", "null": "prompt is null", "empty": "prompt is empty", "long": "limit is 10000", "emoji": "ok",
+    "ok": "ok", "null": "prompt is null", "empty": "prompt is empty", "long": "limit is 10,000", "emoji": "ok",
     "../../etc/passwd": "ok", "a/b/c": "ok", "dup": "ok", "size0": "multiple of 8", "huge": "maximum side",
     "odd": "multiple of 8", "steps": "num_steps", "zero": "num_images", "nan": "finite",
 }
