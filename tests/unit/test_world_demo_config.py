@@ -39,3 +39,19 @@ def test_the_demo_prompts_carry_each_prompts_world_facts_to_the_scorer(tmp_path:
     assert FactsScorer.source_problem(cfg.scorer, cfg.source, ["facts"]) == ""  # type: ignore[arg-type]
     assert "leaves it out" in FactsScorer.source_problem(  # type: ignore[arg-type]
         cfg.scorer, cfg.source.model_copy(update={"pass_through": ["prompt"]}), [])
+
+
+def test_baselines_are_priced_as_the_run_paid_each_generators_images() -> None:
+    """Kept-draft rows cost their drafts (candidates: one each; null: one draft); an escalated row its drafts plus
+    one heavy image — so draft-only and heavy-only points are priced like the run, not by another run's timings."""
+    from bench.world.demo import unit_prices
+
+    two = [{"seed": 1, "score": 0.1}, {"seed": 2, "score": 0.9}]
+    rows = [{"status": "ok", "route": "draft", "cost_usd": 0.01, "candidates": None},
+            {"status": "ok", "route": "draft", "cost_usd": 0.02, "candidates": two},
+            {"status": "ok", "route": "escalated", "cost_usd": 0.12, "candidates": two},
+            {"status": "ok", "route": "escalated_kept_draft", "cost_usd": 0.11, "candidates": None},
+            {"status": "error", "route": "draft", "cost_usd": 5.0, "candidates": None}]
+    prices = unit_prices(rows)
+    assert prices["draft"] == 0.01 and abs(prices["heavy"] - 0.1) < 1e-12
+    assert unit_prices(rows[2:4]) == {}  # no kept draft: no draft price, so no heavy price either
