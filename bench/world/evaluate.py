@@ -114,17 +114,18 @@ def save_grid(path: Path, prompts: list[str], seeds: list[int], images: dict[str
 
 def main(argv: list[str] | None = None) -> None:
     """CLI: evaluate draft and heavy on `--n` held-out prompts and the CLIP scorer on the draft's images."""
+    which = argparse.ArgumentParser(add_help=False)
+    which.add_argument("--grammar", choices=["v1", "v2"], default="v1")
+    known, rest = which.parse_known_args(argv)
+    if known.grammar == "v2":  # its own options (main_v2)
+        main_v2(rest)
+        return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=500)
     parser.add_argument("--out", type=Path, default=MODELS / "results.json")
     parser.add_argument("--grammar", choices=["v1", "v2"], default="v1",
-                        help="v2: bench/world/models_v2 on seen and unseen strings apart")
-    args, rest = parser.parse_known_args(argv)
-    if args.grammar == "v2":
-        main_v2(rest)
-        return
-    if rest:
-        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+                        help="v2: bench/world/models_v2 on seen and unseen strings apart (see --grammar v2 -h)")
+    args = parser.parse_args(argv)
     import torch
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
