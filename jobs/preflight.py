@@ -51,7 +51,15 @@ def resolve_stores(cfg: JobConfig, online: bool = False) -> Stores:
         adapters=resolve_adapters(cfg, models),
         model_ids=digests,
         model_versions={**hub_commits(cfg), **digests},
+        scorer_id=scorer_digest(cfg),
     )
+
+
+def scorer_digest(cfg: JobConfig) -> str:
+    """The scorer's model folder as its content digest, when it is a local folder ('' else): the same scorer at
+    another path (another checkout, an absolute path) keeps the keys of the images it chose."""
+    model = getattr(cfg.scorer, "model", "") if cfg.scorer is not None else ""
+    return folder_digest(model) if model and Path(model).expanduser().is_dir() else ""
 
 
 def s3_model_digest(name: str, uri: str, spec: StoreSpec) -> str:

@@ -34,6 +34,9 @@ class Stores:
     """Generators with a local model folder: name → its content digest (`actors.model_digest`; part of keys)."""
     model_versions: dict[str, str] = field(default_factory=dict)
     """name → what its model is now (a hub commit, a local folder's digest): `model_version`, never in keys."""
+    scorer_id: str = ""
+    """The scorer's local model folder as its content digest ('' = not a local folder): what keys name it by when
+    it picks the kept image (best-of-N, adaptive drafts)."""
 
 
 def input_base(source_uri: str) -> str:
@@ -50,14 +53,15 @@ def input_base(source_uri: str) -> str:
     return parse_location(uri).uri
 
 
-def selection(cfg: JobConfig) -> str:
-    """What decides which candidate is kept (best-of-N), as it enters image keys; '' without selection."""
+def selection(cfg: JobConfig, scorer_id: str = "") -> str:
+    """What decides which candidate is kept (best-of-N), as it enters image keys; '' without selection. The scorer
+    is named by `scorer_id` (a local folder's content digest) when given, else by its model as written (a hub id)."""
     n = cfg.routing.candidates_per_image()
     cascade = getattr(cfg.routing, "cascade", None)
     drafts = cascade.max_drafts if cascade is not None else 1
     if (n <= 1 and drafts <= 1) or cfg.scorer is None:
         return ""
-    model = getattr(cfg.scorer, "model", "")
+    model = scorer_id or getattr(cfg.scorer, "model", "")
     if cascade is not None and drafts > 1:  # adaptive drafts: the stop rule and the scorer decide the kept draft
         return f"drafts={drafts},redraw_below={cascade.redraw_below!r},scorer={cfg.scorer.backend}:{model}"
     return f"best_of={n},scorer={cfg.scorer.backend}:{model}"
@@ -81,7 +85,7 @@ def prep_config(cfg: JobConfig, stores: Stores | None = None, source_columns: li
         template=cfg.source.template,
         task=cfg.source.task,
         variants=cfg.source.variants,
-        selection=selection(cfg),
+        selection=selection(cfg, stores.scorer_id if stores is not None else ""),
         max_prompt_chars=cfg.source.max_prompt_chars,
         **pass_through_settings(cfg.source, cfg.routing.column_read, source_columns),
         max_images_per_row=cfg.routing.max_images_per_row,

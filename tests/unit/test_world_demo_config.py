@@ -55,3 +55,27 @@ def test_baselines_are_priced_as_the_run_paid_each_generators_images() -> None:
     prices = unit_prices(rows)
     assert prices["draft"] == 0.01 and abs(prices["heavy"] - 0.1) < 1e-12
     assert unit_prices(rows[2:4]) == {}  # no kept draft: no draft price, so no heavy price either
+
+
+def test_a_local_scorer_folder_enters_keys_by_content_not_by_path(tmp_path: Path) -> None:
+    """With adaptive drafts the scorer decides which draft is kept, so it is part of image keys. It was named by its
+    model path as written: the demo passes an absolute path, so another checkout of the same files made other keys
+    and redrew everything. Now a local folder is named by its content digest (as generator folders are)."""
+    import shutil
+
+    from imagefleet.jobs.preflight import scorer_digest
+    from imagefleet.pipelines.slices import selection
+
+    copies = [tmp_path / "a" / "verifier", tmp_path / "b" / "v"]
+    for copy in copies:
+        shutil.copytree(world_demo.MODELS / "verifier", copy)
+    made = []
+    for copy in copies:
+        cfg = load_config(world_demo.CONFIG, [f"scorer.model={copy}"])
+        made.append(selection(cfg, scorer_digest(cfg)))
+    assert made[0] == made[1] and "scorer=facts:sha256:" in made[0] and str(tmp_path) not in made[0]
+    (copies[1] / "config.json").write_text((copies[1] / "config.json").read_text() + "\n")  # other bytes
+    cfg = load_config(world_demo.CONFIG, [f"scorer.model={copies[1]}"])
+    assert selection(cfg, scorer_digest(cfg)) != made[0]
+    hub = load_config(world_demo.CONFIG, ["scorer.model=org/verifier"])  # not a folder here: a hub id, by name
+    assert scorer_digest(hub) == "" and "scorer=facts:org/verifier" in selection(hub, scorer_digest(hub))
