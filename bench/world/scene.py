@@ -56,7 +56,7 @@ class Grammar:
 GRAMMARS = {
     "v1": Grammar("v1", tuple(COLOURS.items()), SHAPES, RELATIONS, (2, 3)),
     # v2: + purple and cyan (>= 27 degrees from every other colour's direction from white; v1's closest pair,
-    # red and yellow, is 32), + diamond (a square on its tip: IoU <= 0.64 with the other shapes' templates),
+    # red and yellow, is 32), + diamond (a square on its tip: IoU <= 0.65 with the other shapes' templates),
     # counts to four
     "v2": Grammar("v2", (*COLOURS.items(), ("purple", (200, 50, 210)), ("cyan", (20, 200, 220))),
                   (*SHAPES, "diamond"), RELATIONS, (2, 3, 4)),
