@@ -67,8 +67,8 @@ def count_tick(value: float) -> str:
     return f"{value:,.0f}" if value >= 1 or value == 0 else f"{value:g}"
 
 
-def _axes(x_ticks: list[tuple[float, str]], y_ticks: list[tuple[float, str]], x_title: str, y_title: str,
-          box: tuple[float, float, float, float]) -> str:
+def axes(x_ticks: list[tuple[float, str]], y_ticks: list[tuple[float, str]], x_title: str, y_title: str,
+         box: tuple[float, float, float, float]) -> str:
     """Grid lines, tick marks, tick labels and axis titles around the plot area `box` (x0, y0, x1, y1); tick
     positions are already in drawing units."""
     x0, y0, x1, y1 = box
@@ -124,7 +124,7 @@ def throughput_svg(times: Any, started_at: float = 0.0, wall_s: float = 0.0, num
     # nothing completed between the start and the first image: the line runs along the time axis until then
     start = [f"{box[0]},{box[3]}", f"{box[0] + rel[0] * sx:.1f},{box[3]:.1f}"] if origin < times.first else []
     pts = " ".join([*start, *(f"{box[0] + rel[i] * sx:.1f},{box[3] - done[i] * sy:.1f}" for i in idx)])
-    body = [_axes([(box[0] + v * sx, time_tick(v, x_vals[1])) for v in x_vals],
+    body = [axes([(box[0] + v * sx, time_tick(v, x_vals[1])) for v in x_vals],
                   [(box[3] - v * sy, count_tick(v)) for v in y_vals],
                   "time since the run started" if origin < times.first or started_at else
                   "time since the first image", "images completed", box),

@@ -10,7 +10,7 @@ import math
 from typing import Any
 
 from imagefleet.actors.layout import EVALUATIONS_DIR
-from imagefleet.pipelines.charts import BOTTOM, LEFT, RIGHT, TOP, WIDTH, _axes, nice_ticks, svg
+from imagefleet.pipelines.charts import BOTTOM, LEFT, RIGHT, TOP, WIDTH, axes, nice_ticks, svg
 from imagefleet.pipelines.report_tally import Tally
 
 BASELINES = f"{EVALUATIONS_DIR}/baselines.parquet"
@@ -44,7 +44,7 @@ def quality_cost_svg(points: list[tuple[str, float, float, str]], metric: str, h
     box = (LEFT, TOP, WIDTH - RIGHT, height - BOTTOM)
     sx, sy = (box[2] - box[0]) / x_vals[-1], (box[3] - box[1]) / y_vals[-1]
     x_ticks = [(box[0] + v * sx, _usd(v).rstrip("0").rstrip(".") if v else "$0") for v in x_vals]
-    body = [_axes(x_ticks, [(box[3] - v * sy, f"{v:.2g}") for v in y_vals], "USD per image", f"mean {metric}", box)]
+    body = [axes(x_ticks, [(box[3] - v * sy, f"{v:.2g}") for v in y_vals], "USD per image", f"mean {metric}", box)]
     for name, usd, value, colour in points:
         x, y = box[0] + usd * sx, box[3] - value * sy
         anchor = "end" if x > (box[0] + box[2]) / 2 else "start"
