@@ -125,9 +125,9 @@ def throughput_svg(times: Any, started_at: float = 0.0, wall_s: float = 0.0, num
     start = [f"{box[0]},{box[3]}", f"{box[0] + rel[0] * sx:.1f},{box[3]:.1f}"] if origin < times.first else []
     pts = " ".join([*start, *(f"{box[0] + rel[i] * sx:.1f},{box[3] - done[i] * sy:.1f}" for i in idx)])
     body = [axes([(box[0] + v * sx, time_tick(v, x_vals[1])) for v in x_vals],
-                  [(box[3] - v * sy, count_tick(v)) for v in y_vals],
-                  "time since the run started" if origin < times.first or started_at else
-                  "time since the first image", "images completed", box),
+                 [(box[3] - v * sy, count_tick(v)) for v in y_vals],
+                 "time since the run started" if origin < times.first or started_at else
+                 "time since the first image", "images completed", box),
             f'<polyline fill="none" stroke="#2563eb" stroke-width="2" points="{pts}"/>']
     if started_at and wall_s > 0 and num_new:
         rate = throughput(num_new, wall_s)
