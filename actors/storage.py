@@ -74,12 +74,11 @@ def resolve_store_spec(uri: str, s3: S3Config, environ: dict[str, str] | None = 
             raise StorageError(f"cannot read s3.secret_file {s3.secret_file}: {exc.strerror}") from exc
         access, secret = pairs.get("access_key", "").strip(), pairs.get("secret_key", "").strip()
     profile = s3.profile or env.get("AWS_PROFILE", "")
-    endpoint = s3.endpoint_url or _configured(env, profile)[0]
+    endpoint, region = _configured(env, profile, s3.endpoint_url,
+                                   s3.region or env.get("AWS_REGION", "") or env.get("AWS_DEFAULT_REGION", ""))
     _check_endpoint(endpoint, "s3.endpoint_url" if s3.endpoint_url else "AWS_ENDPOINT_URL")
-    region = s3.region or env.get("AWS_REGION", "") or env.get("AWS_DEFAULT_REGION", "") or _configured(env, profile)[1]
-    common: dict[str, Any] = dict(kind="s3", endpoint_url=endpoint, region=region or "us-east-1",
-                                  max_attempts=s3.max_attempts, connect_timeout_s=s3.connect_timeout_s,
-                                  retry_budget_s=s3.retry_budget_s)
+    common: dict[str, Any] = dict(kind="s3", endpoint_url=endpoint, region=region, max_attempts=s3.max_attempts,
+                                  connect_timeout_s=s3.connect_timeout_s, retry_budget_s=s3.retry_budget_s)
     if access and secret:  # static keys (with a session token when they are temporary)
         token = "" if s3.secret_file else env.get(s3.session_token_env, "")
         return StoreSpec(**common, access_key=SecretStr(access), secret_key=SecretStr(secret),
@@ -98,20 +97,21 @@ def resolve_store_spec(uri: str, s3: S3Config, environ: dict[str, str] | None = 
     return StoreSpec(**common, credentials="chain", profile=profile)
 
 
-def _configured(env: dict[str, str], profile: str) -> tuple[str, str]:
-    """(endpoint, region) where the AWS tools look: AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL or the profile's
-    `services` section (botocore's lookup); the profile's `region`. '' for none, or a missing profile."""
+def _configured(env: dict[str, str], profile: str, endpoint: str, region: str) -> tuple[str, str]:
+    """(endpoint, region): those given, else where the AWS tools look (the config files read once):
+    AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL or the profile's `services`; the profile's `region`, else us-east-1."""
     from botocore.configprovider import ConfiguredEndpointProvider
     from botocore.exceptions import BotoCoreError
 
+    if endpoint and region:
+        return endpoint, region
     try:
         session = _chain_session(profile)._session
         scoped = session.get_scoped_config()
-        endpoint = ConfiguredEndpointProvider(full_config=session.full_config, scoped_config=scoped,
-                                              client_name="s3", environ=env).provide()
-        return endpoint or "", scoped.get("region", "") or ""
-    except BotoCoreError:
-        return env.get("AWS_ENDPOINT_URL_S3", "") or env.get("AWS_ENDPOINT_URL", ""), ""
+        found = ConfiguredEndpointProvider(session.full_config, scoped, "s3", env).provide()  # botocore's lookup
+        return endpoint or found or "", region or scoped.get("region", "") or "us-east-1"
+    except BotoCoreError:  # a missing profile (reported with the credentials)
+        return endpoint or env.get("AWS_ENDPOINT_URL_S3", "") or env.get("AWS_ENDPOINT_URL", ""), region or "us-east-1"
 
 
 def _chain_has_credentials(profile: str) -> bool:
