@@ -121,7 +121,7 @@ def read_evaluations(objects: ObjectStore) -> dict[str, dict[str, float]]:
 
     out: dict[str, dict[str, float]] = {}
     for rel, _ in sorted(objects.list(EVALUATIONS_DIR)):
-        if not rel.endswith(".parquet"):
+        if not rel.endswith(".parquet") or rel == BASELINES:  # reference runs, not per-image metrics: _baselines
             continue
         try:
             table = pq.read_table(io.BytesIO(objects.get(rel)))
