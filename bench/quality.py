@@ -7,6 +7,8 @@ reported on the other, with 95% bootstrap CIs clustered by prompt string, next t
     python bench/quality.py --verify 8 --policy max_drafts=3,redraw_below=65,escalate_fraction=0.25
     python bench/quality.py --scorer verifier [--rows 2304]   # the world's fact verifier as the scorer
     python bench/quality.py --scorer verifier --report-only   # BENCHMARKS.md's section again from the results
+    python bench/quality.py --grammar v2 --scorer verifier    # the v2 world, on evaluation strings no model saw
+    python bench/quality.py --grammar v2 --strings seen       # ... or on its training pool, for comparison
 
 Design. Rows: the world's grammar enumerated (651 strings); each GenEval task gets rows/6 rows, its strings
 shuffled and cycled, so the set holds as many distinct strings as the rows allow; every row has its own id and so
@@ -21,7 +23,9 @@ Writes bench/results/quality.json and quality.png and rewrites BENCHMARKS.md's q
 `--scorer verifier` (bench/world/models/verifier as the `facts` scorer, each row's world facts in a `facts` column;
 scores 0..1) it writes quality_verifier.json and .png instead, rewrites (or adds) BENCHMARKS.md's verifier section
 right after the CLIP one (bench/quality_verifier_report.py), and reports the scorer's pairwise accuracy on the
-verifier's held-out and training strings apart.
+verifier's held-out and training strings apart. With `--grammar v2` (bench/world/models_v2, the v2 oracle; 2,700
+rows by default, so every one of the 539 evaluation strings is a row) it writes quality_v2_<strings>_<scorer>.json
+and .png and the v2 section (bench/quality_v2_report.py), which reads every v2 results file there is.
 """
 
 from __future__ import annotations
@@ -39,9 +43,17 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench import quality_verifier_report  # noqa: E402
+from bench import quality_v2_report, quality_verifier_report  # noqa: E402
 from bench.common import REPO, git_rev, machine  # noqa: E402
-from bench.quality_design import DESIGN_SEED, Row, evaluation_rows, grammar, training_strings, verify_rows  # noqa: E402
+from bench.quality_design import (  # noqa: E402
+    DESIGN_SEED,
+    Row,
+    evaluation_rows,
+    grammar,
+    strings_for,
+    training_strings,
+    verify_rows,
+)
 from bench.quality_replay import SCORE_TOLERANCE, SCORERS, Policy, Replay, verify  # noqa: E402
 from bench.quality_report import markdown, plot, update_benchmarks  # noqa: E402
 
@@ -51,7 +63,13 @@ POOL = 4  # candidate drafts per row (tuning, ceilings)
 FRACTIONS = tuple(round(0.01 * k, 2) for k in range(1, 61))
 QUANTILES = tuple(round(0.1 * k, 1) for k in range(1, 10))
 BOOTSTRAP = 2000
-NAMES = {"clip": "quality.json", "verifier": "quality_verifier.json"}  # results file per scorer
+NAMES = {"clip": "quality.json", "verifier": "quality_verifier.json"}  # results file per scorer (v1)
+ROWS = {"v1": 2304, "v2": 2700}  # default rows: v2's 450 a task make every one of its 539 evaluation strings a row
+
+
+def results_name(scorer: str, world: str = "v1", which: str = "unseen") -> str:
+    """The results file of a run: v1 per scorer (NAMES), v2 per strings and scorer."""
+    return NAMES[scorer] if world == "v1" else f"quality_v2_{which}_{scorer}.json"
 
 
 @dataclass
@@ -284,14 +302,26 @@ def ceilings(pool: Pool, folds: list[np.ndarray], cost: dict[str, float], budget
     return out
 
 
-def run(n_rows: int, log: Any = print, scorer: str = "clip") -> dict[str, Any]:
+def _seen(world: str) -> tuple[dict[str, list[str]], dict[str, set[str]]]:
+    """The world's every string by task, and the strings each generator and CLIP saw in training (v1: the
+    training streams replayed; v2: the training pool, by construction)."""
+    if world == "v1":
+        return grammar(), training_strings()
+    from bench.world import split
+
+    pool = {p for texts in split.training_strings().values() for p in texts}
+    return split.enumerate_strings("v2"), {m: pool for m in ("clip", "draft", "heavy")}
+
+
+def run(n_rows: int, log: Any = print, scorer: str = "clip", world: str = "v1", which: str = "unseen"
+        ) -> dict[str, Any]:
     """The benchmark: rows, candidate pool, then per budget every family tuned on one half and reported on the
     other, ceilings, intervals."""
     # 1 the grammar, the strings each model saw in training, the evaluation rows
-    strings, seen = grammar(), training_strings()
+    (every_by_task, seen), strings = _seen(world), strings_for(world, which)
     rows = evaluation_rows(n_rows, strings)
     folds = [np.array([i for i, r in enumerate(rows) if r.fold == k]) for k in (0, 1)]
-    replay = Replay([(r.id, r.prompt) for r in rows], scorer)
+    replay = Replay([(r.id, r.prompt) for r in rows], scorer, world)
     # 2 every row's candidate drafts and heavy image; costs measured on them (CPU s per image, one thread)
     pool = make_pool(replay, rows, log)
     cost = {name: replay.seconds(name) for name in ("draft", "heavy", "score")}
@@ -330,7 +360,7 @@ def run(n_rows: int, log: Any = print, scorer: str = "clip") -> dict[str, Any]:
     # 4 the scorer, the strings, the verdict
     right, pairs = pairwise(pool)
     evaluated = {r.prompt for r in rows}
-    every = {p for texts in strings.values() for p in texts}
+    every = {p for texts in every_by_task.values() for p in texts}
     unseen = every - seen["clip"] - seen["draft"] - seen["heavy"]
     heavy_value = results[1]["faithfulness"]["value"]
 
@@ -343,12 +373,14 @@ def run(n_rows: int, log: Any = print, scorer: str = "clip") -> dict[str, Any]:
 
     return {
         "at": time.strftime("%Y-%m-%d %H:%M"), "rows": n, "design_seed": DESIGN_SEED, "budgets": list(BUDGETS),
+        "grammar": world, "strings_kind": which if world == "v2" else "seen",
         "bootstrap_resamples": BOOTSTRAP,
         "strings": {"grammar": len(every), "evaluated": len(evaluated),
                     "per_task": {t: [len(strings[t]), len({r.prompt for r in rows if r.task == t})] for t in strings},
                     "rows_per_task": n // len(strings),
                     "seen_by": {m: len(every & seen[m]) for m in ("clip", "draft", "heavy")},
                     "unseen_by_every_model": len(unseen),
+                    "evaluated_unseen_by_every_model": len(evaluated & unseen),
                     "evaluated_not_in": {m: sorted(evaluated - seen[m]) for m in ("clip", "draft", "heavy")}},
         "costs": {**{f"{k}_cpu_s": v for k, v in cost.items()},
                   **{f"{k}_wall_s": replay.seconds(k, "wall") for k in ("draft", "heavy")},
@@ -356,18 +388,18 @@ def run(n_rows: int, log: Any = print, scorer: str = "clip") -> dict[str, Any]:
                   "score_vs_heavy": cost["score"] / cost["heavy"], "images_made": {
                       k: replay.cpu[k][1] for k in ("draft", "heavy")}},
         "scorer": scorer, "clip_within_prompt_pairwise": boot.mean(right, pairs), "pairs": int(pairs.sum()),
-        **(verifier_strings(rows, right, pairs) if scorer == "verifier" else {}),
+        **(verifier_strings(rows, right, pairs, world) if scorer == "verifier" else {}),
         "results": results, "policies": policies,
         "winner": verdict(WINNER), "adaptive": verdict(ADAPTIVE),
     }
 
 
-def verifier_strings(rows: list[Row], right: np.ndarray, pairs: np.ndarray) -> dict[str, Any]:
+def verifier_strings(rows: list[Row], right: np.ndarray, pairs: np.ndarray, world: str = "v1") -> dict[str, Any]:
     """The scorer's pairwise accuracy on rows of the verifier's held-out strings and of its training strings
     (bench/world/verifier_data.split), each with its own clustered CI."""
     from bench.world.verifier_data import split
 
-    _, held = split()
+    _, held = split(world)
     unseen = {s for texts in held.values() for s in texts}
     out: dict[str, Any] = {"verifier_unseen_strings_evaluated": len({r.prompt for r in rows} & unseen)}
     for name, keep in (("held_out", True), ("training", False)):
@@ -383,71 +415,87 @@ def verifier_strings(rows: list[Row], right: np.ndarray, pairs: np.ndarray) -> d
     return out
 
 
-def check(n_rows: int, count: int, policy: Policy, log: Any = print, scorer: str = "clip") -> dict[str, Any]:
+def check(n_rows: int, count: int, policy: Policy, log: Any = print, scorer: str = "clip", world: str = "v1",
+          which: str = "unseen") -> dict[str, Any]:
     """--verify: the policy through imagefleet.run on `count` rows against the replay of the same rows."""
-    rows = verify_rows(n_rows, count)
-    return verify(Replay([(r.id, r.prompt) for r in rows], scorer), policy, [r.id for r in rows], log)
+    rows = verify_rows(n_rows, count, strings_for(world, which))
+    return verify(Replay([(r.id, r.prompt) for r in rows], scorer, world), policy, [r.id for r in rows], log)
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--rows", type=int, default=2304, help="evaluation rows (a multiple of 6)")
+    p.add_argument("--rows", type=int, default=0,
+                   help="evaluation rows (a multiple of 6; default 2304, with --grammar v2 2700)")
     p.add_argument("--verify", type=int, default=0, metavar="N",
                    help="after the benchmark, run the 0.30 winner through imagefleet.run on N of its reported rows "
                         "and check the replay row by row")
     p.add_argument("--only-verify", action="store_true",
-                   help="no benchmark: --verify the winner recorded in bench/results/quality.json")
+                   help="no benchmark: --verify the winner recorded in the results file")
     p.add_argument("--scorer", choices=SCORERS, default="clip",
-                   help="clip (the world's CLIP) or verifier (bench/world/models/verifier as the facts scorer); "
-                        "verifier results go to quality_verifier.json and BENCHMARKS.md's verifier section")
+                   help="clip (the world's CLIP) or verifier (the world's fact verifier as the facts scorer); "
+                        "verifier results go to their own results file and BENCHMARKS.md section")
+    p.add_argument("--grammar", choices=["v1", "v2"], default="v1",
+                   help="v2: the v2 world (bench/world/models_v2), on strings no model saw (--strings unseen)")
+    p.add_argument("--strings", choices=["unseen", "seen"], default="unseen",
+                   help="v2 only: its evaluation strings (unseen by every model) or its training pool (seen)")
     p.add_argument("--policy", default="",
                    help="no benchmark: --verify this policy instead (max_drafts=3,redraw_below=65,...)")
     p.add_argument("--report-only", action="store_true",
                    help="no benchmark: the plot and BENCHMARKS.md's section again from the scorer's results file")
     args = p.parse_args()
+    args.rows = args.rows or ROWS[args.grammar]
+    name = results_name(args.scorer, args.grammar, args.strings)
     if args.report_only:
-        return finish(json.loads((RESULTS / NAMES[args.scorer]).read_text()))
+        return finish(json.loads((RESULTS / name).read_text()))
     import torch
 
     torch.set_num_threads(1)  # one core, like one generator actor (Ray sets OMP_NUM_THREADS=1)
     if args.policy:  # a given policy, printed only (tests)
         result = check(args.rows, args.verify or 8, Policy.parse(args.policy),
-                       log=lambda text: print(text, file=sys.stderr), scorer=args.scorer)  # stdout: the JSON only
+                       log=lambda text: print(text, file=sys.stderr), scorer=args.scorer, world=args.grammar,
+                       which=args.strings)  # stdout: the JSON only
         print(json.dumps(result, indent=2))
         return 0 if result["agree"] else 1
+    command = "python bench/quality.py" + "".join(f" --{k} {v}" for k, v, default in (
+        ("grammar", args.grammar, "v1"), ("strings", args.strings, "unseen"),
+        ("rows", args.rows, ROWS[args.grammar]), ("scorer", args.scorer, "clip")) if v != default)
     if args.only_verify:  # the recorded winner again; the check replaces the recorded one
-        q = json.loads((RESULTS / NAMES[args.scorer]).read_text())
+        q = json.loads((RESULTS / name).read_text())
         q["verify"] = checked(q["rows"], args.verify or 64, Policy(**q["winner"]["policies"][0]),
-                              f"python bench/quality.py --only-verify --verify {args.verify or 64}", args.scorer)
+                              f"{command} --only-verify --verify {args.verify or 64}", args)
         return finish(q)
     started = time.perf_counter()
-    q = run(args.rows, log=lambda text: print(text, flush=True), scorer=args.scorer)
+    q = run(args.rows, lambda text: print(text, flush=True), args.scorer, args.grammar, args.strings)
     q["machine"], q["commit"] = machine(), git_rev()
-    q["command"] = "python bench/quality.py" + (f" --rows {args.rows}" if args.rows != 2304 else "") + (
-        f" --verify {args.verify}" if args.verify else "") + (f" --scorer {args.scorer}" if args.scorer != "clip"
-                                                               else "")
+    q["command"] = command + (f" --verify {args.verify}" if args.verify else "")
     q["benchmark_wall_s"] = round(time.perf_counter() - started, 1)
     if args.verify:
-        q["verify"] = checked(args.rows, args.verify, Policy(**q["winner"]["policies"][0]), q["command"],
-                              args.scorer)
+        q["verify"] = checked(args.rows, args.verify, Policy(**q["winner"]["policies"][0]), q["command"], args)
     return finish(q)
 
 
-def checked(n_rows: int, count: int, policy: Policy, command: str, scorer: str = "clip") -> dict[str, Any]:
+def checked(n_rows: int, count: int, policy: Policy, command: str, args: argparse.Namespace) -> dict[str, Any]:
     """--verify with its own date, commit and command (it may be rerun alone later)."""
-    result = check(n_rows, count, policy, scorer=scorer)
-    return {**result, "row_ids": [r.id for r in verify_rows(n_rows, count)], "at": time.strftime("%Y-%m-%d %H:%M"),
+    result = check(n_rows, count, policy, scorer=args.scorer, world=args.grammar, which=args.strings)
+    rows = verify_rows(n_rows, count, strings_for(args.grammar, args.strings))
+    return {**result, "row_ids": [r.id for r in rows], "at": time.strftime("%Y-%m-%d %H:%M"),
             "commit": git_rev(), "command": command, "score_tolerance": SCORE_TOLERANCE}
 
 
 def finish(q: dict[str, Any]) -> int:
-    """quality.json, quality.png and BENCHMARKS.md's section (the verifier's: quality_verifier.json, .png and its
-    own section); exit 1 when --verify disagreed."""
+    """The results file, its plot and BENCHMARKS.md's section (v1 CLIP: quality.json and the quality section; v1
+    verifier: quality_verifier.json and its section; v2: quality_v2_<strings>_<scorer>.json and the v2 section,
+    from every v2 results file there is); exit 1 when --verify disagreed."""
     RESULTS.mkdir(parents=True, exist_ok=True)
-    name = NAMES[q.get("scorer", "clip")]
+    scorer, world = q.get("scorer", "clip"), q.get("grammar", "v1")
+    name = results_name(scorer, world, q.get("strings_kind", "unseen"))
     (RESULTS / name).write_text(json.dumps(q, indent=2))
     plot(q, (RESULTS / name).with_suffix(".png"))
-    if q.get("scorer", "clip") == "clip":
+    if world == "v2":
+        found = {f.name: json.loads(f.read_text()) for f in sorted(RESULTS.glob("quality_v2_*.json"))}
+        quality_v2_report.update_benchmarks(found)
+        print("\n".join(quality_v2_report.markdown(found)))
+    elif scorer == "clip":
         update_benchmarks(q)
         print("\n".join(markdown(q)))
     else:

@@ -88,9 +88,19 @@ def evaluation_rows(n_rows: int, strings: dict[str, list[str]]) -> list[Row]:
     return rows
 
 
-def verify_rows(n_rows: int, count: int) -> list[Row]:
+def strings_for(world: str = "v1", which: str = "unseen") -> dict[str, list[str]]:
+    """The benchmark's prompt strings: v1, the whole grammar (every string seen in training); v2, its evaluation
+    strings that no model saw (`unseen`) or its training pool (`seen`; bench/world/split.py)."""
+    if world == "v1":
+        return grammar()
+    from bench.world import split
+
+    return split.evaluation_strings() if which == "unseen" else split.training_strings()
+
+
+def verify_rows(n_rows: int, count: int, strings: dict[str, list[str]] | None = None) -> list[Row]:
     """`count` rows of fold 0 (the rows the winner's fold-0 policy was reported on), taken across tasks in turn."""
-    rows = [r for r in evaluation_rows(n_rows, grammar()) if r.fold == 0]
+    rows = [r for r in evaluation_rows(n_rows, strings or grammar()) if r.fold == 0]
     by_task: dict[str, list[Row]] = {}
     for r in rows:
         by_task.setdefault(r.task, []).append(r)

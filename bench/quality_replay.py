@@ -22,7 +22,7 @@ import yaml
 
 from bench.common import REPO
 
-MODELS = REPO / "bench" / "world" / "models"
+MODELS = REPO / "bench" / "world" / "models"  # v1's; a v2 replay reads bench/world/models_v2
 WORLD_CONFIG = REPO / "configs" / "world_cascade.yaml"  # the demo's cascade: job seed 7, the world's models
 CHUNK = 256  # rows per generator call (the generator batches them by its own batch_size)
 SCORERS = ("clip", "verifier")  # the world's CLIP (0..100), or its fact verifier as the `facts` scorer (0..1)
@@ -80,26 +80,27 @@ def _num(x: float | None) -> str:
     return "–" if x is None else f"{x:.1f}" if abs(x) >= 10 else f"{x:.3g}"
 
 
-def job_config(policy: Policy, source: Path, output: Path, scorer: str = "clip") -> dict[str, Any]:
+def job_config(policy: Policy, source: Path, output: Path, scorer: str = "clip", models: Path = MODELS
+               ) -> dict[str, Any]:
     """configs/world_cascade.yaml (its seed and generators) with this checkout's world models, no GPUs, in process,
     a local output, the policy's cascade and the scorer named here: the world's CLIP, or with `scorer` `verifier`
     the world's fact verifier (bench/world/models/verifier) as the `facts` scorer, each row's facts from the prompt
-    table's `facts` column (write_rows(..., facts=True))."""
+    table's `facts` column (write_rows(..., facts=True)); `models` the world's model folder (models_v2: v2)."""
     raw = yaml.safe_load(WORLD_CONFIG.read_text())
     raw["source"] = {"uri": str(source)}
     for name in ("draft", "heavy"):
-        raw["generators"][name]["model"] = str(MODELS / name)
+        raw["generators"][name]["model"] = str(models / name)
         raw["generators"][name]["pool"].update(num_gpus=0, min_size=1, max_size=1)
-    raw["scorer"] = {"backend": "clip", "model": str(MODELS / "clip"), "pool": raw["scorer"]["pool"]}
+    raw["scorer"] = {"backend": "clip", "model": str(models / "clip"), "pool": raw["scorer"]["pool"]}
     if scorer == "verifier":
-        raw["scorer"] = {"backend": "facts", "model": str(MODELS / "verifier"), "pool": raw["scorer"]["pool"]}
+        raw["scorer"] = {"backend": "facts", "model": str(models / "verifier"), "pool": raw["scorer"]["pool"]}
     raw["routing"] = {"mode": "cascade", "cascade": policy.cascade()}
     raw["output"] = {"uri": str(output), "format": "png"}
     raw["cluster"] = {"executor": "in_process"}
     return raw
 
 
-def write_rows(path: Path, rows: list[tuple[str, str]], facts: bool = False) -> Path:
+def write_rows(path: Path, rows: list[tuple[str, str]], facts: bool = False, grammar: str = "v1") -> Path:
     """The prompt table: an `id` per row (so every row gets its own derived seed) and its prompt; `facts`: each
     prompt's world facts too (bench/world/verifier_data.world_facts), for the verifier."""
     import pyarrow as pa
@@ -109,7 +110,7 @@ def write_rows(path: Path, rows: list[tuple[str, str]], facts: bool = False) -> 
 
     columns: dict[str, Any] = {"id": [i for i, _ in rows], "prompt": [p for _, p in rows]}
     if facts:
-        columns["facts"] = pa.array([world_facts(p) for _, p in rows], pa.list_(pa.string()))
+        columns["facts"] = pa.array([world_facts(p, grammar) for _, p in rows], pa.list_(pa.string()))
     pq.write_table(pa.table(columns), path)
     return path
 
@@ -143,18 +144,20 @@ class Replay:
     Args:
         rows: (id, prompt) of every evaluation row.
         scorer: `clip` or `verifier` (SCORERS).
+        grammar: the world's grammar, `v1` (models) or `v2` (models_v2; the oracle reads v2's words).
     """
 
-    def __init__(self, rows: list[tuple[str, str]], scorer: str = "clip") -> None:
+    def __init__(self, rows: list[tuple[str, str]], scorer: str = "clip", grammar: str = "v1") -> None:
         import imagefleet
+        from bench.world import models_for
         from imagefleet.actors import SCORERS
         from imagefleet.actors.diffusers_generator import DiffusersGenerator
         from imagefleet.jobs.preflight import resolve_stores
 
-        self.rows, self.scorer_name = dict(rows), scorer
+        self.rows, self.scorer_name, self.grammar, self.models = dict(rows), scorer, grammar, models_for(grammar)
         self.work = Path(tempfile.mkdtemp(prefix="imagefleet-quality-"))
-        source = write_rows(self.work / "rows.parquet", rows, facts=scorer == "verifier")
-        cfg = imagefleet.load(job_config(Policy(threshold=0.0), source, self.work / "out", scorer))
+        source = write_rows(self.work / "rows.parquet", rows, scorer == "verifier", grammar)
+        cfg = imagefleet.load(job_config(Policy(threshold=0.0), source, self.work / "out", scorer, self.models))
         self.stores = resolve_stores(cfg)  # model folders keyed by content, as a run keys them
         self.generators = {name: DiffusersGenerator(cfg.generators[name], name=name) for name in ("draft", "heavy")}
         self.scorer = SCORERS[cfg.scorer.backend](cfg.scorer)  # type: ignore[arg-type]
@@ -165,7 +168,8 @@ class Replay:
     def config(self, policy: Policy) -> Any:
         import imagefleet
 
-        return imagefleet.load(job_config(policy, self.work / "rows.parquet", self.work / "out", self.scorer_name))
+        return imagefleet.load(job_config(policy, self.work / "rows.parquet", self.work / "out", self.scorer_name,
+                                          self.models))
 
     def preprocess(self, policy: Policy, ids: list[str]) -> Batch:
         """The preprocessor's rows for `ids` under `policy` (seeds from the job seed and row id; the draft key
@@ -179,7 +183,7 @@ class Replay:
         if self.scorer_name == "verifier":  # each row's facts ride as a pass-through column, as in a run
             from bench.world.verifier_data import world_facts
 
-            table = table.append_column("facts", pa.array([world_facts(self.rows[i]) for i in ids],
+            table = table.append_column("facts", pa.array([world_facts(self.rows[i], self.grammar) for i in ids],
                                                            pa.list_(pa.string())))
         prep = prep_config(self.config(policy), self.stores, table.column_names).model_copy(update={"resume": None})
         out = PromptPreprocessor(prep)(table)
@@ -219,7 +223,7 @@ class Replay:
             for k in range(len(part)):
                 pixels = np.frombuffer(out["image"][k], np.uint8).reshape(int(out["height"][k]), int(out["width"][k]),
                                                                           3)
-                verdict = oracle(str(out["prompt"][k]), pixels)
+                verdict = oracle(str(out["prompt"][k]), pixels, self.grammar)
                 self.cache[(generator, str(out["prompt"][k]), int(out["seed"][k]))] = Image(
                     float(out["clip_score"][k]), verdict.faithfulness, verdict.passed,
                     hashlib.sha256(pixels.tobytes()).hexdigest()[:16])
@@ -298,9 +302,11 @@ def verify(replay: Replay, policy: Policy, ids: list[str], log: Any = print) -> 
     from bench.world.oracle import oracle
 
     work = Path(tempfile.mkdtemp(prefix="imagefleet-verify-"))
-    source = write_rows(work / "rows.parquet", [(i, replay.rows[i]) for i in ids], replay.scorer_name == "verifier")
+    source = write_rows(work / "rows.parquet", [(i, replay.rows[i]) for i in ids], replay.scorer_name == "verifier",
+                        replay.grammar)
     started = time.perf_counter()
-    result = imagefleet.run(job_config(policy, source, work / "out", replay.scorer_name), echo=None, progress="off")
+    result = imagefleet.run(job_config(policy, source, work / "out", replay.scorer_name, replay.models), echo=None,
+                            progress="off")
     run_s = time.perf_counter() - started
     manifest = {str(r["id"]): r for r in result.to_pandas().to_dict("records")}
     ours = replay.run(policy, ids)
@@ -317,7 +323,7 @@ def verify(replay: Replay, policy: Policy, ids: list[str], log: Any = print) -> 
         drafts = tuple(int(d["seed"]) for d in listed) if listed else (int(row["seed"]),)
         with PILImage.open(io.BytesIO(Path(row["image_uri"]).read_bytes())) as img:
             pixels = np.asarray(img.convert("RGB"))
-        theirs = oracle(str(row["prompt"]), pixels).faithfulness
+        theirs = oracle(str(row["prompt"]), pixels, replay.grammar).faithfulness
         faith.append((theirs, mine.faithfulness))
         same = {"rows": True, "route": row["route"] == mine.route, "drafts": drafts == mine.drafts,
                 "kept_seed": int(row["seed"]) == mine.seed,

@@ -15,6 +15,12 @@ CLIP = MODELS / "clip"  # CLIPModel + CLIPProcessor: `scorer: {backend: clip, mo
 DRAFT = MODELS / "draft"  # StableDiffusionPipeline: small UNet, 4 DPM-Solver steps
 HEAVY = MODELS / "heavy"  # StableDiffusionPipeline: wider UNet, 20 DPM-Solver steps
 HELD_OUT_SEED = 999_999  # prompt seed for evaluation; training draws its prompts from other seeds
+MODELS_V2 = Path(__file__).parent / "models_v2"  # the same models trained on the v2 grammar's training pool
 
-__all__ = ["CLIP", "DRAFT", "HEAVY", "HELD_OUT_SEED", "MODELS", "SIZE", "TASKS", "Verdict", "oracle", "parse",
-           "render", "sample_prompts"]
+
+def models_for(grammar: str) -> Path:
+    """The folder of the models trained on `grammar` ("v1": models, "v2": models_v2)."""
+    return MODELS_V2 if grammar == "v2" else MODELS
+
+__all__ = ["CLIP", "DRAFT", "HEAVY", "HELD_OUT_SEED", "MODELS", "MODELS_V2", "SIZE", "TASKS", "Verdict",
+           "models_for", "oracle", "parse", "render", "sample_prompts"]

@@ -21,14 +21,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench.world import data
+from bench.world import MODELS, MODELS_V2, data
 from bench.world.scene import SIZE, Spec, get_grammar, sample_spec
 from bench.world.tokenizer import MAX_TOKENS, load_tokenizer, write_tokenizer
 
 logger = logging.getLogger(__name__)
 
-MODELS = Path(__file__).parent / "models"
-MODELS_V2 = Path(__file__).parent / "models_v2"
 SEEDS = {"clip": 101, "vae": 202, "draft": 303, "heavy": 404}  # torch + data seed per stage
 TEXT = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
             max_position_embeddings=MAX_TOKENS, bos_token_id=512, eos_token_id=513, pad_token_id=513)

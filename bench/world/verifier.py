@@ -4,6 +4,8 @@ bench/quality.py measures world CLIP, next to world CLIP on the same pairs.
 
     python -m bench.world.verifier                      # data (cached), train, measure -> models/verifier
     python -m bench.world.verifier --measure-only       # measure the checked-in folder again
+    python -m bench.world.verifier --grammar v2         # the v2 world: models_v2's pipelines, its training pool;
+                                                        # measured on its evaluation strings -> models_v2/verifier
 
 Data and training are seeded (verifier_data's seeds; `--seed` for the weights and batches) and single-threaded;
 the figures and wall times go to models/verifier_results.json (one entry per attempt).
@@ -33,12 +35,19 @@ DEFAULTS = {"drafts": 24000, "heavies": 3000, "renders": 8000, "extra_drafts": 2
             "batch_images": 64, "lr": 2e-3, "seed": 0}
 
 
-def scores(folder: Path, prompts: np.ndarray, images: np.ndarray) -> np.ndarray:
+def folder_for(grammar: str) -> Path:
+    """Where the verifier of `grammar`'s world lives (models/verifier, models_v2/verifier)."""
+    from bench.world import models_for
+
+    return models_for(grammar) / "verifier"
+
+
+def scores(folder: Path, prompts: np.ndarray, images: np.ndarray, grammar: str = "v1") -> np.ndarray:
     """The facts scorer's score of each image with this verifier: mean P(yes) over its prompt's world facts."""
     from imagefleet.actors.fact_verifier import FactVerifier
 
     model = FactVerifier(str(folder))
-    pairs = [(i, f) for i, p in enumerate(prompts) for f in world_facts(str(p))]
+    pairs = [(i, f) for i, p in enumerate(prompts) for f in world_facts(str(p), grammar)]
     imgs = [images[i] for i, _ in pairs]
     p = np.array(model.p_yes(imgs, [f for _, f in pairs], per_pass=512))
     which = np.array([i for i, _ in pairs])
@@ -58,7 +67,7 @@ def pairwise(S: np.ndarray, F: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return right, pairs
 
 
-def measure(folder: Path, log: Any = print) -> dict[str, Any]:
+def measure(folder: Path, log: Any = print, grammar: str = "v1") -> dict[str, Any]:
     """Within-prompt pairwise accuracy of the verifier and of world CLIP on the same pairs, on held-out and on
     training strings, with 95% bootstrap CIs clustered by prompt string within task (bench/quality.Bootstrap)."""
     from bench.quality import Bootstrap
@@ -66,9 +75,9 @@ def measure(folder: Path, log: Any = print) -> dict[str, Any]:
 
     out: dict[str, Any] = {}
     for which in ("held_out", "training"):
-        ev = evaluation_set(WORK, which, log)
+        ev = evaluation_set(WORK, which, log, grammar)
         started = time.process_time()
-        mine = scores(folder, ev["prompts"], ev["images"])
+        mine = scores(folder, ev["prompts"], ev["images"], grammar)
         cpu = (time.process_time() - started) / len(mine)
         F = ev["faithfulness"].reshape(-1, EVAL_CANDIDATES)
         rows = [Row(f"{which}-{k}", str(ev["prompts"][k * EVAL_CANDIDATES]), str(ev["tasks"][k * EVAL_CANDIDATES]), 0)
@@ -104,7 +113,8 @@ def train(args: argparse.Namespace, log: Any = print) -> dict[str, Any]:
     from imagefleet.jobs.train_verifier import Labelled, fit, vocabulary
 
     started = time.process_time()
-    raw = training_set(WORK, args.drafts, args.heavies, args.renders, args.extra_drafts, log)
+    folder = folder_for(args.grammar)
+    raw = training_set(WORK, args.drafts, args.heavies, args.renders, args.extra_drafts, log, args.grammar)
     data_s = time.process_time() - started
     data = Labelled(raw["images"], raw["fact_image"], [str(f) for f in raw["facts"]], raw["holds"])
     cfg = VerifierConfig(vocab=vocabulary(data.facts), trunk=tuple(args.trunk), film=tuple(args.film),
@@ -114,20 +124,21 @@ def train(args: argparse.Namespace, log: Any = print) -> dict[str, Any]:
     if args.resume:  # continue the checked-in verifier (same data, config and vocabulary) for another run of steps
         from safetensors.torch import load_file
 
-        start = load_file(str(FOLDER / "model.safetensors"))
-        cfg = VerifierConfig.from_json(json.loads((FOLDER / "config.json").read_text()))
-        earlier = json.loads((FOLDER / "config.json").read_text())["trained"]
+        start = load_file(str(folder / "model.safetensors"))
+        cfg = VerifierConfig.from_json(json.loads((folder / "config.json").read_text()))
+        earlier = json.loads((folder / "config.json").read_text())["trained"]
     network, record = fit(data, cfg, args.steps, args.batch_images, args.seed, args.lr, log, start)
     if args.resume:
         record["continued"] = earlier
-    train_strings, held = split()
-    record |= {"data": {"drafts": args.drafts, "extra_drafts": args.extra_drafts, "heavies": args.heavies,
+    train_strings, held = split(args.grammar)
+    record |= {"grammar": args.grammar,
+               "data": {"drafts": args.drafts, "extra_drafts": args.extra_drafts, "heavies": args.heavies,
                         "renders": args.renders,
                         "holds_share": round(float(data.holds.mean()), 3),
                         "made_cpu_s_this_call": round(data_s, 1)},
                "strings": {"training": sum(map(len, train_strings.values())), "held_out": sum(map(len, held.values()))},
                "params": sum(p.numel() for p in network.parameters())}
-    save_verifier(FOLDER, cfg, network, {"trained": {**record, "command": "python -m bench.world.verifier " +
+    save_verifier(folder, cfg, network, {"trained": {**record, "command": "python -m bench.world.verifier " +
                                                      " ".join(args.argv)}})
     return record
 
@@ -143,6 +154,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--head-dim", type=int, default=64)
     p.add_argument("--measure-only", action="store_true")
     p.add_argument("--resume", action="store_true", help="continue models/verifier for --steps more steps")
+    p.add_argument("--grammar", choices=["v1", "v2"], default="v1",
+                   help="v2: train on the v2 training pool with models_v2's pipelines, measure on its evaluation "
+                        "strings; the folder and results go to models_v2")
     p.add_argument("--note", default="", help="what this attempt changes (recorded)")
     args = p.parse_args(argv)
     args.argv = list(argv if argv is not None else sys.argv[1:])
@@ -150,15 +164,16 @@ def main(argv: list[str] | None = None) -> None:
 
     torch.set_num_threads(1)
     wall = time.perf_counter()
-    entry: dict[str, Any] = {"at": time.strftime("%Y-%m-%d %H:%M"), "note": args.note,
+    entry: dict[str, Any] = {"at": time.strftime("%Y-%m-%d %H:%M"), "note": args.note, "grammar": args.grammar,
                              "machine": f"{platform.machine()}, {os.cpu_count()} cores (shared), torch "
                                         f"{torch.__version__}, 1 thread", "load_avg_start": os.getloadavg()[0]}
     if not args.measure_only:
         entry["training"] = train(args, print)
-    entry["measured"] = measure(FOLDER, print)
+    entry["measured"] = measure(folder_for(args.grammar), print, args.grammar)
     entry["wall_s"] = round(time.perf_counter() - wall, 1)
-    history = json.loads(RESULTS.read_text()) if RESULTS.exists() else []
-    RESULTS.write_text(json.dumps([*history, entry], indent=1) + "\n")
+    results = folder_for(args.grammar).parent / RESULTS.name
+    history = json.loads(results.read_text()) if results.exists() else []
+    results.write_text(json.dumps([*history, entry], indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -71,9 +71,9 @@ def statements(spec: Spec) -> list[str]:
     return out
 
 
-def world_facts(prompt: str) -> list[str]:
+def world_facts(prompt: str, grammar: str = "v1") -> list[str]:
     """The fact statements of a prompt of the world (what a `facts` column holds for it)."""
-    return statements(parse(prompt))
+    return statements(parse(prompt, grammar))
 
 
 def labels(image: np.ndarray, specs: list[Spec]) -> list[list[tuple[str, bool]]]:
@@ -137,29 +137,33 @@ def _perturbed_render(spec: Spec, rng: random.Random, allowed: set[str]) -> np.n
 
 
 def training_set(work: Path, drafts: int, heavies: int, renders: int, extra_drafts: int = 0,
-                 log: Any = print) -> dict[str, Any]:
+                 log: Any = print, grammar: str = "v1") -> dict[str, Any]:
     """Oracle-labelled training images of the training strings, cached in `work` by their counts: `drafts` draft
     and `heavies` heavy generations (a task uniformly, a string, a seed), `renders` perturbed renders; each image
     labelled on its own string's facts and on a one-fact variant's (another training string) when there is one.
-    `extra_drafts` more drafts come from a stream of their own (DATA_SEED + 1), so adding them keeps the rest."""
-    out = _made(work / f"train-{drafts}-{heavies}-{renders}.npz", DATA_SEED, drafts, heavies, renders, log)
+    `extra_drafts` more drafts come from a stream of their own (DATA_SEED + 1), so adding them keeps the rest.
+    `grammar` "v2": the v2 models (models_v2) on the v2 training pool, cached in `work`/v2."""
+    work = work / grammar if grammar != "v1" else work
+    out = _made(work / f"train-{drafts}-{heavies}-{renders}.npz", DATA_SEED, drafts, heavies, renders, log, grammar)
     if extra_drafts:
-        more = _made(work / f"train-extra-{extra_drafts}.npz", DATA_SEED + 1, extra_drafts, 0, 0, log)
+        more = _made(work / f"train-extra-{extra_drafts}.npz", DATA_SEED + 1, extra_drafts, 0, 0, log, grammar)
         more["fact_image"] = more["fact_image"] + len(out["images"])
         out = {k: np.concatenate([out[k], more[k]]) for k in out}
     return out
 
 
-def _made(path: Path, seed: int, drafts: int, heavies: int, renders: int, log: Any) -> dict[str, Any]:
-    from bench.world import DRAFT, HEAVY
+def _made(path: Path, seed: int, drafts: int, heavies: int, renders: int, log: Any, grammar: str
+          ) -> dict[str, Any]:
+    from bench.world import models_for
 
     if path.exists():
         return _load(path)
-    train, _ = split()
+    train, _ = split(grammar)
+    models = models_for(grammar)
     allowed = {s for v in train.values() for s in v}
     rng = random.Random(seed)
     parts, kinds, prompts = [], [], []
-    for kind, folder, n in (("draft", DRAFT, drafts), ("heavy", HEAVY, heavies)):
+    for kind, folder, n in (("draft", models / "draft", drafts), ("heavy", models / "heavy", heavies)):
         texts, seeds = _strings(rng, train, n), [rng.getrandbits(31) for _ in range(n)]
         started = time.process_time()
         parts.append(generate(folder, texts, seeds) if n else np.zeros((0, 64, 64, 3), np.uint8))
@@ -167,7 +171,7 @@ def _made(path: Path, seed: int, drafts: int, heavies: int, renders: int, log: A
         kinds += [kind] * n
         prompts += texts
     texts = _strings(rng, train, renders)
-    parts.append(np.stack([_perturbed_render(parse(t), rng, allowed) for t in texts]) if renders else
+    parts.append(np.stack([_perturbed_render(parse(t, grammar), rng, allowed) for t in texts]) if renders else
                  np.zeros((0, 64, 64, 3), np.uint8))
     kinds += ["render"] * renders
     prompts += texts
@@ -175,7 +179,7 @@ def _made(path: Path, seed: int, drafts: int, heavies: int, renders: int, log: A
     started = time.process_time()
     rows: list[tuple[int, str, bool]] = []
     for i, (image, text) in enumerate(zip(images, prompts, strict=True)):
-        spec = parse(text)
+        spec = parse(text, grammar)
         specs = [spec] + [v for v in [_variant(spec, rng, allowed)] if v is not None]
         rows += [(i, s, ok) for labelled in labels(image, specs) for s, ok in labelled]
     log(f"verifier data: {len(rows)} fact labels on {len(images)} images in {time.process_time() - started:.0f} CPU-s")
@@ -187,31 +191,33 @@ def _made(path: Path, seed: int, drafts: int, heavies: int, renders: int, log: A
     return out
 
 
-def evaluation_set(work: Path, which: str, log: Any = print) -> dict[str, Any]:
+def evaluation_set(work: Path, which: str, log: Any = print, grammar: str = "v1") -> dict[str, Any]:
     """Evaluation drafts of the `held_out` strings (all of them) or of as many `training` strings (drawn per task
     in the same numbers): EVAL_ROWS rows per string (more in a task of few strings: EVAL_TASK_ROWS a task at
     least) of EVAL_CANDIDATES drafts each, at seeds of their own stream; each draft's oracle faithfulness and world
-    CLIP score."""
-    from bench.world import DRAFT
+    CLIP score (`grammar` "v2": the v2 split, models, CLIP and oracle, cached in `work`/v2)."""
+    from bench.world import models_for
     from bench.world.evaluate import clip_scores
     from bench.world.oracle import oracle
 
-    path = work / f"eval-{which}-{EVAL_TASK_ROWS}.npz"
+    models = models_for(grammar)
+    path = (work / grammar if grammar != "v1" else work) / f"eval-{which}-{EVAL_TASK_ROWS}.npz"
     if path.exists():
         return _load(path)
-    train, held = split()
+    train, held = split(grammar)
     rng = random.Random(EVAL_SEED + (0 if which == "held_out" else 1))
     chosen = held if which == "held_out" else {t: sorted(rng.sample(train[t], len(held[t]))) for t in sorted(held)}
     rows = {t: max(EVAL_ROWS, -(-EVAL_TASK_ROWS // len(chosen[t]))) for t in chosen}
     texts = [s for t in sorted(chosen) for s in chosen[t] for _ in range(rows[t] * EVAL_CANDIDATES)]
     seeds = [rng.getrandbits(31) for _ in texts]
     started = time.process_time()
-    images = generate(DRAFT, texts, seeds)
+    images = generate(models / "draft", texts, seeds)
     log(f"verifier eval ({which}): {len(texts)} drafts in {time.process_time() - started:.0f} CPU-s")
-    faith = np.array([oracle(t, im).faithfulness for t, im in zip(texts, images, strict=True)])
-    out = {"images": images, "prompts": np.array(texts), "tasks": np.array([parse(t).task for t in texts]),
-           "seeds": np.array(seeds), "faithfulness": faith, "clip": clip_scores(texts, list(images))}
-    work.mkdir(parents=True, exist_ok=True)
+    faith = np.array([oracle(t, im, grammar).faithfulness for t, im in zip(texts, images, strict=True)])
+    out = {"images": images, "prompts": np.array(texts), "tasks": np.array([parse(t, grammar).task for t in texts]),
+           "seeds": np.array(seeds), "faithfulness": faith,
+           "clip": clip_scores(texts, list(images), models / "clip")}
+    path.parent.mkdir(parents=True, exist_ok=True)
     np.savez(path, **out)
     return out
 

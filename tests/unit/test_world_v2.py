@@ -199,3 +199,23 @@ def test_verifier_data_takes_the_v2_split_and_labels_v2_images() -> None:
     assert labels(render_spec(spec, seed=2), [spec, wrong]) == [
         [("there is a diamond", True), ("there are exactly four cyan diamonds", True)],
         [("there is a diamond", True), ("there are exactly three cyan diamonds", False)]]
+
+
+def test_the_v2_quality_benchmark_rows_are_every_evaluation_string_and_nothing_seen() -> None:
+    """bench/quality.py --grammar v2: its default 2,700 rows hold each of the 539 evaluation strings (>= 500
+    distinct strings no model saw), no training-pool string; `--strings seen` draws from the pool only; the
+    verifier's facts read v2's words; each run has its own results file."""
+    from bench.quality import ROWS, results_name
+    from bench.quality_design import evaluation_rows, strings_for, verify_rows
+    from bench.world.verifier_data import world_facts
+
+    held, pool = evaluation_strings(), training_strings()
+    unseen_rows = evaluation_rows(ROWS["v2"], strings_for("v2", "unseen"))
+    assert {r.prompt for r in unseen_rows} == {s for v in held.values() for s in v}
+    assert len({r.id for r in unseen_rows}) == len(unseen_rows) == 2700
+    seen_rows = {r.prompt for r in evaluation_rows(ROWS["v2"], strings_for("v2", "seen"))}
+    assert seen_rows <= {s for v in pool.values() for s in v} and len(seen_rows) > 539
+    assert all(is_evaluation(r.prompt) for r in verify_rows(ROWS["v2"], 8, strings_for("v2", "unseen")))
+    assert world_facts("a purple diamond above a cyan circle", V2)[-1] == "a purple diamond is above a cyan circle"
+    assert len({results_name(s, "v2", w) for s in ("clip", "verifier") for w in ("seen", "unseen")}
+               | {results_name("clip"), results_name("verifier")}) == 6
