@@ -219,7 +219,9 @@ def page(tally: Tally, thumbs: list[tuple[dict[str, Any], str]], pairs: list[tup
 <h2>Contact sheet</h2><div class="grid">{cards or "<p>no images</p>"}</div>
 <div class="cols"><section><h2>Throughput over time</h2>{_throughput_html(tally, clock)}</section>
 <section><h2>Stage timings per image</h2>{_timings_html(tally)}
-<h2>Cost by generator</h2>{_table("<tr><th>generator</th><th>USD</th></tr>", costs)}</section></div>
+<h2>Cost by the kept image's generator</h2>{_table("<tr><th>generator</th><th>USD</th></tr>", costs)}
+<p class="note">A cascade row's cost (its drafts and any heavy image) is booked under the generator of the image it
+kept; "Cost per route and generator" below splits it by route.</p></section></div>
 {evaluations_html(tally)}
 {_cascade_html(tally, pairs)}
 {quality_html(tally)}
