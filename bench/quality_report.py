@@ -70,17 +70,22 @@ def markdown(q: dict[str, Any]) -> list[str]:
                     f"besides the scorer ({p['value']:.2f} pairwise)."))
     v = q.get("verify")
     if v:
-        lines += ["", f"`--verify {v['rows']}`: the winner's fold-0 policy ({v['policy']}) run through "
-                  f"`imagefleet.run` (in process) on {v['rows']} of its reported rows, against the replay: "
-                  + ("**agree**" if v["agree"] else "**disagree**") + " — "
-                  + ", ".join(f"{k} {n}/{v['rows']}" for k, n in v["checks"].items())
-                  + f" (score within {v.get('score_tolerance', 0.01)}; faithfulness {v['faithfulness_run']:.3f} "
-                  f"run, {v['faithfulness_replay']:.3f} replay; {v['escalated']} escalated, {v['redrawn']} "
-                  f"redrawn). Identical pixels: {v['identical_pixels']}/{v['rows']} — the others differ by 1 in a "
-                  "few values, since float32 batched math on CPU depends on a row's batch companions "
-                  f"({v['at']}, commit {v['commit']}, `{v['command']}`)."]
+        lines += ["", verify_text(v) + " Identical pixels: " f"{v['identical_pixels']}/{v['rows']} — the others "
+                  "differ by 1 in a few values, since float32 batched math on CPU depends on a row's batch "
+                  f"companions ({v['at']}, commit {v['commit']}, `{v['command']}`)."]
     lines += ["", "![quality per cost](bench/results/quality.png)", ""]
     return lines
+
+
+def verify_text(v: dict[str, Any]) -> str:
+    """The `--verify N` check in one sentence: the winner's fold-0 policy through `imagefleet.run` against the
+    replay, every check's count."""
+    return (f"`--verify {v['rows']}`: the winner's fold-0 policy ({v['policy']}) run through `imagefleet.run` (in "
+            f"process) on {v['rows']} of its reported rows, against the replay: "
+            + ("**agree**" if v["agree"] else "**disagree**") + " — "
+            + ", ".join(f"{k} {n}/{v['rows']}" for k, n in v["checks"].items())
+            + f" (score within {v.get('score_tolerance', 0.01)}; faithfulness {v['faithfulness_run']:.3f} run, "
+            f"{v['faithfulness_replay']:.3f} replay; {v['escalated']} escalated, {v['redrawn']} redrawn).")
 
 
 def table(q: dict[str, Any]) -> list[str]:

@@ -11,7 +11,7 @@ from typing import Any
 
 from bench.common import REPO
 from bench.quality_replay import Policy
-from bench.quality_report import _ci, table
+from bench.quality_report import _ci, table, verify_text
 
 TITLE = "## Quality per cost on strings no model saw: the v2 world"
 AFTER = ("## Quality per cost with the trained fact verifier", "## Quality per cost: the shapes world")
@@ -91,12 +91,8 @@ def markdown(runs: dict[str, dict[str, Any]]) -> list[str]:
               f"{SCORER[head['scorer']]}):", "", *table(head)]
     v = head.get("verify")
     if v:
-        lines += ["", f"`--verify {v['rows']}`: the winner's fold-0 policy ({v['policy']}) through `imagefleet.run` "
-                  f"on {v['rows']} of its reported rows against the replay: "
-                  + ("**agree**" if v["agree"] else "**disagree**") + " — "
-                  + ", ".join(f"{k} {n}/{v['rows']}" for k, n in v["checks"].items())
-                  + f" (faithfulness {v['faithfulness_run']:.3f} run, {v['faithfulness_replay']:.3f} replay; "
-                  f"{v['at']}, commit {v['commit']})."]
+        lines += ["", verify_text(v) + f" Identical pixels {v['identical_pixels']}/{v['rows']} ({v['at']}, commit "
+                  f"{v['commit']})."]
     png = next(n for n in ORDER if n in runs).replace(".json", ".png")
     return [*lines, "", f"![quality per cost, v2](bench/results/{png})", ""]
 
