@@ -153,6 +153,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--word-dim", type=int, default=32)
     p.add_argument("--head-dim", type=int, default=64)
     p.add_argument("--measure-only", action="store_true")
+    p.add_argument("--no-measure", action="store_true",
+                   help="train only (bench/quality.py --scorer verifier measures the ranking on its own rows)")
     p.add_argument("--resume", action="store_true", help="continue models/verifier for --steps more steps")
     p.add_argument("--grammar", choices=["v1", "v2"], default="v1",
                    help="v2: train on the v2 training pool with models_v2's pipelines, measure on its evaluation "
@@ -169,7 +171,8 @@ def main(argv: list[str] | None = None) -> None:
                                         f"{torch.__version__}, 1 thread", "load_avg_start": os.getloadavg()[0]}
     if not args.measure_only:
         entry["training"] = train(args, print)
-    entry["measured"] = measure(folder_for(args.grammar), print, args.grammar)
+    if not args.no_measure:
+        entry["measured"] = measure(folder_for(args.grammar), print, args.grammar)
     entry["wall_s"] = round(time.perf_counter() - wall, 1)
     results = folder_for(args.grammar).parent / RESULTS.name
     history = json.loads(results.read_text()) if results.exists() else []
