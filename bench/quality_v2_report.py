@@ -20,6 +20,10 @@ ORDER = ("quality_v2_unseen_verifier.json", "quality_v2_unseen_clip.json", "qual
 SCORER = {"clip": "world CLIP (v2)", "verifier": "fact verifier (v2)"}
 
 
+def _name(q: dict[str, Any]) -> str:
+    return SCORER[q.get("scorer", "clip")]
+
+
 def _at(q: dict[str, Any], prefix: str, budget: float | None = 0.3) -> dict[str, Any]:
     return next(r for r in q["results"] if r["budget"] == budget and r["policy"].startswith(prefix))
 
@@ -36,7 +40,7 @@ def summary(runs: dict[str, dict[str, Any]]) -> list[str]:
             continue
         best = [_at(q, "cascade, every parameter tuned", b) for b in q["budgets"]]
         lines.append(
-            f"| {q['strings_kind']} ({q['strings']['evaluated']} strings, {q['rows']} rows) | {SCORER[q['scorer']]} "
+            f"| {q['strings_kind']} ({q['strings']['evaluated']} strings, {q['rows']} rows) | {_name(q)} "
             f"| {_ci(q['results'][0]['faithfulness'])} | {_ci(q['results'][1]['faithfulness'])} | "
             + " / ".join(("**{}**" if r["budget"] == 0.3 else "{}").format(_ci(r["faithfulness"])) for r in best)
             + f" | {_ci(q['adaptive']['faithfulness'])} | {_ci(_at(q, 'ceiling: perfect')['faithfulness'])} / "
@@ -48,7 +52,7 @@ def summary(runs: dict[str, dict[str, Any]]) -> list[str]:
 
 def _verdict(q: dict[str, Any]) -> list[str]:
     w, perfect = q["winner"], _at(q, "ceiling: perfect")
-    lines = [f"**At ≤ 0.30 of heavy-only's cost, {q['strings_kind']} strings, {SCORER[q['scorer']]}, on held-out "
+    lines = [f"**At ≤ 0.30 of heavy-only's cost, {q['strings_kind']} strings, {_name(q)}, on held-out "
              f"rows, against heavy only's {w['heavy']:.3f}:**"]
     for label, x in (("the best product policy (every parameter tuned)", w), ("adaptive drafts", q["adaptive"])):
         lines.append(f"- {label}: {' / '.join(Policy(**pol).label() for pol in x['policies'])} → "
@@ -58,7 +62,8 @@ def _verdict(q: dict[str, Any]) -> list[str]:
                              f"estimate; lower CI end {x['faithfulness']['low']:.3f})."))
     gap = perfect["faithfulness"]["value"] - w["faithfulness"]["value"]
     lines.append(f"- the same policies with a perfect draft scorer: {_ci(perfect['faithfulness'])} "
-                 f"({_ci(perfect['vs_heavy'], True)} against heavy); the scorer's policy is {gap:+.3f} from it "
+                 f"({_ci(perfect['vs_heavy'], True)} against heavy); the scorer's policy is {abs(gap):.3f} "
+                 f"{'below' if gap >= 0 else 'above'} it "
                  f"at {q['clip_within_prompt_pairwise']['value']:.3f} within-prompt pairwise accuracy.")
     return lines
 
@@ -82,13 +87,13 @@ def markdown(runs: dict[str, dict[str, Any]]) -> list[str]:
              "model); `seen` rows are drawn the same way from the training pool, for comparison. Cost: draft "
              f"{c['draft_cpu_s'] * 1000:.1f} ms, heavy {c['heavy_cpu_s'] * 1000:.1f} ms CPU per image (**draft / "
              f"heavy = {c['draft_vs_heavy']:.3f}**), scoring {c['score_cpu_s'] * 1000:.2f} ms per scored image "
-             f"({head['scorer']}), all counted; training cost is reported apart (bench/world/README.md).", "",
+             f"({_name(head)}), all counted; training cost is reported apart (bench/world/README.md).", "",
              *summary(runs), ""]
     for name in ORDER:
         if name in runs and runs[name]["strings_kind"] == "unseen":
             lines += [*_verdict(runs[name]), ""]
     lines += [f"Every policy and ceiling of the headline run ({head['strings_kind']} strings, "
-              f"{SCORER[head['scorer']]}):", "", *table(head)]
+              f"{_name(head)}):", "", *table(head)]
     v = head.get("verify")
     if v:
         lines += ["", verify_text(v) + f" Identical pixels {v['identical_pixels']}/{v['rows']} ({v['at']}, commit "
