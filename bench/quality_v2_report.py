@@ -76,7 +76,8 @@ def markdown(runs: dict[str, dict[str, Any]]) -> list[str]:
     s, c = head["strings"], head["costs"]
     lines = [TITLE, "", *[f"- {q['at']} · {q['machine']} · commit {q['commit']} · `{q['command']}`"
                           + (f" · {q['benchmark_wall_s'] / 60:.0f} min wall, one thread"
-                             if q.get("benchmark_wall_s") else "") for n in ORDER for q in [runs.get(n)] if q], "",
+                             if q.get("benchmark_wall_s") else "") + (f" ({q['note']})" if q.get("note") else "")
+                          for n in ORDER for q in [runs.get(n)] if q], "",
              "The benchmark above (same design, folds, budgets, bootstrap and product replay) in the v2 world "
              "(bench/world/README.md \"v2 grammar\"): 2,692 prompt strings, of which 539 **evaluation strings** "
              "that no model saw in training — neither the UNets, their frozen text encoder, world CLIP, the VAE nor "
