@@ -30,10 +30,11 @@ def _at(q: dict[str, Any], prefix: str, budget: float | None = 0.3) -> dict[str,
 
 def summary(runs: dict[str, dict[str, Any]]) -> list[str]:
     """One line per run: the baselines, the best product policy per budget, the ceilings at 0.30, the scorer."""
-    lines = ["| strings | scorer | draft only | heavy only | best product policy at 0.20 / **0.30** / 0.42 of heavy's "
+    lines = ["| strings | scorer | draft / heavy cost (measured) | draft only | heavy only | best product policy at "
+             "0.20 / **0.30** / 0.42 of heavy's "
              "cost | adaptive drafts at 0.30 | ceiling at 0.30: perfect draft scorer / hindsight escalation | oracle "
              "best-of-4 (0.4 of heavy's cost or so) | scorer's within-prompt pairwise accuracy |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for name in ORDER:
         q = runs.get(name)
         if not q:
@@ -41,7 +42,8 @@ def summary(runs: dict[str, dict[str, Any]]) -> list[str]:
         best = [_at(q, "cascade, every parameter tuned", b) for b in q["budgets"]]
         lines.append(
             f"| {q['strings_kind']} ({q['strings']['evaluated']} strings, {q['rows']} rows) | {_name(q)} "
-            f"| {_ci(q['results'][0]['faithfulness'])} | {_ci(q['results'][1]['faithfulness'])} | "
+            f"| {q['costs']['draft_vs_heavy']:.3f} | {_ci(q['results'][0]['faithfulness'])} | "
+            f"{_ci(q['results'][1]['faithfulness'])} | "
             + " / ".join(("**{}**" if r["budget"] == 0.3 else "{}").format(_ci(r["faithfulness"])) for r in best)
             + f" | {_ci(q['adaptive']['faithfulness'])} | {_ci(_at(q, 'ceiling: perfect')['faithfulness'])} / "
             f"{_ci(_at(q, 'ceiling: hindsight')['faithfulness'])} | "
@@ -88,7 +90,9 @@ def markdown(runs: dict[str, dict[str, Any]]) -> list[str]:
              "model); `seen` rows are drawn the same way from the training pool, for comparison. Cost: draft "
              f"{c['draft_cpu_s'] * 1000:.1f} ms, heavy {c['heavy_cpu_s'] * 1000:.1f} ms CPU per image (**draft / "
              f"heavy = {c['draft_vs_heavy']:.3f}**), scoring {c['score_cpu_s'] * 1000:.2f} ms per scored image "
-             f"({_name(head)}), all counted; training cost is reported apart (bench/world/README.md).", "",
+             f"({_name(head)}), all counted, in the headline run; each run measures its own (CPU time on a shared "
+             "machine, so the ratio varies between runs, and with it what a budget buys: see the table's column). "
+             "Training cost is reported apart (bench/world/README.md).", "",
              *summary(runs), ""]
     for name in ORDER:
         if name in runs and runs[name]["strings_kind"] == "unseen":
