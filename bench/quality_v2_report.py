@@ -33,7 +33,7 @@ def summary(runs: dict[str, dict[str, Any]]) -> list[str]:
     lines = ["| strings | scorer | draft / heavy cost (measured) | draft only | heavy only | best product policy at "
              "0.20 / **0.30** / 0.42 of heavy's "
              "cost | adaptive drafts at 0.30 | ceiling at 0.30: perfect draft scorer / hindsight escalation | oracle "
-             "best-of-4 (0.4 of heavy's cost or so) | scorer's within-prompt pairwise accuracy |",
+             "best-of-4 (4 drafts' cost) | scorer's within-prompt pairwise accuracy |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for name in ORDER:
         q = runs.get(name)
@@ -53,7 +53,7 @@ def summary(runs: dict[str, dict[str, Any]]) -> list[str]:
 
 
 def _verdict(q: dict[str, Any]) -> list[str]:
-    w, perfect = q["winner"], _at(q, "ceiling: perfect")
+    w, perfect, best4 = q["winner"], _at(q, "ceiling: perfect"), _at(q, "ceiling: oracle best-of-4", None)
     lines = [f"**At ≤ 0.30 of heavy-only's cost, {q['strings_kind']} strings, {_name(q)}, on held-out "
              f"rows, against heavy only's {w['heavy']:.3f}:**"]
     for label, x in (("the best product policy (every parameter tuned)", w), ("adaptive drafts", q["adaptive"])):
@@ -66,7 +66,11 @@ def _verdict(q: dict[str, Any]) -> list[str]:
     lines.append(f"- the same policies with a perfect draft scorer: {_ci(perfect['faithfulness'])} "
                  f"({_ci(perfect['vs_heavy'], True)} against heavy); the scorer's policy is {abs(gap):.3f} "
                  f"{'below' if gap >= 0 else 'above'} it "
-                 f"at {q['clip_within_prompt_pairwise']['value']:.3f} within-prompt pairwise accuracy.")
+                 f"at {q['clip_within_prompt_pairwise']['value']:.3f} within-prompt pairwise accuracy"
+                 + (". So even a perfect draft scorer falls short here: **the draft model is the limit** (the "
+                    f"oracle's best of 4 drafts reaches {_ci(best4['faithfulness'])} at "
+                    f"{best4['cost_vs_heavy']:.2f} of heavy's cost), then the "
+                    "scorer." if perfect["faithfulness"]["value"] < w["heavy"] else ": the scorer is the limit."))
     return lines
 
 
