@@ -124,6 +124,13 @@ def adaptive(S: np.ndarray, max_drafts: int, stop: float) -> tuple[np.ndarray, n
     return kept, drafts
 
 
+def stop_at(policy: Policy) -> float:
+    """The score at which the Redrawer stops drawing: `redraw_below`, or never (best-of-N) when it has none. A
+    threshold of 0 is a threshold (no score is below it: one draft), not "none" — a 0..1 scorer's low quantile
+    rounds to it."""
+    return math.inf if policy.redraw_below is None else policy.redraw_below
+
+
 def evaluate(pool: Pool, idx: np.ndarray, cost: dict[str, float], policy: Policy, by_oracle: bool
              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """`policy` on the pool's rows idx: faithfulness, generation cost and scoring cost per row (escalated rows take
@@ -132,7 +139,7 @@ def evaluate(pool: Pool, idx: np.ndarray, cost: dict[str, float], policy: Policy
     from imagefleet.configs.routing import CascadeConfig
 
     S, n = (pool.F if by_oracle else pool.S)[idx], len(idx)
-    kept, drafts = adaptive(S, policy.max_drafts, policy.redraw_below if policy.redraw_below else math.inf)
+    kept, drafts = adaptive(S, policy.max_drafts, stop_at(policy))
     best, faith = S[np.arange(n), kept], pool.F[idx][np.arange(n), kept]
     up = np.zeros(n, dtype=bool)
     if policy.escalate_fraction is not None:
@@ -203,7 +210,7 @@ def replayed(replay: Replay, policy: Policy, rows: list[Row], idx: np.ndarray, c
     S = np.full((len(ids), policy.max_drafts), -math.inf)
     for j, rid in enumerate(ids):
         S[j, :drafts[j]] = [replay.image("draft", rows[idx[j]].prompt, s).score for s in out[rid].drafts]
-    kept, expected = adaptive(S, policy.max_drafts, policy.redraw_below or math.inf)
+    kept, expected = adaptive(S, policy.max_drafts, stop_at(policy))
     rounds = np.array([out[i].draft_round for i in ids])
     count = escalation_count(CascadeConfig(**policy.cascade()), 1.0, len(ids)) if policy.escalate_fraction else None
     if not (np.array_equal(drafts, expected) and np.array_equal(rounds, kept + 1)) or \

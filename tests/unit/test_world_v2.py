@@ -219,3 +219,18 @@ def test_the_v2_quality_benchmark_rows_are_every_evaluation_string_and_nothing_s
     assert world_facts("a purple diamond above a cyan circle", V2)[-1] == "a purple diamond is above a cyan circle"
     assert len({results_name(s, "v2", w) for s in ("clip", "verifier") for w in ("seen", "unseen")}
                | {results_name("clip"), results_name("verifier")}) == 6
+
+
+def test_a_redraw_threshold_of_zero_is_one_draft_in_the_benchmark_as_in_the_product() -> None:
+    """A 0..1 scorer's low quantile rounds to redraw_below 0: no score is below it, so the Redrawer draws once; the
+    benchmark's tuning once read 0 as "no threshold" (best-of-N) and chose a policy the product doesn't run."""
+    import numpy as np
+
+    from bench.quality import adaptive, stop_at
+    from bench.quality_replay import Policy
+
+    scores = np.array([[0.1, 0.9, 0.5], [0.0, 0.2, 0.3]])
+    kept, drafts = adaptive(scores, 3, stop_at(Policy(max_drafts=3, redraw_below=0.0)))
+    assert kept.tolist() == [0, 0] and drafts.tolist() == [1, 1]
+    kept, drafts = adaptive(scores, 3, stop_at(Policy(max_drafts=3, redraw_below=None)))
+    assert kept.tolist() == [1, 2] and drafts.tolist() == [3, 3]
