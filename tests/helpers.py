@@ -112,3 +112,18 @@ def send_until_answered(sock: Any, chunks: Any, sent: list[int] | None = None) -
         if sent is not None:
             sent.append(len(chunk))
     return reply
+
+
+def quality_verified(*args: str) -> None:
+    """`bench/quality.py --verify 8 ARGS` exits 0 and its JSON says the run and the replay agree on all 8 rows, with 2
+    escalated and at least one redrawn (else the rows exercise neither rule and the check shows nothing)."""
+    import json
+    import subprocess
+
+    run = subprocess.run([sys.executable, "bench/quality.py", "--verify", "8", *args],
+                         cwd=REPO, capture_output=True, text=True, timeout=400, check=False)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    result = json.loads(run.stdout)
+    assert result["agree"] and result["rows"] == 8, result
+    assert result["checks"] == dict.fromkeys(result["checks"], 8)
+    assert result["escalated"] == 2 and result["redrawn"] >= 1, "the rows exercise neither rule: the test shows nothing"
