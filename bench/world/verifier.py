@@ -27,9 +27,7 @@ import numpy as np
 
 from bench.world.verifier_data import EVAL_CANDIDATES, evaluation_set, split, training_set, world_facts
 
-MODELS = Path(__file__).parent / "models"
-FOLDER = MODELS / "verifier"
-RESULTS = MODELS / "verifier_results.json"
+RESULTS_NAME = "verifier_results.json"  # beside the verifier folder: models/ (v1) or models_v2/ (v2)
 WORK = Path(tempfile.gettempdir()) / "imagefleet-world-verifier"  # made images, cached between attempts
 DEFAULTS = {"drafts": 24000, "heavies": 3000, "renders": 8000, "extra_drafts": 24000, "steps": 8000,
             "batch_images": 64, "lr": 2e-3, "seed": 0}
@@ -155,7 +153,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--measure-only", action="store_true")
     p.add_argument("--no-measure", action="store_true",
                    help="train only (bench/quality.py --scorer verifier measures the ranking on its own rows)")
-    p.add_argument("--resume", action="store_true", help="continue models/verifier for --steps more steps")
+    p.add_argument("--resume", action="store_true", help="continue the grammar's verifier for --steps more steps")
     p.add_argument("--grammar", choices=["v1", "v2"], default="v1",
                    help="v2: train on the v2 training pool with models_v2's pipelines, measure on its evaluation "
                         "strings; the folder and results go to models_v2")
@@ -174,7 +172,7 @@ def main(argv: list[str] | None = None) -> None:
     if not args.no_measure:
         entry["measured"] = measure(folder_for(args.grammar), print, args.grammar)
     entry["wall_s"] = round(time.perf_counter() - wall, 1)
-    results = folder_for(args.grammar).parent / RESULTS.name
+    results = folder_for(args.grammar).parent / RESULTS_NAME
     history = json.loads(results.read_text()) if results.exists() else []
     results.write_text(json.dumps([*history, entry], indent=1) + "\n")
 
