@@ -22,5 +22,6 @@ def models_for(grammar: str) -> Path:
     """The folder of the models trained on `grammar` ("v1": models, "v2": models_v2)."""
     return MODELS_V2 if grammar == "v2" else MODELS
 
+
 __all__ = ["CLIP", "DRAFT", "HEAVY", "HELD_OUT_SEED", "MODELS", "MODELS_V2", "SIZE", "TASKS", "Verdict",
            "models_for", "oracle", "parse", "render", "sample_prompts"]

@@ -27,9 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from bench.world import CLIP, DRAFT, HEAVY, HELD_OUT_SEED, MODELS, TASKS, oracle, render, sample_prompts
+from bench.world import CLIP, DRAFT, HEAVY, HELD_OUT_SEED, MODELS, MODELS_V2, TASKS, oracle, render, sample_prompts
 from bench.world.split import evaluation_strings, training_strings
-from bench.world.train import MODELS_V2
 
 logger = logging.getLogger(__name__)
 BATCH = 8  # images per pipeline call

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench.world import MODELS, MODELS_V2, data
+from bench.world import data, models_for
 from bench.world.scene import SIZE, Spec, get_grammar, sample_spec
 from bench.world.tokenizer import MAX_TOKENS, load_tokenizer, write_tokenizer
 
@@ -263,7 +263,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--resume", action="store_true", help="draft/heavy: continue from the saved UNet")
     args = parser.parse_args(argv)
-    args.out = args.out or (MODELS_V2 if args.grammar == "v2" else MODELS)
+    args.out = args.out or models_for(args.grammar)
     import torch
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
