@@ -9,6 +9,7 @@ reported on the other, with 95% bootstrap CIs clustered by prompt string, next t
     python bench/quality.py --scorer verifier --report-only   # BENCHMARKS.md's section again from the results
     python bench/quality.py --grammar v2 --scorer verifier    # the v2 world, on evaluation strings no model saw
     python bench/quality.py --grammar v2 --strings seen       # ... or on its training pool, for comparison
+    python bench/quality.py --grammar v2 --scorer verifier --draft heavy@2   # drafts: the heavy model at 2 steps
 
 Design. Rows: the world's grammar enumerated (651 strings); each GenEval task gets rows/6 rows, its strings
 shuffled and cycled, so the set holds as many distinct strings as the rows allow; every row has its own id and so
@@ -25,7 +26,10 @@ scores 0..1) it writes quality_verifier.json and .png instead, rewrites (or adds
 right after the CLIP one (bench/quality_verifier_report.py), and reports the scorer's pairwise accuracy on the
 verifier's held-out and training strings apart. With `--grammar v2` (bench/world/models_v2, the v2 oracle; 2,700
 rows by default, so every one of the 539 evaluation strings is a row) it writes quality_v2_<strings>_<scorer>.json
-and .png and the v2 section (bench/quality_v2_report.py), which reads every v2 results file there is.
+and .png and the v2 section (bench/quality_v2_report.py), which reads every v2 results file there is. `--draft
+heavy@K` (v2) makes the drafts with the heavy model's own weights at K denoising steps instead of the small draft
+model (a few-step mode of the heavy model: a user drafting with fewer steps of the very model they escalate
+to): results in quality_v2_<strings>_<scorer>_draft-heavyK.json.
 """
 
 from __future__ import annotations
@@ -54,7 +58,7 @@ from bench.quality_design import (  # noqa: E402
     training_strings,
     verify_rows,
 )
-from bench.quality_replay import SCORE_TOLERANCE, SCORERS, Policy, Replay, verify  # noqa: E402
+from bench.quality_replay import DRAFTS, SCORE_TOLERANCE, SCORERS, Policy, Replay, verify  # noqa: E402
 from bench.quality_report import markdown, plot, update_benchmarks  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
@@ -67,9 +71,12 @@ NAMES = {"clip": "quality.json", "verifier": "quality_verifier.json"}  # results
 ROWS = {"v1": 2304, "v2": 2700}  # default rows: v2's 450 a task make every one of its 539 evaluation strings a row
 
 
-def results_name(scorer: str, world: str = "v1", which: str = "unseen") -> str:
-    """The results file of a run: v1 per scorer (NAMES), v2 per strings and scorer."""
-    return NAMES[scorer] if world == "v1" else f"quality_v2_{which}_{scorer}.json"
+def results_name(scorer: str, world: str = "v1", which: str = "unseen", draft: str = "draft") -> str:
+    """The results file of a run: v1 per scorer (NAMES), v2 per strings and scorer, and per draft generator when it
+    is not the draft model (`_draft-heavy3` for heavy@3)."""
+    if world == "v1":
+        return NAMES[scorer]
+    return f"quality_v2_{which}_{scorer}" + ("" if draft == "draft" else f"_draft-{draft.replace('@', '')}") + ".json"
 
 
 @dataclass
@@ -320,15 +327,15 @@ def _seen(world: str) -> tuple[dict[str, list[str]], dict[str, set[str]]]:
     return split.enumerate_strings("v2"), {m: pool for m in ("clip", "draft", "heavy")}
 
 
-def run(n_rows: int, log: Any = print, scorer: str = "clip", world: str = "v1", which: str = "unseen"
-        ) -> dict[str, Any]:
+def run(n_rows: int, log: Any = print, scorer: str = "clip", world: str = "v1", which: str = "unseen",
+        draft: str = "draft") -> dict[str, Any]:
     """The benchmark: rows, candidate pool, then per budget every family tuned on one half and reported on the
     other, ceilings, intervals."""
     # 1 the grammar, the strings each model saw in training, the evaluation rows
     (every_by_task, seen), strings = _seen(world), strings_for(world, which)
     rows = evaluation_rows(n_rows, strings)
     folds = [np.array([i for i, r in enumerate(rows) if r.fold == k]) for k in (0, 1)]
-    replay = Replay([(r.id, r.prompt) for r in rows], scorer, world)
+    replay = Replay([(r.id, r.prompt) for r in rows], scorer, world, draft)
     # 2 every row's candidate drafts and heavy image; costs measured on them (CPU s per image, one thread)
     pool = make_pool(replay, rows, log)
     cost = {name: replay.seconds(name) for name in ("draft", "heavy", "score")}
@@ -380,7 +387,7 @@ def run(n_rows: int, log: Any = print, scorer: str = "clip", world: str = "v1", 
 
     return {
         "at": time.strftime("%Y-%m-%d %H:%M"), "rows": n, "design_seed": DESIGN_SEED, "budgets": list(BUDGETS),
-        "grammar": world, "strings_kind": which if world == "v2" else "seen",
+        "grammar": world, "strings_kind": which if world == "v2" else "seen", "draft": draft,
         "bootstrap_resamples": BOOTSTRAP,
         "strings": {"grammar": len(every), "evaluated": len(evaluated),
                     "per_task": {t: [len(strings[t]), len({r.prompt for r in rows if r.task == t})] for t in strings},
@@ -423,10 +430,10 @@ def verifier_strings(rows: list[Row], right: np.ndarray, pairs: np.ndarray, worl
 
 
 def check(n_rows: int, count: int, policy: Policy, log: Any = print, scorer: str = "clip", world: str = "v1",
-          which: str = "unseen") -> dict[str, Any]:
+          which: str = "unseen", draft: str = "draft") -> dict[str, Any]:
     """--verify: the policy through imagefleet.run on `count` rows against the replay of the same rows."""
     rows = verify_rows(n_rows, count, strings_for(world, which))
-    return verify(Replay([(r.id, r.prompt) for r in rows], scorer, world), policy, [r.id for r in rows], log)
+    return verify(Replay([(r.id, r.prompt) for r in rows], scorer, world, draft), policy, [r.id for r in rows], log)
 
 
 def main() -> int:
@@ -445,13 +452,18 @@ def main() -> int:
                    help="v2: the v2 world (bench/world/models_v2), on strings no model saw (--strings unseen)")
     p.add_argument("--strings", choices=["unseen", "seen"], default="unseen",
                    help="v2 only: its evaluation strings (unseen by every model) or its training pool (seen)")
+    p.add_argument("--draft", choices=DRAFTS, default="draft",
+                   help="v2 only: the draft generator: the world's draft model (4 steps), or the heavy model "
+                        "sampled with K steps (heavy@K); results go to their own file")
     p.add_argument("--policy", default="",
                    help="no benchmark: --verify this policy instead (max_drafts=3,redraw_below=65,...)")
     p.add_argument("--report-only", action="store_true",
                    help="no benchmark: the plot and BENCHMARKS.md's section again from the scorer's results file")
     args = p.parse_args()
     args.rows = args.rows or ROWS[args.grammar]
-    name = results_name(args.scorer, args.grammar, args.strings)
+    if args.grammar == "v1" and args.draft != "draft":
+        p.error("--draft applies to --grammar v2")
+    name = results_name(args.scorer, args.grammar, args.strings, args.draft)
     if args.report_only:
         return finish(json.loads((RESULTS / name).read_text()))
     import torch
@@ -460,19 +472,20 @@ def main() -> int:
     if args.policy:  # a given policy, printed only (tests)
         result = check(args.rows, args.verify or 8, Policy.parse(args.policy),
                        log=lambda text: print(text, file=sys.stderr), scorer=args.scorer, world=args.grammar,
-                       which=args.strings)  # stdout: the JSON only
+                       which=args.strings, draft=args.draft)  # stdout: the JSON only
         print(json.dumps(result, indent=2))
         return 0 if result["agree"] else 1
     command = "python bench/quality.py" + "".join(f" --{k} {v}" for k, v, default in (
         ("grammar", args.grammar, "v1"), ("strings", args.strings, "unseen"),
-        ("rows", args.rows, ROWS[args.grammar]), ("scorer", args.scorer, "clip")) if v != default)
+        ("rows", args.rows, ROWS[args.grammar]), ("scorer", args.scorer, "clip"), ("draft", args.draft, "draft"))
+        if v != default)
     if args.only_verify:  # the recorded winner again; the check replaces the recorded one
         q = json.loads((RESULTS / name).read_text())
         q["verify"] = checked(q["rows"], args.verify or 64, Policy(**q["winner"]["policies"][0]),
                               f"{command} --only-verify --verify {args.verify or 64}", args)
         return finish(q)
     started = time.perf_counter()
-    q = run(args.rows, lambda text: print(text, flush=True), args.scorer, args.grammar, args.strings)
+    q = run(args.rows, lambda text: print(text, flush=True), args.scorer, args.grammar, args.strings, args.draft)
     q["machine"], q["commit"] = machine(), git_rev()
     q["command"] = command + (f" --verify {args.verify}" if args.verify else "")
     q["benchmark_wall_s"] = round(time.perf_counter() - started, 1)
@@ -483,7 +496,8 @@ def main() -> int:
 
 def checked(n_rows: int, count: int, policy: Policy, command: str, args: argparse.Namespace) -> dict[str, Any]:
     """--verify with its own date, commit and command (it may be rerun alone later)."""
-    result = check(n_rows, count, policy, scorer=args.scorer, world=args.grammar, which=args.strings)
+    result = check(n_rows, count, policy, scorer=args.scorer, world=args.grammar, which=args.strings,
+                   draft=args.draft)
     rows = verify_rows(n_rows, count, strings_for(args.grammar, args.strings))
     return {**result, "row_ids": [r.id for r in rows], "at": time.strftime("%Y-%m-%d %H:%M"),
             "commit": git_rev(), "command": command, "score_tolerance": SCORE_TOLERANCE}
@@ -495,7 +509,7 @@ def finish(q: dict[str, Any]) -> int:
     from every v2 results file there is); exit 1 when --verify disagreed."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     scorer, world = q.get("scorer", "clip"), q.get("grammar", "v1")
-    name = results_name(scorer, world, q.get("strings_kind", "unseen"))
+    name = results_name(scorer, world, q.get("strings_kind", "unseen"), q.get("draft", "draft"))
     (RESULTS / name).write_text(json.dumps(q, indent=2))
     plot(q, (RESULTS / name).with_suffix(".png"))
     if world == "v2":

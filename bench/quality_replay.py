@@ -29,6 +29,16 @@ SCORERS = ("clip", "verifier")  # the world's CLIP (0..100), or its fact verifie
 SCORE_TOLERANCE = 0.01  # CLIP units (0..100): a row's pixels may differ by 1 in a few values with its batch's other
 # rows (float32 batched math on CPU), so the run's and the replay's scores of one image agree to ~1e-3, not exactly
 Batch = dict[str, np.ndarray]
+DRAFTS = ("draft", "heavy@2", "heavy@3", "heavy@4")  # the draft generator: the world's draft model at its 4 steps,
+# or the heavy model sampled with 2-4 steps (the same weights, fewer steps: a few-step mode of the heavy model)
+
+
+def draft_spec(draft: str) -> tuple[str, int | None]:
+    """`draft` (the draft model at its own steps) or `heavy@K` (the heavy model at K steps): (folder, steps)."""
+    if draft not in DRAFTS:
+        raise ValueError(f"unknown draft generator {draft!r}; one of {', '.join(DRAFTS)}")
+    folder, _, steps = draft.partition("@")
+    return folder, int(steps) if steps else None
 
 
 @dataclass(frozen=True)
@@ -80,17 +90,22 @@ def _num(x: float | None) -> str:
     return "–" if x is None else f"{x:.1f}" if abs(x) >= 10 else f"{x:.3g}"
 
 
-def job_config(policy: Policy, source: Path, output: Path, scorer: str = "clip", models: Path = MODELS
-               ) -> dict[str, Any]:
+def job_config(policy: Policy, source: Path, output: Path, scorer: str = "clip", models: Path = MODELS,
+               draft: str = "draft") -> dict[str, Any]:
     """configs/world_cascade.yaml (its seed and generators) with this checkout's world models, no GPUs, in process,
     a local output, the policy's cascade and the scorer named here: the world's CLIP, or with `scorer` `verifier`
     the world's fact verifier (bench/world/models/verifier) as the `facts` scorer, each row's facts from the prompt
-    table's `facts` column (write_rows(..., facts=True)); `models` the world's model folder (models_v2: v2)."""
+    table's `facts` column (write_rows(..., facts=True)); `models` the world's model folder (models_v2: v2);
+    `draft` the draft generator (DRAFTS: the draft model, or the heavy model sampled with fewer steps)."""
     raw = yaml.safe_load(WORLD_CONFIG.read_text())
     raw["source"] = {"uri": str(source)}
     for name in ("draft", "heavy"):
         raw["generators"][name]["model"] = str(models / name)
         raw["generators"][name]["pool"].update(num_gpus=0, min_size=1, max_size=1)
+    folder, steps = draft_spec(draft)
+    raw["generators"]["draft"]["model"] = str(models / folder)
+    if steps:
+        raw["generators"]["draft"]["defaults"]["num_steps"] = steps
     raw["scorer"] = {"backend": "clip", "model": str(models / "clip"), "pool": raw["scorer"]["pool"]}
     if scorer == "verifier":
         raw["scorer"] = {"backend": "facts", "model": str(models / "verifier"), "pool": raw["scorer"]["pool"]}
@@ -145,9 +160,11 @@ class Replay:
         rows: (id, prompt) of every evaluation row.
         scorer: `clip` or `verifier` (SCORERS).
         grammar: the world's grammar, `v1` (models) or `v2` (models_v2; the oracle reads v2's words).
+        draft: the draft generator (DRAFTS).
     """
 
-    def __init__(self, rows: list[tuple[str, str]], scorer: str = "clip", grammar: str = "v1") -> None:
+    def __init__(self, rows: list[tuple[str, str]], scorer: str = "clip", grammar: str = "v1",
+                 draft: str = "draft") -> None:
         import imagefleet
         from bench.world import models_for
         from imagefleet.actors import SCORERS
@@ -155,9 +172,11 @@ class Replay:
         from imagefleet.jobs.preflight import resolve_stores
 
         self.rows, self.scorer_name, self.grammar, self.models = dict(rows), scorer, grammar, models_for(grammar)
+        self.draft = draft
         self.work = Path(tempfile.mkdtemp(prefix="imagefleet-quality-"))
         source = write_rows(self.work / "rows.parquet", rows, scorer == "verifier", grammar)
-        cfg = imagefleet.load(job_config(Policy(threshold=0.0), source, self.work / "out", scorer, self.models))
+        cfg = imagefleet.load(job_config(Policy(threshold=0.0), source, self.work / "out", scorer, self.models,
+                                         draft))
         self.stores = resolve_stores(cfg)  # model folders keyed by content, as a run keys them
         self.generators = {name: DiffusersGenerator(cfg.generators[name], name=name) for name in ("draft", "heavy")}
         self.scorer = SCORERS[cfg.scorer.backend](cfg.scorer)  # type: ignore[arg-type]
@@ -169,7 +188,7 @@ class Replay:
         import imagefleet
 
         return imagefleet.load(job_config(policy, self.work / "rows.parquet", self.work / "out", self.scorer_name,
-                                          self.models))
+                                          self.models, self.draft))
 
     def preprocess(self, policy: Policy, ids: list[str]) -> Batch:
         """The preprocessor's rows for `ids` under `policy` (seeds from the job seed and row id; the draft key
@@ -305,8 +324,8 @@ def verify(replay: Replay, policy: Policy, ids: list[str], log: Any = print) -> 
     source = write_rows(work / "rows.parquet", [(i, replay.rows[i]) for i in ids], replay.scorer_name == "verifier",
                         replay.grammar)
     started = time.perf_counter()
-    result = imagefleet.run(job_config(policy, source, work / "out", replay.scorer_name, replay.models), echo=None,
-                            progress="off")
+    result = imagefleet.run(job_config(policy, source, work / "out", replay.scorer_name, replay.models,
+                                       replay.draft), echo=None, progress="off")
     run_s = time.perf_counter() - started
     manifest = {str(r["id"]): r for r in result.to_pandas().to_dict("records")}
     ours = replay.run(policy, ids)

@@ -15,13 +15,20 @@ from bench.quality_report import _ci, table, verify_text
 
 TITLE = "## Quality per cost on strings no model saw: the v2 world"
 AFTER = ("## Quality per cost with the trained fact verifier", "## Quality per cost: the shapes world")
-ORDER = ("quality_v2_unseen_verifier.json", "quality_v2_unseen_clip.json", "quality_v2_seen_verifier.json",
-         "quality_v2_seen_clip.json")
+DRAFT_ORDER = ("draft", "heavy@3", "heavy@2", "heavy@4")  # the draft generators (bench/quality_replay.DRAFTS)
+ORDER = tuple(f"quality_v2_{which}_{scorer}" + ("" if draft == "draft" else f"_draft-{draft.replace('@', '')}")
+              + ".json" for which in ("unseen", "seen") for draft in DRAFT_ORDER for scorer in ("verifier", "clip"))
 SCORER = {"clip": "world CLIP (v2)", "verifier": "fact verifier (v2)"}
+DRAFT = {"draft": "draft model (4 steps)", "heavy@2": "heavy model, 2 steps", "heavy@3": "heavy model, 3 steps",
+         "heavy@4": "heavy model, 4 steps"}
 
 
 def _name(q: dict[str, Any]) -> str:
     return SCORER[q.get("scorer", "clip")]
+
+
+def _draft(q: dict[str, Any]) -> str:
+    return DRAFT[q.get("draft", "draft")]
 
 
 def _at(q: dict[str, Any], prefix: str, budget: float | None = 0.3) -> dict[str, Any]:
@@ -30,11 +37,11 @@ def _at(q: dict[str, Any], prefix: str, budget: float | None = 0.3) -> dict[str,
 
 def summary(runs: dict[str, dict[str, Any]]) -> list[str]:
     """One line per run: the baselines, the best product policy per budget, the ceilings at 0.30, the scorer."""
-    lines = ["| strings | scorer | draft / heavy cost (measured) | draft only | heavy only | best product policy at "
-             "0.20 / **0.30** / 0.42 of heavy's "
-             "cost | adaptive drafts at 0.30 | ceiling at 0.30: perfect draft scorer / hindsight escalation | oracle "
-             "best-of-4 (4 drafts' cost) | scorer's within-prompt pairwise accuracy |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| strings | scorer | draft generator | draft / heavy cost (measured) | draft only | heavy only | best "
+             "product policy at 0.20 / **0.30** / 0.42 of heavy's cost | adaptive drafts at 0.30 | ceiling at 0.30: "
+             "perfect draft scorer / hindsight escalation | oracle best-of-4 (4 drafts' cost) | scorer's within-prompt "
+             "pairwise accuracy |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name in ORDER:
         q = runs.get(name)
         if not q:
@@ -42,7 +49,7 @@ def summary(runs: dict[str, dict[str, Any]]) -> list[str]:
         best = [_at(q, "cascade, every parameter tuned", b) for b in q["budgets"]]
         lines.append(
             f"| {q['strings_kind']} ({q['strings']['evaluated']} strings, {q['rows']} rows) | {_name(q)} "
-            f"| {q['costs']['draft_vs_heavy']:.3f} | {_ci(q['results'][0]['faithfulness'])} | "
+            f"| {_draft(q)} | {q['costs']['draft_vs_heavy']:.3f} | {_ci(q['results'][0]['faithfulness'])} | "
             f"{_ci(q['results'][1]['faithfulness'])} | "
             + " / ".join(("**{}**" if r["budget"] == 0.3 else "{}").format(_ci(r["faithfulness"])) for r in best)
             + f" | {_ci(q['adaptive']['faithfulness'])} | {_ci(_at(q, 'ceiling: perfect')['faithfulness'])} / "
@@ -54,7 +61,8 @@ def summary(runs: dict[str, dict[str, Any]]) -> list[str]:
 
 def _verdict(q: dict[str, Any]) -> list[str]:
     w, perfect, best4 = q["winner"], _at(q, "ceiling: perfect"), _at(q, "ceiling: oracle best-of-4", None)
-    lines = [f"**At ≤ 0.30 of heavy-only's cost, {q['strings_kind']} strings, {_name(q)}, on held-out "
+    lines = [f"**At ≤ 0.30 of heavy-only's cost, {q['strings_kind']} strings, {_name(q)}, {_draft(q)} as the draft, "
+             "on held-out "
              f"rows, against heavy only's {w['heavy']:.3f}:**"]
     for label, x in (("the best product policy (every parameter tuned)", w), ("adaptive drafts", q["adaptive"])):
         lines.append(f"- {label}: {' / '.join(Policy(**pol).label() for pol in x['policies'])} → "

@@ -217,8 +217,27 @@ def test_the_v2_quality_benchmark_rows_are_every_evaluation_string_and_nothing_s
     assert seen_rows <= {s for v in pool.values() for s in v} and len(seen_rows) > 539
     assert all(is_evaluation(r.prompt) for r in verify_rows(ROWS["v2"], 8, strings_for("v2", "unseen")))
     assert world_facts("a purple diamond above a cyan circle", V2)[-1] == "a purple diamond is above a cyan circle"
-    assert len({results_name(s, "v2", w) for s in ("clip", "verifier") for w in ("seen", "unseen")}
-               | {results_name("clip"), results_name("verifier")}) == 6
+    assert len({results_name(s, "v2", w, d) for s in ("clip", "verifier") for w in ("seen", "unseen")
+                for d in ("draft", "heavy@2")} | {results_name("clip"), results_name("verifier")}) == 10
+
+
+def test_a_heavy_few_step_draft_is_the_heavy_folder_at_its_own_steps() -> None:
+    """bench/quality.py --draft heavy@K: the draft generator is the heavy model's folder sampled with K steps (its
+    own generator, so its own image keys), the escalation stays the heavy model at its steps; anything else is
+    refused before work starts."""
+    from bench.quality_replay import Policy, draft_spec, job_config
+    from bench.quality_v2_report import ORDER
+
+    raw = job_config(Policy(threshold=0.0), Path("rows.parquet"), Path("out"), "verifier", Path("m"), "heavy@2")
+    draft, heavy = raw["generators"]["draft"], raw["generators"]["heavy"]
+    assert (draft["model"], draft["defaults"]["num_steps"]) == (str(Path("m") / "heavy"), 2)
+    assert (heavy["model"], heavy["defaults"]["num_steps"]) == (str(Path("m") / "heavy"), 20)
+    assert job_config(Policy(), Path("r"), Path("o"), models=Path("m"))["generators"]["draft"]["defaults"][
+        "num_steps"] == 4
+    assert draft_spec("draft") == ("draft", None) and draft_spec("heavy@3") == ("heavy", 3)
+    with pytest.raises(ValueError, match="unknown draft generator 'heavy@20'"):
+        draft_spec("heavy@20")
+    assert "quality_v2_unseen_verifier_draft-heavy2.json" in ORDER
 
 
 def test_a_redraw_threshold_of_zero_is_one_draft_in_the_benchmark_as_in_the_product() -> None:
