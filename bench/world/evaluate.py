@@ -3,6 +3,8 @@ pipelines, and the tiny CLIP's agreement with the oracle (ROC AUC of its score v
 
     python -m bench.world.evaluate            # 500 prompts (seed HELD_OUT_SEED), results to models/results.json
     python -m bench.world.evaluate --grammar v2   # models_v2: seen and unseen strings apart, models_v2/results.json
+    python -m bench.world.evaluate --grammar v2 --pipelines draft@20 heavy@2 heavy@3 heavy@4 \
+        --out bench/world/models_v2/results_steps.json   # the pipelines at other step counts (draft vs steps)
 
 v2 (issue #32): SEEN strings are the training pool, UNSEEN the evaluation strings no v2 model saw
 (bench/world/split.py). UNSEEN: every evaluation string; SEEN: as many training-pool strings per task (seeded draw).
@@ -46,12 +48,14 @@ def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
     return float(greater / (len(pos) * len(neg)))
 
 
-def generate(folder: Path, prompts: list[str], seeds: list[int]) -> tuple[list[np.ndarray], float, dict[str, Any]]:
-    """Images of `prompts` from a pipeline folder with its recorded sampling settings; seconds per image."""
+def generate(folder: Path, prompts: list[str], seeds: list[int], steps: int | None = None
+             ) -> tuple[list[np.ndarray], float, dict[str, Any]]:
+    """Images of `prompts` from a pipeline folder with its recorded sampling settings (`steps`: that many
+    denoising steps instead); seconds per image."""
     import torch
     from diffusers import AutoPipelineForText2Image
 
-    sampling = json.loads((folder / "sampling.json").read_text())
+    sampling = json.loads((folder / "sampling.json").read_text()) | ({"num_inference_steps": steps} if steps else {})
     pipe = AutoPipelineForText2Image.from_pretrained(str(folder), dtype=torch.float32)
     pipe.set_progress_bar_config(disable=True)
     images: list[np.ndarray] = []
@@ -237,13 +241,22 @@ def vae_roundtrip(pipeline: Path, images: list[np.ndarray]) -> list[np.ndarray]:
     return out
 
 
+def pipeline_spec(text: str) -> str:
+    """`draft`, `heavy`, or `draft@K` / `heavy@K` (K >= 1 denoising steps)."""
+    name, at, steps = text.partition("@")
+    if name not in ("draft", "heavy") or (at and not (steps.isdigit() and int(steps) >= 1)):
+        raise argparse.ArgumentTypeError(f"{text!r}: draft, heavy, draft@K or heavy@K (K steps, K >= 1)")
+    return text
+
+
 def main_v2(argv: list[str] | None = None) -> None:
     """CLI (--grammar v2): draft and heavy of --models on seen and unseen v2 strings, the oracle on ground truth,
     the CLIP's AUC."""
     parser = argparse.ArgumentParser(description="evaluate the v2 models on seen and unseen strings apart")
     parser.add_argument("--models", type=Path, default=MODELS_V2)
     parser.add_argument("--out", type=Path, help="default <models>/results.json")
-    parser.add_argument("--pipelines", nargs="+", choices=["draft", "heavy"], default=["draft", "heavy"])
+    parser.add_argument("--pipelines", nargs="+", type=pipeline_spec, default=["draft", "heavy"],
+                        help="draft, heavy, or NAME@K: that pipeline at K denoising steps (e.g. heavy@2 draft@20)")
     args = parser.parse_args(argv)
     import torch
 
@@ -265,7 +278,8 @@ def main_v2(argv: list[str] | None = None) -> None:
         section["ground_truth_through_vae"] = v2_judge(prompts, tasks, through, EVAL_SEED)
         section["ground_truth_through_vae"].pop("passed")
         for model in args.pipelines:
-            images, seconds, sampling = generate(args.models / model, prompts, seeds)
+            folder, _, steps = model.partition("@")
+            images, seconds, sampling = generate(args.models / folder, prompts, seeds, int(steps) if steps else None)
             figures = v2_judge(prompts, tasks, images, EVAL_SEED)
             scores = clip_scores(prompts, images, args.models / "clip")
             passed = np.array(figures.pop("passed"))
@@ -277,8 +291,8 @@ def main_v2(argv: list[str] | None = None) -> None:
                 grid[model] = images[::max(1, len(images) // 12)][:12]
         if set_name == "unseen":
             picks = prompts[::max(1, len(prompts) // 12)][:12]
-            save_grid(out.with_name("samples.png"), picks, seeds[::max(1, len(prompts) // 12)][:12], grid,
-                      grammar="v2")
+            save_grid(out.with_name(out.stem.replace("results", "samples") + ".png"), picks,
+                      seeds[::max(1, len(prompts) // 12)][:12], grid, grammar="v2")
             results["samples_png_prompts"] = picks
         results[set_name] = section
     results["load_avg_end"] = os.getloadavg()[0]

@@ -173,6 +173,14 @@ def test_v2_training_stages_caption_and_render_only_training_strings(tmp_path: P
     assert truth["mean_of_tasks"] == 1.0 and truth["mean_of_tasks_ci"] == [1.0, 1.0]
     assert 0 <= results["unseen"]["ground_truth_through_vae"]["faithfulness"]["pooled"] <= 1
     assert set(results["seen"]["heavy"]["per_task"]) == set(TASKS)
+    # a pipeline at other step counts: its own entry, its steps recorded, the default files left alone
+    evaluate.main(["--grammar", V2, "--models", str(tmp_path), "--pipelines", "heavy@2",
+                   "--out", str(tmp_path / "results_steps.json")])
+    steps = json.loads((tmp_path / "results_steps.json").read_text())
+    assert steps["unseen"]["heavy@2"]["num_inference_steps"] == 2 and "heavy" not in steps["unseen"]
+    assert (tmp_path / "samples_steps.png").exists() and json.loads((tmp_path / "results.json").read_text()) == results
+    with pytest.raises(SystemExit):
+        evaluate.main(["--grammar", V2, "--pipelines", "heavy@0"])
 
 
 def test_v2_tokenizer_reads_each_v2_word_as_one_token(tmp_path: Path) -> None:
