@@ -357,8 +357,16 @@ def run(n_rows: int, log: Any = print, scorer: str = "clip", world: str = "v1", 
     results += [entry(name, name.split(":")[0], None, *values) for name, values in best_of(pool, POOL, cost).items()]
     policies: dict[str, Any] = {}
     # 3 each budget: every product family tuned on one half, replayed through the product on the other
+    unaffordable = [b for b in BUDGETS if (cost["draft"] + cost["score"]) > b * cost["heavy"]]
+    if 0.3 in unaffordable:
+        raise SystemExit(f"one scored draft costs {(cost['draft'] + cost['score']) / cost['heavy']:.3f} of heavy's "
+                         "cost: over the 0.30 budget the verdict is made at; choose a cheaper --draft")
     for budget in BUDGETS:
         limit = budget * cost["heavy"]
+        if budget in unaffordable:  # one scored draft a row costs more: no policy (and no ceiling) fits
+            log(f"{budget}: one scored draft costs {(cost['draft'] + cost['score']) / cost['heavy']:.3f} of heavy's "
+                "cost; no policy fits")
+            continue
         for family, keep in FAMILIES.items():
             faith, gen, score, chosen = np.zeros(n), np.zeros(n), np.zeros(n), []
             for k in (0, 1):
@@ -388,6 +396,7 @@ def run(n_rows: int, log: Any = print, scorer: str = "clip", world: str = "v1", 
     return {
         "at": time.strftime("%Y-%m-%d %H:%M"), "rows": n, "design_seed": DESIGN_SEED, "budgets": list(BUDGETS),
         "grammar": world, "strings_kind": which if world == "v2" else "seen", "draft": draft,
+        "budgets_unaffordable": unaffordable,
         "bootstrap_resamples": BOOTSTRAP,
         "strings": {"grammar": len(every), "evaluated": len(evaluated),
                     "per_task": {t: [len(strings[t]), len({r.prompt for r in rows if r.task == t})] for t in strings},

@@ -35,6 +35,14 @@ def _at(q: dict[str, Any], prefix: str, budget: float | None = 0.3) -> dict[str,
     return next(r for r in q["results"] if r["budget"] == budget and r["policy"].startswith(prefix))
 
 
+def _best(q: dict[str, Any], budget: float) -> str:
+    """The best product policy's faithfulness at `budget` (bold at 0.30), or why there is none."""
+    if budget in q.get("budgets_unaffordable", []):
+        return "– (one draft costs more)"
+    return ("**{}**" if budget == 0.3 else "{}").format(_ci(_at(q, "cascade, every parameter tuned", budget)[
+        "faithfulness"]))
+
+
 def summary(runs: dict[str, dict[str, Any]]) -> list[str]:
     """One line per run: the baselines, the best product policy per budget, the ceilings at 0.30, the scorer."""
     lines = ["| strings | scorer | draft generator | draft / heavy cost (measured) | draft only | heavy only | best "
@@ -46,12 +54,11 @@ def summary(runs: dict[str, dict[str, Any]]) -> list[str]:
         q = runs.get(name)
         if not q:
             continue
-        best = [_at(q, "cascade, every parameter tuned", b) for b in q["budgets"]]
         lines.append(
             f"| {q['strings_kind']} ({q['strings']['evaluated']} strings, {q['rows']} rows) | {_name(q)} "
             f"| {_draft(q)} | {q['costs']['draft_vs_heavy']:.3f} | {_ci(q['results'][0]['faithfulness'])} | "
             f"{_ci(q['results'][1]['faithfulness'])} | "
-            + " / ".join(("**{}**" if r["budget"] == 0.3 else "{}").format(_ci(r["faithfulness"])) for r in best)
+            + " / ".join(_best(q, b) for b in q["budgets"])
             + f" | {_ci(q['adaptive']['faithfulness'])} | {_ci(_at(q, 'ceiling: perfect')['faithfulness'])} / "
             f"{_ci(_at(q, 'ceiling: hindsight')['faithfulness'])} | "
             f"{_ci(_at(q, 'ceiling: oracle best-of-4', None)['faithfulness'])} | "
