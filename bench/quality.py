@@ -58,12 +58,13 @@ from bench.quality_design import (  # noqa: E402
     training_strings,
     verify_rows,
 )
-from bench.quality_replay import DRAFTS, SCORE_TOLERANCE, SCORERS, Policy, Replay, verify  # noqa: E402
+from bench.quality_replay import DRAFTS, SCORE_TOLERANCE, SCORERS, Batch, Policy, Replay, verify  # noqa: E402
 from bench.quality_report import markdown, plot, update_benchmarks  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
 BUDGETS = (0.2, 0.3, 0.42)  # shares of heavy-only's cost
 POOL = 4  # candidate drafts per row (tuning, ceilings)
+CALIBRATION_ROUNDS, CALIBRATION_ROWS = 7, 64  # the cost measurement: rounds of a draft then a heavy batch of 64 rows
 FRACTIONS = tuple(round(0.01 * k, 2) for k in range(1, 61))
 QUANTILES = tuple(round(0.1 * k, 1) for k in range(1, 10))
 BOOTSTRAP = 2000
@@ -107,15 +108,42 @@ def make_pool(replay: Replay, rows: list[Row], log: Any) -> Pool:
         log(f"pool: candidate {k} of {n} rows in {time.perf_counter() - started:.0f} s")
         made = [replay.image("draft", str(p), int(s)) for p, s in zip(batch["prompt"], batch["seed"], strict=True)]
         S[:, k], F[:, k] = [m.score for m in made], [m.faithfulness for m in made]
-    heavy = replay.config(Policy(threshold=0.0)).generators["heavy"].defaults
-    batch = dict(base, num_steps=np.full(n, heavy.num_steps), guidance_scale=np.full(n, heavy.guidance_scale),
-                 width=np.full(n, heavy.width), height=np.full(n, heavy.height))
+    batch = heavy_rows(replay, base)
     started = time.perf_counter()
     replay.make("heavy", batch, everything)
     log(f"pool: heavy of {n} rows in {time.perf_counter() - started:.0f} s")
     H = np.array([replay.image("heavy", str(p), int(s)).faithfulness for p, s in
                   zip(batch["prompt"], batch["seed"], strict=True)])
     return Pool(S, F, H, np.asarray(base["image_key"], dtype=str), 1 if replay.scorer_name == "clip" else 3)
+
+
+def heavy_rows(replay: Replay, base: Batch) -> Batch:
+    """The preprocessor's rows `base` set up for the heavy model (its steps, guidance and size)."""
+    heavy, n = replay.config(Policy(threshold=0.0)).generators["heavy"].defaults, len(base["seed"])
+    return dict(base, num_steps=np.full(n, heavy.num_steps), guidance_scale=np.full(n, heavy.guidance_scale),
+                width=np.full(n, heavy.width), height=np.full(n, heavy.height))
+
+
+def calibrate(replay: Replay, rows: list[Row], log: Any) -> dict[str, Any]:
+    """Draft and heavy cost per image, measured interleaved: CALIBRATION_ROUNDS rounds, each a draft batch then a
+    heavy batch of the same CALIBRATION_ROWS rows at seeds of their own (nothing from the cache), so the shared
+    machine's load at the time hits both alike. The cost of each is its median round (CPU s per image); the rounds'
+    draft / heavy ratios give the spread. (The pool's own timings, phase by phase, are kept for reference: a phase
+    run while something else loads the machine skews their ratio, 0.10 to 0.15 for one pair of models.)"""
+    ids = [r.id for r in rows[::max(1, len(rows) // CALIBRATION_ROWS)][:CALIBRATION_ROWS]]
+    base = replay.preprocess(Policy(threshold=0.0), ids)
+    rounds: dict[str, list[float]] = {"draft": [], "heavy": []}
+    for k in range(CALIBRATION_ROUNDS):
+        seeds = np.array([(int(s) + 1_000_003 * (k + 1)) % 2**31 for s in base["seed"]])
+        for name, batch in (("draft", dict(base, seed=seeds)), ("heavy", heavy_rows(replay, dict(base, seed=seeds)))):
+            cpu, n = replay.cpu[name][0], replay.cpu[name][1]
+            replay.make(name, batch, list(range(len(ids))))
+            rounds[name].append((replay.cpu[name][0] - cpu) / max(1, replay.cpu[name][1] - n))
+    ratios = np.array(rounds["draft"]) / np.array(rounds["heavy"])
+    out = {"rounds": CALIBRATION_ROUNDS, "rows": len(ids), "draft_cpu_s": rounds["draft"],
+           "heavy_cpu_s": rounds["heavy"], "draft_vs_heavy_rounds": [round(float(r), 4) for r in ratios]}
+    log(f"calibration: draft / heavy per round {', '.join(f'{r:.3f}' for r in ratios)}")
+    return out
 
 
 def adaptive(S: np.ndarray, max_drafts: int, stop: float) -> tuple[np.ndarray, np.ndarray]:
@@ -338,7 +366,10 @@ def run(n_rows: int, log: Any = print, scorer: str = "clip", world: str = "v1", 
     replay = Replay([(r.id, r.prompt) for r in rows], scorer, world, draft)
     # 2 every row's candidate drafts and heavy image; costs measured on them (CPU s per image, one thread)
     pool = make_pool(replay, rows, log)
-    cost = {name: replay.seconds(name) for name in ("draft", "heavy", "score")}
+    pooled_cost = {name: replay.seconds(name) for name in ("draft", "heavy")}
+    calibration = calibrate(replay, rows, log)
+    cost = {name: float(np.median(calibration[f"{name}_cpu_s"])) for name in ("draft", "heavy")}
+    cost["score"] = replay.seconds("score")
     boot = Bootstrap(rows)
     heavy = pool.H
 
@@ -409,7 +440,9 @@ def run(n_rows: int, log: Any = print, scorer: str = "clip", world: str = "v1", 
                   **{f"{k}_wall_s": replay.seconds(k, "wall") for k in ("draft", "heavy")},
                   "oracle_cpu_s": replay.seconds("oracle"), "draft_vs_heavy": cost["draft"] / cost["heavy"],
                   "score_vs_heavy": cost["score"] / cost["heavy"], "images_made": {
-                      k: replay.cpu[k][1] for k in ("draft", "heavy")}},
+                      k: replay.cpu[k][1] for k in ("draft", "heavy")}, "calibration": calibration,
+                  "pool_phases": {f"{k}_cpu_s": v for k, v in pooled_cost.items()}
+                  | {"draft_vs_heavy": pooled_cost["draft"] / pooled_cost["heavy"]}},
         "scorer": scorer, "clip_within_prompt_pairwise": boot.mean(right, pairs), "pairs": int(pairs.sum()),
         **(verifier_strings(rows, right, pairs, world) if scorer == "verifier" else {}),
         "results": results, "policies": policies,
