@@ -59,7 +59,8 @@ def summary(runs: dict[str, dict[str, Any]]) -> list[str]:
             f"| {_draft(q)} | {q['costs']['draft_vs_heavy']:.3f} | {_ci(q['results'][0]['faithfulness'])} | "
             f"{_ci(q['results'][1]['faithfulness'])} | "
             + " / ".join(_best(q, b) for b in q["budgets"])
-            + f" | {_ci(q['adaptive']['faithfulness'])} | {_ci(_at(q, 'ceiling: perfect')['faithfulness'])} / "
+            + f" | {_ci(q['adaptive']['faithfulness']) if q['adaptive'] else '– (none fits)'} | "
+            f"{_ci(_at(q, 'ceiling: perfect')['faithfulness'])} / "
             f"{_ci(_at(q, 'ceiling: hindsight')['faithfulness'])} | "
             f"{_ci(_at(q, 'ceiling: oracle best-of-4', None)['faithfulness'])} | "
             f"{_ci(q['clip_within_prompt_pairwise'])} |")
@@ -72,6 +73,9 @@ def _verdict(q: dict[str, Any]) -> list[str]:
              "on held-out "
              f"rows, against heavy only's {w['heavy']:.3f}:**"]
     for label, x in (("the best product policy (every parameter tuned)", w), ("adaptive drafts", q["adaptive"])):
+        if x is None:
+            lines.append(f"- {label}: no policy of the family fits the budget.")
+            continue
         lines.append(f"- {label}: {' / '.join(Policy(**pol).label() for pol in x['policies'])} → "
                      f"**{_ci(x['faithfulness'])}** at {x['cost_vs_heavy']:.3f} of heavy's cost — "
                      + ("**reached** (lower CI end at or above heavy's estimate, within budget)." if x["reaches_heavy"]
