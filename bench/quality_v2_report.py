@@ -93,6 +93,18 @@ def _verdict(q: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _calibration(c: dict[str, Any]) -> str:
+    """How the run's draft / heavy ratio was measured."""
+    if "calibration" not in c:
+        return (" from the pool's phases (CPU time on a shared machine: a phase run while something else loads "
+                "it skews the ratio, 0.10 to 0.15 for one pair of models)")
+    k, r = c["calibration"], c["calibration"]["draft_vs_heavy_rounds"]
+    return (f": {k['rounds']} interleaved rounds of a draft then a heavy batch of the same {k['rows']} rows, the "
+            f"median round of each (the rounds' ratios {min(r):.3f}–{max(r):.3f}), so load on the shared machine "
+            f"hits both alike (the pool's phases gave {c['pool_phases']['draft_vs_heavy']:.3f}); runs marked "
+            "\"before the interleaved calibration\" took the pool's phases")
+
+
 def markdown(runs: dict[str, dict[str, Any]]) -> list[str]:
     """The section from the v2 results files (name -> results)."""
     if not runs:
@@ -113,8 +125,7 @@ def markdown(runs: dict[str, dict[str, Any]]) -> list[str]:
              "model); `seen` rows are drawn the same way from the training pool, for comparison. Cost: draft "
              f"{c['draft_cpu_s'] * 1000:.1f} ms, heavy {c['heavy_cpu_s'] * 1000:.1f} ms CPU per image (**draft / "
              f"heavy = {c['draft_vs_heavy']:.3f}**), scoring {c['score_cpu_s'] * 1000:.2f} ms per scored image "
-             f"({_name(head)}), all counted, in the headline run; each run measures its own (CPU time on a shared "
-             "machine, so the ratio varies between runs, and with it what a budget buys: see the table's column). "
+             f"({_name(head)}), all counted, in the headline run; each run measures its own{_calibration(c)}. "
              "Training cost is reported apart (bench/world/README.md).", "",
              *summary(runs), ""]
     for name in ORDER:
