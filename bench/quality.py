@@ -58,7 +58,16 @@ from bench.quality_design import (  # noqa: E402
     training_strings,
     verify_rows,
 )
-from bench.quality_replay import DRAFTS, SCORE_TOLERANCE, SCORERS, Batch, Policy, Replay, verify  # noqa: E402
+from bench.quality_replay import (  # noqa: E402
+    DRAFTS,
+    SCORE_TOLERANCE,
+    SCORERS,
+    Batch,
+    Policy,
+    Replay,
+    v2_results_name,
+    verify,
+)
 from bench.quality_report import markdown, plot, update_benchmarks  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
@@ -73,11 +82,8 @@ ROWS = {"v1": 2304, "v2": 2700}  # default rows: v2's 450 a task make every one 
 
 
 def results_name(scorer: str, world: str = "v1", which: str = "unseen", draft: str = "draft") -> str:
-    """The results file of a run: v1 per scorer (NAMES), v2 per strings and scorer, and per draft generator when it
-    is not the draft model (`_draft-heavy3` for heavy@3)."""
-    if world == "v1":
-        return NAMES[scorer]
-    return f"quality_v2_{which}_{scorer}" + ("" if draft == "draft" else f"_draft-{draft.replace('@', '')}") + ".json"
+    """The results file of a run: v1 per scorer (NAMES), v2 per strings, scorer and draft (v2_results_name)."""
+    return NAMES[scorer] if world == "v1" else v2_results_name(which, scorer, draft)
 
 
 @dataclass
@@ -389,15 +395,15 @@ def run(n_rows: int, log: Any = print, scorer: str = "clip", world: str = "v1", 
     results += [entry(name, name.split(":")[0], None, *values) for name, values in best_of(pool, POOL, cost).items()]
     policies: dict[str, Any] = {}
     # 3 each budget: every product family tuned on one half, replayed through the product on the other
-    unaffordable = [b for b in BUDGETS if (cost["draft"] + cost["score"]) > b * cost["heavy"]]
+    one_draft = (cost["draft"] + cost["score"]) / cost["heavy"]  # the least a row can cost, as a share of heavy's
+    unaffordable = [b for b in BUDGETS if one_draft > b]
     if 0.3 in unaffordable:
-        raise SystemExit(f"one scored draft costs {(cost['draft'] + cost['score']) / cost['heavy']:.3f} of heavy's "
-                         "cost: over the 0.30 budget the verdict is made at; choose a cheaper --draft")
+        raise SystemExit(f"one scored draft costs {one_draft:.3f} of heavy's cost: over the 0.30 budget the verdict "
+                         "is made at; choose a cheaper --draft")
     for budget in BUDGETS:
         limit = budget * cost["heavy"]
         if budget in unaffordable:  # one scored draft a row costs more: no policy (and no ceiling) fits
-            log(f"{budget}: one scored draft costs {(cost['draft'] + cost['score']) / cost['heavy']:.3f} of heavy's "
-                "cost; no policy fits")
+            log(f"{budget}: one scored draft costs {one_draft:.3f} of heavy's cost; no policy fits")
             continue
         for family, keep in FAMILIES.items():
             faith, gen, score, chosen = np.zeros(n), np.zeros(n), np.zeros(n), []

@@ -41,6 +41,12 @@ def draft_spec(draft: str) -> tuple[str, int | None]:
     return folder, int(steps) if steps else None
 
 
+def v2_results_name(which: str, scorer: str, draft: str = "draft") -> str:
+    """A v2 run's results file: per strings and scorer, and per draft generator when it is not the draft model
+    (`quality_v2_unseen_verifier_draft-heavy3.json` for heavy@3)."""
+    return f"quality_v2_{which}_{scorer}" + ("" if draft == "draft" else f"_draft-{draft.replace('@', '')}") + ".json"
+
+
 @dataclass(frozen=True)
 class Policy:
     """One cascade configuration: adaptive drafts (max_drafts, redraw_below) then one escalation rule —

@@ -10,17 +10,15 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import REPO
-from bench.quality_replay import Policy
+from bench.quality_replay import Policy, draft_spec, v2_results_name
 from bench.quality_report import _ci, table, verify_text
 
 TITLE = "## Quality per cost on strings no model saw: the v2 world"
 AFTER = ("## Quality per cost with the trained fact verifier", "## Quality per cost: the shapes world")
 DRAFT_ORDER = ("draft", "heavy@3", "heavy@2", "heavy@4")  # the draft generators (bench/quality_replay.DRAFTS)
-ORDER = tuple(f"quality_v2_{which}_{scorer}" + ("" if draft == "draft" else f"_draft-{draft.replace('@', '')}")
-              + ".json" for which in ("unseen", "seen") for draft in DRAFT_ORDER for scorer in ("verifier", "clip"))
+ORDER = tuple(v2_results_name(which, scorer, draft)
+              for which in ("unseen", "seen") for draft in DRAFT_ORDER for scorer in ("verifier", "clip"))
 SCORER = {"clip": "world CLIP (v2)", "verifier": "fact verifier (v2)"}
-DRAFT = {"draft": "draft model (4 steps)", "heavy@2": "heavy model, 2 steps", "heavy@3": "heavy model, 3 steps",
-         "heavy@4": "heavy model, 4 steps"}
 
 
 def _name(q: dict[str, Any]) -> str:
@@ -28,7 +26,8 @@ def _name(q: dict[str, Any]) -> str:
 
 
 def _draft(q: dict[str, Any]) -> str:
-    return DRAFT[q.get("draft", "draft")]
+    _, steps = draft_spec(q.get("draft", "draft"))
+    return "draft model (4 steps)" if steps is None else f"heavy model, {steps} steps"
 
 
 def _at(q: dict[str, Any], prefix: str, budget: float | None = 0.3) -> dict[str, Any]:
